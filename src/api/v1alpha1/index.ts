@@ -1,0 +1,21 @@
+// The kinds of signalbox.dev/v1alpha1 this version of Signalbox understands and enforces.
+import type { z } from 'zod';
+import { Gateway } from './gateway.js';
+import { HTTPRoute } from './httproute.js';
+import { Mesh } from './mesh.js';
+import { Service } from './service.js';
+
+export { API_VERSION, parseDuration } from './common.js';
+export type { Gateway } from './gateway.js';
+export type { HTTPRoute, RouteRule, RouteMatch, RouteFilter } from './httproute.js';
+export type { Mesh } from './mesh.js';
+export type { Service } from './service.js';
+
+export const KINDS = { Mesh, Service, Gateway, HTTPRoute } as const satisfies Record<string, z.ZodType>;
+export type Kind = keyof typeof KINDS;
+
+/** Kinds described by the policy language that this build does not enforce yet. Accepting them
+ * silently would let a user believe a security or resilience policy is in force when it is not. */
+export const PLANNED_KINDS = ['TrafficPolicy', 'RateLimitPolicy', 'JWTPolicy', 'AccessPolicy'] as const;
+
+export type PolicyMap = { [K in Kind]: z.infer<(typeof KINDS)[K]> };

@@ -1,0 +1,187 @@
+// The one-way pipeline: policy directory -> model -> IR -> Envoy resources -> snapshot cache.
+// A directory that fails validation never replaces the last good configuration. Endpoint changes
+// rebuild only the ClusterLoadAssignments they touch.
+import { EventEmitter } from 'node:events';
+import { performance } from 'node:perf_hooks';
+import { formatPolicyError, ErrorCode, type PolicyError } from '../errors.js';
+import type { IRCluster, IRProxyConfig } from '../ir/types.js';
+import { buildModel, type Model } from '../model/model.js';
+import type { Logger } from '../observability/logger.js';
+import type { Metrics } from '../observability/metrics.js';
+import { EndpointStore, staticInstances } from '../sources/endpoints.js';
+import { loadPolicyDir } from '../sources/files/loader.js';
+import { translate } from '../translate/gateway.js';
+import { checkConsistency, Snapshot, SnapshotCache } from '../xds/cache/snapshot-cache.js';
+import { EncodeCache, type Resource } from '../xds/resources/resource.js';
+import { TypeUrl } from '../xds/resources/type-urls.js';
+import { configResources, endpointsResource, type ResourceMap } from '../xds/translator/index.js';
+
+interface GroupState {
+  ir: IRProxyConfig;
+  config: ResourceMap;
+  endpoints: Map<string, Resource>;
+}
+
+export interface ReloadResult {
+  applied: boolean;
+  errors: PolicyError[];
+  durationMs: number;
+}
+
+export interface PipelineOptions {
+  policyDir: string;
+  cache: SnapshotCache;
+  logger: Logger;
+  metrics?: Metrics;
+  endpoints?: EndpointStore;
+  /** How long endpoint changes are gathered before one push (coalescing bursts). */
+  endpointDebounceMs?: number;
+}
+
+export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [PolicyError[]] }> {
+  readonly endpoints: EndpointStore;
+  readonly encoder = new EncodeCache();
+  model?: Model;
+  errors: PolicyError[] = [];
+  lastAppliedAt?: Date;
+  lastRejectedAt?: Date;
+  private groups = new Map<string, GroupState>();
+  private pendingServices = new Set<string>();
+  private endpointTimer?: NodeJS.Timeout;
+  private running: Promise<ReloadResult> | undefined;
+  private again = false;
+
+  constructor(private readonly opts: PipelineOptions) {
+    super();
+    this.endpoints = opts.endpoints ?? new EndpointStore();
+    this.endpoints.on('change', (services) => this.onEndpointChange(services));
+  }
+
+  get ready(): boolean {
+    return this.model !== undefined;
+  }
+
+  /** Loads the policy directory and applies it if valid. Concurrent calls are coalesced. */
+  reload(): Promise<ReloadResult> {
+    if (this.running) {
+      this.again = true;
+      return this.running;
+    }
+    this.running = this.doReload().finally(() => {
+      this.running = undefined;
+      if (this.again) {
+        this.again = false;
+        void this.reload();
+      }
+    });
+    return this.running;
+  }
+
+  private async doReload(): Promise<ReloadResult> {
+    const { logger, metrics } = this.opts;
+    const t0 = performance.now();
+    const loaded = await loadPolicyDir(this.opts.policyDir);
+    let errors = loaded.errors;
+    let model: Model | undefined;
+    if (errors.length === 0) {
+      const built = await buildModel(loaded.docs, this.opts.policyDir);
+      errors = built.errors;
+      model = built.model;
+    }
+    if (model && errors.length === 0) {
+      try {
+        this.apply(model);
+      } catch (e) {
+        errors = [{ code: ErrorCode.CONFLICT, file: this.opts.policyDir, message: `internal: the compiled configuration is inconsistent: ${(e as Error).message}` }];
+      }
+    }
+    const durationMs = performance.now() - t0;
+    this.errors = errors;
+    metrics?.policyErrors.set(errors.length);
+    if (errors.length > 0) {
+      this.lastRejectedAt = new Date();
+      metrics?.reloads.inc({ result: 'rejected' });
+      logger.warn({ errors: errors.map(formatPolicyError), keptVersion: this.model ? 'last good configuration' : 'none yet' }, `policy directory rejected: ${errors.length} error(s); nothing applied`);
+      this.emit('rejected', errors);
+      return { applied: false, errors, durationMs };
+    }
+    metrics?.compileSeconds.observe(durationMs / 1000);
+    metrics?.reloads.inc({ result: 'applied' });
+    metrics?.configApplied.set(Date.now() / 1000);
+    this.lastAppliedAt = new Date();
+    logger.info({ durationMs: Math.round(durationMs * 10) / 10, groups: [...this.groups.keys()] }, 'policy configuration applied');
+    this.emit('applied', model!);
+    return { applied: true, errors, durationMs };
+  }
+
+  /** Compiles a valid model into every group's snapshot. Throws (changing nothing) if inconsistent. */
+  private apply(model: Model): void {
+    for (const svc of model.services.values()) {
+      if (svc.endpoints) this.endpoints.set(svc.name, staticInstances(svc), 'static', { quiet: true });
+    }
+    const irs = translate(model);
+    const next = new Map<string, GroupState>();
+    const snapshots = new Map<string, Snapshot>();
+    for (const [group, ir] of irs) {
+      const config = configResources(ir, this.encoder);
+      const endpoints = new Map<string, Resource>();
+      for (const c of ir.clusters) endpoints.set(c.name, endpointsResource(c, this.endpoints.get(c.service), this.encoder));
+      const state = { ir, config, endpoints };
+      const snap = this.snapshotOf(state);
+      const problems = checkConsistency(snap, refsOf(ir));
+      if (problems.length) throw new Error(`${group}: ${problems.join('; ')}`);
+      next.set(group, state);
+      snapshots.set(group, snap);
+    }
+    this.model = model;
+    this.groups = next;
+    for (const [group, snap] of snapshots) this.opts.cache.set(group, snap);
+    for (const group of this.opts.cache.groupNames()) if (!next.has(group)) this.opts.cache.delete(group);
+    this.encoder.sweep();
+  }
+
+  private snapshotOf(state: GroupState): Snapshot {
+    const resources = new Map(state.config);
+    resources.set(TypeUrl.Endpoint, state.endpoints);
+    return new Snapshot(resources);
+  }
+
+  private onEndpointChange(services: string[]): void {
+    for (const s of services) this.pendingServices.add(s);
+    if (this.endpointTimer) return;
+    this.endpointTimer = setTimeout(() => {
+      this.endpointTimer = undefined;
+      const changed = this.pendingServices;
+      this.pendingServices = new Set();
+      this.rebuildEndpoints(changed);
+    }, this.opts.endpointDebounceMs ?? 20);
+  }
+
+  /** Re-encodes the endpoint sets of the changed services, only in the groups that use them. */
+  rebuildEndpoints(services: Set<string>): void {
+    for (const [group, state] of this.groups) {
+      const affected: IRCluster[] = state.ir.clusters.filter((c) => services.has(c.service));
+      if (affected.length === 0) continue;
+      const endpoints = new Map(state.endpoints);
+      for (const c of affected) endpoints.set(c.name, endpointsResource(c, this.endpoints.get(c.service), this.encoder));
+      state.endpoints = endpoints;
+      this.opts.cache.set(group, this.snapshotOf(state));
+    }
+    this.opts.metrics?.endpointUpdates.inc({ source: 'any' }, services.size);
+  }
+
+  /** Every group's IR, for tools that explain or diff configuration. */
+  irGroups(): ReadonlyMap<string, IRProxyConfig> {
+    return new Map([...this.groups].map(([k, v]) => [k, v.ir]));
+  }
+}
+
+function refsOf(ir: IRProxyConfig) {
+  const clustersUsed = new Set<string>();
+  for (const l of ir.listeners) for (const v of l.routeConfig.virtualHosts) for (const r of v.routes) if (r.action.kind === 'forward') for (const b of r.action.backends) clustersUsed.add(b.cluster);
+  return {
+    routeConfigs: ir.listeners.map((l) => l.routeConfig.name),
+    clustersUsed,
+    secretsUsed: ir.listeners.flatMap((l) => (l.tls ? [l.tls.secretName] : [])),
+  };
+}

@@ -1,0 +1,39 @@
+// The one catalogue of Signalbox error codes. Codes are stable: scripts and dashboards may match
+// on them. Messages are for people and may change.
+export const ErrorCode = {
+  YAML_SYNTAX: 'SB_YAML_SYNTAX',
+  SCHEMA: 'SB_SCHEMA',
+  UNKNOWN_KIND: 'SB_UNKNOWN_KIND',
+  UNSUPPORTED_KIND: 'SB_UNSUPPORTED_KIND',
+  DUPLICATE_NAME: 'SB_DUPLICATE_NAME',
+  UNKNOWN_REFERENCE: 'SB_UNKNOWN_REFERENCE',
+  CONFLICT: 'SB_CONFLICT',
+  FILE_READ: 'SB_FILE_READ',
+  NO_POLICIES: 'SB_NO_POLICIES',
+  BAD_FLAG: 'SB_BAD_FLAG',
+} as const;
+export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+/** A policy problem tied to a place: file, document (1-based), field path and line. */
+export interface PolicyError {
+  code: ErrorCode;
+  file: string;
+  doc?: number;
+  path?: string;
+  line?: number;
+  message: string;
+}
+
+export function formatPolicyError(e: PolicyError): string {
+  const where = e.doc !== undefined ? `${e.file}#${e.doc}` : e.file;
+  const field = e.path ? ` ${e.path}` : '';
+  const line = e.line !== undefined ? ` (line ${e.line})` : '';
+  return `${where}${field}: ${e.message}${line}`;
+}
+
+export class SignalboxError extends Error {
+  constructor(readonly code: ErrorCode, message: string) {
+    super(message);
+    this.name = 'SignalboxError';
+  }
+}

@@ -1,0 +1,242 @@
+// Resolves validated policy documents into one cross-referenced view of the mesh. Every broken
+// reference or conflict becomes an error naming the file, document and field; a model is only
+// produced when there are none.
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { parseDuration, type Gateway, type HTTPRoute, type Mesh, type Service } from '../api/v1alpha1/index.js';
+import { ErrorCode, type PolicyError } from '../errors.js';
+import type { LoadedDoc, SourceRef } from '../sources/files/loader.js';
+import { didYouMean } from './did-you-mean.js';
+import { hostnameMatches } from './hostnames.js';
+
+export type { SourceRef };
+
+export interface RetrySettings {
+  attempts: number;
+  perTryTimeoutMs?: number;
+  retryOn: string[];
+  retriableStatusCodes?: number[];
+  backoff?: { baseIntervalMs: number; maxIntervalMs?: number };
+}
+
+export interface MeshModel {
+  name: string;
+  trustDomain: string;
+  mtls: { mode: 'strict' | 'permissive' | 'disabled'; certTTLms: number };
+  defaults: { timeoutMs: number; retries?: RetrySettings };
+  source?: SourceRef;
+}
+
+export interface ServiceModel {
+  name: string;
+  protocol: Service['spec']['protocol'];
+  port: number;
+  endpoints?: NonNullable<Service['spec']['endpoints']>;
+  consul?: NonNullable<Service['spec']['consul']>;
+  subsets: { name: string; labels: Record<string, string> }[];
+  source: SourceRef;
+}
+
+export interface GatewayListenerModel {
+  name: string;
+  port: number;
+  protocol: 'HTTP' | 'HTTPS';
+  hostnames: string[];
+  /** PEM material read from the files the policy names. The key never leaves the gateway's own snapshot. */
+  tls?: { certificateFile: string; certificatePem: string; privateKeyPem: string };
+}
+
+export interface GatewayModel {
+  name: string;
+  listeners: GatewayListenerModel[];
+  source: SourceRef;
+}
+
+export interface RouteModel {
+  name: string;
+  spec: HTTPRoute['spec'];
+  source: SourceRef;
+}
+
+export interface Model {
+  mesh: MeshModel;
+  services: Map<string, ServiceModel>;
+  gateways: Map<string, GatewayModel>;
+  routes: RouteModel[];
+}
+
+/** Built-in defaults, used where neither a route nor the Mesh says anything. */
+export const BUILTIN_DEFAULTS = {
+  trustDomain: 'signalbox.local',
+  mtls: { mode: 'strict' as const, certTTLms: 24 * 3_600_000 },
+  timeoutMs: 15_000,
+};
+
+export function retrySettings(r: NonNullable<Mesh['spec']['defaults']>['retries']): RetrySettings | undefined {
+  if (!r) return undefined;
+  return {
+    attempts: r.attempts,
+    perTryTimeoutMs: r.perTryTimeout ? parseDuration(r.perTryTimeout) : undefined,
+    retryOn: r.retryOn ?? ['connect-failure', 'refused-stream', 'reset'],
+    retriableStatusCodes: r.retriableStatusCodes,
+    backoff: r.backoff ? { baseIntervalMs: parseDuration(r.backoff.baseInterval)!, maxIntervalMs: r.backoff.maxInterval ? parseDuration(r.backoff.maxInterval) : undefined } : undefined,
+  };
+}
+
+function byName<T extends { name: string }>(a: T, b: T): number {
+  return a.name < b.name ? -1 : a.name > b.name ? 1 : 0;
+}
+
+export interface BuildResult {
+  model?: Model;
+  errors: PolicyError[];
+}
+
+/**
+ * Cross-references the documents. `baseDir` is where relative file references (TLS files) are
+ * resolved: the policy directory.
+ */
+export async function buildModel(docs: LoadedDoc[], baseDir: string): Promise<BuildResult> {
+  const errors: PolicyError[] = [];
+  const err = (d: LoadedDoc, p: (string | number)[], code: ErrorCode, message: string) =>
+    errors.push({ code, file: d.source.file, doc: d.source.doc, path: p.map((s) => (typeof s === 'number' ? `[${s}]` : s)).join('.').replace(/\.\[/g, '['), line: d.lineOf(p), message });
+
+  // Names are unique per kind.
+  const seen = new Map<string, LoadedDoc>();
+  const unique: LoadedDoc[] = [];
+  for (const d of docs) {
+    const key = `${d.kind}/${d.name}`;
+    const first = seen.get(key);
+    if (first) {
+      err(d, ['metadata', 'name'], ErrorCode.DUPLICATE_NAME, `${d.kind} "${d.name}" is already defined in ${first.source.file}#${first.source.doc}`);
+      continue;
+    }
+    seen.set(key, d);
+    unique.push(d);
+  }
+  const of = <K extends LoadedDoc['kind']>(kind: K) => unique.filter((d): d is LoadedDoc<K> => d.kind === kind);
+
+  // Mesh: at most one.
+  const meshes = of('Mesh');
+  for (const extra of meshes.slice(1)) {
+    err(extra, ['metadata', 'name'], ErrorCode.CONFLICT, `at most one Mesh is allowed; ${meshes[0]!.source.file}#${meshes[0]!.source.doc} already defines "${meshes[0]!.name}"`);
+  }
+  const meshDoc = meshes[0];
+  const meshSpec = meshDoc?.value.spec as Mesh['spec'] | undefined;
+  const mesh: MeshModel = {
+    name: meshDoc?.name ?? 'default',
+    trustDomain: meshSpec?.trustDomain ?? BUILTIN_DEFAULTS.trustDomain,
+    mtls: {
+      mode: meshSpec?.mtls?.mode ?? BUILTIN_DEFAULTS.mtls.mode,
+      certTTLms: meshSpec?.mtls?.certTTL ? parseDuration(meshSpec.mtls.certTTL)! : BUILTIN_DEFAULTS.mtls.certTTLms,
+    },
+    defaults: {
+      timeoutMs: meshSpec?.defaults?.timeout ? parseDuration(meshSpec.defaults.timeout)! : BUILTIN_DEFAULTS.timeoutMs,
+      retries: retrySettings(meshSpec?.defaults?.retries),
+    },
+    source: meshDoc?.source,
+  };
+
+  const services = new Map<string, ServiceModel>();
+  for (const d of of('Service')) {
+    const s = d.value.spec as Service['spec'];
+    services.set(d.name, {
+      name: d.name,
+      protocol: s.protocol,
+      port: s.port,
+      endpoints: s.endpoints,
+      consul: s.consul,
+      subsets: (s.subsets ?? []).map((x) => ({ name: x.name, labels: x.labels })).sort(byName),
+      source: d.source,
+    });
+  }
+
+  const gateways = new Map<string, GatewayModel>();
+  for (const d of of('Gateway')) {
+    const g = d.value as Gateway;
+    const listeners: GatewayListenerModel[] = [];
+    for (const [i, l] of g.spec.listeners.entries()) {
+      let tls: GatewayListenerModel['tls'];
+      if (l.tls) {
+        const read = async (field: 'certificateFile' | 'privateKeyFile'): Promise<string | undefined> => {
+          const file = path.resolve(baseDir, l.tls![field]);
+          try {
+            const text = await fs.readFile(file, 'utf8');
+            const expect = field === 'certificateFile' ? /-----BEGIN CERTIFICATE-----/ : /-----BEGIN ([A-Z]+ )?PRIVATE KEY-----/;
+            if (!expect.test(text)) {
+              err(d, ['spec', 'listeners', i, 'tls', field], ErrorCode.FILE_READ, `${l.tls![field]} is not a PEM ${field === 'certificateFile' ? 'certificate' : 'private key'}`);
+              return undefined;
+            }
+            return text;
+          } catch (e) {
+            err(d, ['spec', 'listeners', i, 'tls', field], ErrorCode.FILE_READ, `cannot read ${l.tls![field]} (relative to the policy directory): ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
+            return undefined;
+          }
+        };
+        const certificatePem = await read('certificateFile');
+        const privateKeyPem = await read('privateKeyFile');
+        if (certificatePem && privateKeyPem) tls = { certificateFile: l.tls.certificateFile, certificatePem, privateKeyPem };
+      }
+      listeners.push({ name: l.name, port: l.port, protocol: l.protocol, hostnames: [...(l.hostnames ?? ['*'])].sort(), tls });
+    }
+    gateways.set(d.name, { name: d.name, listeners: listeners.sort(byName), source: d.source });
+  }
+
+  const routes: RouteModel[] = [];
+  for (const d of of('HTTPRoute')) {
+    const r = d.value as HTTPRoute;
+    r.spec.parentRefs.forEach((p, i) => {
+      if (p.kind === 'Gateway') {
+        const g = gateways.get(p.name);
+        if (!g) {
+          err(d, ['spec', 'parentRefs', i, 'name'], ErrorCode.UNKNOWN_REFERENCE, `unknown Gateway "${p.name}"${didYouMean(p.name, gateways.keys())}`);
+          return;
+        }
+        const candidates = p.sectionName ? g.listeners.filter((l) => l.name === p.sectionName) : g.listeners;
+        if (p.sectionName && candidates.length === 0) {
+          err(d, ['spec', 'parentRefs', i, 'sectionName'], ErrorCode.UNKNOWN_REFERENCE, `Gateway "${p.name}" has no listener "${p.sectionName}"${didYouMean(p.sectionName, g.listeners.map((l) => l.name))}`);
+          return;
+        }
+        if (r.spec.hostnames) {
+          const ok = candidates.some((l) => r.spec.hostnames!.some((h) => l.hostnames.some((lh) => hostnameMatches(lh, h) || hostnameMatches(h, lh))));
+          if (!ok) {
+            err(d, ['spec', 'hostnames'], ErrorCode.CONFLICT, `none of these hostnames is served by ${p.sectionName ? `listener "${p.sectionName}" of ` : ''}Gateway "${p.name}" (it serves ${[...new Set(candidates.flatMap((l) => l.hostnames))].join(', ')})`);
+          }
+        }
+      } else if (!services.has(p.name)) {
+        err(d, ['spec', 'parentRefs', i, 'name'], ErrorCode.UNKNOWN_REFERENCE, `unknown Service "${p.name}"${didYouMean(p.name, services.keys())}`);
+      }
+    });
+    r.spec.rules.forEach((rule, ri) => {
+      rule.backendRefs?.forEach((b, bi) => {
+        const svc = services.get(b.name);
+        if (!svc) {
+          err(d, ['spec', 'rules', ri, 'backendRefs', bi, 'name'], ErrorCode.UNKNOWN_REFERENCE, `unknown Service "${b.name}"${didYouMean(b.name, services.keys())}`);
+          return;
+        }
+        if (b.subset && !svc.subsets.some((s) => s.name === b.subset)) {
+          err(d, ['spec', 'rules', ri, 'backendRefs', bi, 'subset'], ErrorCode.UNKNOWN_REFERENCE, `Service "${b.name}" has no subset "${b.subset}"${didYouMean(b.subset, svc.subsets.map((s) => s.name))}`);
+        }
+        if (svc.protocol === 'tcp') {
+          err(d, ['spec', 'rules', ri, 'backendRefs', bi, 'name'], ErrorCode.CONFLICT, `Service "${b.name}" speaks tcp; an HTTPRoute can only send to http, http2 or grpc services`);
+        }
+      });
+      const timeout = rule.timeout ? parseDuration(rule.timeout)! : undefined;
+      const perTry = rule.retries?.perTryTimeout ? parseDuration(rule.retries.perTryTimeout)! : undefined;
+      if (timeout !== undefined && perTry !== undefined && perTry > timeout) {
+        err(d, ['spec', 'rules', ri, 'retries', 'perTryTimeout'], ErrorCode.CONFLICT, `${rule.retries!.perTryTimeout} is longer than the rule's timeout ${rule.timeout}`);
+      }
+      const backoff = rule.retries?.backoff;
+      if (backoff?.maxInterval && parseDuration(backoff.maxInterval)! < parseDuration(backoff.baseInterval)!) {
+        err(d, ['spec', 'rules', ri, 'retries', 'backoff', 'maxInterval'], ErrorCode.CONFLICT, `must not be shorter than baseInterval ${backoff.baseInterval}`);
+      }
+      if (rule.retries?.retriableStatusCodes && !(rule.retries.retryOn ?? []).includes('retriable-status-codes')) {
+        err(d, ['spec', 'rules', ri, 'retries', 'retryOn'], ErrorCode.CONFLICT, 'retriableStatusCodes is given, so retryOn must include "retriable-status-codes"');
+      }
+    });
+    routes.push({ name: d.name, spec: r.spec, source: d.source });
+  }
+
+  if (errors.length > 0) return { errors };
+  return { model: { mesh, services, gateways, routes: routes.sort(byName) }, errors };
+}

@@ -1,0 +1,21 @@
+// The Prometheus series Signalbox exposes. Label values are bounded: roles, protocols, type
+// short names and result words, never proxy ids, tokens or free text.
+import client from 'prom-client';
+
+export class Metrics {
+  readonly registry = new client.Registry();
+  readonly connectedProxies = new client.Gauge({ name: 'signalbox_connected_proxies', help: 'xDS streams open now, by proxy role and protocol (sotw or delta).', labelNames: ['role', 'protocol'], registers: [this.registry] });
+  readonly pushes = new client.Counter({ name: 'signalbox_xds_pushes_total', help: 'xDS responses sent, by resource type.', labelNames: ['type', 'protocol'], registers: [this.registry] });
+  readonly pushAck = new client.Histogram({ name: 'signalbox_xds_push_ack_seconds', help: 'Time from sending an xDS response to its ACK.', labelNames: ['type'], buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5], registers: [this.registry] });
+  readonly nacks = new client.Counter({ name: 'signalbox_xds_nacks_total', help: 'xDS responses rejected by a proxy (NACK), by resource type.', labelNames: ['type'], registers: [this.registry] });
+  readonly streamErrors = new client.Counter({ name: 'signalbox_xds_stream_errors_total', help: 'xDS streams refused or closed for a protocol error, by reason.', labelNames: ['reason'], registers: [this.registry] });
+  readonly compileSeconds = new client.Histogram({ name: 'signalbox_compile_duration_seconds', help: 'Time to compile the policy directory into Envoy resources.', buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5], registers: [this.registry] });
+  readonly policyErrors = new client.Gauge({ name: 'signalbox_policy_errors', help: 'Validation errors in the policy directory now (0 when the last load was valid).', registers: [this.registry] });
+  readonly reloads = new client.Counter({ name: 'signalbox_policy_reloads_total', help: 'Policy directory loads, by result (applied, unchanged, rejected).', labelNames: ['result'], registers: [this.registry] });
+  readonly configApplied = new client.Gauge({ name: 'signalbox_config_last_applied_timestamp_seconds', help: 'When a valid policy configuration was last applied.', registers: [this.registry] });
+  readonly endpointUpdates = new client.Counter({ name: 'signalbox_endpoint_updates_total', help: 'Endpoint set changes applied, by source.', labelNames: ['source'], registers: [this.registry] });
+
+  constructor() {
+    client.collectDefaultMetrics({ register: this.registry, prefix: 'signalbox_process_' });
+  }
+}

@@ -1,0 +1,38 @@
+// Reads who a proxy is from the Node in its first xDS request. A node without an identity Signalbox
+// understands is refused.
+import { gatewayGroup } from '../../ir/types.js';
+import type { NodeIdentity } from './proxy-status.js';
+
+// protobufjs's built-in google.protobuf.Struct uses camelCase field names (stringValue), unlike
+// the Envoy types loaded with keepCase; accept both spellings.
+interface StructValue {
+  string_value?: string;
+  stringValue?: string;
+}
+
+export interface WireNode {
+  id?: string;
+  cluster?: string;
+  metadata?: { fields?: Record<string, StructValue> };
+  user_agent_name?: string;
+  user_agent_version?: string;
+}
+
+export class NodeError extends Error {}
+
+function str(meta: WireNode['metadata'], key: string): string | undefined {
+  const v = meta?.fields?.[key];
+  return v?.stringValue || v?.string_value || undefined;
+}
+
+export function identify(node: WireNode | null | undefined): NodeIdentity {
+  if (!node || !node.id) throw new NodeError('the first request carries no node id');
+  const role = str(node.metadata, 'signalbox.role');
+  if (!role) throw new NodeError(`node "${node.id}" has no signalbox.role in its metadata (write its bootstrap with \`signalbox bootstrap\`)`);
+  if (role === 'gateway') {
+    const name = str(node.metadata, 'signalbox.gateway');
+    if (!name) throw new NodeError(`gateway node "${node.id}" has no signalbox.gateway in its metadata`);
+    return { id: node.id, role: 'gateway', name, group: gatewayGroup(name), cluster: node.cluster || undefined, userAgent: node.user_agent_name ? `${node.user_agent_name}/${node.user_agent_version ?? ''}` : undefined };
+  }
+  throw new NodeError(`node "${node.id}" has an unknown signalbox.role "${role}"`);
+}

@@ -1,0 +1,158 @@
+// The xDS server: Envoy's AggregatedDiscoveryService (SotW and Delta) on @grpc/grpc-js. Streams
+// see only the snapshot cache; a bad request closes that one stream, never the server.
+import * as grpc from '@grpc/grpc-js';
+import type { Logger } from '../../observability/logger.js';
+import type { Metrics } from '../../observability/metrics.js';
+import type { SnapshotCache } from '../cache/snapshot-cache.js';
+import { lookupType } from '../resources/protos.js';
+import type { ServerContext } from './context.js';
+import { DeltaStream, type DeltaRequest, type DeltaResponse } from './delta.js';
+import { ProxyRegistry } from './proxy-status.js';
+import { SotwStream, type SotwRequest, type SotwResponse } from './sotw.js';
+import { StreamError, type XdsStream } from './stream.js';
+
+const SERVICE = '/envoy.service.discovery.v3.AggregatedDiscoveryService';
+
+function codec<T>(typeName: string) {
+  const type = lookupType(typeName);
+  return {
+    serialize: (value: T): Buffer => Buffer.from(type.encode(value as object).finish()),
+    // A message that does not decode makes grpc-js end that call with an error.
+    deserialize: (bytes: Buffer): T => type.decode(bytes) as unknown as T,
+  };
+}
+
+function adsDefinition(): grpc.ServiceDefinition {
+  const sotwReq = codec<SotwRequest>('envoy.service.discovery.v3.DiscoveryRequest');
+  const sotwRes = codec<SotwResponse>('envoy.service.discovery.v3.DiscoveryResponse');
+  const deltaReq = codec<DeltaRequest>('envoy.service.discovery.v3.DeltaDiscoveryRequest');
+  const deltaRes = codec<DeltaResponse>('envoy.service.discovery.v3.DeltaDiscoveryResponse');
+  return {
+    StreamAggregatedResources: {
+      path: `${SERVICE}/StreamAggregatedResources`,
+      requestStream: true,
+      responseStream: true,
+      requestSerialize: sotwReq.serialize,
+      requestDeserialize: sotwReq.deserialize,
+      responseSerialize: sotwRes.serialize,
+      responseDeserialize: sotwRes.deserialize,
+    },
+    DeltaAggregatedResources: {
+      path: `${SERVICE}/DeltaAggregatedResources`,
+      requestStream: true,
+      responseStream: true,
+      requestSerialize: deltaReq.serialize,
+      requestDeserialize: deltaReq.deserialize,
+      responseSerialize: deltaRes.serialize,
+      responseDeserialize: deltaRes.deserialize,
+    },
+  };
+}
+
+export interface XdsServerOptions {
+  cache: SnapshotCache;
+  metrics: Metrics;
+  logger: Logger;
+  registry?: ProxyRegistry;
+}
+
+export class XdsServer {
+  readonly registry: ProxyRegistry;
+  private readonly ctx: ServerContext;
+  private readonly streams = new Map<string, Set<XdsStream>>();
+  private server?: grpc.Server;
+
+  constructor(opts: XdsServerOptions) {
+    this.registry = opts.registry ?? new ProxyRegistry();
+    this.ctx = { cache: opts.cache, metrics: opts.metrics, logger: opts.logger, registry: this.registry };
+    opts.cache.on('change', ({ group, types }) => {
+      for (const s of this.streams.get(group) ?? []) {
+        try {
+          s.onChange(types);
+        } catch (e) {
+          this.ctx.logger.error({ err: e, group }, 'push failed');
+        }
+      }
+    });
+  }
+
+  private handle<Req, Res>(call: grpc.ServerDuplexStream<Req, Res>, make: (send: (r: Res) => void) => XdsStream & { onRequest(r: Req): void }): void {
+    const { logger, metrics } = this.ctx;
+    const stream = make((r) => {
+      if (!call.writableEnded && !call.destroyed) call.write(r);
+    });
+    let group: string | undefined;
+    const finish = () => {
+      if (group) this.streams.get(group)?.delete(stream);
+      stream.close();
+    };
+    call.on('data', (req: Req) => {
+      try {
+        stream.onRequest(req);
+        if (!group && stream.status) {
+          group = stream.status.node.group;
+          let set = this.streams.get(group);
+          if (!set) this.streams.set(group, (set = new Set()));
+          set.add(stream);
+        }
+      } catch (e) {
+        const reason = e instanceof StreamError ? e.reason : 'internal';
+        metrics.streamErrors.inc({ reason });
+        logger.warn({ peer: stream.peer, proxy: stream.status?.node.id, reason, err: e instanceof StreamError ? undefined : e }, `xDS stream closed: ${(e as Error).message}`);
+        finish();
+        call.emit('error', { code: e instanceof StreamError ? grpc.status.INVALID_ARGUMENT : grpc.status.INTERNAL, details: (e as Error).message });
+      }
+    });
+    call.on('end', () => {
+      finish();
+      call.end();
+    });
+    call.on('error', (e) => {
+      logger.debug({ err: e, peer: stream.peer }, 'xDS stream error');
+      finish();
+    });
+    call.on('cancelled', finish);
+    call.on('close', finish);
+  }
+
+  async listen(address: string): Promise<number> {
+    const server = new grpc.Server({
+      'grpc.max_send_message_length': 64 * 1024 * 1024,
+      'grpc.max_receive_message_length': 16 * 1024 * 1024,
+      'grpc.keepalive_time_ms': 30_000,
+      'grpc.keepalive_timeout_ms': 10_000,
+      'grpc.http2.min_ping_interval_without_data_ms': 5_000,
+      'grpc.keepalive_permit_without_calls': 1,
+    });
+    server.addService(adsDefinition(), {
+      StreamAggregatedResources: (call: grpc.ServerDuplexStream<SotwRequest, SotwResponse>) =>
+        this.handle(call, (send) => new SotwStream(this.ctx, call.getPeer(), send)),
+      DeltaAggregatedResources: (call: grpc.ServerDuplexStream<DeltaRequest, DeltaResponse>) =>
+        this.handle(call, (send) => new DeltaStream(this.ctx, call.getPeer(), send)),
+    });
+    this.server = server;
+    return new Promise((resolve, reject) =>
+      server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err, port) => (err ? reject(err) : resolve(port))),
+    );
+  }
+
+  /** Registers extra gRPC services (e.g. ext_authz) on the same port. */
+  addService(def: grpc.ServiceDefinition, impl: grpc.UntypedServiceImplementation): void {
+    this.server?.addService(def, impl);
+  }
+
+  async close(): Promise<void> {
+    const server = this.server;
+    if (!server) return;
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(() => {
+        server.forceShutdown();
+        resolve();
+      }, 2000);
+      server.tryShutdown(() => {
+        clearTimeout(t);
+        resolve();
+      });
+    });
+  }
+}

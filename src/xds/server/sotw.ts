@@ -1,0 +1,94 @@
+// State-of-the-world ADS: each response carries every resource of a type the proxy subscribed to.
+import type { Resource } from '../resources/resource.js';
+import { hashText } from '../resources/resource.js';
+import { PUSH_ORDER, TypeUrl } from '../resources/type-urls.js';
+import type { ServerContext } from './context.js';
+import type { WireNode } from './node.js';
+import { XdsStream } from './stream.js';
+
+export interface SotwRequest {
+  version_info?: string;
+  node?: WireNode | null;
+  resource_names?: string[];
+  type_url?: string;
+  response_nonce?: string;
+  error_detail?: { code?: number; message?: string } | null;
+}
+
+export interface SotwResponse {
+  version_info: string;
+  resources: { type_url: string; value: Uint8Array }[];
+  type_url: string;
+  nonce: string;
+}
+
+interface TypeState {
+  wildcard: boolean;
+  names: Set<string>;
+  nonce?: string;
+  version?: string;
+  sentAt?: number;
+}
+
+const WILDCARD_TYPES = new Set<TypeUrl>([TypeUrl.Listener, TypeUrl.Cluster]);
+
+export class SotwStream extends XdsStream {
+  private readonly states = new Map<TypeUrl, TypeState>();
+
+  constructor(ctx: ServerContext, peer: string, private readonly send: (r: SotwResponse) => void) {
+    super(ctx, 'sotw', peer);
+  }
+
+  onRequest(req: SotwRequest): void {
+    this.bind(req.node);
+    const type = this.checkType(req.type_url ?? '');
+    let st = this.states.get(type);
+    const first = !st;
+    if (!st) this.states.set(type, (st = { wildcard: false, names: new Set() }));
+
+    if (req.response_nonce) {
+      if (req.response_nonce !== st.nonce) return; // a stale nonce: the proxy answers an older response
+      if (req.error_detail) this.recordNack(type, st.version ?? '', req.error_detail.message ?? '');
+      else this.recordAck(type, req.version_info ?? '', st.sentAt ?? Date.now());
+    }
+    const names = req.resource_names ?? [];
+    const wildcard = names.includes('*') || (names.length === 0 && WILDCARD_TYPES.has(type) && (first || st.wildcard));
+    const nameSet = new Set(names.filter((n) => n !== '*'));
+    const changed = wildcard !== st.wildcard || nameSet.size !== st.names.size || [...nameSet].some((n) => !st!.names.has(n));
+    st.wildcard = wildcard;
+    st.names = nameSet;
+    if (first || changed) this.push(type, true);
+    // Listeners and routes settled: clusters kept for make-before-break can go now.
+    if (req.response_nonce && !req.error_detail && (type === TypeUrl.Listener || type === TypeUrl.Route)) this.push(TypeUrl.Cluster, false);
+  }
+
+  onChange(types: TypeUrl[]): void {
+    for (const t of PUSH_ORDER) if (types.includes(t) && this.states.has(t)) this.push(t, false);
+  }
+
+  private push(type: TypeUrl, force: boolean): void {
+    const st = this.states.get(type);
+    if (!st || this.closed) return;
+    const snap = this.ctx.cache.get(this.status!.node.group).get(type);
+    const previous = this.status!.sent.get(type);
+    const out = new Map<string, Resource>();
+    if (st.wildcard) for (const [n, r] of snap) out.set(n, r);
+    for (const n of st.names) {
+      const r = snap.get(n) ?? (type === TypeUrl.Endpoint ? previous?.get(n) : undefined);
+      if (r) out.set(n, r);
+    }
+    if (type === TypeUrl.Cluster && previous && !this.routesSettled()) {
+      // Make before break: keep clusters that routes Envoy still runs may point at.
+      for (const [n, r] of previous) if (!out.has(n)) out.set(n, r);
+    }
+    const list = [...out.values()].sort((a, b) => (a.name < b.name ? -1 : 1));
+    const version = hashText(list.map((r) => `${r.name}\u0000${r.version}`).join('\n'));
+    if (!force && version === st.version) return;
+    const nonce = this.nextNonce();
+    st.nonce = nonce;
+    st.version = version;
+    st.sentAt = Date.now();
+    this.recordSent(type, version, nonce, out, list.length);
+    this.send({ version_info: version, resources: list.map((r) => ({ type_url: type, value: r.bytes })), type_url: type, nonce });
+  }
+}

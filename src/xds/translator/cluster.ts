@@ -1,0 +1,53 @@
+import type { Instance, IRCluster } from '../../ir/types.js';
+import { ADS_SOURCE, duration, typed } from './util.js';
+
+export function clusterResource(c: IRCluster): Record<string, unknown> {
+  const out: Record<string, unknown> = {
+    name: c.name,
+    type: 'EDS',
+    eds_cluster_config: { eds_config: ADS_SOURCE },
+    connect_timeout: duration(c.connectTimeoutMs),
+    lb_policy: 'ROUND_ROBIN',
+    // Endpoints a discovery source reports as degraded still take traffic, after healthy ones.
+    common_lb_config: { healthy_panic_threshold: { value: 0 } },
+  };
+  if (c.protocol === 'http2' || c.protocol === 'grpc') {
+    out.typed_extension_protocol_options = {
+      'envoy.extensions.upstreams.http.v3.HttpProtocolOptions': typed('envoy.extensions.upstreams.http.v3.HttpProtocolOptions', {
+        explicit_http_config: { http2_protocol_options: {} },
+      }),
+    };
+  }
+  return out;
+}
+
+export function selectInstances(c: IRCluster, instances: readonly Instance[]): Instance[] {
+  if (!c.subset) return [...instances];
+  const want = Object.entries(c.subset.labels);
+  return instances.filter((i) => want.every(([k, v]) => i.labels[k] === v));
+}
+
+/** The ClusterLoadAssignment of a cluster, from the instances of its service (sorted). */
+export function endpointResource(c: IRCluster, instances: readonly Instance[]): Record<string, unknown> {
+  const byLocality = new Map<string, Instance[]>();
+  for (const i of selectInstances(c, instances)) {
+    const key = JSON.stringify([i.locality?.region ?? '', i.locality?.zone ?? '', i.locality?.subZone ?? '']);
+    byLocality.set(key, [...(byLocality.get(key) ?? []), i]);
+  }
+  const endpoints = [...byLocality.keys()].sort().map((key) => {
+    const [region, zone, subZone] = JSON.parse(key) as string[];
+    const list = byLocality.get(key)!.sort((a, b) => (a.address + ':' + a.port < b.address + ':' + b.port ? -1 : 1));
+    const locality: Record<string, string> = {};
+    if (region) locality.region = region;
+    if (zone) locality.zone = zone;
+    if (subZone) locality.sub_zone = subZone;
+    return {
+      ...(Object.keys(locality).length ? { locality } : {}),
+      lb_endpoints: list.map((i) => ({
+        endpoint: { address: { socket_address: { address: i.address, port_value: i.port } } },
+        health_status: i.health,
+      })),
+    };
+  });
+  return { cluster_name: c.name, endpoints };
+}

@@ -1,0 +1,38 @@
+// HTTP filters: one module each, and ONE table that fixes their order in every filter chain.
+// The router is always last.
+import type { IRHttpListener } from '../../../ir/types.js';
+import { typed } from '../util.js';
+
+export interface HttpFilterModule {
+  /** Envoy's filter name, also the key of per-route configuration. */
+  envoyName: string;
+  /** The filter as it sits in the HTTP connection manager. */
+  hcmEntry(listener: IRHttpListener): Record<string, unknown>;
+}
+
+const fault: HttpFilterModule = {
+  envoyName: 'envoy.filters.http.fault',
+  // No fault by default: each route that asks for one carries it in typed_per_filter_config.
+  hcmEntry: () => ({ name: 'envoy.filters.http.fault', typed_config: typed('envoy.extensions.filters.http.fault.v3.HTTPFault', {}) }),
+};
+
+const router: HttpFilterModule = {
+  envoyName: 'envoy.filters.http.router',
+  hcmEntry: () => ({ name: 'envoy.filters.http.router', typed_config: typed('envoy.extensions.filters.http.router.v3.Router', {}) }),
+};
+
+/** The order of HTTP filters. Add new filters here, in the position they must run. */
+export const FILTER_ORDER: readonly [string, HttpFilterModule][] = [
+  ['fault', fault],
+  ['router', router],
+];
+
+export function httpFilters(listener: IRHttpListener): Record<string, unknown>[] {
+  const wanted = new Set([...listener.httpFilters, 'router']);
+  for (const name of wanted) {
+    if (!FILTER_ORDER.some(([n]) => n === name)) throw new Error(`unknown HTTP filter "${name}" in listener ${listener.name}`);
+  }
+  return FILTER_ORDER.filter(([n]) => wanted.has(n)).map(([, m]) => m.hcmEntry(listener));
+}
+
+export { fault as faultFilter };

@@ -1,0 +1,36 @@
+// IR -> Envoy resources for one proxy group. Endpoints are built separately (per cluster) so that
+// a discovery change re-encodes only the ClusterLoadAssignments it touches.
+import type { Instance, IRCluster, IRProxyConfig } from '../../ir/types.js';
+import type { EncodeCache, Resource } from '../resources/resource.js';
+import { TypeUrl } from '../resources/type-urls.js';
+import { clusterResource, endpointResource } from './cluster.js';
+import { listenerResource } from './listener.js';
+import { routeConfigResource } from './route.js';
+import { redactSecret, secretResource } from './secret.js';
+
+export type ResourceMap = Map<TypeUrl, Map<string, Resource>>;
+
+export function emptyResourceMap(): ResourceMap {
+  return new Map([TypeUrl.Cluster, TypeUrl.Endpoint, TypeUrl.Listener, TypeUrl.Route, TypeUrl.Secret].map((t) => [t, new Map()]));
+}
+
+/** Listeners, routes, clusters and secrets of a group (everything but endpoints). */
+export function configResources(ir: IRProxyConfig, enc: EncodeCache): ResourceMap {
+  const out = emptyResourceMap();
+  const put = (r: Resource) => out.get(r.type)!.set(r.name, r);
+  for (const l of ir.listeners) {
+    put(enc.make(TypeUrl.Listener, l.name, listenerResource(l), { sources: [l.source.file] }));
+    const files = [...new Set(l.routeConfig.virtualHosts.flatMap((v) => v.routes.map((r) => r.source.file)))].sort();
+    put(enc.make(TypeUrl.Route, l.routeConfig.name, routeConfigResource(l), { sources: files }));
+  }
+  for (const c of ir.clusters) put(enc.make(TypeUrl.Cluster, c.name, clusterResource(c), { sources: [c.source.file] }));
+  for (const s of ir.secrets) {
+    const json = secretResource(s);
+    put(enc.make(TypeUrl.Secret, s.name, json, { printable: redactSecret(json), sources: [s.source.file] }));
+  }
+  return out;
+}
+
+export function endpointsResource(c: IRCluster, instances: readonly Instance[], enc: EncodeCache): Resource {
+  return enc.make(TypeUrl.Endpoint, c.name, endpointResource(c, instances), { sources: [c.source.file] });
+}

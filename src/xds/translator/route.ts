@@ -1,0 +1,90 @@
+import type { IRHeaderMods, IRRoute, IRRouteMatch, IRStringMatch, IRHttpListener } from '../../ir/types.js';
+import { faultFilter } from './filters/index.js';
+import { duration, fractionalPercent, typed } from './util.js';
+
+function stringMatch(m: IRStringMatch): Record<string, unknown> {
+  if (m.type === 'Present') return { name: m.name, present_match: true };
+  if (m.type === 'RegularExpression') return { name: m.name, string_match: { safe_regex: { regex: m.value } } };
+  return { name: m.name, string_match: { exact: m.value } };
+}
+
+function routeMatch(m: IRRouteMatch): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  const { type, value } = m.path;
+  if (type === 'Exact') out.path = value;
+  else if (type === 'RegularExpression') out.safe_regex = { regex: value };
+  // PathPrefix matches whole path segments: "/orders" takes "/orders" and "/orders/1", not "/ordersx".
+  else if (value === '/' || value.endsWith('/')) out.prefix = value;
+  else out.path_separated_prefix = value;
+  const headers = m.headers.map(stringMatch);
+  if (m.method) headers.unshift({ name: ':method', string_match: { exact: m.method } });
+  if (headers.length) out.headers = headers;
+  if (m.queryParams.length) out.query_parameters = m.queryParams.map(stringMatch);
+  return out;
+}
+
+function headerOptions(mods: IRHeaderMods | undefined, prefix: 'request' | 'response'): Record<string, unknown> {
+  if (!mods) return {};
+  const add = [
+    ...mods.set.map((h) => ({ header: { key: h.name, value: h.value }, append_action: 'OVERWRITE_IF_EXISTS_OR_ADD' })),
+    ...mods.add.map((h) => ({ header: { key: h.name, value: h.value }, append_action: 'APPEND_IF_EXISTS_OR_ADD' })),
+  ];
+  const out: Record<string, unknown> = {};
+  if (add.length) out[`${prefix}_headers_to_add`] = add;
+  if (mods.remove.length) out[`${prefix}_headers_to_remove`] = mods.remove;
+  return out;
+}
+
+const REDIRECT_CODE = { 301: 'MOVED_PERMANENTLY', 302: 'FOUND', 303: 'SEE_OTHER', 307: 'TEMPORARY_REDIRECT', 308: 'PERMANENT_REDIRECT' } as const;
+
+function routeResource(r: IRRoute): Record<string, unknown> {
+  const out: Record<string, unknown> = { name: r.name, match: routeMatch(r.match) };
+  const a = r.action;
+  if (a.kind === 'redirect') {
+    const redirect: Record<string, unknown> = { response_code: REDIRECT_CODE[a.statusCode] };
+    if (a.scheme === 'https') redirect.https_redirect = true;
+    else if (a.scheme) redirect.scheme_redirect = a.scheme;
+    if (a.hostname) redirect.host_redirect = a.hostname;
+    if (a.port) redirect.port_redirect = a.port;
+    if (a.path?.fullPath) redirect.path_redirect = a.path.fullPath;
+    if (a.path?.prefix) redirect.prefix_rewrite = a.path.prefix;
+    out.redirect = redirect;
+  } else {
+    const route: Record<string, unknown> = {};
+    if (a.backends.length === 1) route.cluster = a.backends[0]!.cluster;
+    else route.weighted_clusters = { clusters: a.backends.map((b) => ({ name: b.cluster, weight: { value: b.weight } })) };
+    route.timeout = duration(a.timeoutMs);
+    if (a.rewrite?.prefix) route.prefix_rewrite = a.rewrite.prefix;
+    if (a.rewrite?.fullPath) route.regex_rewrite = { pattern: { regex: '^.*$' }, substitution: a.rewrite.fullPath };
+    if (a.rewrite?.hostname) route.host_rewrite_literal = a.rewrite.hostname;
+    if (a.retry) {
+      const retry: Record<string, unknown> = { retry_on: a.retry.retryOn.join(','), num_retries: { value: a.retry.attempts } };
+      if (a.retry.perTryTimeoutMs) retry.per_try_timeout = duration(a.retry.perTryTimeoutMs);
+      if (a.retry.retriableStatusCodes) retry.retriable_status_codes = a.retry.retriableStatusCodes;
+      if (a.retry.backoff) {
+        retry.retry_back_off = {
+          base_interval: duration(a.retry.backoff.baseIntervalMs),
+          ...(a.retry.backoff.maxIntervalMs ? { max_interval: duration(a.retry.backoff.maxIntervalMs) } : {}),
+        };
+      }
+      route.retry_policy = retry;
+    }
+    out.route = route;
+  }
+  Object.assign(out, headerOptions(r.requestHeaders, 'request'), headerOptions(r.responseHeaders, 'response'));
+  if (r.fault) {
+    const fault: Record<string, unknown> = {};
+    if (r.fault.delay) fault.delay = { fixed_delay: duration(r.fault.delay.fixedMs), percentage: fractionalPercent(r.fault.delay.percent) };
+    if (r.fault.abort) fault.abort = { http_status: r.fault.abort.httpStatus, percentage: fractionalPercent(r.fault.abort.percent) };
+    out.typed_per_filter_config = { [faultFilter.envoyName]: typed('envoy.extensions.filters.http.fault.v3.HTTPFault', fault) };
+  }
+  return out;
+}
+
+export function routeConfigResource(l: IRHttpListener): Record<string, unknown> {
+  return {
+    name: l.routeConfig.name,
+    virtual_hosts: l.routeConfig.virtualHosts.map((v) => ({ name: v.name, domains: v.domains, routes: v.routes.map(routeResource) })),
+    validate_clusters: { value: false },
+  };
+}

