@@ -1,0 +1,65 @@
+// Runs `signalbox serve` as a real child process (so tests can kill and restart it).
+import { spawn, type ChildProcess } from 'node:child_process';
+import path from 'node:path';
+import { repoRoot } from './envoy.js';
+import { freePort, waitFor } from './net.js';
+
+export interface SignalboxProcess {
+  xdsPort: number;
+  adminPort: number;
+  admin<T = any>(p: string): Promise<T>;
+  adminText(p: string): Promise<string>;
+  logs(): string;
+  kill(signal?: NodeJS.Signals): Promise<void>;
+  restart(): Promise<void>;
+}
+
+export async function startSignalbox(opts: { policies: string; xdsPort?: number; adminPort?: number; extraArgs?: string[]; env?: NodeJS.ProcessEnv; waitReady?: boolean }): Promise<SignalboxProcess> {
+  const xdsPort = opts.xdsPort ?? (await freePort());
+  const adminPort = opts.adminPort ?? (await freePort());
+  let child: ChildProcess | undefined;
+  let log = '';
+  let exited = true;
+  const launch = async () => {
+    child = spawn(
+      process.execPath,
+      [path.join(repoRoot(), 'bin/signalbox.js'), 'serve', '--policies', opts.policies, '--xds-address', '127.0.0.1', '--xds-port', String(xdsPort), '--admin-port', String(adminPort), '--watch-debounce-ms', '50', ...(opts.extraArgs ?? [])],
+      { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } },
+    );
+    exited = false;
+    const keep = (b: Buffer) => {
+      log += b.toString();
+      if (log.length > 400_000) log = log.slice(-200_000);
+    };
+    child.stdout!.on('data', keep);
+    child.stderr!.on('data', keep);
+    child.on('exit', () => (exited = true));
+    await waitFor(
+      async () => {
+        if (exited) throw new Error(`signalbox exited:\n${log}`);
+        const r = await fetch(`http://127.0.0.1:${adminPort}/${opts.waitReady === false ? 'healthz' : 'readyz'}`).catch(() => undefined);
+        return r?.status === 200;
+      },
+      { timeoutMs: 20_000, what: 'signalbox ready' },
+    );
+  };
+  await launch();
+  const sb: SignalboxProcess = {
+    xdsPort,
+    adminPort,
+    admin: async (p) => (await fetch(`http://127.0.0.1:${adminPort}${p}`)).json(),
+    adminText: async (p) => (await fetch(`http://127.0.0.1:${adminPort}${p}`)).text(),
+    logs: () => log,
+    kill: async (signal = 'SIGTERM') => {
+      if (exited || !child) return;
+      const done = new Promise((r) => child!.once('exit', r));
+      child.kill(signal);
+      await done;
+    },
+    restart: async () => {
+      await sb.kill();
+      await launch();
+    },
+  };
+  return sb;
+}
