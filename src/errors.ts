@@ -11,6 +11,8 @@ export const ErrorCode = {
   FILE_READ: 'SB_FILE_READ',
   NO_POLICIES: 'SB_NO_POLICIES',
   BAD_FLAG: 'SB_BAD_FLAG',
+  CA: 'SB_CA',
+  TOKEN: 'SB_TOKEN',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 

@@ -8,6 +8,8 @@ import type { Metrics } from '../observability/metrics.js';
 import type { SnapshotCache } from '../xds/cache/snapshot-cache.js';
 import { SHORT_NAME, PUSH_ORDER } from '../xds/resources/type-urls.js';
 import type { ProxyRegistry } from '../xds/server/proxy-status.js';
+import type { IdentityManager } from '../ca/identities.js';
+import { hashText } from '../xds/resources/resource.js';
 
 export interface AdminDeps {
   pipeline: Pipeline;
@@ -15,8 +17,11 @@ export interface AdminDeps {
   registry: ProxyRegistry;
   metrics: Metrics;
   logger: Logger;
+  identities?: IdentityManager;
   /** Extra status sections (e.g. discovery sources), by name. */
   sources?: () => unknown;
+  /** Extra readiness conditions (e.g. a discovery source's first full sync). */
+  readiness?: () => { ready: boolean; reason?: string };
 }
 
 export function buildAdmin(deps: AdminDeps): FastifyInstance {
@@ -28,6 +33,8 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
 
   app.get('/readyz', async (_req, reply) => {
     if (!pipeline.ready) return reply.code(503).send({ ready: false, reason: 'no valid configuration compiled yet', errors: pipeline.errors.length });
+    const extra = deps.readiness?.();
+    if (extra && !extra.ready) return reply.code(503).send({ ready: false, reason: extra.reason });
     return { ready: true };
   });
 
@@ -36,12 +43,27 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
     return metrics.registry.metrics();
   });
 
-  app.get('/api/proxies', async () => ({ proxies: registry.all().map((p) => p.toJSON()) }));
+  /** A proxy's status plus the certificate of its identity (serial, expiry; never the key). */
+  const withCert = (p: ReturnType<ProxyRegistry['all']>[number]) => {
+    const json = p.toJSON();
+    const identity = pipeline.irGroups().get(p.node.group)?.identity;
+    const cert = identity ? deps.identities?.current(identity) : undefined;
+    return {
+      ...json,
+      certificate: cert
+        ? { identity, serial: cert.serial, notAfter: cert.notAfter.toISOString(), trustBundleVersion: hashText(deps.identities!.ca.trustBundlePem), secretsServed: p.secretsAllowed }
+        : undefined,
+    };
+  };
+
+  app.get('/api/proxies', async () => ({ proxies: registry.all().map(withCert) }));
+
+  app.get('/api/certificates', async () => ({ certificates: deps.identities?.list() ?? [] }));
 
   app.get<{ Params: { id: string } }>('/api/proxies/:id', async (req, reply) => {
     const p = registry.byId(req.params.id);
     if (!p) return reply.code(404).send({ error: `no connected proxy "${req.params.id}"` });
-    return p.toJSON();
+    return withCert(p);
   });
 
   app.get<{ Params: { id: string } }>('/api/config/:id', async (req, reply) => {

@@ -4,7 +4,12 @@ import { isIP } from 'node:net';
 import YAML from 'yaml';
 
 export interface BootstrapOptions {
-  gateway: string;
+  /** A gateway proxy (`--gateway NAME`)... */
+  gateway?: string;
+  /** ...or a sidecar (`--service NAME --instance ID --app-port N --inbound-port N`). */
+  sidecar?: { service: string; instance: string; appPort: number; inboundPort: number; outboundPort?: number };
+  /** A token from `signalbox token`, sent as gRPC metadata on the xDS stream. */
+  token?: string;
   xdsAddress: string;
   delta?: boolean;
   adminPort?: number;
@@ -23,12 +28,28 @@ export function splitHostPort(hp: string): { host: string; port: number } {
 export function bootstrapConfig(o: BootstrapOptions): Record<string, unknown> {
   const { host, port } = splitHostPort(o.xdsAddress);
   const ads = { ads: {}, resource_api_version: 'V3' };
+  let node: Record<string, unknown>;
+  if (o.sidecar) {
+    const sc = o.sidecar;
+    node = {
+      id: o.id ?? sc.instance,
+      cluster: sc.service,
+      metadata: {
+        'signalbox.role': 'sidecar',
+        'signalbox.service': sc.service,
+        'signalbox.instance': sc.instance,
+        'signalbox.app_port': String(sc.appPort),
+        'signalbox.inbound_port': String(sc.inboundPort),
+        'signalbox.outbound_port': String(sc.outboundPort ?? 15001),
+      },
+    };
+  } else if (o.gateway) {
+    node = { id: o.id ?? `${o.gateway}-${os.hostname()}`, cluster: o.gateway, metadata: { 'signalbox.role': 'gateway', 'signalbox.gateway': o.gateway } };
+  } else {
+    throw new Error('give --gateway NAME, or --service NAME --instance ID --app-port N --inbound-port N');
+  }
   return {
-    node: {
-      id: o.id ?? `${o.gateway}-${os.hostname()}`,
-      cluster: o.gateway,
-      metadata: { 'signalbox.role': 'gateway', 'signalbox.gateway': o.gateway },
-    },
+    node,
     admin: { address: { socket_address: { address: o.adminAddress ?? '127.0.0.1', port_value: o.adminPort ?? 9901 } } },
     dynamic_resources: {
       ads_config: {
@@ -42,6 +63,7 @@ export function bootstrapConfig(o: BootstrapOptions): Record<string, unknown> {
               // Reconnect quickly after a control-plane restart.
               retry_policy: { retry_back_off: { base_interval: '0.25s', max_interval: '2s' } },
             },
+            ...(o.token ? { initial_metadata: [{ key: 'x-signalbox-token', value: o.token }] } : {}),
           },
         ],
       },

@@ -23,7 +23,7 @@ export async function compileDir(dir: string): Promise<{ ok: true; groups: Compi
   for (const [group, ir] of translate(built.model)) {
     const res = configResources(ir, enc);
     const eds = res.get(TypeUrl.Endpoint)!;
-    for (const c of ir.clusters) eds.set(c.name, endpointsResource(c, store.get(c.service), enc));
+    for (const c of ir.clusters) if (!c.static) eds.set(c.name, endpointsResource(c, store.get(c.service), enc));
     const out: CompiledGroups[string] = {};
     for (const t of PUSH_ORDER) {
       const list = [...res.get(t)!.values()].sort((a, b) => (a.name < b.name ? -1 : 1));

@@ -1,5 +1,5 @@
 // The `signalbox` command.
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { SERVE_SETTINGS, resolveServeConfig } from '../config/settings.js';
@@ -15,8 +15,12 @@ Usage:
   signalbox serve [flags]              run the control plane
   signalbox validate DIR               check a policy directory; exit 1 on any error
   signalbox compile DIR [--group G]    print the Envoy resources each proxy group gets (JSON)
-  signalbox bootstrap --gateway NAME --xds-address HOST:PORT [--delta] [--admin-port N] [--id ID] [--out FILE]
-                                       print an Envoy bootstrap (YAML) for a gateway proxy
+  signalbox token --service NAME | --gateway NAME [--ttl 720h] [--data-dir DIR]
+                                       print a token a proxy presents to receive its identity's secrets
+  signalbox token revoke TOKEN_ID [--data-dir DIR]
+  signalbox bootstrap --gateway NAME --xds-address HOST:PORT [--delta] [--admin-port N] [--id ID] [--token T] [--out FILE]
+  signalbox bootstrap --service NAME --instance ID --app-port N --inbound-port N [--outbound-port N] ...
+                                       print an Envoy bootstrap (YAML) for a gateway or a sidecar
 
 serve flags (each also read from its environment variable):
 ${Object.values(SERVE_SETTINGS)
@@ -36,6 +40,8 @@ export async function run(argv: string[]): Promise<number> {
         return await compile(rest);
       case 'bootstrap':
         return bootstrap(rest);
+      case 'token':
+        return await token(rest);
       case undefined:
       case 'help':
       case '--help':
@@ -107,11 +113,40 @@ async function compile(args: string[]): Promise<number> {
   return 0;
 }
 
+async function token(args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: { service: { type: 'string' }, gateway: { type: 'string' }, ttl: { type: 'string' }, 'data-dir': { type: 'string' } },
+  });
+  const dataDir = path.resolve(values['data-dir'] ?? process.env.SIGNALBOX_DATA_DIR ?? '.data');
+  const { issueToken, revokeToken } = await import('../ca/tokens.js');
+  if (positionals[0] === 'revoke') {
+    if (!positionals[1]) throw new SignalboxError('SB_BAD_FLAG', 'usage: signalbox token revoke TOKEN_ID');
+    await revokeToken(dataDir, positionals[1]);
+    process.stderr.write(`revoked ${positionals[1]}\n`);
+    return 0;
+  }
+  if (!values.service === !values.gateway) throw new SignalboxError('SB_BAD_FLAG', 'give either --service NAME or --gateway NAME');
+  const subject = values.service ? `service/${values.service}` : `gateway/${values.gateway}`;
+  const { token: jwt, id } = await issueToken(dataDir, subject, values.ttl);
+  process.stdout.write(jwt + '\n');
+  process.stderr.write(`token ${id} for ${subject}${values.ttl ? `, valid for ${values.ttl}` : ''} (revoke: signalbox token revoke ${id})\n`);
+  return 0;
+}
+
 function bootstrap(args: string[]): number {
   const { values } = parseArgs({
     args,
     options: {
       gateway: { type: 'string' },
+      service: { type: 'string' },
+      instance: { type: 'string' },
+      'app-port': { type: 'string' },
+      'inbound-port': { type: 'string' },
+      'outbound-port': { type: 'string' },
+      token: { type: 'string' },
+      'token-file': { type: 'string' },
       'xds-address': { type: 'string' },
       delta: { type: 'boolean' },
       'admin-port': { type: 'string' },
@@ -120,13 +155,28 @@ function bootstrap(args: string[]): number {
       out: { type: 'string' },
     },
   });
-  if (!values.gateway) throw new SignalboxError('SB_BAD_FLAG', '--gateway NAME is required');
+  if (!values.gateway === !values.service) throw new SignalboxError('SB_BAD_FLAG', 'give either --gateway NAME or --service NAME (a sidecar)');
+  const portFlag = (name: string, v: string | undefined, fallback?: number): number => {
+    const n = v === undefined ? fallback : Number(v);
+    if (n === undefined || !Number.isInteger(n) || n < 1 || n > 65535) throw new SignalboxError('SB_BAD_FLAG', `--${name} must be a port from 1 to 65535`);
+    return n;
+  };
+  const sidecar = values.service
+    ? {
+        service: values.service,
+        instance: values.instance ?? `${values.service}-${process.pid}`,
+        appPort: portFlag('app-port', values['app-port']),
+        inboundPort: portFlag('inbound-port', values['inbound-port']),
+        outboundPort: portFlag('outbound-port', values['outbound-port'], 15001),
+      }
+    : undefined;
+  const token = values.token ?? (values['token-file'] ? readFileSync(values['token-file'], 'utf8').trim() : process.env.SIGNALBOX_TOKEN);
   const xdsAddress = values['xds-address'] ?? process.env.SIGNALBOX_XDS_ADDRESS_FOR_PROXIES ?? '127.0.0.1:18000';
   const adminPort = values['admin-port'] ? Number(values['admin-port']) : undefined;
   if (adminPort !== undefined && (!Number.isInteger(adminPort) || adminPort < 0 || adminPort > 65535)) throw new SignalboxError('SB_BAD_FLAG', '--admin-port must be a port');
   let yaml: string;
   try {
-    yaml = bootstrapYaml({ gateway: values.gateway, xdsAddress, delta: values.delta, adminPort, adminAddress: values['admin-address'], id: values.id });
+    yaml = bootstrapYaml({ gateway: values.gateway, sidecar, token, xdsAddress, delta: values.delta, adminPort, adminAddress: values['admin-address'], id: values.id });
   } catch (e) {
     throw new SignalboxError('SB_BAD_FLAG', (e as Error).message);
   }

@@ -10,6 +10,11 @@ import { watchPolicies } from '../sources/files/watcher.js';
 import { SnapshotCache } from '../xds/cache/snapshot-cache.js';
 import { envoyRoot } from '../xds/resources/protos.js';
 import { XdsServer } from '../xds/server/server.js';
+import { attachConsul } from '../sources/consul/index.js';
+import { CertificateAuthority } from '../ca/ca.js';
+import { IdentityManager } from '../ca/identities.js';
+import { TokenVerifier } from '../ca/tokens.js';
+import { BUILTIN_DEFAULTS } from '../model/model.js';
 
 export interface RunningServer {
   xdsPort: number;
@@ -25,15 +30,21 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
   const metrics = new Metrics();
   const cache = new SnapshotCache();
   const policyDir = path.resolve(cfg.policies);
-  const pipeline = new Pipeline({ policyDir, cache, logger, metrics });
-  const xds = new XdsServer({ cache, metrics, logger });
+  const ca = await CertificateAuthority.open({ dataDir: path.resolve(cfg.dataDir), trustDomain: BUILTIN_DEFAULTS.trustDomain, files: cfg.ca });
+  logger.info({ ca: ca.source, subject: ca.certificate.subject, notAfter: ca.certificate.notAfter.toISOString() }, 'mesh CA ready');
+  const identities = new IdentityManager(ca, { ttlMs: BUILTIN_DEFAULTS.mtls.certTTLms, logger, metrics: { issued: (kind) => metrics.certificates.inc({ kind }) } });
+  metrics.trackCertificates(() => identities.nearestExpirySeconds());
+  const pipeline = new Pipeline({ policyDir, cache, logger, metrics, identities });
+  const tokens = await TokenVerifier.open(path.resolve(cfg.dataDir));
+  const xds = new XdsServer({ cache, metrics, logger, tokens, requireToken: cfg.requireToken });
+  const consul = attachConsul(cfg, pipeline, metrics, logger); // undefined without --consul-addr
   const first = await pipeline.reload();
   if (!first.applied) {
     logger.error({ errors: first.errors.map(formatPolicyError) }, 'the policy directory is invalid; serving no configuration until it is fixed');
   }
   const watcher = watchPolicies(policyDir, cfg.watchDebounceMs, () => void pipeline.reload());
   const xdsPort = await xds.listen(`${cfg.xdsAddress.includes(':') ? `[${cfg.xdsAddress}]` : cfg.xdsAddress}:${cfg.xdsPort}`);
-  const admin = buildAdmin({ pipeline, cache, registry: xds.registry, metrics, logger });
+  const admin = buildAdmin({ pipeline, cache, registry: xds.registry, metrics, logger, identities, sources: () => ({ sources: consul ? [consul.status()] : [] }), readiness: consul ? () => consul.readiness() : undefined });
   await admin.listen({ host: cfg.adminAddress, port: cfg.adminPort });
   const adminPort = (admin.server.address() as { port: number }).port;
   logger.info({ xds: `${cfg.xdsAddress}:${xdsPort}`, admin: `http://${cfg.adminAddress}:${adminPort}`, policies: policyDir }, 'signalbox serving');
@@ -45,8 +56,10 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
     logger,
     stop: async () => {
       await watcher.close();
+      await consul?.stop();
       await admin.close();
       await xds.close();
+      identities.stop();
     },
   };
 }

@@ -15,11 +15,16 @@ import { checkConsistency, Snapshot, SnapshotCache } from '../xds/cache/snapshot
 import { EncodeCache, type Resource } from '../xds/resources/resource.js';
 import { TypeUrl } from '../xds/resources/type-urls.js';
 import { configResources, endpointsResource, type ResourceMap } from '../xds/translator/index.js';
+import type { IdentityManager } from '../ca/identities.js';
+import { IDENTITY_SECRET, parseSidecarGroup, TRUST_BUNDLE_SECRET } from '../ir/types.js';
+import { redactSecret } from '../xds/translator/secret.js';
 
 interface GroupState {
   ir: IRProxyConfig;
   config: ResourceMap;
   endpoints: Map<string, Resource>;
+  /** The group's own identity certificate and the mesh trust bundle (SDS). */
+  identity: Map<string, Resource>;
 }
 
 export interface ReloadResult {
@@ -34,6 +39,8 @@ export interface PipelineOptions {
   logger: Logger;
   metrics?: Metrics;
   endpoints?: EndpointStore;
+  /** Issues each group's SPIFFE certificate; without it no mesh TLS secrets are served. */
+  identities?: IdentityManager;
   /** How long endpoint changes are gathered before one push (coalescing bursts). */
   endpointDebounceMs?: number;
 }
@@ -50,11 +57,43 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
   private endpointTimer?: NodeJS.Timeout;
   private running: Promise<ReloadResult> | undefined;
   private again = false;
+  /** Sidecar groups proxies have asked for (their shape comes from the proxy's node metadata). */
+  private readonly sidecarGroups = new Set<string>();
 
   constructor(private readonly opts: PipelineOptions) {
     super();
     this.endpoints = opts.endpoints ?? new EndpointStore();
     this.endpoints.on('change', (services) => this.onEndpointChange(services));
+    opts.cache.on('demand', (group) => void this.demand(group));
+    opts.identities?.on('rotated', (id) => void this.onRotated(id));
+  }
+
+  /** Builds a sidecar group on first demand (when the model knows its service). */
+  private async demand(group: string): Promise<void> {
+    if (!parseSidecarGroup(group) || this.sidecarGroups.has(group)) return;
+    this.sidecarGroups.add(group);
+    if (this.model || this.running) await this.reload();
+  }
+
+  private async onRotated(id: string): Promise<void> {
+    for (const [group, state] of this.groups) {
+      if (state.ir.identity !== id) continue;
+      state.identity = this.identityResources(id);
+      this.opts.cache.set(group, this.snapshotOf(state));
+    }
+  }
+
+  private identityResources(id: string | undefined): Map<string, Resource> {
+    const out = new Map<string, Resource>();
+    const ids = this.opts.identities;
+    const cert = id && ids?.current(id);
+    if (!ids || !cert) return out;
+    const chain = ids.ca.source === 'files' ? `${cert.certificatePem.trim()}\n${ids.ca.certificatePem.trim()}\n` : cert.certificatePem;
+    const json = { name: IDENTITY_SECRET, tls_certificate: { certificate_chain: { inline_string: chain }, private_key: { inline_string: cert.privateKeyPem } } };
+    out.set(IDENTITY_SECRET, this.encoder.make(TypeUrl.Secret, IDENTITY_SECRET, json, { printable: redactSecret(json) }));
+    const bundle = { name: TRUST_BUNDLE_SECRET, validation_context: { trusted_ca: { inline_string: ids.ca.trustBundlePem } } };
+    out.set(TRUST_BUNDLE_SECRET, this.encoder.make(TypeUrl.Secret, TRUST_BUNDLE_SECRET, bundle));
+    return out;
   }
 
   get ready(): boolean {
@@ -90,7 +129,8 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
     }
     if (model && errors.length === 0) {
       try {
-        this.apply(model);
+        await this.opts.identities?.setTtl(model.mesh.mtls.certTTLms);
+        await this.apply(model);
       } catch (e) {
         errors = [{ code: ErrorCode.CONFLICT, file: this.opts.policyDir, message: `internal: the compiled configuration is inconsistent: ${(e as Error).message}` }];
       }
@@ -115,18 +155,21 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
   }
 
   /** Compiles a valid model into every group's snapshot. Throws (changing nothing) if inconsistent. */
-  private apply(model: Model): void {
+  private async apply(model: Model): Promise<void> {
     for (const svc of model.services.values()) {
       if (svc.endpoints) this.endpoints.set(svc.name, staticInstances(svc), 'static', { quiet: true });
     }
-    const irs = translate(model);
+    const irs = translate(model, this.sidecarGroups);
+    if (this.opts.identities) {
+      await Promise.all([...irs.values()].flatMap((ir) => (ir.identity ? [this.opts.identities!.ensure(ir.identity)] : [])));
+    }
     const next = new Map<string, GroupState>();
     const snapshots = new Map<string, Snapshot>();
     for (const [group, ir] of irs) {
       const config = configResources(ir, this.encoder);
       const endpoints = new Map<string, Resource>();
-      for (const c of ir.clusters) endpoints.set(c.name, endpointsResource(c, this.endpoints.get(c.service), this.encoder));
-      const state = { ir, config, endpoints };
+      for (const c of ir.clusters) if (!c.static) endpoints.set(c.name, endpointsResource(c, this.endpoints.get(c.service), this.encoder));
+      const state: GroupState = { ir, config, endpoints, identity: this.identityResources(ir.identity) };
       const snap = this.snapshotOf(state);
       const problems = checkConsistency(snap, refsOf(ir));
       if (problems.length) throw new Error(`${group}: ${problems.join('; ')}`);
@@ -143,6 +186,7 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
   private snapshotOf(state: GroupState): Snapshot {
     const resources = new Map(state.config);
     resources.set(TypeUrl.Endpoint, state.endpoints);
+    resources.set(TypeUrl.Secret, new Map([...state.config.get(TypeUrl.Secret)!, ...state.identity]));
     return new Snapshot(resources);
   }
 
@@ -160,7 +204,7 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
   /** Re-encodes the endpoint sets of the changed services, only in the groups that use them. */
   rebuildEndpoints(services: Set<string>): void {
     for (const [group, state] of this.groups) {
-      const affected: IRCluster[] = state.ir.clusters.filter((c) => services.has(c.service));
+      const affected: IRCluster[] = state.ir.clusters.filter((c) => !c.static && services.has(c.service));
       if (affected.length === 0) continue;
       const endpoints = new Map(state.endpoints);
       for (const c of affected) endpoints.set(c.name, endpointsResource(c, this.endpoints.get(c.service), this.encoder));
@@ -182,6 +226,7 @@ function refsOf(ir: IRProxyConfig) {
   return {
     routeConfigs: ir.listeners.map((l) => l.routeConfig.name),
     clustersUsed,
+    edsClusters: ir.clusters.filter((c) => !c.static).map((c) => c.name),
     secretsUsed: ir.listeners.flatMap((l) => (l.tls ? [l.tls.secretName] : [])),
   };
 }

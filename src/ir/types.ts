@@ -1,6 +1,7 @@
 // The intermediate representation: plain, serialisable data describing what each proxy should do.
 // It holds no Envoy types; the xDS translator turns it into Envoy resources.
 import type { SourceRef } from '../model/model.js';
+import type { IRCircuitBreaker, IRHashOn, IRHealthCheck, IRLoadBalancer, IRLocalRateLimit, IROutlierDetection } from './traffic.js';
 
 export type Health = 'HEALTHY' | 'UNHEALTHY' | 'DRAINING' | 'DEGRADED' | 'UNKNOWN';
 
@@ -54,6 +55,8 @@ export interface IRForward {
   timeoutMs: number;
   retry?: IRRetry;
   rewrite?: { prefix?: string; fullPath?: string; hostname?: string };
+  /** Hash keys for RingHash backends (consistent hashing is keyed per route in Envoy). */
+  hashOn?: IRHashOn[];
 }
 
 export interface IRRedirect {
@@ -73,6 +76,8 @@ export interface IRRoute {
   requestHeaders?: IRHeaderMods;
   responseHeaders?: IRHeaderMods;
   fault?: IRFault;
+  /** A local rate limit for this route only (RateLimitPolicy on its HTTPRoute). */
+  rateLimit?: IRLocalRateLimit;
   source: SourceRef;
 }
 
@@ -82,14 +87,40 @@ export interface IRVirtualHost {
   routes: IRRoute[];
 }
 
+/** One RBAC policy: who (SPIFFE IDs) may (or may not) do what (methods, paths); no permissions = anything. */
+export interface IRRbacPolicy {
+  name: string;
+  principals: string[];
+  permissions?: { methods?: string[]; paths?: { type: 'Exact' | 'PathPrefix' | 'RegularExpression'; value: string }[] }[];
+}
+
+/** Access control on an inbound listener: deny policies first, then allow policies (if defaultDeny). */
+export interface IRRbac {
+  deny: IRRbacPolicy[];
+  allow: IRRbacPolicy[];
+  defaultDeny: boolean;
+}
+
+export const IDENTITY_SECRET = 'signalbox/identity';
+export const TRUST_BUNDLE_SECRET = 'signalbox/trust-bundle';
+
 export interface IRHttpListener {
   name: string;
+  /** gateway: edge listener; inbound: a sidecar's mTLS listener; outbound: a sidecar's local listener. */
+  direction?: 'gateway' | 'inbound' | 'outbound';
+  /** Inbound mesh TLS: terminate with the proxy's own identity and require a mesh client certificate. */
+  meshTls?: { mode: 'strict' | 'permissive' };
+  rbac?: IRRbac;
+  /** Pass the verified peer identity to the app in x-forwarded-client-cert. */
+  forwardClientCert?: boolean;
   address: string;
   port: number;
   tls?: { secretName: string };
   routeConfig: { name: string; virtualHosts: IRVirtualHost[] };
   /** HTTP filters the listener needs besides the router, by name from the filter order table. */
   httpFilters: string[];
+  /** A local rate limit over every request of the listener (RateLimitPolicy on a Gateway or Service). */
+  rateLimit?: IRLocalRateLimit;
   source: SourceRef;
 }
 
@@ -99,6 +130,15 @@ export interface IRCluster {
   subset?: { name: string; labels: Record<string, string> };
   protocol: 'http' | 'http2' | 'grpc' | 'tcp';
   connectTimeoutMs: number;
+  /** A fixed local endpoint (a sidecar's own app) instead of discovered instances. */
+  static?: { address: string; port: number };
+  /** SPIFFE ID to verify when an instance is reached over mTLS at its sidecar. */
+  upstreamIdentity?: string;
+  /** TrafficPolicy settings (absent: Envoy's defaults, round robin). */
+  loadBalancer?: IRLoadBalancer;
+  circuitBreaker?: IRCircuitBreaker;
+  outlierDetection?: IROutlierDetection;
+  healthCheck?: IRHealthCheck;
   source: SourceRef;
 }
 
@@ -112,12 +152,31 @@ export interface IRSecret {
 /** Everything one group of identical proxies (e.g. every Envoy of one gateway) receives. */
 export interface IRProxyConfig {
   group: string;
+  /** The SPIFFE ID of the proxies in this group; they receive this identity's certificate only. */
+  identity?: string;
   listeners: IRHttpListener[];
   clusters: IRCluster[];
   secrets: IRSecret[];
 }
 
-/** Proxy groups are keyed `gateway/<name>` (and later `sidecar/<service>`). */
+/** Proxy groups are keyed `gateway/<name>` and `sidecar/<service>/<appPort>/<inboundPort>/<outboundPort>`. */
 export function gatewayGroup(name: string): string {
   return `gateway/${name}`;
+}
+
+export interface SidecarShape {
+  service: string;
+  appPort: number;
+  inboundPort: number;
+  outboundPort: number;
+}
+
+export function sidecarGroup(s: SidecarShape): string {
+  return `sidecar/${s.service}/${s.appPort}/${s.inboundPort}/${s.outboundPort}`;
+}
+
+export function parseSidecarGroup(group: string): SidecarShape | undefined {
+  const m = /^sidecar\/([a-z0-9-]+)\/(\d+)\/(\d+)\/(\d+)$/.exec(group);
+  if (!m) return undefined;
+  return { service: m[1]!, appPort: Number(m[2]), inboundPort: Number(m[3]), outboundPort: Number(m[4]) };
 }

@@ -8,6 +8,8 @@ import { ErrorCode, type PolicyError } from '../errors.js';
 import type { LoadedDoc, SourceRef } from '../sources/files/loader.js';
 import { didYouMean } from './did-you-mean.js';
 import { hostnameMatches } from './hostnames.js';
+import { resolveAccessPolicies, type AccessModel } from './access.js';
+import { resolvePolicies, type PoliciesModel, type RuleDefaults } from './policies.js';
 
 export type { SourceRef };
 
@@ -56,6 +58,8 @@ export interface RouteModel {
   name: string;
   spec: HTTPRoute['spec'];
   source: SourceRef;
+  /** Per rule: the timeout and retries it inherits from TrafficPolicies (see policies.ts). */
+  policyDefaults?: (RuleDefaults | undefined)[];
 }
 
 export interface Model {
@@ -63,6 +67,10 @@ export interface Model {
   services: Map<string, ServiceModel>;
   gateways: Map<string, GatewayModel>;
   routes: RouteModel[];
+  /** AccessPolicies by target Service. */
+  access: Map<string, AccessModel>;
+  /** TrafficPolicies by Service and RateLimitPolicies by target (see policies.ts). */
+  policies: PoliciesModel;
 }
 
 /** Built-in defaults, used where neither a route nor the Mesh says anything. */
@@ -237,6 +245,9 @@ export async function buildModel(docs: LoadedDoc[], baseDir: string): Promise<Bu
     routes.push({ name: d.name, spec: r.spec, source: d.source });
   }
 
+  const policies = resolvePolicies(unique, { mesh, services, gateways, routes }, err);
+  const access = resolveAccessPolicies(of('AccessPolicy'), new Set(services.keys()), new Set(gateways.keys()), err);
+
   if (errors.length > 0) return { errors };
-  return { model: { mesh, services, gateways, routes: routes.sort(byName) }, errors };
+  return { model: { mesh, services, gateways, routes: routes.sort(byName), access, policies }, errors };
 }

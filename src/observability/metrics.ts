@@ -15,6 +15,21 @@ export class Metrics {
   readonly configApplied = new client.Gauge({ name: 'signalbox_config_last_applied_timestamp_seconds', help: 'When a valid policy configuration was last applied.', registers: [this.registry] });
   readonly endpointUpdates = new client.Counter({ name: 'signalbox_endpoint_updates_total', help: 'Endpoint set changes applied, by source.', labelNames: ['source'], registers: [this.registry] });
 
+  readonly certificates = new client.Counter({ name: 'signalbox_certificates_total', help: 'Workload certificates issued by the mesh CA, by kind (issued, renewed).', labelNames: ['kind'], registers: [this.registry] });
+
+  /** Exposes the seconds to the nearest certificate expiry, read at scrape time. */
+  trackCertificates(nearest: () => number | undefined): void {
+    new client.Gauge({
+      name: 'signalbox_certificate_expiry_seconds',
+      help: 'Seconds until the nearest workload certificate expires.',
+      registers: [this.registry],
+      collect() {
+        const v = nearest();
+        if (v !== undefined) this.set(v);
+      },
+    });
+  }
+
   constructor() {
     client.collectDefaultMetrics({ register: this.registry, prefix: 'signalbox_process_' });
   }

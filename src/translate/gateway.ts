@@ -1,12 +1,14 @@
 // Model -> IR for edge gateways: one HTTP listener per Gateway listener, virtual hosts per
 // hostname, and only the clusters that this gateway's routes reference.
 import type { IRCluster, IRHttpListener, IRProxyConfig, IRRoute, IRSecret, IRVirtualHost } from '../ir/types.js';
-import { gatewayGroup } from '../ir/types.js';
+import { gatewayGroup, parseSidecarGroup } from '../ir/types.js';
+import { translateSidecar } from './sidecar.js';
 import type { GatewayModel, Model } from '../model/model.js';
 import { hostnameMatches } from '../model/hostnames.js';
 import { compareRoutes, routesOf } from './routes.js';
+import { applyPolicies } from './policies.js';
+import { gatewayIdentity, meshTlsOn, serviceCluster } from './mesh-identity.js';
 
-const DEFAULT_CONNECT_TIMEOUT_MS = 5_000;
 
 /** Hostnames a route serves on a listener: its own that the listener covers, or the listener's. */
 function effectiveHostnames(routeHosts: string[] | undefined, listenerHosts: string[]): string[] {
@@ -48,17 +50,7 @@ export function translateGateway(model: Model, gateway: GatewayModel): IRProxyCo
         if (r.action.kind !== 'forward') continue;
         for (const b of r.action.backends) {
           if (clusters.has(b.cluster)) continue;
-          const [service, subsetName] = b.cluster.split('/') as [string, string | undefined];
-          const svc = model.services.get(service)!;
-          const subset = subsetName ? svc.subsets.find((s) => s.name === subsetName) : undefined;
-          clusters.set(b.cluster, {
-            name: b.cluster,
-            service,
-            subset,
-            protocol: svc.protocol,
-            connectTimeoutMs: DEFAULT_CONNECT_TIMEOUT_MS,
-            source: svc.source,
-          });
+          clusters.set(b.cluster, serviceCluster(model, b.cluster));
         }
       }
     }
@@ -80,6 +72,7 @@ export function translateGateway(model: Model, gateway: GatewayModel): IRProxyCo
       address: '0.0.0.0',
       port: l.port,
       tls,
+      direction: 'gateway',
       routeConfig: { name, virtualHosts },
       httpFilters: needsFault ? ['fault'] : [],
       source: gateway.source,
@@ -87,18 +80,25 @@ export function translateGateway(model: Model, gateway: GatewayModel): IRProxyCo
   }
   return {
     group: gatewayGroup(gateway.name),
+    identity: meshTlsOn(model) ? gatewayIdentity(model, gateway.name) : undefined,
     listeners,
     clusters: [...clusters.values()].sort((a, b) => (a.name < b.name ? -1 : 1)),
     secrets,
   };
 }
 
-/** The IR of every proxy group the model describes. */
-export function translate(model: Model): Map<string, IRProxyConfig> {
+/** The IR of every gateway, plus the sidecar groups that proxies have asked for. */
+export function translate(model: Model, sidecarGroups: Iterable<string> = []): Map<string, IRProxyConfig> {
   const out = new Map<string, IRProxyConfig>();
+  for (const group of [...sidecarGroups].sort()) {
+    const shape = parseSidecarGroup(group);
+    const ir = shape && translateSidecar(model, shape);
+    if (ir) out.set(group, ir);
+  }
   for (const g of [...model.gateways.values()].sort((a, b) => (a.name < b.name ? -1 : 1))) {
     const ir = translateGateway(model, g);
     out.set(ir.group, ir);
   }
+  for (const [group, ir] of out) out.set(group, applyPolicies(model, ir));
   return out;
 }

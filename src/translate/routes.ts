@@ -3,6 +3,7 @@
 import { parseDuration, type RouteRule } from '../api/v1alpha1/index.js';
 import type { IRForward, IRHeaderMods, IRRedirect, IRRoute, IRRouteMatch, IRRetry } from '../ir/types.js';
 import { retrySettings, type MeshModel, type RouteModel } from '../model/model.js';
+import type { RuleDefaults } from '../model/policies.js';
 
 export function clusterName(service: string, subset?: string): string {
   return subset ? `${service}/${subset}` : service;
@@ -12,8 +13,9 @@ function headerMods(m: { set?: { name: string; value: string }[]; add?: { name: 
   return { set: m.set ?? [], add: m.add ?? [], remove: m.remove ?? [] };
 }
 
-function retryFor(rule: RouteRule, mesh: MeshModel): IRRetry | undefined {
-  const r = rule.retries ? retrySettings(rule.retries) : mesh.defaults.retries;
+/** Precedence: the rule's own retries, then its backends' TrafficPolicy, then the Mesh default. */
+function retryFor(rule: RouteRule, mesh: MeshModel, inherited?: RuleDefaults): IRRetry | undefined {
+  const r = rule.retries ? retrySettings(rule.retries) : (inherited?.retries?.value ?? mesh.defaults.retries);
   return r && r.attempts > 0 ? r : undefined;
 }
 
@@ -46,8 +48,8 @@ export function routesOf(route: RouteModel, mesh: MeshModel): IRRoute[] {
       action = {
         kind: 'forward',
         backends: [...backends].map(([cluster, weight]) => ({ cluster, weight })),
-        timeoutMs: rule.timeout ? parseDuration(rule.timeout)! : mesh.defaults.timeoutMs,
-        retry: retryFor(rule, mesh),
+        timeoutMs: rule.timeout ? parseDuration(rule.timeout)! : (route.policyDefaults?.[ri]?.timeoutMs?.value ?? mesh.defaults.timeoutMs),
+        retry: retryFor(rule, mesh, route.policyDefaults?.[ri]),
         rewrite:
           rewrite && rewrite.type === 'URLRewrite'
             ? { prefix: rewrite.urlRewrite.path?.replacePrefixMatch, fullPath: rewrite.urlRewrite.path?.replaceFullPath, hostname: rewrite.urlRewrite.hostname }
@@ -103,5 +105,6 @@ export function compareRoutes(a: IRRoute, b: IRRoute): number {
   if (a.match.queryParams.length !== b.match.queryParams.length) return b.match.queryParams.length - a.match.queryParams.length;
   if (a.source.file !== b.source.file) return a.source.file < b.source.file ? -1 : 1;
   if (a.source.doc !== b.source.doc) return a.source.doc - b.source.doc;
-  return a.name < b.name ? -1 : a.name > b.name ? 1 : 0;
+  // Same HTTPRoute: keep the written order of rules and matches (Array.prototype.sort is stable).
+  return 0;
 }

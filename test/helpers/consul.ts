@@ -247,6 +247,9 @@ class Agent implements ConsulAgent {
       "-serf-wan-port", String(p.serfWan),
       "-dns-port", "-1",
       "-grpc-port", "-1",
+      // -dev binds gRPC-TLS to the fixed port 8503 by default; that would clash
+      // between agents (and with anything else on the machine).
+      "-grpc-tls-port", "-1",
       "-log-level", "info",
     ];
     if (!this.persistent) return ["agent", "-dev", ...common];

@@ -1,11 +1,17 @@
 // Runs `signalbox serve` as a real child process (so tests can kill and restart it).
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
+import { mkdtempSync } from 'node:fs';
+import os from 'node:os';
+import { issueToken } from '../../src/ca/tokens.js';
 import { repoRoot } from './envoy.js';
 import { freePort, waitFor } from './net.js';
 
 export interface SignalboxProcess {
   xdsPort: number;
+  dataDir: string;
+  /** A proxy token for `service/NAME` or `gateway/NAME`, signed by this instance's key. */
+  token(subject: string, ttl?: string): Promise<string>;
   adminPort: number;
   admin<T = any>(p: string): Promise<T>;
   adminText(p: string): Promise<string>;
@@ -14,16 +20,17 @@ export interface SignalboxProcess {
   restart(): Promise<void>;
 }
 
-export async function startSignalbox(opts: { policies: string; xdsPort?: number; adminPort?: number; extraArgs?: string[]; env?: NodeJS.ProcessEnv; waitReady?: boolean }): Promise<SignalboxProcess> {
+export async function startSignalbox(opts: { policies: string; dataDir?: string; xdsPort?: number; adminPort?: number; extraArgs?: string[]; env?: NodeJS.ProcessEnv; waitReady?: boolean }): Promise<SignalboxProcess> {
   const xdsPort = opts.xdsPort ?? (await freePort());
   const adminPort = opts.adminPort ?? (await freePort());
+  const dataDir = opts.dataDir ?? mkdtempSync(path.join(os.tmpdir(), 'signalbox-data-'));
   let child: ChildProcess | undefined;
   let log = '';
   let exited = true;
   const launch = async () => {
     child = spawn(
       process.execPath,
-      [path.join(repoRoot(), 'bin/signalbox.js'), 'serve', '--policies', opts.policies, '--xds-address', '127.0.0.1', '--xds-port', String(xdsPort), '--admin-port', String(adminPort), '--watch-debounce-ms', '50', ...(opts.extraArgs ?? [])],
+      [path.join(repoRoot(), 'bin/signalbox.js'), 'serve', '--policies', opts.policies, '--xds-address', '127.0.0.1', '--xds-port', String(xdsPort), '--admin-port', String(adminPort), '--watch-debounce-ms', '50', '--data-dir', dataDir, ...(opts.extraArgs ?? [])],
       { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } },
     );
     exited = false;
@@ -46,6 +53,8 @@ export async function startSignalbox(opts: { policies: string; xdsPort?: number;
   await launch();
   const sb: SignalboxProcess = {
     xdsPort,
+    dataDir,
+    token: async (subject, ttl) => (await issueToken(dataDir, subject, ttl)).token,
     adminPort,
     admin: async (p) => (await fetch(`http://127.0.0.1:${adminPort}${p}`)).json(),
     adminText: async (p) => (await fetch(`http://127.0.0.1:${adminPort}${p}`)).text(),

@@ -26,6 +26,7 @@ export const duration = z
   .string()
   .refine((s) => parseDuration(s) !== undefined, {
     message: 'must be a duration such as "250ms", "5s", "1m" or "24h"',
+    abort: true, // a malformed duration gets one error, not also "must be greater than zero"
   })
   .refine((s) => (parseDuration(s) ?? 0) > 0, { message: 'must be greater than zero' });
 

@@ -82,7 +82,8 @@ function lineFinder(doc: Document, counter: LineCounter) {
 function zodMessage(issue: z.core.$ZodIssue): string {
   switch (issue.code) {
     case 'invalid_type':
-      return (issue as { input?: unknown }).input === undefined ? 'required' : `expected ${issue.expected}`;
+      if ((issue as { input?: unknown }).input === undefined) return 'required';
+      return issue.message.startsWith('Invalid input') ? `expected ${issue.expected}` : issue.message;
     case 'invalid_value':
       return `must be one of ${issue.values.map((v) => JSON.stringify(v)).join(', ')}`;
     case 'invalid_union': {
@@ -120,10 +121,11 @@ function validateDoc(raw: unknown, source: SourceRef, lineOf: LoadedDoc['lineOf'
   if (obj.apiVersion !== API_VERSION) {
     at(['apiVersion'], ErrorCode.SCHEMA, `must be "${API_VERSION}"`);
   }
-  const result = KINDS[kind as Kind].safeParse(raw);
+  const result = KINDS[kind as Kind].safeParse(raw, { reportInput: true }); // input: tells "missing" from "wrong type"
   if (!result.success) {
     for (const issue of result.error.issues) {
       const p = issue.path.filter((s): s is string | number => typeof s !== 'symbol');
+      if (p.length === 1 && p[0] === 'apiVersion') continue; // reported above
       if (issue.code === 'unrecognized_keys') {
         for (const key of issue.keys) at([...p, key], ErrorCode.SCHEMA, `unknown field "${key}"`);
       } else {
@@ -151,12 +153,12 @@ export function parsePolicyText(text: string, file: string): { docs: LoadedDoc[]
     const source = { file, doc: i + 1 };
     if (doc.errors.length > 0) {
       for (const err of doc.errors) {
-        const line = err.linePos?.[0]?.line;
+        const line = err.linePos?.[0]?.line ?? (err.pos ? counter.linePos(err.pos[0]).line : undefined);
         errors.push({ code: ErrorCode.YAML_SYNTAX, file, doc: i + 1, line, message: `YAML: ${err.message.split('\n')[0]}` });
       }
       return;
     }
-    if (doc.contents === null) return; // an empty document (e.g. a trailing ---)
+    if (doc.contents === null || (isScalar(doc.contents) && doc.contents.value === null)) return; // an empty document (e.g. a trailing ---)
     const loaded = validateDoc(doc.toJS(), source, lineFinder(doc, counter), errors);
     if (loaded) docs.push(loaded);
   });

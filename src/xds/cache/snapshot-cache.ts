@@ -34,17 +34,17 @@ export interface SnapshotChange {
  */
 export function checkConsistency(
   s: Snapshot,
-  refs: { routeConfigs: Iterable<string>; clustersUsed: Iterable<string>; secretsUsed: Iterable<string> },
+  refs: { routeConfigs: Iterable<string>; clustersUsed: Iterable<string>; edsClusters: Iterable<string>; secretsUsed: Iterable<string> },
 ): string[] {
   const problems: string[] = [];
   for (const r of refs.routeConfigs) if (!s.get(TypeUrl.Route).has(r)) problems.push(`route configuration "${r}" is missing`);
   for (const c of refs.clustersUsed) if (!s.get(TypeUrl.Cluster).has(c)) problems.push(`cluster "${c}" is referenced but missing`);
-  for (const c of s.get(TypeUrl.Cluster).keys()) if (!s.get(TypeUrl.Endpoint).has(c)) problems.push(`endpoints of cluster "${c}" are missing`);
+  for (const c of refs.edsClusters) if (!s.get(TypeUrl.Endpoint).has(c)) problems.push(`endpoints of cluster "${c}" are missing`);
   for (const n of refs.secretsUsed) if (!s.get(TypeUrl.Secret).has(n)) problems.push(`secret "${n}" is missing`);
   return problems;
 }
 
-export class SnapshotCache extends EventEmitter<{ change: [SnapshotChange] }> {
+export class SnapshotCache extends EventEmitter<{ change: [SnapshotChange]; demand: [string] }> {
   private readonly groups = new Map<string, Snapshot>();
 
   get(group: string): Snapshot {
@@ -59,11 +59,16 @@ export class SnapshotCache extends EventEmitter<{ change: [SnapshotChange] }> {
     return [...this.groups.keys()].sort();
   }
 
-  /** Stores a group's snapshot; emits a change naming the types whose version moved. */
+  /** A proxy of `group` connected: whoever compiles may build that group if it can. */
+  request(group: string): void {
+    if (!this.groups.has(group)) this.emit('demand', group);
+  }
+
+  /** Stores a group's snapshot; emits a change naming the types whose version moved (all, for a new group). */
   set(group: string, next: Snapshot): TypeUrl[] {
-    const prev = this.groups.get(group) ?? EMPTY_SNAPSHOT;
+    const prev = this.groups.get(group);
     this.groups.set(group, next);
-    const types = PUSH_ORDER.filter((t) => prev.versions.get(t) !== next.versions.get(t));
+    const types = prev ? PUSH_ORDER.filter((t) => prev.versions.get(t) !== next.versions.get(t)) : [...PUSH_ORDER];
     if (types.length > 0) this.emit('change', { group, types });
     return types;
   }

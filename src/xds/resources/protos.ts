@@ -33,6 +33,7 @@ const ENTRY_FILES = [
   'envoy/service/auth/v3/external_auth.proto',
   'envoy/service/accesslog/v3/als.proto',
   'envoy/config/rbac/v3/rbac.proto',
+  'envoy/extensions/filters/listener/tls_inspector/v3/tls_inspector.proto',
 ];
 
 function includeDirs(): string[] {

@@ -2,6 +2,7 @@ import type { Logger } from '../../observability/logger.js';
 import type { Metrics } from '../../observability/metrics.js';
 import type { SnapshotCache } from '../cache/snapshot-cache.js';
 import type { ProxyRegistry } from './proxy-status.js';
+import type { TokenVerifier } from '../../ca/tokens.js';
 
 /** What a stream handler may see: the cache, the registry of proxies, metrics and the logger. */
 export interface ServerContext {
@@ -9,4 +10,8 @@ export interface ServerContext {
   registry: ProxyRegistry;
   metrics: Metrics;
   logger: Logger;
+  /** Verifies proxy tokens; without it no proxy is authenticated and none receives secrets. */
+  tokens?: TokenVerifier;
+  /** What a proxy without a valid token for its identity gets: config without secrets, or nothing. */
+  requireToken?: 'secrets' | 'all';
 }

@@ -91,26 +91,49 @@ export class DeltaStream extends XdsStream {
     for (const t of PUSH_ORDER) if (types.includes(t) && this.states.has(t)) this.push(t, false);
   }
 
-  protected override routesSettled(): boolean {
-    for (const t of [TypeUrl.Listener, TypeUrl.Route]) if ((this.states.get(t)?.pending.size ?? 0) > 0) return false;
-    return super.routesSettled();
+  /**
+   * True when the proxy runs (has ACKed) the listeners and routes of the current snapshot: nothing
+   * of theirs is unsent, unanswered or rejected. Only then may clusters be removed.
+   */
+  private routesCurrent(): boolean {
+    if (!this.routesSettled()) return false;
+    for (const t of [TypeUrl.Listener, TypeUrl.Route]) {
+      const st = this.states.get(t);
+      if (!st) continue;
+      if (st.pending.size > 0) return false;
+      const { changedResources, removed } = this.diff(t, st);
+      if (changedResources.length > 0 || removed.length > 0) return false;
+    }
+    return true;
+  }
+
+  /** What the proxy lacks of a type: resources to send and names to remove. */
+  private diff(type: TypeUrl, st: TypeState): { scope: Map<string, Resource>; changedResources: Resource[]; removed: string[] } {
+    const snap = this.ctx.cache.get(this.status!.node.group).get(type);
+    const prevSent = this.status!.sent.get(type);
+    const scope = new Map<string, Resource>();
+    if (st.wildcard) for (const [n, r] of snap) scope.set(n, r);
+    for (const n of st.subscribed) {
+      // Endpoints of a cluster gone from the snapshot stay while the proxy still subscribes to
+      // them: the cluster may be kept (make before break) until the routes moved away from it.
+      const r = snap.get(n) ?? (type === TypeUrl.Endpoint && st.known.has(n) ? prevSent?.get(n) : undefined);
+      if (r) scope.set(n, r);
+    }
+    const changedResources = [...scope.values()].filter((r) => st.known.get(r.name) !== r.version).sort((a, b) => (a.name < b.name ? -1 : 1));
+    const keepForRoutes = type === TypeUrl.Cluster && !this.routesCurrent();
+    const removed: string[] = [];
+    for (const n of st.known.keys()) if (!scope.has(n) && !keepForRoutes) removed.push(n);
+    for (const n of st.subscribed) if (!scope.has(n) && !st.known.has(n) && !st.toldMissing.has(n)) removed.push(n);
+    return { scope, changedResources, removed };
   }
 
   private push(type: TypeUrl, force: boolean): void {
     const st = this.states.get(type);
     if (!st || this.closed) return;
-    const snap = this.ctx.cache.get(this.status!.node.group).get(type);
-    const scope = new Map<string, Resource>();
-    if (st.wildcard) for (const [n, r] of snap) scope.set(n, r);
-    for (const n of st.subscribed) {
-      const r = snap.get(n);
-      if (r) scope.set(n, r);
-    }
-    const changedResources = [...scope.values()].filter((r) => st.known.get(r.name) !== r.version).sort((a, b) => (a.name < b.name ? -1 : 1));
-    const keepForRoutes = type === TypeUrl.Cluster && !this.routesSettled();
-    const removed: string[] = [];
-    for (const n of st.known.keys()) if (!scope.has(n) && !keepForRoutes) removed.push(n);
-    for (const n of st.subscribed) if (!snap.has(n) && !st.known.has(n) && !st.toldMissing.has(n)) removed.push(n);
+    // A group not compiled yet gets nothing (not an empty config); its first snapshot is pushed whole.
+    if (!this.ctx.cache.has(this.status!.node.group)) return;
+    if (this.secretsBlocked(type)) return;
+    const { scope, changedResources, removed } = this.diff(type, st);
     if (!force && changedResources.length === 0 && removed.length === 0) return;
     removed.sort();
     for (const r of changedResources) st.known.set(r.name, r.version);

@@ -1,6 +1,6 @@
 // Reads who a proxy is from the Node in its first xDS request. A node without an identity Signalbox
 // understands is refused.
-import { gatewayGroup } from '../../ir/types.js';
+import { gatewayGroup, sidecarGroup } from '../../ir/types.js';
 import type { NodeIdentity } from './proxy-status.js';
 
 // protobufjs's built-in google.protobuf.Struct uses camelCase field names (stringValue), unlike
@@ -33,6 +33,26 @@ export function identify(node: WireNode | null | undefined): NodeIdentity {
     const name = str(node.metadata, 'signalbox.gateway');
     if (!name) throw new NodeError(`gateway node "${node.id}" has no signalbox.gateway in its metadata`);
     return { id: node.id, role: 'gateway', name, group: gatewayGroup(name), cluster: node.cluster || undefined, userAgent: node.user_agent_name ? `${node.user_agent_name}/${node.user_agent_version ?? ''}` : undefined };
+  }
+  if (role === 'sidecar') {
+    const service = str(node.metadata, 'signalbox.service');
+    if (!service || !/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(service)) throw new NodeError(`sidecar node "${node.id}" has no valid signalbox.service in its metadata`);
+    const port = (key: string, fallback?: number): number => {
+      const raw = str(node.metadata, key);
+      const n = raw === undefined ? fallback : Number(raw);
+      if (n === undefined || !Number.isInteger(n) || n < 1 || n > 65535) throw new NodeError(`sidecar node "${node.id}" has no valid ${key} in its metadata`);
+      return n;
+    };
+    const shape = { service, appPort: port('signalbox.app_port'), inboundPort: port('signalbox.inbound_port'), outboundPort: port('signalbox.outbound_port', 15001) };
+    return {
+      id: node.id,
+      role: 'sidecar',
+      name: service,
+      instance: str(node.metadata, 'signalbox.instance'),
+      group: sidecarGroup(shape),
+      cluster: node.cluster || undefined,
+      userAgent: node.user_agent_name ? `${node.user_agent_name}/${node.user_agent_version ?? ''}` : undefined,
+    };
   }
   throw new NodeError(`node "${node.id}" has an unknown signalbox.role "${role}"`);
 }

@@ -5,7 +5,9 @@ import { SHORT_NAME, type TypeUrl } from '../resources/type-urls.js';
 
 export interface NodeIdentity {
   id: string;
-  role: 'gateway';
+  role: 'gateway' | 'sidecar';
+  /** Sidecars: the service instance it fronts. */
+  instance?: string;
   name: string;
   group: string;
   cluster?: string;
@@ -27,6 +29,8 @@ export class ProxyStatus {
   readonly types = new Map<TypeUrl, TypeStatus>();
   /** The resources last sent per type (shared objects, not copies). */
   readonly sent = new Map<TypeUrl, Map<string, Resource>>();
+  /** Whether the proxy proved its identity with a token (only then does it receive secrets). */
+  secretsAllowed = false;
 
   constructor(readonly node: NodeIdentity, readonly protocol: 'sotw' | 'delta', readonly peer: string) {}
 
@@ -68,6 +72,7 @@ export class ProxyStatus {
       peer: this.peer,
       userAgent: this.node.userAgent,
       connectedAt: new Date(this.connectedAt).toISOString(),
+      authenticated: this.secretsAllowed,
       state: this.state,
       types,
     };

@@ -9,16 +9,28 @@ import type { ServerContext } from './context.js';
 import { DeltaStream, type DeltaRequest, type DeltaResponse } from './delta.js';
 import { ProxyRegistry } from './proxy-status.js';
 import { SotwStream, type SotwRequest, type SotwResponse } from './sotw.js';
+import type { TokenVerifier } from '../../ca/tokens.js';
 import { StreamError, type XdsStream } from './stream.js';
 
 const SERVICE = '/envoy.service.discovery.v3.AggregatedDiscoveryService';
+
+/** A request whose bytes do not decode. Handed to the stream handler (instead of letting grpc-js
+ * end the call on its own) so that it is counted, logged and closed like any other bad request. */
+class Undecodable {
+  constructor(readonly message: string) {}
+}
 
 function codec<T>(typeName: string) {
   const type = lookupType(typeName);
   return {
     serialize: (value: T): Buffer => Buffer.from(type.encode(value as object).finish()),
-    // A message that does not decode makes grpc-js end that call with an error.
-    deserialize: (bytes: Buffer): T => type.decode(bytes) as unknown as T,
+    deserialize: (bytes: Buffer): T => {
+      try {
+        return type.decode(bytes) as unknown as T;
+      } catch (e) {
+        return new Undecodable((e as Error).message) as unknown as T;
+      }
+    },
   };
 }
 
@@ -54,6 +66,8 @@ export interface XdsServerOptions {
   metrics: Metrics;
   logger: Logger;
   registry?: ProxyRegistry;
+  tokens?: TokenVerifier;
+  requireToken?: 'secrets' | 'all';
 }
 
 export class XdsServer {
@@ -64,7 +78,7 @@ export class XdsServer {
 
   constructor(opts: XdsServerOptions) {
     this.registry = opts.registry ?? new ProxyRegistry();
-    this.ctx = { cache: opts.cache, metrics: opts.metrics, logger: opts.logger, registry: this.registry };
+    this.ctx = { cache: opts.cache, metrics: opts.metrics, logger: opts.logger, registry: this.registry, tokens: opts.tokens, requireToken: opts.requireToken };
     opts.cache.on('change', ({ group, types }) => {
       for (const s of this.streams.get(group) ?? []) {
         try {
@@ -86,8 +100,18 @@ export class XdsServer {
       if (group) this.streams.get(group)?.delete(stream);
       stream.close();
     };
+    // The token (gRPC metadata) is checked once, before the stream's first request is handled.
+    const token = call.metadata.get('x-signalbox-token')[0];
+    let queue: Promise<void> = this.ctx.tokens
+      ? this.ctx.tokens.verify(token === undefined ? undefined : String(token)).then((a) => void (stream.auth = a))
+      : Promise.resolve();
     call.on('data', (req: Req) => {
+      queue = queue.then(() => onData(req));
+    });
+    const onData = (req: Req): void => {
+      if (stream.closed) return; // a refused stream reads nothing more
       try {
+        if (req instanceof Undecodable) throw new StreamError('undecodable', `request does not decode as ${stream.protocol === 'sotw' ? 'DiscoveryRequest' : 'DeltaDiscoveryRequest'}: ${req.message}`);
         stream.onRequest(req);
         if (!group && stream.status) {
           group = stream.status.node.group;
@@ -100,9 +124,12 @@ export class XdsServer {
         metrics.streamErrors.inc({ reason });
         logger.warn({ peer: stream.peer, proxy: stream.status?.node.id, reason, err: e instanceof StreamError ? undefined : e }, `xDS stream closed: ${(e as Error).message}`);
         finish();
-        call.emit('error', { code: e instanceof StreamError ? grpc.status.INVALID_ARGUMENT : grpc.status.INTERNAL, details: (e as Error).message });
+        // Bytes that do not parse are INTERNAL (gRPC's code for a request that fails to parse);
+        // a well-formed request that breaks the protocol is INVALID_ARGUMENT; our own bug INTERNAL.
+        const code = e instanceof StreamError && e.reason !== 'undecodable' ? grpc.status.INVALID_ARGUMENT : grpc.status.INTERNAL;
+        call.emit('error', { code, details: (e as Error).message });
       }
-    });
+    };
     call.on('end', () => {
       finish();
       call.end();

@@ -43,11 +43,13 @@ export class SotwStream extends XdsStream {
     this.bind(req.node);
     const type = this.checkType(req.type_url ?? '');
     let st = this.states.get(type);
+    // A stale nonce: the proxy answers an older response (or one never sent on this stream). The
+    // request is ignored before any state is created, so a later first request is still "first".
+    if (req.response_nonce && req.response_nonce !== st?.nonce) return;
     const first = !st;
     if (!st) this.states.set(type, (st = { wildcard: false, names: new Set() }));
 
     if (req.response_nonce) {
-      if (req.response_nonce !== st.nonce) return; // a stale nonce: the proxy answers an older response
       if (req.error_detail) this.recordNack(type, st.version ?? '', req.error_detail.message ?? '');
       else this.recordAck(type, req.version_info ?? '', st.sentAt ?? Date.now());
     }
@@ -66,9 +68,8 @@ export class SotwStream extends XdsStream {
     for (const t of PUSH_ORDER) if (types.includes(t) && this.states.has(t)) this.push(t, false);
   }
 
-  private push(type: TypeUrl, force: boolean): void {
-    const st = this.states.get(type);
-    if (!st || this.closed) return;
+  /** What a response of this type would carry now, and its version. */
+  private compose(type: TypeUrl, st: TypeState): { out: Map<string, Resource>; list: Resource[]; version: string } {
     const snap = this.ctx.cache.get(this.status!.node.group).get(type);
     const previous = this.status!.sent.get(type);
     const out = new Map<string, Resource>();
@@ -77,12 +78,36 @@ export class SotwStream extends XdsStream {
       const r = snap.get(n) ?? (type === TypeUrl.Endpoint ? previous?.get(n) : undefined);
       if (r) out.set(n, r);
     }
-    if (type === TypeUrl.Cluster && previous && !this.routesSettled()) {
+    if (type === TypeUrl.Cluster && previous && !this.routesCurrent()) {
       // Make before break: keep clusters that routes Envoy still runs may point at.
       for (const [n, r] of previous) if (!out.has(n)) out.set(n, r);
     }
     const list = [...out.values()].sort((a, b) => (a.name < b.name ? -1 : 1));
     const version = hashText(list.map((r) => `${r.name}\u0000${r.version}`).join('\n'));
+    return { out, list, version };
+  }
+
+  /**
+   * True when the proxy runs (has ACKed) the listeners and routes of the current snapshot. Only
+   * then may clusters go: while newer listeners or routes are still to be sent or ACKed, the ones
+   * Envoy runs may point at a cluster the snapshot no longer has.
+   */
+  private routesCurrent(): boolean {
+    if (!this.routesSettled()) return false;
+    for (const t of [TypeUrl.Listener, TypeUrl.Route]) {
+      const st = this.states.get(t);
+      if (st?.version !== undefined && this.compose(t, st).version !== st.version) return false;
+    }
+    return true;
+  }
+
+  private push(type: TypeUrl, force: boolean): void {
+    const st = this.states.get(type);
+    if (!st || this.closed) return;
+    // A group not compiled yet gets nothing (not an empty config); its first snapshot is pushed whole.
+    if (!this.ctx.cache.has(this.status!.node.group)) return;
+    if (this.secretsBlocked(type)) return;
+    const { out, list, version } = this.compose(type, st);
     if (!force && version === st.version) return;
     const nonce = this.nextNonce();
     st.nonce = nonce;

@@ -4,7 +4,8 @@ import type { Resource } from '../resources/resource.js';
 import { SHORT_NAME, TypeUrl } from '../resources/type-urls.js';
 import type { ServerContext } from './context.js';
 import { identify, NodeError, type WireNode } from './node.js';
-import { ProxyStatus } from './proxy-status.js';
+import { ProxyStatus, type NodeIdentity } from './proxy-status.js';
+import type { TokenCheck } from '../../ca/tokens.js';
 
 export class StreamError extends Error {
   constructor(readonly reason: string, message: string) {
@@ -14,6 +15,8 @@ export class StreamError extends Error {
 
 export abstract class XdsStream {
   status?: ProxyStatus;
+  /** The result of checking the token the proxy sent with the stream (set before the first request). */
+  auth?: TokenCheck;
   private nonceCounter = 0;
   closed = false;
 
@@ -36,13 +39,40 @@ export abstract class XdsStream {
       if (e instanceof NodeError) throw new StreamError('bad-node', e.message);
       throw e;
     }
+    const allowed = this.authorize(identity);
     const status = new ProxyStatus(identity, this.protocol, this.peer);
+    status.secretsAllowed = allowed;
     this.status = status;
     this.ctx.registry.add(status);
+    this.ctx.cache.request(identity.group);
     this.ctx.metrics.connectedProxies.inc({ role: identity.role, protocol: this.protocol });
     this.ctx.logger.info({ proxy: identity.id, group: identity.group, protocol: this.protocol, peer: this.peer }, 'proxy connected');
     return status;
   }
+
+  /** Whether the stream's token names this node's identity; refuses the stream if tokens are required for all config. */
+  private authorize(identity: NodeIdentity): boolean {
+    const want = `${identity.role === 'gateway' ? 'gateway' : 'service'}/${identity.name}`;
+    const auth = this.auth ?? { ok: false as const, reason: 'no token verifier configured' };
+    let problem: string | undefined;
+    if (!auth.ok) problem = auth.reason;
+    else if (auth.claims.subject !== want) problem = `token is for ${auth.claims.subject}, the node claims ${want}`;
+    if (!problem) return true;
+    if (this.ctx.requireToken === 'all') throw new StreamError('unauthenticated', `node "${identity.id}" (${want}) refused: ${problem}`);
+    this.ctx.logger.warn({ proxy: identity.id, identity: want, peer: this.peer, reason: problem }, 'proxy not authenticated: it gets configuration but no secrets');
+    return false;
+  }
+
+  /** Secrets go only to a proxy whose token names its own identity. */
+  protected secretsBlocked(type: TypeUrl): boolean {
+    if (type !== TypeUrl.Secret || this.status?.secretsAllowed) return false;
+    if (!this.secretRefusalLogged) {
+      this.secretRefusalLogged = true;
+      this.ctx.logger.warn({ proxy: this.status?.node.id, peer: this.peer }, 'secret request refused: the proxy has no valid token for its identity');
+    }
+    return true;
+  }
+  private secretRefusalLogged = false;
 
   protected checkType(typeUrl: string): TypeUrl {
     if (!typeUrl) throw new StreamError('no-type-url', 'request without type_url (ADS needs one)');

@@ -1,16 +1,42 @@
 import type { Instance, IRCluster } from '../../ir/types.js';
 import { ADS_SOURCE, duration, typed } from './util.js';
+import { clusterPolicyFields } from './cluster-policy.js';
+import { meshCommonTls } from './listener.js';
+
+/** Endpoint metadata that selects the mTLS transport socket (an instance reached at its sidecar). */
+const MTLS_MATCH = { fields: { 'signalbox.mtls': { boolValue: true } } };
 
 export function clusterResource(c: IRCluster): Record<string, unknown> {
+  const discovery: Record<string, unknown> = c.static
+    ? {
+        type: 'STATIC',
+        load_assignment: { cluster_name: c.name, endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: c.static.address, port_value: c.static.port } } } }] }] },
+      }
+    : { type: 'EDS', eds_cluster_config: { eds_config: ADS_SOURCE } };
   const out: Record<string, unknown> = {
     name: c.name,
-    type: 'EDS',
-    eds_cluster_config: { eds_config: ADS_SOURCE },
+    ...discovery,
     connect_timeout: duration(c.connectTimeoutMs),
     lb_policy: 'ROUND_ROBIN',
     // Endpoints a discovery source reports as degraded still take traffic, after healthy ones.
     common_lb_config: { healthy_panic_threshold: { value: 0 } },
   };
+  if (c.upstreamIdentity) {
+    // Instances with a sidecar are reached over mTLS (verifying the service's SPIFFE ID); the rest in plain text.
+    out.transport_socket_matches = [
+      {
+        name: 'mesh-mtls',
+        match: MTLS_MATCH,
+        transport_socket: {
+          name: 'envoy.transport_sockets.tls',
+          typed_config: typed('envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext', {
+            common_tls_context: meshCommonTls({ spiffeId: c.upstreamIdentity }),
+            sni: c.service,
+          }),
+        },
+      },
+    ];
+  }
   if (c.protocol === 'http2' || c.protocol === 'grpc') {
     out.typed_extension_protocol_options = {
       'envoy.extensions.upstreams.http.v3.HttpProtocolOptions': typed('envoy.extensions.upstreams.http.v3.HttpProtocolOptions', {
@@ -18,6 +44,7 @@ export function clusterResource(c: IRCluster): Record<string, unknown> {
       }),
     };
   }
+  Object.assign(out, clusterPolicyFields(c));
   return out;
 }
 
@@ -43,10 +70,16 @@ export function endpointResource(c: IRCluster, instances: readonly Instance[]): 
     if (subZone) locality.sub_zone = subZone;
     return {
       ...(Object.keys(locality).length ? { locality } : {}),
-      lb_endpoints: list.map((i) => ({
-        endpoint: { address: { socket_address: { address: i.address, port_value: i.port } } },
-        health_status: i.health,
-      })),
+      lb_endpoints: list.map((i) => {
+        // An instance with a sidecar is always reached through it; over mTLS when the mesh has it on.
+        const at = i.sidecar ?? i;
+        const viaSidecar = c.upstreamIdentity !== undefined && i.sidecar !== undefined;
+        return {
+          endpoint: { address: { socket_address: { address: at.address, port_value: at.port } } },
+          health_status: i.health,
+          ...(viaSidecar ? { metadata: { filter_metadata: { 'envoy.transport_socket_match': MTLS_MATCH } } } : {}),
+        };
+      }),
     };
   });
   return { cluster_name: c.name, endpoints };

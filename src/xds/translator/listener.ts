@@ -1,4 +1,4 @@
-import type { IRHttpListener } from '../../ir/types.js';
+import { IDENTITY_SECRET, TRUST_BUNDLE_SECRET, type IRHttpListener } from '../../ir/types.js';
 import { httpFilters } from './filters/index.js';
 import { ADS_SOURCE, typed } from './util.js';
 
@@ -12,13 +12,27 @@ export function listenerResource(l: IRHttpListener): Record<string, unknown> {
     codec_type: 'AUTO',
     rds: { route_config_name: l.routeConfig.name, config_source: ADS_SOURCE },
     http_filters: httpFilters(l),
-    use_remote_address: { value: true },
+    // The edge sees real clients; sidecars trust the hop before them.
+    use_remote_address: { value: l.direction !== 'inbound' && l.direction !== 'outbound' },
+    ...(l.forwardClientCert ? { forward_client_cert_details: 'SANITIZE_SET', set_current_client_cert_details: { uri: true } } : {}),
     normalize_path: { value: true },
     merge_slashes: true,
     path_with_escaped_slashes_action: 'UNESCAPE_AND_REDIRECT',
     strip_any_host_port: true,
   });
   const chain: Record<string, unknown> = { filters: [{ name: 'envoy.filters.network.http_connection_manager', typed_config: hcm }] };
+  if (l.meshTls) {
+    const tlsChain = { ...chain, transport_socket: meshDownstreamTls() };
+    if (l.meshTls.mode === 'strict') {
+      return { ...base(l), filter_chains: [tlsChain] };
+    }
+    // Permissive: TLS clients get mTLS, plain-text clients the same HTTP chain without it.
+    return {
+      ...base(l),
+      listener_filters: [{ name: 'envoy.filters.listener.tls_inspector', typed_config: typed('envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector', {}) }],
+      filter_chains: [{ ...tlsChain, name: 'mtls', filter_chain_match: { transport_protocol: 'tls' } }, { ...chain, name: 'plaintext', filter_chain_match: { transport_protocol: 'raw_buffer' } }],
+    };
+  }
   if (l.tls) {
     chain.transport_socket = {
       name: 'envoy.transport_sockets.tls',
@@ -30,10 +44,34 @@ export function listenerResource(l: IRHttpListener): Record<string, unknown> {
       }),
     };
   }
+  return { ...base(l), filter_chains: [chain] };
+}
+
+function base(l: IRHttpListener): Record<string, unknown> {
   return {
     name: l.name,
     address: { socket_address: { address: l.address, port_value: l.port } },
-    filter_chains: [chain],
     per_connection_buffer_limit_bytes: { value: 32768 },
+  };
+}
+
+/** The SDS-backed context every mesh TLS socket shares: own identity plus the mesh trust bundle. */
+export function meshCommonTls(verify?: { spiffeId: string }): Record<string, unknown> {
+  return {
+    tls_certificate_sds_secret_configs: [{ name: IDENTITY_SECRET, sds_config: ADS_SOURCE }],
+    combined_validation_context: {
+      default_validation_context: verify ? { match_typed_subject_alt_names: [{ san_type: 'URI', matcher: { exact: verify.spiffeId } }] } : {},
+      validation_context_sds_secret_config: { name: TRUST_BUNDLE_SECRET, sds_config: ADS_SOURCE },
+    },
+  };
+}
+
+function meshDownstreamTls(): Record<string, unknown> {
+  return {
+    name: 'envoy.transport_sockets.tls',
+    typed_config: typed('envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext', {
+      common_tls_context: meshCommonTls(),
+      require_client_certificate: { value: true },
+    }),
   };
 }

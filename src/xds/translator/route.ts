@@ -1,5 +1,6 @@
 import type { IRHeaderMods, IRRoute, IRRouteMatch, IRStringMatch, IRHttpListener } from '../../ir/types.js';
 import { faultFilter } from './filters/index.js';
+import { patchRoutePolicies, virtualHostPolicies } from './route-policy.js';
 import { duration, fractionalPercent, typed } from './util.js';
 
 function stringMatch(m: IRStringMatch): Record<string, unknown> {
@@ -35,6 +36,16 @@ function headerOptions(mods: IRHeaderMods | undefined, prefix: 'request' | 'resp
   return out;
 }
 
+/**
+ * replacePrefixMatch. Envoy's prefix_rewrite "/" on the prefix "/orders" turns "/orders/1" into
+ * "//1"; the Gateway API wants "/1", so that case strips the prefix and its slashes by regex.
+ */
+function prefixRewrite(m: IRRouteMatch, prefix: string): Record<string, unknown> {
+  if (prefix !== '/' || m.path.type !== 'PathPrefix' || m.path.value === '/') return { prefix_rewrite: prefix };
+  const escaped = m.path.value.replace(/\/+$/, '').replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  return { regex_rewrite: { pattern: { regex: `^${escaped}/*` }, substitution: '/' } };
+}
+
 const REDIRECT_CODE = { 301: 'MOVED_PERMANENTLY', 302: 'FOUND', 303: 'SEE_OTHER', 307: 'TEMPORARY_REDIRECT', 308: 'PERMANENT_REDIRECT' } as const;
 
 function routeResource(r: IRRoute): Record<string, unknown> {
@@ -47,14 +58,14 @@ function routeResource(r: IRRoute): Record<string, unknown> {
     if (a.hostname) redirect.host_redirect = a.hostname;
     if (a.port) redirect.port_redirect = a.port;
     if (a.path?.fullPath) redirect.path_redirect = a.path.fullPath;
-    if (a.path?.prefix) redirect.prefix_rewrite = a.path.prefix;
+    if (a.path?.prefix) Object.assign(redirect, prefixRewrite(r.match, a.path.prefix));
     out.redirect = redirect;
   } else {
     const route: Record<string, unknown> = {};
     if (a.backends.length === 1) route.cluster = a.backends[0]!.cluster;
     else route.weighted_clusters = { clusters: a.backends.map((b) => ({ name: b.cluster, weight: { value: b.weight } })) };
     route.timeout = duration(a.timeoutMs);
-    if (a.rewrite?.prefix) route.prefix_rewrite = a.rewrite.prefix;
+    if (a.rewrite?.prefix) Object.assign(route, prefixRewrite(r.match, a.rewrite.prefix));
     if (a.rewrite?.fullPath) route.regex_rewrite = { pattern: { regex: '^.*$' }, substitution: a.rewrite.fullPath };
     if (a.rewrite?.hostname) route.host_rewrite_literal = a.rewrite.hostname;
     if (a.retry) {
@@ -78,13 +89,14 @@ function routeResource(r: IRRoute): Record<string, unknown> {
     if (r.fault.abort) fault.abort = { http_status: r.fault.abort.httpStatus, percentage: fractionalPercent(r.fault.abort.percent) };
     out.typed_per_filter_config = { [faultFilter.envoyName]: typed('envoy.extensions.filters.http.fault.v3.HTTPFault', fault) };
   }
+  patchRoutePolicies(r, out);
   return out;
 }
 
 export function routeConfigResource(l: IRHttpListener): Record<string, unknown> {
   return {
     name: l.routeConfig.name,
-    virtual_hosts: l.routeConfig.virtualHosts.map((v) => ({ name: v.name, domains: v.domains, routes: v.routes.map(routeResource) })),
+    virtual_hosts: l.routeConfig.virtualHosts.map((v) => ({ name: v.name, domains: v.domains, routes: v.routes.map(routeResource), ...virtualHostPolicies(l) })),
     validate_clusters: { value: false },
   };
 }

@@ -2,12 +2,16 @@
 // The router is always last.
 import type { IRHttpListener } from '../../../ir/types.js';
 import { typed } from '../util.js';
+import { rbacAllow, rbacDeny } from './rbac.js';
+import { listenerRateLimit, routeRateLimit } from './local-ratelimit.js';
 
 export interface HttpFilterModule {
   /** Envoy's filter name, also the key of per-route configuration. */
   envoyName: string;
   /** The filter as it sits in the HTTP connection manager. */
-  hcmEntry(listener: IRHttpListener): Record<string, unknown>;
+  hcmEntry(listener: IRHttpListener): Record<string, unknown> | undefined;
+  /** When given, the filter joins any listener for which this is true (no need to list it in httpFilters). */
+  wanted?(listener: IRHttpListener): boolean;
 }
 
 const fault: HttpFilterModule = {
@@ -23,16 +27,22 @@ const router: HttpFilterModule = {
 
 /** The order of HTTP filters. Add new filters here, in the position they must run. */
 export const FILTER_ORDER: readonly [string, HttpFilterModule][] = [
+  ['rbac-deny', rbacDeny],
+  ['rbac-allow', rbacAllow],
+  ['local-ratelimit-listener', listenerRateLimit],
+  ['local-ratelimit-route', routeRateLimit],
   ['fault', fault],
   ['router', router],
 ];
 
 export function httpFilters(listener: IRHttpListener): Record<string, unknown>[] {
-  const wanted = new Set([...listener.httpFilters, 'router']);
+  const wanted = new Set([...listener.httpFilters, ...FILTER_ORDER.filter(([, m]) => m.wanted?.(listener)).map(([n]) => n), 'router']);
   for (const name of wanted) {
     if (!FILTER_ORDER.some(([n]) => n === name)) throw new Error(`unknown HTTP filter "${name}" in listener ${listener.name}`);
   }
-  return FILTER_ORDER.filter(([n]) => wanted.has(n)).map(([, m]) => m.hcmEntry(listener));
+  return FILTER_ORDER.filter(([n]) => wanted.has(n))
+    .map(([, m]) => m.hcmEntry(listener))
+    .filter((e): e is Record<string, unknown> => e !== undefined);
 }
 
 export { fault as faultFilter };

@@ -1,0 +1,43 @@
+// IR for traffic policies: plain data the xDS translator turns into cluster settings, route hash
+// policies and local rate limit filters. No Envoy types here.
+import type { SourceRef } from '../model/model.js';
+
+/** What a RingHash balancer hashes on. */
+export type IRHashOn = { header: string } | { sourceIP: true };
+
+export interface IRLoadBalancer {
+  type: 'RoundRobin' | 'LeastRequest' | 'Random' | 'RingHash';
+  hashOn?: IRHashOn;
+}
+
+export interface IRCircuitBreaker {
+  maxConnections?: number;
+  maxPendingRequests?: number;
+  maxRequests?: number;
+  maxRetries?: number;
+}
+
+export interface IROutlierDetection {
+  consecutive5xx: number;
+  intervalMs: number;
+  baseEjectionTimeMs: number;
+  maxEjectionPercent: number;
+}
+
+export interface IRHealthCheck {
+  path: string;
+  intervalMs: number;
+  timeoutMs: number;
+  unhealthyThreshold: number;
+  healthyThreshold: number;
+}
+
+/** A local token bucket: `requests` per `perMs`, one bucket per value of `by` (or one shared). */
+export interface IRLocalRateLimit {
+  /** The RateLimitPolicy's name (stat prefix and response header). */
+  policy: string;
+  requests: number;
+  perMs: number;
+  by?: { header: string } | { clientIP: true };
+  source: SourceRef;
+}

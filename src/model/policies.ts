@@ -1,0 +1,289 @@
+// TrafficPolicy and RateLimitPolicy: resolve their targets, merge several policies on one target
+// field by field (two that set the same field conflict, naming both files), and work out, for each
+// HTTPRoute rule, the timeout and retries it inherits from the TrafficPolicy of its backends.
+// Precedence: route settings > TrafficPolicy > Mesh defaults > built-in defaults.
+import { parseDuration, type RateLimitPolicy, type TrafficPolicy } from '../api/v1alpha1/index.js';
+import { TRAFFIC_FIELDS, type TrafficField } from '../api/v1alpha1/trafficpolicy.js';
+import { ErrorCode } from '../errors.js';
+import type { LoadedDoc, SourceRef } from '../sources/files/loader.js';
+import { didYouMean } from './did-you-mean.js';
+import { retrySettings, type GatewayModel, type MeshModel, type RetrySettings, type RouteModel, type ServiceModel } from './model.js';
+
+/** A setting and the policy document it came from. */
+export interface Sourced<T> {
+  value: T;
+  kind: 'TrafficPolicy' | 'RateLimitPolicy' | 'Mesh';
+  policy: string;
+  source: SourceRef;
+}
+
+export type HashOn = { header: string } | { sourceIP: true };
+
+export interface LoadBalancerSettings {
+  type: 'RoundRobin' | 'LeastRequest' | 'Random' | 'RingHash';
+  hashOn?: HashOn;
+}
+
+export interface CircuitBreakerSettings {
+  maxConnections?: number;
+  maxPendingRequests?: number;
+  maxRequests?: number;
+  maxRetries?: number;
+}
+
+export interface OutlierDetectionSettings {
+  consecutive5xx: number;
+  intervalMs: number;
+  baseEjectionTimeMs: number;
+  maxEjectionPercent: number;
+}
+
+export interface HealthCheckSettings {
+  path: string;
+  intervalMs: number;
+  timeoutMs: number;
+  unhealthyThreshold: number;
+  healthyThreshold: number;
+}
+
+/** The merged TrafficPolicy settings of one Service. */
+export interface TrafficPolicyModel {
+  service: string;
+  connectTimeoutMs?: Sourced<number>;
+  timeoutMs?: Sourced<number>;
+  retries?: Sourced<RetrySettings>;
+  loadBalancer?: Sourced<LoadBalancerSettings>;
+  circuitBreaker?: Sourced<CircuitBreakerSettings>;
+  outlierDetection?: Sourced<OutlierDetectionSettings>;
+  healthCheck?: Sourced<HealthCheckSettings>;
+}
+
+export type RateLimitTargetKind = 'Gateway' | 'HTTPRoute' | 'Service';
+
+export interface RateLimitModel {
+  policy: string;
+  target: { kind: RateLimitTargetKind; name: string };
+  requests: number;
+  perMs: number;
+  by?: { header: string } | { clientIP: true };
+  source: SourceRef;
+}
+
+/** What one HTTPRoute rule inherits because it said nothing itself. */
+export interface RuleDefaults {
+  timeoutMs?: Sourced<number>;
+  retries?: Sourced<RetrySettings>;
+}
+
+export interface PoliciesModel {
+  /** Merged TrafficPolicy settings by Service name. */
+  traffic: Map<string, TrafficPolicyModel>;
+  /** RateLimitPolicies by target, keyed `<kind>/<name>`. */
+  rateLimits: Map<string, RateLimitModel>;
+}
+
+type Report = (d: LoadedDoc, path: (string | number)[], code: ErrorCode, message: string) => void;
+
+export function rateLimitKey(kind: RateLimitTargetKind, name: string): string {
+  return `${kind}/${name}`;
+}
+
+function where(d: LoadedDoc): string {
+  return `${d.source.file}#${d.source.doc}`;
+}
+
+function trafficValue(field: TrafficField, spec: TrafficPolicy['spec']): unknown {
+  switch (field) {
+    case 'connectTimeout':
+      return parseDuration(spec.connectTimeout!)!;
+    case 'timeout':
+      return parseDuration(spec.timeout!)!;
+    case 'retries':
+      return retrySettings(spec.retries)!;
+    case 'loadBalancer':
+      return { type: spec.loadBalancer!.type, ...(spec.loadBalancer!.hashOn ? { hashOn: spec.loadBalancer!.hashOn } : {}) } satisfies LoadBalancerSettings;
+    case 'circuitBreaker': {
+      const c = spec.circuitBreaker!;
+      const out: CircuitBreakerSettings = {};
+      if (c.maxConnections !== undefined) out.maxConnections = c.maxConnections;
+      if (c.maxPendingRequests !== undefined) out.maxPendingRequests = c.maxPendingRequests;
+      if (c.maxRequests !== undefined) out.maxRequests = c.maxRequests;
+      if (c.maxRetries !== undefined) out.maxRetries = c.maxRetries;
+      return out;
+    }
+    case 'outlierDetection': {
+      const o = spec.outlierDetection!;
+      return {
+        consecutive5xx: o.consecutive5xx,
+        intervalMs: parseDuration(o.interval)!,
+        baseEjectionTimeMs: parseDuration(o.baseEjectionTime)!,
+        maxEjectionPercent: o.maxEjectionPercent,
+      } satisfies OutlierDetectionSettings;
+    }
+    case 'healthCheck': {
+      const h = spec.healthCheck!;
+      return {
+        path: h.path,
+        intervalMs: parseDuration(h.interval)!,
+        timeoutMs: parseDuration(h.timeout)!,
+        unhealthyThreshold: h.unhealthyThreshold,
+        healthyThreshold: h.healthyThreshold,
+      } satisfies HealthCheckSettings;
+    }
+  }
+}
+
+const MODEL_KEY: Record<TrafficField, keyof Omit<TrafficPolicyModel, 'service'>> = {
+  connectTimeout: 'connectTimeoutMs',
+  timeout: 'timeoutMs',
+  retries: 'retries',
+  loadBalancer: 'loadBalancer',
+  circuitBreaker: 'circuitBreaker',
+  outlierDetection: 'outlierDetection',
+  healthCheck: 'healthCheck',
+};
+
+function resolveTraffic(docs: LoadedDoc[], services: ReadonlyMap<string, ServiceModel>, err: Report): Map<string, TrafficPolicyModel> {
+  const out = new Map<string, TrafficPolicyModel>();
+  const owner = new Map<string, LoadedDoc>(); // `<service>/<field>` -> the document that set it
+  for (const d of docs) {
+    const spec = (d.value as TrafficPolicy).spec;
+    const target = spec.targetRef.name;
+    const svc = services.get(target);
+    if (!svc) {
+      err(d, ['spec', 'targetRef', 'name'], ErrorCode.UNKNOWN_REFERENCE, `unknown Service "${target}"${didYouMean(target, services.keys())}`);
+      continue;
+    }
+    if (svc.protocol === 'tcp') {
+      for (const f of ['timeout', 'retries', 'healthCheck'] as const) {
+        if (spec[f] !== undefined) err(d, ['spec', f], ErrorCode.CONFLICT, `Service "${target}" speaks tcp; ${f} needs an HTTP service`);
+      }
+      if (spec.loadBalancer?.hashOn && 'header' in spec.loadBalancer.hashOn) err(d, ['spec', 'loadBalancer', 'hashOn'], ErrorCode.CONFLICT, `Service "${target}" speaks tcp; hash on sourceIP instead of a header`);
+    }
+    const model = out.get(target) ?? { service: target };
+    for (const field of TRAFFIC_FIELDS) {
+      if (spec[field] === undefined) continue;
+      const key = `${target}/${field}`;
+      const first = owner.get(key);
+      if (first) {
+        err(d, ['spec', field], ErrorCode.CONFLICT, `conflicts with TrafficPolicy "${first.name}" in ${where(first)}, which also sets ${field} for Service "${target}"; set each field in one policy only`);
+        continue;
+      }
+      owner.set(key, d);
+      (model as unknown as Record<string, Sourced<unknown>>)[MODEL_KEY[field]] = { value: trafficValue(field, spec), kind: 'TrafficPolicy', policy: d.name, source: d.source };
+    }
+    out.set(target, model);
+  }
+  return out;
+}
+
+function resolveRateLimits(
+  docs: LoadedDoc[],
+  known: { services: ReadonlyMap<string, ServiceModel>; gateways: ReadonlyMap<string, GatewayModel>; routes: readonly RouteModel[] },
+  err: Report,
+): Map<string, RateLimitModel> {
+  const out = new Map<string, RateLimitModel>();
+  const owner = new Map<string, LoadedDoc>();
+  const names: Record<RateLimitTargetKind, string[]> = {
+    Gateway: [...known.gateways.keys()],
+    HTTPRoute: known.routes.map((r) => r.name),
+    Service: [...known.services.keys()],
+  };
+  for (const d of docs) {
+    const spec = (d.value as RateLimitPolicy).spec;
+    const { kind, name } = spec.targetRef;
+    if (!names[kind].includes(name)) {
+      err(d, ['spec', 'targetRef', 'name'], ErrorCode.UNKNOWN_REFERENCE, `unknown ${kind} "${name}"${didYouMean(name, names[kind])}`);
+      continue;
+    }
+    if (kind === 'Service' && known.services.get(name)!.protocol === 'tcp') {
+      err(d, ['spec', 'targetRef', 'name'], ErrorCode.CONFLICT, `Service "${name}" speaks tcp; a local rate limit counts HTTP requests`);
+      continue;
+    }
+    const key = rateLimitKey(kind, name);
+    const first = owner.get(key);
+    if (first) {
+      err(d, ['spec', 'local'], ErrorCode.CONFLICT, `conflicts with RateLimitPolicy "${first.name}" in ${where(first)}, which also sets local for ${kind} "${name}"; one local limit per target`);
+      continue;
+    }
+    owner.set(key, d);
+    out.set(key, {
+      policy: d.name,
+      target: { kind, name },
+      requests: spec.local.requests,
+      perMs: parseDuration(spec.local.per)!,
+      ...(spec.local.by ? { by: spec.local.by } : {}),
+      source: d.source,
+    });
+  }
+  return out;
+}
+
+function sameJson(a: unknown, b: unknown): boolean {
+  return JSON.stringify(a) === JSON.stringify(b);
+}
+
+/**
+ * The timeout and retries each rule of `route` inherits from its backends' TrafficPolicies (for
+ * fields the rule leaves out). Backends whose policies disagree make the rule ambiguous: an error.
+ */
+function ruleDefaultsOf(d: LoadedDoc, route: RouteModel, mesh: MeshModel, traffic: ReadonlyMap<string, TrafficPolicyModel>, err: Report): (RuleDefaults | undefined)[] {
+  return route.spec.rules.map((rule, ri) => {
+    const services = [...new Set((rule.backendRefs ?? []).filter((b) => b.weight > 0).map((b) => b.name))].sort();
+    if (services.length === 0) return undefined;
+    const out: RuleDefaults = {};
+    for (const field of ['timeoutMs', 'retries'] as const) {
+      const ruleSets = field === 'timeoutMs' ? rule.timeout !== undefined : rule.retries !== undefined;
+      if (ruleSets) continue;
+      const values = services.map((s) => traffic.get(s)?.[field]);
+      const given = values.filter((v): v is NonNullable<typeof v> => v !== undefined);
+      if (given.length === 0) continue;
+      const differ = values.some((v) => !sameJson(v?.value, given[0]!.value));
+      if (differ) {
+        const what = field === 'timeoutMs' ? 'timeout' : 'retries';
+        const detail = services.map((s, i) => `${s}: ${values[i] ? `TrafficPolicy "${values[i]!.policy}" (${values[i]!.source.file}#${values[i]!.source.doc})` : 'no TrafficPolicy'}`).join(', ');
+        err(d, ['spec', 'rules', ri, 'backendRefs'], ErrorCode.CONFLICT, `the backends of this rule get different ${what} from their TrafficPolicies (${detail}); set ${what} on the rule`);
+        continue;
+      }
+      (out as Record<string, unknown>)[field] = given[0];
+    }
+    // The effective per-try timeout must fit in the effective timeout, wherever each came from.
+    const timeout = rule.timeout ? { ms: parseDuration(rule.timeout)!, from: 'the rule' } : out.timeoutMs ? { ms: out.timeoutMs.value, from: `TrafficPolicy "${out.timeoutMs.policy}" (${out.timeoutMs.source.file}#${out.timeoutMs.source.doc})` } : { ms: mesh.defaults.timeoutMs, from: mesh.source ? `Mesh "${mesh.name}"` : 'the built-in default' };
+    const retries = rule.retries ? { r: retrySettings(rule.retries), from: 'the rule' } : out.retries ? { r: out.retries.value, from: `TrafficPolicy "${out.retries.policy}" (${out.retries.source.file}#${out.retries.source.doc})` } : { r: mesh.defaults.retries, from: `Mesh "${mesh.name}"` };
+    const perTry = retries.r?.perTryTimeoutMs;
+    if (perTry !== undefined && perTry > timeout.ms && timeout.from !== retries.from) {
+      err(d, ['spec', 'rules', ri], ErrorCode.CONFLICT, `perTryTimeout ${perTry}ms (from ${retries.from}) is longer than the timeout ${timeout.ms}ms (from ${timeout.from})`);
+    }
+    return Object.keys(out).length ? out : undefined;
+  });
+}
+
+/**
+ * Resolves TrafficPolicies and RateLimitPolicies against the model built so far, reports every
+ * problem through `err`, and records on each RouteModel what its rules inherit.
+ */
+export function resolvePolicies(
+  docs: readonly LoadedDoc[],
+  known: { mesh: MeshModel; services: ReadonlyMap<string, ServiceModel>; gateways: ReadonlyMap<string, GatewayModel>; routes: RouteModel[] },
+  err: Report,
+): PoliciesModel {
+  const sorted = [...docs].sort((a, b) => (a.source.file < b.source.file ? -1 : a.source.file > b.source.file ? 1 : a.source.doc - b.source.doc));
+  const traffic = resolveTraffic(
+    sorted.filter((d) => d.kind === 'TrafficPolicy'),
+    known.services,
+    err,
+  );
+  const rateLimits = resolveRateLimits(
+    sorted.filter((d) => d.kind === 'RateLimitPolicy'),
+    known,
+    err,
+  );
+  const routeDocs = new Map(docs.filter((d) => d.kind === 'HTTPRoute').map((d) => [d.name, d]));
+  for (const route of known.routes) {
+    const d = routeDocs.get(route.name);
+    if (!d) continue;
+    const defaults = ruleDefaultsOf(d, route, known.mesh, traffic, err);
+    if (defaults.some((x) => x !== undefined)) route.policyDefaults = defaults;
+  }
+  return { traffic, rateLimits };
+}

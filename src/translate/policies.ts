@@ -1,0 +1,82 @@
+// The translate step for TrafficPolicy and RateLimitPolicy, run over every proxy group's IR once
+// the gateway or sidecar step has built it:
+// - clusters of a Service with a TrafficPolicy get its connect timeout, load balancer, circuit
+//   breaker, outlier detection and health check (a sidecar's local-app cluster is left alone);
+// - routes to a RingHash Service get its hash key;
+// - routes of an HTTPRoute with a RateLimitPolicy get a per-route local rate limit; a Gateway's
+//   listeners, and the inbound listener of a Service's sidecars, get a listener-wide one.
+// Route timeouts and retries inherited from TrafficPolicies are resolved where routes are built
+// (routes.ts), from the model's per-rule defaults.
+import type { IRCluster, IRHttpListener, IRProxyConfig, IRRoute } from '../ir/types.js';
+import { parseSidecarGroup } from '../ir/types.js';
+import type { IRHashOn, IRLocalRateLimit } from '../ir/traffic.js';
+import type { Model } from '../model/model.js';
+import { rateLimitKey, type RateLimitModel, type TrafficPolicyModel } from '../model/policies.js';
+
+function irRateLimit(r: RateLimitModel | undefined): IRLocalRateLimit | undefined {
+  if (!r) return undefined;
+  return { policy: r.policy, requests: r.requests, perMs: r.perMs, ...(r.by ? { by: r.by } : {}), source: r.source };
+}
+
+export function clusterWithPolicy(c: IRCluster, tp: TrafficPolicyModel | undefined): IRCluster {
+  if (!tp || c.static) return c;
+  const out: IRCluster = { ...c };
+  if (tp.connectTimeoutMs) out.connectTimeoutMs = tp.connectTimeoutMs.value;
+  if (tp.loadBalancer) out.loadBalancer = { ...tp.loadBalancer.value };
+  if (tp.circuitBreaker) out.circuitBreaker = { ...tp.circuitBreaker.value };
+  if (tp.outlierDetection) out.outlierDetection = { ...tp.outlierDetection.value };
+  if (tp.healthCheck) out.healthCheck = { ...tp.healthCheck.value };
+  return out;
+}
+
+function hashKey(h: IRHashOn): string {
+  return 'header' in h ? `header:${h.header.toLowerCase()}` : 'sourceIP';
+}
+
+/** The group's gateway name, for `gateway/<name>` groups. */
+function gatewayOf(group: string): string | undefined {
+  const m = /^gateway\/(.+)$/.exec(group);
+  return m?.[1];
+}
+
+export function applyPolicies(model: Model, ir: IRProxyConfig): IRProxyConfig {
+  const policies = model.policies;
+  if (!policies || (policies.traffic.size === 0 && policies.rateLimits.size === 0)) return ir;
+
+  const clusters = ir.clusters.map((c) => clusterWithPolicy(c, policies.traffic.get(c.service)));
+  const byName = new Map(clusters.map((c) => [c.name, c]));
+
+  // HTTPRoute documents by where they were written: IR routes keep their HTTPRoute's source.
+  const routeAt = new Map(model.routes.map((r) => [`${r.source.file}#${r.source.doc}`, r.name]));
+
+  const patchRoute = (r: IRRoute): IRRoute => {
+    let out = r;
+    if (r.action.kind === 'forward') {
+      const keys = new Map<string, IRHashOn>();
+      for (const b of r.action.backends) {
+        const lb = byName.get(b.cluster)?.loadBalancer;
+        if (lb?.type === 'RingHash' && lb.hashOn) keys.set(hashKey(lb.hashOn), lb.hashOn);
+      }
+      if (keys.size) out = { ...out, action: { ...r.action, hashOn: [...keys.keys()].sort().map((k) => keys.get(k)!) } };
+    }
+    const routeName = routeAt.get(`${r.source.file}#${r.source.doc}`);
+    const rl = routeName !== undefined ? irRateLimit(policies.rateLimits.get(rateLimitKey('HTTPRoute', routeName))) : undefined;
+    if (rl) out = { ...out, rateLimit: rl };
+    return out;
+  };
+
+  const gateway = gatewayOf(ir.group);
+  const sidecar = parseSidecarGroup(ir.group);
+  const listenerLimit = (l: IRHttpListener): IRLocalRateLimit | undefined => {
+    if (gateway !== undefined && (l.direction ?? 'gateway') === 'gateway') return irRateLimit(policies.rateLimits.get(rateLimitKey('Gateway', gateway)));
+    if (sidecar && l.direction === 'inbound') return irRateLimit(policies.rateLimits.get(rateLimitKey('Service', sidecar.service)));
+    return undefined;
+  };
+
+  const listeners = ir.listeners.map((l): IRHttpListener => {
+    const virtualHosts = l.routeConfig.virtualHosts.map((v) => ({ ...v, routes: v.routes.map(patchRoute) }));
+    const rateLimit = listenerLimit(l);
+    return { ...l, routeConfig: { ...l.routeConfig, virtualHosts }, ...(rateLimit ? { rateLimit } : {}) };
+  });
+  return { ...ir, listeners, clusters };
+}

@@ -1,0 +1,92 @@
+// Local (per-proxy) rate limits: Envoy's local_ratelimit HTTP filter, twice in the chain.
+// - The listener instance carries a listener-wide bucket (RateLimitPolicy on a Gateway, or on a
+//   Service for its sidecars' inbound listener). Its keys come from the virtual hosts (stage 1).
+// - The route instance has no bucket of its own; routes of an HTTPRoute with a RateLimitPolicy
+//   carry theirs in typed_per_filter_config, keys from the route (stage 0).
+// Both can apply to one request: a Gateway limit and a route limit are independent buckets.
+// Keyed buckets use wildcard descriptors (an entry with a key and no value): Envoy keeps one
+// bucket per distinct value. Requests without the key share the default bucket of the same size.
+// Both modules take any IRHttpListener, so sidecar listeners get them the same way gateways do.
+import type { IRHttpListener, IRRoute } from '../../../ir/types.js';
+import type { IRLocalRateLimit } from '../../../ir/traffic.js';
+import { duration, typed } from '../util.js';
+
+const TYPE = 'envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit';
+export const LISTENER_RATELIMIT_FILTER = 'signalbox.local_ratelimit.listener';
+export const ROUTE_RATELIMIT_FILTER = 'signalbox.local_ratelimit.route';
+const LISTENER_STAGE = 1;
+const ROUTE_STAGE = 0;
+const HEADER_KEY = 'signalbox_key';
+const ALWAYS = { default_value: { numerator: 100, denominator: 'HUNDRED' } };
+
+function bucket(rl: IRLocalRateLimit): Record<string, unknown> {
+  return { max_tokens: rl.requests, tokens_per_fill: { value: rl.requests }, fill_interval: duration(rl.perMs) };
+}
+
+function statPrefix(rl: IRLocalRateLimit, where: 'listener' | 'route'): string {
+  return `ratelimit_${where}_${rl.policy.replace(/[^A-Za-z0-9_]/g, '_')}`;
+}
+
+/** The descriptor key a request produces for this limit. */
+function descriptorKey(rl: IRLocalRateLimit): string | undefined {
+  if (!rl.by) return undefined;
+  return 'header' in rl.by ? HEADER_KEY : 'remote_address';
+}
+
+/** The full filter configuration of one limit. */
+export function localRateLimitConfig(rl: IRLocalRateLimit, where: 'listener' | 'route'): Record<string, unknown> {
+  const key = descriptorKey(rl);
+  return typed(TYPE, {
+    stat_prefix: statPrefix(rl, where),
+    token_bucket: bucket(rl),
+    filter_enabled: ALWAYS,
+    filter_enforced: ALWAYS,
+    enable_x_ratelimit_headers: 'DRAFT_VERSION_03',
+    response_headers_to_add: [{ header: { key: 'x-ratelimit-policy', value: rl.policy }, append_action: 'OVERWRITE_IF_EXISTS_OR_ADD' }],
+    stage: where === 'listener' ? LISTENER_STAGE : ROUTE_STAGE,
+    // The listener instance reads its keys from the virtual host even when a route has its own.
+    vh_rate_limits: where === 'listener' ? 'INCLUDE' : 'IGNORE',
+    ...(key ? { descriptors: [{ entries: [{ key }], token_bucket: bucket(rl) }] } : {}),
+  });
+}
+
+/** The rate limit actions that produce a request's descriptor (none for a shared bucket). */
+export function rateLimitActions(rl: IRLocalRateLimit, where: 'listener' | 'route'): Record<string, unknown>[] {
+  if (!rl.by) return [];
+  const action = 'header' in rl.by ? { request_headers: { header_name: rl.by.header.toLowerCase(), descriptor_key: HEADER_KEY } } : { remote_address: {} };
+  return [{ stage: { value: where === 'listener' ? LISTENER_STAGE : ROUTE_STAGE }, actions: [action] }];
+}
+
+function hasRouteLimit(l: IRHttpListener): boolean {
+  return l.routeConfig.virtualHosts.some((v) => v.routes.some((r) => r.rateLimit));
+}
+
+export const listenerRateLimit = {
+  envoyName: LISTENER_RATELIMIT_FILTER,
+  wanted: (l: IRHttpListener) => l.rateLimit !== undefined,
+  hcmEntry: (l: IRHttpListener) => (l.rateLimit ? { name: LISTENER_RATELIMIT_FILTER, typed_config: localRateLimitConfig(l.rateLimit, 'listener') } : undefined),
+};
+
+export const routeRateLimit = {
+  envoyName: ROUTE_RATELIMIT_FILTER,
+  wanted: hasRouteLimit,
+  // No bucket here: the filter does nothing on routes without their own configuration.
+  hcmEntry: (l: IRHttpListener) => (hasRouteLimit(l) ? { name: ROUTE_RATELIMIT_FILTER, typed_config: typed(TYPE, { stat_prefix: 'ratelimit_route' }) } : undefined),
+};
+
+/** Route-level additions: the per-route bucket (typed_per_filter_config) and its key action. */
+export function patchRouteForRateLimit(r: IRRoute, out: Record<string, unknown>): void {
+  if (!r.rateLimit) return;
+  out.typed_per_filter_config = { ...((out.typed_per_filter_config as Record<string, unknown> | undefined) ?? {}), [ROUTE_RATELIMIT_FILTER]: localRateLimitConfig(r.rateLimit, 'route') };
+  const actions = rateLimitActions(r.rateLimit, 'route');
+  // Keys come from RouteAction.rate_limits, so only forwarding routes can be keyed; a redirect
+  // rule counts against the shared default bucket.
+  if (actions.length && out.route) (out.route as Record<string, unknown>).rate_limits = actions;
+}
+
+/** Virtual-host additions for a listener-wide keyed limit. */
+export function virtualHostRateLimits(l: IRHttpListener): Record<string, unknown> {
+  if (!l.rateLimit) return {};
+  const actions = rateLimitActions(l.rateLimit, 'listener');
+  return actions.length ? { rate_limits: actions } : {};
+}

@@ -1,0 +1,16 @@
+// Route-level effects of traffic policies: the consistent-hash key of RingHash backends and the
+// per-route local rate limit.
+import type { IRHttpListener, IRRoute } from '../../ir/types.js';
+import { patchRouteForRateLimit, virtualHostRateLimits } from './filters/local-ratelimit.js';
+
+export function patchRoutePolicies(r: IRRoute, out: Record<string, unknown>): void {
+  const route = out.route as Record<string, unknown> | undefined;
+  if (r.action.kind === 'forward' && r.action.hashOn?.length && route) {
+    route.hash_policy = r.action.hashOn.map((h) => ('header' in h ? { header: { header_name: h.header.toLowerCase() } } : { connection_properties: { source_ip: true } }));
+  }
+  patchRouteForRateLimit(r, out);
+}
+
+export function virtualHostPolicies(l: IRHttpListener): Record<string, unknown> {
+  return virtualHostRateLimits(l);
+}

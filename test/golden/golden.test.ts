@@ -1,0 +1,96 @@
+// Golden tests: each folder of test/golden/cases is a policy directory; compiling it must give
+// exactly its expected.json (every proxy group's resources, printable form, keys sorted).
+// `UPDATE_GOLDEN=1 node scripts/test.mjs --golden` rewrites the expected files instead; review the
+// diff before committing it.
+import assert from 'node:assert/strict';
+import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { describe, test } from 'node:test';
+import { compileDir, type CompiledGroups } from '../../src/cli/compile.js';
+import { formatPolicyError } from '../../src/errors.js';
+import { REDACTED } from '../../src/xds/translator/secret.js';
+import { repoRoot } from '../helpers/envoy.js';
+
+const CASES = path.join(repoRoot(), 'test', 'golden', 'cases');
+const UPDATE = process.env.UPDATE_GOLDEN === '1';
+const EXPECTED = 'expected.json';
+
+/** The cases this suite must have; a folder added under cases/ is picked up as well. */
+const REQUIRED = ['basic-routing', 'filters', 'https-gateway', 'mesh-defaults', 'multi-gateway', 'weighted-split'];
+
+function sortKeys(v: unknown): unknown {
+  if (Array.isArray(v)) return v.map(sortKeys);
+  if (v && typeof v === 'object') {
+    const o = v as Record<string, unknown>;
+    return Object.fromEntries(Object.keys(o).sort().map((k) => [k, sortKeys(o[k])]));
+  }
+  return v;
+}
+
+/** Pretty JSON with keys sorted at every level: stable text, readable diffs. */
+function goldenText(groups: CompiledGroups): string {
+  return JSON.stringify(sortKeys(groups), null, 2) + '\n';
+}
+
+const cases = readdirSync(CASES)
+  .filter((c) => statSync(path.join(CASES, c)).isDirectory())
+  .sort();
+
+async function compileCase(name: string): Promise<CompiledGroups> {
+  const r = await compileDir(path.join(CASES, name));
+  if (!r.ok) assert.fail(`golden case ${name} does not compile:\n${r.errors.map(formatPolicyError).join('\n')}`);
+  return r.groups;
+}
+
+describe('golden', () => {
+  test('every required case is present', () => {
+    assert.deepEqual(
+      REQUIRED.filter((c) => !cases.includes(c)),
+      [],
+    );
+  });
+
+  for (const name of cases) {
+    test(name, async () => {
+      const text = goldenText(await compileCase(name));
+      assert.doesNotMatch(text, /PRIVATE KEY/, 'a private key reached the printable output');
+      const file = path.join(CASES, name, EXPECTED);
+      if (UPDATE) {
+        writeFileSync(file, text);
+        return;
+      }
+      assert.ok(existsSync(file), `${path.relative(repoRoot(), file)} is missing; generate it with UPDATE_GOLDEN=1 node scripts/test.mjs --golden`);
+      const want = readFileSync(file, 'utf8');
+      if (text !== want) {
+        // Show a structural diff first (readable), then insist on the exact text.
+        assert.deepEqual(JSON.parse(text), JSON.parse(want), `${name}: output differs from ${EXPECTED} (UPDATE_GOLDEN=1 regenerates it)`);
+        assert.equal(text, want, `${name}: ${EXPECTED} is not in canonical form (UPDATE_GOLDEN=1 rewrites it)`);
+      }
+    });
+  }
+
+  test('no expected.json holds a private key', () => {
+    let seen = 0;
+    for (const name of cases) {
+      const file = path.join(CASES, name, EXPECTED);
+      if (!existsSync(file)) continue;
+      seen++;
+      assert.doesNotMatch(readFileSync(file, 'utf8'), /PRIVATE KEY/, file);
+    }
+    assert.equal(seen, cases.length, 'every case has an expected.json');
+  });
+
+  test('https-gateway: the certificate is served, the private key is redacted', async () => {
+    const groups = await compileCase('https-gateway');
+    const secrets = groups['gateway/public']!.secret!;
+    assert.deepEqual(
+      secrets.map((s) => s.name),
+      ['public/https/cert'],
+    );
+    const tls = (secrets[0]!.resource as { tls_certificate: Record<string, { inline_string: string }> }).tls_certificate;
+    assert.equal(tls.private_key!.inline_string, REDACTED);
+    const pem = readFileSync(path.join(CASES, 'https-gateway', 'certs', 'shop.crt'), 'utf8');
+    assert.equal(tls.certificate_chain!.inline_string, pem);
+    assert.match(readFileSync(path.join(CASES, 'https-gateway', 'certs', 'shop.key'), 'utf8'), /PRIVATE KEY/, 'the fixture key is real, so the redaction above means something');
+  });
+});

@@ -1,0 +1,185 @@
+// `signalbox bootstrap` (the Envoy bootstrap a gateway proxy starts with) and the settings of
+// `signalbox serve` (flag > SIGNALBOX_* environment > default).
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { describe, test } from 'node:test';
+import YAML from 'yaml';
+import { bootstrapConfig, bootstrapYaml, splitHostPort } from '../../src/cli/bootstrap.js';
+import { resolveServeConfig, SERVE_SETTINGS } from '../../src/config/settings.js';
+import { ErrorCode, SignalboxError } from '../../src/errors.js';
+import { repoRoot } from '../helpers/envoy.js';
+
+type Json = Record<string, any>;
+
+function parsed(opts: Parameters<typeof bootstrapYaml>[0]): Json {
+  return YAML.parse(bootstrapYaml(opts)) as Json;
+}
+
+describe('bootstrap', () => {
+  test('node identity: id, cluster and signalbox metadata', () => {
+    const b = parsed({ gateway: 'public', xdsAddress: '127.0.0.1:18000', id: 'public-1' });
+    assert.deepEqual(b.node, { id: 'public-1', cluster: 'public', metadata: { 'signalbox.role': 'gateway', 'signalbox.gateway': 'public' } });
+  });
+
+  test('without --id the node id is derived from the gateway name', () => {
+    const b = parsed({ gateway: 'edge', xdsAddress: '127.0.0.1:18000' });
+    assert.match(b.node.id, /^edge-.+/);
+  });
+
+  test('ADS over SotW (GRPC) by default, DELTA_GRPC with --delta; CDS and LDS come from ADS', () => {
+    const sotw = parsed({ gateway: 'public', xdsAddress: '127.0.0.1:18000' });
+    const delta = parsed({ gateway: 'public', xdsAddress: '127.0.0.1:18000', delta: true });
+    assert.equal(sotw.dynamic_resources.ads_config.api_type, 'GRPC');
+    assert.equal(delta.dynamic_resources.ads_config.api_type, 'DELTA_GRPC');
+    for (const b of [sotw, delta]) {
+      const ads = b.dynamic_resources.ads_config;
+      assert.equal(ads.transport_api_version, 'V3');
+      assert.deepEqual(
+        ads.grpc_services.map((g: Json) => g.envoy_grpc.cluster_name),
+        ['signalbox-xds'],
+      );
+      assert.deepEqual(b.dynamic_resources.cds_config, { ads: {}, resource_api_version: 'V3' });
+      assert.deepEqual(b.dynamic_resources.lds_config, { ads: {}, resource_api_version: 'V3' });
+    }
+  });
+
+  test('the admin interface listens on 127.0.0.1 and the given port (9901 by default)', () => {
+    assert.deepEqual(parsed({ gateway: 'g', xdsAddress: '127.0.0.1:1', adminPort: 19001 }).admin, { address: { socket_address: { address: '127.0.0.1', port_value: 19001 } } });
+    assert.deepEqual(parsed({ gateway: 'g', xdsAddress: '127.0.0.1:1' }).admin.address.socket_address, { address: '127.0.0.1', port_value: 9901 });
+  });
+
+  test('the xds cluster is STATIC for an IP address and STRICT_DNS for a host name; HTTP/2 to the control plane', () => {
+    const cluster = (xdsAddress: string) => {
+      const clusters = parsed({ gateway: 'g', xdsAddress }).static_resources.clusters as Json[];
+      assert.equal(clusters.length, 1);
+      assert.equal(clusters[0]!.name, 'signalbox-xds');
+      return clusters[0]!;
+    };
+    const ip = cluster('127.0.0.1:18000');
+    assert.equal(ip.type, 'STATIC');
+    assert.deepEqual(ip.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address, { address: '127.0.0.1', port_value: 18000 });
+    assert.ok(ip.typed_extension_protocol_options['envoy.extensions.upstreams.http.v3.HttpProtocolOptions'].explicit_http_config.http2_protocol_options);
+
+    const dns = cluster('signalbox.internal:18010');
+    assert.equal(dns.type, 'STRICT_DNS');
+    assert.deepEqual(dns.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address, { address: 'signalbox.internal', port_value: 18010 });
+
+    const v6 = cluster('[::1]:18000');
+    assert.equal(v6.type, 'STATIC');
+    assert.equal(v6.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address, '::1');
+  });
+
+  test('bootstrapYaml is the YAML of bootstrapConfig', () => {
+    const o = { gateway: 'g', xdsAddress: '10.0.0.1:18000', delta: true, adminPort: 1234, id: 'x' };
+    assert.deepEqual(YAML.parse(bootstrapYaml(o)), bootstrapConfig(o));
+  });
+
+  test('a bad --xds-address is refused', () => {
+    assert.throws(() => splitHostPort('127.0.0.1'), /--xds-address must be HOST:PORT, got "127.0.0.1"/);
+    assert.throws(() => splitHostPort('127.0.0.1:99999'), /port out of range: 99999/);
+    assert.throws(() => splitHostPort('127.0.0.1:0'), /port out of range: 0/);
+    assert.throws(() => bootstrapConfig({ gateway: 'g', xdsAddress: 'nope' }), /HOST:PORT/);
+    assert.deepEqual(splitHostPort('[fd00::1]:443'), { host: 'fd00::1', port: 443 });
+  });
+
+  describe('CLI', () => {
+    const cli = (...args: string[]) => spawnSync(process.execPath, ['bin/signalbox.js', 'bootstrap', ...args], { cwd: repoRoot(), encoding: 'utf8', timeout: 30_000 });
+
+    test('prints the bootstrap for the given flags', () => {
+      const r = cli('--gateway', 'public', '--xds-address', '127.0.0.1:18123', '--delta', '--admin-port', '19901', '--id', 'gw-1');
+      assert.equal(r.status, 0, r.stderr);
+      const b = YAML.parse(r.stdout) as Json;
+      assert.equal(b.node.id, 'gw-1');
+      assert.equal(b.node.metadata['signalbox.gateway'], 'public');
+      assert.equal(b.dynamic_resources.ads_config.api_type, 'DELTA_GRPC');
+      assert.equal(b.admin.address.socket_address.port_value, 19901);
+      assert.equal(b.static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value, 18123);
+    });
+
+    test('a missing --gateway or a bad --admin-port exits 2 with a message', () => {
+      const noGateway = cli('--xds-address', '127.0.0.1:18000');
+      assert.equal(noGateway.status, 2);
+      assert.match(noGateway.stderr, /^signalbox bootstrap: .*--gateway NAME/);
+      assert.equal(noGateway.stdout, '');
+      const badPort = cli('--gateway', 'g', '--xds-address', '127.0.0.1:18000', '--admin-port', '70000');
+      assert.equal(badPort.status, 2);
+      assert.match(badPort.stderr, /--admin-port must be a port/);
+      assert.equal(badPort.stdout, '');
+    });
+  });
+});
+
+describe('resolveServeConfig', () => {
+  test('defaults when neither a flag nor the environment says anything', () => {
+    const cfg = resolveServeConfig({}, {}) as unknown as Record<string, unknown>;
+    const want: Record<string, unknown> = {
+      policies: 'policies',
+      xdsAddress: '0.0.0.0',
+      xdsPort: 18000,
+      adminAddress: '127.0.0.1',
+      adminPort: 18001,
+      dataDir: '.data',
+      logLevel: 'info',
+      watchDebounceMs: 100,
+    };
+    for (const [k, v] of Object.entries(want)) assert.deepEqual(cfg[k], v, k);
+  });
+
+  test('SIGNALBOX_* environment variables override the defaults', () => {
+    const cfg = resolveServeConfig({}, { SIGNALBOX_POLICIES: '/etc/sb', SIGNALBOX_XDS_PORT: '19000', SIGNALBOX_ADMIN_ADDRESS: '::1', SIGNALBOX_LOG_LEVEL: 'debug', SIGNALBOX_WATCH_DEBOUNCE_MS: '250' });
+    assert.equal(cfg.policies, '/etc/sb');
+    assert.equal(cfg.xdsPort, 19000);
+    assert.equal(cfg.adminAddress, '::1');
+    assert.equal(cfg.logLevel, 'debug');
+    assert.equal(cfg.watchDebounceMs, 250);
+    assert.equal(cfg.adminPort, 18001, 'untouched settings keep their default');
+  });
+
+  test('a flag beats its environment twin', () => {
+    const cfg = resolveServeConfig({ 'xds-port': '19500', policies: 'mine', 'admin-port': '0' }, { SIGNALBOX_XDS_PORT: '19000', SIGNALBOX_POLICIES: 'env', SIGNALBOX_ADMIN_PORT: '18555' });
+    assert.equal(cfg.xdsPort, 19500);
+    assert.equal(cfg.policies, 'mine');
+    assert.equal(cfg.adminPort, 0, 'port 0 (pick a free port) is allowed');
+  });
+
+  test('every setting has a distinct flag and a distinct environment twin', () => {
+    const settings = Object.values(SERVE_SETTINGS);
+    assert.ok(settings.every((s) => /^[a-z][a-z0-9-]*$/.test(s.flag) && /^[A-Z][A-Z0-9_]*$/.test(s.env)));
+    assert.equal(new Set(settings.map((s) => s.flag)).size, settings.length);
+    assert.equal(new Set(settings.map((s) => s.env)).size, settings.length);
+  });
+
+  test('bad ports are rejected with SB_BAD_FLAG naming the flag and the value', () => {
+    for (const bad of ['70000', '65536', '-1', '1.5', 'abc', '', '0x50', '1e3', ' 80']) {
+      for (const [flags, env] of [
+        [{ 'xds-port': bad }, {}],
+        [{}, { SIGNALBOX_XDS_PORT: bad }],
+      ] as const) {
+        assert.throws(
+          () => resolveServeConfig(flags, env),
+          (e: unknown) => e instanceof SignalboxError && e.code === ErrorCode.BAD_FLAG && e.message === `--xds-port must be a port from 0 to 65535, got "${bad}"`,
+          `xds port ${JSON.stringify(bad)} from ${Object.keys(flags).length ? 'a flag' : 'the environment'}`,
+        );
+      }
+    }
+    assert.throws(() => resolveServeConfig({ 'admin-port': '99999' }, {}), /--admin-port must be a port from 0 to 65535, got "99999"/);
+    assert.equal(resolveServeConfig({ 'xds-port': '65535' }, {}).xdsPort, 65535);
+  });
+
+  test('a bad log level or debounce is rejected', () => {
+    assert.throws(() => resolveServeConfig({ 'log-level': 'loud' }, {}), (e: unknown) => e instanceof SignalboxError && e.code === ErrorCode.BAD_FLAG && /--log-level/.test(e.message));
+    assert.throws(() => resolveServeConfig({}, { SIGNALBOX_WATCH_DEBOUNCE_MS: '-5' }), /--watch-debounce-ms/);
+    assert.throws(() => resolveServeConfig({ 'watch-debounce-ms': 'soon' }, {}), /--watch-debounce-ms/);
+  });
+
+  test('the real process environment is the default source', () => {
+    const saved = process.env.SIGNALBOX_ADMIN_PORT;
+    process.env.SIGNALBOX_ADMIN_PORT = '18777';
+    try {
+      assert.equal(resolveServeConfig({}).adminPort, 18777);
+    } finally {
+      if (saved === undefined) delete process.env.SIGNALBOX_ADMIN_PORT;
+      else process.env.SIGNALBOX_ADMIN_PORT = saved;
+    }
+  });
+});
