@@ -62,7 +62,7 @@ export type RateLimitTargetKind = 'Gateway' | 'HTTPRoute' | 'Service';
 
 export interface RateLimitModel {
   policy: string;
-  target: { kind: RateLimitTargetKind; name: string };
+  target: { kind: RateLimitTargetKind; name: string; sectionName?: string };
   requests: number;
   perMs: number;
   by?: { header: string } | { clientIP: true };
@@ -84,8 +84,9 @@ export interface PoliciesModel {
 
 type Report = (d: LoadedDoc, path: (string | number)[], code: ErrorCode, message: string) => void;
 
-export function rateLimitKey(kind: RateLimitTargetKind, name: string): string {
-  return `${kind}/${name}`;
+/** `<kind>/<name>`, or `<kind>/<name>/<section>` for one Gateway listener or one HTTPRoute rule. */
+export function rateLimitKey(kind: RateLimitTargetKind, name: string, sectionName?: string): string {
+  return sectionName ? `${kind}/${name}/${sectionName}` : `${kind}/${name}`;
 }
 
 function where(d: LoadedDoc): string {
@@ -191,25 +192,36 @@ function resolveRateLimits(
   };
   for (const d of docs) {
     const spec = (d.value as RateLimitPolicy).spec;
-    const { kind, name } = spec.targetRef;
+    const { kind, name, sectionName } = spec.targetRef;
     if (!names[kind].includes(name)) {
       err(d, ['spec', 'targetRef', 'name'], ErrorCode.UNKNOWN_REFERENCE, `unknown ${kind} "${name}"${didYouMean(name, names[kind])}`);
       continue;
+    }
+    if (sectionName !== undefined) {
+      const sections =
+        kind === 'Gateway'
+          ? known.gateways.get(name)!.listeners.map((l) => l.name)
+          : known.routes.find((r) => r.name === name)!.spec.rules.flatMap((r) => (r.name ? [r.name] : []));
+      if (!sections.includes(sectionName)) {
+        err(d, ['spec', 'targetRef', 'sectionName'], ErrorCode.UNKNOWN_REFERENCE, `${kind} "${name}" has no ${kind === 'Gateway' ? 'listener' : 'rule'} named "${sectionName}"${didYouMean(sectionName, sections)}`);
+        continue;
+      }
     }
     if (kind === 'Service' && known.services.get(name)!.protocol === 'tcp') {
       err(d, ['spec', 'targetRef', 'name'], ErrorCode.CONFLICT, `Service "${name}" speaks tcp; a local rate limit counts HTTP requests`);
       continue;
     }
-    const key = rateLimitKey(kind, name);
+    const key = rateLimitKey(kind, name, sectionName);
     const first = owner.get(key);
     if (first) {
-      err(d, ['spec', 'local'], ErrorCode.CONFLICT, `conflicts with RateLimitPolicy "${first.name}" in ${where(first)}, which also sets local for ${kind} "${name}"; one local limit per target`);
+      const what = sectionName ? `${kind} "${name}" ${kind === 'Gateway' ? 'listener' : 'rule'} "${sectionName}"` : `${kind} "${name}"`;
+      err(d, ['spec', 'local'], ErrorCode.CONFLICT, `conflicts with RateLimitPolicy "${first.name}" in ${where(first)}, which also sets local for ${what}; one local limit per target`);
       continue;
     }
     owner.set(key, d);
     out.set(key, {
       policy: d.name,
-      target: { kind, name },
+      target: { kind, name, ...(sectionName ? { sectionName } : {}) },
       requests: spec.local.requests,
       perMs: parseDuration(spec.local.per)!,
       ...(spec.local.by ? { by: spec.local.by } : {}),

@@ -60,7 +60,12 @@ export function applyPolicies(model: Model, ir: IRProxyConfig): IRProxyConfig {
       if (keys.size) out = { ...out, action: { ...r.action, hashOn: [...keys.keys()].sort().map((k) => keys.get(k)!) } };
     }
     const routeName = routeAt.get(`${r.source.file}#${r.source.doc}`);
-    const rl = routeName !== undefined ? irRateLimit(policies.rateLimits.get(rateLimitKey('HTTPRoute', routeName))) : undefined;
+    // IR route names are `<HTTPRoute>/<rule>/<match>`: a rule's own limit beats the route's.
+    const rule = r.name.split('/')[1];
+    const rl =
+      routeName !== undefined
+        ? irRateLimit(policies.rateLimits.get(rateLimitKey('HTTPRoute', routeName, rule)) ?? policies.rateLimits.get(rateLimitKey('HTTPRoute', routeName)))
+        : undefined;
     if (rl) out = { ...out, rateLimit: rl };
     return out;
   };
@@ -68,7 +73,11 @@ export function applyPolicies(model: Model, ir: IRProxyConfig): IRProxyConfig {
   const gateway = gatewayOf(ir.group);
   const sidecar = parseSidecarGroup(ir.group);
   const listenerLimit = (l: IRHttpListener): IRLocalRateLimit | undefined => {
-    if (gateway !== undefined && (l.direction ?? 'gateway') === 'gateway') return irRateLimit(policies.rateLimits.get(rateLimitKey('Gateway', gateway)));
+    if (gateway !== undefined && (l.direction ?? 'gateway') === 'gateway') {
+      // IR gateway listener names are `<Gateway>/<listener>`: a listener's own limit beats the Gateway's.
+      const listener = l.name.slice(gateway.length + 1);
+      return irRateLimit(policies.rateLimits.get(rateLimitKey('Gateway', gateway, listener)) ?? policies.rateLimits.get(rateLimitKey('Gateway', gateway)));
+    }
     if (sidecar && l.direction === 'inbound') return irRateLimit(policies.rateLimits.get(rateLimitKey('Service', sidecar.service)));
     return undefined;
   };

@@ -194,9 +194,11 @@ describe('TrafficPolicy through real Envoy', () => {
     assert.equal(u.hcB.count, bBefore, 'the unhealthy instance got no traffic');
     u.hcB.setHealthy(true);
     await waitFor(async () => (await env.stat('cluster.hc.membership_healthy')) === 2, { what: 'hcB healthy again', timeoutMs: 10_000 });
-    const seen = new Set<string>();
-    for (let i = 0; i < 20; i++) seen.add((await timedGet(env.url(`/hc/back/${i}`))).headers.get('x-upstream') ?? '');
-    assert.deepEqual([...seen].sort(), ['hcA', 'hcB'], 'traffic is balanced again');
+    // Envoy delivers health changes after the first within its update merge window (1s by
+    // default), so the recovered instance gets traffic again shortly after.
+    const bAgain = u.hcB.count;
+    let i = 0;
+    await waitFor(async () => (await timedGet(env.url(`/hc/back/${i++}`))).status === 200 && u.hcB.count > bAgain, { what: 'traffic back at hcB', timeoutMs: 10_000, intervalMs: 20 });
   });
 
   test('RingHash keeps one key on one instance', async () => {

@@ -197,7 +197,8 @@ export function metricValue(text: string, name: string, labels: Record<string, s
  * the server says (in /api/proxies) it sent on that stream. The server counts a push when it
  * writes it, synchronously with the request or reload that caused it, so once a reload has
  * finished (or a request has visibly been handled) this tells "everything pushed has arrived"
- * without sleeping. Returns the server's view of the proxy.
+ * without sleeping. The responses received so far are then consumed (dropped from the backlog
+ * that next() reads; `history` keeps them). Returns the server's view of the proxy.
  */
 export async function fence(sb: Signalbox, s: SotwClientStream | DeltaClientStream, id: string): Promise<ProxyJson> {
   let last: ProxyJson | undefined;
@@ -214,6 +215,7 @@ export async function fence(sb: Signalbox, s: SotwClientStream | DeltaClientStre
     },
     { timeoutMs: 10_000, what: `the responses of ${id} to arrive (${counts})` },
   );
+  s.drain();
   return last!;
 }
 

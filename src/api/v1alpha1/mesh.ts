@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { document, duration, percent } from './common.js';
+import { document, duration, parseDuration, percent } from './common.js';
 
 export const RETRY_ON = [
   '5xx', 'gateway-error', 'reset', 'reset-before-request', 'connect-failure', 'envoy-ratelimited',
@@ -19,7 +19,10 @@ export const meshSpec = z.strictObject({
   mtls: z
     .strictObject({
       mode: z.enum(['strict', 'permissive', 'disabled']).default('strict'),
-      certTTL: duration.default('24h'),
+      // Renewal happens at two thirds of the TTL: below 10s proxies would churn, above 90 days a leaked key lives too long.
+      certTTL: duration
+        .refine((d) => (parseDuration(d) ?? 0) >= 10_000 && (parseDuration(d) ?? 0) <= 90 * 24 * 3_600_000, { message: 'must be between 10s and 2160h (90 days)' })
+        .default('24h'),
     })
     .optional(),
   defaults: z

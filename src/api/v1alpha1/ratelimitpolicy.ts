@@ -11,19 +11,45 @@ export const MIN_RATE_WINDOW_MS = 50;
 /** The window of a bucket: a duration such as `1s` or `1m` (typos like `1sec` or `second` are errors). */
 const per = z
   .string()
-  .refine((s) => parseDuration(s) !== undefined, {
-    message: 'must be a duration such as "1s", "1m" or "1h" (a number followed by ms, s, m or h)',
-    abort: true,
+  .superRefine((s, ctx) => {
+    if (parseDuration(s) !== undefined) return;
+    const hint = durationHint(s);
+    ctx.addIssue({ code: 'custom', continue: false, message: `must be a duration such as "1s", "1m" or "1h" (a number followed by ms, s, m or h)${hint && hint !== s ? ` (did you mean "${hint}"?)` : ''}` });
   })
   .refine((s) => (parseDuration(s) ?? 0) >= MIN_RATE_WINDOW_MS, { message: `must be at least ${MIN_RATE_WINDOW_MS}ms` });
 
-export const rateLimitKey = z.union([
-  z.strictObject({ header: z.string().regex(HEADER_NAME, 'must be a valid HTTP header name') }),
-  z.strictObject({ clientIP: z.literal(true) }),
-]);
+export const rateLimitKey = z
+  .strictObject({
+    header: z.string().regex(HEADER_NAME, 'must be a valid HTTP header name').optional(),
+    clientIP: z.literal(true, { message: 'must be true (or leave it out)' }).optional(),
+  })
+  .refine((k) => (k.header === undefined) !== (k.clientIP === undefined), { message: 'give exactly one of header or clientIP' })
+  .transform((k): { header: string } | { clientIP: true } => (k.header !== undefined ? { header: k.header } : { clientIP: true }));
+
+const UNIT_WORDS: [RegExp, string][] = [
+  [/^(ms|msec|msecs|millis|millisecond|milliseconds)$/i, 'ms'],
+  [/^(s|sec|secs|second|seconds)$/i, 's'],
+  [/^(m|min|mins|minute|minutes)$/i, 'm'],
+  [/^(h|hr|hrs|hour|hours)$/i, 'h'],
+];
+
+/** For a unit typo such as `1sec`, `10 seconds` or `minute`, the duration that was probably meant. */
+export function durationHint(text: string): string | undefined {
+  const m = /^\s*(\d+(?:\.\d+)?)?\s*([A-Za-z]+)\s*$/.exec(text);
+  if (!m) return undefined;
+  const unit = UNIT_WORDS.find(([re]) => re.test(m[2]!))?.[1];
+  return unit ? `${m[1] ?? '1'}${unit}` : undefined;
+}
 
 export const rateLimitPolicySpec = z.strictObject({
-  targetRef: z.strictObject({ kind: z.enum(['Gateway', 'HTTPRoute', 'Service']), name }),
+  targetRef: z
+    .strictObject({
+      kind: z.enum(['Gateway', 'HTTPRoute', 'Service']),
+      name,
+      /** A Gateway's listener, or an HTTPRoute's named rule; absent: all of them. */
+      sectionName: name.optional(),
+    })
+    .refine((t) => t.kind !== 'Service' || t.sectionName === undefined, { message: 'sectionName is for a Gateway listener or an HTTPRoute rule, not a Service', path: ['sectionName'] }),
   local: z.strictObject({
     requests: z.number().int('must be a whole number').min(1, 'must be greater than zero').max(1_000_000_000, 'must be at most 1000000000'),
     per,

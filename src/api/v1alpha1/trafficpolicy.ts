@@ -12,10 +12,13 @@ export const positiveCount = z.number().int('must be a whole number').min(1, 'mu
 /** A percentage that must let something through: 1 to 100. */
 const ejectionPercent = z.number().int('must be a whole number').min(1, 'must be a percentage from 1 to 100').max(100, 'must be a percentage from 1 to 100');
 
-export const hashOn = z.union([
-  z.strictObject({ header: z.string().regex(HEADER_NAME, 'must be a valid HTTP header name') }),
-  z.strictObject({ sourceIP: z.literal(true) }),
-]);
+export const hashOn = z
+  .strictObject({
+    header: z.string().regex(HEADER_NAME, 'must be a valid HTTP header name').optional(),
+    sourceIP: z.literal(true, { message: 'must be true (or leave it out)' }).optional(),
+  })
+  .refine((h) => (h.header === undefined) !== (h.sourceIP === undefined), { message: 'give exactly one of header or sourceIP' })
+  .transform((h): { header: string } | { sourceIP: true } => (h.header !== undefined ? { header: h.header } : { sourceIP: true }));
 
 export const LB_TYPES = ['RoundRobin', 'LeastRequest', 'Random', 'RingHash'] as const;
 

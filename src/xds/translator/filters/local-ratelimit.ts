@@ -46,7 +46,9 @@ export function localRateLimitConfig(rl: IRLocalRateLimit, where: 'listener' | '
     stage: where === 'listener' ? LISTENER_STAGE : ROUTE_STAGE,
     // The listener instance reads its keys from the virtual host even when a route has its own.
     vh_rate_limits: where === 'listener' ? 'INCLUDE' : 'IGNORE',
-    ...(key ? { descriptors: [{ entries: [{ key }], token_bucket: bucket(rl) }] } : {}),
+    // Keyed: a request with the key draws from its key's bucket only (Envoy would otherwise also
+    // draw from the default bucket, which then acts as a shared limit over all keys).
+    ...(key ? { descriptors: [{ entries: [{ key }], token_bucket: bucket(rl) }], always_consume_default_token_bucket: { value: false } } : {}),
   });
 }
 
