@@ -1,15 +1,12 @@
 // The mesh certificate authority: a root generated on first start and kept in the data folder
 // (key file mode 0600), or an existing CA (e.g. an intermediate of your PKI) loaded from files.
 // It issues short-lived ECDSA P-256 leaf certificates carrying one SPIFFE ID each.
-// @peculiar/x509 resolves its ASN.1 schemas through tsyringe, which needs this polyfill first.
-import 'reflect-metadata';
 import { webcrypto } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import * as x509 from '@peculiar/x509';
+import { x509 } from './x509.js';
 import { ErrorCode, SignalboxError } from '../errors.js';
 
-x509.cryptoProvider.set(webcrypto as unknown as Crypto);
 
 const EC = { name: 'ECDSA', namedCurve: 'P-256' } as const;
 const SIGN = { name: 'ECDSA', hash: 'SHA-256' } as const;

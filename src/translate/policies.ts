@@ -7,7 +7,7 @@
 //   listeners, and the inbound listener of a Service's sidecars, get a listener-wide one.
 // Route timeouts and retries inherited from TrafficPolicies are resolved where routes are built
 // (routes.ts), from the model's per-rule defaults.
-import type { IRCluster, IRHttpListener, IRProxyConfig, IRRoute } from '../ir/types.js';
+import type { IRCluster, IRHttpListener, IRProxyConfig, IRRetry, IRRoute } from '../ir/types.js';
 import { parseSidecarGroup } from '../ir/types.js';
 import type { IRHashOn, IRLocalRateLimit } from '../ir/traffic.js';
 import type { Model } from '../model/model.js';
@@ -88,4 +88,14 @@ export function applyPolicies(model: Model, ir: IRProxyConfig): IRProxyConfig {
     return { ...l, routeConfig: { ...l.routeConfig, virtualHosts }, ...(rateLimit ? { rateLimit } : {}) };
   });
   return { ...ir, listeners, clusters };
+}
+
+/**
+ * Timeout and retries of traffic to `service` that no HTTPRoute describes (a sidecar's default
+ * route to a destination): its TrafficPolicy, else the Mesh defaults.
+ */
+export function destinationDefaults(model: Model, service: string): { timeoutMs: number; retry?: IRRetry } {
+  const tp = model.policies?.traffic.get(service);
+  const retry = tp?.retries ? tp.retries.value : model.mesh.defaults.retries;
+  return { timeoutMs: tp?.timeoutMs?.value ?? model.mesh.defaults.timeoutMs, ...(retry && retry.attempts > 0 ? { retry } : {}) };
 }

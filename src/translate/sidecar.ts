@@ -7,6 +7,7 @@ import { mayReach, type AccessModel } from '../model/access.js';
 import type { Model } from '../model/model.js';
 import { gatewayIdentity, meshTlsOn, serviceCluster, serviceIdentity, DEFAULT_CONNECT_TIMEOUT_MS } from './mesh-identity.js';
 import { compareRoutes, routesOf } from './routes.js';
+import { destinationDefaults } from './policies.js';
 
 function rbacOf(model: Model, access: AccessModel | undefined): IRRbac | undefined {
   if (!access) return undefined;
@@ -63,12 +64,12 @@ export function translateSidecar(model: Model, shape: SidecarShape): IRProxyConf
     const attached = model.routes.filter((r) => r.spec.parentRefs.some((p) => p.kind === 'Service' && p.name === dest.name));
     let routes: IRRoute[] = attached.flatMap((r) => routesOf(r, model.mesh));
     if (routes.length === 0) {
-      const retry = model.mesh.defaults.retries;
+      const { timeoutMs, retry } = destinationDefaults(model, dest.name); // TrafficPolicy, else Mesh defaults
       routes = [
         {
           name: `${dest.name}/default`,
           match: { path: { type: 'PathPrefix', value: '/' }, headers: [], queryParams: [] },
-          action: { kind: 'forward', backends: [{ cluster: dest.name, weight: 1 }], timeoutMs: model.mesh.defaults.timeoutMs, retry: retry && retry.attempts > 0 ? retry : undefined },
+          action: { kind: 'forward', backends: [{ cluster: dest.name, weight: 1 }], timeoutMs, retry },
           source: dest.source,
         },
       ];

@@ -324,7 +324,12 @@ abstract class BaseStream<Req extends object, Res extends { type_url: string; no
     if (!this.ended) this.call.end();
   }
 
-  /** Cancels the stream (as a proxy that goes away does). */
+  /**
+   * Cancels the stream (as a proxy that goes away does). Beware a grpc-js client race: a call
+   * cancelled in the same tick it was created reports CANCELLED here, yet its HTTP/2 stream may
+   * still open, deliver the queued requests and never be reset, so the server keeps it. Cancel
+   * once the server has seen the stream (e.g. after a response) to simulate a disconnect.
+   */
   cancel(): void {
     if (!this.ended) this.call.cancel();
   }

@@ -518,14 +518,14 @@ describe('signalbox validate (CLI)', () => {
   });
 
   test('--json reports the errors with their codes', () => {
-    const dir = policyDir({ 'a.yaml': doc(PLANNED_KINDS[0], 'x', '{}') });
+    const dir = policyDir({ 'a.yaml': doc('Frobnicator', 'x', '{}') });
     const r = cli('validate', '--json', dir);
     assert.equal(r.status, 1);
     const out = JSON.parse(r.stdout) as { valid: boolean; errors: PolicyError[] };
     assert.equal(out.valid, false);
     assert.deepEqual(
       out.errors.map((e) => [e.code, e.doc, e.path]),
-      [[ErrorCode.UNSUPPORTED_KIND, 1, 'kind']],
+      [[ErrorCode.UNKNOWN_KIND, 1, 'kind']],
     );
   });
 });

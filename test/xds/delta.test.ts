@@ -297,6 +297,8 @@ test('make-before-break (Delta): a replaced cluster and its endpoints stay until
 
     await sb.writePolicy('policies.yaml', policies({ catalogBackend: 'catalog2' }));
     const moved = await s.next((r) => r.type_url === RDS && webRoute(r, '/catalog')?.route.cluster === 'catalog2');
+    // The new cluster's endpoints answer the proxy's own follow-up subscription (a round trip).
+    await s.next((r) => r.type_url === EDS && added(r).includes('catalog2'));
     await fence(sb, s, id);
     let since = s.history.slice(mark);
     const addCds = since.find((r) => r.type_url === CDS && added(r).includes('catalog2'));

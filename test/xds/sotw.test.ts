@@ -290,6 +290,8 @@ test('make-before-break: a replaced cluster stays until the routes that left it 
     // /catalog moves from cluster "catalog" to "catalog2".
     await sb.writePolicy('policies.yaml', policies({ catalogBackend: 'catalog2' }));
     const movedRoutes = await s.next((r) => r.type_url === RDS && webRoute(r, '/catalog')?.route.cluster === 'catalog2');
+    // The new cluster's endpoints answer the proxy's own follow-up request (a round trip).
+    await s.next((r) => r.type_url === EDS && namesOf(r).includes('catalog2'));
     await fence(sb, s, id);
     let since = s.history.slice(mark);
     const firstCds = since.findIndex((r) => r.type_url === CDS);

@@ -1,0 +1,474 @@
+// `npm run bench:xds`: xDS convergence benchmark (not a test).
+//
+// Generates a policy directory (default 1,000 routes over 200 services with static endpoints on
+// 127.0.0.1, two gateways) in a temporary folder, starts Signalbox as a child process
+// (`node bin/signalbox.js serve`, so its RSS and CPU are its own), and connects N simulated ADS
+// clients from a second child process (bench/xds-clients.ts) over loopback. Then, for SotW and for
+// Delta, it measures:
+//   - compile time of the full configuration (signalbox_compile_duration_seconds): the first,
+//     cold compile; warm reloads with no client connected; and the reloads during the pushes;
+//   - RSS growth of the Signalbox process per connected client (VmRSS from /proc/<pid>/status);
+//   - the time from a policy file write (one route's timeout rewritten) to every client having
+//     ACKed a route configuration carrying it, p50 / p99 / max over K changes, measured client-side;
+//   - event-loop lag in Signalbox during each push (prom-client's monitorEventLoopDelay histogram,
+//     which prom-client resets at every scrape: scraped just before the write and after the last ACK).
+//
+// Flags: --clients N (1000) --mode sotw|delta|both (both) --changes K (10) --gateways G (2)
+//        --routes R (1000) --services S (200) --concurrency C (100 streams syncing at once)
+//        --timeout-s T (hard limit for the whole run, 900) --json FILE (also write the results).
+// Everything runs on loopback, stops by itself and removes its temporary folder and children.
+import { fork, spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { DEFAULT_SHAPE, gatewayName, routeFile, writePolicyDir, type PolicyShape } from './policy-gen.js';
+import { wallNow, type ChildMsg, type Mode, type ParentMsg } from './protocol.js';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+// dist/bench/xds.js -> repository root two levels up.
+const ROOT = path.resolve(here, '..', '..');
+const BIN = path.join(ROOT, 'bin', 'signalbox.js');
+const CLIENTS_JS = path.join(here, 'xds-clients.js');
+
+const { values: flags } = parseArgs({
+  options: {
+    clients: { type: 'string', default: '1000' },
+    mode: { type: 'string', default: 'both' },
+    changes: { type: 'string', default: '10' },
+    gateways: { type: 'string', default: String(DEFAULT_SHAPE.gateways) },
+    routes: { type: 'string', default: String(DEFAULT_SHAPE.routes) },
+    services: { type: 'string', default: String(DEFAULT_SHAPE.services) },
+    concurrency: { type: 'string', default: '100' },
+    'timeout-s': { type: 'string', default: '900' },
+    'round-timeout-s': { type: 'string', default: '60' },
+    json: { type: 'string' },
+    help: { type: 'boolean', default: false },
+  },
+});
+if (flags.help) {
+  process.stdout.write('usage: node dist/bench/xds.js [--clients N] [--mode sotw|delta|both] [--changes K] [--gateways G] [--routes R] [--services S] [--concurrency C] [--timeout-s T] [--json FILE]\n');
+  process.exit(0);
+}
+function intFlag(name: string, v: string | undefined, min: number, max: number): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < min || n > max) {
+    process.stderr.write(`bench: --${name} must be an integer from ${min} to ${max}, got "${v}"\n`);
+    process.exit(2);
+  }
+  return n;
+}
+const N = intFlag('clients', flags.clients, 1, 20000);
+const K = intFlag('changes', flags.changes, 1, 1000);
+const CONCURRENCY = intFlag('concurrency', flags.concurrency, 1, 10000);
+const HARD_TIMEOUT_MS = intFlag('timeout-s', flags['timeout-s'], 10, 86400) * 1000;
+const ROUND_TIMEOUT_MS = intFlag('round-timeout-s', flags['round-timeout-s'], 1, 3600) * 1000;
+const shape: PolicyShape = {
+  ...DEFAULT_SHAPE,
+  gateways: intFlag('gateways', flags.gateways, 1, 50),
+  routes: intFlag('routes', flags.routes, 1, 100000),
+  services: intFlag('services', flags.services, 1, 999),
+};
+if (shape.routes < shape.services) {
+  process.stderr.write('bench: --routes must be at least --services (each service has one HTTPRoute with at least one rule)\n');
+  process.exit(2);
+}
+const modes: Mode[] = flags.mode === 'both' ? ['sotw', 'delta'] : flags.mode === 'sotw' || flags.mode === 'delta' ? [flags.mode] : [];
+if (modes.length === 0) {
+  process.stderr.write(`bench: --mode must be sotw, delta or both, got "${flags.mode}"\n`);
+  process.exit(2);
+}
+if (!existsSync(CLIENTS_JS) || !existsSync(BIN)) {
+  process.stderr.write(`bench: ${CLIENTS_JS} or ${BIN} is missing; run \`npm run build\` first\n`);
+  process.exit(2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cleanup: every child we start is tracked by pid and killed on any exit; the temp folder removed.
+
+const tmp = mkdtempSync(path.join(os.tmpdir(), 'signalbox-bench-'));
+const children = new Set<ChildProcess>();
+let cleaned = false;
+function cleanup(): void {
+  if (cleaned) return;
+  cleaned = true;
+  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  rmSync(tmp, { recursive: true, force: true });
+}
+process.on('exit', cleanup);
+for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(sig, () => {
+    process.stderr.write(`bench: ${sig}, stopping\n`);
+    cleanup();
+    process.exit(130);
+  });
+}
+const hardTimer = setTimeout(() => {
+  process.stderr.write(`bench: hard timeout of ${HARD_TIMEOUT_MS / 1000} s reached, stopping\n`);
+  cleanup();
+  process.exit(3);
+}, HARD_TIMEOUT_MS);
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as net.AddressInfo;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return NaN;
+  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[i]!;
+}
+const median = (xs: number[]) => percentile([...xs].sort((a, b) => a - b), 50);
+
+function rssKiB(pid: number): number {
+  const m = /VmRSS:\s+(\d+)\s+kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  if (!m) throw new Error(`no VmRSS for pid ${pid}`);
+  return Number(m[1]);
+}
+
+/** CPU time (user + system) of a process in milliseconds, from /proc/<pid>/stat. */
+function cpuMsOf(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const ticks = Number(f[11]) + Number(f[12]); // utime, stime (fields 14, 15)
+  return (ticks * 1000) / 100; // USER_HZ is 100 on Linux
+}
+
+type Metrics = Map<string, number>;
+async function scrape(adminPort: number): Promise<Metrics> {
+  const res = await fetch(`http://127.0.0.1:${adminPort}/metrics`);
+  const text = await res.text();
+  const out: Metrics = new Map();
+  for (const line of text.split('\n')) {
+    if (!line || line.startsWith('#')) continue;
+    const sp = line.lastIndexOf(' ');
+    out.set(line.slice(0, sp), Number(line.slice(sp + 1)));
+  }
+  return out;
+}
+const metric = (m: Metrics, name: string) => m.get(name) ?? NaN;
+const compileCount = (m: Metrics) => metric(m, 'signalbox_compile_duration_seconds_count');
+const compileSum = (m: Metrics) => metric(m, 'signalbox_compile_duration_seconds_sum');
+const appliedReloads = (m: Metrics) => metric(m, 'signalbox_policy_reloads_total{result="applied"}');
+
+async function until<T>(what: string, timeoutMs: number, f: () => Promise<T | undefined>, everyMs = 20): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      const v = await f();
+      if (v !== undefined) return v;
+    } catch {
+      /* not yet */
+    }
+    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(everyMs);
+  }
+}
+
+const fmt = (ms: number, digits = 0) => (Number.isFinite(ms) ? ms.toFixed(digits) : 'n/a');
+
+// ---------------------------------------------------------------------------------------------
+// The Signalbox child and the client child
+
+interface Server {
+  proc: ChildProcess;
+  pid: number;
+  xdsPort: number;
+  adminPort: number;
+  dataDir: string;
+  output: string[];
+}
+
+async function startSignalbox(policyDir: string, mode: Mode): Promise<Server> {
+  const [xdsPort, adminPort] = [await freePort(), await freePort()];
+  const dataDir = path.join(tmp, `data-${mode}`);
+  const args = [BIN, 'serve', '--policies', policyDir, '--xds-address', '127.0.0.1', '--xds-port', String(xdsPort), '--admin-address', '127.0.0.1', '--admin-port', String(adminPort), '--data-dir', dataDir, '--log-level', 'warn'];
+  const proc = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, SIGNALBOX_STRICT_ENCODE: '' } });
+  children.add(proc);
+  proc.once('exit', () => children.delete(proc));
+  const output: string[] = [];
+  const keep = (b: Buffer) => {
+    output.push(b.toString());
+    if (output.length > 200) output.splice(0, output.length - 200);
+  };
+  proc.stdout!.on('data', keep);
+  proc.stderr!.on('data', keep);
+  const server: Server = { proc, pid: proc.pid!, xdsPort, adminPort, dataDir, output };
+  try {
+    await until('Signalbox /readyz', 120_000, async () => {
+      if (proc.exitCode !== null) throw Object.assign(new Error('exited'), { fatal: true });
+      const r = await fetch(`http://127.0.0.1:${adminPort}/readyz`);
+      return r.status === 200 ? true : undefined;
+    }, 50);
+  } catch (e) {
+    throw new Error(`Signalbox did not become ready: ${(e as Error).message}\n${output.join('')}`);
+  }
+  return server;
+}
+
+async function stopChild(proc: ChildProcess, graceMs = 5000): Promise<void> {
+  if (proc.exitCode !== null || proc.signalCode !== null) return;
+  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+  proc.kill('SIGTERM');
+  const t = setTimeout(() => proc.kill('SIGKILL'), graceMs);
+  await exited;
+  clearTimeout(t);
+}
+
+/** Issues a proxy token per gateway with the CLI, as an operator would (into the run's data dir). */
+function tokensFor(dataDir: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (let g = 0; g < shape.gateways; g++) {
+    const name = gatewayName(g);
+    out[name] = execFileSync(process.execPath, [BIN, 'token', '--gateway', name, '--data-dir', dataDir], { cwd: ROOT, stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim();
+  }
+  return out;
+}
+
+class ClientProc {
+  readonly proc: ChildProcess;
+  private waiting: ((m: ChildMsg) => void) | undefined;
+  private exitError: Error | undefined;
+
+  constructor() {
+    this.proc = fork(CLIENTS_JS, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv: ['--max-old-space-size=4096'] });
+    children.add(this.proc);
+    this.proc.on('message', (m: ChildMsg) => {
+      const w = this.waiting;
+      this.waiting = undefined;
+      w?.(m);
+    });
+    this.proc.once('exit', (code, sig) => {
+      children.delete(this.proc);
+      this.exitError = new Error(`client process exited (${code ?? sig})`);
+      const w = this.waiting;
+      this.waiting = undefined;
+      w?.({ type: 'error', message: this.exitError.message });
+    });
+  }
+
+  request<T extends ChildMsg['type']>(m: ParentMsg, expect: T, timeoutMs: number): Promise<Extract<ChildMsg, { type: T }>> {
+    if (this.exitError) return Promise.reject(this.exitError);
+    return new Promise((resolve, reject) => {
+      const t = setTimeout(() => {
+        this.waiting = undefined;
+        reject(new Error(`client process: no "${expect}" within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.waiting = (r) => {
+        clearTimeout(t);
+        if (r.type === expect) resolve(r as Extract<ChildMsg, { type: T }>);
+        else reject(new Error(`client process: ${r.type === 'error' ? r.message : `unexpected ${r.type}`}`));
+      };
+      this.proc.send(m);
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One run (one protocol)
+
+interface Round {
+  convergenceMs: { p50: number; p99: number; max: number; min: number };
+  /** File write -> signalbox_config_last_applied_timestamp_seconds (reload done, pushes queued). */
+  appliedMs: number;
+  compileMs: number;
+  lagP99Ms: number;
+  lagMaxMs: number;
+  serverCpuMs: number;
+  clientCpuMs: number;
+  missing: number;
+  distinctVersions: number;
+}
+
+interface RunResult {
+  mode: Mode;
+  clients: number;
+  connectedStreams: number;
+  connectMs: number;
+  compileColdMs: number;
+  compileWarmNoClientsMs: number;
+  rssBeforeMiB: number;
+  rssAfterMiB: number;
+  rssPerClientKiB: number;
+  heapBeforeMiB: number;
+  heapAfterMiB: number;
+  idleLagP99Ms: number;
+  rounds: Round[];
+  summary: { p50: number; p99: number; max: number; compileDuringPushMs: number; lagP99Ms: number; lagMaxMs: number; appliedMs: number };
+}
+
+let timeoutMsCounter = 6000;
+/** Rewrites service 0's route with a new timeout (unique per edit, so every edit changes the config). */
+function editRoute(file: string): void {
+  timeoutMsCounter += 1;
+  writeFileSync(file, routeFile(0, shape, timeoutMsCounter));
+}
+
+async function runMode(mode: Mode, policyDir: string, changeFile: string): Promise<RunResult> {
+  console.log(`\n== ${mode.toUpperCase()}: starting Signalbox`);
+  const server = await startSignalbox(policyDir, mode);
+  const clients = new ClientProc();
+  try {
+    let m = await scrape(server.adminPort);
+    const compileColdMs = (compileSum(m) / compileCount(m)) * 1000;
+    console.log(`   first (cold) compile: ${fmt(compileColdMs)} ms`);
+
+    // Warm reloads with nobody connected: the compile alone, no push fan-out inside it.
+    const warm: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      const before = await scrape(server.adminPort);
+      editRoute(changeFile);
+      m = await until('a reload', 30_000, async () => {
+        const x = await scrape(server.adminPort);
+        return appliedReloads(x) > appliedReloads(before) ? x : undefined;
+      });
+      warm.push((compileSum(m) - compileSum(before)) * 1000);
+      await sleep(200);
+    }
+    const compileWarmNoClientsMs = median(warm);
+    console.log(`   warm compile, no clients: median ${fmt(compileWarmNoClientsMs)} ms (${warm.map((x) => fmt(x)).join(', ')})`);
+
+    // Idle baseline.
+    await sleep(1500);
+    await scrape(server.adminPort); // resets the lag histogram
+    await sleep(1000);
+    m = await scrape(server.adminPort);
+    const idleLagP99Ms = metric(m, 'signalbox_process_nodejs_eventloop_lag_p99_seconds') * 1000;
+    const rssBefore = median([rssKiB(server.pid), (await sleep(200), rssKiB(server.pid)), (await sleep(200), rssKiB(server.pid))]);
+    const heapBefore = metric(m, 'signalbox_process_nodejs_heap_size_used_bytes');
+
+    // Connect.
+    console.log(`   connecting ${N} ${mode} clients (${CONCURRENCY} at a time)…`);
+    const tokens = tokensFor(server.dataDir);
+    const conn = await clients.request({ cmd: 'connect', target: `127.0.0.1:${server.xdsPort}`, mode, clients: N, gateways: Array.from({ length: shape.gateways }, (_, g) => gatewayName(g)), tokens, concurrency: CONCURRENCY, timeoutMs: 300_000 }, 'connected', 310_000);
+    console.log(`   ${conn.streams} streams synced in ${fmt(conn.ms)} ms${conn.failed ? `, ${conn.failed} FAILED` : ''} (client CPU ${fmt(conn.cpuMs)} ms)`);
+    await sleep(3000);
+    m = await scrape(server.adminPort);
+    const connected = [...m].filter(([k]) => k.startsWith('signalbox_connected_proxies{')).reduce((a, [, v]) => a + v, 0);
+    const rssAfter = median([rssKiB(server.pid), (await sleep(200), rssKiB(server.pid)), (await sleep(200), rssKiB(server.pid))]);
+    const heapAfter = metric(m, 'signalbox_process_nodejs_heap_size_used_bytes');
+    const rssPerClientKiB = (rssAfter - rssBefore) / N;
+    console.log(`   server sees ${connected} proxies; RSS ${fmt(rssBefore / 1024, 1)} -> ${fmt(rssAfter / 1024, 1)} MiB: ${fmt(rssPerClientKiB, 1)} KiB per client; heap used ${fmt(heapBefore / 2 ** 20, 1)} -> ${fmt(heapAfter / 2 ** 20, 1)} MiB`);
+
+    // Changes.
+    const rounds: Round[] = [];
+    for (let k = 0; k < K; k++) {
+      await clients.request({ cmd: 'arm' }, 'armed', 10_000);
+      const before = await scrape(server.adminPort); // also resets the lag histogram
+      const cpu0 = cpuMsOf(server.pid);
+      const t0 = wallNow();
+      editRoute(changeFile);
+      const res = await clients.request({ cmd: 'wait', t0, timeoutMs: ROUND_TIMEOUT_MS }, 'converged', ROUND_TIMEOUT_MS + 10_000);
+      const after = await scrape(server.adminPort);
+      const cpu1 = cpuMsOf(server.pid);
+      const lat = [...res.latenciesMs].sort((a, b) => a - b);
+      const r: Round = {
+        convergenceMs: { min: lat[0] ?? NaN, p50: percentile(lat, 50), p99: percentile(lat, 99), max: lat[lat.length - 1] ?? NaN },
+        appliedMs: metric(after, 'signalbox_config_last_applied_timestamp_seconds') * 1000 - t0,
+        compileMs: compileCount(after) - compileCount(before) === 1 ? (compileSum(after) - compileSum(before)) * 1000 : NaN,
+        lagP99Ms: metric(after, 'signalbox_process_nodejs_eventloop_lag_p99_seconds') * 1000,
+        lagMaxMs: metric(after, 'signalbox_process_nodejs_eventloop_lag_max_seconds') * 1000,
+        serverCpuMs: cpu1 - cpu0,
+        clientCpuMs: res.cpuMs,
+        missing: res.missing,
+        distinctVersions: Object.keys(res.versions).length,
+      };
+      rounds.push(r);
+      console.log(
+        `   change ${String(k + 1).padStart(2)}: all ${lat.length} ACKed: p50 ${fmt(r.convergenceMs.p50)} p99 ${fmt(r.convergenceMs.p99)} max ${fmt(r.convergenceMs.max)} ms` +
+          ` | reload applied at ${fmt(r.appliedMs)} ms (compile ${fmt(r.compileMs)} ms) | loop lag p99 ${fmt(r.lagP99Ms, 1)} max ${fmt(r.lagMaxMs, 1)} ms` +
+          ` | CPU server ${fmt(r.serverCpuMs)} client ${fmt(r.clientCpuMs)} ms` +
+          (r.missing ? ` | ${r.missing} DID NOT ACK within ${ROUND_TIMEOUT_MS} ms` : '') +
+          (r.distinctVersions !== shape.gateways ? ` | ${r.distinctVersions} distinct route versions (expected ${shape.gateways})` : ''),
+      );
+      await sleep(500);
+    }
+    const res: RunResult = {
+      mode,
+      clients: N,
+      connectedStreams: conn.streams,
+      connectMs: conn.ms,
+      compileColdMs,
+      compileWarmNoClientsMs,
+      rssBeforeMiB: rssBefore / 1024,
+      rssAfterMiB: rssAfter / 1024,
+      rssPerClientKiB,
+      heapBeforeMiB: heapBefore / 2 ** 20,
+      heapAfterMiB: heapAfter / 2 ** 20,
+      idleLagP99Ms,
+      rounds,
+      summary: {
+        p50: median(rounds.map((r) => r.convergenceMs.p50)),
+        p99: median(rounds.map((r) => r.convergenceMs.p99)),
+        max: Math.max(...rounds.map((r) => r.convergenceMs.max)),
+        compileDuringPushMs: median(rounds.map((r) => r.compileMs)),
+        lagP99Ms: median(rounds.map((r) => r.lagP99Ms)),
+        lagMaxMs: Math.max(...rounds.map((r) => r.lagMaxMs)),
+        appliedMs: median(rounds.map((r) => r.appliedMs)),
+      },
+    };
+    await clients.request({ cmd: 'close' }, 'closed', 30_000).catch(() => undefined);
+    return res;
+  } catch (e) {
+    const out = server.output.join('').trim();
+    if (out) process.stderr.write(`--- Signalbox output (last lines) ---\n${out.split('\n').slice(-40).join('\n')}\n`);
+    throw e;
+  } finally {
+    await stopChild(clients.proc, 2000);
+    await stopChild(server.proc);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+function machine() {
+  const cpu = /model name\s*:\s*(.*)/.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? 'unknown';
+  return { nproc: os.availableParallelism(), cpu, memGiB: os.totalmem() / 2 ** 30, node: process.version, load: os.loadavg() };
+}
+
+async function main(): Promise<void> {
+  const policyDir = path.join(tmp, 'policies');
+  const { changeFile } = writePolicyDir(policyDir, shape);
+  const mach = machine();
+  console.log(`signalbox xDS benchmark: ${N} clients, ${shape.routes} routes / ${shape.services} services / ${shape.gateways} gateways, ${K} changes, modes ${modes.join(' + ')}`);
+  console.log(`machine: ${mach.nproc} CPUs (${mach.cpu}), ${fmt(mach.memGiB, 1)} GiB, node ${mach.node}, load average ${mach.load.map((l) => l.toFixed(2)).join(' ')}`);
+  const results: RunResult[] = [];
+  for (const mode of modes) results.push(await runMode(mode, policyDir, changeFile));
+
+  console.log('\n== Summary (convergence: median over changes of each change\'s p50 / p99 across clients)');
+  console.log('| mode | clients | compile cold / warm / during push (ms) | RSS per client (KiB) | convergence p50 / p99 / max (ms) | reload applied (ms) | loop lag p99 / max during push (ms) |');
+  console.log('| --- | --- | --- | --- | --- | --- | --- |');
+  for (const r of results) {
+    console.log(
+      `| ${r.mode} | ${r.connectedStreams} | ${fmt(r.compileColdMs)} / ${fmt(r.compileWarmNoClientsMs)} / ${fmt(r.summary.compileDuringPushMs)} | ${fmt(r.rssPerClientKiB, 1)} | ${fmt(r.summary.p50)} / ${fmt(r.summary.p99)} / ${fmt(r.summary.max)} | ${fmt(r.summary.appliedMs)} | ${fmt(r.summary.lagP99Ms, 1)} / ${fmt(r.summary.lagMaxMs, 1)} |`,
+    );
+  }
+  console.log(`load average at the end: ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}`);
+  if (flags.json) writeFileSync(flags.json, JSON.stringify({ machine: mach, shape, clients: N, changes: K, results }, null, 2) + '\n');
+}
+
+main()
+  .then(() => {
+    clearTimeout(hardTimer);
+    cleanup();
+    process.exit(0);
+  })
+  .catch((e: Error) => {
+    process.stderr.write(`bench failed: ${e.stack ?? e.message}\n`);
+    cleanup();
+    process.exit(1);
+  });
