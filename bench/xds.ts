@@ -45,11 +45,12 @@ const { values: flags } = parseArgs({
     'timeout-s': { type: 'string', default: '900' },
     'round-timeout-s': { type: 'string', default: '60' },
     json: { type: 'string' },
+    'server-node-args': { type: 'string', default: '' },
     help: { type: 'boolean', default: false },
   },
 });
 if (flags.help) {
-  process.stdout.write('usage: node dist/bench/xds.js [--clients N] [--mode sotw|delta|both] [--changes K] [--gateways G] [--routes R] [--services S] [--concurrency C] [--timeout-s T] [--json FILE]\n');
+  process.stdout.write('usage: node dist/bench/xds.js [--clients N] [--mode sotw|delta|both] [--changes K] [--gateways G] [--routes R] [--services S] [--concurrency C] [--timeout-s T] [--json FILE] [--server-node-args="--cpu-prof --cpu-prof-dir=DIR"]\n');
   process.exit(0);
 }
 function intFlag(name: string, v: string | undefined, min: number, max: number): number {
@@ -197,7 +198,8 @@ async function startSignalbox(policyDir: string, mode: Mode): Promise<Server> {
   const [xdsPort, adminPort] = [await freePort(), await freePort()];
   const dataDir = path.join(tmp, `data-${mode}`);
   const args = [BIN, 'serve', '--policies', policyDir, '--xds-address', '127.0.0.1', '--xds-port', String(xdsPort), '--admin-address', '127.0.0.1', '--admin-port', String(adminPort), '--data-dir', dataDir, '--log-level', 'warn'];
-  const proc = spawn(process.execPath, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, SIGNALBOX_STRICT_ENCODE: '' } });
+  const nodeArgs = flags['server-node-args']!.split(' ').filter(Boolean); // e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof"
+  const proc = spawn(process.execPath, [...nodeArgs, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, SIGNALBOX_STRICT_ENCODE: '' } });
   children.add(proc);
   proc.once('exit', () => children.delete(proc));
   const output: string[] = [];
@@ -299,6 +301,8 @@ interface RunResult {
   clients: number;
   connectedStreams: number;
   connectMs: number;
+  connectServerCpuMs: number;
+  connectClientCpuMs: number;
   compileColdMs: number;
   compileWarmNoClientsMs: number;
   rssBeforeMiB: number;
@@ -354,8 +358,10 @@ async function runMode(mode: Mode, policyDir: string, changeFile: string): Promi
     // Connect.
     console.log(`   connecting ${N} ${mode} clients (${CONCURRENCY} at a time)…`);
     const tokens = tokensFor(server.dataDir);
+    const connectCpu0 = cpuMsOf(server.pid);
     const conn = await clients.request({ cmd: 'connect', target: `127.0.0.1:${server.xdsPort}`, mode, clients: N, gateways: Array.from({ length: shape.gateways }, (_, g) => gatewayName(g)), tokens, concurrency: CONCURRENCY, timeoutMs: 300_000 }, 'connected', 310_000);
-    console.log(`   ${conn.streams} streams synced in ${fmt(conn.ms)} ms${conn.failed ? `, ${conn.failed} FAILED` : ''} (client CPU ${fmt(conn.cpuMs)} ms)`);
+    const connectServerCpuMs = cpuMsOf(server.pid) - connectCpu0;
+    console.log(`   ${conn.streams} streams synced in ${fmt(conn.ms)} ms${conn.failed ? `, ${conn.failed} FAILED` : ''} (CPU server ${fmt(connectServerCpuMs)} ms, clients ${fmt(conn.cpuMs)} ms)`);
     await sleep(3000);
     m = await scrape(server.adminPort);
     const connected = [...m].filter(([k]) => k.startsWith('signalbox_connected_proxies{')).reduce((a, [, v]) => a + v, 0);
@@ -402,6 +408,8 @@ async function runMode(mode: Mode, policyDir: string, changeFile: string): Promi
       clients: N,
       connectedStreams: conn.streams,
       connectMs: conn.ms,
+      connectServerCpuMs,
+      connectClientCpuMs: conn.cpuMs,
       compileColdMs,
       compileWarmNoClientsMs,
       rssBeforeMiB: rssBefore / 1024,

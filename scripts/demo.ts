@@ -4,6 +4,7 @@ import path from 'node:path';
 import { bootstrapYaml } from '../src/cli/bootstrap.js';
 import { startServer } from '../src/cli/serve.js';
 import { resolveServeConfig } from '../src/config/settings.js';
+import { issueToken } from '../src/ca/tokens.js';
 import { repoRoot, startEnvoy } from '../test/helpers/envoy.js';
 import { startUpstream } from '../test/helpers/upstream.js';
 
@@ -11,9 +12,10 @@ const root = repoRoot();
 const upstreams = await Promise.all([startUpstream('orders-v1', 9001), startUpstream('orders-v2', 9002), startUpstream('catalog', 9003)]);
 const cfg = resolveServeConfig({ policies: path.join(root, 'policies') });
 const server = await startServer(cfg);
+const { token } = await issueToken(path.resolve(cfg.dataDir), 'gateway/public');
 const envoy = await startEnvoy({
   name: 'demo-gateway',
-  bootstrapYaml: (adminPort) => bootstrapYaml({ gateway: 'public', xdsAddress: `127.0.0.1:${server.xdsPort}`, adminPort, id: 'public-demo' }),
+  bootstrapYaml: (adminPort) => bootstrapYaml({ gateway: 'public', xdsAddress: `127.0.0.1:${server.xdsPort}`, adminPort, id: 'public-demo', token }),
 });
 process.stdout.write(`
 Signalbox demo is running.

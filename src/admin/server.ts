@@ -10,6 +10,9 @@ import { SHORT_NAME, PUSH_ORDER } from '../xds/resources/type-urls.js';
 import type { ProxyRegistry } from '../xds/server/proxy-status.js';
 import type { IdentityManager } from '../ca/identities.js';
 import { hashText } from '../xds/resources/resource.js';
+import { explainGroup } from '../explain/provenance.js';
+import type { TrafficStore } from '../telemetry/traffic-store.js';
+import { registerDashboard } from './dashboard/routes.js';
 
 export interface AdminDeps {
   pipeline: Pipeline;
@@ -22,6 +25,8 @@ export interface AdminDeps {
   sources?: () => unknown;
   /** Extra readiness conditions (e.g. a discovery source's first full sync). */
   readiness?: () => { ready: boolean; reason?: string };
+  /** Traffic reported by the proxies (access log service), for the dashboard. */
+  traffic?: TrafficStore;
 }
 
 export function buildAdmin(deps: AdminDeps): FastifyInstance {
@@ -80,6 +85,15 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
     return { id: p.node.id, group: p.node.group, protocol: p.protocol, state: p.state, resources };
   });
 
+  /** Provenance: each route's and cluster's effective settings and the policy each came from. */
+  app.get<{ Params: { id: string }; Querystring: { route?: string } }>('/api/explain/:id', async (req, reply) => {
+    const p = registry.byId(req.params.id);
+    const group = p?.node.group ?? req.params.id;
+    const ir = pipeline.irGroups().get(group) ?? pipeline.irGroups().get(`gateway/${group}`);
+    if (!ir || !pipeline.model) return reply.code(404).send({ error: `no connected proxy or proxy group "${req.params.id}"` });
+    return { id: p?.node.id, ...explainGroup(pipeline.model, ir, { route: req.query.route }) };
+  });
+
   app.get('/api/groups', async () => ({
     groups: cache.groupNames().map((g) => {
       const s = cache.get(g);
@@ -95,6 +109,8 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
   }));
 
   app.get('/api/sources', async () => deps.sources?.() ?? { sources: [] });
+
+  registerDashboard(app, { pipeline, registry, identities: deps.identities, traffic: deps.traffic });
 
   return app;
 }

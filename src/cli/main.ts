@@ -8,6 +8,8 @@ import { buildModel } from '../model/model.js';
 import { loadPolicyDir } from '../sources/files/loader.js';
 import { bootstrapYaml } from './bootstrap.js';
 import { compileDir } from './compile.js';
+import { DIFF_USAGE, diffCommand } from './diff.js';
+import { EXPLAIN_USAGE, explainCommand } from './explain.js';
 
 const USAGE = `signalbox: a service-mesh control plane for Envoy
 
@@ -15,6 +17,10 @@ Usage:
   signalbox serve [flags]              run the control plane
   signalbox validate DIR               check a policy directory; exit 1 on any error
   signalbox compile DIR [--group G]    print the Envoy resources each proxy group gets (JSON)
+  signalbox authz --policies DIR [--authz-port N] [--metrics-port N]
+                                       run the ext_authz service (JWTPolicy checks) on its own
+${EXPLAIN_USAGE}
+${DIFF_USAGE}
   signalbox token --service NAME | --gateway NAME [--ttl 720h] [--data-dir DIR]
                                        print a token a proxy presents to receive its identity's secrets
   signalbox token revoke TOKEN_ID [--data-dir DIR]
@@ -38,10 +44,16 @@ export async function run(argv: string[]): Promise<number> {
         return await validate(rest);
       case 'compile':
         return await compile(rest);
+      case 'explain':
+        return await explainCommand(rest);
+      case 'diff':
+        return await diffCommand(rest);
       case 'bootstrap':
         return bootstrap(rest);
       case 'token':
         return await token(rest);
+      case 'authz':
+        return await (await import('./authz.js')).authzCommand(rest);
       case undefined:
       case 'help':
       case '--help':

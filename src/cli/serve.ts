@@ -1,6 +1,7 @@
 // `signalbox serve`: wires the pipeline, the xDS server and the admin API together.
 import path from 'node:path';
 import { buildAdmin } from '../admin/server.js';
+import { attachTelemetry } from '../telemetry/index.js';
 import type { ServeConfig } from '../config/settings.js';
 import { Pipeline } from '../controller/pipeline.js';
 import { formatPolicyError } from '../errors.js';
@@ -15,10 +16,13 @@ import { CertificateAuthority } from '../ca/ca.js';
 import { IdentityManager } from '../ca/identities.js';
 import { TokenVerifier } from '../ca/tokens.js';
 import { BUILTIN_DEFAULTS } from '../model/model.js';
+import { startEmbeddedAuthz } from '../authz/index.js';
 
 export interface RunningServer {
   xdsPort: number;
   adminPort: number;
+  /** The ext_authz service's port (undefined when it could not bind). */
+  authzPort?: number;
   pipeline: Pipeline;
   xds: XdsServer;
   logger: Logger;
@@ -34,23 +38,27 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
   logger.info({ ca: ca.source, subject: ca.certificate.subject, notAfter: ca.certificate.notAfter.toISOString() }, 'mesh CA ready');
   const identities = new IdentityManager(ca, { ttlMs: BUILTIN_DEFAULTS.mtls.certTTLms, logger, metrics: { issued: (kind) => metrics.certificates.inc({ kind }) } });
   metrics.trackCertificates(() => identities.nearestExpirySeconds());
-  const pipeline = new Pipeline({ policyDir, cache, logger, metrics, identities });
+  const authz = await startEmbeddedAuthz({ bindAddress: cfg.xdsAddress, port: cfg.authzPort, addressForProxies: cfg.authzAddressForProxies, logger, registry: metrics.registry });
+  const pipeline = new Pipeline({ policyDir, cache, logger, metrics, identities, authz: authz.endpoint, accessLog: cfg.accessLogSampling === undefined ? undefined : { successSamplePercent: cfg.accessLogSampling } });
   const tokens = await TokenVerifier.open(path.resolve(cfg.dataDir));
   const xds = new XdsServer({ cache, metrics, logger, tokens, requireToken: cfg.requireToken });
   const consul = attachConsul(cfg, pipeline, metrics, logger); // undefined without --consul-addr
+  pipeline.on('applied', (model) => authz.update(model)); // before any proxy can get routes that name new policies
   const first = await pipeline.reload();
   if (!first.applied) {
     logger.error({ errors: first.errors.map(formatPolicyError) }, 'the policy directory is invalid; serving no configuration until it is fixed');
   }
   const watcher = watchPolicies(policyDir, cfg.watchDebounceMs, () => void pipeline.reload());
   const xdsPort = await xds.listen(`${cfg.xdsAddress.includes(':') ? `[${cfg.xdsAddress}]` : cfg.xdsAddress}:${cfg.xdsPort}`);
-  const admin = buildAdmin({ pipeline, cache, registry: xds.registry, metrics, logger, identities, sources: () => ({ sources: consul ? [consul.status()] : [] }), readiness: consul ? () => consul.readiness() : undefined });
+  const telemetry = attachTelemetry({ pipeline, registry: xds.registry, promRegistry: metrics.registry, logger, addService: (def, impl) => xds.addService(def, impl) });
+  const admin = buildAdmin({ pipeline, cache, registry: xds.registry, metrics, logger, identities, traffic: telemetry.store, sources: () => ({ sources: consul ? [consul.status()] : [] }), readiness: consul ? () => consul.readiness() : undefined });
   await admin.listen({ host: cfg.adminAddress, port: cfg.adminPort });
   const adminPort = (admin.server.address() as { port: number }).port;
   logger.info({ xds: `${cfg.xdsAddress}:${xdsPort}`, admin: `http://${cfg.adminAddress}:${adminPort}`, policies: policyDir }, 'signalbox serving');
   return {
     xdsPort,
     adminPort,
+    authzPort: authz.port,
     pipeline,
     xds,
     logger,
@@ -59,6 +67,8 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
       await consul?.stop();
       await admin.close();
       await xds.close();
+      await authz.close();
+      telemetry.stop();
       identities.stop();
     },
   };

@@ -1,5 +1,6 @@
 // The control plane's own settings: every `signalbox serve` flag, its SIGNALBOX_* twin and its
 // default, parsed once.
+import { isIP } from 'node:net';
 import { ErrorCode, SignalboxError } from '../errors.js';
 
 export interface Setting {
@@ -15,12 +16,15 @@ export const SERVE_SETTINGS = {
   xdsPort: { flag: 'xds-port', env: 'SIGNALBOX_XDS_PORT', default: '18000', help: 'port of the xDS gRPC server (ADS, SotW and Delta)' },
   adminAddress: { flag: 'admin-address', env: 'SIGNALBOX_ADMIN_ADDRESS', default: '127.0.0.1', help: 'address the admin API binds' },
   adminPort: { flag: 'admin-port', env: 'SIGNALBOX_ADMIN_PORT', default: '18001', help: 'port of the admin API (health, metrics, proxies)' },
+  authzPort: { flag: 'authz-port', env: 'SIGNALBOX_AUTHZ_PORT', default: '18002', help: 'port of the ext_authz gRPC service that checks JWTPolicies (bound on the xDS address; 0: any free port)' },
+  authzAddressForProxies: { flag: 'authz-address-for-proxies', env: 'SIGNALBOX_AUTHZ_ADDRESS_FOR_PROXIES', default: '', help: 'IP:PORT at which proxies reach the ext_authz service, e.g. a standalone `signalbox authz` (default: the xDS address, 127.0.0.1 when that is a wildcard, and the bound --authz-port)' },
   dataDir: { flag: 'data-dir', env: 'SIGNALBOX_DATA_DIR', default: '.data', help: 'folder for state Signalbox keeps (CA material)' },
   logLevel: { flag: 'log-level', env: 'SIGNALBOX_LOG_LEVEL', default: 'info', help: 'trace, debug, info, warn or error' },
   caCert: { flag: 'ca-cert', env: 'SIGNALBOX_CA_CERT', default: '', help: 'CA certificate (PEM) to sign with, e.g. an intermediate of your PKI (default: a root generated in --data-dir)' },
   caKey: { flag: 'ca-key', env: 'SIGNALBOX_CA_KEY', default: '', help: 'private key (PKCS#8 PEM, ECDSA P-256) of --ca-cert' },
   caBundle: { flag: 'ca-bundle', env: 'SIGNALBOX_CA_BUNDLE', default: '', help: 'extra trusted roots (PEM) sent to proxies, e.g. the next root during a rotation' },
   requireToken: { flag: 'require-token', env: 'SIGNALBOX_REQUIRE_TOKEN', default: 'secrets', help: 'what a proxy without a valid token gets: "secrets" (config but no keys) or "all" (nothing)' },
+  accessLogSampling: { flag: 'access-log-sampling', env: 'SIGNALBOX_ACCESS_LOG_SAMPLING', default: '100', help: 'percent of successful requests proxies report to the access log service (errors are always reported); "off" turns traffic reporting off' },
   watchDebounceMs: { flag: 'watch-debounce-ms', env: 'SIGNALBOX_WATCH_DEBOUNCE_MS', default: '100', help: 'quiet time after a policy file change before reloading' },
   consulAddr: { flag: 'consul-addr', env: 'CONSUL_HTTP_ADDR', default: '', help: 'Consul HTTP API (HOST:PORT or http(s)://HOST:PORT); unset: static endpoints only. TLS and token from CONSUL_CACERT, CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY, CONSUL_HTTP_TOKEN' },
   consulDatacenter: { flag: 'consul-datacenter', env: 'SIGNALBOX_CONSUL_DATACENTER', default: '', help: 'Consul datacenter to query when a Service does not name one (default: the agent\'s own)' },
@@ -35,6 +39,9 @@ export interface ServeConfig {
   xdsPort: number;
   adminAddress: string;
   adminPort: number;
+  authzPort: number;
+  /** Where proxies reach the ext_authz service, when not derived from the xDS address and authz port. */
+  authzAddressForProxies?: { address: string; port: number };
   dataDir: string;
   logLevel: string;
   watchDebounceMs: number;
@@ -44,12 +51,22 @@ export interface ServeConfig {
   consulImport: string;
   ca?: { certFile: string; keyFile: string; bundleFile?: string };
   requireToken: 'secrets' | 'all';
+  /** Percent of successful requests reported over the access log service; undefined: off. */
+  accessLogSampling?: number;
 }
 
 function portOf(name: string, v: string): number {
   const n = Number(v);
   if (!/^\d+$/.test(v) || !Number.isInteger(n) || n < 0 || n > 65535) throw new SignalboxError(ErrorCode.BAD_FLAG, `--${name} must be a port from 0 to 65535, got "${v}"`);
   return n;
+}
+
+function ipPortOf(name: string, v: string): { address: string; port: number } | undefined {
+  if (v === '') return undefined;
+  const m = /^\[?([^\]]+?)\]?:(\d+)$/.exec(v);
+  const port = m ? Number(m[2]) : NaN;
+  if (!m || isIP(m[1]!) === 0 || !Number.isInteger(port) || port < 1 || port > 65535) throw new SignalboxError(ErrorCode.BAD_FLAG, `--${name} must be IP:PORT (proxies reach it through a static cluster), got "${v}"`);
+  return { address: m[1]!, port };
 }
 
 function caOf(cert: string, key: string, bundle: string): ServeConfig['ca'] {
@@ -66,6 +83,13 @@ function requireTokenOf(v: string): 'secrets' | 'all' {
 function consulImportOf(v: string): string {
   if (v !== '' && v !== 'all' && !/^tag=[^,\s]+(,[^,\s]+)*$/.test(v)) throw new SignalboxError(ErrorCode.BAD_FLAG, `--consul-import must be "all" or "tag=TAG[,TAG...]", got "${v}"`);
   return v;
+}
+
+function accessLogSamplingOf(v: string): number | undefined {
+  if (v === 'off') return undefined;
+  const n = Number(v);
+  if (v.trim() === '' || !Number.isFinite(n) || n < 0 || n > 100) throw new SignalboxError(ErrorCode.BAD_FLAG, `--access-log-sampling must be a percent from 0 to 100, or "off", got "${v}"`);
+  return n;
 }
 
 /** Flag value, else environment twin, else default. */
@@ -86,6 +110,8 @@ export function resolveServeConfig(flags: Record<string, string | boolean | unde
     xdsPort: portOf('xds-port', get('xdsPort')),
     adminAddress: get('adminAddress'),
     adminPort: portOf('admin-port', get('adminPort')),
+    authzPort: portOf('authz-port', get('authzPort')),
+    authzAddressForProxies: ipPortOf('authz-address-for-proxies', get('authzAddressForProxies')),
     dataDir: get('dataDir'),
     logLevel: level,
     watchDebounceMs: debounce,
@@ -94,5 +120,6 @@ export function resolveServeConfig(flags: Record<string, string | boolean | unde
     consulImport: consulImportOf(get('consulImport')),
     ca: caOf(get('caCert'), get('caKey'), get('caBundle')),
     requireToken: requireTokenOf(get('requireToken')),
+    accessLogSampling: accessLogSamplingOf(get('accessLogSampling')),
   };
 }

@@ -9,7 +9,7 @@ import { buildModel, type Model } from '../model/model.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import { EndpointStore, staticInstances } from '../sources/endpoints.js';
-import { loadPolicyDir } from '../sources/files/loader.js';
+import { loadPolicyDir, PolicyParseCache } from '../sources/files/loader.js';
 import { translate } from '../translate/gateway.js';
 import { checkConsistency, Snapshot, SnapshotCache } from '../xds/cache/snapshot-cache.js';
 import { EncodeCache, type Resource } from '../xds/resources/resource.js';
@@ -18,6 +18,7 @@ import { configResources, endpointsResource, type ResourceMap } from '../xds/tra
 import type { IdentityManager } from '../ca/identities.js';
 import { IDENTITY_SECRET, parseSidecarGroup, TRUST_BUNDLE_SECRET } from '../ir/types.js';
 import { redactSecret } from '../xds/translator/secret.js';
+import type { AuthzEndpoint } from '../translate/jwt.js';
 
 interface GroupState {
   ir: IRProxyConfig;
@@ -43,11 +44,17 @@ export interface PipelineOptions {
   identities?: IdentityManager;
   /** How long endpoint changes are gathered before one push (coalescing bursts). */
   endpointDebounceMs?: number;
+  /** Every HTTP listener reports its requests to the access log service (successes sampled at this percent). */
+  accessLog?: { successSamplePercent: number };
+  /** Where proxies reach the ext_authz service (JWTPolicy); default 127.0.0.1:18002. */
+  authz?: AuthzEndpoint;
 }
 
 export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [PolicyError[]] }> {
   readonly endpoints: EndpointStore;
   readonly encoder = new EncodeCache();
+  /** Reloads re-parse only the policy files whose text changed. */
+  private readonly parsed = new PolicyParseCache();
   model?: Model;
   errors: PolicyError[] = [];
   lastAppliedAt?: Date;
@@ -119,7 +126,7 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
   private async doReload(): Promise<ReloadResult> {
     const { logger, metrics } = this.opts;
     const t0 = performance.now();
-    const loaded = await loadPolicyDir(this.opts.policyDir);
+    const loaded = await loadPolicyDir(this.opts.policyDir, this.parsed);
     let errors = loaded.errors;
     let model: Model | undefined;
     if (errors.length === 0) {
@@ -159,7 +166,8 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
     for (const svc of model.services.values()) {
       if (svc.endpoints) this.endpoints.set(svc.name, staticInstances(svc), 'static', { quiet: true });
     }
-    const irs = translate(model, this.sidecarGroups);
+    const irs = translate(model, this.sidecarGroups, { authz: this.opts.authz });
+    if (this.opts.accessLog) for (const ir of irs.values()) for (const l of ir.listeners) l.accessLog = this.opts.accessLog;
     if (this.opts.identities) {
       await Promise.all([...irs.values()].flatMap((ir) => (ir.identity ? [this.opts.identities!.ensure(ir.identity)] : [])));
     }

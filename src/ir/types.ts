@@ -2,6 +2,7 @@
 // It holds no Envoy types; the xDS translator turns it into Envoy resources.
 import type { SourceRef } from '../model/model.js';
 import type { IRCircuitBreaker, IRHashOn, IRHealthCheck, IRLoadBalancer, IRLocalRateLimit, IROutlierDetection } from './traffic.js';
+import type { IRExtAuthz, IRRouteJwt } from './jwt.js';
 
 export type Health = 'HEALTHY' | 'UNHEALTHY' | 'DRAINING' | 'DEGRADED' | 'UNKNOWN';
 
@@ -78,6 +79,8 @@ export interface IRRoute {
   fault?: IRFault;
   /** A local rate limit for this route only (RateLimitPolicy on its HTTPRoute). */
   rateLimit?: IRLocalRateLimit;
+  /** JWT policies checked by the ext_authz service (set on every route of a listener that has extAuthz). */
+  jwt?: IRRouteJwt;
   source: SourceRef;
 }
 
@@ -121,6 +124,10 @@ export interface IRHttpListener {
   httpFilters: string[];
   /** A local rate limit over every request of the listener (RateLimitPolicy on a Gateway or Service). */
   rateLimit?: IRLocalRateLimit;
+  /** Report requests to the control plane's access log service (errors always, successes sampled). */
+  accessLog?: { successSamplePercent: number };
+  /** Ask Signalbox's ext_authz service (JWTPolicy on a route, Gateway or Service of this listener). */
+  extAuthz?: IRExtAuthz;
   source: SourceRef;
 }
 

@@ -10,6 +10,7 @@ import { didYouMean } from './did-you-mean.js';
 import { hostnameMatches } from './hostnames.js';
 import { resolveAccessPolicies, type AccessModel } from './access.js';
 import { resolvePolicies, type PoliciesModel, type RuleDefaults } from './policies.js';
+import { resolveJwtPolicies, type JwtModel } from './jwt.js';
 
 export type { SourceRef };
 
@@ -71,6 +72,8 @@ export interface Model {
   access: Map<string, AccessModel>;
   /** TrafficPolicies by Service and RateLimitPolicies by target (see policies.ts). */
   policies: PoliciesModel;
+  /** JWTPolicies by name and by target (see jwt.ts). */
+  jwt?: JwtModel;
 }
 
 /** Built-in defaults, used where neither a route nor the Mesh says anything. */
@@ -247,7 +250,8 @@ export async function buildModel(docs: LoadedDoc[], baseDir: string): Promise<Bu
 
   const policies = resolvePolicies(unique, { mesh, services, gateways, routes }, err);
   const access = resolveAccessPolicies(of('AccessPolicy'), new Set(services.keys()), new Set(gateways.keys()), err);
+  const jwt = await resolveJwtPolicies(unique, { services, gateways, routes }, baseDir, err);
 
   if (errors.length > 0) return { errors };
-  return { model: { mesh, services, gateways, routes: routes.sort(byName), access, policies }, errors };
+  return { model: { mesh, services, gateways, routes: routes.sort(byName), access, policies, jwt }, errors };
 }

@@ -2,7 +2,7 @@
 // field by field (two that set the same field conflict, naming both files), and work out, for each
 // HTTPRoute rule, the timeout and retries it inherits from the TrafficPolicy of its backends.
 // Precedence: route settings > TrafficPolicy > Mesh defaults > built-in defaults.
-import { parseDuration, type RateLimitPolicy, type TrafficPolicy } from '../api/v1alpha1/index.js';
+import { parseDuration, type Mesh, type RateLimitPolicy, type TrafficPolicy } from '../api/v1alpha1/index.js';
 import { TRAFFIC_FIELDS, type TrafficField } from '../api/v1alpha1/trafficpolicy.js';
 import { ErrorCode } from '../errors.js';
 import type { LoadedDoc, SourceRef } from '../sources/files/loader.js';
@@ -80,6 +80,8 @@ export interface PoliciesModel {
   traffic: Map<string, TrafficPolicyModel>;
   /** RateLimitPolicies by target, keyed `<kind>/<name>`. */
   rateLimits: Map<string, RateLimitModel>;
+  /** The Mesh defaults a Mesh document actually wrote (for provenance; absent: built-in). */
+  meshDefaults: { timeoutMs?: Sourced<number>; retries?: Sourced<RetrySettings> };
 }
 
 type Report = (d: LoadedDoc, path: (string | number)[], code: ErrorCode, message: string) => void;
@@ -297,5 +299,10 @@ export function resolvePolicies(
     const defaults = ruleDefaultsOf(d, route, known.mesh, traffic, err);
     if (defaults.some((x) => x !== undefined)) route.policyDefaults = defaults;
   }
-  return { traffic, rateLimits };
+  const meshDoc = docs.find((d) => d.kind === 'Mesh');
+  const meshSpec = (meshDoc?.value as Mesh | undefined)?.spec;
+  const meshDefaults: PoliciesModel['meshDefaults'] = {};
+  if (meshDoc && meshSpec?.defaults?.timeout) meshDefaults.timeoutMs = { value: known.mesh.defaults.timeoutMs, kind: 'Mesh', policy: meshDoc.name, source: meshDoc.source };
+  if (meshDoc && meshSpec?.defaults?.retries && known.mesh.defaults.retries) meshDefaults.retries = { value: known.mesh.defaults.retries, kind: 'Mesh', policy: meshDoc.name, source: meshDoc.source };
+  return { traffic, rateLimits, meshDefaults };
 }

@@ -30,7 +30,7 @@ export async function startSignalbox(opts: { policies: string; dataDir?: string;
   const launch = async () => {
     child = spawn(
       process.execPath,
-      [path.join(repoRoot(), 'bin/signalbox.js'), 'serve', '--policies', opts.policies, '--xds-address', '127.0.0.1', '--xds-port', String(xdsPort), '--admin-port', String(adminPort), '--watch-debounce-ms', '50', '--data-dir', dataDir, ...(opts.extraArgs ?? [])],
+      [path.join(repoRoot(), 'bin/signalbox.js'), 'serve', '--policies', opts.policies, '--xds-address', '127.0.0.1', '--xds-port', String(xdsPort), '--admin-port', String(adminPort), '--watch-debounce-ms', '50', '--data-dir', dataDir, '--authz-port', '0', ...(opts.extraArgs ?? [])],
       { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } },
     );
     exited = false;

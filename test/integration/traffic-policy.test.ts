@@ -74,7 +74,7 @@ kind: TrafficPolicy
 metadata: { name: hc-probe }
 spec:
   targetRef: { kind: Service, name: hc }
-  healthCheck: { path: /healthz, interval: 200ms, timeout: 150ms, unhealthyThreshold: 2, healthyThreshold: 1 }
+  healthCheck: { path: /healthz, interval: 400ms, timeout: 350ms, unhealthyThreshold: 2, healthyThreshold: 1 }
 ---
 apiVersion: signalbox.dev/v1alpha1
 kind: TrafficPolicy

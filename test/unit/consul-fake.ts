@@ -28,6 +28,8 @@ export interface FakeConsul {
   setConnect(service: string, entries: unknown[]): void;
   /** Set the index directly (e.g. lower, as after a restart) and wake blocked queries. */
   setIndex(i: bigint): void;
+  /** Answer every held blocking query now with the current state, as if its wait ran out. */
+  release(): void;
   override?: Override;
   close(): Promise<void>;
 }
@@ -51,11 +53,11 @@ export function entry(o: { node?: string; id: string; service?: string; address?
 }
 
 export async function startFakeConsul(): Promise<FakeConsul> {
-  let waiters: (() => void)[] = [];
-  const wake = () => {
+  let waiters: ((force?: boolean) => void)[] = [];
+  const wake = (force = false) => {
     const w = waiters;
     waiters = [];
-    for (const f of w) f();
+    for (const f of w) f(force);
   };
   const fake: FakeConsul = {
     addr: '',
@@ -76,6 +78,9 @@ export async function startFakeConsul(): Promise<FakeConsul> {
     setIndex(i) {
       fake.index = i;
       wake();
+    },
+    release() {
+      wake(true);
     },
     close: async () => {
       wake();
@@ -105,8 +110,8 @@ export async function startFakeConsul(): Promise<FakeConsul> {
         waiters = waiters.filter((w) => w !== done);
         answer();
       }, waitMs);
-      const done = () => {
-        if (fake.index > want) {
+      const done = (force?: boolean) => {
+        if (force || fake.index > want) {
           clearTimeout(timer);
           answer();
         } else waiters.push(done);

@@ -5,6 +5,7 @@ import type { Logger } from '../../observability/logger.js';
 import type { Metrics } from '../../observability/metrics.js';
 import { consulConnectionFromEnv } from './config.js';
 import { ConsulSource, type ConsulSourceOptions } from './source.js';
+import { ErrorCode, SignalboxError } from '../../errors.js';
 
 export { ConsulSource } from './source.js';
 export { ConsulClient, ConsulError } from './client.js';
@@ -23,9 +24,42 @@ export function attachConsul(
 ): ConsulSource | undefined {
   if (!cfg.consulAddr) return undefined;
   const connection = consulConnectionFromEnv(cfg.consulAddr, cfg.consulDatacenter);
-  const source = new ConsulSource({ connection, store: pipeline.endpoints, logger, registry: metrics.registry, ...overrides });
+  const source = new ConsulSource({ connection, store: pipeline.endpoints, logger, registry: metrics.registry, ...tuningFromEnv(), ...overrides });
   pipeline.on('applied', (model) => source.sync(model));
   if (pipeline.model) source.sync(pipeline.model);
   logger.info({ consul: connection.baseUrl, datacenter: connection.datacenter, tls: !!connection.tls, token: connection.token ? 'set' : 'none' }, 'consul discovery enabled');
   return source;
+}
+
+/**
+ * Tuning knobs, environment only (the defaults suit production; tests and benchmarks shorten them):
+ * SIGNALBOX_CONSUL_WAIT_MS, SIGNALBOX_CONSUL_MIN_INTERVAL_MS, SIGNALBOX_CONSUL_BACKOFF_MAX_MS,
+ * SIGNALBOX_CONSUL_RESYNC_GRACE_MS, SIGNALBOX_CONSUL_SIDECAR_SETTLE_MS, SIGNALBOX_CONSUL_WARNING_AS.
+ */
+export function tuningFromEnv(env: NodeJS.ProcessEnv = process.env): Partial<ConsulSourceOptions> {
+  const ms = (name: string, min: number): number | undefined => {
+    const v = env[name];
+    if (v === undefined || v === '') return undefined;
+    const n = Number(v);
+    if (!/^\d+$/.test(v) || n < min) throw new SignalboxError(ErrorCode.BAD_FLAG, `${name} must be a whole number of milliseconds >= ${min}, got "${v}"`);
+    return n;
+  };
+  const out: Partial<ConsulSourceOptions> = {};
+  const wait = ms('SIGNALBOX_CONSUL_WAIT_MS', 1000);
+  if (wait !== undefined) out.waitMs = wait;
+  const min = ms('SIGNALBOX_CONSUL_MIN_INTERVAL_MS', 0);
+  if (min !== undefined) out.minIntervalMs = min;
+  const backoffMax = ms('SIGNALBOX_CONSUL_BACKOFF_MAX_MS', 10);
+  if (backoffMax !== undefined) out.backoff = { baseMs: Math.min(250, backoffMax), maxMs: backoffMax };
+  const grace = ms('SIGNALBOX_CONSUL_RESYNC_GRACE_MS', 0);
+  if (grace !== undefined) out.resyncGraceMs = grace;
+  const settle = ms('SIGNALBOX_CONSUL_SIDECAR_SETTLE_MS', 0);
+  if (settle !== undefined) out.sidecarSettleMs = settle;
+  const w = env.SIGNALBOX_CONSUL_WARNING_AS;
+  if (w !== undefined && w !== '') {
+    const up = w.toUpperCase();
+    if (up !== 'DEGRADED' && up !== 'HEALTHY') throw new SignalboxError(ErrorCode.BAD_FLAG, `SIGNALBOX_CONSUL_WARNING_AS must be DEGRADED or HEALTHY, got "${w}"`);
+    out.warningAs = up;
+  }
+  return out;
 }

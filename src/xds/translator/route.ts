@@ -1,6 +1,7 @@
 import type { IRHeaderMods, IRRoute, IRRouteMatch, IRStringMatch, IRHttpListener } from '../../ir/types.js';
 import { faultFilter } from './filters/index.js';
 import { patchRoutePolicies, virtualHostPolicies } from './route-policy.js';
+import { patchRouteForExtAuthz } from './filters/ext-authz.js';
 import { duration, fractionalPercent, typed } from './util.js';
 
 function stringMatch(m: IRStringMatch): Record<string, unknown> {
@@ -90,6 +91,7 @@ function routeResource(r: IRRoute): Record<string, unknown> {
     out.typed_per_filter_config = { [faultFilter.envoyName]: typed('envoy.extensions.filters.http.fault.v3.HTTPFault', fault) };
   }
   patchRoutePolicies(r, out);
+  patchRouteForExtAuthz(r, out);
   return out;
 }
 

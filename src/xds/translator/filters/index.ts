@@ -4,6 +4,7 @@ import type { IRHttpListener } from '../../../ir/types.js';
 import { typed } from '../util.js';
 import { rbacAllow, rbacDeny } from './rbac.js';
 import { listenerRateLimit, routeRateLimit } from './local-ratelimit.js';
+import { extAuthz } from './ext-authz.js';
 
 export interface HttpFilterModule {
   /** Envoy's filter name, also the key of per-route configuration. */
@@ -31,6 +32,8 @@ export const FILTER_ORDER: readonly [string, HttpFilterModule][] = [
   ['rbac-allow', rbacAllow],
   ['local-ratelimit-listener', listenerRateLimit],
   ['local-ratelimit-route', routeRateLimit],
+  // After the rate limits, so that a flood is shed before it reaches the authz service.
+  ['ext-authz', extAuthz],
   ['fault', fault],
   ['router', router],
 ];

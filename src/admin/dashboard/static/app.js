@@ -1,0 +1,424 @@
+// Signalbox dashboard: plain browser JavaScript, no build step. Reads the admin API; live updates
+// over Server-Sent Events (/api/events). Every value from the server is inserted as text, never
+// as HTML.
+
+const $ = (id) => document.getElementById(id);
+
+/** Creates an element with attributes and children (strings become text nodes). */
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === 'class') el.className = v;
+    else if (k === 'text') el.textContent = v;
+    else if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
+    else el.setAttribute(k, String(v));
+  }
+  for (const c of children.flat()) if (c !== undefined && c !== null) el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return el;
+}
+
+const SVG = 'http://www.w3.org/2000/svg';
+function s(tag, attrs = {}, text) {
+  const el = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) if (v !== undefined) el.setAttribute(k, String(v));
+  if (text !== undefined) el.textContent = text;
+  return el;
+}
+
+const fmtRate = (v) => (v === undefined ? '–' : v >= 100 ? v.toFixed(0) : v.toFixed(1));
+const fmtMs = (v) => (v === undefined ? '–' : v >= 100 ? v.toFixed(0) : v.toFixed(1));
+const fmtInt = (v) => (v === undefined ? '–' : String(Math.round(v)));
+
+function until(iso) {
+  if (!iso) return '–';
+  const sec = (Date.parse(iso) - Date.now()) / 1000;
+  if (sec < 0) return 'expired';
+  if (sec < 120) return `${Math.round(sec)} s`;
+  if (sec < 7200) return `${Math.round(sec / 60)} min`;
+  if (sec < 172800) return `${(sec / 3600).toFixed(1)} h`;
+  return `${(sec / 86400).toFixed(1)} d`;
+}
+
+function spark(points, width = 90, height = 18) {
+  const svg = s('svg', { class: 'spark', width, height, viewBox: `0 0 ${width} ${height}`, 'aria-hidden': 'true' });
+  if (!points || points.length === 0) return svg;
+  const max = Math.max(1, ...points);
+  const step = width / Math.max(1, points.length - 1);
+  const coords = points.map((p, i) => `${(i * step).toFixed(1)},${(height - 1 - (p / max) * (height - 2)).toFixed(1)}`).join(' ');
+  svg.append(s('polyline', { points: coords }));
+  return svg;
+}
+
+/** A numeric cell carrying its raw value (for tests and copy/paste) and a formatted text. */
+function num(field, value, fmt = fmtInt, cls) {
+  return h('td', { 'data-field': field, 'data-value': value === undefined ? '' : value, class: cls, text: fmt(value) });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Summary cards and mesh map
+
+let lastSummary;
+let lastTraffic;
+
+function renderSummary(sum) {
+  lastSummary = sum;
+  const st = sum.proxies.states;
+  $('card-proxies').textContent = String(sum.proxies.total);
+  $('card-proxy-states').replaceChildren(
+    h('span', { class: 'state-SYNCED', text: `${st.SYNCED} synced` }), ' · ',
+    h('span', { class: 'state-PENDING', text: `${st.PENDING} pending` }), ' · ',
+    h('span', { class: 'state-NACKED', text: `${st.NACKED} NACKed` }),
+  );
+  $('card-config').textContent = sum.config.valid ? 'valid' : `${sum.config.errors} error(s)`;
+  $('card-config').className = sum.config.valid ? 'value state-SYNCED' : 'value state-NACKED';
+  $('card-config-sub').textContent = sum.config.lastAppliedAt ? `applied ${new Date(sum.config.lastAppliedAt).toLocaleTimeString()}` : 'nothing applied yet';
+  $('card-cert').textContent = until(sum.certificates.nearestExpiry);
+  $('card-cert-sub').textContent = `${sum.certificates.count} identities`;
+  if (sum.revision !== proxyRevision) {
+    proxyRevision = sum.revision;
+    scheduleProxies();
+  }
+  if (sum.config.errors !== lastErrorCount) {
+    lastErrorCount = sum.config.errors;
+    loadErrors();
+    loadCerts();
+  }
+  renderMap();
+}
+
+function renderTraffic(t) {
+  lastTraffic = t;
+  let rps = 0;
+  let req = 0;
+  let errors = 0;
+  for (const e of t.edges) if (e.from === 'clients') rps += e.rps;
+  for (const svc of t.services) {
+    req += svc.window.requests;
+    errors += svc.window.c5xx;
+  }
+  $('card-rps').textContent = fmtRate(rps);
+  $('card-errors').textContent = req ? `${((100 * errors) / req).toFixed(2)}% 5xx over 60 s` : 'no traffic in the last 60 s';
+  renderServices(t.services);
+  renderRoutes(t);
+  renderMap();
+}
+
+function renderMap() {
+  const box = $('map');
+  const sum = lastSummary;
+  if (!sum) return;
+  const edges = (lastTraffic?.edges ?? []).filter((e) => e.to);
+  const nodes = new Map();
+  const add = (id, kind, label, sub, nacked) => {
+    if (!nodes.has(id)) nodes.set(id, { id, kind, label, sub, nacked, col: kind === 'clients' ? 0 : kind === 'gateway' ? 1 : 2 });
+    return nodes.get(id);
+  };
+  if (edges.some((e) => e.from === 'clients')) add('clients', 'clients', 'clients', '');
+  for (const g of sum.map.gateways) add(`gateway/${g.name}`, 'gateway', g.name, `gateway · ${g.proxies} proxies`, g.nacked > 0);
+  for (const svc of sum.map.services) add(`service/${svc.name}`, 'service', svc.name, svc.sidecars ? `${svc.sidecars} sidecars` : 'no sidecar', svc.nacked > 0);
+  for (const e of edges) {
+    for (const id of [e.from, e.to]) {
+      if (nodes.has(id)) continue;
+      const [kind, name] = id.split('/');
+      add(id, kind === 'gateway' ? 'gateway' : kind === 'clients' ? 'clients' : 'service', name ?? id, '');
+    }
+  }
+  // Layered layout: a service called from column c sits at column c + 1 (cycles stop growing).
+  for (let pass = 0; pass < 6; pass++) {
+    for (const e of edges) {
+      const a = nodes.get(e.from);
+      const b = nodes.get(e.to);
+      if (a && b && b.kind === 'service' && b.col <= a.col && a.col < 8) b.col = a.col + 1;
+    }
+  }
+  const cols = new Map();
+  for (const n of nodes.values()) {
+    if (!cols.has(n.col)) cols.set(n.col, []);
+    cols.get(n.col).push(n);
+  }
+  const W = 150, H = 40, GX = 110, GY = 18, PAD = 20;
+  let maxRows = 1;
+  const colKeys = [...cols.keys()].sort((a, b) => a - b);
+  colKeys.forEach((c, ci) => {
+    const list = cols.get(c).sort((a, b) => (a.label < b.label ? -1 : 1));
+    maxRows = Math.max(maxRows, list.length);
+    list.forEach((n, i) => {
+      n.x = PAD + ci * (W + GX);
+      n.y = PAD + i * (H + GY);
+    });
+  });
+  const width = PAD * 2 + colKeys.length * (W + GX) - GX;
+  const height = PAD * 2 + maxRows * (H + GY) + 30;
+  const svg = s('svg', { width: Math.max(width, 300), height, role: 'img', 'aria-label': 'mesh map' });
+  const defs = s('defs');
+  const marker = s('marker', { id: 'arrow', viewBox: '0 0 10 10', refX: 9, refY: 5, markerWidth: 6, markerHeight: 6, orient: 'auto-start-reverse' });
+  marker.append(s('path', { d: 'M 0 0 L 10 5 L 0 10 z', fill: '#90a4c0' }));
+  defs.append(marker);
+  svg.append(defs);
+  for (const e of edges) {
+    const a = nodes.get(e.from);
+    const b = nodes.get(e.to);
+    if (!a || !b) continue;
+    const x1 = a.x + W, y1 = a.y + H / 2, x2 = b.x, y2 = b.y + H / 2;
+    let d;
+    if (x2 > x1) d = `M ${x1} ${y1} C ${x1 + GX / 2} ${y1}, ${x2 - GX / 2} ${y2}, ${x2} ${y2}`;
+    else d = `M ${a.x + W / 2} ${a.y + H} C ${a.x + W / 2} ${a.y + H + 40}, ${b.x + W / 2} ${b.y + H + 40}, ${b.x + W / 2} ${b.y + H}`;
+    const width = Math.min(6, 1 + Math.log10(1 + e.rps) * 2);
+    svg.append(s('path', { d, class: e.errorRate > 0.01 ? 'edge errors' : 'edge', 'stroke-width': width.toFixed(1), 'marker-end': 'url(#arrow)', 'data-edge': `${e.from}>${e.to}` }));
+    const mx = x2 > x1 ? (x1 + x2) / 2 : (a.x + b.x + W) / 2;
+    const my = x2 > x1 ? (y1 + y2) / 2 - 4 : Math.max(a.y, b.y) + H + 34;
+    const label = `${fmtRate(e.rps)}/s${e.errorRate > 0 ? ` · ${(e.errorRate * 100).toFixed(1)}% err` : ''}`;
+    svg.append(s('text', { x: mx, y: my, class: 'edge-label', 'text-anchor': 'middle' }, label));
+  }
+  for (const n of nodes.values()) {
+    const g = s('g', { class: `node ${n.kind}${n.nacked ? ' nacked' : ''}`, 'data-node': n.id, transform: `translate(${n.x},${n.y})` });
+    g.append(s('rect', { width: W, height: H, rx: 6 }));
+    g.append(s('text', { x: 10, y: 17 }, n.label));
+    if (n.sub) g.append(s('text', { x: 10, y: 32, class: 'sub' }, n.sub + (n.nacked ? ' · NACK' : '')));
+    svg.append(g);
+  }
+  if (nodes.size === 0) box.replaceChildren(h('p', { class: 'muted', text: 'No gateways or services yet.' }));
+  else box.replaceChildren(svg);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Services and routes
+
+function counterCells(t) {
+  return [
+    num('requests', t.totals.requests),
+    num('c2xx', t.totals.c2xx),
+    num('c4xx', t.totals.c4xx, fmtInt, t.totals.c4xx ? 'warn' : undefined),
+    num('c5xx', t.totals.c5xx, fmtInt, t.totals.c5xx ? 'bad' : undefined),
+    num('retries', t.totals.retries),
+    num('rateLimited', t.totals.rateLimited),
+    num('authzDenied', t.totals.authzDenied),
+    num('overflow', t.totals.overflow, fmtInt, t.totals.overflow ? 'bad' : undefined),
+    num('resets', t.totals.resets, fmtInt, t.totals.resets ? 'bad' : undefined),
+  ];
+}
+
+function renderServices(list) {
+  const body = $('services').tBodies[0];
+  if (list.length === 0) {
+    body.replaceChildren(h('tr', { class: 'empty' }, h('td', { colspan: 15, text: 'No traffic reported yet.' })));
+    return;
+  }
+  body.replaceChildren(
+    ...list.map((svc) =>
+      h('tr', { 'data-service': svc.key },
+        h('td', { class: 'text', text: svc.key }),
+        num('rps', svc.rps, fmtRate),
+        h('td', {}, spark(svc.spark)),
+        num('p50', svc.p50, fmtMs),
+        num('p90', svc.p90, fmtMs),
+        num('p99', svc.p99, fmtMs),
+        ...counterCells(svc),
+      ),
+    ),
+  );
+}
+
+function renderRoutes(t) {
+  const filter = $('route-filter').value.trim().toLowerCase();
+  const list = filter ? t.routes.filter((r) => r.key.toLowerCase().includes(filter) || (r.service ?? '').includes(filter)) : t.routes;
+  $('routes-note').textContent = t.routesTotal > t.routesShown ? `the ${t.routesShown} busiest of ${t.routesTotal} routes` : '';
+  const body = $('routes').tBodies[0];
+  if (list.length === 0) {
+    body.replaceChildren(h('tr', { class: 'empty' }, h('td', { colspan: 17, text: filter ? 'No route matches.' : 'No traffic reported yet.' })));
+    return;
+  }
+  body.replaceChildren(
+    ...list.map((r) =>
+      h('tr', { 'data-route': r.key, title: r.file ? `from ${r.file}` : undefined },
+        h('td', { class: 'text', text: r.httpRoute }),
+        h('td', { class: 'text', text: r.rule }),
+        h('td', { class: 'text', text: r.match }),
+        h('td', { class: 'text', text: r.service ?? '' }),
+        num('rps', r.rps, fmtRate),
+        h('td', {}, spark(r.spark)),
+        num('p50', r.p50, fmtMs),
+        num('p99', r.p99, fmtMs),
+        ...counterCells(r),
+      ),
+    ),
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Proxies: searched and paged on the server
+
+const proxyQuery = { q: '', state: '', role: '', page: 1, size: 50 };
+let proxyRevision;
+let proxyTimer;
+let proxyFetching = false;
+
+function scheduleProxies(delay = 150) {
+  clearTimeout(proxyTimer);
+  proxyTimer = setTimeout(loadProxies, delay);
+}
+
+async function loadProxies() {
+  if (proxyFetching) return scheduleProxies(300);
+  proxyFetching = true;
+  try {
+    const params = new URLSearchParams(Object.entries(proxyQuery).map(([k, v]) => [k, String(v)]));
+    const res = await fetch(`/api/dashboard/proxies?${params}`);
+    const data = await res.json();
+    proxyQuery.page = data.page;
+    renderProxies(data);
+  } catch {
+    /* the next live update retries */
+  } finally {
+    proxyFetching = false;
+  }
+}
+
+function versionsCell(types) {
+  const td = h('td', { class: 'versions' });
+  for (const [t, v] of Object.entries(types)) {
+    const stale = v.sent !== v.acked;
+    td.append(h('div', { class: stale ? 'stale' : undefined, title: stale ? 'sent, not ACKed' : 'ACKed' }, `${t} ${(v.sent ?? '–').slice(0, 8)} / ${(v.acked ?? '–').slice(0, 8)}`));
+  }
+  return td;
+}
+
+function renderProxies(data) {
+  $('page-info').textContent = `${data.total} proxies · page ${data.page} of ${data.pages}`;
+  $('prev').disabled = data.page <= 1;
+  $('next').disabled = data.page >= data.pages;
+  const body = $('proxies').tBodies[0];
+  if (data.proxies.length === 0) {
+    body.replaceChildren(h('tr', { class: 'empty' }, h('td', { colspan: 7, text: 'No proxy matches.' })));
+    return;
+  }
+  body.replaceChildren(
+    ...data.proxies.map((p) => {
+      const state = h('td', { class: 'text', 'data-field': 'state' }, h('span', { class: `state state-${p.state}`, text: p.state }));
+      if (p.nack) {
+        state.append(
+          h('div', { class: 'nack', 'data-field': 'nack' },
+            h('div', { text: `${p.nack.type} rejected: ${p.nack.message}` }),
+            h('div', {}, 'from ', h('span', { class: 'files', 'data-field': 'nack-files', text: p.nack.sources.join(', ') || '(no policy file)' })),
+          ),
+        );
+        state.classList.add('wrap');
+      }
+      const cert = p.certificate?.notAfter;
+      return h('tr', { 'data-proxy': p.id },
+        h('td', { class: 'text' }, h('strong', { text: p.id }), h('div', { class: 'muted small', text: `${p.group} · ${p.protocol}` })),
+        h('td', { class: 'text', text: p.role }),
+        state,
+        versionsCell(p.types),
+        num('rps', p.traffic?.rps, fmtRate),
+        h('td', {}, spark(p.traffic?.spark)),
+        h('td', { 'data-field': 'cert', title: p.certificate?.identity, class: cert && Date.parse(cert) - Date.now() < 3600_000 ? 'warn' : undefined, text: cert ? until(cert) : p.certificate ? 'not issued' : '–' }),
+      );
+    }),
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Certificates and validation errors
+
+let lastErrorCount;
+
+async function loadCerts() {
+  try {
+    const data = await (await fetch('/api/certificates')).json();
+    const body = $('certs').tBodies[0];
+    if (!data.certificates.length) {
+      body.replaceChildren(h('tr', { class: 'empty' }, h('td', { colspan: 4, text: 'No workload certificates issued.' })));
+      return;
+    }
+    body.replaceChildren(
+      ...data.certificates.map((c) =>
+        h('tr', { 'data-identity': c.identity },
+          h('td', { class: 'text', text: c.identity }),
+          h('td', { class: 'text versions', text: c.serial }),
+          h('td', { text: new Date(c.notAfter).toLocaleString() }),
+          h('td', { class: Date.parse(c.notAfter) - Date.now() < 3600_000 ? 'warn' : undefined, text: until(c.notAfter) }),
+        ),
+      ),
+    );
+  } catch {
+    /* retried on the next change */
+  }
+}
+
+async function loadErrors() {
+  try {
+    const data = await (await fetch('/api/errors')).json();
+    const list = $('errors');
+    if (data.errors.length === 0) list.replaceChildren(h('li', { class: 'none', text: 'The policy directory is valid.' }));
+    else list.replaceChildren(...data.errors.map((e) => h('li', { text: e.text })));
+  } catch {
+    /* retried on the next change */
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Live updates
+
+function connect() {
+  const live = $('live');
+  const es = new EventSource('/api/events');
+  es.addEventListener('open', () => {
+    live.dataset.state = 'live';
+    live.textContent = 'live';
+  });
+  es.addEventListener('error', () => {
+    live.dataset.state = 'reconnecting';
+    live.textContent = 'reconnecting…';
+  });
+  es.addEventListener('summary', (ev) => renderSummary(JSON.parse(ev.data)));
+  es.addEventListener('traffic', (ev) => {
+    renderTraffic(JSON.parse(ev.data));
+    $('updated').textContent = `updated ${new Date().toLocaleTimeString()}`;
+  });
+  es.addEventListener('config', () => {
+    loadErrors();
+    loadCerts();
+    scheduleProxies();
+  });
+}
+
+function init() {
+  let searchTimer;
+  $('proxy-search').addEventListener('input', (ev) => {
+    clearTimeout(searchTimer);
+    searchTimer = setTimeout(() => {
+      proxyQuery.q = ev.target.value.trim();
+      proxyQuery.page = 1;
+      loadProxies();
+    }, 200);
+  });
+  $('proxy-state').addEventListener('change', (ev) => {
+    proxyQuery.state = ev.target.value;
+    proxyQuery.page = 1;
+    loadProxies();
+  });
+  $('proxy-role').addEventListener('change', (ev) => {
+    proxyQuery.role = ev.target.value;
+    proxyQuery.page = 1;
+    loadProxies();
+  });
+  $('prev').addEventListener('click', () => {
+    proxyQuery.page = Math.max(1, proxyQuery.page - 1);
+    loadProxies();
+  });
+  $('next').addEventListener('click', () => {
+    proxyQuery.page += 1;
+    loadProxies();
+  });
+  $('route-filter').addEventListener('input', () => lastTraffic && renderRoutes(lastTraffic));
+  // Per-proxy traffic and versions move even when no proxy changes state.
+  setInterval(() => document.visibilityState === 'visible' && loadProxies(), 5000);
+  loadProxies();
+  loadCerts();
+  loadErrors();
+  connect();
+}
+
+init();

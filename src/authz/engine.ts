@@ -1,0 +1,198 @@
+// The decision maker behind the ext_authz service. It holds the compiled JWTPolicies of the current
+// model and answers one question per request: may it pass the policies its route names (every one
+// of them), and with which upstream headers? Transport-free: the gRPC server (server.ts) feeds it.
+//
+// Updates keep what did not change: a policy whose settings are unchanged keeps its verified-token
+// cache, and one whose key source is unchanged keeps its keys. A policy that leaves the model is
+// kept for a grace period, so that proxies still running the previous configuration get its
+// answers instead of "unknown policy" while the new configuration reaches them.
+import type { JwtModel, JwtPolicyModel } from '../model/jwt.js';
+import type { Logger } from '../observability/logger.js';
+import { JwksCache, type JwksStatus } from './jwks.js';
+import type { AuthzMetrics, DecisionReason } from './metrics.js';
+import { CompiledPolicy, type PolicyResult, type Rfc6750Error } from './policy.js';
+import type { RequestView } from './extract.js';
+
+/** How long a removed policy still answers for proxies on the previous configuration. */
+export const RETIRED_GRACE_MS = 60_000;
+/** The longest a check waits for keys before it answers "unavailable" (below Envoy's timeout). */
+export const KEY_WAIT_BUDGET_MS = 1_500;
+
+export type Decision =
+  | { allow: true; reason: 'ok' | 'no_token_optional'; headers: { name: string; value: string }[]; removeHeaders: string[] }
+  | { allow: false; status: 400 | 401 | 403 | 503; reason: DecisionReason; policy?: string; headers: { name: string; value: string }[]; body: string };
+
+export interface CheckInput extends RequestView {
+  /** Names of the policies the route must satisfy (from the route's context extension). */
+  policies: string[] | undefined;
+}
+
+function settingsKey(p: JwtPolicyModel): string {
+  const { source: _source, ...rest } = p;
+  return JSON.stringify(rest);
+}
+
+function quote(s: string): string {
+  return `"${s.replace(/["\\]/g, '')}"`;
+}
+
+/** The WWW-Authenticate challenge of RFC 6750 for a refused request. */
+export function challenge(error: Rfc6750Error | undefined, description: string, scope?: string): string {
+  const params = [error ? `error=${quote(error)}` : undefined, error ? `error_description=${quote(description)}` : undefined, scope ? `scope=${quote(scope)}` : undefined].filter(Boolean);
+  return params.length ? `Bearer ${params.join(', ')}` : 'Bearer';
+}
+
+export function denial(r: Extract<PolicyResult, { ok: false }>, policy?: string): Extract<Decision, { allow: false }> {
+  const headers: { name: string; value: string }[] = [{ name: 'content-type', value: 'application/json' }, { name: 'cache-control', value: 'no-store' }];
+  if (r.status !== 503) headers.push({ name: 'www-authenticate', value: challenge(r.error, r.description, r.scope) });
+  else headers.push({ name: 'retry-after', value: '5' });
+  const body = JSON.stringify(r.error ? { error: r.error, error_description: r.description } : { error: 'temporarily_unavailable', error_description: r.description });
+  return { allow: false, status: r.status, reason: r.reason, ...(policy ? { policy } : {}), headers, body };
+}
+
+interface Entry {
+  policy: CompiledPolicy;
+  key: string;
+}
+
+export interface EngineOptions {
+  logger?: Logger;
+  metrics?: AuthzMetrics;
+  now?: () => number;
+}
+
+export class AuthzEngine {
+  private current = new Map<string, Entry>();
+  private retired = new Map<string, { entry: Entry; until: number }>();
+  /** Bumped on every update that changed something; shown in status. */
+  generation = 0;
+
+  constructor(private readonly opts: EngineOptions = {}) {
+    if (opts.metrics) {
+      opts.metrics.ages = () => {
+        const out = new Map<string, number>();
+        for (const [name, e] of this.current) {
+          const age = e.policy.jwks.ageSeconds();
+          if (age !== undefined) out.set(name, age);
+        }
+        return out;
+      };
+    }
+  }
+
+  private now(): number {
+    return (this.opts.now ?? Date.now)();
+  }
+
+  /** Replaces the policies with those of a newly applied model. */
+  update(jwt: JwtModel | undefined): void {
+    const now = this.now();
+    const next = new Map<string, Entry>();
+    let changed = false;
+    for (const [name, model] of jwt?.policies ?? []) {
+      const key = settingsKey(model);
+      const old = this.current.get(name) ?? this.retired.get(name)?.entry;
+      if (old && old.key === key) {
+        next.set(name, old);
+        continue;
+      }
+      changed = true;
+      const sameKeys = old && JSON.stringify(old.policy.model.jwks) === JSON.stringify(model.jwks) ? old.policy.jwks : undefined;
+      const jwks = sameKeys ?? new JwksCache(model.jwks, { policy: name, metrics: this.opts.metrics, logger: this.opts.logger, now: this.opts.now });
+      if (!sameKeys) {
+        jwks.start();
+        old?.policy.jwks.close();
+      }
+      next.set(name, { policy: new CompiledPolicy(model, jwks, { metrics: this.opts.metrics, now: this.opts.now }), key });
+    }
+    for (const [name, entry] of this.current) {
+      if (!next.has(name)) {
+        changed = true;
+        this.retire(name, entry, now);
+      }
+    }
+    for (const name of next.keys()) this.retired.delete(name);
+    this.current = next;
+    this.sweep(now);
+    if (changed) {
+      this.generation++;
+      this.opts.logger?.info({ policies: [...next.keys()] }, 'ext_authz: JWT policies updated');
+    }
+  }
+
+  private retire(name: string, entry: Entry, now: number): void {
+    this.retired.set(name, { entry, until: now + RETIRED_GRACE_MS });
+  }
+
+  private sweep(now: number): void {
+    for (const [name, r] of this.retired) {
+      if (r.until > now) continue;
+      this.retired.delete(name);
+      if (![...this.current.values()].some((e) => e.policy.jwks === r.entry.policy.jwks)) r.entry.policy.jwks.close();
+    }
+  }
+
+  private lookup(name: string): CompiledPolicy | undefined {
+    const e = this.current.get(name);
+    if (e) return e.policy;
+    const r = this.retired.get(name);
+    if (r && r.until > this.now()) return r.entry.policy;
+    return undefined;
+  }
+
+  policyNames(): string[] {
+    return [...this.current.keys()];
+  }
+
+  /** Every policy must pass; the first refusal (in name order) is the answer. */
+  async check(input: CheckInput): Promise<Decision> {
+    const metrics = this.opts.metrics;
+    const names = input.policies;
+    if (!names || names.length === 0) {
+      // The filter only calls for routes that name policies; anything else is a misconfiguration.
+      metrics?.decisions.inc({ policy: 'none', result: 'deny', reason: 'no_policy' });
+      return denial({ ok: false, reason: 'no_policy', status: 403, description: 'no policy for this route' });
+    }
+    const headers = new Map<string, string>();
+    const forwarded = new Set<string>();
+    let reason: 'ok' | 'no_token_optional' = 'no_token_optional';
+    for (const name of names) {
+      const policy = this.lookup(name);
+      if (!policy) {
+        metrics?.decisions.inc({ policy: 'unknown', result: 'deny', reason: 'unknown_policy' });
+        this.opts.logger?.warn({ policy: name.slice(0, 63) }, 'ext_authz: a route names a policy this service does not have (configuration skew?)');
+        return denial({ ok: false, reason: 'unknown_policy', status: 503, description: 'policy not loaded yet' });
+      }
+      let r: PolicyResult;
+      try {
+        r = await policy.check(input, KEY_WAIT_BUDGET_MS);
+      } catch (e) {
+        this.opts.logger?.error({ policy: name, err: { message: (e as Error).message } }, 'ext_authz: check failed');
+        r = { ok: false, reason: 'internal_error', status: 503, description: 'internal error' };
+      }
+      metrics?.decisions.inc({ policy: name, result: r.ok ? 'allow' : 'deny', reason: r.reason });
+      if (!r.ok) return denial(r, name);
+      if (r.reason === 'ok') reason = 'ok';
+      for (const h of policy.forwardHeaders) forwarded.add(h);
+      for (const h of r.headers) headers.set(h.name, h.value);
+    }
+    return {
+      allow: true,
+      reason,
+      headers: [...headers].map(([name, value]) => ({ name, value })),
+      // Client-supplied copies of forwarded headers never reach the upstream.
+      removeHeaders: [...forwarded].filter((h) => !headers.has(h)).sort(),
+    };
+  }
+
+  status(): { generation: number; policies: Record<string, JwksStatus> } {
+    return { generation: this.generation, policies: Object.fromEntries([...this.current].map(([n, e]) => [n, e.policy.jwks.status()])) };
+  }
+
+  close(): void {
+    for (const e of this.current.values()) e.policy.jwks.close();
+    for (const r of this.retired.values()) r.entry.policy.jwks.close();
+    this.current.clear();
+    this.retired.clear();
+  }
+}

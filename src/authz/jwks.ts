@@ -1,0 +1,243 @@
+// The verification keys of one JWTPolicy: a small cache on top of jose's createLocalJWKSet.
+// - uri: fetched when first needed (and when the policy is loaded); reused for the Cache-Control
+//   max-age of the response, kept within the policy's min/max bounds; refreshed in the background
+//   once stale while the old keys keep serving; a failed fetch keeps the cached keys.
+// - file: read at load and again whenever the file changes.
+// - inline: the policy's own keys.
+// A token naming a key the set lacks triggers one extra load per cooldown (key rotation without a
+// restart, without letting made-up kids hammer the JWKS endpoint).
+import { unwatchFile, watchFile, promises as fs, type Stats } from 'node:fs';
+import { createLocalJWKSet, type JWK } from 'jose';
+import type { JwksModel } from '../model/jwt.js';
+import type { Logger } from '../observability/logger.js';
+import type { AuthzMetrics } from './metrics.js';
+
+/** Largest JWKS document accepted. */
+export const MAX_JWKS_BYTES = 1 << 20;
+/** Reuse period of a fetched key set whose response names none (kept within the policy's bounds). */
+export const DEFAULT_JWKS_TTL_MS = 10 * 60_000;
+/** At most one load attempt per this interval after a failure (and per cooldown, if shorter). */
+export const RETRY_AFTER_FAILURE_MS = 2_000;
+
+const PRIVATE_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'oth', 'k'];
+
+export interface KeySet {
+  /** jose's key selector (kid, alg, kty, use). */
+  resolve: ReturnType<typeof createLocalJWKSet>;
+  /** Changes whenever the keys change; verified-token caches compare it. */
+  generation: number;
+  count: number;
+}
+
+export interface JwksStatus {
+  source: string;
+  keys: number;
+  loadedAt?: string;
+  expiresAt?: string;
+  lastError?: string;
+}
+
+/** Public signing keys of a set; private, symmetric and encryption keys are dropped. */
+export function usableKeys(value: unknown): JWK[] {
+  if (!value || typeof value !== 'object' || !Array.isArray((value as { keys?: unknown }).keys)) throw new Error('not a JSON Web Key Set (no "keys" array)');
+  return ((value as { keys: unknown[] }).keys as unknown[]).filter((k): k is JWK => {
+    if (!k || typeof k !== 'object' || Array.isArray(k)) return false;
+    const jwk = k as Record<string, unknown>;
+    if (!['RSA', 'EC', 'OKP'].includes(jwk.kty as string)) return false;
+    if (PRIVATE_MEMBERS.some((m) => m in jwk)) return false;
+    return jwk.use === undefined || jwk.use === 'sig';
+  });
+}
+
+/** How long to reuse a fetched set: Cache-Control max-age within [min, max]; no-cache/no-store: min. */
+export function cacheTtlMs(cacheControl: string | null, bounds: { minCacheMs: number; maxCacheMs: number }): number {
+  let ttl = DEFAULT_JWKS_TTL_MS;
+  if (cacheControl) {
+    const directives = cacheControl.toLowerCase().split(',').map((d) => d.trim());
+    const maxAge = directives.map((d) => /^max-age\s*=\s*"?(\d+)"?$/.exec(d)).find((m) => m);
+    if (directives.includes('no-store') || directives.includes('no-cache')) ttl = 0;
+    else if (maxAge) ttl = Number(maxAge[1]) * 1000;
+  }
+  return Math.min(bounds.maxCacheMs, Math.max(bounds.minCacheMs, ttl));
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number): Promise<T | undefined> {
+  if (ms <= 0) return Promise.resolve(undefined);
+  let timer: NodeJS.Timeout | undefined;
+  const t = new Promise<undefined>((resolve) => {
+    timer = setTimeout(() => resolve(undefined), ms);
+    timer.unref();
+  });
+  return Promise.race([p, t]).finally(() => clearTimeout(timer));
+}
+
+/** Where the keys come from, for logs and status (a URL without its query, which may hold a key). */
+function describeSource(spec: JwksModel): string {
+  if (spec.kind === 'inline') return 'inline';
+  if (spec.kind === 'file') return `file ${spec.file}`;
+  const u = new URL(spec.uri);
+  return `${u.origin}${u.pathname}`;
+}
+
+export interface JwksCacheOptions {
+  policy: string;
+  metrics?: AuthzMetrics;
+  logger?: Logger;
+  now?: () => number;
+}
+
+export class JwksCache {
+  private set?: KeySet & { text: string; loadedAt: number; expiresAt: number };
+  private inflight?: Promise<boolean>;
+  private retryAt = 0;
+  private unknownKidAt = -Infinity;
+  private generations = 0;
+  private watching?: (cur: Stats, prev: Stats) => void;
+  private closed = false;
+  lastError?: string;
+  readonly source: string;
+
+  constructor(
+    readonly spec: JwksModel,
+    private readonly opts: JwksCacheOptions,
+  ) {
+    this.source = describeSource(spec);
+  }
+
+  private now(): number {
+    return (this.opts.now ?? Date.now)();
+  }
+
+  /** Loads the keys now (without waiting) and, for a file, watches it. */
+  start(): void {
+    void this.refresh();
+    if (this.spec.kind === 'file' && !this.watching) {
+      const file = this.spec.path;
+      this.watching = (cur, prev) => {
+        if (cur.mtimeMs !== prev.mtimeMs || cur.size !== prev.size || cur.ino !== prev.ino) void this.refresh();
+      };
+      watchFile(file, { interval: 250, persistent: false }, this.watching);
+    }
+  }
+
+  close(): void {
+    this.closed = true;
+    if (this.watching && this.spec.kind === 'file') unwatchFile(this.spec.path, this.watching);
+    this.watching = undefined;
+  }
+
+  /**
+   * The keys to verify with. With keys cached this never waits (a stale set is refreshed in the
+   * background). Without, it waits for a load at most `budgetMs`. undefined: no keys to be had.
+   */
+  async current(budgetMs: number): Promise<KeySet | undefined> {
+    const now = this.now();
+    if (this.set) {
+      if (now >= this.set.expiresAt && now >= this.retryAt) void this.refresh();
+      return this.set;
+    }
+    if (!this.inflight && now >= this.retryAt) void this.refresh();
+    if (this.inflight) await withTimeout(this.inflight, budgetMs);
+    return this.set;
+  }
+
+  /**
+   * A token names a key the set lacks: load the set again, unless that was done for an unknown
+   * key within the cooldown. Resolves true when the keys changed.
+   */
+  async refetchForUnknownKey(budgetMs: number): Promise<boolean> {
+    if (this.spec.kind === 'inline') return false;
+    const before = this.set?.generation;
+    if (!this.inflight) {
+      const now = this.now();
+      if (now - this.unknownKidAt < this.spec.cooldownMs) return false;
+      this.unknownKidAt = now;
+      void this.refresh();
+    }
+    await withTimeout(this.inflight ?? Promise.resolve(false), budgetMs);
+    return this.set !== undefined && this.set.generation !== before;
+  }
+
+  status(): JwksStatus {
+    return {
+      source: this.source,
+      keys: this.set?.count ?? 0,
+      ...(this.set ? { loadedAt: new Date(this.set.loadedAt).toISOString(), expiresAt: Number.isFinite(this.set.expiresAt) ? new Date(this.set.expiresAt).toISOString() : undefined } : {}),
+      ...(this.lastError ? { lastError: this.lastError } : {}),
+    };
+  }
+
+  /** Seconds since the keys were last loaded (undefined before the first load). */
+  ageSeconds(): number | undefined {
+    return this.set ? (this.now() - this.set.loadedAt) / 1000 : undefined;
+  }
+
+  private refresh(): Promise<boolean> {
+    if (this.inflight) return this.inflight;
+    this.inflight = this.load().finally(() => {
+      this.inflight = undefined;
+    });
+    return this.inflight;
+  }
+
+  private async read(): Promise<{ value: unknown; ttlMs: number }> {
+    const spec = this.spec;
+    if (spec.kind === 'inline') return { value: { keys: spec.keys }, ttlMs: Infinity };
+    if (spec.kind === 'file') {
+      const text = await fs.readFile(spec.path, 'utf8');
+      if (text.length > MAX_JWKS_BYTES) throw new Error(`larger than ${MAX_JWKS_BYTES} bytes`);
+      return { value: JSON.parse(text), ttlMs: Infinity };
+    }
+    const res = await fetch(spec.uri, {
+      signal: AbortSignal.timeout(spec.timeoutMs),
+      redirect: 'manual',
+      headers: { accept: 'application/jwk-set+json, application/json' },
+    });
+    if (res.status !== 200) {
+      await res.body?.cancel().catch(() => undefined);
+      throw new Error(`HTTP ${res.status}`);
+    }
+    const length = Number(res.headers.get('content-length') ?? 0);
+    if (length > MAX_JWKS_BYTES) {
+      await res.body?.cancel().catch(() => undefined);
+      throw new Error(`larger than ${MAX_JWKS_BYTES} bytes`);
+    }
+    const text = await res.text();
+    if (text.length > MAX_JWKS_BYTES) throw new Error(`larger than ${MAX_JWKS_BYTES} bytes`);
+    return { value: JSON.parse(text), ttlMs: cacheTtlMs(res.headers.get('cache-control'), spec) };
+  }
+
+  private async load(): Promise<boolean> {
+    const { metrics, logger, policy } = this.opts;
+    try {
+      const { value, ttlMs } = await this.read();
+      const keys = usableKeys(value);
+      if (keys.length === 0) throw new Error('the key set holds no public signing key');
+      const text = JSON.stringify(keys);
+      const now = this.now();
+      const changed = text !== this.set?.text;
+      if (this.closed) return false;
+      if (changed) {
+        this.set = { resolve: createLocalJWKSet({ keys }), generation: ++this.generations, count: keys.length, text, loadedAt: now, expiresAt: now + ttlMs };
+        if (this.lastError || this.generations > 1) logger?.info({ policy, jwks: this.source, keys: keys.length }, 'JWKS loaded');
+      } else {
+        this.set!.loadedAt = now;
+        this.set!.expiresAt = now + ttlMs;
+      }
+      this.retryAt = 0;
+      this.lastError = undefined;
+      metrics?.jwksFetches.inc({ policy, result: changed ? 'ok' : 'unchanged' });
+      metrics?.jwksKeys.set({ policy }, keys.length);
+      return changed;
+    } catch (e) {
+      const err = e as Error & { cause?: { code?: string } };
+      this.lastError = err.name === 'TimeoutError' ? 'timed out' : err.cause?.code ?? (err instanceof SyntaxError ? 'not JSON' : err.message);
+      this.retryAt = this.now() + Math.min(RETRY_AFTER_FAILURE_MS, this.spec.kind === 'inline' ? RETRY_AFTER_FAILURE_MS : this.spec.cooldownMs);
+      if (this.closed) return false;
+      metrics?.jwksFetches.inc({ policy, result: 'error' });
+      metrics?.jwksKeys.set({ policy }, this.set?.count ?? 0);
+      logger?.warn({ policy, jwks: this.source, reason: this.lastError }, this.set ? 'JWKS refresh failed; the cached keys stay in use' : 'JWKS could not be loaded; checks of this policy answer "unavailable" until it can');
+      return false;
+    }
+  }
+}

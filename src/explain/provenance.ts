@@ -1,0 +1,184 @@
+// Provenance: the effective settings of each listener, route and cluster of one proxy group, field
+// by field, each with the policy document it came from (or "default"). Used by `signalbox explain`
+// (offline, from a policy directory) and the admin API's /api/explain/:proxy (live).
+import type { IRForward, IRProxyConfig, IRRoute } from '../ir/types.js';
+import type { Model, RouteModel } from '../model/model.js';
+import { rateLimitKey, type RateLimitModel, type Sourced } from '../model/policies.js';
+import type { SourceRef } from '../sources/files/loader.js';
+
+/** Where a value came from. */
+export interface Origin {
+  kind: 'HTTPRoute' | 'TrafficPolicy' | 'RateLimitPolicy' | 'Mesh' | 'Service' | 'Gateway' | 'default';
+  name?: string;
+  file?: string;
+  doc?: number;
+}
+
+export interface Setting {
+  value: unknown;
+  from: Origin;
+}
+
+export interface ExplainedRoute {
+  name: string;
+  listener: string;
+  virtualHost: string;
+  settings: Record<string, Setting>;
+}
+
+export interface ExplainedCluster {
+  name: string;
+  service: string;
+  settings: Record<string, Setting>;
+}
+
+export interface Explained {
+  group: string;
+  listeners: { name: string; port: number; settings: Record<string, Setting> }[];
+  routes: ExplainedRoute[];
+  clusters: ExplainedCluster[];
+}
+
+const DEFAULT: Origin = { kind: 'default' };
+
+function at(kind: Origin['kind'], name: string, source: SourceRef): Origin {
+  return { kind, name, file: source.file, doc: source.doc };
+}
+
+function fromSourced<T>(s: Sourced<T>): Origin {
+  return at(s.kind, s.policy, s.source);
+}
+
+function rateLimitSetting(r: RateLimitModel): Setting {
+  return {
+    value: { requests: r.requests, perMs: r.perMs, by: r.by ?? 'shared bucket', target: r.target },
+    from: at('RateLimitPolicy', r.policy, r.source),
+  };
+}
+
+function explainRoute(model: Model, ir: IRProxyConfig, listener: string, virtualHost: string, r: IRRoute): ExplainedRoute {
+  const settings: Record<string, Setting> = {};
+  const routeModel: RouteModel | undefined = model.routes.find((m) => m.source.file === r.source.file && m.source.doc === r.source.doc);
+  const ruleName = r.name.split('/')[1];
+  const ri = routeModel ? routeModel.spec.rules.findIndex((rule, i) => (rule.name ?? `rule-${i}`) === ruleName) : -1;
+  const rule = ri >= 0 ? routeModel!.spec.rules[ri] : undefined;
+  const routeOrigin = routeModel ? at('HTTPRoute', routeModel.name, routeModel.source) : at('Service', r.source.file, r.source);
+  settings.match = { value: r.match, from: routeOrigin };
+  const a = r.action;
+  if (a.kind === 'redirect') {
+    settings.redirect = { value: a, from: routeOrigin };
+  } else {
+    settings.backends = { value: a.backends, from: routeOrigin };
+    const inherited = ri >= 0 ? routeModel!.policyDefaults?.[ri] : undefined;
+    const services = [...new Set(a.backends.flatMap((b) => ir.clusters.filter((c) => c.name === b.cluster && !c.static).map((c) => c.service)))];
+    const tp = services.length === 1 ? model.policies?.traffic.get(services[0]!) : undefined;
+    // timeout: the rule, then the backends' TrafficPolicy, then the Mesh, then built-in.
+    let timeoutFrom: Origin;
+    if (rule?.timeout) timeoutFrom = routeOrigin;
+    else if (inherited?.timeoutMs) timeoutFrom = fromSourced(inherited.timeoutMs);
+    else if (!routeModel && tp?.timeoutMs) timeoutFrom = fromSourced(tp.timeoutMs);
+    else timeoutFrom = model.policies.meshDefaults.timeoutMs ? fromSourced(model.policies.meshDefaults.timeoutMs) : DEFAULT;
+    settings.timeout = { value: `${a.timeoutMs}ms`, from: timeoutFrom };
+    let retryFrom: Origin;
+    if (rule?.retries) retryFrom = routeOrigin;
+    else if (inherited?.retries) retryFrom = fromSourced(inherited.retries);
+    else if (!routeModel && tp?.retries) retryFrom = fromSourced(tp.retries);
+    else retryFrom = model.policies.meshDefaults.retries ? fromSourced(model.policies.meshDefaults.retries) : DEFAULT;
+    settings.retries = { value: a.retry ?? 'none', from: retryFrom };
+    if (a.hashOn?.length) {
+      const lbFrom = services.map((s) => model.policies?.traffic.get(s)?.loadBalancer).find((x) => x?.value.type === 'RingHash');
+      settings.hashOn = { value: a.hashOn, from: lbFrom ? fromSourced(lbFrom) : DEFAULT };
+    }
+    if (a.rewrite) settings.rewrite = { value: a.rewrite, from: routeOrigin };
+  }
+  if (r.requestHeaders) settings.requestHeaders = { value: r.requestHeaders, from: routeOrigin };
+  if (r.responseHeaders) settings.responseHeaders = { value: r.responseHeaders, from: routeOrigin };
+  if (r.fault) settings.fault = { value: r.fault, from: routeOrigin };
+  if (r.rateLimit && routeModel) {
+    const rl = model.policies.rateLimits.get(rateLimitKey('HTTPRoute', routeModel.name, ruleName)) ?? model.policies.rateLimits.get(rateLimitKey('HTTPRoute', routeModel.name));
+    if (rl) settings.rateLimit = rateLimitSetting(rl);
+  }
+  return { name: r.name, listener, virtualHost, settings };
+}
+
+function explainCluster(model: Model, c: IRProxyConfig['clusters'][number]): ExplainedCluster {
+  const tp = c.static ? undefined : model.policies?.traffic.get(c.service);
+  const svc = model.services.get(c.service);
+  const settings: Record<string, Setting> = {};
+  if (svc) settings.protocol = { value: c.protocol, from: at('Service', svc.name, svc.source) };
+  if (c.subset) settings.subset = { value: c.subset, from: svc ? at('Service', svc.name, svc.source) : DEFAULT };
+  settings.connectTimeout = { value: `${c.connectTimeoutMs}ms`, from: tp?.connectTimeoutMs ? fromSourced(tp.connectTimeoutMs) : DEFAULT };
+  settings.loadBalancer = { value: c.loadBalancer ?? { type: 'RoundRobin' }, from: tp?.loadBalancer ? fromSourced(tp.loadBalancer) : DEFAULT };
+  settings.circuitBreaker = { value: c.circuitBreaker ?? "Envoy's defaults (1024 connections, 1024 pending, 1024 requests, 3 retries)", from: tp?.circuitBreaker ? fromSourced(tp.circuitBreaker) : DEFAULT };
+  settings.outlierDetection = { value: c.outlierDetection ?? 'off', from: tp?.outlierDetection ? fromSourced(tp.outlierDetection) : DEFAULT };
+  settings.healthCheck = { value: c.healthCheck ?? 'off', from: tp?.healthCheck ? fromSourced(tp.healthCheck) : DEFAULT };
+  return { name: c.name, service: c.service, settings };
+}
+
+export function explainGroup(model: Model, ir: IRProxyConfig, opts: { route?: string } = {}): Explained {
+  const routes: ExplainedRoute[] = [];
+  const listeners: Explained['listeners'] = [];
+  for (const l of ir.listeners) {
+    const settings: Record<string, Setting> = {};
+    if (l.rateLimit) {
+      const gateway = /^gateway\/(.+)$/.exec(ir.group)?.[1];
+      const key = gateway ? [rateLimitKey('Gateway', gateway, l.name.slice(gateway.length + 1)), rateLimitKey('Gateway', gateway)] : [];
+      const sidecarService = /^sidecar\/([^/]+)\//.exec(ir.group)?.[1];
+      if (sidecarService) key.push(rateLimitKey('Service', sidecarService));
+      const rl = key.map((k) => model.policies.rateLimits.get(k)).find((x) => x !== undefined);
+      if (rl) settings.rateLimit = rateLimitSetting(rl);
+    }
+    listeners.push({ name: l.name, port: l.port, settings });
+    for (const v of l.routeConfig.virtualHosts) {
+      for (const r of v.routes) {
+        if (opts.route && r.name !== opts.route && !r.name.startsWith(`${opts.route}/`)) continue;
+        routes.push(explainRoute(model, ir, l.name, v.name, r));
+      }
+    }
+  }
+  const wanted = opts.route ? new Set(routes.flatMap((r) => ((r.settings.backends?.value as IRForward['backends'] | undefined) ?? []).map((b) => b.cluster))) : undefined;
+  const clusters = ir.clusters.filter((c) => !wanted || wanted.has(c.name)).map((c) => explainCluster(model, c));
+  return { group: ir.group, listeners, routes, clusters };
+}
+
+function originText(o: Origin): string {
+  if (o.kind === 'default') return 'default';
+  return `${o.kind} "${o.name}" (${o.file}#${o.doc})`;
+}
+
+function valueText(v: unknown): string {
+  if (typeof v === 'string') return v;
+  return JSON.stringify(v);
+}
+
+function block(settings: Record<string, Setting>, indent: string): string[] {
+  const keys = Object.keys(settings);
+  const width = Math.max(0, ...keys.map((k) => k.length));
+  return keys.map((k) => `${indent}${k.padEnd(width)}  ${valueText(settings[k]!.value)}\n${indent}${' '.repeat(width)}  <- ${originText(settings[k]!.from)}`);
+}
+
+/** The human-readable form: one block per listener, route and cluster. */
+export function explainText(e: Explained): string {
+  const lines: string[] = [`proxy group ${e.group}`];
+  for (const l of e.listeners) {
+    lines.push(`listener ${l.name} (port ${l.port})`);
+    lines.push(...block(l.settings, '    '));
+    for (const r of e.routes.filter((x) => x.listener === l.name)) {
+      lines.push(`  route ${r.name} (virtual host ${r.virtualHost})`);
+      lines.push(...block(r.settings, '    '));
+    }
+  }
+  for (const c of e.clusters) {
+    lines.push(`cluster ${c.name}`);
+    lines.push(...block(c.settings, '    '));
+  }
+  return lines.join('\n') + '\n';
+}
+
+/** The group a proxy id, gateway name or group name designates, among `groups`. */
+export function resolveGroup(proxy: string, groups: Iterable<string>): string | undefined {
+  const all = [...groups];
+  if (all.includes(proxy)) return proxy;
+  if (all.includes(`gateway/${proxy}`)) return `gateway/${proxy}`;
+  return undefined;
+}

@@ -1,0 +1,234 @@
+// The SRE dashboard in a real browser (playwright-core driving Debian's Chromium, headless) while
+// real traffic flows through a real Envoy gateway: the request and error counts the page shows
+// for a route match what the load generator sent (the proxies report them over the gRPC access
+// log service), a proxy whose configuration Envoy rejected shows as NACKED with Envoy's message
+// and the policy file, and a screenshot is kept under test-artifacts/.
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { after, before, describe, test } from 'node:test';
+import { chromium, type BrowserContext, type Page } from 'playwright-core';
+import { bootstrapYaml } from '../../src/cli/bootstrap.js';
+import { startControlUpstream, type ControlUpstream } from '../helpers/control-upstream.js';
+import { repoRoot, startEnvoy, type Envoy } from '../helpers/envoy.js';
+import { pool } from '../helpers/gateway-env.js';
+import { freePort, httpGet, waitFor } from '../helpers/net.js';
+import { startSignalbox, type SignalboxProcess } from '../helpers/signalbox.js';
+
+const run = promisify(execFile);
+
+/** Debian's Chromium (scripts/provision-chromium.sh); fails loudly when it cannot be had. */
+async function chromiumPath(): Promise<string> {
+  if (process.env.SIGNALBOX_CHROMIUM_BIN) return process.env.SIGNALBOX_CHROMIUM_BIN;
+  try {
+    const { stdout } = await run('bash', [path.join(repoRoot(), 'scripts/provision-chromium.sh')], { maxBuffer: 1 << 20 });
+    return stdout.trim().split('\n').pop()!;
+  } catch (e) {
+    throw new Error(`Chromium could not be provisioned: ${(e as { stderr?: string }).stderr ?? (e as Error).message}`);
+  }
+}
+
+const BROWSE_REQUESTS = 1000;
+const BROWSE_FAILURES = 50;
+const FLAKY_REQUESTS = 20;
+
+function policies(p: { edge: number; lab: number; shop: number; flaky: number }): Record<string, string> {
+  return {
+    'services.yaml': `apiVersion: signalbox.dev/v1alpha1
+kind: Service
+metadata: { name: shop }
+spec:
+  port: 8080
+  endpoints: [ { address: 127.0.0.1, port: ${p.shop} } ]
+---
+apiVersion: signalbox.dev/v1alpha1
+kind: Service
+metadata: { name: flaky }
+spec:
+  port: 8080
+  endpoints: [ { address: 127.0.0.1, port: ${p.flaky} } ]
+`,
+    'gateways.yaml': `apiVersion: signalbox.dev/v1alpha1
+kind: Gateway
+metadata: { name: edge }
+spec:
+  listeners: [ { name: http, port: ${p.edge}, protocol: HTTP } ]
+---
+apiVersion: signalbox.dev/v1alpha1
+kind: Gateway
+metadata: { name: lab }
+spec:
+  listeners: [ { name: http, port: ${p.lab}, protocol: HTTP } ]
+`,
+    'shop-routes.yaml': `apiVersion: signalbox.dev/v1alpha1
+kind: HTTPRoute
+metadata: { name: shop }
+spec:
+  parentRefs: [ { kind: Gateway, name: edge } ]
+  rules:
+    - name: browse
+      matches: [ { path: { type: PathPrefix, value: /shop } } ]
+      backendRefs: [ { name: shop } ]
+    - name: flaky
+      matches: [ { path: { type: PathPrefix, value: /flaky } } ]
+      backendRefs: [ { name: flaky } ]
+      retries: { attempts: 1, retryOn: [5xx] }
+`,
+    // Valid to Signalbox, rejected by Envoy: RE2 refuses programs this large (max size 100).
+    'lab-routes.yaml': `apiVersion: signalbox.dev/v1alpha1
+kind: HTTPRoute
+metadata: { name: lab }
+spec:
+  parentRefs: [ { kind: Gateway, name: lab } ]
+  rules:
+    - name: tagged
+      matches: [ { path: { type: PathPrefix, value: /lab }, headers: [ { name: x-tag, type: RegularExpression, value: "[a-z]{300}" } ] } ]
+      backendRefs: [ { name: shop } ]
+`,
+  };
+}
+
+describe('dashboard in a real browser, real Envoy traffic', () => {
+  let dir: string;
+  let sb: SignalboxProcess;
+  let edge: Envoy;
+  let lab: Envoy;
+  let shop: ControlUpstream;
+  let flaky: ControlUpstream;
+  let context: BrowserContext;
+  let page: Page;
+  let profile: string;
+  let edgePort: number;
+  const consoleErrors: string[] = [];
+
+  before(async () => {
+    const browserPath = await chromiumPath();
+    shop = await startControlUpstream('shop');
+    flaky = await startControlUpstream('flaky');
+    edgePort = await freePort();
+    const labPort = await freePort();
+    dir = mkdtempSync(path.join(os.tmpdir(), 'sb-dashboard-'));
+    for (const [f, text] of Object.entries(policies({ edge: edgePort, lab: labPort, shop: shop.port, flaky: flaky.port }))) writeFileSync(path.join(dir, f), text);
+    sb = await startSignalbox({ policies: dir });
+    edge = await startEnvoy({ name: 'edge-gw', bootstrapYaml: (adminPort) => bootstrapYaml({ gateway: 'edge', xdsAddress: `127.0.0.1:${sb.xdsPort}`, adminPort, id: 'edge-gw' }) });
+    lab = await startEnvoy({ name: 'lab-gw', bootstrapYaml: (adminPort) => bootstrapYaml({ gateway: 'lab', xdsAddress: `127.0.0.1:${sb.xdsPort}`, adminPort, id: 'lab-gw', delta: true }) });
+    await waitFor(async () => (await httpGet(`http://127.0.0.1:${edgePort}/shop/ready`)).status === 200, { what: 'edge gateway serving', timeoutMs: 15_000 });
+    profile = mkdtempSync(path.join(os.tmpdir(), 'sb-chromium-'));
+    context = await chromium.launchPersistentContext(profile, {
+      executablePath: browserPath,
+      headless: true,
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+      viewport: { width: 1400, height: 1000 },
+      timeout: 60_000,
+    });
+    page = context.pages()[0] ?? (await context.newPage());
+    page.on('console', (m) => m.type() === 'error' && consoleErrors.push(m.text()));
+    page.on('pageerror', (e) => consoleErrors.push(e.message));
+  });
+
+  after(async () => {
+    await context?.close();
+    await edge?.stop();
+    await lab?.stop();
+    await sb?.kill();
+    await shop?.close();
+    await flaky?.close();
+    if (profile) rmSync(profile, { recursive: true, force: true });
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  /** The number a table cell carries (data-value), or undefined while the row is not there. */
+  const cell = (rowSelector: string, field: string) =>
+    page.evaluate(
+      ([row, f]) => {
+        const td = document.querySelector(`${row} td[data-field="${f}"]`);
+        const v = td?.getAttribute('data-value');
+        return v === null || v === undefined || v === '' ? undefined : Number(v);
+      },
+      [rowSelector, field] as const,
+    );
+
+  test('route counts on the page match what the load generator sent, live', async () => {
+    await page.goto(`http://127.0.0.1:${sb.adminPort}/`);
+    await page.waitForSelector('#live[data-state="live"]', { timeout: 15_000 });
+    const startedWith = (await sb.admin('/api/traffic')).routes.find((r: { key: string }) => r.key === 'shop/browse/match-0')?.totals.requests ?? 0;
+
+    // The load, while the page is open: BROWSE_FAILURES of the browse requests fail with 503.
+    shop.failNext(BROWSE_FAILURES, 503);
+    const statuses = await pool(BROWSE_REQUESTS, 16, async (i) => (await httpGet(`http://127.0.0.1:${edgePort}/shop/item/${i}`)).status);
+    const sent5xx = statuses.filter((s) => s >= 500).length;
+    assert.equal(sent5xx, BROWSE_FAILURES, 'the load generator saw the failures it asked for');
+    // Retries: each flaky request fails once at the upstream and succeeds on its retry.
+    for (let i = 0; i < FLAKY_REQUESTS; i++) {
+      flaky.failNext(1, 503);
+      assert.equal((await httpGet(`http://127.0.0.1:${edgePort}/flaky/${i}`)).status, 200);
+    }
+
+    const row = 'tr[data-route="shop/browse/match-0"]';
+    const want = startedWith + BROWSE_REQUESTS;
+    // The page updates itself (SSE): poll what it shows, never reload.
+    await waitFor(async () => ((await cell(row, 'requests')) ?? 0) >= want * 0.98, { what: 'the page to show the browse requests', timeoutMs: 20_000 });
+    const shown = (await cell(row, 'requests'))!;
+    const shown5xx = (await cell(row, 'c5xx'))!;
+    const shown2xx = (await cell(row, 'c2xx'))!;
+    assert.ok(Math.abs(shown - want) <= want * 0.02, `requests shown ${shown}, sent ${want}`);
+    assert.ok(Math.abs(shown5xx - BROWSE_FAILURES) <= Math.max(1, BROWSE_FAILURES * 0.02), `5xx shown ${shown5xx}, sent ${BROWSE_FAILURES}`);
+    assert.ok(Math.abs(shown2xx - (want - BROWSE_FAILURES)) <= want * 0.02, `2xx shown ${shown2xx}`);
+    assert.match((await page.textContent(`${row} td:nth-child(4)`)) ?? '', /shop/, 'the route names its service');
+
+    const flakyRow = 'tr[data-route="shop/flaky/match-0"]';
+    await waitFor(async () => (await cell(flakyRow, 'requests')) === FLAKY_REQUESTS, { what: 'flaky route requests', timeoutMs: 15_000 });
+    assert.equal(await cell(flakyRow, 'retries'), FLAKY_REQUESTS, 'one retry per flaky request');
+    assert.equal(await cell(flakyRow, 'c5xx'), 0);
+
+    // The service row and the mesh map show the same traffic.
+    await waitFor(async () => ((await cell('tr[data-service="shop"]', 'requests')) ?? 0) >= want * 0.98, { what: 'service row', timeoutMs: 10_000 });
+    assert.ok(await page.$('[data-node="gateway/edge"]'), 'the map shows the gateway');
+    assert.ok(await page.$('[data-edge="gateway/edge>service/shop"]'), 'the map shows the gateway -> shop edge');
+    const rps = await cell(row, 'rps');
+    assert.ok(rps !== undefined && rps >= 0, 'a request rate is shown');
+  });
+
+  test('a proxy whose config Envoy rejected shows as NACKED with the message and the policy file', async () => {
+    await waitFor(async () => (await sb.admin('/api/proxies/lab-gw'))?.state === 'NACKED', { what: 'lab-gw NACKED', timeoutMs: 15_000 });
+    // Find it with the search box (the list is paged on the server).
+    await page.fill('#proxy-search', 'lab');
+    const stateCell = 'tr[data-proxy="lab-gw"] td[data-field="state"]';
+    await page.waitForSelector(stateCell, { timeout: 10_000 });
+    await waitFor(async () => /NACKED/.test((await page.textContent(stateCell)) ?? ''), { what: 'NACKED shown', timeoutMs: 10_000 });
+    const files = (await page.textContent('tr[data-proxy="lab-gw"] [data-field="nack-files"]')) ?? '';
+    assert.match(files, /lab-routes\.yaml/, `the policy file behind the rejected resource: ${files}`);
+    assert.doesNotMatch(files, /shop-routes\.yaml/);
+    const nack = (await page.textContent('tr[data-proxy="lab-gw"] [data-field="nack"]')) ?? '';
+    assert.match(nack, /RE2 program size/, "Envoy's own message");
+    await waitFor(async () => (await page.$('tr[data-proxy="edge-gw"]')) === null, { what: 'the search to filter the other proxy out', timeoutMs: 10_000 });
+    await page.fill('#proxy-search', '');
+    await page.waitForSelector('tr[data-proxy="edge-gw"]', { timeout: 10_000 });
+    assert.match((await page.textContent('tr[data-proxy="edge-gw"] td[data-field="state"]')) ?? '', /SYNCED/);
+    // NACKED proxies are listed first.
+    const first = await page.getAttribute('#proxies tbody tr:first-child', 'data-proxy');
+    assert.equal(first, 'lab-gw');
+    assert.match((await page.textContent('#card-proxy-states')) ?? '', /1 NACKed/);
+  });
+
+  test('certificates, validation errors, and a screenshot', async () => {
+    await page.waitForSelector('#certs tbody tr[data-identity]', { timeout: 10_000 });
+    assert.match((await page.textContent('#certs tbody')) ?? '', /spiffe:\/\/signalbox\.local\/gateway\/edge/);
+    // An invalid edit shows up in the page (and changes nothing that is served).
+    writeFileSync(path.join(dir, 'broken.yaml'), 'apiVersion: signalbox.dev/v1alpha1\nkind: HTTPRoute\nmetadata: { name: broken }\nspec:\n  parentRefs: [ { kind: Gateway, name: nowhere } ]\n  rules: []\n');
+    await waitFor(async () => /broken\.yaml/.test((await page.textContent('#errors')) ?? ''), { what: 'validation error shown', timeoutMs: 15_000 });
+    assert.equal((await httpGet(`http://127.0.0.1:${edgePort}/shop/still`)).status, 200, 'the last good config still serves');
+    const out = path.join(repoRoot(), 'test-artifacts');
+    mkdirSync(out, { recursive: true });
+    const file = path.join(out, 'dashboard.png');
+    await page.screenshot({ path: file, fullPage: true });
+    process.stderr.write(`dashboard screenshot: ${file}\n`);
+    assert.deepEqual(consoleErrors, [], 'no script errors in the page');
+    // Nothing secret reaches the page.
+    const html = await page.content();
+    assert.doesNotMatch(html, /PRIVATE KEY/);
+  });
+});
