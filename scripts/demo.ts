@@ -1,26 +1,42 @@
-// `npm run demo`: the control plane on policies/, a real Envoy gateway, and demo upstreams on the
-// ports policies/services.yaml names. Prints a curl line to try; Ctrl-C stops everything.
+// `npm run demo`: the control plane on policies/, a real Envoy gateway, and three demo apps on the
+// ports policies/services.yaml names, each behind a real Envoy sidecar (mTLS): the topology of
+// docker-compose.yml as local processes (scripts/demo-topology.ts). Prints curl lines to try;
+// Ctrl-C stops everything.
 import path from 'node:path';
-import { bootstrapYaml } from '../src/cli/bootstrap.js';
+import YAML from 'yaml';
 import { startServer } from '../src/cli/serve.js';
 import { resolveServeConfig } from '../src/config/settings.js';
-import { issueToken } from '../src/ca/tokens.js';
-import { repoRoot, startEnvoy } from '../test/helpers/envoy.js';
+import { mkdtempSync } from 'node:fs';
+import os from 'node:os';
+import { DEMO, demoProxies, proxyId, writeBootstrap } from './demo-topology.js';
+import { repoRoot, startEnvoy, type Envoy } from '../test/helpers/envoy.js';
 import { startUpstream } from '../test/helpers/upstream.js';
 
 const root = repoRoot();
-const upstreams = await Promise.all([startUpstream('orders-v1', 9001), startUpstream('orders-v2', 9002), startUpstream('catalog', 9003)]);
+const upstreams = await Promise.all(DEMO.sidecars.map((s) => startUpstream(s.instance, s.appPort)));
 const cfg = resolveServeConfig({ policies: path.join(root, 'policies') });
 const server = await startServer(cfg);
-const { token } = await issueToken(path.resolve(cfg.dataDir), 'gateway/public');
-const envoy = await startEnvoy({
-  name: 'demo-gateway',
-  bootstrapYaml: (adminPort) => bootstrapYaml({ gateway: 'public', xdsAddress: `127.0.0.1:${server.xdsPort}`, adminPort, id: 'public-demo', token }),
-});
+// The gateway and one sidecar per app, bootstrapped with the same `signalbox token` and
+// `signalbox bootstrap` commands as docker-compose.yml (scripts/demo-topology.ts).
+const bootstrapDir = mkdtempSync(path.join(os.tmpdir(), 'signalbox-demo-'));
+const envoys: Envoy[] = [];
+for (const p of demoProxies()) {
+  const bootstrap = YAML.parse(await writeBootstrap(p, bootstrapDir, path.resolve(cfg.dataDir)));
+  envoys.push(
+    await startEnvoy({
+      name: proxyId(p),
+      // Envoy's admin on a free port (the compose file gives each its fixed one).
+      bootstrapYaml: (adminPort) => YAML.stringify({ ...bootstrap, admin: { address: { socket_address: { address: '127.0.0.1', port_value: adminPort } } } }),
+    }),
+  );
+}
+const envoy = envoys[0]!;
 process.stdout.write(`
 Signalbox demo is running.
-  gateway (Envoy):    http://127.0.0.1:8080     Envoy admin: http://127.0.0.1:${envoy.adminPort}
+  gateway (Envoy):    http://127.0.0.1:${DEMO.gateway.listenPort}     Envoy admin: http://127.0.0.1:${envoy.adminPort}
+  sidecars (Envoy):   ${DEMO.sidecars.map((s, i) => `${s.instance} mTLS :${s.inboundPort} -> app :${s.appPort} (admin :${envoys[i + 1]!.adminPort})`).join('\n                      ')}
   control plane:      xDS 127.0.0.1:${server.xdsPort}, admin http://127.0.0.1:${server.adminPort}
+  dashboard:          http://127.0.0.1:${server.adminPort}/   (node bin/signalbox.js status --admin http://127.0.0.1:${server.adminPort})
 
 Try:
   curl -i http://127.0.0.1:8080/orders/42
@@ -30,7 +46,7 @@ Try:
 Edit a file in policies/ and watch the routes change. Ctrl-C stops the demo.
 `);
 const stop = async () => {
-  await envoy.stop();
+  await Promise.all(envoys.map((e) => e.stop()));
   await server.stop();
   await Promise.all(upstreams.map((u) => u.close()));
   process.exit(0);

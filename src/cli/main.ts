@@ -24,6 +24,8 @@ ${DIFF_USAGE}
   signalbox token --service NAME | --gateway NAME [--ttl 720h] [--data-dir DIR]
                                        print a token a proxy presents to receive its identity's secrets
   signalbox token revoke TOKEN_ID [--data-dir DIR]
+  signalbox status [--admin URL] [--role gateway|sidecar] [--json]
+                                       every connected proxy: versions per type, SYNCED / STALE / NACKED, cert expiry
   signalbox bootstrap --gateway NAME --xds-address HOST:PORT [--delta] [--admin-port N] [--id ID] [--token T] [--out FILE]
   signalbox bootstrap --service NAME --instance ID --app-port N --inbound-port N [--outbound-port N] ...
                                        print an Envoy bootstrap (YAML) for a gateway or a sidecar
@@ -52,6 +54,8 @@ export async function run(argv: string[]): Promise<number> {
         return bootstrap(rest);
       case 'token':
         return await token(rest);
+      case 'status':
+        return await (await import('./status.js')).status(rest);
       case 'authz':
         return await (await import('./authz.js')).authzCommand(rest);
       case undefined:

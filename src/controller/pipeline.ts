@@ -9,7 +9,7 @@ import { buildModel, type Model } from '../model/model.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import { EndpointStore, staticInstances } from '../sources/endpoints.js';
-import { loadPolicyDir, PolicyParseCache } from '../sources/files/loader.js';
+import { loadPolicyDir, PolicyParseCache, type LoadedDoc } from '../sources/files/loader.js';
 import { translate } from '../translate/gateway.js';
 import { checkConsistency, Snapshot, SnapshotCache } from '../xds/cache/snapshot-cache.js';
 import { EncodeCache, type Resource } from '../xds/resources/resource.js';
@@ -55,6 +55,12 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
   readonly encoder = new EncodeCache();
   /** Reloads re-parse only the policy files whose text changed. */
   private readonly parsed = new PolicyParseCache();
+  /**
+   * Hook for discovery sources that add documents the policy files do not hold (Consul services
+   * imported with --consul-import, see src/sources/consul/import.ts). Gets the files' documents,
+   * returns the documents to build the model from.
+   */
+  extraDocs?: (fileDocs: LoadedDoc[]) => LoadedDoc[];
   model?: Model;
   errors: PolicyError[] = [];
   lastAppliedAt?: Date;
@@ -130,7 +136,7 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
     let errors = loaded.errors;
     let model: Model | undefined;
     if (errors.length === 0) {
-      const built = await buildModel(loaded.docs, this.opts.policyDir);
+      const built = await buildModel(this.extraDocs ? this.extraDocs(loaded.docs) : loaded.docs, this.opts.policyDir);
       errors = built.errors;
       model = built.model;
     }

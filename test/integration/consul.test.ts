@@ -308,3 +308,72 @@ describe('Consul discovery with a real Consul, a real Envoy gateway and real tra
     process.stderr.write(`consul outage: ${ok} requests, ${failed} failed\n`);
   });
 });
+
+describe('a Consul restarted without its data (-dev) resyncs without dropping endpoints that still exist', () => {
+  let consul: ConsulAgent;
+  let sb: SignalboxProcess;
+  let envoy: Envoy;
+  let gw: number;
+  const ups: Upstream[] = [];
+  const url = (p: string) => `http://127.0.0.1:${gw}${p}`;
+  const register = async (id: string, port: number) => {
+    const res = await fetch(`http://${consul.httpAddr}/v1/agent/service/register`, { method: 'PUT', body: JSON.stringify({ ID: id, Name: 'web', Address: '127.0.0.1', Port: port, Tags: ['prod'], Check: { CheckID: `${id}-ttl`, TTL: '300s', Status: 'passing' } }) });
+    assert.equal(res.status, 200, await res.text());
+  };
+  const webHosts = async () => (await envoy.admin('/clusters')).split('\n').filter((l) => /^web::\d.*::health_flags::healthy$/.test(l)).length;
+
+  before(async () => {
+    gw = await freePort();
+    consul = await startConsul();
+    ups.push(await startUpstream('dev-a'), await startUpstream('dev-b'));
+    await register('dev-a', ups[0]!.port);
+    await register('dev-b', ups[1]!.port);
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'sb-consul-dev-'));
+    writeFileSync(path.join(dir, 'policies.yaml'), policies(gw));
+    sb = await startSignalbox({ policies: dir, extraArgs: ['--consul-addr', consul.httpAddr, '--data-dir', path.join(dir, '.data')], env: { SIGNALBOX_CONSUL_RESYNC_GRACE_MS: '3000', SIGNALBOX_CONSUL_BACKOFF_MAX_MS: '1000' } });
+    envoy = await startEnvoy({ name: 'edge-consul-dev', bootstrapYaml: (adminPort) => bootstrapYaml({ gateway: 'edge', xdsAddress: `127.0.0.1:${sb.xdsPort}`, adminPort, id: 'edge-consul-dev', delta: false }) });
+    await waitFor(async () => (await webHosts()) === 2, { what: 'two web hosts in Envoy', timeoutMs: 15_000 });
+  });
+
+  after(async () => {
+    mkdirSync(path.join(repoRoot(), 'test-artifacts'), { recursive: true });
+    writeFileSync(path.join(repoRoot(), 'test-artifacts', 'consul-dev.test.log'), `--- signalbox ---\n${sb?.logs()}\n--- envoy ---\n${envoy?.logs()}\n--- consul ---\n${consul?.logs().slice(-100_000)}\n`);
+    await envoy?.stop();
+    await sb?.kill();
+    await consul?.stop();
+    await Promise.all(ups.map((u) => u.close()));
+  });
+
+  test('empty fresh catalog: endpoints kept; re-registered ones stay; the one never re-registered goes after the grace period', async () => {
+    let ok = 0;
+    let failed = 0;
+    let running = true;
+    const traffic = (async () => {
+      while (running) {
+        const r = await httpGet(url('/web')).catch(() => ({ status: 0 }));
+        if (r.status === 200) ok++;
+        else failed++;
+      }
+    })();
+    try {
+      await waitFor(() => ok > 10, { what: 'traffic flowing' });
+      await consul.restart(); // -dev: the catalog comes back empty, with a fresh index
+      await waitFor(async () => (await sb.admin('/api/sources')).sources[0].stale === false, { what: 'source fresh after the restart', timeoutMs: 20_000 });
+      const web = (await sb.admin('/api/sources')).sources[0].watches.find((w: { consulService: string }) => w.consulService === 'web');
+      assert.ok(web.resyncGraceUntil, `a resync grace period is running: ${JSON.stringify(web)}`);
+      assert.equal(await webHosts(), 2, 'nothing dropped although the fresh Consul lists no instance');
+      await register('dev-a', ups[0]!.port); // dev-b never comes back
+      const before = ok;
+      await waitFor(() => ok > before + 20, { what: 'traffic after the resync' });
+      await waitFor(async () => (await webHosts()) === 1, { what: 'dev-b dropped after the grace period', timeoutMs: 10_000 });
+      const b = ups[1]!.seen.length;
+      const a = ups[0]!.seen.length;
+      await waitFor(() => ups[0]!.seen.length > a + 10, { what: 'traffic to dev-a' });
+      assert.equal(ups[1]!.seen.length, b, 'dev-b gets no traffic once dropped');
+    } finally {
+      running = false;
+      await traffic;
+    }
+    assert.equal(failed, 0, `${failed} of ${ok + failed} requests failed`);
+  });
+});

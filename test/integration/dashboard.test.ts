@@ -214,6 +214,18 @@ describe('dashboard in a real browser, real Envoy traffic', () => {
     assert.match((await page.textContent('#card-proxy-states')) ?? '', /1 NACKed/);
   });
 
+  test('`signalbox status` prints the same proxies as a terminal table', async () => {
+    const r = await run(process.execPath, [path.join(repoRoot(), 'bin/signalbox.js'), 'status', '--admin', `http://127.0.0.1:${sb.adminPort}`]).then(
+      (ok) => ({ code: 0, stdout: ok.stdout }),
+      (e: { code: number; stdout: string }) => ({ code: e.code, stdout: e.stdout }),
+    );
+    assert.equal(r.code, 1, 'not every proxy is synced');
+    assert.match(r.stdout, /^PROXY\s+ROLE\s+XDS\s+CDS\s+EDS\s+LDS\s+RDS\s+SDS\s+STATUS\s+CERT EXPIRES$/m);
+    assert.match(r.stdout, /^edge-gw\s+gateway\/edge\s+sotw\s+.*SYNCED\s+23h5\dm$/m);
+    assert.match(r.stdout, /^lab-gw\s+gateway\/lab\s+delta\s+.*NACKED\s+23h5\dm$/m);
+    assert.match(r.stdout, /lab-gw: route \w+ NACKED \(from [^)]*lab-routes\.yaml\)/);
+  });
+
   test('certificates, validation errors, and a screenshot', async () => {
     await page.waitForSelector('#certs tbody tr[data-identity]', { timeout: 10_000 });
     assert.match((await page.textContent('#certs tbody')) ?? '', /spiffe:\/\/signalbox\.local\/gateway\/edge/);

@@ -2,71 +2,14 @@
 // HTTPRoute rule, a shared bucket on another rule, per-client-IP buckets on one Gateway listener;
 // 429 with x-ratelimit-* headers; another key unaffected; the bucket refills.
 import assert from 'node:assert/strict';
-import http from 'node:http';
 import { after, before, describe, test } from 'node:test';
 import { startControlUpstream, type ControlUpstream } from '../helpers/control-upstream.js';
 import { startGatewayEnv, type GatewayEnv } from '../helpers/gateway-env.js';
 import { freePort, waitFor } from '../helpers/net.js';
+import { burst as burstOf, burstStats, closeClients, get, type Reply } from '../helpers/ratelimit-client.js';
 
 const LIMIT = 10;
-
-interface Reply {
-  status: number;
-  headers: http.IncomingHttpHeaders;
-  at: number;
-}
-
-const agent = new http.Agent({ keepAlive: true, maxSockets: 4 });
-
-/** A GET from a chosen loopback source address (so Envoy sees distinct client IPs). */
-function get(port: number, path: string, opts: { headers?: Record<string, string>; from?: string } = {}): Promise<Reply> {
-  return new Promise((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port, path, headers: opts.headers, localAddress: opts.from ?? '127.0.0.1', agent }, (res) => {
-      res.resume();
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, at: performance.now() }));
-    });
-    req.on('error', reject);
-    req.setTimeout(10_000, () => req.destroy(new Error(`GET ${path} timed out`)));
-    req.end();
-  });
-}
-
-/** Envoy refills continuously: one token every per/requests (100ms here). */
-const REFILL_STEP_MS = 1000 / LIMIT;
-
-/**
- * Sends LIMIT + 1 requests back to back, the first into a full bucket. Envoy refills the bucket
- * continuously, so a token may come back during a burst; then the 11th is rightly allowed. Every
- * burst must respect the limit (no more 200s than LIMIT plus the refill steps it spanned); bursts
- * in which a token came back are repeated, and the proof is a burst in which none did.
- */
-let burstRetries = 0;
-async function burst(send: () => Promise<Reply>): Promise<Reply[]> {
-  for (let attempt = 0; attempt < 6; attempt++) {
-    // The first request must find a full bucket; probing every 300ms lets it fill up.
-    let first: Reply | undefined;
-    const sentAt = performance.now();
-    let firstSentAt = sentAt;
-    await waitFor(
-      async () => {
-        firstSentAt = performance.now();
-        first = await send();
-        return Number(first.headers['x-ratelimit-remaining']) === LIMIT - 1;
-      },
-      { what: 'a full bucket', timeoutMs: 10_000, intervalMs: 300 },
-    );
-    const out: Reply[] = [first!];
-    for (let i = 0; i < LIMIT; i++) out.push(await send());
-    const spanMs = out[LIMIT]!.at - firstSentAt;
-    const ok = out.filter((r) => r.status === 200).length;
-    assert.ok(ok <= LIMIT + Math.ceil(spanMs / REFILL_STEP_MS), `${ok} requests allowed in ${spanMs.toFixed(0)}ms: more than the bucket plus its refill`);
-    const remaining = out.map((r) => Number(r.headers['x-ratelimit-remaining']));
-    const noRefill = remaining.every((v, i) => i === 0 || v === Math.max(0, remaining[i - 1]! - 1)) && out[LIMIT]!.status === 429;
-    if (noRefill) return out;
-    burstRetries++;
-  }
-  throw new Error('in 6 bursts a token always came back before the 11th request');
-}
+const burst = (send: () => Promise<Reply>) => burstOf(send, LIMIT);
 
 function policies(api: number, edge: number, up: ControlUpstream): Record<string, string> {
   return {
@@ -140,8 +83,8 @@ describe('RateLimitPolicy through real Envoy', () => {
   after(async () => {
     await env?.stop();
     await up?.close();
-    agent.destroy();
-    console.log(`bursts repeated because a token came back mid-burst: ${burstRetries}`);
+    closeClients();
+    console.log(`bursts repeated because a token came back mid-burst: ${burstStats.retries}`);
   });
 
   test(`per header: with ${LIMIT} requests/s the 11th is 429, another key is unaffected, the bucket refills`, async () => {

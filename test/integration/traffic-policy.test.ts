@@ -2,6 +2,7 @@
 // outlier ejection, active health checks, RingHash stickiness, and the precedence of route
 // settings over TrafficPolicy over Mesh defaults.
 import assert from 'node:assert/strict';
+import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { startControlUpstream, type ControlUpstream } from '../helpers/control-upstream.js';
 import { startGatewayEnv, timedGet, type GatewayEnv } from '../helpers/gateway-env.js';
@@ -239,5 +240,14 @@ describe('TrafficPolicy through real Envoy', () => {
     assert.equal(prec.connect_timeout, '0.750s', 'connectTimeout from the second policy on the same Service');
     const rh = clusters.configs.find((c: any) => c.cluster.name === 'rh').cluster;
     assert.equal(rh.lb_policy, 'RING_HASH');
+    // The admin API says where each of those values came from, for this connected proxy.
+    const explained = await env.sb.admin(`/api/explain/${env.proxyId}?route=traffic/prec-policy`);
+    assert.equal(explained.group, 'gateway/gateway');
+    const setting = explained.routes[0].settings;
+    assert.deepEqual([setting.timeout.value, setting.timeout.from.kind, setting.timeout.from.name, path.basename(setting.timeout.from.file)], ['400ms', 'TrafficPolicy', 'prec-timeouts', 'traffic-b.yaml']);
+    assert.deepEqual([setting.retries.from.kind, path.basename(setting.retries.from.file)], ['Mesh', 'mesh.yaml']);
+    const precCluster = explained.clusters.find((c: any) => c.name === 'prec').settings;
+    assert.deepEqual([precCluster.connectTimeout.value, precCluster.connectTimeout.from.name], ['750ms', 'prec-connect']);
+    assert.equal(precCluster.loadBalancer.from.kind, 'default');
   });
 });

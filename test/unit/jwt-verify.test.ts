@@ -2,7 +2,7 @@
 // require rules, forwarded claims, several policies on one route, and the CheckResponse shape.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { exportJWK, generateKeyPair, SignJWT } from 'jose';
+import { exportJWK, FlattenedSign, generateKeyPair, SignJWT } from 'jose';
 import { AuthzEngine, challenge, type Decision } from '../../src/authz/engine.js';
 import { extractToken } from '../../src/authz/extract.js';
 import { checkClaims, claimValue, headerValue, ruleHolds } from '../../src/authz/policy.js';
@@ -156,8 +156,11 @@ describe('AuthzEngine with inline keys', async () => {
       assert.equal(d.reason, 'alg_not_allowed');
     }
     // Unencoded payload (RFC 7797): never a JWT.
-    const raw = await new SignJWT(claims).setProtectedHeader({ alg: 'RS256', kid: 'rsa', b64: false, crit: ['b64'] }).sign(rsa.privateKey).catch(() => undefined);
-    if (raw) assert.equal(denied(await e.check(req({ authorization: `Bearer ${raw}` }))).status, 401);
+    const flat = await new FlattenedSign(new TextEncoder().encode('{"exp":9999999999}')).setProtectedHeader({ alg: 'RS256', kid: 'rsa', b64: false, crit: ['b64'] }).sign(rsa.privateKey);
+    const raw = `${flat.protected}.${flat.payload}.${flat.signature}`;
+    assert.equal(raw.split('.').length, 3);
+    const d = denied(await e.check(req({ authorization: `Bearer ${raw}` })));
+    assert.deepEqual([d.status, d.reason], [401, 'malformed']);
     e.close();
   });
 
@@ -180,7 +183,8 @@ describe('AuthzEngine with inline keys', async () => {
     assert.match(d.headers.find((h) => h.name === 'www-authenticate')!.value, /insufficient_scope/);
     assert.equal(denied(await e.check(req({}, ['a', 'zzz']))).status, 401, 'a refuses first');
     assert.equal(denied(await e.check(req({ authorization: `Bearer ${await tok(rsa)}` }, ['a', 'zzz']))).status, 503);
-    assert.equal(denied(await e.check(req({}, undefined))).status, 403);
+    assert.equal(denied(await e.check({ headers: {}, path: '/', policies: undefined })).status, 403);
+    assert.equal(denied(await e.check({ headers: {}, path: '/', policies: [] })).status, 403);
     e.close();
   });
 

@@ -115,7 +115,17 @@ export const jwtPolicySpec = z.strictObject({
   /** A token's `aud` must hold at least one of these; absent: `aud` is not checked. */
   audiences: z.array(z.string().min(1)).min(1).optional(),
   jwks,
-  algorithms: z.array(z.enum(JWT_ALGORITHMS, { message: `must be one of ${JWT_ALGORITHMS.join(', ')} (HMAC and "none" are not accepted)` })).min(1).optional(),
+  algorithms: z
+    .array(
+      z.string().superRefine((a, ctx) => {
+        if ((JWT_ALGORITHMS as readonly string[]).includes(a)) return;
+        const why = /^HS\d+$/.test(a) ? 'HMAC needs a shared secret; JWTs are verified here with public keys only' : a.toLowerCase() === 'none' ? '"none" means no signature at all' : 'not a supported JWS algorithm';
+        ctx.addIssue({ code: 'custom', message: `${why}: use one of ${JWT_ALGORITHMS.join(', ')}` });
+      }),
+    )
+    .min(1)
+    .transform((list) => list as JwtAlgorithm[])
+    .optional(),
   /** Leeway for exp, nbf and iat. */
   clockSkew: durationOrZero.refine((s) => (parseDuration(s) ?? 0) <= 300_000, { message: 'must be at most 5m' }).optional(),
   /** Where the token is looked for, in order; default: the Authorization header with "Bearer ". */

@@ -5,6 +5,7 @@ import type { Logger } from '../../observability/logger.js';
 import type { Metrics } from '../../observability/metrics.js';
 import { consulConnectionFromEnv } from './config.js';
 import { ConsulSource, type ConsulSourceOptions } from './source.js';
+import { ConsulImporter, parseImportMode } from './import.js';
 import { ErrorCode, SignalboxError } from '../../errors.js';
 
 export { ConsulSource } from './source.js';
@@ -16,7 +17,7 @@ export { consulConnectionFromEnv, parseConsulAddress } from './config.js';
  * applied model and feeds the pipeline's EndpointStore. Returns undefined without an address.
  */
 export function attachConsul(
-  cfg: Pick<ServeConfig, 'consulAddr' | 'consulDatacenter'>,
+  cfg: Pick<ServeConfig, 'consulAddr' | 'consulDatacenter' | 'consulImport'>,
   pipeline: Pipeline,
   metrics: Metrics,
   logger: Logger,
@@ -25,9 +26,15 @@ export function attachConsul(
   if (!cfg.consulAddr) return undefined;
   const connection = consulConnectionFromEnv(cfg.consulAddr, cfg.consulDatacenter);
   const source = new ConsulSource({ connection, store: pipeline.endpoints, logger, registry: metrics.registry, ...tuningFromEnv(), ...overrides });
+  if (cfg.consulImport) {
+    const importer = new ConsulImporter(source, parseImportMode(cfg.consulImport)!, () => void pipeline.reload());
+    pipeline.extraDocs = (docs) => importer.docsFor(docs);
+    source.companions.push(importer);
+    importer.start();
+  }
   pipeline.on('applied', (model) => source.sync(model));
   if (pipeline.model) source.sync(pipeline.model);
-  logger.info({ consul: connection.baseUrl, datacenter: connection.datacenter, tls: !!connection.tls, token: connection.token ? 'set' : 'none' }, 'consul discovery enabled');
+  logger.info({ consul: connection.baseUrl, datacenter: connection.datacenter, tls: !!connection.tls, aclToken: connection.token ? 'set' : 'none', import: cfg.consulImport || undefined }, 'consul discovery enabled');
   return source;
 }
 

@@ -104,7 +104,7 @@ class ServiceWatch {
   private settleTimer?: NodeJS.Timeout;
   /** A query failed at the connection level since the last answer (Consul down or restarting). */
   private outage = false;
-  private loggedSkips = new Set<string>();
+  private loggedSkips = new Map<'health' | 'connect', Set<string>>();
   private stopped = false;
 
   constructor(
@@ -121,7 +121,7 @@ class ServiceWatch {
       path: `/v1/health/service/${enc}`,
       parse: (body) => mapHealthEntries(body, { warningAs: o.warningAs }),
       onData: (d, info) => {
-        this.noteSkipped(d.skipped);
+        this.noteSkipped('health', d.skipped);
         this.instances = d.instances;
         this.onAnswer('health', info);
       },
@@ -132,7 +132,7 @@ class ServiceWatch {
       path: `/v1/health/connect/${enc}`,
       parse: (body) => mapConnectEntries(body, service, { warningAs: o.warningAs }),
       onData: (d, info) => {
-        this.noteSkipped(d.skipped);
+        this.noteSkipped('connect', d.skipped);
         this.sidecars = d.sidecars;
         this.connectSettled = true;
         this.onAnswer('connect', info);
@@ -165,15 +165,17 @@ class ServiceWatch {
     await Promise.all([this.health.stop(), this.connect.stop()]);
   }
 
-  private noteSkipped(skipped: Skipped[]): void {
+  /** Counts every skipped registration; logs each one once while it stays in Consul's answers. */
+  private noteSkipped(endpoint: 'health' | 'connect', skipped: Skipped[]): void {
     const now = new Set<string>();
+    const before = this.loggedSkips.get(endpoint);
     for (const s of skipped) {
       this.src.metrics.skipped.inc({ reason: s.reason });
       const key = `${s.reason} ${s.detail}`;
       now.add(key);
-      if (!this.loggedSkips.has(key)) this.src.logger.warn({ consulService: this.service, reason: s.reason }, `consul: skipped registration ${s.detail}`);
+      if (!before?.has(key)) this.src.logger.warn({ consulService: this.service, endpoint, reason: s.reason }, `consul: skipped registration ${s.detail}`);
     }
-    this.loggedSkips = now;
+    this.loggedSkips.set(endpoint, now);
   }
 
   private onAnswer(endpoint: 'health' | 'connect', info: WatchInfo): void {
@@ -207,7 +209,7 @@ class ServiceWatch {
   private onError(endpoint: 'health' | 'connect', e: ConsulError, failures: number, retryInMs: number): void {
     const { logger, metrics } = this.src;
     metrics.errors.inc({ endpoint, reason: e.reason });
-    if (e.reason === 'network' || e.reason === 'timeout') this.outage = true;
+    if (e.reason === 'network' || e.reason === 'timeout' || e.reason === 'server') this.outage = true;
     // The first failure, then every 10th, so a long outage does not flood the log.
     if (failures === 1 || failures % 10 === 0) {
       logger.warn({ consulService: this.service, endpoint, reason: e.reason, status: e.status, failures, retryInMs, keeping: this.instances?.length ?? 0 }, `consul: query failed, keeping the last known endpoints: ${e.message}`);
@@ -314,6 +316,10 @@ export class ConsulSource {
   private stopped = false;
   /** Extra status sections (e.g. the catalog importer). */
   readonly extraStatus = new Map<string, () => unknown>();
+  /** Extra conditions of the first full sync (e.g. the imported service list answered once). */
+  readonly readinessChecks: (() => boolean)[] = [];
+  /** Stopped with the source. */
+  readonly companions: { stop(): Promise<void> }[] = [];
 
   constructor(readonly opts: ConsulSourceOptions) {
     this.client = new ConsulClient(opts.connection);
@@ -378,6 +384,7 @@ export class ConsulSource {
   onWatchSynced(): void {
     if (this.syncedOnce || !this.modelSeen) return;
     for (const w of this.watches.values()) if (!w.published) return;
+    if (!this.readinessChecks.every((c) => c())) return;
     this.syncedOnce = true;
     this.metrics.synced.set(1);
     this.logger.info({ watches: this.watches.size }, 'consul: first full sync done');
@@ -446,7 +453,7 @@ export class ConsulSource {
     this.stopped = true;
     const all = [...this.watches.values()];
     this.watches.clear();
-    await Promise.all(all.map((w) => w.stop()));
+    await Promise.all([...all.map((w) => w.stop()), ...this.companions.map((c) => c.stop())]);
     this.client.close();
   }
 }

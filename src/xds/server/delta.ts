@@ -33,6 +33,8 @@ interface TypeState {
   /** Names the proxy was told do not exist. */
   toldMissing: Set<string>;
   pending: Map<string, { version: string; sentAt: number }>;
+  /** Clusters: removals held back until the proxy runs the current listeners and routes. */
+  withheld?: boolean;
 }
 
 const WILDCARD_TYPES = new Set<TypeUrl>([TypeUrl.Listener, TypeUrl.Cluster]);
@@ -84,7 +86,8 @@ export class DeltaStream extends XdsStream {
     }
     if (first && sub.length === 0 && WILDCARD_TYPES.has(type)) st.wildcard = true;
     if (first || changed) this.push(type, first);
-    if (req.response_nonce && !req.error_detail && (type === TypeUrl.Listener || type === TypeUrl.Route)) this.push(TypeUrl.Cluster, false);
+    // Only when removals were held back: diffing every cluster on every ACK costs ~0.5 ms a proxy.
+    if (req.response_nonce && !req.error_detail && (type === TypeUrl.Listener || type === TypeUrl.Route) && this.states.get(TypeUrl.Cluster)?.withheld) this.push(TypeUrl.Cluster, false);
   }
 
   onChange(types: TypeUrl[]): void {
@@ -108,7 +111,7 @@ export class DeltaStream extends XdsStream {
   }
 
   /** What the proxy lacks of a type: resources to send and names to remove. */
-  private diff(type: TypeUrl, st: TypeState): { scope: Map<string, Resource>; changedResources: Resource[]; removed: string[] } {
+  private diff(type: TypeUrl, st: TypeState): { scope: Map<string, Resource>; changedResources: Resource[]; removed: string[]; withheld: boolean } {
     const snap = this.ctx.cache.get(this.status!.node.group).get(type);
     const prevSent = this.status!.sent.get(type);
     const scope = new Map<string, Resource>();
@@ -122,9 +125,14 @@ export class DeltaStream extends XdsStream {
     const changedResources = [...scope.values()].filter((r) => st.known.get(r.name) !== r.version).sort((a, b) => (a.name < b.name ? -1 : 1));
     const keepForRoutes = type === TypeUrl.Cluster && !this.routesCurrent();
     const removed: string[] = [];
-    for (const n of st.known.keys()) if (!scope.has(n) && !keepForRoutes) removed.push(n);
+    let withheld = false;
+    for (const n of st.known.keys()) {
+      if (scope.has(n)) continue;
+      if (keepForRoutes) withheld = true;
+      else removed.push(n);
+    }
     for (const n of st.subscribed) if (!scope.has(n) && !st.known.has(n) && !st.toldMissing.has(n)) removed.push(n);
-    return { scope, changedResources, removed };
+    return { scope, changedResources, removed, withheld };
   }
 
   private push(type: TypeUrl, force: boolean): void {
@@ -133,7 +141,8 @@ export class DeltaStream extends XdsStream {
     // A group not compiled yet gets nothing (not an empty config); its first snapshot is pushed whole.
     if (!this.ctx.cache.has(this.status!.node.group)) return;
     if (this.secretsBlocked(type)) return;
-    const { scope, changedResources, removed } = this.diff(type, st);
+    const { scope, changedResources, removed, withheld } = this.diff(type, st);
+    st.withheld = withheld;
     if (!force && changedResources.length === 0 && removed.length === 0) return;
     removed.sort();
     for (const r of changedResources) st.known.set(r.name, r.version);

@@ -11,8 +11,12 @@ import { ProxyRegistry } from './proxy-status.js';
 import { SotwStream, type SotwRequest, type SotwResponse } from './sotw.js';
 import type { TokenVerifier } from '../../ca/tokens.js';
 import { StreamError, type XdsStream } from './stream.js';
+import type { TypeUrl } from '../resources/type-urls.js';
 
 const SERVICE = '/envoy.service.discovery.v3.AggregatedDiscoveryService';
+
+/** Streams pushed to per turn of the event loop when a group's snapshot changes. */
+const FANOUT_SLICE = 50;
 
 /** A request whose bytes do not decode. Handed to the stream handler (instead of letting grpc-js
  * end the call on its own) so that it is counted, logged and closed like any other bad request. */
@@ -23,7 +27,11 @@ class Undecodable {
 function codec<T>(typeName: string) {
   const type = lookupType(typeName);
   return {
-    serialize: (value: T): Buffer => Buffer.from(type.encode(value as object).finish()),
+    serialize: (value: T): Buffer => {
+      const bytes = type.encode(value as object).finish();
+      // protobufjs already returns a Buffer under Node: wrap, never copy (a response carries every resource's bytes).
+      return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    },
     deserialize: (bytes: Buffer): T => {
       try {
         return type.decode(bytes) as unknown as T;
@@ -79,15 +87,30 @@ export class XdsServer {
   constructor(opts: XdsServerOptions) {
     this.registry = opts.registry ?? new ProxyRegistry();
     this.ctx = { cache: opts.cache, metrics: opts.metrics, logger: opts.logger, registry: this.registry, tokens: opts.tokens, requireToken: opts.requireToken };
-    opts.cache.on('change', ({ group, types }) => {
-      for (const s of this.streams.get(group) ?? []) {
+    opts.cache.on('change', ({ group, types }) => this.fanOut(group, types));
+  }
+
+  /**
+   * Pushes a group's change to its streams FANOUT_SLICE at a time, yielding to the event loop in
+   * between: each push serialises a whole response (a 1,000-route RouteConfiguration is ~125 kB),
+   * so one synchronous loop over 1,000 streams would hold every buffer at once and block ACKs,
+   * admin and ext_authz for the whole fan-out. The first slice is pushed at once. A stream reached
+   * late composes from the then-current snapshot; a later change finds it up to date.
+   */
+  private fanOut(group: string, types: TypeUrl[]): void {
+    const streams = [...(this.streams.get(group) ?? [])];
+    const step = (from: number): void => {
+      const end = Math.min(streams.length, from + FANOUT_SLICE);
+      for (let i = from; i < end; i++) {
         try {
-          s.onChange(types);
+          streams[i]!.onChange(types);
         } catch (e) {
           this.ctx.logger.error({ err: e, group }, 'push failed');
         }
       }
-    });
+      if (end < streams.length) setImmediate(step, end);
+    };
+    step(0);
   }
 
   private handle<Req, Res>(call: grpc.ServerDuplexStream<Req, Res>, make: (send: (r: Res) => void) => XdsStream & { onRequest(r: Req): void }): void {

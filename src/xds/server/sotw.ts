@@ -28,6 +28,8 @@ interface TypeState {
   nonce?: string;
   version?: string;
   sentAt?: number;
+  /** Clusters: the current response keeps clusters the snapshot dropped (make before break). */
+  kept?: boolean;
 }
 
 const WILDCARD_TYPES = new Set<TypeUrl>([TypeUrl.Listener, TypeUrl.Cluster]);
@@ -61,7 +63,8 @@ export class SotwStream extends XdsStream {
     st.names = nameSet;
     if (first || changed) this.push(type, true);
     // Listeners and routes settled: clusters kept for make-before-break can go now.
-    if (req.response_nonce && !req.error_detail && (type === TypeUrl.Listener || type === TypeUrl.Route)) this.push(TypeUrl.Cluster, false);
+    // Only when clusters were kept: recomposing every cluster on every ACK costs ~0.5 ms a proxy.
+    if (req.response_nonce && !req.error_detail && (type === TypeUrl.Listener || type === TypeUrl.Route) && this.states.get(TypeUrl.Cluster)?.kept) this.push(TypeUrl.Cluster, false);
   }
 
   onChange(types: TypeUrl[]): void {
@@ -69,7 +72,7 @@ export class SotwStream extends XdsStream {
   }
 
   /** What a response of this type would carry now, and its version. */
-  private compose(type: TypeUrl, st: TypeState): { out: Map<string, Resource>; list: Resource[]; version: string } {
+  private compose(type: TypeUrl, st: TypeState): { out: Map<string, Resource>; list: Resource[]; version: string; kept: boolean } {
     const snap = this.ctx.cache.get(this.status!.node.group).get(type);
     const previous = this.status!.sent.get(type);
     const out = new Map<string, Resource>();
@@ -78,13 +81,19 @@ export class SotwStream extends XdsStream {
       const r = snap.get(n) ?? (type === TypeUrl.Endpoint ? previous?.get(n) : undefined);
       if (r) out.set(n, r);
     }
+    let kept = false;
     if (type === TypeUrl.Cluster && previous && !this.routesCurrent()) {
       // Make before break: keep clusters that routes Envoy still runs may point at.
-      for (const [n, r] of previous) if (!out.has(n)) out.set(n, r);
+      for (const [n, r] of previous) {
+        if (!out.has(n)) {
+          out.set(n, r);
+          kept = true;
+        }
+      }
     }
     const list = [...out.values()].sort((a, b) => (a.name < b.name ? -1 : 1));
     const version = hashText(list.map((r) => `${r.name}\u0000${r.version}`).join('\n'));
-    return { out, list, version };
+    return { out, list, version, kept };
   }
 
   /**
@@ -107,7 +116,8 @@ export class SotwStream extends XdsStream {
     // A group not compiled yet gets nothing (not an empty config); its first snapshot is pushed whole.
     if (!this.ctx.cache.has(this.status!.node.group)) return;
     if (this.secretsBlocked(type)) return;
-    const { out, list, version } = this.compose(type, st);
+    const { out, list, version, kept } = this.compose(type, st);
+    st.kept = kept;
     if (!force && version === st.version) return;
     const nonce = this.nextNonce();
     st.nonce = nonce;

@@ -152,7 +152,7 @@ function renderMap() {
   const height = PAD * 2 + maxRows * (H + GY) + 30;
   const svg = s('svg', { width: Math.max(width, 300), height, role: 'img', 'aria-label': 'mesh map' });
   const defs = s('defs');
-  const marker = s('marker', { id: 'arrow', viewBox: '0 0 10 10', refX: 9, refY: 5, markerWidth: 6, markerHeight: 6, orient: 'auto-start-reverse' });
+  const marker = s('marker', { id: 'arrow', viewBox: '0 0 10 10', refX: 9, refY: 5, markerWidth: 9, markerHeight: 9, markerUnits: 'userSpaceOnUse', orient: 'auto-start-reverse' });
   marker.append(s('path', { d: 'M 0 0 L 10 5 L 0 10 z', fill: '#90a4c0' }));
   defs.append(marker);
   svg.append(defs);

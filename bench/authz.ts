@@ -1,0 +1,288 @@
+// `npm run bench:authz`: what a JWT check costs through a real Envoy (not a test).
+//
+// Three configurations in one run on this machine, each on its own listener, the same route (a
+// RequestRedirect Envoy answers itself, so no upstream process competes for the cores) and the
+// same RS256 keys and tokens:
+//   baseline  - a Signalbox-fed gateway listener with no policy (no auth);
+//   jwt_authn - a second Envoy (static bootstrap) with Envoy's in-process jwt_authn filter, the
+//               public key inline, its JWT cache on;
+//   ext_authz - a Signalbox-fed gateway listener under a JWTPolicy: Envoy's ext_authz filter asks
+//               the ext_authz service inside the `signalbox serve` child process over gRPC.
+// Both Envoys run one worker thread. For each configuration, after a warm-up:
+//   - saturated: a closed loop at --concurrency for --seconds: throughput and latency;
+//   - fixed rate: an open loop at --rate requests/s for --seconds: latency p50/p99 (measured
+//     from the moment each request is written).
+// Every answer must be the redirect (301); anything else is counted and reported.
+//
+// Flags: --seconds S (10) --concurrency C (32) --rate R (1000) --tokens N (100) --json FILE
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import YAML from 'yaml';
+import { exportJWK, generateKeyPair, SignJWT } from 'jose';
+import { bootstrapYaml } from '../src/cli/bootstrap.js';
+import { startEnvoy, type Envoy } from '../test/helpers/envoy.js';
+import { freePort, waitFor } from '../test/helpers/net.js';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const ROOT = path.resolve(here, '..', '..');
+const BIN = path.join(ROOT, 'bin', 'signalbox.js');
+
+const { values: flags } = parseArgs({
+  options: {
+    seconds: { type: 'string', default: '10' },
+    concurrency: { type: 'string', default: '32' },
+    rate: { type: 'string', default: '1000' },
+    tokens: { type: 'string', default: '100' },
+    json: { type: 'string' },
+  },
+});
+const SECONDS = Number(flags.seconds);
+const CONCURRENCY = Number(flags.concurrency);
+const RATE = Number(flags.rate);
+const TOKENS = Number(flags.tokens);
+const ISS = 'https://auth.bench.local/';
+const AUD = 'bench-api';
+
+const TICK = 100; // USER_HZ
+function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) / TICK;
+}
+
+function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+}
+
+const agent = new http.Agent({ keepAlive: true, maxSockets: 512 });
+
+function get(port: number, token: string): Promise<number> {
+  return new Promise((resolve) => {
+    const req = http.request({ host: '127.0.0.1', port, path: '/bench', agent, headers: { authorization: `Bearer ${token}` } }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode ?? 0));
+    });
+    req.on('error', () => resolve(0));
+    req.end();
+  });
+}
+
+interface Phase {
+  requests: number;
+  seconds: number;
+  rps: number;
+  p50: number;
+  p99: number;
+  bad: number;
+}
+
+async function saturated(port: number, tokens: string[], seconds: number): Promise<Phase> {
+  const lat: number[] = [];
+  let bad = 0;
+  let i = 0;
+  const t0 = performance.now();
+  const end = t0 + seconds * 1000;
+  const worker = async () => {
+    while (performance.now() < end) {
+      const s = performance.now();
+      const status = await get(port, tokens[i++ % tokens.length]!);
+      lat.push(performance.now() - s);
+      if (status !== 301) bad++;
+    }
+  };
+  await Promise.all(Array.from({ length: CONCURRENCY }, worker));
+  const took = (performance.now() - t0) / 1000;
+  lat.sort((a, b) => a - b);
+  return { requests: lat.length, seconds: took, rps: lat.length / took, p50: percentile(lat, 50), p99: percentile(lat, 99), bad };
+}
+
+async function fixedRate(port: number, tokens: string[], rate: number, seconds: number): Promise<Phase> {
+  const lat: number[] = [];
+  const pending: Promise<void>[] = [];
+  let bad = 0;
+  let sent = 0;
+  const t0 = performance.now();
+  const total = Math.round(rate * seconds);
+  while (sent < total) {
+    const due = Math.min(total, Math.floor(((performance.now() - t0) * rate) / 1000));
+    while (sent < due) {
+      const s = performance.now();
+      const token = tokens[sent % tokens.length]!;
+      sent++;
+      pending.push(
+        get(port, token).then((status) => {
+          lat.push(performance.now() - s);
+          if (status !== 301) bad++;
+        }),
+      );
+    }
+    await new Promise((r) => setTimeout(r, 1));
+  }
+  await Promise.all(pending);
+  const took = (performance.now() - t0) / 1000;
+  lat.sort((a, b) => a - b);
+  return { requests: lat.length, seconds: took, rps: lat.length / took, p50: percentile(lat, 50), p99: percentile(lat, 99), bad };
+}
+
+function jwtAuthnBootstrap(adminPort: number, listenPort: number, jwks: string): string {
+  const hcm = {
+    '@type': 'type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager',
+    stat_prefix: 'bench',
+    codec_type: 'AUTO',
+    route_config: {
+      name: 'bench',
+      virtual_hosts: [{ name: 'any', domains: ['*'], routes: [{ match: { prefix: '/' }, redirect: { path_redirect: '/moved', response_code: 'MOVED_PERMANENTLY' } }] }],
+    },
+    http_filters: [
+      {
+        name: 'envoy.filters.http.jwt_authn',
+        typed_config: {
+          '@type': 'type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication',
+          providers: {
+            bench: {
+              issuer: ISS,
+              audiences: [AUD],
+              local_jwks: { inline_string: jwks },
+              forward: true,
+              clock_skew_seconds: 30,
+              jwt_cache_config: { jwt_cache_size: TOKENS },
+            },
+          },
+          rules: [{ match: { prefix: '/' }, requires: { provider_name: 'bench' } }],
+        },
+      },
+      { name: 'envoy.filters.http.router', typed_config: { '@type': 'type.googleapis.com/envoy.extensions.filters.http.router.v3.Router' } },
+    ],
+  };
+  return YAML.stringify({
+    admin: { address: { socket_address: { address: '127.0.0.1', port_value: adminPort } } },
+    static_resources: {
+      listeners: [{ name: 'jwt_authn', address: { socket_address: { address: '127.0.0.1', port_value: listenPort } }, filter_chains: [{ filters: [{ name: 'envoy.filters.network.http_connection_manager', typed_config: hcm }] }] }],
+    },
+  });
+}
+
+async function main(): Promise<void> {
+  const { privateKey, publicKey } = await generateKeyPair('RS256');
+  const jwk = { ...(await exportJWK(publicKey)), kid: 'bench-1', alg: 'RS256', use: 'sig' };
+  const jwks = JSON.stringify({ keys: [jwk] });
+  const now = Math.floor(Date.now() / 1000);
+  const tokens = await Promise.all(
+    Array.from({ length: TOKENS }, (_, i) => new SignJWT({ iss: ISS, aud: AUD, sub: `user-${i}`, scope: 'orders.read', iat: now, exp: now + 3600 }).setProtectedHeader({ alg: 'RS256', kid: 'bench-1', typ: 'JWT' }).sign(privateKey)),
+  );
+
+  const [xdsPort, adminPort, authzPort, plainPort, authPort, jwtPort] = await Promise.all([freePort(), freePort(), freePort(), freePort(), freePort(), freePort()]);
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'sb-bench-authz-'));
+  const dataDir = mkdtempSync(path.join(os.tmpdir(), 'sb-bench-authz-data-'));
+  writeFileSync(
+    path.join(dir, 'bench.yaml'),
+    `apiVersion: signalbox.dev/v1alpha1
+kind: Mesh
+metadata: { name: default }
+spec: { mtls: { mode: disabled } }
+---
+apiVersion: signalbox.dev/v1alpha1
+kind: Gateway
+metadata: { name: bench }
+spec:
+  listeners:
+    - { name: plain, port: ${plainPort}, protocol: HTTP }
+    - { name: auth, port: ${authPort}, protocol: HTTP }
+---
+apiVersion: signalbox.dev/v1alpha1
+kind: HTTPRoute
+metadata: { name: bench }
+spec:
+  parentRefs: [ { kind: Gateway, name: bench } ]
+  rules:
+    - filters: [ { type: RequestRedirect, requestRedirect: { path: { replaceFullPath: /moved }, statusCode: 301 } } ]
+---
+apiVersion: signalbox.dev/v1alpha1
+kind: JWTPolicy
+metadata: { name: bench }
+spec:
+  targetRef: { kind: Gateway, name: bench, sectionName: auth }
+  issuer: ${ISS}
+  audiences: [${AUD}]
+  algorithms: [RS256]
+  jwks: { inline: ${jwks} }
+`,
+  );
+
+  let sb: ChildProcess | undefined;
+  const envoys: Envoy[] = [];
+  let sbLog = '';
+  try {
+    sb = spawn(process.execPath, [BIN, 'serve', '--policies', dir, '--xds-address', '127.0.0.1', '--xds-port', String(xdsPort), '--admin-port', String(adminPort), '--authz-port', String(authzPort), '--data-dir', dataDir, '--log-level', 'warn', '--access-log-sampling', 'off'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    sb.stdout!.on('data', (b: Buffer) => (sbLog = (sbLog + b.toString()).slice(-20_000)));
+    sb.stderr!.on('data', (b: Buffer) => (sbLog = (sbLog + b.toString()).slice(-20_000)));
+    await waitFor(async () => (await fetch(`http://127.0.0.1:${adminPort}/readyz`).catch(() => undefined))?.status === 200, { timeoutMs: 30_000, what: 'signalbox ready' });
+    const gateway = await startEnvoy({ name: 'bench-gw', bootstrapYaml: (p) => bootstrapYaml({ gateway: 'bench', id: 'bench-gw', xdsAddress: `127.0.0.1:${xdsPort}`, adminPort: p }) });
+    envoys.push(gateway);
+    const jwtEnvoy = await startEnvoy({ name: 'bench-jwt-authn', bootstrapYaml: (p) => jwtAuthnBootstrap(p, jwtPort, jwks) });
+    envoys.push(jwtEnvoy);
+    for (const port of [plainPort, authPort, jwtPort]) {
+      await waitFor(async () => (await get(port, tokens[0]!)) === 301, { timeoutMs: 20_000, what: `listener ${port} answering` });
+    }
+    // A request without a token must be refused on the two auth listeners (the filters are on).
+    for (const port of [authPort, jwtPort]) {
+      const status = await new Promise<number>((resolve) => http.get({ host: '127.0.0.1', port, path: '/bench', agent }, (r) => (r.resume(), resolve(r.statusCode ?? 0))));
+      if (status !== 401) throw new Error(`listener ${port} let a request without a token through (${status})`);
+    }
+
+    const configs = [
+      { name: 'baseline (no auth)', port: plainPort },
+      { name: 'Envoy jwt_authn', port: jwtPort },
+      { name: 'Signalbox ext_authz', port: authPort },
+    ];
+    const results: { name: string; saturated: Phase; fixed: Phase; cpu: { envoy: number; signalbox: number } }[] = [];
+    for (const c of configs) {
+      const envoyPid = (c.port === jwtPort ? jwtEnvoy : gateway).process.pid!;
+      await saturated(c.port, tokens, 2); // warm-up
+      const cpu0 = { envoy: cpuSeconds(envoyPid), sb: cpuSeconds(sb.pid!) };
+      const sat = await saturated(c.port, tokens, SECONDS);
+      const cpu1 = { envoy: cpuSeconds(envoyPid), sb: cpuSeconds(sb.pid!) };
+      const fixed = await fixedRate(c.port, tokens, RATE, SECONDS);
+      results.push({ name: c.name, saturated: sat, fixed, cpu: { envoy: (100 * (cpu1.envoy - cpu0.envoy)) / sat.seconds, signalbox: (100 * (cpu1.sb - cpu0.sb)) / sat.seconds } });
+      process.stderr.write(`${c.name}: saturated ${sat.rps.toFixed(0)} req/s (p50 ${sat.p50.toFixed(2)} ms, p99 ${sat.p99.toFixed(2)} ms); ${RATE}/s: p50 ${fixed.p50.toFixed(2)} ms, p99 ${fixed.p99.toFixed(2)} ms; non-301: ${sat.bad + fixed.bad}\n`);
+    }
+    const base = results[0]!;
+    const authn = results[1]!;
+    const ext = results[2]!;
+    const f2 = (n: number) => n.toFixed(2);
+    const lines = [
+      `Machine: ${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}, Node ${process.version}, Envoy 1 worker thread each; ${SECONDS}s per phase, closed loop at concurrency ${CONCURRENCY}, open loop at ${RATE} req/s, ${TOKENS} distinct RS256 tokens.`,
+      '',
+      '| configuration | saturated req/s | p50 ms (saturated) | p99 ms (saturated) | p50 ms at ' + RATE + '/s | p99 ms at ' + RATE + '/s | Envoy CPU % (saturated) | Signalbox CPU % (saturated) | non-301 answers |',
+      '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+      ...results.map((r) => `| ${r.name} | ${r.saturated.rps.toFixed(0)} | ${f2(r.saturated.p50)} | ${f2(r.saturated.p99)} | ${f2(r.fixed.p50)} | ${f2(r.fixed.p99)} | ${r.cpu.envoy.toFixed(0)} | ${r.cpu.signalbox.toFixed(0)} | ${r.saturated.bad + r.fixed.bad} |`),
+      '',
+      `ext_authz p99 at ${RATE}/s minus baseline: ${f2(ext.fixed.p99 - base.fixed.p99)} ms (target <= 1 ms: ${ext.fixed.p99 - base.fixed.p99 <= 1 ? 'met' : 'NOT met'}).`,
+      `ext_authz saturated throughput / jwt_authn: ${((100 * ext.saturated.rps) / authn.saturated.rps).toFixed(0)}% (target >= 80%: ${ext.saturated.rps >= 0.8 * authn.saturated.rps ? 'met' : 'NOT met'}).`,
+    ];
+    process.stdout.write(lines.join('\n') + '\n');
+    if (flags.json) writeFileSync(flags.json, JSON.stringify({ seconds: SECONDS, concurrency: CONCURRENCY, rate: RATE, tokens: TOKENS, results }, null, 2));
+  } catch (e) {
+    process.stderr.write(`bench:authz failed: ${(e as Error).message}\n--- signalbox log ---\n${sbLog}\n`);
+    process.exitCode = 1;
+  } finally {
+    agent.destroy();
+    for (const e of envoys) await e.stop();
+    if (sb && sb.exitCode === null) {
+      const done = new Promise((r) => sb!.once('exit', r));
+      sb.kill('SIGTERM');
+      await done;
+    }
+    rmSync(dir, { recursive: true, force: true });
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+}
+
+await main();

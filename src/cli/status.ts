@@ -1,0 +1,107 @@
+// `signalbox status`: every connected proxy in one terminal table, like `istioctl proxy-status`:
+// id, role, per-type versions (what it ACKed; `*` when a newer version was sent and not ACKed yet),
+// SYNCED / STALE / NACKED, and when its certificate expires. NACKed proxies are followed by
+// Envoy's message and the policy files behind the rejected resources.
+import { parseArgs } from 'node:util';
+import { ErrorCode, SignalboxError } from '../errors.js';
+
+interface TypeJson {
+  sentVersion?: string;
+  ackedVersion?: string;
+  sentAt?: string;
+  lastNack?: { version: string; message: string; sources: string[]; resources: string[] };
+}
+
+export interface ProxyJson {
+  id: string;
+  role: string;
+  name: string;
+  group: string;
+  protocol: string;
+  state: 'SYNCED' | 'PENDING' | 'NACKED';
+  types: Record<string, TypeJson>;
+  certificate?: { identity?: string; notAfter?: string };
+}
+
+const COLUMNS: [string, string][] = [
+  ['cluster', 'CDS'],
+  ['endpoint', 'EDS'],
+  ['listener', 'LDS'],
+  ['route', 'RDS'],
+  ['secret', 'SDS'],
+];
+
+/** SYNCED, STALE (sent, not ACKed yet) or NACKED: istioctl's words. */
+export function statusWord(p: ProxyJson): 'SYNCED' | 'STALE' | 'NACKED' {
+  return p.state === 'PENDING' ? 'STALE' : p.state;
+}
+
+export function untilText(iso: string | undefined, now = Date.now()): string {
+  if (!iso) return '-';
+  const sec = Math.round((Date.parse(iso) - now) / 1000);
+  if (sec <= 0) return 'EXPIRED';
+  const d = Math.floor(sec / 86400);
+  const h = Math.floor((sec % 86400) / 3600);
+  const m = Math.floor((sec % 3600) / 60);
+  if (d > 0) return `${d}d${h}h`;
+  if (h > 0) return `${h}h${m}m`;
+  return `${m}m${sec % 60}s`;
+}
+
+function versionCell(t: TypeJson | undefined): string {
+  if (!t || (!t.sentVersion && !t.ackedVersion)) return '-';
+  const acked = t.ackedVersion ? t.ackedVersion.slice(0, 8) : 'none';
+  if (t.lastNack && t.lastNack.version === t.sentVersion) return `${acked}!`;
+  return t.sentVersion !== t.ackedVersion ? `${acked}*` : acked;
+}
+
+/** The table, as text. Pure: tests call it with fixed input. */
+export function renderStatus(proxies: ProxyJson[], now = Date.now()): string {
+  const header = ['PROXY', 'ROLE', 'XDS', ...COLUMNS.map(([, h]) => h), 'STATUS', 'CERT EXPIRES'];
+  const rows = proxies.map((p) => [
+    p.id,
+    `${p.role}/${p.name}`,
+    p.protocol,
+    ...COLUMNS.map(([t]) => versionCell(p.types[t])),
+    statusWord(p),
+    untilText(p.certificate?.notAfter, now),
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const line = (cells: string[]) => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!))).join('  ');
+  const out = [line(header), ...rows.map(line)];
+  const counts = { SYNCED: 0, STALE: 0, NACKED: 0 };
+  for (const p of proxies) counts[statusWord(p)]++;
+  out.push('', `${proxies.length} proxies: ${counts.SYNCED} synced, ${counts.STALE} stale, ${counts.NACKED} NACKed   (versions: ACKed; * newer sent, not ACKed yet; ! newest NACKed)`);
+  for (const p of proxies) {
+    for (const [t, s] of Object.entries(p.types)) {
+      if (!s.lastNack || s.lastNack.version !== s.sentVersion) continue;
+      out.push('', `${p.id}: ${t} ${s.lastNack.version.slice(0, 8)} NACKED${s.lastNack.sources.length ? ` (from ${s.lastNack.sources.join(', ')})` : ''}`, `  ${s.lastNack.message.replace(/\s+/g, ' ').slice(0, 500)}`);
+    }
+  }
+  return out.join('\n') + '\n';
+}
+
+export async function status(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: { admin: { type: 'string' }, json: { type: 'boolean' }, role: { type: 'string' } },
+  });
+  const base = (values.admin ?? process.env.SIGNALBOX_ADMIN_URL ?? 'http://127.0.0.1:18001').replace(/\/+$/, '');
+  if (!/^https?:\/\/[^/]+$/.test(base)) throw new SignalboxError(ErrorCode.BAD_FLAG, `--admin must be a URL like http://127.0.0.1:18001, got "${base}"`);
+  let res: Response;
+  try {
+    res = await fetch(`${base}/api/proxies`, { signal: AbortSignal.timeout(10_000) });
+  } catch (e) {
+    process.stderr.write(`signalbox status: cannot reach the admin API at ${base}: ${(e as Error).message}\n`);
+    return 2;
+  }
+  if (!res.ok) {
+    process.stderr.write(`signalbox status: ${base}/api/proxies answered ${res.status}\n`);
+    return 2;
+  }
+  let proxies = ((await res.json()) as { proxies: ProxyJson[] }).proxies;
+  if (values.role) proxies = proxies.filter((p) => p.role === values.role);
+  if (values.json) process.stdout.write(JSON.stringify(proxies.map((p) => ({ id: p.id, role: p.role, name: p.name, status: statusWord(p), types: p.types, certificate: p.certificate })), null, 2) + '\n');
+  else process.stdout.write(renderStatus(proxies));
+  return proxies.every((p) => p.state === 'SYNCED') ? 0 : 1;
+}

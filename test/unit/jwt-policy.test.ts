@@ -1,0 +1,216 @@
+// JWTPolicy from YAML to Envoy JSON: schema and model errors (with field paths), which listeners get
+// the ext_authz filter, per-route context extensions or `disabled`, the authz cluster, filter
+// order, the serve flags.
+import assert from 'node:assert/strict';
+import { after, describe, test } from 'node:test';
+import { compileDir, type CompiledGroups } from '../../src/cli/compile.js';
+import { resolveServeConfig } from '../../src/config/settings.js';
+import { ErrorCode } from '../../src/errors.js';
+import { translate } from '../../src/translate/gateway.js';
+import { sidecarGroup } from '../../src/ir/types.js';
+import { AUTHZ_CLUSTER } from '../../src/translate/jwt.js';
+import { proxiesEndpoint } from '../../src/authz/index.js';
+import { makeKey } from '../helpers/jwks-server.js';
+import { doc, docs, policyDir, removePolicyDirs, validateDir } from './policy-dir.js';
+
+after(removePolicyDirs);
+
+type Json = Record<string, any>;
+
+const BASE = docs(
+  doc('Service', 'app', '{ port: 8080, endpoints: [ { address: 127.0.0.1, port: 9001 } ] }'),
+  doc('Service', 'orders', '{ port: 8080, endpoints: [ { address: 127.0.0.1, port: 9002, sidecarPort: 21002 } ] }'),
+  doc('Service', 'db', '{ protocol: tcp, port: 5432, endpoints: [ { address: 127.0.0.1, port: 5432 } ] }'),
+  doc('Gateway', 'public', '{ listeners: [ { name: http, port: 8080, protocol: HTTP }, { name: admin, port: 8081, protocol: HTTP } ] }'),
+  doc(
+    'HTTPRoute',
+    'api',
+    `
+  parentRefs: [ { kind: Gateway, name: public } ]
+  rules:
+    - { name: secure, matches: [ { path: { value: /secure } } ], backendRefs: [ { name: app } ] }
+    - { name: open, matches: [ { path: { value: /open } } ], backendRefs: [ { name: app } ] }`,
+  ),
+);
+
+function jwt(name: string, target: string, extra = '', jwks = '{ uri: "https://idp.example/jwks.json" }'): string {
+  return doc('JWTPolicy', name, `\n  targetRef: ${target}\n  issuer: https://idp.example/\n  jwks: ${jwks}\n${extra}`);
+}
+
+async function errorsOf(files: Record<string, string>): Promise<[string, string, string][]> {
+  const r = await validateDir(policyDir(files));
+  return r.errors.map((e) => [e.code, e.path ?? '', e.message]);
+}
+
+async function compile(files: Record<string, string>): Promise<CompiledGroups> {
+  const r = await compileDir(policyDir(files));
+  if (!r.ok) assert.fail(r.errors.map((e) => `${e.path}: ${e.message}`).join('\n'));
+  return r.groups;
+}
+
+function get(groups: CompiledGroups, group: string, type: string, name: string): Json {
+  const r = groups[group]?.[type]?.find((x) => x.name === name);
+  assert.ok(r, `${group} has no ${type} ${name}`);
+  return r.resource as Json;
+}
+
+const filtersOf = (l: Json): Json[] => l.filter_chains[0].filters[0].typed_config.http_filters;
+const perRoute = (rc: Json, route: string): Json | undefined => rc.virtual_hosts.flatMap((v: Json) => v.routes).find((r: Json) => r.name === route)?.typed_per_filter_config?.['signalbox.ext_authz'];
+
+describe('JWTPolicy validation', () => {
+  test('a valid policy loads with its defaults', async () => {
+    const r = await validateDir(policyDir({ 'a.yaml': docs(BASE, jwt('users', '{ kind: HTTPRoute, name: api }')) }));
+    assert.deepEqual(r.errors, []);
+    const p = r.model!.jwt!.policies.get('users')!;
+    assert.deepEqual(p.from, [{ header: 'authorization', prefix: 'Bearer ' }]);
+    assert.equal(p.clockSkewMs, 30_000);
+    assert.equal(p.optional, false);
+    assert.equal(p.maxTokenBytes, 8192);
+    assert.equal(p.unavailableStatus, 503);
+    assert.deepEqual(p.algorithms, ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'EdDSA']);
+    assert.deepEqual(p.jwks, { kind: 'uri', uri: 'https://idp.example/jwks.json', timeoutMs: 5000, minCacheMs: 60_000, maxCacheMs: 86_400_000, cooldownMs: 10_000 });
+  });
+
+  test('HMAC and none are not algorithms; http JWKS only on loopback; one key source; sane sources and rules', async () => {
+    const errors = await errorsOf({
+      'a.yaml': docs(
+        BASE,
+        jwt('a', '{ kind: HTTPRoute, name: api }', '  algorithms: [RS256, HS256, none]\n'),
+        jwt('b', '{ kind: HTTPRoute, name: api }', '', '{ uri: "http://idp.example/jwks.json" }'),
+        jwt('c', '{ kind: HTTPRoute, name: api }', '', '{ uri: "https://idp.example/jwks.json", file: k.json }'),
+        jwt('d', '{ kind: HTTPRoute, name: api }', '  from: [ { header: x-token, cookie: s }, { cookie: s, prefix: "B " } ]\n  require: [ { claim: role, in: [a], equals: b } ]\n'),
+        jwt('e', '{ kind: HTTPRoute, name: api }', '  forwardClaims: [ { claim: sub, header: Host } ]\n  clockSkew: 1h\n'),
+        jwt('f', '{ kind: HTTPRoute, name: api }', '', '{ file: k.json, cacheDuration: { min: 1s } }'),
+      ),
+    });
+    const has = (path: string, re: RegExp) => assert.ok(errors.some(([c, p, m]) => c === ErrorCode.SCHEMA && p === path && re.test(m)), `no error at ${path} matching ${re}:\n${errors.map((e) => e.join(' ')).join('\n')}`);
+    has('spec.algorithms[1]', /HMAC needs a shared secret.*use one of RS256/);
+    has('spec.algorithms[2]', /"none" means no signature at all/);
+    has('spec.jwks.uri', /must be https/);
+    has('spec.jwks', /exactly one of uri, file or inline/);
+    has('spec.from[0]', /exactly one of header, cookie or query/);
+    has('spec.from[1].prefix', /only a header has a prefix/);
+    has('spec.require[0]', /exactly one of contains, in or equals/);
+    has('spec.forwardClaims[0].header', /must not be one of/);
+    has('spec.clockSkew', /at most 5m/);
+    has('spec.jwks.cacheDuration', /only used with uri/);
+  });
+
+  test('targets must exist (with suggestions), sections too; tcp Services cannot be targets', async () => {
+    const errors = await errorsOf({
+      'a.yaml': docs(
+        BASE,
+        jwt('a', '{ kind: HTTPRoute, name: apx }'),
+        jwt('b', '{ kind: Gateway, name: public, sectionName: htp }'),
+        jwt('c', '{ kind: Service, name: db }'),
+      ),
+    });
+    const msgs = errors.map((e) => `${e[0]} ${e[1]}: ${e[2]}`);
+    assert.ok(msgs.includes('SB_UNKNOWN_REFERENCE spec.targetRef.name: unknown HTTPRoute "apx" (did you mean "api"?)'), msgs.join('\n'));
+    assert.ok(msgs.includes('SB_UNKNOWN_REFERENCE spec.targetRef.sectionName: Gateway "public" has no listener named "htp" (did you mean "http"?)'), msgs.join('\n'));
+    assert.ok(msgs.some((m) => m.startsWith('SB_CONFLICT spec.targetRef.name: Service "db" speaks tcp')), msgs.join('\n'));
+    const schema = (await errorsOf({ 'a.yaml': docs(BASE, jwt('d', '{ kind: Service, name: app, sectionName: x }')) })).map((e) => `${e[0]} ${e[1]}: ${e[2]}`);
+    assert.deepEqual(schema, ['SB_SCHEMA spec.targetRef.sectionName: sectionName is for a Gateway listener or an HTTPRoute rule, not a Service']);
+  });
+
+  test('key sets in files and inline are checked: private keys, symmetric keys, no usable key, unreadable file', async () => {
+    const rsa = await makeKey('RS256', 'r');
+    const ec = await makeKey('ES256', 'e');
+    const { exportJWK } = await import('jose');
+    const priv = { ...(await exportJWK(rsa.privateKey)), kid: 'p' };
+    const errors = await errorsOf({
+      'keys/good.json': JSON.stringify({ keys: [rsa.jwk] }),
+      'keys/private.json': JSON.stringify({ keys: [priv] }),
+      'a.yaml': docs(
+        BASE,
+        jwt('ok', '{ kind: HTTPRoute, name: api }', '', '{ file: keys/good.json }'),
+        jwt('priv', '{ kind: HTTPRoute, name: api }', '', '{ file: keys/private.json }'),
+        jwt('oct', '{ kind: HTTPRoute, name: api }', '', '{ inline: { keys: [ { kty: oct, k: c2VjcmV0 } ] } }'),
+        jwt('mismatch', '{ kind: HTTPRoute, name: api }', '  algorithms: [ES256]\n', `{ inline: ${JSON.stringify({ keys: [rsa.jwk] })} }`),
+        jwt('missing', '{ kind: HTTPRoute, name: api }', '', '{ file: keys/nope.json }'),
+        jwt('inline-ok', '{ kind: HTTPRoute, name: api }', '', `{ inline: ${JSON.stringify({ keys: [ec.jwk] })} }`),
+      ),
+    });
+    const msgs = errors.map((e) => `${e[1]}: ${e[2]}`);
+    assert.equal(msgs.length, 4, msgs.join('\n'));
+    assert.ok(msgs.some((m) => /^spec\.jwks\.file: keys\/private\.json: keys\[0\]: holds private key material \(d, p, q, dp, dq, qi\)/.test(m)), msgs.join('\n'));
+    assert.ok(msgs.some((m) => /^spec\.jwks\.inline: keys\[0\]: symmetric \(oct\) keys are not accepted/.test(m)), msgs.join('\n'));
+    assert.ok(msgs.some((m) => /^spec\.jwks\.inline: no key in the set can verify any of the policy's algorithms \(ES256\)/.test(m)), msgs.join('\n'));
+    assert.ok(msgs.some((m) => /^spec\.jwks\.file: cannot read keys\/nope\.json .*ENOENT/.test(m)), msgs.join('\n'));
+  });
+
+  test('two policies forwarding different claims into one header on one target conflict', async () => {
+    const errors = await errorsOf({
+      'a.yaml': docs(
+        BASE,
+        jwt('a', '{ kind: HTTPRoute, name: api }', '  forwardClaims: [ { claim: sub, header: x-user } ]\n'),
+        jwt('b', '{ kind: HTTPRoute, name: api }', '  forwardClaims: [ { claim: email, header: X-User } ]\n'),
+        jwt('c', '{ kind: HTTPRoute, name: api }', '  forwardClaims: [ { claim: sub, header: x-user } ]\n'),
+      ),
+    });
+    assert.equal(errors.length, 1, JSON.stringify(errors));
+    assert.equal(errors[0]![0], ErrorCode.CONFLICT);
+    assert.match(errors[0]![2], /conflicts with JWTPolicy "a" in .*a\.yaml#6, which forwards claim "sub" into header "x-user"/);
+  });
+});
+
+describe('JWTPolicy translation', () => {
+  test('a rule policy: ext_authz on that listener only; the rule names its policies, other routes disable the check', async () => {
+    const groups = await compile({ 'a.yaml': docs(BASE, jwt('users', '{ kind: HTTPRoute, name: api, sectionName: secure }', '  from: [ { header: x-token }, { cookie: s }, { query: t } ]\n'), jwt('audit', '{ kind: HTTPRoute, name: api, sectionName: secure }')) });
+    const http = get(groups, 'gateway/public', 'listener', 'public/http');
+    const names = filtersOf(http).map((f) => f.name);
+    assert.ok(names.includes('signalbox.ext_authz'));
+    assert.equal(names.at(-1), 'envoy.filters.http.router');
+    const authz = filtersOf(http).find((f) => f.name === 'signalbox.ext_authz')!.typed_config;
+    assert.equal(authz.failure_mode_allow, false);
+    assert.deepEqual(authz.status_on_error, { code: 'ServiceUnavailable' });
+    assert.equal(authz.grpc_service.envoy_grpc.cluster_name, AUTHZ_CLUSTER);
+    assert.deepEqual(authz.grpc_service.timeout, { seconds: 2, nanos: 0 });
+    assert.deepEqual(authz.allowed_headers.patterns.map((p: Json) => p.exact), ['authorization', 'cookie', 'x-token']);
+    const rc = get(groups, 'gateway/public', 'route', 'public/http');
+    assert.deepEqual(perRoute(rc, 'api/secure/match-0')?.check_settings, { context_extensions: { 'signalbox.jwt.policies': 'audit,users' } });
+    assert.equal(perRoute(rc, 'api/open/match-0')?.disabled, true);
+    // The other listener of the gateway gets the policy too (the route is attached to both).
+    assert.ok(filtersOf(get(groups, 'gateway/public', 'listener', 'public/admin')).some((f) => f.name === 'signalbox.ext_authz'));
+    const cluster = get(groups, 'gateway/public', 'cluster', AUTHZ_CLUSTER);
+    assert.equal(cluster.type, 'STATIC');
+    assert.deepEqual(cluster.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address, { address: '127.0.0.1', port_value: 18002 });
+    assert.ok(cluster.typed_extension_protocol_options, 'HTTP/2 to the gRPC service');
+  });
+
+  test('a Gateway-listener policy covers that listener only; no policy, no filter and no cluster', async () => {
+    const groups = await compile({ 'a.yaml': docs(BASE, jwt('edge', '{ kind: Gateway, name: public, sectionName: admin }')) });
+    assert.ok(!filtersOf(get(groups, 'gateway/public', 'listener', 'public/http')).some((f) => f.name === 'signalbox.ext_authz'));
+    assert.ok(filtersOf(get(groups, 'gateway/public', 'listener', 'public/admin')).some((f) => f.name === 'signalbox.ext_authz'));
+    const rc = get(groups, 'gateway/public', 'route', 'public/admin');
+    assert.equal(perRoute(rc, 'api/open/match-0')?.check_settings.context_extensions['signalbox.jwt.policies'], 'edge');
+    assert.equal(perRoute(get(groups, 'gateway/public', 'route', 'public/http'), 'api/open/match-0'), undefined);
+    const none = await compile({ 'a.yaml': BASE });
+    assert.ok(!none['gateway/public']!.cluster!.some((c) => c.name === AUTHZ_CLUSTER));
+  });
+
+  test('a Service policy: the inbound listener of its sidecars, after RBAC; the address for proxies is configurable', async () => {
+    const r = await validateDir(policyDir({ 'a.yaml': docs(BASE, jwt('svc', '{ kind: Service, name: orders }'), doc('AccessPolicy', 'o', '{ targetRef: { kind: Service, name: orders }, default: Allow, rules: [ { from: [ { service: app } ], action: Deny } ] }')) }));
+    assert.deepEqual(r.errors, []);
+    const group = sidecarGroup({ service: 'orders', appPort: 9002, inboundPort: 21002, outboundPort: 15001 });
+    const ir = translate(r.model!, [group], { authz: { address: '10.0.0.5', port: 19002 } }).get(group)!;
+    const inbound = ir.listeners.find((l) => l.name === 'inbound')!;
+    const outbound = ir.listeners.find((l) => l.name === 'outbound')!;
+    assert.deepEqual(inbound.routeConfig.virtualHosts[0]!.routes[0]!.jwt, { policies: ['svc'] });
+    assert.equal(outbound.extAuthz, undefined);
+    assert.deepEqual(ir.clusters.find((c) => c.name === AUTHZ_CLUSTER)?.static, { address: '10.0.0.5', port: 19002 });
+    const { httpFilters } = await import('../../src/xds/translator/filters/index.js');
+    assert.deepEqual(httpFilters(inbound).map((f) => f.name), ['signalbox.rbac.deny', 'signalbox.ext_authz', 'envoy.filters.http.router']);
+  });
+
+  test('serve flags: --authz-port and --authz-address-for-proxies', () => {
+    assert.equal(resolveServeConfig({}, {}).authzPort, 18002);
+    assert.equal(resolveServeConfig({}, { SIGNALBOX_AUTHZ_PORT: '19002' }).authzPort, 19002);
+    assert.deepEqual(resolveServeConfig({ 'authz-address-for-proxies': '10.1.2.3:18002' }, {}).authzAddressForProxies, { address: '10.1.2.3', port: 18002 });
+    assert.throws(() => resolveServeConfig({ 'authz-address-for-proxies': 'authz.local:18002' }, {}), /must be IP:PORT/);
+    assert.throws(() => resolveServeConfig({ 'authz-port': 'x' }, {}), /--authz-port must be a port/);
+    assert.deepEqual(proxiesEndpoint('0.0.0.0', 18002), { address: '127.0.0.1', port: 18002 });
+    assert.deepEqual(proxiesEndpoint('10.0.0.1', 5), { address: '10.0.0.1', port: 5 });
+    assert.deepEqual(proxiesEndpoint('0.0.0.0', 5, { address: '10.9.9.9', port: 7 }), { address: '10.9.9.9', port: 7 });
+  });
+});
