@@ -220,7 +220,9 @@ spec:
   const envoys: Envoy[] = [];
   let sbLog = '';
   try {
-    sb = spawn(process.execPath, [BIN, 'serve', '--policies', dir, '--xds-address', '127.0.0.1', '--xds-port', String(xdsPort), '--admin-port', String(adminPort), '--authz-port', String(authzPort), '--data-dir', dataDir, '--log-level', 'warn', '--access-log-sampling', 'off'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    // SIGNALBOX_BENCH_NODE_ARGS, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof", profiles the control plane.
+    const nodeArgs = (process.env.SIGNALBOX_BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
+    sb = spawn(process.execPath, [...nodeArgs, BIN, 'serve', '--policies', dir, '--xds-address', '127.0.0.1', '--xds-port', String(xdsPort), '--admin-port', String(adminPort), '--authz-port', String(authzPort), '--data-dir', dataDir, '--log-level', 'warn', '--access-log-sampling', 'off'], { stdio: ['ignore', 'pipe', 'pipe'] });
     sb.stdout!.on('data', (b: Buffer) => (sbLog = (sbLog + b.toString()).slice(-20_000)));
     sb.stderr!.on('data', (b: Buffer) => (sbLog = (sbLog + b.toString()).slice(-20_000)));
     await waitFor(async () => (await fetch(`http://127.0.0.1:${adminPort}/readyz`).catch(() => undefined))?.status === 200, { timeoutMs: 30_000, what: 'signalbox ready' });

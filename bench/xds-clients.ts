@@ -15,6 +15,7 @@ import { AdsClient, gatewayNode, type DeltaClientStream, type SotwClientStream }
 import { TypeUrl } from '../src/xds/resources/type-urls.js';
 import { wallNow, type ChildMsg, type ConnectMsg, type ParentMsg } from './protocol.js';
 
+const ENVOY_HTTP2_WINDOW = 256 * 1024 * 1024;
 const SYNC_TYPES = [TypeUrl.Cluster, TypeUrl.Endpoint, TypeUrl.Listener, TypeUrl.Route] as const;
 
 interface Sim {
@@ -49,7 +50,10 @@ function synced(s: Sim): boolean {
 
 function open(i: number, m: ConnectMsg): Sim {
   const gateway = m.gateways[i % m.gateways.length]!;
-  const client = new AdsClient(m.target);
+  // Envoy's HTTP/2 windows default to 256 MiB (initial_stream_window_size and
+  // initial_connection_window_size); Node's default of 64 KiB would make every 125 kB route
+  // configuration wait for a WINDOW_UPDATE round trip, which no real proxy does.
+  const client = new AdsClient(m.target, { 'grpc-node.flow_control_window': ENVOY_HTTP2_WINDOW });
   const metadata = new grpc.Metadata();
   const token = m.tokens[gateway];
   if (token) metadata.set('x-signalbox-token', token);

@@ -180,6 +180,18 @@ async function until<T>(what: string, timeoutMs: number, f: () => Promise<T | un
   }
 }
 
+/** When the server recorded the newest route ACK of any proxy (epoch ms). */
+async function lastRouteAck(adminPort: number): Promise<number> {
+  const res = await fetch(`http://127.0.0.1:${adminPort}/api/proxies`);
+  const body = (await res.json()) as { proxies: { types: Record<string, { ackedAt?: string }> }[] };
+  let last = 0;
+  for (const p of body.proxies) {
+    const at = p.types.route?.ackedAt;
+    if (at) last = Math.max(last, Date.parse(at));
+  }
+  return last;
+}
+
 const fmt = (ms: number, digits = 0) => (Number.isFinite(ms) ? ms.toFixed(digits) : 'n/a');
 
 // ---------------------------------------------------------------------------------------------
@@ -285,8 +297,10 @@ class ClientProc {
 
 interface Round {
   convergenceMs: { p50: number; p99: number; max: number; min: number };
-  /** File write -> signalbox_config_last_applied_timestamp_seconds (reload done, pushes queued). */
+  /** File write -> signalbox_config_last_applied_timestamp_seconds (reload done, first pushes queued). */
   appliedMs: number;
+  /** File write -> the last route ACK as the server recorded it (/api/proxies, millisecond precision). */
+  serverSideMs: number;
   compileMs: number;
   lagP99Ms: number;
   lagMaxMs: number;
@@ -305,6 +319,7 @@ interface RunResult {
   connectClientCpuMs: number;
   compileColdMs: number;
   compileWarmNoClientsMs: number;
+  compileWarmCpuMs: number;
   rssBeforeMiB: number;
   rssAfterMiB: number;
   rssPerClientKiB: number;
@@ -312,7 +327,11 @@ interface RunResult {
   heapAfterMiB: number;
   idleLagP99Ms: number;
   rounds: Round[];
-  summary: { p50: number; p99: number; max: number; compileDuringPushMs: number; lagP99Ms: number; lagMaxMs: number; appliedMs: number };
+  summary: { p50: number; p99: number; max: number; compileDuringPushMs: number; lagP99Ms: number; lagMaxMs: number; appliedMs: number; serverSideMs: number; pooled: { samples: number; p50: number; p99: number } };
+  /** Load averages (1, 5, 15 min) when the run started and ended: other work on the machine skews wall-clock figures. */
+  load: { start: number[]; end: number[] };
+  /** Share of the run's wall time during which some runnable task waited for a CPU (/proc/pressure/cpu "some"). */
+  cpuStallPercent?: number;
 }
 
 let timeoutMsCounter = 6000;
@@ -323,28 +342,44 @@ function editRoute(file: string): void {
 }
 
 async function runMode(mode: Mode, policyDir: string, changeFile: string): Promise<RunResult> {
-  console.log(`\n== ${mode.toUpperCase()}: starting Signalbox`);
+  const loadStart = os.loadavg();
+  const stall0 = cpuStallUs();
+  const wall0 = Date.now();
+  console.log(`\n== ${mode.toUpperCase()}: starting Signalbox (load average ${loadStart.map((l) => l.toFixed(2)).join(' ')})`);
   const server = await startSignalbox(policyDir, mode);
   const clients = new ClientProc();
   try {
+    await sleep(1000); // let the policy watcher finish its initial scan
     let m = await scrape(server.adminPort);
     const compileColdMs = (compileSum(m) / compileCount(m)) * 1000;
     console.log(`   first (cold) compile: ${fmt(compileColdMs)} ms`);
 
     // Warm reloads with nobody connected: the compile alone, no push fan-out inside it.
     const warm: number[] = [];
+    const warmCpu: number[] = [];
     for (let i = 0; i < 5; i++) {
       const before = await scrape(server.adminPort);
+      const cpu0 = cpuMsOf(server.pid);
       editRoute(changeFile);
-      m = await until('a reload', 30_000, async () => {
+      // Signalbox starts watching after its first compile; an edit made before the watcher is set
+      // up is not seen. Write again if nothing happened after 5 s.
+      let lastWrite = Date.now();
+      m = await until('a reload', 60_000, async () => {
         const x = await scrape(server.adminPort);
-        return appliedReloads(x) > appliedReloads(before) ? x : undefined;
+        if (appliedReloads(x) > appliedReloads(before)) return x;
+        if (Date.now() - lastWrite > 5000) {
+          editRoute(changeFile);
+          lastWrite = Date.now();
+        }
+        return undefined;
       });
       warm.push((compileSum(m) - compileSum(before)) * 1000);
+      warmCpu.push(cpuMsOf(server.pid) - cpu0);
       await sleep(200);
     }
     const compileWarmNoClientsMs = median(warm);
-    console.log(`   warm compile, no clients: median ${fmt(compileWarmNoClientsMs)} ms (${warm.map((x) => fmt(x)).join(', ')})`);
+    const compileWarmCpuMs = median(warmCpu);
+    console.log(`   warm compile, no clients: median ${fmt(compileWarmNoClientsMs)} ms (${warm.map((x) => fmt(x)).join(', ')}); server CPU per reload (10 ms ticks, includes the file watch and two /metrics scrapes) median ${fmt(compileWarmCpuMs)} ms`);
 
     // Idle baseline.
     await sleep(1500);
@@ -368,10 +403,12 @@ async function runMode(mode: Mode, policyDir: string, changeFile: string): Promi
     const rssAfter = median([rssKiB(server.pid), (await sleep(200), rssKiB(server.pid)), (await sleep(200), rssKiB(server.pid))]);
     const heapAfter = metric(m, 'signalbox_process_nodejs_heap_size_used_bytes');
     const rssPerClientKiB = (rssAfter - rssBefore) / N;
+    console.log(`   idle event-loop lag p99 before connecting: ${fmt(idleLagP99Ms, 1)} ms (the histogram samples every 10 ms; an idle loop reads about 10 ms)`);
     console.log(`   server sees ${connected} proxies; RSS ${fmt(rssBefore / 1024, 1)} -> ${fmt(rssAfter / 1024, 1)} MiB: ${fmt(rssPerClientKiB, 1)} KiB per client; heap used ${fmt(heapBefore / 2 ** 20, 1)} -> ${fmt(heapAfter / 2 ** 20, 1)} MiB`);
 
     // Changes.
     const rounds: Round[] = [];
+    const pooled: number[] = [];
     for (let k = 0; k < K; k++) {
       await clients.request({ cmd: 'arm' }, 'armed', 10_000);
       const before = await scrape(server.adminPort); // also resets the lag histogram
@@ -381,10 +418,13 @@ async function runMode(mode: Mode, policyDir: string, changeFile: string): Promi
       const res = await clients.request({ cmd: 'wait', t0, timeoutMs: ROUND_TIMEOUT_MS }, 'converged', ROUND_TIMEOUT_MS + 10_000);
       const after = await scrape(server.adminPort);
       const cpu1 = cpuMsOf(server.pid);
+      const serverSideMs = await lastRouteAck(server.adminPort).then((at) => at - t0).catch(() => NaN);
       const lat = [...res.latenciesMs].sort((a, b) => a - b);
+      pooled.push(...lat);
       const r: Round = {
         convergenceMs: { min: lat[0] ?? NaN, p50: percentile(lat, 50), p99: percentile(lat, 99), max: lat[lat.length - 1] ?? NaN },
         appliedMs: metric(after, 'signalbox_config_last_applied_timestamp_seconds') * 1000 - t0,
+        serverSideMs,
         compileMs: compileCount(after) - compileCount(before) === 1 ? (compileSum(after) - compileSum(before)) * 1000 : NaN,
         lagP99Ms: metric(after, 'signalbox_process_nodejs_eventloop_lag_p99_seconds') * 1000,
         lagMaxMs: metric(after, 'signalbox_process_nodejs_eventloop_lag_max_seconds') * 1000,
@@ -396,7 +436,7 @@ async function runMode(mode: Mode, policyDir: string, changeFile: string): Promi
       rounds.push(r);
       console.log(
         `   change ${String(k + 1).padStart(2)}: all ${lat.length} ACKed: p50 ${fmt(r.convergenceMs.p50)} p99 ${fmt(r.convergenceMs.p99)} max ${fmt(r.convergenceMs.max)} ms` +
-          ` | reload applied at ${fmt(r.appliedMs)} ms (compile ${fmt(r.compileMs)} ms) | loop lag p99 ${fmt(r.lagP99Ms, 1)} max ${fmt(r.lagMaxMs, 1)} ms` +
+          ` | server saw the last ACK at ${fmt(r.serverSideMs)} ms | reload applied at ${fmt(r.appliedMs)} ms (compile ${fmt(r.compileMs)} ms) | loop lag p99 ${fmt(r.lagP99Ms, 1)} max ${fmt(r.lagMaxMs, 1)} ms` +
           ` | CPU server ${fmt(r.serverCpuMs)} client ${fmt(r.clientCpuMs)} ms` +
           (r.missing ? ` | ${r.missing} DID NOT ACK within ${ROUND_TIMEOUT_MS} ms` : '') +
           (r.distinctVersions !== shape.gateways ? ` | ${r.distinctVersions} distinct route versions (expected ${shape.gateways})` : ''),
@@ -412,6 +452,7 @@ async function runMode(mode: Mode, policyDir: string, changeFile: string): Promi
       connectClientCpuMs: conn.cpuMs,
       compileColdMs,
       compileWarmNoClientsMs,
+      compileWarmCpuMs,
       rssBeforeMiB: rssBefore / 1024,
       rssAfterMiB: rssAfter / 1024,
       rssPerClientKiB,
@@ -427,7 +468,14 @@ async function runMode(mode: Mode, policyDir: string, changeFile: string): Promi
         lagP99Ms: median(rounds.map((r) => r.lagP99Ms)),
         lagMaxMs: Math.max(...rounds.map((r) => r.lagMaxMs)),
         appliedMs: median(rounds.map((r) => r.appliedMs)),
+        pooled: (() => {
+          const all = pooled.sort((a, b) => a - b);
+          return { samples: all.length, p50: percentile(all, 50), p99: percentile(all, 99) };
+        })(),
+        serverSideMs: median(rounds.map((r) => r.serverSideMs)),
       },
+      load: { start: loadStart, end: os.loadavg() },
+      cpuStallPercent: stall0 === undefined ? undefined : ((cpuStallUs()! - stall0) / 1000 / (Date.now() - wall0)) * 100,
     };
     await clients.request({ cmd: 'close' }, 'closed', 30_000).catch(() => undefined);
     return res;
@@ -443,6 +491,16 @@ async function runMode(mode: Mode, policyDir: string, changeFile: string): Promi
 
 // ---------------------------------------------------------------------------------------------
 
+/** Microseconds some task waited for a CPU since boot (Linux PSI), or undefined without PSI. */
+function cpuStallUs(): number | undefined {
+  try {
+    const m = /^some .*total=(\d+)/m.exec(readFileSync('/proc/pressure/cpu', 'utf8'));
+    return m ? Number(m[1]) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 function machine() {
   const cpu = /model name\s*:\s*(.*)/.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? 'unknown';
   return { nproc: os.availableParallelism(), cpu, memGiB: os.totalmem() / 2 ** 30, node: process.version, load: os.loadavg() };
@@ -457,12 +515,12 @@ async function main(): Promise<void> {
   const results: RunResult[] = [];
   for (const mode of modes) results.push(await runMode(mode, policyDir, changeFile));
 
-  console.log('\n== Summary (convergence: median over changes of each change\'s p50 / p99 across clients)');
-  console.log('| mode | clients | compile cold / warm / during push (ms) | RSS per client (KiB) | convergence p50 / p99 / max (ms) | reload applied (ms) | loop lag p99 / max during push (ms) |');
-  console.log('| --- | --- | --- | --- | --- | --- | --- |');
+  console.log('\n== Summary (per change: p50 / p99 / max over clients; shown: the median change, max: the worst change)');
+  console.log('| mode | clients | compile ms: cold / warm, no clients / during pushes | RSS per client | convergence ms: p50 / p99 / max | pooled p50 / p99 | server saw last ACK | reload applied | loop lag ms: p99 / max | load avg | CPU stall |');
+  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
   for (const r of results) {
     console.log(
-      `| ${r.mode} | ${r.connectedStreams} | ${fmt(r.compileColdMs)} / ${fmt(r.compileWarmNoClientsMs)} / ${fmt(r.summary.compileDuringPushMs)} | ${fmt(r.rssPerClientKiB, 1)} | ${fmt(r.summary.p50)} / ${fmt(r.summary.p99)} / ${fmt(r.summary.max)} | ${fmt(r.summary.appliedMs)} | ${fmt(r.summary.lagP99Ms, 1)} / ${fmt(r.summary.lagMaxMs, 1)} |`,
+      `| ${r.mode} | ${r.connectedStreams} | ${fmt(r.compileColdMs)} / ${fmt(r.compileWarmNoClientsMs)} / ${fmt(r.summary.compileDuringPushMs)} | ${fmt(r.rssPerClientKiB, 1)} KiB | ${fmt(r.summary.p50)} / ${fmt(r.summary.p99)} / ${fmt(r.summary.max)} | ${fmt(r.summary.pooled.p50)} / ${fmt(r.summary.pooled.p99)} | ${fmt(r.summary.serverSideMs)} ms | ${fmt(r.summary.appliedMs)} ms | ${fmt(r.summary.lagP99Ms, 1)} / ${fmt(r.summary.lagMaxMs, 1)} | ${r.load.start[0]!.toFixed(1)} -> ${r.load.end[0]!.toFixed(1)} | ${r.cpuStallPercent === undefined ? 'n/a' : `${r.cpuStallPercent.toFixed(0)} %`} |`,
     );
   }
   console.log(`load average at the end: ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}`);

@@ -1,8 +1,7 @@
-// The ext_authz gRPC service: envoy.service.auth.v3.Authorization/Check on @grpc/grpc-js, with
+// The ext_authz gRPC service: envoy.service.auth.v3.Authorization/Check (see grpc-h2.ts), with
 // Envoy's own messages (protobufjs, from the registry package's protos). It runs inside
 // `signalbox serve` on its own port, or alone (`signalbox authz`) for separate scaling; both feed
 // it the same compiled model.
-import * as grpc from '@grpc/grpc-js';
 import { performance } from 'node:perf_hooks';
 import type client from 'prom-client';
 import type { Model } from '../model/model.js';
@@ -11,8 +10,10 @@ import { lookupType } from '../xds/resources/protos.js';
 import { AuthzEngine, type Decision } from './engine.js';
 import { AuthzMetrics } from './metrics.js';
 import { JWT_POLICIES_KEY } from '../ir/jwt.js';
+import { GrpcError, GrpcStatus, UnaryGrpcServer } from './grpc-h2.js';
+import { withSpan } from '../observability/tracing.js';
 
-const SERVICE = '/envoy.service.auth.v3.Authorization';
+const CHECK_PATH = '/envoy.service.auth.v3.Authorization/Check';
 
 const GRPC_OK = 0;
 const GRPC_PERMISSION_DENIED = 7;
@@ -49,22 +50,6 @@ export function checkResponse(d: Decision): Record<string, unknown> {
   };
 }
 
-function definition(): grpc.ServiceDefinition {
-  const req = lookupType('envoy.service.auth.v3.CheckRequest');
-  const res = lookupType('envoy.service.auth.v3.CheckResponse');
-  return {
-    Check: {
-      path: `${SERVICE}/Check`,
-      requestStream: false,
-      responseStream: false,
-      requestSerialize: (v: object) => Buffer.from(req.encode(req.fromObject(v)).finish()),
-      requestDeserialize: (b: Buffer) => req.decode(b),
-      responseSerialize: (v: object) => Buffer.from(res.encode(res.fromObject(v)).finish()),
-      responseDeserialize: (b: Buffer) => res.toObject(res.decode(b), { enums: String, longs: Number, defaults: false }),
-    },
-  };
-}
-
 export interface AuthzServerOptions {
   logger: Logger;
   /** Where the service's metrics go (the control plane's registry when embedded). */
@@ -75,7 +60,7 @@ export interface AuthzServerOptions {
 export class AuthzServer {
   readonly engine: AuthzEngine;
   readonly metrics?: AuthzMetrics;
-  private server?: grpc.Server;
+  private server?: UnaryGrpcServer;
   port?: number;
 
   constructor(private readonly opts: AuthzServerOptions) {
@@ -92,38 +77,50 @@ export class AuthzServer {
   async check(request: CheckRequestShape): Promise<Decision> {
     const http = request.attributes?.request?.http;
     const ext = request.attributes?.context_extensions?.[JWT_POLICIES_KEY];
-    return this.engine.check({
-      headers: http?.headers ?? {},
-      path: http?.path ?? '/',
-      policies: ext === undefined ? undefined : ext.split(',').filter((s) => s !== ''),
-    });
+    // Continues the trace of the request being checked (Envoy forwards its traceparent).
+    return withSpan(
+      'signalbox.authz.check',
+      { 'signalbox.jwt_policies': ext ?? '' },
+      async (span) => {
+        const d = await this.engine.check({
+          headers: http?.headers ?? {},
+          path: http?.path ?? '/',
+          policies: ext === undefined ? undefined : ext.split(',').filter((s) => s !== ''),
+        });
+        span.setAttributes({ 'signalbox.authz.allow': d.allow, 'signalbox.authz.reason': d.reason });
+        return d;
+      },
+      http?.headers,
+    );
   }
 
   /** Binds `address` (HOST:PORT, port 0 for any); resolves to the bound port. */
   async listen(address: string): Promise<number> {
-    const server = new grpc.Server({
-      'grpc.max_receive_message_length': 4 * 1024 * 1024,
-      'grpc.keepalive_time_ms': 30_000,
-      'grpc.keepalive_timeout_ms': 10_000,
-      'grpc.http2.min_ping_interval_without_data_ms': 5_000,
-      'grpc.keepalive_permit_without_calls': 1,
-    });
-    server.addService(definition(), {
-      Check: (call: grpc.ServerUnaryCall<CheckRequestShape, Record<string, unknown>>, callback: grpc.sendUnaryData<Record<string, unknown>>) => {
-        const t0 = performance.now();
-        this.check(call.request).then(
-          (d) => {
+    const m = /^\[?([^\]]*?)\]?:(\d+)$/.exec(address);
+    if (!m) throw new Error(`authz address must be HOST:PORT, got "${address}"`);
+    const req = lookupType('envoy.service.auth.v3.CheckRequest');
+    const res = lookupType('envoy.service.auth.v3.CheckResponse');
+    const server = new UnaryGrpcServer(
+      [
+        {
+          path: CHECK_PATH,
+          handle: async (bytes) => {
+            const t0 = performance.now();
+            let request: CheckRequestShape;
+            try {
+              request = req.decode(bytes) as unknown as CheckRequestShape;
+            } catch {
+              throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, 'request does not decode as a CheckRequest');
+            }
+            const d = await this.check(request);
             this.metrics?.checkSeconds.observe({ result: d.allow ? 'allow' : 'deny' }, (performance.now() - t0) / 1000);
-            callback(null, checkResponse(d));
+            return res.encode(res.fromObject(checkResponse(d))).finish();
           },
-          (e: Error) => {
-            this.opts.logger.error({ err: { message: e.message } }, 'ext_authz: Check failed');
-            callback({ code: grpc.status.INTERNAL, details: 'internal error' });
-          },
-        );
-      },
-    });
-    const port = await new Promise<number>((resolve, reject) => server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
+        },
+      ],
+      { onError: (e) => this.opts.logger.error({ err: { message: e.message } }, 'ext_authz: Check failed') },
+    );
+    const port = await server.listen(m[1]!, Number(m[2]));
     this.server = server;
     this.port = port;
     return port;
@@ -132,17 +129,7 @@ export class AuthzServer {
   async close(): Promise<void> {
     this.engine.close();
     const server = this.server;
-    if (!server) return;
     this.server = undefined;
-    await new Promise<void>((resolve) => {
-      const t = setTimeout(() => {
-        server.forceShutdown();
-        resolve();
-      }, 2000);
-      server.tryShutdown(() => {
-        clearTimeout(t);
-        resolve();
-      });
-    });
+    await server?.close();
   }
 }

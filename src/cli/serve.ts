@@ -2,6 +2,7 @@
 import path from 'node:path';
 import { buildAdmin } from '../admin/server.js';
 import { attachTelemetry } from '../telemetry/index.js';
+import { startTracing } from '../observability/tracing.js';
 import type { ServeConfig } from '../config/settings.js';
 import { Pipeline } from '../controller/pipeline.js';
 import { formatPolicyError } from '../errors.js';
@@ -11,7 +12,7 @@ import { watchPolicies } from '../sources/files/watcher.js';
 import { SnapshotCache } from '../xds/cache/snapshot-cache.js';
 import { envoyRoot } from '../xds/resources/protos.js';
 import { XdsServer } from '../xds/server/server.js';
-import { attachConsul } from '../sources/consul/index.js';
+import { attachConsul, untilConsulSynced } from '../sources/consul/index.js';
 import { CertificateAuthority } from '../ca/ca.js';
 import { IdentityManager } from '../ca/identities.js';
 import { TokenVerifier } from '../ca/tokens.js';
@@ -31,6 +32,7 @@ export interface RunningServer {
 
 export async function startServer(cfg: ServeConfig, logger = createLogger({ level: cfg.logLevel })): Promise<RunningServer> {
   envoyRoot(); // load Envoy's types once, before the first stream arrives
+  const tracing = await startTracing(logger); // off unless OTEL_* asks for it
   const metrics = new Metrics();
   const cache = new SnapshotCache();
   const policyDir = path.resolve(cfg.policies);
@@ -43,11 +45,13 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
   const tokens = await TokenVerifier.open(path.resolve(cfg.dataDir));
   const xds = new XdsServer({ cache, metrics, logger, tokens, requireToken: cfg.requireToken });
   const consul = attachConsul(cfg, pipeline, metrics, logger); // undefined without --consul-addr
+  await consul?.prepared(); // with --consul-import: the imported services, before the first load
   pipeline.on('applied', (model) => authz.update(model)); // before any proxy can get routes that name new policies
   const first = await pipeline.reload();
   if (!first.applied) {
     logger.error({ errors: first.errors.map(formatPolicyError) }, 'the policy directory is invalid; serving no configuration until it is fixed');
   }
+  await untilConsulSynced(consul, pipeline); // never hand proxies empty endpoint sets: xDS opens once Consul answered
   const watcher = watchPolicies(policyDir, cfg.watchDebounceMs, () => void pipeline.reload());
   const xdsPort = await xds.listen(`${cfg.xdsAddress.includes(':') ? `[${cfg.xdsAddress}]` : cfg.xdsAddress}:${cfg.xdsPort}`);
   const telemetry = attachTelemetry({ pipeline, registry: xds.registry, promRegistry: metrics.registry, logger, addService: (def, impl) => xds.addService(def, impl) });
@@ -70,6 +74,7 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
       await authz.close();
       telemetry.stop();
       identities.stop();
+      await tracing?.stop();
     },
   };
 }

@@ -3,6 +3,7 @@
 // rebuild only the ClusterLoadAssignments they touch.
 import { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
+import { withSpan } from '../observability/tracing.js';
 import { formatPolicyError, ErrorCode, type PolicyError } from '../errors.js';
 import type { IRCluster, IRProxyConfig } from '../ir/types.js';
 import { buildModel, type Model } from '../model/model.js';
@@ -119,7 +120,11 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
       this.again = true;
       return this.running;
     }
-    this.running = this.doReload().finally(() => {
+    this.running = withSpan('signalbox.compile', { 'signalbox.policy_dir': this.opts.policyDir }, async (span) => {
+      const r = await this.doReload();
+      span.setAttributes({ 'signalbox.applied': r.applied, 'signalbox.errors': r.errors.length, 'signalbox.groups': this.groups.size });
+      return r;
+    }).finally(() => {
       this.running = undefined;
       if (this.again) {
         this.again = false;

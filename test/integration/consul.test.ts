@@ -377,3 +377,63 @@ describe('a Consul restarted without its data (-dev) resyncs without dropping en
     assert.equal(failed, 0, `${failed} of ${ok + failed} requests failed`);
   });
 });
+
+describe('--consul-import imports Consul services that no policy file declares', () => {
+  let consul: ConsulAgent;
+  let sb: SignalboxProcess;
+  let envoy: Envoy;
+  let gw: number;
+  const ups: Upstream[] = [];
+  const url = (p: string) => `http://127.0.0.1:${gw}${p}`;
+  const register = async (body: Record<string, unknown>) => {
+    const res = await fetch(`http://${consul.httpAddr}/v1/agent/service/register`, { method: 'PUT', body: JSON.stringify(body) });
+    assert.equal(res.status, 200, await res.text());
+  };
+
+  before(async () => {
+    gw = await freePort();
+    consul = await startConsul();
+    ups.push(await startUpstream('shop-api'), await startUpstream('internal'));
+    await register({ ID: 'shop-1', Name: 'Shop_API', Address: '127.0.0.1', Port: ups[0]!.port, Tags: ['edge'] });
+    await register({ ID: 'internal-1', Name: 'internal', Address: '127.0.0.1', Port: ups[1]!.port, Tags: ['private'] });
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'sb-consul-import-'));
+    // No Service documents at all: the route's backend comes from Consul.
+    writeFileSync(
+      path.join(dir, 'edge.yaml'),
+      `apiVersion: signalbox.dev/v1alpha1
+kind: Gateway
+metadata: { name: edge }
+spec:
+  listeners: [ { name: http, port: ${gw}, protocol: HTTP } ]
+---
+apiVersion: signalbox.dev/v1alpha1
+kind: HTTPRoute
+metadata: { name: shop }
+spec:
+  parentRefs: [ { kind: Gateway, name: edge } ]
+  rules: [ { backendRefs: [ { name: shop-api } ] } ]
+`,
+    );
+    sb = await startSignalbox({ policies: dir, extraArgs: ['--consul-addr', consul.httpAddr, '--consul-import', 'tag=edge', '--data-dir', path.join(dir, '.data')] });
+    envoy = await startEnvoy({ name: 'edge-consul-import', bootstrapYaml: (adminPort) => bootstrapYaml({ gateway: 'edge', xdsAddress: `127.0.0.1:${sb.xdsPort}`, adminPort, id: 'edge-consul-import', delta: true }) });
+  });
+
+  after(async () => {
+    await envoy?.stop();
+    await sb?.kill();
+    await consul?.stop();
+    await Promise.all(ups.map((u) => u.close()));
+  });
+
+  test('a tagged Consul service is routable by its (DNS-label) name; untagged ones are not imported; the list follows Consul', async () => {
+    await waitFor(async () => (await httpGet(url('/'))).headers.get('x-upstream') === 'shop-api', { what: 'imported service served', timeoutMs: 15_000 });
+    assert.match(sb.logs(), /"first full sync done"|first full sync done/);
+    assert.doesNotMatch(sb.logs(), /policy directory rejected/, 'the first load waited for the imported list');
+    const imp = (await sb.admin('/api/sources')).sources[0].extra.import;
+    assert.deepEqual(imp.services, { 'shop-api': 'Shop_API' });
+    assert.equal(imp.mode, 'tag=edge');
+    await register({ ID: 'late-1', Name: 'late', Address: '127.0.0.1', Port: ups[1]!.port, Tags: ['edge'] });
+    await waitFor(async () => (await sb.admin('/api/sources')).sources[0].extra.import.services.late === 'late', { what: 'late service imported', timeoutMs: 5_000 });
+    await waitFor(async () => (await sb.admin('/api/sources')).sources[0].watches.some((w: { consulService: string; synced: boolean }) => w.consulService === 'late' && w.synced), { what: 'late service watched' });
+  });
+});

@@ -62,6 +62,7 @@ export class ConsulImporter {
   private skipped: string[] = [];
   private watch: BlockingWatch<ReturnType<typeof selectImported>>;
   synced = false;
+  private firstAnswer?: () => void;
 
   constructor(
     private readonly source: ConsulSource,
@@ -86,6 +87,7 @@ export class ConsulImporter {
         this.skipped = d.skipped;
         const first = !this.synced;
         this.synced = true;
+        this.firstAnswer?.();
         if (first || JSON.stringify([...this.imported]) !== before) {
           source.logger.info({ services: [...this.imported.keys()] }, 'consul: imported service list changed; reloading');
           this.onChange();
@@ -97,6 +99,7 @@ export class ConsulImporter {
       },
     });
     source.extraStatus.set('import', () => this.status());
+    source.beforeFirstLoad.push(new Promise<void>((r) => (this.firstAnswer = r)));
     source.readinessChecks.push(() => this.synced || !this.watch.running);
   }
 

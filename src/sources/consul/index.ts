@@ -70,3 +70,14 @@ export function tuningFromEnv(env: NodeJS.ProcessEnv = process.env): Partial<Con
   }
   return out;
 }
+
+/**
+ * For `signalbox serve`, between the first policy load and opening the xDS port: waits for the
+ * first full Consul sync (when a valid model references Consul), then compiles the endpoints at
+ * once instead of after the pipeline's debounce, so the first proxy to connect gets them.
+ */
+export async function untilConsulSynced(source: ConsulSource | undefined, pipeline: Pipeline): Promise<void> {
+  if (!source || !pipeline.model) return;
+  await source.firstSync();
+  pipeline.rebuildEndpoints(source.fedServices());
+}

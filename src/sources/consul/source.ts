@@ -18,6 +18,7 @@ import { ConsulClient, type ConsulError } from './client.js';
 import type { ConsulConnection } from './config.js';
 import { mapConnectEntries, mapHealthEntries, selectInstances, type ConsulInstance, type SidecarInfo, type Skipped, type WarningAs } from './mapping.js';
 import { BlockingWatch, type Backoff, type WatchInfo } from './watch.js';
+import { withSpanSync } from '../../observability/tracing.js';
 
 export interface ConsulSourceOptions {
   connection: ConsulConnection;
@@ -123,7 +124,7 @@ class ServiceWatch {
       onData: (d, info) => {
         this.noteSkipped('health', d.skipped);
         this.instances = d.instances;
-        this.onAnswer('health', info);
+        withSpanSync('signalbox.consul.sync', { 'signalbox.consul.service': service, 'signalbox.consul.endpoint': 'health' }, () => this.onAnswer('health', info));
       },
       onError: (e, n, retry) => this.onError('health', e, n, retry),
     });
@@ -135,7 +136,7 @@ class ServiceWatch {
         this.noteSkipped('connect', d.skipped);
         this.sidecars = d.sidecars;
         this.connectSettled = true;
-        this.onAnswer('connect', info);
+        withSpanSync('signalbox.consul.sync', { 'signalbox.consul.service': service, 'signalbox.consul.endpoint': 'connect' }, () => this.onAnswer('connect', info));
       },
       onError: (e, n, retry) => {
         this.connectSettled = true; // sidecars unknown: publish instances rather than nothing
@@ -320,6 +321,43 @@ export class ConsulSource {
   readonly readinessChecks: (() => boolean)[] = [];
   /** Stopped with the source. */
   readonly companions: { stop(): Promise<void> }[] = [];
+  /** Work to wait for (bounded) before the first policy load, e.g. the first imported service list. */
+  readonly beforeFirstLoad: Promise<void>[] = [];
+
+  private readonly syncWaiters: (() => void)[] = [];
+
+  /**
+   * Resolves once every watched Consul service answered once (the first full sync), logging every
+   * `logEveryMs` while it waits. `signalbox serve` opens its xDS port only then: a proxy that
+   * reconnects to a freshly started Signalbox while Consul is unreachable must keep the endpoints
+   * it has rather than be handed empty ClusterLoadAssignments.
+   */
+  async firstSync(logEveryMs = 10_000): Promise<void> {
+    if (this.syncedOnce) return;
+    const t0 = Date.now();
+    const timer = setInterval(() => {
+      const failing = [...this.watches.values()].filter((w) => !w.published).map((w) => ({ consulService: w.service, lastError: w.health.lastError?.message ?? w.connect.lastError?.message }));
+      this.logger.warn({ waitingMs: Date.now() - t0, failing }, 'consul: waiting for the first answer for every watched service before serving xDS');
+    }, logEveryMs);
+    timer.unref?.();
+    try {
+      await new Promise<void>((r) => this.syncWaiters.push(r));
+    } finally {
+      clearInterval(timer);
+    }
+  }
+
+  /** Names of the policy Services fed by Consul now. */
+  fedServices(): Set<string> {
+    return new Set([...this.watches.values()].flatMap((w) => [...w.subscribers.keys()]));
+  }
+
+  /** Resolves when what the first policy load needs from Consul is known, or after timeoutMs. */
+  async prepared(timeoutMs = 5_000): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([Promise.all(this.beforeFirstLoad), new Promise<void>((r) => (timer = setTimeout(r, timeoutMs)))]);
+    clearTimeout(timer);
+  }
 
   constructor(readonly opts: ConsulSourceOptions) {
     this.client = new ConsulClient(opts.connection);
@@ -386,6 +424,7 @@ export class ConsulSource {
     for (const w of this.watches.values()) if (!w.published) return;
     if (!this.readinessChecks.every((c) => c())) return;
     this.syncedOnce = true;
+    for (const f of this.syncWaiters.splice(0)) f();
     this.metrics.synced.set(1);
     this.logger.info({ watches: this.watches.size }, 'consul: first full sync done');
   }

@@ -1,6 +1,8 @@
 // The xDS server: Envoy's AggregatedDiscoveryService (SotW and Delta) on @grpc/grpc-js. Streams
 // see only the snapshot cache; a bad request closes that one stream, never the server.
 import * as grpc from '@grpc/grpc-js';
+import { withSpanSync } from '../../observability/tracing.js';
+import { SHORT_NAME } from '../resources/type-urls.js';
 import type { Logger } from '../../observability/logger.js';
 import type { Metrics } from '../../observability/metrics.js';
 import type { SnapshotCache } from '../cache/snapshot-cache.js';
@@ -87,7 +89,9 @@ export class XdsServer {
   constructor(opts: XdsServerOptions) {
     this.registry = opts.registry ?? new ProxyRegistry();
     this.ctx = { cache: opts.cache, metrics: opts.metrics, logger: opts.logger, registry: this.registry, tokens: opts.tokens, requireToken: opts.requireToken };
-    opts.cache.on('change', ({ group, types }) => this.fanOut(group, types));
+    opts.cache.on('change', ({ group, types }) =>
+      withSpanSync('signalbox.xds.push', { 'signalbox.group': group, 'signalbox.types': types.map((t) => SHORT_NAME[t]), 'signalbox.streams': this.streams.get(group)?.size ?? 0 }, () => this.fanOut(group, types)),
+    );
   }
 
   /**

@@ -1,0 +1,97 @@
+// The ext_authz service's gRPC endpoint, spoken to by an independent gRPC implementation
+// (@grpc/grpc-js as the client): Check allowed and denied, unknown methods, undecodable requests.
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import * as grpc from '@grpc/grpc-js';
+import { AuthzServer } from '../../src/authz/server.js';
+import { createLogger } from '../../src/observability/logger.js';
+import { lookupType } from '../../src/xds/resources/protos.js';
+import { makeKey, signToken, type TestKey } from '../helpers/jwks-server.js';
+
+const ISS = 'https://issuer.test/';
+
+describe('ext_authz gRPC endpoint', () => {
+  let server: AuthzServer;
+  let port: number;
+  let key: TestKey;
+  let client: grpc.Client & Record<string, Function>;
+  const req = lookupType('envoy.service.auth.v3.CheckRequest');
+  const res = lookupType('envoy.service.auth.v3.CheckResponse');
+
+  before(async () => {
+    key = await makeKey('ES256', 'k');
+    server = new AuthzServer({ logger: createLogger({ level: 'silent' }) });
+    server.update({
+      jwt: {
+        policies: new Map([
+          [
+            'p',
+            {
+              name: 'p',
+              target: { kind: 'Gateway', name: 'g' },
+              issuer: ISS,
+              audiences: [],
+              algorithms: ['ES256'],
+              clockSkewMs: 0,
+              from: [{ header: 'authorization', prefix: 'Bearer ' }],
+              require: [],
+              forwardClaims: [{ claim: 'sub', header: 'x-user-id' }],
+              optional: false,
+              maxTokenBytes: 8192,
+              jwks: { kind: 'inline', keys: [key.jwk] },
+              unavailableStatus: 503,
+              source: { file: 'p.yaml', doc: 1 },
+            },
+          ],
+        ]),
+        byTarget: new Map(),
+      },
+    });
+    port = await server.listen('127.0.0.1:0');
+    const method = (path: string) => ({
+      path,
+      requestStream: false,
+      responseStream: false,
+      requestSerialize: (v: object | Buffer) => (Buffer.isBuffer(v) ? v : Buffer.from(req.encode(req.fromObject(v)).finish())),
+      requestDeserialize: (b: Buffer) => b,
+      responseSerialize: (v: Buffer) => v,
+      responseDeserialize: (b: Buffer) => res.toObject(res.decode(b), { enums: String, defaults: false }),
+    });
+    const Client = grpc.makeGenericClientConstructor({ Check: method('/envoy.service.auth.v3.Authorization/Check'), Other: method('/envoy.service.auth.v3.Authorization/Other') }, 'Authorization');
+    client = new Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure()) as grpc.Client & Record<string, Function>;
+  });
+
+  after(async () => {
+    client?.close();
+    await server?.close();
+  });
+
+  const call = (name: string, body: object | Buffer) =>
+    new Promise<{ err: grpc.ServiceError | null; res?: Record<string, any> }>((resolve) => client[name]!(body, (err: grpc.ServiceError | null, r: Record<string, any>) => resolve({ err, res: r })));
+
+  const check = (headers: Record<string, string>) => call('Check', { attributes: { request: { http: { headers, path: '/x', method: 'GET' } }, context_extensions: { 'signalbox.jwt.policies': 'p' } } });
+
+  test('a valid token: OK with the forwarded claim', async () => {
+    const { err, res: r } = await check({ authorization: `Bearer ${await signToken(key, { iss: ISS, sub: 'alice' })}`, 'x-user-id': 'root' });
+    assert.equal(err, null);
+    assert.equal(r!.status?.code ?? 0, 0);
+    assert.deepEqual(r!.ok_response.headers, [{ header: { key: 'x-user-id', value: 'alice' }, append: { value: false } }]);
+  });
+
+  test('no token: denied with 401 and the challenge', async () => {
+    const { err, res: r } = await check({});
+    assert.equal(err, null);
+    assert.equal(r!.status.code, 16);
+    assert.equal(r!.denied_response.status.code, 'Unauthorized');
+    assert.match(r!.denied_response.headers.find((h: any) => h.header.key === 'www-authenticate').header.value, /^Bearer error="invalid_token"/);
+  });
+
+  test('an unknown method is UNIMPLEMENTED; bytes that are not a CheckRequest are INVALID_ARGUMENT', async () => {
+    const other = await call('Other', {});
+    assert.equal(other.err?.code, grpc.status.UNIMPLEMENTED);
+    const junk = await call('Check', Buffer.from([0xff, 0xff, 0xff, 0xff, 0x0f]));
+    assert.equal(junk.err?.code, grpc.status.INVALID_ARGUMENT);
+    // The server still answers afterwards.
+    assert.equal((await check({})).err, null);
+  });
+});
