@@ -1,7 +1,6 @@
 // Incremental (Delta) ADS: only resources whose version the proxy lacks are sent, and removals are
 // named explicitly.
 import type { Resource } from '../resources/resource.js';
-import { hashText } from '../resources/resource.js';
 import { PUSH_ORDER, TypeUrl } from '../resources/type-urls.js';
 import type { ServerContext } from './context.js';
 import type { WireNode } from './node.js';
@@ -157,7 +156,7 @@ export class DeltaStream extends XdsStream {
       const r = scope.get(n) ?? prevSent?.get(n);
       if (r) current.set(n, r);
     }
-    const version = hashText([...current.values()].map((r) => `${r.name}\u0000${r.version}`).sort().join('\n'));
+    const version = this.versionFor(type, current);
     const nonce = this.nextNonce();
     st.pending.set(nonce, { version, sentAt: Date.now() });
     this.recordSent(type, version, nonce, current, changedResources.length);

@@ -1,6 +1,5 @@
 // State-of-the-world ADS: each response carries every resource of a type the proxy subscribed to.
 import type { Resource } from '../resources/resource.js';
-import { hashText } from '../resources/resource.js';
 import { PUSH_ORDER, TypeUrl } from '../resources/type-urls.js';
 import type { ServerContext } from './context.js';
 import type { WireNode } from './node.js';
@@ -92,7 +91,7 @@ export class SotwStream extends XdsStream {
       }
     }
     const list = [...out.values()].sort((a, b) => (a.name < b.name ? -1 : 1));
-    const version = hashText(list.map((r) => `${r.name}\u0000${r.version}`).join('\n'));
+    const version = this.versionFor(type, out);
     return { out, list, version, kept };
   }
 

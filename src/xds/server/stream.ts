@@ -1,6 +1,6 @@
 // What SotW and Delta streams share: binding the stream to one node, recording ACKs and NACKs,
 // and knowing when listeners and routes have settled (for make-before-break cluster removal).
-import type { Resource } from '../resources/resource.js';
+import { versionOf, type Resource } from '../resources/resource.js';
 import { blameNack } from './nack-blame.js';
 import { SHORT_NAME, TypeUrl } from '../resources/type-urls.js';
 import type { ServerContext } from './context.js';
@@ -116,6 +116,27 @@ export abstract class XdsStream {
       if (s?.sent && s.acked?.version !== s.sent.version) return false;
     }
     return true;
+  }
+
+  /**
+   * Version of a set of resources sent for one type. When the set is exactly the snapshot's (the
+   * common case) the snapshot's precomputed version is reused instead of hashing again per stream;
+   * both are the same hash of sorted name/version pairs (versionOf).
+   */
+  protected versionFor(type: TypeUrl, resources: ReadonlyMap<string, Resource>): string {
+    const snap = this.ctx.cache.get(this.status!.node.group);
+    const all = snap.get(type);
+    if (all.size === resources.size) {
+      let same = true;
+      for (const [n, r] of resources) {
+        if (all.get(n) !== r) {
+          same = false;
+          break;
+        }
+      }
+      if (same) return snap.versions.get(type)!;
+    }
+    return versionOf(resources.values());
   }
 
   /** Called when the snapshot of this stream's group changed. */
