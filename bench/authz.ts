@@ -18,6 +18,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -61,17 +62,94 @@ function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
 }
 
-const agent = new http.Agent({ keepAlive: true, maxSockets: 512 });
+const agent = new http.Agent({ keepAlive: true, maxSockets: 8 });
 
-function get(port: number, token: string): Promise<number> {
-  return new Promise((resolve) => {
-    const req = http.request({ host: '127.0.0.1', port, path: '/bench', agent, headers: { authorization: `Bearer ${token}` } }, (res) => {
-      res.resume();
-      res.on('end', () => resolve(res.statusCode ?? 0));
+/**
+ * A lean HTTP/1.1 keep-alive client (one request in flight per connection): node's http client
+ * costs several times more CPU per request, and on a small machine the load generator would
+ * otherwise take the cores the measured processes need.
+ */
+class Conn {
+  private socket: net.Socket;
+  private buf: Buffer = Buffer.alloc(0);
+  private waiting?: (status: number) => void;
+  private ready: Promise<void>;
+
+  constructor(private readonly port: number) {
+    this.socket = net.connect(port, '127.0.0.1');
+    this.socket.setNoDelay(true);
+    this.ready = new Promise((resolve, reject) => {
+      this.socket.once('connect', () => resolve());
+      this.socket.once('error', reject);
     });
-    req.on('error', () => resolve(0));
-    req.end();
-  });
+    this.socket.on('data', (d: Buffer) => this.onData(d));
+    this.socket.on('error', () => this.finish(0));
+    this.socket.on('close', () => this.finish(0));
+  }
+
+  private finish(status: number): void {
+    const w = this.waiting;
+    this.waiting = undefined;
+    w?.(status);
+  }
+
+  private onData(d: Buffer): void {
+    this.buf = this.buf.length ? Buffer.concat([this.buf, d]) : d;
+    for (;;) {
+      const end = this.buf.indexOf('\r\n\r\n');
+      if (end < 0) return;
+      const head = this.buf.subarray(0, end).toString('latin1');
+      const status = Number(head.slice(9, 12));
+      const m = /\r\ncontent-length:\s*(\d+)/i.exec(head);
+      const total = end + 4 + (m ? Number(m[1]) : 0);
+      if (this.buf.length < total) return;
+      this.buf = this.buf.subarray(total);
+      this.finish(status);
+    }
+  }
+
+  async get(token: string): Promise<number> {
+    await this.ready;
+    return new Promise((resolve) => {
+      this.waiting = resolve;
+      this.socket.write(`GET /bench HTTP/1.1\r\nhost: bench\r\nauthorization: Bearer ${token}\r\n\r\n`);
+    });
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+}
+
+/** A pool of connections to one port; `get` takes a free one (opening one if none is free). */
+class Pool {
+  private free: Conn[] = [];
+  private all: Conn[] = [];
+  constructor(private readonly port: number) {}
+  async get(token: string): Promise<number> {
+    const c = this.free.pop() ?? this.open();
+    const status = await c.get(token);
+    if (status === 0) {
+      c.close();
+      this.all = this.all.filter((x) => x !== c);
+    } else this.free.push(c);
+    return status;
+  }
+  private open(): Conn {
+    const c = new Conn(this.port);
+    this.all.push(c);
+    return c;
+  }
+  close(): void {
+    for (const c of this.all) c.close();
+  }
+}
+
+const pools = new Map<number, Pool>();
+function get(port: number, token: string): Promise<number> {
+  let p = pools.get(port);
+  if (!p) pools.set(port, (p = new Pool(port)));
+  return p.get(token);
 }
 
 interface Phase {
@@ -170,6 +248,7 @@ function jwtAuthnBootstrap(adminPort: number, listenPort: number, jwks: string):
 }
 
 async function main(): Promise<void> {
+  const load0 = os.loadavg()[0]!.toFixed(2);
   const { privateKey, publicKey } = await generateKeyPair('RS256');
   const jwk = { ...(await exportJWK(publicKey)), kid: 'bench-1', alg: 'RS256', use: 'sig' };
   const jwks = JSON.stringify({ keys: [jwk] });
@@ -260,7 +339,7 @@ spec:
     const ext = results[2]!;
     const f2 = (n: number) => n.toFixed(2);
     const lines = [
-      `Machine: ${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}, Node ${process.version}, Envoy 1 worker thread each; ${SECONDS}s per phase, closed loop at concurrency ${CONCURRENCY}, open loop at ${RATE} req/s, ${TOKENS} distinct RS256 tokens.`,
+      `Machine: ${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}, Node ${process.version}, Envoy 1 worker thread each; ${SECONDS}s per phase, closed loop at concurrency ${CONCURRENCY}, open loop at ${RATE} req/s, ${TOKENS} distinct RS256 tokens. Load average before / after: ${load0} / ${os.loadavg()[0]!.toFixed(2)} (other processes compete for the same cores).`,
       '',
       '| configuration | saturated req/s | p50 ms (saturated) | p99 ms (saturated) | p50 ms at ' + RATE + '/s | p99 ms at ' + RATE + '/s | Envoy CPU % (saturated) | Signalbox CPU % (saturated) | non-301 answers |',
       '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
@@ -276,6 +355,7 @@ spec:
     process.exitCode = 1;
   } finally {
     agent.destroy();
+    for (const p of pools.values()) p.close();
     for (const e of envoys) await e.stop();
     if (sb && sb.exitCode === null) {
       const done = new Promise((r) => sb!.once('exit', r));

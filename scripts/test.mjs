@@ -29,7 +29,7 @@ if (!unitOnly && !goldenOnly) {
   env.SIGNALBOX_ENVOY_BIN = step('provision real Envoy', 'bash', ['scripts/provision-envoy.sh'], { capture: true }).split('\n').pop();
   env.SIGNALBOX_CONSUL_BIN = step('provision real Consul', 'bash', ['scripts/provision-consul.sh'], { capture: true }).split('\n').pop();
   env.SIGNALBOX_CHROMIUM_BIN = step('provision Chromium (Debian package, for the dashboard browser test)', 'bash', ['scripts/provision-chromium.sh'], { capture: true }).split('\n').pop();
-  process.stderr.write(`envoy: ${env.SIGNALBOX_ENVOY_BIN}\nconsul: ${env.SIGNALBOX_CONSUL_BIN}\n`);
+  process.stderr.write(`envoy: ${env.SIGNALBOX_ENVOY_BIN}\nconsul: ${env.SIGNALBOX_CONSUL_BIN}\nchromium: ${env.SIGNALBOX_CHROMIUM_BIN}\n`);
 }
 
 function find(dir) {

@@ -6,6 +6,7 @@
 // cache, and one whose key source is unchanged keeps its keys. A policy that leaves the model is
 // kept for a grace period, so that proxies still running the previous configuration get its
 // answers instead of "unknown policy" while the new configuration reaches them.
+import { performance } from 'node:perf_hooks';
 import type { JwtModel, JwtPolicyModel } from '../model/jwt.js';
 import type { Logger } from '../observability/logger.js';
 import { JwksCache, type JwksStatus } from './jwks.js';
@@ -66,6 +67,8 @@ export class AuthzEngine {
   private retired = new Map<string, { entry: Entry; until: number }>();
   /** Bumped on every update that changed something; shown in status. */
   generation = 0;
+  /** Unknown policy names last logged (at most once a minute each). */
+  private readonly unknownLogged = new Map<string, number>();
 
   constructor(private readonly opts: EngineOptions = {}) {
     if (opts.metrics) {
@@ -116,12 +119,14 @@ export class AuthzEngine {
     this.sweep(now);
     if (changed) {
       this.generation++;
+      this.unknownLogged.clear();
       this.opts.logger?.info({ policies: [...next.keys()] }, 'ext_authz: JWT policies updated');
     }
   }
 
   private retire(name: string, entry: Entry, now: number): void {
     this.retired.set(name, { entry, until: now + RETIRED_GRACE_MS });
+    setTimeout(() => this.sweep(this.now()), RETIRED_GRACE_MS + 1_000).unref();
   }
 
   private sweep(now: number): void {
@@ -156,16 +161,21 @@ export class AuthzEngine {
     const headers = new Map<string, string>();
     const forwarded = new Set<string>();
     let reason: 'ok' | 'no_token_optional' = 'no_token_optional';
+    const deadline = performance.now() + KEY_WAIT_BUDGET_MS; // shared by every policy of the route
     for (const name of names) {
       const policy = this.lookup(name);
       if (!policy) {
         metrics?.decisions.inc({ policy: 'unknown', result: 'deny', reason: 'unknown_policy' });
-        this.opts.logger?.warn({ policy: name.slice(0, 63) }, 'ext_authz: a route names a policy this service does not have (configuration skew?)');
+        const at = this.now();
+        if ((this.unknownLogged.get(name) ?? -Infinity) < at - 60_000 && this.unknownLogged.size < 1000) {
+          this.unknownLogged.set(name, at);
+          this.opts.logger?.warn({ policy: name.slice(0, 63) }, 'ext_authz: a route names a policy this service does not have (configuration skew?); answering 503');
+        }
         return denial({ ok: false, reason: 'unknown_policy', status: 503, description: 'policy not loaded yet' });
       }
       let r: PolicyResult;
       try {
-        r = await policy.check(input, KEY_WAIT_BUDGET_MS);
+        r = await policy.check(input, Math.max(0, deadline - performance.now()));
       } catch (e) {
         this.opts.logger?.error({ policy: name, err: { message: (e as Error).message } }, 'ext_authz: check failed');
         r = { ok: false, reason: 'internal_error', status: 503, description: 'internal error' };

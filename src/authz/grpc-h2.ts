@@ -17,7 +17,7 @@ export interface UnaryMethod {
   /** Full path, e.g. /envoy.service.auth.v3.Authorization/Check. */
   path: string;
   /** Decodes the request message, handles it, encodes the response message. */
-  handle(request: Uint8Array): Promise<Uint8Array>;
+  handle(request: Uint8Array, headers: http2.IncomingHttpHeaders): Promise<Uint8Array>;
 }
 
 export class GrpcError extends Error {
@@ -89,7 +89,7 @@ export class UnaryGrpcServer {
       if (body[0] !== 0) return this.trailersOnly(stream, GrpcStatus.UNIMPLEMENTED, 'compressed messages are not supported');
       const len = body.readUInt32BE(1);
       if (len !== body.length - 5) return this.trailersOnly(stream, GrpcStatus.INTERNAL, 'expected exactly one request message');
-      method.handle(body.subarray(5)).then(
+      method.handle(body.subarray(5), headers).then(
         (out) => {
           if (stream.destroyed) return; // Envoy gave up (timeout) or went away
           const frame = Buffer.allocUnsafe(5 + out.length);

@@ -4,6 +4,7 @@
 // Verified tokens are remembered (bounded, per key set generation) so a token seen again costs a
 // map lookup plus the time and claim checks, which are always redone.
 import { compactVerify, decodeProtectedHeader, errors, type JWTPayload, type ProtectedHeaderParameters } from 'jose';
+import { performance } from 'node:perf_hooks';
 import type { ClaimRule, JwtPolicyModel } from '../model/jwt.js';
 import { extractToken, type RequestView } from './extract.js';
 import type { JwksCache, KeySet } from './jwks.js';
@@ -49,8 +50,9 @@ const DESCRIPTION: Partial<Record<DecisionReason, string>> = {
 
 /** Longest forwarded header value; longer claims are not forwarded. */
 const MAX_FORWARD_VALUE = 8192;
-/** Verified tokens remembered per policy. */
+/** Verified tokens remembered per policy, by count and by total token bytes. */
 export const TOKEN_CACHE_SIZE = 10_000;
+export const TOKEN_CACHE_BYTES = 8 * 1024 * 1024;
 
 function invalid(reason: DecisionReason, status: 400 | 401 = 401): PolicyResult {
   return { ok: false, reason, status, error: status === 400 ? 'invalid_request' : 'invalid_token', description: DESCRIPTION[reason] ?? reason };
@@ -129,6 +131,7 @@ export interface PolicyOptions {
 
 export class CompiledPolicy {
   private readonly verified = new Map<string, Verified>();
+  private verifiedBytes = 0;
   /** Forwarded headers, to strip client-supplied copies when nothing is forwarded. */
   readonly forwardHeaders: string[];
 
@@ -185,7 +188,7 @@ export class CompiledPolicy {
         this.opts.metrics?.tokenCache.inc({ result: 'hit' });
         return hit;
       }
-      this.verified.delete(token);
+      this.forget(token);
     }
     this.opts.metrics?.tokenCache.inc({ result: 'miss' });
 
@@ -200,10 +203,11 @@ export class CompiledPolicy {
     if (typeof header.alg !== 'string' || !(this.model.algorithms as string[]).includes(header.alg)) return { reason: 'alg_not_allowed' };
     if (header.b64 === false) return { reason: 'malformed' };
 
+    const deadline = performance.now() + budgetMs; // one budget for every wait of this check
     let keys = await this.jwks.current(budgetMs);
     if (!keys) return { reason: 'jwks_unavailable' };
     let result = await this.verifyWith(token, keys);
-    if (result === 'unknown_kid' && (await this.jwks.refetchForUnknownKey(budgetMs))) {
+    if (result === 'unknown_kid' && (await this.jwks.refetchForUnknownKey(Math.max(0, deadline - performance.now())))) {
       keys = (await this.jwks.current(0))!;
       result = await this.verifyWith(token, keys);
     }
@@ -216,9 +220,15 @@ export class CompiledPolicy {
     }
     if (!payload || typeof payload !== 'object' || Array.isArray(payload)) return { reason: 'malformed' };
     const entry: Verified = { payload: payload as JWTPayload as Record<string, unknown>, generation: keys.generation };
-    if (this.verified.size >= TOKEN_CACHE_SIZE) this.verified.delete(this.verified.keys().next().value!);
+    // Oldest first out, within both bounds.
+    while (this.verified.size > 0 && (this.verified.size >= TOKEN_CACHE_SIZE || this.verifiedBytes + token.length > TOKEN_CACHE_BYTES)) this.forget(this.verified.keys().next().value!);
     this.verified.set(token, entry);
+    this.verifiedBytes += token.length;
     return entry;
+  }
+
+  private forget(token: string): void {
+    if (this.verified.delete(token)) this.verifiedBytes -= token.length;
   }
 
   private async verifyWith(token: string, keys: KeySet): Promise<Uint8Array | DecisionReason> {

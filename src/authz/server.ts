@@ -74,10 +74,11 @@ export class AuthzServer {
   }
 
   /** Answers one Check (exposed for tests and the benchmark). */
-  async check(request: CheckRequestShape): Promise<Decision> {
+  async check(request: CheckRequestShape, trace?: Record<string, string>): Promise<Decision> {
     const http = request.attributes?.request?.http;
     const ext = request.attributes?.context_extensions?.[JWT_POLICIES_KEY];
-    // Continues the trace of the request being checked (Envoy forwards its traceparent).
+    // Continues the trace of the Check call (Envoy's tracer puts its span in the gRPC metadata),
+    // else the one the checked request itself carries.
     return withSpan(
       'signalbox.authz.check',
       { 'signalbox.jwt_policies': ext ?? '' },
@@ -90,7 +91,7 @@ export class AuthzServer {
         span.setAttributes({ 'signalbox.authz.allow': d.allow, 'signalbox.authz.reason': d.reason });
         return d;
       },
-      http?.headers,
+      trace ?? http?.headers,
     );
   }
 
@@ -104,7 +105,7 @@ export class AuthzServer {
       [
         {
           path: CHECK_PATH,
-          handle: async (bytes) => {
+          handle: async (bytes, headers) => {
             const t0 = performance.now();
             let request: CheckRequestShape;
             try {
@@ -112,7 +113,7 @@ export class AuthzServer {
             } catch {
               throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, 'request does not decode as a CheckRequest');
             }
-            const d = await this.check(request);
+            const d = await this.check(request, traceHeaders(headers));
             this.metrics?.checkSeconds.observe({ result: d.allow ? 'allow' : 'deny' }, (performance.now() - t0) / 1000);
             return res.encode(res.fromObject(checkResponse(d))).finish();
           },
@@ -132,4 +133,13 @@ export class AuthzServer {
     this.server = undefined;
     await server?.close();
   }
+}
+
+/** The W3C trace context of a gRPC call (its metadata are HTTP/2 headers), if it has one. */
+function traceHeaders(headers: Record<string, string | string[] | undefined>): Record<string, string> | undefined {
+  const tp = headers.traceparent;
+  if (typeof tp !== 'string') return undefined;
+  const out: Record<string, string> = { traceparent: tp };
+  if (typeof headers.tracestate === 'string') out.tracestate = headers.tracestate;
+  return out;
 }

@@ -80,6 +80,12 @@ function requireTokenOf(v: string): 'secrets' | 'all' {
   return v;
 }
 
+/** CONSUL_HTTP_ADDR's forms: HOST:PORT, [IPv6]:PORT, http(s)://HOST[:PORT]; checked here so a typo fails before anything starts. */
+function consulAddrOf(v: string): string {
+  if (v !== '' && !/^(https?:\/\/)?(\[[0-9a-fA-F:.]+\]|[^\s/@:[\]]+)(:\d{1,5})?\/?$/.test(v.trim())) throw new SignalboxError(ErrorCode.BAD_FLAG, `--consul-addr must be HOST:PORT or http(s)://HOST:PORT, got "${v}"`);
+  return v.trim();
+}
+
 function consulImportOf(v: string): string {
   if (v !== '' && v !== 'all' && !/^tag=[^,\s]+(,[^,\s]+)*$/.test(v)) throw new SignalboxError(ErrorCode.BAD_FLAG, `--consul-import must be "all" or "tag=TAG[,TAG...]", got "${v}"`);
   return v;
@@ -115,7 +121,7 @@ export function resolveServeConfig(flags: Record<string, string | boolean | unde
     dataDir: get('dataDir'),
     logLevel: level,
     watchDebounceMs: debounce,
-    consulAddr: get('consulAddr'),
+    consulAddr: consulAddrOf(get('consulAddr')),
     consulDatacenter: get('consulDatacenter'),
     consulImport: consulImportOf(get('consulImport')),
     ca: caOf(get('caCert'), get('caKey'), get('caBundle')),

@@ -4,6 +4,7 @@
 import { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import { withSpan } from '../observability/tracing.js';
+import { applyMeshTracing } from '../translate/tracing.js';
 import { formatPolicyError, ErrorCode, type PolicyError } from '../errors.js';
 import type { IRCluster, IRProxyConfig } from '../ir/types.js';
 import { buildModel, type Model } from '../model/model.js';
@@ -179,6 +180,7 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
     }
     const irs = translate(model, this.sidecarGroups, { authz: this.opts.authz });
     if (this.opts.accessLog) for (const ir of irs.values()) for (const l of ir.listeners) l.accessLog = this.opts.accessLog;
+    applyMeshTracing(model, irs);
     if (this.opts.identities) {
       await Promise.all([...irs.values()].flatMap((ir) => (ir.identity ? [this.opts.identities!.ensure(ir.identity)] : [])));
     }

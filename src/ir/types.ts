@@ -126,6 +126,8 @@ export interface IRHttpListener {
   rateLimit?: IRLocalRateLimit;
   /** Report requests to the control plane's access log service (errors always, successes sampled). */
   accessLog?: { successSamplePercent: number };
+  /** Envoy tracing (Mesh.spec.tracing): OpenTelemetry over gRPC to `cluster`. */
+  tracing?: { cluster: string; samplingPercent: number; serviceName: string };
   /** Ask Signalbox's ext_authz service (JWTPolicy on a route, Gateway or Service of this listener). */
   extAuthz?: IRExtAuthz;
   source: SourceRef;

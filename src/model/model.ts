@@ -27,6 +27,8 @@ export interface MeshModel {
   trustDomain: string;
   mtls: { mode: 'strict' | 'permissive' | 'disabled'; certTTLms: number };
   defaults: { timeoutMs: number; retries?: RetrySettings };
+  /** Envoy tracing (Mesh.spec.tracing): OTLP over gRPC to this Service, sampling percent. */
+  tracing?: { service: string; samplingPercent: number };
   source?: SourceRef;
 }
 
@@ -145,6 +147,7 @@ export async function buildModel(docs: LoadedDoc[], baseDir: string): Promise<Bu
       timeoutMs: meshSpec?.defaults?.timeout ? parseDuration(meshSpec.defaults.timeout)! : BUILTIN_DEFAULTS.timeoutMs,
       retries: retrySettings(meshSpec?.defaults?.retries),
     },
+    tracing: meshSpec?.tracing ? { service: meshSpec.tracing.otlp.service, samplingPercent: meshSpec.tracing.otlp.sampling } : undefined,
     source: meshDoc?.source,
   };
 
@@ -160,6 +163,12 @@ export async function buildModel(docs: LoadedDoc[], baseDir: string): Promise<Bu
       subsets: (s.subsets ?? []).map((x) => ({ name: x.name, labels: x.labels })).sort(byName),
       source: d.source,
     });
+  }
+  if (mesh.tracing && meshDoc) {
+    const t = services.get(mesh.tracing.service);
+    const at = ['spec', 'tracing', 'otlp', 'service'];
+    if (!t) err(meshDoc, at, ErrorCode.UNKNOWN_REFERENCE, `unknown Service "${mesh.tracing.service}"${didYouMean(mesh.tracing.service, services.keys())}`);
+    else if (t.protocol !== 'grpc' && t.protocol !== 'http2') err(meshDoc, at, ErrorCode.UNKNOWN_REFERENCE, `Service "${t.name}" receives OTLP over gRPC: give it protocol: grpc (it has ${t.protocol ?? 'http'})`);
   }
 
   const gateways = new Map<string, GatewayModel>();

@@ -233,6 +233,7 @@ describe('dashboard in a real browser, real Envoy traffic', () => {
     // An invalid edit shows up in the page (and changes nothing that is served).
     writeFileSync(path.join(dir, 'broken.yaml'), 'apiVersion: signalbox.dev/v1alpha1\nkind: HTTPRoute\nmetadata: { name: broken }\nspec:\n  parentRefs: [ { kind: Gateway, name: nowhere } ]\n  rules: []\n');
     await waitFor(async () => /broken\.yaml/.test((await page.textContent('#errors')) ?? ''), { what: 'validation error shown', timeoutMs: 15_000 });
+    await waitFor(async () => /1 error/.test((await page.textContent('#card-config')) ?? ''), { what: 'the summary card to count it', timeoutMs: 10_000 });
     assert.equal((await httpGet(`http://127.0.0.1:${edgePort}/shop/still`)).status, 200, 'the last good config still serves');
     const out = path.join(repoRoot(), 'test-artifacts');
     mkdirSync(out, { recursive: true });

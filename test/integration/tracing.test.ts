@@ -12,6 +12,12 @@ import * as grpc from '@grpc/grpc-js';
 import { lookupType } from '../../src/xds/resources/protos.js';
 import { waitFor } from '../helpers/net.js';
 import { startSignalbox, type SignalboxProcess } from '../helpers/signalbox.js';
+import { startGatewayEnv } from '../helpers/gateway-env.js';
+import { startEnvoy } from '../helpers/envoy.js';
+import { bootstrapYaml } from '../../src/cli/bootstrap.js';
+import { freePort } from '../helpers/net.js';
+import { startUpstream } from '../helpers/upstream.js';
+import { httpGet } from '../helpers/net.js';
 
 interface OtlpSpan {
   name: string;
@@ -123,4 +129,153 @@ describe('OpenTelemetry tracing of the control plane', () => {
     // No secret in span attributes.
     assert.doesNotMatch(JSON.stringify(receiver.spans), /PRIVATE KEY|Bearer /);
   });
+
+  test('Mesh.spec.tracing: a real Envoy exports OTLP spans to the named Service and passes traceparent upstream', async () => {
+    // A stand-in OTLP/gRPC collector: counts Export calls and keeps their bytes.
+    const exports: Buffer[] = [];
+    const collector = new grpc.Server();
+    collector.addService(
+      {
+        Export: {
+          path: '/opentelemetry.proto.collector.trace.v1.TraceService/Export',
+          requestStream: false,
+          responseStream: false,
+          requestSerialize: (b: Buffer) => b,
+          requestDeserialize: (b: Buffer) => b,
+          responseSerialize: (b: Buffer) => b,
+          responseDeserialize: (b: Buffer) => b,
+        },
+      },
+      { Export: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => (exports.push(call.request), cb(null, Buffer.alloc(0))) },
+    );
+    const collectorPort = await new Promise<number>((resolve, reject) => collector.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
+    const app = await startUpstream('traced');
+    const env = await startGatewayEnv({
+      name: 'tracing',
+      files: (gw) => ({
+        'mesh.yaml': 'apiVersion: signalbox.dev/v1alpha1\nkind: Mesh\nmetadata: { name: default }\nspec:\n  tracing: { otlp: { service: otel, sampling: 100 } }\n',
+        'p.yaml': `apiVersion: signalbox.dev/v1alpha1
+kind: Service
+metadata: { name: otel }
+spec:
+  protocol: grpc
+  port: 4317
+  endpoints: [ { address: 127.0.0.1, port: ${collectorPort} } ]
+---
+apiVersion: signalbox.dev/v1alpha1
+kind: Service
+metadata: { name: app }
+spec:
+  port: 8080
+  endpoints: [ { address: 127.0.0.1, port: ${app.port} } ]
+---
+apiVersion: signalbox.dev/v1alpha1
+kind: Gateway
+metadata: { name: gateway }
+spec:
+  listeners: [ { name: http, port: ${gw}, protocol: HTTP } ]
+---
+apiVersion: signalbox.dev/v1alpha1
+kind: HTTPRoute
+metadata: { name: app }
+spec:
+  parentRefs: [ { kind: Gateway, name: gateway } ]
+  rules: [ { name: all, matches: [ { path: { type: PathPrefix, value: / } } ], backendRefs: [ { name: app } ] } ]
+`,
+      }),
+    });
+    try {
+      await env.synced();
+      await waitFor(async () => (await httpGet(env.url('/hello'))).status === 200, { what: 'route served', timeoutMs: 15_000 });
+      for (let i = 0; i < 10; i++) assert.equal((await httpGet(env.url(`/hello/${i}`))).status, 200);
+      const seen = app.seen.at(-1)!;
+      assert.match(String(seen.headers.traceparent), /^00-[0-9a-f]{32}-[0-9a-f]{16}-01$/, 'Envoy passes W3C trace context upstream');
+      await waitFor(() => exports.length > 0, { what: 'Envoy to export spans', timeoutMs: 20_000 });
+      assert.ok(Buffer.concat(exports).includes('gateway-gateway'), 'spans name the proxy group');
+      const tracing = (await env.envoy.adminJson<any>('/config_dump?resource=dynamic_listeners')).configs[0].active_state.listener.filter_chains[0].filters[0].typed_config.tracing;
+      assert.equal(tracing.provider.name, 'envoy.tracers.opentelemetry');
+    } catch (e) {
+      throw new Error(`${(e as Error).message}\n--- envoy log ---\n${env.envoy.logs().slice(-3000)}`);
+    } finally {
+      await env.stop();
+      await app.close();
+      collector.forceShutdown();
+    }
+  });
+
+  test("Envoy's ext_authz call carries its trace into Signalbox's check span", async () => {
+    const exports: Buffer[] = [];
+    const collector = new grpc.Server();
+    collector.addService(
+      { Export: { path: '/opentelemetry.proto.collector.trace.v1.TraceService/Export', requestStream: false, responseStream: false, requestSerialize: (b: Buffer) => b, requestDeserialize: (b: Buffer) => b, responseSerialize: (b: Buffer) => b, responseDeserialize: (b: Buffer) => b } },
+      { Export: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => (exports.push(call.request), cb(null, Buffer.alloc(0))) },
+    );
+    const collectorPort = await new Promise<number>((resolve, reject) => collector.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
+    const app = await startUpstream('guarded');
+    const gw = await freePort();
+    const dead = await freePort();
+    const dir = policyDir();
+    writeFileSync(path.join(dir, 'mesh.yaml'), 'apiVersion: signalbox.dev/v1alpha1\nkind: Mesh\nmetadata: { name: default }\nspec:\n  tracing: { otlp: { service: otel, sampling: 100 } }\n');
+    writeFileSync(
+      path.join(dir, 'p.yaml'),
+      `apiVersion: signalbox.dev/v1alpha1
+kind: Service
+metadata: { name: otel }
+spec:
+  protocol: grpc
+  port: 4317
+  endpoints: [ { address: 127.0.0.1, port: ${collectorPort} } ]
+---
+apiVersion: signalbox.dev/v1alpha1
+kind: Service
+metadata: { name: shop }
+spec:
+  port: 8080
+  endpoints: [ { address: 127.0.0.1, port: ${app.port} } ]
+---
+apiVersion: signalbox.dev/v1alpha1
+kind: Gateway
+metadata: { name: edge }
+spec:
+  listeners: [ { name: http, port: ${gw}, protocol: HTTP } ]
+---
+apiVersion: signalbox.dev/v1alpha1
+kind: HTTPRoute
+metadata: { name: api }
+spec:
+  parentRefs: [ { kind: Gateway, name: edge } ]
+  rules: [ { name: all, matches: [ { path: { type: PathPrefix, value: / } } ], backendRefs: [ { name: shop } ] } ]
+---
+apiVersion: signalbox.dev/v1alpha1
+kind: JWTPolicy
+metadata: { name: users }
+spec:
+  targetRef: { kind: HTTPRoute, name: api }
+  issuer: https://issuer.test/
+  jwks: { uri: "http://127.0.0.1:${dead}/jwks.json", timeout: 500ms }
+`,
+    );
+    const before = receiver.spans.length;
+    const sb = await startSignalbox({ policies: dir, env: { OTEL_TRACES_EXPORTER: 'otlp', OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json', OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${receiver.port}`, OTEL_BSP_SCHEDULE_DELAY: '50' } });
+    procs.push(sb);
+    const envoy = await startEnvoy({ name: 'authz-trace', bootstrapYaml: (adminPort) => bootstrapYaml({ gateway: 'edge', xdsAddress: `127.0.0.1:${sb.xdsPort}`, adminPort, id: 'authz-trace' }) });
+    try {
+      await waitFor(async () => (await httpGet(`http://127.0.0.1:${gw}/x`)).status === 401, { what: 'the JWTPolicy to answer 401', timeoutMs: 20_000 });
+      for (let i = 0; i < 6; i++) await httpGet(`http://127.0.0.1:${gw}/x/${i}`);
+      await waitFor(() => receiver.spans.slice(before).some((s) => s.name === 'signalbox.authz.check' && s.parentSpanId), { what: 'a check span with a parent', timeoutMs: 15_000 });
+      await waitFor(() => exports.length > 0, { what: 'Envoy spans', timeoutMs: 20_000 });
+      const inEnvoyTrace = () => {
+        const envoyBytes = Buffer.concat(exports);
+        return receiver.spans.slice(before).filter((s) => s.name === 'signalbox.authz.check' && s.parentSpanId).some((c) => envoyBytes.includes(Buffer.from(c.traceId, 'hex')));
+      };
+      await waitFor(inEnvoyTrace, { what: "a check span in one of Envoy's traces", timeoutMs: 20_000 });
+    } catch (e) {
+      throw new Error(`${(e as Error).message}\n--- envoy log ---\n${envoy.logs().slice(-3000)}`);
+    } finally {
+      await envoy.stop();
+      await app.close();
+      collector.forceShutdown();
+    }
+  });
 });
+

@@ -107,3 +107,57 @@ describe('consul connection settings', () => {
     assert.throws(() => consulConnectionFromEnv('https://x:8501', undefined, { CONSUL_CACERT: '/nonexistent/ca.pem' }), /CONSUL_CACERT: cannot read/);
   });
 });
+
+describe('consul import and tuning', () => {
+  test('Consul names become DNS labels; unusable or colliding names are skipped; tag mode needs every tag', async () => {
+    const { policyNameOf, selectImported, parseImportMode } = await import('../../src/sources/consul/import.js');
+    assert.equal(policyNameOf('Shop_API'), 'shop-api');
+    assert.equal(policyNameOf('orders.v2'), 'orders-v2');
+    assert.equal(policyNameOf('___'), undefined);
+    assert.equal(policyNameOf('x'.repeat(64)), undefined);
+    const body = { consul: [], web: ['prod', 'edge'], Web: ['edge'], 'Shop_API': ['edge'], internal: ['prod'], '***': ['edge'] };
+    const all = selectImported(body, parseImportMode('all')!);
+    assert.deepEqual([...all.imported], [['shop-api', 'Shop_API'], ['web', 'Web'], ['internal', 'internal']], 'Consul itself is never imported');
+    assert.deepEqual(all.skipped, ['***: not usable as a Service name', 'web: becomes "web" like "Web"']);
+    const edge = selectImported(body, parseImportMode('tag=edge,prod')!);
+    assert.deepEqual([...edge.imported], [['web', 'web']]);
+    assert.throws(() => selectImported([], { kind: 'all' }), /expected a JSON object/);
+    assert.throws(() => parseImportMode('some'), /must be "all" or "tag=/);
+  });
+
+  test('imported Services are added to the policy documents unless a file declares the name', async () => {
+    const { ConsulImporter } = await import('../../src/sources/consul/import.js');
+    const fake = { opts: { connection: { baseUrl: 'http://127.0.0.1:1' } }, client: {}, logger: { warn() {}, info() {} }, metrics: { errors: { inc() {} } }, extraStatus: new Map(), readinessChecks: [], beforeFirstLoad: [] };
+    const imp = new ConsulImporter(fake as never, { kind: 'tags', tags: ['edge'] }, () => {});
+    (imp as unknown as { imported: Map<string, string> }).imported = new Map([['shop-api', 'Shop_API'], ['orders', 'orders']]);
+    const fileDoc = { kind: 'Service', name: 'orders' } as never;
+    const docs = imp.docsFor([fileDoc]);
+    assert.equal(docs.length, 2);
+    assert.equal(docs[0], fileDoc, 'the file\'s own Service wins');
+    const added = docs[1] as unknown as { kind: string; name: string; value: { spec: { consul: { service: string; tags: string[] }; protocol: string } }; source: { file: string } };
+    assert.equal(added.name, 'shop-api');
+    assert.deepEqual(added.value.spec.consul, { service: 'Shop_API', tags: ['edge'] });
+    assert.equal(added.value.spec.protocol, 'http');
+    assert.equal(added.source.file, 'consul-import:Shop_API');
+  });
+
+  test('tuning from the environment is validated', async () => {
+    const { tuningFromEnv } = await import('../../src/sources/consul/index.js');
+    assert.deepEqual(tuningFromEnv({ SIGNALBOX_CONSUL_WAIT_MS: '5000', SIGNALBOX_CONSUL_RESYNC_GRACE_MS: '0', SIGNALBOX_CONSUL_WARNING_AS: 'healthy', SIGNALBOX_CONSUL_BACKOFF_MAX_MS: '2000' }), { waitMs: 5000, resyncGraceMs: 0, warningAs: 'HEALTHY', backoff: { baseMs: 250, maxMs: 2000 } });
+    assert.throws(() => tuningFromEnv({ SIGNALBOX_CONSUL_WAIT_MS: '10' }), /SIGNALBOX_CONSUL_WAIT_MS must be a whole number of milliseconds >= 1000/);
+    assert.throws(() => tuningFromEnv({ SIGNALBOX_CONSUL_WARNING_AS: 'maybe' }), /DEGRADED or HEALTHY/);
+  });
+});
+
+describe('consul serve flags', () => {
+  test('--consul-addr (CONSUL_HTTP_ADDR), --consul-datacenter and --consul-import are parsed and checked up front', async () => {
+    const { resolveServeConfig } = await import('../../src/config/settings.js');
+    const none = resolveServeConfig({}, {});
+    assert.deepEqual([none.consulAddr, none.consulDatacenter, none.consulImport], ['', '', ''], 'no Consul unless asked');
+    const env = resolveServeConfig({}, { CONSUL_HTTP_ADDR: 'https://consul.example:8501', SIGNALBOX_CONSUL_DATACENTER: 'dc2', SIGNALBOX_CONSUL_IMPORT: 'tag=edge' });
+    assert.deepEqual([env.consulAddr, env.consulDatacenter, env.consulImport], ['https://consul.example:8501', 'dc2', 'tag=edge']);
+    assert.equal(resolveServeConfig({ 'consul-addr': '127.0.0.1:8500' }, { CONSUL_HTTP_ADDR: 'other:1' }).consulAddr, '127.0.0.1:8500', 'the flag wins');
+    assert.throws(() => resolveServeConfig({ 'consul-addr': 'ftp://x:1' }, {}), /--consul-addr must be HOST:PORT/);
+    assert.throws(() => resolveServeConfig({ 'consul-import': 'everything' }, {}), /--consul-import must be "all" or "tag=TAG/);
+  });
+});

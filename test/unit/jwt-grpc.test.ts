@@ -95,3 +95,50 @@ describe('ext_authz gRPC endpoint', () => {
     assert.equal((await check({})).err, null);
   });
 });
+
+describe('signalbox authz (standalone)', () => {
+  test('loads and watches the policy directory, answers Check, serves metrics; a broken edit keeps the last good policies', async () => {
+    const { startStandaloneAuthz } = await import('../../src/cli/authz.js');
+    const { mkdtempSync, rmSync, writeFileSync } = await import('node:fs');
+    const os = await import('node:os');
+    const path = await import('node:path');
+    const { waitFor } = await import('../helpers/net.js');
+    const key = await makeKey('EdDSA', 'ed');
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'sb-authz-standalone-'));
+    const policy = (issuer: string) => `apiVersion: signalbox.dev/v1alpha1
+kind: Gateway
+metadata: { name: gw }
+spec: { listeners: [ { name: http, port: 8080, protocol: HTTP } ] }
+---
+apiVersion: signalbox.dev/v1alpha1
+kind: JWTPolicy
+metadata: { name: edge }
+spec:
+  targetRef: { kind: Gateway, name: gw }
+  issuer: ${issuer}
+  jwks: { inline: ${JSON.stringify({ keys: [key.jwk] })} }
+`;
+    writeFileSync(path.join(dir, 'p.yaml'), policy(ISS));
+    const running = await startStandaloneAuthz({ policies: dir, 'authz-address': '127.0.0.1', 'authz-port': '0', 'metrics-port': '0', 'watch-debounce-ms': '20' }, {}, createLogger({ level: 'silent' }));
+    try {
+      const check = async (token: string) =>
+        running.server.check({ attributes: { request: { http: { headers: { authorization: `Bearer ${token}` }, path: '/' } }, context_extensions: { 'signalbox.jwt.policies': 'edge' } } });
+      const good = await signToken(key, { iss: ISS });
+      assert.equal((await check(good)).allow, true);
+      const metrics = `http://127.0.0.1:${running.metricsPort}`;
+      assert.equal((await fetch(`${metrics}/readyz`)).status, 200);
+      assert.match(await (await fetch(`${metrics}/metrics`)).text(), /signalbox_authz_decisions_total\{policy="edge",result="allow",reason="ok"\} 1/);
+      assert.equal(((await (await fetch(`${metrics}/api/authz`)).json()) as { policies: Record<string, { keys: number }> }).policies.edge!.keys, 1);
+      // A broken file changes nothing; a valid edit takes effect.
+      writeFileSync(path.join(dir, 'p.yaml'), 'kind: JWTPolicy\nspec: [');
+      assert.equal(await running.reload(), false);
+      assert.equal((await check(good)).allow, true);
+      writeFileSync(path.join(dir, 'p.yaml'), policy('https://other.test/'));
+      await waitFor(async () => !(await check(good)).allow, { what: 'new issuer in force' });
+      assert.equal((await check(await signToken(key, { iss: 'https://other.test/' }))).allow, true);
+    } finally {
+      await running.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -81,6 +81,7 @@ describe('JWTPolicy validation', () => {
         jwt('d', '{ kind: HTTPRoute, name: api }', '  from: [ { header: x-token, cookie: s }, { cookie: s, prefix: "B " } ]\n  require: [ { claim: role, in: [a], equals: b } ]\n'),
         jwt('e', '{ kind: HTTPRoute, name: api }', '  forwardClaims: [ { claim: sub, header: Host } ]\n  clockSkew: 1h\n'),
         jwt('f', '{ kind: HTTPRoute, name: api }', '', '{ file: k.json, cacheDuration: { min: 1s } }'),
+        jwt('g', '{ kind: HTTPRoute, name: api }', '', '{ uri: "not a url" }'),
       ),
     });
     const has = (path: string, re: RegExp) => assert.ok(errors.some(([c, p, m]) => c === ErrorCode.SCHEMA && p === path && re.test(m)), `no error at ${path} matching ${re}:\n${errors.map((e) => e.join(' ')).join('\n')}`);
@@ -94,6 +95,7 @@ describe('JWTPolicy validation', () => {
     has('spec.forwardClaims[0].header', /must not be one of/);
     has('spec.clockSkew', /at most 5m/);
     has('spec.jwks.cacheDuration', /only used with uri/);
+    assert.ok(errors.some(([, p, m]) => p === 'spec.jwks.uri' && /must be an http\(s\) URL/.test(m)), 'a malformed URL is an error, not a crash');
   });
 
   test('targets must exist (with suggestions), sections too; tcp Services cannot be targets', async () => {
@@ -201,6 +203,23 @@ describe('JWTPolicy translation', () => {
     assert.deepEqual(ir.clusters.find((c) => c.name === AUTHZ_CLUSTER)?.static, { address: '10.0.0.5', port: 19002 });
     const { httpFilters } = await import('../../src/xds/translator/filters/index.js');
     assert.deepEqual(httpFilters(inbound).map((f) => f.name), ['signalbox.rbac.deny', 'signalbox.ext_authz', 'envoy.filters.http.router']);
+  });
+
+  test('an HTTPRoute on a Service: checked on the outbound listener of the calling sidecars', async () => {
+    const meshRoute = doc('HTTPRoute', 'orders-api', `
+  parentRefs: [ { kind: Service, name: orders } ]
+  rules:
+    - { name: write, matches: [ { path: { value: /write } } ], backendRefs: [ { name: orders } ] }
+    - { name: read, matches: [ { path: { value: /read } } ], backendRefs: [ { name: orders } ] }`);
+    const r = await validateDir(policyDir({ 'a.yaml': docs(BASE, meshRoute, jwt('writers', '{ kind: HTTPRoute, name: orders-api, sectionName: write }')) }));
+    assert.deepEqual(r.errors, []);
+    const group = sidecarGroup({ service: 'app', appPort: 9001, inboundPort: 21001, outboundPort: 15001 });
+    const ir = translate(r.model!, [group]).get(group)!;
+    const outbound = ir.listeners.find((l) => l.name === 'outbound')!;
+    assert.ok(outbound.extAuthz);
+    const routes = outbound.routeConfig.virtualHosts.find((v) => v.name === 'orders')!.routes;
+    assert.deepEqual(routes.map((x) => [x.name, x.jwt?.policies]), [['orders-api/write/match-0', ['writers']], ['orders-api/read/match-0', []]]);
+    assert.equal(ir.listeners.find((l) => l.name === 'inbound')!.extAuthz, undefined);
   });
 
   test('serve flags: --authz-port and --authz-address-for-proxies', () => {

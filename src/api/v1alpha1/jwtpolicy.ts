@@ -90,8 +90,8 @@ const jwks = z
     if (j.uri === undefined) {
       for (const f of ['timeout', 'cacheDuration'] as const) if (j[f] !== undefined) ctx.addIssue({ code: 'custom', path: [f], message: 'only used with uri' });
     }
-    if (j.uri !== undefined) {
-      const u = new URL(j.uri);
+    const u = j.uri !== undefined && URL.canParse(j.uri) ? new URL(j.uri) : undefined; // a bad URL is reported by the field
+    if (u) {
       const loopback = u.hostname === 'localhost' || u.hostname === '[::1]' || /^127\.\d+\.\d+\.\d+$/.test(u.hostname);
       if (u.protocol === 'http:' && !loopback) ctx.addIssue({ code: 'custom', path: ['uri'], message: 'must be https (plain http is only allowed on loopback)' });
       if (u.username || u.password) ctx.addIssue({ code: 'custom', path: ['uri'], message: 'must not carry credentials' });

@@ -32,6 +32,7 @@ const ENTRY_FILES = [
   'envoy/extensions/access_loggers/stream/v3/stream.proto',
   'envoy/service/auth/v3/external_auth.proto',
   'envoy/service/accesslog/v3/als.proto',
+  'envoy/config/trace/v3/opentelemetry.proto',
   'envoy/config/rbac/v3/rbac.proto',
   'envoy/extensions/filters/listener/tls_inspector/v3/tls_inspector.proto',
 ];

@@ -1,4 +1,4 @@
-// The HCM access logger that reports each request to the control plane's gRPC access log service
+// Telemetry in the HCM: the access logger that reports each request to the control plane's gRPC access log service
 // (over the bootstrap's own control-plane cluster). Errors, rejections and failed upstreams are
 // always reported; successful requests are sampled at the IR's percent, consistently per
 // x-request-id so a sampled request is reported by every proxy on its path.
@@ -32,4 +32,18 @@ export function accessLogs(a: NonNullable<IRHttpListener['accessLog']>): Record<
     };
   }
   return [logger];
+}
+
+/** The HCM tracing block for Mesh.spec.tracing: Envoy's OpenTelemetry tracer, OTLP over gRPC. */
+export function tracingConfig(t: NonNullable<IRHttpListener['tracing']>): Record<string, unknown> {
+  return {
+    random_sampling: { value: t.samplingPercent },
+    provider: {
+      name: 'envoy.tracers.opentelemetry',
+      typed_config: typed('envoy.config.trace.v3.OpenTelemetryConfig', {
+        grpc_service: { envoy_grpc: { cluster_name: t.cluster }, timeout: { seconds: 2, nanos: 0 } },
+        service_name: t.serviceName,
+      }),
+    },
+  };
 }

@@ -1,6 +1,6 @@
 import { IDENTITY_SECRET, TRUST_BUNDLE_SECRET, type IRHttpListener } from '../../ir/types.js';
 import { httpFilters } from './filters/index.js';
-import { accessLogs } from './access-log.js';
+import { accessLogs, tracingConfig } from './access-log.js';
 import { ADS_SOURCE, typed } from './util.js';
 
 export function statPrefix(name: string): string {
@@ -21,6 +21,7 @@ export function listenerResource(l: IRHttpListener): Record<string, unknown> {
     path_with_escaped_slashes_action: 'UNESCAPE_AND_REDIRECT',
     strip_any_host_port: true,
     ...(l.accessLog ? { access_log: accessLogs(l.accessLog) } : {}),
+    ...(l.tracing ? { tracing: tracingConfig(l.tracing) } : {}),
   });
   const chain: Record<string, unknown> = { filters: [{ name: 'envoy.filters.network.http_connection_manager', typed_config: hcm }] };
   if (l.meshTls) {
