@@ -341,9 +341,9 @@ spec:
     const lines = [
       `Machine: ${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}, Node ${process.version}, Envoy 1 worker thread each; ${SECONDS}s per phase, closed loop at concurrency ${CONCURRENCY}, open loop at ${RATE} req/s, ${TOKENS} distinct RS256 tokens. Load average before / after: ${load0} / ${os.loadavg()[0]!.toFixed(2)} (other processes compete for the same cores).`,
       '',
-      '| configuration | saturated req/s | p50 ms (saturated) | p99 ms (saturated) | p50 ms at ' + RATE + '/s | p99 ms at ' + RATE + '/s | Envoy CPU % (saturated) | Signalbox CPU % (saturated) | non-301 answers |',
+      '| configuration | saturated req/s | p50 ms (saturated) | p99 ms (saturated) | p50 ms at ' + RATE + '/s | p99 ms at ' + RATE + '/s | Envoy CPU % / µs per request (saturated) | Signalbox CPU % / µs per request (saturated) | non-301 answers |',
       '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
-      ...results.map((r) => `| ${r.name} | ${r.saturated.rps.toFixed(0)} | ${f2(r.saturated.p50)} | ${f2(r.saturated.p99)} | ${f2(r.fixed.p50)} | ${f2(r.fixed.p99)} | ${r.cpu.envoy.toFixed(0)} | ${r.cpu.signalbox.toFixed(0)} | ${r.saturated.bad + r.fixed.bad} |`),
+      ...results.map((r) => `| ${r.name} | ${r.saturated.rps.toFixed(0)} | ${f2(r.saturated.p50)} | ${f2(r.saturated.p99)} | ${f2(r.fixed.p50)} | ${f2(r.fixed.p99)} | ${r.cpu.envoy.toFixed(0)} / ${((r.cpu.envoy * 10_000) / r.saturated.rps).toFixed(0)} | ${r.cpu.signalbox.toFixed(0)} / ${((r.cpu.signalbox * 10_000) / r.saturated.rps).toFixed(0)} | ${r.saturated.bad + r.fixed.bad} |`),
       '',
       `ext_authz p99 at ${RATE}/s minus baseline: ${f2(ext.fixed.p99 - base.fixed.p99)} ms (target <= 1 ms: ${ext.fixed.p99 - base.fixed.p99 <= 1 ? 'met' : 'NOT met'}).`,
       `ext_authz saturated throughput / jwt_authn: ${((100 * ext.saturated.rps) / authn.saturated.rps).toFixed(0)}% (target >= 80%: ${ext.saturated.rps >= 0.8 * authn.saturated.rps ? 'met' : 'NOT met'}).`,

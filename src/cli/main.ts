@@ -82,7 +82,14 @@ async function serve(args: string[]): Promise<number> {
   const { values } = parseArgs({ args, options, allowPositionals: false });
   const cfg = resolveServeConfig(values);
   const { startServer } = await import('./serve.js');
-  const server = await startServer(cfg);
+  let server: Awaited<ReturnType<typeof startServer>>;
+  try {
+    server = await startServer(cfg);
+  } catch (e) {
+    // Some listeners may already be open; a half-started control plane must not linger.
+    process.stderr.write(`signalbox serve: cannot start: ${(e as Error).message}\n`);
+    process.exit(1);
+  }
   await new Promise<void>((resolve) => {
     const stop = (sig: string) => {
       server.logger.info({ signal: sig }, 'shutting down');
