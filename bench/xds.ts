@@ -15,7 +15,9 @@
 //
 // Flags: --clients N (1000) --mode sotw|delta|both (both) --changes K (10) --gateways G (2)
 //        --routes R (1000) --services S (200) --concurrency C (100 streams syncing at once)
-//        --timeout-s T (hard limit for the whole run, 900) --json FILE (also write the results).
+//        --timeout-s T (hard limit for the whole run, 900) --round-timeout-s T (per change, 60)
+//        --json FILE (also write the results) --server-node-args="--cpu-prof --cpu-prof-dir=DIR".
+// Results and method: docs/benchmarks.md.
 // Everything runs on loopback, stops by itself and removes its temporary folder and children.
 import { fork, spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';

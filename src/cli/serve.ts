@@ -56,6 +56,7 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
   const xdsPort = await xds.listen(`${cfg.xdsAddress.includes(':') ? `[${cfg.xdsAddress}]` : cfg.xdsAddress}:${cfg.xdsPort}`);
   const telemetry = attachTelemetry({ pipeline, registry: xds.registry, promRegistry: metrics.registry, logger, addService: (def, impl) => xds.addService(def, impl) });
   const admin = buildAdmin({ pipeline, cache, registry: xds.registry, metrics, logger, identities, traffic: telemetry.store, sources: () => ({ sources: consul ? [consul.status()] : [] }), readiness: consul ? () => consul.readiness() : undefined });
+  admin.get('/api/authz', async () => ({ port: authz.port ?? null, endpointForProxies: authz.endpoint, ...authz.server.engine.status() }));
   await admin.listen({ host: cfg.adminAddress, port: cfg.adminPort });
   const adminPort = (admin.server.address() as { port: number }).port;
   logger.info({ xds: `${cfg.xdsAddress}:${xdsPort}`, admin: `http://${cfg.adminAddress}:${adminPort}`, policies: policyDir }, 'signalbox serving');

@@ -369,6 +369,11 @@ spec:
       /signalbox_authz_jwks_keys\{policy="users"\} 4/,
       /signalbox_authz_check_duration_seconds_bucket/,
     ]) assert.match(text, re);
+    const status = await sb.admin('/api/authz');
+    assert.equal(status.policies.users.keys, 4);
+    assert.equal(status.policies.dead.keys, 0);
+    assert.ok(status.policies.dead.lastError, 'the unreachable JWKS is reported');
+    assert.equal(status.endpointForProxies.address, '127.0.0.1');
     const logs = sb.logs();
     const leaked = issued.filter((t) => logs.includes(t) || logs.includes(t.split('.')[2]!));
     assert.equal(leaked.length, 0, 'a token appeared in the control plane log');
