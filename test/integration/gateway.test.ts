@@ -155,6 +155,7 @@ for (const mode of ['sotw', 'delta'] as const) {
         if (upstream === 'shop-v1') v1++;
       }
       const share = (v1 / n) * 100;
+      process.stderr.write(`weighted split (${mode}): v1 got ${v1} of ${n} requests (${share.toFixed(1)}%, want 80 +- 5)\n`);
       assert.ok(Math.abs(share - 80) <= 5, `v1 got ${share}% of requests, want 80% +- 5`);
     });
 
