@@ -15,6 +15,8 @@
 // Every answer must be the redirect (301); anything else is counted and reported.
 //
 // Flags: --seconds S (10) --concurrency C (32) --rate R (1000) --tokens N (100) --json FILE
+//        --diagnose (first: sequential latency, Envoy's authz cluster stats, Signalbox's check time)
+// SIGNALBOX_BENCH_NODE_ARGS passes node flags to the control plane (e.g. --cpu-prof).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
@@ -41,6 +43,7 @@ const { values: flags } = parseArgs({
     rate: { type: 'string', default: '1000' },
     tokens: { type: 'string', default: '100' },
     json: { type: 'string' },
+    diagnose: { type: 'boolean' },
   },
 });
 const SECONDS = Number(flags.seconds);
@@ -318,6 +321,28 @@ spec:
       if (status !== 401) throw new Error(`listener ${port} let a request without a token through (${status})`);
     }
 
+    if (flags.diagnose) {
+      for (let i = 0; i < 500; i++) await get(authPort, tokens[i % tokens.length]!);
+      const t0 = performance.now();
+      for (let i = 0; i < 500; i++) await get(authPort, tokens[i % tokens.length]!);
+      const seq = (performance.now() - t0) / 500;
+      const t1 = performance.now();
+      for (let i = 0; i < 500; i++) await get(plainPort, tokens[i % tokens.length]!);
+      const seqBase = (performance.now() - t1) / 500;
+      process.stderr.write(`sequential: ext_authz ${seq.toFixed(3)} ms/request, baseline ${seqBase.toFixed(3)} ms/request\n`);
+      process.stderr.write((await gateway.admin('/stats?filter=signalbox.authz.*(upstream_rq_time|upstream_cx_total|upstream_cx_active|upstream_rq_total)')) + '\n');
+      const m = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text();
+      process.stderr.write(m.split('\n').filter((l) => l.startsWith('signalbox_authz_check_duration_seconds_sum') || l.startsWith('signalbox_authz_check_duration_seconds_count')).join('\n') + '\n');
+      const samples: string[] = [];
+      const timer = setInterval(() => {
+        void gateway.admin('/stats?filter=signalbox.authz.*(upstream_rq_active|upstream_rq_pending_active)$').then((t) => samples.push(t.replace(/\n/g, ' ')));
+      }, 500);
+      const g0 = process.cpuUsage();
+      const sat = await saturated(authPort, tokens, 4);
+      const g = process.cpuUsage(g0);
+      clearInterval(timer);
+      process.stderr.write(`saturated ${sat.rps.toFixed(0)} rps; generator CPU ${(((g.user + g.system) / 1e6 / sat.seconds) * 100).toFixed(0)}%\n${samples.slice(0, 6).join('\n')}\n`);
+    }
     const configs = [
       { name: 'baseline (no auth)', port: plainPort },
       { name: 'Envoy jwt_authn', port: jwtPort },
