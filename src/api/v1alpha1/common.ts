@@ -63,3 +63,13 @@ export function document<K extends string, S extends z.ZodType>(kind: K, spec: S
     spec,
   });
 }
+
+/** The target of a policy that applies to traffic: a Gateway (or one listener), an HTTPRoute (or one named rule), or a Service. */
+export const policyTargetRef = z
+  .strictObject({
+    kind: z.enum(['Gateway', 'HTTPRoute', 'Service']),
+    name,
+    /** A Gateway's listener, or an HTTPRoute's named rule; absent: all of them. */
+    sectionName: name.optional(),
+  })
+  .refine((t) => t.kind !== 'Service' || t.sectionName === undefined, { message: 'sectionName is for a Gateway listener or an HTTPRoute rule, not a Service', path: ['sectionName'] });

@@ -2,7 +2,7 @@
 // a Service (the inbound listener of its sidecars) must carry a JWT that this policy accepts. The
 // checks are made by Signalbox's ext_authz service; Envoy asks it before routing the request.
 import { z } from 'zod';
-import { document, name, parseDuration } from './common.js';
+import { document, parseDuration, policyTargetRef } from './common.js';
 
 const HEADER_NAME = /^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$/;
 const COOKIE_NAME = /^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$/;
@@ -102,14 +102,7 @@ const jwks = z
   });
 
 export const jwtPolicySpec = z.strictObject({
-  targetRef: z
-    .strictObject({
-      kind: z.enum(['Gateway', 'HTTPRoute', 'Service']),
-      name,
-      /** A Gateway's listener, or an HTTPRoute's named rule; absent: all of them. */
-      sectionName: name.optional(),
-    })
-    .refine((t) => t.kind !== 'Service' || t.sectionName === undefined, { message: 'sectionName is for a Gateway listener or an HTTPRoute rule, not a Service', path: ['sectionName'] }),
+  targetRef: policyTargetRef,
   /** The exact `iss` a token must carry. */
   issuer: z.string().min(1),
   /** A token's `aud` must hold at least one of these; absent: `aud` is not checked. */

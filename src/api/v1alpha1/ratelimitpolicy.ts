@@ -1,7 +1,7 @@
 // RateLimitPolicy: local (per-proxy) token buckets on a Gateway, an HTTPRoute, or a Service's
 // sidecars (inbound).
 import { z } from 'zod';
-import { document, name, parseDuration } from './common.js';
+import { document, parseDuration, policyTargetRef } from './common.js';
 
 const HEADER_NAME = /^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$/;
 
@@ -42,14 +42,7 @@ export function durationHint(text: string): string | undefined {
 }
 
 export const rateLimitPolicySpec = z.strictObject({
-  targetRef: z
-    .strictObject({
-      kind: z.enum(['Gateway', 'HTTPRoute', 'Service']),
-      name,
-      /** A Gateway's listener, or an HTTPRoute's named rule; absent: all of them. */
-      sectionName: name.optional(),
-    })
-    .refine((t) => t.kind !== 'Service' || t.sectionName === undefined, { message: 'sectionName is for a Gateway listener or an HTTPRoute rule, not a Service', path: ['sectionName'] }),
+  targetRef: policyTargetRef,
   local: z.strictObject({
     requests: z.number().int('must be a whole number').min(1, 'must be greater than zero').max(1_000_000_000, 'must be at most 1000000000'),
     per,
