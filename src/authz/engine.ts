@@ -7,6 +7,7 @@
 // kept for a grace period, so that proxies still running the previous configuration get its
 // answers instead of "unknown policy" while the new configuration reaches them.
 import { performance } from 'node:perf_hooks';
+import type { JWK } from 'jose';
 import type { JwtModel, JwtPolicyModel } from '../model/jwt.js';
 import type { Logger } from '../observability/logger.js';
 import { JwksCache, type JwksStatus } from './jwks.js';
@@ -60,6 +61,8 @@ export interface EngineOptions {
   logger?: Logger;
   metrics?: AuthzMetrics;
   now?: () => number;
+  /** Called when any policy's keys changed (the control plane hands keys to Envoy's fast path). */
+  onKeysChanged?: () => void;
 }
 
 export class AuthzEngine {
@@ -101,7 +104,7 @@ export class AuthzEngine {
       }
       changed = true;
       const sameKeys = old && JSON.stringify(old.policy.model.jwks) === JSON.stringify(model.jwks) ? old.policy.jwks : undefined;
-      const jwks = sameKeys ?? new JwksCache(model.jwks, { policy: name, metrics: this.opts.metrics, logger: this.opts.logger, now: this.opts.now });
+      const jwks = sameKeys ?? new JwksCache(model.jwks, { policy: name, metrics: this.opts.metrics, logger: this.opts.logger, now: this.opts.now, onChange: this.opts.onKeysChanged });
       if (!sameKeys) {
         jwks.start();
         old?.policy.jwks.close();
@@ -143,6 +146,16 @@ export class AuthzEngine {
     const r = this.retired.get(name);
     if (r && r.until > this.now()) return r.entry.policy;
     return undefined;
+  }
+
+  /**
+   * The keys a policy verifies with now: undefined when none are loaded, or when this service
+   * does not have the policy with that key source yet (it will call onKeysChanged once it has).
+   */
+  keysOf(policy: JwtPolicyModel): readonly JWK[] | undefined {
+    const e = this.current.get(policy.name);
+    if (!e || JSON.stringify(e.policy.model.jwks) !== JSON.stringify(policy.jwks)) return undefined;
+    return e.policy.jwks.keys();
   }
 
   policyNames(): string[] {

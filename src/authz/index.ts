@@ -33,9 +33,9 @@ export function proxiesEndpoint(bindAddress: string, port: number, given?: Authz
   return { address: wildcard ? '127.0.0.1' : bindAddress, port };
 }
 
-export async function startEmbeddedAuthz(opts: { bindAddress: string; port: number; addressForProxies?: AuthzEndpoint; logger: Logger; registry: client.Registry }): Promise<EmbeddedAuthz> {
+export async function startEmbeddedAuthz(opts: { bindAddress: string; port: number; addressForProxies?: AuthzEndpoint; logger: Logger; registry: client.Registry; onKeysChanged?: () => void }): Promise<EmbeddedAuthz> {
   const logger = opts.logger.child({ component: 'authz' });
-  const server = new AuthzServer({ logger, registry: opts.registry });
+  const server = new AuthzServer({ logger, registry: opts.registry, onKeysChanged: opts.onKeysChanged });
   let port: number | undefined;
   try {
     port = await server.listen(hostPort(opts.bindAddress, opts.port));

@@ -18,6 +18,8 @@ export const MAX_JWKS_BYTES = 1 << 20;
 export const DEFAULT_JWKS_TTL_MS = 10 * 60_000;
 /** At most one load attempt per this interval after a failure (and per cooldown, if shorter). */
 export const RETRY_AFTER_FAILURE_MS = 2_000;
+/** Longest wait between scheduled reloads of a fetched set that keeps failing. */
+export const MAX_SCHEDULED_RETRY_MS = 60_000;
 
 const PRIVATE_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'oth', 'k'];
 
@@ -27,6 +29,8 @@ export interface KeySet {
   /** Changes whenever the keys change; verified-token caches compare it. */
   generation: number;
   count: number;
+  /** The usable keys themselves (public members as published). */
+  keys: readonly JWK[];
 }
 
 export interface JwksStatus {
@@ -84,6 +88,8 @@ export interface JwksCacheOptions {
   metrics?: AuthzMetrics;
   logger?: Logger;
   now?: () => number;
+  /** Called after the keys changed (a first load counts). */
+  onChange?: () => void;
 }
 
 export class JwksCache {
@@ -94,6 +100,10 @@ export class JwksCache {
   private generations = 0;
   private watching?: (cur: Stats, prev: Stats) => void;
   private closed = false;
+  /** The next scheduled load of a fetched set (see schedule). */
+  private timer?: NodeJS.Timeout;
+  /** Loads that failed in a row. */
+  private failures = 0;
   lastError?: string;
   readonly source: string;
 
@@ -122,6 +132,7 @@ export class JwksCache {
 
   close(): void {
     this.closed = true;
+    clearTimeout(this.timer);
     if (this.watching && this.spec.kind === 'file') unwatchFile(this.spec.path, this.watching);
     this.watching = undefined;
   }
@@ -167,15 +178,37 @@ export class JwksCache {
     };
   }
 
+  /** The keys in use now (undefined before the first load). */
+  keys(): readonly JWK[] | undefined {
+    return this.set?.keys;
+  }
+
   /** Seconds since the keys were last loaded (undefined before the first load). */
   ageSeconds(): number | undefined {
     return this.set ? (this.now() - this.set.loadedAt) / 1000 : undefined;
+  }
+
+  /**
+   * A fetched set is also reloaded on a timer, when it goes stale (or, after a failure, when a
+   * retry is due): Envoy's fast path verifies with these keys without asking this service, so
+   * rotations and revocations must reach it even when no request comes here.
+   */
+  private schedule(): void {
+    clearTimeout(this.timer);
+    if (this.closed || this.spec.kind !== 'uri') return;
+    // After failures: back off (2 s, 4 s, ... up to a minute) rather than hammer a JWKS endpoint that is down.
+    const backoff = Math.min(RETRY_AFTER_FAILURE_MS * 2 ** Math.max(0, this.failures - 1), MAX_SCHEDULED_RETRY_MS);
+    const at = this.set && this.now() < this.set.expiresAt ? this.set.expiresAt : this.now() + (this.failures ? backoff : 1);
+    const delay = Math.min(Math.max(0, at - this.now()), 2 ** 31 - 1);
+    this.timer = setTimeout(() => void this.refresh(), delay);
+    this.timer.unref();
   }
 
   private refresh(): Promise<boolean> {
     if (this.inflight) return this.inflight;
     this.inflight = this.load().finally(() => {
       this.inflight = undefined;
+      this.schedule();
     });
     return this.inflight;
   }
@@ -218,20 +251,23 @@ export class JwksCache {
       const changed = text !== this.set?.text;
       if (this.closed) return false;
       if (changed) {
-        this.set = { resolve: createLocalJWKSet({ keys }), generation: ++this.generations, count: keys.length, text, loadedAt: now, expiresAt: now + ttlMs };
+        this.set = { resolve: createLocalJWKSet({ keys }), generation: ++this.generations, count: keys.length, keys, text, loadedAt: now, expiresAt: now + ttlMs };
         if (this.lastError || this.generations > 1) logger?.info({ policy, jwks: this.source, keys: keys.length }, 'JWKS loaded');
       } else {
         this.set!.loadedAt = now;
         this.set!.expiresAt = now + ttlMs;
       }
       this.retryAt = 0;
+      this.failures = 0;
       this.lastError = undefined;
       metrics?.jwksFetches.inc({ policy, result: changed ? 'ok' : 'unchanged' });
       metrics?.jwksKeys.set({ policy }, keys.length);
+      if (changed) this.opts.onChange?.();
       return changed;
     } catch (e) {
       const err = e as Error & { cause?: { code?: string } };
       this.lastError = err.name === 'TimeoutError' ? 'timed out' : err.cause?.code ?? (err instanceof SyntaxError ? 'not JSON' : err.message);
+      this.failures++;
       this.retryAt = this.now() + Math.min(RETRY_AFTER_FAILURE_MS, this.spec.kind === 'inline' ? RETRY_AFTER_FAILURE_MS : this.spec.cooldownMs);
       if (this.closed) return false;
       metrics?.jwksFetches.inc({ policy, result: 'error' });

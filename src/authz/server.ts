@@ -55,6 +55,8 @@ export interface AuthzServerOptions {
   /** Where the service's metrics go (the control plane's registry when embedded). */
   registry?: client.Registry;
   now?: () => number;
+  /** See AuthzEngine: called when any policy's keys changed. */
+  onKeysChanged?: () => void;
 }
 
 export class AuthzServer {
@@ -65,7 +67,7 @@ export class AuthzServer {
 
   constructor(private readonly opts: AuthzServerOptions) {
     this.metrics = opts.registry ? new AuthzMetrics(opts.registry) : undefined;
-    this.engine = new AuthzEngine({ logger: opts.logger, metrics: this.metrics, now: opts.now });
+    this.engine = new AuthzEngine({ logger: opts.logger, metrics: this.metrics, now: opts.now, onKeysChanged: () => opts.onKeysChanged?.() });
   }
 
   /** Takes the JWT policies of a newly applied model. */

@@ -40,8 +40,27 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
   logger.info({ ca: ca.source, subject: ca.certificate.subject, notAfter: ca.certificate.notAfter.toISOString() }, 'mesh CA ready');
   const identities = new IdentityManager(ca, { ttlMs: BUILTIN_DEFAULTS.mtls.certTTLms, logger, metrics: { issued: (kind) => metrics.certificates.inc({ kind }) } });
   metrics.trackCertificates(() => identities.nearestExpirySeconds());
-  const authz = await startEmbeddedAuthz({ bindAddress: cfg.xdsAddress, port: cfg.authzPort, addressForProxies: cfg.authzAddressForProxies, logger, registry: metrics.registry });
-  const pipeline = new Pipeline({ policyDir, cache, logger, metrics, identities, authz: authz.endpoint, accessLog: cfg.accessLogSampling === undefined ? undefined : { successSamplePercent: cfg.accessLogSampling } });
+  // New or rotated JWKS keys are handed to Envoy's JWT fast path: recompile (coalesced).
+  let keysTimer: NodeJS.Timeout | undefined;
+  const onKeysChanged = () => {
+    if (keysTimer || !cfg.jwtFastPath) return;
+    keysTimer = setTimeout(() => {
+      keysTimer = undefined;
+      if (pipeline.model) void pipeline.reload();
+    }, 50);
+  };
+  const authz = await startEmbeddedAuthz({ bindAddress: cfg.xdsAddress, port: cfg.authzPort, addressForProxies: cfg.authzAddressForProxies, logger, registry: metrics.registry, onKeysChanged });
+  const pipeline = new Pipeline({
+    policyDir,
+    cache,
+    logger,
+    metrics,
+    identities,
+    authz: authz.endpoint,
+    accessLog: cfg.accessLogSampling === undefined ? undefined : { successSamplePercent: cfg.accessLogSampling },
+    jwtKeys: (p) => authz.server.engine.keysOf(p),
+    jwtFastPath: cfg.jwtFastPath,
+  });
   const tokens = await TokenVerifier.open(path.resolve(cfg.dataDir));
   const xds = new XdsServer({ cache, metrics, logger, tokens, requireToken: cfg.requireToken });
   const consul = attachConsul(cfg, pipeline, metrics, logger); // undefined without --consul-addr
@@ -72,6 +91,7 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
       await consul?.stop();
       await admin.close();
       await xds.close();
+      clearTimeout(keysTimer);
       await authz.close();
       telemetry.stop();
       identities.stop();

@@ -25,6 +25,7 @@ export const SERVE_SETTINGS = {
   caBundle: { flag: 'ca-bundle', env: 'SIGNALBOX_CA_BUNDLE', default: '', help: 'extra trusted roots (PEM) sent to proxies, e.g. the next root during a rotation' },
   requireToken: { flag: 'require-token', env: 'SIGNALBOX_REQUIRE_TOKEN', default: 'secrets', help: 'what a proxy without a valid token gets: "secrets" (config but no keys) or "all" (nothing)' },
   accessLogSampling: { flag: 'access-log-sampling', env: 'SIGNALBOX_ACCESS_LOG_SAMPLING', default: '100', help: 'percent of successful requests proxies report to the access log service (errors are always reported); "off" turns traffic reporting off' },
+  jwtFastPath: { flag: 'jwt-fast-path', env: 'SIGNALBOX_JWT_FAST_PATH', default: 'on', help: '"on": Envoy verifies valid tokens of JWTPolicies itself (jwt_authn plus a check script) and asks the ext_authz service only about the rest; "off": every check goes to the ext_authz service' },
   watchDebounceMs: { flag: 'watch-debounce-ms', env: 'SIGNALBOX_WATCH_DEBOUNCE_MS', default: '100', help: 'quiet time after a policy file change before reloading' },
   consulAddr: { flag: 'consul-addr', env: 'CONSUL_HTTP_ADDR', default: '', help: 'Consul HTTP API (HOST:PORT or http(s)://HOST:PORT); unset: static endpoints only. TLS and token from CONSUL_CACERT, CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY, CONSUL_HTTP_TOKEN' },
   consulDatacenter: { flag: 'consul-datacenter', env: 'SIGNALBOX_CONSUL_DATACENTER', default: '', help: 'Consul datacenter to query when a Service does not name one (default: the agent\'s own)' },
@@ -53,6 +54,8 @@ export interface ServeConfig {
   requireToken: 'secrets' | 'all';
   /** Percent of successful requests reported over the access log service; undefined: off. */
   accessLogSampling?: number;
+  /** Envoy decides valid JWTs itself where it can (see src/xds/translator/filters/jwt-fast.ts). */
+  jwtFastPath: boolean;
 }
 
 function portOf(name: string, v: string): number {
@@ -98,6 +101,12 @@ function accessLogSamplingOf(v: string): number | undefined {
   return n;
 }
 
+function onOff(name: string, v: string): boolean {
+  if (v === 'on') return true;
+  if (v === 'off') return false;
+  throw new SignalboxError(ErrorCode.BAD_FLAG, `--${name} must be "on" or "off", got "${v}"`);
+}
+
 /** Flag value, else environment twin, else default. */
 export function resolveServeConfig(flags: Record<string, string | boolean | undefined>, env: NodeJS.ProcessEnv = process.env): ServeConfig {
   const get = (k: SettingName): string => {
@@ -127,5 +136,6 @@ export function resolveServeConfig(flags: Record<string, string | boolean | unde
     ca: caOf(get('caCert'), get('caKey'), get('caBundle')),
     requireToken: requireTokenOf(get('requireToken')),
     accessLogSampling: accessLogSamplingOf(get('accessLogSampling')),
+    jwtFastPath: onOff('jwt-fast-path', get('jwtFastPath')),
   };
 }

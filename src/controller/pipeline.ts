@@ -20,7 +20,7 @@ import { configResources, endpointsResource, type ResourceMap } from '../xds/tra
 import type { IdentityManager } from '../ca/identities.js';
 import { IDENTITY_SECRET, parseSidecarGroup, TRUST_BUNDLE_SECRET } from '../ir/types.js';
 import { redactSecret } from '../xds/translator/secret.js';
-import type { AuthzEndpoint } from '../translate/jwt.js';
+import type { AuthzEndpoint, JwtKeysOf } from '../translate/jwt.js';
 
 interface GroupState {
   ir: IRProxyConfig;
@@ -50,6 +50,10 @@ export interface PipelineOptions {
   accessLog?: { successSamplePercent: number };
   /** Where proxies reach the ext_authz service (JWTPolicy); default 127.0.0.1:18002. */
   authz?: AuthzEndpoint;
+  /** The keys each JWTPolicy verifies with now, for Envoy's fast path (default: inline keys only). */
+  jwtKeys?: JwtKeysOf;
+  /** false: every JWT check goes to the ext_authz service. */
+  jwtFastPath?: boolean;
 }
 
 export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [PolicyError[]] }> {
@@ -178,7 +182,7 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
     for (const svc of model.services.values()) {
       if (svc.endpoints) this.endpoints.set(svc.name, staticInstances(svc), 'static', { quiet: true });
     }
-    const irs = translate(model, this.sidecarGroups, { authz: this.opts.authz });
+    const irs = translate(model, this.sidecarGroups, { authz: this.opts.authz, jwtKeys: this.opts.jwtKeys, jwtFastPath: this.opts.jwtFastPath });
     if (this.opts.accessLog) for (const ir of irs.values()) for (const l of ir.listeners) l.accessLog = this.opts.accessLog;
     applyMeshTracing(model, irs);
     if (this.opts.identities) {

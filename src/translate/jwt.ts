@@ -4,9 +4,11 @@
 // route, or on the Service whose sidecar inbound listener it is. Every route of such a listener
 // names the policies it must satisfy; routes under none skip the check. The group then also gets
 // the cluster that reaches Signalbox's ext_authz service.
+import type { JWK } from 'jose';
+import type { IRJwtFastCheck, IRJwtProvider } from '../ir/jwt.js';
 import type { IRCluster, IRHttpListener, IRProxyConfig, IRRoute } from '../ir/types.js';
 import { parseSidecarGroup } from '../ir/types.js';
-import { jwtPoliciesOn, type JwtModel } from '../model/jwt.js';
+import { jwtPoliciesOn, keyAlgorithms, type JwtModel, type JwtPolicyModel } from '../model/jwt.js';
 import type { Model } from '../model/model.js';
 
 /** The cluster name: a dot cannot appear in a Service name, so it never clashes with one. */
@@ -40,9 +42,85 @@ function headersOf(jwt: JwtModel, names: Iterable<string>): string[] {
   return [...out].sort();
 }
 
-export function applyJwtPolicies(model: Model, ir: IRProxyConfig, endpoint: AuthzEndpoint = DEFAULT_AUTHZ_ENDPOINT): IRProxyConfig {
+/** The keys a policy verifies with right now (undefined: none known yet). */
+export type JwtKeysOf = (policy: JwtPolicyModel) => readonly JWK[] | undefined;
+
+/** Without a running key cache (e.g. `signalbox compile`): only keys written in the policy. */
+export const inlineKeysOnly: JwtKeysOf = (p) => (p.jwks.kind === 'inline' ? p.jwks.keys : undefined);
+
+export interface JwtTranslateOptions {
+  endpoint?: AuthzEndpoint;
+  keys?: JwtKeysOf;
+  /** Let Envoy decide valid tokens itself where it can (default true). */
+  fastPath?: boolean;
+}
+
+/** RSA keys shorter than this are refused by the ext_authz service (WebCrypto), so Envoy gets none. */
+const MIN_RSA_MODULUS_BYTES = 256;
+
+/**
+ * The key set Envoy verifies with: each usable key once per algorithm the policy allows for it,
+ * with `alg` set, so that Envoy (which honours a key's `alg`) accepts exactly the policy's
+ * algorithms. Only public members are kept; keys the service would not use are left out.
+ */
+export function pinnedJwks(keys: readonly JWK[], algorithms: readonly string[]): { jwks: string; kidless: boolean } | undefined {
+  const out: Record<string, unknown>[] = [];
+  let kidless = false;
+  for (const k of keys) {
+    const jwk = k as Record<string, unknown>;
+    if (jwk.use !== undefined && jwk.use !== 'sig') continue;
+    if (Array.isArray(jwk.key_ops) && !jwk.key_ops.includes('verify')) continue;
+    if (jwk.kty === 'RSA' && (typeof jwk.n !== 'string' || Buffer.from(jwk.n, 'base64url').length < MIN_RSA_MODULUS_BYTES)) continue;
+    const members = jwk.kty === 'RSA' ? ['n', 'e'] : jwk.kty === 'EC' ? ['crv', 'x', 'y'] : ['crv', 'x'];
+    if (members.some((m) => typeof jwk[m] !== 'string')) continue;
+    for (const alg of keyAlgorithms(jwk).filter((a) => algorithms.includes(a))) {
+      const pinned: Record<string, unknown> = { kty: jwk.kty };
+      if (typeof jwk.kid === 'string') pinned.kid = jwk.kid;
+      else kidless = true;
+      pinned.alg = alg;
+      for (const m of members) pinned[m] = jwk[m];
+      out.push(pinned);
+    }
+  }
+  return out.length ? { jwks: JSON.stringify({ keys: out }), kidless } : undefined;
+}
+
+/** Envoy-side verification of one policy, or why it cannot have it. */
+export function fastPathOf(p: JwtPolicyModel, keys: readonly JWK[] | undefined): { provider: IRJwtProvider; check: IRJwtFastCheck } | { reason: string } {
+  const only = p.from.length === 1 ? p.from[0]! : undefined;
+  if (!only || !('header' in only)) return { reason: 'the token may come from a cookie, a query parameter or several places' };
+  if (!keys || keys.length === 0) return { reason: 'no verification keys loaded yet' };
+  const pinned = pinnedJwks(keys, p.algorithms);
+  if (!pinned) return { reason: 'no key Envoy can use with the allowed algorithms' };
+  const skewSeconds = p.clockSkewMs / 1000;
+  return {
+    provider: { policy: p.name, jwks: pinned.jwks, header: only.header, ...(only.prefix ? { prefix: only.prefix } : {}), clockSkewSeconds: Math.ceil(skewSeconds) },
+    check: {
+      policy: p.name,
+      header: only.header,
+      prefix: only.prefix ?? '',
+      maxBytes: p.maxTokenBytes,
+      issuer: p.issuer,
+      audiences: p.audiences,
+      algorithms: p.algorithms,
+      skewSeconds,
+      kidless: pinned.kidless,
+      require: p.require.map((r) => ('contains' in r ? { claim: r.claim, op: 'contains', value: r.contains } : 'in' in r ? { claim: r.claim, op: 'in', value: r.in } : { claim: r.claim, op: 'equals', value: r.equals })),
+      forward: p.forwardClaims,
+    },
+  };
+}
+
+export function applyJwtPolicies(model: Model, ir: IRProxyConfig, opts: JwtTranslateOptions = {}): IRProxyConfig {
   const jwt = model.jwt;
   if (!jwt || jwt.policies.size === 0) return ir;
+  const endpoint = opts.endpoint ?? DEFAULT_AUTHZ_ENDPOINT;
+  const keysOf = opts.keys ?? inlineKeysOnly;
+  const fastPaths = new Map<string, ReturnType<typeof fastPathOf>>();
+  const fastPath = (name: string) => {
+    if (!fastPaths.has(name)) fastPaths.set(name, fastPathOf(jwt.policies.get(name)!, keysOf(jwt.policies.get(name)!)));
+    return fastPaths.get(name)!;
+  };
 
   // HTTPRoute documents by where they were written: IR routes keep their HTTPRoute's source.
   const routeAt = new Map(model.routes.map((r) => [`${r.source.file}#${r.source.doc}`, r.name]));
@@ -60,12 +138,19 @@ export function applyJwtPolicies(model: Model, ir: IRProxyConfig, endpoint: Auth
       return [...new Set([...onListener, ...own])].sort();
     };
     const used = new Set<string>();
+    const providers = new Map<string, IRJwtProvider>();
     const virtualHosts = l.routeConfig.virtualHosts.map((v) => ({
       ...v,
       routes: v.routes.map((r) => {
         const policies = policiesOf(r);
         for (const p of policies) used.add(p);
-        return { ...r, jwt: { policies } };
+        if (policies.length === 0) return { ...r, jwt: { policies } };
+        if (opts.fastPath === false) return { ...r, jwt: { policies, slowReason: 'the fast path is switched off' } };
+        if (policies.length > 1) return { ...r, jwt: { policies, slowReason: 'several policies apply to the route' } };
+        const f = fastPath(policies[0]!);
+        if ('reason' in f) return { ...r, jwt: { policies, slowReason: f.reason } };
+        providers.set(f.provider.policy, f.provider);
+        return { ...r, jwt: { policies, fast: f.check } };
       }),
     }));
     if (used.size === 0) return l;
@@ -74,6 +159,7 @@ export function applyJwtPolicies(model: Model, ir: IRProxyConfig, endpoint: Auth
       ...l,
       routeConfig: { ...l.routeConfig, virtualHosts },
       extAuthz: { cluster: AUTHZ_CLUSTER, timeoutMs: EXT_AUTHZ_TIMEOUT_MS, headers: headersOf(jwt, used) },
+      ...(providers.size ? { jwtProviders: [...providers.values()].sort((a, b) => (a.policy < b.policy ? -1 : 1)) } : {}),
     };
   });
   if (!checked) return ir;

@@ -213,6 +213,33 @@ spec:
     assert.equal(lastSeen(app).headers.authorization?.startsWith('Bearer '), true, 'the token itself is passed on');
   });
 
+  test('fast path: Envoy decides valid tokens itself (jwt_authn + check script); the ext_authz service is not asked', async () => {
+    const allows = async () => Number(/signalbox_authz_check_duration_seconds_count\{[^}]*result="allow"[^}]*\} (\d+)/.exec(await sb.adminText('/metrics'))?.[1] ?? 0);
+    // Tokens jwt_authn looked up in its verified-token cache (a hit or a miss and a verification).
+    const verified = async () => [...(await gateway.admin('/stats?filter=jwt_authn')).matchAll(/http\.gateway_http\.jwt_authn\.jwt_cache_(?:hit|miss): (\d+)/g)].reduce((n, m) => n + Number(m[1]), 0);
+    // The fast path needs the keys, which reach Envoy once the service has loaded them.
+    await waitFor(
+      async () => {
+        const before = await allows();
+        await request(gwPort, '/secure', bearer(await token(rsa)));
+        return (await allows()) === before;
+      },
+      { what: 'the fast path in use on /secure', timeoutMs: 10_000, intervalMs: 200 },
+    );
+    const allowsBefore = await allows();
+    const verifiedBefore = await verified();
+    for (const [i, key] of [rsa, ec, ed, rsa, ec].entries()) {
+      await gw(`fast path: valid token ${i + 1} of 5, spoofed x-user-id`, 200, '/secure', { ...bearer(await token(key, { sub: `fast-${i}` })), 'x-user-id': 'admin' });
+      assert.equal(lastSeen(app).headers['x-user-id'], `fast-${i}`, 'the check script set the forwarded claim over the client copy');
+    }
+    await gw('fast path: valid token with the scope (require rule checked in Envoy)', 200, '/scoped', bearer(await token(rsa, { scope: 'profile orders.read' })));
+    assert.equal(await allows(), allowsBefore, 'no valid token went to the ext_authz service');
+    assert.ok((await verified()) > verifiedBefore, "Envoy's jwt_authn verified the tokens");
+    // Refusals are still the service's: same status and challenge as without the fast path.
+    const r = await gw('fast path listener: expired token, decided by the service', 401, '/secure', bearer(await token(rsa, { exp: Math.floor(Date.now() / 1000) - 120 })));
+    assert.match(String(r.headers['www-authenticate']), /error_description="token expired"/);
+  });
+
   test('no token: 401 with an RFC 6750 challenge', async () => {
     const r = await gw('no token', 401, '/secure');
     assert.match(String(r.headers['www-authenticate']), /^Bearer error="invalid_token"/);
@@ -361,7 +388,7 @@ spec:
   test('metrics count decisions by policy and reason; tokens never reach the logs', async () => {
     const text = await sb.adminText('/metrics');
     for (const re of [
-      /signalbox_authz_decisions_total\{policy="users",result="allow",reason="ok"\} [1-9]/,
+      /signalbox_authz_decisions_total\{policy="browser",result="allow",reason="ok"\} [1-9]/,
       /signalbox_authz_decisions_total\{policy="users",result="deny",reason="expired"\} [1-9]/,
       /signalbox_authz_decisions_total\{policy="users",result="deny",reason="alg_not_allowed"\} [1-9]/,
       /signalbox_authz_decisions_total\{policy="orders-read",result="deny",reason="claim_mismatch"\} [1-9]/,

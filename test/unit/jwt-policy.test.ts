@@ -8,7 +8,7 @@ import { resolveServeConfig } from '../../src/config/settings.js';
 import { ErrorCode } from '../../src/errors.js';
 import { translate } from '../../src/translate/gateway.js';
 import { sidecarGroup } from '../../src/ir/types.js';
-import { AUTHZ_CLUSTER } from '../../src/translate/jwt.js';
+import { AUTHZ_CLUSTER, pinnedJwks } from '../../src/translate/jwt.js';
 import { proxiesEndpoint } from '../../src/authz/index.js';
 import { makeKey } from '../helpers/jwks-server.js';
 import { doc, docs, policyDir, removePolicyDirs, validateDir } from './policy-dir.js';
@@ -198,7 +198,7 @@ describe('JWTPolicy translation', () => {
     const ir = translate(r.model!, [group], { authz: { address: '10.0.0.5', port: 19002 } }).get(group)!;
     const inbound = ir.listeners.find((l) => l.name === 'inbound')!;
     const outbound = ir.listeners.find((l) => l.name === 'outbound')!;
-    assert.deepEqual(inbound.routeConfig.virtualHosts[0]!.routes[0]!.jwt, { policies: ['svc'] });
+    assert.deepEqual(inbound.routeConfig.virtualHosts[0]!.routes[0]!.jwt, { policies: ['svc'], slowReason: 'no verification keys loaded yet' });
     assert.equal(outbound.extAuthz, undefined);
     assert.deepEqual(ir.clusters.find((c) => c.name === AUTHZ_CLUSTER)?.static, { address: '10.0.0.5', port: 19002 });
     const { httpFilters } = await import('../../src/xds/translator/filters/index.js');
@@ -220,6 +220,87 @@ describe('JWTPolicy translation', () => {
     const routes = outbound.routeConfig.virtualHosts.find((v) => v.name === 'orders')!.routes;
     assert.deepEqual(routes.map((x) => [x.name, x.jwt?.policies]), [['orders-api/write/match-0', ['writers']], ['orders-api/read/match-0', []]]);
     assert.equal(ir.listeners.find((l) => l.name === 'inbound')!.extAuthz, undefined);
+  });
+
+  test('fast path: a one-policy route reading a header gets jwt_authn + the check script, pinned keys, and ext_authz skipping passed requests', async () => {
+    const rsa = await makeKey('RS256', 'r');
+    const ec = await makeKey('ES256', 'e');
+    const inline = `{ inline: { keys: [ ${JSON.stringify(rsa.jwk)}, ${JSON.stringify({ ...ec.jwk, alg: undefined })} ] } }`;
+    const files = {
+      'a.yaml': docs(
+        BASE,
+        jwt('users', '{ kind: HTTPRoute, name: api, sectionName: secure }', '  algorithms: [RS256, PS256, ES256]\n  require: [ { claim: scope, contains: read }, { claim: admin, equals: false } ]\n  forwardClaims: [ { claim: sub, header: x-user } ]\n', inline),
+        jwt('edge', '{ kind: Gateway, name: public, sectionName: admin }', "  from: [ { cookie: session } ]\n", inline),
+      ),
+    };
+    const groups = await compile(files);
+    const l = get(groups, 'gateway/public', 'listener', 'public/http');
+    assert.deepEqual(filtersOf(l).map((f) => f.name), ['envoy.filters.http.jwt_authn', 'signalbox.jwt_check', 'signalbox.ext_authz', 'envoy.filters.http.router']);
+    const authn = filtersOf(l)[0]!.typed_config;
+    const provider = authn.providers.users;
+    assert.deepEqual(provider.from_headers, [{ name: 'authorization', value_prefix: 'Bearer ' }]);
+    assert.equal(provider.payload_in_metadata, 'users');
+    assert.equal(provider.forward, true);
+    // The RSA key once per allowed RSA algorithm (RS256 only: the key says alg RS256); the EC key (no alg) as ES256.
+    const keys = JSON.parse(provider.local_jwks.inline_string).keys;
+    assert.deepEqual(keys.map((k: Json) => `${k.kid}:${k.alg}`), ['r:RS256', 'e:ES256']);
+    assert.ok(keys.every((k: Json) => k.use === undefined && k.d === undefined));
+    assert.deepEqual(authn.requirement_map.users.requires_any.requirements, [{ provider_name: 'users' }, { allow_missing_or_failed: {} }]);
+    const ext = filtersOf(l).find((f) => f.name === 'signalbox.ext_authz')!.typed_config;
+    assert.deepEqual(ext.filter_enabled_metadata, { filter: 'signalbox.jwt', path: [{ key: 'verdict' }], value: { string_match: { exact: 'pass' } }, invert: true });
+    const routes = get(groups, 'gateway/public', 'route', 'public/http').virtual_hosts[0].routes as Json[];
+    const secure = routes.find((r) => r.name === 'api/secure/match-0')!;
+    assert.equal(secure.typed_per_filter_config['envoy.filters.http.jwt_authn'].requirement_name, 'users');
+    assert.equal(secure.typed_per_filter_config['signalbox.jwt_check'], undefined, 'the script runs (its default code)');
+    const check = secure.metadata.filter_metadata['signalbox.jwt_check'].fields.check.structValue.fields;
+    assert.equal(check.policy.stringValue, 'users');
+    assert.deepEqual(check.require.listValue.values[1].structValue.fields.value, { boolValue: false });
+    const open = routes.find((r) => r.name === 'api/open/match-0')!;
+    assert.equal(open.typed_per_filter_config['envoy.filters.http.jwt_authn'].disabled, true);
+    assert.equal(open.typed_per_filter_config['signalbox.jwt_check'].disabled, true);
+    // A cookie policy has no fast path: no jwt_authn on that listener.
+    const admin = get(groups, 'gateway/public', 'listener', 'public/admin');
+    assert.deepEqual(filtersOf(admin).map((f) => f.name), ['signalbox.ext_authz', 'envoy.filters.http.router']);
+    assert.equal(filtersOf(admin)[0]!.typed_config.filter_enabled_metadata, undefined);
+  });
+
+  test('fast path: why a route has none (several policies, no keys, cookie sources, switched off); unusable keys are not handed to Envoy', async () => {
+    const rsa = await makeKey('RS256', 'r');
+    const inline = `{ inline: { keys: [ ${JSON.stringify(rsa.jwk)} ] } }`;
+    const r = await validateDir(
+      policyDir({
+        'a.yaml': docs(
+          BASE,
+          jwt('a', '{ kind: HTTPRoute, name: api, sectionName: secure }', '', inline),
+          jwt('b', '{ kind: HTTPRoute, name: api, sectionName: secure }', '', inline),
+          jwt('c', '{ kind: HTTPRoute, name: api, sectionName: open }'),
+        ),
+      }),
+    );
+    assert.deepEqual(r.errors, []);
+    const jwtOf = (opts: Parameters<typeof translate>[2]) => translate(r.model!, [], opts).get('gateway/public')!.listeners[0]!.routeConfig.virtualHosts[0]!.routes.map((x) => [x.name, x.jwt?.fast?.policy ?? x.jwt?.slowReason]);
+    assert.deepEqual(jwtOf({}), [
+      ['api/secure/match-0', 'several policies apply to the route'],
+      ['api/open/match-0', 'no verification keys loaded yet'],
+    ]);
+    assert.deepEqual(jwtOf({ jwtKeys: () => [rsa.jwk] })[1], ['api/open/match-0', 'c']);
+    assert.deepEqual(jwtOf({ jwtKeys: () => [rsa.jwk], jwtFastPath: false })[1], ['api/open/match-0', 'the fast path is switched off']);
+    // Keys the service would not verify with never reach Envoy.
+    const short = { kty: 'RSA', kid: 's', n: Buffer.alloc(128, 1).toString('base64url'), e: 'AQAB' };
+    const enc = { ...rsa.jwk, kid: 'enc', use: 'enc' };
+    const noVerify = { ...rsa.jwk, kid: 'nv', key_ops: ['encrypt'] };
+    assert.equal(pinnedJwks([short, enc, noVerify], ['RS256']), undefined);
+    const mixed = pinnedJwks([{ ...rsa.jwk, alg: undefined, kid: undefined }], ['RS256', 'PS384', 'ES256']);
+    assert.deepEqual(JSON.parse(mixed!.jwks).keys.map((k: Json) => k.alg), ['RS256', 'PS384']);
+    assert.equal(mixed!.kidless, true);
+    assert.deepEqual(jwtOf({ jwtKeys: () => [short] })[1], ['api/open/match-0', 'no key Envoy can use with the allowed algorithms']);
+  });
+
+  test('serve flags: --jwt-fast-path', () => {
+    assert.equal(resolveServeConfig({}, {}).jwtFastPath, true);
+    assert.equal(resolveServeConfig({ 'jwt-fast-path': 'off' }, {}).jwtFastPath, false);
+    assert.equal(resolveServeConfig({}, { SIGNALBOX_JWT_FAST_PATH: 'off' }).jwtFastPath, false);
+    assert.throws(() => resolveServeConfig({ 'jwt-fast-path': 'maybe' }, {}), /--jwt-fast-path must be "on" or "off"/);
   });
 
   test('serve flags: --authz-port and --authz-address-for-proxies', () => {

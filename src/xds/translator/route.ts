@@ -2,6 +2,7 @@ import type { IRHeaderMods, IRRoute, IRRouteMatch, IRStringMatch, IRHttpListener
 import { faultFilter } from './filters/index.js';
 import { patchRoutePolicies, virtualHostPolicies } from './route-policy.js';
 import { patchRouteForExtAuthz } from './filters/ext-authz.js';
+import { patchRouteForJwtFastPath } from './filters/jwt-fast.js';
 import { duration, fractionalPercent, typed } from './util.js';
 
 function stringMatch(m: IRStringMatch): Record<string, unknown> {
@@ -49,7 +50,7 @@ function prefixRewrite(m: IRRouteMatch, prefix: string): Record<string, unknown>
 
 const REDIRECT_CODE = { 301: 'MOVED_PERMANENTLY', 302: 'FOUND', 303: 'SEE_OTHER', 307: 'TEMPORARY_REDIRECT', 308: 'PERMANENT_REDIRECT' } as const;
 
-function routeResource(r: IRRoute): Record<string, unknown> {
+function routeResource(l: IRHttpListener, r: IRRoute): Record<string, unknown> {
   const out: Record<string, unknown> = { name: r.name, match: routeMatch(r.match) };
   const a = r.action;
   if (a.kind === 'redirect') {
@@ -92,13 +93,14 @@ function routeResource(r: IRRoute): Record<string, unknown> {
   }
   patchRoutePolicies(r, out);
   patchRouteForExtAuthz(r, out);
+  patchRouteForJwtFastPath(l, r, out);
   return out;
 }
 
 export function routeConfigResource(l: IRHttpListener): Record<string, unknown> {
   return {
     name: l.routeConfig.name,
-    virtual_hosts: l.routeConfig.virtualHosts.map((v) => ({ name: v.name, domains: v.domains, routes: v.routes.map(routeResource), ...virtualHostPolicies(l) })),
+    virtual_hosts: l.routeConfig.virtualHosts.map((v) => ({ name: v.name, domains: v.domains, routes: v.routes.map((r) => routeResource(l, r)), ...virtualHostPolicies(l) })),
     validate_clusters: { value: false },
   };
 }

@@ -8,6 +8,7 @@ import type { IRHttpListener, IRRoute } from '../../../ir/types.js';
 import { JWT_POLICIES_KEY } from '../../../ir/jwt.js';
 import { duration, typed } from '../util.js';
 import type { HttpFilterModule } from './index.js';
+import { FAST_PATH_METADATA } from './jwt-fast.js';
 
 export const EXT_AUTHZ_FILTER = 'signalbox.ext_authz';
 
@@ -26,6 +27,10 @@ export const extAuthz: HttpFilterModule = {
         status_on_error: { code: 'ServiceUnavailable' },
         stat_prefix: 'jwt',
         ...(a.headers.length ? { allowed_headers: { patterns: a.headers.map((h) => ({ exact: h })) } } : {}),
+        // Requests the fast path passed (Envoy verified the token and the check script the rest) skip the call.
+        ...(l.jwtProviders?.length
+          ? { filter_enabled_metadata: { filter: FAST_PATH_METADATA.namespace, path: [{ key: FAST_PATH_METADATA.key }], value: { string_match: { exact: FAST_PATH_METADATA.pass } }, invert: true } }
+          : {}),
       }),
     };
   },

@@ -5,6 +5,7 @@ import { typed } from '../util.js';
 import { rbacAllow, rbacDeny } from './rbac.js';
 import { listenerRateLimit, routeRateLimit } from './local-ratelimit.js';
 import { extAuthz } from './ext-authz.js';
+import { jwtAuthn, jwtCheck } from './jwt-fast.js';
 
 export interface HttpFilterModule {
   /** Envoy's filter name, also the key of per-route configuration. */
@@ -32,7 +33,10 @@ export const FILTER_ORDER: readonly [string, HttpFilterModule][] = [
   ['rbac-allow', rbacAllow],
   ['local-ratelimit-listener', listenerRateLimit],
   ['local-ratelimit-route', routeRateLimit],
-  // After the rate limits, so that a flood is shed before it reaches the authz service.
+  // After the rate limits, so that a flood is shed before any JWT work. Envoy verifies what it can
+  // (jwt_authn, then the check script); ext_authz decides every request they did not pass.
+  ['jwt-authn', jwtAuthn],
+  ['jwt-check', jwtCheck],
   ['ext-authz', extAuthz],
   ['fault', fault],
   ['router', router],

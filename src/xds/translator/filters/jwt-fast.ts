@@ -1,0 +1,277 @@
+// The JWT fast path: Envoy decides a valid token itself, and only the rest go to ext_authz.
+//
+//   jwt_authn  - Envoy's own filter checks the token's signature with the keys Signalbox hands it
+//                (pinned to the policy's algorithms). It never refuses anything itself
+//                (`allow_missing_or_failed`); on success it leaves the token's header and payload
+//                in dynamic metadata.
+//   jwt check  - a fixed Lua script re-checks everything else the policy says, exactly as the
+//                ext_authz service would: one token, in the one place the policy names, of the
+//                allowed size and shape; exp/nbf/iat with the clock skew; iss; aud; `require`
+//                rules. Only when every check passes does it set the forwarded-claim headers
+//                (removing client copies) and mark the request `signalbox.jwt/verdict = pass`.
+//   ext_authz  - skips requests marked `pass` (filter_enabled_metadata); everything else (no
+//                token, a bad token, an unknown kid, anything the script is unsure of) is decided
+//                by the service, with its status codes, challenges and key refetching.
+//
+// The script is a constant; the policy reaches it as data in the route's metadata, never as code.
+// Whenever the script cannot be sure the service would allow the request with the same headers,
+// it does nothing, and the service decides: the fast path can only ever agree with ext_authz.
+import type { IRHttpListener, IRRoute } from '../../../ir/types.js';
+import { protoStruct, typed } from '../util.js';
+import type { HttpFilterModule } from './index.js';
+
+export const JWT_AUTHN_FILTER = 'envoy.filters.http.jwt_authn';
+export const JWT_CHECK_FILTER = 'signalbox.jwt_check';
+/** The dynamic metadata the check script writes, and the key and value of a passed request. */
+export const FAST_PATH_METADATA = { namespace: 'signalbox.jwt', key: 'verdict', pass: 'pass' } as const;
+
+/** Metadata key of a verified token's header (its payload goes under the policy name). */
+export function headerKeyOf(policy: string): string {
+  return `header:${policy}`;
+}
+
+export const JWT_CHECK_SCRIPT = `-- Signalbox JWT fast path check (generated configuration carries only data; see jwt-fast.ts).
+local NS_JWT = "envoy.filters.http.jwt_authn"
+local NS_OUT = "${FAST_PATH_METADATA.namespace}"
+local MAX_FORWARD = 8192
+local UNKNOWN = {}
+
+local function is_array(t)
+  if type(t) ~= "table" then return false end
+  local n = #t
+  if n == 0 then return false end
+  local count = 0
+  for _ in pairs(t) do count = count + 1 end
+  return count == n
+end
+
+local function finite(x)
+  return type(x) == "number" and x == x and x ~= math.huge and x ~= -math.huge
+end
+
+local function scalar(x)
+  local t = type(x)
+  return t == "string" or t == "number" or t == "boolean"
+end
+
+local function split_dots(name)
+  local parts, start = {}, 1
+  while true do
+    local i = string.find(name, ".", start, true)
+    if not i then
+      parts[#parts + 1] = string.sub(name, start)
+      return parts
+    end
+    parts[#parts + 1] = string.sub(name, start, i - 1)
+    start = i + 1
+  end
+end
+
+local function claim_value(payload, name)
+  local v = payload[name]
+  if v ~= nil then return v end
+  if not string.find(name, ".", 1, true) then return nil end
+  v = payload
+  for _, part in ipairs(split_dots(name)) do
+    if type(v) ~= "table" or is_array(v) then return nil end
+    v = v[part]
+    if v == nil then return nil end
+  end
+  return v
+end
+
+local function rule_holds(rule, value)
+  if value == nil then return false end
+  local op, want = rule.op, rule.value
+  if op == "contains" then
+    if type(value) == "table" then
+      if not is_array(value) then return false end
+      for _, x in ipairs(value) do if x == want then return true end end
+      return false
+    end
+    if type(value) == "string" then
+      for w in string.gmatch(value, "%S+") do if w == want then return true end end
+    end
+    return false
+  elseif op == "in" then
+    local function is_in(x)
+      if not scalar(x) then return false end
+      for _, y in ipairs(want) do if x == y then return true end end
+      return false
+    end
+    if type(value) == "table" then
+      if not is_array(value) then return false end
+      for _, x in ipairs(value) do if is_in(x) then return true end end
+      return false
+    end
+    return is_in(value)
+  elseif op == "equals" then
+    return value == want
+  end
+  return false
+end
+
+-- A scalar as the service would write it; UNKNOWN when this script cannot be sure.
+local function scalar_text(x)
+  local t = type(x)
+  if t == "string" then return x end
+  if t == "boolean" then return x and "true" or "false" end
+  if t == "number" then
+    if finite(x) and x == math.floor(x) and math.abs(x) < 1e15 then return string.format("%d", x) end
+    return UNKNOWN
+  end
+  return UNKNOWN
+end
+
+-- A claim as a header value: text, false (not forwarded) or UNKNOWN.
+local function header_value(v)
+  if v == nil then return false end
+  local text
+  if type(v) == "table" then
+    if not is_array(v) then return UNKNOWN end
+    local parts = {}
+    for i, x in ipairs(v) do
+      local s = scalar_text(x)
+      if s == UNKNOWN then return UNKNOWN end
+      parts[i] = s
+    end
+    text = table.concat(parts, ",")
+  else
+    text = scalar_text(v)
+    if text == UNKNOWN then return UNKNOWN end
+  end
+  if text == "" or string.find(text, "%c") then return false end
+  if #text > MAX_FORWARD then return UNKNOWN end
+  return text
+end
+
+local function trim(s)
+  return (string.gsub(s, "^%s+", ""):gsub("%s+$", ""))
+end
+
+local function listed(list, x)
+  for _, y in ipairs(list) do if y == x then return true end end
+  return false
+end
+
+local function decide(handle, c)
+  local headers = handle:headers()
+  if headers:getNumValues(c.header) ~= 1 then return nil end
+  local raw = headers:get(c.header)
+  if raw == nil or string.find(raw, ",", 1, true) then return nil end
+  if #raw > c.maxBytes + #c.prefix + 16 then return nil end
+  local v = trim(raw)
+  if #c.prefix > 0 then
+    if string.lower(string.sub(v, 1, #c.prefix)) ~= string.lower(c.prefix) then return nil end
+    v = trim(string.sub(v, #c.prefix + 1))
+  end
+  if v == "" or #v > c.maxBytes then return nil end
+  if not string.find(v, "^[%w_%-]+%.[%w_%-]+%.[%w_%-]+$") then return nil end
+
+  local verified = handle:streamInfo():dynamicMetadata():get(NS_JWT)
+  if type(verified) ~= "table" then return nil end
+  local payload = verified[c.policy]
+  local hdr = verified["header:" .. c.policy]
+  if type(payload) ~= "table" or type(hdr) ~= "table" then return nil end
+  if not listed(c.algorithms, hdr.alg) or hdr.crit ~= nil or hdr.b64 ~= nil then return nil end
+  if c.kidless and hdr.kid ~= nil then return nil end
+
+  local now = os.time()
+  local exp, nbf, iat = payload.exp, payload.nbf, payload.iat
+  if not finite(exp) then return nil end
+  if nbf ~= nil and not finite(nbf) then return nil end
+  if iat ~= nil and not finite(iat) then return nil end
+  if exp <= now + 1 - c.skewSeconds then return nil end
+  if nbf ~= nil and nbf > now + c.skewSeconds then return nil end
+  if iat ~= nil and iat > now + c.skewSeconds then return nil end
+  if payload.iss ~= c.issuer then return nil end
+  if #c.audiences > 0 then
+    local aud = payload.aud
+    local list = type(aud) == "string" and { aud } or (is_array(aud) and aud or {})
+    local ok = false
+    for _, a in ipairs(list) do
+      if type(a) == "string" and listed(c.audiences, a) then ok = true break end
+    end
+    if not ok then return nil end
+  end
+  for _, rule in ipairs(c.require) do
+    if not rule_holds(rule, claim_value(payload, rule.claim)) then return nil end
+  end
+  local set = {}
+  for i, f in ipairs(c.forward) do
+    local value = header_value(claim_value(payload, f.claim))
+    if value == UNKNOWN then return nil end
+    set[i] = { f.header, value }
+  end
+  return set
+end
+
+function envoy_on_request(handle)
+  local c = handle:metadata():get("check")
+  if c == nil then return end
+  local set = decide(handle, c)
+  if set == nil then return end
+  local headers = handle:headers()
+  for _, h in ipairs(set) do
+    if h[2] == false then headers:remove(h[1]) else headers:replace(h[1], h[2]) end
+  end
+  handle:streamInfo():dynamicMetadata():set(NS_OUT, "${FAST_PATH_METADATA.key}", "${FAST_PATH_METADATA.pass}")
+end
+`;
+
+export const jwtAuthn: HttpFilterModule = {
+  envoyName: JWT_AUTHN_FILTER,
+  wanted: (l: IRHttpListener) => (l.jwtProviders?.length ?? 0) > 0,
+  hcmEntry: (l: IRHttpListener) => {
+    if (!l.jwtProviders?.length) return undefined;
+    const providers: Record<string, unknown> = {};
+    const requirements: Record<string, unknown> = {};
+    for (const p of l.jwtProviders) {
+      providers[p.policy] = {
+        local_jwks: { inline_string: p.jwks },
+        from_headers: [{ name: p.header, ...(p.prefix ? { value_prefix: p.prefix } : {}) }],
+        forward: true,
+        payload_in_metadata: p.policy,
+        header_in_metadata: headerKeyOf(p.policy),
+        clock_skew_seconds: p.clockSkewSeconds,
+        jwt_cache_config: { jwt_cache_size: 1000 },
+      };
+      // Never refuse here: a token this filter cannot verify is the ext_authz service's to judge.
+      requirements[p.policy] = { requires_any: { requirements: [{ provider_name: p.policy }, { allow_missing_or_failed: {} }] } };
+    }
+    return {
+      name: JWT_AUTHN_FILTER,
+      typed_config: typed('envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication', { providers, requirement_map: requirements }),
+    };
+  },
+};
+
+export const jwtCheck: HttpFilterModule = {
+  envoyName: JWT_CHECK_FILTER,
+  wanted: (l: IRHttpListener) => (l.jwtProviders?.length ?? 0) > 0,
+  hcmEntry: (l: IRHttpListener) => {
+    if (!l.jwtProviders?.length) return undefined;
+    return { name: JWT_CHECK_FILTER, typed_config: typed('envoy.extensions.filters.http.lua.v3.Lua', { default_source_code: { inline_string: JWT_CHECK_SCRIPT } }) };
+  },
+};
+
+/** Route-level settings on a fast-path listener: the policy to verify and the script's parameters. */
+export function patchRouteForJwtFastPath(l: IRHttpListener, r: IRRoute, out: Record<string, unknown>): void {
+  if (!l.jwtProviders?.length) return;
+  const fast = r.jwt?.fast;
+  const perFilter = (out.typed_per_filter_config as Record<string, unknown> | undefined) ?? {};
+  if (!fast) {
+    out.typed_per_filter_config = {
+      ...perFilter,
+      [JWT_AUTHN_FILTER]: typed('envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig', { disabled: true }),
+      [JWT_CHECK_FILTER]: typed('envoy.extensions.filters.http.lua.v3.LuaPerRoute', { disabled: true }),
+    };
+    return;
+  }
+  out.typed_per_filter_config = {
+    ...perFilter,
+    [JWT_AUTHN_FILTER]: typed('envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig', { requirement_name: fast.policy }),
+  };
+  const metadata = (out.metadata as { filter_metadata?: Record<string, unknown> } | undefined) ?? {};
+  out.metadata = { ...metadata, filter_metadata: { ...(metadata.filter_metadata ?? {}), [JWT_CHECK_FILTER]: protoStruct({ check: fast }) } };
+}
