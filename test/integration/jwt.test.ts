@@ -41,6 +41,12 @@ function request(port: number, p: string, headers: Record<string, string | strin
 
 const bearer = (t: string) => ({ authorization: `Bearer ${t}` });
 
+/** Rules and forwarded claims of the parity policies: every claim type the checks treat differently. */
+const PARITY = `  require: [ { claim: realm.roles, contains: reader }, { claim: level, in: [2, 3] }, { claim: active, equals: true } ]
+  forwardClaims: [ { claim: sub, header: x-user-id }, { claim: groups, header: x-groups }, { claim: level, header: x-level }, { claim: realm.name, header: x-realm }, { claim: ratio, header: x-ratio }, { claim: obj, header: x-obj } ]
+`;
+const PARITY_HEADERS = ['x-user-id', 'x-groups', 'x-level', 'x-realm', 'x-ratio', 'x-obj'];
+
 interface Row {
   via: 'gateway' | 'gateway (edge listener)' | 'sidecar';
   name: string;
@@ -150,6 +156,8 @@ spec:
     - { name: browser, matches: [ { path: { value: /browser } } ], backendRefs: [ { name: app } ] }
     - { name: nokeys, matches: [ { path: { value: /nokeys } } ], backendRefs: [ { name: app } ] }
     - { name: public, matches: [ { path: { value: /public } } ], backendRefs: [ { name: app } ] }
+    - { name: parity-fast, matches: [ { path: { value: /pf } } ], backendRefs: [ { name: app } ] }
+    - { name: parity-slow, matches: [ { path: { value: /ps } } ], backendRefs: [ { name: app } ] }
     - { name: mesh, matches: [ { path: { value: /mesh } } ], backendRefs: [ { name: secure } ] }
 `,
     );
@@ -163,6 +171,10 @@ spec:
         main('orders-write', '{ kind: HTTPRoute, name: api, sectionName: admin }', '  require: [ { claim: scp, contains: orders.write } ]\n'),
         main('maybe', '{ kind: HTTPRoute, name: api, sectionName: optional }', '  optional: true\n  forwardClaims: [ { claim: sub, header: x-user-id } ]\n'),
         main('browser', '{ kind: HTTPRoute, name: api, sectionName: browser }', '  from: [ { cookie: session }, { query: access_token } ]\n'),
+        // Two policies that differ only in where else they may read a token: the first can take the
+        // fast path, the second (two token sources) always asks the ext_authz service.
+        main('parity-fast', '{ kind: HTTPRoute, name: api, sectionName: parity-fast }', PARITY),
+        main('parity-slow', '{ kind: HTTPRoute, name: api, sectionName: parity-slow }', `${PARITY}  from: [ { header: authorization, prefix: "Bearer " }, { query: never_sent } ]\n`),
         `apiVersion: signalbox.dev/v1alpha1
 kind: JWTPolicy
 metadata: { name: dead }
@@ -238,6 +250,54 @@ spec:
     // Refusals are still the service's: same status and challenge as without the fast path.
     const r = await gw('fast path listener: expired token, decided by the service', 401, '/secure', bearer(await token(rsa, { exp: Math.floor(Date.now() / 1000) - 120 })));
     assert.match(String(r.headers['www-authenticate']), /error_description="token expired"/);
+  });
+
+  test('fast path and ext_authz agree: the same tokens through a fast-path route and a service-only route give the same status and upstream headers', async () => {
+    const now = Math.floor(Date.now() / 1000);
+    const good = { realm: { roles: ['reader'], name: 'r1' }, level: 2, active: true, groups: ['a', 'b'] };
+    const cases: [string, Record<string, unknown>, Record<string, string>?][] = [
+      ['all rules hold', good],
+      ['a non-integer claim forwarded', { ...good, ratio: 0.5 }],
+      ['an object claim forwarded', { ...good, obj: { a: 1 } }],
+      ['an integer subject', { ...good, sub: 12345 }],
+      ['level not in the list', { ...good, level: 4 }],
+      ['level as a string', { ...good, level: '2' }],
+      ['active as a string', { ...good, active: 'true' }],
+      ['roles as a space-separated string', { ...good, realm: { roles: 'writer reader', name: 'r2' } }],
+      ['a flat dotted claim name', { ...good, realm: undefined, 'realm.roles': ['reader'] }],
+      ['roles missing', { ...good, realm: { name: 'r3' } }],
+      ['groups empty', { ...good, groups: [] }],
+      ['groups with a control character', { ...good, groups: ['a\u0001b'] }],
+      ['groups missing, client sends a copy', { ...good, groups: undefined }, { 'x-groups': 'admins' }],
+      ['issued in the future', { ...good, iat: now + 120 }],
+      ['expiry with a fraction of a second', { ...good, exp: now + 300.5 }],
+      ['wrong audience', { ...good, aud: 'other' }],
+    ];
+    const allows = async () => Number(/signalbox_authz_decisions_total\{policy="parity-fast",result="allow",reason="ok"\} (\d+)/.exec(await sb.adminText('/metrics'))?.[1] ?? 0);
+    const before = await allows();
+    let allowed = 0;
+    for (const [name, claims, extra] of cases) {
+      const t = await token(rsa, claims);
+      const seen: Record<string, unknown>[] = [];
+      const statuses: number[] = [];
+      for (const route of ['/pf', '/ps']) {
+        const n = app.seen.length;
+        const r = await request(gwPort, route, { ...bearer(t), ...(extra ?? {}) });
+        statuses.push(r.status);
+        seen.push(app.seen.length > n ? Object.fromEntries(PARITY_HEADERS.map((h) => [h, lastSeen(app).headers[h]])) : {});
+      }
+      rows.push({ via: 'gateway', name: `parity: ${name}`, expected: statuses[1]!, got: statuses[0]! });
+      assert.equal(statuses[0], statuses[1], `${name}: fast-path route answered ${statuses[0]}, service-only route ${statuses[1]}`);
+      assert.deepEqual(seen[0], seen[1], `${name}: the upstream saw different headers`);
+      if (statuses[0] === 200) allowed++;
+    }
+    // The lowercase scheme is not what jwt_authn looks for: the service decides, and agrees.
+    const lower = await request(gwPort, '/pf', { authorization: `bearer ${await token(rsa, good)}` });
+    assert.equal(lower.status, 200);
+    assert.ok(allowed >= 6, `${allowed} of the cases were allowed`);
+    // Some allowed cases were decided by Envoy alone: the service allowed (with the lowercase
+    // request) at most as many as were allowed; without the fast path it would be one more.
+    assert.ok((await allows()) - before <= allowed, 'the fast path decided at least one allowed case');
   });
 
   test('no token: 401 with an RFC 6750 challenge', async () => {
