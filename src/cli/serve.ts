@@ -58,7 +58,8 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
     identities,
     authz: authz.endpoint,
     accessLog: cfg.accessLogSampling === undefined ? undefined : { successSamplePercent: cfg.accessLogSampling },
-    jwtKeys: (p) => authz.server.engine.keysOf(p),
+    // Keys written in the policy are known at once; fetched and file keys once the service loaded them.
+    jwtKeys: (p) => (p.jwks.kind === 'inline' ? p.jwks.keys : authz.server.engine.keysOf(p)),
     jwtFastPath: cfg.jwtFastPath,
   });
   const tokens = await TokenVerifier.open(path.resolve(cfg.dataDir));

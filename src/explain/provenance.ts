@@ -8,7 +8,7 @@ import type { SourceRef } from '../sources/files/loader.js';
 
 /** Where a value came from. */
 export interface Origin {
-  kind: 'HTTPRoute' | 'TrafficPolicy' | 'RateLimitPolicy' | 'Mesh' | 'Service' | 'Gateway' | 'default';
+  kind: 'HTTPRoute' | 'TrafficPolicy' | 'RateLimitPolicy' | 'JWTPolicy' | 'Mesh' | 'Service' | 'Gateway' | 'default';
   name?: string;
   file?: string;
   doc?: number;
@@ -97,6 +97,16 @@ function explainRoute(model: Model, ir: IRProxyConfig, listener: string, virtual
   if (r.rateLimit && routeModel) {
     const rl = model.policies.rateLimits.get(rateLimitKey('HTTPRoute', routeModel.name, ruleName)) ?? model.policies.rateLimits.get(rateLimitKey('HTTPRoute', routeModel.name));
     if (rl) settings.rateLimit = rateLimitSetting(rl);
+  }
+  if (r.jwt?.policies.length) {
+    const first = model.jwt?.policies.get(r.jwt.policies[0]!);
+    settings.jwt = {
+      value: {
+        policies: r.jwt.policies,
+        checkedBy: r.jwt.fast ? "Envoy (jwt_authn + check script) for valid tokens; the ext_authz service for the rest" : `the ext_authz service: ${r.jwt.slowReason ?? 'no fast path'}`,
+      },
+      from: first ? at('JWTPolicy', first.name, first.source) : DEFAULT,
+    };
   }
   return { name: r.name, listener, virtualHost, settings };
 }
