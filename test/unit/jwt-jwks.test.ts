@@ -126,6 +126,32 @@ describe('JwksCache (uri)', async () => {
     cache.close();
   });
 
+  test('a stale set is reloaded on a timer without any check asking (keys for Envoy), with back-off after failures', async () => {
+    const srv = await startJwksServer([k1.jwk]);
+    servers.push(srv);
+    let changes = 0;
+    const cache = new JwksCache(uriSpec(srv.url, { minCacheMs: 200, maxCacheMs: 200 }), { policy: 'p', onChange: () => changes++ });
+    cache.start();
+    await waitFor(async () => cache.keys()?.length === 1, { what: 'first load' });
+    assert.equal(changes, 1);
+    srv.setKeys([k1.jwk, k2.jwk]);
+    // No current() call: only the timer can pick the new set up.
+    await waitFor(async () => cache.keys()?.length === 2, { what: 'scheduled reload', timeoutMs: 5_000 });
+    assert.equal(changes, 2);
+    const before = srv.requests;
+    srv.failStatus = 503;
+    await waitFor(async () => cache.status().lastError === 'HTTP 503', { what: 'a failed scheduled reload', timeoutMs: 5_000 });
+    assert.equal(cache.keys()?.length, 2, 'the cached keys stay');
+    srv.failStatus = undefined;
+    await waitFor(async () => cache.status().lastError === undefined, { what: 'recovery after back-off', timeoutMs: 10_000 });
+    assert.equal(changes, 2, 'the same keys again are not a change');
+    assert.ok(srv.requests - before < 10, `reloads are spaced (${srv.requests - before} requests)`);
+    cache.close();
+    const after = srv.requests;
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(srv.requests, after, 'no reload after close');
+  });
+
   test('never reachable: no keys; attempts are spaced, not made per request', async () => {
     const srv = await startJwksServer([k1.jwk]);
     servers.push(srv);

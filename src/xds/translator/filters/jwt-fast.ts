@@ -159,11 +159,12 @@ local function decide(handle, c)
   if headers:getNumValues(c.header) ~= 1 then return nil end
   local raw = headers:get(c.header)
   if raw == nil or string.find(raw, ",", 1, true) then return nil end
-  if #raw > c.maxBytes + #c.prefix + 16 then return nil end
+  local prefix = c.prefix or ""
+  if #raw > c.maxBytes + #prefix + 16 then return nil end
   local v = trim(raw)
-  if #c.prefix > 0 then
-    if string.lower(string.sub(v, 1, #c.prefix)) ~= string.lower(c.prefix) then return nil end
-    v = trim(string.sub(v, #c.prefix + 1))
+  if #prefix > 0 then
+    if string.lower(string.sub(v, 1, #prefix)) ~= string.lower(prefix) then return nil end
+    v = trim(string.sub(v, #prefix + 1))
   end
   if v == "" or #v > c.maxBytes then return nil end
   if not string.find(v, "^[%w_%-]+%.[%w_%-]+%.[%w_%-]+$") then return nil end
