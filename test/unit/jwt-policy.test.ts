@@ -9,6 +9,7 @@ import { ErrorCode } from '../../src/errors.js';
 import { translate } from '../../src/translate/gateway.js';
 import { sidecarGroup } from '../../src/ir/types.js';
 import { AUTHZ_CLUSTER, pinnedJwks } from '../../src/translate/jwt.js';
+import { luaLiteral } from '../../src/xds/translator/filters/jwt-fast.js';
 import { proxiesEndpoint } from '../../src/authz/index.js';
 import { makeKey } from '../helpers/jwks-server.js';
 import { doc, docs, policyDir, removePolicyDirs, validateDir } from './policy-dir.js';
@@ -251,10 +252,12 @@ describe('JWTPolicy translation', () => {
     const routes = get(groups, 'gateway/public', 'route', 'public/http').virtual_hosts[0].routes as Json[];
     const secure = routes.find((r) => r.name === 'api/secure/match-0')!;
     assert.equal(secure.typed_per_filter_config['envoy.filters.http.jwt_authn'].requirement_name, 'users');
-    assert.equal(secure.typed_per_filter_config['signalbox.jwt_check'], undefined, 'the script runs (its default code)');
-    const check = secure.metadata.filter_metadata['signalbox.jwt_check'].fields.check.structValue.fields;
-    assert.equal(check.policy.stringValue, 'users');
-    assert.deepEqual(check.require.listValue.values[1].structValue.fields.value, { boolValue: false });
+    assert.equal(secure.typed_per_filter_config['signalbox.jwt_check'].name, 'users', "the route runs its policy's script");
+    const script: string = filtersOf(l).find((f) => f.name === 'signalbox.jwt_check')!.typed_config.source_codes.users.inline_string;
+    const first = script.split('\n')[0]!;
+    assert.match(first, /^local C = \{.*\["policy"\] = "users"/);
+    assert.match(first, /\["claim"\] = "admin", \["op"\] = "equals", \["value"\] = false/);
+    assert.match(first, /\["forward"\] = \{\{\["claim"\] = "sub", \["header"\] = "x-user"\}\}/);
     const open = routes.find((r) => r.name === 'api/open/match-0')!;
     assert.equal(open.typed_per_filter_config['envoy.filters.http.jwt_authn'].disabled, true);
     assert.equal(open.typed_per_filter_config['signalbox.jwt_check'].disabled, true);
@@ -294,6 +297,14 @@ describe('JWTPolicy translation', () => {
     assert.deepEqual(JSON.parse(mixed!.jwks).keys.map((k: Json) => k.alg), ['RS256', 'PS384']);
     assert.equal(mixed!.kidless, true);
     assert.deepEqual(jwtOf({ jwtKeys: () => [short] })[1], ['api/open/match-0', 'no key Envoy can use with the allowed algorithms']);
+  });
+
+  test('policy values reach the check script as escaped Lua literals, never as code', () => {
+    const hostile = 'x"] = 1 } os.exit() --[[\n\\ é';
+    const lit = luaLiteral({ issuer: hostile, list: [1, -0, 2.5, true, 'a'], nested: { k: null } });
+    assert.ok(!/[\n"\\]/.test(lit.replace(/\\\d{3}/g, '').replace(/"[^"]*"/g, '')), lit);
+    assert.match(lit, /^\{\["issuer"\] = "x\\034\] = 1 \} os\.exit\(\) --\[\[\\010\\092 \\195\\169", \["list"\] = \{1, 0, 2\.5, true, "a"\}, \["nested"\] = \{\["k"\] = nil\}\}$/);
+    assert.throws(() => luaLiteral({ n: Infinity }), /finite/);
   });
 
   test('serve flags: --jwt-fast-path', () => {

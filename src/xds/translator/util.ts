@@ -14,18 +14,3 @@ export function typed(typeName: string, body: Record<string, unknown>): Record<s
 }
 
 export const ADS_SOURCE = { ads: {}, resource_api_version: 'V3' };
-
-/** A JSON value as google.protobuf.Value, in the field names protobufjs uses for it. */
-export function protoValue(v: unknown): Record<string, unknown> {
-  if (v === null || v === undefined) return { nullValue: 'NULL_VALUE' };
-  if (typeof v === 'string') return { stringValue: v };
-  if (typeof v === 'number') return { numberValue: v };
-  if (typeof v === 'boolean') return { boolValue: v };
-  if (Array.isArray(v)) return { listValue: { values: v.map(protoValue) } };
-  return { structValue: protoStruct(v as Record<string, unknown>) };
-}
-
-/** A JSON object as google.protobuf.Struct (metadata), keys in sorted order. */
-export function protoStruct(o: Record<string, unknown>): Record<string, unknown> {
-  return { fields: Object.fromEntries(Object.keys(o).sort().filter((k) => o[k] !== undefined).map((k) => [k, protoValue(o[k])])) };
-}

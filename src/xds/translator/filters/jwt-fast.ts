@@ -13,11 +13,15 @@
 //                token, a bad token, an unknown kid, anything the script is unsure of) is decided
 //                by the service, with its status codes, challenges and key refetching.
 //
-// The script is a constant; the policy reaches it as data in the route's metadata, never as code.
+// The script's logic is a constant. Each policy gets its own copy whose first line binds `C` to the
+// policy's parameters, written as a Lua table literal by `luaLiteral` (every string byte-escaped, so
+// a policy value can never become code). The table is built once when Envoy loads the script, not
+// per request; each fast-path route names its policy's script (LuaPerRoute.name).
 // Whenever the script cannot be sure the service would allow the request with the same headers,
 // it does nothing, and the service decides: the fast path can only ever agree with ext_authz.
+import type { IRJwtFastCheck } from '../../../ir/jwt.js';
 import type { IRHttpListener, IRRoute } from '../../../ir/types.js';
-import { protoStruct, typed } from '../util.js';
+import { typed } from '../util.js';
 import type { HttpFilterModule } from './index.js';
 
 export const JWT_AUTHN_FILTER = 'envoy.filters.http.jwt_authn';
@@ -30,7 +34,7 @@ export function headerKeyOf(policy: string): string {
   return `header:${policy}`;
 }
 
-export const JWT_CHECK_SCRIPT = `-- Signalbox JWT fast path check (generated configuration carries only data; see jwt-fast.ts).
+export const JWT_CHECK_SCRIPT = `-- Signalbox JWT fast path check (see src/xds/translator/filters/jwt-fast.ts); C: the policy.
 local NS_JWT = "envoy.filters.http.jwt_authn"
 local NS_OUT = "${FAST_PATH_METADATA.namespace}"
 local MAX_FORWARD = 8192
@@ -208,9 +212,7 @@ local function decide(handle, c)
 end
 
 function envoy_on_request(handle)
-  local c = handle:metadata():get("check")
-  if c == nil then return end
-  local set = decide(handle, c)
+  local set = decide(handle, C)
   if set == nil then return end
   local headers = handle:headers()
   for _, h in ipairs(set) do
@@ -247,32 +249,59 @@ export const jwtAuthn: HttpFilterModule = {
   },
 };
 
+/** A string as a Lua literal: printable ASCII kept, everything else (and quotes, backslashes) as \ddd. */
+function luaString(v: string): string {
+  let out = '"';
+  for (const b of Buffer.from(v, 'utf8')) out += b >= 0x20 && b < 0x7f && b !== 0x22 && b !== 0x5c ? String.fromCharCode(b) : `\\${String(b).padStart(3, '0')}`;
+  return out + '"';
+}
+
+/** A JSON value as a Lua expression (objects as tables with string keys, arrays as sequences). */
+export function luaLiteral(v: unknown): string {
+  if (v === null || v === undefined) return 'nil';
+  if (typeof v === 'string') return luaString(v);
+  if (typeof v === 'boolean') return v ? 'true' : 'false';
+  if (typeof v === 'number') {
+    if (!Number.isFinite(v)) throw new Error('a policy number must be finite');
+    return Object.is(v, -0) ? '0' : String(v);
+  }
+  if (Array.isArray(v)) return `{${v.map(luaLiteral).join(', ')}}`;
+  const o = v as Record<string, unknown>;
+  return `{${Object.keys(o).sort().filter((k) => o[k] !== undefined).map((k) => `[${luaString(k)}] = ${luaLiteral(o[k])}`).join(', ')}}`;
+}
+
+/** The check script of one policy. */
+export function checkScript(check: IRJwtFastCheck): string {
+  return `local C = ${luaLiteral(check)}\n${JWT_CHECK_SCRIPT}`;
+}
+
 export const jwtCheck: HttpFilterModule = {
   envoyName: JWT_CHECK_FILTER,
   wanted: (l: IRHttpListener) => (l.jwtProviders?.length ?? 0) > 0,
   hcmEntry: (l: IRHttpListener) => {
     if (!l.jwtProviders?.length) return undefined;
-    return { name: JWT_CHECK_FILTER, typed_config: typed('envoy.extensions.filters.http.lua.v3.Lua', { default_source_code: { inline_string: JWT_CHECK_SCRIPT } }) };
+    // One script per policy with a fast-path route on this listener, by policy name.
+    const checks = new Map<string, IRJwtFastCheck>();
+    for (const v of l.routeConfig.virtualHosts) for (const r of v.routes) if (r.jwt?.fast) checks.set(r.jwt.fast.policy, r.jwt.fast);
+    const sourceCodes = Object.fromEntries([...checks.keys()].sort().map((p) => [p, { inline_string: checkScript(checks.get(p)!) }]));
+    return { name: JWT_CHECK_FILTER, typed_config: typed('envoy.extensions.filters.http.lua.v3.Lua', { source_codes: sourceCodes }) };
   },
 };
 
-/** Route-level settings on a fast-path listener: the policy to verify and the script's parameters. */
+/** Route-level settings on a fast-path listener: the policy to verify, and its check script. */
 export function patchRouteForJwtFastPath(l: IRHttpListener, r: IRRoute, out: Record<string, unknown>): void {
   if (!l.jwtProviders?.length) return;
   const fast = r.jwt?.fast;
   const perFilter = (out.typed_per_filter_config as Record<string, unknown> | undefined) ?? {};
-  if (!fast) {
-    out.typed_per_filter_config = {
-      ...perFilter,
-      [JWT_AUTHN_FILTER]: typed('envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig', { disabled: true }),
-      [JWT_CHECK_FILTER]: typed('envoy.extensions.filters.http.lua.v3.LuaPerRoute', { disabled: true }),
-    };
-    return;
-  }
-  out.typed_per_filter_config = {
-    ...perFilter,
-    [JWT_AUTHN_FILTER]: typed('envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig', { requirement_name: fast.policy }),
-  };
-  const metadata = (out.metadata as { filter_metadata?: Record<string, unknown> } | undefined) ?? {};
-  out.metadata = { ...metadata, filter_metadata: { ...(metadata.filter_metadata ?? {}), [JWT_CHECK_FILTER]: protoStruct({ check: fast }) } };
+  out.typed_per_filter_config = fast
+    ? {
+        ...perFilter,
+        [JWT_AUTHN_FILTER]: typed('envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig', { requirement_name: fast.policy }),
+        [JWT_CHECK_FILTER]: typed('envoy.extensions.filters.http.lua.v3.LuaPerRoute', { name: fast.policy }),
+      }
+    : {
+        ...perFilter,
+        [JWT_AUTHN_FILTER]: typed('envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig', { disabled: true }),
+        [JWT_CHECK_FILTER]: typed('envoy.extensions.filters.http.lua.v3.LuaPerRoute', { disabled: true }),
+      };
 }
