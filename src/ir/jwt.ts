@@ -37,6 +37,8 @@ export interface IRJwtProvider {
   prefix?: string;
   /** jwt_authn's own time check: never stricter than the policy (the script applies the real one). */
   clockSkewSeconds: number;
+  /** The key set has a key without a `kid`: the token's header is needed by the check script. */
+  kidless: boolean;
 }
 
 /** The check script's parameters for a route: everything the policy checks besides the signature. */
@@ -47,7 +49,6 @@ export interface IRJwtFastCheck {
   maxBytes: number;
   issuer: string;
   audiences: string[];
-  algorithms: string[];
   skewSeconds: number;
   /** The key set has a key without a `kid`: only tokens without one may pass here. */
   kidless: boolean;

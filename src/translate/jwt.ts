@@ -94,7 +94,7 @@ export function fastPathOf(p: JwtPolicyModel, keys: readonly JWK[] | undefined):
   if (!pinned) return { reason: 'no key Envoy can use with the allowed algorithms' };
   const skewSeconds = p.clockSkewMs / 1000;
   return {
-    provider: { policy: p.name, jwks: pinned.jwks, header: only.header, ...(only.prefix ? { prefix: only.prefix } : {}), clockSkewSeconds: Math.ceil(skewSeconds) },
+    provider: { policy: p.name, jwks: pinned.jwks, header: only.header, ...(only.prefix ? { prefix: only.prefix } : {}), clockSkewSeconds: Math.ceil(skewSeconds), kidless: pinned.kidless },
     check: {
       policy: p.name,
       header: only.header,
@@ -102,7 +102,6 @@ export function fastPathOf(p: JwtPolicyModel, keys: readonly JWK[] | undefined):
       maxBytes: p.maxTokenBytes,
       issuer: p.issuer,
       audiences: p.audiences,
-      algorithms: p.algorithms,
       skewSeconds,
       kidless: pinned.kidless,
       require: p.require.map((r) => ('contains' in r ? { claim: r.claim, op: 'contains', value: r.contains } : 'in' in r ? { claim: r.claim, op: 'in', value: r.in } : { claim: r.claim, op: 'equals', value: r.equals })),

@@ -158,8 +158,8 @@ local function listed(list, x)
   return false
 end
 
-local function decide(handle, c)
-  local headers = handle:headers()
+-- The token where the policy says, exactly as the service would find it; nil when unsure.
+local function token_of(headers, c)
   if headers:getNumValues(c.header) ~= 1 then return nil end
   local raw = headers:get(c.header)
   if raw == nil or string.find(raw, ",", 1, true) then return nil end
@@ -171,24 +171,26 @@ local function decide(handle, c)
     v = trim(string.sub(v, #prefix + 1))
   end
   if v == "" or #v > c.maxBytes then return nil end
-  if not string.find(v, "^[%w_%-]+%.[%w_%-]+%.[%w_%-]+$") then return nil end
+  return v
+end
 
+-- What this policy concludes from a token jwt_authn verified on this request: its time claims and
+-- the headers to set; nil when the service might not allow it.
+local function evaluate(handle, c)
   local verified = handle:streamInfo():dynamicMetadata():get(NS_JWT)
   if type(verified) ~= "table" then return nil end
   local payload = verified[c.policy]
-  local hdr = verified["header:" .. c.policy]
-  if type(payload) ~= "table" or type(hdr) ~= "table" then return nil end
-  if not listed(c.algorithms, hdr.alg) or hdr.crit ~= nil or hdr.b64 ~= nil then return nil end
-  if c.kidless and hdr.kid ~= nil then return nil end
-
-  local now = os.time()
+  if type(payload) ~= "table" then return nil end
+  -- The algorithm needs no check here: every key Envoy has is pinned to an allowed one. Only a
+  -- key set with kid-less keys needs the token's header (such keys may verify only kid-less tokens).
+  if c.kidless then
+    local hdr = verified["header:" .. c.policy]
+    if type(hdr) ~= "table" or hdr.kid ~= nil then return nil end
+  end
   local exp, nbf, iat = payload.exp, payload.nbf, payload.iat
   if not finite(exp) then return nil end
   if nbf ~= nil and not finite(nbf) then return nil end
   if iat ~= nil and not finite(iat) then return nil end
-  if exp <= now + 1 - c.skewSeconds then return nil end
-  if nbf ~= nil and nbf > now + c.skewSeconds then return nil end
-  if iat ~= nil and iat > now + c.skewSeconds then return nil end
   if payload.iss ~= c.issuer then return nil end
   if #c.audiences > 0 then
     local aud = payload.aud
@@ -208,14 +210,41 @@ local function decide(handle, c)
     if value == UNKNOWN then return nil end
     set[i] = { f.header, value }
   end
-  return set
+  return { exp = exp, nbf = nbf, iat = iat, set = set }
+end
+
+-- Tokens this script already evaluated, by token. The script's state lives as long as this
+-- configuration: new keys or new policy settings reach Envoy as a new listener, with a new state,
+-- so a remembered token was verified with the keys in force. Bounded by count and bytes.
+local CACHE, CACHE_N, CACHE_BYTES = {}, 0, 0
+local CACHE_MAX_N, CACHE_MAX_BYTES = 10000, 8388608
+
+local function remember(token, e)
+  if CACHE_N >= CACHE_MAX_N or CACHE_BYTES + #token > CACHE_MAX_BYTES then
+    CACHE, CACHE_N, CACHE_BYTES = {}, 0, 0
+  end
+  CACHE[token] = e
+  CACHE_N = CACHE_N + 1
+  CACHE_BYTES = CACHE_BYTES + #token
 end
 
 function envoy_on_request(handle)
-  local set = decide(handle, C)
-  if set == nil then return end
+  local c = C
   local headers = handle:headers()
-  for _, h in ipairs(set) do
+  local token = token_of(headers, c)
+  if token == nil then return end
+  local e = CACHE[token]
+  if e == nil then
+    if not string.find(token, "^[%w_%-]+%.[%w_%-]+%.[%w_%-]+$") then return end
+    e = evaluate(handle, c)
+    if e == nil then return end
+    remember(token, e)
+  end
+  local now = os.time()
+  if e.exp <= now + 1 - c.skewSeconds then return end
+  if e.nbf ~= nil and e.nbf > now + c.skewSeconds then return end
+  if e.iat ~= nil and e.iat > now + c.skewSeconds then return end
+  for _, h in ipairs(e.set) do
     if h[2] == false then headers:remove(h[1]) else headers:replace(h[1], h[2]) end
   end
   handle:streamInfo():dynamicMetadata():set(NS_OUT, "${FAST_PATH_METADATA.key}", "${FAST_PATH_METADATA.pass}")
@@ -235,7 +264,7 @@ export const jwtAuthn: HttpFilterModule = {
         from_headers: [{ name: p.header, ...(p.prefix ? { value_prefix: p.prefix } : {}) }],
         forward: true,
         payload_in_metadata: p.policy,
-        header_in_metadata: headerKeyOf(p.policy),
+        ...(p.kidless ? { header_in_metadata: headerKeyOf(p.policy) } : {}),
         clock_skew_seconds: p.clockSkewSeconds,
         jwt_cache_config: { jwt_cache_size: 1000 },
       };
