@@ -11,8 +11,9 @@
 //   - Consul change -> ALL clients ACKed an EDS response carrying that service's
 //     ClusterLoadAssignment: p50 / p99 / max (measured from just before the PUT to Consul);
 // and over the window: HTTP requests per second Signalbox made to Consul
-// (signalbox_consul_requests_total), Signalbox CPU (utime+stime from /proc, percent of one core),
-// and the clients' own view (responses and ACKs).
+// (signalbox_consul_requests_total), Signalbox CPU (utime+stime from /proc, percent of one core,
+// and its user / system split), the CPU of this process (the simulated clients, which share the
+// machine), and the clients' own view (responses and ACKs).
 //
 // Flags: --services S --instances I --clients C --duration-s D --rate R --json FILE
 //        --server-node-args="--cpu-prof --cpu-prof-dir=DIR" (profile the Signalbox process)
@@ -83,10 +84,13 @@ function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
 }
 
-function cpuMsOf(pid: number): number {
+/** CPU time of a process (utime + stime, ms), and its user and system parts. */
+function cpuOf(pid: number): { total: number; user: number; system: number } {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return ((Number(f[11]) + Number(f[12])) * 1000) / 100;
+  const user = (Number(f[11]) * 1000) / 100;
+  const system = (Number(f[12]) * 1000) / 100;
+  return { total: user + system, user, system };
 }
 
 async function until(what: string, timeoutMs: number, f: () => Promise<boolean> | boolean, everyMs = 50): Promise<void> {
@@ -198,7 +202,8 @@ async function main(): Promise<void> {
   const busy = new Set<number>();
   const events: { service: number; t0: number; done?: number }[] = [];
   const m0 = await metrics(adminPort);
-  const cpu0 = cpuMsOf(sb.pid!);
+  const cpu0 = cpuOf(sb.pid!);
+  const benchCpu0 = process.cpuUsage();
   const wall0 = performance.now();
   let flips = 0;
   const interval = 1000 / RATE;
@@ -240,7 +245,9 @@ async function main(): Promise<void> {
   }
   const wallMs = performance.now() - wall0;
   await until('last flips converged', 30_000, () => events.every((e) => e.done !== undefined || performance.now() - e.t0 > 30_000), 20).catch(() => undefined);
-  const cpuMs = cpuMsOf(sb.pid!) - cpu0;
+  const cpu1 = cpuOf(sb.pid!);
+  const cpuMs = cpu1.total - cpu0.total;
+  const benchCpu = process.cpuUsage(benchCpu0);
   const m1 = await metrics(adminPort);
 
   const lat = events.filter((e) => e.done !== undefined).map((e) => e.done! - e.t0).sort((a, b) => a - b);
@@ -255,6 +262,8 @@ async function main(): Promise<void> {
     changeToAllAckedMs: { p50: Math.round(percentile(lat, 50)), p99: Math.round(percentile(lat, 99)), max: Math.round(lat[lat.length - 1] ?? NaN) },
     consulRequestsPerSecond: Math.round(((consulRequests(m1) - consulRequests(m0)) / (wallMs / 1000)) * 10) / 10,
     signalboxCpuPercentOfOneCore: Math.round((cpuMs / wallMs) * 1000) / 10,
+    signalboxCpuUserSystemPercent: [Math.round(((cpu1.user - cpu0.user) / wallMs) * 1000) / 10, Math.round(((cpu1.system - cpu0.system) / wallMs) * 1000) / 10],
+    benchClientsCpuPercentOfOneCore: Math.round(((benchCpu.user + benchCpu.system) / 1000 / wallMs) * 1000) / 10,
     consulErrors: [...m1].filter(([k, v]) => k.startsWith('signalbox_consul_errors_total') && v > 0).map(([k, v]) => `${k} ${v}`),
     edsResponsesPerClient: Math.round(clients.reduce((a, c) => a + c.edsResponses, 0) / C),
   };

@@ -6,8 +6,9 @@
 // `console`) or OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT; the exporter,
 // protocol, headers, sampler and service name (OTEL_SERVICE_NAME, default `signalbox`) come from
 // the usual OTEL_* variables read by @opentelemetry/sdk-node. OTEL_SDK_DISABLED=true wins. When
-// off, the SDK is not even loaded and the span helpers cost a no-op call.
-import { context, propagation, SpanStatusCode, trace, type Attributes, type Span } from '@opentelemetry/api';
+// off, the SDK is not even loaded and the span helpers call their function directly (no span, no
+// context switch, attributes not even computed when given as a function).
+import { context, INVALID_SPAN_CONTEXT, propagation, SpanStatusCode, trace, type Attributes, type Span } from '@opentelemetry/api';
 import type { Logger } from './logger.js';
 
 const tracer = () => trace.getTracer('signalbox');
@@ -24,6 +25,19 @@ export interface Tracing {
 }
 
 let running: Tracing | undefined;
+
+/** Handed to span callbacks while tracing is off: records nothing. */
+const NO_SPAN: Span = trace.wrapSpanContext(INVALID_SPAN_CONTEXT);
+
+/** Span attributes, or a function computing them (called only when tracing is on). */
+export type SpanAttributes = Attributes | (() => Attributes);
+
+const attrs = (a: SpanAttributes): Attributes => (typeof a === 'function' ? a() : a);
+
+/** Whether spans are recorded (the SDK was started in this process). */
+export function tracingActive(): boolean {
+  return running !== undefined;
+}
 
 /** Starts the OpenTelemetry SDK when the environment asks for it (once per process). */
 export async function startTracing(logger: Logger, env: NodeJS.ProcessEnv = process.env): Promise<Tracing | undefined> {
@@ -56,9 +70,10 @@ function fail(span: Span, e: unknown): void {
  * Runs `fn` in a span. `parentHeaders`: HTTP headers carrying a W3C trace context (e.g. the
  * request ext_authz checks) to continue; otherwise the active context is the parent.
  */
-export async function withSpan<T>(name: string, attributes: Attributes, fn: (span: Span) => Promise<T>, parentHeaders?: Record<string, string>): Promise<T> {
+export async function withSpan<T>(name: string, attributes: SpanAttributes, fn: (span: Span) => Promise<T>, parentHeaders?: Record<string, string>): Promise<T> {
+  if (!running) return fn(NO_SPAN);
   const parent = parentHeaders ? propagation.extract(context.active(), parentHeaders) : context.active();
-  return tracer().startActiveSpan(name, { attributes }, parent, async (span) => {
+  return tracer().startActiveSpan(name, { attributes: attrs(attributes) }, parent, async (span) => {
     try {
       return await fn(span);
     } catch (e) {
@@ -71,8 +86,9 @@ export async function withSpan<T>(name: string, attributes: Attributes, fn: (spa
 }
 
 /** The synchronous twin of withSpan. */
-export function withSpanSync<T>(name: string, attributes: Attributes, fn: (span: Span) => T): T {
-  return tracer().startActiveSpan(name, { attributes }, (span) => {
+export function withSpanSync<T>(name: string, attributes: SpanAttributes, fn: (span: Span) => T): T {
+  if (!running) return fn(NO_SPAN);
+  return tracer().startActiveSpan(name, { attributes: attrs(attributes) }, (span) => {
     try {
       return fn(span);
     } catch (e) {

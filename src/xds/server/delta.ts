@@ -1,6 +1,6 @@
 // Incremental (Delta) ADS: only resources whose version the proxy lacks are sent, and removals are
 // named explicitly.
-import type { Resource } from '../resources/resource.js';
+import { versionOf, type Resource } from '../resources/resource.js';
 import { PUSH_ORDER, TypeUrl } from '../resources/type-urls.js';
 import type { ServerContext } from './context.js';
 import type { WireNode } from './node.js';
@@ -32,14 +32,42 @@ interface TypeState {
   /** Names the proxy was told do not exist. */
   toldMissing: Set<string>;
   pending: Map<string, { version: string; sentAt: number }>;
-  /** Clusters: removals held back until the proxy runs the current listeners and routes. */
-  withheld?: boolean;
+  /** Clusters: names whose removal is held back until the proxy runs the current listeners and routes. */
+  withheld: Set<string>;
+  /**
+   * The resources the proxy holds (the last sent of each known name), kept up to date in place: it
+   * is the stream's `sent` map of the type once something was sent.
+   */
+  current: Map<string, Resource>;
+  /** Names whose entry in `current` is not the snapshot's object (or the snapshot lacks it). */
+  stale: Set<string>;
+  /**
+   * The cache generation of the type this state was last reconciled with (see push): only names
+   * changed since then, and withheld ones, can need anything. Undefined: diff the whole type.
+   */
+  gen?: number;
+}
+
+/** What a proxy lacks of a type, from the names looked at. */
+interface Diff {
+  /** The names looked at, each with the resource the proxy should hold (undefined: none). */
+  looked: Map<string, Resource | undefined>;
+  changedResources: Resource[];
+  removed: string[];
+  withheld: Set<string>;
+  /** Whether every name of the type was looked at (the reference path). */
+  full: boolean;
 }
 
 const WILDCARD_TYPES = new Set<TypeUrl>([TypeUrl.Listener, TypeUrl.Cluster]);
 
 export class DeltaStream extends XdsStream {
   private readonly states = new Map<TypeUrl, TypeState>();
+  /**
+   * Look only at the names changed since the last push (the default). False: diff every resource
+   * of the type on every push, the reference the incremental path must agree with (tests).
+   */
+  incremental = true;
 
   constructor(ctx: ServerContext, peer: string, private readonly send: (r: DeltaResponse) => void) {
     super(ctx, 'delta', peer);
@@ -51,7 +79,7 @@ export class DeltaStream extends XdsStream {
     let st = this.states.get(type);
     const first = !st;
     if (!st) {
-      st = { wildcard: false, subscribed: new Set(), known: new Map(), toldMissing: new Set(), pending: new Map() };
+      st = { wildcard: false, subscribed: new Set(), known: new Map(), toldMissing: new Set(), pending: new Map(), withheld: new Set(), current: new Map(), stale: new Set() };
       this.states.set(type, st);
       for (const [n, v] of Object.entries(req.initial_resource_versions ?? {})) st.known.set(n, v);
     }
@@ -65,6 +93,8 @@ export class DeltaStream extends XdsStream {
     }
     const sub = req.resource_names_subscribe ?? [];
     const unsub = req.resource_names_unsubscribe ?? [];
+    // The subscription moves: the next push looks at every name again.
+    if (sub.length > 0 || unsub.length > 0) st.gen = undefined;
     let changed = false;
     for (const n of sub) {
       if (n === '*') {
@@ -85,8 +115,8 @@ export class DeltaStream extends XdsStream {
     }
     if (first && sub.length === 0 && WILDCARD_TYPES.has(type)) st.wildcard = true;
     if (first || changed) this.push(type, first);
-    // Only when removals were held back: diffing every cluster on every ACK costs ~0.5 ms a proxy.
-    if (req.response_nonce && !req.error_detail && (type === TypeUrl.Listener || type === TypeUrl.Route) && this.states.get(TypeUrl.Cluster)?.withheld) this.push(TypeUrl.Cluster, false);
+    // Only when removals were held back (the withheld names are all a cluster push then looks at).
+    if (req.response_nonce && !req.error_detail && (type === TypeUrl.Listener || type === TypeUrl.Route) && (this.states.get(TypeUrl.Cluster)?.withheld.size ?? 0) > 0) this.push(TypeUrl.Cluster, false);
   }
 
   onChange(types: TypeUrl[]): void {
@@ -109,40 +139,71 @@ export class DeltaStream extends XdsStream {
     return true;
   }
 
+  /**
+   * The names a diff must look at: those changed in the snapshot since the state was last
+   * reconciled, and the withheld ones (their fate depends on the routes, not on the snapshot).
+   * Undefined when that is not known (a new or moved subscription, a stream far behind): all names.
+   */
+  private candidates(type: TypeUrl, st: TypeState): Iterable<string> | undefined {
+    if (!this.incremental || st.gen === undefined) return undefined;
+    const changed = this.ctx.cache.changedSince(this.status!.node.group, type, st.gen);
+    if (!changed) return undefined;
+    if (st.withheld.size === 0) return changed;
+    if (changed.size === 0) return st.withheld;
+    return new Set([...changed, ...st.withheld]);
+  }
+
   /** What the proxy lacks of a type: resources to send and names to remove. */
-  private diff(type: TypeUrl, st: TypeState): { scope: Map<string, Resource>; changedResources: Resource[]; removed: string[]; withheld: boolean } {
+  private diff(type: TypeUrl, st: TypeState): Diff {
     const snap = this.ctx.cache.get(this.status!.node.group).get(type);
-    const prevSent = this.status!.sent.get(type);
-    const scope = new Map<string, Resource>();
-    if (st.wildcard) for (const [n, r] of snap) scope.set(n, r);
-    for (const n of st.subscribed) {
-      // Endpoints of a cluster gone from the snapshot stay while the proxy still subscribes to
-      // them: the cluster may be kept (make before break) until the routes moved away from it.
-      const r = snap.get(n) ?? (type === TypeUrl.Endpoint && st.known.has(n) ? prevSent?.get(n) : undefined);
-      if (r) scope.set(n, r);
+    let names = this.candidates(type, st);
+    const full = names === undefined;
+    if (names === undefined) {
+      const all = new Set<string>(st.subscribed);
+      if (st.wildcard) for (const n of snap.keys()) all.add(n);
+      for (const n of st.known.keys()) all.add(n);
+      names = all;
     }
-    const changedResources = [...scope.values()].filter((r) => st.known.get(r.name) !== r.version).sort((a, b) => (a.name < b.name ? -1 : 1));
-    const keepForRoutes = type === TypeUrl.Cluster && !this.routesCurrent();
+    const looked = new Map<string, Resource | undefined>();
+    const changedResources: Resource[] = [];
+    const gone: string[] = [];
+    for (const n of names) {
+      let r = snap.get(n);
+      if (r) {
+        if (!st.wildcard && !st.subscribed.has(n)) r = undefined;
+      } else if (type === TypeUrl.Endpoint && st.subscribed.has(n) && st.known.has(n)) {
+        // Endpoints of a cluster gone from the snapshot stay while the proxy still subscribes to
+        // them: the cluster may be kept (make before break) until the routes moved away from it.
+        r = st.current.get(n);
+      }
+      looked.set(n, r);
+      if (r) {
+        if (st.known.get(n) !== r.version) changedResources.push(r);
+      } else if (st.known.has(n) || (st.subscribed.has(n) && !st.toldMissing.has(n))) gone.push(n);
+    }
+    changedResources.sort((a, b) => (a.name < b.name ? -1 : 1));
     const removed: string[] = [];
-    let withheld = false;
-    for (const n of st.known.keys()) {
-      if (scope.has(n)) continue;
-      if (keepForRoutes) withheld = true;
-      else removed.push(n);
+    const withheld = new Set<string>();
+    if (gone.length > 0) {
+      const keepForRoutes = type === TypeUrl.Cluster && !this.routesCurrent();
+      for (const n of gone) {
+        if (keepForRoutes && st.known.has(n)) withheld.add(n);
+        else removed.push(n);
+      }
     }
-    for (const n of st.subscribed) if (!scope.has(n) && !st.known.has(n) && !st.toldMissing.has(n)) removed.push(n);
-    return { scope, changedResources, removed, withheld };
+    return { looked, changedResources, removed, withheld, full };
   }
 
   private push(type: TypeUrl, force: boolean): void {
     const st = this.states.get(type);
     if (!st || this.closed) return;
+    const group = this.status!.node.group;
     // A group not compiled yet gets nothing (not an empty config); its first snapshot is pushed whole.
-    if (!this.ctx.cache.has(this.status!.node.group)) return;
+    if (!this.ctx.cache.has(group)) return;
     if (this.secretsBlocked(type)) return;
-    const { scope, changedResources, removed, withheld } = this.diff(type, st);
-    st.withheld = withheld;
-    if (!force && changedResources.length === 0 && removed.length === 0) return;
+    const d = this.diff(type, st);
+    const { changedResources, removed } = d;
+    const send = force || changedResources.length > 0 || removed.length > 0;
     removed.sort();
     for (const r of changedResources) st.known.set(r.name, r.version);
     for (const n of removed) {
@@ -150,16 +211,12 @@ export class DeltaStream extends XdsStream {
       if (st.subscribed.has(n)) st.toldMissing.add(n);
     }
     for (const r of changedResources) st.toldMissing.delete(r.name);
-    const current = new Map<string, Resource>();
-    const prevSent = this.status!.sent.get(type);
-    for (const n of st.known.keys()) {
-      const r = scope.get(n) ?? prevSent?.get(n);
-      if (r) current.set(n, r);
-    }
-    const version = this.versionFor(type, current);
+    this.reconcile(type, st, d);
+    if (!send) return;
+    const version = this.versionOfCurrent(type, st);
     const nonce = this.nextNonce();
     st.pending.set(nonce, { version, sentAt: Date.now() });
-    this.recordSent(type, version, nonce, current, changedResources.length);
+    this.recordSent(type, version, nonce, st.current, changedResources.length);
     this.send({
       system_version_info: version,
       resources: changedResources.map((r) => ({ name: r.name, version: r.version, resource: { type_url: type, value: r.bytes } })),
@@ -167,5 +224,40 @@ export class DeltaStream extends XdsStream {
       removed_resources: removed,
       nonce,
     });
+  }
+
+  /**
+   * After a push (sent or not) the state agrees with the current snapshot for every name the diff
+   * looked at: `current` holds the snapshot's object of each name in scope the proxy holds, a
+   * withheld name keeps what was sent, anything else is gone. Names not looked at did not change
+   * in the snapshot since the last reconciliation, so they already agree. The generation recorded
+   * lets the next push look only at names changed after it.
+   */
+  private reconcile(type: TypeUrl, st: TypeState, d: Diff): void {
+    const group = this.status!.node.group;
+    const snap = this.ctx.cache.get(group).get(type);
+    if (d.full) {
+      st.stale.clear();
+      for (const n of st.current.keys()) if (!d.looked.has(n)) st.current.delete(n);
+    }
+    for (const [n, r] of d.looked) {
+      if (r && st.known.has(n)) st.current.set(n, r);
+      else if (!st.known.has(n)) st.current.delete(n);
+      const c = st.current.get(n);
+      if (c !== undefined && c !== snap.get(n)) st.stale.add(n);
+      else st.stale.delete(n);
+    }
+    st.withheld = d.withheld;
+    st.gen = this.ctx.cache.generation(group, type);
+  }
+
+  /**
+   * system_version_info: the hash of what the proxy holds. When that is exactly the snapshot's
+   * resources of the type (the common case) the snapshot's precomputed version is the same hash.
+   */
+  private versionOfCurrent(type: TypeUrl, st: TypeState): string {
+    const snap = this.ctx.cache.get(this.status!.node.group);
+    if (st.stale.size === 0 && st.current.size === snap.get(type).size) return snap.versions.get(type)!;
+    return versionOf(st.current.values());
   }
 }

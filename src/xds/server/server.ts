@@ -90,7 +90,7 @@ export class XdsServer {
     this.registry = opts.registry ?? new ProxyRegistry();
     this.ctx = { cache: opts.cache, metrics: opts.metrics, logger: opts.logger, registry: this.registry, tokens: opts.tokens, requireToken: opts.requireToken };
     opts.cache.on('change', ({ group, types }) =>
-      withSpanSync('signalbox.xds.push', { 'signalbox.group': group, 'signalbox.types': types.map((t) => SHORT_NAME[t]), 'signalbox.streams': this.streams.get(group)?.size ?? 0 }, () => this.fanOut(group, types)),
+      withSpanSync('signalbox.xds.push', () => ({ 'signalbox.group': group, 'signalbox.types': types.map((t) => SHORT_NAME[t]), 'signalbox.streams': this.streams.get(group)?.size ?? 0 }), () => this.fanOut(group, types)),
     );
   }
 
@@ -128,12 +128,24 @@ export class XdsServer {
       stream.close();
     };
     // The token (gRPC metadata) is checked once, before the stream's first request is handled.
+    // Requests arriving before that wait, in order; afterwards (once none wait) each is handled as
+    // it arrives, without a promise and a microtask per request (an ACK for every push).
     const token = call.metadata.get('x-signalbox-token')[0];
+    let verified = !this.ctx.tokens;
+    let waiting = 0;
     let queue: Promise<void> = this.ctx.tokens
-      ? this.ctx.tokens.verify(token === undefined ? undefined : String(token)).then((a) => void (stream.auth = a))
+      ? this.ctx.tokens.verify(token === undefined ? undefined : String(token)).then((a) => {
+          stream.auth = a;
+          verified = true;
+        })
       : Promise.resolve();
     call.on('data', (req: Req) => {
-      queue = queue.then(() => onData(req));
+      if (verified && waiting === 0) return onData(req);
+      waiting++;
+      queue = queue.then(() => {
+        waiting--;
+        onData(req);
+      });
     });
     const onData = (req: Req): void => {
       if (stream.closed) return; // a refused stream reads nothing more

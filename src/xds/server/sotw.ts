@@ -29,6 +29,8 @@ interface TypeState {
   sentAt?: number;
   /** Clusters: the current response keeps clusters the snapshot dropped (make before break). */
   kept?: boolean;
+  /** The cache generation of the type `version` was composed from (with the current names). */
+  gen?: number;
 }
 
 const WILDCARD_TYPES = new Set<TypeUrl>([TypeUrl.Listener, TypeUrl.Cluster]);
@@ -58,6 +60,7 @@ export class SotwStream extends XdsStream {
     const wildcard = names.includes('*') || (names.length === 0 && WILDCARD_TYPES.has(type) && (first || st.wildcard));
     const nameSet = new Set(names.filter((n) => n !== '*'));
     const changed = wildcard !== st.wildcard || nameSet.size !== st.names.size || [...nameSet].some((n) => !st!.names.has(n));
+    if (changed) st.gen = undefined;
     st.wildcard = wildcard;
     st.names = nameSet;
     if (first || changed) this.push(type, true);
@@ -104,7 +107,10 @@ export class SotwStream extends XdsStream {
     if (!this.routesSettled()) return false;
     for (const t of [TypeUrl.Listener, TypeUrl.Route]) {
       const st = this.states.get(t);
-      if (st?.version !== undefined && this.compose(t, st).version !== st.version) return false;
+      if (st?.version === undefined) continue;
+      // Composed from the same resources with the same names: the same version, no need to look.
+      if (st.gen !== undefined && st.gen === this.ctx.cache.generation(this.status!.node.group, t)) continue;
+      if (this.compose(t, st).version !== st.version) return false;
     }
     return true;
   }
@@ -117,6 +123,7 @@ export class SotwStream extends XdsStream {
     if (this.secretsBlocked(type)) return;
     const { out, list, version, kept } = this.compose(type, st);
     st.kept = kept;
+    st.gen = this.ctx.cache.generation(this.status!.node.group, type);
     if (!force && version === st.version) return;
     const nonce = this.nextNonce();
     st.nonce = nonce;

@@ -2,7 +2,7 @@
 // and knowing when listeners and routes have settled (for make-before-break cluster removal).
 import { versionOf, type Resource } from '../resources/resource.js';
 import { blameNack } from './nack-blame.js';
-import { SHORT_NAME, TypeUrl } from '../resources/type-urls.js';
+import { isKnownTypeUrl, SHORT_NAME, TypeUrl } from '../resources/type-urls.js';
 import type { ServerContext } from './context.js';
 import { identify, NodeError, type WireNode } from './node.js';
 import { ProxyStatus, type NodeIdentity } from './proxy-status.js';
@@ -77,8 +77,8 @@ export abstract class XdsStream {
 
   protected checkType(typeUrl: string): TypeUrl {
     if (!typeUrl) throw new StreamError('no-type-url', 'request without type_url (ADS needs one)');
-    if (!(Object.values(TypeUrl) as string[]).includes(typeUrl)) throw new StreamError('unknown-type-url', `unsupported type_url "${typeUrl.slice(0, 200)}"`);
-    return typeUrl as TypeUrl;
+    if (!isKnownTypeUrl(typeUrl)) throw new StreamError('unknown-type-url', `unsupported type_url "${typeUrl.slice(0, 200)}"`);
+    return typeUrl;
   }
 
   protected recordSent(type: TypeUrl, version: string, nonce: string, sent: Map<string, Resource>, count: number): void {
