@@ -46,6 +46,12 @@ export interface PipelineOptions {
   identities?: IdentityManager;
   /** How long endpoint changes are gathered before one push (coalescing bursts). */
   endpointDebounceMs?: number;
+  /**
+   * Least time between two endpoint pushes. A change after a quiet spell goes out after the
+   * debounce; changes that keep coming are gathered and pushed at most this often, so a flapping
+   * catalog costs proxies and the control plane a bounded number of pushes.
+   */
+  endpointPushIntervalMs?: number;
   /** Every HTTP listener reports its requests to the access log service (successes sampled at this percent). */
   accessLog?: { successSamplePercent: number };
   /** Where proxies reach the ext_authz service (JWTPolicy); default 127.0.0.1:18002. */
@@ -55,6 +61,9 @@ export interface PipelineOptions {
   /** false: every JWT check goes to the ext_authz service. */
   jwtFastPath?: boolean;
 }
+
+/** Default least time between endpoint pushes (see PipelineOptions.endpointPushIntervalMs). */
+export const DEFAULT_ENDPOINT_PUSH_INTERVAL_MS = 250;
 
 export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [PolicyError[]] }> {
   readonly endpoints: EndpointStore;
@@ -74,6 +83,7 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
   private groups = new Map<string, GroupState>();
   private pendingServices = new Set<string>();
   private endpointTimer?: NodeJS.Timeout;
+  private lastEndpointPush = -Infinity;
   private running: Promise<ReloadResult> | undefined;
   private again = false;
   /** Sidecar groups proxies have asked for (their shape comes from the proxy's node metadata). */
@@ -218,12 +228,16 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
   private onEndpointChange(services: string[]): void {
     for (const s of services) this.pendingServices.add(s);
     if (this.endpointTimer) return;
+    const debounce = this.opts.endpointDebounceMs ?? 20;
+    const interval = this.opts.endpointPushIntervalMs ?? DEFAULT_ENDPOINT_PUSH_INTERVAL_MS;
+    const wait = Math.max(debounce, this.lastEndpointPush + interval - performance.now());
     this.endpointTimer = setTimeout(() => {
       this.endpointTimer = undefined;
+      this.lastEndpointPush = performance.now();
       const changed = this.pendingServices;
       this.pendingServices = new Set();
       this.rebuildEndpoints(changed);
-    }, this.opts.endpointDebounceMs ?? 20);
+    }, wait);
   }
 
   /** Re-encodes the endpoint sets of the changed services, only in the groups that use them. */

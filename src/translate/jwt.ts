@@ -138,6 +138,11 @@ export function applyJwtPolicies(model: Model, ir: IRProxyConfig, opts: JwtTrans
     };
     const used = new Set<string>();
     const providers = new Map<string, IRJwtProvider>();
+    // The check script's header changes make Envoy match the route again (its Lua filter clears the
+    // route cache). That must land on the same route, so a policy that forwards a claim into a
+    // header some route of this listener matches on keeps to the service (whose answer does not
+    // re-route).
+    const matched = new Set(l.routeConfig.virtualHosts.flatMap((v) => v.routes.flatMap((r) => r.match.headers.map((h) => h.name.toLowerCase()))));
     const virtualHosts = l.routeConfig.virtualHosts.map((v) => ({
       ...v,
       routes: v.routes.map((r) => {
@@ -148,6 +153,8 @@ export function applyJwtPolicies(model: Model, ir: IRProxyConfig, opts: JwtTrans
         if (policies.length > 1) return { ...r, jwt: { policies, slowReason: 'several policies apply to the route' } };
         const f = fastPath(policies[0]!);
         if ('reason' in f) return { ...r, jwt: { policies, slowReason: f.reason } };
+        const rematched = f.check.forward.find((x) => matched.has(x.header));
+        if (rematched) return { ...r, jwt: { policies, slowReason: `a route of this listener matches on header "${rematched.header}", which the policy forwards a claim into` } };
         providers.set(f.provider.policy, f.provider);
         return { ...r, jwt: { policies, fast: f.check } };
       }),

@@ -298,6 +298,18 @@ describe('JWTPolicy translation', () => {
     assert.deepEqual(JSON.parse(mixed!.jwks).keys.map((k: Json) => k.alg), ['RS256', 'PS384']);
     assert.equal(mixed!.kidless, true);
     assert.deepEqual(jwtOf({ jwtKeys: () => [short] })[1], ['api/open/match-0', 'no key Envoy can use with the allowed algorithms']);
+    // A forwarded header that a route matches on: the script's header change would re-route.
+    const routed = await validateDir(
+      policyDir({
+        'a.yaml': docs(
+          BASE.replace('- { name: open, matches: [ { path: { value: /open } } ]', '- { name: open, matches: [ { path: { value: /open }, headers: [ { name: X-User, value: root } ] } ]'),
+          jwt('c', '{ kind: HTTPRoute, name: api, sectionName: secure }', '  forwardClaims: [ { claim: sub, header: x-user } ]\n', inline),
+        ),
+      }),
+    );
+    assert.deepEqual(routed.errors, []);
+    const secure = translate(routed.model!, []).get('gateway/public')!.listeners[0]!.routeConfig.virtualHosts[0]!.routes.find((x) => x.name === 'api/secure/match-0')!;
+    assert.equal(secure.jwt?.slowReason, 'a route of this listener matches on header "x-user", which the policy forwards a claim into');
   });
 
   test('policy values reach the check script as escaped Lua literals, never as code', () => {
