@@ -264,6 +264,18 @@ async function main(): Promise<void> {
     Array.from({ length: TOKENS }, (_, i) => new SignJWT({ iss: ISS, aud: AUD, sub: `user-${i}`, scope: 'orders.read', iat: now, exp: now + 3600 }).setProtectedHeader({ alg: 'RS256', kid: 'bench-1', typ: 'JWT' }).sign(privateKey)),
   );
 
+  /** The same policy on one listener of the bench gateway (`extra`: more spec lines). */
+  const jwtPolicy = (name: string, listener: string, extra = '') => `---
+apiVersion: signalbox.dev/v1alpha1
+kind: JWTPolicy
+metadata: { name: ${name} }
+spec:
+  targetRef: { kind: Gateway, name: bench, sectionName: ${listener} }
+  issuer: ${ISS}
+  audiences: [${AUD}]
+  algorithms: [RS256]
+  jwks: { inline: ${jwks} }
+${extra}`;
   const [xdsPort, adminPort, authzPort, plainPort, authPort, jwtPort, slowPort] = await Promise.all([freePort(), freePort(), freePort(), freePort(), freePort(), freePort(), freePort()]);
   const dir = mkdtempSync(path.join(os.tmpdir(), 'sb-bench-authz-'));
   const dataDir = mkdtempSync(path.join(os.tmpdir(), 'sb-bench-authz-data-'));
@@ -290,28 +302,7 @@ spec:
   parentRefs: [ { kind: Gateway, name: bench } ]
   rules:
     - filters: [ { type: RequestRedirect, requestRedirect: { path: { replaceFullPath: /moved }, statusCode: 301 } } ]
----
-apiVersion: signalbox.dev/v1alpha1
-kind: JWTPolicy
-metadata: { name: bench }
-spec:
-  targetRef: { kind: Gateway, name: bench, sectionName: auth }
-  issuer: ${ISS}
-  audiences: [${AUD}]
-  algorithms: [RS256]
-  jwks: { inline: ${jwks} }
----
-apiVersion: signalbox.dev/v1alpha1
-kind: JWTPolicy
-metadata: { name: bench-slow }
-spec:
-  targetRef: { kind: Gateway, name: bench, sectionName: slow }
-  issuer: ${ISS}
-  audiences: [${AUD}]
-  algorithms: [RS256]
-  jwks: { inline: ${jwks} }
-  from: [ { header: authorization, prefix: "Bearer " }, { query: access_token } ]
-`,
+${jwtPolicy('bench', 'auth')}${jwtPolicy('bench-slow', 'slow', '  from: [ { header: authorization, prefix: "Bearer " }, { query: access_token } ]\n')}`,
   );
 
   let sb: ChildProcess | undefined;
