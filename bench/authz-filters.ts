@@ -58,7 +58,7 @@ async function main(): Promise<void> {
       '@type': 'type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz',
       grpc_service: { envoy_grpc: { cluster_name: 'unused' } },
       transport_api_version: 'V3',
-      filter_enabled_metadata: { filter: FAST_PATH_METADATA.namespace, path: [{ key: FAST_PATH_METADATA.key }], value: { string_match: { exact: FAST_PATH_METADATA.pass } }, invert: true },
+      filter_enabled_metadata: { filter: FAST_PATH_METADATA.namespace, path: [{ key: FAST_PATH_METADATA.key }], value: { string_match: { prefix: FAST_PATH_METADATA.pass } }, invert: true },
     },
   };
   const variants: [string, Json[]][] = [

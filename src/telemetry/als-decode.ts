@@ -66,7 +66,14 @@ export interface AccessRecord {
   attempts: number;
   /** SPIFFE ID (URI SAN) of the downstream peer's client certificate, if any. */
   peer: string;
+  /** The JWTPolicy whose fast path (inside Envoy) let the request through, if one did. */
+  jwtFastPolicy?: string;
 }
+
+/** Dynamic metadata the JWT check script leaves on a request it passed (see jwt-fast.ts). */
+const JWT_FAST_NAMESPACE = 'signalbox.jwt';
+const JWT_FAST_KEY = 'verdict';
+const JWT_FAST_PREFIX = 'pass:';
 
 export interface DecodedMessage {
   /** Present on the first message of a stream. */
@@ -158,6 +165,58 @@ function peerUri(r: ReaderT): string {
   return uri;
 }
 
+/** Struct -> the string value of one field (undefined when absent or not a string). */
+function structString(r: ReaderT, field: string): string | undefined {
+  const stop = end(r);
+  let out: string | undefined;
+  while (r.pos < stop) {
+    const tag = r.uint32();
+    if (tag >>> 3 !== 1) {
+      r.skipType(tag & 7);
+      continue;
+    }
+    const entryEnd = end(r); // map<string, Value> entry
+    let key = '';
+    while (r.pos < entryEnd) {
+      const t2 = r.uint32();
+      if (t2 >>> 3 === 1) key = r.string();
+      else if (t2 >>> 3 === 2 && key === field) {
+        const valueEnd = end(r); // Value { string_value = 3 }
+        while (r.pos < valueEnd) {
+          const t3 = r.uint32();
+          if (t3 >>> 3 === 3) out = r.string();
+          else r.skipType(t3 & 7);
+        }
+      } else r.skipType(t2 & 7);
+    }
+  }
+  return out;
+}
+
+/** Metadata -> the policy of the JWT fast path's verdict, if the request carries one. */
+function jwtFastPolicy(r: ReaderT): string | undefined {
+  const stop = end(r);
+  let policy: string | undefined;
+  while (r.pos < stop) {
+    const tag = r.uint32();
+    if (tag >>> 3 !== 1) {
+      r.skipType(tag & 7); // typed_filter_metadata
+      continue;
+    }
+    const entryEnd = end(r); // map<string, Struct> entry
+    let key = '';
+    while (r.pos < entryEnd) {
+      const t2 = r.uint32();
+      if (t2 >>> 3 === 1) key = r.string();
+      else if (t2 >>> 3 === 2 && key === JWT_FAST_NAMESPACE) {
+        const v = structString(r, JWT_FAST_KEY);
+        if (v?.startsWith(JWT_FAST_PREFIX)) policy = v.slice(JWT_FAST_PREFIX.length);
+      } else r.skipType(t2 & 7);
+    }
+  }
+  return policy;
+}
+
 function common(r: ReaderT, rec: AccessRecord): void {
   const stop = end(r);
   let total = -1;
@@ -177,6 +236,11 @@ function common(r: ReaderT, rec: AccessRecord): void {
       case 16:
         rec.flags = responseFlags(r);
         break;
+      case 17: {
+        const policy = jwtFastPolicy(r);
+        if (policy) rec.jwtFastPolicy = policy;
+        break;
+      }
       case 19:
         rec.route = r.string();
         break;

@@ -247,6 +247,9 @@ spec:
     await gw('fast path: valid token with the scope (require rule checked in Envoy)', 200, '/scoped', bearer(await token(rsa, { scope: 'profile orders.read' })));
     assert.equal(await allows(), allowsBefore, 'no valid token went to the ext_authz service');
     assert.ok((await verified()) > verifiedBefore, "Envoy's jwt_authn verified the tokens");
+    // The allows Envoy made are still counted, by policy, from the proxies' access logs.
+    const fastAllows = async (policy: string) => Number(new RegExp(`signalbox_authz_fast_path_allows_total\\{policy="${policy}"\\} (\\d+)`).exec(await sb.adminText('/metrics'))?.[1] ?? 0);
+    await waitFor(async () => (await fastAllows('users')) >= 5 && (await fastAllows('orders-read')) >= 1, { what: 'fast-path allows counted from access logs', timeoutMs: 10_000, intervalMs: 200 });
     // Refusals are still the service's: same status and challenge as without the fast path.
     const r = await gw('fast path listener: expired token, decided by the service', 401, '/secure', bearer(await token(rsa, { exp: Math.floor(Date.now() / 1000) - 120 })));
     assert.match(String(r.headers['www-authenticate']), /error_description="token expired"/);

@@ -249,7 +249,7 @@ describe('JWTPolicy translation', () => {
     assert.ok(keys.every((k: Json) => k.use === undefined && k.d === undefined));
     assert.deepEqual(authn.requirement_map.users.requires_any.requirements, [{ provider_name: 'users' }, { allow_missing_or_failed: {} }]);
     const ext = filtersOf(l).find((f) => f.name === 'signalbox.ext_authz')!.typed_config;
-    assert.deepEqual(ext.filter_enabled_metadata, { filter: 'signalbox.jwt', path: [{ key: 'verdict' }], value: { string_match: { exact: 'pass' } }, invert: true });
+    assert.deepEqual(ext.filter_enabled_metadata, { filter: 'signalbox.jwt', path: [{ key: 'verdict' }], value: { string_match: { prefix: 'pass:' } }, invert: true });
     const routes = get(groups, 'gateway/public', 'route', 'public/http').virtual_hosts[0].routes as Json[];
     const secure = routes.find((r) => r.name === 'api/secure/match-0')!;
     assert.equal(secure.typed_per_filter_config['envoy.filters.http.jwt_authn'].requirement_name, 'users');

@@ -29,7 +29,7 @@ export const extAuthz: HttpFilterModule = {
         ...(a.headers.length ? { allowed_headers: { patterns: a.headers.map((h) => ({ exact: h })) } } : {}),
         // Requests the fast path passed (Envoy verified the token and the check script the rest) skip the call.
         ...(l.jwtProviders?.length
-          ? { filter_enabled_metadata: { filter: FAST_PATH_METADATA.namespace, path: [{ key: FAST_PATH_METADATA.key }], value: { string_match: { exact: FAST_PATH_METADATA.pass } }, invert: true } }
+          ? { filter_enabled_metadata: { filter: FAST_PATH_METADATA.namespace, path: [{ key: FAST_PATH_METADATA.key }], value: { string_match: { prefix: FAST_PATH_METADATA.pass } }, invert: true } }
           : {}),
       }),
     };

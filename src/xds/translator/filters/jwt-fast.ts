@@ -8,7 +8,7 @@
 //                ext_authz service would: one token, in the one place the policy names, of the
 //                allowed size and shape; exp/nbf/iat with the clock skew; iss; aud; `require`
 //                rules. Only when every check passes does it set the forwarded-claim headers
-//                (removing client copies) and mark the request `signalbox.jwt/verdict = pass`.
+//                (removing client copies) and mark the request `signalbox.jwt/verdict = pass:<policy>`.
 //   ext_authz  - skips requests marked `pass` (filter_enabled_metadata); everything else (no
 //                token, a bad token, an unknown kid, anything the script is unsure of) is decided
 //                by the service, with its status codes, challenges and key refetching.
@@ -26,8 +26,11 @@ import type { HttpFilterModule } from './index.js';
 
 export const JWT_AUTHN_FILTER = 'envoy.filters.http.jwt_authn';
 export const JWT_CHECK_FILTER = 'signalbox.jwt_check';
-/** The dynamic metadata the check script writes, and the key and value of a passed request. */
-export const FAST_PATH_METADATA = { namespace: 'signalbox.jwt', key: 'verdict', pass: 'pass' } as const;
+/**
+ * The dynamic metadata the check script writes for a passed request: `verdict` is `pass:<policy>`
+ * (the ext_authz filter skips on the prefix; access logs carry the policy to Signalbox's metrics).
+ */
+export const FAST_PATH_METADATA = { namespace: 'signalbox.jwt', key: 'verdict', pass: 'pass:' } as const;
 
 /** Metadata key of a verified token's header (its payload goes under the policy name). */
 export function headerKeyOf(policy: string): string {
@@ -216,6 +219,7 @@ end
 -- Tokens this script already evaluated, by token. The script's state lives as long as this
 -- configuration: new keys or new policy settings reach Envoy as a new listener, with a new state,
 -- so a remembered token was verified with the keys in force. Bounded by count and bytes.
+local VERDICT = "${FAST_PATH_METADATA.pass}" .. C.policy
 local CACHE, CACHE_N, CACHE_BYTES = {}, 0, 0
 local CACHE_MAX_N, CACHE_MAX_BYTES = 10000, 8388608
 
@@ -247,7 +251,7 @@ function envoy_on_request(handle)
   for _, h in ipairs(e.set) do
     if h[2] == false then headers:remove(h[1]) else headers:replace(h[1], h[2]) end
   end
-  handle:streamInfo():dynamicMetadata():set(NS_OUT, "${FAST_PATH_METADATA.key}", "${FAST_PATH_METADATA.pass}")
+  handle:streamInfo():dynamicMetadata():set(NS_OUT, "${FAST_PATH_METADATA.key}", VERDICT)
 end
 `;
 
