@@ -297,6 +297,14 @@ spec:
     // The lowercase scheme is not what jwt_authn looks for: the service decides, and agrees.
     const lower = await request(gwPort, '/pf', { authorization: `bearer ${await token(rsa, good)}` });
     assert.equal(lower.status, 200);
+    // Extra spaces after the scheme: the script's careful path trims them as the service does,
+    // also for a token it has already seen with one space.
+    const seenBefore = await token(rsa, { ...good, sub: 'spaced' });
+    assert.equal((await request(gwPort, '/pf', bearer(seenBefore))).status, 200);
+    for (const route of ['/pf', '/ps']) {
+      assert.equal((await request(gwPort, route, { authorization: `Bearer   ${seenBefore}` })).status, 200, route);
+      assert.equal(lastSeen(app).headers['x-user-id'], 'spaced', route);
+    }
     assert.ok(allowed >= 6, `${allowed} of the cases were allowed`);
     // Some allowed cases were decided by Envoy alone: the service allowed (with the lowercase
     // request) at most as many as were allowed; without the fast path it would be one more.

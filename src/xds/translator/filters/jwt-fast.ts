@@ -152,8 +152,21 @@ local function header_value(v)
   return text
 end
 
+-- Leading and trailing whitespace off (%s: space, \\t, \\n, \\v, \\f, \\r), looking only at the ends.
 local function trim(s)
-  return (string.gsub(s, "^%s+", ""):gsub("%s+$", ""))
+  local i, j = 1, #s
+  local b = string.byte(s, i)
+  while b == 32 or (b ~= nil and b >= 9 and b <= 13) do
+    i = i + 1
+    b = string.byte(s, i)
+  end
+  b = string.byte(s, j)
+  while j >= i and (b == 32 or (b >= 9 and b <= 13)) do
+    j = j - 1
+    b = string.byte(s, j)
+  end
+  if i == 1 and j == #s then return s end
+  return string.sub(s, i, j)
 end
 
 local function listed(list, x)
@@ -235,9 +248,22 @@ end
 function envoy_on_request(handle)
   local c = C
   local headers = handle:headers()
-  local token = token_of(headers, c)
-  if token == nil then return end
-  local e = CACHE[token]
+  local token, e = nil, nil
+  -- The usual shape, exactly "<prefix><token>" once, is looked up as is: a remembered token passed
+  -- the careful path below, which would give that same token for this header.
+  if headers:getNumValues(c.header) == 1 then
+    local raw = headers:get(c.header)
+    local prefix = c.prefix or ""
+    if raw ~= nil and string.sub(raw, 1, #prefix) == prefix then
+      token = string.sub(raw, #prefix + 1)
+      e = CACHE[token]
+    end
+  end
+  if e == nil then
+    token = token_of(headers, c)
+    if token == nil then return end
+    e = CACHE[token]
+  end
   if e == nil then
     if not string.find(token, "^[%w_%-]+%.[%w_%-]+%.[%w_%-]+$") then return end
     e = evaluate(handle, c)
