@@ -37,8 +37,6 @@ export interface IRJwtProvider {
   prefix?: string;
   /** jwt_authn's own time check: never stricter than the policy (the script applies the real one). */
   clockSkewSeconds: number;
-  /** The key set has a key without a `kid`: the token's header is needed by the check script. */
-  kidless: boolean;
 }
 
 /** The check script's parameters for a route: everything the policy checks besides the signature. */

@@ -94,7 +94,7 @@ export function fastPathOf(p: JwtPolicyModel, keys: readonly JWK[] | undefined):
   if (!pinned) return { reason: 'no key Envoy can use with the allowed algorithms' };
   const skewSeconds = p.clockSkewMs / 1000;
   return {
-    provider: { policy: p.name, jwks: pinned.jwks, header: only.header, ...(only.prefix ? { prefix: only.prefix } : {}), clockSkewSeconds: Math.ceil(skewSeconds), kidless: pinned.kidless },
+    provider: { policy: p.name, jwks: pinned.jwks, header: only.header, ...(only.prefix ? { prefix: only.prefix } : {}), clockSkewSeconds: Math.ceil(skewSeconds) },
     check: {
       policy: p.name,
       header: only.header,

@@ -294,6 +294,14 @@ spec:
       assert.deepEqual(seen[0], seen[1], `${name}: the upstream saw different headers`);
       if (statuses[0] === 200) allowed++;
     }
+    // A token whose header lists a critical extension: Envoy verifies its signature, the service
+    // (jose) refuses it; the script sees "crit" in the header and steps aside, so both refuse.
+    const now2 = Math.floor(Date.now() / 1000);
+    const critHeader = Buffer.from(JSON.stringify({ alg: 'RS256', kid: rsa.kid, crit: ['urn:example:x'], 'urn:example:x': 1 })).toString('base64url');
+    const critPayload = Buffer.from(JSON.stringify({ iss: ISS, aud: AUD, sub: 'crit', iat: now2, exp: now2 + 300, ...good })).toString('base64url');
+    const critSig = Buffer.from(await crypto.subtle.sign('RSASSA-PKCS1-v1_5', rsa.privateKey, Buffer.from(`${critHeader}.${critPayload}`))).toString('base64url');
+    const crit = `${critHeader}.${critPayload}.${critSig}`;
+    for (const route of ['/pf', '/ps']) assert.equal((await request(gwPort, route, bearer(crit))).status, 401, `a crit token on ${route}`);
     // The lowercase scheme is not what jwt_authn looks for: the service decides, and agrees.
     const lower = await request(gwPort, '/pf', { authorization: `bearer ${await token(rsa, good)}` });
     assert.equal(lower.status, 200);

@@ -242,7 +242,7 @@ describe('JWTPolicy translation', () => {
     assert.deepEqual(provider.from_headers, [{ name: 'authorization', value_prefix: 'Bearer ' }]);
     assert.equal(provider.payload_in_metadata, 'users');
     assert.equal(provider.forward, true);
-    assert.equal(provider.header_in_metadata, undefined, 'every key has a kid: the script needs no token header');
+    assert.equal(provider.header_in_metadata, undefined, 'the script reads the token header itself');
     // The RSA key once per allowed RSA algorithm (RS256 only: the key says alg RS256); the EC key (no alg) as ES256.
     const keys = JSON.parse(provider.local_jwks.inline_string).keys;
     assert.deepEqual(keys.map((k: Json) => `${k.kid}:${k.alg}`), ['r:RS256', 'e:ES256']);
