@@ -165,56 +165,46 @@ function peerUri(r: ReaderT): string {
   return uri;
 }
 
-/** Struct -> the string value of one field (undefined when absent or not a string). */
-function structString(r: ReaderT, field: string): string | undefined {
+/**
+ * A message whose field 1 is a map<string, V> (Struct's `fields`, Metadata's `filter_metadata`):
+ * calls `value` on the value of the entry keyed `wanted`; everything else is skipped.
+ */
+function mapEntry(r: ReaderT, wanted: string, value: (r: ReaderT) => void): void {
   const stop = end(r);
-  let out: string | undefined;
   while (r.pos < stop) {
     const tag = r.uint32();
     if (tag >>> 3 !== 1) {
       r.skipType(tag & 7);
       continue;
     }
-    const entryEnd = end(r); // map<string, Value> entry
+    const entryEnd = end(r);
     let key = '';
     while (r.pos < entryEnd) {
       const t2 = r.uint32();
       if (t2 >>> 3 === 1) key = r.string();
-      else if (t2 >>> 3 === 2 && key === field) {
-        const valueEnd = end(r); // Value { string_value = 3 }
-        while (r.pos < valueEnd) {
-          const t3 = r.uint32();
-          if (t3 >>> 3 === 3) out = r.string();
-          else r.skipType(t3 & 7);
-        }
-      } else r.skipType(t2 & 7);
+      else if (t2 >>> 3 === 2 && key === wanted) value(r);
+      else r.skipType(t2 & 7);
     }
+  }
+}
+
+/** Value -> its string_value (undefined when it holds something else). */
+function valueString(r: ReaderT): string | undefined {
+  const stop = end(r);
+  let out: string | undefined;
+  while (r.pos < stop) {
+    const tag = r.uint32();
+    if (tag >>> 3 === 3) out = r.string();
+    else r.skipType(tag & 7);
   }
   return out;
 }
 
 /** Metadata -> the policy of the JWT fast path's verdict, if the request carries one. */
 function jwtFastPolicy(r: ReaderT): string | undefined {
-  const stop = end(r);
-  let policy: string | undefined;
-  while (r.pos < stop) {
-    const tag = r.uint32();
-    if (tag >>> 3 !== 1) {
-      r.skipType(tag & 7); // typed_filter_metadata
-      continue;
-    }
-    const entryEnd = end(r); // map<string, Struct> entry
-    let key = '';
-    while (r.pos < entryEnd) {
-      const t2 = r.uint32();
-      if (t2 >>> 3 === 1) key = r.string();
-      else if (t2 >>> 3 === 2 && key === JWT_FAST_NAMESPACE) {
-        const v = structString(r, JWT_FAST_KEY);
-        if (v?.startsWith(JWT_FAST_PREFIX)) policy = v.slice(JWT_FAST_PREFIX.length);
-      } else r.skipType(t2 & 7);
-    }
-  }
-  return policy;
+  let verdict: string | undefined;
+  mapEntry(r, JWT_FAST_NAMESPACE, (struct) => mapEntry(struct, JWT_FAST_KEY, (value) => (verdict = valueString(value))));
+  return verdict?.startsWith(JWT_FAST_PREFIX) ? verdict.slice(JWT_FAST_PREFIX.length) : undefined;
 }
 
 function common(r: ReaderT, rec: AccessRecord): void {
