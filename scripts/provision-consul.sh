@@ -146,7 +146,7 @@ if ! dl_json="$(cd "$WORK/dl" && GOFLAGS= go mod download -json "github.com/hash
     die "could not download github.com/hashicorp/consul@v$CONSUL_VERSION from the Go module proxy"
   fi
 fi
-json_field() { printf '%s\n' "$dl_json" | sed -n "s/^[[:space:]]*\"$1\": \"\\(.*\\)\",\\{0,1\\}\$/\\1/p" | head -n 1; }
+json_field() { printf '%s\n' "$dl_json" | sed -n "s/^[[:space:]]*\"$1\": \"\\(.*\\)\",\\{0,1\\}\$/\\1/p" | head -n 1 || true; }
 SRC_DIR="$(json_field Dir)"
 MOD_SUM="$(json_field Sum)"
 INFO_FILE="$(json_field Info)"
@@ -188,7 +188,8 @@ fi
 log "resolving the module graph..."
 go mod download >&2 || die "could not download the dependencies of consul@v$CONSUL_VERSION"
 mods="$(go list -m -e all 2>/dev/null)" || die "go list -m -e all failed"
-if printf '%s\n' "$mods" | grep -qE "^$FORBIDDEN_RE"; then
+# grep without -q in pipes: with pipefail, an early exit could SIGPIPE the writer and hide a match.
+if printf '%s\n' "$mods" | grep -E "^$FORBIDDEN_RE" >/dev/null; then
   die "the module graph of consul@v$CONSUL_VERSION contains envoyextensions or troubleshoot (not open source)"
 fi
 
@@ -207,7 +208,7 @@ got="$("$WORK/consul" version 2>&1 || true)"
 got="${got%%$'\n'*}"
 [[ "$got" == "Consul v$CONSUL_VERSION" ]] \
   || die "built binary reports '$got', expected 'Consul v$CONSUL_VERSION'"
-if go version -m "$WORK/consul" | grep -qE "[[:space:]]$FORBIDDEN_RE"; then
+if go version -m "$WORK/consul" | grep -E "[[:space:]]$FORBIDDEN_RE" >/dev/null; then
   die "built binary links envoyextensions or troubleshoot; refusing it"
 fi
 mkdir -p "$VERSION_DIR"

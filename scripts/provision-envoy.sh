@@ -8,7 +8,9 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cache="${SIGNALBOX_CACHE_DIR:-$repo/.cache}/envoy/$ENVOY_VERSION"
 marker="$cache/.envoy-path"
 
-check() { [ -x "$1" ] && "$1" --version 2>/dev/null | grep -q "$ENVOY_VERSION"; }
+# grep reads all of Envoy's output (no -q): with pipefail, an early exit would let SIGPIPE fail a
+# working binary, and a failed check reinstalls under Envoys that are running from the cache.
+check() { [ -x "$1" ] && "$1" --version 2>/dev/null | grep "$ENVOY_VERSION" >/dev/null; }
 
 if [ -f "$marker" ] && check "$(cat "$marker")"; then cat "$marker"; exit 0; fi
 
