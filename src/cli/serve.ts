@@ -61,6 +61,7 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
     // Keys written in the policy are known at once; fetched and file keys once the service loaded them.
     jwtKeys: (p) => (p.jwks.kind === 'inline' ? p.jwks.keys : authz.server.engine.keysOf(p)),
     jwtFastPath: cfg.jwtFastPath,
+    endpointPushIntervalMs: cfg.endpointPushIntervalMs,
   });
   const tokens = await TokenVerifier.open(path.resolve(cfg.dataDir));
   const xds = new XdsServer({ cache, metrics, logger, tokens, requireToken: cfg.requireToken });

@@ -26,6 +26,7 @@ export const SERVE_SETTINGS = {
   requireToken: { flag: 'require-token', env: 'SIGNALBOX_REQUIRE_TOKEN', default: 'secrets', help: 'what a proxy without a valid token gets: "secrets" (config but no keys) or "all" (nothing)' },
   accessLogSampling: { flag: 'access-log-sampling', env: 'SIGNALBOX_ACCESS_LOG_SAMPLING', default: '100', help: 'percent of successful requests proxies report to the access log service (errors are always reported); "off" turns traffic reporting off' },
   jwtFastPath: { flag: 'jwt-fast-path', env: 'SIGNALBOX_JWT_FAST_PATH', default: 'on', help: '"on": Envoy verifies valid tokens of JWTPolicies itself (jwt_authn plus a check script) and asks the ext_authz service only about the rest; "off": every check goes to the ext_authz service' },
+  endpointPushIntervalMs: { flag: 'endpoint-push-interval-ms', env: 'SIGNALBOX_ENDPOINT_PUSH_INTERVAL_MS', default: '250', help: 'least time between two endpoint pushes while endpoint changes keep coming (a change after a quiet spell goes out at once); 0: push every change' },
   watchDebounceMs: { flag: 'watch-debounce-ms', env: 'SIGNALBOX_WATCH_DEBOUNCE_MS', default: '100', help: 'quiet time after a policy file change before reloading' },
   consulAddr: { flag: 'consul-addr', env: 'CONSUL_HTTP_ADDR', default: '', help: 'Consul HTTP API (HOST:PORT or http(s)://HOST:PORT); unset: static endpoints only. TLS and token from CONSUL_CACERT, CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY, CONSUL_HTTP_TOKEN' },
   consulDatacenter: { flag: 'consul-datacenter', env: 'SIGNALBOX_CONSUL_DATACENTER', default: '', help: 'Consul datacenter to query when a Service does not name one (default: the agent\'s own)' },
@@ -46,6 +47,8 @@ export interface ServeConfig {
   dataDir: string;
   logLevel: string;
   watchDebounceMs: number;
+  /** See PipelineOptions.endpointPushIntervalMs. */
+  endpointPushIntervalMs: number;
   /** Consul HTTP address; empty: no Consul discovery. */
   consulAddr: string;
   consulDatacenter: string;
@@ -101,6 +104,12 @@ function accessLogSamplingOf(v: string): number | undefined {
   return n;
 }
 
+function millisOf(name: string, v: string): number {
+  const n = Number(v);
+  if (!/^\d+$/.test(v) || !Number.isSafeInteger(n)) throw new SignalboxError(ErrorCode.BAD_FLAG, `--${name} must be a whole number of milliseconds, got "${v}"`);
+  return n;
+}
+
 function onOff(name: string, v: string): boolean {
   if (v === 'on') return true;
   if (v === 'off') return false;
@@ -130,6 +139,7 @@ export function resolveServeConfig(flags: Record<string, string | boolean | unde
     dataDir: get('dataDir'),
     logLevel: level,
     watchDebounceMs: debounce,
+    endpointPushIntervalMs: millisOf('endpoint-push-interval-ms', get('endpointPushIntervalMs')),
     consulAddr: consulAddrOf(get('consulAddr')),
     consulDatacenter: get('consulDatacenter'),
     consulImport: consulImportOf(get('consulImport')),

@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
 import { Pipeline } from '../../src/controller/pipeline.js';
+import { resolveServeConfig } from '../../src/config/settings.js';
 import type { Instance } from '../../src/ir/types.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { SnapshotCache } from '../../src/xds/cache/snapshot-cache.js';
@@ -46,4 +47,11 @@ test('a burst of endpoint changes is pushed at most once per interval, nothing l
   await waitFor(async () => pushes.length === 2, { what: 'the paced push', timeoutMs: 5_000 });
   assert.deepEqual(pushes, [1, 3], 'the paced push carries every change made meanwhile');
   assert.deepEqual(ports(), [9001, 9002, 9003]);
+});
+
+test('--endpoint-push-interval-ms (SIGNALBOX_ENDPOINT_PUSH_INTERVAL_MS): 250 by default, 0 allowed, checked', () => {
+  assert.equal(resolveServeConfig({}, {}).endpointPushIntervalMs, 250);
+  assert.equal(resolveServeConfig({ 'endpoint-push-interval-ms': '0' }, {}).endpointPushIntervalMs, 0);
+  assert.equal(resolveServeConfig({}, { SIGNALBOX_ENDPOINT_PUSH_INTERVAL_MS: '1000' }).endpointPushIntervalMs, 1000);
+  assert.throws(() => resolveServeConfig({ 'endpoint-push-interval-ms': '-5' }, {}), /--endpoint-push-interval-ms must be a whole number of milliseconds/);
 });
