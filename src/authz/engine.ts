@@ -29,6 +29,11 @@ export interface CheckInput extends RequestView {
   policies: string[] | undefined;
 }
 
+/** Whether two versions of a policy load their keys from the same place (and may share them). */
+function sameKeySource(a: JwtPolicyModel, b: JwtPolicyModel): boolean {
+  return JSON.stringify(a.jwks) === JSON.stringify(b.jwks);
+}
+
 function settingsKey(p: JwtPolicyModel): string {
   const { source: _source, ...rest } = p;
   return JSON.stringify(rest);
@@ -103,7 +108,7 @@ export class AuthzEngine {
         continue;
       }
       changed = true;
-      const sameKeys = old && JSON.stringify(old.policy.model.jwks) === JSON.stringify(model.jwks) ? old.policy.jwks : undefined;
+      const sameKeys = old && sameKeySource(old.policy.model, model) ? old.policy.jwks : undefined;
       const jwks = sameKeys ?? new JwksCache(model.jwks, { policy: name, metrics: this.opts.metrics, logger: this.opts.logger, now: this.opts.now, onChange: this.opts.onKeysChanged });
       if (!sameKeys) {
         jwks.start();
@@ -154,7 +159,7 @@ export class AuthzEngine {
    */
   keysOf(policy: JwtPolicyModel): readonly JWK[] | undefined {
     const e = this.current.get(policy.name);
-    if (!e || JSON.stringify(e.policy.model.jwks) !== JSON.stringify(policy.jwks)) return undefined;
+    if (!e || !sameKeySource(e.policy.model, policy)) return undefined;
     return e.policy.jwks.keys();
   }
 

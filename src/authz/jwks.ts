@@ -8,7 +8,7 @@
 // restart, without letting made-up kids hammer the JWKS endpoint).
 import { unwatchFile, watchFile, promises as fs, type Stats } from 'node:fs';
 import { createLocalJWKSet, type JWK } from 'jose';
-import type { JwksModel } from '../model/jwt.js';
+import { usableKeys, type JwksModel } from '../model/jwt.js';
 import type { Logger } from '../observability/logger.js';
 import type { AuthzMetrics } from './metrics.js';
 
@@ -21,14 +21,12 @@ export const RETRY_AFTER_FAILURE_MS = 2_000;
 /** Longest wait between scheduled reloads of a fetched set that keeps failing. */
 export const MAX_SCHEDULED_RETRY_MS = 60_000;
 
-const PRIVATE_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'oth', 'k'];
 
 export interface KeySet {
   /** jose's key selector (kid, alg, kty, use). */
   resolve: ReturnType<typeof createLocalJWKSet>;
   /** Changes whenever the keys change; verified-token caches compare it. */
   generation: number;
-  count: number;
   /** The usable keys themselves (public members as published). */
   keys: readonly JWK[];
 }
@@ -39,18 +37,6 @@ export interface JwksStatus {
   loadedAt?: string;
   expiresAt?: string;
   lastError?: string;
-}
-
-/** Public signing keys of a set; private, symmetric and encryption keys are dropped. */
-export function usableKeys(value: unknown): JWK[] {
-  if (!value || typeof value !== 'object' || !Array.isArray((value as { keys?: unknown }).keys)) throw new Error('not a JSON Web Key Set (no "keys" array)');
-  return ((value as { keys: unknown[] }).keys as unknown[]).filter((k): k is JWK => {
-    if (!k || typeof k !== 'object' || Array.isArray(k)) return false;
-    const jwk = k as Record<string, unknown>;
-    if (!['RSA', 'EC', 'OKP'].includes(jwk.kty as string)) return false;
-    if (PRIVATE_MEMBERS.some((m) => m in jwk)) return false;
-    return jwk.use === undefined || jwk.use === 'sig';
-  });
 }
 
 /** How long to reuse a fetched set: Cache-Control max-age within [min, max]; no-cache/no-store: min. */
@@ -172,7 +158,7 @@ export class JwksCache {
   status(): JwksStatus {
     return {
       source: this.source,
-      keys: this.set?.count ?? 0,
+      keys: this.set?.keys.length ?? 0,
       ...(this.set ? { loadedAt: new Date(this.set.loadedAt).toISOString(), expiresAt: Number.isFinite(this.set.expiresAt) ? new Date(this.set.expiresAt).toISOString() : undefined } : {}),
       ...(this.lastError ? { lastError: this.lastError } : {}),
     };
@@ -251,7 +237,7 @@ export class JwksCache {
       const changed = text !== this.set?.text;
       if (this.closed) return false;
       if (changed) {
-        this.set = { resolve: createLocalJWKSet({ keys }), generation: ++this.generations, count: keys.length, keys, text, loadedAt: now, expiresAt: now + ttlMs };
+        this.set = { resolve: createLocalJWKSet({ keys }), generation: ++this.generations, keys, text, loadedAt: now, expiresAt: now + ttlMs };
         if (this.lastError || this.generations > 1) logger?.info({ policy, jwks: this.source, keys: keys.length }, 'JWKS loaded');
       } else {
         this.set!.loadedAt = now;
@@ -271,7 +257,7 @@ export class JwksCache {
       this.retryAt = this.now() + Math.min(RETRY_AFTER_FAILURE_MS, this.spec.kind === 'inline' ? RETRY_AFTER_FAILURE_MS : this.spec.cooldownMs);
       if (this.closed) return false;
       metrics?.jwksFetches.inc({ policy, result: 'error' });
-      metrics?.jwksKeys.set({ policy }, this.set?.count ?? 0);
+      metrics?.jwksKeys.set({ policy }, this.set?.keys.length ?? 0);
       logger?.warn({ policy, jwks: this.source, reason: this.lastError }, this.set ? 'JWKS refresh failed; the cached keys stay in use' : 'JWKS could not be loaded; checks of this policy answer "unavailable" until it can');
       return false;
     }

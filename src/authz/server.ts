@@ -67,7 +67,7 @@ export class AuthzServer {
 
   constructor(private readonly opts: AuthzServerOptions) {
     this.metrics = opts.registry ? new AuthzMetrics(opts.registry) : undefined;
-    this.engine = new AuthzEngine({ logger: opts.logger, metrics: this.metrics, now: opts.now, onKeysChanged: () => opts.onKeysChanged?.() });
+    this.engine = new AuthzEngine({ logger: opts.logger, metrics: this.metrics, now: opts.now, onKeysChanged: opts.onKeysChanged });
   }
 
   /** Takes the JWT policies of a newly applied model. */

@@ -18,6 +18,7 @@ import { IdentityManager } from '../ca/identities.js';
 import { TokenVerifier } from '../ca/tokens.js';
 import { BUILTIN_DEFAULTS } from '../model/model.js';
 import { startEmbeddedAuthz } from '../authz/index.js';
+import { inlineKeysOnly } from '../translate/jwt.js';
 
 export interface RunningServer {
   xdsPort: number;
@@ -59,7 +60,7 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
     authz: authz.endpoint,
     accessLog: cfg.accessLogSampling === undefined ? undefined : { successSamplePercent: cfg.accessLogSampling },
     // Keys written in the policy are known at once; fetched and file keys once the service loaded them.
-    jwtKeys: (p) => (p.jwks.kind === 'inline' ? p.jwks.keys : authz.server.engine.keysOf(p)),
+    jwtKeys: (p) => inlineKeysOnly(p) ?? authz.server.engine.keysOf(p),
     jwtFastPath: cfg.jwtFastPath,
     endpointPushIntervalMs: cfg.endpointPushIntervalMs,
   });

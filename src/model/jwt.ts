@@ -72,6 +72,18 @@ type Report = (d: LoadedDoc, path: (string | number)[], code: ErrorCode, message
 
 const PRIVATE_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'oth', 'k'];
 
+/** Public signing keys of a set; private, symmetric and encryption keys are dropped. */
+export function usableKeys(value: unknown): JWK[] {
+  if (!value || typeof value !== 'object' || !Array.isArray((value as { keys?: unknown }).keys)) throw new Error('not a JSON Web Key Set (no "keys" array)');
+  return ((value as { keys: unknown[] }).keys as unknown[]).filter((k): k is JWK => {
+    if (!k || typeof k !== 'object' || Array.isArray(k)) return false;
+    const jwk = k as Record<string, unknown>;
+    if (!['RSA', 'EC', 'OKP'].includes(jwk.kty as string)) return false;
+    if (PRIVATE_MEMBERS.some((m) => m in jwk)) return false;
+    return jwk.use === undefined || jwk.use === 'sig';
+  });
+}
+
 /** The algorithm a public JWK would verify, for an import check. */
 function algForKey(jwk: Record<string, unknown>): JwtAlgorithm | undefined {
   if (typeof jwk.alg === 'string' && (JWT_ALGORITHMS as readonly string[]).includes(jwk.alg)) return jwk.alg as JwtAlgorithm;

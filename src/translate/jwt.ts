@@ -8,7 +8,7 @@ import type { JWK } from 'jose';
 import type { IRJwtFastCheck, IRJwtProvider } from '../ir/jwt.js';
 import type { IRCluster, IRHttpListener, IRProxyConfig, IRRoute } from '../ir/types.js';
 import { parseSidecarGroup } from '../ir/types.js';
-import { jwtPoliciesOn, keyAlgorithms, type JwtModel, type JwtPolicyModel } from '../model/jwt.js';
+import { jwtPoliciesOn, keyAlgorithms, usableKeys, type JwtModel, type JwtPolicyModel } from '../model/jwt.js';
 import type { Model } from '../model/model.js';
 
 /** The cluster name: a dot cannot appear in a Service name, so it never clashes with one. */
@@ -66,9 +66,8 @@ const MIN_RSA_MODULUS_BYTES = 256;
 export function pinnedJwks(keys: readonly JWK[], algorithms: readonly string[]): { jwks: string; kidless: boolean } | undefined {
   const out: Record<string, unknown>[] = [];
   let kidless = false;
-  for (const k of keys) {
+  for (const k of usableKeys({ keys })) {
     const jwk = k as Record<string, unknown>;
-    if (jwk.use !== undefined && jwk.use !== 'sig') continue;
     if (Array.isArray(jwk.key_ops) && !jwk.key_ops.includes('verify')) continue;
     if (jwk.kty === 'RSA' && (typeof jwk.n !== 'string' || Buffer.from(jwk.n, 'base64url').length < MIN_RSA_MODULUS_BYTES)) continue;
     const members = jwk.kty === 'RSA' ? ['n', 'e'] : jwk.kty === 'EC' ? ['crv', 'x', 'y'] : ['crv', 'x'];
@@ -115,10 +114,15 @@ export function applyJwtPolicies(model: Model, ir: IRProxyConfig, opts: JwtTrans
   if (!jwt || jwt.policies.size === 0) return ir;
   const endpoint = opts.endpoint ?? DEFAULT_AUTHZ_ENDPOINT;
   const keysOf = opts.keys ?? inlineKeysOnly;
+  // Once per policy and group, however many routes and listeners it covers.
   const fastPaths = new Map<string, ReturnType<typeof fastPathOf>>();
   const fastPath = (name: string) => {
-    if (!fastPaths.has(name)) fastPaths.set(name, fastPathOf(jwt.policies.get(name)!, keysOf(jwt.policies.get(name)!)));
-    return fastPaths.get(name)!;
+    let f = fastPaths.get(name);
+    if (!f) {
+      const policy = jwt.policies.get(name)!;
+      fastPaths.set(name, (f = fastPathOf(policy, keysOf(policy))));
+    }
+    return f;
   };
 
   // HTTPRoute documents by where they were written: IR routes keep their HTTPRoute's source.

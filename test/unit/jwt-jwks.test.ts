@@ -7,9 +7,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import client from 'prom-client';
-import { cacheTtlMs, JwksCache, usableKeys } from '../../src/authz/jwks.js';
+import { cacheTtlMs, JwksCache } from '../../src/authz/jwks.js';
+import { usableKeys, type JwksModel } from '../../src/model/jwt.js';
 import { AuthzMetrics } from '../../src/authz/metrics.js';
-import type { JwksModel } from '../../src/model/jwt.js';
 import { waitFor } from '../helpers/net.js';
 import { makeKey, startJwksServer, type JwksServer } from '../helpers/jwks-server.js';
 
@@ -54,7 +54,7 @@ describe('JwksCache (uri)', async () => {
     const metrics = new AuthzMetrics(registry);
     const cache = new JwksCache(uriSpec(srv.url), { policy: 'p', now: () => clock, metrics });
     const first = await cache.current(2000);
-    assert.equal(first?.count, 1);
+    assert.equal(first?.keys.length, 1);
     assert.equal(srv.requests, 1);
     clock += 19_000;
     await cache.current(2000);
@@ -62,8 +62,8 @@ describe('JwksCache (uri)', async () => {
     srv.setKeys([k1.jwk, k2.jwk]);
     clock += 2_000;
     const stale = await cache.current(2000);
-    assert.equal(stale?.count, 1, 'the stale set answers at once');
-    await waitFor(async () => (await cache.current(0))?.count === 2, { what: 'background refresh' });
+    assert.equal(stale?.keys.length, 1, 'the stale set answers at once');
+    await waitFor(async () => (await cache.current(0))?.keys.length === 2, { what: 'background refresh' });
     assert.equal(srv.requests, 2);
     assert.notEqual((await cache.current(0))!.generation, first!.generation);
     const text = await registry.metrics();
@@ -112,9 +112,9 @@ describe('JwksCache (uri)', async () => {
     await cache.current(2000);
     await srv.down();
     clock += 2_000;
-    assert.equal((await cache.current(2000))?.count, 1);
+    assert.equal((await cache.current(2000))?.keys.length, 1);
     await waitFor(() => cache.status().lastError !== undefined, { what: 'failed refresh' });
-    assert.equal((await cache.current(2000))?.count, 1, 'still serving the cached key');
+    assert.equal((await cache.current(2000))?.keys.length, 1, 'still serving the cached key');
     assert.match(await registry.metrics(), /signalbox_authz_jwks_fetches_total\{policy="p",result="error"\} 1/);
     // A server error answer is a failure too, and also keeps the keys.
     await srv.up();
@@ -122,7 +122,7 @@ describe('JwksCache (uri)', async () => {
     clock += 10_000;
     await cache.current(0);
     await waitFor(() => cache.status().lastError === 'HTTP 500', { what: 'HTTP 500 seen' });
-    assert.equal((await cache.current(0))?.count, 1);
+    assert.equal((await cache.current(0))?.keys.length, 1);
     cache.close();
   });
 
@@ -163,7 +163,7 @@ describe('JwksCache (uri)', async () => {
     assert.equal(srv.requests, 1);
     srv.failStatus = undefined;
     clock += 2_000;
-    assert.equal((await cache.current(2000))?.count, 1, 'recovers once the endpoint answers');
+    assert.equal((await cache.current(2000))?.keys.length, 1, 'recovers once the endpoint answers');
     cache.close();
   });
 });
@@ -177,12 +177,12 @@ describe('JwksCache (file)', async () => {
     writeFileSync(file, JSON.stringify({ keys: [k1.jwk] }));
     const cache = new JwksCache({ kind: 'file', file: 'jwks.json', path: file, cooldownMs: 1000 }, { policy: 'p' });
     cache.start();
-    assert.equal((await cache.current(2000))?.count, 1);
+    assert.equal((await cache.current(2000))?.keys.length, 1);
     writeFileSync(file, JSON.stringify({ keys: [k1.jwk, k2.jwk] }));
-    await waitFor(async () => (await cache.current(0))?.count === 2, { what: 'file reloaded', timeoutMs: 5_000 });
+    await waitFor(async () => (await cache.current(0))?.keys.length === 2, { what: 'file reloaded', timeoutMs: 5_000 });
     writeFileSync(file, '{ not json');
     await waitFor(() => cache.status().lastError === 'not JSON', { what: 'broken file noticed', timeoutMs: 5_000 });
-    assert.equal((await cache.current(0))?.count, 2);
+    assert.equal((await cache.current(0))?.keys.length, 2);
     cache.close();
   });
 });

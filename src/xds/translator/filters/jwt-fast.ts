@@ -208,17 +208,17 @@ local function header_ok(token, c)
   return true
 end
 
--- The token where the policy says, exactly as the service would find it; nil when unsure.
-local function token_of(headers, c)
-  if headers:getNumValues(c.header) ~= 1 then return nil end
-  local raw = headers:get(c.header)
-  if raw == nil or string.find(raw, ",", 1, true) then return nil end
-  local prefix = c.prefix or ""
-  if #raw > c.maxBytes + #prefix + 16 then return nil end
+local PREFIX = C.prefix or ""
+
+-- The token in the policy's header (its only value, \`raw\`), exactly as the service would find
+-- it; nil when unsure.
+local function token_of(raw, c)
+  if string.find(raw, ",", 1, true) then return nil end
+  if #raw > c.maxBytes + #PREFIX + 16 then return nil end
   local v = trim(raw)
-  if #prefix > 0 then
-    if string.lower(string.sub(v, 1, #prefix)) ~= string.lower(prefix) then return nil end
-    v = trim(string.sub(v, #prefix + 1))
+  if #PREFIX > 0 then
+    if string.lower(string.sub(v, 1, #PREFIX)) ~= string.lower(PREFIX) then return nil end
+    v = trim(string.sub(v, #PREFIX + 1))
   end
   if v == "" or #v > c.maxBytes then return nil end
   return v
@@ -276,19 +276,15 @@ end
 function envoy_on_request(handle)
   local c = C
   local headers = handle:headers()
-  local token, e = nil, nil
-  -- The usual shape, exactly "<prefix><token>" once, is looked up as is: a remembered token passed
-  -- the careful path below, which would give that same token for this header.
-  if headers:getNumValues(c.header) == 1 then
-    local raw = headers:get(c.header)
-    local prefix = c.prefix or ""
-    if raw ~= nil and string.sub(raw, 1, #prefix) == prefix then
-      token = string.sub(raw, #prefix + 1)
-      e = CACHE[token]
-    end
-  end
+  if headers:getNumValues(c.header) ~= 1 then return end
+  local raw = headers:get(c.header)
+  if raw == nil then return end
+  -- The usual shape, exactly "<prefix><token>", is looked up as is: a remembered token passed the
+  -- careful path below, which would give that same token for this header.
+  local token = string.sub(raw, 1, #PREFIX) == PREFIX and string.sub(raw, #PREFIX + 1) or nil
+  local e = token and CACHE[token]
   if e == nil then
-    token = token_of(headers, c)
+    token = token_of(raw, c)
     if token == nil then return end
     e = CACHE[token]
   end
