@@ -9,8 +9,6 @@
 // (the least disturbed by whatever else runs on the machine).
 //
 // Flags: --requests N per connection (3000) --rounds R (3)
-import { readFileSync } from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
@@ -18,6 +16,7 @@ import YAML from 'yaml';
 import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { startEnvoy } from '../test/helpers/envoy.js';
 import { freePort } from '../test/helpers/net.js';
+import { Conn, cpuSeconds } from './lib.js';
 import { checkScript, FAST_PATH_METADATA, JWT_CHECK_FILTER } from '../src/xds/translator/filters/jwt-fast.js';
 import type { IRJwtFastCheck } from '../src/ir/jwt.js';
 
@@ -27,12 +26,6 @@ const ROUNDS = Number(flags.rounds);
 const CONNECTIONS = 16;
 const ISS = 'https://auth.bench.local/';
 const AUD = 'bench-api';
-
-function cpuSeconds(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(f[11]) + Number(f[12])) / 100;
-}
 
 type Json = Record<string, unknown>;
 
@@ -117,34 +110,13 @@ async function main(): Promise<void> {
 
 /** One keep-alive connection sending `n` requests one after another; resolves to the non-301 count. */
 async function loop(port: number, n: number, token: (i: number) => string): Promise<number> {
-  const s = net.connect(port, '127.0.0.1');
-  s.setNoDelay(true);
-  await new Promise((resolve, reject) => {
-    s.once('connect', resolve);
-    s.once('error', reject);
-  });
-  let buf = '';
+  const conn = new Conn(port);
   let bad = 0;
-  for (let i = 0; i < n; i++) {
-    const status = await new Promise<number>((resolve) => {
-      const onData = (d: Buffer) => {
-        buf += d.toString('latin1');
-        const end = buf.indexOf('\r\n\r\n');
-        if (end < 0) return;
-        const head = buf.slice(0, end);
-        const m = /content-length:\s*(\d+)/i.exec(head);
-        const total = end + 4 + (m ? Number(m[1]) : 0);
-        if (buf.length < total) return;
-        buf = buf.slice(total);
-        s.off('data', onData);
-        resolve(Number(head.slice(9, 12)));
-      };
-      s.on('data', onData);
-      s.write(`GET /bench HTTP/1.1\r\nhost: bench\r\nauthorization: Bearer ${token(i)}\r\n\r\n`);
-    });
-    if (status !== 301) bad++;
+  try {
+    for (let i = 0; i < n; i++) if ((await conn.get(token(i))) !== 301) bad++;
+  } finally {
+    conn.close();
   }
-  s.destroy();
   return bad;
 }
 

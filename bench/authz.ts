@@ -22,9 +22,8 @@
 //        --diagnose (first: sequential latency, Envoy's authz cluster stats, Signalbox's check time)
 // SIGNALBOX_BENCH_NODE_ARGS passes node flags to the control plane (e.g. --cpu-prof).
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -35,6 +34,7 @@ import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { bootstrapYaml } from '../src/cli/bootstrap.js';
 import { startEnvoy, type Envoy } from '../test/helpers/envoy.js';
 import { freePort, waitFor } from '../test/helpers/net.js';
+import { Conn, cpuSeconds, percentile } from './lib.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.resolve(here, '..', '..');
@@ -57,76 +57,7 @@ const TOKENS = Number(flags.tokens);
 const ISS = 'https://auth.bench.local/';
 const AUD = 'bench-api';
 
-const TICK = 100; // USER_HZ
-function cpuSeconds(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(f[11]) + Number(f[12])) / TICK;
-}
-
-function percentile(sorted: number[], p: number): number {
-  if (sorted.length === 0) return NaN;
-  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
-}
-
 const agent = new http.Agent({ keepAlive: true, maxSockets: 8 });
-
-/**
- * A lean HTTP/1.1 keep-alive client (one request in flight per connection): node's http client
- * costs several times more CPU per request, and on a small machine the load generator would
- * otherwise take the cores the measured processes need.
- */
-class Conn {
-  private socket: net.Socket;
-  private buf: Buffer = Buffer.alloc(0);
-  private waiting?: (status: number) => void;
-  private ready: Promise<void>;
-
-  constructor(private readonly port: number) {
-    this.socket = net.connect(port, '127.0.0.1');
-    this.socket.setNoDelay(true);
-    this.ready = new Promise((resolve, reject) => {
-      this.socket.once('connect', () => resolve());
-      this.socket.once('error', reject);
-    });
-    this.socket.on('data', (d: Buffer) => this.onData(d));
-    this.socket.on('error', () => this.finish(0));
-    this.socket.on('close', () => this.finish(0));
-  }
-
-  private finish(status: number): void {
-    const w = this.waiting;
-    this.waiting = undefined;
-    w?.(status);
-  }
-
-  private onData(d: Buffer): void {
-    this.buf = this.buf.length ? Buffer.concat([this.buf, d]) : d;
-    for (;;) {
-      const end = this.buf.indexOf('\r\n\r\n');
-      if (end < 0) return;
-      const head = this.buf.subarray(0, end).toString('latin1');
-      const status = Number(head.slice(9, 12));
-      const m = /\r\ncontent-length:\s*(\d+)/i.exec(head);
-      const total = end + 4 + (m ? Number(m[1]) : 0);
-      if (this.buf.length < total) return;
-      this.buf = this.buf.subarray(total);
-      this.finish(status);
-    }
-  }
-
-  async get(token: string): Promise<number> {
-    await this.ready;
-    return new Promise((resolve) => {
-      this.waiting = resolve;
-      this.socket.write(`GET /bench HTTP/1.1\r\nhost: bench\r\nauthorization: Bearer ${token}\r\n\r\n`);
-    });
-  }
-
-  close(): void {
-    this.socket.destroy();
-  }
-}
 
 /** A pool of connections to one port; `get` takes a free one (opening one if none is free). */
 class Pool {

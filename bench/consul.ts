@@ -20,8 +20,7 @@
 // Consul's per-client connection limit (limits.http_max_conns_per_client, default 200) must allow
 // 2 blocking queries per service: the agent is started with 1000 here (see docs/consul.md).
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -29,6 +28,8 @@ import { parseArgs } from 'node:util';
 import { provisionConsul } from '../test/helpers/consul.js';
 import { AdsClient, gatewayNode, type DeltaClientStream } from '../test/helpers/xds-client.js';
 import { TypeUrl } from '../src/xds/resources/type-urls.js';
+import { freePort } from '../test/helpers/net.js';
+import { cpuTimes, percentile } from './lib.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.resolve(here, '..', '..');
@@ -67,31 +68,6 @@ process.on('SIGINT', () => process.exit(130));
 
 const svc = (i: number) => `svc-${String(i).padStart(3, '0')}`;
 const inst = (s: number, k: number) => `${svc(s)}-${k}`;
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-function percentile(sorted: number[], p: number): number {
-  if (sorted.length === 0) return NaN;
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
-}
-
-/** CPU time of a process (utime + stime, ms), and its user and system parts. */
-function cpuOf(pid: number): { total: number; user: number; system: number } {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  const user = (Number(f[11]) * 1000) / 100;
-  const system = (Number(f[12]) * 1000) / 100;
-  return { total: user + system, user, system };
-}
 
 async function until(what: string, timeoutMs: number, f: () => Promise<boolean> | boolean, everyMs = 50): Promise<void> {
   const end = Date.now() + timeoutMs;
@@ -202,7 +178,7 @@ async function main(): Promise<void> {
   const busy = new Set<number>();
   const events: { service: number; t0: number; done?: number }[] = [];
   const m0 = await metrics(adminPort);
-  const cpu0 = cpuOf(sb.pid!);
+  const cpu0 = cpuTimes(sb.pid!);
   const benchCpu0 = process.cpuUsage();
   const wall0 = performance.now();
   let flips = 0;
@@ -245,8 +221,9 @@ async function main(): Promise<void> {
   }
   const wallMs = performance.now() - wall0;
   await until('last flips converged', 30_000, () => events.every((e) => e.done !== undefined || performance.now() - e.t0 > 30_000), 20).catch(() => undefined);
-  const cpu1 = cpuOf(sb.pid!);
-  const cpuMs = cpu1.total - cpu0.total;
+  const cpu1 = cpuTimes(sb.pid!);
+  /** CPU seconds over the run, as % of one core. */
+  const pctOfCore = (cpuS: number) => Math.round(((cpuS * 1000) / wallMs) * 1000) / 10;
   const benchCpu = process.cpuUsage(benchCpu0);
   const m1 = await metrics(adminPort);
 
@@ -261,8 +238,8 @@ async function main(): Promise<void> {
     failedConsulWrites: failedPuts,
     changeToAllAckedMs: { p50: Math.round(percentile(lat, 50)), p99: Math.round(percentile(lat, 99)), max: Math.round(lat[lat.length - 1] ?? NaN) },
     consulRequestsPerSecond: Math.round(((consulRequests(m1) - consulRequests(m0)) / (wallMs / 1000)) * 10) / 10,
-    signalboxCpuPercentOfOneCore: Math.round((cpuMs / wallMs) * 1000) / 10,
-    signalboxCpuUserSystemPercent: [Math.round(((cpu1.user - cpu0.user) / wallMs) * 1000) / 10, Math.round(((cpu1.system - cpu0.system) / wallMs) * 1000) / 10],
+    signalboxCpuPercentOfOneCore: pctOfCore(cpu1.total - cpu0.total),
+    signalboxCpuUserSystemPercent: [pctOfCore(cpu1.user - cpu0.user), pctOfCore(cpu1.system - cpu0.system)],
     benchClientsCpuPercentOfOneCore: Math.round(((benchCpu.user + benchCpu.system) / 1000 / wallMs) * 1000) / 10,
     consulErrors: [...m1].filter(([k, v]) => k.startsWith('signalbox_consul_errors_total') && v > 0).map(([k, v]) => `${k} ${v}`),
     edsResponsesPerClient: Math.round(clients.reduce((a, c) => a + c.edsResponses, 0) / C),

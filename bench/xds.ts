@@ -21,13 +21,14 @@
 // Everything runs on loopback, stops by itself and removes its temporary folder and children.
 import { fork, spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { DEFAULT_SHAPE, gatewayName, routeFile, writePolicyDir, type PolicyShape } from './policy-gen.js';
 import { wallNow, type ChildMsg, type Mode, type ParentMsg } from './protocol.js';
+import { cpuSeconds, percentile } from './lib.js';
+import { freePort } from '../test/helpers/net.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 // dist/bench/xds.js -> repository root two levels up.
@@ -119,22 +120,6 @@ const hardTimer = setTimeout(() => {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-function percentile(sorted: number[], p: number): number {
-  if (sorted.length === 0) return NaN;
-  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
-  return sorted[i]!;
-}
 const median = (xs: number[]) => percentile([...xs].sort((a, b) => a - b), 50);
 
 function rssKiB(pid: number): number {
@@ -143,13 +128,8 @@ function rssKiB(pid: number): number {
   return Number(m[1]);
 }
 
-/** CPU time (user + system) of a process in milliseconds, from /proc/<pid>/stat. */
-function cpuMsOf(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  const ticks = Number(f[11]) + Number(f[12]); // utime, stime (fields 14, 15)
-  return (ticks * 1000) / 100; // USER_HZ is 100 on Linux
-}
+/** CPU time (user + system) of a process in milliseconds. */
+const cpuMsOf = (pid: number) => cpuSeconds(pid) * 1000;
 
 type Metrics = Map<string, number>;
 async function scrape(adminPort: number): Promise<Metrics> {
