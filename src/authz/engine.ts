@@ -21,7 +21,14 @@ export const RETIRED_GRACE_MS = 60_000;
 export const KEY_WAIT_BUDGET_MS = 1_500;
 
 export type Decision =
-  | { allow: true; reason: 'ok' | 'no_token_optional'; headers: { name: string; value: string }[]; removeHeaders: string[] }
+  | {
+      allow: true;
+      reason: 'ok' | 'no_token_optional';
+      headers: { name: string; value: string }[];
+      removeHeaders: string[];
+      /** Set when every policy judged a token: the same tokens get this answer from <= now < until (Unix seconds). */
+      window?: { from?: number; until: number };
+    }
   | { allow: false; status: 400 | 401 | 403 | 503; reason: DecisionReason; policy?: string; headers: { name: string; value: string }[]; body: string };
 
 export interface CheckInput extends RequestView {
@@ -163,6 +170,12 @@ export class AuthzEngine {
     return e.policy.jwks.keys();
   }
 
+  /** The one header a policy reads its token from, when it reads it from exactly one header. */
+  tokenHeaderOf(name: string): string | undefined {
+    const from = this.lookup(name)?.model.from;
+    return from?.length === 1 && 'header' in from[0]! ? from[0].header : undefined;
+  }
+
   policyNames(): string[] {
     return [...this.current.keys()];
   }
@@ -179,6 +192,8 @@ export class AuthzEngine {
     const headers = new Map<string, string>();
     const forwarded = new Set<string>();
     let reason: 'ok' | 'no_token_optional' = 'no_token_optional';
+    let window: { from?: number; until: number } | undefined;
+    let everyTokenJudged = true;
     const deadline = performance.now() + KEY_WAIT_BUDGET_MS; // shared by every policy of the route
     for (const name of names) {
       const policy = this.lookup(name);
@@ -201,6 +216,11 @@ export class AuthzEngine {
       metrics?.decisions.inc({ policy: name, result: r.ok ? 'allow' : 'deny', reason: r.reason });
       if (!r.ok) return denial(r, name);
       if (r.reason === 'ok') reason = 'ok';
+      if (!r.window) everyTokenJudged = false;
+      else {
+        const from = Math.max(window?.from ?? -Infinity, r.window.from ?? -Infinity);
+        window = { ...(from > -Infinity ? { from } : {}), until: Math.min(window?.until ?? Infinity, r.window.until) };
+      }
       for (const h of policy.forwardHeaders) forwarded.add(h);
       for (const h of r.headers) headers.set(h.name, h.value);
     }
@@ -210,6 +230,7 @@ export class AuthzEngine {
       headers: [...headers].map(([name, value]) => ({ name, value })),
       // Client-supplied copies of forwarded headers never reach the upstream.
       removeHeaders: [...forwarded].filter((h) => !headers.has(h)).sort(),
+      ...(everyTokenJudged && window ? { window } : {}),
     };
   }
 

@@ -6,7 +6,7 @@
 //
 // What it does: POST, content-type application/grpc, one length-prefixed message (compressed
 // messages are refused), a response as HEADERS + DATA + trailers (grpc-status 0), or a
-// trailers-only error. Unknown methods get UNIMPLEMENTED. TCP_NODELAY is on (Envoy waits for
+// trailers-only error. Unknown methods get UNIMPLEMENTED. Other requests go to the `plain` handler. TCP_NODELAY is on (Envoy waits for
 // each answer; small writes must not sit in Nagle's buffer).
 import http2 from 'node:http2';
 import type net from 'node:net';
@@ -31,6 +31,8 @@ export class GrpcError extends Error {
 
 export interface UnaryServerOptions {
   maxMessageBytes?: number;
+  /** Requests that are not gRPC (any other content type): answered here, else 415. */
+  plain?(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void;
   onError?(err: Error): void;
 }
 
@@ -63,6 +65,7 @@ export class UnaryGrpcServer {
     const method = this.methods.get(String(headers[':path']));
     const type = String(headers['content-type'] ?? '');
     if (headers[':method'] !== 'POST' || !type.startsWith('application/grpc')) {
+      if (this.opts.plain) return this.opts.plain(stream, headers);
       if (!stream.destroyed) stream.respond({ ':status': 415 }, { endStream: true });
       return;
     }

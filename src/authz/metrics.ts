@@ -34,6 +34,7 @@ export class AuthzMetrics {
   readonly jwksKeys: client.Gauge<'policy'>;
   readonly jwksAge: client.Gauge<'policy'>;
   readonly tokenCache: client.Counter<'result'>;
+  readonly fastPathAllows: client.Counter<'policy'>;
   /** Read at scrape time: seconds since each policy's key set was loaded. */
   ages?: () => Map<string, number>;
 
@@ -59,6 +60,12 @@ export class AuthzMetrics {
         this.reset();
         for (const [policy, seconds] of ages()) this.set({ policy }, seconds);
       },
+    });
+    this.fastPathAllows = new client.Counter({
+      name: 'signalbox_authz_fast_path_allows_total',
+      help: "Requests Envoy let through on a JWTPolicy's fast path by repeating an earlier allow of the service for the same token (no call), by policy, as the proxies report them (about once a second).",
+      labelNames: ['policy'],
+      registers,
     });
     this.tokenCache = new client.Counter({ name: 'signalbox_authz_token_cache_total', help: 'Verified-token cache lookups, by result (hit, miss).', labelNames: ['result'], registers });
   }

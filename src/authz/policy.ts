@@ -18,6 +18,11 @@ export type PolicyResult =
       reason: 'ok' | 'no_token_optional';
       /** Headers to set upstream (forwarded claims). */
       headers: { name: string; value: string }[];
+      /**
+       * With a token: the times (Unix seconds) between which the same token gets the same answer,
+       * from its exp, nbf and iat and the clock skew (allowed while from <= now < until).
+       */
+      window?: { from?: number; until: number };
     }
   | {
       ok: false;
@@ -119,6 +124,13 @@ export function checkClaims(payload: Record<string, unknown>, p: Pick<JwtPolicyM
   return undefined;
 }
 
+/** When checkClaims lets a payload's time claims pass: from <= now < until (seconds). */
+export function validityWindow(payload: Record<string, unknown>, skew: number): { from?: number; until: number } {
+  const { exp, nbf, iat } = payload as { exp: number; nbf?: number; iat?: number };
+  const starts = [nbf, iat].filter((x): x is number => typeof x === 'number').map((x) => x - skew);
+  return { ...(starts.length ? { from: Math.max(...starts) } : {}), until: exp + skew };
+}
+
 interface Verified {
   payload: Record<string, unknown>;
   generation: number;
@@ -171,7 +183,7 @@ export class CompiledPolicy {
       const value = headerValue(claimValue(payload, f.claim));
       if (value !== undefined) headers.push({ name: f.header, value });
     }
-    return { ok: true, reason: 'ok', headers };
+    return { ok: true, reason: 'ok', headers, window: validityWindow(payload, m.clockSkewMs / 1000) };
   }
 
   private unavailable(): PolicyResult {

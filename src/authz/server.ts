@@ -11,6 +11,9 @@ import { AuthzEngine, type Decision } from './engine.js';
 import { AuthzMetrics } from './metrics.js';
 import { JWT_POLICIES_KEY } from '../ir/jwt.js';
 import { GrpcError, GrpcStatus, UnaryGrpcServer } from './grpc-h2.js';
+import type http2 from 'node:http2';
+import { fastPathAnswer, policyOfPath } from './fast-path.js';
+import { FAST_PATH_HTTP } from '../xds/translator/filters/jwt-fast.js';
 import { withSpan } from '../observability/tracing.js';
 
 const CHECK_PATH = '/envoy.service.auth.v3.Authorization/Check';
@@ -121,12 +124,46 @@ export class AuthzServer {
           },
         },
       ],
-      { onError: (e) => this.opts.logger.error({ err: { message: e.message } }, 'ext_authz: Check failed') },
+      { onError: (e) => this.opts.logger.error({ err: { message: e.message } }, 'ext_authz: Check failed'), plain: (stream, headers) => this.onFastPath(stream, headers) },
     );
     const port = await server.listen(m[1]!, Number(m[2]));
     this.server = server;
     this.port = port;
     return port;
+  }
+
+  /** The JWT fast path's requests (see fast-path.ts); anything else: 404. */
+  private onFastPath(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
+    stream.on('error', () => undefined);
+    stream.resume(); // no body is read
+    const path = String(headers[':path'] ?? '');
+    const reply = (status: number, body = '') => {
+      if (stream.destroyed || stream.headersSent) return;
+      stream.respond({ ':status': status, 'content-type': 'text/plain; charset=utf-8' });
+      stream.end(body);
+    };
+    if (headers[':method'] !== 'POST') return reply(405);
+    const reported = policyOfPath(path, FAST_PATH_HTTP.report);
+    if (reported !== undefined) {
+      const n = Number(headers[FAST_PATH_HTTP.countHeader]);
+      if (Number.isSafeInteger(n) && n > 0 && n <= 1e9) this.metrics?.fastPathAllows.inc({ policy: this.engine.policyNames().includes(reported) ? reported : 'unknown' }, n);
+      return reply(204);
+    }
+    const policy = policyOfPath(path, FAST_PATH_HTTP.check);
+    if (policy === undefined) return reply(404);
+    const t0 = performance.now();
+    const header = this.engine.tokenHeaderOf(policy);
+    const value = header === undefined ? undefined : headers[header];
+    this.check({ attributes: { request: { http: { headers: typeof value === 'string' && header ? { [header]: value } : {}, path: '/' } }, context_extensions: { [JWT_POLICIES_KEY]: policy } } }, traceHeaders(headers)).then(
+      (d) => {
+        this.metrics?.checkSeconds.observe({ result: d.allow ? 'allow' : 'deny' }, (performance.now() - t0) / 1000);
+        reply(200, fastPathAnswer(d));
+      },
+      (e: Error) => {
+        this.opts.logger.error({ err: { message: e.message } }, 'ext_authz: fast-path check failed');
+        reply(500);
+      },
+    );
   }
 
   async close(): Promise<void> {

@@ -103,7 +103,7 @@ function explainRoute(model: Model, ir: IRProxyConfig, listener: string, virtual
     settings.jwt = {
       value: {
         policies: r.jwt.policies,
-        checkedBy: r.jwt.fast ? "Envoy (jwt_authn + check script) for valid tokens; the ext_authz service for the rest" : `the ext_authz service: ${r.jwt.slowReason ?? 'no fast path'}`,
+        checkedBy: r.jwt.fast ? 'the ext_authz service, once per token: Envoy repeats its allows for the same token (fast path)' : `the ext_authz service: ${r.jwt.slowReason ?? 'no fast path'}`,
       },
       from: first ? at('JWTPolicy', first.name, first.source) : DEFAULT,
     };

@@ -14,7 +14,7 @@ export interface IRExtAuthz {
 /** A route's JWT check: the policies it must satisfy, in name order; empty: no check on this route. */
 export interface IRRouteJwt {
   policies: string[];
-  /** Set when Envoy can decide a valid token itself; the ext_authz service decides everything else. */
+  /** Set when Envoy applies remembered answers itself, asking the service only about new tokens. */
   fast?: IRJwtFastCheck;
   /** Why a route with policies has no fast path (shown by `signalbox explain`). */
   slowReason?: string;
@@ -24,32 +24,20 @@ export interface IRRouteJwt {
 export const JWT_POLICIES_KEY = 'signalbox.jwt.policies';
 
 /**
- * Envoy-side verification of one JWTPolicy (the fast path): Envoy's jwt_authn filter checks the
- * signature with keys Signalbox hands it, a small check script in Envoy re-checks everything else
- * the policy says, and only requests that do not pass both reach the ext_authz service.
+ * The fast path of one JWTPolicy on a route: a small script in Envoy remembers the service's
+ * answers for tokens it allowed (until their time claims say otherwise) and applies them itself;
+ * anything it has not seen allowed, it asks the service about (see jwt-fast.ts).
  */
-export interface IRJwtProvider {
-  policy: string;
-  /** A JSON Web Key Set with every key pinned (`alg`) to one of the policy's algorithms. */
-  jwks: string;
-  /** Where the token is: one request header, and the text before the token in it. */
-  header: string;
-  prefix?: string;
-  /** jwt_authn's own time check: never stricter than the policy (the script applies the real one). */
-  clockSkewSeconds: number;
-}
-
-/** The check script's parameters for a route: everything the policy checks besides the signature. */
 export interface IRJwtFastCheck {
   policy: string;
+  /** The one request header the policy reads its token from (lower case). */
   header: string;
-  prefix: string;
-  maxBytes: number;
-  issuer: string;
-  audiences: string[];
-  skewSeconds: number;
-  /** The key set has a key without a `kid`: only tokens without one may pass here. */
-  kidless: boolean;
-  require: { claim: string; op: 'contains' | 'in' | 'equals'; value: string | number | boolean | (string | number | boolean)[] }[];
-  forward: { claim: string; header: string }[];
+  /** The cluster of the ext_authz service and how long to wait for it before failing closed. */
+  cluster: string;
+  timeoutMs: number;
+  /**
+   * A digest of the policy's settings and current keys. It is part of the script, so a change of
+   * either gives Envoy a new script, which starts with nothing remembered.
+   */
+  version: string;
 }

@@ -2,7 +2,7 @@
 // It holds no Envoy types; the xDS translator turns it into Envoy resources.
 import type { SourceRef } from '../model/model.js';
 import type { IRCircuitBreaker, IRHashOn, IRHealthCheck, IRLoadBalancer, IRLocalRateLimit, IROutlierDetection } from './traffic.js';
-import type { IRExtAuthz, IRJwtProvider, IRRouteJwt } from './jwt.js';
+import type { IRExtAuthz, IRRouteJwt } from './jwt.js';
 
 export type Health = 'HEALTHY' | 'UNHEALTHY' | 'DRAINING' | 'DEGRADED' | 'UNKNOWN';
 
@@ -130,8 +130,6 @@ export interface IRHttpListener {
   tracing?: { cluster: string; samplingPercent: number; serviceName: string };
   /** Ask Signalbox's ext_authz service (JWTPolicy on a route, Gateway or Service of this listener). */
   extAuthz?: IRExtAuthz;
-  /** Policies Envoy verifies itself (jwt_authn) on this listener's fast-path routes, in name order. */
-  jwtProviders?: IRJwtProvider[];
   source: SourceRef;
 }
 

@@ -66,14 +66,7 @@ export interface AccessRecord {
   attempts: number;
   /** SPIFFE ID (URI SAN) of the downstream peer's client certificate, if any. */
   peer: string;
-  /** The JWTPolicy whose fast path (inside Envoy) let the request through, if one did. */
-  jwtFastPolicy?: string;
 }
-
-/** Dynamic metadata the JWT check script leaves on a request it passed (see jwt-fast.ts). */
-const JWT_FAST_NAMESPACE = 'signalbox.jwt';
-const JWT_FAST_KEY = 'verdict';
-const JWT_FAST_PREFIX = 'pass:';
 
 export interface DecodedMessage {
   /** Present on the first message of a stream. */
@@ -200,13 +193,6 @@ function valueString(r: ReaderT): string | undefined {
   return out;
 }
 
-/** Metadata -> the policy of the JWT fast path's verdict, if the request carries one. */
-function jwtFastPolicy(r: ReaderT): string | undefined {
-  let verdict: string | undefined;
-  mapEntry(r, JWT_FAST_NAMESPACE, (struct) => mapEntry(struct, JWT_FAST_KEY, (value) => (verdict = valueString(value))));
-  return verdict?.startsWith(JWT_FAST_PREFIX) ? verdict.slice(JWT_FAST_PREFIX.length) : undefined;
-}
-
 function common(r: ReaderT, rec: AccessRecord): void {
   const stop = end(r);
   let total = -1;
@@ -226,11 +212,6 @@ function common(r: ReaderT, rec: AccessRecord): void {
       case 16:
         rec.flags = responseFlags(r);
         break;
-      case 17: {
-        const policy = jwtFastPolicy(r);
-        if (policy) rec.jwtFastPolicy = policy;
-        break;
-      }
       case 19:
         rec.route = r.string();
         break;

@@ -45,7 +45,6 @@ export interface AlsMetrics {
   entries: client.Counter;
   messages: client.Counter;
   processSeconds: client.Counter;
-  jwtFastAllows: client.Counter;
 }
 
 export function alsMetrics(registry: client.Registry): AlsMetrics {
@@ -54,12 +53,6 @@ export function alsMetrics(registry: client.Registry): AlsMetrics {
     entries: new client.Counter({ name: 'signalbox_access_log_entries_total', help: 'Access log entries received, by result (recorded, unknown_proxy, tcp).', labelNames: ['result'], registers: [registry] }),
     messages: new client.Counter({ name: 'signalbox_access_log_messages_total', help: 'Access log stream messages received, by result (ok, undecodable).', labelNames: ['result'], registers: [registry] }),
     processSeconds: new client.Counter({ name: 'signalbox_access_log_process_seconds_total', help: 'Time the event loop spent decoding and aggregating access logs (the cost of traffic reporting).', registers: [registry] }),
-    jwtFastAllows: new client.Counter({
-      name: 'signalbox_authz_fast_path_allows_total',
-      help: "Requests Envoy let through on a JWTPolicy's fast path (no ext_authz call), by policy, as the proxies' access logs report them (sampled successes are scaled up).",
-      labelNames: ['policy'],
-      registers: [registry],
-    }),
   };
 }
 
@@ -69,8 +62,6 @@ export interface AccessLogServiceOptions {
   resolveProxy: (nodeId: string) => ProxyRef | undefined;
   logger: Logger;
   metrics?: AlsMetrics;
-  /** Whether a policy name is one of the current JWTPolicies (others are counted as "unknown"). */
-  knownJwtPolicy?: (name: string) => boolean;
 }
 
 export class AccessLogService {
@@ -128,7 +119,6 @@ export class AccessLogService {
       for (const rec of msg.http) {
         const weight = TrafficStore.weightOf(rec, sample);
         store.record(proxy, rec, weight, now);
-        if (rec.jwtFastPolicy !== undefined) metrics?.jwtFastAllows.inc({ policy: this.opts.knownJwtPolicy?.(rec.jwtFastPolicy) ? rec.jwtFastPolicy : 'unknown' }, weight);
       }
       metrics?.entries.inc({ result: 'recorded' }, msg.http.length);
       metrics?.processSeconds.inc((performance.now() - t0) / 1000);

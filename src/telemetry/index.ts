@@ -56,7 +56,6 @@ export function attachTelemetry(opts: {
     store,
     logger: opts.logger.child({ component: 'access-log' }),
     metrics,
-    knownJwtPolicy: (name) => opts.pipeline.model?.jwt?.policies.has(name) ?? false,
     resolveProxy: (id) => {
       const p = opts.registry.byId(id);
       return p ? { id: p.node.id, role: p.node.role, name: p.node.name, group: p.node.group } : undefined;

@@ -4,11 +4,12 @@
 // route, or on the Service whose sidecar inbound listener it is. Every route of such a listener
 // names the policies it must satisfy; routes under none skip the check. The group then also gets
 // the cluster that reaches Signalbox's ext_authz service.
+import { createHash } from 'node:crypto';
 import type { JWK } from 'jose';
-import type { IRJwtFastCheck, IRJwtProvider } from '../ir/jwt.js';
+import type { IRJwtFastCheck } from '../ir/jwt.js';
 import type { IRCluster, IRHttpListener, IRProxyConfig, IRRoute } from '../ir/types.js';
 import { parseSidecarGroup } from '../ir/types.js';
-import { jwtPoliciesOn, keyAlgorithms, usableKeys, type JwtModel, type JwtPolicyModel } from '../model/jwt.js';
+import { jwtPoliciesOn, type JwtModel, type JwtPolicyModel } from '../model/jwt.js';
 import type { Model } from '../model/model.js';
 
 /** The cluster name: a dot cannot appear in a Service name, so it never clashes with one. */
@@ -55,58 +56,16 @@ export interface JwtTranslateOptions {
   fastPath?: boolean;
 }
 
-/** RSA keys shorter than this are refused by the ext_authz service (WebCrypto), so Envoy gets none. */
-const MIN_RSA_MODULUS_BYTES = 256;
-
 /**
- * The key set Envoy verifies with: each usable key once per algorithm the policy allows for it,
- * with `alg` set, so that Envoy (which honours a key's `alg`) accepts exactly the policy's
- * algorithms. Only public members are kept; keys the service would not use are left out.
+ * The fast path of one policy, or why it cannot have one. `keys` (the keys the policy verifies
+ * with now, if known) only go into the version: new keys make Envoy forget what it remembered.
  */
-export function pinnedJwks(keys: readonly JWK[], algorithms: readonly string[]): { jwks: string; kidless: boolean } | undefined {
-  const out: Record<string, unknown>[] = [];
-  let kidless = false;
-  for (const k of usableKeys({ keys })) {
-    const jwk = k as Record<string, unknown>;
-    if (Array.isArray(jwk.key_ops) && !jwk.key_ops.includes('verify')) continue;
-    if (jwk.kty === 'RSA' && (typeof jwk.n !== 'string' || Buffer.from(jwk.n, 'base64url').length < MIN_RSA_MODULUS_BYTES)) continue;
-    const members = jwk.kty === 'RSA' ? ['n', 'e'] : jwk.kty === 'EC' ? ['crv', 'x', 'y'] : ['crv', 'x'];
-    if (members.some((m) => typeof jwk[m] !== 'string')) continue;
-    for (const alg of keyAlgorithms(jwk).filter((a) => algorithms.includes(a))) {
-      const pinned: Record<string, unknown> = { kty: jwk.kty };
-      if (typeof jwk.kid === 'string') pinned.kid = jwk.kid;
-      else kidless = true;
-      pinned.alg = alg;
-      for (const m of members) pinned[m] = jwk[m];
-      out.push(pinned);
-    }
-  }
-  return out.length ? { jwks: JSON.stringify({ keys: out }), kidless } : undefined;
-}
-
-/** Envoy-side verification of one policy, or why it cannot have it. */
-export function fastPathOf(p: JwtPolicyModel, keys: readonly JWK[] | undefined): { provider: IRJwtProvider; check: IRJwtFastCheck } | { reason: string } {
+export function fastPathOf(p: JwtPolicyModel, keys: readonly JWK[] | undefined): IRJwtFastCheck | { reason: string } {
   const only = p.from.length === 1 ? p.from[0]! : undefined;
   if (!only || !('header' in only)) return { reason: 'the token may come from a cookie, a query parameter or several places' };
-  if (!keys || keys.length === 0) return { reason: 'no verification keys loaded yet' };
-  const pinned = pinnedJwks(keys, p.algorithms);
-  if (!pinned) return { reason: 'no key Envoy can use with the allowed algorithms' };
-  const skewSeconds = p.clockSkewMs / 1000;
-  return {
-    provider: { policy: p.name, jwks: pinned.jwks, header: only.header, ...(only.prefix ? { prefix: only.prefix } : {}), clockSkewSeconds: Math.ceil(skewSeconds) },
-    check: {
-      policy: p.name,
-      header: only.header,
-      prefix: only.prefix ?? '',
-      maxBytes: p.maxTokenBytes,
-      issuer: p.issuer,
-      audiences: p.audiences,
-      skewSeconds,
-      kidless: pinned.kidless,
-      require: p.require.map((r) => ('contains' in r ? { claim: r.claim, op: 'contains', value: r.contains } : 'in' in r ? { claim: r.claim, op: 'in', value: r.in } : { claim: r.claim, op: 'equals', value: r.equals })),
-      forward: p.forwardClaims,
-    },
-  };
+  const { source: _source, ...settings } = p;
+  const version = createHash('sha256').update(JSON.stringify({ settings, keys: keys ?? null })).digest('hex').slice(0, 16);
+  return { policy: p.name, header: only.header, cluster: AUTHZ_CLUSTER, timeoutMs: EXT_AUTHZ_TIMEOUT_MS, version };
 }
 
 export function applyJwtPolicies(model: Model, ir: IRProxyConfig, opts: JwtTranslateOptions = {}): IRProxyConfig {
@@ -141,26 +100,29 @@ export function applyJwtPolicies(model: Model, ir: IRProxyConfig, opts: JwtTrans
       return [...new Set([...onListener, ...own])].sort();
     };
     const used = new Set<string>();
-    const providers = new Map<string, IRJwtProvider>();
-    // The check script's header changes make Envoy match the route again (its Lua filter clears the
-    // route cache). That must land on the same route, so a policy that forwards a claim into a
-    // header some route of this listener matches on keeps to the service (whose answer does not
+    let slow = false;
+    // The script's header changes make Envoy match the route again (its Lua filter clears the route
+    // cache). That must land on the same route, so a policy that forwards a claim into a header
+    // some route of this listener matches on keeps to the ext_authz filter (whose answer does not
     // re-route).
     const matched = new Set(l.routeConfig.virtualHosts.flatMap((v) => v.routes.flatMap((r) => r.match.headers.map((h) => h.name.toLowerCase()))));
+    const viaService = (r: IRRoute, policies: string[], slowReason: string): IRRoute => {
+      slow = true;
+      return { ...r, jwt: { policies, slowReason } };
+    };
     const virtualHosts = l.routeConfig.virtualHosts.map((v) => ({
       ...v,
       routes: v.routes.map((r) => {
         const policies = policiesOf(r);
         for (const p of policies) used.add(p);
         if (policies.length === 0) return { ...r, jwt: { policies } };
-        if (opts.fastPath === false) return { ...r, jwt: { policies, slowReason: 'the fast path is switched off' } };
-        if (policies.length > 1) return { ...r, jwt: { policies, slowReason: 'several policies apply to the route' } };
+        if (opts.fastPath === false) return viaService(r, policies, 'the fast path is switched off');
+        if (policies.length > 1) return viaService(r, policies, 'several policies apply to the route');
         const f = fastPath(policies[0]!);
-        if ('reason' in f) return { ...r, jwt: { policies, slowReason: f.reason } };
-        const rematched = f.check.forward.find((x) => matched.has(x.header));
-        if (rematched) return { ...r, jwt: { policies, slowReason: `a route of this listener matches on header "${rematched.header}", which the policy forwards a claim into` } };
-        providers.set(f.provider.policy, f.provider);
-        return { ...r, jwt: { policies, fast: f.check } };
+        if ('reason' in f) return viaService(r, policies, f.reason);
+        const rematched = jwt.policies.get(f.policy)!.forwardClaims.find((x) => matched.has(x.header));
+        if (rematched) return viaService(r, policies, `a route of this listener matches on header "${rematched.header}", which the policy forwards a claim into`);
+        return { ...r, jwt: { policies, fast: f } };
       }),
     }));
     if (used.size === 0) return l;
@@ -168,8 +130,8 @@ export function applyJwtPolicies(model: Model, ir: IRProxyConfig, opts: JwtTrans
     return {
       ...l,
       routeConfig: { ...l.routeConfig, virtualHosts },
-      extAuthz: { cluster: AUTHZ_CLUSTER, timeoutMs: EXT_AUTHZ_TIMEOUT_MS, headers: headersOf(jwt, used) },
-      ...(providers.size ? { jwtProviders: [...providers.values()].sort((a, b) => (a.policy < b.policy ? -1 : 1)) } : {}),
+      // Envoy's ext_authz filter, for the routes without a fast path (only those send it requests).
+      ...(slow ? { extAuthz: { cluster: AUTHZ_CLUSTER, timeoutMs: EXT_AUTHZ_TIMEOUT_MS, headers: headersOf(jwt, used) } } : {}),
     };
   });
   if (!checked) return ir;

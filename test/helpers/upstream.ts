@@ -6,6 +6,8 @@ export interface SeenRequest {
   method: string;
   path: string;
   headers: http.IncomingHttpHeaders;
+  /** Bytes of request body received (set once the request has ended). */
+  bodyBytes?: number;
 }
 
 export interface Upstream {
@@ -18,10 +20,12 @@ export interface Upstream {
 export async function startUpstream(name: string, port = 0, host = '127.0.0.1'): Promise<Upstream> {
   const seen: SeenRequest[] = [];
   const server = http.createServer((req, res) => {
-    const entry = { method: req.method ?? '', path: req.url ?? '', headers: req.headers };
+    const entry: SeenRequest = { method: req.method ?? '', path: req.url ?? '', headers: req.headers };
     seen.push(entry);
-    req.resume();
+    let bytes = 0;
+    req.on('data', (c: Buffer) => (bytes += c.length));
     req.on('end', () => {
+      entry.bodyBytes = bytes;
       const body = JSON.stringify({ upstream: name, ...entry });
       res.writeHead(200, { 'content-type': 'application/json', 'x-upstream': name, 'content-length': Buffer.byteLength(body) });
       res.end(body);

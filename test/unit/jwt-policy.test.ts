@@ -8,7 +8,7 @@ import { resolveServeConfig } from '../../src/config/settings.js';
 import { ErrorCode } from '../../src/errors.js';
 import { translate } from '../../src/translate/gateway.js';
 import { sidecarGroup } from '../../src/ir/types.js';
-import { AUTHZ_CLUSTER, pinnedJwks } from '../../src/translate/jwt.js';
+import { AUTHZ_CLUSTER } from '../../src/translate/jwt.js';
 import { luaLiteral } from '../../src/xds/translator/filters/jwt-fast.js';
 import { proxiesEndpoint } from '../../src/authz/index.js';
 import { makeKey } from '../helpers/jwks-server.js';
@@ -182,12 +182,16 @@ describe('JWTPolicy translation', () => {
   });
 
   test('a Gateway-listener policy covers that listener only; no policy, no filter and no cluster', async () => {
-    const groups = await compile({ 'a.yaml': docs(BASE, jwt('edge', '{ kind: Gateway, name: public, sectionName: admin }')) });
-    assert.ok(!filtersOf(get(groups, 'gateway/public', 'listener', 'public/http')).some((f) => f.name === 'signalbox.ext_authz'));
+    const groups = await compile({ 'a.yaml': docs(BASE, jwt('edge', '{ kind: Gateway, name: public, sectionName: admin }', "  from: [ { cookie: session } ]\n")) });
+    assert.ok(!filtersOf(get(groups, 'gateway/public', 'listener', 'public/http')).some((f) => f.name === 'signalbox.ext_authz' || f.name === 'signalbox.jwt_check'));
     assert.ok(filtersOf(get(groups, 'gateway/public', 'listener', 'public/admin')).some((f) => f.name === 'signalbox.ext_authz'));
     const rc = get(groups, 'gateway/public', 'route', 'public/admin');
     assert.equal(perRoute(rc, 'api/open/match-0')?.check_settings.context_extensions['signalbox.jwt.policies'], 'edge');
     assert.equal(perRoute(get(groups, 'gateway/public', 'route', 'public/http'), 'api/open/match-0'), undefined);
+    // The same policy reading a header: the fast path's script on that listener instead.
+    const fast = await compile({ 'a.yaml': docs(BASE, jwt('edge', '{ kind: Gateway, name: public, sectionName: admin }')) });
+    assert.deepEqual(filtersOf(get(fast, 'gateway/public', 'listener', 'public/admin')).map((f) => f.name), ['signalbox.jwt_check', 'envoy.filters.http.router']);
+    assert.ok(!filtersOf(get(fast, 'gateway/public', 'listener', 'public/http')).some((f) => f.name === 'signalbox.jwt_check'));
     const none = await compile({ 'a.yaml': BASE });
     assert.ok(!none['gateway/public']!.cluster!.some((c) => c.name === AUTHZ_CLUSTER));
   });
@@ -199,11 +203,14 @@ describe('JWTPolicy translation', () => {
     const ir = translate(r.model!, [group], { authz: { address: '10.0.0.5', port: 19002 } }).get(group)!;
     const inbound = ir.listeners.find((l) => l.name === 'inbound')!;
     const outbound = ir.listeners.find((l) => l.name === 'outbound')!;
-    assert.deepEqual(inbound.routeConfig.virtualHosts[0]!.routes[0]!.jwt, { policies: ['svc'], slowReason: 'no verification keys loaded yet' });
+    assert.equal(inbound.routeConfig.virtualHosts[0]!.routes[0]!.jwt?.fast?.policy, 'svc');
+    assert.equal(inbound.extAuthz, undefined, 'every route of it has the fast path');
     assert.equal(outbound.extAuthz, undefined);
     assert.deepEqual(ir.clusters.find((c) => c.name === AUTHZ_CLUSTER)?.static, { address: '10.0.0.5', port: 19002 });
     const { httpFilters } = await import('../../src/xds/translator/filters/index.js');
-    assert.deepEqual(httpFilters(inbound).map((f) => f.name), ['signalbox.rbac.deny', 'signalbox.ext_authz', 'envoy.filters.http.router']);
+    assert.deepEqual(httpFilters(inbound).map((f) => f.name), ['signalbox.rbac.deny', 'signalbox.jwt_check', 'envoy.filters.http.router']);
+    const slow = translate(r.model!, [group], { jwtFastPath: false }).get(group)!.listeners.find((l) => l.name === 'inbound')!;
+    assert.deepEqual(httpFilters(slow).map((f) => f.name), ['signalbox.rbac.deny', 'signalbox.ext_authz', 'envoy.filters.http.router']);
   });
 
   test('an HTTPRoute on a Service: checked on the outbound listener of the calling sidecars', async () => {
@@ -217,59 +224,49 @@ describe('JWTPolicy translation', () => {
     const group = sidecarGroup({ service: 'app', appPort: 9001, inboundPort: 21001, outboundPort: 15001 });
     const ir = translate(r.model!, [group]).get(group)!;
     const outbound = ir.listeners.find((l) => l.name === 'outbound')!;
-    assert.ok(outbound.extAuthz);
     const routes = outbound.routeConfig.virtualHosts.find((v) => v.name === 'orders')!.routes;
-    assert.deepEqual(routes.map((x) => [x.name, x.jwt?.policies]), [['orders-api/write/match-0', ['writers']], ['orders-api/read/match-0', []]]);
+    assert.deepEqual(routes.map((x) => [x.name, x.jwt?.policies, x.jwt?.fast?.policy]), [['orders-api/write/match-0', ['writers'], 'writers'], ['orders-api/read/match-0', [], undefined]]);
     assert.equal(ir.listeners.find((l) => l.name === 'inbound')!.extAuthz, undefined);
   });
 
-  test('fast path: a one-policy route reading a header gets jwt_authn + the check script, pinned keys, and ext_authz skipping passed requests', async () => {
+  test("fast path: a one-policy route reading a header runs its policy's script; ext_authz only where some route has no fast path", async () => {
     const rsa = await makeKey('RS256', 'r');
-    const ec = await makeKey('ES256', 'e');
-    const inline = `{ inline: { keys: [ ${JSON.stringify(rsa.jwk)}, ${JSON.stringify({ ...ec.jwk, alg: undefined })} ] } }`;
+    const inline = `{ inline: { keys: [ ${JSON.stringify(rsa.jwk)} ] } }`;
     const files = {
       'a.yaml': docs(
         BASE,
-        jwt('users', '{ kind: HTTPRoute, name: api, sectionName: secure }', '  algorithms: [RS256, PS256, ES256]\n  require: [ { claim: scope, contains: read }, { claim: admin, equals: false } ]\n  forwardClaims: [ { claim: sub, header: x-user } ]\n', inline),
+        jwt('users', '{ kind: HTTPRoute, name: api, sectionName: secure }', '  require: [ { claim: scope, contains: read } ]\n  forwardClaims: [ { claim: sub, header: x-user } ]\n', inline),
         jwt('edge', '{ kind: Gateway, name: public, sectionName: admin }', "  from: [ { cookie: session } ]\n", inline),
       ),
     };
     const groups = await compile(files);
     const l = get(groups, 'gateway/public', 'listener', 'public/http');
-    assert.deepEqual(filtersOf(l).map((f) => f.name), ['envoy.filters.http.jwt_authn', 'signalbox.jwt_check', 'signalbox.ext_authz', 'envoy.filters.http.router']);
-    const authn = filtersOf(l)[0]!.typed_config;
-    const provider = authn.providers.users;
-    assert.deepEqual(provider.from_headers, [{ name: 'authorization', value_prefix: 'Bearer ' }]);
-    assert.equal(provider.payload_in_metadata, 'users');
-    assert.equal(provider.forward, true);
-    assert.equal(provider.header_in_metadata, undefined, 'the script reads the token header itself');
-    // The RSA key once per allowed RSA algorithm (RS256 only: the key says alg RS256); the EC key (no alg) as ES256.
-    const keys = JSON.parse(provider.local_jwks.inline_string).keys;
-    assert.deepEqual(keys.map((k: Json) => `${k.kid}:${k.alg}`), ['r:RS256', 'e:ES256']);
-    assert.ok(keys.every((k: Json) => k.use === undefined && k.d === undefined));
-    assert.deepEqual(authn.requirement_map.users.requires_any.requirements, [{ provider_name: 'users' }, { allow_missing_or_failed: {} }]);
-    const ext = filtersOf(l).find((f) => f.name === 'signalbox.ext_authz')!.typed_config;
-    assert.deepEqual(ext.filter_enabled_metadata, { filter: 'signalbox.jwt', path: [{ key: 'verdict' }], value: { string_match: { prefix: 'pass:' } }, invert: true });
+    assert.deepEqual(filtersOf(l).map((f) => f.name), ['signalbox.jwt_check', 'envoy.filters.http.router']);
     const routes = get(groups, 'gateway/public', 'route', 'public/http').virtual_hosts[0].routes as Json[];
     const secure = routes.find((r) => r.name === 'api/secure/match-0')!;
-    assert.equal(secure.typed_per_filter_config['envoy.filters.http.jwt_authn'].requirement_name, 'users');
+    assert.deepEqual(Object.keys(secure.typed_per_filter_config), ['signalbox.jwt_check']);
     assert.equal(secure.typed_per_filter_config['signalbox.jwt_check'].name, 'users', "the route runs its policy's script");
-    const script: string = filtersOf(l).find((f) => f.name === 'signalbox.jwt_check')!.typed_config.source_codes.users.inline_string;
-    const first = script.split('\n')[0]!;
-    assert.match(first, /^local C = \{.*\["policy"\] = "users"/);
-    assert.match(first, /\["claim"\] = "admin", \["op"\] = "equals", \["value"\] = false/);
-    assert.match(first, /\["forward"\] = \{\{\["claim"\] = "sub", \["header"\] = "x-user"\}\}/);
     const open = routes.find((r) => r.name === 'api/open/match-0')!;
-    assert.equal(open.typed_per_filter_config['envoy.filters.http.jwt_authn'].disabled, true);
     assert.equal(open.typed_per_filter_config['signalbox.jwt_check'].disabled, true);
-    // A cookie policy has no fast path: no jwt_authn on that listener.
+    // The script's parameters: the one header, where the service is, and a version of settings and keys.
+    const script: string = filtersOf(l)[0]!.typed_config.source_codes.users.inline_string;
+    const first = script.split('\n')[0]!;
+    assert.match(first, /^local C = \{\["checkPath"\] = "\/signalbox\.jwt\/check\/users", \["cluster"\] = "signalbox\.authz", \["header"\] = "authorization", \["policy"\] = "users", \["reportPath"\] = "\/signalbox\.jwt\/report\/users", \["timeoutMs"\] = 2000, \["version"\] = "[0-9a-f]{16}"\}$/);
+    assert.ok(!first.includes('scope') && !first.includes('x-user'), 'claim rules stay in the service');
+    // A cookie policy has no fast path: ext_authz on that listener, as before.
     const admin = get(groups, 'gateway/public', 'listener', 'public/admin');
     assert.deepEqual(filtersOf(admin).map((f) => f.name), ['signalbox.ext_authz', 'envoy.filters.http.router']);
-    assert.equal(filtersOf(admin)[0]!.typed_config.filter_enabled_metadata, undefined);
+    // A listener with both kinds of route has both filters; a fast route skips ext_authz.
+    const both = await compile({ 'a.yaml': docs(BASE, jwt('users', '{ kind: HTTPRoute, name: api, sectionName: secure }'), jwt('edge', '{ kind: HTTPRoute, name: api, sectionName: open }', "  from: [ { cookie: session } ]\n")) });
+    assert.deepEqual(filtersOf(get(both, 'gateway/public', 'listener', 'public/http')).map((f) => f.name), ['signalbox.jwt_check', 'signalbox.ext_authz', 'envoy.filters.http.router']);
+    const rc = get(both, 'gateway/public', 'route', 'public/http');
+    assert.equal(perRoute(rc, 'api/secure/match-0')?.disabled, true);
+    assert.equal(perRoute(rc, 'api/open/match-0')?.check_settings.context_extensions['signalbox.jwt.policies'], 'edge');
   });
 
-  test('fast path: why a route has none (several policies, no keys, cookie sources, switched off); unusable keys are not handed to Envoy', async () => {
+  test('fast path: why a route has none (several policies, switched off); its version follows the keys and settings', async () => {
     const rsa = await makeKey('RS256', 'r');
+    const other = await makeKey('RS256', 'o');
     const inline = `{ inline: { keys: [ ${JSON.stringify(rsa.jwk)} ] } }`;
     const r = await validateDir(
       policyDir({
@@ -282,22 +279,19 @@ describe('JWTPolicy translation', () => {
       }),
     );
     assert.deepEqual(r.errors, []);
-    const jwtOf = (opts: Parameters<typeof translate>[2]) => translate(r.model!, [], opts).get('gateway/public')!.listeners[0]!.routeConfig.virtualHosts[0]!.routes.map((x) => [x.name, x.jwt?.fast?.policy ?? x.jwt?.slowReason]);
+    const routesOf = (opts: Parameters<typeof translate>[2]) => translate(r.model!, [], opts).get('gateway/public')!.listeners[0]!.routeConfig.virtualHosts[0]!.routes;
+    const jwtOf = (opts: Parameters<typeof translate>[2]) => routesOf(opts).map((x) => [x.name, x.jwt?.fast?.policy ?? x.jwt?.slowReason]);
     assert.deepEqual(jwtOf({}), [
       ['api/secure/match-0', 'several policies apply to the route'],
-      ['api/open/match-0', 'no verification keys loaded yet'],
+      ['api/open/match-0', 'c'],
     ]);
-    assert.deepEqual(jwtOf({ jwtKeys: () => [rsa.jwk] })[1], ['api/open/match-0', 'c']);
     assert.deepEqual(jwtOf({ jwtKeys: () => [rsa.jwk], jwtFastPath: false })[1], ['api/open/match-0', 'the fast path is switched off']);
-    // Keys the service would not verify with never reach Envoy.
-    const short = { kty: 'RSA', kid: 's', n: Buffer.alloc(128, 1).toString('base64url'), e: 'AQAB' };
-    const enc = { ...rsa.jwk, kid: 'enc', use: 'enc' };
-    const noVerify = { ...rsa.jwk, kid: 'nv', key_ops: ['encrypt'] };
-    assert.equal(pinnedJwks([short, enc, noVerify], ['RS256']), undefined);
-    const mixed = pinnedJwks([{ ...rsa.jwk, alg: undefined, kid: undefined }], ['RS256', 'PS384', 'ES256']);
-    assert.deepEqual(JSON.parse(mixed!.jwks).keys.map((k: Json) => k.alg), ['RS256', 'PS384']);
-    assert.equal(mixed!.kidless, true);
-    assert.deepEqual(jwtOf({ jwtKeys: () => [short] })[1], ['api/open/match-0', 'no key Envoy can use with the allowed algorithms']);
+    // The version: the same keys give the same one; other keys (or none yet) another.
+    const versionOf = (keys: Json[] | undefined) => routesOf({ jwtKeys: () => keys as never })[1]!.jwt!.fast!.version;
+    assert.equal(versionOf([rsa.jwk]), versionOf([rsa.jwk]));
+    assert.notEqual(versionOf([rsa.jwk]), versionOf([other.jwk]));
+    assert.notEqual(versionOf([rsa.jwk]), versionOf(undefined));
+    assert.match(versionOf(undefined), /^[0-9a-f]{16}$/);
     // A forwarded header that a route matches on: the script's header change would re-route.
     const routed = await validateDir(
       policyDir({

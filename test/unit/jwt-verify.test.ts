@@ -3,6 +3,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { exportJWK, FlattenedSign, generateKeyPair, SignJWT } from 'jose';
+import { fastPathAnswer, policyOfPath } from '../../src/authz/fast-path.js';
 import { AuthzEngine, challenge, type Decision } from '../../src/authz/engine.js';
 import { extractToken } from '../../src/authz/extract.js';
 import { checkClaims, claimValue, headerValue, ruleHolds } from '../../src/authz/policy.js';
@@ -141,8 +142,14 @@ describe('AuthzEngine with inline keys', async () => {
   test('valid RS256, ES256 and EdDSA tokens pass and forward claims; client copies are stripped', async () => {
     const e = engine(policy('p', [rsa, ec, ed], { forwardClaims: [{ claim: 'sub', header: 'x-user-id' }, { claim: 'email', header: 'x-email' }] }));
     for (const k of [rsa, ec, ed]) {
-      const d = await e.check(req({ authorization: `Bearer ${await tok(k)}`, 'x-user-id': 'root' }));
-      assert.deepEqual(d, { allow: true, reason: 'ok', headers: [{ name: 'x-user-id', value: 'alice' }], removeHeaders: ['x-email'] });
+      const now = Math.floor(Date.now() / 1000);
+      const d = await e.check(req({ authorization: `Bearer ${await tok(k, { iat: now - 10, nbf: now - 20, exp: now + 100 })}`, 'x-user-id': 'root' }));
+      assert.ok(d.allow);
+      const { window, ...rest } = d;
+      assert.deepEqual(rest, { allow: true, reason: 'ok', headers: [{ name: 'x-user-id', value: 'alice' }], removeHeaders: ['x-email'] });
+      // The same token gets this answer from the later of nbf and iat to exp, widened by the skew.
+      const skew = 30; // the policy's clockSkewMs
+      assert.deepEqual(window, { from: now - 10 - skew, until: now + 100 + skew });
     }
     e.close();
   });
@@ -223,6 +230,20 @@ describe('AuthzEngine with inline keys', async () => {
     assert.equal(no.status.code, 16);
     assert.equal(no.denied_response.status.code, 'Unauthorized');
     assert.equal(no.denied_response.headers[0].header.key, 'www-authenticate');
+  });
+
+  test("fast-path answers: allows with the whole seconds they hold for, refusals as the client gets them", () => {
+    const allow = (window?: { from?: number; until: number }) => fastPathAnswer({ allow: true, reason: 'ok', headers: [{ name: 'x-user-id', value: 'José, the 1st' }], removeHeaders: ['x-email'], ...(window ? { window } : {}) });
+    assert.equal(allow({ from: 100.5, until: 200 }), 'allow\ncache 101 199\nset x-user-id José, the 1st\nremove x-email\n');
+    assert.equal(allow({ from: 100, until: 200.7 }), 'allow\ncache 100 199\nset x-user-id José, the 1st\nremove x-email\n');
+    assert.equal(allow({ until: 50 }).split('\n')[1], 'cache - 49');
+    assert.equal(allow().split('\n')[1], 'set x-user-id José, the 1st', 'no token judged: nothing to remember');
+    const deny = fastPathAnswer({ allow: false, status: 401, reason: 'expired', headers: [{ name: 'www-authenticate', value: 'Bearer error="invalid_token"' }], body: '{"a":"b\\nbody\\n"}' });
+    assert.equal(deny, 'deny 401\nheader www-authenticate Bearer error="invalid_token"\nbody\n{"a":"b\\nbody\\n"}');
+    assert.equal(policyOfPath('/signalbox.jwt/check/users%2Dapi', '/signalbox.jwt/check/'), 'users-api');
+    assert.equal(policyOfPath('/signalbox.jwt/check/', '/signalbox.jwt/check/'), undefined);
+    assert.equal(policyOfPath('/signalbox.jwt/check/%E0', '/signalbox.jwt/check/'), undefined);
+    assert.equal(policyOfPath('/other/x', '/signalbox.jwt/check/'), undefined);
   });
 
   test('a key set with only an unrelated key type gives unknown_kid, not a crash', async () => {

@@ -101,23 +101,6 @@ describe('access log decoder', () => {
     });
   });
 
-  test("reads the JWT fast path's verdict (its policy) from the dynamic metadata, and nothing else there", () => {
-    const meta = (fm: Record<string, unknown>) => ({ ...entry({ route: 'api/secure/match-0', status: 200 }), common_properties: { ...entry({ route: 'api/secure/match-0', status: 200 }).common_properties, metadata: { filter_metadata: fm } } });
-    const s = (v: string) => ({ stringValue: v });
-    const bytes = encode({
-      http_logs: {
-        log_entry: [
-          meta({ 'envoy.filters.http.jwt_authn': { fields: { users: { structValue: { fields: { sub: s('alice'), verdict: s('pass:forged') } } } } }, 'signalbox.jwt': { fields: { verdict: s('pass:users') } } }),
-          meta({ 'signalbox.jwt': { fields: { verdict: s('fail') } } }),
-          meta({ other: { fields: { verdict: s('pass:users') } } }),
-          entry({ route: 'x', status: 200 }),
-        ],
-      },
-    });
-    assert.deepEqual(decodeAccessLogMessage(bytes).http.map((r) => r.jwtFastPolicy), ['users', undefined, undefined, undefined]);
-    assert.equal(decodeAccessLogMessage(bytes).http[0]!.route, 'api/secure/match-0', 'the rest of the entry is still read');
-  });
-
   test('truncated or garbage bytes throw (the stream is closed, the process is not)', () => {
     const bytes = encode({ http_logs: { log_entry: [entry({ route: 'a', status: 200 })] } });
     assert.throws(() => decodeAccessLogMessage(bytes.subarray(0, bytes.length - 3)));

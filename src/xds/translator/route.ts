@@ -92,7 +92,7 @@ function routeResource(l: IRHttpListener, r: IRRoute): Record<string, unknown> {
     out.typed_per_filter_config = { [faultFilter.envoyName]: typed('envoy.extensions.filters.http.fault.v3.HTTPFault', fault) };
   }
   patchRoutePolicies(r, out);
-  patchRouteForExtAuthz(r, out);
+  patchRouteForExtAuthz(l, r, out);
   patchRouteForJwtFastPath(l, r, out);
   return out;
 }

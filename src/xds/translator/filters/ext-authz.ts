@@ -1,14 +1,14 @@
-// Envoy's ext_authz HTTP filter, asking Signalbox's ext_authz service (JWTPolicy) over gRPC.
+// Envoy's ext_authz HTTP filter, asking Signalbox's ext_authz service (JWTPolicy) over gRPC, on
+// listeners with routes that have no fast path (see jwt-fast.ts).
 // - The listener entry points at the authz cluster, fails closed (no answer in time, or the
 //   service unreachable: 503) and sends only the request headers the policies read tokens from.
 // - Every route of such a listener carries ExtAuthzPerRoute: the names of the policies it must
 //   satisfy as a context extension (the service enforces exactly those), or `disabled` when no
-//   policy covers it, so that those routes skip the call entirely.
+//   policy covers it or its policy's fast path checks it, so that those routes skip the filter.
 import type { IRHttpListener, IRRoute } from '../../../ir/types.js';
 import { JWT_POLICIES_KEY } from '../../../ir/jwt.js';
 import { duration, typed } from '../util.js';
 import type { HttpFilterModule } from './index.js';
-import { FAST_PATH_METADATA } from './jwt-fast.js';
 
 export const EXT_AUTHZ_FILTER = 'signalbox.ext_authz';
 
@@ -27,19 +27,15 @@ export const extAuthz: HttpFilterModule = {
         status_on_error: { code: 'ServiceUnavailable' },
         stat_prefix: 'jwt',
         ...(a.headers.length ? { allowed_headers: { patterns: a.headers.map((h) => ({ exact: h })) } } : {}),
-        // Requests the fast path passed (Envoy verified the token and the check script the rest) skip the call.
-        ...(l.jwtProviders?.length
-          ? { filter_enabled_metadata: { filter: FAST_PATH_METADATA.namespace, path: [{ key: FAST_PATH_METADATA.key }], value: { string_match: { prefix: FAST_PATH_METADATA.pass } }, invert: true } }
-          : {}),
       }),
     };
   },
 };
 
 /** Route-level setting: the policies to check, or the check switched off. */
-export function patchRouteForExtAuthz(r: IRRoute, out: Record<string, unknown>): void {
-  if (!r.jwt) return;
-  const perRoute = r.jwt.policies.length ? { check_settings: { context_extensions: { [JWT_POLICIES_KEY]: r.jwt.policies.join(',') } } } : { disabled: true };
+export function patchRouteForExtAuthz(l: IRHttpListener, r: IRRoute, out: Record<string, unknown>): void {
+  if (!r.jwt || !l.extAuthz) return;
+  const perRoute = r.jwt.policies.length && !r.jwt.fast ? { check_settings: { context_extensions: { [JWT_POLICIES_KEY]: r.jwt.policies.join(',') } } } : { disabled: true };
   out.typed_per_filter_config = {
     ...((out.typed_per_filter_config as Record<string, unknown> | undefined) ?? {}),
     [EXT_AUTHZ_FILTER]: typed('envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute', perRoute),

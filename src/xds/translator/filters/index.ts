@@ -5,7 +5,7 @@ import { typed } from '../util.js';
 import { rbacAllow, rbacDeny } from './rbac.js';
 import { listenerRateLimit, routeRateLimit } from './local-ratelimit.js';
 import { extAuthz } from './ext-authz.js';
-import { jwtAuthn, jwtCheck } from './jwt-fast.js';
+import { jwtCheck } from './jwt-fast.js';
 
 export interface HttpFilterModule {
   /** Envoy's filter name, also the key of per-route configuration. */
@@ -33,9 +33,8 @@ export const FILTER_ORDER: readonly [string, HttpFilterModule][] = [
   ['rbac-allow', rbacAllow],
   ['local-ratelimit-listener', listenerRateLimit],
   ['local-ratelimit-route', routeRateLimit],
-  // After the rate limits, so that a flood is shed before any JWT work. Envoy verifies what it can
-  // (jwt_authn, then the check script); ext_authz decides every request they did not pass.
-  ['jwt-authn', jwtAuthn],
+  // After the rate limits, so that a flood is shed before any JWT work. Fast-path routes are
+  // checked by the script (asking the service about new tokens); the others by ext_authz.
   ['jwt-check', jwtCheck],
   ['ext-authz', extAuthz],
   ['fault', fault],
