@@ -4,11 +4,12 @@
 // RequestRedirect Envoy answers itself, so no upstream process competes for the cores) and the
 // same RS256 keys and tokens:
 //   baseline  - a Signalbox-fed gateway listener with no policy (no auth);
-//   jwt_authn - a second Envoy (static bootstrap) with Envoy's in-process jwt_authn filter, the
-//               public key inline, its JWT cache on;
+//   jwt_authn - a second Envoy (static bootstrap) running the baseline listener as Signalbox
+//               compiled it (copied from the gateway's config dump) with Envoy's in-process
+//               jwt_authn filter added, the public key inline, its JWT cache on;
 //   Signalbox - a Signalbox-fed gateway listener under a JWTPolicy, as Signalbox compiles it: the
-//               fast path (Envoy's jwt_authn plus the check script) decides valid tokens, and
-//               Envoy's ext_authz filter would ask the service only about the rest;
+//               fast path (the policy's script in Envoy asks the ext_authz service once per token
+//               and repeats its allow for that token; the warm-up asks about every token);
 //   ext_authz only - the same policy on another listener, made to read its token from two places
 //               (header or query), which the fast path does not take: every request asks the
 //               ext_authz service inside the `signalbox serve` child process over gRPC.
@@ -18,7 +19,7 @@
 //     from the moment each request is written).
 // Every answer must be the redirect (301); anything else is counted and reported.
 //
-// Flags: --seconds S (10) --concurrency C (32) --rate R (1000) --tokens N (100) --json FILE
+// Flags: --seconds S (6) --rounds R (3) --concurrency C (32) --rate R (1000) --tokens N (100) --json FILE
 //        --diagnose (first: sequential latency, Envoy's authz cluster stats, Signalbox's check time)
 // SIGNALBOX_BENCH_NODE_ARGS passes node flags to the control plane (e.g. --cpu-prof).
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -42,7 +43,8 @@ const BIN = path.join(ROOT, 'bin', 'signalbox.js');
 
 const { values: flags } = parseArgs({
   options: {
-    seconds: { type: 'string', default: '10' },
+    seconds: { type: 'string', default: '6' },
+    rounds: { type: 'string', default: '3' },
     concurrency: { type: 'string', default: '32' },
     rate: { type: 'string', default: '1000' },
     tokens: { type: 'string', default: '100' },
@@ -51,6 +53,7 @@ const { values: flags } = parseArgs({
   },
 });
 const SECONDS = Number(flags.seconds);
+const ROUNDS = Number(flags.rounds);
 const CONCURRENCY = Number(flags.concurrency);
 const RATE = Number(flags.rate);
 const TOKENS = Number(flags.tokens);
@@ -147,15 +150,21 @@ async function fixedRate(port: number, tokens: string[], rate: number, seconds: 
   return { requests: lat.length, seconds: took, rps: lat.length / took, p50: percentile(lat, 50), p99: percentile(lat, 99), bad };
 }
 
-function jwtAuthnBootstrap(adminPort: number, listenPort: number, jwks: string): string {
+type Json = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+
+/**
+ * The jwt_authn configuration: the baseline listener exactly as Signalbox compiled it (taken from
+ * the gateway's config dump: connection manager settings, route configuration, listener buffer
+ * limit), with Envoy's jwt_authn filter in front of its filters. The two then differ only in the
+ * filter, so the comparison measures the filter and not two ways of writing a listener.
+ */
+function jwtAuthnBootstrap(adminPort: number, listenPort: number, jwks: string, plain: { listener: Json; routeConfig: Json }): string {
+  const hcmOf = (l: Json) => l.filter_chains[0].filters[0].typed_config as Json;
+  const { rds: _rds, access_log: _log, tracing: _tracing, ...settings } = hcmOf(plain.listener);
+  const { '@type': _type, ...routeConfig } = plain.routeConfig;
   const hcm = {
-    '@type': 'type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager',
-    stat_prefix: 'bench',
-    codec_type: 'AUTO',
-    route_config: {
-      name: 'bench',
-      virtual_hosts: [{ name: 'any', domains: ['*'], routes: [{ match: { prefix: '/' }, redirect: { path_redirect: '/moved', response_code: 'MOVED_PERMANENTLY' } }] }],
-    },
+    ...settings,
+    route_config: routeConfig,
     http_filters: [
       {
         name: 'envoy.filters.http.jwt_authn',
@@ -174,15 +183,34 @@ function jwtAuthnBootstrap(adminPort: number, listenPort: number, jwks: string):
           rules: [{ match: { prefix: '/' }, requires: { provider_name: 'bench' } }],
         },
       },
-      { name: 'envoy.filters.http.router', typed_config: { '@type': 'type.googleapis.com/envoy.extensions.filters.http.router.v3.Router' } },
+      ...settings.http_filters,
     ],
   };
   return YAML.stringify({
     admin: { address: { socket_address: { address: '127.0.0.1', port_value: adminPort } } },
     static_resources: {
-      listeners: [{ name: 'jwt_authn', address: { socket_address: { address: '127.0.0.1', port_value: listenPort } }, filter_chains: [{ filters: [{ name: 'envoy.filters.network.http_connection_manager', typed_config: hcm }] }] }],
+      listeners: [
+        {
+          name: 'jwt_authn',
+          address: { socket_address: { address: '127.0.0.1', port_value: listenPort } },
+          ...(plain.listener.per_connection_buffer_limit_bytes ? { per_connection_buffer_limit_bytes: plain.listener.per_connection_buffer_limit_bytes } : {}),
+          filter_chains: [{ filters: [{ name: 'envoy.filters.network.http_connection_manager', typed_config: hcm }] }],
+        },
+      ],
     },
   });
+}
+
+/** The baseline listener and its route configuration, as the gateway Envoy runs them. */
+async function plainListenerOf(gateway: Envoy, name: string): Promise<{ listener: Json; routeConfig: Json }> {
+  const listeners = (await gateway.adminJson<Json>('/config_dump?resource=dynamic_listeners')).configs as Json[];
+  const listener = listeners.find((l) => l.name === name)?.active_state?.listener;
+  if (!listener) throw new Error(`the gateway has no listener ${name}`);
+  const routeName = listener.filter_chains[0].filters[0].typed_config.rds.route_config_name;
+  const routes = (await gateway.adminJson<Json>('/config_dump?resource=dynamic_route_configs')).configs as Json[];
+  const routeConfig = routes.find((r) => r.route_config?.name === routeName)?.route_config;
+  if (!routeConfig) throw new Error(`the gateway has no route configuration ${routeName}`);
+  return { listener, routeConfig };
 }
 
 async function main(): Promise<void> {
@@ -248,7 +276,9 @@ ${jwtPolicy('bench', 'auth')}${jwtPolicy('bench-slow', 'slow', '  from: [ { head
     await waitFor(async () => (await fetch(`http://127.0.0.1:${adminPort}/readyz`).catch(() => undefined))?.status === 200, { timeoutMs: 30_000, what: 'signalbox ready' });
     const gateway = await startEnvoy({ name: 'bench-gw', bootstrapYaml: (p) => bootstrapYaml({ gateway: 'bench', id: 'bench-gw', xdsAddress: `127.0.0.1:${xdsPort}`, adminPort: p }) });
     envoys.push(gateway);
-    const jwtEnvoy = await startEnvoy({ name: 'bench-jwt-authn', bootstrapYaml: (p) => jwtAuthnBootstrap(p, jwtPort, jwks) });
+    await waitFor(async () => (await get(plainPort, tokens[0]!)) === 301, { timeoutMs: 20_000, what: 'baseline listener answering' });
+    const plain = await plainListenerOf(gateway, 'bench/plain');
+    const jwtEnvoy = await startEnvoy({ name: 'bench-jwt-authn', bootstrapYaml: (p) => jwtAuthnBootstrap(p, jwtPort, jwks, plain) });
     envoys.push(jwtEnvoy);
     for (const port of [plainPort, authPort, jwtPort, slowPort]) {
       await waitFor(async () => (await get(port, tokens[0]!)) === 301, { timeoutMs: 20_000, what: `listener ${port} answering` });
@@ -291,37 +321,53 @@ ${jwtPolicy('bench', 'auth')}${jwtPolicy('bench-slow', 'slow', '  from: [ { head
       const m = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text();
       return Number(/^signalbox_authz_check_duration_seconds_count\{result="allow"\} (\d+)/m.exec(m)?.[1] ?? 0);
     };
-    const results: { name: string; saturated: Phase; fixed: Phase; cpu: { envoy: number; signalbox: number }; serviceChecks: number }[] = [];
-    for (const c of configs) {
-      const envoyPid = (c.port === jwtPort ? jwtEnvoy : gateway).process.pid!;
-      await saturated(c.port, tokens, 2); // warm-up
-      const checks0 = await checks();
-      const cpu0 = { envoy: cpuSeconds(envoyPid), sb: cpuSeconds(sb.pid!) };
-      const sat = await saturated(c.port, tokens, SECONDS);
-      const cpu1 = { envoy: cpuSeconds(envoyPid), sb: cpuSeconds(sb.pid!) };
-      const fixed = await fixedRate(c.port, tokens, RATE, SECONDS);
-      const serviceChecks = (await checks()) - checks0;
-      results.push({ name: c.name, saturated: sat, fixed, cpu: { envoy: (100 * (cpu1.envoy - cpu0.envoy)) / sat.seconds, signalbox: (100 * (cpu1.sb - cpu0.sb)) / sat.seconds }, serviceChecks });
-      process.stderr.write(`${c.name}: saturated ${sat.rps.toFixed(0)} req/s (p50 ${sat.p50.toFixed(2)} ms, p99 ${sat.p99.toFixed(2)} ms); ${RATE}/s: p50 ${fixed.p50.toFixed(2)} ms, p99 ${fixed.p99.toFixed(2)} ms; non-301: ${sat.bad + fixed.bad}; ext_authz service checks: ${serviceChecks}\n`);
+    type Run = { saturated: Phase; fixed: Phase; cpu: { envoy: number; signalbox: number }; serviceChecks: number };
+    const runs: Run[][] = configs.map(() => []);
+    // Rounds, each running every configuration once, starting with a different one each round:
+    // figures on a small shared machine drift by tens of percent over minutes; medians of
+    // interleaved rounds compare the configurations under the same conditions.
+    for (let round = 0; round < ROUNDS; round++) {
+      for (let k = 0; k < configs.length; k++) {
+        const ci = (k + round) % configs.length;
+        const c = configs[ci]!;
+        const envoyPid = (c.port === jwtPort ? jwtEnvoy : gateway).process.pid!;
+        await saturated(c.port, tokens, 2); // warm-up
+        const checks0 = await checks();
+        const cpu0 = { envoy: cpuSeconds(envoyPid), sb: cpuSeconds(sb.pid!) };
+        const sat = await saturated(c.port, tokens, SECONDS);
+        const cpu1 = { envoy: cpuSeconds(envoyPid), sb: cpuSeconds(sb.pid!) };
+        const fixed = await fixedRate(c.port, tokens, RATE, SECONDS);
+        const serviceChecks = (await checks()) - checks0;
+        runs[ci]!.push({ saturated: sat, fixed, cpu: { envoy: (100 * (cpu1.envoy - cpu0.envoy)) / sat.seconds, signalbox: (100 * (cpu1.sb - cpu0.sb)) / sat.seconds }, serviceChecks });
+        process.stderr.write(`round ${round + 1}, ${c.name}: saturated ${sat.rps.toFixed(0)} req/s (p50 ${sat.p50.toFixed(2)} ms, p99 ${sat.p99.toFixed(2)} ms); ${RATE}/s: p50 ${fixed.p50.toFixed(2)} ms, p99 ${fixed.p99.toFixed(2)} ms; non-301: ${sat.bad + fixed.bad}; ext_authz service checks: ${serviceChecks}\n`);
+      }
     }
+    const median = (xs: number[]) => percentile([...xs].sort((a, b) => a - b), 50);
+    const results = configs.map((c, ci) => {
+      const rs = runs[ci]!;
+      const m = (f: (r: Run) => number) => median(rs.map(f));
+      const phase = (f: (r: Run) => Phase): Phase => ({ requests: m((r) => f(r).requests), seconds: m((r) => f(r).seconds), rps: m((r) => f(r).rps), p50: m((r) => f(r).p50), p99: m((r) => f(r).p99), bad: rs.reduce((n, r) => n + f(r).bad, 0) });
+      return { name: c.name, saturated: phase((r) => r.saturated), fixed: phase((r) => r.fixed), cpu: { envoy: m((r) => r.cpu.envoy), signalbox: m((r) => r.cpu.signalbox) }, serviceChecks: rs.reduce((n, r) => n + r.serviceChecks, 0), rounds: rs.map((r) => r.saturated.rps) };
+    });
     const base = results[0]!;
     const authn = results[1]!;
     const ext = results[2]!;
     const only = results[3]!;
     const f2 = (n: number) => n.toFixed(2);
+    const perRound = (ci: number) => runs[ci]!.map((r, i) => ((100 * r.saturated.rps) / runs[1]![i]!.saturated.rps).toFixed(0) + '%').join(', ');
     const lines = [
-      `Machine: ${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}, Node ${process.version}, Envoy 1 worker thread each; ${SECONDS}s per phase, closed loop at concurrency ${CONCURRENCY}, open loop at ${RATE} req/s, ${TOKENS} distinct RS256 tokens. Load average before / after: ${load0} / ${os.loadavg()[0]!.toFixed(2)} (other processes compete for the same cores).`,
+      `Machine: ${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}, Node ${process.version}, Envoy 1 worker thread each; medians of ${ROUNDS} interleaved rounds; ${SECONDS}s per phase, closed loop at concurrency ${CONCURRENCY}, open loop at ${RATE} req/s, ${TOKENS} distinct RS256 tokens. Load average before / after: ${load0} / ${os.loadavg()[0]!.toFixed(2)} (other processes compete for the same cores).`,
       '',
       '| configuration | saturated req/s | p50 ms (saturated) | p99 ms (saturated) | p50 ms at ' + RATE + '/s | p99 ms at ' + RATE + '/s | Envoy CPU % / µs per request (saturated) | Signalbox CPU % / µs per request (saturated) | ext_authz service checks (saturated + fixed) | non-301 answers |',
       '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
       ...results.map((r) => `| ${r.name} | ${r.saturated.rps.toFixed(0)} | ${f2(r.saturated.p50)} | ${f2(r.saturated.p99)} | ${f2(r.fixed.p50)} | ${f2(r.fixed.p99)} | ${r.cpu.envoy.toFixed(0)} / ${((r.cpu.envoy * 10_000) / r.saturated.rps).toFixed(0)} | ${r.cpu.signalbox.toFixed(0)} / ${((r.cpu.signalbox * 10_000) / r.saturated.rps).toFixed(0)} | ${r.serviceChecks} | ${r.saturated.bad + r.fixed.bad} |`),
       '',
       `Signalbox (fast path) p99 at ${RATE}/s minus baseline: ${f2(ext.fixed.p99 - base.fixed.p99)} ms (target <= 1 ms: ${ext.fixed.p99 - base.fixed.p99 <= 1 ? 'met' : 'NOT met'}).`,
-      `Signalbox (fast path) saturated throughput / jwt_authn: ${((100 * ext.saturated.rps) / authn.saturated.rps).toFixed(0)}% (target >= 80%: ${ext.saturated.rps >= 0.8 * authn.saturated.rps ? 'met' : 'NOT met'}).`,
+      `Signalbox (fast path) saturated throughput / jwt_authn: ${((100 * ext.saturated.rps) / authn.saturated.rps).toFixed(0)}% (target >= 80%: ${ext.saturated.rps >= 0.8 * authn.saturated.rps ? 'met' : 'NOT met'}); round by round: ${perRound(2)}.`,
       `ext_authz only: p99 at ${RATE}/s minus baseline ${f2(only.fixed.p99 - base.fixed.p99)} ms; saturated throughput / jwt_authn ${((100 * only.saturated.rps) / authn.saturated.rps).toFixed(0)}%.`,
     ];
     process.stdout.write(lines.join('\n') + '\n');
-    if (flags.json) writeFileSync(flags.json, JSON.stringify({ seconds: SECONDS, concurrency: CONCURRENCY, rate: RATE, tokens: TOKENS, results }, null, 2));
+    if (flags.json) writeFileSync(flags.json, JSON.stringify({ seconds: SECONDS, rounds: ROUNDS, concurrency: CONCURRENCY, rate: RATE, tokens: TOKENS, results }, null, 2));
   } catch (e) {
     process.stderr.write(`bench:authz failed: ${(e as Error).message}\n--- signalbox log ---\n${sbLog}\n`);
     process.exitCode = 1;
