@@ -20,7 +20,7 @@ import { freePort } from '../test/helpers/net.js';
 import { Conn, cpuSeconds } from './lib.js';
 import http2 from 'node:http2';
 import type net from 'node:net';
-import { checkScript, JWT_CHECK_FILTER } from '../src/xds/translator/filters/jwt-fast.js';
+import { FAST_PATH_ROUTE_KEY, JWT_CHECK_FILTER, JWT_CHECK_SCRIPT, routeCheckSpec } from '../src/xds/translator/filters/jwt-fast.js';
 import type { IRJwtFastCheck } from '../src/ir/jwt.js';
 
 const { values: flags } = parseArgs({ options: { requests: { type: 'string', default: '3000' }, rounds: { type: 'string', default: '3' } } });
@@ -38,7 +38,7 @@ async function main(): Promise<void> {
   const jwks = JSON.stringify({ keys: [jwk] });
   const now = Math.floor(Date.now() / 1000);
   const tokens = await Promise.all(Array.from({ length: 100 }, (_, i) => new SignJWT({ iss: ISS, aud: AUD, sub: `user-${i}`, iat: now, exp: now + 3600 }).setProtectedHeader({ alg: 'RS256', kid: 'bench-1' }).sign(privateKey)));
-  const check: IRJwtFastCheck = { policy: 'bench', header: 'authorization', cluster: 'signalbox.authz', timeoutMs: 2000, version: 'bench' };
+  const check: IRJwtFastCheck = { policy: 'bench', header: 'authorization', version: 'bench' };
   // The stub service: every token allowed, remembered until an hour from now.
   const stub = http2.createServer();
   stub.on('stream', (stream) => {
@@ -69,7 +69,7 @@ async function main(): Promise<void> {
     ['no filter (baseline)', []],
     ["Envoy's jwt_authn", [strict]],
     ['a Lua filter doing nothing', [lua('function envoy_on_request(handle) end')]],
-    ['the fast-path script, remembered tokens (Signalbox)', [lua(checkScript(check))]],
+    ['the fast-path script, remembered tokens (Signalbox)', [lua(JWT_CHECK_SCRIPT)]],
   ];
 
   const results: [string, number][] = [];
@@ -80,7 +80,7 @@ async function main(): Promise<void> {
       const hcm = {
         '@type': 'type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager',
         stat_prefix: 'bench',
-        route_config: { virtual_hosts: [{ name: 'any', domains: ['*'], routes: [{ match: { prefix: '/' }, redirect: { path_redirect: '/moved' } }] }] },
+        route_config: { virtual_hosts: [{ name: 'any', domains: ['*'], routes: [{ match: { prefix: '/' }, redirect: { path_redirect: '/moved' }, metadata: { filter_metadata: { [JWT_CHECK_FILTER]: { [FAST_PATH_ROUTE_KEY]: routeCheckSpec(check) } } } /* static bootstrap: plain JSON */ }] }] },
         http_filters: [...filters, { name: 'envoy.filters.http.router', typed_config: { '@type': 'type.googleapis.com/envoy.extensions.filters.http.router.v3.Router' } }],
       };
       const envoy = await startEnvoy({

@@ -32,12 +32,9 @@ export interface IRJwtFastCheck {
   policy: string;
   /** The one request header the policy reads its token from (lower case). */
   header: string;
-  /** The cluster of the ext_authz service and how long to wait for it before failing closed. */
-  cluster: string;
-  timeoutMs: number;
   /**
-   * A digest of the policy's settings and current keys. It is part of the script, so a change of
-   * either gives Envoy a new script, which starts with nothing remembered.
+   * A digest of the policy's settings and current keys. Remembered answers are kept under it, so
+   * a change of either starts with nothing remembered.
    */
   version: string;
 }

@@ -65,7 +65,7 @@ export function fastPathOf(p: JwtPolicyModel, keys: readonly JWK[] | undefined):
   if (!only || !('header' in only)) return { reason: 'the token may come from a cookie, a query parameter or several places' };
   const { source: _source, ...settings } = p;
   const version = createHash('sha256').update(JSON.stringify({ settings, keys: keys ?? null })).digest('hex').slice(0, 16);
-  return { policy: p.name, header: only.header, cluster: AUTHZ_CLUSTER, timeoutMs: EXT_AUTHZ_TIMEOUT_MS, version };
+  return { policy: p.name, header: only.header, version };
 }
 
 export function applyJwtPolicies(model: Model, ir: IRProxyConfig, opts: JwtTranslateOptions = {}): IRProxyConfig {

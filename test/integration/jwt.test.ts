@@ -4,7 +4,7 @@
 // table is one request with its expected status; the table is printed at the end.
 import assert from 'node:assert/strict';
 import http from 'node:http';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -494,6 +494,28 @@ spec:
     const leaked = issued.filter((t) => logs.includes(t) || logs.includes(t.split('.')[2]!));
     assert.equal(leaked.length, 0, 'a token appeared in the control plane log');
     assert.ok(rows.length >= 25, `the token table has ${rows.length} rows`);
+  });
+
+  test('a policy change reaches remembered tokens: the same token is asked about again under the new settings (routes only, the listener stays)', async () => {
+    const listenerVersion = async () => {
+      const dump = await gateway.adminJson<{ configs: { dynamic_listeners?: { name: string; active_state?: { version_info: string } }[] }[] }>('/config_dump?resource=dynamic_listeners');
+      return JSON.stringify(dump);
+    };
+    const t = await token(rsa, { role: 'staff' });
+    for (let i = 0; i < 2; i++) await gw('fast path: role staff, allowed (then remembered)', 200, '/roles', bearer(t));
+    const listenersBefore = await listenerVersion();
+    const file = path.join(dir, 'jwt.yaml');
+    const original = readFileSync(file, 'utf8');
+    assert.ok(original.includes('in: [admin, staff]'));
+    writeFileSync(file, original.replace('in: [admin, staff]', 'in: [admin]'));
+    try {
+      await waitFor(async () => (await request(gwPort, '/roles', bearer(t))).status === 403, { what: 'the remembered token refused under the new rule', timeoutMs: 15_000, intervalMs: 100 });
+      rows.push({ via: 'gateway', name: 'policy changed: a remembered token no longer satisfies it', expected: 403, got: 403 });
+      assert.equal(await listenerVersion(), listenersBefore, 'the change reached Envoy as routes only: listeners untouched');
+    } finally {
+      writeFileSync(file, original);
+      await waitFor(async () => (await request(gwPort, '/roles', bearer(t))).status === 200, { what: 'the original rule back', timeoutMs: 15_000, intervalMs: 100 });
+    }
   });
 
   // Last: it stops the control plane (and with it the ext_authz service).

@@ -15,17 +15,16 @@
 //     client as the service wrote it (status, WWW-Authenticate, body).
 //   - no answer in time, an answer it cannot read, or any error in the script: 503, as the ext_authz
 //     filter fails closed. The script runs under pcall, so an error can never let a request through.
-// Refusals are never remembered. The script's state lives as long as its configuration: the
-// script embeds a digest of the policy's settings and keys (IRJwtFastCheck.version), so new
-// settings or keys reach Envoy as a new script that starts empty.
-// Allows taken from memory are counted per worker and reported about once a second (an
-// asynchronous POST /signalbox.jwt/report/<policy>) into signalbox_authz_fast_path_allows_total.
-//
-// The script is a constant. Each policy gets its own copy whose first line binds `C` to the
-// policy's parameters, written as a Lua table literal by `luaLiteral` (every string byte-escaped, so
-// a policy value can never become code); each fast-path route names its policy's copy
-// (LuaPerRoute.name).
+// Refusals are never remembered. One script serves every policy: a fast-path route's metadata
+// (`signalbox.jwt_check` / `check`) names its policy, token header and version (a digest of the
+// policy's settings and keys), and remembered answers are kept under the version, so new
+// settings or keys (an RDS update, the listener is untouched) start afresh. A route whose
+// metadata cannot be read fails closed; a route without it is not the script's.
+// Allows taken from memory are counted per worker and policy and reported about once a second
+// (an asynchronous POST /signalbox.jwt/report/<policy>) into signalbox_authz_fast_path_allows_total.
+// The script is a constant: nothing from a policy ever becomes code.
 import type { IRJwtFastCheck } from '../../../ir/jwt.js';
+import { AUTHZ_CLUSTER, EXT_AUTHZ_TIMEOUT_MS } from '../../../translate/jwt.js';
 import type { IRHttpListener, IRRoute } from '../../../ir/types.js';
 import { typed } from '../util.js';
 import type { HttpFilterModule } from './index.js';
@@ -38,21 +37,39 @@ export const FAST_PATH_HTTP = { check: '/signalbox.jwt/check/', report: '/signal
 /** The longest the script keeps an answer, whatever the token's expiry (bounds a revoked key's reach). */
 export const CACHE_MAX_SECONDS = 300;
 
-export const JWT_CHECK_SCRIPT = `-- Signalbox JWT fast path (see src/xds/translator/filters/jwt-fast.ts); C: the policy.
+/** The route metadata key (under the filter's name) that names a fast-path route's check. */
+export const FAST_PATH_ROUTE_KEY = 'check';
+
+export const JWT_CHECK_SCRIPT = `-- Signalbox JWT fast path (see src/xds/translator/filters/jwt-fast.ts).
+-- The route's metadata names its check: "<policy, URL-encoded> <token header> <version>".
+local CLUSTER, TIMEOUT_MS, AUTHORITY = "${AUTHZ_CLUSTER}", ${EXT_AUTHZ_TIMEOUT_MS}, "signalbox-authz"
+local CHECK_PATH, REPORT_PATH = "${FAST_PATH_HTTP.check}", "${FAST_PATH_HTTP.report}"
 local CACHE, CACHE_N, CACHE_BYTES = {}, 0, 0
 local CACHE_MAX_N, CACHE_MAX_BYTES, CACHE_MAX_SECONDS = 10000, 8388608, ${CACHE_MAX_SECONDS}
-local ALLOWS, REPORTED_AT = 0, 0
-local AUTHORITY = "signalbox-authz"
+local CHECKS = {}
+local ALLOWS, REPORTED_AT = {}, 0
 
-local function remember(raw, e)
-  if CACHE_N >= CACHE_MAX_N or CACHE_BYTES + #raw > CACHE_MAX_BYTES then
+-- A route's check, parsed once per distinct metadata value.
+local function check_of(spec)
+  local c = CHECKS[spec]
+  if c == nil then
+    local policy, header, version = string.match(spec, "^(%S+) (%S+) (%S+)$")
+    if policy == nil then error("unreadable route check", 0) end
+    c = { policy = policy, header = header, prefix = version .. " " }
+    CHECKS[spec] = c
+  end
+  return c
+end
+
+local function remember(key, e)
+  if CACHE_N >= CACHE_MAX_N or CACHE_BYTES + #key > CACHE_MAX_BYTES then
     CACHE, CACHE_N, CACHE_BYTES = {}, 0, 0
   end
-  if CACHE[raw] == nil then
+  if CACHE[key] == nil then
     CACHE_N = CACHE_N + 1
-    CACHE_BYTES = CACHE_BYTES + #raw
+    CACHE_BYTES = CACHE_BYTES + #key
   end
-  CACHE[raw] = e
+  CACHE[key] = e
 end
 
 local function apply(headers, e)
@@ -62,27 +79,28 @@ end
 
 -- The service's answer to one check (see src/authz/fast-path.ts):
 --   allow                       deny <status>
---   cache <from|-> <last>       header <name> <value>   (any number)
+--   cache <first|-> <last>      header <name> <value>   (any number)
 --   set <name> <value>          body
 --   remove <name>               <the body, to the end>
-local function ask(handle, headers, raw, now)
-  local request = { [":method"] = "POST", [":path"] = C.checkPath, [":authority"] = AUTHORITY }
-  if raw ~= nil then request[C.header] = raw end
+local function ask(handle, headers, c, raw, now)
+  local request = { [":method"] = "POST", [":path"] = CHECK_PATH .. c.policy, [":authority"] = AUTHORITY }
+  if raw ~= nil then request[c.header] = raw end
   local traceparent = headers:get("traceparent")
   if traceparent ~= nil then
     request["traceparent"] = traceparent
     request["tracestate"] = headers:get("tracestate")
   end
-  local answer, body = handle:httpCall(C.cluster, request, "", C.timeoutMs)
+  local answer, body = handle:httpCall(CLUSTER, request, "", TIMEOUT_MS)
   if answer[":status"] ~= "200" or body == nil then error("no answer from the service", 0) end
   local verdict = string.match(body, "^[^\\n]*")
   if verdict == "allow" then
-    local e = { set = {}, remove = {} }
+    local e = { set = {}, remove = {}, policy = c.policy }
     local first, last
     for line in string.gmatch(body, "[^\\n]+") do
       local kind, rest = string.match(line, "^(%S+) (.*)$")
       if kind == "set" then
         local name, value = string.match(rest, "^(%S+) (.*)$")
+        if name == nil then error("unreadable answer from the service", 0) end
         e.set[#e.set + 1] = { name, value }
       elseif kind == "remove" then
         e.remove[#e.remove + 1] = rest
@@ -95,7 +113,7 @@ local function ask(handle, headers, raw, now)
     if raw ~= nil and last ~= nil then
       e.from = tonumber(first) or -math.huge
       e.last = math.min(last, now + CACHE_MAX_SECONDS)
-      remember(raw, e)
+      remember(c.prefix .. raw, e)
     end
     return
   end
@@ -107,25 +125,31 @@ local function ask(handle, headers, raw, now)
   handle:respond(reply, at and string.sub(body, at + 6) or "")
 end
 
+-- Allows repeated from memory since the last report, per policy; at most once a second.
 local function report(handle, now)
   REPORTED_AT = now
-  local n = ALLOWS
-  ALLOWS = 0
-  handle:httpCall(C.cluster, { [":method"] = "POST", [":path"] = C.reportPath, [":authority"] = AUTHORITY, ["${FAST_PATH_HTTP.countHeader}"] = tostring(n) }, "", C.timeoutMs, true)
+  local counts = ALLOWS
+  ALLOWS = {}
+  for policy, n in pairs(counts) do
+    handle:httpCall(CLUSTER, { [":method"] = "POST", [":path"] = REPORT_PATH .. policy, [":authority"] = AUTHORITY, ["${FAST_PATH_HTTP.countHeader}"] = tostring(n) }, "", TIMEOUT_MS, true)
+  end
 end
 
 local function decide(handle)
+  local spec = handle:metadata():get("${FAST_PATH_ROUTE_KEY}")
+  if spec == nil then return end -- not a fast-path route
+  local c = check_of(spec)
   local headers = handle:headers()
-  local raw = headers:get(C.header)
+  local raw = headers:get(c.header)
   local now = os.time()
-  local e = raw and CACHE[raw]
+  local e = raw and CACHE[c.prefix .. raw]
   if e and e.from <= now and now <= e.last then
     apply(headers, e)
-    ALLOWS = ALLOWS + 1
+    ALLOWS[e.policy] = (ALLOWS[e.policy] or 0) + 1
     if now ~= REPORTED_AT then pcall(report, handle, now) end
     return
   end
-  ask(handle, headers, raw, now)
+  ask(handle, headers, c, raw, now)
 end
 
 function envoy_on_request(handle)
@@ -137,65 +161,47 @@ function envoy_on_request(handle)
 end
 `;
 
-/** A string as a Lua literal: printable ASCII kept, everything else (and quotes, backslashes) as \ddd. */
-function luaString(v: string): string {
-  let out = '"';
-  for (const b of Buffer.from(v, 'utf8')) out += b >= 0x20 && b < 0x7f && b !== 0x22 && b !== 0x5c ? String.fromCharCode(b) : `\\${String(b).padStart(3, '0')}`;
-  return out + '"';
+/** What a fast-path route's metadata says about its check (read by the script, see above). */
+export function routeCheckSpec(check: IRJwtFastCheck): string {
+  return `${encodeURIComponent(check.policy)} ${check.header} ${check.version}`;
 }
 
-/** A JSON value as a Lua expression (objects as tables with string keys, arrays as sequences). */
-export function luaLiteral(v: unknown): string {
-  if (v === null || v === undefined) return 'nil';
-  if (typeof v === 'string') return luaString(v);
-  if (typeof v === 'boolean') return v ? 'true' : 'false';
-  if (typeof v === 'number') {
-    if (!Number.isFinite(v)) throw new Error('a policy number must be finite');
-    return Object.is(v, -0) ? '0' : String(v);
-  }
-  if (Array.isArray(v)) return `{${v.map(luaLiteral).join(', ')}}`;
-  const o = v as Record<string, unknown>;
-  return `{${Object.keys(o).sort().filter((k) => o[k] !== undefined).map((k) => `[${luaString(k)}] = ${luaLiteral(o[k])}`).join(', ')}}`;
+function hasFastRoute(l: IRHttpListener): boolean {
+  return l.routeConfig.virtualHosts.some((v) => v.routes.some((r) => r.jwt?.fast));
 }
 
-/** The script of one policy. */
-export function checkScript(check: IRJwtFastCheck): string {
-  const name = encodeURIComponent(check.policy);
-  const c = { ...check, checkPath: FAST_PATH_HTTP.check + name, reportPath: FAST_PATH_HTTP.report + name };
-  return `local C = ${luaLiteral(c)}\n${JWT_CHECK_SCRIPT}`;
-}
+const fastListeners = new WeakMap<IRHttpListener, boolean>();
 
-const checksOf = new WeakMap<IRHttpListener, Map<string, IRJwtFastCheck>>();
-
-/** The fast-path policies of a listener's routes (worked out once per IR listener). */
-function fastChecks(l: IRHttpListener): Map<string, IRJwtFastCheck> {
-  let checks = checksOf.get(l);
-  if (!checks) {
-    checks = new Map();
-    for (const v of l.routeConfig.virtualHosts) for (const r of v.routes) if (r.jwt?.fast) checks.set(r.jwt.fast.policy, r.jwt.fast);
-    checksOf.set(l, checks);
-  }
-  return checks;
+/** Whether any route of the listener has the fast path (worked out once per IR listener). */
+function hasFastPath(l: IRHttpListener): boolean {
+  let v = fastListeners.get(l);
+  if (v === undefined) fastListeners.set(l, (v = hasFastRoute(l)));
+  return v;
 }
 
 export const jwtCheck: HttpFilterModule = {
   envoyName: JWT_CHECK_FILTER,
-  wanted: (l: IRHttpListener) => fastChecks(l).size > 0,
+  wanted: hasFastPath,
   hcmEntry: (l: IRHttpListener) => {
-    // One script per policy with a fast-path route on this listener, by policy name.
-    const checks = fastChecks(l);
-    if (checks.size === 0) return undefined;
-    const sourceCodes = Object.fromEntries([...checks.keys()].sort().map((p) => [p, { inline_string: checkScript(checks.get(p)!) }]));
-    return { name: JWT_CHECK_FILTER, typed_config: typed('envoy.extensions.filters.http.lua.v3.Lua', { source_codes: sourceCodes }) };
+    if (!hasFastPath(l)) return undefined;
+    // One script for every policy: each route's metadata says which check it runs, so routes and
+    // keys can change (RDS) without touching the listener.
+    return { name: JWT_CHECK_FILTER, typed_config: typed('envoy.extensions.filters.http.lua.v3.Lua', { default_source_code: { inline_string: JWT_CHECK_SCRIPT } }) };
   },
 };
 
-/** Route-level settings on a fast-path listener: the policy's script, or none. */
+/** Route-level settings on a fast-path listener: the route's check in its metadata, or no script. */
 export function patchRouteForJwtFastPath(l: IRHttpListener, r: IRRoute, out: Record<string, unknown>): void {
-  if (fastChecks(l).size === 0) return;
+  if (!hasFastPath(l)) return;
   const fast = r.jwt?.fast;
+  if (fast) {
+    const metadata = (out.metadata as { filter_metadata?: Record<string, unknown> } | undefined) ?? {};
+    // (A google.protobuf.Struct in protobufjs's field naming.)
+    out.metadata = { ...metadata, filter_metadata: { ...(metadata.filter_metadata ?? {}), [JWT_CHECK_FILTER]: { fields: { [FAST_PATH_ROUTE_KEY]: { stringValue: routeCheckSpec(fast) } } } } };
+    return;
+  }
   out.typed_per_filter_config = {
     ...((out.typed_per_filter_config as Record<string, unknown> | undefined) ?? {}),
-    [JWT_CHECK_FILTER]: typed('envoy.extensions.filters.http.lua.v3.LuaPerRoute', fast ? { name: fast.policy } : { disabled: true }),
+    [JWT_CHECK_FILTER]: typed('envoy.extensions.filters.http.lua.v3.LuaPerRoute', { disabled: true }),
   };
 }
