@@ -55,21 +55,27 @@ local function check_of(spec)
   if c == nil then
     local policy, header, version = string.match(spec, "^(%S+) (%S+) (%S+)$")
     if policy == nil then error("unreadable route check", 0) end
-    c = { policy = policy, header = header, prefix = version .. " " }
+    c = { policy = policy, header = header, version = version }
     CHECKS[spec] = c
   end
   return c
 end
 
-local function remember(key, e)
-  if CACHE_N >= CACHE_MAX_N or CACHE_BYTES + #key > CACHE_MAX_BYTES then
+-- Remembered allows: CACHE[version][header value]. Bounded by count and bytes (then emptied).
+local function remember(version, raw, e)
+  if CACHE_N >= CACHE_MAX_N or CACHE_BYTES + #raw > CACHE_MAX_BYTES then
     CACHE, CACHE_N, CACHE_BYTES = {}, 0, 0
   end
-  if CACHE[key] == nil then
-    CACHE_N = CACHE_N + 1
-    CACHE_BYTES = CACHE_BYTES + #key
+  local bucket = CACHE[version]
+  if bucket == nil then
+    bucket = {}
+    CACHE[version] = bucket
   end
-  CACHE[key] = e
+  if bucket[raw] == nil then
+    CACHE_N = CACHE_N + 1
+    CACHE_BYTES = CACHE_BYTES + #raw
+  end
+  bucket[raw] = e
 end
 
 local function apply(headers, e)
@@ -113,7 +119,7 @@ local function ask(handle, headers, c, raw, now)
     if raw ~= nil and last ~= nil then
       e.from = tonumber(first) or -math.huge
       e.last = math.min(last, now + CACHE_MAX_SECONDS)
-      remember(c.prefix .. raw, e)
+      remember(c.version, raw, e)
     end
     return
   end
@@ -142,7 +148,8 @@ local function decide(handle)
   local headers = handle:headers()
   local raw = headers:get(c.header)
   local now = os.time()
-  local e = raw and CACHE[c.prefix .. raw]
+  local bucket = CACHE[c.version]
+  local e = bucket and raw and bucket[raw]
   if e and e.from <= now and now <= e.last then
     apply(headers, e)
     ALLOWS[e.policy] = (ALLOWS[e.policy] or 0) + 1
