@@ -73,7 +73,7 @@ export interface EngineOptions {
   logger?: Logger;
   metrics?: AuthzMetrics;
   now?: () => number;
-  /** Called when any policy's keys changed (the control plane hands keys to Envoy's fast path). */
+  /** Called when any policy's keys changed (the fast path's route versions follow the keys). */
   onKeysChanged?: () => void;
 }
 

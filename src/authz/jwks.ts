@@ -176,8 +176,9 @@ export class JwksCache {
 
   /**
    * A fetched set is also reloaded on a timer, when it goes stale (or, after a failure, when a
-   * retry is due): Envoy's fast path verifies with these keys without asking this service, so
-   * rotations and revocations must reach it even when no request comes here.
+   * retry is due): Envoy's fast path repeats allows without asking this service, and its
+   * remembered allows end when the keys change, so rotations and revocations must be seen even
+   * when no request comes here.
    */
   private schedule(): void {
     clearTimeout(this.timer);

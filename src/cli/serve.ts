@@ -41,7 +41,8 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
   logger.info({ ca: ca.source, subject: ca.certificate.subject, notAfter: ca.certificate.notAfter.toISOString() }, 'mesh CA ready');
   const identities = new IdentityManager(ca, { ttlMs: BUILTIN_DEFAULTS.mtls.certTTLms, logger, metrics: { issued: (kind) => metrics.certificates.inc({ kind }) } });
   metrics.trackCertificates(() => identities.nearestExpirySeconds());
-  // New or rotated JWKS keys are handed to Envoy's JWT fast path: recompile (coalesced).
+  // New or rotated JWKS keys change the JWT fast path's route versions (Envoy forgets what it
+  // remembered under the old keys): recompile (coalesced).
   let keysTimer: NodeJS.Timeout | undefined;
   const onKeysChanged = () => {
     if (keysTimer || !cfg.jwtFastPath) return;

@@ -56,7 +56,7 @@ export interface PipelineOptions {
   accessLog?: { successSamplePercent: number };
   /** Where proxies reach the ext_authz service (JWTPolicy); default 127.0.0.1:18002. */
   authz?: AuthzEndpoint;
-  /** The keys each JWTPolicy verifies with now, for Envoy's fast path (default: inline keys only). */
+  /** The keys each JWTPolicy verifies with now, for the fast path's versions (default: inline keys only). */
   jwtKeys?: JwtKeysOf;
   /** false: every JWT check goes to the ext_authz service. */
   jwtFastPath?: boolean;
