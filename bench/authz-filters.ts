@@ -9,23 +9,31 @@
 // Every variant runs --rounds times; the lowest figure is reported (the least disturbed by
 // whatever else runs on the machine).
 //
-// Flags: --requests N per connection (3000) --rounds R (3)
+// --instructions counts instead the instructions Envoy executes per request, under valgrind's
+// callgrind (counted only while the measured requests run): slow, but the same figure every
+// run, where CPU time on a small shared machine moves by tens of percent. Needs valgrind.
+//
+// Flags: --requests N per connection (3000; 200 with --instructions) --rounds R (3) --instructions
 import os from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import YAML from 'yaml';
 import { exportJWK, generateKeyPair, SignJWT } from 'jose';
-import { startEnvoy } from '../test/helpers/envoy.js';
-import { freePort } from '../test/helpers/net.js';
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { provisionEnvoy, startEnvoy } from '../test/helpers/envoy.js';
+import { freePort, waitFor } from '../test/helpers/net.js';
 import { Conn, cpuSeconds } from './lib.js';
 import http2 from 'node:http2';
 import type net from 'node:net';
 import { FAST_PATH_ROUTE_KEY, JWT_CHECK_FILTER, JWT_CHECK_SCRIPT, routeCheckSpec } from '../src/xds/translator/filters/jwt-fast.js';
 import type { IRJwtFastCheck } from '../src/ir/jwt.js';
 
-const { values: flags } = parseArgs({ options: { requests: { type: 'string', default: '3000' }, rounds: { type: 'string', default: '3' } } });
-const REQUESTS = Number(flags.requests);
-const ROUNDS = Number(flags.rounds);
+const { values: flags } = parseArgs({ options: { requests: { type: 'string' }, rounds: { type: 'string', default: '3' }, instructions: { type: 'boolean' } } });
+const INSTRUCTIONS = flags.instructions === true;
+const REQUESTS = Number(flags.requests ?? (INSTRUCTIONS ? 200 : 3000));
+const ROUNDS = INSTRUCTIONS ? 1 : Number(flags.rounds);
 const CONNECTIONS = 16;
 const ISS = 'https://auth.bench.local/';
 const AUD = 'bench-api';
@@ -83,16 +91,19 @@ async function main(): Promise<void> {
         route_config: { virtual_hosts: [{ name: 'any', domains: ['*'], routes: [{ match: { prefix: '/' }, redirect: { path_redirect: '/moved' }, metadata: { filter_metadata: { [JWT_CHECK_FILTER]: { [FAST_PATH_ROUTE_KEY]: routeCheckSpec(check) } } } /* static bootstrap: plain JSON */ }] }] },
         http_filters: [...filters, { name: 'envoy.filters.http.router', typed_config: { '@type': 'type.googleapis.com/envoy.extensions.filters.http.router.v3.Router' } }],
       };
-      const envoy = await startEnvoy({
-        name: 'bench-filters',
-        bootstrapYaml: (adminPort) =>
-          YAML.stringify({
-            admin: { address: { socket_address: { address: '127.0.0.1', port_value: adminPort } } },
-            static_resources: { clusters: [authzCluster], listeners: [{ name: 'bench', address: { socket_address: { address: '127.0.0.1', port_value: port } }, filter_chains: [{ filters: [{ name: 'envoy.filters.network.http_connection_manager', typed_config: hcm }] }] }] },
-          }),
-      });
+      const bootstrapYaml = (adminPort: number) =>
+        YAML.stringify({
+          admin: { address: { socket_address: { address: '127.0.0.1', port_value: adminPort } } },
+          static_resources: { clusters: [authzCluster], listeners: [{ name: 'bench', address: { socket_address: { address: '127.0.0.1', port_value: port } }, filter_chains: [{ filters: [{ name: 'envoy.filters.network.http_connection_manager', typed_config: hcm }] }] }] },
+        });
+      const run = (n: number) => Promise.all(Array.from({ length: CONNECTIONS }, (_, c) => loop(port, n, (i) => tokens[(c * 7 + i) % tokens.length]!)));
+      if (INSTRUCTIONS) {
+        const ir = await instructionsPerRequest(bootstrapYaml, run);
+        best = Math.min(best, ir);
+        continue;
+      }
+      const envoy = await startEnvoy({ name: 'bench-filters', bootstrapYaml });
       try {
-        const run = (n: number) => Promise.all(Array.from({ length: CONNECTIONS }, (_, c) => loop(port, n, (i) => tokens[(c * 7 + i) % tokens.length]!)));
         await run(300); // warm-up: connections, JWT caches
         const cpu0 = cpuSeconds(envoy.process.pid!);
         const bad = (await run(REQUESTS)).reduce((a, b) => a + b, 0);
@@ -104,18 +115,52 @@ async function main(): Promise<void> {
       }
     }
     results.push([name, best]);
-    process.stderr.write(`${name}: ${best.toFixed(0)} µs\n`);
+    process.stderr.write(`${name}: ${best.toFixed(0)} ${INSTRUCTIONS ? 'instructions' : 'µs'}\n`);
   }
   stub.close();
   const base = results[0]![1];
+  const unit = INSTRUCTIONS ? 'Envoy instructions per request (callgrind)' : 'Envoy CPU µs per request';
   const lines = [
-    `Machine: ${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}; Envoy 1 worker; ${CONNECTIONS} connections x ${REQUESTS} requests; lowest of ${ROUNDS} rounds; load average ${os.loadavg()[0]!.toFixed(2)} at the end.`,
+    `Machine: ${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}; Envoy 1 worker; ${CONNECTIONS} connections x ${REQUESTS} requests; ${INSTRUCTIONS ? 'instructions counted by callgrind' : `lowest of ${ROUNDS} rounds`}; load average ${os.loadavg()[0]!.toFixed(2)} at the end.`,
     '',
-    '| filters | Envoy CPU µs per request | over no filter |',
-    '| --- | ---: | ---: |',
-    ...results.map(([n, us]) => `| ${n} | ${us.toFixed(0)} | +${(us - base).toFixed(0)} |`),
+    `| filters | ${unit} | over no filter | of jwt_authn's |`,
+    '| --- | ---: | ---: | ---: |',
+    ...results.map(([n, v]) => `| ${n} | ${v.toFixed(0)} | +${(v - base).toFixed(0)} | ${((100 * v) / results[1]![1]).toFixed(0)} % |`),
   ];
   process.stdout.write(lines.join('\n') + '\n');
+}
+
+/**
+ * Envoy under callgrind: instrumentation off while it starts and warms up, on for `run(REQUESTS)`
+ * only; the instructions counted, divided by the requests.
+ */
+async function instructionsPerRequest(bootstrapYaml: (adminPort: number) => string, run: (n: number) => Promise<number[]>): Promise<number> {
+  const bin = await provisionEnvoy();
+  const adminPort = await freePort();
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'bench-callgrind-'));
+  const config = path.join(dir, 'bootstrap.yaml');
+  writeFileSync(config, bootstrapYaml(adminPort));
+  const child = spawn('valgrind', ['--tool=callgrind', '--instr-atstart=no', `--callgrind-out-file=${dir}/out.%p`, bin, '-c', config, '--disable-hot-restart', '--concurrency', '1', '-l', 'error'], { stdio: 'ignore' });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const control = (...args: string[]) => execFileSync('callgrind_control', [...args, String(child.pid)], { stdio: 'ignore' });
+  try {
+    await waitFor(async () => (await fetch(`http://127.0.0.1:${adminPort}/ready`).catch(() => undefined))?.status === 200, { timeoutMs: 300_000, intervalMs: 1000, what: 'envoy under callgrind ready' });
+    await run(50); // warm-up, not counted
+    control('-i', 'on');
+    const bad = (await run(REQUESTS)).reduce((a, b) => a + b, 0);
+    control('-i', 'off');
+    control('-d');
+    if (bad > 0) throw new Error(`${bad} answers were not the redirect`);
+  } finally {
+    child.kill('SIGTERM');
+    await exited;
+  }
+  let total = 0;
+  for (const f of readdirSync(dir).filter((n) => n.startsWith('out.'))) {
+    for (const m of readFileSync(path.join(dir, f), 'utf8').matchAll(/^totals: (\d+)/gm)) total += Number(m[1]);
+  }
+  rmSync(dir, { recursive: true, force: true });
+  return total / (CONNECTIONS * REQUESTS);
 }
 
 /** One keep-alive connection sending `n` requests one after another; resolves to the non-301 count. */
