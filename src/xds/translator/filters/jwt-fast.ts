@@ -46,7 +46,7 @@ local CLUSTER, TIMEOUT_MS, AUTHORITY = "${AUTHZ_CLUSTER}", ${EXT_AUTHZ_TIMEOUT_M
 local CHECK_PATH, REPORT_PATH = "${FAST_PATH_HTTP.check}", "${FAST_PATH_HTTP.report}"
 local CACHE, CACHE_N, CACHE_BYTES = {}, 0, 0
 local CACHE_MAX_N, CACHE_MAX_BYTES, CACHE_MAX_SECONDS = 10000, 8388608, ${CACHE_MAX_SECONDS}
-local CHECKS = {}
+local CHECKS, CHECKS_N = {}, 0
 local ALLOWS, REPORTED_AT = {}, 0
 
 -- A route's check, parsed once per distinct metadata value.
@@ -56,7 +56,9 @@ local function check_of(spec)
     local policy, header, version = string.match(spec, "^(%S+) (%S+) (%S+)$")
     if policy == nil then error("unreadable route check", 0) end
     c = { policy = policy, header = header, version = version }
+    if CHECKS_N >= 10000 then CHECKS, CHECKS_N = {}, 0 end
     CHECKS[spec] = c
+    CHECKS_N = CHECKS_N + 1
   end
   return c
 end
