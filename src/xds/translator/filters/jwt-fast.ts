@@ -102,7 +102,7 @@ local function ask(handle, headers, c, raw, now)
   if answer[":status"] ~= "200" or body == nil then error("no answer from the service", 0) end
   local verdict = string.match(body, "^[^\\n]*")
   if verdict == "allow" then
-    local e = { set = {}, remove = {}, policy = c.policy }
+    local e = { set = {}, remove = {}, policy = c.policy, changes = false }
     local first, last
     for line in string.gmatch(body, "[^\\n]+") do
       local kind, rest = string.match(line, "^(%S+) (.*)$")
@@ -116,6 +116,7 @@ local function ask(handle, headers, c, raw, now)
         first, last = string.match(rest, "^(%S+) (%S+)$")
       end
     end
+    e.changes = #e.set + #e.remove > 0
     apply(handle:headers(), e) -- (header objects from before the call are no longer valid)
     last = tonumber(last)
     if raw ~= nil and last ~= nil then
@@ -146,14 +147,14 @@ end
 local function decide(handle)
   local spec = handle:metadata():get("${FAST_PATH_ROUTE_KEY}")
   if spec == nil then return end -- not a fast-path route
-  local c = check_of(spec)
+  local c = CHECKS[spec] or check_of(spec)
   local headers = handle:headers()
   local raw = headers:get(c.header)
   local now = os.time()
   local bucket = CACHE[c.version]
   local e = bucket and raw and bucket[raw]
   if e and e.from <= now and now <= e.last then
-    apply(headers, e)
+    if e.changes then apply(headers, e) end
     ALLOWS[e.policy] = (ALLOWS[e.policy] or 0) + 1
     if now ~= REPORTED_AT then pcall(report, handle, now) end
     return
