@@ -158,41 +158,6 @@ function peerUri(r: ReaderT): string {
   return uri;
 }
 
-/**
- * A message whose field 1 is a map<string, V> (Struct's `fields`, Metadata's `filter_metadata`):
- * calls `value` on the value of the entry keyed `wanted`; everything else is skipped.
- */
-function mapEntry(r: ReaderT, wanted: string, value: (r: ReaderT) => void): void {
-  const stop = end(r);
-  while (r.pos < stop) {
-    const tag = r.uint32();
-    if (tag >>> 3 !== 1) {
-      r.skipType(tag & 7);
-      continue;
-    }
-    const entryEnd = end(r);
-    let key = '';
-    while (r.pos < entryEnd) {
-      const t2 = r.uint32();
-      if (t2 >>> 3 === 1) key = r.string();
-      else if (t2 >>> 3 === 2 && key === wanted) value(r);
-      else r.skipType(t2 & 7);
-    }
-  }
-}
-
-/** Value -> its string_value (undefined when it holds something else). */
-function valueString(r: ReaderT): string | undefined {
-  const stop = end(r);
-  let out: string | undefined;
-  while (r.pos < stop) {
-    const tag = r.uint32();
-    if (tag >>> 3 === 3) out = r.string();
-    else r.skipType(tag & 7);
-  }
-  return out;
-}
-
 function common(r: ReaderT, rec: AccessRecord): void {
   const stop = end(r);
   let total = -1;
