@@ -8,7 +8,7 @@
 // answers instead of "unknown policy" while the new configuration reaches them.
 import { performance } from 'node:perf_hooks';
 import type { JWK } from 'jose';
-import type { JwtModel, JwtPolicyModel } from '../model/jwt.js';
+import { policySettingsKey, type JwtModel, type JwtPolicyModel } from '../model/jwt.js';
 import type { Logger } from '../observability/logger.js';
 import { JwksCache, type JwksStatus } from './jwks.js';
 import type { AuthzMetrics, DecisionReason } from './metrics.js';
@@ -39,11 +39,6 @@ export interface CheckInput extends RequestView {
 /** Whether two versions of a policy load their keys from the same place (and may share them). */
 function sameKeySource(a: JwtPolicyModel, b: JwtPolicyModel): boolean {
   return JSON.stringify(a.jwks) === JSON.stringify(b.jwks);
-}
-
-function settingsKey(p: JwtPolicyModel): string {
-  const { source: _source, ...rest } = p;
-  return JSON.stringify(rest);
 }
 
 function quote(s: string): string {
@@ -108,7 +103,7 @@ export class AuthzEngine {
     const next = new Map<string, Entry>();
     let changed = false;
     for (const [name, model] of jwt?.policies ?? []) {
-      const key = settingsKey(model);
+      const key = policySettingsKey(model);
       const old = this.current.get(name) ?? this.retired.get(name)?.entry;
       if (old && old.key === key) {
         next.set(name, old);

@@ -6,8 +6,9 @@
 //
 // What it does: POST, content-type application/grpc, one length-prefixed message (compressed
 // messages are refused), a response as HEADERS + DATA + trailers (grpc-status 0), or a
-// trailers-only error. Unknown methods get UNIMPLEMENTED. Other requests go to the `plain` handler. TCP_NODELAY is on (Envoy waits for
-// each answer; small writes must not sit in Nagle's buffer).
+// trailers-only error. Unknown methods get UNIMPLEMENTED; requests that are not gRPC go to the
+// `plain` handler. TCP_NODELAY is on (Envoy waits for each answer; small writes must not sit in
+// Nagle's buffer).
 import http2 from 'node:http2';
 import type net from 'node:net';
 

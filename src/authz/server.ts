@@ -153,8 +153,10 @@ export class AuthzServer {
     if (policy === undefined) return reply(404);
     const t0 = performance.now();
     const header = this.engine.tokenHeaderOf(policy);
-    const value = header === undefined ? undefined : headers[header];
-    this.check({ attributes: { request: { http: { headers: typeof value === 'string' && header ? { [header]: value } : {}, path: '/' } }, context_extensions: { [JWT_POLICIES_KEY]: policy } } }, traceHeaders(headers)).then(
+    // Repeated values joined with "," as Envoy's ext_authz filter joins them (the script sends one).
+    const raw = header === undefined ? undefined : headers[header];
+    const value = Array.isArray(raw) ? raw.join(',') : raw;
+    this.check({ attributes: { request: { http: { headers: header !== undefined && value !== undefined ? { [header]: value } : {}, path: '/' } }, context_extensions: { [JWT_POLICIES_KEY]: policy } } }, traceHeaders(headers)).then(
       (d) => {
         this.metrics?.checkSeconds.observe({ result: d.allow ? 'allow' : 'deny' }, (performance.now() - t0) / 1000);
         reply(200, fastPathAnswer(d));

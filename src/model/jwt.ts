@@ -73,6 +73,12 @@ type Report = (d: LoadedDoc, path: (string | number)[], code: ErrorCode, message
 const PRIVATE_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'oth', 'k'];
 
 /** Public signing keys of a set; private, symmetric and encryption keys are dropped. */
+/** A policy's settings as text (everything but where it was written): equal text, same checks. */
+export function policySettingsKey(p: JwtPolicyModel): string {
+  const { source: _source, ...settings } = p;
+  return JSON.stringify(settings);
+}
+
 export function usableKeys(value: unknown): JWK[] {
   if (!value || typeof value !== 'object' || !Array.isArray((value as { keys?: unknown }).keys)) throw new Error('not a JSON Web Key Set (no "keys" array)');
   return ((value as { keys: unknown[] }).keys as unknown[]).filter((k): k is JWK => {

@@ -9,7 +9,7 @@ import type { JWK } from 'jose';
 import type { IRJwtFastCheck } from '../ir/jwt.js';
 import type { IRCluster, IRHttpListener, IRProxyConfig, IRRoute } from '../ir/types.js';
 import { parseSidecarGroup } from '../ir/types.js';
-import { jwtPoliciesOn, type JwtModel, type JwtPolicyModel } from '../model/jwt.js';
+import { jwtPoliciesOn, policySettingsKey, type JwtModel, type JwtPolicyModel } from '../model/jwt.js';
 import type { Model } from '../model/model.js';
 
 /** The cluster name: a dot cannot appear in a Service name, so it never clashes with one. */
@@ -63,8 +63,7 @@ export interface JwtTranslateOptions {
 export function fastPathOf(p: JwtPolicyModel, keys: readonly JWK[] | undefined): IRJwtFastCheck | { reason: string } {
   const only = p.from.length === 1 ? p.from[0]! : undefined;
   if (!only || !('header' in only)) return { reason: 'the token may come from a cookie, a query parameter or several places' };
-  const { source: _source, ...settings } = p;
-  const version = createHash('sha256').update(JSON.stringify({ settings, keys: keys ?? null })).digest('hex').slice(0, 16);
+  const version = createHash('sha256').update(`${policySettingsKey(p)}\n${JSON.stringify(keys ?? null)}`).digest('hex').slice(0, 16);
   return { policy: p.name, header: only.header, version };
 }
 
