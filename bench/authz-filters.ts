@@ -66,12 +66,11 @@ async function main(): Promise<void> {
     load_assignment: { cluster_name: 'signalbox.authz', endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: '127.0.0.1', port_value: stubPort } } } }] }] },
   };
 
-  const provider = (extra: Json) => ({ local_jwks: { inline_string: jwks }, forward: true, clock_skew_seconds: 30, jwt_cache_config: { jwt_cache_size: 100 }, from_headers: [{ name: 'authorization', value_prefix: 'Bearer ' }], ...extra });
-  const authn = (requires: Json, extra: Json = {}) => ({
+  const provider = { issuer: ISS, audiences: [AUD], local_jwks: { inline_string: jwks }, forward: true, clock_skew_seconds: 30, jwt_cache_config: { jwt_cache_size: 100 }, from_headers: [{ name: 'authorization', value_prefix: 'Bearer ' }] };
+  const strict = {
     name: 'envoy.filters.http.jwt_authn',
-    typed_config: { '@type': 'type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication', providers: { bench: provider(extra) }, rules: [{ match: { prefix: '/' }, requires }] },
-  });
-  const strict = authn({ provider_name: 'bench' }, { issuer: ISS, audiences: [AUD] });
+    typed_config: { '@type': 'type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication', providers: { bench: provider }, rules: [{ match: { prefix: '/' }, requires: { provider_name: 'bench' } }] },
+  };
   const lua = (code: string) => ({ name: JWT_CHECK_FILTER, typed_config: { '@type': 'type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua', default_source_code: { inline_string: code } } });
   const variants: [string, Json[]][] = [
     ['no filter (baseline)', []],

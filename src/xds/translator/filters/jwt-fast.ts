@@ -49,17 +49,14 @@ local CACHE_MAX_N, CACHE_MAX_BYTES, CACHE_MAX_SECONDS = 10000, 8388608, ${CACHE_
 local CHECKS, CHECKS_N = {}, 0
 local ALLOWS, REPORTED_AT = {}, 0
 
--- A route's check, parsed once per distinct metadata value.
+-- A route's check, parsed from its metadata value (callers look in CHECKS first).
 local function check_of(spec)
-  local c = CHECKS[spec]
-  if c == nil then
-    local policy, header, version = string.match(spec, "^(%S+) (%S+) (%S+)$")
-    if policy == nil then error("unreadable route check", 0) end
-    c = { policy = policy, header = header, version = version }
-    if CHECKS_N >= 10000 then CHECKS, CHECKS_N = {}, 0 end
-    CHECKS[spec] = c
-    CHECKS_N = CHECKS_N + 1
-  end
+  local policy, header, version = string.match(spec, "^(%S+) (%S+) (%S+)$")
+  if policy == nil then error("unreadable route check", 0) end
+  local c = { policy = policy, header = header, version = version }
+  if CHECKS_N >= 10000 then CHECKS, CHECKS_N = {}, 0 end
+  CHECKS[spec] = c
+  CHECKS_N = CHECKS_N + 1
   return c
 end
 
@@ -176,16 +173,12 @@ export function routeCheckSpec(check: IRJwtFastCheck): string {
   return `${encodeURIComponent(check.policy)} ${check.header} ${check.version}`;
 }
 
-function hasFastRoute(l: IRHttpListener): boolean {
-  return l.routeConfig.virtualHosts.some((v) => v.routes.some((r) => r.jwt?.fast));
-}
-
 const fastListeners = new WeakMap<IRHttpListener, boolean>();
 
 /** Whether any route of the listener has the fast path (worked out once per IR listener). */
 function hasFastPath(l: IRHttpListener): boolean {
   let v = fastListeners.get(l);
-  if (v === undefined) fastListeners.set(l, (v = hasFastRoute(l)));
+  if (v === undefined) fastListeners.set(l, (v = l.routeConfig.virtualHosts.some((vh) => vh.routes.some((r) => r.jwt?.fast))));
   return v;
 }
 
