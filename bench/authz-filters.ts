@@ -22,7 +22,7 @@ import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { provisionEnvoy, startEnvoy } from '../test/helpers/envoy.js';
+import { provisionEnvoy, provisionJwtModule, startEnvoy } from '../test/helpers/envoy.js';
 import { freePort, waitFor } from '../test/helpers/net.js';
 import { Conn, cpuSeconds } from './lib.js';
 import http2 from 'node:http2';
@@ -72,11 +72,15 @@ async function main(): Promise<void> {
     typed_config: { '@type': 'type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication', providers: { bench: provider }, rules: [{ match: { prefix: '/' }, requires: { provider_name: 'bench' } }] },
   };
   const lua = (code: string) => ({ name: JWT_CHECK_FILTER, typed_config: { '@type': 'type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua', default_source_code: { inline_string: code } } });
+  const moduleConfig = { name: 'signalbox_jwt_check', do_not_close: true };
+  const jwtModule = { name: JWT_CHECK_FILTER, typed_config: { '@type': 'type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter', dynamic_module_config: moduleConfig, filter_name: 'jwt_check', filter_config: { '@type': 'type.googleapis.com/google.protobuf.StringValue', value: 'signalbox.authz 2000 300' } } };
+  const modulePerRoute = { '@type': 'type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilterPerRoute', dynamic_module_config: moduleConfig, per_route_config_name: 'jwt_check', filter_config: { '@type': 'type.googleapis.com/google.protobuf.StringValue', value: routeCheckSpec(check) } };
   const variants: [string, Json[]][] = [
     ['no filter (baseline)', []],
     ["Envoy's jwt_authn", [strict]],
     ['a Lua filter doing nothing', [lua('function envoy_on_request(handle) end')]],
     ['the fast-path script, remembered tokens (Signalbox)', [lua(JWT_CHECK_SCRIPT)]],
+    ['the fast-path module, remembered tokens (Signalbox)', [jwtModule]],
   ];
 
   const results: [string, number][] = [];
@@ -87,7 +91,7 @@ async function main(): Promise<void> {
       const hcm = {
         '@type': 'type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager',
         stat_prefix: 'bench',
-        route_config: { virtual_hosts: [{ name: 'any', domains: ['*'], routes: [{ match: { prefix: '/' }, redirect: { path_redirect: '/moved' }, metadata: { filter_metadata: { [JWT_CHECK_FILTER]: { [FAST_PATH_ROUTE_KEY]: routeCheckSpec(check) } } } /* static bootstrap: plain JSON */ }] }] },
+        route_config: { virtual_hosts: [{ name: 'any', domains: ['*'], routes: [{ match: { prefix: '/' }, redirect: { path_redirect: '/moved' }, typed_per_filter_config: filters.includes(jwtModule) ? { [JWT_CHECK_FILTER]: modulePerRoute } : undefined, metadata: { filter_metadata: { [JWT_CHECK_FILTER]: { [FAST_PATH_ROUTE_KEY]: routeCheckSpec(check) } } } /* static bootstrap: plain JSON */ }] }] },
         http_filters: [...filters, { name: 'envoy.filters.http.router', typed_config: { '@type': 'type.googleapis.com/envoy.extensions.filters.http.router.v3.Router' } }],
       };
       const bootstrapYaml = (adminPort: number) =>
@@ -139,7 +143,7 @@ async function instructionsPerRequest(bootstrapYaml: (adminPort: number) => stri
   const dir = mkdtempSync(path.join(os.tmpdir(), 'bench-callgrind-'));
   const config = path.join(dir, 'bootstrap.yaml');
   writeFileSync(config, bootstrapYaml(adminPort));
-  const child = spawn('valgrind', ['--tool=callgrind', '--instr-atstart=no', `--callgrind-out-file=${dir}/out.%p`, bin, '-c', config, '--disable-hot-restart', '--concurrency', '1', '-l', 'error'], { stdio: 'ignore' });
+  const child = spawn('valgrind', ['--tool=callgrind', '--instr-atstart=no', `--callgrind-out-file=${dir}/out.%p`, bin, '-c', config, '--disable-hot-restart', '--concurrency', '1', '-l', 'error'], { stdio: 'ignore', env: { ...process.env, ENVOY_DYNAMIC_MODULES_SEARCH_PATH: await provisionJwtModule() } });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   const control = (...args: string[]) => execFileSync('callgrind_control', [...args, String(child.pid)], { stdio: 'ignore' });
   try {

@@ -33,6 +33,23 @@ export async function provisionEnvoy(): Promise<string> {
   return envoyBinary;
 }
 
+let jwtModuleDir: string | undefined;
+
+/**
+ * The folder holding Signalbox's JWT fast-path module built for the pinned Envoy (given to every
+ * test Envoy as ENVOY_DYNAMIC_MODULES_SEARCH_PATH). Fails loudly when it cannot be built.
+ */
+export async function provisionJwtModule(): Promise<string> {
+  if (jwtModuleDir) return jwtModuleDir;
+  try {
+    const { stdout } = await run('bash', [path.join(repoRoot(), 'scripts/provision-jwt-module.sh')], { maxBuffer: 1 << 20 });
+    jwtModuleDir = stdout.trim().split('\n').pop()!;
+  } catch (e) {
+    throw new Error(`the JWT module could not be built: ${(e as { stderr?: string }).stderr ?? (e as Error).message}`);
+  }
+  return jwtModuleDir;
+}
+
 export interface Envoy {
   adminPort: number;
   admin(pathAndQuery: string): Promise<string>;
@@ -44,12 +61,14 @@ export interface Envoy {
 
 export async function startEnvoy(opts: { bootstrapYaml: (adminPort: number) => string; name: string; waitReady?: boolean }): Promise<Envoy> {
   const bin = await provisionEnvoy();
+  const modules = await provisionJwtModule();
   const adminPort = await freePort();
   const dir = mkdtempSync(path.join(os.tmpdir(), `envoy-${opts.name}-`));
   const file = path.join(dir, 'bootstrap.yaml');
   writeFileSync(file, opts.bootstrapYaml(adminPort));
   const child = spawn(bin, ['-c', file, '--disable-hot-restart', '--concurrency', '1', '-l', 'warning', '--log-format', `[${opts.name}] %l %n: %v`, '--drain-time-s', '1'], {
     stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, ENVOY_DYNAMIC_MODULES_SEARCH_PATH: modules },
   });
   let log = '';
   const keep = (b: Buffer) => {
