@@ -4,8 +4,9 @@
 // The ext_authz service makes every decision. This filter only remembers the allows the service
 // gave for a token and repeats them while they hold:
 //   - Each route's per-route config names its check: "<policy, URL-encoded> <header> <version>",
-//     or "skip" for a route that has no fast-path check. A route with no per-route config at all
-//     gets 503: the filter fails closed rather than guess.
+//     or "skip" for a route that has no fast-path check. A named route with no per-route config
+//     gets 503: the filter fails closed rather than guess (a request no route matches is left to
+//     Envoy's router, which answers 404).
 //   - A request whose token header holds exactly a value allowed before under that version, in
 //     the second range that allow holds for, gets the same allow: headers set and removed, passed.
 //   - Anything else is asked of the service (POST <check path><policy> on the authz cluster); its
@@ -342,6 +343,12 @@ envoy_dynamic_module_type_on_http_filter_request_headers_status envoy_dynamic_mo
   stream* s = (stream*)p;
   const route_check* r = (const route_check*)envoy_dynamic_module_callback_get_most_specific_route_config(f);
   if (r == NULL) {
+    // No route at all: Envoy's router answers 404 itself. A route (Signalbox names every route)
+    // without this filter's per-route config: fail closed.
+    char* name = NULL;
+    size_t name_len = 0;
+    if (!envoy_dynamic_module_callback_http_filter_get_attribute_string(f, envoy_dynamic_module_type_attribute_id_XdsRouteName, &name, &name_len) || name_len == 0)
+      return envoy_dynamic_module_type_on_http_filter_request_headers_status_Continue;
     fail_closed(f, "route has no check");
     return envoy_dynamic_module_type_on_http_filter_request_headers_status_StopIteration;
   }

@@ -22,6 +22,9 @@ const GRPC_OK = 0;
 const GRPC_PERMISSION_DENIED = 7;
 const GRPC_UNAVAILABLE = 14;
 const GRPC_UNAUTHENTICATED = 16;
+/** The largest fast-path report read, and how many report ids are remembered (to count each once). */
+const REPORT_MAX_BYTES = 65_536;
+const REPORT_IDS_KEPT = 10_000;
 
 interface CheckRequestShape {
   attributes?: {
@@ -66,6 +69,7 @@ export class AuthzServer {
   readonly engine: AuthzEngine;
   readonly metrics?: AuthzMetrics;
   private server?: UnaryGrpcServer;
+  private readonly reportIds = new Set<string>();
   port?: number;
 
   constructor(private readonly opts: AuthzServerOptions) {
@@ -135,13 +139,14 @@ export class AuthzServer {
   /** The JWT fast path's requests (see fast-path.ts); anything else: 404. */
   private onFastPath(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
     stream.on('error', () => undefined);
-    stream.resume(); // no body is read
     const path = String(headers[':path'] ?? '');
     const reply = (status: number, body = '') => {
       if (stream.destroyed || stream.headersSent) return;
       stream.respond({ ':status': status, 'content-type': 'text/plain; charset=utf-8' });
       stream.end(body);
     };
+    if (headers[':method'] === 'POST' && path === FAST_PATH_HTTP.reports) return this.onReport(stream, headers, reply);
+    stream.resume(); // no body is read
     if (headers[':method'] !== 'POST') return reply(405);
     const reported = policyOfPath(path, FAST_PATH_HTTP.report);
     if (reported !== undefined) {
@@ -166,6 +171,34 @@ export class AuthzServer {
         reply(500);
       },
     );
+  }
+
+  /**
+   * The compiled filter's report: "<policy> <count>" lines for every policy it repeated allows of.
+   * A report cut off on its way is sent again under the same id; an id seen lately counts once.
+   */
+  private onReport(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders, reply: (status: number) => void): void {
+    const id = String(headers[FAST_PATH_HTTP.reportId] ?? '');
+    const chunks: Buffer[] = [];
+    let size = 0;
+    stream.on('data', (b: Buffer) => {
+      size += b.length;
+      if (size <= REPORT_MAX_BYTES) chunks.push(b);
+    });
+    stream.on('end', () => {
+      if (size > REPORT_MAX_BYTES || !/^[0-9a-f]{1,16}-\d{1,20}$/.test(id)) return reply(400);
+      if (this.reportIds.has(id)) return reply(200);
+      this.reportIds.add(id);
+      if (this.reportIds.size > REPORT_IDS_KEPT) this.reportIds.delete(this.reportIds.values().next().value!);
+      const known = new Set(this.engine.policyNames());
+      for (const line of Buffer.concat(chunks).toString('utf8').split('\n')) {
+        const m = /^(\S+) (\d{1,10})$/.exec(line);
+        const policy = m && policyOfPath(m[1]!, '');
+        const n = m ? Number(m[2]) : 0;
+        if (policy !== undefined && policy !== null && n > 0 && n <= 1e9) this.metrics?.fastPathAllows.inc({ policy: known.has(policy) ? policy : 'unknown' }, n);
+      }
+      reply(200);
+    });
   }
 
   async close(): Promise<void> {

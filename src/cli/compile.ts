@@ -11,7 +11,7 @@ import { configResources, endpointsResource } from '../xds/translator/index.js';
 
 export type CompiledGroups = Record<string, Record<string, { name: string; version: string; resource: unknown }[]>>;
 
-export async function compileDir(dir: string, sidecarGroups: Iterable<string> = []): Promise<{ ok: true; groups: CompiledGroups } | { ok: false; errors: PolicyError[] }> {
+export async function compileDir(dir: string, sidecarGroups: Iterable<string> = [], opts: { jwtFastPathModule?: boolean } = {}): Promise<{ ok: true; groups: CompiledGroups } | { ok: false; errors: PolicyError[] }> {
   const loaded = await loadPolicyDir(dir);
   if (loaded.errors.length) return { ok: false, errors: loaded.errors };
   const built = await buildModel(loaded.docs, dir);
@@ -20,7 +20,7 @@ export async function compileDir(dir: string, sidecarGroups: Iterable<string> = 
   for (const s of built.model.services.values()) store.set(s.name, staticInstances(s), 'static', { quiet: true });
   const enc = new EncodeCache();
   const groups: CompiledGroups = {};
-  for (const [group, ir] of translate(built.model, sidecarGroups)) {
+  for (const [group, ir] of translate(built.model, sidecarGroups, { jwtFastPathModule: opts.jwtFastPathModule })) {
     const res = configResources(ir, enc);
     const eds = res.get(TypeUrl.Endpoint)!;
     for (const c of ir.clusters) if (!c.static) eds.set(c.name, endpointsResource(c, store.get(c.service), enc));

@@ -63,6 +63,7 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
     // Keys written in the policy are known at once; fetched and file keys once the service loaded them.
     jwtKeys: (p) => inlineKeysOnly(p) ?? authz.server.engine.keysOf(p),
     jwtFastPath: cfg.jwtFastPath,
+    jwtFastPathModule: cfg.jwtFastPathModule,
     endpointPushIntervalMs: cfg.endpointPushIntervalMs,
   });
   const tokens = await TokenVerifier.open(path.resolve(cfg.dataDir));

@@ -25,7 +25,7 @@ export const SERVE_SETTINGS = {
   caBundle: { flag: 'ca-bundle', env: 'SIGNALBOX_CA_BUNDLE', default: '', help: 'extra trusted roots (PEM) sent to proxies, e.g. the next root during a rotation' },
   requireToken: { flag: 'require-token', env: 'SIGNALBOX_REQUIRE_TOKEN', default: 'secrets', help: 'what a proxy without a valid token gets: "secrets" (config but no keys) or "all" (nothing)' },
   accessLogSampling: { flag: 'access-log-sampling', env: 'SIGNALBOX_ACCESS_LOG_SAMPLING', default: '100', help: 'percent of successful requests proxies report to the access log service (errors are always reported); "off" turns traffic reporting off' },
-  jwtFastPath: { flag: 'jwt-fast-path', env: 'SIGNALBOX_JWT_FAST_PATH', default: 'on', help: '"on": on routes under one JWTPolicy reading one header, Envoy asks the ext_authz service once per token and repeats its allows itself; "off": every request goes through the ext_authz filter' },
+  jwtFastPath: { flag: 'jwt-fast-path', env: 'SIGNALBOX_JWT_FAST_PATH', default: 'on', help: '"on": on routes under one JWTPolicy reading one header, Envoy asks the ext_authz service once per token and repeats its allows itself (a Lua script); "module": the same, done by Signalbox\'s compiled filter (faster; every proxy\'s Envoy must load it, see docs/jwt.md); "off": every request goes through the ext_authz filter' },
   endpointPushIntervalMs: { flag: 'endpoint-push-interval-ms', env: 'SIGNALBOX_ENDPOINT_PUSH_INTERVAL_MS', default: '250', help: 'least time between two endpoint pushes while endpoint changes keep coming (a change after a quiet spell goes out at once); 0: push every change' },
   watchDebounceMs: { flag: 'watch-debounce-ms', env: 'SIGNALBOX_WATCH_DEBOUNCE_MS', default: '100', help: 'quiet time after a policy file change before reloading' },
   consulAddr: { flag: 'consul-addr', env: 'CONSUL_HTTP_ADDR', default: '', help: 'Consul HTTP API (HOST:PORT or http(s)://HOST:PORT); unset: static endpoints only. TLS and token from CONSUL_CACERT, CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY, CONSUL_HTTP_TOKEN' },
@@ -59,6 +59,8 @@ export interface ServeConfig {
   accessLogSampling?: number;
   /** Envoy decides valid JWTs itself where it can (see src/xds/translator/filters/jwt-fast.ts). */
   jwtFastPath: boolean;
+  /** The fast path runs in Signalbox's compiled Envoy module instead of the Lua script. */
+  jwtFastPathModule: boolean;
 }
 
 function portOf(name: string, v: string): number {
@@ -113,7 +115,7 @@ function millisOf(name: string, v: string): number {
 function onOff(name: string, v: string): boolean {
   if (v === 'on') return true;
   if (v === 'off') return false;
-  throw new SignalboxError(ErrorCode.BAD_FLAG, `--${name} must be "on" or "off", got "${v}"`);
+  throw new SignalboxError(ErrorCode.BAD_FLAG, `--${name} must be "on", ${name === 'jwt-fast-path' ? '"module" ' : ''}or "off", got "${v}"`);
 }
 
 /** Flag value, else environment twin, else default. */
@@ -146,6 +148,7 @@ export function resolveServeConfig(flags: Record<string, string | boolean | unde
     ca: caOf(get('caCert'), get('caKey'), get('caBundle')),
     requireToken: requireTokenOf(get('requireToken')),
     accessLogSampling: accessLogSamplingOf(get('accessLogSampling')),
-    jwtFastPath: onOff('jwt-fast-path', get('jwtFastPath')),
+    jwtFastPath: get('jwtFastPath') === 'module' || onOff('jwt-fast-path', get('jwtFastPath')),
+    jwtFastPathModule: get('jwtFastPath') === 'module',
   };
 }

@@ -60,6 +60,8 @@ export interface PipelineOptions {
   jwtKeys?: JwtKeysOf;
   /** false: every JWT check goes to the ext_authz service. */
   jwtFastPath?: boolean;
+  /** The fast path runs in Signalbox's compiled Envoy module (native/jwt-check) instead of Lua. */
+  jwtFastPathModule?: boolean;
 }
 
 /** Default least time between endpoint pushes (see PipelineOptions.endpointPushIntervalMs). */
@@ -192,7 +194,7 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
     for (const svc of model.services.values()) {
       if (svc.endpoints) this.endpoints.set(svc.name, staticInstances(svc), 'static', { quiet: true });
     }
-    const irs = translate(model, this.sidecarGroups, { authz: this.opts.authz, jwtKeys: this.opts.jwtKeys, jwtFastPath: this.opts.jwtFastPath });
+    const irs = translate(model, this.sidecarGroups, { authz: this.opts.authz, jwtKeys: this.opts.jwtKeys, jwtFastPath: this.opts.jwtFastPath, jwtFastPathModule: this.opts.jwtFastPathModule });
     if (this.opts.accessLog) for (const ir of irs.values()) for (const l of ir.listeners) l.accessLog = this.opts.accessLog;
     applyMeshTracing(model, irs);
     if (this.opts.identities) {

@@ -89,7 +89,7 @@ export function translateGateway(model: Model, gateway: GatewayModel): IRProxyCo
 }
 
 /** The IR of every gateway, plus the sidecar groups that proxies have asked for. */
-export function translate(model: Model, sidecarGroups: Iterable<string> = [], opts: { authz?: AuthzEndpoint; jwtKeys?: JwtKeysOf; jwtFastPath?: boolean } = {}): Map<string, IRProxyConfig> {
+export function translate(model: Model, sidecarGroups: Iterable<string> = [], opts: { authz?: AuthzEndpoint; jwtKeys?: JwtKeysOf; jwtFastPath?: boolean; jwtFastPathModule?: boolean } = {}): Map<string, IRProxyConfig> {
   const out = new Map<string, IRProxyConfig>();
   for (const group of [...sidecarGroups].sort()) {
     const shape = parseSidecarGroup(group);
@@ -101,6 +101,6 @@ export function translate(model: Model, sidecarGroups: Iterable<string> = [], op
     out.set(ir.group, ir);
   }
   for (const [group, ir] of out) out.set(group, applyPolicies(model, ir));
-  for (const [group, ir] of out) out.set(group, applyJwtPolicies(model, ir, { endpoint: opts.authz, keys: opts.jwtKeys, fastPath: opts.jwtFastPath }));
+  for (const [group, ir] of out) out.set(group, applyJwtPolicies(model, ir, { endpoint: opts.authz, keys: opts.jwtKeys, fastPath: opts.jwtFastPath, fastPathModule: opts.jwtFastPathModule }));
   return out;
 }

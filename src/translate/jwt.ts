@@ -54,6 +54,8 @@ export interface JwtTranslateOptions {
   keys?: JwtKeysOf;
   /** Let Envoy decide valid tokens itself where it can (default true). */
   fastPath?: boolean;
+  /** The fast path runs in Signalbox's compiled Envoy module instead of the Lua script. */
+  fastPathModule?: boolean;
 }
 
 /**
@@ -78,7 +80,9 @@ export function applyJwtPolicies(model: Model, ir: IRProxyConfig, opts: JwtTrans
     let f = fastPaths.get(name);
     if (!f) {
       const policy = jwt.policies.get(name)!;
-      fastPaths.set(name, (f = fastPathOf(policy, keysOf(policy))));
+      f = fastPathOf(policy, keysOf(policy));
+      if (opts.fastPathModule && !('reason' in f)) f = { ...f, engine: 'module' };
+      fastPaths.set(name, f);
     }
     return f;
   };

@@ -36,8 +36,18 @@ const cases = readdirSync(CASES)
   .filter((c) => statSync(path.join(CASES, c)).isDirectory())
   .sort();
 
-async function compileCase(name: string): Promise<CompiledGroups> {
-  const r = await compileDir(path.join(CASES, name));
+/**
+ * A case may also be compiled with other serve settings: its variants.json maps a variant name to
+ * compile options, and each variant has its own expected.<variant>.json.
+ */
+function variantsOf(name: string): [string, Parameters<typeof compileDir>[2]][] {
+  const file = path.join(CASES, name, 'variants.json');
+  const extra = existsSync(file) ? Object.entries(JSON.parse(readFileSync(file, 'utf8')) as Record<string, Parameters<typeof compileDir>[2]>) : [];
+  return [['', {}], ...extra];
+}
+
+async function compileCase(name: string, opts: Parameters<typeof compileDir>[2] = {}): Promise<CompiledGroups> {
+  const r = await compileDir(path.join(CASES, name), [], opts);
   if (!r.ok) assert.fail(`golden case ${name} does not compile:\n${r.errors.map(formatPolicyError).join('\n')}`);
   return r.groups;
 }
@@ -50,9 +60,10 @@ describe('golden', () => {
     );
   });
 
-  for (const name of cases) {
-    test(name, async () => {
-      const text = goldenText(await compileCase(name));
+  for (const name of cases) for (const [variant, opts] of variantsOf(name)) {
+    const EXPECTED = variant ? `expected.${variant}.json` : 'expected.json';
+    test(variant ? `${name} (${variant})` : name, async () => {
+      const text = goldenText(await compileCase(name, opts));
       assert.doesNotMatch(text, /PRIVATE KEY/, 'a private key reached the printable output');
       const file = path.join(CASES, name, EXPECTED);
       if (UPDATE) {

@@ -48,7 +48,9 @@ export async function startSignalbox(opts: { policies: string; dataDir?: string;
         return r?.status === 200;
       },
       { timeoutMs: 20_000, what: 'signalbox ready' },
-    );
+    ).catch((e: Error) => {
+      throw new Error(`${e.message}; its log ends:\n${log.slice(-4000)}`);
+    });
   };
   await launch();
   const sb: SignalboxProcess = {

@@ -129,6 +129,29 @@ spec:
       assert.equal((await fetch(`${metrics}/readyz`)).status, 200);
       assert.match(await (await fetch(`${metrics}/metrics`)).text(), /signalbox_authz_decisions_total\{policy="edge",result="allow",reason="ok"\} 1/);
       assert.equal(((await (await fetch(`${metrics}/api/authz`)).json()) as { policies: Record<string, { keys: number }> }).policies.edge!.keys, 1);
+      // The compiled filter's reports: a report sent again under its id counts once; a name that is
+      // not a policy counts as "unknown"; a report without a proper id is refused.
+      const http2 = await import('node:http2');
+      const session = http2.connect(`http://127.0.0.1:${running.authzPort}`);
+      const report = (id: string | undefined, body: string) =>
+        new Promise<number>((resolve, reject) => {
+          const s = session.request({ ':method': 'POST', ':path': '/signalbox.jwt/report', ...(id ? { 'x-signalbox-report-id': id } : {}) });
+          s.on('response', (h) => resolve(Number(h[':status'])));
+          s.on('error', reject);
+          s.resume();
+          s.end(body);
+        });
+      try {
+        assert.equal(await report('0123456789abcdef-1', 'edge 3\nno%20such 2\n'), 200);
+        assert.equal(await report('0123456789abcdef-1', 'edge 3\nno%20such 2\n'), 200);
+        assert.equal(await report('0123456789abcdef-2', 'edge 4\n'), 200);
+        assert.equal(await report(undefined, 'edge 100\n'), 400);
+      } finally {
+        session.close();
+      }
+      const text = await (await fetch(`${metrics}/metrics`)).text();
+      assert.match(text, /signalbox_authz_fast_path_allows_total\{policy="edge"\} 7\n/);
+      assert.match(text, /signalbox_authz_fast_path_allows_total\{policy="unknown"\} 2\n/);
       // A broken file changes nothing; a valid edit takes effect.
       writeFileSync(path.join(dir, 'p.yaml'), 'kind: JWTPolicy\nspec: [');
       assert.equal(await running.reload(), false);

@@ -311,7 +311,13 @@ describe('JWTPolicy translation', () => {
     assert.equal(resolveServeConfig({}, {}).jwtFastPath, true);
     assert.equal(resolveServeConfig({ 'jwt-fast-path': 'off' }, {}).jwtFastPath, false);
     assert.equal(resolveServeConfig({}, { SIGNALBOX_JWT_FAST_PATH: 'off' }).jwtFastPath, false);
-    assert.throws(() => resolveServeConfig({ 'jwt-fast-path': 'maybe' }, {}), /--jwt-fast-path must be "on" or "off"/);
+    assert.deepEqual(
+      [resolveServeConfig({ 'jwt-fast-path': 'module' }, {})].map((c) => [c.jwtFastPath, c.jwtFastPathModule])[0],
+      [true, true],
+    );
+    assert.equal(resolveServeConfig({}, {}).jwtFastPathModule, false);
+    assert.throws(() => resolveServeConfig({ 'jwt-fast-path': 'fast' }, {}), /must be "on", "module" or "off"/);
+    assert.throws(() => resolveServeConfig({ 'jwt-fast-path': 'maybe' }, {}), /--jwt-fast-path must be "on", "module" or "off"/);
   });
 
   test('serve flags: --authz-port and --authz-address-for-proxies', () => {

@@ -65,9 +65,25 @@ export function envoyRoot(): protobuf.Root {
     return null;
   };
   root.loadSync(ENTRY_FILES, { keepCase: true });
+  defineDynamicModuleTypes(root);
   root.resolveAll();
   cached = root;
   return root;
+}
+
+/**
+ * Envoy's dynamic-module filter messages (envoy.extensions.filters.http.dynamic_modules.v3), which
+ * the registry package's proto trees do not carry. Only the fields Signalbox sets are declared, by
+ * their numbers in Envoy's API (v1.36); the rest of each message is never written.
+ */
+function defineDynamicModuleTypes(root: protobuf.Root): void {
+  const { Type, Field } = protobuf;
+  root.define('envoy.extensions.dynamic_modules.v3').add(new Type('DynamicModuleConfig').add(new Field('name', 1, 'string')).add(new Field('do_not_close', 3, 'bool')));
+  const config = '.envoy.extensions.dynamic_modules.v3.DynamicModuleConfig';
+  root
+    .define('envoy.extensions.filters.http.dynamic_modules.v3')
+    .add(new Type('DynamicModuleFilter').add(new Field('dynamic_module_config', 1, config)).add(new Field('filter_name', 2, 'string')).add(new Field('filter_config', 3, '.google.protobuf.Any')))
+    .add(new Type('DynamicModuleFilterPerRoute').add(new Field('dynamic_module_config', 1, config)).add(new Field('per_route_config_name', 2, 'string')).add(new Field('filter_config', 3, '.google.protobuf.Any')));
 }
 
 export function lookupType(name: string): protobuf.Type {

@@ -23,6 +23,15 @@
 // Allows taken from memory are counted per worker and policy and reported about once a second
 // (an asynchronous POST /signalbox.jwt/report/<policy>) into signalbox_authz_fast_path_allows_total.
 // The script is a constant: nothing from a policy ever becomes code.
+//
+// `--jwt-fast-path module` runs the same check in Signalbox's compiled filter instead (an Envoy
+// dynamic module, native/jwt-check/jwt_check.c, which Envoy loads as libsignalbox_jwt_check.so
+// from ENVOY_DYNAMIC_MODULES_SEARCH_PATH). It costs Envoy about what its own jwt_authn filter
+// costs, where any Lua script costs more (docs/benchmarks.md). Each route names its check in the
+// filter's per-route config rather than in metadata: "<policy> <header> <version>", or "skip" on
+// every other route of the listener; a route with no per-route config gets 503 (fails closed).
+// Its allows from memory are reported in one request per second for all policies, with an id
+// the service counts once (POST /signalbox.jwt/report, "<policy> <count>" lines).
 import type { IRJwtFastCheck } from '../../../ir/jwt.js';
 import { AUTHZ_CLUSTER, EXT_AUTHZ_TIMEOUT_MS } from '../../../translate/jwt.js';
 import type { IRHttpListener, IRRoute } from '../../../ir/types.js';
@@ -32,7 +41,10 @@ import type { HttpFilterModule } from './index.js';
 export const JWT_CHECK_FILTER = 'signalbox.jwt_check';
 
 /** The service's plain-HTTP endpoints for the script (beside the gRPC Check on the same port). */
-export const FAST_PATH_HTTP = { check: '/signalbox.jwt/check/', report: '/signalbox.jwt/report/', countHeader: 'x-signalbox-allows' } as const;
+export const FAST_PATH_HTTP = { check: '/signalbox.jwt/check/', report: '/signalbox.jwt/report/', countHeader: 'x-signalbox-allows', reports: '/signalbox.jwt/report', reportId: 'x-signalbox-report-id' } as const;
+
+/** The compiled filter: Envoy loads lib<name>.so from ENVOY_DYNAMIC_MODULES_SEARCH_PATH. */
+export const JWT_MODULE = { name: 'signalbox_jwt_check', filter: 'jwt_check' } as const;
 
 /** The longest the script keeps an answer, whatever the token's expiry (bounds a revoked key's reach). */
 export const CACHE_MAX_SECONDS = 300;
@@ -173,20 +185,35 @@ export function routeCheckSpec(check: IRJwtFastCheck): string {
   return `${encodeURIComponent(check.policy)} ${check.header} ${check.version}`;
 }
 
-const fastListeners = new WeakMap<IRHttpListener, boolean>();
+/** The module's filter config: "<cluster> <timeout ms> <longest seconds an allow is repeated>". */
+export const JWT_MODULE_CONFIG = `${AUTHZ_CLUSTER} ${EXT_AUTHZ_TIMEOUT_MS} ${CACHE_MAX_SECONDS}`;
 
-/** Whether any route of the listener has the fast path (worked out once per IR listener). */
-function hasFastPath(l: IRHttpListener): boolean {
+const moduleRef = { name: JWT_MODULE.name, do_not_close: true };
+const stringValue = (value: string) => typed('google.protobuf.StringValue', { value });
+
+type FastPathKind = false | 'script' | 'module';
+const fastListeners = new WeakMap<IRHttpListener, FastPathKind>();
+
+/** Whether any route of the listener has the fast path, and in what form (once per IR listener). */
+function fastPathKind(l: IRHttpListener): FastPathKind {
   let v = fastListeners.get(l);
-  if (v === undefined) fastListeners.set(l, (v = l.routeConfig.virtualHosts.some((vh) => vh.routes.some((r) => r.jwt?.fast))));
+  if (v === undefined) {
+    const first = l.routeConfig.virtualHosts.flatMap((vh) => vh.routes).find((r) => r.jwt?.fast)?.jwt?.fast;
+    fastListeners.set(l, (v = first ? (first.engine === 'module' ? 'module' : 'script') : false));
+  }
   return v;
 }
+const hasFastPath = (l: IRHttpListener): boolean => fastPathKind(l) !== false;
 
 export const jwtCheck: HttpFilterModule = {
   envoyName: JWT_CHECK_FILTER,
   wanted: hasFastPath,
   hcmEntry: (l: IRHttpListener) => {
-    if (!hasFastPath(l)) return undefined;
+    const kind = fastPathKind(l);
+    if (!kind) return undefined;
+    if (kind === 'module') {
+      return { name: JWT_CHECK_FILTER, typed_config: typed('envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter', { dynamic_module_config: moduleRef, filter_name: JWT_MODULE.filter, filter_config: stringValue(JWT_MODULE_CONFIG) }) };
+    }
     // One script for every policy: each route's metadata says which check it runs, so routes and
     // keys can change (RDS) without touching the listener.
     return { name: JWT_CHECK_FILTER, typed_config: typed('envoy.extensions.filters.http.lua.v3.Lua', { default_source_code: { inline_string: JWT_CHECK_SCRIPT } }) };
@@ -195,8 +222,16 @@ export const jwtCheck: HttpFilterModule = {
 
 /** Route-level settings on a fast-path listener: the route's check in its metadata, or no script. */
 export function patchRouteForJwtFastPath(l: IRHttpListener, r: IRRoute, out: Record<string, unknown>): void {
-  if (!hasFastPath(l)) return;
+  const kind = fastPathKind(l);
+  if (!kind) return;
   const fast = r.jwt?.fast;
+  if (kind === 'module') {
+    out.typed_per_filter_config = {
+      ...((out.typed_per_filter_config as Record<string, unknown> | undefined) ?? {}),
+      [JWT_CHECK_FILTER]: typed('envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilterPerRoute', { dynamic_module_config: moduleRef, per_route_config_name: JWT_MODULE.filter, filter_config: stringValue(fast ? routeCheckSpec(fast) : 'skip') }),
+    };
+    return;
+  }
   if (fast) {
     const metadata = (out.metadata as { filter_metadata?: Record<string, unknown> } | undefined) ?? {};
     // (A google.protobuf.Struct in protobufjs's field naming.)
