@@ -8,8 +8,10 @@
 //               compiled it (copied from the gateway's config dump) with Envoy's in-process
 //               jwt_authn filter added, the public key inline, its JWT cache on;
 //   Signalbox - a Signalbox-fed gateway listener under a JWTPolicy, as Signalbox compiles it: the
-//               fast path (the policy's script in Envoy asks the ext_authz service once per token
-//               and repeats its allow for that token; the warm-up asks about every token);
+//               fast path (in Envoy, Signalbox's compiled filter with --fast-path module, the
+//               default, or the Lua script with --fast-path script, asks the ext_authz service
+//               once per token and repeats its allow for that token; the warm-up asks about
+//               every token);
 //   ext_authz only - the same policy on another listener, made to read its token from two places
 //               (header or query), which the fast path does not take: every request asks the
 //               ext_authz service inside the `signalbox serve` child process over gRPC.
@@ -20,6 +22,7 @@
 // Every answer must be the redirect (301); anything else is counted and reported.
 //
 // Flags: --seconds S (6) --rounds R (3) --concurrency C (32) --rate R (1000) --tokens N (100) --json FILE
+//        --fast-path module|script (module: what `signalbox serve --jwt-fast-path module` runs)
 //        --diagnose (first: sequential latency, Envoy's authz cluster stats, Signalbox's check time)
 // SIGNALBOX_BENCH_NODE_ARGS passes node flags to the control plane (e.g. --cpu-prof).
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -50,6 +53,7 @@ const { values: flags } = parseArgs({
     tokens: { type: 'string', default: '100' },
     json: { type: 'string' },
     diagnose: { type: 'boolean' },
+    'fast-path': { type: 'string', default: 'module' },
   },
 });
 const SECONDS = Number(flags.seconds);
@@ -57,6 +61,8 @@ const ROUNDS = Number(flags.rounds);
 const CONCURRENCY = Number(flags.concurrency);
 const RATE = Number(flags.rate);
 const TOKENS = Number(flags.tokens);
+const FAST_PATH = flags['fast-path'];
+if (FAST_PATH !== 'module' && FAST_PATH !== 'script') throw new Error('--fast-path must be "module" or "script"');
 const ISS = 'https://auth.bench.local/';
 const AUD = 'bench-api';
 
@@ -270,7 +276,7 @@ ${jwtPolicy('bench', 'auth')}${jwtPolicy('bench-slow', 'slow', '  from: [ { head
   try {
     // SIGNALBOX_BENCH_NODE_ARGS, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof", profiles the control plane.
     const nodeArgs = (process.env.SIGNALBOX_BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
-    sb = spawn(process.execPath, [...nodeArgs, BIN, 'serve', '--policies', dir, '--xds-address', '127.0.0.1', '--xds-port', String(xdsPort), '--admin-port', String(adminPort), '--authz-port', String(authzPort), '--data-dir', dataDir, '--log-level', 'warn', '--access-log-sampling', 'off'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    sb = spawn(process.execPath, [...nodeArgs, BIN, 'serve', '--policies', dir, '--xds-address', '127.0.0.1', '--xds-port', String(xdsPort), '--admin-port', String(adminPort), '--authz-port', String(authzPort), '--data-dir', dataDir, '--log-level', 'warn', '--access-log-sampling', 'off', '--jwt-fast-path', FAST_PATH === 'module' ? 'module' : 'on'], { stdio: ['ignore', 'pipe', 'pipe'] });
     sb.stdout!.on('data', (b: Buffer) => (sbLog = (sbLog + b.toString()).slice(-20_000)));
     sb.stderr!.on('data', (b: Buffer) => (sbLog = (sbLog + b.toString()).slice(-20_000)));
     await waitFor(async () => (await fetch(`http://127.0.0.1:${adminPort}/readyz`).catch(() => undefined))?.status === 200, { timeoutMs: 30_000, what: 'signalbox ready' });
@@ -314,7 +320,7 @@ ${jwtPolicy('bench', 'auth')}${jwtPolicy('bench-slow', 'slow', '  from: [ { head
     const configs = [
       { name: 'baseline (no auth)', port: plainPort },
       { name: 'Envoy jwt_authn', port: jwtPort },
-      { name: 'Signalbox (fast path)', port: authPort },
+      { name: `Signalbox (fast path, ${FAST_PATH === 'module' ? 'compiled filter' : 'Lua script'})`, port: authPort },
       { name: 'Signalbox, ext_authz only', port: slowPort },
     ];
     const checks = async () => {

@@ -59,9 +59,9 @@ export interface Envoy {
   process: ChildProcess;
 }
 
-export async function startEnvoy(opts: { bootstrapYaml: (adminPort: number) => string; name: string; waitReady?: boolean }): Promise<Envoy> {
+export async function startEnvoy(opts: { bootstrapYaml: (adminPort: number) => string; name: string; waitReady?: boolean; withoutModules?: boolean }): Promise<Envoy> {
   const bin = await provisionEnvoy();
-  const modules = await provisionJwtModule();
+  const modules = opts.withoutModules ? undefined : await provisionJwtModule();
   const adminPort = await freePort();
   const dir = mkdtempSync(path.join(os.tmpdir(), `envoy-${opts.name}-`));
   const file = path.join(dir, 'bootstrap.yaml');
@@ -69,6 +69,7 @@ export async function startEnvoy(opts: { bootstrapYaml: (adminPort: number) => s
   const child = spawn(bin, ['-c', file, '--disable-hot-restart', '--concurrency', '1', '-l', 'warning', '--log-format', `[${opts.name}] %l %n: %v`, '--drain-time-s', '1'], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, ENVOY_DYNAMIC_MODULES_SEARCH_PATH: modules },
+    // (undefined: the variable is not passed, as for an Envoy started without Signalbox's module)
   });
   let log = '';
   const keep = (b: Buffer) => {

@@ -1,0 +1,262 @@
+// Signalbox's compiled JWT fast-path filter (native/jwt-check, an Envoy dynamic module) in a real
+// Envoy, against a scripted stand-in for the ext_authz service's fast-path endpoints (the real
+// service is exercised through the module by jwt.test.ts): what it does with each kind of answer,
+// with routes that name no check, with repeated headers, a slow service, and how it reports.
+// Then, through Signalbox: an Envoy that cannot load the module rejects the listener, and the
+// rejection is shown (nothing is let through unchecked).
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import http2 from 'node:http2';
+import type { AddressInfo } from 'node:net';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import YAML from 'yaml';
+import { bootstrapYaml } from '../../src/cli/bootstrap.js';
+import { JWT_CHECK_FILTER, JWT_MODULE } from '../../src/xds/translator/filters/jwt-fast.js';
+import { startEnvoy, type Envoy } from '../helpers/envoy.js';
+import { freePort, waitFor } from '../helpers/net.js';
+import { startSignalbox } from '../helpers/signalbox.js';
+import { startUpstream, type Upstream } from '../helpers/upstream.js';
+
+interface Asked {
+  path: string;
+  headers: http2.IncomingHttpHeaders;
+  body: string;
+}
+
+function get(port: number, p: string, headers: http.OutgoingHttpHeaders = {}): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port, path: p, headers, agent: false }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => (body += c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+describe('the compiled JWT filter in a real Envoy', () => {
+  const asked: Asked[] = [];
+  /** What the stand-in service answers to a check, by the token header's value. */
+  const answers = new Map<string, { status?: number; text: string; delayMs?: number }>();
+  let service: http2.Http2Server;
+  let upstream: Upstream;
+  let envoy: Envoy;
+  let port: number;
+  const now = () => Math.floor(Date.now() / 1000);
+
+  before(async () => {
+    service = http2.createServer();
+    service.on('stream', (stream, headers) => {
+      let body = '';
+      stream.setEncoding('utf8');
+      stream.on('data', (c: string) => (body += c));
+      stream.on('end', () => {
+        asked.push({ path: String(headers[':path']), headers, body });
+        if (headers[':path'] === '/signalbox.jwt/report') {
+          stream.respond({ ':status': 200 });
+          return stream.end();
+        }
+        const a = answers.get(String(headers.authorization ?? '')) ?? { text: 'deny 401\nheader www-authenticate Bearer\nbody\n' };
+        setTimeout(() => {
+          if (stream.destroyed) return;
+          stream.respond({ ':status': a.status ?? 200 });
+          stream.end(a.text);
+        }, a.delayMs ?? 0);
+      });
+      stream.on('error', () => undefined);
+    });
+    await new Promise<void>((resolve) => service.listen(0, '127.0.0.1', resolve));
+    const servicePort = (service.address() as AddressInfo).port;
+    upstream = await startUpstream('app');
+    port = await freePort();
+    const module = { name: JWT_MODULE.name, do_not_close: true };
+    const perRoute = (value: string) => ({
+      [JWT_CHECK_FILTER]: { '@type': 'type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilterPerRoute', dynamic_module_config: module, per_route_config_name: JWT_MODULE.filter, filter_config: { '@type': 'type.googleapis.com/google.protobuf.StringValue', value } },
+    });
+    const route = (name: string, prefix: string, check?: string) => ({ name, match: { prefix }, route: { cluster: 'app' }, ...(check ? { typed_per_filter_config: perRoute(check) } : {}) });
+    const cluster = (name: string, p: number, h2: boolean) => ({
+      name,
+      type: 'STATIC',
+      connect_timeout: '1s',
+      ...(h2 ? { typed_extension_protocol_options: { 'envoy.extensions.upstreams.http.v3.HttpProtocolOptions': { '@type': 'type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions', explicit_http_config: { http2_protocol_options: {} } } } } : {}),
+      load_assignment: { cluster_name: name, endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: '127.0.0.1', port_value: p } } } }] }] },
+    });
+    const hcm = {
+      '@type': 'type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager',
+      stat_prefix: 'module',
+      route_config: {
+        virtual_hosts: [
+          {
+            name: 'any',
+            domains: ['*'],
+            routes: [
+              route('checked', '/checked', 'users%2Fv1 authorization v1'),
+              route('skipped', '/skipped', 'skip'),
+              route('bare', '/bare'),
+            ],
+          },
+        ],
+      },
+      http_filters: [
+        // A 700 ms budget for the service here (Signalbox gives it 2 s), so "too slow" is quick to show.
+        { name: JWT_CHECK_FILTER, typed_config: { '@type': 'type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter', dynamic_module_config: module, filter_name: JWT_MODULE.filter, filter_config: { '@type': 'type.googleapis.com/google.protobuf.StringValue', value: 'authz 700 300' } } },
+        { name: 'envoy.filters.http.router', typed_config: { '@type': 'type.googleapis.com/envoy.extensions.filters.http.router.v3.Router' } },
+      ],
+    };
+    envoy = await startEnvoy({
+      name: 'jwt-module',
+      bootstrapYaml: (adminPort) =>
+        YAML.stringify({
+          admin: { address: { socket_address: { address: '127.0.0.1', port_value: adminPort } } },
+          static_resources: {
+            clusters: [cluster('authz', servicePort, true), cluster('app', upstream.port, false)],
+            listeners: [{ name: 'l', address: { socket_address: { address: '127.0.0.1', port_value: port } }, filter_chains: [{ filters: [{ name: 'envoy.filters.network.http_connection_manager', typed_config: hcm }] }] }],
+          },
+        }),
+    });
+  });
+
+  after(async () => {
+    await envoy?.stop();
+    await upstream?.close();
+    service?.close();
+  });
+
+  const checks = () => asked.filter((a) => a.path.startsWith('/signalbox.jwt/check/'));
+
+  test('an allow is applied and remembered: the same token passes again without a call, with the forwarded claim over the client copy', async () => {
+    answers.set('Bearer good', { text: `allow\ncache - ${now() + 60}\nset x-user-id alice\nremove x-email\n` });
+    const before = checks().length;
+    for (let i = 0; i < 3; i++) {
+      const r = await get(port, '/checked', { authorization: 'Bearer good', 'x-user-id': 'mallory', 'x-email': 'm@evil' });
+      assert.equal(r.status, 200);
+      const seen = upstream.seen[upstream.seen.length - 1]!;
+      assert.equal(seen.headers['x-user-id'], 'alice');
+      assert.equal(seen.headers['x-email'], undefined);
+    }
+    const calls = checks().slice(before);
+    assert.equal(calls.length, 1, 'asked once, then repeated from memory');
+    assert.equal(calls[0]!.path, '/signalbox.jwt/check/users%2Fv1', 'the policy as the route names it');
+    assert.equal(calls[0]!.headers.authorization, 'Bearer good');
+    assert.equal(calls[0]!.headers['x-user-id'], undefined, 'only the token header goes to the service');
+  });
+
+  test('a refusal reaches the client as the service wrote it and is never remembered', async () => {
+    answers.set('Bearer expired', { text: 'deny 401\nheader www-authenticate Bearer error="invalid_token"\nbody\n{"error":"expired"}' });
+    const before = checks().length;
+    for (let i = 0; i < 2; i++) {
+      const r = await get(port, '/checked', { authorization: 'Bearer expired' });
+      assert.equal(r.status, 401);
+      assert.equal(r.headers['www-authenticate'], 'Bearer error="invalid_token"');
+      assert.equal(r.body, '{"error":"expired"}');
+    }
+    assert.equal(checks().length - before, 2);
+    const none = await get(port, '/checked');
+    assert.equal(none.status, 401, 'no token: asked, refused');
+    assert.equal(checks()[checks().length - 1]!.headers.authorization, undefined);
+  });
+
+  test('an allow outside its window is asked again; an allow without a window is not remembered', async () => {
+    answers.set('Bearer later', { text: `allow\ncache ${now() + 100} ${now() + 200}\n` });
+    answers.set('Bearer nowindow', { text: 'allow\n' });
+    const before = checks().length;
+    for (const t of ['Bearer later', 'Bearer later', 'Bearer nowindow', 'Bearer nowindow']) assert.equal((await get(port, '/checked', { authorization: t })).status, 200);
+    assert.equal(checks().length - before, 4);
+  });
+
+  test('repeated token headers go to the service joined with ","', async () => {
+    const r = await get(port, '/checked', { authorization: ['Bearer a', 'Bearer b'] as unknown as string });
+    assert.equal(r.status, 401);
+    assert.equal(checks()[checks().length - 1]!.headers.authorization, 'Bearer a,Bearer b');
+  });
+
+  test('fails closed: an unreadable answer, a non-200 answer, no answer in time give 503', async () => {
+    answers.set('Bearer garbage', { text: 'perhaps\n' });
+    answers.set('Bearer broken', { status: 500, text: 'allow\n' });
+    answers.set('Bearer slow', { text: 'allow\n', delayMs: 1_500 });
+    answers.set('Bearer badstatus', { text: 'deny 42\nbody\n' });
+    for (const t of ['Bearer garbage', 'Bearer broken', 'Bearer slow', 'Bearer badstatus']) {
+      const r = await get(port, '/checked', { authorization: t });
+      assert.equal(r.status, 503, t);
+      assert.doesNotMatch(envoy.logs(), /Bearer (garbage|broken|slow)/, 'no token in the log');
+    }
+    assert.match(envoy.logs(), /signalbox jwt check failed closed/);
+  });
+
+  test('routes: "skip" passes without a call; a route without per-route config fails closed; no route is Envoy\'s 404', async () => {
+    const before = asked.length;
+    assert.equal((await get(port, '/skipped')).status, 200);
+    assert.equal((await get(port, '/bare', { authorization: 'Bearer good' })).status, 503);
+    assert.equal((await get(port, '/elsewhere')).status, 404);
+    assert.equal(asked.filter((a, i) => i >= before && a.path.startsWith('/signalbox.jwt/check/')).length, 0);
+  });
+
+  test('allows from memory are reported about once a second, with an id and a line per policy', async () => {
+    const reports = () => asked.filter((a) => a.path === '/signalbox.jwt/report');
+    const before = reports().length;
+    await waitFor(
+      async () => {
+        await get(port, '/checked', { authorization: 'Bearer good' });
+        return reports().length > before;
+      },
+      { what: 'a report', timeoutMs: 5_000, intervalMs: 200 },
+    );
+    const r = reports()[reports().length - 1]!;
+    assert.match(String(r.headers['x-signalbox-report-id']), /^[0-9a-f]{16}-\d+$/);
+    assert.match(r.body, /^users%2Fv1 \d+\n$/);
+  });
+});
+
+describe('--jwt-fast-path module through Signalbox', () => {
+  test('an Envoy that cannot load the module rejects the listener; the rejection is shown and nothing is served unchecked', async () => {
+    const gwPort = await freePort();
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'sb-jwt-module-'));
+    writeFileSync(
+      path.join(dir, 'p.yaml'),
+      `apiVersion: signalbox.dev/v1alpha1
+kind: Service
+metadata: { name: app }
+spec: { port: 8080, endpoints: [ { address: 127.0.0.1, port: 9 } ] }
+---
+apiVersion: signalbox.dev/v1alpha1
+kind: Gateway
+metadata: { name: gw }
+spec: { listeners: [ { name: http, port: ${gwPort}, protocol: HTTP } ] }
+---
+apiVersion: signalbox.dev/v1alpha1
+kind: HTTPRoute
+metadata: { name: r }
+spec:
+  parentRefs: [ { kind: Gateway, name: gw } ]
+  rules: [ { backendRefs: [ { name: app } ] } ]
+---
+apiVersion: signalbox.dev/v1alpha1
+kind: JWTPolicy
+metadata: { name: edge }
+spec:
+  targetRef: { kind: Gateway, name: gw }
+  issuer: https://issuer.test/
+  jwks: { inline: { keys: [ { kty: OKP, crv: Ed25519, x: 11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo, kid: k } ] } }
+`,
+    );
+    const sb = await startSignalbox({ policies: dir, extraArgs: ['--jwt-fast-path', 'module'] });
+    let envoy: Envoy | undefined;
+    try {
+      const token = await sb.token('gateway/gw');
+      envoy = await startEnvoy({ name: 'no-module', withoutModules: true, bootstrapYaml: (adminPort) => bootstrapYaml({ gateway: 'gw', id: 'no-module', xdsAddress: `127.0.0.1:${sb.xdsPort}`, adminPort, token }) });
+      await waitFor(async () => (await sb.admin('/api/proxies/no-module'))?.state === 'NACKED', { what: 'the listener rejected', timeoutMs: 15_000 });
+      const status = await sb.admin('/api/proxies/no-module');
+      assert.match(status.types.listener.lastNack.message, /dynamic module|ENVOY_DYNAMIC_MODULES_SEARCH_PATH/);
+      await assert.rejects(get(gwPort, '/'), 'no listener: nothing served, unchecked or otherwise');
+    } finally {
+      await envoy?.stop();
+      await sb.kill();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
