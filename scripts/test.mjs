@@ -27,6 +27,7 @@ step('build (tsc, strict)', 'npx', ['tsc', '-p', 'tsconfig.json']);
 const env = { ...process.env, SIGNALBOX_STRICT_ENCODE: '1' };
 if (!unitOnly && !goldenOnly) {
   env.SIGNALBOX_ENVOY_BIN = step('provision real Envoy', 'bash', ['scripts/provision-envoy.sh'], { capture: true }).split('\n').pop();
+  step("build Signalbox's JWT filter for that Envoy (C, against Envoy's module ABI header from the Go module proxy)", 'bash', ['scripts/provision-jwt-module.sh'], { capture: true });
   env.SIGNALBOX_CONSUL_BIN = step('provision real Consul', 'bash', ['scripts/provision-consul.sh'], { capture: true }).split('\n').pop();
   env.SIGNALBOX_CHROMIUM_BIN = step('provision Chromium (Debian package, for the dashboard browser test)', 'bash', ['scripts/provision-chromium.sh'], { capture: true }).split('\n').pop();
   process.stderr.write(`envoy: ${env.SIGNALBOX_ENVOY_BIN}\nconsul: ${env.SIGNALBOX_CONSUL_BIN}\nchromium: ${env.SIGNALBOX_CHROMIUM_BIN}\n`);
