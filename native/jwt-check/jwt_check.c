@@ -530,16 +530,20 @@ void envoy_dynamic_module_on_http_filter_http_callout_done(
     envoy_dynamic_module_type_envoy_buffer* chunks, size_t n_chunks) {
   stream* s = (stream*)p;
   int ok = result == envoy_dynamic_module_type_http_callout_result_Success;
-  int status_200 = 0;
+  int status_200 = 0, status_4xx = 0;
   for (size_t i = 0; ok && i < n_headers; i++)
-    if (headers[i].key_length == 7 && memcmp(headers[i].key_ptr, ":status", 7) == 0)
+    if (headers[i].key_length == 7 && memcmp(headers[i].key_ptr, ":status", 7) == 0) {
       status_200 = headers[i].value_length == 3 && memcmp(headers[i].value_ptr, "200", 3) == 0;
+      status_4xx = headers[i].value_length == 3 && headers[i].value_ptr[0] == '4';
+    }
   if (id == CALLOUT_REPORT) {
     worker_state* w = worker();
     s->report_out = 0;
     if (w != NULL) {
       w->report_busy = 0;
-      if (ok && status_200) { free(w->inflight); w->inflight = NULL; }
+      // Delivered, or refused for good (a service that will never take it): done with it. Anything
+      // else (no answer, 5xx) keeps it, to go again under the same id.
+      if (ok && (status_200 || status_4xx)) { free(w->inflight); w->inflight = NULL; }
     }
     return;
   }
