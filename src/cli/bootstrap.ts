@@ -2,6 +2,7 @@
 import os from 'node:os';
 import { isIP } from 'node:net';
 import YAML from 'yaml';
+import { JWT_MODULE } from '../xds/translator/filters/jwt-fast.js';
 
 export interface BootstrapOptions {
   /** A gateway proxy (`--gateway NAME`)... */
@@ -15,6 +16,8 @@ export interface BootstrapOptions {
   adminPort?: number;
   adminAddress?: string;
   id?: string;
+  /** The proxy's Envoy loads Signalbox's compiled JWT filter (see docs/jwt.md). */
+  jwtModule?: boolean;
 }
 
 export function splitHostPort(hp: string): { host: string; port: number } {
@@ -48,6 +51,7 @@ export function bootstrapConfig(o: BootstrapOptions): Record<string, unknown> {
   } else {
     throw new Error('give --gateway NAME, or --service NAME --instance ID --app-port N --inbound-port N');
   }
+  if (o.jwtModule) (node.metadata as Record<string, string>)['signalbox.jwt_module'] = JWT_MODULE.name;
   return {
     node,
     admin: { address: { socket_address: { address: o.adminAddress ?? '127.0.0.1', port_value: o.adminPort ?? 9901 } } },

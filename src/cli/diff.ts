@@ -129,7 +129,7 @@ export const DIFF_USAGE = `  signalbox diff OLD_DIR NEW_DIR [--proxy GROUP] [--j
 export async function diffCommand(args: string[], out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr): Promise<number> {
   const { positionals, values } = parseArgs({ args, options: { proxy: { type: 'string' }, json: { type: 'boolean' } }, allowPositionals: true });
   if (positionals.length !== 2) throw new SignalboxError('SB_BAD_FLAG', 'give two policy directories: OLD_DIR NEW_DIR');
-  const sidecars = values.proxy?.startsWith('sidecar/') ? [values.proxy] : [];
+  const sidecars = values.proxy ? [values.proxy] : []; // (sidecar groups and +jwt-module variants are built on request)
   const sides = await Promise.all(positionals.map((d) => compileDir(path.resolve(d), sidecars)));
   let invalid = false;
   sides.forEach((s, i) => {

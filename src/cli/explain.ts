@@ -23,7 +23,7 @@ export async function explainCommand(args: string[], out: NodeJS.WritableStream 
     for (const e of built.errors) err.write(formatPolicyError(e) + '\n');
     return 1;
   }
-  const irs = translate(built.model, values.proxy.startsWith('sidecar/') ? [values.proxy] : []);
+  const irs = translate(built.model, [values.proxy]); // (sidecar groups and +jwt-module variants are built on request)
   const group = resolveGroup(values.proxy, irs.keys());
   if (!group) {
     err.write(`signalbox explain: no proxy group "${values.proxy}" (have: ${[...irs.keys()].join(', ') || 'none'})\n`);

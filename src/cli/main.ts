@@ -26,7 +26,7 @@ ${DIFF_USAGE}
   signalbox token revoke TOKEN_ID [--data-dir DIR]
   signalbox status [--admin URL] [--role gateway|sidecar] [--json]
                                        every connected proxy: versions per type, SYNCED / STALE / NACKED, cert expiry
-  signalbox bootstrap --gateway NAME --xds-address HOST:PORT [--delta] [--admin-port N] [--id ID] [--token T] [--out FILE]
+  signalbox bootstrap --gateway NAME --xds-address HOST:PORT [--delta] [--jwt-module] [--admin-port N] [--id ID] [--token T] [--out FILE]
   signalbox bootstrap --service NAME --instance ID --app-port N --inbound-port N [--outbound-port N] ...
                                        print an Envoy bootstrap (YAML) for a gateway or a sidecar
 
@@ -172,6 +172,7 @@ function bootstrap(args: string[]): number {
       'token-file': { type: 'string' },
       'xds-address': { type: 'string' },
       delta: { type: 'boolean' },
+      'jwt-module': { type: 'boolean' },
       'admin-port': { type: 'string' },
       'admin-address': { type: 'string' },
       id: { type: 'string' },
@@ -199,7 +200,7 @@ function bootstrap(args: string[]): number {
   if (adminPort !== undefined && (!Number.isInteger(adminPort) || adminPort < 0 || adminPort > 65535)) throw new SignalboxError('SB_BAD_FLAG', '--admin-port must be a port');
   let yaml: string;
   try {
-    yaml = bootstrapYaml({ gateway: values.gateway, sidecar, token, xdsAddress, delta: values.delta, adminPort, adminAddress: values['admin-address'], id: values.id });
+    yaml = bootstrapYaml({ gateway: values.gateway, sidecar, token, xdsAddress, delta: values.delta, jwtModule: values['jwt-module'], adminPort, adminAddress: values['admin-address'], id: values.id });
   } catch (e) {
     throw new SignalboxError('SB_BAD_FLAG', (e as Error).message);
   }

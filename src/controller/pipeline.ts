@@ -18,7 +18,7 @@ import { EncodeCache, type Resource } from '../xds/resources/resource.js';
 import { TypeUrl } from '../xds/resources/type-urls.js';
 import { configResources, endpointsResource, type ResourceMap } from '../xds/translator/index.js';
 import type { IdentityManager } from '../ca/identities.js';
-import { IDENTITY_SECRET, parseSidecarGroup, TRUST_BUNDLE_SECRET } from '../ir/types.js';
+import { baseGroup, IDENTITY_SECRET, parseSidecarGroup, TRUST_BUNDLE_SECRET } from '../ir/types.js';
 import { redactSecret } from '../xds/translator/secret.js';
 import type { AuthzEndpoint, JwtKeysOf } from '../translate/jwt.js';
 
@@ -99,9 +99,13 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
     opts.identities?.on('rotated', (id) => void this.onRotated(id));
   }
 
-  /** Builds a sidecar group on first demand (when the model knows its service). */
+  /**
+   * Builds a group on first demand: a sidecar group (when the model knows its service), or the
+   * `+jwt-module` variant of a gateway or sidecar group.
+   */
   private async demand(group: string): Promise<void> {
-    if (!parseSidecarGroup(group) || this.sidecarGroups.has(group)) return;
+    const base = baseGroup(group);
+    if ((!parseSidecarGroup(base) && base === group) || this.sidecarGroups.has(group)) return;
     this.sidecarGroups.add(group);
     if (this.model || this.running) await this.reload();
   }

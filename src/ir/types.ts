@@ -169,6 +169,18 @@ export interface IRProxyConfig {
 }
 
 /** Proxy groups are keyed `gateway/<name>` and `sidecar/<service>/<appPort>/<inboundPort>/<outboundPort>`. */
+/**
+ * The group of proxies that carry Signalbox's compiled JWT filter (their node metadata says
+ * `signalbox.jwt_module`): the same configuration as `<group>`, with the JWT fast path in the
+ * compiled filter instead of the Lua script.
+ */
+export const JWT_MODULE_GROUP_SUFFIX = '+jwt-module';
+
+/** The group a (possibly `+jwt-module`) group is a variant of. */
+export function baseGroup(group: string): string {
+  return group.endsWith(JWT_MODULE_GROUP_SUFFIX) ? group.slice(0, -JWT_MODULE_GROUP_SUFFIX.length) : group;
+}
+
 export function gatewayGroup(name: string): string {
   return `gateway/${name}`;
 }

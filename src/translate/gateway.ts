@@ -1,7 +1,7 @@
 // Model -> IR for edge gateways: one HTTP listener per Gateway listener, virtual hosts per
 // hostname, and only the clusters that this gateway's routes reference.
 import type { IRCluster, IRHttpListener, IRProxyConfig, IRRoute, IRSecret, IRVirtualHost } from '../ir/types.js';
-import { gatewayGroup, parseSidecarGroup } from '../ir/types.js';
+import { baseGroup, gatewayGroup, parseSidecarGroup } from '../ir/types.js';
 import { translateSidecar } from './sidecar.js';
 import type { GatewayModel, Model } from '../model/model.js';
 import { hostnameMatches } from '../model/hostnames.js';
@@ -88,19 +88,29 @@ export function translateGateway(model: Model, gateway: GatewayModel): IRProxyCo
   };
 }
 
-/** The IR of every gateway, plus the sidecar groups that proxies have asked for. */
-export function translate(model: Model, sidecarGroups: Iterable<string> = [], opts: { authz?: AuthzEndpoint; jwtKeys?: JwtKeysOf; jwtFastPath?: boolean; jwtFastPathModule?: boolean } = {}): Map<string, IRProxyConfig> {
+/**
+ * The IR of every gateway, plus the groups that proxies have asked for: sidecar groups, and the
+ * `+jwt-module` variants of gateway and sidecar groups (proxies that load Signalbox's compiled
+ * JWT filter; `jwtFastPathModule` gives every group the compiled filter).
+ */
+export function translate(model: Model, requestedGroups: Iterable<string> = [], opts: { authz?: AuthzEndpoint; jwtKeys?: JwtKeysOf; jwtFastPath?: boolean; jwtFastPathModule?: boolean } = {}): Map<string, IRProxyConfig> {
+  const jwt = { endpoint: opts.authz, keys: opts.jwtKeys, fastPath: opts.jwtFastPath, fastPathModule: opts.jwtFastPathModule };
+  // Each group is translated on its own (a variant shares no objects with its base group).
+  const build = (group: string): IRProxyConfig | undefined => {
+    const base = baseGroup(group);
+    const shape = parseSidecarGroup(base);
+    const gateway = base.startsWith('gateway/') ? model.gateways.get(base.slice('gateway/'.length)) : undefined;
+    const ir = shape ? translateSidecar(model, shape) : gateway ? translateGateway(model, gateway) : undefined;
+    if (!ir) return undefined;
+    const checked = applyJwtPolicies(model, applyPolicies(model, ir), base === group ? jwt : { ...jwt, fastPathModule: true });
+    return base === group ? checked : { ...checked, group };
+  };
+  const groups = new Set([...requestedGroups].filter((g) => parseSidecarGroup(baseGroup(g)) || baseGroup(g) !== g));
+  for (const g of model.gateways.values()) groups.add(gatewayGroup(g.name));
   const out = new Map<string, IRProxyConfig>();
-  for (const group of [...sidecarGroups].sort()) {
-    const shape = parseSidecarGroup(group);
-    const ir = shape && translateSidecar(model, shape);
+  for (const group of [...groups].sort()) {
+    const ir = build(group);
     if (ir) out.set(group, ir);
   }
-  for (const g of [...model.gateways.values()].sort((a, b) => (a.name < b.name ? -1 : 1))) {
-    const ir = translateGateway(model, g);
-    out.set(ir.group, ir);
-  }
-  for (const [group, ir] of out) out.set(group, applyPolicies(model, ir));
-  for (const [group, ir] of out) out.set(group, applyJwtPolicies(model, ir, { endpoint: opts.authz, keys: opts.jwtKeys, fastPath: opts.jwtFastPath, fastPathModule: opts.jwtFastPathModule }));
   return out;
 }

@@ -3,12 +3,13 @@
 // gets), sampling the given percent of requests. Envoy then propagates W3C trace context
 // (traceparent) to the upstreams it calls.
 import type { IRProxyConfig } from '../ir/types.js';
-import { parseSidecarGroup } from '../ir/types.js';
+import { baseGroup, parseSidecarGroup } from '../ir/types.js';
 import type { Model } from '../model/model.js';
 import { serviceCluster } from './mesh-identity.js';
 
 /** The service name a proxy group's spans carry: the sidecar's Service, or `<gateway>-gateway`. */
-export function tracingServiceName(group: string): string {
+export function tracingServiceName(variant: string): string {
+  const group = baseGroup(variant);
   const sidecar = parseSidecarGroup(group);
   if (sidecar) return sidecar.service;
   return group.startsWith('gateway/') ? `${group.slice('gateway/'.length)}-gateway` : group;

@@ -2,8 +2,9 @@
 // Envoy, against a scripted stand-in for the ext_authz service's fast-path endpoints (the real
 // service is exercised through the module by jwt.test.ts): what it does with each kind of answer,
 // with routes that name no check, with repeated headers, a slow service, and how it reports.
-// Then, through Signalbox: an Envoy that cannot load the module rejects the listener, and the
-// rejection is shown (nothing is let through unchecked).
+// Then, through Signalbox: proxies whose bootstrap says they load the module get it, others the
+// script; one that says so but cannot load it rejects the listener, and the rejection is shown
+// (nothing is let through unchecked).
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import http2 from 'node:http2';
@@ -19,6 +20,7 @@ import { startEnvoy, type Envoy } from '../helpers/envoy.js';
 import { freePort, waitFor } from '../helpers/net.js';
 import { startSignalbox } from '../helpers/signalbox.js';
 import { startUpstream, type Upstream } from '../helpers/upstream.js';
+import { makeKey, signToken } from '../helpers/jwks-server.js';
 
 interface Asked {
   path: string;
@@ -212,50 +214,84 @@ describe('the compiled JWT filter in a real Envoy', () => {
   });
 });
 
-describe('--jwt-fast-path module through Signalbox', () => {
-  test('an Envoy that cannot load the module rejects the listener; the rejection is shown and nothing is served unchecked', async () => {
-    const gwPort = await freePort();
+describe('the compiled filter through Signalbox, per proxy', () => {
+  test("a proxy whose bootstrap says it loads the module gets it, others get the script; one that says so but cannot load it rejects the listener, shown as NACKED, and serves nothing unchecked", async () => {
+    const [modPort, luaPort] = [await freePort(), await freePort()];
+    const key = await makeKey('EdDSA', 'k');
+    const app = await startUpstream('app');
     const dir = mkdtempSync(path.join(os.tmpdir(), 'sb-jwt-module-'));
+    const gateway = (name: string, port: number) => `---
+apiVersion: signalbox.dev/v1alpha1
+kind: Gateway
+metadata: { name: ${name} }
+spec: { listeners: [ { name: http, port: ${port}, protocol: HTTP } ] }
+---
+apiVersion: signalbox.dev/v1alpha1
+kind: HTTPRoute
+metadata: { name: ${name} }
+spec:
+  parentRefs: [ { kind: Gateway, name: ${name} } ]
+  rules: [ { backendRefs: [ { name: app } ] } ]
+---
+apiVersion: signalbox.dev/v1alpha1
+kind: JWTPolicy
+metadata: { name: ${name} }
+spec:
+  targetRef: { kind: Gateway, name: ${name} }
+  issuer: https://issuer.test/
+  jwks: { inline: ${JSON.stringify({ keys: [key.jwk] })} }
+  forwardClaims: [ { claim: sub, header: x-user-id } ]
+`;
     writeFileSync(
       path.join(dir, 'p.yaml'),
       `apiVersion: signalbox.dev/v1alpha1
 kind: Service
 metadata: { name: app }
-spec: { port: 8080, endpoints: [ { address: 127.0.0.1, port: 9 } ] }
----
-apiVersion: signalbox.dev/v1alpha1
-kind: Gateway
-metadata: { name: gw }
-spec: { listeners: [ { name: http, port: ${gwPort}, protocol: HTTP } ] }
----
-apiVersion: signalbox.dev/v1alpha1
-kind: HTTPRoute
-metadata: { name: r }
-spec:
-  parentRefs: [ { kind: Gateway, name: gw } ]
-  rules: [ { backendRefs: [ { name: app } ] } ]
----
-apiVersion: signalbox.dev/v1alpha1
-kind: JWTPolicy
-metadata: { name: edge }
-spec:
-  targetRef: { kind: Gateway, name: gw }
-  issuer: https://issuer.test/
-  jwks: { inline: { keys: [ { kty: OKP, crv: Ed25519, x: 11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo, kid: k } ] } }
-`,
+spec: { port: 8080, endpoints: [ { address: 127.0.0.1, port: ${app.port} } ] }
+${gateway('mod', modPort)}${gateway('lua', luaPort)}`,
     );
-    const sb = await startSignalbox({ policies: dir, extraArgs: ['--jwt-fast-path', 'module'] });
-    let envoy: Envoy | undefined;
+    // The default fast path (the script); proxies that say they load the module get it.
+    const sb = await startSignalbox({ policies: dir });
+    const envoys: Envoy[] = [];
     try {
-      const token = await sb.token('gateway/gw');
-      envoy = await startEnvoy({ name: 'no-module', withoutModules: true, bootstrapYaml: (adminPort) => bootstrapYaml({ gateway: 'gw', id: 'no-module', xdsAddress: `127.0.0.1:${sb.xdsPort}`, adminPort, token }) });
-      await waitFor(async () => (await sb.admin('/api/proxies/no-module'))?.state === 'NACKED', { what: 'the listener rejected', timeoutMs: 15_000 });
-      const status = await sb.admin('/api/proxies/no-module');
-      assert.match(status.types.listener.lastNack.message, /dynamic module|ENVOY_DYNAMIC_MODULES_SEARCH_PATH/);
-      await assert.rejects(get(gwPort, '/'), 'no listener: nothing served, unchecked or otherwise');
+      const tokens = { mod: await sb.token('gateway/mod'), lua: await sb.token('gateway/lua') };
+      const bootYaml = (gw: 'mod' | 'lua', id: string, jwtModule: boolean) => (adminPort: number) => bootstrapYaml({ gateway: gw, id, xdsAddress: `127.0.0.1:${sb.xdsPort}`, adminPort, token: tokens[gw], jwtModule });
+
+      // Says it loads the module, but its Envoy has none: the listener is rejected with Envoy's reason.
+      const broken = await startEnvoy({ name: 'no-module', withoutModules: true, bootstrapYaml: bootYaml('mod', 'no-module', true) });
+      try {
+        await waitFor(async () => (await sb.admin('/api/proxies/no-module'))?.state === 'NACKED', { what: 'the listener rejected', timeoutMs: 15_000 });
+        const status = await sb.admin('/api/proxies/no-module');
+        assert.equal(status.group, 'gateway/mod+jwt-module');
+        assert.match(status.types.listener.lastNack.message, /dynamic module|ENVOY_DYNAMIC_MODULES_SEARCH_PATH/);
+        await assert.rejects(get(modPort, '/'), 'no listener: nothing served, unchecked or otherwise');
+      } finally {
+        await broken.stop();
+      }
+
+      const withModule = await startEnvoy({ name: 'with-module', bootstrapYaml: bootYaml('mod', 'with-module', true) });
+      envoys.push(withModule);
+      const withScript = await startEnvoy({ name: 'with-script', bootstrapYaml: bootYaml('lua', 'with-script', false) });
+      envoys.push(withScript);
+      const good = await signToken(key, { iss: 'https://issuer.test/', sub: 'alice' });
+      for (const [envoy, port, filter] of [
+        [withModule, modPort, 'envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter'],
+        [withScript, luaPort, 'envoy.extensions.filters.http.lua.v3.Lua'],
+      ] as const) {
+        await waitFor(async () => (await get(port, '/').catch(() => ({ status: 0 }))).status === 401, { what: `port ${port} checking tokens`, timeoutMs: 15_000 });
+        assert.ok((await envoy.admin('/config_dump?resource=dynamic_listeners')).includes(filter), `${filter} on port ${port}`);
+        for (let i = 0; i < 2; i++) {
+          const r = await get(port, '/', { authorization: `Bearer ${good}`, 'x-user-id': 'mallory' });
+          assert.equal(r.status, 200);
+          assert.equal(app.seen[app.seen.length - 1]!.headers['x-user-id'], 'alice');
+        }
+      }
+      assert.equal((await sb.admin('/api/proxies/with-module')).group, 'gateway/mod+jwt-module');
+      assert.equal((await sb.admin('/api/proxies/with-script')).group, 'gateway/lua');
     } finally {
-      await envoy?.stop();
+      for (const e of envoys) await e.stop();
       await sb.kill();
+      await app.close();
       rmSync(dir, { recursive: true, force: true });
     }
   });

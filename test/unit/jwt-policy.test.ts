@@ -213,6 +213,35 @@ describe('JWTPolicy translation', () => {
     assert.deepEqual(httpFilters(slow).map((f) => f.name), ['signalbox.rbac.deny', 'signalbox.ext_authz', 'envoy.filters.http.router']);
   });
 
+  test('proxies that load the compiled filter: their node metadata puts them in the +jwt-module variant of their group, which alone gets the filter', async () => {
+    const r = await validateDir(policyDir({ 'a.yaml': docs(BASE, jwt('svc', '{ kind: Service, name: orders }')) }));
+    assert.deepEqual(r.errors, []);
+    const group = sidecarGroup({ service: 'orders', appPort: 9002, inboundPort: 21002, outboundPort: 15001 });
+    const { identify, NodeError } = await import('../../src/xds/server/node.js');
+    const meta = (extra: Record<string, string>) => ({ fields: Object.fromEntries(Object.entries({ 'signalbox.role': 'sidecar', 'signalbox.service': 'orders', 'signalbox.app_port': '9002', 'signalbox.inbound_port': '21002', ...extra }).map(([k, v]) => [k, { stringValue: v }])) });
+    assert.equal(identify({ id: 'a', metadata: meta({}) }).group, group);
+    const variant = identify({ id: 'b', metadata: meta({ 'signalbox.jwt_module': 'signalbox_jwt_check' }) }).group;
+    assert.equal(variant, `${group}+jwt-module`);
+    assert.throws(() => identify({ id: 'c', metadata: meta({ 'signalbox.jwt_module': 'other' }) }), NodeError);
+    const irs = translate(r.model!, [group, variant]);
+    const fastOf = (g: string) => irs.get(g)!.listeners.find((l) => l.name === 'inbound')!.routeConfig.virtualHosts[0]!.routes[0]!.jwt?.fast;
+    assert.equal(fastOf(group)?.engine, undefined, 'the Lua script for proxies that did not say they load the module');
+    assert.equal(fastOf(variant)?.engine, 'module');
+    assert.equal(irs.get(variant)!.group, variant);
+    assert.equal(fastOf(variant)?.version, fastOf(group)?.version);
+    // The variant alone is enough to build it (no proxy of the base group needed); a gateway's too.
+    assert.ok(translate(r.model!, [variant]).has(variant));
+    const gw = await validateDir(policyDir({ 'a.yaml': docs(BASE, jwt('edge', '{ kind: Gateway, name: public }')) }));
+    assert.deepEqual(gw.errors, []);
+    const gwIrs = translate(gw.model!, ['gateway/public+jwt-module']);
+    const gwFast = (g: string) => gwIrs.get(g)!.listeners.find((l) => l.name === 'public/http')!.routeConfig.virtualHosts[0]!.routes[0]!.jwt?.fast;
+    assert.equal(gwFast('gateway/public')?.engine, undefined);
+    assert.equal(gwFast('gateway/public+jwt-module')?.engine, 'module');
+    const { bootstrapConfig } = await import('../../src/cli/bootstrap.js');
+    const node = bootstrapConfig({ gateway: 'gw', xdsAddress: '127.0.0.1:18000', jwtModule: true }).node as { metadata: Record<string, string> };
+    assert.equal(node.metadata['signalbox.jwt_module'], 'signalbox_jwt_check');
+  });
+
   test('an HTTPRoute on a Service: checked on the outbound listener of the calling sidecars', async () => {
     const meshRoute = doc('HTTPRoute', 'orders-api', `
   parentRefs: [ { kind: Service, name: orders } ]

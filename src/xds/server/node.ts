@@ -1,6 +1,7 @@
 // Reads who a proxy is from the Node in its first xDS request. A node without an identity Signalbox
 // understands is refused.
-import { gatewayGroup, sidecarGroup } from '../../ir/types.js';
+import { gatewayGroup, JWT_MODULE_GROUP_SUFFIX, sidecarGroup } from '../../ir/types.js';
+import { JWT_MODULE } from '../translator/filters/jwt-fast.js';
 import type { NodeIdentity } from './proxy-status.js';
 
 // protobufjs's built-in google.protobuf.Struct uses camelCase field names (stringValue), unlike
@@ -25,8 +26,23 @@ function str(meta: WireNode['metadata'], key: string): string | undefined {
   return v?.stringValue || v?.string_value || undefined;
 }
 
+/**
+ * A node whose metadata says `signalbox.jwt_module: signalbox_jwt_check` loads Signalbox's compiled
+ * JWT filter: it joins the `+jwt-module` variant of its group.
+ */
+function withModule(node: WireNode, identity: NodeIdentity): NodeIdentity {
+  const m = str(node.metadata, 'signalbox.jwt_module');
+  if (m === undefined) return identity;
+  if (m !== JWT_MODULE.name) throw new NodeError(`node "${node.id}" has signalbox.jwt_module "${m}"; the only module Signalbox knows is "${JWT_MODULE.name}"`);
+  return { ...identity, group: identity.group + JWT_MODULE_GROUP_SUFFIX };
+}
+
 export function identify(node: WireNode | null | undefined): NodeIdentity {
   if (!node || !node.id) throw new NodeError('the first request carries no node id');
+  return withModule(node, identifyBase(node as WireNode & { id: string }));
+}
+
+function identifyBase(node: WireNode & { id: string }): NodeIdentity {
   const role = str(node.metadata, 'signalbox.role');
   if (!role) throw new NodeError(`node "${node.id}" has no signalbox.role in its metadata (write its bootstrap with \`signalbox bootstrap\`)`);
   if (role === 'gateway') {
