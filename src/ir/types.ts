@@ -130,6 +130,12 @@ export interface IRHttpListener {
   tracing?: { cluster: string; samplingPercent: number; serviceName: string };
   /** Ask Signalbox's ext_authz service (JWTPolicy on a route, Gateway or Service of this listener). */
   extAuthz?: IRExtAuthz;
+  /**
+   * Signalbox's compiled JWT filter stays on this listener even while no route has a check (a
+   * proxy that loads it): a policy added later is then a route change, which connections opened
+   * before see together with the filter that checks it.
+   */
+  jwtModuleAlways?: boolean;
   source: SourceRef;
 }
 

@@ -70,6 +70,15 @@ export function fastPathOf(p: JwtPolicyModel, keys: readonly JWK[] | undefined):
 }
 
 export function applyJwtPolicies(model: Model, ir: IRProxyConfig, opts: JwtTranslateOptions = {}): IRProxyConfig {
+  const checkedIr = applyJwtPoliciesToRoutes(model, ir, opts);
+  // Proxies that load the compiled filter keep it on every HTTP listener (its per-route "skip"
+  // costs little), so that a policy added later never needs a listener change: connections that
+  // Envoy keeps on the old listener while it drains would otherwise reach the new routes unchecked.
+  if (!opts.fastPathModule || opts.fastPath === false) return checkedIr;
+  return { ...checkedIr, listeners: checkedIr.listeners.map((l) => ({ ...l, jwtModuleAlways: true })) };
+}
+
+function applyJwtPoliciesToRoutes(model: Model, ir: IRProxyConfig, opts: JwtTranslateOptions): IRProxyConfig {
   const jwt = model.jwt;
   if (!jwt || jwt.policies.size === 0) return ir;
   const endpoint = opts.endpoint ?? DEFAULT_AUTHZ_ENDPOINT;

@@ -28,13 +28,13 @@ interface Asked {
   body: string;
 }
 
-function get(port: number, p: string, headers: http.OutgoingHttpHeaders = {}): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }> {
+function get(port: number, p: string, headers: http.OutgoingHttpHeaders = {}, agent: http.Agent | false = false): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string; reused: boolean }> {
   return new Promise((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port, path: p, headers, agent: false }, (res) => {
+    const req = http.request({ host: '127.0.0.1', port, path: p, headers, agent }, (res) => {
       let body = '';
       res.setEncoding('utf8');
       res.on('data', (c: string) => (body += c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body, reused: req.reusedSocket }));
     });
     req.on('error', reject);
     req.end();
@@ -216,15 +216,15 @@ describe('the compiled JWT filter in a real Envoy', () => {
 
 describe('the compiled filter through Signalbox, per proxy', () => {
   test("a proxy whose bootstrap says it loads the module gets it, others get the script; one that says so but cannot load it rejects the listener, shown as NACKED, and serves nothing unchecked", async () => {
-    const [modPort, luaPort] = [await freePort(), await freePort()];
+    const [modPort, luaPort, openPort] = [await freePort(), await freePort(), await freePort()];
     const key = await makeKey('EdDSA', 'k');
     const app = await startUpstream('app');
     const dir = mkdtempSync(path.join(os.tmpdir(), 'sb-jwt-module-'));
-    const gateway = (name: string, port: number) => `---
+    const gateway = (name: string, port: number, extra = '') => `---
 apiVersion: signalbox.dev/v1alpha1
 kind: Gateway
 metadata: { name: ${name} }
-spec: { listeners: [ { name: http, port: ${port}, protocol: HTTP } ] }
+spec: { listeners: [ { name: http, port: ${port}, protocol: HTTP }${extra} ] }
 ---
 apiVersion: signalbox.dev/v1alpha1
 kind: HTTPRoute
@@ -237,7 +237,7 @@ apiVersion: signalbox.dev/v1alpha1
 kind: JWTPolicy
 metadata: { name: ${name} }
 spec:
-  targetRef: { kind: Gateway, name: ${name} }
+  targetRef: { kind: Gateway, name: ${name}, sectionName: http }
   issuer: https://issuer.test/
   jwks: { inline: ${JSON.stringify({ keys: [key.jwk] })} }
   forwardClaims: [ { claim: sub, header: x-user-id } ]
@@ -248,7 +248,7 @@ spec:
 kind: Service
 metadata: { name: app }
 spec: { port: 8080, endpoints: [ { address: 127.0.0.1, port: ${app.port} } ] }
-${gateway('mod', modPort)}${gateway('lua', luaPort)}`,
+${gateway('mod', modPort, `, { name: open, port: ${openPort}, protocol: HTTP }`)}${gateway('lua', luaPort)}`,
     );
     // The default fast path (the script); proxies that say they load the module get it.
     const sb = await startSignalbox({ policies: dir });
@@ -288,6 +288,35 @@ ${gateway('mod', modPort)}${gateway('lua', luaPort)}`,
       }
       assert.equal((await sb.admin('/api/proxies/with-module')).group, 'gateway/mod+jwt-module');
       assert.equal((await sb.admin('/api/proxies/with-script')).group, 'gateway/lua');
+
+      // A policy added to a listener that had none: on a module proxy the filter is already there,
+      // so the change is routes only, and a connection opened before it is checked too.
+      const listeners = async () => JSON.stringify((await withModule.adminJson<{ configs: unknown[] }>('/config_dump?resource=dynamic_listeners')).configs);
+      const open = (await withModule.adminJson<{ configs: { name: string }[] }>('/config_dump?resource=dynamic_listeners')).configs.find((c) => c.name === 'mod/open');
+      assert.ok(JSON.stringify(open).includes('DynamicModuleFilter'), 'the listener without a policy carries the filter');
+      const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+      try {
+        assert.equal((await get(openPort, '/', {}, agent)).status, 200, 'no policy yet');
+        const before = await listeners();
+        writeFileSync(
+          path.join(dir, 'later.yaml'),
+          `apiVersion: signalbox.dev/v1alpha1
+kind: JWTPolicy
+metadata: { name: later }
+spec:
+  targetRef: { kind: Gateway, name: mod, sectionName: open }
+  issuer: https://issuer.test/
+  jwks: { inline: ${JSON.stringify({ keys: [key.jwk] })} }
+`,
+        );
+        let last = { status: 0, reused: false };
+        await waitFor(async () => (last = await get(openPort, '/', {}, agent)).status === 401, { what: 'the new policy in force', timeoutMs: 15_000, intervalMs: 100 });
+        assert.ok(last.reused, 'refused on the connection opened before the policy existed');
+        assert.equal((await get(openPort, '/', { authorization: `Bearer ${good}` }, agent)).status, 200);
+        assert.equal(await listeners(), before, 'routes only: the listener did not change');
+      } finally {
+        agent.destroy();
+      }
     } finally {
       for (const e of envoys) await e.stop();
       await sb.kill();

@@ -199,7 +199,7 @@ function fastPathKind(l: IRHttpListener): FastPathKind {
   let v = fastListeners.get(l);
   if (v === undefined) {
     const first = l.routeConfig.virtualHosts.flatMap((vh) => vh.routes).find((r) => r.jwt?.fast)?.jwt?.fast;
-    fastListeners.set(l, (v = first ? (first.engine === 'module' ? 'module' : 'script') : false));
+    fastListeners.set(l, (v = l.jwtModuleAlways ? 'module' : first ? (first.engine === 'module' ? 'module' : 'script') : false));
   }
   return v;
 }
