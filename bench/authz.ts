@@ -3,13 +3,16 @@
 // Three configurations in one run on this machine, each on its own listener, the same route (a
 // RequestRedirect Envoy answers itself, so no upstream process competes for the cores) and the
 // same RS256 keys and tokens:
-//   baseline  - a Signalbox-fed gateway listener with no policy (no auth);
+//   baseline  - a Signalbox-fed gateway listener with no policy (no auth), on its own Envoy (a
+//               proxy that loads the compiled filter keeps it on every listener, so the baseline
+//               gateway is served to an Envoy that does not);
 //   jwt_authn - a second Envoy (static bootstrap) running the baseline listener as Signalbox
 //               compiled it (copied from the gateway's config dump) with Envoy's in-process
 //               jwt_authn filter added, the public key inline, its JWT cache on;
 //   Signalbox - a Signalbox-fed gateway listener under a JWTPolicy, as Signalbox compiles it: the
 //               fast path (in Envoy, Signalbox's compiled filter with --fast-path module, the
-//               default, or the Lua script with --fast-path script, asks the ext_authz service
+//               default: the gateway's bootstrap says it loads the module, as `signalbox
+//               bootstrap --jwt-module` writes it; or the Lua script with --fast-path script) asks the ext_authz service
 //               once per token and repeats its allow for that token; the warm-up asks about
 //               every token);
 //   ext_authz only - the same policy on another listener, made to read its token from two places
@@ -253,10 +256,16 @@ spec: { mtls: { mode: disabled } }
 ---
 apiVersion: signalbox.dev/v1alpha1
 kind: Gateway
-metadata: { name: bench }
+metadata: { name: base }
 spec:
   listeners:
     - { name: plain, port: ${plainPort}, protocol: HTTP }
+---
+apiVersion: signalbox.dev/v1alpha1
+kind: Gateway
+metadata: { name: bench }
+spec:
+  listeners:
     - { name: auth, port: ${authPort}, protocol: HTTP }
     - { name: slow, port: ${slowPort}, protocol: HTTP }
 ---
@@ -264,7 +273,7 @@ apiVersion: signalbox.dev/v1alpha1
 kind: HTTPRoute
 metadata: { name: bench }
 spec:
-  parentRefs: [ { kind: Gateway, name: bench } ]
+  parentRefs: [ { kind: Gateway, name: base }, { kind: Gateway, name: bench } ]
   rules:
     - filters: [ { type: RequestRedirect, requestRedirect: { path: { replaceFullPath: /moved }, statusCode: 301 } } ]
 ${jwtPolicy('bench', 'auth')}${jwtPolicy('bench-slow', 'slow', '  from: [ { header: authorization, prefix: "Bearer " }, { query: access_token } ]\n')}`,
@@ -276,19 +285,24 @@ ${jwtPolicy('bench', 'auth')}${jwtPolicy('bench-slow', 'slow', '  from: [ { head
   try {
     // SIGNALBOX_BENCH_NODE_ARGS, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof", profiles the control plane.
     const nodeArgs = (process.env.SIGNALBOX_BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
-    sb = spawn(process.execPath, [...nodeArgs, BIN, 'serve', '--policies', dir, '--xds-address', '127.0.0.1', '--xds-port', String(xdsPort), '--admin-port', String(adminPort), '--authz-port', String(authzPort), '--data-dir', dataDir, '--log-level', 'warn', '--access-log-sampling', 'off', '--jwt-fast-path', FAST_PATH === 'module' ? 'module' : 'on'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    sb = spawn(process.execPath, [...nodeArgs, BIN, 'serve', '--policies', dir, '--xds-address', '127.0.0.1', '--xds-port', String(xdsPort), '--admin-port', String(adminPort), '--authz-port', String(authzPort), '--data-dir', dataDir, '--log-level', 'warn', '--access-log-sampling', 'off'], { stdio: ['ignore', 'pipe', 'pipe'] });
     sb.stdout!.on('data', (b: Buffer) => (sbLog = (sbLog + b.toString()).slice(-20_000)));
     sb.stderr!.on('data', (b: Buffer) => (sbLog = (sbLog + b.toString()).slice(-20_000)));
     await waitFor(async () => (await fetch(`http://127.0.0.1:${adminPort}/readyz`).catch(() => undefined))?.status === 200, { timeoutMs: 30_000, what: 'signalbox ready' });
-    const gateway = await startEnvoy({ name: 'bench-gw', bootstrapYaml: (p) => bootstrapYaml({ gateway: 'bench', id: 'bench-gw', xdsAddress: `127.0.0.1:${xdsPort}`, adminPort: p }) });
+    const gateway = await startEnvoy({ name: 'bench-gw', bootstrapYaml: (p) => bootstrapYaml({ gateway: 'bench', id: 'bench-gw', xdsAddress: `127.0.0.1:${xdsPort}`, adminPort: p, jwtModule: FAST_PATH === 'module' }) });
     envoys.push(gateway);
+    const baseEnvoy = await startEnvoy({ name: 'bench-base', bootstrapYaml: (p) => bootstrapYaml({ gateway: 'base', id: 'bench-base', xdsAddress: `127.0.0.1:${xdsPort}`, adminPort: p }) });
+    envoys.push(baseEnvoy);
     await waitFor(async () => (await get(plainPort, tokens[0]!)) === 301, { timeoutMs: 20_000, what: 'baseline listener answering' });
-    const plain = await plainListenerOf(gateway, 'bench/plain');
+    const plain = await plainListenerOf(baseEnvoy, 'base/plain');
+    if (JSON.stringify(plain).includes('signalbox.jwt_check')) throw new Error('the baseline listener carries a JWT filter');
     const jwtEnvoy = await startEnvoy({ name: 'bench-jwt-authn', bootstrapYaml: (p) => jwtAuthnBootstrap(p, jwtPort, jwks, plain) });
     envoys.push(jwtEnvoy);
     for (const port of [plainPort, authPort, jwtPort, slowPort]) {
       await waitFor(async () => (await get(port, tokens[0]!)) === 301, { timeoutMs: 20_000, what: `listener ${port} answering` });
     }
+    const want = FAST_PATH === 'module' ? 'envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter' : 'envoy.extensions.filters.http.lua.v3.Lua';
+    if (!(await gateway.admin('/config_dump?resource=dynamic_listeners')).includes(want)) throw new Error(`the gateway does not run the fast path as ${want}`);
     // A request without a token must be refused on the two auth listeners (the filters are on).
     for (const port of [authPort, jwtPort, slowPort]) {
       const status = await new Promise<number>((resolve) => http.get({ host: '127.0.0.1', port, path: '/bench', agent }, (r) => (r.resume(), resolve(r.statusCode ?? 0))));
@@ -336,7 +350,7 @@ ${jwtPolicy('bench', 'auth')}${jwtPolicy('bench-slow', 'slow', '  from: [ { head
       for (let k = 0; k < configs.length; k++) {
         const ci = (k + round) % configs.length;
         const c = configs[ci]!;
-        const envoyPid = (c.port === jwtPort ? jwtEnvoy : gateway).process.pid!;
+        const envoyPid = (c.port === jwtPort ? jwtEnvoy : c.port === plainPort ? baseEnvoy : gateway).process.pid!;
         await saturated(c.port, tokens, 2); // warm-up
         const checks0 = await checks();
         const cpu0 = { envoy: cpuSeconds(envoyPid), sb: cpuSeconds(sb.pid!) };
@@ -362,7 +376,7 @@ ${jwtPolicy('bench', 'auth')}${jwtPolicy('bench-slow', 'slow', '  from: [ { head
     const f2 = (n: number) => n.toFixed(2);
     const perRound = (ci: number) => runs[ci]!.map((r, i) => ((100 * r.saturated.rps) / runs[1]![i]!.saturated.rps).toFixed(0) + '%').join(', ');
     const lines = [
-      `Machine: ${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}, Node ${process.version}, Envoy 1 worker thread each; medians of ${ROUNDS} interleaved rounds; ${SECONDS}s per phase, closed loop at concurrency ${CONCURRENCY}, open loop at ${RATE} req/s, ${TOKENS} distinct RS256 tokens. Load average before / after: ${load0} / ${os.loadavg()[0]!.toFixed(2)} (other processes compete for the same cores).`,
+      `Machine: ${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}, Node ${process.version}, Envoy 1 worker thread each (baseline, jwt_authn and Signalbox on three Envoys); medians of ${ROUNDS} interleaved rounds; ${SECONDS}s per phase, closed loop at concurrency ${CONCURRENCY}, open loop at ${RATE} req/s, ${TOKENS} distinct RS256 tokens. Load average before / after: ${load0} / ${os.loadavg()[0]!.toFixed(2)} (other processes compete for the same cores).`,
       '',
       '| configuration | saturated req/s | p50 ms (saturated) | p99 ms (saturated) | p50 ms at ' + RATE + '/s | p99 ms at ' + RATE + '/s | Envoy CPU % / µs per request (saturated) | Signalbox CPU % / µs per request (saturated) | ext_authz service checks (saturated + fixed) | non-301 answers |',
       '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
