@@ -19,36 +19,26 @@ export function repoRoot(): string {
   return dir;
 }
 
-let envoyBinary: string | undefined;
-
-/** Path of the pinned Envoy binary. Fails loudly (never skips) when it cannot be provisioned. */
-export async function provisionEnvoy(): Promise<string> {
-  if (envoyBinary) return envoyBinary;
-  try {
-    const { stdout } = await run('bash', [path.join(repoRoot(), 'scripts/provision-envoy.sh')], { maxBuffer: 1 << 20 });
-    envoyBinary = stdout.trim().split('\n').pop()!;
-  } catch (e) {
-    throw new Error(`real Envoy could not be provisioned: ${(e as { stderr?: string }).stderr ?? (e as Error).message}`);
-  }
-  return envoyBinary;
+/** Runs a provisioning script once per process; its last line of output is the result. */
+function provisioned(script: string, failure: string): () => Promise<string> {
+  let result: Promise<string> | undefined;
+  return () =>
+    (result ??= run('bash', [path.join(repoRoot(), 'scripts', script)], { maxBuffer: 1 << 20 }).then(
+      ({ stdout }) => stdout.trim().split('\n').pop()!,
+      (e: unknown) => {
+        throw new Error(`${failure}: ${(e as { stderr?: string }).stderr ?? (e as Error).message}`);
+      },
+    ));
 }
 
-let jwtModuleDir: string | undefined;
+/** Path of the pinned Envoy binary. Fails loudly (never skips) when it cannot be provisioned. */
+export const provisionEnvoy = provisioned('provision-envoy.sh', 'real Envoy could not be provisioned');
 
 /**
  * The folder holding Signalbox's JWT fast-path module built for the pinned Envoy (given to every
  * test Envoy as ENVOY_DYNAMIC_MODULES_SEARCH_PATH). Fails loudly when it cannot be built.
  */
-export async function provisionJwtModule(): Promise<string> {
-  if (jwtModuleDir) return jwtModuleDir;
-  try {
-    const { stdout } = await run('bash', [path.join(repoRoot(), 'scripts/provision-jwt-module.sh')], { maxBuffer: 1 << 20 });
-    jwtModuleDir = stdout.trim().split('\n').pop()!;
-  } catch (e) {
-    throw new Error(`the JWT module could not be built: ${(e as { stderr?: string }).stderr ?? (e as Error).message}`);
-  }
-  return jwtModuleDir;
-}
+export const provisionJwtModule = provisioned('provision-jwt-module.sh', 'the JWT module could not be built');
 
 export interface Envoy {
   adminPort: number;
