@@ -112,10 +112,16 @@ function millisOf(name: string, v: string): number {
   return n;
 }
 
+/** --jwt-fast-path: "on" (the Lua script), "module" (the compiled filter) or "off". */
+function jwtFastPathOf(v: string): { jwtFastPath: boolean; jwtFastPathModule: boolean } {
+  if (v === 'on' || v === 'module' || v === 'off') return { jwtFastPath: v !== 'off', jwtFastPathModule: v === 'module' };
+  throw new SignalboxError(ErrorCode.BAD_FLAG, `--jwt-fast-path must be "on", "module" or "off", got "${v}"`);
+}
+
 function onOff(name: string, v: string): boolean {
   if (v === 'on') return true;
   if (v === 'off') return false;
-  throw new SignalboxError(ErrorCode.BAD_FLAG, `--${name} must be "on", ${name === 'jwt-fast-path' ? '"module" ' : ''}or "off", got "${v}"`);
+  throw new SignalboxError(ErrorCode.BAD_FLAG, `--${name} must be "on" or "off", got "${v}"`);
 }
 
 /** Flag value, else environment twin, else default. */
@@ -148,7 +154,6 @@ export function resolveServeConfig(flags: Record<string, string | boolean | unde
     ca: caOf(get('caCert'), get('caKey'), get('caBundle')),
     requireToken: requireTokenOf(get('requireToken')),
     accessLogSampling: accessLogSamplingOf(get('accessLogSampling')),
-    jwtFastPath: get('jwtFastPath') === 'module' || onOff('jwt-fast-path', get('jwtFastPath')),
-    jwtFastPathModule: get('jwtFastPath') === 'module',
+    ...jwtFastPathOf(get('jwtFastPath')),
   };
 }
