@@ -49,6 +49,8 @@ export async function startSignalbox(opts: { policies: string; dataDir?: string;
       },
       { timeoutMs: 20_000, what: 'signalbox ready' },
     ).catch((e: Error) => {
+      // Never leave a control plane behind that the caller cannot stop (it has no handle yet).
+      if (!exited) child?.kill('SIGKILL');
       throw new Error(`${e.message}; its log ends:\n${log.slice(-4000)}`);
     });
   };
