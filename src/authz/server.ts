@@ -193,9 +193,10 @@ export class AuthzServer {
       const known = new Set(this.engine.policyNames());
       for (const line of Buffer.concat(chunks).toString('utf8').split('\n')) {
         const m = /^(\S+) (\d{1,10})$/.exec(line);
-        const policy = m && policyOfPath(m[1]!, '');
-        const n = m ? Number(m[2]) : 0;
-        if (policy !== undefined && policy !== null && n > 0 && n <= 1e9) this.metrics?.fastPathAllows.inc({ policy: known.has(policy) ? policy : 'unknown' }, n);
+        if (!m) continue;
+        const policy = policyOfPath(m[1]!, '');
+        const n = Number(m[2]);
+        if (policy !== undefined && n > 0 && n <= 1e9) this.metrics?.fastPathAllows.inc({ policy: known.has(policy) ? policy : 'unknown' }, n);
       }
       reply(200);
     });

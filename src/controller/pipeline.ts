@@ -89,7 +89,7 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
   private running: Promise<ReloadResult> | undefined;
   private again = false;
   /** Sidecar groups proxies have asked for (their shape comes from the proxy's node metadata). */
-  private readonly sidecarGroups = new Set<string>();
+  private readonly requestedGroups = new Set<string>();
 
   constructor(private readonly opts: PipelineOptions) {
     super();
@@ -105,8 +105,8 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
    */
   private async demand(group: string): Promise<void> {
     const base = baseGroup(group);
-    if ((!parseSidecarGroup(base) && base === group) || this.sidecarGroups.has(group)) return;
-    this.sidecarGroups.add(group);
+    if ((!parseSidecarGroup(base) && base === group) || this.requestedGroups.has(group)) return;
+    this.requestedGroups.add(group);
     if (this.model || this.running) await this.reload();
   }
 
@@ -198,7 +198,7 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
     for (const svc of model.services.values()) {
       if (svc.endpoints) this.endpoints.set(svc.name, staticInstances(svc), 'static', { quiet: true });
     }
-    const irs = translate(model, this.sidecarGroups, { authz: this.opts.authz, jwtKeys: this.opts.jwtKeys, jwtFastPath: this.opts.jwtFastPath, jwtFastPathModule: this.opts.jwtFastPathModule });
+    const irs = translate(model, this.requestedGroups, { authz: this.opts.authz, jwtKeys: this.opts.jwtKeys, jwtFastPath: this.opts.jwtFastPath, jwtFastPathModule: this.opts.jwtFastPathModule });
     if (this.opts.accessLog) for (const ir of irs.values()) for (const l of ir.listeners) l.accessLog = this.opts.accessLog;
     applyMeshTracing(model, irs);
     if (this.opts.identities) {

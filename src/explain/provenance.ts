@@ -2,6 +2,7 @@
 // by field, each with the policy document it came from (or "default"). Used by `signalbox explain`
 // (offline, from a policy directory) and the admin API's /api/explain/:proxy (live).
 import type { IRForward, IRProxyConfig, IRRoute } from '../ir/types.js';
+import { baseGroup, parseGatewayGroup, parseSidecarGroup } from '../ir/types.js';
 import type { Model, RouteModel } from '../model/model.js';
 import { rateLimitKey, type RateLimitModel, type Sourced } from '../model/policies.js';
 import type { SourceRef } from '../sources/files/loader.js';
@@ -131,9 +132,10 @@ export function explainGroup(model: Model, ir: IRProxyConfig, opts: { route?: st
   for (const l of ir.listeners) {
     const settings: Record<string, Setting> = {};
     if (l.rateLimit) {
-      const gateway = /^gateway\/(.+)$/.exec(ir.group)?.[1];
+      // (A +jwt-module group explains as its base group: same gateway or service.)
+      const gateway = parseGatewayGroup(baseGroup(ir.group));
       const key = gateway ? [rateLimitKey('Gateway', gateway, l.name.slice(gateway.length + 1)), rateLimitKey('Gateway', gateway)] : [];
-      const sidecarService = /^sidecar\/([^/]+)\//.exec(ir.group)?.[1];
+      const sidecarService = parseSidecarGroup(baseGroup(ir.group))?.service;
       if (sidecarService) key.push(rateLimitKey('Service', sidecarService));
       const rl = key.map((k) => model.policies.rateLimits.get(k)).find((x) => x !== undefined);
       if (rl) settings.rateLimit = rateLimitSetting(rl);

@@ -37,6 +37,4 @@ export interface IRJwtFastCheck {
    * a change of either starts with nothing remembered.
    */
   version: string;
-  /** 'module': Signalbox's compiled Envoy filter runs the check (native/jwt-check); else the Lua script. */
-  engine?: 'module';
 }

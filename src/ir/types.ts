@@ -131,11 +131,12 @@ export interface IRHttpListener {
   /** Ask Signalbox's ext_authz service (JWTPolicy on a route, Gateway or Service of this listener). */
   extAuthz?: IRExtAuthz;
   /**
-   * Signalbox's compiled JWT filter stays on this listener even while no route has a check (a
-   * proxy that loads it): a policy added later is then a route change, which connections opened
-   * before see together with the filter that checks it.
+   * The listener's proxies load Signalbox's compiled JWT filter: the fast path runs in it rather
+   * than in the Lua script, and it stays on the listener even while no route has a check, so a
+   * policy added later is a route change, which connections opened before see together with the
+   * filter that checks it.
    */
-  jwtModuleAlways?: boolean;
+  jwtModule?: boolean;
   source: SourceRef;
 }
 
@@ -174,7 +175,6 @@ export interface IRProxyConfig {
   secrets: IRSecret[];
 }
 
-/** Proxy groups are keyed `gateway/<name>` and `sidecar/<service>/<appPort>/<inboundPort>/<outboundPort>`. */
 /**
  * The group of proxies that carry Signalbox's compiled JWT filter (their node metadata says
  * `signalbox.jwt_module`): the same configuration as `<group>`, with the JWT fast path in the
@@ -187,8 +187,14 @@ export function baseGroup(group: string): string {
   return group.endsWith(JWT_MODULE_GROUP_SUFFIX) ? group.slice(0, -JWT_MODULE_GROUP_SUFFIX.length) : group;
 }
 
+/** Proxy groups are keyed `gateway/<name>` and `sidecar/<service>/<appPort>/<inboundPort>/<outboundPort>`. */
 export function gatewayGroup(name: string): string {
   return `gateway/${name}`;
+}
+
+/** The gateway name of a `gateway/<name>` group, or undefined. */
+export function parseGatewayGroup(group: string): string | undefined {
+  return /^gateway\/(.+)$/.exec(group)?.[1];
 }
 
 export interface SidecarShape {

@@ -1,7 +1,7 @@
 // Model -> IR for edge gateways: one HTTP listener per Gateway listener, virtual hosts per
 // hostname, and only the clusters that this gateway's routes reference.
 import type { IRCluster, IRHttpListener, IRProxyConfig, IRRoute, IRSecret, IRVirtualHost } from '../ir/types.js';
-import { baseGroup, gatewayGroup, parseSidecarGroup } from '../ir/types.js';
+import { baseGroup, gatewayGroup, parseGatewayGroup, parseSidecarGroup } from '../ir/types.js';
 import { translateSidecar } from './sidecar.js';
 import type { GatewayModel, Model } from '../model/model.js';
 import { hostnameMatches } from '../model/hostnames.js';
@@ -99,7 +99,8 @@ export function translate(model: Model, requestedGroups: Iterable<string> = [], 
   const build = (group: string): IRProxyConfig | undefined => {
     const base = baseGroup(group);
     const shape = parseSidecarGroup(base);
-    const gateway = base.startsWith('gateway/') ? model.gateways.get(base.slice('gateway/'.length)) : undefined;
+    const name = parseGatewayGroup(base);
+    const gateway = name === undefined ? undefined : model.gateways.get(name);
     const ir = shape ? translateSidecar(model, shape) : gateway ? translateGateway(model, gateway) : undefined;
     if (!ir) return undefined;
     const checked = applyJwtPolicies(model, applyPolicies(model, ir), base === group ? jwt : { ...jwt, fastPathModule: true });

@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import type { JWK } from 'jose';
 import type { IRJwtFastCheck } from '../ir/jwt.js';
 import type { IRCluster, IRHttpListener, IRProxyConfig, IRRoute } from '../ir/types.js';
-import { parseSidecarGroup } from '../ir/types.js';
+import { parseGatewayGroup, parseSidecarGroup } from '../ir/types.js';
 import { jwtPoliciesOn, policySettingsKey, type JwtModel, type JwtPolicyModel } from '../model/jwt.js';
 import type { Model } from '../model/model.js';
 
@@ -71,11 +71,12 @@ export function fastPathOf(p: JwtPolicyModel, keys: readonly JWK[] | undefined):
 
 export function applyJwtPolicies(model: Model, ir: IRProxyConfig, opts: JwtTranslateOptions = {}): IRProxyConfig {
   const checkedIr = applyJwtPoliciesToRoutes(model, ir, opts);
-  // Proxies that load the compiled filter keep it on every HTTP listener (its per-route "skip"
-  // costs little), so that a policy added later never needs a listener change: connections that
-  // Envoy keeps on the old listener while it drains would otherwise reach the new routes unchecked.
+  // Proxies that load the compiled filter run the fast path in it, and keep it on every HTTP
+  // listener (its per-route "skip" costs little), so that a policy added later never needs a
+  // listener change: connections that Envoy keeps on the old listener while it drains would
+  // otherwise reach the new routes unchecked.
   if (!opts.fastPathModule || opts.fastPath === false) return checkedIr;
-  return { ...checkedIr, listeners: checkedIr.listeners.map((l) => ({ ...l, jwtModuleAlways: true })) };
+  return { ...checkedIr, listeners: checkedIr.listeners.map((l) => ({ ...l, jwtModule: true })) };
 }
 
 function applyJwtPoliciesToRoutes(model: Model, ir: IRProxyConfig, opts: JwtTranslateOptions): IRProxyConfig {
@@ -89,16 +90,14 @@ function applyJwtPoliciesToRoutes(model: Model, ir: IRProxyConfig, opts: JwtTran
     let f = fastPaths.get(name);
     if (!f) {
       const policy = jwt.policies.get(name)!;
-      f = fastPathOf(policy, keysOf(policy));
-      if (opts.fastPathModule && !('reason' in f)) f = { ...f, engine: 'module' };
-      fastPaths.set(name, f);
+      fastPaths.set(name, (f = fastPathOf(policy, keysOf(policy))));
     }
     return f;
   };
 
   // HTTPRoute documents by where they were written: IR routes keep their HTTPRoute's source.
   const routeAt = new Map(model.routes.map((r) => [`${r.source.file}#${r.source.doc}`, r.name]));
-  const gateway = /^gateway\/(.+)$/.exec(ir.group)?.[1];
+  const gateway = parseGatewayGroup(ir.group);
   const sidecar = parseSidecarGroup(ir.group);
 
   let checked = false;

@@ -8,7 +8,7 @@
 // Route timeouts and retries inherited from TrafficPolicies are resolved where routes are built
 // (routes.ts), from the model's per-rule defaults.
 import type { IRCluster, IRHttpListener, IRProxyConfig, IRRetry, IRRoute } from '../ir/types.js';
-import { parseSidecarGroup } from '../ir/types.js';
+import { parseGatewayGroup, parseSidecarGroup } from '../ir/types.js';
 import type { IRHashOn, IRLocalRateLimit } from '../ir/traffic.js';
 import type { Model } from '../model/model.js';
 import { rateLimitKey, type RateLimitModel, type TrafficPolicyModel } from '../model/policies.js';
@@ -34,11 +34,6 @@ function hashKey(h: IRHashOn): string {
 }
 
 /** The group's gateway name, for `gateway/<name>` groups. */
-function gatewayOf(group: string): string | undefined {
-  const m = /^gateway\/(.+)$/.exec(group);
-  return m?.[1];
-}
-
 export function applyPolicies(model: Model, ir: IRProxyConfig): IRProxyConfig {
   const policies = model.policies;
   if (!policies || (policies.traffic.size === 0 && policies.rateLimits.size === 0)) return ir;
@@ -70,7 +65,7 @@ export function applyPolicies(model: Model, ir: IRProxyConfig): IRProxyConfig {
     return out;
   };
 
-  const gateway = gatewayOf(ir.group);
+  const gateway = parseGatewayGroup(ir.group);
   const sidecar = parseSidecarGroup(ir.group);
   const listenerLimit = (l: IRHttpListener): IRLocalRateLimit | undefined => {
     if (gateway !== undefined && (l.direction ?? 'gateway') === 'gateway') {

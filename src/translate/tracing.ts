@@ -3,7 +3,7 @@
 // gets), sampling the given percent of requests. Envoy then propagates W3C trace context
 // (traceparent) to the upstreams it calls.
 import type { IRProxyConfig } from '../ir/types.js';
-import { baseGroup, parseSidecarGroup } from '../ir/types.js';
+import { baseGroup, parseGatewayGroup, parseSidecarGroup } from '../ir/types.js';
 import type { Model } from '../model/model.js';
 import { serviceCluster } from './mesh-identity.js';
 
@@ -12,7 +12,8 @@ export function tracingServiceName(variant: string): string {
   const group = baseGroup(variant);
   const sidecar = parseSidecarGroup(group);
   if (sidecar) return sidecar.service;
-  return group.startsWith('gateway/') ? `${group.slice('gateway/'.length)}-gateway` : group;
+  const gateway = parseGatewayGroup(group);
+  return gateway !== undefined ? `${gateway}-gateway` : group;
 }
 
 export function applyMeshTracing(model: Model, irs: Map<string, IRProxyConfig>): void {

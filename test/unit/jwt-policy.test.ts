@@ -7,6 +7,7 @@ import { compileDir, type CompiledGroups } from '../../src/cli/compile.js';
 import { resolveServeConfig } from '../../src/config/settings.js';
 import { ErrorCode } from '../../src/errors.js';
 import { translate } from '../../src/translate/gateway.js';
+import type { IRProxyConfig } from '../../src/ir/types.js';
 import { sidecarGroup } from '../../src/ir/types.js';
 import { AUTHZ_CLUSTER } from '../../src/translate/jwt.js';
 import { JWT_CHECK_SCRIPT } from '../../src/xds/translator/filters/jwt-fast.js';
@@ -224,9 +225,16 @@ describe('JWTPolicy translation', () => {
     assert.equal(variant, `${group}+jwt-module`);
     assert.throws(() => identify({ id: 'c', metadata: meta({ 'signalbox.jwt_module': 'other' }) }), NodeError);
     const irs = translate(r.model!, [group, variant]);
+    const { httpFilters } = await import('../../src/xds/translator/filters/index.js');
+    // The Envoy filter each group's listener gets for its JWT check.
+    const checkFilter = (ir: IRProxyConfig, listener: string) => (httpFilters(ir.listeners.find((l) => l.name === listener)!).find((f) => f.name === 'signalbox.jwt_check')?.typed_config as { '@type'?: string } | undefined)?.['@type'];
+    const LUA = 'type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua';
+    const MODULE = 'type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter';
     const fastOf = (g: string) => irs.get(g)!.listeners.find((l) => l.name === 'inbound')!.routeConfig.virtualHosts[0]!.routes[0]!.jwt?.fast;
-    assert.equal(fastOf(group)?.engine, undefined, 'the Lua script for proxies that did not say they load the module');
-    assert.equal(fastOf(variant)?.engine, 'module');
+    assert.equal(checkFilter(irs.get(group)!, 'inbound'), LUA, 'the Lua script for proxies that did not say they load the module');
+    assert.equal(checkFilter(irs.get(variant)!, 'inbound'), MODULE);
+    assert.equal(checkFilter(irs.get(variant)!, 'outbound'), MODULE, 'kept on a listener without checks');
+    assert.equal(checkFilter(irs.get(group)!, 'outbound'), undefined);
     assert.equal(irs.get(variant)!.group, variant);
     assert.equal(fastOf(variant)?.version, fastOf(group)?.version);
     // The variant alone is enough to build it (no proxy of the base group needed); a gateway's too.
@@ -234,9 +242,8 @@ describe('JWTPolicy translation', () => {
     const gw = await validateDir(policyDir({ 'a.yaml': docs(BASE, jwt('edge', '{ kind: Gateway, name: public }')) }));
     assert.deepEqual(gw.errors, []);
     const gwIrs = translate(gw.model!, ['gateway/public+jwt-module']);
-    const gwFast = (g: string) => gwIrs.get(g)!.listeners.find((l) => l.name === 'public/http')!.routeConfig.virtualHosts[0]!.routes[0]!.jwt?.fast;
-    assert.equal(gwFast('gateway/public')?.engine, undefined);
-    assert.equal(gwFast('gateway/public+jwt-module')?.engine, 'module');
+    assert.equal(checkFilter(gwIrs.get('gateway/public')!, 'public/http'), LUA);
+    assert.equal(checkFilter(gwIrs.get('gateway/public+jwt-module')!, 'public/http'), MODULE);
     const { bootstrapConfig } = await import('../../src/cli/bootstrap.js');
     const node = bootstrapConfig({ gateway: 'gw', xdsAddress: '127.0.0.1:18000', jwtModule: true }).node as { metadata: Record<string, string> };
     assert.equal(node.metadata['signalbox.jwt_module'], 'signalbox_jwt_check');

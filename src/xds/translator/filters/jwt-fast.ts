@@ -198,8 +198,7 @@ const fastListeners = new WeakMap<IRHttpListener, FastPathKind>();
 function fastPathKind(l: IRHttpListener): FastPathKind {
   let v = fastListeners.get(l);
   if (v === undefined) {
-    const first = l.routeConfig.virtualHosts.flatMap((vh) => vh.routes).find((r) => r.jwt?.fast)?.jwt?.fast;
-    fastListeners.set(l, (v = l.jwtModuleAlways ? 'module' : first ? (first.engine === 'module' ? 'module' : 'script') : false));
+    fastListeners.set(l, (v = l.jwtModule ? 'module' : l.routeConfig.virtualHosts.some((vh) => vh.routes.some((r) => r.jwt?.fast)) ? 'script' : false));
   }
   return v;
 }
