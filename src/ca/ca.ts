@@ -127,6 +127,20 @@ export class CertificateAuthority {
 
   /** Issues a leaf certificate for one SPIFFE ID, valid for ttlMs. */
   async issue(spiffeId: string, ttlMs: number): Promise<IssuedCert> {
+    return this.issueLeaf({ spiffeId, ttlMs, dns: [], ips: [] });
+  }
+
+  /**
+   * Issues the certificate of one of Signalbox's own servers (the xDS port, the ext_authz
+   * service): its SPIFFE ID (`spiffe://<td>/signalbox/<name>`, what proxies match) plus the DNS
+   * names and IP addresses clients dial.
+   */
+  async issueServer(opts: { spiffeId: string; dns: string[]; ips: string[]; ttlMs: number }): Promise<IssuedCert> {
+    return this.issueLeaf(opts);
+  }
+
+  private async issueLeaf(o: { spiffeId: string; dns: string[]; ips: string[]; ttlMs: number }): Promise<IssuedCert> {
+    const { spiffeId, ttlMs } = o;
     const keys = (await webcrypto.subtle.generateKey(EC, true, ['sign', 'verify'])) as unknown as CryptoKeyPair;
     const now = Date.now();
     const notBefore = new Date(now - 30_000);
@@ -143,7 +157,7 @@ export class CertificateAuthority {
         new x509.BasicConstraintsExtension(false, undefined, true),
         new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyAgreement, true),
         new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth]),
-        new x509.SubjectAlternativeNameExtension([{ type: 'url', value: spiffeId }], true),
+        new x509.SubjectAlternativeNameExtension([{ type: 'url', value: spiffeId }, ...o.dns.map((value) => ({ type: 'dns' as const, value })), ...o.ips.map((value) => ({ type: 'ip' as const, value }))], true),
         await x509.AuthorityKeyIdentifierExtension.create(this.certificate.publicKey),
       ],
     });

@@ -2,7 +2,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { SERVE_SETTINGS, resolveServeConfig } from '../config/settings.js';
+import { SERVE_SETTINGS, resolveServeConfig, type Setting } from '../config/settings.js';
 import { formatPolicyError, SignalboxError } from '../errors.js';
 import { buildModel } from '../model/model.js';
 import { loadPolicyDir } from '../sources/files/loader.js';
@@ -78,7 +78,7 @@ export async function run(argv: string[]): Promise<number> {
 }
 
 async function serve(args: string[]): Promise<number> {
-  const options = Object.fromEntries(Object.values(SERVE_SETTINGS).map((s) => [s.flag, { type: 'string' as const }]));
+  const options = Object.fromEntries(Object.values(SERVE_SETTINGS).map((s: Setting) => [s.flag, { type: s.boolean ? ('boolean' as const) : ('string' as const) }]));
   const { values } = parseArgs({ args, options, allowPositionals: false });
   const cfg = resolveServeConfig(values);
   const { startServer } = await import('./serve.js');

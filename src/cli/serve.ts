@@ -3,7 +3,7 @@ import path from 'node:path';
 import { buildAdmin } from '../admin/server.js';
 import { attachTelemetry } from '../telemetry/index.js';
 import { startTracing } from '../observability/tracing.js';
-import type { ServeConfig } from '../config/settings.js';
+import { DEFAULT_AUTHZ_PORT, type ServeConfig } from '../config/settings.js';
 import { Pipeline } from '../controller/pipeline.js';
 import { formatPolicyError } from '../errors.js';
 import { createLogger, type Logger } from '../observability/logger.js';
@@ -51,7 +51,7 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
       if (pipeline.model) void pipeline.reload();
     }, 50);
   };
-  const authz = await startEmbeddedAuthz({ bindAddress: cfg.xdsAddress, port: cfg.authzPort, addressForProxies: cfg.authzAddressForProxies, logger, registry: metrics.registry, onKeysChanged });
+  const authz = await startEmbeddedAuthz({ bindAddress: cfg.xdsAddress, port: cfg.authzPort ?? DEFAULT_AUTHZ_PORT, addressForProxies: cfg.authzAddressForProxies, logger, registry: metrics.registry, onKeysChanged });
   const pipeline = new Pipeline({
     policyDir,
     cache,

@@ -8,22 +8,29 @@ export interface Setting {
   env: string;
   default: string;
   help: string;
+  /** A flag that takes no value (`--xds-insecure`); its environment twin is "true" or "false". */
+  boolean?: boolean;
 }
 
 export const SERVE_SETTINGS = {
   policies: { flag: 'policies', env: 'SIGNALBOX_POLICIES', default: 'policies', help: 'policy directory to load and watch' },
   xdsAddress: { flag: 'xds-address', env: 'SIGNALBOX_XDS_ADDRESS', default: '0.0.0.0', help: 'address the xDS gRPC server binds' },
   xdsPort: { flag: 'xds-port', env: 'SIGNALBOX_XDS_PORT', default: '18000', help: 'port of the xDS gRPC server (ADS, SotW and Delta)' },
+  xdsSan: { flag: 'xds-san', env: 'SIGNALBOX_XDS_SAN', default: '', help: 'extra names (DNS names or IPs, comma-separated) in the xDS server certificate Signalbox issues itself; the host name, localhost, 127.0.0.1, ::1 and a non-wildcard --xds-address are always in it' },
+  xdsCert: { flag: 'xds-cert', env: 'SIGNALBOX_XDS_CERT', default: '', help: 'xDS server certificate chain (PEM) from your PKI instead of one issued by the mesh CA; re-read when the file changes' },
+  xdsKey: { flag: 'xds-key', env: 'SIGNALBOX_XDS_KEY', default: '', help: 'private key (PEM) of --xds-cert' },
+  xdsInsecure: { flag: 'xds-insecure', env: 'SIGNALBOX_XDS_INSECURE', default: 'false', boolean: true, help: 'serve xDS and the ext_authz service in plain text (keys then cross the network in clear; logged as a warning and shown in /api/status)' },
   adminAddress: { flag: 'admin-address', env: 'SIGNALBOX_ADMIN_ADDRESS', default: '127.0.0.1', help: 'address the admin API binds' },
   adminPort: { flag: 'admin-port', env: 'SIGNALBOX_ADMIN_PORT', default: '18001', help: 'port of the admin API (health, metrics, proxies)' },
-  authzPort: { flag: 'authz-port', env: 'SIGNALBOX_AUTHZ_PORT', default: '18002', help: 'port of the ext_authz gRPC service that checks JWTPolicies (bound on the xDS address; 0: any free port)' },
+  adminTokenFile: { flag: 'admin-token-file', env: 'SIGNALBOX_ADMIN_TOKEN_FILE', default: '', help: 'file holding a bearer token the admin API requires (except /healthz and /readyz); needed to bind --admin-address to a non-loopback address' },
+  authzPort: { flag: 'authz-port', env: 'SIGNALBOX_AUTHZ_PORT', default: '', help: 'port of the ext_authz gRPC service that checks JWTPolicies, bound on the xDS address (default: 18002, opened only while some JWTPolicy exists; a port given here is always open; 0: any free port)' },
   authzAddressForProxies: { flag: 'authz-address-for-proxies', env: 'SIGNALBOX_AUTHZ_ADDRESS_FOR_PROXIES', default: '', help: 'IP:PORT at which proxies reach the ext_authz service, e.g. a standalone `signalbox authz` (default: the xDS address, 127.0.0.1 when that is a wildcard, and the bound --authz-port)' },
   dataDir: { flag: 'data-dir', env: 'SIGNALBOX_DATA_DIR', default: '.data', help: 'folder for state Signalbox keeps (CA material)' },
   logLevel: { flag: 'log-level', env: 'SIGNALBOX_LOG_LEVEL', default: 'info', help: 'trace, debug, info, warn or error' },
   caCert: { flag: 'ca-cert', env: 'SIGNALBOX_CA_CERT', default: '', help: 'CA certificate (PEM) to sign with, e.g. an intermediate of your PKI (default: a root generated in --data-dir)' },
   caKey: { flag: 'ca-key', env: 'SIGNALBOX_CA_KEY', default: '', help: 'private key (PKCS#8 PEM, ECDSA P-256) of --ca-cert' },
   caBundle: { flag: 'ca-bundle', env: 'SIGNALBOX_CA_BUNDLE', default: '', help: 'extra trusted roots (PEM) sent to proxies, e.g. the next root during a rotation' },
-  requireToken: { flag: 'require-token', env: 'SIGNALBOX_REQUIRE_TOKEN', default: 'secrets', help: 'what a proxy without a valid token gets: "secrets" (config but no keys) or "all" (nothing)' },
+  requireToken: { flag: 'require-token', env: 'SIGNALBOX_REQUIRE_TOKEN', default: 'all', help: 'what a proxy without a valid token for its identity gets: "all" (the default: nothing, the stream is refused) or "secrets" (configuration but no keys; a downgrade, logged as a warning)' },
   accessLogSampling: { flag: 'access-log-sampling', env: 'SIGNALBOX_ACCESS_LOG_SAMPLING', default: '100', help: 'percent of successful requests proxies report to the access log service (errors are always reported); "off" turns traffic reporting off' },
   jwtFastPath: { flag: 'jwt-fast-path', env: 'SIGNALBOX_JWT_FAST_PATH', default: 'on', help: '"on": on routes under one JWTPolicy reading one header, Envoy asks the ext_authz service once per token and repeats its allows itself (a Lua script); "module": the same, done by Signalbox\'s compiled filter (faster; every proxy\'s Envoy must load it, see docs/jwt.md); "off": every request goes through the ext_authz filter' },
   endpointPushIntervalMs: { flag: 'endpoint-push-interval-ms', env: 'SIGNALBOX_ENDPOINT_PUSH_INTERVAL_MS', default: '250', help: 'least time between two endpoint pushes while endpoint changes keep coming (a change after a quiet spell goes out at once); 0: push every change' },
@@ -35,13 +42,28 @@ export const SERVE_SETTINGS = {
 
 export type SettingName = keyof typeof SERVE_SETTINGS;
 
+/** The port the ext_authz service takes when --authz-port is not given. */
+export const DEFAULT_AUTHZ_PORT = 18002;
+
+export interface XdsTlsConfig {
+  /** Extra DNS names and IP addresses for the certificate Signalbox issues itself. */
+  sans: string[];
+  /** A certificate and key from the user's PKI (watched for changes) instead of one issued by the mesh CA. */
+  files?: { certFile: string; keyFile: string };
+}
+
 export interface ServeConfig {
   policies: string;
   xdsAddress: string;
   xdsPort: number;
+  /** TLS on the xDS (and ext_authz) port; undefined with --xds-insecure. */
+  xdsTls?: XdsTlsConfig;
   adminAddress: string;
   adminPort: number;
-  authzPort: number;
+  /** File holding the admin API's bearer token. */
+  adminTokenFile?: string;
+  /** The ext_authz port; undefined: 18002, opened only while a JWTPolicy exists. */
+  authzPort?: number;
   /** Where proxies reach the ext_authz service, when not derived from the xDS address and authz port. */
   authzAddressForProxies?: { address: string; port: number };
   dataDir: string;
@@ -81,6 +103,20 @@ function caOf(cert: string, key: string, bundle: string): ServeConfig['ca'] {
   if (!cert && !key) return undefined;
   if (!cert || !key) throw new SignalboxError(ErrorCode.BAD_FLAG, '--ca-cert and --ca-key go together');
   return { certFile: cert, keyFile: key, bundleFile: bundle || undefined };
+}
+
+function xdsTlsOf(insecure: string, cert: string, key: string, san: string): XdsTlsConfig | undefined {
+  if (insecure !== 'true' && insecure !== 'false') throw new SignalboxError(ErrorCode.BAD_FLAG, `SIGNALBOX_XDS_INSECURE must be "true" or "false", got "${insecure}"`);
+  if (insecure === 'true') {
+    if (cert || key) throw new SignalboxError(ErrorCode.BAD_FLAG, '--xds-insecure cannot go with --xds-cert/--xds-key');
+    return undefined;
+  }
+  if (!cert !== !key) throw new SignalboxError(ErrorCode.BAD_FLAG, '--xds-cert and --xds-key go together');
+  const sans = san.split(',').map((s) => s.trim()).filter(Boolean);
+  for (const n of sans) {
+    if (isIP(n) === 0 && !/^(\*\.)?[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*$/.test(n)) throw new SignalboxError(ErrorCode.BAD_FLAG, `--xds-san takes DNS names and IP addresses, got "${n.slice(0, 100)}"`);
+  }
+  return { sans, files: cert ? { certFile: cert, keyFile: key } : undefined };
 }
 
 function requireTokenOf(v: string): 'secrets' | 'all' {
@@ -127,9 +163,10 @@ function onOff(name: string, v: string): boolean {
 /** Flag value, else environment twin, else default. */
 export function resolveServeConfig(flags: Record<string, string | boolean | undefined>, env: NodeJS.ProcessEnv = process.env): ServeConfig {
   const get = (k: SettingName): string => {
-    const s = SERVE_SETTINGS[k];
+    const s: Setting = SERVE_SETTINGS[k];
     const f = flags[s.flag];
     if (typeof f === 'string') return f;
+    if (typeof f === 'boolean' && s.boolean) return String(f);
     return env[s.env] ?? s.default;
   };
   const debounce = Number(get('watchDebounceMs'));
@@ -140,9 +177,11 @@ export function resolveServeConfig(flags: Record<string, string | boolean | unde
     policies: get('policies'),
     xdsAddress: get('xdsAddress'),
     xdsPort: portOf('xds-port', get('xdsPort')),
+    xdsTls: xdsTlsOf(get('xdsInsecure'), get('xdsCert'), get('xdsKey'), get('xdsSan')),
     adminAddress: get('adminAddress'),
     adminPort: portOf('admin-port', get('adminPort')),
-    authzPort: portOf('authz-port', get('authzPort')),
+    adminTokenFile: get('adminTokenFile') || undefined,
+    authzPort: get('authzPort') === '' ? undefined : portOf('authz-port', get('authzPort')),
     authzAddressForProxies: ipPortOf('authz-address-for-proxies', get('authzAddressForProxies')),
     dataDir: get('dataDir'),
     logLevel: level,
