@@ -2,13 +2,17 @@
 // - uri: fetched when first needed (and when the policy is loaded); reused for the Cache-Control
 //   max-age of the response, kept within the policy's min/max bounds; refreshed in the background
 //   once stale while the old keys keep serving; a failed fetch keeps the cached keys.
-// - file: read at load and again whenever the file changes.
+// - file: read at load and again whenever the file changes, each time through the policy
+//   directory's confinement (policyFileReader): a file swapped for a link to, say, the CA key is
+//   refused with the one refusal message, never read.
 // - inline: the policy's own keys.
 // A token naming a key the set lacks triggers one extra load per cooldown (key rotation without a
 // restart, without letting made-up kids hammer the JWKS endpoint).
-import { unwatchFile, watchFile, promises as fs, type Stats } from 'node:fs';
+import { unwatchFile, watchFile, type Stats } from 'node:fs';
+import path from 'node:path';
 import { createLocalJWKSet, type JWK } from 'jose';
 import { usableKeys, type JwksModel } from '../model/jwt.js';
+import { POLICY_FILE_REFUSED, policyFileReader, type PolicyFileResult } from '../model/model.js';
 import type { Logger } from '../observability/logger.js';
 import type { AuthzMetrics } from './metrics.js';
 
@@ -59,6 +63,16 @@ function withTimeout<T>(p: Promise<T>, ms: number): Promise<T | undefined> {
     timer.unref();
   });
   return Promise.race([p, t]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * Reads a key set file with the rules the model applied (a new reader each time, so the checks see
+ * the file system as it is now). A hand-made spec without `confine` stays in the file's own folder.
+ */
+function readKeyFile(spec: Extract<JwksModel, { kind: 'file' }>): Promise<PolicyFileResult> {
+  const c = spec.confine;
+  if (!c) return policyFileReader(path.dirname(spec.path))(path.basename(spec.path));
+  return policyFileReader(c.policyDir, { dataDir: c.dataDir, forbidden: c.forbidden })(spec.file);
 }
 
 /** Where the keys come from, for logs and status (a URL without its query, which may hold a key). */
@@ -204,9 +218,11 @@ export class JwksCache {
     const spec = this.spec;
     if (spec.kind === 'inline') return { value: { keys: spec.keys }, ttlMs: Infinity };
     if (spec.kind === 'file') {
-      const text = await fs.readFile(spec.path, 'utf8');
-      if (text.length > MAX_JWKS_BYTES) throw new Error(`larger than ${MAX_JWKS_BYTES} bytes`);
-      return { value: JSON.parse(text), ttlMs: Infinity };
+      const got = await readKeyFile(spec);
+      // Refused (outside, forbidden, not a regular file, over 1 MiB): one message whatever the reason.
+      if ('refused' in got) throw new Error(POLICY_FILE_REFUSED);
+      if ('error' in got) throw new Error(got.error);
+      return { value: JSON.parse(got.text), ttlMs: Infinity };
     }
     const res = await fetch(spec.uri, {
       signal: AbortSignal.timeout(spec.timeoutMs),

@@ -2,7 +2,6 @@
 // which policies apply to which Gateway listeners, HTTPRoute rules and Services. Several policies on
 // one target are all enforced (a request must satisfy each); two that forward different claims into
 // one header on the same target conflict.
-import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { importJWK, type JWK } from 'jose';
 import { parseDuration, type JWTPolicy } from '../api/v1alpha1/index.js';
@@ -10,7 +9,7 @@ import { DEFAULT_MAX_TOKEN_SIZE, DEFAULT_TOKEN_SOURCE, JWT_ALGORITHMS, type JwtA
 import { ErrorCode } from '../errors.js';
 import type { LoadedDoc, SourceRef } from '../sources/files/loader.js';
 import { didYouMean } from './did-you-mean.js';
-import type { GatewayModel, RouteModel, ServiceModel } from './model.js';
+import type { BuildOptions, GatewayModel, PolicyFileRead, RouteModel, ServiceModel } from './model.js';
 
 export type JwtTargetKind = 'Gateway' | 'HTTPRoute' | 'Service';
 
@@ -23,9 +22,20 @@ export type ClaimRule =
 
 export type JwksModel =
   | { kind: 'uri'; uri: string; timeoutMs: number; minCacheMs: number; maxCacheMs: number; cooldownMs: number }
-  /** `path` is absolute; `file` is as written in the policy. */
-  | { kind: 'file'; file: string; path: string; cooldownMs: number }
+  /**
+   * `path` is absolute; `file` is as written in the policy. `confine`: where later reads (the authz
+   * engine re-reads the file when it changes) stay, with the rules of policyFileReader: `file`
+   * relative to `policyDir`, never under `dataDir` or `forbidden` (all absolute). Without it (a
+   * hand-made model) the file may not leave its own folder.
+   */
+  | { kind: 'file'; file: string; path: string; cooldownMs: number; confine?: JwksFileConfinement }
   | { kind: 'inline'; keys: JWK[] };
+
+export interface JwksFileConfinement {
+  policyDir: string;
+  dataDir?: string;
+  forbidden?: string[];
+}
 
 export interface JwtPolicyModel {
   name: string;
@@ -166,7 +176,14 @@ export async function resolveJwtPolicies(
   known: { services: ReadonlyMap<string, ServiceModel>; gateways: ReadonlyMap<string, GatewayModel>; routes: readonly RouteModel[] },
   baseDir: string,
   err: Report,
+  readFile: PolicyFileRead,
+  opts: BuildOptions = {},
 ): Promise<JwtModel> {
+  const confine: JwksFileConfinement = {
+    policyDir: path.resolve(baseDir),
+    ...(opts.dataDir !== undefined ? { dataDir: path.resolve(opts.dataDir) } : {}),
+    ...(opts.forbidden?.length ? { forbidden: opts.forbidden.map((f) => path.resolve(f)) } : {}),
+  };
   const policies = new Map<string, JwtPolicyModel>();
   const byTarget = new Map<string, string[]>();
   const names: Record<JwtTargetKind, string[]> = {
@@ -209,14 +226,19 @@ export async function resolveJwtPolicies(
       };
     } else if (spec.jwks.file !== undefined) {
       const abs = path.resolve(baseDir, spec.jwks.file);
-      jwks = { kind: 'file', file: spec.jwks.file, path: abs, cooldownMs };
+      jwks = { kind: 'file', file: spec.jwks.file, path: abs, cooldownMs, confine };
+      // Confined like every file a policy names (refusals: one message, see policyFileReader). Past
+      // that the file is inside the policy directory, so saying it is not JSON reveals nothing.
+      const text = await readFile(d, ['spec', 'jwks', 'file'], spec.jwks.file);
       let parsed: unknown;
-      try {
-        parsed = JSON.parse(await fs.readFile(abs, 'utf8'));
-      } catch (e) {
-        const code = (e as NodeJS.ErrnoException).code;
-        err(d, ['spec', 'jwks', 'file'], ErrorCode.FILE_READ, code ? `cannot read ${spec.jwks.file} (relative to the policy directory): ${code}` : `${spec.jwks.file} is not JSON`);
-        ok = false;
+      if (text === undefined) ok = false;
+      else {
+        try {
+          parsed = JSON.parse(text);
+        } catch {
+          err(d, ['spec', 'jwks', 'file'], ErrorCode.FILE_READ, `${spec.jwks.file} is not JSON`);
+          ok = false;
+        }
       }
       if (parsed !== undefined) {
         for (const p of await jwksProblems(parsed, algorithms)) {
