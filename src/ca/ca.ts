@@ -6,6 +6,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { x509 } from './x509.js';
 import { ErrorCode, SignalboxError } from '../errors.js';
+import { writeStateFile } from '../util/files.js';
 
 
 const EC = { name: 'ECDSA', namedCurve: 'P-256' } as const;
@@ -80,8 +81,8 @@ export class CertificateAuthority {
       ],
     });
     await fs.mkdir(dir, { recursive: true, mode: 0o700 });
-    await fs.writeFile(keyFile, await exportKeyPem(keys.privateKey), { mode: 0o600 });
-    await fs.writeFile(certFile, cert.toString('pem'), { mode: 0o644 });
+    await writeStateFile(keyFile, await exportKeyPem(keys.privateKey), 0o600);
+    await writeStateFile(certFile, cert.toString('pem'), 0o644);
     return new CertificateAuthority(cert, keys.privateKey, cert.toString('pem'), 'generated');
   }
 
