@@ -9,8 +9,13 @@
 // trailers-only error. Unknown methods get UNIMPLEMENTED; requests that are not gRPC go to the
 // `plain` handler. TCP_NODELAY is on (Envoy waits for each answer; small writes must not sit in
 // Nagle's buffer).
+//
+// With `tls` it serves HTTP/2 over TLS (ALPN h2) and requires a client certificate that chains to
+// `tls.clientCa`: a client without one, or with one from another CA, fails the handshake and never
+// reaches a handler. `setSecureContext` swaps the certificate (renewal) for new handshakes.
 import http2 from 'node:http2';
 import type net from 'node:net';
+import type tls from 'node:tls';
 
 export const GrpcStatus = { OK: 0, CANCELLED: 1, UNKNOWN: 2, INVALID_ARGUMENT: 3, RESOURCE_EXHAUSTED: 8, UNIMPLEMENTED: 12, INTERNAL: 13, UNAVAILABLE: 14 } as const;
 
@@ -30,15 +35,29 @@ export class GrpcError extends Error {
   }
 }
 
+/** The server's TLS material: what it presents, and the roots client certificates must chain to. */
+export interface ServerTlsMaterial {
+  /** PEM certificate chain. */
+  cert: string;
+  /** PEM private key of `cert`. */
+  key: string;
+  /** PEM roots a client certificate must chain to (clients without one are refused). */
+  clientCa: string;
+}
+
 export interface UnaryServerOptions {
   maxMessageBytes?: number;
+  /** Serve over TLS, client certificate required; absent: plain text (h2c). */
+  tls?: ServerTlsMaterial;
+  /** A TLS handshake that failed (no client certificate, an untrusted one, not TLS at all...). */
+  onTlsError?(err: Error, remote: string | undefined): void;
   /** Requests that are not gRPC (any other content type): answered here, else 415. */
   plain?(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void;
   onError?(err: Error): void;
 }
 
 export class UnaryGrpcServer {
-  private readonly server: http2.Http2Server;
+  private readonly server: http2.Http2Server | http2.Http2SecureServer;
   private readonly sessions = new Set<http2.ServerHttp2Session>();
   private readonly methods = new Map<string, UnaryMethod>();
   private readonly maxBytes: number;
@@ -46,14 +65,31 @@ export class UnaryGrpcServer {
   constructor(methods: UnaryMethod[], private readonly opts: UnaryServerOptions = {}) {
     for (const m of methods) this.methods.set(m.path, m);
     this.maxBytes = opts.maxMessageBytes ?? 4 * 1024 * 1024;
-    this.server = http2.createServer({ settings: { maxConcurrentStreams: 4096 }, maxSessionMemory: 64 });
-    this.server.on('connection', (socket: net.Socket) => socket.setNoDelay(true));
-    this.server.on('session', (session) => {
+    const common = { settings: { maxConcurrentStreams: 4096 }, maxSessionMemory: 64 };
+    this.server = opts.tls ? http2.createSecureServer({ ...common, ...secureContextOf(opts.tls), requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.2' }) : http2.createServer(common);
+    // Both kinds are a net.Server emitting the same events; typed once through the plain one.
+    const server = this.server as http2.Http2Server;
+    server.on('connection', (socket: net.Socket) => socket.setNoDelay(true));
+    server.on('session', (session) => {
       this.sessions.add(session);
       session.on('close', () => this.sessions.delete(session));
       session.on('error', () => undefined);
     });
-    this.server.on('stream', (stream, headers) => this.onStream(stream, headers));
+    server.on('stream', (stream, headers) => this.onStream(stream, headers));
+    if (opts.tls) {
+      (this.server as http2.Http2SecureServer).on('tlsClientError', (err: Error, socket: tls.TLSSocket) => opts.onTlsError?.(err, socket.remoteAddress));
+    }
+  }
+
+  /** Whether the server speaks TLS. */
+  get secure(): boolean {
+    return this.opts.tls !== undefined;
+  }
+
+  /** New certificate (and roots) for handshakes from now on; open connections keep theirs. */
+  setSecureContext(material: ServerTlsMaterial): void {
+    if (!this.opts.tls) throw new Error('not a TLS server');
+    (this.server as http2.Http2SecureServer).setSecureContext(secureContextOf(material));
   }
 
   private trailersOnly(stream: http2.ServerHttp2Stream, code: number, message: string): void {
@@ -139,4 +175,8 @@ export class UnaryGrpcServer {
       for (const s of this.sessions) s.close();
     });
   }
+}
+
+function secureContextOf(m: ServerTlsMaterial): tls.SecureContextOptions {
+  return { cert: m.cert, key: m.key, ca: m.clientCa };
 }

@@ -2,6 +2,13 @@
 // Envoy's own messages (protobufjs, from the registry package's protos). It runs inside
 // `signalbox serve` on its own port, or alone (`signalbox authz`) for separate scaling; both feed
 // it the same compiled model.
+//
+// Transport: TLS with a certificate from the mesh CA (its SAN holds the SPIFFE ID
+// spiffe://<trust domain>/signalbox/authz, which proxies verify), and a client certificate that
+// chains to the mesh trust bundle is required in the handshake: only proxies Signalbox gave an
+// identity can ask for a Check or a fast-path check, or post a report. Plain text only when asked
+// for (`serve --xds-insecure`, `authz --insecure`).
+import { X509Certificate } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import type client from 'prom-client';
 import type { Model } from '../model/model.js';
@@ -56,6 +63,14 @@ export function checkResponse(d: Decision): Record<string, unknown> {
   };
 }
 
+/** TLS for the service: its certificate (followed on renewal) and the roots callers must chain to. */
+export interface AuthzTls {
+  /** A ServerCertificate (src/ca/server-tls.ts): emits `changed` when renewed. */
+  certificate: { readonly certPem: string; readonly keyPem: string; on(event: 'changed', listener: () => void): unknown; off(event: 'changed', listener: () => void): unknown };
+  /** The mesh trust bundle: a caller's certificate must chain to it. */
+  clientCaPem: string;
+}
+
 export interface AuthzServerOptions {
   logger: Logger;
   /** Where the service's metrics go (the control plane's registry when embedded). */
@@ -69,6 +84,7 @@ export class AuthzServer {
   readonly engine: AuthzEngine;
   readonly metrics?: AuthzMetrics;
   private server?: UnaryGrpcServer;
+  private stopFollowing?: () => void;
   private readonly reportIds = new Set<string>();
   port?: number;
 
@@ -104,10 +120,20 @@ export class AuthzServer {
     );
   }
 
-  /** Binds `address` (HOST:PORT, port 0 for any); resolves to the bound port. */
-  async listen(address: string): Promise<number> {
+  /** Whether the service is listening over TLS. */
+  get secure(): boolean {
+    return this.server?.secure ?? false;
+  }
+
+  /**
+   * Binds `address` (HOST:PORT, port 0 for any); resolves to the bound port. With `tls`: TLS, and
+   * callers must present a certificate that chains to `tls.clientCaPem`.
+   */
+  async listen(address: string, tls?: AuthzTls): Promise<number> {
     const m = /^\[?([^\]]*?)\]?:(\d+)$/.exec(address);
     if (!m) throw new Error(`authz address must be HOST:PORT, got "${address}"`);
+    if (this.server) throw new Error('the ext_authz service is listening already');
+    const material = () => ({ cert: tls!.certificate.certPem, key: tls!.certificate.keyPem, clientCa: tls!.clientCaPem });
     const req = lookupType('envoy.service.auth.v3.CheckRequest');
     const res = lookupType('envoy.service.auth.v3.CheckResponse');
     const server = new UnaryGrpcServer(
@@ -128,9 +154,23 @@ export class AuthzServer {
           },
         },
       ],
-      { onError: (e) => this.opts.logger.error({ err: { message: e.message } }, 'ext_authz: Check failed'), plain: (stream, headers) => this.onFastPath(stream, headers) },
+      {
+        onError: (e) => this.opts.logger.error({ err: { message: e.message } }, 'ext_authz: Check failed'),
+        plain: (stream, headers) => this.onFastPath(stream, headers),
+        tls: tls ? material() : undefined,
+        // Debug only: anyone can knock; what matters is that nothing without a mesh certificate gets in.
+        onTlsError: (e, remote) => this.opts.logger.debug({ peer: remote, reason: e.message }, 'ext_authz: TLS handshake refused (a caller needs a certificate from the mesh CA)'),
+      },
     );
     const port = await server.listen(m[1]!, Number(m[2]));
+    if (tls && !hasSelfSignedRoot(tls.clientCaPem)) {
+      this.opts.logger.warn('the mesh trust bundle holds no root (self-signed) certificate, e.g. --ca-cert is an intermediate: the ext_authz service (Node TLS) cannot verify proxy certificates that do not chain to a root, so checks will fail closed; add the root with --ca-bundle');
+    }
+    if (tls) {
+      const follow = () => server.setSecureContext(material());
+      tls.certificate.on('changed', follow);
+      this.stopFollowing = () => tls.certificate.off('changed', follow);
+    }
     this.server = server;
     this.port = port;
     return port;
@@ -206,8 +246,23 @@ export class AuthzServer {
     this.engine.close();
     const server = this.server;
     this.server = undefined;
+    this.stopFollowing?.();
+    this.stopFollowing = undefined;
     await server?.close();
   }
+}
+
+/** Whether a PEM bundle holds a self-signed certificate (a chain can end there). */
+export function hasSelfSignedRoot(pem: string): boolean {
+  for (const block of pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? []) {
+    try {
+      const x = new X509Certificate(block);
+      if (x.checkIssued(x) && x.verify(x.publicKey)) return true;
+    } catch {
+      // not a certificate: look at the next block
+    }
+  }
+  return false;
 }
 
 /** The W3C trace context of a gRPC call (its metadata are HTTP/2 headers), if it has one. */

@@ -2,6 +2,12 @@
 // It loads and watches the same policy directory and compiles the same model as `signalbox serve`
 // (a directory that fails validation never replaces the last good one). Point the proxies at it
 // with `signalbox serve --authz-address-for-proxies IP:PORT`.
+//
+// Over TLS by default, as the embedded service: it opens the control plane's mesh CA (--data-dir,
+// or --ca-cert/--ca-key), issues its own certificate (SPIFFE ID spiffe://<trust domain>/signalbox/authz,
+// what proxies verify) and requires callers to present a certificate that chains to the mesh trust
+// bundle. --insecure serves plain text (only with `serve --xds-insecure`, whose proxies expect it).
+import { existsSync } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -13,6 +19,9 @@ import { createLogger, type Logger } from '../observability/logger.js';
 import { loadPolicyDir } from '../sources/files/loader.js';
 import { watchPolicies } from '../sources/files/watcher.js';
 import { envoyRoot } from '../xds/resources/protos.js';
+import { CertificateAuthority } from '../ca/ca.js';
+import { ServerCertificate } from '../ca/server-tls.js';
+import { BUILTIN_DEFAULTS } from '../model/model.js';
 
 export const AUTHZ_SETTINGS = {
   policies: { flag: 'policies', env: 'SIGNALBOX_POLICIES', default: 'policies', help: 'policy directory to load and watch (the control plane\'s)' },
@@ -22,11 +31,26 @@ export const AUTHZ_SETTINGS = {
   metricsPort: { flag: 'metrics-port', env: 'SIGNALBOX_AUTHZ_METRICS_PORT', default: '18003', help: 'port of the /metrics, /healthz and /readyz endpoint ("off": none)' },
   logLevel: { flag: 'log-level', env: 'SIGNALBOX_LOG_LEVEL', default: 'info', help: 'trace, debug, info, warn or error' },
   watchDebounceMs: { flag: 'watch-debounce-ms', env: 'SIGNALBOX_WATCH_DEBOUNCE_MS', default: '100', help: 'quiet time after a policy file change before reloading' },
+  dataDir: { flag: 'data-dir', env: 'SIGNALBOX_DATA_DIR', default: '.data', help: 'the control plane\'s data folder: its mesh CA issues this service\'s certificate and verifies callers (never generated here)' },
+  caCert: { flag: 'ca-cert', env: 'SIGNALBOX_CA_CERT', default: '', help: 'the CA certificate `signalbox serve --ca-cert` signs with (instead of the one in --data-dir)' },
+  caKey: { flag: 'ca-key', env: 'SIGNALBOX_CA_KEY', default: '', help: 'private key of --ca-cert' },
+  caBundle: { flag: 'ca-bundle', env: 'SIGNALBOX_CA_BUNDLE', default: '', help: 'extra trusted roots (PEM), as given to `signalbox serve --ca-bundle`' },
+  insecure: { flag: 'insecure', env: 'SIGNALBOX_AUTHZ_INSECURE', default: 'false', boolean: true, help: 'plain text, no caller certificate (anyone who reaches the port can call it); for a control plane run with --xds-insecure' },
 } as const;
+
+interface AuthzSetting {
+  flag: string;
+  env: string;
+  default: string;
+  help: string;
+  boolean?: boolean;
+}
 
 export interface StandaloneAuthz {
   authzPort: number;
   metricsPort?: number;
+  /** Whether the service speaks TLS (false with --insecure). */
+  tls: boolean;
   server: AuthzServer;
   reload(): Promise<boolean>;
   stop(): Promise<void>;
@@ -42,8 +66,27 @@ function hostPort(host: string, port: number): string {
   return `${host.includes(':') ? `[${host}]` : host}:${port}`;
 }
 
-export async function startStandaloneAuthz(values: Record<string, string | undefined>, env: NodeJS.ProcessEnv = process.env, logger?: Logger): Promise<StandaloneAuthz> {
-  const get = (k: keyof typeof AUTHZ_SETTINGS): string => values[AUTHZ_SETTINGS[k].flag] ?? env[AUTHZ_SETTINGS[k].env] ?? AUTHZ_SETTINGS[k].default;
+/** The mesh CA the control plane uses: its files, or the one in its data folder (which must exist). */
+async function openMeshCa(get: (k: keyof typeof AUTHZ_SETTINGS) => string): Promise<CertificateAuthority> {
+  const cert = get('caCert');
+  const key = get('caKey');
+  if (!cert !== !key) throw new SignalboxError(ErrorCode.BAD_FLAG, '--ca-cert and --ca-key go together');
+  const dataDir = path.resolve(get('dataDir'));
+  if (!cert && !existsSync(path.join(dataDir, 'ca', 'root.crt'))) {
+    // A root generated here would be one no proxy trusts, and that trusts no proxy.
+    throw new SignalboxError(ErrorCode.BAD_FLAG, `no mesh CA in ${path.join(dataDir, 'ca')}: give --data-dir the control plane's data folder (or --ca-cert/--ca-key as given to serve), or --insecure if the control plane runs with --xds-insecure`);
+  }
+  return CertificateAuthority.open({ dataDir, trustDomain: BUILTIN_DEFAULTS.trustDomain, files: cert ? { certFile: cert, keyFile: key, bundleFile: get('caBundle') || undefined } : undefined });
+}
+
+export async function startStandaloneAuthz(values: Record<string, string | boolean | undefined>, env: NodeJS.ProcessEnv = process.env, logger?: Logger): Promise<StandaloneAuthz> {
+  const get = (k: keyof typeof AUTHZ_SETTINGS): string => {
+    const s: AuthzSetting = AUTHZ_SETTINGS[k];
+    const f = values[s.flag];
+    if (typeof f === 'string') return f;
+    if (typeof f === 'boolean' && s.boolean) return String(f);
+    return env[s.env] ?? s.default;
+  };
   const log = logger ?? createLogger({ level: get('logLevel'), name: 'signalbox-authz' });
   const dir = path.resolve(get('policies'));
   const debounce = Number(get('watchDebounceMs'));
@@ -51,6 +94,10 @@ export async function startStandaloneAuthz(values: Record<string, string | undef
   const metricsPortText = get('metricsPort');
   const metricsPort = metricsPortText === 'off' ? undefined : portOf('metrics-port', metricsPortText);
   const authzPort = portOf('authz-port', get('authzPort'));
+  const insecureText = get('insecure');
+  if (insecureText !== 'true' && insecureText !== 'false') throw new SignalboxError(ErrorCode.BAD_FLAG, `SIGNALBOX_AUTHZ_INSECURE must be "true" or "false", got "${insecureText}"`);
+  const insecure = insecureText === 'true';
+  const ca = insecure ? undefined : await openMeshCa(get);
 
   envoyRoot();
   const registry = new client.Registry();
@@ -74,7 +121,22 @@ export async function startStandaloneAuthz(values: Record<string, string | undef
   };
   await reload();
   const watcher = watchPolicies(dir, debounce, () => void reload());
-  const boundAuthz = await server.listen(hostPort(get('authzAddress'), authzPort));
+  let certificate: ServerCertificate | undefined;
+  let boundAuthz: number;
+  try {
+    if (ca) certificate = await ServerCertificate.start({ ca, trustDomain: BUILTIN_DEFAULTS.trustDomain, server: 'authz', bindAddress: get('authzAddress'), sans: [], logger: log });
+    boundAuthz = await server.listen(hostPort(get('authzAddress'), authzPort), certificate && ca ? { certificate, clientCaPem: ca.trustBundlePem } : undefined);
+  } catch (e) {
+    certificate?.stop();
+    await watcher.close();
+    await server.close();
+    throw e;
+  }
+  if (insecure) {
+    const warning = 'signalbox authz --insecure: the ext_authz service speaks plain text and asks callers for no certificate; anyone who reaches its port can call it (and post fast-path reports)';
+    process.stderr.write(`warning: ${warning}\n`);
+    log.warn(warning);
+  }
 
   let metricsServer: http.Server | undefined;
   let boundMetrics: number | undefined;
@@ -91,7 +153,7 @@ export async function startStandaloneAuthz(values: Record<string, string | undef
       } else if (url === '/readyz') {
         res.writeHead(applied ? 200 : 503).end(applied ? 'ready\n' : 'no valid policy configuration yet\n');
       } else if (url === '/api/authz') {
-        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(server.engine.status()));
+        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ tls: !insecure, ...server.engine.status() }));
       } else {
         res.writeHead(404).end();
       }
@@ -102,15 +164,17 @@ export async function startStandaloneAuthz(values: Record<string, string | undef
     });
     boundMetrics = (metricsServer.address() as { port: number }).port;
   }
-  log.info({ authz: hostPort(get('authzAddress'), boundAuthz), metrics: boundMetrics === undefined ? 'off' : `http://${hostPort(get('metricsAddress'), boundMetrics)}`, policies: dir }, 'signalbox authz serving');
+  log.info({ authz: hostPort(get('authzAddress'), boundAuthz), tls: !insecure, metrics: boundMetrics === undefined ? 'off' : `http://${hostPort(get('metricsAddress'), boundMetrics)}`, policies: dir }, 'signalbox authz serving');
   return {
     authzPort: boundAuthz,
     metricsPort: boundMetrics,
+    tls: !insecure,
     server,
     reload,
     stop: async () => {
       await watcher.close();
       await server.close();
+      certificate?.stop();
       if (metricsServer) {
         metricsServer.closeAllConnections();
         await new Promise<void>((resolve) => metricsServer!.close(() => resolve()));
@@ -120,9 +184,9 @@ export async function startStandaloneAuthz(values: Record<string, string | undef
 }
 
 export async function authzCommand(args: string[]): Promise<number> {
-  const options = Object.fromEntries(Object.values(AUTHZ_SETTINGS).map((s) => [s.flag, { type: 'string' as const }]));
+  const options = Object.fromEntries(Object.values(AUTHZ_SETTINGS).map((s: AuthzSetting) => [s.flag, { type: s.boolean ? ('boolean' as const) : ('string' as const) }]));
   const { values } = parseArgs({ args, options, allowPositionals: false });
-  const running = await startStandaloneAuthz(values as Record<string, string | undefined>);
+  const running = await startStandaloneAuthz(values as Record<string, string | boolean | undefined>);
   await new Promise<void>((resolve) => {
     const stop = () => void running.stop().then(resolve);
     process.once('SIGINT', stop);

@@ -150,6 +150,12 @@ export interface IRCluster {
   static?: { address: string; port: number };
   /** SPIFFE ID to verify when an instance is reached over mTLS at its sidecar. */
   upstreamIdentity?: string;
+  /**
+   * Every endpoint is reached over TLS (one of Signalbox's own servers, e.g. the ext_authz
+   * service): the proxy presents its identity certificate (SDS) and verifies the server's
+   * certificate against the mesh trust bundle and this SPIFFE ID (URI SAN).
+   */
+  upstreamTls?: { spiffeId: string };
   /** TrafficPolicy settings (absent: Envoy's defaults, round robin). */
   loadBalancer?: IRLoadBalancer;
   circuitBreaker?: IRCircuitBreaker;

@@ -3,14 +3,18 @@
 // JWTPolicy: one on its Gateway (or that Gateway listener), on the HTTPRoute (or rule) behind the
 // route, or on the Service whose sidecar inbound listener it is. Every route of such a listener
 // names the policies it must satisfy; routes under none skip the check. The group then also gets
-// the cluster that reaches Signalbox's ext_authz service.
+// the cluster that reaches Signalbox's ext_authz service: over TLS (unless the control plane runs
+// insecure), the proxy presenting its own identity certificate, so the group gets an identity even
+// when mesh mTLS is off.
 import { createHash } from 'node:crypto';
 import type { JWK } from 'jose';
 import type { IRJwtFastCheck } from '../ir/jwt.js';
 import type { IRCluster, IRHttpListener, IRProxyConfig, IRRoute } from '../ir/types.js';
 import { parseGatewayGroup, parseSidecarGroup } from '../ir/types.js';
 import { jwtPoliciesOn, policySettingsKey, type JwtModel, type JwtPolicyModel } from '../model/jwt.js';
-import type { Model } from '../model/model.js';
+import { BUILTIN_DEFAULTS, type Model } from '../model/model.js';
+import { serverSpiffeId } from '../ca/server-tls.js';
+import { gatewayIdentity, serviceIdentity } from './mesh-identity.js';
 
 /** The cluster name: a dot cannot appear in a Service name, so it never clashes with one. */
 export const AUTHZ_CLUSTER = 'signalbox.authz';
@@ -19,9 +23,18 @@ export const AUTHZ_CLUSTER = 'signalbox.authz';
 export interface AuthzEndpoint {
   address: string;
   port: number;
+  /**
+   * The service speaks TLS and wants the proxy's identity certificate; `serverId` is the SPIFFE
+   * ID its certificate carries (what the proxy verifies). Absent: plain text (--xds-insecure).
+   */
+  tls?: { serverId: string };
 }
 
-export const DEFAULT_AUTHZ_ENDPOINT: AuthzEndpoint = { address: '127.0.0.1', port: 18002 };
+/** The ext_authz service's SPIFFE ID as `signalbox serve` and `signalbox authz` run it. */
+export const AUTHZ_SERVER_ID = serverSpiffeId(BUILTIN_DEFAULTS.trustDomain, 'authz');
+
+/** What `signalbox serve` gives proxies by default (TLS); `signalbox compile` shows this. */
+export const DEFAULT_AUTHZ_ENDPOINT: AuthzEndpoint = { address: '127.0.0.1', port: 18002, tls: { serverId: AUTHZ_SERVER_ID } };
 
 /** Envoy's deadline for one decision; past it the request fails closed (503). */
 export const EXT_AUTHZ_TIMEOUT_MS = 2_000;
@@ -154,8 +167,13 @@ function applyJwtPoliciesToRoutes(model: Model, ir: IRProxyConfig, opts: JwtTran
     protocol: 'grpc',
     connectTimeoutMs: 1_000,
     static: { address: endpoint.address, port: endpoint.port },
+    ...(endpoint.tls ? { upstreamTls: { spiffeId: endpoint.tls.serverId } } : {}),
     source: first.source,
   };
   const clusters = [...ir.clusters.filter((c) => c.name !== AUTHZ_CLUSTER), cluster].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-  return { ...ir, listeners, clusters };
+  // The service only answers proxies presenting a mesh certificate: the group must get one (its
+  // SDS secrets go to proxies with an identity), mesh mTLS or not.
+  const own = gateway !== undefined ? gatewayIdentity(model, gateway) : sidecar ? serviceIdentity(model, sidecar.service) : undefined;
+  const identity = ir.identity ?? (endpoint.tls ? own : undefined);
+  return { ...ir, ...(identity !== undefined ? { identity } : {}), listeners, clusters };
 }

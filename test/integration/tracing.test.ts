@@ -14,6 +14,7 @@ import { waitFor } from '../helpers/net.js';
 import { startSignalbox, type SignalboxProcess } from '../helpers/signalbox.js';
 import { startGatewayEnv } from '../helpers/gateway-env.js';
 import { startEnvoy } from '../helpers/envoy.js';
+import { CertificateAuthority } from '../../src/ca/ca.js';
 import { bootstrapYaml } from '../../src/cli/bootstrap.js';
 import { freePort } from '../helpers/net.js';
 import { startUpstream } from '../helpers/upstream.js';
@@ -49,7 +50,11 @@ async function otlpReceiver() {
 
 const POLICY = 'apiVersion: signalbox.dev/v1alpha1\nkind: Service\nmetadata: { name: shop }\nspec:\n  port: 8080\n  endpoints: [ { address: 127.0.0.1, port: 9 } ]\n---\napiVersion: signalbox.dev/v1alpha1\nkind: Gateway\nmetadata: { name: edge }\nspec:\n  listeners: [ { name: http, port: 18999, protocol: HTTP } ]\n';
 
-function authzCheck(port: number, headers: Record<string, string>): Promise<void> {
+/** One Check call as a proxy makes it: over TLS, with a workload certificate of the mesh CA in `dataDir`. */
+async function authzCheck(port: number, dataDir: string, headers: Record<string, string>): Promise<void> {
+  const ca = await CertificateAuthority.open({ dataDir, trustDomain: 'signalbox.local' });
+  const leaf = await ca.issue('spiffe://signalbox.local/gateway/edge', 60_000);
+  const creds = grpc.credentials.createSsl(Buffer.from(ca.trustBundlePem), Buffer.from(leaf.privateKeyPem), Buffer.from(leaf.certificatePem));
   const req = lookupType('envoy.service.auth.v3.CheckRequest');
   const Client = grpc.makeGenericClientConstructor(
     {
@@ -65,7 +70,7 @@ function authzCheck(port: number, headers: Record<string, string>): Promise<void
     },
     'Authorization',
   );
-  const client = new Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure()) as unknown as { Check(v: object, cb: (e: Error | null) => void): void; close(): void };
+  const client = new Client(`127.0.0.1:${port}`, creds) as unknown as { Check(v: object, cb: (e: Error | null) => void): void; close(): void };
   return new Promise((resolve, reject) =>
     client.Check({ attributes: { request: { http: { headers, path: '/x', method: 'GET' } } } }, (e) => {
       client.close();
@@ -118,10 +123,10 @@ describe('OpenTelemetry tracing of the control plane', () => {
     const push = receiver.spans.find((s) => s.name === 'signalbox.xds.push')!;
     assert.ok(push.attributes.some((a) => a.key === 'signalbox.group' && a.value.stringValue === 'gateway/edge'));
 
-    const m = /"authz":"127\.0\.0\.1:(\d+)","msg":"ext_authz service listening"/.exec(sb.logs());
+    const m = /"authz":"127\.0\.0\.1:(\d+)",("tls":\w+,)?"msg":"ext_authz service listening/.exec(sb.logs());
     assert.ok(m, 'the ext_authz port is logged');
     const traceId = '4bf92f3577b34da6a3ce929d0e0e4736';
-    await authzCheck(Number(m[1]), { traceparent: `00-${traceId}-00f067aa0ba902b7-01` });
+    await authzCheck(Number(m[1]), sb.dataDir, { traceparent: `00-${traceId}-00f067aa0ba902b7-01` });
     await waitFor(() => receiver.spans.some((s) => s.name === 'signalbox.authz.check'), { what: 'authz span', timeoutMs: 10_000 });
     const check = receiver.spans.find((s) => s.name === 'signalbox.authz.check')!;
     assert.equal(check.traceId, traceId, 'same trace as the checked request');
@@ -258,7 +263,7 @@ spec:
     const before = receiver.spans.length;
     const sb = await startSignalbox({ policies: dir, env: { OTEL_TRACES_EXPORTER: 'otlp', OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json', OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${receiver.port}`, OTEL_BSP_SCHEDULE_DELAY: '50' } });
     procs.push(sb);
-    const envoy = await startEnvoy({ name: 'authz-trace', bootstrapYaml: (adminPort) => bootstrapYaml({ gateway: 'edge', xdsAddress: `127.0.0.1:${sb.xdsPort}`, adminPort, id: 'authz-trace' }) });
+    const envoy = await startEnvoy({ name: 'authz-trace', bootstrapYaml: await sb.bootstrap({ gateway: 'edge', id: 'authz-trace' }) });
     try {
       await waitFor(async () => (await httpGet(`http://127.0.0.1:${gw}/x`)).status === 401, { what: 'the JWTPolicy to answer 401', timeoutMs: 20_000 });
       for (let i = 0; i < 6; i++) await httpGet(`http://127.0.0.1:${gw}/x/${i}`);

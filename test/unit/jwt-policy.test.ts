@@ -180,6 +180,38 @@ describe('JWTPolicy translation', () => {
     assert.equal(cluster.type, 'STATIC');
     assert.deepEqual(cluster.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address, { address: '127.0.0.1', port_value: 18002 });
     assert.ok(cluster.typed_extension_protocol_options, 'HTTP/2 to the gRPC service');
+    // Over TLS: the proxy's own certificate and the mesh roots (SDS), the service's SPIFFE ID verified, ALPN h2.
+    assert.equal(cluster.transport_socket.name, 'envoy.transport_sockets.tls');
+    const tls = cluster.transport_socket.typed_config;
+    assert.equal(tls['@type'], 'type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext');
+    assert.deepEqual(tls.common_tls_context.tls_certificate_sds_secret_configs.map((s: Json) => s.name), ['signalbox/identity']);
+    assert.equal(tls.common_tls_context.combined_validation_context.validation_context_sds_secret_config.name, 'signalbox/trust-bundle');
+    assert.deepEqual(tls.common_tls_context.combined_validation_context.default_validation_context.match_typed_subject_alt_names, [{ san_type: 'URI', matcher: { exact: 'spiffe://signalbox.local/signalbox/authz' } }]);
+    assert.deepEqual(tls.common_tls_context.alpn_protocols, ['h2']);
+  });
+
+  test('the authz cluster gives the group an identity (its secrets) even with mesh mTLS off; plain text (insecure) needs none', async () => {
+    const off = doc('Mesh', 'default', '{ mtls: { mode: disabled } }');
+    const r = await validateDir(policyDir({ 'a.yaml': docs(BASE, off, jwt('edge', '{ kind: Gateway, name: public }'), jwt('svc', '{ kind: Service, name: orders }')) }));
+    assert.deepEqual(r.errors, []);
+    const side = sidecarGroup({ service: 'orders', appPort: 9002, inboundPort: 21002, outboundPort: 15001 });
+    const tls = { address: '127.0.0.1', port: 18002, tls: { serverId: 'spiffe://signalbox.local/signalbox/authz' } };
+    const irs = translate(r.model!, [side, `${side}+jwt-module`], { authz: tls });
+    assert.equal(irs.get('gateway/public')!.identity, 'spiffe://signalbox.local/gateway/public');
+    assert.equal(irs.get(side)!.identity, 'spiffe://signalbox.local/service/orders');
+    assert.equal(irs.get(`${side}+jwt-module`)!.identity, 'spiffe://signalbox.local/service/orders');
+    assert.deepEqual(irs.get('gateway/public')!.clusters.find((c) => c.name === AUTHZ_CLUSTER)?.upstreamTls, { spiffeId: 'spiffe://signalbox.local/signalbox/authz' });
+    // No JWTPolicy on a group: no cluster, and no identity with mTLS off.
+    const other = await validateDir(policyDir({ 'a.yaml': docs(BASE, off, jwt('svc', '{ kind: Service, name: orders }')) }));
+    assert.equal(translate(other.model!, [], { authz: tls }).get('gateway/public')!.identity, undefined);
+    // Plain text (serve --xds-insecure): no transport socket, no identity needed.
+    const plain = translate(r.model!, [side], { authz: { address: '127.0.0.1', port: 18002 } });
+    assert.equal(plain.get('gateway/public')!.identity, undefined);
+    const cluster = plain.get('gateway/public')!.clusters.find((c) => c.name === AUTHZ_CLUSTER)!;
+    assert.equal(cluster.upstreamTls, undefined);
+    const { clusterResource } = await import('../../src/xds/translator/cluster.js');
+    assert.equal(clusterResource(cluster).transport_socket, undefined);
+    assert.ok(clusterResource(irs.get(side)!.clusters.find((c) => c.name === AUTHZ_CLUSTER)!).transport_socket);
   });
 
   test('a Gateway-listener policy covers that listener only; no policy, no filter and no cluster', async () => {
@@ -357,7 +389,7 @@ describe('JWTPolicy translation', () => {
   });
 
   test('serve flags: --authz-port and --authz-address-for-proxies', () => {
-    assert.equal(resolveServeConfig({}, {}).authzPort, 18002);
+    assert.equal(resolveServeConfig({}, {}).authzPort, undefined, 'default: 18002, opened only once a JWTPolicy exists');
     assert.equal(resolveServeConfig({}, { SIGNALBOX_AUTHZ_PORT: '19002' }).authzPort, 19002);
     assert.deepEqual(resolveServeConfig({ 'authz-address-for-proxies': '10.1.2.3:18002' }, {}).authzAddressForProxies, { address: '10.1.2.3', port: 18002 });
     assert.throws(() => resolveServeConfig({ 'authz-address-for-proxies': 'authz.local:18002' }, {}), /must be IP:PORT/);

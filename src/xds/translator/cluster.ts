@@ -37,6 +37,15 @@ export function clusterResource(c: IRCluster): Record<string, unknown> {
       },
     ];
   }
+  if (c.upstreamTls) {
+    // A server of Signalbox's (the ext_authz service): the proxy's identity, the server's SPIFFE ID verified.
+    out.transport_socket = {
+      name: 'envoy.transport_sockets.tls',
+      typed_config: typed('envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext', {
+        common_tls_context: { ...meshCommonTls({ spiffeId: c.upstreamTls.spiffeId }), ...(c.protocol === 'http2' || c.protocol === 'grpc' ? { alpn_protocols: ['h2'] } : {}) },
+      }),
+    };
+  }
   if (c.protocol === 'http2' || c.protocol === 'grpc') {
     out.typed_extension_protocol_options = {
       'envoy.extensions.upstreams.http.v3.HttpProtocolOptions': typed('envoy.extensions.upstreams.http.v3.HttpProtocolOptions', {

@@ -1,0 +1,174 @@
+// The certificate Signalbox's own servers present to proxies: the xDS port (ADS and the access log
+// service) and the ext_authz service. By default the mesh CA issues it, for the names proxies dial
+// (the host name, loopback, the bind address, --xds-san) plus the SPIFFE ID
+// `spiffe://<trustDomain>/signalbox/<server>`, and renews it in memory at two thirds of its life;
+// or it comes from the user's PKI (--xds-cert/--xds-key), re-read when the files change. Servers
+// take new material without a restart: open connections keep theirs, new handshakes get the new.
+import { EventEmitter } from 'node:events';
+import { readFileSync, statSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { isIP } from 'node:net';
+import { createPrivateKey, X509Certificate } from 'node:crypto';
+import * as grpc from '@grpc/grpc-js';
+import type { CertificateAuthority } from './ca.js';
+import type { Logger } from '../observability/logger.js';
+import { ErrorCode, SignalboxError } from '../errors.js';
+
+type CaListener = Parameters<grpc.experimental.CertificateProvider['addCaCertificateListener']>[0];
+type IdentityListener = Parameters<grpc.experimental.CertificateProvider['addIdentityCertificateListener']>[0];
+
+/** Life of a server certificate the mesh CA issues; renewed at two thirds. */
+export const SERVER_CERT_TTL_MS = 30 * 24 * 3_600_000;
+/** How often --xds-cert/--xds-key are looked at for changes. */
+const FILE_POLL_MS = 5_000;
+
+export function serverSpiffeId(trustDomain: string, server: 'xds' | 'authz'): string {
+  return `spiffe://${trustDomain}/signalbox/${server}`;
+}
+
+const WILDCARDS = new Set(['', '0.0.0.0', '::', '[::]']);
+
+/** The names a server certificate carries: always the host name, localhost and loopback, plus the bind address and extras. */
+export function serverNames(bindAddress: string, extra: string[]): { dns: string[]; ips: string[] } {
+  const dns = new Set<string>(['localhost']);
+  const ips = new Set<string>(['127.0.0.1', '::1']);
+  const host = hostname();
+  if (host && /^[A-Za-z0-9.-]+$/.test(host)) dns.add(host.toLowerCase());
+  for (const n of [...(WILDCARDS.has(bindAddress) ? [] : [bindAddress]), ...extra]) {
+    const bare = n.replace(/^\[|\]$/g, '');
+    if (isIP(bare)) ips.add(bare);
+    else dns.add(bare.toLowerCase());
+  }
+  return { dns: [...dns].sort(), ips: [...ips].sort() };
+}
+
+export interface ServerTlsStatus {
+  source: 'mesh-ca' | 'files';
+  notAfter: string;
+  names: string[];
+}
+
+export class ServerCertificate extends EventEmitter<{ changed: [] }> {
+  private cert = '';
+  private key = '';
+  private info?: X509Certificate;
+  private timer?: NodeJS.Timeout;
+  private fileStamp = '';
+
+  private constructor(
+    readonly source: 'mesh-ca' | 'files',
+    private readonly logger: Logger,
+    private readonly issue?: () => Promise<{ certificatePem: string; privateKeyPem: string }>,
+    private readonly files?: { certFile: string; keyFile: string },
+  ) {
+    super();
+  }
+
+  /** Issued by the mesh CA (for `server`) or read from files; renewed or re-read from then on. */
+  static async start(opts: { ca: CertificateAuthority; trustDomain: string; server: 'xds' | 'authz'; bindAddress: string; sans: string[]; files?: { certFile: string; keyFile: string }; logger: Logger }): Promise<ServerCertificate> {
+    if (opts.files) {
+      const sc = new ServerCertificate('files', opts.logger, undefined, opts.files);
+      sc.readFiles(true);
+      sc.timer = setInterval(() => sc.readFiles(false), FILE_POLL_MS).unref();
+      return sc;
+    }
+    const names = serverNames(opts.bindAddress, opts.sans);
+    const spiffeId = serverSpiffeId(opts.trustDomain, opts.server);
+    const sc = new ServerCertificate('mesh-ca', opts.logger, async () => {
+      const c = await opts.ca.issueServer({ spiffeId, ...names, ttlMs: SERVER_CERT_TTL_MS });
+      // Proxies verify the chain to the trust bundle: an intermediate CA goes along.
+      const chain = opts.ca.source === 'files' ? `${c.certificatePem.trim()}\n${opts.ca.certificatePem.trim()}\n` : c.certificatePem;
+      return { certificatePem: chain, privateKeyPem: c.privateKeyPem };
+    });
+    await sc.renew();
+    return sc;
+  }
+
+  get certPem(): string {
+    return this.cert;
+  }
+
+  get keyPem(): string {
+    return this.key;
+  }
+
+  status(): ServerTlsStatus {
+    const names = (this.info?.subjectAltName ?? '').split(', ').filter(Boolean);
+    return { source: this.source, notAfter: this.info ? new Date(this.info.validTo).toISOString() : '', names };
+  }
+
+  private set(cert: string, key: string): void {
+    this.cert = cert;
+    this.key = key;
+    this.info = new X509Certificate(cert);
+    this.emit('changed');
+  }
+
+  private async renew(): Promise<void> {
+    const c = await this.issue!();
+    this.set(c.certificatePem, c.privateKeyPem);
+    const life = new Date(this.info!.validTo).getTime() - Date.now();
+    this.logger.info({ server: this.status().names, notAfter: this.status().notAfter }, 'server certificate issued by the mesh CA');
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => void this.renew().catch((e) => this.logger.error({ err: e }, 'server certificate renewal failed')), Math.max(1_000, (life * 2) / 3));
+    this.timer.unref();
+  }
+
+  /** Reads --xds-cert/--xds-key; at start a bad pair is an error, later it is logged and the last good pair kept. */
+  private readFiles(first: boolean): void {
+    const f = this.files!;
+    try {
+      const stamp = [f.certFile, f.keyFile].map((p) => { const s = statSync(p); return `${s.ino}:${s.size}:${s.mtimeMs}`; }).join('|');
+      if (stamp === this.fileStamp) return;
+      const cert = readFileSync(f.certFile, 'utf8');
+      const key = readFileSync(f.keyFile, 'utf8');
+      const x = new X509Certificate(cert);
+      if (!x.checkPrivateKey(createPrivateKey(key))) throw new Error(`${f.keyFile} is not the key of ${f.certFile}`);
+      this.fileStamp = stamp;
+      this.set(cert, key);
+      this.logger.info({ certFile: f.certFile, notAfter: this.status().notAfter }, first ? 'xDS server certificate loaded' : 'xDS server certificate reloaded');
+    } catch (e) {
+      // Never echo key material: the message names files only.
+      const msg = e instanceof Error && /is not the key of/.test(e.message) ? e.message : `cannot read the server certificate ${f.certFile} / key ${f.keyFile} (${(e as NodeJS.ErrnoException).code ?? 'not PEM'})`;
+      if (first) throw new SignalboxError(ErrorCode.BAD_FLAG, msg);
+      this.logger.error({ certFile: f.certFile }, `${msg}; keeping the certificate loaded before`);
+    }
+  }
+
+  /**
+   * gRPC server credentials that follow this certificate. Clients may present a certificate
+   * (verified against `clientCaPem`) but need not: a stream without one is refused by the
+   * handler with a gRPC status, not by a failed handshake, so the client is told why.
+   */
+  grpcCredentials(clientCaPem: () => string): grpc.ServerCredentials {
+    const caListeners = new Set<CaListener>();
+    const idListeners = new Set<IdentityListener>();
+    const identity = () => ({ certificate: Buffer.from(this.cert), privateKey: Buffer.from(this.key) });
+    const ca = () => ({ caCertificate: Buffer.from(clientCaPem()) });
+    this.on('changed', () => {
+      for (const l of idListeners) l(identity());
+    });
+    const provider: grpc.experimental.CertificateProvider = {
+      // The current material is delivered on the next tick: grpc-js registers its own watcher
+      // only after adding these listeners, and an update delivered before that would be lost.
+      addCaCertificateListener: (l) => {
+        caListeners.add(l);
+        process.nextTick(() => caListeners.has(l) && l(ca()));
+      },
+      removeCaCertificateListener: (l) => void caListeners.delete(l),
+      addIdentityCertificateListener: (l) => {
+        idListeners.add(l);
+        process.nextTick(() => idListeners.has(l) && l(identity()));
+      },
+      removeIdentityCertificateListener: (l) => void idListeners.delete(l),
+    };
+    // One object plays both roles: grpc-js's argument names for the two providers do not match
+    // the order its constructor reads them in, and a single provider is immune to that.
+    return grpc.experimental.createCertificateProviderServerCredentials(provider, provider, false);
+  }
+
+  stop(): void {
+    clearTimeout(this.timer);
+    clearInterval(this.timer);
+  }
+}
