@@ -1,6 +1,10 @@
-// Keeps one current certificate per SPIFFE identity and renews each at two thirds of its life.
+// Workload certificates, one per proxy instance: every xDS stream that may hold its identity's
+// keys gets a key pair and certificate made for it alone (the same SPIFFE ID for every instance
+// of a service, a different key and serial), renewed at two thirds of its life while the stream
+// lives and forgotten when it ends. One leaked instance leaks one key, and cutting one instance
+// off (its token revoked, its stream closed) stops its renewals without touching the others.
 // Renewal only replaces the SDS secret: Envoy uses the new certificate for new connections and
-// keeps serving the open ones, so rotation drops nothing.
+// keeps serving open ones, so rotation drops nothing.
 import { EventEmitter } from 'node:events';
 import type { Logger } from '../observability/logger.js';
 import type { CertificateAuthority, IssuedCert } from './ca.js';
@@ -16,77 +20,113 @@ export function spiffeId(trustDomain: string, kind: 'service' | 'gateway', name:
   return `spiffe://${trustDomain}/${kind}/${name}`;
 }
 
-export class IdentityManager extends EventEmitter<{ rotated: [string] }> {
-  private readonly certs = new Map<string, IssuedCert>();
-  private readonly timers = new Map<string, NodeJS.Timeout>();
-  private readonly inflight = new Map<string, Promise<IssuedCert>>();
-  private ttlMs: number;
+/** One proxy instance's certificate; emits `renewed` with each new one until stopped. */
+export class InstanceCertificate extends EventEmitter<{ renewed: [IssuedCert] }> {
+  private timer?: NodeJS.Timeout;
+  stopped = false;
 
-  constructor(readonly ca: CertificateAuthority, opts: { ttlMs: number; logger: Logger; metrics?: IdentityMetrics }, private readonly logger = opts.logger, private readonly metrics = opts.metrics) {
+  constructor(private readonly manager: IdentityManager, readonly spiffeId: string, readonly instance: string, public current: IssuedCert) {
     super();
+  }
+
+  /** Schedules the renewal at two thirds of the current certificate's life. */
+  schedule(): void {
+    clearTimeout(this.timer);
+    if (this.stopped) return;
+    const life = this.current.notAfter.getTime() - Date.now();
+    this.timer = setTimeout(() => void this.renew(), Math.max(1_000, (life * 2) / 3));
+    this.timer.unref();
+  }
+
+  async renew(): Promise<void> {
+    if (this.stopped) return;
+    try {
+      const next = await this.manager.issueCert(this.spiffeId, this.instance, 'renewed');
+      if (this.stopped) return; // the stream ended (or was revoked) meanwhile: nothing is sent
+      this.current = next;
+      this.schedule();
+      this.emit('renewed', next);
+    } catch (e) {
+      this.manager.logger.error({ identity: this.spiffeId, instance: this.instance, err: e }, 'certificate renewal failed; retrying');
+      this.timer = setTimeout(() => void this.renew(), 5_000);
+      this.timer.unref();
+    }
+  }
+
+  /** Ends renewals; the certificate is no longer listed. */
+  stop(): void {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    this.manager.forget(this);
+  }
+}
+
+export class IdentityManager {
+  private readonly live = new Set<InstanceCertificate>();
+  private ttlMs: number;
+  readonly logger: Logger;
+  private readonly metrics?: IdentityMetrics;
+
+  constructor(readonly ca: CertificateAuthority, opts: { ttlMs: number; logger: Logger; metrics?: IdentityMetrics }) {
     this.ttlMs = opts.ttlMs;
+    this.logger = opts.logger;
+    this.metrics = opts.metrics;
   }
 
-  current(id: string): IssuedCert | undefined {
-    return this.certs.get(id);
-  }
-
-  /** Changes the TTL; certificates issued under another TTL are renewed now. */
+  /** Changes the TTL; live certificates issued under another TTL are renewed now. */
   async setTtl(ttlMs: number): Promise<void> {
     if (ttlMs === this.ttlMs) return;
     this.ttlMs = ttlMs;
-    await Promise.all([...this.certs.keys()].map((id) => this.renew(id)));
+    await Promise.all([...this.live].map((c) => c.renew()));
   }
 
-  /** The identity's certificate, issued now if it has none. */
-  ensure(id: string): Promise<IssuedCert> {
-    const have = this.certs.get(id);
-    if (have) return Promise.resolve(have);
-    let p = this.inflight.get(id);
-    if (!p) {
-      p = this.issue(id, 'issued').finally(() => this.inflight.delete(id));
-      this.inflight.set(id, p);
-    }
-    return p;
+  /** Issues a certificate for one proxy instance (`instance` names it in logs and listings). */
+  async issueInstance(spiffeId: string, instance: string): Promise<InstanceCertificate> {
+    const cert = await this.issueCert(spiffeId, instance, 'issued');
+    const handle = new InstanceCertificate(this, spiffeId, instance, cert);
+    this.live.add(handle);
+    handle.schedule();
+    return handle;
   }
 
-  private async issue(id: string, kind: 'issued' | 'renewed'): Promise<IssuedCert> {
-    const cert = await this.ca.issue(id, this.ttlMs);
-    this.certs.set(id, cert);
+  /** @internal */
+  async issueCert(spiffeId: string, instance: string, kind: 'issued' | 'renewed'): Promise<IssuedCert> {
+    const cert = await this.ca.issue(spiffeId, this.ttlMs);
     this.metrics?.issued(kind);
-    this.logger.info({ identity: id, serial: cert.serial, notAfter: cert.notAfter.toISOString() }, kind === 'issued' ? 'certificate issued' : 'certificate renewed');
-    clearTimeout(this.timers.get(id));
-    const life = cert.notAfter.getTime() - Date.now();
-    const t = setTimeout(() => void this.renew(id).catch((e) => this.logger.error({ identity: id, err: e }, 'certificate renewal failed; retrying')), Math.max(1_000, (life * 2) / 3));
-    t.unref();
-    this.timers.set(id, t);
+    this.logger.info({ identity: spiffeId, instance, serial: cert.serial, notAfter: cert.notAfter.toISOString() }, kind === 'issued' ? 'certificate issued' : 'certificate renewed');
     return cert;
   }
 
-  private async renew(id: string): Promise<void> {
-    await this.issue(id, 'renewed');
-    this.emit('rotated', id);
+  /** @internal */
+  forget(handle: InstanceCertificate): void {
+    this.live.delete(handle);
   }
 
-  /** Identities with their serial and expiry (never the key). */
-  list(): { identity: string; serial: string; notBefore: string; notAfter: string }[] {
-    return [...this.certs.values()]
-      .map((c) => ({ identity: c.spiffeId, serial: c.serial, notBefore: c.notBefore.toISOString(), notAfter: c.notAfter.toISOString() }))
-      .sort((a, b) => (a.identity < b.identity ? -1 : 1));
+  /** The newest live certificate of an identity (any instance). */
+  current(id: string): IssuedCert | undefined {
+    let best: IssuedCert | undefined;
+    for (const h of this.live) if (h.spiffeId === id && (!best || h.current.notBefore > best.notBefore)) best = h.current;
+    return best;
+  }
+
+  /** Live certificates with their instance, serial and expiry (never the key). */
+  list(): { identity: string; instance: string; serial: string; notBefore: string; notAfter: string }[] {
+    return [...this.live]
+      .map((h) => ({ identity: h.spiffeId, instance: h.instance, serial: h.current.serial, notBefore: h.current.notBefore.toISOString(), notAfter: h.current.notAfter.toISOString() }))
+      .sort((a, b) => (a.identity < b.identity ? -1 : a.identity > b.identity ? 1 : a.instance < b.instance ? -1 : 1));
   }
 
   /** Seconds until the nearest expiry, for the metrics. */
   nearestExpirySeconds(): number | undefined {
     let min: number | undefined;
-    for (const c of this.certs.values()) {
-      const s = (c.notAfter.getTime() - Date.now()) / 1000;
+    for (const h of this.live) {
+      const s = (h.current.notAfter.getTime() - Date.now()) / 1000;
       if (min === undefined || s < min) min = s;
     }
     return min;
   }
 
   stop(): void {
-    for (const t of this.timers.values()) clearTimeout(t);
-    this.timers.clear();
+    for (const h of [...this.live]) h.stop();
   }
 }

@@ -1,7 +1,15 @@
-// `signalbox bootstrap`: the Envoy bootstrap that connects a proxy to Signalbox over ADS.
+// `signalbox bootstrap`: the Envoy bootstrap that connects a proxy to Signalbox over ADS: over
+// TLS, verifying the server's name against the CA `signalbox serve` wrote, and presenting the
+// proxy's token as a client certificate read from files (so no secret sits in the bootstrap
+// Envoy shows in /config_dump).
+import { existsSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import { isIP } from 'node:net';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
 import YAML from 'yaml';
+import { ErrorCode, SignalboxError } from '../errors.js';
+import { writeStateFileSync } from '../util/files.js';
 import { JWT_MODULE } from '../xds/translator/filters/jwt-fast.js';
 
 export interface BootstrapOptions {
@@ -9,8 +17,13 @@ export interface BootstrapOptions {
   gateway?: string;
   /** ...or a sidecar (`--service NAME --instance ID --app-port N --inbound-port N`). */
   sidecar?: { service: string; instance: string; appPort: number; inboundPort: number; outboundPort?: number };
-  /** A token from `signalbox token`, sent as gRPC metadata on the xDS stream. */
-  token?: string;
+  /**
+   * TLS to the control plane (the default): the CA that signed the xDS server certificate, and
+   * the proxy's token as a client certificate and key (`signalbox token --out DIR`), all files.
+   */
+  tls?: { caFile: string; certFile: string; keyFile: string };
+  /** Plain text only (`--xds-insecure`): a token sent inline as gRPC metadata. */
+  insecureToken?: string;
   xdsAddress: string;
   delta?: boolean;
   adminPort?: number;
@@ -19,6 +32,9 @@ export interface BootstrapOptions {
   /** The proxy's Envoy loads Signalbox's compiled JWT filter (see docs/jwt.md). */
   jwtModule?: boolean;
 }
+
+/** Where `signalbox serve` writes the CA proxies verify the xDS server with (in its data directory). */
+export const XDS_CA_FILE = 'xds-ca.pem';
 
 export function splitHostPort(hp: string): { host: string; port: number } {
   const m = /^\[?([^\]]+?)\]?:(\d+)$/.exec(hp);
@@ -67,7 +83,7 @@ export function bootstrapConfig(o: BootstrapOptions): Record<string, unknown> {
               // Reconnect quickly after a control-plane restart.
               retry_policy: { retry_back_off: { base_interval: '0.25s', max_interval: '2s' } },
             },
-            ...(o.token ? { initial_metadata: [{ key: 'x-signalbox-token', value: o.token }] } : {}),
+            ...(!o.tls && o.insecureToken ? { initial_metadata: [{ key: 'x-signalbox-token', value: o.insecureToken }] } : {}),
           },
         ],
       },
@@ -86,6 +102,7 @@ export function bootstrapConfig(o: BootstrapOptions): Record<string, unknown> {
               explicit_http_config: { http2_protocol_options: { connection_keepalive: { interval: '15s', timeout: '5s' } } },
             },
           },
+          ...(o.tls ? { transport_socket: xdsTransportSocket(host, o.tls) } : {}),
           load_assignment: {
             cluster_name: 'signalbox-xds',
             endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: host, port_value: port } } } }] }],
@@ -96,6 +113,120 @@ export function bootstrapConfig(o: BootstrapOptions): Record<string, unknown> {
   };
 }
 
+/** TLS to Signalbox: verify its certificate names the host dialled, present the token certificate. */
+function xdsTransportSocket(host: string, tls: NonNullable<BootstrapOptions['tls']>): Record<string, unknown> {
+  const ip = isIP(host) !== 0;
+  return {
+    name: 'envoy.transport_sockets.tls',
+    typed_config: {
+      '@type': 'type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext',
+      ...(ip ? {} : { sni: host }),
+      common_tls_context: {
+        alpn_protocols: ['h2'],
+        // TLS 1.3: the client certificate travels encrypted too (Envoy's upstream default stops at 1.2).
+        tls_params: { tls_minimum_protocol_version: 'TLSv1_2', tls_maximum_protocol_version: 'TLSv1_3' },
+        tls_certificates: [{ certificate_chain: { filename: tls.certFile }, private_key: { filename: tls.keyFile } }],
+        validation_context: {
+          trusted_ca: { filename: tls.caFile },
+          match_typed_subject_alt_names: [{ san_type: ip ? 'IP_ADDRESS' : 'DNS', matcher: { exact: host } }],
+        },
+      },
+    },
+  };
+}
+
 export function bootstrapYaml(o: BootstrapOptions): string {
   return YAML.stringify(bootstrapConfig(o));
+}
+
+export const BOOTSTRAP_USAGE = `  signalbox bootstrap --gateway NAME [--xds-address HOST:PORT] [--delta] [--jwt-module] [--admin-port N] [--id ID] [--out FILE]
+  signalbox bootstrap --service NAME --instance ID --app-port N --inbound-port N [--outbound-port N] ...
+                                       print an Envoy bootstrap (YAML) for a gateway or a sidecar. TLS to the
+                                       control plane: --credentials DIR (from \`signalbox token --out DIR\`;
+                                       default: a new token for this proxy from --data-dir, written under
+                                       DIR/proxies/), --xds-ca FILE (default: DATA_DIR/${XDS_CA_FILE});
+                                       --xds-insecure [--token-file F]: plain text, for a server run with --xds-insecure`;
+
+/** `signalbox bootstrap`: flags in, Envoy bootstrap YAML out (stdout or --out FILE, 0600). */
+export async function bootstrapCommand(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      gateway: { type: 'string' },
+      service: { type: 'string' },
+      instance: { type: 'string' },
+      'app-port': { type: 'string' },
+      'inbound-port': { type: 'string' },
+      'outbound-port': { type: 'string' },
+      credentials: { type: 'string' },
+      'xds-ca': { type: 'string' },
+      'data-dir': { type: 'string' },
+      'xds-insecure': { type: 'boolean' },
+      'token-file': { type: 'string' },
+      ttl: { type: 'string' },
+      'xds-address': { type: 'string' },
+      delta: { type: 'boolean' },
+      'jwt-module': { type: 'boolean' },
+      'admin-port': { type: 'string' },
+      'admin-address': { type: 'string' },
+      id: { type: 'string' },
+      out: { type: 'string' },
+    },
+  });
+  const bad = (m: string) => new SignalboxError(ErrorCode.BAD_FLAG, m);
+  if (!values.gateway === !values.service) throw bad('give either --gateway NAME or --service NAME (a sidecar)');
+  const portFlag = (name: string, v: string | undefined, fallback?: number): number => {
+    const n = v === undefined ? fallback : Number(v);
+    if (n === undefined || !Number.isInteger(n) || n < 1 || n > 65535) throw bad(`--${name} must be a port from 1 to 65535`);
+    return n;
+  };
+  const sidecar = values.service
+    ? {
+        service: values.service,
+        instance: values.instance ?? `${values.service}-${process.pid}`,
+        appPort: portFlag('app-port', values['app-port']),
+        inboundPort: portFlag('inbound-port', values['inbound-port']),
+        outboundPort: portFlag('outbound-port', values['outbound-port'], 15001),
+      }
+    : undefined;
+  const xdsAddress = values['xds-address'] ?? process.env.SIGNALBOX_XDS_ADDRESS_FOR_PROXIES ?? '127.0.0.1:18000';
+  const adminPort = values['admin-port'] ? Number(values['admin-port']) : undefined;
+  if (adminPort !== undefined && (!Number.isInteger(adminPort) || adminPort < 0 || adminPort > 65535)) throw bad('--admin-port must be a port');
+  const dataDir = path.resolve(values['data-dir'] ?? process.env.SIGNALBOX_DATA_DIR ?? '.data');
+  const subject = sidecar ? `service/${sidecar.service}` : `gateway/${values.gateway}`;
+  let tls: BootstrapOptions['tls'];
+  let insecureToken: string | undefined;
+  const { issueToken, issueTokenCredentials } = await import('../ca/tokens.js');
+  if (values['xds-insecure']) {
+    if (values.credentials || values['xds-ca']) throw bad('--xds-insecure cannot go with --credentials or --xds-ca');
+    insecureToken = values['token-file'] ? readFileSync(values['token-file'], 'utf8').trim() : (await issueToken(dataDir, subject, values.ttl)).token;
+    process.stderr.write('signalbox bootstrap: --xds-insecure: the proxy talks to the control plane in plain text and its token sits in this bootstrap\n');
+  } else {
+    if (values['token-file']) throw bad('--token-file is for --xds-insecure; over TLS the proxy presents --credentials DIR (signalbox token --out DIR)');
+    let dir = values.credentials ? path.resolve(values.credentials) : undefined;
+    if (!dir) {
+      // Out of the box: a control plane on this machine shares its data directory; the proxy gets
+      // a token of its own there, in files only this user can read.
+      dir = path.join(dataDir, 'proxies', `${sidecar ? `service-${sidecar.service}-${sidecar.instance}` : `gateway-${values.gateway}`}`.replace(/[^A-Za-z0-9._-]/g, '_'));
+      const c = await issueTokenCredentials(dataDir, subject, values.ttl, dir);
+      process.stderr.write(`signalbox bootstrap: token ${c.id} for ${c.subject}, valid until ${c.expiresAt.toISOString()}, in ${dir} (revoke: signalbox token revoke ${c.id})\n`);
+    }
+    const certFile = path.join(dir, 'token.crt');
+    const keyFile = path.join(dir, 'token.key');
+    const caFile = path.resolve(values['xds-ca'] ?? path.join(dataDir, XDS_CA_FILE));
+    for (const [f, what] of [[certFile, 'the token certificate'], [keyFile, 'the token key'], [caFile, 'the CA of the xDS server (--xds-ca; `signalbox serve` writes it to its data directory)']] as const) {
+      if (!existsSync(f)) throw bad(`${what} is missing: ${f}`);
+    }
+    tls = { caFile, certFile, keyFile };
+  }
+  let yaml: string;
+  try {
+    yaml = bootstrapYaml({ gateway: values.gateway, sidecar, tls, insecureToken, xdsAddress, delta: values.delta, jwtModule: values['jwt-module'], adminPort, adminAddress: values['admin-address'], id: values.id });
+  } catch (e) {
+    throw bad((e as Error).message);
+  }
+  // 0600: with --xds-insecure the bootstrap holds a token; otherwise it names key files.
+  if (values.out) writeStateFileSync(path.resolve(values.out), yaml, 0o600);
+  else process.stdout.write(yaml);
+  return 0;
 }

@@ -1,12 +1,11 @@
 // The `signalbox` command.
-import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { SERVE_SETTINGS, resolveServeConfig, type Setting } from '../config/settings.js';
 import { formatPolicyError, SignalboxError } from '../errors.js';
 import { buildModel } from '../model/model.js';
 import { loadPolicyDir } from '../sources/files/loader.js';
-import { bootstrapYaml } from './bootstrap.js';
+import { BOOTSTRAP_USAGE, bootstrapCommand } from './bootstrap.js';
 import { compileDir } from './compile.js';
 import { DIFF_USAGE, diffCommand } from './diff.js';
 import { EXPLAIN_USAGE, explainCommand } from './explain.js';
@@ -17,18 +16,19 @@ Usage:
   signalbox serve [flags]              run the control plane
   signalbox validate DIR               check a policy directory; exit 1 on any error
   signalbox compile DIR [--group G]    print the Envoy resources each proxy group gets (JSON)
-  signalbox authz --policies DIR [--authz-port N] [--metrics-port N]
+  signalbox authz --policies DIR [--authz-port N] [--metrics-port N] [--data-dir DIR | --ca-cert F --ca-key F [--ca-bundle F]] [--insecure]
                                        run the ext_authz service (JWTPolicy checks) on its own
 ${EXPLAIN_USAGE}
 ${DIFF_USAGE}
-  signalbox token --service NAME | --gateway NAME [--ttl 720h] [--data-dir DIR]
-                                       print a token a proxy presents to receive its identity's secrets
+  signalbox token --service NAME | --gateway NAME [--ttl D] [--data-dir DIR] [--out DIR]
+                                       issue a token a proxy presents to receive its identity's secrets
+                                       (expires after --ttl, default 720h); with --out, write DIR/token.crt
+                                       and DIR/token.key (Envoy's TLS client certificate) and DIR/token.jwt,
+                                       otherwise print the JWT
   signalbox token revoke TOKEN_ID [--data-dir DIR]
-  signalbox status [--admin URL] [--role gateway|sidecar] [--json]
+  signalbox status [--admin URL] [--admin-token-file F] [--role gateway|sidecar] [--json]
                                        every connected proxy: versions per type, SYNCED / STALE / NACKED, cert expiry
-  signalbox bootstrap --gateway NAME --xds-address HOST:PORT [--delta] [--jwt-module] [--admin-port N] [--id ID] [--token T] [--out FILE]
-  signalbox bootstrap --service NAME --instance ID --app-port N --inbound-port N [--outbound-port N] ...
-                                       print an Envoy bootstrap (YAML) for a gateway or a sidecar
+${BOOTSTRAP_USAGE}
 
 serve flags (each also read from its environment variable):
 ${Object.values(SERVE_SETTINGS)
@@ -51,7 +51,7 @@ export async function run(argv: string[]): Promise<number> {
       case 'diff':
         return await diffCommand(rest);
       case 'bootstrap':
-        return bootstrap(rest);
+        return await bootstrapCommand(rest);
       case 'token':
         return await token(rest);
       case 'status':
@@ -140,71 +140,35 @@ async function token(args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
-    options: { service: { type: 'string' }, gateway: { type: 'string' }, ttl: { type: 'string' }, 'data-dir': { type: 'string' } },
+    options: { service: { type: 'string' }, gateway: { type: 'string' }, ttl: { type: 'string' }, 'data-dir': { type: 'string' }, out: { type: 'string' } },
   });
   const dataDir = path.resolve(values['data-dir'] ?? process.env.SIGNALBOX_DATA_DIR ?? '.data');
-  const { issueToken, revokeToken } = await import('../ca/tokens.js');
+  const { issueToken, issueTokenCredentials, revokeToken } = await import('../ca/tokens.js');
   if (positionals[0] === 'revoke') {
-    if (!positionals[1]) throw new SignalboxError('SB_BAD_FLAG', 'usage: signalbox token revoke TOKEN_ID');
+    if (!positionals[1] || positionals.length > 2) throw new SignalboxError('SB_BAD_FLAG', 'usage: signalbox token revoke TOKEN_ID');
     await revokeToken(dataDir, positionals[1]);
-    process.stderr.write(`revoked ${positionals[1]}\n`);
+    process.stderr.write(`revoked ${positionals[1]} (a running control plane refuses it within a second)\n`);
     return 0;
   }
+  if (positionals.length > 0) throw new SignalboxError('SB_BAD_FLAG', `unexpected argument "${positionals[0]!.slice(0, 100)}"; see signalbox --help`);
   if (!values.service === !values.gateway) throw new SignalboxError('SB_BAD_FLAG', 'give either --service NAME or --gateway NAME');
   const subject = values.service ? `service/${values.service}` : `gateway/${values.gateway}`;
-  const { token: jwt, id } = await issueToken(dataDir, subject, values.ttl);
-  process.stdout.write(jwt + '\n');
-  process.stderr.write(`token ${id} for ${subject}${values.ttl ? `, valid for ${values.ttl}` : ''} (revoke: signalbox token revoke ${id})\n`);
-  return 0;
-}
-
-function bootstrap(args: string[]): number {
-  const { values } = parseArgs({
-    args,
-    options: {
-      gateway: { type: 'string' },
-      service: { type: 'string' },
-      instance: { type: 'string' },
-      'app-port': { type: 'string' },
-      'inbound-port': { type: 'string' },
-      'outbound-port': { type: 'string' },
-      token: { type: 'string' },
-      'token-file': { type: 'string' },
-      'xds-address': { type: 'string' },
-      delta: { type: 'boolean' },
-      'jwt-module': { type: 'boolean' },
-      'admin-port': { type: 'string' },
-      'admin-address': { type: 'string' },
-      id: { type: 'string' },
-      out: { type: 'string' },
-    },
-  });
-  if (!values.gateway === !values.service) throw new SignalboxError('SB_BAD_FLAG', 'give either --gateway NAME or --service NAME (a sidecar)');
-  const portFlag = (name: string, v: string | undefined, fallback?: number): number => {
-    const n = v === undefined ? fallback : Number(v);
-    if (n === undefined || !Number.isInteger(n) || n < 1 || n > 65535) throw new SignalboxError('SB_BAD_FLAG', `--${name} must be a port from 1 to 65535`);
-    return n;
-  };
-  const sidecar = values.service
-    ? {
-        service: values.service,
-        instance: values.instance ?? `${values.service}-${process.pid}`,
-        appPort: portFlag('app-port', values['app-port']),
-        inboundPort: portFlag('inbound-port', values['inbound-port']),
-        outboundPort: portFlag('outbound-port', values['outbound-port'], 15001),
-      }
-    : undefined;
-  const token = values.token ?? (values['token-file'] ? readFileSync(values['token-file'], 'utf8').trim() : process.env.SIGNALBOX_TOKEN);
-  const xdsAddress = values['xds-address'] ?? process.env.SIGNALBOX_XDS_ADDRESS_FOR_PROXIES ?? '127.0.0.1:18000';
-  const adminPort = values['admin-port'] ? Number(values['admin-port']) : undefined;
-  if (adminPort !== undefined && (!Number.isInteger(adminPort) || adminPort < 0 || adminPort > 65535)) throw new SignalboxError('SB_BAD_FLAG', '--admin-port must be a port');
-  let yaml: string;
-  try {
-    yaml = bootstrapYaml({ gateway: values.gateway, sidecar, token, xdsAddress, delta: values.delta, jwtModule: values['jwt-module'], adminPort, adminAddress: values['admin-address'], id: values.id });
-  } catch (e) {
-    throw new SignalboxError('SB_BAD_FLAG', (e as Error).message);
+  if (values.out !== undefined) {
+    const outDir = path.resolve(values.out);
+    const cred = await issueTokenCredentials(dataDir, subject, values.ttl, outDir);
+    // The JWT twin (same id and expiry) for clients that cannot present a certificate.
+    const { token: jwt } = await issueToken(dataDir, subject, undefined, { id: cred.id, expiresAt: cred.expiresAt });
+    const jwtFile = path.join(outDir, 'token.jwt');
+    const { writeStateFile } = await import('../util/files.js');
+    await writeStateFile(jwtFile, jwt + '\n', 0o600);
+    process.stderr.write(
+      `token ${cred.id} for ${subject}, expires ${cred.expiresAt.toISOString()} (revoke: signalbox token revoke ${cred.id})\n` +
+        `  client certificate: ${cred.certFile}\n  key:                ${cred.keyFile}\n  JWT:                ${jwtFile}\n`,
+    );
+    return 0;
   }
-  if (values.out) writeFileSync(values.out, yaml);
-  else process.stdout.write(yaml);
+  const { token: jwt, id, expiresAt } = await issueToken(dataDir, subject, values.ttl);
+  process.stdout.write(jwt + '\n');
+  process.stderr.write(`token ${id} for ${subject}, expires ${expiresAt.toISOString()} (revoke: signalbox token revoke ${id})\n`);
   return 0;
 }

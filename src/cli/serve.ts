@@ -1,6 +1,6 @@
 // `signalbox serve`: wires the pipeline, the xDS server and the admin API together.
 import path from 'node:path';
-import { buildAdmin } from '../admin/server.js';
+import { adminSecurityOf, buildAdmin } from '../admin/server.js';
 import { attachTelemetry } from '../telemetry/index.js';
 import { startTracing } from '../observability/tracing.js';
 import { DEFAULT_AUTHZ_PORT, type ServeConfig } from '../config/settings.js';
@@ -16,6 +16,9 @@ import { attachConsul, untilConsulSynced } from '../sources/consul/index.js';
 import { CertificateAuthority } from '../ca/ca.js';
 import { IdentityManager } from '../ca/identities.js';
 import { TokenVerifier } from '../ca/tokens.js';
+import { ServerCertificate } from '../ca/server-tls.js';
+import { writeStateFile } from '../util/files.js';
+import { XDS_CA_FILE } from './bootstrap.js';
 import { BUILTIN_DEFAULTS } from '../model/model.js';
 import { startEmbeddedAuthz } from '../authz/index.js';
 import { inlineKeysOnly } from '../translate/jwt.js';
@@ -23,8 +26,8 @@ import { inlineKeysOnly } from '../translate/jwt.js';
 export interface RunningServer {
   xdsPort: number;
   adminPort: number;
-  /** The ext_authz service's port (undefined when it could not bind). */
-  authzPort?: number;
+  /** The ext_authz service's port (undefined while closed: no JWTPolicy yet and no --authz-port, or it could not bind). */
+  readonly authzPort?: number;
   pipeline: Pipeline;
   xds: XdsServer;
   logger: Logger;
@@ -37,6 +40,8 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
   const metrics = new Metrics();
   const cache = new SnapshotCache();
   const policyDir = path.resolve(cfg.policies);
+  // Flags that make the start impossible are refused before anything listens.
+  const adminSecurity = await adminSecurityOf(cfg.adminAddress, cfg.adminTokenFile);
   const ca = await CertificateAuthority.open({ dataDir: path.resolve(cfg.dataDir), trustDomain: BUILTIN_DEFAULTS.trustDomain, files: cfg.ca });
   logger.info({ ca: ca.source, subject: ca.certificate.subject, notAfter: ca.certificate.notAfter.toISOString() }, 'mesh CA ready');
   const identities = new IdentityManager(ca, { ttlMs: BUILTIN_DEFAULTS.mtls.certTTLms, logger, metrics: { issued: (kind) => metrics.certificates.inc({ kind }) } });
@@ -51,9 +56,13 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
       if (pipeline.model) void pipeline.reload();
     }, 50);
   };
-  const authz = await startEmbeddedAuthz({ bindAddress: cfg.xdsAddress, port: cfg.authzPort ?? DEFAULT_AUTHZ_PORT, addressForProxies: cfg.authzAddressForProxies, logger, registry: metrics.registry, onKeysChanged });
+  // Opened at once for an explicit --authz-port, else once a JWTPolicy exists; TLS from the mesh CA unless --xds-insecure.
+  const authz = await startEmbeddedAuthz({ bindAddress: cfg.xdsAddress, port: cfg.authzPort, defaultPort: DEFAULT_AUTHZ_PORT, tls: cfg.xdsTls ? { ca, trustDomain: BUILTIN_DEFAULTS.trustDomain } : undefined, addressForProxies: cfg.authzAddressForProxies, logger, registry: metrics.registry, onKeysChanged });
   const pipeline = new Pipeline({
     policyDir,
+    dataDir: path.resolve(cfg.dataDir),
+    // Files holding the control plane's own secrets: no policy may point at them.
+    forbiddenPaths: [cfg.ca?.keyFile, cfg.xdsTls?.files?.keyFile, cfg.adminTokenFile].filter((f): f is string => !!f).map((f) => path.resolve(f)),
     cache,
     logger,
     metrics,
@@ -66,8 +75,25 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
     jwtFastPathModule: cfg.jwtFastPathModule,
     endpointPushIntervalMs: cfg.endpointPushIntervalMs,
   });
-  const tokens = await TokenVerifier.open(path.resolve(cfg.dataDir));
-  const xds = new XdsServer({ cache, metrics, logger, tokens, requireToken: cfg.requireToken });
+  const tokens = await TokenVerifier.open(path.resolve(cfg.dataDir), { logger });
+  const xds = new XdsServer({
+    cache,
+    metrics,
+    logger,
+    tokens,
+    requireToken: cfg.requireToken,
+    identities,
+    identityOf: (group) => pipeline.identityOf(group),
+    declares: (role, name) => pipeline.declares(role, name),
+  });
+  // TLS on the xDS port by default: a certificate from the mesh CA (or the user's PKI), and the
+  // CA proxies verify it with written next to the CA for `signalbox bootstrap`.
+  const xdsCert = cfg.xdsTls ? await ServerCertificate.start({ ca, trustDomain: BUILTIN_DEFAULTS.trustDomain, server: 'xds', bindAddress: cfg.xdsAddress, sans: cfg.xdsTls.sans, files: cfg.xdsTls.files, logger }) : undefined;
+  if (xdsCert?.source === 'mesh-ca') await writeStateFile(path.join(path.resolve(cfg.dataDir), XDS_CA_FILE), ca.trustBundlePem, 0o644);
+  const warnings: string[] = [];
+  if (!xdsCert) warnings.push('xDS is served in plain text (--xds-insecure): configuration and private keys cross the network in clear');
+  if (cfg.requireToken === 'secrets') warnings.push('--require-token secrets: proxies without a valid token receive every configuration except keys');
+  for (const w of warnings) logger.warn(w);
   const consul = attachConsul(cfg, pipeline, metrics, logger); // undefined without --consul-addr
   await consul?.prepared(); // with --consul-import: the imported services, before the first load
   pipeline.on('applied', (model) => authz.update(model)); // before any proxy can get routes that name new policies
@@ -75,19 +101,41 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
   if (!first.applied) {
     logger.error({ errors: first.errors.map(formatPolicyError) }, 'the policy directory is invalid; serving no configuration until it is fixed');
   }
+  await authz.settled(); // a JWTPolicy in the first model: its port is bound (or the failure known) before proxies connect
   await untilConsulSynced(consul, pipeline); // never hand proxies empty endpoint sets: xDS opens once Consul answered
   const watcher = watchPolicies(policyDir, cfg.watchDebounceMs, () => void pipeline.reload());
-  const xdsPort = await xds.listen(`${cfg.xdsAddress.includes(':') ? `[${cfg.xdsAddress}]` : cfg.xdsAddress}:${cfg.xdsPort}`);
+  const xdsPort = await xds.listen(`${cfg.xdsAddress.includes(':') ? `[${cfg.xdsAddress}]` : cfg.xdsAddress}:${cfg.xdsPort}`, xdsCert?.grpcCredentials(() => tokens.caPem));
   const telemetry = attachTelemetry({ pipeline, registry: xds.registry, promRegistry: metrics.registry, logger, addService: (def, impl) => xds.addService(def, impl) });
-  const admin = buildAdmin({ pipeline, cache, registry: xds.registry, metrics, logger, identities, traffic: telemetry.store, sources: () => ({ sources: consul ? [consul.status()] : [] }), readiness: consul ? () => consul.readiness() : undefined });
-  admin.get('/api/authz', async () => ({ port: authz.port ?? null, endpointForProxies: authz.endpoint, ...authz.server.engine.status() }));
+  /** The security posture and its downgrades, for /api/status and the dashboard's banner. */
+  const status = () => ({
+    xds: { tls: !!xdsCert, insecure: !xdsCert, certificate: xdsCert?.status() },
+    proxyAuth: { requireToken: cfg.requireToken, revocationList: tokens.revocationProblem ?? 'ok' },
+    authz: authz.status(),
+    warnings: [...warnings, ...(tokens.revocationProblem ? [tokens.revocationProblem] : [])],
+  });
+  const admin = buildAdmin({
+    pipeline,
+    cache,
+    registry: xds.registry,
+    metrics,
+    logger,
+    identities,
+    traffic: telemetry.store,
+    security: adminSecurity,
+    status,
+    sources: () => ({ sources: consul ? [consul.status()] : [] }),
+    readiness: authz.readinessWith(consul ? () => consul.readiness() : undefined),
+  });
+  admin.get('/api/authz', async () => ({ ...authz.status(), ...authz.server.engine.status() }));
   await admin.listen({ host: cfg.adminAddress, port: cfg.adminPort });
   const adminPort = (admin.server.address() as { port: number }).port;
-  logger.info({ xds: `${cfg.xdsAddress}:${xdsPort}`, admin: `http://${cfg.adminAddress}:${adminPort}`, policies: policyDir }, 'signalbox serving');
+  logger.info({ xds: `${cfg.xdsAddress}:${xdsPort}`, xdsTls: xdsCert ? xdsCert.source : 'off (--xds-insecure)', admin: `http://${cfg.adminAddress}:${adminPort}`, policies: policyDir }, 'signalbox serving');
   return {
     xdsPort,
     adminPort,
-    authzPort: authz.port,
+    get authzPort() {
+      return authz.port;
+    },
     pipeline,
     xds,
     logger,
@@ -96,6 +144,8 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
       await consul?.stop();
       await admin.close();
       await xds.close();
+      xdsCert?.stop();
+      tokens.close();
       clearTimeout(keysTimer);
       await authz.close();
       telemetry.stop();

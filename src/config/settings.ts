@@ -23,7 +23,7 @@ export const SERVE_SETTINGS = {
   adminAddress: { flag: 'admin-address', env: 'SIGNALBOX_ADMIN_ADDRESS', default: '127.0.0.1', help: 'address the admin API binds' },
   adminPort: { flag: 'admin-port', env: 'SIGNALBOX_ADMIN_PORT', default: '18001', help: 'port of the admin API (health, metrics, proxies)' },
   adminTokenFile: { flag: 'admin-token-file', env: 'SIGNALBOX_ADMIN_TOKEN_FILE', default: '', help: 'file holding a bearer token the admin API requires (except /healthz and /readyz); needed to bind --admin-address to a non-loopback address' },
-  authzPort: { flag: 'authz-port', env: 'SIGNALBOX_AUTHZ_PORT', default: '', help: 'port of the ext_authz gRPC service that checks JWTPolicies, bound on the xDS address (default: 18002, opened only while some JWTPolicy exists; a port given here is always open; 0: any free port)' },
+  authzPort: { flag: 'authz-port', env: 'SIGNALBOX_AUTHZ_PORT', default: '', help: 'port of the ext_authz gRPC service that checks JWTPolicies, bound on the xDS address (default: 18002, opened once a JWTPolicy exists and kept open for proxies still draining old routes; a port given here is always open; 0: any free port)' },
   authzAddressForProxies: { flag: 'authz-address-for-proxies', env: 'SIGNALBOX_AUTHZ_ADDRESS_FOR_PROXIES', default: '', help: 'IP:PORT at which proxies reach the ext_authz service, e.g. a standalone `signalbox authz` (default: the xDS address, 127.0.0.1 when that is a wildcard, and the bound --authz-port)' },
   dataDir: { flag: 'data-dir', env: 'SIGNALBOX_DATA_DIR', default: '.data', help: 'folder for state Signalbox keeps (CA material)' },
   logLevel: { flag: 'log-level', env: 'SIGNALBOX_LOG_LEVEL', default: 'info', help: 'trace, debug, info, warn or error' },

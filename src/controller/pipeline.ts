@@ -18,15 +18,14 @@ import { EncodeCache, type Resource } from '../xds/resources/resource.js';
 import { TypeUrl } from '../xds/resources/type-urls.js';
 import { configResources, endpointsResource, type ResourceMap } from '../xds/translator/index.js';
 import type { IdentityManager } from '../ca/identities.js';
-import { baseGroup, IDENTITY_SECRET, parseSidecarGroup, TRUST_BUNDLE_SECRET } from '../ir/types.js';
-import { redactSecret } from '../xds/translator/secret.js';
+import { baseGroup, parseSidecarGroup, TRUST_BUNDLE_SECRET } from '../ir/types.js';
 import type { AuthzEndpoint, JwtKeysOf } from '../translate/jwt.js';
 
 interface GroupState {
   ir: IRProxyConfig;
   config: ResourceMap;
   endpoints: Map<string, Resource>;
-  /** The group's own identity certificate and the mesh trust bundle (SDS). */
+  /** The mesh trust bundle (SDS), for groups with an identity; each proxy's own certificate is made per stream. */
   identity: Map<string, Resource>;
 }
 
@@ -38,11 +37,15 @@ export interface ReloadResult {
 
 export interface PipelineOptions {
   policyDir: string;
+  /** The control plane's data directory: no policy may read a file under it. */
+  dataDir?: string;
+  /** More files or folders no policy may read (the CA key, the xDS server key, the admin token file). */
+  forbiddenPaths?: string[];
   cache: SnapshotCache;
   logger: Logger;
   metrics?: Metrics;
   endpoints?: EndpointStore;
-  /** Issues each group's SPIFFE certificate; without it no mesh TLS secrets are served. */
+  /** The mesh CA's identities; without it no mesh TLS secrets are served. */
   identities?: IdentityManager;
   /** How long endpoint changes are gathered before one push (coalescing bursts). */
   endpointDebounceMs?: number;
@@ -96,7 +99,20 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
     this.endpoints = opts.endpoints ?? new EndpointStore();
     this.endpoints.on('change', (services) => this.onEndpointChange(services));
     opts.cache.on('demand', (group) => void this.demand(group));
-    opts.identities?.on('rotated', (id) => void this.onRotated(id));
+  }
+
+  /** The SPIFFE ID the proxies of a group hold (undefined: the group gets no certificate). */
+  identityOf(group: string): string | undefined {
+    return this.groups.get(group)?.ir.identity;
+  }
+
+  /**
+   * Whether the current model declares the gateway or service a proxy claims to be; undefined
+   * before the first valid configuration (nothing to check against yet).
+   */
+  declares(role: 'gateway' | 'sidecar', name: string): boolean | undefined {
+    if (!this.model) return undefined;
+    return role === 'gateway' ? this.model.gateways.has(name) : this.model.services.has(name);
   }
 
   /**
@@ -110,22 +126,10 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
     if (this.model || this.running) await this.reload();
   }
 
-  private async onRotated(id: string): Promise<void> {
-    for (const [group, state] of this.groups) {
-      if (state.ir.identity !== id) continue;
-      state.identity = this.identityResources(id);
-      this.opts.cache.set(group, this.snapshotOf(state));
-    }
-  }
-
   private identityResources(id: string | undefined): Map<string, Resource> {
     const out = new Map<string, Resource>();
     const ids = this.opts.identities;
-    const cert = id && ids?.current(id);
-    if (!ids || !cert) return out;
-    const chain = ids.ca.source === 'files' ? `${cert.certificatePem.trim()}\n${ids.ca.certificatePem.trim()}\n` : cert.certificatePem;
-    const json = { name: IDENTITY_SECRET, tls_certificate: { certificate_chain: { inline_string: chain }, private_key: { inline_string: cert.privateKeyPem } } };
-    out.set(IDENTITY_SECRET, this.encoder.make(TypeUrl.Secret, IDENTITY_SECRET, json, { printable: redactSecret(json) }));
+    if (!ids || !id) return out;
     const bundle = { name: TRUST_BUNDLE_SECRET, validation_context: { trusted_ca: { inline_string: ids.ca.trustBundlePem } } };
     out.set(TRUST_BUNDLE_SECRET, this.encoder.make(TypeUrl.Secret, TRUST_BUNDLE_SECRET, bundle));
     return out;
@@ -162,7 +166,7 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
     let errors = loaded.errors;
     let model: Model | undefined;
     if (errors.length === 0) {
-      const built = await buildModel(this.extraDocs ? this.extraDocs(loaded.docs) : loaded.docs, this.opts.policyDir);
+      const built = await buildModel(this.extraDocs ? this.extraDocs(loaded.docs) : loaded.docs, this.opts.policyDir, { dataDir: this.opts.dataDir, forbidden: this.opts.forbiddenPaths });
       errors = built.errors;
       model = built.model;
     }
@@ -201,9 +205,6 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
     const irs = translate(model, this.requestedGroups, { authz: this.opts.authz, jwtKeys: this.opts.jwtKeys, jwtFastPath: this.opts.jwtFastPath, jwtFastPathModule: this.opts.jwtFastPathModule });
     if (this.opts.accessLog) for (const ir of irs.values()) for (const l of ir.listeners) l.accessLog = this.opts.accessLog;
     applyMeshTracing(model, irs);
-    if (this.opts.identities) {
-      await Promise.all([...irs.values()].flatMap((ir) => (ir.identity ? [this.opts.identities!.ensure(ir.identity)] : [])));
-    }
     const next = new Map<string, GroupState>();
     const snapshots = new Map<string, Snapshot>();
     for (const [group, ir] of irs) {

@@ -3,7 +3,6 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { bootstrapYaml } from '../../src/cli/bootstrap.js';
 import { startEnvoy, type Envoy } from './envoy.js';
 import { freePort, waitFor } from './net.js';
 import { startSignalbox, type SignalboxProcess } from './signalbox.js';
@@ -42,7 +41,7 @@ export async function startGatewayEnv(opts: { name: string; gateway?: string; fi
   try {
     envoy = await startEnvoy({
       name: proxyId,
-      bootstrapYaml: (adminPort) => bootstrapYaml({ gateway: opts.gateway ?? 'gateway', xdsAddress: `127.0.0.1:${sb.xdsPort}`, adminPort, id: proxyId, delta: opts.delta }),
+      bootstrapYaml: await sb.bootstrap({ gateway: opts.gateway ?? 'gateway', id: proxyId, delta: opts.delta }),
     });
   } catch (e) {
     await sb.kill();

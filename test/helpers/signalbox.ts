@@ -4,6 +4,8 @@ import path from 'node:path';
 import { mkdtempSync } from 'node:fs';
 import os from 'node:os';
 import { issueToken } from '../../src/ca/tokens.js';
+import { bootstrapYaml, type BootstrapOptions } from '../../src/cli/bootstrap.js';
+import { bootstrapTls } from './credentials.js';
 import { repoRoot } from './envoy.js';
 import { freePort, waitFor } from './net.js';
 
@@ -12,6 +14,11 @@ export interface SignalboxProcess {
   dataDir: string;
   /** A proxy token for `service/NAME` or `gateway/NAME`, signed by this instance's key. */
   token(subject: string, ttl?: string): Promise<string>;
+  /**
+   * An Envoy bootstrap for this control plane as `signalbox bootstrap` writes it: TLS to the xDS
+   * port, the proxy's token certificate in files (for its own identity, or `subject`).
+   */
+  bootstrap(o: Omit<BootstrapOptions, 'xdsAddress' | 'tls' | 'adminPort'> & { subject?: string; ttl?: string }): Promise<(adminPort: number) => string>;
   adminPort: number;
   admin<T = any>(p: string): Promise<T>;
   adminText(p: string): Promise<string>;
@@ -23,7 +30,9 @@ export interface SignalboxProcess {
 export async function startSignalbox(opts: { policies: string; dataDir?: string; xdsPort?: number; adminPort?: number; extraArgs?: string[]; env?: NodeJS.ProcessEnv; waitReady?: boolean }): Promise<SignalboxProcess> {
   const xdsPort = opts.xdsPort ?? (await freePort());
   const adminPort = opts.adminPort ?? (await freePort());
-  const dataDir = opts.dataDir ?? mkdtempSync(path.join(os.tmpdir(), 'signalbox-data-'));
+  // A --data-dir among the extra flags is the one the process uses (it comes last and wins).
+  const given = opts.extraArgs?.lastIndexOf('--data-dir') ?? -1;
+  const dataDir = given >= 0 ? path.resolve(opts.extraArgs![given + 1]!) : (opts.dataDir ?? mkdtempSync(path.join(os.tmpdir(), 'signalbox-data-')));
   let child: ChildProcess | undefined;
   let log = '';
   let exited = true;
@@ -59,6 +68,10 @@ export async function startSignalbox(opts: { policies: string; dataDir?: string;
     xdsPort,
     dataDir,
     token: async (subject, ttl) => (await issueToken(dataDir, subject, ttl)).token,
+    bootstrap: async ({ subject, ttl, ...o }) => {
+      const tls = await bootstrapTls(dataDir, subject ?? (o.sidecar ? `service/${o.sidecar.service}` : `gateway/${o.gateway}`), ttl);
+      return (adminPort) => bootstrapYaml({ ...o, tls, xdsAddress: `127.0.0.1:${xdsPort}`, adminPort });
+    },
     adminPort,
     admin: async (p) => (await fetch(`http://127.0.0.1:${adminPort}${p}`)).json(),
     adminText: async (p) => (await fetch(`http://127.0.0.1:${adminPort}${p}`)).text(),

@@ -498,25 +498,46 @@ export class DeltaClientStream extends BaseStream<DeltaDiscoveryRequest, DeltaDi
   }
 }
 
+/**
+ * How a client reaches a TLS xDS server: the CA to verify it with, optionally a client
+ * certificate, and the token (gRPC metadata) each stream presents for the node it claims.
+ */
+export interface AdsAuth {
+  ca: Buffer;
+  cert?: { certChain: Buffer; privateKey: Buffer };
+  token?: (node: WireNodeSpec) => string | undefined;
+}
+
 /** One gRPC channel to an ADS server, shared by any number of SotW and Delta streams. */
 export class AdsClient {
   readonly client: grpc.Client;
   private readonly streams = new Set<SotwClientStream | DeltaClientStream>();
 
-  constructor(target: string, options: grpc.ChannelOptions = {}) {
+  constructor(target: string, options: grpc.ChannelOptions = {}, private readonly auth?: AdsAuth) {
     // A distinct channel per AdsClient (not the process-wide subchannel pool), so that N clients
     // really are N connections when a benchmark wants that.
-    this.client = new grpc.Client(target, grpc.credentials.createInsecure(), { 'grpc.use_local_subchannel_pool': 1, 'grpc.max_receive_message_length': 64 * 1024 * 1024, ...options });
+    const creds = auth ? grpc.credentials.createSsl(auth.ca, auth.cert?.privateKey ?? null, auth.cert?.certChain ?? null) : grpc.credentials.createInsecure();
+    this.client = new grpc.Client(target, creds, { 'grpc.use_local_subchannel_pool': 1, 'grpc.max_receive_message_length': 64 * 1024 * 1024, ...options });
+  }
+
+  /** The stream's metadata: as given, else the token for its node (when the client has a token source). */
+  private withToken(opts: StreamOptions): StreamOptions {
+    if (opts.metadata || !this.auth?.token) return opts;
+    const token = this.auth.token(opts.node);
+    if (token === undefined) return opts;
+    const metadata = new grpc.Metadata();
+    metadata.set('x-signalbox-token', token);
+    return { ...opts, metadata };
   }
 
   sotw(opts: StreamOptions): SotwClientStream {
-    const s = new SotwClientStream(this.client, opts);
+    const s = new SotwClientStream(this.client, this.withToken(opts));
     this.track(s);
     return s;
   }
 
   delta(opts: StreamOptions): DeltaClientStream {
-    const s = new DeltaClientStream(this.client, opts);
+    const s = new DeltaClientStream(this.client, this.withToken(opts));
     this.track(s);
     return s;
   }

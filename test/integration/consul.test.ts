@@ -144,7 +144,7 @@ describe('Consul discovery with a real Consul, a real Envoy gateway and real tra
     const dir = mkdtempSync(path.join(os.tmpdir(), 'sb-consul-'));
     writeFileSync(path.join(dir, 'policies.yaml'), policies(gw));
     sb = await startSignalbox({ policies: dir, extraArgs: ['--consul-addr', consul.httpAddr, '--data-dir', path.join(dir, '.data')] });
-    envoy = await startEnvoy({ name: proxyId, bootstrapYaml: (adminPort) => bootstrapYaml({ gateway: 'edge', xdsAddress: `127.0.0.1:${sb.xdsPort}`, adminPort, id: proxyId, delta: true }) });
+    envoy = await startEnvoy({ name: proxyId, bootstrapYaml: await sb.bootstrap({ gateway: 'edge', id: proxyId, delta: true }) });
     await waitFor(async () => (await httpGet(url('/web'))).status === 200, { what: 'first request through the gateway', timeoutMs: 15_000 });
   });
 
@@ -375,7 +375,7 @@ describe('a Consul restarted without its data (-dev) resyncs without dropping en
     const dir = mkdtempSync(path.join(os.tmpdir(), 'sb-consul-dev-'));
     writeFileSync(path.join(dir, 'policies.yaml'), policies(gw));
     sb = await startSignalbox({ policies: dir, extraArgs: ['--consul-addr', consul.httpAddr, '--data-dir', path.join(dir, '.data')], env: { SIGNALBOX_CONSUL_RESYNC_GRACE_MS: '3000', SIGNALBOX_CONSUL_BACKOFF_MAX_MS: '1000' } });
-    envoy = await startEnvoy({ name: 'edge-consul-dev', bootstrapYaml: (adminPort) => bootstrapYaml({ gateway: 'edge', xdsAddress: `127.0.0.1:${sb.xdsPort}`, adminPort, id: 'edge-consul-dev', delta: false }) });
+    envoy = await startEnvoy({ name: 'edge-consul-dev', bootstrapYaml: await sb.bootstrap({ gateway: 'edge', id: 'edge-consul-dev', delta: false }) });
     await waitFor(async () => (await webHosts()) === 2, { what: 'two web hosts in Envoy', timeoutMs: 15_000 });
   });
 
@@ -459,7 +459,7 @@ spec:
 `,
     );
     sb = await startSignalbox({ policies: dir, extraArgs: ['--consul-addr', consul.httpAddr, '--consul-import', 'tag=edge', '--data-dir', path.join(dir, '.data')] });
-    envoy = await startEnvoy({ name: 'edge-consul-import', bootstrapYaml: (adminPort) => bootstrapYaml({ gateway: 'edge', xdsAddress: `127.0.0.1:${sb.xdsPort}`, adminPort, id: 'edge-consul-import', delta: true }) });
+    envoy = await startEnvoy({ name: 'edge-consul-import', bootstrapYaml: await sb.bootstrap({ gateway: 'edge', id: 'edge-consul-import', delta: true }) });
   });
 
   after(async () => {

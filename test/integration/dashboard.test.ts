@@ -11,7 +11,9 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { after, before, describe, test } from 'node:test';
 import { chromium, type BrowserContext, type Page } from 'playwright-core';
-import { bootstrapYaml } from '../../src/cli/bootstrap.js';
+import { TypeUrl } from '../../src/xds/resources/type-urls.js';
+import { signTokenSync, xdsCa } from '../helpers/credentials.js';
+import { AdsClient, makeNode } from '../helpers/xds-client.js';
 import { startControlUpstream, type ControlUpstream } from '../helpers/control-upstream.js';
 import { repoRoot, startEnvoy, type Envoy } from '../helpers/envoy.js';
 import { pool } from '../helpers/gateway-env.js';
@@ -113,8 +115,8 @@ describe('dashboard in a real browser, real Envoy traffic', () => {
     dir = mkdtempSync(path.join(os.tmpdir(), 'sb-dashboard-'));
     for (const [f, text] of Object.entries(policies({ edge: edgePort, lab: labPort, shop: shop.port, flaky: flaky.port }))) writeFileSync(path.join(dir, f), text);
     sb = await startSignalbox({ policies: dir });
-    edge = await startEnvoy({ name: 'edge-gw', bootstrapYaml: (adminPort) => bootstrapYaml({ gateway: 'edge', xdsAddress: `127.0.0.1:${sb.xdsPort}`, adminPort, id: 'edge-gw' }) });
-    lab = await startEnvoy({ name: 'lab-gw', bootstrapYaml: (adminPort) => bootstrapYaml({ gateway: 'lab', xdsAddress: `127.0.0.1:${sb.xdsPort}`, adminPort, id: 'lab-gw', delta: true }) });
+    edge = await startEnvoy({ name: 'edge-gw', bootstrapYaml: await sb.bootstrap({ gateway: 'edge', id: 'edge-gw' }) });
+    lab = await startEnvoy({ name: 'lab-gw', bootstrapYaml: await sb.bootstrap({ gateway: 'lab', id: 'lab-gw', delta: true }) });
     await waitFor(async () => (await httpGet(`http://127.0.0.1:${edgePort}/shop/ready`)).status === 200, { what: 'edge gateway serving', timeoutMs: 15_000 });
     profile = mkdtempSync(path.join(os.tmpdir(), 'sb-chromium-'));
     context = await chromium.launchPersistentContext(profile, {
@@ -222,14 +224,22 @@ describe('dashboard in a real browser, real Envoy traffic', () => {
     );
     assert.equal(r.code, 1, 'not every proxy is synced');
     assert.match(r.stdout, /^PROXY\s+ROLE\s+XDS\s+CDS\s+EDS\s+LDS\s+RDS\s+SDS\s+STATUS\s+CERT EXPIRES$/m);
-    assert.match(r.stdout, /^edge-gw\s+gateway\/edge\s+sotw\s+.*SYNCED\s+23h5\dm$/m);
-    assert.match(r.stdout, /^lab-gw\s+gateway\/lab\s+delta\s+.*NACKED\s+23h5\dm$/m);
+    // Neither gateway uses a secret, so neither was issued a certificate (each instance gets its own when it asks).
+    assert.match(r.stdout, /^edge-gw\s+gateway\/edge\s+sotw\s+.*SYNCED\s+-$/m);
+    assert.match(r.stdout, /^lab-gw\s+gateway\/lab\s+delta\s+.*NACKED\s+-$/m);
     assert.match(r.stdout, /lab-gw: route \w+ NACKED \(from [^)]*lab-routes\.yaml\)/);
   });
 
   test('certificates, validation errors, and a screenshot', async () => {
+    // An instance of shop asks for its identity (as a sidecar's SDS does): its certificate is listed.
+    const ads = new AdsClient(`127.0.0.1:${sb.xdsPort}`, {}, { ca: xdsCa(sb.dataDir), token: () => signTokenSync(sb.dataDir, 'service/shop') });
+    const node = makeNode({ id: 'shop-1', role: 'sidecar', gateway: null, metadata: { 'signalbox.service': 'shop', 'signalbox.app_port': '9001', 'signalbox.inbound_port': '21001' } });
+    const sidecar = ads.sotw({ node, autoAck: true });
+    sidecar.request(TypeUrl.Secret, ['signalbox/identity']);
+    await sidecar.next((x) => x.type_url === TypeUrl.Secret && x.resources.length === 1, 10_000);
     await page.waitForSelector('#certs tbody tr[data-identity]', { timeout: 10_000 });
-    assert.match((await page.textContent('#certs tbody')) ?? '', /spiffe:\/\/signalbox\.local\/gateway\/edge/);
+    assert.match((await page.textContent('#certs tbody')) ?? '', /spiffe:\/\/signalbox\.local\/service\/shop/);
+    ads.close();
     // An invalid edit shows up in the page (and changes nothing that is served).
     writeFileSync(path.join(dir, 'broken.yaml'), 'apiVersion: signalbox.dev/v1alpha1\nkind: HTTPRoute\nmetadata: { name: broken }\nspec:\n  parentRefs: [ { kind: Gateway, name: nowhere } ]\n  rules: []\n');
     await waitFor(async () => /broken\.yaml/.test((await page.textContent('#errors')) ?? ''), { what: 'validation error shown', timeoutMs: 15_000 });

@@ -121,7 +121,7 @@ for (const mode of ['sotw', 'delta'] as const) {
       sb = await startSignalbox({ policies: dir });
       envoy = await startEnvoy({
         name: proxyId,
-        bootstrapYaml: (adminPort) => bootstrapYaml({ gateway: 'edge', xdsAddress: `127.0.0.1:${sb.xdsPort}`, adminPort, id: proxyId, delta: mode === 'delta' }),
+        bootstrapYaml: await sb.bootstrap({ gateway: 'edge', id: proxyId, delta: mode === 'delta' }),
       });
       await waitFor(async () => (await httpGet(url('/search'))).status === 200, { what: 'first route served' });
     });

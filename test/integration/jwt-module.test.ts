@@ -254,11 +254,10 @@ ${gateway('mod', modPort, `, { name: open, port: ${openPort}, protocol: HTTP }`)
     const sb = await startSignalbox({ policies: dir });
     const envoys: Envoy[] = [];
     try {
-      const tokens = { mod: await sb.token('gateway/mod'), lua: await sb.token('gateway/lua') };
-      const bootYaml = (gw: 'mod' | 'lua', id: string, jwtModule: boolean) => (adminPort: number) => bootstrapYaml({ gateway: gw, id, xdsAddress: `127.0.0.1:${sb.xdsPort}`, adminPort, token: tokens[gw], jwtModule });
+      const bootYaml = (gw: 'mod' | 'lua', id: string, jwtModule: boolean) => sb.bootstrap({ gateway: gw, id, jwtModule });
 
       // Says it loads the module, but its Envoy has none: the listener is rejected with Envoy's reason.
-      const broken = await startEnvoy({ name: 'no-module', withoutModules: true, bootstrapYaml: bootYaml('mod', 'no-module', true) });
+      const broken = await startEnvoy({ name: 'no-module', withoutModules: true, bootstrapYaml: await bootYaml('mod', 'no-module', true) });
       try {
         await waitFor(async () => (await sb.admin('/api/proxies/no-module'))?.state === 'NACKED', { what: 'the listener rejected', timeoutMs: 15_000 });
         const status = await sb.admin('/api/proxies/no-module');
@@ -269,9 +268,9 @@ ${gateway('mod', modPort, `, { name: open, port: ${openPort}, protocol: HTTP }`)
         await broken.stop();
       }
 
-      const withModule = await startEnvoy({ name: 'with-module', bootstrapYaml: bootYaml('mod', 'with-module', true) });
+      const withModule = await startEnvoy({ name: 'with-module', bootstrapYaml: await bootYaml('mod', 'with-module', true) });
       envoys.push(withModule);
-      const withScript = await startEnvoy({ name: 'with-script', bootstrapYaml: bootYaml('lua', 'with-script', false) });
+      const withScript = await startEnvoy({ name: 'with-script', bootstrapYaml: await bootYaml('lua', 'with-script', false) });
       envoys.push(withScript);
       const good = await signToken(key, { iss: 'https://issuer.test/', sub: 'alice' });
       for (const [envoy, port, filter] of [

@@ -191,13 +191,10 @@ spec:
       ].join('---\n'),
     );
     sb = await startSignalbox({ policies: dir, extraArgs: ['--authz-port', String(authzPort), '--jwt-fast-path', engine === 'module' ? 'module' : 'on'] });
-    const gwToken = await sb.token('gateway/gateway');
-    gateway = await startEnvoy({ name: 'jwt-gw', bootstrapYaml: (adminPort) => bootstrapYaml({ gateway: 'gateway', id: 'jwt-gw', xdsAddress: `127.0.0.1:${sb.xdsPort}`, adminPort, token: gwToken }) });
-    const scToken = await sb.token('service/secure');
+    gateway = await startEnvoy({ name: 'jwt-gw', bootstrapYaml: await sb.bootstrap({ gateway: 'gateway', id: 'jwt-gw' }) });
     sidecar = await startEnvoy({
       name: 'jwt-sidecar',
-      bootstrapYaml: (adminPort) =>
-        bootstrapYaml({ sidecar: { service: 'secure', instance: 'secure-1', appPort: meshApp.port, inboundPort, outboundPort }, xdsAddress: `127.0.0.1:${sb.xdsPort}`, adminPort, token: scToken }),
+      bootstrapYaml: await sb.bootstrap({ sidecar: { service: 'secure', instance: 'secure-1', appPort: meshApp.port, inboundPort, outboundPort } }),
     });
     await waitFor(async () => (await request(gwPort, '/public')).status === 200, { what: 'gateway serving /public', timeoutMs: 20_000 });
     const warm = await token(rsa);

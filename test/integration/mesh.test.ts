@@ -5,7 +5,8 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { bootstrapYaml } from '../../src/cli/bootstrap.js';
+import { bootstrapYaml, XDS_CA_FILE } from '../../src/cli/bootstrap.js';
+import { bootstrapTls } from '../helpers/credentials.js';
 import { startEnvoy, type Envoy } from '../helpers/envoy.js';
 import { startMeshApp, type MeshApp } from '../helpers/mesh-app.js';
 import { freePort, httpGet, waitFor } from '../helpers/net.js';
@@ -102,15 +103,13 @@ spec:
     );
     sb = await startSignalbox({ policies: dir });
     for (const s of SERVICES) {
-      const token = await sb.token(`service/${s}`);
       sidecars[s] = await startEnvoy({
         name: `${s}-sidecar`,
-        bootstrapYaml: (adminPort) =>
-          bootstrapYaml({ sidecar: { service: s, instance: `${s}-1`, appPort: apps[s].port, inboundPort: inbound[s], outboundPort: outbound[s] }, xdsAddress: `127.0.0.1:${sb.xdsPort}`, adminPort, token }),
+        // Both protocols: frontend's sidecar on SotW, the others on Delta.
+        bootstrapYaml: await sb.bootstrap({ sidecar: { service: s, instance: `${s}-1`, appPort: apps[s].port, inboundPort: inbound[s], outboundPort: outbound[s] }, delta: s !== 'frontend' }),
       });
     }
-    const gwToken = await sb.token('gateway/edge');
-    gateway = await startEnvoy({ name: 'edge', bootstrapYaml: (adminPort) => bootstrapYaml({ gateway: 'edge', id: 'edge-1', xdsAddress: `127.0.0.1:${sb.xdsPort}`, adminPort, token: gwToken }) });
+    gateway = await startEnvoy({ name: 'edge', bootstrapYaml: await sb.bootstrap({ gateway: 'edge', id: 'edge-1' }) });
     await waitFor(async () => (await gw('/hello')).status === 200, { what: 'gateway -> frontend', timeoutMs: 20_000 });
   });
 
@@ -175,41 +174,33 @@ spec:
     assert.equal(plain, 0, 'strict mode must not serve plain text');
   });
 
-  test('a proxy with another identity\'s token, and one with no token, get no secrets', async () => {
-    const ordersToken = await sb.token('service/orders');
+  test("a proxy with another identity's token, and one whose token another control plane signed, get nothing at all", async () => {
     const impostorInbound = await freePort();
     const impostorOutbound = await freePort();
     const impostor = await startEnvoy({
       name: 'impostor',
       waitReady: false,
-      bootstrapYaml: (adminPort) =>
-        bootstrapYaml({ sidecar: { service: 'payments', instance: 'impostor-1', appPort: apps.payments.port, inboundPort: impostorInbound, outboundPort: impostorOutbound }, xdsAddress: `127.0.0.1:${sb.xdsPort}`, adminPort, token: ordersToken }),
+      bootstrapYaml: await sb.bootstrap({ sidecar: { service: 'payments', instance: 'impostor-1', appPort: apps.payments.port, inboundPort: impostorInbound, outboundPort: impostorOutbound }, subject: 'service/orders' }),
     });
     extra.push(impostor);
-    const anonymous = await startEnvoy({
-      name: 'anonymous',
-      waitReady: false,
-      bootstrapYaml: (adminPort) => bootstrapYaml({ gateway: 'side', id: 'anonymous-1', xdsAddress: `127.0.0.1:${sb.xdsPort}`, adminPort }),
-    });
-    extra.push(anonymous);
-    await waitFor(async () => {
-      const ids = ((await sb.admin('/api/proxies')).proxies as any[]).map((p) => p.id);
-      return ids.includes('impostor-1') && ids.includes('anonymous-1');
-    }, { what: 'impostors connected' });
-    // Both ask for the identity secret their clusters need; Signalbox refuses and says so.
-    const refused = (id: string) => sb.logs().split('\n').some((l) => l.includes(`"proxy":"${id}"`) && l.includes('secret request refused'));
-    await waitFor(() => refused('impostor-1') && refused('anonymous-1'), { what: 'secret requests refused', timeoutMs: 15_000 });
-    for (const e of [impostor, anonymous]) {
-      const secrets = await e.adminJson<any>('/config_dump?resource=dynamic_active_secrets');
-      assert.deepEqual(secrets.configs ?? [], [], 'no secret may reach a proxy without a token for its own identity');
+    // A well-formed token certificate, signed by another control plane's key.
+    const foreign = await bootstrapTls(mkdtempSync(path.join(os.tmpdir(), 'sb-foreign-')), 'gateway/edge');
+    const tls = { ...foreign, caFile: path.join(sb.dataDir, XDS_CA_FILE) };
+    const stranger = await startEnvoy({ name: 'stranger', waitReady: false, bootstrapYaml: (adminPort) => bootstrapYaml({ gateway: 'edge', id: 'foreign-1', tls, xdsAddress: `127.0.0.1:${sb.xdsPort}`, adminPort }) });
+    extra.push(stranger);
+    const refused = (id: string, why: RegExp) => sb.logs().split('\n').some((l) => /xDS stream (refused|closed)/.test(l) && why.test(l) && (id === '' || l.includes(id)));
+    await waitFor(() => refused('impostor-1', /token is for service\/orders, the node claims service\/payments/), { what: 'the impostor refused', timeoutMs: 15_000 });
+    await waitFor(() => refused('', /no token: present a token certificate/), { what: 'the stranger refused', timeoutMs: 15_000 });
+    for (const e of [impostor, stranger]) {
+      const dump = await e.adminJson<any>('/config_dump');
+      const dynamic = JSON.stringify(dump.configs.filter((c: any) => !/Bootstrap/.test(c['@type'])));
+      assert.ok(!/dynamic_active|signalbox\/identity|BEGIN CERTIFICATE/.test(dynamic), `nothing reaches a refused proxy: ${dynamic.slice(0, 400)}`);
     }
-    const proxies = (await sb.admin('/api/proxies')).proxies as any[];
-    assert.equal(proxies.find((p) => p.id === 'impostor-1').authenticated, false);
-    assert.equal(proxies.find((p) => p.id === 'anonymous-1').authenticated, false);
-    assert.match(sb.logs(), /token is for service\/orders, the node claims service\/payments/);
+    const ids = ((await sb.admin('/api/proxies')).proxies as any[]).map((p) => p.id);
+    assert.ok(!ids.includes('impostor-1') && !ids.includes('foreign-1'), `refused proxies are not listed: ${ids}`);
     assert.ok(!/BEGIN PRIVATE KEY/.test(sb.logs()), 'no key in logs');
     await impostor.stop();
-    await anonymous.stop();
+    await stranger.stop();
   });
 
   test('certificates renew (certTTL 30s) under continuous traffic with zero failed requests', async () => {

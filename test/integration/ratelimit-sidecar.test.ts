@@ -73,17 +73,14 @@ spec:
     );
     sb = await startSignalbox({ policies: dir });
     for (const s of SERVICES) {
-      const token = await sb.token(`service/${s}`);
       sidecars.push(
         await startEnvoy({
           name: `${s}-rl-sidecar`,
-          bootstrapYaml: (adminPort) =>
-            bootstrapYaml({ sidecar: { service: s, instance: `${s}-1`, appPort: apps[s].port, inboundPort: inbound[s], outboundPort: outbound[s] }, xdsAddress: `127.0.0.1:${sb.xdsPort}`, adminPort, token }),
+          bootstrapYaml: await sb.bootstrap({ sidecar: { service: s, instance: `${s}-1`, appPort: apps[s].port, inboundPort: inbound[s], outboundPort: outbound[s] } }),
         }),
       );
     }
-    const gwToken = await sb.token('gateway/edge');
-    gateway = await startEnvoy({ name: 'rl-edge', bootstrapYaml: (adminPort) => bootstrapYaml({ gateway: 'edge', id: 'rl-edge-1', xdsAddress: `127.0.0.1:${sb.xdsPort}`, adminPort, token: gwToken }) });
+    gateway = await startEnvoy({ name: 'rl-edge', bootstrapYaml: await sb.bootstrap({ gateway: 'edge', id: 'rl-edge-1' }) });
     await waitFor(async () => (await get(gwPort, '/open')).status === 200 && (await get(gwPort, '/limited')).status === 200, { what: 'gateway -> sidecars', timeoutMs: 20_000 });
   });
 

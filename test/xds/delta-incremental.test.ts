@@ -87,7 +87,8 @@ function evolve(r: Rng, prev: ReadonlyMap<TypeUrl, ReadonlyMap<string, Resource>
 }
 
 function context(cache: SnapshotCache): ServerContext {
-  return { cache, registry: new ProxyRegistry(), metrics: new Metrics(), logger: createLogger({ level: 'silent' }) };
+  // 'secrets': a stream without a token still gets configuration, so both kinds are compared.
+  return { cache, registry: new ProxyRegistry(), metrics: new Metrics(), logger: createLogger({ level: 'silent' }), requireToken: 'secrets' };
 }
 
 /** What a response looks like on the wire (resource bytes stand for themselves). */
@@ -123,7 +124,7 @@ function run(seed: number, steps: number): { compared: number; oracleChecks: num
   const ref = new DeltaStream(ctx, 'test-ref', (x) => got.ref.push(x));
   ref.incremental = false;
   const secrets = r.chance(0.7);
-  for (const s of [inc, ref]) s.auth = secrets ? { ok: true, claims: { subject: 'gateway/edge', id: 't' } } : { ok: false, reason: 'test' };
+  for (const s of [inc, ref]) s.auth = secrets ? { ok: true, claims: { subject: 'gateway/edge', id: 't', expiresAt: new Date(Date.now() + 3_600_000) } } : { ok: false, reason: 'test' };
 
   let resources = evolve(r, new Map());
   let stored = false;

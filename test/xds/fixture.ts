@@ -8,6 +8,7 @@ import { startServer, type RunningServer } from '../../src/cli/serve.js';
 import { resolveServeConfig } from '../../src/config/settings.js';
 import { TypeUrl } from '../../src/xds/resources/type-urls.js';
 import { waitFor } from '../helpers/net.js';
+import { signTokenSync, subjectOf, xdsCa } from '../helpers/credentials.js';
 import { AdsClient, decodeAny, resourceName, shortType, type DeltaClientStream, type DeltaDiscoveryResponse, type DiscoveryResponse, type SotwClientStream } from '../helpers/xds-client.js';
 
 export { TypeUrl };
@@ -109,6 +110,8 @@ export interface ProxyJson {
 export interface Signalbox {
   server: RunningServer;
   dir: string;
+  /** The control plane's data directory (its CA, token key, the xDS server's CA file). */
+  dataDir: string;
   target: string;
   ads: AdsClient;
   /** Rewrites a policy file atomically and waits until the reload it causes has finished. */
@@ -140,7 +143,8 @@ export async function startSignalbox(files: Record<string, string> = { 'services
   server.pipeline.on('rejected', () => reloads++);
   const base = `http://127.0.0.1:${server.adminPort}`;
   const target = `127.0.0.1:${server.xdsPort}`;
-  const ads = new AdsClient(target);
+  // Every stream presents a token for the node it claims, over TLS, as a proxy would.
+  const ads = new AdsClient(target, {}, { ca: xdsCa(dataDir), token: (node) => tokenFor(dataDir, node) });
   let tmp = 0;
   const get = async <T>(p: string): Promise<T> => {
     const res = await fetch(base + p);
@@ -151,6 +155,7 @@ export async function startSignalbox(files: Record<string, string> = { 'services
   return {
     server,
     dir,
+    dataDir,
     target,
     ads,
     async writePolicy(file, text) {
@@ -176,6 +181,12 @@ export async function startSignalbox(files: Record<string, string> = { 'services
       rmSync(root, { recursive: true, force: true });
     },
   };
+}
+
+/** A token for the identity a node claims (none for a node that claims none). */
+export function tokenFor(dataDir: string, node: Parameters<typeof subjectOf>[0]): string | undefined {
+  const subject = subjectOf(node);
+  return subject ? signTokenSync(dataDir, subject) : undefined;
 }
 
 /** The value of one Prometheus sample (0 when the series does not exist yet). */

@@ -6,6 +6,7 @@ import { after, before, describe, test } from 'node:test';
 import { waitFor } from '../helpers/net.js';
 import { encodeSotwRequest, gatewayNode, makeNode, type DeltaClientStream, type SotwClientStream } from '../helpers/xds-client.js';
 import { CDS, EDS, LDS, namesOf, startSignalbox, waitSynced, type Signalbox } from './fixture.js';
+import { signTokenSync } from '../helpers/credentials.js';
 
 /** Bytes that are not a protobuf message of either request type. */
 const GARBAGE = [Buffer.from('GET / HTTP/1.1\r\nHost: signalbox\r\n\r\n'), Buffer.alloc(11, 0xff)];
@@ -125,11 +126,14 @@ describe('xDS stream robustness', () => {
       [makeNode({ id: 'odd-role', role: 'toaster', gateway: 'edge' }), /unknown signalbox\.role "toaster"/],
       [makeNode({ id: 'nameless-gateway', role: 'gateway', gateway: null }), /no signalbox\.gateway/],
     ];
+    // Each presents a valid token, so what is refused is the node's shape.
+    const metadata = new grpc.Metadata();
+    metadata.set('x-signalbox-token', signTokenSync(sb.dataDir, 'gateway/edge'));
     for (const [node, why] of cases) {
-      const s = sb.ads.sotw({ node });
+      const s = sb.ads.sotw({ node, metadata });
       s.request(CDS);
       await expectClosed(s, grpc.status.INVALID_ARGUMENT, why);
-      const d = sb.ads.delta({ node });
+      const d = sb.ads.delta({ node, metadata });
       d.subscribe(CDS, []);
       await expectClosed(d, grpc.status.INVALID_ARGUMENT, why);
       assert.equal(s.history.length + d.history.length, 0, 'a refused node is sent no configuration');

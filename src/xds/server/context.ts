@@ -3,6 +3,7 @@ import type { Metrics } from '../../observability/metrics.js';
 import type { SnapshotCache } from '../cache/snapshot-cache.js';
 import type { ProxyRegistry } from './proxy-status.js';
 import type { TokenVerifier } from '../../ca/tokens.js';
+import type { IdentityManager } from '../../ca/identities.js';
 
 /** What a stream handler may see: the cache, the registry of proxies, metrics and the logger. */
 export interface ServerContext {
@@ -14,4 +15,10 @@ export interface ServerContext {
   tokens?: TokenVerifier;
   /** What a proxy without a valid token for its identity gets: config without secrets, or nothing. */
   requireToken?: 'secrets' | 'all';
+  /** Issues each authenticated proxy instance its own certificate (the SDS secret signalbox/identity). */
+  identities?: IdentityManager;
+  /** The SPIFFE ID a group's proxies hold, if any. */
+  identityOf?: (group: string) => string | undefined;
+  /** Whether the model declares the gateway or service a node claims (undefined: no model yet). */
+  declares?: (role: 'gateway' | 'sidecar', name: string) => boolean | undefined;
 }

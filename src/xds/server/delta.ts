@@ -119,6 +119,13 @@ export class DeltaStream extends XdsStream {
     if (req.response_nonce && !req.error_detail && (type === TypeUrl.Listener || type === TypeUrl.Route) && (this.states.get(TypeUrl.Cluster)?.withheld.size ?? 0) > 0) this.push(TypeUrl.Cluster, false);
   }
 
+  protected ownSecretsChanged(): void {
+    const st = this.states.get(TypeUrl.Secret);
+    if (!st) return;
+    st.gen = undefined; // the cache's change log does not know this stream's own secret: look at every name
+    this.push(TypeUrl.Secret, false);
+  }
+
   onChange(types: TypeUrl[]): void {
     for (const t of PUSH_ORDER) if (types.includes(t) && this.states.has(t)) this.push(t, false);
   }
@@ -155,7 +162,7 @@ export class DeltaStream extends XdsStream {
 
   /** What the proxy lacks of a type: resources to send and names to remove. */
   private diff(type: TypeUrl, st: TypeState): Diff {
-    const snap = this.ctx.cache.get(this.status!.node.group).get(type);
+    const snap = this.resources(type);
     let names = this.candidates(type, st);
     const full = names === undefined;
     if (names === undefined) {
@@ -235,7 +242,7 @@ export class DeltaStream extends XdsStream {
    */
   private reconcile(type: TypeUrl, st: TypeState, d: Diff): void {
     const group = this.status!.node.group;
-    const snap = this.ctx.cache.get(group).get(type);
+    const snap = this.resources(type);
     if (d.full) {
       st.stale.clear();
       for (const n of st.current.keys()) if (!d.looked.has(n)) st.current.delete(n);
@@ -257,7 +264,8 @@ export class DeltaStream extends XdsStream {
    */
   private versionOfCurrent(type: TypeUrl, st: TypeState): string {
     const snap = this.ctx.cache.get(this.status!.node.group);
-    if (st.stale.size === 0 && st.current.size === snap.get(type).size) return snap.versions.get(type)!;
+    const all = this.resources(type);
+    if (all === snap.get(type) && st.stale.size === 0 && st.current.size === all.size) return snap.versions.get(type)!;
     return versionOf(st.current.values());
   }
 }

@@ -37,9 +37,29 @@ function withModule(node: WireNode, identity: NodeIdentity): NodeIdentity {
   return { ...identity, group: identity.group + JWT_MODULE_GROUP_SUFFIX };
 }
 
+/** Node ids, instance ids and clusters: printable ASCII without spaces, bounded. */
+const PRINTABLE = /^[\x21-\x7e]{1,256}$/;
+/** Gateway and Service names: what the policy language allows (a DNS label). */
+const NAME = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+
+/** A value quoted in an error: short and printable, whatever the client sent. */
+function quote(v: string): string {
+  const clean = v.replace(/[^\x20-\x7e]/g, '?');
+  return clean.length > 64 ? `${clean.slice(0, 64)}...` : clean;
+}
+
+/**
+ * Who the node says it is, checked for shape before anything is created for it: a node id,
+ * cluster and instance of printable characters within bounds, names the policy language allows.
+ */
 export function identify(node: WireNode | null | undefined): NodeIdentity {
   if (!node || !node.id) throw new NodeError('the first request carries no node id');
-  return withModule(node, identifyBase(node as WireNode & { id: string }));
+  if (!PRINTABLE.test(node.id)) throw new NodeError(`node id "${quote(node.id)}" must be 1 to 256 printable characters without spaces`);
+  if (node.cluster && !PRINTABLE.test(node.cluster)) throw new NodeError(`node "${node.id}" has a cluster that is not 1 to 256 printable characters`);
+  const identity = withModule(node, identifyBase(node as WireNode & { id: string }));
+  if (!NAME.test(identity.name)) throw new NodeError(`node "${node.id}" claims the name "${quote(identity.name)}", which is not a valid Gateway or Service name`);
+  if (identity.instance !== undefined && !PRINTABLE.test(identity.instance)) throw new NodeError(`node "${node.id}" has a signalbox.instance that is not 1 to 256 printable characters`);
+  return identity;
 }
 
 function identifyBase(node: WireNode & { id: string }): NodeIdentity {

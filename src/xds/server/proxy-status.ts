@@ -31,6 +31,10 @@ export class ProxyStatus {
   readonly sent = new Map<TypeUrl, Map<string, Resource>>();
   /** Whether the proxy proved its identity with a token (only then does it receive secrets). */
   secretsAllowed = false;
+  /** The token the proxy presented: its id, subject and expiry (never the token itself). */
+  token?: { id: string; subject: string; expiresAt?: string };
+  /** This instance's own certificate (serial and expiry; never the key). */
+  certificate?: { identity: string; serial: string; notAfter: string };
 
   constructor(readonly node: NodeIdentity, readonly protocol: 'sotw' | 'delta', readonly peer: string) {}
 
@@ -73,6 +77,7 @@ export class ProxyStatus {
       userAgent: this.node.userAgent,
       connectedAt: new Date(this.connectedAt).toISOString(),
       authenticated: this.secretsAllowed,
+      token: this.token,
       state: this.state,
       types,
     };

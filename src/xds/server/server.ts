@@ -11,8 +11,9 @@ import type { ServerContext } from './context.js';
 import { DeltaStream, type DeltaRequest, type DeltaResponse } from './delta.js';
 import { ProxyRegistry } from './proxy-status.js';
 import { SotwStream, type SotwRequest, type SotwResponse } from './sotw.js';
-import type { TokenVerifier } from '../../ca/tokens.js';
-import { StreamError, type XdsStream } from './stream.js';
+import type { TokenCheck, TokenVerifier } from '../../ca/tokens.js';
+import type { IdentityManager } from '../../ca/identities.js';
+import { GrpcCode, StreamError, type XdsStream } from './stream.js';
 import type { TypeUrl } from '../resources/type-urls.js';
 
 const SERVICE = '/envoy.service.discovery.v3.AggregatedDiscoveryService';
@@ -78,17 +79,33 @@ export interface XdsServerOptions {
   registry?: ProxyRegistry;
   tokens?: TokenVerifier;
   requireToken?: 'secrets' | 'all';
+  identities?: IdentityManager;
+  identityOf?: (group: string) => string | undefined;
+  declares?: (role: 'gateway' | 'sidecar', name: string) => boolean | undefined;
+}
+
+/** Longest a timer can wait (setTimeout's limit); a later token expiry is checked again then. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** The client certificate a TLS peer presented and the server verified (DER), if any. */
+function peerCertificate(call: { getAuthContext?: () => { sslPeerCertificate?: { raw?: Buffer } } | null }): Buffer | undefined {
+  return call.getAuthContext?.()?.sslPeerCertificate?.raw;
 }
 
 export class XdsServer {
   readonly registry: ProxyRegistry;
   private readonly ctx: ServerContext;
   private readonly streams = new Map<string, Set<XdsStream>>();
+  /** Open streams by the id of the token they authenticated with: revocation closes them. */
+  private readonly byToken = new Map<string, Set<(why: string) => void>>();
   private server?: grpc.Server;
 
   constructor(opts: XdsServerOptions) {
     this.registry = opts.registry ?? new ProxyRegistry();
-    this.ctx = { cache: opts.cache, metrics: opts.metrics, logger: opts.logger, registry: this.registry, tokens: opts.tokens, requireToken: opts.requireToken };
+    this.ctx = { cache: opts.cache, metrics: opts.metrics, logger: opts.logger, registry: this.registry, tokens: opts.tokens, requireToken: opts.requireToken ?? 'all', identities: opts.identities, identityOf: opts.identityOf, declares: opts.declares };
+    opts.tokens?.on('revoked', (ids: Set<string>) => {
+      for (const id of ids) for (const kill of [...(this.byToken.get(id) ?? [])]) kill(`token ${id} was revoked`);
+    });
     opts.cache.on('change', ({ group, types }) =>
       withSpanSync('signalbox.xds.push', () => ({ 'signalbox.group': group, 'signalbox.types': types.map((t) => SHORT_NAME[t]), 'signalbox.streams': this.streams.get(group)?.size ?? 0 }), () => this.fanOut(group, types)),
     );
@@ -125,18 +142,29 @@ export class XdsServer {
     let group: string | undefined;
     const finish = () => {
       if (group) this.streams.get(group)?.delete(stream);
+      untrack?.();
       stream.close();
     };
-    // The token (gRPC metadata) is checked once, before the stream's first request is handled.
-    // Requests arriving before that wait, in order; afterwards (once none wait) each is handled as
-    // it arrives, without a promise and a microtask per request (an ACK for every push).
-    const token = call.metadata.get('x-signalbox-token')[0];
+    // The proxy authenticates once, before its first request is handled: with the client
+    // certificate `signalbox token --out` wrote (what Envoy's bootstrap presents), else with a
+    // token in gRPC metadata. Requests arriving before that wait, in order; afterwards (once none
+    // wait) each is handled as it arrives, without a promise and a microtask per request.
     let verified = !this.ctx.tokens;
     let waiting = 0;
+    let untrack: (() => void) | undefined;
+    const refuse = (code: number, reason: string, message: string) => {
+      if (stream.closed) return;
+      metrics.streamErrors.inc({ reason });
+      logger.warn({ peer: stream.peer, proxy: stream.status?.node.id, reason }, `xDS stream refused: ${message}`);
+      finish();
+      call.emit('error', { code, details: message });
+    };
     let queue: Promise<void> = this.ctx.tokens
-      ? this.ctx.tokens.verify(token === undefined ? undefined : String(token)).then((a) => {
+      ? this.authenticate(call).then((a) => {
           stream.auth = a;
           verified = true;
+          if (!a.ok && this.ctx.requireToken !== 'secrets') return refuse(GrpcCode.UNAUTHENTICATED, 'unauthenticated', `unauthenticated: ${a.reason}`);
+          if (a.ok) untrack = this.track(a, (why) => refuse(GrpcCode.UNAUTHENTICATED, 'revoked', why));
         })
       : Promise.resolve();
     call.on('data', (req: Req) => {
@@ -164,8 +192,9 @@ export class XdsServer {
         logger.warn({ peer: stream.peer, proxy: stream.status?.node.id, reason, err: e instanceof StreamError ? undefined : e }, `xDS stream closed: ${(e as Error).message}`);
         finish();
         // Bytes that do not parse are INTERNAL (gRPC's code for a request that fails to parse);
-        // a well-formed request that breaks the protocol is INVALID_ARGUMENT; our own bug INTERNAL.
-        const code = e instanceof StreamError && e.reason !== 'undecodable' ? grpc.status.INVALID_ARGUMENT : grpc.status.INTERNAL;
+        // a well-formed request that breaks the protocol is INVALID_ARGUMENT; a refused identity
+        // says why (UNAUTHENTICATED, PERMISSION_DENIED, NOT_FOUND); our own bug INTERNAL.
+        const code = e instanceof StreamError && e.code !== undefined ? e.code : e instanceof StreamError && e.reason !== 'undecodable' ? grpc.status.INVALID_ARGUMENT : grpc.status.INTERNAL;
         call.emit('error', { code, details: (e as Error).message });
       }
     };
@@ -181,7 +210,41 @@ export class XdsServer {
     call.on('close', finish);
   }
 
-  async listen(address: string): Promise<number> {
+  /** Checks the client certificate the peer presented, else the token in the call's metadata. */
+  async authenticate(call: { metadata: grpc.Metadata }): Promise<TokenCheck> {
+    const tokens = this.ctx.tokens;
+    if (!tokens) return { ok: false, reason: 'no token verifier configured' };
+    const der = peerCertificate(call as never);
+    if (der) return tokens.verifyCertificate(der);
+    const token = call.metadata.get('x-signalbox-token')[0];
+    // (TLS drops a client certificate this control plane's token CA did not sign before we see it.)
+    if (token === undefined) return { ok: false, reason: 'no token: present a token certificate from `signalbox token --out` (one signed by another control plane does not count) or an x-signalbox-token' };
+    return tokens.verify(String(token));
+  }
+
+  /** Closes the stream when its token is revoked or expires. Returns the undo. */
+  private track(a: Extract<TokenCheck, { ok: true }>, kill: (why: string) => void): () => void {
+    const { id, expiresAt } = a.claims;
+    let set = this.byToken.get(id);
+    if (!set) this.byToken.set(id, (set = new Set()));
+    set.add(kill);
+    let timer: NodeJS.Timeout | undefined;
+    const arm = () => {
+      if (!expiresAt) return;
+      const left = expiresAt.getTime() - Date.now();
+      timer = left <= 0 ? undefined : setTimeout(() => (expiresAt.getTime() <= Date.now() ? kill(`token ${id} expired`) : arm()), Math.min(left, MAX_TIMER_MS));
+      timer?.unref();
+      if (left <= 0) kill(`token ${id} expired`);
+    };
+    arm();
+    return () => {
+      clearTimeout(timer);
+      set.delete(kill);
+      if (set.size === 0) this.byToken.delete(id);
+    };
+  }
+
+  async listen(address: string, credentials: grpc.ServerCredentials = grpc.ServerCredentials.createInsecure()): Promise<number> {
     const server = new grpc.Server({
       'grpc.max_send_message_length': 64 * 1024 * 1024,
       'grpc.max_receive_message_length': 16 * 1024 * 1024,
@@ -198,13 +261,30 @@ export class XdsServer {
     });
     this.server = server;
     return new Promise((resolve, reject) =>
-      server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err, port) => (err ? reject(err) : resolve(port))),
+      server.bindAsync(address, credentials, (err, port) => (err ? reject(err) : resolve(port))),
     );
   }
 
-  /** Registers extra gRPC services (e.g. ext_authz) on the same port. */
+  /**
+   * Registers an extra gRPC service (the access log service) on the same port. Its calls
+   * authenticate as xDS streams do: a call without a valid token is refused before its handler
+   * sees a message (a stream's messages wait, unread, until the check is done).
+   */
   addService(def: grpc.ServiceDefinition, impl: grpc.UntypedServiceImplementation): void {
-    this.server?.addService(def, impl);
+    const guarded: grpc.UntypedServiceImplementation = {};
+    for (const [name, handler] of Object.entries(impl)) {
+      guarded[name] = ((call: { metadata: grpc.Metadata; emit(e: string, v: unknown): boolean }, callback?: grpc.sendUnaryData<unknown>) => {
+        if (!this.ctx.tokens || this.ctx.requireToken === 'secrets') return (handler as (...a: unknown[]) => void)(call, callback);
+        void this.authenticate(call).then((a) => {
+          if (a.ok) return (handler as (...a: unknown[]) => void)(call, callback);
+          this.ctx.metrics.streamErrors.inc({ reason: 'unauthenticated' });
+          const err = { code: grpc.status.UNAUTHENTICATED, details: `unauthenticated: ${a.reason}` };
+          if (callback) callback(err as grpc.ServiceError, null);
+          else call.emit('error', err);
+        });
+      }) as grpc.UntypedHandleCall;
+    }
+    this.server?.addService(def, guarded);
   }
 
   async close(): Promise<void> {

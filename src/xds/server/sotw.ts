@@ -73,9 +73,13 @@ export class SotwStream extends XdsStream {
     for (const t of PUSH_ORDER) if (types.includes(t) && this.states.has(t)) this.push(t, false);
   }
 
+  protected ownSecretsChanged(): void {
+    this.push(TypeUrl.Secret, false);
+  }
+
   /** What a response of this type would carry now, and its version. */
   private compose(type: TypeUrl, st: TypeState): { out: Map<string, Resource>; list: Resource[]; version: string; kept: boolean } {
-    const snap = this.ctx.cache.get(this.status!.node.group).get(type);
+    const snap = this.resources(type);
     const previous = this.status!.sent.get(type);
     const out = new Map<string, Resource>();
     if (st.wildcard) for (const [n, r] of snap) out.set(n, r);

@@ -7,11 +7,26 @@ import type { ServerContext } from './context.js';
 import { identify, NodeError, type WireNode } from './node.js';
 import { ProxyStatus, type NodeIdentity } from './proxy-status.js';
 import type { TokenCheck } from '../../ca/tokens.js';
+import type { InstanceCertificate } from '../../ca/identities.js';
+import type { IssuedCert } from '../../ca/ca.js';
+import { IDENTITY_SECRET } from '../../ir/types.js';
+import { EncodeCache } from '../resources/resource.js';
+import { redactSecret } from '../translator/secret.js';
+
+/** gRPC status codes a refused stream ends with. */
+export const GrpcCode = { INVALID_ARGUMENT: 3, NOT_FOUND: 5, PERMISSION_DENIED: 7, INTERNAL: 13, UNAUTHENTICATED: 16 } as const;
 
 export class StreamError extends Error {
-  constructor(readonly reason: string, message: string) {
+  constructor(readonly reason: string, message: string, readonly code?: number) {
     super(message);
   }
+}
+
+/** Per-stream secrets are encoded outside the shared cache: one instance's key is never kept for another. */
+function instanceSecret(cert: IssuedCert, caPem: string | undefined): Resource {
+  const chain = caPem ? `${cert.certificatePem.trim()}\n${caPem.trim()}\n` : cert.certificatePem;
+  const json = { name: IDENTITY_SECRET, tls_certificate: { certificate_chain: { inline_string: chain }, private_key: { inline_string: cert.privateKeyPem } } };
+  return new EncodeCache().make(TypeUrl.Secret, IDENTITY_SECRET, json, { printable: redactSecret(json) });
 }
 
 export abstract class XdsStream {
@@ -20,6 +35,11 @@ export abstract class XdsStream {
   auth?: TokenCheck;
   private nonceCounter = 0;
   closed = false;
+  /** This instance's own certificate (SDS signalbox/identity), made for this stream alone. */
+  private own?: Resource;
+  private instanceCert?: InstanceCertificate;
+  private issuing = false;
+  private overlay?: { base: ReadonlyMap<string, Resource>; own: Resource; map: Map<string, Resource> };
 
   constructor(protected readonly ctx: ServerContext, readonly protocol: 'sotw' | 'delta', readonly peer: string) {}
 
@@ -41,8 +61,13 @@ export abstract class XdsStream {
       throw e;
     }
     const allowed = this.authorize(identity);
+    // A name the policies do not declare never makes a group: proxies cannot grow the server.
+    if (this.ctx.declares?.(identity.role, identity.name) === false) {
+      throw new StreamError('unknown-name', `node "${identity.id}" claims ${identity.role === 'gateway' ? 'Gateway' : 'Service'} "${identity.name}", which no policy declares`, GrpcCode.NOT_FOUND);
+    }
     const status = new ProxyStatus(identity, this.protocol, this.peer);
     status.secretsAllowed = allowed;
+    if (this.auth?.ok) status.token = { id: this.auth.claims.id, subject: this.auth.claims.subject, expiresAt: this.auth.claims.expiresAt?.toISOString() };
     this.status = status;
     this.ctx.registry.add(status);
     this.ctx.cache.request(identity.group);
@@ -56,10 +81,14 @@ export abstract class XdsStream {
     const want = `${identity.role === 'gateway' ? 'gateway' : 'service'}/${identity.name}`;
     const auth = this.auth ?? { ok: false as const, reason: 'no token verifier configured' };
     let problem: string | undefined;
+    let code: number = GrpcCode.UNAUTHENTICATED;
     if (!auth.ok) problem = auth.reason;
-    else if (auth.claims.subject !== want) problem = `token is for ${auth.claims.subject}, the node claims ${want}`;
+    else if (auth.claims.subject !== want) {
+      problem = `token is for ${auth.claims.subject}, the node claims ${want}`;
+      code = GrpcCode.PERMISSION_DENIED;
+    }
     if (!problem) return true;
-    if (this.ctx.requireToken === 'all') throw new StreamError('unauthenticated', `node "${identity.id}" (${want}) refused: ${problem}`);
+    if (this.ctx.requireToken !== 'secrets') throw new StreamError(code === GrpcCode.PERMISSION_DENIED ? 'out-of-scope' : 'unauthenticated', `node "${identity.id}" (${want}) refused: ${problem}`, code);
     this.ctx.logger.warn({ proxy: identity.id, identity: want, peer: this.peer, reason: problem }, 'proxy not authenticated: it gets configuration but no secrets');
     return false;
   }
@@ -74,6 +103,65 @@ export abstract class XdsStream {
     return true;
   }
   private secretRefusalLogged = false;
+
+  /**
+   * What this stream's proxy should hold of a type: the group's snapshot, and for secrets the
+   * proxy's own certificate on top (issued on first need, renewed while the stream lives).
+   */
+  protected resources(type: TypeUrl): ReadonlyMap<string, Resource> {
+    const base = this.ctx.cache.get(this.status!.node.group).get(type);
+    if (type !== TypeUrl.Secret) return base;
+    this.ensureInstanceCert();
+    if (!this.own) return base;
+    if (this.overlay?.base === base && this.overlay.own === this.own) return this.overlay.map;
+    const map = new Map(base);
+    map.set(IDENTITY_SECRET, this.own);
+    this.overlay = { base, own: this.own, map };
+    return map;
+  }
+
+  private ensureInstanceCert(): void {
+    const ids = this.ctx.identities;
+    const status = this.status;
+    if (!ids || !status?.secretsAllowed || this.issuing || this.closed) return;
+    const spiffe = this.ctx.identityOf?.(status.node.group);
+    if (!spiffe && this.instanceCert) {
+      // The group no longer has an identity (mesh TLS turned off): the proxy's key goes too.
+      this.instanceCert.stop();
+      this.instanceCert = undefined;
+      this.own = undefined;
+      status.certificate = undefined;
+    }
+    if (!spiffe || this.instanceCert?.spiffeId === spiffe) return;
+    this.issuing = true;
+    const caPem = ids.ca.source === 'files' ? ids.ca.certificatePem : undefined;
+    ids.issueInstance(spiffe, status.node.id).then(
+      (handle) => {
+        this.issuing = false;
+        if (this.closed) return handle.stop();
+        this.instanceCert?.stop();
+        this.instanceCert = handle;
+        const use = (cert: IssuedCert) => {
+          this.own = instanceSecret(cert, caPem);
+          status.certificate = { identity: spiffe, serial: cert.serial, notAfter: cert.notAfter.toISOString() };
+        };
+        use(handle.current);
+        handle.on('renewed', (cert) => {
+          if (this.closed) return;
+          use(cert);
+          this.ownSecretsChanged();
+        });
+        this.ownSecretsChanged();
+      },
+      (e: unknown) => {
+        this.issuing = false;
+        this.ctx.logger.error({ proxy: status.node.id, identity: spiffe, err: e }, 'could not issue the proxy its certificate');
+      },
+    );
+  }
+
+  /** The proxy's own secrets changed (issued or renewed): push secrets again. */
+  protected abstract ownSecretsChanged(): void;
 
   protected checkType(typeUrl: string): TypeUrl {
     if (!typeUrl) throw new StreamError('no-type-url', 'request without type_url (ADS needs one)');
@@ -126,6 +214,7 @@ export abstract class XdsStream {
   protected versionFor(type: TypeUrl, resources: ReadonlyMap<string, Resource>): string {
     const snap = this.ctx.cache.get(this.status!.node.group);
     const all = snap.get(type);
+    if (this.resources(type) !== all) return versionOf(resources.values());
     if (all.size === resources.size) {
       let same = true;
       for (const [n, r] of resources) {
@@ -145,6 +234,9 @@ export abstract class XdsStream {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.instanceCert?.stop();
+    this.own = undefined;
+    this.overlay = undefined;
     if (this.status) {
       this.ctx.registry.remove(this.status);
       this.ctx.metrics.connectedProxies.dec({ role: this.status.node.role, protocol: this.protocol });
