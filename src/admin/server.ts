@@ -1,8 +1,12 @@
 // The admin API (fastify): health, readiness, Prometheus metrics, proxies and their sync status,
-// what each proxy was sent, and the current validation errors.
-import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+// what each proxy was sent, the current validation errors and the control plane's security posture.
+// Guarded by a Host header check (DNS rebinding) and, when configured, a bearer token.
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { isIP } from 'node:net';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Pipeline } from '../controller/pipeline.js';
-import { formatPolicyError } from '../errors.js';
+import { ErrorCode, formatPolicyError, SignalboxError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { SnapshotCache } from '../xds/cache/snapshot-cache.js';
@@ -27,12 +31,132 @@ export interface AdminDeps {
   readiness?: () => { ready: boolean; reason?: string };
   /** Traffic reported by the proxies (access log service), for the dashboard. */
   traffic?: TrafficStore;
+  /**
+   * Who may talk to the admin API. Requests whose Host header is not a loopback name, the bind
+   * address (unless a wildcard) or one of `allowedHosts` get 421; with a token, every request
+   * except /healthz and /readyz needs `Authorization: Bearer <token>`. Absent: loopback names only,
+   * no token.
+   */
+  security?: AdminSecurity;
+  /** The control plane's security posture and state for /api/status (xds, proxyAuth, authz, warnings). */
+  status?: () => Record<string, unknown>;
+}
+
+export interface AdminSecurity {
+  /** The address the admin API binds (--admin-address). */
+  adminAddress: string;
+  /** The bearer token every request but /healthz and /readyz must carry (--admin-token-file). */
+  token?: string;
+  /** Further Host names (without port) the admin API answers to, e.g. a DNS name behind a proxy. */
+  allowedHosts?: string[];
+}
+
+/** Paths open to any Host and without a token: liveness and readiness probes (they send pod IPs as Host). */
+const OPEN_PATHS = new Set(['/healthz', '/readyz']);
+
+const LOOPBACK_HOSTS = ['localhost', '127.0.0.1', '::1'];
+const WILDCARDS = new Set(['', '0.0.0.0', '::', '::0', '0:0:0:0:0:0:0:0']);
+
+/** Lower-cased, brackets and trailing dot removed: `[::1]` → `::1`, `Example.COM.` → `example.com`. */
+function normalizeHost(h: string): string {
+  let v = h.trim().toLowerCase();
+  if (v.startsWith('[') && v.endsWith(']')) v = v.slice(1, -1);
+  if (v.endsWith('.')) v = v.slice(0, -1);
+  return v;
+}
+
+/** The host part of a Host header (port removed), normalized; undefined when malformed. */
+export function hostOf(header: string | undefined): string | undefined {
+  if (!header) return undefined;
+  const v = header.trim();
+  if (v.startsWith('[')) {
+    const end = v.indexOf(']');
+    if (end < 0) return undefined;
+    const rest = v.slice(end + 1);
+    if (rest !== '' && !/^:\d{1,5}$/.test(rest)) return undefined;
+    return normalizeHost(v.slice(0, end + 1));
+  }
+  const colon = v.indexOf(':');
+  if (colon >= 0 && v.indexOf(':', colon + 1) >= 0) return undefined; // a bare IPv6 address is not a valid Host
+  const name = colon >= 0 ? v.slice(0, colon) : v;
+  if (colon >= 0 && !/^\d{1,5}$/.test(v.slice(colon + 1))) return undefined;
+  return name ? normalizeHost(name) : undefined;
+}
+
+/** A loopback address or name: localhost, 127.0.0.0/8, ::1 (also bracketed or IPv4-mapped). */
+export function isLoopbackAddress(address: string): boolean {
+  const a = normalizeHost(address);
+  if (a === 'localhost' || a === '::1' || a === '0:0:0:0:0:0:0:1') return true;
+  const v4 = a.startsWith('::ffff:') ? a.slice(7) : a;
+  return isIP(v4) === 4 && v4.startsWith('127.');
+}
+
+/**
+ * Refuses an admin API bound beyond loopback without a token: it would hand anyone on the network
+ * the proxies' configuration and the mesh's state.
+ */
+export function checkAdminBind(address: string, token: string | undefined): void {
+  if (token || isLoopbackAddress(address)) return;
+  throw new SignalboxError(
+    ErrorCode.BAD_FLAG,
+    `--admin-address ${address || '(empty)'} is not a loopback address and no --admin-token-file is given: the admin API would answer anyone who can reach it. Give --admin-token-file FILE (a bearer token the admin API then requires), or bind --admin-address 127.0.0.1 and reach it through an authenticating proxy`,
+  );
+}
+
+/** The admin token from --admin-token-file (trimmed; an unreadable or empty file is an error). */
+export async function readAdminToken(file: string): Promise<string> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (e) {
+    throw new SignalboxError(ErrorCode.BAD_FLAG, `--admin-token-file ${file}: cannot read it (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+  }
+  const token = text.trim();
+  if (!token) throw new SignalboxError(ErrorCode.BAD_FLAG, `--admin-token-file ${file} is empty`);
+  return token;
+}
+
+/** What serve passes as `security`: the token read (when a file is given) and the bind checked. */
+export async function adminSecurityOf(adminAddress: string, tokenFile?: string): Promise<AdminSecurity> {
+  const token = tokenFile ? await readAdminToken(tokenFile) : undefined;
+  checkAdminBind(adminAddress, token);
+  return { adminAddress, token };
+}
+
+const digest = (s: string) => createHash('sha256').update(s, 'utf8').digest();
+
+/** The onRequest guard: Host check (421), then bearer token (401). */
+function guard(security: AdminSecurity | undefined) {
+  const allowed = new Set(LOOPBACK_HOSTS);
+  const bind = security ? normalizeHost(security.adminAddress) : '';
+  if (!WILDCARDS.has(bind)) allowed.add(bind);
+  for (const h of security?.allowedHosts ?? []) allowed.add(normalizeHost(h));
+  // Compared as SHA-256 digests: equal-length buffers whatever the presented token's length.
+  const expected = security?.token ? digest(security.token) : undefined;
+  return async (req: FastifyRequest, reply: FastifyReply) => {
+    const path = req.url.split('?', 1)[0]!;
+    if (OPEN_PATHS.has(path)) return;
+    // The Host check stops DNS rebinding, which matters while nothing else guards the API; with
+    // a bearer token (which no page on another origin can attach) any name may reach it, as a
+    // Prometheus in another container or a load balancer must.
+    const host = hostOf(req.headers.host);
+    if (!expected && (!host || !allowed.has(host))) {
+      return reply.code(421).send({ error: 'misdirected request: this admin API does not answer to that Host name' });
+    }
+    if (!expected) return;
+    const m = /^Bearer[ \t]+(\S+)[ \t]*$/i.exec(req.headers.authorization ?? '');
+    if (!m || !timingSafeEqual(digest(m[1]!), expected)) {
+      return reply.code(401).header('www-authenticate', 'Bearer realm="signalbox-admin"').send({ error: 'unauthorized: send Authorization: Bearer <the token in --admin-token-file>' });
+    }
+  };
 }
 
 export function buildAdmin(deps: AdminDeps): FastifyInstance {
   // Request logs are info-level; the admin logger keeps warnings and errors only.
   const app = Fastify({ loggerInstance: deps.logger.child({ component: 'admin' }, { level: 'warn' }) as unknown as FastifyBaseLogger });
   const { pipeline, cache, registry, metrics } = deps;
+
+  app.addHook('onRequest', guard(deps.security));
 
   app.get('/healthz', async () => ({ status: 'ok' }));
 
@@ -48,16 +172,13 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
     return metrics.registry.metrics();
   });
 
-  /** A proxy's status plus the certificate of its identity (serial, expiry; never the key). */
+  /** A proxy's status plus its own instance certificate (serial, expiry; never the key). */
   const withCert = (p: ReturnType<ProxyRegistry['all']>[number]) => {
     const json = p.toJSON();
-    const identity = pipeline.irGroups().get(p.node.group)?.identity;
-    const cert = identity ? deps.identities?.current(identity) : undefined;
+    const cert = p.certificate;
     return {
       ...json,
-      certificate: cert
-        ? { identity, serial: cert.serial, notAfter: cert.notAfter.toISOString(), trustBundleVersion: hashText(deps.identities!.ca.trustBundlePem), secretsServed: p.secretsAllowed }
-        : undefined,
+      certificate: cert && deps.identities ? { ...cert, trustBundleVersion: hashText(deps.identities.ca.trustBundlePem), secretsServed: p.secretsAllowed } : undefined,
     };
   };
 
@@ -109,6 +230,18 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
   }));
 
   app.get('/api/sources', async () => deps.sources?.() ?? { sources: [] });
+
+  /** Security posture and state; the warnings are what the dashboard shows as a banner. */
+  app.get('/api/status', async () => {
+    const given = deps.status?.() ?? {};
+    const warnings = Array.isArray(given.warnings) ? given.warnings.filter((w): w is string => typeof w === 'string') : [];
+    return {
+      ...given,
+      admin: { hostCheck: !deps.security?.token, tokenRequired: Boolean(deps.security?.token) },
+      config: { valid: pipeline.errors.length === 0, ready: pipeline.ready },
+      warnings,
+    };
+  });
 
   registerDashboard(app, { pipeline, registry, identities: deps.identities, traffic: deps.traffic });
 

@@ -1,7 +1,9 @@
 // `signalbox status`: every connected proxy in one terminal table, like `istioctl proxy-status`:
 // id, role, per-type versions (what it ACKed; `*` when a newer version was sent and not ACKed yet),
 // SYNCED / STALE / NACKED, and when its certificate expires. NACKed proxies are followed by
-// Envoy's message and the policy files behind the rejected resources.
+// Envoy's message and the policy files behind the rejected resources. With --admin-token-file
+// (or SIGNALBOX_ADMIN_TOKEN_FILE, the variable `serve` reads) it sends the admin API's bearer token.
+import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { ErrorCode, SignalboxError } from '../errors.js';
 
@@ -81,27 +83,58 @@ export function renderStatus(proxies: ProxyJson[], now = Date.now()): string {
   return out.join('\n') + '\n';
 }
 
-export async function status(args: string[]): Promise<number> {
+/** The admin API's bearer token from --admin-token-file (or SIGNALBOX_ADMIN_TOKEN_FILE, as `serve` reads it): the file's trimmed content. */
+export function readStatusToken(file: string): string {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new SignalboxError(ErrorCode.BAD_FLAG, `--admin-token-file ${file}: cannot read it (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+  }
+  const token = text.trim();
+  if (!token) throw new SignalboxError(ErrorCode.BAD_FLAG, `--admin-token-file ${file} is empty`);
+  return token;
+}
+
+/** Where `status` writes (tests pass their own). */
+export interface StatusOutput {
+  out(text: string): void;
+  err(text: string): void;
+}
+
+const STDIO: StatusOutput = { out: (t) => void process.stdout.write(t), err: (t) => void process.stderr.write(t) };
+
+export async function status(args: string[], io: StatusOutput = STDIO): Promise<number> {
   const { values } = parseArgs({
     args,
-    options: { admin: { type: 'string' }, json: { type: 'boolean' }, role: { type: 'string' } },
+    options: { admin: { type: 'string' }, 'admin-token-file': { type: 'string' }, json: { type: 'boolean' }, role: { type: 'string' } },
   });
   const base = (values.admin ?? process.env.SIGNALBOX_ADMIN_URL ?? 'http://127.0.0.1:18001').replace(/\/+$/, '');
   if (!/^https?:\/\/[^/]+$/.test(base)) throw new SignalboxError(ErrorCode.BAD_FLAG, `--admin must be a URL like http://127.0.0.1:18001, got "${base}"`);
+  const tokenFile = values['admin-token-file'] || process.env.SIGNALBOX_ADMIN_TOKEN_FILE || undefined;
+  const headers: Record<string, string> = tokenFile ? { authorization: `Bearer ${readStatusToken(tokenFile)}` } : {};
   let res: Response;
   try {
-    res = await fetch(`${base}/api/proxies`, { signal: AbortSignal.timeout(10_000) });
+    res = await fetch(`${base}/api/proxies`, { headers, signal: AbortSignal.timeout(10_000) });
   } catch (e) {
-    process.stderr.write(`signalbox status: cannot reach the admin API at ${base}: ${(e as Error).message}\n`);
+    io.err(`signalbox status: cannot reach the admin API at ${base}: ${(e as Error).message}\n`);
     return 2;
   }
   if (!res.ok) {
-    process.stderr.write(`signalbox status: ${base}/api/proxies answered ${res.status}\n`);
+    const hint =
+      res.status === 401
+        ? tokenFile
+          ? ': the token in --admin-token-file is not the one the control plane has'
+          : ': the admin API requires a bearer token; give --admin-token-file FILE (or SIGNALBOX_ADMIN_TOKEN_FILE)'
+        : res.status === 421
+          ? ': the admin API does not answer to that host name; use a loopback address or the one it binds'
+          : '';
+    io.err(`signalbox status: ${base}/api/proxies answered ${res.status}${hint}\n`);
     return 2;
   }
   let proxies = ((await res.json()) as { proxies: ProxyJson[] }).proxies;
   if (values.role) proxies = proxies.filter((p) => p.role === values.role);
-  if (values.json) process.stdout.write(JSON.stringify(proxies.map((p) => ({ id: p.id, role: p.role, name: p.name, status: statusWord(p), types: p.types, certificate: p.certificate })), null, 2) + '\n');
-  else process.stdout.write(renderStatus(proxies));
+  if (values.json) io.out(JSON.stringify(proxies.map((p) => ({ id: p.id, role: p.role, name: p.name, status: statusWord(p), types: p.types, certificate: p.certificate })), null, 2) + '\n');
+  else io.out(renderStatus(proxies));
   return proxies.every((p) => p.state === 'SYNCED') ? 0 : 1;
 }

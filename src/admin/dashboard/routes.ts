@@ -58,10 +58,11 @@ export function registerDashboard(app: FastifyInstance, deps: DashboardDeps): vo
 
   const rel = (f: string) => (deps.policyDir && path.isAbsolute(f) ? path.relative(deps.policyDir, f) || path.basename(f) : f);
 
+  /** The proxy's own instance certificate (each instance has its own). */
   const certOf = (p: ProxyStatus) => {
     const identity = deps.pipeline.irGroups().get(p.node.group)?.identity;
-    const cert = identity ? deps.identities?.current(identity) : undefined;
-    return cert ? { identity, notAfter: cert.notAfter.toISOString() } : identity ? { identity } : undefined;
+    const cert = p.certificate;
+    return cert ? { identity: cert.identity, notAfter: cert.notAfter } : identity ? { identity } : undefined;
   };
 
   const proxyRow = (p: ProxyStatus) => {

@@ -74,7 +74,7 @@ function renderSummary(sum) {
   $('card-config').className = sum.config.valid ? 'value state-SYNCED' : 'value state-NACKED';
   $('card-config-sub').textContent = sum.config.lastAppliedAt ? `applied ${new Date(sum.config.lastAppliedAt).toLocaleTimeString()}` : 'nothing applied yet';
   $('card-cert').textContent = until(sum.certificates.nearestExpiry);
-  $('card-cert-sub').textContent = `${sum.certificates.count} identities`;
+  $('card-cert-sub').textContent = `${sum.certificates.count} instance certificates`;
   if (sum.revision !== proxyRevision) {
     proxyRevision = sum.revision;
     scheduleProxies();
@@ -82,6 +82,12 @@ function renderSummary(sum) {
   if (sum.config.errors !== lastErrorCount) {
     lastErrorCount = sum.config.errors;
     loadErrors();
+    loadCerts();
+  }
+  // Each proxy instance has its own certificate: the list moves as instances come, go and renew.
+  const certSig = `${sum.certificates.count}/${sum.certificates.nearestExpiry}`;
+  if (certSig !== lastCertSig) {
+    lastCertSig = certSig;
     loadCerts();
   }
   renderMap();
@@ -323,6 +329,7 @@ function renderProxies(data) {
 // Certificates and validation errors
 
 let lastErrorCount;
+let lastCertSig;
 
 async function loadCerts() {
   try {
@@ -359,6 +366,37 @@ async function loadErrors() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Security warnings (/api/status): a banner while the control plane runs with a weakened posture
+
+let lastWarnings = '';
+
+function renderWarnings(warnings) {
+  const key = JSON.stringify(warnings);
+  if (key === lastWarnings) return;
+  lastWarnings = key;
+  const box = $('warnings');
+  box.hidden = warnings.length === 0;
+  box.replaceChildren(
+    h('strong', { text: warnings.length === 1 ? 'Security warning' : `${warnings.length} security warnings` }),
+    h('ul', {}, ...warnings.map((w) => h('li', { 'data-warning': '', text: w }))),
+  );
+}
+
+async function loadStatus() {
+  try {
+    const res = await fetch('/api/status');
+    if (res.status === 401) {
+      renderWarnings(['The admin API requires a bearer token (--admin-token-file): reach this dashboard through a proxy that adds it.']);
+      return;
+    }
+    const data = await res.json();
+    renderWarnings(Array.isArray(data.warnings) ? data.warnings.map(String) : []);
+  } catch {
+    /* retried on the next refresh */
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Live updates
 
 function connect() {
@@ -380,6 +418,7 @@ function connect() {
   es.addEventListener('config', () => {
     loadErrors();
     loadCerts();
+    loadStatus();
     scheduleProxies();
   });
 }
@@ -414,7 +453,12 @@ function init() {
   });
   $('route-filter').addEventListener('input', () => lastTraffic && renderRoutes(lastTraffic));
   // Per-proxy traffic and versions move even when no proxy changes state.
-  setInterval(() => document.visibilityState === 'visible' && loadProxies(), 5000);
+  setInterval(() => {
+    if (document.visibilityState !== 'visible') return;
+    loadProxies();
+    loadStatus();
+  }, 5000);
+  loadStatus();
   loadProxies();
   loadCerts();
   loadErrors();
