@@ -2,7 +2,9 @@
 // costs at a given request rate (not a test).
 //
 // For each mode (reporting off, every request, successes sampled at 10%) it starts a fresh
-// `signalbox serve` child process and a real Envoy gateway (one worker thread), drives
+// `signalbox serve` child process and a real Envoy gateway (one worker thread; its bootstrap
+// connects over TLS with a token certificate, as `signalbox bootstrap` writes it, so the access
+// logs travel over TLS as they do by default), drives
 // --rate requests/s for --seconds through the gateway to a route Envoy answers itself (a
 // RequestRedirect, so no upstream process competes for the two cores), and reads:
 //   - achieved request rate and client-side latency p50/p99;
@@ -25,6 +27,7 @@ import { bootstrapYaml } from '../src/cli/bootstrap.js';
 import { decodeAccessLogMessage } from '../src/telemetry/als-decode.js';
 import { lookupType } from '../src/xds/resources/protos.js';
 import { startEnvoy, type Envoy } from '../test/helpers/envoy.js';
+import { bootstrapTls } from '../test/helpers/credentials.js';
 import { freePort, waitFor } from '../test/helpers/net.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -152,11 +155,16 @@ async function runMode(mode: string) {
   const xdsPort = await freePort();
   const adminPort = await freePort();
   writeFileSync(path.join(dir, 'bench.yaml'), policies(gwPort));
-  const sb: ChildProcess = spawn(process.execPath, [BIN, 'serve', '--policies', dir, '--xds-address', '127.0.0.1', '--xds-port', String(xdsPort), '--admin-port', String(adminPort), '--data-dir', path.join(dir, 'data'), '--log-level', 'warn', '--access-log-sampling', mode], { stdio: ['ignore', 'ignore', 'inherit'] });
+  const dataDir = path.join(dir, 'data');
+  const sb: ChildProcess = spawn(process.execPath, [BIN, 'serve', '--policies', dir, '--xds-address', '127.0.0.1', '--xds-port', String(xdsPort), '--admin-port', String(adminPort), '--data-dir', dataDir, '--log-level', 'warn', '--access-log-sampling', mode], { stdio: ['ignore', 'ignore', 'inherit'] });
   let envoy: Envoy | undefined;
+  let credentialsDir: string | undefined;
   try {
     await waitFor(async () => (await fetch(`http://127.0.0.1:${adminPort}/readyz`).catch(() => undefined))?.status === 200, { timeoutMs: 20_000, what: 'signalbox ready' });
-    envoy = await startEnvoy({ name: `bench-als-${mode}`, bootstrapYaml: (p) => bootstrapYaml({ gateway: 'bench', xdsAddress: `127.0.0.1:${xdsPort}`, adminPort: p, id: 'bench-gw' }) });
+    // The CA file is written before the xDS port opens; the token certificate is the gateway's.
+    const tls = await bootstrapTls(dataDir, 'gateway/bench');
+    credentialsDir = path.dirname(tls.certFile);
+    envoy = await startEnvoy({ name: `bench-als-${mode}`, bootstrapYaml: (p) => bootstrapYaml({ gateway: 'bench', xdsAddress: `127.0.0.1:${xdsPort}`, adminPort: p, id: 'bench-gw', tls: { caFile: tls.caFile, certFile: tls.certFile, keyFile: tls.keyFile } }) });
     await waitFor(async () => (await fetch(`http://127.0.0.1:${gwPort}/old/x`, { redirect: 'manual' }).catch(() => undefined))?.status === 302, { timeoutMs: 20_000, what: 'route served' });
     await drive(gwPort, Math.min(RATE, 1000), 2, CONCURRENCY); // warm up
     await new Promise((r) => setTimeout(r, 1500)); // let the warm-up's logs flush (1 s buffer)
@@ -185,8 +193,9 @@ async function runMode(mode: string) {
   } finally {
     await envoy?.stop();
     sb.kill('SIGTERM');
-    await new Promise((r) => sb.once('exit', r));
+    if (sb.exitCode === null && sb.signalCode === null) await new Promise((r) => sb.once('exit', r));
     rmSync(dir, { recursive: true, force: true });
+    if (credentialsDir) rmSync(credentialsDir, { recursive: true, force: true });
   }
 }
 

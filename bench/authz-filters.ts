@@ -8,7 +8,9 @@
 // allows: during the warm-up it asks a stub service, which allows every token, once per token);
 // the same fast path in Signalbox's compiled filter (native/jwt-check, an Envoy dynamic module).
 // Every variant runs --rounds times; the lowest figure is reported (the least disturbed by
-// whatever else runs on the machine).
+// whatever else runs on the machine). No control plane runs here (static bootstraps, no xDS), so
+// the TLS and token defaults of `signalbox serve` do not apply; the stub service is plain-text
+// HTTP/2 and is asked only during the warm-up (once per token), never in the measured requests.
 //
 // --instructions counts instead the instructions Envoy executes per request, under valgrind's
 // callgrind (counted only while the measured requests run): slow, but the same figure every

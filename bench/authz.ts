@@ -18,6 +18,9 @@
 //   ext_authz only - the same policy on another listener, made to read its token from two places
 //               (header or query), which the fast path does not take: every request asks the
 //               ext_authz service inside the `signalbox serve` child process over gRPC.
+// The Signalbox-fed Envoys connect to the xDS port over TLS with a token certificate each (as
+// `signalbox bootstrap` writes it), and reach the ext_authz service over mTLS with their
+// identities: the control plane's defaults.
 // Both Envoys run one worker thread. For each configuration, after a warm-up:
 //   - saturated: a closed loop at --concurrency for --seconds: throughput and latency;
 //   - fixed rate: an open loop at --rate requests/s for --seconds: latency p50/p99 (measured
@@ -40,6 +43,7 @@ import YAML from 'yaml';
 import { exportJWK, generateKeyPair, SignJWT } from 'jose';
 import { bootstrapYaml } from '../src/cli/bootstrap.js';
 import { startEnvoy, type Envoy } from '../test/helpers/envoy.js';
+import { bootstrapTls } from '../test/helpers/credentials.js';
 import { freePort, waitFor } from '../test/helpers/net.js';
 import { Conn, cpuSeconds, percentile } from './lib.js';
 
@@ -281,6 +285,7 @@ ${jwtPolicy('bench', 'auth')}${jwtPolicy('bench-slow', 'slow', '  from: [ { head
 
   let sb: ChildProcess | undefined;
   const envoys: Envoy[] = [];
+  const credentialDirs: string[] = [];
   let sbLog = '';
   try {
     // SIGNALBOX_BENCH_NODE_ARGS, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof", profiles the control plane.
@@ -289,9 +294,17 @@ ${jwtPolicy('bench', 'auth')}${jwtPolicy('bench-slow', 'slow', '  from: [ { head
     sb.stdout!.on('data', (b: Buffer) => (sbLog = (sbLog + b.toString()).slice(-20_000)));
     sb.stderr!.on('data', (b: Buffer) => (sbLog = (sbLog + b.toString()).slice(-20_000)));
     await waitFor(async () => (await fetch(`http://127.0.0.1:${adminPort}/readyz`).catch(() => undefined))?.status === 200, { timeoutMs: 30_000, what: 'signalbox ready' });
-    const gateway = await startEnvoy({ name: 'bench-gw', bootstrapYaml: (p) => bootstrapYaml({ gateway: 'bench', id: 'bench-gw', xdsAddress: `127.0.0.1:${xdsPort}`, adminPort: p, jwtModule: FAST_PATH === 'module' }) });
+    /** TLS to the xDS port (the CA `serve` wrote before opening it) with a token certificate for the gateway. */
+    const tlsFor = async (gatewayName: string) => {
+      const t = await bootstrapTls(dataDir, `gateway/${gatewayName}`);
+      credentialDirs.push(path.dirname(t.certFile));
+      return { caFile: t.caFile, certFile: t.certFile, keyFile: t.keyFile };
+    };
+    const gatewayTls = await tlsFor('bench');
+    const gateway = await startEnvoy({ name: 'bench-gw', bootstrapYaml: (p) => bootstrapYaml({ gateway: 'bench', id: 'bench-gw', xdsAddress: `127.0.0.1:${xdsPort}`, adminPort: p, jwtModule: FAST_PATH === 'module', tls: gatewayTls }) });
     envoys.push(gateway);
-    const baseEnvoy = await startEnvoy({ name: 'bench-base', bootstrapYaml: (p) => bootstrapYaml({ gateway: 'base', id: 'bench-base', xdsAddress: `127.0.0.1:${xdsPort}`, adminPort: p }) });
+    const baseTls = await tlsFor('base');
+    const baseEnvoy = await startEnvoy({ name: 'bench-base', bootstrapYaml: (p) => bootstrapYaml({ gateway: 'base', id: 'bench-base', xdsAddress: `127.0.0.1:${xdsPort}`, adminPort: p, tls: baseTls }) });
     envoys.push(baseEnvoy);
     await waitFor(async () => (await get(plainPort, tokens[0]!)) === 301, { timeoutMs: 20_000, what: 'baseline listener answering' });
     const plain = await plainListenerOf(baseEnvoy, 'base/plain');
@@ -402,6 +415,7 @@ ${jwtPolicy('bench', 'auth')}${jwtPolicy('bench-slow', 'slow', '  from: [ { head
     }
     rmSync(dir, { recursive: true, force: true });
     rmSync(dataDir, { recursive: true, force: true });
+    for (const d of credentialDirs) rmSync(d, { recursive: true, force: true });
   }
 }
 

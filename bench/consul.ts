@@ -4,7 +4,9 @@
 // S services x I instances (default 200 x 10) with TTL checks; starts `signalbox serve
 // --consul-addr` as a child process (so its CPU is its own) with one Service per Consul service
 // and one gateway routing to all of them; connects C simulated Delta ADS clients (default 200)
-// that subscribe like Envoy (CDS/LDS wildcard, EDS for every cluster, RDS) and ACK everything.
+// that subscribe like Envoy (CDS/LDS wildcard, EDS for every cluster, RDS) and ACK everything,
+// over TLS (the server's default: each client verifies it with the CA in <data-dir>/xds-ca.pem)
+// and each presenting a token for the gateway (gRPC metadata x-signalbox-token).
 // Then, for D seconds (default 60), it flips the TTL check of a random instance R times a second
 // (default 10; a service is not flipped again before the previous flip of it converged) and
 // measures, per flip:
@@ -27,6 +29,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { provisionConsul } from '../test/helpers/consul.js';
 import { AdsClient, gatewayNode, type DeltaClientStream } from '../test/helpers/xds-client.js';
+import { signTokenSync, xdsCa } from '../test/helpers/credentials.js';
 import { TypeUrl } from '../src/xds/resources/type-urls.js';
 import { freePort } from '../test/helpers/net.js';
 import { cpuTimes, percentile } from './lib.js';
@@ -145,7 +148,8 @@ async function main(): Promise<void> {
 
   const [xdsPort, adminPort] = [await freePort(), await freePort()];
   const nodeArgs = flags['server-node-args']!.split(' ').filter(Boolean); // e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof"
-  const sb = spawn(process.execPath, [...nodeArgs, BIN, 'serve', '--policies', policyDir, '--xds-address', '127.0.0.1', '--xds-port', String(xdsPort), '--admin-port', String(adminPort), '--data-dir', path.join(tmp, 'data'), '--log-level', 'warn', '--consul-addr', consul.addr], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, SIGNALBOX_STRICT_ENCODE: '' } });
+  const dataDir = path.join(tmp, 'data');
+  const sb = spawn(process.execPath, [...nodeArgs, BIN, 'serve', '--policies', policyDir, '--xds-address', '127.0.0.1', '--xds-port', String(xdsPort), '--admin-port', String(adminPort), '--data-dir', dataDir, '--log-level', 'warn', '--consul-addr', consul.addr], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, SIGNALBOX_STRICT_ENCODE: '' } });
   children.add(sb);
   let sbLog = '';
   sb.stdout!.on('data', (b: Buffer) => (sbLog = (sbLog + b.toString()).slice(-20_000)));
@@ -154,10 +158,13 @@ async function main(): Promise<void> {
     throw new Error(`${(e as Error).message}\n${sbLog}`);
   });
 
-  // C delta clients; each remembers when it received each CLA.
+  // C delta clients; each remembers when it received each CLA. TLS with the CA the server wrote
+  // (before its xDS port opened), and the gateway's token, as a proxy's bootstrap carries them.
+  const token = signTokenSync(dataDir, 'gateway/edge');
+  const auth = { ca: xdsCa(dataDir), token: () => token };
   const clients: { ads: AdsClient; stream: DeltaClientStream; got: Map<string, number>; edsResponses: number }[] = [];
   for (let c = 0; c < C; c++) {
-    const ads = new AdsClient(`127.0.0.1:${xdsPort}`);
+    const ads = new AdsClient(`127.0.0.1:${xdsPort}`, {}, auth);
     const stream = ads.delta({ node: gatewayNode(`bench-consul-${c}`, 'edge'), autoAck: true, follow: true, keep: false });
     const me = { ads, stream, got: new Map<string, number>(), edsResponses: 0 };
     stream.on('response', (r: { type_url: string; resources: { name: string }[] }) => {

@@ -12,6 +12,11 @@ export interface ConnectMsg {
   gateways: string[];
   /** Token per gateway name (gRPC metadata x-signalbox-token), as a real bootstrap would carry. */
   tokens: Record<string, string>;
+  /**
+   * The CA (PEM) the xDS server's certificate is verified with (`<data-dir>/xds-ca.pem`): the
+   * clients connect over TLS. Absent: plain text (a server run with `--xds-insecure`).
+   */
+  ca?: string;
   /** Streams opened and syncing at the same time. */
   concurrency: number;
   timeoutMs: number;

@@ -2,7 +2,9 @@
 // simulated proxies do not share an event loop with the orchestrator, and so the server's own
 // process measures only the server. It holds N ADS streams, one gRPC channel (one HTTP/2
 // connection) each, that behave like Envoy: CDS and LDS wildcard, then EDS for the EDS clusters and
-// RDS for the route configurations they receive, ACKing every response.
+// RDS for the route configurations they receive, ACKing every response. Each stream presents its
+// gateway's token (gRPC metadata); each channel is TLS, verifying the server with the CA the
+// parent read from the server's data directory, unless the parent sent none (`--xds-insecure`).
 //
 // The parent drives it over IPC:
 //   connect -> connected   open and sync every stream (ACKed CDS, EDS, LDS and RDS at least once)
@@ -48,12 +50,13 @@ function synced(s: Sim): boolean {
   return SYNC_TYPES.every((t) => (s.acks.get(t) ?? 0) > 0);
 }
 
-function open(i: number, m: ConnectMsg): Sim {
+function open(i: number, m: ConnectMsg, ca: Buffer | undefined): Sim {
   const gateway = m.gateways[i % m.gateways.length]!;
   // Envoy's HTTP/2 windows default to 256 MiB (initial_stream_window_size and
   // initial_connection_window_size); Node's default of 64 KiB would make every 125 kB route
   // configuration wait for a WINDOW_UPDATE round trip, which no real proxy does.
-  const client = new AdsClient(m.target, { 'grpc-node.flow_control_window': ENVOY_HTTP2_WINDOW });
+  // One TLS session per channel, as each Envoy has its own; the token goes as metadata below.
+  const client = new AdsClient(m.target, { 'grpc-node.flow_control_window': ENVOY_HTTP2_WINDOW }, ca ? { ca } : undefined);
   const metadata = new grpc.Metadata();
   const token = m.tokens[gateway];
   if (token) metadata.set('x-signalbox-token', token);
@@ -95,13 +98,14 @@ async function connect(m: ConnectMsg): Promise<void> {
   const cpu0 = process.cpuUsage();
   let next = 0;
   let failed = 0;
+  const ca = m.ca ? Buffer.from(m.ca) : undefined;
   await new Promise<void>((resolve, reject) => {
     let inFlight = 0;
     let done = 0;
     const timer = setTimeout(() => reject(new Error(`only ${done} of ${m.clients} streams synced within ${m.timeoutMs} ms`)), m.timeoutMs);
     const launch = () => {
       while (inFlight < m.concurrency && next < m.clients) {
-        const sim = open(next++, m);
+        const sim = open(next++, m, ca);
         sims.push(sim);
         inFlight++;
         const finish = () => {

@@ -3,8 +3,11 @@
 // Generates a policy directory (default 1,000 routes over 200 services with static endpoints on
 // 127.0.0.1, two gateways) in a temporary folder, starts Signalbox as a child process
 // (`node bin/signalbox.js serve`, so its RSS and CPU are its own), and connects N simulated ADS
-// clients from a second child process (bench/xds-clients.ts) over loopback. Then, for SotW and for
-// Delta, it measures:
+// clients from a second child process (bench/xds-clients.ts) over loopback: over TLS, as the
+// server's default is, each client verifying the server with the CA the server wrote to
+// `<data-dir>/xds-ca.pem`, and each stream presenting its gateway's token (with --xds-insecure the
+// server and the clients use plain text, tokens still presented: what TLS costs). Then, for SotW
+// and for Delta, it measures:
 //   - compile time of the full configuration (signalbox_compile_duration_seconds): the first,
 //     cold compile; warm reloads with no client connected; and the reloads during the pushes;
 //   - RSS growth of the Signalbox process per connected client (VmRSS from /proc/<pid>/status);
@@ -16,7 +19,8 @@
 // Flags: --clients N (1000) --mode sotw|delta|both (both) --changes K (10) --gateways G (2)
 //        --routes R (1000) --services S (200) --concurrency C (100 streams syncing at once)
 //        --timeout-s T (hard limit for the whole run, 900) --round-timeout-s T (per change, 60)
-//        --json FILE (also write the results) --server-node-args="--cpu-prof --cpu-prof-dir=DIR".
+//        --json FILE (also write the results) --server-node-args="--cpu-prof --cpu-prof-dir=DIR"
+//        --xds-insecure (serve and connect in plain text).
 // Results and method: docs/benchmarks.md.
 // Everything runs on loopback, stops by itself and removes its temporary folder and children.
 import { fork, spawn, execFileSync, type ChildProcess } from 'node:child_process';
@@ -29,6 +33,7 @@ import { DEFAULT_SHAPE, gatewayName, routeFile, writePolicyDir, type PolicyShape
 import { wallNow, type ChildMsg, type Mode, type ParentMsg } from './protocol.js';
 import { cpuSeconds, percentile } from './lib.js';
 import { freePort } from '../test/helpers/net.js';
+import { xdsCa } from '../test/helpers/credentials.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 // dist/bench/xds.js -> repository root two levels up.
@@ -49,11 +54,12 @@ const { values: flags } = parseArgs({
     'round-timeout-s': { type: 'string', default: '60' },
     json: { type: 'string' },
     'server-node-args': { type: 'string', default: '' },
+    'xds-insecure': { type: 'boolean', default: false },
     help: { type: 'boolean', default: false },
   },
 });
 if (flags.help) {
-  process.stdout.write('usage: node dist/bench/xds.js [--clients N] [--mode sotw|delta|both] [--changes K] [--gateways G] [--routes R] [--services S] [--concurrency C] [--timeout-s T] [--json FILE] [--server-node-args="--cpu-prof --cpu-prof-dir=DIR"]\n');
+  process.stdout.write('usage: node dist/bench/xds.js [--clients N] [--mode sotw|delta|both] [--changes K] [--gateways G] [--routes R] [--services S] [--concurrency C] [--timeout-s T] [--json FILE] [--server-node-args="--cpu-prof --cpu-prof-dir=DIR"] [--xds-insecure]\n');
   process.exit(0);
 }
 function intFlag(name: string, v: string | undefined, min: number, max: number): number {
@@ -65,6 +71,8 @@ function intFlag(name: string, v: string | undefined, min: number, max: number):
   return n;
 }
 const N = intFlag('clients', flags.clients, 1, 20000);
+/** TLS on the xDS port (the server's default); off with --xds-insecure. */
+const TLS = !flags['xds-insecure'];
 const K = intFlag('changes', flags.changes, 1, 1000);
 const CONCURRENCY = intFlag('concurrency', flags.concurrency, 1, 10000);
 const HARD_TIMEOUT_MS = intFlag('timeout-s', flags['timeout-s'], 10, 86400) * 1000;
@@ -191,7 +199,7 @@ interface Server {
 async function startSignalbox(policyDir: string, mode: Mode): Promise<Server> {
   const [xdsPort, adminPort] = [await freePort(), await freePort()];
   const dataDir = path.join(tmp, `data-${mode}`);
-  const args = [BIN, 'serve', '--policies', policyDir, '--xds-address', '127.0.0.1', '--xds-port', String(xdsPort), '--admin-address', '127.0.0.1', '--admin-port', String(adminPort), '--data-dir', dataDir, '--log-level', 'warn'];
+  const args = [BIN, 'serve', '--policies', policyDir, '--xds-address', '127.0.0.1', '--xds-port', String(xdsPort), '--admin-address', '127.0.0.1', '--admin-port', String(adminPort), '--data-dir', dataDir, '--log-level', 'warn', ...(TLS ? [] : ['--xds-insecure'])];
   const nodeArgs = flags['server-node-args']!.split(' ').filter(Boolean); // e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof"
   const proc = spawn(process.execPath, [...nodeArgs, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, SIGNALBOX_STRICT_ENCODE: '' } });
   children.add(proc);
@@ -305,6 +313,8 @@ interface Round {
 
 interface RunResult {
   mode: Mode;
+  /** xDS over TLS (false: --xds-insecure). */
+  tls: boolean;
   clients: number;
   connectedStreams: number;
   connectMs: number;
@@ -391,8 +401,10 @@ async function runMode(mode: Mode, policyDir: string, changeFile: string): Promi
     // Connect.
     console.log(`   connecting ${N} ${mode} clients (${CONCURRENCY} at a time)…`);
     const tokens = tokensFor(server.dataDir);
+    // Written by the server before its xDS port opens (so present once /readyz answered).
+    const ca = TLS ? xdsCa(server.dataDir).toString('utf8') : undefined;
     const connectCpu0 = cpuMsOf(server.pid);
-    const conn = await clients.request({ cmd: 'connect', target: `127.0.0.1:${server.xdsPort}`, mode, clients: N, gateways: Array.from({ length: shape.gateways }, (_, g) => gatewayName(g)), tokens, concurrency: CONCURRENCY, timeoutMs: 300_000 }, 'connected', 310_000);
+    const conn = await clients.request({ cmd: 'connect', target: `127.0.0.1:${server.xdsPort}`, mode, clients: N, gateways: Array.from({ length: shape.gateways }, (_, g) => gatewayName(g)), tokens, ca, concurrency: CONCURRENCY, timeoutMs: 300_000 }, 'connected', 310_000);
     const connectServerCpuMs = cpuMsOf(server.pid) - connectCpu0;
     console.log(`   ${conn.streams} streams synced in ${fmt(conn.ms)} ms${conn.failed ? `, ${conn.failed} FAILED` : ''} (CPU server ${fmt(connectServerCpuMs)} ms, clients ${fmt(conn.cpuMs)} ms)`);
     await sleep(3000);
@@ -443,6 +455,7 @@ async function runMode(mode: Mode, policyDir: string, changeFile: string): Promi
     }
     const res: RunResult = {
       mode,
+      tls: TLS,
       clients: N,
       connectedStreams: conn.streams,
       connectMs: conn.ms,
@@ -508,12 +521,12 @@ async function main(): Promise<void> {
   const policyDir = path.join(tmp, 'policies');
   const { changeFile } = writePolicyDir(policyDir, shape);
   const mach = machine();
-  console.log(`signalbox xDS benchmark: ${N} clients, ${shape.routes} routes / ${shape.services} services / ${shape.gateways} gateways, ${K} changes, modes ${modes.join(' + ')}`);
+  console.log(`signalbox xDS benchmark: ${N} clients, ${shape.routes} routes / ${shape.services} services / ${shape.gateways} gateways, ${K} changes, modes ${modes.join(' + ')}, xDS ${TLS ? 'over TLS' : 'in plain text (--xds-insecure)'}`);
   console.log(`machine: ${mach.nproc} CPUs (${mach.cpu}), ${fmt(mach.memGiB, 1)} GiB, node ${mach.node}, load average ${mach.load.map((l) => l.toFixed(2)).join(' ')}`);
   const results: RunResult[] = [];
   for (const mode of modes) results.push(await runMode(mode, policyDir, changeFile));
 
-  console.log('\n== Summary (per change: p50 / p99 / max over clients; shown: the median change, max: the worst change)');
+  console.log(`\n== Summary, xDS ${TLS ? 'over TLS' : 'in plain text (--xds-insecure)'} (per change: p50 / p99 / max over clients; shown: the median change, max: the worst change)`);
   console.log('| mode | clients | compile ms: cold / warm, no clients / during pushes | RSS per client | convergence ms: p50 / p99 / max | pooled p50 / p99 | server saw last ACK | reload applied | loop lag ms: p99 / max | load avg | CPU stall |');
   console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
   for (const r of results) {
@@ -522,7 +535,7 @@ async function main(): Promise<void> {
     );
   }
   console.log(`load average at the end: ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}`);
-  if (flags.json) writeFileSync(flags.json, JSON.stringify({ machine: mach, shape, clients: N, changes: K, results }, null, 2) + '\n');
+  if (flags.json) writeFileSync(flags.json, JSON.stringify({ machine: mach, shape, clients: N, changes: K, tls: TLS, results }, null, 2) + '\n');
 }
 
 main()
