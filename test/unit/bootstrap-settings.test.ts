@@ -4,7 +4,10 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { describe, test } from 'node:test';
 import YAML from 'yaml';
-import { bootstrapConfig, bootstrapYaml, splitHostPort } from '../../src/cli/bootstrap.js';
+import { mkdtempSync, statSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { bootstrapConfig, bootstrapYaml, splitHostPort, XDS_CA_FILE } from '../../src/cli/bootstrap.js';
 import { resolveServeConfig, SERVE_SETTINGS } from '../../src/config/settings.js';
 import { ErrorCode, SignalboxError } from '../../src/errors.js';
 import { repoRoot } from '../helpers/envoy.js';
@@ -85,15 +88,51 @@ describe('bootstrap', () => {
   describe('CLI', () => {
     const cli = (...args: string[]) => spawnSync(process.execPath, ['bin/signalbox.js', 'bootstrap', ...args], { cwd: repoRoot(), encoding: 'utf8', timeout: 30_000 });
 
-    test('prints the bootstrap for the given flags', () => {
-      const r = cli('--gateway', 'public', '--xds-address', '127.0.0.1:18123', '--delta', '--admin-port', '19901', '--id', 'gw-1');
+    /** A data directory as `signalbox serve` leaves it: the CA proxies verify the xDS server with. */
+    const servedDataDir = () => {
+      const dir = mkdtempSync(path.join(os.tmpdir(), 'sb-boot-'));
+      writeFileSync(path.join(dir, XDS_CA_FILE), '-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n');
+      return dir;
+    };
+
+    test('prints the bootstrap for the given flags: TLS to the server, a token of its own in files only its user reads', () => {
+      const dataDir = servedDataDir();
+      const r = cli('--gateway', 'public', '--xds-address', '127.0.0.1:18123', '--delta', '--admin-port', '19901', '--id', 'gw-1', '--data-dir', dataDir);
       assert.equal(r.status, 0, r.stderr);
       const b = YAML.parse(r.stdout) as Json;
+      const tls = b.static_resources.clusters[0].transport_socket.typed_config.common_tls_context;
+      const creds = path.join(dataDir, 'proxies', 'gateway-public');
+      assert.deepEqual(tls.tls_certificates, [{ certificate_chain: { filename: path.join(creds, 'token.crt') }, private_key: { filename: path.join(creds, 'token.key') } }]);
+      assert.equal(tls.validation_context.trusted_ca.filename, path.join(dataDir, XDS_CA_FILE));
+      assert.deepEqual(tls.validation_context.match_typed_subject_alt_names, [{ san_type: 'IP_ADDRESS', matcher: { exact: '127.0.0.1' } }]);
+      assert.equal(statSync(path.join(creds, 'token.key')).mode & 0o777, 0o600);
+      assert.ok(!/BEGIN|x-signalbox-token/.test(r.stdout), 'no key, certificate or token inline');
+      assert.match(r.stderr, /token [0-9a-f-]{36} for gateway\/public, valid until/);
       assert.equal(b.node.id, 'gw-1');
       assert.equal(b.node.metadata['signalbox.gateway'], 'public');
       assert.equal(b.dynamic_resources.ads_config.api_type, 'DELTA_GRPC');
       assert.equal(b.admin.address.socket_address.port_value, 19901);
       assert.equal(b.static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.port_value, 18123);
+    });
+
+    test('without the server CA (serve never ran with that data directory) it exits 2 naming --xds-ca', () => {
+      const r = cli('--gateway', 'public', '--data-dir', mkdtempSync(path.join(os.tmpdir(), 'sb-boot-')));
+      assert.equal(r.status, 2);
+      assert.match(r.stderr, /the CA of the xDS server \(--xds-ca.*is missing/);
+      assert.equal(r.stdout, '');
+    });
+
+    test('--out writes the bootstrap 0600; --xds-insecure puts a token inline and says so', () => {
+      const dataDir = servedDataDir();
+      const out = path.join(dataDir, 'envoy.yaml');
+      assert.equal(cli('--gateway', 'public', '--data-dir', dataDir, '--out', out).status, 0);
+      assert.equal(statSync(out).mode & 0o777, 0o600);
+      const plain = cli('--gateway', 'public', '--data-dir', dataDir, '--xds-insecure');
+      assert.equal(plain.status, 0, plain.stderr);
+      assert.match(plain.stderr, /plain text/);
+      const b = YAML.parse(plain.stdout) as Json;
+      assert.equal(b.static_resources.clusters[0].transport_socket, undefined);
+      assert.equal(b.dynamic_resources.ads_config.grpc_services[0].initial_metadata[0].key, 'x-signalbox-token');
     });
 
     test('a missing --gateway or a bad --admin-port exits 2 with a message', () => {
