@@ -222,7 +222,8 @@ test('client certificates: another data folder, expired, revoked are refused', a
   // Same subject name, same CA name, different key: refused.
   assert.deepEqual(await verifier.verifyCertificate(derOf(foreign.certFile)), { ok: false, reason: "client certificate not issued by this control plane's token CA" });
 
-  const short = await issueTokenCredentials(dir, 'gateway/edge', '1s', path.join(dir, 'short'));
+  // 2s: expiries are whole seconds (rounded down), so a 1s token can be expired the moment it is made.
+  const short = await issueTokenCredentials(dir, 'gateway/edge', '2s', path.join(dir, 'short'));
   assert.equal((await verifier.verifyCertificate(derOf(short.certFile))).ok, true);
   await sleep(Math.max(0, short.expiresAt.getTime() - Date.now()) + 50);
   assert.deepEqual(await verifier.verifyCertificate(derOf(short.certFile)), { ok: false, reason: `token ${short.id} expired` });
