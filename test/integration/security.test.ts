@@ -131,7 +131,7 @@ spec:
     await upstream?.close();
   });
 
-  test('real traffic flows over HTTPS with the key that crossed the relay, and the relay saw no PEM, key or token', async () => {
+  test('real traffic flows over HTTPS with the key that crossed the relay, and the relay saw no PEM, key or token', async (t) => {
     const r = await httpGet(`http://127.0.0.1:${ports.http}/plain`);
     assert.equal(r.status, 200);
     assert.equal(r.json().upstream, 'shop');
@@ -139,6 +139,7 @@ spec:
     assert.match(dump, /dynamic_active_secrets|signalbox/);
     const seen = relay.bytes();
     assert.ok(seen.length > 4_000, `the relay carried the configuration (${seen.length} bytes)`);
+    t.diagnostic(`relay carried ${seen.length} bytes`);
     const text = seen.toString('latin1');
     const keyBody = shopKeyPem.split('\n').filter((l) => l && !l.startsWith('-----')).join('');
     const certBody = shopCertPem.split('\n').filter((l) => l && !l.startsWith('-----')).join('');
@@ -158,7 +159,7 @@ spec:
     assert.match(dump, /token\.crt/); // the bootstrap names files; Envoy redacts even the key file name
   });
 
-  test('`signalbox token revoke` closes the gateway stream within about a second; Envoy keeps its last configuration', async () => {
+  test('`signalbox token revoke` closes the gateway stream within about a second; Envoy keeps its last configuration', async (t) => {
     const connected = async () => Number(/control_plane\.connected_state: (\d+)/.exec(await envoy!.admin('/stats?filter=control_plane.connected_state'))?.[1]);
     assert.equal(await connected(), 1);
     const t0 = Date.now();
@@ -166,6 +167,7 @@ spec:
     await waitFor(async () => !((await sb.admin('/api/proxies')).proxies as { id: string }[]).some((p) => p.id === 'relayed-gw'), { what: 'the revoked proxy gone', timeoutMs: 5_000, intervalMs: 50 });
     const took = Date.now() - t0;
     assert.ok(took < 2_000, `stream closed ${took} ms after the revocation`);
+    t.diagnostic(`stream gone from /api/proxies ${took} ms after \`token revoke\` started (includes the CLI's own start)`);
     assert.match(sb.logs(), new RegExp(`token ${tls.id} was revoked`));
     // Envoy's reconnects are refused from now on, and it serves what it had.
     await waitFor(async () => (await connected()) === 0, { what: 'Envoy disconnected', timeoutMs: 5_000 });

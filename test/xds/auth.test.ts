@@ -186,7 +186,7 @@ spec:
     b.cancel();
   });
 
-  test('revoking a token closes its open stream within about a second; nothing is sent after', async () => {
+  test('revoking a token closes its open stream within about a second; nothing is sent after', async (t) => {
     const { token, id } = await issueToken(sb.dataDir, 'service/orders', '1h');
     const other = sb.ads.sotw({ node: sidecarNode('orders-kept', 'orders'), follow: true, autoAck: true });
     other.request(SDS, [IDENTITY]);
@@ -202,6 +202,7 @@ spec:
     assert.equal(grpc.status[st.code], 'UNAUTHENTICATED', st.details);
     assert.match(st.details, new RegExp(`token ${id} was revoked`));
     assert.ok(took < 1_500, `closed ${took} ms after the revocation`);
+    t.diagnostic(`stream closed ${took} ms after the revocation was written`);
     assert.equal(s.history.length, received, 'nothing was sent after the revocation');
     assert.equal(other.ended, false, 'another instance of the same service is untouched');
     // Reconnecting with the revoked token gets nothing.
