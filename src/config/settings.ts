@@ -2,6 +2,7 @@
 // default, parsed once.
 import { isIP } from 'node:net';
 import { ErrorCode, SignalboxError } from '../errors.js';
+import { DEFAULT_POLICY_LIMITS, type PolicyLimits } from '../sources/files/loader.js';
 
 export interface Setting {
   flag: string;
@@ -34,6 +35,9 @@ export const SERVE_SETTINGS = {
   accessLogSampling: { flag: 'access-log-sampling', env: 'SIGNALBOX_ACCESS_LOG_SAMPLING', default: '100', help: 'percent of successful requests proxies report to the access log service (errors are always reported); "off" turns traffic reporting off' },
   jwtFastPath: { flag: 'jwt-fast-path', env: 'SIGNALBOX_JWT_FAST_PATH', default: 'on', help: '"on": on routes under one JWTPolicy reading one header, Envoy asks the ext_authz service once per token and repeats its allows itself (a Lua script); "module": the same, done by Signalbox\'s compiled filter (faster; every proxy\'s Envoy must load it, see docs/jwt.md); "off": every request goes through the ext_authz filter' },
   endpointPushIntervalMs: { flag: 'endpoint-push-interval-ms', env: 'SIGNALBOX_ENDPOINT_PUSH_INTERVAL_MS', default: '250', help: 'least time between two endpoint pushes while endpoint changes keep coming (a change after a quiet spell goes out at once); 0: push every change' },
+  maxPolicyFileBytes: { flag: 'max-policy-file-bytes', env: 'SIGNALBOX_MAX_POLICY_FILE_BYTES', default: `${DEFAULT_POLICY_LIMITS.maxFileBytes / 1024 ** 2}MiB`, help: 'largest policy file read, in bytes (suffixes KiB, MiB, GiB); a bigger file is an error for that file and is not read' },
+  maxPolicyDirBytes: { flag: 'max-policy-dir-bytes', env: 'SIGNALBOX_MAX_POLICY_DIR_BYTES', default: `${DEFAULT_POLICY_LIMITS.maxDirBytes / 1024 ** 2}MiB`, help: 'largest total of all policy files, in bytes (suffixes KiB, MiB, GiB); over it, nothing is read and the directory is rejected' },
+  maxPolicyFiles: { flag: 'max-policy-files', env: 'SIGNALBOX_MAX_POLICY_FILES', default: String(DEFAULT_POLICY_LIMITS.maxFiles), help: 'most *.yaml / *.yml files in the policy directory and its folders; over it, nothing is read and the directory is rejected' },
   watchDebounceMs: { flag: 'watch-debounce-ms', env: 'SIGNALBOX_WATCH_DEBOUNCE_MS', default: '100', help: 'quiet time after a policy file change before reloading' },
   consulAddr: { flag: 'consul-addr', env: 'CONSUL_HTTP_ADDR', default: '', help: 'Consul HTTP API (HOST:PORT or http(s)://HOST:PORT); unset: static endpoints only. TLS and token from CONSUL_CACERT, CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY, CONSUL_HTTP_TOKEN' },
   consulDatacenter: { flag: 'consul-datacenter', env: 'SIGNALBOX_CONSUL_DATACENTER', default: '', help: 'Consul datacenter to query when a Service does not name one (default: the agent\'s own)' },
@@ -69,6 +73,8 @@ export interface ServeConfig {
   dataDir: string;
   logLevel: string;
   watchDebounceMs: number;
+  /** Bounds on reading the policy directory (--max-policy-file-bytes, --max-policy-dir-bytes, --max-policy-files). */
+  policyLimits: PolicyLimits;
   /** See PipelineOptions.endpointPushIntervalMs. */
   endpointPushIntervalMs: number;
   /** Consul HTTP address; empty: no Consul discovery. */
@@ -148,6 +154,39 @@ function millisOf(name: string, v: string): number {
   return n;
 }
 
+const BYTE_UNITS: Record<string, number> = { '': 1, KiB: 1024, MiB: 1024 ** 2, GiB: 1024 ** 3 };
+
+/** A size in bytes: digits, optionally followed by KiB, MiB or GiB (binary units, so no KB/MB ambiguity). */
+function bytesOf(name: string, v: string): number {
+  const m = /^(\d+)(KiB|MiB|GiB)?$/.exec(v);
+  const n = m ? Number(m[1]) * BYTE_UNITS[m[2] ?? '']! : NaN;
+  if (!Number.isSafeInteger(n) || n < 1) throw new SignalboxError(ErrorCode.BAD_FLAG, `--${name} must be a size in bytes of at least 1, optionally with KiB, MiB or GiB (e.g. 4MiB), got "${v}"`);
+  return n;
+}
+
+function countOf(name: string, v: string): number {
+  const n = Number(v);
+  if (!/^\d+$/.test(v) || !Number.isSafeInteger(n) || n < 1) throw new SignalboxError(ErrorCode.BAD_FLAG, `--${name} must be a whole number of at least 1, got "${v}"`);
+  return n;
+}
+
+/**
+ * The policy reading limits from flags, else their environment twins, else the defaults. Also what
+ * `signalbox validate` uses (environment only), so it refuses what `serve` would.
+ */
+export function resolvePolicyLimits(flags: Record<string, string | boolean | undefined>, env: NodeJS.ProcessEnv = process.env): PolicyLimits {
+  const get = (k: 'maxPolicyFileBytes' | 'maxPolicyDirBytes' | 'maxPolicyFiles'): string => {
+    const s: Setting = SERVE_SETTINGS[k];
+    const f = flags[s.flag];
+    return typeof f === 'string' ? f : (env[s.env] ?? s.default);
+  };
+  return {
+    maxFileBytes: bytesOf(SERVE_SETTINGS.maxPolicyFileBytes.flag, get('maxPolicyFileBytes')),
+    maxDirBytes: bytesOf(SERVE_SETTINGS.maxPolicyDirBytes.flag, get('maxPolicyDirBytes')),
+    maxFiles: countOf(SERVE_SETTINGS.maxPolicyFiles.flag, get('maxPolicyFiles')),
+  };
+}
+
 /** --jwt-fast-path: "on" (the Lua script), "module" (the compiled filter) or "off". */
 function jwtFastPathOf(v: string): { jwtFastPath: boolean; jwtFastPathModule: boolean } {
   if (v === 'on' || v === 'module' || v === 'off') return { jwtFastPath: v !== 'off', jwtFastPathModule: v === 'module' };
@@ -186,6 +225,7 @@ export function resolveServeConfig(flags: Record<string, string | boolean | unde
     dataDir: get('dataDir'),
     logLevel: level,
     watchDebounceMs: debounce,
+    policyLimits: resolvePolicyLimits(flags, env),
     endpointPushIntervalMs: millisOf('endpoint-push-interval-ms', get('endpointPushIntervalMs')),
     consulAddr: consulAddrOf(get('consulAddr')),
     consulDatacenter: get('consulDatacenter'),
