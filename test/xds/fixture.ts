@@ -178,7 +178,8 @@ export async function startSignalbox(files: Record<string, string> = { 'services
     async stop() {
       ads.close();
       await server.stop();
-      rmSync(root, { recursive: true, force: true });
+      // (A save of the last good configuration may still be finishing in the data directory.)
+      rmSync(root, { recursive: true, force: true, maxRetries: 5, retryDelay: 50 });
     },
   };
 }

@@ -88,9 +88,10 @@ interface TypeLog {
 
 let lastGeneration = 0;
 
-export class SnapshotCache extends EventEmitter<{ change: [SnapshotChange]; demand: [string] }> {
+export class SnapshotCache extends EventEmitter<{ change: [SnapshotChange]; demand: [string]; idle: [string] }> {
   private readonly groups = new Map<string, Snapshot>();
   private readonly logs = new Map<string, Map<TypeUrl, TypeLog>>();
+  private admission?: (group: string) => string | undefined;
 
   get(group: string): Snapshot {
     return this.groups.get(group) ?? EMPTY_SNAPSHOT;
@@ -104,9 +105,27 @@ export class SnapshotCache extends EventEmitter<{ change: [SnapshotChange]; dema
     return [...this.groups.keys()].sort();
   }
 
-  /** A proxy of `group` connected: whoever compiles may build that group if it can. */
+  /**
+   * A proxy of `group` connected: whoever compiles may build that group if it can. Emitted for
+   * every stream, not only for a group not built yet: a group waiting to be dropped is in use again.
+   */
   request(group: string): void {
-    if (!this.groups.has(group)) this.emit('demand', group);
+    this.emit('demand', group);
+  }
+
+  /** The last stream of `group` left (the xDS server tells): whoever compiles may drop it later. */
+  release(group: string): void {
+    this.emit('idle', group);
+  }
+
+  /** Whoever compiles says which groups it will not build now (a limit), and why. */
+  setAdmission(check: (group: string) => string | undefined): void {
+    this.admission = check;
+  }
+
+  /** Why a proxy of `group` is not served (asked after `request`), or undefined when it is. */
+  refusal(group: string): string | undefined {
+    return this.admission?.(group);
   }
 
   /**

@@ -17,7 +17,15 @@ export interface NodeIdentity {
 export interface TypeStatus {
   sent?: { version: string; nonce: string; at: number; resources: number };
   acked?: { version: string; at: number };
-  nack?: { version: string; message: string; at: number; resources: string[]; sources: string[] };
+  /**
+   * The last NACK: Envoy's message (cut to MAX_NACK_MESSAGE; `cut` characters were dropped) and what
+   * it blames. `rateLimited`: the stream was over its allowance of searched NACKs, so the blame is
+   * carried over from the previous NACK of the same version and message, or empty.
+   */
+  nack?: { version: string; message: string; at: number; resources: string[]; sources: string[]; cut?: number; rateLimited?: boolean };
+  /** NACKs received on this stream, and how many of them were over the allowance (not searched). */
+  nacks?: number;
+  nacksRateLimited?: number;
   pushes: number;
 }
 
@@ -63,7 +71,9 @@ export class ProxyStatus {
         ackedVersion: s.acked?.version,
         ackedAt: s.acked ? new Date(s.acked.at).toISOString() : undefined,
         pushes: s.pushes,
-        lastNack: s.nack ? { version: s.nack.version, message: s.nack.message, at: new Date(s.nack.at).toISOString(), resources: s.nack.resources, sources: s.nack.sources } : undefined,
+        lastNack: s.nack ? { version: s.nack.version, message: s.nack.message, at: new Date(s.nack.at).toISOString(), resources: s.nack.resources, sources: s.nack.sources, cut: s.nack.cut || undefined, rateLimited: s.nack.rateLimited || undefined } : undefined,
+        nacks: s.nacks,
+        nacksRateLimited: s.nacksRateLimited || undefined,
       };
     }
     return {

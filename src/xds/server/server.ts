@@ -21,6 +21,9 @@ const SERVICE = '/envoy.service.discovery.v3.AggregatedDiscoveryService';
 /** Streams pushed to per turn of the event loop when a group's snapshot changes. */
 const FANOUT_SLICE = 50;
 
+/** Requests of one stream handled per turn of the event loop (Envoy sends a few at a time). */
+const REQUESTS_PER_TURN = 16;
+
 /** A request whose bytes do not decode. Handed to the stream handler (instead of letting grpc-js
  * end the call on its own) so that it is counted, logged and closed like any other bad request. */
 class Undecodable {
@@ -140,8 +143,17 @@ export class XdsServer {
       if (!call.writableEnded && !call.destroyed) call.write(r);
     });
     let group: string | undefined;
+    /** Adds a bound stream to its group's set, once; true the first time. */
+    const join = (): boolean => {
+      if (group || !stream.status) return false;
+      group = stream.status.node.group;
+      let set = this.streams.get(group);
+      if (!set) this.streams.set(group, (set = new Set()));
+      set.add(stream);
+      return true;
+    };
     const finish = () => {
-      if (group) this.streams.get(group)?.delete(stream);
+      if (group) this.leave(group, stream);
       untrack?.();
       stream.close();
     };
@@ -167,7 +179,18 @@ export class XdsServer {
           if (a.ok) untrack = this.track(a, (why) => refuse(GrpcCode.UNAUTHENTICATED, 'revoked', why));
         })
       : Promise.resolve();
+    // At most REQUESTS_PER_TURN requests of one stream per turn of the event loop: past that the
+    // call pauses, grpc-js stops reading its HTTP/2 stream and flow control holds the sender, so a
+    // burst (a proxy NACKing 1,000 times) is decoded and handled a slice at a time between other work.
+    let thisTurn = 0;
     call.on('data', (req: Req) => {
+      if (++thisTurn === REQUESTS_PER_TURN) {
+        call.pause();
+        setImmediate(() => {
+          thisTurn = 0;
+          if (!call.destroyed) call.resume();
+        });
+      }
       if (verified && waiting === 0) return onData(req);
       waiting++;
       queue = queue.then(() => {
@@ -180,13 +203,14 @@ export class XdsServer {
       try {
         if (req instanceof Undecodable) throw new StreamError('undecodable', `request does not decode as ${stream.protocol === 'sotw' ? 'DiscoveryRequest' : 'DeltaDiscoveryRequest'}: ${req.message}`);
         stream.onRequest(req);
-        if (!group && stream.status) {
-          group = stream.status.node.group;
-          let set = this.streams.get(group);
-          if (!set) this.streams.set(group, (set = new Set()));
-          set.add(stream);
+        if (join()) {
+          // A group the compiler will not build (its limit on proxy groups): the proxy hears why.
+          // Nothing was sent before: a group not compiled gets no response.
+          const refusal = this.ctx.cache.refusal(group!);
+          if (refusal) throw new StreamError('group-limit', refusal, grpc.status.RESOURCE_EXHAUSTED);
         }
       } catch (e) {
+        join(); // bound by a request that then failed: it still leaves its group in finish()
         const reason = e instanceof StreamError ? e.reason : 'internal';
         metrics.streamErrors.inc({ reason });
         logger.warn({ peer: stream.peer, proxy: stream.status?.node.id, reason, err: e instanceof StreamError ? undefined : e }, `xDS stream closed: ${(e as Error).message}`);
@@ -208,6 +232,17 @@ export class XdsServer {
     });
     call.on('cancelled', finish);
     call.on('close', finish);
+  }
+
+  /**
+   * Removes a finished stream from its group; when it was the group's last, the cache hears the
+   * group is idle (the pipeline then stops compiling a requested group after a grace period).
+   */
+  private leave(group: string, stream: XdsStream): void {
+    const set = this.streams.get(group);
+    if (!set?.delete(stream) || set.size > 0) return;
+    this.streams.delete(group);
+    this.ctx.cache.release(group);
   }
 
   /** Checks the client certificate the peer presented, else the token in the call's metadata. */

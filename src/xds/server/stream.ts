@@ -1,7 +1,7 @@
 // What SotW and Delta streams share: binding the stream to one node, recording ACKs and NACKs,
 // and knowing when listeners and routes have settled (for make-before-break cluster removal).
 import { versionOf, type Resource } from '../resources/resource.js';
-import { blameNack } from './nack-blame.js';
+import { blameNack, cutMessage, NACKS_BLAMED_PER_SECOND, NackRateLimit } from './nack-blame.js';
 import { isKnownTypeUrl, SHORT_NAME, TypeUrl } from '../resources/type-urls.js';
 import type { ServerContext } from './context.js';
 import { identify, NodeError, type WireNode } from './node.js';
@@ -184,17 +184,35 @@ export abstract class XdsStream {
     this.ctx.metrics.pushAck.observe({ type: SHORT_NAME[type] }, (Date.now() - sentAt) / 1000);
   }
 
+  /** How many of this stream's NACKs are searched for what they blame (the rest are only counted). */
+  private readonly nackLimit = new NackRateLimit();
+
   protected recordNack(type: TypeUrl, version: string, message: string): void {
     const s = this.status!;
     const t = s.type(type);
+    const short = SHORT_NAME[type];
+    // Envoy's message is the proxy's to choose: kept and logged cut (its head says what went wrong).
+    const { text, cut } = cutMessage(message);
+    t.nacks = (t.nacks ?? 0) + 1;
+    this.ctx.metrics.nacks.inc({ type: short });
+    const turn = this.nackLimit.take();
+    if (turn !== 'search') {
+      // Over the allowance: recorded without a search. The same version and message blame the same.
+      const prev = t.nack;
+      const same = prev !== undefined && prev.version === version && prev.message === text;
+      t.nack = { version, message: text, at: Date.now(), resources: same ? prev.resources : [], sources: same ? prev.sources : [], cut, rateLimited: true };
+      t.nacksRateLimited = (t.nacksRateLimited ?? 0) + 1;
+      this.ctx.metrics.nacksRateLimited.inc({ type: short });
+      if (turn === 'first-over') this.ctx.logger.warn({ proxy: s.node.id, type: short, version, limit: NACKS_BLAMED_PER_SECOND }, 'proxy NACKs faster than the allowance: further NACKs this second are rate limited (counted and recorded, not attributed or logged)');
+      return;
+    }
     const sent = s.sent.get(type) ?? new Map<string, Resource>();
     // Name the resources (and the policy files behind them) that Envoy's message mentions or quotes.
     const blamed = blameNack(sent, message);
     const resources = blamed.resources.map((r) => r.name).sort();
     const sources = blamed.sources;
-    t.nack = { version, message, at: Date.now(), resources, sources };
-    this.ctx.metrics.nacks.inc({ type: SHORT_NAME[type] });
-    this.ctx.logger.warn({ proxy: s.node.id, type: SHORT_NAME[type], version, resources, sources, envoyMessage: message }, 'proxy rejected configuration (NACK); it keeps its last accepted version');
+    t.nack = { version, message: text, at: Date.now(), resources, sources, cut };
+    this.ctx.logger.warn({ proxy: s.node.id, type: short, version, resources, sources, envoyMessage: text, cut: cut || undefined, searchLimited: blamed.limited || undefined }, 'proxy rejected configuration (NACK); it keeps its last accepted version');
   }
 
   /** True when the listeners and routes last sent were ACKed (or none were sent). */
