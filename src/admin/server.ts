@@ -164,6 +164,12 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
     if (!pipeline.ready) return reply.code(503).send({ ready: false, reason: 'no valid configuration compiled yet', errors: pipeline.errors.length });
     const extra = deps.readiness?.();
     if (extra && !extra.ready) return reply.code(503).send({ ready: false, reason: extra.reason });
+    // Ready (proxies get a valid configuration) but degraded: it is not the policy directory's.
+    const kept = pipeline.servingLastGood;
+    if (kept) {
+      const origin = kept.restoredFrom ? `restored from ${kept.restoredFrom} at start` : `kept since ${kept.since.toISOString()}`;
+      return { ready: true, degraded: true, reason: `the policy directory is invalid (${kept.errors} error(s), see /api/errors); serving the last good configuration, applied ${kept.appliedAt?.toISOString() ?? 'earlier'}, ${origin}` };
+    }
     return { ready: true };
   });
 
@@ -231,6 +237,13 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
 
   app.get('/api/sources', async () => deps.sources?.() ?? { sources: [] });
 
+  /** Present only while the last good configuration is served (so a healthy status stays as it was). */
+  const lastGoodStatus = () => {
+    const kept = pipeline.servingLastGood;
+    if (!kept) return {};
+    return { servingLastGood: true, since: kept.since.toISOString(), appliedAt: kept.appliedAt?.toISOString(), restoredFrom: kept.restoredFrom, errors: kept.errors };
+  };
+
   /** Security posture and state; the warnings are what the dashboard shows as a banner. */
   app.get('/api/status', async () => {
     const given = deps.status?.() ?? {};
@@ -238,7 +251,7 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
     return {
       ...given,
       admin: { hostCheck: !deps.security?.token, tokenRequired: Boolean(deps.security?.token) },
-      config: { valid: pipeline.errors.length === 0, ready: pipeline.ready },
+      config: { valid: pipeline.errors.length === 0, ready: pipeline.ready, ...lastGoodStatus() },
       warnings,
     };
   });

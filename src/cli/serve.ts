@@ -5,7 +5,7 @@ import { attachTelemetry } from '../telemetry/index.js';
 import { startTracing } from '../observability/tracing.js';
 import { DEFAULT_AUTHZ_PORT, type ServeConfig } from '../config/settings.js';
 import { Pipeline } from '../controller/pipeline.js';
-import { formatPolicyError } from '../errors.js';
+import { ErrorCode, formatPolicyError } from '../errors.js';
 import { createLogger, type Logger } from '../observability/logger.js';
 import { Metrics } from '../observability/metrics.js';
 import { watchPolicies } from '../sources/files/watcher.js';
@@ -17,7 +17,7 @@ import { CertificateAuthority } from '../ca/ca.js';
 import { IdentityManager } from '../ca/identities.js';
 import { TokenVerifier } from '../ca/tokens.js';
 import { ServerCertificate } from '../ca/server-tls.js';
-import { writeStateFile } from '../util/files.js';
+import { writeDataFile } from '../util/data-dir.js';
 import { XDS_CA_FILE } from './bootstrap.js';
 import { BUILTIN_DEFAULTS } from '../model/model.js';
 import { startEmbeddedAuthz } from '../authz/index.js';
@@ -74,6 +74,9 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
     jwtFastPath: cfg.jwtFastPath,
     jwtFastPathModule: cfg.jwtFastPathModule,
     endpointPushIntervalMs: cfg.endpointPushIntervalMs,
+    policyLimits: cfg.policyLimits,
+    // A restart with an invalid policy directory serves the last good configuration (DATA_DIR/last-good.json).
+    persistLastGood: true,
   });
   const tokens = await TokenVerifier.open(path.resolve(cfg.dataDir), { logger });
   const xds = new XdsServer({
@@ -89,7 +92,7 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
   // TLS on the xDS port by default: a certificate from the mesh CA (or the user's PKI), and the
   // CA proxies verify it with written next to the CA for `signalbox bootstrap`.
   const xdsCert = cfg.xdsTls ? await ServerCertificate.start({ ca, trustDomain: BUILTIN_DEFAULTS.trustDomain, server: 'xds', bindAddress: cfg.xdsAddress, sans: cfg.xdsTls.sans, files: cfg.xdsTls.files, logger }) : undefined;
-  if (xdsCert?.source === 'mesh-ca') await writeStateFile(path.join(path.resolve(cfg.dataDir), XDS_CA_FILE), ca.trustBundlePem, 0o644);
+  if (xdsCert?.source === 'mesh-ca') await writeDataFile(path.join(path.resolve(cfg.dataDir), XDS_CA_FILE), ca.trustBundlePem, 0o644, ErrorCode.CA); // a fault: file, cause, remedy
   const warnings: string[] = [];
   if (!xdsCert) warnings.push('xDS is served in plain text (--xds-insecure): configuration and private keys cross the network in clear');
   if (cfg.requireToken === 'secrets') warnings.push('--require-token secrets: proxies without a valid token receive every configuration except keys');
@@ -99,19 +102,27 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
   pipeline.on('applied', (model) => authz.update(model)); // before any proxy can get routes that name new policies
   const first = await pipeline.reload();
   if (!first.applied) {
-    logger.error({ errors: first.errors.map(formatPolicyError) }, 'the policy directory is invalid; serving no configuration until it is fixed');
+    const kept = pipeline.servingLastGood;
+    logger.error({ errors: first.errors.map(formatPolicyError) }, kept ? `the policy directory is invalid; serving the last good configuration (applied ${kept.appliedAt?.toISOString()}, from ${kept.restoredFrom}) until it is fixed` : 'the policy directory is invalid; serving no configuration until it is fixed');
   }
   await authz.settled(); // a JWTPolicy in the first model: its port is bound (or the failure known) before proxies connect
   await untilConsulSynced(consul, pipeline); // never hand proxies empty endpoint sets: xDS opens once Consul answered
   const watcher = watchPolicies(policyDir, cfg.watchDebounceMs, () => void pipeline.reload());
   const xdsPort = await xds.listen(`${cfg.xdsAddress.includes(':') ? `[${cfg.xdsAddress}]` : cfg.xdsAddress}:${cfg.xdsPort}`, xdsCert?.grpcCredentials(() => tokens.caPem));
   const telemetry = attachTelemetry({ pipeline, registry: xds.registry, promRegistry: metrics.registry, logger, addService: (def, impl) => xds.addService(def, impl) });
+  /** Proxies get an older configuration than the policy directory's: the banner says so until a valid edit. */
+  const lastGoodWarning = (): string[] => {
+    const kept = pipeline.servingLastGood;
+    if (!kept) return [];
+    const origin = kept.restoredFrom ? `restored from ${kept.restoredFrom} at start` : `kept since ${kept.since.toISOString()}`;
+    return [`the policy directory is invalid (${kept.errors} error(s), see /api/errors): proxies get the last good configuration, applied ${kept.appliedAt?.toISOString() ?? 'earlier'} and ${origin}`];
+  };
   /** The security posture and its downgrades, for /api/status and the dashboard's banner. */
   const status = () => ({
     xds: { tls: !!xdsCert, insecure: !xdsCert, certificate: xdsCert?.status() },
     proxyAuth: { requireToken: cfg.requireToken, revocationList: tokens.revocationProblem ?? 'ok' },
     authz: authz.status(),
-    warnings: [...warnings, ...(tokens.revocationProblem ? [tokens.revocationProblem] : [])],
+    warnings: [...warnings, ...(tokens.revocationProblem ? [tokens.revocationProblem] : []), ...lastGoodWarning()],
   });
   const admin = buildAdmin({
     pipeline,

@@ -11,7 +11,7 @@ import { buildModel, type Model } from '../model/model.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import { EndpointStore, staticInstances } from '../sources/endpoints.js';
-import { loadPolicyDir, PolicyParseCache, type LoadedDoc } from '../sources/files/loader.js';
+import { loadPolicyDir, PolicyParseCache, type LoadedDoc, type PolicyLimits } from '../sources/files/loader.js';
 import { translate } from '../translate/gateway.js';
 import { checkConsistency, Snapshot, SnapshotCache } from '../xds/cache/snapshot-cache.js';
 import { EncodeCache, type Resource } from '../xds/resources/resource.js';
@@ -20,6 +20,7 @@ import { configResources, endpointsResource, type ResourceMap } from '../xds/tra
 import type { IdentityManager } from '../ca/identities.js';
 import { baseGroup, parseSidecarGroup, TRUST_BUNDLE_SECRET } from '../ir/types.js';
 import type { AuthzEndpoint, JwtKeysOf } from '../translate/jwt.js';
+import { LastGoodStore, TextKeepingParseCache } from './last-good.js';
 
 interface GroupState {
   ir: IRProxyConfig;
@@ -65,16 +66,45 @@ export interface PipelineOptions {
   jwtFastPath?: boolean;
   /** The fast path runs in Signalbox's compiled Envoy module (native/jwt-check) instead of Lua. */
   jwtFastPathModule?: boolean;
+  /** Bounds on reading the policy directory (default: DEFAULT_POLICY_LIMITS). */
+  policyLimits?: Partial<PolicyLimits>;
+  /**
+   * Keep the last good configuration across restarts (needs dataDir): its inputs are saved there
+   * each time one is applied, and served at start while the policy directory is invalid (last-good.ts).
+   */
+  persistLastGood?: boolean;
+  /**
+   * Most sidecar groups (distinct service and port shapes) compiled because proxies asked; a proxy
+   * of a new shape past it is refused unless an idle group makes room. Default DEFAULT_MAX_REQUESTED_GROUPS.
+   */
+  maxRequestedGroups?: number;
+  /** How long a requested group stays compiled after its last proxy left. Default DEFAULT_IDLE_GROUP_GRACE_MS. */
+  idleGroupGraceMs?: number;
 }
 
 /** Default least time between endpoint pushes (see PipelineOptions.endpointPushIntervalMs). */
 export const DEFAULT_ENDPOINT_PUSH_INTERVAL_MS = 250;
+/**
+ * Default cap on requested sidecar groups. Each costs a compile on every reload; real meshes have
+ * a few shapes per service, and node metadata (the ports) is the proxy's to choose.
+ */
+export const DEFAULT_MAX_REQUESTED_GROUPS = 1000;
+/** Default grace period of an idle requested group: long enough for a proxy's restart or reconnect. */
+export const DEFAULT_IDLE_GROUP_GRACE_MS = 60_000;
+
+/** Requested groups that count toward the cap: sidecar shapes (a gateway's module variant is bounded by the model). */
+function isSidecarShape(group: string): boolean {
+  return parseSidecarGroup(baseGroup(group)) !== undefined;
+}
 
 export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [PolicyError[]] }> {
   readonly endpoints: EndpointStore;
   readonly encoder = new EncodeCache();
-  /** Reloads re-parse only the policy files whose text changed. */
-  private readonly parsed = new PolicyParseCache();
+  /**
+   * Reloads re-parse only the policy files whose text changed. It also keeps the text each file's
+   * documents came from: a save of the last good configuration takes that, not a second read.
+   */
+  private readonly parsed: PolicyParseCache & Pick<TextKeepingParseCache, 'textOf'> = new TextKeepingParseCache();
   /**
    * Hook for discovery sources that add documents the policy files do not hold (Consul services
    * imported with --consul-import, see src/sources/consul/import.ts). Gets the files' documents,
@@ -93,12 +123,33 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
   private again = false;
   /** Sidecar groups proxies have asked for (their shape comes from the proxy's node metadata). */
   private readonly requestedGroups = new Set<string>();
+  /** Saves and restores the last good configuration (persistLastGood). */
+  readonly lastGoodStore?: LastGoodStore;
+  /** Since when an older configuration is served because the policy directory is invalid. */
+  private lastGoodSince?: Date;
+  /** Set while the configuration served came from the saved file at start. */
+  private restored?: { file: string; appliedAt: Date };
+  /** The saved configuration is read once, at the first rejected load without a model; its problem stays listed until a valid load. */
+  private restoreTried = false;
+  private restoreProblem?: PolicyError;
+  /** Requested groups whose last proxy left, each with the timer that drops it; oldest first. */
+  private readonly idleGroups = new Map<string, NodeJS.Timeout>();
+  private groupLimits: { maxRequestedGroups: number; idleGroupGraceMs: number };
 
   constructor(private readonly opts: PipelineOptions) {
     super();
+    if (opts.persistLastGood && opts.dataDir) this.lastGoodStore = new LastGoodStore({ dataDir: opts.dataDir, policyDir: opts.policyDir, forbidden: opts.forbiddenPaths });
     this.endpoints = opts.endpoints ?? new EndpointStore();
     this.endpoints.on('change', (services) => this.onEndpointChange(services));
-    opts.cache.on('demand', (group) => void this.demand(group));
+    this.groupLimits = { maxRequestedGroups: opts.maxRequestedGroups ?? DEFAULT_MAX_REQUESTED_GROUPS, idleGroupGraceMs: opts.idleGroupGraceMs ?? DEFAULT_IDLE_GROUP_GRACE_MS };
+    opts.cache.on('demand', (group) => this.demand(group));
+    opts.cache.on('idle', (group) => this.onIdle(group));
+    opts.cache.setAdmission((group) => this.refusal(group));
+  }
+
+  /** Changes the limits on requested groups while running (tests; a timer already armed keeps its time). */
+  setGroupLimits(limits: Partial<typeof this.groupLimits>): void {
+    this.groupLimits = { ...this.groupLimits, ...limits };
   }
 
   /** The SPIFFE ID the proxies of a group hold (undefined: the group gets no certificate). */
@@ -117,13 +168,64 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
 
   /**
    * Builds a group on first demand: a sidecar group (when the model knows its service), or the
-   * `+jwt-module` variant of a gateway or sidecar group.
+   * `+jwt-module` variant of a gateway or sidecar group. A group waiting to be dropped is kept. At
+   * the cap a new sidecar shape takes the place of the longest idle one, else it is not built
+   * (the xDS server then refuses the stream with refusal()'s reason). Synchronous up to the reload,
+   * so refusal() asked right after sees the decision.
    */
-  private async demand(group: string): Promise<void> {
+  private demand(group: string): void {
     const base = baseGroup(group);
-    if ((!parseSidecarGroup(base) && base === group) || this.requestedGroups.has(group)) return;
+    if (!parseSidecarGroup(base) && base === group) return;
+    const idle = this.idleGroups.get(group);
+    if (idle) {
+      clearTimeout(idle);
+      this.idleGroups.delete(group);
+    }
+    if (this.requestedGroups.has(group)) return;
+    if (isSidecarShape(group) && this.sidecarShapes() >= this.groupLimits.maxRequestedGroups) {
+      const oldest = [...this.idleGroups.keys()].find(isSidecarShape);
+      if (!oldest) return;
+      this.drop(oldest, 'evicted');
+    }
     this.requestedGroups.add(group);
-    if (this.model || this.running) await this.reload();
+    this.opts.metrics?.requestedGroups.set(this.sidecarShapes());
+    if (this.model || this.running) void this.reload();
+  }
+
+  private sidecarShapes(): number {
+    let n = 0;
+    for (const g of this.requestedGroups) if (isSidecarShape(g)) n++;
+    return n;
+  }
+
+  /** Why a proxy of `group` is not served: its shape would pass the cap (see demand). */
+  private refusal(group: string): string | undefined {
+    if (!isSidecarShape(group) || this.requestedGroups.has(group)) return undefined;
+    const max = this.groupLimits.maxRequestedGroups;
+    return `sidecar group "${group}" refused: the limit of ${max} sidecar groups (distinct service and port shapes) in use is reached; it is served once another shape has had no proxy for ${Math.round(this.groupLimits.idleGroupGraceMs / 1000)} s`;
+  }
+
+  /** The last proxy of a group left: a requested group is dropped unless one comes back within the grace period. */
+  private onIdle(group: string): void {
+    if (!this.requestedGroups.has(group) || this.idleGroups.has(group)) return;
+    const timer = setTimeout(() => this.drop(group, 'idle'), this.groupLimits.idleGroupGraceMs);
+    timer.unref();
+    this.idleGroups.set(group, timer);
+  }
+
+  /**
+   * Stops compiling a requested group and removes its snapshot now, without a reload (which could
+   * be rejected and keep it): the next reload's translate no longer sees it.
+   */
+  private drop(group: string, reason: 'idle' | 'evicted'): void {
+    clearTimeout(this.idleGroups.get(group));
+    this.idleGroups.delete(group);
+    if (!this.requestedGroups.delete(group)) return;
+    this.groups.delete(group);
+    this.opts.cache.delete(group);
+    this.opts.metrics?.requestedGroups.set(this.sidecarShapes());
+    this.opts.metrics?.requestedGroupsDropped.inc({ reason });
+    this.opts.logger.info({ group, reason }, reason === 'idle' ? 'proxy group dropped: no proxy of it connected during the grace period' : 'idle proxy group dropped to make room for a new shape');
   }
 
   private identityResources(id: string | undefined): Map<string, Resource> {
@@ -133,6 +235,15 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
     const bundle = { name: TRUST_BUNDLE_SECRET, validation_context: { trusted_ca: { inline_string: ids.ca.trustBundlePem } } };
     out.set(TRUST_BUNDLE_SECRET, this.encoder.make(TypeUrl.Secret, TRUST_BUNDLE_SECRET, bundle));
     return out;
+  }
+
+  /**
+   * Set while the policy directory is invalid and proxies get an older, valid configuration: kept
+   * from an earlier load, or restored from the data directory at start (`restoredFrom`).
+   */
+  get servingLastGood(): { since: Date; appliedAt?: Date; restoredFrom?: string; errors: number } | undefined {
+    if (!this.model || this.errors.length === 0 || !this.lastGoodSince) return undefined;
+    return { since: this.lastGoodSince, appliedAt: this.restored?.appliedAt ?? this.lastAppliedAt, restoredFrom: this.restored?.file, errors: this.errors.length };
   }
 
   get ready(): boolean {
@@ -162,7 +273,7 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
   private async doReload(): Promise<ReloadResult> {
     const { logger, metrics } = this.opts;
     const t0 = performance.now();
-    const loaded = await loadPolicyDir(this.opts.policyDir, this.parsed);
+    const loaded = await loadPolicyDir(this.opts.policyDir, this.parsed, this.opts.policyLimits);
     let errors = loaded.errors;
     let model: Model | undefined;
     if (errors.length === 0) {
@@ -178,11 +289,16 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
         errors = [{ code: ErrorCode.CONFLICT, file: this.opts.policyDir, message: `internal: the compiled configuration is inconsistent: ${(e as Error).message}` }];
       }
     }
+    // Rejected: the last good configuration stays served (restored from disk at start), compiled
+    // for the groups proxies ask for now and with the keys the authz service holds now.
+    if (errors.length > 0) errors = [...errors, ...(await this.keepLastGood())];
     const durationMs = performance.now() - t0;
     this.errors = errors;
     metrics?.policyErrors.set(errors.length);
     if (errors.length > 0) {
       this.lastRejectedAt = new Date();
+      if (this.model) this.lastGoodSince ??= this.lastRejectedAt;
+      metrics?.servingLastGood.set(this.model ? 1 : 0);
       metrics?.reloads.inc({ result: 'rejected' });
       logger.warn({ errors: errors.map(formatPolicyError), keptVersion: this.model ? 'last good configuration' : 'none yet' }, `policy directory rejected: ${errors.length} error(s); nothing applied`);
       this.emit('rejected', errors);
@@ -192,9 +308,84 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
     metrics?.reloads.inc({ result: 'applied' });
     metrics?.configApplied.set(Date.now() / 1000);
     this.lastAppliedAt = new Date();
+    this.lastGoodSince = undefined;
+    this.restored = undefined;
+    metrics?.servingLastGood.set(0);
     logger.info({ durationMs: Math.round(durationMs * 10) / 10, groups: [...this.groups.keys()] }, 'policy configuration applied');
     this.emit('applied', model!);
+    // After the listeners (the authz service learns new policies before anything else waits).
+    await this.saveLastGood(loaded.files, loaded.docs, model!);
     return { applied: true, errors, durationMs };
+  }
+
+  /**
+   * After a rejected load. With a model: compile it again, so that a sidecar group first asked for
+   * now, or JWKS keys loaded now, are served (the same model gives the same resources otherwise).
+   * Without one (the start): restore the saved configuration, once. Returns the problem with the
+   * saved file, listed with the policy errors until a valid load.
+   */
+  private async keepLastGood(): Promise<PolicyError[]> {
+    if (this.model) {
+      try {
+        await this.apply(this.model);
+      } catch (e) {
+        this.opts.logger.warn({ err: (e as Error).message }, 'the last good configuration could not be compiled for the groups asked for now; it stays as it was');
+      }
+      return [];
+    }
+    const store = this.lastGoodStore;
+    if (!store) return [];
+    if (!this.restoreTried) {
+      this.restoreTried = true;
+      this.restoreProblem = await this.restoreLastGood(store);
+    }
+    return this.restoreProblem ? [this.restoreProblem] : [];
+  }
+
+  private async restoreLastGood(store: LastGoodStore): Promise<PolicyError | undefined> {
+    const { logger, metrics } = this.opts;
+    const r = await store.restore(this.extraDocs);
+    if (r.kind === 'none') return undefined;
+    if (r.kind === 'error') {
+      logger.error({ file: store.displayFile, error: r.error.message }, 'the last good configuration cannot be restored; serving nothing until the policy directory is valid');
+      return r.error;
+    }
+    try {
+      await this.opts.identities?.setTtl(r.model.mesh.mtls.certTTLms);
+      await this.apply(r.model);
+    } catch (e) {
+      const error: PolicyError = { code: ErrorCode.CONFLICT, file: store.displayFile, message: `the last good configuration saved here cannot be served: it compiles to an inconsistent configuration: ${(e as Error).message}` };
+      logger.error({ file: store.displayFile, error: error.message }, 'the last good configuration cannot be restored; serving nothing until the policy directory is valid');
+      return error;
+    }
+    this.restored = { file: store.displayFile, appliedAt: r.appliedAt };
+    this.lastGoodSince = new Date();
+    this.lastAppliedAt = r.appliedAt;
+    metrics?.configApplied.set(r.appliedAt.getTime() / 1000);
+    // Same inputs, same versions, for the operator to see. Not a verdict: a JWT fast path's versions
+    // move once the authz service has loaded the keys (a recompile follows), and a new CA moves the
+    // trust bundle's.
+    const compared = Object.keys(r.groups).filter((g) => this.groups.has(g));
+    const same = compared.filter((g) => this.opts.cache.get(g).version === r.groups[g]).length;
+    logger.warn(
+      { file: store.displayFile, appliedAt: r.appliedAt.toISOString(), groups: [...this.groups.keys()], versionsAsSaved: `${same}/${compared.length}` },
+      'the policy directory is invalid: serving the last good configuration saved in the data directory until a valid edit',
+    );
+    this.emit('applied', r.model);
+    return undefined;
+  }
+
+  /** Saves the inputs of the configuration just applied; a failure is logged and never fails the apply. */
+  private async saveLastGood(files: readonly string[], fileDocs: readonly LoadedDoc[], model: Model): Promise<void> {
+    const store = this.lastGoodStore;
+    if (!store) return;
+    const groups = Object.fromEntries([...this.groups.keys()].sort().map((g) => [g, this.opts.cache.get(g).version]));
+    try {
+      const r = await store.save({ files, fileDocs, textOf: (file) => this.parsed.textOf(file), model, groups });
+      if (r === 'changed-underneath') this.opts.logger.debug('a policy file changed while it was applied; the last good configuration is saved at the next reload');
+    } catch (e) {
+      this.opts.logger.warn({ file: store.displayFile, err: (e as NodeJS.ErrnoException).code ?? (e as Error).message }, 'could not save the last good configuration; a restart with an invalid policy directory would serve the one saved before');
+    }
   }
 
   /** Compiles a valid model into every group's snapshot. Throws (changing nothing) if inconsistent. */

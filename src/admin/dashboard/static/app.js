@@ -72,7 +72,7 @@ function renderSummary(sum) {
   );
   $('card-config').textContent = sum.config.valid ? 'valid' : `${sum.config.errors} error(s)`;
   $('card-config').className = sum.config.valid ? 'value state-SYNCED' : 'value state-NACKED';
-  $('card-config-sub').textContent = sum.config.lastAppliedAt ? `applied ${new Date(sum.config.lastAppliedAt).toLocaleTimeString()}` : 'nothing applied yet';
+  renderConfigSub();
   $('card-cert').textContent = until(sum.certificates.nearestExpiry);
   $('card-cert-sub').textContent = `${sum.certificates.count} instance certificates`;
   if (sum.revision !== proxyRevision) {
@@ -91,6 +91,25 @@ function renderSummary(sum) {
     loadCerts();
   }
   renderMap();
+}
+
+// /api/status's config part: it carries servingLastGood while the policy directory is invalid and
+// proxies get an older configuration (kept, or restored from disk at start), which the card says.
+let lastConfigStatus;
+
+function renderConfigSub() {
+  const sub = $('card-config-sub');
+  const config = lastSummary?.config;
+  const kept = lastConfigStatus?.servingLastGood && config && !config.valid ? lastConfigStatus : undefined;
+  sub.dataset.servingLastGood = kept ? 'true' : 'false';
+  if (kept) {
+    const applied = kept.appliedAt ? new Date(kept.appliedAt).toLocaleString() : 'earlier';
+    sub.textContent = `serving the last good configuration (applied ${applied}${kept.restoredFrom ? ', restored at start' : ''})`;
+    sub.style.color = 'var(--warn)'; // (.card .sub is muted; this line must not be)
+  } else {
+    sub.textContent = config?.lastAppliedAt ? `applied ${new Date(config.lastAppliedAt).toLocaleTimeString()}` : 'nothing applied yet';
+    sub.style.color = '';
+  }
 }
 
 function renderTraffic(t) {
@@ -366,7 +385,8 @@ async function loadErrors() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Security warnings (/api/status): a banner while the control plane runs with a weakened posture
+// Warnings (/api/status): a banner while the control plane runs with a weakened posture or serves
+// an older configuration than the policy directory's
 
 let lastWarnings = '';
 
@@ -377,7 +397,7 @@ function renderWarnings(warnings) {
   const box = $('warnings');
   box.hidden = warnings.length === 0;
   box.replaceChildren(
-    h('strong', { text: warnings.length === 1 ? 'Security warning' : `${warnings.length} security warnings` }),
+    h('strong', { text: warnings.length === 1 ? 'Warning' : `${warnings.length} warnings` }),
     h('ul', {}, ...warnings.map((w) => h('li', { 'data-warning': '', text: w }))),
   );
 }
@@ -391,6 +411,8 @@ async function loadStatus() {
     }
     const data = await res.json();
     renderWarnings(Array.isArray(data.warnings) ? data.warnings.map(String) : []);
+    lastConfigStatus = data.config;
+    if (lastSummary) renderConfigSub();
   } catch {
     /* retried on the next refresh */
   }
