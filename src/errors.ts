@@ -13,6 +13,8 @@ export const ErrorCode = {
   BAD_FLAG: 'SB_BAD_FLAG',
   CA: 'SB_CA',
   TOKEN: 'SB_TOKEN',
+  /** `validate --envoy`: the real Envoy refused what the policies compile to. */
+  ENVOY_REJECTED: 'SB_ENVOY_REJECTED',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 

@@ -1,9 +1,11 @@
 // The `signalbox` command.
+import { statSync } from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { SERVE_SETTINGS, resolveServeConfig, type Setting } from '../config/settings.js';
-import { formatPolicyError, SignalboxError } from '../errors.js';
-import { buildModel } from '../model/model.js';
+import { SERVE_SETTINGS, resolvePolicyLimits, resolveServeConfig, type Setting } from '../config/settings.js';
+import { formatPolicyError, SignalboxError, type PolicyError } from '../errors.js';
+import { buildModel, type Model } from '../model/model.js';
+import type { PreflightError } from '../preflight/envoy.js';
 import { loadPolicyDir } from '../sources/files/loader.js';
 import { BOOTSTRAP_USAGE, bootstrapCommand } from './bootstrap.js';
 import { compileDir } from './compile.js';
@@ -14,7 +16,10 @@ const USAGE = `signalbox: a service-mesh control plane for Envoy
 
 Usage:
   signalbox serve [flags]              run the control plane
-  signalbox validate DIR               check a policy directory; exit 1 on any error
+  signalbox validate DIR [--json] [--envoy [PATH]]
+                                       check a policy directory; exit 1 on any error; --envoy: also have a real
+                                       Envoy (PATH, else $SIGNALBOX_ENVOY_BIN, else envoy on PATH) check every
+                                       proxy group, as it would before accepting the configuration
   signalbox compile DIR [--group G]    print the Envoy resources each proxy group gets (JSON)
   signalbox authz --policies DIR [--authz-port N] [--metrics-port N] [--data-dir DIR | --ca-cert F --ca-key F [--ca-bundle F]] [--insecure]
                                        run the ext_authz service (JWTPolicy checks) on its own
@@ -101,21 +106,59 @@ async function serve(args: string[]): Promise<number> {
   return 0;
 }
 
-async function validate(args: string[]): Promise<number> {
+/**
+ * `--envoy` takes an optional PATH: `validate DIR --envoy /opt/envoy` or `validate --envoy` alone.
+ * The word after it is the Envoy binary unless it is a directory (then it is DIR: `validate --envoy policies`).
+ */
+function envoyFlag(args: string[]): { args: string[]; envoy?: string } {
+  const rest: string[] = [];
+  let envoy: string | undefined;
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    if (a.startsWith('--envoy=')) envoy = a.slice('--envoy='.length);
+    else if (a === '--envoy') {
+      const next = args[i + 1];
+      if (next !== undefined && !next.startsWith('-') && !isDirectory(next)) {
+        envoy = next;
+        i++;
+      } else envoy = '';
+    } else rest.push(a);
+  }
+  return { args: rest, envoy: envoy === '' ? process.env.SIGNALBOX_ENVOY_BIN || 'envoy' : envoy };
+}
+
+function isDirectory(p: string): boolean {
+  try {
+    return statSync(p).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+async function validate(argv: string[]): Promise<number> {
+  const { args, envoy } = envoyFlag(argv);
   const { positionals, values } = parseArgs({ args, options: { json: { type: 'boolean' } }, allowPositionals: true });
   const dir = positionals[0] ?? 'policies';
-  const loaded = await loadPolicyDir(path.resolve(dir));
-  let errors = loaded.errors;
-  if (errors.length === 0) errors = (await buildModel(loaded.docs, path.resolve(dir))).errors;
+  // The reading limits `serve` would apply (its SIGNALBOX_MAX_POLICY_* variables, else the defaults).
+  const loaded = await loadPolicyDir(path.resolve(dir), undefined, resolvePolicyLimits({}));
+  let errors: (PolicyError | PreflightError)[] = loaded.errors;
+  let model: Model | undefined;
+  if (errors.length === 0) ({ errors, model } = await buildModel(loaded.docs, path.resolve(dir)));
+  // Envoy checks only what the schema and the model accept: their errors are the cheaper ones to fix.
+  const preflight = envoy !== undefined && model && errors.length === 0 ? await (await import('../preflight/envoy.js')).preflightModel(model, loaded.docs, { envoy }) : undefined;
+  if (preflight) errors = preflight.errors;
+  const checked = preflight
+    ? ` checked by Envoy ${preflight.envoy.version}: ${preflight.groups.length} proxy group(s) in ${preflight.ms} ms (${Math.round(preflight.groups.reduce((n, g) => n + g.checkMs, 0) / Math.max(1, preflight.groups.length))} ms per group)`
+    : '';
   if (values.json) {
-    process.stdout.write(JSON.stringify({ valid: errors.length === 0, documents: loaded.docs.length, errors }, null, 2) + '\n');
+    process.stdout.write(JSON.stringify({ valid: errors.length === 0, documents: loaded.docs.length, errors, ...(preflight ? { envoy: { ...preflight.envoy, ms: preflight.ms, groups: preflight.groups } } : {}) }, null, 2) + '\n');
   } else if (errors.length) {
-    for (const e of errors) process.stderr.write(formatPolicyError(e) + '\n');
-    process.stderr.write(`${errors.length} error(s) in ${dir}\n`);
+    for (const e of errors) process.stderr.write(formatPolicyError(e as PolicyError) + '\n');
+    process.stderr.write(`${errors.length} error(s) in ${dir}${checked}\n`);
   } else {
     const kinds = new Map<string, number>();
     for (const d of loaded.docs) kinds.set(d.kind, (kinds.get(d.kind) ?? 0) + 1);
-    process.stdout.write(`${dir}: valid (${loaded.docs.length} documents: ${[...kinds].map(([k, n]) => `${n} ${k}`).join(', ')})\n`);
+    process.stdout.write(`${dir}: valid (${loaded.docs.length} documents: ${[...kinds].map(([k, n]) => `${n} ${k}`).join(', ')})${checked}\n`);
   }
   return errors.length ? 1 : 0;
 }

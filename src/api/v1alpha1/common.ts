@@ -1,5 +1,6 @@
 // Building blocks shared by every policy kind of signalbox.dev/v1alpha1.
 import { z } from 'zod';
+import { MAX_DURATION_MESSAGE, MAX_DURATION_MS, regexSizeProblems } from './envoy-limits.js';
 
 export const API_VERSION = 'signalbox.dev/v1alpha1';
 
@@ -28,7 +29,8 @@ export const duration = z
     message: 'must be a duration such as "250ms", "5s", "1m" or "24h"',
     abort: true, // a malformed duration gets one error, not also "must be greater than zero"
   })
-  .refine((s) => (parseDuration(s) ?? 0) > 0, { message: 'must be greater than zero' });
+  .refine((s) => (parseDuration(s) ?? 0) > 0, { message: 'must be greater than zero' })
+  .refine((s) => (parseDuration(s) ?? 0) <= MAX_DURATION_MS, { message: MAX_DURATION_MESSAGE });
 
 export const port = z.number().int('must be a whole number').min(1, 'must be a port from 1 to 65535').max(65535, 'must be a port from 1 to 65535');
 
@@ -42,7 +44,7 @@ export const metadata = z.strictObject({
   annotations: z.record(z.string(), z.string()).optional(),
 });
 
-/** Accepts a regular expression Envoy's RE2 is likely to accept; JavaScript checks the syntax. */
+/** Accepts a regular expression Envoy's RE2 is likely to accept; JavaScript checks the syntax, re2js the size. */
 export const regex = z.string().min(1).superRefine((s, ctx) => {
   try {
     new RegExp(s);
@@ -52,7 +54,9 @@ export const regex = z.string().min(1).superRefine((s, ctx) => {
   }
   if (/\(\?[=!<]|\\[1-9]/.test(s)) {
     ctx.addIssue({ code: 'custom', message: 'lookaround and back-references are not supported by Envoy (RE2)' });
+    return;
   }
+  for (const message of regexSizeProblems(s)) ctx.addIssue({ code: 'custom', message });
 });
 
 export function document<K extends string, S extends z.ZodType>(kind: K, spec: S) {

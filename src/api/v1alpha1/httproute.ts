@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { document, duration, name, percent, port, regex } from './common.js';
+import { headerValueProblems, matchedHeaderValueProblems, modifiableHeaderProblems, pathValueProblems, writtenPathProblems } from './envoy-limits.js';
 import { hostname } from './gateway.js';
 import { retries } from './mesh.js';
 
@@ -17,6 +18,8 @@ export const pathMatch = z
       if (!r.success) for (const i of r.error.issues) ctx.addIssue({ code: 'custom', path: ['value'], message: i.message });
     } else if (!p.value.startsWith('/')) {
       ctx.addIssue({ code: 'custom', path: ['value'], message: 'must start with "/"' });
+    } else {
+      for (const message of pathValueProblems(p.value)) ctx.addIssue({ code: 'custom', path: ['value'], message });
     }
   });
 
@@ -32,6 +35,7 @@ const valueMatch = z
       const r = regex.safeParse(m.value);
       if (!r.success) for (const i of r.error.issues) ctx.addIssue({ code: 'custom', path: ['value'], message: i.message });
     }
+    if (m.type === 'Exact' && m.value !== undefined) for (const message of matchedHeaderValueProblems(m.value)) ctx.addIssue({ code: 'custom', path: ['value'], message });
   });
 
 export const routeMatch = z.strictObject({
@@ -41,15 +45,32 @@ export const routeMatch = z.strictObject({
   queryParams: z.array(valueMatch).optional(),
 });
 
+/** A path Envoy writes into the request (rewrite) or the Location header (redirect). */
+const writtenPath = z
+  .string()
+  .startsWith('/')
+  .superRefine((p, ctx) => {
+    for (const message of writtenPathProblems(p)) ctx.addIssue({ code: 'custom', message });
+  });
+
 const pathModifier = z
-  .strictObject({ replacePrefixMatch: z.string().startsWith('/').optional(), replaceFullPath: z.string().startsWith('/').optional() })
+  .strictObject({ replacePrefixMatch: writtenPath.optional(), replaceFullPath: writtenPath.optional() })
   .refine((p) => (p.replacePrefixMatch === undefined) !== (p.replaceFullPath === undefined), {
     message: 'give exactly one of replacePrefixMatch or replaceFullPath',
   });
 
-const header = z.strictObject({ name: headerName, value: z.string() });
+/** A header Envoy may set, add or remove (not a pseudo-header, not Host). */
+const modifiableHeaderName = headerName.superRefine((n, ctx) => {
+  for (const message of modifiableHeaderProblems(n)) ctx.addIssue({ code: 'custom', message });
+});
+const header = z.strictObject({
+  name: modifiableHeaderName,
+  value: z.string().superRefine((v, ctx) => {
+    for (const message of headerValueProblems(v)) ctx.addIssue({ code: 'custom', message });
+  }),
+});
 const headerModifier = z
-  .strictObject({ set: z.array(header).optional(), add: z.array(header).optional(), remove: z.array(headerName).optional() })
+  .strictObject({ set: z.array(header).optional(), add: z.array(header).optional(), remove: z.array(modifiableHeaderName).optional() })
   .refine((h) => (h.set?.length ?? 0) + (h.add?.length ?? 0) + (h.remove?.length ?? 0) > 0, { message: 'must set, add or remove at least one header' });
 
 export const routeFilter = z.discriminatedUnion('type', [

@@ -3,6 +3,7 @@
 // checks are made by Signalbox's ext_authz service; Envoy asks it before routing the request.
 import { z } from 'zod';
 import { document, parseDuration, policyTargetRef } from './common.js';
+import { MAX_DURATION_MESSAGE, MAX_DURATION_MS } from './envoy-limits.js';
 
 const HEADER_NAME = /^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$/;
 const COOKIE_NAME = /^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$/;
@@ -18,7 +19,10 @@ export const DEFAULT_TOKEN_SOURCE = { header: 'authorization', prefix: 'Bearer '
 export const DEFAULT_MAX_TOKEN_SIZE = 8192;
 
 /** A duration that may also be zero (`0s`), for a clock skew. */
-const durationOrZero = z.string().refine((s) => parseDuration(s) !== undefined, { message: 'must be a duration such as "0s", "30s" or "1m"' });
+const durationOrZero = z
+  .string()
+  .refine((s) => parseDuration(s) !== undefined, { message: 'must be a duration such as "0s", "30s" or "1m"', abort: true })
+  .refine((s) => parseDuration(s)! <= MAX_DURATION_MS, { message: MAX_DURATION_MESSAGE });
 
 const positiveDuration = durationOrZero.refine((s) => (parseDuration(s) ?? 0) > 0, { message: 'must be greater than zero' });
 

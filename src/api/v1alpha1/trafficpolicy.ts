@@ -3,6 +3,7 @@
 import { z } from 'zod';
 import { document, duration, name, parseDuration } from './common.js';
 import { retries } from './mesh.js';
+import { writtenPathProblems } from './envoy-limits.js';
 
 const HEADER_NAME = /^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$/;
 
@@ -55,7 +56,12 @@ const outlierDetection = z.strictObject({
 
 const healthCheck = z
   .strictObject({
-    path: z.string().startsWith('/', 'must start with "/"'),
+    path: z
+      .string()
+      .startsWith('/', 'must start with "/"')
+      .superRefine((p, ctx) => {
+        for (const message of writtenPathProblems(p)) ctx.addIssue({ code: 'custom', message });
+      }),
     interval: duration.default('5s'),
     timeout: duration.default('1s'),
     unhealthyThreshold: positiveCount.default(3),
