@@ -6,7 +6,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { x509 } from './x509.js';
 import { ErrorCode, SignalboxError } from '../errors.js';
-import { writeStateFile } from '../util/files.js';
+import { ensureFolder, readError, writeDataFile } from '../util/data-dir.js';
 
 
 const EC = { name: 'ECDSA', namedCurve: 'P-256' } as const;
@@ -40,6 +40,58 @@ async function exportKeyPem(key: CryptoKey): Promise<string> {
   return x509.PemConverter.encode(der, 'PRIVATE KEY');
 }
 
+/** Whether `file` exists; ENOENT is "no", any other fault an error naming the file and the cause. */
+async function present(file: string, what: string): Promise<boolean> {
+  try {
+    await fs.lstat(file);
+    return true;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw readError(ErrorCode.CA, what, file, e);
+  }
+}
+
+const PEM_BLOCK = /-----BEGIN ([A-Z0-9 ]+)-----\r?\n([\s\S]*?)-----END \1-----/g;
+
+/**
+ * The extra trusted roots in `file`: one or more PEM CA certificates (text between the blocks,
+ * such as comments, is allowed). Anything else is refused, naming the file: a damaged bundle
+ * would otherwise reach every proxy as its trust anchors. A missing data-folder bundle is none;
+ * a missing --ca-bundle (`required`) is an error.
+ */
+async function readExtraBundle(file: string, required: boolean): Promise<x509.X509Certificate[]> {
+  let text: string;
+  try {
+    text = await fs.readFile(file, 'utf8');
+  } catch (e) {
+    if (!required && (e as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw readError(ErrorCode.CA, 'the extra trust bundle', file, e);
+  }
+  const fix = required ? 'fix the file given to --ca-bundle' : `fix it or remove it`;
+  const bad = (why: string) => new SignalboxError(ErrorCode.CA, `the extra trust bundle ${file} ${why}; it must hold one or more PEM CA certificates ("-----BEGIN CERTIFICATE-----"): ${fix}`);
+  const blocks = [...text.matchAll(PEM_BLOCK)];
+  if ((text.match(/-----BEGIN /g) ?? []).length !== blocks.length) throw bad('has a PEM block without its END line (cut short?)');
+  if (!blocks.length) throw bad(text.trim() ? 'holds no PEM block' : 'is empty');
+  return blocks.map((b, n) => {
+    // Only the block's label is named, never its content: a key pasted here by mistake stays unprinted.
+    if (b[1] !== 'CERTIFICATE') throw bad(`has a ${b[1]} block (number ${n + 1}), not a certificate${/PRIVATE KEY/.test(b[1]!) ? ' (a private key has no place in a bundle sent to every proxy)' : ''}`);
+    let cert: x509.X509Certificate;
+    try {
+      cert = new x509.X509Certificate(b[0]);
+    } catch {
+      throw bad(`has a CERTIFICATE block (number ${n + 1}) that is not a valid X.509 certificate`);
+    }
+    if (!cert.getExtension(x509.BasicConstraintsExtension)?.ca) throw bad(`has a certificate (number ${n + 1}, ${cert.subject}) that is not a CA certificate (basicConstraints CA:TRUE is missing)`);
+    return cert;
+  });
+}
+
+/** The trust bundle proxies get: the signing CA's certificate, then the extra roots (as re-encoded PEM). */
+function bundleOf(cert: x509.X509Certificate, extra: x509.X509Certificate[]): string {
+  if (!extra.length) return cert.toString('pem');
+  return `${[cert, ...extra].map((c) => c.toString('pem').trim()).join('\n')}\n`;
+}
+
 export class CertificateAuthority {
   private constructor(
     readonly certificate: x509.X509Certificate,
@@ -53,23 +105,44 @@ export class CertificateAuthority {
     return this.certificate.toString('pem');
   }
 
-  /** Loads the CA from `files`, or from `<dataDir>/ca/`, generating a new root there if none. */
+  /**
+   * Loads the CA from `files`, or from `<dataDir>/ca/`, generating a new root there if neither
+   * root.key nor root.crt exists. Half a root (one file without the other, an empty or damaged
+   * file, a key of another certificate) is an error naming the file and the way out, never a
+   * new root: a new root changes every proxy certificate and the CA file bootstraps verify with.
+   */
   static async open(opts: { dataDir: string; trustDomain: string; files?: CaFiles }): Promise<CertificateAuthority> {
     if (opts.files) return CertificateAuthority.fromFiles(opts.files, 'files');
     const dir = path.join(opts.dataDir, 'ca');
     const certFile = path.join(dir, 'root.crt');
     const keyFile = path.join(dir, 'root.key');
     const bundleFile = path.join(dir, 'trust-bundle-extra.pem');
-    try {
-      await fs.access(certFile);
-      return await CertificateAuthority.fromFiles({ certFile, keyFile, bundleFile }, 'loaded');
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    const [hasCert, hasKey] = [await present(certFile, 'the CA certificate'), await present(keyFile, 'the CA private key')];
+    const startOver = `restore it from a backup, or remove ${keyFile} and ${certFile} to generate a new root (every proxy certificate changes, and bootstraps need the new ${path.join(opts.dataDir, 'xds-ca.pem')})`;
+    if (hasKey && !hasCert) {
+      throw new SignalboxError(ErrorCode.CA, `the CA certificate ${certFile} is missing but its key ${keyFile} exists (a first start stopped between writing the two?); refusing to make a new root while a root key exists: ${startOver}`);
     }
+    if (hasCert && !hasKey) {
+      throw new SignalboxError(ErrorCode.CA, `the CA private key ${keyFile} is missing but ${certFile} exists; refusing to make a new root: ${startOver}`);
+    }
+    if (hasCert) return CertificateAuthority.fromFiles({ certFile, keyFile, bundleFile }, 'loaded', startOver);
+    return CertificateAuthority.generate(opts.trustDomain, dir, keyFile, certFile, bundleFile);
+  }
+
+  /**
+   * Makes a new root in `dir`. The key is written first and the certificate last: root.crt is
+   * what says "a root exists", so a crash between the two leaves a key without a certificate,
+   * which the next start reports (see open). A write that fails here (a full disk) removes the
+   * key this call wrote, as no certificate was ever issued with it: once the fault is fixed the
+   * next start generates a root as if it were the first.
+   */
+  private static async generate(trustDomain: string, dir: string, keyFile: string, certFile: string, bundleFile: string): Promise<CertificateAuthority> {
+    // The extra bundle may be put in place before the first start: checked before anything is written.
+    const extra = await readExtraBundle(bundleFile, false);
     const keys = (await webcrypto.subtle.generateKey(EC, true, ['sign', 'verify'])) as unknown as CryptoKeyPair;
     const now = Date.now();
     const cert = await x509.X509CertificateGenerator.createSelfSigned({
-      name: `CN=Signalbox mesh root, O=${opts.trustDomain}`,
+      name: `CN=Signalbox mesh root, O=${trustDomain}`,
       keys,
       notBefore: new Date(now - 60_000),
       notAfter: new Date(now + 10 * 365 * 24 * 3_600_000),
@@ -80,50 +153,68 @@ export class CertificateAuthority {
         await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
       ],
     });
-    await fs.mkdir(dir, { recursive: true, mode: 0o700 });
-    await writeStateFile(keyFile, await exportKeyPem(keys.privateKey), 0o600);
-    await writeStateFile(certFile, cert.toString('pem'), 0o644);
-    return new CertificateAuthority(cert, keys.privateKey, cert.toString('pem'), 'generated');
+    await ensureFolder(dir, ErrorCode.CA);
+    await writeDataFile(keyFile, await exportKeyPem(keys.privateKey), 0o600, ErrorCode.CA);
+    try {
+      await writeDataFile(certFile, cert.toString('pem'), 0o644, ErrorCode.CA);
+    } catch (e) {
+      const removed = await fs.rm(keyFile, { force: true }).then(
+        () => true,
+        () => false,
+      );
+      const tail = removed ? `${keyFile} was removed again, so the next start makes a new root` : `${keyFile} could not be removed: remove it before starting again`;
+      throw new SignalboxError(ErrorCode.CA, `${(e as Error).message}. No root was made: ${tail}`);
+    }
+    return new CertificateAuthority(cert, keys.privateKey, bundleOf(cert, extra), 'generated');
   }
 
-  private static async fromFiles(files: CaFiles, source: 'loaded' | 'files'): Promise<CertificateAuthority> {
+  /**
+   * Loads a CA from its files. `recovery` (data-folder roots) says how to get out of a damaged
+   * file; for --ca-cert/--ca-key the files are the user's and the message asks to fix the flag.
+   */
+  private static async fromFiles(files: CaFiles, source: 'loaded' | 'files', recovery?: string): Promise<CertificateAuthority> {
+    const fix = (flag: string) => recovery ?? `fix the file given to ${flag}`;
     const read = async (file: string, what: string) => {
       try {
         return await fs.readFile(file, 'utf8');
       } catch (e) {
-        throw new SignalboxError(ErrorCode.CA, `cannot read the CA ${what} ${file}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
+        throw readError(ErrorCode.CA, what, file, e);
       }
     };
-    const certPem = await read(files.certFile, 'certificate');
-    const keyPem = await read(files.keyFile, 'private key');
+    const certPem = await read(files.certFile, 'the CA certificate');
+    const keyPem = await read(files.keyFile, 'the CA private key');
+    if (!certPem.trim()) throw new SignalboxError(ErrorCode.CA, `the CA certificate ${files.certFile} is empty (a write cut short by a crash or a full disk?): ${fix('--ca-cert')}`);
+    if (!keyPem.trim()) throw new SignalboxError(ErrorCode.CA, `the CA private key ${files.keyFile} is empty (a write cut short by a crash or a full disk?): ${fix('--ca-key')}`);
     let cert: x509.X509Certificate;
     try {
       cert = new x509.X509Certificate(certPem);
     } catch {
-      throw new SignalboxError(ErrorCode.CA, `${files.certFile} is not a PEM certificate`);
+      throw new SignalboxError(ErrorCode.CA, `${files.certFile} is not a PEM certificate: ${fix('--ca-cert')}`);
     }
     let key: CryptoKey;
     try {
       key = await importKey(keyPem);
     } catch {
       // Never echo key material: only say which file failed.
-      throw new SignalboxError(ErrorCode.CA, `${files.keyFile} is not a PKCS#8 ECDSA P-256 private key`);
+      throw new SignalboxError(ErrorCode.CA, `${files.keyFile} is not a PKCS#8 ECDSA P-256 private key: ${fix('--ca-key')}`);
     }
     const bc = cert.getExtension(x509.BasicConstraintsExtension);
-    if (!bc?.ca) throw new SignalboxError(ErrorCode.CA, `${files.certFile} is not a CA certificate (basicConstraints CA:TRUE is missing)`);
+    if (!bc?.ca) throw new SignalboxError(ErrorCode.CA, `${files.certFile} is not a CA certificate (basicConstraints CA:TRUE is missing): ${fix('--ca-cert')}`);
     // The key must belong to the certificate: sign and verify a probe.
     const probe = new TextEncoder().encode('signalbox-ca-probe');
     const sig = await webcrypto.subtle.sign(SIGN, key as unknown as webcrypto.CryptoKey, probe);
-    const pub = await cert.publicKey.export(EC, ['verify']);
-    if (!(await webcrypto.subtle.verify(SIGN, pub as unknown as webcrypto.CryptoKey, sig, probe))) {
-      throw new SignalboxError(ErrorCode.CA, `${files.keyFile} does not match the certificate ${files.certFile}`);
+    let matches = false;
+    try {
+      const pub = await cert.publicKey.export(EC, ['verify']);
+      matches = await webcrypto.subtle.verify(SIGN, pub as unknown as webcrypto.CryptoKey, sig, probe);
+    } catch {
+      matches = false; // a certificate whose key is not P-256 cannot belong to a P-256 key
     }
-    let bundle = cert.toString('pem');
-    if (files.bundleFile) {
-      const extra = await fs.readFile(files.bundleFile, 'utf8').catch(() => '');
-      if (extra.trim()) bundle = `${bundle.trim()}\n${extra.trim()}\n`;
+    if (!matches) {
+      throw new SignalboxError(ErrorCode.CA, `${files.keyFile} does not match the certificate ${files.certFile}: ${recovery ?? 'give --ca-key the key of --ca-cert'}`);
     }
-    return new CertificateAuthority(cert, key, bundle, source);
+    const extra = files.bundleFile ? await readExtraBundle(files.bundleFile, source === 'files') : [];
+    return new CertificateAuthority(cert, key, bundleOf(cert, extra), source);
   }
 
   /** Issues a leaf certificate for one SPIFFE ID, valid for ttlMs. */

@@ -21,6 +21,7 @@ import { parseDuration } from '../api/v1alpha1/index.js';
 import { ErrorCode, SignalboxError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import { writeStateFile } from '../util/files.js';
+import { ensureFolder, readError, writeDataFile } from '../util/data-dir.js';
 import { x509 } from './x509.js';
 
 const ISSUER = 'signalbox';
@@ -87,7 +88,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
  * command) never create two key pairs or lose each other's revocation.
  */
 async function withLock<T>(p: Paths, fn: () => Promise<T>): Promise<T> {
-  await fs.mkdir(p.dir, { recursive: true, mode: 0o700 });
+  await ensureFolder(p.dir, ErrorCode.TOKEN); // a read-only or full data folder: a true message, not "ENOENT: mkdir"
   const deadline = Date.now() + 10_000;
   for (;;) {
     try {
@@ -117,7 +118,7 @@ async function exists(file: string): Promise<boolean> {
     return true;
   } catch (e) {
     if (errCode(e) === 'ENOENT') return false;
-    throw new SignalboxError(ErrorCode.TOKEN, `cannot read ${file}: ${errCode(e)}`);
+    throw readError(ErrorCode.TOKEN, 'the token key file', file, e); // e.g. ENOTDIR: names the file in the way
   }
 }
 
@@ -175,8 +176,13 @@ async function loadKeys(p: Paths, create: boolean): Promise<TokenKeys | undefine
     const pair = (await webcrypto.subtle.generateKey(EC, true, ['sign', 'verify'])) as unknown as CryptoKeyPair;
     const privDer = await webcrypto.subtle.exportKey('pkcs8', pair.privateKey as unknown as webcrypto.CryptoKey);
     const pubDer = await webcrypto.subtle.exportKey('spki', pair.publicKey as unknown as webcrypto.CryptoKey);
-    await writeStateFile(p.priv, x509.PemConverter.encode(privDer, 'PRIVATE KEY'), 0o600);
-    await writeStateFile(p.pub, x509.PemConverter.encode(pubDer, 'PUBLIC KEY'), 0o644);
+    await writeDataFile(p.priv, x509.PemConverter.encode(privDer, 'PRIVATE KEY'), 0o600, ErrorCode.TOKEN);
+    // If the public half cannot be written (a full disk), the private half made just now signed
+    // nothing: remove it, so the next start makes a pair instead of reporting half of one.
+    await writeDataFile(p.pub, x509.PemConverter.encode(pubDer, 'PUBLIC KEY'), 0o644, ErrorCode.TOKEN).catch(async (e: unknown) => {
+      await fs.rm(p.priv, { force: true }).catch(() => undefined);
+      throw e;
+    });
     ({ privateKey, publicKey } = pair);
     fresh = true;
   } else if (!hasPub) {
@@ -233,7 +239,7 @@ async function loadKeys(p: Paths, create: boolean): Promise<TokenKeys | undefine
   if (!caCert) {
     if (!create) return undefined;
     caCert = await createCaCert(privateKey, publicKey);
-    await writeStateFile(p.ca, caCert.toString('pem'), 0o644);
+    await writeDataFile(p.ca, caCert.toString('pem'), 0o644, ErrorCode.TOKEN);
   }
   return { privateKey, publicKey, caCert, caPem: caCert.toString('pem'), caFile: p.ca };
 }

@@ -41,6 +41,13 @@ spec:
   consul: { service: steady }
 ---
 apiVersion: signalbox.dev/v1alpha1
+kind: Service
+metadata: { name: swap }
+spec:
+  port: 8080
+  consul: { service: swap }   # one instance at a time: replaced under traffic
+---
+apiVersion: signalbox.dev/v1alpha1
 kind: Gateway
 metadata: { name: edge }
 spec:
@@ -61,6 +68,9 @@ spec:
     - name: steady
       matches: [ { path: { type: PathPrefix, value: /steady } } ]
       backendRefs: [ { name: steady } ]
+    - name: swap
+      matches: [ { path: { type: PathPrefix, value: /swap } } ]
+      backendRefs: [ { name: swap } ]
 `;
 }
 
@@ -231,6 +241,49 @@ describe('Consul discovery with a real Consul, a real Envoy gateway and real tra
     // Delta: only the changed ClusterLoadAssignment was sent; Envoy saw no update for billing's.
     assert.ok((await edsUpdates('web')) >= web0 + 2, `web EDS updates ${web0} -> ${await edsUpdates('web')}`);
     assert.equal(await edsUpdates('billing'), billing0, 'the unchanged billing ClusterLoadAssignment was not re-sent');
+  });
+
+  test('an instance replaced (deregistered, its replacement registered at once) under traffic: 0 failed requests, 5 switches', async () => {
+    const registerSwap = (id: string, port: number) => consulApi('PUT', '/v1/agent/service/register', { ID: id, Name: 'swap', Address: '127.0.0.1', Port: port });
+    let current = await upstream('swap-0');
+    await registerSwap('swap-0', current.port);
+    await waitFor(async () => (await httpGet(url('/swap'))).status === 200, { what: 'swap-0 serving', timeoutMs: 5_000 });
+    // Two clients send requests back to back for the whole test; every answer must be a 200.
+    let stop = false;
+    const statuses: Record<number, number> = {};
+    const client = async () => {
+      while (!stop) {
+        const r = await httpGet(url('/swap')).catch(() => ({ status: 0 }));
+        statuses[r.status] = (statuses[r.status] ?? 0) + 1;
+      }
+    };
+    const clients = [client(), client()];
+    const switchMs: number[] = [];
+    try {
+      for (let n = 1; n <= 5; n++) {
+        const next = await upstream(`swap-${n}`);
+        const t0 = Date.now();
+        // The order a redeploy's scripts often use: the old one out, then the new one in.
+        await consulApi('PUT', `/v1/agent/service/deregister/swap-${n - 1}`);
+        await registerSwap(`swap-${n}`, next.port);
+        await waitFor(async () => next.seen.length > 0, { what: `traffic reaches swap-${n}`, timeoutMs: 5_000 });
+        switchMs.push(Date.now() - t0);
+        // The old instance shuts down once it gets no more requests (its in-flight ones are done).
+        const before = current.seen.length;
+        await new Promise((r) => setTimeout(r, 300));
+        assert.equal(current.seen.length, before, `swap-${n - 1} still gets requests after swap-${n} took over`);
+        await current.close();
+        ups.delete(`swap-${n - 1}`);
+        current = next;
+      }
+    } finally {
+      stop = true;
+      await Promise.all(clients);
+    }
+    const total = Object.values(statuses).reduce((a, b) => a + b, 0);
+    process.stderr.write(`consul: 5 replacements under traffic, ${total} requests, statuses ${JSON.stringify(statuses)}, switch times ${switchMs.join(', ')} ms\n`);
+    assert.deepEqual(Object.keys(statuses), ['200'], `every request succeeded during the replacements: ${JSON.stringify(statuses)}`);
+    assert.ok(total > 100, `traffic flowed (${total} requests)`);
   });
 
   test('a service registered with a connect-proxy sidecar is routed to the sidecar port', async () => {

@@ -180,6 +180,71 @@ describe('consul source', () => {
     await until(() => store.get('web').some((i) => i.id === 'node-1/c' && !i.sidecar), 'c without sidecar', 2000);
   });
 
+  test('an instance replaced by a new one (one Consul answer) keeps serving until the held replacement is published: never an empty set', async () => {
+    const settle = 300;
+    const { fake, store, source } = await setup({ sidecarSettleMs: settle });
+    fake.setHealth('web', [entry({ id: 'old', port: 9000 })]);
+    source.sync(model([{ name: 'web', consul: { service: 'web' } }, { name: 'web-canary', consul: { service: 'web', tags: ['canary'] } }]));
+    await until(() => store.get('web').length === 1, 'synced');
+    const published: string[][] = [];
+    store.on('change', (services) => {
+      if (services.includes('web')) published.push(store.get('web').map((i) => i.id));
+    });
+    // Five switches, as in the report: the old instance deregistered and its replacement
+    // registered, seen in one answer.
+    let previous = 'old';
+    for (let n = 1; n <= 5; n++) {
+      const t0 = Date.now();
+      fake.setHealth('web', [entry({ id: `new-${n}`, port: 9000 + n })]);
+      await new Promise((r) => setTimeout(r, settle / 2));
+      assert.deepEqual(ids(store.get('web')), [`node-1/${previous}:HEALTHY`], `switch ${n}: the leaving instance still serves while its replacement is held`);
+      await until(() => store.get('web').some((i) => i.id === `node-1/new-${n}`), `switch ${n}: replacement published`, 3000);
+      assert.ok(Date.now() - t0 >= settle - 20, `switch ${n}: the replacement appears after the settle time (${Date.now() - t0} ms)`);
+      assert.deepEqual(ids(store.get('web')), [`node-1/new-${n}:HEALTHY`], `switch ${n}: the leaving instance goes in the same push`);
+      previous = `new-${n}`;
+    }
+    assert.deepEqual(published, [1, 2, 3, 4, 5].map((n) => [`node-1/new-${n}`]), 'one push per switch, straight from the old instance to the new one');
+    assert.equal(store.get('web-canary').length, 0, 'a Service whose tag filter matches neither instance gets nothing kept');
+  });
+
+  test('deregistered first, its replacement registered a moment later: the old instance serves until the new one is published; a last instance that really goes is dropped after the settle time', async () => {
+    const settle = 300;
+    const { fake, store, source } = await setup({ sidecarSettleMs: settle });
+    fake.setHealth('web', [entry({ id: 'old', port: 9000 })]);
+    source.sync(model([{ name: 'web', consul: { service: 'web' } }]));
+    await until(() => store.get('web').length === 1, 'synced');
+    const published: string[][] = [];
+    store.on('change', () => published.push(store.get('web').map((i) => i.id)));
+    fake.setHealth('web', []); // two Consul answers: the deregistration, then the registration
+    await new Promise((r) => setTimeout(r, 100));
+    assert.deepEqual(ids(store.get('web')), ['node-1/old:HEALTHY'], 'the leaving instance still serves');
+    fake.setHealth('web', [entry({ id: 'new', port: 9001 })]);
+    await until(() => store.get('web').some((i) => i.id === 'node-1/new'), 'replacement published', 3000);
+    assert.deepEqual(published, [['node-1/new']], 'straight from the old instance to the new one');
+    // No replacement this time: the set empties once the settle time has passed.
+    const t0 = Date.now();
+    fake.setHealth('web', []);
+    await until(() => store.get('web').length === 0, 'last instance dropped', 3000);
+    assert.ok(Date.now() - t0 >= settle - 20, `dropped after the settle time (${Date.now() - t0} ms)`);
+    assert.deepEqual(published, [['node-1/new'], []]);
+  });
+
+  test('a replaced instance that was critical or draining when it left goes at once; its replacement after the settle time', async () => {
+    const settle = 300;
+    const { fake, store, source } = await setup({ sidecarSettleMs: settle });
+    fake.setHealth('web', [entry({ id: 'old', port: 9000 }), entry({ id: 'drain', port: 9009 })]);
+    source.sync(model([{ name: 'web', consul: { service: 'web' } }]));
+    await until(() => store.get('web').length === 2, 'synced');
+    fake.setHealth('web', [entry({ id: 'old', port: 9000, checks: [{ status: 'critical' }] }), entry({ id: 'drain', port: 9009, checks: [{ id: '_node_maintenance', status: 'critical' }] })]);
+    await until(() => ids(store.get('web')).join() === 'node-1/drain:DRAINING,node-1/old:UNHEALTHY', 'old unhealthy, drain draining');
+    const t0 = Date.now();
+    fake.setHealth('web', [entry({ id: 'new', port: 9001 })]);
+    await until(() => store.get('web').length === 0, 'failing instances dropped at once', settle - 50);
+    await until(() => store.get('web').length === 1, 'replacement published', 3000);
+    assert.ok(Date.now() - t0 >= settle - 20, `replacement held for the settle time (${Date.now() - t0} ms)`);
+    assert.deepEqual(ids(store.get('web')), ['node-1/new:HEALTHY']);
+  });
+
   test('a policy Service removed from the model: its watch stops and its endpoints are forgotten', async () => {
     const { fake, store, source } = await setup();
     fake.setHealth('web', [entry({ id: 'a', port: 9001 })]);

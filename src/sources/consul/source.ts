@@ -9,6 +9,10 @@
 // Consul blinked), the watch is marked stale, and it retries with backoff. After Consul comes back
 // with a lower index (a fresh agent), instances missing from the new answer are kept for
 // `resyncGraceMs` so that a Consul still being re-populated does not drop endpoints that exist.
+//
+// Replacements: a new instance is held back briefly (sidecarSettleMs, waiting for its sidecar's
+// registration); an instance that leaves meanwhile keeps serving until the new one goes out, so
+// swapping one instance for another never publishes an empty endpoint set.
 import client from 'prom-client';
 import type { Instance } from '../../ir/types.js';
 import type { Model } from '../../model/model.js';
@@ -34,7 +38,7 @@ export interface ConsulSourceOptions {
   backoff?: Backoff;
   /** Consul `warning` maps to DEGRADED (default: used only when healthy instances are too few) or HEALTHY. */
   warningAs?: WarningAs;
-  /** How long a new instance without a sidecar is held back in case its sidecar registration follows. Default 250 ms. */
+  /** How long a new instance without a sidecar is held back in case its sidecar registration follows (instances that leave meanwhile keep serving until it is published). Default 250 ms. */
   sidecarSettleMs?: number;
   /** After an index reset, how long instances missing from Consul's answers are kept. Default 30 s. */
   resyncGraceMs?: number;
@@ -103,6 +107,8 @@ class ServiceWatch {
   /** When each instance id was first seen (0: present at the first sync). */
   private firstSeen = new Map<string, number>();
   private settleTimer?: NodeJS.Timeout;
+  /** When each instance that left Consul's answers left, for sidecarSettleMs (see publishIfReady). */
+  private leftAt = new Map<string, number>();
   /** A query failed at the connection level since the last answer (Consul down or restarting). */
   private outage = false;
   private loggedSkips = new Map<'health' | 'connect', Set<string>>();
@@ -241,6 +247,13 @@ class ServiceWatch {
         holdUntil = Math.max(holdUntil, t + settle);
       }
     }
+    // When each instance that left Consul's answer left: a replacement registered just after the
+    // old one was deregistered is seen one answer later, and is then held too (see below).
+    for (const id of this.firstSeen.keys()) if (!seen.has(id) && !this.leftAt.has(id)) this.leftAt.set(id, now);
+    for (const [id, t] of this.leftAt) {
+      if (seen.has(id) || now - t >= settle) this.leftAt.delete(id);
+      else holdUntil = Math.max(holdUntil, t + settle); // re-publish when its time is up
+    }
     this.firstSeen = seen;
     if (holdUntil > 0 && !this.settleTimer) {
       this.settleTimer = setTimeout(() => {
@@ -252,9 +265,21 @@ class ServiceWatch {
     for (const [name, sub] of this.subscribers) {
       if (only !== undefined && name !== only) continue;
       let next = selectInstances(this.instances, this.sidecars ?? [], sub.tags);
-      if (held.size) {
-        const had = new Set(this.src.store.get(name).map((i) => i.id));
-        next = next.filter((i) => !held.has(i.id) || had.has(i.id));
+      const published = this.src.store.get(name);
+      const had = new Set(published.map((i) => i.id));
+      const heldHere = next.some((i) => held.has(i.id) && !had.has(i.id));
+      if (held.size) next = next.filter((i) => !held.has(i.id) || had.has(i.id));
+      // Replacing an instance must never empty the set. Instances that left keep serving:
+      // - while a new instance of this Service is held (the old one deregistered and the new one
+      //   registered, seen in one answer or the new one first), until the push that brings it in;
+      // - for sidecarSettleMs after they left when no routable instance would be left otherwise
+      //   (the old one deregistered first: its replacement may be one answer away).
+      // One that was failing (UNHEALTHY) or draining when it left takes no traffic anyway: it goes
+      // at once. A last instance that really goes is dropped sidecarSettleMs later.
+      const present = new Set(next.map((i) => i.id));
+      const leaving = published.filter((p) => !present.has(p.id) && routable(p));
+      if (leaving.length && (heldHere || !next.some(routable))) {
+        for (const p of leaving) if (heldHere || this.leftAt.has(p.id)) next.push(p);
       }
       if (inGrace) next = mergeKeepingMissing(next, this.src.store.get(name));
       if (this.src.store.set(name, next, 'consul')) this.src.metrics.updates.inc();
@@ -262,6 +287,9 @@ class ServiceWatch {
     if (first) this.src.onWatchSynced();
   }
 }
+
+/** Whether Envoy would send requests to the instance (it skips UNHEALTHY and DRAINING hosts). */
+const routable = (i: Instance) => i.health !== 'UNHEALTHY' && i.health !== 'DRAINING';
 
 /** During a resync grace period: what Consul says now, plus what it said before that it has not re-listed yet. */
 function mergeKeepingMissing(fresh: Instance[], previous: readonly Instance[]): Instance[] {
