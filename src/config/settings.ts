@@ -38,6 +38,7 @@ export const SERVE_SETTINGS = {
   maxPolicyFileBytes: { flag: 'max-policy-file-bytes', env: 'SIGNALBOX_MAX_POLICY_FILE_BYTES', default: `${DEFAULT_POLICY_LIMITS.maxFileBytes / 1024 ** 2}MiB`, help: 'largest policy file read, in bytes (suffixes KiB, MiB, GiB); a bigger file is an error for that file and is not read' },
   maxPolicyDirBytes: { flag: 'max-policy-dir-bytes', env: 'SIGNALBOX_MAX_POLICY_DIR_BYTES', default: `${DEFAULT_POLICY_LIMITS.maxDirBytes / 1024 ** 2}MiB`, help: 'largest total of all policy files, in bytes (suffixes KiB, MiB, GiB); over it, nothing is read and the directory is rejected' },
   maxPolicyFiles: { flag: 'max-policy-files', env: 'SIGNALBOX_MAX_POLICY_FILES', default: String(DEFAULT_POLICY_LIMITS.maxFiles), help: 'most *.yaml / *.yml files in the policy directory and its folders; over it, nothing is read and the directory is rejected' },
+  preflightEnvoy: { flag: 'preflight-envoy', env: 'SIGNALBOX_PREFLIGHT_ENVOY', default: '', help: 'Envoy binary that checks each new configuration before it is applied (`envoy --mode validate`, as `signalbox validate --envoy`; only the proxy groups whose configuration changed, about 50-250 ms each): what it refuses rejects the load like a validation error and the last good configuration stays; default: off' },
   watchDebounceMs: { flag: 'watch-debounce-ms', env: 'SIGNALBOX_WATCH_DEBOUNCE_MS', default: '100', help: 'quiet time after a policy file change before reloading' },
   consulAddr: { flag: 'consul-addr', env: 'CONSUL_HTTP_ADDR', default: '', help: 'Consul HTTP API (HOST:PORT or http(s)://HOST:PORT); unset: static endpoints only. TLS and token from CONSUL_CACERT, CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY, CONSUL_HTTP_TOKEN' },
   consulDatacenter: { flag: 'consul-datacenter', env: 'SIGNALBOX_CONSUL_DATACENTER', default: '', help: 'Consul datacenter to query when a Service does not name one (default: the agent\'s own)' },
@@ -77,6 +78,8 @@ export interface ServeConfig {
   policyLimits: PolicyLimits;
   /** See PipelineOptions.endpointPushIntervalMs. */
   endpointPushIntervalMs: number;
+  /** See PipelineOptions.preflightEnvoy; undefined: off. */
+  preflightEnvoy?: string;
   /** Consul HTTP address; empty: no Consul discovery. */
   consulAddr: string;
   consulDatacenter: string;
@@ -227,6 +230,7 @@ export function resolveServeConfig(flags: Record<string, string | boolean | unde
     watchDebounceMs: debounce,
     policyLimits: resolvePolicyLimits(flags, env),
     endpointPushIntervalMs: millisOf('endpoint-push-interval-ms', get('endpointPushIntervalMs')),
+    preflightEnvoy: get('preflightEnvoy') || undefined,
     consulAddr: consulAddrOf(get('consulAddr')),
     consulDatacenter: get('consulDatacenter'),
     consulImport: consulImportOf(get('consulImport')),

@@ -80,6 +80,13 @@ export interface PipelineOptions {
   maxRequestedGroups?: number;
   /** How long a requested group stays compiled after its last proxy left. Default DEFAULT_IDLE_GROUP_GRACE_MS. */
   idleGroupGraceMs?: number;
+  /**
+   * An Envoy binary that checks each valid model before it is applied, as `signalbox validate
+   * --envoy` does (src/preflight/envoy.ts): the groups whose configuration changed since the last
+   * applied one run `envoy --mode validate`; what Envoy refuses rejects the load like a validation
+   * error (SB_ENVOY_REJECTED, with file and field). Default: off (it costs ~50-250 ms per group checked).
+   */
+  preflightEnvoy?: string;
 }
 
 /** Default least time between endpoint pushes (see PipelineOptions.endpointPushIntervalMs). */
@@ -135,6 +142,9 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
   /** Requested groups whose last proxy left, each with the timer that drops it; oldest first. */
   private readonly idleGroups = new Map<string, NodeJS.Timeout>();
   private groupLimits: { maxRequestedGroups: number; idleGroupGraceMs: number };
+  /** preflightEnvoy: the key of each group as last applied (a group with the same key is not checked again), and Envoy's version. */
+  private preflightPassed = new Map<string, string>();
+  private preflightVersion?: string;
 
   constructor(private readonly opts: PipelineOptions) {
     super();
@@ -276,15 +286,20 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
     const loaded = await loadPolicyDir(this.opts.policyDir, this.parsed, this.opts.policyLimits);
     let errors = loaded.errors;
     let model: Model | undefined;
+    const docs = errors.length === 0 && this.extraDocs ? this.extraDocs(loaded.docs) : loaded.docs;
     if (errors.length === 0) {
-      const built = await buildModel(this.extraDocs ? this.extraDocs(loaded.docs) : loaded.docs, this.opts.policyDir, { dataDir: this.opts.dataDir, forbidden: this.opts.forbiddenPaths });
+      const built = await buildModel(docs, this.opts.policyDir, { dataDir: this.opts.dataDir, forbidden: this.opts.forbiddenPaths });
       errors = built.errors;
       model = built.model;
     }
+    // What Envoy would refuse is refused here, before any proxy gets it (NACKs are per proxy and silent).
+    const preflight = model && errors.length === 0 && this.opts.preflightEnvoy ? await this.preflight(model, docs) : undefined;
+    if (preflight) errors = preflight.errors;
     if (model && errors.length === 0) {
       try {
         await this.opts.identities?.setTtl(model.mesh.mtls.certTTLms);
         await this.apply(model);
+        if (preflight?.passed) this.preflightPassed = preflight.passed;
       } catch (e) {
         errors = [{ code: ErrorCode.CONFLICT, file: this.opts.policyDir, message: `internal: the compiled configuration is inconsistent: ${(e as Error).message}` }];
       }
@@ -316,6 +331,25 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
     // After the listeners (the authz service learns new policies before anything else waits).
     await this.saveLastGood(loaded.files, loaded.docs, model!);
     return { applied: true, errors, durationMs };
+  }
+
+  /**
+   * Runs Envoy on the groups of `model` whose configuration changed since the last applied one.
+   * Returns what Envoy refuses, and on success every group's key. An Envoy that cannot be run
+   * rejects the load too: a check that was asked for is never skipped silently.
+   */
+  private async preflight(model: Model, docs: LoadedDoc[]): Promise<{ errors: PolicyError[]; passed?: Map<string, string> }> {
+    const envoy = this.opts.preflightEnvoy!;
+    try {
+      const { envoyVersion, preflightModel } = await import('../preflight/envoy.js');
+      this.preflightVersion ??= await envoyVersion(envoy);
+      const r = await preflightModel(model, docs, { envoy, version: this.preflightVersion, passed: this.preflightPassed });
+      const checked = r.groups.filter((g) => !g.skipped).length;
+      this.opts.logger.info({ ms: r.ms, checked, unchanged: r.groups.length - checked, errors: r.errors.length }, 'Envoy preflight');
+      return r.errors.length ? { errors: r.errors } : { errors: [], passed: new Map(r.groups.map((g) => [g.group, g.key])) };
+    } catch (e) {
+      return { errors: [{ code: ErrorCode.ENVOY_REJECTED, file: this.opts.policyDir, message: `the Envoy preflight (${envoy}) could not run: ${(e as Error).message}` }] };
+    }
   }
 
   /**

@@ -18,7 +18,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { webcrypto } from 'node:crypto';
+import { createHash, webcrypto } from 'node:crypto';
 import protobuf from 'protobufjs';
 import { parseDuration } from '../api/v1alpha1/index.js';
 import { serverSpiffeId } from '../ca/server-tls.js';
@@ -51,6 +51,10 @@ export interface GroupReport {
   /** Every run for this group, narrowing down included. */
   runs: number;
   ms: number;
+  /** What the group compiles to (its bootstrap's parts, test material aside), as a digest. */
+  key: string;
+  /** Not run: its key is the one in PreflightOptions.passed. */
+  skipped?: boolean;
 }
 
 export interface PreflightReport {
@@ -69,6 +73,10 @@ export interface PreflightOptions {
   maxProblemsPerGroup?: number;
   /** Envoy runs per group at most, narrowing down included. */
   maxRunsPerGroup?: number;
+  /** Envoy's version, when known already (skips `envoy --version`). */
+  version?: string;
+  /** Groups that passed before, with their key: a group whose key is unchanged is not checked again. */
+  passed?: ReadonlyMap<string, string>;
 }
 
 /** Sidecar ports used for the one sidecar checked per Service (any free pair works). */
@@ -230,6 +238,13 @@ function groupParts(ir: IRProxyConfig, model: Model, store: EndpointStore, ident
   const sidecar = /^sidecar\/([^/]+)\//.exec(ir.group)?.[1];
   const source = gateway ? model.gateways.get(gateway)?.source : sidecar ? model.services.get(sidecar)?.source : undefined;
   return { group: ir.group, source, listeners, routes, clusters, secrets };
+}
+
+/** A digest of what Envoy is given for a group, but the throwaway identity (new at each run). */
+function keyOf(parts: GroupParts): string {
+  const json = (ps: Part[]) => ps.map((p) => p.json);
+  const content = [parts.listeners.map((l) => [l.json, l.routeConfig]), json(parts.routes), json(parts.clusters), json(parts.secrets.slice(0, -2))];
+  return createHash('sha256').update(JSON.stringify(content)).digest('base64url');
 }
 
 /** Every selected part, everything referring to the control plane made static. */
@@ -547,7 +562,7 @@ function blame(docs: LoadedDoc[], parts: GroupParts, c: Culprit, field: (string 
 
 // ---------------------------------------------------------------------------------------------
 
-async function checkGroup(parts: GroupParts, docs: LoadedDoc[], bin: string, dir: string, opts: Required<Omit<PreflightOptions, 'envoy' | 'concurrency'>>): Promise<{ report: GroupReport; errors: PreflightError[] }> {
+async function checkGroup(parts: GroupParts, docs: LoadedDoc[], bin: string, dir: string, opts: Required<Pick<PreflightOptions, 'maxProblemsPerGroup' | 'maxRunsPerGroup'>>): Promise<{ report: GroupReport; errors: PreflightError[] }> {
   const checker = new GroupChecker(parts, bin, dir, opts.maxRunsPerGroup);
   const t0 = performance.now();
   const errors: PreflightError[] = [];
@@ -586,13 +601,13 @@ async function checkGroup(parts: GroupParts, docs: LoadedDoc[], bin: string, dir
     if (checker.exhausted) break;
     verdict = await checker.check(sel);
   }
-  return { report: { group: parts.group, ok, checkMs: Math.round(checker.firstMs), runs: checker.runs, ms: Math.round(performance.now() - t0) }, errors };
+  return { report: { group: parts.group, ok, checkMs: Math.round(checker.firstMs), runs: checker.runs, ms: Math.round(performance.now() - t0), key: keyOf(parts) }, errors };
 }
 
 /** Checks every proxy group of a valid model with the Envoy binary `opts.envoy`. */
 export async function preflightModel(model: Model, docs: LoadedDoc[], opts: PreflightOptions): Promise<PreflightReport> {
   const t0 = performance.now();
-  const version = await envoyVersion(opts.envoy);
+  const version = opts.version ?? (await envoyVersion(opts.envoy));
   const store = new EndpointStore();
   for (const s of model.services.values()) store.set(s.name, staticInstances(s), 'static', { quiet: true });
   // As `signalbox serve` compiles by default: ext_authz over TLS, access logs to the control plane, tracing.
@@ -609,7 +624,13 @@ export async function preflightModel(model: Model, docs: LoadedDoc[], opts: Pref
     const worker = async () => {
       while (next < groups.length) {
         const i = next++;
-        results[i] = await checkGroup(groups[i]!, docs, opts.envoy, dir, limits);
+        const parts = groups[i]!;
+        const key = opts.passed?.get(parts.group);
+        if (key !== undefined && key === keyOf(parts)) {
+          results[i] = { report: { group: parts.group, ok: true, checkMs: 0, runs: 0, ms: 0, key, skipped: true }, errors: [] };
+          continue;
+        }
+        results[i] = await checkGroup(parts, docs, opts.envoy, dir, limits);
       }
     };
     await Promise.all(Array.from({ length: Math.max(1, Math.min(opts.concurrency ?? os.availableParallelism(), groups.length)) }, worker));
