@@ -60,7 +60,7 @@ describe('what only Envoy refuses', () => {
     - name: nested
       matches:
         - path: { type: PathPrefix, value: /n }
-          headers: [ { name: x-id, type: RegularExpression, value: "(a{40}){30}" } ]
+          headers: [ { name: x-id, type: RegularExpression, value: '\\p{L}+' } ]
       backendRefs: [ { name: orders } ]
     - name: format
       matches: [ { path: { type: PathPrefix, value: /fmt } } ]
@@ -77,7 +77,7 @@ describe('what only Envoy refuses', () => {
   rules:
     - from: [ { service: web } ]
       action: Allow
-      to: [ { paths: [ { type: PathPrefix, value: /ok }, { type: RegularExpression, value: "/v/(b{50}){25}" } ] } ]`,
+      to: [ { paths: [ { type: PathPrefix, value: /ok }, { type: RegularExpression, value: '/v/\\p{Greek}+\\p{L}+' } ] } ]`,
   );
 
   test('plain validate passes them: the schema cannot know', () => {
@@ -100,9 +100,10 @@ describe('what only Envoy refuses', () => {
     ].sort());
     const byPath = new Map(report.errors.map((e) => [e.path, e]));
     assert.match(byPath.get('spec.rules[1].matches[0].path.value')!.message, /RE2 program size of \d+ > max program size of 100/);
-    assert.match(byPath.get('spec.rules[2].matches[0].headers[0].value')!.message, /invalid repetition size/);
+    // (Nested repeats over 1000 are refused by plain validate now; a Unicode class is sized by Envoy only.)
+    assert.match(byPath.get('spec.rules[2].matches[0].headers[0].value')!.message, /RE2 program size of \d+ > max program size of 100/);
     assert.match(byPath.get('spec.rules[3].filters[0].requestHeaderModifier.set[1].value')!.message, /Not supported field in StreamInfo: NO_SUCH_COMMAND/);
-    assert.match(byPath.get('spec.rules[0].to[0].paths[1].value')!.message, /invalid repetition size/);
+    assert.match(byPath.get('spec.rules[0].to[0].paths[1].value')!.message, /RE2 program size of \d+ > max program size of 100/);
     // The AccessPolicy lives on the sidecars of orders: Envoy was asked about the sidecar groups too.
     assert.ok(byPath.get('spec.rules[0].to[0].paths[1].value')!.groups.some((g) => g.startsWith('sidecar/orders/')));
     assert.equal(report.envoy!.version, '1.36.2');

@@ -141,6 +141,54 @@ describe('paths', () => {
   });
 });
 
+describe('regular expressions are checked with RE2 syntax, as Envoy compiles them', () => {
+  const pathRegex = (value: string) => routeFile(`matches: [ { path: { type: RegularExpression, value: ${JSON.stringify(value)} } } ]\nbackendRefs: [ { name: orders } ]`);
+
+  for (const [pattern, reason] of [
+    ['\\u00e9', 'invalid escape sequence \\u; write \\x{00e9}'],
+    ['/caf\\u00e9/\\Z', 'invalid escape sequence \\u; write \\x{00e9}'],
+    ['/a\\Z', 'invalid escape sequence \\Z; write \\z (end of text) or $'],
+    ['(a)\\1', 'invalid escape sequence \\1; lookaround and back-references are not supported by RE2'],
+    ['/x(?=x)', 'invalid or unsupported Perl syntax: `(?=`; lookaround and back-references are not supported by RE2'],
+    ['(?<!x)/y', 'invalid or unsupported Perl syntax: `(?<!`; lookaround and back-references are not supported by RE2'],
+    ['/(?>a)', 'invalid or unsupported Perl syntax: `(?>`; atomic groups and possessive repeats (++, *+, ?+) are not supported by RE2'],
+    ['/a++', 'invalid nested repetition operator: `++`; atomic groups and possessive repeats (++, *+, ?+) are not supported by RE2'],
+  ] as const) {
+    test(`${pattern} in an HTTPRoute path regex is an error naming the field`, () => {
+      const errors = parsePolicyText(pathRegex(pattern), 'p.yaml').errors;
+      assert.equal(errors.length, 1, formatted(errors).join('\n'));
+      const e = errors[0]!;
+      assert.deepEqual([e.code, e.file, e.doc, e.path, e.line], [ErrorCode.SCHEMA, 'p.yaml', 3, 'spec.rules[0].matches[0].path.value', 17]);
+      assert.equal(e.message, `not a valid RE2 regular expression (Envoy uses RE2): ${reason}`);
+    });
+  }
+
+  test('in header and query parameter matches and in AccessPolicy paths too', () => {
+    const route = routeFile(`matches:
+  - headers: [ { name: x-id, type: RegularExpression, value: "[0-9]+\\\\Z" } ]
+    queryParams: [ { name: q, type: RegularExpression, value: "(?<=a)b" } ]
+backendRefs: [ { name: orders } ]`);
+    assert.deepEqual(errorsOf(route), [
+      'p.yaml#3 spec.rules[0].matches[0].headers[0].value: not a valid RE2 regular expression (Envoy uses RE2): invalid escape sequence \\Z; write \\z (end of text) or $ (line 18)',
+      'p.yaml#3 spec.rules[0].matches[0].queryParams[0].value: not a valid RE2 regular expression (Envoy uses RE2): invalid or unsupported Perl syntax: `(?<=`; lookaround and back-references are not supported by RE2 (line 19)',
+    ]);
+    const access = doc(
+      'AccessPolicy',
+      'orders',
+      `  targetRef: { kind: Service, name: orders }\n  rules: [ { from: [ { service: web } ], action: Allow, to: [ { paths: [ { type: RegularExpression, value: "/caf\\\\u00e9" } ] } ] } ]`,
+    );
+    assert.deepEqual(formatted(parsePolicyText(access, 'a.yaml').errors), [
+      'a.yaml#1 spec.rules[0].to[0].paths[0].value: not a valid RE2 regular expression (Envoy uses RE2): invalid escape sequence \\u; write \\x{00e9} (line 6)',
+    ]);
+  });
+
+  test('valid RE2 that JavaScript reads differently or refuses passes', () => {
+    for (const pattern of ['^/api/v[0-9]+/', '/caf\\x{00e9}', '/\\p{L}+', '(?i)abc', '/[[:alpha:]]+\\z', '/(?P<id>[0-9]+)']) {
+      assert.deepEqual(errorsOf(pathRegex(pattern)), [], pattern);
+    }
+  });
+});
+
 describe('valid values still pass', () => {
   test('ordinary regexes, paths, header values and durations give no error', () => {
     const text = routeFile(`matches:

@@ -1,6 +1,6 @@
 // Building blocks shared by every policy kind of signalbox.dev/v1alpha1.
 import { z } from 'zod';
-import { MAX_DURATION_MESSAGE, MAX_DURATION_MS, regexSizeProblems } from './envoy-limits.js';
+import { MAX_DURATION_MESSAGE, MAX_DURATION_MS, regexSizeProblems, regexSyntaxProblems } from './envoy-limits.js';
 
 export const API_VERSION = 'signalbox.dev/v1alpha1';
 
@@ -44,18 +44,11 @@ export const metadata = z.strictObject({
   annotations: z.record(z.string(), z.string()).optional(),
 });
 
-/** Accepts a regular expression Envoy's RE2 is likely to accept; JavaScript checks the syntax, re2js the size. */
+/** Accepts a regular expression Envoy's RE2 is likely to accept: re2js checks the RE2 syntax and estimates the size. */
 export const regex = z.string().min(1).superRefine((s, ctx) => {
-  try {
-    new RegExp(s);
-  } catch (e) {
-    ctx.addIssue({ code: 'custom', message: `invalid regular expression: ${(e as Error).message.replace(/^Invalid regular expression: /, '')}` });
-    return;
-  }
-  if (/\(\?[=!<]|\\[1-9]/.test(s)) {
-    ctx.addIssue({ code: 'custom', message: 'lookaround and back-references are not supported by Envoy (RE2)' });
-    return;
-  }
+  const syntax = regexSyntaxProblems(s);
+  for (const message of syntax) ctx.addIssue({ code: 'custom', message });
+  if (syntax.length) return;
   for (const message of regexSizeProblems(s)) ctx.addIssue({ code: 'custom', message });
 });
 

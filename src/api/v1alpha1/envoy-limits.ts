@@ -88,12 +88,16 @@ export const RE2_MAX_PROGRAM_SIZE = 100;
 const require = createRequire(import.meta.url);
 let re2js: typeof Re2js | undefined;
 
+/** re2js, loaded on first use: it adds ~50 ms to start-up. */
+function loadRe2js(): typeof Re2js {
+  return (re2js ??= require('re2js') as typeof Re2js);
+}
+
 /** A number of instructions Envoy's RE2 program for `pattern` is certain to exceed or match; undefined when re2js cannot compile it. */
 export function re2ProgramSizeAtLeast(pattern: string): number | undefined {
-  re2js ??= require('re2js') as typeof Re2js; // loaded on first use: it adds ~50 ms to start-up
   let size: number;
   try {
-    size = re2js.RE2JS.compile(pattern).programSize();
+    size = loadRe2js().RE2JS.compile(pattern).programSize();
   } catch {
     return undefined; // a syntax RE2/J does not share with C++ RE2: nothing is claimed
   }
@@ -109,4 +113,52 @@ export function regexSizeProblems(pattern: string): string[] {
   return [
     `too large for Envoy: its RE2 program has at least ${atLeast} instructions and Envoy refuses more than ${RE2_MAX_PROGRAM_SIZE} (use smaller repeat counts such as {1,20}, or fewer alternatives)`,
   ];
+}
+
+/*
+ * Envoy compiles every regular expression with RE2, whose syntax is not JavaScript's: RE2 has no
+ * back-references, lookaround, atomic groups or possessive repeats, and writes `\x{00e9}` where
+ * JavaScript writes `\u00e9`; but it has `(?i)`, `\p{L}`, `\z` and `[[:alpha:]]`. re2js parses
+ * RE2's syntax, so a pattern it refuses Envoy refuses too ("invalid regex"); the one exception
+ * known is `\C` (any byte), which only C++ RE2 has, so it is left to `validate --envoy`.
+ */
+const SYNTAX_PREFIX = 'not a valid RE2 regular expression (Envoy uses RE2)';
+
+/** The problem of a regular expression RE2 (so Envoy) cannot parse, with a hint where JavaScript habits are the cause. */
+export function regexSyntaxProblems(pattern: string): string[] {
+  const { RE2JS } = loadRe2js();
+  try {
+    RE2JS.compile(pattern);
+    return [];
+  } catch (e) {
+    const raw = (e instanceof Error ? e.message : String(e)).replace(/^error parsing regexp: /, '');
+    if (raw === 'invalid escape sequence: `\\C`') return [];
+    const escape = /^invalid escape sequence: `(\\.)`$/.exec(raw)?.[1];
+    const lookbehind = /^invalid named capture: `(\(\?<[=!])/.exec(raw)?.[1]; // re2js's words for a lookbehind
+    const reason = escape ? `invalid escape sequence ${escape}` : lookbehind ? `invalid or unsupported Perl syntax: \`${lookbehind}\`` : raw;
+    const hint = re2Hint(pattern, raw, escape);
+    return [`${SYNTAX_PREFIX}: ${reason}${hint ? `; ${hint}` : ''}`];
+  }
+}
+
+function re2Hint(pattern: string, raw: string, escape: string | undefined): string | undefined {
+  switch (escape?.[1]) {
+    case 'u': {
+      const code = /\\u(?:\{([0-9A-Fa-f]+)\}|([0-9A-Fa-f]{4}))/.exec(pattern);
+      return `write \\x{${code ? (code[1] ?? code[2]) : '00e9'}}`;
+    }
+    case 'Z':
+      return 'write \\z (end of text) or $';
+    case 'c':
+      return 'write a control character as \\x{01}';
+    case 'k':
+    case '1': case '2': case '3': case '4': case '5': case '6': case '7': case '8': case '9':
+      return 'lookaround and back-references are not supported by RE2';
+  }
+  if (/`\(\?(=|!|<=|<!)/.test(raw)) return 'lookaround and back-references are not supported by RE2';
+  if (/`\(\?>/.test(raw) || /invalid nested repetition operator: `[*+?}]\+`/.test(raw)) {
+    return 'atomic groups and possessive repeats (++, *+, ?+) are not supported by RE2';
+  }
+  if (raw.startsWith('invalid repeat count')) return 'RE2 allows at most 1000 repetitions, counting nested repeats together';
+  return undefined;
 }
