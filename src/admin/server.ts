@@ -16,7 +16,7 @@ import type { IdentityManager } from '../ca/identities.js';
 import { hashText } from '../xds/resources/resource.js';
 import { explainGroup } from '../explain/provenance.js';
 import type { TrafficStore } from '../telemetry/traffic-store.js';
-import { registerDashboard } from './dashboard/routes.js';
+import { registerDashboard, relativeToPolicyDir } from './dashboard/routes.js';
 
 export interface AdminDeps {
   pipeline: Pipeline;
@@ -40,6 +40,8 @@ export interface AdminDeps {
   security?: AdminSecurity;
   /** The control plane's security posture and state for /api/status (xds, proxyAuth, authz, warnings). */
   status?: () => Record<string, unknown>;
+  /** The policy directory, so policy file names (NACK sources) are shown relative to it, as the user wrote them. */
+  policyDir?: string;
 }
 
 export interface AdminSecurity {
@@ -178,12 +180,22 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
     return metrics.registry.metrics();
   });
 
+  /** A policy file as the user knows it: relative to the policy directory when under it. */
+  const rel = (f: string) => relativeToPolicyDir(deps.policyDir, f);
+
   /** A proxy's status plus its own instance certificate (serial, expiry; never the key). */
   const withCert = (p: ReturnType<ProxyRegistry['all']>[number]) => {
     const json = p.toJSON();
     const cert = p.certificate;
+    const types = Object.fromEntries(
+      Object.entries(json.types).map(([t, v]) => {
+        const s = v as { lastNack?: { sources: string[] } };
+        return [t, s.lastNack ? { ...s, lastNack: { ...s.lastNack, sources: s.lastNack.sources.map(rel) } } : s];
+      }),
+    );
     return {
       ...json,
+      types,
       certificate: cert && deps.identities ? { ...cert, trustBundleVersion: hashText(deps.identities.ca.trustBundlePem), secretsServed: p.secretsAllowed } : undefined,
     };
   };
@@ -256,7 +268,7 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
     };
   });
 
-  registerDashboard(app, { pipeline, registry, identities: deps.identities, traffic: deps.traffic });
+  registerDashboard(app, { pipeline, registry, identities: deps.identities, traffic: deps.traffic, policyDir: deps.policyDir });
 
   return app;
 }

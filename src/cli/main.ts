@@ -32,7 +32,7 @@ ${DIFF_USAGE}
                                        otherwise print the JWT
   signalbox token revoke TOKEN_ID [--data-dir DIR]
   signalbox status [--admin URL] [--admin-token-file F] [--role gateway|sidecar] [--json]
-                                       every connected proxy: versions per type, SYNCED / STALE / NACKED, cert expiry
+                                       every connected proxy: versions per type, SYNCED / PENDING / NACKED, cert expiry
 ${BOOTSTRAP_USAGE}
 
 serve flags (each also read from its environment variable):

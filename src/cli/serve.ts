@@ -137,6 +137,7 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
     status,
     sources: () => ({ sources: consul ? [consul.status()] : [] }),
     readiness: authz.readinessWith(consul ? () => consul.readiness() : undefined),
+    policyDir,
   });
   admin.get('/api/authz', async () => ({ ...authz.status(), ...authz.server.engine.status() }));
   await admin.listen({ host: cfg.adminAddress, port: cfg.adminPort });

@@ -1,11 +1,12 @@
 // `signalbox status`: every connected proxy in one terminal table, like `istioctl proxy-status`:
 // id, role, per-type versions (what it ACKed; `*` when a newer version was sent and not ACKed yet),
-// SYNCED / STALE / NACKED, and when its certificate expires. NACKed proxies are followed by
+// SYNCED / PENDING / NACKED (PROXY_STATES, the admin API's words), and when its certificate expires. NACKed proxies are followed by
 // Envoy's message and the policy files behind the rejected resources. With --admin-token-file
 // (or SIGNALBOX_ADMIN_TOKEN_FILE, the variable `serve` reads) it sends the admin API's bearer token.
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { ErrorCode, SignalboxError } from '../errors.js';
+import { PROXY_STATES, type ProxyState } from '../xds/server/proxy-status.js';
 
 interface TypeJson {
   sentVersion?: string;
@@ -20,7 +21,7 @@ export interface ProxyJson {
   name: string;
   group: string;
   protocol: string;
-  state: 'SYNCED' | 'PENDING' | 'NACKED';
+  state: ProxyState;
   types: Record<string, TypeJson>;
   certificate?: { identity?: string; notAfter?: string };
 }
@@ -33,9 +34,9 @@ const COLUMNS: [string, string][] = [
   ['secret', 'SDS'],
 ];
 
-/** SYNCED, STALE (sent, not ACKed yet) or NACKED: istioctl's words. */
-export function statusWord(p: ProxyJson): 'SYNCED' | 'STALE' | 'NACKED' {
-  return p.state === 'PENDING' ? 'STALE' : p.state;
+/** SYNCED, PENDING (sent, not ACKed yet) or NACKED: the admin API's words (PROXY_STATES). */
+export function statusWord(p: ProxyJson): ProxyState {
+  return p.state;
 }
 
 export function untilText(iso: string | undefined, now = Date.now()): string {
@@ -71,9 +72,9 @@ export function renderStatus(proxies: ProxyJson[], now = Date.now()): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const line = (cells: string[]) => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!))).join('  ');
   const out = [line(header), ...rows.map(line)];
-  const counts = { SYNCED: 0, STALE: 0, NACKED: 0 };
+  const counts = Object.fromEntries(PROXY_STATES.map((s) => [s, 0])) as Record<ProxyState, number>;
   for (const p of proxies) counts[statusWord(p)]++;
-  out.push('', `${proxies.length} proxies: ${counts.SYNCED} synced, ${counts.STALE} stale, ${counts.NACKED} NACKed   (versions: ACKed; * newer sent, not ACKed yet; ! newest NACKed)`);
+  out.push('', `${proxies.length} proxies: ${counts.SYNCED} synced, ${counts.PENDING} pending, ${counts.NACKED} NACKed   (versions: ACKed; * newer sent, not ACKed yet; ! newest NACKed)`);
   for (const p of proxies) {
     for (const [t, s] of Object.entries(p.types)) {
       if (!s.lastNack || s.lastNack.version !== s.sentVersion) continue;

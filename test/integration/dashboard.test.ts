@@ -205,6 +205,9 @@ describe('dashboard in a real browser, real Envoy traffic', () => {
     await waitFor(async () => /NACKED/.test((await page.textContent(stateCell)) ?? ''), { what: 'NACKED shown', timeoutMs: 10_000 });
     const files = (await page.textContent('tr[data-proxy="lab-gw"] [data-field="nack-files"]')) ?? '';
     assert.match(files, /lab-routes\.yaml/, `the policy file behind the rejected resource: ${files}`);
+    // As the user wrote it: relative to the policy directory, not the absolute temp path.
+    assert.match(files.trim(), /^lab-routes\.yaml$/, `relative to the policy directory: ${files}`);
+    assert.doesNotMatch(files, /\/tmp\/|^\//);
     assert.doesNotMatch(files, /shop-routes\.yaml/);
     const nack = (await page.textContent('tr[data-proxy="lab-gw"] [data-field="nack"]')) ?? '';
     assert.match(nack, /RE2 program size/, "Envoy's own message");
@@ -216,6 +219,17 @@ describe('dashboard in a real browser, real Envoy traffic', () => {
     const first = await page.getAttribute('#proxies tbody tr:first-child', 'data-proxy');
     assert.equal(first, 'lab-gw');
     assert.match((await page.textContent('#card-proxy-states')) ?? '', /1 NACKed/);
+    // A truthful headline: valid, but not live on the NACKED proxy, and not green.
+    await waitFor(async () => /not live on 1 proxy \(NACKED\)/.test((await page.textContent('#card-config')) ?? ''), { what: 'the config card to say the NACKED proxy runs an older configuration', timeoutMs: 10_000 });
+    assert.equal(((await page.textContent('#card-config')) ?? '').trim(), 'valid, not live on 1 proxy (NACKED)');
+    assert.doesNotMatch((await page.getAttribute('#card-config', 'class')) ?? '', /state-SYNCED/, 'not green');
+    const summary = await sb.admin('/api/dashboard/summary');
+    assert.equal(summary.config.live, false);
+    // /api/proxies shows NACK sources relative to the policy directory too.
+    const lab = await sb.admin('/api/proxies/lab-gw');
+    const sources = Object.values(lab.types as Record<string, { lastNack?: { sources: string[] } }>).flatMap((t) => t.lastNack?.sources ?? []);
+    assert.ok(sources.includes('lab-routes.yaml'), `relative NACK sources: ${sources.join(', ')}`);
+    assert.ok(sources.every((f) => !f.startsWith('/')), `no absolute paths: ${sources.join(', ')}`);
   });
 
   test('`signalbox status` prints the same proxies as a terminal table', async () => {
@@ -228,7 +242,10 @@ describe('dashboard in a real browser, real Envoy traffic', () => {
     // Neither gateway uses a secret, so neither was issued a certificate (each instance gets its own when it asks).
     assert.match(r.stdout, /^edge-gw\s+gateway\/edge\s+sotw\s+.*SYNCED\s+-$/m);
     assert.match(r.stdout, /^lab-gw\s+gateway\/lab\s+delta\s+.*NACKED\s+-$/m);
-    assert.match(r.stdout, /lab-gw: route \w+ NACKED \(from [^)]*lab-routes\.yaml\)/);
+    assert.match(r.stdout, /lab-gw: route \w+ NACKED \(from lab-routes\.yaml\)/, 'relative to the policy directory');
+    assert.doesNotMatch(r.stdout, /\/tmp\//);
+    assert.match(r.stdout, /proxies: \d+ synced, \d+ pending, 1 NACKed/);
+    assert.doesNotMatch(r.stdout, /stale/i);
   });
 
   test('certificates, validation errors, and a screenshot', async () => {

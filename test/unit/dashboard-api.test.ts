@@ -3,13 +3,15 @@
 import assert from 'node:assert/strict';
 import { describe, test, after } from 'node:test';
 import Fastify from 'fastify';
-import { registerDashboard } from '../../src/admin/dashboard/routes.js';
+import { configHeadline, registerDashboard, relativeToPolicyDir } from '../../src/admin/dashboard/routes.js';
+import { buildAdmin } from '../../src/admin/server.js';
 import { Pipeline } from '../../src/controller/pipeline.js';
+import { Metrics } from '../../src/observability/metrics.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { TrafficStore } from '../../src/telemetry/traffic-store.js';
 import { SnapshotCache } from '../../src/xds/cache/snapshot-cache.js';
 import { TypeUrl } from '../../src/xds/resources/type-urls.js';
-import { ProxyRegistry, ProxyStatus } from '../../src/xds/server/proxy-status.js';
+import { PROXY_STATES, ProxyRegistry, ProxyStatus } from '../../src/xds/server/proxy-status.js';
 
 function registryOf(n: number): ProxyRegistry {
   const reg = new ProxyRegistry();
@@ -68,6 +70,11 @@ describe('dashboard API with 1,000 proxies', async () => {
     const res = await app.inject('/api/dashboard/summary');
     const s = res.json();
     assert.deepEqual(s.proxies.states, { SYNCED: 980, PENDING: 10, NACKED: 10 });
+    assert.deepEqual(Object.keys(s.proxies.states), [...PROXY_STATES], 'the summary counts exactly the API\'s states');
+    assert.equal(s.config.live, false);
+    assert.deepEqual(s.config.notLive, { PENDING: 10, NACKED: 10 });
+    assert.match(s.config.headline, /not live on 20 proxies \(10 NACKED, 10 PENDING\)/);
+    assert.doesNotMatch(s.config.headline, /^valid$/);
     assert.deepEqual(s.proxies.roles, { gateway: 100, sidecar: 900 });
     assert.equal(s.map.services.length, 45, 'svc-0, svc-10, ... would only come from gateways, which are named edge');
     assert.equal(s.map.gateways[0].proxies, 100);
@@ -86,5 +93,69 @@ describe('dashboard API with 1,000 proxies', async () => {
     assert.match(String((await app.inject('/dashboard/style.css')).headers['content-type']), /css/);
     const js = (await app.inject('/dashboard/app.js')).body;
     assert.doesNotMatch(js, /innerHTML|outerHTML|insertAdjacentHTML|document\.write/, 'server data is only ever inserted as text');
+  });
+});
+
+describe('dashboard headline and paths', () => {
+  test('the config headline says whether the newest configuration is live on every proxy', () => {
+    assert.equal(configHeadline(0, 3, { SYNCED: 3, PENDING: 0, NACKED: 0 }), 'valid and live on all 3 proxies');
+    assert.equal(configHeadline(0, 3, { SYNCED: 2, PENDING: 0, NACKED: 1 }), 'valid, not live on 1 proxy (NACKED)');
+    assert.equal(configHeadline(0, 3, { SYNCED: 1, PENDING: 2, NACKED: 0 }), 'valid, not live on 2 proxies (PENDING)');
+    assert.equal(configHeadline(0, 0, { SYNCED: 0, PENDING: 0, NACKED: 0 }), 'valid (no proxies connected)');
+    assert.match(configHeadline(2, 3, { SYNCED: 2, PENDING: 0, NACKED: 1 }), /^2 error\(s\), not live on 1 proxy \(NACKED\)$/);
+  });
+
+  test('policy files are shown relative to the policy directory', () => {
+    assert.equal(relativeToPolicyDir('/tmp/sb-x/policies', '/tmp/sb-x/policies/lab-routes.yaml'), 'lab-routes.yaml');
+    assert.equal(relativeToPolicyDir('/tmp/sb-x/policies', '/tmp/sb-x/policies/team/a.yaml'), 'team/a.yaml');
+    assert.equal(relativeToPolicyDir('/tmp/sb-x/policies', '/etc/other.yaml'), '/etc/other.yaml', 'outside the directory: unchanged');
+    assert.equal(relativeToPolicyDir(undefined, '/tmp/a.yaml'), '/tmp/a.yaml');
+    assert.equal(relativeToPolicyDir('/p', 'already/relative.yaml'), 'already/relative.yaml');
+  });
+
+  test('/api/dashboard/proxies shows NACK sources relative to the policy directory', async () => {
+    const app = Fastify();
+    const reg = new ProxyRegistry();
+    const p = new ProxyStatus({ id: 'lab-gw', role: 'gateway', name: 'lab', group: 'gateway/lab' }, 'sotw', '127.0.0.1:1');
+    const t = p.type(TypeUrl.Route);
+    t.sent = { version: 'v1', nonce: '1', at: 1, resources: 1 };
+    t.nack = { version: 'v1', message: 'bad regex', at: 2, resources: ['r'], sources: ['/tmp/sb-y/policies/lab-routes.yaml'] };
+    reg.add(p);
+    const pipeline = new Pipeline({ policyDir: '/tmp/sb-y/policies', cache: new SnapshotCache(), logger: createLogger({ level: 'silent' }) });
+    registerDashboard(app, { pipeline, registry: reg, policyDir: '/tmp/sb-y/policies' });
+    await app.ready();
+    try {
+      const r = (await app.inject('/api/dashboard/proxies')).json();
+      assert.deepEqual(r.proxies[0].nack.sources, ['lab-routes.yaml']);
+      const s = (await app.inject('/api/dashboard/summary')).json();
+      assert.match(s.config.headline, /not live on 1 proxy \(NACKED\)$/);
+      assert.equal(s.config.live, false);
+    } finally {
+      await app.close();
+    }
+  });
+
+  test('/api/proxies (what `signalbox status` reads) shows NACK sources relative to the policy directory', async () => {
+    const logger = createLogger({ level: 'silent' });
+    const cache = new SnapshotCache();
+    const reg = new ProxyRegistry();
+    const p = new ProxyStatus({ id: 'lab-gw', role: 'gateway', name: 'lab', group: 'gateway/lab' }, 'sotw', '127.0.0.1:1');
+    const t = p.type(TypeUrl.Route);
+    t.sent = { version: 'v1', nonce: '1', at: 1, resources: 1 };
+    t.nack = { version: 'v1', message: 'bad regex', at: 2, resources: ['r'], sources: ['/tmp/sb-z/policies/lab-routes.yaml'] };
+    reg.add(p);
+    const app = buildAdmin({ pipeline: new Pipeline({ policyDir: '/tmp/sb-z/policies', cache, logger }), cache, registry: reg, metrics: new Metrics(), logger, policyDir: '/tmp/sb-z/policies' });
+    await app.ready();
+    try {
+      const all = (await app.inject('/api/proxies')).json();
+      assert.deepEqual(all.proxies[0].types.route.lastNack.sources, ['lab-routes.yaml']);
+      assert.ok(PROXY_STATES.includes(all.proxies[0].state));
+      const one = (await app.inject('/api/proxies/lab-gw')).json();
+      assert.deepEqual(one.types.route.lastNack.sources, ['lab-routes.yaml']);
+      assert.deepEqual((await app.inject('/api/dashboard/proxies')).json().proxies[0].nack.sources, ['lab-routes.yaml'], 'buildAdmin passes the policy directory to the dashboard');
+      assert.deepEqual(t.nack.sources, ['/tmp/sb-z/policies/lab-routes.yaml'], 'the registry keeps the absolute path');
+    } finally {
+      await app.close();
+    }
   });
 });

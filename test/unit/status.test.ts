@@ -44,22 +44,23 @@ const proxies: ProxyJson[] = [
 ];
 
 describe('signalbox status', () => {
-  test('one row per proxy with ACKed versions, SYNCED / STALE / NACKED and certificate expiry', () => {
+  test('one row per proxy with ACKed versions, SYNCED / PENDING / NACKED (the API words) and certificate expiry', () => {
     const out = renderStatus(proxies, NOW);
     const lines = out.split('\n');
     assert.match(lines[0]!, /^PROXY\s+ROLE\s+XDS\s+CDS\s+EDS\s+LDS\s+RDS\s+SDS\s+STATUS\s+CERT EXPIRES$/);
     assert.match(lines[1]!, /^public-a\s+gateway\/public\s+sotw\s+aaaaaaaa\s+-\s+bbbbbbbb\s+-\s+-\s+SYNCED\s+5h30m$/);
-    assert.match(lines[2]!, /^orders-1\s+sidecar\/orders\s+delta\s+dddddddd\*\s+-\s+-\s+none\*\s+-\s+STALE\s+2d2h$/);
+    assert.match(lines[2]!, /^orders-1\s+sidecar\/orders\s+delta\s+dddddddd\*\s+-\s+-\s+none\*\s+-\s+PENDING\s+2d2h$/);
     assert.match(lines[3]!, /^lab-1\s+gateway\/lab\s+sotw\s+-\s+-\s+-\s+11111111!\s+-\s+NACKED\s+-$/);
-    assert.match(out, /3 proxies: 1 synced, 1 stale, 1 NACKed/);
+    assert.match(out, /3 proxies: 1 synced, 1 pending, 1 NACKed/);
     assert.match(out, /lab-1: route ffffffff NACKED \(from policies\/lab\.yaml\)\n  regex '\[a-z\]\{300\}' RE2 program size/);
     // Columns line up.
     const statusCol = lines[0]!.indexOf('STATUS');
-    for (const l of lines.slice(1, 4)) assert.match(l.slice(statusCol), /^(SYNCED|STALE|NACKED)/);
+    for (const l of lines.slice(1, 4)) assert.match(l.slice(statusCol), /^(SYNCED|PENDING|NACKED)/);
   });
 
   test('words and durations', () => {
-    assert.equal(statusWord(proxies[1]!), 'STALE');
+    assert.equal(statusWord(proxies[1]!), 'PENDING', 'the same word as /api/proxies and the dashboard');
+    assert.doesNotMatch(renderStatus(proxies, NOW), /stale/i);
     assert.equal(untilText('2025-12-31T00:00:00Z', NOW), 'EXPIRED');
     assert.equal(untilText('2026-01-01T00:04:05Z', NOW), '4m5s');
     assert.equal(untilText(undefined, NOW), '-');

@@ -9,7 +9,7 @@ import type { Pipeline } from '../../controller/pipeline.js';
 import type { IdentityManager } from '../../ca/identities.js';
 import type { TrafficStore } from '../../telemetry/traffic-store.js';
 import { SHORT_NAME } from '../../xds/resources/type-urls.js';
-import type { ProxyRegistry, ProxyStatus } from '../../xds/server/proxy-status.js';
+import { PROXY_STATES, type ProxyRegistry, type ProxyState, type ProxyStatus } from '../../xds/server/proxy-status.js';
 
 export interface DashboardDeps {
   pipeline: Pipeline;
@@ -56,7 +56,7 @@ export function registerDashboard(app: FastifyInstance, deps: DashboardDeps): vo
   app.get('/dashboard/app.js', (_req, reply) => send(reply, 'app.js'));
   app.get('/dashboard/style.css', (_req, reply) => send(reply, 'style.css'));
 
-  const rel = (f: string) => (deps.policyDir && path.isAbsolute(f) ? path.relative(deps.policyDir, f) || path.basename(f) : f);
+  const rel = (f: string) => relativeToPolicyDir(deps.policyDir, f);
 
   /** The proxy's own instance certificate (each instance has its own). */
   const certOf = (p: ProxyStatus) => {
@@ -111,7 +111,7 @@ export function registerDashboard(app: FastifyInstance, deps: DashboardDeps): vo
     if (state) list = list.filter((p) => p.state === state);
     if (role) list = list.filter((p) => p.node.role === role);
     // NACKED first, then PENDING, then by id: problems surface on the first page.
-    const rank = { NACKED: 0, PENDING: 1, SYNCED: 2 } as const;
+    const rank: Record<ProxyState, number> = { NACKED: 0, PENDING: 1, SYNCED: 2 };
     list.sort((a, b) => rank[a.state] - rank[b.state] || (a.node.id < b.node.id ? -1 : a.node.id > b.node.id ? 1 : 0));
     const pages = Math.max(1, Math.ceil(list.length / size));
     const page = Math.min(pages, Math.max(1, Number(req.query.page) || 1));
@@ -120,7 +120,7 @@ export function registerDashboard(app: FastifyInstance, deps: DashboardDeps): vo
 
   const summary = () => {
     const all = proxies();
-    const states = { SYNCED: 0, PENDING: 0, NACKED: 0 };
+    const states = Object.fromEntries(PROXY_STATES.map((st) => [st, 0])) as Record<ProxyState, number>;
     const roles = { gateway: 0, sidecar: 0 };
     const byGateway = new Map<string, { proxies: number; nacked: number }>();
     const bySidecarService = new Map<string, { proxies: number; nacked: number }>();
@@ -146,7 +146,16 @@ export function registerDashboard(app: FastifyInstance, deps: DashboardDeps): vo
       proxies: { total: all.length, states, roles },
       /** Changes whenever a proxy connects, disconnects or changes state. */
       revision: hash(signature),
-      config: { valid: deps.pipeline.errors.length === 0, errors: deps.pipeline.errors.length, lastAppliedAt: deps.pipeline.lastAppliedAt?.toISOString(), lastRejectedAt: deps.pipeline.lastRejectedAt?.toISOString() },
+      config: {
+        valid: deps.pipeline.errors.length === 0,
+        errors: deps.pipeline.errors.length,
+        /** Whether the newest configuration is live (SYNCED) on every connected proxy. */
+        live: states.SYNCED === all.length,
+        notLive: { PENDING: states.PENDING, NACKED: states.NACKED },
+        headline: configHeadline(deps.pipeline.errors.length, all.length, states),
+        lastAppliedAt: deps.pipeline.lastAppliedAt?.toISOString(),
+        lastRejectedAt: deps.pipeline.lastRejectedAt?.toISOString(),
+      },
       certificates: { count: certs.length, nearestExpiry: nearest },
       map: {
         gateways: [...gateways].sort().map((name) => ({ name, ...(byGateway.get(name) ?? { proxies: 0, nacked: 0 }) })),
@@ -214,6 +223,29 @@ export function registerDashboard(app: FastifyInstance, deps: DashboardDeps): vo
     raw.on('close', close);
     raw.on('error', close);
   });
+}
+
+/**
+ * The config card's headline: whether the policy directory is valid and whether its newest
+ * configuration is live on every proxy, e.g. "valid and live on all 3 proxies" or
+ * "valid, not live on 1 proxy (NACKED)".
+ */
+export function configHeadline(errors: number, total: number, states: Record<ProxyState, number>): string {
+  const n = (k: number) => `${k} ${k === 1 ? 'proxy' : 'proxies'}`;
+  const head = errors ? `${errors} error(s)` : 'valid';
+  if (total === 0) return errors ? head : 'valid (no proxies connected)';
+  const notLive = states.NACKED + states.PENDING;
+  if (notLive === 0) return errors ? `${head}; last good live on all ${n(total)}` : `valid and live on all ${n(total)}`;
+  const why = (['NACKED', 'PENDING'] as const).filter((st) => states[st]).map((st) => (states[st] === notLive ? st : `${states[st]} ${st}`)).join(', ');
+  return `${head}, not live on ${n(notLive)} (${why})`;
+}
+
+/** A policy file as the user wrote it: relative to the policy directory when it is under it, else unchanged. */
+export function relativeToPolicyDir(policyDir: string | undefined, f: string): string {
+  if (!policyDir || !path.isAbsolute(f)) return f;
+  const r = path.relative(policyDir, f);
+  if (!r) return path.basename(f);
+  return r.startsWith('..') || path.isAbsolute(r) ? f : r;
 }
 
 function hash(s: string): string {

@@ -29,6 +29,14 @@ export interface TypeStatus {
   pushes: number;
 }
 
+/**
+ * The one vocabulary for a proxy's sync state, used by the admin API, the dashboard and
+ * `signalbox status`: SYNCED (every type's last sent version ACKed), PENDING (a newer version sent,
+ * not ACKed yet), NACKED (the newest version of some type was rejected by the proxy).
+ */
+export const PROXY_STATES = ['SYNCED', 'PENDING', 'NACKED'] as const;
+export type ProxyState = (typeof PROXY_STATES)[number];
+
 let nextStreamId = 1;
 
 export class ProxyStatus {
@@ -53,7 +61,7 @@ export class ProxyStatus {
   }
 
   /** Synced when every type's last sent version was ACKed; NACKED when any last response was rejected. */
-  get state(): 'SYNCED' | 'PENDING' | 'NACKED' {
+  get state(): ProxyState {
     let pending = false;
     for (const s of this.types.values()) {
       if (s.nack && s.sent && s.nack.version === s.sent.version) return 'NACKED';

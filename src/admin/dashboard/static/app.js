@@ -70,8 +70,12 @@ function renderSummary(sum) {
     h('span', { class: 'state-PENDING', text: `${st.PENDING} pending` }), ' · ',
     h('span', { class: 'state-NACKED', text: `${st.NACKED} NACKed` }),
   );
-  $('card-config').textContent = sum.config.valid ? 'valid' : `${sum.config.errors} error(s)`;
-  $('card-config').className = sum.config.valid ? 'value state-SYNCED' : 'value state-NACKED';
+  // Valid is not enough: green only when the newest configuration is live (SYNCED) on every proxy.
+  const cfg = sum.config;
+  $('card-config').textContent = cfg.headline ?? (cfg.valid ? 'valid' : `${cfg.errors} error(s)`);
+  const cfgState = !cfg.valid || cfg.notLive?.NACKED ? 'NACKED' : cfg.notLive?.PENDING ? 'PENDING' : 'SYNCED';
+  $('card-config').className = `value state-${cfgState}`;
+  $('card-config').dataset.live = cfg.live ? 'true' : 'false';
   renderConfigSub();
   $('card-cert').textContent = until(sum.certificates.nearestExpiry);
   $('card-cert-sub').textContent = `${sum.certificates.count} instance certificates`;
