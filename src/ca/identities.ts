@@ -102,13 +102,6 @@ export class IdentityManager {
     this.live.delete(handle);
   }
 
-  /** The newest live certificate of an identity (any instance). */
-  current(id: string): IssuedCert | undefined {
-    let best: IssuedCert | undefined;
-    for (const h of this.live) if (h.spiffeId === id && (!best || h.current.notBefore > best.notBefore)) best = h.current;
-    return best;
-  }
-
   /** Live certificates with their instance, serial and expiry (never the key). */
   list(): { identity: string; instance: string; serial: string; notBefore: string; notAfter: string }[] {
     return [...this.live]
