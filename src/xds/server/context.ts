@@ -4,6 +4,7 @@ import type { SnapshotCache } from '../cache/snapshot-cache.js';
 import type { ProxyRegistry } from './proxy-status.js';
 import type { TokenVerifier } from '../../ca/tokens.js';
 import type { IdentityManager } from '../../ca/identities.js';
+import type { SharedResponses } from './responses.js';
 
 /** What a stream handler may see: the cache, the registry of proxies, metrics and the logger. */
 export interface ServerContext {
@@ -21,4 +22,6 @@ export interface ServerContext {
   identityOf?: (group: string) => string | undefined;
   /** Whether the model declares the gateway or service a node claims (undefined: no model yet). */
   declares?: (role: 'gateway' | 'sidecar', name: string) => boolean | undefined;
+  /** Responses shared by the streams that get the same content (one encoding for all of them). */
+  responses?: SharedResponses;
 }

@@ -221,16 +221,19 @@ export class DeltaStream extends XdsStream {
     this.reconcile(type, st, d);
     if (!send) return;
     const version = this.versionOfCurrent(type, st);
-    const nonce = this.nextNonce();
-    st.pending.set(nonce, { version, sentAt: Date.now() });
-    this.recordSent(type, version, nonce, st.current, changedResources.length);
-    this.send({
+    const build = (nonce: string): DeltaResponse => ({
       system_version_info: version,
       resources: changedResources.map((r) => ({ name: r.name, version: r.version, resource: { type_url: type, value: r.bytes } })),
       type_url: type,
       removed_resources: removed,
       nonce,
     });
+    // Streams that hold the same and lack the same share one response (the usual push after an
+    // edit); the key names everything the response carries. A stream's own secret is never shared.
+    const response = type === TypeUrl.Secret ? build(this.nextNonce()) : this.shared.get(deltaKey(type, version, changedResources, removed), changedResources, build);
+    st.pending.set(response.nonce, { version, sentAt: Date.now() });
+    this.recordSent(type, version, response.nonce, st.current, changedResources.length);
+    this.send(response);
   }
 
   /**
@@ -268,4 +271,13 @@ export class DeltaStream extends XdsStream {
     if (all === snap.get(type) && st.stale.size === 0 && st.current.size === all.size) return snap.versions.get(type)!;
     return versionOf(st.current.values());
   }
+}
+
+/** What a Delta response carries, but its nonce. */
+function deltaKey(type: TypeUrl, version: string, sent: readonly Resource[], removed: readonly string[]): string {
+  let key = `delta\n${type}\n${version}\n`;
+  for (const r of sent) key += `${r.name}\u0000${r.version}\n`;
+  key += '-';
+  for (const n of removed) key += `\n${n}`;
+  return key;
 }

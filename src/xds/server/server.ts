@@ -10,6 +10,7 @@ import { lookupType } from '../resources/protos.js';
 import type { ServerContext } from './context.js';
 import { DeltaStream, type DeltaRequest, type DeltaResponse } from './delta.js';
 import { ProxyRegistry } from './proxy-status.js';
+import { SharedResponses } from './responses.js';
 import { SotwStream, type SotwRequest, type SotwResponse } from './sotw.js';
 import type { TokenCheck, TokenVerifier } from '../../ca/tokens.js';
 import type { IdentityManager } from '../../ca/identities.js';
@@ -30,13 +31,21 @@ class Undecodable {
   constructor(readonly message: string) {}
 }
 
+/** Each response object's encoding, for as long as the object lives (shared responses live in SharedResponses). */
+const encoded = new WeakMap<object, Buffer>();
+
 function codec<T>(typeName: string) {
   const type = lookupType(typeName);
   return {
     serialize: (value: T): Buffer => {
+      // A response shared by the streams of a group (responses.ts) is encoded once, for all of them.
+      const memo = encoded.get(value as object);
+      if (memo) return memo;
       const bytes = type.encode(value as object).finish();
       // protobufjs already returns a Buffer under Node: wrap, never copy (a response carries every resource's bytes).
-      return Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+      const out = Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+      encoded.set(value as object, out);
+      return out;
     },
     deserialize: (bytes: Buffer): T => {
       try {
@@ -105,7 +114,7 @@ export class XdsServer {
 
   constructor(opts: XdsServerOptions) {
     this.registry = opts.registry ?? new ProxyRegistry();
-    this.ctx = { cache: opts.cache, metrics: opts.metrics, logger: opts.logger, registry: this.registry, tokens: opts.tokens, requireToken: opts.requireToken ?? 'all', identities: opts.identities, identityOf: opts.identityOf, declares: opts.declares };
+    this.ctx = { cache: opts.cache, metrics: opts.metrics, logger: opts.logger, registry: this.registry, tokens: opts.tokens, requireToken: opts.requireToken ?? 'all', identities: opts.identities, identityOf: opts.identityOf, declares: opts.declares, responses: new SharedResponses() };
     opts.tokens?.on('revoked', (ids: Set<string>) => {
       for (const id of ids) for (const kill of [...(this.byToken.get(id) ?? [])]) kill(`token ${id} was revoked`);
     });

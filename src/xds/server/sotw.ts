@@ -129,11 +129,14 @@ export class SotwStream extends XdsStream {
     st.kept = kept;
     st.gen = this.ctx.cache.generation(this.status!.node.group, type);
     if (!force && version === st.version) return;
-    const nonce = this.nextNonce();
-    st.nonce = nonce;
+    const build = (nonce: string): SotwResponse => ({ version_info: version, resources: list.map((r) => ({ type_url: type, value: r.bytes })), type_url: type, nonce });
+    // The version names the content (a hash of every name and resource version): the streams that
+    // get this version share one response. A stream's own secret is never in a shared one.
+    const response = type === TypeUrl.Secret ? build(this.nextNonce()) : this.shared.get(`sotw\n${type}\n${version}`, list, build);
+    st.nonce = response.nonce;
     st.version = version;
     st.sentAt = Date.now();
-    this.recordSent(type, version, nonce, out, list.length);
-    this.send({ version_info: version, resources: list.map((r) => ({ type_url: type, value: r.bytes })), type_url: type, nonce });
+    this.recordSent(type, version, response.nonce, out, list.length);
+    this.send(response);
   }
 }

@@ -12,6 +12,7 @@ import type { IssuedCert } from '../../ca/ca.js';
 import { IDENTITY_SECRET } from '../../ir/types.js';
 import { EncodeCache } from '../resources/resource.js';
 import { redactSecret } from '../translator/secret.js';
+import { SharedResponses } from './responses.js';
 
 /** gRPC status codes a refused stream ends with. */
 export const GrpcCode = { INVALID_ARGUMENT: 3, NOT_FOUND: 5, PERMISSION_DENIED: 7, INTERNAL: 13, UNAUTHENTICATED: 16 } as const;
@@ -41,7 +42,12 @@ export abstract class XdsStream {
   private issuing = false;
   private overlay?: { base: ReadonlyMap<string, Resource>; own: Resource; map: Map<string, Resource> };
 
-  constructor(protected readonly ctx: ServerContext, readonly protocol: 'sotw' | 'delta', readonly peer: string) {}
+  /** Responses shared with the other streams (the server's), or this stream's own without a server. */
+  protected readonly shared: SharedResponses;
+
+  constructor(protected readonly ctx: ServerContext, readonly protocol: 'sotw' | 'delta', readonly peer: string) {
+    this.shared = ctx.responses ?? new SharedResponses();
+  }
 
   protected nextNonce(): string {
     return String(++this.nonceCounter);
