@@ -10,6 +10,9 @@ import { redactSecret, secretResource } from './secret.js';
 
 export type ResourceMap = Map<TypeUrl, Map<string, Resource>>;
 
+/** RouteConfiguration.virtual_hosts (field 2): encoded one virtual host at a time (EncodeCache.makeSplit). */
+const VIRTUAL_HOSTS = { key: 'virtual_hosts', field: 2, message: 'envoy.config.route.v3.VirtualHost' };
+
 export function emptyResourceMap(): ResourceMap {
   return new Map([TypeUrl.Cluster, TypeUrl.Endpoint, TypeUrl.Listener, TypeUrl.Route, TypeUrl.Secret].map((t) => [t, new Map()]));
 }
@@ -21,7 +24,7 @@ export function configResources(ir: IRProxyConfig, enc: EncodeCache): ResourceMa
   for (const l of ir.listeners) {
     put(enc.make(TypeUrl.Listener, l.name, listenerResource(l), { sources: [l.source.file] }));
     const files = [...new Set(l.routeConfig.virtualHosts.flatMap((v) => v.routes.map((r) => r.source.file)))].sort();
-    put(enc.make(TypeUrl.Route, l.routeConfig.name, routeConfigResource(l), { sources: files }));
+    put(enc.makeSplit(TypeUrl.Route, l.routeConfig.name, routeConfigResource(l), VIRTUAL_HOSTS, { sources: files }));
   }
   for (const c of ir.clusters) put(enc.make(TypeUrl.Cluster, c.name, clusterResource(c), { sources: [c.source.file] }));
   for (const s of ir.secrets) {
