@@ -108,7 +108,7 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
   }
   await authz.settled(); // a JWTPolicy in the first model: its port is bound (or the failure known) before proxies connect
   await untilConsulSynced(consul, pipeline); // never hand proxies empty endpoint sets: xDS opens once Consul answered
-  const watcher = watchPolicies(policyDir, cfg.watchDebounceMs, () => void pipeline.reload());
+  const watcher = watchPolicies(policyDir, cfg.watchDebounceMs, (changes) => void pipeline.reload(changes));
   const xdsPort = await xds.listen(`${cfg.xdsAddress.includes(':') ? `[${cfg.xdsAddress}]` : cfg.xdsAddress}:${cfg.xdsPort}`, xdsCert?.grpcCredentials(() => tokens.caPem));
   const telemetry = attachTelemetry({ pipeline, registry: xds.registry, promRegistry: metrics.registry, logger, addService: (def, impl) => xds.addService(def, impl) });
   /** Proxies get an older configuration than the policy directory's: the banner says so until a valid edit. */

@@ -11,7 +11,8 @@ import { buildModel, type Model } from '../model/model.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import { EndpointStore, staticInstances } from '../sources/endpoints.js';
-import { loadPolicyDir, PolicyParseCache, type LoadedDoc, type PolicyLimits } from '../sources/files/loader.js';
+import { loadPolicyDir, PolicyParseCache, type LoadedDoc, type LoadHint, type PolicyLimits } from '../sources/files/loader.js';
+import type { PolicyChanges } from '../sources/files/watcher.js';
 import { translate } from '../translate/gateway.js';
 import { checkConsistency, Snapshot, SnapshotCache } from '../xds/cache/snapshot-cache.js';
 import { EncodeCache, type Resource } from '../xds/resources/resource.js';
@@ -128,6 +129,8 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
   private lastEndpointPush = -Infinity;
   private running: Promise<ReloadResult> | undefined;
   private again = false;
+  /** Files changed since the last load began (undefined: no reload asked; null: read every file). */
+  private hint?: Set<string> | null;
   /** Sidecar groups proxies have asked for (their shape comes from the proxy's node metadata). */
   private readonly requestedGroups = new Set<string>();
   /** Saves and restores the last good configuration (persistLastGood). */
@@ -260,30 +263,44 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
     return this.model !== undefined;
   }
 
-  /** Loads the policy directory and applies it if valid. Concurrent calls are coalesced. */
-  reload(): Promise<ReloadResult> {
+  /**
+   * Loads the policy directory and applies it if valid. Concurrent calls are coalesced. `changes`
+   * (from the watcher) lets the load re-read only the files that changed; without it, or when the
+   * changes are not plain edits of known files, every file is read.
+   */
+  reload(changes?: PolicyChanges): Promise<ReloadResult> {
+    // What the next load may skip: the union of the hints gathered, or everything once one call has none.
+    if (!changes || changes.full) this.hint = null;
+    else if (this.hint !== null) {
+      this.hint ??= new Set();
+      for (const p of changes.paths) this.hint.add(p);
+    }
     if (this.running) {
       this.again = true;
       return this.running;
     }
     this.running = withSpan('signalbox.compile', { 'signalbox.policy_dir': this.opts.policyDir }, async (span) => {
-      const r = await this.doReload();
+      const hint = this.hint;
+      this.hint = undefined;
+      const r = await this.doReload(hint ? { changed: hint } : undefined);
       span.setAttributes({ 'signalbox.applied': r.applied, 'signalbox.errors': r.errors.length, 'signalbox.groups': this.groups.size });
       return r;
     }).finally(() => {
       this.running = undefined;
       if (this.again) {
         this.again = false;
-        void this.reload();
+        const hint = this.hint;
+        this.hint = undefined;
+        void this.reload(hint ? { paths: hint, full: false } : undefined);
       }
     });
     return this.running;
   }
 
-  private async doReload(): Promise<ReloadResult> {
+  private async doReload(hint?: LoadHint): Promise<ReloadResult> {
     const { logger, metrics } = this.opts;
     const t0 = performance.now();
-    const loaded = await loadPolicyDir(this.opts.policyDir, this.parsed, this.opts.policyLimits);
+    const loaded = await loadPolicyDir(this.opts.policyDir, this.parsed, this.opts.policyLimits, hint);
     let errors = loaded.errors;
     let model: Model | undefined;
     const docs = errors.length === 0 && this.extraDocs ? this.extraDocs(loaded.docs) : loaded.docs;
