@@ -1,35 +1,105 @@
 // Offline compilation: a policy directory to the Envoy resources of every proxy group, as printable
-// JSON (secrets redacted). Used by `signalbox compile` and the golden tests.
-import type { PolicyError } from '../errors.js';
+// JSON (secrets redacted), through compileGroups, the function `serve` compiles with: the same
+// access logging (on by default, `--access-log-sampling` as serve), Mesh tracing, JWT checks,
+// trust bundle and consistency check. Used by `signalbox compile`, `signalbox diff` and the golden
+// tests.
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { resolveServeConfig, SERVE_SETTINGS } from '../config/settings.js';
+import { compileGroups, InconsistentGroupError, printedGroup, type CompileGroupsOptions, type PrintedGroup } from '../controller/compile-groups.js';
+import { ErrorCode, formatPolicyError, type PolicyError } from '../errors.js';
 import { buildModel } from '../model/model.js';
-import { EndpointStore, staticInstances } from '../sources/endpoints.js';
 import { loadPolicyDir } from '../sources/files/loader.js';
-import { translate } from '../translate/gateway.js';
-import { EncodeCache } from '../xds/resources/resource.js';
-import { PUSH_ORDER, SHORT_NAME, TypeUrl } from '../xds/resources/type-urls.js';
-import { configResources, endpointsResource } from '../xds/translator/index.js';
+import { DEFAULT_AUTHZ_ENDPOINT } from '../translate/jwt.js';
 
-export type CompiledGroups = Record<string, Record<string, { name: string; version: string; resource: unknown }[]>>;
+export type CompiledGroups = Record<string, PrintedGroup>;
 
-export async function compileDir(dir: string, sidecarGroups: Iterable<string> = [], opts: { jwtFastPathModule?: boolean } = {}): Promise<{ ok: true; groups: CompiledGroups } | { ok: false; errors: PolicyError[] }> {
+/**
+ * What an offline compile shows in place of the mesh CA's certificates (the trust bundle secret),
+ * which only the serving control plane's data directory holds.
+ */
+export const TRUST_BUNDLE_PLACEHOLDER = "(the mesh CA's trust bundle, as the serving control plane holds it)";
+
+/** `serve`'s settings that change what proxies get, as `compile` and `diff` take them. */
+export interface ServeLikeOptions {
+  /** Percent of successful requests reported; 'off': no access logging. Default: serve's (100). */
+  accessLogSampling?: number | 'off';
+  jwtFastPath?: boolean;
+  jwtFastPathModule?: boolean;
+  /** Default DEFAULT_AUTHZ_ENDPOINT (serve's, for its default ports). */
+  authz?: CompileGroupsOptions['authz'];
+  jwtKeys?: CompileGroupsOptions['jwtKeys'];
+  /** Default TRUST_BUNDLE_PLACEHOLDER. */
+  trustBundlePem?: string;
+}
+
+/** Serve's default access-log sampling, parsed as serve parses it. */
+const SERVE_DEFAULTS = resolveServeConfig({}, {});
+
+export function compileGroupsOptions(opts: ServeLikeOptions = {}): CompileGroupsOptions {
+  const sampling = opts.accessLogSampling ?? SERVE_DEFAULTS.accessLogSampling ?? 'off';
+  return {
+    accessLog: sampling === 'off' ? undefined : { successSamplePercent: sampling },
+    authz: opts.authz ?? DEFAULT_AUTHZ_ENDPOINT,
+    jwtKeys: opts.jwtKeys,
+    jwtFastPath: opts.jwtFastPath ?? SERVE_DEFAULTS.jwtFastPath,
+    jwtFastPathModule: opts.jwtFastPathModule ?? SERVE_DEFAULTS.jwtFastPathModule,
+    trustBundlePem: opts.trustBundlePem ?? TRUST_BUNDLE_PLACEHOLDER,
+  };
+}
+
+export async function compileDir(dir: string, sidecarGroups: Iterable<string> = [], opts: ServeLikeOptions = {}): Promise<{ ok: true; groups: CompiledGroups } | { ok: false; errors: PolicyError[] }> {
   const loaded = await loadPolicyDir(dir);
   if (loaded.errors.length) return { ok: false, errors: loaded.errors };
   const built = await buildModel(loaded.docs, dir);
   if (!built.model) return { ok: false, errors: built.errors };
-  const store = new EndpointStore();
-  for (const s of built.model.services.values()) store.set(s.name, staticInstances(s), 'static', { quiet: true });
-  const enc = new EncodeCache();
-  const groups: CompiledGroups = {};
-  for (const [group, ir] of translate(built.model, sidecarGroups, { jwtFastPathModule: opts.jwtFastPathModule })) {
-    const res = configResources(ir, enc);
-    const eds = res.get(TypeUrl.Endpoint)!;
-    for (const c of ir.clusters) if (!c.static) eds.set(c.name, endpointsResource(c, store.get(c.service), enc));
-    const out: CompiledGroups[string] = {};
-    for (const t of PUSH_ORDER) {
-      const list = [...res.get(t)!.values()].sort((a, b) => (a.name < b.name ? -1 : 1));
-      out[SHORT_NAME[t]] = list.map((r) => ({ name: r.name, version: r.version, resource: r.printable }));
-    }
-    groups[group] = out;
+  let compiled;
+  try {
+    compiled = compileGroups(built.model, { ...compileGroupsOptions(opts), groups: sidecarGroups });
+  } catch (e) {
+    if (!(e instanceof InconsistentGroupError)) throw e;
+    return { ok: false, errors: [{ code: ErrorCode.CONFLICT, file: dir, message: `internal: the compiled configuration is inconsistent: ${e.message}` }] };
   }
+  const groups: CompiledGroups = {};
+  for (const [group, g] of compiled) groups[group] = printedGroup(g);
   return { ok: true, groups };
+}
+
+/** The flags `compile`, `diff` and `explain` share with `serve` (SERVE_SETTINGS' flag names), for parseArgs. */
+export const SERVE_LIKE_FLAGS = {
+  'access-log-sampling': { type: 'string' },
+  'jwt-fast-path': { type: 'string' },
+} as const;
+
+/**
+ * Those flags' values as serve reads them: the flag, else its environment twin, else serve's
+ * default (same parsing, same errors).
+ */
+export function serveLikeOptions(flags: Record<string, string | boolean | undefined>, env: NodeJS.ProcessEnv = process.env): ServeLikeOptions {
+  const twins = [SERVE_SETTINGS.accessLogSampling, SERVE_SETTINGS.jwtFastPath];
+  const picked: Record<string, string | undefined> = {};
+  for (const s of twins) picked[s.flag] = typeof flags[s.flag] === 'string' ? (flags[s.flag] as string) : undefined;
+  const cfg = resolveServeConfig(picked, Object.fromEntries(twins.flatMap((s) => (env[s.env] !== undefined ? [[s.env, env[s.env]]] : []))));
+  return { accessLogSampling: cfg.accessLogSampling ?? 'off', jwtFastPath: cfg.jwtFastPath, jwtFastPathModule: cfg.jwtFastPathModule };
+}
+
+export const COMPILE_USAGE = `  signalbox compile [DIR] [--group G] [--access-log-sampling P|off] [--jwt-fast-path on|module|off]
+                                       print the Envoy resources each proxy group gets (JSON), as serve with
+                                       the same flags sends them (secrets redacted)`;
+
+/** `signalbox compile`: exit 0 with the JSON, 1 when the directory is invalid or the group unknown. */
+export async function compileCommand(args: string[], out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr): Promise<number> {
+  const { positionals, values } = parseArgs({ args, options: { group: { type: 'string' }, ...SERVE_LIKE_FLAGS }, allowPositionals: true });
+  const result = await compileDir(path.resolve(positionals[0] ?? 'policies'), values.group ? [values.group] : [], serveLikeOptions(values));
+  if (!result.ok) {
+    for (const e of result.errors) err.write(formatPolicyError(e) + '\n');
+    return 1;
+  }
+  if (values.group && !result.groups[values.group]) {
+    err.write(`signalbox compile: no proxy group "${values.group}" (have: ${Object.keys(result.groups).join(', ')})\n`);
+    return 1;
+  }
+  const groups = values.group ? { [values.group]: result.groups[values.group] } : result.groups;
+  out.write(JSON.stringify(groups, null, 2) + '\n');
+  return 0;
 }

@@ -1,20 +1,22 @@
 // `signalbox explain DIR --proxy GROUP|GATEWAY [--route NAME] [--json]`: compiles a policy directory
-// offline and prints, for one proxy group, every route's and cluster's effective settings with the
-// file and document each value came from (or "default").
+// offline, as `serve` would (compileGroups, with serve's flags that change what proxies get), and
+// prints, for one proxy group, every listener's, route's and cluster's effective settings with the
+// file and document each value came from (or "default", or the control-plane setting).
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { formatPolicyError, SignalboxError } from '../errors.js';
 import { explainGroup, explainText, resolveGroup } from '../explain/provenance.js';
 import { buildModel } from '../model/model.js';
 import { loadPolicyDir } from '../sources/files/loader.js';
-import { translate } from '../translate/gateway.js';
+import { compileGroups, InconsistentGroupError } from '../controller/compile-groups.js';
+import { compileGroupsOptions, SERVE_LIKE_FLAGS, serveLikeOptions } from './compile.js';
 
-export const EXPLAIN_USAGE = `  signalbox explain [DIR] --proxy GROUP [--route NAME] [--json]
+export const EXPLAIN_USAGE = `  signalbox explain [DIR] --proxy GROUP [--route NAME] [--json] [--access-log-sampling P|off] [--jwt-fast-path on|module|off]
                                        each route's and cluster's settings, and the file each came from
                                        (GROUP: a gateway name, gateway/NAME or sidecar/SERVICE/APP/IN/OUT)`;
 
 export async function explainCommand(args: string[], out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr): Promise<number> {
-  const { positionals, values } = parseArgs({ args, options: { proxy: { type: 'string' }, route: { type: 'string' }, json: { type: 'boolean' } }, allowPositionals: true });
+  const { positionals, values } = parseArgs({ args, options: { proxy: { type: 'string' }, route: { type: 'string' }, json: { type: 'boolean' }, ...SERVE_LIKE_FLAGS }, allowPositionals: true });
   if (!values.proxy) throw new SignalboxError('SB_BAD_FLAG', '--proxy GROUP is required (a gateway name, gateway/NAME or sidecar/SERVICE/APP/IN/OUT)');
   const dir = path.resolve(positionals[0] ?? 'policies');
   const loaded = await loadPolicyDir(dir);
@@ -23,13 +25,21 @@ export async function explainCommand(args: string[], out: NodeJS.WritableStream 
     for (const e of built.errors) err.write(formatPolicyError(e) + '\n');
     return 1;
   }
-  const irs = translate(built.model, [values.proxy]); // (sidecar groups and +jwt-module variants are built on request)
-  const group = resolveGroup(values.proxy, irs.keys());
-  if (!group) {
-    err.write(`signalbox explain: no proxy group "${values.proxy}" (have: ${[...irs.keys()].join(', ') || 'none'})\n`);
+  let groups;
+  try {
+    // (sidecar groups and +jwt-module variants are built on request)
+    groups = compileGroups(built.model, { ...compileGroupsOptions(serveLikeOptions(values)), groups: [values.proxy] });
+  } catch (e) {
+    if (!(e instanceof InconsistentGroupError)) throw e;
+    err.write(`signalbox explain: the compiled configuration is inconsistent: ${e.message}\n`);
     return 1;
   }
-  const explained = explainGroup(built.model, irs.get(group)!, { route: values.route });
+  const group = resolveGroup(values.proxy, groups.keys());
+  if (!group) {
+    err.write(`signalbox explain: no proxy group "${values.proxy}" (have: ${[...groups.keys()].join(', ') || 'none'})\n`);
+    return 1;
+  }
+  const explained = explainGroup(built.model, groups.get(group)!.ir, { route: values.route });
   if (values.route && explained.routes.length === 0) {
     err.write(`signalbox explain: no route "${values.route}" in ${group}\n`);
     return 1;

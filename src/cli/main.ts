@@ -8,7 +8,7 @@ import { buildModel, type Model } from '../model/model.js';
 import type { PreflightError } from '../preflight/envoy.js';
 import { loadPolicyDir } from '../sources/files/loader.js';
 import { BOOTSTRAP_USAGE, bootstrapCommand } from './bootstrap.js';
-import { compileDir } from './compile.js';
+import { compileCommand, COMPILE_USAGE } from './compile.js';
 import { DIFF_USAGE, diffCommand } from './diff.js';
 import { EXPLAIN_USAGE, explainCommand } from './explain.js';
 
@@ -20,7 +20,7 @@ Usage:
                                        check a policy directory; exit 1 on any error; --envoy: also have a real
                                        Envoy (PATH, else $SIGNALBOX_ENVOY_BIN, else envoy on PATH) check every
                                        proxy group, as it would before accepting the configuration
-  signalbox compile DIR [--group G]    print the Envoy resources each proxy group gets (JSON)
+${COMPILE_USAGE}
   signalbox authz --policies DIR [--authz-port N] [--metrics-port N] [--data-dir DIR | --ca-cert F --ca-key F [--ca-bundle F]] [--insecure]
                                        run the ext_authz service (JWTPolicy checks) on its own
 ${EXPLAIN_USAGE}
@@ -50,7 +50,7 @@ export async function run(argv: string[]): Promise<number> {
       case 'validate':
         return await validate(rest);
       case 'compile':
-        return await compile(rest);
+        return await compileCommand(rest);
       case 'explain':
         return await explainCommand(rest);
       case 'diff':
@@ -161,22 +161,6 @@ async function validate(argv: string[]): Promise<number> {
     process.stdout.write(`${dir}: valid (${loaded.docs.length} documents: ${[...kinds].map(([k, n]) => `${n} ${k}`).join(', ')})${checked}\n`);
   }
   return errors.length ? 1 : 0;
-}
-
-async function compile(args: string[]): Promise<number> {
-  const { positionals, values } = parseArgs({ args, options: { group: { type: 'string' } }, allowPositionals: true });
-  const result = await compileDir(path.resolve(positionals[0] ?? 'policies'));
-  if (!result.ok) {
-    for (const e of result.errors) process.stderr.write(formatPolicyError(e) + '\n');
-    return 1;
-  }
-  const groups = values.group ? { [values.group]: result.groups[values.group] } : result.groups;
-  if (values.group && !result.groups[values.group]) {
-    process.stderr.write(`signalbox compile: no proxy group "${values.group}" (have: ${Object.keys(result.groups).join(', ')})\n`);
-    return 1;
-  }
-  process.stdout.write(JSON.stringify(groups, null, 2) + '\n');
-  return 0;
 }
 
 async function token(args: string[]): Promise<number> {

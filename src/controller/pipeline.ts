@@ -4,7 +4,6 @@
 import { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import { withSpan } from '../observability/tracing.js';
-import { applyMeshTracing } from '../translate/tracing.js';
 import { formatPolicyError, ErrorCode, type PolicyError } from '../errors.js';
 import type { IRCluster, IRProxyConfig } from '../ir/types.js';
 import { buildModel, type Model } from '../model/model.js';
@@ -13,15 +12,14 @@ import type { Metrics } from '../observability/metrics.js';
 import { EndpointStore, staticInstances } from '../sources/endpoints.js';
 import { loadPolicyDir, PolicyParseCache, type LoadedDoc, type LoadHint, type PolicyLimits } from '../sources/files/loader.js';
 import type { PolicyChanges } from '../sources/files/watcher.js';
-import { translate } from '../translate/gateway.js';
-import { checkConsistency, Snapshot, SnapshotCache } from '../xds/cache/snapshot-cache.js';
+import { Snapshot, SnapshotCache } from '../xds/cache/snapshot-cache.js';
 import { EncodeCache, type Resource } from '../xds/resources/resource.js';
-import { TypeUrl } from '../xds/resources/type-urls.js';
-import { configResources, endpointsResource, type ResourceMap } from '../xds/translator/index.js';
+import { endpointsResource, type ResourceMap } from '../xds/translator/index.js';
 import type { IdentityManager } from '../ca/identities.js';
-import { baseGroup, parseSidecarGroup, TRUST_BUNDLE_SECRET } from '../ir/types.js';
+import { baseGroup, parseSidecarGroup } from '../ir/types.js';
 import type { AuthzEndpoint, JwtKeysOf } from '../translate/jwt.js';
 import { LastGoodStore, TextKeepingParseCache } from './last-good.js';
+import { compileGroups, groupResources } from './compile-groups.js';
 
 interface GroupState {
   ir: IRProxyConfig;
@@ -241,15 +239,6 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
     this.opts.logger.info({ group, reason }, reason === 'idle' ? 'proxy group dropped: no proxy of it connected during the grace period' : 'idle proxy group dropped to make room for a new shape');
   }
 
-  private identityResources(id: string | undefined): Map<string, Resource> {
-    const out = new Map<string, Resource>();
-    const ids = this.opts.identities;
-    if (!ids || !id) return out;
-    const bundle = { name: TRUST_BUNDLE_SECRET, validation_context: { trusted_ca: { inline_string: ids.ca.trustBundlePem } } };
-    out.set(TRUST_BUNDLE_SECRET, this.encoder.make(TypeUrl.Secret, TRUST_BUNDLE_SECRET, bundle));
-    return out;
-  }
-
   /**
    * Set while the policy directory is invalid and proxies get an older, valid configuration: kept
    * from an earlier load, or restored from the data directory at start (`restoredFrom`).
@@ -444,21 +433,24 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
     for (const svc of model.services.values()) {
       if (svc.endpoints) this.endpoints.set(svc.name, staticInstances(svc), 'static', { quiet: true });
     }
-    const irs = translate(model, this.requestedGroups, { authz: this.opts.authz, jwtKeys: this.opts.jwtKeys, jwtFastPath: this.opts.jwtFastPath, jwtFastPathModule: this.opts.jwtFastPathModule });
-    if (this.opts.accessLog) for (const ir of irs.values()) for (const l of ir.listeners) l.accessLog = this.opts.accessLog;
-    applyMeshTracing(model, irs);
+    // The one function that says what a proxy group gets (compile, diff, explain and the goldens call it too).
+    const compiled = compileGroups(model, {
+      groups: this.requestedGroups,
+      accessLog: this.opts.accessLog,
+      authz: this.opts.authz,
+      jwtKeys: this.opts.jwtKeys,
+      jwtFastPath: this.opts.jwtFastPath,
+      jwtFastPathModule: this.opts.jwtFastPathModule,
+      trustBundlePem: this.opts.identities?.ca.trustBundlePem,
+      encoder: this.encoder,
+      instancesOf: (service) => this.endpoints.get(service),
+    });
     const next = new Map<string, GroupState>();
     const snapshots = new Map<string, Snapshot>();
-    for (const [group, ir] of irs) {
-      const config = configResources(ir, this.encoder);
-      const endpoints = new Map<string, Resource>();
-      for (const c of ir.clusters) if (!c.static) endpoints.set(c.name, endpointsResource(c, this.endpoints.get(c.service), this.encoder));
-      const state: GroupState = { ir, config, endpoints, identity: this.identityResources(ir.identity) };
-      const snap = this.snapshotOf(state);
-      const problems = checkConsistency(snap, refsOf(ir));
-      if (problems.length) throw new Error(`${group}: ${problems.join('; ')}`);
+    for (const [group, g] of compiled) {
+      const state: GroupState = { ...g };
       next.set(group, state);
-      snapshots.set(group, snap);
+      snapshots.set(group, this.snapshotOf(state));
     }
     this.model = model;
     this.groups = next;
@@ -468,10 +460,7 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
   }
 
   private snapshotOf(state: GroupState): Snapshot {
-    const resources = new Map(state.config);
-    resources.set(TypeUrl.Endpoint, state.endpoints);
-    resources.set(TypeUrl.Secret, new Map([...state.config.get(TypeUrl.Secret)!, ...state.identity]));
-    return new Snapshot(resources);
+    return new Snapshot(groupResources(state));
   }
 
   private onEndpointChange(services: string[]): void {
@@ -506,15 +495,4 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
   irGroups(): ReadonlyMap<string, IRProxyConfig> {
     return new Map([...this.groups].map(([k, v]) => [k, v.ir]));
   }
-}
-
-function refsOf(ir: IRProxyConfig) {
-  const clustersUsed = new Set<string>();
-  for (const l of ir.listeners) for (const v of l.routeConfig.virtualHosts) for (const r of v.routes) if (r.action.kind === 'forward') for (const b of r.action.backends) clustersUsed.add(b.cluster);
-  return {
-    routeConfigs: ir.listeners.map((l) => l.routeConfig.name),
-    clustersUsed,
-    edsClusters: ir.clusters.filter((c) => !c.static).map((c) => c.name),
-    secretsUsed: ir.listeners.flatMap((l) => (l.tls ? [l.tls.secretName] : [])),
-  };
 }

@@ -2,14 +2,15 @@
 // by field, each with the policy document it came from (or "default"). Used by `signalbox explain`
 // (offline, from a policy directory) and the admin API's /api/explain/:proxy (live).
 import type { IRForward, IRProxyConfig, IRRoute } from '../ir/types.js';
-import { baseGroup, parseGatewayGroup, parseSidecarGroup } from '../ir/types.js';
+import { gatewayGroup, ruleName } from '../ir/types.js';
 import type { Model, RouteModel } from '../model/model.js';
-import { rateLimitKey, type RateLimitModel, type Sourced } from '../model/policies.js';
+import type { IRLocalRateLimit } from '../ir/traffic.js';
+import type { RateLimitModel, Sourced } from '../model/policies.js';
 import type { SourceRef } from '../sources/files/loader.js';
 
 /** Where a value came from. */
 export interface Origin {
-  kind: 'HTTPRoute' | 'TrafficPolicy' | 'RateLimitPolicy' | 'JWTPolicy' | 'Mesh' | 'Service' | 'Gateway' | 'default';
+  kind: 'HTTPRoute' | 'TrafficPolicy' | 'RateLimitPolicy' | 'JWTPolicy' | 'Mesh' | 'Service' | 'Gateway' | 'setting' | 'default';
   name?: string;
   file?: string;
   doc?: number;
@@ -50,18 +51,21 @@ function fromSourced<T>(s: Sourced<T>): Origin {
   return at(s.kind, s.policy, s.source);
 }
 
-function rateLimitSetting(r: RateLimitModel): Setting {
+/** The limit the IR carries, with the target its RateLimitPolicy names. */
+function rateLimitSetting(model: Model, r: IRLocalRateLimit): Setting {
+  const policy: RateLimitModel | undefined = [...model.policies.rateLimits.values()].find((m) => m.policy === r.policy);
   return {
-    value: { requests: r.requests, perMs: r.perMs, by: r.by ?? 'shared bucket', target: r.target },
+    value: { requests: r.requests, perMs: r.perMs, by: r.by ?? 'shared bucket', target: policy?.target },
     from: at('RateLimitPolicy', r.policy, r.source),
   };
 }
 
 function explainRoute(model: Model, ir: IRProxyConfig, listener: string, virtualHost: string, r: IRRoute): ExplainedRoute {
   const settings: Record<string, Setting> = {};
-  const routeModel: RouteModel | undefined = model.routes.find((m) => m.source.file === r.source.file && m.source.doc === r.source.doc);
-  const ruleName = r.name.split('/')[1];
-  const ri = routeModel ? routeModel.spec.rules.findIndex((rule, i) => (rule.name ?? `rule-${i}`) === ruleName) : -1;
+  const key = r.key.kind === 'rule' ? r.key : undefined;
+  const routeModel: RouteModel | undefined = key ? model.routes.find((m) => m.name === key.httpRoute) : undefined;
+  const section = key ? ruleName(key.rule) : undefined;
+  const ri = !routeModel || !key ? -1 : 'index' in key.rule ? key.rule.index : routeModel.spec.rules.findIndex((rule) => rule.name === section);
   const rule = ri >= 0 ? routeModel!.spec.rules[ri] : undefined;
   const routeOrigin = routeModel ? at('HTTPRoute', routeModel.name, routeModel.source) : at('Service', r.source.file, r.source);
   settings.match = { value: r.match, from: routeOrigin };
@@ -95,10 +99,7 @@ function explainRoute(model: Model, ir: IRProxyConfig, listener: string, virtual
   if (r.requestHeaders) settings.requestHeaders = { value: r.requestHeaders, from: routeOrigin };
   if (r.responseHeaders) settings.responseHeaders = { value: r.responseHeaders, from: routeOrigin };
   if (r.fault) settings.fault = { value: r.fault, from: routeOrigin };
-  if (r.rateLimit && routeModel) {
-    const rl = model.policies.rateLimits.get(rateLimitKey('HTTPRoute', routeModel.name, ruleName)) ?? model.policies.rateLimits.get(rateLimitKey('HTTPRoute', routeModel.name));
-    if (rl) settings.rateLimit = rateLimitSetting(rl);
-  }
+  if (r.rateLimit) settings.rateLimit = rateLimitSetting(model, r.rateLimit);
   if (r.jwt?.policies.length) {
     const first = model.jwt?.policies.get(r.jwt.policies[0]!);
     settings.jwt = {
@@ -131,15 +132,13 @@ export function explainGroup(model: Model, ir: IRProxyConfig, opts: { route?: st
   const listeners: Explained['listeners'] = [];
   for (const l of ir.listeners) {
     const settings: Record<string, Setting> = {};
-    if (l.rateLimit) {
-      // (A +jwt-module group explains as its base group: same gateway or service.)
-      const gateway = parseGatewayGroup(baseGroup(ir.group));
-      const key = gateway ? [rateLimitKey('Gateway', gateway, l.name.slice(gateway.length + 1)), rateLimitKey('Gateway', gateway)] : [];
-      const sidecarService = parseSidecarGroup(baseGroup(ir.group))?.service;
-      if (sidecarService) key.push(rateLimitKey('Service', sidecarService));
-      const rl = key.map((k) => model.policies.rateLimits.get(k)).find((x) => x !== undefined);
-      if (rl) settings.rateLimit = rateLimitSetting(rl);
-    }
+    if (l.rateLimit) settings.rateLimit = rateLimitSetting(model, l.rateLimit);
+    // A control-plane setting, not a policy: `serve --access-log-sampling` (on at 100 by default).
+    settings.accessLog = {
+      value: l.accessLog ? { successSamplePercent: l.accessLog.successSamplePercent, errors: 'always' } : 'off',
+      from: { kind: 'setting', name: '--access-log-sampling' },
+    };
+    if (l.tracing) settings.tracing = { value: l.tracing, from: model.mesh.source ? at('Mesh', model.mesh.name, model.mesh.source) : DEFAULT };
     listeners.push({ name: l.name, port: l.port, settings });
     for (const v of l.routeConfig.virtualHosts) {
       for (const r of v.routes) {
@@ -155,6 +154,7 @@ export function explainGroup(model: Model, ir: IRProxyConfig, opts: { route?: st
 
 function originText(o: Origin): string {
   if (o.kind === 'default') return 'default';
+  if (o.kind === 'setting') return `control-plane setting ${o.name}`;
   return `${o.kind} "${o.name}" (${o.file}#${o.doc})`;
 }
 
@@ -191,6 +191,6 @@ export function explainText(e: Explained): string {
 export function resolveGroup(proxy: string, groups: Iterable<string>): string | undefined {
   const all = [...groups];
   if (all.includes(proxy)) return proxy;
-  if (all.includes(`gateway/${proxy}`)) return `gateway/${proxy}`;
+  if (all.includes(gatewayGroup(proxy))) return gatewayGroup(proxy);
   return undefined;
 }

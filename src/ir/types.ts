@@ -3,6 +3,10 @@
 import type { SourceRef } from '../model/model.js';
 import type { IRCircuitBreaker, IRHashOn, IRHealthCheck, IRLoadBalancer, IRLocalRateLimit, IROutlierDetection } from './traffic.js';
 import type { IRExtAuthz, IRRouteJwt } from './jwt.js';
+import { formatGroup, JWT_MODULE_GROUP_SUFFIX, parseGroup, type GroupKey, type RouteKey, type SidecarShape } from './names.js';
+
+export { formatGroup, formatRouteName, gatewayListenerName, JWT_MODULE_GROUP_SUFFIX, parseGroup, parseRouteName, ruleLabel, ruleName } from './names.js';
+export type { GroupKey, RouteKey, RuleRef, SidecarShape } from './names.js';
 
 export type Health = 'HEALTHY' | 'UNHEALTHY' | 'DRAINING' | 'DEGRADED' | 'UNKNOWN';
 
@@ -70,7 +74,9 @@ export interface IRRedirect {
 }
 
 export interface IRRoute {
-  /** `<HTTPRoute>/<rule name or rule-N>/<match-N>`: stable and readable in stats and dumps. */
+  /** What the route is (an HTTPRoute rule's match, a sidecar's default or inbound route). */
+  key: RouteKey;
+  /** formatRouteName(key), e.g. `<HTTPRoute>/<rule name or #index>/match-<N>`: stable and readable in stats and dumps. */
   name: string;
   match: IRRouteMatch;
   action: IRForward | IRRedirect;
@@ -109,6 +115,8 @@ export const TRUST_BUNDLE_SECRET = 'signalbox/trust-bundle';
 
 export interface IRHttpListener {
   name: string;
+  /** On a gateway's listener: the Gateway listener's own name (what a policy's `sectionName` names). */
+  gatewayListener?: string;
   /** gateway: edge listener; inbound: a sidecar's mTLS listener; outbound: a sidecar's local listener. */
   direction?: 'gateway' | 'inbound' | 'outbound';
   /** Inbound mesh TLS: terminate with the proxy's own identity and require a mesh client certificate. */
@@ -173,7 +181,9 @@ export interface IRSecret {
 
 /** Everything one group of identical proxies (e.g. every Envoy of one gateway) receives. */
 export interface IRProxyConfig {
+  /** formatGroup(key). */
   group: string;
+  key: GroupKey;
   /** The SPIFFE ID of the proxies in this group; they receive this identity's certificate only. */
   identity?: string;
   listeners: IRHttpListener[];
@@ -181,41 +191,29 @@ export interface IRProxyConfig {
   secrets: IRSecret[];
 }
 
-/**
- * The group of proxies that carry Signalbox's compiled JWT filter (their node metadata says
- * `signalbox.jwt_module`): the same configuration as `<group>`, with the JWT fast path in the
- * compiled filter instead of the Lua script.
- */
-export const JWT_MODULE_GROUP_SUFFIX = '+jwt-module';
-
 /** The group a (possibly `+jwt-module`) group is a variant of. */
 export function baseGroup(group: string): string {
   return group.endsWith(JWT_MODULE_GROUP_SUFFIX) ? group.slice(0, -JWT_MODULE_GROUP_SUFFIX.length) : group;
 }
 
-/** Proxy groups are keyed `gateway/<name>` and `sidecar/<service>/<appPort>/<inboundPort>/<outboundPort>`. */
+/** Proxy groups are keyed `gateway/<name>` and `sidecar/<service>/<appPort>/<inboundPort>/<outboundPort>` (names.ts). */
 export function gatewayGroup(name: string): string {
-  return `gateway/${name}`;
+  return formatGroup({ kind: 'gateway', gateway: name });
 }
 
-/** The gateway name of a `gateway/<name>` group, or undefined. */
+/** The gateway name of a `gateway/<name>` group (not a variant), or undefined. */
 export function parseGatewayGroup(group: string): string | undefined {
-  return /^gateway\/(.+)$/.exec(group)?.[1];
-}
-
-export interface SidecarShape {
-  service: string;
-  appPort: number;
-  inboundPort: number;
-  outboundPort: number;
+  const k = parseGroup(group);
+  return k?.kind === 'gateway' && !k.jwtModule ? k.gateway : undefined;
 }
 
 export function sidecarGroup(s: SidecarShape): string {
-  return `sidecar/${s.service}/${s.appPort}/${s.inboundPort}/${s.outboundPort}`;
+  return formatGroup({ kind: 'sidecar', service: s.service, appPort: s.appPort, inboundPort: s.inboundPort, outboundPort: s.outboundPort });
 }
 
+/** The shape of a `sidecar/...` group (not a variant), or undefined. */
 export function parseSidecarGroup(group: string): SidecarShape | undefined {
-  const m = /^sidecar\/([a-z0-9-]+)\/(\d+)\/(\d+)\/(\d+)$/.exec(group);
-  if (!m) return undefined;
-  return { service: m[1]!, appPort: Number(m[2]), inboundPort: Number(m[3]), outboundPort: Number(m[4]) };
+  const k = parseGroup(group);
+  if (k?.kind !== 'sidecar' || k.jwtModule) return undefined;
+  return { service: k.service, appPort: k.appPort, inboundPort: k.inboundPort, outboundPort: k.outboundPort };
 }

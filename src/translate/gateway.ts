@@ -1,7 +1,7 @@
 // Model -> IR for edge gateways: one HTTP listener per Gateway listener, virtual hosts per
 // hostname, and only the clusters that this gateway's routes reference.
-import type { IRCluster, IRHttpListener, IRProxyConfig, IRRoute, IRSecret, IRVirtualHost } from '../ir/types.js';
-import { baseGroup, gatewayGroup, parseGatewayGroup, parseSidecarGroup } from '../ir/types.js';
+import type { GroupKey, IRCluster, IRHttpListener, IRProxyConfig, IRRoute, IRSecret, IRVirtualHost } from '../ir/types.js';
+import { formatGroup, gatewayListenerName, parseGroup } from '../ir/types.js';
 import { translateSidecar } from './sidecar.js';
 import type { GatewayModel, Model } from '../model/model.js';
 import { hostnameMatches } from '../model/hostnames.js';
@@ -9,7 +9,7 @@ import { compareRoutes, routesOf } from './routes.js';
 import { applyPolicies } from './policies.js';
 import { applyJwtPolicies, type AuthzEndpoint, type JwtKeysOf } from './jwt.js';
 import { gatewayIdentity, meshTlsOn, serviceCluster } from './mesh-identity.js';
-
+import { withMeshTracing } from './tracing.js';
 
 /** Hostnames a route serves on a listener: its own that the listener covers, or the listener's. */
 function effectiveHostnames(routeHosts: string[] | undefined, listenerHosts: string[]): string[] {
@@ -60,16 +60,17 @@ export function translateGateway(model: Model, gateway: GatewayModel): IRProxyCo
       domains: [h],
       routes: [...byHost.get(h)!].sort(compareRoutes),
     }));
-    const name = `${gateway.name}/${l.name}`;
+    const name = gatewayListenerName(gateway.name, l.name);
     let tls: IRHttpListener['tls'];
     if (l.tls) {
-      const secretName = `${gateway.name}/${l.name}/cert`;
+      const secretName = `${name}/cert`;
       secrets.push({ name: secretName, certificatePem: l.tls.certificatePem, privateKeyPem: l.tls.privateKeyPem, source: gateway.source });
       tls = { secretName };
     }
     const needsFault = virtualHosts.some((v) => v.routes.some((r) => r.fault));
     listeners.push({
       name,
+      gatewayListener: l.name,
       address: '0.0.0.0',
       port: l.port,
       tls,
@@ -79,8 +80,10 @@ export function translateGateway(model: Model, gateway: GatewayModel): IRProxyCo
       source: gateway.source,
     });
   }
+  const key: GroupKey = { kind: 'gateway', gateway: gateway.name };
   return {
-    group: gatewayGroup(gateway.name),
+    group: formatGroup(key),
+    key,
     identity: meshTlsOn(model) ? gatewayIdentity(model, gateway.name) : undefined,
     listeners,
     clusters: [...clusters.values()].sort((a, b) => (a.name < b.name ? -1 : 1)),
@@ -88,29 +91,48 @@ export function translateGateway(model: Model, gateway: GatewayModel): IRProxyCo
   };
 }
 
+/** Access logging on every HTTP listener: errors always, successful requests sampled at this percent. */
+export interface AccessLogSettings {
+  successSamplePercent: number;
+}
+
+export interface TranslateOptions {
+  authz?: AuthzEndpoint;
+  jwtKeys?: JwtKeysOf;
+  jwtFastPath?: boolean;
+  jwtFastPathModule?: boolean;
+  /** Every HTTP listener reports its requests to the control plane's access log service; absent: off. */
+  accessLog?: AccessLogSettings;
+}
+
 /**
  * The IR of every gateway, plus the groups that proxies have asked for: sidecar groups, and the
  * `+jwt-module` variants of gateway and sidecar groups (proxies that load Signalbox's compiled
- * JWT filter; `jwtFastPathModule` gives every group the compiled filter).
+ * JWT filter; `jwtFastPathModule` gives every group the compiled filter). Complete: access
+ * logging and Mesh tracing are part of it, and nothing edits the IR afterwards.
  */
-export function translate(model: Model, requestedGroups: Iterable<string> = [], opts: { authz?: AuthzEndpoint; jwtKeys?: JwtKeysOf; jwtFastPath?: boolean; jwtFastPathModule?: boolean } = {}): Map<string, IRProxyConfig> {
+export function translate(model: Model, requestedGroups: Iterable<string> = [], opts: TranslateOptions = {}): Map<string, IRProxyConfig> {
   const jwt = { endpoint: opts.authz, keys: opts.jwtKeys, fastPath: opts.jwtFastPath, fastPathModule: opts.jwtFastPathModule };
+  const accessLog = opts.accessLog ? { successSamplePercent: opts.accessLog.successSamplePercent } : undefined;
   // Each group is translated on its own (a variant shares no objects with its base group).
-  const build = (group: string): IRProxyConfig | undefined => {
-    const base = baseGroup(group);
-    const shape = parseSidecarGroup(base);
-    const name = parseGatewayGroup(base);
-    const gateway = name === undefined ? undefined : model.gateways.get(name);
-    const ir = shape ? translateSidecar(model, shape) : gateway ? translateGateway(model, gateway) : undefined;
+  const build = (key: GroupKey): IRProxyConfig | undefined => {
+    const gateway = key.kind === 'gateway' ? model.gateways.get(key.gateway) : undefined;
+    const ir = key.kind === 'sidecar' ? translateSidecar(model, key) : gateway ? translateGateway(model, gateway) : undefined;
     if (!ir) return undefined;
-    const checked = applyJwtPolicies(model, applyPolicies(model, ir), base === group ? jwt : { ...jwt, fastPathModule: true });
-    return base === group ? checked : { ...checked, group };
+    const checked = applyJwtPolicies(model, applyPolicies(model, ir), key.jwtModule ? { ...jwt, fastPathModule: true } : jwt);
+    const traced = withMeshTracing(model, checked);
+    const logged = accessLog ? { ...traced, listeners: traced.listeners.map((l) => ({ ...l, accessLog })) } : traced;
+    return key.jwtModule ? { ...logged, group: formatGroup(key), key } : logged;
   };
-  const groups = new Set([...requestedGroups].filter((g) => parseSidecarGroup(baseGroup(g)) || baseGroup(g) !== g));
-  for (const g of model.gateways.values()) groups.add(gatewayGroup(g.name));
+  const groups = new Map<string, GroupKey>();
+  for (const g of requestedGroups) {
+    const key = parseGroup(g);
+    if (key && (key.kind === 'sidecar' || key.jwtModule)) groups.set(formatGroup(key), key);
+  }
+  for (const g of model.gateways.values()) groups.set(formatGroup({ kind: 'gateway', gateway: g.name }), { kind: 'gateway', gateway: g.name });
   const out = new Map<string, IRProxyConfig>();
-  for (const group of [...groups].sort()) {
-    const ir = build(group);
+  for (const group of [...groups.keys()].sort()) {
+    const ir = build(groups.get(group)!);
     if (ir) out.set(group, ir);
   }
   return out;

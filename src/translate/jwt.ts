@@ -10,7 +10,7 @@ import { createHash } from 'node:crypto';
 import type { JWK } from 'jose';
 import type { IRJwtFastCheck } from '../ir/jwt.js';
 import type { IRCluster, IRHttpListener, IRProxyConfig, IRRoute } from '../ir/types.js';
-import { parseGatewayGroup, parseSidecarGroup } from '../ir/types.js';
+import { ruleName } from '../ir/types.js';
 import { jwtPoliciesOn, policySettingsKey, type JwtModel, type JwtPolicyModel } from '../model/jwt.js';
 import { BUILTIN_DEFAULTS, type Model } from '../model/model.js';
 import { serverSpiffeId } from '../ca/server-tls.js';
@@ -38,11 +38,6 @@ export const DEFAULT_AUTHZ_ENDPOINT: AuthzEndpoint = { address: '127.0.0.1', por
 
 /** Envoy's deadline for one decision; past it the request fails closed (503). */
 export const EXT_AUTHZ_TIMEOUT_MS = 2_000;
-
-/** IR route names are `<HTTPRoute>/<rule>/<match>`. */
-function ruleOf(r: IRRoute): string | undefined {
-  return r.name.split('/')[1];
-}
 
 /** Request headers the policies read their tokens from (cookie when any reads a cookie). */
 function headersOf(jwt: JwtModel, names: Iterable<string>): string[] {
@@ -108,19 +103,17 @@ function applyJwtPoliciesToRoutes(model: Model, ir: IRProxyConfig, opts: JwtTran
     return f;
   };
 
-  // HTTPRoute documents by where they were written: IR routes keep their HTTPRoute's source.
-  const routeAt = new Map(model.routes.map((r) => [`${r.source.file}#${r.source.doc}`, r.name]));
-  const gateway = parseGatewayGroup(ir.group);
-  const sidecar = parseSidecarGroup(ir.group);
+  const gateway = ir.key.kind === 'gateway' ? ir.key.gateway : undefined;
+  const sidecar = ir.key.kind === 'sidecar' ? ir.key : undefined;
 
   let checked = false;
   const listeners = ir.listeners.map((l): IRHttpListener => {
     let onListener: string[] = [];
-    if (gateway !== undefined && (l.direction ?? 'gateway') === 'gateway') onListener = jwtPoliciesOn(jwt, 'Gateway', gateway, l.name.slice(gateway.length + 1));
+    if (gateway !== undefined && (l.direction ?? 'gateway') === 'gateway') onListener = jwtPoliciesOn(jwt, 'Gateway', gateway, l.gatewayListener);
     else if (sidecar && l.direction === 'inbound') onListener = jwtPoliciesOn(jwt, 'Service', sidecar.service);
     const policiesOf = (r: IRRoute): string[] => {
-      const routeName = routeAt.get(`${r.source.file}#${r.source.doc}`);
-      const own = routeName !== undefined ? jwtPoliciesOn(jwt, 'HTTPRoute', routeName, ruleOf(r)) : [];
+      // A rule's own policies add to its route's; an unnamed rule has none of its own.
+      const own = r.key.kind === 'rule' ? jwtPoliciesOn(jwt, 'HTTPRoute', r.key.httpRoute, ruleName(r.key.rule)) : [];
       return [...new Set([...onListener, ...own])].sort();
     };
     const used = new Set<string>();

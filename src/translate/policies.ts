@@ -8,7 +8,7 @@
 // Route timeouts and retries inherited from TrafficPolicies are resolved where routes are built
 // (routes.ts), from the model's per-rule defaults.
 import type { IRCluster, IRHttpListener, IRProxyConfig, IRRetry, IRRoute } from '../ir/types.js';
-import { parseGatewayGroup, parseSidecarGroup } from '../ir/types.js';
+import { ruleName } from '../ir/types.js';
 import type { IRHashOn, IRLocalRateLimit } from '../ir/traffic.js';
 import type { Model } from '../model/model.js';
 import { rateLimitKey, type RateLimitModel, type TrafficPolicyModel } from '../model/policies.js';
@@ -33,16 +33,12 @@ function hashKey(h: IRHashOn): string {
   return 'header' in h ? `header:${h.header.toLowerCase()}` : 'sourceIP';
 }
 
-/** The group's gateway name, for `gateway/<name>` groups. */
 export function applyPolicies(model: Model, ir: IRProxyConfig): IRProxyConfig {
   const policies = model.policies;
   if (!policies || (policies.traffic.size === 0 && policies.rateLimits.size === 0)) return ir;
 
   const clusters = ir.clusters.map((c) => clusterWithPolicy(c, policies.traffic.get(c.service)));
   const byName = new Map(clusters.map((c) => [c.name, c]));
-
-  // HTTPRoute documents by where they were written: IR routes keep their HTTPRoute's source.
-  const routeAt = new Map(model.routes.map((r) => [`${r.source.file}#${r.source.doc}`, r.name]));
 
   const patchRoute = (r: IRRoute): IRRoute => {
     let out = r;
@@ -54,26 +50,22 @@ export function applyPolicies(model: Model, ir: IRProxyConfig): IRProxyConfig {
       }
       if (keys.size) out = { ...out, action: { ...r.action, hashOn: [...keys.keys()].sort().map((k) => keys.get(k)!) } };
     }
-    const routeName = routeAt.get(`${r.source.file}#${r.source.doc}`);
-    // IR route names are `<HTTPRoute>/<rule>/<match>`: a rule's own limit beats the route's.
-    const rule = r.name.split('/')[1];
-    const rl =
-      routeName !== undefined
-        ? irRateLimit(policies.rateLimits.get(rateLimitKey('HTTPRoute', routeName, rule)) ?? policies.rateLimits.get(rateLimitKey('HTTPRoute', routeName)))
-        : undefined;
+    // A rule's own limit beats the route's; an unnamed rule has no limit of its own.
+    const rule = r.key.kind === 'rule' ? r.key : undefined;
+    const section = rule && ruleName(rule.rule);
+    const rl = rule ? irRateLimit((section !== undefined ? policies.rateLimits.get(rateLimitKey('HTTPRoute', rule.httpRoute, section)) : undefined) ?? policies.rateLimits.get(rateLimitKey('HTTPRoute', rule.httpRoute))) : undefined;
     if (rl) out = { ...out, rateLimit: rl };
     return out;
   };
 
-  const gateway = parseGatewayGroup(ir.group);
-  const sidecar = parseSidecarGroup(ir.group);
   const listenerLimit = (l: IRHttpListener): IRLocalRateLimit | undefined => {
-    if (gateway !== undefined && (l.direction ?? 'gateway') === 'gateway') {
-      // IR gateway listener names are `<Gateway>/<listener>`: a listener's own limit beats the Gateway's.
-      const listener = l.name.slice(gateway.length + 1);
-      return irRateLimit(policies.rateLimits.get(rateLimitKey('Gateway', gateway, listener)) ?? policies.rateLimits.get(rateLimitKey('Gateway', gateway)));
+    if (ir.key.kind === 'gateway' && (l.direction ?? 'gateway') === 'gateway') {
+      // A listener's own limit beats the Gateway's.
+      const gateway = ir.key.gateway;
+      const own = l.gatewayListener !== undefined ? policies.rateLimits.get(rateLimitKey('Gateway', gateway, l.gatewayListener)) : undefined;
+      return irRateLimit(own ?? policies.rateLimits.get(rateLimitKey('Gateway', gateway)));
     }
-    if (sidecar && l.direction === 'inbound') return irRateLimit(policies.rateLimits.get(rateLimitKey('Service', sidecar.service)));
+    if (ir.key.kind === 'sidecar' && l.direction === 'inbound') return irRateLimit(policies.rateLimits.get(rateLimitKey('Service', ir.key.service)));
     return undefined;
   };
 

@@ -2,6 +2,7 @@
 // (Envoy takes the first matching route, so the most specific must come first).
 import { parseDuration, type RouteRule } from '../api/v1alpha1/index.js';
 import type { IRForward, IRHeaderMods, IRRedirect, IRRoute, IRRouteMatch, IRRetry } from '../ir/types.js';
+import { formatRouteName, type RouteKey, type RuleRef } from '../ir/names.js';
 import { retrySettings, type MeshModel, type RouteModel } from '../model/model.js';
 import type { RuleDefaults } from '../model/policies.js';
 
@@ -23,7 +24,8 @@ function retryFor(rule: RouteRule, mesh: MeshModel, inherited?: RuleDefaults): I
 export function routesOf(route: RouteModel, mesh: MeshModel): IRRoute[] {
   const out: IRRoute[] = [];
   route.spec.rules.forEach((rule, ri) => {
-    const ruleName = rule.name ?? `rule-${ri}`;
+    // An unnamed rule is known by its index, in a form no rule name can take (names.ts).
+    const ruleRef: RuleRef = rule.name !== undefined ? { name: rule.name } : { index: ri };
     const matches = rule.matches ?? [{}];
     let action: IRForward | IRRedirect;
     const redirect = rule.filters?.find((f) => f.type === 'RequestRedirect');
@@ -68,8 +70,10 @@ export function routesOf(route: RouteModel, mesh: MeshModel): IRRoute[] {
         headers: (m.headers ?? []).map((h) => ({ type: h.type, name: h.name.toLowerCase(), value: h.value })),
         queryParams: (m.queryParams ?? []).map((q) => ({ type: q.type, name: q.name, value: q.value })),
       };
+      const key: RouteKey = { kind: 'rule', httpRoute: route.name, rule: ruleRef, match: mi };
       out.push({
-        name: `${route.name}/${ruleName}/match-${mi}`,
+        key,
+        name: formatRouteName(key),
         match,
         action,
         requestHeaders: merge(reqMods.map((f) => (f.type === 'RequestHeaderModifier' ? headerMods(f.requestHeaderModifier) : headerMods({})))),

@@ -2,7 +2,7 @@
 // policy as RBAC, forwarding to the local app) and an outbound listener on loopback that routes by
 // Host to the services this one may reach — and only those, so config does not grow with the mesh.
 import type { IRCluster, IRHttpListener, IRProxyConfig, IRRbac, IRRbacPolicy, IRRoute, IRVirtualHost, SidecarShape } from '../ir/types.js';
-import { sidecarGroup } from '../ir/types.js';
+import { formatGroup, formatRouteName, type GroupKey, type RouteKey } from '../ir/names.js';
 import { mayReach, type AccessModel } from '../model/access.js';
 import type { Model } from '../model/model.js';
 import { gatewayIdentity, meshTlsOn, serviceCluster, serviceIdentity, DEFAULT_CONNECT_TIMEOUT_MS } from './mesh-identity.js';
@@ -38,8 +38,10 @@ export function translateSidecar(model: Model, shape: SidecarShape): IRProxyConf
     static: { address: '127.0.0.1', port: shape.appPort },
     source: svc.source,
   });
+  const inboundKey: RouteKey = { kind: 'inbound', service: svc.name };
   const inboundRoute: IRRoute = {
-    name: `inbound/${svc.name}`,
+    key: inboundKey,
+    name: formatRouteName(inboundKey),
     match: { path: { type: 'PathPrefix', value: '/' }, headers: [], queryParams: [] },
     action: { kind: 'forward', backends: [{ cluster: localCluster, weight: 1 }], timeoutMs: model.mesh.defaults.timeoutMs },
     source: svc.source,
@@ -65,9 +67,11 @@ export function translateSidecar(model: Model, shape: SidecarShape): IRProxyConf
     let routes: IRRoute[] = attached.flatMap((r) => routesOf(r, model.mesh));
     if (routes.length === 0) {
       const { timeoutMs, retry } = destinationDefaults(model, dest.name); // TrafficPolicy, else Mesh defaults
+      const key: RouteKey = { kind: 'default', service: dest.name };
       routes = [
         {
-          name: `${dest.name}/default`,
+          key,
+          name: formatRouteName(key),
           match: { path: { type: 'PathPrefix', value: '/' }, headers: [], queryParams: [] },
           action: { kind: 'forward', backends: [{ cluster: dest.name, weight: 1 }], timeoutMs, retry },
           source: dest.source,
@@ -91,8 +95,10 @@ export function translateSidecar(model: Model, shape: SidecarShape): IRProxyConf
   };
   const rbacFilters = inbound.rbac ? ['rbac-deny', 'rbac-allow'] : [];
   inbound.httpFilters = rbacFilters;
+  const key: GroupKey = { kind: 'sidecar', service: shape.service, appPort: shape.appPort, inboundPort: shape.inboundPort, outboundPort: shape.outboundPort };
   return {
-    group: sidecarGroup(shape),
+    group: formatGroup(key),
+    key,
     identity: mtls ? serviceIdentity(model, svc.name) : undefined,
     listeners: [inbound, outbound],
     clusters: [...clusters.values()].sort((a, b) => (a.name < b.name ? -1 : 1)),

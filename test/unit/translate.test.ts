@@ -130,7 +130,7 @@ describe('route precedence', () => {
     });
     assert.deepEqual(
       routesOf(groups).map((r) => r.name),
-      ['short/rule-0/match-1', 'long/rule-0/match-0', 'short/rule-0/match-0'],
+      ['short/#0/match-1', 'long/#0/match-0', 'short/#0/match-0'],
     );
   });
 
@@ -138,13 +138,13 @@ describe('route precedence', () => {
     const same = (name: string) => `    - ${name ? `name: ${name}\n      ` : ''}matches: [ { path: { value: /same }, headers: [ { name: x-${name || 'n'}, type: Present } ] } ]\n      backendRefs: [ { name: catalog } ]`;
     const rules = ['zeta', 'alpha', ...Array.from({ length: 10 }, () => '')].map(same).join('\n');
     const names = routesOf(await compile({ 'a.yaml': docs(SERVICES, GATEWAY, route('r', rules)) })).map((r) => r.name);
-    assert.deepEqual(names, ['r/zeta/match-0', 'r/alpha/match-0', ...Array.from({ length: 10 }, (_, i) => `r/rule-${i + 2}/match-0`)]);
+    assert.deepEqual(names, ['r/zeta/match-0', 'r/alpha/match-0', ...Array.from({ length: 10 }, (_, i) => `r/#${i + 2}/match-0`)]);
     const matches = await compile({
       'a.yaml': docs(SERVICES, GATEWAY, route('m', '    - matches: [ { path: { value: /b }, method: GET }, { path: { value: /a }, method: PUT } ]\n      backendRefs: [ { name: catalog } ]')),
     });
     assert.deepEqual(
       routesOf(matches).map((r) => r.name),
-      ['m/rule-0/match-0', 'm/rule-0/match-1'],
+      ['m/#0/match-0', 'm/#0/match-1'],
     );
   });
 
@@ -156,7 +156,7 @@ describe('route precedence', () => {
     });
     assert.deepEqual(
       routesOf(groups).map((r) => r.name),
-      ['zeta/rule-0/match-0', 'alpha/rule-0/match-0'],
+      ['zeta/#0/match-0', 'alpha/#0/match-0'],
     );
   });
 });
