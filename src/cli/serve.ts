@@ -9,6 +9,7 @@ import { ErrorCode, formatPolicyError } from '../errors.js';
 import { createLogger, type Logger } from '../observability/logger.js';
 import { Metrics } from '../observability/metrics.js';
 import { watchPolicies } from '../sources/files/watcher.js';
+import { envoyNarrowing } from '../xds/server/nack-blame.js';
 import { SnapshotCache } from '../xds/cache/snapshot-cache.js';
 import { envoyRoot } from '../xds/resources/protos.js';
 import { XdsServer } from '../xds/server/server.js';
@@ -58,6 +59,8 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
   };
   // Opened at once for an explicit --authz-port, else once a JWTPolicy exists; TLS from the mesh CA unless --xds-insecure.
   const authz = await startEmbeddedAuthz({ bindAddress: cfg.xdsAddress, port: cfg.authzPort, defaultPort: DEFAULT_AUTHZ_PORT, tls: cfg.xdsTls ? { ca, trustDomain: BUILTIN_DEFAULTS.trustDomain } : undefined, addressForProxies: cfg.authzAddressForProxies, logger, registry: metrics.registry, onKeysChanged });
+  // A NACK Envoy's message does not pin down is narrowed with the same Envoy the preflight uses, if given.
+  if (cfg.preflightEnvoy) envoyNarrowing.configure(cfg.preflightEnvoy);
   const pipeline = new Pipeline({
     policyDir,
     dataDir: path.resolve(cfg.dataDir),

@@ -12,7 +12,7 @@ interface TypeJson {
   sentVersion?: string;
   ackedVersion?: string;
   sentAt?: string;
-  lastNack?: { version: string; message: string; sources: string[]; resources: string[] };
+  lastNack?: { version: string; message: string; sources: string[]; resources: string[]; culprit?: { doc: number; path: string; line?: number } };
 }
 
 export interface ProxyJson {
@@ -78,7 +78,7 @@ export function renderStatus(proxies: ProxyJson[], now = Date.now()): string {
   for (const p of proxies) {
     for (const [t, s] of Object.entries(p.types)) {
       if (!s.lastNack || s.lastNack.version !== s.sentVersion) continue;
-      out.push('', `${p.id}: ${t} ${s.lastNack.version.slice(0, 8)} NACKED${s.lastNack.sources.length ? ` (from ${s.lastNack.sources.join(', ')})` : ''}`, `  ${s.lastNack.message.replace(/\s+/g, ' ').slice(0, 500)}`);
+      out.push('', `${p.id}: ${t} ${s.lastNack.version.slice(0, 8)} NACKED${s.lastNack.sources.length ? ` (from ${s.lastNack.sources.join(', ')}${culpritOf(s.lastNack)})` : ''}`, `  ${s.lastNack.message.replace(/\s+/g, ' ').slice(0, 500)}`);
     }
   }
   return out.join('\n') + '\n';
@@ -138,4 +138,11 @@ export async function status(args: string[], io: StatusOutput = STDIO): Promise<
   if (values.json) io.out(JSON.stringify(proxies.map((p) => ({ id: p.id, role: p.role, name: p.name, status: statusWord(p), types: p.types, certificate: p.certificate })), null, 2) + '\n');
   else io.out(renderStatus(proxies));
   return proxies.every((p) => p.state === 'SYNCED') ? 0 : 1;
+}
+
+/** The document and field a narrowed-down NACK names: `#2 spec.rules[0].matches[0].path.value (line 18)`. */
+function culpritOf(n: NonNullable<TypeJson['lastNack']>): string {
+  const c = n.culprit;
+  if (!c || n.sources.length !== 1) return '';
+  return `#${c.doc} ${c.path}${c.line ? ` (line ${c.line})` : ''}`;
 }

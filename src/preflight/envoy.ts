@@ -24,14 +24,13 @@ import { parseDuration } from '../api/v1alpha1/index.js';
 import { serverSpiffeId } from '../ca/server-tls.js';
 import { x509 } from '../ca/x509.js';
 import { ErrorCode, SignalboxError, type PolicyError } from '../errors.js';
-import { IDENTITY_SECRET, TRUST_BUNDLE_SECRET, sidecarGroup, type IRProxyConfig, type IRRoute } from '../ir/types.js';
+import { IDENTITY_SECRET, TRUST_BUNDLE_SECRET, sidecarGroup, type IRProxyConfig } from '../ir/types.js';
 import type { Model } from '../model/model.js';
 import { EndpointStore, staticInstances } from '../sources/endpoints.js';
 import { formatPath, type LoadedDoc, type SourceRef } from '../sources/files/loader.js';
 import { ALS_CLUSTER } from '../telemetry/als-contract.js';
 import { translate } from '../translate/gateway.js';
 import { DEFAULT_AUTHZ_ENDPOINT } from '../translate/jwt.js';
-import { applyMeshTracing } from '../translate/tracing.js';
 import { lookupType } from '../xds/resources/protos.js';
 import { clusterResource, endpointResource } from '../xds/translator/cluster.js';
 import { listenerResource } from '../xds/translator/listener.js';
@@ -159,7 +158,8 @@ interface ListenerPart extends Part {
 interface RoutePart extends Part {
   listener: number;
   vhost: number;
-  ir: IRRoute;
+  /** The route's name (`<HTTPRoute>/<rule>/match-N`, ...). */
+  name: string;
 }
 
 interface GroupParts {
@@ -212,7 +212,7 @@ function groupParts(ir: IRProxyConfig, model: Model, store: EndpointStore, ident
     vhosts.forEach((vh, vi) => {
       (vh.routes as Json[]).forEach((json, ri) => {
         const r = l.routeConfig.virtualHosts[vi]!.routes[ri]!;
-        routes.push({ json, listener: li, vhost: vi, ir: r, source: r.source, what: `route "${r.name}"` });
+        routes.push({ json, listener: li, vhost: vi, name: r.name, source: r.source, what: `route "${r.name}"` });
       });
       vh.routes = [];
     });
@@ -336,6 +336,7 @@ class GroupChecker {
     private readonly bin: string,
     private readonly dir: string,
     private readonly maxRuns: number,
+    private readonly timeoutMs = 120_000,
   ) {}
 
   get exhausted(): boolean {
@@ -347,13 +348,13 @@ class GroupChecker {
     await writeFile(file, bootstrapOf(this.parts, sel), { mode: 0o600 }); // may hold a gateway's private key
     const t0 = performance.now();
     this.runs++;
-    const r = await run(this.bin, ['--mode', 'validate', '-c', file, '--disable-hot-restart', '-l', 'critical', '--log-format', '%v'], 120_000);
+    const r = await run(this.bin, ['--mode', 'validate', '-c', file, '--disable-hot-restart', '-l', 'critical', '--log-format', '%v'], this.timeoutMs);
     if (this.runs === 1) this.firstMs = performance.now() - t0;
     await rm(file, { force: true });
     if (r.spawnError) throw new SignalboxError(ErrorCode.BAD_FLAG, `cannot run Envoy "${this.bin}": ${r.spawnError.code}`);
     if (r.code === 0) return { ok: true, message: '' };
     const message = r.timedOut
-      ? 'Envoy did not finish validating this configuration within 120s'
+      ? `Envoy did not finish validating this configuration within ${Math.round(this.timeoutMs / 1000)}s`
       : r.signal
         ? `Envoy crashed (${r.signal}) validating this configuration${r.output.trim() ? `: ${envoyReason(r.output)}` : ''}`
         : envoyReason(r.output);
@@ -497,13 +498,14 @@ function matches(leaf: Leaf, v: unknown, caseless: boolean): boolean {
   return caseless ? v.toLowerCase() === leaf.value.toLowerCase() : v === leaf.value;
 }
 
-/** The index of an HTTPRoute rule named in an Envoy route name (`<route>/<rule name or rule-N>/match-M`). */
+/** The index of an HTTPRoute rule named in an Envoy route name (`<route>/<rule name, rule-N or #N>/match-M`). */
 function ruleOf(doc: LoadedDoc, routeName: string): { rule: number; match?: number } | undefined {
   const [route, rule, match] = routeName.split('/');
   if (doc.kind !== 'HTTPRoute' || route !== doc.name || rule === undefined) return undefined;
   const rules = (doc.value as { spec: { rules: { name?: string }[] } }).spec.rules;
   let i = rules.findIndex((r) => r.name === rule);
-  if (i < 0 && /^rule-\d+$/.test(rule)) i = Number(rule.slice(5));
+  const index = /^(?:rule-|#)(\d+)$/.exec(rule);
+  if (i < 0 && index) i = Number(index[1]);
   if (i < 0 || i >= rules.length) return undefined;
   const m = /^match-(\d+)$/.exec(match ?? '');
   return { rule: i, match: m ? Number(m[1]) : undefined };
@@ -525,19 +527,39 @@ function blame(docs: LoadedDoc[], parts: GroupParts, c: Culprit, field: (string 
   const part = parts[c.kind][c.index]!;
   const own = part.source ? docs.find((d) => d.source.file === part.source!.file && d.source.doc === part.source!.doc) : undefined;
   let fallback: (string | number)[] = [];
-  const scopes: { doc: LoadedDoc; under: (string | number)[] }[] = [];
   if (own) {
     if (c.kind === 'routes') {
-      const r = ruleOf(own, (part as RoutePart).ir.name);
-      if (r) {
-        fallback = ['spec', 'rules', r.rule];
-        if (field[0] === 'match' && r.match !== undefined) fallback.push('matches', r.match);
-      }
+      fallback = ruleFallback(own, (part as RoutePart).name, field);
     } else if (own.kind === 'Gateway' && (c.kind === 'listeners' || c.kind === 'secrets')) {
       const name = String(part.json.name ?? '').split('/')[1];
       const i = (own.value as { spec: { listeners: { name: string }[] } }).spec.listeners.findIndex((l) => l.name === name);
       if (i >= 0) fallback = c.kind === 'secrets' ? ['spec', 'listeners', i, 'tls'] : ['spec', 'listeners', i];
     }
+  }
+  // (The whole part's values, when no field of it was found, but not the name Signalbox gave it.)
+  const value = field.length ? getAt(part.json, field) : { ...part.json, name: undefined };
+  const found = locate(docs, own, fallback, value, message, onlyQuoted);
+  if (found) return found;
+  return onlyQuoted ? undefined : { source: part.source ?? parts.source, path: fallback };
+}
+
+/** The rule (and match, for a field of Envoy's `match`) an HTTPRoute document gives the route `routeName`; [] when it names none. */
+function ruleFallback(own: LoadedDoc, routeName: string, field: (string | number)[]): (string | number)[] {
+  const r = ruleOf(own, routeName);
+  if (!r) return [];
+  const out: (string | number)[] = ['spec', 'rules', r.rule];
+  if (field[0] === 'match' && r.match !== undefined) out.push('matches', r.match);
+  return out;
+}
+
+/**
+ * The first field of the documents holding one of the values in `value`: within `own` under
+ * `fallback` (its rule), then the rest of `own`, then the other documents; values Envoy quotes
+ * in `message` first, then longer strings, then durations. Undefined when none holds any.
+ */
+function locate(docs: LoadedDoc[], own: LoadedDoc | undefined, fallback: (string | number)[], value: unknown, message: string, onlyQuoted: boolean): Blame | undefined {
+  const scopes: { doc: LoadedDoc; under: (string | number)[] }[] = [];
+  if (own) {
     if (fallback.length) scopes.push({ doc: own, under: fallback.slice(0, 3) });
     scopes.push({ doc: own, under: ['spec'] });
   }
@@ -545,8 +567,7 @@ function blame(docs: LoadedDoc[], parts: GroupParts, c: Culprit, field: (string 
   // Values Envoy quotes come first, then longer strings (more telling than "/"), then durations.
   const quoted = [...message.matchAll(/'([^'\n]{1,200})'|"([^"\n]{1,200})"/g)].map((m) => m[1] ?? m[2]!);
   const rank = (l: Leaf) => (l.kind === 'string' ? (quoted.some((q) => q === l.value) ? 1e9 : l.value.length) : 0);
-  // (The whole part's values, when no field of it was found, but not the name Signalbox gave it.)
-  let leaves = leavesOf(field.length ? getAt(part.json, field) : { ...part.json, name: undefined }).sort((a, b) => rank(b) - rank(a));
+  let leaves = leavesOf(value).sort((a, b) => rank(b) - rank(a));
   if (onlyQuoted) leaves = leaves.filter((l) => l.kind === 'string' && quoted.includes(l.value));
   for (const caseless of [false, true]) {
     for (const leaf of leaves) {
@@ -557,7 +578,27 @@ function blame(docs: LoadedDoc[], parts: GroupParts, c: Culprit, field: (string 
       }
     }
   }
-  return onlyQuoted ? undefined : { source: part.source ?? parts.source, path: fallback };
+  return undefined;
+}
+
+/**
+ * Where a value of an Envoy route came from: `value` (found at `field` of the route named
+ * `routeName`) looked up in the route's own document `own` (within the rule its name designates
+ * first) and then in the other documents, as `validate --envoy` does. `exact`: a field holding
+ * the value was found; else the rule (or `own` itself) is what can be named.
+ */
+export function routeValueSource(
+  docs: LoadedDoc[],
+  own: LoadedDoc | undefined,
+  routeName: string,
+  field: (string | number)[],
+  value: unknown,
+  message = '',
+): { source: SourceRef; path: (string | number)[]; exact: boolean } | undefined {
+  const fallback = own ? ruleFallback(own, routeName, field) : [];
+  const found = locate(docs, own, fallback, value, message, false);
+  if (found?.source) return { source: found.source, path: found.path, exact: true };
+  return own ? { source: own.source, path: fallback, exact: false } : undefined;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -611,9 +652,7 @@ export async function preflightModel(model: Model, docs: LoadedDoc[], opts: Pref
   const store = new EndpointStore();
   for (const s of model.services.values()) store.set(s.name, staticInstances(s), 'static', { quiet: true });
   // As `signalbox serve` compiles by default: ext_authz over TLS, access logs to the control plane, tracing.
-  const irs = translate(model, sidecarGroupsOf(model), { authz: { ...DEFAULT_AUTHZ_ENDPOINT, tls: { serverId: serverSpiffeId(model.mesh.trustDomain, 'authz') } } });
-  for (const ir of irs.values()) for (const l of ir.listeners) l.accessLog = { successSamplePercent: 100 };
-  applyMeshTracing(model, irs);
+  const irs = translate(model, sidecarGroupsOf(model), { authz: { ...DEFAULT_AUTHZ_ENDPOINT, tls: { serverId: serverSpiffeId(model.mesh.trustDomain, 'authz') } }, accessLog: { successSamplePercent: 100 } });
   const identity = await throwawayIdentity(model.mesh.trustDomain);
   const groups = [...irs.values()].map((ir) => groupParts(ir, model, store, identity));
   const dir = await mkdtemp(path.join(os.tmpdir(), 'signalbox-preflight-'));
@@ -653,4 +692,94 @@ export async function preflightModel(model: Model, docs: LoadedDoc[], opts: Pref
     errors: [...errors.values()].sort((a, b) => (a.file === b.file ? (a.doc ?? 0) - (b.doc ?? 0) : a.file < b.file ? -1 : 1)),
     ms: Math.round(performance.now() - t0),
   };
+}
+
+// ---------------------------------------------------------------------------------------------
+// One route configuration a proxy rejected, when Envoy's NACK message does not say where the
+// problem is (src/xds/server/nack-blame.ts): Envoy checks it alone, then without routes and with
+// halves of them, to find the route it refuses, then that route without one field at a time.
+
+/** What an Envoy check of one rejected route configuration may spend. */
+export interface RouteConfigCheckOptions {
+  /** Envoy runs at most (default 40). */
+  maxRuns?: number;
+  /** Each run's time limit (default 10 s). */
+  runTimeoutMs?: number;
+}
+
+export interface RefusedRoute {
+  /** Position in the route configuration: virtual host and route index. */
+  vhost: number;
+  route: number;
+  name: string;
+  /** The refused field of Envoy's route; empty when no single field was found. */
+  field: (string | number)[];
+  /** Envoy's reason for refusing the route on its own. */
+  message: string;
+}
+
+export interface RouteConfigCheck {
+  refused?: RefusedRoute;
+  /** Why no route is named (Envoy accepts the route configuration on its own, the run budget ran out, ...). */
+  reason?: string;
+  runs: number;
+  ms: number;
+}
+
+const HCM_TYPE = 'type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager';
+
+/**
+ * Which route of `routeConfig` (an Envoy RouteConfiguration as JSON, as it was sent) Envoy `bin`
+ * refuses, and its field. The route configuration is put inline in a listener of its own with the
+ * router filter only; its cluster references are not checked (clusters are another resource).
+ */
+export async function isolateRefusedRoute(bin: string, routeConfig: Record<string, unknown>, opts: RouteConfigCheckOptions = {}): Promise<RouteConfigCheck> {
+  const t0 = performance.now();
+  const rc = clone(routeConfig);
+  rc.validate_clusters = { value: false };
+  const routes: RoutePart[] = [];
+  const at: { vhost: number; route: number }[] = [];
+  ((rc.virtual_hosts as Json[] | undefined) ?? []).forEach((vh, vi) => {
+    ((vh.routes as Json[] | undefined) ?? []).forEach((json, ri) => {
+      const name = typeof json.name === 'string' ? json.name : `#${ri}`;
+      routes.push({ json, listener: 0, vhost: vi, name, what: `route "${name}"` });
+      at.push({ vhost: vi, route: ri });
+    });
+    vh.routes = [];
+  });
+  const listener: Json = {
+    name: 'signalbox-nack-check',
+    address: { socket_address: { address: '127.0.0.1', port_value: 10000 } },
+    filter_chains: [
+      {
+        filters: [
+          {
+            name: 'envoy.filters.network.http_connection_manager',
+            typed_config: {
+              '@type': HCM_TYPE,
+              stat_prefix: 'nack_check',
+              rds: { route_config_name: String(rc.name ?? ''), config_source: { ads: {} } },
+              http_filters: [{ name: 'envoy.filters.http.router', typed_config: { '@type': 'type.googleapis.com/envoy.extensions.filters.http.router.v3.Router' } }],
+            },
+          },
+        ],
+      },
+    ],
+  };
+  const parts: GroupParts = { group: 'nack-check', listeners: [{ json: listener, routeConfig: rc, what: `route configuration "${String(rc.name ?? '')}"` }], routes, clusters: [], secrets: [] };
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'signalbox-nack-'));
+  const checker = new GroupChecker(parts, bin, dir, opts.maxRuns ?? 40, opts.runTimeoutMs ?? 10_000);
+  const done = (r: Omit<RouteConfigCheck, 'runs' | 'ms'>): RouteConfigCheck => ({ ...r, runs: checker.runs, ms: Math.round(performance.now() - t0) });
+  try {
+    const whole = await checker.check(all(parts));
+    if (whole.ok) return done({ reason: 'the checking Envoy accepts the route configuration on its own' });
+    const c = await isolate(checker, all(parts), whole.message);
+    if (!c) return done({ reason: checker.exhausted ? 'the checking Envoy ran out of runs' : 'no single route explains the refusal' });
+    if (c.kind !== 'routes') return done({ reason: 'the checking Envoy refuses the route configuration without any of its routes' });
+    const field = await refusedField(checker, parts, c);
+    const route = parts.routes[c.index]!;
+    return done({ refused: { ...at[c.index]!, name: route.name, field, message: c.message } });
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 }

@@ -2,6 +2,7 @@
 // ACKed, and what it rejected (NACK) with Envoy's own message.
 import type { Resource } from '../resources/resource.js';
 import { SHORT_NAME, type TypeUrl } from '../resources/type-urls.js';
+import type { NackAttribution } from './nack-blame.js';
 
 export interface NodeIdentity {
   id: string;
@@ -22,7 +23,7 @@ export interface TypeStatus {
    * it blames. `rateLimited`: the stream was over its allowance of searched NACKs, so the blame is
    * carried over from the previous NACK of the same version and message, or empty.
    */
-  nack?: { version: string; message: string; at: number; resources: string[]; sources: string[]; cut?: number; rateLimited?: boolean };
+  nack?: { version: string; message: string; at: number; resources: string[]; sources: string[]; cut?: number; rateLimited?: boolean } & Partial<Omit<NackAttribution, 'sources'>>;
   /** NACKs received on this stream, and how many of them were over the allowance (not searched). */
   nacks?: number;
   nacksRateLimited?: number;
@@ -79,7 +80,7 @@ export class ProxyStatus {
         ackedVersion: s.acked?.version,
         ackedAt: s.acked ? new Date(s.acked.at).toISOString() : undefined,
         pushes: s.pushes,
-        lastNack: s.nack ? { version: s.nack.version, message: s.nack.message, at: new Date(s.nack.at).toISOString(), resources: s.nack.resources, sources: s.nack.sources, cut: s.nack.cut || undefined, rateLimited: s.nack.rateLimited || undefined } : undefined,
+        lastNack: s.nack ? { version: s.nack.version, message: s.nack.message, at: new Date(s.nack.at).toISOString(), resources: s.nack.resources, sources: s.nack.sources, culprit: s.nack.culprit, candidates: s.nack.candidates, attribution: s.nack.attribution, cut: s.nack.cut || undefined, rateLimited: s.nack.rateLimited || undefined } : undefined,
         nacks: s.nacks,
         nacksRateLimited: s.nacksRateLimited || undefined,
       };

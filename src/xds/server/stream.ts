@@ -206,7 +206,7 @@ export abstract class XdsStream {
       // Over the allowance: recorded without a search. The same version and message blame the same.
       const prev = t.nack;
       const same = prev !== undefined && prev.version === version && prev.message === text;
-      t.nack = { version, message: text, at: Date.now(), resources: same ? prev.resources : [], sources: same ? prev.sources : [], cut, rateLimited: true };
+      t.nack = same ? { ...prev, at: Date.now(), cut, rateLimited: true } : { version, message: text, at: Date.now(), resources: [], sources: [], cut, rateLimited: true };
       t.nacksRateLimited = (t.nacksRateLimited ?? 0) + 1;
       this.ctx.metrics.nacksRateLimited.inc({ type: short });
       if (turn === 'first-over') this.ctx.logger.warn({ proxy: s.node.id, type: short, version, limit: NACKS_BLAMED_PER_SECOND }, 'proxy NACKs faster than the allowance: further NACKs this second are rate limited (counted and recorded, not attributed or logged)');
@@ -217,8 +217,10 @@ export abstract class XdsStream {
     const blamed = blameNack(sent, message);
     const resources = blamed.resources.map((r) => r.name).sort();
     const sources = blamed.sources;
-    t.nack = { version, message: text, at: Date.now(), resources, sources, cut };
-    this.ctx.logger.warn({ proxy: s.node.id, type: short, version, resources, sources, envoyMessage: text, cut: cut || undefined, searchLimited: blamed.limited || undefined }, 'proxy rejected configuration (NACK); it keeps its last accepted version');
+    t.nack = { version, message: text, at: Date.now(), resources, sources, cut, culprit: blamed.culprit, candidates: blamed.candidates, attribution: blamed.attribution };
+    this.ctx.logger.warn({ proxy: s.node.id, type: short, version, resources, sources, culprit: blamed.culprit, attribution: blamed.attribution, envoyMessage: text, cut: cut || undefined, searchLimited: blamed.limited || undefined }, 'proxy rejected configuration (NACK); it keeps its last accepted version');
+    // Not narrowed down in-process: an Envoy checks the parts in the background (bounded); the answer updates this NACK's record if it is still the last.
+    blamed.narrow?.((u) => t.nack?.version === version && t.nack.message === text && Object.assign(t.nack, u), this.ctx.logger);
   }
 
   /** True when the listeners and routes last sent were ACKed (or none were sent). */
