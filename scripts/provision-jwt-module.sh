@@ -1,18 +1,44 @@
 #!/usr/bin/env bash
-# Build Signalbox's JWT fast-path filter (native/jwt-check/jwt_check.c) as an Envoy dynamic module
-# for the pinned Envoy release, into a git-ignored cache folder. Prints the folder to give Envoy as
-# ENVOY_DYNAMIC_MODULES_SEARCH_PATH (it holds libsignalbox_jwt_check.so) as the only line on stdout.
+# Build Signalbox's JWT fast-path filter (native/jwt-check) as an Envoy dynamic module for one
+# Envoy version (ENVOY_VERSION: x.y.z, "pinned" (the default) or "newest", as listed in
+# envoy-versions.json), into a
+# git-ignored cache folder. Prints the folder to give Envoy as ENVOY_DYNAMIC_MODULES_SEARCH_PATH
+# (it holds libsignalbox_jwt_check.so) as the only line on stdout.
 #
-# A dynamic module must be built against the exact ABI header of the Envoy that loads it. The
-# header is not copied into this repository: it is read from Envoy's own source at the pinned tag,
-# which the Go module proxy serves (github.com/envoyproxy/envoy@v<version>). Needs go and a C
-# compiler. Idempotent; exits non-zero with a reason when the module cannot be built.
+# Needs only a C compiler. Envoy's side of the module interface is declared by Signalbox itself
+# (native/jwt-check/envoy_abi.h); envoy-versions.json says, per Envoy version, which generation of
+# that interface it takes and the ABI version string it checks. A version not listed there has no
+# build: this exits non-zero and says so (proxies on such an Envoy get the Lua fast path). Built
+# hardened (stack protector, FORTIFY_SOURCE, full RELRO). Idempotent.
 set -euo pipefail
-ENVOY_VERSION="${ENVOY_VERSION:-1.36.2}"
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-src="$repo/native/jwt-check/jwt_check.c"
-digest="$(sha256sum "$src" | cut -c1-16)"
-out="${SIGNALBOX_CACHE_DIR:-$repo/.cache}/jwt-module/$ENVOY_VERSION-$digest"
+src="$repo/native/jwt-check"
+
+# "<version> <layout> <abiVersion>" for the requested (or pinned) version.
+if ! read -r version layout abi < <(node -e '
+  const list = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
+  const want = process.env.ENVOY_VERSION || "pinned";
+  const v = list.versions.find((x) => x.version === want || x.role === want);
+  if (!v || !v.jwtModule) {
+    console.error(`provision-jwt-module: FAILED: the JWT module declares no ABI for Envoy ${want} (envoy-versions.json lists ${list.versions.filter((x) => x.jwtModule).map((x) => x.version).join(", ")}); proxies on that Envoy run the Lua fast path`);
+    process.exit(1);
+  }
+  console.log(`${v.version} ${v.jwtModule.layout} ${v.jwtModule.abiVersion}`);
+' "$repo/envoy-versions.json"); then
+  exit 1
+fi
+case "$layout" in
+  ptrlen) abi_layout=SB_ABI_PTRLEN ;;
+  buffers) abi_layout=SB_ABI_BUFFERS ;;
+  *) echo "provision-jwt-module: FAILED: unknown module ABI layout '$layout' for Envoy $version in envoy-versions.json" >&2; exit 1 ;;
+esac
+if ! [[ "$abi" =~ ^[A-Za-z0-9.]+$ ]]; then
+  echo "provision-jwt-module: FAILED: ABI version '$abi' for Envoy $version is not a plain string" >&2
+  exit 1
+fi
+
+digest="$( (cat "$src/jwt_check.c" "$src/jwt_core.c" "$src/jwt_core.h" "$src/envoy_abi.h" "${BASH_SOURCE[0]}"; echo "$layout $abi") | sha256sum | cut -c1-16)"
+out="${SIGNALBOX_CACHE_DIR:-$repo/.cache}/jwt-module/$version-$digest"
 lib="$out/libsignalbox_jwt_check.so"
 
 if [ -f "$lib" ]; then echo "$out"; exit 0; fi
@@ -22,23 +48,15 @@ exec 9>"$out.lock"
 flock 9
 if [ -f "$lib" ]; then echo "$out"; exit 0; fi
 
-for tool in go cc; do
-  if ! command -v "$tool" >/dev/null; then
-    echo "provision-jwt-module: FAILED: '$tool' is not installed (needed to build the JWT module)" >&2
-    exit 1
-  fi
-done
-echo "provision-jwt-module: fetching Envoy v$ENVOY_VERSION's module ABI header from the Go module proxy" >&2
-if ! dir="$(cd "$out" && GOFLAGS=-mod=mod GOTOOLCHAIN=local go mod download -json "github.com/envoyproxy/envoy@v$ENVOY_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')" || [ -z "$dir" ]; then
-  echo "provision-jwt-module: FAILED to download github.com/envoyproxy/envoy@v$ENVOY_VERSION from the Go module proxy" >&2
+if ! command -v cc >/dev/null; then
+  echo "provision-jwt-module: FAILED: 'cc' is not installed (needed to build the JWT module)" >&2
   exit 1
 fi
-abi="$dir/source/extensions/dynamic_modules"
-if [ ! -f "$abi/abi.h" ] || [ ! -f "$abi/abi_version.h" ]; then
-  echo "provision-jwt-module: FAILED: no abi.h in $abi" >&2
-  exit 1
-fi
-echo "provision-jwt-module: building $lib" >&2
-cc -std=c11 -O2 -fPIC -shared -Wall -Wextra -Werror -Wno-unused-variable -I"$abi" -o "$lib.tmp" "$src"
+echo "provision-jwt-module: building $lib for Envoy $version (module ABI $layout, version $abi)" >&2
+cc -std=c11 -O2 -fPIC -shared -Wall -Wextra -Werror \
+  -fstack-protector-strong -D_FORTIFY_SOURCE=2 -fvisibility=default \
+  -Wl,-z,relro,-z,now -Wl,-z,noexecstack \
+  -DSB_ABI_LAYOUT="$abi_layout" -DSB_ABI_VERSION="\"$abi\"" \
+  -o "$lib.tmp" "$src/jwt_check.c" "$src/jwt_core.c"
 mv "$lib.tmp" "$lib"
 echo "$out"

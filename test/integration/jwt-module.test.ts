@@ -4,7 +4,9 @@
 // with routes that name no check, with repeated headers, a slow service, and how it reports.
 // Then, through Signalbox: proxies whose bootstrap says they load the module get it, others the
 // script; one that says so but cannot load it rejects the listener, and the rejection is shown
-// (nothing is let through unchecked).
+// (nothing is let through unchecked). `npm test` runs this file on every Envoy version in
+// envoy-versions.json, each with the module built for it; /api/proxies shows each proxy's Envoy
+// version and the engine it runs.
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import http2 from 'node:http2';
@@ -16,7 +18,7 @@ import { after, before, describe, test } from 'node:test';
 import YAML from 'yaml';
 import { bootstrapYaml } from '../../src/cli/bootstrap.js';
 import { JWT_CHECK_FILTER, JWT_MODULE } from '../../src/xds/translator/filters/jwt-fast.js';
-import { startEnvoy, type Envoy } from '../helpers/envoy.js';
+import { envoyVersionUnderTest, startEnvoy, type Envoy } from '../helpers/envoy.js';
 import { freePort, waitFor } from '../helpers/net.js';
 import { startSignalbox } from '../helpers/signalbox.js';
 import { startUpstream, type Upstream } from '../helpers/upstream.js';
@@ -41,7 +43,7 @@ function get(port: number, p: string, headers: http.OutgoingHttpHeaders = {}, ag
   });
 }
 
-describe('the compiled JWT filter in a real Envoy', () => {
+describe(`the compiled JWT filter in a real Envoy ${envoyVersionUnderTest()}`, () => {
   const asked: Asked[] = [];
   /** What the stand-in service answers to a check, by the token header's value. */
   const answers = new Map<string, { status?: number; text: string; delayMs?: number }>();
@@ -214,7 +216,7 @@ describe('the compiled JWT filter in a real Envoy', () => {
   });
 });
 
-describe('the compiled filter through Signalbox, per proxy', () => {
+describe(`the compiled filter through Signalbox, per proxy (Envoy ${envoyVersionUnderTest()})`, () => {
   test("a proxy whose bootstrap says it loads the module gets it, others get the script; one that says so but cannot load it rejects the listener, shown as NACKED, and serves nothing unchecked", async () => {
     const [modPort, luaPort, openPort] = [await freePort(), await freePort(), await freePort()];
     const key = await makeKey('EdDSA', 'k');
@@ -285,8 +287,15 @@ ${gateway('mod', modPort, `, { name: open, port: ${openPort}, protocol: HTTP }`)
           assert.equal(app.seen[app.seen.length - 1]!.headers['x-user-id'], 'alice');
         }
       }
-      assert.equal((await sb.admin('/api/proxies/with-module')).group, 'gateway/mod+jwt-module');
-      assert.equal((await sb.admin('/api/proxies/with-script')).group, 'gateway/lua');
+      // Each proxy's Envoy version, as its node reports it, and the engine it runs.
+      const withModuleStatus = await sb.admin('/api/proxies/with-module');
+      assert.equal(withModuleStatus.group, 'gateway/mod+jwt-module');
+      assert.deepEqual(withModuleStatus.envoy, { version: envoyVersionUnderTest(), tested: true, jwtModule: true });
+      assert.equal(withModuleStatus.jwtEngine, 'module');
+      const withScriptStatus = await sb.admin('/api/proxies/with-script');
+      assert.equal(withScriptStatus.group, 'gateway/lua');
+      assert.equal(withScriptStatus.envoy.version, envoyVersionUnderTest());
+      assert.equal(withScriptStatus.jwtEngine, 'script');
 
       // A policy added to a listener that had none: on a module proxy the filter is already there,
       // so the change is routes only, and a connection opened before it is checked too.

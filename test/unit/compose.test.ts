@@ -69,7 +69,7 @@ describe('docker-compose.yml', () => {
       assert.doesNotMatch(s.image!, /:latest$/);
     }
     const envoyImage = services.gateway!.image!;
-    const pinned = /ENVOY_VERSION="\$\{ENVOY_VERSION:-([0-9.]+)\}"/.exec(read('scripts/provision-envoy.sh'))![1]!;
+    const pinned = (JSON.parse(read('envoy-versions.json')) as { versions: { version: string; role: string }[] }).versions.find((v) => v.role === 'pinned')!.version;
     assert.equal(envoyImage, `envoyproxy/envoy:v${pinned}`, 'the same Envoy as the tests');
     assert.match(read('scripts/provision-consul.sh'), new RegExp(services.consul!.image!.split(':')[1]!.replace(/\./g, '\\.')), 'the same Consul as the tests');
   });

@@ -1,7 +1,8 @@
 // What the control plane knows about each connected proxy: who it is, what it was sent, what it
 // ACKed, and what it rejected (NACK) with Envoy's own message.
 import type { Resource } from '../resources/resource.js';
-import { SHORT_NAME, type TypeUrl } from '../resources/type-urls.js';
+import { SHORT_NAME, TypeUrl } from '../resources/type-urls.js';
+import { envoySupport } from './envoy-versions.js';
 import type { NackAttribution } from './nack-blame.js';
 
 export interface NodeIdentity {
@@ -13,6 +14,38 @@ export interface NodeIdentity {
   group: string;
   cluster?: string;
   userAgent?: string;
+  /** The Envoy release the node reports (user_agent_build_version), major.minor.patch. */
+  envoyVersion?: string;
+  /** Set when the node asked for the compiled JWT filter but its Envoy has no build of it: why. */
+  jwtModuleFallback?: string;
+}
+
+/** Which JWT fast path a proxy runs, read from the listeners it was sent. */
+export type JwtEngine = 'module' | 'script' | 'none';
+
+const engineOfListener = new WeakMap<Resource, JwtEngine>();
+
+function listenerEngine(r: Resource): JwtEngine {
+  let e = engineOfListener.get(r);
+  if (e === undefined) {
+    const text = JSON.stringify(r.printable);
+    e = text.includes('"signalbox.jwt_check"') ? (text.includes('dynamic_modules.v3.DynamicModuleFilter') ? 'module' : 'script') : 'none';
+    engineOfListener.set(r, e);
+  }
+  return e;
+}
+
+/** A proxy the server refused for its Envoy version (kept so that /api/proxies can say why). */
+export interface RefusedProxy {
+  id: string;
+  role: 'gateway' | 'sidecar';
+  name: string;
+  envoyVersion?: string;
+  peer: string;
+  reason: string;
+  at: string;
+  /** Refusals of this node id since it was first refused. */
+  attempts: number;
 }
 
 export interface TypeStatus {
@@ -71,6 +104,25 @@ export class ProxyStatus {
     return pending ? 'PENDING' : 'SYNCED';
   }
 
+  /** The Envoy release the proxy reports, whether the suite runs on it, and whether the JWT module is built for it. */
+  get envoy(): { version: string; tested: boolean; jwtModule: boolean } | undefined {
+    const version = this.node.envoyVersion;
+    if (version === undefined) return undefined;
+    const { tested, jwtModule } = envoySupport(version);
+    return { version, tested, jwtModule };
+  }
+
+  /** The JWT fast path in the listeners last sent: the compiled filter, the Lua script, or neither. */
+  get jwtEngine(): JwtEngine {
+    let engine: JwtEngine = 'none';
+    for (const r of this.sent.get(TypeUrl.Listener)?.values() ?? []) {
+      const e = listenerEngine(r);
+      if (e === 'module') return e;
+      if (e === 'script') engine = e;
+    }
+    return engine;
+  }
+
   toJSON() {
     const types: Record<string, unknown> = {};
     for (const [t, s] of [...this.types].sort(([a], [b]) => (a < b ? -1 : 1))) {
@@ -94,6 +146,9 @@ export class ProxyStatus {
       stream: this.streamId,
       peer: this.peer,
       userAgent: this.node.userAgent,
+      envoy: this.envoy,
+      jwtEngine: this.jwtEngine,
+      jwtEngineNote: this.node.jwtModuleFallback,
       connectedAt: new Date(this.connectedAt).toISOString(),
       authenticated: this.secretsAllowed,
       token: this.token,
@@ -103,11 +158,33 @@ export class ProxyStatus {
   }
 }
 
+/** How many refused proxies are remembered (the oldest is forgotten first). */
+export const MAX_REFUSED = 256;
+
 export class ProxyRegistry {
   private readonly streams = new Map<number, ProxyStatus>();
+  private readonly refusedById = new Map<string, RefusedProxy>();
 
   add(p: ProxyStatus): void {
     this.streams.set(p.streamId, p);
+    this.refusedById.delete(p.node.id);
+  }
+
+  /** Records a proxy refused for its Envoy version; it stays listed until it connects or is pushed out. */
+  refuse(node: NodeIdentity, peer: string, reason: string): void {
+    const before = this.refusedById.get(node.id);
+    this.refusedById.delete(node.id);
+    this.refusedById.set(node.id, { id: node.id, role: node.role, name: node.name, envoyVersion: node.envoyVersion, peer, reason, at: new Date().toISOString(), attempts: (before?.attempts ?? 0) + 1 });
+    if (this.refusedById.size > MAX_REFUSED) this.refusedById.delete(this.refusedById.keys().next().value!);
+  }
+
+  /** Proxies refused for their Envoy version, by node id. */
+  refused(): RefusedProxy[] {
+    return [...this.refusedById.values()].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  }
+
+  refusal(id: string): RefusedProxy | undefined {
+    return this.refusedById.get(id);
   }
 
   remove(p: ProxyStatus): void {

@@ -4,7 +4,7 @@ import { versionOf, type Resource } from '../resources/resource.js';
 import { blameNack, cutMessage, NACKS_BLAMED_PER_SECOND, NackRateLimit } from './nack-blame.js';
 import { isKnownTypeUrl, SHORT_NAME, TypeUrl } from '../resources/type-urls.js';
 import type { ServerContext } from './context.js';
-import { identify, NodeError, type WireNode } from './node.js';
+import { envoyRefusal, identify, NodeError, type WireNode } from './node.js';
 import { ProxyStatus, type NodeIdentity } from './proxy-status.js';
 import type { TokenCheck } from '../../ca/tokens.js';
 import type { InstanceCertificate } from '../../ca/identities.js';
@@ -15,7 +15,7 @@ import { redactSecret } from '../translator/secret.js';
 import { SharedResponses } from './responses.js';
 
 /** gRPC status codes a refused stream ends with. */
-export const GrpcCode = { INVALID_ARGUMENT: 3, NOT_FOUND: 5, PERMISSION_DENIED: 7, INTERNAL: 13, UNAUTHENTICATED: 16 } as const;
+export const GrpcCode = { INVALID_ARGUMENT: 3, NOT_FOUND: 5, PERMISSION_DENIED: 7, FAILED_PRECONDITION: 9, INTERNAL: 13, UNAUTHENTICATED: 16 } as const;
 
 export class StreamError extends Error {
   constructor(readonly reason: string, message: string, readonly code?: number) {
@@ -70,6 +70,12 @@ export abstract class XdsStream {
     // A name the policies do not declare never makes a group: proxies cannot grow the server.
     if (this.ctx.declares?.(identity.role, identity.name) === false) {
       throw new StreamError('unknown-name', `node "${identity.id}" claims ${identity.role === 'gateway' ? 'Gateway' : 'Service'} "${identity.name}", which no policy declares`, GrpcCode.NOT_FOUND);
+    }
+    // An Envoy older than the oldest Signalbox supports gets nothing (listed in /api/proxies `refused`).
+    const tooOld = envoyRefusal(identity);
+    if (tooOld) {
+      this.ctx.registry.refuse(identity, this.peer, tooOld);
+      throw new StreamError('envoy-version', tooOld, GrpcCode.FAILED_PRECONDITION);
     }
     const status = new ProxyStatus(identity, this.protocol, this.peer);
     status.secretsAllowed = allowed;
