@@ -243,7 +243,7 @@ describe('dashboard in a real browser, real Envoy traffic', () => {
     // Neither gateway uses a secret, so neither was issued a certificate (each instance gets its own when it asks).
     assert.match(r.stdout, /^edge-gw\s+gateway\/edge\s+sotw\s+.*SYNCED\s+-$/m);
     assert.match(r.stdout, /^lab-gw\s+gateway\/lab\s+delta\s+.*NACKED\s+-$/m);
-    assert.match(r.stdout, /lab-gw: route \w+ NACKED \(from lab-routes\.yaml\)/, 'relative to the policy directory');
+    assert.match(r.stdout, /lab-gw: route \w+ NACKED \(from lab-routes\.yaml#1 spec\.rules\[0\]\.matches\[0\]\.headers\[0\]\.value \(line \d+\)\)/, 'relative to the policy directory, with the document and field at fault');
     assert.doesNotMatch(r.stdout, /\/tmp\//);
     assert.match(r.stdout, /proxies: \d+ synced, \d+ pending, 1 NACKed/);
     assert.doesNotMatch(r.stdout, /stale/i);
