@@ -33,7 +33,7 @@ export type Decision =
 
 export interface CheckInput extends RequestView {
   /** Names of the policies the route must satisfy (from the route's context extension). */
-  policies: string[] | undefined;
+  policies: readonly string[] | undefined;
 }
 
 /** Whether two versions of a policy load their keys from the same place (and may share them). */
@@ -62,6 +62,27 @@ export function denial(r: Extract<PolicyResult, { ok: false }>, policy?: string)
 interface Entry {
   policy: CompiledPolicy;
   key: string;
+}
+
+/** What the policies of one check allowed so far. */
+interface Accumulated {
+  headers: Map<string, string> | undefined;
+  forwarded: Set<string> | undefined;
+  reason: 'ok' | 'no_token_optional';
+  window: { from?: number; until: number } | undefined;
+  everyTokenJudged: boolean;
+}
+
+function allowed(acc: Accumulated): Decision {
+  const headers = acc.headers;
+  return {
+    allow: true,
+    reason: acc.reason,
+    headers: headers ? [...headers].map(([name, value]) => ({ name, value })) : [],
+    // Client-supplied copies of forwarded headers never reach the upstream.
+    removeHeaders: acc.forwarded ? [...acc.forwarded].filter((h) => !headers?.has(h)).sort() : [],
+    ...(acc.everyTokenJudged && acc.window ? { window: acc.window } : {}),
+  };
 }
 
 export interface EngineOptions {
@@ -176,57 +197,91 @@ export class AuthzEngine {
   }
 
   /** Every policy must pass; the first refusal (in name order) is the answer. */
-  async check(input: CheckInput): Promise<Decision> {
-    const metrics = this.opts.metrics;
+  check(input: CheckInput): Promise<Decision> {
+    const d = this.checkNow(input);
+    return d instanceof Promise ? d : Promise.resolve(d);
+  }
+
+  /**
+   * check without a promise when no policy has to wait for keys (the steady state): the answer,
+   * or a promise of it when some policy must wait.
+   */
+  checkNow(input: CheckInput): Decision | Promise<Decision> {
     const names = input.policies;
     if (!names || names.length === 0) {
       // The filter only calls for routes that name policies; anything else is a misconfiguration.
-      metrics?.decisions.inc({ policy: 'none', result: 'deny', reason: 'no_policy' });
+      this.opts.metrics?.decisions.inc({ policy: 'none', result: 'deny', reason: 'no_policy' });
       return denial({ ok: false, reason: 'no_policy', status: 403, description: 'no policy for this route' });
     }
-    const headers = new Map<string, string>();
-    const forwarded = new Set<string>();
-    let reason: 'ok' | 'no_token_optional' = 'no_token_optional';
-    let window: { from?: number; until: number } | undefined;
-    let everyTokenJudged = true;
-    const deadline = performance.now() + KEY_WAIT_BUDGET_MS; // shared by every policy of the route
-    for (const name of names) {
+    const acc: Accumulated = { headers: undefined, forwarded: undefined, reason: 'no_token_optional', window: undefined, everyTokenJudged: true };
+    return this.run(input, names, 0, acc, performance.now() + KEY_WAIT_BUDGET_MS);
+  }
+
+  /** Checks policies `from` on, synchronously while no policy has to wait; `deadline` is shared by every wait. */
+  private run(input: CheckInput, names: readonly string[], from: number, acc: Accumulated, deadline: number): Decision | Promise<Decision> {
+    for (let i = from; i < names.length; i++) {
+      const name = names[i]!;
       const policy = this.lookup(name);
-      if (!policy) {
-        metrics?.decisions.inc({ policy: 'unknown', result: 'deny', reason: 'unknown_policy' });
-        const at = this.now();
-        if ((this.unknownLogged.get(name) ?? -Infinity) < at - 60_000 && this.unknownLogged.size < 1000) {
-          this.unknownLogged.set(name, at);
-          this.opts.logger?.warn({ policy: name.slice(0, 63) }, 'ext_authz: a route names a policy this service does not have (configuration skew?); answering 503');
-        }
-        return denial({ ok: false, reason: 'unknown_policy', status: 503, description: 'policy not loaded yet' });
-      }
-      let r: PolicyResult;
+      if (!policy) return this.unknownPolicy(name);
+      let r: PolicyResult | undefined;
       try {
-        r = await policy.check(input, Math.max(0, deadline - performance.now()));
+        r = policy.checkNow(input);
       } catch (e) {
-        this.opts.logger?.error({ policy: name, err: { message: (e as Error).message } }, 'ext_authz: check failed');
-        r = { ok: false, reason: 'internal_error', status: 503, description: 'internal error' };
+        r = this.failed(name, e);
       }
-      metrics?.decisions.inc({ policy: name, result: r.ok ? 'allow' : 'deny', reason: r.reason });
-      if (!r.ok) return denial(r, name);
-      if (r.reason === 'ok') reason = 'ok';
-      if (!r.window) everyTokenJudged = false;
-      else {
-        const from = Math.max(window?.from ?? -Infinity, r.window.from ?? -Infinity);
-        window = { ...(from > -Infinity ? { from } : {}), until: Math.min(window?.until ?? Infinity, r.window.until) };
-      }
-      for (const h of policy.forwardHeaders) forwarded.add(h);
-      for (const h of r.headers) headers.set(h.name, h.value);
+      if (r === undefined) return this.runWaiting(input, names, i, policy, acc, deadline);
+      const refusal = this.take(name, policy, r, acc);
+      if (refusal) return refusal;
     }
-    return {
-      allow: true,
-      reason,
-      headers: [...headers].map(([name, value]) => ({ name, value })),
-      // Client-supplied copies of forwarded headers never reach the upstream.
-      removeHeaders: [...forwarded].filter((h) => !headers.has(h)).sort(),
-      ...(everyTokenJudged && window ? { window } : {}),
-    };
+    return allowed(acc);
+  }
+
+  private async runWaiting(input: CheckInput, names: readonly string[], i: number, policy: CompiledPolicy, acc: Accumulated, deadline: number): Promise<Decision> {
+    const name = names[i]!;
+    let r: PolicyResult;
+    try {
+      r = await policy.checkWaiting(input, Math.max(0, deadline - performance.now()));
+    } catch (e) {
+      r = this.failed(name, e);
+    }
+    return this.take(name, policy, r, acc) ?? this.run(input, names, i + 1, acc, deadline);
+  }
+
+  private failed(name: string, e: unknown): PolicyResult {
+    this.opts.logger?.error({ policy: name, err: { message: (e as Error).message } }, 'ext_authz: check failed');
+    return { ok: false, reason: 'internal_error', status: 503, description: 'internal error' };
+  }
+
+  private unknownPolicy(name: string): Decision {
+    this.opts.metrics?.decisions.inc({ policy: 'unknown', result: 'deny', reason: 'unknown_policy' });
+    const at = this.now();
+    if ((this.unknownLogged.get(name) ?? -Infinity) < at - 60_000 && this.unknownLogged.size < 1000) {
+      this.unknownLogged.set(name, at);
+      this.opts.logger?.warn({ policy: name.slice(0, 63) }, 'ext_authz: a route names a policy this service does not have (configuration skew?); answering 503');
+    }
+    return denial({ ok: false, reason: 'unknown_policy', status: 503, description: 'policy not loaded yet' });
+  }
+
+  /** Adds one policy's result to the answer; the refusal when it refuses. */
+  private take(name: string, policy: CompiledPolicy, r: PolicyResult, acc: Accumulated): Decision | undefined {
+    this.opts.metrics?.decisions.inc({ policy: name, result: r.ok ? 'allow' : 'deny', reason: r.reason });
+    if (!r.ok) return denial(r, name);
+    if (r.reason === 'ok') acc.reason = 'ok';
+    if (!r.window) acc.everyTokenJudged = false;
+    else if (!acc.window) acc.window = r.window;
+    else {
+      const from = Math.max(acc.window.from ?? -Infinity, r.window.from ?? -Infinity);
+      acc.window = { ...(from > -Infinity ? { from } : {}), until: Math.min(acc.window.until, r.window.until) };
+    }
+    if (policy.forwardHeaders.length) {
+      acc.forwarded ??= new Set();
+      for (const h of policy.forwardHeaders) acc.forwarded.add(h);
+    }
+    if (r.headers.length) {
+      acc.headers ??= new Map();
+      for (const h of r.headers) acc.headers.set(h.name, h.value);
+    }
+    return undefined;
   }
 
   status(): { generation: number; policies: Record<string, JwksStatus> } {

@@ -22,9 +22,17 @@ export const GrpcStatus = { OK: 0, CANCELLED: 1, UNKNOWN: 2, INVALID_ARGUMENT: 3
 export interface UnaryMethod {
   /** Full path, e.g. /envoy.service.auth.v3.Authorization/Check. */
   path: string;
-  /** Decodes the request message, handles it, encodes the response message. */
-  handle(request: Uint8Array, headers: http2.IncomingHttpHeaders): Promise<Uint8Array>;
+  /**
+   * Decodes the request message, handles it, encodes the response message: synchronously when it
+   * can (the answer goes out in the same turn of the event loop), else a promise. A GrpcError,
+   * thrown or rejected, is the call's status.
+   */
+  handle(request: Uint8Array, headers: http2.IncomingHttpHeaders): Uint8Array | Promise<Uint8Array>;
 }
+
+/** Response headers and trailers of every OK call (node copies them into each stream's frame). */
+const RESPONSE_HEADERS = Object.freeze({ ':status': 200, 'content-type': 'application/grpc' });
+const OK_TRAILERS = Object.freeze({ 'grpc-status': '0' });
 
 export class GrpcError extends Error {
   constructor(
@@ -93,8 +101,12 @@ export class UnaryGrpcServer {
   }
 
   private trailersOnly(stream: http2.ServerHttp2Stream, code: number, message: string): void {
-    if (stream.destroyed || stream.headersSent) return;
-    stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': String(code), 'grpc-message': encodeURIComponent(message) }, { endStream: true });
+    if (!open(stream)) return;
+    try {
+      stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': String(code), 'grpc-message': encodeURIComponent(message) }, { endStream: true });
+    } catch {
+      stream.destroy();
+    }
   }
 
   private onStream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
@@ -103,7 +115,7 @@ export class UnaryGrpcServer {
     const type = String(headers['content-type'] ?? '');
     if (headers[':method'] !== 'POST' || !type.startsWith('application/grpc')) {
       if (this.opts.plain) return this.opts.plain(stream, headers);
-      if (!stream.destroyed) stream.respond({ ':status': 415 }, { endStream: true });
+      if (open(stream)) stream.respond({ ':status': 415 }, { endStream: true });
       return;
     }
     if (!method) {
@@ -123,29 +135,44 @@ export class UnaryGrpcServer {
       chunks.push(c);
     });
     stream.on('end', () => {
-      if (stream.destroyed || stream.headersSent) return;
+      if (!open(stream)) return;
       const body = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
       if (body.length < 5) return this.trailersOnly(stream, GrpcStatus.INTERNAL, 'no request message');
       if (body[0] !== 0) return this.trailersOnly(stream, GrpcStatus.UNIMPLEMENTED, 'compressed messages are not supported');
       const len = body.readUInt32BE(1);
       if (len !== body.length - 5) return this.trailersOnly(stream, GrpcStatus.INTERNAL, 'expected exactly one request message');
-      method.handle(body.subarray(5), headers).then(
-        (out) => {
-          if (stream.destroyed) return; // Envoy gave up (timeout) or went away
-          const frame = Buffer.allocUnsafe(5 + out.length);
-          frame[0] = 0;
-          frame.writeUInt32BE(out.length, 1);
-          frame.set(out, 5);
-          stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
-          stream.once('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
-          stream.end(frame);
-        },
-        (e: Error) => {
-          if (!(e instanceof GrpcError)) this.opts.onError?.(e);
-          this.trailersOnly(stream, e instanceof GrpcError ? e.code : GrpcStatus.INTERNAL, e instanceof GrpcError ? e.message : 'internal error');
-        },
-      );
+      let out: Uint8Array | Promise<Uint8Array>;
+      try {
+        out = method.handle(body.subarray(5), headers);
+      } catch (e) {
+        return this.failed(stream, e as Error);
+      }
+      if (out instanceof Promise) out.then((o) => this.answer(stream, o), (e: Error) => this.failed(stream, e));
+      else this.answer(stream, out);
     });
+  }
+
+  /** The response message, then the trailers with status OK. */
+  private answer(stream: http2.ServerHttp2Stream, out: Uint8Array): void {
+    if (!open(stream)) return; // Envoy gave up (timeout) or went away
+    const frame = Buffer.allocUnsafe(5 + out.length);
+    frame[0] = 0;
+    frame.writeUInt32BE(out.length, 1);
+    frame.set(out, 5);
+    try {
+      stream.respond(RESPONSE_HEADERS, { waitForTrailers: true });
+      stream.once('wantTrailers', () => {
+        if (!stream.closed && !stream.destroyed) stream.sendTrailers(OK_TRAILERS);
+      });
+      stream.end(frame);
+    } catch {
+      stream.destroy(); // reset meanwhile: nobody to answer
+    }
+  }
+
+  private failed(stream: http2.ServerHttp2Stream, e: Error): void {
+    if (!(e instanceof GrpcError)) this.opts.onError?.(e);
+    this.trailersOnly(stream, e instanceof GrpcError ? e.code : GrpcStatus.INTERNAL, e instanceof GrpcError ? e.message : 'internal error');
   }
 
   /** Binds host:port (port 0: any); resolves to the bound port. */
@@ -175,6 +202,14 @@ export class UnaryGrpcServer {
       for (const s of this.sessions) s.close();
     });
   }
+}
+
+/**
+ * Whether a stream can still be answered. A stream the peer reset is `closed` before it is
+ * `destroyed`, and respond() on it throws (seen under load, when Envoy's timeout fired first).
+ */
+function open(stream: http2.ServerHttp2Stream): boolean {
+  return !stream.destroyed && !stream.closed && !stream.headersSent;
 }
 
 function secureContextOf(m: ServerTlsMaterial): tls.SecureContextOptions {

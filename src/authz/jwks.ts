@@ -1,4 +1,5 @@
-// The verification keys of one JWTPolicy: a small cache on top of jose's createLocalJWKSet.
+// The verification keys of one JWTPolicy: a small cache of the key set, each key imported once
+// (a node:crypto KeyObject, see jws.ts) when the set is loaded, never per check.
 // - uri: fetched when first needed (and when the policy is loaded); reused for the Cache-Control
 //   max-age of the response, kept within the policy's min/max bounds; refreshed in the background
 //   once stale while the old keys keep serving; a failed fetch keeps the cached keys.
@@ -10,11 +11,12 @@
 // restart, without letting made-up kids hammer the JWKS endpoint).
 import { unwatchFile, watchFile, type Stats } from 'node:fs';
 import path from 'node:path';
-import { createLocalJWKSet, type JWK } from 'jose';
+import type { JWK } from 'jose';
 import { usableKeys, type JwksModel } from '../model/jwt.js';
 import { POLICY_FILE_REFUSED, policyFileReader, type PolicyFileResult } from '../model/model.js';
 import type { Logger } from '../observability/logger.js';
 import type { AuthzMetrics } from './metrics.js';
+import { prepareKeys, type PreparedKey } from './jws.js';
 
 /** Largest JWKS document accepted. */
 export const MAX_JWKS_BYTES = 1 << 20;
@@ -27,8 +29,8 @@ export const MAX_SCHEDULED_RETRY_MS = 60_000;
 
 
 export interface KeySet {
-  /** jose's key selector (kid, alg, kty, use). */
-  resolve: ReturnType<typeof createLocalJWKSet>;
+  /** The keys, imported once (jws.ts selects among them by kid, alg, kty, use as jose does). */
+  prepared: readonly PreparedKey[];
   /** Changes whenever the keys change; verified-token caches compare it. */
   generation: number;
   /** The usable keys themselves (public members as published). */
@@ -142,14 +144,24 @@ export class JwksCache {
    * background). Without, it waits for a load at most `budgetMs`. undefined: no keys to be had.
    */
   async current(budgetMs: number): Promise<KeySet | undefined> {
-    const now = this.now();
-    if (this.set) {
-      if (now >= this.set.expiresAt && now >= this.retryAt) void this.refresh();
-      return this.set;
-    }
-    if (!this.inflight && now >= this.retryAt) void this.refresh();
+    const set = this.available();
+    if (set) return set;
+    if (!this.inflight && this.now() >= this.retryAt) void this.refresh();
     if (this.inflight) await withTimeout(this.inflight, budgetMs);
     return this.set;
+  }
+
+  /**
+   * The keys to verify with when they are loaded, without waiting (the common case: a check then
+   * needs no promise); a stale set is refreshed in the background. undefined: none loaded yet.
+   */
+  available(): KeySet | undefined {
+    const set = this.set;
+    if (set) {
+      const now = this.now();
+      if (now >= set.expiresAt && now >= this.retryAt) void this.refresh();
+    }
+    return set;
   }
 
   /**
@@ -254,7 +266,7 @@ export class JwksCache {
       const changed = text !== this.set?.text;
       if (this.closed) return false;
       if (changed) {
-        this.set = { resolve: createLocalJWKSet({ keys }), generation: ++this.generations, keys, text, loadedAt: now, expiresAt: now + ttlMs };
+        this.set = { prepared: prepareKeys(keys), generation: ++this.generations, keys, text, loadedAt: now, expiresAt: now + ttlMs };
         if (this.lastError || this.generations > 1) logger?.info({ policy, jwks: this.source, keys: keys.length }, 'JWKS loaded');
       } else {
         this.set!.loadedAt = now;

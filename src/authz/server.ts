@@ -3,6 +3,12 @@
 // `signalbox serve` on its own port, or alone (`signalbox authz`) for separate scaling; both feed
 // it the same compiled model.
 //
+// Per call, the work is kept to what the answer needs (measured with `npm run bench:authz`, see
+// check-codec.ts and jws.ts): the request is read by a narrow decoder (protobufjs only for odd
+// messages), the decision is made synchronously when the keys are loaded (no promise per policy,
+// no span wrapper unless tracing is on), and the answer is written by hand, byte-identical to
+// protobufjs's encoding.
+//
 // Transport: TLS with a certificate from the mesh CA (its SAN holds the SPIFFE ID
 // spiffe://<trust domain>/signalbox/authz, which proxies verify), and a client certificate that
 // chains to the mesh trust bundle is required in the handshake: only proxies Signalbox gave an
@@ -21,7 +27,8 @@ import { GrpcError, GrpcStatus, UnaryGrpcServer } from './grpc-h2.js';
 import type http2 from 'node:http2';
 import { fastPathAnswer, policyOfPath } from './fast-path.js';
 import { FAST_PATH_HTTP } from '../xds/translator/filters/jwt-fast.js';
-import { withSpan } from '../observability/tracing.js';
+import { tracingActive, withSpan } from '../observability/tracing.js';
+import { decodeCheckRequest, encodeCheckResponse, type CheckAnswer, type CheckRequestView } from './check-codec.js';
 
 const CHECK_PATH = '/envoy.service.auth.v3.Authorization/Check';
 
@@ -40,6 +47,16 @@ interface CheckRequestShape {
   };
 }
 
+/** The gRPC status of a refusal: 503 UNAVAILABLE, 403 PERMISSION_DENIED, else UNAUTHENTICATED. */
+function grpcCodeOf(status: number): number {
+  return status === 503 ? GRPC_UNAVAILABLE : status === 403 ? GRPC_PERMISSION_DENIED : GRPC_UNAUTHENTICATED;
+}
+
+/** A decision as check-codec.ts encodes it (the same message checkResponse describes). */
+export function checkAnswer(d: Decision): CheckAnswer {
+  return d.allow ? { allow: true, headers: d.headers, removeHeaders: d.removeHeaders } : { allow: false, grpcCode: grpcCodeOf(d.status), httpStatus: d.status, headers: d.headers, body: d.body };
+}
+
 /** Turns a decision into an envoy.service.auth.v3.CheckResponse (plain object). */
 export function checkResponse(d: Decision): Record<string, unknown> {
   if (d.allow) {
@@ -52,7 +69,7 @@ export function checkResponse(d: Decision): Record<string, unknown> {
       },
     };
   }
-  const code = d.status === 503 ? GRPC_UNAVAILABLE : d.status === 403 ? GRPC_PERMISSION_DENIED : GRPC_UNAUTHENTICATED;
+  const code = grpcCodeOf(d.status);
   return {
     status: { code },
     denied_response: {
@@ -86,6 +103,7 @@ export class AuthzServer {
   private server?: UnaryGrpcServer;
   private stopFollowing?: () => void;
   private readonly reportIds = new Set<string>();
+  private readonly policyLists = new Map<string, readonly string[]>();
   port?: number;
 
   constructor(private readonly opts: AuthzServerOptions) {
@@ -101,23 +119,68 @@ export class AuthzServer {
   /** Answers one Check (exposed for tests and the benchmark). */
   async check(request: CheckRequestShape, trace?: Record<string, string>): Promise<Decision> {
     const http = request.attributes?.request?.http;
-    const ext = request.attributes?.context_extensions?.[JWT_POLICIES_KEY];
+    return this.decide(http?.headers, http?.path, request.attributes?.context_extensions?.[JWT_POLICIES_KEY], trace);
+  }
+
+  /**
+   * The decision for one checked request: synchronous when no policy has to wait for keys.
+   * `ext`: the route's context extension (the policy names, comma-separated).
+   */
+  private decide(headers: Record<string, string> | undefined, path: string | undefined, ext: string | undefined, trace: Record<string, string> | undefined): Decision | Promise<Decision> {
+    const input = { headers: headers ?? {}, path: path ?? '/', policies: ext === undefined ? undefined : this.policiesOf(ext) };
+    if (!tracingActive()) return this.engine.checkNow(input);
     // Continues the trace of the Check call (Envoy's tracer puts its span in the gRPC metadata),
     // else the one the checked request itself carries.
     return withSpan(
       'signalbox.authz.check',
       { 'signalbox.jwt_policies': ext ?? '' },
       async (span) => {
-        const d = await this.engine.check({
-          headers: http?.headers ?? {},
-          path: http?.path ?? '/',
-          policies: ext === undefined ? undefined : ext.split(',').filter((s) => s !== ''),
-        });
+        const d = await this.engine.checkNow(input);
         span.setAttributes({ 'signalbox.authz.allow': d.allow, 'signalbox.authz.reason': d.reason });
         return d;
       },
-      trace ?? http?.headers,
+      trace ?? headers,
     );
+  }
+
+  /** A route's policy names, split once per distinct extension value (a handful: one per route kind). */
+  private policiesOf(ext: string): readonly string[] {
+    let names = this.policyLists.get(ext);
+    if (!names) {
+      if (this.policyLists.size >= 1_000) this.policyLists.clear();
+      names = Object.freeze(ext.split(',').filter((s) => s !== ''));
+      this.policyLists.set(ext, names);
+    }
+    return names;
+  }
+
+  /** One Check call's bytes to the answer's bytes (synchronous when the decision is). */
+  private handleCheck(bytes: Uint8Array, headers: http2.IncomingHttpHeaders): Uint8Array | Promise<Uint8Array> {
+    const t0 = performance.now();
+    let view: CheckRequestView;
+    try {
+      view = decodeCheckRequest(bytes);
+    } catch {
+      view = this.decodeSlow(bytes);
+    }
+    const d = this.decide(view.headers, view.path, view.contextExtensions?.[JWT_POLICIES_KEY], traceHeaders(headers));
+    const answer = (d: Decision) => {
+      this.metrics?.checkSeconds.observe({ result: d.allow ? 'allow' : 'deny' }, (performance.now() - t0) / 1000);
+      return encodeCheckResponse(checkAnswer(d));
+    };
+    return d instanceof Promise ? d.then(answer) : answer(d);
+  }
+
+  /** protobufjs's reading of a message the narrow decoder did not expect (INVALID_ARGUMENT if it fails too). */
+  private decodeSlow(bytes: Uint8Array): CheckRequestView {
+    let request: CheckRequestShape;
+    try {
+      request = lookupType('envoy.service.auth.v3.CheckRequest').decode(bytes) as unknown as CheckRequestShape;
+    } catch {
+      throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, 'request does not decode as a CheckRequest');
+    }
+    const http = request.attributes?.request?.http;
+    return { headers: http?.headers, path: http?.path, contextExtensions: request.attributes?.context_extensions };
   }
 
   /** Whether the service is listening over TLS. */
@@ -134,26 +197,9 @@ export class AuthzServer {
     if (!m) throw new Error(`authz address must be HOST:PORT, got "${address}"`);
     if (this.server) throw new Error('the ext_authz service is listening already');
     const material = () => ({ cert: tls!.certificate.certPem, key: tls!.certificate.keyPem, clientCa: tls!.clientCaPem });
-    const req = lookupType('envoy.service.auth.v3.CheckRequest');
-    const res = lookupType('envoy.service.auth.v3.CheckResponse');
+    lookupType('envoy.service.auth.v3.CheckRequest'); // loaded now, not on the first odd message
     const server = new UnaryGrpcServer(
-      [
-        {
-          path: CHECK_PATH,
-          handle: async (bytes, headers) => {
-            const t0 = performance.now();
-            let request: CheckRequestShape;
-            try {
-              request = req.decode(bytes) as unknown as CheckRequestShape;
-            } catch {
-              throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, 'request does not decode as a CheckRequest');
-            }
-            const d = await this.check(request, traceHeaders(headers));
-            this.metrics?.checkSeconds.observe({ result: d.allow ? 'allow' : 'deny' }, (performance.now() - t0) / 1000);
-            return res.encode(res.fromObject(checkResponse(d))).finish();
-          },
-        },
-      ],
+      [{ path: CHECK_PATH, handle: (bytes, headers) => this.handleCheck(bytes, headers) }],
       {
         onError: (e) => this.opts.logger.error({ err: { message: e.message } }, 'ext_authz: Check failed'),
         plain: (stream, headers) => this.onFastPath(stream, headers),
@@ -181,9 +227,15 @@ export class AuthzServer {
     stream.on('error', () => undefined);
     const path = String(headers[':path'] ?? '');
     const reply = (status: number, body = '') => {
-      if (stream.destroyed || stream.headersSent) return;
-      stream.respond({ ':status': status, 'content-type': 'text/plain; charset=utf-8' });
-      stream.end(body);
+      // A stream the caller reset (its timeout, say, under load) is closed before it is destroyed:
+      // answering it would throw, and a throw here would take the whole process down.
+      if (stream.destroyed || stream.closed || stream.headersSent) return;
+      try {
+        stream.respond({ ':status': status, 'content-type': 'text/plain; charset=utf-8' });
+        stream.end(body);
+      } catch {
+        stream.destroy();
+      }
     };
     if (headers[':method'] === 'POST' && path === FAST_PATH_HTTP.reports) return this.onReport(stream, headers, reply);
     stream.resume(); // no body is read
@@ -201,16 +253,22 @@ export class AuthzServer {
     // Repeated values joined with "," as Envoy's ext_authz filter joins them (the script sends one).
     const raw = header === undefined ? undefined : headers[header];
     const value = Array.isArray(raw) ? raw.join(',') : raw;
-    this.check({ attributes: { request: { http: { headers: header !== undefined && value !== undefined ? { [header]: value } : {}, path: '/' } }, context_extensions: { [JWT_POLICIES_KEY]: policy } } }, traceHeaders(headers)).then(
-      (d) => {
-        this.metrics?.checkSeconds.observe({ result: d.allow ? 'allow' : 'deny' }, (performance.now() - t0) / 1000);
-        reply(200, fastPathAnswer(d));
-      },
-      (e: Error) => {
-        this.opts.logger.error({ err: { message: e.message } }, 'ext_authz: fast-path check failed');
-        reply(500);
-      },
-    );
+    const answer = (d: Decision) => {
+      this.metrics?.checkSeconds.observe({ result: d.allow ? 'allow' : 'deny' }, (performance.now() - t0) / 1000);
+      reply(200, fastPathAnswer(d));
+    };
+    const failed = (e: Error) => {
+      this.opts.logger.error({ err: { message: e.message } }, 'ext_authz: fast-path check failed');
+      reply(500);
+    };
+    let d: Decision | Promise<Decision>;
+    try {
+      d = this.decide(header !== undefined && value !== undefined ? { [header]: value } : {}, '/', policy, traceHeaders(headers));
+    } catch (e) {
+      return failed(e as Error);
+    }
+    if (d instanceof Promise) d.then(answer, failed);
+    else answer(d);
   }
 
   /**
