@@ -119,8 +119,9 @@ export async function startStandaloneAuthz(values: Record<string, string | boole
     log.warn({ errors: errors.map(formatPolicyError), keptVersion: applied ? 'last good configuration' : 'none yet' }, `policy directory rejected: ${errors.length} error(s); nothing applied`);
     return false;
   };
-  await reload();
   const watcher = watchPolicies(dir, debounce, () => void reload());
+  await watcher.ready; // an edit made while starting is in the first read or reported after it
+  await reload();
   let certificate: ServerCertificate | undefined;
   let boundAuthz: number;
   try {

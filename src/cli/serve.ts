@@ -104,6 +104,9 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
   const consul = attachConsul(cfg, pipeline, metrics, logger); // undefined without --consul-addr
   await consul?.prepared(); // with --consul-import: the imported services, before the first load
   pipeline.on('applied', (model) => authz.update(model)); // before any proxy can get routes that name new policies
+  // Watching before the first read: an edit made while serve starts is either in that read or reported after it.
+  const watcher = watchPolicies(policyDir, cfg.watchDebounceMs, (changes) => void pipeline.reload(changes));
+  await watcher.ready;
   const first = await pipeline.reload();
   if (!first.applied) {
     const kept = pipeline.servingLastGood;
@@ -111,7 +114,6 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
   }
   await authz.settled(); // a JWTPolicy in the first model: its port is bound (or the failure known) before proxies connect
   await untilConsulSynced(consul, pipeline); // never hand proxies empty endpoint sets: xDS opens once Consul answered
-  const watcher = watchPolicies(policyDir, cfg.watchDebounceMs, (changes) => void pipeline.reload(changes));
   const xdsPort = await xds.listen(`${cfg.xdsAddress.includes(':') ? `[${cfg.xdsAddress}]` : cfg.xdsAddress}:${cfg.xdsPort}`, xdsCert?.grpcCredentials(() => tokens.caPem));
   const telemetry = attachTelemetry({ pipeline, registry: xds.registry, promRegistry: metrics.registry, logger, addService: (def, impl) => xds.addService(def, impl) });
   /** Proxies get an older configuration than the policy directory's: the banner says so until a valid edit. */

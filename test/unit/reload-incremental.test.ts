@@ -75,7 +75,7 @@ describe('the watcher', { timeout: 30_000 }, () => {
     // A debounce far longer than the test waits: only the quiet-spell path can deliver in time.
     const w = watchPolicies(dir, 20_000, (c) => seen.push(c));
     try {
-      await new Promise((r) => setTimeout(r, 300)); // the watcher is ready
+      await w.ready;
       // An editor's safe save: the new text under a temporary name, then renamed over the file.
       writeFileSync(path.join(dir, 'a.yaml.tmp'), '# a, edited\n');
       renameSync(path.join(dir, 'a.yaml.tmp'), path.join(dir, 'a.yaml'));
@@ -95,7 +95,7 @@ describe('the watcher', { timeout: 30_000 }, () => {
     const seen: PolicyChanges[] = [];
     const w = watchPolicies(dir, 400, (c) => seen.push(c));
     try {
-      await new Promise((r) => setTimeout(r, 300));
+      await w.ready;
       writeFileSync(path.join(dir, 'a.yaml'), '# 1\n');
       await waitFor(() => seen.length === 1, { timeoutMs: 5_000, what: 'the first change' });
       // Right after a reload: these are gathered over the debounce into one callback.

@@ -26,11 +26,13 @@ export function isIgnoredName(name: string): boolean {
 }
 
 /**
+ * `ready` resolves once the watcher sees every later change (its first scan is done): read the
+ * directory after it, or an edit made in between is neither read nor reported.
  * `onError` hears the watcher's own failures (a folder that cannot be read, the system's limit on
  * watches reached). Without a listener an 'error' event would be thrown and end the process; by
  * default a failure triggers a full reload instead, whose load reports whatever is wrong with the files.
  */
-export function watchPolicies(dir: string, debounceMs: number, onChange: (changes: PolicyChanges) => void, onError?: (err: Error) => void): { close(): Promise<void> } {
+export function watchPolicies(dir: string, debounceMs: number, onChange: (changes: PolicyChanges) => void, onError?: (err: Error) => void): { ready: Promise<void>; close(): Promise<void> } {
   const settle = Math.min(SETTLE_MS, debounceMs);
   let timer: NodeJS.Timeout | undefined;
   let pending: PolicyChanges = { paths: new Set(), full: false };
@@ -65,8 +67,15 @@ export function watchPolicies(dir: string, debounceMs: number, onChange: (change
     timer = setTimeout(fire, Math.max(0, at - now));
   };
   watcher.on('all', (event, p) => seen(p, event === 'addDir' || event === 'unlinkDir'));
+  // Until its first scan is done the watcher may miss a change: a caller reads the directory after
+  // this, so an edit made before is in that read and one made after is reported.
+  const ready = new Promise<void>((resolve) => {
+    watcher.once('ready', () => resolve());
+    watcher.once('error', () => resolve());
+  });
   watcher.on('error', (err) => (onError ? onError(err as Error) : seen(undefined, true)));
   return {
+    ready,
     close: async () => {
       clearTimeout(timer);
       await watcher.close();
