@@ -85,6 +85,8 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
   const tokens = await TokenVerifier.open(path.resolve(cfg.dataDir), { logger });
   const xds = new XdsServer({
     cache,
+    warmWaitMs: cfg.warmWaitMs,
+    clusterDrainMs: cfg.clusterDrainMs,
     metrics,
     logger,
     tokens,

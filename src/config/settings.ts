@@ -34,6 +34,8 @@ export const SERVE_SETTINGS = {
   requireToken: { flag: 'require-token', env: 'SIGNALBOX_REQUIRE_TOKEN', default: 'all', help: 'what a proxy without a valid token for its identity gets: "all" (the default: nothing, the stream is refused) or "secrets" (configuration but no keys; a downgrade, logged as a warning)' },
   accessLogSampling: { flag: 'access-log-sampling', env: 'SIGNALBOX_ACCESS_LOG_SAMPLING', default: '100', help: 'percent of successful requests proxies report to the access log service (errors are always reported); "off" turns traffic reporting off' },
   jwtFastPath: { flag: 'jwt-fast-path', env: 'SIGNALBOX_JWT_FAST_PATH', default: 'on', help: '"on": on routes under one JWTPolicy reading one header, Envoy asks the ext_authz service once per token and repeats its allows itself (a Lua script); "module": the same, done by Signalbox\'s compiled filter (faster; every proxy\'s Envoy must load it, see docs/jwt.md); "off": every request goes through the ext_authz filter' },
+  warmWaitMs: { flag: 'warm-wait-ms', env: 'SIGNALBOX_WARM_WAIT_MS', default: '5000', help: 'longest a listener or route change that names new clusters waits for the proxy to ACK those clusters and their endpoints (so no request meets a cluster still warming); past it the change is sent anyway and the wait counted as a timeout; 0: no waiting' },
+  clusterDrainMs: { flag: 'cluster-drain-ms', env: 'SIGNALBOX_CLUSTER_DRAIN_MS', default: '5000', help: 'how long a cluster the routes no longer name stays on the proxy after it ACKed those routes, so requests already routed to it finish; 0: removed at once' },
   endpointPushIntervalMs: { flag: 'endpoint-push-interval-ms', env: 'SIGNALBOX_ENDPOINT_PUSH_INTERVAL_MS', default: '250', help: 'least time between two endpoint pushes while endpoint changes keep coming (a change after a quiet spell goes out at once); 0: push every change' },
   maxPolicyFileBytes: { flag: 'max-policy-file-bytes', env: 'SIGNALBOX_MAX_POLICY_FILE_BYTES', default: `${DEFAULT_POLICY_LIMITS.maxFileBytes / 1024 ** 2}MiB`, help: 'largest policy file read, in bytes (suffixes KiB, MiB, GiB); a bigger file is an error for that file and is not read' },
   maxPolicyDirBytes: { flag: 'max-policy-dir-bytes', env: 'SIGNALBOX_MAX_POLICY_DIR_BYTES', default: `${DEFAULT_POLICY_LIMITS.maxDirBytes / 1024 ** 2}MiB`, help: 'largest total of all policy files, in bytes (suffixes KiB, MiB, GiB); over it, nothing is read and the directory is rejected' },
@@ -76,6 +78,9 @@ export interface ServeConfig {
   watchDebounceMs: number;
   /** Bounds on reading the policy directory (--max-policy-file-bytes, --max-policy-dir-bytes, --max-policy-files). */
   policyLimits: PolicyLimits;
+  /** See XdsServerOptions.warmWaitMs and clusterDrainMs. */
+  warmWaitMs: number;
+  clusterDrainMs: number;
   /** See PipelineOptions.endpointPushIntervalMs. */
   endpointPushIntervalMs: number;
   /** See PipelineOptions.preflightEnvoy; undefined: off. */
@@ -229,6 +234,8 @@ export function resolveServeConfig(flags: Record<string, string | boolean | unde
     logLevel: level,
     watchDebounceMs: debounce,
     policyLimits: resolvePolicyLimits(flags, env),
+    warmWaitMs: millisOf('warm-wait-ms', get('warmWaitMs')),
+    clusterDrainMs: millisOf('cluster-drain-ms', get('clusterDrainMs')),
     endpointPushIntervalMs: millisOf('endpoint-push-interval-ms', get('endpointPushIntervalMs')),
     preflightEnvoy: get('preflightEnvoy') || undefined,
     consulAddr: consulAddrOf(get('consulAddr')),

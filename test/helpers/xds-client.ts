@@ -215,8 +215,12 @@ abstract class BaseStream<Req extends object, Res extends { type_url: string; no
   private nodeSent = false;
   protected readonly call: grpc.ClientDuplexStream<Req | Buffer, Res>;
 
-  constructor(client: grpc.Client, method: string, protected readonly opts: StreamOptions, serialize: (v: Req | Buffer) => Buffer, deserialize: (b: Buffer) => Res) {
+  /** This stream's own copy of its options (setAutoAck changes it, not the caller's object). */
+  protected readonly opts: StreamOptions;
+
+  constructor(client: grpc.Client, method: string, opts: StreamOptions, serialize: (v: Req | Buffer) => Buffer, deserialize: (b: Buffer) => Res) {
     super();
+    this.opts = { ...opts };
     this.call = client.makeBidiStreamRequest(`${SERVICE}/${method}`, serialize, deserialize, opts.metadata ?? new grpc.Metadata(), {});
     this.status = new Promise((resolve) => {
       this.call.on('status', (s: grpc.StatusObject) => {
@@ -252,6 +256,11 @@ abstract class BaseStream<Req extends object, Res extends { type_url: string; no
 
   /** Protocol reaction to a response (following, auto ACK). */
   protected abstract react(r: Res): void;
+
+  /** Turns automatic ACKs on or off from now on (a test that answers by hand after syncing). */
+  setAutoAck(on: boolean): void {
+    this.opts.autoAck = on;
+  }
 
   /** Adds the node to a request when it is the first one (or on every request if asked). */
   protected withNode(req: Req): Req {

@@ -124,7 +124,7 @@ export interface Signalbox {
 }
 
 /** Starts Signalbox (xDS and admin on ephemeral loopback ports) on a fresh policy directory. */
-export async function startSignalbox(files: Record<string, string> = { 'services.yaml': SERVICES, 'policies.yaml': policies() }): Promise<Signalbox> {
+export async function startSignalbox(files: Record<string, string> = { 'services.yaml': SERVICES, 'policies.yaml': policies() }, flags: Record<string, string> = {}): Promise<Signalbox> {
   const root = mkdtempSync(path.join(os.tmpdir(), 'signalbox-xds-'));
   const dir = path.join(root, 'policies');
   const dataDir = path.join(root, 'data');
@@ -133,7 +133,7 @@ export async function startSignalbox(files: Record<string, string> = { 'services
   for (const [f, text] of Object.entries(files)) writeFileSync(path.join(dir, f), text);
   const server = await startServer(
     resolveServeConfig(
-      { policies: dir, 'data-dir': dataDir, 'xds-address': '127.0.0.1', 'xds-port': '0', 'admin-address': '127.0.0.1', 'admin-port': '0', 'log-level': process.env.SIGNALBOX_TEST_LOG_LEVEL ?? 'silent', 'watch-debounce-ms': '20' },
+      { policies: dir, 'data-dir': dataDir, 'xds-address': '127.0.0.1', 'xds-port': '0', 'admin-address': '127.0.0.1', 'admin-port': '0', 'log-level': process.env.SIGNALBOX_TEST_LOG_LEVEL ?? 'silent', 'watch-debounce-ms': '20', ...flags },
       {},
     ),
   );

@@ -22,6 +22,13 @@ export interface ServerContext {
   identityOf?: (group: string) => string | undefined;
   /** Whether the model declares the gateway or service a node claims (undefined: no model yet). */
   declares?: (role: 'gateway' | 'sidecar', name: string) => boolean | undefined;
+  /**
+   * Longest a listener or route change waits for the clusters it names to be warm on the proxy
+   * (ACKed with their endpoints) before it is sent anyway; 0 sends at once (no waiting).
+   */
+  warmWaitMs?: number;
+  /** How long a cluster the proxy's routes no longer name stays, after those routes are ACKed, so requests already routed to it finish; 0: removed at once. */
+  clusterDrainMs?: number;
   /** Responses shared by the streams that get the same content (one encoding for all of them). */
   responses?: SharedResponses;
 }

@@ -31,7 +31,8 @@ interface TypeState {
   known: Map<string, string>;
   /** Names the proxy was told do not exist. */
   toldMissing: Set<string>;
-  pending: Map<string, { version: string; sentAt: number }>;
+  /** Responses not answered yet, by nonce: the version, when, and the names sent and removed. */
+  pending: Map<string, { version: string; sentAt: number; names: string[]; removed: string[] }>;
   /** Clusters: names whose removal is held back until the proxy runs the current listeners and routes. */
   withheld: Set<string>;
   /**
@@ -46,6 +47,8 @@ interface TypeState {
    * changed since then, and withheld ones, can need anything. Undefined: diff the whole type.
    */
   gen?: number;
+  /** Listeners or routes: the change held first while waiting for warm clusters (see push). */
+  waiting?: { resources: Resource[]; removed: string[] };
 }
 
 /** What a proxy lacks of a type, from the names looked at. */
@@ -81,14 +84,27 @@ export class DeltaStream extends XdsStream {
     if (!st) {
       st = { wildcard: false, subscribed: new Set(), known: new Map(), toldMissing: new Set(), pending: new Map(), withheld: new Set(), current: new Map(), stale: new Set() };
       this.states.set(type, st);
-      for (const [n, v] of Object.entries(req.initial_resource_versions ?? {})) st.known.set(n, v);
+      // A proxy that reconnects holds (and runs, warm) what it names here.
+      for (const [n, v] of Object.entries(req.initial_resource_versions ?? {})) {
+        st.known.set(n, v);
+        this.ackedNames(type).add(n);
+      }
     }
+    let answered: 'ack' | 'nack' | undefined;
     if (req.response_nonce) {
       const p = st.pending.get(req.response_nonce);
       if (p) {
         st.pending.delete(req.response_nonce);
-        if (req.error_detail) this.recordNack(type, p.version, req.error_detail.message ?? '');
-        else this.recordAck(type, p.version, p.sentAt);
+        if (req.error_detail) {
+          this.recordNack(type, p.version, req.error_detail.message ?? '');
+          answered = 'nack';
+        } else {
+          this.recordAck(type, p.version, p.sentAt);
+          const acked = this.ackedNames(type);
+          for (const n of p.names) acked.add(n);
+          for (const n of p.removed) acked.delete(n);
+          answered = 'ack';
+        }
       }
     }
     const sub = req.resource_names_subscribe ?? [];
@@ -117,6 +133,16 @@ export class DeltaStream extends XdsStream {
     if (first || changed) this.push(type, first);
     // Only when removals were held back (the withheld names are all a cluster push then looks at).
     if (req.response_nonce && !req.error_detail && (type === TypeUrl.Listener || type === TypeUrl.Route) && (this.states.get(TypeUrl.Cluster)?.withheld.size ?? 0) > 0) this.push(TypeUrl.Cluster, false);
+    // Clusters or endpoints answered: listener and route changes waiting for them may go.
+    if (answered) this.afterAnswer(type, answered === 'nack');
+  }
+
+  protected subscribes(type: TypeUrl): boolean {
+    return this.states.has(type);
+  }
+
+  protected retry(type: TypeUrl, force: boolean): void {
+    this.push(type, force);
   }
 
   protected ownSecretsChanged(): void {
@@ -192,9 +218,11 @@ export class DeltaStream extends XdsStream {
     const removed: string[] = [];
     const withheld = new Set<string>();
     if (gone.length > 0) {
+      // Make before break, then a drain period once the routes moved away (see stream.draining).
       const keepForRoutes = type === TypeUrl.Cluster && !this.routesCurrent();
       for (const n of gone) {
-        if (keepForRoutes && st.known.has(n)) withheld.add(n);
+        // A name the proxy only claimed on reconnecting (never sent on this stream) goes at once, as before.
+        if (type === TypeUrl.Cluster && st.known.has(n) && (keepForRoutes || (st.current.has(n) && this.draining(n)))) withheld.add(n);
         else removed.push(n);
       }
     }
@@ -211,6 +239,22 @@ export class DeltaStream extends XdsStream {
     const d = this.diff(type, st);
     const { changedResources, removed } = d;
     const send = force || changedResources.length > 0 || removed.length > 0;
+    if (!send) this.unhold(type);
+    // Routes that name clusters the proxy has not warmed yet wait for them (afterAnswer sends
+    // them). Nothing is recorded: the next push diffs from the same state again.
+    else if (!force && changedResources.length > 0 && this.mustWaitForClusters(type, changedResources, force)) {
+      // Under steady churn the newest change can name new clusters faster than the proxy warms
+      // them, and would wait until the bound. The change held first goes once its own clusters are
+      // warm, so the proxy keeps moving forward; the newest is then held in its place.
+      const earlier = st.waiting;
+      if (!earlier) st.waiting = { resources: changedResources, removed };
+      else if (this.allWarm(earlier.resources)) {
+        st.waiting = { resources: changedResources, removed };
+        this.sendEarlier(type, st, earlier);
+      }
+      return;
+    } else this.unhold(type);
+    st.waiting = undefined;
     removed.sort();
     for (const r of changedResources) st.known.set(r.name, r.version);
     for (const n of removed) {
@@ -219,7 +263,12 @@ export class DeltaStream extends XdsStream {
     }
     for (const r of changedResources) st.toldMissing.delete(r.name);
     this.reconcile(type, st, d);
+    if (type === TypeUrl.Cluster) this.pruneDraining((n) => st.known.has(n) && !this.resources(type).has(n));
     if (!send) return;
+    this.sendDelta(type, st, changedResources, removed);
+  }
+
+  private sendDelta(type: TypeUrl, st: TypeState, changedResources: Resource[], removed: string[]): void {
     const version = this.versionOfCurrent(type, st);
     const build = (nonce: string): DeltaResponse => ({
       system_version_info: version,
@@ -231,9 +280,33 @@ export class DeltaStream extends XdsStream {
     // Streams that hold the same and lack the same share one response (the usual push after an
     // edit); the key names everything the response carries. A stream's own secret is never shared.
     const response = type === TypeUrl.Secret ? build(this.nextNonce()) : this.shared.get(deltaKey(type, version, changedResources, removed), changedResources, build);
-    st.pending.set(response.nonce, { version, sentAt: Date.now() });
+    st.pending.set(response.nonce, { version, sentAt: Date.now(), names: changedResources.map((r) => r.name), removed });
     this.recordSent(type, version, response.nonce, st.current, changedResources.length);
     this.send(response);
+  }
+
+  /**
+   * Sends a change held earlier, not the snapshot's: what of it the proxy does not hold yet. The
+   * state then differs from the snapshot for those names, so the next push diffs every name.
+   */
+  private sendEarlier(type: TypeUrl, st: TypeState, earlier: { resources: Resource[]; removed: string[] }): void {
+    const resources = earlier.resources.filter((r) => st.known.get(r.name) !== r.version);
+    const removed = earlier.removed.filter((n) => st.known.has(n)).sort();
+    if (resources.length === 0 && removed.length === 0) return;
+    for (const r of resources) {
+      st.known.set(r.name, r.version);
+      st.toldMissing.delete(r.name);
+      st.current.set(r.name, r);
+      st.stale.add(r.name);
+    }
+    for (const n of removed) {
+      st.known.delete(n);
+      st.current.delete(n);
+      st.stale.delete(n);
+      if (st.subscribed.has(n)) st.toldMissing.add(n);
+    }
+    st.gen = undefined;
+    this.sendDelta(type, st, resources, removed);
   }
 
   /**

@@ -66,12 +66,15 @@ export interface TypeStatus {
 /**
  * The one vocabulary for a proxy's sync state, used by the admin API, the dashboard and
  * `signalbox status`: SYNCED (every type's last sent version ACKed), PENDING (a newer version sent,
- * not ACKed yet), NACKED (the newest version of some type was rejected by the proxy).
+ * not ACKed yet, or held back until the clusters it names are warm on the proxy), NACKED (the newest version of some type was rejected by the proxy).
  */
 export const PROXY_STATES = ['SYNCED', 'PENDING', 'NACKED'] as const;
 export type ProxyState = (typeof PROXY_STATES)[number];
 
 let nextStreamId = 1;
+
+/** How many cluster names `waitingForClusters` lists (the count says how many there are). */
+const MAX_LISTED_CLUSTERS = 20;
 
 export class ProxyStatus {
   readonly streamId = nextStreamId++;
@@ -85,6 +88,13 @@ export class ProxyStatus {
   token?: { id: string; subject: string; expiresAt?: string };
   /** This instance's own certificate (serial and expiry; never the key). */
   certificate?: { identity: string; serial: string; notAfter: string };
+  /** Listener or route changes held back now until the clusters they name are warm on the proxy. */
+  waiting?: { since: number; types: TypeUrl[]; clusters: string[] };
+  /** Changes held back for warm clusters on this stream, and how many were sent after the wait's bound instead. */
+  warmWaits = 0;
+  warmWaitTimeouts = 0;
+  /** Clusters the routes no longer name, kept on the proxy until their drain period ends. */
+  draining = 0;
 
   constructor(readonly node: NodeIdentity, readonly protocol: 'sotw' | 'delta', readonly peer: string) {}
 
@@ -96,7 +106,7 @@ export class ProxyStatus {
 
   /** Synced when every type's last sent version was ACKed; NACKED when any last response was rejected. */
   get state(): ProxyState {
-    let pending = false;
+    let pending = this.waiting !== undefined;
     for (const s of this.types.values()) {
       if (s.nack && s.sent && s.nack.version === s.sent.version) return 'NACKED';
       if (s.sent && s.acked?.version !== s.sent.version) pending = true;
@@ -153,6 +163,10 @@ export class ProxyStatus {
       authenticated: this.secretsAllowed,
       token: this.token,
       state: this.state,
+      waitingForClusters: this.waiting ? { since: new Date(this.waiting.since).toISOString(), types: this.waiting.types.map((t) => SHORT_NAME[t]), clusters: this.waiting.clusters.slice(0, MAX_LISTED_CLUSTERS), count: this.waiting.clusters.length } : undefined,
+      warmWaits: this.warmWaits,
+      warmWaitTimeouts: this.warmWaitTimeouts,
+      drainingClusters: this.draining,
       types,
     };
   }

@@ -94,7 +94,15 @@ export interface XdsServerOptions {
   identities?: IdentityManager;
   identityOf?: (group: string) => string | undefined;
   declares?: (role: 'gateway' | 'sidecar', name: string) => boolean | undefined;
+  /** Longest a listener or route change waits for the clusters it names to warm on the proxy (default 5 s; 0: no waiting). */
+  warmWaitMs?: number;
+  /** How long clusters the routes left stay on the proxy after the routes moved away (default 5 s; 0: removed at once). */
+  clusterDrainMs?: number;
 }
+
+/** Defaults of the wait for warm clusters and of the cluster drain (`serve --warm-wait-ms`, `--cluster-drain-ms`). */
+export const DEFAULT_WARM_WAIT_MS = 5000;
+export const DEFAULT_CLUSTER_DRAIN_MS = 5000;
 
 /** Longest a timer can wait (setTimeout's limit); a later token expiry is checked again then. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
@@ -114,7 +122,7 @@ export class XdsServer {
 
   constructor(opts: XdsServerOptions) {
     this.registry = opts.registry ?? new ProxyRegistry();
-    this.ctx = { cache: opts.cache, metrics: opts.metrics, logger: opts.logger, registry: this.registry, tokens: opts.tokens, requireToken: opts.requireToken ?? 'all', identities: opts.identities, identityOf: opts.identityOf, declares: opts.declares, responses: new SharedResponses() };
+    this.ctx = { cache: opts.cache, metrics: opts.metrics, logger: opts.logger, registry: this.registry, tokens: opts.tokens, requireToken: opts.requireToken ?? 'all', identities: opts.identities, identityOf: opts.identityOf, declares: opts.declares, responses: new SharedResponses(), warmWaitMs: opts.warmWaitMs ?? DEFAULT_WARM_WAIT_MS, clusterDrainMs: opts.clusterDrainMs ?? DEFAULT_CLUSTER_DRAIN_MS };
     opts.tokens?.on('revoked', (ids: Set<string>) => {
       for (const id of ids) for (const kill of [...(this.byToken.get(id) ?? [])]) kill(`token ${id} was revoked`);
     });

@@ -31,6 +31,8 @@ interface TypeState {
   kept?: boolean;
   /** The cache generation of the type `version` was composed from (with the current names). */
   gen?: number;
+  /** Listeners or routes: the change held first while waiting for warm clusters (see push). */
+  waiting?: { out: Map<string, Resource>; list: Resource[]; version: string };
 }
 
 const WILDCARD_TYPES = new Set<TypeUrl>([TypeUrl.Listener, TypeUrl.Cluster]);
@@ -54,7 +56,11 @@ export class SotwStream extends XdsStream {
 
     if (req.response_nonce) {
       if (req.error_detail) this.recordNack(type, st.version ?? '', req.error_detail.message ?? '');
-      else this.recordAck(type, req.version_info ?? '', st.sentAt ?? Date.now());
+      else {
+        this.recordAck(type, req.version_info ?? '', st.sentAt ?? Date.now());
+        // The nonce is the last response's: the proxy holds exactly what it carried.
+        this.acked.set(type, new Set(this.status!.sent.get(type)?.keys() ?? []));
+      }
     }
     const names = req.resource_names ?? [];
     const wildcard = names.includes('*') || (names.length === 0 && WILDCARD_TYPES.has(type) && (first || st.wildcard));
@@ -67,6 +73,16 @@ export class SotwStream extends XdsStream {
     // Listeners and routes settled: clusters kept for make-before-break can go now.
     // Only when clusters were kept: recomposing every cluster on every ACK costs ~0.5 ms a proxy.
     if (req.response_nonce && !req.error_detail && (type === TypeUrl.Listener || type === TypeUrl.Route) && this.states.get(TypeUrl.Cluster)?.kept) this.push(TypeUrl.Cluster, false);
+    // Clusters or endpoints answered: listener and route changes waiting for them may go.
+    if (req.response_nonce) this.afterAnswer(type, !!req.error_detail);
+  }
+
+  protected subscribes(type: TypeUrl): boolean {
+    return this.states.has(type);
+  }
+
+  protected retry(type: TypeUrl, force: boolean): void {
+    this.push(type, force);
   }
 
   onChange(types: TypeUrl[]): void {
@@ -88,14 +104,19 @@ export class SotwStream extends XdsStream {
       if (r) out.set(n, r);
     }
     let kept = false;
-    if (type === TypeUrl.Cluster && previous && !this.routesCurrent()) {
-      // Make before break: keep clusters that routes Envoy still runs may point at.
+    if (type === TypeUrl.Cluster && previous) {
+      // Make before break: keep clusters that routes Envoy still runs may point at, then for the
+      // drain period after those routes moved away, so requests already routed there finish.
+      let current: boolean | undefined;
       for (const [n, r] of previous) {
-        if (!out.has(n)) {
+        if (out.has(n)) continue;
+        current ??= this.routesCurrent();
+        if (!current || this.draining(n)) {
           out.set(n, r);
           kept = true;
         }
       }
+      this.pruneDraining((n) => out.has(n) && !snap.has(n));
     }
     const list = [...out.values()].sort((a, b) => (a.name < b.name ? -1 : 1));
     const version = this.versionFor(type, out);
@@ -126,9 +147,34 @@ export class SotwStream extends XdsStream {
     if (!this.ctx.cache.has(this.status!.node.group)) return;
     if (this.secretsBlocked(type)) return;
     const { out, list, version, kept } = this.compose(type, st);
+    if (!force && version === st.version) {
+      st.waiting = undefined;
+      this.unhold(type);
+      st.kept = kept;
+      st.gen = this.ctx.cache.generation(this.status!.node.group, type);
+      return;
+    }
+    // Routes that name clusters the proxy has not warmed yet wait for them (afterAnswer sends them).
+    if (this.mustWaitForClusters(type, list, force)) {
+      // Under steady churn the newest change can name new clusters faster than the proxy warms
+      // them, and would wait until the bound. The change held first goes once its own clusters are
+      // warm, so the proxy keeps moving forward; the newest is then held in its place.
+      const earlier = st.waiting;
+      if (!earlier || earlier.version === st.version) st.waiting = { out, list, version };
+      else if (earlier.version !== version && this.allWarm(earlier.list)) {
+        st.waiting = { out, list, version };
+        this.sendComposed(type, st, earlier.out, earlier.list, earlier.version);
+        st.gen = undefined; // not the snapshot's: routesCurrent must compose again
+      }
+      return;
+    }
+    st.waiting = undefined;
     st.kept = kept;
     st.gen = this.ctx.cache.generation(this.status!.node.group, type);
-    if (!force && version === st.version) return;
+    this.sendComposed(type, st, out, list, version);
+  }
+
+  private sendComposed(type: TypeUrl, st: TypeState, out: Map<string, Resource>, list: Resource[], version: string): void {
     const build = (nonce: string): SotwResponse => ({ version_info: version, resources: list.map((r) => ({ type_url: type, value: r.bytes })), type_url: type, nonce });
     // The version names the content (a hash of every name and resource version): the streams that
     // get this version share one response. A stream's own secret is never in a shared one.

@@ -1,5 +1,7 @@
 // What SotW and Delta streams share: binding the stream to one node, recording ACKs and NACKs,
-// and knowing when listeners and routes have settled (for make-before-break cluster removal).
+// knowing when listeners and routes have settled (for make-before-break cluster removal), holding
+// listener and route changes back until the clusters they name are warm on the proxy, and keeping
+// clusters the routes left for a drain period.
 import { versionOf, type Resource } from '../resources/resource.js';
 import { blameNack, cutMessage, NACKS_BLAMED_PER_SECOND, NackRateLimit } from './nack-blame.js';
 import { isKnownTypeUrl, SHORT_NAME, TypeUrl } from '../resources/type-urls.js';
@@ -13,6 +15,7 @@ import { IDENTITY_SECRET } from '../../ir/types.js';
 import { EncodeCache } from '../resources/resource.js';
 import { redactSecret } from '../translator/secret.js';
 import { SharedResponses } from './responses.js';
+import { clustersNamedBy } from './warmup.js';
 
 /** gRPC status codes a refused stream ends with. */
 export const GrpcCode = { INVALID_ARGUMENT: 3, NOT_FOUND: 5, PERMISSION_DENIED: 7, FAILED_PRECONDITION: 9, INTERNAL: 13, UNAUTHENTICATED: 16 } as const;
@@ -41,6 +44,16 @@ export abstract class XdsStream {
   private instanceCert?: InstanceCertificate;
   private issuing = false;
   private overlay?: { base: ReadonlyMap<string, Resource>; own: Resource; map: Map<string, Resource> };
+
+  /** Per type, the names of the resources the proxy has ACKed (holds and accepted). */
+  protected readonly acked = new Map<TypeUrl, Set<string>>();
+  /** Listener and route changes held back until the clusters they name are warm: per type, whether its push was forced, and the cold clusters. */
+  private held?: { since: number; types: Map<TypeUrl, { force: boolean; cold: string[] }>; timer: NodeJS.Timeout };
+  /** Set while held changes are sent regardless: why (the wait's bound passed, or the clusters were refused). */
+  private releasing?: 'timeout' | 'nack';
+  /** Clusters the routes no longer name, kept until their drain ends: name -> end (ms). */
+  private readonly leaving = new Map<string, number>();
+  private drainTimer?: { at: number; timer: NodeJS.Timeout };
 
   /** Responses shared with the other streams (the server's), or this stream's own without a server. */
   protected readonly shared: SharedResponses;
@@ -263,8 +276,179 @@ export abstract class XdsStream {
   /** Called when the snapshot of this stream's group changed. */
   abstract onChange(types: TypeUrl[]): void;
 
+  /** Whether the proxy asked for this type on this stream. */
+  protected abstract subscribes(type: TypeUrl): boolean;
+
+  /** Pushes one type again (after a wait for warm clusters or a drain period ended). */
+  protected abstract retry(type: TypeUrl, force: boolean): void;
+
+  protected ackedNames(type: TypeUrl): Set<string> {
+    let s = this.acked.get(type);
+    if (!s) this.acked.set(type, (s = new Set()));
+    return s;
+  }
+
+  /**
+   * The clusters these resources name that are not warm on the proxy: not ACKed, or (for an EDS
+   * cluster, one with a ClusterLoadAssignment in the snapshot) without ACKed endpoints. A cluster
+   * the proxy already holds under the same name counts as warm even if it changed: Envoy keeps
+   * serving the old one until the new one has warmed.
+   */
+  protected coldClusters(resources: Iterable<Resource>): string[] {
+    const snap = this.ctx.cache.get(this.status!.node.group);
+    const clusters = snap.get(TypeUrl.Cluster);
+    const endpoints = snap.get(TypeUrl.Endpoint);
+    const ackedClusters = this.acked.get(TypeUrl.Cluster);
+    const ackedEndpoints = this.acked.get(TypeUrl.Endpoint);
+    const cold = new Set<string>();
+    for (const r of resources) {
+      for (const c of clustersNamedBy(r)) {
+        if (!clusters.has(c) || cold.has(c)) continue;
+        if (!ackedClusters?.has(c) || (endpoints.has(c) && !ackedEndpoints?.has(c))) cold.add(c);
+      }
+    }
+    return [...cold].sort();
+  }
+
+  /**
+   * Whether every cluster these resources name is warm on the proxy now, strictly: a cluster the
+   * snapshot no longer has counts only if the proxy ACKed it. For a change held earlier (see
+   * SotW and Delta push), which may name clusters a later edit removed.
+   */
+  protected allWarm(resources: Iterable<Resource>): boolean {
+    const endpoints = this.ctx.cache.get(this.status!.node.group).get(TypeUrl.Endpoint);
+    const ackedClusters = this.acked.get(TypeUrl.Cluster);
+    const ackedEndpoints = this.acked.get(TypeUrl.Endpoint);
+    for (const r of resources) {
+      for (const c of clustersNamedBy(r)) {
+        if (!ackedClusters?.has(c) || (endpoints.has(c) && !ackedEndpoints?.has(c))) return false;
+      }
+    }
+    return true;
+  }
+
+  /**
+   * Whether a listener or route change must wait because it names clusters that are not warm on
+   * the proxy yet (true: not sent now; it goes when they are, see afterAck). Not for other types,
+   * not for the first response of a type (Envoy's own initialization waits for its clusters), and
+   * never longer than ctx.warmWaitMs: then held changes are sent regardless (releaseHeld).
+   */
+  protected mustWaitForClusters(type: TypeUrl, resources: Iterable<Resource>, force: boolean): boolean {
+    if (type !== TypeUrl.Listener && type !== TypeUrl.Route) return false;
+    const bound = this.ctx.warmWaitMs ?? 0;
+    // A stream that never asked for clusters gets them elsewhere: nothing here can tell they are warm.
+    if (bound <= 0 || this.releasing || !this.status!.types.get(type)?.sent || !this.subscribes(TypeUrl.Cluster)) return false;
+    const cold = this.coldClusters(resources);
+    if (cold.length === 0) {
+      this.unhold(type, 'warm');
+      return false;
+    }
+    const status = this.status!;
+    if (!this.held) {
+      const timer = setTimeout(() => this.releaseHeld('timeout'), bound);
+      timer.unref?.();
+      this.held = { since: Date.now(), types: new Map(), timer };
+      status.warmWaits++;
+    }
+    const before = this.held.types.get(type);
+    this.held.types.set(type, { force: force || (before?.force ?? false), cold });
+    status.waiting = { since: this.held.since, types: [...this.held.types.keys()], clusters: [...new Set([...this.held.types.values()].flatMap((h) => h.cold))].sort() };
+    return true;
+  }
+
+  /** The type has nothing held any more (sent, or nothing left to send). */
+  protected unhold(type: TypeUrl, outcome: 'warm' | 'timeout' | 'nack' | 'closed' = 'warm'): void {
+    const h = this.held;
+    if (!h || !h.types.delete(type)) return;
+    if (h.types.size > 0) {
+      this.status!.waiting = { since: h.since, types: [...h.types.keys()], clusters: [...new Set([...h.types.values()].flatMap((x) => x.cold))].sort() };
+      return;
+    }
+    clearTimeout(h.timer);
+    this.held = undefined;
+    this.status!.waiting = undefined;
+    // A push made while releasing ends the wait for the release's reason, not because the clusters warmed.
+    this.ctx.metrics.warmWait.observe({ outcome: this.releasing ?? outcome }, (Date.now() - h.since) / 1000);
+  }
+
+  /** Sends held changes regardless: the wait's bound passed, the proxy refused the clusters, or the stream closes. */
+  private releaseHeld(outcome: 'timeout' | 'nack' | 'closed'): void {
+    const h = this.held;
+    if (!h) return;
+    const status = this.status!;
+    if (outcome === 'closed') {
+      for (const t of [...h.types.keys()]) this.unhold(t, outcome);
+      return;
+    }
+    const clusters = [...new Set([...h.types.values()].flatMap((x) => x.cold))].sort();
+    if (outcome === 'timeout') status.warmWaitTimeouts++;
+    this.ctx.logger.warn(
+      { proxy: status.node.id, waitedMs: Date.now() - h.since, clusters: clusters.slice(0, 20), count: clusters.length },
+      outcome === 'timeout'
+        ? 'clusters did not become warm on the proxy in time (no ACK of them or of their endpoints): listener and route changes sent anyway; requests to those clusters may fail until they warm'
+        : 'the proxy refused the clusters a held listener or route change names: the change is sent anyway',
+    );
+    this.releasing = outcome;
+    try {
+      for (const t of [TypeUrl.Listener, TypeUrl.Route]) {
+        const x = h.types.get(t);
+        if (x) this.retry(t, x.force);
+      }
+    } finally {
+      this.releasing = undefined;
+    }
+    for (const t of [...h.types.keys()]) this.unhold(t, outcome);
+  }
+
+  /**
+   * After an ACK or NACK of `type`: held listener and route changes may go now (their clusters
+   * warmed), or must go regardless (the proxy refused clusters or endpoints, so they will not warm).
+   */
+  protected afterAnswer(type: TypeUrl, nack: boolean): void {
+    const h = this.held;
+    if (!h || (type !== TypeUrl.Cluster && type !== TypeUrl.Endpoint)) return;
+    if (nack) return this.releaseHeld('nack');
+    for (const t of [TypeUrl.Listener, TypeUrl.Route]) {
+      const x = this.held?.types.get(t);
+      if (x) this.retry(t, x.force);
+    }
+  }
+
+  /**
+   * Whether a cluster the proxy's current routes no longer name must still stay (its drain period,
+   * counted from the first time this is asked once the routes moved away, has not ended). Arms a
+   * timer that pushes clusters again when it ends.
+   */
+  protected draining(name: string): boolean {
+    const ms = this.ctx.clusterDrainMs ?? 0;
+    if (ms <= 0) return false;
+    const now = Date.now();
+    let end = this.leaving.get(name);
+    if (end === undefined) this.leaving.set(name, (end = now + ms));
+    if (end <= now) return false;
+    if (!this.drainTimer || this.drainTimer.at > end) {
+      if (this.drainTimer) clearTimeout(this.drainTimer.timer);
+      const timer = setTimeout(() => {
+        this.drainTimer = undefined;
+        if (!this.closed) this.retry(TypeUrl.Cluster, false);
+      }, end - now + 1);
+      timer.unref?.();
+      this.drainTimer = { at: end, timer };
+    }
+    return true;
+  }
+
+  /** Forgets drains of clusters that are gone from the proxy or are in the snapshot again. */
+  protected pruneDraining(stillLeaving: (name: string) => boolean): void {
+    for (const n of this.leaving.keys()) if (!stillLeaving(n)) this.leaving.delete(n);
+    if (this.status) this.status.draining = this.leaving.size;
+  }
+
   close(): void {
     if (this.closed) return;
+    this.releaseHeld('closed');
+    if (this.drainTimer) clearTimeout(this.drainTimer.timer);
+    this.drainTimer = undefined;
     this.closed = true;
     this.instanceCert?.stop();
     this.own = undefined;
