@@ -11,6 +11,7 @@ import { BOOTSTRAP_USAGE, bootstrapCommand } from './bootstrap.js';
 import { compileCommand, COMPILE_USAGE } from './compile.js';
 import { DIFF_USAGE, diffCommand } from './diff.js';
 import { EXPLAIN_USAGE, explainCommand } from './explain.js';
+import { SCHEMA_USAGE, schemaCommand } from './schema.js';
 
 const USAGE = `signalbox: a service-mesh control plane for Envoy
 
@@ -34,6 +35,7 @@ ${DIFF_USAGE}
   signalbox status [--admin URL] [--admin-token-file F] [--role gateway|sidecar] [--json]
                                        every connected proxy: versions per type, SYNCED / PENDING / NACKED, cert expiry
 ${BOOTSTRAP_USAGE}
+${SCHEMA_USAGE}
 
 serve flags (each also read from its environment variable):
 ${Object.values(SERVE_SETTINGS)
@@ -55,6 +57,8 @@ export async function run(argv: string[]): Promise<number> {
         return await explainCommand(rest);
       case 'diff':
         return await diffCommand(rest);
+      case 'schema':
+        return await schemaCommand(rest);
       case 'bootstrap':
         return await bootstrapCommand(rest);
       case 'token':

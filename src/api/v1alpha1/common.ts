@@ -9,9 +9,18 @@ export const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 export const name = z
   .string()
   .max(63, 'must be at most 63 characters')
-  .regex(DNS_LABEL, 'must be a DNS label: lower-case letters, digits and "-", starting and ending with a letter or digit');
+  .regex(DNS_LABEL, 'must be a DNS label: lower-case letters, digits and "-", starting and ending with a letter or digit')
+  .meta({ patternErrorMessage: 'must be a DNS label: lower-case letters, digits and "-", starting and ending with a letter or digit' });
 
 const DURATION = /^(\d+(\.\d+)?(ms|s|m|h))+$/;
+
+/** What the JSON Schema (`signalbox schema`) says of a duration: editors flag `5 sec` as they type. */
+export const DURATION_JSON_SCHEMA = {
+  pattern: DURATION.source,
+  description: 'a duration: a number followed by ms, s, m or h ("250ms", "5s", "1m30s", "24h")',
+  // VS Code's and yaml-language-server's message for a failed pattern (other validators ignore it).
+  patternErrorMessage: 'must be a duration such as "250ms", "5s", "1m" or "24h"',
+} as const;
 const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
 
 /** Parses a duration such as `250ms`, `5s`, `1m30s` or `24h` into milliseconds. */
@@ -30,7 +39,8 @@ export const duration = z
     abort: true, // a malformed duration gets one error, not also "must be greater than zero"
   })
   .refine((s) => (parseDuration(s) ?? 0) > 0, { message: 'must be greater than zero' })
-  .refine((s) => (parseDuration(s) ?? 0) <= MAX_DURATION_MS, { message: MAX_DURATION_MESSAGE });
+  .refine((s) => (parseDuration(s) ?? 0) <= MAX_DURATION_MS, { message: MAX_DURATION_MESSAGE })
+  .meta(DURATION_JSON_SCHEMA);
 
 export const port = z.number().int('must be a whole number').min(1, 'must be a port from 1 to 65535').max(65535, 'must be a port from 1 to 65535');
 

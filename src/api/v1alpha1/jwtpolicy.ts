@@ -2,7 +2,7 @@
 // a Service (the inbound listener of its sidecars) must carry a JWT that this policy accepts. The
 // checks are made by Signalbox's ext_authz service; Envoy asks it before routing the request.
 import { z } from 'zod';
-import { document, parseDuration, policyTargetRef } from './common.js';
+import { document, DURATION_JSON_SCHEMA, parseDuration, policyTargetRef } from './common.js';
 import { MAX_DURATION_MESSAGE, MAX_DURATION_MS } from './envoy-limits.js';
 
 const HEADER_NAME = /^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$/;
@@ -22,7 +22,8 @@ export const DEFAULT_MAX_TOKEN_SIZE = 8192;
 const durationOrZero = z
   .string()
   .refine((s) => parseDuration(s) !== undefined, { message: 'must be a duration such as "0s", "30s" or "1m"', abort: true })
-  .refine((s) => parseDuration(s)! <= MAX_DURATION_MS, { message: MAX_DURATION_MESSAGE });
+  .refine((s) => parseDuration(s)! <= MAX_DURATION_MS, { message: MAX_DURATION_MESSAGE })
+  .meta(DURATION_JSON_SCHEMA);
 
 const positiveDuration = durationOrZero.refine((s) => (parseDuration(s) ?? 0) > 0, { message: 'must be greater than zero' });
 

@@ -1,7 +1,7 @@
 // RateLimitPolicy: local (per-proxy) token buckets on a Gateway, an HTTPRoute, or a Service's
 // sidecars (inbound).
 import { z } from 'zod';
-import { document, parseDuration, policyTargetRef } from './common.js';
+import { document, DURATION_JSON_SCHEMA, parseDuration, policyTargetRef } from './common.js';
 import { MAX_DURATION_MESSAGE, MAX_DURATION_MS } from './envoy-limits.js';
 
 const HEADER_NAME = /^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$/;
@@ -18,7 +18,8 @@ const per = z
     ctx.addIssue({ code: 'custom', continue: false, message: `must be a duration such as "1s", "1m" or "1h" (a number followed by ms, s, m or h)${hint && hint !== s ? ` (did you mean "${hint}"?)` : ''}` });
   })
   .refine((s) => (parseDuration(s) ?? 0) >= MIN_RATE_WINDOW_MS, { message: `must be at least ${MIN_RATE_WINDOW_MS}ms` })
-  .refine((s) => (parseDuration(s) ?? 0) <= MAX_DURATION_MS, { message: MAX_DURATION_MESSAGE });
+  .refine((s) => (parseDuration(s) ?? 0) <= MAX_DURATION_MS, { message: MAX_DURATION_MESSAGE })
+  .meta(DURATION_JSON_SCHEMA);
 
 export const rateLimitKey = z
   .strictObject({
