@@ -11,14 +11,17 @@ import { BOOTSTRAP_USAGE, bootstrapCommand } from './bootstrap.js';
 import { compileCommand, COMPILE_USAGE } from './compile.js';
 import { DIFF_USAGE, diffCommand } from './diff.js';
 import { EXPLAIN_USAGE, explainCommand } from './explain.js';
+import { githubAnnotation } from './annotations.js';
 import { SCHEMA_USAGE, schemaCommand } from './schema.js';
 
 const USAGE = `signalbox: a service-mesh control plane for Envoy
 
 Usage:
   signalbox serve [flags]              run the control plane
-  signalbox validate DIR [--json] [--envoy [PATH]]
-                                       check a policy directory; exit 1 on any error; --envoy: also have a real
+  signalbox validate DIR [--format text|json|github] [--envoy [PATH]]
+                                       check a policy directory; exit 1 on any error; --format github: GitHub
+                                       Actions annotations (::error file=F,line=N::...); --json: --format json;
+                                       --envoy: also have a real
                                        Envoy (PATH, else $SIGNALBOX_ENVOY_BIN, else envoy on PATH) check every
                                        proxy group, as it would before accepting the configuration
 ${COMPILE_USAGE}
@@ -139,9 +142,14 @@ function isDirectory(p: string): boolean {
   }
 }
 
+const VALIDATE_FORMATS = ['text', 'json', 'github'] as const;
+
 async function validate(argv: string[]): Promise<number> {
   const { args, envoy } = envoyFlag(argv);
-  const { positionals, values } = parseArgs({ args, options: { json: { type: 'boolean' } }, allowPositionals: true });
+  const { positionals, values } = parseArgs({ args, options: { json: { type: 'boolean' }, format: { type: 'string' } }, allowPositionals: true });
+  const format = values.format ?? (values.json ? 'json' : 'text');
+  if (!VALIDATE_FORMATS.includes(format as (typeof VALIDATE_FORMATS)[number])) throw new SignalboxError('SB_BAD_FLAG', `--format: unknown format "${format.slice(0, 100)}"; expected one of ${VALIDATE_FORMATS.join(', ')}`);
+  if (values.json && values.format !== undefined && values.format !== 'json') throw new SignalboxError('SB_BAD_FLAG', `--json is --format json; it cannot be combined with --format ${format}`);
   const dir = positionals[0] ?? 'policies';
   // The reading limits `serve` would apply (its SIGNALBOX_MAX_POLICY_* variables, else the defaults).
   const loaded = await loadPolicyDir(path.resolve(dir), undefined, resolvePolicyLimits({}));
@@ -154,8 +162,12 @@ async function validate(argv: string[]): Promise<number> {
   const checked = preflight
     ? ` checked by Envoy ${preflight.envoy.version}: ${preflight.groups.length} proxy group(s) in ${preflight.ms} ms (${Math.round(preflight.groups.reduce((n, g) => n + g.checkMs, 0) / Math.max(1, preflight.groups.length))} ms per group)`
     : '';
-  if (values.json) {
+  if (format === 'json') {
     process.stdout.write(JSON.stringify({ valid: errors.length === 0, documents: loaded.docs.length, errors, ...(preflight ? { envoy: { ...preflight.envoy, ms: preflight.ms, groups: preflight.groups } } : {}) }, null, 2) + '\n');
+  } else if (format === 'github' && errors.length) {
+    // Workflow commands are read from standard output; the summary goes to the log as usual.
+    for (const e of errors) process.stdout.write(githubAnnotation(e) + '\n');
+    process.stderr.write(`${errors.length} error(s) in ${dir}${checked}\n`);
   } else if (errors.length) {
     for (const e of errors) process.stderr.write(formatPolicyError(e as PolicyError) + '\n');
     process.stderr.write(`${errors.length} error(s) in ${dir}${checked}\n`);

@@ -517,6 +517,41 @@ describe('signalbox validate (CLI)', () => {
     }
   });
 
+  test('--format github prints one GitHub Actions annotation per error, on its file and line', () => {
+    const dir = policyDir({
+      'a.yaml': docs(doc('Gateway', 'public', '  listners: []'), doc('Service', 'orders', '{ port: 8080, endpoints: [ { address: 127.0.0.1, port: 9001 } ] }')),
+      'b,1.yaml': 'apiVersion: signalbox.dev/v1alpha1\nkind: Service\nmetadata: { name: "x,y:z" }\nspec: { port: 8080, endpoints: [ { address: 127.0.0.1, port: 9001 } ] }\n',
+      'c.yaml': '{ not: yaml',
+    });
+    const r = cli('validate', dir, '--format', 'github');
+    assert.equal(r.status, 1, r.stderr);
+    // ',' and ':' separate a command's properties: GitHub's escapes for them.
+    const file = (n: string) => path.join(dir, n).replace(/:/g, '%3A').replace(/,/g, '%2C');
+    assert.ok(file('b,1.yaml').includes('b%2C1.yaml'));
+    const lines = r.stdout.trim().split('\n');
+    assert.deepEqual(lines.slice(0, 3), [
+      `::error file=${file('a.yaml')},line=4,title=SB_SCHEMA::document 1 spec.listeners: required`,
+      `::error file=${file('a.yaml')},line=5,title=SB_SCHEMA::document 1 spec.listners: unknown field "listners"`,
+      `::error file=${file('b,1.yaml')},line=3,title=SB_SCHEMA::document 1 metadata.name: must be a DNS label: lower-case letters, digits and "-", starting and ending with a letter or digit`,
+    ]);
+    assert.match(lines[3]!, new RegExp(`^::error file=${file('c.yaml').replace(/[.*+?^${}()|[\]\\]/g, '\\$&')},line=\\d+,title=SB_YAML_SYNTAX::document 1: YAML: `));
+    assert.equal(lines.length, 4);
+    assert.match(r.stderr, /^4 error\(s\) in /);
+  });
+
+  test('--format: a valid directory prints its summary; an unknown format or --json with another format is a usage error', () => {
+    const ok = cli('validate', 'policies', '--format', 'github');
+    assert.equal(ok.status, 0, ok.stderr);
+    assert.match(ok.stdout, /^policies: valid/);
+    const bad = cli('validate', 'policies', '--format', 'yaml');
+    assert.equal(bad.status, 2);
+    assert.match(bad.stderr, /--format: unknown format "yaml"; expected one of text, json, github/);
+    const both = cli('validate', 'policies', '--json', '--format', 'github');
+    assert.equal(both.status, 2);
+    assert.match(both.stderr, /--json is --format json/);
+    assert.deepEqual(JSON.parse(cli('validate', 'policies', '--format', 'json').stdout), JSON.parse(cli('validate', 'policies', '--json').stdout));
+  });
+
   test('--json reports the errors with their codes', () => {
     const dir = policyDir({ 'a.yaml': doc('Frobnicator', 'x', '{}') });
     const r = cli('validate', '--json', dir);
