@@ -11,6 +11,7 @@ import { ErrorCode, formatPolicyError, type PolicyError } from '../errors.js';
 import { buildModel } from '../model/model.js';
 import { loadPolicyDir } from '../sources/files/loader.js';
 import { DEFAULT_AUTHZ_ENDPOINT } from '../translate/jwt.js';
+import { POLICIES_FLAG, policyDirArg } from './policies-flag.js';
 
 export type CompiledGroups = Record<string, PrintedGroup>;
 
@@ -83,14 +84,14 @@ export function serveLikeOptions(flags: Record<string, string | boolean | undefi
   return { accessLogSampling: cfg.accessLogSampling ?? 'off', jwtFastPath: cfg.jwtFastPath, jwtFastPathModule: cfg.jwtFastPathModule };
 }
 
-export const COMPILE_USAGE = `  signalbox compile [DIR] [--group G] [--access-log-sampling P|off] [--jwt-fast-path on|module|off]
+export const COMPILE_USAGE = `  signalbox compile [--policies DIR | DIR] [--group G] [--access-log-sampling P|off] [--jwt-fast-path on|module|off]
                                        print the Envoy resources each proxy group gets (JSON), as serve with
                                        the same flags sends them (secrets redacted)`;
 
 /** `signalbox compile`: exit 0 with the JSON, 1 when the directory is invalid or the group unknown. */
 export async function compileCommand(args: string[], out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr): Promise<number> {
-  const { positionals, values } = parseArgs({ args, options: { group: { type: 'string' }, ...SERVE_LIKE_FLAGS }, allowPositionals: true });
-  const result = await compileDir(path.resolve(positionals[0] ?? 'policies'), values.group ? [values.group] : [], serveLikeOptions(values));
+  const { positionals, values } = parseArgs({ args, options: { group: { type: 'string' }, ...SERVE_LIKE_FLAGS, ...POLICIES_FLAG }, allowPositionals: true });
+  const result = await compileDir(path.resolve(policyDirArg(positionals, values.policies)), values.group ? [values.group] : [], serveLikeOptions(values));
   if (!result.ok) {
     for (const e of result.errors) err.write(formatPolicyError(e) + '\n');
     return 1;

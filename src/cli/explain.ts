@@ -1,4 +1,4 @@
-// `signalbox explain DIR --proxy GROUP|GATEWAY [--route NAME] [--json]`: compiles a policy directory
+// `signalbox explain [--policies DIR | DIR] --proxy GROUP|GATEWAY [--route NAME] [--json]`: compiles a policy directory
 // offline, as `serve` would (compileGroups, with serve's flags that change what proxies get), and
 // prints, for one proxy group, every listener's, route's and cluster's effective settings with the
 // file and document each value came from (or "default", or the control-plane setting).
@@ -10,15 +10,16 @@ import { buildModel } from '../model/model.js';
 import { loadPolicyDir } from '../sources/files/loader.js';
 import { compileGroups, InconsistentGroupError } from '../controller/compile-groups.js';
 import { compileGroupsOptions, SERVE_LIKE_FLAGS, serveLikeOptions } from './compile.js';
+import { POLICIES_FLAG, policyDirArg } from './policies-flag.js';
 
-export const EXPLAIN_USAGE = `  signalbox explain [DIR] --proxy GROUP [--route NAME] [--json] [--access-log-sampling P|off] [--jwt-fast-path on|module|off]
+export const EXPLAIN_USAGE = `  signalbox explain [--policies DIR | DIR] --proxy GROUP [--route NAME] [--json] [--access-log-sampling P|off] [--jwt-fast-path on|module|off]
                                        each route's and cluster's settings, and the file each came from
                                        (GROUP: a gateway name, gateway/NAME or sidecar/SERVICE/APP/IN/OUT)`;
 
 export async function explainCommand(args: string[], out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr): Promise<number> {
-  const { positionals, values } = parseArgs({ args, options: { proxy: { type: 'string' }, route: { type: 'string' }, json: { type: 'boolean' }, ...SERVE_LIKE_FLAGS }, allowPositionals: true });
+  const { positionals, values } = parseArgs({ args, options: { proxy: { type: 'string' }, route: { type: 'string' }, json: { type: 'boolean' }, ...SERVE_LIKE_FLAGS, ...POLICIES_FLAG }, allowPositionals: true });
   if (!values.proxy) throw new SignalboxError('SB_BAD_FLAG', '--proxy GROUP is required (a gateway name, gateway/NAME or sidecar/SERVICE/APP/IN/OUT)');
-  const dir = path.resolve(positionals[0] ?? 'policies');
+  const dir = path.resolve(policyDirArg(positionals, values.policies));
   const loaded = await loadPolicyDir(dir);
   const built = loaded.errors.length ? { errors: loaded.errors, model: undefined } : await buildModel(loaded.docs, dir);
   if (!built.model) {

@@ -12,13 +12,14 @@ import { compileCommand, COMPILE_USAGE } from './compile.js';
 import { DIFF_USAGE, diffCommand } from './diff.js';
 import { EXPLAIN_USAGE, explainCommand } from './explain.js';
 import { githubAnnotation } from './annotations.js';
+import { POLICIES_FLAG, policyDirArg } from './policies-flag.js';
 import { SCHEMA_USAGE, schemaCommand } from './schema.js';
 
 const USAGE = `signalbox: a service-mesh control plane for Envoy
 
 Usage:
   signalbox serve [flags]              run the control plane
-  signalbox validate DIR [--format text|json|github] [--envoy [PATH]]
+  signalbox validate [--policies DIR | DIR] [--format text|json|github] [--envoy [PATH]]
                                        check a policy directory; exit 1 on any error; --format github: GitHub
                                        Actions annotations (::error file=F,line=N::...); --json: --format json;
                                        --envoy: also have a real
@@ -146,11 +147,11 @@ const VALIDATE_FORMATS = ['text', 'json', 'github'] as const;
 
 async function validate(argv: string[]): Promise<number> {
   const { args, envoy } = envoyFlag(argv);
-  const { positionals, values } = parseArgs({ args, options: { json: { type: 'boolean' }, format: { type: 'string' } }, allowPositionals: true });
+  const { positionals, values } = parseArgs({ args, options: { json: { type: 'boolean' }, format: { type: 'string' }, ...POLICIES_FLAG }, allowPositionals: true });
   const format = values.format ?? (values.json ? 'json' : 'text');
   if (!VALIDATE_FORMATS.includes(format as (typeof VALIDATE_FORMATS)[number])) throw new SignalboxError('SB_BAD_FLAG', `--format: unknown format "${format.slice(0, 100)}"; expected one of ${VALIDATE_FORMATS.join(', ')}`);
   if (values.json && values.format !== undefined && values.format !== 'json') throw new SignalboxError('SB_BAD_FLAG', `--json is --format json; it cannot be combined with --format ${format}`);
-  const dir = positionals[0] ?? 'policies';
+  const dir = policyDirArg(positionals, values.policies);
   // The reading limits `serve` would apply (its SIGNALBOX_MAX_POLICY_* variables, else the defaults).
   const loaded = await loadPolicyDir(path.resolve(dir), undefined, resolvePolicyLimits({}));
   let errors: (PolicyError | PreflightError)[] = loaded.errors;
