@@ -22,7 +22,7 @@ export const SERVER_CERT_TTL_MS = 30 * 24 * 3_600_000;
 /** How often --xds-cert/--xds-key are looked at for changes. */
 const FILE_POLL_MS = 5_000;
 
-export function serverSpiffeId(trustDomain: string, server: 'xds' | 'authz'): string {
+export function serverSpiffeId(trustDomain: string, server: 'xds' | 'authz' | 'ratelimit'): string {
   return `spiffe://${trustDomain}/signalbox/${server}`;
 }
 
@@ -65,7 +65,7 @@ export class ServerCertificate extends EventEmitter<{ changed: [] }> {
   }
 
   /** Issued by the mesh CA (for `server`) or read from files; renewed or re-read from then on. */
-  static async start(opts: { ca: CertificateAuthority; trustDomain: string; server: 'xds' | 'authz'; bindAddress: string; sans: string[]; files?: { certFile: string; keyFile: string }; logger: Logger }): Promise<ServerCertificate> {
+  static async start(opts: { ca: CertificateAuthority; trustDomain: string; server: 'xds' | 'authz' | 'ratelimit'; bindAddress: string; sans: string[]; files?: { certFile: string; keyFile: string }; logger: Logger }): Promise<ServerCertificate> {
     if (opts.files) {
       const sc = new ServerCertificate('files', opts.logger, undefined, opts.files);
       sc.readFiles(true);

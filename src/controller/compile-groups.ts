@@ -11,6 +11,7 @@ import type { Model } from '../model/model.js';
 import { staticInstances } from '../sources/endpoints.js';
 import { translate, type AccessLogSettings } from '../translate/gateway.js';
 import type { AuthzEndpoint, JwtKeysOf } from '../translate/jwt.js';
+import type { RateLimitEndpoint } from '../translate/ratelimit.js';
 import { checkConsistency, Snapshot } from '../xds/cache/snapshot-cache.js';
 import { EncodeCache, type Resource } from '../xds/resources/resource.js';
 import { PUSH_ORDER, SHORT_NAME, TypeUrl } from '../xds/resources/type-urls.js';
@@ -28,6 +29,8 @@ export interface CompileGroupsOptions {
   accessLog?: AccessLogSettings;
   /** Where proxies reach the ext_authz service (default: DEFAULT_AUTHZ_ENDPOINT). */
   authz?: AuthzEndpoint;
+  /** Where proxies reach the rate-limit service (default: DEFAULT_RATELIMIT_ENDPOINT). */
+  rateLimit?: RateLimitEndpoint;
   /** The keys each JWTPolicy verifies with now (default: keys written in the policy only). */
   jwtKeys?: JwtKeysOf;
   /** false: every JWT check goes to the ext_authz service. */
@@ -71,7 +74,7 @@ export class InconsistentGroupError extends Error {
 export function compileGroups(model: Model, opts: CompileGroupsOptions = {}): Map<string, CompiledGroup> {
   const enc = opts.encoder ?? new EncodeCache();
   const instancesOf = opts.instancesOf ?? staticInstancesOf(model);
-  const irs = translate(model, opts.groups ?? [], { authz: opts.authz, jwtKeys: opts.jwtKeys, jwtFastPath: opts.jwtFastPath, jwtFastPathModule: opts.jwtFastPathModule, accessLog: opts.accessLog });
+  const irs = translate(model, opts.groups ?? [], { authz: opts.authz, rateLimit: opts.rateLimit, jwtKeys: opts.jwtKeys, jwtFastPath: opts.jwtFastPath, jwtFastPathModule: opts.jwtFastPathModule, accessLog: opts.accessLog });
   const out = new Map<string, CompiledGroup>();
   for (const [group, ir] of irs) {
     const endpoints = new Map<string, Resource>();

@@ -18,6 +18,7 @@ import { endpointsResource, type ResourceMap } from '../xds/translator/index.js'
 import type { IdentityManager } from '../ca/identities.js';
 import { baseGroup, parseSidecarGroup } from '../ir/types.js';
 import type { AuthzEndpoint, JwtKeysOf } from '../translate/jwt.js';
+import type { RateLimitEndpoint } from '../translate/ratelimit.js';
 import { LastGoodStore, TextKeepingParseCache } from './last-good.js';
 import { compileGroups, groupResources } from './compile-groups.js';
 
@@ -59,6 +60,8 @@ export interface PipelineOptions {
   accessLog?: { successSamplePercent: number };
   /** Where proxies reach the ext_authz service (JWTPolicy); default 127.0.0.1:18002. */
   authz?: AuthzEndpoint;
+  /** Where proxies reach the rate-limit service (global RateLimitPolicy limits); default 127.0.0.1:18003. */
+  rateLimit?: RateLimitEndpoint;
   /** The keys each JWTPolicy verifies with now, for the fast path's versions (default: inline keys only). */
   jwtKeys?: JwtKeysOf;
   /** false: every JWT check goes to the ext_authz service. */
@@ -438,6 +441,7 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
       groups: this.requestedGroups,
       accessLog: this.opts.accessLog,
       authz: this.opts.authz,
+      rateLimit: this.opts.rateLimit,
       jwtKeys: this.opts.jwtKeys,
       jwtFastPath: this.opts.jwtFastPath,
       jwtFastPathModule: this.opts.jwtFastPathModule,

@@ -41,3 +41,23 @@ export interface IRLocalRateLimit {
   by?: { header: string } | { clientIP: true };
   source: SourceRef;
 }
+
+/** What a global limit counts by (a claim arrives in the header its JWTPolicy forwards it into). */
+export type IRGlobalKey = { header: string } | { clientIP: true } | { path: true } | { claim: string; header: string };
+
+/** One global limit: `requests` per fixed window of `unit`, counted by Signalbox's rate-limit service. */
+export interface IRGlobalLimit {
+  /** `<policy>/<index>`: the descriptor value Envoy sends and the service looks up. */
+  id: string;
+  requests: number;
+  unit: 'second' | 'minute' | 'hour' | 'day';
+  by?: IRGlobalKey;
+}
+
+/** A RateLimitPolicy's global section as it applies to one route. */
+export interface IRGlobalRateLimit {
+  policy: string;
+  failureMode: 'allow' | 'deny';
+  limits: IRGlobalLimit[];
+  source: SourceRef;
+}

@@ -1,7 +1,7 @@
 // The intermediate representation: plain, serialisable data describing what each proxy should do.
 // It holds no Envoy types; the xDS translator turns it into Envoy resources.
 import type { SourceRef } from '../model/model.js';
-import type { IRCircuitBreaker, IRHashOn, IRHealthCheck, IRLoadBalancer, IRLocalRateLimit, IROutlierDetection } from './traffic.js';
+import type { IRCircuitBreaker, IRHashOn, IRHealthCheck, IRLoadBalancer, IRGlobalRateLimit, IRLocalRateLimit, IROutlierDetection } from './traffic.js';
 import type { IRExtAuthz, IRRouteJwt } from './jwt.js';
 import { formatGroup, JWT_MODULE_GROUP_SUFFIX, parseGroup, type GroupKey, type RouteKey, type SidecarShape } from './names.js';
 
@@ -85,6 +85,11 @@ export interface IRRoute {
   fault?: IRFault;
   /** A local rate limit for this route only (RateLimitPolicy on its HTTPRoute). */
   rateLimit?: IRLocalRateLimit;
+  /**
+   * Global limits counted by Signalbox's rate-limit service: the listener's (Gateway, listener or
+   * Service) first, then the route's own (HTTPRoute or rule).
+   */
+  globalRateLimits?: IRGlobalRateLimit[];
   /** JWT policies checked by the ext_authz service (set on every route of a listener that has extAuthz). */
   jwt?: IRRouteJwt;
   source: SourceRef;
@@ -132,6 +137,8 @@ export interface IRHttpListener {
   httpFilters: string[];
   /** A local rate limit over every request of the listener (RateLimitPolicy on a Gateway or Service). */
   rateLimit?: IRLocalRateLimit;
+  /** Routes of this listener have global limits: Envoy's ratelimit filter asks this cluster. */
+  globalRateLimit?: { cluster: string; timeoutMs: number };
   /** Report requests to the control plane's access log service (errors always, successes sampled). */
   accessLog?: { successSamplePercent: number };
   /** Envoy tracing (Mesh.spec.tracing): OpenTelemetry over gRPC to `cluster`. */

@@ -9,8 +9,8 @@ import type { LoadedDoc, SourceRef } from '../sources/files/loader.js';
 import { didYouMean } from './did-you-mean.js';
 import { hostnameMatches } from './hostnames.js';
 import { resolveAccessPolicies, type AccessModel } from './access.js';
-import { resolvePolicies, type PoliciesModel, type RuleDefaults } from './policies.js';
-import { resolveJwtPolicies, type JwtModel } from './jwt.js';
+import { resolveGlobalClaims, resolvePolicies, type PoliciesModel, type RuleDefaults } from './policies.js';
+import { jwtPoliciesOn, resolveJwtPolicies, type JwtModel } from './jwt.js';
 
 export type { SourceRef };
 
@@ -419,6 +419,7 @@ export async function buildModel(docs: LoadedDoc[], baseDir: string, opts: Build
   const policies = resolvePolicies(unique, { mesh, services, gateways, routes }, err);
   const access = resolveAccessPolicies(of('AccessPolicy'), new Set(services.keys()), new Set(gateways.keys()), err);
   const jwt = await resolveJwtPolicies(unique, { services, gateways, routes }, baseDir, err, readPolicyFile, opts);
+  resolveGlobalClaims(policies.globalRateLimits, unique, (kind, name, sectionName) => jwtPoliciesOn(jwt, kind, name, sectionName).map((p) => ({ policy: p, forwardClaims: jwt?.policies.get(p)?.forwardClaims ?? [] })), err);
 
   if (errors.length > 0) return { errors };
   return { model: { mesh, services, gateways, routes: routes.sort(byName), access, policies, jwt }, errors };

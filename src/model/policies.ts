@@ -3,6 +3,7 @@
 // HTTPRoute rule, the timeout and retries it inherits from the TrafficPolicy of its backends.
 // Precedence: route settings > TrafficPolicy > Mesh defaults > built-in defaults.
 import { parseDuration, type Mesh, type RateLimitPolicy, type TrafficPolicy } from '../api/v1alpha1/index.js';
+import { GLOBAL_UNIT_MS, type GlobalRateLimitKey, type GlobalUnit } from '../api/v1alpha1/ratelimitpolicy.js';
 import { TRAFFIC_FIELDS, type TrafficField } from '../api/v1alpha1/trafficpolicy.js';
 import { ErrorCode } from '../errors.js';
 import type { LoadedDoc, SourceRef } from '../sources/files/loader.js';
@@ -69,6 +70,31 @@ export interface RateLimitModel {
   source: SourceRef;
 }
 
+/**
+ * What a global limit counts by, resolved: a claim names the header its JWTPolicy forwards it
+ * into (set once the JWTPolicies are known, see resolveGlobalClaims).
+ */
+export type GlobalKeyModel = Exclude<GlobalRateLimitKey, { claim: string }> | { claim: string; header: string };
+
+export interface GlobalLimitModel {
+  /** `<policy>/<index>`: the descriptor Envoy sends for it and the rate-limit service looks up. */
+  id: string;
+  requests: number;
+  unit: GlobalUnit;
+  windowMs: number;
+  by?: GlobalKeyModel;
+}
+
+/** A RateLimitPolicy's global section: counters shared by every proxy (Redis). */
+export interface GlobalRateLimitModel {
+  policy: string;
+  target: { kind: RateLimitTargetKind; name: string; sectionName?: string };
+  /** What the service answers while Redis cannot be reached (default allow, see docs/policy-api.md). */
+  failureMode: 'allow' | 'deny';
+  limits: GlobalLimitModel[];
+  source: SourceRef;
+}
+
 /** What one HTTPRoute rule inherits because it said nothing itself. */
 export interface RuleDefaults {
   timeoutMs?: Sourced<number>;
@@ -78,8 +104,10 @@ export interface RuleDefaults {
 export interface PoliciesModel {
   /** Merged TrafficPolicy settings by Service name. */
   traffic: Map<string, TrafficPolicyModel>;
-  /** RateLimitPolicies by target, keyed `<kind>/<name>`. */
+  /** RateLimitPolicies' local limits by target, keyed `<kind>/<name>`. */
   rateLimits: Map<string, RateLimitModel>;
+  /** RateLimitPolicies' global limits by target, keyed as rateLimits. */
+  globalRateLimits: Map<string, GlobalRateLimitModel>;
   /** The Mesh defaults a Mesh document actually wrote (for provenance; absent: built-in). */
   meshDefaults: { timeoutMs?: Sourced<number>; retries?: Sourced<RetrySettings> };
 }
@@ -184,9 +212,10 @@ function resolveRateLimits(
   docs: LoadedDoc[],
   known: { services: ReadonlyMap<string, ServiceModel>; gateways: ReadonlyMap<string, GatewayModel>; routes: readonly RouteModel[] },
   err: Report,
-): Map<string, RateLimitModel> {
+): { local: Map<string, RateLimitModel>; global: Map<string, GlobalRateLimitModel> } {
   const out = new Map<string, RateLimitModel>();
-  const owner = new Map<string, LoadedDoc>();
+  const global = new Map<string, GlobalRateLimitModel>();
+  const owner = { local: new Map<string, LoadedDoc>(), global: new Map<string, LoadedDoc>() };
   const names: Record<RateLimitTargetKind, string[]> = {
     Gateway: [...known.gateways.keys()],
     HTTPRoute: known.routes.map((r) => r.name),
@@ -210,27 +239,76 @@ function resolveRateLimits(
       }
     }
     if (kind === 'Service' && known.services.get(name)!.protocol === 'tcp') {
-      err(d, ['spec', 'targetRef', 'name'], ErrorCode.CONFLICT, `Service "${name}" speaks tcp; a local rate limit counts HTTP requests`);
+      err(d, ['spec', 'targetRef', 'name'], ErrorCode.CONFLICT, `Service "${name}" speaks tcp; a rate limit counts HTTP requests`);
       continue;
     }
     const key = rateLimitKey(kind, name, sectionName);
-    const first = owner.get(key);
-    if (first) {
-      const what = sectionName ? `${kind} "${name}" ${kind === 'Gateway' ? 'listener' : 'rule'} "${sectionName}"` : `${kind} "${name}"`;
-      err(d, ['spec', 'local'], ErrorCode.CONFLICT, `conflicts with RateLimitPolicy "${first.name}" in ${where(first)}, which also sets local for ${what}; one local limit per target`);
-      continue;
+    const target = { kind, name, ...(sectionName ? { sectionName } : {}) };
+    const what = sectionName ? `${kind} "${name}" ${kind === 'Gateway' ? 'listener' : 'rule'} "${sectionName}"` : `${kind} "${name}"`;
+    for (const section of ['local', 'global'] as const) {
+      if (spec[section] === undefined) continue;
+      const first = owner[section].get(key);
+      if (first) {
+        err(d, ['spec', section], ErrorCode.CONFLICT, `conflicts with RateLimitPolicy "${first.name}" in ${where(first)}, which also sets ${section} for ${what}; one ${section} limit per target`);
+        continue;
+      }
+      owner[section].set(key, d);
+      if (section === 'local') {
+        const local = spec.local!;
+        out.set(key, { policy: d.name, target, requests: local.requests, perMs: parseDuration(local.per)!, ...(local.by ? { by: local.by } : {}), source: d.source });
+        continue;
+      }
+      const g = spec.global!;
+      const seen = new Map<string, number>();
+      const limits: GlobalLimitModel[] = [];
+      g.limits.forEach((l, i) => {
+        const same = JSON.stringify([l.per, l.by ?? null]);
+        const before = seen.get(same);
+        if (before !== undefined) {
+          err(d, ['spec', 'global', 'limits', i], ErrorCode.CONFLICT, `counts per ${l.per} by the same key as limits[${before}]; give one limit per window and key`);
+          return;
+        }
+        seen.set(same, i);
+        // A claim's header is filled in once the JWTPolicies are known.
+        const by: GlobalKeyModel | undefined = l.by === undefined ? undefined : 'claim' in l.by ? { claim: l.by.claim, header: '' } : 'header' in l.by ? { header: l.by.header.toLowerCase() } : l.by;
+        limits.push({ id: `${d.name}/${i}`, requests: l.requests, unit: l.per as GlobalUnit, windowMs: GLOBAL_UNIT_MS[l.per as GlobalUnit], ...(by ? { by } : {}) });
+      });
+      global.set(key, { policy: d.name, target, failureMode: g.failureMode ?? 'allow', limits, source: d.source });
     }
-    owner.set(key, d);
-    out.set(key, {
-      policy: d.name,
-      target: { kind, name, ...(sectionName ? { sectionName } : {}) },
-      requests: spec.local.requests,
-      perMs: parseDuration(spec.local.per)!,
-      ...(spec.local.by ? { by: spec.local.by } : {}),
-      source: d.source,
+  }
+  return { local: out, global };
+}
+
+/**
+ * A global limit keyed by a JWT claim counts by the header a JWTPolicy on the same target forwards
+ * that claim into (its `forwardClaims`). Only a JWTPolicy on that very target (or on all of it)
+ * will do: elsewhere the header would be whatever the client sent, and a client could pick its own
+ * counter. `forwarders(kind, name, sectionName)` gives, in name order, the forwardClaims of the
+ * JWTPolicies that cover the target.
+ */
+export function resolveGlobalClaims(
+  global: ReadonlyMap<string, GlobalRateLimitModel>,
+  docs: readonly LoadedDoc[],
+  forwarders: (kind: RateLimitTargetKind, name: string, sectionName?: string) => { policy: string; forwardClaims: { claim: string; header: string }[] }[],
+  err: Report,
+): void {
+  for (const g of global.values()) {
+    g.limits.forEach((l, i) => {
+      if (!l.by || !('claim' in l.by)) return;
+      const claim = l.by.claim;
+      const policies = forwarders(g.target.kind, g.target.name, g.target.sectionName);
+      const found = policies.flatMap((p) => p.forwardClaims.filter((f) => f.claim === claim).map((f) => f.header))[0];
+      if (found !== undefined) {
+        l.by = { claim, header: found };
+        return;
+      }
+      const d = docs.find((x) => x.kind === 'RateLimitPolicy' && x.name === g.policy);
+      if (!d) return;
+      const target = `${g.target.kind} "${g.target.name}"${g.target.sectionName ? ` ${g.target.kind === 'Gateway' ? 'listener' : 'rule'} "${g.target.sectionName}"` : ''}`;
+      const hint = policies.length ? `JWTPolicy ${policies.map((p) => `"${p.policy}"`).join(', ')} on it forwards ${policies.some((p) => p.forwardClaims.length) ? `only ${[...new Set(policies.flatMap((p) => p.forwardClaims.map((f) => `"${f.claim}"`)))].join(', ')}` : 'no claim'}` : 'no JWTPolicy targets it';
+      err(d, ['spec', 'global', 'limits', i, 'by', 'claim'], ErrorCode.UNKNOWN_REFERENCE, `no JWTPolicy on ${target} forwards claim "${claim}" (${hint}); add forwardClaims: [{ claim: ${claim}, header: x-... }] to a JWTPolicy with the same targetRef`);
     });
   }
-  return out;
 }
 
 function sameJson(a: unknown, b: unknown): boolean {
@@ -287,7 +365,7 @@ export function resolvePolicies(
     known.services,
     err,
   );
-  const rateLimits = resolveRateLimits(
+  const { local: rateLimits, global: globalRateLimits } = resolveRateLimits(
     sorted.filter((d) => d.kind === 'RateLimitPolicy'),
     known,
     err,
@@ -304,5 +382,5 @@ export function resolvePolicies(
   const meshDefaults: PoliciesModel['meshDefaults'] = {};
   if (meshDoc && meshSpec?.defaults?.timeout) meshDefaults.timeoutMs = { value: known.mesh.defaults.timeoutMs, kind: 'Mesh', policy: meshDoc.name, source: meshDoc.source };
   if (meshDoc && meshSpec?.defaults?.retries && known.mesh.defaults.retries) meshDefaults.retries = { value: known.mesh.defaults.retries, kind: 'Mesh', policy: meshDoc.name, source: meshDoc.source };
-  return { traffic, rateLimits, meshDefaults };
+  return { traffic, rateLimits, globalRateLimits, meshDefaults };
 }

@@ -22,6 +22,7 @@ import { createHash, webcrypto } from 'node:crypto';
 import protobuf from 'protobufjs';
 import { parseDuration } from '../api/v1alpha1/index.js';
 import { serverSpiffeId } from '../ca/server-tls.js';
+import { DEFAULT_RATELIMIT_ENDPOINT } from '../translate/ratelimit.js';
 import { x509 } from '../ca/x509.js';
 import { ErrorCode, SignalboxError, type PolicyError } from '../errors.js';
 import { IDENTITY_SECRET, TRUST_BUNDLE_SECRET, sidecarGroup, type IRProxyConfig } from '../ir/types.js';
@@ -652,7 +653,7 @@ export async function preflightModel(model: Model, docs: LoadedDoc[], opts: Pref
   const store = new EndpointStore();
   for (const s of model.services.values()) store.set(s.name, staticInstances(s), 'static', { quiet: true });
   // As `signalbox serve` compiles by default: ext_authz over TLS, access logs to the control plane, tracing.
-  const irs = translate(model, sidecarGroupsOf(model), { authz: { ...DEFAULT_AUTHZ_ENDPOINT, tls: { serverId: serverSpiffeId(model.mesh.trustDomain, 'authz') } }, accessLog: { successSamplePercent: 100 } });
+  const irs = translate(model, sidecarGroupsOf(model), { authz: { ...DEFAULT_AUTHZ_ENDPOINT, tls: { serverId: serverSpiffeId(model.mesh.trustDomain, 'authz') } }, rateLimit: { ...DEFAULT_RATELIMIT_ENDPOINT, tls: { serverId: serverSpiffeId(model.mesh.trustDomain, 'ratelimit') } }, accessLog: { successSamplePercent: 100 } });
   const identity = await throwawayIdentity(model.mesh.trustDomain);
   const groups = [...irs.values()].map((ir) => groupParts(ir, model, store, identity));
   const dir = await mkdtemp(path.join(os.tmpdir(), 'signalbox-preflight-'));

@@ -8,6 +8,7 @@ import { hostnameMatches } from '../model/hostnames.js';
 import { compareRoutes, routesOf } from './routes.js';
 import { applyPolicies } from './policies.js';
 import { applyJwtPolicies, type AuthzEndpoint, type JwtKeysOf } from './jwt.js';
+import { applyGlobalRateLimits, type RateLimitEndpoint } from './ratelimit.js';
 import { gatewayIdentity, meshTlsOn, serviceCluster } from './mesh-identity.js';
 import { withMeshTracing } from './tracing.js';
 
@@ -98,6 +99,8 @@ export interface AccessLogSettings {
 
 export interface TranslateOptions {
   authz?: AuthzEndpoint;
+  /** Where proxies reach the rate-limit service (global limits); default DEFAULT_RATELIMIT_ENDPOINT. */
+  rateLimit?: RateLimitEndpoint;
   jwtKeys?: JwtKeysOf;
   jwtFastPath?: boolean;
   jwtFastPathModule?: boolean;
@@ -119,7 +122,7 @@ export function translate(model: Model, requestedGroups: Iterable<string> = [], 
     const gateway = key.kind === 'gateway' ? model.gateways.get(key.gateway) : undefined;
     const ir = key.kind === 'sidecar' ? translateSidecar(model, key) : gateway ? translateGateway(model, gateway) : undefined;
     if (!ir) return undefined;
-    const checked = applyJwtPolicies(model, applyPolicies(model, ir), key.jwtModule ? { ...jwt, fastPathModule: true } : jwt);
+    const checked = applyJwtPolicies(model, applyGlobalRateLimits(model, applyPolicies(model, ir), opts.rateLimit), key.jwtModule ? { ...jwt, fastPathModule: true } : jwt);
     const traced = withMeshTracing(model, checked);
     const logged = accessLog ? { ...traced, listeners: traced.listeners.map((l) => ({ ...l, accessLog })) } : traced;
     return key.jwtModule ? { ...logged, group: formatGroup(key), key } : logged;

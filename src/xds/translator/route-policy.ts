@@ -2,6 +2,7 @@
 // per-route local rate limit.
 import type { IRHttpListener, IRRoute } from '../../ir/types.js';
 import { patchRouteForRateLimit, virtualHostRateLimits } from './filters/local-ratelimit.js';
+import { patchRouteForGlobalRateLimit } from './filters/global-ratelimit.js';
 
 export function patchRoutePolicies(r: IRRoute, out: Record<string, unknown>): void {
   const route = out.route as Record<string, unknown> | undefined;
@@ -9,6 +10,7 @@ export function patchRoutePolicies(r: IRRoute, out: Record<string, unknown>): vo
     route.hash_policy = r.action.hashOn.map((h) => ('header' in h ? { header: { header_name: h.header.toLowerCase() } } : { connection_properties: { source_ip: true } }));
   }
   patchRouteForRateLimit(r, out);
+  patchRouteForGlobalRateLimit(r, out);
 }
 
 export function virtualHostPolicies(l: IRHttpListener): Record<string, unknown> {

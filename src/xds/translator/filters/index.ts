@@ -6,6 +6,7 @@ import { rbacAllow, rbacDeny } from './rbac.js';
 import { listenerRateLimit, routeRateLimit } from './local-ratelimit.js';
 import { extAuthz } from './ext-authz.js';
 import { jwtCheck } from './jwt-fast.js';
+import { globalRateLimitAllow, globalRateLimitDeny } from './global-ratelimit.js';
 
 export interface HttpFilterModule {
   /** Envoy's filter name, also the key of per-route configuration. */
@@ -37,6 +38,11 @@ export const FILTER_ORDER: readonly [string, HttpFilterModule][] = [
   // checked by the script (asking the service about new tokens); the others by ext_authz.
   ['jwt-check', jwtCheck],
   ['ext-authz', extAuthz],
+  // Global limits after the JWT checks: a limit keyed by a claim reads the header they forward it
+  // into, and requests the checks refuse are never counted. The local buckets above still shed a
+  // flood before any of it costs a call.
+  ['global-ratelimit-allow', globalRateLimitAllow],
+  ['global-ratelimit-deny', globalRateLimitDeny],
   ['fault', fault],
   ['router', router],
 ];
