@@ -22,6 +22,7 @@ import { writeDataFile } from '../util/data-dir.js';
 import { XDS_CA_FILE } from './bootstrap.js';
 import { BUILTIN_DEFAULTS } from '../model/model.js';
 import { startEmbeddedAuthz } from '../authz/index.js';
+import { startEmbeddedRateLimit } from '../ratelimit/index.js';
 import { inlineKeysOnly } from '../translate/jwt.js';
 
 export interface RunningServer {
@@ -29,6 +30,8 @@ export interface RunningServer {
   adminPort: number;
   /** The ext_authz service's port (undefined while closed: no JWTPolicy yet and no --authz-port, or it could not bind). */
   readonly authzPort?: number;
+  /** The rate-limit service's port (undefined while closed: no global limit yet and no --ratelimit-port). */
+  readonly ratelimitPort?: number;
   pipeline: Pipeline;
   xds: XdsServer;
   logger: Logger;
@@ -59,6 +62,8 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
   };
   // Opened at once for an explicit --authz-port, else once a JWTPolicy exists; TLS from the mesh CA unless --xds-insecure.
   const authz = await startEmbeddedAuthz({ bindAddress: cfg.xdsAddress, port: cfg.authzPort, defaultPort: DEFAULT_AUTHZ_PORT, tls: cfg.xdsTls ? { ca, trustDomain: BUILTIN_DEFAULTS.trustDomain } : undefined, addressForProxies: cfg.authzAddressForProxies, logger, registry: metrics.registry, onKeysChanged });
+  // Opened at once for an explicit --ratelimit-port, else once a global rate limit exists; same TLS as ext_authz.
+  const ratelimit = await startEmbeddedRateLimit({ bindAddress: cfg.xdsAddress, port: cfg.ratelimitPort, tls: cfg.xdsTls ? { ca, trustDomain: BUILTIN_DEFAULTS.trustDomain } : undefined, addressForProxies: cfg.ratelimitAddressForProxies, redis: cfg.redis, logger, registry: metrics.registry });
   // A NACK Envoy's message does not pin down is narrowed with the same Envoy the preflight uses, if given.
   if (cfg.preflightEnvoy) envoyNarrowing.configure(cfg.preflightEnvoy);
   const pipeline = new Pipeline({
@@ -71,6 +76,7 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
     metrics,
     identities,
     authz: authz.endpoint,
+    rateLimit: ratelimit.endpoint,
     accessLog: cfg.accessLogSampling === undefined ? undefined : { successSamplePercent: cfg.accessLogSampling },
     // Keys written in the policy are known at once; fetched and file keys once the service loaded them.
     jwtKeys: (p) => inlineKeysOnly(p) ?? authz.server.engine.keysOf(p),
@@ -105,7 +111,10 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
   for (const w of warnings) logger.warn(w);
   const consul = attachConsul(cfg, pipeline, metrics, logger); // undefined without --consul-addr
   await consul?.prepared(); // with --consul-import: the imported services, before the first load
-  pipeline.on('applied', (model) => authz.update(model)); // before any proxy can get routes that name new policies
+  pipeline.on('applied', (model) => {
+    authz.update(model);
+    ratelimit.update(model);
+  }); // before any proxy can get routes that name new policies
   // Watching before the first read: an edit made while serve starts is either in that read or reported after it.
   const watcher = watchPolicies(policyDir, cfg.watchDebounceMs, (changes) => void pipeline.reload(changes));
   await watcher.ready;
@@ -114,6 +123,7 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
     const kept = pipeline.servingLastGood;
     logger.error({ errors: first.errors.map(formatPolicyError) }, kept ? `the policy directory is invalid; serving the last good configuration (applied ${kept.appliedAt?.toISOString()}, from ${kept.restoredFrom}) until it is fixed` : 'the policy directory is invalid; serving no configuration until it is fixed');
   }
+  await ratelimit.settled();
   await authz.settled(); // a JWTPolicy in the first model: its port is bound (or the failure known) before proxies connect
   await untilConsulSynced(consul, pipeline); // never hand proxies empty endpoint sets: xDS opens once Consul answered
   const xdsPort = await xds.listen(`${cfg.xdsAddress.includes(':') ? `[${cfg.xdsAddress}]` : cfg.xdsAddress}:${cfg.xdsPort}`, xdsCert?.grpcCredentials(() => tokens.caPem));
@@ -130,7 +140,8 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
     xds: { tls: !!xdsCert, insecure: !xdsCert, certificate: xdsCert?.status() },
     proxyAuth: { requireToken: cfg.requireToken, revocationList: tokens.revocationProblem ?? 'ok' },
     authz: authz.status(),
-    warnings: [...warnings, ...(tokens.revocationProblem ? [tokens.revocationProblem] : []), ...lastGoodWarning()],
+    ratelimit: ratelimit.status(),
+    warnings: [...warnings, ...(tokens.revocationProblem ? [tokens.revocationProblem] : []), ...lastGoodWarning(), ...ratelimit.warnings()],
   });
   const admin = buildAdmin({
     pipeline,
@@ -143,10 +154,14 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
     security: adminSecurity,
     status,
     sources: () => ({ sources: consul ? [consul.status()] : [] }),
-    readiness: authz.readinessWith(consul ? () => consul.readiness() : undefined),
+    readiness: authz.readinessWith(() => {
+      const mine = ratelimit.readiness();
+      return mine.ready && consul ? consul.readiness() : mine;
+    }),
     policyDir,
   });
   admin.get('/api/authz', async () => ({ ...authz.status(), ...authz.server.engine.status() }));
+  admin.get('/api/ratelimit', async () => ratelimit.status());
   await admin.listen({ host: cfg.adminAddress, port: cfg.adminPort });
   const adminPort = (admin.server.address() as { port: number }).port;
   logger.info({ xds: `${cfg.xdsAddress}:${xdsPort}`, xdsTls: xdsCert ? xdsCert.source : 'off (--xds-insecure)', admin: `http://${cfg.adminAddress}:${adminPort}`, policies: policyDir }, 'signalbox serving');
@@ -155,6 +170,9 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
     adminPort,
     get authzPort() {
       return authz.port;
+    },
+    get ratelimitPort() {
+      return ratelimit.port;
     },
     pipeline,
     xds,
@@ -168,6 +186,7 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
       tokens.close();
       clearTimeout(keysTimer);
       await authz.close();
+      await ratelimit.close();
       telemetry.stop();
       identities.stop();
       await tracing?.stop();

@@ -1,6 +1,8 @@
 // The control plane's own settings: every `signalbox serve` flag, its SIGNALBOX_* twin and its
 // default, parsed once.
+import { existsSync, readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
+import { checkRedisUrl } from '../ratelimit/redis-store.js';
 import { ErrorCode, SignalboxError } from '../errors.js';
 import { DEFAULT_POLICY_LIMITS, type PolicyLimits } from '../sources/files/loader.js';
 
@@ -26,6 +28,11 @@ export const SERVE_SETTINGS = {
   adminTokenFile: { flag: 'admin-token-file', env: 'SIGNALBOX_ADMIN_TOKEN_FILE', default: '', help: 'file holding a bearer token the admin API requires (except /healthz and /readyz); needed to bind --admin-address to a non-loopback address' },
   authzPort: { flag: 'authz-port', env: 'SIGNALBOX_AUTHZ_PORT', default: '', help: 'port of the ext_authz gRPC service that checks JWTPolicies, bound on the xDS address (default: 18002, opened once a JWTPolicy exists and kept open for proxies still draining old routes; a port given here is always open; 0: any free port)' },
   authzAddressForProxies: { flag: 'authz-address-for-proxies', env: 'SIGNALBOX_AUTHZ_ADDRESS_FOR_PROXIES', default: '', help: 'IP:PORT at which proxies reach the ext_authz service, e.g. a standalone `signalbox authz` (default: the xDS address, 127.0.0.1 when that is a wildcard, and the bound --authz-port)' },
+  ratelimitPort: { flag: 'ratelimit-port', env: 'SIGNALBOX_RATELIMIT_PORT', default: '', help: 'port of the rate-limit gRPC service that counts global RateLimitPolicy limits in Redis, bound on the xDS address (default: 18004, opened once a global limit exists; a port given here is always open; 0: any free port)' },
+  ratelimitAddressForProxies: { flag: 'ratelimit-address-for-proxies', env: 'SIGNALBOX_RATELIMIT_ADDRESS_FOR_PROXIES', default: '', help: 'IP:PORT at which proxies reach the rate-limit service, e.g. a standalone `signalbox ratelimit` (default: the xDS address, 127.0.0.1 when that is a wildcard, and the bound --ratelimit-port)' },
+  redisUrl: { flag: 'redis-url', env: 'REDIS_URL', default: 'redis://127.0.0.1:6379', help: 'the Redis that holds the global rate-limit counters: redis://[:PASSWORD@]HOST:PORT[/DB], or rediss:// for TLS; the password never shows in logs, /api/status or metrics' },
+  redisPasswordFile: { flag: 'redis-password-file', env: 'SIGNALBOX_REDIS_PASSWORD_FILE', default: '', help: 'file holding the Redis password (trimmed), instead of putting it in --redis-url; REDIS_PASSWORD works too' },
+  redisCa: { flag: 'redis-ca', env: 'SIGNALBOX_REDIS_CA', default: '', help: 'PEM roots to verify a rediss:// server with (default: the system roots)' },
   dataDir: { flag: 'data-dir', env: 'SIGNALBOX_DATA_DIR', default: '.data', help: 'folder for state Signalbox keeps (CA material)' },
   logLevel: { flag: 'log-level', env: 'SIGNALBOX_LOG_LEVEL', default: 'info', help: 'trace, debug, info, warn or error' },
   caCert: { flag: 'ca-cert', env: 'SIGNALBOX_CA_CERT', default: '', help: 'CA certificate (PEM) to sign with, e.g. an intermediate of your PKI (default: a root generated in --data-dir)' },
@@ -73,6 +80,11 @@ export interface ServeConfig {
   authzPort?: number;
   /** Where proxies reach the ext_authz service, when not derived from the xDS address and authz port. */
   authzAddressForProxies?: { address: string; port: number };
+  /** The rate-limit service's port; undefined: 18004, opened only while a global limit exists. */
+  ratelimitPort?: number;
+  ratelimitAddressForProxies?: { address: string; port: number };
+  /** The Redis of the global rate limits (URL checked; password apart when given by file or REDIS_PASSWORD). */
+  redis: { url: string; password?: string; caFile?: string };
   dataDir: string;
   logLevel: string;
   watchDebounceMs: number;
@@ -207,6 +219,26 @@ function onOff(name: string, v: string): boolean {
   throw new SignalboxError(ErrorCode.BAD_FLAG, `--${name} must be "on" or "off", got "${v}"`);
 }
 
+/** --redis-url checked up front (a typo is a start error, not an outage); the password read from its file. */
+export function redisOf(url: string, passwordFile: string, ca: string, env: NodeJS.ProcessEnv = process.env): ServeConfig['redis'] {
+  try {
+    checkRedisUrl(url);
+  } catch (e) {
+    throw new SignalboxError(ErrorCode.BAD_FLAG, (e as Error).message);
+  }
+  let password: string | undefined;
+  if (passwordFile) {
+    try {
+      password = readFileSync(passwordFile, 'utf8').trim();
+    } catch (e) {
+      throw new SignalboxError(ErrorCode.BAD_FLAG, `--redis-password-file ${passwordFile} cannot be read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+    if (!password) throw new SignalboxError(ErrorCode.BAD_FLAG, `--redis-password-file ${passwordFile} is empty`);
+  } else if (env.REDIS_PASSWORD) password = env.REDIS_PASSWORD;
+  if (ca && !existsSync(ca)) throw new SignalboxError(ErrorCode.BAD_FLAG, `--redis-ca ${ca} does not exist`);
+  return { url, ...(password !== undefined ? { password } : {}), ...(ca ? { caFile: ca } : {}) };
+}
+
 /** Flag value, else environment twin, else default. */
 export function resolveServeConfig(flags: Record<string, string | boolean | undefined>, env: NodeJS.ProcessEnv = process.env): ServeConfig {
   const get = (k: SettingName): string => {
@@ -230,6 +262,9 @@ export function resolveServeConfig(flags: Record<string, string | boolean | unde
     adminTokenFile: get('adminTokenFile') || undefined,
     authzPort: get('authzPort') === '' ? undefined : portOf('authz-port', get('authzPort')),
     authzAddressForProxies: ipPortOf('authz-address-for-proxies', get('authzAddressForProxies')),
+    ratelimitPort: get('ratelimitPort') === '' ? undefined : portOf('ratelimit-port', get('ratelimitPort')),
+    ratelimitAddressForProxies: ipPortOf('ratelimit-address-for-proxies', get('ratelimitAddressForProxies')),
+    redis: redisOf(get('redisUrl'), get('redisPasswordFile'), get('redisCa'), env),
     dataDir: get('dataDir'),
     logLevel: level,
     watchDebounceMs: debounce,

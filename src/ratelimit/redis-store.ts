@@ -1,0 +1,186 @@
+// The counters of global rate limits, in Redis (ioredis). One check is one command: a Lua script
+// (EVALSHA; ioredis loads it again after a Redis restart) that adds each descriptor's hits to its
+// key and, for a key it just created, sets the key's expiry to the end of its window, so keys
+// vanish by themselves and an INCRBY is never left without a TTL. Calls that arrive together are
+// written to Redis together (ioredis auto-pipelining: one write and one round trip for all the
+// checks of one event-loop turn), which is what keeps the cost per request flat under load.
+//
+// While Redis cannot be reached a check fails at once (no offline queue: a queued check would
+// only answer after Envoy gave up) or after COMMAND_TIMEOUT_MS; the caller then answers by the
+// policy's failureMode. ioredis reconnects by itself, with a short capped backoff.
+//
+// The URL may carry a password (redis://:secret@host:6379); it is never logged, returned by
+// status(), or put in an error message: only redactRedisUrl's form leaves this module.
+import { readFileSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
+import { Redis, type RedisOptions } from 'ioredis';
+import type { Logger } from '../observability/logger.js';
+
+/** How long one check waits for Redis before the policy's failureMode answers. */
+export const COMMAND_TIMEOUT_MS = 100;
+
+/**
+ * KEYS: one counter per descriptor. ARGV: hits, window length (ms) per key, in pairs.
+ * Returns each key's count after the hits were added.
+ */
+const SCRIPT = `
+local out = {}
+for i = 1, #KEYS do
+  local hits = tonumber(ARGV[2 * i - 1])
+  local n = redis.call('INCRBY', KEYS[i], hits)
+  if n == hits then redis.call('PEXPIRE', KEYS[i], ARGV[2 * i]) end
+  out[i] = n
+end
+return out
+`;
+
+export interface RedisSettings {
+  /** redis://[user:password@]host:port[/db] or rediss:// (TLS). */
+  url: string;
+  /** A password that is not in the URL (--redis-password-file, REDIS_PASSWORD). */
+  password?: string;
+  /** PEM roots to verify a rediss:// server with (default: Node's). */
+  caFile?: string;
+}
+
+export interface RedisStatus {
+  /** The URL with any password replaced by `***`. */
+  url: string;
+  tls: boolean;
+  up: boolean;
+  /** The last error while down (never holds the password). */
+  lastError?: string;
+  lastErrorAt?: string;
+}
+
+export interface StoreHooks {
+  /** Each command's time to answer, ok or failed. */
+  onCommand?(seconds: number, ok: boolean, reason?: string): void;
+  onUp?(up: boolean): void;
+}
+
+/** The URL as it may be shown: user kept, password replaced. */
+export function redactRedisUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = '***';
+    return u.toString();
+  } catch {
+    return '(not a valid URL)';
+  }
+}
+
+/** Checks a Redis URL (scheme, host, port, db) without connecting; throws with a clear message. */
+export function checkRedisUrl(url: string): void {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    throw new Error(`--redis-url must be a URL such as redis://127.0.0.1:6379 or rediss://:PASSWORD@redis.internal:6380, got "${redactRedisUrl(url)}"`);
+  }
+  if (u.protocol !== 'redis:' && u.protocol !== 'rediss:') throw new Error(`--redis-url must start with redis:// or rediss:// (TLS), got "${u.protocol}//"`);
+  if (!u.hostname) throw new Error('--redis-url names no host');
+  const db = u.pathname.replace(/^\//, '');
+  if (db !== '' && !/^\d{1,2}$/.test(db)) throw new Error(`--redis-url: the path is a database number (0-15), got "/${db}"`);
+}
+
+/** Shortens ioredis error messages to a word for metric labels (bounded). */
+function reasonOf(e: Error): string {
+  const m = e.message;
+  if (/timed out/i.test(m)) return 'timeout';
+  if (/writeable|connection|ECONNREFUSED|ECONNRESET|closed|EPIPE/i.test(m)) return 'connection';
+  if (/NOAUTH|WRONGPASS|auth/i.test(m)) return 'auth';
+  if (/OOM|READONLY|LOADING|BUSY/i.test(m)) return 'server';
+  return 'other';
+}
+
+type WithScript = Redis & { signalboxCount(numKeys: number, ...args: (string | number)[]): Promise<number[]> };
+
+export class RedisCounterStore {
+  private readonly client: WithScript;
+  private up = false;
+  private lastError?: { message: string; at: number };
+  readonly tls: boolean;
+  readonly url: string;
+  /** Commands sent (each check that reaches Redis is one). */
+  commands = 0;
+
+  constructor(
+    settings: RedisSettings,
+    private readonly logger: Logger,
+    private readonly hooks: StoreHooks = {},
+  ) {
+    checkRedisUrl(settings.url);
+    const u = new URL(settings.url);
+    this.tls = u.protocol === 'rediss:';
+    this.url = redactRedisUrl(settings.url);
+    const options: RedisOptions = {
+      lazyConnect: true,
+      enableAutoPipelining: true,
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 0,
+      commandTimeout: COMMAND_TIMEOUT_MS,
+      connectTimeout: 1_000,
+      // Reconnect soon after an outage (50 ms, growing to 1 s): counting resumes quickly.
+      retryStrategy: (times) => Math.min(50 * times, 1_000),
+      ...(settings.password !== undefined && !u.password ? { password: settings.password } : {}),
+      ...(this.tls ? { tls: settings.caFile ? { ca: readFileSync(settings.caFile, 'utf8') } : {} } : {}),
+    };
+    this.client = new Redis(settings.url, options) as WithScript;
+    this.client.defineCommand('signalboxCount', { lua: SCRIPT });
+    this.client.on('ready', () => this.setUp(true));
+    this.client.on('end', () => this.setUp(false));
+    this.client.on('close', () => this.setUp(false));
+    this.client.on('error', (e: Error) => this.noteError(e));
+  }
+
+  private setUp(up: boolean): void {
+    if (this.up === up) return;
+    this.up = up;
+    this.hooks.onUp?.(up);
+    if (up) this.logger.info({ redis: this.url }, 'rate-limit service: Redis connected; global limits are counted');
+    else this.logger.warn({ redis: this.url, reason: this.lastError?.message }, 'rate-limit service: Redis unreachable; global limits answer by their failureMode until it is back');
+  }
+
+  private noteError(e: Error): void {
+    // ioredis messages hold host and port at most, never the password; the URL is printed redacted.
+    this.lastError = { message: e.message.slice(0, 300), at: Date.now() };
+  }
+
+  /** Starts connecting (and keeps trying in the background). */
+  connect(): void {
+    this.client.connect().catch((e: Error) => this.noteError(e));
+  }
+
+  /**
+   * Adds `hits[i]` to counter `keys[i]` (created with a TTL of `windowsMs[i]`); the counts after.
+   * Rejects when Redis cannot answer in time.
+   */
+  async count(keys: string[], hits: number[], windowsMs: number[]): Promise<number[]> {
+    const args: (string | number)[] = [...keys];
+    for (let i = 0; i < keys.length; i++) args.push(hits[i]!, windowsMs[i]!);
+    const t0 = performance.now();
+    this.commands++;
+    try {
+      const out = await this.client.signalboxCount(keys.length, ...args);
+      this.hooks.onCommand?.((performance.now() - t0) / 1000, true);
+      return out;
+    } catch (e) {
+      this.noteError(e as Error);
+      this.hooks.onCommand?.((performance.now() - t0) / 1000, false, reasonOf(e as Error));
+      throw e;
+    }
+  }
+
+  status(): RedisStatus {
+    return { url: this.url, tls: this.tls, up: this.up, ...(this.lastError && !this.up ? { lastError: this.lastError.message, lastErrorAt: new Date(this.lastError.at).toISOString() } : {}) };
+  }
+
+  get isUp(): boolean {
+    return this.up;
+  }
+
+  async close(): Promise<void> {
+    this.client.disconnect();
+  }
+}

@@ -1,0 +1,318 @@
+// The rate-limit service: envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit, served by
+// the small gRPC server the ext_authz service uses (src/authz/grpc-h2.ts), with Envoy's own
+// messages (protobufjs, from the registry package's rls.proto). It runs inside `signalbox serve`
+// on its own port, or alone (`signalbox ratelimit`); both feed it the same compiled model.
+//
+// Each descriptor Envoy sends names one limit (`signalbox_limit` = `<policy>/<index>`, see
+// src/xds/translator/filters/global-ratelimit.ts) and the value it counts by. Counting is a fixed
+// window aligned to the clock: the Redis key holds the limit, the window's start and a hash of the
+// value (so API keys and tokens never sit in Redis in clear), and expires with the window.
+//
+// A key seen over its limit is remembered here until its window ends: the counts of a fixed window
+// only grow, so every later request for it is over the limit too, and a flood on one key is
+// answered without a Redis command. Calls with nothing to count (unknown limits during a policy
+// change) are answered OK at once.
+//
+// Redis unreachable or late: limits of failureMode allow answer OK (uncounted); if any limit of
+// the call is failureMode deny the call fails with UNAVAILABLE, which Envoy's deny instance turns
+// into a 503. Both show in signalbox_ratelimit_decisions_total.
+import { createHash } from 'node:crypto';
+import type client from 'prom-client';
+import type { Model } from '../model/model.js';
+import type { Logger } from '../observability/logger.js';
+import { lookupType } from '../xds/resources/protos.js';
+import { GrpcError, GrpcStatus, UnaryGrpcServer } from '../authz/grpc-h2.js';
+import type { AuthzTls } from '../authz/server.js';
+import { hasSelfSignedRoot } from '../authz/server.js';
+import { LIMIT_ENTRY, RATELIMIT_DOMAIN } from '../xds/translator/filters/global-ratelimit.js';
+import { RateLimitMetrics, type DecisionResult } from './metrics.js';
+import { RedisCounterStore, type RedisSettings, type RedisStatus } from './redis-store.js';
+
+export const SHOULD_RATE_LIMIT_PATH = '/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit';
+
+/** Keys remembered as over their limit (each until its window ends). */
+export const OVER_LIMIT_CACHE_SIZE = 10_000;
+/** Extra life of a Redis key past its window, for clocks of service replicas that differ a little. */
+const KEY_SLACK_MS = 1_000;
+
+export interface LimitEntry {
+  id: string;
+  policy: string;
+  requests: number;
+  unit: 'second' | 'minute' | 'hour' | 'day';
+  windowMs: number;
+  failureMode: 'allow' | 'deny';
+  by: 'header' | 'clientIP' | 'path' | 'claim' | 'none';
+}
+
+const UNIT_ENUM = { second: 'SECOND', minute: 'MINUTE', hour: 'HOUR', day: 'DAY' } as const;
+
+interface RequestShape {
+  domain?: string;
+  descriptors?: { entries?: { key?: string; value?: string }[] }[];
+  hits_addend?: number;
+}
+
+interface DescriptorStatus {
+  code: 'OK' | 'OVER_LIMIT';
+  current_limit?: { name: string; requests_per_unit: number; unit: string };
+  limit_remaining?: number;
+  duration_until_reset?: { seconds: number; nanos: number };
+}
+
+/** A ShouldRateLimit answer, as plain data (encoded by rateLimitResponse). */
+export interface RateLimitAnswer {
+  overall: 'OK' | 'OVER_LIMIT';
+  statuses: DescriptorStatus[];
+  headers: { key: string; value: string }[];
+}
+
+function durationOf(ms: number): { seconds: number; nanos: number } {
+  const m = Math.max(0, Math.ceil(ms));
+  return { seconds: Math.floor(m / 1000), nanos: (m % 1000) * 1_000_000 };
+}
+
+/** The limits of a model's global sections, by descriptor id. */
+export function limitTable(model: Pick<Model, 'policies'>): Map<string, LimitEntry> {
+  const out = new Map<string, LimitEntry>();
+  for (const g of model.policies?.globalRateLimits.values() ?? []) {
+    for (const l of g.limits) {
+      const by = !l.by ? 'none' : 'clientIP' in l.by ? 'clientIP' : 'path' in l.by ? 'path' : 'claim' in l.by ? 'claim' : 'header';
+      out.set(l.id, { id: l.id, policy: g.policy, requests: l.requests, unit: l.unit, windowMs: l.windowMs, failureMode: g.failureMode, by });
+    }
+  }
+  return out;
+}
+
+export interface RateLimitServiceOptions {
+  logger: Logger;
+  redis: RedisSettings;
+  /** Where the metrics go (the control plane's registry when embedded). */
+  registry?: client.Registry;
+  now?: () => number;
+}
+
+export class RateLimitService {
+  readonly metrics?: RateLimitMetrics;
+  readonly store: RedisCounterStore;
+  private limits = new Map<string, LimitEntry>();
+  private readonly overLimit = new Map<string, number>();
+  private readonly now: () => number;
+  private server?: UnaryGrpcServer;
+  private stopFollowing?: () => void;
+  private connected = false;
+  /** ShouldRateLimit calls answered, for /api/status and the benchmark. */
+  calls = 0;
+  port?: number;
+
+  constructor(private readonly opts: RateLimitServiceOptions) {
+    this.metrics = opts.registry ? new RateLimitMetrics(opts.registry) : undefined;
+    this.now = opts.now ?? Date.now;
+    this.store = new RedisCounterStore(opts.redis, opts.logger, {
+      onCommand: (s, ok, reason) => {
+        this.metrics?.redisSeconds.observe({ result: ok ? 'ok' : 'error' }, s);
+        if (!ok) this.metrics?.redisErrors.inc({ reason: reason ?? 'other' });
+      },
+      onUp: (up) => this.metrics?.redisUp.set(up ? 1 : 0),
+    });
+    this.metrics?.redisUp.set(0);
+  }
+
+  /** Takes the global limits of a newly applied model; connects to Redis once there are any. */
+  update(model: Pick<Model, 'policies'>): void {
+    this.limits = limitTable(model);
+    this.overLimit.clear();
+    this.metrics?.failureMode.reset();
+    const seen = new Set<string>();
+    for (const l of this.limits.values()) {
+      if (seen.has(l.policy)) continue;
+      seen.add(l.policy);
+      this.metrics?.failureMode.set({ policy: l.policy, failure_mode: l.failureMode }, 1);
+    }
+    if (this.limits.size > 0) this.connect();
+  }
+
+  /** Connects to Redis now (else on the first model with a global limit). */
+  connect(): void {
+    if (this.connected) return;
+    this.connected = true;
+    this.store.connect();
+  }
+
+  /** The policies' failure modes and limits, for /api/status and the dashboard. */
+  policies(): { policy: string; failureMode: 'allow' | 'deny'; limits: { id: string; requests: number; per: string; by: string }[] }[] {
+    const byPolicy = new Map<string, { policy: string; failureMode: 'allow' | 'deny'; limits: { id: string; requests: number; per: string; by: string }[] }>();
+    for (const l of this.limits.values()) {
+      let p = byPolicy.get(l.policy);
+      if (!p) byPolicy.set(l.policy, (p = { policy: l.policy, failureMode: l.failureMode, limits: [] }));
+      p.limits.push({ id: l.id, requests: l.requests, per: l.unit, by: l.by });
+    }
+    return [...byPolicy.values()].sort((a, b) => (a.policy < b.policy ? -1 : 1));
+  }
+
+  redisStatus(): RedisStatus {
+    return this.store.status();
+  }
+
+  private decided(l: LimitEntry, result: DecisionResult): void {
+    this.metrics?.decisions.inc({ policy: l.policy, result });
+  }
+
+  private remember(key: string, until: number): void {
+    if (this.overLimit.size >= OVER_LIMIT_CACHE_SIZE) {
+      const now = this.now();
+      for (const [k, t] of this.overLimit) if (t <= now) this.overLimit.delete(k);
+      // Still full: the oldest entries go (Map order is insertion order).
+      while (this.overLimit.size >= OVER_LIMIT_CACHE_SIZE) this.overLimit.delete(this.overLimit.keys().next().value!);
+    }
+    this.overLimit.set(key, until);
+  }
+
+  /** Decides one call (exposed for tests and the benchmark). */
+  async shouldRateLimit(request: RequestShape): Promise<RateLimitAnswer> {
+    if ((request.domain ?? '') !== RATELIMIT_DOMAIN) throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, `unknown domain "${String(request.domain).slice(0, 100)}" (this service answers "${RATELIMIT_DOMAIN}")`);
+    const hits = Math.min(Math.max(1, Math.floor(Number(request.hits_addend) || 0)), 1_000_000);
+    const now = this.now();
+    const descriptors = request.descriptors ?? [];
+    if (descriptors.length > 64) throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, 'too many descriptors');
+    const statuses: DescriptorStatus[] = descriptors.map(() => ({ code: 'OK' }));
+    const pending: { i: number; limit: LimitEntry; key: string; windowEnd: number }[] = [];
+    const over: { limit: LimitEntry; resetMs: number }[] = [];
+    descriptors.forEach((d, i) => {
+      const entries = d.entries ?? [];
+      const limit = this.limits.get(entries.find((e) => e.key === LIMIT_ENTRY)?.value ?? '');
+      if (!limit) return; // unknown (a policy just removed): not counted
+      let value = '';
+      if (limit.by !== 'none') {
+        const e = entries.find((x) => x.key !== LIMIT_ENTRY);
+        if (!e?.value) return;
+        value = limit.by === 'path' ? e.value.split('?', 1)[0]! : e.value;
+      }
+      const windowStart = Math.floor(now / limit.windowMs) * limit.windowMs;
+      const windowEnd = windowStart + limit.windowMs;
+      const key = `signalbox:rl:${limit.id}:${windowStart}:${limit.by === 'none' ? '-' : createHash('sha256').update(value).digest('base64url').slice(0, 22)}`;
+      const cached = this.overLimit.get(key);
+      if (cached !== undefined && cached > now) {
+        this.metrics?.cacheHits.inc();
+        statuses[i] = this.status(limit, 'OVER_LIMIT', 0, windowEnd - now);
+        over.push({ limit, resetMs: windowEnd - now });
+        return;
+      }
+      pending.push({ i, limit, key, windowEnd });
+    });
+    if (over.length) {
+      // A key already over its limit: the call is refused without a Redis command.
+      for (const o of over) this.decided(o.limit, 'limited');
+      return this.answer(statuses, over);
+    }
+    if (pending.length === 0) return this.answer(statuses, over);
+    let counts: number[];
+    try {
+      counts = await this.store.count(
+        pending.map((p) => p.key),
+        pending.map(() => hits),
+        pending.map((p) => p.windowEnd - now + KEY_SLACK_MS),
+      );
+    } catch {
+      const deny = pending.some((p) => p.limit.failureMode === 'deny');
+      for (const p of pending) this.decided(p.limit, p.limit.failureMode === 'deny' ? 'failure_denied' : 'failure_allowed');
+      if (deny) throw new GrpcError(GrpcStatus.UNAVAILABLE, 'the rate-limit store (Redis) cannot be reached');
+      return this.answer(statuses, over);
+    }
+    pending.forEach((p, k) => {
+      const n = Number(counts[k]);
+      const isOver = n > p.limit.requests;
+      const left = Math.max(0, p.limit.requests - n);
+      statuses[p.i] = this.status(p.limit, isOver ? 'OVER_LIMIT' : 'OK', left, p.windowEnd - now);
+      this.decided(p.limit, isOver ? 'limited' : 'allowed');
+      if (isOver) {
+        this.remember(p.key, p.windowEnd);
+        over.push({ limit: p.limit, resetMs: p.windowEnd - now });
+      }
+    });
+    return this.answer(statuses, over);
+  }
+
+  private status(l: LimitEntry, code: 'OK' | 'OVER_LIMIT', remaining: number, resetMs: number): DescriptorStatus {
+    return { code, current_limit: { name: l.policy, requests_per_unit: l.requests, unit: UNIT_ENUM[l.unit] }, limit_remaining: remaining, duration_until_reset: durationOf(resetMs) };
+  }
+
+  private answer(statuses: DescriptorStatus[], over: { limit: LimitEntry; resetMs: number }[]): RateLimitAnswer {
+    if (!over.length) return { overall: 'OK', statuses, headers: [] };
+    // The client may retry once every limit it is over has reset.
+    const wait = Math.max(...over.map((o) => o.resetMs));
+    return {
+      overall: 'OVER_LIMIT',
+      statuses,
+      headers: [
+        { key: 'retry-after', value: String(Math.max(1, Math.ceil(wait / 1000))) },
+        { key: 'x-ratelimit-policy', value: over[0]!.limit.policy },
+      ],
+    };
+  }
+
+  /** One call's bytes to the answer's bytes. */
+  private async handle(bytes: Uint8Array): Promise<Uint8Array> {
+    let request: RequestShape;
+    try {
+      request = lookupType('envoy.service.ratelimit.v3.RateLimitRequest').decode(bytes) as unknown as RequestShape;
+    } catch {
+      this.metrics?.calls.inc({ result: 'error' });
+      throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, 'request does not decode as a RateLimitRequest');
+    }
+    this.calls++;
+    let a: RateLimitAnswer;
+    try {
+      a = await this.shouldRateLimit(request);
+    } catch (e) {
+      this.metrics?.calls.inc({ result: e instanceof GrpcError && e.code === GrpcStatus.UNAVAILABLE ? 'unavailable' : 'error' });
+      throw e;
+    }
+    this.metrics?.calls.inc({ result: a.overall === 'OK' ? 'ok' : 'over_limit' });
+    return rateLimitResponse(a);
+  }
+
+  get secure(): boolean {
+    return this.server?.secure ?? false;
+  }
+
+  /** Binds `address` (HOST:PORT, port 0 for any); resolves to the bound port. With `tls`: callers need a mesh certificate. */
+  async listen(address: string, tls?: AuthzTls): Promise<number> {
+    const m = /^\[?([^\]]*?)\]?:(\d+)$/.exec(address);
+    if (!m) throw new Error(`rate-limit service address must be HOST:PORT, got "${address}"`);
+    if (this.server) throw new Error('the rate-limit service is listening already');
+    lookupType('envoy.service.ratelimit.v3.RateLimitRequest');
+    const material = () => ({ cert: tls!.certificate.certPem, key: tls!.certificate.keyPem, clientCa: tls!.clientCaPem });
+    const server = new UnaryGrpcServer([{ path: SHOULD_RATE_LIMIT_PATH, handle: (bytes) => this.handle(bytes) }], {
+      onError: (e) => this.opts.logger.error({ err: { message: e.message } }, 'rate-limit service: ShouldRateLimit failed'),
+      tls: tls ? material() : undefined,
+      onTlsError: (e, remote) => this.opts.logger.debug({ peer: remote, reason: e.message }, 'rate-limit service: TLS handshake refused (a caller needs a certificate from the mesh CA)'),
+    });
+    const port = await server.listen(m[1]!, Number(m[2]));
+    if (tls && !hasSelfSignedRoot(tls.clientCaPem)) {
+      this.opts.logger.warn('the mesh trust bundle holds no root (self-signed) certificate: the rate-limit service cannot verify proxy certificates; add the root with --ca-bundle');
+    }
+    if (tls) {
+      const follow = () => server.setSecureContext(material());
+      tls.certificate.on('changed', follow);
+      this.stopFollowing = () => tls.certificate.off('changed', follow);
+    }
+    this.server = server;
+    this.port = port;
+    return port;
+  }
+
+  async close(): Promise<void> {
+    const server = this.server;
+    this.server = undefined;
+    this.stopFollowing?.();
+    await server?.close();
+    await this.store.close();
+  }
+}
+
+/** An answer as envoy.service.ratelimit.v3.RateLimitResponse bytes. */
+export function rateLimitResponse(a: RateLimitAnswer): Uint8Array {
+  const T = lookupType('envoy.service.ratelimit.v3.RateLimitResponse');
+  return T.encode(T.fromObject({ overall_code: a.overall, statuses: a.statuses, response_headers_to_add: a.headers })).finish();
+}
