@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // The whole test suite: type-check and build, provision the real peers (every Envoy version in
-// envoy-versions.json with Signalbox's JWT module built for it, Consul, Chromium), check the JWT
+// envoy-versions.json with Signalbox's JWT module built for it, Consul, Redis, Chromium), check the JWT
 // module's C (unit tests and a bounded fuzz run under ASan/UBSan), then run the tests with node's
 // test runner: every test on the pinned Envoy, then the integration tests (the real-Envoy suite,
 // every file) on each further version. A peer that cannot be provisioned fails the run; nothing is
@@ -42,9 +42,10 @@ if (!unitOnly && !goldenOnly) {
     envoys.push({ ...v, bin, module });
   }
   env.SIGNALBOX_CONSUL_BIN = step('provision real Consul', 'bash', ['scripts/provision-consul.sh'], { capture: true }).split('\n').pop();
+  env.SIGNALBOX_REDIS_BIN = step('provision real Redis (Debian redis-server package, for the global rate limits)', 'bash', ['scripts/provision-redis.sh'], { capture: true }).split('\n').pop();
   env.SIGNALBOX_CHROMIUM_BIN = step('provision Chromium (Debian package, for the dashboard browser test)', 'bash', ['scripts/provision-chromium.sh'], { capture: true }).split('\n').pop();
   step('the JWT module\'s C: unit tests, fuzz run and hardened builds (ASan/UBSan)', 'bash', ['native/jwt-check/check.sh']);
-  process.stderr.write(`${envoys.map((e) => `envoy ${e.version} (${e.role}): ${e.bin}\njwt module for ${e.version}: ${e.module}`).join('\n')}\nconsul: ${env.SIGNALBOX_CONSUL_BIN}\nchromium: ${env.SIGNALBOX_CHROMIUM_BIN}\n`);
+  process.stderr.write(`${envoys.map((e) => `envoy ${e.version} (${e.role}): ${e.bin}\njwt module for ${e.version}: ${e.module}`).join('\n')}\nconsul: ${env.SIGNALBOX_CONSUL_BIN}\nredis: ${env.SIGNALBOX_REDIS_BIN}\nchromium: ${env.SIGNALBOX_CHROMIUM_BIN}\n`);
 }
 
 function find(dir) {
