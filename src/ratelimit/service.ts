@@ -17,6 +17,7 @@
 // the call is failureMode deny the call fails with UNAVAILABLE, which Envoy's deny instance turns
 // into a 503. Both show in signalbox_ratelimit_decisions_total.
 import { createHash } from 'node:crypto';
+import type protobuf from 'protobufjs';
 import type client from 'prom-client';
 import type { Model } from '../model/model.js';
 import type { Logger } from '../observability/logger.js';
@@ -45,7 +46,9 @@ export interface LimitEntry {
   by: 'header' | 'clientIP' | 'path' | 'claim' | 'none';
 }
 
-const UNIT_ENUM = { second: 'SECOND', minute: 'MINUTE', hour: 'HOUR', day: 'DAY' } as const;
+/** RateLimitResponse.RateLimit.Unit and .Code values (rls.proto), written as numbers: encode() takes plain objects. */
+const UNIT_ENUM = { second: 1, minute: 2, hour: 3, day: 4 } as const;
+const CODE = { OK: 1, OVER_LIMIT: 2 } as const;
 
 interface RequestShape {
   domain?: string;
@@ -55,7 +58,7 @@ interface RequestShape {
 
 interface DescriptorStatus {
   code: 'OK' | 'OVER_LIMIT';
-  current_limit?: { name: string; requests_per_unit: number; unit: string };
+  current_limit?: { name: string; requests_per_unit: number; unit: number };
   limit_remaining?: number;
   duration_until_reset?: { seconds: number; nanos: number };
 }
@@ -255,7 +258,7 @@ export class RateLimitService {
   private async handle(bytes: Uint8Array): Promise<Uint8Array> {
     let request: RequestShape;
     try {
-      request = lookupType('envoy.service.ratelimit.v3.RateLimitRequest').decode(bytes) as unknown as RequestShape;
+      request = types().request.decode(bytes) as unknown as RequestShape;
     } catch {
       this.metrics?.calls.inc({ result: 'error' });
       throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, 'request does not decode as a RateLimitRequest');
@@ -311,8 +314,16 @@ export class RateLimitService {
   }
 }
 
-/** An answer as envoy.service.ratelimit.v3.RateLimitResponse bytes. */
+let cachedTypes: { request: protobuf.Type; response: protobuf.Type } | undefined;
+/** The two message types, looked up once (a lookup walks the root's namespaces). */
+function types(): { request: protobuf.Type; response: protobuf.Type } {
+  cachedTypes ??= { request: lookupType('envoy.service.ratelimit.v3.RateLimitRequest'), response: lookupType('envoy.service.ratelimit.v3.RateLimitResponse') };
+  return cachedTypes;
+}
+
+/** An answer as envoy.service.ratelimit.v3.RateLimitResponse bytes (plain objects, numeric enums: no fromObject copy). */
 export function rateLimitResponse(a: RateLimitAnswer): Uint8Array {
-  const T = lookupType('envoy.service.ratelimit.v3.RateLimitResponse');
-  return T.encode(T.fromObject({ overall_code: a.overall, statuses: a.statuses, response_headers_to_add: a.headers })).finish();
+  return types()
+    .response.encode({ overall_code: CODE[a.overall], statuses: a.statuses.map((s) => ({ ...s, code: CODE[s.code] })), response_headers_to_add: a.headers })
+    .finish();
 }
