@@ -1,0 +1,290 @@
+// `npm run bench:ratelimit`: what a global rate limit adds to a request, through a real Envoy,
+// the rate-limit service embedded in a real `signalbox serve` child process, and a real Redis
+// (all on loopback; not a test).
+//
+// One gateway listener, three routes to one small upstream (in this process), each under a
+// RateLimitPolicy with the same local bucket (far above the load, so it never refuses):
+//   local  - the local bucket only: the baseline;
+//   global - the local bucket and a global limit per x-api-key (far above the load: every request
+//            is counted in Redis and allowed), 100 keys in turn;
+//   flood  - the local bucket and a global limit of 10 per minute for everyone: after the first 10,
+//            every request is over the limit and answered 429 from the service's cache of keys
+//            over their limit (no Redis command).
+// For each, after a warm-up, an open loop at --rate requests/s for --seconds (latency measured from
+// the moment a request is written), --rounds times in turn. Reported per phase: p50 / p99, the
+// Redis commands per request (Redis's own INFO commandstats: EVALSHA + EVAL calls), and the CPU
+// the `signalbox serve` process used (its own process metrics), and Redis's (INFO cpu). The added
+// p99 is global minus local; the service's CPU is serve's CPU in a global phase minus in a local
+// phase (serve does nothing else meanwhile: no policy change, no proxy joining).
+//
+// Flags: --seconds S (10) --rounds R (2) --rate R (1000) --json FILE
+// Everything runs on loopback; every phase is bounded in time and count, and the run ends by itself.
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { parseArgs } from 'node:util';
+import { startEnvoy, type Envoy } from '../test/helpers/envoy.js';
+import { freePort, waitFor } from '../test/helpers/net.js';
+import { startRedis, type RedisServer } from '../test/helpers/redis.js';
+import { startSignalbox, type SignalboxProcess } from '../test/helpers/signalbox.js';
+import { percentile } from './lib.js';
+
+const { values: flags } = parseArgs({ options: { seconds: { type: 'string' }, rounds: { type: 'string' }, rate: { type: 'string' }, json: { type: 'string' } } });
+const SECONDS = Math.min(60, Math.max(1, Number(flags.seconds ?? 10)));
+const ROUNDS = Math.min(5, Math.max(1, Number(flags.rounds ?? 2)));
+const RATE = Math.min(5_000, Math.max(10, Number(flags.rate ?? 1000)));
+const KEYS = 100;
+
+/** A lean keep-alive HTTP/1.1 connection, one request in flight (node's client costs far more CPU). */
+class Conn {
+  private socket: net.Socket;
+  private buf: Buffer = Buffer.alloc(0);
+  private waiting?: (status: number) => void;
+  private ready: Promise<void>;
+  constructor(port: number) {
+    this.socket = net.connect(port, '127.0.0.1');
+    this.socket.setNoDelay(true);
+    this.ready = new Promise((resolve, reject) => {
+      this.socket.once('connect', () => resolve());
+      this.socket.once('error', reject);
+    });
+    this.socket.on('data', (d: Buffer) => {
+      this.buf = this.buf.length ? Buffer.concat([this.buf, d]) : d;
+      for (;;) {
+        const end = this.buf.indexOf('\r\n\r\n');
+        if (end < 0) return;
+        const head = this.buf.subarray(0, end).toString('latin1');
+        const m = /\r\ncontent-length:\s*(\d+)/i.exec(head);
+        const total = end + 4 + (m ? Number(m[1]) : 0);
+        if (this.buf.length < total) return;
+        this.buf = this.buf.subarray(total);
+        const w = this.waiting;
+        this.waiting = undefined;
+        w?.(Number(head.slice(9, 12)));
+      }
+    });
+    const fail = () => {
+      const w = this.waiting;
+      this.waiting = undefined;
+      w?.(0);
+    };
+    this.socket.on('error', fail);
+    this.socket.on('close', fail);
+  }
+  busy = false;
+  async get(p: string, key: string): Promise<number> {
+    await this.ready;
+    return new Promise((resolve) => {
+      this.waiting = resolve;
+      this.socket.write(`GET ${p} HTTP/1.1\r\nhost: bench\r\nx-api-key: ${key}\r\n\r\n`);
+    });
+  }
+  close(): void {
+    this.socket.destroy();
+  }
+}
+
+interface Phase {
+  route: string;
+  requests: number;
+  p50: number;
+  p99: number;
+  statuses: Record<string, number>;
+  redisCommandsPerRequest: number;
+  serveCpuMsPerSecond: number;
+  redisCpuMsPerSecond: number;
+}
+
+async function openLoop(conns: Conn[], route: string, seconds: number): Promise<{ lat: number[]; statuses: Record<string, number>; took: number }> {
+  const lat: number[] = [];
+  const statuses: Record<string, number> = {};
+  const pending: Promise<void>[] = [];
+  const total = Math.round(RATE * seconds);
+  let sent = 0;
+  const t0 = performance.now();
+  while (sent < total) {
+    const due = Math.min(total, Math.floor(((performance.now() - t0) * RATE) / 1000));
+    while (sent < due) {
+      const c = conns.find((x) => !x.busy);
+      if (!c) break; // every connection busy: the request waits for the next tick (counted late)
+      c.busy = true;
+      const s = performance.now();
+      const key = `key-${sent % KEYS}`;
+      sent++;
+      pending.push(
+        c.get(route, key).then((status) => {
+          c.busy = false;
+          lat.push(performance.now() - s);
+          statuses[status] = (statuses[status] ?? 0) + 1;
+        }),
+      );
+    }
+    await new Promise((r) => setTimeout(r, 1));
+  }
+  await Promise.all(pending);
+  return { lat: lat.sort((a, b) => a - b), statuses, took: (performance.now() - t0) / 1000 };
+}
+
+function metric(text: string, name: string): number {
+  const m = new RegExp(`^${name} ([0-9.e+-]+)$`, 'm').exec(text);
+  return m ? Number(m[1]) : NaN;
+}
+
+async function redisScripts(redis: RedisServer): Promise<number> {
+  const info = await redis.command(['INFO', 'commandstats']);
+  let n = 0;
+  for (const m of info.matchAll(/^cmdstat_(?:evalsha|eval):calls=(\d+)/gm)) n += Number(m[1]);
+  return n;
+}
+
+async function redisCpu(redis: RedisServer): Promise<number> {
+  const info = await redis.command(['INFO', 'cpu']);
+  return Number(/used_cpu_user:([0-9.]+)/.exec(info)?.[1] ?? NaN) + Number(/used_cpu_sys:([0-9.]+)/.exec(info)?.[1] ?? NaN);
+}
+
+async function main(): Promise<void> {
+  const loadBefore = os.loadavg();
+  const upstream = http.createServer((_req, res) => {
+    res.writeHead(200, { 'content-length': '2' });
+    res.end('ok');
+  });
+  upstream.keepAliveTimeout = 60_000;
+  await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', r));
+  const upPort = (upstream.address() as net.AddressInfo).port;
+  const gwPort = await freePort();
+  const redis = await startRedis();
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'sb-bench-rl-'));
+  const local = '{ requests: 1000000, per: 1s }';
+  writeFileSync(
+    path.join(dir, 'bench.yaml'),
+    `apiVersion: signalbox.dev/v1alpha1
+kind: Service
+metadata: { name: up }
+spec: { port: 8080, endpoints: [ { address: 127.0.0.1, port: ${upPort} } ] }
+---
+apiVersion: signalbox.dev/v1alpha1
+kind: Gateway
+metadata: { name: bench }
+spec: { listeners: [ { name: http, port: ${gwPort}, protocol: HTTP } ] }
+---
+apiVersion: signalbox.dev/v1alpha1
+kind: HTTPRoute
+metadata: { name: bench }
+spec:
+  parentRefs: [ { kind: Gateway, name: bench } ]
+  rules:
+    - { name: local, matches: [ { path: { value: /local } } ], backendRefs: [ { name: up } ] }
+    - { name: global, matches: [ { path: { value: /global } } ], backendRefs: [ { name: up } ] }
+    - { name: flood, matches: [ { path: { value: /flood } } ], backendRefs: [ { name: up } ] }
+---
+apiVersion: signalbox.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: { name: local-only }
+spec: { targetRef: { kind: HTTPRoute, name: bench, sectionName: local }, local: ${local} }
+---
+apiVersion: signalbox.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: { name: global }
+spec:
+  targetRef: { kind: HTTPRoute, name: bench, sectionName: global }
+  local: ${local}
+  global: { limits: [ { requests: 1000000000, per: minute, by: { header: x-api-key } } ] }
+---
+apiVersion: signalbox.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: { name: flood }
+spec:
+  targetRef: { kind: HTTPRoute, name: bench, sectionName: flood }
+  local: ${local}
+  global: { limits: [ { requests: 10, per: minute } ] }
+`,
+  );
+  let sb: SignalboxProcess | undefined;
+  let envoy: Envoy | undefined;
+  const conns: Conn[] = [];
+  try {
+    sb = await startSignalbox({ policies: dir, extraArgs: ['--ratelimit-port', '0', '--redis-url', redis.url, '--log-level', 'warn', '--access-log-sampling', 'off'] });
+    envoy = await startEnvoy({ name: 'bench-rl', bootstrapYaml: await sb.bootstrap({ gateway: 'bench', id: 'bench-rl' }) });
+    const probe = new Conn(gwPort);
+    await waitFor(async () => (await probe.get('/global', 'probe').catch(() => 0)) === 200, { what: 'gateway serving /global', timeoutMs: 30_000 });
+    probe.close();
+    for (let i = 0; i < 64; i++) conns.push(new Conn(gwPort));
+    const phases: Phase[] = [];
+    const routes = ['/local', '/global', '/flood'];
+    for (const r of routes) await openLoop(conns, r, 2); // warm-up
+    for (let round = 0; round < ROUNDS; round++) {
+      for (const route of routes) {
+        const m0 = await sb.adminText('/metrics');
+        const s0 = await redisScripts(redis);
+        const c0 = await redisCpu(redis);
+        const run = await openLoop(conns, route, SECONDS);
+        const m1 = await sb.adminText('/metrics');
+        const s1 = await redisScripts(redis);
+        const c1 = await redisCpu(redis);
+        const cpu = metric(m1, 'signalbox_process_process_cpu_seconds_total') - metric(m0, 'signalbox_process_process_cpu_seconds_total');
+        const phase: Phase = {
+          route,
+          requests: run.lat.length,
+          p50: percentile(run.lat, 50),
+          p99: percentile(run.lat, 99),
+          statuses: run.statuses,
+          redisCommandsPerRequest: (s1 - s0) / run.lat.length,
+          serveCpuMsPerSecond: (cpu * 1000) / run.took,
+          redisCpuMsPerSecond: ((c1 - c0) * 1000) / run.took,
+        };
+        phases.push(phase);
+        console.log(
+          `round ${round + 1} ${route.padEnd(7)} ${phase.requests} req at ${RATE}/s: p50 ${phase.p50.toFixed(3)} ms, p99 ${phase.p99.toFixed(3)} ms, statuses ${JSON.stringify(phase.statuses)}, Redis commands/request ${phase.redisCommandsPerRequest.toFixed(3)}, serve CPU ${phase.serveCpuMsPerSecond.toFixed(0)} ms/s, Redis CPU ${phase.redisCpuMsPerSecond.toFixed(0)} ms/s`,
+        );
+      }
+    }
+    const med = (route: string, f: (p: Phase) => number) => {
+      const xs = phases.filter((p) => p.route === route).map(f).sort((a, b) => a - b);
+      return xs[Math.floor(xs.length / 2)]!;
+    };
+    const summary = {
+      rate: RATE,
+      seconds: SECONDS,
+      rounds: ROUNDS,
+      cores: os.cpus().length,
+      loadBefore: loadBefore.map((x) => Number(x.toFixed(2))),
+      loadAfter: os.loadavg().map((x) => Number(x.toFixed(2))),
+      p99LocalMs: med('/local', (p) => p.p99),
+      p99GlobalMs: med('/global', (p) => p.p99),
+      addedP99Ms: med('/global', (p) => p.p99) - med('/local', (p) => p.p99),
+      addedP50Ms: med('/global', (p) => p.p50) - med('/local', (p) => p.p50),
+      redisCommandsPerRequest: med('/global', (p) => p.redisCommandsPerRequest),
+      floodRedisCommandsPerRequest: med('/flood', (p) => p.redisCommandsPerRequest),
+      serviceCpuMsPerSecond: med('/global', (p) => p.serveCpuMsPerSecond) - med('/local', (p) => p.serveCpuMsPerSecond),
+      floodServiceCpuMsPerSecond: med('/flood', (p) => p.serveCpuMsPerSecond) - med('/local', (p) => p.serveCpuMsPerSecond),
+      redisCpuMsPerSecond: med('/global', (p) => p.redisCpuMsPerSecond),
+      phases,
+    };
+    console.log(
+      `\nsummary (medians of ${ROUNDS} rounds, ${RATE} req/s, ${SECONDS} s each; load average before ${summary.loadBefore.join(' ')}, after ${summary.loadAfter.join(' ')}, ${summary.cores} cores):\n` +
+        `  p99 local-only ${summary.p99LocalMs.toFixed(3)} ms, local + global ${summary.p99GlobalMs.toFixed(3)} ms: added p99 ${summary.addedP99Ms.toFixed(3)} ms (added p50 ${summary.addedP50Ms.toFixed(3)} ms)\n` +
+        `  Redis commands per request: ${summary.redisCommandsPerRequest.toFixed(3)} (flood of one key over its limit: ${summary.floodRedisCommandsPerRequest.toFixed(3)})\n` +
+        `  rate-limit service CPU (serve's CPU, global minus local-only): ${summary.serviceCpuMsPerSecond.toFixed(0)} ms per second = ${(summary.serviceCpuMsPerSecond / 10).toFixed(1)} % of a core at ${RATE} req/s (flood: ${summary.floodServiceCpuMsPerSecond.toFixed(0)} ms/s); Redis ${summary.redisCpuMsPerSecond.toFixed(0)} ms/s`,
+    );
+    if (flags.json) writeFileSync(flags.json, JSON.stringify(summary, null, 2));
+  } finally {
+    for (const c of conns) c.close();
+    await envoy?.stop();
+    await sb?.kill();
+    await redis.stop();
+    upstream.closeAllConnections();
+    upstream.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (e: Error) => {
+    console.error(e);
+    process.exit(1);
+  },
+);
