@@ -62,7 +62,10 @@ describe('docker-compose.yml', () => {
   after(() => tmp.forEach((d) => rmSync(d, { recursive: true, force: true })));
 
   test('has the issue\'s services, each image pinned to a version', () => {
-    for (const name of ['consul', 'signalbox', 'gateway', 'prometheus', 'grafana', 'otel-collector', 'dashboard']) assert.ok(services[name], `service ${name}`);
+    for (const name of ['consul', 'redis', 'signalbox', 'gateway', 'prometheus', 'grafana', 'otel-collector', 'dashboard']) assert.ok(services[name], `service ${name}`);
+    // Global rate limits: serve counts in the compose Redis, a 7.0 as the tests' Debian package.
+    assert.match(services.redis!.image!, /^redis:7\.0/);
+    assert.equal((services.signalbox as { environment?: Record<string, string> }).environment?.REDIS_URL, 'redis://127.0.0.1:6379');
     for (const [name, s] of Object.entries(services)) {
       assert.ok(s.image, `${name} has an image`);
       assert.match(s.image!, /^[a-z0-9./-]+:v?\d+\.\d+(\.\d+)?[-a-z0-9.]*$/, `${name}: "${s.image}" is pinned to a version`);
