@@ -17,7 +17,7 @@
 // p99 is global minus local; the service's CPU is serve's CPU in a global phase minus in a local
 // phase (serve does nothing else meanwhile: no policy change, no proxy joining).
 //
-// Flags: --seconds S (10) --rounds R (2) --rate R (1000) --json FILE
+// Flags: --seconds S (10) --rounds R (3) --rate R (1000) --json FILE
 // Everything runs on loopback; every phase is bounded in time and count, and the run ends by itself.
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
@@ -34,7 +34,7 @@ import { percentile } from './lib.js';
 
 const { values: flags } = parseArgs({ options: { seconds: { type: 'string' }, rounds: { type: 'string' }, rate: { type: 'string' }, json: { type: 'string' } } });
 const SECONDS = Math.min(60, Math.max(1, Number(flags.seconds ?? 10)));
-const ROUNDS = Math.min(5, Math.max(1, Number(flags.rounds ?? 2)));
+const ROUNDS = Math.min(5, Math.max(1, Number(flags.rounds ?? 3)));
 const RATE = Math.min(5_000, Math.max(10, Number(flags.rate ?? 1000)));
 const KEYS = 100;
 
@@ -243,7 +243,8 @@ spec:
     }
     const med = (route: string, f: (p: Phase) => number) => {
       const xs = phases.filter((p) => p.route === route).map(f).sort((a, b) => a - b);
-      return xs[Math.floor(xs.length / 2)]!;
+      const mid = Math.floor(xs.length / 2);
+      return xs.length % 2 ? xs[mid]! : (xs[mid - 1]! + xs[mid]!) / 2;
     };
     const summary = {
       rate: RATE,
