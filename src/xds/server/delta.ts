@@ -47,8 +47,8 @@ interface TypeState {
    * changed since then, and withheld ones, can need anything. Undefined: diff the whole type.
    */
   gen?: number;
-  /** Listeners or routes: the change held first while waiting for warm clusters (see push). */
-  waiting?: { resources: Resource[]; removed: string[] };
+  /** Listeners or routes: the changes held while waiting for warm clusters, oldest first (see push). */
+  waiting?: { resources: Resource[]; removed: string[] }[];
 }
 
 /** What a proxy lacks of a type, from the names looked at. */
@@ -244,13 +244,20 @@ export class DeltaStream extends XdsStream {
     // them). Nothing is recorded: the next push diffs from the same state again.
     else if (!force && changedResources.length > 0 && this.mustWaitForClusters(type, changedResources, force)) {
       // Under steady churn the newest change can name new clusters faster than the proxy warms
-      // them, and would wait until the bound. The change held first goes once its own clusters are
-      // warm, so the proxy keeps moving forward; the newest is then held in its place.
-      const earlier = st.waiting;
-      if (!earlier) st.waiting = { resources: changedResources, removed };
-      else if (this.allWarm(earlier.resources)) {
-        st.waiting = { resources: changedResources, removed };
-        this.sendEarlier(type, st, earlier);
+      // them, and would wait until the bound. The changes held on the way are kept (the last
+      // few): the newest of them whose clusters are all warm goes, so the proxy keeps moving
+      // forward, and the later ones wait on.
+      const held = (st.waiting ??= []);
+      const last = held.at(-1);
+      if (!last || !sameChange(last, changedResources, removed)) held.push({ resources: changedResources, removed });
+      if (held.length > MAX_HELD_CHANGES) held.shift();
+      for (let i = held.length - 2; i >= 0; i--) {
+        const h = held[i]!;
+        if (this.allWarm(h.resources)) {
+          held.splice(0, i + 1);
+          this.sendEarlier(type, st, h);
+          break;
+        }
       }
       return;
     } else this.unhold(type);
@@ -344,6 +351,14 @@ export class DeltaStream extends XdsStream {
     if (all === snap.get(type) && st.stale.size === 0 && st.current.size === all.size) return snap.versions.get(type)!;
     return versionOf(st.current.values());
   }
+}
+
+/** How many held listener or route changes a stream keeps to choose from (see push). */
+const MAX_HELD_CHANGES = 16;
+
+/** Whether a held change carries exactly these resources (the same objects) and removals. */
+function sameChange(h: { resources: Resource[]; removed: string[] }, resources: Resource[], removed: string[]): boolean {
+  return h.resources.length === resources.length && h.removed.length === removed.length && h.resources.every((r, i) => r === resources[i]) && h.removed.every((n, i) => n === removed[i]);
 }
 
 /** What a Delta response carries, but its nonce. */

@@ -31,9 +31,16 @@ interface TypeState {
   kept?: boolean;
   /** The cache generation of the type `version` was composed from (with the current names). */
   gen?: number;
-  /** Listeners or routes: the change held first while waiting for warm clusters (see push). */
-  waiting?: { out: Map<string, Resource>; list: Resource[]; version: string };
+  /** Clusters and endpoints: the names of the last responses not answered yet, by nonce, oldest first. */
+  recent?: Map<string, Set<string>>;
+  /** Listeners or routes: the changes held while waiting for warm clusters, oldest first (see push). */
+  waiting?: { out: Map<string, Resource>; list: Resource[]; version: string }[];
 }
+
+/** How many unanswered cluster or endpoint responses a stream remembers the names of. */
+const RECENT_RESPONSES = 8;
+/** How many held listener or route changes a stream keeps to choose from (see push). */
+const MAX_HELD_CHANGES = 16;
 
 const WILDCARD_TYPES = new Set<TypeUrl>([TypeUrl.Listener, TypeUrl.Cluster]);
 
@@ -50,7 +57,21 @@ export class SotwStream extends XdsStream {
     let st = this.states.get(type);
     // A stale nonce: the proxy answers an older response (or one never sent on this stream). The
     // request is ignored before any state is created, so a later first request is still "first".
-    if (req.response_nonce && req.response_nonce !== st?.nonce) return;
+    if (req.response_nonce && req.response_nonce !== st?.nonce) {
+      // Still, an ACK of an earlier cluster or endpoint response says the proxy applied it: under
+      // churn newer responses often go out before the ACK comes back, and routes waiting for
+      // warm clusters would otherwise wait for a quiet moment.
+      const earlier = !req.error_detail ? st?.recent?.get(req.response_nonce) : undefined;
+      if (earlier) {
+        this.acked.set(type, earlier);
+        for (const n of st!.recent!.keys()) {
+          st!.recent!.delete(n);
+          if (n === req.response_nonce) break;
+        }
+        this.afterAnswer(type, false);
+      }
+      return;
+    }
     const first = !st;
     if (!st) this.states.set(type, (st = { wildcard: false, names: new Set() }));
 
@@ -60,6 +81,7 @@ export class SotwStream extends XdsStream {
         this.recordAck(type, req.version_info ?? '', st.sentAt ?? Date.now());
         // The nonce is the last response's: the proxy holds exactly what it carried.
         this.acked.set(type, new Set(this.status!.sent.get(type)?.keys() ?? []));
+        st.recent?.clear();
       }
     }
     const names = req.resource_names ?? [];
@@ -157,14 +179,21 @@ export class SotwStream extends XdsStream {
     // Routes that name clusters the proxy has not warmed yet wait for them (afterAnswer sends them).
     if (this.mustWaitForClusters(type, list, force)) {
       // Under steady churn the newest change can name new clusters faster than the proxy warms
-      // them, and would wait until the bound. The change held first goes once its own clusters are
-      // warm, so the proxy keeps moving forward; the newest is then held in its place.
-      const earlier = st.waiting;
-      if (!earlier || earlier.version === st.version) st.waiting = { out, list, version };
-      else if (earlier.version !== version && this.allWarm(earlier.list)) {
-        st.waiting = { out, list, version };
-        this.sendComposed(type, st, earlier.out, earlier.list, earlier.version);
-        st.gen = undefined; // not the snapshot's: routesCurrent must compose again
+      // them, and would wait until the bound. The changes held on the way are kept (the last
+      // few): the newest of them whose clusters are all warm goes, so the proxy keeps moving
+      // forward, and the later ones wait on.
+      const held = (st.waiting ??= []);
+      if (held.at(-1)?.version !== version) held.push({ out, list, version });
+      if (held.length > MAX_HELD_CHANGES) held.shift();
+      for (let i = held.length - 2; i >= 0; i--) {
+        const h = held[i]!;
+        if (h.version === st.version) break;
+        if (this.allWarm(h.list)) {
+          held.splice(0, i + 1);
+          this.sendComposed(type, st, h.out, h.list, h.version);
+          st.gen = undefined; // not the snapshot's: routesCurrent must compose again
+          break;
+        }
       }
       return;
     }
@@ -179,6 +208,12 @@ export class SotwStream extends XdsStream {
     // The version names the content (a hash of every name and resource version): the streams that
     // get this version share one response. A stream's own secret is never in a shared one.
     const response = type === TypeUrl.Secret ? build(this.nextNonce()) : this.shared.get(`sotw\n${type}\n${version}`, list, build);
+    if (type === TypeUrl.Cluster || type === TypeUrl.Endpoint) {
+      // The names each unanswered response carried, in order (the last few): see onRequest.
+      st.recent ??= new Map();
+      st.recent.set(response.nonce, new Set(out.keys()));
+      if (st.recent.size > RECENT_RESPONSES) st.recent.delete(st.recent.keys().next().value!);
+    }
     st.nonce = response.nonce;
     st.version = version;
     st.sentAt = Date.now();

@@ -289,11 +289,19 @@ export abstract class XdsStream {
   }
 
   /**
-   * The clusters these resources name that are not warm on the proxy: not ACKed, or (for an EDS
-   * cluster, one with a ClusterLoadAssignment in the snapshot) without ACKed endpoints. A cluster
-   * the proxy already holds under the same name counts as warm even if it changed: Envoy keeps
-   * serving the old one until the new one has warmed.
+   * Whether cluster `c` is warm on the proxy. An EDS cluster (one with a ClusterLoadAssignment in
+   * the snapshot) is warm once the proxy ACKed a response holding its endpoints: Envoy asks for a
+   * cluster's endpoints only once it holds the cluster, and applying them ends its warming. This
+   * does not wait for the cluster's own ACK, which Envoy may send hundreds of milliseconds later
+   * while cluster updates keep coming. Any other cluster is warm once ACKed. A cluster the proxy
+   * already holds under the same name counts as warm even if it changed: Envoy keeps serving the
+   * old one until the new one has warmed.
    */
+  private warm(c: string, endpoints: ReadonlyMap<string, Resource>, ackedClusters?: Set<string>, ackedEndpoints?: Set<string>): boolean {
+    return endpoints.has(c) ? (ackedEndpoints?.has(c) ?? false) : (ackedClusters?.has(c) ?? false);
+  }
+
+  /** The clusters these resources name that are not warm on the proxy (see warm). */
   protected coldClusters(resources: Iterable<Resource>): string[] {
     const snap = this.ctx.cache.get(this.status!.node.group);
     const clusters = snap.get(TypeUrl.Cluster);
@@ -304,7 +312,7 @@ export abstract class XdsStream {
     for (const r of resources) {
       for (const c of clustersNamedBy(r)) {
         if (!clusters.has(c) || cold.has(c)) continue;
-        if (!ackedClusters?.has(c) || (endpoints.has(c) && !ackedEndpoints?.has(c))) cold.add(c);
+        if (!this.warm(c, endpoints, ackedClusters, ackedEndpoints)) cold.add(c);
       }
     }
     return [...cold].sort();
@@ -321,7 +329,7 @@ export abstract class XdsStream {
     const ackedEndpoints = this.acked.get(TypeUrl.Endpoint);
     for (const r of resources) {
       for (const c of clustersNamedBy(r)) {
-        if (!ackedClusters?.has(c) || (endpoints.has(c) && !ackedEndpoints?.has(c))) return false;
+        if (!this.warm(c, endpoints, ackedClusters, ackedEndpoints)) return false;
       }
     }
     return true;
