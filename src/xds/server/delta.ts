@@ -256,6 +256,7 @@ export class DeltaStream extends XdsStream {
         if (this.allWarm(h.resources)) {
           held.splice(0, i + 1);
           this.sendEarlier(type, st, h);
+          this.progressed();
           break;
         }
       }

@@ -192,6 +192,7 @@ export class SotwStream extends XdsStream {
           held.splice(0, i + 1);
           this.sendComposed(type, st, h.out, h.list, h.version);
           st.gen = undefined; // not the snapshot's: routesCurrent must compose again
+          this.progressed();
           break;
         }
       }

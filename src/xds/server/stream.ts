@@ -364,6 +364,25 @@ export abstract class XdsStream {
     return true;
   }
 
+  /**
+   * A change held earlier went out while a newer one waits on (see SotW and Delta push): the proxy
+   * moved forward, so that wait ended warm and the newer change's wait starts now, with its own
+   * bound. Without this, steady churn would keep one wait open until the bound and then send cold
+   * routes.
+   */
+  protected progressed(): void {
+    const h = this.held;
+    if (!h) return;
+    const now = Date.now();
+    this.ctx.metrics.warmWait.observe({ outcome: 'warm' }, (now - h.since) / 1000);
+    clearTimeout(h.timer);
+    h.timer = setTimeout(() => this.releaseHeld('timeout'), this.ctx.warmWaitMs ?? 0);
+    h.timer.unref?.();
+    h.since = now;
+    this.status!.warmWaits++;
+    if (this.status!.waiting) this.status!.waiting = { ...this.status!.waiting, since: now };
+  }
+
   /** The type has nothing held any more (sent, or nothing left to send). */
   protected unhold(type: TypeUrl, outcome: 'warm' | 'timeout' | 'nack' | 'closed' = 'warm'): void {
     const h = this.held;
