@@ -70,12 +70,27 @@ export class Conn {
     }
   }
 
-  async get(token: string): Promise<number> {
-    await this.ready;
+  get(token: string): Promise<number> {
+    return this.send(`GET /bench HTTP/1.1\r\nhost: bench\r\nauthorization: Bearer ${token}\r\n\r\n`);
+  }
+
+  /** `GET path` without credentials. */
+  getPath(p: string): Promise<number> {
+    return this.send(`GET ${p} HTTP/1.1\r\nhost: bench\r\n\r\n`);
+  }
+
+  private async send(head: string): Promise<number> {
+    await this.ready.catch(() => undefined);
+    if (this.socket.destroyed) return 0;
     return new Promise((resolve) => {
       this.waiting = resolve;
-      this.socket.write(`GET /bench HTTP/1.1\r\nhost: bench\r\nauthorization: Bearer ${token}\r\n\r\n`);
+      this.socket.write(head);
     });
+  }
+
+  /** False once the connection failed or closed (a new Conn is needed). */
+  get alive(): boolean {
+    return !this.socket.destroyed;
   }
 
   close(): void {

@@ -23,6 +23,8 @@ export interface SignalboxProcess {
   admin<T = any>(p: string): Promise<T>;
   adminText(p: string): Promise<string>;
   logs(): string;
+  /** The running process's id (undefined once it exited). */
+  readonly pid: number | undefined;
   kill(signal?: NodeJS.Signals): Promise<void>;
   restart(): Promise<void>;
 }
@@ -76,6 +78,9 @@ export async function startSignalbox(opts: { policies: string; dataDir?: string;
     admin: async (p) => (await fetch(`http://127.0.0.1:${adminPort}${p}`)).json(),
     adminText: async (p) => (await fetch(`http://127.0.0.1:${adminPort}${p}`)).text(),
     logs: () => log,
+    get pid() {
+      return exited ? undefined : child?.pid;
+    },
     kill: async (signal = 'SIGTERM') => {
       if (exited || !child) return;
       const done = new Promise((r) => child!.once('exit', r));
