@@ -279,7 +279,8 @@ describe('Delta pushes after policy edits', () => {
 });
 
 test('make-before-break (Delta): a replaced cluster and its endpoints stay until the routes are ACKed', async () => {
-  const sb = await startSignalbox();
+  // No drain: this checks make-before-break alone (the drain after the route ACK: warm-clusters.test.ts).
+  const sb = await startSignalbox(undefined, { 'cluster-drain-ms': '0' });
   try {
     const id = 'delta-mbb';
     const s = sb.ads.delta({ node: gatewayNode(id, 'edge'), follow: true });

@@ -271,7 +271,8 @@ describe('SotW pushes after policy edits', () => {
 });
 
 test('make-before-break: a replaced cluster stays until the routes that left it are ACKed', async () => {
-  const sb = await startSignalbox();
+  // No drain: this checks make-before-break alone (the drain after the route ACK: warm-clusters.test.ts).
+  const sb = await startSignalbox(undefined, { 'cluster-drain-ms': '0' });
   try {
     const id = 'sotw-mbb';
     const s = sb.ads.sotw({ node: gatewayNode(id, 'edge'), follow: true });
