@@ -85,9 +85,10 @@ export class DeltaStream extends XdsStream {
       st = { wildcard: false, subscribed: new Set(), known: new Map(), toldMissing: new Set(), pending: new Map(), withheld: new Set(), current: new Map(), stale: new Set() };
       this.states.set(type, st);
       // A proxy that reconnects holds (and runs, warm) what it names here.
+      const acked = this.ackedNames(type);
       for (const [n, v] of Object.entries(req.initial_resource_versions ?? {})) {
         st.known.set(n, v);
-        this.ackedNames(type).add(n);
+        acked?.add(n);
       }
     }
     let answered: 'ack' | 'nack' | undefined;
@@ -101,8 +102,10 @@ export class DeltaStream extends XdsStream {
         } else {
           this.recordAck(type, p.version, p.sentAt);
           const acked = this.ackedNames(type);
-          for (const n of p.names) acked.add(n);
-          for (const n of p.removed) acked.delete(n);
+          if (acked) {
+            for (const n of p.names) acked.add(n);
+            for (const n of p.removed) acked.delete(n);
+          }
           answered = 'ack';
         }
       }

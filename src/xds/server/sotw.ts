@@ -32,7 +32,7 @@ interface TypeState {
   /** The cache generation of the type `version` was composed from (with the current names). */
   gen?: number;
   /** Clusters and endpoints: the names of the last responses not answered yet, by nonce, oldest first. */
-  recent?: Map<string, Set<string>>;
+  recent?: Map<string, ReadonlyMap<string, Resource>>;
   /** Listeners or routes: the changes held while waiting for warm clusters, oldest first (see push). */
   waiting?: { out: Map<string, Resource>; list: Resource[]; version: string }[];
 }
@@ -80,7 +80,7 @@ export class SotwStream extends XdsStream {
       else {
         this.recordAck(type, req.version_info ?? '', st.sentAt ?? Date.now());
         // The nonce is the last response's: the proxy holds exactly what it carried.
-        this.acked.set(type, new Set(this.status!.sent.get(type)?.keys() ?? []));
+        if (type === TypeUrl.Cluster || type === TypeUrl.Endpoint) this.acked.set(type, this.status!.sent.get(type) ?? new Map());
         st.recent?.clear();
       }
     }
@@ -212,7 +212,7 @@ export class SotwStream extends XdsStream {
     if (type === TypeUrl.Cluster || type === TypeUrl.Endpoint) {
       // The names each unanswered response carried, in order (the last few): see onRequest.
       st.recent ??= new Map();
-      st.recent.set(response.nonce, new Set(out.keys()));
+      st.recent.set(response.nonce, out); // composed for this response, never changed after
       if (st.recent.size > RECENT_RESPONSES) st.recent.delete(st.recent.keys().next().value!);
     }
     st.nonce = response.nonce;

@@ -45,8 +45,11 @@ export abstract class XdsStream {
   private issuing = false;
   private overlay?: { base: ReadonlyMap<string, Resource>; own: Resource; map: Map<string, Resource> };
 
-  /** Per type, the names of the resources the proxy has ACKed (holds and accepted). */
-  protected readonly acked = new Map<TypeUrl, Set<string>>();
+  /**
+   * Clusters and endpoints: the names the proxy has ACKed (holds and accepted). SotW keeps the
+   * map of the ACKed response itself (no copy per ACK); Delta a set it updates per response.
+   */
+  protected readonly acked = new Map<TypeUrl, { has(name: string): boolean }>();
   /** Listener and route changes held back until the clusters they name are warm: per type, whether its push was forced, and the cold clusters. */
   private held?: { since: number; types: Map<TypeUrl, { force: boolean; cold: string[] }>; timer: NodeJS.Timeout };
   /** Set while held changes are sent regardless: why (the wait's bound passed, or the clusters were refused). */
@@ -282,8 +285,10 @@ export abstract class XdsStream {
   /** Pushes one type again (after a wait for warm clusters or a drain period ended). */
   protected abstract retry(type: TypeUrl, force: boolean): void;
 
-  protected ackedNames(type: TypeUrl): Set<string> {
-    let s = this.acked.get(type);
+  /** Delta's set of ACKed names of a type (only clusters and endpoints are tracked: see acked). */
+  protected ackedNames(type: TypeUrl): Set<string> | undefined {
+    if (type !== TypeUrl.Cluster && type !== TypeUrl.Endpoint) return undefined;
+    let s = this.acked.get(type) as Set<string> | undefined;
     if (!s) this.acked.set(type, (s = new Set()));
     return s;
   }
@@ -297,7 +302,7 @@ export abstract class XdsStream {
    * already holds under the same name counts as warm even if it changed: Envoy keeps serving the
    * old one until the new one has warmed.
    */
-  private warm(c: string, endpoints: ReadonlyMap<string, Resource>, ackedClusters?: Set<string>, ackedEndpoints?: Set<string>): boolean {
+  private warm(c: string, endpoints: ReadonlyMap<string, Resource>, ackedClusters?: { has(name: string): boolean }, ackedEndpoints?: { has(name: string): boolean }): boolean {
     return endpoints.has(c) ? (ackedEndpoints?.has(c) ?? false) : (ackedClusters?.has(c) ?? false);
   }
 
