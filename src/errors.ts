@@ -15,6 +15,11 @@ export const ErrorCode = {
   TOKEN: 'SB_TOKEN',
   /** `validate --envoy`: the real Envoy refused what the policies compile to. */
   ENVOY_REJECTED: 'SB_ENVOY_REJECTED',
+  /**
+   * A YAML document in the policy directory that is not a Signalbox document (another apiVersion,
+   * or neither apiVersion nor kind): a warning, the document skipped; an error under --strict.
+   */
+  NOT_SIGNALBOX: 'SB_NOT_SIGNALBOX',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 

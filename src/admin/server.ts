@@ -242,11 +242,14 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
     }),
   }));
 
+  // Errors reject a load; warnings (documents skipped as not Signalbox's) never do: `valid` counts
+  // errors only, and each entry says which it is.
   app.get('/api/errors', async () => ({
     valid: pipeline.errors.length === 0,
     lastAppliedAt: pipeline.lastAppliedAt?.toISOString(),
     lastRejectedAt: pipeline.lastRejectedAt?.toISOString(),
-    errors: pipeline.errors.map((e) => ({ ...e, text: formatPolicyError(e) })),
+    errors: pipeline.errors.map((e) => ({ ...e, severity: 'error', text: formatPolicyError(e) })),
+    warnings: pipeline.warnings.map((w) => ({ ...w, severity: 'warning', text: formatPolicyError(w) })),
   }));
 
   app.get('/api/sources', async () => deps.sources?.() ?? { sources: [] });

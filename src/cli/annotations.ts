@@ -18,11 +18,12 @@ function escapeProperty(s: string): string {
  * `::error file=F,line=N,title=CODE::DOC PATH: MESSAGE`. The file is as the error names it
  * (relative to the working directory, which in a workflow is the repository's root); the line is
  * left out when the error has none (a file that cannot be read, a directory-wide limit).
+ * `level` 'warning' writes `::warning` (a document skipped as not Signalbox's).
  */
-export function githubAnnotation(e: PolicyError): string {
+export function githubAnnotation(e: PolicyError, level: 'error' | 'warning' = 'error'): string {
   const props = [`file=${escapeProperty(e.file)}`];
   if (e.line !== undefined) props.push(`line=${e.line}`);
   props.push(`title=${escapeProperty(e.code)}`);
   const where = [e.doc !== undefined ? `document ${e.doc}` : '', e.path ?? ''].filter(Boolean).join(' ');
-  return `::error ${props.join(',')}::${escapeData(`${where ? `${where}: ` : ''}${e.message}`)}`;
+  return `::${level} ${props.join(',')}::${escapeData(`${where ? `${where}: ` : ''}${e.message}`)}`;
 }

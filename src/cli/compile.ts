@@ -5,7 +5,7 @@
 // tests.
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { resolveServeConfig, SERVE_SETTINGS } from '../config/settings.js';
+import { resolveServeConfig, resolveStrict, SERVE_SETTINGS } from '../config/settings.js';
 import { compileGroups, InconsistentGroupError, printedGroup, type CompileGroupsOptions, type PrintedGroup } from '../controller/compile-groups.js';
 import { ErrorCode, formatPolicyError, type PolicyError } from '../errors.js';
 import { buildModel } from '../model/model.js';
@@ -32,6 +32,8 @@ export interface ServeLikeOptions {
   jwtKeys?: CompileGroupsOptions['jwtKeys'];
   /** Default TRUST_BUNDLE_PLACEHOLDER. */
   trustBundlePem?: string;
+  /** serve's --strict: a document that is not a Signalbox document is an error (default: skipped, a warning). */
+  strict?: boolean;
 }
 
 /** Serve's default access-log sampling, parsed as serve parses it. */
@@ -49,8 +51,8 @@ export function compileGroupsOptions(opts: ServeLikeOptions = {}): CompileGroups
   };
 }
 
-export async function compileDir(dir: string, sidecarGroups: Iterable<string> = [], opts: ServeLikeOptions = {}): Promise<{ ok: true; groups: CompiledGroups } | { ok: false; errors: PolicyError[] }> {
-  const loaded = await loadPolicyDir(dir);
+export async function compileDir(dir: string, sidecarGroups: Iterable<string> = [], opts: ServeLikeOptions = {}): Promise<{ ok: true; groups: CompiledGroups; warnings: PolicyError[] } | { ok: false; errors: PolicyError[] }> {
+  const loaded = await loadPolicyDir(dir, undefined, undefined, undefined, { strict: opts.strict });
   if (loaded.errors.length) return { ok: false, errors: loaded.errors };
   const built = await buildModel(loaded.docs, dir);
   if (!built.model) return { ok: false, errors: built.errors };
@@ -63,7 +65,7 @@ export async function compileDir(dir: string, sidecarGroups: Iterable<string> = 
   }
   const groups: CompiledGroups = {};
   for (const [group, g] of compiled) groups[group] = printedGroup(g);
-  return { ok: true, groups };
+  return { ok: true, groups, warnings: loaded.warnings };
 }
 
 /** The flags `compile`, `diff` and `explain` share with `serve` (SERVE_SETTINGS' flag names), for parseArgs. */
@@ -84,18 +86,19 @@ export function serveLikeOptions(flags: Record<string, string | boolean | undefi
   return { accessLogSampling: cfg.accessLogSampling ?? 'off', jwtFastPath: cfg.jwtFastPath, jwtFastPathModule: cfg.jwtFastPathModule };
 }
 
-export const COMPILE_USAGE = `  signalbox compile [--policies DIR | DIR] [--group G] [--access-log-sampling P|off] [--jwt-fast-path on|module|off]
+export const COMPILE_USAGE = `  signalbox compile [--policies DIR | DIR] [--group G] [--access-log-sampling P|off] [--jwt-fast-path on|module|off] [--strict]
                                        print the Envoy resources each proxy group gets (JSON), as serve with
                                        the same flags sends them (secrets redacted)`;
 
 /** `signalbox compile`: exit 0 with the JSON, 1 when the directory is invalid or the group unknown. */
 export async function compileCommand(args: string[], out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr): Promise<number> {
-  const { positionals, values } = parseArgs({ args, options: { group: { type: 'string' }, ...SERVE_LIKE_FLAGS, ...POLICIES_FLAG }, allowPositionals: true });
-  const result = await compileDir(path.resolve(policyDirArg(positionals, values.policies)), values.group ? [values.group] : [], serveLikeOptions(values));
+  const { positionals, values } = parseArgs({ args, options: { group: { type: 'string' }, strict: { type: 'boolean' }, ...SERVE_LIKE_FLAGS, ...POLICIES_FLAG }, allowPositionals: true });
+  const result = await compileDir(path.resolve(policyDirArg(positionals, values.policies)), values.group ? [values.group] : [], { ...serveLikeOptions(values), strict: resolveStrict({ strict: values.strict }) });
   if (!result.ok) {
     for (const e of result.errors) err.write(formatPolicyError(e) + '\n');
     return 1;
   }
+  for (const w of result.warnings) err.write(`warning: ${formatPolicyError(w)}\n`);
   if (values.group && !result.groups[values.group]) {
     err.write(`signalbox compile: no proxy group "${values.group}" (have: ${Object.keys(result.groups).join(', ')})\n`);
     return 1;

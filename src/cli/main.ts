@@ -2,7 +2,7 @@
 import { statSync } from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { SERVE_SETTINGS, resolvePolicyLimits, resolveServeConfig, type Setting } from '../config/settings.js';
+import { SERVE_SETTINGS, resolvePolicyLimits, resolveServeConfig, resolveStrict, type Setting } from '../config/settings.js';
 import { formatPolicyError, SignalboxError, type PolicyError } from '../errors.js';
 import { buildModel, type Model } from '../model/model.js';
 import type { PreflightError } from '../preflight/envoy.js';
@@ -19,9 +19,11 @@ const USAGE = `signalbox: a service-mesh control plane for Envoy
 
 Usage:
   signalbox serve [flags]              run the control plane
-  signalbox validate [--policies DIR | DIR] [--format text|json|github] [--envoy [PATH]]
+  signalbox validate [--policies DIR | DIR] [--format text|json|github] [--envoy [PATH]] [--strict]
                                        check a policy directory; exit 1 on any error; --format github: GitHub
                                        Actions annotations (::error file=F,line=N::...); --json: --format json;
+                                       --strict: a document that is not a Signalbox document is an error
+                                       (default: skipped with a warning; SIGNALBOX_STRICT, as serve);
                                        --envoy: also have a real
                                        Envoy (PATH, else $SIGNALBOX_ENVOY_BIN, else envoy on PATH) check every
                                        proxy group, as it would before accepting the configuration
@@ -147,13 +149,16 @@ const VALIDATE_FORMATS = ['text', 'json', 'github'] as const;
 
 async function validate(argv: string[]): Promise<number> {
   const { args, envoy } = envoyFlag(argv);
-  const { positionals, values } = parseArgs({ args, options: { json: { type: 'boolean' }, format: { type: 'string' }, ...POLICIES_FLAG }, allowPositionals: true });
+  const { positionals, values } = parseArgs({ args, options: { json: { type: 'boolean' }, format: { type: 'string' }, strict: { type: 'boolean' }, ...POLICIES_FLAG }, allowPositionals: true });
   const format = values.format ?? (values.json ? 'json' : 'text');
   if (!VALIDATE_FORMATS.includes(format as (typeof VALIDATE_FORMATS)[number])) throw new SignalboxError('SB_BAD_FLAG', `--format: unknown format "${format.slice(0, 100)}"; expected one of ${VALIDATE_FORMATS.join(', ')}`);
   if (values.json && values.format !== undefined && values.format !== 'json') throw new SignalboxError('SB_BAD_FLAG', `--json is --format json; it cannot be combined with --format ${format}`);
   const dir = policyDirArg(positionals, values.policies);
-  // The reading limits `serve` would apply (its SIGNALBOX_MAX_POLICY_* variables, else the defaults).
-  const loaded = await loadPolicyDir(path.resolve(dir), undefined, resolvePolicyLimits({}));
+  // The reading limits and strictness `serve` would apply (its SIGNALBOX_MAX_POLICY_* and
+  // SIGNALBOX_STRICT variables, else the defaults); --strict here as on serve.
+  const loaded = await loadPolicyDir(path.resolve(dir), undefined, resolvePolicyLimits({}), undefined, { strict: resolveStrict({ strict: values.strict }) });
+  const { warnings } = loaded;
+  const skipped = warnings.length ? `; ${warnings.length} document(s) skipped, not Signalbox documents` : '';
   let errors: (PolicyError | PreflightError)[] = loaded.errors;
   let model: Model | undefined;
   if (errors.length === 0) ({ errors, model } = await buildModel(loaded.docs, path.resolve(dir)));
@@ -164,18 +169,23 @@ async function validate(argv: string[]): Promise<number> {
     ? ` checked by Envoy ${preflight.envoy.version}: ${preflight.groups.length} proxy group(s) in ${preflight.ms} ms (${Math.round(preflight.groups.reduce((n, g) => n + g.checkMs, 0) / Math.max(1, preflight.groups.length))} ms per group)`
     : '';
   if (format === 'json') {
-    process.stdout.write(JSON.stringify({ valid: errors.length === 0, documents: loaded.docs.length, errors, ...(preflight ? { envoy: { ...preflight.envoy, ms: preflight.ms, groups: preflight.groups } } : {}) }, null, 2) + '\n');
-  } else if (format === 'github' && errors.length) {
-    // Workflow commands are read from standard output; the summary goes to the log as usual.
-    for (const e of errors) process.stdout.write(githubAnnotation(e) + '\n');
-    process.stderr.write(`${errors.length} error(s) in ${dir}${checked}\n`);
-  } else if (errors.length) {
-    for (const e of errors) process.stderr.write(formatPolicyError(e as PolicyError) + '\n');
-    process.stderr.write(`${errors.length} error(s) in ${dir}${checked}\n`);
+    process.stdout.write(JSON.stringify({ valid: errors.length === 0, documents: loaded.docs.length, errors, warnings, ...(preflight ? { envoy: { ...preflight.envoy, ms: preflight.ms, groups: preflight.groups } } : {}) }, null, 2) + '\n');
   } else {
-    const kinds = new Map<string, number>();
-    for (const d of loaded.docs) kinds.set(d.kind, (kinds.get(d.kind) ?? 0) + 1);
-    process.stdout.write(`${dir}: valid (${loaded.docs.length} documents: ${[...kinds].map(([k, n]) => `${n} ${k}`).join(', ')})${checked}\n`);
+    // Warnings (documents skipped as not Signalbox's) never fail the check; --strict makes them errors.
+    if (format === 'github') {
+      // Workflow commands are read from standard output; the summary goes to the log as usual.
+      for (const e of errors) process.stdout.write(githubAnnotation(e) + '\n');
+      for (const w of warnings) process.stdout.write(githubAnnotation(w, 'warning') + '\n');
+    } else {
+      for (const e of errors) process.stderr.write(formatPolicyError(e as PolicyError) + '\n');
+      for (const w of warnings) process.stderr.write(`warning: ${formatPolicyError(w)}\n`);
+    }
+    if (errors.length) process.stderr.write(`${errors.length} error(s) in ${dir}${skipped}${checked}\n`);
+    else {
+      const kinds = new Map<string, number>();
+      for (const d of loaded.docs) kinds.set(d.kind, (kinds.get(d.kind) ?? 0) + 1);
+      process.stdout.write(`${dir}: valid (${loaded.docs.length} documents: ${[...kinds].map(([k, n]) => `${n} ${k}`).join(', ')}${skipped})${checked}\n`);
+    }
   }
   return errors.length ? 1 : 0;
 }

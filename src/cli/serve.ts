@@ -84,6 +84,7 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
     jwtFastPathModule: cfg.jwtFastPathModule,
     endpointPushIntervalMs: cfg.endpointPushIntervalMs,
     policyLimits: cfg.policyLimits,
+    strictPolicies: cfg.strict,
     preflightEnvoy: cfg.preflightEnvoy,
     // A restart with an invalid policy directory serves the last good configuration (DATA_DIR/last-good.json).
     persistLastGood: true,

@@ -47,6 +47,7 @@ export const SERVE_SETTINGS = {
   maxPolicyFileBytes: { flag: 'max-policy-file-bytes', env: 'SIGNALBOX_MAX_POLICY_FILE_BYTES', default: `${DEFAULT_POLICY_LIMITS.maxFileBytes / 1024 ** 2}MiB`, help: 'largest policy file read, in bytes (suffixes KiB, MiB, GiB); a bigger file is an error for that file and is not read' },
   maxPolicyDirBytes: { flag: 'max-policy-dir-bytes', env: 'SIGNALBOX_MAX_POLICY_DIR_BYTES', default: `${DEFAULT_POLICY_LIMITS.maxDirBytes / 1024 ** 2}MiB`, help: 'largest total of all policy files, in bytes (suffixes KiB, MiB, GiB); over it, nothing is read and the directory is rejected' },
   maxPolicyFiles: { flag: 'max-policy-files', env: 'SIGNALBOX_MAX_POLICY_FILES', default: String(DEFAULT_POLICY_LIMITS.maxFiles), help: 'most *.yaml / *.yml files in the policy directory and its folders; over it, nothing is read and the directory is rejected' },
+  strict: { flag: 'strict', env: 'SIGNALBOX_STRICT', default: 'false', boolean: true, help: 'a YAML document in the policy directory that is not a Signalbox document (another apiVersion, or neither apiVersion nor kind, e.g. an Envoy bootstrap) is an error that rejects the directory, as in CI; without it such a document is skipped with a warning (/api/errors) and the rest applies' },
   preflightEnvoy: { flag: 'preflight-envoy', env: 'SIGNALBOX_PREFLIGHT_ENVOY', default: '', help: 'Envoy binary that checks each new configuration before it is applied (`envoy --mode validate`, as `signalbox validate --envoy`; only the proxy groups whose configuration changed, about 50-250 ms each): what it refuses rejects the load like a validation error and the last good configuration stays; default: off' },
   watchDebounceMs: { flag: 'watch-debounce-ms', env: 'SIGNALBOX_WATCH_DEBOUNCE_MS', default: '100', help: 'how long changes that keep coming are gathered into one reload (the first change after a quiet spell reloads at once)' },
   consulAddr: { flag: 'consul-addr', env: 'CONSUL_HTTP_ADDR', default: '', help: 'Consul HTTP API (HOST:PORT or http(s)://HOST:PORT); unset: static endpoints only. TLS and token from CONSUL_CACERT, CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY, CONSUL_HTTP_TOKEN' },
@@ -90,6 +91,8 @@ export interface ServeConfig {
   watchDebounceMs: number;
   /** Bounds on reading the policy directory (--max-policy-file-bytes, --max-policy-dir-bytes, --max-policy-files). */
   policyLimits: PolicyLimits;
+  /** --strict: documents that are not Signalbox documents are errors, not skipped with a warning. */
+  strict: boolean;
   /** See XdsServerOptions.warmWaitMs and clusterDrainMs. */
   warmWaitMs: number;
   clusterDrainMs: number;
@@ -207,6 +210,19 @@ export function resolvePolicyLimits(flags: Record<string, string | boolean | und
   };
 }
 
+/**
+ * --strict from the flag, else SIGNALBOX_STRICT ("true" or "false"), else off. Also what `signalbox
+ * validate` and `compile` use (with their own --strict), so they refuse what `serve` would.
+ */
+export function resolveStrict(flags: Record<string, string | boolean | undefined>, env: NodeJS.ProcessEnv = process.env): boolean {
+  const s: Setting = SERVE_SETTINGS.strict;
+  const f = flags[s.flag];
+  if (typeof f === 'boolean') return f;
+  const v = typeof f === 'string' ? f : (env[s.env] ?? s.default);
+  if (v !== 'true' && v !== 'false') throw new SignalboxError(ErrorCode.BAD_FLAG, `${s.env} must be "true" or "false", got "${v.slice(0, 100)}"`);
+  return v === 'true';
+}
+
 /** --jwt-fast-path: "on" (the Lua script), "module" (the compiled filter) or "off". */
 function jwtFastPathOf(v: string): { jwtFastPath: boolean; jwtFastPathModule: boolean } {
   if (v === 'on' || v === 'module' || v === 'off') return { jwtFastPath: v !== 'off', jwtFastPathModule: v === 'module' };
@@ -269,6 +285,7 @@ export function resolveServeConfig(flags: Record<string, string | boolean | unde
     logLevel: level,
     watchDebounceMs: debounce,
     policyLimits: resolvePolicyLimits(flags, env),
+    strict: resolveStrict(flags, env),
     warmWaitMs: millisOf('warm-wait-ms', get('warmWaitMs')),
     clusterDrainMs: millisOf('cluster-drain-ms', get('clusterDrainMs')),
     endpointPushIntervalMs: millisOf('endpoint-push-interval-ms', get('endpointPushIntervalMs')),

@@ -22,7 +22,7 @@ import { z } from 'zod';
 import type { Gateway, JWTPolicy } from '../api/v1alpha1/index.js';
 import { ErrorCode, formatPolicyError, type PolicyError } from '../errors.js';
 import { buildModel, policyFileReader, type Model } from '../model/model.js';
-import { displayPath, parsePolicyText, PolicyParseCache, type LoadedDoc } from '../sources/files/loader.js';
+import { displayPath, parsePolicyText, PolicyParseCache, type LoadedDoc, type LoadOptions, type ParsedFile } from '../sources/files/loader.js';
 import { writeStateFile } from '../util/files.js';
 
 /** The saved configuration, in the data directory. */
@@ -79,8 +79,8 @@ export interface LastGoodOptions {
 export class TextKeepingParseCache extends PolicyParseCache {
   private readonly texts = new Map<string, { text: string; docs: LoadedDoc[] }>();
 
-  override parse(text: string, file: string): { docs: LoadedDoc[]; errors: PolicyError[] } {
-    const r = super.parse(text, file);
+  override parse(text: string, file: string, opts: LoadOptions = {}): ParsedFile {
+    const r = super.parse(text, file, opts);
     this.texts.set(file, { text, docs: r.docs });
     return r;
   }
@@ -134,6 +134,9 @@ export class LastGoodStore {
     for (const shown of input.files) {
       const got = input.textOf(shown);
       if (!got || got.docs.some((d) => !applied.has(d))) return 'changed-underneath';
+      // A file that gave no Signalbox document (an Envoy bootstrap saved in the directory, whose
+      // text may hold a token; an empty file) adds nothing to the configuration: not copied.
+      if (got.docs.length === 0) continue;
       seen += got.docs.length;
       files.push({ file: path.relative(this.policyDir, path.resolve(shown)), text: got.text });
     }
@@ -230,7 +233,9 @@ export class LastGoodStore {
     const docs: LoadedDoc[] = [];
     const problems: PolicyError[] = [];
     for (const f of saved.files) {
-      const r = parsePolicyText(f.text, displayPath(path.join(this.policyDir, f.file)));
+      // Not strict, whatever serve's --strict now: a document that is not Signalbox's gave nothing
+      // when this was applied, so skipping it rebuilds the same model.
+      const r = parsePolicyText(f.text, displayPath(path.join(this.policyDir, f.file)), { strict: false });
       docs.push(...r.docs);
       problems.push(...r.errors);
     }

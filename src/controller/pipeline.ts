@@ -71,6 +71,11 @@ export interface PipelineOptions {
   /** Bounds on reading the policy directory (default: DEFAULT_POLICY_LIMITS). */
   policyLimits?: Partial<PolicyLimits>;
   /**
+   * A document in the policy directory that is not a Signalbox document is an error, which rejects
+   * the load (`serve --strict`); by default it is skipped with a warning (`warnings`).
+   */
+  strictPolicies?: boolean;
+  /**
    * Keep the last good configuration across restarts (needs dataDir): its inputs are saved there
    * each time one is applied, and served at start while the policy directory is invalid (last-good.ts).
    */
@@ -122,6 +127,12 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
   extraDocs?: (fileDocs: LoadedDoc[]) => LoadedDoc[];
   model?: Model;
   errors: PolicyError[] = [];
+  /**
+   * What the last load skipped: documents that are not Signalbox documents (SB_NOT_SIGNALBOX). They
+   * never reject a load, so they are kept apart from `errors`: a directory with warnings and no
+   * errors is valid, applied, and not "serving the last good configuration".
+   */
+  warnings: PolicyError[] = [];
   lastAppliedAt?: Date;
   lastRejectedAt?: Date;
   private groups = new Map<string, GroupState>();
@@ -292,7 +303,8 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
   private async doReload(hint?: LoadHint): Promise<ReloadResult> {
     const { logger, metrics } = this.opts;
     const t0 = performance.now();
-    const loaded = await loadPolicyDir(this.opts.policyDir, this.parsed, this.opts.policyLimits, hint);
+    const loaded = await loadPolicyDir(this.opts.policyDir, this.parsed, this.opts.policyLimits, hint, { strict: this.opts.strictPolicies });
+    this.setWarnings(loaded.warnings);
     let errors = loaded.errors;
     let model: Model | undefined;
     const docs = errors.length === 0 && this.extraDocs ? this.extraDocs(loaded.docs) : loaded.docs;
@@ -340,6 +352,15 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
     // After the listeners (the authz service learns new policies before anything else waits).
     await this.saveLastGood(loaded.files, loaded.docs, model!);
     return { applied: true, errors, durationMs };
+  }
+
+  /** The last load's warnings: listed in /api/errors, counted in a metric, logged when they change. */
+  private setWarnings(warnings: PolicyError[]): void {
+    const text = warnings.map(formatPolicyError);
+    const changed = text.join('\n') !== this.warnings.map(formatPolicyError).join('\n');
+    this.warnings = warnings;
+    this.opts.metrics?.policyWarnings.set(warnings.length);
+    if (changed && warnings.length > 0) this.opts.logger.warn({ warnings: text }, `${warnings.length} document(s) in the policy directory skipped: not Signalbox documents`);
   }
 
   /**

@@ -32,11 +32,17 @@ const TEST_TIMEOUT_MS = 30_000;
 
 const SERVICE = doc('Service', 'orders', '{ port: 8080, endpoints: [ { address: 127.0.0.1, port: 9001 } ] }');
 
-/** The classic "billion laughs": nine aliases per level, six levels (531,441 strings once expanded). */
-const ALIAS_BOMB = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]', ...'bcdef'.split('').map((l, i) => `${l}: &${l} [${Array(9).fill(`*${'abcde'[i]}`).join(',')}]`)].join('\n') + '\n';
+/**
+ * The classic "billion laughs": nine aliases per level, six levels (531,441 strings once expanded).
+ * With a kind (last, so the lines stay put): a document with neither apiVersion nor kind is not a
+ * Signalbox document and is skipped without being expanded (ALIAS_BOMB_FOREIGN below).
+ */
+const ALIAS_BOMB_FOREIGN = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]', ...'bcdef'.split('').map((l, i) => `${l}: &${l} [${Array(9).fill(`*${'abcde'[i]}`).join(',')}]`)].join('\n') + '\n';
+const ALIAS_BOMB = `${ALIAS_BOMB_FOREIGN}kind: Service\n`;
 
 interface ChildLoad {
   errors: PolicyError[];
+  warnings: PolicyError[];
   documents: number;
 }
 
@@ -44,7 +50,7 @@ interface ChildLoad {
 async function loadInChild(dir: string, limits: Partial<PolicyLimits> = {}): Promise<ChildLoad> {
   const script = `import { loadPolicyDir } from ${JSON.stringify(LOADER)};
 const r = await loadPolicyDir(process.argv[1], undefined, JSON.parse(process.argv[2]));
-process.stdout.write(JSON.stringify({ errors: r.errors, documents: r.docs.length }));`;
+process.stdout.write(JSON.stringify({ errors: r.errors, warnings: r.warnings, documents: r.docs.length }));`;
   try {
     const { stdout } = await run(process.execPath, ['--input-type=module', '-e', script, dir, JSON.stringify(limits)], { timeout: CHILD_TIMEOUT_MS, killSignal: 'SIGKILL', maxBuffer: 64 * 1024 * 1024 });
     return JSON.parse(stdout) as ChildLoad;
@@ -71,6 +77,17 @@ describe('reading a policy directory is bounded and total', { timeout: 120_000 }
     assert.equal(e.doc, 1);
     assert.equal(e.line, 2, 'the line of the first alias');
     assert.match(e.message, /aliases expand too much/);
+  });
+
+  test('an alias bomb in a document that is not a Signalbox document is skipped with a warning, never expanded', { timeout: TEST_TIMEOUT_MS }, async () => {
+    const dir = policyDir({ 'services.yaml': SERVICE, 'bomb.yaml': ALIAS_BOMB_FOREIGN });
+    const r = await loadInChild(dir);
+    assert.deepEqual(r.errors, []);
+    assert.equal(r.documents, 1, 'the Service still loads');
+    assert.deepEqual(
+      r.warnings.map((w) => [w.code, path.basename(w.file), w.doc]),
+      [[ErrorCode.NOT_SIGNALBOX, 'bomb.yaml', 1]],
+    );
   });
 
   test('a symlink to /dev/urandom is an error, never read', { timeout: TEST_TIMEOUT_MS }, async () => {

@@ -149,6 +149,8 @@ export function registerDashboard(app: FastifyInstance, deps: DashboardDeps): vo
       config: {
         valid: deps.pipeline.errors.length === 0,
         errors: deps.pipeline.errors.length,
+        /** Documents skipped as not Signalbox documents (listed with the errors). */
+        warnings: deps.pipeline.warnings.length,
         /** Whether the newest configuration is live (SYNCED) on every connected proxy. */
         live: states.SYNCED === all.length,
         notLive: { PENDING: states.PENDING, NACKED: states.NACKED },

@@ -2,6 +2,10 @@
 // validated against the schema of its kind; every problem is collected (not just the first) with
 // the file, the document index (1-based), the field path and the line it sits on.
 //
+// A document that is not a Signalbox document at all (an Envoy bootstrap saved next to the
+// policies, a Kubernetes manifest) is skipped with a warning naming its file and index, so the rest
+// of the directory still applies; with `strict` it is an error instead (see notSignalbox()).
+//
 // Reading is bounded and total: only regular files are opened (a FIFO, device or socket could
 // block or never end), sizes are checked before anything is read, YAML nesting, aliases and
 // document counts are capped before the parser's recursive and quadratic paths can be reached,
@@ -12,7 +16,7 @@ import { Composer, isMap, isNode, isPair, isScalar, isSeq, Lexer, LineCounter, P
 import type { z } from 'zod';
 import { API_VERSION, KINDS, PLANNED_KINDS, type Kind, type PolicyMap } from '../../api/v1alpha1/index.js';
 import { ErrorCode, type PolicyError } from '../../errors.js';
-import { didYouMean } from '../../model/did-you-mean.js';
+import { didYouMean, editDistance } from '../../model/did-you-mean.js';
 
 export interface SourceRef {
   file: string;
@@ -32,6 +36,11 @@ export interface LoadResult {
   dir: string;
   docs: LoadedDoc[];
   errors: PolicyError[];
+  /**
+   * Documents skipped because they are not Signalbox documents (SB_NOT_SIGNALBOX), one per
+   * document. They never make a load invalid; under `strict` they are errors instead and this is empty.
+   */
+  warnings: PolicyError[];
   /** Every file read, with a content hash, so that a reload can tell what changed. */
   files: string[];
 }
@@ -83,6 +92,23 @@ export const YAML_LIMITS = Object.freeze({
 
 /** Errors listed for a whole load (files with errors each add up to maxErrorsPerFile). */
 const MAX_ERRORS_PER_LOAD = 1_000;
+
+/** How a load treats documents that are not Signalbox documents. */
+export interface LoadOptions {
+  /**
+   * Such a document is an error (SB_NOT_SIGNALBOX) and the directory is invalid, as a CI check
+   * wants (`--strict`); by default it is skipped with a warning and the rest applies.
+   */
+  strict?: boolean;
+}
+
+/** What parsing one file gave. */
+export interface ParsedFile {
+  docs: LoadedDoc[];
+  errors: PolicyError[];
+  /** Documents skipped as not Signalbox documents (empty under `strict`: they are errors then). */
+  warnings: PolicyError[];
+}
 
 /** Sizes as people read them: "4 MiB", "1.5 MiB", "512 KiB", "300 bytes". */
 export function formatBytes(n: number): string {
@@ -284,6 +310,59 @@ function zodMessage(issue: z.core.$ZodIssue): string {
   }
 }
 
+/** The API group of Signalbox's documents (`signalbox.dev` of `signalbox.dev/v1alpha1`). */
+const API_GROUP = API_VERSION.slice(0, API_VERSION.indexOf('/'));
+
+/** A value as messages quote it: JSON (control characters show), cut to 100 characters. */
+function quoted(v: string): string {
+  return JSON.stringify(v.length > 100 ? `${v.slice(0, 100)}...` : v);
+}
+
+/**
+ * An apiVersion that is Signalbox's, or meant to be: its group is signalbox.dev (any version: a
+ * wrong version is an error, not a reason to skip), it names Signalbox, or it is a near miss of
+ * Signalbox's (a typo must be reported, not skipped).
+ */
+function signalboxApiVersion(v: string): boolean {
+  const slash = v.indexOf('/');
+  const group = slash < 0 ? v : v.slice(0, slash);
+  return group === API_GROUP || /signalbox/i.test(v) || editDistance(v.slice(0, 200), API_VERSION) <= 3 || editDistance(group.slice(0, 200), API_GROUP) <= 2;
+}
+
+/**
+ * Why a parsed document is not a Signalbox document, or undefined when it is one or may be one
+ * (then it is validated, and what is wrong with it is an error). Read from the YAML tree, before
+ * the document is turned into data: a document skipped is never converted.
+ *
+ * Not Signalbox's: a mapping with neither `apiVersion` nor `kind` at its top (an Envoy bootstrap,
+ * a docker compose file), or whose `apiVersion` is a string of another API group (`v1`, `apps/v1`,
+ * `gateway.networking.k8s.io/v1`). Everything else is taken as Signalbox's: a document with a
+ * `kind` and no `apiVersion`, an apiVersion that is not a string or is Signalbox's or close to it
+ * (signalboxApiVersion), a repeated apiVersion key, and a document that is not a mapping.
+ */
+function notSignalbox(doc: Document.Parsed): string | undefined {
+  const top = doc.contents;
+  if (!isMap(top)) return undefined;
+  const apiVersions: unknown[] = [];
+  let hasKind = false;
+  for (const pair of top.items) {
+    if (!isScalar(pair.key)) continue;
+    if (pair.key.value === 'apiVersion') apiVersions.push(isScalar(pair.value) ? pair.value.value : pair.value);
+    else if (pair.key.value === 'kind') hasKind = true;
+  }
+  if (apiVersions.length === 0) return hasKind ? undefined : 'it has neither apiVersion nor kind';
+  const v = apiVersions[0];
+  if (apiVersions.length > 1 || typeof v !== 'string' || signalboxApiVersion(v)) return undefined;
+  return `its apiVersion is ${quoted(v)}`;
+}
+
+/** The warning (or, under strict, the error) for a document notSignalbox() turned away. */
+function notSignalboxProblem(reason: string, source: SourceRef, line: number | undefined, strict: boolean): PolicyError {
+  const what = `not a Signalbox document (${reason}; Signalbox documents have apiVersion: ${API_VERSION})`;
+  const message = strict ? `${what}: refused under --strict; keep other YAML out of the policy directory` : `${what}: skipped; keep other YAML out of the policy directory (--strict refuses it)`;
+  return { code: ErrorCode.NOT_SIGNALBOX, file: source.file, doc: source.doc, line, message };
+}
+
 /** Validates one parsed document; pushes errors and returns the typed value when valid. */
 function validateDoc(raw: unknown, source: SourceRef, lineOf: LoadedDoc['lineOf'], errors: PolicyError[]): LoadedDoc | undefined {
   const at = (p: (string | number)[], code: ErrorCode, message: string) =>
@@ -408,9 +487,14 @@ function thrownMessage(e: unknown): string {
   return `YAML: cannot be read: ${errnoOf(e)}`;
 }
 
-/** Parses and validates one file's text. Never throws: every problem is an error naming the file. */
-export function parsePolicyText(text: string, file: string): { docs: LoadedDoc[]; errors: PolicyError[] } {
+/**
+ * Parses and validates one file's text. Never throws: every problem is an error naming the file.
+ * Documents that are not Signalbox documents are warnings, or errors under `opts.strict`.
+ */
+export function parsePolicyText(text: string, file: string, opts: LoadOptions = {}): ParsedFile {
   const errors: PolicyError[] = [];
+  const warnings: PolicyError[] = [];
+  let skipped = 0;
   const docs: LoadedDoc[] = [];
   const counter = new LineCounter();
   const lineAt = (offset: number) => counter.linePos(offset).line;
@@ -425,7 +509,7 @@ export function parsePolicyText(text: string, file: string): { docs: LoadedDoc[]
     } catch (e) {
       if (e instanceof YamlLimitError) errors.push({ code: ErrorCode.YAML_SYNTAX, file, line: e.line, message: e.message });
       else errors.push({ code: ErrorCode.YAML_SYNTAX, file, message: thrownMessage(e) });
-      return { docs, errors };
+      return { docs, errors, warnings };
     } finally {
       Error.stackTraceLimit = stackTraceLimit;
     }
@@ -441,12 +525,20 @@ export function parsePolicyText(text: string, file: string): { docs: LoadedDoc[]
           }
           continue;
         }
+        if (doc.contents === null || (isScalar(doc.contents) && doc.contents.value === null)) continue; // an empty document (e.g. a trailing ---)
+        // Someone else's document: neither its keys nor its values are Signalbox's to judge.
+        const foreign = notSignalbox(doc);
+        if (foreign !== undefined) {
+          const line = doc.contents?.range ? lineAt(doc.contents.range[0]) : undefined;
+          if (opts.strict) errors.push(notSignalboxProblem(foreign, source, line, true));
+          else if (++skipped <= YAML_LIMITS.maxErrorsPerFile) warnings.push(notSignalboxProblem(foreign, source, line, false));
+          continue;
+        }
         const dups = duplicateKeys(doc);
         if (dups.length > 0) {
           for (const at of dups.slice(0, YAML_LIMITS.maxErrorsPerFile + 1)) errors.push({ code: ErrorCode.YAML_SYNTAX, file, doc: i + 1, line: lineAt(at), message: 'YAML: Map keys must be unique' });
           continue;
         }
-        if (doc.contents === null || (isScalar(doc.contents) && doc.contents.value === null)) continue; // an empty document (e.g. a trailing ---)
         const loaded = validateDoc(doc.toJS({ maxAliasCount: YAML_LIMITS.maxAliasCount }), source, lineFinder(doc, counter), errors);
         if (loaded) docs.push(loaded);
       } catch (e) {
@@ -457,7 +549,10 @@ export function parsePolicyText(text: string, file: string): { docs: LoadedDoc[]
     // Nothing above should throw; if something does, it is still this file's error, not the caller's.
     errors.push({ code: ErrorCode.YAML_SYNTAX, file, message: thrownMessage(e) });
   }
-  return { docs, errors: capErrors(errors, YAML_LIMITS.maxErrorsPerFile, file) };
+  if (skipped > warnings.length) {
+    warnings.push({ code: ErrorCode.NOT_SIGNALBOX, file, message: `${skipped - warnings.length} more documents that are not Signalbox documents were skipped (${skipped} in all)` });
+  }
+  return { docs, errors: capErrors(errors, YAML_LIMITS.maxErrorsPerFile, file), warnings };
 }
 
 /** The first `max` errors, and one more saying how many were left out. */
@@ -466,24 +561,31 @@ function capErrors(errors: PolicyError[], max: number, where: string): PolicyErr
   return [...errors.slice(0, max), { code: errors[max]!.code, file: where, message: `more errors than the ${max} listed; fix these first` }];
 }
 
+/** The first `max` warnings of a load, and one more saying how many were left out. */
+function capWarnings(warnings: PolicyError[], max: number, where: string): PolicyError[] {
+  if (warnings.length <= max) return warnings;
+  return [...warnings.slice(0, max), { code: ErrorCode.NOT_SIGNALBOX, file: where, message: `more warnings than the ${max} listed` }];
+}
+
 /**
  * Parse results by file, so that a reload re-parses and re-validates only the files whose text
  * changed: on a large directory (1,000 routes) YAML parsing and schema validation are most of a
  * reload. Results are shared between loads; later stages only read them. One per watched directory.
  */
 export class PolicyParseCache {
-  private entries = new Map<string, { text: string; result: { docs: LoadedDoc[]; errors: PolicyError[] } }>();
+  private entries = new Map<string, { text: string; strict: boolean; result: ParsedFile }>();
   /**
    * The last load that listed and read the whole directory without a directory-wide problem: each
    * file's size and what it gave. A load told which files changed starts from it (see LoadHint).
    */
   last?: CompleteLoad;
 
-  parse(text: string, file: string): { docs: LoadedDoc[]; errors: PolicyError[] } {
+  parse(text: string, file: string, opts: LoadOptions = {}): ParsedFile {
+    const strict = opts.strict === true;
     const hit = this.entries.get(file);
-    if (hit && hit.text === text) return hit.result;
-    const result = parsePolicyText(text, file);
-    this.entries.set(file, { text, result });
+    if (hit && hit.text === text && hit.strict === strict) return hit.result;
+    const result = parsePolicyText(text, file, { strict });
+    this.entries.set(file, { text, strict, result });
     return result;
   }
 
@@ -498,12 +600,15 @@ interface FileOutcome {
   size: number;
   docs: LoadedDoc[];
   errors: PolicyError[];
+  warnings: PolicyError[];
 }
 
 interface CompleteLoad {
   dir: string;
   realRoot: string;
   limits: PolicyLimits;
+  /** LoadOptions.strict of that load: a load with the other setting reads every file again. */
+  strict: boolean;
   /** In the order the load read them (sorted). */
   files: string[];
   /** Each file by its absolute path (the watcher's paths are resolved before they are looked up). */
@@ -524,16 +629,33 @@ export interface LoadHint {
 const YIELD_AFTER_MS = 20;
 
 /**
+ * The result of a load that read its files: errors and warnings capped, and a directory whose
+ * files hold documents but not one Signalbox document is an error. Applying it would take every
+ * route and cluster away from every proxy, and it is far likelier a --policies pointing at the
+ * wrong folder (Envoy's, a Kubernetes one) than a wish to empty the mesh.
+ */
+function finished(dir: string, docs: LoadedDoc[], errors: PolicyError[], warnings: PolicyError[], files: string[]): LoadResult {
+  if (docs.length === 0 && errors.length === 0 && warnings.length > 0) {
+    errors.push({ code: ErrorCode.NO_POLICIES, file: displayPath(dir), message: 'no Signalbox documents: every document found is not a Signalbox document (see the warnings), so nothing is applied; is --policies the right directory?' });
+  }
+  return { dir, docs, errors: capErrors(errors, MAX_ERRORS_PER_LOAD, displayPath(dir)), warnings: capWarnings(warnings, MAX_ERRORS_PER_LOAD, displayPath(dir)), files: files.map(displayPath) };
+}
+
+/**
  * Loads every policy file below `dir`, within `limits` (defaults: DEFAULT_POLICY_LIMITS). Never
  * throws and never hangs: problems, including limits reached, become errors naming the file.
+ * Documents that are not Signalbox documents are skipped with a warning, or are errors under
+ * `opts.strict`.
  */
-export async function loadPolicyDir(dir: string, cache?: PolicyParseCache, limits: Partial<PolicyLimits> = {}, hint?: LoadHint): Promise<LoadResult> {
+export async function loadPolicyDir(dir: string, cache?: PolicyParseCache, limits: Partial<PolicyLimits> = {}, hint?: LoadHint, opts: LoadOptions = {}): Promise<LoadResult> {
   const lim: PolicyLimits = { ...DEFAULT_POLICY_LIMITS, ...limits };
+  const strict = opts.strict === true;
   if (hint && cache?.last) {
-    const r = loadChanged(dir, cache, lim, cache.last, hint);
+    const r = loadChanged(dir, cache, lim, strict, cache.last, hint);
     if (r) return r;
   }
   const errors: PolicyError[] = [];
+  const warnings: PolicyError[] = [];
   const docs: LoadedDoc[] = [];
   let files: string[] = [];
   if (cache) cache.last = undefined;
@@ -545,11 +667,11 @@ export async function loadPolicyDir(dir: string, cache?: PolicyParseCache, limit
       files = listed.files;
       if (listed.tooMany) {
         errors.push({ code: ErrorCode.FILE_READ, file: displayPath(dir), message: `more than ${lim.maxFiles} policy files, the limit (--max-policy-files, SIGNALBOX_MAX_POLICY_FILES); nothing was read` });
-        return { dir, docs, errors, files: files.map(displayPath) };
+        return { dir, docs, errors, warnings, files: files.map(displayPath) };
       }
     } catch (e) {
       errors.push({ code: ErrorCode.FILE_READ, file: displayPath(dir), message: `cannot read the policy directory: ${errnoOf(e)}` });
-      return { dir, docs, errors, files: files.map(displayPath) };
+      return { dir, docs, errors, warnings, files: files.map(displayPath) };
     }
     if (files.length === 0 && errors.length === 0) {
       errors.push({ code: ErrorCode.NO_POLICIES, file: displayPath(dir), message: 'no *.yaml or *.yml policy files found' });
@@ -567,7 +689,7 @@ export async function loadPolicyDir(dir: string, cache?: PolicyParseCache, limit
       if (refused !== undefined) {
         const e: PolicyError = { code: ErrorCode.FILE_READ, file: displayPath(file), message: refused };
         errors.push(e);
-        outcomes.set(file, { size: 0, docs: [], errors: [e] });
+        outcomes.set(file, { size: 0, docs: [], errors: [e], warnings: [] });
       } else {
         readable.push(c as Checked);
         total += (c as Checked).stat.size;
@@ -576,7 +698,7 @@ export async function loadPolicyDir(dir: string, cache?: PolicyParseCache, limit
     }
     if (total > lim.maxDirBytes) {
       errors.push({ code: ErrorCode.FILE_READ, file: displayPath(dir), message: `policy files total ${formatBytes(total)}, over the limit of ${formatBytes(lim.maxDirBytes)} per policy directory (${dirLimitNote}); nothing was read` });
-      return { dir, docs, errors: capErrors(errors, MAX_ERRORS_PER_LOAD, displayPath(dir)), files: files.map(displayPath) };
+      return { dir, docs, errors: capErrors(errors, MAX_ERRORS_PER_LOAD, displayPath(dir)), warnings, files: files.map(displayPath) };
     }
     let read = 0;
     let lastYield = performance.now();
@@ -590,7 +712,7 @@ export async function loadPolicyDir(dir: string, cache?: PolicyParseCache, limit
       if ('error' in got) {
         const e: PolicyError = { code: ErrorCode.FILE_READ, file: shown, message: got.error };
         errors.push(e);
-        outcomes.set(c.file, { size: 0, docs: [], errors: [e] });
+        outcomes.set(c.file, { size: 0, docs: [], errors: [e], warnings: [] });
         continue;
       }
       read += got.bytes;
@@ -599,19 +721,20 @@ export async function loadPolicyDir(dir: string, cache?: PolicyParseCache, limit
         complete = false;
         break;
       }
-      const r = cache ? cache.parse(got.text, shown) : parsePolicyText(got.text, shown);
-      outcomes.set(c.file, { size: got.bytes, docs: r.docs, errors: r.errors });
+      const r = cache ? cache.parse(got.text, shown, { strict }) : parsePolicyText(got.text, shown, { strict });
+      outcomes.set(c.file, { size: got.bytes, docs: r.docs, errors: r.errors, warnings: r.warnings });
       docs.push(...r.docs);
       errors.push(...r.errors);
+      warnings.push(...r.warnings);
     }
     cache?.retain(new Set(files.map(displayPath)));
     // A symbolic link's target can change without an event for the link: such a directory is always read whole.
-    if (cache) cache.last = complete && !linked && outcomes.size === files.length ? { dir, realRoot, limits: lim, files, byAbsolute: new Map(files.map((f) => [path.resolve(f), f])), outcomes } : undefined;
+    if (cache) cache.last = complete && !linked && outcomes.size === files.length ? { dir, realRoot, limits: lim, strict, files, byAbsolute: new Map(files.map((f) => [path.resolve(f), f])), outcomes } : undefined;
   } catch (e) {
     // A bug above must not take the control plane down: it is reported like any unreadable input.
     errors.push({ code: ErrorCode.FILE_READ, file: displayPath(dir), message: `the policy directory could not be loaded: ${errnoOf(e)}` });
   }
-  return { dir, docs, errors: capErrors(errors, MAX_ERRORS_PER_LOAD, displayPath(dir)), files: files.map(displayPath) };
+  return finished(dir, docs, errors, warnings, files);
 }
 
 /**
@@ -619,10 +742,11 @@ export async function loadPolicyDir(dir: string, cache?: PolicyParseCache, limit
  * outcome from the last complete load: a one-route edit in a directory of 4,000 files costs one
  * lstat, one read and one parse instead of 4,000 of each. Undefined (a full load is needed) when
  * the hint names a file that load did not read, a changed file is gone or is not a regular file
- * any more, the limits moved, or the total passes the directory limit (the full load reports it).
+ * any more, the limits or the strictness moved, or the total passes the directory limit (the full
+ * load reports it). Unchanged files keep their warnings as well as their documents and errors.
  */
-function loadChanged(dir: string, cache: PolicyParseCache, lim: PolicyLimits, last: CompleteLoad, hint: LoadHint): LoadResult | undefined {
-  if (last.dir !== dir || JSON.stringify(last.limits) !== JSON.stringify(lim)) return undefined;
+function loadChanged(dir: string, cache: PolicyParseCache, lim: PolicyLimits, strict: boolean, last: CompleteLoad, hint: LoadHint): LoadResult | undefined {
+  if (last.dir !== dir || last.strict !== strict || JSON.stringify(last.limits) !== JSON.stringify(lim)) return undefined;
   if (hint.changed.size > last.files.length / 2) return undefined;
   const fresh = new Map<string, FileOutcome>();
   const changed = new Set<string>();
@@ -642,18 +766,20 @@ function loadChanged(dir: string, cache: PolicyParseCache, lim: PolicyLimits, la
     const shown = displayPath(file);
     const got = readChecked(c, lim.maxFileBytes);
     if ('error' in got) return undefined;
-    const r = cache.parse(got.text, shown);
-    fresh.set(file, { size: got.bytes, docs: r.docs, errors: r.errors });
+    const r = cache.parse(got.text, shown, { strict });
+    fresh.set(file, { size: got.bytes, docs: r.docs, errors: r.errors, warnings: r.warnings });
   }
   const docs: LoadedDoc[] = [];
   const errors: PolicyError[] = [];
+  const warnings: PolicyError[] = [];
   const outcomes = new Map<string, FileOutcome>();
   for (const f of last.files) {
     const o = fresh.get(f) ?? last.outcomes.get(f)!;
     outcomes.set(f, o);
     docs.push(...o.docs);
     errors.push(...o.errors);
+    warnings.push(...o.warnings);
   }
   cache.last = { ...last, outcomes };
-  return { dir, docs, errors: capErrors(errors, MAX_ERRORS_PER_LOAD, displayPath(dir)), files: last.files.map(displayPath) };
+  return finished(dir, docs, errors, warnings, last.files);
 }

@@ -83,8 +83,8 @@ function renderSummary(sum) {
     proxyRevision = sum.revision;
     scheduleProxies();
   }
-  if (sum.config.errors !== lastErrorCount) {
-    lastErrorCount = sum.config.errors;
+  if (`${sum.config.errors}/${sum.config.warnings}` !== lastErrorCount) {
+    lastErrorCount = `${sum.config.errors}/${sum.config.warnings}`;
     loadErrors();
     loadCerts();
   }
@@ -381,8 +381,10 @@ async function loadErrors() {
   try {
     const data = await (await fetch('/api/errors')).json();
     const list = $('errors');
-    if (data.errors.length === 0) list.replaceChildren(h('li', { class: 'none', text: 'The policy directory is valid.' }));
-    else list.replaceChildren(...data.errors.map((e) => h('li', { text: e.text })));
+    // Warnings (documents skipped as not Signalbox's) follow the errors; they never make it invalid.
+    const warnings = (data.warnings ?? []).map((w) => h('li', { class: 'warning', text: `warning: ${w.text}` }));
+    if (data.errors.length === 0) list.replaceChildren(h('li', { class: 'none', text: 'The policy directory is valid.' }), ...warnings);
+    else list.replaceChildren(...data.errors.map((e) => h('li', { text: e.text })), ...warnings);
   } catch {
     /* retried on the next change */
   }
