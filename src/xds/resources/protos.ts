@@ -1,9 +1,12 @@
 // Loads Envoy's v3 API types from the .proto trees shipped by the registry package
-// @grpc/grpc-js-xds (envoy-api, xds, googleapis, protoc-gen-validate). Nothing is copied into
-// this repository. The root is loaded once per process and shared.
+// @grpc/grpc-js-xds (envoy-api, xds, googleapis, protoc-gen-validate), none of which is copied
+// into this repository, and Signalbox's own .proto files from protos/ at the package's root (the
+// part of Envoy's dynamic-module API the registry package lacks; protos/README.md). The root is
+// loaded once per process and shared.
 import { createRequire } from 'node:module';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import protobuf from 'protobufjs';
 
 const require = createRequire(import.meta.url);
@@ -39,6 +42,32 @@ const ENTRY_FILES = [
   'envoy/extensions/filters/listener/tls_inspector/v3/tls_inspector.proto',
 ];
 
+/**
+ * Signalbox's own .proto files (paths below protos/). Their imports are resolved like Envoy's:
+ * first in the registry package's trees, then in protos/ (so a file of ours never shadows one of
+ * Envoy's).
+ */
+export const SIGNALBOX_PROTO_FILES = ['signalbox/envoy_subset/dynamic_modules.proto', 'signalbox/envoy_subset/http_dynamic_modules.proto'];
+
+/**
+ * The protos/ folder at the package's root, found from `from` (default: this module's folder) by
+ * walking up to the folder holding package.json: the same from src/ (tests run from the sources'
+ * layout) and from dist/src/ (the compiled package), since both sit below the root.
+ */
+export function protosDir(from: string = path.dirname(fileURLToPath(import.meta.url))): string {
+  let dir = from;
+  for (;;) {
+    if (existsSync(path.join(dir, 'package.json'))) {
+      const protos = path.join(dir, 'protos');
+      if (!existsSync(path.join(protos, SIGNALBOX_PROTO_FILES[0]!))) throw new Error(`Signalbox's .proto files are missing: ${path.join(protos, SIGNALBOX_PROTO_FILES[0]!)} does not exist (they ship in the package's protos/ folder)`);
+      return protos;
+    }
+    const up = path.dirname(dir);
+    if (up === dir) throw new Error(`Signalbox's .proto files not found: no package.json above ${from}`);
+    dir = up;
+  }
+}
+
 function includeDirs(): string[] {
   const pkgJson = require.resolve('@grpc/grpc-js-xds/package.json');
   const deps = path.join(path.dirname(pkgJson), 'deps');
@@ -50,7 +79,7 @@ let cached: protobuf.Root | undefined;
 /** The protobufjs root holding Envoy's v3 types (field names kept in snake_case). */
 export function envoyRoot(): protobuf.Root {
   if (cached) return cached;
-  const dirs = includeDirs();
+  const dirs = [...includeDirs(), protosDir()];
   const protobufDir = path.dirname(require.resolve('protobufjs/package.json'));
   const root = new protobuf.Root();
   root.resolvePath = (_origin: string, target: string): string | null => {
@@ -66,26 +95,10 @@ export function envoyRoot(): protobuf.Root {
     }
     return null;
   };
-  root.loadSync(ENTRY_FILES, { keepCase: true });
-  defineDynamicModuleTypes(root);
+  root.loadSync([...ENTRY_FILES, ...SIGNALBOX_PROTO_FILES], { keepCase: true });
   root.resolveAll();
   cached = root;
   return root;
-}
-
-/**
- * Envoy's dynamic-module filter messages (envoy.extensions.filters.http.dynamic_modules.v3), which
- * the registry package's proto trees do not carry. Only the fields Signalbox sets are declared, by
- * their numbers in Envoy's API (v1.36); the rest of each message is never written.
- */
-function defineDynamicModuleTypes(root: protobuf.Root): void {
-  const { Type, Field } = protobuf;
-  root.define('envoy.extensions.dynamic_modules.v3').add(new Type('DynamicModuleConfig').add(new Field('name', 1, 'string')).add(new Field('do_not_close', 3, 'bool')));
-  const config = '.envoy.extensions.dynamic_modules.v3.DynamicModuleConfig';
-  root
-    .define('envoy.extensions.filters.http.dynamic_modules.v3')
-    .add(new Type('DynamicModuleFilter').add(new Field('dynamic_module_config', 1, config)).add(new Field('filter_name', 2, 'string')).add(new Field('filter_config', 3, '.google.protobuf.Any')))
-    .add(new Type('DynamicModuleFilterPerRoute').add(new Field('dynamic_module_config', 1, config)).add(new Field('per_route_config_name', 2, 'string')).add(new Field('filter_config', 3, '.google.protobuf.Any')));
 }
 
 export function lookupType(name: string): protobuf.Type {
