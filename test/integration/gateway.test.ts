@@ -1,12 +1,16 @@
 // A real Envoy gateway fed by a real `signalbox serve` process, carrying real HTTP traffic, in
-// both state-of-the-world and Delta ADS.
+// both state-of-the-world and Delta ADS. Also: an Envoy bootstrap saved into the policy directory
+// is skipped with a warning and later edits still reach Envoy; under `serve --strict` it holds them back.
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { promisify } from 'node:util';
 import { bootstrapYaml } from '../../src/cli/bootstrap.js';
-import { startEnvoy, type Envoy } from '../helpers/envoy.js';
+import { repoRoot, startEnvoy, type Envoy } from '../helpers/envoy.js';
+import { startGatewayEnv, type GatewayEnv } from '../helpers/gateway-env.js';
 import { freePort, httpGet, waitFor } from '../helpers/net.js';
 import { startSignalbox, type SignalboxProcess } from '../helpers/signalbox.js';
 import { startUpstream, type Upstream } from '../helpers/upstream.js';
@@ -52,6 +56,13 @@ metadata: { name: edge }
 spec:
   listeners: [ { name: http, port: ${p.gw}, protocol: HTTP } ]
 `;
+}
+
+/** What `signalbox bootstrap --gateway NAME > policies/envoy.yaml` writes into the policy directory: the real command's output. */
+async function savedBootstrap(sb: SignalboxProcess, gateway: string): Promise<string> {
+  const { stdout } = await promisify(execFile)(process.execPath, [path.join(repoRoot(), 'bin/signalbox.js'), 'bootstrap', '--gateway', gateway, '--data-dir', sb.dataDir, '--xds-address', `127.0.0.1:${sb.xdsPort}`]);
+  assert.match(stdout, /^node:/m, 'an Envoy bootstrap');
+  return stdout;
 }
 
 function routesYaml(opts: { splitV1: number; splitV2: number; searchBackend?: string }): string {
@@ -212,6 +223,32 @@ for (const mode of ['sotw', 'delta'] as const) {
       assert.equal((await sb.admin('/api/errors')).valid, true);
     });
 
+    test('an Envoy bootstrap saved into the policy directory is a warning in /api/errors; a route edit made next to it reaches Envoy', async () => {
+      writeFileSync(path.join(dir, 'envoy.yaml'), await savedBootstrap(sb, 'edge'));
+      await waitFor(async () => (await sb.admin('/api/errors')).warnings.length > 0, { what: 'the bootstrap listed as a warning' });
+      const listed = await sb.admin('/api/errors');
+      assert.equal(listed.valid, true);
+      assert.deepEqual(listed.errors, []);
+      assert.deepEqual(
+        listed.warnings.map((w: { file: string; doc: number; code: string; severity: string }) => [path.basename(w.file), w.doc, w.code, w.severity]),
+        [['envoy.yaml', 1, 'SB_NOT_SIGNALBOX', 'warning']],
+      );
+      assert.match(listed.warnings[0].text, /envoy\.yaml#1: not a Signalbox document \(it has neither apiVersion nor kind/);
+      assert.match(await sb.adminText('/metrics'), /^signalbox_policy_warnings 1$/m);
+      // The edit that a bootstrap in the directory used to hold back: live, and traffic follows it.
+      writeFileSync(path.join(dir, 'routes.yaml'), routesYaml({ splitV1: 80, splitV2: 20, searchBackend: 'admin' }));
+      await waitFor(async () => (await upstreamOf('/search')).upstream === 'admin', { what: 'the route edit live next to the bootstrap', timeoutMs: 10_000 });
+      for (let i = 0; i < 10; i++) assert.equal((await upstreamOf('/search')).upstream, 'admin');
+      await waitFor(async () => (await sb.admin(`/api/proxies/${proxyId}`)).state === 'SYNCED', { what: 'proxy synced' });
+      const later = await sb.admin('/api/errors');
+      assert.equal(later.valid, true);
+      assert.equal(later.warnings.length, 1, 'still listed after the incremental reload of routes.yaml alone');
+      // Back as the other tests expect it.
+      rmSync(path.join(dir, 'envoy.yaml'));
+      writeFileSync(path.join(dir, 'routes.yaml'), routesYaml({ splitV1: 80, splitV2: 20 }));
+      await waitFor(async () => (await upstreamOf('/search')).upstream === 'search' && (await sb.admin('/api/errors')).warnings.length === 0, { what: 'bootstrap gone, route restored' });
+    });
+
     test('killing and restarting Signalbox drops no request and Envoy re-syncs', async () => {
       let ok = 0;
       let failed = 0;
@@ -240,3 +277,74 @@ for (const mode of ['sotw', 'delta'] as const) {
     });
   });
 }
+
+describe('serve --strict: a document that is not a Signalbox document holds every edit back', () => {
+  let env: GatewayEnv;
+  let ups: Upstream[];
+  const services = (port: number) => `apiVersion: signalbox.dev/v1alpha1
+kind: Service
+metadata: { name: first }
+spec: { port: 8080, endpoints: [ { address: 127.0.0.1, port: ${ups[0]!.port} } ] }
+---
+apiVersion: signalbox.dev/v1alpha1
+kind: Service
+metadata: { name: second }
+spec: { port: 8080, endpoints: [ { address: 127.0.0.1, port: ${ups[1]!.port} } ] }
+---
+apiVersion: signalbox.dev/v1alpha1
+kind: Gateway
+metadata: { name: gateway }
+spec: { listeners: [ { name: http, port: ${port}, protocol: HTTP } ] }
+`;
+  const route = (backend: string) => `apiVersion: signalbox.dev/v1alpha1
+kind: HTTPRoute
+metadata: { name: r }
+spec:
+  parentRefs: [ { kind: Gateway, name: gateway } ]
+  rules: [ { matches: [ { path: { type: PathPrefix, value: /r } } ], backendRefs: [ { name: ${backend} } ] } ]
+`;
+  const upstreamOf = async () => (await httpGet(env.url('/r'))).headers.get('x-upstream');
+
+  before(async () => {
+    ups = await Promise.all([startUpstream('first'), startUpstream('second')]);
+    env = await startGatewayEnv({ name: 'strict', serveArgs: ['--strict'], files: (port) => ({ 'services.yaml': services(port), 'route.yaml': route('first') }) });
+    await waitFor(async () => (await upstreamOf()) === 'first', { what: 'first route served' });
+  });
+  after(async () => {
+    await env?.stop();
+    await Promise.all((ups ?? []).map((u) => u.close()));
+  });
+
+  test('the bootstrap is an error; the route edit made next to it never reaches Envoy until the bootstrap is gone', async () => {
+    await env.synced();
+    const routeBefore = (await env.sb.admin(`/api/proxies/${env.proxyId}`)).types.route.ackedVersion;
+    env.write('envoy.yaml', await savedBootstrap(env.sb, 'gateway'));
+    await waitFor(async () => (await env.sb.admin('/api/errors')).valid === false, { what: 'the bootstrap refused' });
+    // The file's creation and its content can be two reloads: wait until no further one comes, so
+    // the next rejection seen is the one that read the route edit.
+    let refused = await env.sb.admin('/api/errors');
+    for (;;) {
+      await new Promise((r) => setTimeout(r, 600));
+      const now = await env.sb.admin('/api/errors');
+      if (now.lastRejectedAt === refused.lastRejectedAt) break;
+      refused = now;
+    }
+    assert.deepEqual(
+      refused.errors.map((e: { file: string; doc: number; code: string; severity: string }) => [path.basename(e.file), e.doc, e.code, e.severity]),
+      [['envoy.yaml', 1, 'SB_NOT_SIGNALBOX', 'error']],
+    );
+    assert.match(refused.errors[0].text, /refused under --strict/);
+    assert.deepEqual(refused.warnings, []);
+
+    env.write('route.yaml', route('second'));
+    // The edit is read (a second rejected load) and rejected with the directory: Envoy keeps the old route.
+    await waitFor(async () => (await env.sb.admin('/api/errors')).lastRejectedAt !== refused.lastRejectedAt, { what: 'the edit read and rejected' });
+    for (let i = 0; i < 10; i++) assert.equal(await upstreamOf(), 'first', 'routing unchanged under --strict');
+    assert.equal((await env.sb.admin(`/api/proxies/${env.proxyId}`)).types.route.ackedVersion, routeBefore);
+
+    // The edit itself was good: without the bootstrap it applies.
+    rmSync(path.join(env.dir, 'envoy.yaml'));
+    await waitFor(async () => (await upstreamOf()) === 'second', { what: 'the edit live once the bootstrap is gone', timeoutMs: 10_000 });
+    assert.equal((await env.sb.admin('/api/errors')).valid, true);
+  });
+});
