@@ -56,18 +56,21 @@ export interface StandaloneAuthz {
   stop(): Promise<void>;
 }
 
-function portOf(name: string, v: string): number {
+export function portOf(name: string, v: string): number {
   const n = Number(v);
   if (!/^\d+$/.test(v) || n > 65535) throw new SignalboxError(ErrorCode.BAD_FLAG, `--${name} must be a port from 0 to 65535, got "${v}"`);
   return n;
 }
 
-function hostPort(host: string, port: number): string {
+export function hostPort(host: string, port: number): string {
   return `${host.includes(':') ? `[${host}]` : host}:${port}`;
 }
 
-/** The mesh CA the control plane uses: its files, or the one in its data folder (which must exist). */
-async function openMeshCa(get: (k: keyof typeof AUTHZ_SETTINGS) => string): Promise<CertificateAuthority> {
+/**
+ * The mesh CA the control plane uses: its files, or the one in its data folder (which must exist).
+ * Shared by the standalone services (`signalbox authz`, `signalbox ratelimit`).
+ */
+export async function openMeshCa(get: (k: 'caCert' | 'caKey' | 'caBundle' | 'dataDir') => string): Promise<CertificateAuthority> {
   const cert = get('caCert');
   const key = get('caKey');
   if (!cert !== !key) throw new SignalboxError(ErrorCode.BAD_FLAG, '--ca-cert and --ca-key go together');

@@ -30,6 +30,9 @@ Usage:
 ${COMPILE_USAGE}
   signalbox authz --policies DIR [--authz-port N] [--metrics-port N] [--data-dir DIR | --ca-cert F --ca-key F [--ca-bundle F]] [--insecure]
                                        run the ext_authz service (JWTPolicy checks) on its own
+  signalbox ratelimit --policies DIR [--redis-url URL] [--redis-password-file F] [--redis-ca F] [--ratelimit-port N] [--metrics-port N]
+                    [--data-dir DIR | --ca-cert F --ca-key F [--ca-bundle F]] [--insecure]
+                                       run the rate-limit service (global RateLimitPolicy limits, counted in Redis) on its own
 ${EXPLAIN_USAGE}
 ${DIFF_USAGE}
   signalbox token --service NAME | --gateway NAME [--ttl D] [--data-dir DIR] [--out DIR]
@@ -73,6 +76,8 @@ export async function run(argv: string[]): Promise<number> {
         return await (await import('./status.js')).status(rest);
       case 'authz':
         return await (await import('./authz.js')).authzCommand(rest);
+      case 'ratelimit':
+        return await (await import('./ratelimit.js')).ratelimitCommand(rest);
       case undefined:
       case 'help':
       case '--help':

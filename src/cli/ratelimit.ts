@@ -1,0 +1,195 @@
+// `signalbox ratelimit`: the rate-limit service (envoy.service.ratelimit.v3.RateLimitService) on its
+// own, for scaling it apart from the control plane, as `signalbox authz` does for ext_authz. It loads
+// and watches the same policy directory and compiles the same model as `signalbox serve` (a
+// directory that fails validation never replaces the last good one), and counts in the same Redis.
+// Point the proxies at it with `signalbox serve --ratelimit-address-for-proxies IP:PORT`.
+//
+// Over TLS by default, as the embedded service: it opens the control plane's mesh CA (--data-dir,
+// or --ca-cert/--ca-key), issues its own certificate (SPIFFE ID spiffe://<trust domain>/signalbox/ratelimit,
+// what proxies verify) and requires callers to present a certificate that chains to the mesh trust
+// bundle. --insecure serves plain text (only with `serve --xds-insecure`, whose proxies expect it).
+//
+// Every flag is checked before anything listens or connects: a bad Redis URL, an unreadable
+// password file or a missing CA is a usage error, never an outage. The Redis password never
+// leaves this process: logs, /api/ratelimit and errors show the URL with `***` in its place.
+import http from 'node:http';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import client from 'prom-client';
+import { ServerCertificate } from '../ca/server-tls.js';
+import { redisOf } from '../config/settings.js';
+import { ErrorCode, formatPolicyError, SignalboxError } from '../errors.js';
+import { BUILTIN_DEFAULTS, buildModel } from '../model/model.js';
+import { createLogger, type Logger } from '../observability/logger.js';
+import { RateLimitService } from '../ratelimit/service.js';
+import { loadPolicyDir } from '../sources/files/loader.js';
+import { watchPolicies } from '../sources/files/watcher.js';
+import { DEFAULT_RATELIMIT_PORT } from '../translate/ratelimit.js';
+import { envoyRoot } from '../xds/resources/protos.js';
+import { hostPort, openMeshCa, portOf } from './authz.js';
+
+export const RATELIMIT_SETTINGS = {
+  policies: { flag: 'policies', env: 'SIGNALBOX_POLICIES', default: 'policies', help: 'policy directory to load and watch (the control plane\'s)' },
+  ratelimitAddress: { flag: 'ratelimit-address', env: 'SIGNALBOX_RATELIMIT_ADDRESS', default: '0.0.0.0', help: 'address the rate-limit gRPC service binds' },
+  ratelimitPort: { flag: 'ratelimit-port', env: 'SIGNALBOX_RATELIMIT_PORT', default: String(DEFAULT_RATELIMIT_PORT), help: 'port of the rate-limit gRPC service (0: any free port)' },
+  metricsAddress: { flag: 'metrics-address', env: 'SIGNALBOX_RATELIMIT_METRICS_ADDRESS', default: '127.0.0.1', help: 'address of the /metrics, /healthz, /readyz and /api/ratelimit endpoint' },
+  metricsPort: { flag: 'metrics-port', env: 'SIGNALBOX_RATELIMIT_METRICS_PORT', default: '18005', help: 'port of the /metrics, /healthz, /readyz and /api/ratelimit endpoint ("off": none)' },
+  redisUrl: { flag: 'redis-url', env: 'REDIS_URL', default: 'redis://127.0.0.1:6379', help: 'the Redis holding the counters (the control plane\'s): redis://[:PASSWORD@]HOST:PORT[/DB], or rediss:// for TLS' },
+  redisPasswordFile: { flag: 'redis-password-file', env: 'SIGNALBOX_REDIS_PASSWORD_FILE', default: '', help: 'file holding the Redis password (trimmed), instead of putting it in --redis-url; REDIS_PASSWORD works too' },
+  redisCa: { flag: 'redis-ca', env: 'SIGNALBOX_REDIS_CA', default: '', help: 'PEM roots to verify a rediss:// server with (default: the system roots)' },
+  logLevel: { flag: 'log-level', env: 'SIGNALBOX_LOG_LEVEL', default: 'info', help: 'trace, debug, info, warn or error' },
+  watchDebounceMs: { flag: 'watch-debounce-ms', env: 'SIGNALBOX_WATCH_DEBOUNCE_MS', default: '100', help: 'quiet time after a policy file change before reloading' },
+  dataDir: { flag: 'data-dir', env: 'SIGNALBOX_DATA_DIR', default: '.data', help: 'the control plane\'s data folder: its mesh CA issues this service\'s certificate and verifies callers (never generated here)' },
+  caCert: { flag: 'ca-cert', env: 'SIGNALBOX_CA_CERT', default: '', help: 'the CA certificate `signalbox serve --ca-cert` signs with (instead of the one in --data-dir)' },
+  caKey: { flag: 'ca-key', env: 'SIGNALBOX_CA_KEY', default: '', help: 'private key of --ca-cert' },
+  caBundle: { flag: 'ca-bundle', env: 'SIGNALBOX_CA_BUNDLE', default: '', help: 'extra trusted roots (PEM), as given to `signalbox serve --ca-bundle`' },
+  insecure: { flag: 'insecure', env: 'SIGNALBOX_RATELIMIT_INSECURE', default: 'false', boolean: true, help: 'plain text, no caller certificate (anyone who reaches the port can call it); for a control plane run with --xds-insecure' },
+} as const;
+
+interface RateLimitSetting {
+  flag: string;
+  env: string;
+  default: string;
+  help: string;
+  boolean?: boolean;
+}
+
+export interface StandaloneRateLimit {
+  ratelimitPort: number;
+  metricsPort?: number;
+  /** Whether the service speaks TLS (false with --insecure). */
+  tls: boolean;
+  service: RateLimitService;
+  reload(): Promise<boolean>;
+  stop(): Promise<void>;
+}
+
+export async function startStandaloneRateLimit(values: Record<string, string | boolean | undefined>, env: NodeJS.ProcessEnv = process.env, logger?: Logger): Promise<StandaloneRateLimit> {
+  const get = (k: keyof typeof RATELIMIT_SETTINGS): string => {
+    const s: RateLimitSetting = RATELIMIT_SETTINGS[k];
+    const f = values[s.flag];
+    if (typeof f === 'string') return f;
+    if (typeof f === 'boolean' && s.boolean) return String(f);
+    return env[s.env] ?? s.default;
+  };
+  const log = logger ?? createLogger({ level: get('logLevel'), name: 'signalbox-ratelimit' });
+  const dir = path.resolve(get('policies'));
+  const debounce = Number(get('watchDebounceMs'));
+  if (!Number.isFinite(debounce) || debounce < 0) throw new SignalboxError(ErrorCode.BAD_FLAG, '--watch-debounce-ms must be a number of milliseconds');
+  const metricsPortText = get('metricsPort');
+  const metricsPort = metricsPortText === 'off' ? undefined : portOf('metrics-port', metricsPortText);
+  const ratelimitPort = portOf('ratelimit-port', get('ratelimitPort'));
+  const insecureText = get('insecure');
+  if (insecureText !== 'true' && insecureText !== 'false') throw new SignalboxError(ErrorCode.BAD_FLAG, `SIGNALBOX_RATELIMIT_INSECURE must be "true" or "false", got "${insecureText}"`);
+  const insecure = insecureText === 'true';
+  // Checked before anything connects; the messages show the URL redacted.
+  const redis = redisOf(get('redisUrl'), get('redisPasswordFile'), get('redisCa'), env);
+  const ca = insecure ? undefined : await openMeshCa(get);
+
+  envoyRoot();
+  const registry = new client.Registry();
+  client.collectDefaultMetrics({ register: registry, prefix: 'signalbox_ratelimit_process_' });
+  const service = new RateLimitService({ logger: log, redis, registry });
+  let applied = false;
+  const reload = async (): Promise<boolean> => {
+    const loaded = await loadPolicyDir(dir);
+    let errors = loaded.errors;
+    if (errors.length === 0) {
+      const built = await buildModel(loaded.docs, dir);
+      errors = built.errors;
+      if (built.model && errors.length === 0) {
+        service.update(built.model);
+        applied = true;
+        return true;
+      }
+    }
+    log.warn({ errors: errors.map(formatPolicyError), keptVersion: applied ? 'last good configuration' : 'none yet' }, `policy directory rejected: ${errors.length} error(s); nothing applied`);
+    return false;
+  };
+  const watcher = watchPolicies(dir, debounce, () => void reload());
+  await watcher.ready; // an edit made while starting is in the first read or reported after it
+  await reload();
+  let certificate: ServerCertificate | undefined;
+  let bound: number;
+  try {
+    if (ca) certificate = await ServerCertificate.start({ ca, trustDomain: BUILTIN_DEFAULTS.trustDomain, server: 'ratelimit', bindAddress: get('ratelimitAddress'), sans: [], logger: log });
+    bound = await service.listen(hostPort(get('ratelimitAddress'), ratelimitPort), certificate && ca ? { certificate, clientCaPem: ca.trustBundlePem } : undefined);
+  } catch (e) {
+    certificate?.stop();
+    await watcher.close();
+    await service.close();
+    throw e;
+  }
+  // Running alone, the service exists to count: connect now, policies or not (ioredis keeps retrying).
+  service.connect();
+  if (insecure) {
+    const warning = 'signalbox ratelimit --insecure: the rate-limit service speaks plain text and asks callers for no certificate; anyone who reaches its port can call it (and spend the counters)';
+    process.stderr.write(`warning: ${warning}\n`);
+    log.warn(warning);
+  }
+
+  const status = () => ({ port: bound, listening: true, tls: !insecure, redis: service.redisStatus(), policies: service.policies(), calls: service.calls });
+  let metricsServer: http.Server | undefined;
+  let boundMetrics: number | undefined;
+  if (metricsPort !== undefined) {
+    metricsServer = http.createServer((req, res) => {
+      const url = req.url ?? '/';
+      if (url === '/metrics') {
+        void registry.metrics().then((text) => {
+          res.writeHead(200, { 'content-type': registry.contentType });
+          res.end(text);
+        });
+      } else if (url === '/healthz') {
+        res.writeHead(200).end('ok\n');
+      } else if (url === '/readyz') {
+        res.writeHead(applied ? 200 : 503).end(applied ? 'ready\n' : 'no valid policy configuration yet\n');
+      } else if (url === '/api/ratelimit') {
+        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(status()));
+      } else {
+        res.writeHead(404).end();
+      }
+    });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        metricsServer!.once('error', reject);
+        metricsServer!.listen(metricsPort, get('metricsAddress'), () => resolve());
+      });
+    } catch (e) {
+      // A half-started service must not linger: its gRPC port and Redis connection go too.
+      certificate?.stop();
+      await watcher.close();
+      await service.close();
+      throw e;
+    }
+    boundMetrics = (metricsServer.address() as { port: number }).port;
+  }
+  log.info({ ratelimit: hostPort(get('ratelimitAddress'), bound), tls: !insecure, redis: service.store.url, metrics: boundMetrics === undefined ? 'off' : `http://${hostPort(get('metricsAddress'), boundMetrics)}`, policies: dir }, 'signalbox ratelimit serving');
+  return {
+    ratelimitPort: bound,
+    metricsPort: boundMetrics,
+    tls: !insecure,
+    service,
+    reload,
+    stop: async () => {
+      await watcher.close();
+      await service.close();
+      certificate?.stop();
+      if (metricsServer) {
+        metricsServer.closeAllConnections();
+        await new Promise<void>((resolve) => metricsServer!.close(() => resolve()));
+      }
+    },
+  };
+}
+
+export async function ratelimitCommand(args: string[]): Promise<number> {
+  const options = Object.fromEntries(Object.values(RATELIMIT_SETTINGS).map((s: RateLimitSetting) => [s.flag, { type: s.boolean ? ('boolean' as const) : ('string' as const) }]));
+  const { values } = parseArgs({ args, options, allowPositionals: false });
+  const running = await startStandaloneRateLimit(values as Record<string, string | boolean | undefined>);
+  await new Promise<void>((resolve) => {
+    const stop = () => void running.stop().then(resolve);
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+  });
+  return 0;
+}
