@@ -19,6 +19,9 @@ import type { Logger } from '../observability/logger.js';
 /** How long one check waits for Redis before the policy's failureMode answers. */
 export const COMMAND_TIMEOUT_MS = 100;
 
+/** Successful commands whose time status() summarises (the most recent ones). */
+export const LATENCY_SAMPLES = 512;
+
 /**
  * KEYS: one counter per descriptor. ARGV: hits, window length (ms) per key, in pairs.
  * Returns each key's count after the hits were added.
@@ -48,6 +51,13 @@ export interface RedisStatus {
   url: string;
   tls: boolean;
   up: boolean;
+  /** Counting commands sent since start (each check that reached for Redis is one). */
+  commands: number;
+  /** Of those, the ones that failed, and by reason (timeout, connection, auth, server, other). */
+  errors: number;
+  errorsByReason: Record<string, number>;
+  /** Time to answer of the last LATENCY_SAMPLES successful commands, in milliseconds (absent before the first). */
+  latencyMs?: { p50: number; p99: number; max: number; samples: number };
   /** The last error while down (never holds the password). */
   lastError?: string;
   lastErrorAt?: string;
@@ -104,6 +114,11 @@ export class RedisCounterStore {
   readonly url: string;
   /** Commands sent (each check that reaches Redis is one). */
   commands = 0;
+  /** Commands that failed, by reason. */
+  private readonly failures: Record<string, number> = {};
+  /** The last LATENCY_SAMPLES successful commands' times (ms), a ring. */
+  private readonly latencies = new Float64Array(LATENCY_SAMPLES);
+  private latencyCount = 0;
 
   constructor(
     settings: RedisSettings,
@@ -163,17 +178,38 @@ export class RedisCounterStore {
     this.commands++;
     try {
       const out = await this.client.signalboxCount(keys.length, ...args);
-      this.hooks.onCommand?.((performance.now() - t0) / 1000, true);
+      const ms = performance.now() - t0;
+      this.latencies[this.latencyCount++ % LATENCY_SAMPLES] = ms;
+      this.hooks.onCommand?.(ms / 1000, true);
       return out;
     } catch (e) {
       this.noteError(e as Error);
-      this.hooks.onCommand?.((performance.now() - t0) / 1000, false, reasonOf(e as Error));
+      const reason = reasonOf(e as Error);
+      this.failures[reason] = (this.failures[reason] ?? 0) + 1;
+      this.hooks.onCommand?.((performance.now() - t0) / 1000, false, reason);
       throw e;
     }
   }
 
   status(): RedisStatus {
-    return { url: this.url, tls: this.tls, up: this.up, ...(this.lastError && !this.up ? { lastError: this.lastError.message, lastErrorAt: new Date(this.lastError.at).toISOString() } : {}) };
+    const errors = Object.values(this.failures).reduce((a, b) => a + b, 0);
+    return {
+      url: this.url,
+      tls: this.tls,
+      up: this.up,
+      commands: this.commands,
+      errors,
+      errorsByReason: { ...this.failures },
+      ...(this.latencyCount > 0 ? { latencyMs: this.latencySummary() } : {}),
+      ...(this.lastError && !this.up ? { lastError: this.lastError.message, lastErrorAt: new Date(this.lastError.at).toISOString() } : {}),
+    };
+  }
+
+  private latencySummary(): { p50: number; p99: number; max: number; samples: number } {
+    const n = Math.min(this.latencyCount, LATENCY_SAMPLES);
+    const sorted = Array.from(this.latencies.subarray(0, n)).sort((a, b) => a - b);
+    const at = (q: number) => Math.round(sorted[Math.min(n - 1, Math.ceil(q * n) - 1)]! * 1000) / 1000;
+    return { p50: at(0.5), p99: at(0.99), max: at(1), samples: n };
   }
 
   get isUp(): boolean {

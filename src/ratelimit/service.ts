@@ -87,6 +87,18 @@ export function limitTable(model: Pick<Model, 'policies'>): Map<string, LimitEnt
   return out;
 }
 
+/** Decisions taken for one policy's limits since the service started (one per limit checked). */
+export interface PolicyDecisions {
+  allowed: number;
+  limited: number;
+  /** Redis unreachable, failureMode allow: let through uncounted. */
+  failureAllowed: number;
+  /** Redis unreachable, failureMode deny: refused (503). */
+  failureDenied: number;
+}
+
+const DECISION_FIELD: Record<DecisionResult, keyof PolicyDecisions> = { allowed: 'allowed', limited: 'limited', failure_allowed: 'failureAllowed', failure_denied: 'failureDenied' };
+
 export interface RateLimitServiceOptions {
   logger: Logger;
   redis: RedisSettings;
@@ -106,6 +118,8 @@ export class RateLimitService {
   private connected = false;
   /** ShouldRateLimit calls answered, for /api/status and the benchmark. */
   calls = 0;
+  /** Decisions per policy name since start (kept across edits while the policy exists), for /api/ratelimit and the dashboard. */
+  private readonly decisions = new Map<string, PolicyDecisions>();
   port?: number;
 
   constructor(private readonly opts: RateLimitServiceOptions) {
@@ -132,6 +146,8 @@ export class RateLimitService {
       seen.add(l.policy);
       this.metrics?.failureMode.set({ policy: l.policy, failure_mode: l.failureMode }, 1);
     }
+    // Counts of policies that are gone are dropped (their names are not bounded over a long run).
+    for (const name of this.decisions.keys()) if (!seen.has(name)) this.decisions.delete(name);
     if (this.limits.size > 0) this.connect();
   }
 
@@ -142,12 +158,13 @@ export class RateLimitService {
     this.store.connect();
   }
 
-  /** The policies' failure modes and limits, for /api/status and the dashboard. */
-  policies(): { policy: string; failureMode: 'allow' | 'deny'; limits: { id: string; requests: number; per: string; by: string }[] }[] {
-    const byPolicy = new Map<string, { policy: string; failureMode: 'allow' | 'deny'; limits: { id: string; requests: number; per: string; by: string }[] }>();
+  /** The policies' failure modes, limits and decisions so far, for /api/status and the dashboard. */
+  policies(): { policy: string; failureMode: 'allow' | 'deny'; limits: { id: string; requests: number; per: string; by: string }[]; decisions: PolicyDecisions }[] {
+    const byPolicy = new Map<string, { policy: string; failureMode: 'allow' | 'deny'; limits: { id: string; requests: number; per: string; by: string }[]; decisions: PolicyDecisions }>();
     for (const l of this.limits.values()) {
       let p = byPolicy.get(l.policy);
-      if (!p) byPolicy.set(l.policy, (p = { policy: l.policy, failureMode: l.failureMode, limits: [] }));
+      const decisions = { allowed: 0, limited: 0, failureAllowed: 0, failureDenied: 0, ...this.decisions.get(l.policy) };
+      if (!p) byPolicy.set(l.policy, (p = { policy: l.policy, failureMode: l.failureMode, limits: [], decisions }));
       p.limits.push({ id: l.id, requests: l.requests, per: l.unit, by: l.by });
     }
     return [...byPolicy.values()].sort((a, b) => (a.policy < b.policy ? -1 : 1));
@@ -159,6 +176,9 @@ export class RateLimitService {
 
   private decided(l: LimitEntry, result: DecisionResult): void {
     this.metrics?.decisions.inc({ policy: l.policy, result });
+    let d = this.decisions.get(l.policy);
+    if (!d) this.decisions.set(l.policy, (d = { allowed: 0, limited: 0, failureAllowed: 0, failureDenied: 0 }));
+    d[DECISION_FIELD[result]]++;
   }
 
   private remember(key: string, until: number): void {

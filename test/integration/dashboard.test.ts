@@ -2,7 +2,9 @@
 // real traffic flows through a real Envoy gateway: the request and error counts the page shows
 // for a route match what the load generator sent (the proxies report them over the gRPC access
 // log service), a proxy whose configuration Envoy rejected shows as NACKED with Envoy's message
-// and the policy file, and a screenshot is kept under test-artifacts/.
+// and the policy file, the global rate-limit panel shows each policy's allowed / limited counts
+// and Redis's state (and what failureMode does while a real Redis is killed), and a screenshot is
+// kept under test-artifacts/.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -18,6 +20,7 @@ import { startControlUpstream, type ControlUpstream } from '../helpers/control-u
 import { repoRoot, startEnvoy, type Envoy } from '../helpers/envoy.js';
 import { pool } from '../helpers/gateway-env.js';
 import { freePort, httpGet, waitFor } from '../helpers/net.js';
+import { startRedis, type RedisServer } from '../helpers/redis.js';
 import { startSignalbox, type SignalboxProcess } from '../helpers/signalbox.js';
 
 const run = promisify(execFile);
@@ -36,8 +39,10 @@ async function chromiumPath(): Promise<string> {
 const BROWSE_REQUESTS = 1000;
 const BROWSE_FAILURES = 50;
 const FLAKY_REQUESTS = 20;
+const QUOTA = 3;
+const REDIS_PASSWORD = 'pw-dashboard-5c0ffee';
 
-function policies(p: { edge: number; lab: number; shop: number; flaky: number }): Record<string, string> {
+function policies(p: { edge: number; lab: number; quota: number; shop: number; flaky: number }): Record<string, string> {
   return {
     'services.yaml': `apiVersion: signalbox.dev/v1alpha1
 kind: Service
@@ -79,6 +84,33 @@ spec:
       backendRefs: [ { name: flaky } ]
       retries: { attempts: 1, retryOn: [5xx] }
 `,
+    // A gateway of its own (the others use no secret; this one needs an identity for the
+    // rate-limit service's mTLS), with a global limit counted in Redis.
+    'quota.yaml': `apiVersion: signalbox.dev/v1alpha1
+kind: Gateway
+metadata: { name: quota }
+spec:
+  listeners: [ { name: http, port: ${p.quota}, protocol: HTTP } ]
+---
+apiVersion: signalbox.dev/v1alpha1
+kind: HTTPRoute
+metadata: { name: quota }
+spec:
+  parentRefs: [ { kind: Gateway, name: quota } ]
+  rules:
+    - name: metered
+      matches: [ { path: { type: PathPrefix, value: /quota } } ]
+      backendRefs: [ { name: shop } ]
+---
+apiVersion: signalbox.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: { name: quota-per-key }
+spec:
+  targetRef: { kind: HTTPRoute, name: quota }
+  global:
+    failureMode: allow
+    limits: [ { requests: ${QUOTA}, per: minute, by: { header: x-api-key } } ]
+`,
     // Valid to plain `validate`, rejected by Envoy: an RE2 program of 105 (max 100), which only the
     // real Envoy measures (`validate --envoy` catches it). (Not a Unicode class: Envoy 1.40 sizes
     // those far smaller than 1.36 and takes them.)
@@ -100,6 +132,9 @@ describe('dashboard in a real browser, real Envoy traffic', () => {
   let sb: SignalboxProcess;
   let edge: Envoy;
   let lab: Envoy;
+  let quota: Envoy;
+  let quotaPort: number;
+  let redis: RedisServer;
   let shop: ControlUpstream;
   let flaky: ControlUpstream;
   let context: BrowserContext;
@@ -114,12 +149,16 @@ describe('dashboard in a real browser, real Envoy traffic', () => {
     flaky = await startControlUpstream('flaky');
     edgePort = await freePort();
     const labPort = await freePort();
+    quotaPort = await freePort();
+    redis = await startRedis({ password: REDIS_PASSWORD });
     dir = mkdtempSync(path.join(os.tmpdir(), 'sb-dashboard-'));
-    for (const [f, text] of Object.entries(policies({ edge: edgePort, lab: labPort, shop: shop.port, flaky: flaky.port }))) writeFileSync(path.join(dir, f), text);
-    sb = await startSignalbox({ policies: dir });
+    for (const [f, text] of Object.entries(policies({ edge: edgePort, lab: labPort, quota: quotaPort, shop: shop.port, flaky: flaky.port }))) writeFileSync(path.join(dir, f), text);
+    sb = await startSignalbox({ policies: dir, extraArgs: ['--redis-url', `redis://:${REDIS_PASSWORD}@127.0.0.1:${redis.port}`] });
     edge = await startEnvoy({ name: 'edge-gw', bootstrapYaml: await sb.bootstrap({ gateway: 'edge', id: 'edge-gw' }) });
     lab = await startEnvoy({ name: 'lab-gw', bootstrapYaml: await sb.bootstrap({ gateway: 'lab', id: 'lab-gw', delta: true }) });
+    quota = await startEnvoy({ name: 'quota-gw', bootstrapYaml: await sb.bootstrap({ gateway: 'quota', id: 'quota-gw' }) });
     await waitFor(async () => (await httpGet(`http://127.0.0.1:${edgePort}/shop/ready`)).status === 200, { what: 'edge gateway serving', timeoutMs: 15_000 });
+    await waitFor(async () => (await httpGet(`http://127.0.0.1:${quotaPort}/quota/ready`, { headers: { 'x-api-key': 'warm-up' } })).status === 200, { what: 'quota gateway serving', timeoutMs: 20_000 });
     profile = mkdtempSync(path.join(os.tmpdir(), 'sb-chromium-'));
     context = await chromium.launchPersistentContext(profile, {
       executablePath: browserPath,
@@ -137,7 +176,9 @@ describe('dashboard in a real browser, real Envoy traffic', () => {
     await context?.close();
     await edge?.stop();
     await lab?.stop();
+    await quota?.stop();
     await sb?.kill();
+    await redis?.stop();
     await shop?.close();
     await flaky?.close();
     if (profile) rmSync(profile, { recursive: true, force: true });
@@ -233,6 +274,58 @@ describe('dashboard in a real browser, real Envoy traffic', () => {
     assert.ok(sources.every((f) => !f.startsWith('/')), `no absolute paths: ${sources.join(', ')}`);
   });
 
+  test('the rate-limit panel: allowed / limited per policy, Redis up and down, and what failureMode does meanwhile', async () => {
+    const panel = (sel: string) => page.textContent(`#ratelimit ${sel}`).then((t) => (t ?? '').trim());
+    const row = 'tr[data-policy="quota-per-key"]';
+    await page.waitForSelector('#ratelimit:not([hidden])', { timeout: 15_000 });
+    await waitFor(async () => (await panel('#rl-redis-state')) === 'up', { what: 'the panel to show Redis up', timeoutMs: 15_000 });
+    const before = (await sb.admin('/api/ratelimit')).policies.find((p: { policy: string }) => p.policy === 'quota-per-key').decisions;
+    // One key over its limit: QUOTA allowed, 2 limited (the windows are whole minutes: not across a boundary).
+    if (Date.now() % 60_000 > 55_000) await new Promise((r) => setTimeout(r, 60_000 - (Date.now() % 60_000) + 50));
+    const key = `dash-${Date.now()}`;
+    const statuses: number[] = [];
+    for (let i = 0; i < QUOTA + 2; i++) statuses.push((await httpGet(`http://127.0.0.1:${quotaPort}/quota/x`, { headers: { 'x-api-key': key } })).status);
+    assert.deepEqual(statuses, [...Array(QUOTA).fill(200), 429, 429]);
+    // The service's own counts: QUOTA let through, 2 refused. (On a loaded machine one Redis command
+    // may miss its 100 ms deadline: that request passes by failureMode allow, uncounted here but
+    // still counted in Redis, so the statuses above do not change.)
+    const after = (await sb.admin('/api/ratelimit')).policies.find((p: { policy: string }) => p.policy === 'quota-per-key').decisions;
+    assert.equal(after.allowed + after.failureAllowed - before.allowed - before.failureAllowed, QUOTA);
+    assert.equal(after.limited - before.limited, 2);
+    // The page shows them.
+    await waitFor(async () => (await cell(row, 'allowed')) === after.allowed && (await cell(row, 'limited')) === after.limited && (await cell(row, 'failureAllowed')) === after.failureAllowed, {
+      what: `the panel to show ${after.allowed} allowed, ${after.limited} limited, ${after.failureAllowed} failure allowed`,
+      timeoutMs: 15_000,
+    });
+    assert.equal(await cell(row, 'failureDenied'), 0);
+    assert.equal(await panel(`${row} [data-field="failureMode"]`), 'allow');
+    assert.equal(await panel(`${row} [data-field="inEffect"]`), 'counted in Redis');
+    assert.match(await panel(`${row} td:nth-child(2)`), /^3\/min by header$/);
+    assert.match(await panel('#rl-redis-latency'), /^p50 [\d.]+ ms · p99 [\d.]+ ms \(last \d+ commands\)$/);
+    assert.match(await panel('#rl-redis-url'), new RegExp(`^redis://:\\*\\*\\*@127\\.0\\.0\\.1:${redis.port}`));
+    assert.match(await panel('#rl-service'), /mTLS · \d+ calls/);
+
+    // Redis killed: the panel says so, and that failureMode allow lets requests through uncounted.
+    const errorsBefore = Number(await page.getAttribute('#rl-redis-errors', 'data-value'));
+    await redis.kill();
+    const during: number[] = [];
+    for (let i = 0; i < 3; i++) during.push((await httpGet(`http://127.0.0.1:${quotaPort}/quota/x`, { headers: { 'x-api-key': `${key}-down-${i}` } })).status);
+    assert.deepEqual(during, [200, 200, 200], 'failureMode allow while Redis is down');
+    await waitFor(async () => (await panel('#rl-redis-state')) === 'down' && (await cell(row, 'failureAllowed')) === after.failureAllowed + 3, { what: 'the panel to show Redis down and 3 let through', timeoutMs: 15_000 });
+    assert.equal(await panel(`${row} [data-field="inEffect"]`), 'Redis down: let through uncounted (failureMode allow)');
+    assert.match((await page.getAttribute(`${row} [data-field="inEffect"]`, 'class')) ?? '', /warn/);
+    assert.ok(Number(await page.getAttribute('#rl-redis-errors', 'data-value')) > errorsBefore, 'Redis errors counted');
+    assert.match(await panel('#rl-redis-error'), /last Redis error/);
+    assert.match((await page.textContent('#warnings')) ?? '', /Redis .* cannot be reached/);
+
+    // Back: counted again.
+    await redis.start();
+    await waitFor(async () => (await panel('#rl-redis-state')) === 'up', { what: 'the panel to show Redis up again', timeoutMs: 20_000 });
+    assert.equal(await panel(`${row} [data-field="inEffect"]`), 'counted in Redis');
+    assert.ok(await page.isHidden('#rl-redis-error'));
+    assert.ok(!(await page.content()).includes(REDIS_PASSWORD), 'the Redis password is not on the page');
+  });
+
   test('`signalbox status` prints the same proxies as a terminal table', async () => {
     const r = await run(process.execPath, [path.join(repoRoot(), 'bin/signalbox.js'), 'status', '--admin', `http://127.0.0.1:${sb.adminPort}`]).then(
       (ok) => ({ code: 0, stdout: ok.stdout }),
@@ -256,8 +349,8 @@ describe('dashboard in a real browser, real Envoy traffic', () => {
     const sidecar = ads.sotw({ node, autoAck: true });
     sidecar.request(TypeUrl.Secret, ['signalbox/identity']);
     await sidecar.next((x) => x.type_url === TypeUrl.Secret && x.resources.length === 1, 10_000);
-    await page.waitForSelector('#certs tbody tr[data-identity]', { timeout: 10_000 });
-    assert.match((await page.textContent('#certs tbody')) ?? '', /spiffe:\/\/signalbox\.local\/service\/shop/);
+    // (The quota gateway's certificate is listed already: wait for shop's.)
+    await waitFor(async () => /spiffe:\/\/signalbox\.local\/service\/shop/.test((await page.textContent('#certs tbody')) ?? ''), { what: "shop's certificate listed", timeoutMs: 10_000 });
     ads.close();
     // An invalid edit shows up in the page (and changes nothing that is served).
     writeFileSync(path.join(dir, 'broken.yaml'), 'apiVersion: signalbox.dev/v1alpha1\nkind: HTTPRoute\nmetadata: { name: broken }\nspec:\n  parentRefs: [ { kind: Gateway, name: nowhere } ]\n  rules: []\n');

@@ -60,6 +60,18 @@ describe('rate-limit service', () => {
       assert.equal((await svc.shouldRateLimit({ domain: 'signalbox', descriptors: [{ entries: [{ key: 'signalbox_limit', value: 'gone/0' }] }] })).overall, 'OK');
       assert.ok(!JSON.stringify(svc.redisStatus()).includes('hunter2'));
       assert.equal(svc.redisStatus().url, 'redis://:***@127.0.0.1:1');
+      // What /api/ratelimit and the dashboard show: the decisions per policy, Redis's failed commands.
+      const byPolicy = Object.fromEntries(svc.policies().map((p) => [p.policy, p.decisions]));
+      assert.deepEqual(byPolicy, { closed: { allowed: 0, limited: 0, failureAllowed: 0, failureDenied: 1 }, open: { allowed: 0, limited: 0, failureAllowed: 1, failureDenied: 0 } });
+      const redis = svc.redisStatus();
+      assert.equal(redis.commands, 2);
+      assert.equal(redis.errors, 2);
+      assert.equal(Object.values(redis.errorsByReason).reduce((a, b) => a + b, 0), 2);
+      assert.equal(redis.latencyMs, undefined, 'no successful command, no latency');
+      // A policy that is gone loses its counts; one that stays keeps them.
+      const { model: without } = await validateDir(policyDir({ 'a.yaml': FILES['a.yaml'].split('---').filter((d) => !/name: closed/.test(d)).join('---') }));
+      svc.update(without!);
+      assert.deepEqual(svc.policies().map((p) => [p.policy, p.decisions.failureAllowed]), [['open', 1]]);
     } finally {
       await svc.close();
     }

@@ -408,6 +408,70 @@ function renderWarnings(warnings) {
   );
 }
 
+// ---------------------------------------------------------------------------------------------
+// Global rate limits (/api/status's ratelimit part, the same as /api/ratelimit): Redis health,
+// each policy's decisions, and what its failureMode does while Redis is down
+
+const LIMIT_UNIT = { second: 's', minute: 'min', hour: 'h', day: 'day' };
+
+/** What a policy's requests get right now: counted, or its failureMode's answer while Redis is down. */
+function inEffect(redisUp, failureMode) {
+  if (redisUp) return { text: 'counted in Redis', cls: undefined };
+  return failureMode === 'deny' ? { text: 'Redis down: refused with 503 (failureMode deny)', cls: 'bad' } : { text: 'Redis down: let through uncounted (failureMode allow)', cls: 'warn' };
+}
+
+function renderRateLimit(rl) {
+  const section = $('ratelimit');
+  // Shown once the service exists: a global limit in the policies, or a port given to serve.
+  const show = !!rl && (rl.listening || (rl.policies?.length ?? 0) > 0);
+  section.hidden = !show;
+  if (!show) return;
+  const redis = rl.redis ?? {};
+  const state = $('rl-redis-state');
+  state.textContent = redis.up ? 'up' : 'down';
+  state.className = `state state-${redis.up ? 'up' : 'down'}`;
+  state.dataset.up = redis.up ? 'true' : 'false';
+  $('rl-redis-url').textContent = `${redis.url ?? ''}${redis.tls ? ' (TLS)' : ''}`;
+  const lat = redis.latencyMs;
+  const latency = $('rl-redis-latency');
+  latency.textContent = lat ? `p50 ${fmtMs(lat.p50)} ms · p99 ${fmtMs(lat.p99)} ms (last ${lat.samples} commands)` : 'no command yet';
+  latency.dataset.p99 = lat ? String(lat.p99) : '';
+  $('rl-redis-commands').textContent = fmtInt(redis.commands);
+  $('rl-redis-commands').dataset.value = String(redis.commands ?? '');
+  const errors = $('rl-redis-errors');
+  const reasons = Object.entries(redis.errorsByReason ?? {}).map(([k, v]) => `${v} ${k}`).join(', ');
+  errors.textContent = redis.errors ? `${redis.errors} (${reasons})` : '0';
+  errors.dataset.value = String(redis.errors ?? 0);
+  errors.className = redis.errors ? 'warn' : '';
+  $('rl-service').textContent = rl.listening ? `port ${rl.port}${rl.tls ? ', mTLS' : ', plain text'} · ${rl.calls} calls · proxies use ${rl.endpointForProxies?.address ?? '?'}:${rl.endpointForProxies?.port ?? '?'}` : `not listening${rl.error ? `: ${rl.error}` : ''}`;
+  const lastError = $('rl-redis-error');
+  lastError.hidden = redis.up || !redis.lastError;
+  lastError.textContent = !redis.up && redis.lastError ? `last Redis error${redis.lastErrorAt ? ` (${new Date(redis.lastErrorAt).toLocaleTimeString()})` : ''}: ${redis.lastError}` : '';
+  const body = $('rl-policies').tBodies[0];
+  const policies = rl.policies ?? [];
+  if (policies.length === 0) {
+    body.replaceChildren(h('tr', { class: 'empty' }, h('td', { colspan: 8, text: 'No RateLimitPolicy has global limits.' })));
+    return;
+  }
+  body.replaceChildren(
+    ...policies.map((p) => {
+      const effect = inEffect(redis.up, p.failureMode);
+      const d = p.decisions ?? {};
+      const limits = (p.limits ?? []).map((l) => `${l.requests}/${LIMIT_UNIT[l.per] ?? l.per}${l.by && l.by !== 'none' ? ` by ${l.by}` : ''}`).join(', ');
+      return h('tr', { 'data-policy': p.policy },
+        h('td', { class: 'text', text: p.policy }),
+        h('td', { class: 'text', text: limits }),
+        h('td', { class: 'text', 'data-field': 'failureMode', text: p.failureMode }),
+        h('td', { class: `text${effect.cls ? ` ${effect.cls}` : ''}`, 'data-field': 'inEffect', text: effect.text }),
+        num('allowed', d.allowed),
+        num('limited', d.limited, fmtInt, d.limited ? 'warn' : undefined),
+        num('failureAllowed', d.failureAllowed, fmtInt, d.failureAllowed ? 'warn' : undefined),
+        num('failureDenied', d.failureDenied, fmtInt, d.failureDenied ? 'bad' : undefined),
+      );
+    }),
+  );
+}
+
 async function loadStatus() {
   try {
     const res = await fetch('/api/status');
@@ -417,6 +481,7 @@ async function loadStatus() {
     }
     const data = await res.json();
     renderWarnings(Array.isArray(data.warnings) ? data.warnings.map(String) : []);
+    renderRateLimit(data.ratelimit);
     lastConfigStatus = data.config;
     if (lastSummary) renderConfigSub();
   } catch {
