@@ -22,29 +22,14 @@ import { envoyRoot } from '../xds/resources/protos.js';
 import { CertificateAuthority } from '../ca/ca.js';
 import { ServerCertificate } from '../ca/server-tls.js';
 import { BUILTIN_DEFAULTS } from '../model/model.js';
+import { AUTHZ_SETTINGS, type Setting } from '../config/settings.js';
+import { AUTHZ_COMMAND } from './commands.js';
+import { parseOptions } from './flags.js';
 
-export const AUTHZ_SETTINGS = {
-  policies: { flag: 'policies', env: 'SIGNALBOX_POLICIES', default: 'policies', help: 'policy directory to load and watch (the control plane\'s)' },
-  authzAddress: { flag: 'authz-address', env: 'SIGNALBOX_AUTHZ_ADDRESS', default: '0.0.0.0', help: 'address the ext_authz gRPC service binds' },
-  authzPort: { flag: 'authz-port', env: 'SIGNALBOX_AUTHZ_PORT', default: '18002', help: 'port of the ext_authz gRPC service' },
-  metricsAddress: { flag: 'metrics-address', env: 'SIGNALBOX_AUTHZ_METRICS_ADDRESS', default: '127.0.0.1', help: 'address of the /metrics, /healthz and /readyz endpoint' },
-  metricsPort: { flag: 'metrics-port', env: 'SIGNALBOX_AUTHZ_METRICS_PORT', default: '18003', help: 'port of the /metrics, /healthz and /readyz endpoint ("off": none)' },
-  logLevel: { flag: 'log-level', env: 'SIGNALBOX_LOG_LEVEL', default: 'info', help: 'trace, debug, info, warn or error' },
-  watchDebounceMs: { flag: 'watch-debounce-ms', env: 'SIGNALBOX_WATCH_DEBOUNCE_MS', default: '100', help: 'quiet time after a policy file change before reloading' },
-  dataDir: { flag: 'data-dir', env: 'SIGNALBOX_DATA_DIR', default: '.data', help: 'the control plane\'s data folder: its mesh CA issues this service\'s certificate and verifies callers (never generated here)' },
-  caCert: { flag: 'ca-cert', env: 'SIGNALBOX_CA_CERT', default: '', help: 'the CA certificate `signalbox serve --ca-cert` signs with (instead of the one in --data-dir)' },
-  caKey: { flag: 'ca-key', env: 'SIGNALBOX_CA_KEY', default: '', help: 'private key of --ca-cert' },
-  caBundle: { flag: 'ca-bundle', env: 'SIGNALBOX_CA_BUNDLE', default: '', help: 'extra trusted roots (PEM), as given to `signalbox serve --ca-bundle`' },
-  insecure: { flag: 'insecure', env: 'SIGNALBOX_AUTHZ_INSECURE', default: 'false', boolean: true, help: 'plain text, no caller certificate (anyone who reaches the port can call it); for a control plane run with --xds-insecure' },
-} as const;
+export { AUTHZ_SETTINGS };
 
-interface AuthzSetting {
-  flag: string;
-  env: string;
-  default: string;
-  help: string;
-  boolean?: boolean;
-}
+
+type AuthzSetting = Setting;
 
 export interface StandaloneAuthz {
   authzPort: number;
@@ -188,8 +173,7 @@ export async function startStandaloneAuthz(values: Record<string, string | boole
 }
 
 export async function authzCommand(args: string[]): Promise<number> {
-  const options = Object.fromEntries(Object.values(AUTHZ_SETTINGS).map((s: AuthzSetting) => [s.flag, { type: s.boolean ? ('boolean' as const) : ('string' as const) }]));
-  const { values } = parseArgs({ args, options, allowPositionals: false });
+  const { values } = parseArgs({ args, options: parseOptions(AUTHZ_COMMAND.flags), allowPositionals: false });
   const running = await startStandaloneAuthz(values as Record<string, string | boolean | undefined>);
   await new Promise<void>((resolve) => {
     const stop = () => void running.stop().then(resolve);

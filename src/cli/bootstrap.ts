@@ -6,9 +6,10 @@ import { existsSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import { isIP } from 'node:net';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import YAML from 'yaml';
 import { ErrorCode, SignalboxError } from '../errors.js';
+import { BOOTSTRAP_COMMAND } from './commands.js';
+import { DATA_DIR, flagValue, parseFlags } from './flags.js';
 import { writeStateFileSync } from '../util/files.js';
 import { JWT_MODULE } from '../xds/translator/filters/jwt-fast.js';
 
@@ -139,40 +140,29 @@ export function bootstrapYaml(o: BootstrapOptions): string {
   return YAML.stringify(bootstrapConfig(o));
 }
 
-export const BOOTSTRAP_USAGE = `  signalbox bootstrap --gateway NAME [--xds-address HOST:PORT] [--delta] [--jwt-module] [--admin-port N] [--id ID] [--out FILE]
-  signalbox bootstrap --service NAME --instance ID --app-port N --inbound-port N [--outbound-port N] ...
-                                       print an Envoy bootstrap (YAML) for a gateway or a sidecar. TLS to the
-                                       control plane: --credentials DIR (from \`signalbox token --out DIR\`;
-                                       default: a new token for this proxy from --data-dir, written under
-                                       DIR/proxies/), --xds-ca FILE (default: DATA_DIR/${XDS_CA_FILE});
-                                       --xds-insecure [--token-file F]: plain text, for a server run with --xds-insecure`;
-
 /** `signalbox bootstrap`: flags in, Envoy bootstrap YAML out (stdout or --out FILE, 0600). */
 export async function bootstrapCommand(args: string[]): Promise<number> {
-  const { values } = parseArgs({
-    args,
-    options: {
-      gateway: { type: 'string' },
-      service: { type: 'string' },
-      instance: { type: 'string' },
-      'app-port': { type: 'string' },
-      'inbound-port': { type: 'string' },
-      'outbound-port': { type: 'string' },
-      credentials: { type: 'string' },
-      'xds-ca': { type: 'string' },
-      'data-dir': { type: 'string' },
-      'xds-insecure': { type: 'boolean' },
-      'token-file': { type: 'string' },
-      ttl: { type: 'string' },
-      'xds-address': { type: 'string' },
-      delta: { type: 'boolean' },
-      'jwt-module': { type: 'boolean' },
-      'admin-port': { type: 'string' },
-      'admin-address': { type: 'string' },
-      id: { type: 'string' },
-      out: { type: 'string' },
-    },
-  });
+  const flags = parseFlags(BOOTSTRAP_COMMAND.flags, args);
+  const v = (name: string) => flags.str(name);
+  const values = {
+    gateway: v('gateway'),
+    service: v('service'),
+    instance: v('instance'),
+    'app-port': v('app-port'),
+    'inbound-port': v('inbound-port'),
+    'outbound-port': v('outbound-port'),
+    credentials: v('credentials'),
+    'xds-ca': v('xds-ca'),
+    'xds-insecure': flags.bool('xds-insecure'),
+    'token-file': v('token-file'),
+    ttl: v('ttl'),
+    delta: flags.bool('delta'),
+    'jwt-module': flags.bool('jwt-module'),
+    'admin-port': v('admin-port'),
+    'admin-address': v('admin-address'),
+    id: v('id'),
+    out: v('out'),
+  };
   const bad = (m: string) => new SignalboxError(ErrorCode.BAD_FLAG, m);
   if (!values.gateway === !values.service) throw bad('give either --gateway NAME or --service NAME (a sidecar)');
   const portFlag = (name: string, v: string | undefined, fallback?: number): number => {
@@ -189,10 +179,10 @@ export async function bootstrapCommand(args: string[]): Promise<number> {
         outboundPort: portFlag('outbound-port', values['outbound-port'], 15001),
       }
     : undefined;
-  const xdsAddress = values['xds-address'] ?? process.env.SIGNALBOX_XDS_ADDRESS_FOR_PROXIES ?? '127.0.0.1:18000';
+  const xdsAddress = flagValue(BOOTSTRAP_COMMAND.flags.find((f) => f.name === 'xds-address')!, flags.values)!;
   const adminPort = values['admin-port'] ? Number(values['admin-port']) : undefined;
   if (adminPort !== undefined && (!Number.isInteger(adminPort) || adminPort < 0 || adminPort > 65535)) throw bad('--admin-port must be a port');
-  const dataDir = path.resolve(values['data-dir'] ?? process.env.SIGNALBOX_DATA_DIR ?? '.data');
+  const dataDir = path.resolve(flagValue(DATA_DIR, flags.values)!);
   const subject = sidecar ? `service/${sidecar.service}` : `gateway/${values.gateway}`;
   let tls: BootstrapOptions['tls'];
   let insecureToken: string | undefined;

@@ -4,14 +4,15 @@
 // trust bundle and consistency check. Used by `signalbox compile`, `signalbox diff` and the golden
 // tests.
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import { resolveServeConfig, resolveStrict, SERVE_SETTINGS } from '../config/settings.js';
 import { compileGroups, InconsistentGroupError, printedGroup, type CompileGroupsOptions, type PrintedGroup } from '../controller/compile-groups.js';
 import { ErrorCode, formatPolicyError, type PolicyError } from '../errors.js';
 import { buildModel } from '../model/model.js';
 import { loadPolicyDir } from '../sources/files/loader.js';
 import { DEFAULT_AUTHZ_ENDPOINT } from '../translate/jwt.js';
-import { POLICIES_FLAG, policyDirArg } from './policies-flag.js';
+import { COMPILE_COMMAND } from './commands.js';
+import { parseFlags } from './flags.js';
+import { policyDirArg } from './policies-flag.js';
 
 export type CompiledGroups = Record<string, PrintedGroup>;
 
@@ -68,12 +69,6 @@ export async function compileDir(dir: string, sidecarGroups: Iterable<string> = 
   return { ok: true, groups, warnings: loaded.warnings };
 }
 
-/** The flags `compile`, `diff` and `explain` share with `serve` (SERVE_SETTINGS' flag names), for parseArgs. */
-export const SERVE_LIKE_FLAGS = {
-  'access-log-sampling': { type: 'string' },
-  'jwt-fast-path': { type: 'string' },
-} as const;
-
 /**
  * Those flags' values as serve reads them: the flag, else its environment twin, else serve's
  * default (same parsing, same errors).
@@ -86,14 +81,11 @@ export function serveLikeOptions(flags: Record<string, string | boolean | undefi
   return { accessLogSampling: cfg.accessLogSampling ?? 'off', jwtFastPath: cfg.jwtFastPath, jwtFastPathModule: cfg.jwtFastPathModule };
 }
 
-export const COMPILE_USAGE = `  signalbox compile [--policies DIR | DIR] [--group G] [--access-log-sampling P|off] [--jwt-fast-path on|module|off] [--strict]
-                                       print the Envoy resources each proxy group gets (JSON), as serve with
-                                       the same flags sends them (secrets redacted)`;
-
 /** `signalbox compile`: exit 0 with the JSON, 1 when the directory is invalid or the group unknown. */
 export async function compileCommand(args: string[], out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr): Promise<number> {
-  const { positionals, values } = parseArgs({ args, options: { group: { type: 'string' }, strict: { type: 'boolean' }, ...SERVE_LIKE_FLAGS, ...POLICIES_FLAG }, allowPositionals: true });
-  const result = await compileDir(path.resolve(policyDirArg(positionals, values.policies)), values.group ? [values.group] : [], { ...serveLikeOptions(values), strict: resolveStrict({ strict: values.strict }) });
+  const flags = parseFlags(COMPILE_COMMAND.flags, args, true);
+  const values = { group: flags.str('group') };
+  const result = await compileDir(path.resolve(policyDirArg(flags.positionals, flags.str('policies'))), values.group ? [values.group] : [], { ...serveLikeOptions(flags.values), strict: resolveStrict({ strict: flags.bool('strict') }) });
   if (!result.ok) {
     for (const e of result.errors) err.write(formatPolicyError(e) + '\n');
     return 1;

@@ -5,11 +5,12 @@
 // (`--old-access-log-sampling 100 --new-access-log-sampling 10`: what that flag change does).
 // For CI on policy repositories: exit 0 when identical, 1 when different (2 when a side is invalid).
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import { formatPolicyError, SignalboxError } from '../errors.js';
 import { resolveGroup } from '../explain/provenance.js';
 import { canonicalJson } from '../xds/resources/resource.js';
-import { compileDir, SERVE_LIKE_FLAGS, serveLikeOptions, type CompiledGroups } from './compile.js';
+import { DIFF_COMMAND } from './commands.js';
+import { compileDir, serveLikeOptions, type CompiledGroups } from './compile.js';
+import { parseFlags } from './flags.js';
 
 export type Change =
   | { op: 'add'; path: string; value: unknown }
@@ -125,22 +126,14 @@ export function diffText(diffs: GroupDiff[]): string {
   return lines.join('\n') + '\n';
 }
 
-export const DIFF_USAGE = `  signalbox diff OLD_DIR NEW_DIR [--proxy GROUP] [--json] [--access-log-sampling P|off] [--jwt-fast-path on|module|off]
-                 [--old-access-log-sampling P|off] [--new-access-log-sampling P|off]
-                                       the Envoy resources each proxy group would gain, lose or change, as serve
-                                       with those flags (both sides, or --old-/--new- for one) sends them;
-                                       exit 0 when identical, 1 when different, 2 when a side is invalid`;
-
 /** `signalbox diff`: both directories compiled offline; exit 0 identical, 1 different, 2 invalid. */
 export async function diffCommand(args: string[], out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr): Promise<number> {
-  const { positionals, values } = parseArgs({
-    args,
-    options: { proxy: { type: 'string' }, json: { type: 'boolean' }, ...SERVE_LIKE_FLAGS, 'old-access-log-sampling': { type: 'string' }, 'new-access-log-sampling': { type: 'string' } },
-    allowPositionals: true,
-  });
+  const flags = parseFlags(DIFF_COMMAND.flags, args, true);
+  const positionals = flags.positionals;
+  const values = { ...flags.values, proxy: flags.str('proxy'), json: flags.bool('json') };
   if (positionals.length !== 2) throw new SignalboxError('SB_BAD_FLAG', 'give two policy directories: OLD_DIR NEW_DIR');
   const sidecars = values.proxy ? [values.proxy] : []; // (sidecar groups and +jwt-module variants are built on request)
-  const settings = (side: 'old' | 'new') => serveLikeOptions({ ...values, 'access-log-sampling': values[`${side}-access-log-sampling`] ?? values['access-log-sampling'] });
+  const settings = (side: 'old' | 'new') => serveLikeOptions({ ...values, 'access-log-sampling': flags.str(`${side}-access-log-sampling`) ?? flags.str('access-log-sampling') });
   const sides = await Promise.all(positionals.map((d, i) => compileDir(path.resolve(d), sidecars, settings(i === 0 ? 'old' : 'new'))));
   let invalid = false;
   sides.forEach((s, i) => {

@@ -3,21 +3,20 @@
 // prints, for one proxy group, every listener's, route's and cluster's effective settings with the
 // file and document each value came from (or "default", or the control-plane setting).
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import { formatPolicyError, SignalboxError } from '../errors.js';
 import { explainGroup, explainText, resolveGroup } from '../explain/provenance.js';
 import { buildModel } from '../model/model.js';
 import { loadPolicyDir } from '../sources/files/loader.js';
 import { compileGroups, InconsistentGroupError } from '../controller/compile-groups.js';
-import { compileGroupsOptions, SERVE_LIKE_FLAGS, serveLikeOptions } from './compile.js';
-import { POLICIES_FLAG, policyDirArg } from './policies-flag.js';
-
-export const EXPLAIN_USAGE = `  signalbox explain [--policies DIR | DIR] --proxy GROUP [--route NAME] [--json] [--access-log-sampling P|off] [--jwt-fast-path on|module|off]
-                                       each route's and cluster's settings, and the file each came from
-                                       (GROUP: a gateway name, gateway/NAME or sidecar/SERVICE/APP/IN/OUT)`;
+import { EXPLAIN_COMMAND } from './commands.js';
+import { compileGroupsOptions, serveLikeOptions } from './compile.js';
+import { parseFlags } from './flags.js';
+import { policyDirArg } from './policies-flag.js';
 
 export async function explainCommand(args: string[], out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr): Promise<number> {
-  const { positionals, values } = parseArgs({ args, options: { proxy: { type: 'string' }, route: { type: 'string' }, json: { type: 'boolean' }, ...SERVE_LIKE_FLAGS, ...POLICIES_FLAG }, allowPositionals: true });
+  const flags = parseFlags(EXPLAIN_COMMAND.flags, args, true);
+  const positionals = flags.positionals;
+  const values = { proxy: flags.str('proxy'), route: flags.str('route'), json: flags.bool('json'), policies: flags.str('policies') };
   if (!values.proxy) throw new SignalboxError('SB_BAD_FLAG', '--proxy GROUP is required (a gateway name, gateway/NAME or sidecar/SERVICE/APP/IN/OUT)');
   const dir = path.resolve(policyDirArg(positionals, values.policies));
   const loaded = await loadPolicyDir(dir);
@@ -29,7 +28,7 @@ export async function explainCommand(args: string[], out: NodeJS.WritableStream 
   let groups;
   try {
     // (sidecar groups and +jwt-module variants are built on request)
-    groups = compileGroups(built.model, { ...compileGroupsOptions(serveLikeOptions(values)), groups: [values.proxy] });
+    groups = compileGroups(built.model, { ...compileGroupsOptions(serveLikeOptions(flags.values)), groups: [values.proxy] });
   } catch (e) {
     if (!(e instanceof InconsistentGroupError)) throw e;
     err.write(`signalbox explain: the compiled configuration is inconsistent: ${e.message}\n`);

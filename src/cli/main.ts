@@ -1,59 +1,42 @@
 // The `signalbox` command.
 import { statSync } from 'node:fs';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
-import { SERVE_SETTINGS, resolvePolicyLimits, resolveServeConfig, resolveStrict, type Setting } from '../config/settings.js';
+import { resolvePolicyLimits, resolveServeConfig, resolveStrict } from '../config/settings.js';
 import { formatPolicyError, SignalboxError, type PolicyError } from '../errors.js';
 import { buildModel, type Model } from '../model/model.js';
 import type { PreflightError } from '../preflight/envoy.js';
 import { loadPolicyDir } from '../sources/files/loader.js';
-import { BOOTSTRAP_USAGE, bootstrapCommand } from './bootstrap.js';
-import { compileCommand, COMPILE_USAGE } from './compile.js';
-import { DIFF_USAGE, diffCommand } from './diff.js';
-import { EXPLAIN_USAGE, explainCommand } from './explain.js';
+import { bootstrapCommand } from './bootstrap.js';
+import { COMMANDS, commandSpec, SERVE_COMMAND, TOKEN_COMMAND, VALIDATE_COMMAND } from './commands.js';
+import { compileCommand } from './compile.js';
+import { diffCommand } from './diff.js';
+import { explainCommand } from './explain.js';
 import { githubAnnotation } from './annotations.js';
-import { POLICIES_FLAG, policyDirArg } from './policies-flag.js';
-import { SCHEMA_USAGE, schemaCommand } from './schema.js';
+import { asksForHelp, commandHelp, EXIT_CODES, flagValue, DATA_DIR, parseFlags } from './flags.js';
+import { policyDirArg } from './policies-flag.js';
+import { schemaCommand } from './schema.js';
 
-const USAGE = `signalbox: a service-mesh control plane for Envoy
+/** `signalbox --help`: each command's synopsis and summary, from the same tables as `signalbox COMMAND --help`. */
+export function mainHelp(): string {
+  const lines = ['signalbox: a service-mesh control plane for Envoy', '', 'Usage:'];
+  for (const c of COMMANDS) {
+    for (const u of c.usage) lines.push(`  signalbox ${u}`);
+    lines.push(`      ${c.summary.split(/(?<=\.) /)[0]}`);
+  }
+  lines.push('', 'signalbox COMMAND --help lists the flags of COMMAND, with their defaults and environment variables.', EXIT_CODES);
+  return lines.join('\n') + '\n';
+}
 
-Usage:
-  signalbox serve [flags]              run the control plane
-  signalbox validate [--policies DIR | DIR] [--format text|json|github] [--envoy [PATH]] [--strict]
-                                       check a policy directory; exit 1 on any error; --format github: GitHub
-                                       Actions annotations (::error file=F,line=N::...); --json: --format json;
-                                       --strict: a document that is not a Signalbox document is an error
-                                       (default: skipped with a warning; SIGNALBOX_STRICT, as serve);
-                                       --envoy: also have a real
-                                       Envoy (PATH, else $SIGNALBOX_ENVOY_BIN, else envoy on PATH) check every
-                                       proxy group, as it would before accepting the configuration
-${COMPILE_USAGE}
-  signalbox authz --policies DIR [--authz-port N] [--metrics-port N] [--data-dir DIR | --ca-cert F --ca-key F [--ca-bundle F]] [--insecure]
-                                       run the ext_authz service (JWTPolicy checks) on its own
-  signalbox ratelimit --policies DIR [--redis-url URL] [--redis-password-file F] [--redis-ca F] [--ratelimit-port N] [--metrics-port N]
-                    [--data-dir DIR | --ca-cert F --ca-key F [--ca-bundle F]] [--insecure]
-                                       run the rate-limit service (global RateLimitPolicy limits, counted in Redis) on its own
-${EXPLAIN_USAGE}
-${DIFF_USAGE}
-  signalbox token --service NAME | --gateway NAME [--ttl D] [--data-dir DIR] [--out DIR]
-                                       issue a token a proxy presents to receive its identity's secrets
-                                       (expires after --ttl, default 720h); with --out, write DIR/token.crt
-                                       and DIR/token.key (Envoy's TLS client certificate) and DIR/token.jwt,
-                                       otherwise print the JWT
-  signalbox token revoke TOKEN_ID [--data-dir DIR]
-  signalbox status [--admin URL] [--admin-token-file F] [--role gateway|sidecar] [--json]
-                                       every connected proxy: versions per type, SYNCED / PENDING / NACKED, cert expiry
-${BOOTSTRAP_USAGE}
-${SCHEMA_USAGE}
-
-serve flags (each also read from its environment variable):
-${Object.values(SERVE_SETTINGS)
-  .map((s) => `  --${s.flag.padEnd(20)} ${s.env.padEnd(28)} ${s.help} (default ${s.default})`)
-  .join('\n')}
-`;
+/** parseArgs' own errors: an unknown flag, a flag without its value, an argument where none is taken. */
+const USAGE_ERROR_CODES = new Set(['ERR_PARSE_ARGS_UNKNOWN_OPTION', 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE', 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL']);
 
 export async function run(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
+  const spec = command === undefined ? undefined : commandSpec(command);
+  if (spec && asksForHelp(rest)) {
+    process.stdout.write(commandHelp(spec));
+    return 0;
+  }
   try {
     switch (command) {
       case 'serve':
@@ -82,15 +65,19 @@ export async function run(argv: string[]): Promise<number> {
       case 'help':
       case '--help':
       case '-h':
-        process.stdout.write(USAGE);
-        return command === undefined ? 2 : 0;
+        if (command === undefined) {
+          process.stderr.write(mainHelp());
+          return 2;
+        }
+        process.stdout.write(mainHelp());
+        return 0;
       default:
-        process.stderr.write(`signalbox: unknown command "${command}"\n\n${USAGE}`);
+        process.stderr.write(`signalbox: unknown command "${command.slice(0, 100)}"\n\n${mainHelp()}`);
         return 2;
     }
   } catch (e) {
-    if (e instanceof SignalboxError || (e as { code?: string }).code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' || (e as { code?: string }).code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE') {
-      process.stderr.write(`signalbox ${command}: ${(e as Error).message}\n`);
+    if (e instanceof SignalboxError || USAGE_ERROR_CODES.has((e as { code?: string }).code ?? '')) {
+      process.stderr.write(`signalbox ${command}: ${(e as Error).message}\n(signalbox ${command} --help lists its flags)\n`);
       return 2;
     }
     throw e;
@@ -98,8 +85,7 @@ export async function run(argv: string[]): Promise<number> {
 }
 
 async function serve(args: string[]): Promise<number> {
-  const options = Object.fromEntries(Object.values(SERVE_SETTINGS).map((s: Setting) => [s.flag, { type: s.boolean ? ('boolean' as const) : ('string' as const) }]));
-  const { values } = parseArgs({ args, options, allowPositionals: false });
+  const { values } = parseFlags(SERVE_COMMAND.flags, args);
   const cfg = resolveServeConfig(values);
   const { startServer } = await import('./serve.js');
   let server: Awaited<ReturnType<typeof startServer>>;
@@ -154,7 +140,9 @@ const VALIDATE_FORMATS = ['text', 'json', 'github'] as const;
 
 async function validate(argv: string[]): Promise<number> {
   const { args, envoy } = envoyFlag(argv);
-  const { positionals, values } = parseArgs({ args, options: { json: { type: 'boolean' }, format: { type: 'string' }, strict: { type: 'boolean' }, ...POLICIES_FLAG }, allowPositionals: true });
+  const flags = parseFlags(VALIDATE_COMMAND.flags, args, true);
+  const values = { format: flags.str('format'), json: flags.bool('json'), policies: flags.str('policies'), strict: flags.bool('strict') };
+  const positionals = flags.positionals;
   const format = values.format ?? (values.json ? 'json' : 'text');
   if (!VALIDATE_FORMATS.includes(format as (typeof VALIDATE_FORMATS)[number])) throw new SignalboxError('SB_BAD_FLAG', `--format: unknown format "${format.slice(0, 100)}"; expected one of ${VALIDATE_FORMATS.join(', ')}`);
   if (values.json && values.format !== undefined && values.format !== 'json') throw new SignalboxError('SB_BAD_FLAG', `--json is --format json; it cannot be combined with --format ${format}`);
@@ -196,12 +184,10 @@ async function validate(argv: string[]): Promise<number> {
 }
 
 async function token(args: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args,
-    allowPositionals: true,
-    options: { service: { type: 'string' }, gateway: { type: 'string' }, ttl: { type: 'string' }, 'data-dir': { type: 'string' }, out: { type: 'string' } },
-  });
-  const dataDir = path.resolve(values['data-dir'] ?? process.env.SIGNALBOX_DATA_DIR ?? '.data');
+  const flags = parseFlags(TOKEN_COMMAND.flags, args, true);
+  const positionals = flags.positionals;
+  const values = { service: flags.str('service'), gateway: flags.str('gateway'), ttl: flags.str('ttl'), out: flags.str('out') };
+  const dataDir = path.resolve(flagValue(DATA_DIR, flags.values)!);
   const { issueToken, issueTokenCredentials, revokeToken } = await import('../ca/tokens.js');
   if (positionals[0] === 'revoke') {
     if (!positionals[1] || positionals.length > 2) throw new SignalboxError('SB_BAD_FLAG', 'usage: signalbox token revoke TOKEN_ID');
@@ -209,7 +195,7 @@ async function token(args: string[]): Promise<number> {
     process.stderr.write(`revoked ${positionals[1]} (a running control plane refuses it within a second)\n`);
     return 0;
   }
-  if (positionals.length > 0) throw new SignalboxError('SB_BAD_FLAG', `unexpected argument "${positionals[0]!.slice(0, 100)}"; see signalbox --help`);
+  if (positionals.length > 0) throw new SignalboxError('SB_BAD_FLAG', `unexpected argument "${positionals[0]!.slice(0, 100)}"; see signalbox token --help`);
   if (!values.service === !values.gateway) throw new SignalboxError('SB_BAD_FLAG', 'give either --service NAME or --gateway NAME');
   const subject = values.service ? `service/${values.service}` : `gateway/${values.gateway}`;
   if (values.out !== undefined) {

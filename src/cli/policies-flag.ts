@@ -4,9 +4,6 @@
 import { SERVE_SETTINGS } from '../config/settings.js';
 import { SignalboxError } from '../errors.js';
 
-/** For parseArgs: the flag `serve` names the policy directory with (SERVE_SETTINGS.policies). */
-export const POLICIES_FLAG = { policies: { type: 'string' } } as const;
-
 /**
  * The directory to read: `--policies DIR`, else the positional DIR, else $SIGNALBOX_POLICIES, else
  * `policies` (serve's default). Both flag and positional, naming different directories, or more

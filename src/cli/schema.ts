@@ -2,22 +2,12 @@
 // printed, or written to (or checked against) a folder such as the repository's schemas/.
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import { KINDS, type Kind } from '../api/v1alpha1/index.js';
 import { combinedJsonSchema, kindJsonSchema, schemaFiles } from '../api/v1alpha1/json-schema.js';
 import { SignalboxError } from '../errors.js';
 import { didYouMean } from '../model/did-you-mean.js';
-
-export const SCHEMA_USAGE = `  signalbox schema [--kind KIND] [--out DIR [--check]]
-                                       the JSON Schema (draft-07) of any policy document, or of one --kind;
-                                       --out: write DIR/v1alpha1/all.json and one file per kind; --check:
-                                       compare DIR with them instead and exit 1 when it is stale`;
-
-export const SCHEMA_FLAGS = {
-  kind: { type: 'string' },
-  out: { type: 'string' },
-  check: { type: 'boolean' },
-} as const;
+import { SCHEMA_COMMAND } from './commands.js';
+import { parseFlags } from './flags.js';
 
 /** The files under `dir` that differ from `expected` (missing, different, or not generated). */
 export function staleSchemaFiles(dir: string, expected: Map<string, string>): { path: string; problem: 'missing' | 'different' | 'not generated' }[] {
@@ -49,7 +39,8 @@ export function staleSchemaFiles(dir: string, expected: Map<string, string>): { 
 }
 
 export async function schemaCommand(args: string[], out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr): Promise<number> {
-  const { values } = parseArgs({ args, options: SCHEMA_FLAGS, allowPositionals: false });
+  const flags = parseFlags(SCHEMA_COMMAND.flags, args);
+  const values = { kind: flags.str('kind'), out: flags.str('out'), check: flags.bool('check') };
   if (values.kind !== undefined && !(values.kind in KINDS)) {
     throw new SignalboxError('SB_BAD_FLAG', `--kind: unknown kind "${values.kind.slice(0, 100)}"${didYouMean(values.kind, Object.keys(KINDS))}; expected one of ${Object.keys(KINDS).join(', ')}`);
   }

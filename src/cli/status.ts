@@ -4,9 +4,10 @@
 // Envoy's message and the policy files behind the rejected resources. With --admin-token-file
 // (or SIGNALBOX_ADMIN_TOKEN_FILE, the variable `serve` reads) it sends the admin API's bearer token.
 import { readFileSync } from 'node:fs';
-import { parseArgs } from 'node:util';
 import { ErrorCode, SignalboxError } from '../errors.js';
 import { PROXY_STATES, type ProxyState } from '../xds/server/proxy-status.js';
+import { STATUS_COMMAND } from './commands.js';
+import { ADMIN_TOKEN_FILE, flagValue, parseFlags } from './flags.js';
 
 interface TypeJson {
   sentVersion?: string;
@@ -106,13 +107,11 @@ export interface StatusOutput {
 const STDIO: StatusOutput = { out: (t) => void process.stdout.write(t), err: (t) => void process.stderr.write(t) };
 
 export async function status(args: string[], io: StatusOutput = STDIO): Promise<number> {
-  const { values } = parseArgs({
-    args,
-    options: { admin: { type: 'string' }, 'admin-token-file': { type: 'string' }, json: { type: 'boolean' }, role: { type: 'string' } },
-  });
-  const base = (values.admin ?? process.env.SIGNALBOX_ADMIN_URL ?? 'http://127.0.0.1:18001').replace(/\/+$/, '');
+  const flags = parseFlags(STATUS_COMMAND.flags, args);
+  const values = { role: flags.str('role'), json: flags.bool('json') };
+  const base = flagValue(STATUS_COMMAND.flags[0]!, flags.values)!.replace(/\/+$/, '');
   if (!/^https?:\/\/[^/]+$/.test(base)) throw new SignalboxError(ErrorCode.BAD_FLAG, `--admin must be a URL like http://127.0.0.1:18001, got "${base}"`);
-  const tokenFile = values['admin-token-file'] || process.env.SIGNALBOX_ADMIN_TOKEN_FILE || undefined;
+  const tokenFile = flagValue(ADMIN_TOKEN_FILE, flags.values) || undefined;
   const headers: Record<string, string> = tokenFile ? { authorization: `Bearer ${readStatusToken(tokenFile)}` } : {};
   let res: Response;
   try {

@@ -57,6 +57,41 @@ export const SERVE_SETTINGS = {
 
 export type SettingName = keyof typeof SERVE_SETTINGS;
 
+/** `signalbox authz`'s settings (the ext_authz service on its own). */
+/** `signalbox ratelimit`'s flags (here, not in the command, so the CLI's flag tables load nothing else). */
+export const RATELIMIT_SETTINGS = {
+  policies: { flag: 'policies', env: 'SIGNALBOX_POLICIES', default: 'policies', help: 'policy directory to load and watch (the control plane\'s)' },
+  ratelimitAddress: { flag: 'ratelimit-address', env: 'SIGNALBOX_RATELIMIT_ADDRESS', default: '0.0.0.0', help: 'address the rate-limit gRPC service binds' },
+  ratelimitPort: { flag: 'ratelimit-port', env: 'SIGNALBOX_RATELIMIT_PORT', default: '18004', help: 'port of the rate-limit gRPC service (0: any free port)' },
+  metricsAddress: { flag: 'metrics-address', env: 'SIGNALBOX_RATELIMIT_METRICS_ADDRESS', default: '127.0.0.1', help: 'address of the /metrics, /healthz, /readyz and /api/ratelimit endpoint' },
+  metricsPort: { flag: 'metrics-port', env: 'SIGNALBOX_RATELIMIT_METRICS_PORT', default: '18005', help: 'port of the /metrics, /healthz, /readyz and /api/ratelimit endpoint ("off": none)' },
+  redisUrl: { flag: 'redis-url', env: 'REDIS_URL', default: 'redis://127.0.0.1:6379', help: 'the Redis holding the counters (the control plane\'s): redis://[:PASSWORD@]HOST:PORT[/DB], or rediss:// for TLS' },
+  redisPasswordFile: { flag: 'redis-password-file', env: 'SIGNALBOX_REDIS_PASSWORD_FILE', default: '', help: 'file holding the Redis password (trimmed), instead of putting it in --redis-url; REDIS_PASSWORD works too' },
+  redisCa: { flag: 'redis-ca', env: 'SIGNALBOX_REDIS_CA', default: '', help: 'PEM roots to verify a rediss:// server with (default: the system roots)' },
+  logLevel: { flag: 'log-level', env: 'SIGNALBOX_LOG_LEVEL', default: 'info', help: 'trace, debug, info, warn or error' },
+  watchDebounceMs: { flag: 'watch-debounce-ms', env: 'SIGNALBOX_WATCH_DEBOUNCE_MS', default: '100', help: 'quiet time after a policy file change before reloading' },
+  dataDir: { flag: 'data-dir', env: 'SIGNALBOX_DATA_DIR', default: '.data', help: 'the control plane\'s data folder: its mesh CA issues this service\'s certificate and verifies callers (never generated here)' },
+  caCert: { flag: 'ca-cert', env: 'SIGNALBOX_CA_CERT', default: '', help: 'the CA certificate `signalbox serve --ca-cert` signs with (instead of the one in --data-dir)' },
+  caKey: { flag: 'ca-key', env: 'SIGNALBOX_CA_KEY', default: '', help: 'private key of --ca-cert' },
+  caBundle: { flag: 'ca-bundle', env: 'SIGNALBOX_CA_BUNDLE', default: '', help: 'extra trusted roots (PEM), as given to `signalbox serve --ca-bundle`' },
+  insecure: { flag: 'insecure', env: 'SIGNALBOX_RATELIMIT_INSECURE', default: 'false', boolean: true, help: 'plain text, no caller certificate (anyone who reaches the port can call it); for a control plane run with --xds-insecure' },
+} as const;
+
+export const AUTHZ_SETTINGS = {
+  policies: { flag: 'policies', env: 'SIGNALBOX_POLICIES', default: 'policies', help: 'policy directory to load and watch (the control plane\'s)' },
+  authzAddress: { flag: 'authz-address', env: 'SIGNALBOX_AUTHZ_ADDRESS', default: '0.0.0.0', help: 'address the ext_authz gRPC service binds' },
+  authzPort: { flag: 'authz-port', env: 'SIGNALBOX_AUTHZ_PORT', default: '18002', help: 'port of the ext_authz gRPC service' },
+  metricsAddress: { flag: 'metrics-address', env: 'SIGNALBOX_AUTHZ_METRICS_ADDRESS', default: '127.0.0.1', help: 'address of the /metrics, /healthz and /readyz endpoint' },
+  metricsPort: { flag: 'metrics-port', env: 'SIGNALBOX_AUTHZ_METRICS_PORT', default: '18003', help: 'port of the /metrics, /healthz and /readyz endpoint ("off": none)' },
+  logLevel: { flag: 'log-level', env: 'SIGNALBOX_LOG_LEVEL', default: 'info', help: 'trace, debug, info, warn or error' },
+  watchDebounceMs: { flag: 'watch-debounce-ms', env: 'SIGNALBOX_WATCH_DEBOUNCE_MS', default: '100', help: 'quiet time after a policy file change before reloading' },
+  dataDir: { flag: 'data-dir', env: 'SIGNALBOX_DATA_DIR', default: '.data', help: 'the control plane\'s data folder: its mesh CA issues this service\'s certificate and verifies callers (never generated here)' },
+  caCert: { flag: 'ca-cert', env: 'SIGNALBOX_CA_CERT', default: '', help: 'the CA certificate `signalbox serve --ca-cert` signs with (instead of the one in --data-dir)' },
+  caKey: { flag: 'ca-key', env: 'SIGNALBOX_CA_KEY', default: '', help: 'private key of --ca-cert' },
+  caBundle: { flag: 'ca-bundle', env: 'SIGNALBOX_CA_BUNDLE', default: '', help: 'extra trusted roots (PEM), as given to `signalbox serve --ca-bundle`' },
+  insecure: { flag: 'insecure', env: 'SIGNALBOX_AUTHZ_INSECURE', default: 'false', boolean: true, help: 'plain text, no caller certificate (anyone who reaches the port can call it); for a control plane run with --xds-insecure' },
+} satisfies Record<string, Setting>;
+
 /** The port the ext_authz service takes when --authz-port is not given. */
 export const DEFAULT_AUTHZ_PORT = 18002;
 
