@@ -3,7 +3,6 @@
 // proxy's token as a client certificate read from files (so no secret sits in the bootstrap
 // Envoy shows in /config_dump).
 import { existsSync, readFileSync } from 'node:fs';
-import os from 'node:os';
 import { isIP } from 'node:net';
 import path from 'node:path';
 import YAML from 'yaml';
@@ -17,7 +16,9 @@ export interface BootstrapOptions {
   /** A gateway proxy (`--gateway NAME`)... */
   gateway?: string;
   /** ...or a sidecar (`--service NAME --instance ID --app-port N --inbound-port N`). */
-  sidecar?: { service: string; instance: string; appPort: number; inboundPort: number; outboundPort?: number };
+  sidecar?: { service: string; instance?: string; appPort: number; inboundPort: number; outboundPort?: number };
+  /** A gateway's replica (`--instance ID`); a sidecar's is in `sidecar`. */
+  instance?: string;
   /**
    * TLS to the control plane (the default): the CA that signed the xDS server certificate, and
    * the proxy's token as a client certificate and key (`signalbox token --out DIR`), all files.
@@ -45,6 +46,39 @@ export function splitHostPort(hp: string): { host: string; port: number } {
   return { host: m[1]!, port };
 }
 
+/**
+ * The node id a proxy gets without `--id`: the gateway or service name, so that a lone proxy's id
+ * is the name the user gave; with `--instance ID` (several replicas), NAME-ID, or ID alone when it
+ * already starts with NAME- (`--service orders --instance orders-v1` is `orders-v1`). Replicas
+ * stay apart as long as their instances do.
+ */
+export function defaultNodeId(name: string, instance?: string): string {
+  if (instance === undefined || instance === name) return name;
+  return instance.startsWith(`${name}-`) ? instance : `${name}-${instance}`;
+}
+
+/** The node id a bootstrap written with these options names. */
+export function nodeIdOf(o: Pick<BootstrapOptions, 'gateway' | 'sidecar' | 'instance' | 'id'>): string {
+  if (o.id !== undefined) return o.id;
+  if (o.sidecar) return defaultNodeId(o.sidecar.service, o.sidecar.instance);
+  if (o.gateway) return defaultNodeId(o.gateway, o.instance);
+  throw new Error('give --gateway NAME, or --service NAME --app-port N --inbound-port N');
+}
+
+/** An instance as the xDS server accepts it in a node's metadata: 1 to 256 printable characters, no spaces. */
+export function checkInstance(instance: string): void {
+  if (!/^[\x21-\x7e]{1,256}$/.test(instance)) throw new SignalboxError(ErrorCode.BAD_FLAG, '--instance must be 1 to 256 printable characters without spaces');
+}
+
+/**
+ * Where a proxy's token files live when `bootstrap` issues them (no --credentials), and where
+ * `signalbox token --instance ID` without --out writes them: DATA_DIR/proxies/<gateway|service>-<node id>.
+ */
+export function proxyCredentialsDir(dataDir: string, p: { gateway: string; instance?: string } | { service: string; instance?: string }): string {
+  const folder = 'gateway' in p ? `gateway-${defaultNodeId(p.gateway, p.instance)}` : `service-${defaultNodeId(p.service, p.instance)}`;
+  return path.join(dataDir, 'proxies', folder.replace(/[^A-Za-z0-9._-]/g, '_'));
+}
+
 export function bootstrapConfig(o: BootstrapOptions): Record<string, unknown> {
   const { host, port } = splitHostPort(o.xdsAddress);
   const ads = { ads: {}, resource_api_version: 'V3' };
@@ -52,19 +86,19 @@ export function bootstrapConfig(o: BootstrapOptions): Record<string, unknown> {
   if (o.sidecar) {
     const sc = o.sidecar;
     node = {
-      id: o.id ?? sc.instance,
+      id: nodeIdOf(o),
       cluster: sc.service,
       metadata: {
         'signalbox.role': 'sidecar',
         'signalbox.service': sc.service,
-        'signalbox.instance': sc.instance,
+        'signalbox.instance': sc.instance ?? sc.service,
         'signalbox.app_port': String(sc.appPort),
         'signalbox.inbound_port': String(sc.inboundPort),
         'signalbox.outbound_port': String(sc.outboundPort ?? 15001),
       },
     };
   } else if (o.gateway) {
-    node = { id: o.id ?? `${o.gateway}-${os.hostname()}`, cluster: o.gateway, metadata: { 'signalbox.role': 'gateway', 'signalbox.gateway': o.gateway } };
+    node = { id: nodeIdOf(o), cluster: o.gateway, metadata: { 'signalbox.role': 'gateway', 'signalbox.gateway': o.gateway, ...(o.instance !== undefined ? { 'signalbox.instance': o.instance } : {}) } };
   } else {
     throw new Error('give --gateway NAME, or --service NAME --instance ID --app-port N --inbound-port N');
   }
@@ -170,10 +204,11 @@ export async function bootstrapCommand(args: string[]): Promise<number> {
     if (n === undefined || !Number.isInteger(n) || n < 1 || n > 65535) throw bad(`--${name} must be a port from 1 to 65535`);
     return n;
   };
+  if (values.instance !== undefined) checkInstance(values.instance);
   const sidecar = values.service
     ? {
         service: values.service,
-        instance: values.instance ?? `${values.service}-${process.pid}`,
+        instance: values.instance,
         appPort: portFlag('app-port', values['app-port']),
         inboundPort: portFlag('inbound-port', values['inbound-port']),
         outboundPort: portFlag('outbound-port', values['outbound-port'], 15001),
@@ -197,7 +232,7 @@ export async function bootstrapCommand(args: string[]): Promise<number> {
     if (!dir) {
       // Out of the box: a control plane on this machine shares its data directory; the proxy gets
       // a token of its own there, in files only this user can read.
-      dir = path.join(dataDir, 'proxies', `${sidecar ? `service-${sidecar.service}-${sidecar.instance}` : `gateway-${values.gateway}`}`.replace(/[^A-Za-z0-9._-]/g, '_'));
+      dir = proxyCredentialsDir(dataDir, sidecar ? { service: sidecar.service, instance: sidecar.instance } : { gateway: values.gateway!, instance: values.instance });
       const c = await issueTokenCredentials(dataDir, subject, values.ttl, dir);
       process.stderr.write(`signalbox bootstrap: token ${c.id} for ${c.subject}, valid until ${c.expiresAt.toISOString()}, in ${dir} (revoke: signalbox token revoke ${c.id})\n`);
     }
@@ -209,12 +244,16 @@ export async function bootstrapCommand(args: string[]): Promise<number> {
     }
     tls = { caFile, certFile, keyFile };
   }
+  const options: BootstrapOptions = { gateway: values.gateway, sidecar, instance: sidecar ? undefined : values.instance, tls, insecureToken, xdsAddress, delta: values.delta, jwtModule: values['jwt-module'], adminPort, adminAddress: values['admin-address'], id: values.id };
   let yaml: string;
   try {
-    yaml = bootstrapYaml({ gateway: values.gateway, sidecar, tls, insecureToken, xdsAddress, delta: values.delta, jwtModule: values['jwt-module'], adminPort, adminAddress: values['admin-address'], id: values.id });
+    yaml = bootstrapYaml(options);
   } catch (e) {
     throw bad((e as Error).message);
   }
+  // On standard error, so that standard output stays a bootstrap Envoy can read.
+  const id = nodeIdOf(options);
+  process.stderr.write(`signalbox bootstrap: node id ${id}${values.id === undefined ? ` (the ${sidecar ? 'service' : 'gateway'} name${(sidecar?.instance ?? values.instance) !== undefined ? ' and --instance' : ''}; --id overrides it)` : ''}; the admin API has it at /api/proxies/${id}\n`);
   // 0600: with --xds-insecure the bootstrap holds a token; otherwise it names key files.
   if (values.out) writeStateFileSync(path.resolve(values.out), yaml, 0o600);
   else process.stdout.write(yaml);

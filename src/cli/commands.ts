@@ -109,17 +109,17 @@ export const RATELIMIT_COMMAND: CommandSpec = {
 export const BOOTSTRAP_COMMAND: CommandSpec = {
   name: 'bootstrap',
   usage: [
-    'bootstrap --gateway NAME [--xds-address HOST:PORT] [--delta] [--jwt-module] [--admin-port N] [--id ID] [--out FILE]',
-    'bootstrap --service NAME --instance ID --app-port N --inbound-port N [--outbound-port N] ...',
+    'bootstrap --gateway NAME [--instance ID] [--xds-address HOST:PORT] [--delta] [--jwt-module] [--admin-port N] [--id ID] [--out FILE]',
+    'bootstrap --service NAME [--instance ID] --app-port N --inbound-port N [--outbound-port N] ...',
     'bootstrap ... --xds-insecure [--token-file F]',
   ],
   summary:
-    "Print an Envoy bootstrap (YAML) for a gateway or a sidecar: TLS to the control plane, verified with --xds-ca, presenting the token certificate in --credentials (default: a new token for this proxy from --data-dir, written to DATA_DIR/proxies/).",
+    "Print an Envoy bootstrap (YAML) for a gateway or a sidecar: TLS to the control plane, verified with --xds-ca, presenting the token certificate in --credentials (default: a new token for this proxy from --data-dir, written to DATA_DIR/proxies/). The node id it chose is printed on standard error.",
   flags: [
     GATEWAY,
     SERVICE,
     INSTANCE,
-    { name: 'id', value: 'ID', help: 'the node id; default: NAME-HOSTNAME for a gateway, the instance for a sidecar' },
+    { name: 'id', value: 'ID', help: 'the node id; default: the gateway or service name, or NAME-INSTANCE with --instance (the instance alone when it already starts with NAME-)' },
     { name: 'app-port', value: 'N', help: "sidecar: the port of the service's own process" },
     { name: 'inbound-port', value: 'N', help: 'sidecar: the port the sidecar takes mesh traffic on' },
     { name: 'outbound-port', value: 'N', default: '15001', help: 'sidecar: the port the application sends its outbound calls to' },

@@ -189,7 +189,7 @@ spec:
     const stranger = await startEnvoy({ name: 'stranger', waitReady: false, bootstrapYaml: (adminPort) => bootstrapYaml({ gateway: 'edge', id: 'foreign-1', tls, xdsAddress: `127.0.0.1:${sb.xdsPort}`, adminPort }) });
     extra.push(stranger);
     const refused = (id: string, why: RegExp) => sb.logs().split('\n').some((l) => /xDS stream (refused|closed)/.test(l) && why.test(l) && (id === '' || l.includes(id)));
-    await waitFor(() => refused('impostor-1', /token is for service\/orders, the node claims service\/payments/), { what: 'the impostor refused', timeoutMs: 15_000 });
+    await waitFor(() => refused('payments-impostor-1', /token is for service\/orders, the node claims service\/payments/), { what: 'the impostor refused', timeoutMs: 15_000 });
     await waitFor(() => refused('', /no token: present a token certificate/), { what: 'the stranger refused', timeoutMs: 15_000 });
     for (const e of [impostor, stranger]) {
       const dump = await e.adminJson<any>('/config_dump');
@@ -197,7 +197,7 @@ spec:
       assert.ok(!/dynamic_active|signalbox\/identity|BEGIN CERTIFICATE/.test(dynamic), `nothing reaches a refused proxy: ${dynamic.slice(0, 400)}`);
     }
     const ids = ((await sb.admin('/api/proxies')).proxies as any[]).map((p) => p.id);
-    assert.ok(!ids.includes('impostor-1') && !ids.includes('foreign-1'), `refused proxies are not listed: ${ids}`);
+    assert.ok(!ids.includes('payments-impostor-1') && !ids.includes('foreign-1'), `refused proxies are not listed: ${ids}`);
     assert.ok(!/BEGIN PRIVATE KEY/.test(sb.logs()), 'no key in logs');
     await impostor.stop();
     await stranger.stop();

@@ -7,7 +7,7 @@ import YAML from 'yaml';
 import { mkdtempSync, statSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { bootstrapConfig, bootstrapYaml, splitHostPort, XDS_CA_FILE } from '../../src/cli/bootstrap.js';
+import { bootstrapConfig, bootstrapYaml, defaultNodeId, proxyCredentialsDir, splitHostPort, XDS_CA_FILE } from '../../src/cli/bootstrap.js';
 import { resolveServeConfig, SERVE_SETTINGS } from '../../src/config/settings.js';
 import { ErrorCode, SignalboxError } from '../../src/errors.js';
 import { repoRoot } from '../helpers/envoy.js';
@@ -24,9 +24,21 @@ describe('bootstrap', () => {
     assert.deepEqual(b.node, { id: 'public-1', cluster: 'public', metadata: { 'signalbox.role': 'gateway', 'signalbox.gateway': 'public' } });
   });
 
-  test('without --id the node id is derived from the gateway name', () => {
+  test('without --id the node id is the gateway or service name, with --instance NAME-INSTANCE: the same on every host', () => {
     const b = parsed({ gateway: 'edge', xdsAddress: '127.0.0.1:18000' });
-    assert.match(b.node.id, /^edge-.+/);
+    assert.equal(b.node.id, 'edge');
+    assert.equal(b.node.metadata['signalbox.instance'], undefined);
+    const replica = parsed({ gateway: 'edge', instance: 'host-a', xdsAddress: '127.0.0.1:18000' });
+    assert.equal(replica.node.id, 'edge-host-a');
+    assert.equal(replica.node.metadata['signalbox.instance'], 'host-a');
+    const sidecar = (instance?: string) => parsed({ sidecar: { service: 'orders', instance, appPort: 1, inboundPort: 2 }, xdsAddress: '127.0.0.1:18000' }).node;
+    assert.deepEqual([sidecar().id, sidecar().metadata['signalbox.instance']], ['orders', 'orders']);
+    assert.equal(sidecar('7f9c').id, 'orders-7f9c');
+    assert.equal(sidecar('orders-v1').id, 'orders-v1', 'an instance that already starts with the name is the id as it is');
+    assert.equal(sidecar('orders').id, 'orders');
+    assert.equal(parsed({ sidecar: { service: 'orders', instance: 'x', appPort: 1, inboundPort: 2 }, id: 'mine', xdsAddress: '127.0.0.1:18000' }).node.id, 'mine', '--id overrides');
+    assert.equal(defaultNodeId('edge', 'edge-2'), 'edge-2');
+    assert.equal(defaultNodeId('edge', 'edged'), 'edge-edged', 'a prefix only counts up to the dash');
   });
 
   test('ADS over SotW (GRPC) by default, DELTA_GRPC with --delta; CDS and LDS come from ADS', () => {
@@ -108,6 +120,7 @@ describe('bootstrap', () => {
       assert.equal(statSync(path.join(creds, 'token.key')).mode & 0o777, 0o600);
       assert.ok(!/BEGIN|x-signalbox-token/.test(r.stdout), 'no key, certificate or token inline');
       assert.match(r.stderr, /token [0-9a-f-]{36} for gateway\/public, valid until/);
+      assert.match(r.stderr, /^signalbox bootstrap: node id gw-1; /m);
       assert.equal(b.node.id, 'gw-1');
       assert.equal(b.node.metadata['signalbox.gateway'], 'public');
       assert.equal(b.dynamic_resources.ads_config.api_type, 'DELTA_GRPC');
@@ -144,6 +157,33 @@ describe('bootstrap', () => {
       assert.equal(badPort.status, 2);
       assert.match(badPort.stderr, /--admin-port must be a port/);
       assert.equal(badPort.stdout, '');
+    });
+
+    test('the node id it chose is printed on stderr, stdout stays the bootstrap; --instance names replicas and their token folder', () => {
+      const dataDir = servedDataDir();
+      const r = cli('--gateway', 'public', '--data-dir', dataDir, '--admin-port', '19902');
+      assert.equal(r.status, 0, r.stderr);
+      assert.match(r.stderr, /^signalbox bootstrap: node id public \(the gateway name; --id overrides it\); the admin API has it at \/api\/proxies\/public$/m);
+      const b = YAML.parse(r.stdout) as Json;
+      assert.equal(b.node.id, 'public');
+      assert.equal(b.admin.address.socket_address.port_value, 19902);
+      const again = YAML.parse(cli('--gateway', 'public', '--data-dir', dataDir).stdout) as Json;
+      assert.equal(again.node.id, 'public', 'the same id on every run');
+      const replica = cli('--gateway', 'public', '--instance', 'host-b', '--data-dir', dataDir);
+      assert.equal(replica.status, 0, replica.stderr);
+      assert.match(replica.stderr, /node id public-host-b \(the gateway name and --instance; --id overrides it\)/);
+      const rb = YAML.parse(replica.stdout) as Json;
+      assert.equal(rb.node.id, 'public-host-b');
+      const creds = proxyCredentialsDir(dataDir, { gateway: 'public', instance: 'host-b' });
+      assert.equal(creds, path.join(dataDir, 'proxies', 'gateway-public-host-b'));
+      assert.equal(rb.static_resources.clusters[0].transport_socket.typed_config.common_tls_context.tls_certificates[0].certificate_chain.filename, path.join(creds, 'token.crt'));
+      const sidecar = cli('--service', 'orders', '--app-port', '9001', '--inbound-port', '21001', '--data-dir', dataDir);
+      assert.equal(sidecar.status, 0, sidecar.stderr);
+      assert.equal((YAML.parse(sidecar.stdout) as Json).node.id, 'orders');
+      assert.match(sidecar.stderr, /node id orders \(the service name; --id overrides it\)/);
+      const spaced = cli('--gateway', 'public', '--instance', 'a b', '--data-dir', dataDir);
+      assert.equal(spaced.status, 2);
+      assert.match(spaced.stderr, /--instance must be 1 to 256 printable characters without spaces/);
     });
   });
 });
