@@ -74,7 +74,7 @@ export function tokenSubject(p: DemoProxy): string {
  * with `xdsCa`, presenting the token certificate in `credentials` (`signalbox token --out DIR`).
  */
 export function bootstrapArgs(p: DemoProxy, o: { adminPort?: number; credentials: string; xdsCa: string; xdsAddress?: string }): string[] {
-  const common = ['--xds-address', o.xdsAddress ?? `127.0.0.1:${DEMO.xdsPort}`, '--admin-port', String(o.adminPort ?? p.envoyAdminPort), '--credentials', o.credentials, '--xds-ca', o.xdsCa];
+  const common = ['--xds-address', o.xdsAddress ?? `127.0.0.1:${DEMO.xdsPort}`, '--envoy-admin-port', String(o.adminPort ?? p.envoyAdminPort), '--credentials', o.credentials, '--xds-ca', o.xdsCa];
   if (p.kind === 'gateway') return ['bootstrap', '--gateway', p.gateway, '--id', p.id, ...common];
   return ['bootstrap', '--service', p.service, '--instance', p.instance, '--app-port', String(p.appPort), '--inbound-port', String(p.inboundPort), '--outbound-port', String(p.outboundPort), ...common];
 }

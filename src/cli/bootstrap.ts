@@ -7,6 +7,7 @@ import { isIP } from 'node:net';
 import path from 'node:path';
 import YAML from 'yaml';
 import { ErrorCode, SignalboxError } from '../errors.js';
+import { SERVE_SETTINGS } from '../config/settings.js';
 import { BOOTSTRAP_COMMAND } from './commands.js';
 import { DATA_DIR, flagValue, parseFlags } from './flags.js';
 import { writeStateFileSync } from '../util/files.js';
@@ -187,13 +188,15 @@ export async function bootstrapCommand(args: string[]): Promise<number> {
     'outbound-port': v('outbound-port'),
     credentials: v('credentials'),
     'xds-ca': v('xds-ca'),
-    'xds-insecure': flags.bool('xds-insecure'),
+    // As serve reads it: the flag, else SIGNALBOX_XDS_INSECURE=true.
+    'xds-insecure': flags.bool('xds-insecure') || process.env[SERVE_SETTINGS.xdsInsecure.env] === 'true',
     'token-file': v('token-file'),
     ttl: v('ttl'),
     delta: flags.bool('delta'),
     'jwt-module': flags.bool('jwt-module'),
-    'admin-port': v('admin-port'),
-    'admin-address': v('admin-address'),
+    // serve's --admin-port is the control plane's admin API: here the Envoy's is --envoy-admin-port (the old names still work).
+    'admin-port': v('envoy-admin-port') ?? v('admin-port'),
+    'admin-address': v('envoy-admin-address') ?? v('admin-address'),
     id: v('id'),
     out: v('out'),
   };
@@ -216,7 +219,7 @@ export async function bootstrapCommand(args: string[]): Promise<number> {
     : undefined;
   const xdsAddress = flagValue(BOOTSTRAP_COMMAND.flags.find((f) => f.name === 'xds-address')!, flags.values)!;
   const adminPort = values['admin-port'] ? Number(values['admin-port']) : undefined;
-  if (adminPort !== undefined && (!Number.isInteger(adminPort) || adminPort < 0 || adminPort > 65535)) throw bad('--admin-port must be a port');
+  if (adminPort !== undefined && (!Number.isInteger(adminPort) || adminPort < 0 || adminPort > 65535)) throw bad(`--${v('envoy-admin-port') !== undefined ? 'envoy-admin-port' : 'admin-port'} must be a port`);
   const dataDir = path.resolve(flagValue(DATA_DIR, flags.values)!);
   const subject = sidecar ? `service/${sidecar.service}` : `gateway/${values.gateway}`;
   let tls: BootstrapOptions['tls'];

@@ -109,7 +109,7 @@ export const RATELIMIT_COMMAND: CommandSpec = {
 export const BOOTSTRAP_COMMAND: CommandSpec = {
   name: 'bootstrap',
   usage: [
-    'bootstrap --gateway NAME [--instance ID] [--xds-address HOST:PORT] [--delta] [--jwt-module] [--admin-port N] [--id ID] [--out FILE]',
+    'bootstrap --gateway NAME [--instance ID] [--xds-address HOST:PORT] [--delta] [--jwt-module] [--envoy-admin-port N] [--id ID] [--out FILE]',
     'bootstrap --service NAME [--instance ID] --app-port N --inbound-port N [--outbound-port N] ...',
     'bootstrap ... --xds-insecure [--token-file F]',
   ],
@@ -128,22 +128,24 @@ export const BOOTSTRAP_COMMAND: CommandSpec = {
     { name: 'xds-ca', value: 'FILE', default: 'DATA_DIR/xds-ca.pem', help: 'the CA the xDS server certificate is verified with' },
     DATA_DIR,
     TTL,
-    { name: 'xds-insecure', help: 'plain text to the control plane, for a server run with --xds-insecure (the token then sits in the bootstrap)' },
+    { ...settingFlag(SERVE_SETTINGS.xdsInsecure), help: 'plain text to the control plane, for a server run with --xds-insecure (the token then sits in the bootstrap)' },
     { name: 'token-file', value: 'FILE', help: 'with --xds-insecure: the token (JWT) to send; default: a new one from --data-dir' },
     { name: 'delta', help: 'incremental xDS (DELTA_GRPC) instead of state of the world' },
     { name: 'jwt-module', help: "the proxy's Envoy loads Signalbox's compiled JWT filter (docs/jwt.md)" },
-    { name: 'admin-port', value: 'N', default: '9901', help: "the Envoy admin interface's port (not the control plane's admin API)" },
-    { name: 'admin-address', value: 'ADDRESS', default: '127.0.0.1', help: "the Envoy admin interface's address" },
+    { name: 'envoy-admin-port', value: 'N', default: '9901', help: "the port of the Envoy's own admin interface" },
+    { name: 'envoy-admin-address', value: 'ADDRESS', default: '127.0.0.1', help: "the address of the Envoy's own admin interface" },
+    { name: 'admin-port', value: 'N', help: "the old name of --envoy-admin-port (serve's --admin-port is the control plane's admin API)" },
+    { name: 'admin-address', value: 'ADDRESS', help: "the old name of --envoy-admin-address (serve's --admin-address is the control plane's admin API)" },
     { name: 'out', value: 'FILE', help: 'write the bootstrap to FILE (0600) instead of standard output' },
   ],
 };
 
 export const TOKEN_COMMAND: CommandSpec = {
   name: 'token',
-  usage: ['token --service NAME | --gateway NAME [--ttl 720h] [--data-dir DIR] [--out DIR]', 'token revoke TOKEN_ID [--data-dir DIR]'],
+  usage: ['token --service NAME | --gateway NAME [--instance ID] [--ttl 720h] [--data-dir DIR] [--out DIR]', 'token revoke TOKEN_ID [--data-dir DIR]'],
   summary:
-    "Issue a token a proxy presents to the control plane. With --out, write DIR/token.crt and DIR/token.key (Envoy's TLS client certificate, key 0600) and DIR/token.jwt; otherwise print the JWT. `token revoke ID`: a running control plane closes that proxy's stream within a second.",
-  flags: [SERVICE, GATEWAY, TTL, DATA_DIR, { name: 'out', value: 'DIR', help: 'write the token files to DIR (created 0700)' }],
+    "Issue a token a proxy presents to the control plane. With --out, write DIR/token.crt and DIR/token.key (Envoy's TLS client certificate, key 0600) and DIR/token.jwt; with --instance and no --out, write them to the folder `signalbox bootstrap` with the same --gateway/--service and --instance uses (DATA_DIR/proxies/...); otherwise print the JWT. `token revoke ID`: a running control plane closes that proxy's stream within a second.",
+  flags: [SERVICE, GATEWAY, INSTANCE, TTL, DATA_DIR, { name: 'out', value: 'DIR', help: 'write the token files to DIR (created 0700)' }],
 };
 
 export const STATUS_COMMAND: CommandSpec = {

@@ -64,7 +64,7 @@ export const SERVICE: Flag = { name: 'service', value: 'NAME', help: 'a sidecar 
 export const INSTANCE: Flag = {
   name: 'instance',
   value: 'ID',
-  help: 'which replica of that gateway or service the proxy is (e.g. a pod or host name); it names the node id (see --id) and the folder DATA_DIR/proxies/ that holds the token bootstrap issues',
+  help: 'which replica of that gateway or service the proxy is (e.g. a pod or host name); it names the node id (see --id) and the folder DATA_DIR/proxies/ that holds the proxy\'s token',
 };
 export const TTL: Flag = { name: 'ttl', value: 'DURATION', default: DEFAULT_TOKEN_TTL, help: 'lifetime of a token issued (e.g. 24h)' };
 export const ADMIN_TOKEN_FILE: Flag = settingFlag(SERVE_SETTINGS.adminTokenFile, "file holding the admin API's bearer token (serve's --admin-token-file)");

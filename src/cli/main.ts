@@ -6,7 +6,7 @@ import { formatPolicyError, SignalboxError, type PolicyError } from '../errors.j
 import { buildModel, type Model } from '../model/model.js';
 import type { PreflightError } from '../preflight/envoy.js';
 import { loadPolicyDir } from '../sources/files/loader.js';
-import { bootstrapCommand } from './bootstrap.js';
+import { bootstrapCommand, checkInstance, proxyCredentialsDir } from './bootstrap.js';
 import { COMMANDS, commandSpec, SERVE_COMMAND, TOKEN_COMMAND, VALIDATE_COMMAND } from './commands.js';
 import { compileCommand } from './compile.js';
 import { diffCommand } from './diff.js';
@@ -186,7 +186,7 @@ async function validate(argv: string[]): Promise<number> {
 async function token(args: string[]): Promise<number> {
   const flags = parseFlags(TOKEN_COMMAND.flags, args, true);
   const positionals = flags.positionals;
-  const values = { service: flags.str('service'), gateway: flags.str('gateway'), ttl: flags.str('ttl'), out: flags.str('out') };
+  const values = { service: flags.str('service'), gateway: flags.str('gateway'), instance: flags.str('instance'), ttl: flags.str('ttl'), out: flags.str('out') };
   const dataDir = path.resolve(flagValue(DATA_DIR, flags.values)!);
   const { issueToken, issueTokenCredentials, revokeToken } = await import('../ca/tokens.js');
   if (positionals[0] === 'revoke') {
@@ -197,7 +197,12 @@ async function token(args: string[]): Promise<number> {
   }
   if (positionals.length > 0) throw new SignalboxError('SB_BAD_FLAG', `unexpected argument "${positionals[0]!.slice(0, 100)}"; see signalbox token --help`);
   if (!values.service === !values.gateway) throw new SignalboxError('SB_BAD_FLAG', 'give either --service NAME or --gateway NAME');
+  if (values.instance !== undefined) checkInstance(values.instance);
   const subject = values.service ? `service/${values.service}` : `gateway/${values.gateway}`;
+  // --instance without --out: the folder `bootstrap` with the same flags names (renewing that proxy's token in place).
+  if (values.out === undefined && values.instance !== undefined) {
+    values.out = proxyCredentialsDir(dataDir, values.service ? { service: values.service, instance: values.instance } : { gateway: values.gateway!, instance: values.instance });
+  }
   if (values.out !== undefined) {
     const outDir = path.resolve(values.out);
     const cred = await issueTokenCredentials(dataDir, subject, values.ttl, outDir);
@@ -207,7 +212,7 @@ async function token(args: string[]): Promise<number> {
     const { writeStateFile } = await import('../util/files.js');
     await writeStateFile(jwtFile, jwt + '\n', 0o600);
     process.stderr.write(
-      `token ${cred.id} for ${subject}, expires ${cred.expiresAt.toISOString()} (revoke: signalbox token revoke ${cred.id})\n` +
+      `token ${cred.id} for ${subject}${values.instance !== undefined ? ` (instance ${values.instance})` : ''}, expires ${cred.expiresAt.toISOString()} (revoke: signalbox token revoke ${cred.id})\n` +
         `  client certificate: ${cred.certFile}\n  key:                ${cred.keyFile}\n  JWT:                ${jwtFile}\n`,
     );
     return 0;

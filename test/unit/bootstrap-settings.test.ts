@@ -157,11 +157,14 @@ describe('bootstrap', () => {
       assert.equal(badPort.status, 2);
       assert.match(badPort.stderr, /--admin-port must be a port/);
       assert.equal(badPort.stdout, '');
+      const badNew = cli('--gateway', 'g', '--envoy-admin-port', '99999');
+      assert.equal(badNew.status, 2);
+      assert.match(badNew.stderr, /--envoy-admin-port must be a port/);
     });
 
     test('the node id it chose is printed on stderr, stdout stays the bootstrap; --instance names replicas and their token folder', () => {
       const dataDir = servedDataDir();
-      const r = cli('--gateway', 'public', '--data-dir', dataDir, '--admin-port', '19902');
+      const r = cli('--gateway', 'public', '--data-dir', dataDir, '--envoy-admin-port', '19902');
       assert.equal(r.status, 0, r.stderr);
       assert.match(r.stderr, /^signalbox bootstrap: node id public \(the gateway name; --id overrides it\); the admin API has it at \/api\/proxies\/public$/m);
       const b = YAML.parse(r.stdout) as Json;

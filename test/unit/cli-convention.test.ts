@@ -1,6 +1,6 @@
 // One CLI convention: every command's flags come from one table (src/cli/commands.ts) that both
 // parses them and prints `--help` (flags, defaults, environment variables); a usage error exits 2
-// on every command.
+// on every command; a flag several commands take means the same there.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { describe, test } from 'node:test';
@@ -75,5 +75,79 @@ describe('usage errors exit 2 on every command', () => {
     const r = cli(['compile', '--group']);
     assert.equal(r.status, 2);
     assert.match(r.stderr, /--group/);
+  });
+});
+
+describe('one flag name, one meaning', () => {
+  /**
+   * Names that mean something else on another command, each for a reason: serve binds what the
+   * proxy's bootstrap dials, and opens the ext_authz port on demand where `authz` always opens it.
+   * (bootstrap's --admin-port and --admin-address are the old spellings of --envoy-admin-port and
+   * --envoy-admin-address, kept so that existing scripts work.)
+   */
+  const DIFFERENT_ON_PURPOSE = new Set(['serve/bootstrap --xds-address', 'serve/bootstrap --admin-port', 'serve/bootstrap --admin-address', 'serve/authz --authz-port']);
+
+  test('a flag several commands take has the same value form, environment variable and default on each', () => {
+    const seen = new Map<string, { command: string; value?: string; env?: string; default?: string }>();
+    const clashes: string[] = [];
+    for (const c of COMMANDS) {
+      for (const f of c.flags) {
+        const first = seen.get(f.name);
+        if (!first) {
+          seen.set(f.name, { command: c.name, value: f.value, env: f.env, default: f.default });
+          continue;
+        }
+        const same = first.env === f.env && (first.default || '') === (f.default || '') && (first.value === undefined) === (f.value === undefined);
+        if (!same) clashes.push(`${first.command}/${c.name} --${f.name}`);
+      }
+    }
+    assert.deepEqual(clashes.filter((c) => !DIFFERENT_ON_PURPOSE.has(c)), []);
+    assert.deepEqual(clashes.sort(), [...DIFFERENT_ON_PURPOSE].sort(), 'the list of exceptions is exact');
+  });
+
+  test('--instance is taken by bootstrap and token alike; --policies by every command that reads policies', () => {
+    const takes = (flag: string) => COMMANDS.filter((c) => c.flags.some((f) => f.name === flag)).map((c) => c.name);
+    assert.deepEqual(takes('instance'), ['bootstrap', 'token']);
+    assert.deepEqual(takes('gateway'), ['bootstrap', 'token']);
+    assert.deepEqual(takes('service'), ['bootstrap', 'token']);
+    assert.deepEqual(takes('ttl'), ['bootstrap', 'token']);
+    assert.deepEqual(takes('policies'), ['serve', 'validate', 'compile', 'explain', 'authz']);
+    assert.deepEqual(takes('data-dir'), ['serve', 'authz', 'bootstrap', 'token']);
+  });
+});
+
+describe("token takes bootstrap's --instance, meaning the same proxy", () => {
+  test('token --instance writes the token where bootstrap with the same flags looks for it; --out still wins', async () => {
+    const { mkdtempSync, existsSync, statSync, writeFileSync } = await import('node:fs');
+    const os = await import('node:os');
+    const path = await import('node:path');
+    const { proxyCredentialsDir, XDS_CA_FILE } = await import('../../src/cli/bootstrap.js');
+    const dataDir = mkdtempSync(path.join(os.tmpdir(), 'sb-token-'));
+    const r = cli(['token', '--service', 'orders', '--instance', 'orders-v1', '--ttl', '1h', '--data-dir', dataDir]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout, '', 'the files, not a printed JWT');
+    const dir = proxyCredentialsDir(dataDir, { service: 'orders', instance: 'orders-v1' });
+    assert.equal(dir, path.join(dataDir, 'proxies', 'service-orders-v1'));
+    assert.match(r.stderr, /^token [0-9a-f-]{36} for service\/orders \(instance orders-v1\), expires/);
+    assert.ok(r.stderr.includes(path.join(dir, 'token.crt')), r.stderr);
+    assert.equal(statSync(path.join(dir, 'token.key')).mode & 0o777, 0o600);
+    // bootstrap with the same --service and --instance (and --credentials pointing at nothing else) names that folder.
+    writeFileSync(path.join(dataDir, XDS_CA_FILE), '-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n');
+    const b = cli(['bootstrap', '--service', 'orders', '--instance', 'orders-v1', '--app-port', '9001', '--inbound-port', '21001', '--data-dir', dataDir, '--credentials', dir]);
+    assert.equal(b.status, 0, b.stderr);
+    assert.match(b.stdout, new RegExp(`filename: ${path.join(dir, 'token.crt').replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}`));
+    assert.match(b.stderr, /node id orders-v1 /);
+    const gw = cli(['token', '--gateway', 'edge', '--instance', 'host-a', '--data-dir', dataDir]);
+    assert.equal(gw.status, 0, gw.stderr);
+    assert.ok(existsSync(path.join(dataDir, 'proxies', 'gateway-edge-host-a', 'token.crt')));
+    const out = path.join(dataDir, 'elsewhere');
+    assert.equal(cli(['token', '--service', 'orders', '--instance', 'orders-v1', '--out', out, '--data-dir', dataDir]).status, 0);
+    assert.ok(existsSync(path.join(out, 'token.jwt')));
+    const bad = cli(['token', '--service', 'orders', '--instance', 'a b', '--data-dir', dataDir]);
+    assert.equal(bad.status, 2);
+    assert.match(bad.stderr, /--instance must be 1 to 256 printable characters without spaces/);
+    const noInstance = cli(['token', '--service', 'orders', '--data-dir', dataDir]);
+    assert.equal(noInstance.status, 0, noInstance.stderr);
+    assert.match(noInstance.stdout, /^ey[\w-]+\.[\w-]+\.[\w-]+\n$/, 'without --instance or --out: the JWT, as before');
   });
 });
