@@ -11,7 +11,7 @@ import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { SnapshotCache } from '../xds/cache/snapshot-cache.js';
 import { SHORT_NAME, PUSH_ORDER } from '../xds/resources/type-urls.js';
-import type { ProxyRegistry } from '../xds/server/proxy-status.js';
+import type { ProxyRegistry, ProxyStatus } from '../xds/server/proxy-status.js';
 import type { IdentityManager } from '../ca/identities.js';
 import { hashText } from '../xds/resources/resource.js';
 import { explainGroup } from '../explain/provenance.js';
@@ -204,17 +204,32 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
 
   app.get('/api/certificates', async () => ({ certificates: deps.identities?.list() ?? [] }));
 
+  /**
+   * The proxy a URL's `:id` names: a node id, or the name of a gateway or service with exactly one
+   * connected proxy. Several: 409 with their ids; none: 404. (Undefined once the reply is sent.)
+   */
+  const proxyOf = (key: string, reply: FastifyReply): ProxyStatus | undefined => {
+    const found = registry.resolve(key);
+    if (found.kind === 'found') return found.proxy;
+    if (found.kind === 'ambiguous') {
+      const ids = found.proxies.map((p) => p.node.id);
+      void reply.code(409).send({ error: `"${key}" names ${ids.length} connected proxies (${[...new Set(found.proxies.map((p) => `${p.node.role}/${p.node.name}`))].join(', ')}); ask for one by its node id: ${ids.join(', ')}`, ids });
+      return undefined;
+    }
+    void reply.code(404).send({ error: `no connected proxy "${key}" (neither a node id nor the name of a gateway or service with a connected proxy)` });
+    return undefined;
+  };
+
   app.get<{ Params: { id: string } }>('/api/proxies/:id', async (req, reply) => {
-    const p = registry.byId(req.params.id);
-    const refused = p ? undefined : registry.refusal(req.params.id);
+    const refused = registry.byId(req.params.id) ? undefined : registry.refusal(req.params.id);
     if (refused) return reply.code(409).send({ error: refused.reason, refused });
-    if (!p) return reply.code(404).send({ error: `no connected proxy "${req.params.id}"` });
-    return withCert(p);
+    const p = proxyOf(req.params.id, reply);
+    return p ? withCert(p) : reply;
   });
 
   app.get<{ Params: { id: string } }>('/api/config/:id', async (req, reply) => {
-    const p = registry.byId(req.params.id);
-    if (!p) return reply.code(404).send({ error: `no connected proxy "${req.params.id}"` });
+    const p = proxyOf(req.params.id, reply);
+    if (!p) return reply;
     const resources: Record<string, unknown[]> = {};
     for (const t of PUSH_ORDER) {
       const sent = p.sent.get(t);
@@ -228,10 +243,22 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
 
   /** Provenance: each route's and cluster's effective settings and the policy each came from. */
   app.get<{ Params: { id: string }; Querystring: { route?: string } }>('/api/explain/:id', async (req, reply) => {
-    const p = registry.byId(req.params.id);
-    const group = p?.node.group ?? req.params.id;
-    const ir = pipeline.irGroups().get(group) ?? pipeline.irGroups().get(`gateway/${group}`);
-    if (!ir || !pipeline.model) return reply.code(404).send({ error: `no connected proxy or proxy group "${req.params.id}"` });
+    const key = req.params.id;
+    const groupsNow = pipeline.irGroups();
+    // A node id; else a proxy group's name (gateway/NAME, sidecar/...); else a gateway or service name.
+    const found = registry.byId(key) || !groupsNow.has(key) ? registry.resolve(key) : ({ kind: 'none' } as const);
+    // Several proxies of one name that share a group explain alike; in different groups (sidecars
+    // with other ports, the JWT module's variant) the name is ambiguous.
+    const named = found.kind === 'ambiguous' ? found.proxies : [];
+    const groups = [...new Set(named.map((x) => x.node.group))];
+    if (groups.length > 1) {
+      const ids = named.map((x) => x.node.id);
+      return reply.code(409).send({ error: `"${key}" names ${ids.length} connected proxies in ${groups.length} proxy groups (${groups.join(', ')}); ask for one by its node id or group: ${ids.join(', ')}`, ids, groups });
+    }
+    const p = found.kind === 'found' ? found.proxy : undefined;
+    const group = p?.node.group ?? groups[0] ?? key;
+    const ir = groupsNow.get(group) ?? groupsNow.get(`gateway/${group}`);
+    if (!ir || !pipeline.model) return reply.code(404).send({ error: `no connected proxy or proxy group "${key}"` });
     return { id: p?.node.id, ...explainGroup(pipeline.model, ir, { route: req.query.route }) };
   });
 

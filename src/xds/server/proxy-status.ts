@@ -216,7 +216,32 @@ export class ProxyRegistry {
     return found;
   }
 
+  /**
+   * What an admin URL's `:id` names: the proxy with that node id; else the connected proxies of the
+   * gateway or service of that name (`gateway/NAME` or `service/NAME` to pick the role), one per node
+   * id (its newest stream). One is `found`; several are `ambiguous` (sorted by id); none is `none`.
+   */
+  resolve(key: string): ProxyLookup {
+    const exact = this.byId(key);
+    if (exact) return { kind: 'found', proxy: exact };
+    const m = /^(gateway|service)\/([^/]+)$/.exec(key);
+    const role = m ? (m[1] === 'gateway' ? 'gateway' : 'sidecar') : undefined;
+    const name = m ? m[2]! : key;
+    const newest = new Map<string, ProxyStatus>();
+    for (const p of this.streams.values()) {
+      if (p.node.name !== name || (role !== undefined && p.node.role !== role)) continue;
+      const cur = newest.get(p.node.id);
+      if (!cur || p.streamId > cur.streamId) newest.set(p.node.id, p);
+    }
+    const found = [...newest.values()].sort((a, b) => (a.node.id < b.node.id ? -1 : a.node.id > b.node.id ? 1 : 0));
+    if (found.length === 1) return { kind: 'found', proxy: found[0]!, byName: true };
+    if (found.length > 1) return { kind: 'ambiguous', proxies: found };
+    return { kind: 'none' };
+  }
+
   get size(): number {
     return this.streams.size;
   }
 }
+
+export type ProxyLookup = { kind: 'found'; proxy: ProxyStatus; byName?: boolean } | { kind: 'ambiguous'; proxies: ProxyStatus[] } | { kind: 'none' };
