@@ -153,9 +153,19 @@ function guard(security: AdminSecurity | undefined) {
   };
 }
 
+const ROUTES = new WeakMap<FastifyInstance, Set<string>>();
+
+/** Every path registered on an admin API built by buildAdmin, including routes added to it later (serve's). */
+export function registeredRoutes(app: FastifyInstance): string[] {
+  return [...(ROUTES.get(app) ?? [])].sort();
+}
+
 export function buildAdmin(deps: AdminDeps): FastifyInstance {
   // Request logs are info-level; the admin logger keeps warnings and errors only.
   const app = Fastify({ loggerInstance: deps.logger.child({ component: 'admin' }, { level: 'warn' }) as unknown as FastifyBaseLogger });
+  const routes = new Set<string>();
+  ROUTES.set(app, routes);
+  app.addHook('onRoute', (r) => void routes.add(r.url));
   const { pipeline, cache, registry, metrics } = deps;
 
   app.addHook('onRequest', guard(deps.security));

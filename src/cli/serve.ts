@@ -1,6 +1,6 @@
 // `signalbox serve`: wires the pipeline, the xDS server and the admin API together.
 import path from 'node:path';
-import { adminSecurityOf, buildAdmin } from '../admin/server.js';
+import { adminSecurityOf, buildAdmin, registeredRoutes } from '../admin/server.js';
 import { attachTelemetry } from '../telemetry/index.js';
 import { startTracing } from '../observability/tracing.js';
 import { DEFAULT_AUTHZ_PORT, type ServeConfig } from '../config/settings.js';
@@ -35,6 +35,8 @@ export interface RunningServer {
   pipeline: Pipeline;
   xds: XdsServer;
   logger: Logger;
+  /** The admin API's paths (README's admin table must list each: test/unit/docs-coverage.test.ts). */
+  adminRoutes(): string[];
   stop(): Promise<void>;
 }
 
@@ -178,6 +180,7 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
     pipeline,
     xds,
     logger,
+    adminRoutes: () => registeredRoutes(admin),
     stop: async () => {
       await watcher.close();
       await consul?.stop();
