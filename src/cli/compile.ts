@@ -85,7 +85,7 @@ export function serveLikeOptions(flags: Record<string, string | boolean | undefi
 export async function compileCommand(args: string[], out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr): Promise<number> {
   const flags = parseFlags(COMPILE_COMMAND.flags, args, true);
   const values = { group: flags.str('group') };
-  const result = await compileDir(path.resolve(policyDirArg(flags.positionals, flags.str('policies'))), values.group ? [values.group] : [], { ...serveLikeOptions(flags.values), strict: resolveStrict({ strict: flags.bool('strict') }) });
+  const result = await compileDir(path.resolve(policyDirArg(flags.positionals, flags.str('policies'))), values.group ? [values.group] : [], { ...serveLikeOptions(flags.values), strict: resolveStrict({ strict: flags.bool('strict') || undefined }) });
   if (!result.ok) {
     for (const e of result.errors) err.write(formatPolicyError(e) + '\n');
     return 1;

@@ -141,7 +141,7 @@ const VALIDATE_FORMATS = ['text', 'json', 'github'] as const;
 async function validate(argv: string[]): Promise<number> {
   const { args, envoy } = envoyFlag(argv);
   const flags = parseFlags(VALIDATE_COMMAND.flags, args, true);
-  const values = { format: flags.str('format'), json: flags.bool('json'), policies: flags.str('policies'), strict: flags.bool('strict') };
+  const values = { format: flags.str('format'), json: flags.bool('json'), policies: flags.str('policies'), strict: flags.bool('strict') || undefined };
   const positionals = flags.positionals;
   const format = values.format ?? (values.json ? 'json' : 'text');
   if (!VALIDATE_FORMATS.includes(format as (typeof VALIDATE_FORMATS)[number])) throw new SignalboxError('SB_BAD_FLAG', `--format: unknown format "${format.slice(0, 100)}"; expected one of ${VALIDATE_FORMATS.join(', ')}`);

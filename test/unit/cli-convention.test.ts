@@ -81,11 +81,13 @@ describe('usage errors exit 2 on every command', () => {
 describe('one flag name, one meaning', () => {
   /**
    * Names that mean something else on another command, each for a reason: serve binds what the
-   * proxy's bootstrap dials, and opens the ext_authz port on demand where `authz` always opens it.
+   * proxy's bootstrap dials, and opens the ext_authz and rate-limit ports on demand where `authz`
+   * and `ratelimit` always open them; the two standalone services each have their own metrics port
+   * and --insecure switch (own variables, own defaults), since both may run on one host.
    * (bootstrap's --admin-port and --admin-address are the old spellings of --envoy-admin-port and
    * --envoy-admin-address, kept so that existing scripts work.)
    */
-  const DIFFERENT_ON_PURPOSE = new Set(['serve/bootstrap --xds-address', 'serve/bootstrap --admin-port', 'serve/bootstrap --admin-address', 'serve/authz --authz-port']);
+  const DIFFERENT_ON_PURPOSE = new Set(['serve/bootstrap --xds-address', 'serve/bootstrap --admin-port', 'serve/bootstrap --admin-address', 'serve/authz --authz-port', 'serve/ratelimit --ratelimit-port', 'authz/ratelimit --metrics-address', 'authz/ratelimit --metrics-port', 'authz/ratelimit --insecure']);
 
   test('a flag several commands take has the same value form, environment variable and default on each', () => {
     const seen = new Map<string, { command: string; value?: string; env?: string; default?: string }>();
@@ -111,8 +113,8 @@ describe('one flag name, one meaning', () => {
     assert.deepEqual(takes('gateway'), ['bootstrap', 'token']);
     assert.deepEqual(takes('service'), ['bootstrap', 'token']);
     assert.deepEqual(takes('ttl'), ['bootstrap', 'token']);
-    assert.deepEqual(takes('policies'), ['serve', 'validate', 'compile', 'explain', 'authz']);
-    assert.deepEqual(takes('data-dir'), ['serve', 'authz', 'bootstrap', 'token']);
+    assert.deepEqual(takes('policies'), ['serve', 'validate', 'compile', 'explain', 'authz', 'ratelimit']);
+    assert.deepEqual(takes('data-dir'), ['serve', 'authz', 'ratelimit', 'bootstrap', 'token']);
   });
 });
 
