@@ -8,16 +8,13 @@
 // what proxies verify) and requires callers to present a certificate that chains to the mesh trust
 // bundle. --insecure serves plain text (only with `serve --xds-insecure`, whose proxies expect it).
 import { existsSync } from 'node:fs';
-import http from 'node:http';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import client from 'prom-client';
 import { AuthzServer } from '../authz/server.js';
-import { ErrorCode, formatPolicyError, SignalboxError } from '../errors.js';
-import { buildModel } from '../model/model.js';
+import { ErrorCode, SignalboxError } from '../errors.js';
 import { createLogger, type Logger } from '../observability/logger.js';
-import { loadPolicyDir } from '../sources/files/loader.js';
-import { watchPolicies } from '../sources/files/watcher.js';
+import { startStatusServer, watchModel } from './standalone.js';
 import { envoyRoot } from '../xds/resources/protos.js';
 import { CertificateAuthority } from '../ca/ca.js';
 import { ServerCertificate } from '../ca/server-tls.js';
@@ -91,25 +88,7 @@ export async function startStandaloneAuthz(values: Record<string, string | boole
   const registry = new client.Registry();
   client.collectDefaultMetrics({ register: registry, prefix: 'signalbox_authz_process_' });
   const server = new AuthzServer({ logger: log, registry });
-  let applied = false;
-  const reload = async (): Promise<boolean> => {
-    const loaded = await loadPolicyDir(dir);
-    let errors = loaded.errors;
-    if (errors.length === 0) {
-      const built = await buildModel(loaded.docs, dir);
-      errors = built.errors;
-      if (built.model && errors.length === 0) {
-        server.update(built.model);
-        applied = true;
-        return true;
-      }
-    }
-    log.warn({ errors: errors.map(formatPolicyError), keptVersion: applied ? 'last good configuration' : 'none yet' }, `policy directory rejected: ${errors.length} error(s); nothing applied`);
-    return false;
-  };
-  const watcher = watchPolicies(dir, debounce, () => void reload());
-  await watcher.ready; // an edit made while starting is in the first read or reported after it
-  await reload();
+  const watched = await watchModel(dir, debounce, log, (model) => server.update(model));
   let certificate: ServerCertificate | undefined;
   let boundAuthz: number;
   try {
@@ -117,7 +96,7 @@ export async function startStandaloneAuthz(values: Record<string, string | boole
     boundAuthz = await server.listen(hostPort(get('authzAddress'), authzPort), certificate && ca ? { certificate, clientCaPem: ca.trustBundlePem } : undefined);
   } catch (e) {
     certificate?.stop();
-    await watcher.close();
+    await watched.close();
     await server.close();
     throw e;
   }
@@ -127,47 +106,23 @@ export async function startStandaloneAuthz(values: Record<string, string | boole
     log.warn(warning);
   }
 
-  let metricsServer: http.Server | undefined;
-  let boundMetrics: number | undefined;
+  let metrics: { port: number; close(): Promise<void> } | undefined;
   if (metricsPort !== undefined) {
-    metricsServer = http.createServer((req, res) => {
-      const url = req.url ?? '/';
-      if (url === '/metrics') {
-        void registry.metrics().then((text) => {
-          res.writeHead(200, { 'content-type': registry.contentType });
-          res.end(text);
-        });
-      } else if (url === '/healthz') {
-        res.writeHead(200).end('ok\n');
-      } else if (url === '/readyz') {
-        res.writeHead(applied ? 200 : 503).end(applied ? 'ready\n' : 'no valid policy configuration yet\n');
-      } else if (url === '/api/authz') {
-        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ tls: !insecure, ...server.engine.status() }));
-      } else {
-        res.writeHead(404).end();
-      }
-    });
-    await new Promise<void>((resolve, reject) => {
-      metricsServer!.once('error', reject);
-      metricsServer!.listen(metricsPort, get('metricsAddress'), () => resolve());
-    });
-    boundMetrics = (metricsServer.address() as { port: number }).port;
+    metrics = await startStatusServer({ registry, address: get('metricsAddress'), port: metricsPort, ready: () => watched.applied, statusPath: '/api/authz', status: () => ({ tls: !insecure, ...server.engine.status() }) });
   }
+  const boundMetrics = metrics?.port;
   log.info({ authz: hostPort(get('authzAddress'), boundAuthz), tls: !insecure, metrics: boundMetrics === undefined ? 'off' : `http://${hostPort(get('metricsAddress'), boundMetrics)}`, policies: dir }, 'signalbox authz serving');
   return {
     authzPort: boundAuthz,
     metricsPort: boundMetrics,
     tls: !insecure,
     server,
-    reload,
+    reload: watched.reload,
     stop: async () => {
-      await watcher.close();
+      await watched.close();
       await server.close();
       certificate?.stop();
-      if (metricsServer) {
-        metricsServer.closeAllConnections();
-        await new Promise<void>((resolve) => metricsServer!.close(() => resolve()));
-      }
+      await metrics?.close();
     },
   };
 }

@@ -12,7 +12,6 @@
 // Every flag is checked before anything listens or connects: a bad Redis URL, an unreadable
 // password file or a missing CA is a usage error, never an outage. The Redis password never
 // leaves this process: logs, /api/ratelimit and errors show the URL with `***` in its place.
-import http from 'node:http';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import client from 'prom-client';
@@ -20,12 +19,11 @@ import { ServerCertificate } from '../ca/server-tls.js';
 import { RATELIMIT_SETTINGS, redisOf } from '../config/settings.js';
 
 export { RATELIMIT_SETTINGS };
-import { ErrorCode, formatPolicyError, SignalboxError } from '../errors.js';
-import { BUILTIN_DEFAULTS, buildModel } from '../model/model.js';
+import { ErrorCode, SignalboxError } from '../errors.js';
+import { BUILTIN_DEFAULTS } from '../model/model.js';
 import { createLogger, type Logger } from '../observability/logger.js';
 import { RateLimitService } from '../ratelimit/service.js';
-import { loadPolicyDir } from '../sources/files/loader.js';
-import { watchPolicies } from '../sources/files/watcher.js';
+import { startStatusServer, watchModel } from './standalone.js';
 import { envoyRoot } from '../xds/resources/protos.js';
 import { hostPort, openMeshCa, portOf } from './authz.js';
 
@@ -74,25 +72,7 @@ export async function startStandaloneRateLimit(values: Record<string, string | b
   const registry = new client.Registry();
   client.collectDefaultMetrics({ register: registry, prefix: 'signalbox_ratelimit_process_' });
   const service = new RateLimitService({ logger: log, redis, registry });
-  let applied = false;
-  const reload = async (): Promise<boolean> => {
-    const loaded = await loadPolicyDir(dir);
-    let errors = loaded.errors;
-    if (errors.length === 0) {
-      const built = await buildModel(loaded.docs, dir);
-      errors = built.errors;
-      if (built.model && errors.length === 0) {
-        service.update(built.model);
-        applied = true;
-        return true;
-      }
-    }
-    log.warn({ errors: errors.map(formatPolicyError), keptVersion: applied ? 'last good configuration' : 'none yet' }, `policy directory rejected: ${errors.length} error(s); nothing applied`);
-    return false;
-  };
-  const watcher = watchPolicies(dir, debounce, () => void reload());
-  await watcher.ready; // an edit made while starting is in the first read or reported after it
-  await reload();
+  const watched = await watchModel(dir, debounce, log, (model) => service.update(model));
   let certificate: ServerCertificate | undefined;
   let bound: number;
   try {
@@ -100,7 +80,7 @@ export async function startStandaloneRateLimit(values: Record<string, string | b
     bound = await service.listen(hostPort(get('ratelimitAddress'), ratelimitPort), certificate && ca ? { certificate, clientCaPem: ca.trustBundlePem } : undefined);
   } catch (e) {
     certificate?.stop();
-    await watcher.close();
+    await watched.close();
     await service.close();
     throw e;
   }
@@ -113,55 +93,31 @@ export async function startStandaloneRateLimit(values: Record<string, string | b
   }
 
   const status = () => ({ port: bound, listening: true, tls: !insecure, redis: service.redisStatus(), policies: service.policies(), calls: service.calls });
-  let metricsServer: http.Server | undefined;
-  let boundMetrics: number | undefined;
+  let metrics: { port: number; close(): Promise<void> } | undefined;
   if (metricsPort !== undefined) {
-    metricsServer = http.createServer((req, res) => {
-      const url = req.url ?? '/';
-      if (url === '/metrics') {
-        void registry.metrics().then((text) => {
-          res.writeHead(200, { 'content-type': registry.contentType });
-          res.end(text);
-        });
-      } else if (url === '/healthz') {
-        res.writeHead(200).end('ok\n');
-      } else if (url === '/readyz') {
-        res.writeHead(applied ? 200 : 503).end(applied ? 'ready\n' : 'no valid policy configuration yet\n');
-      } else if (url === '/api/ratelimit') {
-        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(status()));
-      } else {
-        res.writeHead(404).end();
-      }
-    });
     try {
-      await new Promise<void>((resolve, reject) => {
-        metricsServer!.once('error', reject);
-        metricsServer!.listen(metricsPort, get('metricsAddress'), () => resolve());
-      });
+      metrics = await startStatusServer({ registry, address: get('metricsAddress'), port: metricsPort, ready: () => watched.applied, statusPath: '/api/ratelimit', status: () => status() });
     } catch (e) {
       // A half-started service must not linger: its gRPC port and Redis connection go too.
       certificate?.stop();
-      await watcher.close();
+      await watched.close();
       await service.close();
       throw e;
     }
-    boundMetrics = (metricsServer.address() as { port: number }).port;
   }
+  const boundMetrics = metrics?.port;
   log.info({ ratelimit: hostPort(get('ratelimitAddress'), bound), tls: !insecure, redis: service.store.url, metrics: boundMetrics === undefined ? 'off' : `http://${hostPort(get('metricsAddress'), boundMetrics)}`, policies: dir }, 'signalbox ratelimit serving');
   return {
     ratelimitPort: bound,
     metricsPort: boundMetrics,
     tls: !insecure,
     service,
-    reload,
+    reload: watched.reload,
     stop: async () => {
-      await watcher.close();
+      await watched.close();
       await service.close();
       certificate?.stop();
-      if (metricsServer) {
-        metricsServer.closeAllConnections();
-        await new Promise<void>((resolve) => metricsServer!.close(() => resolve()));
-      }
+      await metrics?.close();
     },
   };
 }
