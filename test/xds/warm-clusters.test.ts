@@ -199,6 +199,32 @@ for (const protocol of ['sotw', 'delta'] as const) {
       c.cancel();
     });
 
+    // SotW only: a Delta ACK names its own response, never a stale one.
+    if (protocol === 'sotw') {
+      test('an ACK that comes after a newer endpoint response (a stale nonce) still warms what it ACKs', async () => {
+        const { c, id } = await quietClient();
+        await sb.writePolicy('policies.yaml', policies({ catalogBackend: 'catalog2', comment: `stale ${n}` }));
+        const cds = await c.next(CDS);
+        const eds1 = await c.next(EDS); // the client's request for catalog2's endpoints
+        assert.ok(c.names(eds1).includes('catalog2'));
+        // Another endpoint change goes out before the proxy answers eds1: eds1's nonce is now stale.
+        const mark = c.history.length;
+        await sb.writePolicy('services.yaml', SERVICES.replace('port: 9002', 'port: 9003'));
+        try {
+          await c.next(EDS);
+          assert.deepEqual(c.history.slice(mark).filter((r) => r.type_url === RDS), [], 'the route change is still held');
+          c.ack(cds);
+          c.ack(eds1);
+          const rds = await c.next(RDS, WARM_WAIT_MS - 700);
+          assert.equal(c.catalogCluster(rds), 'catalog2', 'the stale ACK of eds1 says catalog2 has its endpoints');
+          assert.equal((await proxy(id)).warmWaitTimeouts, 0);
+        } finally {
+          await sb.writePolicy('services.yaml', SERVICES);
+          c.cancel();
+        }
+      });
+    }
+
     test('a proxy that never ACKs the cluster gets the route change when the wait bound passes', async () => {
       const { c, id } = await quietClient();
       const before = await sb.metric('signalbox_xds_warm_wait_seconds_count', { outcome: 'timeout' });
