@@ -89,6 +89,35 @@ describe('the watcher', { timeout: 30_000 }, () => {
     }
   });
 
+  test('every rename onto a file is reported, however soon after the last one', async () => {
+    const dir = tempDir();
+    const file = path.join(dir, 'a.yaml');
+    writeFileSync(file, '# 0\n');
+    let calls = 0;
+    const w = watchPolicies(dir, 20, (c) => {
+      if (c.full || c.paths.has(file)) calls++;
+    });
+    try {
+      await w.ready;
+      // As a tool that writes a temporary file and renames it into place does, one edit at a time:
+      // each waits for its own report (chokidar alone missed ~1 in 30 of these).
+      let missed = 0;
+      for (let i = 1; i <= 200; i++) {
+        const before = calls;
+        writeFileSync(path.join(dir, '.a.yaml.tmp'), `# ${i}\n`);
+        renameSync(path.join(dir, '.a.yaml.tmp'), file);
+        try {
+          await waitFor(() => calls > before, { timeoutMs: 300, intervalMs: 2, what: `rename ${i} reported` });
+        } catch {
+          missed++;
+        }
+      }
+      assert.equal(missed, 0, `${missed} of 200 renames were never reported`);
+    } finally {
+      await w.close();
+    }
+  });
+
   test('changes that keep coming are gathered; a new folder asks for a full read', async () => {
     const dir = tempDir();
     writeFileSync(path.join(dir, 'a.yaml'), '# a\n');
