@@ -89,7 +89,7 @@ spec:
 async function metric(adminPort: number, name: string): Promise<number> {
   const text = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text();
   let sum = 0;
-  for (const line of text.split('\n')) if (line.startsWith(name + ' ') || line.startsWith(name + '{')) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
+  for (const line of text.split('\n')) if (line.startsWith(`${name} `) || line.startsWith(`${name}{`)) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
   return sum;
 }
 
@@ -265,4 +265,4 @@ for (const m of MODES) {
 const micro = microBench();
 console.table(results);
 console.table([micro]);
-if (flags.json) writeFileSync(flags.json, JSON.stringify({ rate: RATE, seconds: SECONDS, cores: os.cpus().length, results, micro }, null, 2) + '\n');
+if (flags.json) writeFileSync(flags.json, `${JSON.stringify({ rate: RATE, seconds: SECONDS, cores: os.cpus().length, results, micro }, null, 2)}\n`);

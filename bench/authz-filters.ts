@@ -18,7 +18,6 @@
 //
 // Flags: --requests N per connection (3000; 200 with --instructions) --rounds R (3) --instructions
 import os from 'node:os';
-import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import YAML from 'yaml';
 import { exportJWK, generateKeyPair, SignJWT } from 'jose';
@@ -138,7 +137,7 @@ async function main(): Promise<void> {
     '| --- | ---: | ---: | ---: |',
     ...results.map(([n, v]) => `| ${n} | ${v.toFixed(0)} | +${(v - base).toFixed(0)} | ${((100 * v) / results[1]![1]).toFixed(0)} % |`),
   ];
-  process.stdout.write(lines.join('\n') + '\n');
+  process.stdout.write(`${lines.join('\n')}\n`);
 }
 
 /**

@@ -132,7 +132,10 @@ class Pool {
 const pools = new Map<number, Pool>();
 function get(port: number, token: string): Promise<number> {
   let p = pools.get(port);
-  if (!p) pools.set(port, (p = new Pool(port)));
+  if (!p) {
+    p = new Pool(port);
+    pools.set(port, p);
+  }
   return p.get(token);
 }
 
@@ -197,7 +200,8 @@ async function fixedRate(port: number, tokens: string[], rate: number, seconds: 
   return { requests: lat.length, seconds: took, rps: lat.length / took, p50: percentile(lat, 50), p99: percentile(lat, 99), bad };
 }
 
-type Json = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+// biome-ignore lint/suspicious/noExplicitAny: Envoy's config dump, read loosely for a few known paths
+type Json = Record<string, any>;
 
 /**
  * The jwt_authn configuration: the baseline listener exactly as Signalbox compiled it (taken from
@@ -400,7 +404,10 @@ ${jwtPolicy('bench', 'auth')}${jwtPolicy('bench-slow', 'slow', '  from: [ { head
     if (!(await gateway.admin('/config_dump?resource=dynamic_listeners')).includes(want)) throw new Error(`the gateway does not run the fast path as ${want}`);
     // A request without a token must be refused on the two auth listeners (the filters are on).
     for (const port of [authPort, jwtPort, slowPort]) {
-      const status = await new Promise<number>((resolve) => http.get({ host: '127.0.0.1', port, path: '/bench', agent }, (r) => (r.resume(), resolve(r.statusCode ?? 0))));
+      const status = await new Promise<number>((resolve) => http.get({ host: '127.0.0.1', port, path: '/bench', agent }, (r) => {
+        r.resume();
+        resolve(r.statusCode ?? 0);
+      }));
       if (status !== 401) throw new Error(`listener ${port} let a request without a token through (${status})`);
     }
 
@@ -413,9 +420,9 @@ ${jwtPolicy('bench', 'auth')}${jwtPolicy('bench-slow', 'slow', '  from: [ { head
       for (let i = 0; i < 500; i++) await get(plainPort, tokens[i % tokens.length]!);
       const seqBase = (performance.now() - t1) / 500;
       process.stderr.write(`sequential: ext_authz ${seq.toFixed(3)} ms/request, baseline ${seqBase.toFixed(3)} ms/request\n`);
-      process.stderr.write((await gateway.admin('/stats?filter=signalbox.authz.*(upstream_rq_time|upstream_cx_total|upstream_cx_active|upstream_rq_total)')) + '\n');
+      process.stderr.write(`${await gateway.admin('/stats?filter=signalbox.authz.*(upstream_rq_time|upstream_cx_total|upstream_cx_active|upstream_rq_total)')}\n`);
       const m = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text();
-      process.stderr.write(m.split('\n').filter((l) => l.startsWith('signalbox_authz_check_duration_seconds_sum') || l.startsWith('signalbox_authz_check_duration_seconds_count')).join('\n') + '\n');
+      process.stderr.write(`${m.split('\n').filter((l) => l.startsWith('signalbox_authz_check_duration_seconds_sum') || l.startsWith('signalbox_authz_check_duration_seconds_count')).join('\n')}\n`);
       const samples: string[] = [];
       const timer = setInterval(() => {
         void gateway.admin('/stats?filter=signalbox.authz.*(upstream_rq_active|upstream_rq_pending_active)$').then((t) => samples.push(t.replace(/\n/g, ' ')));
@@ -446,7 +453,8 @@ ${jwtPolicy('bench', 'auth')}${jwtPolicy('bench-slow', 'slow', '  from: [ { head
       const one = (name: string) => Number(new RegExp(`^signalbox_process_${name} (\\S+)`, 'm').exec(m)?.[1] ?? NaN);
       const gc: Record<string, { count: number; seconds: number }> = {};
       for (const x of m.matchAll(/^signalbox_process_nodejs_gc_duration_seconds_(sum|count)\{kind="(\w+)"\} (\S+)/gm)) {
-        const k = (gc[x[2]!] ??= { count: 0, seconds: 0 });
+        gc[x[2]!] ??= { count: 0, seconds: 0 };
+        const k = gc[x[2]!]!;
         if (x[1] === 'sum') k.seconds = Number(x[3]);
         else k.count = Number(x[3]);
       }
@@ -515,12 +523,12 @@ ${jwtPolicy('bench', 'auth')}${jwtPolicy('bench-slow', 'slow', '  from: [ { head
     const only = byKey('ext_authz');
     const f2 = (n: number) => n.toFixed(2);
     const authnIndex = configs.findIndex((c) => c.key === 'jwt_authn');
-    const perRound = (key: string) => runs[configs.findIndex((c) => c.key === key)]!.map((r, i) => ((100 * r.saturated.rps) / runs[authnIndex]![i]!.saturated.rps).toFixed(0) + '%').join(', ');
+    const perRound = (key: string) => runs[configs.findIndex((c) => c.key === key)]!.map((r, i) => `${((100 * r.saturated.rps) / runs[authnIndex]![i]!.saturated.rps).toFixed(0)}%`).join(', ');
     const tokensText = FRESH ? `a new RS256 token per measured request (saturated phases capped at ${FRESH_SATURATED} requests)` : `${TOKENS} distinct RS256 tokens, repeated`;
     const lines = [
       `Machine: ${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}, Node ${process.version}, Envoy 1 worker thread each (baseline, jwt_authn and Signalbox on three Envoys); medians of ${ROUNDS} interleaved rounds; ${SECONDS}s per phase, closed loop at concurrency ${CONCURRENCY}, open loop at ${RATE} req/s${STEADY ? ' (run first, after a warm-up at that rate)' : ' (after the closed loop)'}, ${tokensText}. Load average before / after: ${load0} / ${os.loadavg()[0]!.toFixed(2)} (other processes compete for the same cores).`,
       '',
-      '| configuration | saturated req/s | p50 ms (saturated) | p99 ms (saturated) | p50 ms at ' + RATE + '/s | p99 ms at ' + RATE + '/s | Envoy CPU % / µs per request (saturated) | Signalbox CPU % / µs per request (saturated) | ext_authz service checks (saturated + fixed) | non-301 answers |',
+      `| configuration | saturated req/s | p50 ms (saturated) | p99 ms (saturated) | p50 ms at ${RATE}/s | p99 ms at ${RATE}/s | Envoy CPU % / µs per request (saturated) | Signalbox CPU % / µs per request (saturated) | ext_authz service checks (saturated + fixed) | non-301 answers |`,
       '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
       ...results.map((r) => `| ${r.name} | ${r.saturated.rps.toFixed(0)} | ${f2(r.saturated.p50)} | ${f2(r.saturated.p99)} | ${f2(r.fixed.p50)} | ${f2(r.fixed.p99)} | ${r.cpu.envoy.toFixed(0)} / ${((r.cpu.envoy * 10_000) / r.saturated.rps).toFixed(0)} | ${r.cpu.signalbox.toFixed(0)} / ${((r.cpu.signalbox * 10_000) / r.saturated.rps).toFixed(0)} | ${r.serviceChecks} | ${r.saturated.bad + r.fixed.bad} |`),
       '',
@@ -533,7 +541,7 @@ ${jwtPolicy('bench', 'auth')}${jwtPolicy('bench-slow', 'slow', '  from: [ { head
           ]
         : []),
     ];
-    process.stdout.write(lines.join('\n') + '\n');
+    process.stdout.write(`${lines.join('\n')}\n`);
     if (flags.json) writeFileSync(flags.json, JSON.stringify({ seconds: SECONDS, rounds: ROUNDS, concurrency: CONCURRENCY, rate: RATE, tokens: TOKENS, fresh: FRESH, steady: STEADY, freshSaturated: FRESH ? FRESH_SATURATED : undefined, results }, null, 2));
   } catch (e) {
     process.stderr.write(`bench:authz failed: ${(e as Error).message}\n--- signalbox log ---\n${sbLog}\n`);

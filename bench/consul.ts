@@ -144,7 +144,7 @@ async function main(): Promise<void> {
   docs.push(`apiVersion: signalbox.dev/v1alpha1\nkind: HTTPRoute\nmetadata: { name: edge }\nspec:\n  parentRefs: [ { kind: Gateway, name: edge } ]\n  rules:\n${rules.join('\n')}`);
   const { mkdirSync } = await import('node:fs');
   mkdirSync(policyDir, { recursive: true });
-  writeFileSync(path.join(policyDir, 'bench.yaml'), docs.join('\n---\n') + '\n');
+  writeFileSync(path.join(policyDir, 'bench.yaml'), `${docs.join('\n---\n')}\n`);
 
   const [xdsPort, adminPort] = [await freePort(), await freePort()];
   const nodeArgs = flags['server-node-args']!.split(' ').filter(Boolean); // e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof"
@@ -251,8 +251,8 @@ async function main(): Promise<void> {
     consulErrors: [...m1].filter(([k, v]) => k.startsWith('signalbox_consul_errors_total') && v > 0).map(([k, v]) => `${k} ${v}`),
     edsResponsesPerClient: Math.round(clients.reduce((a, c) => a + c.edsResponses, 0) / C),
   };
-  process.stdout.write(JSON.stringify(result, null, 2) + '\n');
-  if (flags.json) writeFileSync(flags.json, JSON.stringify(result, null, 2) + '\n');
+  process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
+  if (flags.json) writeFileSync(flags.json, `${JSON.stringify(result, null, 2)}\n`);
   for (const c of clients) c.ads.close();
   const exited = new Promise((r) => sb.once('exit', r));
   sb.kill('SIGTERM');

@@ -150,7 +150,7 @@ function wait(t0: number, timeoutMs: number): void {
     onProgress = undefined;
     const versions: Record<string, number> = {};
     for (const s of live) {
-      const key = `${s.gateway} ${s.rdsVersion.length > 40 ? s.rdsVersion.slice(0, 40) + '…' : s.rdsVersion}`;
+      const key = `${s.gateway} ${s.rdsVersion.length > 40 ? `${s.rdsVersion.slice(0, 40)}…` : s.rdsVersion}`;
       versions[key] = (versions[key] ?? 0) + 1;
     }
     const latencies = live.filter((s) => s.firstAfter !== undefined).map((s) => s.firstAfter! - t0);
@@ -158,7 +158,10 @@ function wait(t0: number, timeoutMs: number): void {
   };
   const timer = setTimeout(report, timeoutMs);
   let pending = live.filter((s) => s.firstAfter === undefined).length;
-  if (pending === 0) return report();
+  if (pending === 0) {
+    report();
+    return;
+  }
   onProgress = () => {
     if (--pending === 0) report();
   };

@@ -136,6 +136,16 @@ function rssKiB(pid: number): number {
   return Number(m[1]);
 }
 
+/** The median of three RSS readings 200 ms apart. */
+async function rssMedian(pid: number): Promise<number> {
+  const xs = [rssKiB(pid)];
+  for (let i = 0; i < 2; i++) {
+    await sleep(200);
+    xs.push(rssKiB(pid));
+  }
+  return median(xs);
+}
+
 /** CPU time (user + system) of a process in milliseconds. */
 const cpuMsOf = (pid: number) => cpuSeconds(pid) * 1000;
 
@@ -395,7 +405,7 @@ async function runMode(mode: Mode, policyDir: string, changeFile: string): Promi
     await sleep(1000);
     m = await scrape(server.adminPort);
     const idleLagP99Ms = metric(m, 'signalbox_process_nodejs_eventloop_lag_p99_seconds') * 1000;
-    const rssBefore = median([rssKiB(server.pid), (await sleep(200), rssKiB(server.pid)), (await sleep(200), rssKiB(server.pid))]);
+    const rssBefore = await rssMedian(server.pid);
     const heapBefore = metric(m, 'signalbox_process_nodejs_heap_size_used_bytes');
 
     // Connect.
@@ -410,7 +420,7 @@ async function runMode(mode: Mode, policyDir: string, changeFile: string): Promi
     await sleep(3000);
     m = await scrape(server.adminPort);
     const connected = [...m].filter(([k]) => k.startsWith('signalbox_connected_proxies{')).reduce((a, [, v]) => a + v, 0);
-    const rssAfter = median([rssKiB(server.pid), (await sleep(200), rssKiB(server.pid)), (await sleep(200), rssKiB(server.pid))]);
+    const rssAfter = await rssMedian(server.pid);
     const heapAfter = metric(m, 'signalbox_process_nodejs_heap_size_used_bytes');
     const rssPerClientKiB = (rssAfter - rssBefore) / N;
     console.log(`   idle event-loop lag p99 before connecting: ${fmt(idleLagP99Ms, 1)} ms (the histogram samples every 10 ms; an idle loop reads about 10 ms)`);
@@ -535,7 +545,7 @@ async function main(): Promise<void> {
     );
   }
   console.log(`load average at the end: ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}`);
-  if (flags.json) writeFileSync(flags.json, JSON.stringify({ machine: mach, shape, clients: N, changes: K, tls: TLS, results }, null, 2) + '\n');
+  if (flags.json) writeFileSync(flags.json, `${JSON.stringify({ machine: mach, shape, clients: N, changes: K, tls: TLS, results }, null, 2)}\n`);
 }
 
 main()

@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// The whole test suite: type-check and build, provision the real peers (every Envoy version in
+// The whole test suite: type-check and build, lint, provision the real peers (every Envoy version in
 // envoy-versions.json with Signalbox's JWT module built for it, Consul, Redis, Chromium), check the JWT
 // module's C (unit tests and a bounded fuzz run under ASan/UBSan), then run the tests with node's
 // test runner: every test on the pinned Envoy, then the integration tests (the real-Envoy suite,
@@ -28,6 +28,7 @@ function step(title, cmd, cmdArgs, opts = {}) {
 }
 
 step('build (tsc, strict)', 'npx', ['tsc', '-p', 'tsconfig.json']);
+step('lint (Biome, biome.jsonc; warnings fail)', 'npx', ['biome', 'ci', '--error-on-warnings', '--colors=off']);
 
 /** The Envoy versions, pinned first (envoy-versions.json is the one list). */
 const versions = JSON.parse(readFileSync(path.join(root, 'envoy-versions.json'), 'utf8')).versions.sort((a, b) => (a.role === 'pinned' ? -1 : b.role === 'pinned' ? 1 : 0));

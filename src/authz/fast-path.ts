@@ -30,10 +30,10 @@ export function fastPathAnswer(d: Decision): string {
     }
     for (const h of d.headers) lines.push(`set ${h.name} ${h.value}`);
     for (const h of d.removeHeaders) lines.push(`remove ${h}`);
-    return lines.join('\n') + '\n';
+    return `${lines.join('\n')}\n`;
   }
   const lines = [`deny ${d.status}`, ...d.headers.map((h) => `header ${h.name} ${h.value}`), 'body'];
-  return lines.join('\n') + '\n' + d.body;
+  return `${lines.join('\n')}\n${d.body}`;
 }
 
 /** The policy a fast-path request names (`<prefix><policy>`), or undefined. */

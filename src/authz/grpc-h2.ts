@@ -114,7 +114,10 @@ export class UnaryGrpcServer {
     const method = this.methods.get(String(headers[':path']));
     const type = String(headers['content-type'] ?? '');
     if (headers[':method'] !== 'POST' || !type.startsWith('application/grpc')) {
-      if (this.opts.plain) return this.opts.plain(stream, headers);
+      if (this.opts.plain) {
+        this.opts.plain(stream, headers);
+        return;
+      }
       if (open(stream)) stream.respond({ ':status': 415 }, { endStream: true });
       return;
     }

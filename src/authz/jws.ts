@@ -91,7 +91,7 @@ export function prepareKeys(keys: readonly JWK[]): PreparedKey[] {
 }
 
 const BASE64URL = /^[A-Za-z0-9_-]*$/;
-// eslint-disable-next-line no-control-regex
+// biome-ignore lint/suspicious/noControlCharactersInRegex: the range starts at U+0000 on purpose (any non-ASCII byte)
 const NON_ASCII = /[^\u0000-\u007f]/;
 
 /**
@@ -136,7 +136,7 @@ export function parseJws(token: string, algorithms: readonly string[]): ParsedJw
   if (!header || typeof header !== 'object' || Array.isArray(header)) return 'malformed';
   const hd = header as Record<string, unknown>;
   // alg "none", HMAC (e.g. HS256 "signed" with the public key) and anything not listed stop here.
-  if (typeof hd.alg !== 'string' || !algorithms.includes(hd.alg) || !Object.prototype.hasOwnProperty.call(ALGS, hd.alg)) return 'alg_not_allowed';
+  if (typeof hd.alg !== 'string' || !algorithms.includes(hd.alg) || !Object.hasOwn(ALGS, hd.alg)) return 'alg_not_allowed';
   if (hd.b64 === false) return 'malformed';
   if (hd.crit !== undefined) {
     const crit = hd.crit;

@@ -17,7 +17,7 @@ import { performance } from 'node:perf_hooks';
 import type { ClaimRule, JwtPolicyModel } from '../model/jwt.js';
 import { extractToken, type RequestView } from './extract.js';
 import type { JwksCache, KeySet } from './jwks.js';
-import { parseJws, verifyJws, type ParsedJws } from './jws.js';
+import { parseJws, verifyJws, } from './jws.js';
 import type { AuthzMetrics, DecisionReason } from './metrics.js';
 
 export type Rfc6750Error = 'invalid_request' | 'invalid_token' | 'insufficient_scope';
@@ -75,11 +75,11 @@ function invalid(reason: DecisionReason, status: 400 | 401 = 401): PolicyResult 
 
 /** A claim by name; a dotted name not present as such walks into nested objects (`realm.roles`). */
 export function claimValue(payload: Record<string, unknown>, name: string): unknown {
-  if (Object.prototype.hasOwnProperty.call(payload, name)) return payload[name];
+  if (Object.hasOwn(payload, name)) return payload[name];
   if (!name.includes('.')) return undefined;
   let v: unknown = payload;
   for (const part of name.split('.')) {
-    if (!v || typeof v !== 'object' || Array.isArray(v) || !Object.prototype.hasOwnProperty.call(v, part)) return undefined;
+    if (!v || typeof v !== 'object' || Array.isArray(v) || !Object.hasOwn(v, part)) return undefined;
     v = (v as Record<string, unknown>)[part];
   }
   return v;
@@ -107,7 +107,7 @@ export function headerValue(value: unknown): string | undefined {
   else if (typeof value === 'number' || typeof value === 'boolean') text = String(value);
   else if (Array.isArray(value) && value.every((x) => typeof x === 'string' || typeof x === 'number' || typeof x === 'boolean')) text = value.join(',');
   else text = JSON.stringify(value);
-  // eslint-disable-next-line no-control-regex
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are exactly what this refuses
   if (text === '' || text.length > MAX_FORWARD_VALUE || /[\u0000-\u001f\u007f]/.test(text)) return undefined;
   return text;
 }

@@ -237,17 +237,27 @@ export class AuthzServer {
         stream.destroy();
       }
     };
-    if (headers[':method'] === 'POST' && path === FAST_PATH_HTTP.reports) return this.onReport(stream, headers, reply);
+    if (headers[':method'] === 'POST' && path === FAST_PATH_HTTP.reports) {
+      this.onReport(stream, headers, reply);
+      return;
+    }
     stream.resume(); // no body is read
-    if (headers[':method'] !== 'POST') return reply(405);
+    if (headers[':method'] !== 'POST') {
+      reply(405);
+      return;
+    }
     const reported = policyOfPath(path, FAST_PATH_HTTP.report);
     if (reported !== undefined) {
       const n = Number(headers[FAST_PATH_HTTP.countHeader]);
       if (Number.isSafeInteger(n) && n > 0 && n <= 1e9) this.metrics?.fastPathAllows.inc({ policy: this.engine.policyNames().includes(reported) ? reported : 'unknown' }, n);
-      return reply(204);
+      reply(204);
+      return;
     }
     const policy = policyOfPath(path, FAST_PATH_HTTP.check);
-    if (policy === undefined) return reply(404);
+    if (policy === undefined) {
+      reply(404);
+      return;
+    }
     const t0 = performance.now();
     const header = this.engine.tokenHeaderOf(policy);
     // Repeated values joined with "," as Envoy's ext_authz filter joins them (the script sends one).
@@ -265,7 +275,8 @@ export class AuthzServer {
     try {
       d = this.decide(header !== undefined && value !== undefined ? { [header]: value } : {}, '/', policy, traceHeaders(headers));
     } catch (e) {
-      return failed(e as Error);
+      failed(e as Error);
+      return;
     }
     if (d instanceof Promise) d.then(answer, failed);
     else answer(d);

@@ -16,7 +16,7 @@ import { randomUUID, webcrypto } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { jwtVerify, SignJWT } from 'jose';
+import { type JWTPayload, jwtVerify, SignJWT } from 'jose';
 import { parseDuration } from '../api/v1alpha1/index.js';
 import { ErrorCode, SignalboxError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
@@ -364,7 +364,7 @@ export async function revokeToken(dataDir: string, id: string): Promise<void> {
     }
     if (list.includes(id)) return;
     list.push(id);
-    await writeStateFile(p.revoked, JSON.stringify(list.sort(), null, 2) + '\n', 0o600);
+    await writeStateFile(p.revoked, `${JSON.stringify(list.sort(), null, 2)}\n`, 0o600);
   });
 }
 
@@ -517,7 +517,7 @@ export class TokenVerifier extends EventEmitter<TokenVerifierEvents> {
     if (token.length > 4096) return { ok: false, reason: 'token too large' };
     await this.refresh();
     if (this.problem) return { ok: false, reason: this.problem };
-    let payload;
+    let payload: JWTPayload;
     try {
       ({ payload } = await jwtVerify(token, this.publicKey, { issuer: ISSUER, audience: AUDIENCE, algorithms: [ALG], requiredClaims: ['exp', 'jti', 'sub'] }));
     } catch (e) {

@@ -57,7 +57,7 @@ export async function compileDir(dir: string, sidecarGroups: Iterable<string> = 
   if (loaded.errors.length) return { ok: false, errors: loaded.errors };
   const built = await buildModel(loaded.docs, dir);
   if (!built.model) return { ok: false, errors: built.errors };
-  let compiled;
+  let compiled: ReturnType<typeof compileGroups>;
   try {
     compiled = compileGroups(built.model, { ...compileGroupsOptions(opts), groups: sidecarGroups });
   } catch (e) {
@@ -87,7 +87,7 @@ export async function compileCommand(args: string[], out: NodeJS.WritableStream 
   const values = { group: flags.str('group') };
   const result = await compileDir(path.resolve(policyDirArg(flags.positionals, flags.str('policies'))), values.group ? [values.group] : [], { ...serveLikeOptions(flags.values), strict: resolveStrict({ strict: flags.bool('strict') || undefined }) });
   if (!result.ok) {
-    for (const e of result.errors) err.write(formatPolicyError(e) + '\n');
+    for (const e of result.errors) err.write(`${formatPolicyError(e)}\n`);
     return 1;
   }
   for (const w of result.warnings) err.write(`warning: ${formatPolicyError(w)}\n`);
@@ -96,6 +96,6 @@ export async function compileCommand(args: string[], out: NodeJS.WritableStream 
     return 1;
   }
   const groups = values.group ? { [values.group]: result.groups[values.group] } : result.groups;
-  out.write(JSON.stringify(groups, null, 2) + '\n');
+  out.write(`${JSON.stringify(groups, null, 2)}\n`);
   return 0;
 }

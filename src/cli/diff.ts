@@ -123,7 +123,7 @@ export function diffText(diffs: GroupDiff[]): string {
   }
   const count = diffs.reduce((n, g) => n + g.resources.length, 0);
   lines.push(`${count} resource(s) differ in ${diffs.length} proxy group(s)`);
-  return lines.join('\n') + '\n';
+  return `${lines.join('\n')}\n`;
 }
 
 /** `signalbox diff`: both directories compiled offline; exit 0 identical, 1 different, 2 invalid. */
@@ -154,6 +154,6 @@ export async function diffCommand(args: string[], out: NodeJS.WritableStream = p
     only = (g) => g === group;
   }
   const diffs = diffGroups(a!.groups, b!.groups, only);
-  out.write(values.json ? JSON.stringify({ identical: diffs.length === 0, groups: diffs }, null, 2) + '\n' : diffText(diffs));
+  out.write(values.json ? `${JSON.stringify({ identical: diffs.length === 0, groups: diffs }, null, 2)}\n` : diffText(diffs));
   return diffs.length ? 1 : 0;
 }

@@ -22,10 +22,10 @@ export async function explainCommand(args: string[], out: NodeJS.WritableStream 
   const loaded = await loadPolicyDir(dir);
   const built = loaded.errors.length ? { errors: loaded.errors, model: undefined } : await buildModel(loaded.docs, dir);
   if (!built.model) {
-    for (const e of built.errors) err.write(formatPolicyError(e) + '\n');
+    for (const e of built.errors) err.write(`${formatPolicyError(e)}\n`);
     return 1;
   }
-  let groups;
+  let groups: ReturnType<typeof compileGroups>;
   try {
     // (sidecar groups and +jwt-module variants are built on request)
     groups = compileGroups(built.model, { ...compileGroupsOptions(serveLikeOptions(flags.values)), groups: [values.proxy] });
@@ -44,6 +44,6 @@ export async function explainCommand(args: string[], out: NodeJS.WritableStream 
     err.write(`signalbox explain: no route "${values.route}" in ${group}\n`);
     return 1;
   }
-  out.write(values.json ? JSON.stringify(explained, null, 2) + '\n' : explainText(explained));
+  out.write(values.json ? `${JSON.stringify(explained, null, 2)}\n` : explainText(explained));
   return 0;
 }

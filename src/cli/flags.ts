@@ -144,7 +144,7 @@ export function commandHelp(c: CommandSpec): string {
   }
   if (c.notes?.length) out.push('', ...c.notes.map((n) => wrap(n, 98, '')));
   out.push('', wrap(EXIT_CODES, 98, ''));
-  return out.join('\n') + '\n';
+  return `${out.join('\n')}\n`;
 }
 
 /** `--help` or `-h` among the arguments (before a `--`). */

@@ -24,7 +24,7 @@ export function mainHelp(): string {
     lines.push(`      ${c.summary.split(/(?<=\.) /)[0]}`);
   }
   lines.push('', 'signalbox COMMAND --help lists the flags of COMMAND, with their defaults and environment variables.', EXIT_CODES);
-  return lines.join('\n') + '\n';
+  return `${lines.join('\n')}\n`;
 }
 
 /** parseArgs' own errors: an unknown flag, a flag without its value, an argument where none is taken. */
@@ -162,15 +162,15 @@ async function validate(argv: string[]): Promise<number> {
     ? ` checked by Envoy ${preflight.envoy.version}: ${preflight.groups.length} proxy group(s) in ${preflight.ms} ms (${Math.round(preflight.groups.reduce((n, g) => n + g.checkMs, 0) / Math.max(1, preflight.groups.length))} ms per group)`
     : '';
   if (format === 'json') {
-    process.stdout.write(JSON.stringify({ valid: errors.length === 0, documents: loaded.docs.length, errors, warnings, ...(preflight ? { envoy: { ...preflight.envoy, ms: preflight.ms, groups: preflight.groups } } : {}) }, null, 2) + '\n');
+    process.stdout.write(`${JSON.stringify({ valid: errors.length === 0, documents: loaded.docs.length, errors, warnings, ...(preflight ? { envoy: { ...preflight.envoy, ms: preflight.ms, groups: preflight.groups } } : {}) }, null, 2)}\n`);
   } else {
     // Warnings (documents skipped as not Signalbox's) never fail the check; --strict makes them errors.
     if (format === 'github') {
       // Workflow commands are read from standard output; the summary goes to the log as usual.
-      for (const e of errors) process.stdout.write(githubAnnotation(e) + '\n');
-      for (const w of warnings) process.stdout.write(githubAnnotation(w, 'warning') + '\n');
+      for (const e of errors) process.stdout.write(`${githubAnnotation(e)}\n`);
+      for (const w of warnings) process.stdout.write(`${githubAnnotation(w, 'warning')}\n`);
     } else {
-      for (const e of errors) process.stderr.write(formatPolicyError(e as PolicyError) + '\n');
+      for (const e of errors) process.stderr.write(`${formatPolicyError(e as PolicyError)}\n`);
       for (const w of warnings) process.stderr.write(`warning: ${formatPolicyError(w)}\n`);
     }
     if (errors.length) process.stderr.write(`${errors.length} error(s) in ${dir}${skipped}${checked}\n`);
@@ -210,7 +210,7 @@ async function token(args: string[]): Promise<number> {
     const { token: jwt } = await issueToken(dataDir, subject, undefined, { id: cred.id, expiresAt: cred.expiresAt });
     const jwtFile = path.join(outDir, 'token.jwt');
     const { writeStateFile } = await import('../util/files.js');
-    await writeStateFile(jwtFile, jwt + '\n', 0o600);
+    await writeStateFile(jwtFile, `${jwt}\n`, 0o600);
     process.stderr.write(
       `token ${cred.id} for ${subject}${values.instance !== undefined ? ` (instance ${values.instance})` : ''}, expires ${cred.expiresAt.toISOString()} (revoke: signalbox token revoke ${cred.id})\n` +
         `  client certificate: ${cred.certFile}\n  key:                ${cred.keyFile}\n  JWT:                ${jwtFile}\n`,
@@ -218,7 +218,7 @@ async function token(args: string[]): Promise<number> {
     return 0;
   }
   const { token: jwt, id, expiresAt } = await issueToken(dataDir, subject, values.ttl);
-  process.stdout.write(jwt + '\n');
+  process.stdout.write(`${jwt}\n`);
   process.stderr.write(`token ${id} for ${subject}, expires ${expiresAt.toISOString()} (revoke: signalbox token revoke ${id})\n`);
   return 0;
 }

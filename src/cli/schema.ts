@@ -48,7 +48,7 @@ export async function schemaCommand(args: string[], out: NodeJS.WritableStream =
   if (values.out !== undefined && values.kind !== undefined) throw new SignalboxError('SB_BAD_FLAG', '--out writes every kind; leave out --kind');
   if (values.out === undefined) {
     const schema = values.kind ? kindJsonSchema(values.kind as Kind) : combinedJsonSchema();
-    out.write(JSON.stringify(schema, null, 2) + '\n');
+    out.write(`${JSON.stringify(schema, null, 2)}\n`);
     return 0;
   }
   const dir = path.resolve(values.out);

@@ -82,7 +82,7 @@ export function renderStatus(proxies: ProxyJson[], now = Date.now()): string {
       out.push('', `${p.id}: ${t} ${s.lastNack.version.slice(0, 8)} NACKED${s.lastNack.sources.length ? ` (from ${s.lastNack.sources.join(', ')}${culpritOf(s.lastNack)})` : ''}`, `  ${s.lastNack.message.replace(/\s+/g, ' ').slice(0, 500)}`);
     }
   }
-  return out.join('\n') + '\n';
+  return `${out.join('\n')}\n`;
 }
 
 /** The admin API's bearer token from --admin-token-file (or SIGNALBOX_ADMIN_TOKEN_FILE, as `serve` reads it): the file's trimmed content. */
@@ -134,7 +134,7 @@ export async function status(args: string[], io: StatusOutput = STDIO): Promise<
   }
   let proxies = ((await res.json()) as { proxies: ProxyJson[] }).proxies;
   if (values.role) proxies = proxies.filter((p) => p.role === values.role);
-  if (values.json) io.out(JSON.stringify(proxies.map((p) => ({ id: p.id, role: p.role, name: p.name, status: statusWord(p), types: p.types, certificate: p.certificate })), null, 2) + '\n');
+  if (values.json) io.out(`${JSON.stringify(proxies.map((p) => ({ id: p.id, role: p.role, name: p.name, status: statusWord(p), types: p.types, certificate: p.certificate })), null, 2)}\n`);
   else io.out(renderStatus(proxies));
   return proxies.every((p) => p.state === 'SYNCED') ? 0 : 1;
 }

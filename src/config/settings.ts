@@ -264,7 +264,7 @@ function jwtFastPathOf(v: string): { jwtFastPath: boolean; jwtFastPathModule: bo
   throw new SignalboxError(ErrorCode.BAD_FLAG, `--jwt-fast-path must be "on", "module" or "off", got "${v}"`);
 }
 
-function onOff(name: string, v: string): boolean {
+function _onOff(name: string, v: string): boolean {
   if (v === 'on') return true;
   if (v === 'off') return false;
   throw new SignalboxError(ErrorCode.BAD_FLAG, `--${name} must be "on" or "off", got "${v}"`);

@@ -114,7 +114,8 @@ function staticInstancesOf(model: Model): (service: string) => readonly Instance
     let list = cache.get(service);
     if (!list) {
       const svc = model.services.get(service);
-      cache.set(service, (list = svc?.endpoints ? staticInstances(svc) : []));
+      list = svc?.endpoints ? staticInstances(svc) : [];
+      cache.set(service, list);
     }
     return list;
   };

@@ -184,7 +184,7 @@ export function explainText(e: Explained): string {
     lines.push(`cluster ${c.name}`);
     lines.push(...block(c.settings, '    '));
   }
-  return lines.join('\n') + '\n';
+  return `${lines.join('\n')}\n`;
 }
 
 /** The group a proxy id, gateway name or group name designates, among `groups`. */

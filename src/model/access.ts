@@ -31,12 +31,12 @@ export function resolveAccessPolicies(docs: LoadedDoc<'AccessPolicy'>[], service
       err(d, ['spec', 'targetRef', 'name'], ErrorCode.UNKNOWN_REFERENCE, `unknown Service "${target}"${didYouMean(target, services)}`);
       continue;
     }
-    spec.rules.forEach((r, ri) =>
-      r.from.forEach((f, fi) => {
+    for (const [ri, r] of spec.rules.entries()) {
+      for (const [fi, f] of r.from.entries()) {
         if (f.service && !services.has(f.service)) err(d, ['spec', 'rules', ri, 'from', fi, 'service'], ErrorCode.UNKNOWN_REFERENCE, `unknown Service "${f.service}"${didYouMean(f.service, services)}`);
         if (f.gateway && !gateways.has(f.gateway)) err(d, ['spec', 'rules', ri, 'from', fi, 'gateway'], ErrorCode.UNKNOWN_REFERENCE, `unknown Gateway "${f.gateway}"${didYouMean(f.gateway, gateways)}`);
-      }),
-    );
+      }
+    }
     const existing = out.get(target);
     if (existing && existing.default !== spec.default) {
       const other = firstDefault.get(target)!;

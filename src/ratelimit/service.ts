@@ -164,7 +164,10 @@ export class RateLimitService {
     for (const l of this.limits.values()) {
       let p = byPolicy.get(l.policy);
       const decisions = { allowed: 0, limited: 0, failureAllowed: 0, failureDenied: 0, ...this.decisions.get(l.policy) };
-      if (!p) byPolicy.set(l.policy, (p = { policy: l.policy, failureMode: l.failureMode, limits: [], decisions }));
+      if (!p) {
+        p = { policy: l.policy, failureMode: l.failureMode, limits: [], decisions };
+        byPolicy.set(l.policy, p);
+      }
       p.limits.push({ id: l.id, requests: l.requests, per: l.unit, by: l.by });
     }
     return [...byPolicy.values()].sort((a, b) => (a.policy < b.policy ? -1 : 1));
@@ -177,7 +180,10 @@ export class RateLimitService {
   private decided(l: LimitEntry, result: DecisionResult): void {
     this.metrics?.decisions.inc({ policy: l.policy, result });
     let d = this.decisions.get(l.policy);
-    if (!d) this.decisions.set(l.policy, (d = { allowed: 0, limited: 0, failureAllowed: 0, failureDenied: 0 }));
+    if (!d) {
+      d = { allowed: 0, limited: 0, failureAllowed: 0, failureDenied: 0 };
+      this.decisions.set(l.policy, d);
+    }
     d[DECISION_FIELD[result]]++;
   }
 

@@ -40,8 +40,8 @@ function capped(series: Iterable<Series>, cap: number): Group[] {
   if (rest.length) {
     const g: Group = { label: '(other)', totals: new Float64Array(rest[0]!.totals.length), buckets: new Float64Array(PROM_BUCKETS_S.length + 1), sum: 0 };
     for (const s of rest) {
-      s.totals.forEach((v, i) => (g.totals[i]! += v));
-      s.promBuckets.forEach((v, i) => (g.buckets[i]! += v));
+      for (const [i, v] of s.totals.entries()) g.totals[i]! += v;
+      for (const [i, v] of s.promBuckets.entries()) g.buckets[i]! += v;
       g.sum += s.latencySumSeconds;
     }
     out.push(g);

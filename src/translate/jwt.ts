@@ -98,7 +98,8 @@ function applyJwtPoliciesToRoutes(model: Model, ir: IRProxyConfig, opts: JwtTran
     let f = fastPaths.get(name);
     if (!f) {
       const policy = jwt.policies.get(name)!;
-      fastPaths.set(name, (f = fastPathOf(policy, keysOf(policy))));
+      f = fastPathOf(policy, keysOf(policy));
+      fastPaths.set(name, f);
     }
     return f;
   };

@@ -32,7 +32,7 @@ function sortKeys(v: unknown): unknown {
 
 /** Pretty JSON with keys sorted at every level: stable text, readable diffs. */
 function goldenText(groups: CompiledGroups): string {
-  return JSON.stringify(sortKeys(groups), null, 2) + '\n';
+  return `${JSON.stringify(sortKeys(groups), null, 2)}\n`;
 }
 
 const cases = readdirSync(CASES)

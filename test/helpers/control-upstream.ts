@@ -78,7 +78,7 @@ export async function startControlUpstream(name: string, opts: ControlUpstreamOp
 
   const server = http.createServer((req, res) => {
     const url = req.url ?? '';
-    if (url === healthPath || url.startsWith(healthPath + '?')) {
+    if (url === healthPath || url.startsWith(`${healthPath}?`)) {
       healthCount++;
       req.resume();
       const status = healthy ? 200 : 503;

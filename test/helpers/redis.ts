@@ -25,11 +25,15 @@ let bin: string | undefined;
 
 export function redisBinary(): string {
   if (bin) return bin;
-  if (process.env.SIGNALBOX_REDIS_BIN) return (bin = process.env.SIGNALBOX_REDIS_BIN);
+  if (process.env.SIGNALBOX_REDIS_BIN) {
+    bin = process.env.SIGNALBOX_REDIS_BIN;
+    return bin;
+  }
   const r = spawnSync('bash', [path.join(repoRoot(), 'scripts', 'provision-redis.sh')], { encoding: 'utf8' });
   const out = r.stdout.trim().split('\n').pop();
   if (r.status !== 0 || !out) throw new Error(`redis helper: scripts/provision-redis.sh failed (exit ${r.status}):\n${r.stderr}`);
-  return (bin = out);
+  bin = out;
+  return bin;
 }
 
 const live = new Set<ChildProcess>();
@@ -71,7 +75,7 @@ export async function startRedis(opts: { password?: string } = {}): Promise<Redi
         let text = '';
         const auth = opts.password ? `*2\r\n$4\r\nAUTH\r\n$${Buffer.byteLength(opts.password)}\r\n${opts.password}\r\n` : '';
         s.setTimeout(2_000, () => s.destroy(new Error('redis command timed out')));
-        s.on('connect', () => s.write(auth + `*${args.length}\r\n` + args.map((a) => `$${Buffer.byteLength(a)}\r\n${a}\r\n`).join('')));
+        s.on('connect', () => s.write(`${auth}*${args.length}\r\n${args.map((a) => `$${Buffer.byteLength(a)}\r\n${a}\r\n`).join('')}`));
         s.on('data', (b) => {
           text += b.toString();
           const replies = text.split('\r\n').filter((l) => /^[+\-:$*]/.test(l)).length;

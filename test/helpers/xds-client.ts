@@ -121,7 +121,8 @@ function makeCodecs() {
   };
 }
 function getCodecs() {
-  return (codecs ??= makeCodecs());
+  codecs ??= makeCodecs();
+  return codecs;
 }
 
 /** Encodes a request message to bytes (e.g. to corrupt it on purpose). */
@@ -440,14 +441,20 @@ export class DeltaClientStream extends BaseStream<DeltaDiscoveryRequest, DeltaDi
 
   holding(typeUrl: string): Map<string, string> {
     let m = this.have.get(typeUrl);
-    if (!m) this.have.set(typeUrl, (m = new Map()));
+    if (!m) {
+      m = new Map();
+      this.have.set(typeUrl, m);
+    }
     return m;
   }
 
   /** Subscribes names (or '*'); with `initialVersions` on a type's first request. */
   subscribe(typeUrl: string, names: string[], extra: Partial<DeltaDiscoveryRequest> = {}): void {
     let s = this.subscribed.get(typeUrl);
-    if (!s) this.subscribed.set(typeUrl, (s = new Set()));
+    if (!s) {
+      s = new Set();
+      this.subscribed.set(typeUrl, s);
+    }
     for (const n of names) s.add(n);
     this.sendRaw(this.withNode({ type_url: typeUrl, resource_names_subscribe: names, ...extra }));
   }

@@ -5,7 +5,6 @@ import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { bootstrapYaml } from '../../src/cli/bootstrap.js';
 import { startConsul, type ConsulAgent } from '../helpers/consul.js';
 import { repoRoot, startEnvoy, type Envoy } from '../helpers/envoy.js';
 import { freePort, httpGet, waitFor } from '../helpers/net.js';

@@ -8,7 +8,6 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
-import { bootstrapYaml } from '../../src/cli/bootstrap.js';
 import { repoRoot, startEnvoy, type Envoy } from '../helpers/envoy.js';
 import { startGatewayEnv, type GatewayEnv } from '../helpers/gateway-env.js';
 import { freePort, httpGet, waitFor } from '../helpers/net.js';

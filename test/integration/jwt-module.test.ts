@@ -16,7 +16,6 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import YAML from 'yaml';
-import { bootstrapYaml } from '../../src/cli/bootstrap.js';
 import { JWT_CHECK_FILTER, JWT_MODULE } from '../../src/xds/translator/filters/jwt-fast.js';
 import { envoyVersionUnderTest, startEnvoy, type Envoy } from '../helpers/envoy.js';
 import { freePort, waitFor } from '../helpers/net.js';
@@ -318,7 +317,10 @@ spec:
 `,
         );
         let last = { status: 0, reused: false };
-        await waitFor(async () => (last = await get(openPort, '/', {}, agent)).status === 401, { what: 'the new policy in force', timeoutMs: 15_000, intervalMs: 100 });
+        await waitFor(async () => {
+          last = await get(openPort, '/', {}, agent);
+          return last.status === 401;
+        }, { what: 'the new policy in force', timeoutMs: 15_000, intervalMs: 100 });
         assert.ok(last.reused, 'refused on the connection opened before the policy existed');
         assert.equal((await get(openPort, '/', { authorization: `Bearer ${good}` }, agent)).status, 200);
         assert.equal(await listeners(), before, 'routes only: the listener did not change');

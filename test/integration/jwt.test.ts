@@ -9,7 +9,6 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { bootstrapYaml } from '../../src/cli/bootstrap.js';
 import { startEnvoy, type Envoy } from '../helpers/envoy.js';
 import { asAlg, hmacWithPublicKey, makeKey, signToken, startJwksServer, unsignedToken, type JwksServer, type TestKey } from '../helpers/jwks-server.js';
 import { freePort, waitFor } from '../helpers/net.js';

@@ -223,7 +223,10 @@ spec:
     // its keys again, which takes a moment after the start).
     let after = await groupVersions(sb);
     const equalAtOnce = JSON.stringify(after) === JSON.stringify(before);
-    await waitFor(async () => JSON.stringify((after = await groupVersions(sb))) === JSON.stringify(before), { what: 'versions equal to those before the restart', timeoutMs: 10_000 }).catch(() => undefined);
+    await waitFor(async () => {
+      after = await groupVersions(sb);
+      return JSON.stringify(after) === JSON.stringify(before);
+    }, { what: 'versions equal to those before the restart', timeoutMs: 10_000 }).catch(() => undefined);
     assert.deepEqual(after, before);
     t.diagnostic(`versions after the restart equal those before: ${equalAtOnce ? 'at the first look' : 'once the JWKS file was read again'}`);
     assert.equal((await sb.admin('/api/proxies/edge-1')).state, 'SYNCED');

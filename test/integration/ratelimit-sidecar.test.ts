@@ -6,7 +6,6 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { bootstrapYaml } from '../../src/cli/bootstrap.js';
 import { startEnvoy, type Envoy } from '../helpers/envoy.js';
 import { startMeshApp, type MeshApp } from '../helpers/mesh-app.js';
 import { freePort, waitFor } from '../helpers/net.js';

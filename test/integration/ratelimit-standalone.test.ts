@@ -264,7 +264,7 @@ describe('signalbox ratelimit (standalone): real Redis, real Envoy', () => {
   test('a policy edit reaches the standalone service; a broken edit changes nothing; the password shows nowhere', async () => {
     const file = path.join(dir, 'policies.yaml');
     const good = policies({ gw: ports.gw, backend: backend.port });
-    writeFileSync(file, good + 'kind: [broken\n');
+    writeFileSync(file, `${good}kind: [broken\n`);
     await waitFor(() => /policy directory rejected/.test(childLog), { what: 'the broken edit rejected', timeoutMs: 10_000 });
     assert.deepEqual((await standalone('/api/ratelimit')).policies.map((p: { policy: string }) => p.policy), ['per-key'], 'the last good policies are kept');
     writeFileSync(file, good.replace('failureMode: deny', 'failureMode: allow'));

@@ -15,7 +15,6 @@ import { startSignalbox, type SignalboxProcess } from '../helpers/signalbox.js';
 import { startGatewayEnv } from '../helpers/gateway-env.js';
 import { startEnvoy } from '../helpers/envoy.js';
 import { CertificateAuthority } from '../../src/ca/ca.js';
-import { bootstrapYaml } from '../../src/cli/bootstrap.js';
 import { freePort } from '../helpers/net.js';
 import { startUpstream } from '../helpers/upstream.js';
 import { httpGet } from '../helpers/net.js';
@@ -151,7 +150,10 @@ describe('OpenTelemetry tracing of the control plane', () => {
           responseDeserialize: (b: Buffer) => b,
         },
       },
-      { Export: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => (exports.push(call.request), cb(null, Buffer.alloc(0))) },
+      { Export: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => {
+          exports.push(call.request);
+          cb(null, Buffer.alloc(0));
+        } },
     );
     const collectorPort = await new Promise<number>((resolve, reject) => collector.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
     const app = await startUpstream('traced');
@@ -213,7 +215,10 @@ spec:
     const collector = new grpc.Server();
     collector.addService(
       { Export: { path: '/opentelemetry.proto.collector.trace.v1.TraceService/Export', requestStream: false, responseStream: false, requestSerialize: (b: Buffer) => b, requestDeserialize: (b: Buffer) => b, responseSerialize: (b: Buffer) => b, responseDeserialize: (b: Buffer) => b } },
-      { Export: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => (exports.push(call.request), cb(null, Buffer.alloc(0))) },
+      { Export: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => {
+          exports.push(call.request);
+          cb(null, Buffer.alloc(0));
+        } },
     );
     const collectorPort = await new Promise<number>((resolve, reject) => collector.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
     const app = await startUpstream('guarded');

@@ -63,7 +63,10 @@ const withoutPolicy: { jwt: JwtModel } = { jwt: { policies: new Map(), byTarget:
 function accepting(port: number): Promise<boolean> {
   return new Promise((resolve) => {
     const s = net.connect(port, '127.0.0.1');
-    s.once('connect', () => (s.destroy(), resolve(true)));
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
     s.once('error', () => resolve(false));
   });
 }
@@ -73,7 +76,10 @@ async function askOverTls(port: number, ca: CertificateAuthority): Promise<numbe
   const proxy = await ca.issue('spiffe://signalbox.local/gateway/g', 3_600_000);
   return new Promise((resolve) => {
     const session = http2.connect(`https://127.0.0.1:${port}`, { ca: ca.trustBundlePem, cert: proxy.certificatePem, key: proxy.privateKeyPem });
-    const done = (v: number | string) => (session.destroy(), resolve(v));
+    const done = (v: number | string) => {
+      session.destroy();
+      resolve(v);
+    };
     session.on('error', (e) => done(e.message));
     const s = session.request({ ':method': 'POST', ':path': '/signalbox.jwt/check/p' });
     s.on('error', (e) => done(e.message));
@@ -126,7 +132,10 @@ describe('embedded ext_authz service: listens only when needed', () => {
       const session = http2.connect(`http://127.0.0.1:${authz.port}`);
       session.on('error', reject);
       const s = session.request({ ':method': 'POST', ':path': '/nowhere' });
-      s.on('response', (h) => (session.close(), resolve(Number(h[':status']))));
+      s.on('response', (h) => {
+        session.close();
+        resolve(Number(h[':status']));
+      });
       s.end();
     });
     assert.equal(status, 404);

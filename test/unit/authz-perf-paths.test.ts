@@ -267,7 +267,9 @@ describe('the decision waits only when it must', async () => {
   const model = (p: JwtPolicyModel): JwtModel => ({ policies: new Map([[p.name, p]]), byTarget: new Map() });
   const input = (token: string) => ({ headers: { authorization: `Bearer ${token}` }, path: '/', policies: ['p'] });
   const engines: AuthzEngine[] = [];
-  after(() => engines.forEach((e) => e.close()));
+  after(() => {
+  for (const e of engines) e.close();
+});
 
   test('keys loaded: answered synchronously, allows and refusals alike; distinct tokens each verified', async () => {
     const e = new AuthzEngine();

@@ -15,7 +15,7 @@ import { DEFAULT_TOKEN_TTL, issueToken, issueTokenCredentials, revokeToken, Toke
 import { createLogger, type Logger } from '../../src/observability/logger.js';
 
 const tmp = (p: string) => mkdtempSync(path.join(os.tmpdir(), p));
-const silent = createLogger({ level: 'silent' });
+const _silent = createLogger({ level: 'silent' });
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const HOUR = 3_600_000;
 

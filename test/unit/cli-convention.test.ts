@@ -22,7 +22,7 @@ describe('--help on every command', () => {
         const at = r.stdout.indexOf(`  --${f.name}${f.value ? ` ${f.value}` : ''}`);
         assert.ok(at >= 0, `--${f.name} is listed`);
         // The flag's own entry runs to the next flag's.
-        const entry = r.stdout.slice(at).split(/\n  --/)[0]!.replace(/\s+/g, ' ');
+        const entry = r.stdout.slice(at).split(/\n {2}--/)[0]!.replace(/\s+/g, ' ');
         if (f.default) assert.ok(entry.includes(`default ${f.default}`), `--${f.name}: default ${f.default} in "${entry}"`);
         if (f.env) assert.ok(entry.includes(`env ${f.env}`), `--${f.name}: env ${f.env} in "${entry}"`);
       }

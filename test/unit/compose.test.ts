@@ -59,7 +59,9 @@ const publishedPorts = () =>
 
 describe('docker-compose.yml', () => {
   const tmp: string[] = [];
-  after(() => tmp.forEach((d) => rmSync(d, { recursive: true, force: true })));
+  after(() => {
+  for (const d of tmp) rmSync(d, { recursive: true, force: true });
+});
 
   test('has the issue\'s services, each image pinned to a version', () => {
     for (const name of ['consul', 'redis', 'signalbox', 'gateway', 'prometheus', 'grafana', 'otel-collector', 'dashboard']) assert.ok(services[name], `service ${name}`);

@@ -9,7 +9,7 @@ import { createLogger } from '../../src/observability/logger.js';
 import { EndpointStore } from '../../src/sources/endpoints.js';
 import { parseConsulAddress } from '../../src/sources/consul/config.js';
 import { ConsulSource, type ConsulSourceOptions } from '../../src/sources/consul/source.js';
-import { entry, startFakeConsul, until, type FakeConsul } from './consul-fake.js';
+import { entry, startFakeConsul, until, } from './consul-fake.js';
 
 const cleanups: (() => Promise<void>)[] = [];
 after(async () => {

@@ -152,7 +152,7 @@ describe('errors and backoff in the loop', () => {
   test('403, 500, malformed JSON and timeouts are classified, backed off, and the next success recovers', async () => {
     const { fake, watch, data, errors, sentAt } = await setup({ backoff: { baseMs: 40, maxMs: 160 }, nonBlockingTimeoutMs: 1000, token: 'tkn' });
     const script = ['403', '500', 'badjson', 'hang', 'ok'];
-    fake.override = (q, res) => {
+    fake.override = (_q, res) => {
       const step = script.shift();
       if (step === '403') res.writeHead(403).end('ACL not found');
       else if (step === '500') res.writeHead(500).end('No cluster leader');

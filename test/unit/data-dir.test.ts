@@ -252,7 +252,7 @@ describe('folder and disk faults name the place and the cause', () => {
     });
     assert.equal(existsSync(path.join(dir, 'ca', 'root.key')), false, 'no key left without its certificate');
     assert.equal(existsSync(certFile), false);
-    restores.splice(0).forEach((r) => r()); // the disk has space again
+    for (const r of restores.splice(0)) r(); // the disk has space again
     assert.equal((await open(dir)).source, 'generated');
   });
 
@@ -268,7 +268,7 @@ describe('folder and disk faults name the place and the cause', () => {
     failOpen(path.join(dir, 'tokens', 'signing.pub'), 'ENOSPC');
     await assert.rejects(TokenVerifier.open(dir), /cannot write .*signing\.pub: ENOSPC \(no space left on device\); free space/);
     assert.equal(existsSync(path.join(dir, 'tokens', 'signing.key')), false);
-    restores.splice(0).forEach((r) => r());
+    for (const r of restores.splice(0)) r();
     (await TokenVerifier.open(dir)).close();
   });
 

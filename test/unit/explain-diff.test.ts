@@ -138,7 +138,7 @@ describe('signalbox diff', () => {
     );
     assert.ok(groups[0]!.resources.some((x) => x.type === 'listener' && x.name === 'admin/http' && x.status === 'added'));
     const back = await runCli(diffCommand, [withAdmin, policyDir(BASE)]);
-    assert.match(back.out, /^- proxy group gateway\/admin\n  - cluster carts\n/);
+    assert.match(back.out, /^- proxy group gateway\/admin\n {2}- cluster carts\n/);
     // --proxy limits the report to one group.
     assert.deepEqual([(await runCli(diffCommand, [policyDir(BASE), withAdmin, '--proxy', 'public'])).code], [0]);
   });

@@ -83,7 +83,7 @@ function docExamples(): { examples: Example[]; fragments: string[] } {
       const start = i + 1;
       let end = start;
       while (end < lines.length && lines[end]!.trim() !== '```') end++;
-      const block = lines.slice(start, end).join('\n') + '\n';
+      const block = `${lines.slice(start, end).join('\n')}\n`;
       i = end;
       const where = `${path.relative(root, md)}:${start + 1}`;
       for (const [n, d] of parseAllDocuments(block).entries()) {
@@ -109,7 +109,10 @@ function docExamples(): { examples: Example[]; fragments: string[] } {
 /** A stream that keeps what is written to it. */
 function sink(): Writable & { text(): string } {
   const chunks: string[] = [];
-  return Object.assign(new Writable({ write: (c: Buffer, _e: string, cb: () => void) => (chunks.push(String(c)), cb()) }), { text: () => chunks.join('') });
+  return Object.assign(new Writable({ write: (c: Buffer, _e: string, cb: () => void) => {
+        chunks.push(String(c));
+        cb();
+      }, }), { text: () => chunks.join('') });
 }
 
 const ajvErrors = (v: ValidateFunction) => (v.errors ?? []).map((e) => `${e.instancePath || '/'} ${e.message}${e.params ? ` ${JSON.stringify(e.params)}` : ''}`).join('; ');

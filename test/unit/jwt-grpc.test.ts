@@ -81,7 +81,7 @@ describe('ext_authz gRPC endpoint', () => {
   let server: AuthzServer;
   let port: number;
   let key: TestKey;
-  let client: grpc.Client & Record<string, Function>;
+  let client: grpc.Client & Record<string, (...args: any[]) => unknown>;
   let Client: grpc.ServiceClientConstructor;
   let ca: CertificateAuthority;
   let serverCert: ServerCertificate;
@@ -133,7 +133,7 @@ describe('ext_authz gRPC endpoint', () => {
       responseDeserialize: (b: Buffer) => res.toObject(res.decode(b), { enums: String, defaults: false }),
     });
     Client = grpc.makeGenericClientConstructor({ Check: method('/envoy.service.auth.v3.Authorization/Check'), Other: method('/envoy.service.auth.v3.Authorization/Other') }, 'Authorization');
-    client = new Client(`127.0.0.1:${port}`, grpc.credentials.createSsl(Buffer.from(ca.trustBundlePem), Buffer.from(proxy.privateKeyPem), Buffer.from(proxy.certificatePem))) as grpc.Client & Record<string, Function>;
+    client = new Client(`127.0.0.1:${port}`, grpc.credentials.createSsl(Buffer.from(ca.trustBundlePem), Buffer.from(proxy.privateKeyPem), Buffer.from(proxy.certificatePem))) as grpc.Client & Record<string, (...args: any[]) => unknown>;
   });
 
   after(async () => {
@@ -143,7 +143,7 @@ describe('ext_authz gRPC endpoint', () => {
   });
 
   const call = (name: string, body: object | Buffer, via = client) =>
-    new Promise<{ err: grpc.ServiceError | null; res?: Record<string, any> }>((resolve) => (via as grpc.Client & Record<string, Function>)[name]!(body, (err: grpc.ServiceError | null, r: Record<string, any>) => resolve({ err, res: r })));
+    new Promise<{ err: grpc.ServiceError | null; res?: Record<string, any> }>((resolve) => (via as grpc.Client & Record<string, (...args: any[]) => unknown>)[name]!(body, (err: grpc.ServiceError | null, r: Record<string, any>) => resolve({ err, res: r })));
 
   const check = (headers: Record<string, string>) => call('Check', { attributes: { request: { http: { headers, path: '/x', method: 'GET' } }, context_extensions: { 'signalbox.jwt.policies': 'p' } } });
 
@@ -182,7 +182,7 @@ describe('ext_authz gRPC endpoint', () => {
   });
 
   test('a caller without a certificate fails the handshake: no Check answer, no fast-path answer', async () => {
-    const anonymous = new Client(`127.0.0.1:${port}`, grpc.credentials.createSsl(Buffer.from(ca.trustBundlePem))) as grpc.Client & Record<string, Function>;
+    const anonymous = new Client(`127.0.0.1:${port}`, grpc.credentials.createSsl(Buffer.from(ca.trustBundlePem))) as grpc.Client & Record<string, (...args: any[]) => unknown>;
     try {
       const r = await call('Check', { attributes: { context_extensions: { 'signalbox.jwt.policies': 'p' } } }, anonymous);
       assert.equal(r.res, undefined);
@@ -201,7 +201,7 @@ describe('ext_authz gRPC endpoint', () => {
     const a = await h2(port, { ca: ca.trustBundlePem, cert: forged, path: '/signalbox.jwt/check/p' });
     assert.equal(a.status, undefined);
     assert.ok(a.error, 'refused');
-    const stranger = new Client(`127.0.0.1:${port}`, grpc.credentials.createSsl(Buffer.from(ca.trustBundlePem), Buffer.from(forged.privateKeyPem), Buffer.from(forged.certificatePem))) as grpc.Client & Record<string, Function>;
+    const stranger = new Client(`127.0.0.1:${port}`, grpc.credentials.createSsl(Buffer.from(ca.trustBundlePem), Buffer.from(forged.privateKeyPem), Buffer.from(forged.certificatePem))) as grpc.Client & Record<string, (...args: any[]) => unknown>;
     try {
       const r = await call('Check', { attributes: { context_extensions: { 'signalbox.jwt.policies': 'p' } } }, stranger);
       assert.equal(r.err?.code, grpc.status.UNAVAILABLE, String(r.err));
@@ -350,8 +350,11 @@ spec:
     tmpDirs.push(dir);
     const written: string[] = [];
     const write = process.stderr.write.bind(process.stderr);
-    process.stderr.write = ((chunk: string | Uint8Array, ...rest: never[]) => (written.push(String(chunk)), write(chunk, ...rest))) as typeof process.stderr.write;
-    let running;
+    process.stderr.write = ((chunk: string | Uint8Array, ...rest: never[]) => {
+      written.push(String(chunk));
+      return write(chunk, ...rest);
+    }) as typeof process.stderr.write;
+    let running: Awaited<ReturnType<typeof startStandaloneAuthz>> | undefined;
     try {
       running = await startStandaloneAuthz({ policies: dir, 'authz-address': '127.0.0.1', 'authz-port': '0', 'metrics-port': 'off', 'data-dir': path.join(dir, 'none'), insecure: true }, {}, silent);
     } finally {

@@ -100,7 +100,10 @@ describe('last good configuration: save and restore', () => {
     const { dir } = await policies();
     const data = dataDir();
     const lines: string[] = [];
-    const logger = pino({ level: 'debug' }, new Writable({ write: (c, _e, cb) => (lines.push(String(c)), cb()) }));
+    const logger = pino({ level: 'debug' }, new Writable({ write: (c, _e, cb) => {
+          lines.push(String(c));
+          cb();
+        }, }));
 
     const a = pipelineOn(dir, data, { logger });
     const first = await a.pipeline.reload();

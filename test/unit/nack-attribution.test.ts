@@ -168,7 +168,8 @@ describe('the background Envoy check', () => {
     const ask = (key: string) =>
       new Promise<NarrowingOutcome>((resolve) =>
         n.request(key, [s.rc], (o) => {
-          (answers[key] ??= []).push(o);
+          answers[key] ??= [];
+          answers[key].push(o);
           resolve(o);
         }),
       );

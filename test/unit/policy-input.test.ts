@@ -37,7 +37,7 @@ const SERVICE = doc('Service', 'orders', '{ port: 8080, endpoints: [ { address: 
  * With a kind (last, so the lines stay put): a document with neither apiVersion nor kind is not a
  * Signalbox document and is skipped without being expanded (ALIAS_BOMB_FOREIGN below).
  */
-const ALIAS_BOMB_FOREIGN = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]', ...'bcdef'.split('').map((l, i) => `${l}: &${l} [${Array(9).fill(`*${'abcde'[i]}`).join(',')}]`)].join('\n') + '\n';
+const ALIAS_BOMB_FOREIGN = `${['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]', ...'bcdef'.split('').map((l, i) => `${l}: &${l} [${Array(9).fill(`*${'abcde'[i]}`).join(',')}]`)].join('\n')}\n`;
 const ALIAS_BOMB = `${ALIAS_BOMB_FOREIGN}kind: Service\n`;
 
 interface ChildLoad {
@@ -155,7 +155,7 @@ describe('reading a policy directory is bounded and total', { timeout: 120_000 }
 
   test('a file over the per-file limit is an error naming the limit, and is not parsed', { timeout: TEST_TIMEOUT_MS }, async () => {
     // Valid YAML but broken policy: were it parsed, schema errors would show up too.
-    const big = 'kind: Nope\npadding: "' + 'x'.repeat(3000) + '"\n';
+    const big = `kind: Nope\npadding: "${'x'.repeat(3000)}"\n`;
     const dir = policyDir({ 'services.yaml': SERVICE, 'big.yaml': big });
     const e = onlyError(await loadInChild(dir, { maxFileBytes: 2048 }), 'big.yaml', ErrorCode.FILE_READ);
     assert.match(e.message, /^is 3\.0 KiB, over the limit of 2 KiB per policy file \(--max-policy-file-bytes, SIGNALBOX_MAX_POLICY_FILE_BYTES\); not read$/);
@@ -163,7 +163,7 @@ describe('reading a policy directory is bounded and total', { timeout: 120_000 }
 
   test('a directory over the per-directory limit is one error naming the limit; no file is read', { timeout: TEST_TIMEOUT_MS }, async () => {
     const files: Record<string, string> = {};
-    for (let i = 0; i < 4; i++) files[`s${i}.yaml`] = 'kind: Nope\n' + '#'.repeat(1500) + '\n'; // each would be a schema error
+    for (let i = 0; i < 4; i++) files[`s${i}.yaml`] = `kind: Nope\n${'#'.repeat(1500)}\n`; // each would be a schema error
     const dir = policyDir(files);
     const r = await loadInChild(dir, { maxDirBytes: 4096 });
     const e = onlyError(r, path.basename(dir), ErrorCode.FILE_READ);
@@ -187,7 +187,7 @@ describe('reading a policy directory is bounded and total', { timeout: 120_000 }
   });
 
   test('YAML nested 10,000 levels deep is an error (it aborted the process with a fatal V8 error)', { timeout: TEST_TIMEOUT_MS }, async () => {
-    const dir = policyDir({ 'services.yaml': SERVICE, 'deep.yaml': '- '.repeat(10_000) + 'x\n' });
+    const dir = policyDir({ 'services.yaml': SERVICE, 'deep.yaml': `${'- '.repeat(10_000)}x\n` });
     const e = onlyError(await loadInChild(dir), 'deep.yaml', ErrorCode.YAML_SYNTAX);
     assert.match(e.message, /nested more than 64 levels deep/);
   });

@@ -15,7 +15,9 @@ import { JWT_CHECK_FILTER, JWT_MODULE, JWT_MODULE_CONFIG, jwtCheck, patchRouteFo
 import { repoRoot } from '../helpers/envoy.js';
 
 const temp: string[] = [];
-after(() => temp.forEach((d) => rmSync(d, { recursive: true, force: true })));
+after(() => {
+  for (const d of temp) rmSync(d, { recursive: true, force: true });
+});
 
 const FILTER = 'envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter';
 const PER_ROUTE = 'envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilterPerRoute';

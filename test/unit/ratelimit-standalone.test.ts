@@ -96,7 +96,10 @@ describe('signalbox ratelimit (standalone)', () => {
     // Through the command: a usage error (exit 2), the message on stderr without the password.
     const written: string[] = [];
     const write = process.stderr.write.bind(process.stderr);
-    process.stderr.write = ((chunk: string | Uint8Array) => (written.push(String(chunk)), true)) as typeof process.stderr.write;
+    process.stderr.write = ((chunk: string | Uint8Array) => {
+      written.push(String(chunk));
+      return true;
+    }) as typeof process.stderr.write;
     let code: number;
     try {
       code = await run(['ratelimit', '--policies', dir, '--redis-url', `redis://:${SECRET}@127.0.0.1:6379/abc`, '--insecure', '--metrics-port', 'off']);
@@ -112,8 +115,11 @@ describe('signalbox ratelimit (standalone)', () => {
     const dir = policyDir(FILES);
     const written: string[] = [];
     const write = process.stderr.write.bind(process.stderr);
-    process.stderr.write = ((chunk: string | Uint8Array, ...rest: never[]) => (written.push(String(chunk)), write(chunk, ...rest))) as typeof process.stderr.write;
-    let running;
+    process.stderr.write = ((chunk: string | Uint8Array, ...rest: never[]) => {
+      written.push(String(chunk));
+      return write(chunk, ...rest);
+    }) as typeof process.stderr.write;
+    let running: Awaited<ReturnType<typeof startStandaloneRateLimit>> | undefined;
     try {
       // Port 1 on loopback: nothing listens there, so every Redis command fails at once.
       running = await startStandaloneRateLimit({ policies: dir, 'ratelimit-address': '127.0.0.1', 'ratelimit-port': '0', 'metrics-port': '0', 'redis-url': `redis://:${SECRET}@127.0.0.1:1`, insecure: true }, {}, silent);

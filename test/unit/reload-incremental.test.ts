@@ -14,7 +14,9 @@ import { routeFile, writePolicyDir, DEFAULT_SHAPE } from '../../bench/policy-gen
 import { waitFor } from '../helpers/net.js';
 
 const dirs: string[] = [];
-after(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
+after(() => {
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
 function tempDir(): string {
   const d = mkdtempSync(path.join(tmpdir(), 'sb-incr-'));
   dirs.push(d);

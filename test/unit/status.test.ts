@@ -52,7 +52,7 @@ describe('signalbox status', () => {
     assert.match(lines[2]!, /^orders-1\s+sidecar\/orders\s+delta\s+dddddddd\*\s+-\s+-\s+none\*\s+-\s+PENDING\s+2d2h$/);
     assert.match(lines[3]!, /^lab-1\s+gateway\/lab\s+sotw\s+-\s+-\s+-\s+11111111!\s+-\s+NACKED\s+-$/);
     assert.match(out, /3 proxies: 1 synced, 1 pending, 1 NACKed/);
-    assert.match(out, /lab-1: route ffffffff NACKED \(from policies\/lab\.yaml\)\n  regex '\[a-z\]\{300\}' RE2 program size/);
+    assert.match(out, /lab-1: route ffffffff NACKED \(from policies\/lab\.yaml\)\n {2}regex '\[a-z\]\{300\}' RE2 program size/);
     // Columns line up.
     const statusCol = lines[0]!.indexOf('STATUS');
     for (const l of lines.slice(1, 4)) assert.match(l.slice(statusCol), /^(SYNCED|PENDING|NACKED)/);

@@ -84,8 +84,11 @@ describe('access log decoder', () => {
   test('agrees with a full protobufjs decode on many random entries', () => {
     const T = lookupType(MSG);
     let seed = 7;
-    const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) % n);
-    const entries = Array.from({ length: 300 }, (_, i) => entry({ route: `r${rnd(5)}/rule/match-${rnd(3)}`, cluster: rnd(4) ? `svc${rnd(3)}` : '', status: [200, 201, 302, 404, 429, 503, 401][rnd(7)], ms: rnd(100000) / 10, attempts: 1 + rnd(3), flags: rnd(3) ? {} : { upstream_overflow: true } }));
+    const rnd = (n: number) => {
+      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+      return seed % n;
+    };
+    const entries = Array.from({ length: 300 }, (_, _i) => entry({ route: `r${rnd(5)}/rule/match-${rnd(3)}`, cluster: rnd(4) ? `svc${rnd(3)}` : '', status: [200, 201, 302, 404, 429, 503, 401][rnd(7)], ms: rnd(100000) / 10, attempts: 1 + rnd(3), flags: rnd(3) ? {} : { upstream_overflow: true } }));
     const bytes = encode({ http_logs: { log_entry: entries } });
     const full = T.toObject(T.decode(bytes), { longs: Number }) as { http_logs: { log_entry: any[] } };
     const narrow = decodeAccessLogMessage(bytes).http;

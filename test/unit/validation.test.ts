@@ -65,7 +65,7 @@ describe('YAML syntax', () => {
 
   test('a duplicate key is refused, on its line, in the right document', () => {
     const ok = doc('Service', 'a', '{ port: 80, endpoints: [ { address: 127.0.0.1, port: 1 } ] }');
-    const text = ok + '---\n' + 'apiVersion: signalbox.dev/v1alpha1\nkind: Service\nkind: Gateway\nmetadata: { name: b }\nspec: {}\n';
+    const text = `${ok}---\napiVersion: signalbox.dev/v1alpha1\nkind: Service\nkind: Gateway\nmetadata: { name: b }\nspec: {}\n`;
     const r = parse(text);
     assert.deepEqual(r.docs.map((d) => d.name), ['a'], 'the good document still loads');
     assert.equal(r.errors.length, 1);
@@ -162,7 +162,7 @@ describe('schema', () => {
   });
 
   test('an unknown field at the top level of a document', () => {
-    const r = parse(doc('Service', 'a', '{ port: 80, endpoints: [ { address: 127.0.0.1, port: 1 } ] }') + 'status: {}\n');
+    const r = parse(`${doc('Service', 'a', '{ port: 80, endpoints: [ { address: 127.0.0.1, port: 1 } ] }')}status: {}\n`);
     assert.deepEqual(formatted(r.errors), ['p.yaml#1 status: unknown field "status" (line 5)']);
   });
 

@@ -10,7 +10,7 @@ import { Worker } from 'node:worker_threads';
 import { after, afterEach, before, beforeEach, describe, test } from 'node:test';
 import { waitFor } from '../helpers/net.js';
 import { gatewayNode, makeNode, type DiscoveryResponse, type SotwClientStream } from '../helpers/xds-client.js';
-import { LDS, RDS, EDS, policies, startSignalbox, type Signalbox } from './fixture.js';
+import { LDS, RDS, policies, startSignalbox, type Signalbox } from './fixture.js';
 import { MAX_NACK_MESSAGE, NACKS_BLAMED_PER_SECOND } from '../../src/xds/server/nack-blame.js';
 import { TypeUrl } from '../../src/xds/resources/type-urls.js';
 import { bigMessage, type SenderData, type SenderReply } from './nack-sender.js';

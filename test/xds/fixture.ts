@@ -151,7 +151,7 @@ export async function startSignalbox(files: Record<string, string> = { 'services
     if (!res.ok) throw new Error(`GET ${p}: ${res.status} ${await res.text()}`);
     return (await res.json()) as T;
   };
-  const metricsText = async () => (await fetch(base + '/metrics')).text();
+  const metricsText = async () => (await fetch(`${base}/metrics`)).text();
   return {
     server,
     dir,

@@ -90,7 +90,8 @@ let re2js: typeof Re2js | undefined;
 
 /** re2js, loaded on first use: it adds ~50 ms to start-up. */
 function loadRe2js(): typeof Re2js {
-  return (re2js ??= require('re2js') as typeof Re2js);
+  re2js ??= require('re2js') as typeof Re2js;
+  return re2js;
 }
 
 /** A number of instructions Envoy's RE2 program for `pattern` is certain to exceed or match; undefined when re2js cannot compile it. */
@@ -133,16 +134,16 @@ export function regexSyntaxProblems(pattern: string): string[] {
   } catch (e) {
     const raw = (e instanceof Error ? e.message : String(e)).replace(/^error parsing regexp: /, '');
     if (raw === 'invalid escape sequence: `\\C`') return [];
-    const escape = /^invalid escape sequence: `(\\.)`$/.exec(raw)?.[1];
+    const escaped = /^invalid escape sequence: `(\\.)`$/.exec(raw)?.[1];
     const lookbehind = /^invalid named capture: `(\(\?<[=!])/.exec(raw)?.[1]; // re2js's words for a lookbehind
-    const reason = escape ? `invalid escape sequence ${escape}` : lookbehind ? `invalid or unsupported Perl syntax: \`${lookbehind}\`` : raw;
-    const hint = re2Hint(pattern, raw, escape);
+    const reason = escaped ? `invalid escape sequence ${escaped}` : lookbehind ? `invalid or unsupported Perl syntax: \`${lookbehind}\`` : raw;
+    const hint = re2Hint(pattern, raw, escaped);
     return [`${SYNTAX_PREFIX}: ${reason}${hint ? `; ${hint}` : ''}`];
   }
 }
 
-function re2Hint(pattern: string, raw: string, escape: string | undefined): string | undefined {
-  switch (escape?.[1]) {
+function re2Hint(pattern: string, raw: string, escaped: string | undefined): string | undefined {
+  switch (escaped?.[1]) {
     case 'u': {
       const code = /\\u(?:\{([0-9A-Fa-f]+)\}|([0-9A-Fa-f]{4}))/.exec(pattern);
       return `write \\x{${code ? (code[1] ?? code[2]) : '00e9'}}`;

@@ -134,7 +134,7 @@ export const routeRule = z
     if (redirect && rule.backendRefs) ctx.addIssue({ code: 'custom', path: ['backendRefs'], message: 'a rule with a RequestRedirect filter must not have backendRefs' });
     if (redirect && types.includes('URLRewrite')) ctx.addIssue({ code: 'custom', path: ['filters'], message: 'RequestRedirect and URLRewrite cannot be combined' });
     if (!redirect && !rule.backendRefs) ctx.addIssue({ code: 'custom', path: ['backendRefs'], message: 'required (at least one backend) unless the rule redirects' });
-    if (rule.backendRefs && rule.backendRefs.every((b) => b.weight === 0)) ctx.addIssue({ code: 'custom', path: ['backendRefs'], message: 'at least one backend needs a weight above 0' });
+    if (rule.backendRefs?.every((b) => b.weight === 0)) ctx.addIssue({ code: 'custom', path: ['backendRefs'], message: 'at least one backend needs a weight above 0' });
     const prefixRewrite = (rule.filters ?? []).some(
       (f) => (f.type === 'URLRewrite' && f.urlRewrite.path?.replacePrefixMatch !== undefined) || (f.type === 'RequestRedirect' && f.requestRedirect.path?.replacePrefixMatch !== undefined),
     );

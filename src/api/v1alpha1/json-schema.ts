@@ -75,6 +75,7 @@ export function combinedJsonSchema(): JsonSchema {
       kind: { enum: kinds },
     },
     // if/then rather than oneOf: an editor then reports the one kind's errors, not every kind's.
+    // biome-ignore lint/suspicious/noThenProperty: JSON Schema's if/then keywords, not a thenable
     allOf: kinds.map((kind) => ({ if: { properties: { kind: { const: kind } }, required: ['kind'] }, then: { $ref: `#/definitions/${kind}` } })),
     definitions,
   };
@@ -82,7 +83,7 @@ export function combinedJsonSchema(): JsonSchema {
 
 /** Every schema file as it is committed under schemas/: path relative to that folder, and text. */
 export function schemaFiles(): Map<string, string> {
-  const text = (s: JsonSchema) => JSON.stringify(s, null, 2) + '\n';
+  const text = (s: JsonSchema) => `${JSON.stringify(s, null, 2)}\n`;
   const files = new Map<string, string>();
   files.set(schemaFileName('all'), text(combinedJsonSchema()));
   for (const kind of Object.keys(KINDS) as Kind[]) files.set(schemaFileName(kind), text(kindJsonSchema(kind)));

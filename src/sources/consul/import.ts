@@ -64,8 +64,7 @@ export class ConsulImporter {
   synced = false;
   private firstAnswer?: () => void;
 
-  constructor(
-    private readonly source: ConsulSource,
+  constructor(readonly source: ConsulSource,
     readonly mode: ImportMode,
     private readonly onChange: () => void,
   ) {

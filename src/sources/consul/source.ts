@@ -410,7 +410,10 @@ export class ConsulSource {
       const dc = svc.consul.datacenter ?? this.opts.connection.datacenter;
       const key = watchKey(svc.consul.service, dc);
       let d = desired.get(key);
-      if (!d) desired.set(key, (d = { service: svc.consul.service, dc, subs: new Map() }));
+      if (!d) {
+        d = { service: svc.consul.service, dc, subs: new Map() };
+        desired.set(key, d);
+      }
       d.subs.set(svc.name, { tags: [...(svc.consul.tags ?? [])].sort() });
     }
     const stillFed = new Set([...desired.values()].flatMap((d) => [...d.subs.keys()]));

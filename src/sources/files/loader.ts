@@ -374,7 +374,7 @@ function validateDoc(raw: unknown, source: SourceRef, lineOf: LoadedDoc['lineOf'
   const obj = raw as Record<string, unknown>;
   const kind = obj.kind;
   if (typeof kind !== 'string') {
-    at(['kind'], ErrorCode.SCHEMA, 'required: the kind of policy, one of ' + Object.keys(KINDS).join(', '));
+    at(['kind'], ErrorCode.SCHEMA, `required: the kind of policy, one of ${Object.keys(KINDS).join(', ')}`);
     return undefined;
   }
   if (!(kind in KINDS)) {

@@ -15,7 +15,10 @@ const mapVersions = new WeakMap<ReadonlyMap<string, Resource>, string>();
 
 function mapVersion(m: ReadonlyMap<string, Resource>): string {
   let v = mapVersions.get(m);
-  if (v === undefined) mapVersions.set(m, (v = versionOf(m.values())));
+  if (v === undefined) {
+    v = versionOf(m.values());
+    mapVersions.set(m, v);
+  }
   return v;
 }
 

@@ -69,7 +69,7 @@ export class EncodeCache {
   make(type: TypeUrl, name: string, json: Record<string, unknown>, opts: { printable?: Record<string, unknown>; sources?: string[] } = {}): Resource {
     // The translator builds every object the same way from the same inputs, so plain JSON text is
     // already deterministic; sorting keys at every level (canonicalJson) cost ~5x more per reload.
-    const key = hashText(type + '\n' + JSON.stringify(json));
+    const key = hashText(`${type}\n${JSON.stringify(json)}`);
     this.live.add(key);
     let bytes = this.entries.get(key);
     if (bytes) this.hits++;
@@ -94,8 +94,8 @@ export class EncodeCache {
     const elements = (json[part.key] as Record<string, unknown>[] | undefined) ?? [];
     const head: Record<string, unknown> = { ...json };
     delete head[part.key];
-    const headKey = hashText(type + '\n' + JSON.stringify(head));
-    const keys = elements.map((e) => hashText(part.message + '\n' + JSON.stringify(e)));
+    const headKey = hashText(`${type}\n${JSON.stringify(head)}`);
+    const keys = elements.map((e) => hashText(`${part.message}\n${JSON.stringify(e)}`));
     const key = hashText(`${type}\n${headKey}\n${part.key}\n${keys.join('\n')}`);
     this.live.add(key);
     let bytes = this.entries.get(key);

@@ -250,7 +250,8 @@ export class DeltaStream extends XdsStream {
       // them, and would wait until the bound. The changes held on the way are kept (the last
       // few): the newest of them whose clusters are all warm goes, so the proxy keeps moving
       // forward, and the later ones wait on.
-      const held = (st.waiting ??= []);
+      st.waiting ??= [];
+      const held = st.waiting;
       const last = held.at(-1);
       if (!last || !sameChange(last, changedResources, removed)) held.push({ resources: changedResources, removed });
       if (held.length > MAX_HELD_CHANGES) held.shift();

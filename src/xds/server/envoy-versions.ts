@@ -60,7 +60,8 @@ export function checkVersionList(raw: unknown): EnvoyVersionList {
 let cached: EnvoyVersionList | undefined;
 
 export function envoyVersionList(): EnvoyVersionList {
-  return (cached ??= checkVersionList(JSON.parse(readFileSync(path.join(packageRoot(), 'envoy-versions.json'), 'utf8'))));
+  cached ??= checkVersionList(JSON.parse(readFileSync(path.join(packageRoot(), 'envoy-versions.json'), 'utf8')));
+  return cached;
 }
 
 /** What Signalbox says of an Envoy version. */

@@ -82,7 +82,10 @@ const printableJson = new WeakMap<Resource, string>();
 
 function jsonOf(r: Resource): string {
   let json = printableJson.get(r);
-  if (json === undefined) printableJson.set(r, (json = JSON.stringify(r.printable)));
+  if (json === undefined) {
+    json = JSON.stringify(r.printable);
+    printableJson.set(r, json);
+  }
   return json;
 }
 
@@ -560,7 +563,10 @@ export class EnvoyNarrowing {
   /** Checks `routeConfigs` (once per key, bounded); `done` gets the answer, or at once why there is none. */
   request(key: string, routeConfigs: Resource[], done: (o: NarrowingOutcome) => void, log?: Logger): void {
     const known = this.outcomes.get(key);
-    if (known) return done(known);
+    if (known) {
+      done(known);
+      return;
+    }
     const job = this.jobs.get(key);
     if (job) {
       if (job.waiters.length < this.limits.waiters) job.waiters.push(done);
@@ -571,7 +577,8 @@ export class EnvoyNarrowing {
     this.refilledAt = now;
     if (this.tokens < 1 || this.queue.length >= this.limits.queued) {
       this.counts.refused++;
-      return done({ reason: `not checked: more NACKs to check than the limit (${this.limits.perMinute} a minute, ${this.limits.queued} waiting)`, runs: 0, ms: 0 });
+      done({ reason: `not checked: more NACKs to check than the limit (${this.limits.perMinute} a minute, ${this.limits.queued} waiting)`, runs: 0, ms: 0 });
+      return;
     }
     this.tokens--;
     this.counts.started++;
@@ -668,7 +675,10 @@ function resolveOutcome(o: NarrowingOutcome, before: NackAttribution, message: s
   for (const k of route.field) value = value && typeof value === 'object' ? (value as Record<string | number, unknown>)[k] : undefined;
   const hit: RouteHit = { resource, vhost: route.vhost, route: route.route, name: route.name, json, field: route.field, value };
   let budget = MAX_SEARCH_CHARS;
-  const origin = originOf(hit, resource.sources, message, (c) => (budget -= c) > 0);
+  const origin = originOf(hit, resource.sources, message, (c) => {
+    budget -= c;
+    return budget > 0;
+  });
   if (!origin) return { sources: before.sources, candidates: n, attribution: `${before.attribution ?? oneOf(n, 'not narrowed down')}; the checking Envoy refuses route "${route.name}", which no policy file names now` };
   return {
     sources: [origin.file],

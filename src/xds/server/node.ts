@@ -85,7 +85,7 @@ function quote(v: string): string {
  * cluster and instance of printable characters within bounds, names the policy language allows.
  */
 export function identify(node: WireNode | null | undefined): NodeIdentity {
-  if (!node || !node.id) throw new NodeError('the first request carries no node id');
+  if (!node?.id) throw new NodeError('the first request carries no node id');
   if (!PRINTABLE.test(node.id)) throw new NodeError(`node id "${quote(node.id)}" must be 1 to 256 printable characters without spaces`);
   if (node.cluster && !PRINTABLE.test(node.cluster)) throw new NodeError(`node "${node.id}" has a cluster that is not 1 to 256 printable characters`);
   const base = identifyBase(node as WireNode & { id: string });

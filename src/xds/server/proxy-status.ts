@@ -100,7 +100,10 @@ export class ProxyStatus {
 
   type(t: TypeUrl): TypeStatus {
     let s = this.types.get(t);
-    if (!s) this.types.set(t, (s = { pushes: 0 }));
+    if (!s) {
+      s = { pushes: 0 };
+      this.types.set(t, s);
+    }
     return s;
   }
 

@@ -165,7 +165,10 @@ export class XdsServer {
       if (group || !stream.status) return false;
       group = stream.status.node.group;
       let set = this.streams.get(group);
-      if (!set) this.streams.set(group, (set = new Set()));
+      if (!set) {
+        set = new Set();
+        this.streams.set(group, set);
+      }
       set.add(stream);
       return true;
     };
@@ -278,7 +281,10 @@ export class XdsServer {
   private track(a: Extract<TokenCheck, { ok: true }>, kill: (why: string) => void): () => void {
     const { id, expiresAt } = a.claims;
     let set = this.byToken.get(id);
-    if (!set) this.byToken.set(id, (set = new Set()));
+    if (!set) {
+      set = new Set();
+      this.byToken.set(id, set);
+    }
     set.add(kill);
     let timer: NodeJS.Timeout | undefined;
     const arm = () => {

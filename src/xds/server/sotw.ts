@@ -73,7 +73,10 @@ export class SotwStream extends XdsStream {
       return;
     }
     const first = !st;
-    if (!st) this.states.set(type, (st = { wildcard: false, names: new Set() }));
+    if (!st) {
+      st = { wildcard: false, names: new Set() };
+      this.states.set(type, st);
+    }
 
     if (req.response_nonce) {
       if (req.error_detail) this.recordNack(type, st.version ?? '', req.error_detail.message ?? '');
@@ -182,7 +185,8 @@ export class SotwStream extends XdsStream {
       // them, and would wait until the bound. The changes held on the way are kept (the last
       // few): the newest of them whose clusters are all warm goes, so the proxy keeps moving
       // forward, and the later ones wait on.
-      const held = (st.waiting ??= []);
+      st.waiting ??= [];
+      const held = st.waiting;
       if (held.at(-1)?.version !== version) held.push({ out, list, version });
       if (held.length > MAX_HELD_CHANGES) held.shift();
       for (let i = held.length - 2; i >= 0; i--) {

@@ -75,7 +75,7 @@ export abstract class XdsStream {
       if (node?.id && node.id !== this.status.node.id) throw new StreamError('node-changed', `stream of "${this.status.node.id}" sent a request for node "${node.id}"`);
       return this.status;
     }
-    let identity;
+    let identity: ReturnType<typeof identify>;
     try {
       identity = identify(node);
     } catch (e) {
@@ -289,7 +289,10 @@ export abstract class XdsStream {
   protected ackedNames(type: TypeUrl): Set<string> | undefined {
     if (type !== TypeUrl.Cluster && type !== TypeUrl.Endpoint) return undefined;
     let s = this.acked.get(type) as Set<string> | undefined;
-    if (!s) this.acked.set(type, (s = new Set()));
+    if (!s) {
+      s = new Set();
+      this.acked.set(type, s);
+    }
     return s;
   }
 
@@ -391,7 +394,7 @@ export abstract class XdsStream {
   /** The type has nothing held any more (sent, or nothing left to send). */
   protected unhold(type: TypeUrl, outcome: 'warm' | 'timeout' | 'nack' | 'closed' = 'warm'): void {
     const h = this.held;
-    if (!h || !h.types.delete(type)) return;
+    if (!h?.types.delete(type)) return;
     if (h.types.size > 0) {
       this.status!.waiting = { since: h.since, types: [...h.types.keys()], clusters: [...new Set([...h.types.values()].flatMap((x) => x.cold))].sort() };
       return;
@@ -439,7 +442,10 @@ export abstract class XdsStream {
   protected afterAnswer(type: TypeUrl, nack: boolean): void {
     const h = this.held;
     if (!h || (type !== TypeUrl.Cluster && type !== TypeUrl.Endpoint)) return;
-    if (nack) return this.releaseHeld('nack');
+    if (nack) {
+      this.releaseHeld('nack');
+      return;
+    }
     for (const t of [TypeUrl.Listener, TypeUrl.Route]) {
       const x = this.held?.types.get(t);
       if (x) this.retry(t, x.force);
@@ -456,7 +462,10 @@ export abstract class XdsStream {
     if (ms <= 0) return false;
     const now = Date.now();
     let end = this.leaving.get(name);
-    if (end === undefined) this.leaving.set(name, (end = now + ms));
+    if (end === undefined) {
+      end = now + ms;
+      this.leaving.set(name, end);
+    }
     if (end <= now) return false;
     if (!this.drainTimer || this.drainTimer.at > end) {
       if (this.drainTimer) clearTimeout(this.drainTimer.timer);

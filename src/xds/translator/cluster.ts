@@ -72,7 +72,7 @@ export function endpointResource(c: IRCluster, instances: readonly Instance[]): 
   }
   const endpoints = [...byLocality.keys()].sort().map((key) => {
     const [region, zone, subZone] = JSON.parse(key) as string[];
-    const list = byLocality.get(key)!.sort((a, b) => (a.address + ':' + a.port < b.address + ':' + b.port ? -1 : 1));
+    const list = byLocality.get(key)!.sort((a, b) => (`${a.address}:${a.port}` < `${b.address}:${b.port}` ? -1 : 1));
     const locality: Record<string, string> = {};
     if (region) locality.region = region;
     if (zone) locality.zone = zone;

@@ -49,7 +49,10 @@ export function endpointsResource(c: IRCluster, instances: readonly Instance[], 
   const hit = byCluster?.get(key);
   if (hit) return hit;
   const r = enc.make(TypeUrl.Endpoint, c.name, endpointResource(c, instances), { sources: [c.source.file] });
-  if (!byCluster) assignments.set(instances, (byCluster = new Map()));
+  if (!byCluster) {
+    byCluster = new Map();
+    assignments.set(instances, byCluster);
+  }
   byCluster.set(key, r);
   return r;
 }

@@ -198,7 +198,8 @@ const fastListeners = new WeakMap<IRHttpListener, FastPathKind>();
 function fastPathKind(l: IRHttpListener): FastPathKind {
   let v = fastListeners.get(l);
   if (v === undefined) {
-    fastListeners.set(l, (v = l.jwtModule ? 'module' : l.routeConfig.virtualHosts.some((vh) => vh.routes.some((r) => r.jwt?.fast)) ? 'script' : false));
+    v = l.jwtModule ? 'module' : l.routeConfig.virtualHosts.some((vh) => vh.routes.some((r) => r.jwt?.fast)) ? 'script' : false;
+    fastListeners.set(l, v);
   }
   return v;
 }

@@ -34,7 +34,7 @@ function policies(list: IRRbacPolicy[]): Record<string, unknown> {
 export const rbacDeny: HttpFilterModule = {
   envoyName: 'signalbox.rbac.deny',
   hcmEntry: (l: IRHttpListener) =>
-    l.rbac && l.rbac.deny.length
+    l.rbac?.deny.length
       ? { name: 'signalbox.rbac.deny', typed_config: typed('envoy.extensions.filters.http.rbac.v3.RBAC', { rules: { action: 'DENY', policies: policies(l.rbac.deny) } }) }
       : undefined,
 };
