@@ -89,6 +89,12 @@ local function remember(version, raw, e)
   bucket[raw] = e
 end
 
+-- An HTTP header name (an RFC 9110 token), or an error: an answer with anything else is unreadable.
+local function name_of(s)
+  if s == nil or string.find(s, "^[%w!#$%%&'*+%-.^_\`|~]+$") == nil then error("unreadable answer from the service", 0) end
+  return s
+end
+
 local function apply(headers, e)
   for _, h in ipairs(e.set) do headers:replace(h[1], h[2]) end
   for _, name in ipairs(e.remove) do headers:remove(name) end
@@ -110,7 +116,7 @@ local function ask(handle, headers, c, raw, now)
   local answer, body = handle:httpCall(CLUSTER, request, "", TIMEOUT_MS)
   if answer[":status"] ~= "200" or body == nil then error("no answer from the service", 0) end
   local verdict = string.match(body, "^[^\\n]*")
-  if verdict == "allow" then
+  if string.sub(body, 1, 6) == "allow\\n" then
     local e = { set = {}, remove = {}, policy = c.policy, changes = false }
     local first, last
     for line in string.gmatch(body, "[^\\n]+") do
@@ -118,11 +124,14 @@ local function ask(handle, headers, c, raw, now)
       if kind == "set" then
         local name, value = string.match(rest, "^(%S+) (.*)$")
         if name == nil then error("unreadable answer from the service", 0) end
-        e.set[#e.set + 1] = { name, value }
+        e.set[#e.set + 1] = { name_of(name), value }
       elseif kind == "remove" then
-        e.remove[#e.remove + 1] = rest
+        e.remove[#e.remove + 1] = name_of(rest)
       elseif kind == "cache" then
-        first, last = string.match(rest, "^(%S+) (%S+)$")
+        -- "<first|-> <last>", whole numbers; anything else makes the whole answer unreadable.
+        first, last = string.match(rest, "^(%-?%d+) (%-?%d+)$")
+        if first == nil then last = string.match(rest, "^%- (%-?%d+)$") end
+        if last == nil then error("unreadable answer from the service", 0) end
       end
     end
     e.changes = #e.set + #e.remove > 0
@@ -139,7 +148,7 @@ local function ask(handle, headers, c, raw, now)
   if status == nil then error("unreadable answer from the service", 0) end
   local reply = { [":status"] = status }
   local at = string.find(body, "\\nbody\\n", 1, true)
-  for name, value in string.gmatch(at and string.sub(body, 1, at) or body, "\\nheader (%S+) ([^\\n]*)") do reply[name] = value end
+  for name, value in string.gmatch(at and string.sub(body, 1, at) or body, "\\nheader (%S+) ([^\\n]*)") do reply[name_of(name)] = value end
   handle:respond(reply, at and string.sub(body, at + 6) or "")
 end
 
