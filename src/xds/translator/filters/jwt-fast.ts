@@ -19,7 +19,9 @@
 // (`signalbox.jwt_check` / `check`) names its policy, token header and version (a digest of the
 // policy's settings and keys), and remembered answers are kept under the version, so new
 // settings or keys (an RDS update, the listener is untouched) start afresh. A route whose
-// metadata cannot be read fails closed; a route without it is not the script's.
+// metadata cannot be read fails closed, and so does a route that has neither the metadata nor
+// the script disabled (every other route of the listener has it disabled); a request no route
+// matches is left to Envoy (404).
 // Allows taken from memory are counted per worker and policy and reported about once a second
 // (an asynchronous POST /signalbox.jwt/report/<policy>) into signalbox_authz_fast_path_allows_total.
 // The script is a constant: nothing from a policy ever becomes code.
@@ -164,7 +166,12 @@ end
 
 local function decide(handle)
   local spec = handle:metadata():get("${FAST_PATH_ROUTE_KEY}")
-  if spec == nil then return end -- not a fast-path route
+  if spec == nil then
+    -- No route: Envoy's router answers (404). A route without its check: fail closed, as the
+    -- module does (Signalbox gives every other route of the listener a disabled script).
+    if handle:streamInfo():routeName() == "" then return end
+    error("route has no check", 0)
+  end
   local c = CHECKS[spec] or check_of(spec)
   local headers = handle:headers()
   local raw = headers:get(c.header)
