@@ -1,4 +1,6 @@
 // The JWT fast path: Envoy remembers the ext_authz service's answers for tokens it allowed.
+// Its protocol (this file's configuration strings, the script's requests, the service's answers)
+// is specified in docs/jwt-fast-path-protocol.md, version 1, and held by test/contract/.
 //
 // A route under one JWTPolicy that reads its token from one header gets a small Lua script instead
 // of Envoy's ext_authz filter. The service still makes every decision; the script only avoids
