@@ -91,10 +91,11 @@ if (unitOnly || goldenOnly) {
 } else {
   const [pinned, ...others] = envoys;
   const withEnvoy = (e) => ({ ...env, ENVOY_VERSION: e.version, SIGNALBOX_ENVOY_BIN: e.bin });
-  results.push(run(`Envoy ${pinned.version} (${pinned.role}): unit, golden, xDS and integration tests`, filesIn(['unit', 'golden', 'xds', 'integration']), withEnvoy(pinned)));
-  // The integration tests are the real-Envoy suite: every file, on each further version (the
-  // unit, golden and xDS tests do not start an Envoy, so they would only repeat themselves).
-  for (const e of others) results.push(run(`Envoy ${e.version} (${e.role}): integration tests`, filesIn(['integration']), withEnvoy(e)));
+  results.push(run(`Envoy ${pinned.version} (${pinned.role}): unit, golden, xDS, integration and contract tests`, filesIn(['unit', 'golden', 'xds', 'integration', 'contract']), withEnvoy(pinned)));
+  // The integration tests are the real-Envoy suite: every file, on each further version, with the
+  // fast path's contract test (its script and module run in Envoy); the unit, golden and xDS
+  // tests do not start an Envoy, so they would only repeat themselves.
+  for (const e of others) results.push(run(`Envoy ${e.version} (${e.role}): integration and contract tests`, filesIn(['integration', 'contract']), withEnvoy(e)));
 }
 
 process.stderr.write('\n== summary\n');

@@ -1,5 +1,6 @@
 // Signalbox JWT fast path as an Envoy dynamic module (the compiled form of the Lua script in
-// src/xds/translator/filters/jwt-fast.ts; the behaviour is the same, see that file).
+// src/xds/translator/filters/jwt-fast.ts; the behaviour is the same, see that file). The protocol
+// it speaks, version 1, is specified in docs/jwt-fast-path-protocol.md and held by test/contract/.
 //
 // The ext_authz service makes every decision. This filter only remembers the allows the service
 // gave for a token and repeats them while they hold:

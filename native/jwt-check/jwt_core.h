@@ -1,6 +1,7 @@
 // The parts of Signalbox's JWT filter that do not touch Envoy: reading the service's answers and
 // the route checks, and the per-worker memory of allows. Kept apart from jwt_check.c so that they
 // are unit-tested and fuzzed on their own (native/jwt-check/check.sh, run by `npm test`).
+// The formats read here are specified in docs/jwt-fast-path-protocol.md (protocol version 1).
 #pragma once
 
 #include <stddef.h>

@@ -1,5 +1,7 @@
 // The service's side of the JWT fast path (the script in src/xds/translator/filters/jwt-fast.ts):
-// two plain HTTP/2 requests on the ext_authz port, beside the gRPC Check.
+// two plain HTTP/2 requests on the ext_authz port, beside the gRPC Check. The protocol, version 1,
+// is specified in docs/jwt-fast-path-protocol.md (test/contract/ holds its cases); this is a
+// summary.
 //
 //   POST /signalbox.jwt/check/<policy>   the policy's token header (as Envoy joins it), nothing
 //                                        else: the same decision a Check for that route makes,

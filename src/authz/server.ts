@@ -14,6 +14,8 @@
 // chains to the mesh trust bundle is required in the handshake: only proxies Signalbox gave an
 // identity can ask for a Check or a fast-path check, or post a report. Plain text only when asked
 // for (`serve --xds-insecure`, `authz --insecure`).
+//
+// The fast path's requests and answers (onFastPath, onReport) follow docs/jwt-fast-path-protocol.md.
 import { X509Certificate } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import type client from 'prom-client';

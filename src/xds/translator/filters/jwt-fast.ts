@@ -1,4 +1,6 @@
 // The JWT fast path: Envoy remembers the ext_authz service's answers for tokens it allowed.
+// Its protocol (this file's configuration strings, the script's requests, the service's answers)
+// is specified in docs/jwt-fast-path-protocol.md, version 1, and held by test/contract/.
 //
 // A route under one JWTPolicy that reads its token from one header gets a small Lua script instead
 // of Envoy's ext_authz filter. The service still makes every decision; the script only avoids
@@ -19,7 +21,9 @@
 // (`signalbox.jwt_check` / `check`) names its policy, token header and version (a digest of the
 // policy's settings and keys), and remembered answers are kept under the version, so new
 // settings or keys (an RDS update, the listener is untouched) start afresh. A route whose
-// metadata cannot be read fails closed; a route without it is not the script's.
+// metadata cannot be read fails closed, and so does a route that has neither the metadata nor
+// the script disabled (every other route of the listener has it disabled); a request no route
+// matches is left to Envoy (404).
 // Allows taken from memory are counted per worker and policy and reported about once a second
 // (an asynchronous POST /signalbox.jwt/report/<policy>) into signalbox_authz_fast_path_allows_total.
 // The script is a constant: nothing from a policy ever becomes code.
@@ -89,6 +93,12 @@ local function remember(version, raw, e)
   bucket[raw] = e
 end
 
+-- An HTTP header name (an RFC 9110 token), or an error: an answer with anything else is unreadable.
+local function name_of(s)
+  if s == nil or string.find(s, "^[%w!#$%%&'*+%-.^_\`|~]+$") == nil then error("unreadable answer from the service", 0) end
+  return s
+end
+
 local function apply(headers, e)
   for _, h in ipairs(e.set) do headers:replace(h[1], h[2]) end
   for _, name in ipairs(e.remove) do headers:remove(name) end
@@ -110,7 +120,7 @@ local function ask(handle, headers, c, raw, now)
   local answer, body = handle:httpCall(CLUSTER, request, "", TIMEOUT_MS)
   if answer[":status"] ~= "200" or body == nil then error("no answer from the service", 0) end
   local verdict = string.match(body, "^[^\\n]*")
-  if verdict == "allow" then
+  if string.sub(body, 1, 6) == "allow\\n" then
     local e = { set = {}, remove = {}, policy = c.policy, changes = false }
     local first, last
     for line in string.gmatch(body, "[^\\n]+") do
@@ -118,11 +128,14 @@ local function ask(handle, headers, c, raw, now)
       if kind == "set" then
         local name, value = string.match(rest, "^(%S+) (.*)$")
         if name == nil then error("unreadable answer from the service", 0) end
-        e.set[#e.set + 1] = { name, value }
+        e.set[#e.set + 1] = { name_of(name), value }
       elseif kind == "remove" then
-        e.remove[#e.remove + 1] = rest
+        e.remove[#e.remove + 1] = name_of(rest)
       elseif kind == "cache" then
-        first, last = string.match(rest, "^(%S+) (%S+)$")
+        -- "<first|-> <last>", whole numbers; anything else makes the whole answer unreadable.
+        first, last = string.match(rest, "^(%-?%d+) (%-?%d+)$")
+        if first == nil then last = string.match(rest, "^%- (%-?%d+)$") end
+        if last == nil then error("unreadable answer from the service", 0) end
       end
     end
     e.changes = #e.set + #e.remove > 0
@@ -139,7 +152,7 @@ local function ask(handle, headers, c, raw, now)
   if status == nil then error("unreadable answer from the service", 0) end
   local reply = { [":status"] = status }
   local at = string.find(body, "\\nbody\\n", 1, true)
-  for name, value in string.gmatch(at and string.sub(body, 1, at) or body, "\\nheader (%S+) ([^\\n]*)") do reply[name] = value end
+  for name, value in string.gmatch(at and string.sub(body, 1, at) or body, "\\nheader (%S+) ([^\\n]*)") do reply[name_of(name)] = value end
   handle:respond(reply, at and string.sub(body, at + 6) or "")
 end
 
@@ -155,7 +168,12 @@ end
 
 local function decide(handle)
   local spec = handle:metadata():get("${FAST_PATH_ROUTE_KEY}")
-  if spec == nil then return end -- not a fast-path route
+  if spec == nil then
+    -- No route: Envoy's router answers (404). A route without its check: fail closed, as the
+    -- module does (Signalbox gives every other route of the listener a disabled script).
+    if handle:streamInfo():routeName() == "" then return end
+    error("route has no check", 0)
+  end
   local c = CHECKS[spec] or check_of(spec)
   local headers = handle:headers()
   local raw = headers:get(c.header)
