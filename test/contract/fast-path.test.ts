@@ -413,7 +413,7 @@ interface Proxies {
 let proxies: Promise<Proxies> | undefined;
 /** One Envoy for both engines (a listener each), the stand-in service and an upstream. */
 function startProxies(): Promise<Proxies> {
-  return (proxies ??= (async () => {
+  proxies ??= (async () => {
     const standIn = new StandIn();
     await standIn.start();
     const upstream = await startUpstream('app');
@@ -434,7 +434,8 @@ function startProxies(): Promise<Proxies> {
         }),
     });
     return { standIn, upstream, envoy, ports };
-  })());
+  })();
+  return proxies;
 }
 
 after(async () => {
