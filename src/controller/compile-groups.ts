@@ -76,15 +76,22 @@ export function compileGroups(model: Model, opts: CompileGroupsOptions = {}): Ma
   const instancesOf = opts.instancesOf ?? staticInstancesOf(model);
   const irs = translate(model, opts.groups ?? [], { authz: opts.authz, rateLimit: opts.rateLimit, jwtKeys: opts.jwtKeys, jwtFastPath: opts.jwtFastPath, jwtFastPathModule: opts.jwtFastPathModule, accessLog: opts.accessLog });
   const out = new Map<string, CompiledGroup>();
-  for (const [group, ir] of irs) {
-    const endpoints = new Map<string, Resource>();
-    for (const c of ir.clusters) if (!c.static) endpoints.set(c.name, endpointsResource(c, instancesOf(c.service), enc));
-    const compiled: CompiledGroup = { ir, config: configResources(ir, enc), endpoints, identity: trustBundle(ir, opts.trustBundlePem, enc) };
-    const problems = checkConsistency(new Snapshot(groupResources(compiled)), refsOf(ir));
-    if (problems.length) throw new InconsistentGroupError(group, problems);
-    out.set(group, compiled);
-  }
+  for (const [group, ir] of irs) out.set(group, compileGroupIR(ir, { instancesOf, trustBundlePem: opts.trustBundlePem, encoder: enc }));
   return out;
+}
+
+/**
+ * The IR -> Envoy stage for one group, as compileGroups runs it on each group's IR (the golden
+ * tests run it on the committed IR goldens). Throws InconsistentGroupError as compileGroups does.
+ */
+export function compileGroupIR(ir: IRProxyConfig, opts: Pick<CompileGroupsOptions, 'trustBundlePem' | 'encoder'> & { instancesOf: (service: string) => readonly Instance[] }): CompiledGroup {
+  const enc = opts.encoder ?? new EncodeCache();
+  const endpoints = new Map<string, Resource>();
+  for (const c of ir.clusters) if (!c.static) endpoints.set(c.name, endpointsResource(c, opts.instancesOf(c.service), enc));
+  const compiled: CompiledGroup = { ir, config: configResources(ir, enc), endpoints, identity: trustBundle(ir, opts.trustBundlePem, enc) };
+  const problems = checkConsistency(new Snapshot(groupResources(compiled)), refsOf(ir));
+  if (problems.length) throw new InconsistentGroupError(ir.group, problems);
+  return compiled;
 }
 
 /** Everything a group's snapshot holds, by type (what its proxies are served). */
@@ -108,7 +115,8 @@ export function printedGroup(g: Pick<CompiledGroup, 'config' | 'endpoints' | 'id
   return out;
 }
 
-function staticInstancesOf(model: Model): (service: string) => readonly Instance[] {
+/** The instances of each service as its static endpoints give them (compileGroups' default). */
+export function staticInstancesOf(model: Model): (service: string) => readonly Instance[] {
   const cache = new Map<string, readonly Instance[]>();
   return (service) => {
     let list = cache.get(service);
