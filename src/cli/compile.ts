@@ -8,7 +8,9 @@ import { resolveServeConfig, resolveStrict, SERVE_SETTINGS } from '../config/set
 import { compileGroups, InconsistentGroupError, printedGroup, type CompileGroupsOptions, type PrintedGroup } from '../controller/compile-groups.js';
 import { ErrorCode, formatPolicyError, type PolicyError } from '../errors.js';
 import { buildModel } from '../model/model.js';
+import type { Model } from '../model/model.js';
 import { loadPolicyDir } from '../sources/files/loader.js';
+import { EncodeCache, RoundTripError } from '../xds/resources/resource.js';
 import { DEFAULT_AUTHZ_ENDPOINT } from '../translate/jwt.js';
 import { COMPILE_COMMAND } from './commands.js';
 import { parseFlags } from './flags.js';
@@ -57,16 +59,27 @@ export async function compileDir(dir: string, sidecarGroups: Iterable<string> = 
   if (loaded.errors.length) return { ok: false, errors: loaded.errors };
   const built = await buildModel(loaded.docs, dir);
   if (!built.model) return { ok: false, errors: built.errors };
+  const compiled = compileModel(built.model, dir, sidecarGroups, opts);
+  return compiled.ok ? { ...compiled, warnings: loaded.warnings } : compiled;
+}
+
+/**
+ * A valid model's groups as `compile` prints them. Every resource is decoded again and compared
+ * with what the translator wrote (EncodeCache roundTrip), whatever SIGNALBOX_STRICT_ENCODE says:
+ * what `compile`, `diff` and `validate` show is what Envoy would get, or an error naming the field.
+ */
+export function compileModel(model: Model, dir: string, sidecarGroups: Iterable<string> = [], opts: ServeLikeOptions = {}): { ok: true; groups: CompiledGroups } | { ok: false; errors: PolicyError[] } {
   let compiled: ReturnType<typeof compileGroups>;
   try {
-    compiled = compileGroups(built.model, { ...compileGroupsOptions(opts), groups: sidecarGroups });
+    compiled = compileGroups(model, { ...compileGroupsOptions(opts), groups: sidecarGroups, encoder: new EncodeCache({ roundTrip: true }) });
   } catch (e) {
-    if (!(e instanceof InconsistentGroupError)) throw e;
-    return { ok: false, errors: [{ code: ErrorCode.CONFLICT, file: dir, message: `internal: the compiled configuration is inconsistent: ${e.message}` }] };
+    if (e instanceof InconsistentGroupError) return { ok: false, errors: [{ code: ErrorCode.CONFLICT, file: dir, message: `internal: the compiled configuration is inconsistent: ${e.message}` }] };
+    if (e instanceof RoundTripError) return { ok: false, errors: [{ code: ErrorCode.CONFLICT, file: dir, message: `internal: the translator wrote a resource Envoy would not get as written: ${e.message}` }] };
+    throw e;
   }
   const groups: CompiledGroups = {};
   for (const [group, g] of compiled) groups[group] = printedGroup(g);
-  return { ok: true, groups, warnings: loaded.warnings };
+  return { ok: true, groups };
 }
 
 /**

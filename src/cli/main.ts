@@ -8,7 +8,7 @@ import type { PreflightError } from '../preflight/envoy.js';
 import { loadPolicyDir } from '../sources/files/loader.js';
 import { bootstrapCommand, checkInstance, proxyCredentialsDir } from './bootstrap.js';
 import { COMMANDS, commandSpec, SERVE_COMMAND, TOKEN_COMMAND, VALIDATE_COMMAND } from './commands.js';
-import { compileCommand } from './compile.js';
+import { compileCommand, compileModel } from './compile.js';
 import { diffCommand } from './diff.js';
 import { explainCommand } from './explain.js';
 import { githubAnnotation } from './annotations.js';
@@ -155,6 +155,13 @@ async function validate(argv: string[]): Promise<number> {
   let errors: (PolicyError | PreflightError)[] = loaded.errors;
   let model: Model | undefined;
   if (errors.length === 0) ({ errors, model } = await buildModel(loaded.docs, path.resolve(dir)));
+  // Compiled as `serve` would (every Gateway and every Service's sidecar), each resource checked
+  // to decode as written: a translator fault is reported here rather than by a proxy.
+  if (model && errors.length === 0) {
+    const { sidecarGroupsOf } = await import('../preflight/envoy.js');
+    const compiled = compileModel(model, path.resolve(dir), sidecarGroupsOf(model));
+    if (!compiled.ok) errors = compiled.errors;
+  }
   // Envoy checks only what the schema and the model accept: their errors are the cheaper ones to fix.
   const preflight = envoy !== undefined && model && errors.length === 0 ? await (await import('../preflight/envoy.js')).preflightModel(model, loaded.docs, { envoy }) : undefined;
   if (preflight) errors = preflight.errors;

@@ -31,6 +31,7 @@ export function hashText(text: string): string {
   return createHash('sha256').update(text).digest('hex').slice(0, 16);
 }
 
+/** The tests' switch: every EncodeCache checks what it encodes unless told otherwise. */
 const STRICT = process.env.SIGNALBOX_STRICT_ENCODE === '1';
 
 /** Drops values protobuf does not carry on the wire (zero, false, empty string and list). */
@@ -47,16 +48,69 @@ function wireShape(v: unknown): unknown {
   return v === 0 || v === false || v === '' ? undefined : v;
 }
 
+/** A resource that does not decode to what was written: a field protobufjs dropped or changed. */
+export class RoundTripError extends Error {
+  constructor(
+    /** `Listener "edge/http"` */
+    readonly resource: string,
+    /** Each difference: the field's path in the resource and what happened to it. */
+    readonly fields: { path: string; problem: string }[],
+    more: number,
+  ) {
+    const list = fields.map((f) => `${f.path} ${f.problem}`).join('; ');
+    super(`${resource} does not survive encoding (a misspelt field name, or a value of the wrong type): ${list}${more ? `; and ${more} more` : ''}`);
+  }
+}
+
+/** How many differences a RoundTripError lists. */
+const MAX_LISTED = 5;
+
+const pathKey = (k: string): string => (/^[A-Za-z_@][\w@]*$/.test(k) ? `.${k}` : `[${JSON.stringify(k)}]`);
+
+/** The kind of a value, for messages that must not show the value itself (it may be a private key). */
+function kindOf(v: unknown): string {
+  return Array.isArray(v) ? 'a list' : v === null ? 'null' : typeof v === 'object' ? 'a message' : `a ${typeof v}`;
+}
+
 /**
- * protobufjs ignores fields it does not know. In strict mode (tests) every resource is decoded
- * again and compared with what was meant, so a misspelt field fails loudly instead of vanishing.
+ * Differences between what was written and what decodes (both in wire shape), by field path: the
+ * first `max` are put in `out`, the return value counts them all.
+ */
+function differences(want: unknown, got: unknown, at: string, out: { path: string; problem: string }[], max: number): number {
+  if (want === got) return 0;
+  const report = (path: string, problem: string): number => {
+    if (out.length < max) out.push({ path: path.replace(/^\./, '') || '(the resource)', problem });
+    return 1;
+  };
+  const isMessage = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
+  if (Array.isArray(want) && Array.isArray(got)) {
+    let n = want.length === got.length ? 0 : report(at, `has ${want.length} entries written and ${got.length} decoded`);
+    for (let i = 0; i < Math.min(want.length, got.length); i++) n += differences(want[i], got[i], `${at}[${i}]`, out, max);
+    return n;
+  }
+  if (isMessage(want) && isMessage(got)) {
+    let n = 0;
+    for (const k of Object.keys(want)) {
+      if (k in got) n += differences(want[k], got[k], at + pathKey(k), out, max);
+      else n += report(at + pathKey(k), 'was dropped (no such field there, or a value protobufjs cannot encode)');
+    }
+    for (const k of Object.keys(got)) if (!(k in want)) n += report(at + pathKey(k), 'was not written but decodes');
+    return n;
+  }
+  return report(at, `was written as ${kindOf(want)} and decodes as ${kindOf(got)}${kindOf(want) === kindOf(got) ? ' of another value' : ''}`);
+}
+
+/**
+ * protobufjs ignores fields it does not know. Decodes a resource's bytes and compares them with what
+ * was meant, so a misspelt field fails loudly (RoundTripError, naming each field's path) instead of
+ * vanishing. Values are never shown: a Secret's would be its private key.
  */
 export function assertRoundTrip(type: TypeUrl, name: string, json: Record<string, unknown>, bytes: Uint8Array): void {
   const t = lookupType(messageName(type));
   const back = t.toObject(t.decode(bytes), { enums: String, longs: Number, json: true, defaults: false });
-  const want = canonicalJson(wireShape(json));
-  const got = canonicalJson(wireShape(back));
-  if (want !== got) throw new Error(`${messageName(type)} "${name}" does not survive encoding; check field names and types.\nwant ${want}\ngot  ${got}`);
+  const fields: { path: string; problem: string }[] = [];
+  const n = differences(wireShape(json), wireShape(back), '', fields, MAX_LISTED);
+  if (n) throw new RoundTripError(`${messageName(type).split('.').pop()} "${name}"`, fields, n - fields.length);
 }
 
 /** Encoded bytes by content hash: identical resources are encoded once per process. */
@@ -65,6 +119,13 @@ export class EncodeCache {
   private live = new Set<string>();
   hits = 0;
   misses = 0;
+  /** Whether each newly encoded resource is decoded again and compared (assertRoundTrip). */
+  readonly roundTrip: boolean;
+
+  /** roundTrip: default on under SIGNALBOX_STRICT_ENCODE=1, else off; `compile` and `validate` always turn it on. */
+  constructor(opts: { roundTrip?: boolean } = {}) {
+    this.roundTrip = opts.roundTrip ?? STRICT;
+  }
 
   make(type: TypeUrl, name: string, json: Record<string, unknown>, opts: { printable?: Record<string, unknown>; sources?: string[] } = {}): Resource {
     // The translator builds every object the same way from the same inputs, so plain JSON text is
@@ -77,7 +138,7 @@ export class EncodeCache {
       this.misses++;
       const t = lookupType(messageName(type));
       bytes = t.encode(t.fromObject(json)).finish();
-      if (STRICT) assertRoundTrip(type, name, json, bytes);
+      if (this.roundTrip) assertRoundTrip(type, name, json, bytes);
       this.entries.set(key, bytes);
     }
     return { type, name, version: key, bytes, printable: opts.printable ?? json, sources: opts.sources ?? [] };
@@ -109,7 +170,7 @@ export class EncodeCache {
         chunks.push(varint(tag), varint(b.byteLength), b);
       });
       bytes = Buffer.concat(chunks);
-      if (STRICT) assertRoundTrip(type, name, json, bytes);
+      if (this.roundTrip) assertRoundTrip(type, name, json, bytes);
       this.entries.set(key, bytes);
     }
     this.live.add(headKey);

@@ -4,11 +4,12 @@
 // x-request-id so a sampled request is reported by every proxy on its path.
 import type { IRHttpListener } from '../../ir/types.js';
 import { ALS_CLUSTER, ALWAYS_LOGGED_FLAGS, ALWAYS_LOGGED_MIN_STATUS, logName } from '../../telemetry/als-contract.js';
+import type { envoy } from '../resources/envoy-types.gen.js';
 import { fractionalPercent, typed } from './util.js';
 
-export function accessLogs(a: NonNullable<IRHttpListener['accessLog']>): Record<string, unknown>[] {
+export function accessLogs(a: NonNullable<IRHttpListener['accessLog']>): envoy.config.accesslog.v3.AccessLog[] {
   const percent = Math.min(100, Math.max(0, a.successSamplePercent));
-  const logger: Record<string, unknown> = {
+  const logger: envoy.config.accesslog.v3.AccessLog = {
     name: 'envoy.access_loggers.http_grpc',
     typed_config: typed('envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig', {
       common_config: {
@@ -35,7 +36,7 @@ export function accessLogs(a: NonNullable<IRHttpListener['accessLog']>): Record<
 }
 
 /** The HCM tracing block for Mesh.spec.tracing: Envoy's OpenTelemetry tracer, OTLP over gRPC. */
-export function tracingConfig(t: NonNullable<IRHttpListener['tracing']>): Record<string, unknown> {
+export function tracingConfig(t: NonNullable<IRHttpListener['tracing']>): envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.Tracing {
   return {
     random_sampling: { value: t.samplingPercent },
     provider: {

@@ -1,19 +1,22 @@
 // TrafficPolicy settings of a cluster (IR) as Envoy Cluster fields: load balancer, circuit
 // breaker thresholds, outlier detection and active HTTP health checks.
 import type { IRCluster } from '../../ir/types.js';
+import type { envoy } from '../resources/envoy-types.gen.js';
 import { duration } from './util.js';
+
+type Cluster = envoy.config.cluster.v3.Cluster;
 
 const LB_POLICY = { RoundRobin: 'ROUND_ROBIN', LeastRequest: 'LEAST_REQUEST', Random: 'RANDOM', RingHash: 'RING_HASH' } as const;
 
 const u32 = (value: number) => ({ value });
 
 /** The fields to merge into the Cluster resource; empty when the cluster has no TrafficPolicy. */
-export function clusterPolicyFields(c: IRCluster): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
+export function clusterPolicyFields(c: IRCluster): Cluster {
+  const out: Cluster = {};
   if (c.loadBalancer) out.lb_policy = LB_POLICY[c.loadBalancer.type];
   if (c.circuitBreaker) {
     const cb = c.circuitBreaker;
-    const t: Record<string, unknown> = { priority: 'DEFAULT' };
+    const t: envoy.config.cluster.v3.CircuitBreakers.Thresholds = { priority: 'DEFAULT' };
     if (cb.maxConnections !== undefined) t.max_connections = u32(cb.maxConnections);
     if (cb.maxPendingRequests !== undefined) t.max_pending_requests = u32(cb.maxPendingRequests);
     if (cb.maxRequests !== undefined) t.max_requests = u32(cb.maxRequests);

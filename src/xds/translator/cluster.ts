@@ -2,18 +2,21 @@ import type { Instance, IRCluster } from '../../ir/types.js';
 import { ADS_SOURCE, duration, typed } from './util.js';
 import { clusterPolicyFields } from './cluster-policy.js';
 import { meshCommonTls } from './listener.js';
+import type { envoy, google } from '../resources/envoy-types.gen.js';
+
+type Cluster = envoy.config.cluster.v3.Cluster;
 
 /** Endpoint metadata that selects the mTLS transport socket (an instance reached at its sidecar). */
-const MTLS_MATCH = { fields: { 'signalbox.mtls': { boolValue: true } } };
+const MTLS_MATCH: google.protobuf.Struct = { fields: { 'signalbox.mtls': { boolValue: true } } };
 
-export function clusterResource(c: IRCluster): Record<string, unknown> {
-  const discovery: Record<string, unknown> = c.static
+export function clusterResource(c: IRCluster): Cluster {
+  const discovery: Cluster = c.static
     ? {
         type: 'STATIC',
         load_assignment: { cluster_name: c.name, endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: c.static.address, port_value: c.static.port } } } }] }] },
       }
     : { type: 'EDS', eds_cluster_config: { eds_config: ADS_SOURCE } };
-  const out: Record<string, unknown> = {
+  const out: Cluster = {
     name: c.name,
     ...discovery,
     connect_timeout: duration(c.connectTimeoutMs),
@@ -64,7 +67,7 @@ export function selectInstances(c: IRCluster, instances: readonly Instance[]): I
 }
 
 /** The ClusterLoadAssignment of a cluster, from the instances of its service (sorted). */
-export function endpointResource(c: IRCluster, instances: readonly Instance[]): Record<string, unknown> {
+export function endpointResource(c: IRCluster, instances: readonly Instance[]): envoy.config.endpoint.v3.ClusterLoadAssignment {
   const byLocality = new Map<string, Instance[]>();
   for (const i of selectInstances(c, instances)) {
     const key = JSON.stringify([i.locality?.region ?? '', i.locality?.zone ?? '', i.locality?.subZone ?? '']);
@@ -73,7 +76,7 @@ export function endpointResource(c: IRCluster, instances: readonly Instance[]): 
   const endpoints = [...byLocality.keys()].sort().map((key) => {
     const [region, zone, subZone] = JSON.parse(key) as string[];
     const list = byLocality.get(key)!.sort((a, b) => (`${a.address}:${a.port}` < `${b.address}:${b.port}` ? -1 : 1));
-    const locality: Record<string, string> = {};
+    const locality: envoy.config.core.v3.Locality = {};
     if (region) locality.region = region;
     if (zone) locality.zone = zone;
     if (subZone) locality.sub_zone = subZone;

@@ -2,12 +2,17 @@ import { IDENTITY_SECRET, TRUST_BUNDLE_SECRET, type IRHttpListener } from '../..
 import { httpFilters } from './filters/index.js';
 import { accessLogs, tracingConfig } from './access-log.js';
 import { ADS_SOURCE, typed } from './util.js';
+import type { envoy } from '../resources/envoy-types.gen.js';
+
+type Listener = envoy.config.listener.v3.Listener;
+type FilterChain = envoy.config.listener.v3.FilterChain;
+type TransportSocket = envoy.config.core.v3.TransportSocket;
 
 export function statPrefix(name: string): string {
   return name.replace(/[^A-Za-z0-9_-]/g, '_');
 }
 
-export function listenerResource(l: IRHttpListener): Record<string, unknown> {
+export function listenerResource(l: IRHttpListener): Listener {
   const hcm = typed('envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager', {
     stat_prefix: statPrefix(l.name),
     codec_type: 'AUTO',
@@ -23,9 +28,9 @@ export function listenerResource(l: IRHttpListener): Record<string, unknown> {
     ...(l.accessLog ? { access_log: accessLogs(l.accessLog) } : {}),
     ...(l.tracing ? { tracing: tracingConfig(l.tracing) } : {}),
   });
-  const chain: Record<string, unknown> = { filters: [{ name: 'envoy.filters.network.http_connection_manager', typed_config: hcm }] };
+  const chain: FilterChain = { filters: [{ name: 'envoy.filters.network.http_connection_manager', typed_config: hcm }] };
   if (l.meshTls) {
-    const tlsChain = { ...chain, transport_socket: meshDownstreamTls() };
+    const tlsChain: FilterChain = { ...chain, transport_socket: meshDownstreamTls() };
     if (l.meshTls.mode === 'strict') {
       return { ...base(l), filter_chains: [tlsChain] };
     }
@@ -50,7 +55,7 @@ export function listenerResource(l: IRHttpListener): Record<string, unknown> {
   return { ...base(l), filter_chains: [chain] };
 }
 
-function base(l: IRHttpListener): Record<string, unknown> {
+function base(l: IRHttpListener): Listener {
   return {
     name: l.name,
     address: { socket_address: { address: l.address, port_value: l.port } },
@@ -59,7 +64,7 @@ function base(l: IRHttpListener): Record<string, unknown> {
 }
 
 /** The SDS-backed context every mesh TLS socket shares: own identity plus the mesh trust bundle. */
-export function meshCommonTls(verify?: { spiffeId: string }): Record<string, unknown> {
+export function meshCommonTls(verify?: { spiffeId: string }): envoy.extensions.transport_sockets.tls.v3.CommonTlsContext {
   return {
     tls_certificate_sds_secret_configs: [{ name: IDENTITY_SECRET, sds_config: ADS_SOURCE }],
     combined_validation_context: {
@@ -69,7 +74,7 @@ export function meshCommonTls(verify?: { spiffeId: string }): Record<string, unk
   };
 }
 
-function meshDownstreamTls(): Record<string, unknown> {
+function meshDownstreamTls(): TransportSocket {
   return {
     name: 'envoy.transport_sockets.tls',
     typed_config: typed('envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext', {

@@ -4,15 +4,21 @@ import { patchRoutePolicies, virtualHostPolicies } from './route-policy.js';
 import { patchRouteForExtAuthz } from './filters/ext-authz.js';
 import { patchRouteForJwtFastPath } from './filters/jwt-fast.js';
 import { duration, fractionalPercent, typed } from './util.js';
+import type { envoy } from '../resources/envoy-types.gen.js';
 
-function stringMatch(m: IRStringMatch): Record<string, unknown> {
+type Route = envoy.config.route.v3.Route;
+type RouteAction = envoy.config.route.v3.RouteAction;
+type HeaderValueOption = envoy.config.core.v3.HeaderValueOption;
+
+/** A header or query parameter matcher (the two messages share these fields). */
+function stringMatch(m: IRStringMatch): envoy.config.route.v3.HeaderMatcher & envoy.config.route.v3.QueryParameterMatcher {
   if (m.type === 'Present') return { name: m.name, present_match: true };
   if (m.type === 'RegularExpression') return { name: m.name, string_match: { safe_regex: { regex: m.value } } };
   return { name: m.name, string_match: { exact: m.value } };
 }
 
-function routeMatch(m: IRRouteMatch): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
+function routeMatch(m: IRRouteMatch): envoy.config.route.v3.RouteMatch {
+  const out: envoy.config.route.v3.RouteMatch = {};
   const { type, value } = m.path;
   if (type === 'Exact') out.path = value;
   else if (type === 'RegularExpression') out.safe_regex = { regex: value };
@@ -26,13 +32,13 @@ function routeMatch(m: IRRouteMatch): Record<string, unknown> {
   return out;
 }
 
-function headerOptions(mods: IRHeaderMods | undefined, prefix: 'request' | 'response'): Record<string, unknown> {
+function headerOptions(mods: IRHeaderMods | undefined, prefix: 'request' | 'response'): Route {
   if (!mods) return {};
   const add = [
-    ...mods.set.map((h) => ({ header: { key: h.name, value: h.value }, append_action: 'OVERWRITE_IF_EXISTS_OR_ADD' })),
-    ...mods.add.map((h) => ({ header: { key: h.name, value: h.value }, append_action: 'APPEND_IF_EXISTS_OR_ADD' })),
+    ...mods.set.map((h): HeaderValueOption => ({ header: { key: h.name, value: h.value }, append_action: 'OVERWRITE_IF_EXISTS_OR_ADD' })),
+    ...mods.add.map((h): HeaderValueOption => ({ header: { key: h.name, value: h.value }, append_action: 'APPEND_IF_EXISTS_OR_ADD' })),
   ];
-  const out: Record<string, unknown> = {};
+  const out: Route = {};
   if (add.length) out[`${prefix}_headers_to_add`] = add;
   if (mods.remove.length) out[`${prefix}_headers_to_remove`] = mods.remove;
   return out;
@@ -42,7 +48,7 @@ function headerOptions(mods: IRHeaderMods | undefined, prefix: 'request' | 'resp
  * replacePrefixMatch. Envoy's prefix_rewrite "/" on the prefix "/orders" turns "/orders/1" into
  * "//1"; the Gateway API wants "/1", so that case strips the prefix and its slashes by regex.
  */
-function prefixRewrite(m: IRRouteMatch, prefix: string): Record<string, unknown> {
+function prefixRewrite(m: IRRouteMatch, prefix: string): Pick<RouteAction, 'prefix_rewrite' | 'regex_rewrite'> {
   if (prefix !== '/' || m.path.type !== 'PathPrefix' || m.path.value === '/') return { prefix_rewrite: prefix };
   const escaped = m.path.value.replace(/\/+$/, '').replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
   return { regex_rewrite: { pattern: { regex: `^${escaped}/*` }, substitution: '/' } };
@@ -50,11 +56,11 @@ function prefixRewrite(m: IRRouteMatch, prefix: string): Record<string, unknown>
 
 const REDIRECT_CODE = { 301: 'MOVED_PERMANENTLY', 302: 'FOUND', 303: 'SEE_OTHER', 307: 'TEMPORARY_REDIRECT', 308: 'PERMANENT_REDIRECT' } as const;
 
-function routeResource(l: IRHttpListener, r: IRRoute): Record<string, unknown> {
-  const out: Record<string, unknown> = { name: r.name, match: routeMatch(r.match) };
+function routeResource(l: IRHttpListener, r: IRRoute): Route {
+  const out: Route = { name: r.name, match: routeMatch(r.match) };
   const a = r.action;
   if (a.kind === 'redirect') {
-    const redirect: Record<string, unknown> = { response_code: REDIRECT_CODE[a.statusCode] };
+    const redirect: envoy.config.route.v3.RedirectAction = { response_code: REDIRECT_CODE[a.statusCode] };
     if (a.scheme === 'https') redirect.https_redirect = true;
     else if (a.scheme) redirect.scheme_redirect = a.scheme;
     if (a.hostname) redirect.host_redirect = a.hostname;
@@ -63,7 +69,7 @@ function routeResource(l: IRHttpListener, r: IRRoute): Record<string, unknown> {
     if (a.path?.prefix) Object.assign(redirect, prefixRewrite(r.match, a.path.prefix));
     out.redirect = redirect;
   } else {
-    const route: Record<string, unknown> = {};
+    const route: RouteAction = {};
     if (a.backends.length === 1) route.cluster = a.backends[0]!.cluster;
     else route.weighted_clusters = { clusters: a.backends.map((b) => ({ name: b.cluster, weight: { value: b.weight } })) };
     route.timeout = duration(a.timeoutMs);
@@ -71,7 +77,7 @@ function routeResource(l: IRHttpListener, r: IRRoute): Record<string, unknown> {
     if (a.rewrite?.fullPath) route.regex_rewrite = { pattern: { regex: '^.*$' }, substitution: a.rewrite.fullPath };
     if (a.rewrite?.hostname) route.host_rewrite_literal = a.rewrite.hostname;
     if (a.retry) {
-      const retry: Record<string, unknown> = { retry_on: a.retry.retryOn.join(','), num_retries: { value: a.retry.attempts } };
+      const retry: envoy.config.route.v3.RetryPolicy = { retry_on: a.retry.retryOn.join(','), num_retries: { value: a.retry.attempts } };
       if (a.retry.perTryTimeoutMs) retry.per_try_timeout = duration(a.retry.perTryTimeoutMs);
       if (a.retry.retriableStatusCodes) retry.retriable_status_codes = a.retry.retriableStatusCodes;
       if (a.retry.backoff) {
@@ -86,7 +92,7 @@ function routeResource(l: IRHttpListener, r: IRRoute): Record<string, unknown> {
   }
   Object.assign(out, headerOptions(r.requestHeaders, 'request'), headerOptions(r.responseHeaders, 'response'));
   if (r.fault) {
-    const fault: Record<string, unknown> = {};
+    const fault: envoy.extensions.filters.http.fault.v3.HTTPFault = {};
     if (r.fault.delay) fault.delay = { fixed_delay: duration(r.fault.delay.fixedMs), percentage: fractionalPercent(r.fault.delay.percent) };
     if (r.fault.abort) fault.abort = { http_status: r.fault.abort.httpStatus, percentage: fractionalPercent(r.fault.abort.percent) };
     out.typed_per_filter_config = { [faultFilter.envoyName]: typed('envoy.extensions.filters.http.fault.v3.HTTPFault', fault) };
@@ -97,7 +103,7 @@ function routeResource(l: IRHttpListener, r: IRRoute): Record<string, unknown> {
   return out;
 }
 
-export function routeConfigResource(l: IRHttpListener): Record<string, unknown> {
+export function routeConfigResource(l: IRHttpListener): envoy.config.route.v3.RouteConfiguration {
   return {
     name: l.routeConfig.name,
     virtual_hosts: l.routeConfig.virtualHosts.map((v) => ({ name: v.name, domains: v.domains, routes: v.routes.map((r) => routeResource(l, r)), ...virtualHostPolicies(l) })),

@@ -1,6 +1,9 @@
 import type { IRSecret } from '../../ir/types.js';
+import type { envoy } from '../resources/envoy-types.gen.js';
 
-export function secretResource(s: IRSecret): Record<string, unknown> {
+type Secret = envoy.extensions.transport_sockets.tls.v3.Secret;
+
+export function secretResource(s: IRSecret): Secret {
   return {
     name: s.name,
     tls_certificate: {
@@ -13,8 +16,8 @@ export function secretResource(s: IRSecret): Record<string, unknown> {
 export const REDACTED = '[redacted]';
 
 /** The printable form of a Secret: the certificate stays, the private key never leaves. */
-export function redactSecret(json: Record<string, unknown>): Record<string, unknown> {
-  const tls = json.tls_certificate as Record<string, unknown> | undefined;
+export function redactSecret(json: Secret): Secret {
+  const tls = json.tls_certificate;
   if (!tls) return json;
   return { ...json, tls_certificate: { ...tls, private_key: { inline_string: REDACTED } } };
 }

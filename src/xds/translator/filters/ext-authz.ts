@@ -7,6 +7,7 @@
 //   policy covers it or its policy's fast path checks it, so that those routes skip the filter.
 import type { IRHttpListener, IRRoute } from '../../../ir/types.js';
 import { JWT_POLICIES_KEY } from '../../../ir/jwt.js';
+import type { envoy } from '../../resources/envoy-types.gen.js';
 import { duration, typed } from '../util.js';
 import type { HttpFilterModule } from './index.js';
 
@@ -33,11 +34,11 @@ export const extAuthz: HttpFilterModule = {
 };
 
 /** Route-level setting: the policies to check, or the check switched off. */
-export function patchRouteForExtAuthz(l: IRHttpListener, r: IRRoute, out: Record<string, unknown>): void {
+export function patchRouteForExtAuthz(l: IRHttpListener, r: IRRoute, out: envoy.config.route.v3.Route): void {
   if (!r.jwt || !l.extAuthz) return;
   const perRoute = r.jwt.policies.length && !r.jwt.fast ? { check_settings: { context_extensions: { [JWT_POLICIES_KEY]: r.jwt.policies.join(',') } } } : { disabled: true };
   out.typed_per_filter_config = {
-    ...((out.typed_per_filter_config as Record<string, unknown> | undefined) ?? {}),
+    ...(out.typed_per_filter_config ?? {}),
     [EXT_AUTHZ_FILTER]: typed('envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute', perRoute),
   };
 }

@@ -15,8 +15,11 @@
 // descriptor for the limit (Envoy drops the whole entry), so it is not counted by it.
 import type { IRHttpListener, IRRoute } from '../../../ir/types.js';
 import type { IRGlobalLimit } from '../../../ir/traffic.js';
+import type { envoy } from '../../resources/envoy-types.gen.js';
 import { duration, typed } from '../util.js';
 import type { HttpFilterModule } from './index.js';
+
+type RateLimit = envoy.config.route.v3.RateLimit;
 
 const TYPE = 'envoy.extensions.filters.http.ratelimit.v3.RateLimit';
 export const GLOBAL_RATELIMIT_ALLOW_FILTER = 'signalbox.ratelimit.allow';
@@ -61,7 +64,7 @@ function filterOf(mode: 'allow' | 'deny'): HttpFilterModule {
 export const globalRateLimitAllow = filterOf('allow');
 export const globalRateLimitDeny = filterOf('deny');
 
-function keyAction(l: IRGlobalLimit): Record<string, unknown> | undefined {
+function keyAction(l: IRGlobalLimit): envoy.config.route.v3.RateLimit.Action | undefined {
   const by = l.by;
   if (!by) return undefined;
   if ('clientIP' in by) return { remote_address: {} };
@@ -71,7 +74,7 @@ function keyAction(l: IRGlobalLimit): Record<string, unknown> | undefined {
 }
 
 /** The rate_limits entries of a route's global limits (one descriptor per limit). */
-export function globalRateLimitEntries(r: IRRoute): Record<string, unknown>[] {
+export function globalRateLimitEntries(r: IRRoute): RateLimit[] {
   return (r.globalRateLimits ?? []).flatMap((g) =>
     g.limits.map((l) => {
       const key = keyAction(l);
@@ -81,9 +84,9 @@ export function globalRateLimitEntries(r: IRRoute): Record<string, unknown>[] {
 }
 
 /** Route-level additions: the descriptors, after any local limit's own entries. */
-export function patchRouteForGlobalRateLimit(r: IRRoute, out: Record<string, unknown>): void {
+export function patchRouteForGlobalRateLimit(r: IRRoute, out: envoy.config.route.v3.Route): void {
   const entries = globalRateLimitEntries(r);
-  const route = out.route as Record<string, unknown> | undefined;
+  const route = out.route;
   if (!entries.length || !route) return;
-  route.rate_limits = [...((route.rate_limits as Record<string, unknown>[] | undefined) ?? []), ...entries];
+  route.rate_limits = [...(route.rate_limits ?? []), ...entries];
 }

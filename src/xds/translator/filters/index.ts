@@ -1,6 +1,7 @@
 // HTTP filters: one module each, and ONE table that fixes their order in every filter chain.
 // The router is always last.
 import type { IRHttpListener } from '../../../ir/types.js';
+import type { envoy } from '../../resources/envoy-types.gen.js';
 import { typed } from '../util.js';
 import { rbacAllow, rbacDeny } from './rbac.js';
 import { listenerRateLimit, routeRateLimit } from './local-ratelimit.js';
@@ -8,11 +9,13 @@ import { extAuthz } from './ext-authz.js';
 import { jwtCheck } from './jwt-fast.js';
 import { globalRateLimitAllow, globalRateLimitDeny } from './global-ratelimit.js';
 
+type HttpFilter = envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter;
+
 export interface HttpFilterModule {
   /** Envoy's filter name, also the key of per-route configuration. */
   envoyName: string;
   /** The filter as it sits in the HTTP connection manager. */
-  hcmEntry(listener: IRHttpListener): Record<string, unknown> | undefined;
+  hcmEntry(listener: IRHttpListener): HttpFilter | undefined;
   /** When given, the filter joins any listener for which this is true (no need to list it in httpFilters). */
   wanted?(listener: IRHttpListener): boolean;
 }
@@ -47,14 +50,14 @@ export const FILTER_ORDER: readonly [string, HttpFilterModule][] = [
   ['router', router],
 ];
 
-export function httpFilters(listener: IRHttpListener): Record<string, unknown>[] {
+export function httpFilters(listener: IRHttpListener): HttpFilter[] {
   const wanted = new Set([...listener.httpFilters, ...FILTER_ORDER.filter(([, m]) => m.wanted?.(listener)).map(([n]) => n), 'router']);
   for (const name of wanted) {
     if (!FILTER_ORDER.some(([n]) => n === name)) throw new Error(`unknown HTTP filter "${name}" in listener ${listener.name}`);
   }
   return FILTER_ORDER.filter(([n]) => wanted.has(n))
     .map(([, m]) => m.hcmEntry(listener))
-    .filter((e): e is Record<string, unknown> => e !== undefined);
+    .filter((e): e is HttpFilter => e !== undefined);
 }
 
 export { fault as faultFilter };

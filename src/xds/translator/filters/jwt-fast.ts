@@ -39,6 +39,7 @@
 import type { IRJwtFastCheck } from '../../../ir/jwt.js';
 import { AUTHZ_CLUSTER, EXT_AUTHZ_TIMEOUT_MS } from '../../../translate/jwt.js';
 import type { IRHttpListener, IRRoute } from '../../../ir/types.js';
+import type { envoy } from '../../resources/envoy-types.gen.js';
 import { typed } from '../util.js';
 import type { HttpFilterModule } from './index.js';
 
@@ -239,25 +240,25 @@ export const jwtCheck: HttpFilterModule = {
 };
 
 /** Route-level settings on a fast-path listener: the route's check in its metadata, or no script. */
-export function patchRouteForJwtFastPath(l: IRHttpListener, r: IRRoute, out: Record<string, unknown>): void {
+export function patchRouteForJwtFastPath(l: IRHttpListener, r: IRRoute, out: envoy.config.route.v3.Route): void {
   const kind = fastPathKind(l);
   if (!kind) return;
   const fast = r.jwt?.fast;
   if (kind === 'module') {
     out.typed_per_filter_config = {
-      ...((out.typed_per_filter_config as Record<string, unknown> | undefined) ?? {}),
+      ...(out.typed_per_filter_config ?? {}),
       [JWT_CHECK_FILTER]: typed('envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilterPerRoute', { dynamic_module_config: moduleRef, per_route_config_name: JWT_MODULE.filter, filter_config: stringValue(fast ? routeCheckSpec(fast) : 'skip') }),
     };
     return;
   }
   if (fast) {
-    const metadata = (out.metadata as { filter_metadata?: Record<string, unknown> } | undefined) ?? {};
+    const metadata = out.metadata ?? {};
     // (A google.protobuf.Struct in protobufjs's field naming.)
     out.metadata = { ...metadata, filter_metadata: { ...(metadata.filter_metadata ?? {}), [JWT_CHECK_FILTER]: { fields: { [FAST_PATH_ROUTE_KEY]: { stringValue: routeCheckSpec(fast) } } } } };
     return;
   }
   out.typed_per_filter_config = {
-    ...((out.typed_per_filter_config as Record<string, unknown> | undefined) ?? {}),
+    ...(out.typed_per_filter_config ?? {}),
     [JWT_CHECK_FILTER]: typed('envoy.extensions.filters.http.lua.v3.LuaPerRoute', { disabled: true }),
   };
 }

@@ -9,6 +9,7 @@
 // Both modules take any IRHttpListener, so sidecar listeners get them the same way gateways do.
 import type { IRHttpListener, IRRoute } from '../../../ir/types.js';
 import type { IRLocalRateLimit } from '../../../ir/traffic.js';
+import type { envoy, PackedAny } from '../../resources/envoy-types.gen.js';
 import { duration, typed } from '../util.js';
 
 const TYPE = 'envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit';
@@ -17,9 +18,9 @@ export const ROUTE_RATELIMIT_FILTER = 'signalbox.local_ratelimit.route';
 const LISTENER_STAGE = 1;
 const ROUTE_STAGE = 0;
 const HEADER_KEY = 'signalbox_key';
-const ALWAYS = { default_value: { numerator: 100, denominator: 'HUNDRED' } };
+const ALWAYS: envoy.config.core.v3.RuntimeFractionalPercent = { default_value: { numerator: 100, denominator: 'HUNDRED' } };
 
-function bucket(rl: IRLocalRateLimit): Record<string, unknown> {
+function bucket(rl: IRLocalRateLimit): envoy.type.v3.TokenBucket {
   return { max_tokens: rl.requests, tokens_per_fill: { value: rl.requests }, fill_interval: duration(rl.perMs) };
 }
 
@@ -34,7 +35,7 @@ function descriptorKey(rl: IRLocalRateLimit): string | undefined {
 }
 
 /** The full filter configuration of one limit. */
-export function localRateLimitConfig(rl: IRLocalRateLimit, where: 'listener' | 'route'): Record<string, unknown> {
+export function localRateLimitConfig(rl: IRLocalRateLimit, where: 'listener' | 'route'): PackedAny {
   const key = descriptorKey(rl);
   return typed(TYPE, {
     stat_prefix: statPrefix(rl, where),
@@ -53,9 +54,9 @@ export function localRateLimitConfig(rl: IRLocalRateLimit, where: 'listener' | '
 }
 
 /** The rate limit actions that produce a request's descriptor (none for a shared bucket). */
-export function rateLimitActions(rl: IRLocalRateLimit, where: 'listener' | 'route'): Record<string, unknown>[] {
+export function rateLimitActions(rl: IRLocalRateLimit, where: 'listener' | 'route'): envoy.config.route.v3.RateLimit[] {
   if (!rl.by) return [];
-  const action = 'header' in rl.by ? { request_headers: { header_name: rl.by.header.toLowerCase(), descriptor_key: HEADER_KEY } } : { remote_address: {} };
+  const action: envoy.config.route.v3.RateLimit.Action = 'header' in rl.by ? { request_headers: { header_name: rl.by.header.toLowerCase(), descriptor_key: HEADER_KEY } } : { remote_address: {} };
   return [{ stage: { value: where === 'listener' ? LISTENER_STAGE : ROUTE_STAGE }, actions: [action] }];
 }
 
@@ -77,17 +78,17 @@ export const routeRateLimit = {
 };
 
 /** Route-level additions: the per-route bucket (typed_per_filter_config) and its key action. */
-export function patchRouteForRateLimit(r: IRRoute, out: Record<string, unknown>): void {
+export function patchRouteForRateLimit(r: IRRoute, out: envoy.config.route.v3.Route): void {
   if (!r.rateLimit) return;
-  out.typed_per_filter_config = { ...((out.typed_per_filter_config as Record<string, unknown> | undefined) ?? {}), [ROUTE_RATELIMIT_FILTER]: localRateLimitConfig(r.rateLimit, 'route') };
+  out.typed_per_filter_config = { ...(out.typed_per_filter_config ?? {}), [ROUTE_RATELIMIT_FILTER]: localRateLimitConfig(r.rateLimit, 'route') };
   const actions = rateLimitActions(r.rateLimit, 'route');
   // Keys come from RouteAction.rate_limits, so only forwarding routes can be keyed; a redirect
   // rule counts against the shared default bucket.
-  if (actions.length && out.route) (out.route as Record<string, unknown>).rate_limits = actions;
+  if (actions.length && out.route) out.route.rate_limits = actions;
 }
 
 /** Virtual-host additions for a listener-wide keyed limit. */
-export function virtualHostRateLimits(l: IRHttpListener): Record<string, unknown> {
+export function virtualHostRateLimits(l: IRHttpListener): envoy.config.route.v3.VirtualHost {
   if (!l.rateLimit) return {};
   const actions = rateLimitActions(l.rateLimit, 'listener');
   return actions.length ? { rate_limits: actions } : {};

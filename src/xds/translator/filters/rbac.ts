@@ -2,10 +2,13 @@
 // rules, then one ALLOW filter listing who may call when the default is Deny. Peers are matched on
 // the SPIFFE ID (URI SAN) of their verified client certificate.
 import type { IRHttpListener, IRRbacPolicy } from '../../../ir/types.js';
+import type { envoy } from '../../resources/envoy-types.gen.js';
 import { typed } from '../util.js';
 import type { HttpFilterModule } from './index.js';
 
-function pathRule(p: { type: 'Exact' | 'PathPrefix' | 'RegularExpression'; value: string }): Record<string, unknown>[] {
+type Permission = envoy.config.rbac.v3.Permission;
+
+function pathRule(p: { type: 'Exact' | 'PathPrefix' | 'RegularExpression'; value: string }): Permission[] {
   if (p.type === 'Exact') return [{ url_path: { path: { exact: p.value } } }];
   if (p.type === 'RegularExpression') return [{ url_path: { path: { safe_regex: { regex: p.value } } } }];
   if (p.value === '/' || p.value.endsWith('/')) return [{ url_path: { path: { prefix: p.value } } }];
@@ -13,15 +16,15 @@ function pathRule(p: { type: 'Exact' | 'PathPrefix' | 'RegularExpression'; value
   return [{ url_path: { path: { exact: p.value } } }, { url_path: { path: { prefix: `${p.value}/` } } }];
 }
 
-function permission(op: NonNullable<IRRbacPolicy['permissions']>[number]): Record<string, unknown> {
-  const rules: Record<string, unknown>[] = [];
+function permission(op: NonNullable<IRRbacPolicy['permissions']>[number]): Permission {
+  const rules: Permission[] = [];
   if (op.methods?.length) rules.push({ or_rules: { rules: op.methods.map((m) => ({ header: { name: ':method', string_match: { exact: m } } })) } });
   if (op.paths?.length) rules.push({ or_rules: { rules: op.paths.flatMap(pathRule) } });
   return rules.length ? { and_rules: { rules } } : { any: true };
 }
 
-function policies(list: IRRbacPolicy[]): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
+function policies(list: IRRbacPolicy[]): { [name: string]: envoy.config.rbac.v3.Policy } {
+  const out: { [name: string]: envoy.config.rbac.v3.Policy } = {};
   for (const p of list) {
     out[p.name] = {
       principals: p.principals.map((id) => ({ authenticated: { principal_name: { exact: id } } })),
