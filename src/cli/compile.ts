@@ -7,7 +7,7 @@ import path from 'node:path';
 import { resolveServeConfig, resolveStrict, SERVE_SETTINGS } from '../config/settings.js';
 import { compileGroups, InconsistentGroupError, printedGroup, type CompileGroupsOptions, type PrintedGroup } from '../controller/compile-groups.js';
 import { ErrorCode, formatPolicyError, type PolicyError } from '../errors.js';
-import { buildModel } from '../model/model.js';
+import { buildModel } from '../controller/build-model.js';
 import { loadPolicyDir } from '../sources/files/loader.js';
 import { DEFAULT_AUTHZ_ENDPOINT } from '../translate/jwt.js';
 import { COMPILE_COMMAND } from './commands.js';

@@ -5,7 +5,7 @@
 import path from 'node:path';
 import { formatPolicyError, SignalboxError } from '../errors.js';
 import { explainGroup, explainText, resolveGroup } from '../explain/provenance.js';
-import { buildModel } from '../model/model.js';
+import { buildModel } from '../controller/build-model.js';
 import { loadPolicyDir } from '../sources/files/loader.js';
 import { compileGroups, InconsistentGroupError } from '../controller/compile-groups.js';
 import { EXPLAIN_COMMAND } from './commands.js';

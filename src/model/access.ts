@@ -2,7 +2,7 @@
 // two that disagree on `default` conflict.
 import type { AccessPolicy } from '../api/v1alpha1/index.js';
 import { ErrorCode } from '../errors.js';
-import type { LoadedDoc, SourceRef } from '../sources/files/loader.js';
+import type { LoadedDoc, SourceRef } from '../api/documents.js';
 import { didYouMean } from './did-you-mean.js';
 
 export interface AccessRuleModel {
