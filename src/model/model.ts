@@ -4,7 +4,7 @@
 import { parseDuration, type Gateway, type HTTPRoute, type Mesh, type Service } from '../api/v1alpha1/index.js';
 import { ErrorCode, type PolicyError } from '../errors.js';
 import type { LoadedDoc, PolicyFileResult, SourceRef } from '../api/documents.js';
-import { didYouMean } from './did-you-mean.js';
+import { didYouMean } from '../util/did-you-mean.js';
 import { hostnameMatches } from './hostnames.js';
 import { resolveAccessPolicies, type AccessModel } from './access.js';
 import { resolveGlobalClaims, resolvePolicies, type PoliciesModel, type RuleDefaults } from './policies.js';

@@ -17,7 +17,7 @@ import type { z } from 'zod';
 import { API_VERSION, KINDS, PLANNED_KINDS, type Kind, type PolicyMap } from '../../api/v1alpha1/index.js';
 import { ErrorCode, type PolicyError } from '../../errors.js';
 import { formatPath, type LoadedDoc, type SourceRef } from '../../api/documents.js';
-import { didYouMean, editDistance } from '../../model/did-you-mean.js';
+import { didYouMean, editDistance } from '../../util/did-you-mean.js';
 
 // The documents the loader produces are plain data owned by api/documents.ts.
 export { formatPath, type LoadedDoc, type SourceRef };
