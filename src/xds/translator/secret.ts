@@ -10,11 +10,5 @@ export function secretResource(s: IRSecret): Record<string, unknown> {
   };
 }
 
-export const REDACTED = '[redacted]';
-
-/** The printable form of a Secret: the certificate stays, the private key never leaves. */
-export function redactSecret(json: Record<string, unknown>): Record<string, unknown> {
-  const tls = json.tls_certificate as Record<string, unknown> | undefined;
-  if (!tls) return json;
-  return { ...json, tls_certificate: { ...tls, private_key: { inline_string: REDACTED } } };
-}
+// How a Secret is printed (the private key redacted) is the resources' business: src/xds/resources/redact.ts.
+export { REDACTED, redactSecret } from '../resources/redact.js';
