@@ -9,7 +9,8 @@ import { ErrorCode, formatPolicyError } from '../errors.js';
 import { createLogger, type Logger } from '../observability/logger.js';
 import { Metrics } from '../observability/metrics.js';
 import { watchPolicies } from '../sources/files/watcher.js';
-import { envoyNarrowing } from '../xds/server/nack-blame.js';
+import { envoyNarrowing, useNackPolicySide } from '../xds/server/nack-blame.js';
+import { nackPolicySide } from '../controller/nack-policy-side.js';
 import { SnapshotCache } from '../xds/cache/snapshot-cache.js';
 import { envoyRoot } from '../xds/resources/protos.js';
 import { XdsServer } from '../xds/server/server.js';
@@ -66,6 +67,8 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
   const authz = await startEmbeddedAuthz({ bindAddress: cfg.xdsAddress, port: cfg.authzPort, defaultPort: DEFAULT_AUTHZ_PORT, tls: cfg.xdsTls ? { ca, trustDomain: BUILTIN_DEFAULTS.trustDomain } : undefined, addressForProxies: cfg.authzAddressForProxies, logger, registry: metrics.registry, onKeysChanged });
   // Opened at once for an explicit --ratelimit-port, else once a global rate limit exists; same TLS as ext_authz.
   const ratelimit = await startEmbeddedRateLimit({ bindAddress: cfg.xdsAddress, port: cfg.ratelimitPort, tls: cfg.xdsTls ? { ca, trustDomain: BUILTIN_DEFAULTS.trustDomain } : undefined, addressForProxies: cfg.ratelimitAddressForProxies, redis: cfg.redis, logger, registry: metrics.registry });
+  // NACKs are traced back to policy documents by the file source and preflight, handed to the server.
+  useNackPolicySide(nackPolicySide);
   // A NACK Envoy's message does not pin down is narrowed with the same Envoy the preflight uses, if given.
   if (cfg.preflightEnvoy) envoyNarrowing.configure(cfg.preflightEnvoy);
   const pipeline = new Pipeline({
