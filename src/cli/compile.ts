@@ -5,7 +5,7 @@
 // tests.
 import path from 'node:path';
 import { resolveServeConfig, resolveStrict, SERVE_SETTINGS } from '../config/settings.js';
-import { compileGroups, InconsistentGroupError, printedGroup, type CompileGroupsOptions, type PrintedGroup } from '../controller/compile-groups.js';
+import { compileGroupsSettled, printedGroup, type CompileGroupsOptions, type PrintedGroup } from '../controller/compile-groups.js';
 import { ErrorCode, formatPolicyError, type PolicyError } from '../errors.js';
 import { buildModel } from '../controller/build-model.js';
 import { loadPolicyDir } from '../sources/files/loader.js';
@@ -57,15 +57,11 @@ export async function compileDir(dir: string, sidecarGroups: Iterable<string> = 
   if (loaded.errors.length) return { ok: false, errors: loaded.errors };
   const built = await buildModel(loaded.docs, dir);
   if (!built.model) return { ok: false, errors: built.errors };
-  let compiled;
-  try {
-    compiled = compileGroups(built.model, { ...compileGroupsOptions(opts), groups: sidecarGroups });
-  } catch (e) {
-    if (!(e instanceof InconsistentGroupError)) throw e;
-    return { ok: false, errors: [{ code: ErrorCode.CONFLICT, file: dir, message: `internal: the compiled configuration is inconsistent: ${e.message}` }] };
-  }
+  // A group that cannot be compiled is reported on its own documents (SB_TRANSLATE), every failing group at once.
+  const settled = compileGroupsSettled(built.model, { ...compileGroupsOptions(opts), groups: sidecarGroups });
+  if (settled.failed.size) return { ok: false, errors: [...settled.failed.values()].flatMap((f) => f.errors) };
   const groups: CompiledGroups = {};
-  for (const [group, g] of compiled) groups[group] = printedGroup(g);
+  for (const [group, g] of settled.groups) groups[group] = printedGroup(g);
   return { ok: true, groups, warnings: loaded.warnings };
 }
 
