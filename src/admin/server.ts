@@ -196,6 +196,10 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
   const rel = (f: string) => relativeToPolicyDir(deps.policyDir, f);
 
   /** A proxy's status plus its own instance certificate (serial, expiry; never the key). */
+  const groupFailedOf = (group: string) => {
+    const f = pipeline.failedGroups.get(group);
+    return f ? { groupFailed: { since: f.since.toISOString(), servingLastGood: f.servingLastGood, errors: f.errors.length } } : {};
+  };
   const withCert = (p: ReturnType<ProxyRegistry['all']>[number]) => {
     const json = p.toJSON();
     const cert = p.certificate;
@@ -209,6 +213,8 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
       ...json,
       types,
       certificate: cert && deps.identities ? { ...cert, trustBundleVersion: hashText(deps.identities.ca.trustBundlePem), secretsServed: p.secretsAllowed } : undefined,
+      // Its group's last compile failed: the proxy is SYNCED to that group's last good snapshot, not to the policies now.
+      ...groupFailedOf(p.node.group),
     };
   };
 

@@ -117,8 +117,11 @@ describe('one broken group, through real Envoy', () => {
     // a's Envoy still serves its last good configuration: the old route answers, the broken edit's does not.
     for (let i = 0; i < 5; i++) assert.equal(await status(portA, `/a/${i}`), 200);
     assert.equal(await status(portA, '/boom/1'), 404);
-    const proxyA = await sb.admin<{ state: string }>('/api/proxies/gw-a');
+    // Its proxy is in sync with the snapshot it is served, and says that its group failed.
+    const proxyA = await sb.admin<{ state: string; groupFailed?: { servingLastGood: boolean; errors: number } }>('/api/proxies/gw-a');
     assert.equal(proxyA.state, 'SYNCED');
+    assert.deepEqual({ ...proxyA.groupFailed, since: undefined }, { since: undefined, servingLastGood: true, errors: 3 });
+    assert.equal((await sb.admin<{ groupFailed?: unknown }>('/api/proxies/gw-b')).groupFailed, undefined);
   });
 
   test('fixing the broken file lets gateway a move on and clears the errors', async () => {
@@ -126,6 +129,7 @@ describe('one broken group, through real Envoy', () => {
     await waitFor(async () => (await status(portA, '/fixed/1')) === 200, { what: 'gateway a serving /fixed', timeoutMs: 20_000 });
     const errors = await sb.admin<{ valid: boolean; errors: unknown[] }>('/api/errors');
     assert.deepEqual(errors, { ...errors, valid: true, errors: [] });
+    assert.equal((await sb.admin<{ groupFailed?: unknown }>('/api/proxies/gw-a')).groupFailed, undefined);
     assert.equal(await status(portB, '/b-new/1'), 200);
   });
 });
