@@ -5,7 +5,7 @@
 // tests.
 import path from 'node:path';
 import { resolveServeConfig, resolveStrict, SERVE_SETTINGS } from '../config/settings.js';
-import { compileGroupsSettled, printedGroup, type CompileGroupsOptions, type PrintedGroup } from '../controller/compile-groups.js';
+import { compileGroupsSettled, printedGroup, routeFaultFromEnv, type CompileGroupsOptions, type PrintedGroup } from '../controller/compile-groups.js';
 import { ErrorCode, formatPolicyError, type PolicyError } from '../errors.js';
 import { buildModel } from '../controller/build-model.js';
 import { loadPolicyDir } from '../sources/files/loader.js';
@@ -49,6 +49,8 @@ export function compileGroupsOptions(opts: ServeLikeOptions = {}): CompileGroups
     jwtFastPath: opts.jwtFastPath ?? SERVE_DEFAULTS.jwtFastPath,
     jwtFastPathModule: opts.jwtFastPathModule ?? SERVE_DEFAULTS.jwtFastPathModule,
     trustBundlePem: opts.trustBundlePem ?? TRUST_BUNDLE_PLACEHOLDER,
+    // Tests only: the translation fault serve can be given (SIGNALBOX_FAULT_TRANSLATE_ROUTE), so the tools fail as serve would.
+    beforeGroup: routeFaultFromEnv(),
   };
 }
 

@@ -5,7 +5,7 @@ import { attachTelemetry } from '../telemetry/index.js';
 import { startTracing } from '../observability/tracing.js';
 import { DEFAULT_AUTHZ_PORT, type ServeConfig } from '../config/settings.js';
 import { Pipeline } from '../controller/pipeline.js';
-import { routeFault } from '../controller/compile-groups.js';
+import { routeFaultFromEnv } from '../controller/compile-groups.js';
 import { ErrorCode, formatPolicyError } from '../errors.js';
 import { createLogger, type Logger } from '../observability/logger.js';
 import { Metrics } from '../observability/metrics.js';
@@ -93,7 +93,7 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
     strictPolicies: cfg.strict,
     preflightEnvoy: cfg.preflightEnvoy,
     // Tests only: break the translation of the gateway groups a named HTTPRoute is attached to.
-    beforeGroup: process.env.SIGNALBOX_FAULT_TRANSLATE_ROUTE ? routeFault(process.env.SIGNALBOX_FAULT_TRANSLATE_ROUTE) : undefined,
+    beforeGroup: routeFaultFromEnv(),
     // A restart with an invalid policy directory serves the last good configuration (DATA_DIR/last-good.json).
     persistLastGood: true,
   });

@@ -201,3 +201,9 @@ export function routeFault(route: string): NonNullable<CompileGroupsOptions['bef
     }
   };
 }
+
+/** The fault SIGNALBOX_FAULT_TRANSLATE_ROUTE asks for (serve, compile, diff, explain), or undefined. */
+export function routeFaultFromEnv(env: NodeJS.ProcessEnv = process.env): CompileGroupsOptions['beforeGroup'] {
+  const route = env.SIGNALBOX_FAULT_TRANSLATE_ROUTE;
+  return route ? routeFault(route) : undefined;
+}

@@ -8,6 +8,9 @@ import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { compileGroups, compileGroupsSettled, InconsistentGroupError, printedGroup, routeFault } from '../../src/controller/compile-groups.js';
 import { Pipeline } from '../../src/controller/pipeline.js';
+import { compileCommand } from '../../src/cli/compile.js';
+import { explainCommand } from '../../src/cli/explain.js';
+import { Writable } from 'node:stream';
 import { ErrorCode } from '../../src/errors.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { SnapshotCache } from '../../src/xds/cache/snapshot-cache.js';
@@ -60,6 +63,32 @@ describe('compileGroupsSettled', () => {
     });
     assert.deepEqual([...settled.groups.keys()], ['gateway/b']);
     assert.match(settled.failed.get('gateway/a')!.errors[0]!.message, /its configuration would be inconsistent: route configuration "x" is missing/);
+  });
+});
+
+describe('the command line with one broken group', () => {
+  const sink = () => {
+    let text = '';
+    return { stream: new Writable({ write: (c, _e, cb) => ((text += String(c)), cb()) }), text: () => text };
+  };
+  test('compile refuses with SB_TRANSLATE on the documents; explain fails for that group only', async () => {
+    const dir = policyDir({ 'base.yaml': GATEWAYS, 'a.yaml': docs(route('app-a', 'a', '/a'), route('boom', 'a', '/boom')), 'b.yaml': route('app-b', 'b', '/b') });
+    process.env.SIGNALBOX_FAULT_TRANSLATE_ROUTE = 'boom';
+    try {
+      const out = sink();
+      const err = sink();
+      assert.equal(await compileCommand([dir], out.stream, err.stream), 1);
+      assert.equal(out.text(), '');
+      assert.equal(err.text().split('\n').filter((l) => l.includes('SB_TRANSLATE') || l.includes('proxy group "gateway/a" cannot be compiled')).length, 3, err.text());
+      const explainedA = sink();
+      assert.equal(await explainCommand([dir, '--proxy', 'a'], sink().stream, explainedA.stream), 1);
+      assert.match(explainedA.text(), /proxy group "gateway\/a" cannot be compiled/);
+      const explainedB = sink();
+      assert.equal(await explainCommand([dir, '--proxy', 'b'], explainedB.stream, sink().stream), 0);
+      assert.match(explainedB.text(), /app-b/);
+    } finally {
+      delete process.env.SIGNALBOX_FAULT_TRANSLATE_ROUTE;
+    }
   });
 });
 
