@@ -20,6 +20,12 @@ export const ErrorCode = {
    * or neither apiVersion nor kind): a warning, the document skipped; an error under --strict.
    */
   NOT_SIGNALBOX: 'SB_NOT_SIGNALBOX',
+  /**
+   * A valid model could not be compiled for one proxy group (translation threw, or the result
+   * failed the consistency check): reported on each policy document the group is built from,
+   * naming the group. That group keeps its last good configuration; the other groups apply.
+   */
+  TRANSLATE: 'SB_TRANSLATE',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
@@ -31,6 +37,8 @@ export interface PolicyError {
   path?: string;
   line?: number;
   message: string;
+  /** The proxy group it is about, for errors of one group's compilation (SB_TRANSLATE). */
+  group?: string;
 }
 
 export function formatPolicyError(e: PolicyError): string {

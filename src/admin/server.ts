@@ -182,6 +182,8 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
       const origin = kept.restoredFrom ? `restored from ${kept.restoredFrom} at start` : `kept since ${kept.since.toISOString()}`;
       return { ready: true, degraded: true, reason: `the policy directory is invalid (${kept.errors} error(s), see /api/errors); serving the last good configuration, applied ${kept.appliedAt?.toISOString() ?? 'earlier'}, ${origin}` };
     }
+    const failed = [...pipeline.failedGroups.keys()];
+    if (failed.length) return { ready: true, degraded: true, reason: `${failed.length} proxy group(s) could not be compiled and keep their last good configuration (see /api/errors): ${failed.join(', ')}` };
     return { ready: true };
   });
 
@@ -194,6 +196,10 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
   const rel = (f: string) => relativeToPolicyDir(deps.policyDir, f);
 
   /** A proxy's status plus its own instance certificate (serial, expiry; never the key). */
+  const groupFailedOf = (group: string) => {
+    const f = pipeline.failedGroups.get(group);
+    return f ? { groupFailed: { since: f.since.toISOString(), servingLastGood: f.servingLastGood, errors: f.errors.length } } : {};
+  };
   const withCert = (p: ReturnType<ProxyRegistry['all']>[number]) => {
     const json = p.toJSON();
     const cert = p.certificate;
@@ -207,6 +213,8 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
       ...json,
       types,
       certificate: cert && deps.identities ? { ...cert, trustBundleVersion: hashText(deps.identities.ca.trustBundlePem), secretsServed: p.secretsAllowed } : undefined,
+      // Its group's last compile failed: the proxy is SYNCED to that group's last good snapshot, not to the policies now.
+      ...groupFailedOf(p.node.group),
     };
   };
 
@@ -272,12 +280,24 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
     return { id: p?.node.id, ...explainGroup(pipeline.model, ir, { route: req.query.route }) };
   });
 
-  app.get('/api/groups', async () => ({
-    groups: cache.groupNames().map((g) => {
-      const s = cache.get(g);
-      return { group: g, version: s.version, types: Object.fromEntries(PUSH_ORDER.map((t) => [SHORT_NAME[t], { version: s.versions.get(t), resources: s.get(t).size }])) };
-    }),
-  }));
+  // A group whose last compile failed says so (`failed`): what it serves is its last good snapshot, or nothing.
+  const failedOf = (g: string) => {
+    const f = pipeline.failedGroups.get(g);
+    return f ? { failed: { since: f.since.toISOString(), servingLastGood: f.servingLastGood, errors: f.errors.map(formatPolicyError) } } : {};
+  };
+  app.get('/api/groups', async () => {
+    const served = cache.groupNames();
+    const unserved = [...pipeline.failedGroups.keys()].filter((g) => !served.includes(g)).sort();
+    return {
+      groups: [
+        ...served.map((g) => {
+          const s = cache.get(g);
+          return { group: g, version: s.version, types: Object.fromEntries(PUSH_ORDER.map((t) => [SHORT_NAME[t], { version: s.versions.get(t), resources: s.get(t).size }])), ...failedOf(g) };
+        }),
+        ...unserved.map((g) => ({ group: g, ...failedOf(g) })),
+      ],
+    };
+  });
 
   // Errors reject a load; warnings (documents skipped as not Signalbox's) never do: `valid` counts
   // errors only, and each entry says which it is.

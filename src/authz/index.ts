@@ -14,7 +14,7 @@ import { ServerCertificate, serverSpiffeId } from '../ca/server-tls.js';
 import { DEFAULT_AUTHZ_PORT } from '../config/settings.js';
 import type { Model } from '../model/model.js';
 import type { Logger } from '../observability/logger.js';
-import type { AuthzEndpoint } from '../translate/jwt.js';
+import type { AuthzEndpoint } from '../protocol/services.js';
 import { AuthzServer } from './server.js';
 
 export { AuthzServer } from './server.js';

@@ -28,7 +28,7 @@ import { JWT_POLICIES_KEY } from '../ir/jwt.js';
 import { GrpcError, GrpcStatus, UnaryGrpcServer } from './grpc-h2.js';
 import type http2 from 'node:http2';
 import { fastPathAnswer, policyOfPath } from './fast-path.js';
-import { FAST_PATH_HTTP } from '../xds/translator/filters/jwt-fast.js';
+import { FAST_PATH_HTTP } from '../protocol/jwt-fast-path.js';
 import { tracingActive, withSpan } from '../observability/tracing.js';
 import { decodeCheckRequest, encodeCheckResponse, type CheckAnswer, type CheckRequestView } from './check-codec.js';
 

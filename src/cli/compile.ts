@@ -5,12 +5,12 @@
 // tests.
 import path from 'node:path';
 import { resolveServeConfig, resolveStrict, SERVE_SETTINGS } from '../config/settings.js';
-import { compileGroups, InconsistentGroupError, printedGroup, type CompileGroupsOptions, type PrintedGroup } from '../controller/compile-groups.js';
-import { ErrorCode, formatPolicyError, type PolicyError } from '../errors.js';
-import { buildModel } from '../model/model.js';
+import { compileGroupsSettled, printedGroup, routeFaultFromEnv, type CompileGroupsOptions, type PrintedGroup } from '../controller/compile-groups.js';
+import { formatPolicyError, type PolicyError } from '../errors.js';
+import { buildModel } from '../controller/build-model.js';
 import type { Model } from '../model/model.js';
 import { loadPolicyDir } from '../sources/files/loader.js';
-import { EncodeCache, RoundTripError } from '../xds/resources/resource.js';
+import { EncodeCache } from '../xds/resources/resource.js';
 import { DEFAULT_AUTHZ_ENDPOINT } from '../translate/jwt.js';
 import { COMPILE_COMMAND } from './commands.js';
 import { parseFlags } from './flags.js';
@@ -51,6 +51,8 @@ export function compileGroupsOptions(opts: ServeLikeOptions = {}): CompileGroups
     jwtFastPath: opts.jwtFastPath ?? SERVE_DEFAULTS.jwtFastPath,
     jwtFastPathModule: opts.jwtFastPathModule ?? SERVE_DEFAULTS.jwtFastPathModule,
     trustBundlePem: opts.trustBundlePem ?? TRUST_BUNDLE_PLACEHOLDER,
+    // Tests only: the translation fault serve can be given (SIGNALBOX_FAULT_TRANSLATE_ROUTE), so the tools fail as serve would.
+    beforeGroup: routeFaultFromEnv(),
   };
 }
 
@@ -59,7 +61,7 @@ export async function compileDir(dir: string, sidecarGroups: Iterable<string> = 
   if (loaded.errors.length) return { ok: false, errors: loaded.errors };
   const built = await buildModel(loaded.docs, dir);
   if (!built.model) return { ok: false, errors: built.errors };
-  const compiled = compileModel(built.model, dir, sidecarGroups, opts);
+  const compiled = compileModel(built.model, sidecarGroups, opts);
   return compiled.ok ? { ...compiled, warnings: loaded.warnings } : compiled;
 }
 
@@ -67,18 +69,15 @@ export async function compileDir(dir: string, sidecarGroups: Iterable<string> = 
  * A valid model's groups as `compile` prints them. Every resource is decoded again and compared
  * with what the translator wrote (EncodeCache roundTrip), whatever SIGNALBOX_STRICT_ENCODE says:
  * what `compile`, `diff` and `validate` show is what Envoy would get, or an error naming the field.
+ * A group that cannot be compiled (a translation error, an inconsistent result or a resource that
+ * does not survive encoding) is reported on its own documents (SB_TRANSLATE), every failing group
+ * at once; a partial result is never printed.
  */
-export function compileModel(model: Model, dir: string, sidecarGroups: Iterable<string> = [], opts: ServeLikeOptions = {}): { ok: true; groups: CompiledGroups } | { ok: false; errors: PolicyError[] } {
-  let compiled: ReturnType<typeof compileGroups>;
-  try {
-    compiled = compileGroups(model, { ...compileGroupsOptions(opts), groups: sidecarGroups, encoder: new EncodeCache({ roundTrip: true }) });
-  } catch (e) {
-    if (e instanceof InconsistentGroupError) return { ok: false, errors: [{ code: ErrorCode.CONFLICT, file: dir, message: `internal: the compiled configuration is inconsistent: ${e.message}` }] };
-    if (e instanceof RoundTripError) return { ok: false, errors: [{ code: ErrorCode.CONFLICT, file: dir, message: `internal: the translator wrote a resource Envoy would not get as written: ${e.message}` }] };
-    throw e;
-  }
+export function compileModel(model: Model, sidecarGroups: Iterable<string> = [], opts: ServeLikeOptions = {}): { ok: true; groups: CompiledGroups } | { ok: false; errors: PolicyError[] } {
+  const settled = compileGroupsSettled(model, { ...compileGroupsOptions(opts), groups: sidecarGroups, encoder: new EncodeCache({ roundTrip: true }) });
+  if (settled.failed.size) return { ok: false, errors: [...settled.failed.values()].flatMap((f) => f.errors) };
   const groups: CompiledGroups = {};
-  for (const [group, g] of compiled) groups[group] = printedGroup(g);
+  for (const [group, g] of settled.groups) groups[group] = printedGroup(g);
   return { ok: true, groups };
 }
 

@@ -5,9 +5,9 @@
 import path from 'node:path';
 import { formatPolicyError, SignalboxError } from '../errors.js';
 import { explainGroup, explainText, resolveGroup } from '../explain/provenance.js';
-import { buildModel } from '../model/model.js';
+import { buildModel } from '../controller/build-model.js';
 import { loadPolicyDir } from '../sources/files/loader.js';
-import { compileGroups, InconsistentGroupError } from '../controller/compile-groups.js';
+import { compileGroupsSettled } from '../controller/compile-groups.js';
 import { EXPLAIN_COMMAND } from './commands.js';
 import { compileGroupsOptions, serveLikeOptions } from './compile.js';
 import { parseFlags } from './flags.js';
@@ -25,16 +25,15 @@ export async function explainCommand(args: string[], out: NodeJS.WritableStream 
     for (const e of built.errors) err.write(`${formatPolicyError(e)}\n`);
     return 1;
   }
-  let groups: ReturnType<typeof compileGroups>;
-  try {
-    // (sidecar groups and +jwt-module variants are built on request)
-    groups = compileGroups(built.model, { ...compileGroupsOptions(serveLikeOptions(flags.values)), groups: [values.proxy] });
-  } catch (e) {
-    if (!(e instanceof InconsistentGroupError)) throw e;
-    err.write(`signalbox explain: the compiled configuration is inconsistent: ${e.message}\n`);
+  // (sidecar groups and +jwt-module variants are built on request; another group's failure does not matter here)
+  const settled = compileGroupsSettled(built.model, { ...compileGroupsOptions(serveLikeOptions(flags.values)), groups: [values.proxy] });
+  const groups = settled.groups;
+  const group = resolveGroup(values.proxy, [...groups.keys(), ...settled.failed.keys()]);
+  const failed = group === undefined ? undefined : settled.failed.get(group);
+  if (failed) {
+    for (const e of failed.errors) err.write(`signalbox explain: ${formatPolicyError(e)}\n`);
     return 1;
   }
-  const group = resolveGroup(values.proxy, groups.keys());
   if (!group) {
     err.write(`signalbox explain: no proxy group "${values.proxy}" (have: ${[...groups.keys()].join(', ') || 'none'})\n`);
     return 1;

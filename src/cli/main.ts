@@ -3,7 +3,8 @@ import { statSync } from 'node:fs';
 import path from 'node:path';
 import { resolvePolicyLimits, resolveServeConfig, resolveStrict } from '../config/settings.js';
 import { formatPolicyError, SignalboxError, type PolicyError } from '../errors.js';
-import { buildModel, type Model } from '../model/model.js';
+import { buildModel } from '../controller/build-model.js';
+import type { Model } from '../model/model.js';
 import type { PreflightError } from '../preflight/envoy.js';
 import { loadPolicyDir } from '../sources/files/loader.js';
 import { bootstrapCommand, checkInstance, proxyCredentialsDir } from './bootstrap.js';
@@ -159,7 +160,7 @@ async function validate(argv: string[]): Promise<number> {
   // to decode as written: a translator fault is reported here rather than by a proxy.
   if (model && errors.length === 0) {
     const { sidecarGroupsOf } = await import('../preflight/envoy.js');
-    const compiled = compileModel(model, path.resolve(dir), sidecarGroupsOf(model));
+    const compiled = compileModel(model, sidecarGroupsOf(model));
     if (!compiled.ok) errors = compiled.errors;
   }
   // Envoy checks only what the schema and the model accept: their errors are the cheaper ones to fix.

@@ -5,7 +5,7 @@ import path from 'node:path';
 import { KINDS, type Kind } from '../api/v1alpha1/index.js';
 import { combinedJsonSchema, kindJsonSchema, schemaFiles } from '../api/v1alpha1/json-schema.js';
 import { SignalboxError } from '../errors.js';
-import { didYouMean } from '../model/did-you-mean.js';
+import { didYouMean } from '../util/did-you-mean.js';
 import { SCHEMA_COMMAND } from './commands.js';
 import { parseFlags } from './flags.js';
 

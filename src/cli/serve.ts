@@ -5,11 +5,13 @@ import { attachTelemetry } from '../telemetry/index.js';
 import { startTracing } from '../observability/tracing.js';
 import { DEFAULT_AUTHZ_PORT, type ServeConfig } from '../config/settings.js';
 import { Pipeline } from '../controller/pipeline.js';
+import { routeFaultFromEnv } from '../controller/compile-groups.js';
 import { ErrorCode, formatPolicyError } from '../errors.js';
 import { createLogger, type Logger } from '../observability/logger.js';
 import { Metrics } from '../observability/metrics.js';
 import { watchPolicies } from '../sources/files/watcher.js';
-import { envoyNarrowing } from '../xds/server/nack-blame.js';
+import { envoyNarrowing, useNackPolicySide } from '../xds/server/nack-blame.js';
+import { nackPolicySide } from '../controller/nack-policy-side.js';
 import { SnapshotCache } from '../xds/cache/snapshot-cache.js';
 import { envoyRoot } from '../xds/resources/protos.js';
 import { XdsServer } from '../xds/server/server.js';
@@ -66,6 +68,8 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
   const authz = await startEmbeddedAuthz({ bindAddress: cfg.xdsAddress, port: cfg.authzPort, defaultPort: DEFAULT_AUTHZ_PORT, tls: cfg.xdsTls ? { ca, trustDomain: BUILTIN_DEFAULTS.trustDomain } : undefined, addressForProxies: cfg.authzAddressForProxies, logger, registry: metrics.registry, onKeysChanged });
   // Opened at once for an explicit --ratelimit-port, else once a global rate limit exists; same TLS as ext_authz.
   const ratelimit = await startEmbeddedRateLimit({ bindAddress: cfg.xdsAddress, port: cfg.ratelimitPort, tls: cfg.xdsTls ? { ca, trustDomain: BUILTIN_DEFAULTS.trustDomain } : undefined, addressForProxies: cfg.ratelimitAddressForProxies, redis: cfg.redis, logger, registry: metrics.registry });
+  // NACKs are traced back to policy documents by the file source and preflight, handed to the server.
+  useNackPolicySide(nackPolicySide);
   // A NACK Envoy's message does not pin down is narrowed with the same Envoy the preflight uses, if given.
   if (cfg.preflightEnvoy) envoyNarrowing.configure(cfg.preflightEnvoy);
   const pipeline = new Pipeline({
@@ -88,6 +92,8 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
     policyLimits: cfg.policyLimits,
     strictPolicies: cfg.strict,
     preflightEnvoy: cfg.preflightEnvoy,
+    // Tests only: break the translation of the gateway groups a named HTTPRoute is attached to.
+    beforeGroup: routeFaultFromEnv(),
     // A restart with an invalid policy directory serves the last good configuration (DATA_DIR/last-good.json).
     persistLastGood: true,
   });

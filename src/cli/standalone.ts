@@ -4,7 +4,8 @@
 import http from 'node:http';
 import type client from 'prom-client';
 import { formatPolicyError } from '../errors.js';
-import { buildModel, type Model } from '../model/model.js';
+import { buildModel } from '../controller/build-model.js';
+import type { Model } from '../model/model.js';
 import type { Logger } from '../observability/logger.js';
 import { loadPolicyDir } from '../sources/files/loader.js';
 import { watchPolicies } from '../sources/files/watcher.js';

@@ -2,7 +2,7 @@
 // default, parsed once.
 import { existsSync, readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
-import { checkRedisUrl } from '../ratelimit/redis-store.js';
+import { checkRedisUrl } from './redis-url.js';
 import { ErrorCode, SignalboxError } from '../errors.js';
 import { DEFAULT_POLICY_LIMITS, type PolicyLimits } from '../sources/files/loader.js';
 

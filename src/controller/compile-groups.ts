@@ -6,10 +6,11 @@
 // own identity certificate, which is issued per proxy when its stream asks for it;
 // test/xds/compile-equals-serve.test.ts checks it byte for byte).
 import type { Instance, IRProxyConfig } from '../ir/types.js';
-import { TRUST_BUNDLE_SECRET } from '../ir/types.js';
+import { parseGatewayGroup, TRUST_BUNDLE_SECRET } from '../ir/types.js';
 import type { Model } from '../model/model.js';
 import { staticInstances } from '../sources/endpoints.js';
-import { translate, type AccessLogSettings } from '../translate/gateway.js';
+import { ErrorCode, type PolicyError } from '../errors.js';
+import { groupKeys, groupSources, translateGroup, type AccessLogSettings } from '../translate/gateway.js';
 import type { AuthzEndpoint, JwtKeysOf } from '../translate/jwt.js';
 import type { RateLimitEndpoint } from '../translate/ratelimit.js';
 import { checkConsistency, Snapshot } from '../xds/cache/snapshot-cache.js';
@@ -43,6 +44,26 @@ export interface CompileGroupsOptions {
   encoder?: EncodeCache;
   /** The instances of a service (the endpoint store); default: the model's static endpoints. */
   instancesOf?: (service: string) => readonly Instance[];
+  /**
+   * Called before each group is translated; what it throws fails that group like a translation
+   * error. Tests use it to break one group's translation on purpose (see SIGNALBOX_FAULT_TRANSLATE_ROUTE).
+   */
+  beforeGroup?: (group: string, model: Model) => void;
+}
+
+/** A group that could not be compiled: why, and the errors that say so on its policy documents. */
+export interface GroupFailure {
+  group: string;
+  /** What was thrown (an InconsistentGroupError for a failed consistency check). */
+  cause: Error;
+  /** SB_TRANSLATE on each policy document the group is built from, naming the group. */
+  errors: PolicyError[];
+}
+
+/** Every group's outcome: the ones compiled and the ones that failed, each on its own. */
+export interface SettledGroups {
+  groups: Map<string, CompiledGroup>;
+  failed: Map<string, GroupFailure>;
 }
 
 /** One group's compiled configuration. The IR is never changed after translation. */
@@ -72,12 +93,40 @@ export class InconsistentGroupError extends Error {
  * secret it does not get.
  */
 export function compileGroups(model: Model, opts: CompileGroupsOptions = {}): Map<string, CompiledGroup> {
+  const { groups, failed } = compileGroupsSettled(model, opts);
+  const first = failed.values().next().value;
+  if (first) throw first.cause;
+  return groups;
+}
+
+/**
+ * Every proxy group's configuration for a valid model, each group on its own: a group whose
+ * translation throws, or whose result fails the consistency check, is listed in `failed` with
+ * SB_TRANSLATE errors on the policy documents it is built from, and the other groups are compiled
+ * as if it did not exist. Nothing is shared between groups but encoded bytes of equal content.
+ */
+export function compileGroupsSettled(model: Model, opts: CompileGroupsOptions = {}): SettledGroups {
   const enc = opts.encoder ?? new EncodeCache();
   const instancesOf = opts.instancesOf ?? staticInstancesOf(model);
-  const irs = translate(model, opts.groups ?? [], { authz: opts.authz, rateLimit: opts.rateLimit, jwtKeys: opts.jwtKeys, jwtFastPath: opts.jwtFastPath, jwtFastPathModule: opts.jwtFastPathModule, accessLog: opts.accessLog });
-  const out = new Map<string, CompiledGroup>();
-  for (const [group, ir] of irs) out.set(group, compileGroupIR(ir, { instancesOf, trustBundlePem: opts.trustBundlePem, encoder: enc }));
-  return out;
+  const translateOpts = { authz: opts.authz, rateLimit: opts.rateLimit, jwtKeys: opts.jwtKeys, jwtFastPath: opts.jwtFastPath, jwtFastPathModule: opts.jwtFastPathModule, accessLog: opts.accessLog };
+  const groups = new Map<string, CompiledGroup>();
+  const failed = new Map<string, GroupFailure>();
+  for (const [group, key] of groupKeys(model, opts.groups ?? [])) {
+    try {
+      opts.beforeGroup?.(group, model);
+      const ir = translateGroup(model, key, translateOpts);
+      if (!ir) continue;
+      groups.set(group, compileGroupIR(ir, { instancesOf, trustBundlePem: opts.trustBundlePem, encoder: enc }));
+    } catch (e) {
+      const cause = e instanceof Error ? e : new Error(String(e));
+      const what = cause instanceof InconsistentGroupError ? `its configuration would be inconsistent: ${cause.problems.join('; ')}` : `translation failed: ${cause.message}`;
+      const message = `proxy group "${group}" cannot be compiled (${what}); it is built from this document`;
+      const sources = groupSources(model, key);
+      const errors: PolicyError[] = sources.length ? sources.map((s) => ({ code: ErrorCode.TRANSLATE, file: s.file, doc: s.doc, message, group })) : [{ code: ErrorCode.TRANSLATE, file: group, message, group }];
+      failed.set(group, { group, cause, errors });
+    }
+  }
+  return { groups, failed };
 }
 
 /**
@@ -147,4 +196,25 @@ function refsOf(ir: IRProxyConfig) {
     edsClusters: ir.clusters.filter((c) => !c.static).map((c) => c.name),
     secretsUsed: ir.listeners.flatMap((l) => (l.tls ? [l.tls.secretName] : [])),
   };
+}
+
+/**
+ * Fault injection for tests (`serve` reads SIGNALBOX_FAULT_TRANSLATE_ROUTE): a beforeGroup hook under
+ * which translating a gateway's group fails while the HTTPRoute `route` is attached to it. Nothing
+ * else is affected, so a test can break one group with an ordinary policy edit.
+ */
+export function routeFault(route: string): NonNullable<CompileGroupsOptions['beforeGroup']> {
+  return (group, model) => {
+    const gateway = parseGatewayGroup(group);
+    if (gateway === undefined) return;
+    if (model.routes.some((r) => r.name === route && r.spec.parentRefs.some((p) => p.kind === 'Gateway' && p.name === gateway))) {
+      throw new Error(`fault injected: HTTPRoute "${route}" is attached (SIGNALBOX_FAULT_TRANSLATE_ROUTE)`);
+    }
+  };
+}
+
+/** The fault SIGNALBOX_FAULT_TRANSLATE_ROUTE asks for (serve, compile, diff, explain), or undefined. */
+export function routeFaultFromEnv(env: NodeJS.ProcessEnv = process.env): CompileGroupsOptions['beforeGroup'] {
+  const route = env.SIGNALBOX_FAULT_TRANSLATE_ROUTE;
+  return route ? routeFault(route) : undefined;
 }

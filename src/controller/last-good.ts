@@ -21,7 +21,9 @@ import path from 'node:path';
 import { z } from 'zod';
 import type { Gateway, JWTPolicy } from '../api/v1alpha1/index.js';
 import { ErrorCode, formatPolicyError, type PolicyError } from '../errors.js';
-import { buildModel, policyFileReader, type Model } from '../model/model.js';
+import type { Model } from '../model/model.js';
+import { policyFileReader } from '../sources/files/policy-files.js';
+import { buildModel } from './build-model.js';
 import { displayPath, parsePolicyText, PolicyParseCache, type LoadedDoc, type LoadOptions, type ParsedFile } from '../sources/files/loader.js';
 import { writeStateFile } from '../util/files.js';
 

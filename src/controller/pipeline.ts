@@ -6,7 +6,8 @@ import { performance } from 'node:perf_hooks';
 import { withSpan } from '../observability/tracing.js';
 import { formatPolicyError, ErrorCode, type PolicyError } from '../errors.js';
 import type { IRCluster, IRProxyConfig } from '../ir/types.js';
-import { buildModel, type Model } from '../model/model.js';
+import { buildModel } from './build-model.js';
+import type { Model } from '../model/model.js';
 import type { Logger } from '../observability/logger.js';
 import type { Metrics } from '../observability/metrics.js';
 import { EndpointStore, staticInstances } from '../sources/endpoints.js';
@@ -20,7 +21,7 @@ import { baseGroup, parseSidecarGroup } from '../ir/types.js';
 import type { AuthzEndpoint, JwtKeysOf } from '../translate/jwt.js';
 import type { RateLimitEndpoint } from '../translate/ratelimit.js';
 import { LastGoodStore, TextKeepingParseCache } from './last-good.js';
-import { compileGroups, groupResources } from './compile-groups.js';
+import { compileGroupsSettled, groupResources, type CompileGroupsOptions } from './compile-groups.js';
 
 interface GroupState {
   ir: IRProxyConfig;
@@ -94,6 +95,17 @@ export interface PipelineOptions {
    * error (SB_ENVOY_REJECTED, with file and field). Default: off (it costs ~50-250 ms per group checked).
    */
   preflightEnvoy?: string;
+  /** Called before each group is translated; throwing fails that group (fault injection for tests, see CompileGroupsOptions). */
+  beforeGroup?: CompileGroupsOptions['beforeGroup'];
+}
+
+/** A group whose configuration could not be compiled: it keeps serving what it had (if anything). */
+export interface GroupFailureState {
+  since: Date;
+  /** SB_TRANSLATE on the documents the group is built from. */
+  errors: PolicyError[];
+  /** Whether the group still serves an earlier snapshot (false: it never compiled, nothing is served). */
+  servingLastGood: boolean;
 }
 
 /** Default least time between endpoint pushes (see PipelineOptions.endpointPushIntervalMs). */
@@ -136,6 +148,8 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
   lastAppliedAt?: Date;
   lastRejectedAt?: Date;
   private groups = new Map<string, GroupState>();
+  /** Groups whose last compile failed while the model applied (see apply): each keeps its last good snapshot. */
+  private failures = new Map<string, GroupFailureState>();
   private pendingServices = new Set<string>();
   private endpointTimer?: NodeJS.Timeout;
   private lastEndpointPush = -Infinity;
@@ -322,23 +336,25 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
         await this.apply(model);
         if (preflight?.passed) this.preflightPassed = preflight.passed;
       } catch (e) {
-        errors = [{ code: ErrorCode.CONFLICT, file: this.opts.policyDir, message: `internal: the compiled configuration is inconsistent: ${(e as Error).message}` }];
+        errors = [{ code: ErrorCode.CONFLICT, file: this.opts.policyDir, message: `internal: the configuration could not be applied: ${(e as Error).message}` }];
       }
     }
     // Rejected: the last good configuration stays served (restored from disk at start), compiled
     // for the groups proxies ask for now and with the keys the authz service holds now.
     if (errors.length > 0) errors = [...errors, ...(await this.keepLastGood())];
     const durationMs = performance.now() - t0;
-    this.errors = errors;
-    metrics?.policyErrors.set(errors.length);
+    // Groups that failed to compile are listed whether the load applied or not: they are what is served.
+    const groupErrors = this.groupFailureErrors();
+    this.errors = [...errors, ...groupErrors];
+    metrics?.policyErrors.set(this.errors.length);
     if (errors.length > 0) {
       this.lastRejectedAt = new Date();
       if (this.model) this.lastGoodSince ??= this.lastRejectedAt;
       metrics?.servingLastGood.set(this.model ? 1 : 0);
       metrics?.reloads.inc({ result: 'rejected' });
       logger.warn({ errors: errors.map(formatPolicyError), keptVersion: this.model ? 'last good configuration' : 'none yet' }, `policy directory rejected: ${errors.length} error(s); nothing applied`);
-      this.emit('rejected', errors);
-      return { applied: false, errors, durationMs };
+      this.emit('rejected', this.errors);
+      return { applied: false, errors: this.errors, durationMs };
     }
     metrics?.compileSeconds.observe(durationMs / 1000);
     metrics?.reloads.inc({ result: 'applied' });
@@ -348,10 +364,12 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
     this.restored = undefined;
     metrics?.servingLastGood.set(0);
     logger.info({ durationMs: Math.round(durationMs * 10) / 10, groups: [...this.groups.keys()] }, 'policy configuration applied');
+    if (groupErrors.length) logger.warn({ failedGroups: [...this.failures.keys()], errors: groupErrors.map(formatPolicyError) }, `${this.failures.size} proxy group(s) could not be compiled: each keeps its last good configuration; the other groups applied`);
     this.emit('applied', model!);
-    // After the listeners (the authz service learns new policies before anything else waits).
-    await this.saveLastGood(loaded.files, loaded.docs, model!);
-    return { applied: true, errors, durationMs };
+    // After the listeners (the authz service learns new policies before anything else waits). Only a
+    // configuration every group compiled is saved: a restart never starts from a partial one.
+    if (groupErrors.length === 0) await this.saveLastGood(loaded.files, loaded.docs, model!);
+    return { applied: true, errors: this.errors, durationMs };
   }
 
   /** The last load's warnings: listed in /api/errors, counted in a metric, logged when they change. */
@@ -458,7 +476,7 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
       if (svc.endpoints) this.endpoints.set(svc.name, staticInstances(svc), 'static', { quiet: true });
     }
     // The one function that says what a proxy group gets (compile, diff, explain and the goldens call it too).
-    const compiled = compileGroups(model, {
+    const { groups: compiled, failed } = compileGroupsSettled(model, {
       groups: this.requestedGroups,
       accessLog: this.opts.accessLog,
       authz: this.opts.authz,
@@ -469,6 +487,7 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
       trustBundlePem: this.opts.identities?.ca.trustBundlePem,
       encoder: this.encoder,
       instancesOf: (service) => this.endpoints.get(service),
+      beforeGroup: this.opts.beforeGroup,
     });
     const next = new Map<string, GroupState>();
     const snapshots = new Map<string, Snapshot>();
@@ -477,6 +496,16 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
       next.set(group, state);
       snapshots.set(group, this.snapshotOf(state));
     }
+    // A group that failed keeps its state and snapshot as they were (self-contained and checked
+    // when they were made); one that never compiled gets none. The other groups move on.
+    const failures = new Map<string, GroupFailureState>();
+    for (const [group, f] of failed) {
+      const kept = this.groups.get(group);
+      if (kept) next.set(group, kept);
+      failures.set(group, { since: this.failures.get(group)?.since ?? new Date(), errors: f.errors, servingLastGood: kept !== undefined });
+      this.opts.logger.warn({ group, err: f.cause.message, servingLastGood: kept !== undefined }, 'proxy group could not be compiled; it keeps its last good configuration');
+    }
+    this.failures = failures;
     this.model = model;
     this.groups = next;
     for (const [group, snap] of snapshots) this.opts.cache.set(group, snap);
@@ -514,6 +543,15 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
       this.opts.cache.set(group, this.snapshotOf(state));
     }
     this.opts.metrics?.endpointUpdates.inc({ source: 'any' }, services.size);
+  }
+
+  /** Groups whose last compile failed (SB_TRANSLATE), by name: since when, why, and whether an earlier snapshot is served. */
+  get failedGroups(): ReadonlyMap<string, GroupFailureState> {
+    return this.failures;
+  }
+
+  private groupFailureErrors(): PolicyError[] {
+    return [...this.failures.values()].flatMap((f) => f.errors);
   }
 
   /** Every group's IR, for tools that explain or diff configuration. */

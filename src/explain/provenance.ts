@@ -6,7 +6,7 @@ import { gatewayGroup, ruleName } from '../ir/types.js';
 import type { Model, RouteModel } from '../model/model.js';
 import type { IRLocalRateLimit } from '../ir/traffic.js';
 import type { RateLimitModel, Sourced } from '../model/policies.js';
-import type { SourceRef } from '../sources/files/loader.js';
+import type { SourceRef } from '../api/documents.js';
 
 /** Where a value came from. */
 export interface Origin {

@@ -1,6 +1,6 @@
 // IR for traffic policies: plain data the xDS translator turns into cluster settings, route hash
 // policies and local rate limit filters. No Envoy types here.
-import type { SourceRef } from '../model/model.js';
+import type { SourceRef } from '../api/documents.js';
 
 /** What a RingHash balancer hashes on. */
 export type IRHashOn = { header: string } | { sourceIP: true };

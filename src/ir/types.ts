@@ -1,6 +1,6 @@
 // The intermediate representation: plain, serialisable data describing what each proxy should do.
 // It holds no Envoy types; the xDS translator turns it into Envoy resources.
-import type { SourceRef } from '../model/model.js';
+import type { SourceRef } from '../api/documents.js';
 import type { IRCircuitBreaker, IRHashOn, IRHealthCheck, IRLoadBalancer, IRGlobalRateLimit, IRLocalRateLimit, IROutlierDetection } from './traffic.js';
 import type { IRExtAuthz, IRRouteJwt } from './jwt.js';
 import { formatGroup, JWT_MODULE_GROUP_SUFFIX, parseGroup, type GroupKey, type RouteKey, type SidecarShape } from './names.js';

@@ -2,8 +2,8 @@
 // two that disagree on `default` conflict.
 import type { AccessPolicy } from '../api/v1alpha1/index.js';
 import { ErrorCode } from '../errors.js';
-import type { LoadedDoc, SourceRef } from '../sources/files/loader.js';
-import { didYouMean } from './did-you-mean.js';
+import type { LoadedDoc, SourceRef } from '../api/documents.js';
+import { didYouMean } from '../util/did-you-mean.js';
 
 export interface AccessRuleModel {
   from: { kind: 'service' | 'gateway'; name: string }[];

@@ -7,8 +7,8 @@ import { importJWK, type JWK } from 'jose';
 import { parseDuration, type JWTPolicy } from '../api/v1alpha1/index.js';
 import { DEFAULT_MAX_TOKEN_SIZE, DEFAULT_TOKEN_SOURCE, JWT_ALGORITHMS, type JwtAlgorithm } from '../api/v1alpha1/jwtpolicy.js';
 import { ErrorCode } from '../errors.js';
-import type { LoadedDoc, SourceRef } from '../sources/files/loader.js';
-import { didYouMean } from './did-you-mean.js';
+import type { LoadedDoc, SourceRef } from '../api/documents.js';
+import { didYouMean } from '../util/did-you-mean.js';
 import type { BuildOptions, GatewayModel, PolicyFileRead, RouteModel, ServiceModel } from './model.js';
 
 export type JwtTargetKind = 'Gateway' | 'HTTPRoute' | 'Service';

@@ -6,8 +6,8 @@ import { parseDuration, type Mesh, type RateLimitPolicy, type TrafficPolicy } fr
 import { GLOBAL_UNIT_MS, type GlobalRateLimitKey, type GlobalUnit } from '../api/v1alpha1/ratelimitpolicy.js';
 import { TRAFFIC_FIELDS, type TrafficField } from '../api/v1alpha1/trafficpolicy.js';
 import { ErrorCode } from '../errors.js';
-import type { LoadedDoc, SourceRef } from '../sources/files/loader.js';
-import { didYouMean } from './did-you-mean.js';
+import type { LoadedDoc, SourceRef } from '../api/documents.js';
+import { didYouMean } from '../util/did-you-mean.js';
 import { retrySettings, type GatewayModel, type MeshModel, type RetrySettings, type RouteModel, type ServiceModel } from './model.js';
 
 /** A setting and the policy document it came from. */

@@ -29,7 +29,7 @@ import { IDENTITY_SECRET, TRUST_BUNDLE_SECRET, sidecarGroup, type IRProxyConfig 
 import type { Model } from '../model/model.js';
 import { EndpointStore, staticInstances } from '../sources/endpoints.js';
 import { formatPath, type LoadedDoc, type SourceRef } from '../sources/files/loader.js';
-import { ALS_CLUSTER } from '../telemetry/als-contract.js';
+import { ALS_CLUSTER } from '../protocol/access-log.js';
 import { translate } from '../translate/gateway.js';
 import { DEFAULT_AUTHZ_ENDPOINT } from '../translate/jwt.js';
 import { lookupType } from '../xds/resources/protos.js';

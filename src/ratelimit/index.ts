@@ -13,7 +13,7 @@ import { ServerCertificate, serverSpiffeId } from '../ca/server-tls.js';
 import type { Model } from '../model/model.js';
 import type { Logger } from '../observability/logger.js';
 import { proxiesEndpoint, type Readiness } from '../authz/index.js';
-import { DEFAULT_RATELIMIT_PORT, type RateLimitEndpoint } from '../translate/ratelimit.js';
+import { DEFAULT_RATELIMIT_PORT, type RateLimitEndpoint } from '../protocol/services.js';
 import type { RedisSettings, RedisStatus } from './redis-store.js';
 import { RateLimitService } from './service.js';
 

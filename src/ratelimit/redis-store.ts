@@ -15,6 +15,9 @@ import { readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { Redis, type RedisOptions } from 'ioredis';
 import type { Logger } from '../observability/logger.js';
+import { checkRedisUrl, redactRedisUrl } from '../config/redis-url.js';
+
+export { checkRedisUrl, redactRedisUrl };
 
 /** How long one check waits for Redis before the policy's failureMode answers. */
 export const COMMAND_TIMEOUT_MS = 100;
@@ -67,31 +70,6 @@ export interface StoreHooks {
   /** Each command's time to answer, ok or failed. */
   onCommand?(seconds: number, ok: boolean, reason?: string): void;
   onUp?(up: boolean): void;
-}
-
-/** The URL as it may be shown: user kept, password replaced. */
-export function redactRedisUrl(url: string): string {
-  try {
-    const u = new URL(url);
-    if (u.password) u.password = '***';
-    return u.toString();
-  } catch {
-    return '(not a valid URL)';
-  }
-}
-
-/** Checks a Redis URL (scheme, host, port, db) without connecting; throws with a clear message. */
-export function checkRedisUrl(url: string): void {
-  let u: URL;
-  try {
-    u = new URL(url);
-  } catch {
-    throw new Error(`--redis-url must be a URL such as redis://127.0.0.1:6379 or rediss://:PASSWORD@redis.internal:6380, got "${redactRedisUrl(url)}"`);
-  }
-  if (u.protocol !== 'redis:' && u.protocol !== 'rediss:') throw new Error(`--redis-url must start with redis:// or rediss:// (TLS), got "${u.protocol}//"`);
-  if (!u.hostname) throw new Error('--redis-url names no host');
-  const db = u.pathname.replace(/^\//, '');
-  if (db !== '' && !/^\d{1,2}$/.test(db)) throw new Error(`--redis-url: the path is a database number (0-15), got "/${db}"`);
 }
 
 /** Shortens ioredis error messages to a word for metric labels (bounded). */

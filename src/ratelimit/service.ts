@@ -25,7 +25,7 @@ import { lookupType } from '../xds/resources/protos.js';
 import { GrpcError, GrpcStatus, UnaryGrpcServer } from '../authz/grpc-h2.js';
 import type { AuthzTls } from '../authz/server.js';
 import { hasSelfSignedRoot } from '../authz/server.js';
-import { LIMIT_ENTRY, RATELIMIT_DOMAIN } from '../xds/translator/filters/global-ratelimit.js';
+import { LIMIT_ENTRY, RATELIMIT_DOMAIN } from '../protocol/services.js';
 import { RateLimitMetrics, type DecisionResult } from './metrics.js';
 import { RedisCounterStore, type RedisSettings, type RedisStatus } from './redis-store.js';
 

@@ -6,7 +6,7 @@ import * as grpc from '@grpc/grpc-js';
 import { performance } from 'node:perf_hooks';
 import client from 'prom-client';
 import type { Logger } from '../observability/logger.js';
-import { parseLogName } from './als-contract.js';
+import { parseLogName } from '../protocol/access-log.js';
 import { decodeAccessLogMessage, type DecodedMessage } from './als-decode.js';
 import { TrafficStore, type ProxyRef } from './traffic-store.js';
 

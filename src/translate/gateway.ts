@@ -3,7 +3,7 @@
 import type { GroupKey, IRCluster, IRHttpListener, IRProxyConfig, IRRoute, IRSecret, IRVirtualHost } from '../ir/types.js';
 import { formatGroup, gatewayListenerName, parseGroup } from '../ir/types.js';
 import { translateSidecar } from './sidecar.js';
-import type { GatewayModel, Model } from '../model/model.js';
+import type { GatewayModel, Model, SourceRef } from '../model/model.js';
 import { hostnameMatches } from '../model/hostnames.js';
 import { compareRoutes, routesOf } from './routes.js';
 import { applyPolicies } from './policies.js';
@@ -115,28 +115,57 @@ export interface TranslateOptions {
  * logging and Mesh tracing are part of it, and nothing edits the IR afterwards.
  */
 export function translate(model: Model, requestedGroups: Iterable<string> = [], opts: TranslateOptions = {}): Map<string, IRProxyConfig> {
-  const jwt = { endpoint: opts.authz, keys: opts.jwtKeys, fastPath: opts.jwtFastPath, fastPathModule: opts.jwtFastPathModule };
-  const accessLog = opts.accessLog ? { successSamplePercent: opts.accessLog.successSamplePercent } : undefined;
-  // Each group is translated on its own (a variant shares no objects with its base group).
-  const build = (key: GroupKey): IRProxyConfig | undefined => {
-    const gateway = key.kind === 'gateway' ? model.gateways.get(key.gateway) : undefined;
-    const ir = key.kind === 'sidecar' ? translateSidecar(model, key) : gateway ? translateGateway(model, gateway) : undefined;
-    if (!ir) return undefined;
-    const checked = applyJwtPolicies(model, applyGlobalRateLimits(model, applyPolicies(model, ir), opts.rateLimit), key.jwtModule ? { ...jwt, fastPathModule: true } : jwt);
-    const traced = withMeshTracing(model, checked);
-    const logged = accessLog ? { ...traced, listeners: traced.listeners.map((l) => ({ ...l, accessLog })) } : traced;
-    return key.jwtModule ? { ...logged, group: formatGroup(key), key } : logged;
-  };
+  const out = new Map<string, IRProxyConfig>();
+  for (const [group, key] of groupKeys(model, requestedGroups)) {
+    const ir = translateGroup(model, key, opts);
+    if (ir) out.set(group, ir);
+  }
+  return out;
+}
+
+/** The groups a model gives, sorted by name: every gateway's, and the sidecar shapes and `+jwt-module` variants asked for. */
+export function groupKeys(model: Model, requestedGroups: Iterable<string> = []): Map<string, GroupKey> {
   const groups = new Map<string, GroupKey>();
   for (const g of requestedGroups) {
     const key = parseGroup(g);
     if (key && (key.kind === 'sidecar' || key.jwtModule)) groups.set(formatGroup(key), key);
   }
   for (const g of model.gateways.values()) groups.set(formatGroup({ kind: 'gateway', gateway: g.name }), { kind: 'gateway', gateway: g.name });
-  const out = new Map<string, IRProxyConfig>();
-  for (const group of [...groups.keys()].sort()) {
-    const ir = build(groups.get(group)!);
-    if (ir) out.set(group, ir);
+  return new Map([...groups].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
+}
+
+/**
+ * One group's IR (undefined: the model has no such gateway). Each group is translated on its own
+ * (a variant shares no objects with its base group), so one group's failure says nothing of another's.
+ */
+export function translateGroup(model: Model, key: GroupKey, opts: TranslateOptions = {}): IRProxyConfig | undefined {
+  const jwt = { endpoint: opts.authz, keys: opts.jwtKeys, fastPath: opts.jwtFastPath, fastPathModule: opts.jwtFastPathModule };
+  const accessLog = opts.accessLog ? { successSamplePercent: opts.accessLog.successSamplePercent } : undefined;
+  const gateway = key.kind === 'gateway' ? model.gateways.get(key.gateway) : undefined;
+  const ir = key.kind === 'sidecar' ? translateSidecar(model, key) : gateway ? translateGateway(model, gateway) : undefined;
+  if (!ir) return undefined;
+  const checked = applyJwtPolicies(model, applyGlobalRateLimits(model, applyPolicies(model, ir), opts.rateLimit), key.jwtModule ? { ...jwt, fastPathModule: true } : jwt);
+  const traced = withMeshTracing(model, checked);
+  const logged = accessLog ? { ...traced, listeners: traced.listeners.map((l) => ({ ...l, accessLog })) } : traced;
+  return key.jwtModule ? { ...logged, group: formatGroup(key), key } : logged;
+}
+
+/**
+ * The policy documents a group is built from: its Gateway and the HTTPRoutes attached to it, or
+ * its Service and the HTTPRoutes attached to Services (a sidecar routes to every Service). What a
+ * failure to translate the group is attributed to.
+ */
+export function groupSources(model: Model, key: GroupKey): SourceRef[] {
+  const out: SourceRef[] = [];
+  if (key.kind === 'gateway') {
+    const g = model.gateways.get(key.gateway);
+    if (g) out.push(g.source);
+    for (const r of model.routes) if (r.spec.parentRefs.some((p) => p.kind === 'Gateway' && p.name === key.gateway)) out.push(r.source);
+  } else {
+    const s = model.services.get(key.service);
+    if (s) out.push(s.source);
+    for (const r of model.routes) if (r.spec.parentRefs.some((p) => p.kind === 'Service')) out.push(r.source);
   }
-  return out;
+  const seen = new Set<string>();
+  return out.filter((s) => !seen.has(`${s.file}#${s.doc}`) && !!seen.add(`${s.file}#${s.doc}`)).sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : a.doc - b.doc));
 }

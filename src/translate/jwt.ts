@@ -14,21 +14,11 @@ import { ruleName } from '../ir/types.js';
 import { jwtPoliciesOn, policySettingsKey, type JwtModel, type JwtPolicyModel } from '../model/jwt.js';
 import { BUILTIN_DEFAULTS, type Model } from '../model/model.js';
 import { serverSpiffeId } from '../ca/server-tls.js';
+import { AUTHZ_CLUSTER, EXT_AUTHZ_TIMEOUT_MS } from '../protocol/jwt-fast-path.js';
+import type { AuthzEndpoint } from '../protocol/services.js';
 import { gatewayIdentity, serviceIdentity } from './mesh-identity.js';
 
-/** The cluster name: a dot cannot appear in a Service name, so it never clashes with one. */
-export const AUTHZ_CLUSTER = 'signalbox.authz';
-
-/** Where proxies reach the ext_authz service (an IP address; the cluster is STATIC). */
-export interface AuthzEndpoint {
-  address: string;
-  port: number;
-  /**
-   * The service speaks TLS and wants the proxy's identity certificate; `serverId` is the SPIFFE
-   * ID its certificate carries (what the proxy verifies). Absent: plain text (--xds-insecure).
-   */
-  tls?: { serverId: string };
-}
+export { AUTHZ_CLUSTER, EXT_AUTHZ_TIMEOUT_MS, type AuthzEndpoint };
 
 /** The ext_authz service's SPIFFE ID as `signalbox serve` and `signalbox authz` run it. */
 export const AUTHZ_SERVER_ID = serverSpiffeId(BUILTIN_DEFAULTS.trustDomain, 'authz');
@@ -36,8 +26,6 @@ export const AUTHZ_SERVER_ID = serverSpiffeId(BUILTIN_DEFAULTS.trustDomain, 'aut
 /** What `signalbox serve` gives proxies by default (TLS); `signalbox compile` shows this. */
 export const DEFAULT_AUTHZ_ENDPOINT: AuthzEndpoint = { address: '127.0.0.1', port: 18002, tls: { serverId: AUTHZ_SERVER_ID } };
 
-/** Envoy's deadline for one decision; past it the request fails closed (503). */
-export const EXT_AUTHZ_TIMEOUT_MS = 2_000;
 
 /** Request headers the policies read their tokens from (cookie when any reads a cookie). */
 function headersOf(jwt: JwtModel, names: Iterable<string>): string[] {

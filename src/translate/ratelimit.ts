@@ -13,23 +13,16 @@ import { ruleName } from '../ir/types.js';
 import { BUILTIN_DEFAULTS, type Model } from '../model/model.js';
 import { rateLimitKey, type GlobalRateLimitModel } from '../model/policies.js';
 import { serverSpiffeId } from '../ca/server-tls.js';
+import { DEFAULT_RATELIMIT_PORT, type RateLimitEndpoint } from '../protocol/services.js';
 import { gatewayIdentity, serviceIdentity } from './mesh-identity.js';
 
 /** The cluster name: a dot cannot appear in a Service name, so it never clashes with one. */
 export const RATELIMIT_CLUSTER = 'signalbox.ratelimit';
 
-/** Where proxies reach the rate-limit service (an IP address; the cluster is STATIC). */
-export interface RateLimitEndpoint {
-  address: string;
-  port: number;
-  /** TLS, the proxy presenting its identity; `serverId` is the SPIFFE ID the service's certificate carries. Absent: plain text. */
-  tls?: { serverId: string };
-}
+export { DEFAULT_RATELIMIT_PORT, type RateLimitEndpoint };
 
 export const RATELIMIT_SERVER_ID = serverSpiffeId(BUILTIN_DEFAULTS.trustDomain, 'ratelimit');
 
-/** The port the rate-limit service takes when --ratelimit-port is not given. */
-export const DEFAULT_RATELIMIT_PORT = 18004;
 
 /** What `signalbox serve` gives proxies by default (TLS); `signalbox compile` shows this. */
 export const DEFAULT_RATELIMIT_ENDPOINT: RateLimitEndpoint = { address: '127.0.0.1', port: DEFAULT_RATELIMIT_PORT, tls: { serverId: RATELIMIT_SERVER_ID } };

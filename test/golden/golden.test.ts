@@ -18,7 +18,7 @@ import { compileDir, compileGroupsOptions, TRUST_BUNDLE_PLACEHOLDER, type Compil
 import { compileGroupIR, compileGroups, printedGroup, staticInstancesOf } from '../../src/controller/compile-groups.js';
 import { formatPolicyError } from '../../src/errors.js';
 import type { Instance } from '../../src/ir/types.js';
-import { buildModel } from '../../src/model/model.js';
+import { buildModel } from '../../src/controller/build-model.js';
 import { loadPolicyDir } from '../../src/sources/files/loader.js';
 import { REDACTED } from '../../src/xds/translator/secret.js';
 import { parse } from 'yaml';

@@ -8,7 +8,7 @@ import { readdirSync } from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { formatPolicyError } from '../../src/errors.js';
-import { buildModel } from '../../src/model/model.js';
+import { buildModel } from '../../src/controller/build-model.js';
 import { ENVOY_REJECTED, preflightModel, type PreflightError } from '../../src/preflight/envoy.js';
 import { loadPolicyDir } from '../../src/sources/files/loader.js';
 import { envoyVersionUnderTest, provisionEnvoy, repoRoot } from '../helpers/envoy.js';

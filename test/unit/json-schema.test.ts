@@ -14,7 +14,7 @@ import { parseAllDocuments } from 'yaml';
 import { API_VERSION, KINDS, type Kind } from '../../src/api/v1alpha1/index.js';
 import { schemaFileName, schemaFiles } from '../../src/api/v1alpha1/json-schema.js';
 import { schemaCommand, staleSchemaFiles } from '../../src/cli/schema.js';
-import { buildModel } from '../../src/model/model.js';
+import { buildModel } from '../../src/controller/build-model.js';
 import { loadPolicyDir, parsePolicyText } from '../../src/sources/files/loader.js';
 import { repoRoot } from '../helpers/envoy.js';
 

@@ -8,7 +8,8 @@ import path from 'node:path';
 import { after, afterEach, describe, test } from 'node:test';
 import { EncodeCache, type Resource } from '../../src/xds/resources/resource.js';
 import { TypeUrl } from '../../src/xds/resources/type-urls.js';
-import { blameNack, EnvoyNarrowing, envoyNarrowing, NARROWING_LIMITS, sameReason, type NackAttribution, type NarrowingOutcome } from '../../src/xds/server/nack-blame.js';
+import { nackPolicySide } from '../../src/controller/nack-policy-side.js';
+import { blameNack, EnvoyNarrowing, envoyNarrowing, NARROWING_LIMITS, sameReason, useNackPolicySide, type NackAttribution, type NarrowingOutcome } from '../../src/xds/server/nack-blame.js';
 import { doc, docs, policyDir, removePolicyDirs } from './policy-dir.js';
 
 const route = (name: string, path: unknown, extra: Record<string, unknown> = {}) => ({ name, match: path, route: { cluster: 'shop', timeout: { seconds: 15, nanos: 0 } }, ...extra });
@@ -41,6 +42,8 @@ function setup(opts: { badRegex?: string; decoy?: string } = {}) {
   return { dir, file, rc, sent, lineOf };
 }
 
+// As `serve` wires it: the server is handed the policy side (file source and preflight).
+useNackPolicySide(nackPolicySide);
 after(() => removePolicyDirs());
 afterEach(() => envoyNarrowing.configure(undefined));
 
@@ -54,6 +57,20 @@ describe('in-process narrowing', () => {
     assert.equal(b.candidates, 1);
     assert.deepEqual(b.culprit, { doc: 2, kind: 'HTTPRoute', name: 'legacy', path: 'spec.rules[0].matches[0].path.value', line: s.lineOf('Garay'), route: 'legacy/names/match-0', envoyField: 'match.safe_regex.regex', by: 're2' });
     assert.equal(b.narrow, undefined, 'no Envoy check needed');
+  });
+
+  test('without a policy side the server blames resources and files only, reading no policy file', () => {
+    envoyNarrowing.configure(false);
+    const s = setup();
+    useNackPolicySide(undefined);
+    try {
+      const b = blameNack(s.sent, 'invalid character class range: \\p{Garay}');
+      assert.deepEqual(b.resources.map((r) => r.name), ['public/http']);
+      assert.equal(b.culprit, undefined);
+      assert.ok(b.sources.includes(s.file('legacy.yaml')), b.sources.join(', '));
+    } finally {
+      useNackPolicySide(nackPolicySide);
+    }
   });
 
   test('a quoted value held by one route', () => {

@@ -3,7 +3,8 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { buildModel, type Model } from '../../src/model/model.js';
+import { buildModel } from '../../src/controller/build-model.js';
+import type { Model } from '../../src/model/model.js';
 import type { PolicyError } from '../../src/errors.js';
 import { loadPolicyDir } from '../../src/sources/files/loader.js';
 

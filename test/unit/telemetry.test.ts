@@ -3,7 +3,7 @@
 // rates and percentiles, the caps that bound memory, and the access logger the translator adds.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { ALWAYS_LOGGED_FLAGS, logName, parseLogName } from '../../src/telemetry/als-contract.js';
+import { ALWAYS_LOGGED_FLAGS, logName, parseLogName } from '../../src/protocol/access-log.js';
 import { decodeAccessLogMessage, Flag, type AccessRecord } from '../../src/telemetry/als-decode.js';
 import { TrafficStore, serviceOfCluster, type ProxyRef } from '../../src/telemetry/traffic-store.js';
 import { latencyBucket, LATENCY_BOUNDS_MS, Series, NF, F } from '../../src/telemetry/window.js';

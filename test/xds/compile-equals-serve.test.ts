@@ -16,7 +16,7 @@ import { startServer } from '../../src/cli/serve.js';
 import { resolveServeConfig } from '../../src/config/settings.js';
 import { compileGroups, groupResources, type PrintedGroup } from '../../src/controller/compile-groups.js';
 import { formatPolicyError } from '../../src/errors.js';
-import { buildModel } from '../../src/model/model.js';
+import { buildModel } from '../../src/controller/build-model.js';
 import { loadPolicyDir } from '../../src/sources/files/loader.js';
 import { AUTHZ_SERVER_ID } from '../../src/translate/jwt.js';
 import { lookupType } from '../../src/xds/resources/protos.js';

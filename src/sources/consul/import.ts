@@ -8,7 +8,7 @@
 // be turned into one, or that collides with another after the conversion, is skipped and logged.
 import { Service } from '../../api/v1alpha1/service.js';
 import { DNS_LABEL } from '../../api/v1alpha1/common.js';
-import type { LoadedDoc } from '../files/loader.js';
+import type { LoadedDoc } from '../../api/documents.js';
 import { ConsulError } from './client.js';
 import type { ConsulSource } from './source.js';
 import { BlockingWatch } from './watch.js';

@@ -1,10 +1,12 @@
 // Consul discovery: wiring for `signalbox serve`.
 import type { ServeConfig } from '../../config/settings.js';
-import type { Pipeline } from '../../controller/pipeline.js';
+import type { LoadedDoc } from '../../api/documents.js';
+import type { Model } from '../../model/model.js';
 import type { Logger } from '../../observability/logger.js';
 import type { Metrics } from '../../observability/metrics.js';
 import { consulConnectionFromEnv } from './config.js';
 import { ConsulSource, type ConsulSourceOptions } from './source.js';
+import type { EndpointStore } from '../endpoints.js';
 import { ConsulImporter, parseImportMode } from './import.js';
 import { ErrorCode, SignalboxError } from '../../errors.js';
 
@@ -13,12 +15,26 @@ export { ConsulClient, ConsulError } from './client.js';
 export { consulConnectionFromEnv, parseConsulAddress } from './config.js';
 
 /**
+ * What Consul discovery needs of the pipeline that runs it (the controller's Pipeline is one): a
+ * source is handed this by whoever wires it, and knows nothing else of the controller.
+ */
+export interface DiscoveryHost {
+  readonly endpoints: EndpointStore;
+  readonly model?: Model;
+  /** Documents added to each load's (Consul's imported Services). */
+  extraDocs?: (fileDocs: LoadedDoc[]) => LoadedDoc[];
+  reload(): unknown;
+  rebuildEndpoints(services: ReadonlySet<string>): unknown;
+  on(event: 'applied', listener: (model: Model) => void): unknown;
+}
+
+/**
  * Starts the Consul source when `--consul-addr` (or CONSUL_HTTP_ADDR) is set: it follows every
  * applied model and feeds the pipeline's EndpointStore. Returns undefined without an address.
  */
 export function attachConsul(
   cfg: Pick<ServeConfig, 'consulAddr' | 'consulDatacenter' | 'consulImport'>,
-  pipeline: Pipeline,
+  pipeline: DiscoveryHost,
   metrics: Metrics,
   logger: Logger,
   overrides: Partial<ConsulSourceOptions> = {},
@@ -76,7 +92,7 @@ export function tuningFromEnv(env: NodeJS.ProcessEnv = process.env): Partial<Con
  * first full Consul sync (when a valid model references Consul), then compiles the endpoints at
  * once instead of after the pipeline's debounce, so the first proxy to connect gets them.
  */
-export async function untilConsulSynced(source: ConsulSource | undefined, pipeline: Pipeline): Promise<void> {
+export async function untilConsulSynced(source: ConsulSource | undefined, pipeline: DiscoveryHost): Promise<void> {
   if (!source || !pipeline.model) return;
   await source.firstSync();
   pipeline.rebuildEndpoints(source.fedServices());

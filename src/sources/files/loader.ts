@@ -16,21 +16,11 @@ import { Composer, isMap, isNode, isPair, isScalar, isSeq, Lexer, LineCounter, P
 import type { z } from 'zod';
 import { API_VERSION, KINDS, PLANNED_KINDS, type Kind, type PolicyMap } from '../../api/v1alpha1/index.js';
 import { ErrorCode, type PolicyError } from '../../errors.js';
-import { didYouMean, editDistance } from '../../model/did-you-mean.js';
+import { formatPath, type LoadedDoc, type SourceRef } from '../../api/documents.js';
+import { didYouMean, editDistance } from '../../util/did-you-mean.js';
 
-export interface SourceRef {
-  file: string;
-  doc: number;
-}
-
-export interface LoadedDoc<K extends Kind = Kind> {
-  kind: K;
-  name: string;
-  source: SourceRef;
-  value: PolicyMap[K];
-  /** Line of a field path inside the document, for errors found after schema validation. */
-  lineOf(path: (string | number)[]): number | undefined;
-}
+// The documents the loader produces are plain data owned by api/documents.ts.
+export { formatPath, type LoadedDoc, type SourceRef };
 
 export interface LoadResult {
   dir: string;
@@ -130,14 +120,6 @@ export function displayPath(file: string): string {
   return rel && !rel.startsWith('..') && !path.isAbsolute(rel) ? rel : file;
 }
 
-export function formatPath(p: readonly PropertyKey[]): string {
-  let out = '';
-  for (const seg of p) {
-    if (typeof seg === 'number') out += `[${seg}]`;
-    else out += out ? `.${String(seg)}` : String(seg);
-  }
-  return out;
-}
 
 const POLICY_FILE = /\.ya?ml$/;
 

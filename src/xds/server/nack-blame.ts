@@ -23,13 +23,12 @@
 // within a budget of characters; each resource is turned into JSON once (not once per value), and
 // each stream has a small allowance of NACKs searched per second (see NackRateLimit). Values are
 // never put into the record or the log (they may be secrets): only files, documents and fields.
-import { accessSync, constants as fsc, readFileSync, statSync } from 'node:fs';
+import { accessSync, constants as fsc, statSync } from 'node:fs';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { regexSyntaxProblems } from '../../api/v1alpha1/envoy-limits.js';
 import type { Logger } from '../../observability/logger.js';
-import { envoyVersion, isolateRefusedRoute, routeValueSource, type RefusedRoute } from '../../preflight/envoy.js';
-import { formatPath, parsePolicyText, type LoadedDoc } from '../../sources/files/loader.js';
+import { formatPath, type LoadedDoc, type SourceRef } from '../../api/documents.js';
 import type { Resource } from '../resources/resource.js';
 import { TypeUrl } from '../resources/type-urls.js';
 
@@ -89,18 +88,52 @@ function jsonOf(r: Resource): string {
   return json;
 }
 
-function policyText(file: string): string | undefined {
-  try {
-    const full = path.resolve(file);
-    if (statSync(full).size > 4 << 20) return undefined;
-    return readFileSync(full, 'utf8');
-  } catch {
-    return undefined;
-  }
-}
-
 type Json = Record<string, unknown>;
 type FieldPath = (string | number)[];
+
+/** A route an Envoy refuses when it checks a route configuration alone (see NackPolicySide). */
+export interface RefusedRoute {
+  /** Position in the route configuration: virtual host and route index. */
+  vhost: number;
+  route: number;
+  name: string;
+  /** The refused field of Envoy's route; empty when no single field was found. */
+  field: FieldPath;
+  /** Envoy's reason for refusing the route on its own. */
+  message: string;
+}
+
+/**
+ * What NACK attribution needs from the policy side, handed in by whoever wires the server
+ * (src/controller/nack-policy-side.ts, for `serve`): the policy files as they are now, where a
+ * route's value sits in their documents, and an Envoy that checks a route configuration alone.
+ * The server reads no policy file and runs no Envoy itself; without a policy side a NACK is still
+ * blamed on its resources and the files they came from, but not narrowed to a document and field.
+ */
+export interface NackPolicySide {
+  /** A policy file's current text; undefined when it cannot be read or is too large. */
+  policyText(file: string): string | undefined;
+  /** The documents of a policy file's text. */
+  parse(text: string, file: string): LoadedDoc[];
+  /** Where `value` (at `field` of the route named `routeName`) came from in `docs`, as `validate --envoy` finds it. */
+  routeValueSource(docs: LoadedDoc[], own: LoadedDoc | undefined, routeName: string, field: FieldPath, value: unknown, message: string): { source: SourceRef; path: FieldPath; exact: boolean } | undefined;
+  /** The version an Envoy binary reports; throws when it cannot run. */
+  envoyVersion(bin: string): Promise<string>;
+  /** Which route of a route configuration (printable JSON) Envoy `bin` refuses, within a budget of runs. */
+  isolateRefusedRoute(bin: string, routeConfig: Record<string, unknown>, opts: { maxRuns: number; runTimeoutMs: number }): Promise<{ refused?: RefusedRoute; reason?: string; runs: number; ms: number }>;
+}
+
+let policySide: NackPolicySide | undefined;
+
+/** Hands NACK attribution its policy side, for the whole process (undefined: resources and files only). */
+export function useNackPolicySide(side: NackPolicySide | undefined): void {
+  policySide = side;
+  parsed.clear();
+}
+
+function policyText(file: string): string | undefined {
+  return policySide?.policyText(file);
+}
 
 /**
  * The document and field a NACK is blamed on, in the one policy file of its `sources`. No values
@@ -412,7 +445,7 @@ const MAX_PARSED_BYTES = 1 << 20;
 function docsOf(file: string, text: string): LoadedDoc[] {
   const hit = parsed.get(file);
   if (hit && hit.text === text) return hit.docs;
-  const docs = parsePolicyText(text, file).docs;
+  const docs = policySide!.parse(text, file);
   parsed.delete(file);
   parsed.set(file, { text, docs });
   if (parsed.size > MAX_PARSED_FILES) parsed.delete(parsed.keys().next().value!);
@@ -430,6 +463,8 @@ interface Origin {
  * they are: `<HTTPRoute>/<rule>/match-N`, a sidecar's `<Service>/default`, `inbound/<Service>`.
  */
 function originOf(hit: RouteHit, files: string[], message: string, spend: Spend): Origin | undefined {
+  const side = policySide;
+  if (!side) return undefined;
   const segments = hit.name.split('/');
   const owner = segments[0] === 'inbound' && segments.length === 2 ? segments[1]! : segments[0]!;
   const docs: LoadedDoc[] = [];
@@ -440,7 +475,7 @@ function originOf(hit: RouteHit, files: string[], message: string, spend: Spend)
     docs.push(...docsOf(f, text));
   }
   const own = docs.find((d) => d.kind === 'HTTPRoute' && d.name === owner) ?? docs.find((d) => d.kind === 'Service' && d.name === owner);
-  const at = routeValueSource(docs, own, hit.name, hit.field, hit.value, message);
+  const at = side.routeValueSource(docs, own, hit.name, hit.field, hit.value, message);
   if (!at) return undefined;
   const doc = docs.find((d) => d.source.file === at.source.file && d.source.doc === at.source.doc);
   return doc ? { file: at.source.file, doc, path: at.path } : undefined;
@@ -614,10 +649,12 @@ export class EnvoyNarrowing {
 
   private async check(job: Job): Promise<NarrowingOutcome> {
     const bin = this.binary();
+    const side = policySide;
+    if (!side) return { reason: 'no policy side to check with (the server was started without one)', runs: 0, ms: 0 };
     if (!bin || performance.now() < this.failedUntil) return { reason: `no Envoy to check with (${this.unavailableReason()})`, runs: 0, ms: 0 };
     if (!this.version) {
       try {
-        this.version = await envoyVersion(bin);
+        this.version = await side.envoyVersion(bin);
       } catch (e) {
         // Not tried again for a while (a missing binary is not a reason to spawn on every NACK).
         this.failedUntil = performance.now() + 10 * 60_000;
@@ -634,7 +671,7 @@ export class EnvoyNarrowing {
         reason = 'the checking Envoy ran out of runs';
         break;
       }
-      const r = await isolateRefusedRoute(bin, resource.printable, { maxRuns: left, runTimeoutMs: this.limits.runTimeoutMs });
+      const r = await side.isolateRefusedRoute(bin, resource.printable, { maxRuns: left, runTimeoutMs: this.limits.runTimeoutMs });
       runs += r.runs;
       ms += r.ms;
       if (r.refused) return { refused: { resource, route: r.refused }, envoy: this.version, runs, ms };

@@ -1,7 +1,7 @@
 // Reads who a proxy is from the Node in its first xDS request. A node without an identity Signalbox
 // understands is refused.
 import { gatewayGroup, JWT_MODULE_GROUP_SUFFIX, sidecarGroup } from '../../ir/types.js';
-import { JWT_MODULE } from '../translator/filters/jwt-fast.js';
+import { JWT_MODULE } from '../../protocol/jwt-fast-path.js';
 import { envoySupport, envoyVersionList } from './envoy-versions.js';
 import type { NodeIdentity } from './proxy-status.js';
 

@@ -13,7 +13,7 @@ import type { InstanceCertificate } from '../../ca/identities.js';
 import type { IssuedCert } from '../../ca/ca.js';
 import { IDENTITY_SECRET } from '../../ir/types.js';
 import { EncodeCache } from '../resources/resource.js';
-import { redactSecret } from '../translator/secret.js';
+import { redactSecret } from '../resources/redact.js';
 import { SharedResponses } from './responses.js';
 import { clustersNamedBy } from './warmup.js';
 

@@ -3,7 +3,7 @@
 // always reported; successful requests are sampled at the IR's percent, consistently per
 // x-request-id so a sampled request is reported by every proxy on its path.
 import type { IRHttpListener } from '../../ir/types.js';
-import { ALS_CLUSTER, ALWAYS_LOGGED_FLAGS, ALWAYS_LOGGED_MIN_STATUS, logName } from '../../telemetry/als-contract.js';
+import { ALS_CLUSTER, ALWAYS_LOGGED_FLAGS, ALWAYS_LOGGED_MIN_STATUS, logName } from '../../protocol/access-log.js';
 import type { envoy } from '../resources/envoy-types.gen.js';
 import { fractionalPercent, typed } from './util.js';
 

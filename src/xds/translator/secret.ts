@@ -13,11 +13,5 @@ export function secretResource(s: IRSecret): Secret {
   };
 }
 
-export const REDACTED = '[redacted]';
-
-/** The printable form of a Secret: the certificate stays, the private key never leaves. */
-export function redactSecret(json: Secret): Secret {
-  const tls = json.tls_certificate;
-  if (!tls) return json;
-  return { ...json, tls_certificate: { ...tls, private_key: { inline_string: REDACTED } } };
-}
+// How a Secret is printed (the private key redacted) is the resources' business: src/xds/resources/redact.ts.
+export { REDACTED, redactSecret } from '../resources/redact.js';

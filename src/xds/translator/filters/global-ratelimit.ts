@@ -18,6 +18,7 @@ import type { IRGlobalLimit } from '../../../ir/traffic.js';
 import type { envoy } from '../../resources/envoy-types.gen.js';
 import { duration, typed } from '../util.js';
 import type { HttpFilterModule } from './index.js';
+import { LIMIT_ENTRY, RATELIMIT_DOMAIN } from '../../../protocol/services.js';
 
 type RateLimit = envoy.config.route.v3.RateLimit;
 
@@ -25,10 +26,8 @@ const TYPE = 'envoy.extensions.filters.http.ratelimit.v3.RateLimit';
 export const GLOBAL_RATELIMIT_ALLOW_FILTER = 'signalbox.ratelimit.allow';
 export const GLOBAL_RATELIMIT_DENY_FILTER = 'signalbox.ratelimit.deny';
 export const GLOBAL_STAGE = { allow: 2, deny: 3 } as const;
-/** The domain of every call; the service refuses others. */
-export const RATELIMIT_DOMAIN = 'signalbox';
-/** The descriptor entry that names the limit (its value: `<policy>/<index>`). */
-export const LIMIT_ENTRY = 'signalbox_limit';
+// The domain and the limit's descriptor entry, shared with the rate-limit service: src/protocol/services.ts.
+export { LIMIT_ENTRY, RATELIMIT_DOMAIN };
 /** The descriptor entry keys of what a limit counts by. */
 export const KEY_ENTRY = { header: 'header', clientIP: 'remote_address', path: 'path', claim: 'claim' } as const;
 

@@ -37,7 +37,7 @@
 // Its allows from memory are reported in one request per second for all policies, with an id
 // the service counts once (POST /signalbox.jwt/report, "<policy> <count>" lines).
 import type { IRJwtFastCheck } from '../../../ir/jwt.js';
-import { AUTHZ_CLUSTER, EXT_AUTHZ_TIMEOUT_MS } from '../../../translate/jwt.js';
+import { AUTHZ_CLUSTER, EXT_AUTHZ_TIMEOUT_MS, FAST_PATH_HTTP, JWT_MODULE } from '../../../protocol/jwt-fast-path.js';
 import type { IRHttpListener, IRRoute } from '../../../ir/types.js';
 import type { envoy } from '../../resources/envoy-types.gen.js';
 import { typed } from '../util.js';
@@ -45,11 +45,8 @@ import type { HttpFilterModule } from './index.js';
 
 export const JWT_CHECK_FILTER = 'signalbox.jwt_check';
 
-/** The service's plain-HTTP endpoints for the script (beside the gRPC Check on the same port). */
-export const FAST_PATH_HTTP = { check: '/signalbox.jwt/check/', report: '/signalbox.jwt/report/', countHeader: 'x-signalbox-allows', reports: '/signalbox.jwt/report', reportId: 'x-signalbox-report-id' } as const;
-
-/** The compiled filter: Envoy loads lib<name>.so from ENVOY_DYNAMIC_MODULES_SEARCH_PATH. */
-export const JWT_MODULE = { name: 'signalbox_jwt_check', filter: 'jwt_check' } as const;
+// The names the script, the module, the service and the xDS server share: src/protocol/jwt-fast-path.ts.
+export { FAST_PATH_HTTP, JWT_MODULE };
 
 /** The longest the script keeps an answer, whatever the token's expiry (bounds a revoked key's reach). */
 export const CACHE_MAX_SECONDS = 300;
