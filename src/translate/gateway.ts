@@ -47,7 +47,11 @@ export function translateGateway(model: Model, gateway: GatewayModel): IRProxyCo
       const hosts = effectiveHostnames(route.spec.hostnames, l.hostnames);
       if (hosts.length === 0) continue;
       const irRoutes = routesOf(route, model.mesh).map((r) => withListenerPort(r, l.port));
-      for (const h of hosts) byHost.set(h, [...(byHost.get(h) ?? []), ...irRoutes]);
+      for (const h of hosts) {
+        const list = byHost.get(h);
+        if (list) list.push(...irRoutes);
+        else byHost.set(h, [...irRoutes]);
+      }
       for (const r of irRoutes) {
         if (r.action.kind !== 'forward') continue;
         for (const b of r.action.backends) {
