@@ -59,6 +59,12 @@ export function assertRoundTrip(type: TypeUrl, name: string, json: Record<string
   if (want !== got) throw new Error(`${messageName(type)} "${name}" does not survive encoding; check field names and types.\nwant ${want}\ngot  ${got}`);
 }
 
+/** Strict mode: a JSON text handed in with its value is what JSON.stringify gives. */
+function assertText(what: string, value: unknown, text: string | undefined): void {
+  const want = JSON.stringify(value);
+  if (text !== want) throw new Error(`${what}: the JSON text handed in is not the value's.\nwant ${want}\ngot  ${text}`);
+}
+
 /** Encoded bytes by content hash: identical resources are encoded once per process. */
 export class EncodeCache {
   private entries = new Map<string, Uint8Array>();
@@ -90,12 +96,25 @@ export class EncodeCache {
    * repeated field's elements come after other fields, so the bytes decode to the same message;
    * a one-route edit then encodes one virtual host, not the whole configuration.
    */
-  makeSplit(type: TypeUrl, name: string, json: Record<string, unknown>, part: { key: string; field: number; message: string }, opts: { printable?: Record<string, unknown>; sources?: string[] } = {}): Resource {
+  makeSplit(
+    type: TypeUrl,
+    name: string,
+    json: Record<string, unknown>,
+    part: { key: string; field: number; message: string },
+    opts: { printable?: Record<string, unknown>; sources?: string[]; partTexts?: readonly string[] } = {},
+  ): Resource {
     const elements = (json[part.key] as Record<string, unknown>[] | undefined) ?? [];
     const head: Record<string, unknown> = { ...json };
     delete head[part.key];
     const headKey = hashText(`${type}\n${JSON.stringify(head)}`);
-    const keys = elements.map((e) => hashText(`${part.message}\n${JSON.stringify(e)}`));
+    // partTexts: the elements' JSON.stringify texts, when the caller has them already.
+    const texts = opts.partTexts ?? elements.map((e) => JSON.stringify(e));
+    if (STRICT) {
+      elements.forEach((e, i) => {
+        assertText(`${messageName(type)} "${name}" ${part.key}[${i}]`, e, texts[i]);
+      });
+    }
+    const keys = texts.map((t) => hashText(`${part.message}\n${t}`));
     const key = hashText(`${type}\n${headKey}\n${part.key}\n${keys.join('\n')}`);
     this.live.add(key);
     let bytes = this.entries.get(key);
