@@ -69,6 +69,9 @@ function assertText(what: string, value: unknown, text: string | undefined): voi
 export class EncodeCache {
   private entries = new Map<string, Uint8Array>();
   private live = new Set<string>();
+  /** Resources by the text of their inputs (reuse), and the keys used since the last sweep. */
+  private made = new Map<string, Resource>();
+  private madeLive = new Set<string>();
   hits = 0;
   misses = 0;
 
@@ -136,6 +139,23 @@ export class EncodeCache {
     return { type, name, version: key, bytes, printable: opts.printable ?? json, sources: opts.sources ?? [] };
   }
 
+  /**
+   * The resource `make` gives, reused while `inputKey` stays in use: `inputKey` must hold
+   * everything `make` reads (the JSON text of the IR it translates). A reload then looks up an
+   * unchanged resource by its inputs instead of building, writing out and hashing it again, and
+   * hands out the same Resource object (so the snapshot cache sees it as unchanged).
+   */
+  reuse(inputKey: string, make: () => Resource): Resource {
+    let r = this.made.get(inputKey);
+    if (!r) {
+      r = make();
+      this.made.set(inputKey, r);
+    }
+    this.madeLive.add(inputKey);
+    this.live.add(r.version);
+    return r;
+  }
+
   /** The encoding of one message by its key, from the cache or encoded now. */
   private encoded(key: string, message: string, json: Record<string, unknown>): Uint8Array {
     let b = this.entries.get(key);
@@ -151,6 +171,8 @@ export class EncodeCache {
   sweep(): void {
     for (const k of this.entries.keys()) if (!this.live.has(k)) this.entries.delete(k);
     this.live = new Set();
+    for (const k of this.made.keys()) if (!this.madeLive.has(k)) this.made.delete(k);
+    this.madeLive = new Set();
   }
 
   get size(): number {
