@@ -5,7 +5,8 @@ import { EventEmitter } from 'node:events';
 import { performance } from 'node:perf_hooks';
 import { withSpan } from '../observability/tracing.js';
 import { formatPolicyError, ErrorCode, type PolicyError } from '../errors.js';
-import type { IRCluster, IRProxyConfig } from '../ir/types.js';
+import type { Instance, IRCluster, IRProxyConfig } from '../ir/types.js';
+import { deepFreeze } from '../ir/freeze.js';
 import { buildModel } from './build-model.js';
 import type { Model } from '../model/model.js';
 import type { Logger } from '../observability/logger.js';
@@ -150,6 +151,8 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
   private groups = new Map<string, GroupState>();
   /** Groups whose last compile failed while the model applied (see apply): each keeps its last good snapshot. */
   private failures = new Map<string, GroupFailureState>();
+  /** Static endpoint lists (Service documents' own) already put in the endpoint store, by list. */
+  private readonly staticPut = new WeakMap<object, { service: string; instances: readonly Instance[] }>();
   private pendingServices = new Set<string>();
   private endpointTimer?: NodeJS.Timeout;
   private lastEndpointPush = -Infinity;
@@ -473,7 +476,14 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
   /** Compiles a valid model into every group's snapshot. Throws (changing nothing) if inconsistent. */
   private async apply(model: Model): Promise<void> {
     for (const svc of model.services.values()) {
-      if (svc.endpoints) this.endpoints.set(svc.name, staticInstances(svc), 'static', { quiet: true });
+      if (!svc.endpoints) continue;
+      // staticInstances reads only the endpoints list: the parsed document's own, deep-frozen here.
+      // When this list was put in the store for this service and the store still holds what it
+      // kept then, setting it again would change nothing (the store would compare and keep it).
+      const put = this.staticPut.get(deepFreeze(svc.endpoints));
+      if (put?.service === svc.name && this.endpoints.get(svc.name) === put.instances) continue;
+      this.endpoints.set(svc.name, staticInstances(svc), 'static', { quiet: true });
+      this.staticPut.set(svc.endpoints, { service: svc.name, instances: this.endpoints.get(svc.name) });
     }
     // The one function that says what a proxy group gets (compile, diff, explain and the goldens call it too).
     const { groups: compiled, failed } = compileGroupsSettled(model, {

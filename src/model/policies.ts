@@ -321,10 +321,11 @@ function sameJson(a: unknown, b: unknown): boolean {
  */
 function ruleDefaultsOf(d: LoadedDoc, route: RouteModel, mesh: MeshModel, traffic: ReadonlyMap<string, TrafficPolicyModel>, err: Report): (RuleDefaults | undefined)[] {
   return route.spec.rules.map((rule, ri) => {
-    const services = [...new Set((rule.backendRefs ?? []).filter((b) => b.weight > 0).map((b) => b.name))].sort();
-    if (services.length === 0) return undefined;
+    if (!(rule.backendRefs ?? []).some((b) => b.weight > 0)) return undefined;
     const out: RuleDefaults = {};
-    for (const field of ['timeoutMs', 'retries'] as const) {
+    // Without TrafficPolicies there is nothing to inherit (the common case: no list to build per rule).
+    const services = traffic.size === 0 ? [] : [...new Set((rule.backendRefs ?? []).filter((b) => b.weight > 0).map((b) => b.name))].sort();
+    for (const field of services.length ? (['timeoutMs', 'retries'] as const) : []) {
       const ruleSets = field === 'timeoutMs' ? rule.timeout !== undefined : rule.retries !== undefined;
       if (ruleSets) continue;
       const values = services.map((s) => traffic.get(s)?.[field]);
@@ -340,11 +341,15 @@ function ruleDefaultsOf(d: LoadedDoc, route: RouteModel, mesh: MeshModel, traffi
       (out as Record<string, unknown>)[field] = given[0];
     }
     // The effective per-try timeout must fit in the effective timeout, wherever each came from.
-    const timeout = rule.timeout ? { ms: parseDuration(rule.timeout)!, from: 'the rule' } : out.timeoutMs ? { ms: out.timeoutMs.value, from: `TrafficPolicy "${out.timeoutMs.policy}" (${out.timeoutMs.source.file}#${out.timeoutMs.source.doc})` } : { ms: mesh.defaults.timeoutMs, from: mesh.source ? `Mesh "${mesh.name}"` : 'the built-in default' };
-    const retries = rule.retries ? { r: retrySettings(rule.retries), from: 'the rule' } : out.retries ? { r: out.retries.value, from: `TrafficPolicy "${out.retries.policy}" (${out.retries.source.file}#${out.retries.source.doc})` } : { r: mesh.defaults.retries, from: `Mesh "${mesh.name}"` };
-    const perTry = retries.r?.perTryTimeoutMs;
-    if (perTry !== undefined && perTry > timeout.ms && timeout.from !== retries.from) {
-      err(d, ['spec', 'rules', ri], ErrorCode.CONFLICT, `perTryTimeout ${perTry}ms (from ${retries.from}) is longer than the timeout ${timeout.ms}ms (from ${timeout.from})`);
+    // (Where each came from is written out only for a rule that breaks this: most rules have no per-try timeout.)
+    const retries = rule.retries ? retrySettings(rule.retries) : out.retries ? out.retries.value : mesh.defaults.retries;
+    const perTry = retries?.perTryTimeoutMs;
+    if (perTry !== undefined) {
+      const timeout = rule.timeout ? { ms: parseDuration(rule.timeout)!, from: 'the rule' } : out.timeoutMs ? { ms: out.timeoutMs.value, from: `TrafficPolicy "${out.timeoutMs.policy}" (${out.timeoutMs.source.file}#${out.timeoutMs.source.doc})` } : { ms: mesh.defaults.timeoutMs, from: mesh.source ? `Mesh "${mesh.name}"` : 'the built-in default' };
+      const retriesFrom = rule.retries ? 'the rule' : out.retries ? `TrafficPolicy "${out.retries.policy}" (${out.retries.source.file}#${out.retries.source.doc})` : `Mesh "${mesh.name}"`;
+      if (perTry > timeout.ms && timeout.from !== retriesFrom) {
+        err(d, ['spec', 'rules', ri], ErrorCode.CONFLICT, `perTryTimeout ${perTry}ms (from ${retriesFrom}) is longer than the timeout ${timeout.ms}ms (from ${timeout.from})`);
+      }
     }
     return Object.keys(out).length ? out : undefined;
   });

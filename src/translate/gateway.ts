@@ -11,6 +11,7 @@ import { applyJwtPolicies, type AuthzEndpoint, type JwtKeysOf } from './jwt.js';
 import { applyGlobalRateLimits, type RateLimitEndpoint } from './ratelimit.js';
 import { gatewayIdentity, meshTlsOn, serviceCluster } from './mesh-identity.js';
 import { withMeshTracing } from './tracing.js';
+import { deepFreeze } from '../ir/freeze.js';
 
 /** Hostnames a route serves on a listener: its own that the listener covers, or the listener's. */
 function effectiveHostnames(routeHosts: string[] | undefined, listenerHosts: string[]): string[] {
@@ -31,8 +32,20 @@ function effectiveHostnames(routeHosts: string[] | undefined, listenerHosts: str
  */
 function withListenerPort(r: IRRoute, port: number): IRRoute {
   if (r.action.kind !== 'redirect' || r.action.port || r.action.scheme || port === 80 || port === 443) return r;
-  return { ...r, action: { ...r.action, port } };
+  // Once per route (frozen, see routesOf) and port, so that a reload reuses it as it reuses the route.
+  let byPort = withPort.get(r);
+  if (!byPort) {
+    byPort = new Map();
+    withPort.set(r, byPort);
+  }
+  let out = byPort.get(port);
+  if (!out) {
+    out = deepFreeze({ ...r, action: { ...r.action, port } });
+    byPort.set(port, out);
+  }
+  return out;
 }
+const withPort = new WeakMap<IRRoute, Map<number, IRRoute>>();
 
 export function translateGateway(model: Model, gateway: GatewayModel): IRProxyConfig {
   const listeners: IRHttpListener[] = [];
@@ -47,7 +60,11 @@ export function translateGateway(model: Model, gateway: GatewayModel): IRProxyCo
       const hosts = effectiveHostnames(route.spec.hostnames, l.hostnames);
       if (hosts.length === 0) continue;
       const irRoutes = routesOf(route, model.mesh).map((r) => withListenerPort(r, l.port));
-      for (const h of hosts) byHost.set(h, [...(byHost.get(h) ?? []), ...irRoutes]);
+      for (const h of hosts) {
+        const list = byHost.get(h);
+        if (list) list.push(...irRoutes);
+        else byHost.set(h, [...irRoutes]);
+      }
       for (const r of irRoutes) {
         if (r.action.kind !== 'forward') continue;
         for (const b of r.action.backends) {

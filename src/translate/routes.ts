@@ -5,6 +5,7 @@ import type { IRForward, IRHeaderMods, IRRedirect, IRRoute, IRRouteMatch, IRRetr
 import { formatRouteName, type RouteKey, type RuleRef } from '../ir/names.js';
 import { retrySettings, type MeshModel, type RouteModel } from '../model/model.js';
 import type { RuleDefaults } from '../model/policies.js';
+import { deepFreeze } from '../ir/freeze.js';
 
 export function clusterName(service: string, subset?: string): string {
   return subset ? `${service}/${subset}` : service;
@@ -20,8 +21,27 @@ function retryFor(rule: RouteRule, mesh: MeshModel, inherited?: RuleDefaults): I
   return r && r.attempts > 0 ? r : undefined;
 }
 
-/** Builds the IR routes of one HTTPRoute (one IR route per match of each rule). */
+/**
+ * The last IR routes built for each HTTPRoute spec, with the key of everything else they were
+ * built from. A spec is the parsed document's own value, which the parse cache hands out again
+ * only while its file's text is unchanged; it is deep-frozen before it becomes a key, so the same
+ * object always means the same content. A reload that leaves a file alone thus reuses its routes
+ * (the same frozen objects, which the translator's own caches then recognise).
+ */
+const builtRoutes = new WeakMap<object, { key: string; routes: readonly IRRoute[] }>();
+
+/** Builds the IR routes of one HTTPRoute (one IR route per match of each rule); deep-frozen, never to be changed. */
 export function routesOf(route: RouteModel, mesh: MeshModel): IRRoute[] {
+  // Everything besides the spec that buildRoutes reads.
+  const key = JSON.stringify([route.name, route.source.file, route.source.doc, route.policyDefaults ?? null, mesh.defaults]);
+  const hit = builtRoutes.get(deepFreeze(route.spec));
+  if (hit?.key === key) return hit.routes as IRRoute[];
+  const routes = deepFreeze(buildRoutes(route, mesh));
+  builtRoutes.set(route.spec, { key, routes });
+  return routes;
+}
+
+function buildRoutes(route: RouteModel, mesh: MeshModel): IRRoute[] {
   const out: IRRoute[] = [];
   route.spec.rules.forEach((rule, ri) => {
     // An unnamed rule is known by its index, in a form no rule name can take (names.ts).

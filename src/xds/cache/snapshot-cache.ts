@@ -23,9 +23,18 @@ function mapVersion(m: ReadonlyMap<string, Resource>): string {
 }
 
 export class Snapshot {
-  readonly versions = new Map<TypeUrl, string>();
-  constructor(readonly resources: ReadonlyMap<TypeUrl, ReadonlyMap<string, Resource>>) {
-    for (const t of PUSH_ORDER) this.versions.set(t, mapVersion(resources.get(t) ?? EMPTY));
+  private typeVersions?: Map<TypeUrl, string>;
+  constructor(readonly resources: ReadonlyMap<TypeUrl, ReadonlyMap<string, Resource>>) {}
+  /**
+   * Each type's version, hashed on first use: a snapshot made only to be checked for consistency
+   * (compileGroups) is never hashed, and one stored is hashed once.
+   */
+  get versions(): ReadonlyMap<TypeUrl, string> {
+    if (!this.typeVersions) {
+      this.typeVersions = new Map();
+      for (const t of PUSH_ORDER) this.typeVersions.set(t, mapVersion(this.resources.get(t) ?? EMPTY));
+    }
+    return this.typeVersions;
   }
   get(type: TypeUrl): ReadonlyMap<string, Resource> {
     return this.resources.get(type) ?? EMPTY;

@@ -113,10 +113,19 @@ export function assertRoundTrip(type: TypeUrl, name: string, json: Record<string
   if (n) throw new RoundTripError(`${messageName(type).split('.').pop()} "${name}"`, fields, n - fields.length);
 }
 
+/** Strict mode: a JSON text handed in with its value is what JSON.stringify gives. */
+function assertText(what: string, value: unknown, text: string | undefined): void {
+  const want = JSON.stringify(value);
+  if (text !== want) throw new Error(`${what}: the JSON text handed in is not the value's.\nwant ${want}\ngot  ${text}`);
+}
+
 /** Encoded bytes by content hash: identical resources are encoded once per process. */
 export class EncodeCache {
   private entries = new Map<string, Uint8Array>();
   private live = new Set<string>();
+  /** Resources by the text of their inputs (reuse), and the keys used since the last sweep. */
+  private made = new Map<string, Resource>();
+  private madeLive = new Set<string>();
   hits = 0;
   misses = 0;
   /** Whether each newly encoded resource is decoded again and compared (assertRoundTrip). */
@@ -151,12 +160,25 @@ export class EncodeCache {
    * repeated field's elements come after other fields, so the bytes decode to the same message;
    * a one-route edit then encodes one virtual host, not the whole configuration.
    */
-  makeSplit(type: TypeUrl, name: string, json: Record<string, unknown>, part: { key: string; field: number; message: string }, opts: { printable?: Record<string, unknown>; sources?: string[] } = {}): Resource {
+  makeSplit(
+    type: TypeUrl,
+    name: string,
+    json: Record<string, unknown>,
+    part: { key: string; field: number; message: string },
+    opts: { printable?: Record<string, unknown>; sources?: string[]; partTexts?: readonly string[] } = {},
+  ): Resource {
     const elements = (json[part.key] as Record<string, unknown>[] | undefined) ?? [];
     const head: Record<string, unknown> = { ...json };
     delete head[part.key];
     const headKey = hashText(`${type}\n${JSON.stringify(head)}`);
-    const keys = elements.map((e) => hashText(`${part.message}\n${JSON.stringify(e)}`));
+    // partTexts: the elements' JSON.stringify texts, when the caller has them already.
+    const texts = opts.partTexts ?? elements.map((e) => JSON.stringify(e));
+    if (STRICT) {
+      elements.forEach((e, i) => {
+        assertText(`${messageName(type)} "${name}" ${part.key}[${i}]`, e, texts[i]);
+      });
+    }
+    const keys = texts.map((t) => hashText(`${part.message}\n${t}`));
     const key = hashText(`${type}\n${headKey}\n${part.key}\n${keys.join('\n')}`);
     this.live.add(key);
     let bytes = this.entries.get(key);
@@ -178,6 +200,23 @@ export class EncodeCache {
     return { type, name, version: key, bytes, printable: opts.printable ?? json, sources: opts.sources ?? [] };
   }
 
+  /**
+   * The resource `make` gives, reused while `inputKey` stays in use: `inputKey` must hold
+   * everything `make` reads (the JSON text of the IR it translates). A reload then looks up an
+   * unchanged resource by its inputs instead of building, writing out and hashing it again, and
+   * hands out the same Resource object (so the snapshot cache sees it as unchanged).
+   */
+  reuse(inputKey: string, make: () => Resource): Resource {
+    let r = this.made.get(inputKey);
+    if (!r) {
+      r = make();
+      this.made.set(inputKey, r);
+    }
+    this.madeLive.add(inputKey);
+    this.live.add(r.version);
+    return r;
+  }
+
   /** The encoding of one message by its key, from the cache or encoded now. */
   private encoded(key: string, message: string, json: Record<string, unknown>): Uint8Array {
     let b = this.entries.get(key);
@@ -193,6 +232,8 @@ export class EncodeCache {
   sweep(): void {
     for (const k of this.entries.keys()) if (!this.live.has(k)) this.entries.delete(k);
     this.live = new Set();
+    for (const k of this.made.keys()) if (!this.madeLive.has(k)) this.made.delete(k);
+    this.madeLive = new Set();
   }
 
   get size(): number {

@@ -5,7 +5,7 @@ import type { EncodeCache, Resource } from '../resources/resource.js';
 import { TypeUrl } from '../resources/type-urls.js';
 import { clusterResource, endpointResource } from './cluster.js';
 import { listenerResource } from './listener.js';
-import { routeConfigResource } from './route.js';
+import { routeConfig } from './route.js';
 import { redactSecret, secretResource } from './secret.js';
 
 export type ResourceMap = Map<TypeUrl, Map<string, Resource>>;
@@ -24,9 +24,11 @@ export function configResources(ir: IRProxyConfig, enc: EncodeCache): ResourceMa
   for (const l of ir.listeners) {
     put(enc.make(TypeUrl.Listener, l.name, listenerResource(l), { sources: [l.source.file] }));
     const files = [...new Set(l.routeConfig.virtualHosts.flatMap((v) => v.routes.map((r) => r.source.file)))].sort();
-    put(enc.makeSplit(TypeUrl.Route, l.routeConfig.name, routeConfigResource(l), VIRTUAL_HOSTS, { sources: files }));
+    const rc = routeConfig(l);
+    put(enc.makeSplit(TypeUrl.Route, l.routeConfig.name, rc.json, VIRTUAL_HOSTS, { sources: files, partTexts: rc.vhostTexts }));
   }
-  for (const c of ir.clusters) put(enc.make(TypeUrl.Cluster, c.name, clusterResource(c), { sources: [c.source.file] }));
+  // clusterResource reads nothing but the IR cluster, whose JSON text (source included) is the key.
+  for (const c of ir.clusters) put(enc.reuse(`${TypeUrl.Cluster}\n${JSON.stringify(c)}`, () => enc.make(TypeUrl.Cluster, c.name, clusterResource(c), { sources: [c.source.file] })));
   for (const s of ir.secrets) {
     const json = secretResource(s);
     put(enc.make(TypeUrl.Secret, s.name, json, { printable: redactSecret(json), sources: [s.source.file] }));

@@ -2,7 +2,8 @@ import type { IRHeaderMods, IRRoute, IRRouteMatch, IRStringMatch, IRHttpListener
 import { faultFilter } from './filters/index.js';
 import { patchRoutePolicies, virtualHostPolicies } from './route-policy.js';
 import { patchRouteForExtAuthz } from './filters/ext-authz.js';
-import { patchRouteForJwtFastPath } from './filters/jwt-fast.js';
+import { fastPathKind, patchRouteForJwtFastPath } from './filters/jwt-fast.js';
+import { deepFreeze } from '../../ir/freeze.js';
 import { duration, fractionalPercent, typed } from './util.js';
 import type { envoy } from '../resources/envoy-types.gen.js';
 
@@ -104,9 +105,47 @@ function routeResource(l: IRHttpListener, r: IRRoute): Route {
 }
 
 export function routeConfigResource(l: IRHttpListener): envoy.config.route.v3.RouteConfiguration {
-  return {
-    name: l.routeConfig.name,
-    virtual_hosts: l.routeConfig.virtualHosts.map((v) => ({ name: v.name, domains: v.domains, routes: v.routes.map((r) => routeResource(l, r)), ...virtualHostPolicies(l) })),
-    validate_clusters: { value: false },
-  };
+  return routeConfig(l).json;
+}
+
+/**
+ * A listener's RouteConfiguration, with the JSON text of each of its virtual hosts (what
+ * JSON.stringify gives, made from the routes' texts: a virtual host's routes are not written out
+ * again when they did not change).
+ */
+export function routeConfig(l: IRHttpListener): { json: envoy.config.route.v3.RouteConfiguration; vhostTexts: string[] } {
+  const facets = listenerFacets(l);
+  const vhostTexts: string[] = [];
+  const virtualHosts = l.routeConfig.virtualHosts.map((v) => {
+    const routes = v.routes.map((r) => builtRoute(l, facets, r));
+    const vh = { name: v.name, domains: v.domains, routes: routes.map((r) => r.json), ...virtualHostPolicies(l) };
+    // The routes' texts in the place JSON.stringify writes them (inside a string a quote is always escaped, so this is the key).
+    const head = JSON.stringify({ ...vh, routes: [] });
+    const at = head.indexOf('"routes":[]');
+    vhostTexts.push(`${head.slice(0, at)}"routes":[${routes.map((r) => r.text).join(',')}]${head.slice(at + '"routes":[]'.length)}`);
+    return vh;
+  });
+  return { json: { name: l.routeConfig.name, virtual_hosts: virtualHosts, validate_clusters: { value: false } }, vhostTexts };
+}
+
+/** What routeResource reads of its listener besides the route: the ext_authz filter, and the JWT fast path's kind. */
+function listenerFacets(l: IRHttpListener): string {
+  return `${l.extAuthz ? 'ext-authz' : ''}/${fastPathKind(l) || ''}`;
+}
+
+/**
+ * Each route's Envoy JSON (frozen) and text, for the listener facets it was made with. Only frozen
+ * routes are kept (those of routesOf, reused by a reload while their HTTPRoute is unchanged): a
+ * frozen route cannot change, so the same object always gives the same JSON.
+ */
+const builtRoutes = new WeakMap<IRRoute, { facets: string; json: Route; text: string }>();
+
+function builtRoute(l: IRHttpListener, facets: string, r: IRRoute): { json: Route; text: string } {
+  const frozen = Object.isFrozen(r);
+  const hit = frozen ? builtRoutes.get(r) : undefined;
+  if (hit?.facets === facets) return hit;
+  const json = routeResource(l, r);
+  const built = { facets, json, text: JSON.stringify(json) };
+  if (frozen) builtRoutes.set(r, { ...built, json: deepFreeze(json) });
+  return built;
 }

@@ -211,7 +211,7 @@ type FastPathKind = false | 'script' | 'module';
 const fastListeners = new WeakMap<IRHttpListener, FastPathKind>();
 
 /** Whether any route of the listener has the fast path, and in what form (once per IR listener). */
-function fastPathKind(l: IRHttpListener): FastPathKind {
+export function fastPathKind(l: IRHttpListener): FastPathKind {
   let v = fastListeners.get(l);
   if (v === undefined) {
     v = l.jwtModule ? 'module' : l.routeConfig.virtualHosts.some((vh) => vh.routes.some((r) => r.jwt?.fast)) ? 'script' : false;
