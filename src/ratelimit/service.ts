@@ -1,5 +1,5 @@
 // The rate-limit service: envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit, served by
-// the small gRPC server the ext_authz service uses (src/authz/grpc-h2.ts), with Envoy's own
+// the small gRPC server the ext_authz service uses (src/grpc/unary-server.ts), with Envoy's own
 // messages (protobufjs, from the registry package's rls.proto). It runs inside `signalbox serve`
 // on its own port, or alone (`signalbox ratelimit`); both feed it the same compiled model.
 //
@@ -22,7 +22,7 @@ import type client from 'prom-client';
 import type { Model } from '../model/model.js';
 import type { Logger } from '../observability/logger.js';
 import { lookupType } from '../xds/resources/protos.js';
-import { GrpcError, GrpcStatus, UnaryGrpcServer } from '../authz/grpc-h2.js';
+import { GrpcError, GrpcStatus, UnaryGrpcServer } from '../grpc/unary-server.js';
 import type { AuthzTls } from '../authz/server.js';
 import { hasSelfSignedRoot } from '../authz/server.js';
 import { LIMIT_ENTRY, RATELIMIT_DOMAIN } from '../xds/translator/filters/global-ratelimit.js';

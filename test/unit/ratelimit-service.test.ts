@@ -3,7 +3,7 @@
 // with Redis unreachable a call answers by its limits' failureMode.
 import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
-import { GrpcError, GrpcStatus } from '../../src/authz/grpc-h2.js';
+import { GrpcError, GrpcStatus } from '../../src/grpc/unary-server.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { limitTable, rateLimitResponse, RateLimitService } from '../../src/ratelimit/service.js';
 import { redactRedisUrl } from '../../src/ratelimit/redis-store.js';
