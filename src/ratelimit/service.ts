@@ -1,6 +1,6 @@
 // The rate-limit service: envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit, served by
 // the small gRPC server the ext_authz service uses (src/grpc/unary-server.ts), with Envoy's own
-// messages (protobufjs, from the registry package's rls.proto). It runs inside `signalbox serve`
+// messages read and written by hand (codec.ts). It runs inside `signalbox serve`
 // on its own port, or alone (`signalbox ratelimit`); both feed it the same compiled model.
 //
 // Each descriptor Envoy sends names one limit (`signalbox_limit` = `<policy>/<index>`, see
@@ -17,15 +17,14 @@
 // the call is failureMode deny the call fails with UNAVAILABLE, which Envoy's deny instance turns
 // into a 503. Both show in signalbox_ratelimit_decisions_total.
 import { createHash } from 'node:crypto';
-import type protobuf from 'protobufjs';
 import type client from 'prom-client';
 import type { Model } from '../model/model.js';
 import type { Logger } from '../observability/logger.js';
-import { lookupType } from '../xds/resources/protos.js';
 import { GrpcError, GrpcStatus, UnaryGrpcServer } from '../grpc/unary-server.js';
 import type { AuthzTls } from '../authz/server.js';
 import { hasSelfSignedRoot } from '../authz/server.js';
 import { LIMIT_ENTRY, RATELIMIT_DOMAIN } from '../xds/translator/filters/global-ratelimit.js';
+import { decodeRateLimitRequest, type DescriptorStatus, encodeRateLimitResponse, type RateLimitAnswer, UNIT } from './codec.js';
 import { RateLimitMetrics, type DecisionResult } from './metrics.js';
 import { RedisCounterStore, type RedisSettings, type RedisStatus } from './redis-store.js';
 
@@ -46,28 +45,11 @@ export interface LimitEntry {
   by: 'header' | 'clientIP' | 'path' | 'claim' | 'none';
 }
 
-/** RateLimitResponse.RateLimit.Unit and .Code values (rls.proto), written as numbers: encode() takes plain objects. */
-const UNIT_ENUM = { second: 1, minute: 2, hour: 3, day: 4 } as const;
-const CODE = { OK: 1, OVER_LIMIT: 2 } as const;
-
+/** What shouldRateLimit reads of a call (a RateLimitRequestView; tests may leave fields out). */
 interface RequestShape {
   domain?: string;
   descriptors?: { entries?: { key?: string; value?: string }[] }[];
   hits_addend?: number;
-}
-
-interface DescriptorStatus {
-  code: 'OK' | 'OVER_LIMIT';
-  current_limit?: { name: string; requests_per_unit: number; unit: number };
-  limit_remaining?: number;
-  duration_until_reset?: { seconds: number; nanos: number };
-}
-
-/** A ShouldRateLimit answer, as plain data (encoded by rateLimitResponse). */
-export interface RateLimitAnswer {
-  overall: 'OK' | 'OVER_LIMIT';
-  statuses: DescriptorStatus[];
-  headers: { key: string; value: string }[];
 }
 
 function durationOf(ms: number): { seconds: number; nanos: number } {
@@ -263,7 +245,7 @@ export class RateLimitService {
   }
 
   private status(l: LimitEntry, code: 'OK' | 'OVER_LIMIT', remaining: number, resetMs: number): DescriptorStatus {
-    return { code, current_limit: { name: l.policy, requests_per_unit: l.requests, unit: UNIT_ENUM[l.unit] }, limit_remaining: remaining, duration_until_reset: durationOf(resetMs) };
+    return { code, current_limit: { name: l.policy, requests_per_unit: l.requests, unit: UNIT[l.unit] }, limit_remaining: remaining, duration_until_reset: durationOf(resetMs) };
   }
 
   private answer(statuses: DescriptorStatus[], over: { limit: LimitEntry; resetMs: number }[]): RateLimitAnswer {
@@ -284,10 +266,10 @@ export class RateLimitService {
   private async handle(bytes: Uint8Array): Promise<Uint8Array> {
     let request: RequestShape;
     try {
-      request = types().request.decode(bytes) as unknown as RequestShape;
-    } catch {
+      request = decodeRateLimitRequest(bytes);
+    } catch (e) {
       this.metrics?.calls.inc({ result: 'error' });
-      throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, 'request does not decode as a RateLimitRequest');
+      throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, `request does not decode as a RateLimitRequest (${(e as Error).message})`);
     }
     this.calls++;
     let a: RateLimitAnswer;
@@ -298,7 +280,7 @@ export class RateLimitService {
       throw e;
     }
     this.metrics?.calls.inc({ result: a.overall === 'OK' ? 'ok' : 'over_limit' });
-    return rateLimitResponse(a);
+    return encodeRateLimitResponse(a);
   }
 
   get secure(): boolean {
@@ -310,7 +292,6 @@ export class RateLimitService {
     const m = /^\[?([^\]]*?)\]?:(\d+)$/.exec(address);
     if (!m) throw new Error(`rate-limit service address must be HOST:PORT, got "${address}"`);
     if (this.server) throw new Error('the rate-limit service is listening already');
-    lookupType('envoy.service.ratelimit.v3.RateLimitRequest');
     const material = () => ({ cert: tls!.certificate.certPem, key: tls!.certificate.keyPem, clientCa: tls!.clientCaPem });
     const server = new UnaryGrpcServer([{ path: SHOULD_RATE_LIMIT_PATH, handle: (bytes) => this.handle(bytes) }], {
       onError: (e) => this.opts.logger.error({ err: { message: e.message } }, 'rate-limit service: ShouldRateLimit failed'),
@@ -338,18 +319,4 @@ export class RateLimitService {
     await server?.close();
     await this.store.close();
   }
-}
-
-let cachedTypes: { request: protobuf.Type; response: protobuf.Type } | undefined;
-/** The two message types, looked up once (a lookup walks the root's namespaces). */
-function types(): { request: protobuf.Type; response: protobuf.Type } {
-  cachedTypes ??= { request: lookupType('envoy.service.ratelimit.v3.RateLimitRequest'), response: lookupType('envoy.service.ratelimit.v3.RateLimitResponse') };
-  return cachedTypes;
-}
-
-/** An answer as envoy.service.ratelimit.v3.RateLimitResponse bytes (plain objects, numeric enums: no fromObject copy). */
-export function rateLimitResponse(a: RateLimitAnswer): Uint8Array {
-  return types()
-    .response.encode({ overall_code: CODE[a.overall], statuses: a.statuses.map((s) => ({ ...s, code: CODE[s.code] })), response_headers_to_add: a.headers })
-    .finish();
 }

@@ -5,7 +5,8 @@ import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
 import { GrpcError, GrpcStatus } from '../../src/grpc/unary-server.js';
 import { createLogger } from '../../src/observability/logger.js';
-import { limitTable, rateLimitResponse, RateLimitService } from '../../src/ratelimit/service.js';
+import { encodeRateLimitResponse } from '../../src/ratelimit/codec.js';
+import { limitTable, RateLimitService } from '../../src/ratelimit/service.js';
 import { redactRedisUrl } from '../../src/ratelimit/redis-store.js';
 import { lookupType } from '../../src/xds/resources/protos.js';
 import { doc, docs, policyDir, removePolicyDirs, validateDir } from './policy-dir.js';
@@ -23,7 +24,7 @@ const FILES = {
 
 describe('rate-limit service', () => {
   test('an answer encodes as the RateLimitResponse Envoy reads', () => {
-    const bytes = rateLimitResponse({
+    const bytes = encodeRateLimitResponse({
       overall: 'OVER_LIMIT',
       statuses: [{ code: 'OVER_LIMIT', current_limit: { name: 'p', requests_per_unit: 10, unit: 1 }, limit_remaining: 0, duration_until_reset: { seconds: 0, nanos: 250_000_000 } }, { code: 'OK' }],
       headers: [{ key: 'retry-after', value: '1' }],
