@@ -160,7 +160,7 @@ export class RateLimitService {
   }
 
   private decided(l: LimitEntry, result: DecisionResult): void {
-    this.metrics?.decisions.inc({ policy: l.policy, result });
+    this.metrics?.decided(l.policy, result);
     let d = this.decisions.get(l.policy);
     if (!d) {
       d = { allowed: 0, limited: 0, failureAllowed: 0, failureDenied: 0 };
@@ -204,7 +204,7 @@ export class RateLimitService {
       const key = `signalbox:rl:${limit.id}:${windowStart}:${limit.by === 'none' ? '-' : createHash('sha256').update(value).digest('base64url').slice(0, 22)}`;
       const cached = this.overLimit.get(key);
       if (cached !== undefined && cached > now) {
-        this.metrics?.cacheHits.inc();
+        this.metrics?.cacheHit();
         statuses[i] = this.status(limit, 'OVER_LIMIT', 0, windowEnd - now);
         over.push({ limit, resetMs: windowEnd - now });
         return;
@@ -268,7 +268,7 @@ export class RateLimitService {
     try {
       request = decodeRateLimitRequest(bytes);
     } catch (e) {
-      this.metrics?.calls.inc({ result: 'error' });
+      this.metrics?.called('error');
       throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, `request does not decode as a RateLimitRequest (${(e as Error).message})`);
     }
     this.calls++;
@@ -276,10 +276,10 @@ export class RateLimitService {
     try {
       a = await this.shouldRateLimit(request);
     } catch (e) {
-      this.metrics?.calls.inc({ result: e instanceof GrpcError && e.code === GrpcStatus.UNAVAILABLE ? 'unavailable' : 'error' });
+      this.metrics?.called(e instanceof GrpcError && e.code === GrpcStatus.UNAVAILABLE ? 'unavailable' : 'error');
       throw e;
     }
-    this.metrics?.calls.inc({ result: a.overall === 'OK' ? 'ok' : 'over_limit' });
+    this.metrics?.called(a.overall === 'OK' ? 'ok' : 'over_limit');
     return encodeRateLimitResponse(a);
   }
 
