@@ -45,6 +45,14 @@ export interface LimitEntry {
   by: 'header' | 'clientIP' | 'path' | 'claim' | 'none';
 }
 
+/** A descriptor to count in Redis: its index in the call, its limit, its key and window's end. */
+interface Pending {
+  i: number;
+  limit: LimitEntry;
+  key: string;
+  windowEnd: number;
+}
+
 /** What shouldRateLimit reads of a call (a RateLimitRequestView; tests may leave fields out). */
 interface RequestShape {
   domain?: string;
@@ -181,13 +189,22 @@ export class RateLimitService {
 
   /** Decides one call (exposed for tests and the benchmark). */
   async shouldRateLimit(request: RequestShape): Promise<RateLimitAnswer> {
+    return this.decide(request);
+  }
+
+  /**
+   * Decides one call: at once when it needs no Redis command (nothing to count, a key already
+   * over its limit), so the server answers in the same turn of the event loop; else once Redis
+   * has counted.
+   */
+  private decide(request: RequestShape): RateLimitAnswer | Promise<RateLimitAnswer> {
     if ((request.domain ?? '') !== RATELIMIT_DOMAIN) throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, `unknown domain "${String(request.domain).slice(0, 100)}" (this service answers "${RATELIMIT_DOMAIN}")`);
     const hits = Math.min(Math.max(1, Math.floor(Number(request.hits_addend) || 0)), 1_000_000);
     const now = this.now();
     const descriptors = request.descriptors ?? [];
     if (descriptors.length > 64) throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, 'too many descriptors');
     const statuses: DescriptorStatus[] = descriptors.map(() => ({ code: 'OK' }));
-    const pending: { i: number; limit: LimitEntry; key: string; windowEnd: number }[] = [];
+    const pending: Pending[] = [];
     const over: { limit: LimitEntry; resetMs: number }[] = [];
     descriptors.forEach((d, i) => {
       const entries = d.entries ?? [];
@@ -217,6 +234,12 @@ export class RateLimitService {
       return this.answer(statuses, over);
     }
     if (pending.length === 0) return this.answer(statuses, over);
+    return this.count(pending, hits, now, statuses);
+  }
+
+  /** Counts the pending descriptors in Redis, then answers (by the limits' failureMode when Redis cannot). */
+  private async count(pending: Pending[], hits: number, now: number, statuses: DescriptorStatus[]): Promise<RateLimitAnswer> {
+    const over: { limit: LimitEntry; resetMs: number }[] = [];
     let counts: number[];
     try {
       counts = await this.store.count(
@@ -262,8 +285,8 @@ export class RateLimitService {
     };
   }
 
-  /** One call's bytes to the answer's bytes. */
-  private async handle(bytes: Uint8Array): Promise<Uint8Array> {
+  /** One call's bytes to the answer's bytes (synchronously when the decision needs no Redis command). */
+  private handle(bytes: Uint8Array): Uint8Array | Promise<Uint8Array> {
     let request: RequestShape;
     try {
       request = decodeRateLimitRequest(bytes);
@@ -272,15 +295,32 @@ export class RateLimitService {
       throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, `request does not decode as a RateLimitRequest (${(e as Error).message})`);
     }
     this.calls++;
-    let a: RateLimitAnswer;
+    let a: RateLimitAnswer | Promise<RateLimitAnswer>;
     try {
-      a = await this.shouldRateLimit(request);
+      a = this.decide(request);
     } catch (e) {
-      this.metrics?.called(e instanceof GrpcError && e.code === GrpcStatus.UNAVAILABLE ? 'unavailable' : 'error');
-      throw e;
+      throw this.refused(e);
     }
+    if (a instanceof Promise) {
+      return a.then(
+        (x) => this.encoded(x),
+        (e) => {
+          throw this.refused(e);
+        },
+      );
+    }
+    return this.encoded(a);
+  }
+
+  private encoded(a: RateLimitAnswer): Uint8Array {
     this.metrics?.called(a.overall === 'OK' ? 'ok' : 'over_limit');
     return encodeRateLimitResponse(a);
+  }
+
+  /** Counts a call that ends in an error; the error, to throw. */
+  private refused(e: unknown): unknown {
+    this.metrics?.called(e instanceof GrpcError && e.code === GrpcStatus.UNAVAILABLE ? 'unavailable' : 'error');
+    return e;
   }
 
   get secure(): boolean {

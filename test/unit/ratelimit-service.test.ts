@@ -90,7 +90,9 @@ describe('rate-limit service', () => {
       await call({ descriptors: [{ entries: [{ key: 'signalbox_limit', value: 'open/0' }, { key: 'header', value: 'k' }] }] });
       await call({ descriptors: [{ entries: [{ key: 'signalbox_limit', value: 'open/0' }, { key: 'header', value: 'k' }] }] });
       await assert.rejects(call({ descriptors: [{ entries: [{ key: 'signalbox_limit', value: 'closed/0' }, { key: 'path', value: '/x' }] }] }));
-      await call({ descriptors: [{ entries: [{ key: 'signalbox_limit', value: 'gone/0' }] }] });
+      // Nothing to count (a limit just removed): answered in the same turn, no promise.
+      const unknown = call({ descriptors: [{ entries: [{ key: 'signalbox_limit', value: 'gone/0' }] }] });
+      assert.ok(unknown instanceof Uint8Array, 'answered synchronously');
       await assert.rejects(async () => (svc as any).handle(Buffer.from([0xff])), (e: unknown) => e instanceof GrpcError && e.code === GrpcStatus.INVALID_ARGUMENT);
       let text = await registry.metrics();
       assert.match(text, /signalbox_ratelimit_decisions_total\{policy="open",result="failure_allowed"\} 2\n/);
