@@ -15,7 +15,9 @@
 // Redis commands per request (Redis's own INFO commandstats: EVALSHA + EVAL calls), and the CPU
 // the `signalbox serve` process used (its own process metrics), and Redis's (INFO cpu). The added
 // p99 is global minus local; the service's CPU is serve's CPU in a global phase minus in a local
-// phase (serve does nothing else meanwhile: no policy change, no proxy joining).
+// phase (serve does nothing else meanwhile: no policy change, no proxy joining), per second and per
+// call (serve's CPU over the phase's requests: it moves less with other work on the machine than
+// the p99 does).
 //
 // Flags: --seconds S (10) --rounds R (3) --rate R (1000) --json FILE
 // Everything runs on loopback; every phase is bounded in time and count, and the run ends by itself.
@@ -95,6 +97,8 @@ interface Phase {
   statuses: Record<string, number>;
   redisCommandsPerRequest: number;
   serveCpuMsPerSecond: number;
+  /** serve's CPU divided by the requests of the phase: less sensitive to a busy machine than p99. */
+  serveCpuMsPerRequest: number;
   redisCpuMsPerSecond: number;
 }
 
@@ -233,11 +237,12 @@ spec:
           statuses: run.statuses,
           redisCommandsPerRequest: (s1 - s0) / run.lat.length,
           serveCpuMsPerSecond: (cpu * 1000) / run.took,
+          serveCpuMsPerRequest: (cpu * 1000) / run.lat.length,
           redisCpuMsPerSecond: ((c1 - c0) * 1000) / run.took,
         };
         phases.push(phase);
         console.log(
-          `round ${round + 1} ${route.padEnd(7)} ${phase.requests} req at ${RATE}/s: p50 ${phase.p50.toFixed(3)} ms, p99 ${phase.p99.toFixed(3)} ms, statuses ${JSON.stringify(phase.statuses)}, Redis commands/request ${phase.redisCommandsPerRequest.toFixed(3)}, serve CPU ${phase.serveCpuMsPerSecond.toFixed(0)} ms/s, Redis CPU ${phase.redisCpuMsPerSecond.toFixed(0)} ms/s`,
+          `round ${round + 1} ${route.padEnd(7)} ${phase.requests} req at ${RATE}/s: p50 ${phase.p50.toFixed(3)} ms, p99 ${phase.p99.toFixed(3)} ms, statuses ${JSON.stringify(phase.statuses)}, Redis commands/request ${phase.redisCommandsPerRequest.toFixed(3)}, serve CPU ${phase.serveCpuMsPerSecond.toFixed(0)} ms/s (${phase.serveCpuMsPerRequest.toFixed(3)} ms/request), Redis CPU ${phase.redisCpuMsPerSecond.toFixed(0)} ms/s`,
         );
       }
     }
@@ -261,6 +266,8 @@ spec:
       floodRedisCommandsPerRequest: med('/flood', (p) => p.redisCommandsPerRequest),
       serviceCpuMsPerSecond: med('/global', (p) => p.serveCpuMsPerSecond) - med('/local', (p) => p.serveCpuMsPerSecond),
       floodServiceCpuMsPerSecond: med('/flood', (p) => p.serveCpuMsPerSecond) - med('/local', (p) => p.serveCpuMsPerSecond),
+      serviceCpuMsPerCall: med('/global', (p) => p.serveCpuMsPerRequest) - med('/local', (p) => p.serveCpuMsPerRequest),
+      floodServiceCpuMsPerCall: med('/flood', (p) => p.serveCpuMsPerRequest) - med('/local', (p) => p.serveCpuMsPerRequest),
       redisCpuMsPerSecond: med('/global', (p) => p.redisCpuMsPerSecond),
       phases,
     };
@@ -268,7 +275,8 @@ spec:
       `\nsummary (medians of ${ROUNDS} rounds, ${RATE} req/s, ${SECONDS} s each; load average before ${summary.loadBefore.join(' ')}, after ${summary.loadAfter.join(' ')}, ${summary.cores} cores):\n` +
         `  p99 local-only ${summary.p99LocalMs.toFixed(3)} ms, local + global ${summary.p99GlobalMs.toFixed(3)} ms: added p99 ${summary.addedP99Ms.toFixed(3)} ms (added p50 ${summary.addedP50Ms.toFixed(3)} ms)\n` +
         `  Redis commands per request: ${summary.redisCommandsPerRequest.toFixed(3)} (flood of one key over its limit: ${summary.floodRedisCommandsPerRequest.toFixed(3)})\n` +
-        `  rate-limit service CPU (serve's CPU, global minus local-only): ${summary.serviceCpuMsPerSecond.toFixed(0)} ms per second = ${(summary.serviceCpuMsPerSecond / 10).toFixed(1)} % of a core at ${RATE} req/s (flood: ${summary.floodServiceCpuMsPerSecond.toFixed(0)} ms/s); Redis ${summary.redisCpuMsPerSecond.toFixed(0)} ms/s`,
+        `  rate-limit service CPU (serve's CPU, global minus local-only): ${summary.serviceCpuMsPerSecond.toFixed(0)} ms per second = ${(summary.serviceCpuMsPerSecond / 10).toFixed(1)} % of a core at ${RATE} req/s (flood: ${summary.floodServiceCpuMsPerSecond.toFixed(0)} ms/s); Redis ${summary.redisCpuMsPerSecond.toFixed(0)} ms/s\n` +
+        `  rate-limit service CPU per call (serve's CPU per request, global minus local-only): ${summary.serviceCpuMsPerCall.toFixed(3)} ms (flood: ${summary.floodServiceCpuMsPerCall.toFixed(3)} ms)`,
     );
     if (flags.json) writeFileSync(flags.json, JSON.stringify(summary, null, 2));
   } finally {

@@ -9,7 +9,7 @@
 // garbage collector, which their object trees feed, at ~15 %. This reader walks the bytes once and
 // keeps three things (the headers Envoy sent, the path, the context extensions), skipping every
 // other field by its length; the writer emits the same bytes protobufjs emitted for the same
-// answer (the unit tests compare them).
+// answer (the unit tests compare them). The wire-format reader and writer are src/grpc/wire.ts.
 //
 // Anything this reader does not expect (a field with another wire type than the schema's, groups,
 // truncation) makes `decodeCheckRequest` throw; the caller then decodes with protobufjs, so an odd
@@ -19,6 +19,8 @@
 // the earlier one (no merge); in a map, the last entry of a key wins and a missing key or value is
 // the empty string.
 
+import { expectWireType, Reader, varintSize, Writer } from '../grpc/wire.js';
+
 /** What the service reads of a CheckRequest (header names as Envoy sends them: lower case). */
 export interface CheckRequestView {
   /** attributes.request.http.headers (null prototype); undefined when the message has no http request. */
@@ -27,86 +29,6 @@ export interface CheckRequestView {
   path: string | undefined;
   /** attributes.context_extensions (null prototype); undefined when there are none. */
   contextExtensions: Record<string, string> | undefined;
-}
-
-class Truncated extends Error {}
-
-/**
- * A forward-only reader over one message's bytes. Nested messages are read in place: `enter`
- * narrows the end to the nested message and returns the outer end, which `leave` restores
- * (no object per field or per nested message).
- */
-class Reader {
-  pos = 0;
-  end: number;
-  constructor(readonly buf: Buffer) {
-    this.end = buf.length;
-  }
-
-  varint(): number {
-    // Up to 2^53 without loss; tags and lengths in practice fit in 32 bits.
-    let result = 0;
-    let shift = 0;
-    for (;;) {
-      if (this.pos >= this.end) throw new Truncated('truncated varint');
-      const b = this.buf[this.pos++]!;
-      if (shift < 49) result += (b & 0x7f) * 2 ** shift;
-      if (b < 0x80) return result;
-      shift += 7;
-      if (shift > 63) throw new Truncated('varint too long');
-    }
-  }
-
-  /** Into a length-delimited field: the end becomes the field's; returns the end to restore. */
-  enter(): number {
-    const len = this.varint();
-    const outer = this.end;
-    const end = this.pos + len;
-    if (end > outer) throw new Truncated('length beyond the message');
-    this.end = end;
-    return outer;
-  }
-
-  /** Out of a field entered (read to its end). */
-  leave(outer: number): void {
-    this.pos = this.end;
-    this.end = outer;
-  }
-
-  string(): string {
-    const len = this.varint();
-    const start = this.pos;
-    const end = start + len;
-    if (end > this.end) throw new Truncated('length beyond the message');
-    this.pos = end;
-    return this.buf.toString('utf8', start, end);
-  }
-
-  skip(wireType: number): void {
-    switch (wireType) {
-      case 0:
-        this.varint();
-        return;
-      case 1:
-        this.pos += 8;
-        break;
-      case 2: {
-        const len = this.varint();
-        this.pos += len;
-        break;
-      }
-      case 5:
-        this.pos += 4;
-        break;
-      default:
-        throw new Truncated(`wire type ${wireType}`);
-    }
-    if (this.pos > this.end) throw new Truncated('field beyond the message');
-  }
-}
-
-function expect(wireType: number, want: number): void {
-  if (wireType !== want) throw new Truncated('unexpected wire type');
 }
 
 /** A map<string, string> entry into `into`. */
@@ -119,10 +41,10 @@ function mapEntry(r: Reader, into: Record<string, string>): void {
     const field = tag >>> 3;
     const wt = tag & 7;
     if (field === 1) {
-      expect(wt, 2);
+      expectWireType(wt, 2);
       key = r.string();
     } else if (field === 2) {
-      expect(wt, 2);
+      expectWireType(wt, 2);
       value = r.string();
     } else r.skip(wt);
   }
@@ -147,10 +69,10 @@ function httpRequest(r: Reader, out: Found): void {
     const field = tag >>> 3;
     const wt = tag & 7;
     if (field === 3) {
-      expect(wt, 2);
+      expectWireType(wt, 2);
       mapEntry(r, headers);
     } else if (field === 4) {
-      expect(wt, 2);
+      expectWireType(wt, 2);
       path = r.string();
     } else r.skip(wt);
   }
@@ -168,7 +90,7 @@ function request(r: Reader, out: Found): void {
     const tag = r.varint();
     const wt = tag & 7;
     if (tag >>> 3 === 2) {
-      expect(wt, 2);
+      expectWireType(wt, 2);
       httpRequest(r, out);
     } else r.skip(wt);
   }
@@ -186,10 +108,10 @@ function attributes(r: Reader, out: Found): void {
     const field = tag >>> 3;
     const wt = tag & 7;
     if (field === 4) {
-      expect(wt, 2);
+      expectWireType(wt, 2);
       request(r, out);
     } else if (field === 10) {
-      expect(wt, 2);
+      expectWireType(wt, 2);
       out.ext ??= Object.create(null) as Record<string, string>;
       mapEntry(r, out.ext);
     } else r.skip(wt);
@@ -206,7 +128,7 @@ export function decodeCheckRequest(bytes: Uint8Array): CheckRequestView {
     const tag = r.varint();
     const wt = tag & 7;
     if (tag >>> 3 === 1) {
-      expect(wt, 2);
+      expectWireType(wt, 2);
       attributes(r, out);
     } else r.skip(wt);
   }
@@ -214,38 +136,6 @@ export function decodeCheckRequest(bytes: Uint8Array): CheckRequestView {
 }
 
 // --- the answer -----------------------------------------------------------------------------
-
-/** Bytes of a varint. */
-function varintSize(n: number): number {
-  let size = 1;
-  while (n >= 0x80) {
-    n = Math.floor(n / 128);
-    size++;
-  }
-  return size;
-}
-
-/** A writer into a buffer sized exactly beforehand. */
-class Writer {
-  pos = 0;
-  constructor(readonly buf: Buffer) {}
-  varint(n: number): void {
-    while (n >= 0x80) {
-      this.buf[this.pos++] = (n & 0x7f) | 0x80;
-      n = Math.floor(n / 128);
-    }
-    this.buf[this.pos++] = n;
-  }
-  tag(field: number, wireType: number): void {
-    this.varint((field << 3) | wireType);
-  }
-  /** A string field whose byte length was measured. */
-  string(field: number, s: string, bytes: number): void {
-    this.tag(field, 2);
-    this.varint(bytes);
-    this.pos += this.buf.write(s, this.pos, bytes, 'utf8');
-  }
-}
 
 /** One header of an answer (HeaderValueOption with append false, as the service always sets it). */
 export interface AnswerHeader {

@@ -1,4 +1,4 @@
-// The ext_authz gRPC service: envoy.service.auth.v3.Authorization/Check (see grpc-h2.ts), with
+// The ext_authz gRPC service: envoy.service.auth.v3.Authorization/Check (see src/grpc/), with
 // Envoy's own messages (protobufjs, from the registry package's protos). It runs inside
 // `signalbox serve` on its own port, or alone (`signalbox authz`) for separate scaling; both feed
 // it the same compiled model.
@@ -25,7 +25,7 @@ import { lookupType } from '../xds/resources/protos.js';
 import { AuthzEngine, type Decision } from './engine.js';
 import { AuthzMetrics } from './metrics.js';
 import { JWT_POLICIES_KEY } from '../ir/jwt.js';
-import { GrpcError, GrpcStatus, UnaryGrpcServer } from './grpc-h2.js';
+import { GrpcError, GrpcStatus, UnaryGrpcServer } from '../grpc/unary-server.js';
 import type http2 from 'node:http2';
 import { fastPathAnswer, policyOfPath } from './fast-path.js';
 import { FAST_PATH_HTTP } from '../protocol/jwt-fast-path.js';

@@ -1,6 +1,6 @@
 // The rate-limit service: envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit, served by
-// the small gRPC server the ext_authz service uses (src/authz/grpc-h2.ts), with Envoy's own
-// messages (protobufjs, from the registry package's rls.proto). It runs inside `signalbox serve`
+// the small gRPC server the ext_authz service uses (src/grpc/unary-server.ts), with Envoy's own
+// messages read and written by hand (codec.ts). It runs inside `signalbox serve`
 // on its own port, or alone (`signalbox ratelimit`); both feed it the same compiled model.
 //
 // Each descriptor Envoy sends names one limit (`signalbox_limit` = `<policy>/<index>`, see
@@ -17,15 +17,14 @@
 // the call is failureMode deny the call fails with UNAVAILABLE, which Envoy's deny instance turns
 // into a 503. Both show in signalbox_ratelimit_decisions_total.
 import { createHash } from 'node:crypto';
-import type protobuf from 'protobufjs';
 import type client from 'prom-client';
 import type { Model } from '../model/model.js';
 import type { Logger } from '../observability/logger.js';
-import { lookupType } from '../xds/resources/protos.js';
-import { GrpcError, GrpcStatus, UnaryGrpcServer } from '../authz/grpc-h2.js';
+import { GrpcError, GrpcStatus, UnaryGrpcServer } from '../grpc/unary-server.js';
 import type { AuthzTls } from '../authz/server.js';
 import { hasSelfSignedRoot } from '../authz/server.js';
 import { LIMIT_ENTRY, RATELIMIT_DOMAIN } from '../protocol/services.js';
+import { decodeRateLimitRequest, type DescriptorStatus, encodeRateLimitResponse, type RateLimitAnswer, UNIT } from './codec.js';
 import { RateLimitMetrics, type DecisionResult } from './metrics.js';
 import { RedisCounterStore, type RedisSettings, type RedisStatus } from './redis-store.js';
 
@@ -46,28 +45,19 @@ export interface LimitEntry {
   by: 'header' | 'clientIP' | 'path' | 'claim' | 'none';
 }
 
-/** RateLimitResponse.RateLimit.Unit and .Code values (rls.proto), written as numbers: encode() takes plain objects. */
-const UNIT_ENUM = { second: 1, minute: 2, hour: 3, day: 4 } as const;
-const CODE = { OK: 1, OVER_LIMIT: 2 } as const;
+/** A descriptor to count in Redis: its index in the call, its limit, its key and window's end. */
+interface Pending {
+  i: number;
+  limit: LimitEntry;
+  key: string;
+  windowEnd: number;
+}
 
+/** What shouldRateLimit reads of a call (a RateLimitRequestView; tests may leave fields out). */
 interface RequestShape {
   domain?: string;
   descriptors?: { entries?: { key?: string; value?: string }[] }[];
   hits_addend?: number;
-}
-
-interface DescriptorStatus {
-  code: 'OK' | 'OVER_LIMIT';
-  current_limit?: { name: string; requests_per_unit: number; unit: number };
-  limit_remaining?: number;
-  duration_until_reset?: { seconds: number; nanos: number };
-}
-
-/** A ShouldRateLimit answer, as plain data (encoded by rateLimitResponse). */
-export interface RateLimitAnswer {
-  overall: 'OK' | 'OVER_LIMIT';
-  statuses: DescriptorStatus[];
-  headers: { key: string; value: string }[];
 }
 
 function durationOf(ms: number): { seconds: number; nanos: number } {
@@ -178,7 +168,7 @@ export class RateLimitService {
   }
 
   private decided(l: LimitEntry, result: DecisionResult): void {
-    this.metrics?.decisions.inc({ policy: l.policy, result });
+    this.metrics?.decided(l.policy, result);
     let d = this.decisions.get(l.policy);
     if (!d) {
       d = { allowed: 0, limited: 0, failureAllowed: 0, failureDenied: 0 };
@@ -199,13 +189,22 @@ export class RateLimitService {
 
   /** Decides one call (exposed for tests and the benchmark). */
   async shouldRateLimit(request: RequestShape): Promise<RateLimitAnswer> {
+    return this.decide(request);
+  }
+
+  /**
+   * Decides one call: at once when it needs no Redis command (nothing to count, a key already
+   * over its limit), so the server answers in the same turn of the event loop; else once Redis
+   * has counted.
+   */
+  private decide(request: RequestShape): RateLimitAnswer | Promise<RateLimitAnswer> {
     if ((request.domain ?? '') !== RATELIMIT_DOMAIN) throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, `unknown domain "${String(request.domain).slice(0, 100)}" (this service answers "${RATELIMIT_DOMAIN}")`);
     const hits = Math.min(Math.max(1, Math.floor(Number(request.hits_addend) || 0)), 1_000_000);
     const now = this.now();
     const descriptors = request.descriptors ?? [];
     if (descriptors.length > 64) throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, 'too many descriptors');
     const statuses: DescriptorStatus[] = descriptors.map(() => ({ code: 'OK' }));
-    const pending: { i: number; limit: LimitEntry; key: string; windowEnd: number }[] = [];
+    const pending: Pending[] = [];
     const over: { limit: LimitEntry; resetMs: number }[] = [];
     descriptors.forEach((d, i) => {
       const entries = d.entries ?? [];
@@ -222,7 +221,7 @@ export class RateLimitService {
       const key = `signalbox:rl:${limit.id}:${windowStart}:${limit.by === 'none' ? '-' : createHash('sha256').update(value).digest('base64url').slice(0, 22)}`;
       const cached = this.overLimit.get(key);
       if (cached !== undefined && cached > now) {
-        this.metrics?.cacheHits.inc();
+        this.metrics?.cacheHit();
         statuses[i] = this.status(limit, 'OVER_LIMIT', 0, windowEnd - now);
         over.push({ limit, resetMs: windowEnd - now });
         return;
@@ -235,6 +234,12 @@ export class RateLimitService {
       return this.answer(statuses, over);
     }
     if (pending.length === 0) return this.answer(statuses, over);
+    return this.count(pending, hits, now, statuses);
+  }
+
+  /** Counts the pending descriptors in Redis, then answers (by the limits' failureMode when Redis cannot). */
+  private async count(pending: Pending[], hits: number, now: number, statuses: DescriptorStatus[]): Promise<RateLimitAnswer> {
+    const over: { limit: LimitEntry; resetMs: number }[] = [];
     let counts: number[];
     try {
       counts = await this.store.count(
@@ -263,7 +268,7 @@ export class RateLimitService {
   }
 
   private status(l: LimitEntry, code: 'OK' | 'OVER_LIMIT', remaining: number, resetMs: number): DescriptorStatus {
-    return { code, current_limit: { name: l.policy, requests_per_unit: l.requests, unit: UNIT_ENUM[l.unit] }, limit_remaining: remaining, duration_until_reset: durationOf(resetMs) };
+    return { code, current_limit: { name: l.policy, requests_per_unit: l.requests, unit: UNIT[l.unit] }, limit_remaining: remaining, duration_until_reset: durationOf(resetMs) };
   }
 
   private answer(statuses: DescriptorStatus[], over: { limit: LimitEntry; resetMs: number }[]): RateLimitAnswer {
@@ -280,25 +285,42 @@ export class RateLimitService {
     };
   }
 
-  /** One call's bytes to the answer's bytes. */
-  private async handle(bytes: Uint8Array): Promise<Uint8Array> {
+  /** One call's bytes to the answer's bytes (synchronously when the decision needs no Redis command). */
+  private handle(bytes: Uint8Array): Uint8Array | Promise<Uint8Array> {
     let request: RequestShape;
     try {
-      request = types().request.decode(bytes) as unknown as RequestShape;
-    } catch {
-      this.metrics?.calls.inc({ result: 'error' });
-      throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, 'request does not decode as a RateLimitRequest');
+      request = decodeRateLimitRequest(bytes);
+    } catch (e) {
+      this.metrics?.called('error');
+      throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, `request does not decode as a RateLimitRequest (${(e as Error).message})`);
     }
     this.calls++;
-    let a: RateLimitAnswer;
+    let a: RateLimitAnswer | Promise<RateLimitAnswer>;
     try {
-      a = await this.shouldRateLimit(request);
+      a = this.decide(request);
     } catch (e) {
-      this.metrics?.calls.inc({ result: e instanceof GrpcError && e.code === GrpcStatus.UNAVAILABLE ? 'unavailable' : 'error' });
-      throw e;
+      throw this.refused(e);
     }
-    this.metrics?.calls.inc({ result: a.overall === 'OK' ? 'ok' : 'over_limit' });
-    return rateLimitResponse(a);
+    if (a instanceof Promise) {
+      return a.then(
+        (x) => this.encoded(x),
+        (e) => {
+          throw this.refused(e);
+        },
+      );
+    }
+    return this.encoded(a);
+  }
+
+  private encoded(a: RateLimitAnswer): Uint8Array {
+    this.metrics?.called(a.overall === 'OK' ? 'ok' : 'over_limit');
+    return encodeRateLimitResponse(a);
+  }
+
+  /** Counts a call that ends in an error; the error, to throw. */
+  private refused(e: unknown): unknown {
+    this.metrics?.called(e instanceof GrpcError && e.code === GrpcStatus.UNAVAILABLE ? 'unavailable' : 'error');
+    return e;
   }
 
   get secure(): boolean {
@@ -310,7 +332,6 @@ export class RateLimitService {
     const m = /^\[?([^\]]*?)\]?:(\d+)$/.exec(address);
     if (!m) throw new Error(`rate-limit service address must be HOST:PORT, got "${address}"`);
     if (this.server) throw new Error('the rate-limit service is listening already');
-    lookupType('envoy.service.ratelimit.v3.RateLimitRequest');
     const material = () => ({ cert: tls!.certificate.certPem, key: tls!.certificate.keyPem, clientCa: tls!.clientCaPem });
     const server = new UnaryGrpcServer([{ path: SHOULD_RATE_LIMIT_PATH, handle: (bytes) => this.handle(bytes) }], {
       onError: (e) => this.opts.logger.error({ err: { message: e.message } }, 'rate-limit service: ShouldRateLimit failed'),
@@ -338,18 +359,4 @@ export class RateLimitService {
     await server?.close();
     await this.store.close();
   }
-}
-
-let cachedTypes: { request: protobuf.Type; response: protobuf.Type } | undefined;
-/** The two message types, looked up once (a lookup walks the root's namespaces). */
-function types(): { request: protobuf.Type; response: protobuf.Type } {
-  cachedTypes ??= { request: lookupType('envoy.service.ratelimit.v3.RateLimitRequest'), response: lookupType('envoy.service.ratelimit.v3.RateLimitResponse') };
-  return cachedTypes;
-}
-
-/** An answer as envoy.service.ratelimit.v3.RateLimitResponse bytes (plain objects, numeric enums: no fromObject copy). */
-export function rateLimitResponse(a: RateLimitAnswer): Uint8Array {
-  return types()
-    .response.encode({ overall_code: CODE[a.overall], statuses: a.statuses.map((s) => ({ ...s, code: CODE[s.code] })), response_headers_to_add: a.headers })
-    .finish();
 }

@@ -3,9 +3,11 @@
 // with Redis unreachable a call answers by its limits' failureMode.
 import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
-import { GrpcError, GrpcStatus } from '../../src/authz/grpc-h2.js';
+import prom from 'prom-client';
+import { GrpcError, GrpcStatus } from '../../src/grpc/unary-server.js';
 import { createLogger } from '../../src/observability/logger.js';
-import { limitTable, rateLimitResponse, RateLimitService } from '../../src/ratelimit/service.js';
+import { encodeRateLimitResponse } from '../../src/ratelimit/codec.js';
+import { limitTable, RateLimitService } from '../../src/ratelimit/service.js';
 import { redactRedisUrl } from '../../src/ratelimit/redis-store.js';
 import { lookupType } from '../../src/xds/resources/protos.js';
 import { doc, docs, policyDir, removePolicyDirs, validateDir } from './policy-dir.js';
@@ -23,7 +25,7 @@ const FILES = {
 
 describe('rate-limit service', () => {
   test('an answer encodes as the RateLimitResponse Envoy reads', () => {
-    const bytes = rateLimitResponse({
+    const bytes = encodeRateLimitResponse({
       overall: 'OVER_LIMIT',
       statuses: [{ code: 'OVER_LIMIT', current_limit: { name: 'p', requests_per_unit: 10, unit: 1 }, limit_remaining: 0, duration_until_reset: { seconds: 0, nanos: 250_000_000 } }, { code: 'OK' }],
       headers: [{ key: 'retry-after', value: '1' }],
@@ -72,6 +74,38 @@ describe('rate-limit service', () => {
       const { model: without } = await validateDir(policyDir({ 'a.yaml': FILES['a.yaml'].split('---').filter((d) => !/name: closed/.test(d)).join('---') }));
       svc.update(without!);
       assert.deepEqual(svc.policies().map((p) => [p.policy, p.decisions.failureAllowed]), [['open', 1]]);
+    } finally {
+      await svc.close();
+    }
+  });
+
+  test('per-call counts reach /metrics when it is read, and stay after their policy is removed', async () => {
+    const { model } = await validateDir(policyDir(FILES));
+    const registry = new prom.Registry();
+    const svc = new RateLimitService({ logger: createLogger({ level: 'silent' }), redis: { url: 'redis://127.0.0.1:1' }, registry });
+    const Req = lookupType('envoy.service.ratelimit.v3.RateLimitRequest');
+    const call = (o: object) => (svc as any).handle(Buffer.from(Req.encode(Req.fromObject({ domain: 'signalbox', ...o })).finish()));
+    try {
+      svc.update(model!);
+      await call({ descriptors: [{ entries: [{ key: 'signalbox_limit', value: 'open/0' }, { key: 'header', value: 'k' }] }] });
+      await call({ descriptors: [{ entries: [{ key: 'signalbox_limit', value: 'open/0' }, { key: 'header', value: 'k' }] }] });
+      await assert.rejects(call({ descriptors: [{ entries: [{ key: 'signalbox_limit', value: 'closed/0' }, { key: 'path', value: '/x' }] }] }));
+      // Nothing to count (a limit just removed): answered in the same turn, no promise.
+      const unknown = call({ descriptors: [{ entries: [{ key: 'signalbox_limit', value: 'gone/0' }] }] });
+      assert.ok(unknown instanceof Uint8Array, 'answered synchronously');
+      await assert.rejects(async () => (svc as any).handle(Buffer.from([0xff])), (e: unknown) => e instanceof GrpcError && e.code === GrpcStatus.INVALID_ARGUMENT);
+      let text = await registry.metrics();
+      assert.match(text, /signalbox_ratelimit_decisions_total\{policy="open",result="failure_allowed"\} 2\n/);
+      assert.match(text, /signalbox_ratelimit_decisions_total\{policy="closed",result="failure_denied"\} 1\n/);
+      assert.doesNotMatch(text, /result="allowed"/, 'a result never decided has no series');
+      assert.match(text, /signalbox_ratelimit_calls_total\{result="ok"\} 3\n/);
+      assert.match(text, /signalbox_ratelimit_calls_total\{result="unavailable"\} 1\n/);
+      assert.match(text, /signalbox_ratelimit_calls_total\{result="error"\} 1\n/);
+      assert.match(text, /signalbox_ratelimit_local_cache_hits_total 0\n/);
+      const { model: without } = await validateDir(policyDir({ 'a.yaml': FILES['a.yaml'].split('---').filter((d) => !/name: closed/.test(d)).join('---') }));
+      svc.update(without!);
+      text = await registry.metrics();
+      assert.match(text, /signalbox_ratelimit_decisions_total\{policy="closed",result="failure_denied"\} 1\n/, 'a counter keeps its series');
     } finally {
       await svc.close();
     }

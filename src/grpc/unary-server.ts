@@ -1,8 +1,9 @@
-// A minimal gRPC server for unary methods, straight on node:http2. The ext_authz service sits in
-// the request path of every checked request, so per-call cost matters: measured on this project's
-// machines, @grpc/grpc-js spent about twice the CPU per Check of this server (its per-call
-// metadata, channelz and call objects), for a protocol Envoy uses in its plainest form (one
-// uncompressed message each way, no metadata that matters).
+// A minimal gRPC server for unary methods, straight on node:http2, shared by the ext_authz service
+// (src/authz) and the rate-limit service (src/ratelimit). Both sit in the request path of every
+// request they check, so per-call cost matters: measured on this project's machines,
+// @grpc/grpc-js spent about twice the CPU per Check of this server (its per-call metadata,
+// channelz and call objects), for a protocol Envoy uses in its plainest form (one uncompressed
+// message each way, no metadata that matters).
 //
 // What it does: POST, content-type application/grpc, one length-prefixed message (compressed
 // messages are refused), a response as HEADERS + DATA + trailers (grpc-status 0), or a
