@@ -225,9 +225,20 @@ export async function bootstrapCommand(args: string[]): Promise<number> {
   let tls: BootstrapOptions['tls'];
   let insecureToken: string | undefined;
   const { issueToken, issueTokenCredentials } = await import('../ca/tokens.js');
+  // --state consul: the token is signed with the replicas' shared key, and the CA proxies verify
+  // the xDS server with is the shared one (written to DATA_DIR/xds-ca.pem, as serve writes it).
+  const { sharedStateFromFlags } = await import('./state.js');
+  const shared = await sharedStateFromFlags(flags.values);
+  const store = shared ?? dataDir;
+  if (shared && !values['xds-insecure'] && !values['xds-ca']) {
+    const { CertificateAuthority } = await import('../ca/ca.js');
+    const { BUILTIN_DEFAULTS } = await import('../model/model.js');
+    const ca = await CertificateAuthority.open({ dataDir, trustDomain: BUILTIN_DEFAULTS.trustDomain, shared });
+    writeStateFileSync(path.join(dataDir, XDS_CA_FILE), ca.trustBundlePem, 0o644);
+  }
   if (values['xds-insecure']) {
     if (values.credentials || values['xds-ca']) throw bad('--xds-insecure cannot go with --credentials or --xds-ca');
-    insecureToken = values['token-file'] ? readFileSync(values['token-file'], 'utf8').trim() : (await issueToken(dataDir, subject, values.ttl)).token;
+    insecureToken = values['token-file'] ? readFileSync(values['token-file'], 'utf8').trim() : (await issueToken(store, subject, values.ttl)).token;
     process.stderr.write('signalbox bootstrap: --xds-insecure: the proxy talks to the control plane in plain text and its token sits in this bootstrap\n');
   } else {
     if (values['token-file']) throw bad('--token-file is for --xds-insecure; over TLS the proxy presents --credentials DIR (signalbox token --out DIR)');
@@ -236,7 +247,7 @@ export async function bootstrapCommand(args: string[]): Promise<number> {
       // Out of the box: a control plane on this machine shares its data directory; the proxy gets
       // a token of its own there, in files only this user can read.
       dir = proxyCredentialsDir(dataDir, sidecar ? { service: sidecar.service, instance: sidecar.instance } : { gateway: values.gateway!, instance: values.instance });
-      const c = await issueTokenCredentials(dataDir, subject, values.ttl, dir);
+      const c = await issueTokenCredentials(store, subject, values.ttl, dir);
       process.stderr.write(`signalbox bootstrap: token ${c.id} for ${c.subject}, valid until ${c.expiresAt.toISOString()}, in ${dir} (revoke: signalbox token revoke ${c.id})\n`);
     }
     const certFile = path.join(dir, 'token.crt');
@@ -247,6 +258,7 @@ export async function bootstrapCommand(args: string[]): Promise<number> {
     }
     tls = { caFile, certFile, keyFile };
   }
+  shared?.close();
   const options: BootstrapOptions = { gateway: values.gateway, sidecar, instance: sidecar ? undefined : values.instance, tls, insecureToken, xdsAddress, delta: values.delta, jwtModule: values['jwt-module'], adminPort, adminAddress: values['admin-address'], id: values.id };
   let yaml: string;
   try {

@@ -14,6 +14,7 @@ import {
   PROXY_GROUP,
   SERVICE,
   settingFlag,
+  STATE_FLAGS,
   TTL,
 } from './flags.js';
 
@@ -127,6 +128,7 @@ export const BOOTSTRAP_COMMAND: CommandSpec = {
     { name: 'credentials', value: 'DIR', help: 'the token certificate and key (signalbox token --out DIR)' },
     { name: 'xds-ca', value: 'FILE', default: 'DATA_DIR/xds-ca.pem', help: 'the CA the xDS server certificate is verified with' },
     DATA_DIR,
+    ...STATE_FLAGS,
     TTL,
     { ...settingFlag(SERVE_SETTINGS.xdsInsecure), help: 'plain text to the control plane, for a server run with --xds-insecure (the token then sits in the bootstrap)' },
     { name: 'token-file', value: 'FILE', help: 'with --xds-insecure: the token (JWT) to send; default: a new one from --data-dir' },
@@ -142,10 +144,10 @@ export const BOOTSTRAP_COMMAND: CommandSpec = {
 
 export const TOKEN_COMMAND: CommandSpec = {
   name: 'token',
-  usage: ['token --service NAME | --gateway NAME [--instance ID] [--ttl 720h] [--data-dir DIR] [--out DIR]', 'token revoke TOKEN_ID [--data-dir DIR]'],
+  usage: ['token --service NAME | --gateway NAME [--instance ID] [--ttl 720h] [--data-dir DIR] [--out DIR]', 'token revoke TOKEN_ID [--data-dir DIR | --state consul]'],
   summary:
     "Issue a token a proxy presents to the control plane. With --out, write DIR/token.crt and DIR/token.key (Envoy's TLS client certificate, key 0600) and DIR/token.jwt; with --instance and no --out, write them to the folder `signalbox bootstrap` with the same --gateway/--service and --instance uses (DATA_DIR/proxies/...); otherwise print the JWT. `token revoke ID`: a running control plane closes that proxy's stream within a second.",
-  flags: [SERVICE, GATEWAY, INSTANCE, TTL, DATA_DIR, { name: 'out', value: 'DIR', help: 'write the token files to DIR (created 0700)' }],
+  flags: [SERVICE, GATEWAY, INSTANCE, TTL, DATA_DIR, ...STATE_FLAGS, { name: 'out', value: 'DIR', help: 'write the token files to DIR (created 0700)' }],
 };
 
 export const STATUS_COMMAND: CommandSpec = {

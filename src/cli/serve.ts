@@ -17,7 +17,8 @@ import { attachConsul, untilConsulSynced } from '../sources/consul/index.js';
 import { CertificateAuthority } from '../ca/ca.js';
 import { IdentityManager } from '../ca/identities.js';
 import { TokenVerifier } from '../ca/tokens.js';
-import { ServerCertificate } from '../ca/server-tls.js';
+import { ServerCertificate, type StoredServerCert } from '../ca/server-tls.js';
+import { openSharedState, type SharedState } from '../state/index.js';
 import { writeDataFile } from '../util/data-dir.js';
 import { XDS_CA_FILE } from './bootstrap.js';
 import { BUILTIN_DEFAULTS } from '../model/model.js';
@@ -48,7 +49,10 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
   const policyDir = path.resolve(cfg.policies);
   // Flags that make the start impossible are refused before anything listens.
   const adminSecurity = await adminSecurityOf(cfg.adminAddress, cfg.adminTokenFile);
-  const ca = await CertificateAuthority.open({ dataDir: path.resolve(cfg.dataDir), trustDomain: BUILTIN_DEFAULTS.trustDomain, files: cfg.ca });
+  // --state consul: the CA, token keys, revocations and server certificate are shared by every replica.
+  const shared = cfg.state ? await openSharedState({ consulAddr: cfg.consulAddr, datacenter: cfg.consulDatacenter, prefix: cfg.state.prefix, keyFile: cfg.state.keyFile, logger }) : undefined;
+  if (shared) logger.info({ state: shared.location, replica: cfg.state!.replicaId }, 'shared state in Consul');
+  const ca = await CertificateAuthority.open({ dataDir: path.resolve(cfg.dataDir), trustDomain: BUILTIN_DEFAULTS.trustDomain, files: cfg.ca, shared });
   logger.info({ ca: ca.source, subject: ca.certificate.subject, notAfter: ca.certificate.notAfter.toISOString() }, 'mesh CA ready');
   const identities = new IdentityManager(ca, { ttlMs: BUILTIN_DEFAULTS.mtls.certTTLms, logger, metrics: { issued: (kind) => metrics.certificates.inc({ kind }) } });
   metrics.trackCertificates(() => identities.nearestExpirySeconds());
@@ -91,7 +95,7 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
     // A restart with an invalid policy directory serves the last good configuration (DATA_DIR/last-good.json).
     persistLastGood: true,
   });
-  const tokens = await TokenVerifier.open(path.resolve(cfg.dataDir), { logger });
+  const tokens = await TokenVerifier.open(shared ?? path.resolve(cfg.dataDir), { logger });
   const xds = new XdsServer({
     cache,
     warmWaitMs: cfg.warmWaitMs,
@@ -106,7 +110,7 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
   });
   // TLS on the xDS port by default: a certificate from the mesh CA (or the user's PKI), and the
   // CA proxies verify it with written next to the CA for `signalbox bootstrap`.
-  const xdsCert = cfg.xdsTls ? await ServerCertificate.start({ ca, trustDomain: BUILTIN_DEFAULTS.trustDomain, server: 'xds', bindAddress: cfg.xdsAddress, sans: cfg.xdsTls.sans, files: cfg.xdsTls.files, logger }) : undefined;
+  const xdsCert = cfg.xdsTls ? await ServerCertificate.start({ ca, trustDomain: BUILTIN_DEFAULTS.trustDomain, server: 'xds', bindAddress: cfg.xdsAddress, sans: cfg.xdsTls.sans, files: cfg.xdsTls.files, stored: shared && storedServerCert(shared, `replicas/${cfg.state!.replicaId}/xds-server`), logger }) : undefined;
   if (xdsCert?.source === 'mesh-ca') await writeDataFile(path.join(path.resolve(cfg.dataDir), XDS_CA_FILE), ca.trustBundlePem, 0o644, ErrorCode.CA); // a fault: file, cause, remedy
   const warnings: string[] = [];
   if (!xdsCert) warnings.push('xDS is served in plain text (--xds-insecure): configuration and private keys cross the network in clear');
@@ -188,12 +192,27 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
       await xds.close();
       xdsCert?.stop();
       tokens.close();
+      shared?.close();
       clearTimeout(keysTimer);
       await authz.close();
       await ratelimit.close();
       telemetry.stop();
       identities.stop();
       await tracing?.stop();
+    },
+  };
+}
+
+/** A replica's xDS server certificate kept in the shared state (its key sealed), reused by its next start while valid. */
+function storedServerCert(shared: SharedState, name: string): StoredServerCert {
+  return {
+    load: async () => {
+      const r = await shared.read(name);
+      const c = r?.data;
+      return typeof c?.certificate === 'string' && typeof c.privateKey === 'string' ? { certificatePem: c.certificate, privateKeyPem: c.privateKey } : undefined;
+    },
+    save: async (c) => {
+      await shared.update(name, () => ({ certificate: c.certificatePem, privateKey: c.privateKeyPem }), ['privateKey']);
     },
   };
 }
