@@ -337,6 +337,7 @@ export async function issueToken(
     .setIssuedAt()
     .setExpirationTime(Math.floor(expiresAt.getTime() / 1000))
     .sign(privateKey);
+  await noteIssued(dataDir, id, subject, expiresAt);
   return { token, id, expiresAt };
 }
 
@@ -379,6 +380,7 @@ export async function issueTokenCredentials(dataDir: TokenStore, subject: string
   // for longer than the two renames take.
   await writeStateFile(keyFile, x509.PemConverter.encode(keyDer, 'PRIVATE KEY'), 0o600);
   await writeStateFile(certFile, cert.toString('pem'), 0o644);
+  await noteIssued(dataDir, id, subject, expiresAt);
   return { id, subject, expiresAt, certFile, keyFile };
 }
 
@@ -393,6 +395,54 @@ function parseRevoked(text: string): string[] {
   if (!Array.isArray(v)) throw new Error('not a JSON array of token ids');
   if (!v.every((x) => typeof x === 'string')) throw new Error('not an array of strings');
   return v as string[];
+}
+
+/** Shared state: each token's expiry by id (`tokens/issued/ID`), so a revocation can be pruned once the token has expired. */
+const ISSUED_PREFIX = 'tokens/issued';
+
+async function noteIssued(store: TokenStore, id: string, subject: string, expiresAt: Date): Promise<void> {
+  if (typeof store === 'string') return;
+  await store.update(`${ISSUED_PREFIX}/${id}`, (cur) => (cur?.expiresAt === expiresAt.toISOString() ? undefined : { subject, expiresAt: expiresAt.toISOString() }));
+}
+
+/** How long after its token expired a revocation is kept (clocks of replicas may differ a little). */
+export const REVOCATION_PRUNE_MARGIN_MS = 10 * 60_000;
+
+/**
+ * The leader's chore (shared state): drops revocations of tokens that have expired (past a
+ * margin; an expired token is refused anyway) and the expiry notes of expired tokens. Revocations
+ * of tokens whose expiry is unknown (issued before this note existed) are kept. Returns the ids pruned.
+ */
+export async function pruneExpiredRevocations(shared: SharedState, now = Date.now()): Promise<string[]> {
+  const cutoff = now - REVOCATION_PRUNE_MARGIN_MS;
+  const pruned: string[] = [];
+  await shared.update(SHARED_REVOKED_RECORD, (current) => {
+    pruned.length = 0;
+    let revoked: Record<string, string>;
+    try {
+      revoked = sharedRevoked(current);
+    } catch {
+      return undefined; // a damaged list is left for a person to fix (every token is refused meanwhile)
+    }
+    const expires = (current?.expires ?? {}) as Record<string, string>;
+    const keep = Object.entries(revoked).filter(([id]) => {
+      const t = Date.parse(expires[id] ?? '');
+      if (Number.isFinite(t) && t < cutoff) return pruned.push(id), false;
+      return true;
+    });
+    if (!pruned.length) return undefined;
+    const left = new Set(keep.map(([id]) => id));
+    return { ...current, revoked: Object.fromEntries(keep), expires: Object.fromEntries(Object.entries(expires).filter(([id]) => left.has(id))) };
+  });
+  for (const e of await shared.kv.list(`${shared.keyOf(ISSUED_PREFIX)}/`)) {
+    try {
+      const t = Date.parse((JSON.parse(e.value) as { data?: { expiresAt?: string } }).data?.expiresAt ?? '');
+      if (Number.isFinite(t) && t < cutoff) await shared.kv.deleteCas(e.key, e.modifyIndex);
+    } catch {
+      // not ours to judge: left alone
+    }
+  }
+  return pruned;
 }
 
 /** The revoked ids in a shared revocation record (`{ revoked: { id: revokedAt } }`); throws a short description otherwise. */
@@ -411,6 +461,8 @@ export async function revokeToken(dataDir: TokenStore, id: string): Promise<void
   if (!TOKEN_ID.test(id)) throw new SignalboxError(ErrorCode.TOKEN, `"${id.slice(0, 100)}" is not a token id (the UUID printed when the token was issued)`);
   if (typeof dataDir !== 'string') {
     const shared = dataDir;
+    const issued = await shared.read(`${ISSUED_PREFIX}/${id}`);
+    const expiresAt = typeof issued?.data.expiresAt === 'string' ? issued.data.expiresAt : undefined;
     await shared.update(SHARED_REVOKED_RECORD, (current) => {
       let revoked: Record<string, string>;
       try {
@@ -419,7 +471,9 @@ export async function revokeToken(dataDir: TokenStore, id: string): Promise<void
         throw new SignalboxError(ErrorCode.TOKEN, `the revocation list ${shared.keyOf(SHARED_REVOKED_RECORD)} in Consul KV is unreadable: ${(e as Error).message}; fix it before revoking more tokens`);
       }
       if (revoked[id]) return undefined;
-      return { ...current, revoked: Object.fromEntries(Object.entries({ ...revoked, [id]: new Date().toISOString() }).sort(([a], [b]) => (a < b ? -1 : 1))) };
+      const sorted = (o: Record<string, string>) => Object.fromEntries(Object.entries(o).sort(([a], [b]) => (a < b ? -1 : 1)));
+      const expires = (current?.expires ?? {}) as Record<string, string>;
+      return { ...current, revoked: sorted({ ...revoked, [id]: new Date().toISOString() }), expires: sorted(expiresAt ? { ...expires, [id]: expiresAt } : expires) };
     });
     return;
   }

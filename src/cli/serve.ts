@@ -16,9 +16,10 @@ import { XdsServer } from '../xds/server/server.js';
 import { attachConsul, untilConsulSynced } from '../sources/consul/index.js';
 import { CertificateAuthority } from '../ca/ca.js';
 import { IdentityManager } from '../ca/identities.js';
-import { TokenVerifier } from '../ca/tokens.js';
+import { pruneExpiredRevocations, TokenVerifier } from '../ca/tokens.js';
 import { ServerCertificate, type StoredServerCert } from '../ca/server-tls.js';
 import { openSharedState, type SharedState } from '../state/index.js';
+import { Leadership } from '../state/leader.js';
 import { writeDataFile } from '../util/data-dir.js';
 import { XDS_CA_FILE } from './bootstrap.js';
 import { BUILTIN_DEFAULTS } from '../model/model.js';
@@ -52,6 +53,19 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
   // --state consul: the CA, token keys, revocations and server certificate are shared by every replica.
   const shared = cfg.state ? await openSharedState({ consulAddr: cfg.consulAddr, datacenter: cfg.consulDatacenter, prefix: cfg.state.prefix, keyFile: cfg.state.keyFile, logger }) : undefined;
   if (shared) logger.info({ state: shared.location, replica: cfg.state!.replicaId }, 'shared state in Consul');
+  // One leader (a Consul session lock) makes what must be made once; followers wait for it.
+  const leadership = shared && new Leadership(shared, cfg.state!.replicaId, logger);
+  await leadership?.start();
+  if (shared) shared.leadership = leadership;
+  const prune = () => {
+    if (!shared || !leadership?.isLeader) return;
+    void pruneExpiredRevocations(shared)
+      .then((ids) => ids.length && logger.info({ pruned: ids.length }, 'expired tokens removed from the shared revocation list'))
+      .catch((e: unknown) => logger.warn({ err: (e as Error).message }, 'pruning the shared revocation list failed; retrying later'));
+  };
+  leadership?.on('change', (leading) => leading && prune());
+  prune();
+  const pruneTimer = shared ? setInterval(prune, 10 * 60_000).unref() : undefined;
   const ca = await CertificateAuthority.open({ dataDir: path.resolve(cfg.dataDir), trustDomain: BUILTIN_DEFAULTS.trustDomain, files: cfg.ca, shared });
   logger.info({ ca: ca.source, subject: ca.certificate.subject, notAfter: ca.certificate.notAfter.toISOString() }, 'mesh CA ready');
   const identities = new IdentityManager(ca, { ttlMs: BUILTIN_DEFAULTS.mtls.certTTLms, logger, metrics: { issued: (kind) => metrics.certificates.inc({ kind }) } });
@@ -192,6 +206,8 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
       await xds.close();
       xdsCert?.stop();
       tokens.close();
+      clearInterval(pruneTimer);
+      await leadership?.stop();
       shared?.close();
       clearTimeout(keysTimer);
       await authz.close();

@@ -90,7 +90,7 @@ export class ConsulKv {
   /** Writes `value` if the key's ModifyIndex is still `modifyIndex` (0: only if the key does not exist). */
   async cas(key: string, value: string, modifyIndex: number): Promise<boolean> {
     try {
-      return await this.consul.kv.set({ key, value, cas: modifyIndex });
+      return (await this.consul.kv.set({ key, value, cas: modifyIndex })) === true;
     } catch (e) {
       throw failure(`write of ${key}`, e);
     }
@@ -99,7 +99,7 @@ export class ConsulKv {
   /** Deletes `key` if its ModifyIndex is still `modifyIndex`. */
   async deleteCas(key: string, modifyIndex: number): Promise<boolean> {
     try {
-      return await this.consul.kv.del({ key, cas: modifyIndex });
+      return (await this.consul.kv.del({ key, cas: modifyIndex })) === true;
     } catch (e) {
       throw failure(`delete of ${key}`, e);
     }
@@ -136,7 +136,7 @@ export class ConsulKv {
   /** Takes the lock on `key` for `session`, writing `value`; false if another session holds it. */
   async acquire(key: string, value: string, session: string): Promise<boolean> {
     try {
-      return await this.consul.kv.set({ key, value, acquire: session });
+      return (await this.consul.kv.set({ key, value, acquire: session })) === true;
     } catch (e) {
       throw failure(`lock of ${key}`, e);
     }
@@ -144,7 +144,7 @@ export class ConsulKv {
 
   async release(key: string, value: string, session: string): Promise<boolean> {
     try {
-      return await this.consul.kv.set({ key, value, release: session });
+      return (await this.consul.kv.set({ key, value, release: session })) === true;
     } catch (e) {
       throw failure(`unlock of ${key}`, e);
     }

@@ -40,6 +40,14 @@ export interface StateLog {
 export class SharedState {
   readonly kv: ConsulKv;
   readonly prefix: string;
+  /**
+   * Set by `serve` (see leader.ts): records made once are then made by the leader only, and a
+   * follower waits for them. Commands without it (token, bootstrap) make what is missing
+   * themselves, still "only if absent".
+   */
+  leadership?: { readonly isLeader: boolean };
+  /** How long a follower waits for the leader to make a record before giving up. */
+  followerWaitMs = 60_000;
   private readonly stops = new Set<AbortController>();
 
   constructor(opts: { conn: ConsulConnection; prefix: string; key: StateKey; logger?: StateLog }) {
@@ -100,9 +108,21 @@ export class SharedState {
    * absent: when another replica wrote it first, theirs is returned and `make`'s is dropped.
    */
   async readOrCreate(name: string, make: () => Promise<RecordData>, sealed: string[]): Promise<{ data: RecordData; created: boolean }> {
-    for (let i = 0; i < CAS_TRIES; i++) {
+    const deadline = Date.now() + this.followerWaitMs;
+    let told = false;
+    for (let i = 0; i < CAS_TRIES; ) {
       const have = await this.read(name);
       if (have) return { data: have.data, created: false };
+      if (this.leadership && !this.leadership.isLeader) {
+        // A follower: the leader makes it. Wait on the key (a blocking query answers when it is written).
+        if (Date.now() > deadline) throw new SignalboxError(ErrorCode.STATE, `${this.keyOf(name)} is still missing in Consul KV after ${Math.round(this.followerWaitMs / 1000)} s and this replica does not lead: is another replica's start stuck? (the leader is named in ${this.keyOf('leader')})`);
+        if (!told) this.logger?.info({ key: this.keyOf(name) }, 'waiting for the leader to create shared state');
+        told = true;
+        const { index } = await this.kv.get(this.keyOf(name));
+        await this.kv.get(this.keyOf(name), { index: Math.max(index, 1), waitMs: 1_000 });
+        continue;
+      }
+      i++;
       const data = await make();
       if (await this.kv.cas(this.keyOf(name), this.encode(name, data, sealed), 0)) return { data, created: true };
     }

@@ -11,7 +11,8 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { CertificateAuthority } from '../../src/ca/ca.js';
 import { ServerCertificate } from '../../src/ca/server-tls.js';
-import { issueTokenCredentials, revokeToken, TokenVerifier } from '../../src/ca/tokens.js';
+import { issueToken, issueTokenCredentials, pruneExpiredRevocations, REVOCATION_PRUNE_MARGIN_MS, revokeToken, TokenVerifier } from '../../src/ca/tokens.js';
+import { Leadership } from '../../src/state/leader.js';
 import { ConsulKv } from '../../src/state/consul-kv.js';
 import { openSharedState, type SharedState } from '../../src/state/index.js';
 import { createLogger } from '../../src/observability/logger.js';
@@ -145,5 +146,76 @@ describe('shared state in a real Consul', () => {
     assert.notEqual(other.certPem, first.certPem, 'other names: a new certificate');
     const raw = await s.kv.get(s.keyOf('replicas/r1/xds-server'));
     assert.ok(!/PRIVATE KEY/.test(raw.entry!.value));
+  });
+
+  test('one leader at a time; when it stops, a follower leads within a second or two', async () => {
+    const states = [await open('mesh6'), await open('mesh6'), await open('mesh6')];
+    const ls = states.map((s, i) => new Leadership(s, `r${i + 1}`, undefined, { waitMs: 2_000 }));
+    try {
+      for (const l of ls) await l.start();
+      assert.deepEqual(ls.map((l) => l.isLeader), [true, false, false], 'the first to start leads');
+      assert.equal(await ls[2]!.leader(), 'r1');
+      const changed = new Promise<number>((r) => {
+        for (const l of ls.slice(1)) l.on('change', (leading) => leading && r(Date.now()));
+      });
+      const t0 = Date.now();
+      await ls[0]!.stop();
+      const took = (await changed) - t0;
+      assert.ok(took < 2_000, `a new leader after ${took} ms`);
+      assert.equal(ls.filter((l) => l.isLeader).length, 1, 'exactly one leader');
+      const now = await ls[1]!.leader();
+      assert.ok(now === 'r2' || now === 'r3', `leader: ${now}`);
+    } finally {
+      for (const l of ls) await l.stop();
+    }
+  });
+
+  test('a follower waits for the leader to make the CA, and never makes one itself', async () => {
+    const [lead, follow] = [await open('mesh7'), await open('mesh7')];
+    const l1 = new Leadership(lead, 'r1');
+    const l2 = new Leadership(follow, 'r2');
+    try {
+      await l1.start();
+      await l2.start();
+      lead.leadership = l1;
+      follow.leadership = l2;
+      assert.ok(l1.isLeader && !l2.isLeader);
+      let followerDone = false;
+      const waiting = CertificateAuthority.open({ dataDir, trustDomain: TD, shared: follow }).then((ca) => ((followerDone = true), ca));
+      await new Promise((r) => setTimeout(r, 1_500));
+      assert.equal(followerDone, false, 'the follower waits');
+      assert.equal((await lead.kv.get(lead.keyOf('ca'))).entry, undefined, 'and made nothing');
+      const made = await CertificateAuthority.open({ dataDir, trustDomain: TD, shared: lead });
+      const got = await waiting;
+      assert.equal(made.source, 'generated');
+      assert.equal(got.source, 'shared');
+      assert.equal(got.certificatePem, made.certificatePem);
+      // A follower left waiting by a leader that never makes it gives up with a message.
+      follow.followerWaitMs = 1_000;
+      await assert.rejects(TokenVerifier.open(follow, { logger }), /mesh7\/tokens\/signing is still missing in Consul KV after 1 s and this replica does not lead/);
+    } finally {
+      await l1.stop();
+      await l2.stop();
+    }
+  });
+
+  test("the leader's pruning drops revocations of expired tokens only", async () => {
+    const s = await open('mesh8');
+    const out = mkdtempSync(path.join(os.tmpdir(), 'shared-token-'));
+    const short = await issueTokenCredentials(s, 'service/web', '1s', out);
+    const long = await issueToken(s, 'service/web', '24h');
+    await revokeToken(s, short.id);
+    await revokeToken(s, long.id);
+    // A revocation whose token's expiry is unknown (no note) is kept.
+    const unknown = '00000000-0000-4000-8000-000000000000';
+    await revokeToken(s, unknown);
+    assert.deepEqual(await pruneExpiredRevocations(s), [], 'nothing expired past the margin yet');
+    const pruned = await pruneExpiredRevocations(s, Date.now() + REVOCATION_PRUNE_MARGIN_MS + 5_000);
+    assert.deepEqual(pruned, [short.id]);
+    const rec = await s.read('tokens/revoked');
+    assert.deepEqual(Object.keys(rec!.data.revoked as object).sort(), [long.id, unknown].sort());
+    assert.deepEqual(Object.keys(rec!.data.expires as object), [long.id]);
+    const notes = (await s.kv.list('mesh8/tokens/issued/')).map((e) => e.key);
+    assert.deepEqual(notes, [`mesh8/tokens/issued/${long.id}`], 'the expired token\'s note is gone');
   });
 });
