@@ -110,7 +110,7 @@ export const RATELIMIT_COMMAND: CommandSpec = {
 export const BOOTSTRAP_COMMAND: CommandSpec = {
   name: 'bootstrap',
   usage: [
-    'bootstrap --gateway NAME [--instance ID] [--xds-address HOST:PORT] [--delta] [--jwt-module] [--envoy-admin-port N] [--id ID] [--out FILE]',
+    'bootstrap --gateway NAME [--instance ID] [--xds-address HOST:PORT[,HOST:PORT...]] [--delta] [--jwt-module] [--envoy-admin-port N] [--id ID] [--out FILE]',
     'bootstrap --service NAME [--instance ID] --app-port N --inbound-port N [--outbound-port N] ...',
     'bootstrap ... --xds-insecure [--token-file F]',
   ],
@@ -124,7 +124,7 @@ export const BOOTSTRAP_COMMAND: CommandSpec = {
     { name: 'app-port', value: 'N', help: "sidecar: the port of the service's own process" },
     { name: 'inbound-port', value: 'N', help: 'sidecar: the port the sidecar takes mesh traffic on' },
     { name: 'outbound-port', value: 'N', default: '15001', help: 'sidecar: the port the application sends its outbound calls to' },
-    { name: 'xds-address', value: 'HOST:PORT', env: 'SIGNALBOX_XDS_ADDRESS_FOR_PROXIES', default: '127.0.0.1:18000', help: 'where the proxy reaches the xDS server (HOST must be in its certificate: serve --xds-san)' },
+    { name: 'xds-address', value: 'HOST:PORT', env: 'SIGNALBOX_XDS_ADDRESS_FOR_PROXIES', default: '127.0.0.1:18000', help: 'where the proxy reaches the xDS server (HOST must be in its certificate: serve --xds-san); several replicas: HOST:PORT,HOST:PORT,... or one DNS name resolving to each of them; Envoy checks each with a TCP connect and its stream moves to a live one when a replica dies' },
     { name: 'credentials', value: 'DIR', help: 'the token certificate and key (signalbox token --out DIR)' },
     { name: 'xds-ca', value: 'FILE', default: 'DATA_DIR/xds-ca.pem', help: 'the CA the xDS server certificate is verified with' },
     DATA_DIR,
