@@ -20,6 +20,7 @@ import { pruneExpiredRevocations, TokenVerifier } from '../ca/tokens.js';
 import { ServerCertificate, type StoredServerCert } from '../ca/server-tls.js';
 import { openSharedState, type SharedState } from '../state/index.js';
 import { Leadership } from '../state/leader.js';
+import { ReplicaDirectory } from '../state/replicas.js';
 import { writeDataFile } from '../util/data-dir.js';
 import { XDS_CA_FILE } from './bootstrap.js';
 import { BUILTIN_DEFAULTS } from '../model/model.js';
@@ -183,6 +184,17 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
   });
   admin.get('/api/authz', async () => ({ ...authz.status(), ...authz.server.engine.status() }));
   admin.get('/api/ratelimit', async () => ratelimit.status());
+  // --state consul: every replica, alive or not, the leader, and the proxies each holds (from Consul).
+  const directory = shared && leadership ? new ReplicaDirectory(shared, leadership, { id: cfg.state!.replicaId, xds: `${cfg.xdsAddress}:${xdsPort}`, startedAt: new Date().toISOString() }, () => xds.registry.all().map((p) => p.node.id), logger) : undefined;
+  await directory?.start();
+  admin.get('/api/replicas', async (_req, reply) => {
+    if (!directory) return { state: 'file', replicas: [] };
+    try {
+      return { state: 'consul', ...(await directory.list()) };
+    } catch (e) {
+      return reply.code(503).send({ state: 'consul', error: (e as Error).message });
+    }
+  });
   await admin.listen({ host: cfg.adminAddress, port: cfg.adminPort });
   const adminPort = (admin.server.address() as { port: number }).port;
   logger.info({ xds: `${cfg.xdsAddress}:${xdsPort}`, xdsTls: xdsCert ? xdsCert.source : 'off (--xds-insecure)', admin: `http://${cfg.adminAddress}:${adminPort}`, policies: policyDir }, 'signalbox serving');
@@ -207,6 +219,7 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
       xdsCert?.stop();
       tokens.close();
       clearInterval(pruneTimer);
+      directory?.stop();
       await leadership?.stop();
       shared?.close();
       clearTimeout(keysTimer);

@@ -41,6 +41,11 @@ export class Leadership extends EventEmitter<{ change: [leading: boolean] }> {
     return this.leading;
   }
 
+  /** This replica's Consul session (undefined before start and after stop): other keys may be tied to its life. */
+  get sessionId(): string | undefined {
+    return this.session;
+  }
+
   /** The lock key's full name. */
   get key(): string {
     return this.shared.keyOf(LEADER_RECORD);

@@ -131,6 +131,18 @@ spec:
     assert.match(replicas[0]!.logs() + replicas[1]!.logs() + replicas[2]!.logs(), /this replica leads/);
   });
 
+  test('/api/replicas on any replica shows every replica, the leader and the proxies each holds (from Consul)', async () => {
+    type View = { self: string; leader: string; replicas: { id: string; alive: boolean; leader: boolean; xds: string; proxies: string[] }[] };
+    for (const [i, r] of replicas.entries()) {
+      await waitFor(async () => ((await r.admin<View>('/api/replicas')).replicas.find((x) => x.id === 'r2')?.proxies ?? []).includes('web-1'), { what: 'proxy lists published', timeoutMs: 5_000 });
+      const v = await r.admin<View>('/api/replicas');
+      assert.equal(v.self, `r${i + 1}`);
+      assert.equal(v.leader, 'r1', 'the first replica to start leads');
+      assert.deepEqual(v.replicas.map((x) => [x.id, x.alive, x.leader, x.xds]), replicas.map((rr, j) => [`r${j + 1}`, true, j === 0, addr(rr)]));
+      assert.deepEqual(v.replicas.map((x) => x.proxies), [['edge-1'], ['web-1'], []]);
+    }
+  });
+
   test('`token revoke` through the shared state closes the stream on the replica that holds it within ~2 s', async (t) => {
     const victim = await boot({ gateway: 'edge2', id: 'edge2-revoked', xdsAddress: addr(replicas[2]!), delta: true }, 'gateway/edge2');
     const envoy = await startEnvoy({ name: 'edge2-revoked', bootstrapYaml: victim.yaml });
