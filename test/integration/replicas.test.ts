@@ -28,6 +28,8 @@ describe('replicas sharing one CA through Consul', () => {
   let shared: SharedState;
   const key = randomBytes(32).toString('base64');
   const replicas: SignalboxProcess[] = [];
+  /** Each replica's own copy of the policy directory. */
+  const policyDirs: string[] = [];
   const envoys: Envoy[] = [];
   let app: MeshApp;
   let inbound: number;
@@ -103,6 +105,7 @@ spec:
     for (let i = 1; i <= 3; i++) {
       const own = mkdtempSync(path.join(os.tmpdir(), `replica-${i}-policies-`));
       cpSync(policies, own, { recursive: true });
+      policyDirs.push(own);
       replicas.push(await startSignalbox({ policies: own, extraArgs: [...stateArgs(), '--replica-id', `r${i}`], env: { SIGNALBOX_STATE_KEY: key } }));
     }
     shared = await openSharedState({ consulAddr: consul.httpAddr, prefix: 'mesh', env: { SIGNALBOX_STATE_KEY: key } });
@@ -240,5 +243,32 @@ spec:
     const afterUpdates = { gw: await updates(gw), side: await updates(side) };
     t.diagnostic(`listener/cluster updates applied, before -> after the kills: gateway ${JSON.stringify(before.gw)} -> ${JSON.stringify(afterUpdates.gw)}, sidecar ${JSON.stringify(before.side)} -> ${JSON.stringify(afterUpdates.side)}`);
     assert.deepEqual(afterUpdates, before, 'reconnecting to another replica re-sent no unchanged listener or cluster');
+  });
+
+  test('a policy edit reaching every replica (each its own copy) converges every proxy to one version', async () => {
+    type Groups = { groups: { group: string; types: Record<string, { version: string }> }[] };
+    const routeVersions = async () => Promise.all(replicas.map(async (r) => (await r.admin<Groups>('/api/groups')).groups.find((g) => g.group === 'gateway/edge')?.types.route?.version));
+    const before = await routeVersions();
+    assert.equal(new Set(before).size, 1, `one route version on every replica before: ${before}`);
+    // The same edit lands on each replica's copy at a slightly different time, as a deployment would.
+    for (const dir of policyDirs) {
+      const file = path.join(dir, 'mesh.yaml');
+      const text = readFileSync(file, 'utf8').replace(
+        '  rules: [ { backendRefs: [ { name: web } ] } ]',
+        '  rules:\n    - backendRefs: [ { name: web } ]\n      filters:\n        - { type: ResponseHeaderModifier, responseHeaderModifier: { add: [ { name: x-edited, value: "yes" } ] } }',
+      );
+      assert.notEqual(text, readFileSync(file, 'utf8'));
+      writeFileSync(file, text);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    await waitFor(async () => {
+      const now = await routeVersions();
+      return new Set(now).size === 1 && now[0] !== before[0];
+    }, { what: 'every replica compiled the edit', timeoutMs: 10_000 });
+    const [version] = await routeVersions();
+    await waitFor(async () => (await httpGet(`http://127.0.0.1:${gwPort}/after-edit`)).headers.get('x-edited') === 'yes', { what: 'the gateway applies the edit', timeoutMs: 10_000 });
+    const holder = replicas[(await holders('edge-2'))[0]!]!;
+    const p = await holder.admin<{ types: Record<string, { ackedVersion?: string }> }>('/api/proxies/edge-2');
+    assert.equal(p.types.route?.ackedVersion, version, 'the gateway runs the one version every replica compiled');
   });
 });
