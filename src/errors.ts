@@ -13,6 +13,8 @@ export const ErrorCode = {
   BAD_FLAG: 'SB_BAD_FLAG',
   CA: 'SB_CA',
   TOKEN: 'SB_TOKEN',
+  /** Shared state (`--state consul`): Consul KV unreachable or refusing, a value that does not decrypt or parse. */
+  STATE: 'SB_STATE',
   /** `validate --envoy`: the real Envoy refused what the policies compile to. */
   ENVOY_REJECTED: 'SB_ENVOY_REJECTED',
   /**

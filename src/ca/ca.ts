@@ -7,6 +7,7 @@ import path from 'node:path';
 import { x509 } from './x509.js';
 import { ErrorCode, SignalboxError } from '../errors.js';
 import { ensureFolder, readError, writeDataFile } from '../util/data-dir.js';
+import type { SharedState } from '../state/shared.js';
 
 
 const EC = { name: 'ECDSA', namedCurve: 'P-256' } as const;
@@ -92,13 +93,47 @@ function bundleOf(cert: x509.X509Certificate, extra: x509.X509Certificate[]): st
   return `${[cert, ...extra].map((c) => c.toString('pem').trim()).join('\n')}\n`;
 }
 
+/** A new self-signed mesh root (ten years). */
+async function newRoot(trustDomain: string): Promise<{ keys: CryptoKeyPair; cert: x509.X509Certificate }> {
+  const keys = (await webcrypto.subtle.generateKey(EC, true, ['sign', 'verify'])) as unknown as CryptoKeyPair;
+  const now = Date.now();
+  const cert = await x509.X509CertificateGenerator.createSelfSigned({
+    name: `CN=Signalbox mesh root, O=${trustDomain}`,
+    keys,
+    notBefore: new Date(now - 60_000),
+    notAfter: new Date(now + 10 * 365 * 24 * 3_600_000),
+    signingAlgorithm: SIGN,
+    extensions: [
+      new x509.BasicConstraintsExtension(true, 1, true),
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
+      await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
+    ],
+  });
+  return { keys, cert };
+}
+
+/** Whether `key` signs what `cert`'s public key verifies. */
+async function keyMatches(cert: x509.X509Certificate, key: CryptoKey): Promise<boolean> {
+  const probe = new TextEncoder().encode('signalbox-ca-probe');
+  const sig = await webcrypto.subtle.sign(SIGN, key as unknown as webcrypto.CryptoKey, probe);
+  try {
+    const pub = await cert.publicKey.export(EC, ['verify']);
+    return await webcrypto.subtle.verify(SIGN, pub as unknown as webcrypto.CryptoKey, sig, probe);
+  } catch {
+    return false; // a certificate whose key is not P-256 cannot belong to a P-256 key
+  }
+}
+
+/** The shared state record holding the mesh CA (`--state consul`). */
+export const SHARED_CA_RECORD = 'ca';
+
 export class CertificateAuthority {
   private constructor(
     readonly certificate: x509.X509Certificate,
     private readonly key: CryptoKey,
     /** Every root a proxy should trust (the signing CA's root plus any extra during rotation). */
     readonly trustBundlePem: string,
-    readonly source: 'generated' | 'loaded' | 'files',
+    readonly source: 'generated' | 'loaded' | 'files' | 'shared',
   ) {}
 
   get certificatePem(): string {
@@ -111,8 +146,9 @@ export class CertificateAuthority {
    * file, a key of another certificate) is an error naming the file and the way out, never a
    * new root: a new root changes every proxy certificate and the CA file bootstraps verify with.
    */
-  static async open(opts: { dataDir: string; trustDomain: string; files?: CaFiles }): Promise<CertificateAuthority> {
+  static async open(opts: { dataDir: string; trustDomain: string; files?: CaFiles; shared?: SharedState }): Promise<CertificateAuthority> {
     if (opts.files) return CertificateAuthority.fromFiles(opts.files, 'files');
+    if (opts.shared) return CertificateAuthority.fromShared(opts.shared, opts.trustDomain);
     const dir = path.join(opts.dataDir, 'ca');
     const certFile = path.join(dir, 'root.crt');
     const keyFile = path.join(dir, 'root.key');
@@ -139,20 +175,7 @@ export class CertificateAuthority {
   private static async generate(trustDomain: string, dir: string, keyFile: string, certFile: string, bundleFile: string): Promise<CertificateAuthority> {
     // The extra bundle may be put in place before the first start: checked before anything is written.
     const extra = await readExtraBundle(bundleFile, false);
-    const keys = (await webcrypto.subtle.generateKey(EC, true, ['sign', 'verify'])) as unknown as CryptoKeyPair;
-    const now = Date.now();
-    const cert = await x509.X509CertificateGenerator.createSelfSigned({
-      name: `CN=Signalbox mesh root, O=${trustDomain}`,
-      keys,
-      notBefore: new Date(now - 60_000),
-      notAfter: new Date(now + 10 * 365 * 24 * 3_600_000),
-      signingAlgorithm: SIGN,
-      extensions: [
-        new x509.BasicConstraintsExtension(true, 1, true),
-        new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
-        await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
-      ],
-    });
+    const { keys, cert } = await newRoot(trustDomain);
     await ensureFolder(dir, ErrorCode.CA);
     await writeDataFile(keyFile, await exportKeyPem(keys.privateKey), 0o600, ErrorCode.CA);
     try {
@@ -201,20 +224,57 @@ export class CertificateAuthority {
     const bc = cert.getExtension(x509.BasicConstraintsExtension);
     if (!bc?.ca) throw new SignalboxError(ErrorCode.CA, `${files.certFile} is not a CA certificate (basicConstraints CA:TRUE is missing): ${fix('--ca-cert')}`);
     // The key must belong to the certificate: sign and verify a probe.
-    const probe = new TextEncoder().encode('signalbox-ca-probe');
-    const sig = await webcrypto.subtle.sign(SIGN, key as unknown as webcrypto.CryptoKey, probe);
-    let matches = false;
-    try {
-      const pub = await cert.publicKey.export(EC, ['verify']);
-      matches = await webcrypto.subtle.verify(SIGN, pub as unknown as webcrypto.CryptoKey, sig, probe);
-    } catch {
-      matches = false; // a certificate whose key is not P-256 cannot belong to a P-256 key
-    }
-    if (!matches) {
+    if (!(await keyMatches(cert, key))) {
       throw new SignalboxError(ErrorCode.CA, `${files.keyFile} does not match the certificate ${files.certFile}: ${recovery ?? 'give --ca-key the key of --ca-cert'}`);
     }
     const extra = files.bundleFile ? await readExtraBundle(files.bundleFile, source === 'files') : [];
     return new CertificateAuthority(cert, key, bundleOf(cert, extra), source);
+  }
+
+  /**
+   * The CA shared by every replica (`--state consul`): read from the shared state, or made there
+   * on first start (written only if still absent, so concurrent first starts agree on one root).
+   * Its key is sealed in the store; a record that does not open or does not hold a matching pair
+   * is an error, never a reason to make a new root.
+   */
+  private static async fromShared(shared: SharedState, trustDomain: string): Promise<CertificateAuthority> {
+    const { data, created } = await shared.readOrCreate(
+      SHARED_CA_RECORD,
+      async () => {
+        const { keys, cert } = await newRoot(trustDomain);
+        return { certificate: cert.toString('pem'), privateKey: await exportKeyPem(keys.privateKey) };
+      },
+      ['privateKey'],
+    );
+    const where = shared.keyOf(SHARED_CA_RECORD);
+    const fix = `restore ${where} from a backup (consul kv export / snapshot); removing it makes a new root at the next start (every proxy certificate changes)`;
+    const bad = (what: string) => new SignalboxError(ErrorCode.STATE, `${where} in Consul KV ${what}: ${fix}`);
+    if (typeof data.certificate !== 'string' || typeof data.privateKey !== 'string') throw bad('lacks the certificate or the private key');
+    let cert: x509.X509Certificate;
+    try {
+      cert = new x509.X509Certificate(data.certificate);
+    } catch {
+      throw bad('holds a certificate that is not PEM X.509');
+    }
+    let key: CryptoKey;
+    try {
+      key = await importKey(data.privateKey);
+    } catch {
+      throw bad('holds a private key that is not PKCS#8 ECDSA P-256');
+    }
+    if (!cert.getExtension(x509.BasicConstraintsExtension)?.ca) throw bad('holds a certificate that is not a CA certificate');
+    if (!(await keyMatches(cert, key))) throw bad('holds a private key that does not match its certificate');
+    const extra: x509.X509Certificate[] = [];
+    if (typeof data.trustBundleExtra === 'string' && data.trustBundleExtra.trim()) {
+      for (const b of data.trustBundleExtra.matchAll(PEM_BLOCK)) {
+        try {
+          extra.push(new x509.X509Certificate(b[0]));
+        } catch {
+          throw bad('holds an extra trust bundle with a block that is not a certificate');
+        }
+      }
+    }
+    return new CertificateAuthority(cert, key, bundleOf(cert, extra), created ? 'generated' : 'shared');
   }
 
   /** Issues a leaf certificate for one SPIFFE ID, valid for ttlMs. */

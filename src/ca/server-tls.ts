@@ -42,10 +42,37 @@ export function serverNames(bindAddress: string, extra: string[]): { dns: string
   return { dns: [...dns].sort(), ips: [...ips].sort() };
 }
 
+/** Where a mesh-CA server certificate is kept between starts (the replicas' shared state); absent: issued anew at each start. */
+export interface StoredServerCert {
+  load(): Promise<{ certificatePem: string; privateKeyPem: string } | undefined>;
+  save(c: { certificatePem: string; privateKeyPem: string }): Promise<void>;
+}
+
 export interface ServerTlsStatus {
   source: 'mesh-ca' | 'files';
   notAfter: string;
   names: string[];
+}
+
+/**
+ * Whether a kept server certificate can serve again: issued by this CA, with the same SPIFFE ID
+ * and names, its key its own, and more than a third of its life left (else it would be renewed
+ * at once anyway).
+ */
+function usableStored(c: { certificatePem: string; privateKeyPem: string }, ca: CertificateAuthority, spiffeId: string, names: { dns: string[]; ips: string[] }): boolean {
+  try {
+    const x = new X509Certificate(c.certificatePem);
+    if (!x.checkIssued(new X509Certificate(ca.certificatePem)) || !x.verify(new X509Certificate(ca.certificatePem).publicKey)) return false;
+    if (!x.checkPrivateKey(createPrivateKey(c.privateKeyPem))) return false;
+    const sans = (x.subjectAltName ?? '').split(', ').filter(Boolean);
+    if (sans.length !== 1 + names.dns.length + names.ips.length || !sans.includes(`URI:${spiffeId}`)) return false;
+    if (!names.dns.every((d) => x.checkHost(d, { wildcards: false, subject: 'never' }) === d) || !names.ips.every((ip) => x.checkIP(ip) === ip)) return false;
+    const from = new Date(x.validFrom).getTime();
+    const to = new Date(x.validTo).getTime();
+    return to - Date.now() > (to - from) / 3;
+  } catch {
+    return false;
+  }
 }
 
 export class ServerCertificate extends EventEmitter<{ changed: [] }> {
@@ -65,7 +92,7 @@ export class ServerCertificate extends EventEmitter<{ changed: [] }> {
   }
 
   /** Issued by the mesh CA (for `server`) or read from files; renewed or re-read from then on. */
-  static async start(opts: { ca: CertificateAuthority; trustDomain: string; server: 'xds' | 'authz' | 'ratelimit'; bindAddress: string; sans: string[]; files?: { certFile: string; keyFile: string }; logger: Logger }): Promise<ServerCertificate> {
+  static async start(opts: { ca: CertificateAuthority; trustDomain: string; server: 'xds' | 'authz' | 'ratelimit'; bindAddress: string; sans: string[]; files?: { certFile: string; keyFile: string }; stored?: StoredServerCert; logger: Logger }): Promise<ServerCertificate> {
     if (opts.files) {
       const sc = new ServerCertificate('files', opts.logger, undefined, opts.files);
       sc.readFiles(true);
@@ -74,11 +101,20 @@ export class ServerCertificate extends EventEmitter<{ changed: [] }> {
     }
     const names = serverNames(opts.bindAddress, opts.sans);
     const spiffeId = serverSpiffeId(opts.trustDomain, opts.server);
+    let reuse = opts.stored ? await opts.stored.load() : undefined;
+    if (reuse && !usableStored(reuse, opts.ca, spiffeId, names)) reuse = undefined;
     const sc = new ServerCertificate('mesh-ca', opts.logger, async () => {
+      if (reuse) {
+        const kept = reuse;
+        reuse = undefined; // only once: a renewal issues a new one
+        return kept;
+      }
       const c = await opts.ca.issueServer({ spiffeId, ...names, ttlMs: SERVER_CERT_TTL_MS });
       // Proxies verify the chain to the trust bundle: an intermediate CA goes along.
       const chain = opts.ca.source === 'files' ? `${c.certificatePem.trim()}\n${opts.ca.certificatePem.trim()}\n` : c.certificatePem;
-      return { certificatePem: chain, privateKeyPem: c.privateKeyPem };
+      const made = { certificatePem: chain, privateKeyPem: c.privateKeyPem };
+      await opts.stored?.save(made).catch((e: unknown) => opts.logger.warn({ err: (e as Error).message }, 'cannot keep the server certificate in the shared state; it is issued anew at the next start'));
+      return made;
     });
     await sc.renew();
     return sc;

@@ -23,6 +23,7 @@ import type { Logger } from '../observability/logger.js';
 import { writeStateFile } from '../util/files.js';
 import { ensureFolder, readError, writeDataFile } from '../util/data-dir.js';
 import { x509 } from './x509.js';
+import type { RecordData, SharedState } from '../state/shared.js';
 
 const ISSUER = 'signalbox';
 const AUDIENCE = 'signalbox-xds';
@@ -35,6 +36,13 @@ const URN_PREFIX = 'urn:signalbox:token:';
 const SUBJECT = /^(service|gateway)\/[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 const TOKEN_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const MAX_CERT_BYTES = 16 * 1024;
+
+/** Where tokens' keys and revocations live: a data directory (a path) or the replicas' shared state. */
+export type TokenStore = string | SharedState;
+
+/** Shared state records (`--state consul`): the signing key pair with its CA, and the revocations. */
+export const SHARED_TOKEN_KEYS_RECORD = 'tokens/signing';
+export const SHARED_REVOKED_RECORD = 'tokens/revoked';
 
 /** The lifetime of a token when `--ttl` is not given. */
 export const DEFAULT_TOKEN_TTL = '720h';
@@ -244,8 +252,48 @@ async function loadKeys(p: Paths, create: boolean): Promise<TokenKeys | undefine
   return { privateKey, publicKey, caCert, caPem: caCert.toString('pem'), caFile: p.ca };
 }
 
+/**
+ * The signing key pair and tokens CA of the shared state: made once by whichever replica (or
+ * command) comes first, written only if still absent; the private key sealed. A record that does
+ * not open or whose halves do not match is an error, never a new pair.
+ */
+async function sharedTokenKeys(shared: SharedState): Promise<TokenKeys> {
+  const { data } = await shared.readOrCreate(
+    SHARED_TOKEN_KEYS_RECORD,
+    async () => {
+      const pair = (await webcrypto.subtle.generateKey(EC, true, ['sign', 'verify'])) as unknown as CryptoKeyPair;
+      const privDer = await webcrypto.subtle.exportKey('pkcs8', pair.privateKey as unknown as webcrypto.CryptoKey);
+      const cert = await createCaCert(pair.privateKey, pair.publicKey);
+      return { privateKey: x509.PemConverter.encode(privDer, 'PRIVATE KEY'), caCertificate: cert.toString('pem') };
+    },
+    ['privateKey'],
+  );
+  const where = shared.keyOf(SHARED_TOKEN_KEYS_RECORD);
+  const bad = (what: string) => new SignalboxError(ErrorCode.STATE, `${where} in Consul KV ${what}: restore it from a backup; removing it makes a new pair at the next start and every token issued so far stops working`);
+  if (typeof data.privateKey !== 'string' || typeof data.caCertificate !== 'string') throw bad('lacks the private key or the tokens CA certificate');
+  let privateKey: CryptoKey;
+  let caCert: x509.X509Certificate;
+  try {
+    privateKey = (await webcrypto.subtle.importKey('pkcs8', pemDer(data.privateKey), EC, false, ['sign'])) as unknown as CryptoKey;
+  } catch {
+    throw bad('holds a private key that is not PKCS#8 ECDSA P-256');
+  }
+  try {
+    caCert = new x509.X509Certificate(data.caCertificate);
+  } catch {
+    throw bad('holds a tokens CA certificate that is not PEM X.509');
+  }
+  const publicKey = (await caCert.publicKey.export(EC, ['verify'])) as unknown as CryptoKey;
+  const probe = new TextEncoder().encode('signalbox-token-probe');
+  const sig = await webcrypto.subtle.sign(SIGN, privateKey as unknown as webcrypto.CryptoKey, probe);
+  if (!(await webcrypto.subtle.verify(SIGN, publicKey as unknown as webcrypto.CryptoKey, sig, probe))) throw bad('holds a private key that is not the tokens CA certificate\'s');
+  return { privateKey, publicKey, caCert, caPem: caCert.toString('pem'), caFile: where };
+}
+
 /** The signing key pair and tokens CA, created on first use (under the lock). */
-async function tokenKeys(dataDir: string): Promise<TokenKeys> {
+async function tokenKeys(store: TokenStore): Promise<TokenKeys> {
+  if (typeof store !== 'string') return sharedTokenKeys(store);
+  const dataDir = store;
   const p = tokenPaths(dataDir);
   const loaded = await loadKeys(p, false);
   if (loaded) return loaded;
@@ -270,7 +318,7 @@ function expiryFor(ttl: string | undefined): Date {
  * explicitly (to pair the JWT with certificate credentials issued by issueTokenCredentials).
  */
 export async function issueToken(
-  dataDir: string,
+  dataDir: TokenStore,
   subject: string,
   ttl?: string,
   opts: { id?: string; expiresAt?: Date } = {},
@@ -289,6 +337,7 @@ export async function issueToken(
     .setIssuedAt()
     .setExpirationTime(Math.floor(expiresAt.getTime() / 1000))
     .sign(privateKey);
+  await noteIssued(dataDir, id, subject, expiresAt);
   return { token, id, expiresAt };
 }
 
@@ -297,7 +346,7 @@ export async function issueToken(
  * leaf, signed by the tokens CA) and `outDir/token.key` (0600, a fresh P-256 key, PKCS#8 PEM).
  * `outDir` is created with mode 0700 if missing.
  */
-export async function issueTokenCredentials(dataDir: string, subject: string, ttl: string | undefined, outDir: string): Promise<TokenCredentials> {
+export async function issueTokenCredentials(dataDir: TokenStore, subject: string, ttl: string | undefined, outDir: string): Promise<TokenCredentials> {
   checkSubject(subject);
   const expiresAt = expiryFor(ttl);
   const keys = await tokenKeys(dataDir);
@@ -331,6 +380,7 @@ export async function issueTokenCredentials(dataDir: string, subject: string, tt
   // for longer than the two renames take.
   await writeStateFile(keyFile, x509.PemConverter.encode(keyDer, 'PRIVATE KEY'), 0o600);
   await writeStateFile(certFile, cert.toString('pem'), 0o644);
+  await noteIssued(dataDir, id, subject, expiresAt);
   return { id, subject, expiresAt, certFile, keyFile };
 }
 
@@ -347,9 +397,89 @@ function parseRevoked(text: string): string[] {
   return v as string[];
 }
 
-/** Adds `id` to `<dataDir>/tokens/revoked.json` (atomically, 0600). Refuses to overwrite a list it cannot read. */
-export async function revokeToken(dataDir: string, id: string): Promise<void> {
+/** Shared state: each token's expiry by id (`tokens/issued/ID`), so a revocation can be pruned once the token has expired. */
+const ISSUED_PREFIX = 'tokens/issued';
+
+async function noteIssued(store: TokenStore, id: string, subject: string, expiresAt: Date): Promise<void> {
+  if (typeof store === 'string') return;
+  await store.update(`${ISSUED_PREFIX}/${id}`, (cur) => (cur?.expiresAt === expiresAt.toISOString() ? undefined : { subject, expiresAt: expiresAt.toISOString() }));
+}
+
+/** How long after its token expired a revocation is kept (clocks of replicas may differ a little). */
+export const REVOCATION_PRUNE_MARGIN_MS = 10 * 60_000;
+
+/**
+ * The leader's chore (shared state): drops revocations of tokens that have expired (past a
+ * margin; an expired token is refused anyway) and the expiry notes of expired tokens. Revocations
+ * of tokens whose expiry is unknown (issued before this note existed) are kept. Returns the ids pruned.
+ */
+export async function pruneExpiredRevocations(shared: SharedState, now = Date.now()): Promise<string[]> {
+  const cutoff = now - REVOCATION_PRUNE_MARGIN_MS;
+  const pruned: string[] = [];
+  await shared.update(SHARED_REVOKED_RECORD, (current) => {
+    pruned.length = 0;
+    let revoked: Record<string, string>;
+    try {
+      revoked = sharedRevoked(current);
+    } catch {
+      return undefined; // a damaged list is left for a person to fix (every token is refused meanwhile)
+    }
+    const expires = (current?.expires ?? {}) as Record<string, string>;
+    const keep = Object.entries(revoked).filter(([id]) => {
+      const t = Date.parse(expires[id] ?? '');
+      if (Number.isFinite(t) && t < cutoff) {
+        pruned.push(id);
+        return false;
+      }
+      return true;
+    });
+    if (!pruned.length) return undefined;
+    const left = new Set(keep.map(([id]) => id));
+    return { ...current, revoked: Object.fromEntries(keep), expires: Object.fromEntries(Object.entries(expires).filter(([id]) => left.has(id))) };
+  });
+  for (const e of await shared.kv.list(`${shared.keyOf(ISSUED_PREFIX)}/`)) {
+    try {
+      const t = Date.parse((JSON.parse(e.value) as { data?: { expiresAt?: string } }).data?.expiresAt ?? '');
+      if (Number.isFinite(t) && t < cutoff) await shared.kv.deleteCas(e.key, e.modifyIndex);
+    } catch {
+      // not ours to judge: left alone
+    }
+  }
+  return pruned;
+}
+
+/** The revoked ids in a shared revocation record (`{ revoked: { id: revokedAt } }`); throws a short description otherwise. */
+function sharedRevoked(data: RecordData | undefined): Record<string, string> {
+  if (data === undefined) return {};
+  const r = data.revoked;
+  if (typeof r !== 'object' || r === null || Array.isArray(r) || !Object.values(r).every((v) => typeof v === 'string')) throw new Error('not a map of token ids');
+  return r as Record<string, string>;
+}
+
+/**
+ * Adds `id` to `<dataDir>/tokens/revoked.json` (atomically, 0600), or to the shared revocation
+ * record (check-and-set). Refuses to overwrite a list it cannot read.
+ */
+export async function revokeToken(dataDir: TokenStore, id: string): Promise<void> {
   if (!TOKEN_ID.test(id)) throw new SignalboxError(ErrorCode.TOKEN, `"${id.slice(0, 100)}" is not a token id (the UUID printed when the token was issued)`);
+  if (typeof dataDir !== 'string') {
+    const shared = dataDir;
+    const issued = await shared.read(`${ISSUED_PREFIX}/${id}`);
+    const expiresAt = typeof issued?.data.expiresAt === 'string' ? issued.data.expiresAt : undefined;
+    await shared.update(SHARED_REVOKED_RECORD, (current) => {
+      let revoked: Record<string, string>;
+      try {
+        revoked = sharedRevoked(current);
+      } catch (e) {
+        throw new SignalboxError(ErrorCode.TOKEN, `the revocation list ${shared.keyOf(SHARED_REVOKED_RECORD)} in Consul KV is unreadable: ${(e as Error).message}; fix it before revoking more tokens`);
+      }
+      if (revoked[id]) return undefined;
+      const sorted = (o: Record<string, string>) => Object.fromEntries(Object.entries(o).sort(([a], [b]) => (a < b ? -1 : 1)));
+      const expires = (current?.expires ?? {}) as Record<string, string>;
+      return { ...current, revoked: sorted({ ...revoked, [id]: new Date().toISOString() }), expires: sorted(expiresAt ? { ...expires, [id]: expiresAt } : expires) };
+    });
+    return;
+  }
   const p = tokenPaths(dataDir);
   await withLock(p, async () => {
     let list: string[] = [];
@@ -388,8 +518,11 @@ export class TokenVerifier extends EventEmitter<TokenVerifierEvents> {
   readonly caFile: string;
   private readonly caCert: x509.X509Certificate;
   private readonly publicKey: CryptoKey;
+  /** revoked.json, or (shared state) the revocation record's Consul key. */
   private readonly revokedFile: string;
   private readonly logger?: Logger;
+  /** Shared state: revocations arrive by a watch instead of polling a file. */
+  private stopWatch?: () => void;
   private revoked = new Set<string>();
   /** Set while revoked.json is unreadable or corrupt: the reason every token is refused. */
   private problem?: string;
@@ -410,7 +543,8 @@ export class TokenVerifier extends EventEmitter<TokenVerifierEvents> {
   }
 
   /** Opens the verifier (creating the key pair and ca.crt on first use) and starts watching revoked.json. */
-  static async open(dataDir: string, opts: { logger?: Logger; pollMs?: number } = {}): Promise<TokenVerifier> {
+  static async open(dataDir: TokenStore, opts: { logger?: Logger; pollMs?: number } = {}): Promise<TokenVerifier> {
+    if (typeof dataDir !== 'string') return TokenVerifier.openShared(dataDir, opts);
     const v = new TokenVerifier(await tokenKeys(dataDir), tokenPaths(dataDir).revoked, opts.logger);
     await v.refresh();
     v.loaded = true;
@@ -419,8 +553,46 @@ export class TokenVerifier extends EventEmitter<TokenVerifierEvents> {
     return v;
   }
 
+  /**
+   * The verifier of the shared state: revocations follow the shared record by a blocking query
+   * (applied as soon as Consul answers). A record that does not parse fails closed, as a corrupt
+   * revoked.json does; Consul out of reach keeps the list read last.
+   */
+  private static async openShared(shared: SharedState, opts: { logger?: Logger }): Promise<TokenVerifier> {
+    const v = new TokenVerifier(await sharedTokenKeys(shared), shared.keyOf(SHARED_REVOKED_RECORD), opts.logger);
+    v.chain = new Promise<void>((resolve) => {
+      let first = true;
+      v.stopWatch = shared.watch(
+        SHARED_REVOKED_RECORD,
+        (data) => {
+          try {
+            v.apply(new Set(Object.keys(sharedRevoked(data))));
+          } catch (e) {
+            v.fail((e as Error).message, false);
+          }
+          if (first) {
+            first = false;
+            resolve();
+          }
+        },
+        (e) => {
+          v.fail(e.message, false);
+          if (first) {
+            first = false;
+            resolve();
+          }
+        },
+      );
+    });
+    await v.chain;
+    v.loaded = true;
+    return v;
+  }
+
   /** Stops watching revoked.json. verify() still reads it on each call. */
   close(): void {
+    this.stopWatch?.();
+    this.stopWatch = undefined;
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
   }
@@ -437,6 +609,7 @@ export class TokenVerifier extends EventEmitter<TokenVerifierEvents> {
 
   /** Re-reads revoked.json if it changed. Calls are serialised; a call always sees changes made before it. */
   private refresh(): Promise<void> {
+    if (this.stopWatch) return Promise.resolve(); // shared state: the watch keeps the list current
     if (this.queued) return this.queued; // a check that has not started yet covers this call too
     const run: Promise<void> = this.chain
       .then(() => {

@@ -27,6 +27,10 @@ export interface BootstrapOptions {
   tls?: { caFile: string; certFile: string; keyFile: string };
   /** Plain text only (`--xds-insecure`): a token sent inline as gRPC metadata. */
   insecureToken?: string;
+  /**
+   * Where the proxy reaches Signalbox: HOST:PORT, or several (comma-separated) for several
+   * replicas; a DNS name that resolves to several addresses counts for each of them.
+   */
   xdsAddress: string;
   delta?: boolean;
   adminPort?: number;
@@ -80,8 +84,27 @@ export function proxyCredentialsDir(dataDir: string, p: { gateway: string; insta
   return path.join(dataDir, 'proxies', folder.replace(/[^A-Za-z0-9._-]/g, '_'));
 }
 
+/** `--xds-address`: one HOST:PORT or several, comma-separated (replicas); the same address twice is an error. */
+export function splitXdsAddresses(text: string): Array<{ host: string; port: number }> {
+  const list = text.split(',').map((a) => a.trim()).filter(Boolean);
+  if (!list.length) throw new Error('--xds-address must be HOST:PORT or several HOST:PORT separated by commas');
+  const out = list.map(splitHostPort);
+  const seen = new Set<string>();
+  for (const a of out) {
+    const k = `${a.host.toLowerCase()}:${a.port}`;
+    if (seen.has(k)) throw new Error(`--xds-address names ${a.host}:${a.port} twice`);
+    seen.add(k);
+  }
+  return out;
+}
+
 export function bootstrapConfig(o: BootstrapOptions): Record<string, unknown> {
-  const { host, port } = splitHostPort(o.xdsAddress);
+  const addresses = splitXdsAddresses(o.xdsAddress);
+  const { host } = addresses[0]!;
+  // Several replicas (several addresses, or a DNS name that may resolve to several): Envoy checks
+  // each with a TCP connect and leaves a dead one out at once, so a broken stream reconnects to a
+  // live replica instead of retrying the dead one.
+  const replicas = addresses.length > 1 || !isIP(host);
   const ads = { ads: {}, resource_api_version: 'V3' };
   let node: Record<string, unknown>;
   if (o.sidecar) {
@@ -130,18 +153,25 @@ export function bootstrapConfig(o: BootstrapOptions): Record<string, unknown> {
       clusters: [
         {
           name: 'signalbox-xds',
-          type: isIP(host) ? 'STATIC' : 'STRICT_DNS',
+          type: addresses.every((a) => isIP(a.host)) ? 'STATIC' : 'STRICT_DNS',
           connect_timeout: '1s',
+          ...(replicas
+            ? {
+                health_checks: [{ timeout: '1s', interval: '1s', unhealthy_threshold: 1, healthy_threshold: 1, no_traffic_interval: '1s', tcp_health_check: {} }],
+                // Never fall back to a replica known dead because too few are alive: a live one always takes the stream.
+                common_lb_config: { healthy_panic_threshold: { value: 0 } },
+              }
+            : {}),
           typed_extension_protocol_options: {
             'envoy.extensions.upstreams.http.v3.HttpProtocolOptions': {
               '@type': 'type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions',
               explicit_http_config: { http2_protocol_options: { connection_keepalive: { interval: '15s', timeout: '5s' } } },
             },
           },
-          ...(o.tls ? { transport_socket: xdsTransportSocket(host, o.tls) } : {}),
+          ...(o.tls ? { transport_socket: xdsTransportSocket(addresses.map((a) => a.host), o.tls) } : {}),
           load_assignment: {
             cluster_name: 'signalbox-xds',
-            endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: host, port_value: port } } } }] }],
+            endpoints: [{ lb_endpoints: addresses.map((a) => ({ endpoint: { address: { socket_address: { address: a.host, port_value: a.port } } } })) }],
           },
         },
       ],
@@ -149,14 +179,18 @@ export function bootstrapConfig(o: BootstrapOptions): Record<string, unknown> {
   };
 }
 
-/** TLS to Signalbox: verify its certificate names the host dialled, present the token certificate. */
-function xdsTransportSocket(host: string, tls: NonNullable<BootstrapOptions['tls']>): Record<string, unknown> {
-  const ip = isIP(host) !== 0;
+/**
+ * TLS to Signalbox: verify its certificate names a host dialled (any of them, with several
+ * replicas), present the token certificate. SNI is the host name when there is one name.
+ */
+function xdsTransportSocket(hosts: string[], tls: NonNullable<BootstrapOptions['tls']>): Record<string, unknown> {
+  const names = [...new Set(hosts)];
+  const dns = names.filter((h) => isIP(h) === 0);
   return {
     name: 'envoy.transport_sockets.tls',
     typed_config: {
       '@type': 'type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext',
-      ...(ip ? {} : { sni: host }),
+      ...(dns.length === 1 ? { sni: dns[0] } : {}),
       common_tls_context: {
         alpn_protocols: ['h2'],
         // TLS 1.3: the client certificate travels encrypted too (Envoy's upstream default stops at 1.2).
@@ -164,7 +198,7 @@ function xdsTransportSocket(host: string, tls: NonNullable<BootstrapOptions['tls
         tls_certificates: [{ certificate_chain: { filename: tls.certFile }, private_key: { filename: tls.keyFile } }],
         validation_context: {
           trusted_ca: { filename: tls.caFile },
-          match_typed_subject_alt_names: [{ san_type: ip ? 'IP_ADDRESS' : 'DNS', matcher: { exact: host } }],
+          match_typed_subject_alt_names: names.map((h) => ({ san_type: isIP(h) ? 'IP_ADDRESS' : 'DNS', matcher: { exact: h } })),
         },
       },
     },
@@ -225,9 +259,20 @@ export async function bootstrapCommand(args: string[]): Promise<number> {
   let tls: BootstrapOptions['tls'];
   let insecureToken: string | undefined;
   const { issueToken, issueTokenCredentials } = await import('../ca/tokens.js');
+  // --state consul: the token is signed with the replicas' shared key, and the CA proxies verify
+  // the xDS server with is the shared one (written to DATA_DIR/xds-ca.pem, as serve writes it).
+  const { sharedStateFromFlags } = await import('./state.js');
+  const shared = await sharedStateFromFlags(flags.values);
+  const store = shared ?? dataDir;
+  if (shared && !values['xds-insecure'] && !values['xds-ca']) {
+    const { CertificateAuthority } = await import('../ca/ca.js');
+    const { BUILTIN_DEFAULTS } = await import('../model/model.js');
+    const ca = await CertificateAuthority.open({ dataDir, trustDomain: BUILTIN_DEFAULTS.trustDomain, shared });
+    writeStateFileSync(path.join(dataDir, XDS_CA_FILE), ca.trustBundlePem, 0o644);
+  }
   if (values['xds-insecure']) {
     if (values.credentials || values['xds-ca']) throw bad('--xds-insecure cannot go with --credentials or --xds-ca');
-    insecureToken = values['token-file'] ? readFileSync(values['token-file'], 'utf8').trim() : (await issueToken(dataDir, subject, values.ttl)).token;
+    insecureToken = values['token-file'] ? readFileSync(values['token-file'], 'utf8').trim() : (await issueToken(store, subject, values.ttl)).token;
     process.stderr.write('signalbox bootstrap: --xds-insecure: the proxy talks to the control plane in plain text and its token sits in this bootstrap\n');
   } else {
     if (values['token-file']) throw bad('--token-file is for --xds-insecure; over TLS the proxy presents --credentials DIR (signalbox token --out DIR)');
@@ -236,7 +281,7 @@ export async function bootstrapCommand(args: string[]): Promise<number> {
       // Out of the box: a control plane on this machine shares its data directory; the proxy gets
       // a token of its own there, in files only this user can read.
       dir = proxyCredentialsDir(dataDir, sidecar ? { service: sidecar.service, instance: sidecar.instance } : { gateway: values.gateway!, instance: values.instance });
-      const c = await issueTokenCredentials(dataDir, subject, values.ttl, dir);
+      const c = await issueTokenCredentials(store, subject, values.ttl, dir);
       process.stderr.write(`signalbox bootstrap: token ${c.id} for ${c.subject}, valid until ${c.expiresAt.toISOString()}, in ${dir} (revoke: signalbox token revoke ${c.id})\n`);
     }
     const certFile = path.join(dir, 'token.crt');
@@ -247,6 +292,7 @@ export async function bootstrapCommand(args: string[]): Promise<number> {
     }
     tls = { caFile, certFile, keyFile };
   }
+  shared?.close();
   const options: BootstrapOptions = { gateway: values.gateway, sidecar, instance: sidecar ? undefined : values.instance, tls, insecureToken, xdsAddress, delta: values.delta, jwtModule: values['jwt-module'], adminPort, adminAddress: values['admin-address'], id: values.id };
   let yaml: string;
   try {

@@ -14,6 +14,7 @@ import {
   PROXY_GROUP,
   SERVICE,
   settingFlag,
+  STATE_FLAGS,
   TTL,
 } from './flags.js';
 
@@ -109,7 +110,7 @@ export const RATELIMIT_COMMAND: CommandSpec = {
 export const BOOTSTRAP_COMMAND: CommandSpec = {
   name: 'bootstrap',
   usage: [
-    'bootstrap --gateway NAME [--instance ID] [--xds-address HOST:PORT] [--delta] [--jwt-module] [--envoy-admin-port N] [--id ID] [--out FILE]',
+    'bootstrap --gateway NAME [--instance ID] [--xds-address HOST:PORT[,HOST:PORT...]] [--delta] [--jwt-module] [--envoy-admin-port N] [--id ID] [--out FILE]',
     'bootstrap --service NAME [--instance ID] --app-port N --inbound-port N [--outbound-port N] ...',
     'bootstrap ... --xds-insecure [--token-file F]',
   ],
@@ -123,10 +124,11 @@ export const BOOTSTRAP_COMMAND: CommandSpec = {
     { name: 'app-port', value: 'N', help: "sidecar: the port of the service's own process" },
     { name: 'inbound-port', value: 'N', help: 'sidecar: the port the sidecar takes mesh traffic on' },
     { name: 'outbound-port', value: 'N', default: '15001', help: 'sidecar: the port the application sends its outbound calls to' },
-    { name: 'xds-address', value: 'HOST:PORT', env: 'SIGNALBOX_XDS_ADDRESS_FOR_PROXIES', default: '127.0.0.1:18000', help: 'where the proxy reaches the xDS server (HOST must be in its certificate: serve --xds-san)' },
+    { name: 'xds-address', value: 'HOST:PORT', env: 'SIGNALBOX_XDS_ADDRESS_FOR_PROXIES', default: '127.0.0.1:18000', help: 'where the proxy reaches the xDS server (HOST must be in its certificate: serve --xds-san); several replicas: HOST:PORT,HOST:PORT,... or one DNS name resolving to each of them; Envoy checks each with a TCP connect and its stream moves to a live one when a replica dies' },
     { name: 'credentials', value: 'DIR', help: 'the token certificate and key (signalbox token --out DIR)' },
     { name: 'xds-ca', value: 'FILE', default: 'DATA_DIR/xds-ca.pem', help: 'the CA the xDS server certificate is verified with' },
     DATA_DIR,
+    ...STATE_FLAGS,
     TTL,
     { ...settingFlag(SERVE_SETTINGS.xdsInsecure), help: 'plain text to the control plane, for a server run with --xds-insecure (the token then sits in the bootstrap)' },
     { name: 'token-file', value: 'FILE', help: 'with --xds-insecure: the token (JWT) to send; default: a new one from --data-dir' },
@@ -142,10 +144,10 @@ export const BOOTSTRAP_COMMAND: CommandSpec = {
 
 export const TOKEN_COMMAND: CommandSpec = {
   name: 'token',
-  usage: ['token --service NAME | --gateway NAME [--instance ID] [--ttl 720h] [--data-dir DIR] [--out DIR]', 'token revoke TOKEN_ID [--data-dir DIR]'],
+  usage: ['token --service NAME | --gateway NAME [--instance ID] [--ttl 720h] [--data-dir DIR] [--out DIR]', 'token revoke TOKEN_ID [--data-dir DIR | --state consul]'],
   summary:
     "Issue a token a proxy presents to the control plane. With --out, write DIR/token.crt and DIR/token.key (Envoy's TLS client certificate, key 0600) and DIR/token.jwt; with --instance and no --out, write them to the folder `signalbox bootstrap` with the same --gateway/--service and --instance uses (DATA_DIR/proxies/...); otherwise print the JWT. `token revoke ID`: a running control plane closes that proxy's stream within a second.",
-  flags: [SERVICE, GATEWAY, INSTANCE, TTL, DATA_DIR, { name: 'out', value: 'DIR', help: 'write the token files to DIR (created 0700)' }],
+  flags: [SERVICE, GATEWAY, INSTANCE, TTL, DATA_DIR, ...STATE_FLAGS, { name: 'out', value: 'DIR', help: 'write the token files to DIR (created 0700)' }],
 };
 
 export const STATUS_COMMAND: CommandSpec = {

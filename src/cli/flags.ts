@@ -66,6 +66,8 @@ export const INSTANCE: Flag = {
   value: 'ID',
   help: 'which replica of that gateway or service the proxy is (e.g. a pod or host name); it names the node id (see --id) and the folder DATA_DIR/proxies/ that holds the proxy\'s token',
 };
+/** --state and its companions, as serve reads them: commands that issue or revoke tokens reach the same shared state. */
+export const STATE_FLAGS: Flag[] = [SERVE_SETTINGS.state, SERVE_SETTINGS.statePrefix, SERVE_SETTINGS.stateKeyFile, SERVE_SETTINGS.consulAddr].map((s) => settingFlag(s));
 export const TTL: Flag = { name: 'ttl', value: 'DURATION', default: DEFAULT_TOKEN_TTL, help: 'lifetime of a token issued (e.g. 24h)' };
 export const ADMIN_TOKEN_FILE: Flag = settingFlag(SERVE_SETTINGS.adminTokenFile, "file holding the admin API's bearer token (serve's --admin-token-file)");
 export const HELP: Flag = { name: 'help', help: 'print this help and exit' };

@@ -197,10 +197,27 @@ async function token(args: string[]): Promise<number> {
   const values = { service: flags.str('service'), gateway: flags.str('gateway'), instance: flags.str('instance'), ttl: flags.str('ttl'), out: flags.str('out') };
   const dataDir = path.resolve(flagValue(DATA_DIR, flags.values)!);
   const { issueToken, issueTokenCredentials, revokeToken } = await import('../ca/tokens.js');
+  // --state consul: keys and revocations in the replicas' shared state instead of the data directory.
+  const { sharedStateFromFlags } = await import('./state.js');
+  const shared = await sharedStateFromFlags(flags.values);
+  try {
+    return await tokenWith(shared ?? dataDir, dataDir, positionals, values, { issueToken, issueTokenCredentials, revokeToken });
+  } finally {
+    shared?.close();
+  }
+}
+
+async function tokenWith(
+  store: import('../ca/tokens.js').TokenStore,
+  dataDir: string,
+  positionals: string[],
+  values: { service?: string; gateway?: string; instance?: string; ttl?: string; out?: string },
+  { issueToken, issueTokenCredentials, revokeToken }: Pick<typeof import('../ca/tokens.js'), 'issueToken' | 'issueTokenCredentials' | 'revokeToken'>,
+): Promise<number> {
   if (positionals[0] === 'revoke') {
     if (!positionals[1] || positionals.length > 2) throw new SignalboxError('SB_BAD_FLAG', 'usage: signalbox token revoke TOKEN_ID');
-    await revokeToken(dataDir, positionals[1]);
-    process.stderr.write(`revoked ${positionals[1]} (a running control plane refuses it within a second)\n`);
+    await revokeToken(store, positionals[1]);
+    process.stderr.write(`revoked ${positionals[1]} (${typeof store === 'string' ? 'a running control plane refuses it within a second' : 'every replica refuses it within about a second'})\n`);
     return 0;
   }
   if (positionals.length > 0) throw new SignalboxError('SB_BAD_FLAG', `unexpected argument "${positionals[0]!.slice(0, 100)}"; see signalbox token --help`);
@@ -213,9 +230,9 @@ async function token(args: string[]): Promise<number> {
   }
   if (values.out !== undefined) {
     const outDir = path.resolve(values.out);
-    const cred = await issueTokenCredentials(dataDir, subject, values.ttl, outDir);
+    const cred = await issueTokenCredentials(store, subject, values.ttl, outDir);
     // The JWT twin (same id and expiry) for clients that cannot present a certificate.
-    const { token: jwt } = await issueToken(dataDir, subject, undefined, { id: cred.id, expiresAt: cred.expiresAt });
+    const { token: jwt } = await issueToken(store, subject, undefined, { id: cred.id, expiresAt: cred.expiresAt });
     const jwtFile = path.join(outDir, 'token.jwt');
     const { writeStateFile } = await import('../util/files.js');
     await writeStateFile(jwtFile, `${jwt}\n`, 0o600);
@@ -225,7 +242,7 @@ async function token(args: string[]): Promise<number> {
     );
     return 0;
   }
-  const { token: jwt, id, expiresAt } = await issueToken(dataDir, subject, values.ttl);
+  const { token: jwt, id, expiresAt } = await issueToken(store, subject, values.ttl);
   process.stdout.write(`${jwt}\n`);
   process.stderr.write(`token ${id} for ${subject}, expires ${expiresAt.toISOString()} (revoke: signalbox token revoke ${id})\n`);
   return 0;

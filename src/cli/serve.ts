@@ -18,8 +18,11 @@ import { XdsServer } from '../xds/server/server.js';
 import { attachConsul, untilConsulSynced } from '../sources/consul/index.js';
 import { CertificateAuthority } from '../ca/ca.js';
 import { IdentityManager } from '../ca/identities.js';
-import { TokenVerifier } from '../ca/tokens.js';
-import { ServerCertificate } from '../ca/server-tls.js';
+import { pruneExpiredRevocations, TokenVerifier } from '../ca/tokens.js';
+import { ServerCertificate, type StoredServerCert } from '../ca/server-tls.js';
+import { openSharedState, type SharedState } from '../state/index.js';
+import { Leadership } from '../state/leader.js';
+import { ReplicaDirectory } from '../state/replicas.js';
 import { writeDataFile } from '../util/data-dir.js';
 import { XDS_CA_FILE } from './bootstrap.js';
 import { BUILTIN_DEFAULTS } from '../model/model.js';
@@ -50,7 +53,23 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
   const policyDir = path.resolve(cfg.policies);
   // Flags that make the start impossible are refused before anything listens.
   const adminSecurity = await adminSecurityOf(cfg.adminAddress, cfg.adminTokenFile);
-  const ca = await CertificateAuthority.open({ dataDir: path.resolve(cfg.dataDir), trustDomain: BUILTIN_DEFAULTS.trustDomain, files: cfg.ca });
+  // --state consul: the CA, token keys, revocations and server certificate are shared by every replica.
+  const shared = cfg.state ? await openSharedState({ consulAddr: cfg.consulAddr, datacenter: cfg.consulDatacenter, prefix: cfg.state.prefix, keyFile: cfg.state.keyFile, logger }) : undefined;
+  if (shared) logger.info({ state: shared.location, replica: cfg.state!.replicaId }, 'shared state in Consul');
+  // One leader (a Consul session lock) makes what must be made once; followers wait for it.
+  const leadership = shared && new Leadership(shared, cfg.state!.replicaId, logger);
+  await leadership?.start();
+  if (shared) shared.leadership = leadership;
+  const prune = () => {
+    if (!shared || !leadership?.isLeader) return;
+    void pruneExpiredRevocations(shared)
+      .then((ids) => ids.length && logger.info({ pruned: ids.length }, 'expired tokens removed from the shared revocation list'))
+      .catch((e: unknown) => logger.warn({ err: (e as Error).message }, 'pruning the shared revocation list failed; retrying later'));
+  };
+  leadership?.on('change', (leading) => leading && prune());
+  prune();
+  const pruneTimer = shared ? setInterval(prune, 10 * 60_000).unref() : undefined;
+  const ca = await CertificateAuthority.open({ dataDir: path.resolve(cfg.dataDir), trustDomain: BUILTIN_DEFAULTS.trustDomain, files: cfg.ca, shared });
   logger.info({ ca: ca.source, subject: ca.certificate.subject, notAfter: ca.certificate.notAfter.toISOString() }, 'mesh CA ready');
   const identities = new IdentityManager(ca, { ttlMs: BUILTIN_DEFAULTS.mtls.certTTLms, logger, metrics: { issued: (kind) => metrics.certificates.inc({ kind }) } });
   metrics.trackCertificates(() => identities.nearestExpirySeconds());
@@ -97,7 +116,7 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
     // A restart with an invalid policy directory serves the last good configuration (DATA_DIR/last-good.json).
     persistLastGood: true,
   });
-  const tokens = await TokenVerifier.open(path.resolve(cfg.dataDir), { logger });
+  const tokens = await TokenVerifier.open(shared ?? path.resolve(cfg.dataDir), { logger });
   const xds = new XdsServer({
     cache,
     warmWaitMs: cfg.warmWaitMs,
@@ -112,7 +131,7 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
   });
   // TLS on the xDS port by default: a certificate from the mesh CA (or the user's PKI), and the
   // CA proxies verify it with written next to the CA for `signalbox bootstrap`.
-  const xdsCert = cfg.xdsTls ? await ServerCertificate.start({ ca, trustDomain: BUILTIN_DEFAULTS.trustDomain, server: 'xds', bindAddress: cfg.xdsAddress, sans: cfg.xdsTls.sans, files: cfg.xdsTls.files, logger }) : undefined;
+  const xdsCert = cfg.xdsTls ? await ServerCertificate.start({ ca, trustDomain: BUILTIN_DEFAULTS.trustDomain, server: 'xds', bindAddress: cfg.xdsAddress, sans: cfg.xdsTls.sans, files: cfg.xdsTls.files, stored: shared && storedServerCert(shared, `replicas/${cfg.state!.replicaId}/xds-server`), logger }) : undefined;
   if (xdsCert?.source === 'mesh-ca') await writeDataFile(path.join(path.resolve(cfg.dataDir), XDS_CA_FILE), ca.trustBundlePem, 0o644, ErrorCode.CA); // a fault: file, cause, remedy
   const warnings: string[] = [];
   if (!xdsCert) warnings.push('xDS is served in plain text (--xds-insecure): configuration and private keys cross the network in clear');
@@ -171,6 +190,17 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
   });
   admin.get('/api/authz', async () => ({ ...authz.status(), ...authz.server.engine.status() }));
   admin.get('/api/ratelimit', async () => ratelimit.status());
+  // --state consul: every replica, alive or not, the leader, and the proxies each holds (from Consul).
+  const directory = shared && leadership ? new ReplicaDirectory(shared, leadership, { id: cfg.state!.replicaId, xds: `${cfg.xdsAddress}:${xdsPort}`, startedAt: new Date().toISOString() }, () => xds.registry.all().map((p) => p.node.id), logger) : undefined;
+  await directory?.start();
+  admin.get('/api/replicas', async (_req, reply) => {
+    if (!directory) return { state: 'file', replicas: [] };
+    try {
+      return { state: 'consul', ...(await directory.list()) };
+    } catch (e) {
+      return reply.code(503).send({ state: 'consul', error: (e as Error).message });
+    }
+  });
   await admin.listen({ host: cfg.adminAddress, port: cfg.adminPort });
   const adminPort = (admin.server.address() as { port: number }).port;
   logger.info({ xds: `${cfg.xdsAddress}:${xdsPort}`, xdsTls: xdsCert ? xdsCert.source : 'off (--xds-insecure)', admin: `http://${cfg.adminAddress}:${adminPort}`, policies: policyDir }, 'signalbox serving');
@@ -194,12 +224,30 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
       await xds.close();
       xdsCert?.stop();
       tokens.close();
+      clearInterval(pruneTimer);
+      directory?.stop();
+      await leadership?.stop();
+      shared?.close();
       clearTimeout(keysTimer);
       await authz.close();
       await ratelimit.close();
       telemetry.stop();
       identities.stop();
       await tracing?.stop();
+    },
+  };
+}
+
+/** A replica's xDS server certificate kept in the shared state (its key sealed), reused by its next start while valid. */
+function storedServerCert(shared: SharedState, name: string): StoredServerCert {
+  return {
+    load: async () => {
+      const r = await shared.read(name);
+      const c = r?.data;
+      return typeof c?.certificate === 'string' && typeof c.privateKey === 'string' ? { certificatePem: c.certificate, privateKeyPem: c.privateKey } : undefined;
+    },
+    save: async (c) => {
+      await shared.update(name, () => ({ certificate: c.certificatePem, privateKey: c.privateKeyPem }), ['privateKey']);
     },
   };
 }

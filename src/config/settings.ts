@@ -2,6 +2,7 @@
 // default, parsed once.
 import { existsSync, readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
+import { hostname } from 'node:os';
 import { checkRedisUrl } from './redis-url.js';
 import { ErrorCode, SignalboxError } from '../errors.js';
 import { DEFAULT_POLICY_LIMITS, type PolicyLimits } from '../sources/files/loader.js';
@@ -53,6 +54,10 @@ export const SERVE_SETTINGS = {
   consulAddr: { flag: 'consul-addr', env: 'CONSUL_HTTP_ADDR', default: '', help: 'Consul HTTP API (HOST:PORT or http(s)://HOST:PORT); unset: static endpoints only. TLS and token from CONSUL_CACERT, CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY, CONSUL_HTTP_TOKEN' },
   consulDatacenter: { flag: 'consul-datacenter', env: 'SIGNALBOX_CONSUL_DATACENTER', default: '', help: 'Consul datacenter to query when a Service does not name one (default: the agent\'s own)' },
   consulImport: { flag: 'consul-import', env: 'SIGNALBOX_CONSUL_IMPORT', default: '', help: '"all" or "tag=TAG": also import Consul services that no policy file declares' },
+  state: { flag: 'state', env: 'SIGNALBOX_STATE', default: 'file', help: 'where the mesh CA, the token signing key, the revocation list and the xDS server certificate live: "file" (--data-dir, one replica) or "consul" (Consul KV under --state-prefix, shared by every replica; needs --consul-addr and the state key; docs/ha.md)' },
+  statePrefix: { flag: 'state-prefix', env: 'SIGNALBOX_STATE_PREFIX', default: 'signalbox', help: 'with --state consul: the Consul KV folder of the shared state (one per mesh)' },
+  stateKeyFile: { flag: 'state-key-file', env: 'SIGNALBOX_STATE_KEY_FILE', default: '', help: 'with --state consul: file holding the 256-bit key (64 hex digits or base64) that encrypts private keys in Consul; else SIGNALBOX_STATE_KEY holds the key itself. Every replica needs the same key' },
+  replicaId: { flag: 'replica-id', env: 'SIGNALBOX_REPLICA_ID', default: '', help: 'with --state consul: this replica\'s name among the replicas (default: HOST-XDSPORT)' },
 } satisfies Record<string, Setting>;
 
 export type SettingName = keyof typeof SERVE_SETTINGS;
@@ -140,6 +145,8 @@ export interface ServeConfig {
   consulDatacenter: string;
   consulImport: string;
   ca?: { certFile: string; keyFile: string; bundleFile?: string };
+  /** --state consul: the shared state's place in Consul KV; undefined: the data directory. */
+  state?: SharedStateConfig;
   requireToken: 'secrets' | 'all';
   /** Percent of successful requests reported over the access log service; undefined: off. */
   accessLogSampling?: number;
@@ -181,6 +188,24 @@ function xdsTlsOf(insecure: string, cert: string, key: string, san: string): Xds
     if (isIP(n) === 0 && !/^(\*\.)?[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*$/.test(n)) throw new SignalboxError(ErrorCode.BAD_FLAG, `--xds-san takes DNS names and IP addresses, got "${n.slice(0, 100)}"`);
   }
   return { sans, files: cert ? { certFile: cert, keyFile: key } : undefined };
+}
+
+export interface SharedStateConfig {
+  prefix: string;
+  /** --state-key-file; undefined: SIGNALBOX_STATE_KEY. */
+  keyFile?: string;
+  replicaId: string;
+}
+
+/** --state and its companions, checked before anything starts. */
+export function stateOf(kind: string, prefix: string, keyFile: string, replicaId: string, consulAddr: string, ca: ServeConfig['ca'], defaultReplica: () => string): SharedStateConfig | undefined {
+  if (kind !== 'file' && kind !== 'consul') throw new SignalboxError(ErrorCode.BAD_FLAG, `--state must be "file" or "consul", got "${kind.slice(0, 100)}"`);
+  if (kind === 'file') return undefined;
+  if (!consulAddr) throw new SignalboxError(ErrorCode.BAD_FLAG, '--state consul needs --consul-addr (or CONSUL_HTTP_ADDR)');
+  if (ca) throw new SignalboxError(ErrorCode.BAD_FLAG, '--state consul cannot go with --ca-cert/--ca-key: the shared state holds the CA every replica signs with');
+  const id = replicaId || defaultReplica();
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(id)) throw new SignalboxError(ErrorCode.BAD_FLAG, `--replica-id must be 1 to 63 letters, digits, ".", "_" or "-", got "${id.slice(0, 100)}"`);
+  return { prefix, keyFile: keyFile || undefined, replicaId: id };
 }
 
 function requireTokenOf(v: string): 'secrets' | 'all' {
@@ -329,6 +354,7 @@ export function resolveServeConfig(flags: Record<string, string | boolean | unde
     consulDatacenter: get('consulDatacenter'),
     consulImport: consulImportOf(get('consulImport')),
     ca: caOf(get('caCert'), get('caKey'), get('caBundle')),
+    state: stateOf(get('state'), get('statePrefix'), get('stateKeyFile'), get('replicaId'), get('consulAddr'), caOf(get('caCert'), get('caKey'), get('caBundle')), () => `${(hostname().split('.')[0] ?? 'replica').replace(/[^A-Za-z0-9._-]/g, '-') || 'replica'}-${get('xdsPort')}`),
     requireToken: requireTokenOf(get('requireToken')),
     accessLogSampling: accessLogSamplingOf(get('accessLogSampling')),
     ...jwtFastPathOf(get('jwtFastPath')),

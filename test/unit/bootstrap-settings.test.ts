@@ -84,6 +84,39 @@ describe('bootstrap', () => {
     assert.equal(v6.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address, '::1');
   });
 
+  test('several replicas: one endpoint per address, TCP health checks, no panic routing, every name accepted in the certificate', () => {
+    const tls = { caFile: '/ca.pem', certFile: '/t.crt', keyFile: '/t.key' };
+    const one = parsed({ gateway: 'g', xdsAddress: '127.0.0.1:18000', tls }).static_resources.clusters[0] as Json;
+    assert.equal(one.health_checks, undefined, 'one IP address: as before, no health check');
+    const three = parsed({ gateway: 'g', xdsAddress: '127.0.0.1:18000, 127.0.0.2:18001,[::1]:18002', tls }).static_resources.clusters[0] as Json;
+    assert.equal(three.type, 'STATIC');
+    assert.deepEqual(
+      three.load_assignment.endpoints[0].lb_endpoints.map((e: Json) => e.endpoint.address.socket_address),
+      [
+        { address: '127.0.0.1', port_value: 18000 },
+        { address: '127.0.0.2', port_value: 18001 },
+        { address: '::1', port_value: 18002 },
+      ],
+    );
+    assert.deepEqual(three.health_checks[0].tcp_health_check, {});
+    assert.equal(three.health_checks[0].unhealthy_threshold, 1);
+    assert.equal(three.common_lb_config.healthy_panic_threshold.value, 0);
+    const ctx = three.transport_socket.typed_config;
+    assert.equal(ctx.sni, undefined, 'no SNI for IP addresses');
+    assert.deepEqual(
+      ctx.common_tls_context.validation_context.match_typed_subject_alt_names.map((m: Json) => `${m.san_type}=${m.matcher.exact}`),
+      ['IP_ADDRESS=127.0.0.1', 'IP_ADDRESS=127.0.0.2', 'IP_ADDRESS=::1'],
+    );
+    // One DNS name (which may resolve to several replicas): STRICT_DNS, health-checked, SNI the name.
+    const dns = parsed({ gateway: 'g', xdsAddress: 'signalbox.internal:18000', tls }).static_resources.clusters[0] as Json;
+    assert.equal(dns.type, 'STRICT_DNS');
+    assert.ok(dns.health_checks[0].tcp_health_check);
+    assert.equal(dns.transport_socket.typed_config.sni, 'signalbox.internal');
+    assert.throws(() => bootstrapConfig({ gateway: 'g', xdsAddress: '127.0.0.1:1,127.0.0.1:1' }), /names 127.0.0.1:1 twice/);
+    assert.throws(() => bootstrapConfig({ gateway: 'g', xdsAddress: '127.0.0.1:1,nope' }), /HOST:PORT/);
+    assert.throws(() => bootstrapConfig({ gateway: 'g', xdsAddress: ' , ' }), /HOST:PORT/);
+  });
+
   test('bootstrapYaml is the YAML of bootstrapConfig', () => {
     const o = { gateway: 'g', xdsAddress: '10.0.0.1:18000', delta: true, adminPort: 1234, id: 'x' };
     assert.deepEqual(YAML.parse(bootstrapYaml(o)), bootstrapConfig(o));

@@ -139,6 +139,33 @@ describe('SotW ADS on a running Signalbox', () => {
     s.cancel();
   });
 
+  test('a reconnect with the versions the proxy runs gets nothing; a stale version gets the current one', async () => {
+    const first = envoyLike(sb, 'sotw-first-life');
+    await waitSynced(sb, 'sotw-first-life');
+    const cds = lastOf(first, CDS);
+    const eds = lastOf(first, EDS);
+    const edsNames = namesOf(eds);
+    first.cancel();
+
+    // Another stream (as to another replica: versions are content hashes) naming what it runs.
+    const id = 'sotw-resumed';
+    const b = sb.ads.sotw({ node: gatewayNode(id, 'edge') });
+    b.request(CDS, [], { version_info: cds.version_info });
+    b.request(EDS, edsNames, { version_info: eds.version_info });
+    await assertQuiet(sb, b, id, 0, 'current versions: no response at all');
+    const p = (await sb.proxy(id))!;
+    assert.equal(p.types.cluster!.pushes, 0);
+    assert.equal(p.types.cluster!.ackedVersion, cds.version_info, 'shown as running the version it named');
+    b.cancel();
+
+    const id2 = 'sotw-resumed-stale';
+    const c = sb.ads.sotw({ node: gatewayNode(id2, 'edge') });
+    c.request(CDS, [], { version_info: 'not-the-current-version' });
+    const again = await c.nextOf(CDS);
+    assert.equal(again.version_info, cds.version_info, 'a stale version is answered with the current one');
+    c.cancel();
+  });
+
   test("a nonce never sent on a type does not swallow that type's first request", async () => {
     const id = 'sotw-stale-first';
     const s = sb.ads.sotw({ node: gatewayNode(id, 'edge') });

@@ -133,7 +133,12 @@ export class DeltaStream extends XdsStream {
       st.known.delete(n);
     }
     if (first && sub.length === 0 && WILDCARD_TYPES.has(type)) st.wildcard = true;
-    if (first || changed) this.push(type, first);
+    // A type's first request is answered even when there is nothing to send (Envoy's start waits
+    // for it), except from a proxy that reconnects holding resources of that type: it is running,
+    // and an empty answer would only make it apply its unchanged configuration again (a proxy
+    // failing over to another replica with current versions gets nothing).
+    const resumed = first && Object.keys(req.initial_resource_versions ?? {}).length > 0;
+    if (first || changed) this.push(type, first && !resumed);
     // Only when removals were held back (the withheld names are all a cluster push then looks at).
     if (req.response_nonce && !req.error_detail && (type === TypeUrl.Listener || type === TypeUrl.Route) && (this.states.get(TypeUrl.Cluster)?.withheld.size ?? 0) > 0) this.push(TypeUrl.Cluster, false);
     // Clusters or endpoints answered: listener and route changes waiting for them may go.

@@ -35,6 +35,8 @@ interface TypeState {
   recent?: Map<string, ReadonlyMap<string, Resource>>;
   /** Listeners or routes: the changes held while waiting for warm clusters, oldest first (see push). */
   waiting?: { out: Map<string, Resource>; list: Resource[]; version: string }[];
+  /** A type's first request came with the version the proxy already runs (a reconnect): see push. */
+  resume?: string;
 }
 
 /** How many unanswered cluster or endpoint responses a stream remembers the names of. */
@@ -74,7 +76,7 @@ export class SotwStream extends XdsStream {
     }
     const first = !st;
     if (!st) {
-      st = { wildcard: false, names: new Set() };
+      st = { wildcard: false, names: new Set(), resume: req.version_info || undefined };
       this.states.set(type, st);
     }
 
@@ -172,6 +174,21 @@ export class SotwStream extends XdsStream {
     if (!this.ctx.cache.has(this.status!.node.group)) return;
     if (this.secretsBlocked(type)) return;
     const { out, list, version, kept } = this.compose(type, st);
+    const resume = st.resume;
+    st.resume = undefined;
+    if (resume !== undefined && resume === version && st.version === undefined) {
+      // A proxy that reconnects (to this replica or another: versions are content hashes) already
+      // runs exactly this: nothing is sent, and the stream starts as if it had sent and been ACKed it.
+      st.version = version;
+      st.kept = kept;
+      st.gen = this.ctx.cache.generation(this.status!.node.group, type);
+      this.status!.sent.set(type, out);
+      const t = this.status!.type(type);
+      t.sent = { version, nonce: '', at: Date.now(), resources: list.length };
+      t.acked = { version, at: Date.now() };
+      if (type === TypeUrl.Cluster || type === TypeUrl.Endpoint) this.acked.set(type, out);
+      return;
+    }
     if (!force && version === st.version) {
       st.waiting = undefined;
       this.unhold(type);

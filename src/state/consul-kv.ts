@@ -1,0 +1,156 @@
+// The few Consul KV and session calls shared state needs, on the `consul` package: reads (plain
+// and blocking), check-and-set writes, sessions and their locks. Connection settings (address,
+// TLS, ACL token) are those of discovery (CONSUL_* variables); the token travels in a header and
+// never appears in an error.
+import { EventEmitter } from 'node:events';
+import http from 'node:http';
+import https from 'node:https';
+import Consul from 'consul';
+import type { ConsulConnection } from '../sources/consul/config.js';
+import { ErrorCode, SignalboxError } from '../errors.js';
+
+export interface KvEntry {
+  value: string;
+  modifyIndex: number;
+  /** The session holding the key's lock, if any. */
+  session?: string;
+}
+
+interface RawItem {
+  Key: string;
+  Value: string | null;
+  ModifyIndex: number;
+  Session?: string;
+}
+
+type Ctx = EventEmitter & { includeResponse?: boolean };
+
+/** An error of a Consul call, with what was being done; Consul's own short text (never the token). */
+function failure(what: string, e: unknown): SignalboxError {
+  const err = e as { message?: string; statusCode?: number; response?: { statusCode?: number } };
+  const status = err.statusCode ?? err.response?.statusCode;
+  const hint = status === 403 || status === 401 ? ' (the Consul ACL token lacks a permission: see the policy in docs/ha.md)' : '';
+  const msg = (err.message ?? String(e)).replace(/\s+/g, ' ').slice(0, 200);
+  return new SignalboxError(ErrorCode.STATE, `Consul ${what} failed: ${msg}${hint}`);
+}
+
+export class ConsulKv {
+  private readonly consul: Consul;
+  private readonly agent: http.Agent;
+
+  constructor(readonly conn: ConsulConnection) {
+    const base = new URL(conn.baseUrl);
+    const opts = { keepAlive: true, maxSockets: Infinity };
+    const t = conn.tls;
+    this.agent = base.protocol === 'https:' ? new https.Agent({ ...opts, ca: t?.ca, cert: t?.cert, key: t?.key, servername: t?.serverName, rejectUnauthorized: t?.rejectUnauthorized ?? true }) : new http.Agent(opts);
+    const defaults: Record<string, string> = {};
+    if (conn.token) defaults.token = conn.token;
+    if (conn.datacenter) defaults.dc = conn.datacenter;
+    this.consul = new Consul({ baseUrl: `${conn.baseUrl}/v1`, agent: this.agent, defaults } as ConstructorParameters<typeof Consul>[0]);
+  }
+
+  /**
+   * Reads `key`. With `index`, a blocking query: answers when the key's index passes `index` or
+   * after `waitMs`. `index` in the answer is the one to pass next time.
+   */
+  async get(key: string, opts: { index?: number; waitMs?: number; signal?: AbortSignal } = {}): Promise<{ entry?: KvEntry; index: number }> {
+    const ctx: Ctx = Object.assign(new EventEmitter(), { includeResponse: true });
+    const onAbort = () => ctx.emit('cancel');
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      const q: Record<string, unknown> = { key, ctx, consistent: true, timeout: (opts.waitMs ?? 0) + 10_000 };
+      if (opts.index !== undefined) {
+        delete q.consistent; // a blocking query on the agent's view; the index orders it
+        q.index = String(opts.index);
+        q.wait = `${Math.ceil((opts.waitMs ?? 30_000) / 1000)}s`;
+      }
+      const [res, item] = (await this.consul.kv.get(q as never)) as unknown as [{ headers: Record<string, string | undefined> }, RawItem | undefined];
+      const index = Number(res?.headers?.['x-consul-index'] ?? 0);
+      if (!item) return { index };
+      return { entry: { value: item.Value ?? '', modifyIndex: item.ModifyIndex, session: item.Session }, index };
+    } catch (e) {
+      if (opts.signal?.aborted) throw new SignalboxError(ErrorCode.STATE, 'stopped');
+      throw failure(`read of ${key}`, e);
+    } finally {
+      opts.signal?.removeEventListener('abort', onAbort);
+    }
+  }
+
+  /** Every key under `prefix` with its value. */
+  async list(prefix: string): Promise<Array<{ key: string } & KvEntry>> {
+    try {
+      const items = (await this.consul.kv.get({ key: prefix, recurse: true })) as unknown as RawItem[] | RawItem | null | undefined;
+      const list = !items ? [] : Array.isArray(items) ? items : [items];
+      return list.map((i) => ({ key: i.Key, value: i.Value ?? '', modifyIndex: i.ModifyIndex, session: i.Session }));
+    } catch (e) {
+      throw failure(`list of ${prefix}`, e);
+    }
+  }
+
+  /** Writes `value` if the key's ModifyIndex is still `modifyIndex` (0: only if the key does not exist). */
+  async cas(key: string, value: string, modifyIndex: number): Promise<boolean> {
+    try {
+      return (await this.consul.kv.set({ key, value, cas: modifyIndex })) === true;
+    } catch (e) {
+      throw failure(`write of ${key}`, e);
+    }
+  }
+
+  /** Deletes `key` if its ModifyIndex is still `modifyIndex`. */
+  async deleteCas(key: string, modifyIndex: number): Promise<boolean> {
+    try {
+      return (await this.consul.kv.del({ key, cas: modifyIndex })) === true;
+    } catch (e) {
+      throw failure(`delete of ${key}`, e);
+    }
+  }
+
+  /** A session that dies `ttlS` seconds after its last renewal; its locks are released (no lock delay). */
+  async createSession(name: string, ttlS: number): Promise<string> {
+    try {
+      return (await this.consul.session.create({ name, ttl: `${ttlS}s`, behavior: 'release', lockdelay: '0s', nodechecks: [] } as never)).ID;
+    } catch (e) {
+      throw failure('session create', e);
+    }
+  }
+
+  /** Renews a session; false when Consul no longer knows it (it expired). */
+  async renewSession(id: string): Promise<boolean> {
+    try {
+      const r = (await this.consul.session.renew(id)) as unknown;
+      return Array.isArray(r) && r.length > 0;
+    } catch (e) {
+      if ((e as { statusCode?: number }).statusCode === 404 || /not found/i.test((e as Error).message ?? '')) return false;
+      throw failure('session renew', e);
+    }
+  }
+
+  async destroySession(id: string): Promise<void> {
+    try {
+      await this.consul.session.destroy(id);
+    } catch (e) {
+      throw failure('session destroy', e);
+    }
+  }
+
+  /** Takes the lock on `key` for `session`, writing `value`; false if another session holds it. */
+  async acquire(key: string, value: string, session: string): Promise<boolean> {
+    try {
+      return (await this.consul.kv.set({ key, value, acquire: session })) === true;
+    } catch (e) {
+      throw failure(`lock of ${key}`, e);
+    }
+  }
+
+  async release(key: string, value: string, session: string): Promise<boolean> {
+    try {
+      return (await this.consul.kv.set({ key, value, release: session })) === true;
+    } catch (e) {
+      throw failure(`unlock of ${key}`, e);
+    }
+  }
+
+  close(): void {
+    this.agent.destroy();
+  }
+}
