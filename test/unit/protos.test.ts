@@ -11,7 +11,7 @@ import { after, describe, test } from 'node:test';
 import protobuf from 'protobufjs';
 import type { IRHttpListener, IRRoute } from '../../src/ir/types.js';
 import { envoyRoot, lookupType, protosDir, SIGNALBOX_PROTO_FILES } from '../../src/xds/resources/protos.js';
-import { JWT_CHECK_FILTER, JWT_MODULE, JWT_MODULE_CONFIG, jwtCheck, patchRouteForJwtFastPath } from '../../src/xds/translator/filters/jwt-fast.js';
+import { JWT_MODULE, JWT_MODULE_CONFIG, jwtCheck } from '../../src/xds/translator/filters/jwt-fast.js';
 import { repoRoot } from '../helpers/envoy.js';
 
 const temp: string[] = [];
@@ -58,11 +58,7 @@ function formerDeclaration(): protobuf.Root {
 function moduleShapes(): { filter: Record<string, unknown>; checked: Record<string, unknown>; skipped: Record<string, unknown> } {
   const listener = { jwtModule: true, routeConfig: { name: 'r', virtualHosts: [] } } as unknown as IRHttpListener;
   const filter = (jwtCheck.hcmEntry!(listener) as { typed_config: Record<string, unknown> }).typed_config;
-  const perRoute = (route: Partial<IRRoute>) => {
-    const out: Record<string, unknown> = {};
-    patchRouteForJwtFastPath(listener, route as IRRoute, out);
-    return (out.typed_per_filter_config as Record<string, Record<string, unknown>>)[JWT_CHECK_FILTER]!;
-  };
+  const perRoute = (route: Partial<IRRoute>) => jwtCheck.perRouteConfig!(listener, route as IRRoute) as unknown as Record<string, unknown>;
   const checked = perRoute({ jwt: { fast: { policy: 'shop users', header: 'authorization', version: 'v1a2b3' } } } as unknown as Partial<IRRoute>);
   return { filter, checked, skipped: perRoute({}) };
 }

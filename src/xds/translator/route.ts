@@ -1,10 +1,7 @@
 import type { IRHeaderMods, IRRoute, IRRouteMatch, IRStringMatch, IRHttpListener } from '../../ir/types.js';
-import { faultFilter } from './filters/index.js';
-import { patchRoutePolicies, virtualHostPolicies } from './route-policy.js';
-import { patchRouteForExtAuthz } from './filters/ext-authz.js';
-import { fastPathKind, patchRouteForJwtFastPath } from './filters/jwt-fast.js';
+import { applyRouteHooks, routeFacets, virtualHostFields } from './filters/index.js';
 import { deepFreeze } from '../../ir/freeze.js';
-import { duration, fractionalPercent, typed } from './util.js';
+import { duration } from './util.js';
 import type { envoy } from '../resources/envoy-types.gen.js';
 
 type Route = envoy.config.route.v3.Route;
@@ -89,18 +86,12 @@ function routeResource(l: IRHttpListener, r: IRRoute): Route {
       }
       route.retry_policy = retry;
     }
+    // The consistent-hash key of RingHash backends (a TrafficPolicy's hashOn).
+    if (a.hashOn?.length) route.hash_policy = a.hashOn.map((h) => ('header' in h ? { header: { header_name: h.header.toLowerCase() } } : { connection_properties: { source_ip: true } }));
     out.route = route;
   }
   Object.assign(out, headerOptions(r.requestHeaders, 'request'), headerOptions(r.responseHeaders, 'response'));
-  if (r.fault) {
-    const fault: envoy.extensions.filters.http.fault.v3.HTTPFault = {};
-    if (r.fault.delay) fault.delay = { fixed_delay: duration(r.fault.delay.fixedMs), percentage: fractionalPercent(r.fault.delay.percent) };
-    if (r.fault.abort) fault.abort = { http_status: r.fault.abort.httpStatus, percentage: fractionalPercent(r.fault.abort.percent) };
-    out.typed_per_filter_config = { [faultFilter.envoyName]: typed('envoy.extensions.filters.http.fault.v3.HTTPFault', fault) };
-  }
-  patchRoutePolicies(r, out);
-  patchRouteForExtAuthz(l, r, out);
-  patchRouteForJwtFastPath(l, r, out);
+  applyRouteHooks(l, r, out);
   return out;
 }
 
@@ -114,11 +105,12 @@ export function routeConfigResource(l: IRHttpListener): envoy.config.route.v3.Ro
  * again when they did not change).
  */
 export function routeConfig(l: IRHttpListener): { json: envoy.config.route.v3.RouteConfiguration; vhostTexts: string[] } {
-  const facets = listenerFacets(l);
+  // What routeResource reads of its listener besides the route: what the filters' route hooks read.
+  const facets = routeFacets(l);
   const vhostTexts: string[] = [];
   const virtualHosts = l.routeConfig.virtualHosts.map((v) => {
     const routes = v.routes.map((r) => builtRoute(l, facets, r));
-    const vh = { name: v.name, domains: v.domains, routes: routes.map((r) => r.json), ...virtualHostPolicies(l) };
+    const vh = { name: v.name, domains: v.domains, routes: routes.map((r) => r.json), ...virtualHostFields(l) };
     // The routes' texts in the place JSON.stringify writes them (inside a string a quote is always escaped, so this is the key).
     const head = JSON.stringify({ ...vh, routes: [] });
     const at = head.indexOf('"routes":[]');
@@ -126,11 +118,6 @@ export function routeConfig(l: IRHttpListener): { json: envoy.config.route.v3.Ro
     return vh;
   });
   return { json: { name: l.routeConfig.name, virtual_hosts: virtualHosts, validate_clusters: { value: false } }, vhostTexts };
-}
-
-/** What routeResource reads of its listener besides the route: the ext_authz filter, and the JWT fast path's kind. */
-function listenerFacets(l: IRHttpListener): string {
-  return `${l.extAuthz ? 'ext-authz' : ''}/${fastPathKind(l) || ''}`;
 }
 
 /**

@@ -5,9 +5,8 @@
 // - Every route of such a listener carries ExtAuthzPerRoute: the names of the policies it must
 //   satisfy as a context extension (the service enforces exactly those), or `disabled` when no
 //   policy covers it or its policy's fast path checks it, so that those routes skip the filter.
-import type { IRHttpListener, IRRoute } from '../../../ir/types.js';
+import type { IRHttpListener } from '../../../ir/types.js';
 import { JWT_POLICIES_KEY } from '../../../ir/jwt.js';
-import type { envoy } from '../../resources/envoy-types.gen.js';
 import { duration, typed } from '../util.js';
 import type { HttpFilterModule } from './index.js';
 
@@ -16,6 +15,13 @@ export const EXT_AUTHZ_FILTER = 'signalbox.ext_authz';
 export const extAuthz: HttpFilterModule = {
   envoyName: EXT_AUTHZ_FILTER,
   wanted: (l: IRHttpListener) => l.extAuthz !== undefined,
+  routeFacet: (l) => (l.extAuthz ? 'ext-authz' : ''),
+  // The policies to check, or the check switched off.
+  perRouteConfig: (l, r) => {
+    if (!r.jwt || !l.extAuthz) return undefined;
+    const perRoute = r.jwt.policies.length && !r.jwt.fast ? { check_settings: { context_extensions: { [JWT_POLICIES_KEY]: r.jwt.policies.join(',') } } } : { disabled: true };
+    return typed('envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute', perRoute);
+  },
   hcmEntry: (l: IRHttpListener) => {
     const a = l.extAuthz;
     if (!a) return undefined;
@@ -33,12 +39,3 @@ export const extAuthz: HttpFilterModule = {
   },
 };
 
-/** Route-level setting: the policies to check, or the check switched off. */
-export function patchRouteForExtAuthz(l: IRHttpListener, r: IRRoute, out: envoy.config.route.v3.Route): void {
-  if (!r.jwt || !l.extAuthz) return;
-  const perRoute = r.jwt.policies.length && !r.jwt.fast ? { check_settings: { context_extensions: { [JWT_POLICIES_KEY]: r.jwt.policies.join(',') } } } : { disabled: true };
-  out.typed_per_filter_config = {
-    ...(out.typed_per_filter_config ?? {}),
-    [EXT_AUTHZ_FILTER]: typed('envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute', perRoute),
-  };
-}

@@ -40,6 +40,9 @@ function filterOf(mode: 'allow' | 'deny'): HttpFilterModule {
   return {
     envoyName: name,
     wanted: (l) => l.globalRateLimit !== undefined && routesWith(l, mode),
+    // Both instances read the one rate_limits list, each the entries of its stage; the allow
+    // instance writes all of them, so that they stay in the order of the route's policies.
+    ...(mode === 'allow' ? { routeFields: appendGlobalRateLimits } : {}),
     hcmEntry: (l) => {
       const g = l.globalRateLimit;
       if (!g || !routesWith(l, mode)) return undefined;
@@ -83,7 +86,7 @@ export function globalRateLimitEntries(r: IRRoute): RateLimit[] {
 }
 
 /** Route-level additions: the descriptors, after any local limit's own entries. */
-export function patchRouteForGlobalRateLimit(r: IRRoute, out: envoy.config.route.v3.Route): void {
+function appendGlobalRateLimits(_l: IRHttpListener, r: IRRoute, out: envoy.config.route.v3.Route): void {
   const entries = globalRateLimitEntries(r);
   const route = out.route;
   if (!entries.length || !route) return;

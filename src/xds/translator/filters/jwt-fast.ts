@@ -38,8 +38,7 @@
 // the service counts once (POST /signalbox.jwt/report, "<policy> <count>" lines).
 import type { IRJwtFastCheck } from '../../../ir/jwt.js';
 import { AUTHZ_CLUSTER, EXT_AUTHZ_TIMEOUT_MS, FAST_PATH_HTTP, JWT_MODULE } from '../../../protocol/jwt-fast-path.js';
-import type { IRHttpListener, IRRoute } from '../../../ir/types.js';
-import type { envoy } from '../../resources/envoy-types.gen.js';
+import type { IRHttpListener } from '../../../ir/types.js';
 import { typed } from '../util.js';
 import type { HttpFilterModule } from './index.js';
 
@@ -224,6 +223,26 @@ const hasFastPath = (l: IRHttpListener): boolean => fastPathKind(l) !== false;
 export const jwtCheck: HttpFilterModule = {
   envoyName: JWT_CHECK_FILTER,
   wanted: hasFastPath,
+  routeFacet: (l) => fastPathKind(l) || '',
+  // On a fast-path listener, every route says what the filter does there: under the module, its
+  // check (or "skip") in per-route config; under the script, fast-path routes name their check in
+  // metadata (routeFields) and the others switch the script off.
+  perRouteConfig: (l, r) => {
+    const kind = fastPathKind(l);
+    if (!kind) return undefined;
+    const fast = r.jwt?.fast;
+    if (kind === 'module') {
+      return typed('envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilterPerRoute', { dynamic_module_config: moduleRef, per_route_config_name: JWT_MODULE.filter, filter_config: stringValue(fast ? routeCheckSpec(fast) : 'skip') });
+    }
+    return fast ? undefined : typed('envoy.extensions.filters.http.lua.v3.LuaPerRoute', { disabled: true });
+  },
+  routeFields: (l, r, out) => {
+    const fast = r.jwt?.fast;
+    if (fastPathKind(l) !== 'script' || !fast) return;
+    const metadata = out.metadata ?? {};
+    // (A google.protobuf.Struct in protobufjs's field naming.)
+    out.metadata = { ...metadata, filter_metadata: { ...(metadata.filter_metadata ?? {}), [JWT_CHECK_FILTER]: { fields: { [FAST_PATH_ROUTE_KEY]: { stringValue: routeCheckSpec(fast) } } } } };
+  },
   hcmEntry: (l: IRHttpListener) => {
     const kind = fastPathKind(l);
     if (!kind) return undefined;
@@ -235,27 +254,3 @@ export const jwtCheck: HttpFilterModule = {
     return { name: JWT_CHECK_FILTER, typed_config: typed('envoy.extensions.filters.http.lua.v3.Lua', { default_source_code: { inline_string: JWT_CHECK_SCRIPT } }) };
   },
 };
-
-/** Route-level settings on a fast-path listener: the route's check in its metadata, or no script. */
-export function patchRouteForJwtFastPath(l: IRHttpListener, r: IRRoute, out: envoy.config.route.v3.Route): void {
-  const kind = fastPathKind(l);
-  if (!kind) return;
-  const fast = r.jwt?.fast;
-  if (kind === 'module') {
-    out.typed_per_filter_config = {
-      ...(out.typed_per_filter_config ?? {}),
-      [JWT_CHECK_FILTER]: typed('envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilterPerRoute', { dynamic_module_config: moduleRef, per_route_config_name: JWT_MODULE.filter, filter_config: stringValue(fast ? routeCheckSpec(fast) : 'skip') }),
-    };
-    return;
-  }
-  if (fast) {
-    const metadata = out.metadata ?? {};
-    // (A google.protobuf.Struct in protobufjs's field naming.)
-    out.metadata = { ...metadata, filter_metadata: { ...(metadata.filter_metadata ?? {}), [JWT_CHECK_FILTER]: { fields: { [FAST_PATH_ROUTE_KEY]: { stringValue: routeCheckSpec(fast) } } } } };
-    return;
-  }
-  out.typed_per_filter_config = {
-    ...(out.typed_per_filter_config ?? {}),
-    [JWT_CHECK_FILTER]: typed('envoy.extensions.filters.http.lua.v3.LuaPerRoute', { disabled: true }),
-  };
-}

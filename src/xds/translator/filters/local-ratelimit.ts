@@ -7,10 +7,11 @@
 // Keyed buckets use wildcard descriptors (an entry with a key and no value): Envoy keeps one
 // bucket per distinct value. Requests without the key share the default bucket of the same size.
 // Both modules take any IRHttpListener, so sidecar listeners get them the same way gateways do.
-import type { IRHttpListener, IRRoute } from '../../../ir/types.js';
+import type { IRHttpListener } from '../../../ir/types.js';
 import type { IRLocalRateLimit } from '../../../ir/traffic.js';
 import type { envoy, PackedAny } from '../../resources/envoy-types.gen.js';
 import { duration, typed } from '../util.js';
+import type { HttpFilterModule } from './index.js';
 
 const TYPE = 'envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit';
 export const LISTENER_RATELIMIT_FILTER = 'signalbox.local_ratelimit.listener';
@@ -64,32 +65,28 @@ function hasRouteLimit(l: IRHttpListener): boolean {
   return l.routeConfig.virtualHosts.some((v) => v.routes.some((r) => r.rateLimit));
 }
 
-export const listenerRateLimit = {
+export const listenerRateLimit: HttpFilterModule = {
   envoyName: LISTENER_RATELIMIT_FILTER,
-  wanted: (l: IRHttpListener) => l.rateLimit !== undefined,
-  hcmEntry: (l: IRHttpListener) => (l.rateLimit ? { name: LISTENER_RATELIMIT_FILTER, typed_config: localRateLimitConfig(l.rateLimit, 'listener') } : undefined),
+  wanted: (l) => l.rateLimit !== undefined,
+  hcmEntry: (l) => (l.rateLimit ? { name: LISTENER_RATELIMIT_FILTER, typed_config: localRateLimitConfig(l.rateLimit, 'listener') } : undefined),
+  // A listener-wide keyed limit takes its key from the virtual hosts.
+  virtualHost: (l) => {
+    const actions = l.rateLimit ? rateLimitActions(l.rateLimit, 'listener') : [];
+    return actions.length ? { rate_limits: actions } : {};
+  },
 };
 
-export const routeRateLimit = {
+export const routeRateLimit: HttpFilterModule = {
   envoyName: ROUTE_RATELIMIT_FILTER,
   wanted: hasRouteLimit,
   // No bucket here: the filter does nothing on routes without their own configuration.
-  hcmEntry: (l: IRHttpListener) => (hasRouteLimit(l) ? { name: ROUTE_RATELIMIT_FILTER, typed_config: typed(TYPE, { stat_prefix: 'ratelimit_route' }) } : undefined),
+  hcmEntry: (l) => (hasRouteLimit(l) ? { name: ROUTE_RATELIMIT_FILTER, typed_config: typed(TYPE, { stat_prefix: 'ratelimit_route' }) } : undefined),
+  // The route's own bucket.
+  perRouteConfig: (_l, r) => (r.rateLimit ? localRateLimitConfig(r.rateLimit, 'route') : undefined),
+  // Its key action. Keys come from RouteAction.rate_limits, so only forwarding routes can be
+  // keyed; a redirect rule counts against the shared default bucket.
+  routeFields: (_l, r, out) => {
+    const actions = r.rateLimit ? rateLimitActions(r.rateLimit, 'route') : [];
+    if (actions.length && out.route) out.route.rate_limits = actions;
+  },
 };
-
-/** Route-level additions: the per-route bucket (typed_per_filter_config) and its key action. */
-export function patchRouteForRateLimit(r: IRRoute, out: envoy.config.route.v3.Route): void {
-  if (!r.rateLimit) return;
-  out.typed_per_filter_config = { ...(out.typed_per_filter_config ?? {}), [ROUTE_RATELIMIT_FILTER]: localRateLimitConfig(r.rateLimit, 'route') };
-  const actions = rateLimitActions(r.rateLimit, 'route');
-  // Keys come from RouteAction.rate_limits, so only forwarding routes can be keyed; a redirect
-  // rule counts against the shared default bucket.
-  if (actions.length && out.route) out.route.rate_limits = actions;
-}
-
-/** Virtual-host additions for a listener-wide keyed limit. */
-export function virtualHostRateLimits(l: IRHttpListener): envoy.config.route.v3.VirtualHost {
-  if (!l.rateLimit) return {};
-  const actions = rateLimitActions(l.rateLimit, 'listener');
-  return actions.length ? { rate_limits: actions } : {};
-}
