@@ -156,23 +156,70 @@ async function runMode(mode: string) {
   const adminPort = await freePort();
   writeFileSync(path.join(dir, 'bench.yaml'), policies(gwPort));
   const dataDir = path.join(dir, 'data');
-  const sb: ChildProcess = spawn(process.execPath, [BIN, 'serve', '--policies', dir, '--xds-address', '127.0.0.1', '--xds-port', String(xdsPort), '--admin-port', String(adminPort), '--data-dir', dataDir, '--log-level', 'warn', '--access-log-sampling', mode], { stdio: ['ignore', 'ignore', 'inherit'] });
+  const sb: ChildProcess = spawn(
+    process.execPath,
+    [
+      BIN,
+      'serve',
+      '--policies',
+      dir,
+      '--xds-address',
+      '127.0.0.1',
+      '--xds-port',
+      String(xdsPort),
+      '--admin-port',
+      String(adminPort),
+      '--data-dir',
+      dataDir,
+      '--log-level',
+      'warn',
+      '--access-log-sampling',
+      mode,
+    ],
+    { stdio: ['ignore', 'ignore', 'inherit'] },
+  );
   let envoy: Envoy | undefined;
   let credentialsDir: string | undefined;
   try {
-    await waitFor(async () => (await fetch(`http://127.0.0.1:${adminPort}/readyz`).catch(() => undefined))?.status === 200, { timeoutMs: 20_000, what: 'signalbox ready' });
+    await waitFor(async () => (await fetch(`http://127.0.0.1:${adminPort}/readyz`).catch(() => undefined))?.status === 200, {
+      timeoutMs: 20_000,
+      what: 'signalbox ready',
+    });
     // The CA file is written before the xDS port opens; the token certificate is the gateway's.
     const tls = await bootstrapTls(dataDir, 'gateway/bench');
     credentialsDir = path.dirname(tls.certFile);
-    envoy = await startEnvoy({ name: `bench-als-${mode}`, bootstrapYaml: (p) => bootstrapYaml({ gateway: 'bench', xdsAddress: `127.0.0.1:${xdsPort}`, adminPort: p, id: 'bench-gw', tls: { caFile: tls.caFile, certFile: tls.certFile, keyFile: tls.keyFile } }) });
-    await waitFor(async () => (await fetch(`http://127.0.0.1:${gwPort}/old/x`, { redirect: 'manual' }).catch(() => undefined))?.status === 302, { timeoutMs: 20_000, what: 'route served' });
+    envoy = await startEnvoy({
+      name: `bench-als-${mode}`,
+      bootstrapYaml: (p) =>
+        bootstrapYaml({
+          gateway: 'bench',
+          xdsAddress: `127.0.0.1:${xdsPort}`,
+          adminPort: p,
+          id: 'bench-gw',
+          tls: { caFile: tls.caFile, certFile: tls.certFile, keyFile: tls.keyFile },
+        }),
+    });
+    await waitFor(async () => (await fetch(`http://127.0.0.1:${gwPort}/old/x`, { redirect: 'manual' }).catch(() => undefined))?.status === 302, {
+      timeoutMs: 20_000,
+      what: 'route served',
+    });
     await drive(gwPort, Math.min(RATE, 1000), 2, CONCURRENCY); // warm up
     await new Promise((r) => setTimeout(r, 1500)); // let the warm-up's logs flush (1 s buffer)
-    const before = { sb: cpuSeconds(sb.pid!), envoy: cpuSeconds(envoy.process.pid!), entries: await metric(adminPort, 'signalbox_access_log_entries_total'), proc: await metric(adminPort, 'signalbox_access_log_process_seconds_total') };
+    const before = {
+      sb: cpuSeconds(sb.pid!),
+      envoy: cpuSeconds(envoy.process.pid!),
+      entries: await metric(adminPort, 'signalbox_access_log_entries_total'),
+      proc: await metric(adminPort, 'signalbox_access_log_process_seconds_total'),
+    };
     await metric(adminPort, 'signalbox_process_nodejs_eventloop_lag_p99_seconds'); // prom-client resets the lag histogram per scrape
     const load = await drive(gwPort, RATE, SECONDS, CONCURRENCY);
     await new Promise((r) => setTimeout(r, 1500)); // the last batch
-    const after = { sb: cpuSeconds(sb.pid!), envoy: cpuSeconds(envoy.process.pid!), entries: await metric(adminPort, 'signalbox_access_log_entries_total'), proc: await metric(adminPort, 'signalbox_access_log_process_seconds_total') };
+    const after = {
+      sb: cpuSeconds(sb.pid!),
+      envoy: cpuSeconds(envoy.process.pid!),
+      entries: await metric(adminPort, 'signalbox_access_log_entries_total'),
+      proc: await metric(adminPort, 'signalbox_access_log_process_seconds_total'),
+    };
     const lagP99 = await metric(adminPort, 'signalbox_process_nodejs_eventloop_lag_p99_seconds');
     const wall = load.seconds + 1.5;
     const entries = after.entries - before.entries;
@@ -233,7 +280,15 @@ function sampleMessage(): Uint8Array {
       upstream_wire_bytes_received: 300,
     },
     protocol_version: 'HTTP11',
-    request: { request_method: 'GET', scheme: 'http', authority: '127.0.0.1:8080', path: `/orders/${i}`, user_agent: 'bench/1.0', request_id: `5f0c7a56-8d3e-4a8b-9b1e-${String(i).padStart(12, '0')}`, request_headers_bytes: 96 },
+    request: {
+      request_method: 'GET',
+      scheme: 'http',
+      authority: '127.0.0.1:8080',
+      path: `/orders/${i}`,
+      user_agent: 'bench/1.0',
+      request_id: `5f0c7a56-8d3e-4a8b-9b1e-${String(i).padStart(12, '0')}`,
+      request_headers_bytes: 96,
+    },
     response: { response_code: { value: 200 }, response_headers_bytes: 180, response_body_bytes: 130, response_code_details: 'via_upstream' },
   });
   const msg = T.fromObject({ http_logs: { log_entry: Array.from({ length: 100 }, (_, i) => entry(i)) } });

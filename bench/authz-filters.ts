@@ -47,7 +47,11 @@ async function main(): Promise<void> {
   const jwk = { ...(await exportJWK(publicKey)), kid: 'bench-1', alg: 'RS256' };
   const jwks = JSON.stringify({ keys: [jwk] });
   const now = Math.floor(Date.now() / 1000);
-  const tokens = await Promise.all(Array.from({ length: 100 }, (_, i) => new SignJWT({ iss: ISS, aud: AUD, sub: `user-${i}`, iat: now, exp: now + 3600 }).setProtectedHeader({ alg: 'RS256', kid: 'bench-1' }).sign(privateKey)));
+  const tokens = await Promise.all(
+    Array.from({ length: 100 }, (_, i) =>
+      new SignJWT({ iss: ISS, aud: AUD, sub: `user-${i}`, iat: now, exp: now + 3600 }).setProtectedHeader({ alg: 'RS256', kid: 'bench-1' }).sign(privateKey),
+    ),
+  );
   const check: IRJwtFastCheck = { policy: 'bench', header: 'authorization', version: 'bench' };
   // The stub service: every token allowed, remembered until an hour from now.
   const stub = http2.createServer();
@@ -65,19 +69,55 @@ async function main(): Promise<void> {
     name: 'signalbox.authz',
     type: 'STATIC',
     connect_timeout: '1s',
-    typed_extension_protocol_options: { 'envoy.extensions.upstreams.http.v3.HttpProtocolOptions': { '@type': 'type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions', explicit_http_config: { http2_protocol_options: {} } } },
-    load_assignment: { cluster_name: 'signalbox.authz', endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: '127.0.0.1', port_value: stubPort } } } }] }] },
+    typed_extension_protocol_options: {
+      'envoy.extensions.upstreams.http.v3.HttpProtocolOptions': {
+        '@type': 'type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions',
+        explicit_http_config: { http2_protocol_options: {} },
+      },
+    },
+    load_assignment: {
+      cluster_name: 'signalbox.authz',
+      endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: '127.0.0.1', port_value: stubPort } } } }] }],
+    },
   };
 
-  const provider = { issuer: ISS, audiences: [AUD], local_jwks: { inline_string: jwks }, forward: true, clock_skew_seconds: 30, jwt_cache_config: { jwt_cache_size: 100 }, from_headers: [{ name: 'authorization', value_prefix: 'Bearer ' }] };
+  const provider = {
+    issuer: ISS,
+    audiences: [AUD],
+    local_jwks: { inline_string: jwks },
+    forward: true,
+    clock_skew_seconds: 30,
+    jwt_cache_config: { jwt_cache_size: 100 },
+    from_headers: [{ name: 'authorization', value_prefix: 'Bearer ' }],
+  };
   const strict = {
     name: 'envoy.filters.http.jwt_authn',
-    typed_config: { '@type': 'type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication', providers: { bench: provider }, rules: [{ match: { prefix: '/' }, requires: { provider_name: 'bench' } }] },
+    typed_config: {
+      '@type': 'type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication',
+      providers: { bench: provider },
+      rules: [{ match: { prefix: '/' }, requires: { provider_name: 'bench' } }],
+    },
   };
-  const lua = (code: string) => ({ name: JWT_CHECK_FILTER, typed_config: { '@type': 'type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua', default_source_code: { inline_string: code } } });
+  const lua = (code: string) => ({
+    name: JWT_CHECK_FILTER,
+    typed_config: { '@type': 'type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua', default_source_code: { inline_string: code } },
+  });
   const moduleConfig = { name: 'signalbox_jwt_check', do_not_close: true };
-  const jwtModule = { name: JWT_CHECK_FILTER, typed_config: { '@type': 'type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter', dynamic_module_config: moduleConfig, filter_name: 'jwt_check', filter_config: { '@type': 'type.googleapis.com/google.protobuf.StringValue', value: 'signalbox.authz 2000 300' } } };
-  const modulePerRoute = (value: string) => ({ '@type': 'type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilterPerRoute', dynamic_module_config: moduleConfig, per_route_config_name: 'jwt_check', filter_config: { '@type': 'type.googleapis.com/google.protobuf.StringValue', value } });
+  const jwtModule = {
+    name: JWT_CHECK_FILTER,
+    typed_config: {
+      '@type': 'type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter',
+      dynamic_module_config: moduleConfig,
+      filter_name: 'jwt_check',
+      filter_config: { '@type': 'type.googleapis.com/google.protobuf.StringValue', value: 'signalbox.authz 2000 300' },
+    },
+  };
+  const modulePerRoute = (value: string) => ({
+    '@type': 'type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilterPerRoute',
+    dynamic_module_config: moduleConfig,
+    per_route_config_name: 'jwt_check',
+    filter_config: { '@type': 'type.googleapis.com/google.protobuf.StringValue', value },
+  });
   // Each variant: its filters, and the route's per-filter config. The compiled filter also runs on
   // a route that has no check ("skip"): what a module proxy's listener without JWT policies pays
   // for keeping the filter.
@@ -98,13 +138,40 @@ async function main(): Promise<void> {
       const hcm = {
         '@type': 'type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager',
         stat_prefix: 'bench',
-        route_config: { virtual_hosts: [{ name: 'any', domains: ['*'], routes: [{ match: { prefix: '/' }, redirect: { path_redirect: '/moved' }, typed_per_filter_config: perRoute, metadata: { filter_metadata: { [JWT_CHECK_FILTER]: { [FAST_PATH_ROUTE_KEY]: routeCheckSpec(check) } } } /* static bootstrap: plain JSON */ }] }] },
-        http_filters: [...filters, { name: 'envoy.filters.http.router', typed_config: { '@type': 'type.googleapis.com/envoy.extensions.filters.http.router.v3.Router' } }],
+        route_config: {
+          virtual_hosts: [
+            {
+              name: 'any',
+              domains: ['*'],
+              routes: [
+                {
+                  match: { prefix: '/' },
+                  redirect: { path_redirect: '/moved' },
+                  typed_per_filter_config: perRoute,
+                  metadata: { filter_metadata: { [JWT_CHECK_FILTER]: { [FAST_PATH_ROUTE_KEY]: routeCheckSpec(check) } } } /* static bootstrap: plain JSON */,
+                },
+              ],
+            },
+          ],
+        },
+        http_filters: [
+          ...filters,
+          { name: 'envoy.filters.http.router', typed_config: { '@type': 'type.googleapis.com/envoy.extensions.filters.http.router.v3.Router' } },
+        ],
       };
       const bootstrapYaml = (adminPort: number) =>
         YAML.stringify({
           admin: { address: { socket_address: { address: '127.0.0.1', port_value: adminPort } } },
-          static_resources: { clusters: [authzCluster], listeners: [{ name: 'bench', address: { socket_address: { address: '127.0.0.1', port_value: port } }, filter_chains: [{ filters: [{ name: 'envoy.filters.network.http_connection_manager', typed_config: hcm }] }] }] },
+          static_resources: {
+            clusters: [authzCluster],
+            listeners: [
+              {
+                name: 'bench',
+                address: { socket_address: { address: '127.0.0.1', port_value: port } },
+                filter_chains: [{ filters: [{ name: 'envoy.filters.network.http_connection_manager', typed_config: hcm }] }],
+              },
+            ],
+          },
         });
       const run = (n: number) => Promise.all(Array.from({ length: CONNECTIONS }, (_, c) => loop(port, n, (i) => tokens[(c * 7 + i) % tokens.length]!)));
       if (INSTRUCTIONS) {
@@ -150,11 +217,31 @@ async function instructionsPerRequest(bootstrapYaml: (adminPort: number) => stri
   const dir = mkdtempSync(path.join(os.tmpdir(), 'bench-callgrind-'));
   const config = path.join(dir, 'bootstrap.yaml');
   writeFileSync(config, bootstrapYaml(adminPort));
-  const child = spawn('valgrind', ['--tool=callgrind', '--instr-atstart=no', `--callgrind-out-file=${dir}/out.%p`, bin, '-c', config, '--disable-hot-restart', '--concurrency', '1', '-l', 'error'], { stdio: 'ignore', env: { ...process.env, ENVOY_DYNAMIC_MODULES_SEARCH_PATH: await provisionJwtModule() } });
+  const child = spawn(
+    'valgrind',
+    [
+      '--tool=callgrind',
+      '--instr-atstart=no',
+      `--callgrind-out-file=${dir}/out.%p`,
+      bin,
+      '-c',
+      config,
+      '--disable-hot-restart',
+      '--concurrency',
+      '1',
+      '-l',
+      'error',
+    ],
+    { stdio: 'ignore', env: { ...process.env, ENVOY_DYNAMIC_MODULES_SEARCH_PATH: await provisionJwtModule() } },
+  );
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   const control = (...args: string[]) => execFileSync('callgrind_control', [...args, String(child.pid)], { stdio: 'ignore' });
   try {
-    await waitFor(async () => (await fetch(`http://127.0.0.1:${adminPort}/ready`).catch(() => undefined))?.status === 200, { timeoutMs: 300_000, intervalMs: 1000, what: 'envoy under callgrind ready' });
+    await waitFor(async () => (await fetch(`http://127.0.0.1:${adminPort}/ready`).catch(() => undefined))?.status === 200, {
+      timeoutMs: 300_000,
+      intervalMs: 1000,
+      what: 'envoy under callgrind ready',
+    });
     await run(50); // warm-up, not counted
     control('-i', 'on');
     const bad = (await run(REQUESTS)).reduce((a, b) => a + b, 0);

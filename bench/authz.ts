@@ -97,9 +97,16 @@ if (FAST_PATH !== 'module' && FAST_PATH !== 'script') throw new Error('--fast-pa
 const FRESH = flags.fresh === true;
 const STEADY = flags.steady === true;
 const FRESH_SATURATED = Number(flags['fresh-saturated']);
-const CONFIGS = new Set(['baseline', ...flags.configs!.split(',').map((c) => c.trim()).filter(Boolean)]);
+const CONFIGS = new Set([
+  'baseline',
+  ...flags
+    .configs!.split(',')
+    .map((c) => c.trim())
+    .filter(Boolean),
+]);
 for (const c of CONFIGS) if (!['baseline', 'jwt_authn', 'fast', 'ext_authz'].includes(c)) throw new Error(`--configs: unknown configuration "${c}"`);
-if (!(SECONDS > 0 && SECONDS <= 600 && ROUNDS >= 1 && ROUNDS <= 20 && RATE > 0 && RATE <= 20_000 && FRESH_SATURATED > 0 && FRESH_SATURATED <= 200_000)) throw new Error('--seconds, --rounds, --rate or --fresh-saturated out of range');
+if (!(SECONDS > 0 && SECONDS <= 600 && ROUNDS >= 1 && ROUNDS <= 20 && RATE > 0 && RATE <= 20_000 && FRESH_SATURATED > 0 && FRESH_SATURATED <= 200_000))
+  throw new Error('--seconds, --rounds, --rate or --fresh-saturated out of range');
 const ISS = 'https://auth.bench.local/';
 const AUD = 'bench-api';
 
@@ -307,7 +314,11 @@ async function main(): Promise<void> {
   const jwks = JSON.stringify({ keys: [jwk] });
   const now = Math.floor(Date.now() / 1000);
   const tokens = await Promise.all(
-    Array.from({ length: TOKENS }, (_, i) => new SignJWT({ iss: ISS, aud: AUD, sub: `user-${i}`, scope: 'orders.read', iat: now, exp: now + 3600 }).setProtectedHeader({ alg: 'RS256', kid: 'bench-1', typ: 'JWT' }).sign(privateKey)),
+    Array.from({ length: TOKENS }, (_, i) =>
+      new SignJWT({ iss: ISS, aud: AUD, sub: `user-${i}`, scope: 'orders.read', iat: now, exp: now + 3600 })
+        .setProtectedHeader({ alg: 'RS256', kid: 'bench-1', typ: 'JWT' })
+        .sign(privateKey),
+    ),
   );
   // --fresh: per round, the saturated phase's tokens, then the fixed-rate phase's.
   const fixedCount = Math.round(RATE * SECONDS);
@@ -319,7 +330,9 @@ async function main(): Promise<void> {
       const all = await signFresh(key, FRESH_SATURATED + fixedCount, `r${r}`, now);
       freshRounds.push({ saturated: all.slice(0, FRESH_SATURATED), fixed: all.slice(FRESH_SATURATED) });
     }
-    process.stderr.write(`signed ${ROUNDS * (FRESH_SATURATED + fixedCount)} fresh tokens in ${((performance.now() - t0) / 1000).toFixed(1)} s (not measured)\n`);
+    process.stderr.write(
+      `signed ${ROUNDS * (FRESH_SATURATED + fixedCount)} fresh tokens in ${((performance.now() - t0) / 1000).toFixed(1)} s (not measured)\n`,
+    );
   }
 
   /** The same policy on one listener of the bench gateway (`extra`: more spec lines). */
@@ -334,7 +347,15 @@ spec:
   algorithms: [RS256]
   jwks: { inline: ${jwks} }
 ${extra}`;
-  const [xdsPort, adminPort, authzPort, plainPort, authPort, jwtPort, slowPort] = await Promise.all([freePort(), freePort(), freePort(), freePort(), freePort(), freePort(), freePort()]);
+  const [xdsPort, adminPort, authzPort, plainPort, authPort, jwtPort, slowPort] = await Promise.all([
+    freePort(),
+    freePort(),
+    freePort(),
+    freePort(),
+    freePort(),
+    freePort(),
+    freePort(),
+  ]);
   const dir = mkdtempSync(path.join(os.tmpdir(), 'sb-bench-authz-'));
   const dataDir = mkdtempSync(path.join(os.tmpdir(), 'sb-bench-authz-data-'));
   writeFileSync(
@@ -376,10 +397,37 @@ ${jwtPolicy('bench', 'auth')}${jwtPolicy('bench-slow', 'slow', '  from: [ { head
   try {
     // SIGNALBOX_BENCH_NODE_ARGS, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof", profiles the control plane.
     const nodeArgs = (process.env.SIGNALBOX_BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
-    sb = spawn(process.execPath, [...nodeArgs, BIN, 'serve', '--policies', dir, '--xds-address', '127.0.0.1', '--xds-port', String(xdsPort), '--admin-port', String(adminPort), '--authz-port', String(authzPort), '--data-dir', dataDir, '--log-level', 'warn', '--access-log-sampling', 'off'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    sb = spawn(
+      process.execPath,
+      [
+        ...nodeArgs,
+        BIN,
+        'serve',
+        '--policies',
+        dir,
+        '--xds-address',
+        '127.0.0.1',
+        '--xds-port',
+        String(xdsPort),
+        '--admin-port',
+        String(adminPort),
+        '--authz-port',
+        String(authzPort),
+        '--data-dir',
+        dataDir,
+        '--log-level',
+        'warn',
+        '--access-log-sampling',
+        'off',
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
     sb.stdout!.on('data', (b: Buffer) => (sbLog = (sbLog + b.toString()).slice(-20_000)));
     sb.stderr!.on('data', (b: Buffer) => (sbLog = (sbLog + b.toString()).slice(-20_000)));
-    await waitFor(async () => (await fetch(`http://127.0.0.1:${adminPort}/readyz`).catch(() => undefined))?.status === 200, { timeoutMs: 30_000, what: 'signalbox ready' });
+    await waitFor(async () => (await fetch(`http://127.0.0.1:${adminPort}/readyz`).catch(() => undefined))?.status === 200, {
+      timeoutMs: 30_000,
+      what: 'signalbox ready',
+    });
     /** TLS to the xDS port (the CA `serve` wrote before opening it) with a token certificate for the gateway. */
     const tlsFor = async (gatewayName: string) => {
       const t = await bootstrapTls(dataDir, `gateway/${gatewayName}`);
@@ -387,10 +435,24 @@ ${jwtPolicy('bench', 'auth')}${jwtPolicy('bench-slow', 'slow', '  from: [ { head
       return { caFile: t.caFile, certFile: t.certFile, keyFile: t.keyFile };
     };
     const gatewayTls = await tlsFor('bench');
-    const gateway = await startEnvoy({ name: 'bench-gw', bootstrapYaml: (p) => bootstrapYaml({ gateway: 'bench', id: 'bench-gw', xdsAddress: `127.0.0.1:${xdsPort}`, adminPort: p, jwtModule: FAST_PATH === 'module', tls: gatewayTls }) });
+    const gateway = await startEnvoy({
+      name: 'bench-gw',
+      bootstrapYaml: (p) =>
+        bootstrapYaml({
+          gateway: 'bench',
+          id: 'bench-gw',
+          xdsAddress: `127.0.0.1:${xdsPort}`,
+          adminPort: p,
+          jwtModule: FAST_PATH === 'module',
+          tls: gatewayTls,
+        }),
+    });
     envoys.push(gateway);
     const baseTls = await tlsFor('base');
-    const baseEnvoy = await startEnvoy({ name: 'bench-base', bootstrapYaml: (p) => bootstrapYaml({ gateway: 'base', id: 'bench-base', xdsAddress: `127.0.0.1:${xdsPort}`, adminPort: p, tls: baseTls }) });
+    const baseEnvoy = await startEnvoy({
+      name: 'bench-base',
+      bootstrapYaml: (p) => bootstrapYaml({ gateway: 'base', id: 'bench-base', xdsAddress: `127.0.0.1:${xdsPort}`, adminPort: p, tls: baseTls }),
+    });
     envoys.push(baseEnvoy);
     await waitFor(async () => (await get(plainPort, tokens[0]!)) === 301, { timeoutMs: 20_000, what: 'baseline listener answering' });
     const plain = await plainListenerOf(baseEnvoy, 'base/plain');
@@ -404,10 +466,12 @@ ${jwtPolicy('bench', 'auth')}${jwtPolicy('bench-slow', 'slow', '  from: [ { head
     if (!(await gateway.admin('/config_dump?resource=dynamic_listeners')).includes(want)) throw new Error(`the gateway does not run the fast path as ${want}`);
     // A request without a token must be refused on the two auth listeners (the filters are on).
     for (const port of [authPort, jwtPort, slowPort]) {
-      const status = await new Promise<number>((resolve) => http.get({ host: '127.0.0.1', port, path: '/bench', agent }, (r) => {
-        r.resume();
-        resolve(r.statusCode ?? 0);
-      }));
+      const status = await new Promise<number>((resolve) =>
+        http.get({ host: '127.0.0.1', port, path: '/bench', agent }, (r) => {
+          r.resume();
+          resolve(r.statusCode ?? 0);
+        }),
+      );
       if (status !== 401) throw new Error(`listener ${port} let a request without a token through (${status})`);
     }
 
@@ -420,9 +484,16 @@ ${jwtPolicy('bench', 'auth')}${jwtPolicy('bench-slow', 'slow', '  from: [ { head
       for (let i = 0; i < 500; i++) await get(plainPort, tokens[i % tokens.length]!);
       const seqBase = (performance.now() - t1) / 500;
       process.stderr.write(`sequential: ext_authz ${seq.toFixed(3)} ms/request, baseline ${seqBase.toFixed(3)} ms/request\n`);
-      process.stderr.write(`${await gateway.admin('/stats?filter=signalbox.authz.*(upstream_rq_time|upstream_cx_total|upstream_cx_active|upstream_rq_total)')}\n`);
+      process.stderr.write(
+        `${await gateway.admin('/stats?filter=signalbox.authz.*(upstream_rq_time|upstream_cx_total|upstream_cx_active|upstream_rq_total)')}\n`,
+      );
       const m = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text();
-      process.stderr.write(`${m.split('\n').filter((l) => l.startsWith('signalbox_authz_check_duration_seconds_sum') || l.startsWith('signalbox_authz_check_duration_seconds_count')).join('\n')}\n`);
+      process.stderr.write(
+        `${m
+          .split('\n')
+          .filter((l) => l.startsWith('signalbox_authz_check_duration_seconds_sum') || l.startsWith('signalbox_authz_check_duration_seconds_count'))
+          .join('\n')}\n`,
+      );
       const samples: string[] = [];
       const timer = setInterval(() => {
         void gateway.admin('/stats?filter=signalbox.authz.*(upstream_rq_active|upstream_rq_pending_active)$').then((t) => samples.push(t.replace(/\n/g, ' ')));
@@ -431,7 +502,9 @@ ${jwtPolicy('bench', 'auth')}${jwtPolicy('bench-slow', 'slow', '  from: [ { head
       const sat = await saturated(authPort, tokens, 4);
       const g = process.cpuUsage(g0);
       clearInterval(timer);
-      process.stderr.write(`saturated ${sat.rps.toFixed(0)} rps; generator CPU ${(((g.user + g.system) / 1e6 / sat.seconds) * 100).toFixed(0)}%\n${samples.slice(0, 6).join('\n')}\n`);
+      process.stderr.write(
+        `saturated ${sat.rps.toFixed(0)} rps; generator CPU ${(((g.user + g.system) / 1e6 / sat.seconds) * 100).toFixed(0)}%\n${samples.slice(0, 6).join('\n')}\n`,
+      );
     }
     const configs = [
       { key: 'baseline', name: 'baseline (no auth)', port: plainPort },
@@ -464,7 +537,15 @@ ${jwtPolicy('bench', 'auth')}${jwtPolicy('bench-slow', 'slow', '  from: [ { head
       Object.keys(b.gc)
         .map((k) => `${k} ${b.gc[k]!.count - (a.gc[k]?.count ?? 0)} / ${((b.gc[k]!.seconds - (a.gc[k]?.seconds ?? 0)) * 1000).toFixed(0)} ms`)
         .join(', ');
-    type Run = { saturated: Phase; fixed: Phase; cpu: { envoy: number; signalbox: number }; sbCpuSeconds: number; serviceChecks: number; saturatedChecks: number; fixedLoop: { lagP99Ms: number; lagMaxMs: number; gc: string } };
+    type Run = {
+      saturated: Phase;
+      fixed: Phase;
+      cpu: { envoy: number; signalbox: number };
+      sbCpuSeconds: number;
+      serviceChecks: number;
+      saturatedChecks: number;
+      fixedLoop: { lagP99Ms: number; lagMaxMs: number; gc: string };
+    };
     const runs: Run[][] = configs.map(() => []);
     // Rounds, each running every configuration once, starting with a different one each round:
     // figures on a small shared machine drift by tens of percent over minutes; medians of
@@ -503,18 +584,49 @@ ${jwtPolicy('bench', 'auth')}${jwtPolicy('bench-slow', 'slow', '  from: [ { head
         const { fixed, loop0, loop1 } = f;
         const serviceChecks = s.checks + f.checks;
         const fixedLoop = { lagP99Ms: loop1.lagP99Ms, lagMaxMs: loop1.lagMaxMs, gc: gcText(loop0, loop1) };
-        runs[ci]!.push({ saturated: sat, fixed, cpu: { envoy: (100 * (cpu1.envoy - cpu0.envoy)) / sat.seconds, signalbox: (100 * (cpu1.sb - cpu0.sb)) / sat.seconds }, sbCpuSeconds: cpu1.sb - cpu0.sb, serviceChecks, saturatedChecks: s.checks, fixedLoop });
-        process.stderr.write(`round ${round + 1}, ${c.name}: saturated ${sat.rps.toFixed(0)} req/s (p50 ${sat.p50.toFixed(2)} ms, p99 ${sat.p99.toFixed(2)} ms, ${sat.requests} requests in ${sat.seconds.toFixed(1)} s); ${RATE}/s: p50 ${fixed.p50.toFixed(2)} ms, p99 ${fixed.p99.toFixed(2)} ms; non-301: ${sat.bad + fixed.bad}; ext_authz service checks: ${serviceChecks} (saturated ${s.checks}, Signalbox CPU ${(cpu1.sb - cpu0.sb).toFixed(2)} s); signalbox during the ${RATE}/s phase: event-loop delay p99 ${fixedLoop.lagP99Ms.toFixed(1)} ms, max ${fixedLoop.lagMaxMs.toFixed(1)} ms; GC (count / time) ${fixedLoop.gc}\n`);
+        runs[ci]!.push({
+          saturated: sat,
+          fixed,
+          cpu: { envoy: (100 * (cpu1.envoy - cpu0.envoy)) / sat.seconds, signalbox: (100 * (cpu1.sb - cpu0.sb)) / sat.seconds },
+          sbCpuSeconds: cpu1.sb - cpu0.sb,
+          serviceChecks,
+          saturatedChecks: s.checks,
+          fixedLoop,
+        });
+        process.stderr.write(
+          `round ${round + 1}, ${c.name}: saturated ${sat.rps.toFixed(0)} req/s (p50 ${sat.p50.toFixed(2)} ms, p99 ${sat.p99.toFixed(2)} ms, ${sat.requests} requests in ${sat.seconds.toFixed(1)} s); ${RATE}/s: p50 ${fixed.p50.toFixed(2)} ms, p99 ${fixed.p99.toFixed(2)} ms; non-301: ${sat.bad + fixed.bad}; ext_authz service checks: ${serviceChecks} (saturated ${s.checks}, Signalbox CPU ${(cpu1.sb - cpu0.sb).toFixed(2)} s); signalbox during the ${RATE}/s phase: event-loop delay p99 ${fixedLoop.lagP99Ms.toFixed(1)} ms, max ${fixedLoop.lagMaxMs.toFixed(1)} ms; GC (count / time) ${fixedLoop.gc}\n`,
+        );
       }
     }
-    const median = (xs: number[]) => percentile([...xs].sort((a, b) => a - b), 50);
+    const median = (xs: number[]) =>
+      percentile(
+        [...xs].sort((a, b) => a - b),
+        50,
+      );
     const results = configs.map((c, ci) => {
       const rs = runs[ci]!;
       const m = (f: (r: Run) => number) => median(rs.map(f));
-      const phase = (f: (r: Run) => Phase): Phase => ({ requests: m((r) => f(r).requests), seconds: m((r) => f(r).seconds), rps: m((r) => f(r).rps), p50: m((r) => f(r).p50), p99: m((r) => f(r).p99), bad: rs.reduce((n, r) => n + f(r).bad, 0) });
+      const phase = (f: (r: Run) => Phase): Phase => ({
+        requests: m((r) => f(r).requests),
+        seconds: m((r) => f(r).seconds),
+        rps: m((r) => f(r).rps),
+        p50: m((r) => f(r).p50),
+        p99: m((r) => f(r).p99),
+        bad: rs.reduce((n, r) => n + f(r).bad, 0),
+      });
       // Checks the service answered per CPU-second of the whole `signalbox serve` process, saturated phase.
       const checksPerCpuSecond = m((r) => (r.sbCpuSeconds > 0 ? r.saturatedChecks / r.sbCpuSeconds : 0));
-      return { key: c.key, name: c.name, saturated: phase((r) => r.saturated), fixed: phase((r) => r.fixed), cpu: { envoy: m((r) => r.cpu.envoy), signalbox: m((r) => r.cpu.signalbox) }, serviceChecks: rs.reduce((n, r) => n + r.serviceChecks, 0), checksPerCpuSecond, rounds: rs.map((r) => r.saturated.rps), fixedLoop: rs.map((r) => r.fixedLoop) };
+      return {
+        key: c.key,
+        name: c.name,
+        saturated: phase((r) => r.saturated),
+        fixed: phase((r) => r.fixed),
+        cpu: { envoy: m((r) => r.cpu.envoy), signalbox: m((r) => r.cpu.signalbox) },
+        serviceChecks: rs.reduce((n, r) => n + r.serviceChecks, 0),
+        checksPerCpuSecond,
+        rounds: rs.map((r) => r.saturated.rps),
+        fixedLoop: rs.map((r) => r.fixedLoop),
+      };
     });
     const byKey = (key: string) => results.find((r) => r.key === key);
     const base = byKey('baseline')!;
@@ -523,17 +635,31 @@ ${jwtPolicy('bench', 'auth')}${jwtPolicy('bench-slow', 'slow', '  from: [ { head
     const only = byKey('ext_authz');
     const f2 = (n: number) => n.toFixed(2);
     const authnIndex = configs.findIndex((c) => c.key === 'jwt_authn');
-    const perRound = (key: string) => runs[configs.findIndex((c) => c.key === key)]!.map((r, i) => `${((100 * r.saturated.rps) / runs[authnIndex]![i]!.saturated.rps).toFixed(0)}%`).join(', ');
-    const tokensText = FRESH ? `a new RS256 token per measured request (saturated phases capped at ${FRESH_SATURATED} requests)` : `${TOKENS} distinct RS256 tokens, repeated`;
+    const perRound = (key: string) =>
+      runs[configs.findIndex((c) => c.key === key)]!.map((r, i) => `${((100 * r.saturated.rps) / runs[authnIndex]![i]!.saturated.rps).toFixed(0)}%`).join(', ');
+    const tokensText = FRESH
+      ? `a new RS256 token per measured request (saturated phases capped at ${FRESH_SATURATED} requests)`
+      : `${TOKENS} distinct RS256 tokens, repeated`;
     const lines = [
       `Machine: ${os.cpus().length} x ${os.cpus()[0]?.model ?? 'cpu'}, Node ${process.version}, Envoy 1 worker thread each (baseline, jwt_authn and Signalbox on three Envoys); medians of ${ROUNDS} interleaved rounds; ${SECONDS}s per phase, closed loop at concurrency ${CONCURRENCY}, open loop at ${RATE} req/s${STEADY ? ' (run first, after a warm-up at that rate)' : ' (after the closed loop)'}, ${tokensText}. Load average before / after: ${load0} / ${os.loadavg()[0]!.toFixed(2)} (other processes compete for the same cores).`,
       '',
       `| configuration | saturated req/s | p50 ms (saturated) | p99 ms (saturated) | p50 ms at ${RATE}/s | p99 ms at ${RATE}/s | Envoy CPU % / µs per request (saturated) | Signalbox CPU % / µs per request (saturated) | ext_authz service checks (saturated + fixed) | non-301 answers |`,
       '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
-      ...results.map((r) => `| ${r.name} | ${r.saturated.rps.toFixed(0)} | ${f2(r.saturated.p50)} | ${f2(r.saturated.p99)} | ${f2(r.fixed.p50)} | ${f2(r.fixed.p99)} | ${r.cpu.envoy.toFixed(0)} / ${((r.cpu.envoy * 10_000) / r.saturated.rps).toFixed(0)} | ${r.cpu.signalbox.toFixed(0)} / ${((r.cpu.signalbox * 10_000) / r.saturated.rps).toFixed(0)} | ${r.serviceChecks} | ${r.saturated.bad + r.fixed.bad} |`),
+      ...results.map(
+        (r) =>
+          `| ${r.name} | ${r.saturated.rps.toFixed(0)} | ${f2(r.saturated.p50)} | ${f2(r.saturated.p99)} | ${f2(r.fixed.p50)} | ${f2(r.fixed.p99)} | ${r.cpu.envoy.toFixed(0)} / ${((r.cpu.envoy * 10_000) / r.saturated.rps).toFixed(0)} | ${r.cpu.signalbox.toFixed(0)} / ${((r.cpu.signalbox * 10_000) / r.saturated.rps).toFixed(0)} | ${r.serviceChecks} | ${r.saturated.bad + r.fixed.bad} |`,
+      ),
       '',
-      ...(ext ? [`Signalbox (fast path) p99 at ${RATE}/s minus baseline: ${f2(ext.fixed.p99 - base.fixed.p99)} ms (target <= 1 ms: ${ext.fixed.p99 - base.fixed.p99 <= 1 ? 'met' : 'NOT met'}).`] : []),
-      ...(ext && authn ? [`Signalbox (fast path) saturated throughput / jwt_authn: ${((100 * ext.saturated.rps) / authn.saturated.rps).toFixed(0)}% (target >= 80%: ${ext.saturated.rps >= 0.8 * authn.saturated.rps ? 'met' : 'NOT met'}); round by round: ${perRound('fast')}.`] : []),
+      ...(ext
+        ? [
+            `Signalbox (fast path) p99 at ${RATE}/s minus baseline: ${f2(ext.fixed.p99 - base.fixed.p99)} ms (target <= 1 ms: ${ext.fixed.p99 - base.fixed.p99 <= 1 ? 'met' : 'NOT met'}).`,
+          ]
+        : []),
+      ...(ext && authn
+        ? [
+            `Signalbox (fast path) saturated throughput / jwt_authn: ${((100 * ext.saturated.rps) / authn.saturated.rps).toFixed(0)}% (target >= 80%: ${ext.saturated.rps >= 0.8 * authn.saturated.rps ? 'met' : 'NOT met'}); round by round: ${perRound('fast')}.`,
+          ]
+        : []),
       ...(only
         ? [
             `ext_authz only: p99 at ${RATE}/s minus baseline ${f2(only.fixed.p99 - base.fixed.p99)} ms${FRESH ? ` (target with a new token per request <= 2 ms: ${only.fixed.p99 - base.fixed.p99 <= 2 ? 'met' : 'NOT met'})` : ''}${authn ? `; saturated throughput / jwt_authn ${((100 * only.saturated.rps) / authn.saturated.rps).toFixed(0)}%` : ''}.`,
@@ -542,7 +668,25 @@ ${jwtPolicy('bench', 'auth')}${jwtPolicy('bench-slow', 'slow', '  from: [ { head
         : []),
     ];
     process.stdout.write(`${lines.join('\n')}\n`);
-    if (flags.json) writeFileSync(flags.json, JSON.stringify({ seconds: SECONDS, rounds: ROUNDS, concurrency: CONCURRENCY, rate: RATE, tokens: TOKENS, fresh: FRESH, steady: STEADY, freshSaturated: FRESH ? FRESH_SATURATED : undefined, results }, null, 2));
+    if (flags.json)
+      writeFileSync(
+        flags.json,
+        JSON.stringify(
+          {
+            seconds: SECONDS,
+            rounds: ROUNDS,
+            concurrency: CONCURRENCY,
+            rate: RATE,
+            tokens: TOKENS,
+            fresh: FRESH,
+            steady: STEADY,
+            freshSaturated: FRESH ? FRESH_SATURATED : undefined,
+            results,
+          },
+          null,
+          2,
+        ),
+      );
   } catch (e) {
     process.stderr.write(`bench:authz failed: ${(e as Error).message}\n--- signalbox log ---\n${sbLog}\n`);
     process.exitCode = 1;

@@ -38,7 +38,11 @@ const { values: flags } = parseArgs({
   },
 });
 const SECONDS = Math.min(Math.max(Number(flags.seconds), 5), 120);
-const RATES = flags.rates!.split(/\s+/).filter(Boolean).map(Number).map((r) => Math.min(Math.max(r, 0.5), 50));
+const RATES = flags
+  .rates!.split(/\s+/)
+  .filter(Boolean)
+  .map(Number)
+  .map((r) => Math.min(Math.max(r, 0.5), 50));
 const RPS = Math.min(Math.max(Number(flags.rps), 10), 5000);
 const WAITS = flags.waits!.split(/\s+/).filter((w) => w === 'on' || w === 'off') as ('on' | 'off')[];
 const ROUTES = 1000;
@@ -139,7 +143,10 @@ async function run(protocol: 'sotw' | 'delta', wait: 'on' | 'off', rate: number)
   const port = env.gatewayPort;
   try {
     const probe = new Conn(port);
-    await waitFor(async () => (await probe.getPath(`/r-${ROUTES - 1}`)) === 200 && (await probe.getPath('/r-0')) === 200, { what: 'the gateway serving every route', timeoutMs: 60_000 });
+    await waitFor(async () => (await probe.getPath(`/r-${ROUTES - 1}`)) === 200 && (await probe.getPath('/r-0')) === 200, {
+      what: 'the gateway serving every route',
+      timeoutMs: 60_000,
+    });
     probe.close();
     await env.synced();
 
@@ -257,16 +264,26 @@ async function run(protocol: 'sotw' | 'delta', wait: 'on' | 'off', rate: number)
 await provisionEnvoy();
 const protocol = flags.delta ? 'delta' : 'sotw';
 const results: Run[] = [];
-console.log(`route churn: ${ROUTES} routes, ${SERVICES} services, ${MOVING} moving; ${RPS} req/s for ${SECONDS} s per run; ${protocol}; ${os.cpus().length} cores, load ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`);
+console.log(
+  `route churn: ${ROUTES} routes, ${SERVICES} services, ${MOVING} moving; ${RPS} req/s for ${SECONDS} s per run; ${protocol}; ${os.cpus().length} cores, load ${os
+    .loadavg()
+    .map((x) => x.toFixed(2))
+    .join(' ')}`,
+);
 for (const rate of RATES) {
   for (const wait of WAITS) {
     const r = await run(protocol, wait, rate);
     results.push(r);
-    const byStatus = Object.entries(r.failedByStatus).map(([s, n]) => `${s}: ${n}`).join(', ');
+    const byStatus = Object.entries(r.failedByStatus)
+      .map(([s, n]) => `${s}: ${n}`)
+      .join(', ');
     console.log(
       `${protocol} wait ${wait.padEnd(3)} ${String(rate).padStart(2)} edits/s: ${r.edits} edits; failed ${r.failed} of ${r.requests}${byStatus ? ` (${byStatus})` : ''}${r.late ? `, ${r.late} late` : ''}; ` +
         `edit -> route live p50 ${r.convergeMs.p50} ms p99 ${r.convergeMs.p99} ms max ${r.convergeMs.max} ms (${r.convergeMs.n} live, ${r.convergeMs.neverLive} superseded first); ` +
-        `pushes/edit ${Object.entries(r.pushesPerEdit).filter(([, v]) => v > 0).map(([t, v]) => `${t} ${v}`).join(' ')}; warm waits ${r.warmWaits} (${r.warmWaitTimeouts} timed out); ` +
+        `pushes/edit ${Object.entries(r.pushesPerEdit)
+          .filter(([, v]) => v > 0)
+          .map(([t, v]) => `${t} ${v}`)
+          .join(' ')}; warm waits ${r.warmWaits} (${r.warmWaitTimeouts} timed out); ` +
         `CPU s signalbox ${r.cpuSignalbox} envoy ${r.cpuEnvoy}; load ${r.load.join(' ')}`,
     );
   }

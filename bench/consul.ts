@@ -100,7 +100,34 @@ const consulRequests = (m: Map<string, number>) => [...m].filter(([k]) => k.star
 async function startConsulAgent(): Promise<{ addr: string; proc: ChildProcess }> {
   const bin = await provisionConsul();
   const [http, server, lan, wan] = [await freePort(), await freePort(), await freePort(), await freePort()];
-  const args = ['agent', '-dev', '-node', 'bench', '-bind', '127.0.0.1', '-client', '127.0.0.1', '-http-port', String(http), '-server-port', String(server), '-serf-lan-port', String(lan), '-serf-wan-port', String(wan), '-dns-port', '-1', '-grpc-port', '-1', '-grpc-tls-port', '-1', '-log-level', 'warn', '-hcl', 'limits { http_max_conns_per_client = 1000 }'];
+  const args = [
+    'agent',
+    '-dev',
+    '-node',
+    'bench',
+    '-bind',
+    '127.0.0.1',
+    '-client',
+    '127.0.0.1',
+    '-http-port',
+    String(http),
+    '-server-port',
+    String(server),
+    '-serf-lan-port',
+    String(lan),
+    '-serf-wan-port',
+    String(wan),
+    '-dns-port',
+    '-1',
+    '-grpc-port',
+    '-1',
+    '-grpc-tls-port',
+    '-1',
+    '-log-level',
+    'warn',
+    '-hcl',
+    'limits { http_max_conns_per_client = 1000 }',
+  ];
   const proc = spawn(bin, args, { stdio: ['ignore', 'ignore', 'pipe'] });
   children.add(proc);
   const addr = `127.0.0.1:${http}`;
@@ -108,7 +135,13 @@ async function startConsulAgent(): Promise<{ addr: string; proc: ChildProcess }>
     const r = await fetch(`http://${addr}/v1/status/leader`);
     return r.ok && ((await r.json()) as string) !== '';
   });
-  await until('consul catalog writable', 30_000, async () => (await fetch(`http://${addr}/v1/catalog/node/bench`)).ok && ((await (await fetch(`http://${addr}/v1/catalog/node/bench`)).json()) as { Node?: unknown } | null)?.Node != null);
+  await until(
+    'consul catalog writable',
+    30_000,
+    async () =>
+      (await fetch(`http://${addr}/v1/catalog/node/bench`)).ok &&
+      ((await (await fetch(`http://${addr}/v1/catalog/node/bench`)).json()) as { Node?: unknown } | null)?.Node != null,
+  );
   return { addr, proc };
 }
 
@@ -126,22 +159,38 @@ async function main(): Promise<void> {
   const jobs: (() => Promise<void>)[] = [];
   for (let s = 0; s < S; s++)
     for (let k = 0; k < I; k++)
-      jobs.push(() => put('/v1/agent/service/register', { ID: inst(s, k), Name: svc(s), Address: '127.0.0.1', Port: 20000 + s * I + k, Meta: { version: `v${k % 2}` }, Check: { CheckID: `${inst(s, k)}-ttl`, TTL: '3600s', Status: 'passing' } }));
-  await Promise.all(Array.from({ length: 20 }, async () => {
-    for (let j = jobs.shift(); j; j = jobs.shift()) await j();
-  }));
+      jobs.push(() =>
+        put('/v1/agent/service/register', {
+          ID: inst(s, k),
+          Name: svc(s),
+          Address: '127.0.0.1',
+          Port: 20000 + s * I + k,
+          Meta: { version: `v${k % 2}` },
+          Check: { CheckID: `${inst(s, k)}-ttl`, TTL: '3600s', Status: 'passing' },
+        }),
+      );
+  await Promise.all(
+    Array.from({ length: 20 }, async () => {
+      for (let j = jobs.shift(); j; j = jobs.shift()) await j();
+    }),
+  );
   process.stderr.write(`registered ${S * I} instances in ${Date.now() - t0} ms\n`);
 
   // Policies: S consul Services, one gateway with one route per service.
   const policyDir = path.join(tmp, 'policies');
   const gwPort = await freePort();
-  const docs = [`apiVersion: signalbox.dev/v1alpha1\nkind: Mesh\nmetadata: { name: default }\nspec: { mtls: { mode: disabled } }`, `apiVersion: signalbox.dev/v1alpha1\nkind: Gateway\nmetadata: { name: edge }\nspec:\n  listeners: [ { name: http, port: ${gwPort}, protocol: HTTP } ]`];
+  const docs = [
+    `apiVersion: signalbox.dev/v1alpha1\nkind: Mesh\nmetadata: { name: default }\nspec: { mtls: { mode: disabled } }`,
+    `apiVersion: signalbox.dev/v1alpha1\nkind: Gateway\nmetadata: { name: edge }\nspec:\n  listeners: [ { name: http, port: ${gwPort}, protocol: HTTP } ]`,
+  ];
   const rules: string[] = [];
   for (let s = 0; s < S; s++) {
     docs.push(`apiVersion: signalbox.dev/v1alpha1\nkind: Service\nmetadata: { name: ${svc(s)} }\nspec: { port: 8080, consul: { service: ${svc(s)} } }`);
     rules.push(`    - { name: r${s}, matches: [ { path: { type: PathPrefix, value: /${svc(s)} } } ], backendRefs: [ { name: ${svc(s)} } ] }`);
   }
-  docs.push(`apiVersion: signalbox.dev/v1alpha1\nkind: HTTPRoute\nmetadata: { name: edge }\nspec:\n  parentRefs: [ { kind: Gateway, name: edge } ]\n  rules:\n${rules.join('\n')}`);
+  docs.push(
+    `apiVersion: signalbox.dev/v1alpha1\nkind: HTTPRoute\nmetadata: { name: edge }\nspec:\n  parentRefs: [ { kind: Gateway, name: edge } ]\n  rules:\n${rules.join('\n')}`,
+  );
   const { mkdirSync } = await import('node:fs');
   mkdirSync(policyDir, { recursive: true });
   writeFileSync(path.join(policyDir, 'bench.yaml'), `${docs.join('\n---\n')}\n`);
@@ -149,14 +198,38 @@ async function main(): Promise<void> {
   const [xdsPort, adminPort] = [await freePort(), await freePort()];
   const nodeArgs = flags['server-node-args']!.split(' ').filter(Boolean); // e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof"
   const dataDir = path.join(tmp, 'data');
-  const sb = spawn(process.execPath, [...nodeArgs, BIN, 'serve', '--policies', policyDir, '--xds-address', '127.0.0.1', '--xds-port', String(xdsPort), '--admin-port', String(adminPort), '--data-dir', dataDir, '--log-level', 'warn', '--consul-addr', consul.addr], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, SIGNALBOX_STRICT_ENCODE: '' } });
+  const sb = spawn(
+    process.execPath,
+    [
+      ...nodeArgs,
+      BIN,
+      'serve',
+      '--policies',
+      policyDir,
+      '--xds-address',
+      '127.0.0.1',
+      '--xds-port',
+      String(xdsPort),
+      '--admin-port',
+      String(adminPort),
+      '--data-dir',
+      dataDir,
+      '--log-level',
+      'warn',
+      '--consul-addr',
+      consul.addr,
+    ],
+    { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, SIGNALBOX_STRICT_ENCODE: '' } },
+  );
   children.add(sb);
   let sbLog = '';
   sb.stdout!.on('data', (b: Buffer) => (sbLog = (sbLog + b.toString()).slice(-20_000)));
   sb.stderr!.on('data', (b: Buffer) => (sbLog = (sbLog + b.toString()).slice(-20_000)));
-  await until('signalbox ready (first full Consul sync)', 120_000, async () => (await fetch(`http://127.0.0.1:${adminPort}/readyz`)).status === 200).catch((e) => {
-    throw new Error(`${(e as Error).message}\n${sbLog}`);
-  });
+  await until('signalbox ready (first full Consul sync)', 120_000, async () => (await fetch(`http://127.0.0.1:${adminPort}/readyz`)).status === 200).catch(
+    (e) => {
+      throw new Error(`${(e as Error).message}\n${sbLog}`);
+    },
+  );
 
   // C delta clients; each remembers when it received each CLA. TLS with the CA the server wrote
   // (before its xDS port opened), and the gateway's token, as a proxy's bootstrap carries them.
@@ -234,7 +307,10 @@ async function main(): Promise<void> {
   const benchCpu = process.cpuUsage(benchCpu0);
   const m1 = await metrics(adminPort);
 
-  const lat = events.filter((e) => e.done !== undefined).map((e) => e.done! - e.t0).sort((a, b) => a - b);
+  const lat = events
+    .filter((e) => e.done !== undefined)
+    .map((e) => e.done! - e.t0)
+    .sort((a, b) => a - b);
   const result = {
     date: new Date().toISOString(),
     machine,

@@ -22,7 +22,9 @@ import { freePort } from '../test/helpers/net.js';
 import { startRedis } from '../test/helpers/redis.js';
 import { lookupType } from '../src/xds/resources/protos.js';
 
-const { values: flags } = parseArgs({ options: { blocks: { type: 'string' }, seconds: { type: 'string' }, rate: { type: 'string' }, against: { type: 'string' }, serve: { type: 'string' } } });
+const { values: flags } = parseArgs({
+  options: { blocks: { type: 'string' }, seconds: { type: 'string' }, rate: { type: 'string' }, against: { type: 'string' }, serve: { type: 'string' } },
+});
 const BLOCKS = Math.min(30, Math.max(1, Number(flags.blocks ?? 8)));
 const SECONDS = Math.min(30, Math.max(1, Number(flags.seconds ?? 3)));
 const RATE = Math.min(5_000, Math.max(10, Number(flags.rate ?? 1000)));
@@ -43,7 +45,14 @@ async function serve(spec: string): Promise<void> {
   svc.update({
     policies: {
       globalRateLimits: new Map([
-        ['global', { policy: 'global', failureMode: 'allow', limits: [{ id: 'global/0', requests: 1e9, unit: 'minute', windowMs: 60_000, by: { header: 'x-api-key' } }] }],
+        [
+          'global',
+          {
+            policy: 'global',
+            failureMode: 'allow',
+            limits: [{ id: 'global/0', requests: 1e9, unit: 'minute', windowMs: 60_000, by: { header: 'x-api-key' } }],
+          },
+        ],
         ['flood', { policy: 'flood', failureMode: 'allow', limits: [{ id: 'flood/0', requests: 10, unit: 'minute', windowMs: 60_000 }] }],
       ]),
     },
@@ -77,7 +86,13 @@ function cpuMs(pid: number): number {
 const Req = lookupType('envoy.service.ratelimit.v3.RateLimitRequest');
 function frames(mode: Mode): Buffer[] {
   return Array.from({ length: 100 }, (_, i) => {
-    const entries = mode === 'global' ? [{ key: 'signalbox_limit', value: 'global/0' }, { key: 'header', value: `key-${i}` }] : [{ key: 'signalbox_limit', value: 'flood/0' }];
+    const entries =
+      mode === 'global'
+        ? [
+            { key: 'signalbox_limit', value: 'global/0' },
+            { key: 'header', value: `key-${i}` },
+          ]
+        : [{ key: 'signalbox_limit', value: 'flood/0' }];
     const m = Req.encode(Req.fromObject({ domain: 'signalbox', descriptors: [{ entries }] })).finish();
     const f = Buffer.alloc(5 + m.length);
     f.writeUInt32BE(m.length, 1);
@@ -88,7 +103,12 @@ function frames(mode: Mode): Buffer[] {
 
 function call(session: http2.ClientHttp2Session, body: Buffer): Promise<void> {
   return new Promise((resolve) => {
-    const r = session.request({ ':method': 'POST', ':path': '/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit', 'content-type': 'application/grpc', te: 'trailers' });
+    const r = session.request({
+      ':method': 'POST',
+      ':path': '/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit',
+      'content-type': 'application/grpc',
+      te: 'trailers',
+    });
     r.on('data', () => undefined);
     r.on('close', resolve);
     r.on('error', () => resolve());

@@ -34,7 +34,9 @@ import { startRedis, type RedisServer } from '../test/helpers/redis.js';
 import { startSignalbox, type SignalboxProcess } from '../test/helpers/signalbox.js';
 import { percentile } from './lib.js';
 
-const { values: flags } = parseArgs({ options: { seconds: { type: 'string' }, rounds: { type: 'string' }, rate: { type: 'string' }, json: { type: 'string' } } });
+const { values: flags } = parseArgs({
+  options: { seconds: { type: 'string' }, rounds: { type: 'string' }, rate: { type: 'string' }, json: { type: 'string' } },
+});
 const SECONDS = Math.min(60, Math.max(1, Number(flags.seconds ?? 10)));
 const ROUNDS = Math.min(5, Math.max(1, Number(flags.rounds ?? 3)));
 const RATE = Math.min(5_000, Math.max(10, Number(flags.rate ?? 1000)));
@@ -210,7 +212,10 @@ spec:
   let envoy: Envoy | undefined;
   const conns: Conn[] = [];
   try {
-    sb = await startSignalbox({ policies: dir, extraArgs: ['--ratelimit-port', '0', '--redis-url', redis.url, '--log-level', 'warn', '--access-log-sampling', 'off'] });
+    sb = await startSignalbox({
+      policies: dir,
+      extraArgs: ['--ratelimit-port', '0', '--redis-url', redis.url, '--log-level', 'warn', '--access-log-sampling', 'off'],
+    });
     envoy = await startEnvoy({ name: 'bench-rl', bootstrapYaml: await sb.bootstrap({ gateway: 'bench', id: 'bench-rl' }) });
     const probe = new Conn(gwPort);
     await waitFor(async () => (await probe.get('/global', 'probe').catch(() => 0)) === 200, { what: 'gateway serving /global', timeoutMs: 30_000 });
@@ -247,7 +252,10 @@ spec:
       }
     }
     const med = (route: string, f: (p: Phase) => number) => {
-      const xs = phases.filter((p) => p.route === route).map(f).sort((a, b) => a - b);
+      const xs = phases
+        .filter((p) => p.route === route)
+        .map(f)
+        .sort((a, b) => a - b);
       const mid = Math.floor(xs.length / 2);
       return xs.length % 2 ? xs[mid]! : (xs[mid - 1]! + xs[mid]!) / 2;
     };

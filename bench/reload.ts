@@ -33,7 +33,10 @@ function pct(xs: number[], p: number): number {
 }
 
 const results: Record<string, unknown>[] = [];
-const load = () => loadavg().map((x) => x.toFixed(2)).join(' ');
+const load = () =>
+  loadavg()
+    .map((x) => x.toFixed(2))
+    .join(' ');
 console.log(`load average at the start: ${load()}`);
 for (const routes of sizes) {
   const shape = { ...DEFAULT_SHAPE, routes, services: Math.max(200, Math.round(routes / 5)), gateways: 1 };
@@ -74,7 +77,9 @@ for (const routes of sizes) {
       edits: warm.length,
     };
     results.push(row);
-    console.log(`routes ${routes} (services ${shape.services}): cold ${row.coldMs} ms; one-route edit, warm (${row.edits} edits): wall p50 ${row.p50} ms, p90 ${row.p90} ms, max ${row.max} ms; CPU p50 ${row.cpuP50} ms, p90 ${row.cpuP90} ms`);
+    console.log(
+      `routes ${routes} (services ${shape.services}): cold ${row.coldMs} ms; one-route edit, warm (${row.edits} edits): wall p50 ${row.p50} ms, p90 ${row.p90} ms, max ${row.max} ms; CPU p50 ${row.cpuP50} ms, p90 ${row.cpuP90} ms`,
+    );
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

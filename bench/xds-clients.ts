@@ -69,7 +69,11 @@ function open(i: number, m: ConnectMsg, ca: Buffer | undefined): Sim {
     sim.acks.set(r.type_url, (sim.acks.get(r.type_url) ?? 0) + 1);
     if (r.type_url === TypeUrl.Route) {
       if (m.mode === 'sotw') sim.rdsVersion = r.version_info ?? '';
-      else sim.rdsVersion = [...(stream as DeltaClientStream).holding(TypeUrl.Route)].map(([n, v]) => `${n}=${v}`).sort().join(',');
+      else
+        sim.rdsVersion = [...(stream as DeltaClientStream).holding(TypeUrl.Route)]
+          .map(([n, v]) => `${n}=${v}`)
+          .sort()
+          .join(',');
       if (sim.firstAfter === undefined && (sim.acks.get(TypeUrl.Route) ?? 0) > sim.baseline) {
         sim.firstAfter = at;
         onProgress?.();
@@ -154,7 +158,13 @@ function wait(t0: number, timeoutMs: number): void {
       versions[key] = (versions[key] ?? 0) + 1;
     }
     const latencies = live.filter((s) => s.firstAfter !== undefined).map((s) => s.firstAfter! - t0);
-    send({ type: 'converged', latenciesMs: latencies, missing: live.length - latencies.length, versions, cpuMs: waitCpu0 ? cpuMs(process.cpuUsage(waitCpu0)) : 0 });
+    send({
+      type: 'converged',
+      latenciesMs: latencies,
+      missing: live.length - latencies.length,
+      versions,
+      cpuMs: waitCpu0 ? cpuMs(process.cpuUsage(waitCpu0)) : 0,
+    });
   };
   const timer = setTimeout(report, timeoutMs);
   let pending = live.filter((s) => s.firstAfter === undefined).length;

@@ -59,7 +59,9 @@ const { values: flags } = parseArgs({
   },
 });
 if (flags.help) {
-  process.stdout.write('usage: node dist/bench/xds.js [--clients N] [--mode sotw|delta|both] [--changes K] [--gateways G] [--routes R] [--services S] [--concurrency C] [--timeout-s T] [--json FILE] [--server-node-args="--cpu-prof --cpu-prof-dir=DIR"] [--xds-insecure]\n');
+  process.stdout.write(
+    'usage: node dist/bench/xds.js [--clients N] [--mode sotw|delta|both] [--changes K] [--gateways G] [--routes R] [--services S] [--concurrency C] [--timeout-s T] [--json FILE] [--server-node-args="--cpu-prof --cpu-prof-dir=DIR"] [--xds-insecure]\n',
+  );
   process.exit(0);
 }
 function intFlag(name: string, v: string | undefined, min: number, max: number): number {
@@ -128,7 +130,11 @@ const hardTimer = setTimeout(() => {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-const median = (xs: number[]) => percentile([...xs].sort((a, b) => a - b), 50);
+const median = (xs: number[]) =>
+  percentile(
+    [...xs].sort((a, b) => a - b),
+    50,
+  );
 
 function rssKiB(pid: number): number {
   const m = /VmRSS:\s+(\d+)\s+kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
@@ -209,9 +215,31 @@ interface Server {
 async function startSignalbox(policyDir: string, mode: Mode): Promise<Server> {
   const [xdsPort, adminPort] = [await freePort(), await freePort()];
   const dataDir = path.join(tmp, `data-${mode}`);
-  const args = [BIN, 'serve', '--policies', policyDir, '--xds-address', '127.0.0.1', '--xds-port', String(xdsPort), '--admin-address', '127.0.0.1', '--admin-port', String(adminPort), '--data-dir', dataDir, '--log-level', 'warn', ...(TLS ? [] : ['--xds-insecure'])];
+  const args = [
+    BIN,
+    'serve',
+    '--policies',
+    policyDir,
+    '--xds-address',
+    '127.0.0.1',
+    '--xds-port',
+    String(xdsPort),
+    '--admin-address',
+    '127.0.0.1',
+    '--admin-port',
+    String(adminPort),
+    '--data-dir',
+    dataDir,
+    '--log-level',
+    'warn',
+    ...(TLS ? [] : ['--xds-insecure']),
+  ];
   const nodeArgs = flags['server-node-args']!.split(' ').filter(Boolean); // e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof"
-  const proc = spawn(process.execPath, [...nodeArgs, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, SIGNALBOX_STRICT_ENCODE: '' } });
+  const proc = spawn(process.execPath, [...nodeArgs, ...args], {
+    cwd: ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, SIGNALBOX_STRICT_ENCODE: '' },
+  });
   children.add(proc);
   proc.once('exit', () => children.delete(proc));
   const output: string[] = [];
@@ -223,11 +251,16 @@ async function startSignalbox(policyDir: string, mode: Mode): Promise<Server> {
   proc.stderr!.on('data', keep);
   const server: Server = { proc, pid: proc.pid!, xdsPort, adminPort, dataDir, output };
   try {
-    await until('Signalbox /readyz', 120_000, async () => {
-      if (proc.exitCode !== null) throw Object.assign(new Error('exited'), { fatal: true });
-      const r = await fetch(`http://127.0.0.1:${adminPort}/readyz`);
-      return r.status === 200 ? true : undefined;
-    }, 50);
+    await until(
+      'Signalbox /readyz',
+      120_000,
+      async () => {
+        if (proc.exitCode !== null) throw Object.assign(new Error('exited'), { fatal: true });
+        const r = await fetch(`http://127.0.0.1:${adminPort}/readyz`);
+        return r.status === 200 ? true : undefined;
+      },
+      50,
+    );
   } catch (e) {
     if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
     throw new Error(`Signalbox did not become ready: ${(e as Error).message}\n${output.join('')}`);
@@ -252,7 +285,13 @@ function tokensFor(dataDir: string): Record<string, string> {
     // Retried: a concurrent `npm run build` rewriting dist/ can make one invocation fail.
     for (let attempt = 1; ; attempt++) {
       try {
-        out[name] = execFileSync(process.execPath, [BIN, 'token', '--gateway', name, '--data-dir', dataDir], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], timeout: 60_000 }).toString().trim();
+        out[name] = execFileSync(process.execPath, [BIN, 'token', '--gateway', name, '--data-dir', dataDir], {
+          cwd: ROOT,
+          stdio: ['ignore', 'pipe', 'pipe'],
+          timeout: 60_000,
+        })
+          .toString()
+          .trim();
         break;
       } catch (e) {
         const err = e as Error & { stderr?: Buffer };
@@ -340,7 +379,17 @@ interface RunResult {
   heapAfterMiB: number;
   idleLagP99Ms: number;
   rounds: Round[];
-  summary: { p50: number; p99: number; max: number; compileDuringPushMs: number; lagP99Ms: number; lagMaxMs: number; appliedMs: number; serverSideMs: number; pooled: { samples: number; p50: number; p99: number } };
+  summary: {
+    p50: number;
+    p99: number;
+    max: number;
+    compileDuringPushMs: number;
+    lagP99Ms: number;
+    lagMaxMs: number;
+    appliedMs: number;
+    serverSideMs: number;
+    pooled: { samples: number; p50: number; p99: number };
+  };
   /** Load averages (1, 5, 15 min) when the run started and ended: other work on the machine skews wall-clock figures. */
   load: { start: number[]; end: number[] };
   /** Share of the run's wall time during which some runnable task waited for a CPU (/proc/pressure/cpu "some"). */
@@ -397,7 +446,9 @@ async function runMode(mode: Mode, policyDir: string, changeFile: string): Promi
     // The first reloads after start run colder code: the figure is the median of the last five.
     const compileWarmNoClientsMs = median(warm.slice(-5));
     const compileWarmCpuMs = median(warmCpu.slice(-5));
-    console.log(`   warm compile, no clients: median of the last 5: ${fmt(compileWarmNoClientsMs)} ms (all: ${warm.map((x) => fmt(x)).join(', ')}); server CPU per reload (10 ms ticks, includes the file watch and two /metrics scrapes) median ${fmt(compileWarmCpuMs)} ms`);
+    console.log(
+      `   warm compile, no clients: median of the last 5: ${fmt(compileWarmNoClientsMs)} ms (all: ${warm.map((x) => fmt(x)).join(', ')}); server CPU per reload (10 ms ticks, includes the file watch and two /metrics scrapes) median ${fmt(compileWarmCpuMs)} ms`,
+    );
 
     // Idle baseline.
     await sleep(1500);
@@ -414,9 +465,25 @@ async function runMode(mode: Mode, policyDir: string, changeFile: string): Promi
     // Written by the server before its xDS port opens (so present once /readyz answered).
     const ca = TLS ? xdsCa(server.dataDir).toString('utf8') : undefined;
     const connectCpu0 = cpuMsOf(server.pid);
-    const conn = await clients.request({ cmd: 'connect', target: `127.0.0.1:${server.xdsPort}`, mode, clients: N, gateways: Array.from({ length: shape.gateways }, (_, g) => gatewayName(g)), tokens, ca, concurrency: CONCURRENCY, timeoutMs: 300_000 }, 'connected', 310_000);
+    const conn = await clients.request(
+      {
+        cmd: 'connect',
+        target: `127.0.0.1:${server.xdsPort}`,
+        mode,
+        clients: N,
+        gateways: Array.from({ length: shape.gateways }, (_, g) => gatewayName(g)),
+        tokens,
+        ca,
+        concurrency: CONCURRENCY,
+        timeoutMs: 300_000,
+      },
+      'connected',
+      310_000,
+    );
     const connectServerCpuMs = cpuMsOf(server.pid) - connectCpu0;
-    console.log(`   ${conn.streams} streams synced in ${fmt(conn.ms)} ms${conn.failed ? `, ${conn.failed} FAILED` : ''} (CPU server ${fmt(connectServerCpuMs)} ms, clients ${fmt(conn.cpuMs)} ms)`);
+    console.log(
+      `   ${conn.streams} streams synced in ${fmt(conn.ms)} ms${conn.failed ? `, ${conn.failed} FAILED` : ''} (CPU server ${fmt(connectServerCpuMs)} ms, clients ${fmt(conn.cpuMs)} ms)`,
+    );
     await sleep(3000);
     m = await scrape(server.adminPort);
     const connected = [...m].filter(([k]) => k.startsWith('signalbox_connected_proxies{')).reduce((a, [, v]) => a + v, 0);
@@ -424,7 +491,9 @@ async function runMode(mode: Mode, policyDir: string, changeFile: string): Promi
     const heapAfter = metric(m, 'signalbox_process_nodejs_heap_size_used_bytes');
     const rssPerClientKiB = (rssAfter - rssBefore) / N;
     console.log(`   idle event-loop lag p99 before connecting: ${fmt(idleLagP99Ms, 1)} ms (the histogram samples every 10 ms; an idle loop reads about 10 ms)`);
-    console.log(`   server sees ${connected} proxies; RSS ${fmt(rssBefore / 1024, 1)} -> ${fmt(rssAfter / 1024, 1)} MiB: ${fmt(rssPerClientKiB, 1)} KiB per client; heap used ${fmt(heapBefore / 2 ** 20, 1)} -> ${fmt(heapAfter / 2 ** 20, 1)} MiB`);
+    console.log(
+      `   server sees ${connected} proxies; RSS ${fmt(rssBefore / 1024, 1)} -> ${fmt(rssAfter / 1024, 1)} MiB: ${fmt(rssPerClientKiB, 1)} KiB per client; heap used ${fmt(heapBefore / 2 ** 20, 1)} -> ${fmt(heapAfter / 2 ** 20, 1)} MiB`,
+    );
 
     // Changes.
     const rounds: Round[] = [];
@@ -438,7 +507,9 @@ async function runMode(mode: Mode, policyDir: string, changeFile: string): Promi
       const res = await clients.request({ cmd: 'wait', t0, timeoutMs: ROUND_TIMEOUT_MS }, 'converged', ROUND_TIMEOUT_MS + 10_000);
       const after = await scrape(server.adminPort);
       const cpu1 = cpuMsOf(server.pid);
-      const serverSideMs = await lastRouteAck(server.adminPort).then((at) => at - t0).catch(() => NaN);
+      const serverSideMs = await lastRouteAck(server.adminPort)
+        .then((at) => at - t0)
+        .catch(() => NaN);
       const lat = [...res.latenciesMs].sort((a, b) => a - b);
       pooled.push(...lat);
       const r: Round = {
@@ -531,20 +602,33 @@ async function main(): Promise<void> {
   const policyDir = path.join(tmp, 'policies');
   const { changeFile } = writePolicyDir(policyDir, shape);
   const mach = machine();
-  console.log(`signalbox xDS benchmark: ${N} clients, ${shape.routes} routes / ${shape.services} services / ${shape.gateways} gateways, ${K} changes, modes ${modes.join(' + ')}, xDS ${TLS ? 'over TLS' : 'in plain text (--xds-insecure)'}`);
-  console.log(`machine: ${mach.nproc} CPUs (${mach.cpu}), ${fmt(mach.memGiB, 1)} GiB, node ${mach.node}, load average ${mach.load.map((l) => l.toFixed(2)).join(' ')}`);
+  console.log(
+    `signalbox xDS benchmark: ${N} clients, ${shape.routes} routes / ${shape.services} services / ${shape.gateways} gateways, ${K} changes, modes ${modes.join(' + ')}, xDS ${TLS ? 'over TLS' : 'in plain text (--xds-insecure)'}`,
+  );
+  console.log(
+    `machine: ${mach.nproc} CPUs (${mach.cpu}), ${fmt(mach.memGiB, 1)} GiB, node ${mach.node}, load average ${mach.load.map((l) => l.toFixed(2)).join(' ')}`,
+  );
   const results: RunResult[] = [];
   for (const mode of modes) results.push(await runMode(mode, policyDir, changeFile));
 
-  console.log(`\n== Summary, xDS ${TLS ? 'over TLS' : 'in plain text (--xds-insecure)'} (per change: p50 / p99 / max over clients; shown: the median change, max: the worst change)`);
-  console.log('| mode | clients | compile ms: cold / warm, no clients / during pushes | RSS per client | convergence ms: p50 / p99 / max | pooled p50 / p99 | server saw last ACK | reload applied | loop lag ms: p99 / max | load avg | CPU stall |');
+  console.log(
+    `\n== Summary, xDS ${TLS ? 'over TLS' : 'in plain text (--xds-insecure)'} (per change: p50 / p99 / max over clients; shown: the median change, max: the worst change)`,
+  );
+  console.log(
+    '| mode | clients | compile ms: cold / warm, no clients / during pushes | RSS per client | convergence ms: p50 / p99 / max | pooled p50 / p99 | server saw last ACK | reload applied | loop lag ms: p99 / max | load avg | CPU stall |',
+  );
   console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |');
   for (const r of results) {
     console.log(
       `| ${r.mode} | ${r.connectedStreams} | ${fmt(r.compileColdMs)} / ${fmt(r.compileWarmNoClientsMs)} / ${fmt(r.summary.compileDuringPushMs)} | ${fmt(r.rssPerClientKiB, 1)} KiB | ${fmt(r.summary.p50)} / ${fmt(r.summary.p99)} / ${fmt(r.summary.max)} | ${fmt(r.summary.pooled.p50)} / ${fmt(r.summary.pooled.p99)} | ${fmt(r.summary.serverSideMs)} ms | ${fmt(r.summary.appliedMs)} ms | ${fmt(r.summary.lagP99Ms, 1)} / ${fmt(r.summary.lagMaxMs, 1)} | ${r.load.start[0]!.toFixed(1)} -> ${r.load.end[0]!.toFixed(1)} | ${r.cpuStallPercent === undefined ? 'n/a' : `${r.cpuStallPercent.toFixed(0)} %`} |`,
     );
   }
-  console.log(`load average at the end: ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}`);
+  console.log(
+    `load average at the end: ${os
+      .loadavg()
+      .map((l) => l.toFixed(2))
+      .join(' ')}`,
+  );
   if (flags.json) writeFileSync(flags.json, `${JSON.stringify({ machine: mach, shape, clients: N, changes: K, tls: TLS, results }, null, 2)}\n`);
 }
 

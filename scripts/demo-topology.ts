@@ -74,9 +74,31 @@ export function tokenSubject(p: DemoProxy): string {
  * with `xdsCa`, presenting the token certificate in `credentials` (`signalbox token --out DIR`).
  */
 export function bootstrapArgs(p: DemoProxy, o: { adminPort?: number; credentials: string; xdsCa: string; xdsAddress?: string }): string[] {
-  const common = ['--xds-address', o.xdsAddress ?? `127.0.0.1:${DEMO.xdsPort}`, '--envoy-admin-port', String(o.adminPort ?? p.envoyAdminPort), '--credentials', o.credentials, '--xds-ca', o.xdsCa];
+  const common = [
+    '--xds-address',
+    o.xdsAddress ?? `127.0.0.1:${DEMO.xdsPort}`,
+    '--envoy-admin-port',
+    String(o.adminPort ?? p.envoyAdminPort),
+    '--credentials',
+    o.credentials,
+    '--xds-ca',
+    o.xdsCa,
+  ];
   if (p.kind === 'gateway') return ['bootstrap', '--gateway', p.gateway, '--id', p.id, ...common];
-  return ['bootstrap', '--service', p.service, '--instance', p.instance, '--app-port', String(p.appPort), '--inbound-port', String(p.inboundPort), '--outbound-port', String(p.outboundPort), ...common];
+  return [
+    'bootstrap',
+    '--service',
+    p.service,
+    '--instance',
+    p.instance,
+    '--app-port',
+    String(p.appPort),
+    '--inbound-port',
+    String(p.inboundPort),
+    '--outbound-port',
+    String(p.outboundPort),
+    ...common,
+  ];
 }
 
 export interface WriteBootstrapOptions {
@@ -97,7 +119,8 @@ export async function writeBootstrap(p: DemoProxy, dir: string, dataDir: string,
   mkdirSync(dir, { recursive: true });
   const id = proxyId(p);
   const servedCa = path.join(dataDir, XDS_CA_FILE);
-  if (!existsSync(servedCa)) throw new Error(`${servedCa} is missing: start \`signalbox serve --data-dir ${dataDir}\` first (it writes the CA proxies verify the xDS server with)`);
+  if (!existsSync(servedCa))
+    throw new Error(`${servedCa} is missing: start \`signalbox serve --data-dir ${dataDir}\` first (it writes the CA proxies verify the xDS server with)`);
   const xdsCa = path.join(dir, XDS_CA_FILE);
   writeFileSync(xdsCa, readFileSync(servedCa), { mode: 0o644 });
   const credentials = path.join(dir, id);

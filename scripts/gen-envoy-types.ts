@@ -183,7 +183,7 @@ export function envoyTypesSource(root: protobuf.Root = envoyRoot()): string {
     '/** Only typed() (src/xds/translator/util.ts) makes a PackedAny. */',
     'export declare const packedAnyBrand: unique symbol;',
     '',
-    '/** A google.protobuf.Any as protobufjs fromObject takes it: the type URL and the message\'s own fields. */',
+    "/** A google.protobuf.Any as protobufjs fromObject takes it: the type URL and the message's own fields. */",
     "export type PackedAny = { readonly '@type': string; readonly [packedAnyBrand]: true };",
     '',
     '/** The resources Signalbox serves, by message name. */',

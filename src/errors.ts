@@ -51,7 +51,10 @@ export function formatPolicyError(e: PolicyError): string {
 }
 
 export class SignalboxError extends Error {
-  constructor(readonly code: ErrorCode, message: string) {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+  ) {
     super(message);
     this.name = 'SignalboxError';
   }

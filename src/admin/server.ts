@@ -148,7 +148,10 @@ function guard(security: AdminSecurity | undefined) {
     if (!expected) return;
     const m = /^Bearer[ \t]+(\S+)[ \t]*$/i.exec(req.headers.authorization ?? '');
     if (!m || !timingSafeEqual(digest(m[1]!), expected)) {
-      return reply.code(401).header('www-authenticate', 'Bearer realm="signalbox-admin"').send({ error: 'unauthorized: send Authorization: Bearer <the token in --admin-token-file>' });
+      return reply
+        .code(401)
+        .header('www-authenticate', 'Bearer realm="signalbox-admin"')
+        .send({ error: 'unauthorized: send Authorization: Bearer <the token in --admin-token-file>' });
     }
   };
 }
@@ -180,10 +183,19 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
     const kept = pipeline.servingLastGood;
     if (kept) {
       const origin = kept.restoredFrom ? `restored from ${kept.restoredFrom} at start` : `kept since ${kept.since.toISOString()}`;
-      return { ready: true, degraded: true, reason: `the policy directory is invalid (${kept.errors} error(s), see /api/errors); serving the last good configuration, applied ${kept.appliedAt?.toISOString() ?? 'earlier'}, ${origin}` };
+      return {
+        ready: true,
+        degraded: true,
+        reason: `the policy directory is invalid (${kept.errors} error(s), see /api/errors); serving the last good configuration, applied ${kept.appliedAt?.toISOString() ?? 'earlier'}, ${origin}`,
+      };
     }
     const failed = [...pipeline.failedGroups.keys()];
-    if (failed.length) return { ready: true, degraded: true, reason: `${failed.length} proxy group(s) could not be compiled and keep their last good configuration (see /api/errors): ${failed.join(', ')}` };
+    if (failed.length)
+      return {
+        ready: true,
+        degraded: true,
+        reason: `${failed.length} proxy group(s) could not be compiled and keep their last good configuration (see /api/errors): ${failed.join(', ')}`,
+      };
     return { ready: true };
   });
 
@@ -212,7 +224,8 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
     return {
       ...json,
       types,
-      certificate: cert && deps.identities ? { ...cert, trustBundleVersion: hashText(deps.identities.ca.trustBundlePem), secretsServed: p.secretsAllowed } : undefined,
+      certificate:
+        cert && deps.identities ? { ...cert, trustBundleVersion: hashText(deps.identities.ca.trustBundlePem), secretsServed: p.secretsAllowed } : undefined,
       // Its group's last compile failed: the proxy is SYNCED to that group's last good snapshot, not to the policies now.
       ...groupFailedOf(p.node.group),
     };
@@ -231,7 +244,10 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
     if (found.kind === 'found') return found.proxy;
     if (found.kind === 'ambiguous') {
       const ids = found.proxies.map((p) => p.node.id);
-      void reply.code(409).send({ error: `"${key}" names ${ids.length} connected proxies (${[...new Set(found.proxies.map((p) => `${p.node.role}/${p.node.name}`))].join(', ')}); ask for one by its node id: ${ids.join(', ')}`, ids });
+      void reply.code(409).send({
+        error: `"${key}" names ${ids.length} connected proxies (${[...new Set(found.proxies.map((p) => `${p.node.role}/${p.node.name}`))].join(', ')}); ask for one by its node id: ${ids.join(', ')}`,
+        ids,
+      });
       return undefined;
     }
     void reply.code(404).send({ error: `no connected proxy "${key}" (neither a node id nor the name of a gateway or service with a connected proxy)` });
@@ -271,7 +287,11 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
     const groups = [...new Set(named.map((x) => x.node.group))];
     if (groups.length > 1) {
       const ids = named.map((x) => x.node.id);
-      return reply.code(409).send({ error: `"${key}" names ${ids.length} connected proxies in ${groups.length} proxy groups (${groups.join(', ')}); ask for one by its node id or group: ${ids.join(', ')}`, ids, groups });
+      return reply.code(409).send({
+        error: `"${key}" names ${ids.length} connected proxies in ${groups.length} proxy groups (${groups.join(', ')}); ask for one by its node id or group: ${ids.join(', ')}`,
+        ids,
+        groups,
+      });
     }
     const p = found.kind === 'found' ? found.proxy : undefined;
     const group = p?.node.group ?? groups[0] ?? key;
@@ -292,7 +312,12 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
       groups: [
         ...served.map((g) => {
           const s = cache.get(g);
-          return { group: g, version: s.version, types: Object.fromEntries(PUSH_ORDER.map((t) => [SHORT_NAME[t], { version: s.versions.get(t), resources: s.get(t).size }])), ...failedOf(g) };
+          return {
+            group: g,
+            version: s.version,
+            types: Object.fromEntries(PUSH_ORDER.map((t) => [SHORT_NAME[t], { version: s.versions.get(t), resources: s.get(t).size }])),
+            ...failedOf(g),
+          };
         }),
         ...unserved.map((g) => ({ group: g, ...failedOf(g) })),
       ],
@@ -315,7 +340,13 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
   const lastGoodStatus = () => {
     const kept = pipeline.servingLastGood;
     if (!kept) return {};
-    return { servingLastGood: true, since: kept.since.toISOString(), appliedAt: kept.appliedAt?.toISOString(), restoredFrom: kept.restoredFrom, errors: kept.errors };
+    return {
+      servingLastGood: true,
+      since: kept.since.toISOString(),
+      appliedAt: kept.appliedAt?.toISOString(),
+      restoredFrom: kept.restoredFrom,
+      errors: kept.errors,
+    };
   };
 
   /** Security posture and state; the warnings are what the dashboard shows as a banner. */

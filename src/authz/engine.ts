@@ -47,15 +47,24 @@ function quote(s: string): string {
 
 /** The WWW-Authenticate challenge of RFC 6750 for a refused request. */
 export function challenge(error: Rfc6750Error | undefined, description: string, scope?: string): string {
-  const params = [error ? `error=${quote(error)}` : undefined, error ? `error_description=${quote(description)}` : undefined, scope ? `scope=${quote(scope)}` : undefined].filter(Boolean);
+  const params = [
+    error ? `error=${quote(error)}` : undefined,
+    error ? `error_description=${quote(description)}` : undefined,
+    scope ? `scope=${quote(scope)}` : undefined,
+  ].filter(Boolean);
   return params.length ? `Bearer ${params.join(', ')}` : 'Bearer';
 }
 
 export function denial(r: Extract<PolicyResult, { ok: false }>, policy?: string): Extract<Decision, { allow: false }> {
-  const headers: { name: string; value: string }[] = [{ name: 'content-type', value: 'application/json' }, { name: 'cache-control', value: 'no-store' }];
+  const headers: { name: string; value: string }[] = [
+    { name: 'content-type', value: 'application/json' },
+    { name: 'cache-control', value: 'no-store' },
+  ];
   if (r.status !== 503) headers.push({ name: 'www-authenticate', value: challenge(r.error, r.description, r.scope) });
   else headers.push({ name: 'retry-after', value: '5' });
-  const body = JSON.stringify(r.error ? { error: r.error, error_description: r.description } : { error: 'temporarily_unavailable', error_description: r.description });
+  const body = JSON.stringify(
+    r.error ? { error: r.error, error_description: r.description } : { error: 'temporarily_unavailable', error_description: r.description },
+  );
   return { allow: false, status: r.status, reason: r.reason, ...(policy ? { policy } : {}), headers, body };
 }
 
@@ -132,7 +141,15 @@ export class AuthzEngine {
       }
       changed = true;
       const sameKeys = old && sameKeySource(old.policy.model, model) ? old.policy.jwks : undefined;
-      const jwks = sameKeys ?? new JwksCache(model.jwks, { policy: name, metrics: this.opts.metrics, logger: this.opts.logger, now: this.opts.now, onChange: this.opts.onKeysChanged });
+      const jwks =
+        sameKeys ??
+        new JwksCache(model.jwks, {
+          policy: name,
+          metrics: this.opts.metrics,
+          logger: this.opts.logger,
+          now: this.opts.now,
+          onChange: this.opts.onKeysChanged,
+        });
       if (!sameKeys) {
         jwks.start();
         old?.policy.jwks.close();
@@ -236,7 +253,14 @@ export class AuthzEngine {
     return allowed(acc);
   }
 
-  private async runWaiting(input: CheckInput, names: readonly string[], i: number, policy: CompiledPolicy, acc: Accumulated, deadline: number): Promise<Decision> {
+  private async runWaiting(
+    input: CheckInput,
+    names: readonly string[],
+    i: number,
+    policy: CompiledPolicy,
+    acc: Accumulated,
+    deadline: number,
+  ): Promise<Decision> {
     const name = names[i]!;
     let r: PolicyResult;
     try {
@@ -257,7 +281,10 @@ export class AuthzEngine {
     const at = this.now();
     if ((this.unknownLogged.get(name) ?? -Infinity) < at - 60_000 && this.unknownLogged.size < 1000) {
       this.unknownLogged.set(name, at);
-      this.opts.logger?.warn({ policy: name.slice(0, 63) }, 'ext_authz: a route names a policy this service does not have (configuration skew?); answering 503');
+      this.opts.logger?.warn(
+        { policy: name.slice(0, 63) },
+        'ext_authz: a route names a policy this service does not have (configuration skew?); answering 503',
+      );
     }
     return denial({ ok: false, reason: 'unknown_policy', status: 503, description: 'policy not loaded yet' });
   }

@@ -11,11 +11,7 @@ export interface RequestView {
   path: string;
 }
 
-export type Extracted =
-  | { kind: 'none' }
-  | { kind: 'token'; token: string }
-  | { kind: 'multiple' }
-  | { kind: 'too_large' };
+export type Extracted = { kind: 'none' } | { kind: 'token'; token: string } | { kind: 'multiple' } | { kind: 'too_large' };
 
 function startsWithIgnoringCase(s: string, prefix: string): boolean {
   return s.length >= prefix.length && s.slice(0, prefix.length).toLowerCase() === prefix.toLowerCase();

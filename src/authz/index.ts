@@ -104,17 +104,34 @@ export async function startEmbeddedAuthz(opts: EmbeddedAuthzOptions): Promise<Em
     if (closed || port !== undefined || !needed) return;
     try {
       if (opts.tls && !certificate) {
-        certificate = await ServerCertificate.start({ ca: opts.tls.ca, trustDomain: opts.tls.trustDomain, server: 'authz', bindAddress: opts.bindAddress, sans: [], logger });
+        certificate = await ServerCertificate.start({
+          ca: opts.tls.ca,
+          trustDomain: opts.tls.trustDomain,
+          server: 'authz',
+          bindAddress: opts.bindAddress,
+          sans: [],
+          logger,
+        });
       }
       const tls = certificate && opts.tls ? { certificate, clientCaPem: opts.tls.ca.trustBundlePem } : undefined;
       port = await server.listen(where(wantPort), tls);
       if (error !== undefined) logger.info({ authz: where(port) }, 'ext_authz service listening after all');
-      else logger.info({ authz: where(port), tls: tls !== undefined }, tls ? 'ext_authz service listening (TLS; callers need a mesh certificate)' : 'ext_authz service listening in PLAIN TEXT (--xds-insecure): anyone who reaches the port can call it');
+      else
+        logger.info(
+          { authz: where(port), tls: tls !== undefined },
+          tls
+            ? 'ext_authz service listening (TLS; callers need a mesh certificate)'
+            : 'ext_authz service listening in PLAIN TEXT (--xds-insecure): anyone who reaches the port can call it',
+        );
       error = undefined;
     } catch (e) {
       const first = error === undefined;
       error = `the ext_authz service cannot listen on ${where(wantPort)}: ${(e as Error).message}`;
-      if (first) logger.error({ authz: where(wantPort), reason: (e as Error).message }, 'ext_authz service could not listen; routes under a JWTPolicy will fail closed (503) until it can (retrying)');
+      if (first)
+        logger.error(
+          { authz: where(wantPort), reason: (e as Error).message },
+          'ext_authz service could not listen; routes under a JWTPolicy will fail closed (503) until it can (retrying)',
+        );
       if (!closed && retryMs > 0) {
         clearTimeout(retry);
         retry = setTimeout(() => void start(), retryMs);
@@ -155,7 +172,13 @@ export async function startEmbeddedAuthz(opts: EmbeddedAuthzOptions): Promise<Em
       const mine = readiness();
       return mine.ready && other ? other() : mine;
     },
-    status: () => ({ port: port ?? null, listening: port !== undefined, tls: opts.tls !== undefined, endpointForProxies: endpoint, ...(error !== undefined ? { error } : {}) }),
+    status: () => ({
+      port: port ?? null,
+      listening: port !== undefined,
+      tls: opts.tls !== undefined,
+      endpointForProxies: endpoint,
+      ...(error !== undefined ? { error } : {}),
+    }),
     close: async () => {
       closed = true;
       clearTimeout(retry);

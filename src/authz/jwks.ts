@@ -28,7 +28,6 @@ export const RETRY_AFTER_FAILURE_MS = 2_000;
 /** Longest wait between scheduled reloads of a fetched set that keeps failing. */
 export const MAX_SCHEDULED_RETRY_MS = 60_000;
 
-
 export interface KeySet {
   /** The keys, imported once (jws.ts selects among them by kid, alg, kty, use as jose does). */
   prepared: readonly PreparedKey[];
@@ -50,7 +49,10 @@ export interface JwksStatus {
 export function cacheTtlMs(cacheControl: string | null, bounds: { minCacheMs: number; maxCacheMs: number }): number {
   let ttl = DEFAULT_JWKS_TTL_MS;
   if (cacheControl) {
-    const directives = cacheControl.toLowerCase().split(',').map((d) => d.trim());
+    const directives = cacheControl
+      .toLowerCase()
+      .split(',')
+      .map((d) => d.trim());
     const maxAge = directives.map((d) => /^max-age\s*=\s*"?(\d+)"?$/.exec(d)).find((m) => m);
     if (directives.includes('no-store') || directives.includes('no-cache')) ttl = 0;
     else if (maxAge) ttl = Number(maxAge[1]) * 1000;
@@ -186,7 +188,12 @@ export class JwksCache {
     return {
       source: this.source,
       keys: this.set?.keys.length ?? 0,
-      ...(this.set ? { loadedAt: new Date(this.set.loadedAt).toISOString(), expiresAt: Number.isFinite(this.set.expiresAt) ? new Date(this.set.expiresAt).toISOString() : undefined } : {}),
+      ...(this.set
+        ? {
+            loadedAt: new Date(this.set.loadedAt).toISOString(),
+            expiresAt: Number.isFinite(this.set.expiresAt) ? new Date(this.set.expiresAt).toISOString() : undefined,
+          }
+        : {}),
       ...(this.lastError ? { lastError: this.lastError } : {}),
     };
   }
@@ -282,13 +289,16 @@ export class JwksCache {
       return changed;
     } catch (e) {
       const err = e as Error & { cause?: { code?: string } };
-      this.lastError = err.name === 'TimeoutError' ? 'timed out' : err.cause?.code ?? (err instanceof SyntaxError ? 'not JSON' : err.message);
+      this.lastError = err.name === 'TimeoutError' ? 'timed out' : (err.cause?.code ?? (err instanceof SyntaxError ? 'not JSON' : err.message));
       this.failures++;
       this.retryAt = this.now() + Math.min(RETRY_AFTER_FAILURE_MS, this.spec.kind === 'inline' ? RETRY_AFTER_FAILURE_MS : this.spec.cooldownMs);
       if (this.closed) return false;
       metrics?.jwksFetches.inc({ policy, result: 'error' });
       metrics?.jwksKeys.set({ policy }, this.set?.keys.length ?? 0);
-      logger?.warn({ policy, jwks: this.source, reason: this.lastError }, this.set ? 'JWKS refresh failed; the cached keys stay in use' : 'JWKS could not be loaded; checks of this policy answer "unavailable" until it can');
+      logger?.warn(
+        { policy, jwks: this.source, reason: this.lastError },
+        this.set ? 'JWKS refresh failed; the cached keys stay in use' : 'JWKS could not be loaded; checks of this policy answer "unavailable" until it can',
+      );
       return false;
     }
   }

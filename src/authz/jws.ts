@@ -86,7 +86,15 @@ export function prepareKeys(keys: readonly JWK[]): PreparedKey[] {
       key = undefined;
     }
     const forVerify = (j.ext === undefined || typeof j.ext === 'boolean') && keyOpsAllowVerify(j.key_ops) && (j.use === undefined || j.use === 'sig');
-    return { kty: j.kty, kid: j.kid, alg: j.alg, crv: j.crv, forVerify, key, rsaBits: key?.asymmetricKeyType === 'rsa' ? key.asymmetricKeyDetails?.modulusLength : undefined };
+    return {
+      kty: j.kty,
+      kid: j.kid,
+      alg: j.alg,
+      crv: j.crv,
+      forVerify,
+      key,
+      rsaBits: key?.asymmetricKeyType === 'rsa' ? key.asymmetricKeyDetails?.modulusLength : undefined,
+    };
   });
 }
 
@@ -150,7 +158,13 @@ export function parseJws(token: string, algorithms: readonly string[]): ParsedJw
 }
 
 function candidate(k: PreparedKey, spec: AlgSpec, alg: string, kid: unknown): boolean {
-  return k.forVerify && k.kty === spec.kty && (kid === undefined || (typeof kid === 'string' && kid === k.kid)) && (k.alg === undefined || k.alg === alg) && (spec.crv === undefined || k.crv === spec.crv);
+  return (
+    k.forVerify &&
+    k.kty === spec.kty &&
+    (kid === undefined || (typeof kid === 'string' && kid === k.kid)) &&
+    (k.alg === undefined || k.alg === alg) &&
+    (spec.crv === undefined || k.crv === spec.crv)
+  );
 }
 
 function signatureHolds(spec: AlgSpec, key: KeyObject, data: Buffer, sig: Buffer): boolean {

@@ -40,7 +40,12 @@ export class AuthzMetrics {
 
   constructor(registry: client.Registry) {
     const registers = [registry];
-    this.decisions = new client.Counter({ name: 'signalbox_authz_decisions_total', help: 'JWT policy decisions of the ext_authz service, by policy, result (allow, deny) and reason.', labelNames: ['policy', 'result', 'reason'], registers });
+    this.decisions = new client.Counter({
+      name: 'signalbox_authz_decisions_total',
+      help: 'JWT policy decisions of the ext_authz service, by policy, result (allow, deny) and reason.',
+      labelNames: ['policy', 'result', 'reason'],
+      registers,
+    });
     this.checkSeconds = new client.Histogram({
       name: 'signalbox_authz_check_duration_seconds',
       help: 'Time to answer one ext_authz Check (all policies of the route), by result.',
@@ -48,8 +53,18 @@ export class AuthzMetrics {
       buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5],
       registers,
     });
-    this.jwksFetches = new client.Counter({ name: 'signalbox_authz_jwks_fetches_total', help: 'Key set loads (uri fetches, file reads), by policy and result (ok, unchanged, error).', labelNames: ['policy', 'result'], registers });
-    this.jwksKeys = new client.Gauge({ name: 'signalbox_authz_jwks_keys', help: 'Verification keys held now, by policy (0: none, checks answer jwks_unavailable).', labelNames: ['policy'], registers });
+    this.jwksFetches = new client.Counter({
+      name: 'signalbox_authz_jwks_fetches_total',
+      help: 'Key set loads (uri fetches, file reads), by policy and result (ok, unchanged, error).',
+      labelNames: ['policy', 'result'],
+      registers,
+    });
+    this.jwksKeys = new client.Gauge({
+      name: 'signalbox_authz_jwks_keys',
+      help: 'Verification keys held now, by policy (0: none, checks answer jwks_unavailable).',
+      labelNames: ['policy'],
+      registers,
+    });
     const ages = () => this.ages?.() ?? new Map<string, number>();
     this.jwksAge = new client.Gauge({
       name: 'signalbox_authz_jwks_age_seconds',
@@ -67,6 +82,11 @@ export class AuthzMetrics {
       labelNames: ['policy'],
       registers,
     });
-    this.tokenCache = new client.Counter({ name: 'signalbox_authz_token_cache_total', help: 'Verified-token cache lookups, by result (hit, miss).', labelNames: ['result'], registers });
+    this.tokenCache = new client.Counter({
+      name: 'signalbox_authz_token_cache_total',
+      help: 'Verified-token cache lookups, by result (hit, miss).',
+      labelNames: ['result'],
+      registers,
+    });
   }
 }

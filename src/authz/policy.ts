@@ -17,7 +17,7 @@ import { performance } from 'node:perf_hooks';
 import type { ClaimRule, JwtPolicyModel } from '../model/jwt.js';
 import { extractToken, type RequestView } from './extract.js';
 import type { JwksCache, KeySet } from './jwks.js';
-import { parseJws, verifyJws, } from './jws.js';
+import { parseJws, verifyJws } from './jws.js';
 import type { AuthzMetrics, DecisionReason } from './metrics.js';
 
 export type Rfc6750Error = 'invalid_request' | 'invalid_token' | 'insufficient_scope';
@@ -117,7 +117,11 @@ function isNumericDate(v: unknown): v is number {
 }
 
 /** iss, aud, exp, nbf, iat against the policy, at `nowSec` (seconds). */
-export function checkClaims(payload: Record<string, unknown>, p: Pick<JwtPolicyModel, 'issuer' | 'audiences' | 'clockSkewMs'>, nowSec: number): DecisionReason | undefined {
+export function checkClaims(
+  payload: Record<string, unknown>,
+  p: Pick<JwtPolicyModel, 'issuer' | 'audiences' | 'clockSkewMs'>,
+  nowSec: number,
+): DecisionReason | undefined {
   const skew = p.clockSkewMs / 1000;
   const { exp, nbf, iat } = payload;
   if (exp === undefined) return 'missing_exp';
@@ -227,7 +231,14 @@ export class CompiledPolicy {
     for (const rule of m.require) {
       if (!ruleHolds(rule, claimValue(payload, rule.claim))) {
         const scope = 'contains' in rule && (rule.claim === 'scope' || rule.claim === 'scp') ? rule.contains : undefined;
-        return { ok: false, reason: 'claim_mismatch', status: 403, error: 'insufficient_scope', description: DESCRIPTION.claim_mismatch!, ...(scope ? { scope } : {}) };
+        return {
+          ok: false,
+          reason: 'claim_mismatch',
+          status: 403,
+          error: 'insufficient_scope',
+          description: DESCRIPTION.claim_mismatch!,
+          ...(scope ? { scope } : {}),
+        };
       }
     }
     const headers: { name: string; value: string }[] = [];
@@ -302,7 +313,8 @@ export class CompiledPolicy {
       return entry;
     }
     // Oldest first out, within both bounds.
-    while (this.verified.size > 0 && (this.verified.size >= TOKEN_CACHE_SIZE || this.verifiedBytes + token.length > TOKEN_CACHE_BYTES)) this.forget(this.verified.keys().next().value!);
+    while (this.verified.size > 0 && (this.verified.size >= TOKEN_CACHE_SIZE || this.verifiedBytes + token.length > TOKEN_CACHE_BYTES))
+      this.forget(this.verified.keys().next().value!);
     this.verified.set(token, entry);
     this.verifiedBytes += token.length;
     return entry;

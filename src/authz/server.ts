@@ -56,7 +56,9 @@ function grpcCodeOf(status: number): number {
 
 /** A decision as check-codec.ts encodes it (the same message checkResponse describes). */
 export function checkAnswer(d: Decision): CheckAnswer {
-  return d.allow ? { allow: true, headers: d.headers, removeHeaders: d.removeHeaders } : { allow: false, grpcCode: grpcCodeOf(d.status), httpStatus: d.status, headers: d.headers, body: d.body };
+  return d.allow
+    ? { allow: true, headers: d.headers, removeHeaders: d.removeHeaders }
+    : { allow: false, grpcCode: grpcCodeOf(d.status), httpStatus: d.status, headers: d.headers, body: d.body };
 }
 
 /** Turns a decision into an envoy.service.auth.v3.CheckResponse (plain object). */
@@ -85,7 +87,12 @@ export function checkResponse(d: Decision): Record<string, unknown> {
 /** TLS for the service: its certificate (followed on renewal) and the roots callers must chain to. */
 export interface AuthzTls {
   /** A ServerCertificate (src/ca/server-tls.ts): emits `changed` when renewed. */
-  certificate: { readonly certPem: string; readonly keyPem: string; on(event: 'changed', listener: () => void): unknown; off(event: 'changed', listener: () => void): unknown };
+  certificate: {
+    readonly certPem: string;
+    readonly keyPem: string;
+    on(event: 'changed', listener: () => void): unknown;
+    off(event: 'changed', listener: () => void): unknown;
+  };
   /** The mesh trust bundle: a caller's certificate must chain to it. */
   clientCaPem: string;
 }
@@ -128,7 +135,12 @@ export class AuthzServer {
    * The decision for one checked request: synchronous when no policy has to wait for keys.
    * `ext`: the route's context extension (the policy names, comma-separated).
    */
-  private decide(headers: Record<string, string> | undefined, path: string | undefined, ext: string | undefined, trace: Record<string, string> | undefined): Decision | Promise<Decision> {
+  private decide(
+    headers: Record<string, string> | undefined,
+    path: string | undefined,
+    ext: string | undefined,
+    trace: Record<string, string> | undefined,
+  ): Decision | Promise<Decision> {
     const input = { headers: headers ?? {}, path: path ?? '/', policies: ext === undefined ? undefined : this.policiesOf(ext) };
     if (!tracingActive()) return this.engine.checkNow(input);
     // Continues the trace of the Check call (Envoy's tracer puts its span in the gRPC metadata),
@@ -200,19 +212,19 @@ export class AuthzServer {
     if (this.server) throw new Error('the ext_authz service is listening already');
     const material = () => ({ cert: tls!.certificate.certPem, key: tls!.certificate.keyPem, clientCa: tls!.clientCaPem });
     lookupType('envoy.service.auth.v3.CheckRequest'); // loaded now, not on the first odd message
-    const server = new UnaryGrpcServer(
-      [{ path: CHECK_PATH, handle: (bytes, headers) => this.handleCheck(bytes, headers) }],
-      {
-        onError: (e) => this.opts.logger.error({ err: { message: e.message } }, 'ext_authz: Check failed'),
-        plain: (stream, headers) => this.onFastPath(stream, headers),
-        tls: tls ? material() : undefined,
-        // Debug only: anyone can knock; what matters is that nothing without a mesh certificate gets in.
-        onTlsError: (e, remote) => this.opts.logger.debug({ peer: remote, reason: e.message }, 'ext_authz: TLS handshake refused (a caller needs a certificate from the mesh CA)'),
-      },
-    );
+    const server = new UnaryGrpcServer([{ path: CHECK_PATH, handle: (bytes, headers) => this.handleCheck(bytes, headers) }], {
+      onError: (e) => this.opts.logger.error({ err: { message: e.message } }, 'ext_authz: Check failed'),
+      plain: (stream, headers) => this.onFastPath(stream, headers),
+      tls: tls ? material() : undefined,
+      // Debug only: anyone can knock; what matters is that nothing without a mesh certificate gets in.
+      onTlsError: (e, remote) =>
+        this.opts.logger.debug({ peer: remote, reason: e.message }, 'ext_authz: TLS handshake refused (a caller needs a certificate from the mesh CA)'),
+    });
     const port = await server.listen(m[1]!, Number(m[2]));
     if (tls && !hasSelfSignedRoot(tls.clientCaPem)) {
-      this.opts.logger.warn('the mesh trust bundle holds no root (self-signed) certificate, e.g. --ca-cert is an intermediate: the ext_authz service (Node TLS) cannot verify proxy certificates that do not chain to a root, so checks will fail closed; add the root with --ca-bundle');
+      this.opts.logger.warn(
+        'the mesh trust bundle holds no root (self-signed) certificate, e.g. --ca-cert is an intermediate: the ext_authz service (Node TLS) cannot verify proxy certificates that do not chain to a root, so checks will fail closed; add the root with --ca-bundle',
+      );
     }
     if (tls) {
       const follow = () => server.setSecureContext(material());
@@ -251,7 +263,8 @@ export class AuthzServer {
     const reported = policyOfPath(path, FAST_PATH_HTTP.report);
     if (reported !== undefined) {
       const n = Number(headers[FAST_PATH_HTTP.countHeader]);
-      if (Number.isSafeInteger(n) && n > 0 && n <= 1e9) this.metrics?.fastPathAllows.inc({ policy: this.engine.policyNames().includes(reported) ? reported : 'unknown' }, n);
+      if (Number.isSafeInteger(n) && n > 0 && n <= 1e9)
+        this.metrics?.fastPathAllows.inc({ policy: this.engine.policyNames().includes(reported) ? reported : 'unknown' }, n);
       reply(204);
       return;
     }

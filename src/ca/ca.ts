@@ -9,7 +9,6 @@ import { ErrorCode, SignalboxError } from '../errors.js';
 import { ensureFolder, readError, writeDataFile } from '../util/data-dir.js';
 import type { SharedState } from '../state/shared.js';
 
-
 const EC = { name: 'ECDSA', namedCurve: 'P-256' } as const;
 const SIGN = { name: 'ECDSA', hash: 'SHA-256' } as const;
 
@@ -69,20 +68,28 @@ async function readExtraBundle(file: string, required: boolean): Promise<x509.X5
     throw readError(ErrorCode.CA, 'the extra trust bundle', file, e);
   }
   const fix = required ? 'fix the file given to --ca-bundle' : `fix it or remove it`;
-  const bad = (why: string) => new SignalboxError(ErrorCode.CA, `the extra trust bundle ${file} ${why}; it must hold one or more PEM CA certificates ("-----BEGIN CERTIFICATE-----"): ${fix}`);
+  const bad = (why: string) =>
+    new SignalboxError(
+      ErrorCode.CA,
+      `the extra trust bundle ${file} ${why}; it must hold one or more PEM CA certificates ("-----BEGIN CERTIFICATE-----"): ${fix}`,
+    );
   const blocks = [...text.matchAll(PEM_BLOCK)];
   if ((text.match(/-----BEGIN /g) ?? []).length !== blocks.length) throw bad('has a PEM block without its END line (cut short?)');
   if (!blocks.length) throw bad(text.trim() ? 'holds no PEM block' : 'is empty');
   return blocks.map((b, n) => {
     // Only the block's label is named, never its content: a key pasted here by mistake stays unprinted.
-    if (b[1] !== 'CERTIFICATE') throw bad(`has a ${b[1]} block (number ${n + 1}), not a certificate${/PRIVATE KEY/.test(b[1]!) ? ' (a private key has no place in a bundle sent to every proxy)' : ''}`);
+    if (b[1] !== 'CERTIFICATE')
+      throw bad(
+        `has a ${b[1]} block (number ${n + 1}), not a certificate${/PRIVATE KEY/.test(b[1]!) ? ' (a private key has no place in a bundle sent to every proxy)' : ''}`,
+      );
     let cert: x509.X509Certificate;
     try {
       cert = new x509.X509Certificate(b[0]);
     } catch {
       throw bad(`has a CERTIFICATE block (number ${n + 1}) that is not a valid X.509 certificate`);
     }
-    if (!cert.getExtension(x509.BasicConstraintsExtension)?.ca) throw bad(`has a certificate (number ${n + 1}, ${cert.subject}) that is not a CA certificate (basicConstraints CA:TRUE is missing)`);
+    if (!cert.getExtension(x509.BasicConstraintsExtension)?.ca)
+      throw bad(`has a certificate (number ${n + 1}, ${cert.subject}) that is not a CA certificate (basicConstraints CA:TRUE is missing)`);
     return cert;
   });
 }
@@ -156,7 +163,10 @@ export class CertificateAuthority {
     const [hasCert, hasKey] = [await present(certFile, 'the CA certificate'), await present(keyFile, 'the CA private key')];
     const startOver = `restore it from a backup, or remove ${keyFile} and ${certFile} to generate a new root (every proxy certificate changes, and bootstraps need the new ${path.join(opts.dataDir, 'xds-ca.pem')})`;
     if (hasKey && !hasCert) {
-      throw new SignalboxError(ErrorCode.CA, `the CA certificate ${certFile} is missing but its key ${keyFile} exists (a first start stopped between writing the two?); refusing to make a new root while a root key exists: ${startOver}`);
+      throw new SignalboxError(
+        ErrorCode.CA,
+        `the CA certificate ${certFile} is missing but its key ${keyFile} exists (a first start stopped between writing the two?); refusing to make a new root while a root key exists: ${startOver}`,
+      );
     }
     if (hasCert && !hasKey) {
       throw new SignalboxError(ErrorCode.CA, `the CA private key ${keyFile} is missing but ${certFile} exists; refusing to make a new root: ${startOver}`);
@@ -185,7 +195,9 @@ export class CertificateAuthority {
         () => true,
         () => false,
       );
-      const tail = removed ? `${keyFile} was removed again, so the next start makes a new root` : `${keyFile} could not be removed: remove it before starting again`;
+      const tail = removed
+        ? `${keyFile} was removed again, so the next start makes a new root`
+        : `${keyFile} could not be removed: remove it before starting again`;
       throw new SignalboxError(ErrorCode.CA, `${(e as Error).message}. No root was made: ${tail}`);
     }
     return new CertificateAuthority(cert, keys.privateKey, bundleOf(cert, extra), 'generated');
@@ -206,8 +218,13 @@ export class CertificateAuthority {
     };
     const certPem = await read(files.certFile, 'the CA certificate');
     const keyPem = await read(files.keyFile, 'the CA private key');
-    if (!certPem.trim()) throw new SignalboxError(ErrorCode.CA, `the CA certificate ${files.certFile} is empty (a write cut short by a crash or a full disk?): ${fix('--ca-cert')}`);
-    if (!keyPem.trim()) throw new SignalboxError(ErrorCode.CA, `the CA private key ${files.keyFile} is empty (a write cut short by a crash or a full disk?): ${fix('--ca-key')}`);
+    if (!certPem.trim())
+      throw new SignalboxError(
+        ErrorCode.CA,
+        `the CA certificate ${files.certFile} is empty (a write cut short by a crash or a full disk?): ${fix('--ca-cert')}`,
+      );
+    if (!keyPem.trim())
+      throw new SignalboxError(ErrorCode.CA, `the CA private key ${files.keyFile} is empty (a write cut short by a crash or a full disk?): ${fix('--ca-key')}`);
     let cert: x509.X509Certificate;
     try {
       cert = new x509.X509Certificate(certPem);
@@ -225,7 +242,10 @@ export class CertificateAuthority {
     if (!bc?.ca) throw new SignalboxError(ErrorCode.CA, `${files.certFile} is not a CA certificate (basicConstraints CA:TRUE is missing): ${fix('--ca-cert')}`);
     // The key must belong to the certificate: sign and verify a probe.
     if (!(await keyMatches(cert, key))) {
-      throw new SignalboxError(ErrorCode.CA, `${files.keyFile} does not match the certificate ${files.certFile}: ${recovery ?? 'give --ca-key the key of --ca-cert'}`);
+      throw new SignalboxError(
+        ErrorCode.CA,
+        `${files.keyFile} does not match the certificate ${files.certFile}: ${recovery ?? 'give --ca-key the key of --ca-cert'}`,
+      );
     }
     const extra = files.bundleFile ? await readExtraBundle(files.bundleFile, source === 'files') : [];
     return new CertificateAuthority(cert, key, bundleOf(cert, extra), source);
@@ -238,14 +258,10 @@ export class CertificateAuthority {
    * is an error, never a reason to make a new root.
    */
   private static async fromShared(shared: SharedState, trustDomain: string): Promise<CertificateAuthority> {
-    const { data, created } = await shared.readOrCreate(
-      SHARED_CA_RECORD,
-      async () => {
-        const { keys, cert } = await newRoot(trustDomain);
-        return { certificate: cert.toString('pem'), privateKey: await exportKeyPem(keys.privateKey) };
-      },
-      ['privateKey'],
-    );
+    const { data, created } = await shared.readOrCreate(SHARED_CA_RECORD, async () => {
+      const { keys, cert } = await newRoot(trustDomain);
+      return { certificate: cert.toString('pem'), privateKey: await exportKeyPem(keys.privateKey) };
+    }, ['privateKey']);
     const where = shared.keyOf(SHARED_CA_RECORD);
     const fix = `restore ${where} from a backup (consul kv export / snapshot); removing it makes a new root at the next start (every proxy certificate changes)`;
     const bad = (what: string) => new SignalboxError(ErrorCode.STATE, `${where} in Consul KV ${what}: ${fix}`);
@@ -309,7 +325,14 @@ export class CertificateAuthority {
         new x509.BasicConstraintsExtension(false, undefined, true),
         new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyAgreement, true),
         new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth]),
-        new x509.SubjectAlternativeNameExtension([{ type: 'url', value: spiffeId }, ...o.dns.map((value) => ({ type: 'dns' as const, value })), ...o.ips.map((value) => ({ type: 'ip' as const, value }))], true),
+        new x509.SubjectAlternativeNameExtension(
+          [
+            { type: 'url', value: spiffeId },
+            ...o.dns.map((value) => ({ type: 'dns' as const, value })),
+            ...o.ips.map((value) => ({ type: 'ip' as const, value })),
+          ],
+          true,
+        ),
         await x509.AuthorityKeyIdentifierExtension.create(this.certificate.publicKey),
       ],
     });

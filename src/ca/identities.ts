@@ -25,7 +25,12 @@ export class InstanceCertificate extends EventEmitter<{ renewed: [IssuedCert] }>
   private timer?: NodeJS.Timeout;
   stopped = false;
 
-  constructor(private readonly manager: IdentityManager, readonly spiffeId: string, readonly instance: string, public current: IssuedCert) {
+  constructor(
+    private readonly manager: IdentityManager,
+    readonly spiffeId: string,
+    readonly instance: string,
+    public current: IssuedCert,
+  ) {
     super();
   }
 
@@ -67,7 +72,10 @@ export class IdentityManager {
   readonly logger: Logger;
   private readonly metrics?: IdentityMetrics;
 
-  constructor(readonly ca: CertificateAuthority, opts: { ttlMs: number; logger: Logger; metrics?: IdentityMetrics }) {
+  constructor(
+    readonly ca: CertificateAuthority,
+    opts: { ttlMs: number; logger: Logger; metrics?: IdentityMetrics },
+  ) {
     this.ttlMs = opts.ttlMs;
     this.logger = opts.logger;
     this.metrics = opts.metrics;
@@ -93,7 +101,10 @@ export class IdentityManager {
   async issueCert(spiffeId: string, instance: string, kind: 'issued' | 'renewed'): Promise<IssuedCert> {
     const cert = await this.ca.issue(spiffeId, this.ttlMs);
     this.metrics?.issued(kind);
-    this.logger.info({ identity: spiffeId, instance, serial: cert.serial, notAfter: cert.notAfter.toISOString() }, kind === 'issued' ? 'certificate issued' : 'certificate renewed');
+    this.logger.info(
+      { identity: spiffeId, instance, serial: cert.serial, notAfter: cert.notAfter.toISOString() },
+      kind === 'issued' ? 'certificate issued' : 'certificate renewed',
+    );
     return cert;
   }
 
@@ -105,7 +116,13 @@ export class IdentityManager {
   /** Live certificates with their instance, serial and expiry (never the key). */
   list(): { identity: string; instance: string; serial: string; notBefore: string; notAfter: string }[] {
     return [...this.live]
-      .map((h) => ({ identity: h.spiffeId, instance: h.instance, serial: h.current.serial, notBefore: h.current.notBefore.toISOString(), notAfter: h.current.notAfter.toISOString() }))
+      .map((h) => ({
+        identity: h.spiffeId,
+        instance: h.instance,
+        serial: h.current.serial,
+        notBefore: h.current.notBefore.toISOString(),
+        notAfter: h.current.notAfter.toISOString(),
+      }))
       .sort((a, b) => (a.identity < b.identity ? -1 : a.identity > b.identity ? 1 : a.instance < b.instance ? -1 : 1));
   }
 

@@ -59,7 +59,12 @@ export interface ServerTlsStatus {
  * and names, its key its own, and more than a third of its life left (else it would be renewed
  * at once anyway).
  */
-function usableStored(c: { certificatePem: string; privateKeyPem: string }, ca: CertificateAuthority, spiffeId: string, names: { dns: string[]; ips: string[] }): boolean {
+function usableStored(
+  c: { certificatePem: string; privateKeyPem: string },
+  ca: CertificateAuthority,
+  spiffeId: string,
+  names: { dns: string[]; ips: string[] },
+): boolean {
   try {
     const x = new X509Certificate(c.certificatePem);
     if (!x.checkIssued(new X509Certificate(ca.certificatePem)) || !x.verify(new X509Certificate(ca.certificatePem).publicKey)) return false;
@@ -92,7 +97,16 @@ export class ServerCertificate extends EventEmitter<{ changed: [] }> {
   }
 
   /** Issued by the mesh CA (for `server`) or read from files; renewed or re-read from then on. */
-  static async start(opts: { ca: CertificateAuthority; trustDomain: string; server: 'xds' | 'authz' | 'ratelimit'; bindAddress: string; sans: string[]; files?: { certFile: string; keyFile: string }; stored?: StoredServerCert; logger: Logger }): Promise<ServerCertificate> {
+  static async start(opts: {
+    ca: CertificateAuthority;
+    trustDomain: string;
+    server: 'xds' | 'authz' | 'ratelimit';
+    bindAddress: string;
+    sans: string[];
+    files?: { certFile: string; keyFile: string };
+    stored?: StoredServerCert;
+    logger: Logger;
+  }): Promise<ServerCertificate> {
     if (opts.files) {
       const sc = new ServerCertificate('files', opts.logger, undefined, opts.files);
       sc.readFiles(true);
@@ -113,7 +127,11 @@ export class ServerCertificate extends EventEmitter<{ changed: [] }> {
       // Proxies verify the chain to the trust bundle: an intermediate CA goes along.
       const chain = opts.ca.source === 'files' ? `${c.certificatePem.trim()}\n${opts.ca.certificatePem.trim()}\n` : c.certificatePem;
       const made = { certificatePem: chain, privateKeyPem: c.privateKeyPem };
-      await opts.stored?.save(made).catch((e: unknown) => opts.logger.warn({ err: (e as Error).message }, 'cannot keep the server certificate in the shared state; it is issued anew at the next start'));
+      await opts.stored
+        ?.save(made)
+        .catch((e: unknown) =>
+          opts.logger.warn({ err: (e as Error).message }, 'cannot keep the server certificate in the shared state; it is issued anew at the next start'),
+        );
       return made;
     });
     await sc.renew();
@@ -146,7 +164,10 @@ export class ServerCertificate extends EventEmitter<{ changed: [] }> {
     const life = new Date(this.info!.validTo).getTime() - Date.now();
     this.logger.info({ server: this.status().names, notAfter: this.status().notAfter }, 'server certificate issued by the mesh CA');
     clearTimeout(this.timer);
-    this.timer = setTimeout(() => void this.renew().catch((e) => this.logger.error({ err: e }, 'server certificate renewal failed')), Math.max(1_000, (life * 2) / 3));
+    this.timer = setTimeout(
+      () => void this.renew().catch((e) => this.logger.error({ err: e }, 'server certificate renewal failed')),
+      Math.max(1_000, (life * 2) / 3),
+    );
     this.timer.unref();
   }
 
@@ -154,7 +175,12 @@ export class ServerCertificate extends EventEmitter<{ changed: [] }> {
   private readFiles(first: boolean): void {
     const f = this.files!;
     try {
-      const stamp = [f.certFile, f.keyFile].map((p) => { const s = statSync(p); return `${s.ino}:${s.size}:${s.mtimeMs}`; }).join('|');
+      const stamp = [f.certFile, f.keyFile]
+        .map((p) => {
+          const s = statSync(p);
+          return `${s.ino}:${s.size}:${s.mtimeMs}`;
+        })
+        .join('|');
       if (stamp === this.fileStamp) return;
       const cert = readFileSync(f.certFile, 'utf8');
       const key = readFileSync(f.keyFile, 'utf8');
@@ -165,7 +191,10 @@ export class ServerCertificate extends EventEmitter<{ changed: [] }> {
       this.logger.info({ certFile: f.certFile, notAfter: this.status().notAfter }, first ? 'xDS server certificate loaded' : 'xDS server certificate reloaded');
     } catch (e) {
       // Never echo key material: the message names files only.
-      const msg = e instanceof Error && /is not the key of/.test(e.message) ? e.message : `cannot read the server certificate ${f.certFile} / key ${f.keyFile} (${(e as NodeJS.ErrnoException).code ?? 'not PEM'})`;
+      const msg =
+        e instanceof Error && /is not the key of/.test(e.message)
+          ? e.message
+          : `cannot read the server certificate ${f.certFile} / key ${f.keyFile} (${(e as NodeJS.ErrnoException).code ?? 'not PEM'})`;
       if (first) throw new SignalboxError(ErrorCode.BAD_FLAG, msg);
       this.logger.error({ certFile: f.certFile }, `${msg}; keeping the certificate loaded before`);
     }

@@ -258,18 +258,18 @@ async function loadKeys(p: Paths, create: boolean): Promise<TokenKeys | undefine
  * not open or whose halves do not match is an error, never a new pair.
  */
 async function sharedTokenKeys(shared: SharedState): Promise<TokenKeys> {
-  const { data } = await shared.readOrCreate(
-    SHARED_TOKEN_KEYS_RECORD,
-    async () => {
-      const pair = (await webcrypto.subtle.generateKey(EC, true, ['sign', 'verify'])) as unknown as CryptoKeyPair;
-      const privDer = await webcrypto.subtle.exportKey('pkcs8', pair.privateKey as unknown as webcrypto.CryptoKey);
-      const cert = await createCaCert(pair.privateKey, pair.publicKey);
-      return { privateKey: x509.PemConverter.encode(privDer, 'PRIVATE KEY'), caCertificate: cert.toString('pem') };
-    },
-    ['privateKey'],
-  );
+  const { data } = await shared.readOrCreate(SHARED_TOKEN_KEYS_RECORD, async () => {
+    const pair = (await webcrypto.subtle.generateKey(EC, true, ['sign', 'verify'])) as unknown as CryptoKeyPair;
+    const privDer = await webcrypto.subtle.exportKey('pkcs8', pair.privateKey as unknown as webcrypto.CryptoKey);
+    const cert = await createCaCert(pair.privateKey, pair.publicKey);
+    return { privateKey: x509.PemConverter.encode(privDer, 'PRIVATE KEY'), caCertificate: cert.toString('pem') };
+  }, ['privateKey']);
   const where = shared.keyOf(SHARED_TOKEN_KEYS_RECORD);
-  const bad = (what: string) => new SignalboxError(ErrorCode.STATE, `${where} in Consul KV ${what}: restore it from a backup; removing it makes a new pair at the next start and every token issued so far stops working`);
+  const bad = (what: string) =>
+    new SignalboxError(
+      ErrorCode.STATE,
+      `${where} in Consul KV ${what}: restore it from a backup; removing it makes a new pair at the next start and every token issued so far stops working`,
+    );
   if (typeof data.privateKey !== 'string' || typeof data.caCertificate !== 'string') throw bad('lacks the private key or the tokens CA certificate');
   let privateKey: CryptoKey;
   let caCert: x509.X509Certificate;
@@ -286,7 +286,8 @@ async function sharedTokenKeys(shared: SharedState): Promise<TokenKeys> {
   const publicKey = (await caCert.publicKey.export(EC, ['verify'])) as unknown as CryptoKey;
   const probe = new TextEncoder().encode('signalbox-token-probe');
   const sig = await webcrypto.subtle.sign(SIGN, privateKey as unknown as webcrypto.CryptoKey, probe);
-  if (!(await webcrypto.subtle.verify(SIGN, publicKey as unknown as webcrypto.CryptoKey, sig, probe))) throw bad('holds a private key that is not the tokens CA certificate\'s');
+  if (!(await webcrypto.subtle.verify(SIGN, publicKey as unknown as webcrypto.CryptoKey, sig, probe)))
+    throw bad("holds a private key that is not the tokens CA certificate's");
   return { privateKey, publicKey, caCert, caPem: caCert.toString('pem'), caFile: where };
 }
 
@@ -351,7 +352,10 @@ export async function issueTokenCredentials(dataDir: TokenStore, subject: string
   const expiresAt = expiryFor(ttl);
   const keys = await tokenKeys(dataDir);
   if (expiresAt.getTime() > keys.caCert.notAfter.getTime()) {
-    throw new SignalboxError(ErrorCode.TOKEN, `--ttl reaches past the expiry of the tokens CA ${keys.caFile} (${keys.caCert.notAfter.toISOString()}); give a shorter --ttl`);
+    throw new SignalboxError(
+      ErrorCode.TOKEN,
+      `--ttl reaches past the expiry of the tokens CA ${keys.caFile} (${keys.caCert.notAfter.toISOString()}); give a shorter --ttl`,
+    );
   }
   const id = randomUUID();
   const leafKeys = (await webcrypto.subtle.generateKey(EC, true, ['sign', 'verify'])) as unknown as CryptoKeyPair;
@@ -402,7 +406,9 @@ const ISSUED_PREFIX = 'tokens/issued';
 
 async function noteIssued(store: TokenStore, id: string, subject: string, expiresAt: Date): Promise<void> {
   if (typeof store === 'string') return;
-  await store.update(`${ISSUED_PREFIX}/${id}`, (cur) => (cur?.expiresAt === expiresAt.toISOString() ? undefined : { subject, expiresAt: expiresAt.toISOString() }));
+  await store.update(`${ISSUED_PREFIX}/${id}`, (cur) =>
+    cur?.expiresAt === expiresAt.toISOString() ? undefined : { subject, expiresAt: expiresAt.toISOString() },
+  );
 }
 
 /** How long after its token expired a revocation is kept (clocks of replicas may differ a little). */
@@ -452,7 +458,8 @@ export async function pruneExpiredRevocations(shared: SharedState, now = Date.no
 function sharedRevoked(data: RecordData | undefined): Record<string, string> {
   if (data === undefined) return {};
   const r = data.revoked;
-  if (typeof r !== 'object' || r === null || Array.isArray(r) || !Object.values(r).every((v) => typeof v === 'string')) throw new Error('not a map of token ids');
+  if (typeof r !== 'object' || r === null || Array.isArray(r) || !Object.values(r).every((v) => typeof v === 'string'))
+    throw new Error('not a map of token ids');
   return r as Record<string, string>;
 }
 
@@ -471,12 +478,19 @@ export async function revokeToken(dataDir: TokenStore, id: string): Promise<void
       try {
         revoked = sharedRevoked(current);
       } catch (e) {
-        throw new SignalboxError(ErrorCode.TOKEN, `the revocation list ${shared.keyOf(SHARED_REVOKED_RECORD)} in Consul KV is unreadable: ${(e as Error).message}; fix it before revoking more tokens`);
+        throw new SignalboxError(
+          ErrorCode.TOKEN,
+          `the revocation list ${shared.keyOf(SHARED_REVOKED_RECORD)} in Consul KV is unreadable: ${(e as Error).message}; fix it before revoking more tokens`,
+        );
       }
       if (revoked[id]) return undefined;
       const sorted = (o: Record<string, string>) => Object.fromEntries(Object.entries(o).sort(([a], [b]) => (a < b ? -1 : 1)));
       const expires = (current?.expires ?? {}) as Record<string, string>;
-      return { ...current, revoked: sorted({ ...revoked, [id]: new Date().toISOString() }), expires: sorted(expiresAt ? { ...expires, [id]: expiresAt } : expires) };
+      return {
+        ...current,
+        revoked: sorted({ ...revoked, [id]: new Date().toISOString() }),
+        expires: sorted(expiresAt ? { ...expires, [id]: expiresAt } : expires),
+      };
     });
     return;
   }
@@ -489,7 +503,10 @@ export async function revokeToken(dataDir: TokenStore, id: string): Promise<void
       if (errCode(e) !== 'ENOENT') {
         // Overwriting it would silently un-revoke every token it lists.
         const detail = (e as NodeJS.ErrnoException).code ?? (e as Error).message;
-        throw new SignalboxError(ErrorCode.TOKEN, `revocation list ${p.revoked} is unreadable: ${detail}; fix it (a JSON array of token ids) before revoking more tokens`);
+        throw new SignalboxError(
+          ErrorCode.TOKEN,
+          `revocation list ${p.revoked} is unreadable: ${detail}; fix it (a JSON array of token ids) before revoking more tokens`,
+        );
       }
     }
     if (list.includes(id)) return;
@@ -698,7 +715,8 @@ export class TokenVerifier extends EventEmitter<TokenVerifierEvents> {
       const code = err.code ?? 'invalid';
       if (code === 'ERR_JWT_EXPIRED') return { ok: false, reason: 'token expired' };
       if (code === 'ERR_JWS_SIGNATURE_VERIFICATION_FAILED') return { ok: false, reason: 'token not signed by this control plane' };
-      if (code === 'ERR_JWT_CLAIM_VALIDATION_FAILED' && err.reason === 'missing' && err.claim === 'exp') return { ok: false, reason: 'token without expiry (issued by an older Signalbox); issue a new one' };
+      if (code === 'ERR_JWT_CLAIM_VALIDATION_FAILED' && err.reason === 'missing' && err.claim === 'exp')
+        return { ok: false, reason: 'token without expiry (issued by an older Signalbox); issue a new one' };
       if (code === 'ERR_JWT_CLAIM_VALIDATION_FAILED' && err.reason === 'missing') return { ok: false, reason: 'token without subject or id' };
       return { ok: false, reason: `invalid token (${code})` };
     }

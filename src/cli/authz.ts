@@ -25,7 +25,6 @@ import { parseOptions } from './flags.js';
 
 export { AUTHZ_SETTINGS };
 
-
 type AuthzSetting = Setting;
 
 export interface StandaloneAuthz {
@@ -59,12 +58,23 @@ export async function openMeshCa(get: (k: 'caCert' | 'caKey' | 'caBundle' | 'dat
   const dataDir = path.resolve(get('dataDir'));
   if (!cert && !existsSync(path.join(dataDir, 'ca', 'root.crt'))) {
     // A root generated here would be one no proxy trusts, and that trusts no proxy.
-    throw new SignalboxError(ErrorCode.BAD_FLAG, `no mesh CA in ${path.join(dataDir, 'ca')}: give --data-dir the control plane's data folder (or --ca-cert/--ca-key as given to serve), or --insecure if the control plane runs with --xds-insecure`);
+    throw new SignalboxError(
+      ErrorCode.BAD_FLAG,
+      `no mesh CA in ${path.join(dataDir, 'ca')}: give --data-dir the control plane's data folder (or --ca-cert/--ca-key as given to serve), or --insecure if the control plane runs with --xds-insecure`,
+    );
   }
-  return CertificateAuthority.open({ dataDir, trustDomain: BUILTIN_DEFAULTS.trustDomain, files: cert ? { certFile: cert, keyFile: key, bundleFile: get('caBundle') || undefined } : undefined });
+  return CertificateAuthority.open({
+    dataDir,
+    trustDomain: BUILTIN_DEFAULTS.trustDomain,
+    files: cert ? { certFile: cert, keyFile: key, bundleFile: get('caBundle') || undefined } : undefined,
+  });
 }
 
-export async function startStandaloneAuthz(values: Record<string, string | boolean | undefined>, env: NodeJS.ProcessEnv = process.env, logger?: Logger): Promise<StandaloneAuthz> {
+export async function startStandaloneAuthz(
+  values: Record<string, string | boolean | undefined>,
+  env: NodeJS.ProcessEnv = process.env,
+  logger?: Logger,
+): Promise<StandaloneAuthz> {
   const get = (k: keyof typeof AUTHZ_SETTINGS): string => {
     const s: AuthzSetting = AUTHZ_SETTINGS[k];
     const f = values[s.flag];
@@ -80,7 +90,8 @@ export async function startStandaloneAuthz(values: Record<string, string | boole
   const metricsPort = metricsPortText === 'off' ? undefined : portOf('metrics-port', metricsPortText);
   const authzPort = portOf('authz-port', get('authzPort'));
   const insecureText = get('insecure');
-  if (insecureText !== 'true' && insecureText !== 'false') throw new SignalboxError(ErrorCode.BAD_FLAG, `SIGNALBOX_AUTHZ_INSECURE must be "true" or "false", got "${insecureText}"`);
+  if (insecureText !== 'true' && insecureText !== 'false')
+    throw new SignalboxError(ErrorCode.BAD_FLAG, `SIGNALBOX_AUTHZ_INSECURE must be "true" or "false", got "${insecureText}"`);
   const insecure = insecureText === 'true';
   const ca = insecure ? undefined : await openMeshCa(get);
 
@@ -92,7 +103,15 @@ export async function startStandaloneAuthz(values: Record<string, string | boole
   let certificate: ServerCertificate | undefined;
   let boundAuthz: number;
   try {
-    if (ca) certificate = await ServerCertificate.start({ ca, trustDomain: BUILTIN_DEFAULTS.trustDomain, server: 'authz', bindAddress: get('authzAddress'), sans: [], logger: log });
+    if (ca)
+      certificate = await ServerCertificate.start({
+        ca,
+        trustDomain: BUILTIN_DEFAULTS.trustDomain,
+        server: 'authz',
+        bindAddress: get('authzAddress'),
+        sans: [],
+        logger: log,
+      });
     boundAuthz = await server.listen(hostPort(get('authzAddress'), authzPort), certificate && ca ? { certificate, clientCaPem: ca.trustBundlePem } : undefined);
   } catch (e) {
     certificate?.stop();
@@ -101,17 +120,33 @@ export async function startStandaloneAuthz(values: Record<string, string | boole
     throw e;
   }
   if (insecure) {
-    const warning = 'signalbox authz --insecure: the ext_authz service speaks plain text and asks callers for no certificate; anyone who reaches its port can call it (and post fast-path reports)';
+    const warning =
+      'signalbox authz --insecure: the ext_authz service speaks plain text and asks callers for no certificate; anyone who reaches its port can call it (and post fast-path reports)';
     process.stderr.write(`warning: ${warning}\n`);
     log.warn(warning);
   }
 
   let metrics: { port: number; close(): Promise<void> } | undefined;
   if (metricsPort !== undefined) {
-    metrics = await startStatusServer({ registry, address: get('metricsAddress'), port: metricsPort, ready: () => watched.applied, statusPath: '/api/authz', status: () => ({ tls: !insecure, ...server.engine.status() }) });
+    metrics = await startStatusServer({
+      registry,
+      address: get('metricsAddress'),
+      port: metricsPort,
+      ready: () => watched.applied,
+      statusPath: '/api/authz',
+      status: () => ({ tls: !insecure, ...server.engine.status() }),
+    });
   }
   const boundMetrics = metrics?.port;
-  log.info({ authz: hostPort(get('authzAddress'), boundAuthz), tls: !insecure, metrics: boundMetrics === undefined ? 'off' : `http://${hostPort(get('metricsAddress'), boundMetrics)}`, policies: dir }, 'signalbox authz serving');
+  log.info(
+    {
+      authz: hostPort(get('authzAddress'), boundAuthz),
+      tls: !insecure,
+      metrics: boundMetrics === undefined ? 'off' : `http://${hostPort(get('metricsAddress'), boundMetrics)}`,
+      policies: dir,
+    },
+    'signalbox authz serving',
+  );
   return {
     authzPort: boundAuthz,
     metricsPort: boundMetrics,

@@ -86,7 +86,10 @@ export function proxyCredentialsDir(dataDir: string, p: { gateway: string; insta
 
 /** `--xds-address`: one HOST:PORT or several, comma-separated (replicas); the same address twice is an error. */
 export function splitXdsAddresses(text: string): Array<{ host: string; port: number }> {
-  const list = text.split(',').map((a) => a.trim()).filter(Boolean);
+  const list = text
+    .split(',')
+    .map((a) => a.trim())
+    .filter(Boolean);
   if (!list.length) throw new Error('--xds-address must be HOST:PORT or several HOST:PORT separated by commas');
   const out = list.map(splitHostPort);
   const seen = new Set<string>();
@@ -122,7 +125,11 @@ export function bootstrapConfig(o: BootstrapOptions): Record<string, unknown> {
       },
     };
   } else if (o.gateway) {
-    node = { id: nodeIdOf(o), cluster: o.gateway, metadata: { 'signalbox.role': 'gateway', 'signalbox.gateway': o.gateway, ...(o.instance !== undefined ? { 'signalbox.instance': o.instance } : {}) } };
+    node = {
+      id: nodeIdOf(o),
+      cluster: o.gateway,
+      metadata: { 'signalbox.role': 'gateway', 'signalbox.gateway': o.gateway, ...(o.instance !== undefined ? { 'signalbox.instance': o.instance } : {}) },
+    };
   } else {
     throw new Error('give --gateway NAME, or --service NAME --instance ID --app-port N --inbound-port N');
   }
@@ -157,7 +164,9 @@ export function bootstrapConfig(o: BootstrapOptions): Record<string, unknown> {
           connect_timeout: '1s',
           ...(replicas
             ? {
-                health_checks: [{ timeout: '1s', interval: '1s', unhealthy_threshold: 1, healthy_threshold: 1, no_traffic_interval: '1s', tcp_health_check: {} }],
+                health_checks: [
+                  { timeout: '1s', interval: '1s', unhealthy_threshold: 1, healthy_threshold: 1, no_traffic_interval: '1s', tcp_health_check: {} },
+                ],
                 // Never fall back to a replica known dead because too few are alive: a live one always takes the stream.
                 common_lb_config: { healthy_panic_threshold: { value: 0 } },
               }
@@ -168,7 +177,14 @@ export function bootstrapConfig(o: BootstrapOptions): Record<string, unknown> {
               explicit_http_config: { http2_protocol_options: { connection_keepalive: { interval: '15s', timeout: '5s' } } },
             },
           },
-          ...(o.tls ? { transport_socket: xdsTransportSocket(addresses.map((a) => a.host), o.tls) } : {}),
+          ...(o.tls
+            ? {
+                transport_socket: xdsTransportSocket(
+                  addresses.map((a) => a.host),
+                  o.tls,
+                ),
+              }
+            : {}),
           load_assignment: {
             cluster_name: 'signalbox-xds',
             endpoints: [{ lb_endpoints: addresses.map((a) => ({ endpoint: { address: { socket_address: { address: a.host, port_value: a.port } } } })) }],
@@ -253,7 +269,8 @@ export async function bootstrapCommand(args: string[]): Promise<number> {
     : undefined;
   const xdsAddress = flagValue(BOOTSTRAP_COMMAND.flags.find((f) => f.name === 'xds-address')!, flags.values)!;
   const adminPort = values['admin-port'] ? Number(values['admin-port']) : undefined;
-  if (adminPort !== undefined && (!Number.isInteger(adminPort) || adminPort < 0 || adminPort > 65535)) throw bad(`--${v('envoy-admin-port') !== undefined ? 'envoy-admin-port' : 'admin-port'} must be a port`);
+  if (adminPort !== undefined && (!Number.isInteger(adminPort) || adminPort < 0 || adminPort > 65535))
+    throw bad(`--${v('envoy-admin-port') !== undefined ? 'envoy-admin-port' : 'admin-port'} must be a port`);
   const dataDir = path.resolve(flagValue(DATA_DIR, flags.values)!);
   const subject = sidecar ? `service/${sidecar.service}` : `gateway/${values.gateway}`;
   let tls: BootstrapOptions['tls'];
@@ -280,20 +297,41 @@ export async function bootstrapCommand(args: string[]): Promise<number> {
     if (!dir) {
       // Out of the box: a control plane on this machine shares its data directory; the proxy gets
       // a token of its own there, in files only this user can read.
-      dir = proxyCredentialsDir(dataDir, sidecar ? { service: sidecar.service, instance: sidecar.instance } : { gateway: values.gateway!, instance: values.instance });
+      dir = proxyCredentialsDir(
+        dataDir,
+        sidecar ? { service: sidecar.service, instance: sidecar.instance } : { gateway: values.gateway!, instance: values.instance },
+      );
       const c = await issueTokenCredentials(store, subject, values.ttl, dir);
-      process.stderr.write(`signalbox bootstrap: token ${c.id} for ${c.subject}, valid until ${c.expiresAt.toISOString()}, in ${dir} (revoke: signalbox token revoke ${c.id})\n`);
+      process.stderr.write(
+        `signalbox bootstrap: token ${c.id} for ${c.subject}, valid until ${c.expiresAt.toISOString()}, in ${dir} (revoke: signalbox token revoke ${c.id})\n`,
+      );
     }
     const certFile = path.join(dir, 'token.crt');
     const keyFile = path.join(dir, 'token.key');
     const caFile = path.resolve(values['xds-ca'] ?? path.join(dataDir, XDS_CA_FILE));
-    for (const [f, what] of [[certFile, 'the token certificate'], [keyFile, 'the token key'], [caFile, 'the CA of the xDS server (--xds-ca; `signalbox serve` writes it to its data directory)']] as const) {
+    for (const [f, what] of [
+      [certFile, 'the token certificate'],
+      [keyFile, 'the token key'],
+      [caFile, 'the CA of the xDS server (--xds-ca; `signalbox serve` writes it to its data directory)'],
+    ] as const) {
       if (!existsSync(f)) throw bad(`${what} is missing: ${f}`);
     }
     tls = { caFile, certFile, keyFile };
   }
   shared?.close();
-  const options: BootstrapOptions = { gateway: values.gateway, sidecar, instance: sidecar ? undefined : values.instance, tls, insecureToken, xdsAddress, delta: values.delta, jwtModule: values['jwt-module'], adminPort, adminAddress: values['admin-address'], id: values.id };
+  const options: BootstrapOptions = {
+    gateway: values.gateway,
+    sidecar,
+    instance: sidecar ? undefined : values.instance,
+    tls,
+    insecureToken,
+    xdsAddress,
+    delta: values.delta,
+    jwtModule: values['jwt-module'],
+    adminPort,
+    adminAddress: values['admin-address'],
+    id: values.id,
+  };
   let yaml: string;
   try {
     yaml = bootstrapYaml(options);
@@ -302,7 +340,9 @@ export async function bootstrapCommand(args: string[]): Promise<number> {
   }
   // On standard error, so that standard output stays a bootstrap Envoy can read.
   const id = nodeIdOf(options);
-  process.stderr.write(`signalbox bootstrap: node id ${id}${values.id === undefined ? ` (the ${sidecar ? 'service' : 'gateway'} name${(sidecar?.instance ?? values.instance) !== undefined ? ' and --instance' : ''}; --id overrides it)` : ''}; the admin API has it at /api/proxies/${id}\n`);
+  process.stderr.write(
+    `signalbox bootstrap: node id ${id}${values.id === undefined ? ` (the ${sidecar ? 'service' : 'gateway'} name${(sidecar?.instance ?? values.instance) !== undefined ? ' and --instance' : ''}; --id overrides it)` : ''}; the admin API has it at /api/proxies/${id}\n`,
+  );
   // 0600: with --xds-insecure the bootstrap holds a token; otherwise it names key files.
   if (values.out) writeStateFileSync(path.resolve(values.out), yaml, 0o600);
   else process.stdout.write(yaml);

@@ -21,12 +21,14 @@ import {
 /** --strict as serve reads it (SIGNALBOX_STRICT too), for the commands that read policies without serving them. */
 const STRICT = settingFlag(SERVE_SETTINGS.strict);
 
-const POSITIONAL_DIR = 'DIR: the policy directory may also be given as the first argument, as before --policies existed (both, naming different directories, is a usage error).';
+const POSITIONAL_DIR =
+  'DIR: the policy directory may also be given as the first argument, as before --policies existed (both, naming different directories, is a usage error).';
 
 export const SERVE_COMMAND: CommandSpec = {
   name: 'serve',
   usage: ['serve [flags]'],
-  summary: 'Run the control plane: load and watch the policy directory, serve xDS to the proxies and the admin API. Every flag can also be given as its environment variable.',
+  summary:
+    'Run the control plane: load and watch the policy directory, serve xDS to the proxies and the admin API. Every flag can also be given as its environment variable.',
   flags: Object.values(SERVE_SETTINGS).map((s) => settingFlag(s)),
 };
 
@@ -36,7 +38,12 @@ export const VALIDATE_COMMAND: CommandSpec = {
   summary: 'Check a policy directory as serve would load it; exit 1 on any error.',
   flags: [
     POLICIES,
-    { name: 'format', value: 'text|json|github', default: 'text', help: 'text; json; github: GitHub Actions annotations (::error file=F,line=N::...) on standard output' },
+    {
+      name: 'format',
+      value: 'text|json|github',
+      default: 'text',
+      help: 'text; json; github: GitHub Actions annotations (::error file=F,line=N::...) on standard output',
+    },
     { ...JSON_FLAG, help: 'the same as --format json' },
     {
       name: 'envoy',
@@ -48,14 +55,21 @@ export const VALIDATE_COMMAND: CommandSpec = {
     },
     STRICT,
   ],
-  notes: [POSITIONAL_DIR, 'The reading limits are serve\'s: SIGNALBOX_MAX_POLICY_FILE_BYTES, SIGNALBOX_MAX_POLICY_DIR_BYTES, SIGNALBOX_MAX_POLICY_FILES.'],
+  notes: [POSITIONAL_DIR, "The reading limits are serve's: SIGNALBOX_MAX_POLICY_FILE_BYTES, SIGNALBOX_MAX_POLICY_DIR_BYTES, SIGNALBOX_MAX_POLICY_FILES."],
 };
 
 export const COMPILE_COMMAND: CommandSpec = {
   name: 'compile',
   usage: ['compile [--policies DIR | DIR] [--group G] [--access-log-sampling P|off] [--jwt-fast-path on|module|off] [--strict]'],
-  summary: 'Print the Envoy resources each proxy group gets (JSON), as serve with the same flags sends them (secrets redacted). Exit 1 when the directory is invalid or the group unknown.',
-  flags: [POLICIES, { name: 'group', value: 'G', help: 'only this proxy group (gateway/NAME or sidecar/SERVICE/APP/IN/OUT)' }, ACCESS_LOG_SAMPLING, JWT_FAST_PATH, STRICT],
+  summary:
+    'Print the Envoy resources each proxy group gets (JSON), as serve with the same flags sends them (secrets redacted). Exit 1 when the directory is invalid or the group unknown.',
+  flags: [
+    POLICIES,
+    { name: 'group', value: 'G', help: 'only this proxy group (gateway/NAME or sidecar/SERVICE/APP/IN/OUT)' },
+    ACCESS_LOG_SAMPLING,
+    JWT_FAST_PATH,
+    STRICT,
+  ],
   notes: [POSITIONAL_DIR],
 };
 
@@ -63,14 +77,25 @@ export const EXPLAIN_COMMAND: CommandSpec = {
   name: 'explain',
   usage: ['explain [--policies DIR | DIR] --proxy GROUP [--route NAME] [--json] [--access-log-sampling P|off] [--jwt-fast-path on|module|off]'],
   summary: "Each listener's, route's and cluster's effective settings for one proxy group, and the file and document each came from.",
-  flags: [POLICIES, { ...PROXY_GROUP, help: `${PROXY_GROUP.help} (required)` }, { name: 'route', value: 'NAME', help: 'only this route' }, JSON_FLAG, ACCESS_LOG_SAMPLING, JWT_FAST_PATH],
+  flags: [
+    POLICIES,
+    { ...PROXY_GROUP, help: `${PROXY_GROUP.help} (required)` },
+    { name: 'route', value: 'NAME', help: 'only this route' },
+    JSON_FLAG,
+    ACCESS_LOG_SAMPLING,
+    JWT_FAST_PATH,
+  ],
   notes: [POSITIONAL_DIR],
 };
 
 export const DIFF_COMMAND: CommandSpec = {
   name: 'diff',
-  usage: ['diff OLD_DIR NEW_DIR [--proxy GROUP] [--json] [--access-log-sampling P|off] [--jwt-fast-path on|module|off]', 'diff OLD_DIR NEW_DIR [--old-access-log-sampling P|off] [--new-access-log-sampling P|off]'],
-  summary: 'The Envoy resources each proxy group would gain, lose or change between two policy directories, as serve with those flags sends them (both sides, or --old-/--new- for one).',
+  usage: [
+    'diff OLD_DIR NEW_DIR [--proxy GROUP] [--json] [--access-log-sampling P|off] [--jwt-fast-path on|module|off]',
+    'diff OLD_DIR NEW_DIR [--old-access-log-sampling P|off] [--new-access-log-sampling P|off]',
+  ],
+  summary:
+    'The Envoy resources each proxy group would gain, lose or change between two policy directories, as serve with those flags sends them (both sides, or --old-/--new- for one).',
   flags: [
     PROXY_GROUP,
     JSON_FLAG,
@@ -96,14 +121,16 @@ export const SCHEMA_COMMAND: CommandSpec = {
 export const AUTHZ_COMMAND: CommandSpec = {
   name: 'authz',
   usage: ['authz [--policies DIR] [flags]'],
-  summary: 'Run the ext_authz service (JWTPolicy checks) on its own, over mTLS with the mesh CA; point the proxies at it with serve --authz-address-for-proxies.',
+  summary:
+    'Run the ext_authz service (JWTPolicy checks) on its own, over mTLS with the mesh CA; point the proxies at it with serve --authz-address-for-proxies.',
   flags: Object.values(AUTHZ_SETTINGS).map((s) => (s.flag === 'policies' ? POLICIES : s.flag === 'data-dir' ? DATA_DIR : settingFlag(s))),
 };
 
 export const RATELIMIT_COMMAND: CommandSpec = {
   name: 'ratelimit',
   usage: ['ratelimit [--policies DIR] [flags]'],
-  summary: 'Run the rate-limit service (global RateLimitPolicy limits, counted in Redis) on its own, over mTLS with the mesh CA; point the proxies at it with serve --ratelimit-address-for-proxies.',
+  summary:
+    'Run the rate-limit service (global RateLimitPolicy limits, counted in Redis) on its own, over mTLS with the mesh CA; point the proxies at it with serve --ratelimit-address-for-proxies.',
   flags: Object.values(RATELIMIT_SETTINGS).map((s) => (s.flag === 'policies' ? POLICIES : s.flag === 'data-dir' ? DATA_DIR : settingFlag(s))),
 };
 
@@ -115,22 +142,35 @@ export const BOOTSTRAP_COMMAND: CommandSpec = {
     'bootstrap ... --xds-insecure [--token-file F]',
   ],
   summary:
-    "Print an Envoy bootstrap (YAML) for a gateway or a sidecar: TLS to the control plane, verified with --xds-ca, presenting the token certificate in --credentials (default: a new token for this proxy from --data-dir, written to DATA_DIR/proxies/). The node id it chose is printed on standard error.",
+    'Print an Envoy bootstrap (YAML) for a gateway or a sidecar: TLS to the control plane, verified with --xds-ca, presenting the token certificate in --credentials (default: a new token for this proxy from --data-dir, written to DATA_DIR/proxies/). The node id it chose is printed on standard error.',
   flags: [
     GATEWAY,
     SERVICE,
     INSTANCE,
-    { name: 'id', value: 'ID', help: 'the node id; default: the gateway or service name, or NAME-INSTANCE with --instance (the instance alone when it already starts with NAME-)' },
+    {
+      name: 'id',
+      value: 'ID',
+      help: 'the node id; default: the gateway or service name, or NAME-INSTANCE with --instance (the instance alone when it already starts with NAME-)',
+    },
     { name: 'app-port', value: 'N', help: "sidecar: the port of the service's own process" },
     { name: 'inbound-port', value: 'N', help: 'sidecar: the port the sidecar takes mesh traffic on' },
     { name: 'outbound-port', value: 'N', default: '15001', help: 'sidecar: the port the application sends its outbound calls to' },
-    { name: 'xds-address', value: 'HOST:PORT', env: 'SIGNALBOX_XDS_ADDRESS_FOR_PROXIES', default: '127.0.0.1:18000', help: 'where the proxy reaches the xDS server (HOST must be in its certificate: serve --xds-san); several replicas: HOST:PORT,HOST:PORT,... or one DNS name resolving to each of them; Envoy checks each with a TCP connect and its stream moves to a live one when a replica dies' },
+    {
+      name: 'xds-address',
+      value: 'HOST:PORT',
+      env: 'SIGNALBOX_XDS_ADDRESS_FOR_PROXIES',
+      default: '127.0.0.1:18000',
+      help: 'where the proxy reaches the xDS server (HOST must be in its certificate: serve --xds-san); several replicas: HOST:PORT,HOST:PORT,... or one DNS name resolving to each of them; Envoy checks each with a TCP connect and its stream moves to a live one when a replica dies',
+    },
     { name: 'credentials', value: 'DIR', help: 'the token certificate and key (signalbox token --out DIR)' },
     { name: 'xds-ca', value: 'FILE', default: 'DATA_DIR/xds-ca.pem', help: 'the CA the xDS server certificate is verified with' },
     DATA_DIR,
     ...STATE_FLAGS,
     TTL,
-    { ...settingFlag(SERVE_SETTINGS.xdsInsecure), help: 'plain text to the control plane, for a server run with --xds-insecure (the token then sits in the bootstrap)' },
+    {
+      ...settingFlag(SERVE_SETTINGS.xdsInsecure),
+      help: 'plain text to the control plane, for a server run with --xds-insecure (the token then sits in the bootstrap)',
+    },
     { name: 'token-file', value: 'FILE', help: 'with --xds-insecure: the token (JWT) to send; default: a new one from --data-dir' },
     { name: 'delta', help: 'incremental xDS (DELTA_GRPC) instead of state of the world' },
     { name: 'jwt-module', help: "the proxy's Envoy loads Signalbox's compiled JWT filter (docs/jwt.md)" },
@@ -144,7 +184,10 @@ export const BOOTSTRAP_COMMAND: CommandSpec = {
 
 export const TOKEN_COMMAND: CommandSpec = {
   name: 'token',
-  usage: ['token --service NAME | --gateway NAME [--instance ID] [--ttl 720h] [--data-dir DIR] [--out DIR]', 'token revoke TOKEN_ID [--data-dir DIR | --state consul]'],
+  usage: [
+    'token --service NAME | --gateway NAME [--instance ID] [--ttl 720h] [--data-dir DIR] [--out DIR]',
+    'token revoke TOKEN_ID [--data-dir DIR | --state consul]',
+  ],
   summary:
     "Issue a token a proxy presents to the control plane. With --out, write DIR/token.crt and DIR/token.key (Envoy's TLS client certificate, key 0600) and DIR/token.jwt; with --instance and no --out, write them to the folder `signalbox bootstrap` with the same --gateway/--service and --instance uses (DATA_DIR/proxies/...); otherwise print the JWT. `token revoke ID`: a running control plane closes that proxy's stream within a second.",
   flags: [SERVICE, GATEWAY, INSTANCE, TTL, DATA_DIR, ...STATE_FLAGS, { name: 'out', value: 'DIR', help: 'write the token files to DIR (created 0700)' }],
@@ -153,7 +196,8 @@ export const TOKEN_COMMAND: CommandSpec = {
 export const STATUS_COMMAND: CommandSpec = {
   name: 'status',
   usage: ['status [--admin URL] [--admin-token-file FILE] [--role gateway|sidecar] [--json]'],
-  summary: 'Every connected proxy: versions per type, SYNCED / PENDING / NACKED, certificate expiry. Exit 1 when a proxy is not SYNCED; 2 when the admin API cannot be reached.',
+  summary:
+    'Every connected proxy: versions per type, SYNCED / PENDING / NACKED, certificate expiry. Exit 1 when a proxy is not SYNCED; 2 when the admin API cannot be reached.',
   flags: [
     { name: 'admin', value: 'URL', env: 'SIGNALBOX_ADMIN_URL', default: 'http://127.0.0.1:18001', help: "the control plane's admin API" },
     ADMIN_TOKEN_FILE,
@@ -163,7 +207,19 @@ export const STATUS_COMMAND: CommandSpec = {
 };
 
 /** Every command, in the order `signalbox --help` lists them. */
-export const COMMANDS: readonly CommandSpec[] = [SERVE_COMMAND, VALIDATE_COMMAND, COMPILE_COMMAND, EXPLAIN_COMMAND, DIFF_COMMAND, SCHEMA_COMMAND, AUTHZ_COMMAND, RATELIMIT_COMMAND, BOOTSTRAP_COMMAND, TOKEN_COMMAND, STATUS_COMMAND];
+export const COMMANDS: readonly CommandSpec[] = [
+  SERVE_COMMAND,
+  VALIDATE_COMMAND,
+  COMPILE_COMMAND,
+  EXPLAIN_COMMAND,
+  DIFF_COMMAND,
+  SCHEMA_COMMAND,
+  AUTHZ_COMMAND,
+  RATELIMIT_COMMAND,
+  BOOTSTRAP_COMMAND,
+  TOKEN_COMMAND,
+  STATUS_COMMAND,
+];
 
 export function commandSpec(name: string): CommandSpec | undefined {
   return COMMANDS.find((c) => c.name === name);

@@ -56,7 +56,11 @@ export function compileGroupsOptions(opts: ServeLikeOptions = {}): CompileGroups
   };
 }
 
-export async function compileDir(dir: string, sidecarGroups: Iterable<string> = [], opts: ServeLikeOptions = {}): Promise<{ ok: true; groups: CompiledGroups; warnings: PolicyError[] } | { ok: false; errors: PolicyError[] }> {
+export async function compileDir(
+  dir: string,
+  sidecarGroups: Iterable<string> = [],
+  opts: ServeLikeOptions = {},
+): Promise<{ ok: true; groups: CompiledGroups; warnings: PolicyError[] } | { ok: false; errors: PolicyError[] }> {
   const loaded = await loadPolicyDir(dir, undefined, undefined, undefined, { strict: opts.strict });
   if (loaded.errors.length) return { ok: false, errors: loaded.errors };
   const built = await buildModel(loaded.docs, dir);
@@ -73,7 +77,11 @@ export async function compileDir(dir: string, sidecarGroups: Iterable<string> = 
  * does not survive encoding) is reported on its own documents (SB_TRANSLATE), every failing group
  * at once; a partial result is never printed.
  */
-export function compileModel(model: Model, sidecarGroups: Iterable<string> = [], opts: ServeLikeOptions = {}): { ok: true; groups: CompiledGroups } | { ok: false; errors: PolicyError[] } {
+export function compileModel(
+  model: Model,
+  sidecarGroups: Iterable<string> = [],
+  opts: ServeLikeOptions = {},
+): { ok: true; groups: CompiledGroups } | { ok: false; errors: PolicyError[] } {
   const settled = compileGroupsSettled(model, { ...compileGroupsOptions(opts), groups: sidecarGroups, encoder: new EncodeCache({ roundTrip: true }) });
   if (settled.failed.size) return { ok: false, errors: [...settled.failed.values()].flatMap((f) => f.errors) };
   const groups: CompiledGroups = {};
@@ -94,10 +102,17 @@ export function serveLikeOptions(flags: Record<string, string | boolean | undefi
 }
 
 /** `signalbox compile`: exit 0 with the JSON, 1 when the directory is invalid or the group unknown. */
-export async function compileCommand(args: string[], out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr): Promise<number> {
+export async function compileCommand(
+  args: string[],
+  out: NodeJS.WritableStream = process.stdout,
+  err: NodeJS.WritableStream = process.stderr,
+): Promise<number> {
   const flags = parseFlags(COMPILE_COMMAND.flags, args, true);
   const values = { group: flags.str('group') };
-  const result = await compileDir(path.resolve(policyDirArg(flags.positionals, flags.str('policies'))), values.group ? [values.group] : [], { ...serveLikeOptions(flags.values), strict: resolveStrict({ strict: flags.bool('strict') || undefined }) });
+  const result = await compileDir(path.resolve(policyDirArg(flags.positionals, flags.str('policies'))), values.group ? [values.group] : [], {
+    ...serveLikeOptions(flags.values),
+    strict: resolveStrict({ strict: flags.bool('strict') || undefined }),
+  });
   if (!result.ok) {
     for (const e of result.errors) err.write(`${formatPolicyError(e)}\n`);
     return 1;

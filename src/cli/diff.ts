@@ -133,7 +133,8 @@ export async function diffCommand(args: string[], out: NodeJS.WritableStream = p
   const values = { ...flags.values, proxy: flags.str('proxy'), json: flags.bool('json') };
   if (positionals.length !== 2) throw new SignalboxError('SB_BAD_FLAG', 'give two policy directories: OLD_DIR NEW_DIR');
   const sidecars = values.proxy ? [values.proxy] : []; // (sidecar groups and +jwt-module variants are built on request)
-  const settings = (side: 'old' | 'new') => serveLikeOptions({ ...values, 'access-log-sampling': flags.str(`${side}-access-log-sampling`) ?? flags.str('access-log-sampling') });
+  const settings = (side: 'old' | 'new') =>
+    serveLikeOptions({ ...values, 'access-log-sampling': flags.str(`${side}-access-log-sampling`) ?? flags.str('access-log-sampling') });
   const sides = await Promise.all(positionals.map((d, i) => compileDir(path.resolve(d), sidecars, settings(i === 0 ? 'old' : 'new'))));
   let invalid = false;
   sides.forEach((s, i) => {

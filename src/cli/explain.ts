@@ -13,7 +13,11 @@ import { compileGroupsOptions, serveLikeOptions } from './compile.js';
 import { parseFlags } from './flags.js';
 import { policyDirArg } from './policies-flag.js';
 
-export async function explainCommand(args: string[], out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr): Promise<number> {
+export async function explainCommand(
+  args: string[],
+  out: NodeJS.WritableStream = process.stdout,
+  err: NodeJS.WritableStream = process.stderr,
+): Promise<number> {
   const flags = parseFlags(EXPLAIN_COMMAND.flags, args, true);
   const positionals = flags.positionals;
   const values = { proxy: flags.str('proxy'), route: flags.str('route'), json: flags.bool('json'), policies: flags.str('policies') };

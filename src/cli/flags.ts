@@ -31,7 +31,8 @@ export interface CommandSpec {
 }
 
 /** The exit codes every command keeps. */
-export const EXIT_CODES = 'Exit codes: 0 success, 1 findings (policy errors, differences, a proxy group or proxy not found), 2 a usage error (an unknown flag, a bad value, a missing argument)';
+export const EXIT_CODES =
+  'Exit codes: 0 success, 1 findings (policy errors, differences, a proxy group or proxy not found), 2 a usage error (an unknown flag, a bad value, a missing argument)';
 
 /** A placeholder for a serve-style setting's value, from its name. */
 function placeholderOf(flag: string): string {
@@ -57,17 +58,23 @@ export const POLICIES: Flag = settingFlag(SERVE_SETTINGS.policies, 'policy direc
 export const DATA_DIR: Flag = settingFlag(SERVE_SETTINGS.dataDir, "the control plane's data folder: the mesh CA, the token signing key, xds-ca.pem");
 export const JSON_FLAG: Flag = { name: 'json', help: 'print JSON instead of text' };
 export const ACCESS_LOG_SAMPLING: Flag = { ...settingFlag(SERVE_SETTINGS.accessLogSampling), value: 'P|off' };
-export const JWT_FAST_PATH: Flag = { ...settingFlag(SERVE_SETTINGS.jwtFastPath), value: 'on|module|off', help: 'the JWT fast path as serve compiles it: on (a Lua script), module (the compiled filter) or off' };
+export const JWT_FAST_PATH: Flag = {
+  ...settingFlag(SERVE_SETTINGS.jwtFastPath),
+  value: 'on|module|off',
+  help: 'the JWT fast path as serve compiles it: on (a Lua script), module (the compiled filter) or off',
+};
 export const PROXY_GROUP: Flag = { name: 'proxy', value: 'GROUP', help: 'a proxy group: a gateway name, gateway/NAME or sidecar/SERVICE/APP/IN/OUT' };
 export const GATEWAY: Flag = { name: 'gateway', value: 'NAME', help: 'a gateway proxy of the Gateway NAME' };
 export const SERVICE: Flag = { name: 'service', value: 'NAME', help: 'a sidecar proxy of the Service NAME' };
 export const INSTANCE: Flag = {
   name: 'instance',
   value: 'ID',
-  help: 'which replica of that gateway or service the proxy is (e.g. a pod or host name); it names the node id (see --id) and the folder DATA_DIR/proxies/ that holds the proxy\'s token',
+  help: "which replica of that gateway or service the proxy is (e.g. a pod or host name); it names the node id (see --id) and the folder DATA_DIR/proxies/ that holds the proxy's token",
 };
 /** --state and its companions, as serve reads them: commands that issue or revoke tokens reach the same shared state. */
-export const STATE_FLAGS: Flag[] = [SERVE_SETTINGS.state, SERVE_SETTINGS.statePrefix, SERVE_SETTINGS.stateKeyFile, SERVE_SETTINGS.consulAddr].map((s) => settingFlag(s));
+export const STATE_FLAGS: Flag[] = [SERVE_SETTINGS.state, SERVE_SETTINGS.statePrefix, SERVE_SETTINGS.stateKeyFile, SERVE_SETTINGS.consulAddr].map((s) =>
+  settingFlag(s),
+);
 export const TTL: Flag = { name: 'ttl', value: 'DURATION', default: DEFAULT_TOKEN_TTL, help: 'lifetime of a token issued (e.g. 24h)' };
 export const ADMIN_TOKEN_FILE: Flag = settingFlag(SERVE_SETTINGS.adminTokenFile, "file holding the admin API's bearer token (serve's --admin-token-file)");
 export const HELP: Flag = { name: 'help', help: 'print this help and exit' };

@@ -145,8 +145,10 @@ async function validate(argv: string[]): Promise<number> {
   const values = { format: flags.str('format'), json: flags.bool('json'), policies: flags.str('policies'), strict: flags.bool('strict') || undefined };
   const positionals = flags.positionals;
   const format = values.format ?? (values.json ? 'json' : 'text');
-  if (!VALIDATE_FORMATS.includes(format as (typeof VALIDATE_FORMATS)[number])) throw new SignalboxError('SB_BAD_FLAG', `--format: unknown format "${format.slice(0, 100)}"; expected one of ${VALIDATE_FORMATS.join(', ')}`);
-  if (values.json && values.format !== undefined && values.format !== 'json') throw new SignalboxError('SB_BAD_FLAG', `--json is --format json; it cannot be combined with --format ${format}`);
+  if (!VALIDATE_FORMATS.includes(format as (typeof VALIDATE_FORMATS)[number]))
+    throw new SignalboxError('SB_BAD_FLAG', `--format: unknown format "${format.slice(0, 100)}"; expected one of ${VALIDATE_FORMATS.join(', ')}`);
+  if (values.json && values.format !== undefined && values.format !== 'json')
+    throw new SignalboxError('SB_BAD_FLAG', `--json is --format json; it cannot be combined with --format ${format}`);
   const dir = policyDirArg(positionals, values.policies);
   // The reading limits and strictness `serve` would apply (its SIGNALBOX_MAX_POLICY_* and
   // SIGNALBOX_STRICT variables, else the defaults); --strict here as on serve.
@@ -164,13 +166,18 @@ async function validate(argv: string[]): Promise<number> {
     if (!compiled.ok) errors = compiled.errors;
   }
   // Envoy checks only what the schema and the model accept: their errors are the cheaper ones to fix.
-  const preflight = envoy !== undefined && model && errors.length === 0 ? await (await import('../preflight/envoy.js')).preflightModel(model, loaded.docs, { envoy }) : undefined;
+  const preflight =
+    envoy !== undefined && model && errors.length === 0
+      ? await (await import('../preflight/envoy.js')).preflightModel(model, loaded.docs, { envoy })
+      : undefined;
   if (preflight) errors = preflight.errors;
   const checked = preflight
     ? ` checked by Envoy ${preflight.envoy.version}: ${preflight.groups.length} proxy group(s) in ${preflight.ms} ms (${Math.round(preflight.groups.reduce((n, g) => n + g.checkMs, 0) / Math.max(1, preflight.groups.length))} ms per group)`
     : '';
   if (format === 'json') {
-    process.stdout.write(`${JSON.stringify({ valid: errors.length === 0, documents: loaded.docs.length, errors, warnings, ...(preflight ? { envoy: { ...preflight.envoy, ms: preflight.ms, groups: preflight.groups } } : {}) }, null, 2)}\n`);
+    process.stdout.write(
+      `${JSON.stringify({ valid: errors.length === 0, documents: loaded.docs.length, errors, warnings, ...(preflight ? { envoy: { ...preflight.envoy, ms: preflight.ms, groups: preflight.groups } } : {}) }, null, 2)}\n`,
+    );
   } else {
     // Warnings (documents skipped as not Signalbox's) never fail the check; --strict makes them errors.
     if (format === 'github') {
@@ -194,7 +201,13 @@ async function validate(argv: string[]): Promise<number> {
 async function token(args: string[]): Promise<number> {
   const flags = parseFlags(TOKEN_COMMAND.flags, args, true);
   const positionals = flags.positionals;
-  const values = { service: flags.str('service'), gateway: flags.str('gateway'), instance: flags.str('instance'), ttl: flags.str('ttl'), out: flags.str('out') };
+  const values = {
+    service: flags.str('service'),
+    gateway: flags.str('gateway'),
+    instance: flags.str('instance'),
+    ttl: flags.str('ttl'),
+    out: flags.str('out'),
+  };
   const dataDir = path.resolve(flagValue(DATA_DIR, flags.values)!);
   const { issueToken, issueTokenCredentials, revokeToken } = await import('../ca/tokens.js');
   // --state consul: keys and revocations in the replicas' shared state instead of the data directory.
@@ -217,7 +230,9 @@ async function tokenWith(
   if (positionals[0] === 'revoke') {
     if (!positionals[1] || positionals.length > 2) throw new SignalboxError('SB_BAD_FLAG', 'usage: signalbox token revoke TOKEN_ID');
     await revokeToken(store, positionals[1]);
-    process.stderr.write(`revoked ${positionals[1]} (${typeof store === 'string' ? 'a running control plane refuses it within a second' : 'every replica refuses it within about a second'})\n`);
+    process.stderr.write(
+      `revoked ${positionals[1]} (${typeof store === 'string' ? 'a running control plane refuses it within a second' : 'every replica refuses it within about a second'})\n`,
+    );
     return 0;
   }
   if (positionals.length > 0) throw new SignalboxError('SB_BAD_FLAG', `unexpected argument "${positionals[0]!.slice(0, 100)}"; see signalbox token --help`);
@@ -226,7 +241,10 @@ async function tokenWith(
   const subject = values.service ? `service/${values.service}` : `gateway/${values.gateway}`;
   // --instance without --out: the folder `bootstrap` with the same flags names (renewing that proxy's token in place).
   if (values.out === undefined && values.instance !== undefined) {
-    values.out = proxyCredentialsDir(dataDir, values.service ? { service: values.service, instance: values.instance } : { gateway: values.gateway!, instance: values.instance });
+    values.out = proxyCredentialsDir(
+      dataDir,
+      values.service ? { service: values.service, instance: values.instance } : { gateway: values.gateway!, instance: values.instance },
+    );
   }
   if (values.out !== undefined) {
     const outDir = path.resolve(values.out);

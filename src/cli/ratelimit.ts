@@ -27,7 +27,6 @@ import { startStatusServer, watchModel } from './standalone.js';
 import { envoyRoot } from '../xds/resources/protos.js';
 import { hostPort, openMeshCa, portOf } from './authz.js';
 
-
 interface RateLimitSetting {
   flag: string;
   env: string;
@@ -46,7 +45,11 @@ export interface StandaloneRateLimit {
   stop(): Promise<void>;
 }
 
-export async function startStandaloneRateLimit(values: Record<string, string | boolean | undefined>, env: NodeJS.ProcessEnv = process.env, logger?: Logger): Promise<StandaloneRateLimit> {
+export async function startStandaloneRateLimit(
+  values: Record<string, string | boolean | undefined>,
+  env: NodeJS.ProcessEnv = process.env,
+  logger?: Logger,
+): Promise<StandaloneRateLimit> {
   const get = (k: keyof typeof RATELIMIT_SETTINGS): string => {
     const s: RateLimitSetting = RATELIMIT_SETTINGS[k];
     const f = values[s.flag];
@@ -62,7 +65,8 @@ export async function startStandaloneRateLimit(values: Record<string, string | b
   const metricsPort = metricsPortText === 'off' ? undefined : portOf('metrics-port', metricsPortText);
   const ratelimitPort = portOf('ratelimit-port', get('ratelimitPort'));
   const insecureText = get('insecure');
-  if (insecureText !== 'true' && insecureText !== 'false') throw new SignalboxError(ErrorCode.BAD_FLAG, `SIGNALBOX_RATELIMIT_INSECURE must be "true" or "false", got "${insecureText}"`);
+  if (insecureText !== 'true' && insecureText !== 'false')
+    throw new SignalboxError(ErrorCode.BAD_FLAG, `SIGNALBOX_RATELIMIT_INSECURE must be "true" or "false", got "${insecureText}"`);
   const insecure = insecureText === 'true';
   // Checked before anything connects; the messages show the URL redacted.
   const redis = redisOf(get('redisUrl'), get('redisPasswordFile'), get('redisCa'), env);
@@ -76,8 +80,19 @@ export async function startStandaloneRateLimit(values: Record<string, string | b
   let certificate: ServerCertificate | undefined;
   let bound: number;
   try {
-    if (ca) certificate = await ServerCertificate.start({ ca, trustDomain: BUILTIN_DEFAULTS.trustDomain, server: 'ratelimit', bindAddress: get('ratelimitAddress'), sans: [], logger: log });
-    bound = await service.listen(hostPort(get('ratelimitAddress'), ratelimitPort), certificate && ca ? { certificate, clientCaPem: ca.trustBundlePem } : undefined);
+    if (ca)
+      certificate = await ServerCertificate.start({
+        ca,
+        trustDomain: BUILTIN_DEFAULTS.trustDomain,
+        server: 'ratelimit',
+        bindAddress: get('ratelimitAddress'),
+        sans: [],
+        logger: log,
+      });
+    bound = await service.listen(
+      hostPort(get('ratelimitAddress'), ratelimitPort),
+      certificate && ca ? { certificate, clientCaPem: ca.trustBundlePem } : undefined,
+    );
   } catch (e) {
     certificate?.stop();
     await watched.close();
@@ -87,7 +102,8 @@ export async function startStandaloneRateLimit(values: Record<string, string | b
   // Running alone, the service exists to count: connect now, policies or not (ioredis keeps retrying).
   service.connect();
   if (insecure) {
-    const warning = 'signalbox ratelimit --insecure: the rate-limit service speaks plain text and asks callers for no certificate; anyone who reaches its port can call it (and spend the counters)';
+    const warning =
+      'signalbox ratelimit --insecure: the rate-limit service speaks plain text and asks callers for no certificate; anyone who reaches its port can call it (and spend the counters)';
     process.stderr.write(`warning: ${warning}\n`);
     log.warn(warning);
   }
@@ -96,7 +112,14 @@ export async function startStandaloneRateLimit(values: Record<string, string | b
   let metrics: { port: number; close(): Promise<void> } | undefined;
   if (metricsPort !== undefined) {
     try {
-      metrics = await startStatusServer({ registry, address: get('metricsAddress'), port: metricsPort, ready: () => watched.applied, statusPath: '/api/ratelimit', status: () => status() });
+      metrics = await startStatusServer({
+        registry,
+        address: get('metricsAddress'),
+        port: metricsPort,
+        ready: () => watched.applied,
+        statusPath: '/api/ratelimit',
+        status: () => status(),
+      });
     } catch (e) {
       // A half-started service must not linger: its gRPC port and Redis connection go too.
       certificate?.stop();
@@ -106,7 +129,16 @@ export async function startStandaloneRateLimit(values: Record<string, string | b
     }
   }
   const boundMetrics = metrics?.port;
-  log.info({ ratelimit: hostPort(get('ratelimitAddress'), bound), tls: !insecure, redis: service.store.url, metrics: boundMetrics === undefined ? 'off' : `http://${hostPort(get('metricsAddress'), boundMetrics)}`, policies: dir }, 'signalbox ratelimit serving');
+  log.info(
+    {
+      ratelimit: hostPort(get('ratelimitAddress'), bound),
+      tls: !insecure,
+      redis: service.store.url,
+      metrics: boundMetrics === undefined ? 'off' : `http://${hostPort(get('metricsAddress'), boundMetrics)}`,
+      policies: dir,
+    },
+    'signalbox ratelimit serving',
+  );
   return {
     ratelimitPort: bound,
     metricsPort: boundMetrics,
@@ -123,7 +155,9 @@ export async function startStandaloneRateLimit(values: Record<string, string | b
 }
 
 export async function ratelimitCommand(args: string[]): Promise<number> {
-  const options = Object.fromEntries(Object.values(RATELIMIT_SETTINGS).map((s: RateLimitSetting) => [s.flag, { type: s.boolean ? ('boolean' as const) : ('string' as const) }]));
+  const options = Object.fromEntries(
+    Object.values(RATELIMIT_SETTINGS).map((s: RateLimitSetting) => [s.flag, { type: s.boolean ? ('boolean' as const) : ('string' as const) }]),
+  );
   const { values } = parseArgs({ args, options, allowPositionals: false });
   const running = await startStandaloneRateLimit(values as Record<string, string | boolean | undefined>);
   await new Promise<void>((resolve) => {

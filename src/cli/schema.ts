@@ -42,7 +42,10 @@ export async function schemaCommand(args: string[], out: NodeJS.WritableStream =
   const flags = parseFlags(SCHEMA_COMMAND.flags, args);
   const values = { kind: flags.str('kind'), out: flags.str('out'), check: flags.bool('check') };
   if (values.kind !== undefined && !(values.kind in KINDS)) {
-    throw new SignalboxError('SB_BAD_FLAG', `--kind: unknown kind "${values.kind.slice(0, 100)}"${didYouMean(values.kind, Object.keys(KINDS))}; expected one of ${Object.keys(KINDS).join(', ')}`);
+    throw new SignalboxError(
+      'SB_BAD_FLAG',
+      `--kind: unknown kind "${values.kind.slice(0, 100)}"${didYouMean(values.kind, Object.keys(KINDS))}; expected one of ${Object.keys(KINDS).join(', ')}`,
+    );
   }
   if (values.check && values.out === undefined) throw new SignalboxError('SB_BAD_FLAG', '--check needs --out DIR (the folder to compare)');
   if (values.out !== undefined && values.kind !== undefined) throw new SignalboxError('SB_BAD_FLAG', '--out writes every kind; leave out --kind');

@@ -54,7 +54,9 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
   // Flags that make the start impossible are refused before anything listens.
   const adminSecurity = await adminSecurityOf(cfg.adminAddress, cfg.adminTokenFile);
   // --state consul: the CA, token keys, revocations and server certificate are shared by every replica.
-  const shared = cfg.state ? await openSharedState({ consulAddr: cfg.consulAddr, datacenter: cfg.consulDatacenter, prefix: cfg.state.prefix, keyFile: cfg.state.keyFile, logger }) : undefined;
+  const shared = cfg.state
+    ? await openSharedState({ consulAddr: cfg.consulAddr, datacenter: cfg.consulDatacenter, prefix: cfg.state.prefix, keyFile: cfg.state.keyFile, logger })
+    : undefined;
   if (shared) logger.info({ state: shared.location, replica: cfg.state!.replicaId }, 'shared state in Consul');
   // One leader (a Consul session lock) makes what must be made once; followers wait for it.
   const leadership = shared && new Leadership(shared, cfg.state!.replicaId, logger);
@@ -71,7 +73,11 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
   const pruneTimer = shared ? setInterval(prune, 10 * 60_000).unref() : undefined;
   const ca = await CertificateAuthority.open({ dataDir: path.resolve(cfg.dataDir), trustDomain: BUILTIN_DEFAULTS.trustDomain, files: cfg.ca, shared });
   logger.info({ ca: ca.source, subject: ca.certificate.subject, notAfter: ca.certificate.notAfter.toISOString() }, 'mesh CA ready');
-  const identities = new IdentityManager(ca, { ttlMs: BUILTIN_DEFAULTS.mtls.certTTLms, logger, metrics: { issued: (kind) => metrics.certificates.inc({ kind }) } });
+  const identities = new IdentityManager(ca, {
+    ttlMs: BUILTIN_DEFAULTS.mtls.certTTLms,
+    logger,
+    metrics: { issued: (kind) => metrics.certificates.inc({ kind }) },
+  });
   metrics.trackCertificates(() => identities.nearestExpirySeconds());
   // New or rotated JWKS keys change the JWT fast path's route versions (Envoy forgets what it
   // remembered under the old keys): recompile (coalesced).
@@ -84,9 +90,26 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
     }, 50);
   };
   // Opened at once for an explicit --authz-port, else once a JWTPolicy exists; TLS from the mesh CA unless --xds-insecure.
-  const authz = await startEmbeddedAuthz({ bindAddress: cfg.xdsAddress, port: cfg.authzPort, defaultPort: DEFAULT_AUTHZ_PORT, tls: cfg.xdsTls ? { ca, trustDomain: BUILTIN_DEFAULTS.trustDomain } : undefined, addressForProxies: cfg.authzAddressForProxies, logger, registry: metrics.registry, onKeysChanged });
+  const authz = await startEmbeddedAuthz({
+    bindAddress: cfg.xdsAddress,
+    port: cfg.authzPort,
+    defaultPort: DEFAULT_AUTHZ_PORT,
+    tls: cfg.xdsTls ? { ca, trustDomain: BUILTIN_DEFAULTS.trustDomain } : undefined,
+    addressForProxies: cfg.authzAddressForProxies,
+    logger,
+    registry: metrics.registry,
+    onKeysChanged,
+  });
   // Opened at once for an explicit --ratelimit-port, else once a global rate limit exists; same TLS as ext_authz.
-  const ratelimit = await startEmbeddedRateLimit({ bindAddress: cfg.xdsAddress, port: cfg.ratelimitPort, tls: cfg.xdsTls ? { ca, trustDomain: BUILTIN_DEFAULTS.trustDomain } : undefined, addressForProxies: cfg.ratelimitAddressForProxies, redis: cfg.redis, logger, registry: metrics.registry });
+  const ratelimit = await startEmbeddedRateLimit({
+    bindAddress: cfg.xdsAddress,
+    port: cfg.ratelimitPort,
+    tls: cfg.xdsTls ? { ca, trustDomain: BUILTIN_DEFAULTS.trustDomain } : undefined,
+    addressForProxies: cfg.ratelimitAddressForProxies,
+    redis: cfg.redis,
+    logger,
+    registry: metrics.registry,
+  });
   // NACKs are traced back to policy documents by the file source and preflight, handed to the server.
   useNackPolicySide(nackPolicySide);
   // A NACK Envoy's message does not pin down is narrowed with the same Envoy the preflight uses, if given.
@@ -131,7 +154,18 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
   });
   // TLS on the xDS port by default: a certificate from the mesh CA (or the user's PKI), and the
   // CA proxies verify it with written next to the CA for `signalbox bootstrap`.
-  const xdsCert = cfg.xdsTls ? await ServerCertificate.start({ ca, trustDomain: BUILTIN_DEFAULTS.trustDomain, server: 'xds', bindAddress: cfg.xdsAddress, sans: cfg.xdsTls.sans, files: cfg.xdsTls.files, stored: shared && storedServerCert(shared, `replicas/${cfg.state!.replicaId}/xds-server`), logger }) : undefined;
+  const xdsCert = cfg.xdsTls
+    ? await ServerCertificate.start({
+        ca,
+        trustDomain: BUILTIN_DEFAULTS.trustDomain,
+        server: 'xds',
+        bindAddress: cfg.xdsAddress,
+        sans: cfg.xdsTls.sans,
+        files: cfg.xdsTls.files,
+        stored: shared && storedServerCert(shared, `replicas/${cfg.state!.replicaId}/xds-server`),
+        logger,
+      })
+    : undefined;
   if (xdsCert?.source === 'mesh-ca') await writeDataFile(path.join(path.resolve(cfg.dataDir), XDS_CA_FILE), ca.trustBundlePem, 0o644, ErrorCode.CA); // a fault: file, cause, remedy
   const warnings: string[] = [];
   if (!xdsCert) warnings.push('xDS is served in plain text (--xds-insecure): configuration and private keys cross the network in clear');
@@ -149,19 +183,35 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
   const first = await pipeline.reload();
   if (!first.applied) {
     const kept = pipeline.servingLastGood;
-    logger.error({ errors: first.errors.map(formatPolicyError) }, kept ? `the policy directory is invalid; serving the last good configuration (applied ${kept.appliedAt?.toISOString()}, from ${kept.restoredFrom}) until it is fixed` : 'the policy directory is invalid; serving no configuration until it is fixed');
+    logger.error(
+      { errors: first.errors.map(formatPolicyError) },
+      kept
+        ? `the policy directory is invalid; serving the last good configuration (applied ${kept.appliedAt?.toISOString()}, from ${kept.restoredFrom}) until it is fixed`
+        : 'the policy directory is invalid; serving no configuration until it is fixed',
+    );
   }
   await ratelimit.settled();
   await authz.settled(); // a JWTPolicy in the first model: its port is bound (or the failure known) before proxies connect
   await untilConsulSynced(consul, pipeline); // never hand proxies empty endpoint sets: xDS opens once Consul answered
-  const xdsPort = await xds.listen(`${cfg.xdsAddress.includes(':') ? `[${cfg.xdsAddress}]` : cfg.xdsAddress}:${cfg.xdsPort}`, xdsCert?.grpcCredentials(() => tokens.caPem));
-  const telemetry = attachTelemetry({ pipeline, registry: xds.registry, promRegistry: metrics.registry, logger, addService: (def, impl) => xds.addService(def, impl) });
+  const xdsPort = await xds.listen(
+    `${cfg.xdsAddress.includes(':') ? `[${cfg.xdsAddress}]` : cfg.xdsAddress}:${cfg.xdsPort}`,
+    xdsCert?.grpcCredentials(() => tokens.caPem),
+  );
+  const telemetry = attachTelemetry({
+    pipeline,
+    registry: xds.registry,
+    promRegistry: metrics.registry,
+    logger,
+    addService: (def, impl) => xds.addService(def, impl),
+  });
   /** Proxies get an older configuration than the policy directory's: the banner says so until a valid edit. */
   const lastGoodWarning = (): string[] => {
     const kept = pipeline.servingLastGood;
     if (!kept) return [];
     const origin = kept.restoredFrom ? `restored from ${kept.restoredFrom} at start` : `kept since ${kept.since.toISOString()}`;
-    return [`the policy directory is invalid (${kept.errors} error(s), see /api/errors): proxies get the last good configuration, applied ${kept.appliedAt?.toISOString() ?? 'earlier'} and ${origin}`];
+    return [
+      `the policy directory is invalid (${kept.errors} error(s), see /api/errors): proxies get the last good configuration, applied ${kept.appliedAt?.toISOString() ?? 'earlier'} and ${origin}`,
+    ];
   };
   /** The security posture and its downgrades, for /api/status and the dashboard's banner. */
   const status = () => ({
@@ -191,7 +241,16 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
   admin.get('/api/authz', async () => ({ ...authz.status(), ...authz.server.engine.status() }));
   admin.get('/api/ratelimit', async () => ratelimit.status());
   // --state consul: every replica, alive or not, the leader, and the proxies each holds (from Consul).
-  const directory = shared && leadership ? new ReplicaDirectory(shared, leadership, { id: cfg.state!.replicaId, xds: `${cfg.xdsAddress}:${xdsPort}`, startedAt: new Date().toISOString() }, () => xds.registry.all().map((p) => p.node.id), logger) : undefined;
+  const directory =
+    shared && leadership
+      ? new ReplicaDirectory(
+          shared,
+          leadership,
+          { id: cfg.state!.replicaId, xds: `${cfg.xdsAddress}:${xdsPort}`, startedAt: new Date().toISOString() },
+          () => xds.registry.all().map((p) => p.node.id),
+          logger,
+        )
+      : undefined;
   await directory?.start();
   admin.get('/api/replicas', async (_req, reply) => {
     if (!directory) return { state: 'file', replicas: [] };
@@ -203,7 +262,15 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
   });
   await admin.listen({ host: cfg.adminAddress, port: cfg.adminPort });
   const adminPort = (admin.server.address() as { port: number }).port;
-  logger.info({ xds: `${cfg.xdsAddress}:${xdsPort}`, xdsTls: xdsCert ? xdsCert.source : 'off (--xds-insecure)', admin: `http://${cfg.adminAddress}:${adminPort}`, policies: policyDir }, 'signalbox serving');
+  logger.info(
+    {
+      xds: `${cfg.xdsAddress}:${xdsPort}`,
+      xdsTls: xdsCert ? xdsCert.source : 'off (--xds-insecure)',
+      admin: `http://${cfg.adminAddress}:${adminPort}`,
+      policies: policyDir,
+    },
+    'signalbox serving',
+  );
   return {
     xdsPort,
     adminPort,
@@ -244,7 +311,9 @@ function storedServerCert(shared: SharedState, name: string): StoredServerCert {
     load: async () => {
       const r = await shared.read(name);
       const c = r?.data;
-      return typeof c?.certificate === 'string' && typeof c.privateKey === 'string' ? { certificatePem: c.certificate, privateKeyPem: c.privateKey } : undefined;
+      return typeof c?.certificate === 'string' && typeof c.privateKey === 'string'
+        ? { certificatePem: c.certificate, privateKeyPem: c.privateKey }
+        : undefined;
     },
     save: async (c) => {
       await shared.update(name, () => ({ certificate: c.certificatePem, privateKey: c.privateKeyPem }), ['privateKey']);

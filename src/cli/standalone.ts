@@ -36,7 +36,10 @@ export async function watchModel(dir: string, debounceMs: number, log: Logger, a
         return true;
       }
     }
-    log.warn({ errors: errors.map(formatPolicyError), keptVersion: applied ? 'last good configuration' : 'none yet' }, `policy directory rejected: ${errors.length} error(s); nothing applied`);
+    log.warn(
+      { errors: errors.map(formatPolicyError), keptVersion: applied ? 'last good configuration' : 'none yet' },
+      `policy directory rejected: ${errors.length} error(s); nothing applied`,
+    );
     return false;
   };
   const watcher = watchPolicies(dir, debounceMs, () => void reload());
@@ -55,7 +58,14 @@ export async function watchModel(dir: string, debounceMs: number, log: Logger, a
  * /metrics (the registry), /healthz, /readyz (503 until `ready()`) and `statusPath` (JSON of
  * `status()`), on `address:port`. Resolves with the bound port once listening.
  */
-export async function startStatusServer(o: { registry: client.Registry; address: string; port: number; ready: () => boolean; statusPath: string; status: () => unknown }): Promise<{ port: number; close(): Promise<void> }> {
+export async function startStatusServer(o: {
+  registry: client.Registry;
+  address: string;
+  port: number;
+  ready: () => boolean;
+  statusPath: string;
+  status: () => unknown;
+}): Promise<{ port: number; close(): Promise<void> }> {
   const server = http.createServer((req, res) => {
     const url = req.url ?? '/';
     if (url === '/metrics') {

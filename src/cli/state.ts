@@ -16,5 +16,10 @@ export async function sharedStateFromFlags(values: Record<string, unknown>, env:
   const consulAddr = flagValue(flag(SERVE_SETTINGS.consulAddr.flag), values, env);
   if (!consulAddr) throw new SignalboxError(ErrorCode.BAD_FLAG, '--state consul needs --consul-addr (or CONSUL_HTTP_ADDR)');
   const { openSharedState } = await import('../state/index.js');
-  return openSharedState({ consulAddr, prefix: flagValue(flag(SERVE_SETTINGS.statePrefix.flag), values, env)!, keyFile: flagValue(flag(SERVE_SETTINGS.stateKeyFile.flag), values, env), env });
+  return openSharedState({
+    consulAddr,
+    prefix: flagValue(flag(SERVE_SETTINGS.statePrefix.flag), values, env)!,
+    keyFile: flagValue(flag(SERVE_SETTINGS.stateKeyFile.flag), values, env),
+    env,
+  });
 }

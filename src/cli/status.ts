@@ -75,11 +75,18 @@ export function renderStatus(proxies: ProxyJson[], now = Date.now()): string {
   const out = [line(header), ...rows.map(line)];
   const counts = Object.fromEntries(PROXY_STATES.map((s) => [s, 0])) as Record<ProxyState, number>;
   for (const p of proxies) counts[statusWord(p)]++;
-  out.push('', `${proxies.length} proxies: ${counts.SYNCED} synced, ${counts.PENDING} pending, ${counts.NACKED} NACKed   (versions: ACKed; * newer sent, not ACKed yet; ! newest NACKed)`);
+  out.push(
+    '',
+    `${proxies.length} proxies: ${counts.SYNCED} synced, ${counts.PENDING} pending, ${counts.NACKED} NACKed   (versions: ACKed; * newer sent, not ACKed yet; ! newest NACKed)`,
+  );
   for (const p of proxies) {
     for (const [t, s] of Object.entries(p.types)) {
       if (!s.lastNack || s.lastNack.version !== s.sentVersion) continue;
-      out.push('', `${p.id}: ${t} ${s.lastNack.version.slice(0, 8)} NACKED${s.lastNack.sources.length ? ` (from ${s.lastNack.sources.join(', ')}${culpritOf(s.lastNack)})` : ''}`, `  ${s.lastNack.message.replace(/\s+/g, ' ').slice(0, 500)}`);
+      out.push(
+        '',
+        `${p.id}: ${t} ${s.lastNack.version.slice(0, 8)} NACKED${s.lastNack.sources.length ? ` (from ${s.lastNack.sources.join(', ')}${culpritOf(s.lastNack)})` : ''}`,
+        `  ${s.lastNack.message.replace(/\s+/g, ' ').slice(0, 500)}`,
+      );
     }
   }
   return `${out.join('\n')}\n`;
@@ -134,7 +141,14 @@ export async function status(args: string[], io: StatusOutput = STDIO): Promise<
   }
   let proxies = ((await res.json()) as { proxies: ProxyJson[] }).proxies;
   if (values.role) proxies = proxies.filter((p) => p.role === values.role);
-  if (values.json) io.out(`${JSON.stringify(proxies.map((p) => ({ id: p.id, role: p.role, name: p.name, status: statusWord(p), types: p.types, certificate: p.certificate })), null, 2)}\n`);
+  if (values.json)
+    io.out(
+      `${JSON.stringify(
+        proxies.map((p) => ({ id: p.id, role: p.role, name: p.name, status: statusWord(p), types: p.types, certificate: p.certificate })),
+        null,
+        2,
+      )}\n`,
+    );
   else io.out(renderStatus(proxies));
   return proxies.every((p) => p.state === 'SYNCED') ? 0 : 1;
 }

@@ -20,44 +20,201 @@ export const SERVE_SETTINGS = {
   policies: { flag: 'policies', env: 'SIGNALBOX_POLICIES', default: 'policies', help: 'policy directory to load and watch' },
   xdsAddress: { flag: 'xds-address', env: 'SIGNALBOX_XDS_ADDRESS', default: '0.0.0.0', help: 'address the xDS gRPC server binds' },
   xdsPort: { flag: 'xds-port', env: 'SIGNALBOX_XDS_PORT', default: '18000', help: 'port of the xDS gRPC server (ADS, SotW and Delta)' },
-  xdsSan: { flag: 'xds-san', env: 'SIGNALBOX_XDS_SAN', default: '', help: 'extra names (DNS names or IPs, comma-separated) in the xDS server certificate Signalbox issues itself; the host name, localhost, 127.0.0.1, ::1 and a non-wildcard --xds-address are always in it' },
-  xdsCert: { flag: 'xds-cert', env: 'SIGNALBOX_XDS_CERT', default: '', help: 'xDS server certificate chain (PEM) from your PKI instead of one issued by the mesh CA; re-read when the file changes' },
+  xdsSan: {
+    flag: 'xds-san',
+    env: 'SIGNALBOX_XDS_SAN',
+    default: '',
+    help: 'extra names (DNS names or IPs, comma-separated) in the xDS server certificate Signalbox issues itself; the host name, localhost, 127.0.0.1, ::1 and a non-wildcard --xds-address are always in it',
+  },
+  xdsCert: {
+    flag: 'xds-cert',
+    env: 'SIGNALBOX_XDS_CERT',
+    default: '',
+    help: 'xDS server certificate chain (PEM) from your PKI instead of one issued by the mesh CA; re-read when the file changes',
+  },
   xdsKey: { flag: 'xds-key', env: 'SIGNALBOX_XDS_KEY', default: '', help: 'private key (PEM) of --xds-cert' },
-  xdsInsecure: { flag: 'xds-insecure', env: 'SIGNALBOX_XDS_INSECURE', default: 'false', boolean: true, help: 'serve xDS and the ext_authz service in plain text (keys then cross the network in clear; logged as a warning and shown in /api/status)' },
+  xdsInsecure: {
+    flag: 'xds-insecure',
+    env: 'SIGNALBOX_XDS_INSECURE',
+    default: 'false',
+    boolean: true,
+    help: 'serve xDS and the ext_authz service in plain text (keys then cross the network in clear; logged as a warning and shown in /api/status)',
+  },
   adminAddress: { flag: 'admin-address', env: 'SIGNALBOX_ADMIN_ADDRESS', default: '127.0.0.1', help: 'address the admin API binds' },
   adminPort: { flag: 'admin-port', env: 'SIGNALBOX_ADMIN_PORT', default: '18001', help: 'port of the admin API (health, metrics, proxies)' },
-  adminTokenFile: { flag: 'admin-token-file', env: 'SIGNALBOX_ADMIN_TOKEN_FILE', default: '', help: 'file holding a bearer token the admin API requires (except /healthz and /readyz); needed to bind --admin-address to a non-loopback address' },
-  authzPort: { flag: 'authz-port', env: 'SIGNALBOX_AUTHZ_PORT', default: '', help: 'port of the ext_authz gRPC service that checks JWTPolicies, bound on the xDS address (default: 18002, opened once a JWTPolicy exists and kept open for proxies still draining old routes; a port given here is always open; 0: any free port)' },
-  authzAddressForProxies: { flag: 'authz-address-for-proxies', env: 'SIGNALBOX_AUTHZ_ADDRESS_FOR_PROXIES', default: '', help: 'IP:PORT at which proxies reach the ext_authz service, e.g. a standalone `signalbox authz` (default: the xDS address, 127.0.0.1 when that is a wildcard, and the bound --authz-port)' },
-  ratelimitPort: { flag: 'ratelimit-port', env: 'SIGNALBOX_RATELIMIT_PORT', default: '', help: 'port of the rate-limit gRPC service that counts global RateLimitPolicy limits in Redis, bound on the xDS address (default: 18004, opened once a global limit exists; a port given here is always open; 0: any free port)' },
-  ratelimitAddressForProxies: { flag: 'ratelimit-address-for-proxies', env: 'SIGNALBOX_RATELIMIT_ADDRESS_FOR_PROXIES', default: '', help: 'IP:PORT at which proxies reach the rate-limit service, e.g. a standalone `signalbox ratelimit` (default: the xDS address, 127.0.0.1 when that is a wildcard, and the bound --ratelimit-port)' },
-  redisUrl: { flag: 'redis-url', env: 'REDIS_URL', default: 'redis://127.0.0.1:6379', help: 'the Redis that holds the global rate-limit counters: redis://[:PASSWORD@]HOST:PORT[/DB], or rediss:// for TLS; the password never shows in logs, /api/status or metrics' },
-  redisPasswordFile: { flag: 'redis-password-file', env: 'SIGNALBOX_REDIS_PASSWORD_FILE', default: '', help: 'file holding the Redis password (trimmed), instead of putting it in --redis-url; REDIS_PASSWORD works too' },
+  adminTokenFile: {
+    flag: 'admin-token-file',
+    env: 'SIGNALBOX_ADMIN_TOKEN_FILE',
+    default: '',
+    help: 'file holding a bearer token the admin API requires (except /healthz and /readyz); needed to bind --admin-address to a non-loopback address',
+  },
+  authzPort: {
+    flag: 'authz-port',
+    env: 'SIGNALBOX_AUTHZ_PORT',
+    default: '',
+    help: 'port of the ext_authz gRPC service that checks JWTPolicies, bound on the xDS address (default: 18002, opened once a JWTPolicy exists and kept open for proxies still draining old routes; a port given here is always open; 0: any free port)',
+  },
+  authzAddressForProxies: {
+    flag: 'authz-address-for-proxies',
+    env: 'SIGNALBOX_AUTHZ_ADDRESS_FOR_PROXIES',
+    default: '',
+    help: 'IP:PORT at which proxies reach the ext_authz service, e.g. a standalone `signalbox authz` (default: the xDS address, 127.0.0.1 when that is a wildcard, and the bound --authz-port)',
+  },
+  ratelimitPort: {
+    flag: 'ratelimit-port',
+    env: 'SIGNALBOX_RATELIMIT_PORT',
+    default: '',
+    help: 'port of the rate-limit gRPC service that counts global RateLimitPolicy limits in Redis, bound on the xDS address (default: 18004, opened once a global limit exists; a port given here is always open; 0: any free port)',
+  },
+  ratelimitAddressForProxies: {
+    flag: 'ratelimit-address-for-proxies',
+    env: 'SIGNALBOX_RATELIMIT_ADDRESS_FOR_PROXIES',
+    default: '',
+    help: 'IP:PORT at which proxies reach the rate-limit service, e.g. a standalone `signalbox ratelimit` (default: the xDS address, 127.0.0.1 when that is a wildcard, and the bound --ratelimit-port)',
+  },
+  redisUrl: {
+    flag: 'redis-url',
+    env: 'REDIS_URL',
+    default: 'redis://127.0.0.1:6379',
+    help: 'the Redis that holds the global rate-limit counters: redis://[:PASSWORD@]HOST:PORT[/DB], or rediss:// for TLS; the password never shows in logs, /api/status or metrics',
+  },
+  redisPasswordFile: {
+    flag: 'redis-password-file',
+    env: 'SIGNALBOX_REDIS_PASSWORD_FILE',
+    default: '',
+    help: 'file holding the Redis password (trimmed), instead of putting it in --redis-url; REDIS_PASSWORD works too',
+  },
   redisCa: { flag: 'redis-ca', env: 'SIGNALBOX_REDIS_CA', default: '', help: 'PEM roots to verify a rediss:// server with (default: the system roots)' },
   dataDir: { flag: 'data-dir', env: 'SIGNALBOX_DATA_DIR', default: '.data', help: 'folder for state Signalbox keeps (CA material)' },
   logLevel: { flag: 'log-level', env: 'SIGNALBOX_LOG_LEVEL', default: 'info', help: 'trace, debug, info, warn or error' },
-  caCert: { flag: 'ca-cert', env: 'SIGNALBOX_CA_CERT', default: '', help: 'CA certificate (PEM) to sign with, e.g. an intermediate of your PKI (default: a root generated in --data-dir)' },
+  caCert: {
+    flag: 'ca-cert',
+    env: 'SIGNALBOX_CA_CERT',
+    default: '',
+    help: 'CA certificate (PEM) to sign with, e.g. an intermediate of your PKI (default: a root generated in --data-dir)',
+  },
   caKey: { flag: 'ca-key', env: 'SIGNALBOX_CA_KEY', default: '', help: 'private key (PKCS#8 PEM, ECDSA P-256) of --ca-cert' },
-  caBundle: { flag: 'ca-bundle', env: 'SIGNALBOX_CA_BUNDLE', default: '', help: 'extra trusted roots (PEM) sent to proxies, e.g. the next root during a rotation' },
-  requireToken: { flag: 'require-token', env: 'SIGNALBOX_REQUIRE_TOKEN', default: 'all', help: 'what a proxy without a valid token for its identity gets: "all" (the default: nothing, the stream is refused) or "secrets" (configuration but no keys; a downgrade, logged as a warning)' },
-  accessLogSampling: { flag: 'access-log-sampling', env: 'SIGNALBOX_ACCESS_LOG_SAMPLING', default: '100', help: 'percent of successful requests proxies report to the access log service (errors are always reported); "off" turns traffic reporting off' },
-  jwtFastPath: { flag: 'jwt-fast-path', env: 'SIGNALBOX_JWT_FAST_PATH', default: 'on', help: '"on": on routes under one JWTPolicy reading one header, Envoy asks the ext_authz service once per token and repeats its allows itself (a Lua script); "module": the same, done by Signalbox\'s compiled filter (faster; every proxy\'s Envoy must load it, see docs/jwt.md); "off": every request goes through the ext_authz filter' },
-  warmWaitMs: { flag: 'warm-wait-ms', env: 'SIGNALBOX_WARM_WAIT_MS', default: '5000', help: 'longest a listener or route change that names new clusters waits for the proxy to ACK those clusters and their endpoints (so no request meets a cluster still warming); past it the change is sent anyway and the wait counted as a timeout; 0: no waiting' },
-  clusterDrainMs: { flag: 'cluster-drain-ms', env: 'SIGNALBOX_CLUSTER_DRAIN_MS', default: '5000', help: 'how long a cluster the routes no longer name stays on the proxy after it ACKed those routes, so requests already routed to it finish; 0: removed at once' },
-  endpointPushIntervalMs: { flag: 'endpoint-push-interval-ms', env: 'SIGNALBOX_ENDPOINT_PUSH_INTERVAL_MS', default: '250', help: 'least time between two endpoint pushes while endpoint changes keep coming (a change after a quiet spell goes out at once); 0: push every change' },
-  maxPolicyFileBytes: { flag: 'max-policy-file-bytes', env: 'SIGNALBOX_MAX_POLICY_FILE_BYTES', default: `${DEFAULT_POLICY_LIMITS.maxFileBytes / 1024 ** 2}MiB`, help: 'largest policy file read, in bytes (suffixes KiB, MiB, GiB); a bigger file is an error for that file and is not read' },
-  maxPolicyDirBytes: { flag: 'max-policy-dir-bytes', env: 'SIGNALBOX_MAX_POLICY_DIR_BYTES', default: `${DEFAULT_POLICY_LIMITS.maxDirBytes / 1024 ** 2}MiB`, help: 'largest total of all policy files, in bytes (suffixes KiB, MiB, GiB); over it, nothing is read and the directory is rejected' },
-  maxPolicyFiles: { flag: 'max-policy-files', env: 'SIGNALBOX_MAX_POLICY_FILES', default: String(DEFAULT_POLICY_LIMITS.maxFiles), help: 'most *.yaml / *.yml files in the policy directory and its folders; over it, nothing is read and the directory is rejected' },
-  strict: { flag: 'strict', env: 'SIGNALBOX_STRICT', default: 'false', boolean: true, help: 'a YAML document in the policy directory that is not a Signalbox document (another apiVersion, or neither apiVersion nor kind, e.g. an Envoy bootstrap) is an error that rejects the directory, as in CI; without it such a document is skipped with a warning (/api/errors) and the rest applies' },
-  preflightEnvoy: { flag: 'preflight-envoy', env: 'SIGNALBOX_PREFLIGHT_ENVOY', default: '', help: 'Envoy binary that checks each new configuration before it is applied (`envoy --mode validate`, as `signalbox validate --envoy`; only the proxy groups whose configuration changed, about 50-250 ms each): what it refuses rejects the load like a validation error and the last good configuration stays; default: off' },
-  watchDebounceMs: { flag: 'watch-debounce-ms', env: 'SIGNALBOX_WATCH_DEBOUNCE_MS', default: '100', help: 'how long changes that keep coming are gathered into one reload (the first change after a quiet spell reloads at once)' },
-  consulAddr: { flag: 'consul-addr', env: 'CONSUL_HTTP_ADDR', default: '', help: 'Consul HTTP API (HOST:PORT or http(s)://HOST:PORT); unset: static endpoints only. TLS and token from CONSUL_CACERT, CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY, CONSUL_HTTP_TOKEN' },
-  consulDatacenter: { flag: 'consul-datacenter', env: 'SIGNALBOX_CONSUL_DATACENTER', default: '', help: 'Consul datacenter to query when a Service does not name one (default: the agent\'s own)' },
-  consulImport: { flag: 'consul-import', env: 'SIGNALBOX_CONSUL_IMPORT', default: '', help: '"all" or "tag=TAG": also import Consul services that no policy file declares' },
-  state: { flag: 'state', env: 'SIGNALBOX_STATE', default: 'file', help: 'where the mesh CA, the token signing key, the revocation list and the xDS server certificate live: "file" (--data-dir, one replica) or "consul" (Consul KV under --state-prefix, shared by every replica; needs --consul-addr and the state key; docs/ha.md)' },
-  statePrefix: { flag: 'state-prefix', env: 'SIGNALBOX_STATE_PREFIX', default: 'signalbox', help: 'with --state consul: the Consul KV folder of the shared state (one per mesh)' },
-  stateKeyFile: { flag: 'state-key-file', env: 'SIGNALBOX_STATE_KEY_FILE', default: '', help: 'with --state consul: file holding the 256-bit key (64 hex digits or base64) that encrypts private keys in Consul; else SIGNALBOX_STATE_KEY holds the key itself. Every replica needs the same key' },
-  replicaId: { flag: 'replica-id', env: 'SIGNALBOX_REPLICA_ID', default: '', help: 'with --state consul: this replica\'s name among the replicas (default: HOST-XDSPORT)' },
+  caBundle: {
+    flag: 'ca-bundle',
+    env: 'SIGNALBOX_CA_BUNDLE',
+    default: '',
+    help: 'extra trusted roots (PEM) sent to proxies, e.g. the next root during a rotation',
+  },
+  requireToken: {
+    flag: 'require-token',
+    env: 'SIGNALBOX_REQUIRE_TOKEN',
+    default: 'all',
+    help: 'what a proxy without a valid token for its identity gets: "all" (the default: nothing, the stream is refused) or "secrets" (configuration but no keys; a downgrade, logged as a warning)',
+  },
+  accessLogSampling: {
+    flag: 'access-log-sampling',
+    env: 'SIGNALBOX_ACCESS_LOG_SAMPLING',
+    default: '100',
+    help: 'percent of successful requests proxies report to the access log service (errors are always reported); "off" turns traffic reporting off',
+  },
+  jwtFastPath: {
+    flag: 'jwt-fast-path',
+    env: 'SIGNALBOX_JWT_FAST_PATH',
+    default: 'on',
+    help: '"on": on routes under one JWTPolicy reading one header, Envoy asks the ext_authz service once per token and repeats its allows itself (a Lua script); "module": the same, done by Signalbox\'s compiled filter (faster; every proxy\'s Envoy must load it, see docs/jwt.md); "off": every request goes through the ext_authz filter',
+  },
+  warmWaitMs: {
+    flag: 'warm-wait-ms',
+    env: 'SIGNALBOX_WARM_WAIT_MS',
+    default: '5000',
+    help: 'longest a listener or route change that names new clusters waits for the proxy to ACK those clusters and their endpoints (so no request meets a cluster still warming); past it the change is sent anyway and the wait counted as a timeout; 0: no waiting',
+  },
+  clusterDrainMs: {
+    flag: 'cluster-drain-ms',
+    env: 'SIGNALBOX_CLUSTER_DRAIN_MS',
+    default: '5000',
+    help: 'how long a cluster the routes no longer name stays on the proxy after it ACKed those routes, so requests already routed to it finish; 0: removed at once',
+  },
+  endpointPushIntervalMs: {
+    flag: 'endpoint-push-interval-ms',
+    env: 'SIGNALBOX_ENDPOINT_PUSH_INTERVAL_MS',
+    default: '250',
+    help: 'least time between two endpoint pushes while endpoint changes keep coming (a change after a quiet spell goes out at once); 0: push every change',
+  },
+  maxPolicyFileBytes: {
+    flag: 'max-policy-file-bytes',
+    env: 'SIGNALBOX_MAX_POLICY_FILE_BYTES',
+    default: `${DEFAULT_POLICY_LIMITS.maxFileBytes / 1024 ** 2}MiB`,
+    help: 'largest policy file read, in bytes (suffixes KiB, MiB, GiB); a bigger file is an error for that file and is not read',
+  },
+  maxPolicyDirBytes: {
+    flag: 'max-policy-dir-bytes',
+    env: 'SIGNALBOX_MAX_POLICY_DIR_BYTES',
+    default: `${DEFAULT_POLICY_LIMITS.maxDirBytes / 1024 ** 2}MiB`,
+    help: 'largest total of all policy files, in bytes (suffixes KiB, MiB, GiB); over it, nothing is read and the directory is rejected',
+  },
+  maxPolicyFiles: {
+    flag: 'max-policy-files',
+    env: 'SIGNALBOX_MAX_POLICY_FILES',
+    default: String(DEFAULT_POLICY_LIMITS.maxFiles),
+    help: 'most *.yaml / *.yml files in the policy directory and its folders; over it, nothing is read and the directory is rejected',
+  },
+  strict: {
+    flag: 'strict',
+    env: 'SIGNALBOX_STRICT',
+    default: 'false',
+    boolean: true,
+    help: 'a YAML document in the policy directory that is not a Signalbox document (another apiVersion, or neither apiVersion nor kind, e.g. an Envoy bootstrap) is an error that rejects the directory, as in CI; without it such a document is skipped with a warning (/api/errors) and the rest applies',
+  },
+  preflightEnvoy: {
+    flag: 'preflight-envoy',
+    env: 'SIGNALBOX_PREFLIGHT_ENVOY',
+    default: '',
+    help: 'Envoy binary that checks each new configuration before it is applied (`envoy --mode validate`, as `signalbox validate --envoy`; only the proxy groups whose configuration changed, about 50-250 ms each): what it refuses rejects the load like a validation error and the last good configuration stays; default: off',
+  },
+  watchDebounceMs: {
+    flag: 'watch-debounce-ms',
+    env: 'SIGNALBOX_WATCH_DEBOUNCE_MS',
+    default: '100',
+    help: 'how long changes that keep coming are gathered into one reload (the first change after a quiet spell reloads at once)',
+  },
+  consulAddr: {
+    flag: 'consul-addr',
+    env: 'CONSUL_HTTP_ADDR',
+    default: '',
+    help: 'Consul HTTP API (HOST:PORT or http(s)://HOST:PORT); unset: static endpoints only. TLS and token from CONSUL_CACERT, CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY, CONSUL_HTTP_TOKEN',
+  },
+  consulDatacenter: {
+    flag: 'consul-datacenter',
+    env: 'SIGNALBOX_CONSUL_DATACENTER',
+    default: '',
+    help: "Consul datacenter to query when a Service does not name one (default: the agent's own)",
+  },
+  consulImport: {
+    flag: 'consul-import',
+    env: 'SIGNALBOX_CONSUL_IMPORT',
+    default: '',
+    help: '"all" or "tag=TAG": also import Consul services that no policy file declares',
+  },
+  state: {
+    flag: 'state',
+    env: 'SIGNALBOX_STATE',
+    default: 'file',
+    help: 'where the mesh CA, the token signing key, the revocation list and the xDS server certificate live: "file" (--data-dir, one replica) or "consul" (Consul KV under --state-prefix, shared by every replica; needs --consul-addr and the state key; docs/ha.md)',
+  },
+  statePrefix: {
+    flag: 'state-prefix',
+    env: 'SIGNALBOX_STATE_PREFIX',
+    default: 'signalbox',
+    help: 'with --state consul: the Consul KV folder of the shared state (one per mesh)',
+  },
+  stateKeyFile: {
+    flag: 'state-key-file',
+    env: 'SIGNALBOX_STATE_KEY_FILE',
+    default: '',
+    help: 'with --state consul: file holding the 256-bit key (64 hex digits or base64) that encrypts private keys in Consul; else SIGNALBOX_STATE_KEY holds the key itself. Every replica needs the same key',
+  },
+  replicaId: {
+    flag: 'replica-id',
+    env: 'SIGNALBOX_REPLICA_ID',
+    default: '',
+    help: "with --state consul: this replica's name among the replicas (default: HOST-XDSPORT)",
+  },
 } satisfies Record<string, Setting>;
 
 export type SettingName = keyof typeof SERVE_SETTINGS;
@@ -65,36 +222,108 @@ export type SettingName = keyof typeof SERVE_SETTINGS;
 /** `signalbox authz`'s settings (the ext_authz service on its own). */
 /** `signalbox ratelimit`'s flags (here, not in the command, so the CLI's flag tables load nothing else). */
 export const RATELIMIT_SETTINGS = {
-  policies: { flag: 'policies', env: 'SIGNALBOX_POLICIES', default: 'policies', help: 'policy directory to load and watch (the control plane\'s)' },
+  policies: { flag: 'policies', env: 'SIGNALBOX_POLICIES', default: 'policies', help: "policy directory to load and watch (the control plane's)" },
   ratelimitAddress: { flag: 'ratelimit-address', env: 'SIGNALBOX_RATELIMIT_ADDRESS', default: '0.0.0.0', help: 'address the rate-limit gRPC service binds' },
   ratelimitPort: { flag: 'ratelimit-port', env: 'SIGNALBOX_RATELIMIT_PORT', default: '18004', help: 'port of the rate-limit gRPC service (0: any free port)' },
-  metricsAddress: { flag: 'metrics-address', env: 'SIGNALBOX_RATELIMIT_METRICS_ADDRESS', default: '127.0.0.1', help: 'address of the /metrics, /healthz, /readyz and /api/ratelimit endpoint' },
-  metricsPort: { flag: 'metrics-port', env: 'SIGNALBOX_RATELIMIT_METRICS_PORT', default: '18005', help: 'port of the /metrics, /healthz, /readyz and /api/ratelimit endpoint ("off": none)' },
-  redisUrl: { flag: 'redis-url', env: 'REDIS_URL', default: 'redis://127.0.0.1:6379', help: 'the Redis holding the counters (the control plane\'s): redis://[:PASSWORD@]HOST:PORT[/DB], or rediss:// for TLS' },
-  redisPasswordFile: { flag: 'redis-password-file', env: 'SIGNALBOX_REDIS_PASSWORD_FILE', default: '', help: 'file holding the Redis password (trimmed), instead of putting it in --redis-url; REDIS_PASSWORD works too' },
+  metricsAddress: {
+    flag: 'metrics-address',
+    env: 'SIGNALBOX_RATELIMIT_METRICS_ADDRESS',
+    default: '127.0.0.1',
+    help: 'address of the /metrics, /healthz, /readyz and /api/ratelimit endpoint',
+  },
+  metricsPort: {
+    flag: 'metrics-port',
+    env: 'SIGNALBOX_RATELIMIT_METRICS_PORT',
+    default: '18005',
+    help: 'port of the /metrics, /healthz, /readyz and /api/ratelimit endpoint ("off": none)',
+  },
+  redisUrl: {
+    flag: 'redis-url',
+    env: 'REDIS_URL',
+    default: 'redis://127.0.0.1:6379',
+    help: "the Redis holding the counters (the control plane's): redis://[:PASSWORD@]HOST:PORT[/DB], or rediss:// for TLS",
+  },
+  redisPasswordFile: {
+    flag: 'redis-password-file',
+    env: 'SIGNALBOX_REDIS_PASSWORD_FILE',
+    default: '',
+    help: 'file holding the Redis password (trimmed), instead of putting it in --redis-url; REDIS_PASSWORD works too',
+  },
   redisCa: { flag: 'redis-ca', env: 'SIGNALBOX_REDIS_CA', default: '', help: 'PEM roots to verify a rediss:// server with (default: the system roots)' },
   logLevel: { flag: 'log-level', env: 'SIGNALBOX_LOG_LEVEL', default: 'info', help: 'trace, debug, info, warn or error' },
-  watchDebounceMs: { flag: 'watch-debounce-ms', env: 'SIGNALBOX_WATCH_DEBOUNCE_MS', default: '100', help: 'quiet time after a policy file change before reloading' },
-  dataDir: { flag: 'data-dir', env: 'SIGNALBOX_DATA_DIR', default: '.data', help: 'the control plane\'s data folder: its mesh CA issues this service\'s certificate and verifies callers (never generated here)' },
-  caCert: { flag: 'ca-cert', env: 'SIGNALBOX_CA_CERT', default: '', help: 'the CA certificate `signalbox serve --ca-cert` signs with (instead of the one in --data-dir)' },
+  watchDebounceMs: {
+    flag: 'watch-debounce-ms',
+    env: 'SIGNALBOX_WATCH_DEBOUNCE_MS',
+    default: '100',
+    help: 'quiet time after a policy file change before reloading',
+  },
+  dataDir: {
+    flag: 'data-dir',
+    env: 'SIGNALBOX_DATA_DIR',
+    default: '.data',
+    help: "the control plane's data folder: its mesh CA issues this service's certificate and verifies callers (never generated here)",
+  },
+  caCert: {
+    flag: 'ca-cert',
+    env: 'SIGNALBOX_CA_CERT',
+    default: '',
+    help: 'the CA certificate `signalbox serve --ca-cert` signs with (instead of the one in --data-dir)',
+  },
   caKey: { flag: 'ca-key', env: 'SIGNALBOX_CA_KEY', default: '', help: 'private key of --ca-cert' },
   caBundle: { flag: 'ca-bundle', env: 'SIGNALBOX_CA_BUNDLE', default: '', help: 'extra trusted roots (PEM), as given to `signalbox serve --ca-bundle`' },
-  insecure: { flag: 'insecure', env: 'SIGNALBOX_RATELIMIT_INSECURE', default: 'false', boolean: true, help: 'plain text, no caller certificate (anyone who reaches the port can call it); for a control plane run with --xds-insecure' },
+  insecure: {
+    flag: 'insecure',
+    env: 'SIGNALBOX_RATELIMIT_INSECURE',
+    default: 'false',
+    boolean: true,
+    help: 'plain text, no caller certificate (anyone who reaches the port can call it); for a control plane run with --xds-insecure',
+  },
 } as const;
 
 export const AUTHZ_SETTINGS = {
-  policies: { flag: 'policies', env: 'SIGNALBOX_POLICIES', default: 'policies', help: 'policy directory to load and watch (the control plane\'s)' },
+  policies: { flag: 'policies', env: 'SIGNALBOX_POLICIES', default: 'policies', help: "policy directory to load and watch (the control plane's)" },
   authzAddress: { flag: 'authz-address', env: 'SIGNALBOX_AUTHZ_ADDRESS', default: '0.0.0.0', help: 'address the ext_authz gRPC service binds' },
   authzPort: { flag: 'authz-port', env: 'SIGNALBOX_AUTHZ_PORT', default: '18002', help: 'port of the ext_authz gRPC service' },
-  metricsAddress: { flag: 'metrics-address', env: 'SIGNALBOX_AUTHZ_METRICS_ADDRESS', default: '127.0.0.1', help: 'address of the /metrics, /healthz and /readyz endpoint' },
-  metricsPort: { flag: 'metrics-port', env: 'SIGNALBOX_AUTHZ_METRICS_PORT', default: '18003', help: 'port of the /metrics, /healthz and /readyz endpoint ("off": none)' },
+  metricsAddress: {
+    flag: 'metrics-address',
+    env: 'SIGNALBOX_AUTHZ_METRICS_ADDRESS',
+    default: '127.0.0.1',
+    help: 'address of the /metrics, /healthz and /readyz endpoint',
+  },
+  metricsPort: {
+    flag: 'metrics-port',
+    env: 'SIGNALBOX_AUTHZ_METRICS_PORT',
+    default: '18003',
+    help: 'port of the /metrics, /healthz and /readyz endpoint ("off": none)',
+  },
   logLevel: { flag: 'log-level', env: 'SIGNALBOX_LOG_LEVEL', default: 'info', help: 'trace, debug, info, warn or error' },
-  watchDebounceMs: { flag: 'watch-debounce-ms', env: 'SIGNALBOX_WATCH_DEBOUNCE_MS', default: '100', help: 'quiet time after a policy file change before reloading' },
-  dataDir: { flag: 'data-dir', env: 'SIGNALBOX_DATA_DIR', default: '.data', help: 'the control plane\'s data folder: its mesh CA issues this service\'s certificate and verifies callers (never generated here)' },
-  caCert: { flag: 'ca-cert', env: 'SIGNALBOX_CA_CERT', default: '', help: 'the CA certificate `signalbox serve --ca-cert` signs with (instead of the one in --data-dir)' },
+  watchDebounceMs: {
+    flag: 'watch-debounce-ms',
+    env: 'SIGNALBOX_WATCH_DEBOUNCE_MS',
+    default: '100',
+    help: 'quiet time after a policy file change before reloading',
+  },
+  dataDir: {
+    flag: 'data-dir',
+    env: 'SIGNALBOX_DATA_DIR',
+    default: '.data',
+    help: "the control plane's data folder: its mesh CA issues this service's certificate and verifies callers (never generated here)",
+  },
+  caCert: {
+    flag: 'ca-cert',
+    env: 'SIGNALBOX_CA_CERT',
+    default: '',
+    help: 'the CA certificate `signalbox serve --ca-cert` signs with (instead of the one in --data-dir)',
+  },
   caKey: { flag: 'ca-key', env: 'SIGNALBOX_CA_KEY', default: '', help: 'private key of --ca-cert' },
   caBundle: { flag: 'ca-bundle', env: 'SIGNALBOX_CA_BUNDLE', default: '', help: 'extra trusted roots (PEM), as given to `signalbox serve --ca-bundle`' },
-  insecure: { flag: 'insecure', env: 'SIGNALBOX_AUTHZ_INSECURE', default: 'false', boolean: true, help: 'plain text, no caller certificate (anyone who reaches the port can call it); for a control plane run with --xds-insecure' },
+  insecure: {
+    flag: 'insecure',
+    env: 'SIGNALBOX_AUTHZ_INSECURE',
+    default: 'false',
+    boolean: true,
+    help: 'plain text, no caller certificate (anyone who reaches the port can call it); for a control plane run with --xds-insecure',
+  },
 } satisfies Record<string, Setting>;
 
 /** The port the ext_authz service takes when --authz-port is not given. */
@@ -158,7 +387,8 @@ export interface ServeConfig {
 
 function portOf(name: string, v: string): number {
   const n = Number(v);
-  if (!/^\d+$/.test(v) || !Number.isInteger(n) || n < 0 || n > 65535) throw new SignalboxError(ErrorCode.BAD_FLAG, `--${name} must be a port from 0 to 65535, got "${v}"`);
+  if (!/^\d+$/.test(v) || !Number.isInteger(n) || n < 0 || n > 65535)
+    throw new SignalboxError(ErrorCode.BAD_FLAG, `--${name} must be a port from 0 to 65535, got "${v}"`);
   return n;
 }
 
@@ -166,7 +396,8 @@ function ipPortOf(name: string, v: string): { address: string; port: number } | 
   if (v === '') return undefined;
   const m = /^\[?([^\]]+?)\]?:(\d+)$/.exec(v);
   const port = m ? Number(m[2]) : NaN;
-  if (!m || isIP(m[1]!) === 0 || !Number.isInteger(port) || port < 1 || port > 65535) throw new SignalboxError(ErrorCode.BAD_FLAG, `--${name} must be IP:PORT (proxies reach it through a static cluster), got "${v}"`);
+  if (!m || isIP(m[1]!) === 0 || !Number.isInteger(port) || port < 1 || port > 65535)
+    throw new SignalboxError(ErrorCode.BAD_FLAG, `--${name} must be IP:PORT (proxies reach it through a static cluster), got "${v}"`);
   return { address: m[1]!, port };
 }
 
@@ -177,15 +408,20 @@ function caOf(cert: string, key: string, bundle: string): ServeConfig['ca'] {
 }
 
 function xdsTlsOf(insecure: string, cert: string, key: string, san: string): XdsTlsConfig | undefined {
-  if (insecure !== 'true' && insecure !== 'false') throw new SignalboxError(ErrorCode.BAD_FLAG, `SIGNALBOX_XDS_INSECURE must be "true" or "false", got "${insecure}"`);
+  if (insecure !== 'true' && insecure !== 'false')
+    throw new SignalboxError(ErrorCode.BAD_FLAG, `SIGNALBOX_XDS_INSECURE must be "true" or "false", got "${insecure}"`);
   if (insecure === 'true') {
     if (cert || key) throw new SignalboxError(ErrorCode.BAD_FLAG, '--xds-insecure cannot go with --xds-cert/--xds-key');
     return undefined;
   }
   if (!cert !== !key) throw new SignalboxError(ErrorCode.BAD_FLAG, '--xds-cert and --xds-key go together');
-  const sans = san.split(',').map((s) => s.trim()).filter(Boolean);
+  const sans = san
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   for (const n of sans) {
-    if (isIP(n) === 0 && !/^(\*\.)?[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*$/.test(n)) throw new SignalboxError(ErrorCode.BAD_FLAG, `--xds-san takes DNS names and IP addresses, got "${n.slice(0, 100)}"`);
+    if (isIP(n) === 0 && !/^(\*\.)?[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*$/.test(n))
+      throw new SignalboxError(ErrorCode.BAD_FLAG, `--xds-san takes DNS names and IP addresses, got "${n.slice(0, 100)}"`);
   }
   return { sans, files: cert ? { certFile: cert, keyFile: key } : undefined };
 }
@@ -198,13 +434,23 @@ export interface SharedStateConfig {
 }
 
 /** --state and its companions, checked before anything starts. */
-export function stateOf(kind: string, prefix: string, keyFile: string, replicaId: string, consulAddr: string, ca: ServeConfig['ca'], defaultReplica: () => string): SharedStateConfig | undefined {
+export function stateOf(
+  kind: string,
+  prefix: string,
+  keyFile: string,
+  replicaId: string,
+  consulAddr: string,
+  ca: ServeConfig['ca'],
+  defaultReplica: () => string,
+): SharedStateConfig | undefined {
   if (kind !== 'file' && kind !== 'consul') throw new SignalboxError(ErrorCode.BAD_FLAG, `--state must be "file" or "consul", got "${kind.slice(0, 100)}"`);
   if (kind === 'file') return undefined;
   if (!consulAddr) throw new SignalboxError(ErrorCode.BAD_FLAG, '--state consul needs --consul-addr (or CONSUL_HTTP_ADDR)');
-  if (ca) throw new SignalboxError(ErrorCode.BAD_FLAG, '--state consul cannot go with --ca-cert/--ca-key: the shared state holds the CA every replica signs with');
+  if (ca)
+    throw new SignalboxError(ErrorCode.BAD_FLAG, '--state consul cannot go with --ca-cert/--ca-key: the shared state holds the CA every replica signs with');
   const id = replicaId || defaultReplica();
-  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(id)) throw new SignalboxError(ErrorCode.BAD_FLAG, `--replica-id must be 1 to 63 letters, digits, ".", "_" or "-", got "${id.slice(0, 100)}"`);
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(id))
+    throw new SignalboxError(ErrorCode.BAD_FLAG, `--replica-id must be 1 to 63 letters, digits, ".", "_" or "-", got "${id.slice(0, 100)}"`);
   return { prefix, keyFile: keyFile || undefined, replicaId: id };
 }
 
@@ -215,25 +461,29 @@ function requireTokenOf(v: string): 'secrets' | 'all' {
 
 /** CONSUL_HTTP_ADDR's forms: HOST:PORT, [IPv6]:PORT, http(s)://HOST[:PORT]; checked here so a typo fails before anything starts. */
 function consulAddrOf(v: string): string {
-  if (v !== '' && !/^(https?:\/\/)?(\[[0-9a-fA-F:.]+\]|[^\s/@:[\]]+)(:\d{1,5})?\/?$/.test(v.trim())) throw new SignalboxError(ErrorCode.BAD_FLAG, `--consul-addr must be HOST:PORT or http(s)://HOST:PORT, got "${v}"`);
+  if (v !== '' && !/^(https?:\/\/)?(\[[0-9a-fA-F:.]+\]|[^\s/@:[\]]+)(:\d{1,5})?\/?$/.test(v.trim()))
+    throw new SignalboxError(ErrorCode.BAD_FLAG, `--consul-addr must be HOST:PORT or http(s)://HOST:PORT, got "${v}"`);
   return v.trim();
 }
 
 function consulImportOf(v: string): string {
-  if (v !== '' && v !== 'all' && !/^tag=[^,\s]+(,[^,\s]+)*$/.test(v)) throw new SignalboxError(ErrorCode.BAD_FLAG, `--consul-import must be "all" or "tag=TAG[,TAG...]", got "${v}"`);
+  if (v !== '' && v !== 'all' && !/^tag=[^,\s]+(,[^,\s]+)*$/.test(v))
+    throw new SignalboxError(ErrorCode.BAD_FLAG, `--consul-import must be "all" or "tag=TAG[,TAG...]", got "${v}"`);
   return v;
 }
 
 function accessLogSamplingOf(v: string): number | undefined {
   if (v === 'off') return undefined;
   const n = Number(v);
-  if (v.trim() === '' || !Number.isFinite(n) || n < 0 || n > 100) throw new SignalboxError(ErrorCode.BAD_FLAG, `--access-log-sampling must be a percent from 0 to 100, or "off", got "${v}"`);
+  if (v.trim() === '' || !Number.isFinite(n) || n < 0 || n > 100)
+    throw new SignalboxError(ErrorCode.BAD_FLAG, `--access-log-sampling must be a percent from 0 to 100, or "off", got "${v}"`);
   return n;
 }
 
 function millisOf(name: string, v: string): number {
   const n = Number(v);
-  if (!/^\d+$/.test(v) || !Number.isSafeInteger(n)) throw new SignalboxError(ErrorCode.BAD_FLAG, `--${name} must be a whole number of milliseconds, got "${v}"`);
+  if (!/^\d+$/.test(v) || !Number.isSafeInteger(n))
+    throw new SignalboxError(ErrorCode.BAD_FLAG, `--${name} must be a whole number of milliseconds, got "${v}"`);
   return n;
 }
 
@@ -243,13 +493,15 @@ const BYTE_UNITS: Record<string, number> = { '': 1, KiB: 1024, MiB: 1024 ** 2, G
 function bytesOf(name: string, v: string): number {
   const m = /^(\d+)(KiB|MiB|GiB)?$/.exec(v);
   const n = m ? Number(m[1]) * BYTE_UNITS[m[2] ?? '']! : NaN;
-  if (!Number.isSafeInteger(n) || n < 1) throw new SignalboxError(ErrorCode.BAD_FLAG, `--${name} must be a size in bytes of at least 1, optionally with KiB, MiB or GiB (e.g. 4MiB), got "${v}"`);
+  if (!Number.isSafeInteger(n) || n < 1)
+    throw new SignalboxError(ErrorCode.BAD_FLAG, `--${name} must be a size in bytes of at least 1, optionally with KiB, MiB or GiB (e.g. 4MiB), got "${v}"`);
   return n;
 }
 
 function countOf(name: string, v: string): number {
   const n = Number(v);
-  if (!/^\d+$/.test(v) || !Number.isSafeInteger(n) || n < 1) throw new SignalboxError(ErrorCode.BAD_FLAG, `--${name} must be a whole number of at least 1, got "${v}"`);
+  if (!/^\d+$/.test(v) || !Number.isSafeInteger(n) || n < 1)
+    throw new SignalboxError(ErrorCode.BAD_FLAG, `--${name} must be a whole number of at least 1, got "${v}"`);
   return n;
 }
 
@@ -307,7 +559,10 @@ export function redisOf(url: string, passwordFile: string, ca: string, env: Node
     try {
       password = readFileSync(passwordFile, 'utf8').trim();
     } catch (e) {
-      throw new SignalboxError(ErrorCode.BAD_FLAG, `--redis-password-file ${passwordFile} cannot be read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+      throw new SignalboxError(
+        ErrorCode.BAD_FLAG,
+        `--redis-password-file ${passwordFile} cannot be read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`,
+      );
     }
     if (!password) throw new SignalboxError(ErrorCode.BAD_FLAG, `--redis-password-file ${passwordFile} is empty`);
   } else if (env.REDIS_PASSWORD) password = env.REDIS_PASSWORD;
@@ -327,7 +582,8 @@ export function resolveServeConfig(flags: Record<string, string | boolean | unde
   const debounce = Number(get('watchDebounceMs'));
   if (!Number.isFinite(debounce) || debounce < 0) throw new SignalboxError(ErrorCode.BAD_FLAG, '--watch-debounce-ms must be a number of milliseconds');
   const level = get('logLevel');
-  if (!['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'].includes(level)) throw new SignalboxError(ErrorCode.BAD_FLAG, `--log-level must be one of trace, debug, info, warn, error`);
+  if (!['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'].includes(level))
+    throw new SignalboxError(ErrorCode.BAD_FLAG, `--log-level must be one of trace, debug, info, warn, error`);
   return {
     policies: get('policies'),
     xdsAddress: get('xdsAddress'),
@@ -354,7 +610,15 @@ export function resolveServeConfig(flags: Record<string, string | boolean | unde
     consulDatacenter: get('consulDatacenter'),
     consulImport: consulImportOf(get('consulImport')),
     ca: caOf(get('caCert'), get('caKey'), get('caBundle')),
-    state: stateOf(get('state'), get('statePrefix'), get('stateKeyFile'), get('replicaId'), get('consulAddr'), caOf(get('caCert'), get('caKey'), get('caBundle')), () => `${(hostname().split('.')[0] ?? 'replica').replace(/[^A-Za-z0-9._-]/g, '-') || 'replica'}-${get('xdsPort')}`),
+    state: stateOf(
+      get('state'),
+      get('statePrefix'),
+      get('stateKeyFile'),
+      get('replicaId'),
+      get('consulAddr'),
+      caOf(get('caCert'), get('caKey'), get('caBundle')),
+      () => `${(hostname().split('.')[0] ?? 'replica').replace(/[^A-Za-z0-9._-]/g, '-') || 'replica'}-${get('xdsPort')}`,
+    ),
     requireToken: requireTokenOf(get('requireToken')),
     accessLogSampling: accessLogSamplingOf(get('accessLogSampling')),
     ...jwtFastPathOf(get('jwtFastPath')),

@@ -108,7 +108,14 @@ export function compileGroups(model: Model, opts: CompileGroupsOptions = {}): Ma
 export function compileGroupsSettled(model: Model, opts: CompileGroupsOptions = {}): SettledGroups {
   const enc = opts.encoder ?? new EncodeCache();
   const instancesOf = opts.instancesOf ?? staticInstancesOf(model);
-  const translateOpts = { authz: opts.authz, rateLimit: opts.rateLimit, jwtKeys: opts.jwtKeys, jwtFastPath: opts.jwtFastPath, jwtFastPathModule: opts.jwtFastPathModule, accessLog: opts.accessLog };
+  const translateOpts = {
+    authz: opts.authz,
+    rateLimit: opts.rateLimit,
+    jwtKeys: opts.jwtKeys,
+    jwtFastPath: opts.jwtFastPath,
+    jwtFastPathModule: opts.jwtFastPathModule,
+    accessLog: opts.accessLog,
+  };
   const groups = new Map<string, CompiledGroup>();
   const failed = new Map<string, GroupFailure>();
   for (const [group, key] of groupKeys(model, opts.groups ?? [])) {
@@ -119,10 +126,15 @@ export function compileGroupsSettled(model: Model, opts: CompileGroupsOptions = 
       groups.set(group, compileGroupIR(ir, { instancesOf, trustBundlePem: opts.trustBundlePem, encoder: enc }));
     } catch (e) {
       const cause = e instanceof Error ? e : new Error(String(e));
-      const what = cause instanceof InconsistentGroupError ? `its configuration would be inconsistent: ${cause.problems.join('; ')}` : `translation failed: ${cause.message}`;
+      const what =
+        cause instanceof InconsistentGroupError
+          ? `its configuration would be inconsistent: ${cause.problems.join('; ')}`
+          : `translation failed: ${cause.message}`;
       const message = `proxy group "${group}" cannot be compiled (${what}); it is built from this document`;
       const sources = groupSources(model, key);
-      const errors: PolicyError[] = sources.length ? sources.map((s) => ({ code: ErrorCode.TRANSLATE, file: s.file, doc: s.doc, message, group })) : [{ code: ErrorCode.TRANSLATE, file: group, message, group }];
+      const errors: PolicyError[] = sources.length
+        ? sources.map((s) => ({ code: ErrorCode.TRANSLATE, file: s.file, doc: s.doc, message, group }))
+        : [{ code: ErrorCode.TRANSLATE, file: group, message, group }];
       failed.set(group, { group, cause, errors });
     }
   }
@@ -133,7 +145,10 @@ export function compileGroupsSettled(model: Model, opts: CompileGroupsOptions = 
  * The IR -> Envoy stage for one group, as compileGroups runs it on each group's IR (the golden
  * tests run it on the committed IR goldens). Throws InconsistentGroupError as compileGroups does.
  */
-export function compileGroupIR(ir: IRProxyConfig, opts: Pick<CompileGroupsOptions, 'trustBundlePem' | 'encoder'> & { instancesOf: (service: string) => readonly Instance[] }): CompiledGroup {
+export function compileGroupIR(
+  ir: IRProxyConfig,
+  opts: Pick<CompileGroupsOptions, 'trustBundlePem' | 'encoder'> & { instancesOf: (service: string) => readonly Instance[] },
+): CompiledGroup {
   const enc = opts.encoder ?? new EncodeCache();
   const endpoints = new Map<string, Resource>();
   for (const c of ir.clusters) if (!c.static) endpoints.set(c.name, endpointsResource(c, opts.instancesOf(c.service), enc));
@@ -189,7 +204,9 @@ function trustBundle(ir: IRProxyConfig, pem: string | undefined, enc: EncodeCach
 /** What a group's resources reference, for checkConsistency. */
 function refsOf(ir: IRProxyConfig) {
   const clustersUsed = new Set<string>();
-  for (const l of ir.listeners) for (const v of l.routeConfig.virtualHosts) for (const r of v.routes) if (r.action.kind === 'forward') for (const b of r.action.backends) clustersUsed.add(b.cluster);
+  for (const l of ir.listeners)
+    for (const v of l.routeConfig.virtualHosts)
+      for (const r of v.routes) if (r.action.kind === 'forward') for (const b of r.action.backends) clustersUsed.add(b.cluster);
   return {
     routeConfigs: ir.listeners.map((l) => l.routeConfig.name),
     clustersUsed,

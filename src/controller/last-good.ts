@@ -40,7 +40,10 @@ const FORMAT = 'signalbox.last-good/v1';
 const insidePath = z
   .string()
   .min(1)
-  .refine((p) => !p.includes('\0') && !path.isAbsolute(p) && !path.win32.isAbsolute(p) && !p.split(/[\\/]/).includes('..'), 'must be a relative path inside the policy directory');
+  .refine(
+    (p) => !p.includes('\0') && !path.isAbsolute(p) && !path.win32.isAbsolute(p) && !p.split(/[\\/]/).includes('..'),
+    'must be a relative path inside the policy directory',
+  );
 const SavedFile = z.strictObject({ file: insidePath, text: z.string() });
 const Saved = z.strictObject({
   /** When this configuration was applied from the policy directory. */
@@ -222,7 +225,10 @@ export class LastGoodStore {
    * error naming the saved file; nothing is served then.
    */
   async restore(docsHook?: (docs: LoadedDoc[]) => LoadedDoc[]): Promise<RestoreResult> {
-    const fail = (message: string): RestoreResult => ({ kind: 'error', error: { code: ErrorCode.FILE_READ, file: this.displayFile, message: `the last good configuration saved here cannot be served: ${message}` } });
+    const fail = (message: string): RestoreResult => ({
+      kind: 'error',
+      error: { code: ErrorCode.FILE_READ, file: this.displayFile, message: `the last good configuration saved here cannot be served: ${message}` },
+    });
     let saved: SavedConfig | undefined;
     try {
       saved = await this.read();
@@ -260,7 +266,8 @@ export class LastGoodStore {
     } finally {
       await fs.rm(scratch, { recursive: true, force: true }).catch(() => undefined);
     }
-    if (built.errors.length > 0 || !built.model) return fail(`its policies no longer build (${built.errors.length} error(s)), first: ${formatPolicyError(built.errors[0]!)}`);
+    if (built.errors.length > 0 || !built.model)
+      return fail(`its policies no longer build (${built.errors.length} error(s)), first: ${formatPolicyError(built.errors[0]!)}`);
     this.pointJwksAtPolicyDir(built.model);
     this.lastKey = sha256(JSON.stringify({ ...saved, appliedAt: undefined }));
     return { kind: 'restored', model: built.model, appliedAt: new Date(saved.appliedAt), groups: saved.groups };

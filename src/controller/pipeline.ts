@@ -180,10 +180,14 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
 
   constructor(private readonly opts: PipelineOptions) {
     super();
-    if (opts.persistLastGood && opts.dataDir) this.lastGoodStore = new LastGoodStore({ dataDir: opts.dataDir, policyDir: opts.policyDir, forbidden: opts.forbiddenPaths });
+    if (opts.persistLastGood && opts.dataDir)
+      this.lastGoodStore = new LastGoodStore({ dataDir: opts.dataDir, policyDir: opts.policyDir, forbidden: opts.forbiddenPaths });
     this.endpoints = opts.endpoints ?? new EndpointStore();
     this.endpoints.on('change', (services) => this.onEndpointChange(services));
-    this.groupLimits = { maxRequestedGroups: opts.maxRequestedGroups ?? DEFAULT_MAX_REQUESTED_GROUPS, idleGroupGraceMs: opts.idleGroupGraceMs ?? DEFAULT_IDLE_GROUP_GRACE_MS };
+    this.groupLimits = {
+      maxRequestedGroups: opts.maxRequestedGroups ?? DEFAULT_MAX_REQUESTED_GROUPS,
+      idleGroupGraceMs: opts.idleGroupGraceMs ?? DEFAULT_IDLE_GROUP_GRACE_MS,
+    };
     opts.cache.on('demand', (group) => this.demand(group));
     opts.cache.on('idle', (group) => this.onIdle(group));
     opts.cache.setAdmission((group) => this.refusal(group));
@@ -267,7 +271,10 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
     this.opts.cache.delete(group);
     this.opts.metrics?.requestedGroups.set(this.sidecarShapes());
     this.opts.metrics?.requestedGroupsDropped.inc({ reason });
-    this.opts.logger.info({ group, reason }, reason === 'idle' ? 'proxy group dropped: no proxy of it connected during the grace period' : 'idle proxy group dropped to make room for a new shape');
+    this.opts.logger.info(
+      { group, reason },
+      reason === 'idle' ? 'proxy group dropped: no proxy of it connected during the grace period' : 'idle proxy group dropped to make room for a new shape',
+    );
   }
 
   /**
@@ -276,7 +283,12 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
    */
   get servingLastGood(): { since: Date; appliedAt?: Date; restoredFrom?: string; errors: number } | undefined {
     if (!this.model || this.errors.length === 0 || !this.lastGoodSince) return undefined;
-    return { since: this.lastGoodSince, appliedAt: this.restored?.appliedAt ?? this.lastAppliedAt, restoredFrom: this.restored?.file, errors: this.errors.length };
+    return {
+      since: this.lastGoodSince,
+      appliedAt: this.restored?.appliedAt ?? this.lastAppliedAt,
+      restoredFrom: this.restored?.file,
+      errors: this.errors.length,
+    };
   }
 
   get ready(): boolean {
@@ -339,7 +351,9 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
         await this.apply(model);
         if (preflight?.passed) this.preflightPassed = preflight.passed;
       } catch (e) {
-        errors = [{ code: ErrorCode.CONFLICT, file: this.opts.policyDir, message: `internal: the configuration could not be applied: ${(e as Error).message}` }];
+        errors = [
+          { code: ErrorCode.CONFLICT, file: this.opts.policyDir, message: `internal: the configuration could not be applied: ${(e as Error).message}` },
+        ];
       }
     }
     // Rejected: the last good configuration stays served (restored from disk at start), compiled
@@ -355,7 +369,10 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
       if (this.model) this.lastGoodSince ??= this.lastRejectedAt;
       metrics?.servingLastGood.set(this.model ? 1 : 0);
       metrics?.reloads.inc({ result: 'rejected' });
-      logger.warn({ errors: errors.map(formatPolicyError), keptVersion: this.model ? 'last good configuration' : 'none yet' }, `policy directory rejected: ${errors.length} error(s); nothing applied`);
+      logger.warn(
+        { errors: errors.map(formatPolicyError), keptVersion: this.model ? 'last good configuration' : 'none yet' },
+        `policy directory rejected: ${errors.length} error(s); nothing applied`,
+      );
       this.emit('rejected', this.errors);
       return { applied: false, errors: this.errors, durationMs };
     }
@@ -367,7 +384,11 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
     this.restored = undefined;
     metrics?.servingLastGood.set(0);
     logger.info({ durationMs: Math.round(durationMs * 10) / 10, groups: [...this.groups.keys()] }, 'policy configuration applied');
-    if (groupErrors.length) logger.warn({ failedGroups: [...this.failures.keys()], errors: groupErrors.map(formatPolicyError) }, `${this.failures.size} proxy group(s) could not be compiled: each keeps its last good configuration; the other groups applied`);
+    if (groupErrors.length)
+      logger.warn(
+        { failedGroups: [...this.failures.keys()], errors: groupErrors.map(formatPolicyError) },
+        `${this.failures.size} proxy group(s) could not be compiled: each keeps its last good configuration; the other groups applied`,
+      );
     this.emit('applied', model!);
     // After the listeners (the authz service learns new policies before anything else waits). Only a
     // configuration every group compiled is saved: a restart never starts from a partial one.
@@ -381,7 +402,8 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
     const changed = text.join('\n') !== this.warnings.map(formatPolicyError).join('\n');
     this.warnings = warnings;
     this.opts.metrics?.policyWarnings.set(warnings.length);
-    if (changed && warnings.length > 0) this.opts.logger.warn({ warnings: text }, `${warnings.length} document(s) in the policy directory skipped: not Signalbox documents`);
+    if (changed && warnings.length > 0)
+      this.opts.logger.warn({ warnings: text }, `${warnings.length} document(s) in the policy directory skipped: not Signalbox documents`);
   }
 
   /**
@@ -399,7 +421,11 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
       this.opts.logger.info({ ms: r.ms, checked, unchanged: r.groups.length - checked, errors: r.errors.length }, 'Envoy preflight');
       return r.errors.length ? { errors: r.errors } : { errors: [], passed: new Map(r.groups.map((g) => [g.group, g.key])) };
     } catch (e) {
-      return { errors: [{ code: ErrorCode.ENVOY_REJECTED, file: this.opts.policyDir, message: `the Envoy preflight (${envoy}) could not run: ${(e as Error).message}` }] };
+      return {
+        errors: [
+          { code: ErrorCode.ENVOY_REJECTED, file: this.opts.policyDir, message: `the Envoy preflight (${envoy}) could not run: ${(e as Error).message}` },
+        ],
+      };
     }
   }
 
@@ -414,7 +440,10 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
       try {
         await this.apply(this.model);
       } catch (e) {
-        this.opts.logger.warn({ err: (e as Error).message }, 'the last good configuration could not be compiled for the groups asked for now; it stays as it was');
+        this.opts.logger.warn(
+          { err: (e as Error).message },
+          'the last good configuration could not be compiled for the groups asked for now; it stays as it was',
+        );
       }
       return [];
     }
@@ -432,15 +461,25 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
     const r = await store.restore(this.extraDocs);
     if (r.kind === 'none') return undefined;
     if (r.kind === 'error') {
-      logger.error({ file: store.displayFile, error: r.error.message }, 'the last good configuration cannot be restored; serving nothing until the policy directory is valid');
+      logger.error(
+        { file: store.displayFile, error: r.error.message },
+        'the last good configuration cannot be restored; serving nothing until the policy directory is valid',
+      );
       return r.error;
     }
     try {
       await this.opts.identities?.setTtl(r.model.mesh.mtls.certTTLms);
       await this.apply(r.model);
     } catch (e) {
-      const error: PolicyError = { code: ErrorCode.CONFLICT, file: store.displayFile, message: `the last good configuration saved here cannot be served: it compiles to an inconsistent configuration: ${(e as Error).message}` };
-      logger.error({ file: store.displayFile, error: error.message }, 'the last good configuration cannot be restored; serving nothing until the policy directory is valid');
+      const error: PolicyError = {
+        code: ErrorCode.CONFLICT,
+        file: store.displayFile,
+        message: `the last good configuration saved here cannot be served: it compiles to an inconsistent configuration: ${(e as Error).message}`,
+      };
+      logger.error(
+        { file: store.displayFile, error: error.message },
+        'the last good configuration cannot be restored; serving nothing until the policy directory is valid',
+      );
       return error;
     }
     this.restored = { file: store.displayFile, appliedAt: r.appliedAt };
@@ -467,9 +506,13 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
     const groups = Object.fromEntries([...this.groups.keys()].sort().map((g) => [g, this.opts.cache.get(g).version]));
     try {
       const r = await store.save({ files, fileDocs, textOf: (file) => this.parsed.textOf(file), model, groups });
-      if (r === 'changed-underneath') this.opts.logger.debug('a policy file changed while it was applied; the last good configuration is saved at the next reload');
+      if (r === 'changed-underneath')
+        this.opts.logger.debug('a policy file changed while it was applied; the last good configuration is saved at the next reload');
     } catch (e) {
-      this.opts.logger.warn({ file: store.displayFile, err: (e as NodeJS.ErrnoException).code ?? (e as Error).message }, 'could not save the last good configuration; a restart with an invalid policy directory would serve the one saved before');
+      this.opts.logger.warn(
+        { file: store.displayFile, err: (e as NodeJS.ErrnoException).code ?? (e as Error).message },
+        'could not save the last good configuration; a restart with an invalid policy directory would serve the one saved before',
+      );
     }
   }
 
@@ -513,7 +556,10 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
       const kept = this.groups.get(group);
       if (kept) next.set(group, kept);
       failures.set(group, { since: this.failures.get(group)?.since ?? new Date(), errors: f.errors, servingLastGood: kept !== undefined });
-      this.opts.logger.warn({ group, err: f.cause.message, servingLastGood: kept !== undefined }, 'proxy group could not be compiled; it keeps its last good configuration');
+      this.opts.logger.warn(
+        { group, err: f.cause.message, servingLastGood: kept !== undefined },
+        'proxy group could not be compiled; it keeps its last good configuration',
+      );
     }
     this.failures = failures;
     this.model = model;

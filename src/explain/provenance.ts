@@ -105,7 +105,9 @@ function explainRoute(model: Model, ir: IRProxyConfig, listener: string, virtual
     settings.jwt = {
       value: {
         policies: r.jwt.policies,
-        checkedBy: r.jwt.fast ? 'the ext_authz service, once per token: Envoy repeats its allows for the same token (fast path)' : `the ext_authz service: ${r.jwt.slowReason ?? 'no fast path'}`,
+        checkedBy: r.jwt.fast
+          ? 'the ext_authz service, once per token: Envoy repeats its allows for the same token (fast path)'
+          : `the ext_authz service: ${r.jwt.slowReason ?? 'no fast path'}`,
       },
       from: first ? at('JWTPolicy', first.name, first.source) : DEFAULT,
     };
@@ -121,7 +123,10 @@ function explainCluster(model: Model, c: IRProxyConfig['clusters'][number]): Exp
   if (c.subset) settings.subset = { value: c.subset, from: svc ? at('Service', svc.name, svc.source) : DEFAULT };
   settings.connectTimeout = { value: `${c.connectTimeoutMs}ms`, from: tp?.connectTimeoutMs ? fromSourced(tp.connectTimeoutMs) : DEFAULT };
   settings.loadBalancer = { value: c.loadBalancer ?? { type: 'RoundRobin' }, from: tp?.loadBalancer ? fromSourced(tp.loadBalancer) : DEFAULT };
-  settings.circuitBreaker = { value: c.circuitBreaker ?? "Envoy's defaults (1024 connections, 1024 pending, 1024 requests, 3 retries)", from: tp?.circuitBreaker ? fromSourced(tp.circuitBreaker) : DEFAULT };
+  settings.circuitBreaker = {
+    value: c.circuitBreaker ?? "Envoy's defaults (1024 connections, 1024 pending, 1024 requests, 3 retries)",
+    from: tp?.circuitBreaker ? fromSourced(tp.circuitBreaker) : DEFAULT,
+  };
   settings.outlierDetection = { value: c.outlierDetection ?? 'off', from: tp?.outlierDetection ? fromSourced(tp.outlierDetection) : DEFAULT };
   settings.healthCheck = { value: c.healthCheck ?? 'off', from: tp?.healthCheck ? fromSourced(tp.healthCheck) : DEFAULT };
   return { name: c.name, service: c.service, settings };
@@ -147,7 +152,9 @@ export function explainGroup(model: Model, ir: IRProxyConfig, opts: { route?: st
       }
     }
   }
-  const wanted = opts.route ? new Set(routes.flatMap((r) => ((r.settings.backends?.value as IRForward['backends'] | undefined) ?? []).map((b) => b.cluster))) : undefined;
+  const wanted = opts.route
+    ? new Set(routes.flatMap((r) => ((r.settings.backends?.value as IRForward['backends'] | undefined) ?? []).map((b) => b.cluster)))
+    : undefined;
   const clusters = ir.clusters.filter((c) => !wanted || wanted.has(c.name)).map((c) => explainCluster(model, c));
   return { group: ir.group, listeners, routes, clusters };
 }

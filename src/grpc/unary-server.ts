@@ -18,7 +18,16 @@ import http2 from 'node:http2';
 import type net from 'node:net';
 import type tls from 'node:tls';
 
-export const GrpcStatus = { OK: 0, CANCELLED: 1, UNKNOWN: 2, INVALID_ARGUMENT: 3, RESOURCE_EXHAUSTED: 8, UNIMPLEMENTED: 12, INTERNAL: 13, UNAVAILABLE: 14 } as const;
+export const GrpcStatus = {
+  OK: 0,
+  CANCELLED: 1,
+  UNKNOWN: 2,
+  INVALID_ARGUMENT: 3,
+  RESOURCE_EXHAUSTED: 8,
+  UNIMPLEMENTED: 12,
+  INTERNAL: 13,
+  UNAVAILABLE: 14,
+} as const;
 
 export interface UnaryMethod {
   /** Full path, e.g. /envoy.service.auth.v3.Authorization/Check. */
@@ -71,11 +80,16 @@ export class UnaryGrpcServer {
   private readonly methods = new Map<string, UnaryMethod>();
   private readonly maxBytes: number;
 
-  constructor(methods: UnaryMethod[], private readonly opts: UnaryServerOptions = {}) {
+  constructor(
+    methods: UnaryMethod[],
+    private readonly opts: UnaryServerOptions = {},
+  ) {
     for (const m of methods) this.methods.set(m.path, m);
     this.maxBytes = opts.maxMessageBytes ?? 4 * 1024 * 1024;
     const common = { settings: { maxConcurrentStreams: 4096 }, maxSessionMemory: 64 };
-    this.server = opts.tls ? http2.createSecureServer({ ...common, ...secureContextOf(opts.tls), requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.2' }) : http2.createServer(common);
+    this.server = opts.tls
+      ? http2.createSecureServer({ ...common, ...secureContextOf(opts.tls), requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.2' })
+      : http2.createServer(common);
     // Both kinds are a net.Server emitting the same events; typed once through the plain one.
     const server = this.server as http2.Http2Server;
     server.on('connection', (socket: net.Socket) => socket.setNoDelay(true));
@@ -104,7 +118,10 @@ export class UnaryGrpcServer {
   private trailersOnly(stream: http2.ServerHttp2Stream, code: number, message: string): void {
     if (!open(stream)) return;
     try {
-      stream.respond({ ':status': 200, 'content-type': 'application/grpc', 'grpc-status': String(code), 'grpc-message': encodeURIComponent(message) }, { endStream: true });
+      stream.respond(
+        { ':status': 200, 'content-type': 'application/grpc', 'grpc-status': String(code), 'grpc-message': encodeURIComponent(message) },
+        { endStream: true },
+      );
     } catch {
       stream.destroy();
     }
@@ -151,7 +168,11 @@ export class UnaryGrpcServer {
       } catch (e) {
         return this.failed(stream, e as Error);
       }
-      if (out instanceof Promise) out.then((o) => this.answer(stream, o), (e: Error) => this.failed(stream, e));
+      if (out instanceof Promise)
+        out.then(
+          (o) => this.answer(stream, o),
+          (e: Error) => this.failed(stream, e),
+        );
       else this.answer(stream, out);
     });
   }

@@ -21,7 +21,12 @@ export interface AccessModel {
 
 type Report = (d: LoadedDoc, path: (string | number)[], code: ErrorCode, message: string) => void;
 
-export function resolveAccessPolicies(docs: LoadedDoc<'AccessPolicy'>[], services: ReadonlySet<string>, gateways: ReadonlySet<string>, err: Report): Map<string, AccessModel> {
+export function resolveAccessPolicies(
+  docs: LoadedDoc<'AccessPolicy'>[],
+  services: ReadonlySet<string>,
+  gateways: ReadonlySet<string>,
+  err: Report,
+): Map<string, AccessModel> {
   const out = new Map<string, AccessModel>();
   const firstDefault = new Map<string, LoadedDoc>();
   for (const d of docs) {
@@ -33,14 +38,21 @@ export function resolveAccessPolicies(docs: LoadedDoc<'AccessPolicy'>[], service
     }
     for (const [ri, r] of spec.rules.entries()) {
       for (const [fi, f] of r.from.entries()) {
-        if (f.service && !services.has(f.service)) err(d, ['spec', 'rules', ri, 'from', fi, 'service'], ErrorCode.UNKNOWN_REFERENCE, `unknown Service "${f.service}"${didYouMean(f.service, services)}`);
-        if (f.gateway && !gateways.has(f.gateway)) err(d, ['spec', 'rules', ri, 'from', fi, 'gateway'], ErrorCode.UNKNOWN_REFERENCE, `unknown Gateway "${f.gateway}"${didYouMean(f.gateway, gateways)}`);
+        if (f.service && !services.has(f.service))
+          err(d, ['spec', 'rules', ri, 'from', fi, 'service'], ErrorCode.UNKNOWN_REFERENCE, `unknown Service "${f.service}"${didYouMean(f.service, services)}`);
+        if (f.gateway && !gateways.has(f.gateway))
+          err(d, ['spec', 'rules', ri, 'from', fi, 'gateway'], ErrorCode.UNKNOWN_REFERENCE, `unknown Gateway "${f.gateway}"${didYouMean(f.gateway, gateways)}`);
       }
     }
     const existing = out.get(target);
     if (existing && existing.default !== spec.default) {
       const other = firstDefault.get(target)!;
-      err(d, ['spec', 'default'], ErrorCode.CONFLICT, `conflicts with AccessPolicy "${other.name}" in ${other.source.file}#${other.source.doc}, which sets default ${existing.default} for Service "${target}"`);
+      err(
+        d,
+        ['spec', 'default'],
+        ErrorCode.CONFLICT,
+        `conflicts with AccessPolicy "${other.name}" in ${other.source.file}#${other.source.doc}, which sets default ${existing.default} for Service "${target}"`,
+      );
       continue;
     }
     const model = existing ?? { service: target, default: spec.default, rules: [], sources: [] };

@@ -125,7 +125,8 @@ export function keyAlgorithms(jwk: Record<string, unknown>): JwtAlgorithm[] {
  * material, keys that do not import, or no key usable with the policy's algorithms.
  */
 export async function jwksProblems(value: unknown, algorithms: readonly JwtAlgorithm[]): Promise<string[]> {
-  if (!value || typeof value !== 'object' || !Array.isArray((value as { keys?: unknown }).keys)) return ['must be a JSON Web Key Set: an object with a "keys" array'];
+  if (!value || typeof value !== 'object' || !Array.isArray((value as { keys?: unknown }).keys))
+    return ['must be a JSON Web Key Set: an object with a "keys" array'];
   const keys = (value as { keys: unknown[] }).keys;
   if (keys.length === 0) return ['the key set has no keys'];
   const problems: string[] = [];
@@ -202,9 +203,17 @@ export async function resolveJwtPolicies(
       err(d, ['spec', 'targetRef', 'name'], ErrorCode.UNKNOWN_REFERENCE, `unknown ${kind} "${name}"${didYouMean(name, names[kind])}`);
       ok = false;
     } else if (sectionName !== undefined) {
-      const sections = kind === 'Gateway' ? known.gateways.get(name)!.listeners.map((l) => l.name) : known.routes.find((r) => r.name === name)!.spec.rules.flatMap((r) => (r.name ? [r.name] : []));
+      const sections =
+        kind === 'Gateway'
+          ? known.gateways.get(name)!.listeners.map((l) => l.name)
+          : known.routes.find((r) => r.name === name)!.spec.rules.flatMap((r) => (r.name ? [r.name] : []));
       if (!sections.includes(sectionName)) {
-        err(d, ['spec', 'targetRef', 'sectionName'], ErrorCode.UNKNOWN_REFERENCE, `${kind} "${name}" has no ${kind === 'Gateway' ? 'listener' : 'rule'} named "${sectionName}"${didYouMean(sectionName, sections)}`);
+        err(
+          d,
+          ['spec', 'targetRef', 'sectionName'],
+          ErrorCode.UNKNOWN_REFERENCE,
+          `${kind} "${name}" has no ${kind === 'Gateway' ? 'listener' : 'rule'} named "${sectionName}"${didYouMean(sectionName, sections)}`,
+        );
         ok = false;
       }
     } else if (kind === 'Service' && known.services.get(name)!.protocol === 'tcp') {
@@ -282,7 +291,12 @@ export async function resolveJwtPolicies(
       }
       const other = forwarded.get(`${targetKey}/${f.header}`);
       if (other && other.claim !== f.claim) {
-        err(d, ['spec', 'forwardClaims', i, 'header'], ErrorCode.CONFLICT, `conflicts with JWTPolicy "${other.doc.name}" in ${other.doc.source.file}#${other.doc.source.doc}, which forwards claim "${other.claim}" into header "${f.header}" on the same target`);
+        err(
+          d,
+          ['spec', 'forwardClaims', i, 'header'],
+          ErrorCode.CONFLICT,
+          `conflicts with JWTPolicy "${other.doc.name}" in ${other.doc.source.file}#${other.doc.source.doc}, which forwards claim "${other.claim}" into header "${f.header}" on the same target`,
+        );
         ok = false;
         return;
       }

@@ -90,7 +90,9 @@ export function retrySettings(r: NonNullable<Mesh['spec']['defaults']>['retries'
     perTryTimeoutMs: r.perTryTimeout ? parseDuration(r.perTryTimeout) : undefined,
     retryOn: r.retryOn ?? ['connect-failure', 'refused-stream', 'reset'],
     retriableStatusCodes: r.retriableStatusCodes,
-    backoff: r.backoff ? { baseIntervalMs: parseDuration(r.backoff.baseInterval)!, maxIntervalMs: r.backoff.maxInterval ? parseDuration(r.backoff.maxInterval) : undefined } : undefined,
+    backoff: r.backoff
+      ? { baseIntervalMs: parseDuration(r.backoff.baseInterval)!, maxIntervalMs: r.backoff.maxInterval ? parseDuration(r.backoff.maxInterval) : undefined }
+      : undefined,
   };
 }
 
@@ -146,7 +148,17 @@ export async function resolveModel(docs: LoadedDoc[], files: PolicyFiles, opts: 
   const baseDir = files.dir;
   const readFile = (rel: string) => files.read(rel);
   const err = (d: LoadedDoc, p: (string | number)[], code: ErrorCode, message: string) =>
-    errors.push({ code, file: d.source.file, doc: d.source.doc, path: p.map((s) => (typeof s === 'number' ? `[${s}]` : s)).join('.').replace(/\.\[/g, '['), line: d.lineOf(p), message });
+    errors.push({
+      code,
+      file: d.source.file,
+      doc: d.source.doc,
+      path: p
+        .map((s) => (typeof s === 'number' ? `[${s}]` : s))
+        .join('.')
+        .replace(/\.\[/g, '['),
+      line: d.lineOf(p),
+      message,
+    });
   /** Every file a policy names is read through here: one set of rules, one refusal message. */
   const readPolicyFile: PolicyFileRead = async (d, at, rel) => {
     const got = await readFile(rel);
@@ -179,7 +191,12 @@ export async function resolveModel(docs: LoadedDoc[], files: PolicyFiles, opts: 
   // Mesh: at most one.
   const meshes = of('Mesh');
   for (const extra of meshes.slice(1)) {
-    err(extra, ['metadata', 'name'], ErrorCode.CONFLICT, `at most one Mesh is allowed; ${meshes[0]!.source.file}#${meshes[0]!.source.doc} already defines "${meshes[0]!.name}"`);
+    err(
+      extra,
+      ['metadata', 'name'],
+      ErrorCode.CONFLICT,
+      `at most one Mesh is allowed; ${meshes[0]!.source.file}#${meshes[0]!.source.doc} already defines "${meshes[0]!.name}"`,
+    );
   }
   const meshDoc = meshes[0];
   const meshSpec = meshDoc?.value.spec as Mesh['spec'] | undefined;
@@ -215,7 +232,8 @@ export async function resolveModel(docs: LoadedDoc[], files: PolicyFiles, opts: 
     const t = services.get(mesh.tracing.service);
     const at = ['spec', 'tracing', 'otlp', 'service'];
     if (!t) err(meshDoc, at, ErrorCode.UNKNOWN_REFERENCE, `unknown Service "${mesh.tracing.service}"${didYouMean(mesh.tracing.service, services.keys())}`);
-    else if (t.protocol !== 'grpc' && t.protocol !== 'http2') err(meshDoc, at, ErrorCode.UNKNOWN_REFERENCE, `Service "${t.name}" receives OTLP over gRPC: give it protocol: grpc (it has ${t.protocol ?? 'http'})`);
+    else if (t.protocol !== 'grpc' && t.protocol !== 'http2')
+      err(meshDoc, at, ErrorCode.UNKNOWN_REFERENCE, `Service "${t.name}" receives OTLP over gRPC: give it protocol: grpc (it has ${t.protocol ?? 'http'})`);
   }
 
   const gateways = new Map<string, GatewayModel>();
@@ -257,13 +275,26 @@ export async function resolveModel(docs: LoadedDoc[], files: PolicyFiles, opts: 
         }
         const candidates = p.sectionName ? g.listeners.filter((l) => l.name === p.sectionName) : g.listeners;
         if (p.sectionName && candidates.length === 0) {
-          err(d, ['spec', 'parentRefs', i, 'sectionName'], ErrorCode.UNKNOWN_REFERENCE, `Gateway "${p.name}" has no listener "${p.sectionName}"${didYouMean(p.sectionName, g.listeners.map((l) => l.name))}`);
+          err(
+            d,
+            ['spec', 'parentRefs', i, 'sectionName'],
+            ErrorCode.UNKNOWN_REFERENCE,
+            `Gateway "${p.name}" has no listener "${p.sectionName}"${didYouMean(
+              p.sectionName,
+              g.listeners.map((l) => l.name),
+            )}`,
+          );
           return;
         }
         if (r.spec.hostnames) {
           const ok = candidates.some((l) => r.spec.hostnames!.some((h) => l.hostnames.some((lh) => hostnameMatches(lh, h) || hostnameMatches(h, lh))));
           if (!ok) {
-            err(d, ['spec', 'hostnames'], ErrorCode.CONFLICT, `none of these hostnames is served by ${p.sectionName ? `listener "${p.sectionName}" of ` : ''}Gateway "${p.name}" (it serves ${[...new Set(candidates.flatMap((l) => l.hostnames))].join(', ')})`);
+            err(
+              d,
+              ['spec', 'hostnames'],
+              ErrorCode.CONFLICT,
+              `none of these hostnames is served by ${p.sectionName ? `listener "${p.sectionName}" of ` : ''}Gateway "${p.name}" (it serves ${[...new Set(candidates.flatMap((l) => l.hostnames))].join(', ')})`,
+            );
           }
         }
       } else if (!services.has(p.name)) {
@@ -274,27 +305,55 @@ export async function resolveModel(docs: LoadedDoc[], files: PolicyFiles, opts: 
       rule.backendRefs?.forEach((b, bi) => {
         const svc = services.get(b.name);
         if (!svc) {
-          err(d, ['spec', 'rules', ri, 'backendRefs', bi, 'name'], ErrorCode.UNKNOWN_REFERENCE, `unknown Service "${b.name}"${didYouMean(b.name, services.keys())}`);
+          err(
+            d,
+            ['spec', 'rules', ri, 'backendRefs', bi, 'name'],
+            ErrorCode.UNKNOWN_REFERENCE,
+            `unknown Service "${b.name}"${didYouMean(b.name, services.keys())}`,
+          );
           return;
         }
         if (b.subset && !svc.subsets.some((s) => s.name === b.subset)) {
-          err(d, ['spec', 'rules', ri, 'backendRefs', bi, 'subset'], ErrorCode.UNKNOWN_REFERENCE, `Service "${b.name}" has no subset "${b.subset}"${didYouMean(b.subset, svc.subsets.map((s) => s.name))}`);
+          err(
+            d,
+            ['spec', 'rules', ri, 'backendRefs', bi, 'subset'],
+            ErrorCode.UNKNOWN_REFERENCE,
+            `Service "${b.name}" has no subset "${b.subset}"${didYouMean(
+              b.subset,
+              svc.subsets.map((s) => s.name),
+            )}`,
+          );
         }
         if (svc.protocol === 'tcp') {
-          err(d, ['spec', 'rules', ri, 'backendRefs', bi, 'name'], ErrorCode.CONFLICT, `Service "${b.name}" speaks tcp; an HTTPRoute can only send to http, http2 or grpc services`);
+          err(
+            d,
+            ['spec', 'rules', ri, 'backendRefs', bi, 'name'],
+            ErrorCode.CONFLICT,
+            `Service "${b.name}" speaks tcp; an HTTPRoute can only send to http, http2 or grpc services`,
+          );
         }
       });
       const timeout = rule.timeout ? parseDuration(rule.timeout)! : undefined;
       const perTry = rule.retries?.perTryTimeout ? parseDuration(rule.retries.perTryTimeout)! : undefined;
       if (timeout !== undefined && perTry !== undefined && perTry > timeout) {
-        err(d, ['spec', 'rules', ri, 'retries', 'perTryTimeout'], ErrorCode.CONFLICT, `${rule.retries!.perTryTimeout} is longer than the rule's timeout ${rule.timeout}`);
+        err(
+          d,
+          ['spec', 'rules', ri, 'retries', 'perTryTimeout'],
+          ErrorCode.CONFLICT,
+          `${rule.retries!.perTryTimeout} is longer than the rule's timeout ${rule.timeout}`,
+        );
       }
       const backoff = rule.retries?.backoff;
       if (backoff?.maxInterval && parseDuration(backoff.maxInterval)! < parseDuration(backoff.baseInterval)!) {
         err(d, ['spec', 'rules', ri, 'retries', 'backoff', 'maxInterval'], ErrorCode.CONFLICT, `must not be shorter than baseInterval ${backoff.baseInterval}`);
       }
       if (rule.retries?.retriableStatusCodes && !(rule.retries.retryOn ?? []).includes('retriable-status-codes')) {
-        err(d, ['spec', 'rules', ri, 'retries', 'retryOn'], ErrorCode.CONFLICT, 'retriableStatusCodes is given, so retryOn must include "retriable-status-codes"');
+        err(
+          d,
+          ['spec', 'rules', ri, 'retries', 'retryOn'],
+          ErrorCode.CONFLICT,
+          'retriableStatusCodes is given, so retryOn must include "retriable-status-codes"',
+        );
       }
     });
     routes.push({ name: d.name, spec: r.spec, source: d.source });
@@ -303,7 +362,13 @@ export async function resolveModel(docs: LoadedDoc[], files: PolicyFiles, opts: 
   const policies = resolvePolicies(unique, { mesh, services, gateways, routes }, err);
   const access = resolveAccessPolicies(of('AccessPolicy'), new Set(services.keys()), new Set(gateways.keys()), err);
   const jwt = await resolveJwtPolicies(unique, { services, gateways, routes }, baseDir, err, readPolicyFile, opts);
-  resolveGlobalClaims(policies.globalRateLimits, unique, (kind, name, sectionName) => jwtPoliciesOn(jwt, kind, name, sectionName).map((p) => ({ policy: p, forwardClaims: jwt?.policies.get(p)?.forwardClaims ?? [] })), err);
+  resolveGlobalClaims(
+    policies.globalRateLimits,
+    unique,
+    (kind, name, sectionName) =>
+      jwtPoliciesOn(jwt, kind, name, sectionName).map((p) => ({ policy: p, forwardClaims: jwt?.policies.get(p)?.forwardClaims ?? [] })),
+    err,
+  );
 
   if (errors.length > 0) return { errors };
   return { model: { mesh, services, gateways, routes: routes.sort(byName), access, policies, jwt }, errors };

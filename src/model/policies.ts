@@ -189,7 +189,8 @@ function resolveTraffic(docs: LoadedDoc[], services: ReadonlyMap<string, Service
       for (const f of ['timeout', 'retries', 'healthCheck'] as const) {
         if (spec[f] !== undefined) err(d, ['spec', f], ErrorCode.CONFLICT, `Service "${target}" speaks tcp; ${f} needs an HTTP service`);
       }
-      if (spec.loadBalancer?.hashOn && 'header' in spec.loadBalancer.hashOn) err(d, ['spec', 'loadBalancer', 'hashOn'], ErrorCode.CONFLICT, `Service "${target}" speaks tcp; hash on sourceIP instead of a header`);
+      if (spec.loadBalancer?.hashOn && 'header' in spec.loadBalancer.hashOn)
+        err(d, ['spec', 'loadBalancer', 'hashOn'], ErrorCode.CONFLICT, `Service "${target}" speaks tcp; hash on sourceIP instead of a header`);
     }
     const model = out.get(target) ?? { service: target };
     for (const field of TRAFFIC_FIELDS) {
@@ -197,11 +198,21 @@ function resolveTraffic(docs: LoadedDoc[], services: ReadonlyMap<string, Service
       const key = `${target}/${field}`;
       const first = owner.get(key);
       if (first) {
-        err(d, ['spec', field], ErrorCode.CONFLICT, `conflicts with TrafficPolicy "${first.name}" in ${where(first)}, which also sets ${field} for Service "${target}"; set each field in one policy only`);
+        err(
+          d,
+          ['spec', field],
+          ErrorCode.CONFLICT,
+          `conflicts with TrafficPolicy "${first.name}" in ${where(first)}, which also sets ${field} for Service "${target}"; set each field in one policy only`,
+        );
         continue;
       }
       owner.set(key, d);
-      (model as unknown as Record<string, Sourced<unknown>>)[MODEL_KEY[field]] = { value: trafficValue(field, spec), kind: 'TrafficPolicy', policy: d.name, source: d.source };
+      (model as unknown as Record<string, Sourced<unknown>>)[MODEL_KEY[field]] = {
+        value: trafficValue(field, spec),
+        kind: 'TrafficPolicy',
+        policy: d.name,
+        source: d.source,
+      };
     }
     out.set(target, model);
   }
@@ -234,7 +245,12 @@ function resolveRateLimits(
           ? known.gateways.get(name)!.listeners.map((l) => l.name)
           : known.routes.find((r) => r.name === name)!.spec.rules.flatMap((r) => (r.name ? [r.name] : []));
       if (!sections.includes(sectionName)) {
-        err(d, ['spec', 'targetRef', 'sectionName'], ErrorCode.UNKNOWN_REFERENCE, `${kind} "${name}" has no ${kind === 'Gateway' ? 'listener' : 'rule'} named "${sectionName}"${didYouMean(sectionName, sections)}`);
+        err(
+          d,
+          ['spec', 'targetRef', 'sectionName'],
+          ErrorCode.UNKNOWN_REFERENCE,
+          `${kind} "${name}" has no ${kind === 'Gateway' ? 'listener' : 'rule'} named "${sectionName}"${didYouMean(sectionName, sections)}`,
+        );
         continue;
       }
     }
@@ -249,13 +265,25 @@ function resolveRateLimits(
       if (spec[section] === undefined) continue;
       const first = owner[section].get(key);
       if (first) {
-        err(d, ['spec', section], ErrorCode.CONFLICT, `conflicts with RateLimitPolicy "${first.name}" in ${where(first)}, which also sets ${section} for ${what}; one ${section} limit per target`);
+        err(
+          d,
+          ['spec', section],
+          ErrorCode.CONFLICT,
+          `conflicts with RateLimitPolicy "${first.name}" in ${where(first)}, which also sets ${section} for ${what}; one ${section} limit per target`,
+        );
         continue;
       }
       owner[section].set(key, d);
       if (section === 'local') {
         const local = spec.local!;
-        out.set(key, { policy: d.name, target, requests: local.requests, perMs: parseDuration(local.per)!, ...(local.by ? { by: local.by } : {}), source: d.source });
+        out.set(key, {
+          policy: d.name,
+          target,
+          requests: local.requests,
+          perMs: parseDuration(local.per)!,
+          ...(local.by ? { by: local.by } : {}),
+          source: d.source,
+        });
         continue;
       }
       const g = spec.global!;
@@ -265,13 +293,31 @@ function resolveRateLimits(
         const same = JSON.stringify([l.per, l.by ?? null]);
         const before = seen.get(same);
         if (before !== undefined) {
-          err(d, ['spec', 'global', 'limits', i], ErrorCode.CONFLICT, `counts per ${l.per} by the same key as limits[${before}]; give one limit per window and key`);
+          err(
+            d,
+            ['spec', 'global', 'limits', i],
+            ErrorCode.CONFLICT,
+            `counts per ${l.per} by the same key as limits[${before}]; give one limit per window and key`,
+          );
           return;
         }
         seen.set(same, i);
         // A claim's header is filled in once the JWTPolicies are known.
-        const by: GlobalKeyModel | undefined = l.by === undefined ? undefined : 'claim' in l.by ? { claim: l.by.claim, header: '' } : 'header' in l.by ? { header: l.by.header.toLowerCase() } : l.by;
-        limits.push({ id: `${d.name}/${i}`, requests: l.requests, unit: l.per as GlobalUnit, windowMs: GLOBAL_UNIT_MS[l.per as GlobalUnit], ...(by ? { by } : {}) });
+        const by: GlobalKeyModel | undefined =
+          l.by === undefined
+            ? undefined
+            : 'claim' in l.by
+              ? { claim: l.by.claim, header: '' }
+              : 'header' in l.by
+                ? { header: l.by.header.toLowerCase() }
+                : l.by;
+        limits.push({
+          id: `${d.name}/${i}`,
+          requests: l.requests,
+          unit: l.per as GlobalUnit,
+          windowMs: GLOBAL_UNIT_MS[l.per as GlobalUnit],
+          ...(by ? { by } : {}),
+        });
       });
       global.set(key, { policy: d.name, target, failureMode: g.failureMode ?? 'allow', limits, source: d.source });
     }
@@ -305,8 +351,15 @@ export function resolveGlobalClaims(
       const d = docs.find((x) => x.kind === 'RateLimitPolicy' && x.name === g.policy);
       if (!d) return;
       const target = `${g.target.kind} "${g.target.name}"${g.target.sectionName ? ` ${g.target.kind === 'Gateway' ? 'listener' : 'rule'} "${g.target.sectionName}"` : ''}`;
-      const hint = policies.length ? `JWTPolicy ${policies.map((p) => `"${p.policy}"`).join(', ')} on it forwards ${policies.some((p) => p.forwardClaims.length) ? `only ${[...new Set(policies.flatMap((p) => p.forwardClaims.map((f) => `"${f.claim}"`)))].join(', ')}` : 'no claim'}` : 'no JWTPolicy targets it';
-      err(d, ['spec', 'global', 'limits', i, 'by', 'claim'], ErrorCode.UNKNOWN_REFERENCE, `no JWTPolicy on ${target} forwards claim "${claim}" (${hint}); add forwardClaims: [{ claim: ${claim}, header: x-... }] to a JWTPolicy with the same targetRef`);
+      const hint = policies.length
+        ? `JWTPolicy ${policies.map((p) => `"${p.policy}"`).join(', ')} on it forwards ${policies.some((p) => p.forwardClaims.length) ? `only ${[...new Set(policies.flatMap((p) => p.forwardClaims.map((f) => `"${f.claim}"`)))].join(', ')}` : 'no claim'}`
+        : 'no JWTPolicy targets it';
+      err(
+        d,
+        ['spec', 'global', 'limits', i, 'by', 'claim'],
+        ErrorCode.UNKNOWN_REFERENCE,
+        `no JWTPolicy on ${target} forwards claim "${claim}" (${hint}); add forwardClaims: [{ claim: ${claim}, header: x-... }] to a JWTPolicy with the same targetRef`,
+      );
     });
   }
 }
@@ -319,7 +372,13 @@ function sameJson(a: unknown, b: unknown): boolean {
  * The timeout and retries each rule of `route` inherits from its backends' TrafficPolicies (for
  * fields the rule leaves out). Backends whose policies disagree make the rule ambiguous: an error.
  */
-function ruleDefaultsOf(d: LoadedDoc, route: RouteModel, mesh: MeshModel, traffic: ReadonlyMap<string, TrafficPolicyModel>, err: Report): (RuleDefaults | undefined)[] {
+function ruleDefaultsOf(
+  d: LoadedDoc,
+  route: RouteModel,
+  mesh: MeshModel,
+  traffic: ReadonlyMap<string, TrafficPolicyModel>,
+  err: Report,
+): (RuleDefaults | undefined)[] {
   return route.spec.rules.map((rule, ri) => {
     if (!(rule.backendRefs ?? []).some((b) => b.weight > 0)) return undefined;
     const out: RuleDefaults = {};
@@ -334,8 +393,17 @@ function ruleDefaultsOf(d: LoadedDoc, route: RouteModel, mesh: MeshModel, traffi
       const differ = values.some((v) => !sameJson(v?.value, given[0]!.value));
       if (differ) {
         const what = field === 'timeoutMs' ? 'timeout' : 'retries';
-        const detail = services.map((s, i) => `${s}: ${values[i] ? `TrafficPolicy "${values[i]!.policy}" (${values[i]!.source.file}#${values[i]!.source.doc})` : 'no TrafficPolicy'}`).join(', ');
-        err(d, ['spec', 'rules', ri, 'backendRefs'], ErrorCode.CONFLICT, `the backends of this rule get different ${what} from their TrafficPolicies (${detail}); set ${what} on the rule`);
+        const detail = services
+          .map(
+            (s, i) => `${s}: ${values[i] ? `TrafficPolicy "${values[i]!.policy}" (${values[i]!.source.file}#${values[i]!.source.doc})` : 'no TrafficPolicy'}`,
+          )
+          .join(', ');
+        err(
+          d,
+          ['spec', 'rules', ri, 'backendRefs'],
+          ErrorCode.CONFLICT,
+          `the backends of this rule get different ${what} from their TrafficPolicies (${detail}); set ${what} on the rule`,
+        );
         continue;
       }
       (out as Record<string, unknown>)[field] = given[0];
@@ -345,10 +413,23 @@ function ruleDefaultsOf(d: LoadedDoc, route: RouteModel, mesh: MeshModel, traffi
     const retries = rule.retries ? retrySettings(rule.retries) : out.retries ? out.retries.value : mesh.defaults.retries;
     const perTry = retries?.perTryTimeoutMs;
     if (perTry !== undefined) {
-      const timeout = rule.timeout ? { ms: parseDuration(rule.timeout)!, from: 'the rule' } : out.timeoutMs ? { ms: out.timeoutMs.value, from: `TrafficPolicy "${out.timeoutMs.policy}" (${out.timeoutMs.source.file}#${out.timeoutMs.source.doc})` } : { ms: mesh.defaults.timeoutMs, from: mesh.source ? `Mesh "${mesh.name}"` : 'the built-in default' };
-      const retriesFrom = rule.retries ? 'the rule' : out.retries ? `TrafficPolicy "${out.retries.policy}" (${out.retries.source.file}#${out.retries.source.doc})` : `Mesh "${mesh.name}"`;
+      const timeout = rule.timeout
+        ? { ms: parseDuration(rule.timeout)!, from: 'the rule' }
+        : out.timeoutMs
+          ? { ms: out.timeoutMs.value, from: `TrafficPolicy "${out.timeoutMs.policy}" (${out.timeoutMs.source.file}#${out.timeoutMs.source.doc})` }
+          : { ms: mesh.defaults.timeoutMs, from: mesh.source ? `Mesh "${mesh.name}"` : 'the built-in default' };
+      const retriesFrom = rule.retries
+        ? 'the rule'
+        : out.retries
+          ? `TrafficPolicy "${out.retries.policy}" (${out.retries.source.file}#${out.retries.source.doc})`
+          : `Mesh "${mesh.name}"`;
       if (perTry > timeout.ms && timeout.from !== retriesFrom) {
-        err(d, ['spec', 'rules', ri], ErrorCode.CONFLICT, `perTryTimeout ${perTry}ms (from ${retriesFrom}) is longer than the timeout ${timeout.ms}ms (from ${timeout.from})`);
+        err(
+          d,
+          ['spec', 'rules', ri],
+          ErrorCode.CONFLICT,
+          `perTryTimeout ${perTry}ms (from ${retriesFrom}) is longer than the timeout ${timeout.ms}ms (from ${timeout.from})`,
+        );
       }
     }
     return Object.keys(out).length ? out : undefined;
@@ -385,7 +466,9 @@ export function resolvePolicies(
   const meshDoc = docs.find((d) => d.kind === 'Mesh');
   const meshSpec = (meshDoc?.value as Mesh | undefined)?.spec;
   const meshDefaults: PoliciesModel['meshDefaults'] = {};
-  if (meshDoc && meshSpec?.defaults?.timeout) meshDefaults.timeoutMs = { value: known.mesh.defaults.timeoutMs, kind: 'Mesh', policy: meshDoc.name, source: meshDoc.source };
-  if (meshDoc && meshSpec?.defaults?.retries && known.mesh.defaults.retries) meshDefaults.retries = { value: known.mesh.defaults.retries, kind: 'Mesh', policy: meshDoc.name, source: meshDoc.source };
+  if (meshDoc && meshSpec?.defaults?.timeout)
+    meshDefaults.timeoutMs = { value: known.mesh.defaults.timeoutMs, kind: 'Mesh', policy: meshDoc.name, source: meshDoc.source };
+  if (meshDoc && meshSpec?.defaults?.retries && known.mesh.defaults.retries)
+    meshDefaults.retries = { value: known.mesh.defaults.retries, kind: 'Mesh', policy: meshDoc.name, source: meshDoc.source };
   return { traffic, rateLimits, globalRateLimits, meshDefaults };
 }

@@ -4,8 +4,16 @@ export type Logger = pino.Logger;
 
 /** Paths whose values are never written to logs, wherever they appear. */
 export const REDACT_PATHS = [
-  'privateKeyPem', '*.privateKeyPem', 'private_key', '*.private_key', 'token', '*.token',
-  'authorization', '*.authorization', 'headers.authorization', 'req.headers.authorization',
+  'privateKeyPem',
+  '*.privateKeyPem',
+  'private_key',
+  '*.private_key',
+  'token',
+  '*.token',
+  'authorization',
+  '*.authorization',
+  'headers.authorization',
+  'req.headers.authorization',
 ];
 
 export function createLogger(opts: { level?: string; name?: string } = {}): Logger {

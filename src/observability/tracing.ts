@@ -51,7 +51,10 @@ export async function startTracing(logger: Logger, env: NodeJS.ProcessEnv = proc
   const { NodeSDK } = await import('@opentelemetry/sdk-node');
   const sdk = new NodeSDK({ instrumentations: [] });
   sdk.start();
-  logger.info({ exporter: env.OTEL_TRACES_EXPORTER, endpoint: env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT ?? env.OTEL_EXPORTER_OTLP_ENDPOINT, service: env.OTEL_SERVICE_NAME }, 'OpenTelemetry tracing on');
+  logger.info(
+    { exporter: env.OTEL_TRACES_EXPORTER, endpoint: env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT ?? env.OTEL_EXPORTER_OTLP_ENDPOINT, service: env.OTEL_SERVICE_NAME },
+    'OpenTelemetry tracing on',
+  );
   running = {
     stop: async () => {
       running = undefined;
@@ -70,7 +73,12 @@ function fail(span: Span, e: unknown): void {
  * Runs `fn` in a span. `parentHeaders`: HTTP headers carrying a W3C trace context (e.g. the
  * request ext_authz checks) to continue; otherwise the active context is the parent.
  */
-export async function withSpan<T>(name: string, attributes: SpanAttributes, fn: (span: Span) => Promise<T>, parentHeaders?: Record<string, string>): Promise<T> {
+export async function withSpan<T>(
+  name: string,
+  attributes: SpanAttributes,
+  fn: (span: Span) => Promise<T>,
+  parentHeaders?: Record<string, string>,
+): Promise<T> {
   if (!running) return fn(NO_SPAN);
   const parent = parentHeaders ? propagation.extract(context.active(), parentHeaders) : context.active();
   return tracer().startActiveSpan(name, { attributes: attrs(attributes) }, parent, async (span) => {

@@ -88,7 +88,10 @@ const CONTROL_PLANE_CLUSTER = {
   name: ALS_CLUSTER,
   type: 'STATIC',
   connect_timeout: { seconds: 1, nanos: 0 },
-  load_assignment: { cluster_name: ALS_CLUSTER, endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: '127.0.0.1', port_value: 18000 } } } }] }] },
+  load_assignment: {
+    cluster_name: ALS_CLUSTER,
+    endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: '127.0.0.1', port_value: 18000 } } } }] }],
+  },
   typed_extension_protocol_options: {
     'envoy.extensions.upstreams.http.v3.HttpProtocolOptions': {
       '@type': 'type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions',
@@ -123,7 +126,8 @@ export async function envoyVersion(bin: string): Promise<string> {
     throw new SignalboxError(ErrorCode.BAD_FLAG, `cannot run Envoy "${bin}": ${why} (give --envoy PATH or set SIGNALBOX_ENVOY_BIN)`);
   }
   const version = /version: [0-9a-f]+\/(\d+\.\d+\.\d+)/.exec(r.output)?.[1];
-  if (r.code !== 0 || !version) throw new SignalboxError(ErrorCode.BAD_FLAG, `"${bin}" does not look like Envoy: --version printed ${JSON.stringify(r.output.trim().slice(0, 200))}`);
+  if (r.code !== 0 || !version)
+    throw new SignalboxError(ErrorCode.BAD_FLAG, `"${bin}" does not look like Envoy: --version printed ${JSON.stringify(r.output.trim().slice(0, 200))}`);
   return version;
 }
 
@@ -198,7 +202,10 @@ async function throwawayIdentity(trustDomain: string): Promise<{ certificatePem:
     notBefore: new Date(now - 60_000),
     notAfter: new Date(now + 3_600_000),
     signingAlgorithm: { name: 'ECDSA', hash: 'SHA-256' },
-    extensions: [new x509.BasicConstraintsExtension(true, undefined, true), new x509.SubjectAlternativeNameExtension([{ type: 'url', value: `spiffe://${trustDomain}/preflight` }])],
+    extensions: [
+      new x509.BasicConstraintsExtension(true, undefined, true),
+      new x509.SubjectAlternativeNameExtension([{ type: 'url', value: `spiffe://${trustDomain}/preflight` }]),
+    ],
   });
   const der = await webcrypto.subtle.exportKey('pkcs8', keys.privateKey as unknown as webcrypto.CryptoKey);
   return { certificatePem: cert.toString('pem'), privateKeyPem: x509.PemConverter.encode(der, 'PRIVATE KEY') };
@@ -232,8 +239,17 @@ function groupParts(ir: IRProxyConfig, model: Model, store: EndpointStore, ident
   clusters.push({ json: CONTROL_PLANE_CLUSTER, what: `cluster "${ALS_CLUSTER}" (the control plane)` });
   const secrets: Part[] = ir.secrets.map((s) => ({ json: secretResource(s), source: s.source, what: `secret "${s.name}"` }));
   secrets.push(
-    { json: { name: IDENTITY_SECRET, tls_certificate: { certificate_chain: { inline_string: identity.certificatePem }, private_key: { inline_string: identity.privateKeyPem } } }, what: 'the proxy identity (test material)' },
-    { json: { name: TRUST_BUNDLE_SECRET, validation_context: { trusted_ca: { inline_string: identity.certificatePem } } }, what: 'the trust bundle (test material)' },
+    {
+      json: {
+        name: IDENTITY_SECRET,
+        tls_certificate: { certificate_chain: { inline_string: identity.certificatePem }, private_key: { inline_string: identity.privateKeyPem } },
+      },
+      what: 'the proxy identity (test material)',
+    },
+    {
+      json: { name: TRUST_BUNDLE_SECRET, validation_context: { trusted_ca: { inline_string: identity.certificatePem } } },
+      what: 'the trust bundle (test material)',
+    },
   );
   const gateway = /^gateway\/(.+)$/.exec(ir.group)?.[1];
   const sidecar = /^sidecar\/([^/]+)\//.exec(ir.group)?.[1];
@@ -364,7 +380,12 @@ class GroupChecker {
 }
 
 function all(parts: GroupParts): Selection {
-  return { routes: parts.routes.map((_, i) => i), listeners: parts.listeners.map((_, i) => i), clusters: parts.clusters.map((_, i) => i), secrets: parts.secrets.map((_, i) => i) };
+  return {
+    routes: parts.routes.map((_, i) => i),
+    listeners: parts.listeners.map((_, i) => i),
+    clusters: parts.clusters.map((_, i) => i),
+    secrets: parts.secrets.map((_, i) => i),
+  };
 }
 
 interface Culprit {
@@ -417,7 +438,8 @@ const PATH_SPECIFIERS = ['prefix', 'path', 'safe_regex', 'path_separated_prefix'
 /** Fields whose removal cannot be what fixes a part (they name it or point at what it serves). */
 const KEPT = new Set(['name', '@type', 'cluster', 'weighted_clusters', 'cluster_name', 'route_config_name']);
 
-const isDuration = (v: unknown): v is { seconds: number; nanos?: number } => !!v && typeof v === 'object' && !Array.isArray(v) && 'seconds' in v && Object.keys(v).every((k) => k === 'seconds' || k === 'nanos');
+const isDuration = (v: unknown): v is { seconds: number; nanos?: number } =>
+  !!v && typeof v === 'object' && !Array.isArray(v) && 'seconds' in v && Object.keys(v).every((k) => k === 'seconds' || k === 'nanos');
 
 function getAt(v: unknown, p: (string | number)[]): unknown {
   for (const k of p) v = (v as Record<string | number, unknown>)[k];
@@ -558,7 +580,14 @@ function ruleFallback(own: LoadedDoc, routeName: string, field: (string | number
  * `fallback` (its rule), then the rest of `own`, then the other documents; values Envoy quotes
  * in `message` first, then longer strings, then durations. Undefined when none holds any.
  */
-function locate(docs: LoadedDoc[], own: LoadedDoc | undefined, fallback: (string | number)[], value: unknown, message: string, onlyQuoted: boolean): Blame | undefined {
+function locate(
+  docs: LoadedDoc[],
+  own: LoadedDoc | undefined,
+  fallback: (string | number)[],
+  value: unknown,
+  message: string,
+  onlyQuoted: boolean,
+): Blame | undefined {
   const scopes: { doc: LoadedDoc; under: (string | number)[] }[] = [];
   if (own) {
     if (fallback.length) scopes.push({ doc: own, under: fallback.slice(0, 3) });
@@ -604,7 +633,13 @@ export function routeValueSource(
 
 // ---------------------------------------------------------------------------------------------
 
-async function checkGroup(parts: GroupParts, docs: LoadedDoc[], bin: string, dir: string, opts: Required<Pick<PreflightOptions, 'maxProblemsPerGroup' | 'maxRunsPerGroup'>>): Promise<{ report: GroupReport; errors: PreflightError[] }> {
+async function checkGroup(
+  parts: GroupParts,
+  docs: LoadedDoc[],
+  bin: string,
+  dir: string,
+  opts: Required<Pick<PreflightOptions, 'maxProblemsPerGroup' | 'maxRunsPerGroup'>>,
+): Promise<{ report: GroupReport; errors: PreflightError[] }> {
   const checker = new GroupChecker(parts, bin, dir, opts.maxRunsPerGroup);
   const t0 = performance.now();
   const errors: PreflightError[] = [];
@@ -617,7 +652,13 @@ async function checkGroup(parts: GroupParts, docs: LoadedDoc[], bin: string, dir
     if (!culprit) {
       // Not narrowed down (the run budget, or a refusal no part explains): the group's own document.
       const s = parts.source;
-      errors.push({ code: ENVOY_REJECTED, file: s?.file ?? parts.group, doc: s?.doc, message: `Envoy rejects the configuration of ${parts.group}: ${verdict.message}`, groups: [parts.group] });
+      errors.push({
+        code: ENVOY_REJECTED,
+        file: s?.file ?? parts.group,
+        doc: s?.doc,
+        message: `Envoy rejects the configuration of ${parts.group}: ${verdict.message}`,
+        groups: [parts.group],
+      });
       break;
     }
     // A value Envoy quotes (a regex, say) names the field at once; else Envoy is asked which field it is.
@@ -643,7 +684,10 @@ async function checkGroup(parts: GroupParts, docs: LoadedDoc[], bin: string, dir
     if (checker.exhausted) break;
     verdict = await checker.check(sel);
   }
-  return { report: { group: parts.group, ok, checkMs: Math.round(checker.firstMs), runs: checker.runs, ms: Math.round(performance.now() - t0), key: keyOf(parts) }, errors };
+  return {
+    report: { group: parts.group, ok, checkMs: Math.round(checker.firstMs), runs: checker.runs, ms: Math.round(performance.now() - t0), key: keyOf(parts) },
+    errors,
+  };
 }
 
 /** Checks every proxy group of a valid model with the Envoy binary `opts.envoy`. */
@@ -653,7 +697,11 @@ export async function preflightModel(model: Model, docs: LoadedDoc[], opts: Pref
   const store = new EndpointStore();
   for (const s of model.services.values()) store.set(s.name, staticInstances(s), 'static', { quiet: true });
   // As `signalbox serve` compiles by default: ext_authz over TLS, access logs to the control plane, tracing.
-  const irs = translate(model, sidecarGroupsOf(model), { authz: { ...DEFAULT_AUTHZ_ENDPOINT, tls: { serverId: serverSpiffeId(model.mesh.trustDomain, 'authz') } }, rateLimit: { ...DEFAULT_RATELIMIT_ENDPOINT, tls: { serverId: serverSpiffeId(model.mesh.trustDomain, 'ratelimit') } }, accessLog: { successSamplePercent: 100 } });
+  const irs = translate(model, sidecarGroupsOf(model), {
+    authz: { ...DEFAULT_AUTHZ_ENDPOINT, tls: { serverId: serverSpiffeId(model.mesh.trustDomain, 'authz') } },
+    rateLimit: { ...DEFAULT_RATELIMIT_ENDPOINT, tls: { serverId: serverSpiffeId(model.mesh.trustDomain, 'ratelimit') } },
+    accessLog: { successSamplePercent: 100 },
+  });
   const identity = await throwawayIdentity(model.mesh.trustDomain);
   const groups = [...irs.values()].map((ir) => groupParts(ir, model, store, identity));
   const dir = await mkdtemp(path.join(os.tmpdir(), 'signalbox-preflight-'));
@@ -760,14 +808,22 @@ export async function isolateRefusedRoute(bin: string, routeConfig: Record<strin
               '@type': HCM_TYPE,
               stat_prefix: 'nack_check',
               rds: { route_config_name: String(rc.name ?? ''), config_source: { ads: {} } },
-              http_filters: [{ name: 'envoy.filters.http.router', typed_config: { '@type': 'type.googleapis.com/envoy.extensions.filters.http.router.v3.Router' } }],
+              http_filters: [
+                { name: 'envoy.filters.http.router', typed_config: { '@type': 'type.googleapis.com/envoy.extensions.filters.http.router.v3.Router' } },
+              ],
             },
           },
         ],
       },
     ],
   };
-  const parts: GroupParts = { group: 'nack-check', listeners: [{ json: listener, routeConfig: rc, what: `route configuration "${String(rc.name ?? '')}"` }], routes, clusters: [], secrets: [] };
+  const parts: GroupParts = {
+    group: 'nack-check',
+    listeners: [{ json: listener, routeConfig: rc, what: `route configuration "${String(rc.name ?? '')}"` }],
+    routes,
+    clusters: [],
+    secrets: [],
+  };
   const dir = await mkdtemp(path.join(os.tmpdir(), 'signalbox-nack-'));
   const checker = new GroupChecker(parts, bin, dir, opts.maxRuns ?? 40, opts.runTimeoutMs ?? 10_000);
   const done = (r: Omit<RouteConfigCheck, 'runs' | 'ms'>): RouteConfigCheck => ({ ...r, runs: checker.runs, ms: Math.round(performance.now() - t0) });

@@ -10,7 +10,13 @@ export const AUTHZ_CLUSTER = 'signalbox.authz';
 export const EXT_AUTHZ_TIMEOUT_MS = 2_000;
 
 /** The service's plain-HTTP endpoints for the script (beside the gRPC Check on the same port). */
-export const FAST_PATH_HTTP = { check: '/signalbox.jwt/check/', report: '/signalbox.jwt/report/', countHeader: 'x-signalbox-allows', reports: '/signalbox.jwt/report', reportId: 'x-signalbox-report-id' } as const;
+export const FAST_PATH_HTTP = {
+  check: '/signalbox.jwt/check/',
+  report: '/signalbox.jwt/report/',
+  countHeader: 'x-signalbox-allows',
+  reports: '/signalbox.jwt/report',
+  reportId: 'x-signalbox-report-id',
+} as const;
 
 /** The compiled filter: Envoy loads lib<name>.so from ENVOY_DYNAMIC_MODULES_SEARCH_PATH. */
 export const JWT_MODULE = { name: 'signalbox_jwt_check', filter: 'jwt_check' } as const;

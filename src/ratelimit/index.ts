@@ -78,16 +78,30 @@ export async function startEmbeddedRateLimit(opts: EmbeddedRateLimitOptions): Pr
     service.connect();
     try {
       if (opts.tls && !certificate) {
-        certificate = await ServerCertificate.start({ ca: opts.tls.ca, trustDomain: opts.tls.trustDomain, server: 'ratelimit', bindAddress: opts.bindAddress, sans: [], logger });
+        certificate = await ServerCertificate.start({
+          ca: opts.tls.ca,
+          trustDomain: opts.tls.trustDomain,
+          server: 'ratelimit',
+          bindAddress: opts.bindAddress,
+          sans: [],
+          logger,
+        });
       }
       const tls = certificate && opts.tls ? { certificate, clientCaPem: opts.tls.ca.trustBundlePem } : undefined;
       port = await service.listen(where(wantPort), tls);
-      logger.info({ ratelimit: where(port), tls: tls !== undefined, redis: service.store.url }, tls ? 'rate-limit service listening (TLS; callers need a mesh certificate)' : 'rate-limit service listening in PLAIN TEXT (--xds-insecure)');
+      logger.info(
+        { ratelimit: where(port), tls: tls !== undefined, redis: service.store.url },
+        tls ? 'rate-limit service listening (TLS; callers need a mesh certificate)' : 'rate-limit service listening in PLAIN TEXT (--xds-insecure)',
+      );
       error = undefined;
     } catch (e) {
       const first = error === undefined;
       error = `the rate-limit service cannot listen on ${where(wantPort)}: ${(e as Error).message}`;
-      if (first) logger.error({ ratelimit: where(wantPort), reason: (e as Error).message }, 'rate-limit service could not listen; proxies answer global limits by their failureMode until it can (retrying)');
+      if (first)
+        logger.error(
+          { ratelimit: where(wantPort), reason: (e as Error).message },
+          'rate-limit service could not listen; proxies answer global limits by their failureMode until it can (retrying)',
+        );
       if (!closed && retryMs > 0) {
         clearTimeout(retry);
         retry = setTimeout(() => void start(), retryMs);
@@ -139,7 +153,10 @@ export async function startEmbeddedRateLimit(opts: EmbeddedRateLimitOptions): Pr
       if (policies.length === 0 || service.store.isUp) return [];
       const allow = policies.filter((p) => p.failureMode === 'allow').map((p) => p.policy);
       const deny = policies.filter((p) => p.failureMode === 'deny').map((p) => p.policy);
-      const parts = [allow.length ? `requests under ${allow.join(', ')} (failureMode allow) pass uncounted` : '', deny.length ? `requests under ${deny.join(', ')} (failureMode deny) get 503` : ''].filter(Boolean);
+      const parts = [
+        allow.length ? `requests under ${allow.join(', ')} (failureMode allow) pass uncounted` : '',
+        deny.length ? `requests under ${deny.join(', ')} (failureMode deny) get 503` : '',
+      ].filter(Boolean);
       return [`Redis (${service.store.url}) cannot be reached: global rate limits are not counted; ${parts.join('; ')}`];
     },
     close: async () => {

@@ -41,7 +41,8 @@ export class RateLimitMetrics {
       registers,
       collect: () => {
         this.decisions.reset();
-        for (const [policy, t] of this.decisionTally) for (const result of DECISION_RESULTS) if (t[result] > 0) this.decisions.inc({ policy, result }, t[result]);
+        for (const [policy, t] of this.decisionTally)
+          for (const result of DECISION_RESULTS) if (t[result] > 0) this.decisions.inc({ policy, result }, t[result]);
       },
     });
     this.calls = new client.Counter({
@@ -70,9 +71,23 @@ export class RateLimitMetrics {
       buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25],
       registers,
     });
-    this.redisErrors = new client.Counter({ name: 'signalbox_ratelimit_redis_errors_total', help: 'Redis commands that failed, by reason (timeout, connection, auth, server, other).', labelNames: ['reason'], registers });
-    this.redisUp = new client.Gauge({ name: 'signalbox_ratelimit_redis_up', help: '1 while the rate-limit service is connected to Redis, else 0 (global limits then answer by their failureMode).', registers });
-    this.failureMode = new client.Gauge({ name: 'signalbox_ratelimit_policy_failure_mode', help: 'One series per RateLimitPolicy with a global section: its failureMode (allow or deny) as a label, value 1.', labelNames: ['policy', 'failure_mode'], registers });
+    this.redisErrors = new client.Counter({
+      name: 'signalbox_ratelimit_redis_errors_total',
+      help: 'Redis commands that failed, by reason (timeout, connection, auth, server, other).',
+      labelNames: ['reason'],
+      registers,
+    });
+    this.redisUp = new client.Gauge({
+      name: 'signalbox_ratelimit_redis_up',
+      help: '1 while the rate-limit service is connected to Redis, else 0 (global limits then answer by their failureMode).',
+      registers,
+    });
+    this.failureMode = new client.Gauge({
+      name: 'signalbox_ratelimit_policy_failure_mode',
+      help: 'One series per RateLimitPolicy with a global section: its failureMode (allow or deny) as a label, value 1.',
+      labelNames: ['policy', 'failure_mode'],
+      registers,
+    });
   }
 
   /** One decision for one limit of `policy`. */

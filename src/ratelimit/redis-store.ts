@@ -132,7 +132,11 @@ export class RedisCounterStore {
     this.up = up;
     this.hooks.onUp?.(up);
     if (up) this.logger.info({ redis: this.url }, 'rate-limit service: Redis connected; global limits are counted');
-    else this.logger.warn({ redis: this.url, reason: this.lastError?.message }, 'rate-limit service: Redis unreachable; global limits answer by their failureMode until it is back');
+    else
+      this.logger.warn(
+        { redis: this.url, reason: this.lastError?.message },
+        'rate-limit service: Redis unreachable; global limits answer by their failureMode until it is back',
+      );
   }
 
   private noteError(e: Error): void {

@@ -87,7 +87,12 @@ export interface PolicyDecisions {
   failureDenied: number;
 }
 
-const DECISION_FIELD: Record<DecisionResult, keyof PolicyDecisions> = { allowed: 'allowed', limited: 'limited', failure_allowed: 'failureAllowed', failure_denied: 'failureDenied' };
+const DECISION_FIELD: Record<DecisionResult, keyof PolicyDecisions> = {
+  allowed: 'allowed',
+  limited: 'limited',
+  failure_allowed: 'failureAllowed',
+  failure_denied: 'failureDenied',
+};
 
 export interface RateLimitServiceOptions {
   logger: Logger;
@@ -149,8 +154,16 @@ export class RateLimitService {
   }
 
   /** The policies' failure modes, limits and decisions so far, for /api/status and the dashboard. */
-  policies(): { policy: string; failureMode: 'allow' | 'deny'; limits: { id: string; requests: number; per: string; by: string }[]; decisions: PolicyDecisions }[] {
-    const byPolicy = new Map<string, { policy: string; failureMode: 'allow' | 'deny'; limits: { id: string; requests: number; per: string; by: string }[]; decisions: PolicyDecisions }>();
+  policies(): {
+    policy: string;
+    failureMode: 'allow' | 'deny';
+    limits: { id: string; requests: number; per: string; by: string }[];
+    decisions: PolicyDecisions;
+  }[] {
+    const byPolicy = new Map<
+      string,
+      { policy: string; failureMode: 'allow' | 'deny'; limits: { id: string; requests: number; per: string; by: string }[]; decisions: PolicyDecisions }
+    >();
     for (const l of this.limits.values()) {
       let p = byPolicy.get(l.policy);
       const decisions = { allowed: 0, limited: 0, failureAllowed: 0, failureDenied: 0, ...this.decisions.get(l.policy) };
@@ -198,7 +211,8 @@ export class RateLimitService {
    * has counted.
    */
   private decide(request: RequestShape): RateLimitAnswer | Promise<RateLimitAnswer> {
-    if ((request.domain ?? '') !== RATELIMIT_DOMAIN) throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, `unknown domain "${String(request.domain).slice(0, 100)}" (this service answers "${RATELIMIT_DOMAIN}")`);
+    if ((request.domain ?? '') !== RATELIMIT_DOMAIN)
+      throw new GrpcError(GrpcStatus.INVALID_ARGUMENT, `unknown domain "${String(request.domain).slice(0, 100)}" (this service answers "${RATELIMIT_DOMAIN}")`);
     const hits = Math.min(Math.max(1, Math.floor(Number(request.hits_addend) || 0)), 1_000_000);
     const now = this.now();
     const descriptors = request.descriptors ?? [];
@@ -268,7 +282,12 @@ export class RateLimitService {
   }
 
   private status(l: LimitEntry, code: 'OK' | 'OVER_LIMIT', remaining: number, resetMs: number): DescriptorStatus {
-    return { code, current_limit: { name: l.policy, requests_per_unit: l.requests, unit: UNIT[l.unit] }, limit_remaining: remaining, duration_until_reset: durationOf(resetMs) };
+    return {
+      code,
+      current_limit: { name: l.policy, requests_per_unit: l.requests, unit: UNIT[l.unit] },
+      limit_remaining: remaining,
+      duration_until_reset: durationOf(resetMs),
+    };
   }
 
   private answer(statuses: DescriptorStatus[], over: { limit: LimitEntry; resetMs: number }[]): RateLimitAnswer {
@@ -336,11 +355,17 @@ export class RateLimitService {
     const server = new UnaryGrpcServer([{ path: SHOULD_RATE_LIMIT_PATH, handle: (bytes) => this.handle(bytes) }], {
       onError: (e) => this.opts.logger.error({ err: { message: e.message } }, 'rate-limit service: ShouldRateLimit failed'),
       tls: tls ? material() : undefined,
-      onTlsError: (e, remote) => this.opts.logger.debug({ peer: remote, reason: e.message }, 'rate-limit service: TLS handshake refused (a caller needs a certificate from the mesh CA)'),
+      onTlsError: (e, remote) =>
+        this.opts.logger.debug(
+          { peer: remote, reason: e.message },
+          'rate-limit service: TLS handshake refused (a caller needs a certificate from the mesh CA)',
+        ),
     });
     const port = await server.listen(m[1]!, Number(m[2]));
     if (tls && !hasSelfSignedRoot(tls.clientCaPem)) {
-      this.opts.logger.warn('the mesh trust bundle holds no root (self-signed) certificate: the rate-limit service cannot verify proxy certificates; add the root with --ca-bundle');
+      this.opts.logger.warn(
+        'the mesh trust bundle holds no root (self-signed) certificate: the rate-limit service cannot verify proxy certificates; add the root with --ca-bundle',
+      );
     }
     if (tls) {
       const follow = () => server.setSecureContext(material());

@@ -42,7 +42,10 @@ export class ConsulKv {
     const base = new URL(conn.baseUrl);
     const opts = { keepAlive: true, maxSockets: Infinity };
     const t = conn.tls;
-    this.agent = base.protocol === 'https:' ? new https.Agent({ ...opts, ca: t?.ca, cert: t?.cert, key: t?.key, servername: t?.serverName, rejectUnauthorized: t?.rejectUnauthorized ?? true }) : new http.Agent(opts);
+    this.agent =
+      base.protocol === 'https:'
+        ? new https.Agent({ ...opts, ca: t?.ca, cert: t?.cert, key: t?.key, servername: t?.serverName, rejectUnauthorized: t?.rejectUnauthorized ?? true })
+        : new http.Agent(opts);
     const defaults: Record<string, string> = {};
     if (conn.token) defaults.token = conn.token;
     if (conn.datacenter) defaults.dc = conn.datacenter;

@@ -19,14 +19,22 @@ export const KEY_CHECK_RECORD = 'state-key';
  * and a replica whose key does not open it stops here, so a wrong key never makes a record of
  * its own. A wrong address or token stops the start with a message here too.
  */
-export async function openSharedState(opts: { consulAddr: string; datacenter?: string; prefix: string; keyFile?: string; logger?: StateLog; env?: NodeJS.ProcessEnv }): Promise<SharedState> {
+export async function openSharedState(opts: {
+  consulAddr: string;
+  datacenter?: string;
+  prefix: string;
+  keyFile?: string;
+  logger?: StateLog;
+  env?: NodeJS.ProcessEnv;
+}): Promise<SharedState> {
   const env = opts.env ?? process.env;
   const key = StateKey.load(opts.keyFile, env);
   const conn = consulConnectionFromEnv(opts.consulAddr, opts.datacenter, env);
   const shared = new SharedState({ conn, prefix: opts.prefix, key, logger: opts.logger });
   try {
     const { data } = await shared.readOrCreate(KEY_CHECK_RECORD, async () => ({ check: 'signalbox shared state', keyId: key.id }), ['check']);
-    if (data.check !== 'signalbox shared state') throw new SignalboxError(ErrorCode.STATE, `${shared.keyOf(KEY_CHECK_RECORD)} in Consul KV does not hold the expected text`);
+    if (data.check !== 'signalbox shared state')
+      throw new SignalboxError(ErrorCode.STATE, `${shared.keyOf(KEY_CHECK_RECORD)} in Consul KV does not hold the expected text`);
   } catch (e) {
     shared.close();
     throw e;

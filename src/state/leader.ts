@@ -128,7 +128,8 @@ export class Leadership extends EventEmitter<{ change: [leading: boolean] }> {
     const session = this.session;
     this.session = undefined;
     if (!session) return;
-    if (this.leading) await this.shared.kv.release(this.key, JSON.stringify({ replica: this.replicaId, released: new Date().toISOString() }), session).catch(() => undefined);
+    if (this.leading)
+      await this.shared.kv.release(this.key, JSON.stringify({ replica: this.replicaId, released: new Date().toISOString() }), session).catch(() => undefined);
     this.set(false);
     await this.shared.kv.destroySession(session).catch(() => undefined);
   }

@@ -26,7 +26,11 @@ export class StateKey {
     if (/^[0-9a-fA-F]{64}$/.test(t)) key = Buffer.from(t, 'hex');
     else if (/^[A-Za-z0-9+/]{43}=$/.test(t)) key = Buffer.from(t, 'base64');
     // Never echo the value: a near-miss could still be most of a real key.
-    if (key?.length !== 32) throw new SignalboxError(ErrorCode.BAD_FLAG, `${origin} must hold a 256-bit key as 64 hex digits or 44 base64 characters (make one with: openssl rand -base64 32); it holds something else (${t.length} characters)`);
+    if (key?.length !== 32)
+      throw new SignalboxError(
+        ErrorCode.BAD_FLAG,
+        `${origin} must hold a 256-bit key as 64 hex digits or 44 base64 characters (make one with: openssl rand -base64 32); it holds something else (${t.length} characters)`,
+      );
     const id = createHash('sha256').update('signalbox-state-key\0').update(key).digest('hex').slice(0, 16);
     return new StateKey(key, id);
   }
@@ -38,12 +42,18 @@ export class StateKey {
       try {
         text = readFileSync(file, 'utf8');
       } catch (e) {
-        throw new SignalboxError(ErrorCode.BAD_FLAG, `cannot read the state key file ${file} (--state-key-file): ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
+        throw new SignalboxError(
+          ErrorCode.BAD_FLAG,
+          `cannot read the state key file ${file} (--state-key-file): ${(e as NodeJS.ErrnoException).code ?? 'error'}`,
+        );
       }
       return StateKey.parse(text, `the state key file ${file}`);
     }
     if (env.SIGNALBOX_STATE_KEY) return StateKey.parse(env.SIGNALBOX_STATE_KEY, 'SIGNALBOX_STATE_KEY');
-    throw new SignalboxError(ErrorCode.BAD_FLAG, '--state consul needs the key that encrypts private keys in Consul: give --state-key-file FILE (SIGNALBOX_STATE_KEY_FILE) or SIGNALBOX_STATE_KEY (32 random bytes, e.g. openssl rand -base64 32); every replica needs the same key');
+    throw new SignalboxError(
+      ErrorCode.BAD_FLAG,
+      '--state consul needs the key that encrypts private keys in Consul: give --state-key-file FILE (SIGNALBOX_STATE_KEY_FILE) or SIGNALBOX_STATE_KEY (32 random bytes, e.g. openssl rand -base64 32); every replica needs the same key',
+    );
   }
 
   /** Seals `plain` for the place `where` (e.g. "ca/key"). The result is printable text. */
@@ -61,9 +71,17 @@ export class StateKey {
    */
   open(sealed: string, where: string, label = where): string {
     const parts = sealed.split(':');
-    if (parts.length !== 4 || parts[0] !== PREFIX) throw new SignalboxError(ErrorCode.STATE, `the shared state value ${label} is not a sealed value (${PREFIX}): it was written by something else or damaged`);
+    if (parts.length !== 4 || parts[0] !== PREFIX)
+      throw new SignalboxError(
+        ErrorCode.STATE,
+        `the shared state value ${label} is not a sealed value (${PREFIX}): it was written by something else or damaged`,
+      );
     const [, id, ivText, ctText] = parts as [string, string, string, string];
-    if (id !== this.id) throw new SignalboxError(ErrorCode.STATE, `the shared state value ${label} was encrypted with another state key (key id ${id.slice(0, 16)}; the key given has id ${this.id}): give every replica the same --state-key-file / SIGNALBOX_STATE_KEY`);
+    if (id !== this.id)
+      throw new SignalboxError(
+        ErrorCode.STATE,
+        `the shared state value ${label} was encrypted with another state key (key id ${id.slice(0, 16)}; the key given has id ${this.id}): give every replica the same --state-key-file / SIGNALBOX_STATE_KEY`,
+      );
     const iv = Buffer.from(ivText, 'base64');
     const ct = Buffer.from(ctText, 'base64');
     if (iv.length !== IV_BYTES || ct.length < TAG_BYTES) throw new SignalboxError(ErrorCode.STATE, `the shared state value ${label} is damaged (cut short)`);
@@ -73,7 +91,10 @@ export class StateKey {
       d.setAuthTag(ct.subarray(ct.length - TAG_BYTES));
       return Buffer.concat([d.update(ct.subarray(0, ct.length - TAG_BYTES)), d.final()]).toString('utf8');
     } catch {
-      throw new SignalboxError(ErrorCode.STATE, `the shared state value ${label} does not decrypt with the state key (key id ${this.id}): it was altered or copied from another place; restore it from a backup`);
+      throw new SignalboxError(
+        ErrorCode.STATE,
+        `the shared state value ${label} does not decrypt with the state key (key id ${this.id}): it was altered or copied from another place; restore it from a backup`,
+      );
     }
   }
 }

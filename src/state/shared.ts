@@ -27,7 +27,11 @@ const CAS_TRIES = 20;
 
 export function checkStatePrefix(prefix: string): string {
   const p = prefix.replace(/^\/+|\/+$/g, '');
-  if (!PREFIX_FORM.test(p) || p.split('/').some((s) => s === '.' || s === '..')) throw new SignalboxError(ErrorCode.BAD_FLAG, `--state-prefix must be a Consul KV path such as "signalbox" or "mesh/prod/signalbox" (letters, digits, ".", "_", "-", "/"), got "${prefix.slice(0, 100)}"`);
+  if (!PREFIX_FORM.test(p) || p.split('/').some((s) => s === '.' || s === '..'))
+    throw new SignalboxError(
+      ErrorCode.BAD_FLAG,
+      `--state-prefix must be a Consul KV path such as "signalbox" or "mesh/prod/signalbox" (letters, digits, ".", "_", "-", "/"), got "${prefix.slice(0, 100)}"`,
+    );
   return p;
 }
 
@@ -75,9 +79,13 @@ export class SharedState {
     try {
       s = JSON.parse(value) as Stored;
     } catch {
-      throw new SignalboxError(ErrorCode.STATE, `${this.keyOf(name)} in Consul KV is not JSON: it was written by something else or damaged; restore it from a backup`);
+      throw new SignalboxError(
+        ErrorCode.STATE,
+        `${this.keyOf(name)} in Consul KV is not JSON: it was written by something else or damaged; restore it from a backup`,
+      );
     }
-    if (s?.v !== 1 || typeof s.data !== 'object' || s.data === null || !Array.isArray(s.sealed)) throw new SignalboxError(ErrorCode.STATE, `${this.keyOf(name)} in Consul KV is not a Signalbox state record (version 1)`);
+    if (s?.v !== 1 || typeof s.data !== 'object' || s.data === null || !Array.isArray(s.sealed))
+      throw new SignalboxError(ErrorCode.STATE, `${this.keyOf(name)} in Consul KV is not a Signalbox state record (version 1)`);
     const data: RecordData = { ...s.data };
     for (const f of s.sealed) {
       if (typeof data[f] !== 'string') throw new SignalboxError(ErrorCode.STATE, `${this.keyOf(name)} in Consul KV: the sealed field ${f} is missing`);
@@ -115,7 +123,11 @@ export class SharedState {
       if (have) return { data: have.data, created: false };
       if (this.leadership && !this.leadership.isLeader) {
         // A follower: the leader makes it. Wait on the key (a blocking query answers when it is written).
-        if (Date.now() > deadline) throw new SignalboxError(ErrorCode.STATE, `${this.keyOf(name)} is still missing in Consul KV after ${Math.round(this.followerWaitMs / 1000)} s and this replica does not lead: is another replica's start stuck? (the leader is named in ${this.keyOf('leader')})`);
+        if (Date.now() > deadline)
+          throw new SignalboxError(
+            ErrorCode.STATE,
+            `${this.keyOf(name)} is still missing in Consul KV after ${Math.round(this.followerWaitMs / 1000)} s and this replica does not lead: is another replica's start stuck? (the leader is named in ${this.keyOf('leader')})`,
+          );
         if (!told) this.logger?.info({ key: this.keyOf(name) }, 'waiting for the leader to create shared state');
         told = true;
         const { index } = await this.kv.get(this.keyOf(name));
@@ -179,7 +191,11 @@ export class SharedState {
           onChange(data);
         } catch (e) {
           if (ac.signal.aborted) break;
-          if (!down) this.logger?.warn({ key: this.keyOf(name), err: (e as Error).message }, 'cannot follow shared state in Consul; keeping what was read last and retrying');
+          if (!down)
+            this.logger?.warn(
+              { key: this.keyOf(name), err: (e as Error).message },
+              'cannot follow shared state in Consul; keeping what was read last and retrying',
+            );
           down = true;
           index = 0;
           await new Promise((r) => setTimeout(r, backoff).unref());

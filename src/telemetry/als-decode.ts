@@ -282,4 +282,14 @@ export function decodeAccessLogMessage(bytes: Uint8Array): DecodedMessage {
 
 /** Flags whose requests proxies always report (the bits of ALWAYS_LOGGED_FLAGS in src/protocol/access-log.ts). */
 export const ALWAYS_LOGGED_MASK =
-  Flag.Overflow | Flag.RemoteReset | Flag.ConnectionTermination | Flag.ConnectionFailure | Flag.LocalReset | Flag.NoRoute | Flag.RateLimited | Flag.Unauthorized | Flag.Timeout | Flag.NoHealthyUpstream | Flag.RetryLimitExceeded;
+  Flag.Overflow |
+  Flag.RemoteReset |
+  Flag.ConnectionTermination |
+  Flag.ConnectionFailure |
+  Flag.LocalReset |
+  Flag.NoRoute |
+  Flag.RateLimited |
+  Flag.Unauthorized |
+  Flag.Timeout |
+  Flag.NoHealthyUpstream |
+  Flag.RetryLimitExceeded;

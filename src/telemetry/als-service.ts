@@ -50,9 +50,23 @@ export interface AlsMetrics {
 export function alsMetrics(registry: client.Registry): AlsMetrics {
   return {
     streams: new client.Gauge({ name: 'signalbox_access_log_streams', help: 'Access log streams (gRPC ALS) open now.', registers: [registry] }),
-    entries: new client.Counter({ name: 'signalbox_access_log_entries_total', help: 'Access log entries received, by result (recorded, unknown_proxy, tcp).', labelNames: ['result'], registers: [registry] }),
-    messages: new client.Counter({ name: 'signalbox_access_log_messages_total', help: 'Access log stream messages received, by result (ok, undecodable).', labelNames: ['result'], registers: [registry] }),
-    processSeconds: new client.Counter({ name: 'signalbox_access_log_process_seconds_total', help: 'Time the event loop spent decoding and aggregating access logs (the cost of traffic reporting).', registers: [registry] }),
+    entries: new client.Counter({
+      name: 'signalbox_access_log_entries_total',
+      help: 'Access log entries received, by result (recorded, unknown_proxy, tcp).',
+      labelNames: ['result'],
+      registers: [registry],
+    }),
+    messages: new client.Counter({
+      name: 'signalbox_access_log_messages_total',
+      help: 'Access log stream messages received, by result (ok, undecodable).',
+      labelNames: ['result'],
+      registers: [registry],
+    }),
+    processSeconds: new client.Counter({
+      name: 'signalbox_access_log_process_seconds_total',
+      help: 'Time the event loop spent decoding and aggregating access logs (the cost of traffic reporting).',
+      registers: [registry],
+    }),
   };
 }
 
@@ -75,7 +89,8 @@ export class AccessLogService {
 
   implementation(): grpc.UntypedServiceImplementation {
     return {
-      StreamAccessLogs: (call: grpc.ServerReadableStream<DecodedMessage | Undecodable, unknown>, callback: grpc.sendUnaryData<unknown>) => this.handle(call, callback),
+      StreamAccessLogs: (call: grpc.ServerReadableStream<DecodedMessage | Undecodable, unknown>, callback: grpc.sendUnaryData<unknown>) =>
+        this.handle(call, callback),
     };
   }
 
@@ -99,7 +114,13 @@ export class AccessLogService {
       if (msg instanceof Undecodable) {
         metrics?.messages.inc({ result: 'undecodable' });
         logger.warn({ peer: call.getPeer(), proxy: nodeId || undefined }, `access log stream closed: message does not decode: ${msg.message}`);
-        finish({ name: 'Error', message: 'undecodable StreamAccessLogsMessage', code: grpc.status.INVALID_ARGUMENT, details: msg.message, metadata: new grpc.Metadata() });
+        finish({
+          name: 'Error',
+          message: 'undecodable StreamAccessLogsMessage',
+          code: grpc.status.INVALID_ARGUMENT,
+          details: msg.message,
+          metadata: new grpc.Metadata(),
+        });
         return;
       }
       const t0 = performance.now();

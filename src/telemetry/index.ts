@@ -61,7 +61,10 @@ export function attachTelemetry(opts: {
       return p ? { id: p.node.id, role: p.node.role, name: p.node.name, group: p.node.group } : undefined;
     },
   });
-  opts.addService(alsDefinition((s) => metrics.processSeconds.inc(s)), service.implementation());
+  opts.addService(
+    alsDefinition((s) => metrics.processSeconds.inc(s)),
+    service.implementation(),
+  );
   const sweep = setInterval(() => store.sweep(), 60_000);
   sweep.unref();
   return {

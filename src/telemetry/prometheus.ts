@@ -77,44 +77,62 @@ export function registerMeshMetrics(registry: client.Registry, store: TrafficSto
   const reg = (m: ReturnType<typeof metric>) => registry.registerMetric(m as unknown as client.Metric);
   reg(
     metric('signalbox_mesh_requests_total', 'Requests to each Service reported by the proxies (access logs), by status class.', 'counter', () =>
-      capped(store.services.values(), PROM_CAPS.services).flatMap((g) => CLASSES.map(([cls, i]) => ({ labels: { service: g.label, code_class: cls }, value: Math.round(g.totals[i]!) }))),
+      capped(store.services.values(), PROM_CAPS.services).flatMap((g) =>
+        CLASSES.map(([cls, i]) => ({ labels: { service: g.label, code_class: cls }, value: Math.round(g.totals[i]!) })),
+      ),
     ),
   );
   reg(
-    metric('signalbox_mesh_events_total', 'Retries, rate-limited (429), authz denials (401/403), circuit-breaker overflows (UO) and upstream resets (UR/UC) per Service.', 'counter', () =>
-      capped(store.services.values(), PROM_CAPS.services).flatMap((g) => EVENTS.map(([kind, i]) => ({ labels: { service: g.label, kind }, value: Math.round(g.totals[i]!) }))),
+    metric(
+      'signalbox_mesh_events_total',
+      'Retries, rate-limited (429), authz denials (401/403), circuit-breaker overflows (UO) and upstream resets (UR/UC) per Service.',
+      'counter',
+      () =>
+        capped(store.services.values(), PROM_CAPS.services).flatMap((g) =>
+          EVENTS.map(([kind, i]) => ({ labels: { service: g.label, kind }, value: Math.round(g.totals[i]!) })),
+        ),
     ),
   );
   reg(
     metric('signalbox_mesh_request_duration_seconds', 'Request duration per Service as its callers saw it.', 'histogram', () => {
       const values: Value[] = [];
-      for (const g of capped(store.services.values(), PROM_CAPS.services)) histogram(values, 'signalbox_mesh_request_duration_seconds', { service: g.label }, g);
+      for (const g of capped(store.services.values(), PROM_CAPS.services))
+        histogram(values, 'signalbox_mesh_request_duration_seconds', { service: g.label }, g);
       return values;
     }),
   );
   reg(
     metric('signalbox_mesh_route_requests_total', 'Requests per route (HTTPRoute/rule/match-N), by status class.', 'counter', () =>
-      capped(store.routes.values(), PROM_CAPS.routes).flatMap((g) => CLASSES.map(([cls, i]) => ({ labels: { route: g.label, code_class: cls }, value: Math.round(g.totals[i]!) }))),
+      capped(store.routes.values(), PROM_CAPS.routes).flatMap((g) =>
+        CLASSES.map(([cls, i]) => ({ labels: { route: g.label, code_class: cls }, value: Math.round(g.totals[i]!) })),
+      ),
     ),
   );
   reg(
     metric('signalbox_mesh_route_events_total', 'Retries, rate-limited, authz denials, overflows and resets per route.', 'counter', () =>
-      capped(store.routes.values(), PROM_CAPS.routes).flatMap((g) => EVENTS.map(([kind, i]) => ({ labels: { route: g.label, kind }, value: Math.round(g.totals[i]!) }))),
+      capped(store.routes.values(), PROM_CAPS.routes).flatMap((g) =>
+        EVENTS.map(([kind, i]) => ({ labels: { route: g.label, kind }, value: Math.round(g.totals[i]!) })),
+      ),
     ),
   );
   reg(
     metric('signalbox_mesh_route_request_duration_seconds', 'Request duration per route.', 'histogram', () => {
       const values: Value[] = [];
-      for (const g of capped(store.routes.values(), PROM_CAPS.routes)) histogram(values, 'signalbox_mesh_route_request_duration_seconds', { route: g.label }, g);
+      for (const g of capped(store.routes.values(), PROM_CAPS.routes))
+        histogram(values, 'signalbox_mesh_route_request_duration_seconds', { route: g.label }, g);
       return values;
     }),
   );
   reg(
-    metric('signalbox_mesh_edge_requests_total', 'Requests along each edge of the mesh map (clients, gateway/NAME, service/NAME -> service/NAME).', 'counter', () =>
-      capped(store.edges.values(), PROM_CAPS.edges).map((g) => {
-        const [source = '', destination = ''] = g.label === '(other)' ? ['(other)', '(other)'] : g.label.split('>');
-        return { labels: { source, destination }, value: Math.round(g.totals[F.requests]!) };
-      }),
+    metric(
+      'signalbox_mesh_edge_requests_total',
+      'Requests along each edge of the mesh map (clients, gateway/NAME, service/NAME -> service/NAME).',
+      'counter',
+      () =>
+        capped(store.edges.values(), PROM_CAPS.edges).map((g) => {
+          const [source = '', destination = ''] = g.label === '(other)' ? ['(other)', '(other)'] : g.label.split('>');
+          return { labels: { source, destination }, value: Math.round(g.totals[F.requests]!) };
+        }),
     ),
   );
 }

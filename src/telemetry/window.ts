@@ -76,7 +76,10 @@ export class Series {
   private readonly histSlice = new Float64Array(HIST_SLICES).fill(-1);
   lastSeen = 0;
 
-  constructor(readonly key: string, readonly withLatency = true) {}
+  constructor(
+    readonly key: string,
+    readonly withLatency = true,
+  ) {}
 
   add(s: Sample, nowMs: number): void {
     const sec = Math.floor(nowMs / 1000);
@@ -175,7 +178,11 @@ export class SeriesSet {
   private readonly map = new Map<string, Series>();
   overflowed = 0;
 
-  constructor(readonly max: number, readonly withLatency = true, readonly overflowKey = '(other)') {}
+  constructor(
+    readonly max: number,
+    readonly withLatency = true,
+    readonly overflowKey = '(other)',
+  ) {}
 
   get(key: string): Series {
     let s = this.map.get(key);

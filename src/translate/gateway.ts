@@ -161,7 +161,11 @@ export function translateGroup(model: Model, key: GroupKey, opts: TranslateOptio
   const gateway = key.kind === 'gateway' ? model.gateways.get(key.gateway) : undefined;
   const ir = key.kind === 'sidecar' ? translateSidecar(model, key) : gateway ? translateGateway(model, gateway) : undefined;
   if (!ir) return undefined;
-  const checked = applyJwtPolicies(model, applyGlobalRateLimits(model, applyPolicies(model, ir), opts.rateLimit), key.jwtModule ? { ...jwt, fastPathModule: true } : jwt);
+  const checked = applyJwtPolicies(
+    model,
+    applyGlobalRateLimits(model, applyPolicies(model, ir), opts.rateLimit),
+    key.jwtModule ? { ...jwt, fastPathModule: true } : jwt,
+  );
   const traced = withMeshTracing(model, checked);
   const logged = accessLog ? { ...traced, listeners: traced.listeners.map((l) => ({ ...l, accessLog })) } : traced;
   return key.jwtModule ? { ...logged, group: formatGroup(key), key } : logged;
@@ -184,5 +188,7 @@ export function groupSources(model: Model, key: GroupKey): SourceRef[] {
     for (const r of model.routes) if (r.spec.parentRefs.some((p) => p.kind === 'Service')) out.push(r.source);
   }
   const seen = new Set<string>();
-  return out.filter((s) => !seen.has(`${s.file}#${s.doc}`) && !!seen.add(`${s.file}#${s.doc}`)).sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : a.doc - b.doc));
+  return out
+    .filter((s) => !seen.has(`${s.file}#${s.doc}`) && !!seen.add(`${s.file}#${s.doc}`))
+    .sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : a.doc - b.doc));
 }

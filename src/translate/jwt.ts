@@ -26,7 +26,6 @@ export const AUTHZ_SERVER_ID = serverSpiffeId(BUILTIN_DEFAULTS.trustDomain, 'aut
 /** What `signalbox serve` gives proxies by default (TLS); `signalbox compile` shows this. */
 export const DEFAULT_AUTHZ_ENDPOINT: AuthzEndpoint = { address: '127.0.0.1', port: 18002, tls: { serverId: AUTHZ_SERVER_ID } };
 
-
 /** Request headers the policies read their tokens from (cookie when any reads a cookie). */
 function headersOf(jwt: JwtModel, names: Iterable<string>): string[] {
   const out = new Set<string>();
@@ -61,7 +60,10 @@ export interface JwtTranslateOptions {
 export function fastPathOf(p: JwtPolicyModel, keys: readonly JWK[] | undefined): IRJwtFastCheck | { reason: string } {
   const only = p.from.length === 1 ? p.from[0]! : undefined;
   if (!only || !('header' in only)) return { reason: 'the token may come from a cookie, a query parameter or several places' };
-  const version = createHash('sha256').update(`${policySettingsKey(p)}\n${JSON.stringify(keys ?? null)}`).digest('hex').slice(0, 16);
+  const version = createHash('sha256')
+    .update(`${policySettingsKey(p)}\n${JSON.stringify(keys ?? null)}`)
+    .digest('hex')
+    .slice(0, 16);
   return { policy: p.name, header: only.header, version };
 }
 
@@ -127,7 +129,8 @@ function applyJwtPoliciesToRoutes(model: Model, ir: IRProxyConfig, opts: JwtTran
         const f = fastPath(policies[0]!);
         if ('reason' in f) return viaService(r, policies, f.reason);
         const rematched = jwt.policies.get(f.policy)!.forwardClaims.find((x) => matched.has(x.header));
-        if (rematched) return viaService(r, policies, `a route of this listener matches on header "${rematched.header}", which the policy forwards a claim into`);
+        if (rematched)
+          return viaService(r, policies, `a route of this listener matches on header "${rematched.header}", which the policy forwards a claim into`);
         return { ...r, jwt: { policies, fast: f } };
       }),
     }));

@@ -53,7 +53,12 @@ export function applyPolicies(model: Model, ir: IRProxyConfig): IRProxyConfig {
     // A rule's own limit beats the route's; an unnamed rule has no limit of its own.
     const rule = r.key.kind === 'rule' ? r.key : undefined;
     const section = rule && ruleName(rule.rule);
-    const rl = rule ? irRateLimit((section !== undefined ? policies.rateLimits.get(rateLimitKey('HTTPRoute', rule.httpRoute, section)) : undefined) ?? policies.rateLimits.get(rateLimitKey('HTTPRoute', rule.httpRoute))) : undefined;
+    const rl = rule
+      ? irRateLimit(
+          (section !== undefined ? policies.rateLimits.get(rateLimitKey('HTTPRoute', rule.httpRoute, section)) : undefined) ??
+            policies.rateLimits.get(rateLimitKey('HTTPRoute', rule.httpRoute)),
+        )
+      : undefined;
     if (rl) out = { ...out, rateLimit: rl };
     return out;
   };

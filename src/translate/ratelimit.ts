@@ -23,7 +23,6 @@ export { DEFAULT_RATELIMIT_PORT, type RateLimitEndpoint };
 
 export const RATELIMIT_SERVER_ID = serverSpiffeId(BUILTIN_DEFAULTS.trustDomain, 'ratelimit');
 
-
 /** What `signalbox serve` gives proxies by default (TLS); `signalbox compile` shows this. */
 export const DEFAULT_RATELIMIT_ENDPOINT: RateLimitEndpoint = { address: '127.0.0.1', port: DEFAULT_RATELIMIT_PORT, tls: { serverId: RATELIMIT_SERVER_ID } };
 
@@ -60,7 +59,10 @@ export function applyGlobalRateLimits(model: Model, ir: IRProxyConfig, endpoint:
   const routeLimit = (r: IRRoute): IRGlobalRateLimit | undefined => {
     if (r.key.kind !== 'rule') return undefined;
     const section = ruleName(r.key.rule);
-    return irGlobal((section !== undefined ? global.get(rateLimitKey('HTTPRoute', r.key.httpRoute, section)) : undefined) ?? global.get(rateLimitKey('HTTPRoute', r.key.httpRoute)));
+    return irGlobal(
+      (section !== undefined ? global.get(rateLimitKey('HTTPRoute', r.key.httpRoute, section)) : undefined) ??
+        global.get(rateLimitKey('HTTPRoute', r.key.httpRoute)),
+    );
   };
 
   let any = false;

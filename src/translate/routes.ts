@@ -101,8 +101,12 @@ function buildRoutes(route: RouteModel, mesh: MeshModel): IRRoute[] {
         fault:
           fault && fault.type === 'FaultInjection'
             ? {
-                delay: fault.faultInjection.delay ? { fixedMs: parseDuration(fault.faultInjection.delay.fixed)!, percent: fault.faultInjection.delay.percent } : undefined,
-                abort: fault.faultInjection.abort ? { httpStatus: fault.faultInjection.abort.httpStatus, percent: fault.faultInjection.abort.percent } : undefined,
+                delay: fault.faultInjection.delay
+                  ? { fixedMs: parseDuration(fault.faultInjection.delay.fixed)!, percent: fault.faultInjection.delay.percent }
+                  : undefined,
+                abort: fault.faultInjection.abort
+                  ? { httpStatus: fault.faultInjection.abort.httpStatus, percent: fault.faultInjection.abort.percent }
+                  : undefined,
               }
             : undefined,
         source: route.source,

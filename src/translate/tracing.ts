@@ -24,9 +24,12 @@ export function withMeshTracing(model: Model, ir: IRProxyConfig): IRProxyConfig 
   const t = model.mesh.tracing;
   if (!t || !model.services.has(t.service) || ir.listeners.length === 0) return ir;
   const tracing = { cluster: t.service, samplingPercent: t.samplingPercent, serviceName: tracingServiceNameOf(ir.key) };
-  const traced = (l: IRProxyConfig['listeners'][number]) => l.tracing?.cluster === tracing.cluster && l.tracing.samplingPercent === tracing.samplingPercent && l.tracing.serviceName === tracing.serviceName;
+  const traced = (l: IRProxyConfig['listeners'][number]) =>
+    l.tracing?.cluster === tracing.cluster && l.tracing.samplingPercent === tracing.samplingPercent && l.tracing.serviceName === tracing.serviceName;
   if (ir.listeners.every(traced) && ir.clusters.some((c) => c.name === t.service)) return ir;
-  const clusters = ir.clusters.some((c) => c.name === t.service) ? ir.clusters : [...ir.clusters, serviceCluster(model, t.service)].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  const clusters = ir.clusters.some((c) => c.name === t.service)
+    ? ir.clusters
+    : [...ir.clusters, serviceCluster(model, t.service)].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   return { ...ir, clusters, listeners: ir.listeners.map((l) => ({ ...l, tracing })) };
 }
 

@@ -64,7 +64,8 @@ async function folderFault(dir: string, first: unknown): Promise<{ where: string
       break;
     } catch (e) {
       const parent = path.dirname(existing);
-      if ((codeOf(e) !== 'ENOENT' && codeOf(e) !== 'ENOTDIR') || parent === existing) return { where: existing, code: codeOf(e), cause: `${existing}: ${causeOf(e)}` };
+      if ((codeOf(e) !== 'ENOENT' && codeOf(e) !== 'ENOTDIR') || parent === existing)
+        return { where: existing, code: codeOf(e), cause: `${existing}: ${causeOf(e)}` };
       missing.unshift(path.basename(existing));
       existing = parent;
     }

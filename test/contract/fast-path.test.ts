@@ -26,7 +26,14 @@ import { AuthzServer } from '../../src/authz/server.js';
 import type { JwtPolicyModel } from '../../src/model/jwt.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { AUTHZ_CLUSTER } from '../../src/translate/jwt.js';
-import { FAST_PATH_ROUTE_KEY, JWT_CHECK_FILTER, JWT_CHECK_SCRIPT, JWT_MODULE, JWT_MODULE_CONFIG, routeCheckSpec } from '../../src/xds/translator/filters/jwt-fast.js';
+import {
+  FAST_PATH_ROUTE_KEY,
+  JWT_CHECK_FILTER,
+  JWT_CHECK_SCRIPT,
+  JWT_MODULE,
+  JWT_MODULE_CONFIG,
+  routeCheckSpec,
+} from '../../src/xds/translator/filters/jwt-fast.js';
 import { envoyVersionUnderTest, repoRoot, startEnvoy, type Envoy } from '../helpers/envoy.js';
 import { makeKey, signToken, type TestKey } from '../helpers/jwks-server.js';
 import { freePort, waitFor } from '../helpers/net.js';
@@ -115,7 +122,12 @@ function meets(actual: string | undefined, expected: Expected, v: { T: number; t
   return actual === fill(expected, v);
 }
 
-function assertHeaders(actual: Record<string, string | string[] | undefined>, expected: Record<string, Expected>, v: { T: number; token: string }, what: string): void {
+function assertHeaders(
+  actual: Record<string, string | string[] | undefined>,
+  expected: Record<string, Expected>,
+  v: { T: number; token: string },
+  what: string,
+): void {
   for (const [name, want] of Object.entries(expected)) {
     const got = actual[name];
     const text = Array.isArray(got) ? got.join(',') : got;
@@ -138,9 +150,16 @@ describe(`the fast-path contract table (protocol ${table.protocol})`, () => {
         assert.ok(IMPLS.includes(impl as Impl), `${c.id}: unknown implementation ${impl}`);
         assert.ok(typeof reason === 'string' && reason.length > 10, `${c.id}: ${impl} needs a reason`);
       }
-      assert.ok(IMPLS.some((i) => runs(c, i)), `${c.id} runs nowhere`);
+      assert.ok(
+        IMPLS.some((i) => runs(c, i)),
+        `${c.id} runs nowhere`,
+      );
       if (runs(c, 'script') || runs(c, 'module')) assert.ok(c.steps?.length, `${c.id}: the proxies need steps`);
-      if (runs(c, 'service')) assert.ok(c.wire?.length || c.steps?.some((s) => typeof s.service === 'object' && s.service !== null) || c.steps?.some((s) => s.expect.report), `${c.id}: nothing for the service to answer`);
+      if (runs(c, 'service'))
+        assert.ok(
+          c.wire?.length || c.steps?.some((s) => typeof s.service === 'object' && s.service !== null) || c.steps?.some((s) => s.expect.report),
+          `${c.id}: nothing for the service to answer`,
+        );
     }
     assert.ok(existsIn(table.spec), `${table.spec} specifies protocol version ${table.protocol}`);
   });
@@ -230,7 +249,9 @@ describe('the contract on the service (src/authz/server.ts)', () => {
       assert.ok(spec, `no token kind ${kind}`);
       if (spec.raw !== undefined) t = spec.raw;
       else {
-        const claims = Object.fromEntries(Object.entries(spec.claims ?? {}).map(([k, v]) => [k, typeof v === 'string' && /^\{T[+-]\d+\}$/.test(v) ? Number(fill(v, { T, token: '' })) : v]));
+        const claims = Object.fromEntries(
+          Object.entries(spec.claims ?? {}).map(([k, v]) => [k, typeof v === 'string' && /^\{T[+-]\d+\}$/.test(v) ? Number(fill(v, { T, token: '' })) : v]),
+        );
         t = await signToken(spec.key === 'other' ? other : key, claims);
       }
       tokens.set(kind, t);
@@ -245,7 +266,11 @@ describe('the contract on the service (src/authz/server.ts)', () => {
 
   async function assertCounted(beforeCounts: Record<string, number>, want: Record<string, number>, what: string): Promise<void> {
     const now = await counted();
-    const delta = Object.fromEntries(Object.keys(now).map((p) => [p, now[p]! - (beforeCounts[p] ?? 0)]).filter(([, d]) => d !== 0));
+    const delta = Object.fromEntries(
+      Object.keys(now)
+        .map((p) => [p, now[p]! - (beforeCounts[p] ?? 0)])
+        .filter(([, d]) => d !== 0),
+    );
     assert.deepEqual(delta, want, `${what}: allows counted`);
   }
 
@@ -258,7 +283,8 @@ describe('the contract on the service (src/authz/server.ts)', () => {
         if (asked && typeof step.service === 'object' && step.service !== null) {
           // What the proxies send (the table pins it on them), with a real token.
           const headers: Record<string, string> = {};
-          for (const [name, value] of Object.entries(asked.headers)) if (value !== null && !name.startsWith(':') && !value.startsWith('/')) headers[name] = fill(value, v);
+          for (const [name, value] of Object.entries(asked.headers))
+            if (value !== null && !name.startsWith(':') && !value.startsWith('/')) headers[name] = fill(value, v);
           const r = await h2(port, { method: 'POST', path: asked.path, headers });
           assert.equal(r.status, step.service.status ?? 200, `${what}: HTTP status`);
           assert.equal(r.body, fill(step.service.answer, v), `${what}: the answer`);
@@ -339,7 +365,11 @@ class StandIn {
   }
 }
 
-function get(port: number, p: string, headers: Record<string, string | string[]>): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }> {
+function get(
+  port: number,
+  p: string,
+  headers: Record<string, string | string[]>,
+): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }> {
   return new Promise((resolve, reject) => {
     const req = http.request({ host: '127.0.0.1', port, path: p, headers, agent: false }, (res) => {
       let body = '';
@@ -361,15 +391,38 @@ function routes(engine: 'script' | 'module'): unknown[] {
   const check = (policy: string) => routeCheckSpec({ policy, header: 'authorization', version: VERSION });
   const moduleRoute = (value: string) => ({
     typed_per_filter_config: {
-      [JWT_CHECK_FILTER]: { '@type': 'type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilterPerRoute', dynamic_module_config: mod, per_route_config_name: JWT_MODULE.filter, filter_config: { '@type': 'type.googleapis.com/google.protobuf.StringValue', value } },
+      [JWT_CHECK_FILTER]: {
+        '@type': 'type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilterPerRoute',
+        dynamic_module_config: mod,
+        per_route_config_name: JWT_MODULE.filter,
+        filter_config: { '@type': 'type.googleapis.com/google.protobuf.StringValue', value },
+      },
     },
   });
   const route = (name: string, prefix: string, extra: object) => ({ name, match: { prefix }, route: { cluster: 'app' }, ...extra });
   const out: unknown[] = [];
   for (const [prefix, policy] of Object.entries(CHECKED_ROUTES)) {
-    out.push(route(policy, prefix, engine === 'module' ? moduleRoute(check(policy)) : { metadata: { filter_metadata: { [JWT_CHECK_FILTER]: { [FAST_PATH_ROUTE_KEY]: check(policy) } } } }));
+    out.push(
+      route(
+        policy,
+        prefix,
+        engine === 'module' ? moduleRoute(check(policy)) : { metadata: { filter_metadata: { [JWT_CHECK_FILTER]: { [FAST_PATH_ROUTE_KEY]: check(policy) } } } },
+      ),
+    );
   }
-  out.push(route('skip', '/skip', engine === 'module' ? moduleRoute('skip') : { typed_per_filter_config: { [JWT_CHECK_FILTER]: { '@type': 'type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute', disabled: true } } }));
+  out.push(
+    route(
+      'skip',
+      '/skip',
+      engine === 'module'
+        ? moduleRoute('skip')
+        : {
+            typed_per_filter_config: {
+              [JWT_CHECK_FILTER]: { '@type': 'type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute', disabled: true },
+            },
+          },
+    ),
+  );
   out.push(route('bare', '/bare', {}));
   return out;
 }
@@ -377,7 +430,12 @@ function routes(engine: 'script' | 'module'): unknown[] {
 function listener(engine: 'script' | 'module', port: number): unknown {
   const filter =
     engine === 'module'
-      ? { '@type': 'type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter', dynamic_module_config: { name: JWT_MODULE.name, do_not_close: true }, filter_name: JWT_MODULE.filter, filter_config: { '@type': 'type.googleapis.com/google.protobuf.StringValue', value: JWT_MODULE_CONFIG } }
+      ? {
+          '@type': 'type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter',
+          dynamic_module_config: { name: JWT_MODULE.name, do_not_close: true },
+          filter_name: JWT_MODULE.filter,
+          filter_config: { '@type': 'type.googleapis.com/google.protobuf.StringValue', value: JWT_MODULE_CONFIG },
+        }
       : { '@type': 'type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua', default_source_code: { inline_string: JWT_CHECK_SCRIPT } };
   return {
     name: engine,
@@ -422,15 +480,30 @@ function startProxies(): Promise<Proxies> {
       name,
       type: 'STATIC',
       connect_timeout: '1s',
-      ...(h2 ? { typed_extension_protocol_options: { 'envoy.extensions.upstreams.http.v3.HttpProtocolOptions': { '@type': 'type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions', explicit_http_config: { http2_protocol_options: {} } } } } : {}),
-      load_assignment: { cluster_name: name, endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: '127.0.0.1', port_value: p } } } }] }] },
+      ...(h2
+        ? {
+            typed_extension_protocol_options: {
+              'envoy.extensions.upstreams.http.v3.HttpProtocolOptions': {
+                '@type': 'type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions',
+                explicit_http_config: { http2_protocol_options: {} },
+              },
+            },
+          }
+        : {}),
+      load_assignment: {
+        cluster_name: name,
+        endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: '127.0.0.1', port_value: p } } } }] }],
+      },
     });
     const envoy = await startEnvoy({
       name: 'fast-path-contract',
       bootstrapYaml: (adminPort) =>
         YAML.stringify({
           admin: { address: { socket_address: { address: '127.0.0.1', port_value: adminPort } } },
-          static_resources: { clusters: [cluster(AUTHZ_CLUSTER, standIn.port, true), cluster('app', upstream.port, false)], listeners: [listener('script', ports.script), listener('module', ports.module)] },
+          static_resources: {
+            clusters: [cluster(AUTHZ_CLUSTER, standIn.port, true), cluster('app', upstream.port, false)],
+            listeners: [listener('script', ports.script), listener('module', ports.module)],
+          },
         }),
     });
     return { standIn, upstream, envoy, ports };
@@ -497,7 +570,7 @@ for (const engine of ['script', 'module'] as const) {
       test(`${c.id}: ${c.title}`, async () => {
         const p = await startProxies();
         for (const [i, step] of c.steps!.entries()) await runStep(p, engine, c, step, i);
-        assert.doesNotMatch(p.envoy.logs(), /tok-(script|module)-/, 'no token in Envoy\'s log');
+        assert.doesNotMatch(p.envoy.logs(), /tok-(script|module)-/, "no token in Envoy's log");
       });
     }
     listUnexpressible(engine);

@@ -23,7 +23,18 @@ import { loadPolicyDir } from '../../src/sources/files/loader.js';
 import { REDACTED } from '../../src/xds/translator/secret.js';
 import { parse } from 'yaml';
 import { repoRoot } from '../helpers/envoy.js';
-import { CASES, envoyGoldenFiles, EXPECTED, filesBelow, goldenRoot, groupPath, irGoldenText, parseIRGolden, readEnvoyGoldens, VERSIONS_FILE } from './layout.js';
+import {
+  CASES,
+  envoyGoldenFiles,
+  EXPECTED,
+  filesBelow,
+  goldenRoot,
+  groupPath,
+  irGoldenText,
+  parseIRGolden,
+  readEnvoyGoldens,
+  VERSIONS_FILE,
+} from './layout.js';
 
 const UPDATE = process.env.UPDATE_GOLDEN === '1';
 const HOW = 'UPDATE_GOLDEN=1 node scripts/test.mjs --golden (npm run golden:update)';
@@ -67,7 +78,11 @@ async function irStage(name: string, opts: ServeLikeOptions): Promise<Map<string
     for (const c of g.ir.clusters) if (!c.static) instances[c.service] = instancesOf(c.service);
     const text = irGoldenText({ ir: g.ir, instances }, dir);
     // The IR golden is the IR -> Envoy stage's whole input: reading it back must give this IR.
-    assert.deepEqual(parseIRGolden(text, dir), JSON.parse(JSON.stringify({ ir: g.ir, instances })), `${name}: ${group}: the IR golden does not read back as the IR it was written from`);
+    assert.deepEqual(
+      parseIRGolden(text, dir),
+      JSON.parse(JSON.stringify({ ir: g.ir, instances })),
+      `${name}: ${group}: the IR golden does not read back as the IR it was written from`,
+    );
     files.set(`ir/${groupPath(group)}.yaml`, text);
   }
   return files;
@@ -111,7 +126,9 @@ function checkStage(root: string, sub: string, files: Map<string, string>, stage
     return;
   }
   const missing = [...files.keys()].filter((f) => !present.includes(f)).map((f) => `${shown(path.join(root, f))} is missing`);
-  const extra = present.filter((f) => !files.has(f)).map((f) => `${shown(path.join(root, f))} ${sub === 'ir' ? 'is the IR of no group of the case' : 'is not translated from the committed IR goldens'}`);
+  const extra = present
+    .filter((f) => !files.has(f))
+    .map((f) => `${shown(path.join(root, f))} ${sub === 'ir' ? 'is the IR of no group of the case' : 'is not translated from the committed IR goldens'}`);
   assert.deepEqual([...missing, ...extra], [], `the ${stage} goldens do not match the files it produces (${HOW} writes and removes them)`);
   for (const [f, text] of files) {
     const file = path.join(root, f);
@@ -153,20 +170,38 @@ describe('golden', () => {
             .map((f) => f.slice(0, -VERSIONS_FILE.length - 1))
             .map((g) => [g, readEnvoyGoldens(path.join(envoy, g))]),
         );
-        assert.deepEqual(committed, JSON.parse(JSON.stringify(groups)), `${label}: the Envoy goldens are not what compile prints (the two stages above say which files)`);
+        assert.deepEqual(
+          committed,
+          JSON.parse(JSON.stringify(groups)),
+          `${label}: the Envoy goldens are not what compile prints (the two stages above say which files)`,
+        );
       });
     }
   }
 
   test('test/golden/expected holds the goldens of the cases and their variants only', () => {
-    const allowed = cases.flatMap((name) => variantsOf(name).flatMap(([variant]) => ['ir', 'envoy'].map((sub) => `${path.relative(EXPECTED, path.join(goldenRoot(name, variant), sub)).split(path.sep).join('/')}/`)));
+    const allowed = cases.flatMap((name) =>
+      variantsOf(name).flatMap(([variant]) =>
+        ['ir', 'envoy'].map(
+          (sub) =>
+            `${path
+              .relative(EXPECTED, path.join(goldenRoot(name, variant), sub))
+              .split(path.sep)
+              .join('/')}/`,
+        ),
+      ),
+    );
     const stray = filesBelow(EXPECTED).filter((f) => !allowed.some((a) => f.startsWith(a)));
     if (UPDATE) {
       for (const f of stray) rmSync(path.join(EXPECTED, f));
       removeEmptyDirs(EXPECTED);
       return;
     }
-    assert.deepEqual(stray.map((f) => shown(path.join(EXPECTED, f))), [], `files of no case or variant (${HOW} removes them)`);
+    assert.deepEqual(
+      stray.map((f) => shown(path.join(EXPECTED, f))),
+      [],
+      `files of no case or variant (${HOW} removes them)`,
+    );
   });
 
   test('no golden file holds a private key; every case has its goldens', () => {
@@ -195,12 +230,19 @@ describe('golden', () => {
       ['public/https/cert', 'signalbox/trust-bundle'],
       "the gateway's certificate, and the mesh trust bundle its proxies get (mesh mTLS is on)",
     );
-    assert.equal((secrets[1]!.resource as { validation_context: { trusted_ca: { inline_string: string } } }).validation_context.trusted_ca.inline_string, TRUST_BUNDLE_PLACEHOLDER);
+    assert.equal(
+      (secrets[1]!.resource as { validation_context: { trusted_ca: { inline_string: string } } }).validation_context.trusted_ca.inline_string,
+      TRUST_BUNDLE_PLACEHOLDER,
+    );
     const tls = (secrets[0]!.resource as { tls_certificate: Record<string, { inline_string: string }> }).tls_certificate;
     assert.equal(tls.private_key!.inline_string, REDACTED);
     const pem = readFileSync(path.join(CASES, 'https-gateway', 'certs', 'shop.crt'), 'utf8');
     assert.equal(tls.certificate_chain!.inline_string, pem);
-    assert.match(readFileSync(path.join(CASES, 'https-gateway', 'certs', 'shop.key'), 'utf8'), /PRIVATE KEY/, 'the fixture key is real, so the redaction above means something');
+    assert.match(
+      readFileSync(path.join(CASES, 'https-gateway', 'certs', 'shop.key'), 'utf8'),
+      /PRIVATE KEY/,
+      'the fixture key is real, so the redaction above means something',
+    );
   });
   test('every HTTP listener reports to the access log service, as serve does by default', async () => {
     for (const name of cases) {
@@ -223,7 +265,8 @@ describe('golden', () => {
 
   test('rule-names: an unnamed rule never takes a name a user can write; sectionName rule-1 limits and checks that rule only', async () => {
     const routes = (await compileCase('rule-names'))['gateway/edge']!.route!;
-    const vh = (routes[0]!.resource as { virtual_hosts: { routes: { name: string; typed_per_filter_config?: Record<string, unknown> }[] }[] }).virtual_hosts[0]!;
+    const vh = (routes[0]!.resource as { virtual_hosts: { routes: { name: string; typed_per_filter_config?: Record<string, unknown> }[] }[] })
+      .virtual_hosts[0]!;
     const byName = new Map(vh.routes.map((r) => [r.name, r]));
     assert.deepEqual([...byName.keys()].sort(), ['app/#1/match-0', 'app/rule-1/match-0']);
     const filters = (name: string) => JSON.stringify(byName.get(name)!.typed_per_filter_config ?? {});

@@ -45,7 +45,8 @@ export function goldenRoot(name: string, variant: string): string {
 /** A group's name as a relative path; refuses a name that could leave its folder. */
 export function groupPath(group: string): string {
   const parts = group.split('/');
-  if (parts.some((p) => p === '' || p === '.' || p === '..' || p.startsWith('.') || /[\\\0]/.test(p))) throw new Error(`proxy group "${group}" cannot be a golden file path`);
+  if (parts.some((p) => p === '' || p === '.' || p === '..' || p.startsWith('.') || /[\\\0]/.test(p)))
+    throw new Error(`proxy group "${group}" cannot be a golden file path`);
   return parts.join('/');
 }
 
@@ -113,7 +114,11 @@ export function irGoldenText(g: IRGolden, caseDir: string): string {
     if (file === undefined) throw new Error(`${ir.group}: the private key of secret ${s.name} is not a file of the case, so the IR golden cannot name it`);
     return { ...s, privateKeyPem: keyMark(file) };
   });
-  const instances = Object.fromEntries(Object.keys(g.instances).sort().map((s) => [s, g.instances[s]]));
+  const instances = Object.fromEntries(
+    Object.keys(g.instances)
+      .sort()
+      .map((s) => [s, g.instances[s]]),
+  );
   // `ir` before `instances`; within each, keys sorted.
   return stringify({ ir: sortKeys({ ...ir, secrets }), instances: sortKeys(instances) }, { lineWidth: 0, minContentWidth: 0, aliasDuplicateObjects: false });
 }

@@ -10,15 +10,15 @@
  * The binary comes from scripts/provision-consul.sh (built from source once and
  * cached; the first build takes several minutes).
  */
-import { spawn, type ChildProcess } from "node:child_process";
-import { createSocket } from "node:dgram";
-import { existsSync, rmSync } from "node:fs";
-import { mkdtemp, rm } from "node:fs/promises";
-import { createServer, type Server } from "node:net";
-import { tmpdir } from "node:os";
-import { dirname, isAbsolute, join } from "node:path";
-import { setTimeout as sleep } from "node:timers/promises";
-import { fileURLToPath } from "node:url";
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createSocket } from 'node:dgram';
+import { existsSync, rmSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer, type Server } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, isAbsolute, join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
 
 export interface ConsulAgent {
   /** "127.0.0.1:PORT" of the agent's HTTP API. */
@@ -50,12 +50,10 @@ const START_ATTEMPTS = 3;
 function findRepoRoot(): string {
   let dir = dirname(fileURLToPath(import.meta.url));
   for (;;) {
-    if (existsSync(join(dir, "package.json"))) return dir;
+    if (existsSync(join(dir, 'package.json'))) return dir;
     const parent = dirname(dir);
     if (parent === dir) {
-      throw new Error(
-        `consul helper: no package.json found above ${dirname(fileURLToPath(import.meta.url))}`,
-      );
+      throw new Error(`consul helper: no package.json found above ${dirname(fileURLToPath(import.meta.url))}`);
     }
     dir = parent;
   }
@@ -78,39 +76,37 @@ export async function provisionConsul(): Promise<string> {
 
 function runProvisionScript(): Promise<string> {
   const root = findRepoRoot();
-  const script = join(root, "scripts", "provision-consul.sh");
+  const script = join(root, 'scripts', 'provision-consul.sh');
   return new Promise<string>((resolvePath, reject) => {
-    const child = spawn("bash", [script], {
+    const child = spawn('bash', [script], {
       cwd: root,
       env: process.env,
-      stdio: ["ignore", "pipe", "pipe"],
+      stdio: ['ignore', 'pipe', 'pipe'],
     });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.setEncoding("utf8");
-    child.stderr.setEncoding("utf8");
-    child.stdout.on("data", (chunk: string) => {
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8');
+    child.stderr.setEncoding('utf8');
+    child.stdout.on('data', (chunk: string) => {
       stdout += chunk;
     });
-    child.stderr.on("data", (chunk: string) => {
+    child.stderr.on('data', (chunk: string) => {
       stderr += chunk;
       if (stderr.length > MAX_LOG_CHARS) stderr = stderr.slice(-MAX_LOG_CHARS);
       process.stderr.write(chunk);
     });
-    child.once("error", (err) => {
+    child.once('error', (err) => {
       reject(new Error(`consul helper: could not run ${script}: ${err.message}`));
     });
-    child.once("close", (code, signal) => {
-      const lines = stdout.split("\n").map((l) => l.trim()).filter((l) => l !== "");
+    child.once('close', (code, signal) => {
+      const lines = stdout
+        .split('\n')
+        .map((l) => l.trim())
+        .filter((l) => l !== '');
       const bin = lines.length === 1 ? lines[0] : undefined;
       if (code !== 0 || bin === undefined || !isAbsolute(bin) || !existsSync(bin)) {
-        const how = code !== null ? `exit code ${code}` : `signal ${signal ?? "?"}`;
-        reject(
-          new Error(
-            `consul helper: ${script} failed (${how}); stdout: ${JSON.stringify(stdout.trim())}\n` +
-              `--- stderr ---\n${stderr}`,
-          ),
-        );
+        const how = code !== null ? `exit code ${code}` : `signal ${signal ?? '?'}`;
+        reject(new Error(`consul helper: ${script} failed (${how}); stdout: ${JSON.stringify(stdout.trim())}\n` + `--- stderr ---\n${stderr}`));
         return;
       }
       resolvePath(bin);
@@ -128,10 +124,10 @@ let exitHookInstalled = false;
 function installExitHook(): void {
   if (exitHookInstalled) return;
   exitHookInstalled = true;
-  process.once("exit", () => {
+  process.once('exit', () => {
     for (const child of liveChildren) {
       try {
-        child.kill("SIGKILL");
+        child.kill('SIGKILL');
       } catch {
         // already gone
       }
@@ -159,8 +155,8 @@ interface Ports {
 function listenTcp(): Promise<Server> {
   return new Promise<Server>((resolveServer, reject) => {
     const srv = createServer();
-    srv.once("error", reject);
-    srv.listen({ port: 0, host: "127.0.0.1", exclusive: true }, () => resolveServer(srv));
+    srv.once('error', reject);
+    srv.listen({ port: 0, host: '127.0.0.1', exclusive: true }, () => resolveServer(srv));
   });
 }
 
@@ -170,19 +166,19 @@ function closeTcp(srv: Server): Promise<void> {
 
 function tcpPort(srv: Server): number {
   const addr = srv.address();
-  if (addr === null || typeof addr === "string") throw new Error("unexpected server address");
+  if (addr === null || typeof addr === 'string') throw new Error('unexpected server address');
   return addr.port;
 }
 
 /** Serf also listens on UDP on its ports: check that the UDP side is free too. */
 function udpFree(port: number): Promise<boolean> {
   return new Promise<boolean>((done) => {
-    const sock = createSocket("udp4");
-    sock.once("error", () => {
+    const sock = createSocket('udp4');
+    sock.once('error', () => {
       sock.close();
       done(false);
     });
-    sock.bind({ port, address: "127.0.0.1", exclusive: true }, () => {
+    sock.bind({ port, address: '127.0.0.1', exclusive: true }, () => {
       sock.close(() => done(true));
     });
   });
@@ -202,7 +198,7 @@ async function pickPorts(): Promise<Ports> {
       await Promise.all(servers.map(closeTcp));
     }
   }
-  throw new Error("consul helper: could not find free loopback ports");
+  throw new Error('consul helper: could not find free loopback ports');
 }
 
 // ---------------------------------------------------------------------------
@@ -213,7 +209,7 @@ class Agent implements ConsulAgent {
   private child: ChildProcess | undefined;
   private exited: Promise<void> = Promise.resolve();
   private running = false;
-  private buf = "";
+  private buf = '';
   private readonly nodeName: string;
 
   constructor(
@@ -238,46 +234,59 @@ class Agent implements ConsulAgent {
   private args(): string[] {
     const p = this.ports;
     const common = [
-      "-node", this.nodeName,
-      "-bind", "127.0.0.1",
-      "-client", "127.0.0.1",
-      "-http-port", String(p.http),
-      "-server-port", String(p.server),
-      "-serf-lan-port", String(p.serfLan),
-      "-serf-wan-port", String(p.serfWan),
-      "-dns-port", "-1",
-      "-grpc-port", "-1",
+      '-node',
+      this.nodeName,
+      '-bind',
+      '127.0.0.1',
+      '-client',
+      '127.0.0.1',
+      '-http-port',
+      String(p.http),
+      '-server-port',
+      String(p.server),
+      '-serf-lan-port',
+      String(p.serfLan),
+      '-serf-wan-port',
+      String(p.serfWan),
+      '-dns-port',
+      '-1',
+      '-grpc-port',
+      '-1',
       // -dev binds gRPC-TLS to the fixed port 8503 by default; that would clash
       // between agents (and with anything else on the machine).
-      "-grpc-tls-port", "-1",
-      "-log-level", "info",
+      '-grpc-tls-port',
+      '-1',
+      '-log-level',
+      'info',
     ];
-    if (!this.persistent) return ["agent", "-dev", ...common];
+    if (!this.persistent) return ['agent', '-dev', ...common];
     return [
-      "agent",
-      "-server",
-      "-bootstrap-expect=1",
-      "-data-dir", this.dataDir,
-      "-ui=false",
+      'agent',
+      '-server',
+      '-bootstrap-expect=1',
+      '-data-dir',
+      this.dataDir,
+      '-ui=false',
       // Dev-like raft timings so leader election after (re)start takes well under a second.
-      "-hcl", "performance { raft_multiplier = 1 }",
+      '-hcl',
+      'performance { raft_multiplier = 1 }',
       ...common,
     ];
   }
 
   /** Start the process and wait until it has a leader and has registered itself in the catalog. */
   async start(): Promise<void> {
-    if (this.running) throw new Error("consul helper: agent is already running");
+    if (this.running) throw new Error('consul helper: agent is already running');
     installExitHook();
-    this.appendLog(`--- signalbox: starting ${this.bin} ${this.args().join(" ")}\n`);
-    const child = spawn(this.bin, this.args(), { stdio: ["ignore", "pipe", "pipe"] });
+    this.appendLog(`--- signalbox: starting ${this.bin} ${this.args().join(' ')}\n`);
+    const child = spawn(this.bin, this.args(), { stdio: ['ignore', 'pipe', 'pipe'] });
     this.child = child;
     this.running = true;
     liveChildren.add(child);
-    child.stdout?.setEncoding("utf8");
-    child.stderr?.setEncoding("utf8");
-    child.stdout?.on("data", (chunk: string) => this.appendLog(chunk));
-    child.stderr?.on("data", (chunk: string) => this.appendLog(chunk));
+    child.stdout?.setEncoding('utf8');
+    child.stderr?.setEncoding('utf8');
+    child.stdout?.on('data', (chunk: string) => this.appendLog(chunk));
+    child.stderr?.on('data', (chunk: string) => this.appendLog(chunk));
     let exitInfo: string | undefined;
     this.exited = new Promise<void>((done) => {
       const finish = (info: string): void => {
@@ -288,10 +297,8 @@ class Agent implements ConsulAgent {
         this.appendLog(`--- signalbox: consul ${info}\n`);
         done();
       };
-      child.once("exit", (code, signal) =>
-        finish(code !== null ? `exited with code ${code}` : `killed by ${signal ?? "?"}`),
-      );
-      child.once("error", (err) => finish(`failed to start: ${err.message}`));
+      child.once('exit', (code, signal) => finish(code !== null ? `exited with code ${code}` : `killed by ${signal ?? '?'}`));
+      child.once('error', (err) => finish(`failed to start: ${err.message}`));
     });
 
     const deadline = Date.now() + READY_TIMEOUT_MS;
@@ -302,9 +309,7 @@ class Agent implements ConsulAgent {
       if (await this.ready()) return;
       if (Date.now() >= deadline) {
         await this.kill();
-        throw new Error(
-          `consul helper: no leader within ${READY_TIMEOUT_MS / 1000} s on ${this.httpAddr}\n--- logs ---\n${this.buf}`,
-        );
+        throw new Error(`consul helper: no leader within ${READY_TIMEOUT_MS / 1000} s on ${this.httpAddr}\n--- logs ---\n${this.buf}`);
       }
       await sleep(POLL_INTERVAL_MS);
     }
@@ -317,14 +322,14 @@ class Agent implements ConsulAgent {
       });
       if (!leaderRes.ok) return false;
       const leader: unknown = await leaderRes.json();
-      if (typeof leader !== "string" || leader === "") return false;
+      if (typeof leader !== 'string' || leader === '') return false;
       // The leader is also able to serve writes once this agent's own node is in the catalog.
       const nodeRes = await fetch(`http://${this.httpAddr}/v1/catalog/node/${this.nodeName}`, {
         signal: AbortSignal.timeout(2_000),
       });
       if (!nodeRes.ok) return false;
       const node: unknown = await nodeRes.json();
-      return typeof node === "object" && node !== null && "Node" in node && node.Node !== null;
+      return typeof node === 'object' && node !== null && 'Node' in node && node.Node !== null;
     } catch {
       return false; // not listening yet, or a request timed out
     }
@@ -333,9 +338,9 @@ class Agent implements ConsulAgent {
   async stop(): Promise<void> {
     const child = this.child;
     if (child === undefined || !this.running) return this.exited;
-    child.kill("SIGTERM");
+    child.kill('SIGTERM');
     const timer = setTimeout(() => {
-      if (this.running) child.kill("SIGKILL");
+      if (this.running) child.kill('SIGKILL');
     }, STOP_GRACE_MS);
     try {
       await this.exited;
@@ -347,7 +352,7 @@ class Agent implements ConsulAgent {
   async kill(): Promise<void> {
     const child = this.child;
     if (child === undefined || !this.running) return this.exited;
-    child.kill("SIGKILL");
+    child.kill('SIGKILL');
     await this.exited;
   }
 
@@ -373,9 +378,9 @@ export async function startConsul(opts: { persistent?: boolean } = {}): Promise<
   let lastError: unknown;
   for (let attempt = 1; attempt <= START_ATTEMPTS; attempt++) {
     const ports = await pickPorts();
-    let dataDir = "";
+    let dataDir = '';
     if (persistent) {
-      dataDir = await mkdtemp(join(tmpdir(), "signalbox-consul-"));
+      dataDir = await mkdtemp(join(tmpdir(), 'signalbox-consul-'));
       ownedDirs.add(dataDir);
     }
     const agent = new Agent(bin, ports, dataDir, persistent);
@@ -385,7 +390,7 @@ export async function startConsul(opts: { persistent?: boolean } = {}): Promise<
     } catch (err) {
       lastError = err;
       await agent.kill();
-      if (dataDir !== "") {
+      if (dataDir !== '') {
         await rm(dataDir, { recursive: true, force: true });
         ownedDirs.delete(dataDir);
       }

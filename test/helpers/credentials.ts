@@ -16,7 +16,9 @@ export function signTokenSync(dataDir: string, subject: string, opts: { ttlSecon
   const key = createPrivateKey(readFileSync(path.join(dataDir, 'tokens', 'signing.key'), 'utf8'));
   const now = Math.floor(Date.now() / 1000);
   const header = b64(JSON.stringify({ alg: 'ES256' }));
-  const payload = b64(JSON.stringify({ iss: 'signalbox', aud: 'signalbox-xds', sub: subject, jti: opts.id ?? randomUUID(), iat: now, exp: now + (opts.ttlSeconds ?? 3600) }));
+  const payload = b64(
+    JSON.stringify({ iss: 'signalbox', aud: 'signalbox-xds', sub: subject, jti: opts.id ?? randomUUID(), iat: now, exp: now + (opts.ttlSeconds ?? 3600) }),
+  );
   const sig = sign('sha256', Buffer.from(`${header}.${payload}`), { key, dsaEncoding: 'ieee-p1363' });
   return `${header}.${payload}.${b64(sig)}`;
 }

@@ -58,18 +58,27 @@ export interface Envoy {
   process: ChildProcess;
 }
 
-export async function startEnvoy(opts: { bootstrapYaml: (adminPort: number) => string; name: string; waitReady?: boolean; withoutModules?: boolean }): Promise<Envoy> {
+export async function startEnvoy(opts: {
+  bootstrapYaml: (adminPort: number) => string;
+  name: string;
+  waitReady?: boolean;
+  withoutModules?: boolean;
+}): Promise<Envoy> {
   const bin = await provisionEnvoy();
   const modules = opts.withoutModules ? undefined : await provisionJwtModule();
   const adminPort = await freePort();
   const dir = mkdtempSync(path.join(os.tmpdir(), `envoy-${opts.name}-`));
   const file = path.join(dir, 'bootstrap.yaml');
   writeFileSync(file, opts.bootstrapYaml(adminPort));
-  const child = spawn(bin, ['-c', file, '--disable-hot-restart', '--concurrency', '1', '-l', 'warning', '--log-format', `[${opts.name}] %l %n: %v`, '--drain-time-s', '1'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, ENVOY_DYNAMIC_MODULES_SEARCH_PATH: modules },
-    // (undefined: the variable is not passed, as for an Envoy started without Signalbox's module)
-  });
+  const child = spawn(
+    bin,
+    ['-c', file, '--disable-hot-restart', '--concurrency', '1', '-l', 'warning', '--log-format', `[${opts.name}] %l %n: %v`, '--drain-time-s', '1'],
+    {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, ENVOY_DYNAMIC_MODULES_SEARCH_PATH: modules },
+      // (undefined: the variable is not passed, as for an Envoy started without Signalbox's module)
+    },
+  );
   let log = '';
   const keep = (b: Buffer) => {
     log += b.toString();
@@ -99,11 +108,14 @@ export async function startEnvoy(opts: { bootstrapYaml: (adminPort: number) => s
     },
   };
   try {
-    await waitFor(async () => {
-      if (exited) throw new Error(`envoy exited early:\n${log}`);
-      const res = await fetch(`http://127.0.0.1:${adminPort}/ready`).catch(() => undefined);
-      return opts.waitReady === false ? res !== undefined : res?.status === 200;
-    }, { timeoutMs: 20_000, what: `envoy ${opts.name} ready` });
+    await waitFor(
+      async () => {
+        if (exited) throw new Error(`envoy exited early:\n${log}`);
+        const res = await fetch(`http://127.0.0.1:${adminPort}/ready`).catch(() => undefined);
+        return opts.waitReady === false ? res !== undefined : res?.status === 200;
+      },
+      { timeoutMs: 20_000, what: `envoy ${opts.name} ready` },
+    );
   } catch (e) {
     await envoy.stop();
     throw new Error(`${(e as Error).message}\n--- envoy log ---\n${log}`);

@@ -31,7 +31,13 @@ function escapeRegex(s: string): string {
  * `files` gets the gateway port and returns the policy files (name -> YAML). The Gateway in them
  * must be called `gateway` (or pass `gateway`) and listen on the port it is given.
  */
-export async function startGatewayEnv(opts: { name: string; gateway?: string; files: (gatewayPort: number) => Record<string, string>; delta?: boolean; serveArgs?: string[] }): Promise<GatewayEnv> {
+export async function startGatewayEnv(opts: {
+  name: string;
+  gateway?: string;
+  files: (gatewayPort: number) => Record<string, string>;
+  delta?: boolean;
+  serveArgs?: string[];
+}): Promise<GatewayEnv> {
   const gatewayPort = await freePort();
   const dir = mkdtempSync(path.join(os.tmpdir(), `sb-${opts.name}-`));
   for (const [f, text] of Object.entries(opts.files(gatewayPort))) writeFileSync(path.join(dir, f), text);

@@ -45,7 +45,9 @@ export function unsignedToken(claims: Record<string, unknown>, kid?: string): st
 export async function hmacWithPublicKey(key: TestKey, claims: Record<string, unknown>): Promise<string> {
   const pem = await exportSPKI(key.publicKey);
   const now = Math.floor(Date.now() / 1000);
-  return new SignJWT({ iat: now, exp: now + 300, ...claims }).setProtectedHeader({ alg: 'HS256', kid: key.kid, typ: 'JWT' }).sign(new TextEncoder().encode(pem));
+  return new SignJWT({ iat: now, exp: now + 300, ...claims })
+    .setProtectedHeader({ alg: 'HS256', kid: key.kid, typ: 'JWT' })
+    .sign(new TextEncoder().encode(pem));
 }
 
 export interface JwksServer {
@@ -98,7 +100,11 @@ export async function startJwksServer(keys: JWK[] = [], opts: { cacheControl?: s
           return;
         }
         const body = JSON.stringify({ keys: current });
-        res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body), ...(state.cacheControl ? { 'cache-control': state.cacheControl } : {}) });
+        res.writeHead(200, {
+          'content-type': 'application/json',
+          'content-length': Buffer.byteLength(body),
+          ...(state.cacheControl ? { 'cache-control': state.cacheControl } : {}),
+        });
         res.end(body);
       });
       await new Promise<void>((resolve, reject) => {

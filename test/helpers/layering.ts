@@ -49,7 +49,9 @@ export function parseLayerRules(markdown: string, heading = /^## Layering/): Lay
   if (i < 0) throw new Error(`no "| layer ..." table after ${heading}`);
   const rules: LayerRule[] = [];
   for (i += 2; i < lines.length && lines[i]!.startsWith('|'); i++) {
-    const cells = lines[i]!.slice(1, -1).split('|').map((c) => c.trim());
+    const cells = lines[i]!.slice(1, -1)
+      .split('|')
+      .map((c) => c.trim());
     const m = LAYER.exec(cells[0]!);
     if (!m) throw new Error(`layering table row ${JSON.stringify(lines[i])}: the first cell must be one layer in backticks`);
     const allowed = [...cells[cells.length - 1]!.matchAll(/`([^`]+)`/g)].map((x) => x[1]!);
@@ -194,12 +196,22 @@ export function checkLayering(root: string, rules: LayerRule[], exceptions: Exce
         line: s.line,
         specifier: s.specifier,
         kind: s.kind,
-        rule: toLayer === undefined ? `${to} is in no layer of the layering table` : `${from} may import ${allowed.length ? allowed.join(', ') : 'nothing outside itself'}; not ${toLayer}`,
+        rule:
+          toLayer === undefined
+            ? `${to} is in no layer of the layering table`
+            : `${from} may import ${allowed.length ? allowed.join(', ') : 'nothing outside itself'}; not ${toLayer}`,
       });
     }
   }
   for (const e of [...exceptions].sort()) {
-    if (!used.has(e)) out.push({ file: e.split(' -> ')[0]!, line: 0, specifier: e.split(' -> ')[1]!, kind: 'import', rule: `the known exception "${e}" matches no import any more: remove it from the list` });
+    if (!used.has(e))
+      out.push({
+        file: e.split(' -> ')[0]!,
+        line: 0,
+        specifier: e.split(' -> ')[1]!,
+        kind: 'import',
+        rule: `the known exception "${e}" matches no import any more: remove it from the list`,
+      });
   }
   return out;
 }

@@ -46,7 +46,21 @@ export async function startRedis(opts: { password?: string } = {}): Promise<Redi
   let child: ChildProcess | undefined;
   let log = '';
   const launch = async () => {
-    const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--daemonize', 'no', '--loglevel', 'warning', ...(opts.password ? ['--requirepass', opts.password] : [])];
+    const args = [
+      '--port',
+      String(port),
+      '--bind',
+      '127.0.0.1',
+      '--save',
+      '',
+      '--appendonly',
+      'no',
+      '--daemonize',
+      'no',
+      '--loglevel',
+      'warning',
+      ...(opts.password ? ['--requirepass', opts.password] : []),
+    ];
     const c = spawn(redisBinary(), args, { stdio: ['ignore', 'pipe', 'pipe'] });
     child = c;
     live.add(c);
@@ -56,7 +70,10 @@ export async function startRedis(opts: { password?: string } = {}): Promise<Redi
     };
     c.stdout!.on('data', keep);
     c.stderr!.on('data', keep);
-    await waitFor(async () => (await server.command(['PING']).catch(() => '')).includes('PONG') || (await server.command(['PING']).catch(() => '')).includes('NOAUTH'), { what: 'redis-server answering', timeoutMs: 10_000 });
+    await waitFor(
+      async () => (await server.command(['PING']).catch(() => '')).includes('PONG') || (await server.command(['PING']).catch(() => '')).includes('NOAUTH'),
+      { what: 'redis-server answering', timeoutMs: 10_000 },
+    );
   };
   const server: RedisServer = {
     port,

@@ -29,7 +29,15 @@ export interface SignalboxProcess {
   restart(): Promise<void>;
 }
 
-export async function startSignalbox(opts: { policies: string; dataDir?: string; xdsPort?: number; adminPort?: number; extraArgs?: string[]; env?: NodeJS.ProcessEnv; waitReady?: boolean }): Promise<SignalboxProcess> {
+export async function startSignalbox(opts: {
+  policies: string;
+  dataDir?: string;
+  xdsPort?: number;
+  adminPort?: number;
+  extraArgs?: string[];
+  env?: NodeJS.ProcessEnv;
+  waitReady?: boolean;
+}): Promise<SignalboxProcess> {
   const xdsPort = opts.xdsPort ?? (await freePort());
   const adminPort = opts.adminPort ?? (await freePort());
   // A --data-dir among the extra flags is the one the process uses (it comes last and wins).
@@ -41,7 +49,25 @@ export async function startSignalbox(opts: { policies: string; dataDir?: string;
   const launch = async () => {
     child = spawn(
       process.execPath,
-      [path.join(repoRoot(), 'bin/signalbox.js'), 'serve', '--policies', opts.policies, '--xds-address', '127.0.0.1', '--xds-port', String(xdsPort), '--admin-port', String(adminPort), '--watch-debounce-ms', '50', '--data-dir', dataDir, '--authz-port', '0', ...(opts.extraArgs ?? [])],
+      [
+        path.join(repoRoot(), 'bin/signalbox.js'),
+        'serve',
+        '--policies',
+        opts.policies,
+        '--xds-address',
+        '127.0.0.1',
+        '--xds-port',
+        String(xdsPort),
+        '--admin-port',
+        String(adminPort),
+        '--watch-debounce-ms',
+        '50',
+        '--data-dir',
+        dataDir,
+        '--authz-port',
+        '0',
+        ...(opts.extraArgs ?? []),
+      ],
       { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } },
     );
     exited = false;

@@ -155,9 +155,12 @@ export function resourceName(any: AnyMsg): string {
 
 /** The route configuration names a Listener's HTTP connection managers load over RDS. */
 export function routeConfigNames(listener: AnyMsg): string[] {
-  const l = decodeAny<{ filter_chains?: { filters?: { typed_config?: { rds?: { route_config_name?: string } } }[] }[]; default_filter_chain?: unknown }>(listener);
+  const l = decodeAny<{ filter_chains?: { filters?: { typed_config?: { rds?: { route_config_name?: string } } }[] }[]; default_filter_chain?: unknown }>(
+    listener,
+  );
   const out = new Set<string>();
-  for (const fc of l.filter_chains ?? []) for (const f of fc.filters ?? []) if (f.typed_config?.rds?.route_config_name) out.add(f.typed_config.rds.route_config_name);
+  for (const fc of l.filter_chains ?? [])
+    for (const f of fc.filters ?? []) if (f.typed_config?.rds?.route_config_name) out.add(f.typed_config.rds.route_config_name);
   return [...out].sort();
 }
 
@@ -529,7 +532,11 @@ export class AdsClient {
   readonly client: grpc.Client;
   private readonly streams = new Set<SotwClientStream | DeltaClientStream>();
 
-  constructor(target: string, options: grpc.ChannelOptions = {}, private readonly auth?: AdsAuth) {
+  constructor(
+    target: string,
+    options: grpc.ChannelOptions = {},
+    private readonly auth?: AdsAuth,
+  ) {
     // A distinct channel per AdsClient (not the process-wide subchannel pool), so that N clients
     // really are N connections when a benchmark wants that.
     const creds = auth ? grpc.credentials.createSsl(auth.ca, auth.cert?.privateKey ?? null, auth.cert?.certChain ?? null) : grpc.credentials.createInsecure();

@@ -89,7 +89,16 @@ describe('Consul discovery with a real Consul, a real Envoy gateway and real tra
     return text;
   };
   const register = (id: string, port: number, extra: Record<string, unknown> = {}) =>
-    consulApi('PUT', '/v1/agent/service/register', { ID: id, Name: 'web', Address: '127.0.0.1', Port: port, Tags: ['prod'], Meta: { instance: id }, Check: { CheckID: `${id}-ttl`, TTL: '300s', Status: 'passing' }, ...extra });
+    consulApi('PUT', '/v1/agent/service/register', {
+      ID: id,
+      Name: 'web',
+      Address: '127.0.0.1',
+      Port: port,
+      Tags: ['prod'],
+      Meta: { instance: id },
+      Check: { CheckID: `${id}-ttl`, TTL: '300s', Status: 'passing' },
+      ...extra,
+    });
   const upstream = async (name: string) => {
     const u = await startUpstream(name);
     ups.set(name, u);
@@ -149,7 +158,8 @@ describe('Consul discovery with a real Consul, a real Envoy gateway and real tra
     await register('web-3', c.port);
     // Instances without a TTL check: Consul re-arms TTL checks as critical when it restarts (until
     // the application's next heartbeat), so the restart tests send their traffic here.
-    for (const n of ['steady-1', 'steady-2']) await consulApi('PUT', '/v1/agent/service/register', { ID: n, Name: 'steady', Address: '127.0.0.1', Port: (await upstream(n)).port });
+    for (const n of ['steady-1', 'steady-2'])
+      await consulApi('PUT', '/v1/agent/service/register', { ID: n, Name: 'steady', Address: '127.0.0.1', Port: (await upstream(n)).port });
     const dir = mkdtempSync(path.join(os.tmpdir(), 'sb-consul-'));
     writeFileSync(path.join(dir, 'policies.yaml'), policies(gw));
     sb = await startSignalbox({ policies: dir, extraArgs: ['--consul-addr', consul.httpAddr, '--data-dir', path.join(dir, '.data')] });
@@ -160,7 +170,10 @@ describe('Consul discovery with a real Consul, a real Envoy gateway and real tra
   after(async () => {
     // Kept for post-mortems (test-artifacts/ is git-ignored).
     mkdirSync(path.join(repoRoot(), 'test-artifacts'), { recursive: true });
-    writeFileSync(path.join(repoRoot(), 'test-artifacts', 'consul.test.log'), `--- signalbox ---\n${sb?.logs()}\n--- envoy ---\n${envoy?.logs()}\n--- consul ---\n${consul?.logs().slice(-100_000)}\n`);
+    writeFileSync(
+      path.join(repoRoot(), 'test-artifacts', 'consul.test.log'),
+      `--- signalbox ---\n${sb?.logs()}\n--- envoy ---\n${envoy?.logs()}\n--- consul ---\n${consul?.logs().slice(-100_000)}\n`,
+    );
     await envoy?.stop();
     await sb?.kill();
     await consul?.stop();
@@ -208,7 +221,10 @@ describe('Consul discovery with a real Consul, a real Envoy gateway and real tra
     await consulApi('PUT', '/v1/agent/service/maintenance/web-3?enable=true&reason=deploy');
     assert.ok(await untilNoTraffic('web-3', t0 + 2_000), 'web-3 still received traffic 2 s after maintenance was enabled');
     const cla = (await sentEndpoints()).find((e) => e.name === 'web')!;
-    assert.ok(cla.resource.endpoints[0].lb_endpoints.some((e: any) => e.health_status === 'DRAINING'), JSON.stringify(cla.resource));
+    assert.ok(
+      cla.resource.endpoints[0].lb_endpoints.some((e: any) => e.health_status === 'DRAINING'),
+      JSON.stringify(cla.resource),
+    );
     const before = hits('web-3');
     assert.equal((await send(15)).failed, 0);
     assert.equal(hits('web-3'), before, 'a draining instance gets no new requests');
@@ -218,7 +234,8 @@ describe('Consul discovery with a real Consul, a real Envoy gateway and real tra
   });
 
   test('a deregistered instance is removed; a new one is added with endpoint pushes only (no listener, route or cluster push)', async () => {
-    const edsUpdates = async (cluster: string) => Number(/: (\d+)/.exec(await envoy.admin(`/stats?filter=^cluster\\.${cluster}\\.update_success$`))?.[1] ?? NaN);
+    const edsUpdates = async (cluster: string) =>
+      Number(/: (\d+)/.exec(await envoy.admin(`/stats?filter=^cluster\\.${cluster}\\.update_success$`))?.[1] ?? NaN);
     const p0 = await pushes();
     const [web0, billing0] = [await edsUpdates('web'), await edsUpdates('billing')];
     const t0 = Date.now();
@@ -243,7 +260,8 @@ describe('Consul discovery with a real Consul, a real Envoy gateway and real tra
   });
 
   test('an instance replaced (deregistered, its replacement registered at once) under traffic: 0 failed requests, 5 switches', async () => {
-    const registerSwap = (id: string, port: number) => consulApi('PUT', '/v1/agent/service/register', { ID: id, Name: 'swap', Address: '127.0.0.1', Port: port });
+    const registerSwap = (id: string, port: number) =>
+      consulApi('PUT', '/v1/agent/service/register', { ID: id, Name: 'swap', Address: '127.0.0.1', Port: port });
     let current = await upstream('swap-0');
     await registerSwap('swap-0', current.port);
     await waitFor(async () => (await httpGet(url('/swap'))).status === 200, { what: 'swap-0 serving', timeoutMs: 5_000 });
@@ -280,7 +298,9 @@ describe('Consul discovery with a real Consul, a real Envoy gateway and real tra
       await Promise.all(clients);
     }
     const total = Object.values(statuses).reduce((a, b) => a + b, 0);
-    process.stderr.write(`consul: 5 replacements under traffic, ${total} requests, statuses ${JSON.stringify(statuses)}, switch times ${switchMs.join(', ')} ms\n`);
+    process.stderr.write(
+      `consul: 5 replacements under traffic, ${total} requests, statuses ${JSON.stringify(statuses)}, switch times ${switchMs.join(', ')} ms\n`,
+    );
     assert.deepEqual(Object.keys(statuses), ['200'], `every request succeeded during the replacements: ${JSON.stringify(statuses)}`);
     assert.ok(total > 100, `traffic flowed (${total} requests)`);
   });
@@ -288,7 +308,13 @@ describe('Consul discovery with a real Consul, a real Envoy gateway and real tra
   test('a service registered with a connect-proxy sidecar is routed to the sidecar port', async () => {
     const app = await upstream('billing-app');
     const sidecar = await upstream('billing-sidecar');
-    await consulApi('PUT', '/v1/agent/service/register', { ID: 'billing-1', Name: 'billing', Address: '127.0.0.1', Port: app.port, Check: { CheckID: 'billing-1-ttl', TTL: '300s', Status: 'passing' } });
+    await consulApi('PUT', '/v1/agent/service/register', {
+      ID: 'billing-1',
+      Name: 'billing',
+      Address: '127.0.0.1',
+      Port: app.port,
+      Check: { CheckID: 'billing-1-ttl', TTL: '300s', Status: 'passing' },
+    });
     await consulApi('PUT', '/v1/agent/service/register', {
       ID: 'billing-1-sidecar-proxy',
       Name: 'billing-sidecar-proxy',
@@ -299,7 +325,14 @@ describe('Consul discovery with a real Consul, a real Envoy gateway and real tra
       Check: { CheckID: 'billing-1-sidecar-ttl', TTL: '300s', Status: 'passing' },
     });
     // Envoy has exactly one billing host, at the sidecar's port.
-    await waitFor(async () => (await envoy.admin('/clusters')).split('\n').filter((l) => /^billing::\d.*::health_flags::/.test(l)).join() === `billing::127.0.0.1:${sidecar.port}::health_flags::healthy`, { what: 'billing host at the sidecar port', timeoutMs: 5_000 });
+    await waitFor(
+      async () =>
+        (await envoy.admin('/clusters'))
+          .split('\n')
+          .filter((l) => /^billing::\d.*::health_flags::/.test(l))
+          .join() === `billing::127.0.0.1:${sidecar.port}::health_flags::healthy`,
+      { what: 'billing host at the sidecar port', timeoutMs: 5_000 },
+    );
     const { by, failed } = await send(10, '/billing');
     assert.equal(failed, 0);
     assert.deepEqual(by, { 'billing-sidecar': 10 }, 'traffic goes to the sidecar, never straight to the app port');
@@ -315,7 +348,9 @@ describe('Consul discovery with a real Consul, a real Envoy gateway and real tra
 
   test('a registration with an unusable address is skipped, logged and counted; the rest is kept', async () => {
     await consulApi('PUT', '/v1/agent/service/register', { ID: 'web-bad', Name: 'web', Address: 'not-an-ip.example', Port: 9, Tags: ['prod'] });
-    await waitFor(async () => /signalbox_consul_skipped_instances_total\{reason="invalid_address"\} [1-9]/.test(await sb.adminText('/metrics')), { what: 'skip counted' });
+    await waitFor(async () => /signalbox_consul_skipped_instances_total\{reason="invalid_address"\} [1-9]/.test(await sb.adminText('/metrics')), {
+      what: 'skip counted',
+    });
     assert.match(sb.logs(), /skipped registration .*web-bad: address \\"not-an-ip.example\\" is not an IP address/);
     const { by, failed } = await send(12);
     assert.equal(failed, 0);
@@ -338,7 +373,11 @@ describe('Consul discovery with a real Consul, a real Envoy gateway and real tra
       await waitFor(() => ok > 20, { what: 'traffic flowing' });
       const endpointsBefore = (await sentEndpoints()).map((e) => [e.name, e.version]);
       const clustersBefore = await envoy.admin('/clusters');
-      const hostsOf = (text: string) => text.split('\n').filter((l) => /^(web|steady)::\d/.test(l) && /::health_flags::/.test(l)).sort();
+      const hostsOf = (text: string) =>
+        text
+          .split('\n')
+          .filter((l) => /^(web|steady)::\d/.test(l) && /::health_flags::/.test(l))
+          .sort();
       await consul.kill();
       await waitFor(async () => (await sb.admin('/api/sources')).sources[0].stale === true, { what: 'source marked stale', timeoutMs: 5_000 });
       const src = (await sb.admin('/api/sources')).sources[0];
@@ -352,17 +391,27 @@ describe('Consul discovery with a real Consul, a real Envoy gateway and real tra
       assert.equal(readyz.status, 200, 'readiness stays true once a first full sync happened');
       const during = ok;
       await waitFor(() => ok > during + 50, { what: 'traffic during the Consul outage' });
-      assert.deepEqual((await sentEndpoints()).map((e) => [e.name, e.version]), endpointsBefore, 'no endpoint change sent while Consul is down');
+      assert.deepEqual(
+        (await sentEndpoints()).map((e) => [e.name, e.version]),
+        endpointsBefore,
+        'no endpoint change sent while Consul is down',
+      );
       assert.deepEqual(hostsOf(await envoy.admin('/clusters')), hostsOf(clustersBefore), 'Envoy keeps the same hosts');
 
       await consul.restart();
-      await waitFor(async () => (await sb.admin('/api/sources')).sources[0].stale === false, { what: 'source fresh again after Consul restart', timeoutMs: 20_000 });
+      await waitFor(async () => (await sb.admin('/api/sources')).sources[0].stale === false, {
+        what: 'source fresh again after Consul restart',
+        timeoutMs: 20_000,
+      });
       // Resynced: a change made after the restart reaches Envoy.
       const e = await upstream('web-5');
       await register('web-5', e.port);
       // (web's other instances have TTL checks, which Consul re-arms as critical on restart: /web
       // may answer 503 until web-5 arrives, so its requests are not part of the steady count.)
-      await waitFor(async () => (await httpGet(url('/web'))).headers.get('x-upstream') === 'web-5', { what: 'web-5 (registered after the restart) receives traffic', timeoutMs: 10_000 });
+      await waitFor(async () => (await httpGet(url('/web'))).headers.get('x-upstream') === 'web-5', {
+        what: 'web-5 (registered after the restart) receives traffic',
+        timeoutMs: 10_000,
+      });
     } finally {
       running = false;
       await traffic;
@@ -386,13 +435,22 @@ describe('Consul discovery with a real Consul, a real Envoy gateway and real tra
       await consul.kill();
       await sb.kill('SIGKILL');
       const restarting = sb.restart(); // resolves when /readyz answers: only after Consul is back
-      await waitFor(async () => /control_plane.connected_state: 0/.test(await envoy.admin('/stats?filter=control_plane.connected_state')), { what: 'envoy lost the control plane' });
+      await waitFor(async () => /control_plane.connected_state: 0/.test(await envoy.admin('/stats?filter=control_plane.connected_state')), {
+        what: 'envoy lost the control plane',
+      });
       const during = ok;
       await waitFor(() => ok > during + 100, { what: 'traffic while both Consul and Signalbox are down' });
-      assert.match(await envoy.admin('/stats?filter=control_plane.connected_state'), /connected_state: 0/, 'the new Signalbox does not serve xDS before its first Consul sync');
+      assert.match(
+        await envoy.admin('/stats?filter=control_plane.connected_state'),
+        /connected_state: 0/,
+        'the new Signalbox does not serve xDS before its first Consul sync',
+      );
       await consul.restart();
       await restarting;
-      await waitFor(async () => /control_plane.connected_state: 1/.test(await envoy.admin('/stats?filter=control_plane.connected_state')), { what: 'envoy reconnected', timeoutMs: 15_000 });
+      await waitFor(async () => /control_plane.connected_state: 1/.test(await envoy.admin('/stats?filter=control_plane.connected_state')), {
+        what: 'envoy reconnected',
+        timeoutMs: 15_000,
+      });
       await waitFor(async () => (await sb.admin(`/api/proxies/${proxyId}`).catch(() => ({}))).state === 'SYNCED', { what: 'proxy re-synced' });
       const after = ok;
       await waitFor(() => ok > after + 50, { what: 'traffic after the restart' });
@@ -413,7 +471,17 @@ describe('a Consul restarted without its data (-dev) resyncs without dropping en
   const ups: Upstream[] = [];
   const url = (p: string) => `http://127.0.0.1:${gw}${p}`;
   const register = async (id: string, port: number) => {
-    const res = await fetch(`http://${consul.httpAddr}/v1/agent/service/register`, { method: 'PUT', body: JSON.stringify({ ID: id, Name: 'web', Address: '127.0.0.1', Port: port, Tags: ['prod'], Check: { CheckID: `${id}-ttl`, TTL: '300s', Status: 'passing' } }) });
+    const res = await fetch(`http://${consul.httpAddr}/v1/agent/service/register`, {
+      method: 'PUT',
+      body: JSON.stringify({
+        ID: id,
+        Name: 'web',
+        Address: '127.0.0.1',
+        Port: port,
+        Tags: ['prod'],
+        Check: { CheckID: `${id}-ttl`, TTL: '300s', Status: 'passing' },
+      }),
+    });
     assert.equal(res.status, 200, await res.text());
   };
   const webHosts = async () => (await envoy.admin('/clusters')).split('\n').filter((l) => /^web::\d.*::health_flags::healthy$/.test(l)).length;
@@ -426,14 +494,21 @@ describe('a Consul restarted without its data (-dev) resyncs without dropping en
     await register('dev-b', ups[1]!.port);
     const dir = mkdtempSync(path.join(os.tmpdir(), 'sb-consul-dev-'));
     writeFileSync(path.join(dir, 'policies.yaml'), policies(gw));
-    sb = await startSignalbox({ policies: dir, extraArgs: ['--consul-addr', consul.httpAddr, '--data-dir', path.join(dir, '.data')], env: { SIGNALBOX_CONSUL_RESYNC_GRACE_MS: '3000', SIGNALBOX_CONSUL_BACKOFF_MAX_MS: '1000' } });
+    sb = await startSignalbox({
+      policies: dir,
+      extraArgs: ['--consul-addr', consul.httpAddr, '--data-dir', path.join(dir, '.data')],
+      env: { SIGNALBOX_CONSUL_RESYNC_GRACE_MS: '3000', SIGNALBOX_CONSUL_BACKOFF_MAX_MS: '1000' },
+    });
     envoy = await startEnvoy({ name: 'edge-consul-dev', bootstrapYaml: await sb.bootstrap({ gateway: 'edge', id: 'edge-consul-dev', delta: false }) });
     await waitFor(async () => (await webHosts()) === 2, { what: 'two web hosts in Envoy', timeoutMs: 15_000 });
   });
 
   after(async () => {
     mkdirSync(path.join(repoRoot(), 'test-artifacts'), { recursive: true });
-    writeFileSync(path.join(repoRoot(), 'test-artifacts', 'consul-dev.test.log'), `--- signalbox ---\n${sb?.logs()}\n--- envoy ---\n${envoy?.logs()}\n--- consul ---\n${consul?.logs().slice(-100_000)}\n`);
+    writeFileSync(
+      path.join(repoRoot(), 'test-artifacts', 'consul-dev.test.log'),
+      `--- signalbox ---\n${sb?.logs()}\n--- envoy ---\n${envoy?.logs()}\n--- consul ---\n${consul?.logs().slice(-100_000)}\n`,
+    );
     await envoy?.stop();
     await sb?.kill();
     await consul?.stop();
@@ -510,7 +585,10 @@ spec:
   rules: [ { backendRefs: [ { name: shop-api } ] } ]
 `,
     );
-    sb = await startSignalbox({ policies: dir, extraArgs: ['--consul-addr', consul.httpAddr, '--consul-import', 'tag=edge', '--data-dir', path.join(dir, '.data')] });
+    sb = await startSignalbox({
+      policies: dir,
+      extraArgs: ['--consul-addr', consul.httpAddr, '--consul-import', 'tag=edge', '--data-dir', path.join(dir, '.data')],
+    });
     envoy = await startEnvoy({ name: 'edge-consul-import', bootstrapYaml: await sb.bootstrap({ gateway: 'edge', id: 'edge-consul-import', delta: true }) });
   });
 
@@ -529,7 +607,14 @@ spec:
     assert.deepEqual(imp.services, { 'shop-api': 'Shop_API' });
     assert.equal(imp.mode, 'tag=edge');
     await register({ ID: 'late-1', Name: 'late', Address: '127.0.0.1', Port: ups[1]!.port, Tags: ['edge'] });
-    await waitFor(async () => (await sb.admin('/api/sources')).sources[0].extra.import.services.late === 'late', { what: 'late service imported', timeoutMs: 5_000 });
-    await waitFor(async () => (await sb.admin('/api/sources')).sources[0].watches.some((w: { consulService: string; synced: boolean }) => w.consulService === 'late' && w.synced), { what: 'late service watched' });
+    await waitFor(async () => (await sb.admin('/api/sources')).sources[0].extra.import.services.late === 'late', {
+      what: 'late service imported',
+      timeoutMs: 5_000,
+    });
+    await waitFor(
+      async () =>
+        (await sb.admin('/api/sources')).sources[0].watches.some((w: { consulService: string; synced: boolean }) => w.consulService === 'late' && w.synced),
+      { what: 'late service watched' },
+    );
   });
 });

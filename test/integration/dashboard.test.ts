@@ -152,18 +152,31 @@ describe('dashboard in a real browser, real Envoy traffic', () => {
     quotaPort = await freePort();
     redis = await startRedis({ password: REDIS_PASSWORD });
     dir = mkdtempSync(path.join(os.tmpdir(), 'sb-dashboard-'));
-    for (const [f, text] of Object.entries(policies({ edge: edgePort, lab: labPort, quota: quotaPort, shop: shop.port, flaky: flaky.port }))) writeFileSync(path.join(dir, f), text);
+    for (const [f, text] of Object.entries(policies({ edge: edgePort, lab: labPort, quota: quotaPort, shop: shop.port, flaky: flaky.port })))
+      writeFileSync(path.join(dir, f), text);
     sb = await startSignalbox({ policies: dir, extraArgs: ['--redis-url', `redis://:${REDIS_PASSWORD}@127.0.0.1:${redis.port}`] });
     edge = await startEnvoy({ name: 'edge-gw', bootstrapYaml: await sb.bootstrap({ gateway: 'edge', id: 'edge-gw' }) });
     lab = await startEnvoy({ name: 'lab-gw', bootstrapYaml: await sb.bootstrap({ gateway: 'lab', id: 'lab-gw', delta: true }) });
     quota = await startEnvoy({ name: 'quota-gw', bootstrapYaml: await sb.bootstrap({ gateway: 'quota', id: 'quota-gw' }) });
     await waitFor(async () => (await httpGet(`http://127.0.0.1:${edgePort}/shop/ready`)).status === 200, { what: 'edge gateway serving', timeoutMs: 15_000 });
-    await waitFor(async () => (await httpGet(`http://127.0.0.1:${quotaPort}/quota/ready`, { headers: { 'x-api-key': 'warm-up' } })).status === 200, { what: 'quota gateway serving', timeoutMs: 20_000 });
+    await waitFor(async () => (await httpGet(`http://127.0.0.1:${quotaPort}/quota/ready`, { headers: { 'x-api-key': 'warm-up' } })).status === 200, {
+      what: 'quota gateway serving',
+      timeoutMs: 20_000,
+    });
     profile = mkdtempSync(path.join(os.tmpdir(), 'sb-chromium-'));
     context = await chromium.launchPersistentContext(profile, {
       executablePath: browserPath,
       headless: true,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+      args: [
+        '--headless',
+        '--no-sandbox',
+        '--disable-gpu',
+        '--disable-quic',
+        '--no-first-run',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+      ],
       viewport: { width: 1400, height: 1000 },
       timeout: 60_000,
     });
@@ -262,7 +275,10 @@ describe('dashboard in a real browser, real Envoy traffic', () => {
     assert.equal(first, 'lab-gw');
     assert.match((await page.textContent('#card-proxy-states')) ?? '', /1 NACKed/);
     // A truthful headline: valid, but not live on the NACKED proxy, and not green.
-    await waitFor(async () => /not live on 1 proxy \(NACKED\)/.test((await page.textContent('#card-config')) ?? ''), { what: 'the config card to say the NACKED proxy runs an older configuration', timeoutMs: 10_000 });
+    await waitFor(async () => /not live on 1 proxy \(NACKED\)/.test((await page.textContent('#card-config')) ?? ''), {
+      what: 'the config card to say the NACKED proxy runs an older configuration',
+      timeoutMs: 10_000,
+    });
     assert.equal(((await page.textContent('#card-config')) ?? '').trim(), 'valid, not live on 1 proxy (NACKED)');
     assert.doesNotMatch((await page.getAttribute('#card-config', 'class')) ?? '', /state-SYNCED/, 'not green');
     const summary = await sb.admin('/api/dashboard/summary');
@@ -271,7 +287,10 @@ describe('dashboard in a real browser, real Envoy traffic', () => {
     const lab = await sb.admin('/api/proxies/lab-gw');
     const sources = Object.values(lab.types as Record<string, { lastNack?: { sources: string[] } }>).flatMap((t) => t.lastNack?.sources ?? []);
     assert.ok(sources.includes('lab-routes.yaml'), `relative NACK sources: ${sources.join(', ')}`);
-    assert.ok(sources.every((f) => !f.startsWith('/')), `no absolute paths: ${sources.join(', ')}`);
+    assert.ok(
+      sources.every((f) => !f.startsWith('/')),
+      `no absolute paths: ${sources.join(', ')}`,
+    );
   });
 
   test('the rate-limit panel: allowed / limited per policy, Redis up and down, and what failureMode does meanwhile', async () => {
@@ -293,10 +312,16 @@ describe('dashboard in a real browser, real Envoy traffic', () => {
     assert.equal(after.allowed + after.failureAllowed - before.allowed - before.failureAllowed, QUOTA);
     assert.equal(after.limited - before.limited, 2);
     // The page shows them.
-    await waitFor(async () => (await cell(row, 'allowed')) === after.allowed && (await cell(row, 'limited')) === after.limited && (await cell(row, 'failureAllowed')) === after.failureAllowed, {
-      what: `the panel to show ${after.allowed} allowed, ${after.limited} limited, ${after.failureAllowed} failure allowed`,
-      timeoutMs: 15_000,
-    });
+    await waitFor(
+      async () =>
+        (await cell(row, 'allowed')) === after.allowed &&
+        (await cell(row, 'limited')) === after.limited &&
+        (await cell(row, 'failureAllowed')) === after.failureAllowed,
+      {
+        what: `the panel to show ${after.allowed} allowed, ${after.limited} limited, ${after.failureAllowed} failure allowed`,
+        timeoutMs: 15_000,
+      },
+    );
     assert.equal(await cell(row, 'failureDenied'), 0);
     assert.equal(await panel(`${row} [data-field="failureMode"]`), 'allow');
     assert.equal(await panel(`${row} [data-field="inEffect"]`), 'counted in Redis');
@@ -311,7 +336,10 @@ describe('dashboard in a real browser, real Envoy traffic', () => {
     const during: number[] = [];
     for (let i = 0; i < 3; i++) during.push((await httpGet(`http://127.0.0.1:${quotaPort}/quota/x`, { headers: { 'x-api-key': `${key}-down-${i}` } })).status);
     assert.deepEqual(during, [200, 200, 200], 'failureMode allow while Redis is down');
-    await waitFor(async () => (await panel('#rl-redis-state')) === 'down' && (await cell(row, 'failureAllowed')) === after.failureAllowed + 3, { what: 'the panel to show Redis down and 3 let through', timeoutMs: 15_000 });
+    await waitFor(async () => (await panel('#rl-redis-state')) === 'down' && (await cell(row, 'failureAllowed')) === after.failureAllowed + 3, {
+      what: 'the panel to show Redis down and 3 let through',
+      timeoutMs: 15_000,
+    });
     assert.equal(await panel(`${row} [data-field="inEffect"]`), 'Redis down: let through uncounted (failureMode allow)');
     assert.match((await page.getAttribute(`${row} [data-field="inEffect"]`, 'class')) ?? '', /warn/);
     assert.ok(Number(await page.getAttribute('#rl-redis-errors', 'data-value')) > errorsBefore, 'Redis errors counted');
@@ -336,7 +364,11 @@ describe('dashboard in a real browser, real Envoy traffic', () => {
     // Neither gateway uses a secret, so neither was issued a certificate (each instance gets its own when it asks).
     assert.match(r.stdout, /^edge-gw\s+gateway\/edge\s+sotw\s+.*SYNCED\s+-$/m);
     assert.match(r.stdout, /^lab-gw\s+gateway\/lab\s+delta\s+.*NACKED\s+-$/m);
-    assert.match(r.stdout, /lab-gw: route \w+ NACKED \(from lab-routes\.yaml#1 spec\.rules\[0\]\.matches\[0\]\.headers\[0\]\.value \(line \d+\)\)/, 'relative to the policy directory, with the document and field at fault');
+    assert.match(
+      r.stdout,
+      /lab-gw: route \w+ NACKED \(from lab-routes\.yaml#1 spec\.rules\[0\]\.matches\[0\]\.headers\[0\]\.value \(line \d+\)\)/,
+      'relative to the policy directory, with the document and field at fault',
+    );
     assert.doesNotMatch(r.stdout, /\/tmp\//);
     assert.match(r.stdout, /proxies: \d+ synced, \d+ pending, 1 NACKed/);
     assert.doesNotMatch(r.stdout, /stale/i);
@@ -345,15 +377,26 @@ describe('dashboard in a real browser, real Envoy traffic', () => {
   test('certificates, validation errors, and a screenshot', async () => {
     // An instance of shop asks for its identity (as a sidecar's SDS does): its certificate is listed.
     const ads = new AdsClient(`127.0.0.1:${sb.xdsPort}`, {}, { ca: xdsCa(sb.dataDir), token: () => signTokenSync(sb.dataDir, 'service/shop') });
-    const node = makeNode({ id: 'shop-1', role: 'sidecar', gateway: null, metadata: { 'signalbox.service': 'shop', 'signalbox.app_port': '9001', 'signalbox.inbound_port': '21001' } });
+    const node = makeNode({
+      id: 'shop-1',
+      role: 'sidecar',
+      gateway: null,
+      metadata: { 'signalbox.service': 'shop', 'signalbox.app_port': '9001', 'signalbox.inbound_port': '21001' },
+    });
     const sidecar = ads.sotw({ node, autoAck: true });
     sidecar.request(TypeUrl.Secret, ['signalbox/identity']);
     await sidecar.next((x) => x.type_url === TypeUrl.Secret && x.resources.length === 1, 10_000);
     // (The quota gateway's certificate is listed already: wait for shop's.)
-    await waitFor(async () => /spiffe:\/\/signalbox\.local\/service\/shop/.test((await page.textContent('#certs tbody')) ?? ''), { what: "shop's certificate listed", timeoutMs: 10_000 });
+    await waitFor(async () => /spiffe:\/\/signalbox\.local\/service\/shop/.test((await page.textContent('#certs tbody')) ?? ''), {
+      what: "shop's certificate listed",
+      timeoutMs: 10_000,
+    });
     ads.close();
     // An invalid edit shows up in the page (and changes nothing that is served).
-    writeFileSync(path.join(dir, 'broken.yaml'), 'apiVersion: signalbox.dev/v1alpha1\nkind: HTTPRoute\nmetadata: { name: broken }\nspec:\n  parentRefs: [ { kind: Gateway, name: nowhere } ]\n  rules: []\n');
+    writeFileSync(
+      path.join(dir, 'broken.yaml'),
+      'apiVersion: signalbox.dev/v1alpha1\nkind: HTTPRoute\nmetadata: { name: broken }\nspec:\n  parentRefs: [ { kind: Gateway, name: nowhere } ]\n  rules: []\n',
+    );
     await waitFor(async () => /broken\.yaml/.test((await page.textContent('#errors')) ?? ''), { what: 'validation error shown', timeoutMs: 15_000 });
     await waitFor(async () => /1 error/.test((await page.textContent('#card-config')) ?? ''), { what: 'the summary card to count it', timeoutMs: 10_000 });
     assert.equal((await httpGet(`http://127.0.0.1:${edgePort}/shop/still`)).status, 200, 'the last good config still serves');

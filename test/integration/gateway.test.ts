@@ -59,7 +59,16 @@ spec:
 
 /** What `signalbox bootstrap --gateway NAME > policies/envoy.yaml` writes into the policy directory: the real command's output. */
 async function savedBootstrap(sb: SignalboxProcess, gateway: string): Promise<string> {
-  const { stdout } = await promisify(execFile)(process.execPath, [path.join(repoRoot(), 'bin/signalbox.js'), 'bootstrap', '--gateway', gateway, '--data-dir', sb.dataDir, '--xds-address', `127.0.0.1:${sb.xdsPort}`]);
+  const { stdout } = await promisify(execFile)(process.execPath, [
+    path.join(repoRoot(), 'bin/signalbox.js'),
+    'bootstrap',
+    '--gateway',
+    gateway,
+    '--data-dir',
+    sb.dataDir,
+    '--xds-address',
+    `127.0.0.1:${sb.xdsPort}`,
+  ]);
   assert.match(stdout, /^node:/m, 'an Envoy bootstrap');
   return stdout;
 }
@@ -211,7 +220,12 @@ for (const mode of ['sotw', 'delta'] as const) {
       writeFileSync(path.join(dir, 'routes.yaml'), routesYaml({ splitV1: 80, splitV2: 20, searchBackend: 'serch' }));
       await waitFor(async () => (await sb.admin('/api/errors')).valid === false, { what: 'error reported' });
       const errors = await sb.admin('/api/errors');
-      assert.ok(errors.errors.some((e: { text: string }) => e.text.includes('routes.yaml#2 spec.rules[0].backendRefs[0].name: unknown Service "serch" (did you mean "search"?)')), JSON.stringify(errors));
+      assert.ok(
+        errors.errors.some((e: { text: string }) =>
+          e.text.includes('routes.yaml#2 spec.rules[0].backendRefs[0].name: unknown Service "serch" (did you mean "search"?)'),
+        ),
+        JSON.stringify(errors),
+      );
       const metrics = await sb.adminText('/metrics');
       assert.match(metrics, /^signalbox_policy_errors [1-9]/m);
       assert.equal((await upstreamOf('/search')).upstream, 'admin', 'routing unchanged');
@@ -245,7 +259,9 @@ for (const mode of ['sotw', 'delta'] as const) {
       // Back as the other tests expect it.
       rmSync(path.join(dir, 'envoy.yaml'));
       writeFileSync(path.join(dir, 'routes.yaml'), routesYaml({ splitV1: 80, splitV2: 20 }));
-      await waitFor(async () => (await upstreamOf('/search')).upstream === 'search' && (await sb.admin('/api/errors')).warnings.length === 0, { what: 'bootstrap gone, route restored' });
+      await waitFor(async () => (await upstreamOf('/search')).upstream === 'search' && (await sb.admin('/api/errors')).warnings.length === 0, {
+        what: 'bootstrap gone, route restored',
+      });
     });
 
     test('killing and restarting Signalbox drops no request and Envoy re-syncs', async () => {
@@ -261,11 +277,16 @@ for (const mode of ['sotw', 'delta'] as const) {
       })();
       await waitFor(() => ok > 20, { what: 'traffic flowing' });
       await sb.kill('SIGKILL');
-      await waitFor(async () => /control_plane.connected_state: 0/.test(await envoy.admin('/stats?filter=control_plane.connected_state')), { what: 'envoy notices the control plane is gone' });
+      await waitFor(async () => /control_plane.connected_state: 0/.test(await envoy.admin('/stats?filter=control_plane.connected_state')), {
+        what: 'envoy notices the control plane is gone',
+      });
       const duringOutage = ok;
       await waitFor(() => ok > duringOutage + 20, { what: 'traffic served while the control plane is down' });
       await sb.restart();
-      await waitFor(async () => /control_plane.connected_state: 1/.test(await envoy.admin('/stats?filter=control_plane.connected_state')), { what: 'envoy reconnected', timeoutMs: 15_000 });
+      await waitFor(async () => /control_plane.connected_state: 1/.test(await envoy.admin('/stats?filter=control_plane.connected_state')), {
+        what: 'envoy reconnected',
+        timeoutMs: 15_000,
+      });
       await waitFor(async () => (await sb.admin(`/api/proxies/${proxyId}`).catch(() => ({}))).state === 'SYNCED', { what: 'proxy re-synced' });
       const afterRestart = ok;
       await waitFor(() => ok > afterRestart + 20, { what: 'traffic after restart' });
@@ -306,7 +327,11 @@ spec:
 
   before(async () => {
     ups = await Promise.all([startUpstream('first'), startUpstream('second')]);
-    env = await startGatewayEnv({ name: 'strict', serveArgs: ['--strict'], files: (port) => ({ 'services.yaml': services(port), 'route.yaml': route('first') }) });
+    env = await startGatewayEnv({
+      name: 'strict',
+      serveArgs: ['--strict'],
+      files: (port) => ({ 'services.yaml': services(port), 'route.yaml': route('first') }),
+    });
     await waitFor(async () => (await upstreamOf()) === 'first', { what: 'first route served' });
   });
   after(async () => {

@@ -143,7 +143,14 @@ describe('global rate limits: real Envoys, real Redis', () => {
     sb = await startSignalbox({ policies: dir, extraArgs: ['--ratelimit-port', '0', '--redis-url', url] });
     envoys.push(await startEnvoy({ name: 'grl-gw-a', bootstrapYaml: await sb.bootstrap({ gateway: 'gw-a', id: 'grl-gw-a' }) }));
     envoys.push(await startEnvoy({ name: 'grl-gw-b', bootstrapYaml: await sb.bootstrap({ gateway: 'gw-b', id: 'grl-gw-b' }) }));
-    envoys.push(await startEnvoy({ name: 'grl-sidecar', bootstrapYaml: await sb.bootstrap({ sidecar: { service: 'client', instance: 'client-1', appPort: ports.appPort, inboundPort: ports.inbound, outboundPort: ports.outbound } }) }));
+    envoys.push(
+      await startEnvoy({
+        name: 'grl-sidecar',
+        bootstrapYaml: await sb.bootstrap({
+          sidecar: { service: 'client', instance: 'client-1', appPort: ports.appPort, inboundPort: ports.inbound, outboundPort: ports.outbound },
+        }),
+      }),
+    );
     await waitFor(
       async () =>
         (await get(ports.a, '/keyed', { headers: { 'x-api-key': 'warm-a' } }).catch(() => undefined))?.status === 200 &&
@@ -192,15 +199,24 @@ describe('global rate limits: real Envoys, real Redis', () => {
       limited: seen.filter((s) => s.second === sec && s.status === 429).length,
       byVia: [0, 1, 2].map((v) => seen.filter((s) => s.second === sec && s.status === 200 && s.via === v).length),
     }));
-    console.log(`global limit ${LIMIT}/s per key, 2 gateways + 1 sidecar: ${perSecond.map((p) => `${p.allowed} allowed (gw-a ${p.byVia[0]}, gw-b ${p.byVia[1]}, sidecar ${p.byVia[2]}) / ${p.limited} limited`).join('; ')}; ${seen.length} requests`);
-    assert.deepEqual(seen.filter((s) => s.status !== 200 && s.status !== 429).map((s) => s.status), [], 'only 200 and 429');
+    console.log(
+      `global limit ${LIMIT}/s per key, 2 gateways + 1 sidecar: ${perSecond.map((p) => `${p.allowed} allowed (gw-a ${p.byVia[0]}, gw-b ${p.byVia[1]}, sidecar ${p.byVia[2]}) / ${p.limited} limited`).join('; ')}; ${seen.length} requests`,
+    );
+    assert.deepEqual(
+      seen.filter((s) => s.status !== 200 && s.status !== 429).map((s) => s.status),
+      [],
+      'only 200 and 429',
+    );
     for (const p of perSecond) {
       assert.ok(p.allowed <= LIMIT + 1, `second ${p.sec}: ${p.allowed} allowed, more than ${LIMIT} + 1`);
       assert.ok(p.limited > 0, `second ${p.sec}: the load was above the limit`);
       // The window resets on time: every second lets requests through again.
       assert.ok(p.allowed >= LIMIT - 1, `second ${p.sec}: only ${p.allowed} allowed after the window reset`);
     }
-    assert.ok(perSecond.some((p) => p.byVia.filter((n) => n > 0).length >= 2), 'allowed requests came through more than one proxy in a second (one shared counter)');
+    assert.ok(
+      perSecond.some((p) => p.byVia.filter((n) => n > 0).length >= 2),
+      'allowed requests came through more than one proxy in a second (one shared counter)',
+    );
     const limited = seen.find((s) => s.status === 429)!.reply;
     assert.match(String(limited.headers['x-ratelimit-limit']), new RegExp(`^${LIMIT}\\b`));
     assert.equal(limited.headers['x-ratelimit-remaining'], '0');
@@ -227,7 +243,13 @@ describe('global rate limits: real Envoys, real Redis', () => {
     const status = await sb.adminText('/api/status');
     const rl = await sb.adminText('/api/ratelimit');
     const metrics = await sb.adminText('/metrics');
-    for (const [what, text] of [['/api/status', status], ['/api/ratelimit', rl], ['/metrics', metrics], ['log', sb.logs()]] as const) assert.ok(!text.includes(PASSWORD), `${what} holds the password`);
+    for (const [what, text] of [
+      ['/api/status', status],
+      ['/api/ratelimit', rl],
+      ['/metrics', metrics],
+      ['log', sb.logs()],
+    ] as const)
+      assert.ok(!text.includes(PASSWORD), `${what} holds the password`);
     assert.match(rl, /redis:\/\/:\*\*\*@127\.0\.0\.1/);
     assert.match(metrics, /signalbox_ratelimit_policy_failure_mode\{policy="closed-on-failure",failure_mode="deny"\} 1/);
     assert.match(metrics, /signalbox_ratelimit_decisions_total\{policy="per-key",result="limited"\} [1-9]/);
@@ -267,13 +289,23 @@ describe('global rate limits: real Envoys, real Redis', () => {
     );
     assert.equal(allowStatuses.length - count(allowStatuses, 200), 0, 'failureMode allow: not one request failed');
     assert.ok(count(duringDeny, 503) > 0, 'failureMode deny: 503 while Redis is down');
-    assert.deepEqual(denyStatuses.filter((s) => s !== 200 && s !== 503), [], 'deny route: only 200 or 503');
-    assert.ok(down.warnings.some((w: string) => /Redis .* cannot be reached/.test(w) && /closed-on-failure \(failureMode deny\) get 503/.test(w)), 'the outage is a warning in /api/status');
+    assert.deepEqual(
+      denyStatuses.filter((s) => s !== 200 && s !== 503),
+      [],
+      'deny route: only 200 or 503',
+    );
+    assert.ok(
+      down.warnings.some((w: string) => /Redis .* cannot be reached/.test(w) && /closed-on-failure \(failureMode deny\) get 503/.test(w)),
+      'the outage is a warning in /api/status',
+    );
     assert.ok(!JSON.stringify(down).includes(PASSWORD));
     // No crash: the control plane still answers.
     assert.equal((await fetch(`http://127.0.0.1:${sb.adminPort}/healthz`)).status, 200);
     // Counting resumes: 3 per minute per key, on both failure modes.
-    for (const [port, p] of [[ports.a, '/allow'], [ports.b, '/deny']] as const) {
+    for (const [port, p] of [
+      [ports.a, '/allow'],
+      [ports.b, '/deny'],
+    ] as const) {
       const statuses: number[] = [];
       for (let i = 0; i < 5; i++) statuses.push((await get(port, p, { headers: { 'x-api-key': 'after-outage' } })).status);
       assert.deepEqual(statuses, [200, 200, 200, 429, 429], `${p} after Redis returned`);

@@ -71,7 +71,10 @@ describe('one broken group, through real Envoy', () => {
     sb = await startSignalbox({ policies: dir, env: { SIGNALBOX_FAULT_TRANSLATE_ROUTE: 'boom' } });
     envoyA = await startEnvoy({ name: 'group-failure-a', bootstrapYaml: await sb.bootstrap({ gateway: 'a', id: 'gw-a' }) });
     envoyB = await startEnvoy({ name: 'group-failure-b', bootstrapYaml: await sb.bootstrap({ gateway: 'b', id: 'gw-b' }) });
-    await waitFor(async () => (await status(portA, '/a/1')) === 200 && (await status(portB, '/b/1')) === 200, { what: 'both gateways serving', timeoutMs: 20_000 });
+    await waitFor(async () => (await status(portA, '/a/1')) === 200 && (await status(portB, '/b/1')) === 200, {
+      what: 'both gateways serving',
+      timeoutMs: 20_000,
+    });
   });
 
   after(async () => {
@@ -96,14 +99,11 @@ describe('one broken group, through real Envoy', () => {
     // The errors name the broken group and its documents, with their own code.
     const errors = await sb.admin<{ valid: boolean; errors: { code: string; file: string; doc: number; group?: string; message: string }[] }>('/api/errors');
     assert.equal(errors.valid, false);
-    assert.deepEqual(
-      errors.errors.map((e) => [e.code, path.basename(e.file), e.doc, e.group]).sort(),
-      [
-        ['SB_TRANSLATE', 'a.yaml', 1, 'gateway/a'],
-        ['SB_TRANSLATE', 'a.yaml', 2, 'gateway/a'],
-        ['SB_TRANSLATE', 'base.yaml', 2, 'gateway/a'],
-      ],
-    );
+    assert.deepEqual(errors.errors.map((e) => [e.code, path.basename(e.file), e.doc, e.group]).sort(), [
+      ['SB_TRANSLATE', 'a.yaml', 1, 'gateway/a'],
+      ['SB_TRANSLATE', 'a.yaml', 2, 'gateway/a'],
+      ['SB_TRANSLATE', 'base.yaml', 2, 'gateway/a'],
+    ]);
     assert.match(errors.errors[0]!.message, /proxy group "gateway\/a" cannot be compiled \(translation failed: fault injected/);
     const groups = await sb.admin<{ groups: { group: string; version: string; failed?: { servingLastGood: boolean; errors: string[] } }[] }>('/api/groups');
     const a = groups.groups.find((g) => g.group === 'gateway/a')!;

@@ -29,7 +29,12 @@ interface Asked {
   body: string;
 }
 
-function get(port: number, p: string, headers: http.OutgoingHttpHeaders = {}, agent: http.Agent | false = false): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string; reused: boolean }> {
+function get(
+  port: number,
+  p: string,
+  headers: http.OutgoingHttpHeaders = {},
+  agent: http.Agent | false = false,
+): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string; reused: boolean }> {
   return new Promise((resolve, reject) => {
     const req = http.request({ host: '127.0.0.1', port, path: p, headers, agent }, (res) => {
       let body = '';
@@ -79,15 +84,37 @@ describe(`the compiled JWT filter in a real Envoy ${envoyVersionUnderTest()}`, (
     port = await freePort();
     const module = { name: JWT_MODULE.name, do_not_close: true };
     const perRoute = (value: string) => ({
-      [JWT_CHECK_FILTER]: { '@type': 'type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilterPerRoute', dynamic_module_config: module, per_route_config_name: JWT_MODULE.filter, filter_config: { '@type': 'type.googleapis.com/google.protobuf.StringValue', value } },
+      [JWT_CHECK_FILTER]: {
+        '@type': 'type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilterPerRoute',
+        dynamic_module_config: module,
+        per_route_config_name: JWT_MODULE.filter,
+        filter_config: { '@type': 'type.googleapis.com/google.protobuf.StringValue', value },
+      },
     });
-    const route = (name: string, prefix: string, check?: string) => ({ name, match: { prefix }, route: { cluster: 'app' }, ...(check ? { typed_per_filter_config: perRoute(check) } : {}) });
+    const route = (name: string, prefix: string, check?: string) => ({
+      name,
+      match: { prefix },
+      route: { cluster: 'app' },
+      ...(check ? { typed_per_filter_config: perRoute(check) } : {}),
+    });
     const cluster = (name: string, p: number, h2: boolean) => ({
       name,
       type: 'STATIC',
       connect_timeout: '1s',
-      ...(h2 ? { typed_extension_protocol_options: { 'envoy.extensions.upstreams.http.v3.HttpProtocolOptions': { '@type': 'type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions', explicit_http_config: { http2_protocol_options: {} } } } } : {}),
-      load_assignment: { cluster_name: name, endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: '127.0.0.1', port_value: p } } } }] }] },
+      ...(h2
+        ? {
+            typed_extension_protocol_options: {
+              'envoy.extensions.upstreams.http.v3.HttpProtocolOptions': {
+                '@type': 'type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions',
+                explicit_http_config: { http2_protocol_options: {} },
+              },
+            },
+          }
+        : {}),
+      load_assignment: {
+        cluster_name: name,
+        endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: '127.0.0.1', port_value: p } } } }] }],
+      },
     });
     const hcm = {
       '@type': 'type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager',
@@ -97,17 +124,21 @@ describe(`the compiled JWT filter in a real Envoy ${envoyVersionUnderTest()}`, (
           {
             name: 'any',
             domains: ['*'],
-            routes: [
-              route('checked', '/checked', 'users%2Fv1 authorization v1'),
-              route('skipped', '/skipped', 'skip'),
-              route('bare', '/bare'),
-            ],
+            routes: [route('checked', '/checked', 'users%2Fv1 authorization v1'), route('skipped', '/skipped', 'skip'), route('bare', '/bare')],
           },
         ],
       },
       http_filters: [
         // A 700 ms budget for the service here (Signalbox gives it 2 s), so "too slow" is quick to show.
-        { name: JWT_CHECK_FILTER, typed_config: { '@type': 'type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter', dynamic_module_config: module, filter_name: JWT_MODULE.filter, filter_config: { '@type': 'type.googleapis.com/google.protobuf.StringValue', value: 'authz 700 300' } } },
+        {
+          name: JWT_CHECK_FILTER,
+          typed_config: {
+            '@type': 'type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter',
+            dynamic_module_config: module,
+            filter_name: JWT_MODULE.filter,
+            filter_config: { '@type': 'type.googleapis.com/google.protobuf.StringValue', value: 'authz 700 300' },
+          },
+        },
         { name: 'envoy.filters.http.router', typed_config: { '@type': 'type.googleapis.com/envoy.extensions.filters.http.router.v3.Router' } },
       ],
     };
@@ -118,7 +149,13 @@ describe(`the compiled JWT filter in a real Envoy ${envoyVersionUnderTest()}`, (
           admin: { address: { socket_address: { address: '127.0.0.1', port_value: adminPort } } },
           static_resources: {
             clusters: [cluster('authz', servicePort, true), cluster('app', upstream.port, false)],
-            listeners: [{ name: 'l', address: { socket_address: { address: '127.0.0.1', port_value: port } }, filter_chains: [{ filters: [{ name: 'envoy.filters.network.http_connection_manager', typed_config: hcm }] }] }],
+            listeners: [
+              {
+                name: 'l',
+                address: { socket_address: { address: '127.0.0.1', port_value: port } },
+                filter_chains: [{ filters: [{ name: 'envoy.filters.network.http_connection_manager', typed_config: hcm }] }],
+              },
+            ],
           },
         }),
     });
@@ -168,7 +205,8 @@ describe(`the compiled JWT filter in a real Envoy ${envoyVersionUnderTest()}`, (
     answers.set('Bearer later', { text: `allow\ncache ${now() + 100} ${now() + 200}\n` });
     answers.set('Bearer nowindow', { text: 'allow\n' });
     const before = checks().length;
-    for (const t of ['Bearer later', 'Bearer later', 'Bearer nowindow', 'Bearer nowindow']) assert.equal((await get(port, '/checked', { authorization: t })).status, 200);
+    for (const t of ['Bearer later', 'Bearer later', 'Bearer nowindow', 'Bearer nowindow'])
+      assert.equal((await get(port, '/checked', { authorization: t })).status, 200);
     assert.equal(checks().length - before, 4);
   });
 
@@ -216,7 +254,7 @@ describe(`the compiled JWT filter in a real Envoy ${envoyVersionUnderTest()}`, (
 });
 
 describe(`the compiled filter through Signalbox, per proxy (Envoy ${envoyVersionUnderTest()})`, () => {
-  test("a proxy whose bootstrap says it loads the module gets it, others get the script; one that says so but cannot load it rejects the listener, shown as NACKED, and serves nothing unchecked", async () => {
+  test('a proxy whose bootstrap says it loads the module gets it, others get the script; one that says so but cannot load it rejects the listener, shown as NACKED, and serves nothing unchecked', async () => {
     const [modPort, luaPort, openPort] = [await freePort(), await freePort(), await freePort()];
     const key = await makeKey('EdDSA', 'k');
     const app = await startUpstream('app');
@@ -278,7 +316,10 @@ ${gateway('mod', modPort, `, { name: open, port: ${openPort}, protocol: HTTP }`)
         [withModule, modPort, 'envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter'],
         [withScript, luaPort, 'envoy.extensions.filters.http.lua.v3.Lua'],
       ] as const) {
-        await waitFor(async () => (await get(port, '/').catch(() => ({ status: 0 }))).status === 401, { what: `port ${port} checking tokens`, timeoutMs: 15_000 });
+        await waitFor(async () => (await get(port, '/').catch(() => ({ status: 0 }))).status === 401, {
+          what: `port ${port} checking tokens`,
+          timeoutMs: 15_000,
+        });
         assert.ok((await envoy.admin('/config_dump?resource=dynamic_listeners')).includes(filter), `${filter} on port ${port}`);
         for (let i = 0; i < 2; i++) {
           const r = await get(port, '/', { authorization: `Bearer ${good}`, 'x-user-id': 'mallory' });
@@ -299,7 +340,9 @@ ${gateway('mod', modPort, `, { name: open, port: ${openPort}, protocol: HTTP }`)
       // A policy added to a listener that had none: on a module proxy the filter is already there,
       // so the change is routes only, and a connection opened before it is checked too.
       const listeners = async () => JSON.stringify((await withModule.adminJson<{ configs: unknown[] }>('/config_dump?resource=dynamic_listeners')).configs);
-      const open = (await withModule.adminJson<{ configs: { name: string }[] }>('/config_dump?resource=dynamic_listeners')).configs.find((c) => c.name === 'mod/open');
+      const open = (await withModule.adminJson<{ configs: { name: string }[] }>('/config_dump?resource=dynamic_listeners')).configs.find(
+        (c) => c.name === 'mod/open',
+      );
       assert.ok(JSON.stringify(open).includes('DynamicModuleFilter'), 'the listener without a policy carries the filter');
       const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
       try {
@@ -317,10 +360,13 @@ spec:
 `,
         );
         let last = { status: 0, reused: false };
-        await waitFor(async () => {
-          last = await get(openPort, '/', {}, agent);
-          return last.status === 401;
-        }, { what: 'the new policy in force', timeoutMs: 15_000, intervalMs: 100 });
+        await waitFor(
+          async () => {
+            last = await get(openPort, '/', {}, agent);
+            return last.status === 401;
+          },
+          { what: 'the new policy in force', timeoutMs: 15_000, intervalMs: 100 },
+        );
         assert.ok(last.reused, 'refused on the connection opened before the policy existed');
         assert.equal((await get(openPort, '/', { authorization: `Bearer ${good}` }, agent)).status, 200);
         assert.equal(await listeners(), before, 'routes only: the listener did not change');

@@ -26,11 +26,14 @@ const CERT = readFileSync(path.join(CERTS, 'shop.crt'), 'utf8'); // self-signed,
 
 function httpsGet(port: number, p: string): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
-    const req = https.get({ host: '127.0.0.1', port, path: p, servername: 'shop.example.com', headers: { host: 'shop.example.com' }, ca: CERT, agent: false }, (res) => {
-      let body = '';
-      res.on('data', (c) => (body += c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-    });
+    const req = https.get(
+      { host: '127.0.0.1', port, path: p, servername: 'shop.example.com', headers: { host: 'shop.example.com' }, ca: CERT, agent: false },
+      (res) => {
+        let body = '';
+        res.on('data', (c) => (body += c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      },
+    );
     req.on('error', reject);
     req.setTimeout(5_000, () => req.destroy(new Error('timeout')));
   });
@@ -130,7 +133,10 @@ spec:
     // A fixed ext_authz port: its address is in the gateway's configuration, and so in its versions.
     sb = await startSignalbox({ policies: dir, extraArgs: ['--authz-port', String(ports.authz)] });
     gateway = await startEnvoy({ name: 'last-good-gw', bootstrapYaml: await sb.bootstrap({ gateway: 'edge', id: 'edge-1' }) });
-    await waitFor(async () => (await http('/shop/1')).status === 200 && (await httpsGet(ports.https, '/shop/1').catch(() => ({ status: 0 }))).status === 200, { what: 'HTTP and HTTPS through the gateway', timeoutMs: 20_000 });
+    await waitFor(async () => (await http('/shop/1')).status === 200 && (await httpsGet(ports.https, '/shop/1').catch(() => ({ status: 0 }))).status === 200, {
+      what: 'HTTP and HTTPS through the gateway',
+      timeoutMs: 20_000,
+    });
     await waitFor(async () => (await sb.admin('/api/proxies/edge-1'))?.state === 'SYNCED', { what: 'the gateway synced', timeoutMs: 15_000 });
   });
 
@@ -154,7 +160,10 @@ spec:
     assert.equal(statSync(saved).mode & 0o777, 0o600, 'the saved configuration (it holds the gateway key) is owner-only');
 
     // The invalid file: the running process rejects it and keeps serving.
-    writeFileSync(path.join(dir, 'broken.yaml'), 'apiVersion: signalbox.dev/v1alpha1\nkind: HTTPRoute\nmetadata: { name: broken }\nspec:\n  parentRefs: [ { kind: Gateway, name: egde } ]\n  rules: [ { backendRefs: [ { name: shop } ] } ]\n');
+    writeFileSync(
+      path.join(dir, 'broken.yaml'),
+      'apiVersion: signalbox.dev/v1alpha1\nkind: HTTPRoute\nmetadata: { name: broken }\nspec:\n  parentRefs: [ { kind: Gateway, name: egde } ]\n  rules: [ { backendRefs: [ { name: shop } ] } ]\n',
+    );
     await waitFor(async () => (await sb.admin('/api/errors')).errors.length > 0, { what: 'the invalid file rejected', timeoutMs: 10_000 });
     assert.equal(await metric(sb, 'signalbox_serving_last_good'), 1, 'the running process already serves the last good configuration');
 
@@ -179,11 +188,16 @@ spec:
     await sb.restart(); // resolves once /readyz answers 200: without the saved configuration it never would
     const restartMs = performance.now() - t0;
     // Keep going while the gateway reconnects and is sent its configuration again.
-    await waitFor(async () => (await sb.admin('/api/proxies/edge-1').catch(() => undefined))?.state === 'SYNCED', { what: 'the gateway reconnected and synced', timeoutMs: 15_000 });
+    await waitFor(async () => (await sb.admin('/api/proxies/edge-1').catch(() => undefined))?.state === 'SYNCED', {
+      what: 'the gateway reconnected and synced',
+      timeoutMs: 15_000,
+    });
     await new Promise((r) => setTimeout(r, 1_000));
     stop = true;
     await Promise.all(loops);
-    t.diagnostic(`requests during the restart: ${sent} sent (${sentBeforeKill} before the kill), ${failures.length} failed; serve stopped in ${downMs.toFixed(0)} ms, ready again ${restartMs.toFixed(0)} ms after the kill`);
+    t.diagnostic(
+      `requests during the restart: ${sent} sent (${sentBeforeKill} before the kill), ${failures.length} failed; serve stopped in ${downMs.toFixed(0)} ms, ready again ${restartMs.toFixed(0)} ms after the kill`,
+    );
     assert.deepEqual(failures, [], `${failures.length} of ${sent} requests failed`);
     assert.ok(sent > 100, `only ${sent} requests sent`);
 
@@ -209,7 +223,15 @@ spec:
     browser = await chromium.launchPersistentContext(profile, {
       executablePath: await chromiumPath(),
       headless: true,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+      args: [
+        '--headless',
+        '--no-sandbox',
+        '--disable-gpu',
+        '--no-first-run',
+        '--disable-background-networking',
+        '--disable-component-update',
+        '--disable-sync',
+      ],
       timeout: 60_000,
     });
     const page = browser.pages()[0] ?? (await browser.newPage());
@@ -223,10 +245,13 @@ spec:
     // its keys again, which takes a moment after the start).
     let after = await groupVersions(sb);
     const equalAtOnce = JSON.stringify(after) === JSON.stringify(before);
-    await waitFor(async () => {
-      after = await groupVersions(sb);
-      return JSON.stringify(after) === JSON.stringify(before);
-    }, { what: 'versions equal to those before the restart', timeoutMs: 10_000 }).catch(() => undefined);
+    await waitFor(
+      async () => {
+        after = await groupVersions(sb);
+        return JSON.stringify(after) === JSON.stringify(before);
+      },
+      { what: 'versions equal to those before the restart', timeoutMs: 10_000 },
+    ).catch(() => undefined);
     assert.deepEqual(after, before);
     t.diagnostic(`versions after the restart equal those before: ${equalAtOnce ? 'at the first look' : 'once the JWKS file was read again'}`);
     assert.equal((await sb.admin('/api/proxies/edge-1')).state, 'SYNCED');
@@ -235,7 +260,9 @@ spec:
     // A sidecar that starts now gets its configuration from the restored model and carries traffic.
     sidecar = await startEnvoy({
       name: 'orders-sidecar',
-      bootstrapYaml: await sb.bootstrap({ sidecar: { service: 'orders', instance: 'orders-1', appPort: orders.port, inboundPort: ports.inbound, outboundPort: ports.outbound } }),
+      bootstrapYaml: await sb.bootstrap({
+        sidecar: { service: 'orders', instance: 'orders-1', appPort: orders.port, inboundPort: ports.inbound, outboundPort: ports.outbound },
+      }),
     });
     await waitFor(async () => (await http('/orders/42')).status === 200, { what: 'gateway -> orders sidecar (mTLS) -> app', timeoutMs: 20_000 });
     const viaSidecar = (await http('/orders/42')).json();

@@ -106,7 +106,10 @@ spec:
       sidecars[s] = await startEnvoy({
         name: `${s}-sidecar`,
         // Both protocols: frontend's sidecar on SotW, the others on Delta.
-        bootstrapYaml: await sb.bootstrap({ sidecar: { service: s, instance: `${s}-1`, appPort: apps[s].port, inboundPort: inbound[s], outboundPort: outbound[s] }, delta: s !== 'frontend' }),
+        bootstrapYaml: await sb.bootstrap({
+          sidecar: { service: s, instance: `${s}-1`, appPort: apps[s].port, inboundPort: inbound[s], outboundPort: outbound[s] },
+          delta: s !== 'frontend',
+        }),
       });
     }
     gateway = await startEnvoy({ name: 'edge', bootstrapYaml: await sb.bootstrap({ gateway: 'edge', id: 'edge-1' }) });
@@ -170,7 +173,10 @@ spec:
   });
 
   test('plain text straight to an inbound port is refused in strict mode', async () => {
-    const plain = await fetch(`http://127.0.0.1:${inbound.orders}/direct`).then((r) => r.status, () => 0);
+    const plain = await fetch(`http://127.0.0.1:${inbound.orders}/direct`).then(
+      (r) => r.status,
+      () => 0,
+    );
     assert.equal(plain, 0, 'strict mode must not serve plain text');
   });
 
@@ -180,16 +186,30 @@ spec:
     const impostor = await startEnvoy({
       name: 'impostor',
       waitReady: false,
-      bootstrapYaml: await sb.bootstrap({ sidecar: { service: 'payments', instance: 'impostor-1', appPort: apps.payments.port, inboundPort: impostorInbound, outboundPort: impostorOutbound }, subject: 'service/orders' }),
+      bootstrapYaml: await sb.bootstrap({
+        sidecar: { service: 'payments', instance: 'impostor-1', appPort: apps.payments.port, inboundPort: impostorInbound, outboundPort: impostorOutbound },
+        subject: 'service/orders',
+      }),
     });
     extra.push(impostor);
     // A well-formed token certificate, signed by another control plane's key.
     const foreign = await bootstrapTls(mkdtempSync(path.join(os.tmpdir(), 'sb-foreign-')), 'gateway/edge');
     const tls = { ...foreign, caFile: path.join(sb.dataDir, XDS_CA_FILE) };
-    const stranger = await startEnvoy({ name: 'stranger', waitReady: false, bootstrapYaml: (adminPort) => bootstrapYaml({ gateway: 'edge', id: 'foreign-1', tls, xdsAddress: `127.0.0.1:${sb.xdsPort}`, adminPort }) });
+    const stranger = await startEnvoy({
+      name: 'stranger',
+      waitReady: false,
+      bootstrapYaml: (adminPort) => bootstrapYaml({ gateway: 'edge', id: 'foreign-1', tls, xdsAddress: `127.0.0.1:${sb.xdsPort}`, adminPort }),
+    });
     extra.push(stranger);
-    const refused = (id: string, why: RegExp) => sb.logs().split('\n').some((l) => /xDS stream (refused|closed)/.test(l) && why.test(l) && (id === '' || l.includes(id)));
-    await waitFor(() => refused('payments-impostor-1', /token is for service\/orders, the node claims service\/payments/), { what: 'the impostor refused', timeoutMs: 15_000 });
+    const refused = (id: string, why: RegExp) =>
+      sb
+        .logs()
+        .split('\n')
+        .some((l) => /xDS stream (refused|closed)/.test(l) && why.test(l) && (id === '' || l.includes(id)));
+    await waitFor(() => refused('payments-impostor-1', /token is for service\/orders, the node claims service\/payments/), {
+      what: 'the impostor refused',
+      timeoutMs: 15_000,
+    });
     await waitFor(() => refused('', /no token: present a token certificate/), { what: 'the stranger refused', timeoutMs: 15_000 });
     for (const e of [impostor, stranger]) {
       const dump = await e.adminJson<any>('/config_dump');
@@ -204,7 +224,8 @@ spec:
   });
 
   test('certificates renew (certTTL 30s) under continuous traffic with zero failed requests', async () => {
-    const serial = async () => ((await sb.admin('/api/certificates')).certificates as any[]).find((c) => c.identity.endsWith('/service/payments')).serial as string;
+    const serial = async () =>
+      ((await sb.admin('/api/certificates')).certificates as any[]).find((c) => c.identity.endsWith('/service/payments')).serial as string;
     const seen = new Set([await serial()]);
     let ok = 0;
     let failed = 0;
@@ -217,10 +238,13 @@ spec:
         await new Promise((res) => setTimeout(res, 20));
       }
     })();
-    await waitFor(async () => {
-      seen.add(await serial());
-      return seen.size >= 3;
-    }, { what: 'two renewals', timeoutMs: 60_000, intervalMs: 500 });
+    await waitFor(
+      async () => {
+        seen.add(await serial());
+        return seen.size >= 3;
+      },
+      { what: 'two renewals', timeoutMs: 60_000, intervalMs: 500 },
+    );
     running = false;
     await traffic;
     const metrics = await sb.adminText('/metrics');
@@ -233,7 +257,14 @@ spec:
 
   test('permissive mode serves plain text at the inbound port', async () => {
     writeFileSync(path.join(dir, 'mesh.yaml'), meshYaml('permissive'));
-    await waitFor(async () => (await fetch(`http://127.0.0.1:${inbound.orders}/direct`).then((r) => r.status, () => 0)) === 200, { what: 'plain text accepted', timeoutMs: 15_000 });
+    await waitFor(
+      async () =>
+        (await fetch(`http://127.0.0.1:${inbound.orders}/direct`).then(
+          (r) => r.status,
+          () => 0,
+        )) === 200,
+      { what: 'plain text accepted', timeoutMs: 15_000 },
+    );
     const r = await gw(call('orders', 'GET', call('payments', 'POST', '/charge')));
     assert.equal(r.json().response.status, 200, 'mTLS still works in permissive mode');
   });

@@ -167,11 +167,12 @@ describe('NACK attribution: the one file, document and field, with a real Envoy'
         const n = await lastNack();
         if (!n || n.version === first.version) return false;
         if (!seen.length || JSON.stringify(seen.at(-1)) !== JSON.stringify(n)) seen.push(n);
-        return n.culprit !== undefined || /checking Envoy|no Envoy/.test(n.attribution ?? '') && !/is checking/.test(n.attribution ?? '');
+        return n.culprit !== undefined || (/checking Envoy|no Envoy/.test(n.attribution ?? '') && !/is checking/.test(n.attribution ?? ''));
       },
       { what: 'the new version NACKed and checked', timeoutMs: 60_000, intervalMs: 20 },
     );
-    for (const n of seen) t.diagnostic(`blame: ${JSON.stringify({ sources: n.sources, candidates: n.candidates, attribution: n.attribution, culprit: n.culprit })}`);
+    for (const n of seen)
+      t.diagnostic(`blame: ${JSON.stringify({ sources: n.sources, candidates: n.candidates, attribution: n.attribution, culprit: n.culprit })}`);
     const pending = seen.find((n) => !n.culprit);
     if (pending) {
       // (Seen when the poll was quicker than the check.)
@@ -193,7 +194,10 @@ describe('NACK attribution: the one file, document and field, with a real Envoy'
       by: 'envoy',
     });
     assert.match(done.attribution!, /narrowed down by an Envoy checking the route configuration's parts \(Envoy \d+\.\d+\.\d+, \d+ runs, \d+ ms\)/);
-    const logs = sb.logs().split('\n').filter((l) => l.includes('NACK checked with Envoy'));
+    const logs = sb
+      .logs()
+      .split('\n')
+      .filter((l) => l.includes('NACK checked with Envoy'));
     assert.equal(logs.length, 1, 'one check for that route configuration version');
     t.diagnostic(logs[0]!);
     assert.ok(readFileSync(path.join(dir, 'payments.yaml'), 'utf8').includes('\\\\p{Garay}'));

@@ -64,7 +64,10 @@ describe('serve --preflight-envoy', () => {
     const envoy = await provisionEnvoy();
     dir = policyDir({
       'a-gateway.yaml': doc('Gateway', 'public', '{ listeners: [ { name: http, port: 8080, protocol: HTTP } ] }'),
-      'b-orders.yaml': docs(doc('Service', 'orders', '{ port: 8080, endpoints: [ { address: 127.0.0.1, port: 9001 } ] }'), route('orders', '/orders', '{ name: x-tenant, type: Exact, value: acme }')),
+      'b-orders.yaml': docs(
+        doc('Service', 'orders', '{ port: 8080, endpoints: [ { address: 127.0.0.1, port: 9001 } ] }'),
+        route('orders', '/orders', '{ name: x-tenant, type: Exact, value: acme }'),
+      ),
     });
     sb = await startSignalbox({ policies: dir, extraArgs: ['--preflight-envoy', envoy] });
   });
@@ -84,7 +87,10 @@ describe('serve --preflight-envoy', () => {
 
     writeFileSync(path.join(dir, 'c-unicode.yaml'), route('unicode', '/unicode', '{ name: x-name, type: RegularExpression, value: "[a-z]{98}" }'));
     await waitFor(async () => (await sb.admin('/api/errors')).errors.length > 0, { what: 'the Envoy refusal', timeoutMs: 20_000 });
-    const { valid, errors } = await sb.admin<{ valid: boolean; errors: { code: string; file: string; doc?: number; path?: string; line?: number; message: string }[] }>('/api/errors');
+    const { valid, errors } = await sb.admin<{
+      valid: boolean;
+      errors: { code: string; file: string; doc?: number; path?: string; line?: number; message: string }[];
+    }>('/api/errors');
     assert.equal(valid, false);
     assert.equal(errors.length, 1, JSON.stringify(errors));
     const e = errors[0]!;
@@ -110,9 +116,22 @@ describe('serve --preflight-envoy', () => {
     // a reload that changes nothing Envoy sees (every group skipped).
     const n = logLines(sb).filter((l) => l.msg === 'policy configuration applied').length;
     unlinkSync(path.join(dir, 'c-unicode.yaml'));
-    await waitFor(async () => logLines(sb).filter((l) => l.msg === 'policy configuration applied').length > n, { what: 'the removal applied', timeoutMs: 20_000 });
+    await waitFor(async () => logLines(sb).filter((l) => l.msg === 'policy configuration applied').length > n, {
+      what: 'the removal applied',
+      timeoutMs: 20_000,
+    });
     const lines = logLines(sb);
-    t.diagnostic(`preflight runs (ms, checked/unchanged): ${lines.filter((l) => l.msg === 'Envoy preflight').map((r) => `${r.ms} (${r.checked}/${r.unchanged})`).join(', ')}`);
-    t.diagnostic(`reloads (durationMs): ${lines.filter((l) => l.msg === 'policy configuration applied' || l.msg.startsWith('policy directory rejected')).map((a) => a.durationMs ?? '?').join(', ')}`);
+    t.diagnostic(
+      `preflight runs (ms, checked/unchanged): ${lines
+        .filter((l) => l.msg === 'Envoy preflight')
+        .map((r) => `${r.ms} (${r.checked}/${r.unchanged})`)
+        .join(', ')}`,
+    );
+    t.diagnostic(
+      `reloads (durationMs): ${lines
+        .filter((l) => l.msg === 'policy configuration applied' || l.msg.startsWith('policy directory rejected'))
+        .map((a) => a.durationMs ?? '?')
+        .join(', ')}`,
+    );
   });
 });

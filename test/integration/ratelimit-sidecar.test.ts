@@ -75,12 +75,17 @@ spec:
       sidecars.push(
         await startEnvoy({
           name: `${s}-rl-sidecar`,
-          bootstrapYaml: await sb.bootstrap({ sidecar: { service: s, instance: `${s}-1`, appPort: apps[s].port, inboundPort: inbound[s], outboundPort: outbound[s] } }),
+          bootstrapYaml: await sb.bootstrap({
+            sidecar: { service: s, instance: `${s}-1`, appPort: apps[s].port, inboundPort: inbound[s], outboundPort: outbound[s] },
+          }),
         }),
       );
     }
     gateway = await startEnvoy({ name: 'rl-edge', bootstrapYaml: await sb.bootstrap({ gateway: 'edge', id: 'rl-edge-1' }) });
-    await waitFor(async () => (await get(gwPort, '/open')).status === 200 && (await get(gwPort, '/limited')).status === 200, { what: 'gateway -> sidecars', timeoutMs: 20_000 });
+    await waitFor(async () => (await get(gwPort, '/open')).status === 200 && (await get(gwPort, '/limited')).status === 200, {
+      what: 'gateway -> sidecars',
+      timeoutMs: 20_000,
+    });
   });
 
   after(async () => {
@@ -101,7 +106,10 @@ spec:
       else refused++;
       return r;
     }, LIMIT);
-    assert.deepEqual(replies.map((r) => r.status), [...Array(LIMIT).fill(200), 429]);
+    assert.deepEqual(
+      replies.map((r) => r.status),
+      [...Array(LIMIT).fill(200), 429],
+    );
     const limited = replies[LIMIT]!;
     assert.equal(limited.headers['x-ratelimit-policy'], 'limited-inbound');
     assert.equal(limited.headers['x-ratelimit-limit'], String(LIMIT));

@@ -129,15 +129,24 @@ describe('signalbox ratelimit (standalone): real Redis, real Envoy', () => {
     const c = spawn(
       process.execPath,
       [
-        path.join(repoRoot(), 'bin/signalbox.js'), 'ratelimit',
-        '--policies', dir,
-        '--data-dir', sb.dataDir,
-        '--ratelimit-address', '127.0.0.1',
-        '--ratelimit-port', String(ports.ratelimit),
-        '--metrics-port', String(ports.metrics),
-        '--redis-url', redis.url,
-        '--redis-password-file', path.join(secrets, 'redis-password'),
-        '--watch-debounce-ms', '50',
+        path.join(repoRoot(), 'bin/signalbox.js'),
+        'ratelimit',
+        '--policies',
+        dir,
+        '--data-dir',
+        sb.dataDir,
+        '--ratelimit-address',
+        '127.0.0.1',
+        '--ratelimit-port',
+        String(ports.ratelimit),
+        '--metrics-port',
+        String(ports.metrics),
+        '--redis-url',
+        redis.url,
+        '--redis-password-file',
+        path.join(secrets, 'redis-password'),
+        '--watch-debounce-ms',
+        '50',
       ],
       { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, REDIS_URL: '', REDIS_PASSWORD: '' } },
     );
@@ -177,11 +186,23 @@ describe('signalbox ratelimit (standalone): real Redis, real Envoy', () => {
     // The control plane: its own service on a port nobody is told about; proxies use the standalone one.
     sb = await startSignalbox({
       policies: dir,
-      extraArgs: ['--ratelimit-port', '0', '--ratelimit-address-for-proxies', `127.0.0.1:${ports.ratelimit}`, '--redis-url', redis.url, '--redis-password-file', path.join(secrets, 'redis-password')],
+      extraArgs: [
+        '--ratelimit-port',
+        '0',
+        '--ratelimit-address-for-proxies',
+        `127.0.0.1:${ports.ratelimit}`,
+        '--redis-url',
+        redis.url,
+        '--redis-password-file',
+        path.join(secrets, 'redis-password'),
+      ],
     });
     await launch();
     gateway = await startEnvoy({ name: 'rl-standalone-gw', bootstrapYaml: await sb.bootstrap({ gateway: 'gw', id: 'rl-standalone-gw' }) });
-    await waitFor(async () => (await get(ports.gw, '/keyed', { headers: { 'x-api-key': 'warm-up' } }).catch(() => undefined))?.status === 200, { what: 'the gateway serving through the standalone service', timeoutMs: 30_000 });
+    await waitFor(async () => (await get(ports.gw, '/keyed', { headers: { 'x-api-key': 'warm-up' } }).catch(() => undefined))?.status === 200, {
+      what: 'the gateway serving through the standalone service',
+      timeoutMs: 30_000,
+    });
     await waitFor(async () => (await standalone('/api/ratelimit')).redis.up === true, { what: 'the standalone service connected to Redis', timeoutMs: 10_000 });
   });
 
@@ -206,14 +227,20 @@ describe('signalbox ratelimit (standalone): real Redis, real Envoy', () => {
     const rl = await standalone('/api/ratelimit');
     assert.equal(rl.calls - callsBefore, PER_MINUTE + 2, 'every request reached the standalone service');
     assert.equal(rl.tls, true);
-    assert.deepEqual(rl.policies.map((p: { policy: string; failureMode: string }) => [p.policy, p.failureMode]), [['per-key', 'deny']]);
+    assert.deepEqual(
+      rl.policies.map((p: { policy: string; failureMode: string }) => [p.policy, p.failureMode]),
+      [['per-key', 'deny']],
+    );
     const embedded = await sb.admin('/api/ratelimit');
     assert.equal(embedded.calls, 0, "the control plane's own service was never called");
     assert.equal(embedded.endpointForProxies.port, ports.ratelimit);
     // The counter is in Redis (the API key hashed, never in clear), with a TTL within its window.
     // The request after the one that went over is answered from the service's over-limit cache.
     const counters = await redisCounters();
-    assert.ok([...counters.keys()].every((k) => !k.includes('through-envoy')), 'the API key is not in Redis in clear');
+    assert.ok(
+      [...counters.keys()].every((k) => !k.includes('through-envoy')),
+      'the API key is not in Redis in clear',
+    );
     const key = [...counters].find(([, n]) => n === PER_MINUTE + 1)?.[0];
     assert.ok(key, `a counter holding ${PER_MINUTE + 1}: ${JSON.stringify([...counters])}`);
     const ttl = Number(/^:(-?\d+)/.exec(await redis.command(['PTTL', key]))?.[1]);
@@ -230,7 +257,20 @@ describe('signalbox ratelimit (standalone): real Redis, real Envoy', () => {
     const Req = lookupType('envoy.service.ratelimit.v3.RateLimitRequest');
     const Res = lookupType('envoy.service.ratelimit.v3.RateLimitResponse');
     const key = `direct-${Date.now()}`;
-    const request = Req.encode(Req.fromObject({ domain: RATELIMIT_DOMAIN, descriptors: [{ entries: [{ key: LIMIT_ENTRY, value: 'per-key/0' }, { key: 'x-api-key', value: key }] }], hits_addend: 1 })).finish();
+    const request = Req.encode(
+      Req.fromObject({
+        domain: RATELIMIT_DOMAIN,
+        descriptors: [
+          {
+            entries: [
+              { key: LIMIT_ENTRY, value: 'per-key/0' },
+              { key: 'x-api-key', value: key },
+            ],
+          },
+        ],
+        hits_addend: 1,
+      }),
+    ).finish();
     await clearOfMinuteBoundary();
     const codes: string[] = [];
     for (let i = 0; i < PER_MINUTE + 1; i++) {
@@ -242,7 +282,11 @@ describe('signalbox ratelimit (standalone): real Redis, real Envoy', () => {
     assert.deepEqual(codes, [...Array(PER_MINUTE).fill('OK'), 'OVER_LIMIT']);
     const hashed = createHash('sha256').update(key).digest('base64url').slice(0, 22);
     const mine = [...(await redisCounters())].filter(([k]) => k.endsWith(`:${hashed}`));
-    assert.deepEqual(mine.map(([, n]) => n), [PER_MINUTE + 1], `the Redis counter of this key holds the ${PER_MINUTE + 1} calls`);
+    assert.deepEqual(
+      mine.map(([, n]) => n),
+      [PER_MINUTE + 1],
+      `the Redis counter of this key holds the ${PER_MINUTE + 1} calls`,
+    );
     // Without a client certificate the TLS handshake is refused: no answer, nothing counted.
     const refused = await grpcCall(ports.ratelimit, ca.trustBundlePem, undefined, request);
     assert.equal(refused.grpcStatus, undefined);
@@ -256,7 +300,10 @@ describe('signalbox ratelimit (standalone): real Redis, real Envoy', () => {
     assert.deepEqual(down, [503, 503, 503], 'failureMode deny while the service the gateway was pointed at is gone');
     await launch();
     const key = `after-restart-${Date.now()}`;
-    await waitFor(async () => (await get(ports.gw, '/keyed', { headers: { 'x-api-key': `${key}-probe` } })).status === 200, { what: 'the gateway reaching the restarted service', timeoutMs: 20_000 });
+    await waitFor(async () => (await get(ports.gw, '/keyed', { headers: { 'x-api-key': `${key}-probe` } })).status === 200, {
+      what: 'the gateway reaching the restarted service',
+      timeoutMs: 20_000,
+    });
     assert.equal((await get(ports.gw, '/keyed', { headers: { 'x-api-key': key } })).status, 200);
     assert.ok((await standalone('/api/ratelimit')).calls >= 1);
   });
@@ -266,12 +313,21 @@ describe('signalbox ratelimit (standalone): real Redis, real Envoy', () => {
     const good = policies({ gw: ports.gw, backend: backend.port });
     writeFileSync(file, `${good}kind: [broken\n`);
     await waitFor(() => /policy directory rejected/.test(childLog), { what: 'the broken edit rejected', timeoutMs: 10_000 });
-    assert.deepEqual((await standalone('/api/ratelimit')).policies.map((p: { policy: string }) => p.policy), ['per-key'], 'the last good policies are kept');
+    assert.deepEqual(
+      (await standalone('/api/ratelimit')).policies.map((p: { policy: string }) => p.policy),
+      ['per-key'],
+      'the last good policies are kept',
+    );
     writeFileSync(file, good.replace('failureMode: deny', 'failureMode: allow'));
     await waitFor(async () => (await standalone('/api/ratelimit')).policies[0]?.failureMode === 'allow', { what: 'the edit applied', timeoutMs: 10_000 });
     const api = await standaloneText('/api/ratelimit');
     const metrics = await standaloneText('/metrics');
-    for (const [what, text] of [['/api/ratelimit', api], ['/metrics', metrics], ['log', childLog]] as const) assert.ok(!text.includes(PASSWORD), `${what} holds the password`);
+    for (const [what, text] of [
+      ['/api/ratelimit', api],
+      ['/metrics', metrics],
+      ['log', childLog],
+    ] as const)
+      assert.ok(!text.includes(PASSWORD), `${what} holds the password`);
     assert.match(childLog, /signalbox ratelimit serving/);
   });
 });

@@ -77,7 +77,10 @@ describe('RateLimitPolicy through real Envoy', () => {
     up = await startControlUpstream('app');
     edgePort = await freePort();
     env = await startGatewayEnv({ name: 'ratelimit', files: (api) => policies(api, edgePort, up) });
-    await waitFor(async () => (await get(env.gatewayPort, '/open')).status === 200 && (await get(edgePort, '/open')).status === 200, { what: 'both listeners serving', timeoutMs: 15_000 });
+    await waitFor(async () => (await get(env.gatewayPort, '/open')).status === 200 && (await get(edgePort, '/open')).status === 200, {
+      what: 'both listeners serving',
+      timeoutMs: 15_000,
+    });
   });
 
   after(async () => {
@@ -89,7 +92,10 @@ describe('RateLimitPolicy through real Envoy', () => {
 
   test(`per header: with ${LIMIT} requests/s the 11th is 429, another key is unaffected, the bucket refills`, async () => {
     const replies = await burst(() => get(env.gatewayPort, '/keyed', { headers: { 'x-api-key': 'alice' } }));
-    assert.deepEqual(replies.map((r) => r.status), [...Array(LIMIT).fill(200), 429]);
+    assert.deepEqual(
+      replies.map((r) => r.status),
+      [...Array(LIMIT).fill(200), 429],
+    );
     const limited = replies[LIMIT]!;
     assert.equal(limited.headers['x-ratelimit-limit'], String(LIMIT));
     assert.equal(limited.headers['x-ratelimit-remaining'], '0');
@@ -121,7 +127,10 @@ describe('RateLimitPolicy through real Envoy', () => {
   test('shared bucket: every caller draws from one bucket, whatever its headers', async () => {
     let i = 0;
     const replies = await burst(() => get(env.gatewayPort, '/shared', { headers: { 'x-api-key': `k${i++}` } }));
-    assert.deepEqual(replies.map((r) => r.status), [...Array(LIMIT).fill(200), 429]);
+    assert.deepEqual(
+      replies.map((r) => r.status),
+      [...Array(LIMIT).fill(200), 429],
+    );
     assert.equal(replies[LIMIT]!.headers['x-ratelimit-policy'], 'shared');
     // Rules without a policy are not limited.
     for (let k = 0; k < LIMIT + 5; k++) assert.equal((await get(env.gatewayPort, '/open')).status, 200);
@@ -129,7 +138,10 @@ describe('RateLimitPolicy through real Envoy', () => {
 
   test('per client IP on one Gateway listener: one address is limited, another is not, the other listener is not', async () => {
     const replies = await burst(() => get(edgePort, '/open', { from: '127.0.0.1' }));
-    assert.deepEqual(replies.map((r) => r.status), [...Array(LIMIT).fill(200), 429]);
+    assert.deepEqual(
+      replies.map((r) => r.status),
+      [...Array(LIMIT).fill(200), 429],
+    );
     assert.equal(replies[LIMIT]!.headers['x-ratelimit-policy'], 'per-client');
     const other = await get(edgePort, '/open', { from: '127.0.0.2' });
     assert.equal(other.status, 200, 'a different client address has its own bucket');

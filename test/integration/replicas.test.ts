@@ -120,13 +120,23 @@ spec:
   });
 
   test('a gateway on replica 1 and a sidecar on replica 2 talk mTLS with the shared CA', async () => {
-    const sidecar = await boot({ sidecar: { service: 'web', instance: 'web-1', appPort: app.port, inboundPort: inbound, outboundPort: outbound }, xdsAddress: addr(replicas[1]!), delta: true }, 'service/web');
+    const sidecar = await boot(
+      {
+        sidecar: { service: 'web', instance: 'web-1', appPort: app.port, inboundPort: inbound, outboundPort: outbound },
+        xdsAddress: addr(replicas[1]!),
+        delta: true,
+      },
+      'service/web',
+    );
     envoys.push(await startEnvoy({ name: 'web-sidecar', bootstrapYaml: sidecar.yaml }));
     const gateway = await boot({ gateway: 'edge', id: 'edge-1', xdsAddress: addr(replicas[0]!), delta: true }, 'gateway/edge');
     envoys.push(await startEnvoy({ name: 'edge', bootstrapYaml: gateway.yaml }));
-    await waitFor(async () => (await httpGet(`http://127.0.0.1:${gwPort}/hello`).catch(() => ({ status: 0 }))).status === 200, { what: 'gateway (replica 1) -> sidecar (replica 2)', timeoutMs: 30_000 });
+    await waitFor(async () => (await httpGet(`http://127.0.0.1:${gwPort}/hello`).catch(() => ({ status: 0 }))).status === 200, {
+      what: 'gateway (replica 1) -> sidecar (replica 2)',
+      timeoutMs: 30_000,
+    });
     const r = await httpGet(`http://127.0.0.1:${gwPort}/hello`);
-    assert.match(r.json().xfcc, /URI=spiffe:\/\/signalbox\.local\/gateway\/edge/, 'the sidecar saw the gateway\'s mesh identity');
+    assert.match(r.json().xfcc, /URI=spiffe:\/\/signalbox\.local\/gateway\/edge/, "the sidecar saw the gateway's mesh identity");
     assert.deepEqual(await holders('edge-1'), [0]);
     assert.deepEqual(await holders('web-1'), [1]);
     const ca = (i: number) => replicas[i]!.adminText('/api/status').then((t) => JSON.parse(t));
@@ -138,12 +148,21 @@ spec:
     type View = { self: string; leader: string; replicas: { id: string; alive: boolean; leader: boolean; xds: string; proxies: string[] }[] };
     for (const [i, r] of replicas.entries()) {
       // Each replica rewrites its list within a second of a change.
-      await waitFor(async () => JSON.stringify((await r.admin<View>('/api/replicas')).replicas.map((x) => x.proxies)) === JSON.stringify([['edge-1'], ['web-1'], []]), { what: 'proxy lists published', timeoutMs: 5_000 });
+      await waitFor(
+        async () => JSON.stringify((await r.admin<View>('/api/replicas')).replicas.map((x) => x.proxies)) === JSON.stringify([['edge-1'], ['web-1'], []]),
+        { what: 'proxy lists published', timeoutMs: 5_000 },
+      );
       const v = await r.admin<View>('/api/replicas');
       assert.equal(v.self, `r${i + 1}`);
       assert.equal(v.leader, 'r1', 'the first replica to start leads');
-      assert.deepEqual(v.replicas.map((x) => [x.id, x.alive, x.leader, x.xds]), replicas.map((rr, j) => [`r${j + 1}`, true, j === 0, addr(rr)]));
-      assert.deepEqual(v.replicas.map((x) => x.proxies), [['edge-1'], ['web-1'], []]);
+      assert.deepEqual(
+        v.replicas.map((x) => [x.id, x.alive, x.leader, x.xds]),
+        replicas.map((rr, j) => [`r${j + 1}`, true, j === 0, addr(rr)]),
+      );
+      assert.deepEqual(
+        v.replicas.map((x) => x.proxies),
+        [['edge-1'], ['web-1'], []],
+      );
     }
   });
 
@@ -158,7 +177,29 @@ spec:
         const out = path.join(cliData, 'bootstrap.yaml');
         const r = spawnSync(
           process.execPath,
-          [path.join(repoRoot(), 'bin/signalbox.js'), 'bootstrap', '--gateway', 'edge2', '--id', 'edge2-revoked', '--xds-address', addr(replicas[2]!), '--delta', '--state', 'consul', '--consul-addr', consul.httpAddr, '--state-prefix', 'mesh', '--data-dir', cliData, '--envoy-admin-port', String(adminPort), '--out', out],
+          [
+            path.join(repoRoot(), 'bin/signalbox.js'),
+            'bootstrap',
+            '--gateway',
+            'edge2',
+            '--id',
+            'edge2-revoked',
+            '--xds-address',
+            addr(replicas[2]!),
+            '--delta',
+            '--state',
+            'consul',
+            '--consul-addr',
+            consul.httpAddr,
+            '--state-prefix',
+            'mesh',
+            '--data-dir',
+            cliData,
+            '--envoy-admin-port',
+            String(adminPort),
+            '--out',
+            out,
+          ],
           { env: { ...process.env, SIGNALBOX_STATE_KEY: key }, encoding: 'utf8' },
         );
         stderr = r.stderr;
@@ -167,12 +208,31 @@ spec:
       },
     });
     envoys.push(envoy);
-    assert.equal(readFileSync(path.join(cliData, XDS_CA_FILE), 'utf8'), readFileSync(path.join(replicas[0]!.dataDir, XDS_CA_FILE), 'utf8'), 'bootstrap wrote the shared CA');
+    assert.equal(
+      readFileSync(path.join(cliData, XDS_CA_FILE), 'utf8'),
+      readFileSync(path.join(replicas[0]!.dataDir, XDS_CA_FILE), 'utf8'),
+      'bootstrap wrote the shared CA',
+    );
     const victim = { id: /token ([0-9a-f-]{36}) for gateway\/edge2/.exec(stderr)?.[1] ?? '' };
     assert.ok(victim.id, stderr);
     await waitFor(async () => (await holders('edge2-revoked')).length === 1, { what: 'the proxy on replica 3', timeoutMs: 20_000 });
     assert.deepEqual(await holders('edge2-revoked'), [2]);
-    await run(process.execPath, [path.join(repoRoot(), 'bin/signalbox.js'), 'token', 'revoke', victim.id, '--state', 'consul', '--consul-addr', consul.httpAddr, '--state-prefix', 'mesh'], { env: { ...process.env, SIGNALBOX_STATE_KEY: key } });
+    await run(
+      process.execPath,
+      [
+        path.join(repoRoot(), 'bin/signalbox.js'),
+        'token',
+        'revoke',
+        victim.id,
+        '--state',
+        'consul',
+        '--consul-addr',
+        consul.httpAddr,
+        '--state-prefix',
+        'mesh',
+      ],
+      { env: { ...process.env, SIGNALBOX_STATE_KEY: key } },
+    );
     const t0 = Date.now();
     await waitFor(async () => (await holders('edge2-revoked')).length === 0, { what: 'the revoked stream closed', timeoutMs: 5_000, intervalMs: 50 });
     const took = Date.now() - t0;
@@ -187,14 +247,23 @@ spec:
     // the sidecar on state of the world (versions compared on its first requests).
     for (const e of envoys.splice(0)) await e.stop();
     const all = replicas.map(addr).join(',');
-    const sidecar = await boot({ sidecar: { service: 'web', instance: 'web-2', appPort: app.port, inboundPort: inbound, outboundPort: outbound }, xdsAddress: all, delta: false }, 'service/web');
+    const sidecar = await boot(
+      { sidecar: { service: 'web', instance: 'web-2', appPort: app.port, inboundPort: inbound, outboundPort: outbound }, xdsAddress: all, delta: false },
+      'service/web',
+    );
     const side = await startEnvoy({ name: 'web-sidecar-2', bootstrapYaml: sidecar.yaml });
     envoys.push(side);
     const gateway = await boot({ gateway: 'edge', id: 'edge-2', xdsAddress: all, delta: true }, 'gateway/edge');
     const gw = await startEnvoy({ name: 'edge-2', bootstrapYaml: gateway.yaml });
     envoys.push(gw);
-    await waitFor(async () => (await httpGet(`http://127.0.0.1:${gwPort}/hello`).catch(() => ({ status: 0 }))).status === 200, { what: 'gateway -> sidecar', timeoutMs: 30_000 });
-    await waitFor(async () => (await holders('edge-2')).length === 1 && (await holders('web-2')).length === 1, { what: 'both proxies on a replica', timeoutMs: 10_000 });
+    await waitFor(async () => (await httpGet(`http://127.0.0.1:${gwPort}/hello`).catch(() => ({ status: 0 }))).status === 200, {
+      what: 'gateway -> sidecar',
+      timeoutMs: 30_000,
+    });
+    await waitFor(async () => (await holders('edge-2')).length === 1 && (await holders('web-2')).length === 1, {
+      what: 'both proxies on a replica',
+      timeoutMs: 10_000,
+    });
     const updates = async (e: Envoy) => {
       const stats = await e.admin('/stats?filter=^(listener_manager\\.lds|cluster_manager\\.cds)\\.update_success$');
       return Object.fromEntries([...stats.matchAll(/^(\S+): (\d+)$/gm)].map((m) => [m[1]!, Number(m[2])]));
@@ -224,11 +293,16 @@ spec:
         const t0 = Date.now();
         await replicas[i]!.kill('SIGKILL');
         // Every proxy is on a live replica (one that was not just killed).
-        await waitFor(async () => {
-          const [g, s] = [await holders('edge-2'), await holders('web-2')];
-          return g.length === 1 && s.length === 1 && g[0] !== i && s[0] !== i;
-        }, { what: `proxies on a live replica after replica ${i + 1} was killed`, timeoutMs: 15_000, intervalMs: 100 });
-        t.diagnostic(`replica ${i + 1} killed (it held${on.gw.includes(i) ? ' the gateway' : ''}${on.side.includes(i) ? ' the sidecar' : ''}${!on.gw.includes(i) && !on.side.includes(i) ? ' no proxy' : ''}); both proxies on live replicas (gateway r${(await holders('edge-2'))[0]! + 1}, sidecar r${(await holders('web-2'))[0]! + 1}) after ${Date.now() - t0} ms`);
+        await waitFor(
+          async () => {
+            const [g, s] = [await holders('edge-2'), await holders('web-2')];
+            return g.length === 1 && s.length === 1 && g[0] !== i && s[0] !== i;
+          },
+          { what: `proxies on a live replica after replica ${i + 1} was killed`, timeoutMs: 15_000, intervalMs: 100 },
+        );
+        t.diagnostic(
+          `replica ${i + 1} killed (it held${on.gw.includes(i) ? ' the gateway' : ''}${on.side.includes(i) ? ' the sidecar' : ''}${!on.gw.includes(i) && !on.side.includes(i) ? ' no proxy' : ''}); both proxies on live replicas (gateway r${(await holders('edge-2'))[0]! + 1}, sidecar r${(await holders('web-2'))[0]! + 1}) after ${Date.now() - t0} ms`,
+        );
         await new Promise((r) => setTimeout(r, 1_000));
         await replicas[i]!.restart();
       }
@@ -241,13 +315,16 @@ spec:
     assert.equal(failed, 0, `failed requests: ${failures.join('; ')}`);
     assert.ok(sent > 100, `steady traffic: ${sent}`);
     const afterUpdates = { gw: await updates(gw), side: await updates(side) };
-    t.diagnostic(`listener/cluster updates applied, before -> after the kills: gateway ${JSON.stringify(before.gw)} -> ${JSON.stringify(afterUpdates.gw)}, sidecar ${JSON.stringify(before.side)} -> ${JSON.stringify(afterUpdates.side)}`);
+    t.diagnostic(
+      `listener/cluster updates applied, before -> after the kills: gateway ${JSON.stringify(before.gw)} -> ${JSON.stringify(afterUpdates.gw)}, sidecar ${JSON.stringify(before.side)} -> ${JSON.stringify(afterUpdates.side)}`,
+    );
     assert.deepEqual(afterUpdates, before, 'reconnecting to another replica re-sent no unchanged listener or cluster');
   });
 
   test('a policy edit reaching every replica (each its own copy) converges every proxy to one version', async () => {
     type Groups = { groups: { group: string; types: Record<string, { version: string }> }[] };
-    const routeVersions = async () => Promise.all(replicas.map(async (r) => (await r.admin<Groups>('/api/groups')).groups.find((g) => g.group === 'gateway/edge')?.types.route?.version));
+    const routeVersions = async () =>
+      Promise.all(replicas.map(async (r) => (await r.admin<Groups>('/api/groups')).groups.find((g) => g.group === 'gateway/edge')?.types.route?.version));
     const before = await routeVersions();
     assert.equal(new Set(before).size, 1, `one route version on every replica before: ${before}`);
     // The same edit lands on each replica's copy at a slightly different time, as a deployment would.
@@ -261,12 +338,18 @@ spec:
       writeFileSync(file, text);
       await new Promise((r) => setTimeout(r, 200));
     }
-    await waitFor(async () => {
-      const now = await routeVersions();
-      return new Set(now).size === 1 && now[0] !== before[0];
-    }, { what: 'every replica compiled the edit', timeoutMs: 10_000 });
+    await waitFor(
+      async () => {
+        const now = await routeVersions();
+        return new Set(now).size === 1 && now[0] !== before[0];
+      },
+      { what: 'every replica compiled the edit', timeoutMs: 10_000 },
+    );
     const [version] = await routeVersions();
-    await waitFor(async () => (await httpGet(`http://127.0.0.1:${gwPort}/after-edit`)).headers.get('x-edited') === 'yes', { what: 'the gateway applies the edit', timeoutMs: 10_000 });
+    await waitFor(async () => (await httpGet(`http://127.0.0.1:${gwPort}/after-edit`)).headers.get('x-edited') === 'yes', {
+      what: 'the gateway applies the edit',
+      timeoutMs: 10_000,
+    });
     const holder = replicas[(await holders('edge-2'))[0]!]!;
     const p = await holder.admin<{ types: Record<string, { ackedVersion?: string }> }>('/api/proxies/edge-2');
     assert.equal(p.types.route?.ackedVersion, version, 'the gateway runs the one version every replica compiled');

@@ -24,7 +24,9 @@ spec:
 
 function policies(gw: number, up: Record<'retry' | 'slow' | 'pertry' | 'fault', ControlUpstream>): Record<string, string> {
   return {
-    'services.yaml': [service('retry', up.retry.port), service('slow', up.slow.port), service('pertry', up.pertry.port), service('fault', up.fault.port)].join('---\n'),
+    'services.yaml': [service('retry', up.retry.port), service('slow', up.slow.port), service('pertry', up.pertry.port), service('fault', up.fault.port)].join(
+      '---\n',
+    ),
     'gateway.yaml': `apiVersion: signalbox.dev/v1alpha1
 kind: Gateway
 metadata: { name: gateway }
@@ -91,7 +93,10 @@ describe('route retries, timeouts and fault injection through real Envoy', () =>
     assert.equal(r.status, 200, r.body);
     assert.equal(r.headers.get('x-upstream-count'), '2', 'the 200 came from the second attempt');
     assert.equal(up.retry.count, 2);
-    assert.deepEqual(up.retry.seen.map((s) => s.outcome), ['status', 'ok']);
+    assert.deepEqual(
+      up.retry.seen.map((s) => s.outcome),
+      ['status', 'ok'],
+    );
     assert.equal((await env.stat('cluster.retry.upstream_rq_retry')) - retriesBefore, 1, 'Envoy counted one retry');
   });
 
@@ -101,7 +106,10 @@ describe('route retries, timeouts and fault injection through real Envoy', () =>
     const r = await timedGet(env.url('/retry/b'));
     assert.equal(r.status, 200, r.body);
     assert.equal(up.retry.count, 2);
-    assert.deepEqual(up.retry.seen.map((s) => s.outcome), ['reset', 'ok']);
+    assert.deepEqual(
+      up.retry.seen.map((s) => s.outcome),
+      ['reset', 'ok'],
+    );
   });
 
   test('retries never exceed attempts: an upstream that always fails sees 1 + attempts requests', async () => {
@@ -132,7 +140,10 @@ describe('route retries, timeouts and fault injection through real Envoy', () =>
     }
     console.log(`route timeout ${ROUTE_TIMEOUT_MS}ms: 504 after ${times.map((t) => t.toFixed(0)).join(', ')}ms`);
     for (const ms of times) {
-      assert.ok(ms >= ROUTE_TIMEOUT_MS * 0.8 && ms <= ROUTE_TIMEOUT_MS * 1.2, `504 after ${ms.toFixed(0)}ms, want ${ROUTE_TIMEOUT_MS}ms +-20% (all: ${times.map((t) => t.toFixed(0)).join(', ')})`);
+      assert.ok(
+        ms >= ROUTE_TIMEOUT_MS * 0.8 && ms <= ROUTE_TIMEOUT_MS * 1.2,
+        `504 after ${ms.toFixed(0)}ms, want ${ROUTE_TIMEOUT_MS}ms +-20% (all: ${times.map((t) => t.toFixed(0)).join(', ')})`,
+      );
     }
     assert.equal(up.slow.count, 3, 'no retries on a route without retries');
     up.slow.setDelay(0);
@@ -159,12 +170,18 @@ describe('route retries, timeouts and fault injection through real Envoy', () =>
     // Envoy's timers may fire a little early: a delayed response takes at least ~95% of the delay.
     const slow = results.filter((r) => r.ms >= FAULT_DELAY_MS * 0.95).length;
     const other = results.filter((r) => r.status !== 200 && r.status !== 503);
-    assert.deepEqual(other.map((r) => r.status), [], 'only 200 and injected 503');
+    assert.deepEqual(
+      other.map((r) => r.status),
+      [],
+      'only 200 and injected 503',
+    );
     const delayed = (await env.stat('http.gateway_http.fault.delays_injected')) - delaysBefore;
     const abortStat = (await env.stat('http.gateway_http.fault.aborts_injected')) - abortsBefore;
     const delayPct = (delayed / n) * 100;
     const abortPct = (aborted / n) * 100;
-    console.log(`fault injection over ${n} requests: ${delayPct.toFixed(1)}% delayed (Envoy's count; ${slow} responses took >= ${FAULT_DELAY_MS * 0.95}ms at the client), ${abortPct.toFixed(1)}% aborted (Envoy: ${abortStat})`);
+    console.log(
+      `fault injection over ${n} requests: ${delayPct.toFixed(1)}% delayed (Envoy's count; ${slow} responses took >= ${FAULT_DELAY_MS * 0.95}ms at the client), ${abortPct.toFixed(1)}% aborted (Envoy: ${abortStat})`,
+    );
     // Which requests Envoy delayed is known from its counter (client timings alone cannot tell a
     // delayed request from one slowed by a busy machine); every delay it counts was really served:
     // at least that many clients waited the full delay.

@@ -66,8 +66,10 @@ describe('sectionName rule-1 through real Envoy, beside an unnamed rule', () => 
     closeClients();
   });
 
-  test('Envoy holds two distinct route names: the user\'s rule-1 and the unnamed rule #1', async () => {
-    const dump = JSON.parse(await env.envoy.admin('/config_dump?resource=dynamic_route_configs')) as { configs: { route_config: { virtual_hosts: { routes: { name: string }[] }[] } }[] };
+  test("Envoy holds two distinct route names: the user's rule-1 and the unnamed rule #1", async () => {
+    const dump = JSON.parse(await env.envoy.admin('/config_dump?resource=dynamic_route_configs')) as {
+      configs: { route_config: { virtual_hosts: { routes: { name: string }[] }[] } }[];
+    };
     const names = dump.configs.flatMap((c) => c.route_config.virtual_hosts.flatMap((v) => v.routes.map((r) => r.name))).sort();
     assert.deepEqual(names, ['app/#1/match-0', 'app/rule-1/match-0']);
   });
@@ -75,7 +77,11 @@ describe('sectionName rule-1 through real Envoy, beside an unnamed rule', () => 
   test('the limit hits rule rule-1 only: the unnamed rule is never limited', async () => {
     const limited = [];
     for (let i = 0; i <= LIMIT; i++) limited.push(await get(env.gatewayPort, '/limited'));
-    assert.deepEqual(limited.map((r) => r.status), [...Array(LIMIT).fill(200), 429], 'rule-1 allows its bucket, then 429');
+    assert.deepEqual(
+      limited.map((r) => r.status),
+      [...Array(LIMIT).fill(200), 429],
+      'rule-1 allows its bucket, then 429',
+    );
     assert.equal(limited[LIMIT]!.headers['x-ratelimit-policy'], 'rule-one');
     // Many more requests than the bucket holds, on the unnamed rule, while rule-1's bucket is empty.
     for (let i = 0; i < 4 * LIMIT; i++) {

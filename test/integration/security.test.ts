@@ -54,11 +54,14 @@ async function startRelay(target: number): Promise<{ port: number; bytes(): Buff
 
 function httpsGet(port: number, ca: string): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
-    const req = https.get({ host: '127.0.0.1', port, path: '/items', servername: 'shop.example.com', headers: { host: 'shop.example.com' }, ca, agent: false }, (res) => {
-      let body = '';
-      res.on('data', (c) => (body += c));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-    });
+    const req = https.get(
+      { host: '127.0.0.1', port, path: '/items', servername: 'shop.example.com', headers: { host: 'shop.example.com' }, ca, agent: false },
+      (res) => {
+        let body = '';
+        res.on('data', (c) => (body += c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      },
+    );
     req.on('error', reject);
     req.setTimeout(5_000, () => req.destroy(new Error('timeout')));
   });
@@ -121,7 +124,10 @@ spec:
       // Delta xDS, through the relay.
       bootstrapYaml: (adminPort) => bootstrapYaml({ gateway: 'public', id: 'relayed-gw', delta: true, tls, xdsAddress: `127.0.0.1:${relay.port}`, adminPort }),
     });
-    await waitFor(async () => (await httpsGet(ports.https, readFileSync(path.join(dir, 'ca.pem'), 'utf8')).catch(() => ({ status: 0 }))).status === 200, { what: 'HTTPS through the gateway', timeoutMs: 20_000 });
+    await waitFor(async () => (await httpsGet(ports.https, readFileSync(path.join(dir, 'ca.pem'), 'utf8')).catch(() => ({ status: 0 }))).status === 200, {
+      what: 'HTTPS through the gateway',
+      timeoutMs: 20_000,
+    });
   });
 
   after(async () => {
@@ -141,8 +147,14 @@ spec:
     assert.ok(seen.length > 4_000, `the relay carried the configuration (${seen.length} bytes)`);
     t.diagnostic(`relay carried ${seen.length} bytes`);
     const text = seen.toString('latin1');
-    const keyBody = shopKeyPem.split('\n').filter((l) => l && !l.startsWith('-----')).join('');
-    const certBody = shopCertPem.split('\n').filter((l) => l && !l.startsWith('-----')).join('');
+    const keyBody = shopKeyPem
+      .split('\n')
+      .filter((l) => l && !l.startsWith('-----'))
+      .join('');
+    const certBody = shopCertPem
+      .split('\n')
+      .filter((l) => l && !l.startsWith('-----'))
+      .join('');
     for (const [what, needle] of [
       ['PEM armour', '-----BEGIN'],
       ['a private key header', 'PRIVATE KEY'],
@@ -164,7 +176,11 @@ spec:
     assert.equal(await connected(), 1);
     const t0 = Date.now();
     execFileSync(process.execPath, [path.join(repoRoot(), 'bin/signalbox.js'), 'token', 'revoke', tls.id, '--data-dir', sb.dataDir], { stdio: 'pipe' });
-    await waitFor(async () => !((await sb.admin('/api/proxies')).proxies as { id: string }[]).some((p) => p.id === 'relayed-gw'), { what: 'the revoked proxy gone', timeoutMs: 5_000, intervalMs: 50 });
+    await waitFor(async () => !((await sb.admin('/api/proxies')).proxies as { id: string }[]).some((p) => p.id === 'relayed-gw'), {
+      what: 'the revoked proxy gone',
+      timeoutMs: 5_000,
+      intervalMs: 50,
+    });
     const took = Date.now() - t0;
     assert.ok(took < 2_000, `stream closed ${took} ms after the revocation`);
     t.diagnostic(`stream gone from /api/proxies ${took} ms after \`token revoke\` started (includes the CLI's own start)`);

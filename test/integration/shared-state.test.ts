@@ -71,7 +71,12 @@ describe('shared state in a real Consul', () => {
     const ca = await CertificateAuthority.open({ dataDir, trustDomain: TD, shared: good });
     const before = await good.kv.get(good.keyOf('ca'));
     // The replica with the wrong key stops as it connects, before it reads or makes anything.
-    await assert.rejects(open('mesh2', randomBytes(32).toString('hex')), (e: Error) => /mesh2\/state-key#check was encrypted with another state key \(key id [0-9a-f]{16}; the key given has id [0-9a-f]{16}\)/.test(e.message) && !/BEGIN/.test(e.message));
+    await assert.rejects(
+      open('mesh2', randomBytes(32).toString('hex')),
+      (e: Error) =>
+        /mesh2\/state-key#check was encrypted with another state key \(key id [0-9a-f]{16}; the key given has id [0-9a-f]{16}\)/.test(e.message) &&
+        !/BEGIN/.test(e.message),
+    );
     const list = await good.kv.list('mesh2/');
     assert.deepEqual(list.map((e) => e.key).sort(), ['mesh2/ca', 'mesh2/state-key'], 'no token key pair made under the wrong key');
     const afterRead = await good.kv.get(good.keyOf('ca'));
@@ -134,7 +139,8 @@ describe('shared state in a real Consul', () => {
         const r = await s.read('replicas/r1/xds-server');
         return r && { certificatePem: r.data.certificate as string, privateKeyPem: r.data.privateKey as string };
       },
-      save: async (c: { certificatePem: string; privateKeyPem: string }) => void (await s.update('replicas/r1/xds-server', () => ({ certificate: c.certificatePem, privateKey: c.privateKeyPem }), ['privateKey'])),
+      save: async (c: { certificatePem: string; privateKeyPem: string }) =>
+        void (await s.update('replicas/r1/xds-server', () => ({ certificate: c.certificatePem, privateKey: c.privateKeyPem }), ['privateKey'])),
     };
     const first = await ServerCertificate.start({ ca, trustDomain: TD, server: 'xds', bindAddress: '127.0.0.1', sans: [], stored, logger });
     const second = await ServerCertificate.start({ ca, trustDomain: TD, server: 'xds', bindAddress: '127.0.0.1', sans: [], stored, logger });
@@ -153,7 +159,11 @@ describe('shared state in a real Consul', () => {
     const ls = states.map((s, i) => new Leadership(s, `r${i + 1}`, undefined, { waitMs: 2_000 }));
     try {
       for (const l of ls) await l.start();
-      assert.deepEqual(ls.map((l) => l.isLeader), [true, false, false], 'the first to start leads');
+      assert.deepEqual(
+        ls.map((l) => l.isLeader),
+        [true, false, false],
+        'the first to start leads',
+      );
       assert.equal(await ls[2]!.leader(), 'r1');
       const changed = new Promise<number>((r) => {
         for (const l of ls.slice(1)) l.on('change', (leading) => leading && r(Date.now()));
@@ -195,7 +205,10 @@ describe('shared state in a real Consul', () => {
       assert.equal(got.certificatePem, made.certificatePem);
       // A follower left waiting by a leader that never makes it gives up with a message.
       follow.followerWaitMs = 1_000;
-      await assert.rejects(TokenVerifier.open(follow, { logger }), /mesh7\/tokens\/signing is still missing in Consul KV after 1 s and this replica does not lead/);
+      await assert.rejects(
+        TokenVerifier.open(follow, { logger }),
+        /mesh7\/tokens\/signing is still missing in Consul KV after 1 s and this replica does not lead/,
+      );
     } finally {
       await l1.stop();
       await l2.stop();
@@ -219,6 +232,6 @@ describe('shared state in a real Consul', () => {
     assert.deepEqual(Object.keys(rec!.data.revoked as object).sort(), [long.id, unknown].sort());
     assert.deepEqual(Object.keys(rec!.data.expires as object), [long.id]);
     const notes = (await s.kv.list('mesh8/tokens/issued/')).map((e) => e.key);
-    assert.deepEqual(notes, [`mesh8/tokens/issued/${long.id}`], 'the expired token\'s note is gone');
+    assert.deepEqual(notes, [`mesh8/tokens/issued/${long.id}`], "the expired token's note is gone");
   });
 });

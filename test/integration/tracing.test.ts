@@ -47,7 +47,8 @@ async function otlpReceiver() {
   return { spans, posts: () => posts, port: (server.address() as AddressInfo).port, close: () => new Promise<void>((r) => server.close(() => r())) };
 }
 
-const POLICY = 'apiVersion: signalbox.dev/v1alpha1\nkind: Service\nmetadata: { name: shop }\nspec:\n  port: 8080\n  endpoints: [ { address: 127.0.0.1, port: 9 } ]\n---\napiVersion: signalbox.dev/v1alpha1\nkind: Gateway\nmetadata: { name: edge }\nspec:\n  listeners: [ { name: http, port: 18999, protocol: HTTP } ]\n';
+const POLICY =
+  'apiVersion: signalbox.dev/v1alpha1\nkind: Service\nmetadata: { name: shop }\nspec:\n  port: 8080\n  endpoints: [ { address: 127.0.0.1, port: 9 } ]\n---\napiVersion: signalbox.dev/v1alpha1\nkind: Gateway\nmetadata: { name: edge }\nspec:\n  listeners: [ { name: http, port: 18999, protocol: HTTP } ]\n';
 
 /** One Check call as a proxy makes it: over TLS, with a workload certificate of the mesh CA in `dataDir`. */
 async function authzCheck(port: number, dataDir: string, headers: Record<string, string>): Promise<void> {
@@ -98,25 +99,45 @@ describe('OpenTelemetry tracing of the control plane', () => {
   test('off by default: nothing is exported', async () => {
     receiver = await otlpReceiver();
     const dir = policyDir();
-    const sb = await startSignalbox({ policies: dir, env: { OTEL_TRACES_EXPORTER: undefined, OTEL_EXPORTER_OTLP_ENDPOINT: undefined, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: undefined, OTEL_BSP_SCHEDULE_DELAY: '50' } });
+    const sb = await startSignalbox({
+      policies: dir,
+      env: {
+        OTEL_TRACES_EXPORTER: undefined,
+        OTEL_EXPORTER_OTLP_ENDPOINT: undefined,
+        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: undefined,
+        OTEL_BSP_SCHEDULE_DELAY: '50',
+      },
+    });
     procs.push(sb);
     writeFileSync(path.join(dir, 'p.yaml'), POLICY.replace('port: 9 }', 'port: 10 }'));
-    await waitFor(async () => (await sb.adminText('/metrics')).includes('signalbox_policy_reloads_total{result="applied"} 2'), { what: 'second reload', timeoutMs: 10_000 });
+    await waitFor(async () => (await sb.adminText('/metrics')).includes('signalbox_policy_reloads_total{result="applied"} 2'), {
+      what: 'second reload',
+      timeoutMs: 10_000,
+    });
     assert.doesNotMatch(sb.logs(), /OpenTelemetry tracing on/);
     assert.equal(receiver.posts(), 0);
     await sb.kill();
   });
 
-  test('with OTEL_* set: compile, push and ext_authz spans, the check continuing the caller\'s trace', async () => {
+  test("with OTEL_* set: compile, push and ext_authz spans, the check continuing the caller's trace", async () => {
     const dir = policyDir();
     const sb = await startSignalbox({
       policies: dir,
-      env: { OTEL_TRACES_EXPORTER: 'otlp', OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json', OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${receiver.port}`, OTEL_BSP_SCHEDULE_DELAY: '50', OTEL_SERVICE_NAME: 'signalbox-test' },
+      env: {
+        OTEL_TRACES_EXPORTER: 'otlp',
+        OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
+        OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${receiver.port}`,
+        OTEL_BSP_SCHEDULE_DELAY: '50',
+        OTEL_SERVICE_NAME: 'signalbox-test',
+      },
     });
     procs.push(sb);
     assert.match(sb.logs(), /OpenTelemetry tracing on/);
     writeFileSync(path.join(dir, 'p.yaml'), POLICY.replace('port: 9 }', 'port: 11 }'));
-    await waitFor(() => receiver.spans.some((s) => s.name === 'signalbox.compile') && receiver.spans.some((s) => s.name === 'signalbox.xds.push'), { what: 'compile and push spans', timeoutMs: 15_000 });
+    await waitFor(() => receiver.spans.some((s) => s.name === 'signalbox.compile') && receiver.spans.some((s) => s.name === 'signalbox.xds.push'), {
+      what: 'compile and push spans',
+      timeoutMs: 15_000,
+    });
     const compile = receiver.spans.find((s) => s.name === 'signalbox.compile')!;
     assert.ok(compile.attributes.some((a) => a.key === 'signalbox.applied'));
     const push = receiver.spans.find((s) => s.name === 'signalbox.xds.push')!;
@@ -150,17 +171,22 @@ describe('OpenTelemetry tracing of the control plane', () => {
           responseDeserialize: (b: Buffer) => b,
         },
       },
-      { Export: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => {
+      {
+        Export: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => {
           exports.push(call.request);
           cb(null, Buffer.alloc(0));
-        } },
+        },
+      },
     );
-    const collectorPort = await new Promise<number>((resolve, reject) => collector.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
+    const collectorPort = await new Promise<number>((resolve, reject) =>
+      collector.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))),
+    );
     const app = await startUpstream('traced');
     const env = await startGatewayEnv({
       name: 'tracing',
       files: (gw) => ({
-        'mesh.yaml': 'apiVersion: signalbox.dev/v1alpha1\nkind: Mesh\nmetadata: { name: default }\nspec:\n  tracing: { otlp: { service: otel, sampling: 100 } }\n',
+        'mesh.yaml':
+          'apiVersion: signalbox.dev/v1alpha1\nkind: Mesh\nmetadata: { name: default }\nspec:\n  tracing: { otlp: { service: otel, sampling: 100 } }\n',
         'p.yaml': `apiVersion: signalbox.dev/v1alpha1
 kind: Service
 metadata: { name: otel }
@@ -199,7 +225,8 @@ spec:
       assert.match(String(seen.headers.traceparent), /^00-[0-9a-f]{32}-[0-9a-f]{16}-01$/, 'Envoy passes W3C trace context upstream');
       await waitFor(() => exports.length > 0, { what: 'Envoy to export spans', timeoutMs: 20_000 });
       assert.ok(Buffer.concat(exports).includes('gateway-gateway'), 'spans name the proxy group');
-      const tracing = (await env.envoy.adminJson<any>('/config_dump?resource=dynamic_listeners')).configs[0].active_state.listener.filter_chains[0].filters[0].typed_config.tracing;
+      const tracing = (await env.envoy.adminJson<any>('/config_dump?resource=dynamic_listeners')).configs[0].active_state.listener.filter_chains[0].filters[0]
+        .typed_config.tracing;
       assert.equal(tracing.provider.name, 'envoy.tracers.opentelemetry');
     } catch (e) {
       throw new Error(`${(e as Error).message}\n--- envoy log ---\n${env.envoy.logs().slice(-3000)}`);
@@ -214,18 +241,35 @@ spec:
     const exports: Buffer[] = [];
     const collector = new grpc.Server();
     collector.addService(
-      { Export: { path: '/opentelemetry.proto.collector.trace.v1.TraceService/Export', requestStream: false, responseStream: false, requestSerialize: (b: Buffer) => b, requestDeserialize: (b: Buffer) => b, responseSerialize: (b: Buffer) => b, responseDeserialize: (b: Buffer) => b } },
-      { Export: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => {
+      {
+        Export: {
+          path: '/opentelemetry.proto.collector.trace.v1.TraceService/Export',
+          requestStream: false,
+          responseStream: false,
+          requestSerialize: (b: Buffer) => b,
+          requestDeserialize: (b: Buffer) => b,
+          responseSerialize: (b: Buffer) => b,
+          responseDeserialize: (b: Buffer) => b,
+        },
+      },
+      {
+        Export: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => {
           exports.push(call.request);
           cb(null, Buffer.alloc(0));
-        } },
+        },
+      },
     );
-    const collectorPort = await new Promise<number>((resolve, reject) => collector.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))));
+    const collectorPort = await new Promise<number>((resolve, reject) =>
+      collector.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))),
+    );
     const app = await startUpstream('guarded');
     const gw = await freePort();
     const dead = await freePort();
     const dir = policyDir();
-    writeFileSync(path.join(dir, 'mesh.yaml'), 'apiVersion: signalbox.dev/v1alpha1\nkind: Mesh\nmetadata: { name: default }\nspec:\n  tracing: { otlp: { service: otel, sampling: 100 } }\n');
+    writeFileSync(
+      path.join(dir, 'mesh.yaml'),
+      'apiVersion: signalbox.dev/v1alpha1\nkind: Mesh\nmetadata: { name: default }\nspec:\n  tracing: { otlp: { service: otel, sampling: 100 } }\n',
+    );
     writeFileSync(
       path.join(dir, 'p.yaml'),
       `apiVersion: signalbox.dev/v1alpha1
@@ -266,17 +310,31 @@ spec:
 `,
     );
     const before = receiver.spans.length;
-    const sb = await startSignalbox({ policies: dir, env: { OTEL_TRACES_EXPORTER: 'otlp', OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json', OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${receiver.port}`, OTEL_BSP_SCHEDULE_DELAY: '50' } });
+    const sb = await startSignalbox({
+      policies: dir,
+      env: {
+        OTEL_TRACES_EXPORTER: 'otlp',
+        OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json',
+        OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${receiver.port}`,
+        OTEL_BSP_SCHEDULE_DELAY: '50',
+      },
+    });
     procs.push(sb);
     const envoy = await startEnvoy({ name: 'authz-trace', bootstrapYaml: await sb.bootstrap({ gateway: 'edge', id: 'authz-trace' }) });
     try {
       await waitFor(async () => (await httpGet(`http://127.0.0.1:${gw}/x`)).status === 401, { what: 'the JWTPolicy to answer 401', timeoutMs: 20_000 });
       for (let i = 0; i < 6; i++) await httpGet(`http://127.0.0.1:${gw}/x/${i}`);
-      await waitFor(() => receiver.spans.slice(before).some((s) => s.name === 'signalbox.authz.check' && s.parentSpanId), { what: 'a check span with a parent', timeoutMs: 15_000 });
+      await waitFor(() => receiver.spans.slice(before).some((s) => s.name === 'signalbox.authz.check' && s.parentSpanId), {
+        what: 'a check span with a parent',
+        timeoutMs: 15_000,
+      });
       await waitFor(() => exports.length > 0, { what: 'Envoy spans', timeoutMs: 20_000 });
       const inEnvoyTrace = () => {
         const envoyBytes = Buffer.concat(exports);
-        return receiver.spans.slice(before).filter((s) => s.name === 'signalbox.authz.check' && s.parentSpanId).some((c) => envoyBytes.includes(Buffer.from(c.traceId, 'hex')));
+        return receiver.spans
+          .slice(before)
+          .filter((s) => s.name === 'signalbox.authz.check' && s.parentSpanId)
+          .some((c) => envoyBytes.includes(Buffer.from(c.traceId, 'hex')));
       };
       await waitFor(inEnvoyTrace, { what: "a check span in one of Envoy's traces", timeoutMs: 20_000 });
     } catch (e) {
@@ -288,4 +346,3 @@ spec:
     }
   });
 });
-

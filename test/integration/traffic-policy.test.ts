@@ -136,7 +136,10 @@ describe('TrafficPolicy through real Envoy', () => {
     // The upstream holds the one request the breaker lets through; the overflow is answered by
     // Envoy while that request is still held.
     await waitFor(() => u.cb.inFlight === 1 && settled >= 1, { what: 'one request at the upstream, overflow answered', timeoutMs: 5_000 });
-    await waitFor(async () => settled + u.cb.inFlight + (await env.stat('cluster.cb.upstream_rq_pending_active')) === n, { what: 'every request either held, pending or answered', timeoutMs: 5_000 });
+    await waitFor(async () => settled + u.cb.inFlight + (await env.stat('cluster.cb.upstream_rq_pending_active')) === n, {
+      what: 'every request either held, pending or answered',
+      timeoutMs: 5_000,
+    });
     const early = settled;
     assert.equal(u.cb.count, 1, 'only one request reached the held upstream');
     u.cb.release();
@@ -199,7 +202,11 @@ describe('TrafficPolicy through real Envoy', () => {
     // default), so the recovered instance gets traffic again shortly after.
     const bAgain = u.hcB.count;
     let i = 0;
-    await waitFor(async () => (await timedGet(env.url(`/hc/back/${i++}`))).status === 200 && u.hcB.count > bAgain, { what: 'traffic back at hcB', timeoutMs: 10_000, intervalMs: 20 });
+    await waitFor(async () => (await timedGet(env.url(`/hc/back/${i++}`))).status === 200 && u.hcB.count > bAgain, {
+      what: 'traffic back at hcB',
+      timeoutMs: 10_000,
+      intervalMs: 20,
+    });
   });
 
   test('RingHash keeps one key on one instance', async () => {
@@ -244,7 +251,10 @@ describe('TrafficPolicy through real Envoy', () => {
     const explained = await env.sb.admin(`/api/explain/${env.proxyId}?route=traffic/prec-policy`);
     assert.equal(explained.group, 'gateway/gateway');
     const setting = explained.routes[0].settings;
-    assert.deepEqual([setting.timeout.value, setting.timeout.from.kind, setting.timeout.from.name, path.basename(setting.timeout.from.file)], ['400ms', 'TrafficPolicy', 'prec-timeouts', 'traffic-b.yaml']);
+    assert.deepEqual(
+      [setting.timeout.value, setting.timeout.from.kind, setting.timeout.from.name, path.basename(setting.timeout.from.file)],
+      ['400ms', 'TrafficPolicy', 'prec-timeouts', 'traffic-b.yaml'],
+    );
     assert.deepEqual([setting.retries.from.kind, path.basename(setting.retries.from.file)], ['Mesh', 'mesh.yaml']);
     const precCluster = explained.clusters.find((c: any) => c.name === 'prec').settings;
     assert.deepEqual([precCluster.connectTimeout.value, precCluster.connectTimeout.from.name], ['750ms', 'prec-connect']);

@@ -35,7 +35,12 @@ interface Report {
 }
 
 function cli(...args: string[]): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, ['bin/signalbox.js', ...args], { cwd: root, encoding: 'utf8', timeout: 180_000, env: { ...process.env, SIGNALBOX_ENVOY_BIN: '' } });
+  const r = spawnSync(process.execPath, ['bin/signalbox.js', ...args], {
+    cwd: root,
+    encoding: 'utf8',
+    timeout: 180_000,
+    env: { ...process.env, SIGNALBOX_ENVOY_BIN: '' },
+  });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
@@ -98,12 +103,15 @@ describe('what only Envoy refuses', () => {
     assert.equal(status, 1, stderr);
     assert.equal(report.valid, false);
     const got = report.errors.map((e) => [path.basename(e.file), e.doc, e.path, e.line, e.code]).sort();
-    assert.deepEqual(got, [
-      ['b-routes.yaml', 3, 'spec.rules[1].matches[0].path.value', 20, ENVOY_REJECTED],
-      ...(UNICODE_REFUSED ? [['b-routes.yaml', 3, 'spec.rules[2].matches[0].headers[0].value', 25, ENVOY_REJECTED]] : []),
-      ['b-routes.yaml', 3, 'spec.rules[3].filters[0].requestHeaderModifier.set[1].value', 32, ENVOY_REJECTED],
-      ...(UNICODE_REFUSED ? [['c-access.yaml', 1, 'spec.rules[0].to[0].paths[1].value', 9, ENVOY_REJECTED]] : []),
-    ].sort());
+    assert.deepEqual(
+      got,
+      [
+        ['b-routes.yaml', 3, 'spec.rules[1].matches[0].path.value', 20, ENVOY_REJECTED],
+        ...(UNICODE_REFUSED ? [['b-routes.yaml', 3, 'spec.rules[2].matches[0].headers[0].value', 25, ENVOY_REJECTED]] : []),
+        ['b-routes.yaml', 3, 'spec.rules[3].filters[0].requestHeaderModifier.set[1].value', 32, ENVOY_REJECTED],
+        ...(UNICODE_REFUSED ? [['c-access.yaml', 1, 'spec.rules[0].to[0].paths[1].value', 9, ENVOY_REJECTED]] : []),
+      ].sort(),
+    );
     const byPath = new Map(report.errors.map((e) => [e.path, e]));
     assert.match(byPath.get('spec.rules[1].matches[0].path.value')!.message, /RE2 program size of \d+ > max program size of 100/);
     // (Nested repeats over 1000 are refused by plain validate now; a Unicode class is sized by Envoy only.)
@@ -122,9 +130,16 @@ describe('what only Envoy refuses', () => {
     const r = cli('validate', dir, '--envoy', envoy);
     assert.equal(r.status, 1);
     const lines = r.stderr.trim().split('\n');
-    assert.match(lines.at(-1)!, new RegExp(`^${UNICODE_REFUSED ? 4 : 2} error\\(s\\) in .* checked by Envoy ${ENVOY_RE}: \\d+ proxy group\\(s\\) in \\d+ ms \\(\\d+ ms per group\\)$`));
+    assert.match(
+      lines.at(-1)!,
+      new RegExp(`^${UNICODE_REFUSED ? 4 : 2} error\\(s\\) in .* checked by Envoy ${ENVOY_RE}: \\d+ proxy group\\(s\\) in \\d+ ms \\(\\d+ ms per group\\)$`),
+    );
     assert.ok(
-      lines.some((l) => /b-routes\.yaml#3 spec\.rules\[1\]\.matches\[0\]\.path\.value: Envoy rejects route "orders\/big-regex\/match-0": regex '\/x\/\[a-z\]\{98\}' RE2 program size of \d+ > max program size of 100.* \(line 20\)$/.test(l)),
+      lines.some((l) =>
+        /b-routes\.yaml#3 spec\.rules\[1\]\.matches\[0\]\.path\.value: Envoy rejects route "orders\/big-regex\/match-0": regex '\/x\/\[a-z\]\{98\}' RE2 program size of \d+ > max program size of 100.* \(line 20\)$/.test(
+          l,
+        ),
+      ),
       r.stderr,
     );
   });
@@ -212,15 +227,39 @@ describe('valid directories', () => {
     const dir = policyDir({
       'mesh.yaml': docs(
         doc('Mesh', 'default', '{ mtls: { mode: permissive }, defaults: { timeout: 9s, retries: { attempts: 1 } } }'),
-        doc('Service', 'orders', '{ port: 8080, endpoints: [ { address: 127.0.0.1, port: 9001, sidecarPort: 21001 }, { address: 127.0.0.1, port: 9003, labels: { version: v2 } } ], subsets: [ { name: v2, labels: { version: v2 } } ] }'),
+        doc(
+          'Service',
+          'orders',
+          '{ port: 8080, endpoints: [ { address: 127.0.0.1, port: 9001, sidecarPort: 21001 }, { address: 127.0.0.1, port: 9003, labels: { version: v2 } } ], subsets: [ { name: v2, labels: { version: v2 } } ] }',
+        ),
         doc('Service', 'web', '{ port: 8080, protocol: http2, endpoints: [ { address: 127.0.0.1, port: 9002, sidecarPort: 21002 } ] }'),
-        doc('AccessPolicy', 'orders', '{ targetRef: { kind: Service, name: orders }, rules: [ { from: [ { service: web }, { gateway: public } ], action: Allow, to: [ { methods: [GET], paths: [ { type: RegularExpression, value: "/orders/[0-9]+" }, { value: /health } ] } ] } ] }'),
-        doc('TrafficPolicy', 'orders', '{ targetRef: { kind: Service, name: orders }, connectTimeout: 2s, loadBalancer: { type: RingHash, hashOn: { header: x-user } }, outlierDetection: {}, healthCheck: { path: /healthz }, circuitBreaker: { maxRequests: 100 } }'),
+        doc(
+          'AccessPolicy',
+          'orders',
+          '{ targetRef: { kind: Service, name: orders }, rules: [ { from: [ { service: web }, { gateway: public } ], action: Allow, to: [ { methods: [GET], paths: [ { type: RegularExpression, value: "/orders/[0-9]+" }, { value: /health } ] } ] } ] }',
+        ),
+        doc(
+          'TrafficPolicy',
+          'orders',
+          '{ targetRef: { kind: Service, name: orders }, connectTimeout: 2s, loadBalancer: { type: RingHash, hashOn: { header: x-user } }, outlierDetection: {}, healthCheck: { path: /healthz }, circuitBreaker: { maxRequests: 100 } }',
+        ),
         doc('RateLimitPolicy', 'orders', '{ targetRef: { kind: Service, name: orders }, local: { requests: 100, per: 1s, by: { header: x-user } } }'),
-        doc('JWTPolicy', 'orders', '{ targetRef: { kind: Service, name: orders }, issuer: https://issuer.example, jwks: { inline: { keys: [ { kty: EC, crv: P-256, x: f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU, y: x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0 } ] } } }'),
+        doc(
+          'JWTPolicy',
+          'orders',
+          '{ targetRef: { kind: Service, name: orders }, issuer: https://issuer.example, jwks: { inline: { keys: [ { kty: EC, crv: P-256, x: f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU, y: x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0 } ] } } }',
+        ),
         GATEWAY,
-        doc('HTTPRoute', 'web', '{ parentRefs: [ { kind: Gateway, name: public } ], rules: [ { backendRefs: [ { name: web } ], filters: [ { type: ResponseHeaderModifier, responseHeaderModifier: { set: [ { name: x-client, value: "%DOWNSTREAM_REMOTE_ADDRESS%" } ] } } ] } ] }'),
-        doc('HTTPRoute', 'orders-mesh', '{ parentRefs: [ { kind: Service, name: orders } ], rules: [ { matches: [ { path: { type: RegularExpression, value: "/orders/[0-9]+" } } ], backendRefs: [ { name: orders, weight: 9 }, { name: orders, subset: v2, weight: 1 } ], timeout: 3s, filters: [ { type: FaultInjection, faultInjection: { delay: { fixed: 10ms, percent: 1 } } } ] } ] }'),
+        doc(
+          'HTTPRoute',
+          'web',
+          '{ parentRefs: [ { kind: Gateway, name: public } ], rules: [ { backendRefs: [ { name: web } ], filters: [ { type: ResponseHeaderModifier, responseHeaderModifier: { set: [ { name: x-client, value: "%DOWNSTREAM_REMOTE_ADDRESS%" } ] } } ] } ] }',
+        ),
+        doc(
+          'HTTPRoute',
+          'orders-mesh',
+          '{ parentRefs: [ { kind: Service, name: orders } ], rules: [ { matches: [ { path: { type: RegularExpression, value: "/orders/[0-9]+" } } ], backendRefs: [ { name: orders, weight: 9 }, { name: orders, subset: v2, weight: 1 } ], timeout: 3s, filters: [ { type: FaultInjection, faultInjection: { delay: { fixed: 10ms, percent: 1 } } } ] } ] }',
+        ),
       ),
     });
     const { status, report, stderr } = validateJson(dir);
@@ -247,7 +286,12 @@ describe('the Envoy binary', () => {
   });
 
   test('SIGNALBOX_ENVOY_BIN is used when --envoy names none', () => {
-    const r = spawnSync(process.execPath, ['bin/signalbox.js', 'validate', '--envoy', 'policies'], { cwd: root, encoding: 'utf8', timeout: 60_000, env: { ...process.env, SIGNALBOX_ENVOY_BIN: envoy } });
+    const r = spawnSync(process.execPath, ['bin/signalbox.js', 'validate', '--envoy', 'policies'], {
+      cwd: root,
+      encoding: 'utf8',
+      timeout: 60_000,
+      env: { ...process.env, SIGNALBOX_ENVOY_BIN: envoy },
+    });
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stdout, new RegExp(`^policies: valid .* checked by Envoy ${ENVOY_RE}`));
   });

@@ -15,7 +15,16 @@ const sc = (id: string, name: string, ports = '1/2/3'): NodeIdentity => ({ id, r
 
 describe('per-proxy admin routes: a node id, or an unambiguous gateway or service name', async () => {
   const reg = new ProxyRegistry();
-  for (const n of [gw('edge', 'edge'), gw('internal-a', 'internal'), gw('internal-b', 'internal'), sc('orders-v1', 'orders'), sc('catalog-1', 'catalog'), sc('catalog-2', 'catalog', '4/5/6'), gw('shared-gw', 'shared'), sc('shared-sc', 'shared')]) {
+  for (const n of [
+    gw('edge', 'edge'),
+    gw('internal-a', 'internal'),
+    gw('internal-b', 'internal'),
+    sc('orders-v1', 'orders'),
+    sc('catalog-1', 'catalog'),
+    sc('catalog-2', 'catalog', '4/5/6'),
+    gw('shared-gw', 'shared'),
+    sc('shared-sc', 'shared'),
+  ]) {
     reg.add(new ProxyStatus(n, 'sotw', '127.0.0.1:1'));
   }
   // A reconnect: the same node id twice is still one proxy.

@@ -30,7 +30,15 @@ describe('admin API: Host header check', async () => {
   after(() => app.close());
 
   test('a foreign Host name is refused with 421 (DNS rebinding)', async () => {
-    for (const host of ['evil.example', 'evil.example:18001', '127.0.0.1.evil.example', 'localhost.evil.example:18001', '10.0.0.5:18001', 'localhost:abc', '::1']) {
+    for (const host of [
+      'evil.example',
+      'evil.example:18001',
+      '127.0.0.1.evil.example',
+      'localhost.evil.example:18001',
+      '10.0.0.5:18001',
+      'localhost:abc',
+      '::1',
+    ]) {
       const res = await app.inject({ url: '/api/proxies', headers: { host } });
       assert.equal(res.statusCode, 421, host);
       assert.match(res.json().error, /misdirected/);
@@ -99,7 +107,15 @@ describe('admin API: bearer token', async () => {
   });
 
   test('a wrong token (or another scheme): 401', async () => {
-    for (const authorization of ['Bearer wrong', `Bearer ${TOKEN}x`, `Bearer ${TOKEN.slice(0, -1)}`, `Basic ${TOKEN}`, TOKEN, 'Bearer ', `Bearer ${TOKEN} extra`]) {
+    for (const authorization of [
+      'Bearer wrong',
+      `Bearer ${TOKEN}x`,
+      `Bearer ${TOKEN.slice(0, -1)}`,
+      `Basic ${TOKEN}`,
+      TOKEN,
+      'Bearer ',
+      `Bearer ${TOKEN} extra`,
+    ]) {
       const res = await app.inject({ url: '/api/proxies', headers: { host, authorization } });
       assert.equal(res.statusCode, 401, authorization);
     }
@@ -110,7 +126,11 @@ describe('admin API: bearer token', async () => {
       const res = await app.inject({ url, headers: { host, authorization: `Bearer ${TOKEN}` } });
       assert.equal(res.statusCode, 200, url);
     }
-    assert.equal((await app.inject({ url: '/api/proxies', headers: { host, authorization: `bearer  ${TOKEN}` } })).statusCode, 200, 'scheme is case-insensitive');
+    assert.equal(
+      (await app.inject({ url: '/api/proxies', headers: { host, authorization: `bearer  ${TOKEN}` } })).statusCode,
+      200,
+      'scheme is case-insensitive',
+    );
   });
 
   test('/healthz and /readyz need no token', async () => {
@@ -186,7 +206,12 @@ describe('serve: the admin bind address and token file', () => {
     for (const a of ['0.0.0.0', '::', '10.0.0.5']) {
       assert.throws(
         () => checkAdminBind(a, undefined),
-        (e: unknown) => e instanceof SignalboxError && e.code === ErrorCode.BAD_FLAG && /--admin-address/.test(e.message) && /--admin-token-file/.test(e.message) && /loopback/.test(e.message),
+        (e: unknown) =>
+          e instanceof SignalboxError &&
+          e.code === ErrorCode.BAD_FLAG &&
+          /--admin-address/.test(e.message) &&
+          /--admin-token-file/.test(e.message) &&
+          /loopback/.test(e.message),
       );
     }
     assert.doesNotThrow(() => checkAdminBind('0.0.0.0', TOKEN));
@@ -202,8 +227,14 @@ describe('serve: the admin bind address and token file', () => {
       assert.equal(await readAdminToken(good), TOKEN);
       const empty = path.join(dir, 'empty');
       await writeFile(empty, ' \n\n');
-      await assert.rejects(readAdminToken(empty), (e: unknown) => e instanceof SignalboxError && e.code === ErrorCode.BAD_FLAG && /--admin-token-file .* is empty/.test(e.message));
-      await assert.rejects(readAdminToken(path.join(dir, 'missing')), (e: unknown) => e instanceof SignalboxError && e.code === ErrorCode.BAD_FLAG && /ENOENT/.test(e.message));
+      await assert.rejects(
+        readAdminToken(empty),
+        (e: unknown) => e instanceof SignalboxError && e.code === ErrorCode.BAD_FLAG && /--admin-token-file .* is empty/.test(e.message),
+      );
+      await assert.rejects(
+        readAdminToken(path.join(dir, 'missing')),
+        (e: unknown) => e instanceof SignalboxError && e.code === ErrorCode.BAD_FLAG && /ENOENT/.test(e.message),
+      );
 
       assert.deepEqual(await adminSecurityOf('0.0.0.0', good), { adminAddress: '0.0.0.0', token: TOKEN });
       assert.deepEqual(await adminSecurityOf('127.0.0.1'), { adminAddress: '127.0.0.1', token: undefined });

@@ -99,7 +99,13 @@ describe('embedded ext_authz service: listens only when needed', () => {
   test('closed without a JWTPolicy and without a port; opened (TLS, mesh certificate) once a JWTPolicy appears', async () => {
     const ca = await CertificateAuthority.open({ dataDir: tmp('sb-authz-emb-'), trustDomain: TRUST_DOMAIN });
     const port = await freePort();
-    const authz = await startEmbeddedAuthz({ bindAddress: '127.0.0.1', defaultPort: port, tls: { ca, trustDomain: TRUST_DOMAIN }, logger: silent, registry: new prom.Registry() });
+    const authz = await startEmbeddedAuthz({
+      bindAddress: '127.0.0.1',
+      defaultPort: port,
+      tls: { ca, trustDomain: TRUST_DOMAIN },
+      logger: silent,
+      registry: new prom.Registry(),
+    });
     running.push(authz);
     // Proxies are told where it will be, and that it speaks TLS as spiffe://<td>/signalbox/authz.
     assert.deepEqual(authz.endpoint, { address: '127.0.0.1', port, tls: { serverId: 'spiffe://signalbox.local/signalbox/authz' } });
@@ -161,7 +167,8 @@ describe('embedded ext_authz service: listens only when needed', () => {
 });
 
 describe('signalbox serve: the ext_authz port', () => {
-  const policy = 'apiVersion: signalbox.dev/v1alpha1\nkind: Service\nmetadata: { name: shop }\nspec:\n  port: 8080\n  endpoints: [ { address: 127.0.0.1, port: 9 } ]\n';
+  const policy =
+    'apiVersion: signalbox.dev/v1alpha1\nkind: Service\nmetadata: { name: shop }\nspec:\n  port: 8080\n  endpoints: [ { address: 127.0.0.1, port: 9 } ]\n';
 
   test('no JWTPolicy and no --authz-port: nothing bound, /api/authz says port null; a taken --authz-port: /readyz 503 naming it', async () => {
     const { resolveServeConfig } = await import('../../src/config/settings.js');
@@ -173,7 +180,12 @@ describe('signalbox serve: the ext_authz port', () => {
     try {
       assert.equal(closed.authzPort, undefined);
       const admin = `http://127.0.0.1:${closed.adminPort}`;
-      const info = (await (await fetch(`${admin}/api/authz`)).json()) as { port: number | null; listening: boolean; tls: boolean; endpointForProxies: { port: number; tls?: unknown } };
+      const info = (await (await fetch(`${admin}/api/authz`)).json()) as {
+        port: number | null;
+        listening: boolean;
+        tls: boolean;
+        endpointForProxies: { port: number; tls?: unknown };
+      };
       assert.equal(info.port, null);
       assert.equal(info.listening, false);
       assert.equal(info.tls, true);

@@ -33,7 +33,11 @@ function rawToken(key: TestKey, header: Record<string, unknown>, claims: Record<
   const input = `${b64(header)}.${b64(claims)}`;
   const k = (key.privateKey as unknown) instanceof KeyObject ? (key.privateKey as unknown as KeyObject) : KeyObject.from(key.privateKey);
   const digest = alg === 'EdDSA' ? null : `sha${alg.slice(2)}`;
-  const opts = alg.startsWith('PS') ? { key: k, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: Number(alg.slice(2)) / 8 } : alg.startsWith('ES') ? { key: k, dsaEncoding: 'ieee-p1363' as const } : k;
+  const opts = alg.startsWith('PS')
+    ? { key: k, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: Number(alg.slice(2)) / 8 }
+    : alg.startsWith('ES')
+      ? { key: k, dsaEncoding: 'ieee-p1363' as const }
+      : k;
   return `${input}.${cryptoSign(digest, Buffer.from(input), opts).toString('base64url')}`;
 }
 
@@ -76,7 +80,7 @@ function nodeAnswer(token: string, keys: JWK[], algorithms: string[]): string {
   return typeof r === 'string' ? r : `ok ${r.toString('utf8')}`;
 }
 
-describe('jws.ts gives jose\'s answers', async () => {
+describe("jws.ts gives jose's answers", async () => {
   const algs: TestAlg[] = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'EdDSA'];
   const keys = await Promise.all(algs.map((a) => makeKey(a, `k-${a}`)));
   const rsa = keys[0]!;
@@ -85,14 +89,21 @@ describe('jws.ts gives jose\'s answers', async () => {
   // jose will not make a key under 2048 bits; node:crypto will.
   const weak = (() => {
     const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 1024 });
-    return { kid: 'weak', alg: 'RS256' as const, privateKey: privateKey as unknown as CryptoKey, publicKey: publicKey as unknown as CryptoKey, jwk: { ...(publicKey.export({ format: 'jwk' }) as JWK), kid: 'weak', alg: 'RS256' } };
+    return {
+      kid: 'weak',
+      alg: 'RS256' as const,
+      privateKey: privateKey as unknown as CryptoKey,
+      publicKey: publicKey as unknown as CryptoKey,
+      jwk: { ...(publicKey.export({ format: 'jwk' }) as JWK), kid: 'weak', alg: 'RS256' },
+    };
   })();
   const claims = { iss: ISS, aud: 'api', sub: 'alice', exp: nowSec() + 300 };
   const all = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'EdDSA'];
 
   const cases: { what: string; token: string; keys: JWK[]; algorithms?: string[] }[] = [];
   for (const k of keys) cases.push({ what: `valid ${k.alg}`, token: await signToken(k, claims), keys: keys.map((x) => x.jwk) });
-  for (const k of keys) cases.push({ what: `${k.alg} signed by another key of the kid`, token: rawToken(k, { alg: k.alg, kid: 'k-RS256' }, claims), keys: [rsa.jwk] });
+  for (const k of keys)
+    cases.push({ what: `${k.alg} signed by another key of the kid`, token: rawToken(k, { alg: k.alg, kid: 'k-RS256' }, claims), keys: [rsa.jwk] });
   const noKid = rawToken(other, { alg: 'RS256' }, claims);
   const push = (what: string, token: string, ks: JWK[], algorithms?: string[]) => cases.push({ what, token, keys: ks, algorithms });
   push('wrong key, same kid', rawToken(other, { alg: 'RS256', kid: 'k-RS256' }, claims), [rsa.jwk]);
@@ -112,10 +123,31 @@ describe('jws.ts gives jose\'s answers', async () => {
   push('an RSA key under 2048 bits', rawToken(weak as unknown as TestKey, { alg: 'RS256', kid: 'weak' }, claims), [weak.jwk]);
   push('an RSA key that does not import', rawToken(rsa, { alg: 'RS256', kid: 'k-RS256' }, claims), [{ ...rsa.jwk, n: 'AQAB' }]);
   push('ES256 token, P-384 key only', rawToken(es, { alg: 'ES256', kid: 'k-ES256' }, claims), [keys[7]!.jwk]);
-  push('ES256 signature one byte short', (() => { const t = rawToken(es, { alg: 'ES256', kid: 'k-ES256' }, claims); const sig = Buffer.from(t.split('.')[2]!, 'base64url'); return `${t.split('.').slice(0, 2).join('.')}.${sig.subarray(1).toString('base64url')}`; })(), [es.jwk]);
-  push('ES256 signature in DER', (() => { const t = rawToken(es, { alg: 'ES256', kid: 'k-ES256' }, claims); const input = t.split('.').slice(0, 2).join('.'); return `${input}.${cryptoSign('sha256', Buffer.from(input), KeyObject.from(es.privateKey)).toString('base64url')}`; })(), [es.jwk]);
+  push(
+    'ES256 signature one byte short',
+    (() => {
+      const t = rawToken(es, { alg: 'ES256', kid: 'k-ES256' }, claims);
+      const sig = Buffer.from(t.split('.')[2]!, 'base64url');
+      return `${t.split('.').slice(0, 2).join('.')}.${sig.subarray(1).toString('base64url')}`;
+    })(),
+    [es.jwk],
+  );
+  push(
+    'ES256 signature in DER',
+    (() => {
+      const t = rawToken(es, { alg: 'ES256', kid: 'k-ES256' }, claims);
+      const input = t.split('.').slice(0, 2).join('.');
+      return `${input}.${cryptoSign('sha256', Buffer.from(input), KeyObject.from(es.privateKey)).toString('base64url')}`;
+    })(),
+    [es.jwk],
+  );
   push('alg none', `${b64({ alg: 'none' })}.${b64(claims)}.`, [rsa.jwk]);
-  push('alg not in the policy', await signToken(es, claims), keys.map((k) => k.jwk), ['RS256']);
+  push(
+    'alg not in the policy',
+    await signToken(es, claims),
+    keys.map((k) => k.jwk),
+    ['RS256'],
+  );
   push('HS256', `${b64({ alg: 'HS256', kid: 'k-RS256' })}.${b64(claims)}.c2ln`, [rsa.jwk], [...all, 'HS256']);
   push('alg missing', rawToken(rsa, { kid: 'k-RS256' }, claims), [rsa.jwk]);
   push('crit names an unknown extension', rawToken(rsa, { alg: 'RS256', kid: 'k-RS256', crit: ['exp'], exp: 1 }, claims), [rsa.jwk]);
@@ -131,11 +163,46 @@ describe('jws.ts gives jose\'s answers', async () => {
   push('empty header', `.${b64(claims)}.c2ln`, [rsa.jwk]);
   push('two segments', `${b64({ alg: 'RS256' })}.${b64(claims)}`, [rsa.jwk]);
   push('four segments', `${rawToken(rsa, { alg: 'RS256', kid: 'k-RS256' }, claims)}.x`, [rsa.jwk]);
-  push('payload not ASCII', (() => { const [h, , s] = rawToken(rsa, { alg: 'RS256', kid: 'k-RS256' }, claims).split('.'); return `${h}.é.${s}`; })(), [rsa.jwk]);
-  push('payload not base64url but signed', (() => { const input = `${b64({ alg: 'RS256', kid: 'k-RS256' })}.a$b`; return `${input}.${cryptoSign('sha256', Buffer.from(input), KeyObject.from(rsa.privateKey)).toString('base64url')}`; })(), [rsa.jwk]);
-  push('payload not base64url', (() => { const [h, , s] = rawToken(rsa, { alg: 'RS256', kid: 'k-RS256' }, claims).split('.'); return `${h}.a$b.${s}`; })(), [rsa.jwk]);
-  push('signature not base64url', (() => { const [h, p] = rawToken(rsa, { alg: 'RS256', kid: 'k-RS256' }, claims).split('.'); return `${h}.${p}.a$b`; })(), [rsa.jwk]);
-  push('payload tampered', (() => { const [h, , s] = rawToken(rsa, { alg: 'RS256', kid: 'k-RS256' }, claims).split('.'); return `${h}.${b64({ ...claims, sub: 'mallory' })}.${s}`; })(), [rsa.jwk]);
+  push(
+    'payload not ASCII',
+    (() => {
+      const [h, , s] = rawToken(rsa, { alg: 'RS256', kid: 'k-RS256' }, claims).split('.');
+      return `${h}.é.${s}`;
+    })(),
+    [rsa.jwk],
+  );
+  push(
+    'payload not base64url but signed',
+    (() => {
+      const input = `${b64({ alg: 'RS256', kid: 'k-RS256' })}.a$b`;
+      return `${input}.${cryptoSign('sha256', Buffer.from(input), KeyObject.from(rsa.privateKey)).toString('base64url')}`;
+    })(),
+    [rsa.jwk],
+  );
+  push(
+    'payload not base64url',
+    (() => {
+      const [h, , s] = rawToken(rsa, { alg: 'RS256', kid: 'k-RS256' }, claims).split('.');
+      return `${h}.a$b.${s}`;
+    })(),
+    [rsa.jwk],
+  );
+  push(
+    'signature not base64url',
+    (() => {
+      const [h, p] = rawToken(rsa, { alg: 'RS256', kid: 'k-RS256' }, claims).split('.');
+      return `${h}.${p}.a$b`;
+    })(),
+    [rsa.jwk],
+  );
+  push(
+    'payload tampered',
+    (() => {
+      const [h, , s] = rawToken(rsa, { alg: 'RS256', kid: 'k-RS256' }, claims).split('.');
+      return `${h}.${b64({ ...claims, sub: 'mallory' })}.${s}`;
+    })(),
+    [rsa.jwk],
+  );
   push('payload not JSON but signed', rawToken(rsa, { alg: 'RS256', kid: 'k-RS256' }, 'x' as unknown as Record<string, unknown>), [rsa.jwk]);
   push('EdDSA with an Ed448-like crv', rawToken(keys[8]!, { alg: 'EdDSA', kid: 'k-EdDSA' }, claims), [{ ...keys[8]!.jwk, crv: 'Ed448' }]);
 
@@ -151,7 +218,8 @@ describe('jws.ts gives jose\'s answers', async () => {
     const t = rawToken(rsa, { alg: 'RS256', kid: 'k-RS256' }, claims);
     const [h, p, s] = t.split('.');
     assert.equal(nodeAnswer(t, [rsa.jwk], all).startsWith('ok '), true);
-    for (const odd of [`${h}=.${p}.${s}`, `${h}.${p}=.${s}`, `${h}.${p}.${s}==`, `${h}.${p}.${s}=`, `${h}.${p}.${s}===`]) assert.equal(nodeAnswer(odd, [rsa.jwk], all), await joseAnswer(odd, [rsa.jwk], all), odd.slice(-8));
+    for (const odd of [`${h}=.${p}.${s}`, `${h}.${p}=.${s}`, `${h}.${p}.${s}==`, `${h}.${p}.${s}=`, `${h}.${p}.${s}===`])
+      assert.equal(nodeAnswer(odd, [rsa.jwk], all), await joseAnswer(odd, [rsa.jwk], all), odd.slice(-8));
     assert.equal(nodeAnswer(`${h}.${p}.${s.slice(0, 10)} ${s.slice(10)}`, [rsa.jwk], all), 'malformed', 'jose skipped the space');
   });
 
@@ -175,11 +243,35 @@ describe('check-codec.ts against protobufjs', () => {
     const decisions: Decision[] = [
       { allow: true, reason: 'ok', headers: [], removeHeaders: [] },
       { allow: true, reason: 'ok', headers: [{ name: 'x-user-id', value: 'alice' }], removeHeaders: ['x-email'] },
-      { allow: true, reason: 'ok', headers: [{ name: 'x-user-id', value: 'José, the 1st ✓' }, { name: 'x-long', value: long }, { name: 'x-empty-next', value: '' }], removeHeaders: ['a', 'b', 'x'.repeat(200)], window: { until: 5 } },
+      {
+        allow: true,
+        reason: 'ok',
+        headers: [
+          { name: 'x-user-id', value: 'José, the 1st ✓' },
+          { name: 'x-long', value: long },
+          { name: 'x-empty-next', value: '' },
+        ],
+        removeHeaders: ['a', 'b', 'x'.repeat(200)],
+        window: { until: 5 },
+      },
       { allow: true, reason: 'no_token_optional', headers: [], removeHeaders: ['x-user-id'] },
     ];
-    for (const [status, reason] of [[400, 'multiple_tokens'], [401, 'expired'], [403, 'claim_mismatch'], [503, 'jwks_unavailable']] as const) {
-      decisions.push({ allow: false, status, reason, headers: [{ name: 'content-type', value: 'application/json' }, { name: 'www-authenticate', value: `Bearer error="invalid_token", error_description="${long}"` }], body: JSON.stringify({ error: 'x', error_description: long }) });
+    for (const [status, reason] of [
+      [400, 'multiple_tokens'],
+      [401, 'expired'],
+      [403, 'claim_mismatch'],
+      [503, 'jwks_unavailable'],
+    ] as const) {
+      decisions.push({
+        allow: false,
+        status,
+        reason,
+        headers: [
+          { name: 'content-type', value: 'application/json' },
+          { name: 'www-authenticate', value: `Bearer error="invalid_token", error_description="${long}"` },
+        ],
+        body: JSON.stringify({ error: 'x', error_description: long }),
+      });
     }
     decisions.push({ allow: false, status: 401, reason: 'malformed', headers: [], body: '' });
     for (const d of decisions) {
@@ -191,11 +283,27 @@ describe('check-codec.ts against protobufjs', () => {
   /** A CheckRequest as Envoy sends one, with the parts the service skips filled in. */
   const full = (over: Record<string, unknown> = {}) => ({
     attributes: {
-      source: { address: { socket_address: { address: '10.0.0.1', port_value: 5555 } }, principal: 'spiffe://x/y', certificate: 'C'.repeat(2000), labels: { a: 'b' } },
+      source: {
+        address: { socket_address: { address: '10.0.0.1', port_value: 5555 } },
+        principal: 'spiffe://x/y',
+        certificate: 'C'.repeat(2000),
+        labels: { a: 'b' },
+      },
       destination: { address: { socket_address: { address: '10.0.0.2', port_value: 8080 } }, service: 'svc' },
       request: {
         time: { seconds: 1_700_000_000, nanos: 5 },
-        http: { id: '123', method: 'GET', headers: { authorization: 'Bearer a.b.c', ':path': '/x?y=1', 'x-long': long, 'x-utf8': 'é✓' }, path: '/x?y=1', host: 'h', scheme: 'https', size: -1, protocol: 'HTTP/1.1', raw_body: Buffer.from([1, 2, 3]), header_map: { headers: [{ key: 'authorization', raw_value: Buffer.from('Bearer z') }] } },
+        http: {
+          id: '123',
+          method: 'GET',
+          headers: { authorization: 'Bearer a.b.c', ':path': '/x?y=1', 'x-long': long, 'x-utf8': 'é✓' },
+          path: '/x?y=1',
+          host: 'h',
+          scheme: 'https',
+          size: -1,
+          protocol: 'HTTP/1.1',
+          raw_body: Buffer.from([1, 2, 3]),
+          header_map: { headers: [{ key: 'authorization', raw_value: Buffer.from('Bearer z') }] },
+        },
       },
       context_extensions: { 'signalbox.jwt': 'a,b', other: 'x' },
       metadata_context: { filter_metadata: { f: { fields: { k: { string_value: 'v' } } } } },
@@ -204,9 +312,16 @@ describe('check-codec.ts against protobufjs', () => {
     },
   });
   const view = (bytes: Uint8Array) => {
-    const m = req.decode(bytes) as unknown as { attributes?: { request?: { http?: { headers?: Record<string, string>; path?: string } }; context_extensions?: Record<string, string> } };
+    const m = req.decode(bytes) as unknown as {
+      attributes?: { request?: { http?: { headers?: Record<string, string>; path?: string } }; context_extensions?: Record<string, string> };
+    };
     const http = m.attributes?.request?.http;
-    return { headers: http?.headers ? { ...http.headers } : undefined, path: http?.path, contextExtensions: m.attributes?.context_extensions && Object.keys(m.attributes.context_extensions).length ? { ...m.attributes.context_extensions } : undefined };
+    return {
+      headers: http?.headers ? { ...http.headers } : undefined,
+      path: http?.path,
+      contextExtensions:
+        m.attributes?.context_extensions && Object.keys(m.attributes.context_extensions).length ? { ...m.attributes.context_extensions } : undefined,
+    };
   };
   const mine = (bytes: Uint8Array) => {
     const v = decodeCheckRequest(bytes);
@@ -231,7 +346,13 @@ describe('check-codec.ts against protobufjs', () => {
 
   test('repeated fields as protobufjs read them: a later message replaces, a later map key wins', () => {
     const a = Buffer.from(req.encode(req.fromObject(full())).finish());
-    const b = Buffer.from(req.encode(req.fromObject({ attributes: { request: { http: { headers: { authorization: 'Bearer second' } } }, context_extensions: { 'signalbox.jwt': 'c' } } })).finish());
+    const b = Buffer.from(
+      req
+        .encode(
+          req.fromObject({ attributes: { request: { http: { headers: { authorization: 'Bearer second' } } }, context_extensions: { 'signalbox.jwt': 'c' } } }),
+        )
+        .finish(),
+    );
     const both = Buffer.concat([a, b]);
     assert.deepEqual(mine(both), view(both));
     assert.equal(decodeCheckRequest(both).headers!.authorization, 'Bearer second');
@@ -268,8 +389,8 @@ describe('the decision waits only when it must', async () => {
   const input = (token: string) => ({ headers: { authorization: `Bearer ${token}` }, path: '/', policies: ['p'] });
   const engines: AuthzEngine[] = [];
   after(() => {
-  for (const e of engines) e.close();
-});
+    for (const e of engines) e.close();
+  });
 
   test('keys loaded: answered synchronously, allows and refusals alike; distinct tokens each verified', async () => {
     const e = new AuthzEngine();
@@ -319,7 +440,27 @@ describe('Check over gRPC: odd messages still answered', async () => {
   const server = new AuthzServer({ logger: silent, registry: new prom.Registry() });
   server.update({
     jwt: {
-      policies: new Map([['p', { name: 'p', target: { kind: 'HTTPRoute', name: 'r' }, issuer: ISS, audiences: ['api'], algorithms: ['RS256'], clockSkewMs: 30_000, from: [{ header: 'authorization', prefix: 'Bearer ' }], require: [], forwardClaims: [{ claim: 'sub', header: 'x-user-id' }], optional: false, maxTokenBytes: 8192, jwks: { kind: 'inline', keys: [rsa.jwk] }, unavailableStatus: 503, source: { file: 'p.yaml', doc: 1 } }]]),
+      policies: new Map([
+        [
+          'p',
+          {
+            name: 'p',
+            target: { kind: 'HTTPRoute', name: 'r' },
+            issuer: ISS,
+            audiences: ['api'],
+            algorithms: ['RS256'],
+            clockSkewMs: 30_000,
+            from: [{ header: 'authorization', prefix: 'Bearer ' }],
+            require: [],
+            forwardClaims: [{ claim: 'sub', header: 'x-user-id' }],
+            optional: false,
+            maxTokenBytes: 8192,
+            jwks: { kind: 'inline', keys: [rsa.jwk] },
+            unavailableStatus: 503,
+            source: { file: 'p.yaml', doc: 1 },
+          },
+        ],
+      ]),
       byTarget: new Map(),
     },
   });
@@ -333,7 +474,12 @@ describe('Check over gRPC: odd messages still answered', async () => {
     return new Promise((resolve, reject) => {
       const session = http2.connect(`http://127.0.0.1:${port}`);
       session.on('error', reject);
-      const s = session.request({ ':method': 'POST', ':path': '/envoy.service.auth.v3.Authorization/Check', 'content-type': 'application/grpc', te: 'trailers' });
+      const s = session.request({
+        ':method': 'POST',
+        ':path': '/envoy.service.auth.v3.Authorization/Check',
+        'content-type': 'application/grpc',
+        te: 'trailers',
+      });
       const chunks: Buffer[] = [];
       let status = '';
       s.on('response', (h) => (status = String(h['grpc-status'] ?? '')));
@@ -353,7 +499,15 @@ describe('Check over gRPC: odd messages still answered', async () => {
 
   test('a plain message, one with a group protobufjs skips, and garbage', async () => {
     const token = await signToken(rsa, { iss: ISS, aud: 'api', sub: 'alice' });
-    const plain = Buffer.from(req.encode(req.fromObject({ attributes: { request: { http: { headers: { authorization: `Bearer ${token}` }, path: '/' } }, context_extensions: { [JWT_POLICIES_KEY]: 'p' } } })).finish());
+    const plain = Buffer.from(
+      req
+        .encode(
+          req.fromObject({
+            attributes: { request: { http: { headers: { authorization: `Bearer ${token}` }, path: '/' } }, context_extensions: { [JWT_POLICIES_KEY]: 'p' } },
+          }),
+        )
+        .finish(),
+    );
     // Field 99 as a group (start 99/3, end 99/4): valid protobuf the narrow reader does not take.
     const group = Buffer.concat([Buffer.from([0x9b, 0x06, 0x9c, 0x06]), plain]);
     assert.throws(() => decodeCheckRequest(group));
@@ -362,14 +516,25 @@ describe('Check over gRPC: odd messages still answered', async () => {
       assert.equal(r.status, '0');
       const answer = res.toObject(res.decode(r.body), { defaults: false }) as { ok_response?: { headers?: { header: { key: string; value: string } }[] } };
       assert.ok(answer.ok_response, JSON.stringify(answer));
-      assert.deepEqual(answer.ok_response?.headers?.map((h) => [h.header.key, h.header.value]), [['x-user-id', 'alice']]);
+      assert.deepEqual(
+        answer.ok_response?.headers?.map((h) => [h.header.key, h.header.value]),
+        [['x-user-id', 'alice']],
+      );
     }
     assert.equal((await call(Buffer.from([0xff, 0xff, 0xff]))).status, '3', 'INVALID_ARGUMENT');
   });
 
   test('calls and fast-path reports the caller resets before their end are dropped; the service keeps answering', async () => {
     const token = await signToken(rsa, { iss: ISS, aud: 'api', sub: 'alice' });
-    const message = Buffer.from(req.encode(req.fromObject({ attributes: { request: { http: { headers: { authorization: `Bearer ${token}` }, path: '/' } }, context_extensions: { [JWT_POLICIES_KEY]: 'p' } } })).finish());
+    const message = Buffer.from(
+      req
+        .encode(
+          req.fromObject({
+            attributes: { request: { http: { headers: { authorization: `Bearer ${token}` }, path: '/' } }, context_extensions: { [JWT_POLICIES_KEY]: 'p' } },
+          }),
+        )
+        .finish(),
+    );
     const frame = Buffer.alloc(5 + message.length);
     frame.writeUInt32BE(message.length, 1);
     message.copy(frame, 5);
@@ -379,7 +544,10 @@ describe('Check over gRPC: odd messages still answered', async () => {
     for (let i = 0; i < 100; i++) {
       const check = session.request({ ':method': 'POST', ':path': '/envoy.service.auth.v3.Authorization/Check', 'content-type': 'application/grpc' });
       const report = session.request({ ':method': 'POST', ':path': FAST_PATH_HTTP.reports, [FAST_PATH_HTTP.reportId]: `abc-${i}` });
-      for (const [s, body] of [[check, frame], [report, Buffer.from('p 1\n')]] as const) {
+      for (const [s, body] of [
+        [check, frame],
+        [report, Buffer.from('p 1\n')],
+      ] as const) {
         s.on('error', () => undefined);
         s.write(body);
         // Reset before the request ends, with NO_ERROR as Envoy resets a call it gave up on: node

@@ -36,7 +36,11 @@ describe('bootstrap', () => {
     assert.equal(sidecar('7f9c').id, 'orders-7f9c');
     assert.equal(sidecar('orders-v1').id, 'orders-v1', 'an instance that already starts with the name is the id as it is');
     assert.equal(sidecar('orders').id, 'orders');
-    assert.equal(parsed({ sidecar: { service: 'orders', instance: 'x', appPort: 1, inboundPort: 2 }, id: 'mine', xdsAddress: '127.0.0.1:18000' }).node.id, 'mine', '--id overrides');
+    assert.equal(
+      parsed({ sidecar: { service: 'orders', instance: 'x', appPort: 1, inboundPort: 2 }, id: 'mine', xdsAddress: '127.0.0.1:18000' }).node.id,
+      'mine',
+      '--id overrides',
+    );
     assert.equal(defaultNodeId('edge', 'edge-2'), 'edge-2');
     assert.equal(defaultNodeId('edge', 'edged'), 'edge-edged', 'a prefix only counts up to the dash');
   });
@@ -59,7 +63,9 @@ describe('bootstrap', () => {
   });
 
   test('the admin interface listens on 127.0.0.1 and the given port (9901 by default)', () => {
-    assert.deepEqual(parsed({ gateway: 'g', xdsAddress: '127.0.0.1:1', adminPort: 19001 }).admin, { address: { socket_address: { address: '127.0.0.1', port_value: 19001 } } });
+    assert.deepEqual(parsed({ gateway: 'g', xdsAddress: '127.0.0.1:1', adminPort: 19001 }).admin, {
+      address: { socket_address: { address: '127.0.0.1', port_value: 19001 } },
+    });
     assert.deepEqual(parsed({ gateway: 'g', xdsAddress: '127.0.0.1:1' }).admin.address.socket_address, { address: '127.0.0.1', port_value: 9901 });
   });
 
@@ -131,7 +137,8 @@ describe('bootstrap', () => {
   });
 
   describe('CLI', () => {
-    const cli = (...args: string[]) => spawnSync(process.execPath, ['bin/signalbox.js', 'bootstrap', ...args], { cwd: repoRoot(), encoding: 'utf8', timeout: 30_000 });
+    const cli = (...args: string[]) =>
+      spawnSync(process.execPath, ['bin/signalbox.js', 'bootstrap', ...args], { cwd: repoRoot(), encoding: 'utf8', timeout: 30_000 });
 
     /** A data directory as `signalbox serve` leaves it: the CA proxies verify the xDS server with. */
     const servedDataDir = () => {
@@ -147,7 +154,9 @@ describe('bootstrap', () => {
       const b = YAML.parse(r.stdout) as Json;
       const tls = b.static_resources.clusters[0].transport_socket.typed_config.common_tls_context;
       const creds = path.join(dataDir, 'proxies', 'gateway-public');
-      assert.deepEqual(tls.tls_certificates, [{ certificate_chain: { filename: path.join(creds, 'token.crt') }, private_key: { filename: path.join(creds, 'token.key') } }]);
+      assert.deepEqual(tls.tls_certificates, [
+        { certificate_chain: { filename: path.join(creds, 'token.crt') }, private_key: { filename: path.join(creds, 'token.key') } },
+      ]);
       assert.equal(tls.validation_context.trusted_ca.filename, path.join(dataDir, XDS_CA_FILE));
       assert.deepEqual(tls.validation_context.match_typed_subject_alt_names, [{ san_type: 'IP_ADDRESS', matcher: { exact: '127.0.0.1' } }]);
       assert.equal(statSync(path.join(creds, 'token.key')).mode & 0o777, 0o600);
@@ -212,7 +221,10 @@ describe('bootstrap', () => {
       assert.equal(rb.node.id, 'public-host-b');
       const creds = proxyCredentialsDir(dataDir, { gateway: 'public', instance: 'host-b' });
       assert.equal(creds, path.join(dataDir, 'proxies', 'gateway-public-host-b'));
-      assert.equal(rb.static_resources.clusters[0].transport_socket.typed_config.common_tls_context.tls_certificates[0].certificate_chain.filename, path.join(creds, 'token.crt'));
+      assert.equal(
+        rb.static_resources.clusters[0].transport_socket.typed_config.common_tls_context.tls_certificates[0].certificate_chain.filename,
+        path.join(creds, 'token.crt'),
+      );
       const sidecar = cli('--service', 'orders', '--app-port', '9001', '--inbound-port', '21001', '--data-dir', dataDir);
       assert.equal(sidecar.status, 0, sidecar.stderr);
       assert.equal((YAML.parse(sidecar.stdout) as Json).node.id, 'orders');
@@ -241,7 +253,16 @@ describe('resolveServeConfig', () => {
   });
 
   test('SIGNALBOX_* environment variables override the defaults', () => {
-    const cfg = resolveServeConfig({}, { SIGNALBOX_POLICIES: '/etc/sb', SIGNALBOX_XDS_PORT: '19000', SIGNALBOX_ADMIN_ADDRESS: '::1', SIGNALBOX_LOG_LEVEL: 'debug', SIGNALBOX_WATCH_DEBOUNCE_MS: '250' });
+    const cfg = resolveServeConfig(
+      {},
+      {
+        SIGNALBOX_POLICIES: '/etc/sb',
+        SIGNALBOX_XDS_PORT: '19000',
+        SIGNALBOX_ADMIN_ADDRESS: '::1',
+        SIGNALBOX_LOG_LEVEL: 'debug',
+        SIGNALBOX_WATCH_DEBOUNCE_MS: '250',
+      },
+    );
     assert.equal(cfg.policies, '/etc/sb');
     assert.equal(cfg.xdsPort, 19000);
     assert.equal(cfg.adminAddress, '::1');
@@ -251,7 +272,10 @@ describe('resolveServeConfig', () => {
   });
 
   test('a flag beats its environment twin', () => {
-    const cfg = resolveServeConfig({ 'xds-port': '19500', policies: 'mine', 'admin-port': '0' }, { SIGNALBOX_XDS_PORT: '19000', SIGNALBOX_POLICIES: 'env', SIGNALBOX_ADMIN_PORT: '18555' });
+    const cfg = resolveServeConfig(
+      { 'xds-port': '19500', policies: 'mine', 'admin-port': '0' },
+      { SIGNALBOX_XDS_PORT: '19000', SIGNALBOX_POLICIES: 'env', SIGNALBOX_ADMIN_PORT: '18555' },
+    );
     assert.equal(cfg.xdsPort, 19500);
     assert.equal(cfg.policies, 'mine');
     assert.equal(cfg.adminPort, 0, 'port 0 (pick a free port) is allowed');
@@ -272,7 +296,8 @@ describe('resolveServeConfig', () => {
       ] as const) {
         assert.throws(
           () => resolveServeConfig(flags, env),
-          (e: unknown) => e instanceof SignalboxError && e.code === ErrorCode.BAD_FLAG && e.message === `--xds-port must be a port from 0 to 65535, got "${bad}"`,
+          (e: unknown) =>
+            e instanceof SignalboxError && e.code === ErrorCode.BAD_FLAG && e.message === `--xds-port must be a port from 0 to 65535, got "${bad}"`,
           `xds port ${JSON.stringify(bad)} from ${Object.keys(flags).length ? 'a flag' : 'the environment'}`,
         );
       }
@@ -282,7 +307,10 @@ describe('resolveServeConfig', () => {
   });
 
   test('a bad log level or debounce is rejected', () => {
-    assert.throws(() => resolveServeConfig({ 'log-level': 'loud' }, {}), (e: unknown) => e instanceof SignalboxError && e.code === ErrorCode.BAD_FLAG && /--log-level/.test(e.message));
+    assert.throws(
+      () => resolveServeConfig({ 'log-level': 'loud' }, {}),
+      (e: unknown) => e instanceof SignalboxError && e.code === ErrorCode.BAD_FLAG && /--log-level/.test(e.message),
+    );
     assert.throws(() => resolveServeConfig({}, { SIGNALBOX_WATCH_DEBOUNCE_MS: '-5' }), /--watch-debounce-ms/);
     assert.throws(() => resolveServeConfig({ 'watch-debounce-ms': 'soon' }, {}), /--watch-debounce-ms/);
   });

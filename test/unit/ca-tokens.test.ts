@@ -65,14 +65,20 @@ test('CA files that are unreadable, not a CA, or mismatched are refused with a c
   const certFile = path.join(dir, 'ca', 'root.crt');
   const keyFile = path.join(dir, 'ca', 'root.key');
   const otherKey = path.join(other, 'ca', 'root.key');
-  await assert.rejects(CertificateAuthority.open({ dataDir: dir, trustDomain: 't', files: { certFile: '/nonexistent.crt', keyFile } }), /cannot read the CA certificate \/nonexistent\.crt: ENOENT/);
+  await assert.rejects(
+    CertificateAuthority.open({ dataDir: dir, trustDomain: 't', files: { certFile: '/nonexistent.crt', keyFile } }),
+    /cannot read the CA certificate \/nonexistent\.crt: ENOENT/,
+  );
   await assert.rejects(
     CertificateAuthority.open({ dataDir: dir, trustDomain: 't', files: { certFile, keyFile: otherKey } }),
     (e: Error) => /does not match the certificate/.test(e.message) && !e.message.includes('PRIVATE KEY'),
   );
   const garbage = path.join(dir, 'garbage.key');
   writeFileSync(garbage, '-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n');
-  await assert.rejects(CertificateAuthority.open({ dataDir: dir, trustDomain: 't', files: { certFile, keyFile: garbage } }), (e: Error) => /is not a PKCS#8 ECDSA P-256 private key/.test(e.message) && !e.message.includes('bm90IGEga2V5'));
+  await assert.rejects(
+    CertificateAuthority.open({ dataDir: dir, trustDomain: 't', files: { certFile, keyFile: garbage } }),
+    (e: Error) => /is not a PKCS#8 ECDSA P-256 private key/.test(e.message) && !e.message.includes('bm90IGEga2V5'),
+  );
   // A leaf certificate is not a CA.
   const leaf = await a.issue('spiffe://t/service/x', 60_000);
   const leafCert = path.join(dir, 'leaf.crt');
@@ -86,7 +92,31 @@ test('an existing CA loaded from files signs leaves and extra roots join the tru
   const dir = tmp('sb-ca-pki-');
   const keyFile = path.join(dir, 'ca.key');
   const certFile = path.join(dir, 'ca.crt');
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', keyFile, '-out', certFile, '-days', '2', '-subj', '/CN=corp intermediate', '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign'], { stdio: 'ignore' });
+  execFileSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:P-256',
+      '-nodes',
+      '-keyout',
+      keyFile,
+      '-out',
+      certFile,
+      '-days',
+      '2',
+      '-subj',
+      '/CN=corp intermediate',
+      '-addext',
+      'basicConstraints=critical,CA:TRUE',
+      '-addext',
+      'keyUsage=critical,keyCertSign,cRLSign',
+    ],
+    { stdio: 'ignore' },
+  );
   const nextRoot = await CertificateAuthority.open({ dataDir: tmp('sb-ca-next-'), trustDomain: 't' });
   const bundleFile = path.join(dir, 'next-root.pem');
   writeFileSync(bundleFile, nextRoot.certificatePem);
@@ -128,7 +158,6 @@ test('tokens: valid, wrong signer, expired, revoked, garbage', async () => {
   verifier.close();
 });
 
-
 test('tokens expire after 720h unless --ttl says otherwise; the JWT and the certificate agree', async () => {
   const dir = tmp('sb-tok-ttl-');
   assert.equal(DEFAULT_TOKEN_TTL, '720h');
@@ -160,7 +189,14 @@ test('a JWT without an expiry (issued by an older Signalbox) is refused', async 
   const dir = tmp('sb-tok-noexp-');
   const verifier = await TokenVerifier.open(dir);
   const key = await importPKCS8(readFileSync(path.join(dir, 'tokens', 'signing.key'), 'utf8'), 'ES256');
-  const old = await new SignJWT({}).setProtectedHeader({ alg: 'ES256' }).setIssuer('signalbox').setAudience('signalbox-xds').setSubject('service/a').setJti(crypto.randomUUID()).setIssuedAt().sign(key);
+  const old = await new SignJWT({})
+    .setProtectedHeader({ alg: 'ES256' })
+    .setIssuer('signalbox')
+    .setAudience('signalbox-xds')
+    .setSubject('service/a')
+    .setJti(crypto.randomUUID())
+    .setIssuedAt()
+    .sign(key);
   const r = await verifier.verify(old);
   assert.equal(r.ok, false);
   assert.match((r as { reason: string }).reason, /without expiry/);
@@ -208,7 +244,10 @@ test('token credentials: a client certificate from the tokens CA, files and mode
 
   // A mesh leaf (right shape, wrong CA) and garbage are refused without echoing anything.
   const meshLeaf = await mesh.issue('spiffe://t/service/orders', 60_000);
-  assert.deepEqual(await verifier.verifyCertificate(Buffer.from(new x509.X509Certificate(meshLeaf.certificatePem).rawData)), { ok: false, reason: "client certificate not issued by this control plane's token CA" });
+  assert.deepEqual(await verifier.verifyCertificate(Buffer.from(new x509.X509Certificate(meshLeaf.certificatePem).rawData)), {
+    ok: false,
+    reason: "client certificate not issued by this control plane's token CA",
+  });
   assert.deepEqual(await verifier.verifyCertificate(Buffer.from('garbage')), { ok: false, reason: 'client certificate is not X.509 (DER)' });
   assert.deepEqual(await verifier.verifyCertificate(Buffer.alloc(0)), { ok: false, reason: 'no client certificate' });
   verifier.close();
@@ -220,7 +259,10 @@ test('client certificates: another data folder, expired, revoked are refused', a
   const verifier = await TokenVerifier.open(dir);
   const foreign = await issueTokenCredentials(other, 'service/orders', '1h', path.join(other, 'out'));
   // Same subject name, same CA name, different key: refused.
-  assert.deepEqual(await verifier.verifyCertificate(derOf(foreign.certFile)), { ok: false, reason: "client certificate not issued by this control plane's token CA" });
+  assert.deepEqual(await verifier.verifyCertificate(derOf(foreign.certFile)), {
+    ok: false,
+    reason: "client certificate not issued by this control plane's token CA",
+  });
 
   // 2s: expiries are whole seconds (rounded down), so a 1s token can be expired the moment it is made.
   const short = await issueTokenCredentials(dir, 'gateway/edge', '2s', path.join(dir, 'short'));
@@ -336,7 +378,10 @@ test('a missing half of the signing key pair is an error, never a new key pair',
   const pubBytes = readFileSync(pubFile);
 
   rmSync(pubFile);
-  await assert.rejects(TokenVerifier.open(dir), (e: Error) => e.name === 'SignalboxError' && e.message.includes(`${pubFile} is missing`) && !e.message.includes('PRIVATE'));
+  await assert.rejects(
+    TokenVerifier.open(dir),
+    (e: Error) => e.name === 'SignalboxError' && e.message.includes(`${pubFile} is missing`) && !e.message.includes('PRIVATE'),
+  );
   await assert.rejects(issueToken(dir, 'service/a'), /signing\.pub is missing/);
   await assert.rejects(issueTokenCredentials(dir, 'service/a', '1h', path.join(dir, 'out')), /signing\.pub is missing/);
   assert.deepEqual(readFileSync(keyFile), keyBytes, 'the signing key is unchanged');
@@ -375,7 +420,12 @@ test('a missing ca.crt is made again from the existing key: issued certificates 
   assert.ok(existsSync(caFile));
   assert.equal(statSync(caFile).mode & 0o777, 0o644);
   assert.deepEqual(readFileSync(keyFile), keyBytes, 'not a key regeneration');
-  assert.equal(new NodeX509(oldCa).publicKey.export({ type: 'spki', format: 'der' }).equals(new NodeX509(verifier.caPem).publicKey.export({ type: 'spki', format: 'der' })), true);
+  assert.equal(
+    new NodeX509(oldCa).publicKey
+      .export({ type: 'spki', format: 'der' })
+      .equals(new NodeX509(verifier.caPem).publicKey.export({ type: 'spki', format: 'der' })),
+    true,
+  );
   assert.equal((await verifier.verifyCertificate(derOf(cred.certFile))).ok, true);
   assert.ok(new NodeX509(readFileSync(cred.certFile)).checkIssued(new NodeX509(verifier.caPem)));
   verifier.close();

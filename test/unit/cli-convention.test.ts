@@ -8,7 +8,13 @@ import { COMMANDS } from '../../src/cli/commands.js';
 import { commandHelp, parseFlags, parseOptions } from '../../src/cli/flags.js';
 import { repoRoot } from '../helpers/envoy.js';
 
-const cli = (args: string[]) => spawnSync(process.execPath, ['bin/signalbox.js', ...args], { cwd: repoRoot(), encoding: 'utf8', timeout: 30_000, env: { ...process.env, SIGNALBOX_POLICIES: undefined } });
+const cli = (args: string[]) =>
+  spawnSync(process.execPath, ['bin/signalbox.js', ...args], {
+    cwd: repoRoot(),
+    encoding: 'utf8',
+    timeout: 30_000,
+    env: { ...process.env, SIGNALBOX_POLICIES: undefined },
+  });
 
 describe('--help on every command', () => {
   for (const c of COMMANDS) {
@@ -22,7 +28,10 @@ describe('--help on every command', () => {
         const at = r.stdout.indexOf(`  --${f.name}${f.value ? ` ${f.value}` : ''}`);
         assert.ok(at >= 0, `--${f.name} is listed`);
         // The flag's own entry runs to the next flag's.
-        const entry = r.stdout.slice(at).split(/\n {2}--/)[0]!.replace(/\s+/g, ' ');
+        const entry = r.stdout
+          .slice(at)
+          .split(/\n {2}--/)[0]!
+          .replace(/\s+/g, ' ');
         if (f.default) assert.ok(entry.includes(`default ${f.default}`), `--${f.name}: default ${f.default} in "${entry}"`);
         if (f.env) assert.ok(entry.includes(`env ${f.env}`), `--${f.name}: env ${f.env} in "${entry}"`);
       }
@@ -87,7 +96,16 @@ describe('one flag name, one meaning', () => {
    * (bootstrap's --admin-port and --admin-address are the old spellings of --envoy-admin-port and
    * --envoy-admin-address, kept so that existing scripts work.)
    */
-  const DIFFERENT_ON_PURPOSE = new Set(['serve/bootstrap --xds-address', 'serve/bootstrap --admin-port', 'serve/bootstrap --admin-address', 'serve/authz --authz-port', 'serve/ratelimit --ratelimit-port', 'authz/ratelimit --metrics-address', 'authz/ratelimit --metrics-port', 'authz/ratelimit --insecure']);
+  const DIFFERENT_ON_PURPOSE = new Set([
+    'serve/bootstrap --xds-address',
+    'serve/bootstrap --admin-port',
+    'serve/bootstrap --admin-address',
+    'serve/authz --authz-port',
+    'serve/ratelimit --ratelimit-port',
+    'authz/ratelimit --metrics-address',
+    'authz/ratelimit --metrics-port',
+    'authz/ratelimit --insecure',
+  ]);
 
   test('a flag several commands take has the same value form, environment variable and default on each', () => {
     const seen = new Map<string, { command: string; value?: string; env?: string; default?: string }>();
@@ -103,7 +121,10 @@ describe('one flag name, one meaning', () => {
         if (!same) clashes.push(`${first.command}/${c.name} --${f.name}`);
       }
     }
-    assert.deepEqual(clashes.filter((c) => !DIFFERENT_ON_PURPOSE.has(c)), []);
+    assert.deepEqual(
+      clashes.filter((c) => !DIFFERENT_ON_PURPOSE.has(c)),
+      [],
+    );
     assert.deepEqual(clashes.sort(), [...DIFFERENT_ON_PURPOSE].sort(), 'the list of exceptions is exact');
   });
 
@@ -135,7 +156,21 @@ describe("token takes bootstrap's --instance, meaning the same proxy", () => {
     assert.equal(statSync(path.join(dir, 'token.key')).mode & 0o777, 0o600);
     // bootstrap with the same --service and --instance (and --credentials pointing at nothing else) names that folder.
     writeFileSync(path.join(dataDir, XDS_CA_FILE), '-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n');
-    const b = cli(['bootstrap', '--service', 'orders', '--instance', 'orders-v1', '--app-port', '9001', '--inbound-port', '21001', '--data-dir', dataDir, '--credentials', dir]);
+    const b = cli([
+      'bootstrap',
+      '--service',
+      'orders',
+      '--instance',
+      'orders-v1',
+      '--app-port',
+      '9001',
+      '--inbound-port',
+      '21001',
+      '--data-dir',
+      dataDir,
+      '--credentials',
+      dir,
+    ]);
     assert.equal(b.status, 0, b.stderr);
     assert.match(b.stdout, new RegExp(`filename: ${path.join(dir, 'token.crt').replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}`));
     assert.match(b.stderr, /node id orders-v1 /);

@@ -12,10 +12,15 @@ import { doc, policyDir, removePolicyDirs } from './policy-dir.js';
 after(removePolicyDirs);
 
 const cli = (args: string[], env: NodeJS.ProcessEnv = {}) =>
-  spawnSync(process.execPath, ['bin/signalbox.js', ...args], { cwd: repoRoot(), encoding: 'utf8', timeout: 30_000, env: { ...process.env, SIGNALBOX_POLICIES: undefined, ...env } });
+  spawnSync(process.execPath, ['bin/signalbox.js', ...args], {
+    cwd: repoRoot(),
+    encoding: 'utf8',
+    timeout: 30_000,
+    env: { ...process.env, SIGNALBOX_POLICIES: undefined, ...env },
+  });
 
 describe('policyDirArg', () => {
-  test('the flag, else the positional, else SIGNALBOX_POLICIES, else serve\'s default', () => {
+  test("the flag, else the positional, else SIGNALBOX_POLICIES, else serve's default", () => {
     assert.equal(policyDirArg([], 'a', { SIGNALBOX_POLICIES: 'e' }), 'a');
     assert.equal(policyDirArg(['b'], undefined, { SIGNALBOX_POLICIES: 'e' }), 'b');
     assert.equal(policyDirArg(['a'], 'a', {}), 'a');
@@ -23,9 +28,18 @@ describe('policyDirArg', () => {
     assert.equal(policyDirArg([], undefined, {}), 'policies');
   });
   test('two different directories, two positionals or an empty flag are usage errors', () => {
-    assert.throws(() => policyDirArg(['b'], 'a', {}), (e: unknown) => e instanceof SignalboxError && /two policy directories: --policies "a" and "b"/.test(e.message));
-    assert.throws(() => policyDirArg(['a', 'b'], undefined, {}), (e: unknown) => e instanceof SignalboxError && /one policy directory, not 2/.test(e.message));
-    assert.throws(() => policyDirArg([], '', {}), (e: unknown) => e instanceof SignalboxError && /--policies needs a directory/.test(e.message));
+    assert.throws(
+      () => policyDirArg(['b'], 'a', {}),
+      (e: unknown) => e instanceof SignalboxError && /two policy directories: --policies "a" and "b"/.test(e.message),
+    );
+    assert.throws(
+      () => policyDirArg(['a', 'b'], undefined, {}),
+      (e: unknown) => e instanceof SignalboxError && /one policy directory, not 2/.test(e.message),
+    );
+    assert.throws(
+      () => policyDirArg([], '', {}),
+      (e: unknown) => e instanceof SignalboxError && /--policies needs a directory/.test(e.message),
+    );
   });
 });
 
@@ -33,7 +47,11 @@ describe('validate, compile and explain take --policies DIR', () => {
   const broken = policyDir({ 'a.yaml': doc('Service', 'orders', '{ port: 8080 }') });
 
   test('validate: --policies, the positional and SIGNALBOX_POLICIES name the directory read', () => {
-    for (const [args, env] of [[['validate', '--policies', broken], {}], [['validate', broken], {}], [['validate'], { SIGNALBOX_POLICIES: broken }]] as const) {
+    for (const [args, env] of [
+      [['validate', '--policies', broken], {}],
+      [['validate', broken], {}],
+      [['validate'], { SIGNALBOX_POLICIES: broken }],
+    ] as const) {
       const r = cli([...args], env);
       assert.equal(r.status, 1, `${args.join(' ')}: ${r.stdout}${r.stderr}`);
       assert.match(r.stderr, /spec\.endpoints: required: give static endpoints or a consul section/);

@@ -106,11 +106,14 @@ describe('compileGroups', () => {
     assert.equal(out.listeners[0]!.tracing?.serviceName, 'edge-gateway');
   });
 
-  test('compile prints what compileGroups gives, with serve\'s defaults; --access-log-sampling as serve reads it', async () => {
+  test("compile prints what compileGroups gives, with serve's defaults; --access-log-sampling as serve reads it", async () => {
     const dir = policyDir({ 'a.yaml': docs(SERVICES, ROUTES) });
     const r = await compileDir(dir);
     assert.ok(r.ok);
-    const direct = compileGroups((await validateDir(dir)).model!, { accessLog: DEFAULT_ACCESS_LOG, trustBundlePem: "(the mesh CA's trust bundle, as the serving control plane holds it)" });
+    const direct = compileGroups((await validateDir(dir)).model!, {
+      accessLog: DEFAULT_ACCESS_LOG,
+      trustBundlePem: "(the mesh CA's trust bundle, as the serving control plane holds it)",
+    });
     assert.deepEqual(r.groups['gateway/edge'], printedGroup(direct.get('gateway/edge')!));
     const listenerOf = (out: string) => JSON.stringify(JSON.parse(out)['gateway/edge'].listener);
     const dflt = await runCli(compileCommand, [dir]);
@@ -161,7 +164,10 @@ describe('signalbox explain shows the listener settings serve adds', () => {
     const r = await runCli(explainCommand, [dir, '--proxy', 'edge', '--json', '--access-log-sampling', '7']);
     assert.equal(r.code, 0, r.err);
     const e = JSON.parse(r.out) as Explained;
-    assert.deepEqual(e.listeners[0]!.settings.accessLog, { value: { successSamplePercent: 7, errors: 'always' }, from: { kind: 'setting', name: '--access-log-sampling' } });
+    assert.deepEqual(e.listeners[0]!.settings.accessLog, {
+      value: { successSamplePercent: 7, errors: 'always' },
+      from: { kind: 'setting', name: '--access-log-sampling' },
+    });
     assert.equal(e.listeners[0]!.settings.tracing!.from.kind, 'Mesh');
     assert.deepEqual(
       e.routes.map((x) => x.name),
@@ -186,14 +192,19 @@ describe('names: one formatter, one parser; unnamed rules cannot collide', () =>
 
   const label = fc.stringMatching(/^[a-z0-9]([-a-z0-9]{0,20}[a-z0-9])?$/).filter((s) => DNS_LABEL.test(s));
 
-  test('no rule name a user can write is an unnamed rule\'s label', () => {
+  test("no rule name a user can write is an unnamed rule's label", () => {
     fc.assert(fc.property(label, fc.nat(1000), (name, index) => ruleLabel({ name }) !== ruleLabel({ index })));
   });
 
   test('route and group names parse back to what they were formatted from', () => {
     const plain = <T>(v: T): T => JSON.parse(JSON.stringify(v)) as T; // (fast-check's records have no prototype)
     const routeKey: fc.Arbitrary<RouteKey> = fc.oneof(
-      fc.record({ kind: fc.constant('rule' as const), httpRoute: label, rule: fc.oneof(fc.record({ name: label }), fc.record({ index: fc.nat(99) })), match: fc.nat(99) }),
+      fc.record({
+        kind: fc.constant('rule' as const),
+        httpRoute: label,
+        rule: fc.oneof(fc.record({ name: label }), fc.record({ index: fc.nat(99) })),
+        match: fc.nat(99),
+      }),
       fc.record({ kind: fc.constant('default' as const), service: label.filter((s) => s !== 'inbound') }),
       fc.record({ kind: fc.constant('inbound' as const), service: label }),
     );

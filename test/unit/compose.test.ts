@@ -60,11 +60,12 @@ const publishedPorts = () =>
 describe('docker-compose.yml', () => {
   const tmp: string[] = [];
   after(() => {
-  for (const d of tmp) rmSync(d, { recursive: true, force: true });
-});
+    for (const d of tmp) rmSync(d, { recursive: true, force: true });
+  });
 
-  test('has the issue\'s services, each image pinned to a version', () => {
-    for (const name of ['consul', 'redis', 'signalbox', 'gateway', 'prometheus', 'grafana', 'otel-collector', 'dashboard']) assert.ok(services[name], `service ${name}`);
+  test("has the issue's services, each image pinned to a version", () => {
+    for (const name of ['consul', 'redis', 'signalbox', 'gateway', 'prometheus', 'grafana', 'otel-collector', 'dashboard'])
+      assert.ok(services[name], `service ${name}`);
     // Global rate limits: serve counts in the compose Redis, a 7.0 as the tests' Debian package.
     assert.match(services.redis!.image!, /^redis:7\.0/);
     assert.equal((services.signalbox as { environment?: Record<string, string> }).environment?.REDIS_URL, 'redis://127.0.0.1:6379');
@@ -74,7 +75,9 @@ describe('docker-compose.yml', () => {
       assert.doesNotMatch(s.image!, /:latest$/);
     }
     const envoyImage = services.gateway!.image!;
-    const pinned = (JSON.parse(read('envoy-versions.json')) as { versions: { version: string; role: string }[] }).versions.find((v) => v.role === 'pinned')!.version;
+    const pinned = (JSON.parse(read('envoy-versions.json')) as { versions: { version: string; role: string }[] }).versions.find(
+      (v) => v.role === 'pinned',
+    )!.version;
     assert.equal(envoyImage, `envoyproxy/envoy:v${pinned}`, 'the same Envoy as the tests');
     assert.match(read('scripts/provision-consul.sh'), new RegExp(services.consul!.image!.split(':')[1]!.replace(/\./g, '\\.')), 'the same Consul as the tests');
   });
@@ -88,23 +91,42 @@ describe('docker-compose.yml', () => {
       }
       for (const sec of s.secrets ?? []) assert.ok(compose.secrets?.[sec], `${name} uses secret ${sec}, which is not declared`);
     }
-    for (const [name, sec] of Object.entries(compose.secrets ?? {})) assert.ok(existsSync(path.join(root, sec.file)), `secret ${name}: ${sec.file} does not exist`);
+    for (const [name, sec] of Object.entries(compose.secrets ?? {}))
+      assert.ok(existsSync(path.join(root, sec.file)), `secret ${name}: ${sec.file} does not exist`);
   });
 
   test('every container shares one network namespace, and no two things listen on one port', () => {
     const hub = Object.entries(services).filter(([, s]) => !s.network_mode);
-    assert.deepEqual(hub.map(([n]) => n), ['consul']);
+    assert.deepEqual(
+      hub.map(([n]) => n),
+      ['consul'],
+    );
     for (const [name, s] of Object.entries(services)) if (name !== 'consul') assert.equal(s.network_mode, 'service:consul', name);
     const listening = [
-      DEMO.xdsPort, DEMO.adminPort, DEMO.authzPort, DEMO.gateway.listenPort, DEMO.gateway.envoyAdminPort,
+      DEMO.xdsPort,
+      DEMO.adminPort,
+      DEMO.authzPort,
+      DEMO.gateway.listenPort,
+      DEMO.gateway.envoyAdminPort,
       ...DEMO.sidecars.flatMap((s) => [s.appPort, s.inboundPort, s.outboundPort, s.envoyAdminPort]),
-      DEMO.consulPort, 8300, 8301, 8302, 8502, 8600, DEMO.prometheusPort, DEMO.grafanaPort, DEMO.otlpGrpcPort, DEMO.otlpHttpPort, DEMO.dashboardPort,
+      DEMO.consulPort,
+      8300,
+      8301,
+      8302,
+      8502,
+      8600,
+      DEMO.prometheusPort,
+      DEMO.grafanaPort,
+      DEMO.otlpGrpcPort,
+      DEMO.otlpHttpPort,
+      DEMO.dashboardPort,
     ];
     assert.equal(new Set(listening).size, listening.length, `a port is used twice: ${listening.join(', ')}`);
     const published = publishedPorts();
     for (const { host, container } of published) assert.equal(host, container);
     const pub = new Map(published.map((p) => [p.host, p.ip]));
-    for (const p of [DEMO.gateway.listenPort, DEMO.adminPort, DEMO.prometheusPort, DEMO.grafanaPort, DEMO.consulPort, DEMO.dashboardPort]) assert.ok(pub.has(p), `port ${p} is published`);
+    for (const p of [DEMO.gateway.listenPort, DEMO.adminPort, DEMO.prometheusPort, DEMO.grafanaPort, DEMO.consulPort, DEMO.dashboardPort])
+      assert.ok(pub.has(p), `port ${p} is published`);
     // The admin API (placeholder token) and the dashboard (no token) reach the host's loopback only.
     assert.equal(pub.get(DEMO.adminPort), '127.0.0.1');
     assert.equal(pub.get(DEMO.dashboardPort), '127.0.0.1');
@@ -155,11 +177,15 @@ describe('docker-compose.yml', () => {
     for (const p of demoProxies()) {
       const args = bootstrapArgs(p, { credentials: `/bootstrap/${proxyId(p)}`, xdsCa: `/bootstrap/${XDS_CA_FILE}` });
       const dialed = args[args.indexOf('--xds-address') + 1]!.replace(/:\d+$/, '');
-      assert.ok([...names.ips, ...names.dns].includes(dialed), `${proxyId(p)} dials ${dialed}, which the xDS certificate does not name (${[...names.ips, ...names.dns].join(', ')})`);
+      assert.ok(
+        [...names.ips, ...names.dns].includes(dialed),
+        `${proxyId(p)} dials ${dialed}, which the xDS certificate does not name (${[...names.ips, ...names.dns].join(', ')})`,
+      );
     }
     // The bootstrap service hands the Envoys' key files to the user they run as.
     const owner = cmd(services.bootstrap!)[cmd(services.bootstrap!).indexOf('--owner') + 1];
-    for (const [name, s] of Object.entries(services).filter(([, s]) => cmd(s)[0] === 'envoy')) assert.equal(s.user, owner, `${name} runs as ${owner}, the owner of its credentials`);
+    for (const [name, s] of Object.entries(services).filter(([, s]) => cmd(s)[0] === 'envoy'))
+      assert.equal(s.user, owner, `${name} runs as ${owner}, the owner of its credentials`);
   });
 
   test('every node command runs a script that exists, and the demo apps match the topology', () => {
@@ -171,10 +197,7 @@ describe('docker-compose.yml', () => {
       }
     }
     const apps = Object.entries(services).filter(([, s]) => cmd(s).includes('dist/scripts/demo-app.js'));
-    assert.deepEqual(
-      apps.map(([n, s]) => [n, cmd(s).slice(2)]).sort(),
-      DEMO.sidecars.map((sc) => [sc.instance, [sc.instance, String(sc.appPort)]]).sort(),
-    );
+    assert.deepEqual(apps.map(([n, s]) => [n, cmd(s).slice(2)]).sort(), DEMO.sidecars.map((sc) => [sc.instance, [sc.instance, String(sc.appPort)]]).sort());
     for (const [n, s] of apps) assert.deepEqual(s.volumes, ['.:/app:ro'], `${n} mounts no keys (neither Signalbox's data nor the proxies' credentials)`);
     // npm run demo starts the same apps.
     assert.match(read('scripts/demo.ts'), /DEMO\.sidecars\.map\(\(s\) => startUpstream\(s\.instance, s\.appPort\)\)/);
@@ -189,9 +212,18 @@ describe('docker-compose.yml', () => {
   test('one Envoy per demo proxy, each started on the bootstrap `signalbox bootstrap` writes for it', async () => {
     const envoys = Object.entries(services).filter(([, s]) => cmd(s)[0] === 'envoy');
     const files = envoys.map(([, s]) => cmd(s)[cmd(s).indexOf('-c') + 1]).sort();
-    assert.deepEqual(files, demoProxies().map((p) => `/bootstrap/${proxyId(p)}.yaml`).sort());
+    assert.deepEqual(
+      files,
+      demoProxies()
+        .map((p) => `/bootstrap/${proxyId(p)}.yaml`)
+        .sort(),
+    );
     for (const [name, s] of envoys) {
-      assert.deepEqual(s.volumes, ['bootstrap:/bootstrap:ro'], `${name} mounts the bootstraps and credentials, and not Signalbox's data (its CA and token keys)`);
+      assert.deepEqual(
+        s.volumes,
+        ['bootstrap:/bootstrap:ro'],
+        `${name} mounts the bootstraps and credentials, and not Signalbox's data (its CA and token keys)`,
+      );
       assert.deepEqual(s.depends_on, { bootstrap: { condition: 'service_completed_successfully' } }, name);
     }
     // Run the same commands the `bootstrap` service runs, after what serve writes to its data
@@ -222,9 +254,14 @@ describe('docker-compose.yml', () => {
   test('the policies name the demo ports: gateway listener, apps and their sidecars', () => {
     const gw = YAML.parse(read('policies/gateway.yaml'));
     assert.equal(gw.metadata.name, DEMO.gateway.gateway);
-    assert.deepEqual(gw.spec.listeners.map((l: { port: number }) => l.port), [DEMO.gateway.listenPort]);
+    assert.deepEqual(
+      gw.spec.listeners.map((l: { port: number }) => l.port),
+      [DEMO.gateway.listenPort],
+    );
     const svcs = YAML.parseAllDocuments(read('policies/services.yaml')).map((d) => d.toJSON());
-    const endpoints = svcs.flatMap((s) => s.spec.endpoints.map((e: { address: string; port: number; sidecarPort: number }) => [s.metadata.name, e.address, e.port, e.sidecarPort]));
+    const endpoints = svcs.flatMap((s) =>
+      s.spec.endpoints.map((e: { address: string; port: number; sidecarPort: number }) => [s.metadata.name, e.address, e.port, e.sidecarPort]),
+    );
     assert.deepEqual(endpoints.sort(), DEMO.sidecars.map((s) => [s.service, '127.0.0.1', s.appPort, s.inboundPort]).sort());
   });
 
@@ -238,7 +275,12 @@ describe('docker-compose.yml', () => {
     assert.ok(services.prometheus!.secrets?.includes(ADMIN_SECRET));
     assert.equal(services.signalbox!.environment!.SIGNALBOX_ADMIN_TOKEN_FILE, ADMIN_TOKEN_PATH);
     const envoyTargets = job('envoy').static_configs.map((c: { targets: string[]; labels: { proxy: string } }) => [c.labels.proxy, c.targets[0]]);
-    assert.deepEqual(envoyTargets.sort(), demoProxies().map((p) => [proxyId(p), `127.0.0.1:${p.envoyAdminPort}`]).sort());
+    assert.deepEqual(
+      envoyTargets.sort(),
+      demoProxies()
+        .map((p) => [proxyId(p), `127.0.0.1:${p.envoyAdminPort}`])
+        .sort(),
+    );
     assert.ok(cmd(services.prometheus!).includes(`--web.listen-address=0.0.0.0:${DEMO.prometheusPort}`));
     assert.ok(services.prometheus!.volumes!.includes('./examples/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro'));
   });
@@ -291,7 +333,13 @@ describe('docker-compose.yml', () => {
     });
     await new Promise<void>((r) => admin.listen(0, '127.0.0.1', r));
     const child = spawn(process.execPath, [path.join(root, 'examples/compose/dashboard-proxy.mjs')], {
-      env: { ...process.env, LISTEN_PORT: '0', LISTEN_ADDRESS: '127.0.0.1', ADMIN_URL: `http://127.0.0.1:${(admin.address() as { port: number }).port}`, ADMIN_TOKEN_FILE: path.join(dir, 'token') },
+      env: {
+        ...process.env,
+        LISTEN_PORT: '0',
+        LISTEN_ADDRESS: '127.0.0.1',
+        ADMIN_URL: `http://127.0.0.1:${(admin.address() as { port: number }).port}`,
+        ADMIN_TOKEN_FILE: path.join(dir, 'token'),
+      },
       stdio: ['ignore', 'ignore', 'pipe'],
     });
     try {
@@ -316,7 +364,11 @@ describe('docker-compose.yml', () => {
         });
       const ok = await get('/api/status?x=1', `127.0.0.1:${port}`);
       assert.equal(ok.status, 200);
-      assert.deepEqual(seen.at(-1), { auth: 'Bearer the-admin-token', host: `127.0.0.1:${(admin.address() as { port: number }).port}`, url: '/api/status?x=1' });
+      assert.deepEqual(seen.at(-1), {
+        auth: 'Bearer the-admin-token',
+        host: `127.0.0.1:${(admin.address() as { port: number }).port}`,
+        url: '/api/status?x=1',
+      });
       assert.equal((await get('/', `localhost:${port}`)).status, 200);
       const n = seen.length;
       assert.equal((await get('/api/status', `evil.example:${port}`)).status, 421, 'a foreign Host name (DNS rebinding) is refused');
@@ -349,7 +401,9 @@ function checkBootstrap(p: DemoProxy, b: any, dir: string): void {
   // token certificate from files in the same (in compose: the Envoys' read-only /bootstrap) folder.
   assert.equal(xds.transport_socket.name, 'envoy.transport_sockets.tls', `${id} reaches Signalbox over TLS`);
   const tls = xds.transport_socket.typed_config.common_tls_context;
-  assert.deepEqual(tls.tls_certificates, [{ certificate_chain: { filename: path.join(dir, id, 'token.crt') }, private_key: { filename: path.join(dir, id, 'token.key') } }]);
+  assert.deepEqual(tls.tls_certificates, [
+    { certificate_chain: { filename: path.join(dir, id, 'token.crt') }, private_key: { filename: path.join(dir, id, 'token.key') } },
+  ]);
   assert.equal(tls.validation_context.trusted_ca.filename, path.join(dir, XDS_CA_FILE));
   assert.deepEqual(tls.validation_context.match_typed_subject_alt_names, [{ san_type: 'IP_ADDRESS', matcher: { exact: '127.0.0.1' } }]);
   assert.equal(b.dynamic_resources.ads_config.grpc_services[0].initial_metadata, undefined, `${id}: no token inline in the bootstrap`);

@@ -34,7 +34,20 @@ export interface FakeConsul {
   close(): Promise<void>;
 }
 
-export function entry(o: { node?: string; id: string; service?: string; address?: string; nodeAddress?: string; port?: unknown; tags?: string[]; meta?: Record<string, string>; nodeMeta?: Record<string, string>; checks?: { id?: string; status: string; serviceId?: string }[]; kind?: string; proxy?: Record<string, unknown> }): unknown {
+export function entry(o: {
+  node?: string;
+  id: string;
+  service?: string;
+  address?: string;
+  nodeAddress?: string;
+  port?: unknown;
+  tags?: string[];
+  meta?: Record<string, string>;
+  nodeMeta?: Record<string, string>;
+  checks?: { id?: string; status: string; serviceId?: string }[];
+  kind?: string;
+  proxy?: Record<string, unknown>;
+}): unknown {
   const node = o.node ?? 'node-1';
   return {
     Node: { ID: 'x', Node: node, Address: o.nodeAddress ?? '127.0.0.1', Datacenter: 'dc1', Meta: o.nodeMeta ?? {} },
@@ -48,7 +61,12 @@ export function entry(o: { node?: string; id: string; service?: string; address?
       Port: o.port ?? 8080,
       ...(o.proxy ? { Proxy: o.proxy } : {}),
     },
-    Checks: (o.checks ?? [{ status: 'passing' }]).map((c, i) => ({ Node: node, CheckID: c.id ?? `service:${o.id}:${i}`, Status: c.status, ServiceID: c.serviceId ?? o.id })),
+    Checks: (o.checks ?? [{ status: 'passing' }]).map((c, i) => ({
+      Node: node,
+      CheckID: c.id ?? `service:${o.id}:${i}`,
+      Status: c.status,
+      ServiceID: c.serviceId ?? o.id,
+    })),
   };
 }
 
@@ -90,7 +108,14 @@ export async function startFakeConsul(): Promise<FakeConsul> {
   };
   const server = http.createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://x');
-    const q: SeenQuery = { path: url.pathname, index: url.searchParams.get('index') ?? undefined, wait: url.searchParams.get('wait') ?? undefined, dc: url.searchParams.get('dc') ?? undefined, token: req.headers['x-consul-token'] as string | undefined, at: Date.now() };
+    const q: SeenQuery = {
+      path: url.pathname,
+      index: url.searchParams.get('index') ?? undefined,
+      wait: url.searchParams.get('wait') ?? undefined,
+      dc: url.searchParams.get('dc') ?? undefined,
+      token: req.headers['x-consul-token'] as string | undefined,
+      at: Date.now(),
+    };
     fake.seen.push(q);
     if (fake.override?.(q, res)) return;
     const m = /^\/v1\/health\/(service|connect)\/(.+)$/.exec(url.pathname);

@@ -33,7 +33,17 @@ describe('consul instances', () => {
     assert.deepEqual(skipped, []);
     assert.equal(instances.length, 2);
     const [a, b] = instances;
-    assert.deepEqual({ id: a!.id, address: a!.address, port: a!.port, health: a!.health, labels: a!.labels, locality: a!.locality }, { id: 'node-1/web-1', address: '127.0.0.1', port: 9001, health: 'HEALTHY', labels: { prod: 'true', version: 'v1', zone: 'eu-1a' }, locality: { region: 'eu', zone: 'eu-1a', subZone: 'node-1' } });
+    assert.deepEqual(
+      { id: a!.id, address: a!.address, port: a!.port, health: a!.health, labels: a!.labels, locality: a!.locality },
+      {
+        id: 'node-1/web-1',
+        address: '127.0.0.1',
+        port: 9001,
+        health: 'HEALTHY',
+        labels: { prod: 'true', version: 'v1', zone: 'eu-1a' },
+        locality: { region: 'eu', zone: 'eu-1a', subZone: 'node-1' },
+      },
+    );
     assert.equal(b!.address, '10.0.0.2');
     assert.equal(b!.health, 'UNHEALTHY');
     assert.equal(b!.locality, undefined, 'no zone or region known: no locality');
@@ -53,38 +63,97 @@ describe('consul instances', () => {
       'garbage',
       entry({ id: 'ok-2', port: 9006, address: '::1' }),
     ]);
-    assert.deepEqual(instances.map((i) => i.id), ['node-1/ok-1', 'node-1/ok-2']);
-    assert.deepEqual(skipped.map((s) => s.reason), ['invalid_address', 'invalid_address', 'invalid_port', 'invalid_port', 'invalid_port', 'invalid_entry', 'invalid_entry', 'duplicate_id', 'duplicate_endpoint']);
+    assert.deepEqual(
+      instances.map((i) => i.id),
+      ['node-1/ok-1', 'node-1/ok-2'],
+    );
+    assert.deepEqual(
+      skipped.map((s) => s.reason),
+      [
+        'invalid_address',
+        'invalid_address',
+        'invalid_port',
+        'invalid_port',
+        'invalid_port',
+        'invalid_entry',
+        'invalid_entry',
+        'duplicate_id',
+        'duplicate_endpoint',
+      ],
+    );
     assert.match(skipped[0]!.detail, /node-1\/dns: address "web.example.com" is not an IP address/);
   });
 
   test('a body that is not an array is malformed as a whole', () => {
-    assert.throws(() => mapHealthEntries({ error: 'x' }), (e: Error & { reason?: string }) => e.reason === 'malformed');
+    assert.throws(
+      () => mapHealthEntries({ error: 'x' }),
+      (e: Error & { reason?: string }) => e.reason === 'malformed',
+    );
     assert.throws(() => mapHealthEntries(null), /expected a JSON array, got null/);
   });
 
   test('connect-proxy sidecars are joined to their destination instance on the same node; health is the worse of both', () => {
-    const { instances } = mapHealthEntries([entry({ id: 'web-1', port: 9001, tags: ['prod'] }), entry({ id: 'web-2', port: 9002, tags: ['prod'] }), entry({ id: 'web-3', port: 9003 })]);
+    const { instances } = mapHealthEntries([
+      entry({ id: 'web-1', port: 9001, tags: ['prod'] }),
+      entry({ id: 'web-2', port: 9002, tags: ['prod'] }),
+      entry({ id: 'web-3', port: 9003 }),
+    ]);
     const { sidecars, skipped } = mapConnectEntries(
       [
-        entry({ id: 'web-1-sidecar-proxy', service: 'web-sidecar-proxy', kind: 'connect-proxy', port: 21001, proxy: { DestinationServiceName: 'web', DestinationServiceID: 'web-1' } }),
-        entry({ id: 'web-2-sidecar-proxy', service: 'web-sidecar-proxy', kind: 'connect-proxy', port: 21002, checks: [{ status: 'critical' }], proxy: { DestinationServiceName: 'web', DestinationServiceID: 'web-2' } }),
+        entry({
+          id: 'web-1-sidecar-proxy',
+          service: 'web-sidecar-proxy',
+          kind: 'connect-proxy',
+          port: 21001,
+          proxy: { DestinationServiceName: 'web', DestinationServiceID: 'web-1' },
+        }),
+        entry({
+          id: 'web-2-sidecar-proxy',
+          service: 'web-sidecar-proxy',
+          kind: 'connect-proxy',
+          port: 21002,
+          checks: [{ status: 'critical' }],
+          proxy: { DestinationServiceName: 'web', DestinationServiceID: 'web-2' },
+        }),
         // same destination id on another node: not this instance's sidecar
-        entry({ id: 'web-3-sidecar-proxy', node: 'node-9', service: 'web-sidecar-proxy', kind: 'connect-proxy', port: 21003, proxy: { DestinationServiceName: 'web', DestinationServiceID: 'web-3' } }),
-        entry({ id: 'bad-sidecar', service: 'web-sidecar-proxy', kind: 'connect-proxy', port: 0, proxy: { DestinationServiceName: 'web', DestinationServiceID: 'web-3' } }),
+        entry({
+          id: 'web-3-sidecar-proxy',
+          node: 'node-9',
+          service: 'web-sidecar-proxy',
+          kind: 'connect-proxy',
+          port: 21003,
+          proxy: { DestinationServiceName: 'web', DestinationServiceID: 'web-3' },
+        }),
+        entry({
+          id: 'bad-sidecar',
+          service: 'web-sidecar-proxy',
+          kind: 'connect-proxy',
+          port: 0,
+          proxy: { DestinationServiceName: 'web', DestinationServiceID: 'web-3' },
+        }),
         entry({ id: 'native', service: 'web' }), // connect-native: ignored
       ],
       'web',
     );
     assert.equal(sidecars.length, 3);
-    assert.deepEqual(skipped.map((s) => s.reason), ['invalid_sidecar']);
+    assert.deepEqual(
+      skipped.map((s) => s.reason),
+      ['invalid_sidecar'],
+    );
     const all = selectInstances(instances, sidecars);
-    assert.deepEqual(all.map((i) => [i.id, i.port, i.sidecar?.port, i.health]), [
-      ['node-1/web-1', 9001, 21001, 'HEALTHY'],
-      ['node-1/web-2', 9002, 21002, 'UNHEALTHY'],
-      ['node-1/web-3', 9003, undefined, 'HEALTHY'],
-    ]);
-    assert.deepEqual(selectInstances(instances, sidecars, ['prod']).map((i) => i.id), ['node-1/web-1', 'node-1/web-2'], 'tag filter: every tag must be present');
+    assert.deepEqual(
+      all.map((i) => [i.id, i.port, i.sidecar?.port, i.health]),
+      [
+        ['node-1/web-1', 9001, 21001, 'HEALTHY'],
+        ['node-1/web-2', 9002, 21002, 'UNHEALTHY'],
+        ['node-1/web-3', 9003, undefined, 'HEALTHY'],
+      ],
+    );
+    assert.deepEqual(
+      selectInstances(instances, sidecars, ['prod']).map((i) => i.id),
+      ['node-1/web-1', 'node-1/web-2'],
+      'tag filter: every tag must be present',
+    );
   });
 });
 
@@ -115,9 +184,17 @@ describe('consul import and tuning', () => {
     assert.equal(policyNameOf('orders.v2'), 'orders-v2');
     assert.equal(policyNameOf('___'), undefined);
     assert.equal(policyNameOf('x'.repeat(64)), undefined);
-    const body = { consul: [], web: ['prod', 'edge'], Web: ['edge'], 'Shop_API': ['edge'], internal: ['prod'], '***': ['edge'] };
+    const body = { consul: [], web: ['prod', 'edge'], Web: ['edge'], Shop_API: ['edge'], internal: ['prod'], '***': ['edge'] };
     const all = selectImported(body, parseImportMode('all')!);
-    assert.deepEqual([...all.imported], [['shop-api', 'Shop_API'], ['web', 'Web'], ['internal', 'internal']], 'Consul itself is never imported');
+    assert.deepEqual(
+      [...all.imported],
+      [
+        ['shop-api', 'Shop_API'],
+        ['web', 'Web'],
+        ['internal', 'internal'],
+      ],
+      'Consul itself is never imported',
+    );
     assert.deepEqual(all.skipped, ['***: not usable as a Service name', 'web: becomes "web" like "Web"']);
     const edge = selectImported(body, parseImportMode('tag=edge,prod')!);
     assert.deepEqual([...edge.imported], [['web', 'web']]);
@@ -127,14 +204,30 @@ describe('consul import and tuning', () => {
 
   test('imported Services are added to the policy documents unless a file declares the name', async () => {
     const { ConsulImporter } = await import('../../src/sources/consul/import.js');
-    const fake = { opts: { connection: { baseUrl: 'http://127.0.0.1:1' } }, client: {}, logger: { warn() {}, info() {} }, metrics: { errors: { inc() {} } }, extraStatus: new Map(), readinessChecks: [], beforeFirstLoad: [] };
+    const fake = {
+      opts: { connection: { baseUrl: 'http://127.0.0.1:1' } },
+      client: {},
+      logger: { warn() {}, info() {} },
+      metrics: { errors: { inc() {} } },
+      extraStatus: new Map(),
+      readinessChecks: [],
+      beforeFirstLoad: [],
+    };
     const imp = new ConsulImporter(fake as never, { kind: 'tags', tags: ['edge'] }, () => {});
-    (imp as unknown as { imported: Map<string, string> }).imported = new Map([['shop-api', 'Shop_API'], ['orders', 'orders']]);
+    (imp as unknown as { imported: Map<string, string> }).imported = new Map([
+      ['shop-api', 'Shop_API'],
+      ['orders', 'orders'],
+    ]);
     const fileDoc = { kind: 'Service', name: 'orders' } as never;
     const docs = imp.docsFor([fileDoc]);
     assert.equal(docs.length, 2);
-    assert.equal(docs[0], fileDoc, 'the file\'s own Service wins');
-    const added = docs[1] as unknown as { kind: string; name: string; value: { spec: { consul: { service: string; tags: string[] }; protocol: string } }; source: { file: string } };
+    assert.equal(docs[0], fileDoc, "the file's own Service wins");
+    const added = docs[1] as unknown as {
+      kind: string;
+      name: string;
+      value: { spec: { consul: { service: string; tags: string[] }; protocol: string } };
+      source: { file: string };
+    };
     assert.equal(added.name, 'shop-api');
     assert.deepEqual(added.value.spec.consul, { service: 'Shop_API', tags: ['edge'] });
     assert.equal(added.value.spec.protocol, 'http');
@@ -143,7 +236,15 @@ describe('consul import and tuning', () => {
 
   test('tuning from the environment is validated', async () => {
     const { tuningFromEnv } = await import('../../src/sources/consul/index.js');
-    assert.deepEqual(tuningFromEnv({ SIGNALBOX_CONSUL_WAIT_MS: '5000', SIGNALBOX_CONSUL_RESYNC_GRACE_MS: '0', SIGNALBOX_CONSUL_WARNING_AS: 'healthy', SIGNALBOX_CONSUL_BACKOFF_MAX_MS: '2000' }), { waitMs: 5000, resyncGraceMs: 0, warningAs: 'HEALTHY', backoff: { baseMs: 250, maxMs: 2000 } });
+    assert.deepEqual(
+      tuningFromEnv({
+        SIGNALBOX_CONSUL_WAIT_MS: '5000',
+        SIGNALBOX_CONSUL_RESYNC_GRACE_MS: '0',
+        SIGNALBOX_CONSUL_WARNING_AS: 'healthy',
+        SIGNALBOX_CONSUL_BACKOFF_MAX_MS: '2000',
+      }),
+      { waitMs: 5000, resyncGraceMs: 0, warningAs: 'HEALTHY', backoff: { baseMs: 250, maxMs: 2000 } },
+    );
     assert.throws(() => tuningFromEnv({ SIGNALBOX_CONSUL_WAIT_MS: '10' }), /SIGNALBOX_CONSUL_WAIT_MS must be a whole number of milliseconds >= 1000/);
     assert.throws(() => tuningFromEnv({ SIGNALBOX_CONSUL_WARNING_AS: 'maybe' }), /DEGRADED or HEALTHY/);
   });
@@ -154,7 +255,10 @@ describe('consul serve flags', () => {
     const { resolveServeConfig } = await import('../../src/config/settings.js');
     const none = resolveServeConfig({}, {});
     assert.deepEqual([none.consulAddr, none.consulDatacenter, none.consulImport], ['', '', ''], 'no Consul unless asked');
-    const env = resolveServeConfig({}, { CONSUL_HTTP_ADDR: 'https://consul.example:8501', SIGNALBOX_CONSUL_DATACENTER: 'dc2', SIGNALBOX_CONSUL_IMPORT: 'tag=edge' });
+    const env = resolveServeConfig(
+      {},
+      { CONSUL_HTTP_ADDR: 'https://consul.example:8501', SIGNALBOX_CONSUL_DATACENTER: 'dc2', SIGNALBOX_CONSUL_IMPORT: 'tag=edge' },
+    );
     assert.deepEqual([env.consulAddr, env.consulDatacenter, env.consulImport], ['https://consul.example:8501', 'dc2', 'tag=edge']);
     assert.equal(resolveServeConfig({ 'consul-addr': '127.0.0.1:8500' }, { CONSUL_HTTP_ADDR: 'other:1' }).consulAddr, '127.0.0.1:8500', 'the flag wins');
     assert.throws(() => resolveServeConfig({ 'consul-addr': 'ftp://x:1' }, {}), /--consul-addr must be HOST:PORT/);

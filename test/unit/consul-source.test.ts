@@ -9,7 +9,7 @@ import { createLogger } from '../../src/observability/logger.js';
 import { EndpointStore } from '../../src/sources/endpoints.js';
 import { parseConsulAddress } from '../../src/sources/consul/config.js';
 import { ConsulSource, type ConsulSourceOptions } from '../../src/sources/consul/source.js';
-import { entry, startFakeConsul, until, } from './consul-fake.js';
+import { entry, startFakeConsul, until } from './consul-fake.js';
 
 const cleanups: (() => Promise<void>)[] = [];
 after(async () => {
@@ -18,7 +18,15 @@ after(async () => {
 
 function model(services: { name: string; consul?: { service: string; tags?: string[]; datacenter?: string } }[]): Model {
   const map = new Map<string, ServiceModel>();
-  for (const s of services) map.set(s.name, { name: s.name, protocol: 'http', port: 8080, consul: s.consul, subsets: [], source: { file: 'x.yaml', doc: 1 } } as unknown as ServiceModel);
+  for (const s of services)
+    map.set(s.name, {
+      name: s.name,
+      protocol: 'http',
+      port: 8080,
+      consul: s.consul,
+      subsets: [],
+      source: { file: 'x.yaml', doc: 1 },
+    } as unknown as ServiceModel);
   return { services: map } as unknown as Model;
 }
 
@@ -35,7 +43,17 @@ async function setup(opts: Partial<ConsulSourceOptions> = {}) {
     warn: (_o: unknown, msg: string) => logs.push(msg),
     info: () => {},
   });
-  const source = new ConsulSource({ connection: { baseUrl: parseConsulAddress(fake.addr) }, store, logger: spy, registry, minIntervalMs: 0, backoff: { baseMs: 20, maxMs: 80 }, sidecarSettleMs: 0, timeouts: { nonBlockingMs: 1000 }, ...opts });
+  const source = new ConsulSource({
+    connection: { baseUrl: parseConsulAddress(fake.addr) },
+    store,
+    logger: spy,
+    registry,
+    minIntervalMs: 0,
+    backoff: { baseMs: 20, maxMs: 80 },
+    sidecarSettleMs: 0,
+    timeouts: { nonBlockingMs: 1000 },
+    ...opts,
+  });
   cleanups.push(async () => {
     await source.stop();
     await fake.close();
@@ -55,7 +73,9 @@ describe('consul source', () => {
     const { fake, store, source } = await setup();
     fake.setHealth('web', [entry({ id: 'web-1', port: 9001, tags: ['prod'] }), entry({ id: 'web-2', port: 9002, tags: ['canary'] })]);
     assert.equal(source.readiness().ready, false);
-    source.sync(model([{ name: 'web-all', consul: { service: 'web' } }, { name: 'web-prod', consul: { service: 'web', tags: ['prod'] } }, { name: 'static-one' }]));
+    source.sync(
+      model([{ name: 'web-all', consul: { service: 'web' } }, { name: 'web-prod', consul: { service: 'web', tags: ['prod'] } }, { name: 'static-one' }]),
+    );
     await until(() => store.get('web-prod').length === 1 && store.get('web-all').length === 2, 'both fed');
     assert.deepEqual(ids(store.get('web-prod')), ['node-1/web-1:HEALTHY']);
     assert.equal(source.readiness().ready, true);
@@ -63,7 +83,10 @@ describe('consul source', () => {
     assert.deepEqual([...paths].sort(), ['/v1/health/connect/web', '/v1/health/service/web'], 'one health + one connect query for the shared service');
     assert.equal(fake.seen.filter((q) => q.path === '/v1/health/service/web' && q.index === undefined).length, 1);
     const st = source.status();
-    assert.deepEqual(st.watches.map((w) => [w.consulService, w.policyServices, w.instances]), [['web', ['web-all', 'web-prod'], 2]]);
+    assert.deepEqual(
+      st.watches.map((w) => [w.consulService, w.policyServices, w.instances]),
+      [['web', ['web-all', 'web-prod'], 2]],
+    );
   });
 
   test('health changes reach the store; a critical instance is kept as UNHEALTHY', async () => {
@@ -115,7 +138,12 @@ describe('consul source', () => {
     const { fake, store, source } = await setup();
     fake.setHealth('web', [entry({ id: 'w', port: 9001 })]);
     fake.setHealth('api', [entry({ id: 'x', service: 'api', port: 9101 })]);
-    source.sync(model([{ name: 'web', consul: { service: 'web' } }, { name: 'api', consul: { service: 'api' } }]));
+    source.sync(
+      model([
+        { name: 'web', consul: { service: 'web' } },
+        { name: 'api', consul: { service: 'api' } },
+      ]),
+    );
     await until(() => store.get('web').length === 1 && store.get('api').length === 1, 'synced');
     fake.override = (q, res) => {
       if (q.path !== '/v1/health/service/api') return false;
@@ -131,7 +159,12 @@ describe('consul source', () => {
 
   test('bad registrations are skipped, logged once and counted; the rest is kept', async () => {
     const { fake, store, source, logs, metric } = await setup();
-    fake.setHealth('web', [entry({ id: 'ok', port: 9001 }), entry({ id: 'bad-addr', address: 'db.internal', port: 9002 }), entry({ id: 'bad-port', port: 0 }), entry({ id: 'ok', port: 9003 })]);
+    fake.setHealth('web', [
+      entry({ id: 'ok', port: 9001 }),
+      entry({ id: 'bad-addr', address: 'db.internal', port: 9002 }),
+      entry({ id: 'bad-port', port: 0 }),
+      entry({ id: 'ok', port: 9003 }),
+    ]);
     source.sync(model([{ name: 'web', consul: { service: 'web' } }]));
     await until(() => store.get('web').length === 1, 'synced');
     assert.equal(await metric('signalbox_consul_skipped_instances_total', '{reason="invalid_address"}'), 1);
@@ -172,9 +205,20 @@ describe('consul source', () => {
     store.on('change', () => seen.push([...store.get('web')]));
     fake.setHealth('web', [entry({ id: 'a', port: 9001 }), entry({ id: 'b', port: 9002 })]);
     await new Promise((r) => setTimeout(r, 50));
-    fake.setConnect('web', [entry({ id: 'b-sidecar', service: 'web-sidecar-proxy', kind: 'connect-proxy', port: 21002, proxy: { DestinationServiceName: 'web', DestinationServiceID: 'b' } })]);
+    fake.setConnect('web', [
+      entry({
+        id: 'b-sidecar',
+        service: 'web-sidecar-proxy',
+        kind: 'connect-proxy',
+        port: 21002,
+        proxy: { DestinationServiceName: 'web', DestinationServiceID: 'b' },
+      }),
+    ]);
     await until(() => store.get('web').some((i) => i.id === 'node-1/b' && i.sidecar?.port === 21002), 'b with its sidecar');
-    assert.ok(seen.every((list) => list.every((i) => i.id !== 'node-1/b' || i.sidecar)), 'b never published without its sidecar');
+    assert.ok(
+      seen.every((list) => list.every((i) => i.id !== 'node-1/b' || i.sidecar)),
+      'b never published without its sidecar',
+    );
     // an instance that really has no sidecar still arrives, after the settle time
     fake.setHealth('web', [entry({ id: 'a', port: 9001 }), entry({ id: 'b', port: 9002 }), entry({ id: 'c', port: 9003 })]);
     await until(() => store.get('web').some((i) => i.id === 'node-1/c' && !i.sidecar), 'c without sidecar', 2000);
@@ -184,7 +228,12 @@ describe('consul source', () => {
     const settle = 300;
     const { fake, store, source } = await setup({ sidecarSettleMs: settle });
     fake.setHealth('web', [entry({ id: 'old', port: 9000 })]);
-    source.sync(model([{ name: 'web', consul: { service: 'web' } }, { name: 'web-canary', consul: { service: 'web', tags: ['canary'] } }]));
+    source.sync(
+      model([
+        { name: 'web', consul: { service: 'web' } },
+        { name: 'web-canary', consul: { service: 'web', tags: ['canary'] } },
+      ]),
+    );
     await until(() => store.get('web').length === 1, 'synced');
     const published: string[][] = [];
     store.on('change', (services) => {
@@ -203,7 +252,11 @@ describe('consul source', () => {
       assert.deepEqual(ids(store.get('web')), [`node-1/new-${n}:HEALTHY`], `switch ${n}: the leaving instance goes in the same push`);
       previous = `new-${n}`;
     }
-    assert.deepEqual(published, [1, 2, 3, 4, 5].map((n) => [`node-1/new-${n}`]), 'one push per switch, straight from the old instance to the new one');
+    assert.deepEqual(
+      published,
+      [1, 2, 3, 4, 5].map((n) => [`node-1/new-${n}`]),
+      'one push per switch, straight from the old instance to the new one',
+    );
     assert.equal(store.get('web-canary').length, 0, 'a Service whose tag filter matches neither instance gets nothing kept');
   });
 
@@ -235,7 +288,10 @@ describe('consul source', () => {
     fake.setHealth('web', [entry({ id: 'old', port: 9000 }), entry({ id: 'drain', port: 9009 })]);
     source.sync(model([{ name: 'web', consul: { service: 'web' } }]));
     await until(() => store.get('web').length === 2, 'synced');
-    fake.setHealth('web', [entry({ id: 'old', port: 9000, checks: [{ status: 'critical' }] }), entry({ id: 'drain', port: 9009, checks: [{ id: '_node_maintenance', status: 'critical' }] })]);
+    fake.setHealth('web', [
+      entry({ id: 'old', port: 9000, checks: [{ status: 'critical' }] }),
+      entry({ id: 'drain', port: 9009, checks: [{ id: '_node_maintenance', status: 'critical' }] }),
+    ]);
     await until(() => ids(store.get('web')).join() === 'node-1/drain:DRAINING,node-1/old:UNHEALTHY', 'old unhealthy, drain draining');
     const t0 = Date.now();
     fake.setHealth('web', [entry({ id: 'new', port: 9001 })]);
@@ -249,9 +305,17 @@ describe('consul source', () => {
     const { fake, store, source } = await setup();
     fake.setHealth('web', [entry({ id: 'a', port: 9001 })]);
     fake.setHealth('api', [entry({ id: 'x', service: 'api', port: 9101 })]);
-    source.sync(model([{ name: 'web', consul: { service: 'web' } }, { name: 'api', consul: { service: 'api', datacenter: 'dc2' } }]));
+    source.sync(
+      model([
+        { name: 'web', consul: { service: 'web' } },
+        { name: 'api', consul: { service: 'api', datacenter: 'dc2' } },
+      ]),
+    );
     await until(() => store.get('web').length === 1 && store.get('api').length === 1, 'synced');
-    assert.ok(fake.seen.some((q) => q.path === '/v1/health/service/api' && q.dc === 'dc2'), 'datacenter sent as dc');
+    assert.ok(
+      fake.seen.some((q) => q.path === '/v1/health/service/api' && q.dc === 'dc2'),
+      'datacenter sent as dc',
+    );
     const sentFor: string[] = [];
     const count = source.client.onRequest!;
     source.client.onRequest = (p) => {
@@ -263,7 +327,11 @@ describe('consul source', () => {
     fake.setHealth('api', [entry({ id: 'x', service: 'api', port: 9101 }), entry({ id: 'y', service: 'api', port: 9102 })]);
     fake.setHealth('web', [entry({ id: 'a', port: 9001 }), entry({ id: 'b', port: 9002 })]);
     await until(() => store.get('web').length === 2, 'web still live');
-    assert.deepEqual(sentFor.filter((p) => p.endsWith('/api')), [], 'no query for api after it was dropped');
+    assert.deepEqual(
+      sentFor.filter((p) => p.endsWith('/api')),
+      [],
+      'no query for api after it was dropped',
+    );
     assert.equal(source.status().watches.length, 1);
   });
 });

@@ -15,7 +15,9 @@ after(async () => {
   await Promise.all(fakes.map((f) => f.close()));
 });
 
-async function setup(opts: { minIntervalMs?: number; waitMs?: number; backoff?: { baseMs: number; maxMs: number }; nonBlockingTimeoutMs?: number; token?: string } = {}) {
+async function setup(
+  opts: { minIntervalMs?: number; waitMs?: number; backoff?: { baseMs: number; maxMs: number }; nonBlockingTimeoutMs?: number; token?: string } = {},
+) {
   const fake = await startFakeConsul();
   fakes.push(fake);
   const client = new ConsulClient({ baseUrl: parseConsulAddress(fake.addr), token: opts.token });
@@ -47,8 +49,14 @@ async function setup(opts: { minIntervalMs?: number; waitMs?: number; backoff?: 
 describe('backoff', () => {
   test('doubles from the base, is capped, and is jittered between half and all of the step', () => {
     const b = { baseMs: 100, maxMs: 1000 };
-    assert.deepEqual([1, 2, 3, 4, 5, 6, 50].map((n) => backoffDelay(n, b, () => 1)), [100, 200, 400, 800, 1000, 1000, 1000]);
-    assert.deepEqual([1, 2, 3, 4, 5].map((n) => backoffDelay(n, b, () => 0)), [50, 100, 200, 400, 500]);
+    assert.deepEqual(
+      [1, 2, 3, 4, 5, 6, 50].map((n) => backoffDelay(n, b, () => 1)),
+      [100, 200, 400, 800, 1000, 1000, 1000],
+    );
+    assert.deepEqual(
+      [1, 2, 3, 4, 5].map((n) => backoffDelay(n, b, () => 0)),
+      [50, 100, 200, 400, 500],
+    );
     for (let i = 0; i < 200; i++) {
       const d = backoffDelay(3, b);
       assert.ok(d >= 200 && d <= 400, `jittered delay ${d} outside [200, 400]`);
@@ -77,7 +85,11 @@ describe('blocking query index semantics', () => {
 
   test('an index that goes backwards resets the loop: reported as a reset, next query non-blocking', async () => {
     const { fake, watch, data } = await setup();
-    const answers = [['100', '["old"]'], ['5', '["fresh"]'], ['5', '["fresh"]']];
+    const answers = [
+      ['100', '["old"]'],
+      ['5', '["fresh"]'],
+      ['5', '["fresh"]'],
+    ];
     fake.override = (_q, res) => {
       const a = answers.shift();
       if (!a) return false; // then the fake's own blocking behaviour (index 10 > 5: answers at once... so set it)
@@ -87,8 +99,17 @@ describe('blocking query index semantics', () => {
     fake.index = 5n;
     watch.start();
     await until(() => fake.seen.length >= 4, 'four queries');
-    assert.deepEqual(fake.seen.slice(0, 4).map((q) => q.index), [undefined, '100', undefined, '5']);
-    assert.deepEqual(data.map((d) => [d.body, d.info.index, d.info.reset]), [[['old'], 100n, false], [['fresh'], 5n, true]]);
+    assert.deepEqual(
+      fake.seen.slice(0, 4).map((q) => q.index),
+      [undefined, '100', undefined, '5'],
+    );
+    assert.deepEqual(
+      data.map((d) => [d.body, d.info.index, d.info.reset]),
+      [
+        [['old'], 100n, false],
+        [['fresh'], 5n, true],
+      ],
+    );
     assert.equal(data.length, 2, 'the non-blocking re-read after the reset had the same index and data: not reported again');
   });
 
@@ -144,7 +165,10 @@ describe('blocking query index semantics', () => {
     const elapsed = Date.now() - t0;
     assert.ok(elapsed >= 4 * 100 - 20, `5 queries took ${elapsed} ms: the minimum interval was not kept`);
     const gaps = sentAt.slice(1, 5).map((t, i) => t - sentAt[i]!);
-    assert.ok(gaps.every((g) => g >= 98), `gaps ${gaps.map(Math.round).join(',')} ms`);
+    assert.ok(
+      gaps.every((g) => g >= 98),
+      `gaps ${gaps.map(Math.round).join(',')} ms`,
+    );
   });
 });
 
@@ -157,32 +181,62 @@ describe('errors and backoff in the loop', () => {
       if (step === '403') res.writeHead(403).end('ACL not found');
       else if (step === '500') res.writeHead(500).end('No cluster leader');
       else if (step === 'badjson') res.writeHead(200, { 'x-consul-index': '12' }).end('[{"Node": ');
-      else if (step === 'hang') return true; // never answers: the client times out
+      else if (step === 'hang')
+        return true; // never answers: the client times out
       else return false;
       return true;
     };
     fake.health.set('web', ['ok']);
     watch.start();
     await until(() => data.length === 1, 'recovered', 10_000);
-    assert.deepEqual(errors.map((e) => e.err.reason), ['forbidden', 'server', 'malformed', 'timeout']);
-    assert.deepEqual(errors.map((e) => e.n), [1, 2, 3, 4], 'consecutive failures counted');
+    assert.deepEqual(
+      errors.map((e) => e.err.reason),
+      ['forbidden', 'server', 'malformed', 'timeout'],
+    );
+    assert.deepEqual(
+      errors.map((e) => e.n),
+      [1, 2, 3, 4],
+      'consecutive failures counted',
+    );
     assert.match(errors[0]!.err.message, /403: ACL not found/);
     assert.equal(errors[1]!.err.status, 500);
     const step = (i: number) => Math.min(160, 40 * 2 ** i); // 40, 80, 160, 160 (capped); timers may fire up to 1 ms early
-    assert.ok(errors.every((e, i) => e.retry >= step(i) / 2 && e.retry <= step(i)), `retries ${errors.map((e) => e.retry)}`);
+    assert.ok(
+      errors.every((e, i) => e.retry >= step(i) / 2 && e.retry <= step(i)),
+      `retries ${errors.map((e) => e.retry)}`,
+    );
     // the retries really waited: requests are spread by the backoff, not hammered
-    for (let i = 1; i < 4; i++) assert.ok(sentAt[i]! - sentAt[i - 1]! >= errors[i - 1]!.retry - 2, `request ${i} came ${sentAt[i]! - sentAt[i - 1]!} ms after a failure that asked for ${errors[i - 1]!.retry} ms`);
+    for (let i = 1; i < 4; i++)
+      assert.ok(
+        sentAt[i]! - sentAt[i - 1]! >= errors[i - 1]!.retry - 2,
+        `request ${i} came ${sentAt[i]! - sentAt[i - 1]!} ms after a failure that asked for ${errors[i - 1]!.retry} ms`,
+      );
     assert.equal(data[0]!.info.recovered, true);
     assert.equal(watch.failures, 0);
-    assert.ok(fake.seen.every((q) => q.token === 'tkn'), 'the token goes in X-Consul-Token');
-    assert.ok(fake.seen.slice(0, 5).every((q) => q.index === undefined), 'after an error the query is non-blocking');
+    assert.ok(
+      fake.seen.every((q) => q.token === 'tkn'),
+      'the token goes in X-Consul-Token',
+    );
+    assert.ok(
+      fake.seen.slice(0, 5).every((q) => q.index === undefined),
+      'after an error the query is non-blocking',
+    );
   });
 
   test('connection refused: network error; stop() ends the loop and cancels the query in flight', async () => {
     const client = new ConsulClient({ baseUrl: 'http://127.0.0.1:1' });
     clients.push(client);
     const errors: ConsulError[] = [];
-    const w = new BlockingWatch({ client, path: '/v1/health/service/x', waitMs: 1000, minIntervalMs: 0, backoff: { baseMs: 10, maxMs: 20 }, parse: (b) => b, onData: () => {}, onError: (e) => errors.push(e) }).start();
+    const w = new BlockingWatch({
+      client,
+      path: '/v1/health/service/x',
+      waitMs: 1000,
+      minIntervalMs: 0,
+      backoff: { baseMs: 10, maxMs: 20 },
+      parse: (b) => b,
+      onData: () => {},
+      onError: (e) => errors.push(e),
+    }).start();
     await until(() => errors.length >= 3, 'network errors');
     assert.equal(errors[0]!.reason, 'network');
     await w.stop();

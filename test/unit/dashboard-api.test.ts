@@ -19,7 +19,9 @@ function registryOf(n: number): ProxyRegistry {
     const id = `proxy-${String(i).padStart(4, '0')}`;
     const sidecar = i % 10 !== 0;
     const p = new ProxyStatus(
-      sidecar ? { id, role: 'sidecar', name: `svc-${i % 50}`, group: `sidecar/svc-${i % 50}/1/2/3` } : { id, role: 'gateway', name: 'edge', group: 'gateway/edge' },
+      sidecar
+        ? { id, role: 'sidecar', name: `svc-${i % 50}`, group: `sidecar/svc-${i % 50}/1/2/3` }
+        : { id, role: 'gateway', name: 'edge', group: 'gateway/edge' },
       'sotw',
       '127.0.0.1:1',
     );
@@ -36,7 +38,10 @@ describe('dashboard API with 1,000 proxies', async () => {
   const app = Fastify();
   const pipeline = new Pipeline({ policyDir: '/nonexistent', cache: new SnapshotCache(), logger: createLogger({ level: 'silent' }) });
   const traffic = new TrafficStore();
-  traffic.record({ id: 'proxy-0003', role: 'sidecar', name: 'svc-3', group: 'g' }, { route: 'a/b/match-0', cluster: 'svc-9', status: 200, flags: 0, durationMs: 3, attempts: 1, peer: '' });
+  traffic.record(
+    { id: 'proxy-0003', role: 'sidecar', name: 'svc-3', group: 'g' },
+    { route: 'a/b/match-0', cluster: 'svc-9', status: 200, flags: 0, durationMs: 3, attempts: 1, peer: '' },
+  );
   registerDashboard(app, { pipeline, registry: registryOf(1000), traffic });
   await app.ready();
   after(() => app.close());
@@ -46,9 +51,18 @@ describe('dashboard API with 1,000 proxies', async () => {
     assert.equal(r.total, 1000);
     assert.equal(r.pages, 20);
     assert.equal(r.proxies.length, 50);
-    assert.deepEqual(r.proxies.slice(0, 10).map((p: { state: string }) => p.state), Array(10).fill('NACKED'));
+    assert.deepEqual(
+      r.proxies.slice(0, 10).map((p: { state: string }) => p.state),
+      Array(10).fill('NACKED'),
+    );
     assert.equal(r.proxies[0].id, 'proxy-0007');
-    assert.deepEqual(r.proxies[0].nack, { type: 'route', message: 'bad route in proxy 7', sources: ['policies/routes.yaml'], resources: ['r'], at: new Date(2).toISOString() });
+    assert.deepEqual(r.proxies[0].nack, {
+      type: 'route',
+      message: 'bad route in proxy 7',
+      sources: ['policies/routes.yaml'],
+      resources: ['r'],
+      at: new Date(2).toISOString(),
+    });
     assert.equal(r.proxies[10].state, 'PENDING');
     const last = (await app.inject('/api/dashboard/proxies?page=20')).json();
     assert.equal(last.proxies.length, 50);
@@ -70,7 +84,7 @@ describe('dashboard API with 1,000 proxies', async () => {
     const res = await app.inject('/api/dashboard/summary');
     const s = res.json();
     assert.deepEqual(s.proxies.states, { SYNCED: 980, PENDING: 10, NACKED: 10 });
-    assert.deepEqual(Object.keys(s.proxies.states), [...PROXY_STATES], 'the summary counts exactly the API\'s states');
+    assert.deepEqual(Object.keys(s.proxies.states), [...PROXY_STATES], "the summary counts exactly the API's states");
     assert.equal(s.config.live, false);
     assert.deepEqual(s.config.notLive, { PENDING: 10, NACKED: 10 });
     assert.match(s.config.headline, /not live on 20 proxies \(10 NACKED, 10 PENDING\)/);
@@ -144,7 +158,14 @@ describe('dashboard headline and paths', () => {
     t.sent = { version: 'v1', nonce: '1', at: 1, resources: 1 };
     t.nack = { version: 'v1', message: 'bad regex', at: 2, resources: ['r'], sources: ['/tmp/sb-z/policies/lab-routes.yaml'] };
     reg.add(p);
-    const app = buildAdmin({ pipeline: new Pipeline({ policyDir: '/tmp/sb-z/policies', cache, logger }), cache, registry: reg, metrics: new Metrics(), logger, policyDir: '/tmp/sb-z/policies' });
+    const app = buildAdmin({
+      pipeline: new Pipeline({ policyDir: '/tmp/sb-z/policies', cache, logger }),
+      cache,
+      registry: reg,
+      metrics: new Metrics(),
+      logger,
+      policyDir: '/tmp/sb-z/policies',
+    });
     await app.ready();
     try {
       const all = (await app.inject('/api/proxies')).json();
@@ -152,7 +173,11 @@ describe('dashboard headline and paths', () => {
       assert.ok(PROXY_STATES.includes(all.proxies[0].state));
       const one = (await app.inject('/api/proxies/lab-gw')).json();
       assert.deepEqual(one.types.route.lastNack.sources, ['lab-routes.yaml']);
-      assert.deepEqual((await app.inject('/api/dashboard/proxies')).json().proxies[0].nack.sources, ['lab-routes.yaml'], 'buildAdmin passes the policy directory to the dashboard');
+      assert.deepEqual(
+        (await app.inject('/api/dashboard/proxies')).json().proxies[0].nack.sources,
+        ['lab-routes.yaml'],
+        'buildAdmin passes the policy directory to the dashboard',
+      );
       assert.deepEqual(t.nack.sources, ['/tmp/sb-z/policies/lab-routes.yaml'], 'the registry keeps the absolute path');
     } finally {
       await app.close();

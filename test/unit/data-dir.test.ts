@@ -79,7 +79,14 @@ async function generated() {
   const ca = path.join(dir, 'ca');
   const keyFile = path.join(ca, 'root.key');
   const certFile = path.join(ca, 'root.crt');
-  return { dir, keyFile, certFile, bundleFile: path.join(ca, 'trust-bundle-extra.pem'), key: readFileSync(keyFile, 'utf8'), cert: readFileSync(certFile, 'utf8') };
+  return {
+    dir,
+    keyFile,
+    certFile,
+    bundleFile: path.join(ca, 'trust-bundle-extra.pem'),
+    key: readFileSync(keyFile, 'utf8'),
+    cert: readFileSync(certFile, 'utf8'),
+  };
 }
 
 /** An assertion that the error names `file`, says how to start over, and prints no key material. */
@@ -87,7 +94,10 @@ function refusal(file: string, what: RegExp, keyPem?: string) {
   return (e: Error) => {
     assert.ok(e.message.includes(file), `names ${file}: ${e.message}`);
     assert.match(e.message, what);
-    assert.match(e.message, /restore it from a backup, or remove .*root\.key and .*root\.crt to generate a new root \(every proxy certificate changes, and bootstraps need the new .*xds-ca\.pem\)/);
+    assert.match(
+      e.message,
+      /restore it from a backup, or remove .*root\.key and .*root\.crt to generate a new root \(every proxy certificate changes, and bootstraps need the new .*xds-ca\.pem\)/,
+    );
     assert.ok(!e.message.includes('PRIVATE KEY') && (!keyPem || !e.message.includes(keyPem.split('\n')[1]!.slice(0, 20))), 'no key material');
     return true;
   };
@@ -98,13 +108,19 @@ describe('partial CA state is detected at start, never replaced by a new root', 
     const renames = recordRenames();
     const dir = tmp('sb-dd-order-');
     await open(dir);
-    assert.deepEqual(renames.filter((f) => f.startsWith('root.')), ['root.key', 'root.crt']);
+    assert.deepEqual(
+      renames.filter((f) => f.startsWith('root.')),
+      ['root.key', 'root.crt'],
+    );
   });
 
   test('root.key without root.crt (a crash between the two writes): an error naming root.crt; the key is kept', async () => {
     const s = await generated();
     rmSync(s.certFile);
-    await assert.rejects(open(s.dir), refusal(s.certFile, /the CA certificate .*root\.crt is missing but its key .*root\.key exists.*refusing to make a new root/, s.key));
+    await assert.rejects(
+      open(s.dir),
+      refusal(s.certFile, /the CA certificate .*root\.crt is missing but its key .*root\.key exists.*refusing to make a new root/, s.key),
+    );
     assert.equal(readFileSync(s.keyFile, 'utf8'), s.key, 'the key is untouched');
     assert.equal(existsSync(s.certFile), false, 'no new certificate made');
   });
@@ -137,7 +153,7 @@ describe('partial CA state is detected at start, never replaced by a new root', 
     await assert.rejects(open(s.dir), refusal(s.certFile, /root\.crt is not a PEM certificate/, s.key));
   });
 
-  test("a root.key of another root: an error naming both files, without key material", async () => {
+  test('a root.key of another root: an error naming both files, without key material', async () => {
     const s = await generated();
     const other = await generated();
     writeFileSync(s.keyFile, other.key);
@@ -210,9 +226,15 @@ describe('the extra trust bundle must be a list of PEM CA certificates', () => {
     const bundle = path.join(s.dir, 'bundle.pem');
     writeFileSync(bundle, 'nope');
     const files = { certFile: s.certFile, keyFile: s.keyFile, bundleFile: bundle };
-    await assert.rejects(CertificateAuthority.open({ dataDir: s.dir, trustDomain: TD, files }), /the extra trust bundle .*bundle\.pem holds no PEM block.*fix the file given to --ca-bundle/);
+    await assert.rejects(
+      CertificateAuthority.open({ dataDir: s.dir, trustDomain: TD, files }),
+      /the extra trust bundle .*bundle\.pem holds no PEM block.*fix the file given to --ca-bundle/,
+    );
     rmSync(bundle);
-    await assert.rejects(CertificateAuthority.open({ dataDir: s.dir, trustDomain: TD, files }), /cannot read the extra trust bundle .*bundle\.pem: ENOENT \(no such file or folder\)/);
+    await assert.rejects(
+      CertificateAuthority.open({ dataDir: s.dir, trustDomain: TD, files }),
+      /cannot read the extra trust bundle .*bundle\.pem: ENOENT \(no such file or folder\)/,
+    );
   });
 });
 
@@ -222,7 +244,10 @@ describe('folder and disk faults name the place and the cause', () => {
     readOnly(root);
     const dataDir = path.join(root, 'data');
     await assert.rejects(open(dataDir), (e: Error) => {
-      assert.equal(e.message, `cannot create the folder ${dataDir}/ca: creating ${dataDir} failed with EROFS (read-only file system); remount ${root} read-write or give a writable --data-dir`);
+      assert.equal(
+        e.message,
+        `cannot create the folder ${dataDir}/ca: creating ${dataDir} failed with EROFS (read-only file system); remount ${root} read-write or give a writable --data-dir`,
+      );
       return true;
     });
     await assert.rejects(TokenVerifier.open(dataDir), new RegExp(`cannot create the folder ${dataDir}/tokens: creating ${dataDir} failed with EROFS`));
@@ -233,7 +258,10 @@ describe('folder and disk faults name the place and the cause', () => {
     const file = path.join(root, 'afile');
     writeFileSync(file, 'x');
     await assert.rejects(open(path.join(file, 'data')), (e: Error) => {
-      assert.equal(e.message, `cannot read the CA certificate ${file}/data/ca/root.crt: ${file} is a file, not a folder; give another --data-dir, or move ${file} away if it is in the way`);
+      assert.equal(
+        e.message,
+        `cannot read the CA certificate ${file}/data/ca/root.crt: ${file} is a file, not a folder; give another --data-dir, or move ${file} away if it is in the way`,
+      );
       return true;
     });
     await assert.rejects(TokenVerifier.open(path.join(file, 'data')), new RegExp(`${file} is a file, not a folder`));
@@ -247,7 +275,12 @@ describe('folder and disk faults name the place and the cause', () => {
     failOpen(certFile, 'ENOSPC');
     await assert.rejects(open(dir), (e: Error) => {
       assert.equal((e as { code?: string }).code, ErrorCode.CA);
-      assert.match(e.message, new RegExp(`^cannot write ${certFile}: ENOSPC \\(no space left on device\\); free space on the file system holding ${dir}/ca, then start again\\. No root was made: ${dir}/ca/root.key was removed again`));
+      assert.match(
+        e.message,
+        new RegExp(
+          `^cannot write ${certFile}: ENOSPC \\(no space left on device\\); free space on the file system holding ${dir}/ca, then start again\\. No root was made: ${dir}/ca/root.key was removed again`,
+        ),
+      );
       return true;
     });
     assert.equal(existsSync(path.join(dir, 'ca', 'root.key')), false, 'no key left without its certificate');
@@ -259,7 +292,12 @@ describe('folder and disk faults name the place and the cause', () => {
   test('permission denied on the key (EACCES): names root.key and says who must be able to write the folder', async () => {
     const dir = tmp('sb-dd-acces-');
     failOpen(path.join(dir, 'ca', 'root.key'), 'EACCES');
-    await assert.rejects(open(dir), new RegExp(`: cannot write ${dir}/ca/root\\.key: EACCES \\(permission denied\\); let the user Signalbox runs as \\(uid \\d+\\) write ${dir}/ca, or give another --data-dir$`));
+    await assert.rejects(
+      open(dir),
+      new RegExp(
+        `: cannot write ${dir}/ca/root\\.key: EACCES \\(permission denied\\); let the user Signalbox runs as \\(uid \\d+\\) write ${dir}/ca, or give another --data-dir$`,
+      ),
+    );
     assert.equal(existsSync(path.join(dir, 'ca', 'root.crt')), false);
   });
 
@@ -285,7 +323,11 @@ describe('folder and disk faults name the place and the cause', () => {
     const s = { dir: tmp('sb-dd-serve-') };
     mkdirSync(path.join(s.dir, 'ca'));
     writeFileSync(path.join(s.dir, 'ca', 'root.key'), '-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n');
-    const r = spawnSync(process.execPath, [path.join(repo, 'bin', 'signalbox.js'), 'serve', '--data-dir', s.dir, '--policies', s.dir, '--xds-port', '0', '--admin-port', '0'], { encoding: 'utf8', timeout: 20_000 });
+    const r = spawnSync(
+      process.execPath,
+      [path.join(repo, 'bin', 'signalbox.js'), 'serve', '--data-dir', s.dir, '--policies', s.dir, '--xds-port', '0', '--admin-port', '0'],
+      { encoding: 'utf8', timeout: 20_000 },
+    );
     assert.equal(r.status, 1, r.stderr);
     assert.match(r.stderr, new RegExp(`cannot start: the CA certificate ${s.dir}/ca/root\\.crt is missing but its key ${s.dir}/ca/root\\.key exists`));
     assert.ok(!r.stderr.includes('AAAA'));

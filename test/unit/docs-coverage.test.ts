@@ -24,7 +24,11 @@ function tableAfter(markdown: string, heading: RegExp): { header: string[]; rows
   const table: string[][] = [];
   for (let i = first; i < lines.length && lines[i]!.startsWith('|'); i++) {
     // Split on pipes that are not escaped (`on\|off`).
-    table.push(lines[i]!.slice(1, lines[i]!.trimEnd().endsWith('|') ? lines[i]!.trimEnd().length - 1 : undefined).split(/(?<!\\)\|/).map((c) => c.trim()));
+    table.push(
+      lines[i]!.slice(1, lines[i]!.trimEnd().endsWith('|') ? lines[i]!.trimEnd().length - 1 : undefined)
+        .split(/(?<!\\)\|/)
+        .map((c) => c.trim()),
+    );
   }
   return { header: table[0]!, rows: table.slice(2) };
 }
@@ -41,8 +45,22 @@ describe('the README documents what serve registers and takes', async () => {
   });
 
   test('every admin route is in the admin table, and every path in the table is a route', async () => {
-    writeFileSync(path.join(dir, 'p.yaml'), 'apiVersion: signalbox.dev/v1alpha1\nkind: Service\nmetadata: { name: shop }\nspec:\n  port: 8080\n  endpoints: [ { address: 127.0.0.1, port: 9 } ]\n');
-    const cfg = resolveServeConfig({ policies: dir, 'xds-address': '127.0.0.1', 'xds-port': '0', 'admin-port': '0', 'data-dir': path.join(dir, 'data'), 'authz-port': '0', 'ratelimit-port': '0' }, {});
+    writeFileSync(
+      path.join(dir, 'p.yaml'),
+      'apiVersion: signalbox.dev/v1alpha1\nkind: Service\nmetadata: { name: shop }\nspec:\n  port: 8080\n  endpoints: [ { address: 127.0.0.1, port: 9 } ]\n',
+    );
+    const cfg = resolveServeConfig(
+      {
+        policies: dir,
+        'xds-address': '127.0.0.1',
+        'xds-port': '0',
+        'admin-port': '0',
+        'data-dir': path.join(dir, 'data'),
+        'authz-port': '0',
+        'ratelimit-port': '0',
+      },
+      {},
+    );
     server = await startServer(cfg, createLogger({ level: 'silent' }));
     const routes = server.adminRoutes();
     assert.ok(routes.includes('/api/proxies/:id') && routes.includes('/api/authz') && routes.includes('/api/ratelimit'), `routes seen: ${routes.join(' ')}`);
@@ -76,7 +94,11 @@ describe("the README's CLI table", () => {
   test('shows, for each flag of a command other than serve, exactly the commands that take it, its variable and its default', () => {
     const { header, rows } = tableAfter(readme(), /^### Flags of every command/);
     const columns = header.map((h) => h.replace(/`/g, ''));
-    assert.deepEqual(columns.slice(1, 1 + COMMANDS.length), COMMANDS.map((c) => c.name), 'one column per command, in order');
+    assert.deepEqual(
+      columns.slice(1, 1 + COMMANDS.length),
+      COMMANDS.map((c) => c.name),
+      'one column per command, in order',
+    );
     assert.deepEqual(columns.slice(1 + COMMANDS.length), ['environment', 'default']);
     const byFlag = new Map<string, string[]>();
     for (const r of rows) {
@@ -93,22 +115,36 @@ describe("the README's CLI table", () => {
     for (const [name, r] of byFlag) {
       const takers = COMMANDS.filter((c) => c.flags.some((f) => f.name === name));
       const marked = COMMANDS.filter((_, i) => r[1 + i] !== '');
-      assert.deepEqual(marked.map((c) => c.name), takers.map((c) => c.name), `--${name}: the commands marked are the commands that take it`);
+      assert.deepEqual(
+        marked.map((c) => c.name),
+        takers.map((c) => c.name),
+        `--${name}: the commands marked are the commands that take it`,
+      );
       // Where commands differ (listed in cli-convention.test.ts), the cell names each value.
       const flags = takers.map((c) => c.flags.find((f) => f.name === name)!);
       const values = (pick: (f: (typeof flags)[number]) => string | undefined) => [...new Set(flags.map(pick).filter((v): v is string => !!v))].sort();
-      assert.deepEqual([...new Set(codeSpans(r[1 + COMMANDS.length]!))].sort(), values((f) => f.env), `--${name}: environment`);
-      assert.deepEqual([...new Set(codeSpans(r[2 + COMMANDS.length]!).map((v) => v.replace(/\\\|/g, '|')))].sort(), values((f) => f.default), `--${name}: default`);
+      assert.deepEqual(
+        [...new Set(codeSpans(r[1 + COMMANDS.length]!))].sort(),
+        values((f) => f.env),
+        `--${name}: environment`,
+      );
+      assert.deepEqual(
+        [...new Set(codeSpans(r[2 + COMMANDS.length]!).map((v) => v.replace(/\\\|/g, '|')))].sort(),
+        values((f) => f.default),
+        `--${name}: default`,
+      );
     }
   });
 });
 
 describe('docs/architecture.md', () => {
-  test("the folder table names every folder under src/, and only folders that exist", () => {
+  test('the folder table names every folder under src/, and only folders that exist', () => {
     const text = readFileSync(path.join(repoRoot(), 'docs', 'architecture.md'), 'utf8');
     const { rows } = tableAfter(text, /^\| folder \| job \|/);
     const listed = rows.flatMap((r) => codeSpans(r[0]!));
-    const top = readdirSync(path.join(repoRoot(), 'src'), { withFileTypes: true }).filter((d) => d.isDirectory()).map((d) => `src/${d.name}`);
+    const top = readdirSync(path.join(repoRoot(), 'src'), { withFileTypes: true })
+      .filter((d) => d.isDirectory())
+      .map((d) => `src/${d.name}`);
     const uncovered = top.filter((f) => !listed.some((l) => l === f || l.startsWith(`${f}/`)));
     assert.deepEqual(uncovered, [], `folders under src/ missing from docs/architecture.md: ${uncovered.join(', ')}`);
     const gone = listed.filter((l) => {

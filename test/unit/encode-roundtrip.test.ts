@@ -31,29 +31,51 @@ describe('round-trip check', () => {
     const rc = { name: 'rc', virtual_hosts: [{ name: 'v', domains: ['*'], routes: [{ match: { prefix: '/' }, route: { clustr: 'x' } }] }] };
     const e = roundTripError(TypeUrl.Route, 'public/http', rc);
     assert.equal(e.resource, 'RouteConfiguration "public/http"');
-    assert.deepEqual(e.fields, [{ path: 'virtual_hosts[0].routes[0].route.clustr', problem: 'was dropped (no such field there, or a value protobufjs cannot encode)' }]);
+    assert.deepEqual(e.fields, [
+      { path: 'virtual_hosts[0].routes[0].route.clustr', problem: 'was dropped (no such field there, or a value protobufjs cannot encode)' },
+    ]);
     assert.match(e.message, /^RouteConfiguration "public\/http" does not survive encoding .*: virtual_hosts\[0\]\.routes\[0\]\.route\.clustr was dropped/);
   });
 
   test('inside an Any and under a map key that is not a plain name', () => {
     const listener = {
       name: 'l',
-      filter_chains: [{ filters: [{ name: 'hcm', typed_config: { '@type': 'type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager', stat_prefx: 'x' } }] }],
+      filter_chains: [
+        {
+          filters: [
+            {
+              name: 'hcm',
+              typed_config: {
+                '@type': 'type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager',
+                stat_prefx: 'x',
+              },
+            },
+          ],
+        },
+      ],
       metadata: { filter_metadata: { 'signalbox.jwt_check': { fields: { check: { string_value: 'p' } } } } },
     };
     const e = roundTripError(TypeUrl.Listener, 'l', listener);
-    assert.deepEqual(e.fields.map((f) => f.path).sort(), ['filter_chains[0].filters[0].typed_config.stat_prefx', 'metadata.filter_metadata["signalbox.jwt_check"].fields.check.string_value']);
+    assert.deepEqual(e.fields.map((f) => f.path).sort(), [
+      'filter_chains[0].filters[0].typed_config.stat_prefx',
+      'metadata.filter_metadata["signalbox.jwt_check"].fields.check.string_value',
+    ]);
   });
 
   test('a value of the wrong kind is a changed field; the value itself is never shown (a Secret holds a private key)', () => {
     const key = '-----BEGIN PRIVATE KEY-----\nMIGHAgEAsecret\n-----END PRIVATE KEY-----\n';
     const secret = { name: 's', tls_certificate: { private_key: { inline_string: key }, certificate_chian: { inline_string: key } } };
     const e = roundTripError(TypeUrl.Secret, 's', secret);
-    assert.deepEqual(e.fields.map((f) => f.path), ['tls_certificate.certificate_chian']);
+    assert.deepEqual(
+      e.fields.map((f) => f.path),
+      ['tls_certificate.certificate_chian'],
+    );
     assert.doesNotMatch(e.message, /PRIVATE KEY|MIGHAgEAsecret/);
     // A uint32 given more than 32 bits decodes to another number.
     const c = roundTripError(TypeUrl.Cluster, 'c', { name: 'c', per_connection_buffer_limit_bytes: { value: 2 ** 33 + 5 } });
-    assert.deepEqual(c.fields, [{ path: 'per_connection_buffer_limit_bytes.value', problem: 'was written as a number and decodes as a number of another value' }]);
+    assert.deepEqual(c.fields, [
+      { path: 'per_connection_buffer_limit_bytes.value', problem: 'was written as a number and decodes as a number of another value' },
+    ]);
   });
 
   test('many differences: the first five are listed and the rest counted', () => {
@@ -65,16 +87,33 @@ describe('round-trip check', () => {
   });
 
   test('a correct resource passes, with zero values and empty lists left out by the encoding', () => {
-    const good = { name: 'c', type: 'EDS', connect_timeout: { seconds: 1, nanos: 0 }, health_checks: [], eds_cluster_config: { eds_config: { ads: {}, resource_api_version: 'V3' } } };
+    const good = {
+      name: 'c',
+      type: 'EDS',
+      connect_timeout: { seconds: 1, nanos: 0 },
+      health_checks: [],
+      eds_cluster_config: { eds_config: { ads: {}, resource_api_version: 'V3' } },
+    };
     assert.doesNotThrow(() => assertRoundTrip(TypeUrl.Cluster, 'c', good, encode(TypeUrl.Cluster, good)));
   });
 
   test('EncodeCache checks when roundTrip is on, and only then', () => {
     const bad = { name: 'c', conect_timeout: { seconds: 1, nanos: 0 } };
-    assert.throws(() => new EncodeCache({ roundTrip: true }).make(TypeUrl.Cluster, 'c', bad), /Cluster "c" does not survive encoding.*conect_timeout was dropped/);
+    assert.throws(
+      () => new EncodeCache({ roundTrip: true }).make(TypeUrl.Cluster, 'c', bad),
+      /Cluster "c" does not survive encoding.*conect_timeout was dropped/,
+    );
     assert.doesNotThrow(() => new EncodeCache({ roundTrip: false }).make(TypeUrl.Cluster, 'c', bad));
     const split = { name: 'rc', virtual_hosts: [{ name: 'v', domains: ['*'], routes: [{ match: { prefx: '/' } }] }] };
-    assert.throws(() => new EncodeCache({ roundTrip: true }).makeSplit(TypeUrl.Route, 'rc', split, { key: 'virtual_hosts', field: 2, message: 'envoy.config.route.v3.VirtualHost' }), /virtual_hosts\[0\]\.routes\[0\]\.match\.prefx was dropped/);
+    assert.throws(
+      () =>
+        new EncodeCache({ roundTrip: true }).makeSplit(TypeUrl.Route, 'rc', split, {
+          key: 'virtual_hosts',
+          field: 2,
+          message: 'envoy.config.route.v3.VirtualHost',
+        }),
+      /virtual_hosts\[0\]\.routes\[0\]\.match\.prefx was dropped/,
+    );
   });
 
   // In a child process without SIGNALBOX_STRICT_ENCODE (the test runner sets it), with the

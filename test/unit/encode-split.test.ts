@@ -29,5 +29,8 @@ test('a RouteConfiguration encoded one virtual host at a time decodes to what a 
   assert.equal(enc.misses, before + 1);
   assert.deepEqual(asObject(next.bytes), asObject(new EncodeCache().make(TypeUrl.Route, json.name, edited).bytes));
   // The same input: the same bytes and version.
-  assert.equal(enc.makeSplit(TypeUrl.Route, json.name, edited, { key: 'virtual_hosts', field: 2, message: 'envoy.config.route.v3.VirtualHost' }).version, next.version);
+  assert.equal(
+    enc.makeSplit(TypeUrl.Route, json.name, edited, { key: 'virtual_hosts', field: 2, message: 'envoy.config.route.v3.VirtualHost' }).version,
+    next.version,
+  );
 });

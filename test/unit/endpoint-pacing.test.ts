@@ -30,7 +30,9 @@ test('a burst of endpoint changes is pushed at most once per interval, nothing l
   const pushes: number[] = [];
   const ports = () => {
     const r = cache.get('gateway/public')!.resources.get(TypeUrl.Endpoint)!.get('app')!;
-    return ((r.printable.endpoints as { lb_endpoints: { endpoint: { address: { socket_address: { port_value: number } } } }[] }[])[0]?.lb_endpoints ?? []).map((e) => e.endpoint.address.socket_address.port_value);
+    return ((r.printable.endpoints as { lb_endpoints: { endpoint: { address: { socket_address: { port_value: number } } } }[] }[])[0]?.lb_endpoints ?? []).map(
+      (e) => e.endpoint.address.socket_address.port_value,
+    );
   };
   cache.on('change', (c: { group: string; types: string[] }) => {
     if (c.group === 'gateway/public' && c.types.includes(TypeUrl.Endpoint)) pushes.push(ports().length);

@@ -16,7 +16,10 @@ describe('generated Envoy types', () => {
     const want = envoyTypesSource().split('\n');
     const have = committed.split('\n');
     const at = want.findIndex((l, i) => l !== have[i]);
-    assert.ok(at === -1 && want.length === have.length, `${GENERATED_FILE} is not current (first difference at line ${(at === -1 ? Math.min(want.length, have.length) : at) + 1}); run npm run types:update`);
+    assert.ok(
+      at === -1 && want.length === have.length,
+      `${GENERATED_FILE} is not current (first difference at line ${(at === -1 ? Math.min(want.length, have.length) : at) + 1}); run npm run types:update`,
+    );
   });
 
   test('fields in the form fromObject takes: snake_case names, enum names, arrays, records, PackedAny', () => {

@@ -44,7 +44,7 @@ describe('Envoy versions', () => {
     assert.throws(() => checkVersionList({ minimum: '1.36.0', versions: [{ version: '1.36.2', role: 'newest' }] }), /pinned/);
   });
 
-  test('parsing: semver numerically, the node\'s build version only from Envoy', () => {
+  test("parsing: semver numerically, the node's build version only from Envoy", () => {
     assert.deepEqual(parseSemver('1.40.0'), [1, 40, 0]);
     assert.equal(parseSemver('1.40'), undefined);
     assert.equal(parseSemver('v1.40.0'), undefined);
@@ -52,7 +52,10 @@ describe('Envoy versions', () => {
     assert.equal(envoyVersionOf(wire(envoyNode('a', '1.40.0'))), '1.40.0');
     assert.equal(envoyVersionOf(wire(envoyNode('a', undefined))), undefined, 'Envoy without a build version');
     assert.equal(envoyVersionOf(wire(makeNode({ id: 'a', gateway: 'edge' }))), undefined, 'another xDS client');
-    assert.equal(envoyVersionOf({ id: 'a', user_agent_name: 'envoy', user_agent_build_version: { version: { major_number: 1, minor_number: -1, patch: 0 } } }), undefined);
+    assert.equal(
+      envoyVersionOf({ id: 'a', user_agent_name: 'envoy', user_agent_build_version: { version: { major_number: 1, minor_number: -1, patch: 0 } } }),
+      undefined,
+    );
     assert.equal(identify(wire(envoyNode('a', '1.36.2'))).envoyVersion, '1.36.2');
   });
 
@@ -63,7 +66,10 @@ describe('Envoy versions', () => {
     assert.deepEqual(envoySupport('1.41.0'), { supported: true, tested: false, jwtModule: false }, 'newer: accepted (untested)');
     const old = envoySupport('1.35.3');
     assert.equal(old.supported, false);
-    assert.match(old.reason!, new RegExp(`Envoy 1\\.35\\.3 is not supported: Signalbox needs Envoy ${list.minimum.replace(/\./g, '\\.')} or later \\(tested: ${pinned}, ${newest}\\)`));
+    assert.match(
+      old.reason!,
+      new RegExp(`Envoy 1\\.35\\.3 is not supported: Signalbox needs Envoy ${list.minimum.replace(/\./g, '\\.')} or later \\(tested: ${pinned}, ${newest}\\)`),
+    );
     assert.match(envoyRefusal(identify(wire(envoyNode('old-1', '1.35.3'))))!, /^node "old-1" refused: Envoy 1\.35\.3 is not supported/);
     assert.equal(envoyRefusal(identify(wire(envoyNode('ok-1', list.minimum)))), undefined);
     assert.equal(envoyRefusal(identify(wire(makeNode({ id: 'client', gateway: 'edge' })))), undefined, 'a client that does not say is not refused');
@@ -76,7 +82,11 @@ describe('Envoy versions', () => {
     const other = identify(wire(envoyNode('m3', '1.39.3', ask)));
     assert.equal(other.group, 'gateway/edge', 'no module build for 1.39.3: the Lua fast path');
     assert.match(other.jwtModuleFallback!, /built for Envoy .*not 1\.39\.3: this proxy runs the Lua fast path/);
-    assert.equal(identify(wire(makeNode({ id: 'm4', gateway: 'edge', metadata: ask }))).group, 'gateway/edge+jwt-module', 'no version reported: taken at its word');
+    assert.equal(
+      identify(wire(makeNode({ id: 'm4', gateway: 'edge', metadata: ask }))).group,
+      'gateway/edge+jwt-module',
+      'no version reported: taken at its word',
+    );
     const json = new ProxyStatus(other, 'sotw', 'peer').toJSON();
     assert.deepEqual(json.envoy, { version: '1.39.3', tested: false, jwtModule: false });
     assert.equal(json.jwtEngine, 'none', 'nothing sent yet');
@@ -114,7 +124,9 @@ describe('an Envoy below the minimum, through the xDS server', () => {
     assert.equal(grpc.status[st.code], grpc.status[grpc.status.FAILED_PRECONDITION], st.details);
     assert.match(st.details, new RegExp(`Envoy 1\\.35\\.3 is not supported: Signalbox needs Envoy ${list.minimum.replace(/\./g, '\\.')} or later`));
     assert.equal(old.history.length, 0, 'nothing is sent to it');
-    const { proxies, refused } = await sb.get<{ proxies: { id: string }[]; refused: { id: string; envoyVersion: string; reason: string; attempts: number }[] }>('/api/proxies');
+    const { proxies, refused } = await sb.get<{ proxies: { id: string }[]; refused: { id: string; envoyVersion: string; reason: string; attempts: number }[] }>(
+      '/api/proxies',
+    );
     assert.ok(!proxies.some((p) => p.id === 'old-envoy'));
     const r = refused.find((p) => p.id === 'old-envoy');
     assert.equal(r?.envoyVersion, '1.35.3');

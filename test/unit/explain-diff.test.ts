@@ -64,11 +64,17 @@ describe('signalbox explain', () => {
     assert.equal(e.group, 'gateway/public');
     const route = (n: string) => e.routes.find((x) => x.name === n)!.settings;
     const file = (f: string) => path.join(dir, f);
-    assert.deepEqual(route('shop/orders/match-0').timeout, { value: '3000ms', from: { kind: 'TrafficPolicy', name: 'orders-tp', file: file('traffic.yaml'), doc: 1 } });
+    assert.deepEqual(route('shop/orders/match-0').timeout, {
+      value: '3000ms',
+      from: { kind: 'TrafficPolicy', name: 'orders-tp', file: file('traffic.yaml'), doc: 1 },
+    });
     assert.deepEqual(route('shop/carts/match-0').timeout, { value: '2000ms', from: { kind: 'HTTPRoute', name: 'shop', file: file('routes.yaml'), doc: 1 } });
     assert.deepEqual(route('shop/carts/match-0').retries!.from, { kind: 'Mesh', name: 'default', file: file('mesh.yaml'), doc: 1 });
     const cluster = (n: string) => e.clusters.find((c) => c.name === n)!.settings;
-    assert.deepEqual(cluster('orders').connectTimeout, { value: '1000ms', from: { kind: 'TrafficPolicy', name: 'orders-tp', file: file('traffic.yaml'), doc: 1 } });
+    assert.deepEqual(cluster('orders').connectTimeout, {
+      value: '1000ms',
+      from: { kind: 'TrafficPolicy', name: 'orders-tp', file: file('traffic.yaml'), doc: 1 },
+    });
     assert.deepEqual(cluster('carts').connectTimeout, { value: '5000ms', from: { kind: 'default' } });
     assert.deepEqual(e.listeners[0]!.settings.rateLimit!.from, { kind: 'RateLimitPolicy', name: 'edge', file: file('traffic.yaml'), doc: 2 });
   });
@@ -115,7 +121,12 @@ describe('signalbox diff', () => {
     });
     const r = await runCli(diffCommand, [policyDir(BASE), next]);
     assert.equal(r.code, 1, r.err);
-    assert.equal(r.out, ['~ proxy group gateway/public', '  ~ cluster orders', '      lb_policy: "ROUND_ROBIN" -> "RANDOM"', '1 resource(s) differ in 1 proxy group(s)', ''].join('\n'));
+    assert.equal(
+      r.out,
+      ['~ proxy group gateway/public', '  ~ cluster orders', '      lb_policy: "ROUND_ROBIN" -> "RANDOM"', '1 resource(s) differ in 1 proxy group(s)', ''].join(
+        '\n',
+      ),
+    );
     const json = JSON.parse((await runCli(diffCommand, [policyDir(BASE), next, '--json'])).out);
     assert.equal(json.identical, false);
     assert.deepEqual(json.groups[0].resources[0].changes, [{ op: 'change', path: 'lb_policy', from: 'ROUND_ROBIN', to: 'RANDOM' }]);
@@ -144,14 +155,33 @@ describe('signalbox diff', () => {
   });
 
   test('an invalid side exits 2 and says why', async () => {
-    const bad = policyDir({ ...BASE, 'traffic.yaml': doc('RateLimitPolicy', 'x', '{ targetRef: { kind: Gateway, name: public }, local: { requests: 5, per: 1sec } }') });
+    const bad = policyDir({
+      ...BASE,
+      'traffic.yaml': doc('RateLimitPolicy', 'x', '{ targetRef: { kind: Gateway, name: public }, local: { requests: 5, per: 1sec } }'),
+    });
     const r = await runCli(diffCommand, [policyDir(BASE), bad]);
     assert.equal(r.code, 2);
     assert.match(r.err, /does not compile:\n .*spec\.local\.per: must be a duration .*\(did you mean "1s"\?\)/);
   });
 
   test('lists of named objects are compared by name, other lists by position', () => {
-    assert.deepEqual(diffJson({ l: [{ name: 'a', v: 1 }, { name: 'b', v: 2 }] }, { l: [{ name: 'b', v: 3 }, { name: 'a', v: 1 }] }), [{ op: 'change', path: 'l[name=b].v', from: 2, to: 3 }]);
+    assert.deepEqual(
+      diffJson(
+        {
+          l: [
+            { name: 'a', v: 1 },
+            { name: 'b', v: 2 },
+          ],
+        },
+        {
+          l: [
+            { name: 'b', v: 3 },
+            { name: 'a', v: 1 },
+          ],
+        },
+      ),
+      [{ op: 'change', path: 'l[name=b].v', from: 2, to: 3 }],
+    );
     assert.deepEqual(diffJson({ l: [1, 2] }, { l: [1, 3] }), [{ op: 'change', path: 'l[1]', from: 2, to: 3 }]);
     assert.deepEqual(diffJson({ l: [1, 2] }, { l: [1] }), [{ op: 'change', path: 'l', from: [1, 2], to: [1] }]);
     assert.deepEqual(diffJson({ a: 1 }, { b: 1 }), [

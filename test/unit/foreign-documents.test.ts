@@ -29,12 +29,19 @@ after(() => {
 });
 
 /** What `signalbox bootstrap --gateway public` prints (TLS files named, not read). */
-const ENVOY_BOOTSTRAP = bootstrapYaml({ gateway: 'public', id: 'public-1', xdsAddress: '127.0.0.1:18000', adminPort: 9901, tls: { caFile: '/tmp/xds-ca.pem', certFile: '/tmp/token.crt', keyFile: '/tmp/token.key' } });
+const ENVOY_BOOTSTRAP = bootstrapYaml({
+  gateway: 'public',
+  id: 'public-1',
+  xdsAddress: '127.0.0.1:18000',
+  adminPort: 9901,
+  tls: { caFile: '/tmp/xds-ca.pem', certFile: '/tmp/token.crt', keyFile: '/tmp/token.key' },
+});
 const K8S_SERVICE = 'apiVersion: v1\nkind: Service\nmetadata: { name: orders }\nspec:\n  ports: [ { port: 80 } ]\n';
 
 const SERVICE = doc('Service', 'orders', '{ port: 8080, endpoints: [ { address: 127.0.0.1, port: 9001 } ] }');
 const GATEWAY = doc('Gateway', 'public', '{ listeners: [ { name: http, port: 8080, protocol: HTTP } ] }');
-const route = (service: string) => doc('HTTPRoute', 'orders', `  parentRefs: [ { kind: Gateway, name: public } ]\n  rules:\n    - backendRefs: [ { name: ${service} } ]`);
+const route = (service: string) =>
+  doc('HTTPRoute', 'orders', `  parentRefs: [ { kind: Gateway, name: public } ]\n  rules:\n    - backendRefs: [ { name: ${service} } ]`);
 const OTHER = doc('Service', 'other', '{ port: 8080, endpoints: [ { address: 127.0.0.1, port: 9002 } ] }');
 
 const formatted = (list: PolicyError[]) => list.map(formatPolicyError);
@@ -55,11 +62,18 @@ describe('parsing one file', () => {
   test('a document of another API group is skipped and its apiVersion quoted; the Signalbox documents around it load', () => {
     const r = parsePolicyText(docs(SERVICE, K8S_SERVICE, OTHER), 'mixed.yaml');
     assert.deepEqual(r.errors, []);
-    assert.deepEqual(r.docs.map((d) => [d.name, d.source.doc]), [
-      ['orders', 1],
-      ['other', 3],
-    ]);
-    assert.deepEqual(r.warnings.map((w) => [w.file, w.doc, w.line]), [['mixed.yaml', 2, 6]], 'document 2 starts on line 6');
+    assert.deepEqual(
+      r.docs.map((d) => [d.name, d.source.doc]),
+      [
+        ['orders', 1],
+        ['other', 3],
+      ],
+    );
+    assert.deepEqual(
+      r.warnings.map((w) => [w.file, w.doc, w.line]),
+      [['mixed.yaml', 2, 6]],
+      'document 2 starts on line 6',
+    );
     assert.match(r.warnings[0]!.message, /^not a Signalbox document \(its apiVersion is "v1"; /);
     for (const other of ['apps/v1', 'gateway.networking.k8s.io/v1', 'networking.istio.io/v1beta1']) {
       const w = parsePolicyText(K8S_SERVICE.replace('apiVersion: v1', `apiVersion: ${other}`), 'k.yaml');
@@ -74,7 +88,11 @@ describe('parsing one file', () => {
       ['a misspelt version', SERVICE.replace('v1alpha1', 'v1apha1'), /apiVersion: must be "signalbox\.dev\/v1alpha1"/],
       ['another spelling of the name', SERVICE.replace('signalbox.dev', 'SignalBox.io'), /apiVersion: must be "signalbox\.dev\/v1alpha1"/],
       ['a kind without apiVersion', SERVICE.replace('apiVersion: signalbox.dev/v1alpha1\n', ''), /apiVersion: must be "signalbox\.dev\/v1alpha1"/],
-      ['a misspelt kind without apiVersion', SERVICE.replace('apiVersion: signalbox.dev/v1alpha1\n', '').replace('kind: Service', 'kind: Servce'), /unknown kind "Servce"/],
+      [
+        'a misspelt kind without apiVersion',
+        SERVICE.replace('apiVersion: signalbox.dev/v1alpha1\n', '').replace('kind: Service', 'kind: Servce'),
+        /unknown kind "Servce"/,
+      ],
       ['a Signalbox apiVersion without kind', 'apiVersion: signalbox.dev/v1alpha1\nmetadata: { name: a }\n', /kind: required/],
       ['an apiVersion that is not a string', SERVICE.replace('apiVersion: signalbox.dev/v1alpha1', 'apiVersion: [ v1 ]'), /apiVersion: must be/],
       ['a list', '- a\n- b\n', /must be a mapping/],
@@ -90,8 +108,14 @@ describe('parsing one file', () => {
   test('strict: the same document is an SB_NOT_SIGNALBOX error, and the file still loads its other documents', () => {
     const r = parsePolicyText(docs(SERVICE, ENVOY_BOOTSTRAP), 'p.yaml', { strict: true });
     assert.deepEqual(r.warnings, []);
-    assert.deepEqual(r.docs.map((d) => d.name), ['orders']);
-    assert.deepEqual(r.errors.map((e) => [e.code, e.doc]), [[ErrorCode.NOT_SIGNALBOX, 2]]);
+    assert.deepEqual(
+      r.docs.map((d) => d.name),
+      ['orders'],
+    );
+    assert.deepEqual(
+      r.errors.map((e) => [e.code, e.doc]),
+      [[ErrorCode.NOT_SIGNALBOX, 2]],
+    );
     assert.match(r.errors[0]!.message, /not a Signalbox document \(it has neither apiVersion nor kind; .*\): refused under --strict/);
   });
 
@@ -114,22 +138,44 @@ describe('loading a directory', () => {
     const dir = policyDir({ 'services.yaml': SERVICE, 'envoy.yaml': ENVOY_BOOTSTRAP });
     const r = await loadPolicyDir(dir);
     assert.deepEqual(r.errors, []);
-    assert.deepEqual(r.docs.map((d) => d.name), ['orders']);
-    assert.deepEqual(r.warnings.map((w) => [path.basename(w.file), w.doc]), [['envoy.yaml', 1]]);
+    assert.deepEqual(
+      r.docs.map((d) => d.name),
+      ['orders'],
+    );
+    assert.deepEqual(
+      r.warnings.map((w) => [path.basename(w.file), w.doc]),
+      [['envoy.yaml', 1]],
+    );
 
     const only = await loadPolicyDir(policyDir({ 'envoy.yaml': ENVOY_BOOTSTRAP, 'k8s.yaml': K8S_SERVICE }));
-    assert.deepEqual(only.errors.map((e) => e.code), [ErrorCode.NO_POLICIES]);
+    assert.deepEqual(
+      only.errors.map((e) => e.code),
+      [ErrorCode.NO_POLICIES],
+    );
     assert.match(only.errors[0]!.message, /no Signalbox documents/);
     assert.equal(only.warnings.length, 2);
 
     const strict = await loadPolicyDir(dir, undefined, {}, undefined, { strict: true });
     assert.deepEqual(strict.warnings, []);
-    assert.deepEqual(strict.errors.map((e) => [e.code, path.basename(e.file), e.doc]), [[ErrorCode.NOT_SIGNALBOX, 'envoy.yaml', 1]]);
+    assert.deepEqual(
+      strict.errors.map((e) => [e.code, path.basename(e.file), e.doc]),
+      [[ErrorCode.NOT_SIGNALBOX, 'envoy.yaml', 1]],
+    );
   });
 
   test('a load told which files changed keeps the warnings of the files it did not read, and equals a full load', async () => {
-    const dir = policyDir({ 'services.yaml': docs(SERVICE, OTHER), 'gateway.yaml': GATEWAY, 'route.yaml': route('orders'), 'envoy.yaml': ENVOY_BOOTSTRAP, 'k8s.yaml': K8S_SERVICE });
-    const summary = (r: Awaited<ReturnType<typeof loadPolicyDir>>) => ({ docs: r.docs.map((d) => `${d.source.file}#${d.source.doc} ${JSON.stringify(d.value)}`), errors: formatted(r.errors), warnings: formatted(r.warnings) });
+    const dir = policyDir({
+      'services.yaml': docs(SERVICE, OTHER),
+      'gateway.yaml': GATEWAY,
+      'route.yaml': route('orders'),
+      'envoy.yaml': ENVOY_BOOTSTRAP,
+      'k8s.yaml': K8S_SERVICE,
+    });
+    const summary = (r: Awaited<ReturnType<typeof loadPolicyDir>>) => ({
+      docs: r.docs.map((d) => `${d.source.file}#${d.source.doc} ${JSON.stringify(d.value)}`),
+      errors: formatted(r.errors),
+      warnings: formatted(r.warnings),
+    });
     const cache = new PolicyParseCache();
     const first = await loadPolicyDir(dir, cache);
     assert.equal(first.warnings.length, 2);
@@ -163,7 +209,15 @@ describe('the pipeline', () => {
   function pipelineOn(dir: string, opts: { strict?: boolean; dataDir?: string } = {}) {
     const cache = new SnapshotCache();
     const metrics = new Metrics();
-    const pipeline = new Pipeline({ policyDir: dir, cache, logger: silent, metrics, strictPolicies: opts.strict, dataDir: opts.dataDir, persistLastGood: opts.dataDir !== undefined });
+    const pipeline = new Pipeline({
+      policyDir: dir,
+      cache,
+      logger: silent,
+      metrics,
+      strictPolicies: opts.strict,
+      dataDir: opts.dataDir,
+      persistLastGood: opts.dataDir !== undefined,
+    });
     return { pipeline, cache, metrics };
   }
   const routeVersion = (cache: SnapshotCache) => cache.get('gateway/public').versions.get(TypeUrl.Route);
@@ -180,7 +234,10 @@ describe('the pipeline', () => {
     writeFileSync(path.join(dir, 'envoy.yaml'), ENVOY_BOOTSTRAP);
     const withBootstrap = await pipeline.reload({ paths: new Set([path.join(dir, 'envoy.yaml')]), full: false });
     assert.equal(withBootstrap.applied, true, formatted(withBootstrap.errors).join('\n'));
-    assert.deepEqual(pipeline.warnings.map((w) => [path.basename(w.file), w.doc, w.code]), [['envoy.yaml', 1, ErrorCode.NOT_SIGNALBOX]]);
+    assert.deepEqual(
+      pipeline.warnings.map((w) => [path.basename(w.file), w.doc, w.code]),
+      [['envoy.yaml', 1, ErrorCode.NOT_SIGNALBOX]],
+    );
     assert.equal(routeVersion(cache), v1, 'the bootstrap changes nothing proxies get');
     assert.equal(await gauge(metrics, 'signalbox_policy_warnings'), 1);
     assert.equal(await gauge(metrics, 'signalbox_policy_errors'), 0);
@@ -195,7 +252,10 @@ describe('the pipeline', () => {
 
     // The saved last good configuration holds the policy files, not the bootstrap's text.
     const saved = await new LastGoodStore({ dataDir: data, policyDir: dir }).read();
-    assert.deepEqual(saved!.files.map((f) => f.file), ['gateway.yaml', 'route.yaml', 'services.yaml']);
+    assert.deepEqual(
+      saved!.files.map((f) => f.file),
+      ['gateway.yaml', 'route.yaml', 'services.yaml'],
+    );
 
     // An invalid edit next to it: rejected as before, the warning still apart from the errors.
     writeFileSync(path.join(dir, 'route.yaml'), route('nope'));
@@ -224,7 +284,10 @@ describe('the pipeline', () => {
     writeFileSync(path.join(dir, 'route.yaml'), route('other'));
     const r = await pipeline.reload();
     assert.equal(r.applied, false);
-    assert.deepEqual(r.errors.map((e) => [path.basename(e.file), e.code]), [['envoy.yaml', ErrorCode.NOT_SIGNALBOX]]);
+    assert.deepEqual(
+      r.errors.map((e) => [path.basename(e.file), e.code]),
+      [['envoy.yaml', ErrorCode.NOT_SIGNALBOX]],
+    );
     assert.deepEqual(pipeline.warnings, []);
     assert.equal(routeVersion(cache), v1, 'the last good configuration stays');
     assert.ok(pipeline.servingLastGood);
@@ -237,7 +300,10 @@ describe('--strict as a setting', () => {
     assert.equal(resolveServeConfig({ strict: true }, {}).strict, true);
     assert.equal(resolveServeConfig({}, { SIGNALBOX_STRICT: 'true' }).strict, true);
     assert.equal(resolveStrict({ strict: false }, { SIGNALBOX_STRICT: 'true' }), false, 'a flag beats its environment twin');
-    assert.throws(() => resolveStrict({}, { SIGNALBOX_STRICT: 'yes' }), (e: unknown) => e instanceof SignalboxError && e.code === ErrorCode.BAD_FLAG && /SIGNALBOX_STRICT must be "true" or "false", got "yes"/.test(e.message));
+    assert.throws(
+      () => resolveStrict({}, { SIGNALBOX_STRICT: 'yes' }),
+      (e: unknown) => e instanceof SignalboxError && e.code === ErrorCode.BAD_FLAG && /SIGNALBOX_STRICT must be "true" or "false", got "yes"/.test(e.message),
+    );
   });
 });
 
@@ -246,7 +312,11 @@ describe('signalbox validate and compile', () => {
 
   test('validate: exit 0 with the warning on stderr; --strict: exit 1 with it as an error', () => {
     const d = dir();
-    const cleanEnv = (...args: string[]) => spawnSync(process.execPath, [path.join(repoRoot(), 'bin/signalbox.js'), ...args], { encoding: 'utf8', env: { ...process.env, SIGNALBOX_STRICT: 'false' } });
+    const cleanEnv = (...args: string[]) =>
+      spawnSync(process.execPath, [path.join(repoRoot(), 'bin/signalbox.js'), ...args], {
+        encoding: 'utf8',
+        env: { ...process.env, SIGNALBOX_STRICT: 'false' },
+      });
     const ok = cleanEnv('validate', d);
     assert.equal(ok.status, 0, ok.stderr);
     assert.match(ok.stderr, /^warning: .*envoy\.yaml#1: not a Signalbox document \(it has neither apiVersion nor kind/m);
@@ -255,7 +325,10 @@ describe('signalbox validate and compile', () => {
     assert.equal(strict.status, 1);
     assert.match(strict.stderr, /envoy\.yaml#1: not a Signalbox document .*refused under --strict/);
     assert.match(strict.stderr, /1 error\(s\) in /);
-    const env = spawnSync(process.execPath, [path.join(repoRoot(), 'bin/signalbox.js'), 'validate', d], { encoding: 'utf8', env: { ...process.env, SIGNALBOX_STRICT: 'true' } });
+    const env = spawnSync(process.execPath, [path.join(repoRoot(), 'bin/signalbox.js'), 'validate', d], {
+      encoding: 'utf8',
+      env: { ...process.env, SIGNALBOX_STRICT: 'true' },
+    });
     assert.equal(env.status, 1, 'SIGNALBOX_STRICT=true, as serve reads it');
   });
 
@@ -267,7 +340,10 @@ describe('signalbox validate and compile', () => {
     const out = JSON.parse(json.stdout) as { valid: boolean; errors: PolicyError[]; warnings: PolicyError[] };
     assert.equal(out.valid, true);
     assert.deepEqual(out.errors, []);
-    assert.deepEqual(out.warnings.map((w) => [w.code, path.basename(w.file), w.doc, w.line]), [[ErrorCode.NOT_SIGNALBOX, 'envoy.yaml', 1, 1]]);
+    assert.deepEqual(
+      out.warnings.map((w) => [w.code, path.basename(w.file), w.doc, w.line]),
+      [[ErrorCode.NOT_SIGNALBOX, 'envoy.yaml', 1, 1]],
+    );
     const gh = spawnSync(process.execPath, [path.join(repoRoot(), 'bin/signalbox.js'), 'validate', d, '--format', 'github'], { encoding: 'utf8', env });
     assert.equal(gh.status, 0, gh.stderr);
     assert.match(gh.stdout, /^::warning file=.*envoy\.yaml,line=1,title=SB_NOT_SIGNALBOX::document 1: not a Signalbox document/m);

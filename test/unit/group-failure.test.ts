@@ -24,11 +24,20 @@ const GATEWAYS = docs(
   doc('Gateway', 'a', '{ listeners: [ { name: http, port: 8080, protocol: HTTP } ] }'),
   doc('Gateway', 'b', '{ listeners: [ { name: http, port: 8081, protocol: HTTP } ] }'),
 );
-const route = (name: string, gateway: string, p: string) => doc('HTTPRoute', name, `  parentRefs: [ { kind: Gateway, name: ${gateway} } ]\n  rules:\n    - matches: [ { path: { value: ${p} } } ]\n      backendRefs: [ { name: shop } ]`);
+const route = (name: string, gateway: string, p: string) =>
+  doc(
+    'HTTPRoute',
+    name,
+    `  parentRefs: [ { kind: Gateway, name: ${gateway} } ]\n  rules:\n    - matches: [ { path: { value: ${p} } } ]\n      backendRefs: [ { name: shop } ]`,
+  );
 
 describe('compileGroupsSettled', () => {
   test('a group whose translation throws is reported on its documents; the others compile as without it', async () => {
-    const dir = policyDir({ 'base.yaml': GATEWAYS, 'a.yaml': docs(route('app-a', 'a', '/a'), route('boom', 'a', '/boom')), 'b.yaml': route('app-b', 'b', '/b') });
+    const dir = policyDir({
+      'base.yaml': GATEWAYS,
+      'a.yaml': docs(route('app-a', 'a', '/a'), route('boom', 'a', '/boom')),
+      'b.yaml': route('app-b', 'b', '/b'),
+    });
     const { model, errors } = await validateDir(dir);
     assert.deepEqual(errors, []);
     const settled = compileGroupsSettled(model!, { beforeGroup: routeFault('boom') });
@@ -69,20 +78,36 @@ describe('compileGroupsSettled', () => {
 describe('the command line with one broken group', () => {
   const sink = () => {
     let text = '';
-    return { stream: new Writable({ write: (c, _e, cb) => {
+    return {
+      stream: new Writable({
+        write: (c, _e, cb) => {
           text += String(c);
           cb();
-        }, }), text: () => text };
+        },
+      }),
+      text: () => text,
+    };
   };
   test('compile refuses with SB_TRANSLATE on the documents; explain fails for that group only', async () => {
-    const dir = policyDir({ 'base.yaml': GATEWAYS, 'a.yaml': docs(route('app-a', 'a', '/a'), route('boom', 'a', '/boom')), 'b.yaml': route('app-b', 'b', '/b') });
+    const dir = policyDir({
+      'base.yaml': GATEWAYS,
+      'a.yaml': docs(route('app-a', 'a', '/a'), route('boom', 'a', '/boom')),
+      'b.yaml': route('app-b', 'b', '/b'),
+    });
     process.env.SIGNALBOX_FAULT_TRANSLATE_ROUTE = 'boom';
     try {
       const out = sink();
       const err = sink();
       assert.equal(await compileCommand([dir], out.stream, err.stream), 1);
       assert.equal(out.text(), '');
-      assert.equal(err.text().split('\n').filter((l) => l.includes('SB_TRANSLATE') || l.includes('proxy group "gateway/a" cannot be compiled')).length, 3, err.text());
+      assert.equal(
+        err
+          .text()
+          .split('\n')
+          .filter((l) => l.includes('SB_TRANSLATE') || l.includes('proxy group "gateway/a" cannot be compiled')).length,
+        3,
+        err.text(),
+      );
       const explainedA = sink();
       assert.equal(await explainCommand([dir, '--proxy', 'a'], sink().stream, explainedA.stream), 1);
       assert.match(explainedA.text(), /proxy group "gateway\/a" cannot be compiled/);

@@ -23,11 +23,21 @@ test('two instances of one identity get different keys and serials with the same
   assert.notEqual(spki(a.current.certificatePem), spki(b.current.certificatePem));
   for (const c of [a, b]) {
     const san = new x509.X509Certificate(c.current.certificatePem).getExtension(x509.SubjectAlternativeNameExtension)!;
-    assert.deepEqual(san.names.items.map((n) => n.value), ['spiffe://t/service/orders']);
+    assert.deepEqual(
+      san.names.items.map((n) => n.value),
+      ['spiffe://t/service/orders'],
+    );
   }
-  assert.deepEqual(ids.list().map((l) => l.instance), ['orders-1', 'orders-2']);
+  assert.deepEqual(
+    ids.list().map((l) => l.instance),
+    ['orders-1', 'orders-2'],
+  );
   a.stop();
-  assert.deepEqual(ids.list().map((l) => l.instance), ['orders-2'], 'a stopped instance is forgotten');
+  assert.deepEqual(
+    ids.list().map((l) => l.instance),
+    ['orders-2'],
+    'a stopped instance is forgotten',
+  );
   ids.stop();
   assert.equal(ids.list().length, 0);
 });

@@ -109,13 +109,19 @@ function docExamples(): { examples: Example[]; fragments: string[] } {
 /** A stream that keeps what is written to it. */
 function sink(): Writable & { text(): string } {
   const chunks: string[] = [];
-  return Object.assign(new Writable({ write: (c: Buffer, _e: string, cb: () => void) => {
+  return Object.assign(
+    new Writable({
+      write: (c: Buffer, _e: string, cb: () => void) => {
         chunks.push(String(c));
         cb();
-      }, }), { text: () => chunks.join('') });
+      },
+    }),
+    { text: () => chunks.join('') },
+  );
 }
 
-const ajvErrors = (v: ValidateFunction) => (v.errors ?? []).map((e) => `${e.instancePath || '/'} ${e.message}${e.params ? ` ${JSON.stringify(e.params)}` : ''}`).join('; ');
+const ajvErrors = (v: ValidateFunction) =>
+  (v.errors ?? []).map((e) => `${e.instancePath || '/'} ${e.message}${e.params ? ` ${JSON.stringify(e.params)}` : ''}`).join('; ');
 
 describe('committed schemas', () => {
   test('schemas/ is what `signalbox schema` generates (regenerate: npm run schema:update)', () => {
@@ -171,7 +177,9 @@ describe('every shipped example against the schema (ajv) and the model', () => {
   const examples = [...fromDirs, ...docs.examples];
 
   test('there are examples to check (policies/, examples/, docs)', (t) => {
-    t.diagnostic(`${fromDirs.length} documents in policies/ and examples/, ${docs.examples.length} in the docs' yaml blocks, ${docs.fragments.length} doc fragments not whole documents: ${docs.fragments.join(', ')}`);
+    t.diagnostic(
+      `${fromDirs.length} documents in policies/ and examples/, ${docs.examples.length} in the docs' yaml blocks, ${docs.fragments.length} doc fragments not whole documents: ${docs.fragments.join(', ')}`,
+    );
     assert.ok(yamlExamples('policies').length >= 5, 'policies/ has its documents');
     assert.ok(docs.examples.length >= 10, 'the docs have their examples');
     assert.deepEqual(new Set(examples.map((e) => e.value.kind)), new Set(Object.keys(KINDS)), 'every kind has an example');
@@ -211,7 +219,8 @@ describe('every shipped example against the schema (ajv) and the model', () => {
 const BASE: Record<string, string> = {
   Gateway: 'kind: Gateway\nmetadata: { name: public }\nspec:\n  listeners: [ { name: http, port: 8080, protocol: HTTP } ]\n',
   Service: 'kind: Service\nmetadata: { name: orders }\nspec: { port: 8080, endpoints: [ { address: 127.0.0.1, port: 9001 } ] }\n',
-  HTTPRoute: 'kind: HTTPRoute\nmetadata: { name: orders }\nspec:\n  parentRefs: [ { kind: Gateway, name: public } ]\n  rules: [ { backendRefs: [ { name: orders } ], timeout: 5s } ]\n',
+  HTTPRoute:
+    'kind: HTTPRoute\nmetadata: { name: orders }\nspec:\n  parentRefs: [ { kind: Gateway, name: public } ]\n  rules: [ { backendRefs: [ { name: orders } ], timeout: 5s } ]\n',
   RateLimitPolicy: 'kind: RateLimitPolicy\nmetadata: { name: rl }\nspec: { targetRef: { kind: Service, name: orders }, local: { requests: 10, per: 1s } }\n',
 };
 const text = (s: string) => `apiVersion: ${API_VERSION}\n${s}`;
@@ -250,7 +259,10 @@ describe('schema and model agree on the usual mistakes; the model is stricter wh
   // What only code can check: the schema accepts these, the model refuses them (docs/editors.md).
   const MODEL_STRICTER: [string, string][] = [
     ['an HTTPS listener without tls (a rule across fields)', BASE.Gateway!.replace('protocol: HTTP }', 'protocol: HTTPS }')],
-    ['two listeners on one port (uniqueness within a list)', BASE.Gateway!.replace('protocol: HTTP }', 'protocol: HTTP }, { name: other, port: 8080, protocol: HTTP }')],
+    [
+      'two listeners on one port (uniqueness within a list)',
+      BASE.Gateway!.replace('protocol: HTTP }', 'protocol: HTTP }, { name: other, port: 8080, protocol: HTTP }'),
+    ],
     ['both endpoints and consul (one of two fields)', BASE.Service!.replace('port: 8080,', 'port: 8080, consul: { service: orders },')],
     ['a zero duration (a value range of a string)', BASE.HTTPRoute!.replace('timeout: 5s', 'timeout: 0s')],
     ['a regular expression RE2 refuses', BASE.HTTPRoute!.replace('timeout: 5s', 'matches: [ { path: { type: RegularExpression, value: "/(?=x)" } } ]')],
@@ -264,7 +276,7 @@ describe('schema and model agree on the usual mistakes; the model is stricter wh
     });
   }
 
-  test('cross-references are the model\'s alone: a route to an unknown Service passes the schema, not the model', async () => {
+  test("cross-references are the model's alone: a route to an unknown Service passes the schema, not the model", async () => {
     const s = BASE.HTTPRoute!.replace('name: orders } ]', 'name: ordrs } ]');
     assert.equal(all(value(s)), true);
     const parsed = parsePolicyText([text(BASE.Gateway!), text(BASE.Service!), text(s)].join('---\n'), 'x.yaml');

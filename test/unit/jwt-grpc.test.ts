@@ -47,7 +47,10 @@ interface H2Answer {
  * One HTTP/2 request to the service: over TLS trusting `ca` (with `cert` as the client certificate
  * if given), or in plain text. Never throws: a refused handshake or a reset is `error`.
  */
-function h2(port: number, opts: { ca?: string; cert?: IssuedCert; plain?: boolean; path: string; headers?: Record<string, string>; body?: string }): Promise<H2Answer> {
+function h2(
+  port: number,
+  opts: { ca?: string; cert?: IssuedCert; plain?: boolean; path: string; headers?: Record<string, string>; body?: string },
+): Promise<H2Answer> {
   return new Promise((resolve) => {
     const session = opts.plain
       ? http2.connect(`http://127.0.0.1:${port}`)
@@ -132,8 +135,14 @@ describe('ext_authz gRPC endpoint', () => {
       responseSerialize: (v: Buffer) => v,
       responseDeserialize: (b: Buffer) => res.toObject(res.decode(b), { enums: String, defaults: false }),
     });
-    Client = grpc.makeGenericClientConstructor({ Check: method('/envoy.service.auth.v3.Authorization/Check'), Other: method('/envoy.service.auth.v3.Authorization/Other') }, 'Authorization');
-    client = new Client(`127.0.0.1:${port}`, grpc.credentials.createSsl(Buffer.from(ca.trustBundlePem), Buffer.from(proxy.privateKeyPem), Buffer.from(proxy.certificatePem))) as grpc.Client & Record<string, (...args: any[]) => unknown>;
+    Client = grpc.makeGenericClientConstructor(
+      { Check: method('/envoy.service.auth.v3.Authorization/Check'), Other: method('/envoy.service.auth.v3.Authorization/Other') },
+      'Authorization',
+    );
+    client = new Client(
+      `127.0.0.1:${port}`,
+      grpc.credentials.createSsl(Buffer.from(ca.trustBundlePem), Buffer.from(proxy.privateKeyPem), Buffer.from(proxy.certificatePem)),
+    ) as grpc.Client & Record<string, (...args: any[]) => unknown>;
   });
 
   after(async () => {
@@ -143,9 +152,14 @@ describe('ext_authz gRPC endpoint', () => {
   });
 
   const call = (name: string, body: object | Buffer, via = client) =>
-    new Promise<{ err: grpc.ServiceError | null; res?: Record<string, any> }>((resolve) => (via as grpc.Client & Record<string, (...args: any[]) => unknown>)[name]!(body, (err: grpc.ServiceError | null, r: Record<string, any>) => resolve({ err, res: r })));
+    new Promise<{ err: grpc.ServiceError | null; res?: Record<string, any> }>((resolve) =>
+      (via as grpc.Client & Record<string, (...args: any[]) => unknown>)[name]!(body, (err: grpc.ServiceError | null, r: Record<string, any>) =>
+        resolve({ err, res: r }),
+      ),
+    );
 
-  const check = (headers: Record<string, string>) => call('Check', { attributes: { request: { http: { headers, path: '/x', method: 'GET' } }, context_extensions: { 'signalbox.jwt.policies': 'p' } } });
+  const check = (headers: Record<string, string>) =>
+    call('Check', { attributes: { request: { http: { headers, path: '/x', method: 'GET' } }, context_extensions: { 'signalbox.jwt.policies': 'p' } } });
 
   test('a valid token: OK with the forwarded claim', async () => {
     const { err, res: r } = await check({ authorization: `Bearer ${await signToken(key, { iss: ISS, sub: 'alice' })}`, 'x-user-id': 'root' });
@@ -182,7 +196,8 @@ describe('ext_authz gRPC endpoint', () => {
   });
 
   test('a caller without a certificate fails the handshake: no Check answer, no fast-path answer', async () => {
-    const anonymous = new Client(`127.0.0.1:${port}`, grpc.credentials.createSsl(Buffer.from(ca.trustBundlePem))) as grpc.Client & Record<string, (...args: any[]) => unknown>;
+    const anonymous = new Client(`127.0.0.1:${port}`, grpc.credentials.createSsl(Buffer.from(ca.trustBundlePem))) as grpc.Client &
+      Record<string, (...args: any[]) => unknown>;
     try {
       const r = await call('Check', { attributes: { context_extensions: { 'signalbox.jwt.policies': 'p' } } }, anonymous);
       assert.equal(r.res, undefined);
@@ -201,7 +216,10 @@ describe('ext_authz gRPC endpoint', () => {
     const a = await h2(port, { ca: ca.trustBundlePem, cert: forged, path: '/signalbox.jwt/check/p' });
     assert.equal(a.status, undefined);
     assert.ok(a.error, 'refused');
-    const stranger = new Client(`127.0.0.1:${port}`, grpc.credentials.createSsl(Buffer.from(ca.trustBundlePem), Buffer.from(forged.privateKeyPem), Buffer.from(forged.certificatePem))) as grpc.Client & Record<string, (...args: any[]) => unknown>;
+    const stranger = new Client(
+      `127.0.0.1:${port}`,
+      grpc.credentials.createSsl(Buffer.from(ca.trustBundlePem), Buffer.from(forged.privateKeyPem), Buffer.from(forged.certificatePem)),
+    ) as grpc.Client & Record<string, (...args: any[]) => unknown>;
     try {
       const r = await call('Check', { attributes: { context_extensions: { 'signalbox.jwt.policies': 'p' } } }, stranger);
       assert.equal(r.err?.code, grpc.status.UNAVAILABLE, String(r.err));
@@ -224,7 +242,7 @@ describe('ext_authz gRPC endpoint', () => {
     assert.ok(a.error);
   });
 
-  test('a forged fast-path report without a proxy certificate is refused and the metric does not move; a proxy\'s report counts', async () => {
+  test("a forged fast-path report without a proxy certificate is refused and the metric does not move; a proxy's report counts", async () => {
     const allows = async () => Number(/signalbox_authz_fast_path_allows_total\{policy="p"\} (\d+)/.exec(await registry.metrics())?.[1] ?? 0);
     const before = await allows();
     const forged = { path: '/signalbox.jwt/report', headers: { 'x-signalbox-report-id': '00000000000000ff-1' }, body: 'p 1000000000\n' };
@@ -300,7 +318,12 @@ spec:
     try {
       assert.equal(running.tls, true);
       const check = async (token: string) =>
-        running.server.check({ attributes: { request: { http: { headers: { authorization: `Bearer ${token}` }, path: '/' } }, context_extensions: { 'signalbox.jwt.policies': 'edge' } } });
+        running.server.check({
+          attributes: {
+            request: { http: { headers: { authorization: `Bearer ${token}` }, path: '/' } },
+            context_extensions: { 'signalbox.jwt.policies': 'edge' },
+          },
+        });
       const good = await signToken(key, { iss: ISS });
       assert.equal((await check(good)).allow, true);
       const metrics = `http://127.0.0.1:${running.metricsPort}`;
@@ -356,17 +379,27 @@ spec:
     }) as typeof process.stderr.write;
     let running: Awaited<ReturnType<typeof startStandaloneAuthz>> | undefined;
     try {
-      running = await startStandaloneAuthz({ policies: dir, 'authz-address': '127.0.0.1', 'authz-port': '0', 'metrics-port': 'off', 'data-dir': path.join(dir, 'none'), insecure: true }, {}, silent);
+      running = await startStandaloneAuthz(
+        { policies: dir, 'authz-address': '127.0.0.1', 'authz-port': '0', 'metrics-port': 'off', 'data-dir': path.join(dir, 'none'), insecure: true },
+        {},
+        silent,
+      );
     } finally {
       process.stderr.write = write;
     }
     try {
       assert.equal(running.tls, false);
-      assert.ok(written.some((w) => /warning: .*--insecure.*plain text/.test(w)), written.join(''));
+      assert.ok(
+        written.some((w) => /warning: .*--insecure.*plain text/.test(w)),
+        written.join(''),
+      );
       const a = await h2(running.authzPort, { plain: true, path: '/signalbox.jwt/check/none' });
       assert.equal(a.status, 200);
       // The environment twin, and a bad value.
-      await assert.rejects(startStandaloneAuthz({ policies: dir, 'authz-port': '0', 'metrics-port': 'off' }, { SIGNALBOX_AUTHZ_INSECURE: 'yes' }, silent), /SIGNALBOX_AUTHZ_INSECURE must be "true" or "false"/);
+      await assert.rejects(
+        startStandaloneAuthz({ policies: dir, 'authz-port': '0', 'metrics-port': 'off' }, { SIGNALBOX_AUTHZ_INSECURE: 'yes' }, silent),
+        /SIGNALBOX_AUTHZ_INSECURE must be "true" or "false"/,
+      );
     } finally {
       await running.stop();
     }

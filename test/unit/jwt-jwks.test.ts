@@ -38,7 +38,10 @@ describe('Cache-Control within bounds', () => {
   test('only public signing keys are kept', async () => {
     const k = await makeKey('ES256', 'a');
     const kept = usableKeys({ keys: [k.jwk, { ...k.jwk, kid: 'enc', use: 'enc' }, { ...k.jwk, kid: 'priv', d: 'x' }, { kty: 'oct', k: 'c2VjcmV0' }, 'junk'] });
-    assert.deepEqual(kept.map((x) => x.kid), ['a']);
+    assert.deepEqual(
+      kept.map((x) => x.kid),
+      ['a'],
+    );
     assert.throws(() => usableKeys({ nokeys: true }), /no "keys" array/);
   });
 });

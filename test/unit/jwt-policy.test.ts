@@ -57,7 +57,8 @@ function get(groups: CompiledGroups, group: string, type: string, name: string):
 }
 
 const filtersOf = (l: Json): Json[] => l.filter_chains[0].filters[0].typed_config.http_filters;
-const perRoute = (rc: Json, route: string): Json | undefined => rc.virtual_hosts.flatMap((v: Json) => v.routes).find((r: Json) => r.name === route)?.typed_per_filter_config?.['signalbox.ext_authz'];
+const perRoute = (rc: Json, route: string): Json | undefined =>
+  rc.virtual_hosts.flatMap((v: Json) => v.routes).find((r: Json) => r.name === route)?.typed_per_filter_config?.['signalbox.ext_authz'];
 
 describe('JWTPolicy validation', () => {
   test('a valid policy loads with its defaults', async () => {
@@ -70,7 +71,14 @@ describe('JWTPolicy validation', () => {
     assert.equal(p.maxTokenBytes, 8192);
     assert.equal(p.unavailableStatus, 503);
     assert.deepEqual(p.algorithms, ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'EdDSA']);
-    assert.deepEqual(p.jwks, { kind: 'uri', uri: 'https://idp.example/jwks.json', timeoutMs: 5000, minCacheMs: 60_000, maxCacheMs: 86_400_000, cooldownMs: 10_000 });
+    assert.deepEqual(p.jwks, {
+      kind: 'uri',
+      uri: 'https://idp.example/jwks.json',
+      timeoutMs: 5000,
+      minCacheMs: 60_000,
+      maxCacheMs: 86_400_000,
+      cooldownMs: 10_000,
+    });
   });
 
   test('HMAC and none are not algorithms; http JWKS only on loopback; one key source; sane sources and rules', async () => {
@@ -80,13 +88,21 @@ describe('JWTPolicy validation', () => {
         jwt('a', '{ kind: HTTPRoute, name: api }', '  algorithms: [RS256, HS256, none]\n'),
         jwt('b', '{ kind: HTTPRoute, name: api }', '', '{ uri: "http://idp.example/jwks.json" }'),
         jwt('c', '{ kind: HTTPRoute, name: api }', '', '{ uri: "https://idp.example/jwks.json", file: k.json }'),
-        jwt('d', '{ kind: HTTPRoute, name: api }', '  from: [ { header: x-token, cookie: s }, { cookie: s, prefix: "B " } ]\n  require: [ { claim: role, in: [a], equals: b } ]\n'),
+        jwt(
+          'd',
+          '{ kind: HTTPRoute, name: api }',
+          '  from: [ { header: x-token, cookie: s }, { cookie: s, prefix: "B " } ]\n  require: [ { claim: role, in: [a], equals: b } ]\n',
+        ),
         jwt('e', '{ kind: HTTPRoute, name: api }', '  forwardClaims: [ { claim: sub, header: Host } ]\n  clockSkew: 1h\n'),
         jwt('f', '{ kind: HTTPRoute, name: api }', '', '{ file: k.json, cacheDuration: { min: 1s } }'),
         jwt('g', '{ kind: HTTPRoute, name: api }', '', '{ uri: "not a url" }'),
       ),
     });
-    const has = (path: string, re: RegExp) => assert.ok(errors.some(([c, p, m]) => c === ErrorCode.SCHEMA && p === path && re.test(m)), `no error at ${path} matching ${re}:\n${errors.map((e) => e.join(' ')).join('\n')}`);
+    const has = (path: string, re: RegExp) =>
+      assert.ok(
+        errors.some(([c, p, m]) => c === ErrorCode.SCHEMA && p === path && re.test(m)),
+        `no error at ${path} matching ${re}:\n${errors.map((e) => e.join(' ')).join('\n')}`,
+      );
     has('spec.algorithms[1]', /HMAC needs a shared secret.*use one of RS256/);
     has('spec.algorithms[2]', /"none" means no signature at all/);
     has('spec.jwks.uri', /must be https/);
@@ -97,7 +113,10 @@ describe('JWTPolicy validation', () => {
     has('spec.forwardClaims[0].header', /must not be one of/);
     has('spec.clockSkew', /at most 5m/);
     has('spec.jwks.cacheDuration', /only used with uri/);
-    assert.ok(errors.some(([, p, m]) => p === 'spec.jwks.uri' && /must be an http\(s\) URL/.test(m)), 'a malformed URL is an error, not a crash');
+    assert.ok(
+      errors.some(([, p, m]) => p === 'spec.jwks.uri' && /must be an http\(s\) URL/.test(m)),
+      'a malformed URL is an error, not a crash',
+    );
   });
 
   test('targets must exist (with suggestions), sections too; tcp Services cannot be targets', async () => {
@@ -111,8 +130,14 @@ describe('JWTPolicy validation', () => {
     });
     const msgs = errors.map((e) => `${e[0]} ${e[1]}: ${e[2]}`);
     assert.ok(msgs.includes('SB_UNKNOWN_REFERENCE spec.targetRef.name: unknown HTTPRoute "apx" (did you mean "api"?)'), msgs.join('\n'));
-    assert.ok(msgs.includes('SB_UNKNOWN_REFERENCE spec.targetRef.sectionName: Gateway "public" has no listener named "htp" (did you mean "http"?)'), msgs.join('\n'));
-    assert.ok(msgs.some((m) => m.startsWith('SB_CONFLICT spec.targetRef.name: Service "db" speaks tcp')), msgs.join('\n'));
+    assert.ok(
+      msgs.includes('SB_UNKNOWN_REFERENCE spec.targetRef.sectionName: Gateway "public" has no listener named "htp" (did you mean "http"?)'),
+      msgs.join('\n'),
+    );
+    assert.ok(
+      msgs.some((m) => m.startsWith('SB_CONFLICT spec.targetRef.name: Service "db" speaks tcp')),
+      msgs.join('\n'),
+    );
     const schema = (await errorsOf({ 'a.yaml': docs(BASE, jwt('d', '{ kind: Service, name: app, sectionName: x }')) })).map((e) => `${e[0]} ${e[1]}: ${e[2]}`);
     assert.deepEqual(schema, ['SB_SCHEMA spec.targetRef.sectionName: sectionName is for a Gateway listener or an HTTPRoute rule, not a Service']);
   });
@@ -137,10 +162,22 @@ describe('JWTPolicy validation', () => {
     });
     const msgs = errors.map((e) => `${e[1]}: ${e[2]}`);
     assert.equal(msgs.length, 4, msgs.join('\n'));
-    assert.ok(msgs.some((m) => /^spec\.jwks\.file: keys\/private\.json: keys\[0\]: holds private key material \(d, p, q, dp, dq, qi\)/.test(m)), msgs.join('\n'));
-    assert.ok(msgs.some((m) => /^spec\.jwks\.inline: keys\[0\]: symmetric \(oct\) keys are not accepted/.test(m)), msgs.join('\n'));
-    assert.ok(msgs.some((m) => /^spec\.jwks\.inline: no key in the set can verify any of the policy's algorithms \(ES256\)/.test(m)), msgs.join('\n'));
-    assert.ok(msgs.some((m) => /^spec\.jwks\.file: cannot read keys\/nope\.json .*ENOENT/.test(m)), msgs.join('\n'));
+    assert.ok(
+      msgs.some((m) => /^spec\.jwks\.file: keys\/private\.json: keys\[0\]: holds private key material \(d, p, q, dp, dq, qi\)/.test(m)),
+      msgs.join('\n'),
+    );
+    assert.ok(
+      msgs.some((m) => /^spec\.jwks\.inline: keys\[0\]: symmetric \(oct\) keys are not accepted/.test(m)),
+      msgs.join('\n'),
+    );
+    assert.ok(
+      msgs.some((m) => /^spec\.jwks\.inline: no key in the set can verify any of the policy's algorithms \(ES256\)/.test(m)),
+      msgs.join('\n'),
+    );
+    assert.ok(
+      msgs.some((m) => /^spec\.jwks\.file: cannot read keys\/nope\.json .*ENOENT/.test(m)),
+      msgs.join('\n'),
+    );
   });
 
   test('two policies forwarding different claims into one header on one target conflict', async () => {
@@ -160,7 +197,13 @@ describe('JWTPolicy validation', () => {
 
 describe('JWTPolicy translation', () => {
   test('a rule policy: ext_authz on that listener only; the rule names its policies, other routes disable the check', async () => {
-    const groups = await compile({ 'a.yaml': docs(BASE, jwt('users', '{ kind: HTTPRoute, name: api, sectionName: secure }', '  from: [ { header: x-token }, { cookie: s }, { query: t } ]\n'), jwt('audit', '{ kind: HTTPRoute, name: api, sectionName: secure }')) });
+    const groups = await compile({
+      'a.yaml': docs(
+        BASE,
+        jwt('users', '{ kind: HTTPRoute, name: api, sectionName: secure }', '  from: [ { header: x-token }, { cookie: s }, { query: t } ]\n'),
+        jwt('audit', '{ kind: HTTPRoute, name: api, sectionName: secure }'),
+      ),
+    });
     const http = get(groups, 'gateway/public', 'listener', 'public/http');
     const names = filtersOf(http).map((f) => f.name);
     assert.ok(names.includes('signalbox.ext_authz'));
@@ -170,7 +213,10 @@ describe('JWTPolicy translation', () => {
     assert.deepEqual(authz.status_on_error, { code: 'ServiceUnavailable' });
     assert.equal(authz.grpc_service.envoy_grpc.cluster_name, AUTHZ_CLUSTER);
     assert.deepEqual(authz.grpc_service.timeout, { seconds: 2, nanos: 0 });
-    assert.deepEqual(authz.allowed_headers.patterns.map((p: Json) => p.exact), ['authorization', 'cookie', 'x-token']);
+    assert.deepEqual(
+      authz.allowed_headers.patterns.map((p: Json) => p.exact),
+      ['authorization', 'cookie', 'x-token'],
+    );
     const rc = get(groups, 'gateway/public', 'route', 'public/http');
     assert.deepEqual(perRoute(rc, 'api/secure/match-0')?.check_settings, { context_extensions: { 'signalbox.jwt.policies': 'audit,users' } });
     assert.equal(perRoute(rc, 'api/open/match-0')?.disabled, true);
@@ -184,15 +230,22 @@ describe('JWTPolicy translation', () => {
     assert.equal(cluster.transport_socket.name, 'envoy.transport_sockets.tls');
     const tls = cluster.transport_socket.typed_config;
     assert.equal(tls['@type'], 'type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext');
-    assert.deepEqual(tls.common_tls_context.tls_certificate_sds_secret_configs.map((s: Json) => s.name), ['signalbox/identity']);
+    assert.deepEqual(
+      tls.common_tls_context.tls_certificate_sds_secret_configs.map((s: Json) => s.name),
+      ['signalbox/identity'],
+    );
     assert.equal(tls.common_tls_context.combined_validation_context.validation_context_sds_secret_config.name, 'signalbox/trust-bundle');
-    assert.deepEqual(tls.common_tls_context.combined_validation_context.default_validation_context.match_typed_subject_alt_names, [{ san_type: 'URI', matcher: { exact: 'spiffe://signalbox.local/signalbox/authz' } }]);
+    assert.deepEqual(tls.common_tls_context.combined_validation_context.default_validation_context.match_typed_subject_alt_names, [
+      { san_type: 'URI', matcher: { exact: 'spiffe://signalbox.local/signalbox/authz' } },
+    ]);
     assert.deepEqual(tls.common_tls_context.alpn_protocols, ['h2']);
   });
 
   test('the authz cluster gives the group an identity (its secrets) even with mesh mTLS off; plain text (insecure) needs none', async () => {
     const off = doc('Mesh', 'default', '{ mtls: { mode: disabled } }');
-    const r = await validateDir(policyDir({ 'a.yaml': docs(BASE, off, jwt('edge', '{ kind: Gateway, name: public }'), jwt('svc', '{ kind: Service, name: orders }')) }));
+    const r = await validateDir(
+      policyDir({ 'a.yaml': docs(BASE, off, jwt('edge', '{ kind: Gateway, name: public }'), jwt('svc', '{ kind: Service, name: orders }')) }),
+    );
     assert.deepEqual(r.errors, []);
     const side = sidecarGroup({ service: 'orders', appPort: 9002, inboundPort: 21002, outboundPort: 15001 });
     const tls = { address: '127.0.0.1', port: 18002, tls: { serverId: 'spiffe://signalbox.local/signalbox/authz' } };
@@ -200,7 +253,9 @@ describe('JWTPolicy translation', () => {
     assert.equal(irs.get('gateway/public')!.identity, 'spiffe://signalbox.local/gateway/public');
     assert.equal(irs.get(side)!.identity, 'spiffe://signalbox.local/service/orders');
     assert.equal(irs.get(`${side}+jwt-module`)!.identity, 'spiffe://signalbox.local/service/orders');
-    assert.deepEqual(irs.get('gateway/public')!.clusters.find((c) => c.name === AUTHZ_CLUSTER)?.upstreamTls, { spiffeId: 'spiffe://signalbox.local/signalbox/authz' });
+    assert.deepEqual(irs.get('gateway/public')!.clusters.find((c) => c.name === AUTHZ_CLUSTER)?.upstreamTls, {
+      spiffeId: 'spiffe://signalbox.local/signalbox/authz',
+    });
     // No JWTPolicy on a group: no cluster, and no identity with mTLS off.
     const other = await validateDir(policyDir({ 'a.yaml': docs(BASE, off, jwt('svc', '{ kind: Service, name: orders }')) }));
     assert.equal(translate(other.model!, [], { authz: tls }).get('gateway/public')!.identity, undefined);
@@ -215,22 +270,37 @@ describe('JWTPolicy translation', () => {
   });
 
   test('a Gateway-listener policy covers that listener only; no policy, no filter and no cluster', async () => {
-    const groups = await compile({ 'a.yaml': docs(BASE, jwt('edge', '{ kind: Gateway, name: public, sectionName: admin }', "  from: [ { cookie: session } ]\n")) });
-    assert.ok(!filtersOf(get(groups, 'gateway/public', 'listener', 'public/http')).some((f) => f.name === 'signalbox.ext_authz' || f.name === 'signalbox.jwt_check'));
+    const groups = await compile({
+      'a.yaml': docs(BASE, jwt('edge', '{ kind: Gateway, name: public, sectionName: admin }', '  from: [ { cookie: session } ]\n')),
+    });
+    assert.ok(
+      !filtersOf(get(groups, 'gateway/public', 'listener', 'public/http')).some((f) => f.name === 'signalbox.ext_authz' || f.name === 'signalbox.jwt_check'),
+    );
     assert.ok(filtersOf(get(groups, 'gateway/public', 'listener', 'public/admin')).some((f) => f.name === 'signalbox.ext_authz'));
     const rc = get(groups, 'gateway/public', 'route', 'public/admin');
     assert.equal(perRoute(rc, 'api/open/match-0')?.check_settings.context_extensions['signalbox.jwt.policies'], 'edge');
     assert.equal(perRoute(get(groups, 'gateway/public', 'route', 'public/http'), 'api/open/match-0'), undefined);
     // The same policy reading a header: the fast path's script on that listener instead.
     const fast = await compile({ 'a.yaml': docs(BASE, jwt('edge', '{ kind: Gateway, name: public, sectionName: admin }')) });
-    assert.deepEqual(filtersOf(get(fast, 'gateway/public', 'listener', 'public/admin')).map((f) => f.name), ['signalbox.jwt_check', 'envoy.filters.http.router']);
+    assert.deepEqual(
+      filtersOf(get(fast, 'gateway/public', 'listener', 'public/admin')).map((f) => f.name),
+      ['signalbox.jwt_check', 'envoy.filters.http.router'],
+    );
     assert.ok(!filtersOf(get(fast, 'gateway/public', 'listener', 'public/http')).some((f) => f.name === 'signalbox.jwt_check'));
     const none = await compile({ 'a.yaml': BASE });
     assert.ok(!none['gateway/public']!.cluster!.some((c) => c.name === AUTHZ_CLUSTER));
   });
 
   test('a Service policy: the inbound listener of its sidecars, after RBAC; the address for proxies is configurable', async () => {
-    const r = await validateDir(policyDir({ 'a.yaml': docs(BASE, jwt('svc', '{ kind: Service, name: orders }'), doc('AccessPolicy', 'o', '{ targetRef: { kind: Service, name: orders }, default: Allow, rules: [ { from: [ { service: app } ], action: Deny } ] }')) }));
+    const r = await validateDir(
+      policyDir({
+        'a.yaml': docs(
+          BASE,
+          jwt('svc', '{ kind: Service, name: orders }'),
+          doc('AccessPolicy', 'o', '{ targetRef: { kind: Service, name: orders }, default: Allow, rules: [ { from: [ { service: app } ], action: Deny } ] }'),
+        ),
+      }),
+    );
     assert.deepEqual(r.errors, []);
     const group = sidecarGroup({ service: 'orders', appPort: 9002, inboundPort: 21002, outboundPort: 15001 });
     const ir = translate(r.model!, [group], { authz: { address: '10.0.0.5', port: 19002 } }).get(group)!;
@@ -241,9 +311,17 @@ describe('JWTPolicy translation', () => {
     assert.equal(outbound.extAuthz, undefined);
     assert.deepEqual(ir.clusters.find((c) => c.name === AUTHZ_CLUSTER)?.static, { address: '10.0.0.5', port: 19002 });
     const { httpFilters } = await import('../../src/xds/translator/filters/index.js');
-    assert.deepEqual(httpFilters(inbound).map((f) => f.name), ['signalbox.rbac.deny', 'signalbox.jwt_check', 'envoy.filters.http.router']);
-    const slow = translate(r.model!, [group], { jwtFastPath: false }).get(group)!.listeners.find((l) => l.name === 'inbound')!;
-    assert.deepEqual(httpFilters(slow).map((f) => f.name), ['signalbox.rbac.deny', 'signalbox.ext_authz', 'envoy.filters.http.router']);
+    assert.deepEqual(
+      httpFilters(inbound).map((f) => f.name),
+      ['signalbox.rbac.deny', 'signalbox.jwt_check', 'envoy.filters.http.router'],
+    );
+    const slow = translate(r.model!, [group], { jwtFastPath: false })
+      .get(group)!
+      .listeners.find((l) => l.name === 'inbound')!;
+    assert.deepEqual(
+      httpFilters(slow).map((f) => f.name),
+      ['signalbox.rbac.deny', 'signalbox.ext_authz', 'envoy.filters.http.router'],
+    );
   });
 
   test('proxies that load the compiled filter: their node metadata puts them in the +jwt-module variant of their group, which alone gets the filter', async () => {
@@ -251,7 +329,17 @@ describe('JWTPolicy translation', () => {
     assert.deepEqual(r.errors, []);
     const group = sidecarGroup({ service: 'orders', appPort: 9002, inboundPort: 21002, outboundPort: 15001 });
     const { identify, NodeError } = await import('../../src/xds/server/node.js');
-    const meta = (extra: Record<string, string>) => ({ fields: Object.fromEntries(Object.entries({ 'signalbox.role': 'sidecar', 'signalbox.service': 'orders', 'signalbox.app_port': '9002', 'signalbox.inbound_port': '21002', ...extra }).map(([k, v]) => [k, { stringValue: v }])) });
+    const meta = (extra: Record<string, string>) => ({
+      fields: Object.fromEntries(
+        Object.entries({
+          'signalbox.role': 'sidecar',
+          'signalbox.service': 'orders',
+          'signalbox.app_port': '9002',
+          'signalbox.inbound_port': '21002',
+          ...extra,
+        }).map(([k, v]) => [k, { stringValue: v }]),
+      ),
+    });
     assert.equal(identify({ id: 'a', metadata: meta({}) }).group, group);
     const variant = identify({ id: 'b', metadata: meta({ 'signalbox.jwt_module': 'signalbox_jwt_check' }) }).group;
     assert.equal(variant, `${group}+jwt-module`);
@@ -259,7 +347,12 @@ describe('JWTPolicy translation', () => {
     const irs = translate(r.model!, [group, variant]);
     const { httpFilters } = await import('../../src/xds/translator/filters/index.js');
     // The Envoy filter each group's listener gets for its JWT check.
-    const checkFilter = (ir: IRProxyConfig, listener: string) => (httpFilters(ir.listeners.find((l) => l.name === listener)!).find((f) => f.name === 'signalbox.jwt_check')?.typed_config as { '@type'?: string } | undefined)?.['@type'];
+    const checkFilter = (ir: IRProxyConfig, listener: string) =>
+      (
+        httpFilters(ir.listeners.find((l) => l.name === listener)!).find((f) => f.name === 'signalbox.jwt_check')?.typed_config as
+          | { '@type'?: string }
+          | undefined
+      )?.['@type'];
     const LUA = 'type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua';
     const MODULE = 'type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter';
     const fastOf = (g: string) => irs.get(g)!.listeners.find((l) => l.name === 'inbound')!.routeConfig.virtualHosts[0]!.routes[0]!.jwt?.fast;
@@ -282,18 +375,28 @@ describe('JWTPolicy translation', () => {
   });
 
   test('an HTTPRoute on a Service: checked on the outbound listener of the calling sidecars', async () => {
-    const meshRoute = doc('HTTPRoute', 'orders-api', `
+    const meshRoute = doc(
+      'HTTPRoute',
+      'orders-api',
+      `
   parentRefs: [ { kind: Service, name: orders } ]
   rules:
     - { name: write, matches: [ { path: { value: /write } } ], backendRefs: [ { name: orders } ] }
-    - { name: read, matches: [ { path: { value: /read } } ], backendRefs: [ { name: orders } ] }`);
+    - { name: read, matches: [ { path: { value: /read } } ], backendRefs: [ { name: orders } ] }`,
+    );
     const r = await validateDir(policyDir({ 'a.yaml': docs(BASE, meshRoute, jwt('writers', '{ kind: HTTPRoute, name: orders-api, sectionName: write }')) }));
     assert.deepEqual(r.errors, []);
     const group = sidecarGroup({ service: 'app', appPort: 9001, inboundPort: 21001, outboundPort: 15001 });
     const ir = translate(r.model!, [group]).get(group)!;
     const outbound = ir.listeners.find((l) => l.name === 'outbound')!;
     const routes = outbound.routeConfig.virtualHosts.find((v) => v.name === 'orders')!.routes;
-    assert.deepEqual(routes.map((x) => [x.name, x.jwt?.policies, x.jwt?.fast?.policy]), [['orders-api/write/match-0', ['writers'], 'writers'], ['orders-api/read/match-0', [], undefined]]);
+    assert.deepEqual(
+      routes.map((x) => [x.name, x.jwt?.policies, x.jwt?.fast?.policy]),
+      [
+        ['orders-api/write/match-0', ['writers'], 'writers'],
+        ['orders-api/read/match-0', [], undefined],
+      ],
+    );
     assert.equal(ir.listeners.find((l) => l.name === 'inbound')!.extAuthz, undefined);
   });
 
@@ -303,13 +406,21 @@ describe('JWTPolicy translation', () => {
     const files = {
       'a.yaml': docs(
         BASE,
-        jwt('users', '{ kind: HTTPRoute, name: api, sectionName: secure }', '  require: [ { claim: scope, contains: read } ]\n  forwardClaims: [ { claim: sub, header: x-user } ]\n', inline),
-        jwt('edge', '{ kind: Gateway, name: public, sectionName: admin }', "  from: [ { cookie: session } ]\n", inline),
+        jwt(
+          'users',
+          '{ kind: HTTPRoute, name: api, sectionName: secure }',
+          '  require: [ { claim: scope, contains: read } ]\n  forwardClaims: [ { claim: sub, header: x-user } ]\n',
+          inline,
+        ),
+        jwt('edge', '{ kind: Gateway, name: public, sectionName: admin }', '  from: [ { cookie: session } ]\n', inline),
       ),
     };
     const groups = await compile(files);
     const l = get(groups, 'gateway/public', 'listener', 'public/http');
-    assert.deepEqual(filtersOf(l).map((f) => f.name), ['signalbox.jwt_check', 'envoy.filters.http.router']);
+    assert.deepEqual(
+      filtersOf(l).map((f) => f.name),
+      ['signalbox.jwt_check', 'envoy.filters.http.router'],
+    );
     const routes = get(groups, 'gateway/public', 'route', 'public/http').virtual_hosts[0].routes as Json[];
     const secure = routes.find((r) => r.name === 'api/secure/match-0')!;
     assert.equal(secure.typed_per_filter_config, undefined, 'the listener script runs; no ext_authz filter to disable');
@@ -324,10 +435,22 @@ describe('JWTPolicy translation', () => {
     assert.ok(!script.includes('users') && !script.includes('scope') && !script.includes('x-user'), 'claim rules stay in the service');
     // A cookie policy has no fast path: ext_authz on that listener, as before.
     const admin = get(groups, 'gateway/public', 'listener', 'public/admin');
-    assert.deepEqual(filtersOf(admin).map((f) => f.name), ['signalbox.ext_authz', 'envoy.filters.http.router']);
+    assert.deepEqual(
+      filtersOf(admin).map((f) => f.name),
+      ['signalbox.ext_authz', 'envoy.filters.http.router'],
+    );
     // A listener with both kinds of route has both filters; a fast route skips ext_authz.
-    const both = await compile({ 'a.yaml': docs(BASE, jwt('users', '{ kind: HTTPRoute, name: api, sectionName: secure }'), jwt('edge', '{ kind: HTTPRoute, name: api, sectionName: open }', "  from: [ { cookie: session } ]\n")) });
-    assert.deepEqual(filtersOf(get(both, 'gateway/public', 'listener', 'public/http')).map((f) => f.name), ['signalbox.jwt_check', 'signalbox.ext_authz', 'envoy.filters.http.router']);
+    const both = await compile({
+      'a.yaml': docs(
+        BASE,
+        jwt('users', '{ kind: HTTPRoute, name: api, sectionName: secure }'),
+        jwt('edge', '{ kind: HTTPRoute, name: api, sectionName: open }', '  from: [ { cookie: session } ]\n'),
+      ),
+    });
+    assert.deepEqual(
+      filtersOf(get(both, 'gateway/public', 'listener', 'public/http')).map((f) => f.name),
+      ['signalbox.jwt_check', 'signalbox.ext_authz', 'envoy.filters.http.router'],
+    );
     const rc = get(both, 'gateway/public', 'route', 'public/http');
     assert.equal(perRoute(rc, 'api/secure/match-0')?.disabled, true);
     assert.equal(perRoute(rc, 'api/open/match-0')?.check_settings.context_extensions['signalbox.jwt.policies'], 'edge');
@@ -348,7 +471,8 @@ describe('JWTPolicy translation', () => {
       }),
     );
     assert.deepEqual(r.errors, []);
-    const routesOf = (opts: Parameters<typeof translate>[2]) => translate(r.model!, [], opts).get('gateway/public')!.listeners[0]!.routeConfig.virtualHosts[0]!.routes;
+    const routesOf = (opts: Parameters<typeof translate>[2]) =>
+      translate(r.model!, [], opts).get('gateway/public')!.listeners[0]!.routeConfig.virtualHosts[0]!.routes;
     const jwtOf = (opts: Parameters<typeof translate>[2]) => routesOf(opts).map((x) => [x.name, x.jwt?.fast?.policy ?? x.jwt?.slowReason]);
     assert.deepEqual(jwtOf({}), [
       ['api/secure/match-0', 'several policies apply to the route'],
@@ -365,13 +489,18 @@ describe('JWTPolicy translation', () => {
     const routed = await validateDir(
       policyDir({
         'a.yaml': docs(
-          BASE.replace('- { name: open, matches: [ { path: { value: /open } } ]', '- { name: open, matches: [ { path: { value: /open }, headers: [ { name: X-User, value: root } ] } ]'),
+          BASE.replace(
+            '- { name: open, matches: [ { path: { value: /open } } ]',
+            '- { name: open, matches: [ { path: { value: /open }, headers: [ { name: X-User, value: root } ] } ]',
+          ),
           jwt('c', '{ kind: HTTPRoute, name: api, sectionName: secure }', '  forwardClaims: [ { claim: sub, header: x-user } ]\n', inline),
         ),
       }),
     );
     assert.deepEqual(routed.errors, []);
-    const secure = translate(routed.model!, []).get('gateway/public')!.listeners[0]!.routeConfig.virtualHosts[0]!.routes.find((x) => x.name === 'api/secure/match-0')!;
+    const secure = translate(routed.model!, [])
+      .get('gateway/public')!
+      .listeners[0]!.routeConfig.virtualHosts[0]!.routes.find((x) => x.name === 'api/secure/match-0')!;
     assert.equal(secure.jwt?.slowReason, 'a route of this listener matches on header "x-user", which the policy forwards a claim into');
   });
 
@@ -379,10 +508,7 @@ describe('JWTPolicy translation', () => {
     assert.equal(resolveServeConfig({}, {}).jwtFastPath, true);
     assert.equal(resolveServeConfig({ 'jwt-fast-path': 'off' }, {}).jwtFastPath, false);
     assert.equal(resolveServeConfig({}, { SIGNALBOX_JWT_FAST_PATH: 'off' }).jwtFastPath, false);
-    assert.deepEqual(
-      [resolveServeConfig({ 'jwt-fast-path': 'module' }, {})].map((c) => [c.jwtFastPath, c.jwtFastPathModule])[0],
-      [true, true],
-    );
+    assert.deepEqual([resolveServeConfig({ 'jwt-fast-path': 'module' }, {})].map((c) => [c.jwtFastPath, c.jwtFastPathModule])[0], [true, true]);
     assert.equal(resolveServeConfig({}, {}).jwtFastPathModule, false);
     assert.throws(() => resolveServeConfig({ 'jwt-fast-path': 'fast' }, {}), /must be "on", "module" or "off"/);
     assert.throws(() => resolveServeConfig({ 'jwt-fast-path': 'maybe' }, {}), /--jwt-fast-path must be "on", "module" or "off"/);

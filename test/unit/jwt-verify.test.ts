@@ -70,7 +70,10 @@ describe('token extraction', () => {
   test('tokens over the size limit are refused before parsing', () => {
     assert.deepEqual(extractToken({ headers: { authorization: `Bearer ${'a'.repeat(300)}` }, path: '/' }, header, 256), { kind: 'too_large' });
     assert.deepEqual(extractToken({ headers: {}, path: `/?t=${'a'.repeat(300)}` }, [{ query: 't' }], 256), { kind: 'too_large' });
-    assert.deepEqual(extractToken({ headers: { authorization: `Bearer ${'a'.repeat(256)}` }, path: '/' }, header, 256), { kind: 'token', token: 'a'.repeat(256) });
+    assert.deepEqual(extractToken({ headers: { authorization: `Bearer ${'a'.repeat(256)}` }, path: '/' }, header, 256), {
+      kind: 'token',
+      token: 'a'.repeat(256),
+    });
   });
 });
 
@@ -132,7 +135,8 @@ describe('claims and rules', () => {
 
 describe('AuthzEngine with inline keys', async () => {
   const [rsa, ec, ed, other] = await Promise.all([makeKey('RS256', 'rsa'), makeKey('ES256', 'ec'), makeKey('EdDSA', 'ed'), makeKey('RS256', 'rsa')]);
-  const tok = (k: TestKey, extra: Record<string, unknown> = {}, header: Record<string, unknown> = {}) => signToken(k, { iss: ISS, aud: 'api', sub: 'alice', ...extra }, header);
+  const tok = (k: TestKey, extra: Record<string, unknown> = {}, header: Record<string, unknown> = {}) =>
+    signToken(k, { iss: ISS, aud: 'api', sub: 'alice', ...extra }, header);
   const engine = (...ps: JwtPolicyModel[]) => {
     const e = new AuthzEngine();
     e.update(model(...ps));
@@ -140,7 +144,14 @@ describe('AuthzEngine with inline keys', async () => {
   };
 
   test('valid RS256, ES256 and EdDSA tokens pass and forward claims; client copies are stripped', async () => {
-    const e = engine(policy('p', [rsa, ec, ed], { forwardClaims: [{ claim: 'sub', header: 'x-user-id' }, { claim: 'email', header: 'x-email' }] }));
+    const e = engine(
+      policy('p', [rsa, ec, ed], {
+        forwardClaims: [
+          { claim: 'sub', header: 'x-user-id' },
+          { claim: 'email', header: 'x-email' },
+        ],
+      }),
+    );
     for (const k of [rsa, ec, ed]) {
       const now = Math.floor(Date.now() / 1000);
       const d = await e.check(req({ authorization: `Bearer ${await tok(k, { iat: now - 10, nbf: now - 20, exp: now + 100 })}`, 'x-user-id': 'root' }));
@@ -163,7 +174,9 @@ describe('AuthzEngine with inline keys', async () => {
       assert.equal(d.reason, 'alg_not_allowed');
     }
     // Unencoded payload (RFC 7797): never a JWT.
-    const flat = await new FlattenedSign(new TextEncoder().encode('{"exp":9999999999}')).setProtectedHeader({ alg: 'RS256', kid: 'rsa', b64: false, crit: ['b64'] }).sign(rsa.privateKey);
+    const flat = await new FlattenedSign(new TextEncoder().encode('{"exp":9999999999}'))
+      .setProtectedHeader({ alg: 'RS256', kid: 'rsa', b64: false, crit: ['b64'] })
+      .sign(rsa.privateKey);
     const raw = `${flat.protected}.${flat.payload}.${flat.signature}`;
     assert.equal(raw.split('.').length, 3);
     const d = denied(await e.check(req({ authorization: `Bearer ${raw}` })));
@@ -172,7 +185,12 @@ describe('AuthzEngine with inline keys', async () => {
   });
 
   test('bad signature, unknown kid, no kid with several candidate keys', async () => {
-    const e = engine(policy('p', [rsa, other].map((k, i) => ({ ...k, jwk: { ...k.jwk, kid: `k${i}` } }))));
+    const e = engine(
+      policy(
+        'p',
+        [rsa, other].map((k, i) => ({ ...k, jwk: { ...k.jwk, kid: `k${i}` } })),
+      ),
+    );
     assert.equal(denied(await e.check(req({ authorization: `Bearer ${await tok(rsa, {}, { kid: 'k1' })}` }))).reason, 'bad_signature');
     assert.equal(denied(await e.check(req({ authorization: `Bearer ${await tok(rsa, {}, { kid: 'nope' })}` }))).reason, 'unknown_kid');
     // No kid: both RSA keys are candidates; the one that verifies wins.
@@ -221,24 +239,44 @@ describe('AuthzEngine with inline keys', async () => {
 
   test('CheckResponse: OK with headers to set (append false) and to remove; denials carry status, headers and body', () => {
     const res = lookupType('envoy.service.auth.v3.CheckResponse');
-    const roundTrip = (d: Decision) => res.toObject(res.decode(res.encode(res.fromObject(checkResponse(d))).finish()), { enums: String, defaults: false }) as Record<string, any>;
+    const roundTrip = (d: Decision) =>
+      res.toObject(res.decode(res.encode(res.fromObject(checkResponse(d))).finish()), { enums: String, defaults: false }) as Record<string, any>;
     const ok = roundTrip({ allow: true, reason: 'ok', headers: [{ name: 'x-user-id', value: 'alice' }], removeHeaders: ['x-email'] });
     assert.equal(ok.status?.code ?? 0, 0);
     assert.deepEqual(ok.ok_response.headers, [{ header: { key: 'x-user-id', value: 'alice' }, append: { value: false } }]);
     assert.deepEqual(ok.ok_response.headers_to_remove, ['x-email']);
-    const no = roundTrip({ allow: false, status: 401, reason: 'expired', headers: [{ name: 'www-authenticate', value: 'Bearer error="invalid_token"' }], body: '{}' });
+    const no = roundTrip({
+      allow: false,
+      status: 401,
+      reason: 'expired',
+      headers: [{ name: 'www-authenticate', value: 'Bearer error="invalid_token"' }],
+      body: '{}',
+    });
     assert.equal(no.status.code, 16);
     assert.equal(no.denied_response.status.code, 'Unauthorized');
     assert.equal(no.denied_response.headers[0].header.key, 'www-authenticate');
   });
 
-  test("fast-path answers: allows with the whole seconds they hold for, refusals as the client gets them", () => {
-    const allow = (window?: { from?: number; until: number }) => fastPathAnswer({ allow: true, reason: 'ok', headers: [{ name: 'x-user-id', value: 'José, the 1st' }], removeHeaders: ['x-email'], ...(window ? { window } : {}) });
+  test('fast-path answers: allows with the whole seconds they hold for, refusals as the client gets them', () => {
+    const allow = (window?: { from?: number; until: number }) =>
+      fastPathAnswer({
+        allow: true,
+        reason: 'ok',
+        headers: [{ name: 'x-user-id', value: 'José, the 1st' }],
+        removeHeaders: ['x-email'],
+        ...(window ? { window } : {}),
+      });
     assert.equal(allow({ from: 100.5, until: 200 }), 'allow\ncache 101 199\nset x-user-id José, the 1st\nremove x-email\n');
     assert.equal(allow({ from: 100, until: 200.7 }), 'allow\ncache 100 199\nset x-user-id José, the 1st\nremove x-email\n');
     assert.equal(allow({ until: 50 }).split('\n')[1], 'cache - 49');
     assert.equal(allow().split('\n')[1], 'set x-user-id José, the 1st', 'no token judged: nothing to remember');
-    const deny = fastPathAnswer({ allow: false, status: 401, reason: 'expired', headers: [{ name: 'www-authenticate', value: 'Bearer error="invalid_token"' }], body: '{"a":"b\\nbody\\n"}' });
+    const deny = fastPathAnswer({
+      allow: false,
+      status: 401,
+      reason: 'expired',
+      headers: [{ name: 'www-authenticate', value: 'Bearer error="invalid_token"' }],
+      body: '{"a":"b\\nbody\\n"}',
+    });
     assert.equal(deny, 'deny 401\nheader www-authenticate Bearer error="invalid_token"\nbody\n{"a":"b\\nbody\\n"}');
     assert.equal(policyOfPath('/signalbox.jwt/check/users%2Dapi', '/signalbox.jwt/check/'), 'users-api');
     assert.equal(policyOfPath('/signalbox.jwt/check/', '/signalbox.jwt/check/'), undefined);

@@ -46,7 +46,10 @@ async function policies(): Promise<{ dir: string; jwk: JWK }> {
   const { publicKey } = await generateKeyPair('ES256');
   const jwk = { ...(await exportJWK(publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' };
   const dir = policyDir({
-    'services.yaml': docs(doc('Service', 'shop', '{ port: 8080, endpoints: [ { address: 127.0.0.1, port: 9010 } ] }'), doc('Service', 'orders', '{ port: 8080, endpoints: [ { address: 127.0.0.1, port: 9011, sidecarPort: 15006 } ] }')),
+    'services.yaml': docs(
+      doc('Service', 'shop', '{ port: 8080, endpoints: [ { address: 127.0.0.1, port: 9010 } ] }'),
+      doc('Service', 'orders', '{ port: 8080, endpoints: [ { address: 127.0.0.1, port: 9011, sidecarPort: 15006 } ] }'),
+    ),
     'gateway.yaml': doc(
       'Gateway',
       'public',
@@ -56,7 +59,11 @@ async function policies(): Promise<{ dir: string; jwk: JWK }> {
     ),
     'routes/shop.yaml': docs(
       doc('HTTPRoute', 'shop', '{ parentRefs: [ { kind: Gateway, name: public } ], rules: [ { name: all, backendRefs: [ { name: shop } ] } ] }'),
-      doc('JWTPolicy', 'shop-users', '{ targetRef: { kind: HTTPRoute, name: shop, sectionName: all }, issuer: "https://issuer.test/", jwks: { file: keys/jwks.json } }'),
+      doc(
+        'JWTPolicy',
+        'shop-users',
+        '{ targetRef: { kind: HTTPRoute, name: shop, sectionName: all }, issuer: "https://issuer.test/", jwks: { file: keys/jwks.json } }',
+      ),
     ),
     'certs/shop.crt': CERT,
     'certs/shop.key': KEY,
@@ -69,12 +76,22 @@ async function policies(): Promise<{ dir: string; jwk: JWK }> {
  * The keys the authz service would hold: read from the policy's JWKS path now (a restored policy
  * that pointed at a copy that no longer exists would throw here).
  */
-const fileKeys: JwtKeysOf = (p) => (p.jwks.kind === 'file' ? (JSON.parse(readFileSync(p.jwks.path, 'utf8')) as { keys: JWK[] }).keys : p.jwks.kind === 'inline' ? p.jwks.keys : undefined);
+const fileKeys: JwtKeysOf = (p) =>
+  p.jwks.kind === 'file' ? (JSON.parse(readFileSync(p.jwks.path, 'utf8')) as { keys: JWK[] }).keys : p.jwks.kind === 'inline' ? p.jwks.keys : undefined;
 
 function pipelineOn(policyDirPath: string, data: string, extra: { logger?: pino.Logger; metrics?: Metrics } = {}) {
   const cache = new SnapshotCache();
   const metrics = extra.metrics ?? new Metrics();
-  const pipeline = new Pipeline({ policyDir: policyDirPath, dataDir: data, cache, logger: extra.logger ?? silent, metrics, persistLastGood: true, jwtKeys: fileKeys, jwtFastPath: true });
+  const pipeline = new Pipeline({
+    policyDir: policyDirPath,
+    dataDir: data,
+    cache,
+    logger: extra.logger ?? silent,
+    metrics,
+    persistLastGood: true,
+    jwtKeys: fileKeys,
+    jwtFastPath: true,
+  });
   return { pipeline, cache, metrics };
 }
 
@@ -100,10 +117,15 @@ describe('last good configuration: save and restore', () => {
     const { dir } = await policies();
     const data = dataDir();
     const lines: string[] = [];
-    const logger = pino({ level: 'debug' }, new Writable({ write: (c, _e, cb) => {
+    const logger = pino(
+      { level: 'debug' },
+      new Writable({
+        write: (c, _e, cb) => {
           lines.push(String(c));
           cb();
-        }, }));
+        },
+      }),
+    );
 
     const a = pipelineOn(dir, data, { logger });
     const first = await a.pipeline.reload();
@@ -113,8 +135,14 @@ describe('last good configuration: save and restore', () => {
     const file = path.join(data, LAST_GOOD_FILE);
     assert.equal(statSync(file).mode & 0o777, 0o600, 'it holds the gateway private key: owner only');
     const saved = await new LastGoodStore({ dataDir: data, policyDir: dir }).read();
-    assert.deepEqual(saved!.files.map((f) => f.file), ['gateway.yaml', 'routes/shop.yaml', 'services.yaml']);
-    assert.deepEqual(saved!.references.map((r) => r.file), ['certs/shop.crt', 'certs/shop.key', 'keys/jwks.json']);
+    assert.deepEqual(
+      saved!.files.map((f) => f.file),
+      ['gateway.yaml', 'routes/shop.yaml', 'services.yaml'],
+    );
+    assert.deepEqual(
+      saved!.references.map((r) => r.file),
+      ['certs/shop.crt', 'certs/shop.key', 'keys/jwks.json'],
+    );
     assert.equal(saved!.references[1]!.text, KEY);
     assert.deepEqual(saved!.groups, { 'gateway/public': a.cache.get('gateway/public').version });
 
@@ -185,11 +213,21 @@ describe('last good configuration: save and restore', () => {
     const edited = new TextKeepingParseCache();
     for (const f of files) edited.parse(readFileSync(path.resolve(f), 'utf8'), f);
     edited.parse(readFileSync(path.resolve(files[0]!), 'utf8').replace('8443', '9443'), files[0]!);
-    assert.equal(await store.save({ files, fileDocs: files.flatMap((f) => cache.textOf(f)!.docs), textOf: (f) => edited.textOf(f), model, groups: {} }), 'changed-underneath');
+    assert.equal(
+      await store.save({ files, fileDocs: files.flatMap((f) => cache.textOf(f)!.docs), textOf: (f) => edited.textOf(f), model, groups: {} }),
+      'changed-underneath',
+    );
     // A file the cache never saw: not saved.
-    assert.equal(await store.save({ files, fileDocs: applied, textOf: (f) => (f === files[1] ? undefined : cache.textOf(f)), model, groups: {} }), 'changed-underneath');
+    assert.equal(
+      await store.save({ files, fileDocs: applied, textOf: (f) => (f === files[1] ? undefined : cache.textOf(f)), model, groups: {} }),
+      'changed-underneath',
+    );
     assert.equal(await store.save({ files, fileDocs: applied, textOf: (f) => cache.textOf(f), model, groups: {} }), 'saved');
-    assert.equal(await store.save({ files, fileDocs: applied, textOf: (f) => cache.textOf(f), model, groups: {} }), 'unchanged', 'the same inputs are not written again');
+    assert.equal(
+      await store.save({ files, fileDocs: applied, textOf: (f) => cache.textOf(f), model, groups: {} }),
+      'unchanged',
+      'the same inputs are not written again',
+    );
     // A forgotten file is forgotten by the text keeper too.
     cache.retain(new Set(files.slice(1)));
     assert.equal(cache.textOf(files[0]!), undefined);
@@ -225,7 +263,10 @@ describe('last good configuration: a damaged saved file', () => {
       const problem = r.errors.find((e) => e.file === displayPath(file));
       assert.ok(problem, `an error names ${displayPath(file)}: ${JSON.stringify(r.errors)}`);
       assert.match(problem.message, message);
-      assert.ok(r.errors.some((e) => e.file === displayPath(path.join(dir, 'broken.yaml'))), 'the policy errors are listed too');
+      assert.ok(
+        r.errors.some((e) => e.file === displayPath(path.join(dir, 'broken.yaml'))),
+        'the policy errors are listed too',
+      );
       assert.equal(p.pipeline.servingLastGood, undefined);
       // It stays listed on later rejected loads, and a valid load clears it (and saves anew).
       assert.ok((await p.pipeline.reload()).errors.some((e) => e.file === displayPath(file)));
@@ -246,7 +287,10 @@ describe('last good configuration: a damaged saved file', () => {
     const p = pipelineOn(dir, data);
     const r = await p.pipeline.reload();
     assert.equal(p.pipeline.ready, false);
-    assert.match(r.errors.find((e) => e.file === displayPath(file))?.message ?? '', /malformed: references\.0\.file: must be a relative path inside the policy directory/);
+    assert.match(
+      r.errors.find((e) => e.file === displayPath(file))?.message ?? '',
+      /malformed: references\.0\.file: must be a relative path inside the policy directory/,
+    );
     assert.equal(existsSync(path.join(data, '..', '..', 'outside.pem')), false);
   });
 
@@ -262,7 +306,10 @@ describe('last good configuration: a damaged saved file', () => {
   test('`serve` with a damaged saved file and an invalid directory: starts, /readyz 503, /api/errors names the file; a valid edit serves and saves anew', async () => {
     const { dir, data, file } = await damaged((t) => t.slice(0, 100));
     chmodSync(file, 0o600);
-    const cfg = resolveServeConfig({ policies: dir, 'xds-address': '127.0.0.1', 'xds-port': '0', 'admin-port': '0', 'data-dir': data, 'authz-port': '0', 'watch-debounce-ms': '20' }, {});
+    const cfg = resolveServeConfig(
+      { policies: dir, 'xds-address': '127.0.0.1', 'xds-port': '0', 'admin-port': '0', 'data-dir': data, 'authz-port': '0', 'watch-debounce-ms': '20' },
+      {},
+    );
     const server = await startServer(cfg, silent);
     try {
       const admin = (p: string) => fetch(`http://127.0.0.1:${server.adminPort}${p}`);
@@ -276,7 +323,10 @@ describe('last good configuration: a damaged saved file', () => {
       await waitFor(async () => (await admin('/readyz')).status === 200, { what: 'ready after the fix', timeoutMs: 10_000 });
       assert.deepEqual(((await (await admin('/api/errors')).json()) as { errors: unknown[] }).errors, []);
       // Saved once the configuration is applied (ready comes first: proxies are not kept waiting for the disk).
-      await waitFor(async () => !!(await new LastGoodStore({ dataDir: data, policyDir: dir }).read().catch(() => undefined)), { what: 'saved anew', timeoutMs: 5_000 });
+      await waitFor(async () => !!(await new LastGoodStore({ dataDir: data, policyDir: dir }).read().catch(() => undefined)), {
+        what: 'saved anew',
+        timeoutMs: 5_000,
+      });
     } finally {
       await server.stop();
     }

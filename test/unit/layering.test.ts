@@ -72,7 +72,7 @@ describe('the import scan', () => {
         "const e = await import('./e.js');",
         "let f: typeof import('./f.js');",
         "// import { no } from './comment.js';",
-        "const s = \"import { no } from './string.js'\";",
+        'const s = "import { no } from \'./string.js\'";',
         "import g = require('./g.js');",
         'const h = await import(name);',
         "import 'node:fs';",
@@ -80,7 +80,17 @@ describe('the import scan', () => {
     );
     assert.deepEqual(
       sites.map((s) => `${s.line} ${s.kind} ${s.specifier}`),
-      ['1 import ./a.js', '2 import type ../b.js', '3 export from ./c.js', '4 export from ./d.js', '5 dynamic import() ./e.js', '6 import() type ./f.js', '9 require ./g.js', '10 dynamic import() <computed: name>', '11 import node:fs'],
+      [
+        '1 import ./a.js',
+        '2 import type ../b.js',
+        '3 export from ./c.js',
+        '4 export from ./d.js',
+        '5 dynamic import() ./e.js',
+        '6 import() type ./f.js',
+        '9 require ./g.js',
+        '10 dynamic import() <computed: name>',
+        '11 import node:fs',
+      ],
     );
   });
 
@@ -95,7 +105,10 @@ describe('the import scan', () => {
   test('names the file, the import and the rule broken; allowed imports pass', () => {
     write('errors.ts', 'export const E = 1;\n');
     write('sources/files/loader.ts', "import { E } from '../../errors.js';\nexport interface LoadedDoc { e: typeof E }\n");
-    write('model/model.ts', "import { E } from '../errors.js';\nimport type { LoadedDoc } from '../sources/files/loader.js';\nexport const m = (d: LoadedDoc) => E;\n");
+    write(
+      'model/model.ts',
+      "import { E } from '../errors.js';\nimport type { LoadedDoc } from '../sources/files/loader.js';\nexport const m = (d: LoadedDoc) => E;\n",
+    );
     write('model/lazy.ts', "export async function f() { return (await import('../xds/server/node.js')).x; }\n");
     write('xds/server/node.ts', "import { JWT } from '../translator/jwt-fast.js';\nexport const x = JWT;\n");
     write('xds/translator/jwt-fast.ts', 'export const JWT = 1;\n');
@@ -105,16 +118,21 @@ describe('the import scan', () => {
     assert.deepEqual(got, [
       "model/lazy.ts:1: dynamic import() '../xds/server/node.js': model may import errors.ts; not xds/server",
       "model/model.ts:2: import type '../sources/files/loader.js': model may import errors.ts; not sources/files",
-      'stray/x.ts:1: import \'\': stray/x.ts is in no layer of the layering table',
+      "stray/x.ts:1: import '': stray/x.ts is in no layer of the layering table",
       "xds/server/node.ts:1: import '../translator/jwt-fast.js': xds/server may import nothing outside itself; not xds/translator",
     ]);
   });
 
   test('a listed exception lets its import pass, and an unused one is reported', () => {
-    const exceptions = parseExceptions(['### Known exceptions', '', '- `xds/server/node.ts` -> `xds/translator/jwt-fast.ts`: why', '- `model/gone.ts` -> `errors.ts`: why', ''].join('\n'));
+    const exceptions = parseExceptions(
+      ['### Known exceptions', '', '- `xds/server/node.ts` -> `xds/translator/jwt-fast.ts`: why', '- `model/gone.ts` -> `errors.ts`: why', ''].join('\n'),
+    );
     const got = checkLayering(dir, rules, exceptions).map(formatViolation);
     assert.ok(!got.some((v) => v.startsWith('xds/server/node.ts:1')), got.join('\n'));
-    assert.ok(got.some((v) => v.includes('the known exception "model/gone.ts -> errors.ts" matches no import any more')), got.join('\n'));
+    assert.ok(
+      got.some((v) => v.includes('the known exception "model/gone.ts -> errors.ts" matches no import any more')),
+      got.join('\n'),
+    );
   });
 
   test('a cycle in the rules, an unknown layer and a missing table are errors', () => {

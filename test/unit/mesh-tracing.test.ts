@@ -28,7 +28,10 @@ describe('Mesh tracing', () => {
     const irs = translate(r.model!, ['sidecar/shop/9001/21001/15001']);
     applyMeshTracing(r.model!, irs);
     for (const ir of irs.values()) {
-      assert.ok(ir.clusters.some((c) => c.name === 'otel' && c.protocol === 'grpc'), `${ir.group} has the collector cluster`);
+      assert.ok(
+        ir.clusters.some((c) => c.name === 'otel' && c.protocol === 'grpc'),
+        `${ir.group} has the collector cluster`,
+      );
       for (const l of ir.listeners) {
         assert.deepEqual(l.tracing, { cluster: 'otel', samplingPercent: 25, serviceName: tracingServiceName(ir.group) });
         const json = listenerResource(l);

@@ -52,8 +52,14 @@ describe('/metrics', () => {
   test('exposes exactly the documented series', async () => {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'sb-metrics-'));
     dirs.push(dir);
-    writeFileSync(path.join(dir, 'p.yaml'), 'apiVersion: signalbox.dev/v1alpha1\nkind: Service\nmetadata: { name: shop }\nspec:\n  port: 8080\n  endpoints: [ { address: 127.0.0.1, port: 9 } ]\n');
-    const cfg = resolveServeConfig({ policies: dir, 'xds-address': '127.0.0.1', 'xds-port': '0', 'admin-port': '0', 'data-dir': path.join(dir, 'data'), 'authz-port': '0' }, {});
+    writeFileSync(
+      path.join(dir, 'p.yaml'),
+      'apiVersion: signalbox.dev/v1alpha1\nkind: Service\nmetadata: { name: shop }\nspec:\n  port: 8080\n  endpoints: [ { address: 127.0.0.1, port: 9 } ]\n',
+    );
+    const cfg = resolveServeConfig(
+      { policies: dir, 'xds-address': '127.0.0.1', 'xds-port': '0', 'admin-port': '0', 'data-dir': path.join(dir, 'data'), 'authz-port': '0' },
+      {},
+    );
     server = await startServer(cfg, createLogger({ level: 'silent' }));
     const text = await (await fetch(`http://127.0.0.1:${server.adminPort}/metrics`)).text();
     const exposed = new Set([...text.matchAll(/^# TYPE (signalbox_[a-z_]+) /gm)].map((m) => m[1]!).filter((n) => !n.startsWith('signalbox_process_')));
@@ -72,7 +78,18 @@ describe('/metrics', () => {
       const id = `proxy-${i}-secret-looking-id`;
       proxyIds.push(id);
       const role = i % 2 ? 'gateway' : 'sidecar';
-      store.record({ id, role, name: `svc-${i % 1500}`, group: `g${i}` }, { route: `route-${i}/rule/match-0`, cluster: `svc-${(i * 7) % 2500}`, status: [200, 404, 503, 429][i % 4]!, flags: 0, durationMs: i % 500, attempts: 1 + (i % 3), peer: '' });
+      store.record(
+        { id, role, name: `svc-${i % 1500}`, group: `g${i}` },
+        {
+          route: `route-${i}/rule/match-0`,
+          cluster: `svc-${(i * 7) % 2500}`,
+          status: [200, 404, 503, 429][i % 4]!,
+          flags: 0,
+          durationMs: i % 500,
+          attempts: 1 + (i % 3),
+          peer: '',
+        },
+      );
     }
     const text = await registry.metrics();
     const s = series(text);

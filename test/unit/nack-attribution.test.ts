@@ -9,12 +9,27 @@ import { after, afterEach, describe, test } from 'node:test';
 import { EncodeCache, type Resource } from '../../src/xds/resources/resource.js';
 import { TypeUrl } from '../../src/xds/resources/type-urls.js';
 import { nackPolicySide } from '../../src/controller/nack-policy-side.js';
-import { blameNack, EnvoyNarrowing, envoyNarrowing, NARROWING_LIMITS, sameReason, useNackPolicySide, type NackAttribution, type NarrowingOutcome } from '../../src/xds/server/nack-blame.js';
+import {
+  blameNack,
+  EnvoyNarrowing,
+  envoyNarrowing,
+  NARROWING_LIMITS,
+  sameReason,
+  useNackPolicySide,
+  type NackAttribution,
+  type NarrowingOutcome,
+} from '../../src/xds/server/nack-blame.js';
 import { doc, docs, policyDir, removePolicyDirs } from './policy-dir.js';
 
-const route = (name: string, path: unknown, extra: Record<string, unknown> = {}) => ({ name, match: path, route: { cluster: 'shop', timeout: { seconds: 15, nanos: 0 } }, ...extra });
+const route = (name: string, path: unknown, extra: Record<string, unknown> = {}) => ({
+  name,
+  match: path,
+  route: { cluster: 'shop', timeout: { seconds: 15, nanos: 0 } },
+  ...extra,
+});
 const rule = (name: string, match: string) => `    - name: ${name}\n      matches: [ ${match} ]\n      backendRefs: [ { name: shop } ]`;
-const httpRoute = (name: string, ...rules: string[]) => doc('HTTPRoute', name, `  parentRefs: [ { kind: Gateway, name: public } ]\n  rules:\n${rules.join('\n')}`);
+const httpRoute = (name: string, ...rules: string[]) =>
+  doc('HTTPRoute', name, `  parentRefs: [ { kind: Gateway, name: public } ]\n  rules:\n${rules.join('\n')}`);
 
 /** Three files, one route configuration: storefront (doc 3), payments (doc 1), legacy (doc 2 holds `badRegex`). */
 function setup(opts: { badRegex?: string; decoy?: string } = {}) {
@@ -25,8 +40,15 @@ function setup(opts: { badRegex?: string; decoy?: string } = {}) {
       doc('Service', 'shop', '{ port: 8080, endpoints: [ { address: 127.0.0.1, port: 9001 } ] }'),
       httpRoute('storefront', rule('home', "{ path: { type: RegularExpression, value: '/shop/[a-z]+' } }")),
     ),
-    'payments.yaml': httpRoute('payments', rule('pay', "{ path: { type: PathPrefix, value: /pay }, headers: [ { name: x-tenant, type: RegularExpression, value: '[a-z]{1,8}' } ] }"), ...(opts.decoy ? [rule('docs', `{ path: { type: RegularExpression, value: '${opts.decoy}' } }`)] : [])),
-    'legacy.yaml': docs(httpRoute('old-api', rule('v1', '{ path: { type: PathPrefix, value: /v1 } }')), httpRoute('legacy', rule('names', `{ path: { type: RegularExpression, value: '${bad}' } }`))),
+    'payments.yaml': httpRoute(
+      'payments',
+      rule('pay', "{ path: { type: PathPrefix, value: /pay }, headers: [ { name: x-tenant, type: RegularExpression, value: '[a-z]{1,8}' } ] }"),
+      ...(opts.decoy ? [rule('docs', `{ path: { type: RegularExpression, value: '${opts.decoy}' } }`)] : []),
+    ),
+    'legacy.yaml': docs(
+      httpRoute('old-api', rule('v1', '{ path: { type: PathPrefix, value: /v1 } }')),
+      httpRoute('legacy', rule('names', `{ path: { type: RegularExpression, value: '${bad}' } }`)),
+    ),
   });
   const file = (f: string) => path.join(dir, f);
   const routes = [
@@ -36,9 +58,17 @@ function setup(opts: { badRegex?: string; decoy?: string } = {}) {
     ...(opts.decoy ? [route('payments/docs/match-0', { safe_regex: { regex: opts.decoy } })] : []),
     route('old-api/v1/match-0', { path_separated_prefix: '/v1' }),
   ];
-  const rc = new EncodeCache().make(TypeUrl.Route, 'public/http', { name: 'public/http', virtual_hosts: [{ name: 'any-host', domains: ['*'], routes }] }, { sources: ['legacy.yaml', 'payments.yaml', 'storefront.yaml'].map(file) });
+  const rc = new EncodeCache().make(
+    TypeUrl.Route,
+    'public/http',
+    { name: 'public/http', virtual_hosts: [{ name: 'any-host', domains: ['*'], routes }] },
+    { sources: ['legacy.yaml', 'payments.yaml', 'storefront.yaml'].map(file) },
+  );
   const sent = new Map<string, Resource>([[rc.name, rc]]);
-  const lineOf = (needle: string, f = 'legacy.yaml') => readFileSync(file(f), 'utf8').split('\n').findIndex((l) => l.includes(needle)) + 1;
+  const lineOf = (needle: string, f = 'legacy.yaml') =>
+    readFileSync(file(f), 'utf8')
+      .split('\n')
+      .findIndex((l) => l.includes(needle)) + 1;
   return { dir, file, rc, sent, lineOf };
 }
 
@@ -52,10 +82,22 @@ describe('in-process narrowing', () => {
     envoyNarrowing.configure(false);
     const s = setup();
     const b = blameNack(s.sent, 'invalid character class range: \\p{Garay}');
-    assert.deepEqual(b.resources.map((r) => r.name), ['public/http']);
+    assert.deepEqual(
+      b.resources.map((r) => r.name),
+      ['public/http'],
+    );
     assert.deepEqual(b.sources, [s.file('legacy.yaml')]);
     assert.equal(b.candidates, 1);
-    assert.deepEqual(b.culprit, { doc: 2, kind: 'HTTPRoute', name: 'legacy', path: 'spec.rules[0].matches[0].path.value', line: s.lineOf('Garay'), route: 'legacy/names/match-0', envoyField: 'match.safe_regex.regex', by: 're2' });
+    assert.deepEqual(b.culprit, {
+      doc: 2,
+      kind: 'HTTPRoute',
+      name: 'legacy',
+      path: 'spec.rules[0].matches[0].path.value',
+      line: s.lineOf('Garay'),
+      route: 'legacy/names/match-0',
+      envoyField: 'match.safe_regex.regex',
+      by: 're2',
+    });
     assert.equal(b.narrow, undefined, 'no Envoy check needed');
   });
 
@@ -65,7 +107,10 @@ describe('in-process narrowing', () => {
     useNackPolicySide(undefined);
     try {
       const b = blameNack(s.sent, 'invalid character class range: \\p{Garay}');
-      assert.deepEqual(b.resources.map((r) => r.name), ['public/http']);
+      assert.deepEqual(
+        b.resources.map((r) => r.name),
+        ['public/http'],
+      );
       assert.equal(b.culprit, undefined);
       assert.ok(b.sources.includes(s.file('legacy.yaml')), b.sources.join(', '));
     } finally {
@@ -89,7 +134,16 @@ describe('in-process narrowing', () => {
       'Proto constraint validation failed (RouteConfigurationValidationError.VirtualHosts[0]: embedded message failed validation | caused by VirtualHostValidationError.Routes[2]: embedded message failed validation | caused by RouteValidationError.Match: embedded message failed validation | caused by RouteMatchValidationError.Headers[0]: embedded message failed validation | caused by HeaderMatcherValidationError.StringMatch: value is required)';
     const b = blameNack(s.sent, message);
     assert.deepEqual(b.sources, [s.file('payments.yaml')]);
-    assert.deepEqual(b.culprit, { doc: 1, kind: 'HTTPRoute', name: 'payments', path: 'spec.rules[0].matches[0].headers[0].value', line: s.lineOf('x-tenant', 'payments.yaml'), route: 'payments/pay/match-0', envoyField: 'match.headers[0].string_match', by: 'index' });
+    assert.deepEqual(b.culprit, {
+      doc: 1,
+      kind: 'HTTPRoute',
+      name: 'payments',
+      path: 'spec.rules[0].matches[0].headers[0].value',
+      line: s.lineOf('x-tenant', 'payments.yaml'),
+      route: 'payments/pay/match-0',
+      envoyField: 'match.headers[0].string_match',
+      by: 'index',
+    });
   });
 
   test('"one of N" only when nothing tells, with the candidates left and why', () => {
@@ -99,7 +153,10 @@ describe('in-process narrowing', () => {
     assert.equal(nothing.culprit, undefined);
     assert.equal(nothing.candidates, 3);
     assert.equal(nothing.sources.length, 3);
-    assert.match(nothing.attribution!, /^one of 3 files: Envoy's message names no value; no Envoy is available to check the parts with \(checking with Envoy is off\)$/);
+    assert.match(
+      nothing.attribution!,
+      /^one of 3 files: Envoy's message names no value; no Envoy is available to check the parts with \(checking with Envoy is off\)$/,
+    );
     // Two regexes hold the piece and re2js accepts both (its Unicode tables know \p{Garay}): two candidates.
     const two = setup({ decoy: '/docs/\\\\p{Garay}' });
     const b = blameNack(two.sent, 'invalid character class range: \\p{Garay}');
@@ -155,7 +212,16 @@ describe('the background Envoy check', () => {
     const update = await new Promise<NackAttribution>((resolve) => b.narrow!(resolve));
     assert.deepEqual(update.sources, [s.file('legacy.yaml')]);
     assert.equal(update.candidates, 1);
-    assert.deepEqual(update.culprit, { doc: 2, kind: 'HTTPRoute', name: 'legacy', path: 'spec.rules[0].matches[0].path.value', line: s.lineOf('BAD_MARK'), route: 'legacy/names/match-0', envoyField: 'match.safe_regex.regex', by: 'envoy' });
+    assert.deepEqual(update.culprit, {
+      doc: 2,
+      kind: 'HTTPRoute',
+      name: 'legacy',
+      path: 'spec.rules[0].matches[0].path.value',
+      line: s.lineOf('BAD_MARK'),
+      route: 'legacy/names/match-0',
+      envoyField: 'match.safe_regex.regex',
+      by: 'envoy',
+    });
     const runs = fake.runs();
     assert.ok(runs > 2 && runs <= NARROWING_LIMITS.maxRuns, `${runs} runs`);
     // Another proxy NACKing the same version: answered at once from what was found, no Envoy run.

@@ -40,15 +40,108 @@ function readTree(dir: string, rel = ''): [string, string][] {
 const SEEDS: { name: string; files: Files }[] = (() => {
   const root = repoRoot();
   const cases = path.join(root, 'test', 'golden', 'cases');
-  const dirs = [path.join(root, 'policies'), ...readdirSync(cases).sort().map((c) => path.join(cases, c))];
+  const dirs = [
+    path.join(root, 'policies'),
+    ...readdirSync(cases)
+      .sort()
+      .map((c) => path.join(cases, c)),
+  ];
   return dirs.map((d) => ({ name: path.relative(root, d), files: new Map(readTree(d)) }));
 })();
 
 // ---- mutations, as plain data (so fast-check can print and shrink them) ---------------------------
 
-const YAML_BITS = ['&a ', '*a', '*nope', '<<: *a\n', '!!binary ', '!!map ', '!!str ', '!custom ', '? ', ': ', '- ', '{', '}', '[', ']', ',', '---\n', '...\n', '\t', '%YAML 1.1\n', '%TAG ! tag:x,2000:\n', '|\n', '>-\n', '"', "'", '#', '\uFEFF', '\u0000', '\r', '\r\n', '\u2028', '\u{1F600}', 'é', '\u202E', '"\\ud800"', '"\\x00"', 'kind: Service\n', 'metadata: { name: x }\n', 'apiVersion: signalbox.dev/v1alpha1\n', 'spec: {}\n', 'name: dup\n', '  ', '\n'];
+const YAML_BITS = [
+  '&a ',
+  '*a',
+  '*nope',
+  '<<: *a\n',
+  '!!binary ',
+  '!!map ',
+  '!!str ',
+  '!custom ',
+  '? ',
+  ': ',
+  '- ',
+  '{',
+  '}',
+  '[',
+  ']',
+  ',',
+  '---\n',
+  '...\n',
+  '\t',
+  '%YAML 1.1\n',
+  '%TAG ! tag:x,2000:\n',
+  '|\n',
+  '>-\n',
+  '"',
+  "'",
+  '#',
+  '\uFEFF',
+  '\u0000',
+  '\r',
+  '\r\n',
+  '\u2028',
+  '\u{1F600}',
+  'é',
+  '\u202E',
+  '"\\ud800"',
+  '"\\x00"',
+  'kind: Service\n',
+  'metadata: { name: x }\n',
+  'apiVersion: signalbox.dev/v1alpha1\n',
+  'spec: {}\n',
+  'name: dup\n',
+  '  ',
+  '\n',
+];
 
-const STRINGS = ['', ' ', '*', '/', '0', '-1', '1e309', 'NaN', '.inf', 'true', 'null', '~', '0.0.0.0', '::', '256.1.1.1', '1h', '0s', '-5s', '1.5ms', '99999999999999999999', '..', '../../etc/passwd', '/dev/zero', 'certs/../../x', 'é', '\u202E', '\u0000', '\u{1F600}', 'a'.repeat(300), 'Service', 'Gateway', 'HTTPRoute', 'default', 'edge', 'orders', 'http', 'PathPrefix', 'Exact', 'RegularExpression', '(a+)+$', '[', 'GET', 'x-canary'];
+const STRINGS = [
+  '',
+  ' ',
+  '*',
+  '/',
+  '0',
+  '-1',
+  '1e309',
+  'NaN',
+  '.inf',
+  'true',
+  'null',
+  '~',
+  '0.0.0.0',
+  '::',
+  '256.1.1.1',
+  '1h',
+  '0s',
+  '-5s',
+  '1.5ms',
+  '99999999999999999999',
+  '..',
+  '../../etc/passwd',
+  '/dev/zero',
+  'certs/../../x',
+  'é',
+  '\u202E',
+  '\u0000',
+  '\u{1F600}',
+  'a'.repeat(300),
+  'Service',
+  'Gateway',
+  'HTTPRoute',
+  'default',
+  'edge',
+  'orders',
+  'http',
+  'PathPrefix',
+  'Exact',
+  'RegularExpression',
+  '(a+)+$',
+  '[',
+  'GET',
+  'x-canary',
+];
 
 const replacement = fc.oneof(
   fc.jsonValue({ maxDepth: 3 }),
@@ -66,7 +159,10 @@ const valueOp = fc.oneof(
   fc.record({ op: fc.constant('delete' as const) }),
   fc.record({ op: fc.constant('set' as const), value: replacement }),
   fc.record({ op: fc.constant('duplicate' as const) }),
-  fc.record({ op: fc.constant('renameKey' as const), to: fc.oneof(fc.string({ maxLength: 12 }), fc.constantFrom('name', 'kind', 'spec', 'port', 'rules', '__proto__', 'constructor', 'toString')) }),
+  fc.record({
+    op: fc.constant('renameKey' as const),
+    to: fc.oneof(fc.string({ maxLength: 12 }), fc.constantFrom('name', 'kind', 'spec', 'port', 'rules', '__proto__', 'constructor', 'toString')),
+  }),
   fc.record({ op: fc.constant('borrow' as const), from: fc.nat() }), // a scalar from elsewhere in the directory
   gentleValueOp(),
 );
@@ -90,27 +186,78 @@ const textOp = fc.oneof(
 );
 
 const fileOp = fc.oneof(
-  fc.constantFrom('delete', 'copy', 'empty', 'rename-yml', 'rename-upper', 'fifo', 'symlink-dev-zero', 'symlink-inside', 'symlink-outside', 'dir-named-yaml', 'bom-only', 'aux-fifo', 'aux-garbage', 'aux-delete').map((op) => ({ op })),
+  fc
+    .constantFrom(
+      'delete',
+      'copy',
+      'empty',
+      'rename-yml',
+      'rename-upper',
+      'fifo',
+      'symlink-dev-zero',
+      'symlink-inside',
+      'symlink-outside',
+      'dir-named-yaml',
+      'bom-only',
+      'aux-fifo',
+      'aux-garbage',
+      'aux-delete',
+    )
+    .map((op) => ({ op })),
   fc.record({ op: fc.constant('filler' as const), bytes: fc.nat({ max: 256 * 1024 }) }),
   fc.record({ op: fc.constant('binary' as const), bytes: fc.uint8Array({ maxLength: 512 }) }),
 );
 
 const mutation = fc.oneof(
-  { weight: 4, arbitrary: fc.record({ kind: fc.constant('value' as const), file: fc.nat(), doc: fc.nat(), intoSpec: fc.boolean(), path: fc.array(fc.nat(), { maxLength: 8 }), op: valueOp }) },
+  {
+    weight: 4,
+    arbitrary: fc.record({
+      kind: fc.constant('value' as const),
+      file: fc.nat(),
+      doc: fc.nat(),
+      intoSpec: fc.boolean(),
+      path: fc.array(fc.nat(), { maxLength: 8 }),
+      op: valueOp,
+    }),
+  },
   { weight: 3, arbitrary: fc.record({ kind: fc.constant('text' as const), file: fc.nat(), at: fc.nat(), op: textOp }) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('file' as const), file: fc.nat(), op: fileOp }) },
 );
 type Mutation = typeof mutation extends fc.Arbitrary<infer T> ? T : never;
 
 const gentleMutation: fc.Arbitrary<Mutation> = fc.oneof(
-  { weight: 4, arbitrary: fc.record({ kind: fc.constant('value' as const), file: fc.nat(), doc: fc.nat(), intoSpec: fc.constant(true), path: fc.array(fc.nat(), { maxLength: 8 }), op: gentleValueOp() }) },
-  { weight: 1, arbitrary: fc.record({ kind: fc.constant('file' as const), file: fc.nat(), op: fc.constantFrom('copy', 'delete', 'symlink-inside', 'rename-yml').map((op) => ({ op })) }) },
+  {
+    weight: 4,
+    arbitrary: fc.record({
+      kind: fc.constant('value' as const),
+      file: fc.nat(),
+      doc: fc.nat(),
+      intoSpec: fc.constant(true),
+      path: fc.array(fc.nat(), { maxLength: 8 }),
+      op: gentleValueOp(),
+    }),
+  },
+  {
+    weight: 1,
+    arbitrary: fc.record({
+      kind: fc.constant('file' as const),
+      file: fc.nat(),
+      op: fc.constantFrom('copy', 'delete', 'symlink-inside', 'rename-yml').map((op) => ({ op })),
+    }),
+  },
 );
 
 /** A third of the runs only make gentle changes: most directories then get past the schema. */
-const mutations = fc.oneof({ weight: 2, arbitrary: fc.array(mutation, { minLength: 1, maxLength: 4 }) }, { weight: 1, arbitrary: fc.array(gentleMutation, { minLength: 1, maxLength: 6 }) });
+const mutations = fc.oneof(
+  { weight: 2, arbitrary: fc.array(mutation, { minLength: 1, maxLength: 4 }) },
+  { weight: 1, arbitrary: fc.array(gentleMutation, { minLength: 1, maxLength: 6 }) },
+);
 
-const limits = fc.record({ maxFileBytes: fc.integer({ min: 1, max: 64 * 1024 }), maxDirBytes: fc.integer({ min: 1, max: 256 * 1024 }), maxFiles: fc.integer({ min: 1, max: 12 }) });
+const limits = fc.record({
+  maxFileBytes: fc.integer({ min: 1, max: 64 * 1024 }),
+  maxDirBytes: fc.integer({ min: 1, max: 256 * 1024 }),
+  maxFiles: fc.integer({ min: 1, max: 12 }),
+});
 
 // ---- applying mutations ----------------------------------------------------------------------------
 
@@ -326,12 +473,17 @@ function checkErrors(errors: PolicyError[], dir: string, what: string): void {
   for (const e of errors) {
     assert.ok(typeof e.code === 'string' && e.code.startsWith('SB_'), `${what}: error code ${JSON.stringify(e)}`);
     assert.ok(typeof e.message === 'string' && e.message.length > 0, `${what}: error message ${JSON.stringify(e)}`);
-    assert.ok(typeof e.file === 'string' && (e.file === dir || e.file.startsWith(dir + path.sep)), `${what}: the error names a file of the directory: ${JSON.stringify(e)}`);
+    assert.ok(
+      typeof e.file === 'string' && (e.file === dir || e.file.startsWith(dir + path.sep)),
+      `${what}: the error names a file of the directory: ${JSON.stringify(e)}`,
+    );
   }
 }
 
 describe('policy input fuzzing', () => {
-  test(`${RUNS} mutated policy directories never throw, stay bounded, and fail only with errors naming files (seed ${SEED})`, { timeout: 300_000 }, async () => {
+  test(`${RUNS} mutated policy directories never throw, stay bounded, and fail only with errors naming files (seed ${SEED})`, {
+    timeout: 300_000,
+  }, async () => {
     const outcomes = { valid: 0, invalid: 0 };
     const property = fc.asyncProperty(fc.nat({ max: SEEDS.length - 1 }), mutations, limits, async (seedIndex, changes, lim) => {
       const { root, dir } = writeTree(applyMutations(SEEDS[seedIndex]!.files, changes));
@@ -357,7 +509,9 @@ describe('policy input fuzzing', () => {
     try {
       await fc.assert(property, { seed: SEED, numRuns: RUNS, endOnFailure: process.env.SIGNALBOX_FUZZ_SHRINK !== '1' });
     } catch (e) {
-      throw new Error(`policy fuzz failed with seed ${SEED} (rerun: SIGNALBOX_FUZZ_SEED=${SEED}; SIGNALBOX_FUZZ_SHRINK=1 to shrink the counterexample)\n${(e as Error).message}`);
+      throw new Error(
+        `policy fuzz failed with seed ${SEED} (rerun: SIGNALBOX_FUZZ_SEED=${SEED}; SIGNALBOX_FUZZ_SHRINK=1 to shrink the counterexample)\n${(e as Error).message}`,
+      );
     }
     // Mutations should sometimes keep the directory valid and sometimes not: both paths are exercised.
     assert.ok(outcomes.valid > 0 && outcomes.invalid > 0, `both outcomes seen: ${JSON.stringify(outcomes)}`);

@@ -52,7 +52,11 @@ async function loadInChild(dir: string, limits: Partial<PolicyLimits> = {}): Pro
 const r = await loadPolicyDir(process.argv[1], undefined, JSON.parse(process.argv[2]));
 process.stdout.write(JSON.stringify({ errors: r.errors, warnings: r.warnings, documents: r.docs.length }));`;
   try {
-    const { stdout } = await run(process.execPath, ['--input-type=module', '-e', script, dir, JSON.stringify(limits)], { timeout: CHILD_TIMEOUT_MS, killSignal: 'SIGKILL', maxBuffer: 64 * 1024 * 1024 });
+    const { stdout } = await run(process.execPath, ['--input-type=module', '-e', script, dir, JSON.stringify(limits)], {
+      timeout: CHILD_TIMEOUT_MS,
+      killSignal: 'SIGKILL',
+      maxBuffer: 64 * 1024 * 1024,
+    });
     return JSON.parse(stdout) as ChildLoad;
   } catch (e) {
     const err = e as { killed?: boolean; signal?: string; code?: number; stderr?: string };
@@ -132,13 +136,19 @@ describe('reading a policy directory is bounded and total', { timeout: 120_000 }
   });
 
   test('a directory named d.yaml is an error, not a folder of policies', { timeout: TEST_TIMEOUT_MS }, async () => {
-    const dir = policyDir({ 'services.yaml': SERVICE, 'd.yaml/more.yaml': doc('Service', 'hidden', '{ port: 80, endpoints: [ { address: 127.0.0.1, port: 1 } ] }') });
+    const dir = policyDir({
+      'services.yaml': SERVICE,
+      'd.yaml/more.yaml': doc('Service', 'hidden', '{ port: 80, endpoints: [ { address: 127.0.0.1, port: 1 } ] }'),
+    });
     const e = onlyError(await loadInChild(dir), 'd.yaml', ErrorCode.FILE_READ);
     assert.match(e.message, /is a directory, not a regular file/);
   });
 
   test('a symlink escaping the directory is an error, even to a valid policy', { timeout: TEST_TIMEOUT_MS }, async () => {
-    const root = policyDir({ 'outside/ok.yaml': doc('Service', 'elsewhere', '{ port: 80, endpoints: [ { address: 127.0.0.1, port: 1 } ] }'), 'policies/services.yaml': SERVICE });
+    const root = policyDir({
+      'outside/ok.yaml': doc('Service', 'elsewhere', '{ port: 80, endpoints: [ { address: 127.0.0.1, port: 1 } ] }'),
+      'policies/services.yaml': SERVICE,
+    });
     const dir = path.join(root, 'policies');
     symlinkSync('../outside/ok.yaml', path.join(dir, 'escape.yaml'));
     const e = onlyError(await loadInChild(dir), 'escape.yaml', ErrorCode.FILE_READ);
@@ -146,7 +156,10 @@ describe('reading a policy directory is bounded and total', { timeout: 120_000 }
   });
 
   test('a symlink to a regular file inside the directory is read (links are not refused as such)', { timeout: TEST_TIMEOUT_MS }, async () => {
-    const dir = policyDir({ 'services.yaml': SERVICE, 'shared/route-source.yml.txt': doc('Service', 'linked', '{ port: 80, endpoints: [ { address: 127.0.0.1, port: 1 } ] }') });
+    const dir = policyDir({
+      'services.yaml': SERVICE,
+      'shared/route-source.yml.txt': doc('Service', 'linked', '{ port: 80, endpoints: [ { address: 127.0.0.1, port: 1 } ] }'),
+    });
     symlinkSync('shared/route-source.yml.txt', path.join(dir, 'linked.yaml'));
     const r = await loadInChild(dir);
     assert.deepEqual(r.errors, []);
@@ -167,7 +180,10 @@ describe('reading a policy directory is bounded and total', { timeout: 120_000 }
     const dir = policyDir(files);
     const r = await loadInChild(dir, { maxDirBytes: 4096 });
     const e = onlyError(r, path.basename(dir), ErrorCode.FILE_READ);
-    assert.match(e.message, /^policy files total 5\.9 KiB, over the limit of 4 KiB per policy directory \(--max-policy-dir-bytes, SIGNALBOX_MAX_POLICY_DIR_BYTES\); nothing was read$/);
+    assert.match(
+      e.message,
+      /^policy files total 5\.9 KiB, over the limit of 4 KiB per policy directory \(--max-policy-dir-bytes, SIGNALBOX_MAX_POLICY_DIR_BYTES\); nothing was read$/,
+    );
   });
 
   test('more policy files than the limit is one error; no file is read', { timeout: TEST_TIMEOUT_MS }, async () => {
@@ -221,11 +237,17 @@ describe('reading a policy directory is bounded and total', { timeout: 120_000 }
 describe('the limits are settings of serve (and validate)', () => {
   test('defaults, flags, environment twins and binary suffixes', () => {
     assert.deepEqual(resolveServeConfig({}, {}).policyLimits, { maxFileBytes: 4 * 1024 * 1024, maxDirBytes: 16 * 1024 * 1024, maxFiles: 10_000 });
-    assert.deepEqual(resolveServeConfig({ 'max-policy-file-bytes': '512KiB', 'max-policy-files': '7' }, { SIGNALBOX_MAX_POLICY_DIR_BYTES: '1GiB', SIGNALBOX_MAX_POLICY_FILE_BYTES: '1' }).policyLimits, {
-      maxFileBytes: 512 * 1024,
-      maxDirBytes: 1024 ** 3,
-      maxFiles: 7,
-    });
+    assert.deepEqual(
+      resolveServeConfig(
+        { 'max-policy-file-bytes': '512KiB', 'max-policy-files': '7' },
+        { SIGNALBOX_MAX_POLICY_DIR_BYTES: '1GiB', SIGNALBOX_MAX_POLICY_FILE_BYTES: '1' },
+      ).policyLimits,
+      {
+        maxFileBytes: 512 * 1024,
+        maxDirBytes: 1024 ** 3,
+        maxFiles: 7,
+      },
+    );
     assert.deepEqual(resolvePolicyLimits({}, { SIGNALBOX_MAX_POLICY_FILE_BYTES: '2048' }).maxFileBytes, 2048);
   });
 
@@ -241,7 +263,8 @@ describe('the limits are settings of serve (and validate)', () => {
     ] as const) {
       assert.throws(
         () => resolveServeConfig({ [flag]: bad }, {}),
-        (e: unknown) => e instanceof SignalboxError && e.code === ErrorCode.BAD_FLAG && e.message.startsWith(`--${flag} must be`) && e.message.endsWith(`got "${bad}"`),
+        (e: unknown) =>
+          e instanceof SignalboxError && e.code === ErrorCode.BAD_FLAG && e.message.startsWith(`--${flag} must be`) && e.message.endsWith(`got "${bad}"`),
         `${flag} ${bad}`,
       );
     }

@@ -188,15 +188,22 @@ describe('Gateway TLS files are confined to the policy directory', () => {
 
   test('a file that is simply missing inside the policy directory keeps its own message', async () => {
     const { dir } = layout();
-    assert.deepEqual(await keyErrors(dir, 'certs/none.key'), [[ErrorCode.FILE_READ, KEY_FIELD, 'cannot read certs/none.key (relative to the policy directory): ENOENT']]);
-    assert.deepEqual(await keyErrors(dir, 'nowhere/none.key'), [[ErrorCode.FILE_READ, KEY_FIELD, 'cannot read nowhere/none.key (relative to the policy directory): ENOENT']]);
+    assert.deepEqual(await keyErrors(dir, 'certs/none.key'), [
+      [ErrorCode.FILE_READ, KEY_FIELD, 'cannot read certs/none.key (relative to the policy directory): ENOENT'],
+    ]);
+    assert.deepEqual(await keyErrors(dir, 'nowhere/none.key'), [
+      [ErrorCode.FILE_READ, KEY_FIELD, 'cannot read nowhere/none.key (relative to the policy directory): ENOENT'],
+    ]);
   });
 
   test('the certificate field is checked the same way', async () => {
     const { dir, outside } = layout({ 'certs/edge.key': KEY });
     writeFileSync(path.join(dir, 'g.yaml'), gateway(path.join(outside, 'root.key'), 'certs/edge.key'));
     const { errors } = await build(dir);
-    assert.deepEqual(errors.map((e) => [e.code, e.path, e.message]), [[ErrorCode.FILE_READ, CERT_FIELD, POLICY_FILE_REFUSED]]);
+    assert.deepEqual(
+      errors.map((e) => [e.code, e.path, e.message]),
+      [[ErrorCode.FILE_READ, CERT_FIELD, POLICY_FILE_REFUSED]],
+    );
   });
 
   test('a policy directory reached through a symlink still works', async () => {
@@ -256,7 +263,10 @@ describe('JWTPolicy jwks.file is confined the same way', async () => {
     assert.equal(jwks.kind === 'file' && jwks.file, 'keys/jwks.json');
     const cache = new JwksCache(jwks, { policy: 'p' });
     try {
-      assert.deepEqual((await cache.current(2000))?.keys.map((k) => k.kid), ['inside']);
+      assert.deepEqual(
+        (await cache.current(2000))?.keys.map((k) => k.kid),
+        ['inside'],
+      );
       assert.equal(cache.status().lastError, undefined);
     } finally {
       cache.close();
@@ -311,7 +321,9 @@ describe('JWTPolicy jwks.file is confined the same way', async () => {
 
   test('inside the policy directory, a missing file or one that is not JSON keeps its own message', async () => {
     const { dir } = jwtLayout({ 'keys/broken.json': '{ not json' });
-    assert.deepEqual(await jwksErrors(dir, 'keys/none.json'), [[ErrorCode.FILE_READ, JWKS_FIELD, 'cannot read keys/none.json (relative to the policy directory): ENOENT']]);
+    assert.deepEqual(await jwksErrors(dir, 'keys/none.json'), [
+      [ErrorCode.FILE_READ, JWKS_FIELD, 'cannot read keys/none.json (relative to the policy directory): ENOENT'],
+    ]);
     assert.deepEqual(await jwksErrors(dir, 'keys/broken.json'), [[ErrorCode.FILE_READ, JWKS_FIELD, 'keys/broken.json is not JSON']]);
   });
 

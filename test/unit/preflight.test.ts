@@ -27,7 +27,10 @@ function errorsOf(text: string): string[] {
 
 describe('what the tester found Envoy refusing is caught without Envoy', () => {
   test('a path regex whose RE2 program is too large ([a-z]{300}: 304 instructions in Envoy, limit 100)', () => {
-    const errors = parsePolicyText(routeFile(`matches: [ { path: { type: RegularExpression, value: "[a-z]{300}" } } ]\nbackendRefs: [ { name: orders } ]`), 'p.yaml').errors;
+    const errors = parsePolicyText(
+      routeFile(`matches: [ { path: { type: RegularExpression, value: "[a-z]{300}" } } ]\nbackendRefs: [ { name: orders } ]`),
+      'p.yaml',
+    ).errors;
     assert.equal(errors.length, 1, formatted(errors).join('\n'));
     const e = errors[0]!;
     assert.deepEqual([e.code, e.file, e.doc, e.path, e.line], [ErrorCode.SCHEMA, 'p.yaml', 3, 'spec.rules[0].matches[0].path.value', 17]);
@@ -64,12 +67,14 @@ filters: [ { type: URLRewrite, urlRewrite: { path: { replacePrefixMatch: "/v1\\0
 
   test('a 99999999999999999999h timeout', () => {
     const text = routeFile(`backendRefs: [ { name: orders } ]\ntimeout: 99999999999999999999h`);
-    assert.deepEqual(errorsOf(text), ['p.yaml#3 spec.rules[0].timeout: must be shorter than 9223372036s (about 292 years): Envoy refuses longer durations (line 18)']);
+    assert.deepEqual(errorsOf(text), [
+      'p.yaml#3 spec.rules[0].timeout: must be shorter than 9223372036s (about 292 years): Envoy refuses longer durations (line 18)',
+    ]);
   });
 });
 
 describe('durations', () => {
-  test('the bound is Envoy\'s: 9223372035s passes, 9223372036s does not (Envoy 1.36, every duration field)', () => {
+  test("the bound is Envoy's: 9223372035s passes, 9223372036s does not (Envoy 1.36, every duration field)", () => {
     assert.deepEqual(errorsOf(routeFile(`backendRefs: [ { name: orders } ]\ntimeout: 9223372035s`)), []);
     assert.equal(errorsOf(routeFile(`backendRefs: [ { name: orders } ]\ntimeout: 9223372036s`)).length, 1);
     assert.ok(MAX_DURATION_MS < 9_223_372_036_000);
@@ -85,17 +90,28 @@ describe('durations', () => {
     );
     assert.deepEqual(
       parsePolicyText(text, 'p.yaml').errors.map((e) => `#${e.doc} ${e.path}`),
-      ['#1 spec.connectTimeout', '#1 spec.outlierDetection.interval', '#2 spec.defaults.timeout', '#2 spec.defaults.retries.perTryTimeout', '#3 spec.local.per', '#4 spec.jwks.cooldown'],
+      [
+        '#1 spec.connectTimeout',
+        '#1 spec.outlierDetection.interval',
+        '#2 spec.defaults.timeout',
+        '#2 spec.defaults.retries.perTryTimeout',
+        '#3 spec.local.per',
+        '#4 spec.jwks.cooldown',
+      ],
     );
   });
 });
 
 describe('header modifiers', () => {
-  const modifier = (body: string) => routeFile(`backendRefs: [ { name: orders } ]\nfilters:\n  - { type: RequestHeaderModifier, requestHeaderModifier: ${body} }`);
+  const modifier = (body: string) =>
+    routeFile(`backendRefs: [ { name: orders } ]\nfilters:\n  - { type: RequestHeaderModifier, requestHeaderModifier: ${body} }`);
 
   test('pseudo-headers and Host cannot be set, added or removed (Envoy: ":-prefixed or host headers may not be modified")', () => {
     assert.deepEqual(
-      parsePolicyText(modifier('{ set: [ { name: ":path", value: /x } ], add: [ { name: Host, value: a } ], remove: [ ":authority", host ] }'), 'p.yaml').errors.map((e) => e.path),
+      parsePolicyText(
+        modifier('{ set: [ { name: ":path", value: /x } ], add: [ { name: Host, value: a } ], remove: [ ":authority", host ] }'),
+        'p.yaml',
+      ).errors.map((e) => e.path),
       [
         'spec.rules[0].filters[0].requestHeaderModifier.set[0].name',
         'spec.rules[0].filters[0].requestHeaderModifier.add[0].name',
@@ -114,7 +130,7 @@ describe('header modifiers', () => {
     }
   });
 
-  test('a header value over 16 KiB (Envoy\'s HeaderValue limit)', () => {
+  test("a header value over 16 KiB (Envoy's HeaderValue limit)", () => {
     assert.equal(errorsOf(modifier(`{ set: [ { name: x-a, value: "${'a'.repeat(16_385)}" } ] }`)).length, 1);
     assert.deepEqual(errorsOf(modifier(`{ set: [ { name: x-a, value: "${'a'.repeat(16_384)}" } ] }`)), []);
   });
@@ -122,16 +138,25 @@ describe('header modifiers', () => {
 
 describe('paths', () => {
   test('"?" and "#" in an Exact or PathPrefix path (Envoy refuses them in the segment-wise prefix)', () => {
-    const text = routeFile(`matches:\n  - path: { type: PathPrefix, value: "/search?q" }\n  - path: { type: Exact, value: "/a#b" }\nbackendRefs: [ { name: orders } ]`);
-    assert.deepEqual(parsePolicyText(text, 'p.yaml').errors.map((e) => [e.path, e.message]), [
-      ['spec.rules[0].matches[0].path.value', 'must not contain "?": a path match compares the path alone, and Envoy refuses these in a path prefix'],
-      ['spec.rules[0].matches[1].path.value', 'must not contain "#": a path match compares the path alone, and Envoy refuses these in a path prefix'],
-    ]);
+    const text = routeFile(
+      `matches:\n  - path: { type: PathPrefix, value: "/search?q" }\n  - path: { type: Exact, value: "/a#b" }\nbackendRefs: [ { name: orders } ]`,
+    );
+    assert.deepEqual(
+      parsePolicyText(text, 'p.yaml').errors.map((e) => [e.path, e.message]),
+      [
+        ['spec.rules[0].matches[0].path.value', 'must not contain "?": a path match compares the path alone, and Envoy refuses these in a path prefix'],
+        ['spec.rules[0].matches[1].path.value', 'must not contain "#": a path match compares the path alone, and Envoy refuses these in a path prefix'],
+      ],
+    );
   });
 
   test('an AccessPolicy path and a health check path are checked too', () => {
     const text = docs(
-      doc('AccessPolicy', 'a', `  targetRef: { kind: Service, name: orders }\n  rules: [ { from: [ { service: web } ], action: Allow, to: [ { paths: [ { type: PathPrefix, value: "/a\\nb" }, { type: RegularExpression, value: "[0-9]{400}" } ] } ] } ]`),
+      doc(
+        'AccessPolicy',
+        'a',
+        `  targetRef: { kind: Service, name: orders }\n  rules: [ { from: [ { service: web } ], action: Allow, to: [ { paths: [ { type: PathPrefix, value: "/a\\nb" }, { type: RegularExpression, value: "[0-9]{400}" } ] } ] } ]`,
+      ),
       doc('TrafficPolicy', 't', `  targetRef: { kind: Service, name: orders }\n  healthCheck: { path: "/health\\r" }`),
     );
     assert.deepEqual(
@@ -142,7 +167,8 @@ describe('paths', () => {
 });
 
 describe('regular expressions are checked with RE2 syntax, as Envoy compiles them', () => {
-  const pathRegex = (value: string) => routeFile(`matches: [ { path: { type: RegularExpression, value: ${JSON.stringify(value)} } } ]\nbackendRefs: [ { name: orders } ]`);
+  const pathRegex = (value: string) =>
+    routeFile(`matches: [ { path: { type: RegularExpression, value: ${JSON.stringify(value)} } } ]\nbackendRefs: [ { name: orders } ]`);
 
   for (const [pattern, reason] of [
     ['\\u00e9', 'invalid escape sequence \\u; write \\x{00e9}'],
@@ -208,7 +234,10 @@ filters:
   });
 
   test('a header match may still match pseudo-headers such as :authority', () => {
-    assert.deepEqual(errorsOf(routeFile(`matches: [ { headers: [ { name: ":authority", value: shop.example.com } ] } ]\nbackendRefs: [ { name: orders } ]`)), []);
+    assert.deepEqual(
+      errorsOf(routeFile(`matches: [ { headers: [ { name: ":authority", value: shop.example.com } ] } ]\nbackendRefs: [ { name: orders } ]`)),
+      [],
+    );
   });
 });
 

@@ -44,12 +44,24 @@ function formerDeclaration(): protobuf.Root {
   const root = new protobuf.Root();
   root.loadSync('google/protobuf/any.proto', { keepCase: true });
   const { Type, Field } = protobuf;
-  root.define('envoy.extensions.dynamic_modules.v3').add(new Type('DynamicModuleConfig').add(new Field('name', 1, 'string')).add(new Field('do_not_close', 3, 'bool')));
+  root
+    .define('envoy.extensions.dynamic_modules.v3')
+    .add(new Type('DynamicModuleConfig').add(new Field('name', 1, 'string')).add(new Field('do_not_close', 3, 'bool')));
   const config = '.envoy.extensions.dynamic_modules.v3.DynamicModuleConfig';
   root
     .define('envoy.extensions.filters.http.dynamic_modules.v3')
-    .add(new Type('DynamicModuleFilter').add(new Field('dynamic_module_config', 1, config)).add(new Field('filter_name', 2, 'string')).add(new Field('filter_config', 3, '.google.protobuf.Any')))
-    .add(new Type('DynamicModuleFilterPerRoute').add(new Field('dynamic_module_config', 1, config)).add(new Field('per_route_config_name', 2, 'string')).add(new Field('filter_config', 3, '.google.protobuf.Any')));
+    .add(
+      new Type('DynamicModuleFilter')
+        .add(new Field('dynamic_module_config', 1, config))
+        .add(new Field('filter_name', 2, 'string'))
+        .add(new Field('filter_config', 3, '.google.protobuf.Any')),
+    )
+    .add(
+      new Type('DynamicModuleFilterPerRoute')
+        .add(new Field('dynamic_module_config', 1, config))
+        .add(new Field('per_route_config_name', 2, 'string'))
+        .add(new Field('filter_config', 3, '.google.protobuf.Any')),
+    );
   root.resolveAll();
   return root;
 }
@@ -66,7 +78,7 @@ function moduleShapes(): { filter: Record<string, unknown>; checked: Record<stri
 const withoutType = (o: Record<string, unknown>) => Object.fromEntries(Object.entries(o).filter(([k]) => k !== '@type'));
 
 describe('protos/', () => {
-  test('found from the sources\' layout and from the compiled one: the protos/ folder at the package root', () => {
+  test("found from the sources' layout and from the compiled one: the protos/ folder at the package root", () => {
     const want = path.join(repoRoot(), 'protos');
     assert.equal(protosDir(path.join(repoRoot(), 'src', 'xds', 'resources')), want, 'from src/xds/resources (the .ts module)');
     assert.equal(protosDir(path.join(repoRoot(), 'dist', 'src', 'xds', 'resources')), want, 'from dist/src/xds/resources (the .js module)');
@@ -79,10 +91,13 @@ describe('protos/', () => {
     temp.push(root);
     writeFileSync(path.join(root, 'package.json'), '{}');
     mkdirSync(path.join(root, 'dist', 'src'), { recursive: true });
-    assert.throws(() => protosDir(path.join(root, 'dist', 'src')), (e: Error) => e.message.includes(path.join(root, 'protos', SIGNALBOX_PROTO_FILES[0]!)) && /ship in the package's protos\/ folder/.test(e.message));
+    assert.throws(
+      () => protosDir(path.join(root, 'dist', 'src')),
+      (e: Error) => e.message.includes(path.join(root, 'protos', SIGNALBOX_PROTO_FILES[0]!)) && /ship in the package's protos\/ folder/.test(e.message),
+    );
   });
 
-  test('the dynamic-module messages in the root are the .proto files\' (names, numbers, types)', () => {
+  test("the dynamic-module messages in the root are the .proto files' (names, numbers, types)", () => {
     envoyRoot();
     const fields = (name: string) =>
       Object.fromEntries(
@@ -106,7 +121,10 @@ describe('protos/', () => {
     const mod = moduleConfig(JWT_MODULE.name, true);
     assert.deepEqual(
       encodeAny(filter),
-      Buffer.concat([stringField(1, `type.googleapis.com/${FILTER}`), bytesField(2, Buffer.concat([bytesField(1, mod), stringField(2, JWT_MODULE.filter), bytesField(3, stringValueAny(JWT_MODULE_CONFIG))]))]),
+      Buffer.concat([
+        stringField(1, `type.googleapis.com/${FILTER}`),
+        bytesField(2, Buffer.concat([bytesField(1, mod), stringField(2, JWT_MODULE.filter), bytesField(3, stringValueAny(JWT_MODULE_CONFIG))])),
+      ]),
     );
     for (const [shape, spec] of [
       [checked, 'shop%20users authorization v1a2b3'],
@@ -114,7 +132,10 @@ describe('protos/', () => {
     ] as const) {
       assert.deepEqual(
         encodeAny(shape),
-        Buffer.concat([stringField(1, `type.googleapis.com/${PER_ROUTE}`), bytesField(2, Buffer.concat([bytesField(1, mod), stringField(2, JWT_MODULE.filter), bytesField(3, stringValueAny(spec))]))]),
+        Buffer.concat([
+          stringField(1, `type.googleapis.com/${PER_ROUTE}`),
+          bytesField(2, Buffer.concat([bytesField(1, mod), stringField(2, JWT_MODULE.filter), bytesField(3, stringValueAny(spec))])),
+        ]),
         spec,
       );
     }
@@ -140,11 +161,15 @@ describe('protos/', () => {
       if (fc?.['@type']) input.filter_config = { type_url: fc['@type'], value: stringField(1, fc.value ?? '') };
       const now = lookupType(name);
       const then = former.lookupType(name);
-      assert.deepEqual(Buffer.from(now.encode(now.fromObject(input)).finish()), Buffer.from(then.encode(then.fromObject(input)).finish()), `${name} ${JSON.stringify(body)}`);
+      assert.deepEqual(
+        Buffer.from(now.encode(now.fromObject(input)).finish()),
+        Buffer.from(then.encode(then.fromObject(input)).finish()),
+        `${name} ${JSON.stringify(body)}`,
+      );
     }
   });
 
-  test('only Signalbox\'s own files: nothing of Envoy\'s API is copied into protos/', () => {
+  test("only Signalbox's own files: nothing of Envoy's API is copied into protos/", () => {
     const dir = path.join(repoRoot(), 'protos');
     const files: string[] = [];
     const walk = (d: string) => {
@@ -165,7 +190,11 @@ describe('protos/', () => {
     }
     // These exist because the registry package lacks the messages; once it has them, its files win.
     const deps = path.join(path.dirname(createRequire(import.meta.url).resolve('@grpc/grpc-js-xds/package.json')), 'deps', 'envoy-api');
-    assert.ok(existsSync(path.join(deps, 'envoy', 'config', 'listener', 'v3', 'listener.proto')), 'the registry package\'s Envoy API is where protos.ts looks');
-    assert.equal(existsSync(path.join(deps, 'envoy', 'extensions', 'filters', 'http', 'dynamic_modules')), false, '@grpc/grpc-js-xds now ships the dynamic-module filter: use its file (ENTRY_FILES) and delete protos/signalbox/envoy_subset (protos/README.md)');
+    assert.ok(existsSync(path.join(deps, 'envoy', 'config', 'listener', 'v3', 'listener.proto')), "the registry package's Envoy API is where protos.ts looks");
+    assert.equal(
+      existsSync(path.join(deps, 'envoy', 'extensions', 'filters', 'http', 'dynamic_modules')),
+      false,
+      '@grpc/grpc-js-xds now ships the dynamic-module filter: use its file (ENTRY_FILES) and delete protos/signalbox/envoy_subset (protos/README.md)',
+    );
   });
 });

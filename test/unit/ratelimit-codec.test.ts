@@ -23,16 +23,26 @@ const Res = lookupType('envoy.service.ratelimit.v3.RateLimitResponse');
 /** What protobufjs makes of the bytes, in the codec's shape (throws where protobufjs throws). */
 function protobufjsView(bytes: Uint8Array): RateLimitRequestView {
   const m = Req.decode(bytes) as unknown as { domain: string; descriptors: { entries: { key: string; value: string }[] }[]; hits_addend: number };
-  return { domain: m.domain, descriptors: m.descriptors.map((d) => ({ entries: d.entries.map((e) => ({ key: e.key, value: e.value })) })), hits_addend: m.hits_addend };
+  return {
+    domain: m.domain,
+    descriptors: m.descriptors.map((d) => ({ entries: d.entries.map((e) => ({ key: e.key, value: e.value })) })),
+    hits_addend: m.hits_addend,
+  };
 }
 
 /** The response as the service encoded it before the codec (protobufjs on a plain object). */
 function protobufjsResponse(a: RateLimitAnswer): Buffer {
-  return Buffer.from(Res.encode({ overall_code: CODE[a.overall], statuses: a.statuses.map((s) => ({ ...s, code: CODE[s.code] })), response_headers_to_add: a.headers }).finish());
+  return Buffer.from(
+    Res.encode({ overall_code: CODE[a.overall], statuses: a.statuses.map((s) => ({ ...s, code: CODE[s.code] })), response_headers_to_add: a.headers }).finish(),
+  );
 }
 
 // Well-formed text (what Envoy sends: header values, paths, claims), including multi-byte characters.
-const text = fc.oneof(fc.string({ maxLength: 30 }), fc.string({ unit: 'grapheme', maxLength: 12 }), fc.constantFrom('', 'signalbox', 'signalbox_limit', 'gw/0', 'x-api-key'));
+const text = fc.oneof(
+  fc.string({ maxLength: 30 }),
+  fc.string({ unit: 'grapheme', maxLength: 12 }),
+  fc.constantFrom('', 'signalbox', 'signalbox_limit', 'gw/0', 'x-api-key'),
+);
 const uint32 = fc.nat({ max: 2 ** 32 - 1 });
 
 const requestObject = fc.record(
@@ -59,7 +69,9 @@ const unknownFields = fc.array(
   fc.oneof(
     fc.tuple(fc.integer({ min: 4, max: 2000 }), fc.nat()).map(([f, v]) => Buffer.concat([varint((f << 3) | 0), varint(v)])),
     fc.integer({ min: 4, max: 2000 }).map((f) => Buffer.concat([varint((f << 3) | 1), Buffer.alloc(8, 7)])),
-    fc.tuple(fc.integer({ min: 4, max: 2000 }), fc.uint8Array({ maxLength: 20 })).map(([f, b]) => Buffer.concat([varint((f << 3) | 2), varint(b.length), Buffer.from(b)])),
+    fc
+      .tuple(fc.integer({ min: 4, max: 2000 }), fc.uint8Array({ maxLength: 20 }))
+      .map(([f, b]) => Buffer.concat([varint((f << 3) | 2), varint(b.length), Buffer.from(b)])),
     fc.integer({ min: 4, max: 2000 }).map((f) => Buffer.concat([varint((f << 3) | 5), Buffer.alloc(4, 9)])),
   ),
   { maxLength: 3 },
@@ -106,7 +118,11 @@ describe('rate-limit codec against protobufjs', () => {
     const a = Buffer.from(Req.encode(Req.fromObject({ domain: 'first', descriptors: [{ entries: [{ key: 'k', value: '1' }] }], hits_addend: 3 })).finish());
     const b = Buffer.from(Req.encode(Req.fromObject({ domain: 'signalbox', descriptors: [{ entries: [{ key: 'k', value: '2' }] }] })).finish());
     const both = Buffer.concat([a, b]);
-    assert.deepEqual(decodeRateLimitRequest(both), { domain: 'signalbox', descriptors: [{ entries: [{ key: 'k', value: '1' }] }, { entries: [{ key: 'k', value: '2' }] }], hits_addend: 3 });
+    assert.deepEqual(decodeRateLimitRequest(both), {
+      domain: 'signalbox',
+      descriptors: [{ entries: [{ key: 'k', value: '1' }] }, { entries: [{ key: 'k', value: '2' }] }],
+      hits_addend: 3,
+    });
     assert.deepEqual(decodeRateLimitRequest(both), protobufjsView(both));
     // hits_addend keeps the low 32 bits of a longer varint, as protobufjs's uint32 does.
     const big = Buffer.concat([Buffer.from([0x18]), varint(2 ** 32 + 7)]);
@@ -182,7 +198,11 @@ describe('ShouldRateLimit over gRPC: bad bytes', async () => {
   const FILES = {
     'a.yaml': docs(
       doc('Gateway', 'public', '{ listeners: [ { name: http, port: 8080, protocol: HTTP } ] }'),
-      doc('RateLimitPolicy', 'open', '{ targetRef: { kind: Gateway, name: public }, global: { limits: [ { requests: 5, per: minute, by: { header: x-key } } ] } }'),
+      doc(
+        'RateLimitPolicy',
+        'open',
+        '{ targetRef: { kind: Gateway, name: public }, global: { limits: [ { requests: 5, per: minute, by: { header: x-key } } ] } }',
+      ),
     ),
   };
   const { model } = await validateDir(policyDir(FILES));
@@ -227,7 +247,21 @@ describe('ShouldRateLimit over gRPC: bad bytes', async () => {
       assert.equal(r.status, '3', `INVALID_ARGUMENT for ${bad.toString('hex')}`);
       assert.match(r.message, /does not decode as a RateLimitRequest/);
     }
-    const good = Buffer.from(Req.encode(Req.fromObject({ domain: 'signalbox', descriptors: [{ entries: [{ key: 'signalbox_limit', value: 'open/0' }, { key: 'header', value: 'k' }] }] })).finish());
+    const good = Buffer.from(
+      Req.encode(
+        Req.fromObject({
+          domain: 'signalbox',
+          descriptors: [
+            {
+              entries: [
+                { key: 'signalbox_limit', value: 'open/0' },
+                { key: 'header', value: 'k' },
+              ],
+            },
+          ],
+        }),
+      ).finish(),
+    );
     const r = await call(good);
     assert.equal(r.status, '0');
     const answer = Res.toObject(Res.decode(r.body), { enums: String }) as { overall_code: string };

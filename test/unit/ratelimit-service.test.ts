@@ -18,8 +18,16 @@ const FILES = {
   'a.yaml': docs(
     doc('Service', 'orders', '{ port: 8080, endpoints: [ { address: 127.0.0.1, port: 9001 } ] }'),
     doc('Gateway', 'public', '{ listeners: [ { name: http, port: 8080, protocol: HTTP } ] }'),
-    doc('RateLimitPolicy', 'open', '{ targetRef: { kind: Gateway, name: public }, global: { limits: [ { requests: 5, per: minute, by: { header: x-key } }, { requests: 100, per: day } ] } }'),
-    doc('RateLimitPolicy', 'closed', '{ targetRef: { kind: Service, name: orders }, global: { failureMode: deny, limits: [ { requests: 1, per: second, by: { path: true } } ] } }'),
+    doc(
+      'RateLimitPolicy',
+      'open',
+      '{ targetRef: { kind: Gateway, name: public }, global: { limits: [ { requests: 5, per: minute, by: { header: x-key } }, { requests: 100, per: day } ] } }',
+    ),
+    doc(
+      'RateLimitPolicy',
+      'closed',
+      '{ targetRef: { kind: Service, name: orders }, global: { failureMode: deny, limits: [ { requests: 1, per: second, by: { path: true } } ] } }',
+    ),
   ),
 };
 
@@ -27,7 +35,15 @@ describe('rate-limit service', () => {
   test('an answer encodes as the RateLimitResponse Envoy reads', () => {
     const bytes = encodeRateLimitResponse({
       overall: 'OVER_LIMIT',
-      statuses: [{ code: 'OVER_LIMIT', current_limit: { name: 'p', requests_per_unit: 10, unit: 1 }, limit_remaining: 0, duration_until_reset: { seconds: 0, nanos: 250_000_000 } }, { code: 'OK' }],
+      statuses: [
+        {
+          code: 'OVER_LIMIT',
+          current_limit: { name: 'p', requests_per_unit: 10, unit: 1 },
+          limit_remaining: 0,
+          duration_until_reset: { seconds: 0, nanos: 250_000_000 },
+        },
+        { code: 'OK' },
+      ],
       headers: [{ key: 'retry-after', value: '1' }],
     });
     const T = lookupType('envoy.service.ratelimit.v3.RateLimitResponse');
@@ -54,26 +70,71 @@ describe('rate-limit service', () => {
     const svc = new RateLimitService({ logger: createLogger({ level: 'silent' }), redis: { url: 'redis://:hunter2@127.0.0.1:1' } });
     try {
       svc.update(model!);
-      const allow = await svc.shouldRateLimit({ domain: 'signalbox', descriptors: [{ entries: [{ key: 'signalbox_limit', value: 'open/0' }, { key: 'header', value: 'k' }] }] });
+      const allow = await svc.shouldRateLimit({
+        domain: 'signalbox',
+        descriptors: [
+          {
+            entries: [
+              { key: 'signalbox_limit', value: 'open/0' },
+              { key: 'header', value: 'k' },
+            ],
+          },
+        ],
+      });
       assert.equal(allow.overall, 'OK');
-      await assert.rejects(svc.shouldRateLimit({ domain: 'signalbox', descriptors: [{ entries: [{ key: 'signalbox_limit', value: 'closed/0' }, { key: 'path', value: '/x?y=1' }] }] }), (e: unknown) => e instanceof GrpcError && e.code === GrpcStatus.UNAVAILABLE);
-      await assert.rejects(svc.shouldRateLimit({ domain: 'other', descriptors: [] }), (e: unknown) => e instanceof GrpcError && e.code === GrpcStatus.INVALID_ARGUMENT);
+      await assert.rejects(
+        svc.shouldRateLimit({
+          domain: 'signalbox',
+          descriptors: [
+            {
+              entries: [
+                { key: 'signalbox_limit', value: 'closed/0' },
+                { key: 'path', value: '/x?y=1' },
+              ],
+            },
+          ],
+        }),
+        (e: unknown) => e instanceof GrpcError && e.code === GrpcStatus.UNAVAILABLE,
+      );
+      await assert.rejects(
+        svc.shouldRateLimit({ domain: 'other', descriptors: [] }),
+        (e: unknown) => e instanceof GrpcError && e.code === GrpcStatus.INVALID_ARGUMENT,
+      );
       // An unknown limit (a policy just removed) is not counted and needs no Redis.
-      assert.equal((await svc.shouldRateLimit({ domain: 'signalbox', descriptors: [{ entries: [{ key: 'signalbox_limit', value: 'gone/0' }] }] })).overall, 'OK');
+      assert.equal(
+        (await svc.shouldRateLimit({ domain: 'signalbox', descriptors: [{ entries: [{ key: 'signalbox_limit', value: 'gone/0' }] }] })).overall,
+        'OK',
+      );
       assert.ok(!JSON.stringify(svc.redisStatus()).includes('hunter2'));
       assert.equal(svc.redisStatus().url, 'redis://:***@127.0.0.1:1');
       // What /api/ratelimit and the dashboard show: the decisions per policy, Redis's failed commands.
       const byPolicy = Object.fromEntries(svc.policies().map((p) => [p.policy, p.decisions]));
-      assert.deepEqual(byPolicy, { closed: { allowed: 0, limited: 0, failureAllowed: 0, failureDenied: 1 }, open: { allowed: 0, limited: 0, failureAllowed: 1, failureDenied: 0 } });
+      assert.deepEqual(byPolicy, {
+        closed: { allowed: 0, limited: 0, failureAllowed: 0, failureDenied: 1 },
+        open: { allowed: 0, limited: 0, failureAllowed: 1, failureDenied: 0 },
+      });
       const redis = svc.redisStatus();
       assert.equal(redis.commands, 2);
       assert.equal(redis.errors, 2);
-      assert.equal(Object.values(redis.errorsByReason).reduce((a, b) => a + b, 0), 2);
+      assert.equal(
+        Object.values(redis.errorsByReason).reduce((a, b) => a + b, 0),
+        2,
+      );
       assert.equal(redis.latencyMs, undefined, 'no successful command, no latency');
       // A policy that is gone loses its counts; one that stays keeps them.
-      const { model: without } = await validateDir(policyDir({ 'a.yaml': FILES['a.yaml'].split('---').filter((d) => !/name: closed/.test(d)).join('---') }));
+      const { model: without } = await validateDir(
+        policyDir({
+          'a.yaml': FILES['a.yaml']
+            .split('---')
+            .filter((d) => !/name: closed/.test(d))
+            .join('---'),
+        }),
+      );
       svc.update(without!);
-      assert.deepEqual(svc.policies().map((p) => [p.policy, p.decisions.failureAllowed]), [['open', 1]]);
+      assert.deepEqual(
+        svc.policies().map((p) => [p.policy, p.decisions.failureAllowed]),
+        [['open', 1]],
+      );
     } finally {
       await svc.close();
     }
@@ -87,13 +148,45 @@ describe('rate-limit service', () => {
     const call = (o: object) => (svc as any).handle(Buffer.from(Req.encode(Req.fromObject({ domain: 'signalbox', ...o })).finish()));
     try {
       svc.update(model!);
-      await call({ descriptors: [{ entries: [{ key: 'signalbox_limit', value: 'open/0' }, { key: 'header', value: 'k' }] }] });
-      await call({ descriptors: [{ entries: [{ key: 'signalbox_limit', value: 'open/0' }, { key: 'header', value: 'k' }] }] });
-      await assert.rejects(call({ descriptors: [{ entries: [{ key: 'signalbox_limit', value: 'closed/0' }, { key: 'path', value: '/x' }] }] }));
+      await call({
+        descriptors: [
+          {
+            entries: [
+              { key: 'signalbox_limit', value: 'open/0' },
+              { key: 'header', value: 'k' },
+            ],
+          },
+        ],
+      });
+      await call({
+        descriptors: [
+          {
+            entries: [
+              { key: 'signalbox_limit', value: 'open/0' },
+              { key: 'header', value: 'k' },
+            ],
+          },
+        ],
+      });
+      await assert.rejects(
+        call({
+          descriptors: [
+            {
+              entries: [
+                { key: 'signalbox_limit', value: 'closed/0' },
+                { key: 'path', value: '/x' },
+              ],
+            },
+          ],
+        }),
+      );
       // Nothing to count (a limit just removed): answered in the same turn, no promise.
       const unknown = call({ descriptors: [{ entries: [{ key: 'signalbox_limit', value: 'gone/0' }] }] });
       assert.ok(unknown instanceof Uint8Array, 'answered synchronously');
-      await assert.rejects(async () => (svc as any).handle(Buffer.from([0xff])), (e: unknown) => e instanceof GrpcError && e.code === GrpcStatus.INVALID_ARGUMENT);
+      await assert.rejects(
+        async () => (svc as any).handle(Buffer.from([0xff])),
+        (e: unknown) => e instanceof GrpcError && e.code === GrpcStatus.INVALID_ARGUMENT,
+      );
       let text = await registry.metrics();
       assert.match(text, /signalbox_ratelimit_decisions_total\{policy="open",result="failure_allowed"\} 2\n/);
       assert.match(text, /signalbox_ratelimit_decisions_total\{policy="closed",result="failure_denied"\} 1\n/);
@@ -102,7 +195,14 @@ describe('rate-limit service', () => {
       assert.match(text, /signalbox_ratelimit_calls_total\{result="unavailable"\} 1\n/);
       assert.match(text, /signalbox_ratelimit_calls_total\{result="error"\} 1\n/);
       assert.match(text, /signalbox_ratelimit_local_cache_hits_total 0\n/);
-      const { model: without } = await validateDir(policyDir({ 'a.yaml': FILES['a.yaml'].split('---').filter((d) => !/name: closed/.test(d)).join('---') }));
+      const { model: without } = await validateDir(
+        policyDir({
+          'a.yaml': FILES['a.yaml']
+            .split('---')
+            .filter((d) => !/name: closed/.test(d))
+            .join('---'),
+        }),
+      );
       svc.update(without!);
       text = await registry.metrics();
       assert.match(text, /signalbox_ratelimit_decisions_total\{policy="closed",result="failure_denied"\} 1\n/, 'a counter keeps its series');

@@ -29,7 +29,11 @@ after(() => {
 const FILES = {
   'a.yaml': docs(
     doc('Gateway', 'public', '{ listeners: [ { name: http, port: 8080, protocol: HTTP } ] }'),
-    doc('RateLimitPolicy', 'closed', '{ targetRef: { kind: Gateway, name: public }, global: { failureMode: deny, limits: [ { requests: 5, per: minute, by: { header: x-key } } ] } }'),
+    doc(
+      'RateLimitPolicy',
+      'closed',
+      '{ targetRef: { kind: Gateway, name: public }, global: { failureMode: deny, limits: [ { requests: 5, per: minute, by: { header: x-key } } ] } }',
+    ),
   ),
 };
 
@@ -92,7 +96,10 @@ describe('signalbox ratelimit (standalone)', () => {
       });
       assert.ok(await portFree(port), `nothing listens after ${JSON.stringify(flags)}`);
     }
-    await assert.rejects(startStandaloneRateLimit({ ...base, insecure: undefined as unknown as boolean }, { SIGNALBOX_RATELIMIT_INSECURE: 'yes' }, silent), /SIGNALBOX_RATELIMIT_INSECURE must be "true" or "false"/);
+    await assert.rejects(
+      startStandaloneRateLimit({ ...base, insecure: undefined as unknown as boolean }, { SIGNALBOX_RATELIMIT_INSECURE: 'yes' }, silent),
+      /SIGNALBOX_RATELIMIT_INSECURE must be "true" or "false"/,
+    );
     // Through the command: a usage error (exit 2), the message on stderr without the password.
     const written: string[] = [];
     const write = process.stderr.write.bind(process.stderr);
@@ -122,24 +129,53 @@ describe('signalbox ratelimit (standalone)', () => {
     let running: Awaited<ReturnType<typeof startStandaloneRateLimit>> | undefined;
     try {
       // Port 1 on loopback: nothing listens there, so every Redis command fails at once.
-      running = await startStandaloneRateLimit({ policies: dir, 'ratelimit-address': '127.0.0.1', 'ratelimit-port': '0', 'metrics-port': '0', 'redis-url': `redis://:${SECRET}@127.0.0.1:1`, insecure: true }, {}, silent);
+      running = await startStandaloneRateLimit(
+        {
+          policies: dir,
+          'ratelimit-address': '127.0.0.1',
+          'ratelimit-port': '0',
+          'metrics-port': '0',
+          'redis-url': `redis://:${SECRET}@127.0.0.1:1`,
+          insecure: true,
+        },
+        {},
+        silent,
+      );
     } finally {
       process.stderr.write = write;
     }
     try {
       assert.equal(running.tls, false);
-      assert.ok(written.some((w) => /warning: signalbox ratelimit --insecure: .*plain text/.test(w)), written.join(''));
+      assert.ok(
+        written.some((w) => /warning: signalbox ratelimit --insecure: .*plain text/.test(w)),
+        written.join(''),
+      );
       const metrics = `http://127.0.0.1:${running.metricsPort}`;
       assert.equal((await fetch(`${metrics}/readyz`)).status, 200);
       const text = await (await fetch(`${metrics}/api/ratelimit`)).text();
       const api = JSON.parse(text);
       assert.equal(api.redis.up, false);
       assert.equal(api.redis.url, 'redis://:***@127.0.0.1:1');
-      assert.deepEqual(api.policies.map((p: { policy: string; failureMode: string }) => [p.policy, p.failureMode]), [['closed', 'deny']]);
+      assert.deepEqual(
+        api.policies.map((p: { policy: string; failureMode: string }) => [p.policy, p.failureMode]),
+        [['closed', 'deny']],
+      );
       assert.ok(!text.includes(SECRET));
       // A deny limit with Redis unreachable: UNAVAILABLE (14), which Envoy's deny instance turns into 503.
       const Req = lookupType('envoy.service.ratelimit.v3.RateLimitRequest');
-      const msg = Req.encode(Req.fromObject({ domain: 'signalbox', descriptors: [{ entries: [{ key: 'signalbox_limit', value: 'closed/0' }, { key: 'x-key', value: 'k' }] }] })).finish();
+      const msg = Req.encode(
+        Req.fromObject({
+          domain: 'signalbox',
+          descriptors: [
+            {
+              entries: [
+                { key: 'signalbox_limit', value: 'closed/0' },
+                { key: 'x-key', value: 'k' },
+              ],
+            },
+          ],
+        }),
+      ).finish();
       assert.equal(await grpcStatus(running.ratelimitPort, msg), '14');
       const m = await (await fetch(`${metrics}/metrics`)).text();
       assert.match(m, /signalbox_ratelimit_decisions_total\{policy="closed",result="failure_denied"\} 1\n/);

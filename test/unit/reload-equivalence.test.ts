@@ -35,8 +35,10 @@ function routeText(i: number, v: number): string {
   const host = v % 3 === 0 ? '' : `  hostnames: [ h${v % 2}.example.com ]\n`;
   let rules = `    - name: main\n      matches:\n        - path: { type: PathPrefix, value: /r${i}/${v % 4} }\n      backendRefs: [ { name: ${svc}${v % 2 ? ', subset: v1' : ''} } ]\n`;
   if (v % 5 !== 4) rules += `      timeout: ${1 + (v % 7)}s\n`;
-  if (v % 4 === 1) rules += `    - matches:\n        - path: { type: Exact, value: /old${i} }\n      filters:\n        - { type: RequestRedirect, requestRedirect: { path: { replaceFullPath: /r${i} }, statusCode: 301 } }\n`;
-  if (v % 3 === 2) rules += `    - name: split\n      matches:\n        - path: { type: RegularExpression, value: "/r${i}/[0-9]+" }\n          headers: [ { name: x-v, type: Exact, value: "${v}" } ]\n      backendRefs:\n        - { name: ${svc}, subset: v1, weight: 80 }\n        - { name: svc-${(i + 1) % SERVICES}, weight: 20 }\n`;
+  if (v % 4 === 1)
+    rules += `    - matches:\n        - path: { type: Exact, value: /old${i} }\n      filters:\n        - { type: RequestRedirect, requestRedirect: { path: { replaceFullPath: /r${i} }, statusCode: 301 } }\n`;
+  if (v % 3 === 2)
+    rules += `    - name: split\n      matches:\n        - path: { type: RegularExpression, value: "/r${i}/[0-9]+" }\n          headers: [ { name: x-v, type: Exact, value: "${v}" } ]\n      backendRefs:\n        - { name: ${svc}, subset: v1, weight: 80 }\n        - { name: svc-${(i + 1) % SERVICES}, weight: 20 }\n`;
   return `${header('HTTPRoute', `r${i}`)}spec:\n  parentRefs: [ { kind: Gateway, name: edge } ]\n${host}  rules:\n${rules}`;
 }
 
@@ -54,8 +56,10 @@ function rateLimitText(i: number, v: number): string {
   return `${header('RateLimitPolicy', `rl-${i}`)}spec:\n  targetRef: { kind: HTTPRoute, name: r${i} }\n  local: { requests: ${10 + v}, per: 1s }\n`;
 }
 
-const meshText = (v: number) => `${header('Mesh', 'default')}spec:\n  defaults:\n    timeout: ${10 + v}s\n${v % 2 ? '    retries: { attempts: 1, retryOn: [reset] }\n' : ''}`;
-const gatewayText = (v: number) => `${header('Gateway', 'edge')}spec:\n  listeners:\n    - { name: http, port: ${[8080, 80, 8443][v % 3]}, protocol: HTTP, hostnames: ["*.example.com"] }\n`;
+const meshText = (v: number) =>
+  `${header('Mesh', 'default')}spec:\n  defaults:\n    timeout: ${10 + v}s\n${v % 2 ? '    retries: { attempts: 1, retryOn: [reset] }\n' : ''}`;
+const gatewayText = (v: number) =>
+  `${header('Gateway', 'edge')}spec:\n  listeners:\n    - { name: http, port: ${[8080, 80, 8443][v % 3]}, protocol: HTTP, hostnames: ["*.example.com"] }\n`;
 
 // ---- edits, as plain data (printed and shrunk by fast-check) -----------------------------------------
 
@@ -77,8 +81,23 @@ const edit: fc.Arbitrary<Edit> = fc.oneof(
   { weight: 1, arbitrary: fc.record({ op: fc.constant('rateLimit' as const), i: fc.nat(ROUTES - 1), v }) },
   { weight: 1, arbitrary: fc.record({ op: fc.constant('mesh' as const), v }) },
   { weight: 1, arbitrary: fc.record({ op: fc.constant('gateway' as const), v }) },
-  { weight: 2, arbitrary: fc.record({ op: fc.constant('remove' as const), what: fc.constantFrom('route' as const, 'service' as const, 'traffic' as const, 'rateLimit' as const), n: fc.nat(ROUTES - 1) }) },
-  { weight: 2, arbitrary: fc.record({ op: fc.constant('break' as const), what: fc.constantFrom('route' as const, 'service' as const), n: fc.nat(ROUTES - 1), how: fc.nat(2) }) },
+  {
+    weight: 2,
+    arbitrary: fc.record({
+      op: fc.constant('remove' as const),
+      what: fc.constantFrom('route' as const, 'service' as const, 'traffic' as const, 'rateLimit' as const),
+      n: fc.nat(ROUTES - 1),
+    }),
+  },
+  {
+    weight: 2,
+    arbitrary: fc.record({
+      op: fc.constant('break' as const),
+      what: fc.constantFrom('route' as const, 'service' as const),
+      n: fc.nat(ROUTES - 1),
+      how: fc.nat(2),
+    }),
+  },
 );
 
 /** Writes or removes one file of the directory; returns its path. */
@@ -105,7 +124,13 @@ function apply(dir: string, e: Edit): string {
       return write(path.join(dir, 'gateway.yaml'), gatewayText(e.v));
     case 'remove': {
       const f =
-        e.what === 'route' ? file('routes', `r${e.n}`) : e.what === 'service' ? file('services', `svc-${e.n % SERVICES}`) : e.what === 'traffic' ? file('policies', `tp-${e.n % SERVICES}`) : file('policies', `rl-${e.n}`);
+        e.what === 'route'
+          ? file('routes', `r${e.n}`)
+          : e.what === 'service'
+            ? file('services', `svc-${e.n % SERVICES}`)
+            : e.what === 'traffic'
+              ? file('policies', `tp-${e.n % SERVICES}`)
+              : file('policies', `rl-${e.n}`);
       rmSync(f, { force: true });
       return f;
     }
@@ -113,7 +138,14 @@ function apply(dir: string, e: Edit): string {
       // A YAML syntax error, a schema error, or a reference to nothing.
       const f = e.what === 'route' ? file('routes', `r${e.n}`) : file('services', `svc-${e.n % SERVICES}`);
       const text = e.what === 'route' ? routeText(e.n, 0) : serviceText(e.n % SERVICES, 0);
-      return write(f, e.how === 0 ? 'kind: [\n' : e.how === 1 ? text.replace('port: 8080', 'port: -1').replace('rules:', 'rulez:') : text.replace(/name: svc-\d/g, 'name: nowhere'));
+      return write(
+        f,
+        e.how === 0
+          ? 'kind: [\n'
+          : e.how === 1
+            ? text.replace('port: 8080', 'port: -1').replace('rules:', 'rulez:')
+            : text.replace(/name: svc-\d/g, 'name: nowhere'),
+      );
     }
   }
 }

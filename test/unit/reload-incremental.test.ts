@@ -27,7 +27,11 @@ const SHAPE = { ...DEFAULT_SHAPE, services: 12, routes: 40, gateways: 2, hostnam
 
 /** What a load gave, in a form to compare (documents with their sources, and errors). */
 function summary(r: Awaited<ReturnType<typeof loadPolicyDir>>) {
-  return { docs: r.docs.map((d) => `${d.source.file}#${d.source.doc} ${d.kind}/${d.name} ${JSON.stringify(d.value)}`), errors: r.errors.map((e) => `${e.file} ${e.message}`), files: r.files };
+  return {
+    docs: r.docs.map((d) => `${d.source.file}#${d.source.doc} ${d.kind}/${d.name} ${JSON.stringify(d.value)}`),
+    errors: r.errors.map((e) => `${e.file} ${e.message}`),
+    files: r.files,
+  };
 }
 
 describe('a load told which files changed', () => {
@@ -41,19 +45,28 @@ describe('a load told which files changed', () => {
     writeFileSync(changeFile, routeFile(0, SHAPE, 7000));
     const hinted = await loadPolicyDir(dir, cache, {}, { changed: new Set([path.resolve(changeFile)]) });
     assert.deepEqual(summary(hinted), summary(await loadPolicyDir(dir, new PolicyParseCache())));
-    assert.ok(hinted.docs.some((d) => JSON.stringify(d.value).includes('7s') || JSON.stringify(d.value).includes('7000')), 'the edit is read');
+    assert.ok(
+      hinted.docs.some((d) => JSON.stringify(d.value).includes('7s') || JSON.stringify(d.value).includes('7000')),
+      'the edit is read',
+    );
 
     // A hint that is stale or incomplete still cannot hide a change it does not name: an added file,
     // a removed one, and an invalid edit are each seen, because each forces or is a real read.
     writeFileSync(path.join(dir, 'routes', 'added.yaml'), routeFile(1, SHAPE).replace('name: svc-001', 'name: added'));
     const added = await loadPolicyDir(dir, cache, {}, { changed: new Set([path.join(dir, 'routes', 'added.yaml')]) });
-    assert.ok(added.docs.some((d) => d.name === 'added'), 'a file the last load did not have: full load');
+    assert.ok(
+      added.docs.some((d) => d.name === 'added'),
+      'a file the last load did not have: full load',
+    );
     unlinkSync(path.join(dir, 'routes', 'added.yaml'));
     const removed = await loadPolicyDir(dir, cache, {}, { changed: new Set([path.join(dir, 'routes', 'added.yaml')]) });
     assert.ok(!removed.docs.some((d) => d.name === 'added'), 'a file gone: full load');
     writeFileSync(changeFile, 'kind: [');
     const broken = await loadPolicyDir(dir, cache, {}, { changed: new Set([changeFile]) });
-    assert.ok(broken.errors.some((e) => e.file.endsWith('svc-000.yaml')), 'the edit is parsed and its error reported');
+    assert.ok(
+      broken.errors.some((e) => e.file.endsWith('svc-000.yaml')),
+      'the edit is parsed and its error reported',
+    );
     assert.deepEqual(summary(broken), summary(await loadPolicyDir(dir, new PolicyParseCache())));
   });
 

@@ -22,7 +22,7 @@ describe('state key and sealing', () => {
     assert.notEqual(k.seal(PEM, 'ca#privateKey'), sealed, 'a fresh IV each time');
   });
 
-  test('a key in hex and the same key in base64 are one key (same id, each opens the other\'s values)', () => {
+  test("a key in hex and the same key in base64 are one key (same id, each opens the other's values)", () => {
     const raw = randomBytes(32);
     const hex = StateKey.parse(raw.toString('hex'), 'hex');
     const b64 = StateKey.parse(`${raw.toString('base64')}\n`, 'b64');
@@ -37,7 +37,13 @@ describe('state key and sealing', () => {
     const sealed = a.seal(PEM, 'tokens/signing#privateKey');
     assert.throws(
       () => b.open(sealed, 'tokens/signing#privateKey'),
-      (e: unknown) => e instanceof SignalboxError && e.code === ErrorCode.STATE && e.message.includes(a.id) && e.message.includes(b.id) && /another state key/.test(e.message) && !e.message.includes('PRIVATE'),
+      (e: unknown) =>
+        e instanceof SignalboxError &&
+        e.code === ErrorCode.STATE &&
+        e.message.includes(a.id) &&
+        e.message.includes(b.id) &&
+        /another state key/.test(e.message) &&
+        !e.message.includes('PRIVATE'),
     );
   });
 
@@ -57,7 +63,11 @@ describe('state key and sealing', () => {
     for (const bad of ['', 'short', randomBytes(16).toString('hex'), randomBytes(31).toString('base64'), `${randomBytes(32).toString('hex')}00`]) {
       assert.throws(
         () => StateKey.parse(bad, 'SIGNALBOX_STATE_KEY'),
-        (e: unknown) => e instanceof SignalboxError && e.code === ErrorCode.BAD_FLAG && /SIGNALBOX_STATE_KEY must hold a 256-bit key/.test(e.message) && (bad.length < 6 || !e.message.includes(bad)),
+        (e: unknown) =>
+          e instanceof SignalboxError &&
+          e.code === ErrorCode.BAD_FLAG &&
+          /SIGNALBOX_STATE_KEY must hold a 256-bit key/.test(e.message) &&
+          (bad.length < 6 || !e.message.includes(bad)),
         JSON.stringify(bad),
       );
     }

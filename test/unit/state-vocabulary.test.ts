@@ -21,7 +21,7 @@ function stateWordsIn(text: string): string[] {
 }
 
 describe('proxy state vocabulary', () => {
-  test('PROXY_STATES is the API\'s word set', () => {
+  test("PROXY_STATES is the API's word set", () => {
     assert.deepEqual([...PROXY_STATES], ['SYNCED', 'PENDING', 'NACKED']);
   });
 
@@ -40,15 +40,29 @@ describe('proxy state vocabulary', () => {
     assert.deepEqual([...seen].sort(), [...PROXY_STATES].sort());
   });
 
-  test('signalbox status prints the API\'s words', () => {
-    const proxies: ProxyJson[] = PROXY_STATES.map((state, i) => ({ id: `p${i}`, role: 'gateway', name: 'g', group: 'gateway/g', protocol: 'sotw', state, types: {} }));
+  test("signalbox status prints the API's words", () => {
+    const proxies: ProxyJson[] = PROXY_STATES.map((state, i) => ({
+      id: `p${i}`,
+      role: 'gateway',
+      name: 'g',
+      group: 'gateway/g',
+      protocol: 'sotw',
+      state,
+      types: {},
+    }));
     for (const p of proxies) assert.ok(STATES.has(statusWord(p)), statusWord(p));
     const out = renderStatus(proxies);
     for (const w of stateWordsIn(out)) assert.ok(STATES.has(w), `status output says ${w}`);
     assert.doesNotMatch(out, /\bstale\b/i);
   });
 
-  for (const file of ['src/cli/status.ts', 'src/admin/dashboard/static/app.js', 'src/admin/dashboard/static/index.html', 'src/admin/dashboard/routes.ts', 'src/xds/server/proxy-status.ts']) {
+  for (const file of [
+    'src/cli/status.ts',
+    'src/admin/dashboard/static/app.js',
+    'src/admin/dashboard/static/index.html',
+    'src/admin/dashboard/routes.ts',
+    'src/xds/server/proxy-status.ts',
+  ]) {
     test(`${file} names states only from PROXY_STATES`, () => {
       const text = read(file);
       for (const w of stateWordsIn(text)) assert.ok(STATES.has(w), `${file} says ${w}`);

@@ -39,7 +39,13 @@ const proxies: ProxyJson[] = [
     group: 'gateway/lab',
     protocol: 'sotw',
     state: 'NACKED',
-    types: { route: { sentVersion: 'ffffffff66', ackedVersion: '1111111177', lastNack: { version: 'ffffffff66', message: "regex '[a-z]{300}'\n RE2 program size", sources: ['policies/lab.yaml'], resources: ['lab/http'] } } },
+    types: {
+      route: {
+        sentVersion: 'ffffffff66',
+        ackedVersion: '1111111177',
+        lastNack: { version: 'ffffffff66', message: "regex '[a-z]{300}'\n RE2 program size", sources: ['policies/lab.yaml'], resources: ['lab/http'] },
+      },
+    },
   },
 ];
 
@@ -109,7 +115,7 @@ describe('signalbox status --admin-token-file', () => {
     }
   }
 
-  test('sends the file\'s trimmed content as a bearer token, from the flag or SIGNALBOX_ADMIN_TOKEN_FILE', async () => {
+  test("sends the file's trimmed content as a bearer token, from the flag or SIGNALBOX_ADMIN_TOKEN_FILE", async () => {
     const file = path.join(dir, 'admin-token');
     writeFileSync(file, `${TOKEN}\n`, { mode: 0o600 });
     const r = await runStatus(['--admin', base, '--admin-token-file', file]);

@@ -27,7 +27,14 @@ function entry(o: { route?: string; cluster?: string; status?: number; flags?: R
   return {
     common_properties: {
       downstream_remote_address: { socket_address: { address: '10.0.0.1', port_value: 4242 } },
-      ...(o.peer ? { tls_properties: { tls_version: 'TLSv1_3', peer_certificate_properties: { subject_alt_name: [{ dns: 'ignored.example' }, { uri: o.peer }], subject: 'CN=x' } } } : {}),
+      ...(o.peer
+        ? {
+            tls_properties: {
+              tls_version: 'TLSv1_3',
+              peer_certificate_properties: { subject_alt_name: [{ dns: 'ignored.example' }, { uri: o.peer }], subject: 'CN=x' },
+            },
+          }
+        : {}),
       start_time: { seconds: 1_790_000_000, nanos: 5 },
       time_to_last_downstream_tx_byte: d((o.ms ?? 1) + 0.5),
       upstream_cluster: o.cluster ?? '',
@@ -46,12 +53,28 @@ function entry(o: { route?: string; cluster?: string; status?: number; flags?: R
 describe('access log decoder', () => {
   test('reads identifier, route, cluster, status, flags, duration, attempts and peer; skips the rest', () => {
     const bytes = encode({
-      identifier: { node: { id: 'edge-1', cluster: 'edge', metadata: { fields: { 'signalbox.role': { string_value: 'gateway' } } }, locality: { zone: 'z' } }, log_name: logName(25) },
+      identifier: {
+        node: { id: 'edge-1', cluster: 'edge', metadata: { fields: { 'signalbox.role': { string_value: 'gateway' } } }, locality: { zone: 'z' } },
+        log_name: logName(25),
+      },
       http_logs: {
         log_entry: [
           entry({ route: 'shop/browse/match-0', cluster: 'shop/v1', status: 200, ms: 12.5, attempts: 1 }),
-          entry({ route: 'shop/browse/match-0', cluster: 'shop', status: 503, flags: { upstream_overflow: true, upstream_remote_reset: true, delay_injected: true }, ms: 1500, attempts: 3 }),
-          entry({ route: 'inbound/shop', cluster: 'inbound/shop', status: 403, flags: { unauthorized_details: { reason: 'EXTERNAL_SERVICE' } }, peer: 'spiffe://signalbox.local/service/web' }),
+          entry({
+            route: 'shop/browse/match-0',
+            cluster: 'shop',
+            status: 503,
+            flags: { upstream_overflow: true, upstream_remote_reset: true, delay_injected: true },
+            ms: 1500,
+            attempts: 3,
+          }),
+          entry({
+            route: 'inbound/shop',
+            cluster: 'inbound/shop',
+            status: 403,
+            flags: { unauthorized_details: { reason: 'EXTERNAL_SERVICE' } },
+            peer: 'spiffe://signalbox.local/service/web',
+          }),
           entry({ flags: { no_route_found: true }, status: 404 }),
           entry({ route: 'x', cluster: 'y', flags: { downstream_connection_termination: true } }),
         ],
@@ -75,7 +98,13 @@ describe('access log decoder', () => {
 
   test('falls back to time_to_last_downstream_tx_byte without a duration; counts TCP entries', () => {
     const T = lookupType(MSG);
-    const bytes = T.encode(T.fromObject({ http_logs: { log_entry: [{ common_properties: { time_to_last_downstream_tx_byte: d(7), route_name: 'r' }, response: { response_code: { value: 204 } } }] } })).finish();
+    const bytes = T.encode(
+      T.fromObject({
+        http_logs: {
+          log_entry: [{ common_properties: { time_to_last_downstream_tx_byte: d(7), route_name: 'r' }, response: { response_code: { value: 204 } } }],
+        },
+      }),
+    ).finish();
     assert.equal(decodeAccessLogMessage(bytes).http[0]!.durationMs, 7);
     const tcp = T.encode(T.fromObject({ tcp_logs: { log_entry: [{ common_properties: {} }, { common_properties: {} }] } })).finish();
     assert.deepEqual(decodeAccessLogMessage(tcp), { http: [], tcp: 2 });
@@ -88,7 +117,16 @@ describe('access log decoder', () => {
       seed = (seed * 1103515245 + 12345) & 0x7fffffff;
       return seed % n;
     };
-    const entries = Array.from({ length: 300 }, (_, _i) => entry({ route: `r${rnd(5)}/rule/match-${rnd(3)}`, cluster: rnd(4) ? `svc${rnd(3)}` : '', status: [200, 201, 302, 404, 429, 503, 401][rnd(7)], ms: rnd(100000) / 10, attempts: 1 + rnd(3), flags: rnd(3) ? {} : { upstream_overflow: true } }));
+    const entries = Array.from({ length: 300 }, (_, _i) =>
+      entry({
+        route: `r${rnd(5)}/rule/match-${rnd(3)}`,
+        cluster: rnd(4) ? `svc${rnd(3)}` : '',
+        status: [200, 201, 302, 404, 429, 503, 401][rnd(7)],
+        ms: rnd(100000) / 10,
+        attempts: 1 + rnd(3),
+        flags: rnd(3) ? {} : { upstream_overflow: true },
+      }),
+    );
     const bytes = encode({ http_logs: { log_entry: entries } });
     const full = T.toObject(T.decode(bytes), { longs: Number }) as { http_logs: { log_entry: any[] } };
     const narrow = decodeAccessLogMessage(bytes).http;
@@ -120,7 +158,16 @@ describe('access log decoder', () => {
 const gw: ProxyRef = { id: 'edge-1', role: 'gateway', name: 'edge', group: 'gateway/edge' };
 const web: ProxyRef = { id: 'web-1', role: 'sidecar', name: 'web', group: 'sidecar/web/1/2/3' };
 const shopSidecar: ProxyRef = { id: 'shop-1', role: 'sidecar', name: 'shop', group: 'sidecar/shop/1/2/3' };
-const rec = (o: Partial<AccessRecord>): AccessRecord => ({ route: 'shop/browse/match-0', cluster: 'shop', status: 200, flags: 0, durationMs: 1, attempts: 1, peer: '', ...o });
+const rec = (o: Partial<AccessRecord>): AccessRecord => ({
+  route: 'shop/browse/match-0',
+  cluster: 'shop',
+  status: 200,
+  flags: 0,
+  durationMs: 1,
+  attempts: 1,
+  peer: '',
+  ...o,
+});
 
 describe('traffic store', () => {
   test('counts classes, retries, 429, 401/403, overflows and resets per service, route, proxy and edge', () => {
@@ -135,7 +182,11 @@ describe('traffic store', () => {
     st.record(gw, rec({ status: 403, cluster: '' }));
     const snap = st.snapshot();
     const shop = snap.services.find((s) => s.key === 'shop')!;
-    assert.deepEqual(shop.totals, { requests: 4, c2xx: 1, c3xx: 0, c4xx: 1, c5xx: 2, retries: 2, rateLimited: 0, authzDenied: 1, overflow: 1, resets: 1 }, 'local replies without a cluster count only once the route resolves to the service');
+    assert.deepEqual(
+      shop.totals,
+      { requests: 4, c2xx: 1, c3xx: 0, c4xx: 1, c5xx: 2, retries: 2, rateLimited: 0, authzDenied: 1, overflow: 1, resets: 1 },
+      'local replies without a cluster count only once the route resolves to the service',
+    );
     const route = snap.routes.find((r) => r.key === 'shop/browse/match-0')!;
     assert.equal(route.totals.requests, 6);
     assert.equal(route.totals.rateLimited, 1);
@@ -187,7 +238,10 @@ describe('traffic store', () => {
     now = 20 * 60_000;
     st.sweep(15 * 60_000);
     st.record(gw, rec({ route: 'fresh/x/match-0' }));
-    assert.deepEqual(st.snapshot().routes.map((r) => r.key), ['fresh/x/match-0']);
+    assert.deepEqual(
+      st.snapshot().routes.map((r) => r.key),
+      ['fresh/x/match-0'],
+    );
   });
 
   test('cluster names map to services', () => {
@@ -220,7 +274,12 @@ describe('sliding window', () => {
     const s = new Series('x');
     for (let i = 1; i <= 1000; i++) s.add(sample(i / 10), 50_000); // 0.1 .. 100 ms
     const st = s.stats(50_100);
-    for (const [p, want] of [[st.p50!, 50], [st.p90!, 90], [st.p99!, 99]] as const) assert.ok(Math.abs(p - want) / want < 0.25, `${p} vs ${want}`);
+    for (const [p, want] of [
+      [st.p50!, 50],
+      [st.p90!, 90],
+      [st.p99!, 99],
+    ] as const)
+      assert.ok(Math.abs(p - want) / want < 0.25, `${p} vs ${want}`);
     assert.ok(latencyBucket(LATENCY_BOUNDS_MS[3]!) === 3 && latencyBucket(LATENCY_BOUNDS_MS[3]! + 1e-6) === 4);
     assert.equal(latencyBucket(1e9), LATENCY_BOUNDS_MS.length, 'beyond the last bound: +Inf');
   });

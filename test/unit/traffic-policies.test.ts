@@ -51,12 +51,17 @@ describe('TrafficPolicy validation', () => {
   const target = 'targetRef: { kind: Service, name: orders }';
 
   test('zero, negative and fractional circuit breaker limits', () => {
-    assert.deepEqual(schemaErrors('TrafficPolicy', `{ ${target}, circuitBreaker: { maxConnections: 0, maxPendingRequests: -1, maxRequests: 1.5, maxRetries: 3 } }`), [
-      'spec.circuitBreaker.maxConnections: must be greater than zero',
-      'spec.circuitBreaker.maxPendingRequests: must be greater than zero',
-      'spec.circuitBreaker.maxRequests: must be a whole number',
+    assert.deepEqual(
+      schemaErrors('TrafficPolicy', `{ ${target}, circuitBreaker: { maxConnections: 0, maxPendingRequests: -1, maxRequests: 1.5, maxRetries: 3 } }`),
+      [
+        'spec.circuitBreaker.maxConnections: must be greater than zero',
+        'spec.circuitBreaker.maxPendingRequests: must be greater than zero',
+        'spec.circuitBreaker.maxRequests: must be a whole number',
+      ],
+    );
+    assert.deepEqual(schemaErrors('TrafficPolicy', `{ ${target}, circuitBreaker: {} }`), [
+      'spec.circuitBreaker: give at least one of maxConnections, maxPendingRequests, maxRequests, maxRetries',
     ]);
-    assert.deepEqual(schemaErrors('TrafficPolicy', `{ ${target}, circuitBreaker: {} }`), ['spec.circuitBreaker: give at least one of maxConnections, maxPendingRequests, maxRequests, maxRetries']);
   });
 
   test('percent above 100 and zero thresholds in outlier detection and health checks', () => {
@@ -76,15 +81,27 @@ describe('TrafficPolicy validation', () => {
     assert.deepEqual(schemaErrors('TrafficPolicy', `{ ${target}, loadBalancer: { type: RingHash } }`), [
       'spec.loadBalancer.hashOn: required for RingHash: give { header: NAME } or { sourceIP: true } (without a key every request would hash alike)',
     ]);
-    assert.deepEqual(schemaErrors('TrafficPolicy', `{ ${target}, loadBalancer: { type: LeastRequest, hashOn: { header: x-user } } }`), ['spec.loadBalancer.hashOn: only used by RingHash, not by LeastRequest']);
-    assert.deepEqual(schemaErrors('TrafficPolicy', `{ ${target}, loadBalancer: { type: RingHash, hashOn: { header: x-user, sourceIP: true } } }`), ['spec.loadBalancer.hashOn: give exactly one of header or sourceIP']);
-    assert.deepEqual(schemaErrors('TrafficPolicy', `{ ${target}, loadBalancer: { type: RingHash, hashOn: { header: "bad header" } } }`), ['spec.loadBalancer.hashOn.header: must be a valid HTTP header name']);
-    assert.deepEqual(schemaErrors('TrafficPolicy', `{ ${target}, loadBalancer: { type: Maglev } }`), ['spec.loadBalancer.type: must be one of "RoundRobin", "LeastRequest", "Random", "RingHash"']);
+    assert.deepEqual(schemaErrors('TrafficPolicy', `{ ${target}, loadBalancer: { type: LeastRequest, hashOn: { header: x-user } } }`), [
+      'spec.loadBalancer.hashOn: only used by RingHash, not by LeastRequest',
+    ]);
+    assert.deepEqual(schemaErrors('TrafficPolicy', `{ ${target}, loadBalancer: { type: RingHash, hashOn: { header: x-user, sourceIP: true } } }`), [
+      'spec.loadBalancer.hashOn: give exactly one of header or sourceIP',
+    ]);
+    assert.deepEqual(schemaErrors('TrafficPolicy', `{ ${target}, loadBalancer: { type: RingHash, hashOn: { header: "bad header" } } }`), [
+      'spec.loadBalancer.hashOn.header: must be a valid HTTP header name',
+    ]);
+    assert.deepEqual(schemaErrors('TrafficPolicy', `{ ${target}, loadBalancer: { type: Maglev } }`), [
+      'spec.loadBalancer.type: must be one of "RoundRobin", "LeastRequest", "Random", "RingHash"',
+    ]);
   });
 
   test('a policy that sets nothing, and perTryTimeout above its own timeout', () => {
-    assert.deepEqual(schemaErrors('TrafficPolicy', `{ ${target} }`), ['spec: sets nothing: give at least one of connectTimeout, timeout, retries, loadBalancer, circuitBreaker, outlierDetection, healthCheck']);
-    assert.deepEqual(schemaErrors('TrafficPolicy', `{ ${target}, timeout: 1s, retries: { attempts: 2, perTryTimeout: 1500ms } }`), ["spec.retries.perTryTimeout: 1500ms is longer than the policy's timeout 1s"]);
+    assert.deepEqual(schemaErrors('TrafficPolicy', `{ ${target} }`), [
+      'spec: sets nothing: give at least one of connectTimeout, timeout, retries, loadBalancer, circuitBreaker, outlierDetection, healthCheck',
+    ]);
+    assert.deepEqual(schemaErrors('TrafficPolicy', `{ ${target}, timeout: 1s, retries: { attempts: 2, perTryTimeout: 1500ms } }`), [
+      "spec.retries.perTryTimeout: 1500ms is longer than the policy's timeout 1s",
+    ]);
   });
 
   test('an unknown target Service, with a suggestion', async () => {
@@ -105,7 +122,10 @@ describe('TrafficPolicy validation', () => {
       errors.map((e) => [e.code, e.file, e.doc, e.path]),
       [[ErrorCode.CONFLICT, path.join(dir, 'b.yaml'), 1, 'spec.circuitBreaker']],
     );
-    assert.equal(errors[0]!.message, `conflicts with TrafficPolicy "first" in ${path.join(dir, 'a.yaml')}#2, which also sets circuitBreaker for Service "orders"; set each field in one policy only`);
+    assert.equal(
+      errors[0]!.message,
+      `conflicts with TrafficPolicy "first" in ${path.join(dir, 'a.yaml')}#2, which also sets circuitBreaker for Service "orders"; set each field in one policy only`,
+    );
   });
 
   test('two policies on one Service setting different fields are merged', async () => {
@@ -136,12 +156,18 @@ describe('TrafficPolicy validation', () => {
   test('backends whose TrafficPolicies give different timeouts make the rule ambiguous', async () => {
     const dir = policyDir({
       'a.yaml': docs(ORDERS, CARTS, PUBLIC, route('r', '    - backendRefs: [ { name: orders }, { name: carts } ]')),
-      'b.yaml': docs(tp('o', '{ targetRef: { kind: Service, name: orders }, timeout: 2s }'), tp('c', '{ targetRef: { kind: Service, name: carts }, timeout: 3s }')),
+      'b.yaml': docs(
+        tp('o', '{ targetRef: { kind: Service, name: orders }, timeout: 2s }'),
+        tp('c', '{ targetRef: { kind: Service, name: carts }, timeout: 3s }'),
+      ),
     });
     const { errors } = await validateDir(dir);
     assert.equal(errors.length, 1, formatted(errors).join('\n'));
     assert.equal(errors[0]!.path, 'spec.rules[0].backendRefs');
-    assert.match(errors[0]!.message, /get different timeout from their TrafficPolicies \(carts: TrafficPolicy "c" .*b\.yaml#2\), orders: TrafficPolicy "o" .*b\.yaml#1\)\); set timeout on the rule/);
+    assert.match(
+      errors[0]!.message,
+      /get different timeout from their TrafficPolicies \(carts: TrafficPolicy "c" .*b\.yaml#2\), orders: TrafficPolicy "o" .*b\.yaml#1\)\); set timeout on the rule/,
+    );
   });
 });
 
@@ -164,9 +190,13 @@ describe('RateLimitPolicy validation', () => {
   });
 
   test('keys: exactly one of header or clientIP; no sectionName on a Service', () => {
-    assert.deepEqual(schemaErrors('RateLimitPolicy', '{ targetRef: { kind: Gateway, name: public }, local: { requests: 10, per: 1s, by: { header: x-key, clientIP: true } } }'), [
-      'spec.local.by: give exactly one of header or clientIP',
-    ]);
+    assert.deepEqual(
+      schemaErrors(
+        'RateLimitPolicy',
+        '{ targetRef: { kind: Gateway, name: public }, local: { requests: 10, per: 1s, by: { header: x-key, clientIP: true } } }',
+      ),
+      ['spec.local.by: give exactly one of header or clientIP'],
+    );
     assert.deepEqual(schemaErrors('RateLimitPolicy', '{ targetRef: { kind: Service, name: orders, sectionName: x }, local: { requests: 10, per: 1s } }'), [
       'spec.targetRef.sectionName: sectionName is for a Gateway listener or an HTTPRoute rule, not a Service',
     ]);
@@ -210,12 +240,18 @@ describe('RateLimitPolicy validation', () => {
 describe('FaultInjection validation', () => {
   test('percentages above 100 are refused', () => {
     const r = parsePolicyText(
-      route('f', '    - backendRefs: [ { name: orders } ]\n      filters: [ { type: FaultInjection, faultInjection: { delay: { fixed: 1s, percent: 101 }, abort: { httpStatus: 503, percent: 150 } } } ]'),
+      route(
+        'f',
+        '    - backendRefs: [ { name: orders } ]\n      filters: [ { type: FaultInjection, faultInjection: { delay: { fixed: 1s, percent: 101 }, abort: { httpStatus: 503, percent: 150 } } } ]',
+      ),
       'p.yaml',
     );
     assert.deepEqual(
       r.errors.map((e) => `${e.path}: ${e.message}`),
-      ['spec.rules[0].filters[0].faultInjection.delay.percent: must be a percentage from 0 to 100', 'spec.rules[0].filters[0].faultInjection.abort.percent: must be a percentage from 0 to 100'],
+      [
+        'spec.rules[0].filters[0].faultInjection.delay.percent: must be a percentage from 0 to 100',
+        'spec.rules[0].filters[0].faultInjection.abort.percent: must be a percentage from 0 to 100',
+      ],
     );
   });
 });
@@ -243,7 +279,10 @@ describe('translation of traffic policies', () => {
       ),
     ),
     'b.yaml': docs(
-      tp('orders', '{ targetRef: { kind: Service, name: orders }, timeout: 3s, retries: { attempts: 2 }, loadBalancer: { type: RingHash, hashOn: { header: X-User } }, connectTimeout: 250ms }'),
+      tp(
+        'orders',
+        '{ targetRef: { kind: Service, name: orders }, timeout: 3s, retries: { attempts: 2 }, loadBalancer: { type: RingHash, hashOn: { header: X-User } }, connectTimeout: 250ms }',
+      ),
       rl('shop', '{ targetRef: { kind: HTTPRoute, name: shop, sectionName: inherit }, local: { requests: 5, per: 1s, by: { header: x-key } } }'),
       rl('admin', '{ targetRef: { kind: Gateway, name: public, sectionName: admin }, local: { requests: 50, per: 1m, by: { clientIP: true } } }'),
       rl('orders-inbound', '{ targetRef: { kind: Service, name: orders }, local: { requests: 7, per: 1s } }'),
@@ -281,7 +320,9 @@ describe('translation of traffic policies', () => {
     const rc = routeConfigResource(http) as { virtual_hosts: { routes: { name: string; route?: Record<string, unknown> }[] }[] };
     const inherit = rc.virtual_hosts[0]!.routes.find((r) => r.name === 'shop/inherit/match-0')!;
     assert.deepEqual(inherit.route!.hash_policy, [{ header: { header_name: 'x-user' } }]);
-    assert.deepEqual(inherit.route!.rate_limits, [{ stage: { value: 0 }, actions: [{ request_headers: { header_name: 'x-key', descriptor_key: 'signalbox_key' } }] }]);
+    assert.deepEqual(inherit.route!.rate_limits, [
+      { stage: { value: 0 }, actions: [{ request_headers: { header_name: 'x-key', descriptor_key: 'signalbox_key' } }] },
+    ]);
     const mesh = rc.virtual_hosts[0]!.routes.find((r) => r.name === 'shop/mesh/match-0')!;
     assert.equal(mesh.route!.hash_policy, undefined);
   });
@@ -290,7 +331,11 @@ describe('translation of traffic policies', () => {
     const ir = (await irOf(files())).get('gateway/public')!;
     const names = (l: (typeof ir.listeners)[number]) =>
       ((listenerResource(l) as any).filter_chains[0].filters[0].typed_config.http_filters as { name: string }[]).map((f) => f.name);
-    assert.deepEqual(names(ir.listeners.find((l) => l.name === 'public/admin')!), ['signalbox.local_ratelimit.listener', 'signalbox.local_ratelimit.route', 'envoy.filters.http.router']);
+    assert.deepEqual(names(ir.listeners.find((l) => l.name === 'public/admin')!), [
+      'signalbox.local_ratelimit.listener',
+      'signalbox.local_ratelimit.route',
+      'envoy.filters.http.router',
+    ]);
     assert.deepEqual(names(ir.listeners.find((l) => l.name === 'public/http')!), ['signalbox.local_ratelimit.route', 'envoy.filters.http.router']);
   });
 

@@ -125,7 +125,10 @@ describe('route precedence', () => {
   test('precedence holds across HTTPRoutes in different files, and each match of a rule is its own route', async () => {
     const groups = await compile({
       'a.yaml': docs(SERVICES, GATEWAY),
-      'b-short.yaml': route('short', '    - matches: [ { path: { value: /shop } }, { path: { type: Exact, value: /shop/cart } } ]\n      backendRefs: [ { name: catalog } ]'),
+      'b-short.yaml': route(
+        'short',
+        '    - matches: [ { path: { value: /shop } }, { path: { type: Exact, value: /shop/cart } } ]\n      backendRefs: [ { name: catalog } ]',
+      ),
       'c-long.yaml': route('long', '    - matches: [ { path: { value: /shop/orders } } ]\n      backendRefs: [ { name: orders } ]'),
     });
     assert.deepEqual(
@@ -135,12 +138,17 @@ describe('route precedence', () => {
   });
 
   test('within one HTTPRoute, equally specific rules and matches keep their written order (not their names)', async () => {
-    const same = (name: string) => `    - ${name ? `name: ${name}\n      ` : ''}matches: [ { path: { value: /same }, headers: [ { name: x-${name || 'n'}, type: Present } ] } ]\n      backendRefs: [ { name: catalog } ]`;
+    const same = (name: string) =>
+      `    - ${name ? `name: ${name}\n      ` : ''}matches: [ { path: { value: /same }, headers: [ { name: x-${name || 'n'}, type: Present } ] } ]\n      backendRefs: [ { name: catalog } ]`;
     const rules = ['zeta', 'alpha', ...Array.from({ length: 10 }, () => '')].map(same).join('\n');
     const names = routesOf(await compile({ 'a.yaml': docs(SERVICES, GATEWAY, route('r', rules)) })).map((r) => r.name);
     assert.deepEqual(names, ['r/zeta/match-0', 'r/alpha/match-0', ...Array.from({ length: 10 }, (_, i) => `r/#${i + 2}/match-0`)]);
     const matches = await compile({
-      'a.yaml': docs(SERVICES, GATEWAY, route('m', '    - matches: [ { path: { value: /b }, method: GET }, { path: { value: /a }, method: PUT } ]\n      backendRefs: [ { name: catalog } ]')),
+      'a.yaml': docs(
+        SERVICES,
+        GATEWAY,
+        route('m', '    - matches: [ { path: { value: /b }, method: GET }, { path: { value: /a }, method: PUT } ]\n      backendRefs: [ { name: catalog } ]'),
+      ),
     });
     assert.deepEqual(
       routesOf(matches).map((r) => r.name),
@@ -284,7 +292,9 @@ describe('backends and clusters', () => {
   });
 
   test('http2 and grpc services get HTTP/2 upstream options; http does not', async () => {
-    const groups = await compile({ 'a.yaml': docs(SERVICES, GATEWAY, route('r', '    - backendRefs: [ { name: grpc-api, weight: 1 }, { name: catalog, weight: 1 } ]')) });
+    const groups = await compile({
+      'a.yaml': docs(SERVICES, GATEWAY, route('r', '    - backendRefs: [ { name: grpc-api, weight: 1 }, { name: catalog, weight: 1 } ]')),
+    });
     const grpc = resource(groups, 'gateway/public', 'cluster', 'grpc-api');
     const opts = grpc.typed_extension_protocol_options['envoy.extensions.upstreams.http.v3.HttpProtocolOptions'];
     assert.deepEqual(opts.explicit_http_config, { http2_protocol_options: {} });
@@ -354,7 +364,8 @@ describe('timeouts and retries', () => {
 
 describe('filters', () => {
   test('redirects keep the listener port unless a scheme or port is given', async () => {
-    const redirect = (name: string, r: string) => `    - name: ${name}\n      matches: [ { path: { type: Exact, value: /${name} } } ]\n      filters: [ { type: RequestRedirect, requestRedirect: ${r} } ]`;
+    const redirect = (name: string, r: string) =>
+      `    - name: ${name}\n      matches: [ { path: { type: Exact, value: /${name} } } ]\n      filters: [ { type: RequestRedirect, requestRedirect: ${r} } ]`;
     const rules = [
       redirect('path-only', '{ path: { replaceFullPath: /new } }'),
       redirect('host', '{ hostname: example.org, statusCode: 301 }'),
@@ -463,11 +474,19 @@ describe('filters', () => {
 describe('IR', () => {
   test('a gateway only gets the routes attached to it, per listener (sectionName) and hostname', async () => {
     const gateways = docs(
-      doc('Gateway', 'public', '{ listeners: [ { name: http, port: 8080, protocol: HTTP, hostnames: ["*.example.com"] }, { name: alt, port: 8081, protocol: HTTP } ] }'),
+      doc(
+        'Gateway',
+        'public',
+        '{ listeners: [ { name: http, port: 8080, protocol: HTTP, hostnames: ["*.example.com"] }, { name: alt, port: 8081, protocol: HTTP } ] }',
+      ),
       doc('Gateway', 'internal', '{ listeners: [ { name: http, port: 9080, protocol: HTTP } ] }'),
     );
     const attach = (name: string, parent: string, hosts = '') =>
-      doc('HTTPRoute', name, `  parentRefs: [ ${parent} ]\n${hosts}  rules:\n    - backendRefs: [ { name: ${name === 'to-internal' ? 'orders' : 'catalog'} } ]`);
+      doc(
+        'HTTPRoute',
+        name,
+        `  parentRefs: [ ${parent} ]\n${hosts}  rules:\n    - backendRefs: [ { name: ${name === 'to-internal' ? 'orders' : 'catalog'} } ]`,
+      );
     const ir = await irOf({
       'a.yaml': docs(
         SERVICES,
@@ -557,7 +576,9 @@ describe('determinism', () => {
     const before = await compile({ 'a.yaml': docs(SERVICES, gateways, mesh, route1, route2, route3) });
     const after = await compile({ 'a.yaml': docs(SERVICES, gateways, mesh, route1, route2.replace('/catalog }, method', '/catalog2 }, method'), route3) });
     const flat = (g: CompiledGroups) =>
-      Object.fromEntries(Object.entries(g).flatMap(([group, types]) => Object.entries(types).flatMap(([t, list]) => list.map((r) => [`${group} ${t} ${r.name}`, r.version]))));
+      Object.fromEntries(
+        Object.entries(g).flatMap(([group, types]) => Object.entries(types).flatMap(([t, list]) => list.map((r) => [`${group} ${t} ${r.name}`, r.version]))),
+      );
     const x = flat(before);
     const y = flat(after);
     assert.deepEqual(Object.keys(y), Object.keys(x));
@@ -571,7 +592,12 @@ describe('strict encoding (assertRoundTrip)', () => {
   const encode = (t: typeof cluster, json: Json) => t.encode(t.fromObject(json)).finish();
 
   test('a correct resource survives encoding', () => {
-    const good = { name: 'c', type: 'EDS', connect_timeout: { seconds: 1, nanos: 0 }, eds_cluster_config: { eds_config: { ads: {}, resource_api_version: 'V3' } } };
+    const good = {
+      name: 'c',
+      type: 'EDS',
+      connect_timeout: { seconds: 1, nanos: 0 },
+      eds_cluster_config: { eds_config: { ads: {}, resource_api_version: 'V3' } },
+    };
     assert.doesNotThrow(() => assertRoundTrip(TypeUrl.Cluster, 'c', good, encode(cluster, good)));
   });
 
@@ -587,8 +613,23 @@ describe('strict encoding (assertRoundTrip)', () => {
   });
 
   test('every resource compiled from a realistic policy set survives encoding', async () => {
-    const groups = await compile({ 'a.yaml': docs(SERVICES, GATEWAY, route('r', '    - backendRefs: [ { name: orders, subset: v1 }, { name: grpc-api } ]\n      filters: [ { type: FaultInjection, faultInjection: { delay: { fixed: 1s, percent: 5 } } } ]')) });
-    const types: Record<string, string> = { cluster: TypeUrl.Cluster, endpoint: TypeUrl.Endpoint, listener: TypeUrl.Listener, route: TypeUrl.Route, secret: TypeUrl.Secret };
+    const groups = await compile({
+      'a.yaml': docs(
+        SERVICES,
+        GATEWAY,
+        route(
+          'r',
+          '    - backendRefs: [ { name: orders, subset: v1 }, { name: grpc-api } ]\n      filters: [ { type: FaultInjection, faultInjection: { delay: { fixed: 1s, percent: 5 } } } ]',
+        ),
+      ),
+    });
+    const types: Record<string, string> = {
+      cluster: TypeUrl.Cluster,
+      endpoint: TypeUrl.Endpoint,
+      listener: TypeUrl.Listener,
+      route: TypeUrl.Route,
+      secret: TypeUrl.Secret,
+    };
     let checked = 0;
     for (const [type, list] of Object.entries(groups['gateway/public']!)) {
       const t = lookupType(messageName(types[type]!));

@@ -67,7 +67,11 @@ describe('YAML syntax', () => {
     const ok = doc('Service', 'a', '{ port: 80, endpoints: [ { address: 127.0.0.1, port: 1 } ] }');
     const text = `${ok}---\napiVersion: signalbox.dev/v1alpha1\nkind: Service\nkind: Gateway\nmetadata: { name: b }\nspec: {}\n`;
     const r = parse(text);
-    assert.deepEqual(r.docs.map((d) => d.name), ['a'], 'the good document still loads');
+    assert.deepEqual(
+      r.docs.map((d) => d.name),
+      ['a'],
+      'the good document still loads',
+    );
     assert.equal(r.errors.length, 1);
     assert.equal(r.errors[0]!.code, ErrorCode.YAML_SYNTAX);
     assert.equal(r.errors[0]!.doc, 2);
@@ -97,9 +101,7 @@ describe('YAML syntax', () => {
 describe('kinds', () => {
   test('an unknown kind suggests the closest one', () => {
     const r = parse(doc('Servce', 'orders', '{ port: 80 }'));
-    assert.deepEqual(formatted(r.errors), [
-      `p.yaml#1 kind: unknown kind "Servce" (did you mean "Service"?); expected one of ${KIND_LIST} (line 2)`,
-    ]);
+    assert.deepEqual(formatted(r.errors), [`p.yaml#1 kind: unknown kind "Servce" (did you mean "Service"?); expected one of ${KIND_LIST} (line 2)`]);
     assert.equal(r.errors[0]!.code, ErrorCode.UNKNOWN_KIND);
     assert.equal(r.docs.length, 0);
   });
@@ -272,14 +274,22 @@ backendRefs: [ { name: orders } ]`,
 
   test('document indexes and lines are right for the 2nd and 3rd document of a file', () => {
     const good = doc('Service', 'a', '{ port: 80, endpoints: [ { address: 127.0.0.1, port: 1 } ] }');
-    const text = docs(good, doc('Service', 'b', '{ port: 0, endpoints: [ { address: 127.0.0.1, port: 1 } ] }'), doc('Gateway', 'c', '{ listeners: [], extra: 1 }'));
-    const r = parse(text, 'multi.yaml');
-    assert.deepEqual(r.docs.map((d) => [d.name, d.source.doc]), [['a', 1]]);
-    // Lines count from the top of the file: document 3 starts on line 11, its spec is on line 14.
-    assert.deepEqual(
-      r.errors.map((e) => `${e.file}#${e.doc} ${e.path} (line ${e.line})`).sort(),
-      ['multi.yaml#2 spec.port (line 9)', 'multi.yaml#3 spec.extra (line 14)', 'multi.yaml#3 spec.listeners (line 14)'],
+    const text = docs(
+      good,
+      doc('Service', 'b', '{ port: 0, endpoints: [ { address: 127.0.0.1, port: 1 } ] }'),
+      doc('Gateway', 'c', '{ listeners: [], extra: 1 }'),
     );
+    const r = parse(text, 'multi.yaml');
+    assert.deepEqual(
+      r.docs.map((d) => [d.name, d.source.doc]),
+      [['a', 1]],
+    );
+    // Lines count from the top of the file: document 3 starts on line 11, its spec is on line 14.
+    assert.deepEqual(r.errors.map((e) => `${e.file}#${e.doc} ${e.path} (line ${e.line})`).sort(), [
+      'multi.yaml#2 spec.port (line 9)',
+      'multi.yaml#3 spec.extra (line 14)',
+      'multi.yaml#3 spec.listeners (line 14)',
+    ]);
     assert.equal(r.errors.find((e) => e.path === 'spec.port')!.message, 'must be a port from 1 to 65535');
     assert.equal(r.errors.find((e) => e.path === 'spec.extra')!.message, 'unknown field "extra"');
   });
@@ -382,12 +392,20 @@ describe('cross references (model)', () => {
     const dir = policyDir({
       'a.yaml': docs(ORDERS, PUBLIC),
       'b.yaml': route('b', 'backendRefs: [ { name: payments } ]'),
-      'c.yaml': docs(route('c1', 'backendRefs: [ { name: orders, subset: v9 } ]'), route('c2', 'backendRefs: [ { name: ordres } ]', '{ kind: Gateway, name: private }')),
+      'c.yaml': docs(
+        route('c1', 'backendRefs: [ { name: orders, subset: v9 } ]'),
+        route('c2', 'backendRefs: [ { name: ordres } ]', '{ kind: Gateway, name: private }'),
+      ),
     });
     const { errors } = await validateDir(dir);
     assert.deepEqual(
       errors.map((e) => `${path.basename(e.file)}#${e.doc} ${e.path}`),
-      ['b.yaml#1 spec.rules[0].backendRefs[0].name', 'c.yaml#1 spec.rules[0].backendRefs[0].subset', 'c.yaml#2 spec.parentRefs[0].name', 'c.yaml#2 spec.rules[0].backendRefs[0].name'],
+      [
+        'b.yaml#1 spec.rules[0].backendRefs[0].name',
+        'c.yaml#1 spec.rules[0].backendRefs[0].subset',
+        'c.yaml#2 spec.parentRefs[0].name',
+        'c.yaml#2 spec.rules[0].backendRefs[0].name',
+      ],
     );
     assert.ok(errors.every((e) => e.code === ErrorCode.UNKNOWN_REFERENCE));
     assert.match(errors[0]!.message, /^unknown Service "payments"$/, 'no suggestion when nothing is close');
@@ -415,7 +433,11 @@ describe('cross references (model)', () => {
     const dir = policyDir({
       'certs/swapped.crt': key,
       'certs/junk.key': 'TOP-SECRET-NOT-A-KEY\n',
-      'g.yaml': doc('Gateway', 'g', `  listeners:\n    - { name: https, port: 8443, protocol: HTTPS, tls: { certificateFile: certs/swapped.crt, privateKeyFile: certs/junk.key } }`),
+      'g.yaml': doc(
+        'Gateway',
+        'g',
+        `  listeners:\n    - { name: https, port: 8443, protocol: HTTPS, tls: { certificateFile: certs/swapped.crt, privateKeyFile: certs/junk.key } }`,
+      ),
     });
     const { errors } = await validateDir(dir);
     assert.deepEqual(
@@ -430,7 +452,11 @@ describe('cross references (model)', () => {
 
   test('a TLS file that does not exist is reported on its field', async () => {
     const dir = policyDir({
-      'g.yaml': doc('Gateway', 'g', `  listeners:\n    - { name: https, port: 8443, protocol: HTTPS, tls: { certificateFile: certs/none.crt, privateKeyFile: certs/none.key } }`),
+      'g.yaml': doc(
+        'Gateway',
+        'g',
+        `  listeners:\n    - { name: https, port: 8443, protocol: HTTPS, tls: { certificateFile: certs/none.crt, privateKeyFile: certs/none.key } }`,
+      ),
     });
     const { errors } = await validateDir(dir);
     assert.deepEqual(
@@ -506,7 +532,8 @@ describe('signalbox validate (CLI)', () => {
       assert.equal(r.stdout, '');
       assert.equal(
         r.stderr,
-        `${path.join(copy, 'zz-broken.yaml')}#2 spec.rules[0].backendRefs[0].name: unknown Service "inventroy" (did you mean "inventory"?) (line 12)\n` + `1 error(s) in ${copy}\n`,
+        `${path.join(copy, 'zz-broken.yaml')}#2 spec.rules[0].backendRefs[0].name: unknown Service "inventroy" (did you mean "inventory"?) (line 12)\n` +
+          `1 error(s) in ${copy}\n`,
       );
       // The same copy without the typo is valid: the failure came from the typo alone.
       writeFileSync(path.join(copy, 'zz-broken.yaml'), docs(inventory, broken.replace('inventroy', 'inventory')));
@@ -520,7 +547,8 @@ describe('signalbox validate (CLI)', () => {
   test('--format github prints one GitHub Actions annotation per error, on its file and line', () => {
     const dir = policyDir({
       'a.yaml': docs(doc('Gateway', 'public', '  listners: []'), doc('Service', 'orders', '{ port: 8080, endpoints: [ { address: 127.0.0.1, port: 9001 } ] }')),
-      'b,1.yaml': 'apiVersion: signalbox.dev/v1alpha1\nkind: Service\nmetadata: { name: "x,y:z" }\nspec: { port: 8080, endpoints: [ { address: 127.0.0.1, port: 9001 } ] }\n',
+      'b,1.yaml':
+        'apiVersion: signalbox.dev/v1alpha1\nkind: Service\nmetadata: { name: "x,y:z" }\nspec: { port: 8080, endpoints: [ { address: 127.0.0.1, port: 9001 } ] }\n',
       'c.yaml': '{ not: yaml',
     });
     const r = cli('validate', dir, '--format', 'github');
@@ -534,7 +562,10 @@ describe('signalbox validate (CLI)', () => {
       `::error file=${file('a.yaml')},line=5,title=SB_SCHEMA::document 1 spec.listners: unknown field "listners"`,
       `::error file=${file('b,1.yaml')},line=3,title=SB_SCHEMA::document 1 metadata.name: must be a DNS label: lower-case letters, digits and "-", starting and ending with a letter or digit`,
     ]);
-    assert.match(lines[3]!, new RegExp(`^::error file=${file('c.yaml').replace(/[.*+?^${}()|[\]\\]/g, '\\$&')},line=\\d+,title=SB_YAML_SYNTAX::document 1: YAML: `));
+    assert.match(
+      lines[3]!,
+      new RegExp(`^::error file=${file('c.yaml').replace(/[.*+?^${}()|[\]\\]/g, '\\$&')},line=\\d+,title=SB_YAML_SYNTAX::document 1: YAML: `),
+    );
     assert.equal(lines.length, 4);
     assert.match(r.stderr, /^4 error\(s\) in /);
   });

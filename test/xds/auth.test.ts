@@ -18,7 +18,12 @@ import path from 'node:path';
 const IDENTITY = 'signalbox/identity';
 
 function sidecarNode(id: string, service: string) {
-  return makeNode({ id, role: 'sidecar', gateway: null, metadata: { 'signalbox.service': service, 'signalbox.instance': id, 'signalbox.app_port': '9001', 'signalbox.inbound_port': '21001' } });
+  return makeNode({
+    id,
+    role: 'sidecar',
+    gateway: null,
+    metadata: { 'signalbox.service': service, 'signalbox.instance': id, 'signalbox.app_port': '9001', 'signalbox.inbound_port': '21001' },
+  });
 }
 
 function withToken(token: string): grpc.Metadata {
@@ -109,13 +114,16 @@ describe('xDS authentication', () => {
     await stillServing();
   });
 
-  test("a token for gateway A claiming gateway B, or for one service claiming another: PERMISSION_DENIED", async () => {
-    await sb.writePolicy('more.yaml', `apiVersion: signalbox.dev/v1alpha1
+  test('a token for gateway A claiming gateway B, or for one service claiming another: PERMISSION_DENIED', async () => {
+    await sb.writePolicy(
+      'more.yaml',
+      `apiVersion: signalbox.dev/v1alpha1
 kind: Gateway
 metadata: { name: other }
 spec:
   listeners: [ { name: web, port: 9090, protocol: HTTP, hostnames: ["*"] } ]
-`);
+`,
+    );
     const before = await refusals('out-of-scope');
     const s = sb.ads.sotw({ node: gatewayNode('claims-other', 'other'), metadata: withToken(signTokenSync(sb.dataDir, 'gateway/edge')) });
     s.request(CDS);
@@ -169,7 +177,8 @@ spec:
     const ra = await a.next((r) => r.type_url === SDS && identityCert(r) !== undefined);
     const rb = await b.next((r) => r.type_url === SDS && r.resources.some((x) => x.name === IDENTITY));
     const ca = identityCert(ra)!;
-    const pem = decodeAny<{ tls_certificate: { certificate_chain: { inline_string: string } } }>(rb.resources.find((x) => x.name === IDENTITY)!.resource!).tls_certificate.certificate_chain.inline_string;
+    const pem = decodeAny<{ tls_certificate: { certificate_chain: { inline_string: string } } }>(rb.resources.find((x) => x.name === IDENTITY)!.resource!)
+      .tls_certificate.certificate_chain.inline_string;
     const cb = new x509.X509Certificate(pem);
     assert.notEqual(ca.serialNumber, cb.serialNumber);
     assert.notEqual(Buffer.from(ca.publicKey.rawData).toString('hex'), Buffer.from(cb.publicKey.rawData).toString('hex'));
@@ -216,7 +225,13 @@ spec:
     const method = '/envoy.service.accesslog.v3.AccessLogService/StreamAccessLogs';
     const call = (metadata: grpc.Metadata) =>
       new Promise<grpc.ServiceError | null>((resolve) => {
-        const c = sb.ads.client.makeClientStreamRequest(method, (b: Buffer) => b, (b: Buffer) => b, metadata, (err) => resolve(err));
+        const c = sb.ads.client.makeClientStreamRequest(
+          method,
+          (b: Buffer) => b,
+          (b: Buffer) => b,
+          metadata,
+          (err) => resolve(err),
+        );
         c.end();
       });
     const anonymous = await call(new grpc.Metadata());
@@ -225,7 +240,12 @@ spec:
   });
 
   test('an expired token closes its stream when it expires', async () => {
-    const s = sb.ads.sotw({ node: gatewayNode('short-lived', 'edge'), metadata: withToken(signTokenSync(sb.dataDir, 'gateway/edge', { ttlSeconds: 2 })), follow: true, autoAck: true });
+    const s = sb.ads.sotw({
+      node: gatewayNode('short-lived', 'edge'),
+      metadata: withToken(signTokenSync(sb.dataDir, 'gateway/edge', { ttlSeconds: 2 })),
+      follow: true,
+      autoAck: true,
+    });
     s.request(CDS);
     s.request(LDS);
     await waitSynced(sb, 'short-lived');

@@ -73,7 +73,9 @@ class Sender {
   private constructor(private readonly worker: Worker) {}
 
   static async start(sb: Signalbox, data: Pick<SenderData, 'kind' | 'message' | 'count'>, id: string): Promise<Sender> {
-    const worker = new Worker(new URL('./nack-sender.js', import.meta.url), { workerData: { ...data, id, target: sb.target, dataDir: sb.dataDir } satisfies SenderData });
+    const worker = new Worker(new URL('./nack-sender.js', import.meta.url), {
+      workerData: { ...data, id, target: sb.target, dataDir: sb.dataDir } satisfies SenderData,
+    });
     worker.unref(); // a failed test never keeps the process alive
     const sender = new Sender(worker);
     assert.deepEqual(await sender.reply(), { ready: true });
@@ -200,7 +202,10 @@ describe('NACKs are bounded', () => {
     assert.equal(st.nacksRateLimited, limited);
     // At most the allowance of each one-second window the burst touched was attributed.
     const windows = Math.ceil(elapsedMs / 1000) + 1;
-    assert.ok(total - limited >= 1 && total - limited <= NACKS_BLAMED_PER_SECOND * windows, `${total - limited} of ${total} NACKs attributed over ${elapsedMs.toFixed(0)} ms`);
+    assert.ok(
+      total - limited >= 1 && total - limited <= NACKS_BLAMED_PER_SECOND * windows,
+      `${total - limited} of ${total} NACKs attributed over ${elapsedMs.toFixed(0)} ms`,
+    );
     // The last one was rate limited: recorded without a search, its blame carried from the same version and message.
     assert.equal(st.nack!.rateLimited, true);
     assert.deepEqual(st.nack!.resources, ['edge/ops']);
@@ -209,7 +214,10 @@ describe('NACKs are bounded', () => {
     // A warning per attributed NACK and one per window saying the rest are rate limited, not one per NACK.
     const logged = warnings.lines.filter((l) => l.obj.proxy === id);
     assert.ok(logged.length <= total - limited + windows, `${logged.length} warnings for ${total} NACKs`);
-    assert.ok(logged.some((l) => /rate limited/.test(l.msg)), 'the rate limiting is logged');
+    assert.ok(
+      logged.some((l) => /rate limited/.test(l.msg)),
+      'the rate limiting is logged',
+    );
 
     // The stream still serves.
     assert.deepEqual(await sender.ask('probe'), { eds: 1 });
@@ -218,7 +226,12 @@ describe('NACKs are bounded', () => {
 
 /** A sidecar of the Service "orders" whose shape (its group) is set by its app port. */
 function sidecar(id: string, appPort: number) {
-  return makeNode({ id, role: 'sidecar', gateway: null, metadata: { 'signalbox.service': 'orders', 'signalbox.instance': id, 'signalbox.app_port': String(appPort), 'signalbox.inbound_port': '21001' } });
+  return makeNode({
+    id,
+    role: 'sidecar',
+    gateway: null,
+    metadata: { 'signalbox.service': 'orders', 'signalbox.instance': id, 'signalbox.app_port': String(appPort), 'signalbox.inbound_port': '21001' },
+  });
 }
 const groupOf = (appPort: number) => `sidecar/orders/${appPort}/21001/15001`;
 
@@ -266,9 +279,15 @@ describe('proxy groups are bounded', () => {
     assert.ok(performance.now() - left < graceMs, 'reconnected within the grace period (the test is too slow to tell)');
     assert.ok((await groupNames(sb)).includes(groupOf(ports[1]!)), 'a group is not dropped before its grace period');
 
-    await waitFor(async () => (await groupNames(sb)).filter((g) => g.startsWith('sidecar/')).length === 1, { what: 'the idle groups to be dropped', timeoutMs: 10_000 });
+    await waitFor(async () => (await groupNames(sb)).filter((g) => g.startsWith('sidecar/')).length === 1, {
+      what: 'the idle groups to be dropped',
+      timeoutMs: 10_000,
+    });
     assert.ok(performance.now() - left >= graceMs, 'dropped after the grace period, not before');
-    assert.deepEqual((await groupNames(sb)).filter((g) => g.startsWith('sidecar/')), [groupOf(keeper)]);
+    assert.deepEqual(
+      (await groupNames(sb)).filter((g) => g.startsWith('sidecar/')),
+      [groupOf(keeper)],
+    );
     assert.equal(await sb.metric('signalbox_requested_groups_dropped_total', { reason: 'idle' }), n - 1);
     assert.equal(await sb.metric('signalbox_requested_groups'), 1);
 

@@ -72,7 +72,17 @@ describe('compile output equals what serve sends a connected proxy', () => {
       const dir = path.join(CASES, name);
       const server = await startServer(
         resolveServeConfig(
-          { policies: dir, 'data-dir': dataDir, 'xds-address': '127.0.0.1', 'xds-port': '0', 'admin-address': '127.0.0.1', 'admin-port': '0', 'authz-port': '0', 'log-level': 'silent', ...serveFlags(opts) },
+          {
+            policies: dir,
+            'data-dir': dataDir,
+            'xds-address': '127.0.0.1',
+            'xds-port': '0',
+            'admin-address': '127.0.0.1',
+            'admin-port': '0',
+            'authz-port': '0',
+            'log-level': 'silent',
+            ...serveFlags(opts),
+          },
           {},
         ),
       );
@@ -80,7 +90,11 @@ describe('compile output equals what serve sends a connected proxy', () => {
       try {
         assert.deepEqual(server.pipeline.errors.map(formatPolicyError), [], 'serve accepts the case');
         // What only the running server knows: where its ext_authz service listens, its CA.
-        const known: ServeLikeOptions = { ...opts, authz: { address: '127.0.0.1', port: server.authzPort!, tls: { serverId: AUTHZ_SERVER_ID } }, trustBundlePem: xdsCa(dataDir).toString('utf8') };
+        const known: ServeLikeOptions = {
+          ...opts,
+          authz: { address: '127.0.0.1', port: server.authzPort!, tls: { serverId: AUTHZ_SERVER_ID } },
+          trustBundlePem: xdsCa(dataDir).toString('utf8'),
+        };
         const printed = await compileDir(dir, [], known);
         if (!printed.ok) assert.fail(printed.errors.map(formatPolicyError).join('\n'));
         const loaded = await loadPolicyDir(dir);
@@ -110,7 +124,11 @@ describe('compile output equals what serve sends a connected proxy', () => {
             const type = SHORT_NAME[t];
             assert.deepEqual([...got.get(t)!.keys()].sort(), [...want.get(t)!.keys()].sort(), `${group}: the ${type} names`);
             const list: PrintedGroup[string] = printed.groups[group]![type]!;
-            assert.deepEqual(list.map((r) => r.name), [...want.get(t)!.keys()].sort(), `${group}: compile prints every ${type}`);
+            assert.deepEqual(
+              list.map((r) => r.name),
+              [...want.get(t)!.keys()].sort(),
+              `${group}: compile prints every ${type}`,
+            );
             for (const p of list) {
               const wire = got.get(t)!.get(p.name)!;
               const r = want.get(t)!.get(p.name)!;
@@ -119,7 +137,11 @@ describe('compile output equals what serve sends a connected proxy', () => {
               assert.ok(Buffer.from(wire.any.value).equals(Buffer.from(r.bytes)), `${group}: ${type} ${p.name}: the bytes served are compile's`);
               const received = decoded(t, wire.any.value) as Record<string, unknown>;
               const shown = t === TypeUrl.Secret ? redactSecret(received) : received;
-              assert.deepEqual(shown, normalized(t, p.resource as Record<string, unknown>), `${group}: ${type} ${p.name}: decoded, what serve sent is what compile printed`);
+              assert.deepEqual(
+                shown,
+                normalized(t, p.resource as Record<string, unknown>),
+                `${group}: ${type} ${p.name}: decoded, what serve sent is what compile printed`,
+              );
             }
           }
         }

@@ -77,8 +77,10 @@ function evolve(r: Rng, prev: ReadonlyMap<TypeUrl, ReadonlyMap<string, Resource>
       const x = r.next();
       const cur = m.get(n);
       if (x < 0.12) m.delete(n);
-      else if (x < 0.3) m.set(n, resource(t, n, `v${r.int(4)}`)); // often the same content again
-      else if (x < 0.4 && cur) m.set(n, resource(t, n, String(cur.printable.content))); // same version, new object
+      else if (x < 0.3)
+        m.set(n, resource(t, n, `v${r.int(4)}`)); // often the same content again
+      else if (x < 0.4 && cur)
+        m.set(n, resource(t, n, String(cur.printable.content))); // same version, new object
       else if (x < 0.5 && !cur) m.set(n, resource(t, n, `v${r.int(4)}`));
     }
     out.set(t, m);
@@ -110,7 +112,8 @@ function sentOf(s: DeltaStream) {
     if (m) out[SHORT_NAME[t]] = [...m.values()].map((x) => `${x.name}@${x.version}/${x.sources.join()}`).sort();
   }
   const types: Record<string, unknown> = {};
-  for (const [t, x] of s.status?.types ?? []) types[SHORT_NAME[t]] = { sent: x.sent?.version, acked: x.acked?.version, nack: x.nack?.version, pushes: x.pushes };
+  for (const [t, x] of s.status?.types ?? [])
+    types[SHORT_NAME[t]] = { sent: x.sent?.version, acked: x.acked?.version, nack: x.nack?.version, pushes: x.pushes };
   return { sent: out, types };
 }
 
@@ -124,7 +127,8 @@ function run(seed: number, steps: number): { compared: number; oracleChecks: num
   const ref = new DeltaStream(ctx, 'test-ref', (x) => got.ref.push(x));
   ref.incremental = false;
   const secrets = r.chance(0.7);
-  for (const s of [inc, ref]) s.auth = secrets ? { ok: true, claims: { subject: 'gateway/edge', id: 't', expiresAt: new Date(Date.now() + 3_600_000) } } : { ok: false, reason: 'test' };
+  for (const s of [inc, ref])
+    s.auth = secrets ? { ok: true, claims: { subject: 'gateway/edge', id: 't', expiresAt: new Date(Date.now() + 3_600_000) } } : { ok: false, reason: 'test' };
 
   let resources = evolve(r, new Map());
   let stored = false;
@@ -186,7 +190,16 @@ function run(seed: number, steps: number): { compared: number; oracleChecks: num
       const held = [...h].filter(([n, v]) => sentOfType.has(n) || offered(n, v));
       if ([...h].some(([n, v]) => !sentOfType.has(n) && !offered(n, v))) continue;
       oracleChecks++;
-      assert.equal(x.system_version_info, hashText(held.map(([n, v]) => `${n}\u0000${v}`).sort().join('\n')), `system_version_info of ${SHORT_NAME[t]} ${x.nonce} (${context})`);
+      assert.equal(
+        x.system_version_info,
+        hashText(
+          held
+            .map(([n, v]) => `${n}\u0000${v}`)
+            .sort()
+            .join('\n'),
+        ),
+        `system_version_info of ${SHORT_NAME[t]} ${x.nonce} (${context})`,
+      );
     }
     compared += got.inc.length;
     got.inc.length = 0;
@@ -194,7 +207,10 @@ function run(seed: number, steps: number): { compared: number; oracleChecks: num
   };
   const answer = (x: DeltaResponse, nack: boolean) => {
     unanswered.splice(unanswered.indexOf(x), 1);
-    request({ type_url: x.type_url, response_nonce: x.nonce, error_detail: nack ? { code: 3, message: 'rejected on purpose' } : null }, `${nack ? 'NACK' : 'ACK'} of ${wire(x).type} ${x.nonce}`);
+    request(
+      { type_url: x.type_url, response_nonce: x.nonce, error_detail: nack ? { code: 3, message: 'rejected on purpose' } : null },
+      `${nack ? 'NACK' : 'ACK'} of ${wire(x).type} ${x.nonce}`,
+    );
   };
 
   for (let step = 0; step < steps; step++) {
@@ -289,10 +305,17 @@ describe('Delta pushes look only at changed names', () => {
   test('changedNames: added, removed and replaced (by identity) names', () => {
     const a = resource(CDS, 'a', 'x');
     const b = resource(CDS, 'b', 'x');
-    const prev = new Map([['a', a], ['b', b]]);
+    const prev = new Map([
+      ['a', a],
+      ['b', b],
+    ]);
     assert.deepEqual([...changedNames(prev, prev)], []);
     assert.deepEqual([...changedNames(prev, new Map(prev))], []);
-    const next = new Map([['a', a], ['b', resource(CDS, 'b', 'x')], ['c', resource(CDS, 'c', 'y')]]);
+    const next = new Map([
+      ['a', a],
+      ['b', resource(CDS, 'b', 'x')],
+      ['c', resource(CDS, 'c', 'y')],
+    ]);
     assert.deepEqual([...changedNames(prev, next)].sort(), ['b', 'c']);
     assert.deepEqual([...changedNames(next, prev)].sort(), ['b', 'c']);
   });

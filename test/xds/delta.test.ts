@@ -6,7 +6,21 @@ import { after, before, describe, test } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
 import { waitFor } from '../helpers/net.js';
 import { gatewayNode, shortType, type DeltaClientStream, type DeltaDiscoveryResponse } from '../helpers/xds-client.js';
-import { CDS, deltaByName, EDS, endpointsOf, fence, LDS, policies, RDS, routeByPrefix, seconds, startSignalbox, waitSynced, type Signalbox } from './fixture.js';
+import {
+  CDS,
+  deltaByName,
+  EDS,
+  endpointsOf,
+  fence,
+  LDS,
+  policies,
+  RDS,
+  routeByPrefix,
+  seconds,
+  startSignalbox,
+  waitSynced,
+  type Signalbox,
+} from './fixture.js';
 
 const QUIET_MS = 250;
 
@@ -101,7 +115,12 @@ describe('Delta ADS on a running Signalbox', () => {
     assert.equal(p.protocol, 'delta');
     assert.equal(p.state, 'SYNCED');
     await fence(sb, s, id);
-    for (const [short, type] of [['cluster', CDS], ['endpoint', EDS], ['listener', LDS], ['route', RDS]] as const) {
+    for (const [short, type] of [
+      ['cluster', CDS],
+      ['endpoint', EDS],
+      ['listener', LDS],
+      ['route', RDS],
+    ] as const) {
       const last = [...s.history].reverse().find((r) => r.type_url === type)!;
       const t = (await sb.proxy(id))!.types[short]!;
       assert.equal(t.sentVersion, last.system_version_info, `${short} sentVersion`);
@@ -129,7 +148,11 @@ describe('Delta ADS on a running Signalbox', () => {
     await fence(sb, b, id);
     await delay(QUIET_MS);
     await fence(sb, b, id);
-    assert.deepEqual(b.history.filter((r) => r.type_url === CDS || r.type_url === EDS).map(show), [], 'no response at all, not even an empty one (Envoy would apply its unchanged configuration again)');
+    assert.deepEqual(
+      b.history.filter((r) => r.type_url === CDS || r.type_url === EDS).map(show),
+      [],
+      'no response at all, not even an empty one (Envoy would apply its unchanged configuration again)',
+    );
 
     // Reconnect with one stale version and one resource that no longer exists.
     const id2 = 'delta-reconnect-stale';
@@ -244,7 +267,10 @@ describe('Delta pushes after policy edits', () => {
     s.unsubscribe(RDS, ['edge/ops']);
     const mark = s.history.length;
     // The ops route's backend moves (new cluster, new route): RDS edge/ops is not wanted any more.
-    await sb.writePolicy('policies.yaml', policies({ ordersTimeout: '9s' }).replace('backendRefs: [ { name: status } ]', 'backendRefs: [ { name: status } ]\n      timeout: 3s'));
+    await sb.writePolicy(
+      'policies.yaml',
+      policies({ ordersTimeout: '9s' }).replace('backendRefs: [ { name: status } ]', 'backendRefs: [ { name: status } ]\n      timeout: 3s'),
+    );
     await assertQuiet(sb, s, id, mark, 'no RDS for an unsubscribed route configuration');
     s.subscribe(RDS, ['edge/ops']);
     const r = await s.nextOf(RDS);
@@ -270,7 +296,11 @@ describe('Delta pushes after policy edits', () => {
       assert.ok(!(r.type_url === EDS && r.removed_resources.includes('status')), 'no early endpoint removal');
     }
     // The ACKs of the listener and route updates were sent before the cluster removal arrived.
-    for (const r of [lds, rds]) assert.ok(s.sent.some((q) => !Buffer.isBuffer(q) && q.response_nonce === r.nonce && !q.error_detail), `${shortType(r.type_url)} ACKed`);
+    for (const r of [lds, rds])
+      assert.ok(
+        s.sent.some((q) => !Buffer.isBuffer(q) && q.response_nonce === r.nonce && !q.error_detail),
+        `${shortType(r.type_url)} ACKed`,
+      );
     const p = await waitSynced(sb, id);
     assert.equal(p.state, 'SYNCED');
     assert.deepEqual([...s.holding(CDS).keys()].sort(), ['catalog', 'orders']);
@@ -305,7 +335,10 @@ test('make-before-break (Delta): a replaced cluster and its endpoints stay until
     const addCds = since.find((r) => r.type_url === CDS && added(r).includes('catalog2'));
     assert.ok(addCds, `the wildcard stream gets the new cluster: ${since.map(show)}`);
     assert.ok(since.indexOf(addCds) < since.indexOf(moved), 'clusters before routes');
-    assert.ok(since.some((r) => r.type_url === EDS && added(r).includes('catalog2')), 'the new cluster gets its endpoints');
+    assert.ok(
+      since.some((r) => r.type_url === EDS && added(r).includes('catalog2')),
+      'the new cluster gets its endpoints',
+    );
     for (const r of since) assert.ok(!r.removed_resources.includes('catalog'), `nothing of "catalog" removed before the routes are ACKed: ${since.map(show)}`);
 
     // A NACK of the routes keeps the old cluster.

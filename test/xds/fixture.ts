@@ -9,7 +9,16 @@ import { resolveServeConfig } from '../../src/config/settings.js';
 import { TypeUrl } from '../../src/xds/resources/type-urls.js';
 import { waitFor } from '../helpers/net.js';
 import { signTokenSync, subjectOf, xdsCa } from '../helpers/credentials.js';
-import { AdsClient, decodeAny, resourceName, shortType, type DeltaClientStream, type DeltaDiscoveryResponse, type DiscoveryResponse, type SotwClientStream } from '../helpers/xds-client.js';
+import {
+  AdsClient,
+  decodeAny,
+  resourceName,
+  shortType,
+  type DeltaClientStream,
+  type DeltaDiscoveryResponse,
+  type DiscoveryResponse,
+  type SotwClientStream,
+} from '../helpers/xds-client.js';
 
 export { TypeUrl };
 export const CDS = TypeUrl.Cluster;
@@ -104,7 +113,10 @@ export interface ProxyJson {
   id: string;
   protocol: string;
   state: 'SYNCED' | 'PENDING' | 'NACKED';
-  types: Record<string, { sentVersion?: string; ackedVersion?: string; pushes: number; lastNack?: { version: string; message: string; resources: string[]; sources: string[] } }>;
+  types: Record<
+    string,
+    { sentVersion?: string; ackedVersion?: string; pushes: number; lastNack?: { version: string; message: string; resources: string[]; sources: string[] } }
+  >;
 }
 
 export interface Signalbox {
@@ -124,7 +136,10 @@ export interface Signalbox {
 }
 
 /** Starts Signalbox (xDS and admin on ephemeral loopback ports) on a fresh policy directory. */
-export async function startSignalbox(files: Record<string, string> = { 'services.yaml': SERVICES, 'policies.yaml': policies() }, flags: Record<string, string> = {}): Promise<Signalbox> {
+export async function startSignalbox(
+  files: Record<string, string> = { 'services.yaml': SERVICES, 'policies.yaml': policies() },
+  flags: Record<string, string> = {},
+): Promise<Signalbox> {
   const root = mkdtempSync(path.join(os.tmpdir(), 'signalbox-xds-'));
   const dir = path.join(root, 'policies');
   const dataDir = path.join(root, 'data');
@@ -133,7 +148,17 @@ export async function startSignalbox(files: Record<string, string> = { 'services
   for (const [f, text] of Object.entries(files)) writeFileSync(path.join(dir, f), text);
   const server = await startServer(
     resolveServeConfig(
-      { policies: dir, 'data-dir': dataDir, 'xds-address': '127.0.0.1', 'xds-port': '0', 'admin-address': '127.0.0.1', 'admin-port': '0', 'log-level': process.env.SIGNALBOX_TEST_LOG_LEVEL ?? 'silent', 'watch-debounce-ms': '20', ...flags },
+      {
+        policies: dir,
+        'data-dir': dataDir,
+        'xds-address': '127.0.0.1',
+        'xds-port': '0',
+        'admin-address': '127.0.0.1',
+        'admin-port': '0',
+        'log-level': process.env.SIGNALBOX_TEST_LOG_LEVEL ?? 'silent',
+        'watch-debounce-ms': '20',
+        ...flags,
+      },
       {},
     ),
   );
@@ -248,7 +273,8 @@ export function deltaByName(r: DeltaDiscoveryResponse): Map<string, any> {
 
 /** The route (decoded RouteConfiguration JSON) whose prefix match is `prefix`. */
 export function routeByPrefix(rc: any, prefix: string): any {
-  for (const vh of rc.virtual_hosts ?? []) for (const r of vh.routes ?? []) if (r.match?.prefix === prefix || r.match?.path_separated_prefix === prefix) return r;
+  for (const vh of rc.virtual_hosts ?? [])
+    for (const r of vh.routes ?? []) if (r.match?.prefix === prefix || r.match?.path_separated_prefix === prefix) return r;
   return undefined;
 }
 

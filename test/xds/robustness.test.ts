@@ -112,7 +112,7 @@ describe('xDS stream robustness', () => {
     const d = sb.ads.delta({ node: gatewayNode('unused', 'edge') });
     d.sendRaw({ type_url: CDS, resource_names_subscribe: [] });
     await expectClosed(d, grpc.status.INVALID_ARGUMENT, /no node id/);
-    const e = sb.ads.sotw({ node: makeNode({ id: '' , gateway: 'edge' }) });
+    const e = sb.ads.sotw({ node: makeNode({ id: '', gateway: 'edge' }) });
     e.request(CDS);
     await expectClosed(e, grpc.status.INVALID_ARGUMENT, /no node id/);
     assert.equal(await errors('bad-node'), before + 3);
@@ -162,7 +162,8 @@ describe('xDS stream robustness', () => {
     d.sendRaw({ node: gatewayNode('second-identity-d', 'edge'), type_url: EDS, resource_names_subscribe: ['orders'] });
     await expectClosed(d, grpc.status.INVALID_ARGUMENT, /second-identity-d/);
     assert.equal(await errors('node-changed'), before + 2);
-    for (const id of ['first-identity', 'first-identity-d', 'second-identity', 'second-identity-d']) assert.equal(await sb.proxy(id), undefined, `${id} not listed`);
+    for (const id of ['first-identity', 'first-identity-d', 'second-identity', 'second-identity-d'])
+      assert.equal(await sb.proxy(id), undefined, `${id} not listed`);
     await survivorsServe();
   });
 
@@ -188,7 +189,9 @@ describe('xDS stream robustness', () => {
     synced.cancel();
     assert.equal((await early.closed()).code, grpc.status.CANCELLED);
     assert.equal((await synced.closed()).code, grpc.status.CANCELLED);
-    await waitFor(async () => (await sb.proxy('gone-early')) === undefined && (await sb.proxy('gone-synced')) === undefined, { what: 'the disconnected proxies to leave /api/proxies' });
+    await waitFor(async () => (await sb.proxy('gone-early')) === undefined && (await sb.proxy('gone-synced')) === undefined, {
+      what: 'the disconnected proxies to leave /api/proxies',
+    });
     await waitFor(async () => (await gauge()) === baseline, { what: 'signalbox_connected_proxies to return to its baseline' });
     assert.equal(await sb.metric('signalbox_xds_stream_errors_total'), errorsBefore, 'a disconnect is not a protocol error');
     await survivorsServe();
@@ -208,15 +211,20 @@ describe('xDS stream robustness', () => {
   test('many streams share one channel; each is served and accounted for', async () => {
     const n = 50;
     const streams = Array.from({ length: n }, (_, i) => {
-      const s = i % 2 ? sb.ads.sotw({ node: gatewayNode(`fan-${i}`, 'edge'), autoAck: true }) : sb.ads.delta({ node: gatewayNode(`fan-${i}`, 'edge'), autoAck: true });
+      const s =
+        i % 2 ? sb.ads.sotw({ node: gatewayNode(`fan-${i}`, 'edge'), autoAck: true }) : sb.ads.delta({ node: gatewayNode(`fan-${i}`, 'edge'), autoAck: true });
       if ('request' in s) s.request(CDS);
       else s.subscribe(CDS, []);
       return s;
     });
     await Promise.all(streams.map((s) => s.next((r) => r.type_url === CDS)));
-    await waitFor(async () => (await sb.get<{ proxies: { id: string }[] }>('/api/proxies')).proxies.filter((p) => p.id.startsWith('fan-')).length === n, { what: `${n} proxies listed` });
+    await waitFor(async () => (await sb.get<{ proxies: { id: string }[] }>('/api/proxies')).proxies.filter((p) => p.id.startsWith('fan-')).length === n, {
+      what: `${n} proxies listed`,
+    });
     for (const s of streams) s.cancel();
-    await waitFor(async () => (await sb.get<{ proxies: { id: string }[] }>('/api/proxies')).proxies.filter((p) => p.id.startsWith('fan-')).length === 0, { what: 'all fan-out proxies gone' });
+    await waitFor(async () => (await sb.get<{ proxies: { id: string }[] }>('/api/proxies')).proxies.filter((p) => p.id.startsWith('fan-')).length === 0, {
+      what: 'all fan-out proxies gone',
+    });
     await survivorsServe();
   });
 });

@@ -31,7 +31,14 @@ function snapshot(route: string, secret = 's'): Snapshot {
 }
 
 function context(cache: SnapshotCache): ServerContext {
-  return { cache, registry: new ProxyRegistry(), metrics: new Metrics(), logger: createLogger({ level: 'silent' }), requireToken: 'secrets', responses: new SharedResponses() };
+  return {
+    cache,
+    registry: new ProxyRegistry(),
+    metrics: new Metrics(),
+    logger: createLogger({ level: 'silent' }),
+    requireToken: 'secrets',
+    responses: new SharedResponses(),
+  };
 }
 
 const auth = { ok: true as const, claims: { subject: 'gateway/edge', id: 't', expiresAt: new Date(Date.now() + 3_600_000) } };
@@ -76,7 +83,12 @@ test('Delta: streams that hold the same get one response; a stream that already 
   streams.forEach((s, i) => {
     s.auth = auth;
     // The third proxy starts holding r0 at v1 already: it is sent nothing new for it.
-    s.onRequest({ node: gatewayNode(`edge-${i}`, 'edge'), type_url: TypeUrl.Route, resource_names_subscribe: ['r0'], initial_resource_versions: i === 2 ? { r0: r0v1 } : {} });
+    s.onRequest({
+      node: gatewayNode(`edge-${i}`, 'edge'),
+      type_url: TypeUrl.Route,
+      resource_names_subscribe: ['r0'],
+      initial_resource_versions: i === 2 ? { r0: r0v1 } : {},
+    });
   });
   assert.equal(got[0]![0], got[1]![0]);
   assert.equal(got[0]!.length, 1);

@@ -6,7 +6,23 @@ import { after, before, describe, test } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
 import { waitFor } from '../helpers/net.js';
 import { gatewayNode, routeConfigNames, shortType, type DiscoveryResponse, type SotwClientStream } from '../helpers/xds-client.js';
-import { byName, CDS, EDS, endpointsOf, fence, LDS, namesOf, policies, RDS, routeByPrefix, seconds, SERVICES, startSignalbox, waitSynced, type Signalbox } from './fixture.js';
+import {
+  byName,
+  CDS,
+  EDS,
+  endpointsOf,
+  fence,
+  LDS,
+  namesOf,
+  policies,
+  RDS,
+  routeByPrefix,
+  seconds,
+  SERVICES,
+  startSignalbox,
+  waitSynced,
+  type Signalbox,
+} from './fixture.js';
 
 /** How long "nothing more arrives" is watched after a fence (bounded; no timing is asserted). */
 const QUIET_MS = 250;
@@ -101,7 +117,12 @@ describe('SotW ADS on a running Signalbox', () => {
     assert.equal(p.protocol, 'sotw');
     assert.equal(p.state, 'SYNCED');
     await fence(sb, s, id);
-    for (const [short, type] of [['cluster', CDS], ['endpoint', EDS], ['listener', LDS], ['route', RDS]] as const) {
+    for (const [short, type] of [
+      ['cluster', CDS],
+      ['endpoint', EDS],
+      ['listener', LDS],
+      ['route', RDS],
+    ] as const) {
       const last = lastOf(s, type);
       const now = (await sb.proxy(id))!.types[short]!;
       assert.equal(now.sentVersion, last.version_info, `${short}: sentVersion is the version the proxy got`);
@@ -221,7 +242,10 @@ test('a NACK is recorded with its message, the rejected version is not re-sent, 
     assert.equal(route.sentVersion, rejected.version_info);
     assert.equal(route.ackedVersion, undefined, 'a NACK is not an ACK');
     assert.deepEqual(route.lastNack!.resources, ['edge/web'], "the resource named in Envoy's message");
-    assert.ok(route.lastNack!.sources.some((f) => f.endsWith('policies.yaml')), `sources: ${route.lastNack!.sources}`);
+    assert.ok(
+      route.lastNack!.sources.some((f) => f.endsWith('policies.yaml')),
+      `sources: ${route.lastNack!.sources}`,
+    );
     assert.equal(await sb.metric('signalbox_xds_nacks_total', { type: 'route' }), 1);
     assert.equal(await sb.metric('signalbox_xds_nacks_total', { type: 'cluster' }), 0);
 
@@ -264,7 +288,10 @@ describe('SotW pushes after policy edits', () => {
     await sb.writePolicy('policies.yaml', policies({ ordersTimeout: '9s' }));
     const after = (await fence(sb, s, id)).types;
     const pushed = s.history.slice(mark);
-    assert.deepEqual(pushed.map((r) => shortType(r.type_url)), ['route']);
+    assert.deepEqual(
+      pushed.map((r) => shortType(r.type_url)),
+      ['route'],
+    );
     assert.deepEqual(namesOf(pushed[0]!), ['edge/ops', 'edge/web'], 'SotW: every subscribed route configuration');
     assert.equal(seconds(webRoute(pushed[0]!, '/orders').route.timeout), 9);
     for (const t of ['cluster', 'endpoint', 'listener']) assert.equal(after[t]!.pushes, before[t]!.pushes, `${t} pushes`);
@@ -291,7 +318,10 @@ describe('SotW pushes after policy edits', () => {
     await sb.writePolicy('services.yaml', SERVICES.replace('port: 9005', 'port: 9015'));
     await fence(sb, s, id);
     const pushed = s.history.slice(mark);
-    assert.deepEqual(pushed.map((r) => shortType(r.type_url)), ['endpoint']);
+    assert.deepEqual(
+      pushed.map((r) => shortType(r.type_url)),
+      ['endpoint'],
+    );
     assert.deepEqual(endpointsOf(byName(pushed[0]!).get('status')), ['127.0.0.1:9015']);
     await waitSynced(sb, id);
   });
@@ -326,9 +356,13 @@ test('make-before-break: a replaced cluster stays until the routes that left it 
     assert.ok(firstCds >= 0, `a CDS with the new cluster is sent; got ${since.map(show)}`);
     assert.deepEqual(namesOf(since[firstCds]!), ['catalog', 'catalog2', 'orders', 'status'], 'new cluster added, old one kept');
     assert.ok(firstCds < since.indexOf(movedRoutes), 'clusters are sent before the routes that use them');
-    for (const r of since.filter((x) => x.type_url === CDS)) assert.ok(namesOf(r).includes('catalog'), `no CDS drops the old cluster before the routes are ACKed: ${since.map(show)}`);
+    for (const r of since.filter((x) => x.type_url === CDS))
+      assert.ok(namesOf(r).includes('catalog'), `no CDS drops the old cluster before the routes are ACKed: ${since.map(show)}`);
     for (const r of since.filter((x) => x.type_url === EDS)) assert.ok(namesOf(r).includes('catalog'), 'the kept cluster keeps its endpoints');
-    assert.ok(since.some((r) => r.type_url === EDS && namesOf(r).includes('catalog2')), 'the new cluster gets its endpoints');
+    assert.ok(
+      since.some((r) => r.type_url === EDS && namesOf(r).includes('catalog2')),
+      'the new cluster gets its endpoints',
+    );
     assert.ok(!since.some((r) => r.type_url === LDS), 'listeners did not change');
 
     // The proxy rejects the new routes: it still runs the old ones, so the old cluster must stay.
@@ -345,7 +379,10 @@ test('make-before-break: a replaced cluster stays until the routes that left it 
     const dropped = await s.next((r) => r.type_url === CDS && !namesOf(r).includes('catalog'));
     assert.deepEqual(namesOf(dropped), ['catalog2', 'orders', 'status']);
     assert.ok(s.history.indexOf(dropped) > s.history.indexOf(accepted), 'the old cluster goes after the routes');
-    assert.ok(s.sent.some((q) => !Buffer.isBuffer(q) && q.response_nonce === accepted.nonce && !q.error_detail), 'the routes were ACKed');
+    assert.ok(
+      s.sent.some((q) => !Buffer.isBuffer(q) && q.response_nonce === accepted.nonce && !q.error_detail),
+      'the routes were ACKed',
+    );
     // Envoy then stops asking for the old cluster's endpoints.
     const eds = await s.next((r) => r.type_url === EDS && !namesOf(r).includes('catalog'));
     assert.deepEqual(namesOf(eds), ['catalog2', 'orders', 'status']);

@@ -93,7 +93,10 @@ for (const protocol of ['sotw', 'delta'] as const) {
     let sb: Signalbox;
     let n = 0;
     before(async () => {
-      sb = await startSignalbox({ 'services.yaml': SERVICES, 'catalog3.yaml': CATALOG3, 'policies.yaml': policies() }, { 'warm-wait-ms': String(WARM_WAIT_MS), 'cluster-drain-ms': String(DRAIN_MS) });
+      sb = await startSignalbox(
+        { 'services.yaml': SERVICES, 'catalog3.yaml': CATALOG3, 'policies.yaml': policies() },
+        { 'warm-wait-ms': String(WARM_WAIT_MS), 'cluster-drain-ms': String(DRAIN_MS) },
+      );
     });
     after(async () => sb?.stop());
 
@@ -117,7 +120,17 @@ for (const protocol of ['sotw', 'delta'] as const) {
       const cds = await c.next(CDS);
       assert.ok(c.names(cds).includes('catalog2'), `the new cluster is pushed first: ${c.names(cds)}`);
       await delay(200);
-      assert.deepEqual(c.history.slice(mark).filter((r) => r.type_url === RDS).map((r) => c.names(r)), [], `no route change while the cluster is not ACKed (${c.history.slice(mark).map((r) => `${r.type_url.split('.').pop()} ${c.names(r)}`).join('; ')})`);
+      assert.deepEqual(
+        c.history
+          .slice(mark)
+          .filter((r) => r.type_url === RDS)
+          .map((r) => c.names(r)),
+        [],
+        `no route change while the cluster is not ACKed (${c.history
+          .slice(mark)
+          .map((r) => `${r.type_url.split('.').pop()} ${c.names(r)}`)
+          .join('; ')})`,
+      );
       const waiting = await proxy(id);
       assert.equal(waiting.state, 'PENDING');
       assert.deepEqual(waiting.waitingForClusters?.clusters, ['catalog2']);
@@ -127,7 +140,14 @@ for (const protocol of ['sotw', 'delta'] as const) {
       const eds = await c.next(EDS);
       assert.ok(c.names(eds).includes('catalog2'));
       await delay(200);
-      assert.deepEqual(c.history.slice(mark).filter((r) => r.type_url === RDS).map((r) => c.names(r)), [], 'no route change while its endpoints are not ACKed');
+      assert.deepEqual(
+        c.history
+          .slice(mark)
+          .filter((r) => r.type_url === RDS)
+          .map((r) => c.names(r)),
+        [],
+        'no route change while its endpoints are not ACKed',
+      );
 
       c.ack(eds);
       const rds = await c.next(RDS);
@@ -151,7 +171,11 @@ for (const protocol of ['sotw', 'delta'] as const) {
       c.ack(rds);
       const ackedAt = Date.now();
       await waitFor(async () => (await proxy(id)).drainingClusters === 1, { what: 'catalog draining', timeoutMs: 2000 });
-      assert.deepEqual(c.history.slice(mark).filter((r) => r.type_url === CDS), [], 'catalog is still there right after the route ACK');
+      assert.deepEqual(
+        c.history.slice(mark).filter((r) => r.type_url === CDS),
+        [],
+        'catalog is still there right after the route ACK',
+      );
       const removal = await c.next(CDS, DRAIN_MS + 3000);
       const waited = Date.now() - ackedAt;
       if (protocol === 'sotw') assert.ok(!c.names(removal).includes('catalog') && c.names(removal).includes('catalog2'), `catalog gone: ${c.names(removal)}`);
@@ -212,7 +236,11 @@ for (const protocol of ['sotw', 'delta'] as const) {
         await sb.writePolicy('services.yaml', SERVICES.replace('port: 9002', 'port: 9003'));
         try {
           await c.next(EDS);
-          assert.deepEqual(c.history.slice(mark).filter((r) => r.type_url === RDS), [], 'the route change is still held');
+          assert.deepEqual(
+            c.history.slice(mark).filter((r) => r.type_url === RDS),
+            [],
+            'the route change is still held',
+          );
           c.ack(cds);
           c.ack(eds1);
           const rds = await c.next(RDS, WARM_WAIT_MS - 700);

@@ -38,7 +38,8 @@ export function staticDir(): string {
 }
 
 /** Content Security Policy: only this origin's script and style; nothing inline, no frames. */
-const CSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+const CSP =
+  "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 const MAX_SSE_CLIENTS = 64;
 const MAX_LIVE_ROUTES = 300;
@@ -48,7 +49,12 @@ export function registerDashboard(app: FastifyInstance, deps: DashboardDeps): vo
   const assets = new Map(Object.entries(ASSETS).map(([f, type]) => [f, { type, body: readFileSync(path.join(dir, f)) }]));
   const send = (reply: FastifyReply, file: string) => {
     const a = assets.get(file)!;
-    return reply.header('content-type', a.type).header('content-security-policy', CSP).header('x-content-type-options', 'nosniff').header('cache-control', 'no-cache').send(a.body);
+    return reply
+      .header('content-type', a.type)
+      .header('content-security-policy', CSP)
+      .header('x-content-type-options', 'nosniff')
+      .header('cache-control', 'no-cache')
+      .send(a.body);
   };
   app.get('/', (_req, reply) => send(reply, 'index.html'));
   app.get('/dashboard', (_req, reply) => send(reply, 'index.html'));
@@ -71,7 +77,13 @@ export function registerDashboard(app: FastifyInstance, deps: DashboardDeps): vo
     for (const [t, s] of p.types) {
       types[SHORT_NAME[t]] = { sent: s.sent?.version, acked: s.acked?.version };
       if (s.nack && s.sent && s.nack.version === s.sent.version && (!nack || s.nack.at > Date.parse(nack.at))) {
-        nack = { type: SHORT_NAME[t], message: s.nack.message, sources: s.nack.sources.map(rel), resources: s.nack.resources, at: new Date(s.nack.at).toISOString() };
+        nack = {
+          type: SHORT_NAME[t],
+          message: s.nack.message,
+          sources: s.nack.sources.map(rel),
+          resources: s.nack.resources,
+          at: new Date(s.nack.at).toISOString(),
+        };
       }
     }
     const t = deps.traffic?.proxyView(p.node.id);
@@ -161,17 +173,30 @@ export function registerDashboard(app: FastifyInstance, deps: DashboardDeps): vo
       certificates: { count: certs.length, nearestExpiry: nearest },
       map: {
         gateways: [...gateways].sort().map((name) => ({ name, ...(byGateway.get(name) ?? { proxies: 0, nacked: 0 }) })),
-        services: [...services].sort().map((name) => ({ name, sidecars: bySidecarService.get(name)?.proxies ?? 0, nacked: bySidecarService.get(name)?.nacked ?? 0 })),
+        services: [...services]
+          .sort()
+          .map((name) => ({ name, sidecars: bySidecarService.get(name)?.proxies ?? 0, nacked: bySidecarService.get(name)?.nacked ?? 0 })),
       },
     };
   };
 
   const traffic = () => {
     const snap = deps.traffic?.snapshot();
-    if (!snap) return { at: new Date().toISOString(), windowSeconds: 60, services: [], routes: [], edges: [], overflowed: { routes: 0, services: 0, proxies: 0, edges: 0 }, routesShown: 0, routesTotal: 0 };
+    if (!snap)
+      return {
+        at: new Date().toISOString(),
+        windowSeconds: 60,
+        services: [],
+        routes: [],
+        edges: [],
+        overflowed: { routes: 0, services: 0, proxies: 0, edges: 0 },
+        routesShown: 0,
+        routesTotal: 0,
+      };
     const routesTotal = snap.routes.length;
     // Live updates carry the busiest routes; the full list is at /api/traffic.
-    const routes = routesTotal > MAX_LIVE_ROUTES ? [...snap.routes].sort((a, b) => b.totals.requests - a.totals.requests).slice(0, MAX_LIVE_ROUTES) : snap.routes;
+    const routes =
+      routesTotal > MAX_LIVE_ROUTES ? [...snap.routes].sort((a, b) => b.totals.requests - a.totals.requests).slice(0, MAX_LIVE_ROUTES) : snap.routes;
     return { ...snap, routes: routes.map((r) => ({ ...r, file: r.file ? rel(r.file) : undefined })), routesShown: routes.length, routesTotal };
   };
 
@@ -238,7 +263,10 @@ export function configHeadline(errors: number, total: number, states: Record<Pro
   if (total === 0) return errors ? head : 'valid (no proxies connected)';
   const notLive = states.NACKED + states.PENDING;
   if (notLive === 0) return errors ? `${head}; last good live on all ${n(total)}` : `valid and live on all ${n(total)}`;
-  const why = (['NACKED', 'PENDING'] as const).filter((st) => states[st]).map((st) => (states[st] === notLive ? st : `${states[st]} ${st}`)).join(', ');
+  const why = (['NACKED', 'PENDING'] as const)
+    .filter((st) => states[st])
+    .map((st) => (states[st] === notLive ? st : `${states[st]} ${st}`))
+    .join(', ');
   return `${head}, not live on ${n(notLive)} (${why})`;
 }
 

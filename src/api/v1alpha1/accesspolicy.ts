@@ -7,7 +7,10 @@ const source = z
   .refine((s) => (s.service === undefined) !== (s.gateway === undefined), { message: 'give exactly one of service or gateway' });
 
 const operation = z.strictObject({
-  methods: z.array(z.enum(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS', 'TRACE', 'PATCH'])).min(1).optional(),
+  methods: z
+    .array(z.enum(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS', 'TRACE', 'PATCH']))
+    .min(1)
+    .optional(),
   paths: z.array(pathMatch).min(1).optional(),
 });
 

@@ -55,12 +55,15 @@ export const metadata = z.strictObject({
 });
 
 /** Accepts a regular expression Envoy's RE2 is likely to accept: re2js checks the RE2 syntax and estimates the size. */
-export const regex = z.string().min(1).superRefine((s, ctx) => {
-  const syntax = regexSyntaxProblems(s);
-  for (const message of syntax) ctx.addIssue({ code: 'custom', message });
-  if (syntax.length) return;
-  for (const message of regexSizeProblems(s)) ctx.addIssue({ code: 'custom', message });
-});
+export const regex = z
+  .string()
+  .min(1)
+  .superRefine((s, ctx) => {
+    const syntax = regexSyntaxProblems(s);
+    for (const message of syntax) ctx.addIssue({ code: 'custom', message });
+    if (syntax.length) return;
+    for (const message of regexSizeProblems(s)) ctx.addIssue({ code: 'custom', message });
+  });
 
 export function document<K extends string, S extends z.ZodType>(kind: K, spec: S) {
   return z.strictObject({
@@ -79,4 +82,7 @@ export const policyTargetRef = z
     /** A Gateway's listener, or an HTTPRoute's named rule; absent: all of them. */
     sectionName: name.optional(),
   })
-  .refine((t) => t.kind !== 'Service' || t.sectionName === undefined, { message: 'sectionName is for a Gateway listener or an HTTPRoute rule, not a Service', path: ['sectionName'] });
+  .refine((t) => t.kind !== 'Service' || t.sectionName === undefined, {
+    message: 'sectionName is for a Gateway listener or an HTTPRoute rule, not a Service',
+    path: ['sectionName'],
+  });

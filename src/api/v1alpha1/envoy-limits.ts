@@ -29,7 +29,8 @@ export function headerValueProblems(value: string): string[] {
   const out: string[] = [];
   if (FORBIDDEN_IN_HEADER.test(value)) out.push(`must not contain ${forbiddenNames(value)}: Envoy refuses such header values`);
   if (Buffer.byteLength(value) > MAX_HEADER_BYTES) out.push(`must be at most ${MAX_HEADER_BYTES} bytes`);
-  if (!FORMAT_STRING.test(value)) out.push('a "%" starts an Envoy format command such as %DOWNSTREAM_REMOTE_ADDRESS% or %REQ(x-id)%; write "%%" for a literal "%"');
+  if (!FORMAT_STRING.test(value))
+    out.push('a "%" starts an Envoy format command such as %DOWNSTREAM_REMOTE_ADDRESS% or %REQ(x-id)%; write "%%" for a literal "%"');
   return out;
 }
 
@@ -153,7 +154,15 @@ function re2Hint(pattern: string, raw: string, escaped: string | undefined): str
     case 'c':
       return 'write a control character as \\x{01}';
     case 'k':
-    case '1': case '2': case '3': case '4': case '5': case '6': case '7': case '8': case '9':
+    case '1':
+    case '2':
+    case '3':
+    case '4':
+    case '5':
+    case '6':
+    case '7':
+    case '8':
+    case '9':
       return 'lookaround and back-references are not supported by RE2';
   }
   if (/`\(\?(=|!|<=|<!)/.test(raw)) return 'lookaround and back-references are not supported by RE2';

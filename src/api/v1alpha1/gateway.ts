@@ -17,18 +17,18 @@ export const gatewayListener = z
     if (l.protocol === 'HTTP' && l.tls) ctx.addIssue({ code: 'custom', path: ['tls'], message: 'only allowed on an HTTPS listener' });
   });
 
-export const gatewaySpec = z
-  .strictObject({ listeners: z.array(gatewayListener).min(1) })
-  .superRefine((spec, ctx) => {
-    const names = new Map<string, number>();
-    const ports = new Map<number, number>();
-    spec.listeners.forEach((l, i) => {
-      if (names.has(l.name)) ctx.addIssue({ code: 'custom', path: ['listeners', i, 'name'], message: `duplicate listener name "${l.name}" (also listeners[${names.get(l.name)}])` });
-      else names.set(l.name, i);
-      if (ports.has(l.port)) ctx.addIssue({ code: 'custom', path: ['listeners', i, 'port'], message: `port ${l.port} is already used by listeners[${ports.get(l.port)}]` });
-      else ports.set(l.port, i);
-    });
+export const gatewaySpec = z.strictObject({ listeners: z.array(gatewayListener).min(1) }).superRefine((spec, ctx) => {
+  const names = new Map<string, number>();
+  const ports = new Map<number, number>();
+  spec.listeners.forEach((l, i) => {
+    if (names.has(l.name))
+      ctx.addIssue({ code: 'custom', path: ['listeners', i, 'name'], message: `duplicate listener name "${l.name}" (also listeners[${names.get(l.name)}])` });
+    else names.set(l.name, i);
+    if (ports.has(l.port))
+      ctx.addIssue({ code: 'custom', path: ['listeners', i, 'port'], message: `port ${l.port} is already used by listeners[${ports.get(l.port)}]` });
+    else ports.set(l.port, i);
   });
+});
 
 export const Gateway = document('Gateway', gatewaySpec);
 export type Gateway = z.infer<typeof Gateway>;

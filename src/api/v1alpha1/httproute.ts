@@ -35,7 +35,8 @@ const valueMatch = z
       const r = regex.safeParse(m.value);
       if (!r.success) for (const i of r.error.issues) ctx.addIssue({ code: 'custom', path: ['value'], message: i.message });
     }
-    if (m.type === 'Exact' && m.value !== undefined) for (const message of matchedHeaderValueProblems(m.value)) ctx.addIssue({ code: 'custom', path: ['value'], message });
+    if (m.type === 'Exact' && m.value !== undefined)
+      for (const message of matchedHeaderValueProblems(m.value)) ctx.addIssue({ code: 'custom', path: ['value'], message });
   });
 
 export const routeMatch = z.strictObject({
@@ -131,12 +132,18 @@ export const routeRule = z
         ctx.addIssue({ code: 'custom', path: ['filters', i, 'type'], message: `${t} may appear only once per rule` });
       }
     });
-    if (redirect && rule.backendRefs) ctx.addIssue({ code: 'custom', path: ['backendRefs'], message: 'a rule with a RequestRedirect filter must not have backendRefs' });
-    if (redirect && types.includes('URLRewrite')) ctx.addIssue({ code: 'custom', path: ['filters'], message: 'RequestRedirect and URLRewrite cannot be combined' });
-    if (!redirect && !rule.backendRefs) ctx.addIssue({ code: 'custom', path: ['backendRefs'], message: 'required (at least one backend) unless the rule redirects' });
-    if (rule.backendRefs?.every((b) => b.weight === 0)) ctx.addIssue({ code: 'custom', path: ['backendRefs'], message: 'at least one backend needs a weight above 0' });
+    if (redirect && rule.backendRefs)
+      ctx.addIssue({ code: 'custom', path: ['backendRefs'], message: 'a rule with a RequestRedirect filter must not have backendRefs' });
+    if (redirect && types.includes('URLRewrite'))
+      ctx.addIssue({ code: 'custom', path: ['filters'], message: 'RequestRedirect and URLRewrite cannot be combined' });
+    if (!redirect && !rule.backendRefs)
+      ctx.addIssue({ code: 'custom', path: ['backendRefs'], message: 'required (at least one backend) unless the rule redirects' });
+    if (rule.backendRefs?.every((b) => b.weight === 0))
+      ctx.addIssue({ code: 'custom', path: ['backendRefs'], message: 'at least one backend needs a weight above 0' });
     const prefixRewrite = (rule.filters ?? []).some(
-      (f) => (f.type === 'URLRewrite' && f.urlRewrite.path?.replacePrefixMatch !== undefined) || (f.type === 'RequestRedirect' && f.requestRedirect.path?.replacePrefixMatch !== undefined),
+      (f) =>
+        (f.type === 'URLRewrite' && f.urlRewrite.path?.replacePrefixMatch !== undefined) ||
+        (f.type === 'RequestRedirect' && f.requestRedirect.path?.replacePrefixMatch !== undefined),
     );
     if (prefixRewrite && (rule.matches ?? []).some((m) => m.path && m.path.type !== 'PathPrefix')) {
       ctx.addIssue({ code: 'custom', path: ['filters'], message: 'replacePrefixMatch needs every match of the rule to use a PathPrefix path' });
@@ -153,7 +160,8 @@ export const httpRouteSpec = z
     const names = new Map<string, number>();
     spec.rules.forEach((r, i) => {
       if (!r.name) return;
-      if (names.has(r.name)) ctx.addIssue({ code: 'custom', path: ['rules', i, 'name'], message: `duplicate rule name "${r.name}" (also rules[${names.get(r.name)}])` });
+      if (names.has(r.name))
+        ctx.addIssue({ code: 'custom', path: ['rules', i, 'name'], message: `duplicate rule name "${r.name}" (also rules[${names.get(r.name)}])` });
       else names.set(r.name, i);
     });
   });

@@ -19,7 +19,10 @@ export type { RateLimitPolicy } from './ratelimitpolicy.js';
 export type { TrafficPolicy } from './trafficpolicy.js';
 export type { JWTPolicy } from './jwtpolicy.js';
 
-export const KINDS = { Mesh, Service, Gateway, HTTPRoute, AccessPolicy, TrafficPolicy, RateLimitPolicy, JWTPolicy } as const satisfies Record<string, z.ZodType>;
+export const KINDS = { Mesh, Service, Gateway, HTTPRoute, AccessPolicy, TrafficPolicy, RateLimitPolicy, JWTPolicy } as const satisfies Record<
+  string,
+  z.ZodType
+>;
 export type Kind = keyof typeof KINDS;
 
 /** Kinds described by the policy language that this build does not enforce yet. Accepting them

@@ -33,7 +33,25 @@ const KIND_DESCRIPTIONS: Record<Kind, string> = {
  * becomes format "starts_with" beside a pattern saying the same); validators reject or ignore
  * those, so they are dropped and the pattern stays.
  */
-const DRAFT_07_FORMATS = new Set(['date-time', 'date', 'time', 'email', 'idn-email', 'hostname', 'idn-hostname', 'ipv4', 'ipv6', 'uri', 'uri-reference', 'iri', 'iri-reference', 'uri-template', 'json-pointer', 'relative-json-pointer', 'regex']);
+const DRAFT_07_FORMATS = new Set([
+  'date-time',
+  'date',
+  'time',
+  'email',
+  'idn-email',
+  'hostname',
+  'idn-hostname',
+  'ipv4',
+  'ipv6',
+  'uri',
+  'uri-reference',
+  'iri',
+  'iri-reference',
+  'uri-template',
+  'json-pointer',
+  'relative-json-pointer',
+  'regex',
+]);
 
 /** Where the schemas are written, relative to the output directory. */
 export function schemaFileName(kind: Kind | 'all'): string {

@@ -13,7 +13,21 @@ export const JWT_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS5
 export type JwtAlgorithm = (typeof JWT_ALGORITHMS)[number];
 
 /** Headers a claim may not be forwarded into: hop-by-hop, framing, routing and credentials. */
-export const RESERVED_FORWARD_HEADERS = ['host', 'authorization', 'cookie', 'content-length', 'content-type', 'transfer-encoding', 'connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'upgrade', 'expect'];
+export const RESERVED_FORWARD_HEADERS = [
+  'host',
+  'authorization',
+  'cookie',
+  'content-length',
+  'content-type',
+  'transfer-encoding',
+  'connection',
+  'keep-alive',
+  'proxy-connection',
+  'te',
+  'trailer',
+  'upgrade',
+  'expect',
+];
 
 export const DEFAULT_TOKEN_SOURCE = { header: 'authorization', prefix: 'Bearer ' } as const;
 export const DEFAULT_MAX_TOKEN_SIZE = 8192;
@@ -35,7 +49,12 @@ const tokenSource = z
     /** Text before the token in the header, e.g. "Bearer " (compared case-insensitively). */
     prefix: z.string().max(64).optional(),
     cookie: z.string().regex(COOKIE_NAME, 'must be a valid cookie name').optional(),
-    query: z.string().min(1).max(128).regex(/^[A-Za-z0-9._~-]+$/, 'must be a plain query parameter name').optional(),
+    query: z
+      .string()
+      .min(1)
+      .max(128)
+      .regex(/^[A-Za-z0-9._~-]+$/, 'must be a plain query parameter name')
+      .optional(),
   })
   .superRefine((s, ctx) => {
     const given = [s.header, s.cookie, s.query].filter((x) => x !== undefined).length;
@@ -43,7 +62,11 @@ const tokenSource = z
     if (s.prefix !== undefined && s.header === undefined) ctx.addIssue({ code: 'custom', path: ['prefix'], message: 'only a header has a prefix' });
   })
   .transform((s): { header: string; prefix?: string } | { cookie: string } | { query: string } =>
-    s.header !== undefined ? { header: s.header.toLowerCase(), ...(s.prefix ? { prefix: s.prefix } : {}) } : s.cookie !== undefined ? { cookie: s.cookie } : { query: s.query! },
+    s.header !== undefined
+      ? { header: s.header.toLowerCase(), ...(s.prefix ? { prefix: s.prefix } : {}) }
+      : s.cookie !== undefined
+        ? { cookie: s.cookie }
+        : { query: s.query! },
   );
 
 const scalar = z.union([z.string(), z.number(), z.boolean()]);
@@ -61,13 +84,20 @@ const requireRule = z
     equals: scalar.optional(),
   })
   .refine((r) => [r.contains, r.in, r.equals].filter((x) => x !== undefined).length === 1, { message: 'give exactly one of contains, in or equals' })
-  .transform((r): { claim: string; contains: string } | { claim: string; in: (string | number | boolean)[] } | { claim: string; equals: string | number | boolean } =>
-    r.contains !== undefined ? { claim: r.claim, contains: r.contains } : r.in !== undefined ? { claim: r.claim, in: r.in } : { claim: r.claim, equals: r.equals! },
+  .transform(
+    (r): { claim: string; contains: string } | { claim: string; in: (string | number | boolean)[] } | { claim: string; equals: string | number | boolean } =>
+      r.contains !== undefined
+        ? { claim: r.claim, contains: r.contains }
+        : r.in !== undefined
+          ? { claim: r.claim, in: r.in }
+          : { claim: r.claim, equals: r.equals! },
   );
 
 const forwardClaim = z.strictObject({
   claim: claimName,
-  header: headerName.refine((h) => !RESERVED_FORWARD_HEADERS.includes(h.toLowerCase()), { message: `must not be one of ${RESERVED_FORWARD_HEADERS.join(', ')}` }),
+  header: headerName.refine((h) => !RESERVED_FORWARD_HEADERS.includes(h.toLowerCase()), {
+    message: `must not be one of ${RESERVED_FORWARD_HEADERS.join(', ')}`,
+  }),
 });
 
 const jwkSet = z.strictObject({ keys: z.array(z.record(z.string(), z.unknown())).min(1, 'a key set needs at least one key') });
@@ -98,12 +128,14 @@ const jwks = z
     const u = j.uri !== undefined && URL.canParse(j.uri) ? new URL(j.uri) : undefined; // a bad URL is reported by the field
     if (u) {
       const loopback = u.hostname === 'localhost' || u.hostname === '[::1]' || /^127\.\d+\.\d+\.\d+$/.test(u.hostname);
-      if (u.protocol === 'http:' && !loopback) ctx.addIssue({ code: 'custom', path: ['uri'], message: 'must be https (plain http is only allowed on loopback)' });
+      if (u.protocol === 'http:' && !loopback)
+        ctx.addIssue({ code: 'custom', path: ['uri'], message: 'must be https (plain http is only allowed on loopback)' });
       if (u.username || u.password) ctx.addIssue({ code: 'custom', path: ['uri'], message: 'must not carry credentials' });
     }
     const min = j.cacheDuration?.min ? parseDuration(j.cacheDuration.min) : undefined;
     const max = j.cacheDuration?.max ? parseDuration(j.cacheDuration.max) : undefined;
-    if (min !== undefined && max !== undefined && max < min) ctx.addIssue({ code: 'custom', path: ['cacheDuration', 'max'], message: `must not be shorter than min ${j.cacheDuration!.min}` });
+    if (min !== undefined && max !== undefined && max < min)
+      ctx.addIssue({ code: 'custom', path: ['cacheDuration', 'max'], message: `must not be shorter than min ${j.cacheDuration!.min}` });
   });
 
 export const jwtPolicySpec = z.strictObject({
@@ -117,7 +149,11 @@ export const jwtPolicySpec = z.strictObject({
     .array(
       z.string().superRefine((a, ctx) => {
         if ((JWT_ALGORITHMS as readonly string[]).includes(a)) return;
-        const why = /^HS\d+$/.test(a) ? 'HMAC needs a shared secret; JWTs are verified here with public keys only' : a.toLowerCase() === 'none' ? '"none" means no signature at all' : 'not a supported JWS algorithm';
+        const why = /^HS\d+$/.test(a)
+          ? 'HMAC needs a shared secret; JWTs are verified here with public keys only'
+          : a.toLowerCase() === 'none'
+            ? '"none" means no signature at all'
+            : 'not a supported JWS algorithm';
         ctx.addIssue({ code: 'custom', message: `${why}: use one of ${JWT_ALGORITHMS.join(', ')}` });
       }),
     )

@@ -2,8 +2,17 @@ import { z } from 'zod';
 import { document, duration, parseDuration, percent } from './common.js';
 
 export const RETRY_ON = [
-  '5xx', 'gateway-error', 'reset', 'reset-before-request', 'connect-failure', 'envoy-ratelimited',
-  'retriable-4xx', 'refused-stream', 'retriable-status-codes', 'retriable-headers', 'http3-post-connect-failure',
+  '5xx',
+  'gateway-error',
+  'reset',
+  'reset-before-request',
+  'connect-failure',
+  'envoy-ratelimited',
+  'retriable-4xx',
+  'refused-stream',
+  'retriable-status-codes',
+  'retriable-headers',
+  'http3-post-connect-failure',
 ] as const;
 
 export const retries = z.strictObject({
@@ -15,13 +24,18 @@ export const retries = z.strictObject({
 });
 
 export const meshSpec = z.strictObject({
-  trustDomain: z.string().regex(/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, 'must be a lower-case DNS name').default('signalbox.local'),
+  trustDomain: z
+    .string()
+    .regex(/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, 'must be a lower-case DNS name')
+    .default('signalbox.local'),
   mtls: z
     .strictObject({
       mode: z.enum(['strict', 'permissive', 'disabled']).default('strict'),
       // Renewal happens at two thirds of the TTL: below 10s proxies would churn, above 90 days a leaked key lives too long.
       certTTL: duration
-        .refine((d) => (parseDuration(d) ?? 0) >= 10_000 && (parseDuration(d) ?? 0) <= 90 * 24 * 3_600_000, { message: 'must be between 10s and 2160h (90 days)' })
+        .refine((d) => (parseDuration(d) ?? 0) >= 10_000 && (parseDuration(d) ?? 0) <= 90 * 24 * 3_600_000, {
+          message: 'must be between 10s and 2160h (90 days)',
+        })
         .default('24h'),
     })
     .optional(),

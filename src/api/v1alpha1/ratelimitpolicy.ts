@@ -16,7 +16,11 @@ const per = z
   .superRefine((s, ctx) => {
     if (parseDuration(s) !== undefined) return;
     const hint = durationHint(s);
-    ctx.addIssue({ code: 'custom', continue: false, message: `must be a duration such as "1s", "1m" or "1h" (a number followed by ms, s, m or h)${hint && hint !== s ? ` (did you mean "${hint}"?)` : ''}` });
+    ctx.addIssue({
+      code: 'custom',
+      continue: false,
+      message: `must be a duration such as "1s", "1m" or "1h" (a number followed by ms, s, m or h)${hint && hint !== s ? ` (did you mean "${hint}"?)` : ''}`,
+    });
   })
   .refine((s) => (parseDuration(s) ?? 0) >= MIN_RATE_WINDOW_MS, { message: `must be at least ${MIN_RATE_WINDOW_MS}ms` })
   .refine((s) => (parseDuration(s) ?? 0) <= MAX_DURATION_MS, { message: MAX_DURATION_MESSAGE })
@@ -60,7 +64,10 @@ const GLOBAL_UNIT_HINTS: [RegExp, GlobalUnit][] = [
 const globalPer = z.string().superRefine((s, ctx) => {
   if ((GLOBAL_UNITS as readonly string[]).includes(s)) return;
   const hint = GLOBAL_UNIT_HINTS.find(([re]) => re.test(s.trim()))?.[1];
-  ctx.addIssue({ code: 'custom', message: `must be one of second, minute, hour, day (a global limit counts in fixed windows of one unit)${hint ? ` (did you mean "${hint}"?)` : ''}` });
+  ctx.addIssue({
+    code: 'custom',
+    message: `must be one of second, minute, hour, day (a global limit counts in fixed windows of one unit)${hint ? ` (did you mean "${hint}"?)` : ''}`,
+  });
 });
 
 /** A JWT claim name as JWTPolicy forwardClaims names it. */
@@ -74,8 +81,13 @@ export const globalRateLimitKey = z
     path: z.literal(true, { message: 'must be true (or leave it out)' }).optional(),
     claim: z.string().regex(CLAIM, 'must be a JWT claim name (letters, digits, "_", ".", ":", "-")').optional(),
   })
-  .refine((k) => [k.header, k.clientIP, k.path, k.claim].filter((v) => v !== undefined).length === 1, { message: 'give exactly one of header, clientIP, path or claim' })
-  .transform((k): GlobalRateLimitKey => (k.header !== undefined ? { header: k.header } : k.clientIP ? { clientIP: true } : k.path ? { path: true } : { claim: k.claim! }));
+  .refine((k) => [k.header, k.clientIP, k.path, k.claim].filter((v) => v !== undefined).length === 1, {
+    message: 'give exactly one of header, clientIP, path or claim',
+  })
+  .transform(
+    (k): GlobalRateLimitKey =>
+      k.header !== undefined ? { header: k.header } : k.clientIP ? { clientIP: true } : k.path ? { path: true } : { claim: k.claim! },
+  );
 export type GlobalRateLimitKey = { header: string } | { clientIP: true } | { path: true } | { claim: string };
 
 const requests = z.number().int('must be a whole number').min(1, 'must be greater than zero').max(1_000_000_000, 'must be at most 1000000000');

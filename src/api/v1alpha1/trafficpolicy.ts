@@ -31,7 +31,11 @@ const loadBalancer = z
   })
   .superRefine((lb, ctx) => {
     if (lb.type === 'RingHash' && !lb.hashOn) {
-      ctx.addIssue({ code: 'custom', path: ['hashOn'], message: 'required for RingHash: give { header: NAME } or { sourceIP: true } (without a key every request would hash alike)' });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['hashOn'],
+        message: 'required for RingHash: give { header: NAME } or { sourceIP: true } (without a key every request would hash alike)',
+      });
     }
     if (lb.type !== 'RingHash' && lb.hashOn) {
       ctx.addIssue({ code: 'custom', path: ['hashOn'], message: `only used by RingHash, not by ${lb.type}` });
@@ -45,7 +49,9 @@ const circuitBreaker = z
     maxRequests: positiveCount.optional(),
     maxRetries: positiveCount.optional(),
   })
-  .refine((c) => Object.values(c).some((v) => v !== undefined), { message: 'give at least one of maxConnections, maxPendingRequests, maxRequests, maxRetries' });
+  .refine((c) => Object.values(c).some((v) => v !== undefined), {
+    message: 'give at least one of maxConnections, maxPendingRequests, maxRequests, maxRetries',
+  });
 
 const outlierDetection = z.strictObject({
   consecutive5xx: positiveCount.default(5),
@@ -91,15 +97,27 @@ export const trafficPolicySpec = z
   .superRefine((spec, ctx) => {
     const { targetRef: _t, ...settings } = spec;
     if (Object.values(settings).every((v) => v === undefined)) {
-      ctx.addIssue({ code: 'custom', path: [], message: 'sets nothing: give at least one of connectTimeout, timeout, retries, loadBalancer, circuitBreaker, outlierDetection, healthCheck' });
+      ctx.addIssue({
+        code: 'custom',
+        path: [],
+        message: 'sets nothing: give at least one of connectTimeout, timeout, retries, loadBalancer, circuitBreaker, outlierDetection, healthCheck',
+      });
     }
     const timeout = spec.timeout ? parseDuration(spec.timeout) : undefined;
     const perTry = spec.retries?.perTryTimeout ? parseDuration(spec.retries.perTryTimeout) : undefined;
     if (timeout !== undefined && perTry !== undefined && perTry > timeout) {
-      ctx.addIssue({ code: 'custom', path: ['retries', 'perTryTimeout'], message: `${spec.retries!.perTryTimeout} is longer than the policy's timeout ${spec.timeout}` });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['retries', 'perTryTimeout'],
+        message: `${spec.retries!.perTryTimeout} is longer than the policy's timeout ${spec.timeout}`,
+      });
     }
     if (spec.retries?.retriableStatusCodes && !(spec.retries.retryOn ?? []).includes('retriable-status-codes')) {
-      ctx.addIssue({ code: 'custom', path: ['retries', 'retryOn'], message: 'retriableStatusCodes is given, so retryOn must include "retriable-status-codes"' });
+      ctx.addIssue({
+        code: 'custom',
+        path: ['retries', 'retryOn'],
+        message: 'retriableStatusCodes is given, so retryOn must include "retriable-status-codes"',
+      });
     }
     const backoff = spec.retries?.backoff;
     if (backoff?.maxInterval && (parseDuration(backoff.maxInterval) ?? 0) < (parseDuration(backoff.baseInterval) ?? 0)) {

@@ -58,7 +58,14 @@ export class ConsulClient {
     const opts: https.AgentOptions = { keepAlive: true, keepAliveMsecs: 15_000, maxSockets: Infinity, maxFreeSockets: 64, scheduling: 'lifo' };
     if (this.base.protocol === 'https:') {
       const t = conn.tls;
-      this.agent = new https.Agent({ ...opts, ca: t?.ca, cert: t?.cert, key: t?.key, servername: t?.serverName, rejectUnauthorized: t?.rejectUnauthorized ?? true });
+      this.agent = new https.Agent({
+        ...opts,
+        ca: t?.ca,
+        cert: t?.cert,
+        key: t?.key,
+        servername: t?.serverName,
+        rejectUnauthorized: t?.rejectUnauthorized ?? true,
+      });
     } else {
       this.agent = new http.Agent(opts);
     }
@@ -105,7 +112,16 @@ export class ConsulClient {
           if (status !== 200) {
             // Consul's error bodies are short plain text ("ACL not found", "No cluster leader").
             const detail = text.trim().slice(0, 200).replace(/\s+/g, ' ');
-            const reason: ConsulErrorReason = status === 401 || status === 403 ? 'forbidden' : status === 404 ? 'not_found' : status === 429 ? 'rate_limited' : status >= 500 ? 'server' : 'http';
+            const reason: ConsulErrorReason =
+              status === 401 || status === 403
+                ? 'forbidden'
+                : status === 404
+                  ? 'not_found'
+                  : status === 429
+                    ? 'rate_limited'
+                    : status >= 500
+                      ? 'server'
+                      : 'http';
             return fail(new ConsulError(reason, `Consul answered ${status}${detail ? `: ${detail}` : ''}`, status));
           }
           let body: unknown;

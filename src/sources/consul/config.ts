@@ -46,7 +46,8 @@ export function parseConsulAddress(addr: string, forceTls = false): string {
   } catch {
     throw new SignalboxError(ErrorCode.BAD_FLAG, `--consul-addr must be HOST:PORT or http(s)://HOST:PORT, got "${addr}"`);
   }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new SignalboxError(ErrorCode.BAD_FLAG, `--consul-addr: unsupported scheme "${url.protocol}" (use http or https)`);
+  if (url.protocol !== 'http:' && url.protocol !== 'https:')
+    throw new SignalboxError(ErrorCode.BAD_FLAG, `--consul-addr: unsupported scheme "${url.protocol}" (use http or https)`);
   if (url.username || url.password) throw new SignalboxError(ErrorCode.BAD_FLAG, '--consul-addr must not carry credentials; use CONSUL_HTTP_TOKEN');
   if (url.pathname !== '/' && url.pathname !== '') throw new SignalboxError(ErrorCode.BAD_FLAG, `--consul-addr must not have a path, got "${url.pathname}"`);
   return `${url.protocol}//${url.host}`;
@@ -60,7 +61,8 @@ export function consulConnectionFromEnv(addr: string, datacenter: string | undef
   if (!token && env.CONSUL_HTTP_TOKEN_FILE) token = readFileSetting('CONSUL_HTTP_TOKEN_FILE', env.CONSUL_HTTP_TOKEN_FILE).toString('utf8').trim() || undefined;
   const conn: ConsulConnection = { baseUrl, token, datacenter: datacenter || undefined };
   if (baseUrl.startsWith('https:')) {
-    if (!!env.CONSUL_CLIENT_CERT !== !!env.CONSUL_CLIENT_KEY) throw new SignalboxError(ErrorCode.BAD_FLAG, 'CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY must be given together');
+    if (!!env.CONSUL_CLIENT_CERT !== !!env.CONSUL_CLIENT_KEY)
+      throw new SignalboxError(ErrorCode.BAD_FLAG, 'CONSUL_CLIENT_CERT and CONSUL_CLIENT_KEY must be given together');
     conn.tls = {
       ca: env.CONSUL_CACERT ? readFileSetting('CONSUL_CACERT', env.CONSUL_CACERT) : undefined,
       cert: env.CONSUL_CLIENT_CERT ? readFileSetting('CONSUL_CLIENT_CERT', env.CONSUL_CLIENT_CERT) : undefined,

@@ -35,7 +35,8 @@ export function policyNameOf(consulName: string): string | undefined {
 
 /** The services to import from a /v1/catalog/services answer ({name: tags}). */
 export function selectImported(body: unknown, mode: ImportMode): { imported: Map<string, string>; skipped: string[] } {
-  if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new ConsulError('malformed', 'catalog answer: expected a JSON object of service names');
+  if (typeof body !== 'object' || body === null || Array.isArray(body))
+    throw new ConsulError('malformed', 'catalog answer: expected a JSON object of service names');
   const imported = new Map<string, string>(); // policy name -> consul name
   const skipped: string[] = [];
   for (const [name, tags] of Object.entries(body as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : 1))) {
@@ -64,7 +65,8 @@ export class ConsulImporter {
   synced = false;
   private firstAnswer?: () => void;
 
-  constructor(readonly source: ConsulSource,
+  constructor(
+    readonly source: ConsulSource,
     readonly mode: ImportMode,
     private readonly onChange: () => void,
   ) {
@@ -94,7 +96,8 @@ export class ConsulImporter {
       },
       onError: (e, failures, retryInMs) => {
         source.metrics.errors.inc({ endpoint: 'catalog', reason: e.reason });
-        if (failures === 1 || failures % 10 === 0) source.logger.warn({ reason: e.reason, failures, retryInMs }, `consul: service list query failed, keeping the imported services: ${e.message}`);
+        if (failures === 1 || failures % 10 === 0)
+          source.logger.warn({ reason: e.reason, failures, retryInMs }, `consul: service list query failed, keeping the imported services: ${e.message}`);
       },
     });
     source.extraStatus.set('import', () => this.status());

@@ -50,7 +50,16 @@ export function attachConsul(
   }
   pipeline.on('applied', (model) => source.sync(model));
   if (pipeline.model) source.sync(pipeline.model);
-  logger.info({ consul: connection.baseUrl, datacenter: connection.datacenter, tls: !!connection.tls, aclToken: connection.token ? 'set' : 'none', import: cfg.consulImport || undefined }, 'consul discovery enabled');
+  logger.info(
+    {
+      consul: connection.baseUrl,
+      datacenter: connection.datacenter,
+      tls: !!connection.tls,
+      aclToken: connection.token ? 'set' : 'none',
+      import: cfg.consulImport || undefined,
+    },
+    'consul discovery enabled',
+  );
   return source;
 }
 
@@ -81,7 +90,8 @@ export function tuningFromEnv(env: NodeJS.ProcessEnv = process.env): Partial<Con
   const w = env.SIGNALBOX_CONSUL_WARNING_AS;
   if (w !== undefined && w !== '') {
     const up = w.toUpperCase();
-    if (up !== 'DEGRADED' && up !== 'HEALTHY') throw new SignalboxError(ErrorCode.BAD_FLAG, `SIGNALBOX_CONSUL_WARNING_AS must be DEGRADED or HEALTHY, got "${w}"`);
+    if (up !== 'DEGRADED' && up !== 'HEALTHY')
+      throw new SignalboxError(ErrorCode.BAD_FLAG, `SIGNALBOX_CONSUL_WARNING_AS must be DEGRADED or HEALTHY, got "${w}"`);
     out.warningAs = up;
   }
   return out;

@@ -218,16 +218,29 @@ export function mapConnectEntries(body: unknown, destination: string, opts: MapO
     const nodeName = str(node.Node);
     const proxyId = str(service.ID);
     if (!nodeName || !proxyId || !destId) {
-      skipped.push({ reason: 'invalid_sidecar', detail: `${entryName(node, service)}: connect-proxy without Node.Node, Service.ID or Proxy.DestinationServiceID` });
+      skipped.push({
+        reason: 'invalid_sidecar',
+        detail: `${entryName(node, service)}: connect-proxy without Node.Node, Service.ID or Proxy.DestinationServiceID`,
+      });
       continue;
     }
     if (destName !== undefined && destName !== destination) continue;
     const address = addressOf(node, service);
     if (isIP(address) === 0 || !validPort(service.Port)) {
-      skipped.push({ reason: 'invalid_sidecar', detail: `${nodeName}/${proxyId}: sidecar address ${JSON.stringify(address)} port ${JSON.stringify(service.Port)} is not usable` });
+      skipped.push({
+        reason: 'invalid_sidecar',
+        detail: `${nodeName}/${proxyId}: sidecar address ${JSON.stringify(address)} port ${JSON.stringify(service.Port)} is not usable`,
+      });
       continue;
     }
-    sidecars.push({ node: nodeName, proxyId, destinationId: destId, address, port: service.Port, health: healthOf(e && isObj(e) ? e.Checks : undefined, opts) });
+    sidecars.push({
+      node: nodeName,
+      proxyId,
+      destinationId: destId,
+      address,
+      port: service.Port,
+      health: healthOf(e && isObj(e) ? e.Checks : undefined, opts),
+    });
   }
   return { sidecars, skipped };
 }

@@ -61,14 +61,45 @@ export class ConsulMetrics {
 
   constructor(registry?: client.Registry) {
     const registers = registry ? [registry] : [];
-    this.requests = new client.Counter({ name: 'signalbox_consul_requests_total', help: 'HTTP requests made to Consul, by endpoint (health, connect, catalog).', labelNames: ['endpoint'], registers });
-    this.errors = new client.Counter({ name: 'signalbox_consul_errors_total', help: 'Failed Consul queries, by endpoint and reason (network, timeout, forbidden, server, malformed...).', labelNames: ['endpoint', 'reason'], registers });
-    this.skipped = new client.Counter({ name: 'signalbox_consul_skipped_instances_total', help: 'Consul registrations skipped as unusable, by reason (invalid_address, invalid_port, duplicate_id...).', labelNames: ['reason'], registers });
-    this.resets = new client.Counter({ name: 'signalbox_consul_index_resets_total', help: 'Blocking-query index resets (the index Consul returned went backwards).', registers });
-    this.stale = new client.Gauge({ name: 'signalbox_consul_stale', help: '1 while any Consul watch is serving its last known answer because its latest query failed.', registers });
+    this.requests = new client.Counter({
+      name: 'signalbox_consul_requests_total',
+      help: 'HTTP requests made to Consul, by endpoint (health, connect, catalog).',
+      labelNames: ['endpoint'],
+      registers,
+    });
+    this.errors = new client.Counter({
+      name: 'signalbox_consul_errors_total',
+      help: 'Failed Consul queries, by endpoint and reason (network, timeout, forbidden, server, malformed...).',
+      labelNames: ['endpoint', 'reason'],
+      registers,
+    });
+    this.skipped = new client.Counter({
+      name: 'signalbox_consul_skipped_instances_total',
+      help: 'Consul registrations skipped as unusable, by reason (invalid_address, invalid_port, duplicate_id...).',
+      labelNames: ['reason'],
+      registers,
+    });
+    this.resets = new client.Counter({
+      name: 'signalbox_consul_index_resets_total',
+      help: 'Blocking-query index resets (the index Consul returned went backwards).',
+      registers,
+    });
+    this.stale = new client.Gauge({
+      name: 'signalbox_consul_stale',
+      help: '1 while any Consul watch is serving its last known answer because its latest query failed.',
+      registers,
+    });
     this.staleWatches = new client.Gauge({ name: 'signalbox_consul_stale_watches', help: 'Consul service watches whose latest query failed.', registers });
-    this.watches = new client.Gauge({ name: 'signalbox_consul_watches', help: 'Consul services watched (each one health + one connect blocking query).', registers });
-    this.synced = new client.Gauge({ name: 'signalbox_consul_synced', help: '1 once every Consul service watched at start-up answered once (stays 1).', registers });
+    this.watches = new client.Gauge({
+      name: 'signalbox_consul_watches',
+      help: 'Consul services watched (each one health + one connect blocking query).',
+      registers,
+    });
+    this.synced = new client.Gauge({
+      name: 'signalbox_consul_synced',
+      help: '1 once every Consul service watched at start-up answered once (stays 1).',
+      registers,
+    });
     this.lastSuccess = new client.Gauge({ name: 'signalbox_consul_last_success_timestamp_seconds', help: 'When a Consul query last succeeded.', registers });
     this.updates = new client.Counter({ name: 'signalbox_consul_endpoint_updates_total', help: 'Endpoint sets changed by a Consul answer.', registers });
   }
@@ -121,7 +152,16 @@ class ServiceWatch {
     clientOf: ConsulClient,
   ) {
     const o = src.opts;
-    const base = { client: clientOf, query: { dc: datacenter }, waitMs: o.waitMs ?? 60_000, minIntervalMs: o.minIntervalMs ?? 100, backoff: o.backoff ?? { baseMs: 250, maxMs: 10_000 }, random: o.random, nonBlockingTimeoutMs: o.timeouts?.nonBlockingMs, timeoutMarginMs: o.timeouts?.marginMs };
+    const base = {
+      client: clientOf,
+      query: { dc: datacenter },
+      waitMs: o.waitMs ?? 60_000,
+      minIntervalMs: o.minIntervalMs ?? 100,
+      backoff: o.backoff ?? { baseMs: 250, maxMs: 10_000 },
+      random: o.random,
+      nonBlockingTimeoutMs: o.timeouts?.nonBlockingMs,
+      timeoutMarginMs: o.timeouts?.marginMs,
+    };
     const enc = encodeURIComponent(service);
     this.health = new BlockingWatch<HealthData>({
       ...base,
@@ -130,7 +170,9 @@ class ServiceWatch {
       onData: (d, info) => {
         this.noteSkipped('health', d.skipped);
         this.instances = d.instances;
-        withSpanSync('signalbox.consul.sync', { 'signalbox.consul.service': service, 'signalbox.consul.endpoint': 'health' }, () => this.onAnswer('health', info));
+        withSpanSync('signalbox.consul.sync', { 'signalbox.consul.service': service, 'signalbox.consul.endpoint': 'health' }, () =>
+          this.onAnswer('health', info),
+        );
       },
       onError: (e, n, retry) => this.onError('health', e, n, retry),
     });
@@ -142,7 +184,9 @@ class ServiceWatch {
         this.noteSkipped('connect', d.skipped);
         this.sidecars = d.sidecars;
         this.connectSettled = true;
-        withSpanSync('signalbox.consul.sync', { 'signalbox.consul.service': service, 'signalbox.consul.endpoint': 'connect' }, () => this.onAnswer('connect', info));
+        withSpanSync('signalbox.consul.sync', { 'signalbox.consul.service': service, 'signalbox.consul.endpoint': 'connect' }, () =>
+          this.onAnswer('connect', info),
+        );
       },
       onError: (e, n, retry) => {
         this.connectSettled = true; // sidecars unknown: publish instances rather than nothing
@@ -206,7 +250,11 @@ class ServiceWatch {
         }, grace + 5);
         this.graceTimer.unref?.();
       }
-      if (info.reset) logger.warn({ consulService: this.service, endpoint, index: info.index.toString() }, 'consul: index went backwards (Consul restarted or restored); resyncing, keeping missing instances for the grace period');
+      if (info.reset)
+        logger.warn(
+          { consulService: this.service, endpoint, index: info.index.toString() },
+          'consul: index went backwards (Consul restarted or restored); resyncing, keeping missing instances for the grace period',
+        );
     }
     if (info.recovered) logger.info({ consulService: this.service, endpoint, index: info.index.toString() }, 'consul: watch recovered');
     this.src.refreshStale();
@@ -219,7 +267,10 @@ class ServiceWatch {
     if (e.reason === 'network' || e.reason === 'timeout' || e.reason === 'server') this.outage = true;
     // The first failure, then every 10th, so a long outage does not flood the log.
     if (failures === 1 || failures % 10 === 0) {
-      logger.warn({ consulService: this.service, endpoint, reason: e.reason, status: e.status, failures, retryInMs, keeping: this.instances?.length ?? 0 }, `consul: query failed, keeping the last known endpoints: ${e.message}`);
+      logger.warn(
+        { consulService: this.service, endpoint, reason: e.reason, status: e.status, failures, retryInMs, keeping: this.instances?.length ?? 0 },
+        `consul: query failed, keeping the last known endpoints: ${e.message}`,
+      );
     }
     this.src.refreshStale();
   }
@@ -256,10 +307,13 @@ class ServiceWatch {
     }
     this.firstSeen = seen;
     if (holdUntil > 0 && !this.settleTimer) {
-      this.settleTimer = setTimeout(() => {
-        this.settleTimer = undefined;
-        this.publishIfReady();
-      }, holdUntil - now + 1);
+      this.settleTimer = setTimeout(
+        () => {
+          this.settleTimer = undefined;
+          this.publishIfReady();
+        },
+        holdUntil - now + 1,
+      );
       this.settleTimer.unref?.();
     }
     for (const [name, sub] of this.subscribers) {
@@ -364,7 +418,9 @@ export class ConsulSource {
     if (this.syncedOnce) return;
     const t0 = Date.now();
     const timer = setInterval(() => {
-      const failing = [...this.watches.values()].filter((w) => !w.published).map((w) => ({ consulService: w.service, lastError: w.health.lastError?.message ?? w.connect.lastError?.message }));
+      const failing = [...this.watches.values()]
+        .filter((w) => !w.published)
+        .map((w) => ({ consulService: w.service, lastError: w.health.lastError?.message ?? w.connect.lastError?.message }));
       this.logger.warn({ waitingMs: Date.now() - t0, failing }, 'consul: waiting for the first answer for every watched service before serving xDS');
     }, logEveryMs);
     timer.unref?.();
@@ -394,7 +450,15 @@ export class ConsulSource {
     this.store = opts.store;
     this.client.onRequest = (path) => {
       this.requests++;
-      this.metrics.requests.inc({ endpoint: path.startsWith('/v1/health/connect/') ? 'connect' : path.startsWith('/v1/health/') ? 'health' : path.startsWith('/v1/catalog/') ? 'catalog' : 'other' });
+      this.metrics.requests.inc({
+        endpoint: path.startsWith('/v1/health/connect/')
+          ? 'connect'
+          : path.startsWith('/v1/health/')
+            ? 'health'
+            : path.startsWith('/v1/catalog/')
+              ? 'catalog'
+              : 'other',
+      });
     };
   }
 
@@ -489,7 +553,7 @@ export class ConsulSource {
       .map((w) => {
         const lastSuccess = Math.min(w.health.lastSuccessAt ?? Infinity, w.connect.lastSuccessAt ?? Infinity);
         if (Number.isFinite(lastSuccess)) last = Math.max(last ?? 0, lastSuccess);
-        const err = [w.health, w.connect].filter((x) => x.failures > 0).map((x) => x.lastError!)[0] ?? (w.health.lastError ?? w.connect.lastError);
+        const err = [w.health, w.connect].filter((x) => x.failures > 0).map((x) => x.lastError!)[0] ?? w.health.lastError ?? w.connect.lastError;
         return {
           consulService: w.service,
           ...(w.datacenter ? { datacenter: w.datacenter } : {}),

@@ -120,7 +120,6 @@ export function displayPath(file: string): string {
   return rel && !rel.startsWith('..') && !path.isAbsolute(rel) ? rel : file;
 }
 
-
 const POLICY_FILE = /\.ya?ml$/;
 
 /**
@@ -158,7 +157,12 @@ async function listPolicyFiles(dir: string, maxFiles: number, errors: PolicyErro
 }
 
 function errnoOf(e: unknown): string {
-  return (e as NodeJS.ErrnoException)?.code ?? String((e as Error)?.message ?? e).split('\n')[0]!.slice(0, 200);
+  return (
+    (e as NodeJS.ErrnoException)?.code ??
+    String((e as Error)?.message ?? e)
+      .split('\n')[0]!
+      .slice(0, 200)
+  );
 }
 
 function kindOf(st: Stats): string {
@@ -226,7 +230,8 @@ function readChecked(c: Checked, maxBytes: number): { text: string; bytes: numbe
   }
   try {
     const now = fstatSync(fd);
-    if (!now.isFile() || now.dev !== c.stat.dev || now.ino !== c.stat.ino) return { error: 'was replaced while it was read; it is read again at the next reload' };
+    if (!now.isFile() || now.dev !== c.stat.dev || now.ino !== c.stat.ino)
+      return { error: 'was replaced while it was read; it is read again at the next reload' };
     // Sized from fstat, grown if the file grew; one byte past the limit tells "too big" without reading it all.
     let buf = Buffer.allocUnsafe(Math.min(now.size, maxBytes) + 1);
     let n = 0;
@@ -341,7 +346,9 @@ function notSignalbox(doc: Document.Parsed): string | undefined {
 /** The warning (or, under strict, the error) for a document notSignalbox() turned away. */
 function notSignalboxProblem(reason: string, source: SourceRef, line: number | undefined, strict: boolean): PolicyError {
   const what = `not a Signalbox document (${reason}; Signalbox documents have apiVersion: ${API_VERSION})`;
-  const message = strict ? `${what}: refused under --strict; keep other YAML out of the policy directory` : `${what}: skipped; keep other YAML out of the policy directory (--strict refuses it)`;
+  const message = strict
+    ? `${what}: refused under --strict; keep other YAML out of the policy directory`
+    : `${what}: skipped; keep other YAML out of the policy directory (--strict refuses it)`;
   return { code: ErrorCode.NOT_SIGNALBOX, file: source.file, doc: source.doc, line, message };
 }
 
@@ -361,10 +368,18 @@ function validateDoc(raw: unknown, source: SourceRef, lineOf: LoadedDoc['lineOf'
   }
   if (!(kind in KINDS)) {
     if ((PLANNED_KINDS as readonly string[]).includes(kind)) {
-      at(['kind'], ErrorCode.UNSUPPORTED_KIND, `kind ${kind} is part of the policy language but not enforced by this version of Signalbox; it is refused rather than ignored`);
+      at(
+        ['kind'],
+        ErrorCode.UNSUPPORTED_KIND,
+        `kind ${kind} is part of the policy language but not enforced by this version of Signalbox; it is refused rather than ignored`,
+      );
     } else {
       // JSON-quoted and cut: control characters show (a NUL made "Service" look like a known kind) and a huge value stays short.
-      at(['kind'], ErrorCode.UNKNOWN_KIND, `unknown kind ${JSON.stringify(kind.length > 100 ? `${kind.slice(0, 100)}...` : kind)}${didYouMean(kind, Object.keys(KINDS))}; expected one of ${Object.keys(KINDS).join(', ')}`);
+      at(
+        ['kind'],
+        ErrorCode.UNKNOWN_KIND,
+        `unknown kind ${JSON.stringify(kind.length > 100 ? `${kind.slice(0, 100)}...` : kind)}${didYouMean(kind, Object.keys(KINDS))}; expected one of ${Object.keys(KINDS).join(', ')}`,
+      );
     }
     return undefined;
   }
@@ -391,7 +406,10 @@ function validateDoc(raw: unknown, source: SourceRef, lineOf: LoadedDoc['lineOf'
 
 /** A YAML limit was reached; the file is refused with this message. */
 class YamlLimitError extends Error {
-  constructor(message: string, readonly line?: number) {
+  constructor(
+    message: string,
+    readonly line?: number,
+  ) {
     super(message);
   }
 }
@@ -408,13 +426,15 @@ function composeBounded(text: string, counter: LineCounter): { docs: Document.Pa
   const docs: Document.Parsed[] = [];
   const line = () => counter.lineStarts.length;
   const take = (doc: Document.Parsed) => {
-    if (docs.length >= YAML_LIMITS.maxDocuments) throw new YamlLimitError(`YAML: more than ${YAML_LIMITS.maxDocuments} documents in one file; split it`, line());
+    if (docs.length >= YAML_LIMITS.maxDocuments)
+      throw new YamlLimitError(`YAML: more than ${YAML_LIMITS.maxDocuments} documents in one file; split it`, line());
     docs.push(doc);
   };
   counter.addNewLine(0); // as Parser.parse() does before the first token
   let tokens = 0;
   for (const lexeme of new Lexer().lex(text)) {
-    if (++tokens > YAML_LIMITS.maxTokens) throw new YamlLimitError(`YAML: more than ${YAML_LIMITS.maxTokens} tokens in one file (about 1 MiB of policy YAML); split it`, line());
+    if (++tokens > YAML_LIMITS.maxTokens)
+      throw new YamlLimitError(`YAML: more than ${YAML_LIMITS.maxTokens} tokens in one file (about 1 MiB of policy YAML); split it`, line());
     for (const token of parser.next(lexeme)) for (const doc of composer.next(token)) take(doc);
     if (parser.stack.length > YAML_LIMITS.maxDepth + 1) throw new YamlLimitError(`YAML: nested more than ${YAML_LIMITS.maxDepth} levels deep`, line()); // +1: the document itself
   }
@@ -495,7 +515,8 @@ export function parsePolicyText(text: string, file: string, opts: LoadOptions = 
     } finally {
       Error.stackTraceLimit = stackTraceLimit;
     }
-    for (const err of parsed.streamErrors) errors.push({ code: ErrorCode.YAML_SYNTAX, file, line: lineAt(err.pos[0]), message: `YAML: ${err.message.split('\n')[0]}` });
+    for (const err of parsed.streamErrors)
+      errors.push({ code: ErrorCode.YAML_SYNTAX, file, line: lineAt(err.pos[0]), message: `YAML: ${err.message.split('\n')[0]}` });
     for (const [i, doc] of parsed.docs.entries()) {
       if (errors.length > YAML_LIMITS.maxErrorsPerFile) break;
       const source = { file, doc: i + 1 };
@@ -518,7 +539,8 @@ export function parsePolicyText(text: string, file: string, opts: LoadOptions = 
         }
         const dups = duplicateKeys(doc);
         if (dups.length > 0) {
-          for (const at of dups.slice(0, YAML_LIMITS.maxErrorsPerFile + 1)) errors.push({ code: ErrorCode.YAML_SYNTAX, file, doc: i + 1, line: lineAt(at), message: 'YAML: Map keys must be unique' });
+          for (const at of dups.slice(0, YAML_LIMITS.maxErrorsPerFile + 1))
+            errors.push({ code: ErrorCode.YAML_SYNTAX, file, doc: i + 1, line: lineAt(at), message: 'YAML: Map keys must be unique' });
           continue;
         }
         const loaded = validateDoc(doc.toJS({ maxAliasCount: YAML_LIMITS.maxAliasCount }), source, lineFinder(doc, counter), errors);
@@ -532,7 +554,11 @@ export function parsePolicyText(text: string, file: string, opts: LoadOptions = 
     errors.push({ code: ErrorCode.YAML_SYNTAX, file, message: thrownMessage(e) });
   }
   if (skipped > warnings.length) {
-    warnings.push({ code: ErrorCode.NOT_SIGNALBOX, file, message: `${skipped - warnings.length} more documents that are not Signalbox documents were skipped (${skipped} in all)` });
+    warnings.push({
+      code: ErrorCode.NOT_SIGNALBOX,
+      file,
+      message: `${skipped - warnings.length} more documents that are not Signalbox documents were skipped (${skipped} in all)`,
+    });
   }
   return { docs, errors: capErrors(errors, YAML_LIMITS.maxErrorsPerFile, file), warnings };
 }
@@ -618,9 +644,20 @@ const YIELD_AFTER_MS = 20;
  */
 function finished(dir: string, docs: LoadedDoc[], errors: PolicyError[], warnings: PolicyError[], files: string[]): LoadResult {
   if (docs.length === 0 && errors.length === 0 && warnings.length > 0) {
-    errors.push({ code: ErrorCode.NO_POLICIES, file: displayPath(dir), message: 'no Signalbox documents: every document found is not a Signalbox document (see the warnings), so nothing is applied; is --policies the right directory?' });
+    errors.push({
+      code: ErrorCode.NO_POLICIES,
+      file: displayPath(dir),
+      message:
+        'no Signalbox documents: every document found is not a Signalbox document (see the warnings), so nothing is applied; is --policies the right directory?',
+    });
   }
-  return { dir, docs, errors: capErrors(errors, MAX_ERRORS_PER_LOAD, displayPath(dir)), warnings: capWarnings(warnings, MAX_ERRORS_PER_LOAD, displayPath(dir)), files: files.map(displayPath) };
+  return {
+    dir,
+    docs,
+    errors: capErrors(errors, MAX_ERRORS_PER_LOAD, displayPath(dir)),
+    warnings: capWarnings(warnings, MAX_ERRORS_PER_LOAD, displayPath(dir)),
+    files: files.map(displayPath),
+  };
 }
 
 /**
@@ -629,7 +666,13 @@ function finished(dir: string, docs: LoadedDoc[], errors: PolicyError[], warning
  * Documents that are not Signalbox documents are skipped with a warning, or are errors under
  * `opts.strict`.
  */
-export async function loadPolicyDir(dir: string, cache?: PolicyParseCache, limits: Partial<PolicyLimits> = {}, hint?: LoadHint, opts: LoadOptions = {}): Promise<LoadResult> {
+export async function loadPolicyDir(
+  dir: string,
+  cache?: PolicyParseCache,
+  limits: Partial<PolicyLimits> = {},
+  hint?: LoadHint,
+  opts: LoadOptions = {},
+): Promise<LoadResult> {
   const lim: PolicyLimits = { ...DEFAULT_POLICY_LIMITS, ...limits };
   const strict = opts.strict === true;
   if (hint && cache?.last) {
@@ -648,7 +691,11 @@ export async function loadPolicyDir(dir: string, cache?: PolicyParseCache, limit
       const listed = await listPolicyFiles(dir, lim.maxFiles, errors);
       files = listed.files;
       if (listed.tooMany) {
-        errors.push({ code: ErrorCode.FILE_READ, file: displayPath(dir), message: `more than ${lim.maxFiles} policy files, the limit (--max-policy-files, SIGNALBOX_MAX_POLICY_FILES); nothing was read` });
+        errors.push({
+          code: ErrorCode.FILE_READ,
+          file: displayPath(dir),
+          message: `more than ${lim.maxFiles} policy files, the limit (--max-policy-files, SIGNALBOX_MAX_POLICY_FILES); nothing was read`,
+        });
         return { dir, docs, errors, warnings, files: files.map(displayPath) };
       }
     } catch (e) {
@@ -667,7 +714,12 @@ export async function loadPolicyDir(dir: string, cache?: PolicyParseCache, limit
     let linked = false;
     for (const file of files) {
       const c = checkPolicyFile(file, realRoot);
-      const refused = typeof c === 'string' ? c : c.stat.size > lim.maxFileBytes ? `is ${formatBytes(c.stat.size)}, over the limit of ${formatBytes(lim.maxFileBytes)} per policy file (${fileLimitNote}); not read` : undefined;
+      const refused =
+        typeof c === 'string'
+          ? c
+          : c.stat.size > lim.maxFileBytes
+            ? `is ${formatBytes(c.stat.size)}, over the limit of ${formatBytes(lim.maxFileBytes)} per policy file (${fileLimitNote}); not read`
+            : undefined;
       if (refused !== undefined) {
         const e: PolicyError = { code: ErrorCode.FILE_READ, file: displayPath(file), message: refused };
         errors.push(e);
@@ -679,7 +731,11 @@ export async function loadPolicyDir(dir: string, cache?: PolicyParseCache, limit
       }
     }
     if (total > lim.maxDirBytes) {
-      errors.push({ code: ErrorCode.FILE_READ, file: displayPath(dir), message: `policy files total ${formatBytes(total)}, over the limit of ${formatBytes(lim.maxDirBytes)} per policy directory (${dirLimitNote}); nothing was read` });
+      errors.push({
+        code: ErrorCode.FILE_READ,
+        file: displayPath(dir),
+        message: `policy files total ${formatBytes(total)}, over the limit of ${formatBytes(lim.maxDirBytes)} per policy directory (${dirLimitNote}); nothing was read`,
+      });
       return { dir, docs, errors: capErrors(errors, MAX_ERRORS_PER_LOAD, displayPath(dir)), warnings, files: files.map(displayPath) };
     }
     let read = 0;
@@ -699,7 +755,11 @@ export async function loadPolicyDir(dir: string, cache?: PolicyParseCache, limit
       }
       read += got.bytes;
       if (read > lim.maxDirBytes) {
-        errors.push({ code: ErrorCode.FILE_READ, file: displayPath(dir), message: `policy files grew past the limit of ${formatBytes(lim.maxDirBytes)} per policy directory while they were read (${dirLimitNote})` });
+        errors.push({
+          code: ErrorCode.FILE_READ,
+          file: displayPath(dir),
+          message: `policy files grew past the limit of ${formatBytes(lim.maxDirBytes)} per policy directory while they were read (${dirLimitNote})`,
+        });
         complete = false;
         break;
       }
@@ -711,7 +771,11 @@ export async function loadPolicyDir(dir: string, cache?: PolicyParseCache, limit
     }
     cache?.retain(new Set(files.map(displayPath)));
     // A symbolic link's target can change without an event for the link: such a directory is always read whole.
-    if (cache) cache.last = complete && !linked && outcomes.size === files.length ? { dir, realRoot, limits: lim, strict, files, byAbsolute: new Map(files.map((f) => [path.resolve(f), f])), outcomes } : undefined;
+    if (cache)
+      cache.last =
+        complete && !linked && outcomes.size === files.length
+          ? { dir, realRoot, limits: lim, strict, files, byAbsolute: new Map(files.map((f) => [path.resolve(f), f])), outcomes }
+          : undefined;
   } catch (e) {
     // A bug above must not take the control plane down: it is reported like any unreadable input.
     errors.push({ code: ErrorCode.FILE_READ, file: displayPath(dir), message: `the policy directory could not be loaded: ${errnoOf(e)}` });

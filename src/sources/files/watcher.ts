@@ -32,7 +32,12 @@ export function isIgnoredName(name: string): boolean {
  * watches reached). Without a listener an 'error' event would be thrown and end the process; by
  * default a failure triggers a full reload instead, whose load reports whatever is wrong with the files.
  */
-export function watchPolicies(dir: string, debounceMs: number, onChange: (changes: PolicyChanges) => void, onError?: (err: Error) => void): { ready: Promise<void>; close(): Promise<void> } {
+export function watchPolicies(
+  dir: string,
+  debounceMs: number,
+  onChange: (changes: PolicyChanges) => void,
+  onError?: (err: Error) => void,
+): { ready: Promise<void>; close(): Promise<void> } {
   const settle = Math.min(SETTLE_MS, debounceMs);
   let timer: NodeJS.Timeout | undefined;
   let pending: PolicyChanges = { paths: new Set(), full: false };

@@ -59,7 +59,10 @@ export function protosDir(from: string = path.dirname(fileURLToPath(import.meta.
   for (;;) {
     if (existsSync(path.join(dir, 'package.json'))) {
       const protos = path.join(dir, 'protos');
-      if (!existsSync(path.join(protos, SIGNALBOX_PROTO_FILES[0]!))) throw new Error(`Signalbox's .proto files are missing: ${path.join(protos, SIGNALBOX_PROTO_FILES[0]!)} does not exist (they ship in the package's protos/ folder)`);
+      if (!existsSync(path.join(protos, SIGNALBOX_PROTO_FILES[0]!)))
+        throw new Error(
+          `Signalbox's .proto files are missing: ${path.join(protos, SIGNALBOX_PROTO_FILES[0]!)} does not exist (they ship in the package's protos/ folder)`,
+        );
       return protos;
     }
     const up = path.dirname(dir);

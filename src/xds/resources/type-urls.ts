@@ -15,13 +15,7 @@ export type TypeUrl = (typeof TypeUrl)[keyof typeof TypeUrl];
  * Push order: clusters, then their endpoints and secrets, then listeners, then routes
  * (Envoy's documented make-before-break sequence for ADS). Removals follow the reverse order.
  */
-export const PUSH_ORDER: readonly TypeUrl[] = [
-  TypeUrl.Cluster,
-  TypeUrl.Endpoint,
-  TypeUrl.Secret,
-  TypeUrl.Listener,
-  TypeUrl.Route,
-];
+export const PUSH_ORDER: readonly TypeUrl[] = [TypeUrl.Cluster, TypeUrl.Endpoint, TypeUrl.Secret, TypeUrl.Listener, TypeUrl.Route];
 
 export const SHORT_NAME: Record<TypeUrl, string> = {
   [TypeUrl.Cluster]: 'cluster',

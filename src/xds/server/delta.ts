@@ -72,7 +72,11 @@ export class DeltaStream extends XdsStream {
    */
   incremental = true;
 
-  constructor(ctx: ServerContext, peer: string, private readonly send: (r: DeltaResponse) => void) {
+  constructor(
+    ctx: ServerContext,
+    peer: string,
+    private readonly send: (r: DeltaResponse) => void,
+  ) {
     super(ctx, 'delta', peer);
   }
 
@@ -82,7 +86,16 @@ export class DeltaStream extends XdsStream {
     let st = this.states.get(type);
     const first = !st;
     if (!st) {
-      st = { wildcard: false, subscribed: new Set(), known: new Map(), toldMissing: new Set(), pending: new Map(), withheld: new Set(), current: new Map(), stale: new Set() };
+      st = {
+        wildcard: false,
+        subscribed: new Set(),
+        known: new Map(),
+        toldMissing: new Set(),
+        pending: new Map(),
+        withheld: new Set(),
+        current: new Map(),
+        stale: new Set(),
+      };
       this.states.set(type, st);
       // A proxy that reconnects holds (and runs, warm) what it names here.
       const acked = this.ackedNames(type);
@@ -140,7 +153,13 @@ export class DeltaStream extends XdsStream {
     const resumed = first && Object.keys(req.initial_resource_versions ?? {}).length > 0;
     if (first || changed) this.push(type, first && !resumed);
     // Only when removals were held back (the withheld names are all a cluster push then looks at).
-    if (req.response_nonce && !req.error_detail && (type === TypeUrl.Listener || type === TypeUrl.Route) && (this.states.get(TypeUrl.Cluster)?.withheld.size ?? 0) > 0) this.push(TypeUrl.Cluster, false);
+    if (
+      req.response_nonce &&
+      !req.error_detail &&
+      (type === TypeUrl.Listener || type === TypeUrl.Route) &&
+      (this.states.get(TypeUrl.Cluster)?.withheld.size ?? 0) > 0
+    )
+      this.push(TypeUrl.Cluster, false);
     // Clusters or endpoints answered: listener and route changes waiting for them may go.
     if (answered) this.afterAnswer(type, answered === 'nack');
   }
@@ -296,7 +315,8 @@ export class DeltaStream extends XdsStream {
     });
     // Streams that hold the same and lack the same share one response (the usual push after an
     // edit); the key names everything the response carries. A stream's own secret is never shared.
-    const response = type === TypeUrl.Secret ? build(this.nextNonce()) : this.shared.get(deltaKey(type, version, changedResources, removed), changedResources, build);
+    const response =
+      type === TypeUrl.Secret ? build(this.nextNonce()) : this.shared.get(deltaKey(type, version, changedResources, removed), changedResources, build);
     st.pending.set(response.nonce, { version, sentAt: Date.now(), names: changedResources.map((r) => r.name), removed });
     this.recordSent(type, version, response.nonce, st.current, changedResources.length);
     this.send(response);
@@ -368,7 +388,12 @@ const MAX_HELD_CHANGES = 16;
 
 /** Whether a held change carries exactly these resources (the same objects) and removals. */
 function sameChange(h: { resources: Resource[]; removed: string[] }, resources: Resource[], removed: string[]): boolean {
-  return h.resources.length === resources.length && h.removed.length === removed.length && h.resources.every((r, i) => r === resources[i]) && h.removed.every((n, i) => n === removed[i]);
+  return (
+    h.resources.length === resources.length &&
+    h.removed.length === removed.length &&
+    h.resources.every((r, i) => r === resources[i]) &&
+    h.removed.every((n, i) => n === removed[i])
+  );
 }
 
 /** What a Delta response carries, but its nonce. */

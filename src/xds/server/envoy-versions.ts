@@ -50,8 +50,10 @@ export function checkVersionList(raw: unknown): EnvoyVersionList {
   }
   for (const v of l.versions) {
     if (!v || typeof v.version !== 'string' || !parseSemver(v.version)) throw new Error(`envoy-versions.json: bad version entry ${JSON.stringify(v)}`);
-    if (compareSemver(parseSemver(v.version)!, parseSemver(l.minimum)!) < 0) throw new Error(`envoy-versions.json: ${v.version} is below the minimum ${l.minimum}`);
-    if (v.jwtModule && (typeof v.jwtModule.layout !== 'string' || typeof v.jwtModule.abiVersion !== 'string')) throw new Error(`envoy-versions.json: bad jwtModule for ${v.version}`);
+    if (compareSemver(parseSemver(v.version)!, parseSemver(l.minimum)!) < 0)
+      throw new Error(`envoy-versions.json: ${v.version} is below the minimum ${l.minimum}`);
+    if (v.jwtModule && (typeof v.jwtModule.layout !== 'string' || typeof v.jwtModule.abiVersion !== 'string'))
+      throw new Error(`envoy-versions.json: bad jwtModule for ${v.version}`);
   }
   if (l.versions.filter((v) => v.role === 'pinned').length !== 1) throw new Error('envoy-versions.json: exactly one version must be "pinned"');
   return l as EnvoyVersionList;

@@ -116,11 +116,22 @@ export interface NackPolicySide {
   /** The documents of a policy file's text. */
   parse(text: string, file: string): LoadedDoc[];
   /** Where `value` (at `field` of the route named `routeName`) came from in `docs`, as `validate --envoy` finds it. */
-  routeValueSource(docs: LoadedDoc[], own: LoadedDoc | undefined, routeName: string, field: FieldPath, value: unknown, message: string): { source: SourceRef; path: FieldPath; exact: boolean } | undefined;
+  routeValueSource(
+    docs: LoadedDoc[],
+    own: LoadedDoc | undefined,
+    routeName: string,
+    field: FieldPath,
+    value: unknown,
+    message: string,
+  ): { source: SourceRef; path: FieldPath; exact: boolean } | undefined;
   /** The version an Envoy binary reports; throws when it cannot run. */
   envoyVersion(bin: string): Promise<string>;
   /** Which route of a route configuration (printable JSON) Envoy `bin` refuses, within a budget of runs. */
-  isolateRefusedRoute(bin: string, routeConfig: Record<string, unknown>, opts: { maxRuns: number; runTimeoutMs: number }): Promise<{ refused?: RefusedRoute; reason?: string; runs: number; ms: number }>;
+  isolateRefusedRoute(
+    bin: string,
+    routeConfig: Record<string, unknown>,
+    opts: { maxRuns: number; runTimeoutMs: number },
+  ): Promise<{ refused?: RefusedRoute; reason?: string; runs: number; ms: number }>;
 }
 
 let policySide: NackPolicySide | undefined;
@@ -243,7 +254,9 @@ export function blameNack(sent: ReadonlyMap<string, Resource>, message: string):
   if (sources.length > 1 || (sources.length === 1 && checkable.length)) {
     const before: NackAttribution = { sources, candidates: sources.length, attribution: oneOf(sources.length, why) };
     if (checkable.length === 0 || checkable.length > MAX_ROUTE_CONFIGS_CHECKED) {
-      blame.attribution = checkable.length ? `${before.attribution}, in ${checkable.length} route configurations (more than an Envoy checks)` : before.attribution;
+      blame.attribution = checkable.length
+        ? `${before.attribution}, in ${checkable.length} route configurations (more than an Envoy checks)`
+        : before.attribution;
     } else {
       const key = checkable.map((r) => `${r.name}\u0000${r.version}`).join('\n');
       const known = envoyNarrowing.outcome(key);
@@ -638,7 +651,18 @@ export class EnvoyNarrowing {
           this.outcomes.set(job.key, o);
           if (this.outcomes.size > this.limits.kept) this.outcomes.delete(this.outcomes.keys().next().value!);
         }
-        job.log?.info({ routeConfigs: job.routeConfigs.map((r) => r.name), route: o.refused?.route.name, envoyField: o.refused?.route.field.length ? formatPath(o.refused.route.field) : undefined, reason: o.reason, runs: o.runs, ms: o.ms, envoy: o.envoy }, 'NACK checked with Envoy');
+        job.log?.info(
+          {
+            routeConfigs: job.routeConfigs.map((r) => r.name),
+            route: o.refused?.route.name,
+            envoyField: o.refused?.route.field.length ? formatPath(o.refused.route.field) : undefined,
+            reason: o.reason,
+            runs: o.runs,
+            ms: o.ms,
+            envoy: o.envoy,
+          },
+          'NACK checked with Envoy',
+        );
         for (const w of job.waiters) w(o);
       })
       .finally(() => {
@@ -702,10 +726,19 @@ export function sameReason(checked: string, message: string): boolean {
 /** The record's blame once the Envoy check answered (`before`: what it said until then). */
 function resolveOutcome(o: NarrowingOutcome, before: NackAttribution, message: string): NackAttribution {
   const n = before.sources.length;
-  if (!o.refused) return { sources: before.sources, candidates: n, attribution: `${before.attribution ?? oneOf(n, 'not narrowed down')}; ${o.reason ?? 'the checking Envoy found nothing'}` };
+  if (!o.refused)
+    return {
+      sources: before.sources,
+      candidates: n,
+      attribution: `${before.attribution ?? oneOf(n, 'not narrowed down')}; ${o.reason ?? 'the checking Envoy found nothing'}`,
+    };
   const { resource, route } = o.refused;
   if (!sameReason(route.message, message)) {
-    return { sources: before.sources, candidates: n, attribution: `${before.attribution ?? oneOf(n, 'not narrowed down')}; the checking Envoy${o.envoy ? ` ${o.envoy}` : ''} refuses route "${route.name}" for another reason than the proxy` };
+    return {
+      sources: before.sources,
+      candidates: n,
+      attribution: `${before.attribution ?? oneOf(n, 'not narrowed down')}; the checking Envoy${o.envoy ? ` ${o.envoy}` : ''} refuses route "${route.name}" for another reason than the proxy`,
+    };
   }
   const json = [...routesOf(resource)].find((x) => x.vhost === route.vhost && x.route === route.route)?.json ?? {};
   let value: unknown = json;
@@ -716,7 +749,12 @@ function resolveOutcome(o: NarrowingOutcome, before: NackAttribution, message: s
     budget -= c;
     return budget > 0;
   });
-  if (!origin) return { sources: before.sources, candidates: n, attribution: `${before.attribution ?? oneOf(n, 'not narrowed down')}; the checking Envoy refuses route "${route.name}", which no policy file names now` };
+  if (!origin)
+    return {
+      sources: before.sources,
+      candidates: n,
+      attribution: `${before.attribution ?? oneOf(n, 'not narrowed down')}; the checking Envoy refuses route "${route.name}", which no policy file names now`,
+    };
   return {
     sources: [origin.file],
     culprit: culpritOf(hit, origin, 'envoy'),

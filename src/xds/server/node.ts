@@ -63,7 +63,10 @@ function withModule(node: WireNode, identity: NodeIdentity): NodeIdentity {
   if (m === undefined) return identity;
   if (m !== JWT_MODULE.name) throw new NodeError(`node "${node.id}" has signalbox.jwt_module "${m}"; the only module Signalbox knows is "${JWT_MODULE.name}"`);
   if (identity.envoyVersion !== undefined && !envoySupport(identity.envoyVersion).jwtModule) {
-    const built = envoyVersionList().versions.filter((v) => v.jwtModule).map((v) => v.version).join(', ');
+    const built = envoyVersionList()
+      .versions.filter((v) => v.jwtModule)
+      .map((v) => v.version)
+      .join(', ');
     return { ...identity, jwtModuleFallback: `the JWT module is built for Envoy ${built}, not ${identity.envoyVersion}: this proxy runs the Lua fast path` };
   }
   return { ...identity, group: identity.group + JWT_MODULE_GROUP_SUFFIX };
@@ -91,8 +94,10 @@ export function identify(node: WireNode | null | undefined): NodeIdentity {
   const base = identifyBase(node as WireNode & { id: string });
   const envoyVersion = envoyVersionOf(node);
   const identity = withModule(node, envoyVersion === undefined ? base : { ...base, envoyVersion });
-  if (!NAME.test(identity.name)) throw new NodeError(`node "${node.id}" claims the name "${quote(identity.name)}", which is not a valid Gateway or Service name`);
-  if (identity.instance !== undefined && !PRINTABLE.test(identity.instance)) throw new NodeError(`node "${node.id}" has a signalbox.instance that is not 1 to 256 printable characters`);
+  if (!NAME.test(identity.name))
+    throw new NodeError(`node "${node.id}" claims the name "${quote(identity.name)}", which is not a valid Gateway or Service name`);
+  if (identity.instance !== undefined && !PRINTABLE.test(identity.instance))
+    throw new NodeError(`node "${node.id}" has a signalbox.instance that is not 1 to 256 printable characters`);
   return identity;
 }
 
@@ -102,18 +107,31 @@ function identifyBase(node: WireNode & { id: string }): NodeIdentity {
   if (role === 'gateway') {
     const name = str(node.metadata, 'signalbox.gateway');
     if (!name) throw new NodeError(`gateway node "${node.id}" has no signalbox.gateway in its metadata`);
-    return { id: node.id, role: 'gateway', name, group: gatewayGroup(name), cluster: node.cluster || undefined, userAgent: node.user_agent_name ? `${node.user_agent_name}/${node.user_agent_version ?? ''}` : undefined };
+    return {
+      id: node.id,
+      role: 'gateway',
+      name,
+      group: gatewayGroup(name),
+      cluster: node.cluster || undefined,
+      userAgent: node.user_agent_name ? `${node.user_agent_name}/${node.user_agent_version ?? ''}` : undefined,
+    };
   }
   if (role === 'sidecar') {
     const service = str(node.metadata, 'signalbox.service');
-    if (!service || !/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(service)) throw new NodeError(`sidecar node "${node.id}" has no valid signalbox.service in its metadata`);
+    if (!service || !/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(service))
+      throw new NodeError(`sidecar node "${node.id}" has no valid signalbox.service in its metadata`);
     const port = (key: string, fallback?: number): number => {
       const raw = str(node.metadata, key);
       const n = raw === undefined ? fallback : Number(raw);
       if (n === undefined || !Number.isInteger(n) || n < 1 || n > 65535) throw new NodeError(`sidecar node "${node.id}" has no valid ${key} in its metadata`);
       return n;
     };
-    const shape = { service, appPort: port('signalbox.app_port'), inboundPort: port('signalbox.inbound_port'), outboundPort: port('signalbox.outbound_port', 15001) };
+    const shape = {
+      service,
+      appPort: port('signalbox.app_port'),
+      inboundPort: port('signalbox.inbound_port'),
+      outboundPort: port('signalbox.outbound_port', 15001),
+    };
     return {
       id: node.id,
       role: 'sidecar',

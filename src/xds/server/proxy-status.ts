@@ -56,7 +56,9 @@ export interface TypeStatus {
    * it blames. `rateLimited`: the stream was over its allowance of searched NACKs, so the blame is
    * carried over from the previous NACK of the same version and message, or empty.
    */
-  nack?: { version: string; message: string; at: number; resources: string[]; sources: string[]; cut?: number; rateLimited?: boolean } & Partial<Omit<NackAttribution, 'sources'>>;
+  nack?: { version: string; message: string; at: number; resources: string[]; sources: string[]; cut?: number; rateLimited?: boolean } & Partial<
+    Omit<NackAttribution, 'sources'>
+  >;
   /** NACKs received on this stream, and how many of them were over the allowance (not searched). */
   nacks?: number;
   nacksRateLimited?: number;
@@ -96,7 +98,11 @@ export class ProxyStatus {
   /** Clusters the routes no longer name, kept on the proxy until their drain period ends. */
   draining = 0;
 
-  constructor(readonly node: NodeIdentity, readonly protocol: 'sotw' | 'delta', readonly peer: string) {}
+  constructor(
+    readonly node: NodeIdentity,
+    readonly protocol: 'sotw' | 'delta',
+    readonly peer: string,
+  ) {}
 
   type(t: TypeUrl): TypeStatus {
     let s = this.types.get(t);
@@ -145,7 +151,20 @@ export class ProxyStatus {
         ackedVersion: s.acked?.version,
         ackedAt: s.acked ? new Date(s.acked.at).toISOString() : undefined,
         pushes: s.pushes,
-        lastNack: s.nack ? { version: s.nack.version, message: s.nack.message, at: new Date(s.nack.at).toISOString(), resources: s.nack.resources, sources: s.nack.sources, culprit: s.nack.culprit, candidates: s.nack.candidates, attribution: s.nack.attribution, cut: s.nack.cut || undefined, rateLimited: s.nack.rateLimited || undefined } : undefined,
+        lastNack: s.nack
+          ? {
+              version: s.nack.version,
+              message: s.nack.message,
+              at: new Date(s.nack.at).toISOString(),
+              resources: s.nack.resources,
+              sources: s.nack.sources,
+              culprit: s.nack.culprit,
+              candidates: s.nack.candidates,
+              attribution: s.nack.attribution,
+              cut: s.nack.cut || undefined,
+              rateLimited: s.nack.rateLimited || undefined,
+            }
+          : undefined,
         nacks: s.nacks,
         nacksRateLimited: s.nacksRateLimited || undefined,
       };
@@ -166,7 +185,14 @@ export class ProxyStatus {
       authenticated: this.secretsAllowed,
       token: this.token,
       state: this.state,
-      waitingForClusters: this.waiting ? { since: new Date(this.waiting.since).toISOString(), types: this.waiting.types.map((t) => SHORT_NAME[t]), clusters: this.waiting.clusters.slice(0, MAX_LISTED_CLUSTERS), count: this.waiting.clusters.length } : undefined,
+      waitingForClusters: this.waiting
+        ? {
+            since: new Date(this.waiting.since).toISOString(),
+            types: this.waiting.types.map((t) => SHORT_NAME[t]),
+            clusters: this.waiting.clusters.slice(0, MAX_LISTED_CLUSTERS),
+            count: this.waiting.clusters.length,
+          }
+        : undefined,
       warmWaits: this.warmWaits,
       warmWaitTimeouts: this.warmWaitTimeouts,
       drainingClusters: this.draining,
@@ -191,7 +217,16 @@ export class ProxyRegistry {
   refuse(node: NodeIdentity, peer: string, reason: string): void {
     const before = this.refusedById.get(node.id);
     this.refusedById.delete(node.id);
-    this.refusedById.set(node.id, { id: node.id, role: node.role, name: node.name, envoyVersion: node.envoyVersion, peer, reason, at: new Date().toISOString(), attempts: (before?.attempts ?? 0) + 1 });
+    this.refusedById.set(node.id, {
+      id: node.id,
+      role: node.role,
+      name: node.name,
+      envoyVersion: node.envoyVersion,
+      peer,
+      reason,
+      at: new Date().toISOString(),
+      attempts: (before?.attempts ?? 0) + 1,
+    });
     if (this.refusedById.size > MAX_REFUSED) this.refusedById.delete(this.refusedById.keys().next().value!);
   }
 

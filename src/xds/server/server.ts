@@ -122,12 +122,29 @@ export class XdsServer {
 
   constructor(opts: XdsServerOptions) {
     this.registry = opts.registry ?? new ProxyRegistry();
-    this.ctx = { cache: opts.cache, metrics: opts.metrics, logger: opts.logger, registry: this.registry, tokens: opts.tokens, requireToken: opts.requireToken ?? 'all', identities: opts.identities, identityOf: opts.identityOf, declares: opts.declares, responses: new SharedResponses(), warmWaitMs: opts.warmWaitMs ?? DEFAULT_WARM_WAIT_MS, clusterDrainMs: opts.clusterDrainMs ?? DEFAULT_CLUSTER_DRAIN_MS };
+    this.ctx = {
+      cache: opts.cache,
+      metrics: opts.metrics,
+      logger: opts.logger,
+      registry: this.registry,
+      tokens: opts.tokens,
+      requireToken: opts.requireToken ?? 'all',
+      identities: opts.identities,
+      identityOf: opts.identityOf,
+      declares: opts.declares,
+      responses: new SharedResponses(),
+      warmWaitMs: opts.warmWaitMs ?? DEFAULT_WARM_WAIT_MS,
+      clusterDrainMs: opts.clusterDrainMs ?? DEFAULT_CLUSTER_DRAIN_MS,
+    };
     opts.tokens?.on('revoked', (ids: Set<string>) => {
       for (const id of ids) for (const kill of [...(this.byToken.get(id) ?? [])]) kill(`token ${id} was revoked`);
     });
     opts.cache.on('change', ({ group, types }) =>
-      withSpanSync('signalbox.xds.push', () => ({ 'signalbox.group': group, 'signalbox.types': types.map((t) => SHORT_NAME[t]), 'signalbox.streams': this.streams.get(group)?.size ?? 0 }), () => this.fanOut(group, types)),
+      withSpanSync(
+        'signalbox.xds.push',
+        () => ({ 'signalbox.group': group, 'signalbox.types': types.map((t) => SHORT_NAME[t]), 'signalbox.streams': this.streams.get(group)?.size ?? 0 }),
+        () => this.fanOut(group, types),
+      ),
     );
   }
 
@@ -221,7 +238,11 @@ export class XdsServer {
     const onData = (req: Req): void => {
       if (stream.closed) return; // a refused stream reads nothing more
       try {
-        if (req instanceof Undecodable) throw new StreamError('undecodable', `request does not decode as ${stream.protocol === 'sotw' ? 'DiscoveryRequest' : 'DeltaDiscoveryRequest'}: ${req.message}`);
+        if (req instanceof Undecodable)
+          throw new StreamError(
+            'undecodable',
+            `request does not decode as ${stream.protocol === 'sotw' ? 'DiscoveryRequest' : 'DeltaDiscoveryRequest'}: ${req.message}`,
+          );
         stream.onRequest(req);
         if (join()) {
           // A group the compiler will not build (its limit on proxy groups): the proxy hears why.
@@ -233,12 +254,20 @@ export class XdsServer {
         join(); // bound by a request that then failed: it still leaves its group in finish()
         const reason = e instanceof StreamError ? e.reason : 'internal';
         metrics.streamErrors.inc({ reason });
-        logger.warn({ peer: stream.peer, proxy: stream.status?.node.id, reason, err: e instanceof StreamError ? undefined : e }, `xDS stream closed: ${(e as Error).message}`);
+        logger.warn(
+          { peer: stream.peer, proxy: stream.status?.node.id, reason, err: e instanceof StreamError ? undefined : e },
+          `xDS stream closed: ${(e as Error).message}`,
+        );
         finish();
         // Bytes that do not parse are INTERNAL (gRPC's code for a request that fails to parse);
         // a well-formed request that breaks the protocol is INVALID_ARGUMENT; a refused identity
         // says why (UNAUTHENTICATED, PERMISSION_DENIED, NOT_FOUND); our own bug INTERNAL.
-        const code = e instanceof StreamError && e.code !== undefined ? e.code : e instanceof StreamError && e.reason !== 'undecodable' ? grpc.status.INVALID_ARGUMENT : grpc.status.INTERNAL;
+        const code =
+          e instanceof StreamError && e.code !== undefined
+            ? e.code
+            : e instanceof StreamError && e.reason !== 'undecodable'
+              ? grpc.status.INVALID_ARGUMENT
+              : grpc.status.INTERNAL;
         call.emit('error', { code, details: (e as Error).message });
       }
     };
@@ -273,7 +302,12 @@ export class XdsServer {
     if (der) return tokens.verifyCertificate(der);
     const token = call.metadata.get('x-signalbox-token')[0];
     // (TLS drops a client certificate this control plane's token CA did not sign before we see it.)
-    if (token === undefined) return { ok: false, reason: 'no token: present a token certificate from `signalbox token --out` (one signed by another control plane does not count) or an x-signalbox-token' };
+    if (token === undefined)
+      return {
+        ok: false,
+        reason:
+          'no token: present a token certificate from `signalbox token --out` (one signed by another control plane does not count) or an x-signalbox-token',
+      };
     return tokens.verify(String(token));
   }
 
@@ -318,9 +352,7 @@ export class XdsServer {
         this.handle(call, (send) => new DeltaStream(this.ctx, call.getPeer(), send)),
     });
     this.server = server;
-    return new Promise((resolve, reject) =>
-      server.bindAsync(address, credentials, (err, port) => (err ? reject(err) : resolve(port))),
-    );
+    return new Promise((resolve, reject) => server.bindAsync(address, credentials, (err, port) => (err ? reject(err) : resolve(port))));
   }
 
   /**

@@ -49,7 +49,11 @@ const WILDCARD_TYPES = new Set<TypeUrl>([TypeUrl.Listener, TypeUrl.Cluster]);
 export class SotwStream extends XdsStream {
   private readonly states = new Map<TypeUrl, TypeState>();
 
-  constructor(ctx: ServerContext, peer: string, private readonly send: (r: SotwResponse) => void) {
+  constructor(
+    ctx: ServerContext,
+    peer: string,
+    private readonly send: (r: SotwResponse) => void,
+  ) {
     super(ctx, 'sotw', peer);
   }
 
@@ -99,7 +103,8 @@ export class SotwStream extends XdsStream {
     if (first || changed) this.push(type, true);
     // Listeners and routes settled: clusters kept for make-before-break can go now.
     // Only when clusters were kept: recomposing every cluster on every ACK costs ~0.5 ms a proxy.
-    if (req.response_nonce && !req.error_detail && (type === TypeUrl.Listener || type === TypeUrl.Route) && this.states.get(TypeUrl.Cluster)?.kept) this.push(TypeUrl.Cluster, false);
+    if (req.response_nonce && !req.error_detail && (type === TypeUrl.Listener || type === TypeUrl.Route) && this.states.get(TypeUrl.Cluster)?.kept)
+      this.push(TypeUrl.Cluster, false);
     // Clusters or endpoints answered: listener and route changes waiting for them may go.
     if (req.response_nonce) this.afterAnswer(type, !!req.error_detail);
   }
@@ -226,7 +231,12 @@ export class SotwStream extends XdsStream {
   }
 
   private sendComposed(type: TypeUrl, st: TypeState, out: Map<string, Resource>, list: Resource[], version: string): void {
-    const build = (nonce: string): SotwResponse => ({ version_info: version, resources: list.map((r) => ({ type_url: type, value: r.bytes })), type_url: type, nonce });
+    const build = (nonce: string): SotwResponse => ({
+      version_info: version,
+      resources: list.map((r) => ({ type_url: type, value: r.bytes })),
+      type_url: type,
+      nonce,
+    });
     // The version names the content (a hash of every name and resource version): the streams that
     // get this version share one response. A stream's own secret is never in a shared one.
     const response = type === TypeUrl.Secret ? build(this.nextNonce()) : this.shared.get(`sotw\n${type}\n${version}`, list, build);

@@ -21,7 +21,11 @@ import { clustersNamedBy } from './warmup.js';
 export const GrpcCode = { INVALID_ARGUMENT: 3, NOT_FOUND: 5, PERMISSION_DENIED: 7, FAILED_PRECONDITION: 9, INTERNAL: 13, UNAUTHENTICATED: 16 } as const;
 
 export class StreamError extends Error {
-  constructor(readonly reason: string, message: string, readonly code?: number) {
+  constructor(
+    readonly reason: string,
+    message: string,
+    readonly code?: number,
+  ) {
     super(message);
   }
 }
@@ -61,7 +65,11 @@ export abstract class XdsStream {
   /** Responses shared with the other streams (the server's), or this stream's own without a server. */
   protected readonly shared: SharedResponses;
 
-  constructor(protected readonly ctx: ServerContext, readonly protocol: 'sotw' | 'delta', readonly peer: string) {
+  constructor(
+    protected readonly ctx: ServerContext,
+    readonly protocol: 'sotw' | 'delta',
+    readonly peer: string,
+  ) {
     this.shared = ctx.responses ?? new SharedResponses();
   }
 
@@ -72,7 +80,8 @@ export abstract class XdsStream {
   /** Binds the stream to the node of its first request; later requests must not name another. */
   protected bind(node: WireNode | null | undefined): ProxyStatus {
     if (this.status) {
-      if (node?.id && node.id !== this.status.node.id) throw new StreamError('node-changed', `stream of "${this.status.node.id}" sent a request for node "${node.id}"`);
+      if (node?.id && node.id !== this.status.node.id)
+        throw new StreamError('node-changed', `stream of "${this.status.node.id}" sent a request for node "${node.id}"`);
       return this.status;
     }
     let identity: ReturnType<typeof identify>;
@@ -85,7 +94,11 @@ export abstract class XdsStream {
     const allowed = this.authorize(identity);
     // A name the policies do not declare never makes a group: proxies cannot grow the server.
     if (this.ctx.declares?.(identity.role, identity.name) === false) {
-      throw new StreamError('unknown-name', `node "${identity.id}" claims ${identity.role === 'gateway' ? 'Gateway' : 'Service'} "${identity.name}", which no policy declares`, GrpcCode.NOT_FOUND);
+      throw new StreamError(
+        'unknown-name',
+        `node "${identity.id}" claims ${identity.role === 'gateway' ? 'Gateway' : 'Service'} "${identity.name}", which no policy declares`,
+        GrpcCode.NOT_FOUND,
+      );
     }
     // An Envoy older than the oldest Signalbox supports gets nothing (listed in /api/proxies `refused`).
     const tooOld = envoyRefusal(identity);
@@ -116,8 +129,16 @@ export abstract class XdsStream {
       code = GrpcCode.PERMISSION_DENIED;
     }
     if (!problem) return true;
-    if (this.ctx.requireToken !== 'secrets') throw new StreamError(code === GrpcCode.PERMISSION_DENIED ? 'out-of-scope' : 'unauthenticated', `node "${identity.id}" (${want}) refused: ${problem}`, code);
-    this.ctx.logger.warn({ proxy: identity.id, identity: want, peer: this.peer, reason: problem }, 'proxy not authenticated: it gets configuration but no secrets');
+    if (this.ctx.requireToken !== 'secrets')
+      throw new StreamError(
+        code === GrpcCode.PERMISSION_DENIED ? 'out-of-scope' : 'unauthenticated',
+        `node "${identity.id}" (${want}) refused: ${problem}`,
+        code,
+      );
+    this.ctx.logger.warn(
+      { proxy: identity.id, identity: want, peer: this.peer, reason: problem },
+      'proxy not authenticated: it gets configuration but no secrets',
+    );
     return false;
   }
 
@@ -228,10 +249,16 @@ export abstract class XdsStream {
       // Over the allowance: recorded without a search. The same version and message blame the same.
       const prev = t.nack;
       const same = prev !== undefined && prev.version === version && prev.message === text;
-      t.nack = same ? { ...prev, at: Date.now(), cut, rateLimited: true } : { version, message: text, at: Date.now(), resources: [], sources: [], cut, rateLimited: true };
+      t.nack = same
+        ? { ...prev, at: Date.now(), cut, rateLimited: true }
+        : { version, message: text, at: Date.now(), resources: [], sources: [], cut, rateLimited: true };
       t.nacksRateLimited = (t.nacksRateLimited ?? 0) + 1;
       this.ctx.metrics.nacksRateLimited.inc({ type: short });
-      if (turn === 'first-over') this.ctx.logger.warn({ proxy: s.node.id, type: short, version, limit: NACKS_BLAMED_PER_SECOND }, 'proxy NACKs faster than the allowance: further NACKs this second are rate limited (counted and recorded, not attributed or logged)');
+      if (turn === 'first-over')
+        this.ctx.logger.warn(
+          { proxy: s.node.id, type: short, version, limit: NACKS_BLAMED_PER_SECOND },
+          'proxy NACKs faster than the allowance: further NACKs this second are rate limited (counted and recorded, not attributed or logged)',
+        );
       return;
     }
     const sent = s.sent.get(type) ?? new Map<string, Resource>();
@@ -239,8 +266,32 @@ export abstract class XdsStream {
     const blamed = blameNack(sent, message);
     const resources = blamed.resources.map((r) => r.name).sort();
     const sources = blamed.sources;
-    t.nack = { version, message: text, at: Date.now(), resources, sources, cut, culprit: blamed.culprit, candidates: blamed.candidates, attribution: blamed.attribution };
-    this.ctx.logger.warn({ proxy: s.node.id, type: short, version, resources, sources, culprit: blamed.culprit, attribution: blamed.attribution, envoyMessage: text, cut: cut || undefined, searchLimited: blamed.limited || undefined }, 'proxy rejected configuration (NACK); it keeps its last accepted version');
+    t.nack = {
+      version,
+      message: text,
+      at: Date.now(),
+      resources,
+      sources,
+      cut,
+      culprit: blamed.culprit,
+      candidates: blamed.candidates,
+      attribution: blamed.attribution,
+    };
+    this.ctx.logger.warn(
+      {
+        proxy: s.node.id,
+        type: short,
+        version,
+        resources,
+        sources,
+        culprit: blamed.culprit,
+        attribution: blamed.attribution,
+        envoyMessage: text,
+        cut: cut || undefined,
+        searchLimited: blamed.limited || undefined,
+      },
+      'proxy rejected configuration (NACK); it keeps its last accepted version',
+    );
     // Not narrowed down in-process: an Envoy checks the parts in the background (bounded); the answer updates this NACK's record if it is still the last.
     blamed.narrow?.((u) => t.nack?.version === version && t.nack.message === text && Object.assign(t.nack, u), this.ctx.logger);
   }
@@ -305,7 +356,12 @@ export abstract class XdsStream {
    * already holds under the same name counts as warm even if it changed: Envoy keeps serving the
    * old one until the new one has warmed.
    */
-  private warm(c: string, endpoints: ReadonlyMap<string, Resource>, ackedClusters?: { has(name: string): boolean }, ackedEndpoints?: { has(name: string): boolean }): boolean {
+  private warm(
+    c: string,
+    endpoints: ReadonlyMap<string, Resource>,
+    ackedClusters?: { has(name: string): boolean },
+    ackedEndpoints?: { has(name: string): boolean },
+  ): boolean {
     return endpoints.has(c) ? (ackedEndpoints?.has(c) ?? false) : (ackedClusters?.has(c) ?? false);
   }
 
@@ -368,7 +424,11 @@ export abstract class XdsStream {
     }
     const before = this.held.types.get(type);
     this.held.types.set(type, { force: force || (before?.force ?? false), cold });
-    status.waiting = { since: this.held.since, types: [...this.held.types.keys()], clusters: [...new Set([...this.held.types.values()].flatMap((h) => h.cold))].sort() };
+    status.waiting = {
+      since: this.held.since,
+      types: [...this.held.types.keys()],
+      clusters: [...new Set([...this.held.types.values()].flatMap((h) => h.cold))].sort(),
+    };
     return true;
   }
 
@@ -469,10 +529,13 @@ export abstract class XdsStream {
     if (end <= now) return false;
     if (!this.drainTimer || this.drainTimer.at > end) {
       if (this.drainTimer) clearTimeout(this.drainTimer.timer);
-      const timer = setTimeout(() => {
-        this.drainTimer = undefined;
-        if (!this.closed) this.retry(TypeUrl.Cluster, false);
-      }, end - now + 1);
+      const timer = setTimeout(
+        () => {
+          this.drainTimer = undefined;
+          if (!this.closed) this.retry(TypeUrl.Cluster, false);
+        },
+        end - now + 1,
+      );
       timer.unref?.();
       this.drainTimer = { at: end, timer };
     }

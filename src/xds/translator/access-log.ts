@@ -25,7 +25,11 @@ export function accessLogs(a: NonNullable<IRHttpListener['accessLog']>): envoy.c
     logger.filter = {
       or_filter: {
         filters: [
-          { status_code_filter: { comparison: { op: 'GE', value: { default_value: ALWAYS_LOGGED_MIN_STATUS, runtime_key: 'signalbox.access_log.min_status' } } } },
+          {
+            status_code_filter: {
+              comparison: { op: 'GE', value: { default_value: ALWAYS_LOGGED_MIN_STATUS, runtime_key: 'signalbox.access_log.min_status' } },
+            },
+          },
           { response_flag_filter: { flags: [...ALWAYS_LOGGED_FLAGS] } },
           { runtime_filter: { runtime_key: 'signalbox.access_log.success_sample', percent_sampled: fractionalPercent(percent) } },
         ],
@@ -36,7 +40,9 @@ export function accessLogs(a: NonNullable<IRHttpListener['accessLog']>): envoy.c
 }
 
 /** The HCM tracing block for Mesh.spec.tracing: Envoy's OpenTelemetry tracer, OTLP over gRPC. */
-export function tracingConfig(t: NonNullable<IRHttpListener['tracing']>): envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.Tracing {
+export function tracingConfig(
+  t: NonNullable<IRHttpListener['tracing']>,
+): envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.Tracing {
   return {
     random_sampling: { value: t.samplingPercent },
     provider: {

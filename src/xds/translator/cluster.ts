@@ -13,7 +13,10 @@ export function clusterResource(c: IRCluster): Cluster {
   const discovery: Cluster = c.static
     ? {
         type: 'STATIC',
-        load_assignment: { cluster_name: c.name, endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: c.static.address, port_value: c.static.port } } } }] }] },
+        load_assignment: {
+          cluster_name: c.name,
+          endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: c.static.address, port_value: c.static.port } } } }] }],
+        },
       }
     : { type: 'EDS', eds_cluster_config: { eds_config: ADS_SOURCE } };
   const out: Cluster = {
@@ -45,7 +48,10 @@ export function clusterResource(c: IRCluster): Cluster {
     out.transport_socket = {
       name: 'envoy.transport_sockets.tls',
       typed_config: typed('envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext', {
-        common_tls_context: { ...meshCommonTls({ spiffeId: c.upstreamTls.spiffeId }), ...(c.protocol === 'http2' || c.protocol === 'grpc' ? { alpn_protocols: ['h2'] } : {}) },
+        common_tls_context: {
+          ...meshCommonTls({ spiffeId: c.upstreamTls.spiffeId }),
+          ...(c.protocol === 'http2' || c.protocol === 'grpc' ? { alpn_protocols: ['h2'] } : {}),
+        },
       }),
     };
   }

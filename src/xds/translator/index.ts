@@ -28,7 +28,8 @@ export function configResources(ir: IRProxyConfig, enc: EncodeCache): ResourceMa
     put(enc.makeSplit(TypeUrl.Route, l.routeConfig.name, rc.json, VIRTUAL_HOSTS, { sources: files, partTexts: rc.vhostTexts }));
   }
   // clusterResource reads nothing but the IR cluster, whose JSON text (source included) is the key.
-  for (const c of ir.clusters) put(enc.reuse(`${TypeUrl.Cluster}\n${JSON.stringify(c)}`, () => enc.make(TypeUrl.Cluster, c.name, clusterResource(c), { sources: [c.source.file] })));
+  for (const c of ir.clusters)
+    put(enc.reuse(`${TypeUrl.Cluster}\n${JSON.stringify(c)}`, () => enc.make(TypeUrl.Cluster, c.name, clusterResource(c), { sources: [c.source.file] })));
   for (const s of ir.secrets) {
     const json = secretResource(s);
     put(enc.make(TypeUrl.Secret, s.name, json, { printable: redactSecret(json), sources: [s.source.file] }));

@@ -37,8 +37,13 @@ export function listenerResource(l: IRHttpListener): Listener {
     // Permissive: TLS clients get mTLS, plain-text clients the same HTTP chain without it.
     return {
       ...base(l),
-      listener_filters: [{ name: 'envoy.filters.listener.tls_inspector', typed_config: typed('envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector', {}) }],
-      filter_chains: [{ ...tlsChain, name: 'mtls', filter_chain_match: { transport_protocol: 'tls' } }, { ...chain, name: 'plaintext', filter_chain_match: { transport_protocol: 'raw_buffer' } }],
+      listener_filters: [
+        { name: 'envoy.filters.listener.tls_inspector', typed_config: typed('envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector', {}) },
+      ],
+      filter_chains: [
+        { ...tlsChain, name: 'mtls', filter_chain_match: { transport_protocol: 'tls' } },
+        { ...chain, name: 'plaintext', filter_chain_match: { transport_protocol: 'raw_buffer' } },
+      ],
     };
   }
   if (l.tls) {

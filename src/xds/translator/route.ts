@@ -87,7 +87,10 @@ function routeResource(l: IRHttpListener, r: IRRoute): Route {
       route.retry_policy = retry;
     }
     // The consistent-hash key of RingHash backends (a TrafficPolicy's hashOn).
-    if (a.hashOn?.length) route.hash_policy = a.hashOn.map((h) => ('header' in h ? { header: { header_name: h.header.toLowerCase() } } : { connection_properties: { source_ip: true } }));
+    if (a.hashOn?.length)
+      route.hash_policy = a.hashOn.map((h) =>
+        'header' in h ? { header: { header_name: h.header.toLowerCase() } } : { connection_properties: { source_ip: true } },
+      );
     out.route = route;
   }
   Object.assign(out, headerOptions(r.requestHeaders, 'request'), headerOptions(r.responseHeaders, 'response'));

@@ -66,8 +66,10 @@ function renderSummary(sum) {
   const st = sum.proxies.states;
   $('card-proxies').textContent = String(sum.proxies.total);
   $('card-proxy-states').replaceChildren(
-    h('span', { class: 'state-SYNCED', text: `${st.SYNCED} synced` }), ' · ',
-    h('span', { class: 'state-PENDING', text: `${st.PENDING} pending` }), ' · ',
+    h('span', { class: 'state-SYNCED', text: `${st.SYNCED} synced` }),
+    ' · ',
+    h('span', { class: 'state-PENDING', text: `${st.PENDING} pending` }),
+    ' · ',
     h('span', { class: 'state-NACKED', text: `${st.NACKED} NACKed` }),
   );
   // Valid is not enough: green only when the newest configuration is live (SYNCED) on every proxy.
@@ -166,7 +168,11 @@ function renderMap() {
     if (!cols.has(n.col)) cols.set(n.col, []);
     cols.get(n.col).push(n);
   }
-  const W = 150, H = 40, GX = 110, GY = 18, PAD = 20;
+  const W = 150,
+    H = 40,
+    GX = 110,
+    GY = 18,
+    PAD = 20;
   let maxRows = 1;
   const colKeys = [...cols.keys()].sort((a, b) => a - b);
   colKeys.forEach((c, ci) => {
@@ -181,7 +187,16 @@ function renderMap() {
   const height = PAD * 2 + maxRows * (H + GY) + 30;
   const svg = s('svg', { width: Math.max(width, 300), height, role: 'img', 'aria-label': 'mesh map' });
   const defs = s('defs');
-  const marker = s('marker', { id: 'arrow', viewBox: '0 0 10 10', refX: 9, refY: 5, markerWidth: 9, markerHeight: 9, markerUnits: 'userSpaceOnUse', orient: 'auto-start-reverse' });
+  const marker = s('marker', {
+    id: 'arrow',
+    viewBox: '0 0 10 10',
+    refX: 9,
+    refY: 5,
+    markerWidth: 9,
+    markerHeight: 9,
+    markerUnits: 'userSpaceOnUse',
+    orient: 'auto-start-reverse',
+  });
   marker.append(s('path', { d: 'M 0 0 L 10 5 L 0 10 z', fill: '#90a4c0' }));
   defs.append(marker);
   svg.append(defs);
@@ -189,12 +204,23 @@ function renderMap() {
     const a = nodes.get(e.from);
     const b = nodes.get(e.to);
     if (!a || !b) continue;
-    const x1 = a.x + W, y1 = a.y + H / 2, x2 = b.x, y2 = b.y + H / 2;
+    const x1 = a.x + W,
+      y1 = a.y + H / 2,
+      x2 = b.x,
+      y2 = b.y + H / 2;
     let d;
     if (x2 > x1) d = `M ${x1} ${y1} C ${x1 + GX / 2} ${y1}, ${x2 - GX / 2} ${y2}, ${x2} ${y2}`;
     else d = `M ${a.x + W / 2} ${a.y + H} C ${a.x + W / 2} ${a.y + H + 40}, ${b.x + W / 2} ${b.y + H + 40}, ${b.x + W / 2} ${b.y + H}`;
     const width = Math.min(6, 1 + Math.log10(1 + e.rps) * 2);
-    svg.append(s('path', { d, class: e.errorRate > 0.01 ? 'edge errors' : 'edge', 'stroke-width': width.toFixed(1), 'marker-end': 'url(#arrow)', 'data-edge': `${e.from}>${e.to}` }));
+    svg.append(
+      s('path', {
+        d,
+        class: e.errorRate > 0.01 ? 'edge errors' : 'edge',
+        'stroke-width': width.toFixed(1),
+        'marker-end': 'url(#arrow)',
+        'data-edge': `${e.from}>${e.to}`,
+      }),
+    );
     const mx = x2 > x1 ? (x1 + x2) / 2 : (a.x + b.x + W) / 2;
     const my = x2 > x1 ? (y1 + y2) / 2 - 4 : Math.max(a.y, b.y) + H + 34;
     const label = `${fmtRate(e.rps)}/s${e.errorRate > 0 ? ` · ${(e.errorRate * 100).toFixed(1)}% err` : ''}`;
@@ -236,7 +262,9 @@ function renderServices(list) {
   }
   body.replaceChildren(
     ...list.map((svc) =>
-      h('tr', { 'data-service': svc.key },
+      h(
+        'tr',
+        { 'data-service': svc.key },
         h('td', { class: 'text', text: svc.key }),
         num('rps', svc.rps, fmtRate),
         h('td', {}, spark(svc.spark)),
@@ -260,7 +288,9 @@ function renderRoutes(t) {
   }
   body.replaceChildren(
     ...list.map((r) =>
-      h('tr', { 'data-route': r.key, title: r.file ? `from ${r.file}` : undefined },
+      h(
+        'tr',
+        { 'data-route': r.key, title: r.file ? `from ${r.file}` : undefined },
         h('td', { class: 'text', text: r.httpRoute }),
         h('td', { class: 'text', text: r.rule }),
         h('td', { class: 'text', text: r.match }),
@@ -308,7 +338,13 @@ function versionsCell(types) {
   const td = h('td', { class: 'versions' });
   for (const [t, v] of Object.entries(types)) {
     const stale = v.sent !== v.acked;
-    td.append(h('div', { class: stale ? 'stale' : undefined, title: stale ? 'sent, not ACKed' : 'ACKed' }, `${t} ${(v.sent ?? '–').slice(0, 8)} / ${(v.acked ?? '–').slice(0, 8)}`));
+    td.append(
+      h(
+        'div',
+        { class: stale ? 'stale' : undefined, title: stale ? 'sent, not ACKed' : 'ACKed' },
+        `${t} ${(v.sent ?? '–').slice(0, 8)} / ${(v.acked ?? '–').slice(0, 8)}`,
+      ),
+    );
   }
   return td;
 }
@@ -327,7 +363,9 @@ function renderProxies(data) {
       const state = h('td', { class: 'text', 'data-field': 'state' }, h('span', { class: `state state-${p.state}`, text: p.state }));
       if (p.nack) {
         state.append(
-          h('div', { class: 'nack', 'data-field': 'nack' },
+          h(
+            'div',
+            { class: 'nack', 'data-field': 'nack' },
             h('div', { text: `${p.nack.type} rejected: ${p.nack.message}` }),
             h('div', {}, 'from ', h('span', { class: 'files', 'data-field': 'nack-files', text: p.nack.sources.join(', ') || '(no policy file)' })),
           ),
@@ -335,14 +373,21 @@ function renderProxies(data) {
         state.classList.add('wrap');
       }
       const cert = p.certificate?.notAfter;
-      return h('tr', { 'data-proxy': p.id },
+      return h(
+        'tr',
+        { 'data-proxy': p.id },
         h('td', { class: 'text' }, h('strong', { text: p.id }), h('div', { class: 'muted small', text: `${p.group} · ${p.protocol}` })),
         h('td', { class: 'text', text: p.role }),
         state,
         versionsCell(p.types),
         num('rps', p.traffic?.rps, fmtRate),
         h('td', {}, spark(p.traffic?.spark)),
-        h('td', { 'data-field': 'cert', title: p.certificate?.identity, class: cert && Date.parse(cert) - Date.now() < 3600_000 ? 'warn' : undefined, text: cert ? until(cert) : p.certificate ? 'not issued' : '–' }),
+        h('td', {
+          'data-field': 'cert',
+          title: p.certificate?.identity,
+          class: cert && Date.parse(cert) - Date.now() < 3600_000 ? 'warn' : undefined,
+          text: cert ? until(cert) : p.certificate ? 'not issued' : '–',
+        }),
       );
     }),
   );
@@ -364,7 +409,9 @@ async function loadCerts() {
     }
     body.replaceChildren(
       ...data.certificates.map((c) =>
-        h('tr', { 'data-identity': c.identity },
+        h(
+          'tr',
+          { 'data-identity': c.identity },
           h('td', { class: 'text', text: c.identity }),
           h('td', { class: 'text versions', text: c.serial }),
           h('td', { text: new Date(c.notAfter).toLocaleString() }),
@@ -417,7 +464,9 @@ const LIMIT_UNIT = { second: 's', minute: 'min', hour: 'h', day: 'day' };
 /** What a policy's requests get right now: counted, or its failureMode's answer while Redis is down. */
 function inEffect(redisUp, failureMode) {
   if (redisUp) return { text: 'counted in Redis', cls: undefined };
-  return failureMode === 'deny' ? { text: 'Redis down: refused with 503 (failureMode deny)', cls: 'bad' } : { text: 'Redis down: let through uncounted (failureMode allow)', cls: 'warn' };
+  return failureMode === 'deny'
+    ? { text: 'Redis down: refused with 503 (failureMode deny)', cls: 'bad' }
+    : { text: 'Redis down: let through uncounted (failureMode allow)', cls: 'warn' };
 }
 
 function renderRateLimit(rl) {
@@ -439,14 +488,21 @@ function renderRateLimit(rl) {
   $('rl-redis-commands').textContent = fmtInt(redis.commands);
   $('rl-redis-commands').dataset.value = String(redis.commands ?? '');
   const errors = $('rl-redis-errors');
-  const reasons = Object.entries(redis.errorsByReason ?? {}).map(([k, v]) => `${v} ${k}`).join(', ');
+  const reasons = Object.entries(redis.errorsByReason ?? {})
+    .map(([k, v]) => `${v} ${k}`)
+    .join(', ');
   errors.textContent = redis.errors ? `${redis.errors} (${reasons})` : '0';
   errors.dataset.value = String(redis.errors ?? 0);
   errors.className = redis.errors ? 'warn' : '';
-  $('rl-service').textContent = rl.listening ? `port ${rl.port}${rl.tls ? ', mTLS' : ', plain text'} · ${rl.calls} calls · proxies use ${rl.endpointForProxies?.address ?? '?'}:${rl.endpointForProxies?.port ?? '?'}` : `not listening${rl.error ? `: ${rl.error}` : ''}`;
+  $('rl-service').textContent = rl.listening
+    ? `port ${rl.port}${rl.tls ? ', mTLS' : ', plain text'} · ${rl.calls} calls · proxies use ${rl.endpointForProxies?.address ?? '?'}:${rl.endpointForProxies?.port ?? '?'}`
+    : `not listening${rl.error ? `: ${rl.error}` : ''}`;
   const lastError = $('rl-redis-error');
   lastError.hidden = redis.up || !redis.lastError;
-  lastError.textContent = !redis.up && redis.lastError ? `last Redis error${redis.lastErrorAt ? ` (${new Date(redis.lastErrorAt).toLocaleTimeString()})` : ''}: ${redis.lastError}` : '';
+  lastError.textContent =
+    !redis.up && redis.lastError
+      ? `last Redis error${redis.lastErrorAt ? ` (${new Date(redis.lastErrorAt).toLocaleTimeString()})` : ''}: ${redis.lastError}`
+      : '';
   const body = $('rl-policies').tBodies[0];
   const policies = rl.policies ?? [];
   if (policies.length === 0) {
@@ -458,7 +514,9 @@ function renderRateLimit(rl) {
       const effect = inEffect(redis.up, p.failureMode);
       const d = p.decisions ?? {};
       const limits = (p.limits ?? []).map((l) => `${l.requests}/${LIMIT_UNIT[l.per] ?? l.per}${l.by && l.by !== 'none' ? ` by ${l.by}` : ''}`).join(', ');
-      return h('tr', { 'data-policy': p.policy },
+      return h(
+        'tr',
+        { 'data-policy': p.policy },
         h('td', { class: 'text', text: p.policy }),
         h('td', { class: 'text', text: limits }),
         h('td', { class: 'text', 'data-field': 'failureMode', text: p.failureMode }),

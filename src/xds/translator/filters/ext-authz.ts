@@ -19,7 +19,8 @@ export const extAuthz: HttpFilterModule = {
   // The policies to check, or the check switched off.
   perRouteConfig: (l, r) => {
     if (!r.jwt || !l.extAuthz) return undefined;
-    const perRoute = r.jwt.policies.length && !r.jwt.fast ? { check_settings: { context_extensions: { [JWT_POLICIES_KEY]: r.jwt.policies.join(',') } } } : { disabled: true };
+    const perRoute =
+      r.jwt.policies.length && !r.jwt.fast ? { check_settings: { context_extensions: { [JWT_POLICIES_KEY]: r.jwt.policies.join(',') } } } : { disabled: true };
     return typed('envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute', perRoute);
   },
   hcmEntry: (l: IRHttpListener) => {
@@ -38,4 +39,3 @@ export const extAuthz: HttpFilterModule = {
     };
   },
 };
-

@@ -80,7 +80,10 @@ export function globalRateLimitEntries(r: IRRoute): RateLimit[] {
   return (r.globalRateLimits ?? []).flatMap((g) =>
     g.limits.map((l) => {
       const key = keyAction(l);
-      return { stage: { value: GLOBAL_STAGE[g.failureMode] }, actions: [{ generic_key: { descriptor_key: LIMIT_ENTRY, descriptor_value: l.id } }, ...(key ? [key] : [])] };
+      return {
+        stage: { value: GLOBAL_STAGE[g.failureMode] },
+        actions: [{ generic_key: { descriptor_key: LIMIT_ENTRY, descriptor_value: l.id } }, ...(key ? [key] : [])],
+      };
     }),
   );
 }

@@ -232,7 +232,11 @@ export const jwtCheck: HttpFilterModule = {
     if (!kind) return undefined;
     const fast = r.jwt?.fast;
     if (kind === 'module') {
-      return typed('envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilterPerRoute', { dynamic_module_config: moduleRef, per_route_config_name: JWT_MODULE.filter, filter_config: stringValue(fast ? routeCheckSpec(fast) : 'skip') });
+      return typed('envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilterPerRoute', {
+        dynamic_module_config: moduleRef,
+        per_route_config_name: JWT_MODULE.filter,
+        filter_config: stringValue(fast ? routeCheckSpec(fast) : 'skip'),
+      });
     }
     return fast ? undefined : typed('envoy.extensions.filters.http.lua.v3.LuaPerRoute', { disabled: true });
   },
@@ -241,16 +245,32 @@ export const jwtCheck: HttpFilterModule = {
     if (fastPathKind(l) !== 'script' || !fast) return;
     const metadata = out.metadata ?? {};
     // (A google.protobuf.Struct in protobufjs's field naming.)
-    out.metadata = { ...metadata, filter_metadata: { ...(metadata.filter_metadata ?? {}), [JWT_CHECK_FILTER]: { fields: { [FAST_PATH_ROUTE_KEY]: { stringValue: routeCheckSpec(fast) } } } } };
+    out.metadata = {
+      ...metadata,
+      filter_metadata: {
+        ...(metadata.filter_metadata ?? {}),
+        [JWT_CHECK_FILTER]: { fields: { [FAST_PATH_ROUTE_KEY]: { stringValue: routeCheckSpec(fast) } } },
+      },
+    };
   },
   hcmEntry: (l: IRHttpListener) => {
     const kind = fastPathKind(l);
     if (!kind) return undefined;
     if (kind === 'module') {
-      return { name: JWT_CHECK_FILTER, typed_config: typed('envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter', { dynamic_module_config: moduleRef, filter_name: JWT_MODULE.filter, filter_config: stringValue(JWT_MODULE_CONFIG) }) };
+      return {
+        name: JWT_CHECK_FILTER,
+        typed_config: typed('envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter', {
+          dynamic_module_config: moduleRef,
+          filter_name: JWT_MODULE.filter,
+          filter_config: stringValue(JWT_MODULE_CONFIG),
+        }),
+      };
     }
     // One script for every policy: each route's metadata says which check it runs, so routes and
     // keys can change (RDS) without touching the listener.
-    return { name: JWT_CHECK_FILTER, typed_config: typed('envoy.extensions.filters.http.lua.v3.Lua', { default_source_code: { inline_string: JWT_CHECK_SCRIPT } }) };
+    return {
+      name: JWT_CHECK_FILTER,
+      typed_config: typed('envoy.extensions.filters.http.lua.v3.Lua', { default_source_code: { inline_string: JWT_CHECK_SCRIPT } }),
+    };
   },
 };

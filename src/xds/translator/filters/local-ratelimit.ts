@@ -57,7 +57,8 @@ export function localRateLimitConfig(rl: IRLocalRateLimit, where: 'listener' | '
 /** The rate limit actions that produce a request's descriptor (none for a shared bucket). */
 export function rateLimitActions(rl: IRLocalRateLimit, where: 'listener' | 'route'): envoy.config.route.v3.RateLimit[] {
   if (!rl.by) return [];
-  const action: envoy.config.route.v3.RateLimit.Action = 'header' in rl.by ? { request_headers: { header_name: rl.by.header.toLowerCase(), descriptor_key: HEADER_KEY } } : { remote_address: {} };
+  const action: envoy.config.route.v3.RateLimit.Action =
+    'header' in rl.by ? { request_headers: { header_name: rl.by.header.toLowerCase(), descriptor_key: HEADER_KEY } } : { remote_address: {} };
   return [{ stage: { value: where === 'listener' ? LISTENER_STAGE : ROUTE_STAGE }, actions: [action] }];
 }
 

@@ -38,7 +38,10 @@ export const rbacDeny: HttpFilterModule = {
   envoyName: 'signalbox.rbac.deny',
   hcmEntry: (l: IRHttpListener) =>
     l.rbac?.deny.length
-      ? { name: 'signalbox.rbac.deny', typed_config: typed('envoy.extensions.filters.http.rbac.v3.RBAC', { rules: { action: 'DENY', policies: policies(l.rbac.deny) } }) }
+      ? {
+          name: 'signalbox.rbac.deny',
+          typed_config: typed('envoy.extensions.filters.http.rbac.v3.RBAC', { rules: { action: 'DENY', policies: policies(l.rbac.deny) } }),
+        }
       : undefined,
 };
 
@@ -46,6 +49,9 @@ export const rbacAllow: HttpFilterModule = {
   envoyName: 'signalbox.rbac.allow',
   hcmEntry: (l: IRHttpListener) =>
     l.rbac?.defaultDeny
-      ? { name: 'signalbox.rbac.allow', typed_config: typed('envoy.extensions.filters.http.rbac.v3.RBAC', { rules: { action: 'ALLOW', policies: policies(l.rbac.allow) } }) }
+      ? {
+          name: 'signalbox.rbac.allow',
+          typed_config: typed('envoy.extensions.filters.http.rbac.v3.RBAC', { rules: { action: 'ALLOW', policies: policies(l.rbac.allow) } }),
+        }
       : undefined,
 };
