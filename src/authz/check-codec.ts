@@ -19,7 +19,7 @@
 // the earlier one (no merge); in a map, the last entry of a key wins and a missing key or value is
 // the empty string.
 
-import { expectWireType, Reader, varintSize, Writer } from '../grpc/wire.js';
+import { expectWireType, type KeyValue, Reader, readKeyValue, varintSize, Writer } from '../grpc/wire.js';
 
 /** What the service reads of a CheckRequest (header names as Envoy sends them: lower case). */
 export interface CheckRequestView {
@@ -32,23 +32,10 @@ export interface CheckRequestView {
 }
 
 /** A map<string, string> entry into `into`. */
+/** readKeyValue's target while decoding (no object per header). */
+const scratch: KeyValue = { key: '', value: '' };
 function mapEntry(r: Reader, into: Record<string, string>): void {
-  const outer = r.enter();
-  let key = '';
-  let value = '';
-  while (r.pos < r.end) {
-    const tag = r.varint();
-    const field = tag >>> 3;
-    const wt = tag & 7;
-    if (field === 1) {
-      expectWireType(wt, 2);
-      key = r.string();
-    } else if (field === 2) {
-      expectWireType(wt, 2);
-      value = r.string();
-    } else r.skip(wt);
-  }
-  r.leave(outer);
+  const { key, value } = readKeyValue(r, scratch);
   into[key] = value;
 }
 

@@ -88,6 +88,37 @@ export function expectWireType(wireType: number, want: number): void {
   if (wireType !== want) throw new WireError('unexpected wire type');
 }
 
+/** A message of two strings, key (1) and value (2), as read by `readKeyValue`. */
+export interface KeyValue {
+  key: string;
+  value: string;
+}
+
+/**
+ * Reads a nested message of two strings, key (1) and value (2), into `out`: a map<string, string>
+ * entry, or the rate-limit descriptor's Entry. A missing field reads as ''. `out` is the caller's,
+ * so a hot loop can reuse one object.
+ */
+export function readKeyValue(r: Reader, out: KeyValue): KeyValue {
+  const outer = r.enter();
+  out.key = '';
+  out.value = '';
+  while (r.pos < r.end) {
+    const tag = r.varint();
+    const field = tag >>> 3;
+    const wt = tag & 7;
+    if (field === 1) {
+      expectWireType(wt, 2);
+      out.key = r.string();
+    } else if (field === 2) {
+      expectWireType(wt, 2);
+      out.value = r.string();
+    } else r.skip(wt);
+  }
+  r.leave(outer);
+  return out;
+}
+
 /** Bytes of a varint. */
 export function varintSize(n: number): number {
   let size = 1;

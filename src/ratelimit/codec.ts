@@ -17,7 +17,7 @@
 // length past its message's end, a known field with another wire type than the schema's, groups,
 // which proto3 messages never hold) throws WireError, and the service answers INVALID_ARGUMENT
 // with the reason, rather than counting a key read from damaged bytes.
-import { expectWireType, Reader, varintSize, Writer } from '../grpc/wire.js';
+import { expectWireType, Reader, readKeyValue, varintSize, Writer } from '../grpc/wire.js';
 
 /** One descriptor entry as Envoy sends it (RateLimitDescriptor.Entry). */
 export interface DescriptorEntry {
@@ -51,27 +51,6 @@ export interface RateLimitAnswer {
   headers: { key: string; value: string }[];
 }
 
-/** RateLimitDescriptor.Entry: key (1), value (2). */
-function entry(r: Reader): DescriptorEntry {
-  const outer = r.enter();
-  let key = '';
-  let value = '';
-  while (r.pos < r.end) {
-    const tag = r.varint();
-    const field = tag >>> 3;
-    const wt = tag & 7;
-    if (field === 1) {
-      expectWireType(wt, 2);
-      key = r.string();
-    } else if (field === 2) {
-      expectWireType(wt, 2);
-      value = r.string();
-    } else r.skip(wt);
-  }
-  r.leave(outer);
-  return { key, value };
-}
-
 /** RateLimitDescriptor: entries (1); the limit override (2) and anything else skipped. */
 function descriptor(r: Reader): { entries: DescriptorEntry[] } {
   const outer = r.enter();
@@ -81,7 +60,7 @@ function descriptor(r: Reader): { entries: DescriptorEntry[] } {
     const wt = tag & 7;
     if (tag >>> 3 === 1) {
       expectWireType(wt, 2);
-      entries.push(entry(r));
+      entries.push(readKeyValue(r, { key: '', value: '' })); // RateLimitDescriptor.Entry: key (1), value (2)
     } else r.skip(wt);
   }
   r.leave(outer);
