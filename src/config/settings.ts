@@ -219,7 +219,35 @@ export const SERVE_SETTINGS = {
 
 export type SettingName = keyof typeof SERVE_SETTINGS;
 
-/** `signalbox authz`'s settings (the ext_authz service on its own). */
+/**
+ * What the two standalone services (`signalbox authz`, `signalbox ratelimit`) take alike: logging,
+ * reload pacing and the control plane's CA. Spread into both tables at the same place, so their
+ * flags and `--help` keep their order.
+ */
+const STANDALONE_SHARED_SETTINGS = {
+  logLevel: { flag: 'log-level', env: 'SIGNALBOX_LOG_LEVEL', default: 'info', help: 'trace, debug, info, warn or error' },
+  watchDebounceMs: {
+    flag: 'watch-debounce-ms',
+    env: 'SIGNALBOX_WATCH_DEBOUNCE_MS',
+    default: '100',
+    help: 'quiet time after a policy file change before reloading',
+  },
+  dataDir: {
+    flag: 'data-dir',
+    env: 'SIGNALBOX_DATA_DIR',
+    default: '.data',
+    help: "the control plane's data folder: its mesh CA issues this service's certificate and verifies callers (never generated here)",
+  },
+  caCert: {
+    flag: 'ca-cert',
+    env: 'SIGNALBOX_CA_CERT',
+    default: '',
+    help: 'the CA certificate `signalbox serve --ca-cert` signs with (instead of the one in --data-dir)',
+  },
+  caKey: { flag: 'ca-key', env: 'SIGNALBOX_CA_KEY', default: '', help: 'private key of --ca-cert' },
+  caBundle: { flag: 'ca-bundle', env: 'SIGNALBOX_CA_BUNDLE', default: '', help: 'extra trusted roots (PEM), as given to `signalbox serve --ca-bundle`' },
+} as const;
+
 /** `signalbox ratelimit`'s flags (here, not in the command, so the CLI's flag tables load nothing else). */
 export const RATELIMIT_SETTINGS = {
   policies: { flag: 'policies', env: 'SIGNALBOX_POLICIES', default: 'policies', help: "policy directory to load and watch (the control plane's)" },
@@ -250,27 +278,7 @@ export const RATELIMIT_SETTINGS = {
     help: 'file holding the Redis password (trimmed), instead of putting it in --redis-url; REDIS_PASSWORD works too',
   },
   redisCa: { flag: 'redis-ca', env: 'SIGNALBOX_REDIS_CA', default: '', help: 'PEM roots to verify a rediss:// server with (default: the system roots)' },
-  logLevel: { flag: 'log-level', env: 'SIGNALBOX_LOG_LEVEL', default: 'info', help: 'trace, debug, info, warn or error' },
-  watchDebounceMs: {
-    flag: 'watch-debounce-ms',
-    env: 'SIGNALBOX_WATCH_DEBOUNCE_MS',
-    default: '100',
-    help: 'quiet time after a policy file change before reloading',
-  },
-  dataDir: {
-    flag: 'data-dir',
-    env: 'SIGNALBOX_DATA_DIR',
-    default: '.data',
-    help: "the control plane's data folder: its mesh CA issues this service's certificate and verifies callers (never generated here)",
-  },
-  caCert: {
-    flag: 'ca-cert',
-    env: 'SIGNALBOX_CA_CERT',
-    default: '',
-    help: 'the CA certificate `signalbox serve --ca-cert` signs with (instead of the one in --data-dir)',
-  },
-  caKey: { flag: 'ca-key', env: 'SIGNALBOX_CA_KEY', default: '', help: 'private key of --ca-cert' },
-  caBundle: { flag: 'ca-bundle', env: 'SIGNALBOX_CA_BUNDLE', default: '', help: 'extra trusted roots (PEM), as given to `signalbox serve --ca-bundle`' },
+  ...STANDALONE_SHARED_SETTINGS,
   insecure: {
     flag: 'insecure',
     env: 'SIGNALBOX_RATELIMIT_INSECURE',
@@ -280,6 +288,7 @@ export const RATELIMIT_SETTINGS = {
   },
 } as const;
 
+/** `signalbox authz`'s settings (the ext_authz service on its own). */
 export const AUTHZ_SETTINGS = {
   policies: { flag: 'policies', env: 'SIGNALBOX_POLICIES', default: 'policies', help: "policy directory to load and watch (the control plane's)" },
   authzAddress: { flag: 'authz-address', env: 'SIGNALBOX_AUTHZ_ADDRESS', default: '0.0.0.0', help: 'address the ext_authz gRPC service binds' },
@@ -296,27 +305,7 @@ export const AUTHZ_SETTINGS = {
     default: '18003',
     help: 'port of the /metrics, /healthz and /readyz endpoint ("off": none)',
   },
-  logLevel: { flag: 'log-level', env: 'SIGNALBOX_LOG_LEVEL', default: 'info', help: 'trace, debug, info, warn or error' },
-  watchDebounceMs: {
-    flag: 'watch-debounce-ms',
-    env: 'SIGNALBOX_WATCH_DEBOUNCE_MS',
-    default: '100',
-    help: 'quiet time after a policy file change before reloading',
-  },
-  dataDir: {
-    flag: 'data-dir',
-    env: 'SIGNALBOX_DATA_DIR',
-    default: '.data',
-    help: "the control plane's data folder: its mesh CA issues this service's certificate and verifies callers (never generated here)",
-  },
-  caCert: {
-    flag: 'ca-cert',
-    env: 'SIGNALBOX_CA_CERT',
-    default: '',
-    help: 'the CA certificate `signalbox serve --ca-cert` signs with (instead of the one in --data-dir)',
-  },
-  caKey: { flag: 'ca-key', env: 'SIGNALBOX_CA_KEY', default: '', help: 'private key of --ca-cert' },
-  caBundle: { flag: 'ca-bundle', env: 'SIGNALBOX_CA_BUNDLE', default: '', help: 'extra trusted roots (PEM), as given to `signalbox serve --ca-bundle`' },
+  ...STANDALONE_SHARED_SETTINGS,
   insecure: {
     flag: 'insecure',
     env: 'SIGNALBOX_AUTHZ_INSECURE',
