@@ -34,7 +34,7 @@ import {
   JWT_MODULE_CONFIG,
   routeCheckSpec,
 } from '../../src/xds/translator/filters/jwt-fast.js';
-import { envoyVersionUnderTest, repoRoot, startEnvoy, type Envoy } from '../helpers/envoy.js';
+import { envoyVersionUnderTest, staticCluster, repoRoot, startEnvoy, type Envoy } from '../helpers/envoy.js';
 import { makeKey, signToken, type TestKey } from '../helpers/jwks-server.js';
 import { freePort, waitFor } from '../helpers/net.js';
 import { startUpstream, type Upstream } from '../helpers/upstream.js';
@@ -476,32 +476,13 @@ function startProxies(): Promise<Proxies> {
     await standIn.start();
     const upstream = await startUpstream('app');
     const ports = { script: await freePort(), module: await freePort() };
-    const cluster = (name: string, p: number, h2: boolean) => ({
-      name,
-      type: 'STATIC',
-      connect_timeout: '1s',
-      ...(h2
-        ? {
-            typed_extension_protocol_options: {
-              'envoy.extensions.upstreams.http.v3.HttpProtocolOptions': {
-                '@type': 'type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions',
-                explicit_http_config: { http2_protocol_options: {} },
-              },
-            },
-          }
-        : {}),
-      load_assignment: {
-        cluster_name: name,
-        endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: '127.0.0.1', port_value: p } } } }] }],
-      },
-    });
     const envoy = await startEnvoy({
       name: 'fast-path-contract',
       bootstrapYaml: (adminPort) =>
         YAML.stringify({
           admin: { address: { socket_address: { address: '127.0.0.1', port_value: adminPort } } },
           static_resources: {
-            clusters: [cluster(AUTHZ_CLUSTER, standIn.port, true), cluster('app', upstream.port, false)],
+            clusters: [staticCluster(AUTHZ_CLUSTER, standIn.port, true), staticCluster('app', upstream.port, false)],
             listeners: [listener('script', ports.script), listener('module', ports.module)],
           },
         }),

@@ -49,6 +49,32 @@ export const provisionEnvoy = provisioned('provision-envoy.sh', 'real Envoy coul
  */
 export const provisionJwtModule = provisioned('provision-jwt-module.sh', 'the JWT module could not be built');
 
+/**
+ * A STATIC cluster on one loopback port, for bootstraps written by hand in tests; `h2` makes it
+ * speak HTTP/2 upstream (a gRPC service).
+ */
+export function staticCluster(name: string, port: number, h2: boolean) {
+  return {
+    name,
+    type: 'STATIC',
+    connect_timeout: '1s',
+    ...(h2
+      ? {
+          typed_extension_protocol_options: {
+            'envoy.extensions.upstreams.http.v3.HttpProtocolOptions': {
+              '@type': 'type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions',
+              explicit_http_config: { http2_protocol_options: {} },
+            },
+          },
+        }
+      : {}),
+    load_assignment: {
+      cluster_name: name,
+      endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: '127.0.0.1', port_value: port } } } }] }],
+    },
+  };
+}
+
 export interface Envoy {
   adminPort: number;
   admin(pathAndQuery: string): Promise<string>;

@@ -17,7 +17,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import YAML from 'yaml';
 import { JWT_CHECK_FILTER, JWT_MODULE } from '../../src/xds/translator/filters/jwt-fast.js';
-import { envoyVersionUnderTest, startEnvoy, type Envoy } from '../helpers/envoy.js';
+import { envoyVersionUnderTest, staticCluster, startEnvoy, type Envoy } from '../helpers/envoy.js';
 import { freePort, waitFor } from '../helpers/net.js';
 import { startSignalbox } from '../helpers/signalbox.js';
 import { startUpstream, type Upstream } from '../helpers/upstream.js';
@@ -97,25 +97,6 @@ describe(`the compiled JWT filter in a real Envoy ${envoyVersionUnderTest()}`, (
       route: { cluster: 'app' },
       ...(check ? { typed_per_filter_config: perRoute(check) } : {}),
     });
-    const cluster = (name: string, p: number, h2: boolean) => ({
-      name,
-      type: 'STATIC',
-      connect_timeout: '1s',
-      ...(h2
-        ? {
-            typed_extension_protocol_options: {
-              'envoy.extensions.upstreams.http.v3.HttpProtocolOptions': {
-                '@type': 'type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions',
-                explicit_http_config: { http2_protocol_options: {} },
-              },
-            },
-          }
-        : {}),
-      load_assignment: {
-        cluster_name: name,
-        endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: '127.0.0.1', port_value: p } } } }] }],
-      },
-    });
     const hcm = {
       '@type': 'type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager',
       stat_prefix: 'module',
@@ -148,7 +129,7 @@ describe(`the compiled JWT filter in a real Envoy ${envoyVersionUnderTest()}`, (
         YAML.stringify({
           admin: { address: { socket_address: { address: '127.0.0.1', port_value: adminPort } } },
           static_resources: {
-            clusters: [cluster('authz', servicePort, true), cluster('app', upstream.port, false)],
+            clusters: [staticCluster('authz', servicePort, true), staticCluster('app', upstream.port, false)],
             listeners: [
               {
                 name: 'l',
