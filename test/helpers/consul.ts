@@ -14,11 +14,11 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createSocket } from 'node:dgram';
 import { existsSync, rmSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, isAbsolute, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
+import { freePort } from './net.js';
 
 export interface ConsulAgent {
   /** "127.0.0.1:PORT" of the agent's HTTP API. */
@@ -152,24 +152,6 @@ interface Ports {
   serfWan: number;
 }
 
-function listenTcp(): Promise<Server> {
-  return new Promise<Server>((resolveServer, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen({ port: 0, host: '127.0.0.1', exclusive: true }, () => resolveServer(srv));
-  });
-}
-
-function closeTcp(srv: Server): Promise<void> {
-  return new Promise<void>((done) => srv.close(() => done()));
-}
-
-function tcpPort(srv: Server): number {
-  const addr = srv.address();
-  if (addr === null || typeof addr === 'string') throw new Error('unexpected server address');
-  return addr.port;
-}
-
 /** Serf also listens on UDP on its ports: check that the UDP side is free too. */
 function udpFree(port: number): Promise<boolean> {
   return new Promise<boolean>((done) => {
@@ -186,17 +168,9 @@ function udpFree(port: number): Promise<boolean> {
 
 async function pickPorts(): Promise<Ports> {
   for (let attempt = 0; attempt < 20; attempt++) {
-    // Hold all four listeners at once so the kernel hands out distinct ports.
-    const servers: Server[] = [];
-    try {
-      for (let i = 0; i < 4; i++) servers.push(await listenTcp());
-      const [http, server, serfLan, serfWan] = servers.map(tcpPort) as [number, number, number, number];
-      if ((await udpFree(serfLan)) && (await udpFree(serfWan))) {
-        return { http, server, serfLan, serfWan };
-      }
-    } finally {
-      await Promise.all(servers.map(closeTcp));
-    }
+    // freePort never hands out a port twice, so the four are distinct.
+    const [http, server, serfLan, serfWan] = [await freePort(), await freePort(), await freePort(), await freePort()];
+    if ((await udpFree(serfLan)) && (await udpFree(serfWan))) return { http, server, serfLan, serfWan };
   }
   throw new Error('consul helper: could not find free loopback ports');
 }
