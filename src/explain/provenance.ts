@@ -53,9 +53,11 @@ function fromSourced<T>(s: Sourced<T>): Origin {
 
 /** The limit the IR carries, with the target its RateLimitPolicy names. */
 function rateLimitSetting(model: Model, r: IRLocalRateLimit): Setting {
+  // Every setting the limit carries, whatever the policy language adds, without its bookkeeping.
+  const { policy: _policy, source: _source, ...limit } = r;
   const policy: RateLimitModel | undefined = [...model.policies.rateLimits.values()].find((m) => m.policy === r.policy);
   return {
-    value: { requests: r.requests, perMs: r.perMs, by: r.by ?? 'shared bucket', target: policy?.target },
+    value: { ...limit, by: r.by ?? 'shared bucket', target: policy?.target },
     from: at('RateLimitPolicy', r.policy, r.source),
   };
 }

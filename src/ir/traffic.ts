@@ -1,6 +1,7 @@
 // IR for traffic policies: plain data the xDS translator turns into cluster settings, route hash
 // policies and local rate limit filters. No Envoy types here.
 import type { SourceRef } from '../api/documents.js';
+import type { LocalRateLimit } from '../api/v1alpha1/ratelimitpolicy.js';
 
 /** What a RingHash balancer hashes on. */
 export type IRHashOn = { header: string } | { sourceIP: true };
@@ -32,15 +33,15 @@ export interface IRHealthCheck {
   healthyThreshold: number;
 }
 
-/** A local token bucket: `requests` per `perMs`, one bucket per value of `by` (or one shared). */
-export interface IRLocalRateLimit {
+/**
+ * A local token bucket: `requests` per `perMs`, one bucket per value of `by` (or one shared); every
+ * setting of the policy's `local` section as parsed, with the policy that set it.
+ */
+export type IRLocalRateLimit = LocalRateLimit & {
   /** The RateLimitPolicy's name (stat prefix and response header). */
   policy: string;
-  requests: number;
-  perMs: number;
-  by?: { header: string } | { clientIP: true };
   source: SourceRef;
-}
+};
 
 /** What a global limit counts by (a claim arrives in the header its JWTPolicy forwards it into). */
 export type IRGlobalKey = { header: string } | { clientIP: true } | { path: true } | { claim: string; header: string };

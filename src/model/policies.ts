@@ -3,7 +3,7 @@
 // HTTPRoute rule, the timeout and retries it inherits from the TrafficPolicy of its backends.
 // Precedence: route settings > TrafficPolicy > Mesh defaults > built-in defaults.
 import { parseDuration, type Mesh, type RateLimitPolicy, type TrafficPolicy } from '../api/v1alpha1/index.js';
-import { GLOBAL_UNIT_MS, type GlobalRateLimitKey, type GlobalUnit } from '../api/v1alpha1/ratelimitpolicy.js';
+import { GLOBAL_UNIT_MS, type GlobalRateLimitKey, type GlobalUnit, type LocalRateLimit } from '../api/v1alpha1/ratelimitpolicy.js';
 import { TRAFFIC_FIELDS, type TrafficField } from '../api/v1alpha1/trafficpolicy.js';
 import { ErrorCode } from '../errors.js';
 import type { LoadedDoc, SourceRef } from '../api/documents.js';
@@ -61,12 +61,11 @@ export interface TrafficPolicyModel {
 
 export type RateLimitTargetKind = 'Gateway' | 'HTTPRoute' | 'Service';
 
+/** A local limit on its target: the policy's settings as parsed (LocalRateLimit), not copied by name. */
 export interface RateLimitModel {
   policy: string;
   target: { kind: RateLimitTargetKind; name: string; sectionName?: string };
-  requests: number;
-  perMs: number;
-  by?: { header: string } | { clientIP: true };
+  limit: LocalRateLimit;
   source: SourceRef;
 }
 
@@ -275,15 +274,7 @@ function resolveRateLimits(
       }
       owner[section].set(key, d);
       if (section === 'local') {
-        const local = spec.local!;
-        out.set(key, {
-          policy: d.name,
-          target,
-          requests: local.requests,
-          perMs: parseDuration(local.per)!,
-          ...(local.by ? { by: local.by } : {}),
-          source: d.source,
-        });
+        out.set(key, { policy: d.name, target, limit: spec.local!, source: d.source });
         continue;
       }
       const g = spec.global!;

@@ -15,7 +15,7 @@ import { rateLimitKey, type RateLimitModel, type TrafficPolicyModel } from '../m
 
 function irRateLimit(r: RateLimitModel | undefined): IRLocalRateLimit | undefined {
   if (!r) return undefined;
-  return { policy: r.policy, requests: r.requests, perMs: r.perMs, ...(r.by ? { by: r.by } : {}), source: r.source };
+  return { policy: r.policy, ...r.limit, source: r.source };
 }
 
 export function clusterWithPolicy(c: IRCluster, tp: TrafficPolicyModel | undefined): IRCluster {

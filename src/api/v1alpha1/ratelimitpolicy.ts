@@ -111,17 +111,25 @@ export const globalRateLimit = z.strictObject({
     .max(MAX_GLOBAL_LIMITS, `at most ${MAX_GLOBAL_LIMITS} limits per policy`),
 });
 
+/**
+ * A local limit, parsed into the shape the rest of Signalbox carries unchanged (the model, the IR,
+ * explain): the window in milliseconds, every other setting as written. A new setting added here
+ * reaches the filter module without being copied by name on the way.
+ */
+export const localRateLimit = z
+  .strictObject({
+    requests,
+    per,
+    /** One bucket per value of this key; absent: one bucket shared by every request. */
+    by: rateLimitKey.optional(),
+  })
+  .transform(({ requests, per, ...rest }) => ({ requests, perMs: parseDuration(per)!, ...rest }));
+export type LocalRateLimit = z.output<typeof localRateLimit>;
+
 export const rateLimitPolicySpec = z
   .strictObject({
     targetRef: policyTargetRef,
-    local: z
-      .strictObject({
-        requests,
-        per,
-        /** One bucket per value of this key; absent: one bucket shared by every request. */
-        by: rateLimitKey.optional(),
-      })
-      .optional(),
+    local: localRateLimit.optional(),
     global: globalRateLimit.optional(),
   })
   .refine((s) => s.local !== undefined || s.global !== undefined, { message: 'give local, global or both' });
