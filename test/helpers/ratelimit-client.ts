@@ -39,7 +39,7 @@ export const burstStats = { retries: 0 };
  * bucket plus the refill steps it spanned); bursts in which a token came back are repeated, and
  * the one returned is a burst in which none did.
  */
-export async function burst(send: () => Promise<Reply>, limit: number, perMs = 1000): Promise<Reply[]> {
+export async function burst(send: () => Promise<Reply>, limit: number, perMs = 1000, refusedStatus = 429): Promise<Reply[]> {
   const refillStepMs = perMs / limit;
   for (let attempt = 0; attempt < 6; attempt++) {
     // The first request must find a full bucket; probing slower than the refill lets it fill up.
@@ -59,7 +59,7 @@ export async function burst(send: () => Promise<Reply>, limit: number, perMs = 1
     const ok = out.filter((r) => r.status === 200).length;
     assert.ok(ok <= limit + Math.ceil(spanMs / refillStepMs), `${ok} requests allowed in ${spanMs.toFixed(0)}ms: more than the bucket plus its refill`);
     const remaining = out.map((r) => Number(r.headers['x-ratelimit-remaining']));
-    const noRefill = remaining.every((v, i) => i === 0 || v === Math.max(0, remaining[i - 1]! - 1)) && out[limit]!.status === 429;
+    const noRefill = remaining.every((v, i) => i === 0 || v === Math.max(0, remaining[i - 1]! - 1)) && out[limit]!.status === refusedStatus;
     if (noRefill) return out;
     burstStats.retries++;
   }

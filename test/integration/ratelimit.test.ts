@@ -43,6 +43,9 @@ spec:
     - name: open
       matches: [ { path: { value: /open } } ]
       backendRefs: [ { name: app } ]
+    - name: overload
+      matches: [ { path: { value: /overload } } ]
+      backendRefs: [ { name: app } ]
 `,
     'limits.yaml': `apiVersion: signalbox.dev/v1alpha1
 kind: RateLimitPolicy
@@ -64,6 +67,13 @@ metadata: { name: per-client }
 spec:
   targetRef: { kind: Gateway, name: gateway, sectionName: edge }
   local: { requests: ${LIMIT}, per: 1s, by: { clientIP: true } }
+---
+apiVersion: signalbox.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: { name: overload }
+spec:
+  targetRef: { kind: HTTPRoute, name: app, sectionName: overload }
+  local: { requests: ${LIMIT}, per: 1s, statusCode: 503 }
 `,
   };
 }
@@ -134,6 +144,17 @@ describe('RateLimitPolicy through real Envoy', () => {
     assert.equal(replies[LIMIT]!.headers['x-ratelimit-policy'], 'shared');
     // Rules without a policy are not limited.
     for (let k = 0; k < LIMIT + 5; k++) assert.equal((await get(env.gatewayPort, '/open')).status, 200);
+  });
+
+  test("statusCode: a refused request gets the policy's status instead of 429, with the same headers", async () => {
+    const replies = await burstOf(() => get(env.gatewayPort, '/overload'), LIMIT, 1000, 503);
+    assert.deepEqual(
+      replies.map((r) => r.status),
+      [...Array(LIMIT).fill(200), 503],
+    );
+    // Envoy adds x-ratelimit-policy only to the answers its limiter refused: the 503 is the limiter's, not the upstream's.
+    assert.equal(replies[LIMIT]!.headers['x-ratelimit-policy'], 'overload');
+    assert.equal(replies[LIMIT]!.headers['x-ratelimit-remaining'], '0');
   });
 
   test('per client IP on one Gateway listener: one address is limited, another is not, the other listener is not', async () => {

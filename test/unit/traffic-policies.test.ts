@@ -12,6 +12,8 @@ import { translate } from '../../src/translate/gateway.js';
 import { clusterResource } from '../../src/xds/translator/cluster.js';
 import { listenerResource } from '../../src/xds/translator/listener.js';
 import { routeConfigResource } from '../../src/xds/translator/route.js';
+import { envoyRoot } from '../../src/xds/resources/protos.js';
+import { REFUSAL_STATUS_CODES } from '../../src/api/v1alpha1/ratelimitpolicy.js';
 import { doc, docs, policyDir, removePolicyDirs, validateDir } from './policy-dir.js';
 
 after(removePolicyDirs);
@@ -187,6 +189,25 @@ describe('RateLimitPolicy validation', () => {
     assert.deepEqual(schemaErrors('RateLimitPolicy', `{ ${t}, local: { requests: 0, per: 1s } }`), ['spec.local.requests: must be greater than zero']);
     assert.deepEqual(schemaErrors('RateLimitPolicy', `{ ${t}, local: { requests: -5, per: 1s } }`), ['spec.local.requests: must be greater than zero']);
     assert.deepEqual(schemaErrors('RateLimitPolicy', `{ ${t}, local: { requests: 10, per: 10ms } }`), ['spec.local.per: must be at least 50ms']);
+  });
+
+  test('statusCode: only a refusal status Envoy can send', () => {
+    const t = 'targetRef: { kind: Gateway, name: public }';
+    const msg = 'must be an HTTP status Envoy can refuse with: 400-417, 421-424, 426, 428, 429, 431, 500-508, 510 or 511';
+    for (const code of [418, 430, 200, 509, 600]) {
+      assert.deepEqual(schemaErrors('RateLimitPolicy', `{ ${t}, local: { requests: 10, per: 1s, statusCode: ${code} } }`), [`spec.local.statusCode: ${msg}`]);
+    }
+    assert.deepEqual(schemaErrors('RateLimitPolicy', `{ ${t}, local: { requests: 10, per: 1s, statusCode: 503.5 } }`), [
+      'spec.local.statusCode: must be a whole number',
+    ]);
+    for (const code of [400, 417, 421, 429, 431, 503, 511]) {
+      assert.deepEqual(schemaErrors('RateLimitPolicy', `{ ${t}, local: { requests: 10, per: 1s, statusCode: ${code} } }`), []);
+    }
+  });
+
+  test("statusCode: the codes admitted are exactly the 4xx and 5xx of Envoy's StatusCode enum", () => {
+    const envoyCodes = Object.values(envoyRoot().lookupEnum('envoy.type.v3.StatusCode').values).filter((c) => c >= 400 && c <= 599);
+    assert.deepEqual([...REFUSAL_STATUS_CODES].sort(), envoyCodes.sort());
   });
 
   test('keys: exactly one of header or clientIP; no sectionName on a Service', () => {

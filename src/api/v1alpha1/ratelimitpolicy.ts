@@ -112,6 +112,33 @@ export const globalRateLimit = z.strictObject({
 });
 
 /**
+ * The refusal statuses Envoy can send (its HttpStatus takes only the codes of envoy.type.v3.StatusCode
+ * and answers 429 for anything below 400): 400-417, 421-424, 426, 428, 429, 431, 500-508, 510, 511.
+ */
+export const REFUSAL_STATUS_CODES: readonly number[] = [
+  ...Array.from({ length: 18 }, (_, i) => 400 + i),
+  421,
+  422,
+  423,
+  424,
+  426,
+  428,
+  429,
+  431,
+  ...Array.from({ length: 9 }, (_, i) => 500 + i),
+  510,
+  511,
+];
+
+const refusalStatus = z
+  .number()
+  .int('must be a whole number')
+  .refine((c) => REFUSAL_STATUS_CODES.includes(c), {
+    message: 'must be an HTTP status Envoy can refuse with: 400-417, 421-424, 426, 428, 429, 431, 500-508, 510 or 511',
+  })
+  .meta({ enum: [...REFUSAL_STATUS_CODES], description: 'the HTTP status of a refused request (default 429)' });
+
+/**
  * A local limit, parsed into the shape the rest of Signalbox carries unchanged (the model, the IR,
  * explain): the window in milliseconds, every other setting as written. A new setting added here
  * reaches the filter module without being copied by name on the way.
@@ -122,6 +149,8 @@ export const localRateLimit = z
     per,
     /** One bucket per value of this key; absent: one bucket shared by every request. */
     by: rateLimitKey.optional(),
+    /** The status of a refused request (default 429); e.g. 503 for clients that back off only on it. */
+    statusCode: refusalStatus.optional(),
   })
   .transform(({ requests, per, ...rest }) => ({ requests, perMs: parseDuration(per)!, ...rest }));
 export type LocalRateLimit = z.output<typeof localRateLimit>;

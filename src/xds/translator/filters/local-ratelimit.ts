@@ -10,6 +10,7 @@
 import type { IRHttpListener } from '../../../ir/types.js';
 import type { IRLocalRateLimit } from '../../../ir/traffic.js';
 import type { envoy, PackedAny } from '../../resources/envoy-types.gen.js';
+import { envoyRoot } from '../../resources/protos.js';
 import { duration, typed } from '../util.js';
 import type { HttpFilterModule } from './index.js';
 
@@ -29,6 +30,13 @@ function statPrefix(rl: IRLocalRateLimit, where: 'listener' | 'route'): string {
   return `ratelimit_${where}_${rl.policy.replace(/[^A-Za-z0-9_]/g, '_')}`;
 }
 
+/** Envoy's enum name for an HTTP status (the schema admits only codes the enum has). */
+function statusCodeName(code: number): envoy.type.v3.StatusCode {
+  const name = envoyRoot().lookupEnum('envoy.type.v3.StatusCode').valuesById[code];
+  if (name === undefined) throw new Error(`HTTP status ${code} is not in envoy.type.v3.StatusCode`);
+  return name as envoy.type.v3.StatusCode;
+}
+
 /** The descriptor key a request produces for this limit. */
 function descriptorKey(rl: IRLocalRateLimit): string | undefined {
   if (!rl.by) return undefined;
@@ -41,6 +49,7 @@ export function localRateLimitConfig(rl: IRLocalRateLimit, where: 'listener' | '
   return typed(TYPE, {
     stat_prefix: statPrefix(rl, where),
     token_bucket: bucket(rl),
+    ...(rl.statusCode !== undefined ? { status: { code: statusCodeName(rl.statusCode) } } : {}),
     filter_enabled: ALWAYS,
     filter_enforced: ALWAYS,
     enable_x_ratelimit_headers: 'DRAFT_VERSION_03',
