@@ -194,10 +194,14 @@ describe('NACK attribution: the one file, document and field, with a real Envoy'
       by: 'envoy',
     });
     assert.match(done.attribution!, /narrowed down by an Envoy checking the route configuration's parts \(Envoy \d+\.\d+\.\d+, \d+ runs, \d+ ms\)/);
-    const logs = sb
-      .logs()
-      .split('\n')
-      .filter((l) => l.includes('NACK checked with Envoy'));
+    const checks = () =>
+      sb
+        .logs()
+        .split('\n')
+        .filter((l) => l.includes('NACK checked with Envoy'));
+    // The child's log reaches us through a pipe, possibly after the API already shows the result.
+    await waitFor(() => checks().length > 0, { what: 'the check logged', timeoutMs: 5_000 });
+    const logs = checks();
     assert.equal(logs.length, 1, 'one check for that route configuration version');
     t.diagnostic(logs[0]!);
     assert.ok(readFileSync(path.join(dir, 'payments.yaml'), 'utf8').includes('\\\\p{Garay}'));
