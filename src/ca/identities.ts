@@ -8,6 +8,7 @@
 import { EventEmitter } from 'node:events';
 import type { Logger } from '../observability/logger.js';
 import type { CertificateAuthority, IssuedCert } from './ca.js';
+import { setLongTimeout, type LongTimeout } from '../util/timers.js';
 
 export const MIN_CERT_TTL_MS = 10_000;
 export const MAX_CERT_TTL_MS = 90 * 24 * 3_600_000;
@@ -22,7 +23,7 @@ export function spiffeId(trustDomain: string, kind: 'service' | 'gateway', name:
 
 /** One proxy instance's certificate; emits `renewed` with each new one until stopped. */
 export class InstanceCertificate extends EventEmitter<{ renewed: [IssuedCert] }> {
-  private timer?: NodeJS.Timeout;
+  private timer?: LongTimeout;
   stopped = false;
 
   constructor(
@@ -36,11 +37,10 @@ export class InstanceCertificate extends EventEmitter<{ renewed: [IssuedCert] }>
 
   /** Schedules the renewal at two thirds of the current certificate's life. */
   schedule(): void {
-    clearTimeout(this.timer);
+    this.timer?.clear();
     if (this.stopped) return;
     const life = this.current.notAfter.getTime() - Date.now();
-    this.timer = setTimeout(() => void this.renew(), Math.max(1_000, (life * 2) / 3));
-    this.timer.unref();
+    this.timer = setLongTimeout(() => void this.renew(), Math.max(1_000, (life * 2) / 3));
   }
 
   async renew(): Promise<void> {
@@ -53,15 +53,14 @@ export class InstanceCertificate extends EventEmitter<{ renewed: [IssuedCert] }>
       this.emit('renewed', next);
     } catch (e) {
       this.manager.logger.error({ identity: this.spiffeId, instance: this.instance, err: e }, 'certificate renewal failed; retrying');
-      this.timer = setTimeout(() => void this.renew(), 5_000);
-      this.timer.unref();
+      this.timer = setLongTimeout(() => void this.renew(), 5_000);
     }
   }
 
   /** Ends renewals; the certificate is no longer listed. */
   stop(): void {
     this.stopped = true;
-    clearTimeout(this.timer);
+    this.timer?.clear();
     this.manager.forget(this);
   }
 }

@@ -13,6 +13,7 @@ import * as grpc from '@grpc/grpc-js';
 import type { CertificateAuthority } from './ca.js';
 import type { Logger } from '../observability/logger.js';
 import { ErrorCode, SignalboxError } from '../errors.js';
+import { setLongTimeout, type LongTimeout } from '../util/timers.js';
 
 type CaListener = Parameters<grpc.experimental.CertificateProvider['addCaCertificateListener']>[0];
 type IdentityListener = Parameters<grpc.experimental.CertificateProvider['addIdentityCertificateListener']>[0];
@@ -84,7 +85,10 @@ export class ServerCertificate extends EventEmitter<{ changed: [] }> {
   private cert = '';
   private key = '';
   private info?: X509Certificate;
-  private timer?: NodeJS.Timeout;
+  /** Re-reads --xds-cert/--xds-key (files). */
+  private poll?: NodeJS.Timeout;
+  /** The next renewal (mesh CA). */
+  private renewal?: LongTimeout;
   private fileStamp = '';
 
   private constructor(
@@ -110,7 +114,7 @@ export class ServerCertificate extends EventEmitter<{ changed: [] }> {
     if (opts.files) {
       const sc = new ServerCertificate('files', opts.logger, undefined, opts.files);
       sc.readFiles(true);
-      sc.timer = setInterval(() => sc.readFiles(false), FILE_POLL_MS).unref();
+      sc.poll = setInterval(() => sc.readFiles(false), FILE_POLL_MS).unref();
       return sc;
     }
     const names = serverNames(opts.bindAddress, opts.sans);
@@ -163,12 +167,11 @@ export class ServerCertificate extends EventEmitter<{ changed: [] }> {
     this.set(c.certificatePem, c.privateKeyPem);
     const life = new Date(this.info!.validTo).getTime() - Date.now();
     this.logger.info({ server: this.status().names, notAfter: this.status().notAfter }, 'server certificate issued by the mesh CA');
-    clearTimeout(this.timer);
-    this.timer = setTimeout(
+    this.renewal?.clear();
+    this.renewal = setLongTimeout(
       () => void this.renew().catch((e) => this.logger.error({ err: e }, 'server certificate renewal failed')),
       Math.max(1_000, (life * 2) / 3),
     );
-    this.timer.unref();
   }
 
   /** Reads --xds-cert/--xds-key; at start a bad pair is an error, later it is logged and the last good pair kept. */
@@ -233,7 +236,7 @@ export class ServerCertificate extends EventEmitter<{ changed: [] }> {
   }
 
   stop(): void {
-    clearTimeout(this.timer);
-    clearInterval(this.timer);
+    this.renewal?.clear();
+    clearInterval(this.poll);
   }
 }

@@ -61,3 +61,15 @@ test('an instance certificate is renewed at two thirds of its life; a stopped on
   assert.ok(!JSON.stringify(ids.list()).includes('PRIVATE'), 'the listing carries no keys');
   ids.stop();
 });
+
+test('a long certificate life (certTTL 2160h, renewal due after 60 days) is not renewed at once, over and over', async () => {
+  const ca = await CertificateAuthority.open({ dataDir: mkdtempSync(path.join(os.tmpdir(), 'sb-id-')), trustDomain: 't' });
+  const ids = new IdentityManager(ca, { ttlMs: 2160 * 3_600_000, logger: silent });
+  const cert = await ids.issueInstance('spiffe://t/service/a', 'a-1');
+  let renewals = 0;
+  cert.on('renewed', () => renewals++);
+  // A plain setTimeout of 60 days would fire after 1 ms and renew in a loop.
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal(renewals, 0);
+  ids.stop();
+});

@@ -16,6 +16,7 @@ import type { TokenCheck, TokenVerifier } from '../../ca/tokens.js';
 import type { IdentityManager } from '../../ca/identities.js';
 import { GrpcCode, StreamError, type XdsStream } from './stream.js';
 import type { TypeUrl } from '../resources/type-urls.js';
+import { setLongTimeout, type LongTimeout } from '../../util/timers.js';
 
 const SERVICE = '/envoy.service.discovery.v3.AggregatedDiscoveryService';
 
@@ -103,9 +104,6 @@ export interface XdsServerOptions {
 /** Defaults of the wait for warm clusters and of the cluster drain (`serve --warm-wait-ms`, `--cluster-drain-ms`). */
 export const DEFAULT_WARM_WAIT_MS = 5000;
 export const DEFAULT_CLUSTER_DRAIN_MS = 5000;
-
-/** Longest a timer can wait (setTimeout's limit); a later token expiry is checked again then. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /** The client certificate a TLS peer presented and the server verified (DER), if any. */
 function peerCertificate(call: { getAuthContext?: () => { sslPeerCertificate?: { raw?: Buffer } } | null }): Buffer | undefined {
@@ -320,17 +318,14 @@ export class XdsServer {
       this.byToken.set(id, set);
     }
     set.add(kill);
-    let timer: NodeJS.Timeout | undefined;
-    const arm = () => {
-      if (!expiresAt) return;
+    let timer: LongTimeout | undefined;
+    if (expiresAt) {
       const left = expiresAt.getTime() - Date.now();
-      timer = left <= 0 ? undefined : setTimeout(() => (expiresAt.getTime() <= Date.now() ? kill(`token ${id} expired`) : arm()), Math.min(left, MAX_TIMER_MS));
-      timer?.unref();
       if (left <= 0) kill(`token ${id} expired`);
-    };
-    arm();
+      else timer = setLongTimeout(() => kill(`token ${id} expired`), left);
+    }
     return () => {
-      clearTimeout(timer);
+      timer?.clear();
       set.delete(kill);
       if (set.size === 0) this.byToken.delete(id);
     };
