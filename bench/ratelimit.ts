@@ -139,6 +139,36 @@ function metric(text: string, name: string): number {
   return m ? Number(m[1]) : NaN;
 }
 
+/** serve's garbage collection between two scrapes, by kind: count and total ms. */
+function gcMs(m0: string, m1: string): string {
+  const kinds = ['minor', 'major', 'incremental'];
+  return kinds
+    .map((k) => {
+      const series = (t: string, what: string) => metric(t, `signalbox_process_nodejs_gc_duration_seconds_${what}\\{kind="${k}"\\}`);
+      const n = series(m1, 'count') - series(m0, 'count');
+      const ms = (series(m1, 'sum') - series(m0, 'sum')) * 1000;
+      return `${k} ${Number.isNaN(n) ? 0 : n}x ${Number.isNaN(ms) ? 0 : ms.toFixed(0)} ms`;
+    })
+    .join(', ');
+}
+
+/**
+ * Envoy's own timing of the calls to the rate-limit service (the cluster's upstream_rq_time over
+ * its last stats flush interval, 5 s): what the call costs from Envoy's side, apart from the rest
+ * of the request. Envoy's histogram buckets are coarse (0.5, 1, 5, 10 ms), its quantiles
+ * interpolated between them.
+ */
+async function rateLimitCallTime(envoy: Envoy | undefined): Promise<{ p50: number; p99: number } | undefined> {
+  if (!envoy) return undefined;
+  type Histograms = { histograms?: { supported_quantiles: number[]; computed_quantiles: { name: string; values: { interval: number | null }[] }[] } };
+  const stats = await envoy.adminJson<{ stats: Histograms[] }>('/stats?format=json&filter=^cluster%5C.signalbox%5C.ratelimit%5C.upstream_rq_time$');
+  const h = stats.stats.find((x) => x.histograms)?.histograms;
+  const q = h?.computed_quantiles.find((c) => c.name === 'cluster.signalbox.ratelimit.upstream_rq_time');
+  if (!h || !q) return undefined;
+  const at = (quantile: number) => q.values[h.supported_quantiles.indexOf(quantile)]?.interval ?? Number.NaN;
+  return { p50: at(50), p99: at(99) };
+}
+
 async function redisScripts(redis: RedisServer): Promise<number> {
   const info = await redis.command(['INFO', 'commandstats']);
   let n = 0;
@@ -233,6 +263,9 @@ spec:
         const m1 = await sb.adminText('/metrics');
         const s1 = await redisScripts(redis);
         const c1 = await redisCpu(redis);
+        // The service's own Redis round trips (its last 512 commands), to tell Redis's share of the tail.
+        const redisRtt = ((await sb.admin('/api/ratelimit')) as { redis?: { latencyMs?: { p50: number; p99: number; max: number } } }).redis?.latencyMs;
+        const envoyRtt = await rateLimitCallTime(envoy);
         const cpu = metric(m1, 'signalbox_process_process_cpu_seconds_total') - metric(m0, 'signalbox_process_process_cpu_seconds_total');
         const phase: Phase = {
           route,
@@ -247,7 +280,7 @@ spec:
         };
         phases.push(phase);
         console.log(
-          `round ${round + 1} ${route.padEnd(7)} ${phase.requests} req at ${RATE}/s: p50 ${phase.p50.toFixed(3)} ms, p99 ${phase.p99.toFixed(3)} ms, statuses ${JSON.stringify(phase.statuses)}, Redis commands/request ${phase.redisCommandsPerRequest.toFixed(3)}, serve CPU ${phase.serveCpuMsPerSecond.toFixed(0)} ms/s (${phase.serveCpuMsPerRequest.toFixed(3)} ms/request), Redis CPU ${phase.redisCpuMsPerSecond.toFixed(0)} ms/s`,
+          `round ${round + 1} ${route.padEnd(7)} ${phase.requests} req at ${RATE}/s: p50 ${phase.p50.toFixed(3)} ms, p99 ${phase.p99.toFixed(3)} ms, statuses ${JSON.stringify(phase.statuses)}, Redis commands/request ${phase.redisCommandsPerRequest.toFixed(3)}, serve CPU ${phase.serveCpuMsPerSecond.toFixed(0)} ms/s (${phase.serveCpuMsPerRequest.toFixed(3)} ms/request), Redis CPU ${phase.redisCpuMsPerSecond.toFixed(0)} ms/s${route === '/global' && redisRtt ? `, Redis round trip in the service (last 512) p50 ${redisRtt.p50.toFixed(3)} / p99 ${redisRtt.p99.toFixed(3)} / max ${redisRtt.max.toFixed(3)} ms` : ''}${route !== '/local' ? `, serve's event loop over the phase p99 ${(metric(m1, 'signalbox_process_nodejs_eventloop_lag_p99_seconds') * 1000).toFixed(2)} / max ${(metric(m1, 'signalbox_process_nodejs_eventloop_lag_max_seconds') * 1000).toFixed(2)} ms, GC ${gcMs(m0, m1)}, heap used ${(metric(m0, 'signalbox_process_nodejs_heap_size_used_bytes') / 2 ** 20).toFixed(1)} -> ${(metric(m1, 'signalbox_process_nodejs_heap_size_used_bytes') / 2 ** 20).toFixed(1)} MiB` : ''}${route !== '/local' && envoyRtt ? `, the call as Envoy timed it (its histogram, last flush interval) p50 ${envoyRtt.p50} / p99 ${envoyRtt.p99} ms` : ''}`,
         );
       }
     }
