@@ -1,0 +1,71 @@
+// The rate-limit service's Redis counter store against a real Redis: a lone check is one command
+// sent at once; checks that arrive while a command is in flight share one command, and each still
+// gets its own count; a failure reaches every check that shared the command.
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { createLogger } from '../../src/observability/logger.js';
+import { RedisCounterStore } from '../../src/ratelimit/redis-store.js';
+import { waitFor } from '../helpers/net.js';
+import { startRedis, type RedisServer } from '../helpers/redis.js';
+
+describe('Redis counter store (real Redis)', () => {
+  let redis: RedisServer;
+  let store: RedisCounterStore;
+
+  before(async () => {
+    redis = await startRedis();
+    store = new RedisCounterStore({ url: redis.url }, createLogger({ level: 'silent' }));
+    store.connect();
+    await waitFor(() => store.isUp, { what: 'Redis connected' });
+  });
+
+  after(async () => {
+    await store?.close();
+    await redis?.stop();
+  });
+
+  test('a lone check is one command of its own', async () => {
+    const before = store.status();
+    assert.deepEqual(await store.count(['lone'], [1], [60_000]), [1]);
+    assert.deepEqual(await store.count(['lone'], [2], [60_000]), [3]);
+    const now = store.status();
+    assert.equal(now.commands - before.commands, 2);
+    assert.equal(now.merged - before.merged, 0);
+  });
+
+  test('300 checks at once share commands; each gets its own count, in order, none lost', async () => {
+    const before = store.status();
+    const calls = Array.from({ length: 300 }, (_, i) => store.count(['burst', `other-${i % 7}`], [1, 2], [60_000, 60_000]));
+    const counts = await Promise.all(calls);
+    const burst = counts.map((c) => c[0]!).sort((a, b) => a - b);
+    assert.deepEqual(
+      burst,
+      Array.from({ length: 300 }, (_, i) => i + 1),
+      'every check counted once, and saw its own count',
+    );
+    for (let k = 0; k < 7; k++) {
+      const seen = counts.filter((_, i) => i % 7 === k).map((c) => c[1]!);
+      assert.deepEqual(
+        [...seen].sort((a, b) => a - b),
+        seen.map((_, j) => 2 * (j + 1)),
+      );
+    }
+    assert.match(await redis.command(['GET', 'burst']), /\r\n300\r\n$/);
+    const now = store.status();
+    const commands = now.commands - before.commands;
+    console.log(`300 concurrent checks: ${commands} Redis commands, ${now.merged - before.merged} checks merged`);
+    assert.ok(commands < 300 / 10, `${commands} commands for 300 checks`);
+    assert.ok(now.merged - before.merged >= 299 - 64, 'all but the first few shared a command');
+    // The window's expiry was set once, by the check that created the key.
+    assert.match(await redis.command(['PTTL', 'burst']), /^:[1-9]\d*\r\n$/);
+  });
+
+  test('a failed command fails every check that shared it, and none is left waiting', async () => {
+    await redis.kill();
+    const results = await Promise.allSettled(Array.from({ length: 50 }, () => store.count(['down'], [1], [60_000])));
+    assert.deepEqual(new Set(results.map((r) => r.status)), new Set(['rejected']));
+    await redis.start();
+    await waitFor(() => store.isUp, { what: 'Redis reconnected', timeoutMs: 10_000 });
+    assert.deepEqual(await store.count(['down'], [1], [60_000]), [1]);
+  });
+});
