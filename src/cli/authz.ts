@@ -4,7 +4,7 @@
 // with `signalbox serve --authz-address-for-proxies IP:PORT`.
 //
 // Over TLS by default, as the embedded service: it opens the control plane's mesh CA (--data-dir,
-// or --ca-cert/--ca-key), issues its own certificate (SPIFFE ID spiffe://<trust domain>/signalbox/authz,
+// --ca-cert/--ca-key, or with --state consul the replicas' shared state), issues its own certificate (SPIFFE ID spiffe://<trust domain>/signalbox/authz,
 // what proxies verify) and requires callers to present a certificate that chains to the mesh trust
 // bundle. --insecure serves plain text (only with `serve --xds-insecure`, whose proxies expect it).
 import { existsSync } from 'node:fs';
@@ -47,20 +47,46 @@ export function hostPort(host: string, port: number): string {
   return `${host.includes(':') ? `[${host}]` : host}:${port}`;
 }
 
+type MeshCaSetting = 'caCert' | 'caKey' | 'caBundle' | 'dataDir' | 'state' | 'statePrefix' | 'stateKeyFile' | 'consulAddr';
+
 /**
- * The mesh CA the control plane uses: its files, or the one in its data folder (which must exist).
- * Shared by the standalone services (`signalbox authz`, `signalbox ratelimit`).
+ * The mesh CA the control plane uses: its files, the one in its data folder (which must exist), or
+ * with --state consul the one the replicas share in Consul KV (the state key is checked first; a
+ * service started before any replica made the CA waits for it, as a follower does, then gives up
+ * with a message). Shared by the standalone services (`signalbox authz`, `signalbox ratelimit`).
  */
-export async function openMeshCa(get: (k: 'caCert' | 'caKey' | 'caBundle' | 'dataDir') => string): Promise<CertificateAuthority> {
+export async function openMeshCa(get: (k: MeshCaSetting) => string, env: NodeJS.ProcessEnv = process.env, log?: Logger): Promise<CertificateAuthority> {
   const cert = get('caCert');
   const key = get('caKey');
   if (!cert !== !key) throw new SignalboxError(ErrorCode.BAD_FLAG, '--ca-cert and --ca-key go together');
+  const state = get('state');
+  if (state !== 'file' && state !== 'consul') throw new SignalboxError(ErrorCode.BAD_FLAG, `--state must be "file" or "consul", got "${state.slice(0, 100)}"`);
+  if (state === 'consul') {
+    if (cert)
+      throw new SignalboxError(ErrorCode.BAD_FLAG, '--state consul cannot go with --ca-cert/--ca-key: the shared state holds the CA every replica signs with');
+    if (!get('consulAddr')) throw new SignalboxError(ErrorCode.BAD_FLAG, '--state consul needs --consul-addr (or CONSUL_HTTP_ADDR)');
+    const { openSharedState } = await import('../state/index.js');
+    const shared = await openSharedState({
+      consulAddr: get('consulAddr'),
+      prefix: get('statePrefix'),
+      keyFile: get('stateKeyFile') || undefined,
+      logger: log,
+      env,
+    });
+    try {
+      // Never the maker: the replicas' leader makes the CA, this service waits for it.
+      shared.leadership = { isLeader: false };
+      return await CertificateAuthority.open({ dataDir: path.resolve(get('dataDir')), trustDomain: BUILTIN_DEFAULTS.trustDomain, shared });
+    } finally {
+      shared.close();
+    }
+  }
   const dataDir = path.resolve(get('dataDir'));
   if (!cert && !existsSync(path.join(dataDir, 'ca', 'root.crt'))) {
     // A root generated here would be one no proxy trusts, and that trusts no proxy.
     throw new SignalboxError(
       ErrorCode.BAD_FLAG,
-      `no mesh CA in ${path.join(dataDir, 'ca')}: give --data-dir the control plane's data folder (or --ca-cert/--ca-key as given to serve), or --insecure if the control plane runs with --xds-insecure`,
+      `no mesh CA in ${path.join(dataDir, 'ca')}: give --data-dir the control plane's data folder (or --ca-cert/--ca-key as given to serve, or --state consul for replicas sharing their state), or --insecure if the control plane runs with --xds-insecure`,
     );
   }
   return CertificateAuthority.open({
@@ -93,7 +119,7 @@ export async function startStandaloneAuthz(
   if (insecureText !== 'true' && insecureText !== 'false')
     throw new SignalboxError(ErrorCode.BAD_FLAG, `SIGNALBOX_AUTHZ_INSECURE must be "true" or "false", got "${insecureText}"`);
   const insecure = insecureText === 'true';
-  const ca = insecure ? undefined : await openMeshCa(get);
+  const ca = insecure ? undefined : await openMeshCa(get, env, log);
 
   envoyRoot();
   const registry = new client.Registry();

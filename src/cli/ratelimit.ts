@@ -5,7 +5,7 @@
 // Point the proxies at it with `signalbox serve --ratelimit-address-for-proxies IP:PORT`.
 //
 // Over TLS by default, as the embedded service: it opens the control plane's mesh CA (--data-dir,
-// or --ca-cert/--ca-key), issues its own certificate (SPIFFE ID spiffe://<trust domain>/signalbox/ratelimit,
+// --ca-cert/--ca-key, or with --state consul the replicas' shared state), issues its own certificate (SPIFFE ID spiffe://<trust domain>/signalbox/ratelimit,
 // what proxies verify) and requires callers to present a certificate that chains to the mesh trust
 // bundle. --insecure serves plain text (only with `serve --xds-insecure`, whose proxies expect it).
 //
@@ -70,7 +70,7 @@ export async function startStandaloneRateLimit(
   const insecure = insecureText === 'true';
   // Checked before anything connects; the messages show the URL redacted.
   const redis = redisOf(get('redisUrl'), get('redisPasswordFile'), get('redisCa'), env);
-  const ca = insecure ? undefined : await openMeshCa(get);
+  const ca = insecure ? undefined : await openMeshCa(get, env, log);
 
   envoyRoot();
   const registry = new client.Registry();

@@ -246,6 +246,16 @@ const STANDALONE_SHARED_SETTINGS = {
   },
   caKey: { flag: 'ca-key', env: 'SIGNALBOX_CA_KEY', default: '', help: 'private key of --ca-cert' },
   caBundle: { flag: 'ca-bundle', env: 'SIGNALBOX_CA_BUNDLE', default: '', help: 'extra trusted roots (PEM), as given to `signalbox serve --ca-bundle`' },
+  state: {
+    ...SERVE_SETTINGS.state,
+    help: 'where the mesh CA is: "file" (--data-dir, or --ca-cert/--ca-key) or "consul" (the shared state of `signalbox serve --state consul` replicas, read at start; needs --consul-addr and the state key; docs/ha.md)',
+  },
+  statePrefix: SERVE_SETTINGS.statePrefix,
+  stateKeyFile: SERVE_SETTINGS.stateKeyFile,
+  consulAddr: {
+    ...SERVE_SETTINGS.consulAddr,
+    help: 'with --state consul: the Consul HTTP API (HOST:PORT or http(s)://HOST:PORT). TLS and token from CONSUL_CACERT, CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY, CONSUL_HTTP_TOKEN',
+  },
 } as const;
 
 /** `signalbox ratelimit`'s flags (here, not in the command, so the CLI's flag tables load nothing else). */

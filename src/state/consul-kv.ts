@@ -108,23 +108,74 @@ export class ConsulKv {
     }
   }
 
-  /** A session that dies `ttlS` seconds after its last renewal; its locks are released (no lock delay). */
-  async createSession(name: string, ttlS: number): Promise<string> {
+  /**
+   * A session tied to the agent's node and to the checks named (it ends the moment one turns
+   * critical or goes away), whose locks are released when it ends, with no lock delay: a lock it
+   * held can be taken again at once (what the lock guards is safe to redo, see leader.ts).
+   */
+  async createSession(name: string, checks: string[]): Promise<string> {
     try {
-      return (await this.consul.session.create({ name, ttl: `${ttlS}s`, behavior: 'release', lockdelay: '0s', nodechecks: [] } as never)).ID;
+      return (await this.consul.session.create({ name, checks, behavior: 'release', lockdelay: '0s' } as never)).ID;
     } catch (e) {
       throw failure('session create', e);
     }
   }
 
-  /** Renews a session; false when Consul no longer knows it (it expired). */
-  async renewSession(id: string): Promise<boolean> {
+  /** Whether Consul still knows the session (false once a check it is tied to went critical). */
+  async sessionAlive(id: string): Promise<boolean> {
     try {
-      const r = (await this.consul.session.renew(id)) as unknown;
-      return Array.isArray(r) && r.length > 0;
+      const r = (await this.consul.session.info(id)) as unknown;
+      return Array.isArray(r) ? r.length > 0 : !!r;
     } catch (e) {
-      if ((e as { statusCode?: number }).statusCode === 404 || /not found/i.test((e as Error).message ?? '')) return false;
-      throw failure('session renew', e);
+      if ((e as { statusCode?: number }).statusCode === 404) return false;
+      throw failure('session read', e);
+    }
+  }
+
+  /**
+   * Registers (again: the same id replaces) a service on the local agent with one TTL check,
+   * passing from the start (a session cannot be tied to a critical check). The agent removes the
+   * service and its check `deregisterAfter` after the check turned critical (a dead process's
+   * registration does not pile up).
+   */
+  async registerTtlService(o: {
+    id: string;
+    name: string;
+    checkId: string;
+    checkName: string;
+    ttlS: number;
+    deregisterAfter: string;
+    meta: Record<string, string>;
+  }): Promise<void> {
+    try {
+      await this.consul.agent.service.register({
+        id: o.id,
+        name: o.name,
+        meta: o.meta,
+        check: { checkid: o.checkId, name: o.checkName, ttl: `${o.ttlS}s`, status: 'passing', deregistercriticalserviceafter: o.deregisterAfter },
+      } as never);
+    } catch (e) {
+      throw failure(`service registration of ${o.id}`, e);
+    }
+  }
+
+  /** Marks a TTL check passing; false when the agent does not know it (it restarted, or reaped it). */
+  async passCheck(id: string): Promise<boolean> {
+    try {
+      await this.consul.agent.check.pass(id);
+      return true;
+    } catch (e) {
+      const status = (e as { statusCode?: number }).statusCode;
+      if (status === 404 || /unknown check|does not have associated TTL|not found/i.test((e as Error).message ?? '')) return false;
+      throw failure(`check update of ${id}`, e);
+    }
+  }
+
+  async deregisterService(id: string): Promise<void> {
+    try {
+      await this.consul.agent.service.deregister(id);
+    } catch (e) {
+      throw failure(`service deregistration of ${id}`, e);
     }
   }
 

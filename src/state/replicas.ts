@@ -15,7 +15,7 @@ export interface ReplicaInfo {
 }
 
 export interface ReplicaView extends ReplicaInfo {
-  /** Its session holds its info key: it is running (or died less than a session TTL ago). */
+  /** Its session holds its info key: it is running (or died less than about 2 s ago, see leader.ts). */
   alive: boolean;
   leader: boolean;
   /** Node ids of the proxies on a stream to it, as it last wrote them. */
