@@ -5,7 +5,8 @@ export type Mode = 'sotw' | 'delta';
 
 export interface ConnectMsg {
   cmd: 'connect';
-  target: string;
+  /** xDS addresses ("host:port") of the replicas: client i connects to targets[i % targets.length]. */
+  targets: string[];
   mode: Mode;
   clients: number;
   /** Gateway of client i: gateways[i % gateways.length]. */

@@ -56,7 +56,7 @@ function open(i: number, m: ConnectMsg, ca: Buffer | undefined): Sim {
   // initial_connection_window_size); Node's default of 64 KiB would make every 125 kB route
   // configuration wait for a WINDOW_UPDATE round trip, which no real proxy does.
   // One TLS session per channel, as each Envoy has its own; the token goes as metadata below.
-  const client = new AdsClient(m.target, { 'grpc-node.flow_control_window': ENVOY_HTTP2_WINDOW }, ca ? { ca } : undefined);
+  const client = new AdsClient(m.targets[i % m.targets.length]!, { 'grpc-node.flow_control_window': ENVOY_HTTP2_WINDOW }, ca ? { ca } : undefined);
   const metadata = new grpc.Metadata();
   const token = m.tokens[gateway];
   if (token) metadata.set('x-signalbox-token', token);

@@ -21,10 +21,17 @@
 //        --timeout-s T (hard limit for the whole run, 900) --round-timeout-s T (per change, 60)
 //        --json FILE (also write the results) --server-node-args="--cpu-prof --cpu-prof-dir=DIR"
 //        --xds-insecure (serve and connect in plain text).
+//        --replicas R (1): R > 1 starts one real Consul agent (test/helpers/consul.ts) and R
+//        `signalbox serve` replicas with `--state consul` on it (one state key, each replica its
+//        own copy of the policy directory, its own ports); client i connects to replica i mod R; a
+//        change is written to every copy in turn, and convergence runs from the first write to the
+//        last ACK on any replica. Also reports, per replica, its clients, RSS growth per client and
+//        CPU per change, and checks that every replica serves the same route versions.
 // Results and method: docs/benchmarks.md.
 // Everything runs on loopback, stops by itself and removes its temporary folder and children.
 import { fork, spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -34,6 +41,7 @@ import { wallNow, type ChildMsg, type Mode, type ParentMsg } from './protocol.js
 import { cpuSeconds, percentile } from './lib.js';
 import { freePort } from '../test/helpers/net.js';
 import { xdsCa } from '../test/helpers/credentials.js';
+import { startConsul, type ConsulAgent } from '../test/helpers/consul.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 // dist/bench/xds.js -> repository root two levels up.
@@ -55,12 +63,13 @@ const { values: flags } = parseArgs({
     json: { type: 'string' },
     'server-node-args': { type: 'string', default: '' },
     'xds-insecure': { type: 'boolean', default: false },
+    replicas: { type: 'string', default: '1' },
     help: { type: 'boolean', default: false },
   },
 });
 if (flags.help) {
   process.stdout.write(
-    'usage: node dist/bench/xds.js [--clients N] [--mode sotw|delta|both] [--changes K] [--gateways G] [--routes R] [--services S] [--concurrency C] [--timeout-s T] [--json FILE] [--server-node-args="--cpu-prof --cpu-prof-dir=DIR"] [--xds-insecure]\n',
+    'usage: node dist/bench/xds.js [--clients N] [--mode sotw|delta|both] [--changes K] [--gateways G] [--routes R] [--services S] [--concurrency C] [--timeout-s T] [--json FILE] [--server-node-args="--cpu-prof --cpu-prof-dir=DIR"] [--xds-insecure] [--replicas R]\n',
   );
   process.exit(0);
 }
@@ -75,6 +84,8 @@ function intFlag(name: string, v: string | undefined, min: number, max: number):
 const N = intFlag('clients', flags.clients, 1, 20000);
 /** TLS on the xDS port (the server's default); off with --xds-insecure. */
 const TLS = !flags['xds-insecure'];
+/** Signalbox replicas (R > 1: shared state in a real Consul agent). */
+const R = intFlag('replicas', flags.replicas, 1, 16);
 const K = intFlag('changes', flags.changes, 1, 1000);
 const CONCURRENCY = intFlag('concurrency', flags.concurrency, 1, 10000);
 const HARD_TIMEOUT_MS = intFlag('timeout-s', flags['timeout-s'], 10, 86400) * 1000;
@@ -104,13 +115,22 @@ if (!existsSync(CLIENTS_JS) || !existsSync(BIN)) {
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'signalbox-bench-'));
 const children = new Set<ChildProcess>();
+/** The Consul agent of a run with --replicas > 1 (its helper also kills it when this process exits). */
+let consul: ConsulAgent | undefined;
+/** The shared state's key (--replicas > 1): given to the replicas and the CLI in the environment only. */
+const STATE_KEY = randomBytes(32).toString('base64');
+const STATE_PREFIX = 'signalbox-bench';
 let cleaned = false;
 function cleanup(): void {
   if (cleaned) return;
   cleaned = true;
   for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  void consul?.kill();
   rmSync(tmp, { recursive: true, force: true });
 }
+/** Flags that put a Signalbox process (server or CLI) on the shared state; none with one replica. */
+const stateArgs = (): string[] => (consul ? ['--state', 'consul', '--consul-addr', consul.httpAddr, '--state-prefix', STATE_PREFIX] : []);
+const stateEnv = (): NodeJS.ProcessEnv => (consul ? { ...process.env, SIGNALBOX_STATE_KEY: STATE_KEY } : process.env);
 process.on('exit', cleanup);
 for (const sig of ['SIGINT', 'SIGTERM'] as const) {
   process.once(sig, () => {
@@ -212,9 +232,9 @@ interface Server {
   output: string[];
 }
 
-async function startSignalbox(policyDir: string, mode: Mode): Promise<Server> {
+async function startSignalbox(policyDir: string, mode: Mode, replica = 0): Promise<Server> {
   const [xdsPort, adminPort] = [await freePort(), await freePort()];
-  const dataDir = path.join(tmp, `data-${mode}`);
+  const dataDir = path.join(tmp, R === 1 ? `data-${mode}` : `data-${mode}-r${replica + 1}`);
   const args = [
     BIN,
     'serve',
@@ -233,12 +253,13 @@ async function startSignalbox(policyDir: string, mode: Mode): Promise<Server> {
     '--log-level',
     'warn',
     ...(TLS ? [] : ['--xds-insecure']),
+    ...(consul ? [...stateArgs(), '--replica-id', `r${replica + 1}`] : []),
   ];
   const nodeArgs = flags['server-node-args']!.split(' ').filter(Boolean); // e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof"
   const proc = spawn(process.execPath, [...nodeArgs, ...args], {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, SIGNALBOX_STRICT_ENCODE: '' },
+    env: { ...stateEnv(), SIGNALBOX_STRICT_ENCODE: '' },
   });
   children.add(proc);
   proc.once('exit', () => children.delete(proc));
@@ -285,8 +306,9 @@ function tokensFor(dataDir: string): Record<string, string> {
     // Retried: a concurrent `npm run build` rewriting dist/ can make one invocation fail.
     for (let attempt = 1; ; attempt++) {
       try {
-        out[name] = execFileSync(process.execPath, [BIN, 'token', '--gateway', name, '--data-dir', dataDir], {
+        out[name] = execFileSync(process.execPath, [BIN, 'token', '--gateway', name, '--data-dir', dataDir, ...stateArgs()], {
           cwd: ROOT,
+          env: stateEnv(),
           stdio: ['ignore', 'pipe', 'pipe'],
           timeout: 60_000,
         })
@@ -358,6 +380,21 @@ interface Round {
   clientCpuMs: number;
   missing: number;
   distinctVersions: number;
+  /** Per replica (in order): CPU of the change, ms. */
+  replicaCpuMs: number[];
+  /** Whether every replica's proxies ACKed the same set of route versions (content hashes). */
+  sameVersions: boolean;
+  /** The route versions the proxies of each replica ACKed (with --replicas > 1). */
+  routeVersions?: string[];
+}
+
+interface ReplicaResult {
+  replica: string;
+  clients: number;
+  rssBeforeMiB: number;
+  rssAfterMiB: number;
+  rssPerClientKiB: number;
+  cpuPerChangeMs: number;
 }
 
 interface RunResult {
@@ -394,27 +431,51 @@ interface RunResult {
   load: { start: number[]; end: number[] };
   /** Share of the run's wall time during which some runnable task waited for a CPU (/proc/pressure/cpu "some"). */
   cpuStallPercent?: number;
+  /** With --replicas > 1: one entry per replica. */
+  replicas?: ReplicaResult[];
 }
 
 let timeoutMsCounter = 6000;
 /** Rewrites service 0's route with a new timeout (unique per edit, so every edit changes the config). */
-function editRoute(file: string): void {
+function editRoute(files: string[]): void {
   timeoutMsCounter += 1;
-  writeFileSync(file, routeFile(0, shape, timeoutMsCounter));
+  // Every replica's copy, one after another, as a deploy tool would.
+  for (const file of files) writeFileSync(file, routeFile(0, shape, timeoutMsCounter));
 }
 
-async function runMode(mode: Mode, policyDir: string, changeFile: string): Promise<RunResult> {
+/** The route versions the proxies of one replica last ACKed (sorted, distinct). */
+async function routeVersions(adminPort: number): Promise<string> {
+  const res = await fetch(`http://127.0.0.1:${adminPort}/api/proxies`);
+  const body = (await res.json()) as { proxies: { types: Record<string, { ackedVersion?: string }> }[] };
+  const versions = body.proxies.map((p) => p.types.route?.ackedVersion);
+  if (versions.length === 0 || versions.some((v) => !v)) throw new Error('a proxy without an ACKed route version');
+  return [...new Set(versions)].sort().join(',');
+}
+
+const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
+const connectedProxies = (m: Metrics) => [...m].filter(([k]) => k.startsWith('signalbox_connected_proxies{')).reduce((a, [, v]) => a + v, 0);
+
+async function runMode(mode: Mode, policyDirs: string[], changeFiles: string[]): Promise<RunResult> {
   const loadStart = os.loadavg();
   const stall0 = cpuStallUs();
   const wall0 = Date.now();
-  console.log(`\n== ${mode.toUpperCase()}: starting Signalbox (load average ${loadStart.map((l) => l.toFixed(2)).join(' ')})`);
-  // Retried once: a concurrent `npm run build` rewriting dist/ can break one start.
-  const server = await startSignalbox(policyDir, mode).catch((e: Error) => {
-    process.stderr.write(`bench: Signalbox did not start, retrying once: ${e.message.split('\n')[0]}\n`);
-    return startSignalbox(policyDir, mode);
-  });
+  console.log(
+    `\n== ${mode.toUpperCase()}: starting Signalbox${R > 1 ? ` (${R} replicas on Consul ${consul!.httpAddr})` : ''} (load average ${loadStart.map((l) => l.toFixed(2)).join(' ')})`,
+  );
+  const servers: Server[] = [];
   const clients = new ClientProc();
   try {
+    for (let i = 0; i < R; i++) {
+      // Retried once: a concurrent `npm run build` rewriting dist/ can break one start.
+      servers.push(
+        await startSignalbox(policyDirs[i]!, mode, i).catch((e: Error) => {
+          process.stderr.write(`bench: Signalbox did not start, retrying once: ${e.message.split('\n')[0]}\n`);
+          return startSignalbox(policyDirs[i]!, mode, i);
+        }),
+      );
+    }
+    // Compile figures, RSS and lag of the single server (R = 1) or of replica 1.
+    const server = servers[0]!;
     await sleep(1000); // let the policy watcher finish its initial scan
     let m = await scrape(server.adminPort);
     const compileColdMs = (compileSum(m) / compileCount(m)) * 1000;
@@ -424,17 +485,18 @@ async function runMode(mode: Mode, policyDir: string, changeFile: string): Promi
     const warm: number[] = [];
     const warmCpu: number[] = [];
     for (let i = 0; i < 8; i++) {
-      const before = await scrape(server.adminPort);
+      const befores = await Promise.all(servers.map((sv) => scrape(sv.adminPort)));
+      const before = befores[0]!;
       const cpu0 = cpuMsOf(server.pid);
-      editRoute(changeFile);
+      editRoute(changeFiles);
       // Signalbox starts watching after its first compile; an edit made before the watcher is set
       // up is not seen. Write again if nothing happened after 5 s.
       let lastWrite = Date.now();
       m = await until('a reload', 60_000, async () => {
-        const x = await scrape(server.adminPort);
-        if (appliedReloads(x) > appliedReloads(before)) return x;
+        const xs = await Promise.all(servers.map((sv) => scrape(sv.adminPort)));
+        if (xs.every((x, i) => appliedReloads(x) > appliedReloads(befores[i]!))) return xs[0]!;
         if (Date.now() - lastWrite > 5000) {
-          editRoute(changeFile);
+          editRoute(changeFiles);
           lastWrite = Date.now();
         }
         return undefined;
@@ -456,7 +518,9 @@ async function runMode(mode: Mode, policyDir: string, changeFile: string): Promi
     await sleep(1000);
     m = await scrape(server.adminPort);
     const idleLagP99Ms = metric(m, 'signalbox_process_nodejs_eventloop_lag_p99_seconds') * 1000;
-    const rssBefore = await rssMedian(server.pid);
+    const rssBefores: number[] = [];
+    for (const sv of servers) rssBefores.push(await rssMedian(sv.pid));
+    const rssBefore = rssBefores[0]!;
     const heapBefore = metric(m, 'signalbox_process_nodejs_heap_size_used_bytes');
 
     // Connect.
@@ -464,11 +528,11 @@ async function runMode(mode: Mode, policyDir: string, changeFile: string): Promi
     const tokens = tokensFor(server.dataDir);
     // Written by the server before its xDS port opens (so present once /readyz answered).
     const ca = TLS ? xdsCa(server.dataDir).toString('utf8') : undefined;
-    const connectCpu0 = cpuMsOf(server.pid);
+    const connectCpu0 = sum(servers.map((sv) => cpuMsOf(sv.pid)));
     const conn = await clients.request(
       {
         cmd: 'connect',
-        target: `127.0.0.1:${server.xdsPort}`,
+        targets: servers.map((sv) => `127.0.0.1:${sv.xdsPort}`),
         mode,
         clients: N,
         gateways: Array.from({ length: shape.gateways }, (_, g) => gatewayName(g)),
@@ -480,49 +544,66 @@ async function runMode(mode: Mode, policyDir: string, changeFile: string): Promi
       'connected',
       310_000,
     );
-    const connectServerCpuMs = cpuMsOf(server.pid) - connectCpu0;
+    const connectServerCpuMs = sum(servers.map((sv) => cpuMsOf(sv.pid))) - connectCpu0;
     console.log(
       `   ${conn.streams} streams synced in ${fmt(conn.ms)} ms${conn.failed ? `, ${conn.failed} FAILED` : ''} (CPU server ${fmt(connectServerCpuMs)} ms, clients ${fmt(conn.cpuMs)} ms)`,
     );
     await sleep(3000);
-    m = await scrape(server.adminPort);
-    const connected = [...m].filter(([k]) => k.startsWith('signalbox_connected_proxies{')).reduce((a, [, v]) => a + v, 0);
-    const rssAfter = await rssMedian(server.pid);
+    const perReplica = await Promise.all(servers.map((sv) => scrape(sv.adminPort)));
+    m = perReplica[0]!;
+    const replicaClients = perReplica.map(connectedProxies);
+    const connected = sum(replicaClients);
+    const rssAfters: number[] = [];
+    for (const sv of servers) rssAfters.push(await rssMedian(sv.pid));
+    const rssAfter = rssAfters[0]!;
     const heapAfter = metric(m, 'signalbox_process_nodejs_heap_size_used_bytes');
-    const rssPerClientKiB = (rssAfter - rssBefore) / N;
+    // With replicas: replica 1's growth over replica 1's clients.
+    const rssPerClientKiB = (rssAfter - rssBefore) / (R === 1 ? N : replicaClients[0]!);
     console.log(`   idle event-loop lag p99 before connecting: ${fmt(idleLagP99Ms, 1)} ms (the histogram samples every 10 ms; an idle loop reads about 10 ms)`);
     console.log(
-      `   server sees ${connected} proxies; RSS ${fmt(rssBefore / 1024, 1)} -> ${fmt(rssAfter / 1024, 1)} MiB: ${fmt(rssPerClientKiB, 1)} KiB per client; heap used ${fmt(heapBefore / 2 ** 20, 1)} -> ${fmt(heapAfter / 2 ** 20, 1)} MiB`,
+      `   ${R === 1 ? 'server sees' : 'replicas see'} ${connected} proxies; RSS ${fmt(rssBefore / 1024, 1)} -> ${fmt(rssAfter / 1024, 1)} MiB: ${fmt(rssPerClientKiB, 1)} KiB per client; heap used ${fmt(heapBefore / 2 ** 20, 1)} -> ${fmt(heapAfter / 2 ** 20, 1)} MiB${R === 1 ? '' : ' (replica 1)'}`,
     );
+    if (R > 1)
+      for (const [i] of servers.entries())
+        console.log(
+          `   replica r${i + 1}: ${replicaClients[i]} proxies; RSS ${fmt(rssBefores[i]! / 1024, 1)} -> ${fmt(rssAfters[i]! / 1024, 1)} MiB: ${fmt((rssAfters[i]! - rssBefores[i]!) / replicaClients[i]!, 1)} KiB per client`,
+        );
 
     // Changes.
     const rounds: Round[] = [];
     const pooled: number[] = [];
     for (let k = 0; k < K; k++) {
       await clients.request({ cmd: 'arm' }, 'armed', 10_000);
-      const before = await scrape(server.adminPort); // also resets the lag histogram
-      const cpu0 = cpuMsOf(server.pid);
+      const befores = await Promise.all(servers.map((sv) => scrape(sv.adminPort))); // also resets the lag histograms
+      const before = befores[0]!;
+      const cpu0 = servers.map((sv) => cpuMsOf(sv.pid));
       const t0 = wallNow();
-      editRoute(changeFile);
+      editRoute(changeFiles);
       const res = await clients.request({ cmd: 'wait', t0, timeoutMs: ROUND_TIMEOUT_MS }, 'converged', ROUND_TIMEOUT_MS + 10_000);
-      const after = await scrape(server.adminPort);
-      const cpu1 = cpuMsOf(server.pid);
-      const serverSideMs = await lastRouteAck(server.adminPort)
-        .then((at) => at - t0)
+      const afters = await Promise.all(servers.map((sv) => scrape(sv.adminPort)));
+      const after = afters[0]!;
+      const replicaCpuMs = servers.map((sv, i) => cpuMsOf(sv.pid) - cpu0[i]!);
+      const serverSideMs = await Promise.all(servers.map((sv) => lastRouteAck(sv.adminPort)))
+        .then((ats) => Math.max(...ats) - t0)
         .catch(() => NaN);
+      const versionsPerReplica = await Promise.all(servers.map((sv) => routeVersions(sv.adminPort))).catch(() => [] as string[]);
+      const sameVersions = versionsPerReplica.length === R && versionsPerReplica.every((v) => v === versionsPerReplica[0]);
       const lat = [...res.latenciesMs].sort((a, b) => a - b);
       pooled.push(...lat);
       const r: Round = {
         convergenceMs: { min: lat[0] ?? NaN, p50: percentile(lat, 50), p99: percentile(lat, 99), max: lat[lat.length - 1] ?? NaN },
-        appliedMs: metric(after, 'signalbox_config_last_applied_timestamp_seconds') * 1000 - t0,
+        appliedMs: Math.max(...afters.map((a) => metric(a, 'signalbox_config_last_applied_timestamp_seconds') * 1000)) - t0,
         serverSideMs,
         compileMs: compileCount(after) - compileCount(before) === 1 ? (compileSum(after) - compileSum(before)) * 1000 : NaN,
-        lagP99Ms: metric(after, 'signalbox_process_nodejs_eventloop_lag_p99_seconds') * 1000,
-        lagMaxMs: metric(after, 'signalbox_process_nodejs_eventloop_lag_max_seconds') * 1000,
-        serverCpuMs: cpu1 - cpu0,
+        lagP99Ms: Math.max(...afters.map((a) => metric(a, 'signalbox_process_nodejs_eventloop_lag_p99_seconds') * 1000)),
+        lagMaxMs: Math.max(...afters.map((a) => metric(a, 'signalbox_process_nodejs_eventloop_lag_max_seconds') * 1000)),
+        serverCpuMs: sum(replicaCpuMs),
         clientCpuMs: res.cpuMs,
         missing: res.missing,
         distinctVersions: Object.keys(res.versions).length,
+        replicaCpuMs,
+        sameVersions,
+        routeVersions: R > 1 ? versionsPerReplica : undefined,
       };
       rounds.push(r);
       console.log(
@@ -530,7 +611,10 @@ async function runMode(mode: Mode, policyDir: string, changeFile: string): Promi
           ` | server saw the last ACK at ${fmt(r.serverSideMs)} ms | reload applied at ${fmt(r.appliedMs)} ms (compile ${fmt(r.compileMs)} ms) | loop lag p99 ${fmt(r.lagP99Ms, 1)} max ${fmt(r.lagMaxMs, 1)} ms` +
           ` | CPU server ${fmt(r.serverCpuMs)} client ${fmt(r.clientCpuMs)} ms` +
           (r.missing ? ` | ${r.missing} DID NOT ACK within ${ROUND_TIMEOUT_MS} ms` : '') +
-          (r.distinctVersions !== shape.gateways ? ` | ${r.distinctVersions} distinct route versions (expected ${shape.gateways})` : ''),
+          (r.distinctVersions !== shape.gateways ? ` | ${r.distinctVersions} distinct route versions (expected ${shape.gateways})` : '') +
+          (R > 1
+            ? ` | CPU per replica ${replicaCpuMs.map((c) => fmt(c)).join(' / ')} ms | replicas serve ${r.sameVersions ? 'the same route versions' : `DIFFERENT route versions: ${versionsPerReplica.join(' | ')}`}`
+            : ''),
       );
       await sleep(500);
     }
@@ -568,16 +652,29 @@ async function runMode(mode: Mode, policyDir: string, changeFile: string): Promi
       },
       load: { start: loadStart, end: os.loadavg() },
       cpuStallPercent: stall0 === undefined ? undefined : ((cpuStallUs()! - stall0) / 1000 / (Date.now() - wall0)) * 100,
+      replicas:
+        R === 1
+          ? undefined
+          : servers.map((_, i) => ({
+              replica: `r${i + 1}`,
+              clients: replicaClients[i]!,
+              rssBeforeMiB: rssBefores[i]! / 1024,
+              rssAfterMiB: rssAfters[i]! / 1024,
+              rssPerClientKiB: (rssAfters[i]! - rssBefores[i]!) / replicaClients[i]!,
+              cpuPerChangeMs: median(rounds.map((r) => r.replicaCpuMs[i]!)),
+            })),
     };
     await clients.request({ cmd: 'close' }, 'closed', 30_000).catch(() => undefined);
     return res;
   } catch (e) {
-    const out = server.output.join('').trim();
-    if (out) process.stderr.write(`--- Signalbox output (last lines) ---\n${out.split('\n').slice(-40).join('\n')}\n`);
+    for (const [i, server] of servers.entries()) {
+      const out = server.output.join('').trim();
+      if (out) process.stderr.write(`--- Signalbox${R > 1 ? ` r${i + 1}` : ''} output (last lines) ---\n${out.split('\n').slice(-40).join('\n')}\n`);
+    }
     throw e;
   } finally {
     await stopChild(clients.proc, 2000);
-    await stopChild(server.proc);
+    for (const server of servers) await stopChild(server.proc);
   }
 }
 
@@ -601,6 +698,19 @@ function machine() {
 async function main(): Promise<void> {
   const policyDir = path.join(tmp, 'policies');
   const { changeFile } = writePolicyDir(policyDir, shape);
+  // Each replica its own copy of the policy directory, as replicas in production have.
+  const policyDirs = [policyDir];
+  for (let i = 1; i < R; i++) {
+    const own = path.join(tmp, `policies-r${i + 1}`);
+    cpSync(policyDir, own, { recursive: true });
+    policyDirs.push(own);
+  }
+  const changeFiles = policyDirs.map((d) => path.join(d, path.relative(policyDir, changeFile)));
+  if (R > 1) {
+    consul = await startConsul().catch((e: Error) => {
+      throw new Error(`--replicas ${R} needs a real Consul agent, which could not be started: ${e.message}`);
+    });
+  }
   const mach = machine();
   console.log(
     `signalbox xDS benchmark: ${N} clients, ${shape.routes} routes / ${shape.services} services / ${shape.gateways} gateways, ${K} changes, modes ${modes.join(' + ')}, xDS ${TLS ? 'over TLS' : 'in plain text (--xds-insecure)'}`,
@@ -609,7 +719,7 @@ async function main(): Promise<void> {
     `machine: ${mach.nproc} CPUs (${mach.cpu}), ${fmt(mach.memGiB, 1)} GiB, node ${mach.node}, load average ${mach.load.map((l) => l.toFixed(2)).join(' ')}`,
   );
   const results: RunResult[] = [];
-  for (const mode of modes) results.push(await runMode(mode, policyDir, changeFile));
+  for (const mode of modes) results.push(await runMode(mode, policyDirs, changeFiles));
 
   console.log(
     `\n== Summary, xDS ${TLS ? 'over TLS' : 'in plain text (--xds-insecure)'} (per change: p50 / p99 / max over clients; shown: the median change, max: the worst change)`,
@@ -623,13 +733,23 @@ async function main(): Promise<void> {
       `| ${r.mode} | ${r.connectedStreams} | ${fmt(r.compileColdMs)} / ${fmt(r.compileWarmNoClientsMs)} / ${fmt(r.summary.compileDuringPushMs)} | ${fmt(r.rssPerClientKiB, 1)} KiB | ${fmt(r.summary.p50)} / ${fmt(r.summary.p99)} / ${fmt(r.summary.max)} | ${fmt(r.summary.pooled.p50)} / ${fmt(r.summary.pooled.p99)} | ${fmt(r.summary.serverSideMs)} ms | ${fmt(r.summary.appliedMs)} ms | ${fmt(r.summary.lagP99Ms, 1)} / ${fmt(r.summary.lagMaxMs, 1)} | ${r.load.start[0]!.toFixed(1)} -> ${r.load.end[0]!.toFixed(1)} | ${r.cpuStallPercent === undefined ? 'n/a' : `${r.cpuStallPercent.toFixed(0)} %`} |`,
     );
   }
+  if (R > 1) {
+    console.log(`\n== Per replica (${R} replicas sharing state in Consul; CPU per change: median over the changes)`);
+    console.log('| mode | replica | clients | RSS MiB before -> after | RSS per client | CPU per change | same route versions on every replica |');
+    console.log('| --- | --- | --- | --- | --- | --- | --- |');
+    for (const r of results)
+      for (const x of r.replicas ?? [])
+        console.log(
+          `| ${r.mode} | ${x.replica} | ${x.clients} | ${fmt(x.rssBeforeMiB, 1)} -> ${fmt(x.rssAfterMiB, 1)} | ${fmt(x.rssPerClientKiB, 1)} KiB | ${fmt(x.cpuPerChangeMs)} ms | ${r.rounds.every((k) => k.sameVersions) ? `yes, all ${r.rounds.length} changes` : `NO (${r.rounds.filter((k) => !k.sameVersions).length} changes differ)`} |`,
+        );
+  }
   console.log(
     `load average at the end: ${os
       .loadavg()
       .map((l) => l.toFixed(2))
       .join(' ')}`,
   );
-  if (flags.json) writeFileSync(flags.json, `${JSON.stringify({ machine: mach, shape, clients: N, changes: K, tls: TLS, results }, null, 2)}\n`);
+  if (flags.json) writeFileSync(flags.json, `${JSON.stringify({ machine: mach, shape, clients: N, changes: K, tls: TLS, replicas: R, results }, null, 2)}\n`);
 }
 
 main()
