@@ -50,6 +50,19 @@ export function hostPort(host: string, port: number): string {
 type MeshCaSetting = 'caCert' | 'caKey' | 'caBundle' | 'dataDir' | 'state' | 'statePrefix' | 'stateKeyFile' | 'consulAddr';
 
 /**
+ * With --insecure the service reads no CA, so a CA flag beside it would be ignored without a word
+ * (a user giving `--state consul` or `--ca-cert` expects TLS from it). Refused instead, naming both.
+ */
+export function refuseCaWhenInsecure(command: string, get: (k: MeshCaSetting) => string): void {
+  const given = [get('state') === 'consul' ? '--state consul' : '', get('caCert') ? '--ca-cert' : '', get('caKey') ? '--ca-key' : ''].filter(Boolean);
+  if (given.length)
+    throw new SignalboxError(
+      ErrorCode.BAD_FLAG,
+      `${command} --insecure serves plain text and reads no CA, so ${given.join(' and ')} would be ignored: drop --insecure for TLS with that CA, or drop ${given.join(' and ')}`,
+    );
+}
+
+/**
  * The mesh CA the control plane uses: its files, the one in its data folder (which must exist), or
  * with --state consul the one the replicas share in Consul KV (the state key is checked first; a
  * service started before any replica made the CA waits for it, as a follower does, then gives up
@@ -119,6 +132,7 @@ export async function startStandaloneAuthz(
   if (insecureText !== 'true' && insecureText !== 'false')
     throw new SignalboxError(ErrorCode.BAD_FLAG, `SIGNALBOX_AUTHZ_INSECURE must be "true" or "false", got "${insecureText}"`);
   const insecure = insecureText === 'true';
+  if (insecure) refuseCaWhenInsecure('signalbox authz', get);
   const ca = insecure ? undefined : await openMeshCa(get, env, log);
 
   envoyRoot();

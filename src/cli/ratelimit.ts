@@ -25,7 +25,7 @@ import { createLogger, type Logger } from '../observability/logger.js';
 import { RateLimitService } from '../ratelimit/service.js';
 import { startStatusServer, watchModel } from './standalone.js';
 import { envoyRoot } from '../xds/resources/protos.js';
-import { hostPort, openMeshCa, portOf } from './authz.js';
+import { hostPort, openMeshCa, portOf, refuseCaWhenInsecure } from './authz.js';
 
 interface RateLimitSetting {
   flag: string;
@@ -68,6 +68,7 @@ export async function startStandaloneRateLimit(
   if (insecureText !== 'true' && insecureText !== 'false')
     throw new SignalboxError(ErrorCode.BAD_FLAG, `SIGNALBOX_RATELIMIT_INSECURE must be "true" or "false", got "${insecureText}"`);
   const insecure = insecureText === 'true';
+  if (insecure) refuseCaWhenInsecure('signalbox ratelimit', get);
   // Checked before anything connects; the messages show the URL redacted.
   const redis = redisOf(get('redisUrl'), get('redisPasswordFile'), get('redisCa'), env);
   const ca = insecure ? undefined : await openMeshCa(get, env, log);

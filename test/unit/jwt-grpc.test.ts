@@ -312,6 +312,11 @@ spec:
     const dataDir = path.join(dir, 'data');
     const flags = { policies: dir, 'authz-address': '127.0.0.1', 'authz-port': '0', 'metrics-port': '0', 'watch-debounce-ms': '20', 'data-dir': dataDir };
     await assert.rejects(startStandaloneAuthz(flags, {}, silent), /no mesh CA in .*--insecure/);
+    // --insecure reads no CA: a CA flag beside it is refused, not ignored.
+    await assert.rejects(
+      startStandaloneAuthz({ ...flags, insecure: true, state: 'consul', 'consul-addr': '127.0.0.1:1' }, {}, silent),
+      /--insecure .* so --state consul would be ignored/,
+    );
     const ca = await meshCa(dataDir);
     const proxy = await ca.issue(PROXY_ID, 3_600_000);
     const running = await startStandaloneAuthz(flags, {}, silent);

@@ -87,6 +87,8 @@ describe('signalbox ratelimit (standalone)', () => {
       [{ 'metrics-port': 'x' }, {}, /--metrics-port must be a port/],
       [{ 'watch-debounce-ms': '-1' }, {}, /--watch-debounce-ms/],
       [{ insecure: false, 'data-dir': path.join(empty, 'no-data') }, {}, /no mesh CA in .*--insecure/],
+      [{ state: 'consul', 'consul-addr': '127.0.0.1:1' }, {}, /--insecure serves plain text and reads no CA, so --state consul would be ignored/],
+      [{ 'ca-cert': path.join(empty, 'ca.crt'), 'ca-key': path.join(empty, 'ca.key') }, {}, /so --ca-cert and --ca-key would be ignored/],
     ];
     for (const [flags, env, message] of cases) {
       await assert.rejects(startStandaloneRateLimit({ ...base, ...flags }, env, silent), (e: Error) => {
