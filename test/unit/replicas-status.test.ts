@@ -7,7 +7,8 @@ import assert from 'node:assert/strict';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
-import type { FastifyInstance } from 'fastify';
+import Fastify, { type FastifyInstance } from 'fastify';
+import { registerDashboard } from '../../src/admin/dashboard/routes.js';
 import { publishedProxies, remoteProxies, replicaRows, type ReplicaSource, type ReplicasView } from '../../src/admin/replicas.js';
 import { buildAdmin } from '../../src/admin/server.js';
 import { renderStatus, status, type ProxyJson, type ReplicasJson } from '../../src/cli/status.js';
@@ -587,3 +588,87 @@ const REPLICA_ROWS = [
   { id: 'r1', xds: '10.0.0.1:18000', alive: true, leader: true, proxies: 1, self: false },
   { id: 'r2', xds: '10.0.0.2:18000', alive: true, leader: false, proxies: 1, self: true },
 ];
+
+describe('the dashboard with replicas', () => {
+  const dashboard = async (replicas?: ReplicaSource) => {
+    const app = Fastify();
+    const cache = new SnapshotCache();
+    registerDashboard(app, {
+      pipeline: new Pipeline({ policyDir: '/nonexistent', cache, logger }),
+      registry: registryOf(proxyStatus({ id: 'edge-1', role: 'gateway', name: 'edge' })),
+      replicas,
+    });
+    await app.ready();
+    return app;
+  };
+
+  test('one replica (file state): the panel is off and the proxy rows name no replica', async () => {
+    const app = await dashboard();
+    try {
+      assert.deepEqual((await app.inject('/api/dashboard/replicas')).json(), { state: 'file' });
+      const list = (await app.inject('/api/dashboard/proxies')).json();
+      assert.equal(list.replica, undefined);
+      assert.equal(list.proxies[0].replica, undefined);
+      const page = (await app.inject('/')).body;
+      assert.match(page, /<section id="replicas" hidden>/, 'the panel starts hidden');
+      assert.match(page, /<th class="text" id="proxies-replica" hidden>replica<\/th>/, 'and so does the replica column');
+    } finally {
+      await app.close();
+    }
+  });
+
+  test('--state consul: each replica with its address, liveness, leadership and proxy count; every proxy with its replica', async () => {
+    const app = await dashboard({ self: 'r1', list: async () => viewOf('r1') });
+    try {
+      assert.deepEqual((await app.inject('/api/dashboard/replicas')).json(), {
+        state: 'consul',
+        self: 'r1',
+        leader: 'r1',
+        replicas: [
+          { id: 'r1', xds: '10.0.0.1:18000', alive: true, leader: true, proxies: 1, self: true },
+          { id: 'r2', xds: '10.0.0.2:18000', alive: true, leader: false, proxies: 1, self: false },
+          { id: 'r3', xds: '10.0.0.3:18000', alive: false, leader: false, proxies: 0, self: false },
+        ],
+      });
+      const list = (await app.inject('/api/dashboard/proxies')).json();
+      assert.equal(list.replica, 'r1');
+      assert.equal(list.total, 2);
+      assert.deepEqual(
+        list.proxies.map((p: { id: string; replica: string; state: string }) => [p.id, p.replica, p.state]),
+        [
+          ['edge-1', 'r1', 'SYNCED'],
+          ['orders-1', 'r2', 'SYNCED'],
+        ],
+      );
+      assert.equal(list.proxies[1].publishedAt, 'a2');
+      assert.equal((await app.inject('/api/dashboard/proxies?q=orders')).json().total, 1, 'the search covers the other replicas');
+    } finally {
+      await app.close();
+    }
+  });
+
+  test("--state consul, Consul unreadable: the panel says so, the list keeps this replica's proxies", async () => {
+    const app = await dashboard({
+      self: 'r1',
+      list: async () => {
+        throw new Error('Consul KV list of mesh/replicas/ failed: 503');
+      },
+    });
+    try {
+      assert.deepEqual((await app.inject('/api/dashboard/replicas')).json(), {
+        state: 'consul',
+        self: 'r1',
+        replicas: [],
+        error: 'the replicas cannot be read from Consul (Consul KV list of mesh/replicas/ failed: 503)',
+      });
+      const list = (await app.inject('/api/dashboard/proxies')).json();
+      assert.deepEqual(
+        list.proxies.map((p: { id: string; replica: string }) => [p.id, p.replica]),
+        [['edge-1', 'r1']],
+      );
+      assert.match(list.replicasError, /cannot be read from Consul/);
+    } finally {
+      await app.close();
+    }
+  });
+});

@@ -10,7 +10,7 @@ import type { IdentityManager } from '../../ca/identities.js';
 import type { TrafficStore } from '../../telemetry/traffic-store.js';
 import { SHORT_NAME } from '../../xds/resources/type-urls.js';
 import { PROXY_STATES, type ProxyRegistry, type ProxyState, type ProxyStatus } from '../../xds/server/proxy-status.js';
-import { remoteProxies, type RemoteProxy, type ReplicaSource } from '../replicas.js';
+import { remoteProxies, replicaRows, type RemoteProxy, type ReplicaSource } from '../replicas.js';
 
 export interface DashboardDeps {
   pipeline: Pipeline;
@@ -178,6 +178,20 @@ export function registerDashboard(app: FastifyInstance, deps: DashboardDeps): vo
     const page = Math.min(pages, Math.max(1, Number(req.query.page) || 1));
     const rows = list.slice((page - 1) * size, page * size).map((r) => r.row());
     return { total: list.length, page, pages, size, proxies: rows, ...(source ? { replica: source.self, replicasError } : {}) };
+  });
+
+  // The replicas panel (--state consul): each replica from Consul with its xDS address, whether it
+  // lives and leads, and how many proxies it holds. `state: 'file'` (one replica) hides the panel.
+  // Not in the live feed: it reads Consul, so the page asks for it with the banner, every 5 s.
+  app.get('/api/dashboard/replicas', async () => {
+    const source = deps.replicas;
+    if (!source) return { state: 'file' };
+    try {
+      const view = await source.list();
+      return { state: 'consul', self: source.self, leader: view.leader, replicas: replicaRows(view) };
+    } catch (e) {
+      return { state: 'consul', self: source.self, replicas: [], error: `the replicas cannot be read from Consul (${(e as Error).message})` };
+    }
   });
 
   const summary = () => {
