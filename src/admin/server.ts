@@ -17,6 +17,7 @@ import { hashText } from '../xds/resources/resource.js';
 import { explainGroup } from '../explain/provenance.js';
 import type { TrafficStore } from '../telemetry/traffic-store.js';
 import { registerDashboard, relativeToPolicyDir } from './dashboard/routes.js';
+import { remoteProxies, replicaRows, type ReplicaSource } from './replicas.js';
 
 export interface AdminDeps {
   pipeline: Pipeline;
@@ -42,6 +43,8 @@ export interface AdminDeps {
   status?: () => Record<string, unknown>;
   /** The policy directory, so policy file names (NACK sources) are shown relative to it, as the user wrote them. */
   policyDir?: string;
+  /** With `--state consul`: this replica's id and the replicas from Consul, for `/api/proxies?scope=all` and the dashboard. */
+  replicas?: ReplicaSource;
 }
 
 export interface AdminSecurity {
@@ -231,7 +234,32 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
     };
   };
 
-  app.get('/api/proxies', async () => ({ proxies: registry.all().map(withCert), refused: registry.refused() }));
+  // `scope=all` with --state consul: this replica's proxies (in full, live) and every other live
+  // replica's as it published them in Consul, each with the replica holding it. Without shared
+  // state there is one replica and `all` is this one: the answer is the same as without `scope`.
+  app.get<{ Querystring: { scope?: string } }>('/api/proxies', async (req, reply) => {
+    const scope = req.query.scope ?? 'local';
+    if (scope !== 'local' && scope !== 'all') return reply.code(400).send({ error: `scope must be "local" or "all", got "${String(scope).slice(0, 40)}"` });
+    const local = registry.all().map(withCert);
+    const source = deps.replicas;
+    if (scope === 'local' || !source) return { proxies: local, refused: registry.refused() };
+    const mine = local.map((p) => ({ ...p, replica: source.self }));
+    try {
+      const view = await source.list();
+      const proxies = [...mine, ...remoteProxies(view, new Set(local.map((p) => p.id)))].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+      return { scope: 'all', self: source.self, leader: view.leader, replicas: replicaRows(view), proxies, refused: registry.refused() };
+    } catch (e) {
+      // Consul cannot be read: this replica's own proxies, and why the others are missing.
+      return {
+        scope: 'all',
+        self: source.self,
+        replicas: [],
+        proxies: mine,
+        refused: registry.refused(),
+        error: `only this replica's proxies: the other replicas cannot be read from Consul (${(e as Error).message})`,
+      };
+    }
+  });
 
   app.get('/api/certificates', async () => ({ certificates: deps.identities?.list() ?? [] }));
 
@@ -361,7 +389,7 @@ export function buildAdmin(deps: AdminDeps): FastifyInstance {
     };
   });
 
-  registerDashboard(app, { pipeline, registry, identities: deps.identities, traffic: deps.traffic, policyDir: deps.policyDir });
+  registerDashboard(app, { pipeline, registry, identities: deps.identities, traffic: deps.traffic, policyDir: deps.policyDir, replicas: deps.replicas });
 
   return app;
 }

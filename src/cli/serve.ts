@@ -1,6 +1,8 @@
 // `signalbox serve`: wires the pipeline, the xDS server and the admin API together.
 import path from 'node:path';
 import { adminSecurityOf, buildAdmin, registeredRoutes } from '../admin/server.js';
+import { publishedProxies, type ReplicaSource } from '../admin/replicas.js';
+import { relativeToPolicyDir } from '../admin/dashboard/routes.js';
 import { attachTelemetry } from '../telemetry/index.js';
 import { startTracing } from '../observability/tracing.js';
 import { DEFAULT_AUTHZ_PORT, type ServeConfig } from '../config/settings.js';
@@ -221,6 +223,16 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
     ratelimit: ratelimit.status(),
     warnings: [...warnings, ...(tokens.revocationProblem ? [tokens.revocationProblem] : []), ...lastGoodWarning(), ...ratelimit.warnings()],
   });
+  // --state consul: every replica, alive or not, the leader, and the proxies each holds (from Consul).
+  // Registered once the xDS port is known (below); the admin API reads it through `replicas`.
+  let directory: ReplicaDirectory | undefined;
+  const replicas: ReplicaSource | undefined =
+    shared && leadership
+      ? {
+          self: cfg.state!.replicaId,
+          list: () => (directory ? directory.list({ details: true }) : Promise.reject(new Error('this replica is not registered in Consul yet'))),
+        }
+      : undefined;
   const admin = buildAdmin({
     pipeline,
     cache,
@@ -237,17 +249,18 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
       return mine.ready && consul ? consul.readiness() : mine;
     }),
     policyDir,
+    replicas,
   });
   admin.get('/api/authz', async () => ({ ...authz.status(), ...authz.server.engine.status() }));
   admin.get('/api/ratelimit', async () => ratelimit.status());
-  // --state consul: every replica, alive or not, the leader, and the proxies each holds (from Consul).
-  const directory =
+  // Each replica publishes its proxies' status (what `status` prints of them) for the others to show.
+  directory =
     shared && leadership
       ? new ReplicaDirectory(
           shared,
           leadership,
           { id: cfg.state!.replicaId, xds: `${cfg.xdsAddress}:${xdsPort}`, startedAt: new Date().toISOString() },
-          () => xds.registry.all().map((p) => p.node.id),
+          () => publishedProxies(xds.registry, (f) => relativeToPolicyDir(policyDir, f)),
           logger,
         )
       : undefined;

@@ -3,6 +3,9 @@
 // SYNCED / PENDING / NACKED (PROXY_STATES, the admin API's words), and when its certificate expires. NACKed proxies are followed by
 // Envoy's message and the policy files behind the rejected resources. With --admin-token-file
 // (or SIGNALBOX_ADMIN_TOKEN_FILE, the variable `serve` reads) it sends the admin API's bearer token.
+// It asks for `/api/proxies?scope=all`: with `--state consul` any replica answers for every live
+// replica (their proxies as published in Consul), and a REPLICA column names the one holding each
+// proxy; with one replica (file state) the answer and the table are as they always were.
 import { readFileSync } from 'node:fs';
 import { ErrorCode, SignalboxError } from '../errors.js';
 import { PROXY_STATES, type ProxyState } from '../xds/server/proxy-status.js';
@@ -25,6 +28,18 @@ export interface ProxyJson {
   state: ProxyState;
   types: Record<string, TypeJson>;
   certificate?: { identity?: string; notAfter?: string };
+  /** With --state consul: the replica holding its stream. */
+  replica?: string;
+  /** Its replica's record was full: published without versions (see docs/ha.md). */
+  brief?: boolean;
+}
+
+/** `/api/proxies?scope=all` with --state consul: the replicas, and why some are missing when Consul could not be read. */
+export interface ReplicasJson {
+  self: string;
+  leader?: string;
+  replicas: { id: string; alive: boolean; leader: boolean; proxies: number }[];
+  error?: string;
 }
 
 const COLUMNS: [string, string][] = [
@@ -59,14 +74,15 @@ function versionCell(t: TypeJson | undefined): string {
   return t.sentVersion !== t.ackedVersion ? `${acked}*` : acked;
 }
 
-/** The table, as text. Pure: tests call it with fixed input. */
-export function renderStatus(proxies: ProxyJson[], now = Date.now()): string {
-  const header = ['PROXY', 'ROLE', 'XDS', ...COLUMNS.map(([, h]) => h), 'STATUS', 'CERT EXPIRES'];
+/** The table, as text. Pure: tests call it with fixed input. With `replicas` (--state consul), a REPLICA column and a line naming them. */
+export function renderStatus(proxies: ProxyJson[], now = Date.now(), replicas?: ReplicasJson): string {
+  const header = ['PROXY', 'ROLE', ...(replicas ? ['REPLICA'] : []), 'XDS', ...COLUMNS.map(([, h]) => h), 'STATUS', 'CERT EXPIRES'];
   const rows = proxies.map((p) => [
     p.id,
     `${p.role}/${p.name}`,
+    ...(replicas ? [p.replica ?? '?'] : []),
     p.protocol,
-    ...COLUMNS.map(([t]) => versionCell(p.types[t])),
+    ...COLUMNS.map(([t]) => (p.brief ? '?' : versionCell(p.types[t]))),
     statusWord(p),
     untilText(p.certificate?.notAfter, now),
   ]);
@@ -75,6 +91,15 @@ export function renderStatus(proxies: ProxyJson[], now = Date.now()): string {
   const out = [line(header), ...rows.map(line)];
   const counts = Object.fromEntries(PROXY_STATES.map((s) => [s, 0])) as Record<ProxyState, number>;
   for (const p of proxies) counts[statusWord(p)]++;
+  if (replicas) {
+    const named = replicas.replicas.map(
+      (r) =>
+        `${r.id}${r.id === replicas.self ? ' (asked)' : ''}${r.leader ? ' leader' : ''}${r.alive ? '' : ' DOWN'}: ${r.proxies} ${r.proxies === 1 ? 'proxy' : 'proxies'}`,
+    );
+    out.push('', `replicas: ${named.length ? named.join(', ') : '(none listed)'}`);
+    if (replicas.error) out.push(`warning: ${replicas.error}`);
+    if (proxies.some((p) => p.brief)) out.push("? a replica's record in Consul was full: these proxies are listed without versions (ask that replica)");
+  }
   out.push(
     '',
     `${proxies.length} proxies: ${counts.SYNCED} synced, ${counts.PENDING} pending, ${counts.NACKED} NACKed   (versions: ACKed; * newer sent, not ACKed yet; ! newest NACKed)`,
@@ -84,7 +109,7 @@ export function renderStatus(proxies: ProxyJson[], now = Date.now()): string {
       if (!s.lastNack || s.lastNack.version !== s.sentVersion) continue;
       out.push(
         '',
-        `${p.id}: ${t} ${s.lastNack.version.slice(0, 8)} NACKED${s.lastNack.sources.length ? ` (from ${s.lastNack.sources.join(', ')}${culpritOf(s.lastNack)})` : ''}`,
+        `${p.id}${replicas && p.replica ? ` (on ${p.replica})` : ''}: ${t} ${s.lastNack.version.slice(0, 8)} NACKED${s.lastNack.sources.length ? ` (from ${s.lastNack.sources.join(', ')}${culpritOf(s.lastNack)})` : ''}`,
         `  ${s.lastNack.message.replace(/\s+/g, ' ').slice(0, 500)}`,
       );
     }
@@ -122,7 +147,7 @@ export async function status(args: string[], io: StatusOutput = STDIO): Promise<
   const headers: Record<string, string> = tokenFile ? { authorization: `Bearer ${readStatusToken(tokenFile)}` } : {};
   let res: Response;
   try {
-    res = await fetch(`${base}/api/proxies`, { headers, signal: AbortSignal.timeout(10_000) });
+    res = await fetch(`${base}/api/proxies?scope=all`, { headers, signal: AbortSignal.timeout(10_000) });
   } catch (e) {
     io.err(`signalbox status: cannot reach the admin API at ${base}: ${(e as Error).message}\n`);
     return 2;
@@ -139,17 +164,33 @@ export async function status(args: string[], io: StatusOutput = STDIO): Promise<
     io.err(`signalbox status: ${base}/api/proxies answered ${res.status}${hint}\n`);
     return 2;
   }
-  let proxies = ((await res.json()) as { proxies: ProxyJson[] }).proxies;
+  const body = (await res.json()) as { proxies: ProxyJson[]; scope?: string } & Partial<ReplicasJson>;
+  let proxies = body.proxies;
+  // Only an answer for all replicas (--state consul) names them; one replica's answer is as before.
+  const replicas: ReplicasJson | undefined =
+    body.scope === 'all' ? { self: String(body.self ?? ''), leader: body.leader, replicas: body.replicas ?? [], error: body.error } : undefined;
   if (values.role) proxies = proxies.filter((p) => p.role === values.role);
   if (values.json)
     io.out(
       `${JSON.stringify(
-        proxies.map((p) => ({ id: p.id, role: p.role, name: p.name, status: statusWord(p), types: p.types, certificate: p.certificate })),
+        proxies.map((p) => ({
+          id: p.id,
+          role: p.role,
+          name: p.name,
+          ...(replicas ? { replica: p.replica } : {}),
+          status: statusWord(p),
+          types: p.types,
+          certificate: p.certificate,
+        })),
         null,
         2,
       )}\n`,
     );
-  else io.out(renderStatus(proxies));
+  else io.out(renderStatus(proxies, Date.now(), replicas));
+  if (replicas?.error) {
+    io.err(`signalbox status: ${replicas.error}\n`);
+    return 1;
+  }
   return proxies.every((p) => p.state === 'SYNCED') ? 0 : 1;
 }
 

@@ -1,9 +1,11 @@
 // The replicas as Consul knows them, for /api/replicas and `signalbox status`: each replica writes
 // `replicas/ID/info` (its addresses, its start) locked by its session, so the lock says whether it
 // is alive (a dead replica's session expires and the lock goes), and `replicas/ID/proxies`, the
-// node ids of the proxies whose stream it holds (written when that set changes, at most once a
-// second). Any replica can then answer for all of them from Consul alone, without reaching its
-// peers' admin APIs (which are loopback-only by default).
+// node ids of the proxies whose stream it holds and a compact status of each (its sync state word,
+// versions, NACK: what `signalbox status` prints; written when it changes, at most once a second).
+// Any replica can then answer for all of them from Consul alone, without reaching its peers' admin
+// APIs (which are loopback-only by default). The details are the caller's plain JSON: this layer
+// knows only each one's node id and state word, and keeps the record within PROXIES_BUDGET bytes.
 import type { Leadership } from './leader.js';
 import type { SharedState, StateLog } from './shared.js';
 
@@ -14,6 +16,40 @@ export interface ReplicaInfo {
   startedAt: string;
 }
 
+/**
+ * What a replica publishes of one proxy it holds: its node id, its sync state word and further
+ * details (plain JSON made by the caller; never a secret).
+ */
+export interface PublishedProxy {
+  id: string;
+  state: string;
+}
+
+/**
+ * The most bytes of proxy details one replica's record holds (Consul refuses a value over 512 KiB).
+ * Past it, the remaining proxies are published brief: their top-level text fields only (id, state,
+ * names; some 150 bytes), with `brief: true`. The caller orders them (problems first) so that what
+ * is cut is what matters least.
+ */
+export const PROXIES_BUDGET = 256 * 1024;
+
+/** The proxies as published: in full while they fit in `budget` bytes, then brief. */
+export function withinBudget(proxies: readonly PublishedProxy[], budget = PROXIES_BUDGET): PublishedProxy[] {
+  let used = 0;
+  return proxies.map((p) => {
+    const full = Buffer.byteLength(JSON.stringify(p)) + 1;
+    if (used + full <= budget) {
+      used += full;
+      return p;
+    }
+    const brief: PublishedProxy & Record<string, unknown> = { id: p.id, state: p.state };
+    for (const [k, v] of Object.entries(p)) if (typeof v === 'string') brief[k] = v;
+    brief.brief = true;
+    used += Buffer.byteLength(JSON.stringify(brief)) + 1;
+    return brief;
+  });
+}
+
 export interface ReplicaView extends ReplicaInfo {
   /** Its session holds its info key: it is running (or died less than about 2 s ago, see leader.ts). */
   alive: boolean;
@@ -21,6 +57,8 @@ export interface ReplicaView extends ReplicaInfo {
   /** Node ids of the proxies on a stream to it, as it last wrote them. */
   proxies: string[];
   proxiesAt?: string;
+  /** With `list({ details: true })`: what it published of each proxy (objects with a string `id` and `state`; the rest unchecked). */
+  details?: PublishedProxy[];
 }
 
 export class ReplicaDirectory {
@@ -32,7 +70,7 @@ export class ReplicaDirectory {
     private readonly shared: SharedState,
     private readonly leadership: Leadership,
     private readonly info: ReplicaInfo,
-    private readonly proxies: () => string[],
+    private readonly proxies: () => readonly PublishedProxy[],
     private readonly logger?: StateLog,
   ) {}
 
@@ -56,10 +94,11 @@ export class ReplicaDirectory {
         const { entry } = await this.shared.kv.get(this.infoKey(this.info.id));
         if (entry?.session !== session) await this.shared.kv.acquire(this.infoKey(this.info.id), JSON.stringify(this.info), session);
       }
-      const ids = [...new Set(this.proxies())].sort();
-      const text = JSON.stringify(ids);
+      const published = withinBudget(this.proxies());
+      const ids = [...new Set(published.map((p) => p.id))].sort();
+      const text = JSON.stringify([ids, published]);
       if (text !== this.lastProxies) {
-        await this.shared.update(`replicas/${this.info.id}/proxies`, () => ({ ids, at: new Date().toISOString() }));
+        await this.shared.update(`replicas/${this.info.id}/proxies`, () => ({ ids, at: new Date().toISOString(), proxies: published }));
         this.lastProxies = text;
       }
     } catch (e) {
@@ -69,8 +108,8 @@ export class ReplicaDirectory {
     }
   }
 
-  /** Every replica Consul knows of under the prefix, sorted by id. */
-  async list(): Promise<{ self: string; leader?: string; replicas: ReplicaView[] }> {
+  /** Every replica Consul knows of under the prefix, sorted by id; with `details`, what each published of its proxies. */
+  async list(opts: { details?: boolean } = {}): Promise<{ self: string; leader?: string; replicas: ReplicaView[] }> {
     const entries = await this.shared.kv.list(`${this.shared.keyOf('replicas')}/`);
     const leader = await this.leadership.leader();
     const byId = new Map<string, ReplicaView>();
@@ -85,16 +124,24 @@ export class ReplicaDirectory {
           const i = JSON.parse(e.value) as ReplicaInfo;
           Object.assign(view, { xds: String(i.xds ?? ''), startedAt: String(i.startedAt ?? ''), alive: !!e.session });
         } else {
-          const p = (JSON.parse(e.value) as { data?: { ids?: unknown; at?: unknown } }).data;
+          const p = (JSON.parse(e.value) as { data?: { ids?: unknown; at?: unknown; proxies?: unknown } }).data;
           view.proxies = Array.isArray(p?.ids) ? p.ids.filter((x): x is string => typeof x === 'string') : [];
           view.proxiesAt = typeof p?.at === 'string' ? p.at : undefined;
+          if (opts.details)
+            view.details = Array.isArray(p?.proxies)
+              ? p.proxies.filter((x): x is PublishedProxy => typeof (x as PublishedProxy)?.id === 'string' && typeof (x as PublishedProxy).state === 'string')
+              : [];
         }
       } catch {
         // a damaged entry shows as a replica without details
       }
     }
     // A dead replica's proxy list is stale: its proxies moved (or are moving) to a live one.
-    for (const v of byId.values()) if (!v.alive) v.proxies = [];
+    for (const v of byId.values()) {
+      if (v.alive) continue;
+      v.proxies = [];
+      if (v.details) v.details = [];
+    }
     return { self: this.info.id, leader, replicas: [...byId.values()].filter((v) => v.xds || v.proxies.length).sort((a, b) => (a.id < b.id ? -1 : 1)) };
   }
 

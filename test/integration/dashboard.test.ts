@@ -3,8 +3,9 @@
 // for a route match what the load generator sent (the proxies report them over the gRPC access
 // log service), a proxy whose configuration Envoy rejected shows as NACKED with Envoy's message
 // and the policy file, the global rate-limit panel shows each policy's allowed / limited counts
-// and Redis's state (and what failureMode does while a real Redis is killed), and a screenshot is
-// kept under test-artifacts/.
+// and Redis's state (and what failureMode does while a real Redis is killed), the replicas panel is
+// hidden with one replica (test/integration/replicas-mesh.test.ts shows it on three), and a
+// screenshot is kept under test-artifacts/.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -12,10 +13,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { after, before, describe, test } from 'node:test';
-import { chromium, type BrowserContext, type Page } from 'playwright-core';
+import type { Page } from 'playwright-core';
 import { TypeUrl } from '../../src/xds/resources/type-urls.js';
 import { signTokenSync, xdsCa } from '../helpers/credentials.js';
 import { AdsClient, makeNode } from '../helpers/xds-client.js';
+import { openBrowser, type Browser } from '../helpers/browser.js';
 import { startControlUpstream, type ControlUpstream } from '../helpers/control-upstream.js';
 import { repoRoot, startEnvoy, type Envoy } from '../helpers/envoy.js';
 import { pool } from '../helpers/gateway-env.js';
@@ -24,17 +26,6 @@ import { startRedis, type RedisServer } from '../helpers/redis.js';
 import { startSignalbox, type SignalboxProcess } from '../helpers/signalbox.js';
 
 const run = promisify(execFile);
-
-/** Debian's Chromium (scripts/provision-chromium.sh); fails loudly when it cannot be had. */
-async function chromiumPath(): Promise<string> {
-  if (process.env.SIGNALBOX_CHROMIUM_BIN) return process.env.SIGNALBOX_CHROMIUM_BIN;
-  try {
-    const { stdout } = await run('bash', [path.join(repoRoot(), 'scripts/provision-chromium.sh')], { maxBuffer: 1 << 20 });
-    return stdout.trim().split('\n').pop()!;
-  } catch (e) {
-    throw new Error(`Chromium could not be provisioned: ${(e as { stderr?: string }).stderr ?? (e as Error).message}`);
-  }
-}
 
 const BROWSE_REQUESTS = 1000;
 const BROWSE_FAILURES = 50;
@@ -137,14 +128,12 @@ describe('dashboard in a real browser, real Envoy traffic', () => {
   let redis: RedisServer;
   let shop: ControlUpstream;
   let flaky: ControlUpstream;
-  let context: BrowserContext;
+  let browser: Browser;
   let page: Page;
-  let profile: string;
   let edgePort: number;
-  const consoleErrors: string[] = [];
+  let consoleErrors: string[] = [];
 
   before(async () => {
-    const browserPath = await chromiumPath();
     shop = await startControlUpstream('shop');
     flaky = await startControlUpstream('flaky');
     edgePort = await freePort();
@@ -163,30 +152,13 @@ describe('dashboard in a real browser, real Envoy traffic', () => {
       what: 'quota gateway serving',
       timeoutMs: 20_000,
     });
-    profile = mkdtempSync(path.join(os.tmpdir(), 'sb-chromium-'));
-    context = await chromium.launchPersistentContext(profile, {
-      executablePath: browserPath,
-      headless: true,
-      args: [
-        '--headless',
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-quic',
-        '--no-first-run',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-      ],
-      viewport: { width: 1400, height: 1000 },
-      timeout: 60_000,
-    });
-    page = context.pages()[0] ?? (await context.newPage());
-    page.on('console', (m) => m.type() === 'error' && consoleErrors.push(m.text()));
-    page.on('pageerror', (e) => consoleErrors.push(e.message));
+    browser = await openBrowser();
+    page = browser.page;
+    consoleErrors = browser.consoleErrors;
   });
 
   after(async () => {
-    await context?.close();
+    await browser?.close();
     await edge?.stop();
     await lab?.stop();
     await quota?.stop();
@@ -194,7 +166,6 @@ describe('dashboard in a real browser, real Envoy traffic', () => {
     await redis?.stop();
     await shop?.close();
     await flaky?.close();
-    if (profile) rmSync(profile, { recursive: true, force: true });
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
@@ -270,6 +241,11 @@ describe('dashboard in a real browser, real Envoy traffic', () => {
     await page.fill('#proxy-search', '');
     await page.waitForSelector('tr[data-proxy="edge-gw"]', { timeout: 10_000 });
     assert.match((await page.textContent('tr[data-proxy="edge-gw"] td[data-field="state"]')) ?? '', /SYNCED/);
+    // One replica (the file state): no replicas panel, and no replica column in the proxy list.
+    assert.deepEqual(await sb.admin('/api/dashboard/replicas'), { state: 'file' });
+    assert.ok(await page.isHidden('#replicas'), 'no replicas panel');
+    assert.ok(await page.isHidden('#proxies-replica'), 'no replica column');
+    assert.equal(await page.$('tr[data-proxy="edge-gw"] td[data-field="replica"]'), null);
     // NACKED proxies are listed first.
     const first = await page.getAttribute('#proxies tbody tr:first-child', 'data-proxy');
     assert.equal(first, 'lab-gw');

@@ -10,6 +10,7 @@ import type { IdentityManager } from '../../ca/identities.js';
 import type { TrafficStore } from '../../telemetry/traffic-store.js';
 import { SHORT_NAME } from '../../xds/resources/type-urls.js';
 import { PROXY_STATES, type ProxyRegistry, type ProxyState, type ProxyStatus } from '../../xds/server/proxy-status.js';
+import { remoteProxies, replicaRows, type RemoteProxy, type ReplicaSource } from '../replicas.js';
 
 export interface DashboardDeps {
   pipeline: Pipeline;
@@ -18,6 +19,8 @@ export interface DashboardDeps {
   traffic?: TrafficStore;
   /** The policy directory, so file names are shown relative to it. */
   policyDir?: string;
+  /** With `--state consul`: the other replicas' proxies join the list, each row naming its replica. */
+  replicas?: ReplicaSource;
 }
 
 const ASSETS: Record<string, string> = {
@@ -103,6 +106,33 @@ export function registerDashboard(app: FastifyInstance, deps: DashboardDeps): vo
     };
   };
 
+  /** A row for a proxy of another replica, from what that replica published (no traffic: its proxies report to it). */
+  const remoteRow = (p: RemoteProxy) => {
+    const types: Record<string, { sent?: string; acked?: string }> = {};
+    let nack: { type: string; message: string; sources: string[]; resources: string[]; at: string } | undefined;
+    for (const [t, v] of Object.entries(p.types)) {
+      types[t] = { sent: v.sentVersion, acked: v.ackedVersion };
+      const n = v.lastNack;
+      if (n && n.version === v.sentVersion && (!nack || (n.at ?? '') > nack.at))
+        nack = { type: t, message: n.message, sources: n.sources, resources: n.resources, at: n.at ?? '' };
+    }
+    return {
+      id: p.id,
+      role: p.role,
+      name: p.name,
+      group: p.group,
+      protocol: p.protocol,
+      state: p.state,
+      connectedAt: p.connectedAt,
+      types,
+      nack,
+      certificate: p.certificate,
+      replica: p.replica,
+      publishedAt: p.publishedAt,
+      brief: p.brief,
+    };
+  };
+
   /** One entry per node id (its newest stream). */
   const proxies = (): ProxyStatus[] => {
     const newest = new Map<string, ProxyStatus>();
@@ -118,16 +148,50 @@ export function registerDashboard(app: FastifyInstance, deps: DashboardDeps): vo
     const state = req.query.state ?? '';
     const role = req.query.role ?? '';
     const size = Math.min(200, Math.max(1, Number(req.query.size) || 50));
-    let list = proxies();
-    if (q) list = list.filter((p) => p.node.id.toLowerCase().includes(q) || p.node.name.toLowerCase().includes(q) || p.node.group.toLowerCase().includes(q));
+    // Rows as plain data with what the filters read; the other replicas' (--state consul) join them.
+    type Row = { id: string; name: string; group: string; role: string; state: ProxyState; row: () => object };
+    const source = deps.replicas;
+    let list: Row[] = proxies().map((p) => ({
+      id: p.node.id,
+      name: p.node.name,
+      group: p.node.group,
+      role: p.node.role,
+      state: p.state,
+      row: () => (source ? { ...proxyRow(p), replica: source.self } : proxyRow(p)),
+    }));
+    let replicasError: string | undefined;
+    if (source) {
+      try {
+        const remote = remoteProxies(await source.list(), new Set(list.map((r) => r.id)));
+        list.push(...remote.map((p) => ({ id: p.id, name: p.name, group: p.group, role: p.role, state: p.state, row: () => remoteRow(p) })));
+      } catch (e) {
+        replicasError = `only this replica's proxies: the other replicas cannot be read from Consul (${(e as Error).message})`;
+      }
+    }
+    if (q) list = list.filter((p) => p.id.toLowerCase().includes(q) || p.name.toLowerCase().includes(q) || p.group.toLowerCase().includes(q));
     if (state) list = list.filter((p) => p.state === state);
-    if (role) list = list.filter((p) => p.node.role === role);
+    if (role) list = list.filter((p) => p.role === role);
     // NACKED first, then PENDING, then by id: problems surface on the first page.
     const rank: Record<ProxyState, number> = { NACKED: 0, PENDING: 1, SYNCED: 2 };
-    list.sort((a, b) => rank[a.state] - rank[b.state] || (a.node.id < b.node.id ? -1 : a.node.id > b.node.id ? 1 : 0));
+    list.sort((a, b) => rank[a.state] - rank[b.state] || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
     const pages = Math.max(1, Math.ceil(list.length / size));
     const page = Math.min(pages, Math.max(1, Number(req.query.page) || 1));
-    return { total: list.length, page, pages, size, proxies: list.slice((page - 1) * size, page * size).map(proxyRow) };
+    const rows = list.slice((page - 1) * size, page * size).map((r) => r.row());
+    return { total: list.length, page, pages, size, proxies: rows, ...(source ? { replica: source.self, replicasError } : {}) };
+  });
+
+  // The replicas panel (--state consul): each replica from Consul with its xDS address, whether it
+  // lives and leads, and how many proxies it holds. `state: 'file'` (one replica) hides the panel.
+  // Not in the live feed: it reads Consul, so the page asks for it with the banner, every 5 s.
+  app.get('/api/dashboard/replicas', async () => {
+    const source = deps.replicas;
+    if (!source) return { state: 'file' };
+    try {
+      const view = await source.list();
+      return { state: 'consul', self: source.self, leader: view.leader, replicas: replicaRows(view) };
+    } catch (e) {
+      return { state: 'consul', self: source.self, replicas: [], error: `the replicas cannot be read from Consul (${(e as Error).message})` };
+    }
   });
 
   const summary = () => {

@@ -350,12 +350,16 @@ function versionsCell(types) {
 }
 
 function renderProxies(data) {
-  $('page-info').textContent = `${data.total} proxies · page ${data.page} of ${data.pages}`;
+  // With --state consul the list holds every replica's proxies, each naming the replica it is on.
+  const withReplica = data.replica !== undefined;
+  $('proxies-replica').hidden = !withReplica;
+  $('page-info').textContent =
+    `${data.total} proxies · page ${data.page} of ${data.pages}${data.replicasError ? " · only this replica's (Consul cannot be read)" : ''}`;
   $('prev').disabled = data.page <= 1;
   $('next').disabled = data.page >= data.pages;
   const body = $('proxies').tBodies[0];
   if (data.proxies.length === 0) {
-    body.replaceChildren(h('tr', { class: 'empty' }, h('td', { colspan: 7, text: 'No proxy matches.' })));
+    body.replaceChildren(h('tr', { class: 'empty' }, h('td', { colspan: withReplica ? 8 : 7, text: 'No proxy matches.' })));
     return;
   }
   body.replaceChildren(
@@ -378,6 +382,14 @@ function renderProxies(data) {
         { 'data-proxy': p.id },
         h('td', { class: 'text' }, h('strong', { text: p.id }), h('div', { class: 'muted small', text: `${p.group} · ${p.protocol}` })),
         h('td', { class: 'text', text: p.role }),
+        withReplica
+          ? h('td', {
+              class: 'text',
+              'data-field': 'replica',
+              title: p.replica === data.replica ? 'the replica serving this page' : p.publishedAt ? `as it published at ${p.publishedAt}` : undefined,
+              text: p.replica ?? '?',
+            })
+          : undefined,
         state,
         versionsCell(p.types),
         num('rps', p.traffic?.rps, fmtRate),
@@ -390,6 +402,54 @@ function renderProxies(data) {
         }),
       );
     }),
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replicas (--state consul): from Consul, refreshed with the banner; hidden with one replica
+
+async function loadReplicas() {
+  try {
+    const res = await fetch('/api/dashboard/replicas');
+    if (!res.ok) return;
+    renderReplicas(await res.json());
+  } catch {
+    /* retried on the next refresh */
+  }
+}
+
+function renderReplicas(data) {
+  const section = $('replicas');
+  section.hidden = data.state !== 'consul';
+  if (section.hidden) return;
+  $('replicas-self').textContent = data.self ?? '';
+  const error = $('replicas-error');
+  error.hidden = !data.error;
+  error.textContent = data.error ?? '';
+  const body = $('replicas-table').tBodies[0];
+  if (!data.replicas?.length) {
+    body.replaceChildren(
+      h('tr', { class: 'empty' }, h('td', { colspan: 5, text: data.error ? 'Not known: Consul cannot be read.' : 'No replica registered.' })),
+    );
+    return;
+  }
+  body.replaceChildren(
+    ...data.replicas.map((r) =>
+      h(
+        'tr',
+        { 'data-replica': r.id, class: r.self ? 'self' : undefined },
+        h('td', { class: 'text' }, h('strong', { text: r.id }), r.self ? h('span', { class: 'muted small', text: ' (this page)' }) : undefined),
+        h('td', { class: 'text mono', 'data-field': 'xds', text: r.xds }),
+        h('td', {
+          class: r.alive ? 'text alive' : 'text bad',
+          'data-field': 'alive',
+          'data-value': r.alive ? 'true' : 'false',
+          text: r.alive ? 'alive' : 'down',
+        }),
+        h('td', { class: 'text', 'data-field': 'leader', 'data-value': r.leader ? 'true' : 'false', text: r.leader ? 'leader' : '' }),
+        num('proxies', r.proxies),
+      ),
+    ),
   );
 }
 
@@ -608,8 +668,10 @@ function init() {
     if (document.visibilityState !== 'visible') return;
     loadProxies();
     loadStatus();
+    loadReplicas();
   }, 5000);
   loadStatus();
+  loadReplicas();
   loadProxies();
   loadCerts();
   loadErrors();
