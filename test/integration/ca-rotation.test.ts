@@ -1,7 +1,8 @@
 // Rotation of the mesh root with `--state consul`, without a restart: three replicas on one REAL
-// Consul agent, REAL Envoys carrying REAL HTTP traffic (gateway on replica 1 -> sidecar on replica
-// 2, mTLS) through every phase, each asked with `signalbox ca rotate --phase P` (the CLI, through
-// the shared state; the leader carries it out). Checked: 0 failed requests; after `switch` every
+// Consul agent, REAL Envoys carrying REAL HTTP traffic (gateway on replica 2 -> sidecar on replica
+// 3, mTLS) through every phase, each asked with `signalbox ca rotate --phase P` (the CLI, through
+// the shared state; the leader carries it out; the leader is SIGKILLed between start and switch,
+// and the next leader carries out the switch). Checked: 0 failed requests; after `switch` every
 // live workload certificate on every replica is issued by the new root; after `finish` the trust
 // bundle the proxies hold is one root, the new one; a proxy whose bootstrap trusts only the OLD
 // root reconnects to another replica after its replica is killed (the cross-signed root), and a
@@ -165,7 +166,7 @@ spec:
       bootstrapYaml: await boot(
         {
           sidecar: { service: 'web', instance: 'web-1', appPort: app.port, inboundPort: inbound, outboundPort: outbound },
-          xdsAddress: addr(replicas[1]!),
+          xdsAddress: addr(replicas[2]!),
           delta: true,
         },
         'service/web',
@@ -175,7 +176,7 @@ spec:
     envoys.push(side);
     const gw = await startEnvoy({
       name: 'edge',
-      bootstrapYaml: await boot({ gateway: 'edge', id: 'edge-1', xdsAddress: addr(replicas[0]!) }, 'gateway/edge', oldCaFile),
+      bootstrapYaml: await boot({ gateway: 'edge', id: 'edge-1', xdsAddress: addr(replicas[1]!) }, 'gateway/edge', oldCaFile),
     });
     envoys.push(gw);
     const gw2 = await startEnvoy({
@@ -188,7 +189,7 @@ spec:
         what: `gateway ${g} -> sidecar`,
         timeoutMs: 30_000,
       });
-    assert.deepEqual([await holders('edge-1'), await holders('web-1')], [[0], [1]], 'gateway on replica 1, sidecar on replica 2');
+    assert.deepEqual([await holders('edge-1'), await holders('web-1')], [[1], [2]], 'gateway on replica 2, sidecar on replica 3');
     assert.deepEqual(await envoyTrust(side), oldRoot);
 
     // Refused before anything runs, changing nothing.
@@ -232,8 +233,21 @@ spec:
       await sleep(1_000);
       mark('start');
 
+      // The leader (replica 1, the first started) is SIGKILLed between two phases: the switch,
+      // asked at once, waits for the next leader, which carries it out from the state in Consul.
+      type Replicas = { leader?: string };
+      assert.equal((await replicas[1]!.admin<Replicas>('/api/replicas')).leader, 'r1');
+      await replicas[0]!.kill('SIGKILL');
+      const killedAt = Date.now();
+
       // 2. switch: the new root signs; every replica re-issues what it holds.
       await phase('switch', (s) => t.diagnostic(s));
+      const newLeader = (await replicas[1]!.admin<Replicas>('/api/replicas')).leader;
+      assert.ok(newLeader === 'r2' || newLeader === 'r3', `a new leader: ${newLeader}`);
+      assert.match(replicas[Number(newLeader!.slice(1)) - 1]!.logs(), /CA rotation: phase switch carried out/);
+      assert.doesNotMatch(replicas[0]!.logs(), /phase switch carried out/);
+      t.diagnostic(`leader r1 killed after start; switch carried out by ${newLeader} ${Date.now() - killedAt} ms later`);
+      await replicas[0]!.restart();
       type Certs = { certificates: { instance: string; serial: string; issuer: string }[] };
       for (const [i, r] of replicas.entries())
         await waitFor(async () => (await r.admin<Certs>('/api/certificates')).certificates.every((c) => c.issuer === newRoot), {
@@ -241,15 +255,15 @@ spec:
           timeoutMs: 15_000,
         });
       const held = await Promise.all(replicas.map((r) => r.admin<Certs>('/api/certificates')));
+      assert.ok(held[1]!.certificates.some((c) => c.instance === 'edge-1'));
+      assert.ok(held[2]!.certificates.some((c) => c.instance === 'web-1'));
       t.diagnostic(
         `after switch: ${held.map((h, i) => `r${i + 1} ${h.certificates.map((c) => `${c.instance}#${c.serial.slice(0, 8)}`).join(' ') || '(none)'}`).join('; ')}`,
       );
-      assert.ok(held[0]!.certificates.some((c) => c.instance === 'edge-1'));
-      assert.ok(held[1]!.certificates.some((c) => c.instance === 'web-1'));
       for (const h of held) for (const c of h.certificates) assert.equal(c.issuer, newRoot);
       // The proxies present the new serials (Envoy's /certs).
       const presented = JSON.parse(await side.admin('/certs')) as { certificates: { cert_chain?: { serial_number: string }[] }[] };
-      const serialOf = held[1]!.certificates
+      const serialOf = held[2]!.certificates
         .find((c) => c.instance === 'web-1')!
         .serial.toLowerCase()
         .replace(/^0+/, '');
