@@ -21,7 +21,9 @@ import { startConsul, type ConsulAgent } from '../helpers/consul.js';
 import { repoRoot, startEnvoy, type Envoy } from '../helpers/envoy.js';
 import { startMeshApp, type MeshApp } from '../helpers/mesh-app.js';
 import { freePort, httpGet, waitFor } from '../helpers/net.js';
+import { makeKey, signToken } from '../helpers/jwks-server.js';
 import { startSignalbox, type SignalboxProcess } from '../helpers/signalbox.js';
+import { startUpstream } from '../helpers/upstream.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const subjects = (pem: string) =>
@@ -42,18 +44,18 @@ describe('CA rotation with shared state, no restart, under traffic', () => {
 
   const stateArgs = ['--state', 'consul', '--consul-addr', '', '--state-prefix', 'mesh'];
   const addr = (r: SignalboxProcess) => `127.0.0.1:${r.xdsPort}`;
-  const cli = (args: string[]) =>
+  const cli = (args: string[], prefix = 'mesh') =>
     new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
       execFile(
         process.execPath,
-        [path.join(repoRoot(), 'bin/signalbox.js'), ...args, ...stateArgs.map((a) => a || consul.httpAddr)],
+        [path.join(repoRoot(), 'bin/signalbox.js'), ...args, ...stateArgs.map((a) => (a === 'mesh' ? prefix : a || consul.httpAddr))],
         { env: { ...process.env, SIGNALBOX_STATE_KEY: key }, encoding: 'utf8', timeout: 60_000 },
         (err, stdout, stderr) => resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
       );
     });
-  const boot = async (o: Omit<BootstrapOptions, 'tls' | 'adminPort'>, subject: string, caFile: string) => {
+  const boot = async (o: Omit<BootstrapOptions, 'tls' | 'adminPort'>, subject: string, caFile: string, store: SharedState = shared) => {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'rotation-proxy-'));
-    const c = await issueTokenCredentials(shared, subject, '1h', dir);
+    const c = await issueTokenCredentials(store, subject, '1h', dir);
     const tls = { caFile, certFile: c.certFile, keyFile: c.keyFile };
     return (adminPort: number) => bootstrapYaml({ ...o, tls, adminPort });
   };
@@ -75,10 +77,10 @@ describe('CA rotation with shared state, no restart, under traffic', () => {
     return subjects(pem);
   };
   /** Asks for a phase until the leader carries it out (it refuses while replicas are not ready). */
-  const phase = async (p: string, log: (s: string) => void) => {
+  const phase = async (p: string, log: (s: string) => void, prefix = 'mesh') => {
     let last = '';
     for (let i = 0; i < 20; i++) {
-      const r = await cli(['ca', 'rotate', '--phase', p]);
+      const r = await cli(['ca', 'rotate', '--phase', p], prefix);
       if (r.code === 0) {
         log(`ca rotate --phase ${p}: done after ${i} refusal(s): ${r.stderr.trim().split('\n').at(-1)}`);
         return;
@@ -340,5 +342,129 @@ spec:
     assert.equal(st.code, 0, st.stderr);
     assert.match(st.stdout, /no rotation running \(last: \S+, finished/);
     assert.match(st.stdout, new RegExp(`signing root: +${newRoot.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`));
+  });
+  test('the ext_authz service embedded in serve follows the rotation: JWT-checked requests pass in every phase, and a proxy started after finish reaches it', async (t) => {
+    // One replica on its own prefix, the JWT fast path off: every request to /secure is decided
+    // by the embedded ext_authz service, over mTLS with the gateway's workload certificate.
+    const ISS = 'https://issuer.rotation.test';
+    const jwtKey = await makeKey('ES256', 'rotation-1');
+    const upstream = await startUpstream('api');
+    const gwPorts = [await freePort(), await freePort()];
+    const policies = mkdtempSync(path.join(os.tmpdir(), 'rotation-authz-'));
+    writeFileSync(
+      path.join(policies, 'mesh.yaml'),
+      `apiVersion: signalbox.dev/v1alpha1
+kind: Mesh
+metadata: { name: default }
+spec: { trustDomain: signalbox.local, mtls: { mode: strict } }
+---
+apiVersion: signalbox.dev/v1alpha1
+kind: Service
+metadata: { name: api }
+spec:
+  port: 8080
+  endpoints: [ { address: 127.0.0.1, port: ${upstream.port} } ]
+${gwPorts
+  .map(
+    (port, i) => `---
+apiVersion: signalbox.dev/v1alpha1
+kind: Gateway
+metadata: { name: api-gw${i} }
+spec:
+  listeners: [ { name: http, port: ${port}, protocol: HTTP } ]
+`,
+  )
+  .join('')}---
+apiVersion: signalbox.dev/v1alpha1
+kind: HTTPRoute
+metadata: { name: api }
+spec:
+  parentRefs: [ { kind: Gateway, name: api-gw0 }, { kind: Gateway, name: api-gw1 } ]
+  rules:
+    - { name: secure, matches: [ { path: { value: /secure } } ], backendRefs: [ { name: api } ] }
+---
+apiVersion: signalbox.dev/v1alpha1
+kind: JWTPolicy
+metadata: { name: users }
+spec:
+  targetRef: { kind: HTTPRoute, name: api, sectionName: secure }
+  issuer: ${ISS}
+  jwks: { inline: ${JSON.stringify({ keys: [jwtKey.jwk] })} }
+`,
+    );
+    const solo = await startSignalbox({
+      policies,
+      extraArgs: [
+        '--state',
+        'consul',
+        '--consul-addr',
+        consul.httpAddr,
+        '--state-prefix',
+        'solo',
+        '--replica-id',
+        's1',
+        '--authz-port',
+        String(await freePort()),
+        '--jwt-fast-path',
+        'off',
+      ],
+      env: { SIGNALBOX_STATE_KEY: key },
+    });
+    const soloState = await openSharedState({ consulAddr: consul.httpAddr, prefix: 'solo', env: { SIGNALBOX_STATE_KEY: key } });
+    const stops: (() => Promise<void>)[] = [async () => soloState.close(), () => solo.kill('SIGKILL'), () => upstream.close()];
+    try {
+      const good = await signToken(jwtKey, { iss: ISS, sub: 'alice' });
+      const get = (port: number, token?: string) =>
+        httpGet(`http://127.0.0.1:${port}/secure`, { headers: token ? { authorization: `Bearer ${token}` } : {} }).catch((e: Error) => ({
+          status: 0,
+          body: e.message,
+        }));
+      const gw0 = await startEnvoy({
+        name: 'api-gw0',
+        bootstrapYaml: await boot({ gateway: 'api-gw0', xdsAddress: addr(solo) }, 'gateway/api-gw0', path.join(solo.dataDir, XDS_CA_FILE), soloState),
+      });
+      stops.unshift(() => gw0.stop());
+      await waitFor(async () => (await get(gwPorts[0]!, good)).status === 200, { what: 'a valid JWT passes', timeoutMs: 30_000 });
+      assert.equal((await get(gwPorts[0]!)).status, 401, 'no token: refused by the ext_authz service');
+      let sent = 0;
+      let failed = 0;
+      const failures: string[] = [];
+      let stop = false;
+      const traffic = (async () => {
+        while (!stop) {
+          sent++;
+          const r = await get(gwPorts[0]!, good);
+          if (r.status !== 200) {
+            failed++;
+            if (failures.length < 5) failures.push(`${r.status} ${String(r.body).slice(0, 120)}`);
+          }
+          await sleep(5);
+        }
+      })();
+      try {
+        for (const p of ['start', 'switch', 'finish']) {
+          await phase(p, (m) => t.diagnostic(m), 'solo');
+          await sleep(1_500);
+        }
+        // A gateway bootstrapped now trusts the new root only: it reaches the ext_authz service
+        // (whose certificate is from the new root) and is accepted by it (its certificate too).
+        const gw1 = await startEnvoy({
+          name: 'api-gw1',
+          bootstrapYaml: await boot({ gateway: 'api-gw1', xdsAddress: addr(solo) }, 'gateway/api-gw1', path.join(solo.dataDir, XDS_CA_FILE), soloState),
+        });
+        stops.unshift(() => gw1.stop());
+        assert.equal(subjects(readFileSync(path.join(solo.dataDir, XDS_CA_FILE), 'utf8')).length, 1);
+        await waitFor(async () => (await get(gwPorts[1]!, good)).status === 200, { what: 'the new gateway: a valid JWT passes', timeoutMs: 30_000 });
+        assert.equal((await get(gwPorts[1]!)).status, 401, 'no token: refused by the ext_authz service');
+      } finally {
+        stop = true;
+        await traffic;
+      }
+      t.diagnostic(`JWT-checked requests through the rotation: ${sent} sent, ${failed} failed${failures.length ? ` (${failures.join('; ')})` : ''}`);
+      assert.equal(failed, 0, failures.join('; '));
+      assert.ok(sent > 100, `steady traffic: ${sent}`);
+    } finally {
+      for (const s of stops) await s();
+    }
   });
 });
