@@ -34,6 +34,8 @@ import { inlineKeysOnly } from '../translate/jwt.js';
 
 /** After the signing root changed, live workload certificates are re-issued evenly over this long. */
 const CERT_REISSUE_SPREAD_MS = 2_000;
+/** After a new trust bundle was compiled, how long before this replica reports it applied (the fan-out to every stream). */
+const FANOUT_SETTLE_MS = 500;
 
 export interface RunningServer {
   xdsPort: number;
@@ -278,7 +280,14 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
                 logger.warn({ err: (e as Error).message }, 'cannot rewrite the xDS CA file for bootstraps'),
               );
             // Twice: the first may join a compile that began before the change; the second is after it.
-            work.push(pipeline.reload().then(() => pipeline.reload()));
+            // Then a pause: the server fans a change out to its streams in slices, and this replica's
+            // report (which the leader's switch waits on) should count the proxies sent it as pending.
+            work.push(
+              pipeline
+                .reload()
+                .then(() => pipeline.reload())
+                .then(() => new Promise((r) => setTimeout(r, FANOUT_SETTLE_MS))),
+            );
           }
           if (what.signing || what.chain) work.push(xdsCert?.reissue() ?? Promise.resolve());
           if (what.signing)
