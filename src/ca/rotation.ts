@@ -385,6 +385,7 @@ export class CaFollower {
   private timer?: NodeJS.Timeout;
   private last = '';
   private publishing = false;
+  private applying = false;
   /** Set once the record's content was applied (the report says the phase only then). */
   private applied = false;
 
@@ -410,6 +411,9 @@ export class CaFollower {
       this.opts.logger?.error({ key: this.shared.keyOf(SHARED_CA_RECORD) }, 'the shared mesh CA record was removed; keeping the CA in use');
       return;
     }
+    // No report while a change is being applied: the CA object holds the new phase before the
+    // proxies were sent it, and a report then would let the leader move on too early.
+    this.applying = true;
     try {
       const material = await sharedCaMaterial(this.shared, data);
       const what = this.ca.adopt(material);
@@ -421,10 +425,12 @@ export class CaFollower {
         await this.opts.onChange(what);
       }
       this.applied = true;
-      await this.publish();
     } catch (e) {
       this.opts.logger?.error({ err: (e as Error).message }, 'cannot apply the shared mesh CA; keeping the CA in use');
+    } finally {
+      this.applying = false;
     }
+    await this.publish();
   }
 
   report(): ReplicaCaReport {
@@ -439,7 +445,7 @@ export class CaFollower {
   }
 
   private async publish(): Promise<void> {
-    if (!this.applied || this.publishing) return;
+    if (!this.applied || this.applying || this.publishing) return;
     this.publishing = true;
     try {
       const rep = this.report();

@@ -268,10 +268,20 @@ describe('CA rotation through the shared state (in-memory Consul KV)', () => {
   test('a replica adopts each phase, and keeps its CA when the record is damaged', async () => {
     const { shared, ca, logger, logs } = await setup();
     const changes: string[] = [];
+    // onChange (pushing to the proxies) is held until released: meanwhile no report says "started".
+    let release = () => {};
+    let held = false;
     const follower = new CaFollower(shared, ca, {
       replicaId: 'r1',
       logger,
-      onChange: async (what) => void changes.push(JSON.stringify(what)),
+      onChange: async (what) => {
+        changes.push(JSON.stringify(what));
+        held = true;
+        await new Promise<void>((r) => {
+          release = r;
+        });
+        held = false;
+      },
       counts: () => ({ certificates: 0, oldCertificates: 0, serverOld: false, pendingProxies: 0 }),
     });
     follower.start();
@@ -282,8 +292,18 @@ describe('CA rotation through the shared state (in-memory Consul KV)', () => {
       const req = await requestRotation(shared, 'start', false);
       await waitFor('bundle of two roots', () => rootsIn(ca.trustBundlePem).length === 2);
       assert.equal(ca.certificate.subject, before);
+      await waitFor('onChange running', () => held);
+      await sleep(1_300); // more than the report's period
+      assert.equal(
+        ((await shared.read(caReportRecord('r1')))?.data as ReplicaCaReport | undefined)?.phase,
+        'none',
+        'no report of the phase before it was pushed',
+      );
+      release();
       await waitFor('report', async () => ((await shared.read(caReportRecord('r1')))?.data as ReplicaCaReport | undefined)?.phase === 'started');
       await requestRotation(shared, 'switch', false);
+      await waitFor('onChange running (switch)', () => held);
+      release();
       await waitFor('new root signs', () => ca.certificate.subject !== before);
       assert.match(ca.certificate.subject, new RegExp(req.id));
       assert.deepEqual(JSON.parse(changes.at(-1)!), { signing: true, bundle: true, chain: true });
