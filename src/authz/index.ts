@@ -99,6 +99,8 @@ export async function startEmbeddedAuthz(opts: EmbeddedAuthzOptions): Promise<Em
   let opening = false;
   let retry: NodeJS.Timeout | undefined;
   let closed = false;
+  const onCaChanged = () =>
+    void certificate?.reissue().catch((e: unknown) => logger.error({ err: (e as Error).message }, 'cannot re-issue the server certificate after a CA change'));
 
   const open = async (): Promise<void> => {
     if (closed || port !== undefined || !needed) return;
@@ -112,8 +114,20 @@ export async function startEmbeddedAuthz(opts: EmbeddedAuthzOptions): Promise<Em
           sans: [],
           logger,
         });
+        // A CA rotation (--state consul): a certificate from the new signing root, and the callers'
+        // trust bundle read again (the getter below) when the certificate changes.
+        opts.tls.ca.on('changed', onCaChanged);
       }
-      const tls = certificate && opts.tls ? { certificate, clientCaPem: opts.tls.ca.trustBundlePem } : undefined;
+      const ca = opts.tls?.ca;
+      const tls =
+        certificate && ca
+          ? {
+              certificate,
+              get clientCaPem() {
+                return ca.trustBundlePem;
+              },
+            }
+          : undefined;
       port = await server.listen(where(wantPort), tls);
       if (error !== undefined) logger.info({ authz: where(port) }, 'ext_authz service listening after all');
       else
@@ -183,6 +197,7 @@ export async function startEmbeddedAuthz(opts: EmbeddedAuthzOptions): Promise<Em
       closed = true;
       clearTimeout(retry);
       await attempt.catch(() => undefined);
+      opts.tls?.ca.off('changed', onCaChanged);
       certificate?.stop();
       await server.close();
     },

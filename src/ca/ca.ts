@@ -2,6 +2,7 @@
 // (key file mode 0600), or an existing CA (e.g. an intermediate of your PKI) loaded from files.
 // It issues short-lived ECDSA P-256 leaf certificates carrying one SPIFFE ID each.
 import { webcrypto } from 'node:crypto';
+import { EventEmitter } from 'node:events';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { x509 } from './x509.js';
@@ -18,6 +19,8 @@ export interface IssuedCert {
   /** PKCS#8 PEM. Never logged, never in a config dump. */
   privateKeyPem: string;
   serial: string;
+  /** The subject of the root that signed it (each root a rotation makes has its own). */
+  issuer: string;
   notBefore: Date;
   notAfter: Date;
 }
@@ -29,13 +32,13 @@ export interface CaFiles {
   bundleFile?: string;
 }
 
-async function importKey(pem: string): Promise<CryptoKey> {
+export async function importKey(pem: string): Promise<CryptoKey> {
   const der = x509.PemConverter.decode(pem)[0];
   if (!der) throw new Error('no PEM block');
   return (await webcrypto.subtle.importKey('pkcs8', der, EC, true, ['sign'])) as unknown as CryptoKey;
 }
 
-async function exportKeyPem(key: CryptoKey): Promise<string> {
+export async function exportKeyPem(key: CryptoKey): Promise<string> {
   const der = await webcrypto.subtle.exportKey('pkcs8', key as unknown as webcrypto.CryptoKey);
   return x509.PemConverter.encode(der, 'PRIVATE KEY');
 }
@@ -100,12 +103,15 @@ function bundleOf(cert: x509.X509Certificate, extra: x509.X509Certificate[]): st
   return `${[cert, ...extra].map((c) => c.toString('pem').trim()).join('\n')}\n`;
 }
 
-/** A new self-signed mesh root (ten years). */
-async function newRoot(trustDomain: string): Promise<{ keys: CryptoKeyPair; cert: x509.X509Certificate }> {
+/**
+ * A new self-signed mesh root (ten years). `label` (a rotation's) goes into its common name, so
+ * each root a rotation makes has a subject of its own and a leaf's issuer names its root.
+ */
+export async function newRoot(trustDomain: string, label?: string): Promise<{ keys: CryptoKeyPair; cert: x509.X509Certificate }> {
   const keys = (await webcrypto.subtle.generateKey(EC, true, ['sign', 'verify'])) as unknown as CryptoKeyPair;
   const now = Date.now();
   const cert = await x509.X509CertificateGenerator.createSelfSigned({
-    name: `CN=Signalbox mesh root, O=${trustDomain}`,
+    name: `CN=Signalbox mesh root${label ? ` ${label}` : ''}, O=${trustDomain}`,
     keys,
     notBefore: new Date(now - 60_000),
     notAfter: new Date(now + 10 * 365 * 24 * 3_600_000),
@@ -119,8 +125,33 @@ async function newRoot(trustDomain: string): Promise<{ keys: CryptoKeyPair; cert
   return { keys, cert };
 }
 
+/**
+ * A certificate for `next`'s key and subject signed by `prev`'s key: a proxy that trusts only the
+ * previous root verifies a chain leaf -> this -> previous root, one that trusts the next root stops
+ * at it. Valid while both roots are.
+ */
+export async function crossSign(prev: { cert: x509.X509Certificate; key: CryptoKey }, next: x509.X509Certificate): Promise<x509.X509Certificate> {
+  const now = Date.now();
+  const until = Math.min(prev.cert.notAfter.getTime(), next.notAfter.getTime());
+  return x509.X509CertificateGenerator.create({
+    subject: next.subject,
+    issuer: prev.cert.subject,
+    publicKey: next.publicKey,
+    signingKey: prev.key,
+    notBefore: new Date(now - 60_000),
+    notAfter: new Date(until),
+    signingAlgorithm: SIGN,
+    extensions: [
+      new x509.BasicConstraintsExtension(true, 0, true),
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign, true),
+      await x509.SubjectKeyIdentifierExtension.create(next.publicKey),
+      await x509.AuthorityKeyIdentifierExtension.create(prev.cert.publicKey),
+    ],
+  });
+}
+
 /** Whether `key` signs what `cert`'s public key verifies. */
-async function keyMatches(cert: x509.X509Certificate, key: CryptoKey): Promise<boolean> {
+export async function keyMatches(cert: x509.X509Certificate, key: CryptoKey): Promise<boolean> {
   const probe = new TextEncoder().encode('signalbox-ca-probe');
   const sig = await webcrypto.subtle.sign(SIGN, key as unknown as webcrypto.CryptoKey, probe);
   try {
@@ -134,14 +165,66 @@ async function keyMatches(cert: x509.X509Certificate, key: CryptoKey): Promise<b
 /** The shared state record holding the mesh CA (`--state consul`). */
 export const SHARED_CA_RECORD = 'ca';
 
-export class CertificateAuthority {
+/** What a rotation under way adds to the shared CA (`--state consul`, see rotation.ts). */
+export interface RotationView {
+  id: string;
+  phase: 'started' | 'switched';
+  /** The root not yet signing (started) or no longer signing (switched): trusted either way. */
+  other: x509.X509Certificate;
+}
+
+/** The CA's material at one moment: what signs, what proxies trust, what goes along with a server certificate. */
+export interface CaMaterial {
+  certificate: x509.X509Certificate;
+  key: CryptoKey;
+  trustBundlePem: string;
+  /** Certificates sent after a server certificate (a cross-signed root during and after a rotation), PEM, or ''. */
+  chainPem: string;
+  rotation?: RotationView;
+}
+
+export class CertificateAuthority extends EventEmitter<{ changed: [] }> {
   private constructor(
-    readonly certificate: x509.X509Certificate,
-    private readonly key: CryptoKey,
-    /** Every root a proxy should trust (the signing CA's root plus any extra during rotation). */
-    readonly trustBundlePem: string,
+    private current: CaMaterial,
     readonly source: 'generated' | 'loaded' | 'files' | 'shared',
-  ) {}
+  ) {
+    super();
+  }
+
+  /** The root that signs now. */
+  get certificate(): x509.X509Certificate {
+    return this.current.certificate;
+  }
+
+  /** Every root a proxy should trust (the signing CA's root plus any extra, and the other root during a rotation). */
+  get trustBundlePem(): string {
+    return this.current.trustBundlePem;
+  }
+
+  /** What a server certificate is sent with (a cross-signed root, so proxies bootstrapped with an older root verify it), or ''. */
+  get chainPem(): string {
+    return this.current.chainPem;
+  }
+
+  get rotation(): RotationView | undefined {
+    return this.current.rotation;
+  }
+
+  /**
+   * Takes new material from the shared state (a rotation's phase): new certificates are issued
+   * with it from now on. Says what changed; listeners of `changed` are told.
+   */
+  adopt(next: CaMaterial): { signing: boolean; bundle: boolean; chain: boolean } {
+    const prev = this.current;
+    const what = {
+      signing: prev.certificate.toString('pem') !== next.certificate.toString('pem'),
+      bundle: prev.trustBundlePem !== next.trustBundlePem,
+      chain: prev.chainPem !== next.chainPem,
+    };
+    this.current = next;
+    if (what.signing || what.bundle || what.chain || prev.rotation?.phase !== next.rotation?.phase) this.emit('changed');
+    return what;
+  }
 
   get certificatePem(): string {
     return this.certificate.toString('pem');
@@ -200,7 +283,7 @@ export class CertificateAuthority {
         : `${keyFile} could not be removed: remove it before starting again`;
       throw new SignalboxError(ErrorCode.CA, `${(e as Error).message}. No root was made: ${tail}`);
     }
-    return new CertificateAuthority(cert, keys.privateKey, bundleOf(cert, extra), 'generated');
+    return new CertificateAuthority({ certificate: cert, key: keys.privateKey, trustBundlePem: bundleOf(cert, extra), chainPem: '' }, 'generated');
   }
 
   /**
@@ -248,7 +331,7 @@ export class CertificateAuthority {
       );
     }
     const extra = files.bundleFile ? await readExtraBundle(files.bundleFile, source === 'files') : [];
-    return new CertificateAuthority(cert, key, bundleOf(cert, extra), source);
+    return new CertificateAuthority({ certificate: cert, key, trustBundlePem: bundleOf(cert, extra), chainPem: '' }, source);
   }
 
   /**
@@ -262,35 +345,7 @@ export class CertificateAuthority {
       const { keys, cert } = await newRoot(trustDomain);
       return { certificate: cert.toString('pem'), privateKey: await exportKeyPem(keys.privateKey) };
     }, ['privateKey']);
-    const where = shared.keyOf(SHARED_CA_RECORD);
-    const fix = `restore ${where} from a backup (consul kv export / snapshot); removing it makes a new root at the next start (every proxy certificate changes)`;
-    const bad = (what: string) => new SignalboxError(ErrorCode.STATE, `${where} in Consul KV ${what}: ${fix}`);
-    if (typeof data.certificate !== 'string' || typeof data.privateKey !== 'string') throw bad('lacks the certificate or the private key');
-    let cert: x509.X509Certificate;
-    try {
-      cert = new x509.X509Certificate(data.certificate);
-    } catch {
-      throw bad('holds a certificate that is not PEM X.509');
-    }
-    let key: CryptoKey;
-    try {
-      key = await importKey(data.privateKey);
-    } catch {
-      throw bad('holds a private key that is not PKCS#8 ECDSA P-256');
-    }
-    if (!cert.getExtension(x509.BasicConstraintsExtension)?.ca) throw bad('holds a certificate that is not a CA certificate');
-    if (!(await keyMatches(cert, key))) throw bad('holds a private key that does not match its certificate');
-    const extra: x509.X509Certificate[] = [];
-    if (typeof data.trustBundleExtra === 'string' && data.trustBundleExtra.trim()) {
-      for (const b of data.trustBundleExtra.matchAll(PEM_BLOCK)) {
-        try {
-          extra.push(new x509.X509Certificate(b[0]));
-        } catch {
-          throw bad('holds an extra trust bundle with a block that is not a certificate');
-        }
-      }
-    }
-    return new CertificateAuthority(cert, key, bundleOf(cert, extra), created ? 'generated' : 'shared');
+    return new CertificateAuthority(await sharedCaMaterial(shared, data), created ? 'generated' : 'shared');
   }
 
   /** Issues a leaf certificate for one SPIFFE ID, valid for ttlMs. */
@@ -309,15 +364,16 @@ export class CertificateAuthority {
 
   private async issueLeaf(o: { spiffeId: string; dns: string[]; ips: string[]; ttlMs: number }): Promise<IssuedCert> {
     const { spiffeId, ttlMs } = o;
+    const signer = this.current; // one root for the whole leaf, even if a rotation switches meanwhile
     const keys = (await webcrypto.subtle.generateKey(EC, true, ['sign', 'verify'])) as unknown as CryptoKeyPair;
     const now = Date.now();
     const notBefore = new Date(now - 30_000);
     const notAfter = new Date(now + ttlMs);
     const cert = await x509.X509CertificateGenerator.create({
       subject: `O=${new URL(spiffeId).host}`,
-      issuer: this.certificate.subject,
+      issuer: signer.certificate.subject,
       publicKey: keys.publicKey,
-      signingKey: this.key,
+      signingKey: signer.key,
       notBefore,
       notAfter,
       signingAlgorithm: SIGN,
@@ -333,7 +389,7 @@ export class CertificateAuthority {
           ],
           true,
         ),
-        await x509.AuthorityKeyIdentifierExtension.create(this.certificate.publicKey),
+        await x509.AuthorityKeyIdentifierExtension.create(signer.certificate.publicKey),
       ],
     });
     return {
@@ -341,8 +397,65 @@ export class CertificateAuthority {
       certificatePem: cert.toString('pem'),
       privateKeyPem: await exportKeyPem(keys.privateKey),
       serial: cert.serialNumber,
+      issuer: signer.certificate.subject,
       notBefore,
       notAfter,
     };
   }
+}
+
+/**
+ * The CA material a shared `ca` record holds: the signing root and its key, the roots trusted
+ * beside it (the other root of a rotation under way, any extra bundle), the cross-signed root a
+ * server certificate goes with. A record that does not hold a matching pair is an error naming the
+ * key, never a reason to make a new root.
+ */
+export async function sharedCaMaterial(shared: SharedState, data: Record<string, unknown>): Promise<CaMaterial> {
+  const where = shared.keyOf(SHARED_CA_RECORD);
+  const fix = `restore ${where} from a backup (consul kv export / snapshot); removing it makes a new root at the next start (every proxy certificate changes)`;
+  const bad = (what: string) => new SignalboxError(ErrorCode.STATE, `${where} in Consul KV ${what}: ${fix}`);
+  if (typeof data.certificate !== 'string' || typeof data.privateKey !== 'string') throw bad('lacks the certificate or the private key');
+  const certOf = (pem: unknown, what: string) => {
+    try {
+      const c = new x509.X509Certificate(String(pem));
+      if (!c.getExtension(x509.BasicConstraintsExtension)?.ca) throw new Error('not a CA');
+      return c;
+    } catch {
+      throw bad(`holds ${what} that is not a PEM X.509 CA certificate`);
+    }
+  };
+  const cert = certOf(data.certificate, 'a certificate');
+  let key: CryptoKey;
+  try {
+    key = await importKey(data.privateKey);
+  } catch {
+    throw bad('holds a private key that is not PKCS#8 ECDSA P-256');
+  }
+  if (!(await keyMatches(cert, key))) throw bad('holds a private key that does not match its certificate');
+  const extra: x509.X509Certificate[] = [];
+  let rotation: RotationView | undefined;
+  const r = data.rotation as { id?: unknown; phase?: unknown; nextCertificate?: unknown; previousCertificate?: unknown } | undefined;
+  if (r !== undefined) {
+    if (typeof r !== 'object' || r === null || typeof r.id !== 'string' || (r.phase !== 'started' && r.phase !== 'switched'))
+      throw bad('holds a rotation that is not { id, phase: started|switched }');
+    const other = certOf(r.phase === 'started' ? r.nextCertificate : r.previousCertificate, `a ${r.phase === 'started' ? 'next' : 'previous'} root`);
+    rotation = { id: r.id, phase: r.phase, other };
+    extra.push(other);
+  }
+  if (typeof data.trustBundleExtra === 'string' && data.trustBundleExtra.trim()) {
+    for (const b of data.trustBundleExtra.matchAll(PEM_BLOCK)) {
+      try {
+        extra.push(new x509.X509Certificate(b[0]));
+      } catch {
+        throw bad('holds an extra trust bundle with a block that is not a certificate');
+      }
+    }
+  }
+  // The cross-signed root goes with server certificates only while it certifies the signing key.
+  let chainPem = '';
+  if (typeof data.crossCertificate === 'string') {
+    const cross = certOf(data.crossCertificate, 'a cross-signed root');
+    if (Buffer.from(cross.publicKey.rawData).equals(Buffer.from(cert.publicKey.rawData))) chainPem = cross.toString('pem');
+  }
+  return { certificate: cert, key, trustBundlePem: bundleOf(cert, extra), chainPem, rotation };
 }

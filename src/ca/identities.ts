@@ -107,18 +107,38 @@ export class IdentityManager {
     return cert;
   }
 
+  /**
+   * Issues every live certificate again (the signing root changed): one after the other, evenly
+   * spread over `spreadMs`, so a replica holding many proxies does not sign them all in one tick.
+   * Each proxy gets its new certificate pushed as at a renewal. Resolves when all were issued.
+   */
+  async reissueAll(spreadMs: number): Promise<number> {
+    const handles = [...this.live].sort((a, b) => (a.instance < b.instance ? -1 : a.instance > b.instance ? 1 : 0));
+    const gap = handles.length > 1 ? spreadMs / handles.length : 0;
+    await Promise.all(
+      handles.map(
+        (h, i) =>
+          new Promise<void>((resolve) => {
+            setTimeout(() => void h.renew().finally(resolve), Math.round(i * gap)).unref();
+          }),
+      ),
+    );
+    return handles.length;
+  }
+
   /** @internal */
   forget(handle: InstanceCertificate): void {
     this.live.delete(handle);
   }
 
   /** Live certificates with their instance, serial and expiry (never the key). */
-  list(): { identity: string; instance: string; serial: string; notBefore: string; notAfter: string }[] {
+  list(): { identity: string; instance: string; serial: string; issuer: string; notBefore: string; notAfter: string }[] {
     return [...this.live]
       .map((h) => ({
         identity: h.spiffeId,
         instance: h.instance,
         serial: h.current.serial,
+        issuer: h.current.issuer,
         notBefore: h.current.notBefore.toISOString(),
         notAfter: h.current.notAfter.toISOString(),
       }))

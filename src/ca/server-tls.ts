@@ -128,8 +128,11 @@ export class ServerCertificate extends EventEmitter<{ changed: [] }> {
         return kept;
       }
       const c = await opts.ca.issueServer({ spiffeId, ...names, ttlMs: SERVER_CERT_TTL_MS });
-      // Proxies verify the chain to the trust bundle: an intermediate CA goes along.
-      const chain = opts.ca.source === 'files' ? `${c.certificatePem.trim()}\n${opts.ca.certificatePem.trim()}\n` : c.certificatePem;
+      // Proxies verify the chain to the trust bundle: an intermediate CA goes along, and after a
+      // rotation (--state consul) the new root cross-signed by the previous one, so a proxy whose
+      // bootstrap trusts only the previous root still verifies this certificate.
+      const extra = opts.ca.source === 'files' ? opts.ca.certificatePem : opts.ca.chainPem;
+      const chain = extra ? `${c.certificatePem.trim()}\n${extra.trim()}\n` : c.certificatePem;
       const made = { certificatePem: chain, privateKeyPem: c.privateKeyPem };
       await opts.stored
         ?.save(made)
@@ -160,6 +163,18 @@ export class ServerCertificate extends EventEmitter<{ changed: [] }> {
     this.key = key;
     this.info = new X509Certificate(cert);
     this.emit('changed');
+  }
+
+  /** Issues a new certificate now (the mesh CA's signing root changed). */
+  async reissue(): Promise<void> {
+    if (this.source === 'mesh-ca') await this.renew();
+  }
+
+  /** Whether the certificate in use was signed by another root than `ca`'s signing root. */
+  signedByOtherThan(ca: CertificateAuthority): boolean {
+    if (this.source !== 'mesh-ca' || !this.info) return false;
+    const root = new X509Certificate(ca.certificatePem);
+    return !(this.info.checkIssued(root) && this.info.verify(root.publicKey));
   }
 
   private async renew(): Promise<void> {

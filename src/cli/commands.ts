@@ -206,6 +206,30 @@ export const STATUS_COMMAND: CommandSpec = {
   ],
 };
 
+export const CA_COMMAND: CommandSpec = {
+  name: 'ca',
+  usage: [
+    'ca rotate --phase start|switch|finish [--force] --state consul [--consul-addr ADDRESS] [--state-prefix PREFIX]',
+    'ca status --state consul [--json]',
+  ],
+  summary:
+    'Rotate the mesh root of replicas sharing their state in Consul (--state consul), without a restart: `ca rotate --phase start`, then `switch`, then `finish`; the leader carries out each phase and this waits for it (up to 30 s). `ca status`: the phase, the roots, and what each replica holds. Exit 1 when the leader refuses a phase or has not carried it out in time.',
+  flags: [
+    {
+      name: 'phase',
+      value: 'start|switch|finish',
+      help: 'rotate: start (make the next root, trusted beside the current), switch (the next root signs; certificates re-issued), finish (the previous root leaves the trust bundle)',
+    },
+    {
+      name: 'force',
+      help: 'rotate: switch or finish even though a replica is not ready (proxies whose certificates are still from the previous root then fail mTLS until renewed)',
+    },
+    JSON_FLAG,
+    ...STATE_FLAGS,
+  ],
+  notes: ['Steps, and how long to wait between them: docs/ha.md (CA rotation). With one replica and --data-dir: docs/mtls.md.'],
+};
+
 /** Every command, in the order `signalbox --help` lists them. */
 export const COMMANDS: readonly CommandSpec[] = [
   SERVE_COMMAND,
@@ -218,6 +242,7 @@ export const COMMANDS: readonly CommandSpec[] = [
   RATELIMIT_COMMAND,
   BOOTSTRAP_COMMAND,
   TOKEN_COMMAND,
+  CA_COMMAND,
   STATUS_COMMAND,
 ];
 

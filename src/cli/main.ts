@@ -58,6 +58,8 @@ export async function run(argv: string[]): Promise<number> {
         return await token(rest);
       case 'status':
         return await (await import('./status.js')).status(rest);
+      case 'ca':
+        return await (await import('./ca.js')).caCommand(rest);
       case 'authz':
         return await (await import('./authz.js')).authzCommand(rest);
       case 'ratelimit':

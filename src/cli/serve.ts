@@ -22,6 +22,8 @@ import { CertificateAuthority } from '../ca/ca.js';
 import { IdentityManager } from '../ca/identities.js';
 import { pruneExpiredRevocations, TokenVerifier } from '../ca/tokens.js';
 import { ServerCertificate, type StoredServerCert } from '../ca/server-tls.js';
+import { CaFollower, RotationLeader } from '../ca/rotation.js';
+import { TypeUrl } from '../xds/resources/type-urls.js';
 import { openSharedState, type SharedState } from '../state/index.js';
 import { Leadership } from '../state/leader.js';
 import { ReplicaDirectory } from '../state/replicas.js';
@@ -31,6 +33,11 @@ import { BUILTIN_DEFAULTS } from '../model/model.js';
 import { startEmbeddedAuthz } from '../authz/index.js';
 import { startEmbeddedRateLimit } from '../ratelimit/index.js';
 import { inlineKeysOnly } from '../translate/jwt.js';
+
+/** After the signing root changed, live workload certificates are re-issued evenly over this long. */
+const CERT_REISSUE_SPREAD_MS = 2_000;
+/** After a new trust bundle was compiled, how long before this replica reports it applied (the fan-out to every stream). */
+const FANOUT_SETTLE_MS = 500;
 
 export interface RunningServer {
   xdsPort: number;
@@ -265,6 +272,60 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
         )
       : undefined;
   await directory?.start();
+  // CA rotation (--state consul): the leader carries out the operator's requests; every replica
+  // follows the shared CA record, pushes the trust bundle it holds and re-issues its certificates
+  // when the signing root changes (src/ca/rotation.ts, docs/ha.md).
+  const xdsCaFile = path.join(path.resolve(cfg.dataDir), XDS_CA_FILE);
+  const rotationLeader =
+    shared && leadership ? new RotationLeader(shared, { isLeader: () => leadership.isLeader, trustDomain: BUILTIN_DEFAULTS.trustDomain, logger }) : undefined;
+  rotationLeader?.start();
+  leadership?.on('change', (leading) => leading && rotationLeader?.kick());
+  const caFollower = shared
+    ? new CaFollower(shared, ca, {
+        replicaId: cfg.state!.replicaId,
+        logger,
+        onChange: async (what) => {
+          const work: Promise<unknown>[] = [];
+          if (what.bundle) {
+            // What `bootstrap` on this host writes for new proxies: every root trusted now.
+            if (xdsCert?.source === 'mesh-ca')
+              await writeDataFile(xdsCaFile, ca.trustBundlePem, 0o644, ErrorCode.CA).catch((e: unknown) =>
+                logger.warn({ err: (e as Error).message }, 'cannot rewrite the xDS CA file for bootstraps'),
+              );
+            // Twice: the first may join a compile that began before the change; the second is after it.
+            // Then a pause: the server fans a change out to its streams in slices, and this replica's
+            // report (which the leader's switch waits on) should count the proxies sent it as pending.
+            work.push(
+              pipeline
+                .reload()
+                .then(() => pipeline.reload())
+                .then(() => new Promise((r) => setTimeout(r, FANOUT_SETTLE_MS))),
+            );
+          }
+          if (what.signing || what.chain) work.push(xdsCert?.reissue() ?? Promise.resolve());
+          if (what.signing)
+            void identities
+              .reissueAll(CERT_REISSUE_SPREAD_MS)
+              .then((n) => logger.info({ certificates: n }, 'live workload certificates re-issued by the new signing root'));
+          await Promise.all(work);
+        },
+        counts: () => {
+          const signing = ca.certificate.subject;
+          const live = identities.list();
+          const pendingProxies = xds.registry.all().filter((p) => {
+            const t = p.types.get(TypeUrl.Secret);
+            return t?.sent !== undefined && t.acked?.version !== t.sent.version;
+          }).length;
+          return {
+            certificates: live.length,
+            oldCertificates: live.filter((c) => c.issuer !== signing).length,
+            serverOld: xdsCert?.signedByOtherThan(ca) ?? false,
+            pendingProxies,
+          };
+        },
+      })
+    : undefined;
+  caFollower?.start();
   admin.get('/api/replicas', async (_req, reply) => {
     if (!directory) return { state: 'file', replicas: [] };
     try {
@@ -306,6 +367,8 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
       tokens.close();
       clearInterval(pruneTimer);
       directory?.stop();
+      rotationLeader?.stop();
+      caFollower?.stop();
       await leadership?.stop();
       shared?.close();
       clearTimeout(keysTimer);

@@ -72,6 +72,8 @@ export async function startEmbeddedRateLimit(opts: EmbeddedRateLimitOptions): Pr
   let opening = false;
   let retry: NodeJS.Timeout | undefined;
   let closed = false;
+  const onCaChanged = () =>
+    void certificate?.reissue().catch((e: unknown) => logger.error({ err: (e as Error).message }, 'cannot re-issue the server certificate after a CA change'));
 
   const open = async (): Promise<void> => {
     if (closed || port !== undefined || !needed) return;
@@ -86,8 +88,20 @@ export async function startEmbeddedRateLimit(opts: EmbeddedRateLimitOptions): Pr
           sans: [],
           logger,
         });
+        // A CA rotation (--state consul): a certificate from the new signing root, and the callers'
+        // trust bundle read again (the getter below) when the certificate changes.
+        opts.tls.ca.on('changed', onCaChanged);
       }
-      const tls = certificate && opts.tls ? { certificate, clientCaPem: opts.tls.ca.trustBundlePem } : undefined;
+      const ca = opts.tls?.ca;
+      const tls =
+        certificate && ca
+          ? {
+              certificate,
+              get clientCaPem() {
+                return ca.trustBundlePem;
+              },
+            }
+          : undefined;
       port = await service.listen(where(wantPort), tls);
       logger.info(
         { ratelimit: where(port), tls: tls !== undefined, redis: service.store.url },
@@ -163,6 +177,7 @@ export async function startEmbeddedRateLimit(opts: EmbeddedRateLimitOptions): Pr
       closed = true;
       clearTimeout(retry);
       await attempt.catch(() => undefined);
+      opts.tls?.ca.off('changed', onCaChanged);
       certificate?.stop();
       await service.close();
     },

@@ -143,15 +143,20 @@ export class SharedState {
 
   /**
    * Changes record `name` with check-and-set: `change` gets the current data (undefined if none)
-   * and returns the new data, or undefined to leave it. Retried when another replica wrote between
+   * and returns the new data, or undefined to leave it (`sealed` may depend on what is written). Retried when another replica wrote between
    * the read and the write.
    */
-  async update(name: string, change: (current: RecordData | undefined) => RecordData | undefined, sealed: string[] = []): Promise<RecordData | undefined> {
+  async update(
+    name: string,
+    change: (current: RecordData | undefined) => RecordData | undefined,
+    sealed: string[] | ((next: RecordData) => string[]) = [],
+  ): Promise<RecordData | undefined> {
     for (let i = 0; i < CAS_TRIES; i++) {
       const have = await this.read(name);
       const next = change(have?.data);
       if (next === undefined) return have?.data;
-      if (await this.kv.cas(this.keyOf(name), this.encode(name, next, sealed), have?.modifyIndex ?? 0)) return next;
+      const fields = typeof sealed === 'function' ? sealed(next) : sealed;
+      if (await this.kv.cas(this.keyOf(name), this.encode(name, next, fields), have?.modifyIndex ?? 0)) return next;
     }
     throw new SignalboxError(ErrorCode.STATE, `could not update ${this.keyOf(name)} in Consul KV: other writers kept changing it`);
   }
