@@ -19,14 +19,20 @@
 // call (serve's CPU over the phase's requests: it moves less with other work on the machine than
 // the p99 does).
 //
-// Flags: --seconds S (10) --rounds R (3) --rate R (1000) --json FILE
+// Flags: --seconds S (10) --rounds R (3) --rate R (1000) --routes local,global,flood --json FILE
+// --serve-node-options OPTS: NODE_OPTIONS for the serve child only (e.g. --max-semi-space-size=N).
+// --gc: measures garbage instead of time (bench/gc-probe.ts preloaded into serve): per phase, the
+// bytes serve allocated per request, its collections per 10,000 requests, and where the bytes came
+// from. These do not move with the load on the machine, where p99 does; the latencies of a --gc
+// run are not comparable (the sampling profiler costs CPU).
 // Everything runs on loopback; every phase is bounded in time and count, and the run ends by itself.
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { startEnvoy, type Envoy } from '../test/helpers/envoy.js';
 import { freePort, waitFor } from '../test/helpers/net.js';
@@ -35,12 +41,46 @@ import { startSignalbox, type SignalboxProcess } from '../test/helpers/signalbox
 import { percentile } from './lib.js';
 
 const { values: flags } = parseArgs({
-  options: { seconds: { type: 'string' }, rounds: { type: 'string' }, rate: { type: 'string' }, json: { type: 'string' } },
+  options: {
+    seconds: { type: 'string' },
+    rounds: { type: 'string' },
+    rate: { type: 'string' },
+    routes: { type: 'string' },
+    gc: { type: 'boolean' },
+    'serve-node-options': { type: 'string' },
+    json: { type: 'string' },
+  },
 });
 const SECONDS = Math.min(60, Math.max(1, Number(flags.seconds ?? 10)));
 const ROUNDS = Math.min(5, Math.max(1, Number(flags.rounds ?? 3)));
 const RATE = Math.min(5_000, Math.max(10, Number(flags.rate ?? 1000)));
 const KEYS = 100;
+const ROUTES = (flags.routes ?? 'local,global,flood').split(',').map((r) => `/${r.trim()}`);
+for (const r of ROUTES) if (!['/local', '/global', '/flood'].includes(r)) throw new Error(`--routes: unknown route ${r} (local, global, flood)`);
+
+/** What bench/gc-probe.ts writes for one phase. */
+interface Garbage {
+  seconds: number;
+  bytes: number;
+  collections: Record<string, { count: number; ms: number; maxMs: number }>;
+  /** Per scavenge, averages: new space in use before, survived, promoted (bytes), cost (ms). */
+  young: { count: number; newSpaceBefore: number; survived: number; promoted: number; costMs: number };
+  byFunction: [string, number][];
+  byOwner: [string, number][];
+}
+
+/** Toggles serve's garbage probe (SIGUSR2); on the second toggle, waits for and reads its report. */
+async function toggleProbe(pid: number, dir: string, n: number, stop: boolean): Promise<Garbage | undefined> {
+  process.kill(pid, 'SIGUSR2');
+  if (!stop) {
+    await new Promise((r) => setTimeout(r, 200));
+    return undefined;
+  }
+  const file = path.join(dir, `${n}.json`);
+  await waitFor(async () => existsSync(file), { what: 'the garbage probe report', timeoutMs: 30_000 });
+  await new Promise((r) => setTimeout(r, 100));
+  return JSON.parse(readFileSync(file, 'utf8')) as Garbage;
+}
 
 /** A lean keep-alive HTTP/1.1 connection, one request in flight (node's client costs far more CPU). */
 class Conn {
@@ -102,6 +142,9 @@ interface Phase {
   /** serve's CPU divided by the requests of the phase: less sensitive to a busy machine than p99. */
   serveCpuMsPerRequest: number;
   redisCpuMsPerSecond: number;
+  /** With --gc: bytes serve allocated per request, and its young-generation collections per 10,000 requests. */
+  garbageBytesPerRequest?: number;
+  minorGcPer10k?: number;
 }
 
 async function openLoop(conns: Conn[], route: string, seconds: number): Promise<{ lat: number[]; statuses: Record<string, number>; took: number }> {
@@ -238,12 +281,20 @@ spec:
   global: { limits: [ { requests: 10, per: minute } ] }
 `,
   );
+  // SIGNALBOX_GC_PROBE_DIR set: the probe's reports (and with SIGNALBOX_GC_PROBE_RAW=1 its raw heap profiles) stay there.
+  const keepProbe = process.env.SIGNALBOX_GC_PROBE_DIR;
+  const probeDir = flags.gc ? (keepProbe ?? mkdtempSync(path.join(os.tmpdir(), 'sb-bench-gc-'))) : undefined;
   let sb: SignalboxProcess | undefined;
   let envoy: Envoy | undefined;
   const conns: Conn[] = [];
   try {
+    const probeModule = path.join(path.dirname(fileURLToPath(import.meta.url)), 'gc-probe.js');
     sb = await startSignalbox({
       policies: dir,
+      env: {
+        NODE_OPTIONS: [flags['serve-node-options'] ?? '', probeDir ? `--import=${pathToFileURL(probeModule).href}` : ''].join(' ').trim(),
+        ...(probeDir ? { SIGNALBOX_GC_PROBE_DIR: probeDir } : {}),
+      },
       extraArgs: ['--ratelimit-port', '0', '--redis-url', redis.url, '--log-level', 'warn', '--access-log-sampling', 'off'],
     });
     envoy = await startEnvoy({ name: 'bench-rl', bootstrapYaml: await sb.bootstrap({ gateway: 'bench', id: 'bench-rl' }) });
@@ -252,14 +303,32 @@ spec:
     probe.close();
     for (let i = 0; i < 64; i++) conns.push(new Conn(gwPort));
     const phases: Phase[] = [];
-    const routes = ['/local', '/global', '/flood'];
+    const routes = ROUTES;
+    let probes = 0;
     for (const r of routes) await openLoop(conns, r, 2); // warm-up
     for (let round = 0; round < ROUNDS; round++) {
       for (const route of routes) {
         const m0 = await sb.adminText('/metrics');
         const s0 = await redisScripts(redis);
         const c0 = await redisCpu(redis);
+        if (probeDir) await toggleProbe(sb.pid!, probeDir, probes, false);
         const run = await openLoop(conns, route, SECONDS);
+        const garbage = probeDir ? await toggleProbe(sb.pid!, probeDir, probes++, true) : undefined;
+        if (garbage) {
+          const minor = garbage.collections.minor ?? { count: 0, ms: 0, maxMs: 0 };
+          const major = garbage.collections.major ?? { count: 0, ms: 0, maxMs: 0 };
+          const per = (x: number) => ((x * 10_000) / run.lat.length).toFixed(1);
+          console.log(
+            `round ${round + 1} ${route.padEnd(7)} garbage: ${(garbage.bytes / run.lat.length / 1024).toFixed(2)} KiB allocated per request in serve (${(garbage.bytes / 2 ** 20).toFixed(0)} MiB over ${run.lat.length} requests); ` +
+              `per 10,000 requests ${per(minor.count)} minor GCs (${per(minor.ms)} ms, longest ${minor.maxMs.toFixed(1)} ms), ${per(major.count)} major (${per(major.ms)} ms); ` +
+              `each scavenge: ${(garbage.young.newSpaceBefore / 2 ** 20).toFixed(1)} MiB in use before, ${(garbage.young.survived / 1024).toFixed(0)} KiB survived, ${(garbage.young.promoted / 1024).toFixed(0)} KiB promoted, ${garbage.young.costMs.toFixed(2)} ms`,
+          );
+          const share = (b: number) => `${((100 * b) / garbage.bytes).toFixed(1).padStart(5)} %  ${(b / run.lat.length).toFixed(0).padStart(5)} B/req`;
+          console.log(`  by the innermost frame in signalbox or a dependency:`);
+          for (const [o, b] of garbage.byOwner.slice(0, 15)) console.log(`    ${share(b)}  ${o}`);
+          console.log(`  by allocating function:`);
+          for (const [f, b] of garbage.byFunction.slice(0, 15)) console.log(`    ${share(b)}  ${f}`);
+        }
         const m1 = await sb.adminText('/metrics');
         const s1 = await redisScripts(redis);
         const c1 = await redisCpu(redis);
@@ -277,6 +346,9 @@ spec:
           serveCpuMsPerSecond: (cpu * 1000) / run.took,
           serveCpuMsPerRequest: (cpu * 1000) / run.lat.length,
           redisCpuMsPerSecond: ((c1 - c0) * 1000) / run.took,
+          ...(garbage
+            ? { garbageBytesPerRequest: garbage.bytes / run.lat.length, minorGcPer10k: ((garbage.collections.minor?.count ?? 0) * 10_000) / run.lat.length }
+            : {}),
         };
         phases.push(phase);
         console.log(
@@ -328,6 +400,7 @@ spec:
     upstream.closeAllConnections();
     upstream.close();
     rmSync(dir, { recursive: true, force: true });
+    if (probeDir && !keepProbe) rmSync(probeDir, { recursive: true, force: true });
   }
 }
 

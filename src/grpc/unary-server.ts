@@ -44,6 +44,15 @@ export interface UnaryMethod {
 const RESPONSE_HEADERS = Object.freeze({ ':status': 200, 'content-type': 'application/grpc' });
 const OK_TRAILERS = Object.freeze({ 'grpc-status': '0' });
 
+const WAIT_FOR_TRAILERS = Object.freeze({ waitForTrailers: true });
+
+// Listeners shared by every stream (a closure per stream would be garbage on every call).
+const ignore = (): void => undefined;
+/** 'wantTrailers' (emitted once per stream, after its last DATA frame): status OK. */
+function sendOkTrailers(this: http2.ServerHttp2Stream): void {
+  if (!this.closed && !this.destroyed) this.sendTrailers(OK_TRAILERS);
+}
+
 export class GrpcError extends Error {
   constructor(
     readonly code: number,
@@ -128,7 +137,7 @@ export class UnaryGrpcServer {
   }
 
   private onStream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
-    stream.on('error', () => undefined);
+    stream.on('error', ignore);
     const method = this.methods.get(String(headers[':path']));
     const type = String(headers['content-type'] ?? '');
     if (headers[':method'] !== 'POST' || !type.startsWith('application/grpc')) {
@@ -185,10 +194,8 @@ export class UnaryGrpcServer {
     frame.writeUInt32BE(out.length, 1);
     frame.set(out, 5);
     try {
-      stream.respond(RESPONSE_HEADERS, { waitForTrailers: true });
-      stream.once('wantTrailers', () => {
-        if (!stream.closed && !stream.destroyed) stream.sendTrailers(OK_TRAILERS);
-      });
+      stream.respond(RESPONSE_HEADERS, WAIT_FOR_TRAILERS);
+      stream.on('wantTrailers', sendOkTrailers);
       stream.end(frame);
     } catch {
       stream.destroy(); // reset meanwhile: nobody to answer

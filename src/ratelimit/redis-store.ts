@@ -1,9 +1,14 @@
 // The counters of global rate limits, in Redis (ioredis). One check is one command: a Lua script
-// (EVALSHA; ioredis loads it again after a Redis restart) that adds each descriptor's hits to its
-// key and, for a key it just created, sets the key's expiry to the end of its window, so keys
-// vanish by themselves and an INCRBY is never left without a TTL. Calls that arrive together are
-// written to Redis together (ioredis auto-pipelining: one write and one round trip for all the
-// checks of one event-loop turn), which is what keeps the cost per request flat under load.
+// (EVALSHA; sent again as EVAL, which loads it, when Redis answers NOSCRIPT, e.g. after a restart)
+// that adds each descriptor's hits to its key and, for a key it just created, sets the key's
+// expiry to the end of its window, so keys vanish by themselves and an INCRBY is never left
+// without a TTL. Checks that arrive while a command is in flight are merged into one command
+// (see count), which is what keeps the cost per request flat under load.
+//
+// The command is built here (ioredis's Command, handed to sendCommand) rather than through
+// ioredis's defineCommand: its script wrapper builds, per call, a copy of the arguments, a
+// closure, a second promise to catch NOSCRIPT and a callback adapter, and at 1,000 checks/s that
+// garbage is a measurable part of serve's young-generation collections (docs/benchmarks.md).
 //
 // While Redis cannot be reached a check fails at once (no offline queue: a queued check would
 // only answer after Envoy gave up) or after COMMAND_TIMEOUT_MS; the caller then answers by the
@@ -11,9 +16,10 @@
 //
 // The URL may carry a password (redis://:secret@host:6379); it is never logged, returned by
 // status(), or put in an error message: only redactRedisUrl's form leaves this module.
+import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
-import { Redis, type RedisOptions } from 'ioredis';
+import { Command, Redis, type RedisOptions } from 'ioredis';
 import type { Logger } from '../observability/logger.js';
 import { checkRedisUrl, redactRedisUrl } from '../config/redis-url.js';
 
@@ -95,10 +101,10 @@ function reasonOf(e: Error): string {
   return 'other';
 }
 
-type WithScript = Redis & { signalboxCount(numKeys: number, ...args: (string | number)[]): Promise<number[]> };
+const SCRIPT_SHA = createHash('sha1').update(SCRIPT).digest('hex');
 
 export class RedisCounterStore {
-  private readonly client: WithScript;
+  private readonly client: Redis;
   private up = false;
   private lastError?: { message: string; at: number };
   readonly tls: boolean;
@@ -141,8 +147,7 @@ export class RedisCounterStore {
       ...(settings.password !== undefined && !u.password ? { password: settings.password } : {}),
       ...(this.tls ? { tls: settings.caFile ? { ca: readFileSync(settings.caFile, 'utf8') } : {} } : {}),
     };
-    this.client = new Redis(settings.url, options) as WithScript;
-    this.client.defineCommand('signalboxCount', { lua: SCRIPT });
+    this.client = new Redis(settings.url, options);
     this.client.on('ready', () => this.setUp(true));
     this.client.on('end', () => this.setUp(false));
     this.client.on('close', () => this.setUp(false));
@@ -195,15 +200,21 @@ export class RedisCounterStore {
 
   /** Sends the queued calls as one command and hands each its own counts (or the error). */
   private flush(): void {
-    const calls = this.queued.splice(0);
+    const calls = this.queued;
     if (calls.length === 0) return;
+    this.queued = [];
     this.merged += calls.length;
-    const keys = calls.flatMap((c) => c.keys);
-    this.send(
-      keys,
-      calls.flatMap((c) => c.hits),
-      calls.flatMap((c) => c.windowsMs),
-    ).then(
+    const keys: string[] = [];
+    const hits: number[] = [];
+    const windowsMs: number[] = [];
+    for (const c of calls) {
+      for (let i = 0; i < c.keys.length; i++) {
+        keys.push(c.keys[i]!);
+        hits.push(c.hits[i]!);
+        windowsMs.push(c.windowsMs[i]!);
+      }
+    }
+    this.send(keys, hits, windowsMs).then(
       (counts) => {
         let at = 0;
         for (const c of calls) {
@@ -217,27 +228,49 @@ export class RedisCounterStore {
     );
   }
 
-  private async send(keys: string[], hits: number[], windowsMs: number[]): Promise<number[]> {
-    const args: (string | number)[] = [...keys];
-    for (let i = 0; i < keys.length; i++) args.push(hits[i]!, windowsMs[i]!);
+  /** One EVALSHA of the script over these keys (EVAL when Redis does not hold the script). */
+  private send(keys: string[], hits: number[], windowsMs: number[]): Promise<number[]> {
+    const n = keys.length;
+    const args: (string | number)[] = new Array(2 + 3 * n);
+    args[0] = SCRIPT_SHA;
+    args[1] = n;
+    for (let i = 0; i < n; i++) {
+      args[2 + i] = keys[i]!;
+      args[2 + n + 2 * i] = hits[i]!;
+      args[3 + n + 2 * i] = windowsMs[i]!;
+    }
     const t0 = performance.now();
     this.commands++;
     this.inflight++;
-    try {
-      const out = await this.client.signalboxCount(keys.length, ...args);
-      const ms = performance.now() - t0;
-      this.latencies[this.latencyCount++ % LATENCY_SAMPLES] = ms;
-      this.hooks.onCommand?.(ms / 1000, true);
-      return out;
-    } catch (e) {
-      this.noteError(e as Error);
-      const reason = reasonOf(e as Error);
-      this.failures[reason] = (this.failures[reason] ?? 0) + 1;
-      this.hooks.onCommand?.((performance.now() - t0) / 1000, false, reason);
-      throw e;
-    } finally {
-      this.inflight--;
-    }
+    return (this.client.sendCommand(new Command('evalsha', args)) as Promise<number[]>).then(
+      (out) => this.answered(t0, out),
+      (e: Error) => {
+        if (!/NOSCRIPT/.test(e?.message ?? '')) return this.failed(t0, e);
+        // Redis lost the script (a restart, SCRIPT FLUSH): EVAL sends it, and Redis keeps it for the next EVALSHA.
+        args[0] = SCRIPT;
+        return (this.client.sendCommand(new Command('eval', args)) as Promise<number[]>).then(
+          (out) => this.answered(t0, out),
+          (e2: Error) => this.failed(t0, e2),
+        );
+      },
+    );
+  }
+
+  private answered(t0: number, out: number[]): number[] {
+    this.inflight--;
+    const ms = performance.now() - t0;
+    this.latencies[this.latencyCount++ % LATENCY_SAMPLES] = ms;
+    this.hooks.onCommand?.(ms / 1000, true);
+    return out;
+  }
+
+  private failed(t0: number, e: Error): never {
+    this.inflight--;
+    this.noteError(e);
+    const reason = reasonOf(e);
+    this.failures[reason] = (this.failures[reason] ?? 0) + 1;
+    this.hooks.onCommand?.((performance.now() - t0) / 1000, false, reason);
+    throw e;
   }
 
   status(): RedisStatus {

@@ -261,6 +261,9 @@ describe('global rate limits: real Envoys, real Redis', () => {
     assert.match(metrics, /signalbox_ratelimit_policy_failure_mode\{policy="closed-on-failure",failure_mode="deny"\} 1/);
     assert.match(metrics, /signalbox_ratelimit_decisions_total\{policy="per-key",result="limited"\} [1-9]/);
     assert.match(metrics, /signalbox_ratelimit_redis_up 1/);
+    // Each counting command's time, in the histogram the service observes with shared label objects.
+    assert.match(metrics, /signalbox_ratelimit_redis_duration_seconds_count\{result="ok"\} [1-9]/);
+    assert.match(metrics, /signalbox_ratelimit_redis_duration_seconds_bucket\{le="0\.25",result="ok"\} [1-9]/);
   });
 
   test('Redis killed under traffic: failureMode allow lets every request through, deny answers 503; no crash; counting resumes after Redis returns', async () => {

@@ -60,6 +60,19 @@ describe('Redis counter store (real Redis)', () => {
     assert.match(await redis.command(['PTTL', 'burst']), /^:[1-9]\d*\r\n$/);
   });
 
+  test('a Redis that lost the script (SCRIPT FLUSH) gets it again: EVALSHA, then EVAL, and the count is right', async () => {
+    assert.deepEqual(await store.count(['flushed'], [1], [60_000]), [1]);
+    const stats0 = await redis.command(['INFO', 'commandstats']);
+    assert.match(await redis.command(['SCRIPT', 'FLUSH']), /^\+OK/);
+    assert.deepEqual(await store.count(['flushed'], [4], [60_000]), [5], 'counted once, by the EVAL after NOSCRIPT');
+    const stats1 = await redis.command(['INFO', 'commandstats']);
+    const calls = (text: string, cmd: string) => Number(new RegExp(`^cmdstat_${cmd}:calls=(\\d+)`, 'm').exec(text)?.[1] ?? 0);
+    assert.equal(calls(stats1, 'eval') - calls(stats0, 'eval'), 1, 'one EVAL loaded the script again');
+    assert.deepEqual(await store.count(['flushed'], [1], [60_000]), [6]);
+    const stats2 = await redis.command(['INFO', 'commandstats']);
+    assert.equal(calls(stats2, 'eval') - calls(stats1, 'eval'), 0, 'the next check is an EVALSHA again');
+  });
+
   test('a failed command fails every check that shared it, and none is left waiting', async () => {
     await redis.kill();
     const results = await Promise.allSettled(Array.from({ length: 50 }, () => store.count(['down'], [1], [60_000])));
