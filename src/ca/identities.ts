@@ -67,6 +67,9 @@ export class InstanceCertificate extends EventEmitter<{ renewed: [IssuedCert] }>
 
 export class IdentityManager {
   private readonly live = new Set<InstanceCertificate>();
+  /** Set while issuance is held back (halt): why, and what resume() releases. */
+  private held?: { reason: string; released: Promise<void>; release: () => void };
+  private waitingCount = 0;
   private ttlMs: number;
   readonly logger: Logger;
   private readonly metrics?: IdentityMetrics;
@@ -84,7 +87,8 @@ export class IdentityManager {
   async setTtl(ttlMs: number): Promise<void> {
     if (ttlMs === this.ttlMs) return;
     this.ttlMs = ttlMs;
-    await Promise.all([...this.live].map((c) => c.renew()));
+    const renewals = Promise.all([...this.live].map((c) => c.renew()));
+    if (!this.held) await renewals; // while halted they wait for resume(); the caller (a reload) does not
   }
 
   /** Issues a certificate for one proxy instance (`instance` names it in logs and listings). */
@@ -96,8 +100,43 @@ export class IdentityManager {
     return handle;
   }
 
+  /**
+   * Stops issuing: new certificates and renewals wait (the proxies keep what they hold) until
+   * resume(), which issues every one that waited at once. `reason` is shown in status.
+   */
+  halt(reason: string): void {
+    if (this.held) {
+      this.held.reason = reason;
+      return;
+    }
+    let release!: () => void;
+    const released = new Promise<void>((r) => {
+      release = r;
+    });
+    this.held = { reason, released, release };
+  }
+
+  resume(): void {
+    const h = this.held;
+    this.held = undefined;
+    h?.release();
+  }
+
+  /** Why issuance is stopped (undefined while it runs), and how many issuances wait for it. */
+  get halted(): { reason: string; waiting: number } | undefined {
+    return this.held && { reason: this.held.reason, waiting: this.waitingCount };
+  }
+
   /** @internal */
   async issueCert(spiffeId: string, instance: string, kind: 'issued' | 'renewed'): Promise<IssuedCert> {
+    while (this.held) {
+      this.waitingCount++;
+      try {
+        await this.held.released;
+      } finally {
+        this.waitingCount--;
+      }
+    }
     const cert = await this.ca.issue(spiffeId, this.ttlMs);
     this.metrics?.issued(kind);
     this.logger.info(

@@ -45,6 +45,7 @@ function placeholderOf(flag: string): string {
   if (/address$|-addr$/.test(flag)) return 'ADDRESS';
   if (flag === 'redis-url') return 'URL';
   if (flag === 'preflight-envoy') return 'PATH';
+  if (flag === 'state-stale-max') return 'DURATION';
   return 'VALUE';
 }
 

@@ -24,7 +24,8 @@ import { pruneExpiredRevocations, TokenVerifier } from '../ca/tokens.js';
 import { ServerCertificate, type StoredServerCert } from '../ca/server-tls.js';
 import { CaFollower, RotationLeader } from '../ca/rotation.js';
 import { TypeUrl } from '../xds/resources/type-urls.js';
-import { openSharedState, type SharedState } from '../state/index.js';
+import { KEY_CHECK_RECORD, openSharedState, type SharedState } from '../state/index.js';
+import { StateFreshness } from '../state/freshness.js';
 import { Leadership } from '../state/leader.js';
 import { ReplicaDirectory } from '../state/replicas.js';
 import { writeDataFile } from '../util/data-dir.js';
@@ -88,6 +89,16 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
     metrics: { issued: (kind) => metrics.certificates.inc({ kind }) },
   });
   metrics.trackCertificates(() => identities.nearestExpirySeconds());
+  // --state consul: Consul unreadable longer than --state-stale-max stops workload certificate
+  // issuance (revocations and rotations made elsewhere would be unknown); it resumes when Consul answers.
+  const freshness = shared && new StateFreshness(() => shared.kv.get(shared.keyOf(KEY_CHECK_RECORD)), cfg.state!.staleMaxMs, { logger });
+  freshness?.on('change', (stale, st) =>
+    stale ? identities.halt(`Consul unreadable since ${st.unreadableSince}, longer than --state-stale-max (${st.staleMaxSeconds} s)`) : identities.resume(),
+  );
+  freshness?.start();
+  if (freshness) metrics.trackSharedState(() => freshness.status());
+  /** What /api/status and /api/replicas say of the shared state's freshness. */
+  const freshnessStatus = () => freshness && { ...freshness.status(), certificatesWaiting: identities.halted?.waiting ?? 0 };
   // New or rotated JWKS keys change the JWT fast path's route versions (Envoy forgets what it
   // remembered under the old keys): recompile (coalesced).
   let keysTimer: NodeJS.Timeout | undefined;
@@ -228,7 +239,14 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
     proxyAuth: { requireToken: cfg.requireToken, revocationList: tokens.revocationProblem ?? 'ok' },
     authz: authz.status(),
     ratelimit: ratelimit.status(),
-    warnings: [...warnings, ...(tokens.revocationProblem ? [tokens.revocationProblem] : []), ...lastGoodWarning(), ...ratelimit.warnings()],
+    ...(freshness ? { sharedState: freshnessStatus() } : {}),
+    warnings: [
+      ...warnings,
+      ...(tokens.revocationProblem ? [tokens.revocationProblem] : []),
+      ...lastGoodWarning(),
+      ...ratelimit.warnings(),
+      ...(identities.halted ? [`workload certificates are not issued nor renewed: ${identities.halted.reason}`] : []),
+    ],
   });
   // --state consul: every replica, alive or not, the leader, and the proxies each holds (from Consul).
   // Registered once the xDS port is known (below); the admin API reads it through `replicas`.
@@ -329,9 +347,9 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
   admin.get('/api/replicas', async (_req, reply) => {
     if (!directory) return { state: 'file', replicas: [] };
     try {
-      return { state: 'consul', ...(await directory.list()) };
+      return { state: 'consul', ...(await directory.list()), freshness: freshnessStatus() };
     } catch (e) {
-      return reply.code(503).send({ state: 'consul', error: (e as Error).message });
+      return reply.code(503).send({ state: 'consul', error: (e as Error).message, freshness: freshnessStatus() });
     }
   });
   await admin.listen({ host: cfg.adminAddress, port: cfg.adminPort });
@@ -367,6 +385,7 @@ export async function startServer(cfg: ServeConfig, logger = createLogger({ leve
       tokens.close();
       clearInterval(pruneTimer);
       directory?.stop();
+      freshness?.stop();
       rotationLeader?.stop();
       caFollower?.stop();
       await leadership?.stop();

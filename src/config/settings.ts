@@ -4,6 +4,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { hostname } from 'node:os';
 import { checkRedisUrl } from './redis-url.js';
+import { parseDuration } from '../api/v1alpha1/common.js';
 import { ErrorCode, SignalboxError } from '../errors.js';
 import { DEFAULT_POLICY_LIMITS, type PolicyLimits } from '../sources/files/loader.js';
 
@@ -208,6 +209,12 @@ export const SERVE_SETTINGS = {
     env: 'SIGNALBOX_STATE_KEY_FILE',
     default: '',
     help: 'with --state consul: file holding the 256-bit key (64 hex digits or base64) that encrypts private keys in Consul; else SIGNALBOX_STATE_KEY holds the key itself. Every replica needs the same key',
+  },
+  stateStaleMax: {
+    flag: 'state-stale-max',
+    env: 'SIGNALBOX_STATE_STALE_MAX',
+    default: '1h',
+    help: 'with --state consul: once Consul has been unreadable this long (revocations and CA rotations made elsewhere unknown), this replica stops issuing and renewing workload certificates until Consul answers again; proxies keep the ones they hold (1s to 720h; docs/ha.md)',
   },
   replicaId: {
     flag: 'replica-id',
@@ -430,6 +437,8 @@ export interface SharedStateConfig {
   /** --state-key-file; undefined: SIGNALBOX_STATE_KEY. */
   keyFile?: string;
   replicaId: string;
+  /** --state-stale-max: Consul unreadable longer than this stops workload certificate issuance. */
+  staleMaxMs: number;
 }
 
 /** --state and its companions, checked before anything starts. */
@@ -441,6 +450,7 @@ export function stateOf(
   consulAddr: string,
   ca: ServeConfig['ca'],
   defaultReplica: () => string,
+  staleMax = '1h',
 ): SharedStateConfig | undefined {
   if (kind !== 'file' && kind !== 'consul') throw new SignalboxError(ErrorCode.BAD_FLAG, `--state must be "file" or "consul", got "${kind.slice(0, 100)}"`);
   if (kind === 'file') return undefined;
@@ -450,7 +460,13 @@ export function stateOf(
   const id = replicaId || defaultReplica();
   if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(id))
     throw new SignalboxError(ErrorCode.BAD_FLAG, `--replica-id must be 1 to 63 letters, digits, ".", "_" or "-", got "${id.slice(0, 100)}"`);
-  return { prefix, keyFile: keyFile || undefined, replicaId: id };
+  const staleMaxMs = parseDuration(staleMax);
+  if (staleMaxMs === undefined || staleMaxMs < 1_000 || staleMaxMs > 720 * 3_600_000)
+    throw new SignalboxError(
+      ErrorCode.BAD_FLAG,
+      `--state-stale-max must be a duration from 1s to 720h (such as 90s, 30m, 1h), got "${staleMax.slice(0, 100)}"`,
+    );
+  return { prefix, keyFile: keyFile || undefined, replicaId: id, staleMaxMs };
 }
 
 function requireTokenOf(v: string): 'secrets' | 'all' {
@@ -617,6 +633,7 @@ export function resolveServeConfig(flags: Record<string, string | boolean | unde
       get('consulAddr'),
       caOf(get('caCert'), get('caKey'), get('caBundle')),
       () => `${(hostname().split('.')[0] ?? 'replica').replace(/[^A-Za-z0-9._-]/g, '-') || 'replica'}-${get('xdsPort')}`,
+      get('stateStaleMax'),
     ),
     requireToken: requireTokenOf(get('requireToken')),
     accessLogSampling: accessLogSamplingOf(get('accessLogSampling')),

@@ -118,6 +118,26 @@ export class Metrics {
     });
   }
 
+  /** --state consul: how long Consul has been unreadable, and whether certificate issuance is stopped for it. */
+  trackSharedState(read: () => { unreadableSeconds: number; stale: boolean }): void {
+    new client.Gauge({
+      name: 'signalbox_state_unreadable_seconds',
+      help: 'Seconds the shared state in Consul has been unreadable (0 while it answers).',
+      registers: [this.registry],
+      collect() {
+        this.set(read().unreadableSeconds);
+      },
+    });
+    new client.Gauge({
+      name: 'signalbox_certificate_issuance_stopped',
+      help: '1 while workload certificates are neither issued nor renewed because Consul has been unreadable longer than --state-stale-max, else 0.',
+      registers: [this.registry],
+      collect() {
+        this.set(read().stale ? 1 : 0);
+      },
+    });
+  }
+
   constructor() {
     client.collectDefaultMetrics({ register: this.registry, prefix: 'signalbox_process_' });
   }

@@ -99,6 +99,27 @@ export class ConsulKv {
     }
   }
 
+  /** The keys under `prefix` (no values). */
+  async keys(prefix: string): Promise<string[]> {
+    try {
+      const keys = (await this.consul.kv.keys({ key: prefix })) as unknown;
+      return Array.isArray(keys) ? keys.filter((k): k is string => typeof k === 'string') : [];
+    } catch (e) {
+      if ((e as { statusCode?: number }).statusCode === 404) return [];
+      throw failure(`list of ${prefix}`, e);
+    }
+  }
+
+  /** Deletes every key under `prefix` (it must end with "/"). */
+  async deleteTree(prefix: string): Promise<void> {
+    if (!prefix.endsWith('/')) throw new Error(`deleteTree needs a folder, got ${prefix}`);
+    try {
+      await this.consul.kv.del({ key: prefix, recurse: true });
+    } catch (e) {
+      throw failure(`delete of ${prefix}`, e);
+    }
+  }
+
   /** Deletes `key` if its ModifyIndex is still `modifyIndex`. */
   async deleteCas(key: string, modifyIndex: number): Promise<boolean> {
     try {

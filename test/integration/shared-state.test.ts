@@ -4,7 +4,7 @@
 // valid on another, and a revocation written through one reaches the other's verifier by a
 // blocking query within a second or two.
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -13,6 +13,7 @@ import { CertificateAuthority } from '../../src/ca/ca.js';
 import { ServerCertificate } from '../../src/ca/server-tls.js';
 import { issueToken, issueTokenCredentials, pruneExpiredRevocations, REVOCATION_PRUNE_MARGIN_MS, revokeToken, TokenVerifier } from '../../src/ca/tokens.js';
 import { Leadership } from '../../src/state/leader.js';
+import { ReplicaDirectory, type PublishedProxy } from '../../src/state/replicas.js';
 import { ConsulKv } from '../../src/state/consul-kv.js';
 import { openSharedState, type SharedState } from '../../src/state/index.js';
 import { createLogger } from '../../src/observability/logger.js';
@@ -233,5 +234,60 @@ describe('shared state in a real Consul', () => {
     assert.deepEqual(Object.keys(rec!.data.expires as object), [long.id]);
     const notes = (await s.kv.list('mesh8/tokens/issued/')).map((e) => e.key);
     assert.deepEqual(notes, [`mesh8/tokens/issued/${long.id}`], "the expired token's note is gone");
+  });
+  test("a replica holding 5,000 proxies publishes them all in parts under 512 KiB; another replica's reader gets all 5,000", async () => {
+    const [s1, s2] = [await open('mesh9'), await open('mesh9')];
+    const l1 = new Leadership(s1, 'r1');
+    const l2 = new Leadership(s2, 'r2');
+    await l1.start();
+    await l2.start();
+    // Synthetic entries as serve publishes them, each with versions and a certificate of its own (they compress badly).
+    const hex = (x: string) => createHash('sha256').update(x).digest('hex');
+    const make = (n: number, seed: string): PublishedProxy[] =>
+      Array.from({ length: n }, (_, i) => {
+        const v = (t: string) => hex(`${seed}/${i}/${t}`).slice(0, 16);
+        const types = Object.fromEntries(['cluster', 'endpoint', 'listener', 'route', 'secret'].map((t) => [t, { sentVersion: v(t), ackedVersion: v(t) }]));
+        const name = `svc${i % 50}`;
+        return {
+          id: `${name}-${String(i).padStart(5, '0')}-${v('id').slice(0, 8)}`,
+          role: 'sidecar',
+          name,
+          group: `sidecar/${name}/1/2/3`,
+          protocol: 'delta',
+          state: 'SYNCED',
+          connectedAt: new Date(Date.UTC(2026, 0, 1) + i * 1000).toISOString(),
+          types,
+          certificate: { identity: `spiffe://signalbox.local/service/${name}`, notAfter: new Date(Date.UTC(2026, 0, 2) + i * 1000).toISOString() },
+        } as PublishedProxy;
+      });
+    let list = make(5_000, 'one');
+    const d1 = new ReplicaDirectory(s1, l1, { id: 'r1', xds: '10.0.0.1:18000', startedAt: 't1' }, () => list, logger);
+    const d2 = new ReplicaDirectory(s2, l2, { id: 'r2', xds: '10.0.0.2:18000', startedAt: 't2' }, () => [], logger);
+    try {
+      await d1.start();
+      await d2.start();
+      const raw = new ConsulKv(s1.kv.conn);
+      const values = await raw.list('mesh9/replicas/r1/');
+      raw.close();
+      const parts = values.filter((e) => e.key.startsWith('mesh9/replicas/r1/parts/'));
+      assert.ok(parts.length > 1, `${parts.length} parts`);
+      for (const e of values) assert.ok(Buffer.byteLength(e.value) < 512 * 1024, `${e.key}: ${Buffer.byteLength(e.value)} bytes`);
+      const r1 = (await d2.list({ details: true })).replicas.find((r) => r.id === 'r1')!;
+      assert.equal(r1.alive, true);
+      assert.equal(r1.proxies.length, 5_000);
+      assert.deepEqual(r1.details, list, "r2 reads every one of r1's 5,000 entries, in full");
+      // A change is published whole, and the previous parts are removed.
+      list = make(4_000, 'two');
+      await (d1 as unknown as { tick(): Promise<void> }).tick();
+      const again = (await d2.list({ details: true })).replicas.find((r) => r.id === 'r1')!;
+      assert.deepEqual(again.details, list);
+      const digests = new Set((await s1.kv.keys('mesh9/replicas/r1/parts/')).map((k) => k.split('/')[4]));
+      assert.equal(digests.size, 1, 'one set of parts left');
+    } finally {
+      d1.stop();
+      d2.stop();
+      await l1.stop();
+      await l2.stop();
+    }
   });
 });

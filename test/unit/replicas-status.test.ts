@@ -272,25 +272,6 @@ describe('the replicas read back from Consul', () => {
       { id: 'r3', xds: '10.0.0.3:18000', alive: true, leader: true, proxies: 3, self: true },
     ]);
   });
-
-  test('a replica writes its proxies record with the ids and the published status, and rewrites it only when it changed', async () => {
-    const { shared, writes } = fakeShared([]);
-    let list: PublishedProxy[] = [summary('web-1')];
-    const dir = new ReplicaDirectory(shared, leadership('r1'), { id: 'r1', xds: 'x', startedAt: 't' }, () => list);
-    await dir.start();
-    dir.stop();
-    assert.equal(writes.length, 1);
-    assert.equal(writes[0]!.name, 'replicas/r1/proxies');
-    const data = writes[0]!.data as { ids: string[]; at: string; proxies: unknown[] };
-    assert.deepEqual(data.ids, ['web-1']);
-    assert.deepEqual(data.proxies, list);
-    // Unchanged: not written again; changed: written.
-    await (dir as unknown as { tick(): Promise<void> }).tick();
-    assert.equal(writes.length, 1);
-    list = [summary('web-1', { state: 'PENDING' })];
-    await (dir as unknown as { tick(): Promise<void> }).tick();
-    assert.equal(writes.length, 2);
-  });
 });
 
 const logger = createLogger({ level: 'silent' });
