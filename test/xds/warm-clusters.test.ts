@@ -195,6 +195,36 @@ for (const protocol of ['sotw', 'delta'] as const) {
       c.cancel();
     });
 
+    test('after a route change found every cluster warm, a change to a new cluster still waits for it', async () => {
+      // The stream keeps "every cluster is warm" between pushes (a route-only change then costs
+      // nothing per stream); a new cluster in the snapshot must make it look again.
+      const { c, id } = await quietClient();
+      c.setAutoAck(true);
+      await sb.writePolicy('policies.yaml', policies({ ordersTimeout: '7s', comment: `warm first ${n}` }));
+      const first = await c.next(RDS, 1000);
+      assert.equal(c.catalogCluster(first), 'catalog');
+      await fence(sb, c.raw, id);
+      c.setAutoAck(false);
+      const mark = c.history.length;
+      await sb.writePolicy('policies.yaml', policies({ ordersTimeout: '7s', catalogBackend: 'catalog2', comment: `then move ${n}` }));
+      const cds = await c.next(CDS);
+      assert.ok(c.names(cds).includes('catalog2'));
+      await delay(200);
+      assert.deepEqual(
+        c.history.slice(mark).filter((r) => r.type_url === RDS),
+        [],
+        'no route change while the new cluster is not warm',
+      );
+      assert.deepEqual((await proxy(id)).waitingForClusters?.clusters, ['catalog2']);
+      c.ack(cds);
+      const eds = await c.next(EDS);
+      c.ack(eds);
+      const rds = await c.next(RDS);
+      assert.equal(c.catalogCluster(rds), 'catalog2');
+      assert.equal((await proxy(id)).warmWaits, 1);
+      c.cancel();
+    });
+
     test('under churn the change held first goes once its own clusters are warm, then the newest', async () => {
       const { c, id } = await quietClient();
       await sb.writePolicy('policies.yaml', policies({ catalogBackend: 'catalog2', comment: `first ${n}` }));

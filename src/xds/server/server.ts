@@ -11,6 +11,7 @@ import type { ServerContext } from './context.js';
 import { DeltaStream, type DeltaRequest, type DeltaResponse } from './delta.js';
 import { ProxyRegistry } from './proxy-status.js';
 import { SharedResponses } from './responses.js';
+import { installPreframedWrites, preframe } from './framing.js';
 import { SotwStream, type SotwRequest, type SotwResponse } from './sotw.js';
 import type { TokenCheck, TokenVerifier } from '../../ca/tokens.js';
 import type { IdentityManager } from '../../ca/identities.js';
@@ -42,9 +43,9 @@ function codec<T>(typeName: string) {
       // A response shared by the streams of a group (responses.ts) is encoded once, for all of them.
       const memo = encoded.get(value as object);
       if (memo) return memo;
-      const bytes = type.encode(value as object).finish();
-      // protobufjs already returns a Buffer under Node: wrap, never copy (a response carries every resource's bytes).
-      const out = Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+      // Framed once here (framing.ts): grpc-js then writes the same bytes to every stream, where
+      // it would copy them into a new framed buffer per stream.
+      const out = preframe(type.encode(value as object).finish());
       encoded.set(value as object, out);
       return out;
     },
@@ -332,6 +333,7 @@ export class XdsServer {
   }
 
   async listen(address: string, credentials: grpc.ServerCredentials = grpc.ServerCredentials.createInsecure()): Promise<number> {
+    if (!installPreframedWrites()) this.ctx.logger.warn('grpc-js changed: xDS responses are framed once per stream again (slower fan-out)');
     const server = new grpc.Server({
       'grpc.max_send_message_length': 64 * 1024 * 1024,
       'grpc.max_receive_message_length': 16 * 1024 * 1024,

@@ -339,6 +339,8 @@ export abstract class XdsStream {
   /** Delta's set of ACKed names of a type (only clusters and endpoints are tracked: see acked). */
   protected ackedNames(type: TypeUrl): Set<string> | undefined {
     if (type !== TypeUrl.Cluster && type !== TypeUrl.Endpoint) return undefined;
+    // The caller is about to change the set in place: what allClustersWarm found no longer holds.
+    this.ackedEpoch++;
     let s = this.acked.get(type) as Set<string> | undefined;
     if (!s) {
       s = new Set();
@@ -365,8 +367,58 @@ export abstract class XdsStream {
     return endpoints.has(c) ? (ackedEndpoints?.has(c) ?? false) : (ackedClusters?.has(c) ?? false);
   }
 
+  /** Bumped whenever Delta changes an ACKed set in place (SotW replaces the whole map instead). */
+  private ackedEpoch = 0;
+  /** What allClustersWarm last found, and everything that answer depended on. */
+  private warmMemo?: {
+    clusterGen: number;
+    endpointGen: number;
+    ackedClusters: object | undefined;
+    ackedEndpoints: object | undefined;
+    epoch: number;
+    all: boolean;
+  };
+
+  /**
+   * Whether every cluster of the group's snapshot is warm on the proxy (see warm). Found once and
+   * kept until the snapshot's clusters or endpoints (their cache generations) or what the proxy
+   * ACKed change: a route-only change (the common edit) then costs nothing here per stream,
+   * where looking up every cluster a route configuration names (600 for 1,000 routes) in three
+   * maps, per stream and per push, was ~24 % of the CPU of a 1,000-stream SotW fan-out.
+   */
+  private allClustersWarm(): boolean {
+    const group = this.status!.node.group;
+    const clusterGen = this.ctx.cache.generation(group, TypeUrl.Cluster);
+    const endpointGen = this.ctx.cache.generation(group, TypeUrl.Endpoint);
+    const ackedClusters = this.acked.get(TypeUrl.Cluster);
+    const ackedEndpoints = this.acked.get(TypeUrl.Endpoint);
+    const m = this.warmMemo;
+    if (
+      m &&
+      m.clusterGen === clusterGen &&
+      m.endpointGen === endpointGen &&
+      m.ackedClusters === ackedClusters &&
+      m.ackedEndpoints === ackedEndpoints &&
+      m.epoch === this.ackedEpoch
+    )
+      return m.all;
+    const snap = this.ctx.cache.get(group);
+    const endpoints = snap.get(TypeUrl.Endpoint);
+    let all = true;
+    for (const c of snap.get(TypeUrl.Cluster).keys()) {
+      if (!this.warm(c, endpoints, ackedClusters, ackedEndpoints)) {
+        all = false;
+        break;
+      }
+    }
+    this.warmMemo = { clusterGen, endpointGen, ackedClusters, ackedEndpoints, epoch: this.ackedEpoch, all };
+    return all;
+  }
+
   /** The clusters these resources name that are not warm on the proxy (see warm). */
   protected coldClusters(resources: Iterable<Resource>): string[] {
+    // Only clusters of the snapshot can be cold: when all of them are warm, none of these is.
+    if (this.allClustersWarm()) return [];
     const snap = this.ctx.cache.get(this.status!.node.group);
     const clusters = snap.get(TypeUrl.Cluster);
     const endpoints = snap.get(TypeUrl.Endpoint);
