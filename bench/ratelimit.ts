@@ -21,6 +21,7 @@
 //
 // Flags: --seconds S (10) --rounds R (3) --rate R (1000) --routes local,global,flood --json FILE
 // --serve-node-options OPTS: NODE_OPTIONS for the serve child only (e.g. --max-semi-space-size=N).
+// --redis-unix: serve reaches Redis over its Unix socket (unix:///…) instead of loopback TCP.
 // --gc: measures garbage instead of time (bench/gc-probe.ts preloaded into serve): per phase, the
 // bytes serve allocated per request, its collections per 10,000 requests, and where the bytes came
 // from. These do not move with the load on the machine, where p99 does; the latencies of a --gc
@@ -48,6 +49,7 @@ const { values: flags } = parseArgs({
     routes: { type: 'string' },
     gc: { type: 'boolean' },
     'serve-node-options': { type: 'string' },
+    'redis-unix': { type: 'boolean' },
     json: { type: 'string' },
   },
 });
@@ -234,7 +236,7 @@ async function main(): Promise<void> {
   await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', r));
   const upPort = (upstream.address() as net.AddressInfo).port;
   const gwPort = await freePort();
-  const redis = await startRedis();
+  const redis = await startRedis({ unixSocket: flags['redis-unix'] === true });
   const dir = mkdtempSync(path.join(os.tmpdir(), 'sb-bench-rl-'));
   const local = '{ requests: 1000000, per: 1s }';
   writeFileSync(
@@ -295,7 +297,7 @@ spec:
         NODE_OPTIONS: [flags['serve-node-options'] ?? '', probeDir ? `--import=${pathToFileURL(probeModule).href}` : ''].join(' ').trim(),
         ...(probeDir ? { SIGNALBOX_GC_PROBE_DIR: probeDir } : {}),
       },
-      extraArgs: ['--ratelimit-port', '0', '--redis-url', redis.url, '--log-level', 'warn', '--access-log-sampling', 'off'],
+      extraArgs: ['--ratelimit-port', '0', '--redis-url', redis.socketUrl ?? redis.url, '--log-level', 'warn', '--access-log-sampling', 'off'],
     });
     envoy = await startEnvoy({ name: 'bench-rl', bootstrapYaml: await sb.bootstrap({ gateway: 'bench', id: 'bench-rl' }) });
     const probe = new Conn(gwPort);

@@ -77,7 +77,7 @@ export const SERVE_SETTINGS = {
     flag: 'redis-url',
     env: 'REDIS_URL',
     default: 'redis://127.0.0.1:6379',
-    help: 'the Redis that holds the global rate-limit counters: redis://[:PASSWORD@]HOST:PORT[/DB], or rediss:// for TLS; the password never shows in logs, /api/status or metrics',
+    help: 'the Redis that holds the global rate-limit counters: redis://[:PASSWORD@]HOST:PORT[/DB], rediss:// for TLS, or unix:///PATH/redis.sock (redis+unix://, ?db=N; password by file or REDIS_PASSWORD) on the same host; the password never shows in logs, /api/status or metrics',
   },
   redisPasswordFile: {
     flag: 'redis-password-file',
@@ -286,7 +286,7 @@ export const RATELIMIT_SETTINGS = {
     flag: 'redis-url',
     env: 'REDIS_URL',
     default: 'redis://127.0.0.1:6379',
-    help: "the Redis holding the counters (the control plane's): redis://[:PASSWORD@]HOST:PORT[/DB], or rediss:// for TLS",
+    help: "the Redis holding the counters (the control plane's): redis://[:PASSWORD@]HOST:PORT[/DB], rediss:// for TLS, or unix:///PATH/redis.sock (redis+unix://, ?db=N) on the same host",
   },
   redisPasswordFile: {
     flag: 'redis-password-file',

@@ -1,9 +1,12 @@
 // A real redis-server on a free loopback port, for the global rate-limit tests and benchmark. The
 // binary comes from $SIGNALBOX_REDIS_BIN (scripts/test.mjs sets it from scripts/provision-redis.sh)
 // or, when a test file runs by hand, from that script. No persistence; kill() stops it at once
-// (an outage), start() brings it back on the same port (empty: counters start again).
+// (an outage), start() brings it back on the same port (empty: counters start again). With
+// unixSocket it also listens on a Unix socket in a fresh temporary directory (mode 0700).
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import { repoRoot } from './envoy.js';
 import { freePort, waitFor } from './net.js';
@@ -11,6 +14,9 @@ import { freePort, waitFor } from './net.js';
 export interface RedisServer {
   port: number;
   url: string;
+  /** With unixSocket: the socket's path and its URL (unix:///…). */
+  socket?: string;
+  socketUrl?: string;
   /** Starts it again (after kill) on the same port. */
   start(): Promise<void>;
   /** SIGKILL, resolves once it exited. */
@@ -41,8 +47,10 @@ process.once('exit', () => {
   for (const c of live) c.kill('SIGKILL');
 });
 
-export async function startRedis(opts: { password?: string } = {}): Promise<RedisServer> {
+export async function startRedis(opts: { password?: string; unixSocket?: boolean } = {}): Promise<RedisServer> {
   const port = await freePort();
+  const socketDir = opts.unixSocket ? mkdtempSync(path.join(os.tmpdir(), 'sb-redis-')) : undefined;
+  const socket = socketDir ? path.join(socketDir, 'redis.sock') : undefined;
   let child: ChildProcess | undefined;
   let log = '';
   const launch = async () => {
@@ -60,6 +68,7 @@ export async function startRedis(opts: { password?: string } = {}): Promise<Redi
       '--loglevel',
       'warning',
       ...(opts.password ? ['--requirepass', opts.password] : []),
+      ...(socket ? ['--unixsocket', socket, '--unixsocketperm', '700'] : []),
     ];
     const c = spawn(redisBinary(), args, { stdio: ['ignore', 'pipe', 'pipe'] });
     child = c;
@@ -78,6 +87,7 @@ export async function startRedis(opts: { password?: string } = {}): Promise<Redi
   const server: RedisServer = {
     port,
     url: `redis://127.0.0.1:${port}`,
+    ...(socket ? { socket, socketUrl: `unix://${socket}` } : {}),
     start: launch,
     kill: async () => {
       const c = child;
@@ -102,7 +112,10 @@ export async function startRedis(opts: { password?: string } = {}): Promise<Redi
         s.on('error', reject);
       }),
     logs: () => log,
-    stop: async () => server.kill(),
+    stop: async () => {
+      await server.kill();
+      if (socketDir) rmSync(socketDir, { recursive: true, force: true });
+    },
   };
   await launch();
   return server;

@@ -141,8 +141,10 @@ describe('signalbox ratelimit (standalone): real Redis, real Envoy', () => {
         String(ports.ratelimit),
         '--metrics-port',
         String(ports.metrics),
+        // Over Redis's Unix socket (same host), the password from its file: the counters below are
+        // read back over TCP, so they prove the socket reached the same Redis.
         '--redis-url',
-        redis.url,
+        `redis+unix://${redis.socket}`,
         '--redis-password-file',
         path.join(secrets, 'redis-password'),
         '--watch-debounce-ms',
@@ -174,7 +176,7 @@ describe('signalbox ratelimit (standalone): real Redis, real Envoy', () => {
   };
 
   before(async () => {
-    redis = await startRedis({ password: PASSWORD });
+    redis = await startRedis({ password: PASSWORD, unixSocket: true });
     backend = await startControlUpstream('backend');
     ports.gw = await freePort();
     ports.ratelimit = await freePort();

@@ -81,4 +81,30 @@ describe('Redis counter store (real Redis)', () => {
     await waitFor(() => store.isUp, { what: 'Redis reconnected', timeoutMs: 10_000 });
     assert.deepEqual(await store.count(['down'], [1], [60_000]), [1]);
   });
+
+  test('over a Unix socket (unix:// and redis+unix://, ?db=N, the password given apart): counts land in that database', async () => {
+    const local = await startRedis({ password: 'pw-sock-51c2', unixSocket: true });
+    const stores: RedisCounterStore[] = [];
+    try {
+      for (const [url, key] of [
+        [`unix://${local.socket}?db=3`, 'sock-a'],
+        [`redis+unix://${local.socket}`, 'sock-b'],
+      ] as const) {
+        const s = new RedisCounterStore({ url, password: 'pw-sock-51c2' }, createLogger({ level: 'silent' }));
+        stores.push(s);
+        s.connect();
+        await waitFor(() => s.isUp, { what: `Redis connected over ${url}` });
+        assert.deepEqual(await s.count([key], [2], [60_000]), [2]);
+        assert.deepEqual(await s.count([key], [1], [60_000]), [3]);
+        assert.equal(s.status().url, url, 'shown as given (no password in it)');
+      }
+      // Read back over TCP: db 3 holds sock-a, db 0 sock-b.
+      assert.match(await local.command(['EVAL', "redis.call('SELECT', 3) return redis.call('GET', 'sock-a')", '0']), /\r\n3\r\n/);
+      assert.match(await local.command(['GET', 'sock-b']), /\r\n3\r\n/);
+      assert.match(await local.command(['GET', 'sock-a']), /^\$-1/);
+    } finally {
+      for (const s of stores) await s.close();
+      await local.stop();
+    }
+  });
 });

@@ -77,7 +77,10 @@ describe('signalbox ratelimit (standalone)', () => {
     tmp.push(empty);
     writeFileSync(path.join(empty, 'empty'), '\n');
     const cases: [Record<string, string | boolean>, NodeJS.ProcessEnv, RegExp][] = [
-      [{ 'redis-url': `http://:${SECRET}@127.0.0.1:6379` }, {}, /--redis-url must start with redis:\/\/ or rediss:\/\//],
+      [{ 'redis-url': `http://:${SECRET}@127.0.0.1:6379` }, {}, /--redis-url must start with redis:\/\/, rediss:\/\/ \(TLS\), unix:\/\/ or redis\+unix:\/\//],
+      [{ 'redis-url': `redis+unix://u:${SECRET}@localhost/tmp/redis.sock` }, {}, /a Unix socket URL carries no credentials/],
+      [{ 'redis-url': 'unix:///tmp/redis.sock?db=x' }, {}, /\?db= is a database number/],
+      [{ 'redis-url': 'unix://redis.internal/tmp/redis.sock' }, {}, /a Unix socket URL names no host/],
       [{ 'redis-url': `redis://:${SECRET}@127.0.0.1:6379/x` }, {}, /the path is a database number/],
       [{}, { REDIS_URL: `not a url ${SECRET}` }, /--redis-url must be a URL/],
       [{ 'redis-password-file': path.join(empty, 'missing') }, {}, /--redis-password-file .* cannot be read: ENOENT/],
