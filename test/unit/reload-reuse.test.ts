@@ -1,0 +1,145 @@
+// What a reload reuses from the one before, and what each kind of edit must invalidate. For every
+// kind of document (HTTPRoute, Service, Gateway, a TrafficPolicy on a backend, a RateLimitPolicy on
+// a route) one edit is applied to a long-lived pipeline and the result is checked two ways: it
+// serves exactly what a from-scratch compile of the same files serves, and the caches kept (or
+// dropped) what that edit touches: a resource map, a Cluster, a virtual host.
+import assert from 'node:assert/strict';
+import { mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { after, test } from 'node:test';
+import { Pipeline } from '../../src/controller/pipeline.js';
+import { createLogger } from '../../src/observability/logger.js';
+import { SnapshotCache } from '../../src/xds/cache/snapshot-cache.js';
+import { PUSH_ORDER, TypeUrl } from '../../src/xds/resources/type-urls.js';
+
+const dirs: string[] = [];
+after(() => {
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
+
+const header = (kind: string, name: string) => `apiVersion: signalbox.dev/v1alpha1\nkind: ${kind}\nmetadata: { name: ${name} }\n`;
+const service = (j: number, port = 20000 + j * 10, protocol = 'http') =>
+  `${header('Service', `svc-${j}`)}spec:\n  protocol: ${protocol}\n  port: 8080\n  endpoints:\n    - { address: 127.0.0.1, port: ${port}, labels: { version: v1 } }\n  subsets:\n    - { name: v1, labels: { version: v1 } }\n`;
+const route = (i: number, timeout = '5s', host = `h${i % 2}.example.com`) =>
+  `${header('HTTPRoute', `r${i}`)}spec:\n  parentRefs: [ { kind: Gateway, name: edge } ]\n  hostnames: [ ${host} ]\n  rules:\n    - name: main\n      matches:\n        - path: { type: PathPrefix, value: /r${i} }\n      backendRefs: [ { name: svc-${i % 3}, subset: v1 } ]\n      timeout: ${timeout}\n    - matches:\n        - path: { type: Exact, value: /r${i}/x }\n      backendRefs: [ { name: svc-${(i + 1) % 3} } ]\n`;
+const gateway = (port = 8080) =>
+  `${header('Gateway', 'edge')}spec:\n  listeners:\n    - { name: http, port: ${port}, protocol: HTTP, hostnames: ["*.example.com"] }\n`;
+const traffic = (connectTimeout = '2s') =>
+  `${header('TrafficPolicy', 'tp-1')}spec:\n  targetRef: { kind: Service, name: svc-1 }\n  connectTimeout: ${connectTimeout}\n`;
+const rateLimit = (requests = 10) =>
+  `${header('RateLimitPolicy', 'rl-0')}spec:\n  targetRef: { kind: HTTPRoute, name: r0 }\n  local: { requests: ${requests}, per: 1s }\n`;
+
+const files = {
+  gateway: 'gateway.yaml',
+  svc0: 'services/svc-0.yaml',
+  svc1: 'services/svc-1.yaml',
+  r0: 'routes/r0.yaml',
+  r1: 'routes/r1.yaml',
+  traffic: 'policies/tp-1.yaml',
+  rateLimit: 'policies/rl-0.yaml',
+};
+
+function write(dir: string, rel: string, text: string): string {
+  const f = path.join(dir, rel);
+  writeFileSync(`${f}.next`, text);
+  renameSync(`${f}.next`, f);
+  return f;
+}
+
+function directory(): string {
+  const dir = mkdtempSync(path.join(tmpdir(), 'sb-reuse-'));
+  dirs.push(dir);
+  for (const sub of ['routes', 'services', 'policies']) mkdirSync(path.join(dir, sub));
+  writeFileSync(path.join(dir, files.gateway), gateway());
+  for (let j = 0; j < 3; j++) writeFileSync(path.join(dir, `services/svc-${j}.yaml`), service(j));
+  for (let i = 0; i < 4; i++) writeFileSync(path.join(dir, `routes/r${i}.yaml`), route(i));
+  writeFileSync(path.join(dir, files.traffic), traffic());
+  writeFileSync(path.join(dir, files.rateLimit), rateLimit());
+  return dir;
+}
+
+function served(cache: SnapshotCache) {
+  const out: Record<string, unknown> = {};
+  for (const group of cache.groupNames()) {
+    const snap = cache.get(group);
+    const types: Record<string, unknown> = { version: snap.version };
+    for (const t of PUSH_ORDER) {
+      types[t] = [...snap.get(t).values()]
+        .sort((a, b) => (a.name < b.name ? -1 : 1))
+        .map((r) => ({ name: r.name, version: r.version, bytes: Buffer.from(r.bytes).toString('base64'), sources: r.sources }));
+    }
+    out[group] = types;
+  }
+  return out;
+}
+
+const logger = createLogger({ level: 'silent' });
+const GROUP = 'gateway/edge';
+
+/** A pipeline on a fresh directory, one edit applied as a hinted reload; what was served before and after, and a cold compile's. */
+async function edited(rel: string, text: string) {
+  const dir = directory();
+  const cache = new SnapshotCache();
+  const live = new Pipeline({ policyDir: dir, cache, logger });
+  assert.ok((await live.reload()).applied);
+  // A second, unchanged reload: what it reuses is what the first one built.
+  assert.ok((await live.reload({ paths: new Set([path.join(dir, files.r1)]), full: false })).applied);
+  const before = cache.get(GROUP);
+  assert.ok(cache.has(GROUP));
+  const file = write(dir, rel, text);
+  const r = await live.reload({ paths: new Set([file]), full: false });
+  assert.ok(r.applied, JSON.stringify(r.errors));
+  const after = cache.get(GROUP);
+  const freshCache = new SnapshotCache();
+  assert.ok((await new Pipeline({ policyDir: dir, cache: freshCache, logger }).reload()).applied);
+  assert.deepEqual(served(cache), served(freshCache), 'the incremental reload serves what a cold compile serves');
+  /** Whether the type's map is the very one served before (nothing of the type rebuilt or re-hashed). */
+  const kept = (t: TypeUrl) => before.get(t) === after.get(t);
+  const sameResource = (t: TypeUrl, name: string) => {
+    const a = before.get(t).get(name);
+    assert.ok(a, `${name} was served`);
+    return a === after.get(t).get(name);
+  };
+  return { before, after, kept, sameResource };
+}
+
+test('an unchanged reload keeps every resource map', async () => {
+  const { kept } = await edited(files.r1, route(1));
+  for (const t of [TypeUrl.Cluster, TypeUrl.Endpoint, TypeUrl.Listener, TypeUrl.Route]) assert.ok(kept(t), t);
+});
+
+test('an HTTPRoute edit rebuilds its route configuration only; Clusters and endpoints stay the same maps', async () => {
+  const { kept } = await edited(files.r0, route(0, '7s'));
+  assert.ok(!kept(TypeUrl.Route), 'the route configuration changed');
+  assert.ok(kept(TypeUrl.Cluster) && kept(TypeUrl.Endpoint) && kept(TypeUrl.Listener));
+});
+
+test('a Service edit rebuilds what that Service gives: its endpoints (a port) or its Clusters (a protocol)', async () => {
+  const port = await edited(files.svc0, service(0, 29999));
+  assert.ok(!port.kept(TypeUrl.Endpoint) && !port.sameResource(TypeUrl.Endpoint, 'svc-0/v1'));
+  assert.ok(port.sameResource(TypeUrl.Endpoint, 'svc-1/v1'), "another Service's endpoints are the same resource");
+  assert.ok(port.kept(TypeUrl.Cluster), 'the Clusters did not change');
+  const protocol = await edited(files.svc0, service(0, 20000, 'http2'));
+  assert.ok(!protocol.kept(TypeUrl.Cluster) && !protocol.sameResource(TypeUrl.Cluster, 'svc-0/v1') && !protocol.sameResource(TypeUrl.Cluster, 'svc-0'));
+  assert.ok(protocol.sameResource(TypeUrl.Cluster, 'svc-1'), "another Service's Cluster is the same resource");
+});
+
+test('a Gateway edit rebuilds its listener and keeps the Clusters', async () => {
+  const { kept } = await edited(files.gateway, gateway(8081));
+  assert.ok(!kept(TypeUrl.Listener));
+  assert.ok(kept(TypeUrl.Cluster) && kept(TypeUrl.Endpoint));
+});
+
+test("a TrafficPolicy edit rebuilds its Service's Clusters and no other", async () => {
+  const { kept, sameResource } = await edited(files.traffic, traffic('3s'));
+  assert.ok(!kept(TypeUrl.Cluster) && !sameResource(TypeUrl.Cluster, 'svc-1'));
+  assert.ok(sameResource(TypeUrl.Cluster, 'svc-0') && sameResource(TypeUrl.Cluster, 'svc-2/v1'));
+  assert.ok(kept(TypeUrl.Endpoint));
+});
+
+test("a RateLimitPolicy edit on a route rebuilds that route's configuration and keeps the Clusters", async () => {
+  const { kept } = await edited(files.rateLimit, rateLimit(20));
+  assert.ok(!kept(TypeUrl.Route));
+  assert.ok(kept(TypeUrl.Cluster) && kept(TypeUrl.Endpoint));
+});
