@@ -101,6 +101,33 @@ function byName<T extends { name: string }>(a: T, b: T): number {
 }
 
 /**
+ * The ServiceModel of each Service document, by the document's parsed value: the parse cache hands
+ * the same value out again only while its file's text is unchanged, so an unchanged Service gives
+ * the very same ServiceModel from one reload to the next, and what the translator builds from it
+ * (its Clusters, see translate/mesh-identity.ts) is reused by identity. Frozen (what it holds of
+ * the document is never changed either).
+ */
+const serviceModels = new WeakMap<object, ServiceModel>();
+
+function serviceModel(d: LoadedDoc<'Service'>): ServiceModel {
+  const hit = serviceModels.get(d.value);
+  if (hit && hit.name === d.name && hit.source.file === d.source.file && hit.source.doc === d.source.doc) return hit;
+  const s = d.value.spec as Service['spec'];
+  const subsets = (s.subsets ?? []).map((x) => Object.freeze({ name: x.name, labels: x.labels })).sort(byName);
+  const model: ServiceModel = Object.freeze({
+    name: d.name,
+    protocol: s.protocol,
+    port: s.port,
+    endpoints: s.endpoints,
+    consul: s.consul,
+    subsets: Object.freeze(subsets) as ServiceModel['subsets'],
+    source: d.source,
+  });
+  serviceModels.set(d.value, model);
+  return model;
+}
+
+/**
  * The one message for every refused file reference: it must not tell a policy author whether a file
  * outside the policy directory (say the CA's root.key) exists, or what it is.
  */
@@ -216,18 +243,7 @@ export async function resolveModel(docs: LoadedDoc[], files: PolicyFiles, opts: 
   };
 
   const services = new Map<string, ServiceModel>();
-  for (const d of of('Service')) {
-    const s = d.value.spec as Service['spec'];
-    services.set(d.name, {
-      name: d.name,
-      protocol: s.protocol,
-      port: s.port,
-      endpoints: s.endpoints,
-      consul: s.consul,
-      subsets: (s.subsets ?? []).map((x) => ({ name: x.name, labels: x.labels })).sort(byName),
-      source: d.source,
-    });
-  }
+  for (const d of of('Service')) services.set(d.name, serviceModel(d));
   if (mesh.tracing && meshDoc) {
     const t = services.get(mesh.tracing.service);
     const at = ['spec', 'tracing', 'otlp', 'service'];

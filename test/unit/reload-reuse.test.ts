@@ -86,11 +86,13 @@ async function edited(rel: string, text: string) {
   // A second, unchanged reload: what it reuses is what the first one built.
   assert.ok((await live.reload({ paths: new Set([path.join(dir, files.r1)]), full: false })).applied);
   const before = cache.get(GROUP);
+  const irBefore = live.irGroups().get(GROUP)!;
   assert.ok(cache.has(GROUP));
   const file = write(dir, rel, text);
   const r = await live.reload({ paths: new Set([file]), full: false });
   assert.ok(r.applied, JSON.stringify(r.errors));
   const after = cache.get(GROUP);
+  const irAfter = live.irGroups().get(GROUP)!;
   const freshCache = new SnapshotCache();
   assert.ok((await new Pipeline({ policyDir: dir, cache: freshCache, logger }).reload()).applied);
   assert.deepEqual(served(cache), served(freshCache), 'the incremental reload serves what a cold compile serves');
@@ -101,7 +103,13 @@ async function edited(rel: string, text: string) {
     assert.ok(a, `${name} was served`);
     return a === after.get(t).get(name);
   };
-  return { before, after, kept, sameResource };
+  /** Whether the IR cluster is the very object built before (the Cluster cache, keyed by its Service document). */
+  const sameCluster = (name: string) => {
+    const a = irBefore.clusters.find((c) => c.name === name);
+    assert.ok(a, `cluster ${name} was built`);
+    return a === irAfter.clusters.find((c) => c.name === name);
+  };
+  return { before, after, kept, sameResource, sameCluster };
 }
 
 test('an unchanged reload keeps every resource map', async () => {
@@ -110,8 +118,9 @@ test('an unchanged reload keeps every resource map', async () => {
 });
 
 test('an HTTPRoute edit rebuilds its route configuration only; Clusters and endpoints stay the same maps', async () => {
-  const { kept } = await edited(files.r0, route(0, '7s'));
+  const { kept, sameCluster } = await edited(files.r0, route(0, '7s'));
   assert.ok(!kept(TypeUrl.Route), 'the route configuration changed');
+  assert.ok(sameCluster('svc-0/v1') && sameCluster('svc-2'), 'the clusters are the same objects');
   assert.ok(kept(TypeUrl.Cluster) && kept(TypeUrl.Endpoint) && kept(TypeUrl.Listener));
 });
 
@@ -123,6 +132,11 @@ test('a Service edit rebuilds what that Service gives: its endpoints (a port) or
   const protocol = await edited(files.svc0, service(0, 20000, 'http2'));
   assert.ok(!protocol.kept(TypeUrl.Cluster) && !protocol.sameResource(TypeUrl.Cluster, 'svc-0/v1') && !protocol.sameResource(TypeUrl.Cluster, 'svc-0'));
   assert.ok(protocol.sameResource(TypeUrl.Cluster, 'svc-1'), "another Service's Cluster is the same resource");
+  assert.ok(
+    !protocol.sameCluster('svc-0') && !protocol.sameCluster('svc-0/v1') && !port.sameCluster('svc-0/v1'),
+    "the edited Service's clusters are built again",
+  );
+  assert.ok(protocol.sameCluster('svc-2') && protocol.sameCluster('svc-2/v1'), "the other Services' clusters are the same objects");
 });
 
 test('a Gateway edit rebuilds its listener and keeps the Clusters', async () => {
@@ -142,4 +156,29 @@ test("a RateLimitPolicy edit on a route rebuilds that route's configuration and 
   const { kept } = await edited(files.rateLimit, rateLimit(20));
   assert.ok(!kept(TypeUrl.Route));
   assert.ok(kept(TypeUrl.Cluster) && kept(TypeUrl.Endpoint));
+});
+
+test("a Mesh edit of the trust domain rebuilds every Service's clusters (their upstream identity)", async () => {
+  const dir = directory();
+  // svc-2 runs a sidecar: its clusters carry the mesh identity.
+  writeFileSync(path.join(dir, 'services/svc-2.yaml'), service(2).replace('labels: { version: v1 } }', 'labels: { version: v1 }, sidecarPort: 15006 }'));
+  writeFileSync(path.join(dir, 'mesh.yaml'), `${header('Mesh', 'default')}spec:\n  trustDomain: one.example\n`);
+  const cache = new SnapshotCache();
+  const live = new Pipeline({ policyDir: dir, cache, logger });
+  assert.ok((await live.reload()).applied);
+  const before = live
+    .irGroups()
+    .get(GROUP)!
+    .clusters.find((c) => c.name === 'svc-2')!;
+  const file = write(dir, 'mesh.yaml', `${header('Mesh', 'default')}spec:\n  trustDomain: two.example\n`);
+  assert.ok((await live.reload({ paths: new Set([file]), full: false })).applied);
+  const after = live
+    .irGroups()
+    .get(GROUP)!
+    .clusters.find((c) => c.name === 'svc-2')!;
+  assert.notEqual(after, before);
+  assert.match(String(after.upstreamIdentity), /two\.example/);
+  const freshCache = new SnapshotCache();
+  assert.ok((await new Pipeline({ policyDir: dir, cache: freshCache, logger }).reload()).applied);
+  assert.deepEqual(served(cache), served(freshCache));
 });

@@ -130,6 +130,8 @@ export class EncodeCache {
   /** Resources by the text of their inputs (reuse), and the keys used since the last sweep. */
   private made = new Map<string, Resource>();
   private madeLive = new Set<string>();
+  /** Resources by a frozen input object (reuseFor). */
+  private byObject = new WeakMap<object, Resource>();
   hits = 0;
   misses = 0;
   /** Whether each newly encoded resource is decoded again and compared (assertRoundTrip). */
@@ -217,6 +219,21 @@ export class EncodeCache {
       this.made.set(inputKey, r);
     }
     this.madeLive.add(inputKey);
+    this.live.add(r.version);
+    return r;
+  }
+
+  /**
+   * Like reuse, keyed by a frozen object that holds everything `make` reads (an IR cluster): the
+   * same object stands for the same content, so no text of it is written out to look it up.
+   * Kept while the object lives.
+   */
+  reuseFor(input: object, make: () => Resource): Resource {
+    let r = this.byObject.get(input);
+    if (!r) {
+      r = make();
+      this.byObject.set(input, r);
+    }
     this.live.add(r.version);
     return r;
   }

@@ -27,9 +27,12 @@ export function configResources(ir: IRProxyConfig, enc: EncodeCache): ResourceMa
     const rc = routeConfig(l);
     put(enc.makeSplit(TypeUrl.Route, l.routeConfig.name, rc.json, VIRTUAL_HOSTS, { sources: files, partTexts: rc.vhostTexts }));
   }
-  // clusterResource reads nothing but the IR cluster, whose JSON text (source included) is the key.
-  for (const c of ir.clusters)
-    put(enc.reuse(`${TypeUrl.Cluster}\n${JSON.stringify(c)}`, () => enc.make(TypeUrl.Cluster, c.name, clusterResource(c), { sources: [c.source.file] })));
+  // clusterResource reads nothing but the IR cluster: a frozen one (serviceCluster's, reused while
+  // its Service document is unchanged) is the key itself; another's key is its JSON text (source included).
+  for (const c of ir.clusters) {
+    const make = () => enc.make(TypeUrl.Cluster, c.name, clusterResource(c), { sources: [c.source.file] });
+    put(Object.isFrozen(c) ? enc.reuseFor(c, make) : enc.reuse(`${TypeUrl.Cluster}\n${JSON.stringify(c)}`, make));
+  }
   for (const s of ir.secrets) {
     const json = secretResource(s);
     put(enc.make(TypeUrl.Secret, s.name, json, { printable: redactSecret(json), sources: [s.source.file] }));
@@ -45,7 +48,19 @@ export function configResources(ir: IRProxyConfig, enc: EncodeCache): ResourceMa
  */
 const assignments = new WeakMap<readonly Instance[], Map<string, Resource>>();
 
+/** The last ClusterLoadAssignment of each frozen IR cluster, with the instance list it was made from. */
+const lastAssignment = new WeakMap<IRCluster, { instances: readonly Instance[]; resource: Resource }>();
+
 export function endpointsResource(c: IRCluster, instances: readonly Instance[], enc: EncodeCache): Resource {
+  // A frozen cluster cannot change: with the same instance list, the resource is the one made last time.
+  const last = lastAssignment.get(c);
+  if (last?.instances === instances) return last.resource;
+  const r = assignment(c, instances, enc);
+  if (Object.isFrozen(c)) lastAssignment.set(c, { instances, resource: r });
+  return r;
+}
+
+function assignment(c: IRCluster, instances: readonly Instance[], enc: EncodeCache): Resource {
   // Everything of the cluster that endpointResource reads, and the resource's source.
   const key = `${c.name}\u0000${c.subset ? JSON.stringify(c.subset.labels) : ''}\u0000${c.upstreamIdentity !== undefined}\u0000${c.source.file}`;
   let byCluster = assignments.get(instances);
