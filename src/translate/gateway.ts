@@ -47,6 +47,39 @@ function withListenerPort(r: IRRoute, port: number): IRRoute {
 }
 const withPort = new WeakMap<IRRoute, Map<number, IRRoute>>();
 
+/** `routes` with withListenerPort applied: the same (frozen) array when no route changes, as it is for most. */
+function routesOnPort(routes: readonly IRRoute[], port: number): readonly IRRoute[] {
+  let out: IRRoute[] | undefined;
+  for (let i = 0; i < routes.length; i++) {
+    const r = withListenerPort(routes[i]!, port);
+    if (r !== routes[i] && !out) out = routes.slice(0, i);
+    out?.push(r);
+  }
+  return out ?? routes;
+}
+
+/**
+ * Each gateway listener's virtual hosts as last sorted: per hostname, the routes in the order they
+ * were gathered and the same routes sorted (frozen). A reload whose routes for a hostname are the
+ * very same objects in the same order (routesOf reuses an unchanged HTTPRoute's) reuses the sorted
+ * array, and with it what the translator keyed by that array (the virtual host's JSON text and its
+ * hash, see xds/translator/route.ts). The sort depends only on that sequence, so the result is the
+ * same whichever edits led to it. Only the hostnames of a listener's last translation are kept.
+ */
+const lastSorted = new Map<string, Map<string, { gathered: IRRoute[]; sorted: readonly IRRoute[] }>>();
+/** Bound on lastSorted (gateway listeners, including ones since removed): past it, it starts over. */
+const MAX_SORTED_LISTENERS = 4096;
+
+function sortedRoutes(
+  last: Map<string, { gathered: IRRoute[]; sorted: readonly IRRoute[] }> | undefined,
+  host: string,
+  gathered: IRRoute[],
+): { gathered: IRRoute[]; sorted: readonly IRRoute[] } {
+  const hit = last?.get(host);
+  if (hit && hit.gathered.length === gathered.length && hit.gathered.every((r, i) => r === gathered[i])) return hit;
+  return { gathered, sorted: Object.freeze([...gathered].sort(compareRoutes)) };
+}
+
 export function translateGateway(model: Model, gateway: GatewayModel): IRProxyConfig {
   const listeners: IRHttpListener[] = [];
   const clusters = new Map<string, IRCluster>();
@@ -59,7 +92,7 @@ export function translateGateway(model: Model, gateway: GatewayModel): IRProxyCo
       if (!attached) continue;
       const hosts = effectiveHostnames(route.spec.hostnames, l.hostnames);
       if (hosts.length === 0) continue;
-      const irRoutes = routesOf(route, model.mesh).map((r) => withListenerPort(r, l.port));
+      const irRoutes = routesOnPort(routesOf(route, model.mesh), l.port);
       for (const h of hosts) {
         const list = byHost.get(h);
         if (list) list.push(...irRoutes);
@@ -73,12 +106,16 @@ export function translateGateway(model: Model, gateway: GatewayModel): IRProxyCo
         }
       }
     }
-    const virtualHosts: IRVirtualHost[] = [...byHost.keys()].sort().map((h) => ({
-      name: h === '*' ? 'any-host' : h,
-      domains: [h],
-      routes: [...byHost.get(h)!].sort(compareRoutes),
-    }));
     const name = gatewayListenerName(gateway.name, l.name);
+    const last = lastSorted.get(name);
+    const sorted = new Map<string, { gathered: IRRoute[]; sorted: readonly IRRoute[] }>();
+    const virtualHosts: IRVirtualHost[] = [...byHost.keys()].sort().map((h) => {
+      const s = sortedRoutes(last, h, byHost.get(h)!);
+      sorted.set(h, s);
+      return { name: h === '*' ? 'any-host' : h, domains: [h], routes: s.sorted as IRRoute[] };
+    });
+    if (!last && lastSorted.size >= MAX_SORTED_LISTENERS) lastSorted.clear();
+    lastSorted.set(name, sorted);
     let tls: IRHttpListener['tls'];
     if (l.tls) {
       const secretName = `${name}/cert`;

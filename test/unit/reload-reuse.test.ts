@@ -109,7 +109,25 @@ async function edited(rel: string, text: string) {
     assert.ok(a, `cluster ${name} was built`);
     return a === irAfter.clusters.find((c) => c.name === name);
   };
-  return { before, after, kept, sameResource, sameCluster };
+  /**
+   * Whether a virtual host is the one built before: its sorted routes the same array in the IR
+   * (translate's sort cache) and its Envoy JSON the same object (the translator's, which keeps its
+   * text and hash with it).
+   */
+  const hostParts = (host: string) => {
+    const routesOf = (ir: typeof irBefore) => ir.listeners[0]!.routeConfig.virtualHosts.find((v) => v.name === host)?.routes;
+    const jsonOf = (snap: typeof before) =>
+      ((snap.get(TypeUrl.Route).get('edge/http')!.printable.virtual_hosts as { name: string }[]) ?? []).find((v) => v.name === host);
+    assert.ok(routesOf(irBefore) && jsonOf(before), `virtual host ${host} was built`);
+    const parts = { routes: routesOf(irBefore) === routesOf(irAfter), json: jsonOf(before) === jsonOf(after) };
+    assert.ok(parts.routes || !parts.json, `${host}: the JSON is reused only if the routes are`);
+    return parts;
+  };
+  const sameHost = (host: string) => {
+    const p = hostParts(host);
+    return p.routes && p.json;
+  };
+  return { before, after, kept, sameResource, sameCluster, sameHost, hostParts };
 }
 
 test('an unchanged reload keeps every resource map', async () => {
@@ -118,10 +136,17 @@ test('an unchanged reload keeps every resource map', async () => {
 });
 
 test('an HTTPRoute edit rebuilds its route configuration only; Clusters and endpoints stay the same maps', async () => {
-  const { kept, sameCluster } = await edited(files.r0, route(0, '7s'));
+  const { kept, sameCluster, sameHost } = await edited(files.r0, route(0, '7s'));
   assert.ok(!kept(TypeUrl.Route), 'the route configuration changed');
+  assert.ok(!sameHost('h0.example.com'), "the edited route's virtual host is built again");
+  assert.ok(sameHost('h1.example.com'), 'the other virtual host is the same');
   assert.ok(sameCluster('svc-0/v1') && sameCluster('svc-2'), 'the clusters are the same objects');
   assert.ok(kept(TypeUrl.Cluster) && kept(TypeUrl.Endpoint) && kept(TypeUrl.Listener));
+});
+
+test('a route edit that moves it to another hostname rebuilds both virtual hosts', async () => {
+  const { sameHost } = await edited(files.r0, route(0, '5s', 'h1.example.com'));
+  assert.ok(!sameHost('h0.example.com') && !sameHost('h1.example.com'));
 });
 
 test('a Service edit rebuilds what that Service gives: its endpoints (a port) or its Clusters (a protocol)', async () => {
@@ -140,21 +165,27 @@ test('a Service edit rebuilds what that Service gives: its endpoints (a port) or
 });
 
 test('a Gateway edit rebuilds its listener and keeps the Clusters', async () => {
-  const { kept } = await edited(files.gateway, gateway(8081));
+  const { kept, sameHost } = await edited(files.gateway, gateway(8081));
   assert.ok(!kept(TypeUrl.Listener));
+  // (h0's routes include r0's, which its RateLimitPolicy gives new objects on every reload.)
+  assert.ok(sameHost('h1.example.com'), 'no route changed: the virtual host is the same');
   assert.ok(kept(TypeUrl.Cluster) && kept(TypeUrl.Endpoint));
 });
 
 test("a TrafficPolicy edit rebuilds its Service's Clusters and no other", async () => {
-  const { kept, sameResource } = await edited(files.traffic, traffic('3s'));
+  const { kept, sameResource, sameHost } = await edited(files.traffic, traffic('3s'));
+  // (h0's routes include r0's, which its RateLimitPolicy gives new objects on every reload.)
+  assert.ok(sameHost('h1.example.com'), 'no route changed: the virtual host is the same');
   assert.ok(!kept(TypeUrl.Cluster) && !sameResource(TypeUrl.Cluster, 'svc-1'));
   assert.ok(sameResource(TypeUrl.Cluster, 'svc-0') && sameResource(TypeUrl.Cluster, 'svc-2/v1'));
   assert.ok(kept(TypeUrl.Endpoint));
 });
 
 test("a RateLimitPolicy edit on a route rebuilds that route's configuration and keeps the Clusters", async () => {
-  const { kept } = await edited(files.rateLimit, rateLimit(20));
+  const { kept, sameHost } = await edited(files.rateLimit, rateLimit(20));
   assert.ok(!kept(TypeUrl.Route));
+  assert.ok(!sameHost('h0.example.com'), "the limited route's virtual host is built again");
+  assert.ok(sameHost('h1.example.com'), 'the other virtual host is the same');
   assert.ok(kept(TypeUrl.Cluster) && kept(TypeUrl.Endpoint));
 });
 
@@ -181,4 +212,17 @@ test("a Mesh edit of the trust domain rebuilds every Service's clusters (their u
   const freshCache = new SnapshotCache();
   assert.ok((await new Pipeline({ policyDir: dir, cache: freshCache, logger }).reload()).applied);
   assert.deepEqual(served(cache), served(freshCache));
+});
+
+test("a Gateway's keyed RateLimitPolicy rebuilds every virtual host (their rate_limits) though no route changed", async () => {
+  const docHeader = header;
+  const gatewayLimit = (key: string) =>
+    `${docHeader('RateLimitPolicy', 'rl-edge')}spec:\n  targetRef: { kind: Gateway, name: edge }\n  local: { requests: 100, per: 1s, by: { header: ${key} } }\n`;
+  const { hostParts, after } = await edited('policies/rl-edge.yaml', gatewayLimit('x-api-key'));
+  // h1's routes are the same objects; what the listener adds to its virtual hosts is not.
+  assert.deepEqual(hostParts('h1.example.com'), { routes: true, json: false });
+  const h1 = (after.get(TypeUrl.Route).get('edge/http')!.printable.virtual_hosts as { name: string; rate_limits?: unknown }[]).find(
+    (v) => v.name === 'h1.example.com',
+  );
+  assert.ok(h1?.rate_limits, 'the virtual host carries the listener-wide key');
 });
