@@ -109,6 +109,18 @@ function byName<T extends { name: string }>(a: T, b: T): number {
  */
 const serviceModels = new WeakMap<object, ServiceModel>();
 
+/**
+ * HTTPRoute specs whose cross-references were checked and passed, with what the check read: each
+ * Gateway's listeners (names and hostnames, as text) and each Service's model (the same frozen
+ * object while its document is unchanged). A spec is frozen (routesOf in translate/routes.ts) and
+ * handed out again only while its file's text is unchanged, so while all of these are the same
+ * the check would pass again and is skipped: a one-route edit checks one route, not all of them.
+ */
+const checkedRoutes = new WeakMap<
+  object,
+  { file: string; doc: number; gateways: [string, string | undefined][]; services: [string, ServiceModel | undefined][] }
+>();
+
 function serviceModel(d: LoadedDoc<'Service'>): ServiceModel {
   const hit = serviceModels.get(d.value);
   if (hit && hit.name === d.name && hit.source.file === d.source.file && hit.source.doc === d.source.doc) return hit;
@@ -280,8 +292,29 @@ export async function resolveModel(docs: LoadedDoc[], files: PolicyFiles, opts: 
   }
 
   const routes: RouteModel[] = [];
+  const gatewaySigs = new Map<string, string | undefined>();
+  /** What a route's check reads of a Gateway: its listeners' names and hostnames. */
+  const gatewaySig = (name: string): string | undefined => {
+    if (gatewaySigs.has(name)) return gatewaySigs.get(name);
+    const g = gateways.get(name);
+    const sig = g?.listeners.map((l) => `${l.name}\u0000${l.hostnames.join('\u0000')}`).join('\u0001');
+    gatewaySigs.set(name, sig);
+    return sig;
+  };
   for (const d of of('HTTPRoute')) {
     const r = d.value as HTTPRoute;
+    const hit = checkedRoutes.get(r.spec);
+    if (
+      hit &&
+      hit.file === d.source.file &&
+      hit.doc === d.source.doc &&
+      hit.gateways.every(([n, sig]) => gatewaySig(n) === sig) &&
+      hit.services.every(([n, svc]) => services.get(n) === svc)
+    ) {
+      routes.push({ name: d.name, spec: r.spec, source: d.source });
+      continue;
+    }
+    const errorsBefore = errors.length;
     r.spec.parentRefs.forEach((p, i) => {
       if (p.kind === 'Gateway') {
         const g = gateways.get(p.name);
@@ -373,6 +406,20 @@ export async function resolveModel(docs: LoadedDoc[], files: PolicyFiles, opts: 
       }
     });
     routes.push({ name: d.name, spec: r.spec, source: d.source });
+    // Kept only when it passed: it then holds for as long as what it read is the same.
+    if (errors.length === errorsBefore && Object.isFrozen(r.spec)) {
+      const refGateways = new Set(r.spec.parentRefs.filter((p) => p.kind === 'Gateway').map((p) => p.name));
+      const refServices = new Set([
+        ...r.spec.parentRefs.filter((p) => p.kind !== 'Gateway').map((p) => p.name),
+        ...r.spec.rules.flatMap((rule) => (rule.backendRefs ?? []).map((b) => b.name)),
+      ]);
+      checkedRoutes.set(r.spec, {
+        file: d.source.file,
+        doc: d.source.doc,
+        gateways: [...refGateways].map((n) => [n, gatewaySig(n)]),
+        services: [...refServices].map((n) => [n, services.get(n)]),
+      });
+    }
   }
 
   const policies = resolvePolicies(unique, { mesh, services, gateways, routes }, err);

@@ -47,6 +47,20 @@ function withListenerPort(r: IRRoute, port: number): IRRoute {
 }
 const withPort = new WeakMap<IRRoute, Map<number, IRRoute>>();
 
+/** The clusters a (frozen) list of IR routes sends to, in order, once per list. */
+const routeClusters = new WeakMap<readonly IRRoute[], readonly string[]>();
+
+function clustersOf(routes: readonly IRRoute[]): readonly string[] {
+  let out = routeClusters.get(routes);
+  if (!out) {
+    const used = new Set<string>();
+    for (const r of routes) if (r.action.kind === 'forward') for (const b of r.action.backends) used.add(b.cluster);
+    out = [...used];
+    if (Object.isFrozen(routes)) routeClusters.set(routes, out);
+  }
+  return out;
+}
+
 /** `routes` with withListenerPort applied: the same (frozen) array when no route changes, as it is for most. */
 function routesOnPort(routes: readonly IRRoute[], port: number): readonly IRRoute[] {
   let out: IRRoute[] | undefined;
@@ -98,13 +112,7 @@ export function translateGateway(model: Model, gateway: GatewayModel): IRProxyCo
         if (list) list.push(...irRoutes);
         else byHost.set(h, [...irRoutes]);
       }
-      for (const r of irRoutes) {
-        if (r.action.kind !== 'forward') continue;
-        for (const b of r.action.backends) {
-          if (clusters.has(b.cluster)) continue;
-          clusters.set(b.cluster, serviceCluster(model, b.cluster));
-        }
-      }
+      for (const c of clustersOf(irRoutes)) if (!clusters.has(c)) clusters.set(c, serviceCluster(model, c));
     }
     const name = gatewayListenerName(gateway.name, l.name);
     const last = lastSorted.get(name);

@@ -24,24 +24,29 @@ export function gatewayIdentity(model: Model, gateway: string): string {
  * unchanged (model.ts), and frozen, so a reload reuses its clusters (deep-frozen) instead of
  * building them again, and the translator recognises them by identity (EncodeCache.reuseFor).
  */
-const builtClusters = new WeakMap<ServiceModel, Map<string, IRCluster>>();
+const builtClusters = new WeakMap<ServiceModel, { mesh: string; byName: Map<string, IRCluster> }>();
+/** Everything of the Mesh that buildCluster reads, as text, once per MeshModel. */
+const meshKeys = new WeakMap<object, string>();
 
 /** The cluster for a service (or one of its subsets) as seen by a calling proxy; deep-frozen, never to be changed. */
 export function serviceCluster(model: Model, name: string): IRCluster {
-  const [service] = name.split('/') as [string, string | undefined];
-  const svc = model.services.get(service)!;
+  const slash = name.indexOf('/');
+  const svc = model.services.get(slash < 0 ? name : name.slice(0, slash))!;
   if (!Object.isFrozen(svc)) return buildCluster(model, svc, name);
-  // Everything of the model besides the ServiceModel that buildCluster reads.
-  const key = `${name}\u0000${model.mesh.mtls.mode}\u0000${model.mesh.trustDomain}`;
-  let byName = builtClusters.get(svc);
-  if (!byName) {
-    byName = new Map();
-    builtClusters.set(svc, byName);
+  let mesh = meshKeys.get(model.mesh);
+  if (mesh === undefined) {
+    mesh = `${model.mesh.mtls.mode}\u0000${model.mesh.trustDomain}`;
+    meshKeys.set(model.mesh, mesh);
   }
-  let c = byName.get(key);
+  let built = builtClusters.get(svc);
+  if (built?.mesh !== mesh) {
+    built = { mesh, byName: new Map() };
+    builtClusters.set(svc, built);
+  }
+  let c = built.byName.get(name);
   if (!c) {
     c = deepFreeze(buildCluster(model, svc, name));
-    byName.set(key, c);
+    built.byName.set(name, c);
   }
   return c;
 }

@@ -226,3 +226,50 @@ test("a Gateway's keyed RateLimitPolicy rebuilds every virtual host (their rate_
   );
   assert.ok(h1?.rate_limits, 'the virtual host carries the listener-wide key');
 });
+
+/**
+ * The model keeps each HTTPRoute's passed cross-reference checks while what they read is the same
+ * (model.ts, policies.ts): an edit elsewhere that breaks the route must still be found. One edit
+ * applied as a hinted reload; its verdict is a cold load's, and it names the route.
+ */
+async function verdict(rel: string, text: string, extra: Record<string, string> = {}) {
+  const dir = directory();
+  for (const [f, t] of Object.entries(extra)) writeFileSync(path.join(dir, f), t);
+  const live = new Pipeline({ policyDir: dir, cache: new SnapshotCache(), logger });
+  assert.ok((await live.reload()).applied);
+  // Twice, so that the checks kept by the first reload are what the edit meets.
+  assert.ok((await live.reload({ paths: new Set([path.join(dir, files.r1)]), full: false })).applied);
+  const r = await live.reload({ paths: new Set([write(dir, rel, text)]), full: false });
+  const fresh = await new Pipeline({ policyDir: dir, cache: new SnapshotCache(), logger }).reload();
+  const show = (errors: typeof r.errors) => errors.map((e) => `${path.basename(e.file)} ${e.path ?? ''} ${e.message}`);
+  assert.deepEqual(show(r.errors), show(fresh.errors), 'the same verdict as a cold load');
+  assert.equal(r.applied, fresh.applied);
+  return show(r.errors);
+}
+
+test("a Service edit that drops a subset a route uses is found on the route (the route's check is not kept)", async () => {
+  const errors = await verdict(files.svc0, service(0).replace(/ {2}subsets:\n.*\n/, ''));
+  assert.ok(
+    errors.some((e) => e.startsWith('r0.yaml spec.rules[0].backendRefs[0].subset') && e.includes('no subset "v1"')),
+    errors.join('\n'),
+  );
+});
+
+test('a Gateway edit that stops serving a hostname routes ask for is found on those routes', async () => {
+  const errors = await verdict(files.gateway, gateway().replace('*.example.com', '*.example.org'));
+  assert.ok(
+    errors.some((e) => e.startsWith('r0.yaml spec.hostnames') && e.includes('none of these hostnames')),
+    errors.join('\n'),
+  );
+});
+
+test("a Mesh edit that makes a route's per-try timeout too long is found on the route", async () => {
+  const retrying = `${header('HTTPRoute', 'r9')}spec:\n  parentRefs: [ { kind: Gateway, name: edge } ]\n  rules:\n    - backendRefs: [ { name: svc-2 } ]\n      retries: { attempts: 2, perTryTimeout: 3s }\n`;
+  const mesh = (timeout: string) => `${header('Mesh', 'default')}spec:\n  defaults:\n    timeout: ${timeout}\n`;
+  // Without a TrafficPolicy the rule inherits nothing: the check that is kept then reads only the rule and the Mesh.
+  const errors = await verdict('mesh.yaml', mesh('2s'), { 'mesh.yaml': mesh('10s'), 'routes/r9.yaml': retrying, [files.traffic]: '' });
+  assert.ok(
+    errors.some((e) => e.startsWith('r9.yaml spec.rules[0]') && e.includes('perTryTimeout 3000ms')),
+    errors.join('\n'),
+  );
+});
