@@ -119,6 +119,35 @@ export const DEFAULT_MAX_REQUESTED_GROUPS = 1000;
 /** Default grace period of an idle requested group: long enough for a proxy's restart or reconnect. */
 export const DEFAULT_IDLE_GROUP_GRACE_MS = 60_000;
 
+/**
+ * Whether two maps serve the same: the same names, each with the same version (a hash of its
+ * content, so the same bytes) and the same sources. Mostly the very same Resource objects.
+ */
+function sameResources(a: ReadonlyMap<string, Resource>, b: ReadonlyMap<string, Resource>): boolean {
+  if (a === b) return true;
+  if (a.size !== b.size) return false;
+  for (const [name, r] of a) {
+    const o = b.get(name);
+    if (o === r) continue;
+    if (!o || o.version !== r.version || o.sources.length !== r.sources.length || o.sources.some((f, i) => f !== r.sources[i])) return false;
+  }
+  return true;
+}
+
+/**
+ * Puts the previous state's map of each type in place of a new one that serves the same. The snapshot cache then finds the type unchanged by identity (no names diffed) and its
+ * version already hashed: a one-route edit does not hash the versions of 6,000 Clusters and
+ * ClusterLoadAssignments again. The maps are never mutated once in a snapshot.
+ */
+function keepUnchangedMaps(next: GroupState, prev: GroupState): void {
+  for (const [type, m] of next.config) {
+    const old = prev.config.get(type);
+    if (old && old !== m && sameResources(m, old)) next.config.set(type, old);
+  }
+  if (sameResources(next.endpoints, prev.endpoints)) next.endpoints = prev.endpoints;
+  if (sameResources(next.identity, prev.identity)) next.identity = prev.identity;
+}
+
 /** Requested groups that count toward the cap: sidecar shapes (a gateway's module variant is bounded by the model). */
 function isSidecarShape(group: string): boolean {
   return parseSidecarGroup(baseGroup(group)) !== undefined;
@@ -546,6 +575,8 @@ export class Pipeline extends EventEmitter<{ applied: [Model]; rejected: [Policy
     const snapshots = new Map<string, Snapshot>();
     for (const [group, g] of compiled) {
       const state: GroupState = { ...g };
+      const prev = this.groups.get(group);
+      if (prev) keepUnchangedMaps(state, prev);
       next.set(group, state);
       snapshots.set(group, this.snapshotOf(state));
     }

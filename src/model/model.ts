@@ -101,6 +101,45 @@ function byName<T extends { name: string }>(a: T, b: T): number {
 }
 
 /**
+ * The ServiceModel of each Service document, by the document's parsed value: the parse cache hands
+ * the same value out again only while its file's text is unchanged, so an unchanged Service gives
+ * the very same ServiceModel from one reload to the next, and what the translator builds from it
+ * (its Clusters, see translate/mesh-identity.ts) is reused by identity. Frozen (what it holds of
+ * the document is never changed either).
+ */
+const serviceModels = new WeakMap<object, ServiceModel>();
+
+/**
+ * HTTPRoute specs whose cross-references were checked and passed, with what the check read: each
+ * Gateway's listeners (names and hostnames, as text) and each Service's model (the same frozen
+ * object while its document is unchanged). A spec is frozen (routesOf in translate/routes.ts) and
+ * handed out again only while its file's text is unchanged, so while all of these are the same
+ * the check would pass again and is skipped: a one-route edit checks one route, not all of them.
+ */
+const checkedRoutes = new WeakMap<
+  object,
+  { file: string; doc: number; gateways: [string, string | undefined][]; services: [string, ServiceModel | undefined][] }
+>();
+
+function serviceModel(d: LoadedDoc<'Service'>): ServiceModel {
+  const hit = serviceModels.get(d.value);
+  if (hit && hit.name === d.name && hit.source.file === d.source.file && hit.source.doc === d.source.doc) return hit;
+  const s = d.value.spec as Service['spec'];
+  const subsets = (s.subsets ?? []).map((x) => Object.freeze({ name: x.name, labels: x.labels })).sort(byName);
+  const model: ServiceModel = Object.freeze({
+    name: d.name,
+    protocol: s.protocol,
+    port: s.port,
+    endpoints: s.endpoints,
+    consul: s.consul,
+    subsets: Object.freeze(subsets) as ServiceModel['subsets'],
+    source: d.source,
+  });
+  serviceModels.set(d.value, model);
+  return model;
+}
+
+/**
  * The one message for every refused file reference: it must not tell a policy author whether a file
  * outside the policy directory (say the CA's root.key) exists, or what it is.
  */
@@ -216,18 +255,7 @@ export async function resolveModel(docs: LoadedDoc[], files: PolicyFiles, opts: 
   };
 
   const services = new Map<string, ServiceModel>();
-  for (const d of of('Service')) {
-    const s = d.value.spec as Service['spec'];
-    services.set(d.name, {
-      name: d.name,
-      protocol: s.protocol,
-      port: s.port,
-      endpoints: s.endpoints,
-      consul: s.consul,
-      subsets: (s.subsets ?? []).map((x) => ({ name: x.name, labels: x.labels })).sort(byName),
-      source: d.source,
-    });
-  }
+  for (const d of of('Service')) services.set(d.name, serviceModel(d));
   if (mesh.tracing && meshDoc) {
     const t = services.get(mesh.tracing.service);
     const at = ['spec', 'tracing', 'otlp', 'service'];
@@ -264,8 +292,29 @@ export async function resolveModel(docs: LoadedDoc[], files: PolicyFiles, opts: 
   }
 
   const routes: RouteModel[] = [];
+  const gatewaySigs = new Map<string, string | undefined>();
+  /** What a route's check reads of a Gateway: its listeners' names and hostnames. */
+  const gatewaySig = (name: string): string | undefined => {
+    if (gatewaySigs.has(name)) return gatewaySigs.get(name);
+    const g = gateways.get(name);
+    const sig = g?.listeners.map((l) => `${l.name}\u0000${l.hostnames.join('\u0000')}`).join('\u0001');
+    gatewaySigs.set(name, sig);
+    return sig;
+  };
   for (const d of of('HTTPRoute')) {
     const r = d.value as HTTPRoute;
+    const hit = checkedRoutes.get(r.spec);
+    if (
+      hit &&
+      hit.file === d.source.file &&
+      hit.doc === d.source.doc &&
+      hit.gateways.every(([n, sig]) => gatewaySig(n) === sig) &&
+      hit.services.every(([n, svc]) => services.get(n) === svc)
+    ) {
+      routes.push({ name: d.name, spec: r.spec, source: d.source });
+      continue;
+    }
+    const errorsBefore = errors.length;
     r.spec.parentRefs.forEach((p, i) => {
       if (p.kind === 'Gateway') {
         const g = gateways.get(p.name);
@@ -357,6 +406,20 @@ export async function resolveModel(docs: LoadedDoc[], files: PolicyFiles, opts: 
       }
     });
     routes.push({ name: d.name, spec: r.spec, source: d.source });
+    // Kept only when it passed: it then holds for as long as what it read is the same.
+    if (errors.length === errorsBefore && Object.isFrozen(r.spec)) {
+      const refGateways = new Set(r.spec.parentRefs.filter((p) => p.kind === 'Gateway').map((p) => p.name));
+      const refServices = new Set([
+        ...r.spec.parentRefs.filter((p) => p.kind !== 'Gateway').map((p) => p.name),
+        ...r.spec.rules.flatMap((rule) => (rule.backendRefs ?? []).map((b) => b.name)),
+      ]);
+      checkedRoutes.set(r.spec, {
+        file: d.source.file,
+        doc: d.source.doc,
+        gateways: [...refGateways].map((n) => [n, gatewaySig(n)]),
+        services: [...refServices].map((n) => [n, services.get(n)]),
+      });
+    }
   }
 
   const policies = resolvePolicies(unique, { mesh, services, gateways, routes }, err);

@@ -431,28 +431,41 @@ function ruleDefaultsOf(
  * Resolves TrafficPolicies and RateLimitPolicies against the model built so far, reports every
  * problem through `err`, and records on each RouteModel what its rules inherit.
  */
+/**
+ * HTTPRoute specs (frozen, handed out again only while their file is unchanged) that inherit nothing
+ * and passed ruleDefaultsOf's checks in a model without TrafficPolicies, by the Mesh settings those
+ * checks read: while those are the same, checking again would give the same (nothing, no error).
+ */
+const inheritsNothing = new WeakMap<object, string>();
+const errorCount = { n: 0 };
+function counted(err: Report): Report {
+  return (...args) => {
+    errorCount.n++;
+    err(...args);
+  };
+}
+
 export function resolvePolicies(
   docs: readonly LoadedDoc[],
   known: { mesh: MeshModel; services: ReadonlyMap<string, ServiceModel>; gateways: ReadonlyMap<string, GatewayModel>; routes: RouteModel[] },
   err: Report,
 ): PoliciesModel {
-  const sorted = [...docs].sort((a, b) => (a.source.file < b.source.file ? -1 : a.source.file > b.source.file ? 1 : a.source.doc - b.source.doc));
-  const traffic = resolveTraffic(
-    sorted.filter((d) => d.kind === 'TrafficPolicy'),
-    known.services,
-    err,
-  );
-  const { local: rateLimits, global: globalRateLimits } = resolveRateLimits(
-    sorted.filter((d) => d.kind === 'RateLimitPolicy'),
-    known,
-    err,
-  );
+  // In file order (the policies only: sorting every document cost more than the rest of this step).
+  const inOrder = (kind: LoadedDoc['kind']) =>
+    docs.filter((d) => d.kind === kind).sort((a, b) => (a.source.file < b.source.file ? -1 : a.source.file > b.source.file ? 1 : a.source.doc - b.source.doc));
+  const traffic = resolveTraffic(inOrder('TrafficPolicy'), known.services, err);
+  const { local: rateLimits, global: globalRateLimits } = resolveRateLimits(inOrder('RateLimitPolicy'), known, err);
   const routeDocs = new Map(docs.filter((d) => d.kind === 'HTTPRoute').map((d) => [d.name, d]));
+  // Without TrafficPolicies a rule inherits nothing, and what is checked reads the rule and the Mesh only.
+  const meshKey = traffic.size === 0 ? JSON.stringify([known.mesh.name, known.mesh.source ?? null, known.mesh.defaults]) : undefined;
   for (const route of known.routes) {
     const d = routeDocs.get(route.name);
     if (!d) continue;
-    const defaults = ruleDefaultsOf(d, route, known.mesh, traffic, err);
+    if (meshKey !== undefined && inheritsNothing.get(route.spec) === meshKey) continue;
+    const errorsBefore = errorCount.n;
+    const defaults = ruleDefaultsOf(d, route, known.mesh, traffic, counted(err));
     if (defaults.some((x) => x !== undefined)) route.policyDefaults = defaults;
+    else if (meshKey !== undefined && errorCount.n === errorsBefore && Object.isFrozen(route.spec)) inheritsNothing.set(route.spec, meshKey);
   }
   const meshDoc = docs.find((d) => d.kind === 'Mesh');
   const meshSpec = (meshDoc?.value as Mesh | undefined)?.spec;

@@ -47,6 +47,53 @@ function withListenerPort(r: IRRoute, port: number): IRRoute {
 }
 const withPort = new WeakMap<IRRoute, Map<number, IRRoute>>();
 
+/** The clusters a (frozen) list of IR routes sends to, in order, once per list. */
+const routeClusters = new WeakMap<readonly IRRoute[], readonly string[]>();
+
+function clustersOf(routes: readonly IRRoute[]): readonly string[] {
+  let out = routeClusters.get(routes);
+  if (!out) {
+    const used = new Set<string>();
+    for (const r of routes) if (r.action.kind === 'forward') for (const b of r.action.backends) used.add(b.cluster);
+    out = [...used];
+    if (Object.isFrozen(routes)) routeClusters.set(routes, out);
+  }
+  return out;
+}
+
+/** `routes` with withListenerPort applied: the same (frozen) array when no route changes, as it is for most. */
+function routesOnPort(routes: readonly IRRoute[], port: number): readonly IRRoute[] {
+  let out: IRRoute[] | undefined;
+  for (let i = 0; i < routes.length; i++) {
+    const r = withListenerPort(routes[i]!, port);
+    if (r !== routes[i] && !out) out = routes.slice(0, i);
+    out?.push(r);
+  }
+  return out ?? routes;
+}
+
+/**
+ * Each gateway listener's virtual hosts as last sorted: per hostname, the routes in the order they
+ * were gathered and the same routes sorted (frozen). A reload whose routes for a hostname are the
+ * very same objects in the same order (routesOf reuses an unchanged HTTPRoute's) reuses the sorted
+ * array, and with it what the translator keyed by that array (the virtual host's JSON text and its
+ * hash, see xds/translator/route.ts). The sort depends only on that sequence, so the result is the
+ * same whichever edits led to it. Only the hostnames of a listener's last translation are kept.
+ */
+const lastSorted = new Map<string, Map<string, { gathered: IRRoute[]; sorted: readonly IRRoute[] }>>();
+/** Bound on lastSorted (gateway listeners, including ones since removed): past it, it starts over. */
+const MAX_SORTED_LISTENERS = 4096;
+
+function sortedRoutes(
+  last: Map<string, { gathered: IRRoute[]; sorted: readonly IRRoute[] }> | undefined,
+  host: string,
+  gathered: IRRoute[],
+): { gathered: IRRoute[]; sorted: readonly IRRoute[] } {
+  const hit = last?.get(host);
+  if (hit && hit.gathered.length === gathered.length && hit.gathered.every((r, i) => r === gathered[i])) return hit;
+  return { gathered, sorted: Object.freeze([...gathered].sort(compareRoutes)) };
+}
+
 export function translateGateway(model: Model, gateway: GatewayModel): IRProxyConfig {
   const listeners: IRHttpListener[] = [];
   const clusters = new Map<string, IRCluster>();
@@ -59,26 +106,24 @@ export function translateGateway(model: Model, gateway: GatewayModel): IRProxyCo
       if (!attached) continue;
       const hosts = effectiveHostnames(route.spec.hostnames, l.hostnames);
       if (hosts.length === 0) continue;
-      const irRoutes = routesOf(route, model.mesh).map((r) => withListenerPort(r, l.port));
+      const irRoutes = routesOnPort(routesOf(route, model.mesh), l.port);
       for (const h of hosts) {
         const list = byHost.get(h);
         if (list) list.push(...irRoutes);
         else byHost.set(h, [...irRoutes]);
       }
-      for (const r of irRoutes) {
-        if (r.action.kind !== 'forward') continue;
-        for (const b of r.action.backends) {
-          if (clusters.has(b.cluster)) continue;
-          clusters.set(b.cluster, serviceCluster(model, b.cluster));
-        }
-      }
+      for (const c of clustersOf(irRoutes)) if (!clusters.has(c)) clusters.set(c, serviceCluster(model, c));
     }
-    const virtualHosts: IRVirtualHost[] = [...byHost.keys()].sort().map((h) => ({
-      name: h === '*' ? 'any-host' : h,
-      domains: [h],
-      routes: [...byHost.get(h)!].sort(compareRoutes),
-    }));
     const name = gatewayListenerName(gateway.name, l.name);
+    const last = lastSorted.get(name);
+    const sorted = new Map<string, { gathered: IRRoute[]; sorted: readonly IRRoute[] }>();
+    const virtualHosts: IRVirtualHost[] = [...byHost.keys()].sort().map((h) => {
+      const s = sortedRoutes(last, h, byHost.get(h)!);
+      sorted.set(h, s);
+      return { name: h === '*' ? 'any-host' : h, domains: [h], routes: s.sorted as IRRoute[] };
+    });
+    if (!last && lastSorted.size >= MAX_SORTED_LISTENERS) lastSorted.clear();
+    lastSorted.set(name, sorted);
     let tls: IRHttpListener['tls'];
     if (l.tls) {
       const secretName = `${name}/cert`;

@@ -29,6 +29,20 @@ export function clusterWithPolicy(c: IRCluster, tp: TrafficPolicyModel | undefin
   return out;
 }
 
+/**
+ * `list.map(f)`, but `list` itself when `f` returns every element unchanged: an array the
+ * translator keys caches by (a virtual host's routes) stays the same object.
+ */
+function mapKeeping<T>(list: T[], f: (x: T) => T): T[] {
+  let out: T[] | undefined;
+  for (let i = 0; i < list.length; i++) {
+    const y = f(list[i]!);
+    if (y !== list[i] && !out) out = list.slice(0, i);
+    out?.push(y);
+  }
+  return out ?? list;
+}
+
 function hashKey(h: IRHashOn): string {
   return 'header' in h ? `header:${h.header.toLowerCase()}` : 'sourceIP';
 }
@@ -75,7 +89,7 @@ export function applyPolicies(model: Model, ir: IRProxyConfig): IRProxyConfig {
   };
 
   const listeners = ir.listeners.map((l): IRHttpListener => {
-    const virtualHosts = l.routeConfig.virtualHosts.map((v) => ({ ...v, routes: v.routes.map(patchRoute) }));
+    const virtualHosts = l.routeConfig.virtualHosts.map((v) => ({ ...v, routes: mapKeeping(v.routes, patchRoute) }));
     const rateLimit = listenerLimit(l);
     return { ...l, routeConfig: { ...l.routeConfig, virtualHosts }, ...(rateLimit ? { rateLimit } : {}) };
   });

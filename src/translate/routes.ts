@@ -28,16 +28,26 @@ function retryFor(rule: RouteRule, mesh: MeshModel, inherited?: RuleDefaults): I
  * object always means the same content. A reload that leaves a file alone thus reuses its routes
  * (the same frozen objects, which the translator's own caches then recognise).
  */
-const builtRoutes = new WeakMap<object, { key: string; routes: readonly IRRoute[] }>();
+const builtRoutes = new WeakMap<object, { name: string; file: string; doc: number; defaults: string; mesh: string; routes: readonly IRRoute[] }>();
+
+/** The text of each MeshModel's defaults (a model has one MeshModel; written out once, not once per route). */
+const meshDefaultsText = new WeakMap<MeshModel, string>();
 
 /** Builds the IR routes of one HTTPRoute (one IR route per match of each rule); deep-frozen, never to be changed. */
 export function routesOf(route: RouteModel, mesh: MeshModel): IRRoute[] {
-  // Everything besides the spec that buildRoutes reads.
-  const key = JSON.stringify([route.name, route.source.file, route.source.doc, route.policyDefaults ?? null, mesh.defaults]);
+  // Everything besides the spec that buildRoutes reads: the route's name and source, the defaults
+  // it inherits from policies (as text; most routes have none), the Mesh defaults (as text).
+  let meshText = meshDefaultsText.get(mesh);
+  if (meshText === undefined) {
+    meshText = JSON.stringify(mesh.defaults);
+    meshDefaultsText.set(mesh, meshText);
+  }
+  const defaults = route.policyDefaults ? JSON.stringify(route.policyDefaults) : '';
   const hit = builtRoutes.get(deepFreeze(route.spec));
-  if (hit?.key === key) return hit.routes as IRRoute[];
+  if (hit && hit.name === route.name && hit.file === route.source.file && hit.doc === route.source.doc && hit.defaults === defaults && hit.mesh === meshText)
+    return hit.routes as IRRoute[];
   const routes = deepFreeze(buildRoutes(route, mesh));
-  builtRoutes.set(route.spec, { key, routes });
+  builtRoutes.set(route.spec, { name: route.name, file: route.source.file, doc: route.source.doc, defaults, mesh: meshText, routes });
   return routes;
 }
 

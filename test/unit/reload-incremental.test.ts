@@ -10,6 +10,7 @@ import { createLogger } from '../../src/observability/logger.js';
 import { loadPolicyDir, PolicyParseCache } from '../../src/sources/files/loader.js';
 import { watchPolicies, type PolicyChanges } from '../../src/sources/files/watcher.js';
 import { SnapshotCache } from '../../src/xds/cache/snapshot-cache.js';
+import { PUSH_ORDER } from '../../src/xds/resources/type-urls.js';
 import { routeFile, writePolicyDir, DEFAULT_SHAPE } from '../../bench/policy-gen.js';
 import { waitFor } from '../helpers/net.js';
 
@@ -156,7 +157,7 @@ describe('the watcher', { timeout: 30_000 }, () => {
   });
 });
 
-test('a burst of hinted reloads ends on the versions one full reload of the final files gives', async () => {
+test('a burst of hinted reloads ends on the resources and versions one full reload of the final files gives', async () => {
   const dir = tempDir();
   const { changeFile } = writePolicyDir(dir, SHAPE);
   const logger = createLogger({ level: 'silent' });
@@ -178,4 +179,13 @@ test('a burst of hinted reloads ends on the versions one full reload of the fina
   const versions = (p: Pipeline) => Object.fromEntries([...p.irGroups().keys()].map((g) => [g, p['opts'].cache.get(g).version]));
   assert.deepEqual(versions(live), versions(fresh));
   assert.ok(Object.keys(versions(live)).length >= 2);
+  // And the same resources: per group and type, every name with its version and bytes.
+  const resources = (p: Pipeline) =>
+    Object.fromEntries(
+      [...p.irGroups().keys()].map((g) => {
+        const snap = p['opts'].cache.get(g);
+        return [g, PUSH_ORDER.map((t) => [...snap.get(t).values()].map((r) => `${r.name} ${r.version} ${Buffer.from(r.bytes).toString('base64')}`).sort())];
+      }),
+    );
+  assert.deepEqual(resources(live), resources(fresh));
 });

@@ -35,6 +35,11 @@ export function hashText(text: string): string {
   return createHash('sha256').update(text).digest('hex').slice(0, 16);
 }
 
+/** The key of one element of a split message (EncodeCache.makeSplit): its message type and JSON text, hashed. */
+export function partKey(message: string, text: string): string {
+  return hashText(`${message}\n${text}`);
+}
+
 /** The tests' switch: every EncodeCache checks what it encodes unless told otherwise. */
 const STRICT = process.env.SIGNALBOX_STRICT_ENCODE === '1';
 
@@ -130,6 +135,8 @@ export class EncodeCache {
   /** Resources by the text of their inputs (reuse), and the keys used since the last sweep. */
   private made = new Map<string, Resource>();
   private madeLive = new Set<string>();
+  /** Resources by a frozen input object (reuseFor). */
+  private byObject = new WeakMap<object, Resource>();
   hits = 0;
   misses = 0;
   /** Whether each newly encoded resource is decoded again and compared (assertRoundTrip). */
@@ -169,7 +176,7 @@ export class EncodeCache {
     name: string,
     json: Record<string, unknown>,
     part: { key: string; field: number; message: string },
-    opts: { printable?: Record<string, unknown>; sources?: string[]; partTexts?: readonly string[] } = {},
+    opts: { printable?: Record<string, unknown>; sources?: string[]; partTexts?: readonly string[]; partKeys?: readonly string[] } = {},
   ): Resource {
     const elements = (json[part.key] as Record<string, unknown>[] | undefined) ?? [];
     const head: Record<string, unknown> = { ...json };
@@ -182,7 +189,13 @@ export class EncodeCache {
         assertText(`${messageName(type)} "${name}" ${part.key}[${i}]`, e, texts[i]);
       });
     }
-    const keys = texts.map((t) => hashText(`${part.message}\n${t}`));
+    // partKeys: the elements' partKey, when the caller kept them (it hashed an unchanged element before).
+    const keys = opts.partKeys ?? texts.map((t) => partKey(part.message, t));
+    if (STRICT && opts.partKeys) {
+      texts.forEach((t, i) => {
+        if (keys[i] !== partKey(part.message, t)) throw new Error(`${messageName(type)} "${name}" ${part.key}[${i}]: the key handed in is not its text's`);
+      });
+    }
     const key = hashText(`${type}\n${headKey}\n${part.key}\n${keys.join('\n')}`);
     this.live.add(key);
     let bytes = this.entries.get(key);
@@ -217,6 +230,21 @@ export class EncodeCache {
       this.made.set(inputKey, r);
     }
     this.madeLive.add(inputKey);
+    this.live.add(r.version);
+    return r;
+  }
+
+  /**
+   * Like reuse, keyed by a frozen object that holds everything `make` reads (an IR cluster): the
+   * same object stands for the same content, so no text of it is written out to look it up.
+   * Kept while the object lives.
+   */
+  reuseFor(input: object, make: () => Resource): Resource {
+    let r = this.byObject.get(input);
+    if (!r) {
+      r = make();
+      this.byObject.set(input, r);
+    }
     this.live.add(r.version);
     return r;
   }
