@@ -47,16 +47,22 @@
 //        inherit the garbage of a saturated phase: a service that runs at that rate; by default
 //        it follows the saturated phase, whose collections can land in it)
 //        --diagnose (first: sequential latency, Envoy's authz cluster stats, Signalbox's check time)
+//        --gc: measures garbage in `serve` during each fixed-rate phase (bench/gc-probe.ts preloaded
+//        into it): bytes allocated per request, scavenges per 10,000 requests, each scavenge's
+//        survivors and cost, and where the bytes came from. These do not move with the machine's
+//        load, where p99 does; the latencies of a --gc run are not comparable (the sampling
+//        profiler costs CPU). --serve-node-options OPTS: NODE_OPTIONS for the `serve` child only.
+// The fixed-rate phase also gives `serve`'s CPU per request (all its threads), from /proc.
 // Everything runs on loopback; every phase is bounded in time (and count), and the run ends by itself.
 // SIGNALBOX_BENCH_NODE_ARGS passes node flags to the control plane (e.g. --cpu-prof).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { KeyObject } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { Worker } from 'node:worker_threads';
 import YAML from 'yaml';
@@ -85,6 +91,8 @@ const { values: flags } = parseArgs({
     steady: { type: 'boolean' },
     'fresh-saturated': { type: 'string', default: '12000' },
     configs: { type: 'string', default: 'baseline,jwt_authn,fast,ext_authz' },
+    gc: { type: 'boolean' },
+    'serve-node-options': { type: 'string' },
   },
 });
 const SECONDS = Number(flags.seconds);
@@ -109,6 +117,44 @@ if (!(SECONDS > 0 && SECONDS <= 600 && ROUNDS >= 1 && ROUNDS <= 20 && RATE > 0 &
   throw new Error('--seconds, --rounds, --rate or --fresh-saturated out of range');
 const ISS = 'https://auth.bench.local/';
 const AUD = 'bench-api';
+
+/** What bench/gc-probe.ts writes for one phase. */
+interface Garbage {
+  seconds: number;
+  bytes: number;
+  collections: Record<string, { count: number; ms: number; maxMs: number }>;
+  young: { count: number; newSpaceBefore: number; survived: number; promoted: number; costMs: number };
+  byFunction: [string, number][];
+  byOwner: [string, number][];
+}
+
+/** Toggles serve's garbage probe (SIGUSR2); on the second toggle, waits for and reads its report. */
+async function toggleProbe(pid: number, dir: string, n: number, stop: boolean): Promise<Garbage | undefined> {
+  process.kill(pid, 'SIGUSR2');
+  if (!stop) {
+    await new Promise((r) => setTimeout(r, 200));
+    return undefined;
+  }
+  const file = path.join(dir, `${n}.json`);
+  await waitFor(async () => existsSync(file), { what: 'the garbage probe report', timeoutMs: 30_000 });
+  await new Promise((r) => setTimeout(r, 100));
+  return JSON.parse(readFileSync(file, 'utf8')) as Garbage;
+}
+
+/** One line per phase: KiB per request, collections per 10,000 requests, the top allocation sites. */
+function garbageText(g: Garbage, requests: number): string {
+  const per = (n: number) => ((n * 10_000) / requests).toFixed(1);
+  const kinds = Object.entries(g.collections)
+    .filter(([, c]) => c.count > 0)
+    .map(([k, c]) => `${k} ${per(c.count)} (${c.ms.toFixed(0)} ms, longest ${c.maxMs.toFixed(1)} ms)`)
+    .join(', ');
+  const y = g.young;
+  const top = g.byOwner
+    .slice(0, 12)
+    .map(([o, b]) => `    ${(b / requests).toFixed(0).padStart(6)} B/request  ${o}`)
+    .join('\n');
+  return `  serve allocated ${(g.bytes / requests / 1024).toFixed(2)} KiB per request; collections per 10,000 requests: ${kinds || 'none'}; per scavenge: new space ${(y.newSpaceBefore / 1024 / 1024).toFixed(1)} MiB before, ${(y.survived / 1024).toFixed(0)} KiB survived, ${(y.promoted / 1024).toFixed(0)} KiB promoted, ${y.costMs.toFixed(2)} ms\n${top}\n`;
+}
 
 const agent = new http.Agent({ keepAlive: true, maxSockets: 8 });
 
@@ -390,6 +436,10 @@ spec:
 ${jwtPolicy('bench', 'auth')}${jwtPolicy('bench-slow', 'slow', '  from: [ { header: authorization, prefix: "Bearer " }, { query: access_token } ]\n')}`,
   );
 
+  // SIGNALBOX_GC_PROBE_DIR set: the probe's reports (and with SIGNALBOX_GC_PROBE_RAW=1 its raw heap profiles) stay there.
+  const keepProbe = process.env.SIGNALBOX_GC_PROBE_DIR;
+  const probeDir = flags.gc ? (keepProbe ?? mkdtempSync(path.join(os.tmpdir(), 'sb-bench-gc-'))) : undefined;
+  let probes = 0;
   let sb: ChildProcess | undefined;
   const envoys: Envoy[] = [];
   const credentialDirs: string[] = [];
@@ -397,6 +447,8 @@ ${jwtPolicy('bench', 'auth')}${jwtPolicy('bench-slow', 'slow', '  from: [ { head
   try {
     // SIGNALBOX_BENCH_NODE_ARGS, e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof", profiles the control plane.
     const nodeArgs = (process.env.SIGNALBOX_BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
+    const probeModule = path.join(here, 'gc-probe.js');
+    const serveNodeOptions = [flags['serve-node-options'] ?? '', probeDir ? `--import=${pathToFileURL(probeModule).href}` : ''].join(' ').trim();
     sb = spawn(
       process.execPath,
       [
@@ -420,8 +472,21 @@ ${jwtPolicy('bench', 'auth')}${jwtPolicy('bench-slow', 'slow', '  from: [ { head
         '--access-log-sampling',
         'off',
       ],
-      { stdio: ['ignore', 'pipe', 'pipe'] },
+      {
+        stdio: ['ignore', 'pipe', 'pipe'],
+        env: {
+          ...process.env,
+          ...(serveNodeOptions ? { NODE_OPTIONS: serveNodeOptions } : {}),
+          ...(probeDir ? { SIGNALBOX_GC_PROBE_DIR: probeDir } : {}),
+        },
+      },
     );
+    // SIGNALBOX_BENCH_SERVE_LOG=FILE: everything `serve` writes (e.g. with --serve-node-options=--trace-gc) also goes there.
+    const serveLog = process.env.SIGNALBOX_BENCH_SERVE_LOG;
+    if (serveLog) {
+      writeFileSync(serveLog, '');
+      for (const out of [sb.stdout!, sb.stderr!]) out.on('data', (b: Buffer) => appendFileSync(serveLog, b));
+    }
     sb.stdout!.on('data', (b: Buffer) => (sbLog = (sbLog + b.toString()).slice(-20_000)));
     sb.stderr!.on('data', (b: Buffer) => (sbLog = (sbLog + b.toString()).slice(-20_000)));
     await waitFor(async () => (await fetch(`http://127.0.0.1:${adminPort}/readyz`).catch(() => undefined))?.status === 200, {
@@ -545,6 +610,8 @@ ${jwtPolicy('bench', 'auth')}${jwtPolicy('bench-slow', 'slow', '  from: [ { head
       serviceChecks: number;
       saturatedChecks: number;
       fixedLoop: { lagP99Ms: number; lagMaxMs: number; gc: string };
+      fixedCpuUsPerRequest: number;
+      fixedGarbage?: { kibPerRequest: number; scavengesPer10k: number; scavengeMs: number; survivedKiB: number };
     };
     const runs: Run[][] = configs.map(() => []);
     // Rounds, each running every configuration once, starting with a different one each round:
@@ -565,9 +632,13 @@ ${jwtPolicy('bench', 'auth')}${jwtPolicy('bench-slow', 'slow', '  from: [ { head
         const fixedPhase = async () => {
           const loop0 = await loopAndGc();
           const checks0 = await checks();
+          if (probeDir) await toggleProbe(sb!.pid!, probeDir, probes, false);
+          const cpu0 = cpuSeconds(sb!.pid!);
           const fixed = await fixedRate(c.port, FRESH ? freshRounds[round]!.fixed : tokens, RATE, SECONDS);
+          const cpu1 = cpuSeconds(sb!.pid!);
+          const garbage = probeDir ? await toggleProbe(sb!.pid!, probeDir, probes++, true) : undefined;
           const loop1 = await loopAndGc();
-          return { fixed, loop0, loop1, checks: (await checks()) - checks0 };
+          return { fixed, loop0, loop1, checks: (await checks()) - checks0, cpuUsPerRequest: ((cpu1 - cpu0) * 1e6) / fixed.requests, garbage };
         };
         let s: Awaited<ReturnType<typeof saturatedPhase>>;
         let f: Awaited<ReturnType<typeof fixedPhase>>;
@@ -592,9 +663,18 @@ ${jwtPolicy('bench', 'auth')}${jwtPolicy('bench-slow', 'slow', '  from: [ { head
           serviceChecks,
           saturatedChecks: s.checks,
           fixedLoop,
+          fixedCpuUsPerRequest: f.cpuUsPerRequest,
+          fixedGarbage: f.garbage
+            ? {
+                kibPerRequest: f.garbage.bytes / fixed.requests / 1024,
+                scavengesPer10k: (f.garbage.young.count * 10_000) / fixed.requests,
+                scavengeMs: f.garbage.young.costMs,
+                survivedKiB: f.garbage.young.survived / 1024,
+              }
+            : undefined,
         });
         process.stderr.write(
-          `round ${round + 1}, ${c.name}: saturated ${sat.rps.toFixed(0)} req/s (p50 ${sat.p50.toFixed(2)} ms, p99 ${sat.p99.toFixed(2)} ms, ${sat.requests} requests in ${sat.seconds.toFixed(1)} s); ${RATE}/s: p50 ${fixed.p50.toFixed(2)} ms, p99 ${fixed.p99.toFixed(2)} ms; non-301: ${sat.bad + fixed.bad}; ext_authz service checks: ${serviceChecks} (saturated ${s.checks}, Signalbox CPU ${(cpu1.sb - cpu0.sb).toFixed(2)} s); signalbox during the ${RATE}/s phase: event-loop delay p99 ${fixedLoop.lagP99Ms.toFixed(1)} ms, max ${fixedLoop.lagMaxMs.toFixed(1)} ms; GC (count / time) ${fixedLoop.gc}\n`,
+          `round ${round + 1}, ${c.name}: saturated ${sat.rps.toFixed(0)} req/s (p50 ${sat.p50.toFixed(2)} ms, p99 ${sat.p99.toFixed(2)} ms, ${sat.requests} requests in ${sat.seconds.toFixed(1)} s); ${RATE}/s: p50 ${fixed.p50.toFixed(2)} ms, p99 ${fixed.p99.toFixed(2)} ms, serve CPU ${f.cpuUsPerRequest.toFixed(0)} µs per request; non-301: ${sat.bad + fixed.bad}; ext_authz service checks: ${serviceChecks} (saturated ${s.checks}, Signalbox CPU ${(cpu1.sb - cpu0.sb).toFixed(2)} s); signalbox during the ${RATE}/s phase: event-loop delay p99 ${fixedLoop.lagP99Ms.toFixed(1)} ms, max ${fixedLoop.lagMaxMs.toFixed(1)} ms; GC (count / time) ${fixedLoop.gc}\n${f.garbage ? garbageText(f.garbage, fixed.requests) : ''}`,
         );
       }
     }
@@ -626,6 +706,8 @@ ${jwtPolicy('bench', 'auth')}${jwtPolicy('bench-slow', 'slow', '  from: [ { head
         checksPerCpuSecond,
         rounds: rs.map((r) => r.saturated.rps),
         fixedLoop: rs.map((r) => r.fixedLoop),
+        fixedCpuUsPerRequest: m((r) => r.fixedCpuUsPerRequest),
+        fixedGarbage: rs.map((r) => r.fixedGarbage),
       };
     });
     const byKey = (key: string) => results.find((r) => r.key === key);
@@ -664,6 +746,7 @@ ${jwtPolicy('bench', 'auth')}${jwtPolicy('bench-slow', 'slow', '  from: [ { head
         ? [
             `ext_authz only: p99 at ${RATE}/s minus baseline ${f2(only.fixed.p99 - base.fixed.p99)} ms${FRESH ? ` (target with a new token per request <= 2 ms: ${only.fixed.p99 - base.fixed.p99 <= 2 ? 'met' : 'NOT met'})` : ''}${authn ? `; saturated throughput / jwt_authn ${((100 * only.saturated.rps) / authn.saturated.rps).toFixed(0)}%` : ''}.`,
             `ext_authz only: ${only.checksPerCpuSecond.toFixed(0)} ${FRESH ? 'distinct-token ' : ''}checks per CPU-second of the signalbox process (saturated phase, median of rounds)${FRESH ? ` (target >= 3,000: ${only.checksPerCpuSecond >= 3000 ? 'met' : 'NOT met'})` : ''}.`,
+            `ext_authz only at ${RATE}/s: serve CPU ${only.fixedCpuUsPerRequest.toFixed(0)} µs per request (baseline ${base.fixedCpuUsPerRequest.toFixed(0)}), median of rounds.`,
           ]
         : []),
     ];
@@ -702,6 +785,7 @@ ${jwtPolicy('bench', 'auth')}${jwtPolicy('bench-slow', 'slow', '  from: [ { head
     rmSync(dir, { recursive: true, force: true });
     rmSync(dataDir, { recursive: true, force: true });
     for (const d of credentialDirs) rmSync(d, { recursive: true, force: true });
+    if (probeDir && !keepProbe) rmSync(probeDir, { recursive: true, force: true });
   }
 }
 
