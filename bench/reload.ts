@@ -4,7 +4,7 @@
 // Wall time and this process's CPU time (user + system) per reload are both reported: on a shared
 // machine the wall time includes waiting for a CPU, the CPU time does not.
 //
-//   npm run bench:reload [-- --routes "1000 10000" --edits 30 --json FILE]
+//   npm run bench:reload [-- --routes "1000 10000" --edits 30 --last-good --json FILE]
 import { mkdtempSync, rmSync, writeFileSync, renameSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import path from 'node:path';
@@ -20,6 +20,8 @@ const { values: flags } = parseArgs({
     routes: { type: 'string', default: '1000 10000' },
     edits: { type: 'string', default: '30' },
     json: { type: 'string' },
+    // As `serve` runs it: a data directory, and the last good configuration saved after each apply.
+    'last-good': { type: 'boolean', default: false },
   },
 });
 const sizes = flags.routes!.split(/\s+/).filter(Boolean).map(Number);
@@ -41,10 +43,16 @@ console.log(`load average at the start: ${load()}`);
 for (const routes of sizes) {
   const shape = { ...DEFAULT_SHAPE, routes, services: Math.max(200, Math.round(routes / 5)), gateways: 1 };
   const dir = mkdtempSync(path.join(tmpdir(), 'sb-reload-'));
+  const dataDir = flags['last-good'] ? mkdtempSync(path.join(tmpdir(), 'sb-reload-data-')) : undefined;
   try {
     const { changeFile } = writePolicyDir(dir, shape);
     const cache = new SnapshotCache();
-    const pipeline = new Pipeline({ policyDir: dir, cache, logger: createLogger({ level: 'silent' }) });
+    const pipeline = new Pipeline({
+      policyDir: dir,
+      cache,
+      logger: createLogger({ level: 'silent' }),
+      ...(dataDir ? { dataDir, persistLastGood: true } : {}),
+    });
     const t0 = performance.now();
     const cold = await pipeline.reload();
     if (!cold.applied) throw new Error(`the generated policies were rejected: ${JSON.stringify(cold.errors.slice(0, 3))}`);
@@ -82,6 +90,7 @@ for (const routes of sizes) {
     );
   } finally {
     rmSync(dir, { recursive: true, force: true });
+    if (dataDir) rmSync(dataDir, { recursive: true, force: true });
   }
 }
 console.log(`load average at the end: ${load()}`);

@@ -107,6 +107,14 @@ export class LastGoodStore {
   private readonly policyDir: string;
   /** Digest of the last saved configuration without its date: an apply of the same inputs does not rewrite it. */
   private lastKey?: string;
+  /**
+   * Each policy file's entry of the saved file as JSON, by the name the loader gives it, with the
+   * text it was written from: a save after a one-file edit escapes that file's text only (and
+   * works out one relative path), not every file's. Valid for one working directory (the names
+   * the loader gives are relative to it).
+   */
+  private entries = new Map<string, { text: string; json: string }>();
+  private entriesCwd = '';
 
   constructor(private readonly opts: LastGoodOptions) {
     this.dataDir = path.resolve(opts.dataDir);
@@ -134,8 +142,13 @@ export class LastGoodStore {
     groups: Record<string, string>;
   }): Promise<SaveResult> {
     const applied = new Set(input.fileDocs);
-    const files: SavedConfig['files'] = [];
+    const files: string[] = [];
     let seen = 0;
+    if (this.entriesCwd !== process.cwd()) {
+      this.entries = new Map();
+      this.entriesCwd = process.cwd();
+    }
+    const entries = new Map<string, { text: string; json: string }>();
     for (const shown of input.files) {
       const got = input.textOf(shown);
       if (!got || got.docs.some((d) => !applied.has(d))) return 'changed-underneath';
@@ -143,16 +156,26 @@ export class LastGoodStore {
       // text may hold a token; an empty file) adds nothing to the configuration: not copied.
       if (got.docs.length === 0) continue;
       seen += got.docs.length;
-      files.push({ file: path.relative(this.policyDir, path.resolve(shown)), text: got.text });
+      let entry = this.entries.get(shown);
+      if (entry?.text !== got.text) {
+        const file: SavedConfig['files'][number] = { file: path.relative(this.policyDir, path.resolve(shown)), text: got.text };
+        entry = { text: got.text, json: JSON.stringify(file) };
+      }
+      entries.set(shown, entry);
+      files.push(entry.json);
     }
     if (seen !== input.fileDocs.length) return 'changed-underneath';
     const references = await this.references(input.fileDocs, input.model);
     if (!references) return 'changed-underneath';
-    const config: SavedConfig = { appliedAt: new Date().toISOString(), policyDir: this.policyDir, files, references, groups: input.groups };
-    const key = sha256(JSON.stringify({ ...config, appliedAt: undefined }));
+    this.entries = entries;
+    // The saved file as JSON.stringify writes it ({format, sha256, config}, config's keys in
+    // SavedConfig's order), put together from the kept entries: without the date for the key, with
+    // it for the file and its checksum. No text is escaped twice.
+    const undated = `{"policyDir":${JSON.stringify(this.policyDir)},"files":[${files.join(',')}],"references":${JSON.stringify(references)},"groups":${JSON.stringify(input.groups)}}`;
+    const key = sha256(undated);
     if (key === this.lastKey) return 'unchanged';
-    const body = JSON.stringify(config);
-    await writeStateFile(this.file, `${JSON.stringify({ format: FORMAT, sha256: sha256(body), config })}\n`, 0o600);
+    const body = `{"appliedAt":${JSON.stringify(new Date().toISOString())},${undated.slice(1)}`;
+    await writeStateFile(this.file, `{"format":${JSON.stringify(FORMAT)},"sha256":"${sha256(body)}","config":${body}}\n`, 0o600);
     this.lastKey = key;
     return 'saved';
   }

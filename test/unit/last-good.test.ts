@@ -198,6 +198,48 @@ describe('last good configuration: save and restore', () => {
     assert.ok(p.cache.get(group).versions.size > 0);
   });
 
+  test('saves after one-file edits write what JSON.stringify writes, every file at its current text, with a checksum that holds', async () => {
+    const { dir } = await policies();
+    const data = dataDir();
+    const p = pipelineOn(dir, data);
+    assert.equal((await p.pipeline.reload()).applied, true);
+    const store = new LastGoodStore({ dataDir: data, policyDir: dir });
+    const names = ['gateway.yaml', 'routes/shop.yaml', 'services.yaml'];
+    const check = async (what: string) => {
+      const text = readFileSync(path.join(data, LAST_GOOD_FILE), 'utf8');
+      assert.equal(text, `${JSON.stringify(JSON.parse(text))}\n`, `${what}: the bytes JSON.stringify gives`);
+      const saved = (await store.read())!; // throws if the checksum does not hold
+      assert.deepEqual(
+        saved.files.map((f) => [f.file, f.text]),
+        names.map((n) => [n, readFileSync(path.join(dir, n), 'utf8')]),
+        `${what}: every file's current text`,
+      );
+    };
+    await check('first load');
+    const routes = path.join(dir, 'routes/shop.yaml');
+    const services = path.join(dir, 'services.yaml');
+    const edits: [string, (t: string) => string][] = [
+      [routes, (t) => t.replace('name: all', 'name: all2').replace('sectionName: all', 'sectionName: all2')],
+      [services, (t) => t.replace('port: 9010', 'port: 9012')],
+      [routes, (t) => t.replace('name: all2', 'name: all3').replace('sectionName: all2', 'sectionName: all3')],
+    ];
+    for (const [i, [file, edit]] of edits.entries()) {
+      writeFileSync(file, edit(readFileSync(file, 'utf8')));
+      assert.equal((await p.pipeline.reload({ paths: new Set([file]), full: false })).applied, true);
+      await check(`edit ${i + 1}`);
+    }
+    // Paths are kept per working directory: after a chdir the saved names are still the policy directory's.
+    const cwd = process.cwd();
+    try {
+      process.chdir(path.join(dir, 'routes'));
+      writeFileSync(services, readFileSync(services, 'utf8').replace('port: 9012', 'port: 9013'));
+      assert.equal((await p.pipeline.reload({ paths: new Set([services]), full: false })).applied, true);
+      await check('after a chdir');
+    } finally {
+      process.chdir(cwd);
+    }
+  });
+
   test('a save takes only the texts whose documents were applied', async () => {
     const { dir } = await policies();
     const data = dataDir();

@@ -71,6 +71,50 @@ describe('a load told which files changed', () => {
     assert.deepEqual(summary(broken), summary(await loadPolicyDir(dir, new PolicyParseCache())));
   });
 
+  test('a run of hinted loads keeps equalling a full load as the changed file gains, loses and breaks documents', async () => {
+    const dir = tempDir();
+    const { changeFile } = writePolicyDir(dir, SHAPE);
+    const other = path.join(path.dirname(changeFile), 'svc-003.yaml');
+    const cache = new PolicyParseCache();
+    await loadPolicyDir(dir, cache);
+    const second = routeFile(1, SHAPE).replace('name: svc-001', 'name: second');
+    // Each step's text for the changed file: plain edits (documents swapped in place), a second
+    // document (every file after it moves), back to one, a syntax error and a fix, then two files at once.
+    const steps: [string, string][] = [
+      [changeFile, routeFile(0, SHAPE, 7001)],
+      [changeFile, routeFile(0, SHAPE, 7002)],
+      [changeFile, `${routeFile(0, SHAPE, 7003)}\n---\n${second}`],
+      [changeFile, `${routeFile(0, SHAPE, 7004)}\n---\n${second}`],
+      [changeFile, routeFile(0, SHAPE, 7005)],
+      [changeFile, 'kind: ['],
+      [changeFile, routeFile(0, SHAPE, 7006)],
+      [other, routeFile(3, SHAPE, 7007)],
+      [other, routeFile(3, SHAPE, 7008)],
+    ];
+    for (const [i, [file, text]] of steps.entries()) {
+      writeFileSync(file, text);
+      const hinted = await loadPolicyDir(dir, cache, {}, { changed: new Set([file]) });
+      assert.deepEqual(summary(hinted), summary(await loadPolicyDir(dir, new PolicyParseCache())), `step ${i + 1}`);
+      assert.ok(cache.last, `step ${i + 1}: the next load can start from this one`);
+    }
+    // What a hinted load hands out is the caller's: changing it does not change the next load.
+    const a = await loadPolicyDir(dir, cache, {}, { changed: new Set([other]) });
+    a.docs.length = 0;
+    a.files.length = 0;
+    const b = await loadPolicyDir(dir, cache, {}, { changed: new Set([other]) });
+    assert.deepEqual(summary(b), summary(await loadPolicyDir(dir, new PolicyParseCache())));
+    // Paths are shown relative to the working directory: a load after it moved shows them anew.
+    const cwd = process.cwd();
+    try {
+      process.chdir(dir);
+      const moved = await loadPolicyDir(dir, cache, {}, { changed: new Set([other]) });
+      assert.ok(moved.files.includes(path.join('routes', 'svc-003.yaml')), 'shown relative to the new working directory');
+      assert.deepEqual(summary(moved), summary(await loadPolicyDir(dir, new PolicyParseCache())));
+    } finally {
+      process.chdir(cwd);
+    }
+  });
+
   test('a directory holding a symbolic link is always read whole (a link target changes without an event for the link)', async () => {
     const dir = tempDir();
     writePolicyDir(dir, SHAPE);

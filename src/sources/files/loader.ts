@@ -611,6 +611,14 @@ interface FileOutcome {
   warnings: PolicyError[];
 }
 
+interface Gathered {
+  docs: LoadedDoc[];
+  errors: PolicyError[];
+  warnings: PolicyError[];
+  /** Each file's first document's index in `docs`. */
+  docStart: Map<string, number>;
+}
+
 interface CompleteLoad {
   dir: string;
   realRoot: string;
@@ -619,6 +627,16 @@ interface CompleteLoad {
   strict: boolean;
   /** In the order the load read them (sorted). */
   files: string[];
+  /**
+   * The same files as errors show them (displayPath), and the working directory that was computed
+   * against: a hinted load hands them out again instead of one `path.relative` per file.
+   */
+  shown: string[];
+  cwd: string;
+  /** The sum of the outcomes' sizes. */
+  total: number;
+  /** The outcomes gathered in file order, once a hinted load has gathered them (see loadChanged). */
+  flat?: Gathered;
   /** Each file by its absolute path (the watcher's paths are resolved before they are looked up). */
   byAbsolute: Map<string, string>;
   outcomes: Map<string, FileOutcome>;
@@ -642,7 +660,7 @@ const YIELD_AFTER_MS = 20;
  * route and cluster away from every proxy, and it is far likelier a --policies pointing at the
  * wrong folder (Envoy's, a Kubernetes one) than a wish to empty the mesh.
  */
-function finished(dir: string, docs: LoadedDoc[], errors: PolicyError[], warnings: PolicyError[], files: string[]): LoadResult {
+function finished(dir: string, docs: LoadedDoc[], errors: PolicyError[], warnings: PolicyError[], shown: string[]): LoadResult {
   if (docs.length === 0 && errors.length === 0 && warnings.length > 0) {
     errors.push({
       code: ErrorCode.NO_POLICIES,
@@ -656,7 +674,7 @@ function finished(dir: string, docs: LoadedDoc[], errors: PolicyError[], warning
     docs,
     errors: capErrors(errors, MAX_ERRORS_PER_LOAD, displayPath(dir)),
     warnings: capWarnings(warnings, MAX_ERRORS_PER_LOAD, displayPath(dir)),
-    files: files.map(displayPath),
+    files: shown,
   };
 }
 
@@ -683,6 +701,7 @@ export async function loadPolicyDir(
   const warnings: PolicyError[] = [];
   const docs: LoadedDoc[] = [];
   let files: string[] = [];
+  let shown: string[] | undefined;
   if (cache) cache.last = undefined;
   try {
     let realRoot: string;
@@ -769,30 +788,43 @@ export async function loadPolicyDir(
       errors.push(...r.errors);
       warnings.push(...r.warnings);
     }
-    cache?.retain(new Set(files.map(displayPath)));
+    shown = files.map(displayPath);
+    cache?.retain(new Set(shown));
     // A symbolic link's target can change without an event for the link: such a directory is always read whole.
     if (cache)
       cache.last =
         complete && !linked && outcomes.size === files.length
-          ? { dir, realRoot, limits: lim, strict, files, byAbsolute: new Map(files.map((f) => [path.resolve(f), f])), outcomes }
+          ? {
+              dir,
+              realRoot,
+              limits: lim,
+              strict,
+              files,
+              shown,
+              cwd: process.cwd(),
+              total: read,
+              byAbsolute: new Map(files.map((f) => [path.resolve(f), f])),
+              outcomes,
+            }
           : undefined;
   } catch (e) {
     // A bug above must not take the control plane down: it is reported like any unreadable input.
     errors.push({ code: ErrorCode.FILE_READ, file: displayPath(dir), message: `the policy directory could not be loaded: ${errnoOf(e)}` });
   }
-  return finished(dir, docs, errors, warnings, files);
+  return finished(dir, docs, errors, warnings, shown ?? files.map(displayPath));
 }
 
 /**
  * A load that re-reads only the files the watcher saw change, and takes every other file's
  * outcome from the last complete load: a one-route edit in a directory of 4,000 files costs one
- * lstat, one read and one parse instead of 4,000 of each. Undefined (a full load is needed) when
+ * lstat, one read and one parse instead of 4,000 of each, and nothing per unchanged file (its
+ * display path, the total size and the gathered documents are kept from the last load). Undefined (a full load is needed) when
  * the hint names a file that load did not read, a changed file is gone or is not a regular file
  * any more, the limits or the strictness moved, or the total passes the directory limit (the full
  * load reports it). Unchanged files keep their warnings as well as their documents and errors.
  */
 function loadChanged(dir: string, cache: PolicyParseCache, lim: PolicyLimits, strict: boolean, last: CompleteLoad, hint: LoadHint): LoadResult | undefined {
-  if (last.dir !== dir || last.strict !== strict || JSON.stringify(last.limits) !== JSON.stringify(lim)) return undefined;
+  if (last.dir !== dir || last.strict !== strict || last.cwd !== process.cwd() || JSON.stringify(last.limits) !== JSON.stringify(lim)) return undefined;
   if (hint.changed.size > last.files.length / 2) return undefined;
   const fresh = new Map<string, FileOutcome>();
   const changed = new Set<string>();
@@ -801,8 +833,8 @@ function loadChanged(dir: string, cache: PolicyParseCache, lim: PolicyLimits, st
     if (f === undefined) return undefined;
     changed.add(f);
   }
-  let total = 0;
-  for (const [f, o] of last.outcomes) if (!changed.has(f)) total += o.size;
+  let total = last.total;
+  for (const f of changed) total -= last.outcomes.get(f)!.size;
   for (const file of changed) {
     const c = checkPolicyFile(file, last.realRoot);
     if (typeof c === 'string') return undefined;
@@ -815,17 +847,40 @@ function loadChanged(dir: string, cache: PolicyParseCache, lim: PolicyLimits, st
     const r = cache.parse(got.text, shown, { strict });
     fresh.set(file, { size: got.bytes, docs: r.docs, errors: r.errors, warnings: r.warnings });
   }
+  // The last load's documents with the changed files' ones put in their place, when each changed
+  // file gave as many documents as before and, before and after, no error or warning (nothing
+  // else moves); otherwise every file's outcome is gathered again, in file order.
+  const outcomes = last.outcomes;
+  let flat = last.flat;
+  for (const [f, o] of fresh) {
+    const was = outcomes.get(f)!;
+    if (o.docs.length !== was.docs.length || o.errors.length + o.warnings.length + was.errors.length + was.warnings.length > 0) flat = undefined;
+    outcomes.set(f, o);
+  }
+  if (flat) {
+    const docs = flat.docs.slice();
+    for (const [f, o] of fresh) {
+      const at = flat.docStart.get(f)!;
+      for (let i = 0; i < o.docs.length; i++) docs[at + i] = o.docs[i]!;
+    }
+    flat = { ...flat, docs };
+  } else flat = gather(last.files, outcomes);
+  cache.last = { ...last, total, outcomes, flat };
+  return finished(dir, flat.docs.slice(), flat.errors.slice(), flat.warnings.slice(), last.shown.slice());
+}
+
+/** Every file's documents, errors and warnings, in file order, and where each file's documents begin. */
+function gather(files: readonly string[], outcomes: ReadonlyMap<string, FileOutcome>): Gathered {
   const docs: LoadedDoc[] = [];
   const errors: PolicyError[] = [];
   const warnings: PolicyError[] = [];
-  const outcomes = new Map<string, FileOutcome>();
-  for (const f of last.files) {
-    const o = fresh.get(f) ?? last.outcomes.get(f)!;
-    outcomes.set(f, o);
-    docs.push(...o.docs);
-    errors.push(...o.errors);
-    warnings.push(...o.warnings);
+  const docStart = new Map<string, number>();
+  for (const f of files) {
+    const o = outcomes.get(f)!;
+    docStart.set(f, docs.length);
+    for (const d of o.docs) docs.push(d);
+    for (const e of o.errors) errors.push(e);
+    for (const w of o.warnings) warnings.push(w);
   }
-  cache.last = { ...last, outcomes };
-  return finished(dir, docs, errors, warnings, last.files);
+  return { docs, errors, warnings, docStart };
 }
