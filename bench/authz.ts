@@ -57,7 +57,7 @@
 // SIGNALBOX_BENCH_NODE_ARGS passes node flags to the control plane (e.g. --cpu-prof).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { KeyObject } from 'node:crypto';
-import { appendFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
@@ -72,6 +72,7 @@ import { startEnvoy, type Envoy } from '../test/helpers/envoy.js';
 import { bootstrapTls } from '../test/helpers/credentials.js';
 import { freePort, waitFor } from '../test/helpers/net.js';
 import { Conn, cpuSeconds, percentile } from './lib.js';
+import { type Garbage, toggleProbe } from './gc-report.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.resolve(here, '..', '..');
@@ -117,29 +118,6 @@ if (!(SECONDS > 0 && SECONDS <= 600 && ROUNDS >= 1 && ROUNDS <= 20 && RATE > 0 &
   throw new Error('--seconds, --rounds, --rate or --fresh-saturated out of range');
 const ISS = 'https://auth.bench.local/';
 const AUD = 'bench-api';
-
-/** What bench/gc-probe.ts writes for one phase. */
-interface Garbage {
-  seconds: number;
-  bytes: number;
-  collections: Record<string, { count: number; ms: number; maxMs: number }>;
-  young: { count: number; newSpaceBefore: number; survived: number; promoted: number; costMs: number };
-  byFunction: [string, number][];
-  byOwner: [string, number][];
-}
-
-/** Toggles serve's garbage probe (SIGUSR2); on the second toggle, waits for and reads its report. */
-async function toggleProbe(pid: number, dir: string, n: number, stop: boolean): Promise<Garbage | undefined> {
-  process.kill(pid, 'SIGUSR2');
-  if (!stop) {
-    await new Promise((r) => setTimeout(r, 200));
-    return undefined;
-  }
-  const file = path.join(dir, `${n}.json`);
-  await waitFor(async () => existsSync(file), { what: 'the garbage probe report', timeoutMs: 30_000 });
-  await new Promise((r) => setTimeout(r, 100));
-  return JSON.parse(readFileSync(file, 'utf8')) as Garbage;
-}
 
 /** One line per phase: KiB per request, collections per 10,000 requests, the top allocation sites. */
 function garbageText(g: Garbage, requests: number): string {

@@ -27,7 +27,7 @@
 // from. These do not move with the load on the machine, where p99 does; the latencies of a --gc
 // run are not comparable (the sampling profiler costs CPU).
 // Everything runs on loopback; every phase is bounded in time and count, and the run ends by itself.
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
@@ -40,6 +40,7 @@ import { freePort, waitFor } from '../test/helpers/net.js';
 import { startRedis, type RedisServer } from '../test/helpers/redis.js';
 import { startSignalbox, type SignalboxProcess } from '../test/helpers/signalbox.js';
 import { percentile } from './lib.js';
+import { toggleProbe } from './gc-report.js';
 
 const { values: flags } = parseArgs({
   options: {
@@ -59,30 +60,6 @@ const RATE = Math.min(5_000, Math.max(10, Number(flags.rate ?? 1000)));
 const KEYS = 100;
 const ROUTES = (flags.routes ?? 'local,global,flood').split(',').map((r) => `/${r.trim()}`);
 for (const r of ROUTES) if (!['/local', '/global', '/flood'].includes(r)) throw new Error(`--routes: unknown route ${r} (local, global, flood)`);
-
-/** What bench/gc-probe.ts writes for one phase. */
-interface Garbage {
-  seconds: number;
-  bytes: number;
-  collections: Record<string, { count: number; ms: number; maxMs: number }>;
-  /** Per scavenge, averages: new space in use before, survived, promoted (bytes), cost (ms). */
-  young: { count: number; newSpaceBefore: number; survived: number; promoted: number; costMs: number };
-  byFunction: [string, number][];
-  byOwner: [string, number][];
-}
-
-/** Toggles serve's garbage probe (SIGUSR2); on the second toggle, waits for and reads its report. */
-async function toggleProbe(pid: number, dir: string, n: number, stop: boolean): Promise<Garbage | undefined> {
-  process.kill(pid, 'SIGUSR2');
-  if (!stop) {
-    await new Promise((r) => setTimeout(r, 200));
-    return undefined;
-  }
-  const file = path.join(dir, `${n}.json`);
-  await waitFor(async () => existsSync(file), { what: 'the garbage probe report', timeoutMs: 30_000 });
-  await new Promise((r) => setTimeout(r, 100));
-  return JSON.parse(readFileSync(file, 'utf8')) as Garbage;
-}
 
 /** A lean keep-alive HTTP/1.1 connection, one request in flight (node's client costs far more CPU). */
 class Conn {
