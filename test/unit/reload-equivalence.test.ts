@@ -18,7 +18,7 @@ import { Pipeline } from '../../src/controller/pipeline.js';
 import { formatPolicyError } from '../../src/errors.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { SnapshotCache } from '../../src/xds/cache/snapshot-cache.js';
-import { PUSH_ORDER } from '../../src/xds/resources/type-urls.js';
+import { served } from '../helpers/served.js';
 
 const SEED = Number(process.env.SIGNALBOX_FUZZ_SEED ?? 20261205);
 const RUNS = Number(process.env.SIGNALBOX_FUZZ_RUNS ?? 25);
@@ -156,23 +156,6 @@ function initial(dir: string): void {
   writeFileSync(path.join(dir, 'gateway.yaml'), gatewayText(0));
   for (let j = 0; j < SERVICES; j++) writeFileSync(path.join(dir, 'services', `svc-${j}.yaml`), serviceText(j, j));
   for (let i = 0; i < ROUTES; i++) writeFileSync(path.join(dir, 'routes', `r${i}.yaml`), routeText(i, i));
-}
-
-// ---- what is served, in full -------------------------------------------------------------------------
-
-function served(cache: SnapshotCache) {
-  const out: Record<string, unknown> = {};
-  for (const group of cache.groupNames().sort()) {
-    const snap = cache.get(group);
-    const types: Record<string, unknown> = { version: snap.version };
-    for (const t of PUSH_ORDER) {
-      types[t] = [...snap.get(t).values()]
-        .sort((a, b) => (a.name < b.name ? -1 : 1))
-        .map((r) => ({ name: r.name, version: r.version, bytes: Buffer.from(r.bytes).toString('base64'), sources: r.sources }));
-    }
-    out[group] = types;
-  }
-  return out;
 }
 
 const logger = createLogger({ level: 'silent' });

@@ -11,7 +11,8 @@ import { after, test } from 'node:test';
 import { Pipeline } from '../../src/controller/pipeline.js';
 import { createLogger } from '../../src/observability/logger.js';
 import { SnapshotCache } from '../../src/xds/cache/snapshot-cache.js';
-import { PUSH_ORDER, TypeUrl } from '../../src/xds/resources/type-urls.js';
+import { served } from '../helpers/served.js';
+import { TypeUrl } from '../../src/xds/resources/type-urls.js';
 
 const dirs: string[] = [];
 after(() => {
@@ -57,21 +58,6 @@ function directory(): string {
   writeFileSync(path.join(dir, files.traffic), traffic());
   writeFileSync(path.join(dir, files.rateLimit), rateLimit());
   return dir;
-}
-
-function served(cache: SnapshotCache) {
-  const out: Record<string, unknown> = {};
-  for (const group of cache.groupNames()) {
-    const snap = cache.get(group);
-    const types: Record<string, unknown> = { version: snap.version };
-    for (const t of PUSH_ORDER) {
-      types[t] = [...snap.get(t).values()]
-        .sort((a, b) => (a.name < b.name ? -1 : 1))
-        .map((r) => ({ name: r.name, version: r.version, bytes: Buffer.from(r.bytes).toString('base64'), sources: r.sources }));
-    }
-    out[group] = types;
-  }
-  return out;
 }
 
 const logger = createLogger({ level: 'silent' });
