@@ -5,8 +5,8 @@
 // tests all call compileGroups, so what they show is what a connected proxy receives (but for its
 // own identity certificate, which is issued per proxy when its stream asks for it;
 // test/xds/compile-equals-serve.test.ts checks it byte for byte).
-import type { Instance, IRProxyConfig, IRRoute } from '../ir/types.js';
-import { parseGatewayGroup, TRUST_BUNDLE_SECRET } from '../ir/types.js';
+import type { Instance, IRProxyConfig } from '../ir/types.js';
+import { parseGatewayGroup, routeClusters, TRUST_BUNDLE_SECRET } from '../ir/types.js';
 import type { Model } from '../model/model.js';
 import { staticInstances } from '../sources/endpoints.js';
 import { ErrorCode, type PolicyError } from '../errors.js';
@@ -201,27 +201,10 @@ function trustBundle(ir: IRProxyConfig, pem: string | undefined, enc: EncodeCach
   return out;
 }
 
-/**
- * The clusters a virtual host's routes send to, by its (frozen) array of routes: the translate
- * step hands the same array again while the hostname's routes are unchanged (translate/gateway.ts).
- */
-const clustersOfRoutes = new WeakMap<readonly IRRoute[], readonly string[]>();
-
-function clustersOf(routes: readonly IRRoute[]): readonly string[] {
-  let out = clustersOfRoutes.get(routes);
-  if (!out) {
-    const used = new Set<string>();
-    for (const r of routes) if (r.action.kind === 'forward') for (const b of r.action.backends) used.add(b.cluster);
-    out = [...used];
-    if (Object.isFrozen(routes)) clustersOfRoutes.set(routes, out);
-  }
-  return out;
-}
-
 /** What a group's resources reference, for checkConsistency. */
 function refsOf(ir: IRProxyConfig) {
   const clustersUsed = new Set<string>();
-  for (const l of ir.listeners) for (const v of l.routeConfig.virtualHosts) for (const c of clustersOf(v.routes)) clustersUsed.add(c);
+  for (const l of ir.listeners) for (const v of l.routeConfig.virtualHosts) for (const c of routeClusters(v.routes)) clustersUsed.add(c);
   return {
     routeConfigs: ir.listeners.map((l) => l.routeConfig.name),
     clustersUsed,

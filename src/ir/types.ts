@@ -224,3 +224,19 @@ export function parseSidecarGroup(group: string): SidecarShape | undefined {
   if (k?.kind !== 'sidecar' || k.jwtModule) return undefined;
   return { service: k.service, appPort: k.appPort, inboundPort: k.inboundPort, outboundPort: k.outboundPort };
 }
+
+/** The clusters a list of IR routes forwards to, first use first; computed once per frozen list. */
+const clustersOfRouteList = new WeakMap<readonly IRRoute[], readonly string[]>();
+
+export function routeClusters(routes: readonly IRRoute[]): readonly string[] {
+  let out = clustersOfRouteList.get(routes);
+  if (!out) {
+    const used = new Set<string>();
+    for (const r of routes) if (r.action.kind === 'forward') for (const b of r.action.backends) used.add(b.cluster);
+    out = [...used];
+    // Only a frozen list is known not to change under the memo; the translate step freezes the lists
+    // it hands on, and hands the same one again while a hostname's routes are unchanged.
+    if (Object.isFrozen(routes)) clustersOfRouteList.set(routes, out);
+  }
+  return out;
+}

@@ -1,7 +1,7 @@
 // Model -> IR for edge gateways: one HTTP listener per Gateway listener, virtual hosts per
 // hostname, and only the clusters that this gateway's routes reference.
 import type { GroupKey, IRCluster, IRHttpListener, IRProxyConfig, IRRoute, IRSecret, IRVirtualHost } from '../ir/types.js';
-import { formatGroup, gatewayListenerName, parseGroup } from '../ir/types.js';
+import { formatGroup, gatewayListenerName, parseGroup, routeClusters } from '../ir/types.js';
 import { translateSidecar } from './sidecar.js';
 import type { GatewayModel, Model, SourceRef } from '../model/model.js';
 import { hostnameMatches } from '../model/hostnames.js';
@@ -46,20 +46,6 @@ function withListenerPort(r: IRRoute, port: number): IRRoute {
   return out;
 }
 const withPort = new WeakMap<IRRoute, Map<number, IRRoute>>();
-
-/** The clusters a (frozen) list of IR routes sends to, in order, once per list. */
-const routeClusters = new WeakMap<readonly IRRoute[], readonly string[]>();
-
-function clustersOf(routes: readonly IRRoute[]): readonly string[] {
-  let out = routeClusters.get(routes);
-  if (!out) {
-    const used = new Set<string>();
-    for (const r of routes) if (r.action.kind === 'forward') for (const b of r.action.backends) used.add(b.cluster);
-    out = [...used];
-    if (Object.isFrozen(routes)) routeClusters.set(routes, out);
-  }
-  return out;
-}
 
 /** `routes` with withListenerPort applied: the same (frozen) array when no route changes, as it is for most. */
 function routesOnPort(routes: readonly IRRoute[], port: number): readonly IRRoute[] {
@@ -112,7 +98,7 @@ export function translateGateway(model: Model, gateway: GatewayModel): IRProxyCo
         if (list) list.push(...irRoutes);
         else byHost.set(h, [...irRoutes]);
       }
-      for (const c of clustersOf(irRoutes)) if (!clusters.has(c)) clusters.set(c, serviceCluster(model, c));
+      for (const c of routeClusters(irRoutes)) if (!clusters.has(c)) clusters.set(c, serviceCluster(model, c));
     }
     const name = gatewayListenerName(gateway.name, l.name);
     const last = lastSorted.get(name);
