@@ -3,7 +3,7 @@
 import type { GroupKey, IRCluster, IRHttpListener, IRProxyConfig, IRRoute, IRSecret, IRVirtualHost } from '../ir/types.js';
 import { formatGroup, gatewayListenerName, parseGroup, routeClusters } from '../ir/types.js';
 import { translateSidecar } from './sidecar.js';
-import type { GatewayModel, Model, SourceRef } from '../model/model.js';
+import type { GatewayListenerModel, GatewayModel, Model, RouteModel, SourceRef } from '../model/model.js';
 import { hostnameMatches } from '../model/hostnames.js';
 import { compareRoutes, routesOf } from './routes.js';
 import { applyPolicies } from './policies.js';
@@ -80,6 +80,58 @@ function sortedRoutes(
   return { gathered, sorted: Object.freeze([...gathered].sort(compareRoutes)) };
 }
 
+/** What one HTTPRoute gives one gateway listener: the hostnames it serves there, its IR routes on that port, their clusters. */
+interface RouteOnListener {
+  /** routesOf's (frozen) result these were derived from (a different one: the route changed); undefined when not asked. */
+  readonly from: readonly IRRoute[] | undefined;
+  /** Undefined: the route is not attached to the listener, or shares no hostname with it. */
+  readonly on: { readonly hosts: readonly string[]; readonly routes: readonly IRRoute[]; readonly clusters: readonly string[] } | undefined;
+}
+
+/**
+ * routeOnListener's last answer per HTTPRoute spec (frozen, handed out again only while its file's
+ * text is unchanged, see routesOf) and listener signature (gateway name, listener name, port and
+ * hostnames, as JSON text): everything the answer reads besides routesOf's result, which is
+ * compared by identity. A one-route edit thus works out attachment, hostnames, port and clusters
+ * for one route instead of for every route on every listener.
+ */
+const onListener = new WeakMap<object, Map<string, RouteOnListener>>();
+/** Bound on the signatures kept per spec (listeners it was seen on, including ones since changed). */
+const MAX_LISTENER_SIGS = 16;
+
+function routesOnListener(from: readonly IRRoute[], hosts: readonly string[], port: number): NonNullable<RouteOnListener['on']> {
+  const routes = routesOnPort(from, port);
+  return Object.freeze({ hosts, routes, clusters: routeClusters(routes) });
+}
+
+function routeOnListener(route: RouteModel, model: Model, gatewayName: string, l: GatewayListenerModel, sig: string): RouteOnListener['on'] {
+  let bySig = onListener.get(route.spec);
+  const hit = bySig?.get(sig);
+  // Not attached, or no hostname in common: read from the spec and the signature alone.
+  if (hit && !hit.on) return undefined;
+  let from: readonly IRRoute[] | undefined;
+  let on: RouteOnListener['on'];
+  if (hit) {
+    from = routesOf(route, model.mesh);
+    if (hit.from === from) return hit.on;
+    on = routesOnListener(from, hit.on!.hosts, l.port);
+  } else {
+    const attached = route.spec.parentRefs.some((p) => p.kind === 'Gateway' && p.name === gatewayName && (!p.sectionName || p.sectionName === l.name));
+    const hosts = attached ? effectiveHostnames(route.spec.hostnames, l.hostnames) : [];
+    if (hosts.length > 0) {
+      from = routesOf(route, model.mesh);
+      on = routesOnListener(from, Object.freeze([...hosts]), l.port);
+    }
+  }
+  if (!Object.isFrozen(route.spec)) return on;
+  if (!bySig) {
+    bySig = new Map();
+    onListener.set(route.spec, bySig);
+  } else if (!hit && bySig.size >= MAX_LISTENER_SIGS) bySig.clear();
+  bySig.set(sig, { from, on });
+  return on;
+}
+
 export function translateGateway(model: Model, gateway: GatewayModel): IRProxyConfig {
   const listeners: IRHttpListener[] = [];
   const clusters = new Map<string, IRCluster>();
@@ -87,18 +139,16 @@ export function translateGateway(model: Model, gateway: GatewayModel): IRProxyCo
 
   for (const l of gateway.listeners) {
     const byHost = new Map<string, IRRoute[]>();
+    const sig = JSON.stringify([gateway.name, l.name, l.port, l.hostnames]);
     for (const route of model.routes) {
-      const attached = route.spec.parentRefs.some((p) => p.kind === 'Gateway' && p.name === gateway.name && (!p.sectionName || p.sectionName === l.name));
-      if (!attached) continue;
-      const hosts = effectiveHostnames(route.spec.hostnames, l.hostnames);
-      if (hosts.length === 0) continue;
-      const irRoutes = routesOnPort(routesOf(route, model.mesh), l.port);
-      for (const h of hosts) {
+      const on = routeOnListener(route, model, gateway.name, l, sig);
+      if (!on) continue;
+      for (const h of on.hosts) {
         const list = byHost.get(h);
-        if (list) list.push(...irRoutes);
-        else byHost.set(h, [...irRoutes]);
+        if (list) list.push(...on.routes);
+        else byHost.set(h, [...on.routes]);
       }
-      for (const c of routeClusters(irRoutes)) if (!clusters.has(c)) clusters.set(c, serviceCluster(model, c));
+      for (const c of on.clusters) if (!clusters.has(c)) clusters.set(c, serviceCluster(model, c));
     }
     const name = gatewayListenerName(gateway.name, l.name);
     const last = lastSorted.get(name);

@@ -158,6 +158,24 @@ test('a Gateway edit rebuilds its listener and keeps the Clusters', async () => 
   assert.ok(kept(TypeUrl.Cluster) && kept(TypeUrl.Endpoint));
 });
 
+test("a Gateway edit of a listener's hostnames moves an unchanged route that names none to the listener's hostnames", async () => {
+  const dir = directory();
+  write(dir, 'routes/r2.yaml', route(2).replace(/ {2}hostnames: .*\n/, ''));
+  const cache = new SnapshotCache();
+  const live = new Pipeline({ policyDir: dir, cache, logger });
+  const first = await live.reload();
+  assert.ok(first.applied, JSON.stringify(first.errors));
+  const hosts = () => ((cache.get(GROUP).get(TypeUrl.Route).get('edge/http')!.printable.virtual_hosts as { name: string }[]) ?? []).map((v) => v.name);
+  assert.deepEqual(hosts(), ['*.example.com', 'h0.example.com', 'h1.example.com']);
+  const file = write(dir, files.gateway, gateway().replace('"*.example.com"', '"h0.example.com", "h1.example.com"'));
+  const r = await live.reload({ paths: new Set([file]), full: false });
+  assert.ok(r.applied, JSON.stringify(r.errors));
+  assert.deepEqual(hosts(), ['h0.example.com', 'h1.example.com'], "r2 now serves on the listener's two hostnames");
+  const fresh = new SnapshotCache();
+  assert.ok((await new Pipeline({ policyDir: dir, cache: fresh, logger }).reload()).applied);
+  assert.deepEqual(served(cache), served(fresh), 'the incremental reload serves what a cold compile serves');
+});
+
 test("a TrafficPolicy edit rebuilds its Service's Clusters and no other", async () => {
   const { kept, sameResource, sameHost } = await edited(files.traffic, traffic('3s'));
   // (h0's routes include r0's, which its RateLimitPolicy gives new objects on every reload.)
