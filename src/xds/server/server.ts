@@ -21,8 +21,13 @@ import { setLongTimeout, type LongTimeout } from '../../util/timers.js';
 
 const SERVICE = '/envoy.service.discovery.v3.AggregatedDiscoveryService';
 
-/** Streams pushed to per turn of the event loop when a group's snapshot changes. */
-const FANOUT_SLICE = 50;
+/**
+ * Streams pushed to per turn of the event loop when a group's snapshot changes. A push is ~20 us of
+ * JavaScript per stream (the response is shared and framed once), so a slice of 100 holds the loop
+ * ~2 ms; the turn between two slices was measured at 7-24 ms (the writes of the slice before and the
+ * rest of the reload), which a group of 100 streams no longer waits for half of its proxies.
+ */
+const FANOUT_SLICE = 100;
 
 /** Requests of one stream handled per turn of the event loop (Envoy sends a few at a time). */
 const REQUESTS_PER_TURN = 16;
