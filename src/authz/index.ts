@@ -10,7 +10,7 @@
 import { isIP } from 'node:net';
 import type client from 'prom-client';
 import type { CertificateAuthority } from '../ca/ca.js';
-import { ServerCertificate, serverSpiffeId } from '../ca/server-tls.js';
+import { meshServiceTls, serverSpiffeId } from '../ca/server-tls.js';
 import { DEFAULT_AUTHZ_PORT } from '../config/settings.js';
 import type { Model } from '../model/model.js';
 import type { Logger } from '../observability/logger.js';
@@ -94,40 +94,19 @@ export async function startEmbeddedAuthz(opts: EmbeddedAuthzOptions): Promise<Em
   let needed = opts.port !== undefined;
   let port: number | undefined;
   let error: string | undefined;
-  let certificate: ServerCertificate | undefined;
+  let mesh: Awaited<ReturnType<typeof meshServiceTls>> | undefined;
   let attempt: Promise<void> = Promise.resolve();
   let opening = false;
   let retry: NodeJS.Timeout | undefined;
   let closed = false;
-  const onCaChanged = () =>
-    void certificate?.reissue().catch((e: unknown) => logger.error({ err: (e as Error).message }, 'cannot re-issue the server certificate after a CA change'));
 
   const open = async (): Promise<void> => {
     if (closed || port !== undefined || !needed) return;
     try {
-      if (opts.tls && !certificate) {
-        certificate = await ServerCertificate.start({
-          ca: opts.tls.ca,
-          trustDomain: opts.tls.trustDomain,
-          server: 'authz',
-          bindAddress: opts.bindAddress,
-          sans: [],
-          logger,
-        });
-        // A CA rotation (--state consul): a certificate from the new signing root, and the callers'
-        // trust bundle read again (the getter below) when the certificate changes.
-        opts.tls.ca.on('changed', onCaChanged);
-      }
-      const ca = opts.tls?.ca;
-      const tls =
-        certificate && ca
-          ? {
-              certificate,
-              get clientCaPem() {
-                return ca.trustBundlePem;
-              },
-            }
-          : undefined;
+      // Over TLS, a certificate that follows a CA rotation (--state consul) and the callers' live trust bundle.
+      if (opts.tls && !mesh)
+        mesh = await meshServiceTls({ ca: opts.tls.ca, trustDomain: opts.tls.trustDomain, server: 'authz', bindAddress: opts.bindAddress, logger });
+      const tls = mesh?.tls;
       port = await server.listen(where(wantPort), tls);
       if (error !== undefined) logger.info({ authz: where(port) }, 'ext_authz service listening after all');
       else
@@ -197,8 +176,7 @@ export async function startEmbeddedAuthz(opts: EmbeddedAuthzOptions): Promise<Em
       closed = true;
       clearTimeout(retry);
       await attempt.catch(() => undefined);
-      opts.tls?.ca.off('changed', onCaChanged);
-      certificate?.stop();
+      mesh?.stop();
       await server.close();
     },
   };

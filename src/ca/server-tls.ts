@@ -255,3 +255,48 @@ export class ServerCertificate extends EventEmitter<{ changed: [] }> {
     clearInterval(this.poll);
   }
 }
+
+/** What an embedded mesh service's TLS server takes: its certificate and the callers' trust bundle. */
+export interface MeshServiceTls {
+  certificate: ServerCertificate;
+  /** Read on every handshake's material refresh: the bundle changes during a CA rotation. */
+  readonly clientCaPem: string;
+}
+
+/**
+ * A server certificate from the mesh CA for an embedded service (ext_authz, rate limit) that
+ * follows a CA rotation (--state consul): re-issued from the new signing root when the CA changes,
+ * with the callers' trust bundle read from the CA each time it is asked for. `stop` ends both.
+ */
+export async function meshServiceTls(opts: {
+  ca: CertificateAuthority;
+  trustDomain: string;
+  server: 'authz' | 'ratelimit';
+  bindAddress: string;
+  logger: Logger;
+}): Promise<{ tls: MeshServiceTls; stop(): void }> {
+  const { ca, logger } = opts;
+  const certificate = await ServerCertificate.start({
+    ca,
+    trustDomain: opts.trustDomain,
+    server: opts.server,
+    bindAddress: opts.bindAddress,
+    sans: [],
+    logger,
+  });
+  const onCaChanged = () =>
+    void certificate.reissue().catch((e: unknown) => logger.error({ err: (e as Error).message }, 'cannot re-issue the server certificate after a CA change'));
+  ca.on('changed', onCaChanged);
+  return {
+    tls: {
+      certificate,
+      get clientCaPem() {
+        return ca.trustBundlePem;
+      },
+    },
+    stop() {
+      ca.off('changed', onCaChanged);
+      certificate.stop();
+    },
+  };
+}

@@ -9,7 +9,7 @@
 // answer 503; meanwhile Envoy answers by each policy's failureMode (its filter cannot reach us).
 import type client from 'prom-client';
 import type { CertificateAuthority } from '../ca/ca.js';
-import { ServerCertificate, serverSpiffeId } from '../ca/server-tls.js';
+import { meshServiceTls, serverSpiffeId } from '../ca/server-tls.js';
 import type { Model } from '../model/model.js';
 import type { Logger } from '../observability/logger.js';
 import { proxiesEndpoint, type Readiness } from '../authz/index.js';
@@ -67,41 +67,20 @@ export async function startEmbeddedRateLimit(opts: EmbeddedRateLimitOptions): Pr
   let needed = opts.port !== undefined;
   let port: number | undefined;
   let error: string | undefined;
-  let certificate: ServerCertificate | undefined;
+  let mesh: Awaited<ReturnType<typeof meshServiceTls>> | undefined;
   let attempt: Promise<void> = Promise.resolve();
   let opening = false;
   let retry: NodeJS.Timeout | undefined;
   let closed = false;
-  const onCaChanged = () =>
-    void certificate?.reissue().catch((e: unknown) => logger.error({ err: (e as Error).message }, 'cannot re-issue the server certificate after a CA change'));
 
   const open = async (): Promise<void> => {
     if (closed || port !== undefined || !needed) return;
     service.connect();
     try {
-      if (opts.tls && !certificate) {
-        certificate = await ServerCertificate.start({
-          ca: opts.tls.ca,
-          trustDomain: opts.tls.trustDomain,
-          server: 'ratelimit',
-          bindAddress: opts.bindAddress,
-          sans: [],
-          logger,
-        });
-        // A CA rotation (--state consul): a certificate from the new signing root, and the callers'
-        // trust bundle read again (the getter below) when the certificate changes.
-        opts.tls.ca.on('changed', onCaChanged);
-      }
-      const ca = opts.tls?.ca;
-      const tls =
-        certificate && ca
-          ? {
-              certificate,
-              get clientCaPem() {
-                return ca.trustBundlePem;
-              },
-            }
-          : undefined;
+      // Over TLS, a certificate that follows a CA rotation (--state consul) and the callers' live trust bundle.
+      if (opts.tls && !mesh)
+        mesh = await meshServiceTls({ ca: opts.tls.ca, trustDomain: opts.tls.trustDomain, server: 'ratelimit', bindAddress: opts.bindAddress, logger });
+      const tls = mesh?.tls;
       port = await service.listen(where(wantPort), tls);
       logger.info(
         { ratelimit: where(port), tls: tls !== undefined, redis: service.store.url },
@@ -177,8 +156,7 @@ export async function startEmbeddedRateLimit(opts: EmbeddedRateLimitOptions): Pr
       closed = true;
       clearTimeout(retry);
       await attempt.catch(() => undefined);
-      opts.tls?.ca.off('changed', onCaChanged);
-      certificate?.stop();
+      mesh?.stop();
       await service.close();
     },
   };
