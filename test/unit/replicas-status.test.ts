@@ -21,6 +21,7 @@ import type { SharedState } from '../../src/state/shared.js';
 import { SnapshotCache } from '../../src/xds/cache/snapshot-cache.js';
 import { TypeUrl } from '../../src/xds/resources/type-urls.js';
 import { ProxyRegistry, ProxyStatus } from '../../src/xds/server/proxy-status.js';
+import { STATUS_NOW, STATUS_PROXIES } from '../helpers/status-fixture.js';
 
 const PEM_KEY = '-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7\n-----END PRIVATE KEY-----';
 
@@ -386,44 +387,8 @@ describe('/api/proxies?scope=all', () => {
 
 // `signalbox status` with a fixed input: the file-state table is byte for byte what it was before
 // replicas existed (this text is what the previous renderStatus printed for it).
-const NOW = Date.parse('2026-01-01T00:00:00Z');
-const FIXTURE: ProxyJson[] = [
-  {
-    id: 'public-a',
-    role: 'gateway',
-    name: 'public',
-    group: 'gateway/public',
-    protocol: 'sotw',
-    state: 'SYNCED',
-    types: { cluster: { sentVersion: 'aaaaaaaa11', ackedVersion: 'aaaaaaaa11' }, listener: { sentVersion: 'bbbbbbbb22', ackedVersion: 'bbbbbbbb22' } },
-    certificate: { identity: 'spiffe://signalbox.local/gateway/public', notAfter: '2026-01-01T05:30:00Z' },
-  },
-  {
-    id: 'orders-1',
-    role: 'sidecar',
-    name: 'orders',
-    group: 'sidecar/orders/1/2/3',
-    protocol: 'delta',
-    state: 'PENDING',
-    types: { cluster: { sentVersion: 'cccccccc33', ackedVersion: 'dddddddd44' }, route: { sentVersion: 'eeeeeeee55' } },
-    certificate: { notAfter: '2026-01-03T02:00:00Z' },
-  },
-  {
-    id: 'lab-1',
-    role: 'gateway',
-    name: 'lab',
-    group: 'gateway/lab',
-    protocol: 'sotw',
-    state: 'NACKED',
-    types: {
-      route: {
-        sentVersion: 'ffffffff66',
-        ackedVersion: '1111111177',
-        lastNack: { version: 'ffffffff66', message: "regex '[a-z]{300}'\n RE2 program size", sources: ['policies/lab.yaml'], resources: ['lab/http'] },
-      },
-    },
-  },
-];
+const NOW = STATUS_NOW;
+const FIXTURE = [...STATUS_PROXIES];
 const FILE_STATE_TABLE =
   'PROXY     ROLE            XDS    CDS        EDS  LDS       RDS        SDS  STATUS   CERT EXPIRES\n' +
   'public-a  gateway/public  sotw   aaaaaaaa   -    bbbbbbbb  -          -    SYNCED   5h30m\n' +

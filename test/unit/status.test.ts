@@ -7,47 +7,12 @@ import { createServer, type Server } from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { renderStatus, status, statusWord, untilText, type ProxyJson } from '../../src/cli/status.js';
+import { renderStatus, status, statusWord, untilText } from '../../src/cli/status.js';
+import { STATUS_NOW, STATUS_PROXIES } from '../helpers/status-fixture.js';
 
-const NOW = Date.parse('2026-01-01T00:00:00Z');
+const NOW = STATUS_NOW;
 
-const proxies: ProxyJson[] = [
-  {
-    id: 'public-a',
-    role: 'gateway',
-    name: 'public',
-    group: 'gateway/public',
-    protocol: 'sotw',
-    state: 'SYNCED',
-    types: { cluster: { sentVersion: 'aaaaaaaa11', ackedVersion: 'aaaaaaaa11' }, listener: { sentVersion: 'bbbbbbbb22', ackedVersion: 'bbbbbbbb22' } },
-    certificate: { identity: 'spiffe://signalbox.local/gateway/public', notAfter: '2026-01-01T05:30:00Z' },
-  },
-  {
-    id: 'orders-1',
-    role: 'sidecar',
-    name: 'orders',
-    group: 'sidecar/orders/1/2/3',
-    protocol: 'delta',
-    state: 'PENDING',
-    types: { cluster: { sentVersion: 'cccccccc33', ackedVersion: 'dddddddd44' }, route: { sentVersion: 'eeeeeeee55' } },
-    certificate: { notAfter: '2026-01-03T02:00:00Z' },
-  },
-  {
-    id: 'lab-1',
-    role: 'gateway',
-    name: 'lab',
-    group: 'gateway/lab',
-    protocol: 'sotw',
-    state: 'NACKED',
-    types: {
-      route: {
-        sentVersion: 'ffffffff66',
-        ackedVersion: '1111111177',
-        lastNack: { version: 'ffffffff66', message: "regex '[a-z]{300}'\n RE2 program size", sources: ['policies/lab.yaml'], resources: ['lab/http'] },
-      },
-    },
-  },
-];
+const proxies = [...STATUS_PROXIES];
 
 describe('signalbox status', () => {
   test('one row per proxy with ACKed versions, SYNCED / PENDING / NACKED (the API words) and certificate expiry', () => {
